@@ -1,0 +1,39 @@
+# Homeport: `make run` starts the platform, `make test` runs the suite.
+# Both install what is missing first (Debian packages, then a .venv) and are quick when it is there.
+
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+DATA  ?= .homeport
+TEST_WORKERS ?= 2
+
+.PHONY: run test lint bench deps system clean
+
+run: deps
+	$(VENV)/bin/homeport up --data-dir $(DATA)
+
+test: deps
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy libs services
+
+bench: deps
+	$(PY) -m bench
+
+deps: system $(STAMP)
+
+system:
+	@bash deploy/install-system-deps.sh
+
+$(STAMP):
+	@command -v python3 >/dev/null || { apt-get update -q && apt-get install -y -q python3 python3-venv; }
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Homeport needs, only those whose program is missing.
+# Quiet and quick when everything is there.
+set -euo pipefail
+
+# program to look for => Debian package that provides it
+declare -A need=(
+  [/usr/lib/postgresql/15/bin/postgres]=postgresql-15
+  [/usr/lib/postgresql/15/bin/initdb]=postgresql-15
+  [/usr/bin/pg_dump]=postgresql-client-15
+  [nats-server]=nats-server
+)
+
+missing=()
+for prog in "${!need[@]}"; do
+  if [[ "$prog" == /* ]]; then
+    [[ -x "$prog" ]] && continue
+  else
+    command -v "$prog" >/dev/null 2>&1 && continue
+    [[ -x "/usr/sbin/$prog" ]] && continue
+  fi
+  missing+=("${need[$prog]}")
+done
+
+if ((${#missing[@]})); then
+  pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+  if [[ $EUID -ne 0 ]]; then
+    echo "missing Debian packages: $pkgs- run as root (or: sudo apt-get install $pkgs)" >&2
+    exit 1
+  fi
+  echo "installing Debian packages: $pkgs"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  # shellcheck disable=SC2086
+  apt-get install -y -q --no-install-recommends $pkgs >/dev/null
+  # the Debian units would start system-wide servers; Homeport runs its own
+  for unit in postgresql nats-server; do
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+  done
+fi
