@@ -1,0 +1,328 @@
+"""The Postgres event store.
+
+Ordering without skips: every append runs `events.append()`, which first locks the single row
+of `events.head` and holds that lock until its transaction commits. Positions are taken from that
+row, so they are gap-free, and a transaction can only take position N+1 after the one holding N
+has committed (Postgres makes a commit visible before it releases the committing transaction's
+locks). Commit order is therefore position order, and a reader that asks for `position > p`
+can never later find an event below a position it has already seen. The same lock orders the
+hash chain. The price is that appends are serial in the database; each holds the lock for one
+function call plus its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import json
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+
+from libs.events import context
+from libs.events.envelope import NewEvent, RecordedEvent, dumps
+from libs.events.errors import ConcurrencyError, EventStoreError
+from libs.events.migrations import migrate
+from libs.events.registry import REGISTRY, EventRegistry
+from libs.service.metrics import EVENTS_APPENDED
+
+__all__ = [
+    "AppendResult",
+    "ChainProblem",
+    "ChainReport",
+    "PostgresEventStore",
+    "Subscription",
+    "validate_stream",
+]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+NOTIFY_CHANNEL = "hp_events"
+GENESIS_HASH = bytes(32)
+_STREAM = re.compile(r"^[a-z][a-z0-9_]{0,31}-[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_SELECT = (
+    "SELECT position, id, stream, version, type, schema, data, meta, recorded_at, hash "
+    "FROM events.events"
+)
+
+
+def validate_stream(stream: str) -> str:
+    """Stream names are `<category>-<id>`: lower-case category, then a plain identifier."""
+    if not _STREAM.match(stream):
+        raise EventStoreError(
+            f"stream name {stream!r} is invalid: expected <category>-<id>, e.g. app-4f1c"
+        )
+    return stream
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    stream: str
+    version: int
+    positions: tuple[int, ...]
+
+    @property
+    def last_position(self) -> int:
+        return self.positions[-1] if self.positions else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChainProblem:
+    position: int
+    kind: str  # "altered" | "missing" | "head"
+    detail: str
+
+
+@dataclass(slots=True)
+class ChainReport:
+    checked: int = 0
+    last_position: int = 0
+    problems: list[ChainProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class PostgresEventStore:
+    """Append-only event store in schema `events`, on an asyncpg pool."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, dsn: str, registry: EventRegistry = REGISTRY,
+        *, owns_pool: bool = False,
+    ) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self.registry = registry
+        self._owns_pool = owns_pool
+
+    @classmethod
+    async def open(
+        cls, dsn: str, *, min_size: int = 1, max_size: int = 10,
+        registry: EventRegistry = REGISTRY, run_migrations: bool = True,
+    ) -> PostgresEventStore:
+        """Connect a pool to `dsn` and bring the schema up to date."""
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        try:
+            if run_migrations:
+                async with pool.acquire() as conn:
+                    await migrate(conn, "events", MIGRATIONS)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, dsn, registry, owns_pool=True)
+
+    async def close(self) -> None:
+        if self._owns_pool:
+            await self.pool.close()
+
+    async def __aenter__(self) -> PostgresEventStore:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _prepare(self, events: Sequence[Any]) -> list[NewEvent]:
+        base = context.current().meta()
+        out: list[NewEvent] = []
+        for ev in events:
+            new = ev if isinstance(ev, NewEvent) else self.registry.to_new_event(ev)
+            out.append(NewEvent(new.type, new.data, new.schema, new.id, {**base, **new.meta}))
+        return out
+
+    async def append(
+        self, stream: str, events: Sequence[Any], expected_version: int | None = None,
+        *, conn: asyncpg.Connection | None = None,
+    ) -> AppendResult:
+        """Append `events` (NewEvent or registered event objects) to `stream`, all or none.
+
+        `expected_version` is the version the caller decided on (0: the stream must not exist
+        yet); None appends whatever the version. A mismatch raises ConcurrencyError.
+        """
+        validate_stream(stream)
+        new = self._prepare(events)
+        if not new:
+            raise EventStoreError("append needs at least one event")
+        args = (
+            stream, expected_version, [e.id for e in new], [e.type for e in new],
+            [e.schema for e in new], [dumps(e.data) for e in new], [dumps(e.meta) for e in new],
+        )
+        sql = "SELECT out_position, out_version FROM events.append($1, $2, $3, $4, $5, $6, $7)"
+        try:
+            if conn is not None:
+                rows = await conn.fetch(sql, *args)
+            else:
+                async with self.pool.acquire() as c:
+                    rows = await c.fetch(sql, *args)
+        except asyncpg.PostgresError as e:
+            if getattr(e, "sqlstate", None) == "HP409":
+                actual = int(getattr(e, "detail", None) or -1)
+                raise ConcurrencyError(stream, expected_version, actual) from None
+            if isinstance(e, asyncpg.UniqueViolationError):
+                raise EventStoreError(f"an event id in this append already exists: {e}") from e
+            raise
+        for e in new:
+            EVENTS_APPENDED.labels(type=e.type).inc()
+        return AppendResult(
+            stream, rows[-1]["out_version"], tuple(r["out_position"] for r in rows)
+        )
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _record(self, r: asyncpg.Record) -> RecordedEvent:
+        ev = RecordedEvent(
+            position=r["position"], id=r["id"], stream=r["stream"], version=r["version"],
+            type=r["type"], schema=r["schema"], data=json.loads(r["data"]),
+            meta=json.loads(r["meta"]), recorded_at=r["recorded_at"], hash=r["hash"],
+        )
+        return self.registry.upcast_recorded(ev)
+
+    async def read_stream(
+        self, stream: str, after_version: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events of one stream in version order, in their current shape."""
+        rows = await self.pool.fetch(
+            f"{_SELECT} WHERE stream = $1 AND version > $2 ORDER BY version LIMIT $3",
+            stream, after_version, limit,
+        )
+        return [self._record(r) for r in rows]
+
+    async def stream_version(self, stream: str) -> int:
+        v = await self.pool.fetchval(
+            "SELECT version FROM events.streams WHERE stream = $1", stream
+        )
+        return int(v or 0)
+
+    async def read_all(
+        self, after_position: int = 0, limit: int = 1000,
+        *, conn: asyncpg.Connection | None = None,
+    ) -> list[RecordedEvent]:
+        """Up to `limit` events after `after_position`, in position order."""
+        q = f"{_SELECT} WHERE position > $1 ORDER BY position LIMIT $2"
+        rows = await (conn or self.pool).fetch(q, after_position, limit)
+        return [self._record(r) for r in rows]
+
+    async def head(self) -> int:
+        """The position of the last committed event (0 for an empty store)."""
+        return int(await self.pool.fetchval("SELECT position FROM events.head"))
+
+    def subscribe(
+        self, after_position: int = 0, *, page_size: int = 500, poll_interval: float = 1.0
+    ) -> Subscription:
+        """Catch up from `after_position`, then follow new events as they commit."""
+        return Subscription(self, after_position, page_size, poll_interval)
+
+    # -- integrity -----------------------------------------------------------------------
+
+    async def verify_chain(self, page_size: int = 5000) -> ChainReport:
+        """Recompute the hash chain; name every altered row and every missing position."""
+        report = ChainReport()
+        prev_hash = GENESIS_HASH
+        last = 0
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            head = await conn.fetchrow("SELECT position, hash FROM events.head")
+            while True:
+                rows = await conn.fetch(
+                    "SELECT position, hash, events.canonical(position, id, stream, version, "
+                    "type, schema, data, meta) AS body FROM events.events "
+                    "WHERE position > $1 ORDER BY position LIMIT $2",
+                    last, page_size,
+                )
+                for r in rows:
+                    pos: int = r["position"]
+                    if pos != last + 1:
+                        gap = f"{last + 1}" if pos == last + 2 else f"{last + 1}..{pos - 1}"
+                        for missing in range(last + 1, pos):
+                            report.problems.append(
+                                ChainProblem(missing, "missing", f"position {gap} was deleted")
+                            )
+                    elif hashlib.sha256(prev_hash + r["body"]).digest() != r["hash"]:
+                        report.problems.append(ChainProblem(
+                            pos, "altered", "row content does not match its chain hash"
+                        ))
+                    prev_hash = r["hash"]
+                    last = pos
+                    report.checked += 1
+                if len(rows) < page_size:
+                    break
+            if head is not None and head["position"] > last:
+                for missing in range(last + 1, head["position"] + 1):
+                    report.problems.append(
+                        ChainProblem(missing, "missing", "event after the last row was deleted")
+                    )
+            elif head is not None and last and head["hash"] != prev_hash:
+                report.problems.append(
+                    ChainProblem(last, "head", "the chain head does not match the last row")
+                )
+        report.last_position = last
+        return report
+
+
+class Subscription:
+    """Async iterator over committed events: catch-up reads, then LISTEN/NOTIFY with a poll."""
+
+    def __init__(
+        self, store: PostgresEventStore, after_position: int, page_size: int, poll_interval: float
+    ) -> None:
+        self._store = store
+        self.position = after_position
+        self._page_size = page_size
+        self._poll = poll_interval
+        self._buf: collections.deque[RecordedEvent] = collections.deque()
+        self._wake = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def __aenter__(self) -> Subscription:
+        self._conn = await asyncpg.connect(self._store.dsn)
+        await self._conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                await asyncio.shield(conn.close(timeout=5))
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                conn.terminate()
+
+    def __aiter__(self) -> AsyncIterator[RecordedEvent]:
+        return self
+
+    async def __anext__(self) -> RecordedEvent:
+        if self._conn is None:
+            raise EventStoreError("use the subscription in `async with` before iterating")
+        while not self._buf:
+            self._wake.clear()
+            page = await self._store.read_all(self.position, self._page_size)
+            if page:
+                self._buf.extend(page)
+                break
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+            except TimeoutError:
+                pass
+        ev = self._buf.popleft()
+        self.position = ev.position
+        return ev
+
+    async def next_page(self) -> list[RecordedEvent]:
+        """All buffered or available events (at least one), for batch consumers."""
+        first = await self.__anext__()
+        out = [first, *self._buf]
+        self._buf.clear()
+        self.position = out[-1].position
+        return out
