@@ -1,0 +1,372 @@
+"""Projections: read models fed by events, each change committed with its checkpoint.
+
+A projection owns one Postgres schema. Its checkpoint (the last position it has taken into
+account) lives in `<schema>.checkpoints` and is updated in the same transaction as the read
+model, under a transaction advisory lock per projection; an event at or below the checkpoint
+is skipped. So an event takes effect exactly once however often it is delivered.
+
+Live events come from JetStream: at start the projection catches up from Postgres, then reads
+the events stream from the first message after its checkpoint (found by binary search over the
+`Hp-Position` header, which the relay keeps increasing with the stream sequence), in order.
+On any error it starts again from its checkpoint. `rebuild()` resets the read model and replays
+from Postgres directly, page by page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import logging
+import pkgutil
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import asyncpg
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext, api
+
+from libs.events.envelope import RecordedEvent
+from libs.events.migrations import migrate
+from libs.events.relay import (
+    DEFAULT_PREFIX,
+    DEFAULT_STREAM,
+    POSITION_HEADER,
+    decode_event,
+    ensure_stream,
+    subject_for,
+)
+from libs.events.store import PostgresEventStore
+from libs.service.metrics import HANDLER_ERRORS, HANDLER_LATENCY
+
+__all__ = [
+    "Projection",
+    "ProjectionError",
+    "ProjectionRunner",
+    "known_projections",
+    "register_projection",
+    "replay_by_name",
+]
+
+log = logging.getLogger("homeport.projection")
+_IDENT = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+
+class ProjectionError(Exception):
+    """A projection is misdeclared or unknown."""
+
+
+class Projection(ABC):
+    """A read model: subclasses name it, own a schema, and apply batches of events."""
+
+    name: ClassVar[str]
+    schema: ClassVar[str]
+    subject: ClassVar[str] = ">"  # JetStream filter below the prefix, e.g. "app.>"
+    migrations: ClassVar[Path | None] = None
+
+    def wants(self, event: RecordedEvent) -> bool:
+        """Events this projection applies (mirror of `subject` for reads from Postgres)."""
+        return True
+
+    @abstractmethod
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        """Apply events (in position order) inside the caller's transaction."""
+
+    @abstractmethod
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        """Empty the read model (inside the caller's transaction) before a rebuild."""
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"projection:{name}".encode()).digest()[:8], "big",
+                          signed=True)
+
+
+class ProjectionRunner:
+    """Runs one projection: set-up, catch-up from Postgres, live follow from JetStream."""
+
+    def __init__(
+        self, projection: Projection, store: PostgresEventStore, nc: NATS | None = None, *,
+        stream: str = DEFAULT_STREAM, prefix: str = DEFAULT_PREFIX, batch: int = 500,
+        fetch_timeout: float = 1.0, page_size: int = 5000,
+    ) -> None:
+        for what, value in (("name", projection.name), ("schema", projection.schema)):
+            if not _IDENT.match(value):
+                raise ProjectionError(f"projection {what} {value!r} must match {_IDENT.pattern}")
+        self.projection = projection
+        self.store = store
+        self.nc = nc
+        self.stream = stream
+        self.prefix = prefix
+        self.batch = batch
+        self.fetch_timeout = fetch_timeout
+        self.page_size = page_size
+        self.applied = 0  # events applied by this runner (not skipped)
+        self._key = _lock_key(projection.name)
+        self._stop = asyncio.Event()
+        self.live = asyncio.Event()  # set once caught up and following
+        self._subject_re = _subject_regex(f"{prefix}.{projection.subject}")
+
+    @property
+    def name(self) -> str:
+        return self.projection.name
+
+    def _matches(self, event: RecordedEvent) -> bool:
+        return self._subject_re.match(subject_for(self.prefix, event)) is not None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- storage -------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Create the projection's schema, checkpoint table and read-model migrations."""
+        s = self.projection.schema
+        async with self.store.pool.acquire() as conn:
+            await conn.execute(
+                f"SELECT pg_advisory_lock({self._key});"
+                f"CREATE SCHEMA IF NOT EXISTS {s};"
+                f"CREATE TABLE IF NOT EXISTS {s}.checkpoints ("
+                " name text PRIMARY KEY, position bigint NOT NULL,"
+                " updated_at timestamptz NOT NULL DEFAULT now());"
+                f"SELECT pg_advisory_unlock({self._key});"
+            )
+            await conn.execute(
+                f"INSERT INTO {s}.checkpoints (name, position) VALUES ($1, 0) "
+                "ON CONFLICT (name) DO NOTHING", self.name,
+            )
+            if self.projection.migrations is not None:
+                await migrate(conn, f"{s}.{self.name}", self.projection.migrations)
+
+    async def checkpoint(self) -> int:
+        return int(await self.store.pool.fetchval(
+            f"SELECT position FROM {self.projection.schema}.checkpoints WHERE name = $1",
+            self.name,
+        ) or 0)
+
+    async def _apply_in(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> int:
+        """One transaction: lock, skip what the checkpoint covers, apply, move the checkpoint."""
+        if not events:
+            return 0
+        s = self.projection.schema
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._key)
+            cp = int(await conn.fetchval(
+                f"SELECT position FROM {s}.checkpoints WHERE name = $1 FOR UPDATE", self.name
+            ))
+            fresh = [e for e in events if e.position > cp]
+            if not fresh:
+                return 0
+            wanted = [e for e in fresh if self._matches(e) and self.projection.wants(e)]
+            if wanted:
+                with HANDLER_LATENCY.labels(subject=f"projection.{self.name}").time():
+                    await self.projection.apply(conn, wanted)
+            await conn.execute(
+                f"UPDATE {s}.checkpoints SET position = $2, updated_at = now() WHERE name = $1",
+                self.name, fresh[-1].position,
+            )
+        self.applied += len(wanted)
+        return len(wanted)
+
+    async def apply_batch(self, events: Sequence[RecordedEvent]) -> int:
+        """Apply events in position order; returns how many took effect."""
+        async with self.store.pool.acquire() as conn:
+            return await self._apply_in(conn, events)
+
+    # -- from Postgres -------------------------------------------------------------------
+
+    async def catch_up(self) -> int:
+        """Apply everything committed after the checkpoint, read from Postgres."""
+        total = 0
+        position = await self.checkpoint()
+        while not self._stop.is_set():
+            page = await self.store.read_all(position, self.page_size)
+            if not page:
+                break
+            total += await self.apply_batch(page)
+            position = page[-1].position
+        return total
+
+    async def rebuild(self, progress: Callable[[int], None] | None = None) -> int:
+        """Empty the read model and replay every event from Postgres; returns events applied.
+
+        Holds the projection's lock for the whole run, so a live runner waits meanwhile.
+        """
+        await self.setup()
+        s = self.projection.schema
+        total = 0
+        async with self.store.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", self._key)
+            try:
+                async with conn.transaction():
+                    await self.projection.reset(conn)
+                    await conn.execute(
+                        f"UPDATE {s}.checkpoints SET position = 0, updated_at = now() "
+                        "WHERE name = $1", self.name,
+                    )
+                position = 0
+                while True:
+                    page = await self.store.read_all(position, self.page_size, conn=conn)
+                    if not page:
+                        break
+                    total += await self._apply_in(conn, page)
+                    position = page[-1].position
+                    if progress is not None:
+                        progress(position)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", self._key)
+        return total
+
+    # -- live ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Set up, catch up, then follow (JetStream if connected, else Postgres) until stop()."""
+        await self.setup()
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                await self.catch_up()
+                if self.nc is None:
+                    await self._follow_postgres()
+                else:
+                    await self._follow_jetstream(self.nc.jetstream())
+                delay = 0.2
+            except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError,
+                    asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as e:
+                log.warning("projection interrupted; resuming from its checkpoint",
+                            extra={"projection": self.name, "error": f"{type(e).__name__}: {e}"})
+            except asyncpg.PostgresError as e:
+                HANDLER_ERRORS.labels(subject=f"projection.{self.name}", code="apply").inc()
+                log.exception("projection failed to apply events; retrying",
+                              extra={"projection": self.name, "error": str(e)})
+            self.live.clear()
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except TimeoutError:
+                delay = min(delay * 2, 10.0)
+
+    async def _follow_postgres(self) -> None:
+        async with self.store.subscribe(await self.checkpoint()) as sub:
+            self.live.set()
+            while not self._stop.is_set():
+                try:
+                    page = await asyncio.wait_for(sub.next_page(), self.fetch_timeout)
+                except TimeoutError:
+                    continue
+                await self.apply_batch(page)
+
+    async def _start_seq(self, js: JetStreamContext, position: int) -> int:
+        """The first stream sequence whose event lies after `position` (binary search)."""
+        info = await js.stream_info(self.stream)
+        lo, hi = max(info.state.first_seq, 1), info.state.last_seq
+        if hi < lo:
+            return hi + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            try:
+                msg = await js.get_msg(self.stream, seq=mid)
+                pos = int((msg.headers or {}).get(POSITION_HEADER, "0"))
+            except nats.js.errors.NotFoundError:
+                lo = mid + 1
+                continue
+            if pos > position:
+                hi = mid
+            else:
+                lo = mid + 1
+        try:
+            last = await js.get_msg(self.stream, seq=lo)
+            if int((last.headers or {}).get(POSITION_HEADER, "0")) <= position:
+                return lo + 1
+        except nats.js.errors.NotFoundError:
+            return lo + 1
+        return lo
+
+    async def _follow_jetstream(self, js: JetStreamContext) -> None:
+        await ensure_stream(js, self.stream, self.prefix)
+        durable = f"proj_{self.name}"
+        start = await self._start_seq(js, await self.checkpoint())
+        try:
+            await js.delete_consumer(self.stream, durable)
+        except nats.js.errors.NotFoundError:
+            pass
+        cfg = api.ConsumerConfig(
+            durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=60.0,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
+            filter_subject=f"{self.prefix}.{self.projection.subject}",
+            max_ack_pending=self.batch * 2,
+        )
+        psub = await js.pull_subscribe(
+            cfg.filter_subject or ">", durable=durable, stream=self.stream, config=cfg
+        )
+        try:
+            self.live.set()
+            while not self._stop.is_set():
+                try:
+                    msgs = await psub.fetch(self.batch, timeout=self.fetch_timeout)
+                except nats.errors.TimeoutError:
+                    continue
+                events = [decode_event(m.data) for m in msgs]
+                events = [self.store.registry.upcast_recorded(e) for e in events]
+                await self.apply_batch(events)
+                for m in msgs:
+                    await m.ack()
+        finally:
+            try:
+                await psub.unsubscribe()
+            except (nats.errors.Error, nats.js.errors.Error):
+                pass
+
+
+def _subject_regex(pattern: str) -> re.Pattern[str]:
+    parts = []
+    for tok in pattern.split("."):
+        parts.append({"*": r"[^.]+", ">": r".+"}.get(tok, re.escape(tok)))
+    return re.compile("^" + r"\.".join(parts) + "$")
+
+
+# -- registry of projections, for `homeport replay <name>` --------------------------------
+
+_FACTORIES: dict[str, Callable[[], Projection]] = {}
+
+
+def register_projection(cls: type[Projection]) -> type[Projection]:
+    """Class decorator: make a projection known to `homeport replay`."""
+    _FACTORIES[cls.name] = cls
+    return cls
+
+
+def known_projections() -> dict[str, Callable[[], Projection]]:
+    """Every registered projection, after importing each `services.<name>.projections`."""
+    try:
+        import services
+    except ImportError:  # pragma: no cover - services always ship with libs
+        return dict(_FACTORIES)
+    for mod in pkgutil.iter_modules(services.__path__):
+        if mod.ispkg:
+            try:
+                importlib.import_module(f"services.{mod.name}.projections")
+            except ModuleNotFoundError as e:
+                if e.name != f"services.{mod.name}.projections":
+                    raise
+    return dict(_FACTORIES)
+
+
+async def replay_by_name(
+    name: str, dsn: str, progress: Callable[[int], None] | None = None
+) -> int:
+    """Rebuild one projection from Postgres; returns the number of events it applied."""
+    known = known_projections()
+    if name not in known:
+        raise ProjectionError(
+            f"no projection named {name!r}; known: {', '.join(sorted(known)) or 'none'}"
+        )
+    store = await PostgresEventStore.open(dsn, max_size=2)
+    try:
+        return await ProjectionRunner(known[name](), store).rebuild(progress)
+    finally:
+        await store.close()

@@ -1,0 +1,386 @@
+"""The relay: publishes committed events, in position order, from Postgres to JetStream.
+
+Why nothing is lost, reordered or doubled in the stream:
+- Postgres is the record; the relay only reads it (`Subscription`, position order, no skips).
+- Only one relay publishes at a time: it holds a session advisory lock in Postgres; a second
+  one waits. A relay killed with -9 loses its connection and with it the lock.
+- Every message carries `Nats-Expected-Last-Sequence`: the stream sequence it must follow.
+  If one message of a pipelined window is not stored (a disconnect, a timeout), every later
+  one is refused by the server too, so the stream never has a hole.
+- At start and after any error the relay reconciles: it reads the stream's last message and
+  resumes after the position in its `Hp-Position` header, so it does not re-publish what
+  JetStream already holds. `Nats-Msg-Id` (the event id) lets JetStream absorb a duplicate
+  anyway, and consumers skip positions at or below their checkpoint.
+- The relay's own checkpoint (`events.relay_checkpoint`) is written after acks; it serves
+  monitoring (lag) and a stream whose last message has aged out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext, api
+
+from libs.events.envelope import RecordedEvent, dumps
+from libs.events.store import PostgresEventStore
+from libs.service.metrics import RELAY_LAG_EVENTS, RELAY_LAG_SECONDS
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_STREAM",
+    "Relay",
+    "RelayError",
+    "encode_event",
+    "decode_event",
+    "ensure_stream",
+    "subject_for",
+]
+
+log = logging.getLogger("homeport.relay")
+
+DEFAULT_STREAM = "HOMEPORT_EVENTS"
+DEFAULT_PREFIX = "hp.evt"
+POSITION_HEADER = "Hp-Position"
+_LOCK_KEY = 0x48505245  # "HPRE"
+_TRANSIENT = (
+    nats.errors.Error,
+    nats.js.errors.Error,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+class RelayError(Exception):
+    """The stream does not hold what the relay published (another writer, a wiped stream)."""
+
+
+def subject_for(prefix: str, event: RecordedEvent) -> str:
+    """`hp.evt.<category>.<Type>`."""
+    return f"{prefix}.{event.category}.{event.type}"
+
+
+def encode_event(event: RecordedEvent) -> bytes:
+    """The JSON body of a relayed event: the whole envelope."""
+    return dumps({
+        "id": str(event.id), "stream": event.stream, "version": event.version,
+        "position": event.position, "type": event.type, "schema": event.schema,
+        "data": event.data, "meta": event.meta, "recorded_at": event.recorded_at.isoformat(),
+    }).encode()
+
+
+def decode_event(body: bytes) -> RecordedEvent:
+    """The inverse of `encode_event` (the hash is not relayed: verify it in Postgres)."""
+    import uuid
+
+    d = json.loads(body)
+    return RecordedEvent(
+        position=int(d["position"]), id=uuid.UUID(d["id"]), stream=d["stream"],
+        version=int(d["version"]), type=d["type"], schema=int(d["schema"]), data=d["data"],
+        meta=d["meta"], recorded_at=datetime.fromisoformat(d["recorded_at"]), hash=b"",
+    )
+
+
+async def ensure_stream(
+    js: JetStreamContext, stream: str = DEFAULT_STREAM, prefix: str = DEFAULT_PREFIX
+) -> api.StreamInfo:
+    """Create the events stream if missing (file storage, 2 min de-duplication window)."""
+    try:
+        return await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        pass
+    try:
+        return await js.add_stream(
+            name=stream, subjects=[f"{prefix}.>"], storage=api.StorageType.FILE,
+            duplicate_window=120.0, discard=api.DiscardPolicy.OLD,
+        )
+    except nats.js.errors.BadRequestError:
+        # Created by someone else in between.
+        return await js.stream_info(stream)
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: RecordedEvent
+    seq: int
+    future: asyncio.Future[api.PubAck]
+
+
+class Relay:
+    """Follows the event store and publishes each committed event once, in order."""
+
+    def __init__(
+        self, store: PostgresEventStore, nc: NATS, *, name: str = "relay",
+        stream: str = DEFAULT_STREAM, prefix: str = DEFAULT_PREFIX, window: int = 256,
+        page_size: int = 1000, ack_timeout: float = 5.0, checkpoint_every: float = 0.5,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.nc = nc
+        self.js = nc.jetstream(publish_async_max_pending=max(window, 1))
+        self.name = name
+        self.stream = stream
+        self.prefix = prefix
+        self.window = max(window, 1)
+        self.page_size = page_size
+        self.ack_timeout = ack_timeout
+        self.checkpoint_every = checkpoint_every
+        self.poll_interval = poll_interval
+        self.position = 0  # last position confirmed stored in the stream
+        self.published = 0  # messages acked in this run
+        self._seq = 0  # the stream's last sequence as far as we know
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._saved = -1
+        self._saved_at = 0.0
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()  # set once the lock is held and the first reconcile done
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Hold the relay lock, then publish until `stop()`; transient errors are retried."""
+        async with self.store.pool.acquire() as lock_conn:
+            while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+                if await self._sleep(1.0):
+                    return
+            try:
+                await self._loop()
+            finally:
+                await self._save_checkpoint(force=True, quiet=True)
+                await lock_conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+
+    async def _loop(self) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                await ensure_stream(self.js, self.stream, self.prefix)
+                await self._reconcile()
+                self.ready.set()
+                delay = 0.2
+                await self._pump()
+            except _TRANSIENT as e:
+                self._abandon_pending()
+                log.warning(
+                    "relay interrupted; reconciling and resuming",
+                    extra={"error": f"{type(e).__name__}: {e}", "position": self.position},
+                )
+                if await self._sleep(delay):
+                    return
+                delay = min(delay * 2, 5.0)
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; True when stopped."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _reconcile(self) -> None:
+        """Resume after the last event the stream holds (or our checkpoint if it aged out)."""
+        info = await self.js.stream_info(self.stream)
+        self._seq = info.state.last_seq
+        checkpoint = int(await self.store.pool.fetchval(
+            "SELECT coalesce((SELECT position FROM events.relay_checkpoint WHERE name = $1), 0)",
+            self.name,
+        ))
+        if self._seq == 0:
+            self.position = 0  # a new (or wiped) stream gets the whole history
+        else:
+            try:
+                last = await self.js.get_msg(self.stream, seq=self._seq)
+                header = (last.headers or {}).get(POSITION_HEADER)
+                if header is None:
+                    raise RelayError(
+                        f"the last message of stream {self.stream} has no {POSITION_HEADER} "
+                        "header: something else publishes into it; give the relay its own stream"
+                    )
+                self.position = int(header)
+            except nats.js.errors.NotFoundError:
+                self.position = checkpoint
+        head = await self.store.head()
+        if self.position > head:
+            raise RelayError(
+                f"stream {self.stream} holds position {self.position} but the event store ends "
+                f"at {head}: the stream belongs to another event store; delete it to re-publish"
+            )
+        log.info("relay resumes", extra={"position": self.position, "stream_seq": self._seq})
+
+    async def _pump(self) -> None:
+        async with self.store.subscribe(
+            self.position, page_size=self.page_size, poll_interval=self.poll_interval
+        ) as sub:
+            while not self._stop.is_set():
+                page_task = asyncio.ensure_future(sub.next_page())
+                stop_task = asyncio.ensure_future(self._stop.wait())
+                try:
+                    await asyncio.wait(
+                        {page_task, stop_task}, timeout=self.checkpoint_every * 4,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    stop_task.cancel()
+                    if not page_task.done():
+                        page_task.cancel()
+                    await asyncio.gather(page_task, stop_task, return_exceptions=True)
+                if page_task.cancelled():
+                    await self._save_checkpoint(force=False)
+                    await self._update_lag(None)
+                    continue
+                page = page_task.result()
+                await self._update_lag(page[0])
+                await self._publish_page(page)
+                await self._save_checkpoint(force=False)
+            await self._save_checkpoint(force=True)
+
+    async def _publish_page(self, page: Sequence[RecordedEvent]) -> None:
+        for event in page:
+            if event.position <= self.position:
+                continue
+            while len(self._pending) >= self.window:
+                await self._confirm_oldest()
+            self._seq += 1
+            headers = {
+                "Nats-Msg-Id": str(event.id),
+                "Nats-Expected-Last-Sequence": str(self._seq - 1),
+                POSITION_HEADER: str(event.position),
+            }
+            fut = await self.js.publish_async(
+                subject_for(self.prefix, event), encode_event(event), headers=headers,
+            )
+            self._pending.append(_Pending(event, self._seq, fut))
+        while self._pending:
+            await self._confirm_oldest()
+
+    async def _confirm_oldest(self) -> None:
+        p = self._pending[0]
+        ack = await asyncio.wait_for(asyncio.shield(p.future), self.ack_timeout)
+        self._pending.popleft()
+        if ack.duplicate:
+            log.info("duplicate absorbed by JetStream", extra={"position": p.event.position})
+        elif ack.seq != p.seq:
+            raise RelayError(
+                f"stream {self.stream} stored position {p.event.position} at sequence "
+                f"{ack.seq}, expected {p.seq}: another publisher writes into the stream"
+            )
+        self.position = p.event.position
+        self.published += 1
+
+    def _abandon_pending(self) -> None:
+        """Drop unconfirmed publishes; the next reconcile decides what to send again."""
+        while self._pending:
+            p = self._pending.popleft()
+            if not p.future.done():
+                p.future.cancel()
+            elif not p.future.cancelled():
+                p.future.exception()  # mark retrieved
+
+    async def _save_checkpoint(self, *, force: bool, quiet: bool = False) -> None:
+        now = time.monotonic()
+        if self.position == self._saved or (
+            not force and now - self._saved_at < self.checkpoint_every
+        ):
+            return
+        try:
+            await self.store.pool.execute(
+                "INSERT INTO events.relay_checkpoint (name, position) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+                self.name, self.position,
+            )
+        except (asyncpg.PostgresError, *_TRANSIENT):
+            if not quiet:
+                raise
+            return
+        self._saved, self._saved_at = self.position, now
+
+    async def _update_lag(self, first_unpublished: RecordedEvent | None) -> None:
+        head = await self.store.head()
+        RELAY_LAG_EVENTS.set(max(head - self.position, 0))
+        if first_unpublished is None or head <= self.position:
+            RELAY_LAG_SECONDS.set(0)
+        else:
+            age = (datetime.now(UTC) - first_unpublished.recorded_at).total_seconds()
+            RELAY_LAG_SECONDS.set(max(age, 0.0))
+
+
+def _connect_options() -> dict[str, Any]:
+    """Reconnect for ever: the relay outlives NATS restarts."""
+    return {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5, "connect_timeout": 2}
+
+
+async def connect_nats(url: str, name: str) -> NATS:
+    """A NATS connection that keeps reconnecting (used by the relay and consumers)."""
+    return await nats.connect(url, name=name, **_connect_options())
+
+
+# -- the relay process: python -m libs.events.relay ---------------------------------------
+
+
+def _build() -> Any:
+    """Wire the relay into the service lifecycle (config from HP_* variables)."""
+    from dataclasses import dataclass as _dc
+
+    from libs.service.config import ServiceConfig, load_config
+    from libs.service.runner import Service
+
+    @_dc(frozen=True)
+    class RelayConfig(ServiceConfig):
+        events_stream: str = DEFAULT_STREAM
+        events_prefix: str = DEFAULT_PREFIX
+        relay_window: int = 256
+
+    cfg = load_config(RelayConfig)
+    svc = Service("relay", cfg)
+    parts: dict[str, Any] = {}
+
+    async def start() -> None:
+        parts["store"] = store = await PostgresEventStore.open(cfg.database_url, max_size=3)
+        parts["nc"] = nc = await connect_nats(cfg.nats_url, "homeport-relay")
+        relay = Relay(store, nc, stream=cfg.events_stream, prefix=cfg.events_prefix,
+                      window=cfg.relay_window)
+        parts["relay"] = relay
+        parts["task"] = svc.spawn(relay.run(), "relay")
+
+    async def ready() -> bool:
+        relay = parts.get("relay")
+        return relay is not None and relay.ready.is_set() and parts["nc"].is_connected
+
+    async def stop() -> None:
+        relay, task = parts.get("relay"), parts.get("task")
+        if relay is not None and task is not None:
+            relay.stop()
+            await asyncio.wait({task}, timeout=cfg.drain_seconds)
+
+    async def cleanup() -> None:
+        if "nc" in parts:
+            await parts["nc"].close()
+        if "store" in parts:
+            await parts["store"].close()
+
+    svc.on_start(start)
+    svc.on_stop(stop)
+    svc.on_cleanup(cleanup)
+    svc.add_readiness_check("relay", ready)
+    return svc
+
+
+if __name__ == "__main__":
+    from libs.service.runner import main
+
+    main(_build)
