@@ -243,3 +243,33 @@ async def test_tailing_reader_gets_every_event_once_in_order_under_concurrent_wr
     for w in range(writers):
         mine = [i for _, i in received if by_writer[i] == w]
         assert mine == committed[w]
+
+
+async def test_group_commit_keeps_each_append_all_or_nothing(
+    store: PostgresEventStore, dsn: str
+) -> None:
+    """Concurrent appends share a transaction; a failing one leaves no trace, the rest land."""
+    first = await store.append("dup-1", [ev(n=0)])
+    taken_id = (await store.read_stream("dup-1"))[0].id
+    calls = (
+        [store.append(f"new-{i}", [ev(n=i), ev(n=i)], expected_version=0) for i in range(25)]
+        + [store.append("race-1", [ev(n=i)], expected_version=0) for i in range(5)]
+        + [store.append("dup-2", [ev(n=1), NewEvent("ThingHappened", {}, id=taken_id)])]
+        + [store.append("stale-1", [ev(n=1)], expected_version=3)]
+    )
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    conflicts = [r for r in results if isinstance(r, ConcurrencyError)]
+    others = [r for r in results if isinstance(r, EventStoreError)
+              and not isinstance(r, ConcurrencyError)]
+    assert len(ok) == 26 and len(conflicts) == 5 and len(others) == 1
+    assert "already exists" in str(others[0])
+    stale = next(c for c in conflicts if c.stream == "stale-1")
+    assert (stale.expected, stale.actual) == (3, 0)
+    assert await store.stream_version("dup-2") == 0, "half of the failed append landed"
+    assert await store.stream_version("race-1") == 1
+    positions = sorted(p for r in ok for p in r.positions)
+    assert positions == list(range(first.last_position + 1, first.last_position + 52))
+    assert await store.head() == 52
+    report = await store.verify_chain()
+    assert report.ok and report.checked == 52
