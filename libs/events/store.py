@@ -199,8 +199,8 @@ class PostgresEventStore:
             if isinstance(e, asyncpg.UniqueViolationError):
                 raise EventStoreError(f"an event id in this append already exists: {e}") from e
             raise
-        for e in new:
-            EVENTS_APPENDED.labels(type=e.type).inc()
+        for item in new:
+            EVENTS_APPENDED.labels(type=item.type).inc()
         return AppendResult(
             stream, rows[-1]["out_version"], tuple(r["out_position"] for r in rows)
         )
@@ -246,8 +246,8 @@ class PostgresEventStore:
                 got = by_append[i]
                 error = got[0]["out_error"] if got else "no result"
                 if error is None:
-                    for e in r.events:
-                        EVENTS_APPENDED.labels(type=e.type).inc()
+                    for item in r.events:
+                        EVENTS_APPENDED.labels(type=item.type).inc()
                     result = AppendResult(
                         r.stream, got[-1]["out_version"], tuple(x["out_position"] for x in got)
                     )

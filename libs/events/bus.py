@@ -1,0 +1,587 @@
+"""Commands and queries over NATS request/reply: `Bus` serves them, `BusClient` sends them.
+
+Wire contract (every service and the gateway speak it):
+- a command is a request to `hp.cmd.<service>.<verb>`, a query to `hp.qry.<service>.<name>`;
+  instances of one service subscribe in the queue group `hp.<service>`, so each request is
+  served by exactly one of them;
+- request body: `{"actor", "correlation_id", "causation_id", "ip", "payload": {...},
+  "deadline": <unix seconds>}`;
+- reply body: `{"ok": true, "result": ...}` or
+  `{"ok": false, "error": {"code", "message", "field"}}`.
+
+The deadline is absolute wall-clock time so it survives queueing; it assumes the clocks of the
+hosts agree to well under a typical timeout (NTP). A request whose deadline has passed is
+answered `deadline_exceeded` without running its handler, and a handler still running at the
+deadline is cancelled: nobody is waiting for its answer any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from libs.events import context
+from libs.events.context import Context
+from libs.events.envelope import uuid7
+from libs.service.logs import bind_correlation
+from libs.service.metrics import HANDLER_ERRORS, HANDLER_LATENCY
+
+__all__ = [
+    "Bus",
+    "BusClient",
+    "BusError",
+    "Conflict",
+    "DeadlineExceeded",
+    "Forbidden",
+    "Handler",
+    "Internal",
+    "Invalid",
+    "NotFound",
+    "Unauthorized",
+    "Unavailable",
+    "error_from_wire",
+]
+
+log = logging.getLogger("homeport.bus")
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+_TOKEN = re.compile(r"[a-z][a-z0-9_]*")
+_MAX_META = 256  # characters of actor, correlation_id, causation_id, ip
+_SUBSCRIBE_TIMEOUT = 5  # seconds
+_CANCEL_GRACE = 2.0
+_DRAIN_MIN = 1.0
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class BusError(Exception):
+    """An error a handler reports to its caller; `code` is what the gateway maps to HTTP."""
+
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "field": self.field}
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(code={self.code!r}, message={self.message!r}, field={self.field!r})"
+
+
+class Invalid(BusError):
+    """The input is wrong; `field` names the input field."""
+
+    code = "invalid"
+
+
+class Unauthorized(BusError):
+    """The caller is not authenticated."""
+
+    code = "unauthorized"
+
+
+class Forbidden(BusError):
+    """The caller may not do this."""
+
+    code = "forbidden"
+
+
+class NotFound(BusError):
+    """The thing asked for does not exist."""
+
+    code = "not_found"
+
+
+class Conflict(BusError):
+    """The request conflicts with the current state (reload and decide again)."""
+
+    code = "conflict"
+
+
+class Unavailable(BusError):
+    """Nobody can serve the request now: no responders, a connection problem, shutting down."""
+
+    code = "unavailable"
+
+
+class DeadlineExceeded(BusError):
+    """The request was not answered before its deadline."""
+
+    code = "deadline_exceeded"
+
+
+class Internal(BusError):
+    """Something unexpected failed; the details are in the server's log, never on the wire."""
+
+    code = "internal"
+
+    def __init__(
+        self, message: str = "internal error", *, field: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, field=field)
+        if code is not None and code != type(self).code:
+            # An error code this side does not know (a newer peer): kept as it came.
+            self.__dict__["code"] = code
+
+
+_BY_CODE: dict[str, type[BusError]] = {
+    cls.code: cls
+    for cls in (
+        Invalid, Unauthorized, Forbidden, NotFound, Conflict, Unavailable, DeadlineExceeded,
+        Internal,
+    )
+}  # fmt: skip
+
+
+def error_from_wire(d: dict[str, Any]) -> BusError:
+    """The typed error of a reply's `error` object; an unknown code gives Internal keeping it."""
+    if not isinstance(d, dict):
+        return Internal(f"malformed error in reply: {d!r:.200}")
+    code, message, field = d.get("code"), d.get("message"), d.get("field")
+    if not isinstance(code, str) or not code:
+        code = "internal"
+    if not isinstance(message, str):
+        message = f"error {code} without a message"
+    if not isinstance(field, str):
+        field = None
+    cls = _BY_CODE.get(code)
+    if cls is None or cls is Internal:
+        return Internal(message, field=field, code=code)
+    return cls(message, field=field)
+
+
+# -- the wire -------------------------------------------------------------------------------
+
+
+def _token(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise ValueError(
+            f"{kind} name {value!r} is invalid: use lower-case letters, digits and _, "
+            "starting with a letter"
+        )
+    return value
+
+
+def _subject(kind: str, service: str, name: str) -> str:
+    _token("service", service)
+    _token("verb" if kind == "cmd" else "query", name)
+    return f"hp.{kind}.{service}.{name}"
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _error_body(err: BusError) -> bytes:
+    return _dumps({"ok": False, "error": err.to_wire()})
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    context: Context
+    payload: dict[str, Any]
+    deadline: float
+
+
+def _meta(body: dict[str, Any], name: str, *, required: bool) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > _MAX_META:
+        need = "a non-empty string" if required else "null or a non-empty string"
+        raise Invalid(f"{name} must be {need} of at most {_MAX_META} characters", field=name)
+    return value
+
+
+def _decode_request(data: bytes) -> _Request:
+    try:
+        body = json.loads(data)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise Invalid(
+            "request is not JSON: send {actor, correlation_id, payload: {...}, deadline}",
+            field="payload",
+        ) from None
+    if not isinstance(body, dict) or not isinstance(body.get("payload"), dict):
+        raise Invalid("request payload must be a JSON object", field="payload")
+    actor = _meta(body, "actor", required=True)
+    cid = _meta(body, "correlation_id", required=True)
+    causation = _meta(body, "causation_id", required=False)
+    ip = _meta(body, "ip", required=False)
+    deadline = body.get("deadline")
+    if (
+        not isinstance(deadline, int | float)
+        or isinstance(deadline, bool)
+        or not math.isfinite(deadline)
+    ):
+        raise Invalid("deadline must be a time in Unix seconds", field="deadline")
+    assert actor is not None and cid is not None
+    return _Request(Context(actor, cid, causation, ip), body["payload"], float(deadline))
+
+
+def _decode_reply(subject: str, data: bytes) -> Any:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("ok"), bool):
+        raise Internal(f"malformed reply from {subject}: {data[:200]!r}")
+    if body["ok"]:
+        return body.get("result")
+    error = body.get("error")
+    raise error_from_wire(error if isinstance(error, dict) else {})
+
+
+# -- serving --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    subject: str
+    handler: Handler
+
+
+class _Exchange:
+    """One request being served: what stop() reports if it has to drop it."""
+
+    __slots__ = ("correlation_id", "msg", "replied", "route")
+
+    def __init__(self, route: _Route, msg: Msg) -> None:
+        self.route = route
+        self.msg = msg
+        self.correlation_id: str | None = None
+        self.replied = False
+
+
+def _no_work() -> AbstractAsyncContextManager[None]:
+    return contextlib.nullcontext()
+
+
+class Bus:
+    """Serves one service's commands and queries; every request runs in a task of its own."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        service: str,
+        *,
+        work: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+        max_in_flight: int = 1000,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        self._nc = nc
+        self.service = _token("service", service)
+        self.queue = f"hp.{service}"
+        self._work = work or _no_work
+        self._max_in_flight = max_in_flight
+        self._routes: dict[str, _Route] = {}
+        self._subs: list[Subscription] = []
+        self._tasks: dict[asyncio.Task[None], _Exchange] = {}
+        self._started = False
+        self._accepting = False
+
+    def command(self, verb: str) -> Callable[[Handler], Handler]:
+        """Register the handler of `hp.cmd.<service>.<verb>`."""
+        return self._register(_subject("cmd", self.service, verb))
+
+    def query(self, name: str) -> Callable[[Handler], Handler]:
+        """Register the handler of `hp.qry.<service>.<name>`."""
+        return self._register(_subject("qry", self.service, name))
+
+    def _register(self, subject: str) -> Callable[[Handler], Handler]:
+        if self._started:
+            raise RuntimeError(f"register {subject} before Bus.start()")
+        if subject in self._routes:
+            raise ValueError(f"{subject} already has a handler")
+
+        def decorate(handler: Handler) -> Handler:
+            self._routes[subject] = _Route(subject, handler)
+            return handler
+
+        return decorate
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        """Subscribe every registered handler in the queue group `hp.<service>`."""
+        if self._started:
+            raise RuntimeError(f"bus of {self.service} already started")
+        self._started = self._accepting = True
+        try:
+            for route in self._routes.values():
+                sub = await self._nc.subscribe(
+                    route.subject, queue=self.queue, cb=self._receiver(route)
+                )
+                self._subs.append(sub)
+            # The server has the interest once it answers a PING sent after the SUBs: without
+            # this a request sent on another connection right after start() can find no one.
+            await self._nc.flush(timeout=_SUBSCRIBE_TIMEOUT)
+        except BaseException:
+            self._accepting = False
+            subs, self._subs = self._subs, []
+            for sub in subs:
+                with contextlib.suppress(nats.errors.Error):  # the connection is gone
+                    await sub.unsubscribe()
+            raise
+
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Stop taking requests, let in-flight handlers finish within `grace` s, cancel the rest.
+
+        The subscriptions are drained, so requests NATS already delivered are still served.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        subs, self._subs = self._subs, []
+        if subs:
+            try:
+                # One round trip to the server at least, whatever `grace` says.
+                async with asyncio.timeout(max(grace, _DRAIN_MIN)):
+                    await asyncio.gather(*(s.drain() for s in subs))  # type: ignore[no-untyped-call]
+            except (nats.errors.Error, TimeoutError) as e:
+                # Closed or draining connections have dropped their subscriptions already.
+                log.warning("bus %s: could not drain its subscriptions: %r", self.service, e)
+        self._accepting = False
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - loop.time()))
+        if not pending:
+            return
+        dropped = [self._tasks[t] for t in pending if t in self._tasks]
+        log.warning(
+            "bus %s stopped with %d request(s) unfinished after %.1f s; cancelled: %s",
+            self.service,
+            len(dropped),
+            grace,
+            ", ".join(f"{x.route.subject} ({x.correlation_id})" for x in dropped),
+        )
+        for t in pending:
+            t.cancel()
+        _, stuck = await asyncio.wait(pending, timeout=_CANCEL_GRACE)
+        if stuck:
+            log.error("bus %s: %d handler(s) ignored cancellation", self.service, len(stuck))
+
+    def _receiver(self, route: _Route) -> Callable[[Msg], Awaitable[None]]:
+        async def receive(msg: Msg) -> None:
+            # Runs in nats-py's per-subscription loop, one message at a time: never block here.
+            exchange = _Exchange(route, msg)
+            if not msg.reply:
+                log.warning("%s got a message without a reply subject; ignored", route.subject)
+                HANDLER_ERRORS.labels(subject=route.subject, code=Invalid.code).inc()
+                return
+            if not self._accepting or len(self._tasks) >= self._max_in_flight:
+                why = "is stopping" if not self._accepting else "is busy"
+                err = Unavailable(f"service {self.service} {why}: retry shortly")
+                HANDLER_ERRORS.labels(subject=route.subject, code=err.code).inc()
+                await self._reply(exchange, _error_body(err))
+                return
+            task = asyncio.create_task(self._serve(exchange), name=f"bus {route.subject}")
+            self._tasks[task] = exchange
+            task.add_done_callback(self._forget)
+
+        return receive
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    async def _serve(self, x: _Exchange) -> None:
+        started = time.perf_counter()
+        code: str | None = None
+        try:
+            async with self._work():
+                code = await self._answer(x)
+        except asyncio.CancelledError:
+            code = Unavailable.code
+            if not x.replied:
+                gone = Unavailable(f"{x.route.subject} was cancelled: the service is stopping")
+                await self._reply(x, _error_body(gone))
+            raise
+        except Exception as e:
+            # Only the in-flight tracking (`work`) gets here; _answer replies to everything.
+            if isinstance(e, BusError):
+                err: BusError = e
+            else:
+                log.exception("bus %s could not take %s", self.service, x.route.subject)
+                err = Unavailable(f"service {self.service} cannot take work now: retry shortly")
+            code = err.code
+            if not x.replied:
+                await self._reply(x, _error_body(err))
+        finally:
+            HANDLER_LATENCY.labels(subject=x.route.subject).observe(time.perf_counter() - started)
+            if code is not None:
+                HANDLER_ERRORS.labels(subject=x.route.subject, code=code).inc()
+
+    async def _answer(self, x: _Exchange) -> str | None:
+        """Decode, check the deadline, run the handler, reply; the error code sent, if any."""
+        try:
+            req = _decode_request(x.msg.data)
+        except Invalid as e:
+            await self._reply(x, _error_body(e))
+            return e.code
+        cid = req.context.correlation_id
+        assert cid is not None
+        x.correlation_id = cid
+        with context.use(req.context), bind_correlation(cid):
+            try:
+                body = _dumps({"ok": True, "result": await self._run(x.route, req)})
+            except BusError as e:
+                err: BusError = e
+            except Exception as e:
+                # TypeError/ValueError from _dumps land here too: a result that is not JSON.
+                log.exception(
+                    "%s failed: %s",
+                    x.route.subject,
+                    type(e).__name__,
+                    extra={"correlation_id": cid, "subject": x.route.subject},
+                )
+                err = Internal(f"internal error; see logs for correlation id {cid}")
+            else:
+                if len(body) <= self._nc.max_payload:
+                    await self._reply(x, body)
+                    return None
+                log.error(
+                    "%s: result of %d bytes exceeds the NATS max payload of %d bytes",
+                    x.route.subject,
+                    len(body),
+                    self._nc.max_payload,
+                    extra={"correlation_id": cid, "subject": x.route.subject},
+                )
+                err = Internal(f"internal error; see logs for correlation id {cid}")
+            await self._reply(x, _error_body(err))
+            return err.code
+
+    async def _run(self, route: _Route, req: _Request) -> Any:
+        remaining = req.deadline - time.time()
+        if remaining <= 0:
+            raise DeadlineExceeded(
+                f"{route.subject} arrived {-remaining:.3f} s after its deadline; not run"
+            )
+        window = asyncio.timeout(remaining)
+        try:
+            async with window:
+                return await route.handler(req.payload)
+        except TimeoutError:
+            if window.expired():
+                log.warning("%s cancelled at its deadline", route.subject)
+                raise DeadlineExceeded(
+                    f"{route.subject} did not finish before its deadline; it was cancelled"
+                ) from None
+            raise  # the handler's own TimeoutError: an unexpected failure, so Internal
+
+    async def _reply(self, x: _Exchange, body: bytes) -> None:
+        # Not msg.respond(): nats-py's respond() copies the request's headers into the reply.
+        x.replied = True
+        try:
+            await self._nc.publish(x.msg.reply, body)
+        except nats.errors.Error as e:
+            log.warning(
+                "could not reply to %s: %r",
+                x.route.subject,
+                e,
+                extra={"correlation_id": x.correlation_id},
+            )
+
+
+# -- calling --------------------------------------------------------------------------------
+
+
+class BusClient:
+    """Sends commands and queries and turns error replies back into typed BusErrors."""
+
+    def __init__(self, nc: NATS, *, default_timeout: float = 5.0) -> None:
+        _check_timeout(default_timeout)
+        self._nc = nc
+        self.default_timeout = default_timeout
+
+    async def command(
+        self,
+        service: str,
+        verb: str,
+        payload: dict[str, Any],
+        *,
+        ctx: Context | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the wire deadline, not a local wait
+    ) -> Any:
+        """Send command `verb` to `service` and return its result."""
+        return await self._call(_subject("cmd", service, verb), service, payload, ctx, timeout)
+
+    async def query(
+        self,
+        service: str,
+        name: str,
+        payload: dict[str, Any],
+        *,
+        ctx: Context | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the wire deadline, not a local wait
+    ) -> Any:
+        """Ask query `name` of `service` and return its result."""
+        return await self._call(_subject("qry", service, name), service, payload, ctx, timeout)
+
+    async def _call(
+        self,
+        subject: str,
+        service: str,
+        payload: dict[str, Any],
+        ctx: Context | None,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> Any:
+        wait = self.default_timeout if timeout is None else _check_timeout(timeout)
+        ctx = ctx or context.current()
+        if not isinstance(payload, dict):
+            raise Invalid(f"payload of {subject} must be a dict", field="payload")
+        request = {
+            "actor": ctx.actor,
+            "correlation_id": ctx.correlation_id or str(uuid7()),
+            "causation_id": ctx.causation_id,
+            "ip": ctx.ip,
+            "payload": payload,
+            "deadline": time.time() + wait,
+        }
+        try:
+            data = _dumps(request)
+        except (TypeError, ValueError) as e:
+            raise Invalid(f"payload of {subject} is not JSON: {e}", field="payload") from e
+        if len(data) > self._nc.max_payload:
+            raise Invalid(
+                f"request to {subject} is {len(data)} bytes; NATS takes at most "
+                f"{self._nc.max_payload}",
+                field="payload",
+            )
+        try:
+            msg = await self._nc.request(subject, data, timeout=wait)
+        except nats.errors.NoRespondersError as e:
+            raise Unavailable(
+                f"no one answers {subject}: check that the {service} service is running"
+            ) from e
+        except nats.errors.TimeoutError as e:
+            raise DeadlineExceeded(f"{subject} did not answer within {wait:g} s") from e
+        except nats.errors.Error as e:
+            raise Unavailable(f"cannot send {subject}: NATS connection problem ({e!r})") from e
+        return _decode_reply(subject, msg.data)
+
+
+def _check_timeout(timeout: float) -> float:
+    if not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
