@@ -31,7 +31,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -65,6 +65,7 @@ _PREFIX_V1: Final = "hp:sealed:v1:"
 _KEY_ID: Final = r"[ps]\.[0-9a-f]{16}\.[1-9][0-9]{0,8}"
 _VALUE_V1: Final = re.compile(rf"hp:sealed:v1:(?P<key_id>{_KEY_ID}):(?P<blob>[A-Za-z0-9_-]+)")
 _RANDOM_ID: Final = re.compile(r"[0-9a-f]{16}")
+_GENERATION: Final = re.compile(r"[1-9][0-9]{0,8}")
 _NONCE_LEN: Final = 12
 _TAG_LEN: Final = 16
 _KEY_LEN: Final = 32
@@ -177,11 +178,12 @@ def _decrypt(key_id: str, key: bytes, raw: bytes) -> bytes:
 # -- the keyring file ---------------------------------------------------------------------------
 
 
+# Key material is kept out of every repr, so that no key reaches a log line or a traceback.
 @dataclass
 class _Subject:
     id: str
     active: int
-    keys: dict[int, bytes]
+    keys: dict[int, bytes] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -194,8 +196,8 @@ class _Tombstone:
 class _State:
     keyring_id: str
     active: int
-    platform: dict[int, bytes]
-    subject_key: bytes
+    platform: dict[int, bytes] = field(repr=False)
+    subject_key: bytes = field(repr=False)
     subjects: dict[str, _Subject]
     destroyed: dict[str, _Tombstone]
 
@@ -313,7 +315,7 @@ def _key(value: object, where: str) -> bytes:
 def _keys(value: object, where: str) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     for n, k in _obj(value, where).items():
-        if not n.isdigit():
+        if not _GENERATION.fullmatch(n):
             raise ValueError(f"{where} has a key generation {n!r} that is not a number")
         out[_generation(int(n), f"{where}.{n}")] = _key(k, f"{where}.{n}")
     if not out:
@@ -463,13 +465,14 @@ class Keyring:
 
         Raises SubjectDestroyed if the subject's keys were destroyed.
         """
-        digest = self._check_subject(subject)
+        _check_subject(subject)
         with self._mutex:
             self._refresh()
+            digest = self._digest(subject)
             if digest in self._state.subjects:
-                key_id, key = self._subject_key(self._state, digest)
+                key_id, key = _subject_key(self._state, digest)
             else:
-                key_id, key = self._change(lambda st: (self._add_subject(st, digest), True))
+                key_id, key = self._change(lambda st: _add_subject(st, digest))
         return _encrypt(key_id, key, plaintext)
 
     def unseal(self, value: str) -> bytes:
@@ -480,7 +483,7 @@ class Keyring:
         key_id, raw = _parse(value)
         with self._mutex:
             self._refresh()
-            key = self._key(key_id)
+            key = self._key_for(key_id)
         return _decrypt(key_id, key, raw)
 
     def unseal_str(self, value: str) -> str:
@@ -513,54 +516,27 @@ class Keyring:
 
         Its values can never be unsealed again and nothing more can be sealed for it. A tombstone
         without key material records the subject (as an HMAC) and its key id. Idempotent.
-        The old file's blocks are freed, not overwritten: the filesystem may keep them until reused.
+        The old file's blocks are freed, not overwritten: the filesystem may keep them until reused
+        (and until every other Keyring on this file has made its next call, see the invariants).
         """
-        digest = self._check_subject(subject)
-
-        def destroy(st: _State) -> tuple[tuple[str, ...], bool]:
-            if digest in st.destroyed:
-                return (), False
-            live = st.subjects.pop(digest, None)
-            random_id = live.id if live is not None else _new_random_id(st)
-            gone = tuple(f"s.{random_id}.{n}" for n in sorted(live.keys)) if live else ()
-            when = datetime.now(UTC).isoformat(timespec="seconds")
-            st.destroyed[digest] = _Tombstone(random_id, when)
-            return gone, True
-
+        _check_subject(subject)
         with self._mutex:
-            gone = self._change(destroy)
+            self._refresh()
+            digest = self._digest(subject)
+            gone = self._change(lambda st: _destroy_subject(st, digest))
         if gone:
             log.info("destroyed subject keys %s in keyring %s", ", ".join(gone), self._path)
         return gone
 
     # internals; every method below runs with self._mutex held
 
-    def _check_subject(self, subject: str) -> str:
-        if not isinstance(subject, str) or not subject:
-            raise SealingError("a subject must be a non-empty string (e.g. a user id)")
-        with self._mutex:
-            self._refresh()
-            subject_key = self._state.subject_key
+    def _digest(self, subject: str) -> str:
+        """The keyring's name for `subject`: HMAC-SHA256 under the keyring's subject key."""
         return hmac.new(
-            subject_key, subject.encode("utf-8", "surrogatepass"), hashlib.sha256
+            self._state.subject_key, subject.encode("utf-8", "surrogatepass"), hashlib.sha256
         ).hexdigest()
 
-    @staticmethod
-    def _subject_key(st: _State, digest: str) -> tuple[str, bytes]:
-        s = st.subjects[digest]
-        return f"s.{s.id}.{s.active}", s.keys[s.active]
-
-    def _add_subject(self, st: _State, digest: str) -> tuple[str, bytes]:
-        tomb = st.destroyed.get(digest)
-        if tomb is not None:
-            raise SubjectDestroyed(f"s.{tomb.id}.*", tomb.destroyed_at)
-        if digest not in st.subjects:
-            st.subjects[digest] = _Subject(
-                _new_random_id(st), 1, {1: secrets.token_bytes(_KEY_LEN)}
-            )
-        return self._subject_key(st, digest)
-
-    def _key(self, key_id: str) -> bytes:
+    def _key_for(self, key_id: str) -> bytes:
         kind, random_id, generation = key_id.split(".")
         n = int(generation)
         st = self._state
@@ -583,13 +559,14 @@ class Keyring:
         if self._file.fd < 0:
             raise SealingError(f"keyring {self._path} is closed")
         try:
-            on_disk = os.stat(self._path, follow_symlinks=False)
+            on_disk = os.lstat(self._path)
         except FileNotFoundError:
             raise SealingError(
                 f"keyring {self._path} was removed while in use: restore it from a backup"
             ) from None
         except OSError as e:
             raise SealingError(f"cannot stat keyring {self._path}: {e.strerror}") from e
+        _check_file(self._path, on_disk)  # also catches a chmod of the file this Keyring holds
         mine = os.fstat(self._file.fd)
         if (on_disk.st_dev, on_disk.st_ino) != (mine.st_dev, mine.st_ino):
             loaded = self._read(missing_ok=False)
@@ -707,6 +684,38 @@ class Keyring:
 
 def _platform_id(st: _State) -> str:
     return f"p.{st.keyring_id}.{st.active}"
+
+
+def _check_subject(subject: str) -> None:
+    if not isinstance(subject, str) or not subject:
+        raise SealingError("a subject must be a non-empty string (e.g. a user id)")
+
+
+def _subject_key(st: _State, digest: str) -> tuple[str, bytes]:
+    s = st.subjects[digest]
+    return f"s.{s.id}.{s.active}", s.keys[s.active]
+
+
+def _add_subject(st: _State, digest: str) -> tuple[tuple[str, bytes], bool]:
+    """The key of subject `digest`, created if missing; says whether the state changed."""
+    tomb = st.destroyed.get(digest)
+    if tomb is not None:
+        raise SubjectDestroyed(f"s.{tomb.id}.*", tomb.destroyed_at)
+    if digest in st.subjects:  # another Keyring added it since this one last loaded the file
+        return _subject_key(st, digest), False
+    st.subjects[digest] = _Subject(_new_random_id(st), 1, {1: secrets.token_bytes(_KEY_LEN)})
+    return _subject_key(st, digest), True
+
+
+def _destroy_subject(st: _State, digest: str) -> tuple[tuple[str, ...], bool]:
+    """Replace the keys of subject `digest` by a tombstone; says which key ids went."""
+    if digest in st.destroyed:
+        return (), False
+    live = st.subjects.pop(digest, None)
+    random_id = live.id if live is not None else _new_random_id(st)
+    gone = tuple(f"s.{random_id}.{n}" for n in sorted(live.keys)) if live is not None else ()
+    st.destroyed[digest] = _Tombstone(random_id, datetime.now(UTC).isoformat(timespec="seconds"))
+    return gone, True
 
 
 def _new_random_id(st: _State) -> str:
