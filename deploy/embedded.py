@@ -15,17 +15,23 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "EmbeddedError",
     "NatsServer",
     "PostgresServer",
+    "check_binaries",
     "find_binary",
     "free_port",
     "wait_port",
 ]
 
-_PG_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
+_PG_DIRS = (
+    "/usr/lib/postgresql/15/bin",
+    "/usr/lib/postgresql/16/bin",
+    "/usr/lib/postgresql/17/bin",
+)
 
 
 class EmbeddedError(RuntimeError):
@@ -42,6 +48,13 @@ def find_binary(name: str, extra_dirs: tuple[str, ...] = ()) -> str:
     if found:
         return found
     raise EmbeddedError(f"{name} not found: run `make test` or `make run` to install it")
+
+
+def check_binaries() -> None:
+    """Raise EmbeddedError naming the first server binary (Postgres, nats-server) not installed."""
+    for name in ("initdb", "postgres", "pg_isready"):
+        find_binary(name, _PG_DIRS)
+    find_binary("nats-server")
 
 
 def free_port() -> int:
@@ -100,7 +113,7 @@ class PostgresServer:
     def dsn_for(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
-    def _user_kwargs(self) -> dict[str, int]:
+    def _user_kwargs(self) -> dict[str, Any]:
         ids = _drop_to()
         return {} if ids is None else {"user": ids[0], "group": ids[1], "extra_groups": []}
 
@@ -114,10 +127,22 @@ class PostgresServer:
         _chown_tree(self.datadir, _drop_to())
         initdb = find_binary("initdb", _PG_DIRS)
         r = subprocess.run(
-            [initdb, "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-             "--locale=C.UTF-8", "--no-instructions"],
-            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            **self._user_kwargs(),  # type: ignore[arg-type]
+            [
+                initdb,
+                "-D",
+                str(pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-instructions",
+            ],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            **self._user_kwargs(),
         )
         if r.returncode != 0:
             msg = r.stderr.decode(errors="replace").strip()
@@ -133,14 +158,33 @@ class PostgresServer:
             self.port = free_port()
         postgres = find_binary("postgres", _PG_DIRS)
         pgdata = self.datadir / "pgdata"
-        log = open(self.log_path or (self.datadir / "postgres.log"), "ab")  # noqa: SIM115
+        log = open(self.log_path or (self.datadir / "postgres.log"), "ab")
         self._proc = subprocess.Popen(
-            [postgres, "-D", str(pgdata), "-p", str(self.port), "-h", "127.0.0.1",
-             "-k", str(self.datadir), "-c", f"fsync={'on' if self.fsync else 'off'}",
-             "-c", "max_connections=300", "-c", "shared_buffers=256MB",
-             "-c", "listen_addresses=127.0.0.1", "-c", "logging_collector=off"],
-            stdout=log, stderr=log, start_new_session=True,
-            **self._user_kwargs(),  # type: ignore[arg-type]
+            [
+                postgres,
+                "-D",
+                str(pgdata),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self.datadir),
+                "-c",
+                f"fsync={'on' if self.fsync else 'off'}",
+                "-c",
+                "max_connections=300",
+                "-c",
+                "shared_buffers=256MB",
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "logging_collector=off",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            **self._user_kwargs(),
         )
         log.close()
         wait_port(self.port, deadline_s, self._proc)
@@ -150,8 +194,9 @@ class PostgresServer:
         pg_isready = find_binary("pg_isready", _PG_DIRS)
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
-            r = subprocess.run([pg_isready, "-h", "127.0.0.1", "-p", str(self.port), "-q"],
-                               check=False)
+            r = subprocess.run(
+                [pg_isready, "-h", "127.0.0.1", "-p", str(self.port), "-q"], check=False
+            )
             if r.returncode == 0:
                 return
             time.sleep(0.1)
@@ -160,6 +205,10 @@ class PostgresServer:
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
+
+    def poll(self) -> int | None:
+        """The exit code if the server process has exited (it is reaped), else None."""
+        return None if self._proc is None else self._proc.poll()
 
     def stop(self, deadline_s: float = 20.0) -> None:
         """Fast shutdown (SIGINT), then SIGKILL after the deadline."""
@@ -189,11 +238,23 @@ class NatsServer:
         if self.monitor_port == 0:
             self.monitor_port = free_port()
         binary = find_binary("nats-server")
-        log = open(self.log_path or (self.datadir / "nats.log"), "ab")  # noqa: SIM115
+        log = open(self.log_path or (self.datadir / "nats.log"), "ab")
         self._proc = subprocess.Popen(
-            [binary, "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port),
-             "-js", "-sd", str(self.datadir / "jetstream")],
-            stdout=log, stderr=log, start_new_session=True,
+            [
+                binary,
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-m",
+                str(self.monitor_port),
+                "-js",
+                "-sd",
+                str(self.datadir / "jetstream"),
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
         log.close()
         wait_port(self.port, deadline_s, self._proc)
@@ -202,6 +263,10 @@ class NatsServer:
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
+
+    def poll(self) -> int | None:
+        """The exit code if the server process has exited (it is reaped), else None."""
+        return None if self._proc is None else self._proc.poll()
 
     def stop(self, deadline_s: float = 10.0) -> None:
         _stop(self._proc, signal.SIGTERM, deadline_s)

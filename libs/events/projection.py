@@ -308,8 +308,8 @@ class ProjectionRunner:
             while not self._stop.is_set():
                 try:
                     msgs = await psub.fetch(self.batch, timeout=self.fetch_timeout)
-                except nats.errors.TimeoutError:
-                    continue
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue  # nothing new within fetch_timeout
                 events = [decode_event(m.data) for m in msgs]
                 events = [self.store.registry.upcast_recorded(e) for e in events]
                 await self.apply_batch(events)

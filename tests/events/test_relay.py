@@ -170,10 +170,11 @@ async def test_relay_killed_with_sigkill_restarts_without_loss_or_duplicates(
     }
 
     async def start() -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "libs.events.relay", env=env, cwd=REPO,
-            stdout=asyncio.subprocess.DEVNULL, stderr=open(tmp_path / "relay.log", "ab"),  # noqa: SIM115
-        )
+        with open(tmp_path / "relay.log", "ab") as log:
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "libs.events.relay", env=env, cwd=REPO,
+                stdout=asyncio.subprocess.DEVNULL, stderr=log,
+            )
 
     nc = await connect(nats_url)
     procs: list[asyncio.subprocess.Process] = []

@@ -1,0 +1,319 @@
+"""The `homeport` command: run the local stack, show its status, replay projections, audit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import asyncpg
+
+from deploy.stack import (
+    Stack,
+    StackError,
+    is_running,
+    parse_module,
+    probe,
+    process_alive,
+    read_state,
+)
+from libs.service.config import LOG_LEVELS
+
+if TYPE_CHECKING:
+    from libs.events.store import ChainReport
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `homeport` script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def _default_data_dir() -> str:
+    return os.environ.get("HOMEPORT_DATA_DIR") or ".homeport"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="homeport", description="Homeport: run and inspect the self-hosting platform."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_dir_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--data-dir",
+            default=_default_data_dir(),
+            help="the stack's data directory (default: $HOMEPORT_DATA_DIR or ./.homeport)",
+        )
+
+    def dsn_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--dsn", help="Postgres URL of the event store (default: the running stack's)"
+        )
+
+    up = sub.add_parser(
+        "up", help="start Postgres, NATS and every service in the foreground (Ctrl-C stops)"
+    )
+    data_dir_arg(up)
+    up.add_argument(
+        "--base-port",
+        type=int,
+        help="use consecutive ports from here (postgres, nats, nats monitor, then services) "
+        "instead of remembered or free ones",
+    )
+    up.add_argument(
+        "--service",
+        action="append",
+        metavar="NAME=MODULE",
+        help="supervise only these modules instead of the relay and services/* "
+        "(repeatable; for development and tests)",
+    )
+    up.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="default INFO"
+    )
+    up.set_defaults(func=_cmd_up)
+
+    status = sub.add_parser("status", help="list each part of the running stack and its health")
+    data_dir_arg(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(func=_cmd_status)
+
+    replay = sub.add_parser("replay", help="rebuild one projection from the event store")
+    replay.add_argument("projection", help="the projection's name")
+    data_dir_arg(replay)
+    dsn_arg(replay)
+    replay.set_defaults(func=_cmd_replay)
+
+    audit = sub.add_parser("audit", help="check the integrity of the event store")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    verify = audit_sub.add_parser("verify", help="recompute the event hash chain")
+    data_dir_arg(verify)
+    dsn_arg(verify)
+    verify.set_defaults(func=_cmd_audit_verify)
+    return parser
+
+
+def _err(msg: str) -> None:
+    print(f"homeport: {msg}", file=sys.stderr)
+
+
+# -- up -----------------------------------------------------------------------------------
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from libs.service.logs import configure_logging
+
+    configure_logging("stack", args.log_level)
+    try:
+        modules = [parse_module(s) for s in args.service] if args.service else None
+        stack = Stack(
+            Path(args.data_dir),
+            base_port=args.base_port,
+            modules=modules,
+            log_level=args.log_level,
+        )
+        asyncio.run(stack.run(on_ready=_print_ready))
+    except StackError as e:
+        _err(str(e))
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _print_ready(stack: Stack) -> None:
+    """The human part of `up`: where the dashboard is and what to do next."""
+    data = stack.data_dir
+    lines = ["", f"Homeport is running (data in {data}, stack pid {os.getpid()})."]
+    bad = stack.unhealthy()
+    if bad:
+        names = ", ".join(f"{p.name} (log: {p.log})" for p in bad)
+        lines.append(f"Not healthy yet: {names}")
+    url = stack.dashboard_url
+    if url is not None:
+        port = url.rsplit(":", 1)[1].rstrip("/")
+        lines += [
+            f"  Dashboard: {url}",
+            "",
+            "To finish setup:",
+            f"  1. Open {url} in a browser on this machine and follow the first-run steps",
+            f"     (from another machine: ssh -L {port}:127.0.0.1:{port} <this server>).",
+        ]
+    else:
+        lines += [
+            "  No dashboard yet: this checkout has no gateway service (services/gateway).",
+            "",
+            "To finish setup:",
+            "  1. Add the gateway service; `homeport up` starts it and prints its URL.",
+        ]
+    lines += [
+        f"  2. Check every part: homeport status --data-dir {data}",
+        "  3. Press Ctrl-C here (or send SIGTERM to the stack pid) to stop everything.",
+        f"Logs: {data / 'logs'}",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    data = Path(args.data_dir).absolute()
+    state = read_state(data)
+    if state is None or not is_running(state):
+        if args.json:
+            print(json.dumps({"running": False, "data_dir": str(data)}))
+        else:
+            print(f"homeport is not running in {data}: start it with `homeport up`")
+        return EXIT_NOT_RUNNING
+    parts = asyncio.run(_check_parts(state))
+    healthy = all(p["healthy"] for p in parts)
+    if args.json:
+        report = {
+            "running": True,
+            "healthy": healthy,
+            "data_dir": str(data),
+            "pid": state["pid"],
+            "state": state.get("state"),
+            "dashboard_url": state.get("dashboard_url"),
+            "parts": parts,
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        _print_table(state, parts)
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+async def _check_parts(state: dict[str, Any]) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as session:
+
+        async def one(part: dict[str, Any]) -> dict[str, Any]:
+            alive = process_alive(part.get("pid"), part.get("proc_start"))
+            if alive:
+                ok, detail = await probe(str(part.get("health")), session)
+            else:
+                ok, detail = False, f"not running ({part.get('state')})"
+            return {**part, "alive": alive, "healthy": ok, "detail": detail}
+
+        parts = [p for p in state.get("parts", []) if isinstance(p, dict)]
+        return list(await asyncio.gather(*(one(p) for p in parts)))
+
+
+def _print_table(state: dict[str, Any], parts: list[dict[str, Any]]) -> None:
+    head = ("NAME", "KIND", "PID", "PORT", "STATE", "RESTARTS", "HEALTH", "URL")
+    rows = [
+        (
+            str(p.get("name")),
+            str(p.get("kind")),
+            "-" if p.get("pid") is None else str(p["pid"]),
+            str(p.get("port")),
+            str(p.get("state")),
+            str(p.get("restarts", 0)),
+            ("ok" if p["healthy"] else "FAIL") + f" ({p['detail']})",
+            str(p.get("url")),
+        )
+        for p in parts
+    ]
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    print(f"homeport {state.get('state')} in {state.get('data_dir')} (stack pid {state['pid']})")
+    for r in (head, *rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if state.get("dashboard_url"):
+        print(f"Dashboard: {state['dashboard_url']}")
+
+
+# -- replay and audit ---------------------------------------------------------------------
+
+
+def _dsn(args: argparse.Namespace) -> str | None:
+    """The event store URL: --dsn, else the running stack's; None (after a message) if neither."""
+    if args.dsn:
+        return str(args.dsn)
+    data = Path(args.data_dir).absolute()
+    state = read_state(data)
+    if state is None or not is_running(state) or not state.get("database_url"):
+        _err(f"homeport is not running in {data}: start it with `homeport up`, or pass --dsn")
+        return None
+    return str(state["database_url"])
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        from libs.events import projection
+    except ImportError as e:
+        _err(f"projections are not available in this checkout ({e})")
+        return EXIT_USAGE
+    known = sorted(projection.known_projections())
+    if args.projection not in known:
+        _err(
+            f"no projection named {args.projection!r}; known projections: "
+            f"{', '.join(known) or 'none'}"
+        )
+        return EXIT_USAGE
+    dsn = _dsn(args)
+    if dsn is None:
+        return EXIT_NOT_RUNNING
+    try:
+        count = asyncio.run(projection.replay_by_name(args.projection, dsn))
+    except projection.ProjectionError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except _DB_ERRORS as e:
+        _err(f"cannot replay {args.projection!r}: the event store at {dsn} failed: {e}")
+        return EXIT_FAILED
+    print(f"replayed projection {args.projection}: {count} events applied")
+    return EXIT_OK
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    dsn = _dsn(args)
+    if dsn is None:
+        return EXIT_NOT_RUNNING
+    try:
+        report = asyncio.run(_verify(dsn))
+    except _DB_ERRORS as e:
+        _err(f"cannot verify: the event store at {dsn} failed: {e}")
+        return EXIT_FAILED
+    if report.ok:
+        print(
+            f"event chain intact: {report.checked} events checked, "
+            f"up to position {report.last_position}"
+        )
+        return EXIT_OK
+    n = len(report.problems)
+    print(
+        f"event chain BROKEN: {n} problem{'s' if n != 1 else ''} in {report.checked} events "
+        f"checked (up to position {report.last_position})"
+    )
+    for p in report.problems:
+        print(f"  position {p.position}: {p.kind}: {p.detail}")
+    return EXIT_FAILED
+
+
+async def _verify(dsn: str) -> ChainReport:
+    from libs.events.store import PostgresEventStore
+
+    store = await PostgresEventStore.open(dsn, max_size=2)
+    try:
+        return await store.verify_chain()
+    finally:
+        await store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

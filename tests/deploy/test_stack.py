@@ -1,0 +1,317 @@
+"""`homeport up` / `status` against real Postgres and NATS, supervising sample services."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.main import main as homeport_main
+from deploy.embedded import EmbeddedError, check_binaries
+from deploy.stack import (
+    Backoff,
+    Module,
+    StackError,
+    discover_modules,
+    module_exists,
+    parse_module,
+    process_alive,
+    read_state,
+)
+from tests.conftest import need_server
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = "tests.deploy.sample_service"
+CRASHING = "tests.deploy.crashing_service"
+
+
+# -- without servers ----------------------------------------------------------------------
+
+
+def test_backoff_doubles_to_30s_and_starts_over_after_a_long_run() -> None:
+    b = Backoff()
+    assert [b.delay(0.1) for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    assert b.delay(59.9) == 30
+    assert b.delay(60.0) == 0.5
+    assert b.delay(1.0) == 1
+
+
+def test_discovery_finds_services_and_skips_modules_that_do_not_exist() -> None:
+    assert module_exists("libs.events.store")
+    assert module_exists(SAMPLE)
+    assert not module_exists("libs.events.no_such_relay")
+    assert not module_exists("no_such_package.thing")
+    found = discover_modules(relay_module="libs.events.no_such_relay")
+    assert "relay" not in {m.name for m in found}
+    expected = {
+        Module(d.name, f"services.{d.name}")
+        for d in (REPO / "services").iterdir()
+        if (d / "__main__.py").is_file()
+    }
+    assert set(found) == expected
+    if module_exists("libs.events.relay"):
+        assert Module("relay", "libs.events.relay") in discover_modules()
+
+
+def test_parse_module() -> None:
+    assert parse_module("web=services.gateway") == Module("web", "services.gateway")
+    assert parse_module("services.gateway") == Module("gateway", "services.gateway")
+    with pytest.raises(StackError, match="bad module"):
+        parse_module("x=not a module")
+
+
+def test_status_and_audit_say_when_no_stack_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert homeport_main(["status", "--data-dir", str(tmp_path)]) == 3
+    assert "not running" in capsys.readouterr().out
+    assert homeport_main(["status", "--json", "--data-dir", str(tmp_path)]) == 3
+    assert json.loads(capsys.readouterr().out)["running"] is False
+    assert homeport_main(["audit", "verify", "--data-dir", str(tmp_path)]) == 3
+    assert "homeport up" in capsys.readouterr().err
+
+
+# -- the real stack -----------------------------------------------------------------------
+
+
+def _homeport(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class Running:
+    """A `homeport up` subprocess and everything needed to inspect and clean it up."""
+
+    def __init__(self, data: Path, proc: subprocess.Popen[bytes], logs: Path) -> None:
+        self.data, self.proc, self.logs = data, proc, logs
+        self.seen_pids: dict[int, str] = {}  # every part pid ever seen -> part name
+
+    def state(self) -> dict[str, Any]:
+        state = read_state(self.data)
+        assert state is not None, "no stack.json"
+        for p in state["parts"]:
+            if p["pid"] is not None:
+                self.seen_pids[p["pid"]] = p["name"]
+        return state
+
+    def parts(self) -> dict[str, dict[str, Any]]:
+        return {p["name"]: p for p in self.state()["parts"]}
+
+    def output(self) -> str:
+        out = (self.logs / "up.out").read_text()
+        err = (self.logs / "up.err").read_text()
+        return f"--- stdout\n{out}\n--- stderr\n{err[-6000:]}"
+
+    def wait_for(self, what: str, cond: Callable[[], bool], deadline_s: float) -> None:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                pytest.fail(f"homeport up exited ({self.proc.returncode}) {what}\n{self.output()}")
+            if (self.data / "stack.json").exists() and cond():
+                return
+            time.sleep(0.1)
+        pytest.fail(f"not {what} within {deadline_s}s\n{self.output()}")
+
+    def cleanup(self) -> None:
+        """Kill whatever is left, even after a failed test (Postgres is a grandchild)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        state = read_state(self.data) or {}
+        pids = dict(self.seen_pids)
+        pids.update({p["pid"]: p["name"] for p in state.get("parts", []) if p.get("pid")})
+        for pid, name in pids.items():
+            if process_alive(pid):
+                # SIGQUIT is Postgres' immediate shutdown: it takes its backends with it.
+                os.kill(pid, signal.SIGQUIT if name == "postgres" else signal.SIGKILL)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and any(process_alive(p) for p in pids):
+            time.sleep(0.1)
+        for pid in pids:
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def start_stack(tmp_root: Path) -> Iterator[Callable[..., Running]]:
+    try:
+        check_binaries()
+    except EmbeddedError as e:
+        need_server("postgres and nats-server", e)
+    started: list[Running] = []
+
+    def start(*services: str) -> Running:
+        data = tmp_root / f"stack-{uuid.uuid4().hex[:8]}"
+        logs = tmp_root / f"{data.name}-logs"
+        logs.mkdir()
+        argv = [sys.executable, "-m", "cli.main", "up", "--data-dir", str(data)]
+        for s in services:
+            argv += ["--service", s]
+        with open(logs / "up.out", "wb") as out, open(logs / "up.err", "wb") as err:
+            proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=err)
+        run = Running(data, proc, logs)
+        started.append(run)
+        return run
+
+    try:
+        yield start
+    finally:
+        for run in started:
+            run.cleanup()
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return int(r.status), bytes(r.read())
+
+
+def test_up_status_restart_refuse_and_stop(start_stack: Callable[..., Running]) -> None:
+    stack = start_stack(f"gateway={SAMPLE}", f"worker={SAMPLE}")
+    stack.wait_for(
+        "up and healthy",
+        lambda: "Dashboard:" in (stack.logs / "up.out").read_text(),
+        deadline_s=90,
+    )
+    state = stack.state()
+    parts = stack.parts()
+    assert state["pid"] == stack.proc.pid
+    assert list(parts) == ["postgres", "nats", "gateway", "worker"]
+    assert all(p["state"] == "running" and p["restarts"] == 0 for p in parts.values())
+    assert all(process_alive(p["pid"], p["proc_start"]) for p in parts.values())
+    gateway_url = f"http://127.0.0.1:{parts['gateway']['port']}/"
+    assert state["dashboard_url"] == gateway_url
+    banner = (stack.logs / "up.out").read_text()
+    assert f"Dashboard: {gateway_url}" in banner and "homeport status" in banner
+
+    # Every service gets the stack's settings through HP_* variables.
+    status, body = _get(parts["worker"]["health"])
+    env = json.loads(body)["env"]
+    assert status == 200
+    assert env["HP_DATABASE_URL"] == state["database_url"]
+    assert env["HP_DATABASE_URL"].endswith("/homeport")
+    assert env["HP_NATS_URL"] == state["nats_url"]
+    assert env["HP_HTTP_HOST"] == "127.0.0.1"
+    assert env["HP_HTTP_PORT"] == str(parts["worker"]["port"])
+    assert env["HP_KEYRING"] == str(stack.data / "keyring.json")
+    assert env["HP_DATA_DIR"] == str(stack.data)
+    assert _get(gateway_url) == (200, b"sample dashboard\n")
+
+    r = _homeport("status", "--data-dir", str(stack.data))
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("postgres", "nats", "gateway", "worker"):
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith(name + " "))
+        assert " ok (" in line, r.stdout
+    r = _homeport("status", "--json", "--data-dir", str(stack.data))
+    report = json.loads(r.stdout)
+    assert r.returncode == 0 and report["running"] and report["healthy"]
+    assert {p["name"]: p["healthy"] for p in report["parts"]} == {
+        "postgres": True,
+        "nats": True,
+        "gateway": True,
+        "worker": True,
+    }
+
+    r = _homeport("audit", "verify", "--data-dir", str(stack.data))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "event chain intact" in r.stdout
+
+    # A killed service comes back: new pid, one restart, healthy again.
+    old = parts["worker"]["pid"]
+    os.kill(old, signal.SIGKILL)
+    t0 = time.monotonic()
+
+    def restarted() -> bool:
+        w = stack.parts()["worker"]
+        return w["pid"] not in (None, old) and w["restarts"] == 1 and w["state"] == "running"
+
+    stack.wait_for("restarting the killed worker", restarted, deadline_s=10)
+    assert time.monotonic() - t0 < 5
+    worker = stack.parts()["worker"]
+    assert worker["last_exit"] == -signal.SIGKILL
+    assert json.loads(_get(worker["health"])[1])["pid"] == worker["pid"]
+    r = _homeport("status", "--data-dir", str(stack.data))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert stack.parts()["gateway"]["restarts"] == 0
+
+    # A second `up` on the same data directory is refused and changes nothing.
+    r = _homeport("up", "--data-dir", str(stack.data), "--service", f"worker={SAMPLE}")
+    assert r.returncode == 1
+    assert f"already running in {stack.data} (pid {stack.proc.pid})" in r.stderr
+    assert stack.state()["pid"] == stack.proc.pid
+
+    # SIGTERM stops everything, services first, and exits 0.
+    pids = dict(stack.seen_pids)
+    assert set(pids.values()) == {"postgres", "nats", "gateway", "worker"}
+    t0 = time.monotonic()
+    stack.proc.send_signal(signal.SIGTERM)
+    assert stack.proc.wait(timeout=20) == 0, stack.output()
+    assert time.monotonic() - t0 < 20
+    alive = {name: pid for pid, name in pids.items() if process_alive(pid)}
+    assert not alive, f"left running after the stack stopped: {alive}"
+    final = stack.state()
+    assert final["pid"] is None and final["state"] == "stopped"
+    assert all(p["pid"] is None and p["state"] == "stopped" for p in final["parts"])
+    err = (stack.logs / "up.err").read_text()
+    order = [
+        json.loads(ln)["part"]
+        for ln in err.splitlines()
+        if ln.startswith("{") and json.loads(ln)["event"] == "stopping" and "part" in ln
+    ]
+    assert set(order[:2]) == {"gateway", "worker"} and order[2:] == ["nats", "postgres"]
+
+    r = _homeport("status", "--data-dir", str(stack.data))
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "not running" in r.stdout
+
+
+def test_crashing_service_is_restarted_with_growing_backoff(
+    start_stack: Callable[..., Running],
+) -> None:
+    stack = start_stack(f"good={SAMPLE}", f"broken={CRASHING}")
+    stack.wait_for(
+        "restarting the broken service twice",
+        lambda: stack.parts()["broken"]["restarts"] >= 2 and stack.parts()["good"]["pid"],
+        deadline_s=60,
+    )
+    broken = stack.parts()["broken"]
+    assert broken["last_exit"] == 3
+    assert "failing on purpose" in Path(broken["log"]).read_text()
+
+    r = _homeport("status", "--json", "--data-dir", str(stack.data))
+    assert r.returncode == 1, r.stdout + r.stderr
+    health = {p["name"]: p["healthy"] for p in json.loads(r.stdout)["parts"]}
+    assert health["broken"] is False and health["postgres"] and health["nats"]
+
+    delays = [
+        json.loads(ln)["restart_in_s"]
+        for ln in (stack.logs / "up.err").read_text().splitlines()
+        if '"exited unexpectedly' in ln and '"broken"' in ln
+    ]
+    assert delays[:2] == [0.5, 1.0], delays
+
+    stack.proc.send_signal(signal.SIGINT)
+    assert stack.proc.wait(timeout=20) == 0, stack.output()
+
+
+def test_up_refuses_a_service_module_that_does_not_exist(
+    start_stack: Callable[..., Running],
+) -> None:
+    stack = start_stack("ghost=tests.deploy.no_such_service")
+    assert stack.proc.wait(timeout=30) == 1
+    assert "tests.deploy.no_such_service (for ghost) not found" in stack.output()
