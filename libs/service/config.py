@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from libs.service.logs import redact
+
 __all__ = [
     "ENV_PREFIX",
     "LOG_LEVELS",
@@ -99,7 +101,7 @@ def _shown(var: str, raw: str) -> str:
     low = var.lower()
     if any(w in low for w in _SECRET_WORDS):
         return "[redacted]"
-    return repr(raw)
+    return repr(redact(raw))  # a URL may carry a password whatever its variable is named
 
 
 def _kind(hint: Any, cls: type, name: str) -> Any:

@@ -49,9 +49,7 @@ def bind_correlation(cid: str | None) -> Iterator[None]:
 def redact(value: Any) -> Any:
     """Replace values under secret-looking keys (recursively) and passwords inside URLs."""
     if isinstance(value, dict):
-        return {
-            k: REDACTED if _SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()
-        }
+        return {k: REDACTED if _SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [redact(v) for v in value]
     if isinstance(value, str):
