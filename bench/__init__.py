@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` runs them all against real Postgres and NATS."""

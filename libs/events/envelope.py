@@ -1,4 +1,4 @@
-"""The event envelope: what callers append (`NewEvent`) and what the store returns (`RecordedEvent`)."""
+"""The event envelope: what callers append (NewEvent) and what the store returns."""
 
 from __future__ import annotations
 

@@ -81,7 +81,10 @@ async def migrate(conn: asyncpg.Connection, component: str, directory: Path) -> 
                     await conn.execute(
                         "INSERT INTO public.hp_migrations (component, version, name, checksum)"
                         " VALUES ($1, $2, $3, $4)",
-                        component, mig.version, mig.name, mig.checksum,
+                        component,
+                        mig.version,
+                        mig.name,
+                        mig.checksum,
                     )
             except asyncpg.PostgresError as e:
                 raise MigrationError(

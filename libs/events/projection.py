@@ -83,17 +83,25 @@ class Projection(ABC):
 
 
 def _lock_key(name: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"projection:{name}".encode()).digest()[:8], "big",
-                          signed=True)
+    return int.from_bytes(
+        hashlib.sha256(f"projection:{name}".encode()).digest()[:8], "big", signed=True
+    )
 
 
 class ProjectionRunner:
     """Runs one projection: set-up, catch-up from Postgres, live follow from JetStream."""
 
     def __init__(
-        self, projection: Projection, store: PostgresEventStore, nc: NATS | None = None, *,
-        stream: str = DEFAULT_STREAM, prefix: str = DEFAULT_PREFIX, batch: int = 500,
-        fetch_timeout: float = 1.0, page_size: int = 5000,
+        self,
+        projection: Projection,
+        store: PostgresEventStore,
+        nc: NATS | None = None,
+        *,
+        stream: str = DEFAULT_STREAM,
+        prefix: str = DEFAULT_PREFIX,
+        batch: int = 500,
+        fetch_timeout: float = 1.0,
+        page_size: int = 5000,
     ) -> None:
         for what, value in (("name", projection.name), ("schema", projection.schema)):
             if not _IDENT.match(value):
@@ -137,17 +145,21 @@ class ProjectionRunner:
                 f"SELECT pg_advisory_unlock({self._key});"
             )
             await conn.execute(
-                f"INSERT INTO {s}.checkpoints (name, position) VALUES ($1, 0) "
-                "ON CONFLICT (name) DO NOTHING", self.name,
+                f"INSERT INTO {s}.checkpoints (name, position) VALUES ($1, 0) "  # noqa: S608 - schema checked by _IDENT
+                "ON CONFLICT (name) DO NOTHING",
+                self.name,
             )
             if self.projection.migrations is not None:
                 await migrate(conn, f"{s}.{self.name}", self.projection.migrations)
 
     async def checkpoint(self) -> int:
-        return int(await self.store.pool.fetchval(
-            f"SELECT position FROM {self.projection.schema}.checkpoints WHERE name = $1",
-            self.name,
-        ) or 0)
+        return int(
+            await self.store.pool.fetchval(
+                f"SELECT position FROM {self.projection.schema}.checkpoints WHERE name = $1",  # noqa: S608 - schema checked by _IDENT
+                self.name,
+            )
+            or 0
+        )
 
     async def _apply_in(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> int:
         """One transaction: lock, skip what the checkpoint covers, apply, move the checkpoint."""
@@ -156,9 +168,12 @@ class ProjectionRunner:
         s = self.projection.schema
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", self._key)
-            cp = int(await conn.fetchval(
-                f"SELECT position FROM {s}.checkpoints WHERE name = $1 FOR UPDATE", self.name
-            ))
+            cp = int(
+                await conn.fetchval(
+                    f"SELECT position FROM {s}.checkpoints WHERE name = $1 FOR UPDATE",  # noqa: S608 - schema checked by _IDENT
+                    self.name,
+                )
+            )
             fresh = [e for e in events if e.position > cp]
             if not fresh:
                 return 0
@@ -167,8 +182,9 @@ class ProjectionRunner:
                 with HANDLER_LATENCY.labels(subject=f"projection.{self.name}").time():
                     await self.projection.apply(conn, wanted)
             await conn.execute(
-                f"UPDATE {s}.checkpoints SET position = $2, updated_at = now() WHERE name = $1",
-                self.name, fresh[-1].position,
+                f"UPDATE {s}.checkpoints SET position = $2, updated_at = now() WHERE name = $1",  # noqa: S608 - schema checked by _IDENT
+                self.name,
+                fresh[-1].position,
             )
         self.applied += len(wanted)
         return len(wanted)
@@ -206,8 +222,9 @@ class ProjectionRunner:
                 async with conn.transaction():
                     await self.projection.reset(conn)
                     await conn.execute(
-                        f"UPDATE {s}.checkpoints SET position = 0, updated_at = now() "
-                        "WHERE name = $1", self.name,
+                        f"UPDATE {s}.checkpoints SET position = 0, updated_at = now() "  # noqa: S608 - schema checked by _IDENT
+                        "WHERE name = $1",
+                        self.name,
                     )
                 position = 0
                 while True:
@@ -236,14 +253,24 @@ class ProjectionRunner:
                 else:
                     await self._follow_jetstream(self.nc.jetstream())
                 delay = 0.2
-            except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError,
-                    asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as e:
-                log.warning("projection interrupted; resuming from its checkpoint",
-                            extra={"projection": self.name, "error": f"{type(e).__name__}: {e}"})
+            except (
+                nats.errors.Error,
+                nats.js.errors.Error,
+                OSError,
+                TimeoutError,
+                asyncpg.InterfaceError,
+                asyncpg.PostgresConnectionError,
+            ) as e:
+                log.warning(
+                    "projection interrupted; resuming from its checkpoint",
+                    extra={"projection": self.name, "error": f"{type(e).__name__}: {e}"},
+                )
             except asyncpg.PostgresError as e:
                 HANDLER_ERRORS.labels(subject=f"projection.{self.name}", code="apply").inc()
-                log.exception("projection failed to apply events; retrying",
-                              extra={"projection": self.name, "error": str(e)})
+                log.exception(
+                    "projection failed to apply events; retrying",
+                    extra={"projection": self.name, "error": str(e)},
+                )
             self.live.clear()
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
@@ -295,8 +322,11 @@ class ProjectionRunner:
         except nats.js.errors.NotFoundError:
             pass
         cfg = api.ConsumerConfig(
-            durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=60.0,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
+            durable_name=durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=60.0,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
             filter_subject=f"{self.prefix}.{self.projection.subject}",
             max_ack_pending=self.batch * 2,
         )
@@ -356,9 +386,7 @@ def known_projections() -> dict[str, Callable[[], Projection]]:
     return dict(_FACTORIES)
 
 
-async def replay_by_name(
-    name: str, dsn: str, progress: Callable[[int], None] | None = None
-) -> int:
+async def replay_by_name(name: str, dsn: str, progress: Callable[[int], None] | None = None) -> int:
     """Rebuild one projection from Postgres; returns the number of events it applied."""
     known = known_projections()
     if name not in known:

@@ -43,8 +43,8 @@ __all__ = [
     "DEFAULT_STREAM",
     "Relay",
     "RelayError",
-    "encode_event",
     "decode_event",
+    "encode_event",
     "ensure_stream",
     "subject_for",
 ]
@@ -77,11 +77,19 @@ def subject_for(prefix: str, event: RecordedEvent) -> str:
 
 def encode_event(event: RecordedEvent) -> bytes:
     """The JSON body of a relayed event: the whole envelope."""
-    return dumps({
-        "id": str(event.id), "stream": event.stream, "version": event.version,
-        "position": event.position, "type": event.type, "schema": event.schema,
-        "data": event.data, "meta": event.meta, "recorded_at": event.recorded_at.isoformat(),
-    }).encode()
+    return dumps(
+        {
+            "id": str(event.id),
+            "stream": event.stream,
+            "version": event.version,
+            "position": event.position,
+            "type": event.type,
+            "schema": event.schema,
+            "data": event.data,
+            "meta": event.meta,
+            "recorded_at": event.recorded_at.isoformat(),
+        }
+    ).encode()
 
 
 def decode_event(body: bytes) -> RecordedEvent:
@@ -90,9 +98,16 @@ def decode_event(body: bytes) -> RecordedEvent:
 
     d = json.loads(body)
     return RecordedEvent(
-        position=int(d["position"]), id=uuid.UUID(d["id"]), stream=d["stream"],
-        version=int(d["version"]), type=d["type"], schema=int(d["schema"]), data=d["data"],
-        meta=d["meta"], recorded_at=datetime.fromisoformat(d["recorded_at"]), hash=b"",
+        position=int(d["position"]),
+        id=uuid.UUID(d["id"]),
+        stream=d["stream"],
+        version=int(d["version"]),
+        type=d["type"],
+        schema=int(d["schema"]),
+        data=d["data"],
+        meta=d["meta"],
+        recorded_at=datetime.fromisoformat(d["recorded_at"]),
+        hash=b"",
     )
 
 
@@ -106,8 +121,11 @@ async def ensure_stream(
         pass
     try:
         return await js.add_stream(
-            name=stream, subjects=[f"{prefix}.>"], storage=api.StorageType.FILE,
-            duplicate_window=120.0, discard=api.DiscardPolicy.OLD,
+            name=stream,
+            subjects=[f"{prefix}.>"],
+            storage=api.StorageType.FILE,
+            duplicate_window=120.0,
+            discard=api.DiscardPolicy.OLD,
         )
     except nats.js.errors.BadRequestError:
         # Created by someone else in between.
@@ -125,9 +143,17 @@ class Relay:
     """Follows the event store and publishes each committed event once, in order."""
 
     def __init__(
-        self, store: PostgresEventStore, nc: NATS, *, name: str = "relay",
-        stream: str = DEFAULT_STREAM, prefix: str = DEFAULT_PREFIX, window: int = 256,
-        page_size: int = 1000, ack_timeout: float = 5.0, checkpoint_every: float = 0.5,
+        self,
+        store: PostgresEventStore,
+        nc: NATS,
+        *,
+        name: str = "relay",
+        stream: str = DEFAULT_STREAM,
+        prefix: str = DEFAULT_PREFIX,
+        window: int = 256,
+        page_size: int = 1000,
+        ack_timeout: float = 5.0,
+        checkpoint_every: float = 0.5,
         poll_interval: float = 1.0,
     ) -> None:
         self.store = store
@@ -196,10 +222,13 @@ class Relay:
         """Resume after the last event the stream holds (or our checkpoint if it aged out)."""
         info = await self.js.stream_info(self.stream)
         self._seq = info.state.last_seq
-        checkpoint = int(await self.store.pool.fetchval(
-            "SELECT coalesce((SELECT position FROM events.relay_checkpoint WHERE name = $1), 0)",
-            self.name,
-        ))
+        checkpoint = int(
+            await self.store.pool.fetchval(
+                "SELECT coalesce("
+                "(SELECT position FROM events.relay_checkpoint WHERE name = $1), 0)",
+                self.name,
+            )
+        )
         if self._seq == 0:
             self.position = 0  # a new (or wiped) stream gets the whole history
         else:
@@ -231,7 +260,8 @@ class Relay:
                 stop_task = asyncio.ensure_future(self._stop.wait())
                 try:
                     await asyncio.wait(
-                        {page_task, stop_task}, timeout=self.checkpoint_every * 4,
+                        {page_task, stop_task},
+                        timeout=self.checkpoint_every * 4,
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                 finally:
@@ -262,7 +292,9 @@ class Relay:
                 POSITION_HEADER: str(event.position),
             }
             fut = await self.js.publish_async(
-                subject_for(self.prefix, event), encode_event(event), headers=headers,
+                subject_for(self.prefix, event),
+                encode_event(event),
+                headers=headers,
             )
             self._pending.append(_Pending(event, self._seq, fut))
         while self._pending:
@@ -301,7 +333,8 @@ class Relay:
             await self.store.pool.execute(
                 "INSERT INTO events.relay_checkpoint (name, position) VALUES ($1, $2) "
                 "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
-                self.name, self.position,
+                self.name,
+                self.position,
             )
         except (asyncpg.PostgresError, *_TRANSIENT):
             if not quiet:
@@ -352,8 +385,9 @@ def _build() -> Any:
     async def start() -> None:
         parts["store"] = store = await PostgresEventStore.open(cfg.database_url, max_size=3)
         parts["nc"] = nc = await connect_nats(cfg.nats_url, "homeport-relay")
-        relay = Relay(store, nc, stream=cfg.events_stream, prefix=cfg.events_prefix,
-                      window=cfg.relay_window)
+        relay = Relay(
+            store, nc, stream=cfg.events_stream, prefix=cfg.events_prefix, window=cfg.relay_window
+        )
         parts["relay"] = relay
         parts["task"] = svc.spawn(relay.run(), "relay")
 

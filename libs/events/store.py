@@ -103,8 +103,12 @@ class PostgresEventStore:
     """Append-only event store in schema `events`, on an asyncpg pool."""
 
     def __init__(
-        self, pool: asyncpg.Pool, dsn: str, registry: EventRegistry = REGISTRY,
-        *, owns_pool: bool = False,
+        self,
+        pool: asyncpg.Pool,
+        dsn: str,
+        registry: EventRegistry = REGISTRY,
+        *,
+        owns_pool: bool = False,
     ) -> None:
         self.pool = pool
         self.dsn = dsn
@@ -117,8 +121,13 @@ class PostgresEventStore:
 
     @classmethod
     async def open(
-        cls, dsn: str, *, min_size: int = 1, max_size: int = 10,
-        registry: EventRegistry = REGISTRY, run_migrations: bool = True,
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        registry: EventRegistry = REGISTRY,
+        run_migrations: bool = True,
     ) -> PostgresEventStore:
         """Connect a pool to `dsn` and bring the schema up to date."""
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
@@ -157,8 +166,12 @@ class PostgresEventStore:
         return out
 
     async def append(
-        self, stream: str, events: Sequence[Any], expected_version: int | None = None,
-        *, conn: asyncpg.Connection | None = None,
+        self,
+        stream: str,
+        events: Sequence[Any],
+        expected_version: int | None = None,
+        *,
+        conn: asyncpg.Connection | None = None,
     ) -> AppendResult:
         """Append `events` (NewEvent or registered event objects) to `stream`, all or none.
 
@@ -186,8 +199,13 @@ class PostgresEventStore:
         self, conn: asyncpg.Connection, stream: str, new: list[NewEvent], expected: int | None
     ) -> AppendResult:
         args = (
-            stream, expected, [e.id for e in new], [e.type for e in new],
-            [e.schema for e in new], [dumps(e.data) for e in new], [dumps(e.meta) for e in new],
+            stream,
+            expected,
+            [e.id for e in new],
+            [e.type for e in new],
+            [e.schema for e in new],
+            [dumps(e.data) for e in new],
+            [dumps(e.meta) for e in new],
         )
         sql = "SELECT out_position, out_version FROM events.append($1, $2, $3, $4, $5, $6, $7)"
         try:
@@ -201,17 +219,16 @@ class PostgresEventStore:
             raise
         for item in new:
             EVENTS_APPENDED.labels(type=item.type).inc()
-        return AppendResult(
-            stream, rows[-1]["out_version"], tuple(r["out_position"] for r in rows)
-        )
+        return AppendResult(stream, rows[-1]["out_version"], tuple(r["out_position"] for r in rows))
 
     async def _write_batches(self) -> None:
         """Drain the queue: each round sends the waiting appends in one call and one commit."""
         while self._queue:
             batch: list[_Request] = []
             size = 0
-            while self._queue and (not batch or size + len(self._queue[0].events)
-                                   <= self.max_batch_events):
+            while self._queue and (
+                not batch or size + len(self._queue[0].events) <= self.max_batch_events
+            ):
                 req = self._queue.popleft()
                 if not req.future.done():  # a caller cancelled before we sent it: not appended
                     batch.append(req)
@@ -224,14 +241,20 @@ class PostgresEventStore:
                     rows = await c.fetch(
                         "SELECT out_append, out_position, out_version, out_error FROM "
                         "events.append_many($1, $2, $3, $4, $5, $6, $7, $8)",
-                        [r.stream for r in batch], [r.expected for r in batch],
-                        [len(r.events) for r in batch], [e.id for e in events],
-                        [e.type for e in events], [e.schema for e in events],
-                        [dumps(e.data) for e in events], [dumps(e.meta) for e in events],
+                        [r.stream for r in batch],
+                        [r.expected for r in batch],
+                        [len(r.events) for r in batch],
+                        [e.id for e in events],
+                        [e.type for e in events],
+                        [e.schema for e in events],
+                        [dumps(e.data) for e in events],
+                        [dumps(e.meta) for e in events],
                     )
             except (Exception, asyncio.CancelledError) as e:
-                err = e if isinstance(e, asyncpg.PostgresError | OSError) else EventStoreError(
-                    f"append interrupted: {type(e).__name__}"
+                err = (
+                    e
+                    if isinstance(e, asyncpg.PostgresError | OSError)
+                    else EventStoreError(f"append interrupted: {type(e).__name__}")
                 )
                 for r in batch:
                     if not r.future.done():
@@ -267,9 +290,16 @@ class PostgresEventStore:
 
     def _record(self, r: asyncpg.Record) -> RecordedEvent:
         ev = RecordedEvent(
-            position=r["position"], id=r["id"], stream=r["stream"], version=r["version"],
-            type=r["type"], schema=r["schema"], data=json.loads(r["data"]),
-            meta=json.loads(r["meta"]), recorded_at=r["recorded_at"], hash=r["hash"],
+            position=r["position"],
+            id=r["id"],
+            stream=r["stream"],
+            version=r["version"],
+            type=r["type"],
+            schema=r["schema"],
+            data=json.loads(r["data"]),
+            meta=json.loads(r["meta"]),
+            recorded_at=r["recorded_at"],
+            hash=r["hash"],
         )
         return self.registry.upcast_recorded(ev)
 
@@ -279,19 +309,22 @@ class PostgresEventStore:
         """Events of one stream in version order, in their current shape."""
         rows = await self.pool.fetch(
             f"{_SELECT} WHERE stream = $1 AND version > $2 ORDER BY version LIMIT $3",
-            stream, after_version, limit,
+            stream,
+            after_version,
+            limit,
         )
         return [self._record(r) for r in rows]
 
     async def stream_version(self, stream: str) -> int:
-        v = await self.pool.fetchval(
-            "SELECT version FROM events.streams WHERE stream = $1", stream
-        )
+        v = await self.pool.fetchval("SELECT version FROM events.streams WHERE stream = $1", stream)
         return int(v or 0)
 
     async def read_all(
-        self, after_position: int = 0, limit: int = 1000,
-        *, conn: asyncpg.Connection | None = None,
+        self,
+        after_position: int = 0,
+        limit: int = 1000,
+        *,
+        conn: asyncpg.Connection | None = None,
     ) -> list[RecordedEvent]:
         """Up to `limit` events after `after_position`, in position order."""
         q = f"{_SELECT} WHERE position > $1 ORDER BY position LIMIT $2"
@@ -322,7 +355,8 @@ class PostgresEventStore:
                     "SELECT position, hash, events.canonical(position, id, stream, version, "
                     "type, schema, data, meta) AS body FROM events.events "
                     "WHERE position > $1 ORDER BY position LIMIT $2",
-                    last, page_size,
+                    last,
+                    page_size,
                 )
                 for r in rows:
                     pos: int = r["position"]
@@ -333,9 +367,11 @@ class PostgresEventStore:
                                 ChainProblem(missing, "missing", f"position {gap} was deleted")
                             )
                     elif hashlib.sha256(prev_hash + r["body"]).digest() != r["hash"]:
-                        report.problems.append(ChainProblem(
-                            pos, "altered", "row content does not match its chain hash"
-                        ))
+                        report.problems.append(
+                            ChainProblem(
+                                pos, "altered", "row content does not match its chain hash"
+                            )
+                        )
                     prev_hash = r["hash"]
                     last = pos
                     report.checked += 1

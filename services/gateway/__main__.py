@@ -25,8 +25,9 @@ def build() -> Service:
     async def start() -> None:
         parts["store"] = store = await PostgresEventStore.open(cfg.database_url, max_size=5)
         parts["nc"] = nc = await connect_nats(cfg.nats_url, "homeport-gateway")
-        runner = ProjectionRunner(ActivityProjection(), store, nc, stream=cfg.events_stream,
-                                  prefix=cfg.events_prefix)
+        runner = ProjectionRunner(
+            ActivityProjection(), store, nc, stream=cfg.events_stream, prefix=cfg.events_prefix
+        )
         await runner.setup()
         parts["runner"] = runner
         parts["task"] = svc.spawn(runner.run(), "projection.activity")

@@ -49,8 +49,13 @@ def _text(value: Any, limit: int) -> str | None:
 def activity_row(event: RecordedEvent) -> tuple[Any, ...]:
     """The activity row of one event (column order of `gateway.activity`)."""
     return (
-        event.position, _occurred_at(event), _text(event.meta.get("actor"), 200) or "system",
-        _text(event.meta.get("ip"), 64), event.type, event.stream, event.category,
+        event.position,
+        _occurred_at(event),
+        _text(event.meta.get("actor"), 200) or "system",
+        _text(event.meta.get("ip"), 64),
+        event.type,
+        event.stream,
+        event.category,
         summary_of(event),
     )
 
@@ -65,7 +70,9 @@ class ActivityProjection(Projection):
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
         await conn.copy_records_to_table(
-            "activity", schema_name="gateway", columns=_COLUMNS,
+            "activity",
+            schema_name="gateway",
+            columns=_COLUMNS,
             records=[activity_row(e) for e in events],
         )
 

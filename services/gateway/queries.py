@@ -49,17 +49,22 @@ def _time(payload: dict[str, Any], name: str) -> datetime | None:
             when = None
         if when is not None and when.tzinfo is not None:
             return when
-    raise Invalid(f"{name} must be an ISO 8601 time with a zone, e.g. 2026-11-22T08:00:00Z",
-                  field=name)
+    raise Invalid(
+        f"{name} must be an ISO 8601 time with a zone, e.g. 2026-11-22T08:00:00Z", field=name
+    )
 
 
-def _text(payload: dict[str, Any], name: str, pattern: re.Pattern[str] | None,
-          hint: str) -> str | None:
+def _text(
+    payload: dict[str, Any], name: str, pattern: re.Pattern[str] | None, hint: str
+) -> str | None:
     raw = payload.get(name)
     if raw is None:
         return None
-    if not isinstance(raw, str) or not raw or len(raw) > 200 or (
-        pattern is not None and not pattern.match(raw)
+    if (
+        not isinstance(raw, str)
+        or not raw
+        or len(raw) > 200
+        or (pattern is not None and not pattern.match(raw))
     ):
         raise Invalid(f"{name} must be {hint}", field=name)
     return raw
@@ -69,8 +74,10 @@ async def activity_query(pool: asyncpg.Pool, payload: dict[str, Any]) -> dict[st
     """One page of the activity log, newest first, filtered; `next_cursor` fetches the next."""
     unknown = sorted(set(payload) - _KNOWN)
     if unknown:
-        raise Invalid(f"unknown filter {unknown[0]!r}; use one of {', '.join(sorted(_KNOWN))}",
-                      field=unknown[0])
+        raise Invalid(
+            f"unknown filter {unknown[0]!r}; use one of {', '.join(sorted(_KNOWN))}",
+            field=unknown[0],
+        )
     since, until = _time(payload, "since"), _time(payload, "until")
     if since is not None and until is not None and since > until:
         raise Invalid("since must not be after until", field="since")
@@ -78,7 +85,11 @@ async def activity_query(pool: asyncpg.Pool, payload: dict[str, Any]) -> dict[st
     etype = _text(payload, "type", _TYPE, "an event type such as AppInstalled")
     target = _text(payload, "target", _TARGET, "a stream (app-4f1c) or a category (app)")
     limit = payload.get("limit", ACTIVITY_DEFAULT_LIMIT)
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= ACTIVITY_MAX_LIMIT:
+    if (
+        not isinstance(limit, int)
+        or isinstance(limit, bool)
+        or not 1 <= limit <= ACTIVITY_MAX_LIMIT
+    ):
         raise Invalid(f"limit must be an integer from 1 to {ACTIVITY_MAX_LIMIT}", field="limit")
     before = _cursor_in(payload["cursor"]) if payload.get("cursor") is not None else None
 
@@ -103,7 +114,7 @@ async def activity_query(pool: asyncpg.Pool, payload: dict[str, Any]) -> dict[st
         add("stream = {}" if "-" in target else "category = {}", target)
     args.append(limit + 1)
     sql = (
-        "SELECT position, occurred_at, actor, ip, type, stream, summary FROM gateway.activity "
+        "SELECT position, occurred_at, actor, ip, type, stream, summary FROM gateway.activity "  # noqa: S608 - fixed clauses, values bound
         + ("WHERE " + " AND ".join(where) + " " if where else "")
         + f"ORDER BY position DESC LIMIT ${len(args)}"
     )
@@ -113,8 +124,12 @@ async def activity_query(pool: asyncpg.Pool, payload: dict[str, Any]) -> dict[st
     return {
         "items": [
             {
-                "position": r["position"], "occurred_at": r["occurred_at"].isoformat(),
-                "actor": r["actor"], "ip": r["ip"], "type": r["type"], "target": r["stream"],
+                "position": r["position"],
+                "occurred_at": r["occurred_at"].isoformat(),
+                "actor": r["actor"],
+                "ip": r["ip"],
+                "type": r["type"],
+                "target": r["stream"],
                 "summary": r["summary"],
             }
             for r in rows

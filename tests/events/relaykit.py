@@ -48,15 +48,14 @@ async def write_events(
 
     async def one(w: int, count: int) -> None:
         for i in range(count):
-            await store.append(
-                f"thing-w{w}s{i % 7}", [NewEvent("ThingHappened", {"w": w, "i": i})]
-            )
+            await store.append(f"thing-w{w}s{i % 7}", [NewEvent("ThingHappened", {"w": w, "i": i})])
             if pause:
                 await asyncio.sleep(random.uniform(0, pause))
 
     per = total // writers
-    await asyncio.gather(*(one(w, per + (total % writers if w == 0 else 0))
-                           for w in range(writers)))
+    await asyncio.gather(
+        *(one(w, per + (total % writers if w == 0 else 0)) for w in range(writers))
+    )
 
 
 async def wait_until(predicate, deadline: float, what: str, step: float = 0.1) -> None:  # type: ignore[no-untyped-def]
@@ -81,5 +80,6 @@ async def applied_report(dsn: str) -> tuple[int, int, list[int]]:
 
 
 async def connect(url: str) -> NATS:
-    return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
-                              connect_timeout=2)
+    return await nats.connect(
+        url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, connect_timeout=2
+    )

@@ -35,7 +35,7 @@ async def test_verify_chain_sees_a_deleted_tail_and_an_edited_meta(dsn: str) -> 
         for i in range(5):
             await store.append("thing-1", [NewEvent("ThingHappened", {"i": i})])
         await store.pool.execute(
-            "UPDATE events.events SET meta = meta || '{\"actor\": \"someone-else\"}' "
+            'UPDATE events.events SET meta = meta || \'{"actor": "someone-else"}\' '
             "WHERE position = 2"
         )
         await store.pool.execute("DELETE FROM events.events WHERE position = 5")
@@ -50,13 +50,14 @@ def _write(d: Path, files: dict[str, str]) -> Path:
     return d
 
 
-async def test_migrations_apply_once_even_when_two_start_at_once(
-    dsn: str, tmp_path: Path
-) -> None:
-    d = _write(tmp_path / "m", {
-        "0001_a.sql": "CREATE SCHEMA demo; CREATE TABLE demo.t (n int);",
-        "0002_b.sql": "INSERT INTO demo.t VALUES (1); SELECT pg_sleep(0.2);",
-    })
+async def test_migrations_apply_once_even_when_two_start_at_once(dsn: str, tmp_path: Path) -> None:
+    d = _write(
+        tmp_path / "m",
+        {
+            "0001_a.sql": "CREATE SCHEMA demo; CREATE TABLE demo.t (n int);",
+            "0002_b.sql": "INSERT INTO demo.t VALUES (1); SELECT pg_sleep(0.2);",
+        },
+    )
     conns = [await asyncpg.connect(dsn) for _ in range(4)]
     try:
         results = await asyncio.gather(*(migrate(c, "demo", d) for c in conns))
@@ -75,10 +76,13 @@ async def test_migrations_apply_once_even_when_two_start_at_once(
 
 
 async def test_failed_migration_leaves_nothing_half_done(dsn: str, tmp_path: Path) -> None:
-    d = _write(tmp_path / "m", {
-        "0001_ok.sql": "CREATE TABLE ok_t (n int);",
-        "0002_bad.sql": "CREATE TABLE half_t (n int); SELECT no_such_function();",
-    })
+    d = _write(
+        tmp_path / "m",
+        {
+            "0001_ok.sql": "CREATE TABLE ok_t (n int);",
+            "0002_bad.sql": "CREATE TABLE half_t (n int); SELECT no_such_function();",
+        },
+    )
     conn = await asyncpg.connect(dsn)
     try:
         with pytest.raises(MigrationError, match="0002_bad failed"):
@@ -99,7 +103,7 @@ async def test_misnamed_migration_file_is_refused(dsn: str, tmp_path: Path) -> N
     d = _write(tmp_path / "m", {"1_first.sql": "SELECT 1;"})
     conn = await asyncpg.connect(dsn)
     try:
-        with pytest.raises(MigrationError, match="NNNN_name.sql"):
+        with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
             await migrate(conn, "demo", d)
     finally:
         await conn.close()

@@ -51,8 +51,9 @@ async def test_relay_publishes_in_order_with_ids_and_subjects(
     store: PostgresEventStore, nats_url: str, uniq: str, tmp_path: Path
 ) -> None:
     stream, prefix = f"EV_{uniq}", f"t{uniq}.evt"
-    first = await store.append("app-one", [NewEvent("AppInstalled", {"n": 1}),
-                                           NewEvent("AppStarted", {"n": 2})])
+    first = await store.append(
+        "app-one", [NewEvent("AppInstalled", {"n": 1}), NewEvent("AppStarted", {"n": 2})]
+    )
     await store.append("user-two", [NewEvent("UserCreated", {"n": 3})])
     nc = await connect(nats_url)
     try:
@@ -64,14 +65,17 @@ async def test_relay_publishes_in_order_with_ids_and_subjects(
         assert info.state.messages == 3
         msgs = [await js.get_msg(stream, seq=s) for s in (1, 2, 3)]
         assert [m.subject for m in msgs] == [
-            f"{prefix}.app.AppInstalled", f"{prefix}.app.AppStarted", f"{prefix}.user.UserCreated"
+            f"{prefix}.app.AppInstalled",
+            f"{prefix}.app.AppStarted",
+            f"{prefix}.user.UserCreated",
         ]
         events = await store.read_all(0, 10)
         assert [m.headers["Nats-Msg-Id"] for m in msgs] == [str(e.id) for e in events]
         assert [m.headers["Hp-Position"] for m in msgs] == ["1", "2", "3"]
         assert first.positions == (1, 2)
         cp = await store.pool.fetchval(
-            "SELECT position FROM events.relay_checkpoint WHERE name = 'relay'")
+            "SELECT position FROM events.relay_checkpoint WHERE name = 'relay'"
+        )
         assert cp == 3
         # A second relay run publishes nothing again.
         relay2 = Relay(store, nc, stream=stream, prefix=prefix)
@@ -95,8 +99,9 @@ async def test_projection_catches_up_from_postgres_then_follows_jetstream(
     await write_events(store, 300)
     nc = await connect(nats_url)
     try:
-        proj = ProjectionRunner(Applied(tmp_path / "m"), store, nc, stream=stream, prefix=prefix,
-                                batch=50)
+        proj = ProjectionRunner(
+            Applied(tmp_path / "m"), store, nc, stream=stream, prefix=prefix, batch=50
+        )
         relay = Relay(store, nc, stream=stream, prefix=prefix)
         async with running(relay, proj):
             await asyncio.wait_for(proj.live.wait(), 20)
@@ -128,8 +133,15 @@ async def test_nats_down_for_a_while_loses_nothing_and_applies_nothing_twice(
         stream, prefix = f"EV_{uniq}", f"t{uniq}.evt"
         nc_relay, nc_proj = await connect(server.url), await connect(server.url)
         relay = Relay(store, nc_relay, stream=stream, prefix=prefix, window=64, ack_timeout=1.0)
-        proj = ProjectionRunner(Applied(tmp_path / "m"), store, nc_proj, stream=stream,
-                                prefix=prefix, batch=100, fetch_timeout=0.5)
+        proj = ProjectionRunner(
+            Applied(tmp_path / "m"),
+            store,
+            nc_proj,
+            stream=stream,
+            prefix=prefix,
+            batch=100,
+            fetch_timeout=0.5,
+        )
         async with running(relay, proj):
             writer = asyncio.create_task(write_events(store, 4000, writers=8, pause=0.02))
             await wait_until(lambda: _applied_some(proj), 30, "the projection to apply events")
@@ -164,24 +176,42 @@ async def test_relay_killed_with_sigkill_restarts_without_loss_or_duplicates(
 ) -> None:
     stream, prefix = f"EV_{uniq}", f"t{uniq}.evt"
     env = {
-        **os.environ, "HP_DATABASE_URL": dsn, "HP_NATS_URL": nats_url, "HP_HTTP_PORT": "0",
-        "HP_EVENTS_STREAM": stream, "HP_EVENTS_PREFIX": prefix, "HP_RELAY_WINDOW": "64",
-        "HP_KEYRING": str(tmp_path / "keyring.json"), "HP_DATA_DIR": str(tmp_path),
+        **os.environ,
+        "HP_DATABASE_URL": dsn,
+        "HP_NATS_URL": nats_url,
+        "HP_HTTP_PORT": "0",
+        "HP_EVENTS_STREAM": stream,
+        "HP_EVENTS_PREFIX": prefix,
+        "HP_RELAY_WINDOW": "64",
+        "HP_KEYRING": str(tmp_path / "keyring.json"),
+        "HP_DATA_DIR": str(tmp_path),
     }
 
     async def start() -> asyncio.subprocess.Process:
         with open(tmp_path / "relay.log", "ab") as log:
             return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "libs.events.relay", env=env, cwd=REPO,
-                stdout=asyncio.subprocess.DEVNULL, stderr=log,
+                sys.executable,
+                "-m",
+                "libs.events.relay",
+                env=env,
+                cwd=REPO,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=log,
             )
 
     nc = await connect(nats_url)
     procs: list[asyncio.subprocess.Process] = []
     try:
         js = nc.jetstream()
-        proj = ProjectionRunner(Applied(tmp_path / "m"), store, nc, stream=stream, prefix=prefix,
-                                batch=100, fetch_timeout=0.5)
+        proj = ProjectionRunner(
+            Applied(tmp_path / "m"),
+            store,
+            nc,
+            stream=stream,
+            prefix=prefix,
+            batch=100,
+            fetch_timeout=0.5,
+        )
         async with running(proj):
             writer = asyncio.create_task(write_events(store, 6000, writers=8, pause=0.002))
             procs.append(await start())
@@ -189,7 +219,7 @@ async def test_relay_killed_with_sigkill_restarts_without_loss_or_duplicates(
             async def stream_has(n: int) -> bool:
                 try:
                     return (await js.stream_info(stream)).state.messages >= n
-                except Exception:  # noqa: BLE001 - the relay creates the stream
+                except Exception:
                     return False
 
             await wait_until(lambda: stream_has(500), 30, "the relay to publish 500 events")

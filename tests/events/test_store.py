@@ -260,8 +260,9 @@ async def test_group_commit_keeps_each_append_all_or_nothing(
     results = await asyncio.gather(*calls, return_exceptions=True)
     ok = [r for r in results if not isinstance(r, BaseException)]
     conflicts = [r for r in results if isinstance(r, ConcurrencyError)]
-    others = [r for r in results if isinstance(r, EventStoreError)
-              and not isinstance(r, ConcurrencyError)]
+    others = [
+        r for r in results if isinstance(r, EventStoreError) and not isinstance(r, ConcurrencyError)
+    ]
     assert len(ok) == 26 and len(conflicts) == 5 and len(others) == 1
     assert "already exists" in str(others[0])
     stale = next(c for c in conflicts if c.stream == "stale-1")

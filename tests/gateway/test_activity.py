@@ -1,0 +1,224 @@
+"""The activity log: projection of every event, filters, keyset pages, nothing sealed shown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from libs.events import context
+from libs.events.bus import BusClient, Invalid
+from libs.events.envelope import NewEvent
+from libs.events.projection import ProjectionRunner
+from libs.events.store import PostgresEventStore
+from services.gateway.projections import ActivityProjection
+from services.gateway.queries import activity_query
+from tests.events.relaykit import connect, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+SEALED = "hp:sealed:v1:k1:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo"
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[PostgresEventStore]:
+    s = await PostgresEventStore.open(dsn, max_size=6)
+    yield s
+    await s.close()
+
+
+async def _seed(store: PostgresEventStore) -> None:
+    with context.use(context.Context(actor="admin", ip="203.0.113.7", correlation_id="c1")):
+        await store.append(
+            "app-blog",
+            [
+                NewEvent(
+                    "AppInstalled",
+                    {"location": "blog", "db_password": SEALED},
+                    meta={"summary": "Installed Static site at blog"},
+                )
+            ],
+        )
+        await store.append(
+            "user-u1",
+            [
+                NewEvent(
+                    "UserCreated", {"username": "alice"}, meta={"summary": f"Created user {SEALED}"}
+                )
+            ],
+        )
+    with context.use(context.Context(actor="alice", ip="198.51.100.2")):
+        for i in range(23):
+            await store.append("app-blog", [NewEvent("AppRestarted", {"i": i})])
+    await store.append("app-wiki", [NewEvent("AppStopped", {})])
+
+
+async def test_projection_rows_say_who_what_on_what_and_hide_sealed_values(
+    store: PostgresEventStore,
+) -> None:
+    await _seed(store)
+    runner = ProjectionRunner(ActivityProjection(), store)
+    await runner.setup()
+    assert await runner.catch_up() == 26
+    page = await activity_query(store.pool, {"limit": 200})
+    items = page["items"]
+    assert [i["position"] for i in items] == list(range(26, 0, -1))
+    first, second = items[-1], items[-2]
+    assert first["actor"] == "admin" and first["ip"] == "203.0.113.7"
+    assert first["type"] == "AppInstalled" and first["target"] == "app-blog"
+    assert first["summary"] == "Installed Static site at blog"
+    assert second["summary"] == "Created user [sealed]"
+    assert items[0]["summary"] == "AppStopped on app-wiki" and items[0]["actor"] == "system"
+    assert "hp:sealed" not in json.dumps(page)
+    dump = await store.pool.fetchval("SELECT json_agg(a)::text FROM gateway.activity a")
+    assert "hp:sealed" not in dump
+    assert page["next_cursor"] is None
+
+
+async def test_filters_and_keyset_pages(store: PostgresEventStore) -> None:
+    await _seed(store)
+    runner = ProjectionRunner(ActivityProjection(), store)
+    await runner.setup()
+    await runner.catch_up()
+    q = store.pool
+
+    async def positions(**payload: Any) -> list[int]:
+        return [i["position"] for i in (await activity_query(q, payload))["items"]]
+
+    assert await positions(actor="admin") == [2, 1]
+    assert await positions(type="AppStopped") == [26]
+    assert await positions(target="app-wiki") == [26]
+    assert len(await positions(target="app", limit=200)) == 25
+    assert await positions(target="user") == [2]
+    assert await positions(since=(datetime.now(UTC) + timedelta(hours=1)).isoformat()) == []
+    assert (
+        len(await positions(until=(datetime.now(UTC) + timedelta(hours=1)).isoformat(), limit=200))
+        == 26
+    )
+    # keyset pages of 10: 26..17, 16..7, 6..1 — each event once, newest first
+    seen: list[int] = []
+    cursor = None
+    pages = 0
+    while True:
+        payload: dict[str, Any] = {"limit": 10}
+        if cursor:
+            payload["cursor"] = cursor
+        page = await activity_query(q, payload)
+        seen += [i["position"] for i in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3 and seen == list(range(26, 0, -1))
+    # a page is stable while new events arrive: keyset, not offset
+    first = await activity_query(q, {"limit": 5})
+    await store.append("app-new", [NewEvent("AppInstalled", {})])
+    await runner.catch_up()
+    nxt = await activity_query(q, {"limit": 5, "cursor": first["next_cursor"]})
+    assert [i["position"] for i in nxt["items"]] == [21, 20, 19, 18, 17]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 201}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"cursor": "not-a-cursor!"}, "cursor"),
+        ({"since": "yesterday"}, "since"),
+        ({"until": "2026-11-22T08:00:00"}, "until"),
+        ({"since": "2026-11-22T09:00:00Z", "until": "2026-11-22T08:00:00Z"}, "since"),
+        ({"type": "app installed"}, "type"),
+        ({"target": "App Blog"}, "target"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+async def test_bad_filters_name_the_field(
+    store: PostgresEventStore, payload: dict[str, Any], field: str
+) -> None:
+    runner = ProjectionRunner(ActivityProjection(), store)
+    await runner.setup()
+    with pytest.raises(Invalid) as e:
+        await activity_query(store.pool, payload)
+    assert e.value.field == field
+
+
+async def test_activity_query_on_the_bus_from_running_relay_and_gateway(
+    store: PostgresEventStore, dsn: str, nats_url: str, uniq: str, tmp_path: Path
+) -> None:
+    """The gateway and relay as processes: an event appended shows in the query over NATS."""
+    from deploy.embedded import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "HP_DATABASE_URL": dsn,
+        "HP_NATS_URL": nats_url,
+        "HP_EVENTS_STREAM": f"EV_{uniq}",
+        "HP_EVENTS_PREFIX": f"t{uniq}.evt",
+        "HP_KEYRING": str(tmp_path / "keyring.json"),
+        "HP_DATA_DIR": str(tmp_path),
+        "HP_DRAIN_SECONDS": "3",
+    }
+    await _seed(store)
+    log = open(tmp_path / "procs.log", "ab")
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            module,
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+            env={**env, "HP_HTTP_PORT": str(p)},
+        )
+        for module, p in (("libs.events.relay", free_port()), ("services.gateway", port))
+    ]
+    log.close()
+    nc = await connect(nats_url)
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until(ready, 30, "the gateway to be ready")
+        client = BusClient(nc)
+        page = await client.query("gateway", "activity", {"limit": 3})
+        assert [i["position"] for i in page["items"]] == [26, 25, 24]
+        with context.use(context.Context(actor="bob", ip="192.0.2.9")):
+            await store.append("group-g1", [NewEvent("GroupCreated", {"name": "family"})])
+
+        async def shows_bob() -> bool:
+            p = await client.query("gateway", "activity", {"actor": "bob"})
+            return bool(p["items"])
+
+        await wait_until(shows_bob, 20, "the new event in the activity log")
+        item = (await client.query("gateway", "activity", {"actor": "bob"}))["items"][0]
+        assert (item["type"], item["target"], item["ip"]) == (
+            "GroupCreated",
+            "group-g1",
+            "192.0.2.9",
+        )
+        with pytest.raises(Invalid) as e:
+            await client.query("gateway", "activity", {"limit": 0})
+        assert e.value.field == "limit"
+    finally:
+        await nc.close()
+        for p in procs:
+            if p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(p.wait(), 20) for p in procs]
+    assert codes == [0, 0], (tmp_path / "procs.log").read_text()[-4000:]
