@@ -315,3 +315,74 @@ def test_up_refuses_a_service_module_that_does_not_exist(
     stack = start_stack("ghost=tests.deploy.no_such_service")
     assert stack.proc.wait(timeout=30) == 1
     assert "tests.deploy.no_such_service (for ghost) not found" in stack.output()
+
+
+def test_the_real_platform_comes_up_answers_and_survives_kill_9(
+    start_stack: Callable[..., Running],
+) -> None:
+    """`homeport up` with the real services: events flow Postgres -> relay -> gateway."""
+    import asyncio
+
+    from libs.events import context
+    from libs.events.bus import BusClient
+    from libs.events.envelope import NewEvent
+    from libs.events.store import PostgresEventStore
+    from tests.events.relaykit import connect, wait_until
+
+    stack = start_stack()
+    stack.wait_for(
+        "up and healthy", lambda: "Dashboard:" in (stack.logs / "up.out").read_text(), 120
+    )
+    parts = stack.parts()
+    assert {"postgres", "nats", "relay", "gateway"} <= set(parts)
+    for name in ("relay", "gateway"):
+        assert _get(parts[name]["health"])[0] == 200
+        assert _get(parts[name]["health"].replace("/healthz", "/readyz"))[0] == 200
+    state = stack.state()
+
+    async def scenario(step: str) -> list[dict[str, Any]]:
+        store = await PostgresEventStore.open(state["database_url"], max_size=2)
+        nc = await connect(state["nats_url"])
+        try:
+            client = BusClient(nc)
+            with context.use(context.Context(actor=f"tester-{step}", ip="192.0.2.1")):
+                await store.append(f"app-{step}", [NewEvent("AppInstalled", {"step": step})])
+
+            async def visible() -> bool:
+                page = await client.query("gateway", "activity", {"actor": f"tester-{step}"})
+                return bool(page["items"])
+
+            await wait_until(visible, 30, f"the {step} event in the activity log")
+            page = await client.query("gateway", "activity", {"limit": 10})
+            return list(page["items"])
+        finally:
+            await nc.close()
+            await store.close()
+
+    items = asyncio.run(scenario("before"))
+    assert items[0]["type"] == "AppInstalled" and items[0]["target"] == "app-before"
+
+    for victim in ("gateway", "relay"):
+        old = stack.parts()[victim]["pid"]
+        os.kill(old, signal.SIGKILL)
+        stack.wait_for(
+            f"restarting {victim}",
+            lambda v=victim, o=old: (
+                stack.parts()[v]["pid"] not in (None, o)  # type: ignore[misc]
+                and stack.parts()[v]["state"] == "running"
+            ),
+            deadline_s=15,
+        )
+    items = asyncio.run(scenario("after"))
+    assert [i["target"] for i in items[:2]] == ["app-after", "app-before"]
+
+    r = _homeport("replay", "activity", "--data-dir", str(stack.data), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "replayed projection activity: 2 events applied" in r.stdout
+    r = _homeport("audit", "verify", "--data-dir", str(stack.data))
+    assert r.returncode == 0 and "event chain intact" in r.stdout, r.stdout + r.stderr
+    r = _homeport("status", "--data-dir", str(stack.data))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    stack.proc.send_signal(signal.SIGTERM)
+    assert stack.proc.wait(timeout=30) == 0, stack.output()
