@@ -150,7 +150,7 @@ def _print_ready(stack: Stack) -> None:
             f"  Dashboard: {url}",
             "",
             "To finish setup:",
-            f"  1. Open {url} in a browser on this machine and follow the first-run steps",
+            f"  1. Open {url} in a browser on this machine: it shows what runs",
             f"     (from another machine: ssh -L {port}:127.0.0.1:{port} <this server>).",
         ]
     else:

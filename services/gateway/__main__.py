@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiohttp import web
+
 from libs.events.bus import Bus
 from libs.events.projection import ProjectionRunner
 from libs.events.relay import connect_nats
@@ -58,6 +60,21 @@ def build() -> Service:
         if "store" in parts:
             await parts["store"].close()
 
+    async def home(request: web.Request) -> web.Response:
+        """A plain status page until the dashboard lands: what runs and how far events are."""
+        store, runner = parts.get("store"), parts.get("runner")
+        if store is None or runner is None:
+            raise web.HTTPServiceUnavailable(text="Homeport is starting; reload in a moment.\n")
+        head, seen = await store.head(), await runner.checkpoint()
+        text = (
+            "Homeport is running.\n\n"
+            f"Events recorded: {head}; activity log up to event {seen}.\n"
+            "The web dashboard and its setup wizard are not part of this build yet;\n"
+            "use `homeport status` to check every part of the platform.\n"
+        )
+        return web.Response(text=text, headers={"Cache-Control": "no-store"})
+
+    svc.http_app.router.add_get("/", home)
     svc.on_start(start)
     svc.on_stop(stop)
     svc.on_cleanup(cleanup)

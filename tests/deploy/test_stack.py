@@ -375,6 +375,8 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
         )
     items = asyncio.run(scenario("after"))
     assert [i["target"] for i in items[:2]] == ["app-after", "app-before"]
+    status, body = _get(stack.state()["dashboard_url"])
+    assert status == 200 and b"Events recorded: 2; activity log up to event 2." in body
 
     r = _homeport("replay", "activity", "--data-dir", str(stack.data), timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
