@@ -30,7 +30,6 @@ system:
 	@bash deploy/install-system-deps.sh
 
 $(STAMP):
-	@command -v python3 >/dev/null || { apt-get update -q && apt-get install -y -q python3 python3-venv; }
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@

@@ -22,6 +22,11 @@ for prog in "${!need[@]}"; do
   missing+=("${need[$prog]}")
 done
 
+# python3 with venv and pip (Debian splits them out of python3)
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  missing+=(python3 python3-venv)
+fi
+
 if ((${#missing[@]})); then
   pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
   if [[ $EUID -ne 0 ]]; then
