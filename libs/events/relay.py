@@ -271,11 +271,12 @@ class Relay:
                     await asyncio.gather(page_task, stop_task, return_exceptions=True)
                 if page_task.cancelled():
                     await self._save_checkpoint(force=False)
-                    await self._update_lag(None)
+                    await self._update_lag()
                     continue
                 page = page_task.result()
-                await self._update_lag(page[0])
+                await self._update_lag()
                 await self._publish_page(page)
+                await self._update_lag()
                 await self._save_checkpoint(force=False)
             await self._save_checkpoint(force=True)
 
@@ -342,14 +343,20 @@ class Relay:
             return
         self._saved, self._saved_at = self.position, now
 
-    async def _update_lag(self, first_unpublished: RecordedEvent | None) -> None:
-        head = await self.store.head()
-        RELAY_LAG_EVENTS.set(max(head - self.position, 0))
-        if first_unpublished is None or head <= self.position:
-            RELAY_LAG_SECONDS.set(0)
-        else:
-            age = (datetime.now(UTC) - first_unpublished.recorded_at).total_seconds()
+    async def _update_lag(self) -> None:
+        """Lag in events (head - published) and in seconds (age of the first unpublished)."""
+        row = await self.store.pool.fetchrow(
+            "SELECT h.position AS head, (SELECT e.recorded_at FROM events.events e "
+            "WHERE e.position = $1) AS next_at FROM events.head h",
+            self.position + 1,
+        )
+        behind = max(int(row["head"]) - self.position, 0) if row else 0
+        RELAY_LAG_EVENTS.set(behind)
+        if behind and row is not None and row["next_at"] is not None:
+            age = (datetime.now(UTC) - row["next_at"]).total_seconds()
             RELAY_LAG_SECONDS.set(max(age, 0.0))
+        else:
+            RELAY_LAG_SECONDS.set(0)
 
 
 def _connect_options() -> dict[str, Any]:

@@ -375,6 +375,9 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
         )
     items = asyncio.run(scenario("after"))
     assert [i["target"] for i in items[:2]] == ["app-after", "app-before"]
+    metrics = _get(stack.parts()["relay"]["health"].replace("/healthz", "/metrics"))[1]
+    assert b"homeport_relay_lag_events 0.0" in metrics
+    assert b"homeport_relay_lag_seconds 0.0" in metrics
     status, body = _get(stack.state()["dashboard_url"])
     assert status == 200 and b"Events recorded: 2; activity log up to event 2." in body
 

@@ -249,3 +249,26 @@ async def test_relay_killed_with_sigkill_restarts_without_loss_or_duplicates(
                     await p.wait()
         await nc.close()
     assert procs[-1].returncode == 0, (tmp_path / "relay.log").read_text()[-3000:]
+
+
+async def test_relay_reports_its_lag_in_events_and_seconds(
+    store: PostgresEventStore, nats_url: str, uniq: str
+) -> None:
+    from libs.service.metrics import RELAY_LAG_EVENTS, RELAY_LAG_SECONDS
+
+    await write_events(store, 5, writers=1)
+    await asyncio.sleep(0.3)
+    nc = await connect(nats_url)
+    try:
+        relay = Relay(store, nc, stream=f"EV_{uniq}", prefix=f"t{uniq}.evt")
+        await relay._update_lag()  # nothing published yet
+        assert RELAY_LAG_EVENTS._value.get() == 5
+        assert RELAY_LAG_SECONDS._value.get() >= 0.3
+        async with running(relay):
+            await wait_until(lambda: _at(relay, 5), 20, "relay to publish 5 events")
+            await asyncio.sleep(0.2)
+            assert RELAY_LAG_EVENTS._value.get() == 0
+            assert RELAY_LAG_SECONDS._value.get() == 0
+        await nc.jetstream().delete_stream(f"EV_{uniq}")
+    finally:
+        await nc.close()
