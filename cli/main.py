@@ -24,6 +24,7 @@ from deploy.stack import (
     read_state,
 )
 from libs.service.config import LOG_LEVELS
+from libs.service.logs import redact
 
 if TYPE_CHECKING:
     from libs.events.store import ChainReport
@@ -274,7 +275,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         _err(str(e))
         return EXIT_USAGE
     except _DB_ERRORS as e:
-        _err(f"cannot replay {args.projection!r}: the event store at {dsn} failed: {e}")
+        _err(f"cannot replay {args.projection!r}: the event store at {redact(dsn)} failed: {e}")
         return EXIT_FAILED
     print(f"replayed projection {args.projection}: {count} events applied")
     return EXIT_OK
@@ -287,7 +288,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(_verify(dsn))
     except _DB_ERRORS as e:
-        _err(f"cannot verify: the event store at {dsn} failed: {e}")
+        _err(f"cannot verify: the event store at {redact(dsn)} failed: {e}")
         return EXIT_FAILED
     if report.ok:
         print(

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 __all__ = [
     "EmbeddedError",
@@ -104,14 +105,17 @@ class PostgresServer:
     port: int = 0
     fsync: bool = True
     log_path: Path | None = None
+    # With a password, TCP logins need it (scram-sha-256); without, loopback trust (tests).
+    password: str | None = field(default=None, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return self.dsn_for("postgres")
 
     def dsn_for(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        cred = "postgres" if self.password is None else f"postgres:{quote(self.password, safe='')}"
+        return f"postgresql://{cred}@127.0.0.1:{self.port}/{database}"
 
     def _user_kwargs(self) -> dict[str, Any]:
         ids = _drop_to()
@@ -126,24 +130,36 @@ class PostgresServer:
         pgdata.mkdir(mode=0o700, exist_ok=True)
         _chown_tree(self.datadir, _drop_to())
         initdb = find_binary("initdb", _PG_DIRS)
-        r = subprocess.run(
-            [
-                initdb,
-                "-D",
-                str(pgdata),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C.UTF-8",
-                "--no-instructions",
-            ],
-            check=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            **self._user_kwargs(),
-        )
+        auth = ["--auth=trust"]
+        pwfile = self.datadir / ".initdb-password"
+        if self.password is not None:
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.password + "\n")
+            _chown_tree(pwfile, _drop_to())
+            # The socket lives in the 0700 data folder: only its owner reaches it.
+            auth = ["--auth-host=scram-sha-256", "--auth-local=trust", f"--pwfile={pwfile}"]
+        try:
+            r = subprocess.run(
+                [
+                    initdb,
+                    "-D",
+                    str(pgdata),
+                    "-U",
+                    "postgres",
+                    *auth,
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-instructions",
+                ],
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                **self._user_kwargs(),
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if r.returncode != 0:
             msg = r.stderr.decode(errors="replace").strip()
             raise EmbeddedError(

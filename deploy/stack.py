@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import pwd
+import secrets
 import signal
 import socket
 import stat
@@ -77,6 +78,20 @@ DRAIN_SECONDS = 10.0  # HP_DRAIN_SECONDS: services finish within the stop deadli
 READY_DEADLINE_S = 60.0
 HEALTH_TIMEOUT_S = 2.0
 _POLL_S = 0.25
+
+
+def _database_password(data_dir: Path) -> str:
+    """The platform database's password: made once, kept 0600 in the data directory."""
+    path = data_dir / "database-password"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
 
 
 class StackError(Exception):
@@ -623,7 +638,12 @@ class Stack:
             taken.add(p)
             return p
 
-        pg = PostgresServer(self.data_dir / "postgres", port=port("postgres"), fsync=self.fsync)
+        pg = PostgresServer(
+            self.data_dir / "postgres",
+            port=port("postgres"),
+            fsync=self.fsync,
+            password=_database_password(self.data_dir),
+        )
         nats = NatsServer(self.data_dir / "nats", port=port("nats"))
         nats.monitor_port = port("nats", "monitor_port")
         self._database_url = pg.dsn_for(DATABASE)
@@ -633,7 +653,7 @@ class Stack:
                 "postgres",
                 PartKind.POSTGRES,
                 pg.port,
-                self._database_url,
+                f"postgresql://{HOST}:{pg.port}/{DATABASE}",
                 f"tcp://{HOST}:{pg.port}",
                 pg.datadir / "postgres.log",
                 _ServerRunner(pg),
@@ -694,7 +714,7 @@ class Stack:
             try:
                 await part.runner.start()
                 if part.kind is PartKind.POSTGRES:
-                    await _ensure_database(part.port)
+                    await _ensure_database(self._database_url)
             except (EmbeddedError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 raise StackError(f"{part.name} did not start: {e} (log: {part.log})") from e
             self._mark_started(part)
@@ -920,8 +940,9 @@ def _can_enter(path: Path, uid: int, gid: int) -> bool:
     return bool(mode & stat.S_IXOTH)
 
 
-async def _ensure_database(port: int) -> None:
-    conn = await asyncpg.connect(f"postgresql://postgres@{HOST}:{port}/postgres")
+async def _ensure_database(database_url: str) -> None:
+    """Create the platform database (connecting to the maintenance one) if it is missing."""
+    conn = await asyncpg.connect(database_url.rsplit("/", 1)[0] + "/postgres")
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):
             await conn.execute(f'CREATE DATABASE "{DATABASE}"')

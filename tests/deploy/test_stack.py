@@ -359,6 +359,22 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
             await nc.close()
             await store.close()
 
+    # The platform database wants its password, which sits 0600 in the data dir.
+    assert (stack.data / "database-password").stat().st_mode & 0o777 == 0o600
+    assert (stack.data / "stack.json").stat().st_mode & 0o777 == 0o600
+    no_password = "postgresql://postgres@" + state["database_url"].split("@", 1)[1]
+
+    async def refused() -> str:
+        import asyncpg
+
+        with pytest.raises(asyncpg.InvalidPasswordError) as e:
+            await asyncpg.connect(no_password)
+        return str(e.value)
+
+    assert "password authentication failed" in asyncio.run(refused())
+    r = _homeport("status", "--data-dir", str(stack.data))
+    password = (stack.data / "database-password").read_text().strip()
+    assert password not in r.stdout + r.stderr
     items = asyncio.run(scenario("before"))
     assert items[0]["type"] == "AppInstalled" and items[0]["target"] == "app-before"
 
