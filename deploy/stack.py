@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import json
 import logging
@@ -92,6 +93,9 @@ def _database_password(data_dir: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     return secret
+
+
+FALLBACK_ROOT = Path("/var/lib/homeport")
 
 
 class StackError(Exception):
@@ -535,17 +539,30 @@ class Stack:
         d = self.data_dir
         pg_ids = _postgres_ids()
         d.chmod(0o711 if pg_ids is not None else 0o700)
-        if pg_ids is not None:
-            for parent in d.parents:
-                if not _can_enter(parent, *pg_ids):
-                    mode = stat.S_IMODE(parent.stat().st_mode)
-                    raise StackError(
-                        f"the postgres user cannot reach {d}: {parent} has mode {mode:o}; "
-                        f"run `chmod o+x {parent}` or choose a --data-dir elsewhere"
-                    )
         for sub in ("postgres", "nats", "logs"):
             (d / sub).mkdir(mode=0o700, exist_ok=True)
             (d / sub).chmod(0o700)
+
+    def _postgres_dir(self) -> Path:
+        """Where the cluster lives: `<data>/postgres`, unless the postgres user cannot get there.
+
+        As root with the checkout under a private folder (such as /root), the postgres user
+        cannot pass through; the cluster then lives in /var/lib/homeport/postgres-<hash of the
+        data dir> and `<data>/postgres/LOCATION` says so.
+        """
+        d = self.data_dir / "postgres"
+        pg_ids = _postgres_ids()
+        if pg_ids is None or all(_can_enter(p, *pg_ids) for p in self.data_dir.parents):
+            return d
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+        FALLBACK_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+        alt = FALLBACK_ROOT / f"postgres-{digest}"
+        (d / "LOCATION").write_text(f"{alt}\n")
+        log.info(
+            "the postgres user cannot reach the data directory; cluster kept elsewhere",
+            extra={"postgres_dir": str(alt)},
+        )
+        return alt
 
     def _lock(self) -> int:
         path = self.data_dir / LOCK_FILE
@@ -639,7 +656,7 @@ class Stack:
             return p
 
         pg = PostgresServer(
-            self.data_dir / "postgres",
+            self._postgres_dir(),
             port=port("postgres"),
             fsync=self.fsync,
             password=_database_password(self.data_dir),

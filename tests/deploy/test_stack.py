@@ -407,3 +407,41 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
 
     stack.proc.send_signal(signal.SIGTERM)
     assert stack.proc.wait(timeout=30) == 0, stack.output()
+
+
+def test_data_dir_under_a_private_folder_keeps_the_cluster_where_postgres_can_reach_it(
+    tmp_root: Path,
+) -> None:
+    """As root with the checkout in /root (0700), `make run` must still work."""
+    import hashlib
+    import shutil
+
+    if os.geteuid() != 0:
+        pytest.skip("only root runs Postgres as another user")
+    try:
+        check_binaries()
+    except EmbeddedError as e:
+        need_server("postgres and nats-server", e)
+    private = tmp_root / f"private-{uuid.uuid4().hex[:6]}"
+    private.mkdir(mode=0o700)
+    data = private / "data"
+    logs = tmp_root / f"{private.name}-logs"
+    logs.mkdir()
+    argv = [sys.executable, "-m", "cli.main", "up", "--data-dir", str(data)]
+    with open(logs / "up.out", "wb") as out, open(logs / "up.err", "wb") as err:
+        proc = subprocess.Popen(
+            [*argv, "--service", f"gateway={SAMPLE}"], cwd=REPO, stdout=out, stderr=err
+        )
+    stack = Running(data, proc, logs)
+    digest = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
+    alt = Path("/var/lib/homeport") / f"postgres-{digest}"
+    try:
+        stack.wait_for("up and healthy", lambda: "Dashboard:" in (logs / "up.out").read_text(), 90)
+        assert Path((data / "postgres" / "LOCATION").read_text().strip()) == alt
+        assert (alt / "pgdata" / "PG_VERSION").is_file()
+        assert _homeport("status", "--data-dir", str(data)).returncode == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, stack.output()
+    finally:
+        stack.cleanup()
+        shutil.rmtree(alt, ignore_errors=True)
