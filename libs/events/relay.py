@@ -376,6 +376,7 @@ def _build() -> Any:
     """Wire the relay into the service lifecycle (config from HP_* variables)."""
     from dataclasses import dataclass as _dc
 
+    from libs.events.wiring import EventServiceKit
     from libs.service.config import ServiceConfig, load_config
     from libs.service.runner import Service
 
@@ -387,37 +388,18 @@ def _build() -> Any:
 
     cfg = load_config(RelayConfig)
     svc = Service("relay", cfg)
-    parts: dict[str, Any] = {}
-
-    async def start() -> None:
-        parts["store"] = store = await PostgresEventStore.open(cfg.database_url, max_size=3)
-        parts["nc"] = nc = await connect_nats(cfg.nats_url, "homeport-relay")
-        relay = Relay(
-            store, nc, stream=cfg.events_stream, prefix=cfg.events_prefix, window=cfg.relay_window
-        )
-        parts["relay"] = relay
-        parts["task"] = svc.spawn(relay.run(), "relay")
-
-    async def ready() -> bool:
-        relay = parts.get("relay")
-        return relay is not None and relay.ready.is_set() and parts["nc"].is_connected
-
-    async def stop() -> None:
-        relay, task = parts.get("relay"), parts.get("task")
-        if relay is not None and task is not None:
-            relay.stop()
-            await asyncio.wait({task}, timeout=cfg.drain_seconds)
-
-    async def cleanup() -> None:
-        if "nc" in parts:
-            await parts["nc"].close()
-        if "store" in parts:
-            await parts["store"].close()
-
-    svc.on_start(start)
-    svc.on_stop(stop)
-    svc.on_cleanup(cleanup)
-    svc.add_readiness_check("relay", ready)
+    kit = EventServiceKit(svc, pool_size=3)
+    kit.add_worker(
+        "relay",
+        lambda: Relay(
+            kit.store,
+            kit.nc,
+            stream=cfg.events_stream,
+            prefix=cfg.events_prefix,
+            window=cfg.relay_window,
+        ),
+        lambda relay: relay.ready.is_set(),
+    )
     return svc
 
 
