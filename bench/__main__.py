@@ -9,11 +9,18 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from types import FrameType
+from typing import NoReturn
 
 from bench.common import BenchConfig, BenchError, Result, say, servers
 from bench.events import BENCHMARKS, Bench, Benchmark
 
 __all__ = ["main"]
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    """SIGTERM outside the event loop: unwind like Ctrl-C, so the servers are stopped."""
+    raise KeyboardInterrupt
 
 
 def _load() -> str:
@@ -35,7 +42,7 @@ async def _run_all(chosen: Sequence[Benchmark], cfg: BenchConfig, bench: Bench) 
         except Exception as e:
             traceback.print_exc()
             say(f"  FAILED: {type(e).__name__}: {e}")
-            result = Result(bm.name, None, 0.0, misses=(str(e),))
+            result = Result(bm.name, None, bm.target, misses=(str(e),))
         say(f"  wall time {time.perf_counter() - t0:.1f} s (load average {_load()})")
         for miss in result.misses:
             say(f"  MISSED: {miss}")
@@ -57,6 +64,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     chosen = [BENCHMARKS[n] for n in names]
     t0 = time.perf_counter()
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         with servers(with_nats=any(bm.needs_nats for bm in chosen)) as srv:
             say(
@@ -66,6 +74,7 @@ def main(argv: Sequence[str]) -> int:
                 " ours and baseline interleaved, medians compared"
             )
             results = asyncio.run(_run_all(chosen, cfg, Bench(cfg, srv)))
+            signal.signal(signal.SIGTERM, _interrupt)  # closing the loop reset it
     except (KeyboardInterrupt, asyncio.CancelledError):
         say("bench: interrupted; servers stopped and temporary files removed")
         return 130
