@@ -1,7 +1,7 @@
 """The relay: publishes committed events, in position order, from Postgres to JetStream.
 
 Why nothing is lost, reordered or doubled in the stream:
-- Postgres is the record; the relay only reads it (`Subscription`, position order, no skips).
+- Postgres is the record; the relay only reads it (in position order, which never skips).
 - Only one relay publishes at a time: it holds a session advisory lock in Postgres; a second
   one waits. A relay killed with -9 loses its connection and with it the lock.
 - Every message carries `Nats-Expected-Last-Sequence`: the stream sequence it must follow.
@@ -35,7 +35,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
 from libs.events.envelope import RecordedEvent, dumps
-from libs.events.store import PostgresEventStore
+from libs.events.store import NOTIFY_CHANNEL, PostgresEventStore
 from libs.service.metrics import RELAY_LAG_EVENTS, RELAY_LAG_SECONDS
 
 __all__ = [
@@ -63,6 +63,16 @@ _TRANSIENT = (
     ConnectionError,
     OSError,
     TimeoutError,
+)
+
+
+# The wire body is built by Postgres (the same fields as `encode_event`), so the relay neither
+# decodes nor re-encodes event data.
+_WIRE_SQL = (
+    "SELECT position, id, stream, type, json_build_object("
+    "'id', id, 'stream', stream, 'version', version, 'position', position, 'type', type, "
+    "'schema', schema, 'data', data, 'meta', meta, 'recorded_at', recorded_at)::text AS body "
+    "FROM events.events WHERE position > $1 ORDER BY position LIMIT $2"
 )
 
 
@@ -134,7 +144,7 @@ async def ensure_stream(
 
 @dataclass(slots=True)
 class _Pending:
-    event: RecordedEvent
+    position: int
     seq: int
     future: asyncio.Future[api.PubAck]
 
@@ -252,68 +262,81 @@ class Relay:
         log.info("relay resumes", extra={"position": self.position, "stream_seq": self._seq})
 
     async def _pump(self) -> None:
-        async with self.store.subscribe(
-            self.position, page_size=self.page_size, poll_interval=self.poll_interval
-        ) as sub:
+        """Publish pages of committed events; between pages wait for NOTIFY (or poll)."""
+        wake = asyncio.Event()
+        listener = await asyncpg.connect(self.store.dsn)
+        try:
+            await listener.add_listener(NOTIFY_CHANNEL, lambda *_: wake.set())
+            sent = self.position  # the last position handed to NATS (confirmed or not)
             while not self._stop.is_set():
-                page_task = asyncio.ensure_future(sub.next_page())
-                stop_task = asyncio.ensure_future(self._stop.wait())
-                try:
-                    await asyncio.wait(
-                        {page_task, stop_task},
-                        timeout=self.checkpoint_every * 4,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                finally:
-                    stop_task.cancel()
-                    if not page_task.done():
-                        page_task.cancel()
-                    await asyncio.gather(page_task, stop_task, return_exceptions=True)
-                if page_task.cancelled():
+                wake.clear()
+                rows = await self.store.pool.fetch(_WIRE_SQL, sent, self.page_size)
+                if rows:
+                    sent = await self._publish_rows(rows)
+                if len(rows) == self.page_size:
+                    # Keep the window full across pages; confirm what is already acked.
+                    if self._pending:
+                        await self._confirm(block=False)
                     await self._save_checkpoint(force=False)
-                    await self._update_lag()
                     continue
-                page = page_task.result()
-                await self._update_lag()
-                await self._publish_page(page)
+                while self._pending:
+                    await self._confirm(block=True)
                 await self._update_lag()
                 await self._save_checkpoint(force=False)
+                waiters = {
+                    asyncio.ensure_future(wake.wait()),
+                    asyncio.ensure_future(self._stop.wait()),
+                }
+                try:
+                    await asyncio.wait(
+                        waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for w in waiters:
+                        w.cancel()
+                    await asyncio.gather(*waiters, return_exceptions=True)
             await self._save_checkpoint(force=True)
+        finally:
+            try:
+                await asyncio.shield(listener.close(timeout=5))
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                listener.terminate()
 
-    async def _publish_page(self, page: Sequence[RecordedEvent]) -> None:
-        for event in page:
-            if event.position <= self.position:
-                continue
-            while len(self._pending) >= self.window:
-                await self._confirm_oldest()
+    async def _publish_rows(self, rows: Sequence[asyncpg.Record]) -> int:
+        """Pipeline a page into JetStream, at most `window` unconfirmed; returns the last sent."""
+        position = self.position
+        for row in rows:
+            position = row["position"]
+            if len(self._pending) >= self.window:
+                await self._confirm(block=True)
             self._seq += 1
             headers = {
-                "Nats-Msg-Id": str(event.id),
+                "Nats-Msg-Id": str(row["id"]),
                 "Nats-Expected-Last-Sequence": str(self._seq - 1),
-                POSITION_HEADER: str(event.position),
+                POSITION_HEADER: str(position),
             }
-            fut = await self.js.publish_async(
-                subject_for(self.prefix, event),
-                encode_event(event),
-                headers=headers,
-            )
-            self._pending.append(_Pending(event, self._seq, fut))
-        while self._pending:
-            await self._confirm_oldest()
+            stream = row["stream"]
+            subject = f"{self.prefix}.{stream[: stream.index('-')]}.{row['type']}"
+            fut = await self.js.publish_async(subject, row["body"].encode(), headers=headers)
+            self._pending.append(_Pending(position, self._seq, fut))
+        return int(position)
 
-    async def _confirm_oldest(self) -> None:
-        p = self._pending[0]
-        ack = await asyncio.wait_for(asyncio.shield(p.future), self.ack_timeout)
-        self._pending.popleft()
-        if ack.duplicate:
-            log.info("duplicate absorbed by JetStream", extra={"position": p.event.position})
-        elif ack.seq != p.seq:
-            raise RelayError(
-                f"stream {self.stream} stored position {p.event.position} at sequence "
-                f"{ack.seq}, expected {p.seq}: another publisher writes into the stream"
-            )
-        self.position = p.event.position
-        self.published += 1
+    async def _confirm(self, *, block: bool) -> None:
+        """Take every acknowledged publish off the front (waiting for the oldest if `block`)."""
+        if block and not self._pending[0].future.done():
+            await asyncio.wait_for(asyncio.shield(self._pending[0].future), self.ack_timeout)
+        while self._pending and self._pending[0].future.done():
+            p = self._pending.popleft()
+            ack = p.future.result()
+            if ack.duplicate:
+                log.info("duplicate absorbed by JetStream", extra={"position": p.position})
+            elif ack.seq != p.seq:
+                raise RelayError(
+                    f"stream {self.stream} stored position {p.position} at sequence "
+                    f"{ack.seq}, expected {p.seq}: another publisher writes into the stream"
+                )
+            self.position = p.position
+            self.published += 1
 
     def _abandon_pending(self) -> None:
         """Drop unconfirmed publishes; the next reconcile decides what to send again."""
