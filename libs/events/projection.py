@@ -68,14 +68,19 @@ class Projection(ABC):
     schema: ClassVar[str]
     subject: ClassVar[str] = ">"  # JetStream filter below the prefix, e.g. "app.>"
     migrations: ClassVar[Path | None] = None
+    # The set-based form: one SQL statement (ending in RETURNING) that reads the rows of
+    # `events.events` from a CTE named `page` and writes the read model. When set, it is used
+    # for live batches, catch-up and rebuilds alike, and `apply()` is not called. It sees events
+    # as stored (not upcast), so it suits projections of the envelope more than of `data`.
+    page_sql: ClassVar[str | None] = None
 
     def wants(self, event: RecordedEvent) -> bool:
         """Events this projection applies (mirror of `subject` for reads from Postgres)."""
         return True
 
-    @abstractmethod
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
         """Apply events (in position order) inside the caller's transaction."""
+        raise NotImplementedError(f"projection {self.name} defines neither apply() nor page_sql")
 
     @abstractmethod
     async def reset(self, conn: asyncpg.Connection) -> None:
@@ -180,7 +185,15 @@ class ProjectionRunner:
             wanted = [e for e in fresh if self._matches(e) and self.projection.wants(e)]
             if wanted:
                 with HANDLER_LATENCY.labels(subject=f"projection.{self.name}").time():
-                    await self.projection.apply(conn, wanted)
+                    if self.projection.page_sql is None:
+                        await self.projection.apply(conn, wanted)
+                    else:
+                        await conn.execute(
+                            "WITH page AS (SELECT * FROM events.events "  # noqa: S608 - page_sql is code, not input
+                            "WHERE position = ANY($1::bigint[])), "
+                            f"applied AS ({self.projection.page_sql}) SELECT count(*) FROM applied",
+                            [e.position for e in wanted],
+                        )
             await conn.execute(
                 f"UPDATE {s}.checkpoints SET position = $2, updated_at = now() WHERE name = $1",  # noqa: S608 - schema checked by _IDENT
                 self.name,
@@ -196,9 +209,54 @@ class ProjectionRunner:
 
     # -- from Postgres -------------------------------------------------------------------
 
+    @property
+    def _set_based(self) -> bool:
+        """Whole pages can go through `page_sql` (no filter to apply in Python)."""
+        p = self.projection
+        return p.page_sql is not None and p.subject == ">" and type(p).wants is Projection.wants
+
+    async def _apply_page_sql(self, conn: asyncpg.Connection) -> tuple[int, int] | None:
+        """One transaction: the next page after the checkpoint through `page_sql`.
+
+        Returns (last position, rows written), or None when there is nothing after it.
+        """
+        s = self.projection.schema
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._key)
+            cp = await conn.fetchval(
+                f"SELECT position FROM {s}.checkpoints WHERE name = $1 FOR UPDATE",  # noqa: S608 - schema checked by _IDENT
+                self.name,
+            )
+            row = await conn.fetchrow(
+                "WITH page AS (SELECT * FROM events.events WHERE position > $1 "  # noqa: S608 - page_sql is code, not input
+                "ORDER BY position LIMIT $2), "
+                f"applied AS ({self.projection.page_sql}) "
+                "SELECT (SELECT max(position) FROM page) AS last, "
+                "(SELECT count(*) FROM applied) AS n",
+                cp,
+                self.page_size,
+            )
+            if row is None or row["last"] is None:
+                return None
+            await conn.execute(
+                f"UPDATE {s}.checkpoints SET position = $2, updated_at = now() WHERE name = $1",  # noqa: S608 - schema checked by _IDENT
+                self.name,
+                row["last"],
+            )
+        self.applied += int(row["n"])
+        return int(row["last"]), int(row["n"])
+
     async def catch_up(self) -> int:
         """Apply everything committed after the checkpoint, read from Postgres."""
         total = 0
+        if self._set_based:
+            async with self.store.pool.acquire() as conn:
+                while not self._stop.is_set():
+                    done = await self._apply_page_sql(conn)
+                    if done is None:
+                        break
+                    total += done[1]
+            return total
         position = await self.checkpoint()
         while not self._stop.is_set():
             page = await self.store.read_all(position, self.page_size)
@@ -227,7 +285,15 @@ class ProjectionRunner:
                         self.name,
                     )
                 position = 0
-                while True:
+                while self._set_based:
+                    done = await self._apply_page_sql(conn)
+                    if done is None:
+                        break
+                    position, applied = done
+                    total += applied
+                    if progress is not None:
+                        progress(position)
+                while not self._set_based:
                     page = await self.store.read_all(position, self.page_size, conn=conn)
                     if not page:
                         break

@@ -222,3 +222,44 @@ async def test_activity_query_on_the_bus_from_running_relay_and_gateway(
                 p.send_signal(signal.SIGTERM)
         codes = [await asyncio.wait_for(p.wait(), 20) for p in procs]
     assert codes == [0, 0], (tmp_path / "procs.log").read_text()[-4000:]
+
+
+async def test_odd_events_give_clean_rows_the_same_live_and_rebuilt(
+    store: PostgresEventStore,
+) -> None:
+    long = "word " * 100
+    cases = [
+        ({"summary": "  multi\n\tline   summary  "}, "summary", "multi line summary"),
+        ({"summary": long}, "summary", long.strip()[:299] + "…"),
+        ({"summary": " \n\t "}, "summary", "ThingHappened on thing-odd"),
+        ({"summary": 42}, "summary", "ThingHappened on thing-odd"),
+        ({"actor": 123}, "actor", "system"),
+        ({"actor": ""}, "actor", "system"),
+        ({"actor": f"svc {SEALED}"}, "actor", "svc [sealed]"),
+        ({"ip": SEALED}, "ip", "[sealed]"),
+        ({"occurred_at": "2026-11-22T08:00:00Z"}, "occurred_at", "2026-11-22T08:00:00+00:00"),
+        ({"occurred_at": "2026-11-22T08:00:00"}, "occurred_at", "recorded"),
+        ({"occurred_at": "yesterday"}, "occurred_at", "recorded"),
+        ({"occurred_at": "2026-13-45T99:00:00Z"}, "occurred_at", "recorded"),
+    ]
+    for meta, _, _ in cases:
+        await store.append("thing-odd", [NewEvent("ThingHappened", {}, meta=meta)])
+    events = await store.read_all(0, 100)
+    runner = ProjectionRunner(ActivityProjection(), store)
+    await runner.setup()
+
+    async def rows() -> list[dict[str, Any]]:
+        got = await store.pool.fetch("SELECT * FROM gateway.activity ORDER BY position")
+        return [dict(r) for r in got]
+
+    assert await runner.apply_batch(events) == len(cases)  # the live path
+    live = await rows()
+    assert await runner.rebuild() == len(cases)  # pages straight from Postgres
+    assert await rows() == live
+    for (meta, column, want), row, ev in zip(cases, live, events, strict=True):
+        got = row[column]
+        if column == "occurred_at":
+            expect = ev.recorded_at if want == "recorded" else datetime.fromisoformat(want)
+            assert got == expect, meta
+        else:
+            assert got == want, meta
