@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import statistics
 import threading
 import time
@@ -41,7 +40,7 @@ from libs.events.relay import (
     subject_for,
 )
 from libs.events.store import PostgresEventStore
-from services.gateway.projections import ActivityProjection, activity_row
+from services.gateway.projections import ActivityProjection
 
 __all__ = ["BENCHMARKS", "Bench", "Benchmark"]
 
@@ -536,61 +535,6 @@ async def _rebuild(runner: ProjectionRunner, total: int, rss: list[_Rss]) -> Run
 
 
 _FLAT_MIB = 32.0  # allowed RSS growth between a quarter of the replay and its end
-_BREAKDOWN_EVENTS = 200_000
-
-
-async def _replay_breakdown(store: PostgresEventStore, conn: asyncpg.Connection, n: int) -> None:
-    """A rebuild's loop over the first `n` events with each part timed on its own."""
-    projection = ActivityProjection()
-    async with conn.transaction():
-        await projection.reset(conn)
-    read = read_cpu = decode = shaping = apply = 0.0
-    position, seen = 0, 0
-    while seen < n:
-        t0, c0 = time.perf_counter(), time.process_time()
-        page = await store.read_all(position, min(_PAGE, n - seen), conn=conn)
-        read += time.perf_counter() - t0
-        read_cpu += time.process_time() - c0
-        if not page:
-            break
-        rows = await conn.fetch(
-            "SELECT data, meta FROM events.events WHERE position > $1 ORDER BY position LIMIT $2",
-            position,
-            len(page),
-        )
-        t0 = time.perf_counter()
-        for r in rows:
-            json.loads(r["data"])
-            json.loads(r["meta"])
-        decode += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for ev in page:
-            activity_row(ev)
-        shaping += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        async with conn.transaction():
-            await projection.apply(conn, page)
-        apply += time.perf_counter() - t0
-        seen += len(page)
-        position = page[-1].position
-    async with conn.transaction():
-        await projection.reset(conn)
-    k = 1e6 / max(seen, 1)
-    say(f"  where the time goes (the rebuild's loop over {seen:,} events, parts timed alone):")
-    say(
-        f"    store.read_all, pages of {_PAGE}: {read * k:.1f} us/event wall, "
-        f"{read_cpu * k:.1f} us python cpu, of which json.loads(data)+json.loads(meta) "
-        f"{decode * k:.1f} us"
-    )
-    say(
-        f"    ActivityProjection.apply, a transaction per page: {apply * k:.1f} us/event, "
-        f"of which activity_row() {shaping * k:.1f} us; the rest is COPY into "
-        "gateway.activity and its 5 secondary indexes"
-    )
-    say(
-        "    one connection, strictly one after the other (read, then apply): "
-        f"{(read + apply) * k:.1f} us/event"
-    )
 
 
 async def events_replay_vs_raw(b: Bench) -> Result:
@@ -616,7 +560,6 @@ async def events_replay_vs_raw(b: Bench) -> Result:
             "events/s",
         )
         cmp.report()
-        await _replay_breakdown(store, conn, min(total, _BREAKDOWN_EVENTS))
         q = f"{total // 4:,}"
         for i, m in enumerate(rss, 1):
             say(
@@ -725,35 +668,6 @@ async def _relay_raw(nc: NATS, stream: str, msgs: Sequence[_Message], window: in
     return Run(len(msgs), dt)
 
 
-async def _relay_breakdown(
-    store: PostgresEventStore, ours: Sequence[float], base: Sequence[float]
-) -> None:
-    """What the relay does per message besides what the raw publisher does."""
-    read = encode = 0.0
-    position, seen = 0, 0
-    while True:
-        t0 = time.perf_counter()
-        page = await store.read_all(position, 1000)  # the relay's page size
-        read += time.perf_counter() - t0
-        if not page:
-            break
-        t0 = time.perf_counter()
-        for ev in page:
-            encode_event(ev)
-        encode += time.perf_counter() - t0
-        seen += len(page)
-        position = page[-1].position
-    k = 1e6 / max(seen, 1)
-    ours_us, base_us = 1e6 / statistics.median(ours), 1e6 / statistics.median(base)
-    rest = ours_us - base_us - (read + encode) * k
-    say("  where the time goes (per message, medians; parts measured alone):")
-    say(
-        f"    ours {ours_us:.1f} us = raw publish+ack {base_us:.1f} us "
-        f"+ store.read_all {read * k:.1f} us + encode_event {encode * k:.1f} us "
-        f"+ the rest {rest:.1f} us (per-message confirm, per-page drain, lag queries)"
-    )
-
-
 async def events_relay_vs_raw(b: Bench) -> Result:
     total, window = b.cfg.relay_events, b.cfg.relay_window
     dsn = await b.database("bench_relay")
@@ -775,7 +689,6 @@ async def events_relay_vs_raw(b: Bench) -> Result:
             "msg/s",
         )
         cmp.report()
-        await _relay_breakdown(store, cmp.ours, cmp.base)
         return Result("events_relay_vs_raw", cmp.ratio, _RELAY_VS_RAW)
     finally:
         await nc.close()

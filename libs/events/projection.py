@@ -86,6 +86,12 @@ class Projection(ABC):
     async def reset(self, conn: asyncpg.Connection) -> None:
         """Empty the read model (inside the caller's transaction) before a rebuild."""
 
+    async def drop_indexes(self, conn: asyncpg.Connection) -> None:  # noqa: B027 - optional hook
+        """Before a rebuild: drop secondary indexes that are cheaper to build once at the end."""
+
+    async def create_indexes(self, conn: asyncpg.Connection) -> None:  # noqa: B027 - optional hook
+        """After a rebuild and at every start (so an interrupted rebuild heals): idempotent."""
+
 
 def _lock_key(name: str) -> int:
     return int.from_bytes(
@@ -119,6 +125,7 @@ class ProjectionRunner:
         self.batch = batch
         self.fetch_timeout = fetch_timeout
         self.page_size = page_size
+        self.sql_page_size = max(page_size, 20_000)  # set-based pages cost no Python memory
         self.applied = 0  # events applied by this runner (not skipped)
         self._key = _lock_key(projection.name)
         self._stop = asyncio.Event()
@@ -156,6 +163,7 @@ class ProjectionRunner:
             )
             if self.projection.migrations is not None:
                 await migrate(conn, f"{s}.{self.name}", self.projection.migrations)
+            await self.projection.create_indexes(conn)
 
     async def checkpoint(self) -> int:
         return int(
@@ -234,7 +242,7 @@ class ProjectionRunner:
                 "SELECT (SELECT max(position) FROM page) AS last, "
                 "(SELECT count(*) FROM applied) AS n",
                 cp,
-                self.page_size,
+                self.sql_page_size,
             )
             if row is None or row["last"] is None:
                 return None
@@ -279,6 +287,7 @@ class ProjectionRunner:
             try:
                 async with conn.transaction():
                     await self.projection.reset(conn)
+                    await self.projection.drop_indexes(conn)
                     await conn.execute(
                         f"UPDATE {s}.checkpoints SET position = 0, updated_at = now() "  # noqa: S608 - schema checked by _IDENT
                         "WHERE name = $1",
@@ -302,7 +311,10 @@ class ProjectionRunner:
                     if progress is not None:
                         progress(position)
             finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", self._key)
+                try:
+                    await self.projection.create_indexes(conn)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", self._key)
         return total
 
     # -- live ----------------------------------------------------------------------------

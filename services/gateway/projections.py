@@ -23,14 +23,56 @@ class ActivityProjection(Projection):
     name: ClassVar[str] = "activity"
     schema: ClassVar[str] = "gateway"
     migrations: ClassVar[Path | None] = Path(__file__).parent / "migrations"
-    page_sql: ClassVar[str | None] = (
-        "INSERT INTO gateway.activity "
-        "(position, occurred_at, actor, ip, type, stream, category, summary) "
-        "SELECT position, gateway.occurred_at(meta, recorded_at), "
-        "coalesce(gateway.meta_text(meta, 'actor', 200), 'system'), "
-        "gateway.meta_text(meta, 'ip', 64), type, stream, split_part(stream, '-', 1), "
-        "gateway.activity_summary(meta, type, stream) FROM page RETURNING 1"
-    )
+    # Who: meta.actor (else "system") and meta.ip; what: the type; on what: the stream; the
+    # summary: meta.summary (from the event's summary() at append time) on one line, else
+    # "<Type> on <stream>". Sealed values are hidden everywhere; lengths are capped.
+    # OFFSET 0 keeps each step a separate scan, so no expression is computed twice.
+    page_sql: ClassVar[str | None] = """
+        INSERT INTO gateway.activity
+            (position, occurred_at, actor, ip, type, stream, category, summary)
+        SELECT position, recorded_at, coalesce(left(gateway.unsealed_text(actor), 200), 'system'),
+               left(gateway.unsealed_text(ip), 64), type, stream, split_part(stream, '-', 1),
+               CASE WHEN char_length(summary) <= 300 THEN summary
+                    ELSE left(summary, 299) || '…' END
+        FROM (
+            SELECT position, recorded_at, type, stream, actor, ip,
+                   gateway.unsealed_text(coalesce(nullif(gateway.one_line(raw_summary), ''),
+                                                  type || ' on ' || stream)) AS summary
+            FROM (
+                SELECT position, recorded_at, type, stream,
+                       CASE WHEN jsonb_typeof(meta -> 'actor') = 'string'
+                            THEN nullif(meta ->> 'actor', '') END AS actor,
+                       CASE WHEN jsonb_typeof(meta -> 'ip') = 'string'
+                            THEN nullif(meta ->> 'ip', '') END AS ip,
+                       CASE WHEN jsonb_typeof(meta -> 'summary') = 'string'
+                            THEN translate(meta ->> 'summary', E'\\t\\n\\r\\f' || chr(11), '     ')
+                       END AS raw_summary
+                FROM page OFFSET 0
+            ) AS fields OFFSET 0
+        ) AS shaped
+        RETURNING 1
+    """
 
     async def reset(self, conn: asyncpg.Connection) -> None:
         await conn.execute("TRUNCATE gateway.activity")
+
+    async def drop_indexes(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(";".join(f"DROP INDEX IF EXISTS gateway.{n}" for n in _INDEXES))
+
+    async def create_indexes(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            ";".join(
+                f"CREATE INDEX IF NOT EXISTS {n} ON gateway.activity {how}"
+                for n, how in _INDEXES.items()
+            )
+        )
+
+
+# The filters of the activity query; the same definitions as the migrations.
+_INDEXES = {
+    "activity_actor": "(actor, position)",
+    "activity_type": "(type, position)",
+    "activity_stream": "(stream, position)",
+    "activity_category": "(category, position)",
+    "activity_time": "USING brin (occurred_at)",
+}

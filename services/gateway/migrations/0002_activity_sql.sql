@@ -1,42 +1,24 @@
--- The activity projection in SQL: one statement turns a page of events into activity rows,
--- for live batches, catch-up and rebuilds alike (so there is one definition of a row).
+-- Helpers of the activity projection's SQL (projections.py): plain expressions, so the planner
+-- inlines them; cheap tests come before any regex.
 
 -- Sealed values (hp:sealed:...) never reach the activity log.
 CREATE FUNCTION gateway.unsealed_text(p_value text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT regexp_replace(p_value, 'hp:sealed:\S*', '[sealed]', 'g')
+    SELECT CASE WHEN strpos(p_value, 'hp:sealed:') > 0
+                THEN regexp_replace(p_value, 'hp:sealed:\S*', '[sealed]', 'g')
+                ELSE p_value END
 $$;
 
--- A non-empty string field of meta, cleaned and cut to p_limit characters; NULL otherwise.
-CREATE FUNCTION gateway.meta_text(p_meta jsonb, p_key text, p_limit integer) RETURNS text
+-- Runs of spaces become one space, ends trimmed (callers first turn tabs and newlines into
+-- spaces with translate()).
+CREATE FUNCTION gateway.one_line(p_value text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN jsonb_typeof(p_meta -> p_key) = 'string' AND p_meta ->> p_key <> ''
-                THEN left(gateway.unsealed_text(p_meta ->> p_key), p_limit) END
+    SELECT CASE WHEN strpos(p_value, '  ') > 0
+                THEN btrim(regexp_replace(p_value, ' {2,}', ' ', 'g'), ' ')
+                ELSE btrim(p_value, ' ') END
 $$;
 
--- meta.summary (written by the event's summary() at append time), else "<Type> on <stream>";
--- whitespace collapsed, sealed parts hidden, at most 300 characters.
-CREATE FUNCTION gateway.activity_summary(p_meta jsonb, p_type text, p_stream text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN char_length(s) <= 300 THEN s ELSE left(s, 299) || '…' END
-    FROM (SELECT gateway.unsealed_text(btrim(regexp_replace(
-        CASE WHEN jsonb_typeof(p_meta -> 'summary') = 'string' AND p_meta ->> 'summary' ~ '\S'
-             THEN p_meta ->> 'summary' ELSE p_type || ' on ' || p_stream END,
-        '\s+', ' ', 'g'))) AS s) AS t
-$$;
-
--- meta.occurred_at when it is an ISO 8601 time with a zone, else when the store recorded it.
-CREATE FUNCTION gateway.occurred_at(p_meta jsonb, p_recorded timestamptz) RETURNS timestamptz
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
-DECLARE
-    v text := p_meta ->> 'occurred_at';
-BEGIN
-    IF jsonb_typeof(p_meta -> 'occurred_at') = 'string'
-       AND v ~ '^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d(:?\d\d)?)$' THEN
-        RETURN v::timestamptz;
-    END IF;
-    RETURN p_recorded;
-EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
-    RETURN p_recorded;
-END
-$$;
+-- When: the time the store recorded the event (commit order, not a client's clock). Positions
+-- and recorded times rise together, so a BRIN index serves time ranges at almost no cost.
+DROP INDEX gateway.activity_time;
+CREATE INDEX activity_time ON gateway.activity USING brin (occurred_at);
