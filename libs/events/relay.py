@@ -268,33 +268,46 @@ class Relay:
         try:
             await listener.add_listener(NOTIFY_CHANNEL, lambda *_: wake.set())
             sent = self.position  # the last position handed to NATS (confirmed or not)
-            while not self._stop.is_set():
-                wake.clear()
-                rows = await self.store.pool.fetch(_WIRE_SQL, sent, self.page_size)
-                if rows:
-                    sent = await self._publish_rows(rows)
-                if len(rows) == self.page_size:
-                    # Keep the window full across pages; confirm what is already acked.
-                    if self._pending:
-                        await self._confirm(block=False)
+            ahead: asyncio.Future[list[asyncpg.Record]] | None = None
+            try:
+                while not self._stop.is_set():
+                    wake.clear()
+                    if ahead is None:
+                        rows = await self.store.pool.fetch(_WIRE_SQL, sent, self.page_size)
+                    else:
+                        rows, ahead = await ahead, None
+                    if len(rows) == self.page_size:  # read the next page while this one goes out
+                        ahead = asyncio.ensure_future(
+                            self.store.pool.fetch(_WIRE_SQL, rows[-1]["position"], self.page_size)
+                        )
+                    if rows:
+                        sent = await self._publish_rows(rows)
+                    if len(rows) == self.page_size:
+                        # Keep the window full across pages; confirm what is already acked.
+                        if self._pending:
+                            await self._confirm(block=False)
+                        await self._save_checkpoint(force=False)
+                        continue
+                    while self._pending:
+                        await self._confirm(block=True)
+                    await self._update_lag()
                     await self._save_checkpoint(force=False)
-                    continue
-                while self._pending:
-                    await self._confirm(block=True)
-                await self._update_lag()
-                await self._save_checkpoint(force=False)
-                waiters = {
-                    asyncio.ensure_future(wake.wait()),
-                    asyncio.ensure_future(self._stop.wait()),
-                }
-                try:
-                    await asyncio.wait(
-                        waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    for w in waiters:
-                        w.cancel()
-                    await asyncio.gather(*waiters, return_exceptions=True)
+                    waiters = {
+                        asyncio.ensure_future(wake.wait()),
+                        asyncio.ensure_future(self._stop.wait()),
+                    }
+                    try:
+                        await asyncio.wait(
+                            waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        for w in waiters:
+                            w.cancel()
+                        await asyncio.gather(*waiters, return_exceptions=True)
+            finally:
+                if ahead is not None:
+                    ahead.cancel()
+                    await asyncio.gather(ahead, return_exceptions=True)
             await self._save_checkpoint(force=True)
         finally:
             try:

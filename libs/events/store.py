@@ -115,6 +115,9 @@ class PostgresEventStore:
         self.registry = registry
         self._owns_pool = owns_pool
         self.max_batch_events = 1000
+        # Each append of a batch runs in a subtransaction (its own all-or-nothing); staying
+        # under Postgres' 64 cached subtransactions per transaction keeps readers fast.
+        self.max_batch_appends = 60
         self._queue: collections.deque[_Request] = collections.deque()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -227,7 +230,11 @@ class PostgresEventStore:
             batch: list[_Request] = []
             size = 0
             while self._queue and (
-                not batch or size + len(self._queue[0].events) <= self.max_batch_events
+                not batch
+                or (
+                    size + len(self._queue[0].events) <= self.max_batch_events
+                    and len(batch) < self.max_batch_appends
+                )
             ):
                 req = self._queue.popleft()
                 if not req.future.done():  # a caller cancelled before we sent it: not appended

@@ -274,3 +274,16 @@ async def test_group_commit_keeps_each_append_all_or_nothing(
     assert await store.head() == 52
     report = await store.verify_chain()
     assert report.ok and report.checked == 52
+
+
+async def test_many_concurrent_appenders_split_into_capped_batches(
+    store: PostgresEventStore,
+) -> None:
+    """More appenders than one batch may hold (subtransaction cache): all land, in order."""
+    store.max_batch_appends = 7
+    results = await asyncio.gather(
+        *(store.append(f"many-{i}", [ev(n=i)], expected_version=0) for i in range(200))
+    )
+    assert sorted(r.positions[0] for r in results) == list(range(1, 201))
+    report = await store.verify_chain()
+    assert report.ok and report.checked == 200
