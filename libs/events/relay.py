@@ -25,7 +25,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import nats
@@ -36,12 +35,16 @@ from nats.js import JetStreamContext, api
 
 from libs.events.envelope import RecordedEvent, dumps
 from libs.events.store import NOTIFY_CHANNEL, PostgresEventStore
+from libs.events.wiring import EventServiceKit
+from libs.service.config import ServiceConfig, load_config
 from libs.service.metrics import RELAY_LAG_EVENTS, RELAY_LAG_SECONDS
+from libs.service.runner import Service, main
 
 __all__ = [
     "DEFAULT_PREFIX",
     "DEFAULT_STREAM",
     "Relay",
+    "RelayConfig",
     "RelayError",
     "decode_event",
     "encode_event",
@@ -395,33 +398,20 @@ class Relay:
             RELAY_LAG_SECONDS.set(0)
 
 
-def _connect_options() -> dict[str, Any]:
-    """Reconnect for ever: the relay outlives NATS restarts."""
-    return {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5, "connect_timeout": 2}
-
-
-async def connect_nats(url: str, name: str) -> NATS:
-    """A NATS connection that keeps reconnecting (used by the relay and consumers)."""
-    return await nats.connect(url, name=name, **_connect_options())
-
-
 # -- the relay process: python -m libs.events.relay ---------------------------------------
 
 
-def _build() -> Any:
-    """Wire the relay into the service lifecycle (config from HP_* variables)."""
-    from dataclasses import dataclass as _dc
+@dataclass(frozen=True)
+class RelayConfig(ServiceConfig):
+    """The relay's settings beyond every service's (HP_EVENTS_STREAM, ...)."""
 
-    from libs.events.wiring import EventServiceKit
-    from libs.service.config import ServiceConfig, load_config
-    from libs.service.runner import Service
+    events_stream: str = DEFAULT_STREAM
+    events_prefix: str = DEFAULT_PREFIX
+    relay_window: int = 256
 
-    @_dc(frozen=True)
-    class RelayConfig(ServiceConfig):
-        events_stream: str = DEFAULT_STREAM
-        events_prefix: str = DEFAULT_PREFIX
-        relay_window: int = 256
 
+def build() -> Service:
+    """The relay process: one Relay worker on the service lifecycle."""
     cfg = load_config(RelayConfig)
     svc = Service("relay", cfg)
     kit = EventServiceKit(svc, pool_size=3)
@@ -434,12 +424,10 @@ def _build() -> Any:
             prefix=cfg.events_prefix,
             window=cfg.relay_window,
         ),
-        lambda relay: relay.ready.is_set(),
+        ready=lambda relay: relay.ready.is_set(),
     )
     return svc
 
 
 if __name__ == "__main__":
-    from libs.service.runner import main
-
-    main(_build)
+    main(build)

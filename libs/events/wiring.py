@@ -6,14 +6,21 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
+import nats
 from nats.aio.client import Client as NATS
 
 from libs.events.bus import Bus
-from libs.events.relay import connect_nats
 from libs.events.store import PostgresEventStore
 from libs.service.runner import Service
 
-__all__ = ["EventServiceKit", "Worker"]
+__all__ = ["EventServiceKit", "Worker", "connect_nats"]
+
+
+async def connect_nats(url: str, name: str) -> NATS:
+    """A NATS connection that keeps reconnecting for ever: services outlive NATS restarts."""
+    return await nats.connect(
+        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2
+    )
 
 
 class Worker(Protocol):
