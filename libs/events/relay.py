@@ -2,8 +2,10 @@
 
 Why nothing is lost, reordered or doubled in the stream:
 - Postgres is the record; the relay only reads it (in position order, which never skips).
-- Only one relay publishes at a time: it holds a session advisory lock in Postgres; a second
-  one waits. A relay killed with -9 loses its connection and with it the lock.
+- Normally one relay publishes at a time: it holds a session advisory lock in Postgres; a second
+  one waits. A relay killed with -9 loses its connection and with it the lock. Correctness does
+  not rest on the lock (it is lost if Postgres restarts): the sequence check below refuses
+  whatever a second publisher would send out of turn.
 - Every message carries `Nats-Expected-Last-Sequence`: the stream sequence it must follow.
   If one message of a pipelined window is not stored (a disconnect, a timeout), every later
   one is refused by the server too, so the stream never has a hole.
