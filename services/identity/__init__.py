@@ -1,0 +1,1 @@
+"""Identity: users, passwords, second factors, sessions and API tokens."""

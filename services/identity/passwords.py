@@ -1,0 +1,256 @@
+"""Password rules and argon2id hashing (SECURITY.md, "Accounts"; NIST SP 800-63B rev 4 §3.1.1).
+
+Rules: 8 to 256 Unicode code points after NFC normalisation, any printable characters and spaces,
+no composition rules; refused if it is a common password, the user's own name or email
+address, or one character repeated. Hashes are argon2id with explicit parameters.
+
+Every function normalises to NFC before looking at or hashing a password, so the same password
+typed on systems that compose characters differently (macOS gives NFD) matches.
+
+Hashing and verifying cost about 100 ms of CPU and 64 MiB each: call them off the event loop
+(`asyncio.to_thread`) and bound how many run at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import unicodedata
+from enum import StrEnum
+from typing import Any, Final
+
+from argon2 import PasswordHasher, Type, extract_parameters
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+from libs.events.bus import Invalid
+
+__all__ = [
+    "COMMON_PASSWORD_COUNT",
+    "HASH_LEN",
+    "MAX_LENGTH",
+    "MEMORY_COST_KIB",
+    "MIN_LENGTH",
+    "PARALLELISM",
+    "SALT_LEN",
+    "TIME_COST",
+    "PasswordRejected",
+    "Reason",
+    "check_password",
+    "hash_password",
+    "is_common_password",
+    "needs_rehash",
+    "verify_dummy",
+    "verify_password",
+]
+
+MIN_LENGTH: Final = 8
+MAX_LENGTH: Final = 256
+
+# argon2id: 64 MiB, 2 passes, 1 lane. Above the bar (m >= 19 MiB, t >= 2, p = 1; OWASP's
+# minimum) with room to spare, and still about 100 ms per verify on the 2-core test machine.
+MEMORY_COST_KIB: Final = 65536
+TIME_COST: Final = 2
+PARALLELISM: Final = 1
+HASH_LEN: Final = 32
+SALT_LEN: Final = 16
+
+_SERVICE_NAME: Final = "homeport"
+
+# Control characters (tab, line breaks, NUL, DEL, C1), lone surrogates (not encodable as
+# UTF-8) and the Unicode line/paragraph separators. Format characters (Cf) stay allowed: the
+# zero-width joiner is part of many emoji.
+_REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+class Reason(StrEnum):
+    """Which rule refused a password."""
+
+    TOO_SHORT = "too_short"
+    TOO_LONG = "too_long"
+    CONTROL_CHARACTER = "control_character"
+    COMMON = "common"
+    USERNAME = "username"
+    EMAIL = "email"
+    SERVICE_NAME = "service_name"
+    REPETITIVE = "repetitive"
+
+
+class PasswordRejected(Invalid):
+    """A password that breaks a rule; `field` is always "password", `reason` names the rule."""
+
+    def __init__(self, message: str, *, reason: Reason | None = None) -> None:
+        super().__init__(message, field="password")
+        self.reason = reason
+
+
+def _load_common() -> frozenset[str]:
+    # zxcvbn ships the 30,000 most frequent passwords of leaked sets (its "passwords"
+    # frequency list, most frequent first, all lower case). Entries shorter than MIN_LENGTH
+    # are refused by the length rule already, so only the 11,611 of 8+ characters are kept.
+    words: Any = FREQUENCY_LISTS["passwords"]
+    common = frozenset(
+        unicodedata.normalize("NFC", w).casefold()
+        for w in words
+        if isinstance(w, str) and MIN_LENGTH <= len(w) <= MAX_LENGTH
+    )
+    if len(common) < 3000:
+        raise RuntimeError(
+            f"the common-password list from zxcvbn has only {len(common)} entries of "
+            f"{MIN_LENGTH}+ characters, the bar is 3000: check the installed zxcvbn version"
+        )
+    return common
+
+
+_COMMON: Final = _load_common()
+COMMON_PASSWORD_COUNT: Final = len(_COMMON)
+
+
+def _nfc(password: str) -> str:
+    return unicodedata.normalize("NFC", password)
+
+
+def _check_form(password: str) -> str:
+    """The NFC form of `password` if its length and characters are acceptable."""
+    # NFC at most triples the length of a string, so anything this long is over the limit
+    # without spending time on normalising it.
+    if len(password) > 4 * MAX_LENGTH:
+        raise PasswordRejected(f"use at most {MAX_LENGTH} characters", reason=Reason.TOO_LONG)
+    pw = _nfc(password)
+    for ch in pw:
+        if unicodedata.category(ch) in _REFUSED_CATEGORIES:
+            raise PasswordRejected(
+                f"remove the control character U+{ord(ch):04X} (such as a tab or line break); "
+                "letters, digits, symbols and spaces are all allowed",
+                reason=Reason.CONTROL_CHARACTER,
+            )
+    if len(pw) < MIN_LENGTH:
+        raise PasswordRejected(
+            f"use at least {MIN_LENGTH} characters; a passphrase of several words is best",
+            reason=Reason.TOO_SHORT,
+        )
+    if len(pw) > MAX_LENGTH:
+        raise PasswordRejected(f"use at most {MAX_LENGTH} characters", reason=Reason.TOO_LONG)
+    return pw
+
+
+def _fold(s: str) -> str:
+    return _nfc(s).casefold()
+
+
+def is_common_password(password: str) -> bool:
+    """Whether `password` is on the list of common passwords (case-insensitive)."""
+    return _fold(password) in _COMMON
+
+
+def check_password(password: str, *, username: str | None = None, email: str | None = None) -> None:
+    """Raise PasswordRejected unless `password` may be set for this user."""
+    pw = _check_form(password)
+    folded = pw.casefold()
+    if username and folded == _fold(username):
+        raise PasswordRejected(
+            "the password must not be your user name; choose another", reason=Reason.USERNAME
+        )
+    if email:
+        address = _fold(email)
+        local = address.rpartition("@")[0] if "@" in address else address
+        if folded in (address, local, local.partition("+")[0]):
+            raise PasswordRejected(
+                "the password must not be your email address or its name part; choose another",
+                reason=Reason.EMAIL,
+            )
+    if folded == _SERVICE_NAME:
+        raise PasswordRejected(
+            "the password must not be the name of this service; choose another",
+            reason=Reason.SERVICE_NAME,
+        )
+    if len(set(pw)) == 1:
+        raise PasswordRejected(
+            "this password repeats a single character; choose another",
+            reason=Reason.REPETITIVE,
+        )
+    if folded in _COMMON:
+        raise PasswordRejected(
+            "this password is on the list of common passwords; choose another",
+            reason=Reason.COMMON,
+        )
+
+
+_HASHER: Final = PasswordHasher(
+    time_cost=TIME_COST,
+    memory_cost=MEMORY_COST_KIB,
+    parallelism=PARALLELISM,
+    hash_len=HASH_LEN,
+    salt_len=SALT_LEN,
+    encoding="utf-8",
+    type=Type.ID,
+)
+
+
+def _secret(password: str) -> bytes:
+    # surrogatepass: a password with a lone surrogate can never have been set (check_password
+    # refuses it), but verifying one must still cost a full hash and answer False, not raise.
+    return _nfc(password).encode("utf-8", "surrogatepass")
+
+
+def hash_password(password: str) -> str:
+    """The argon2id encoding of `password` (`$argon2id$v=19$m=...,t=...,p=1$salt$hash`).
+
+    Checks length and characters (PasswordRejected) but not the context rules: call
+    check_password first when a user chooses a password.
+    """
+    _check_form(password)
+    return _HASHER.hash(_secret(password))
+
+
+def _ascii_hash(encoded: str) -> bytes:
+    try:
+        return encoded.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError(
+            "stored password hash is not an argon2 hash: reset the user's password"
+        ) from None
+
+
+def verify_password(encoded: str, password: str) -> bool:
+    """Whether `password` matches the stored argon2 hash `encoded`.
+
+    Raises ValueError if `encoded` is not an argon2 hash at all (a corrupt store).
+    """
+    try:
+        return _HASHER.verify(_ascii_hash(encoded), _secret(password))
+    except VerifyMismatchError:
+        return False
+    except (InvalidHashError, VerificationError) as e:
+        raise ValueError(
+            "stored password hash is not a valid argon2 hash: reset the user's password"
+        ) from e
+
+
+def needs_rehash(encoded: str) -> bool:
+    """Whether `encoded` is weaker than the current parameters (rehash at the next login)."""
+    try:
+        p = extract_parameters(encoded)
+    except InvalidHashError as e:
+        raise ValueError(
+            "stored password hash is not a valid argon2 hash: reset the user's password"
+        ) from e
+    return (
+        p.type is not Type.ID
+        or p.version < 0x13
+        or p.memory_cost < MEMORY_COST_KIB
+        or p.time_cost < TIME_COST
+        or p.parallelism != PARALLELISM
+        or p.hash_len < HASH_LEN
+        or p.salt_len < SALT_LEN
+    )
+
+
+# A hash of a random password nobody knows, with the current parameters: verify_dummy makes a
+# login for an unknown user cost the same as one with a wrong password (SECURITY.md: identical
+# answers, median times within 10 %).
+_DUMMY_HASH: Final = _HASHER.hash(secrets.token_bytes(32))
+
+
+def verify_dummy(password: str) -> None:
+    """Spend exactly what verify_password spends, for a user that does not exist."""
+    verify_password(_DUMMY_HASH, password)
