@@ -9,6 +9,7 @@ declare -A need=(
   [/usr/lib/postgresql/15/bin/initdb]=postgresql-15
   [/usr/bin/pg_dump]=postgresql-client-15
   [nats-server]=nats-server
+  [/usr/bin/ldapsearch]=ldap-utils
 )
 
 missing=()

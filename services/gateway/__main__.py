@@ -11,14 +11,23 @@ from libs.events.projection import ProjectionRunner
 from libs.events.wiring import EventServiceKit
 from libs.service.config import load_config
 from libs.service.runner import Service, main
+from services.gateway.api import (
+    ApiConfig,
+    BusAuthenticator,
+    KitBackend,
+    build_api,
+    default_table,
+    mount_api,
+)
 from services.gateway.config import GatewayConfig
 from services.gateway.projections import ActivityProjection
 from services.gateway.queries import activity_query
 
 
 def build() -> Service:
-    """The gateway: the activity-log projection and its query on the bus."""
+    """The gateway: the activity-log projection, its query on the bus, the REST API."""
     cfg = load_config(GatewayConfig)
+    api_cfg = load_config(ApiConfig)
     svc = Service("gateway", cfg)
     kit = EventServiceKit(svc)
     runners: list[ProjectionRunner] = []
@@ -62,6 +71,14 @@ def build() -> Service:
         return web.Response(text=text, headers={"Cache-Control": "no-store"})
 
     svc.http_app.router.add_get("/", home)
+    backend = KitBackend(kit)
+    api = build_api(
+        default_table(),
+        backend=backend,
+        authenticator=BusAuthenticator(backend.bus),
+        config=api_cfg,
+    )
+    mount_api(svc.http_app, api)
     return svc
 
 

@@ -1,0 +1,142 @@
+"""Who is calling: credentials from the request, resolved into a Principal by an Authenticator.
+
+Credentials are the session cookie `__Host-hp_session` or `Authorization: Bearer <token>`
+(the header wins when both are sent). The production Authenticator asks identity over the bus:
+
+    hp.qry.identity.whoami  {"session": "<cookie value>"} or {"token": "<bearer token>"}
+      -> {"user_id": str, "username": str, "is_admin": bool, "scope": "full" | "read"}
+      -> error `unauthorized` when the session or token is unknown, expired or revoked
+
+Nothing is cached: a revoked token or ended session is refused on the next request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from libs.events.bus import BusClient, Internal, Unauthorized
+from libs.events.context import Context
+
+__all__ = [
+    "SESSION_COOKIE",
+    "Authenticator",
+    "BusAuthenticator",
+    "Credentials",
+    "Principal",
+    "Scope",
+    "Via",
+    "credentials_of",
+]
+
+SESSION_COOKIE = "__Host-hp_session"
+WHOAMI_TIMEOUT = 3.0  # seconds; an authentication that takes longer fails as deadline_exceeded
+# Printable ASCII without spaces (RFC 6750 b64token is narrower; identity decides validity).
+_SECRET = re.compile(r"[\x21-\x7e]{1,512}")
+_BEARER = re.compile(r"(?i)bearer +(\S+) *")
+
+
+class Scope(StrEnum):
+    """What a principal may do: everything its role allows, or only read (GET/HEAD)."""
+
+    full = "full"
+    read = "read"
+
+
+class Via(StrEnum):
+    """How the caller authenticated."""
+
+    session = "session"
+    token = "token"  # noqa: S105 - a kind of credential, not one
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    user_id: str
+    username: str
+    is_admin: bool
+    scope: Scope
+    via: Via
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A secret the caller presented, and what kind it is; never logged."""
+
+    via: Via
+    secret: str = ""
+    malformed: bool = False  # presented but unusable (wrong scheme, bad characters)
+
+    def __repr__(self) -> str:
+        return f"Credentials(via={self.via.value}, malformed={self.malformed})"
+
+
+class Authenticator(Protocol):
+    """Resolves credentials into a Principal.
+
+    Returns None when the credentials are not (or no longer) valid; raises a BusError
+    (Unavailable, DeadlineExceeded, Internal) when it cannot decide.
+    """
+
+    async def authenticate(self, credentials: Credentials, ctx: Context) -> Principal | None: ...
+
+
+def credentials_of(request: web.Request) -> Credentials | None:
+    """The credentials a request carries, if any."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        m = _BEARER.fullmatch(header)
+        if m is None or not _SECRET.fullmatch(m.group(1)):
+            return Credentials(Via.token, malformed=True)
+        return Credentials(Via.token, m.group(1))
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie is not None:
+        if not _SECRET.fullmatch(cookie):
+            return Credentials(Via.session, malformed=True)
+        return Credentials(Via.session, cookie)
+    return None
+
+
+class BusAuthenticator:
+    """The production Authenticator: `hp.qry.identity.whoami` over the bus."""
+
+    def __init__(self, bus: Callable[[], BusClient], *, timeout: float = WHOAMI_TIMEOUT) -> None:
+        self._bus = bus
+        self._timeout = timeout
+
+    async def authenticate(self, credentials: Credentials, ctx: Context) -> Principal | None:
+        if credentials.malformed:
+            return None
+        key = "session" if credentials.via is Via.session else "token"
+        try:
+            reply = await self._bus().query(
+                "identity", "whoami", {key: credentials.secret}, ctx=ctx, timeout=self._timeout
+            )
+        except Unauthorized:
+            return None
+        return _principal(reply, credentials.via)
+
+
+def _principal(reply: Any, via: Via) -> Principal:
+    if isinstance(reply, dict):
+        user_id, username = reply.get("user_id"), reply.get("username")
+        is_admin, scope = reply.get("is_admin"), reply.get("scope")
+        if (
+            isinstance(user_id, str)
+            and user_id
+            and isinstance(username, str)
+            and isinstance(is_admin, bool)
+            and scope in (Scope.full.value, Scope.read.value)
+        ):
+            return Principal(user_id, username, is_admin, Scope(scope), via)
+    raise Internal(
+        "identity answered whoami with an unexpected reply: "
+        "want {user_id, username, is_admin, scope}"
+    )

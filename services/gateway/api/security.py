@@ -1,0 +1,166 @@
+"""HTTP security of the gateway (SECURITY.md "HTTP"): headers, CSRF by origin, exact CORS.
+
+- Every response of the gateway (API, dashboard, probes, errors) carries the security headers;
+  API responses also `Cache-Control: no-store`.
+- CSRF: only POST/PUT/PATCH/DELETE routes change state, and they are refused (403) when the
+  `Origin` is not the configured public origin (or a configured CORS origin), or, without an
+  `Origin`, when `Sec-Fetch-Site` says the request comes from another site — `same-site` too,
+  since apps on sibling subdomains are same-site with the dashboard. Requests without either
+  header (the CLI, scripts) are not from a browser and pass. With no public origin configured,
+  the origin must name the host the request was sent to (`Host`).
+- CORS: `Access-Control-Allow-Origin` is only ever an exact configured origin, never reflected
+  from the request; credentials are never allowed cross-origin.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from aiohttp import web
+from yarl import URL
+
+from services.gateway.api.problems import Problem
+
+__all__ = [
+    "API_CSP",
+    "DASHBOARD_CSP",
+    "HSTS",
+    "check_origin",
+    "client_ip",
+    "cors_preflight",
+    "normalize_origin",
+    "security_headers",
+]
+
+API_PREFIX = "/api/"
+HSTS = "max-age=31536000; includeSubDomains"
+_LOCKDOWN = "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+DASHBOARD_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    f"connect-src 'self'; font-src 'self'; form-action 'self'; {_LOCKDOWN}"
+)
+API_CSP = f"default-src 'none'; form-action 'none'; {_LOCKDOWN}"
+_HEADERS = {
+    "Strict-Transport-Security": HSTS,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+_CROSS = frozenset({"cross-site", "same-site"})
+_PREFLIGHT_HEADERS = "Authorization, Content-Type"
+_PREFLIGHT_MAX_AGE = "600"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare of the gateway's root app: the headers on every response."""
+    h = response.headers
+    for name, value in _HEADERS.items():
+        h[name] = value
+    if request.path.startswith(API_PREFIX) or request.path == API_PREFIX.rstrip("/"):
+        h["Content-Security-Policy"] = API_CSP
+        h["Cache-Control"] = "no-store"
+    else:
+        h["Content-Security-Policy"] = DASHBOARD_CSP
+        h.setdefault("Cache-Control", "no-store")
+
+
+def normalize_origin(value: str) -> str | None:
+    """`scheme://host[:port]` in lower case without a default port; None if not an origin."""
+    try:
+        url = URL(value.strip())
+    except (ValueError, TypeError):
+        return None
+    scheme = (url.scheme or "").lower()
+    host = url.host
+    if scheme not in _DEFAULT_PORTS or not host or url.user or url.password:
+        return None
+    if url.raw_path not in ("", "/") or url.raw_query_string or url.raw_fragment:
+        return None
+    port = url.explicit_port
+    host = host.lower()
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _host_of(origin: str) -> str:
+    return origin.split("://", 1)[1]
+
+
+def _request_host(request: web.Request, scheme: str) -> str | None:
+    host = request.headers.get("Host")
+    if not host:
+        return None
+    norm = normalize_origin(f"{scheme}://{host}")
+    return _host_of(norm) if norm else None
+
+
+def check_origin(
+    request: web.Request, public_origin: str | None, trusted: Iterable[str] = ()
+) -> None:
+    """Raise a 403 Problem if this state-changing request comes from another origin."""
+    raw = request.headers.get("Origin")
+    if raw is not None:
+        origin = normalize_origin(raw)
+        if origin is not None:
+            if origin == public_origin or origin in set(trusted):
+                return
+            scheme = origin.split("://", 1)[0]
+            if public_origin is None and _host_of(origin) == _request_host(request, scheme):
+                return
+        raise Problem(
+            "forbidden",
+            "cross-origin request refused: state changes are accepted only from the "
+            "dashboard's own origin",
+        )
+    site = request.headers.get("Sec-Fetch-Site", "").lower()
+    if site in _CROSS:
+        raise Problem(
+            "forbidden",
+            f"cross-origin request refused (Sec-Fetch-Site: {site}): state changes are "
+            "accepted only from the dashboard's own origin",
+        )
+
+
+def cors_preflight(
+    request: web.Request, allowed_methods: Iterable[str], cors_origins: Iterable[str]
+) -> web.Response | None:
+    """The answer to a CORS preflight from a configured origin; None if it is not one."""
+    origin = normalize_origin(request.headers.get("Origin", ""))
+    wanted = request.headers.get("Access-Control-Request-Method", "")
+    methods = sorted(set(allowed_methods))
+    if origin is None or origin not in set(cors_origins) or wanted not in methods:
+        return None
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": ", ".join(methods),
+            "Access-Control-Allow-Headers": _PREFLIGHT_HEADERS,
+            "Access-Control-Max-Age": _PREFLIGHT_MAX_AGE,
+            "Vary": "Origin",
+        },
+    )
+
+
+def client_ip(request: web.Request) -> str | None:
+    """The caller's address; `X-Real-IP` is believed only from a proxy on loopback (nginx)."""
+    peer = request.remote
+    if peer is None:
+        return None
+    try:
+        loopback = ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        return peer
+    real = request.headers.get("X-Real-IP")
+    if loopback and real:
+        try:
+            return str(ipaddress.ip_address(real.strip()))
+        except ValueError:
+            return peer
+    return peer

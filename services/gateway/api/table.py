@@ -1,0 +1,16 @@
+"""The route table of /api/v1: the `routes` of every handlers module, in one place."""
+
+from __future__ import annotations
+
+from services.gateway.api.handlers import activity, platform
+from services.gateway.api.routes import RouteTable
+
+__all__ = ["default_table"]
+
+# A new area of the API is one more module here; a new route is one declaration in its module.
+_MODULES = (platform, activity)
+
+
+def default_table() -> RouteTable:
+    """Every route the gateway serves."""
+    return RouteTable(route for module in _MODULES for route in module.routes)

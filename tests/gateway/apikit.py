@@ -1,0 +1,418 @@
+"""Shared pieces of the API tests (no tests here): a stand-in identity service on the real bus,
+the API served on a real port, and the real gateway (`build()`) running in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.web_urldispatcher import PrefixedSubAppResource
+from multidict import CIMultiDictProxy
+from nats.aio.client import Client as NATS
+
+from libs.events import context
+from libs.events.bus import Bus, BusClient, Invalid, Unauthorized, Unavailable, error_from_wire
+from libs.events.context import Context
+from libs.service.runner import Service
+from services.gateway.api import (
+    Access,
+    ApiConfig,
+    BusAuthenticator,
+    Call,
+    Reply,
+    Routes,
+    RouteTable,
+    build_api,
+    default_table,
+    mount_api,
+)
+from services.gateway.api.schemas import array, integer, nullable, obj, string
+from tests.events.relaykit import wait_until
+
+# Credentials the stand-in identity knows. Alice is a user, root an admin.
+SESSION_ALICE = "sess-alice-" + "a" * 40
+SESSION_ROOT = "sess-root-" + "r" * 40
+TOKEN_ALICE = "tok-alice-" + "A" * 40
+TOKEN_ALICE_READ = "tok-alice-read-" + "B" * 40
+TOKEN_ROOT = "tok-root-" + "R" * 40
+TOKEN_ROOT_READ = "tok-root-read-" + "S" * 40
+
+ALICE = {"user_id": "u-alice", "username": "alice", "is_admin": False}
+ROOT = {"user_id": "u-root", "username": "root", "is_admin": True}
+SESSIONS = {SESSION_ALICE: {**ALICE, "scope": "full"}, SESSION_ROOT: {**ROOT, "scope": "full"}}
+TOKENS = {
+    TOKEN_ALICE: {**ALICE, "scope": "full"},
+    TOKEN_ALICE_READ: {**ALICE, "scope": "read"},
+    TOKEN_ROOT: {**ROOT, "scope": "full"},
+    TOKEN_ROOT_READ: {**ROOT, "scope": "read"},
+}
+SECURITY_HEADERS = {
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+
+@dataclass
+class Identity:
+    """Stand-in for the identity service: answers whoami and setup_state on the real bus."""
+
+    setup_done: bool = False
+    whoami_payloads: list[dict[str, Any]] = field(default_factory=list)
+    whoami_contexts: list[Context] = field(default_factory=list)
+    answer: dict[str, Any] | None = None  # overrides every whoami reply (malformed replies)
+
+    def register(self, bus: Bus) -> None:
+        @bus.query("whoami")
+        async def whoami(payload: dict[str, Any]) -> Any:
+            self.whoami_payloads.append(payload)
+            self.whoami_contexts.append(context.current())
+            if self.answer is not None:
+                return self.answer
+            if set(payload) == {"session"}:
+                who = SESSIONS.get(payload["session"])
+            elif set(payload) == {"token"}:
+                who = TOKENS.get(payload["token"])
+            else:
+                raise Invalid("send {session} or {token}", field="payload")
+            if who is None:
+                raise Unauthorized("unknown, expired or revoked credentials")
+            return who
+
+        @bus.query("setup_state")
+        async def setup_state(payload: dict[str, Any]) -> Any:
+            return {"setup_done": self.setup_done}
+
+
+@asynccontextmanager
+async def serve_identity(nc: NATS, identity: Identity | None = None) -> AsyncIterator[Identity]:
+    """Serve `identity` as service "identity" on `nc` until the block ends."""
+    ident = identity or Identity()
+    bus = Bus(nc, "identity")
+    ident.register(bus)
+    await bus.start()
+    try:
+        yield ident
+    finally:
+        await bus.stop(grace=1)
+
+
+class Connections:
+    """The Backend of an API served in a test: a real NATS connection, a real pool if any."""
+
+    def __init__(self, nc: NATS, pool: asyncpg.Pool | None = None) -> None:
+        self._client = BusClient(nc)
+        self._pool = pool
+
+    def bus(self) -> BusClient:
+        return self._client
+
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise Unavailable("no database in this test")
+        return self._pool
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: Any  # parsed JSON for JSON answers, else bytes
+
+    @property
+    def problem(self) -> dict[str, Any]:
+        assert self.headers.get("Content-Type", "").startswith("application/problem+json"), (
+            self.status,
+            self.headers.get("Content-Type"),
+            self.body,
+        )
+        assert isinstance(self.body, dict)
+        return self.body
+
+
+@dataclass
+class Client:
+    """Requests to a served gateway, with credentials chosen per call."""
+
+    base: str
+    http: aiohttp.ClientSession
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        session: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        data: Any = None,
+    ) -> Answer:
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        if session is not None:
+            h["Cookie"] = f"__Host-hp_session={session}"
+        if body is not None:
+            data = json.dumps(body).encode()
+            h.setdefault("Content-Type", "application/json")
+        async with self.http.request(method, self.base + path, headers=h, data=data) as r:
+            raw = await r.read()
+            ctype = r.headers.get("Content-Type", "")
+            parsed: Any = raw
+            if raw and ("json" in ctype):
+                parsed = json.loads(raw)
+            return Answer(r.status, r.headers, parsed)
+
+
+@asynccontextmanager
+async def serve_api(
+    nc: NATS,
+    *,
+    table: RouteTable | None = None,
+    pool: asyncpg.Pool | None = None,
+    config: ApiConfig | None = None,
+    api_hook: Any = None,
+) -> AsyncIterator[Client]:
+    """The API (default table unless given) mounted like the gateway does, on a real port.
+
+    Answers are checked against their declared schemas. `api_hook(api)` runs before mounting.
+    """
+    backend = Connections(nc, pool)
+    api = build_api(
+        table or default_table(),
+        backend=backend,
+        authenticator=BusAuthenticator(backend.bus),
+        config=config,
+        check_responses=True,
+    )
+    if api_hook is not None:
+        api_hook(api)
+    root = web.Application()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="dashboard")
+
+    root.router.add_get("/", page)
+    mount_api(root, api)
+    runner = web.AppRunner(root, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        async with aiohttp.ClientSession() as http:
+            yield Client(f"http://127.0.0.1:{port}", http)
+    finally:
+        await runner.cleanup()
+
+
+def api_app_of(root: web.Application) -> web.Application:
+    """The API sub-application mounted in `root`."""
+    for resource in root.router.resources():
+        if isinstance(resource, PrefixedSubAppResource):
+            app = resource.get_info()["app"]
+            assert isinstance(app, web.Application)
+            return app
+    raise AssertionError("no API sub-application is mounted")
+
+
+@dataclass
+class Gateway:
+    svc: Service
+    client: Client
+
+
+@asynccontextmanager
+async def running_gateway(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    dsn: str,
+    nats_url: str,
+    uniq: str,
+    tmp_path: Path,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[Gateway]:
+    """The real gateway (services.gateway.__main__.build) serving in this process."""
+    from services.gateway.__main__ import build
+
+    for name in ("HP_PUBLIC_ORIGIN", "HP_CORS_ORIGINS", "HP_HTTP_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = {
+        "HP_DATABASE_URL": dsn,
+        "HP_NATS_URL": nats_url,
+        "HP_EVENTS_STREAM": f"EV_{uniq}",
+        "HP_EVENTS_PREFIX": f"t{uniq}.evt",
+        "HP_KEYRING": str(tmp_path / "keyring.json"),
+        "HP_DATA_DIR": str(tmp_path),
+        "HP_DRAIN_SECONDS": "1",
+        **(env or {}),
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    svc = build()
+    task = asyncio.create_task(svc.serve(), name="gateway under test")
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                assert not task.done(), f"the gateway stopped, exit code {svc.exit_code}"
+                if not svc.port:
+                    return False
+                try:
+                    async with http.get(f"http://127.0.0.1:{svc.port}/readyz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until(ready, 30, "the gateway to be ready")
+            yield Gateway(svc, Client(f"http://127.0.0.1:{svc.port}", http))
+    finally:
+        svc.request_stop("test over")
+        await asyncio.wait_for(task, 20)
+    assert svc.exit_code == 0
+
+
+# -- routes that exist only in tests ---------------------------------------------------------
+
+extra_routes = Routes("test")
+
+ECHO_BODY = obj(
+    {
+        "name": string(minLength=1, maxLength=20),
+        "tags": array(string(pattern="^[a-z]+$"), maxItems=3),
+        "size": integer(minimum=0, maximum=10),
+        "meta": obj({"colour": string(enum=["red", "blue"])}),
+    },
+    required=["name"],
+)
+ECHO_REPLY = obj(
+    {
+        "body": obj({}, additional=True),
+        "actor": string(),
+        "user": string(),
+        "via": string(enum=["session", "token"]),
+        "ip": nullable(string()),
+    },
+    required=["body", "actor", "user", "via", "ip"],
+)
+THING = obj({"thing_id": string()}, required=["thing_id"])
+THING_PATH = obj({"thing_id": string(pattern="^[a-z]{1,20}$")}, required=["thing_id"])
+ANY = {"type": "object"}
+
+
+@extra_routes.post(
+    "/echo", access=Access.user, summary="Echo a body", body=ECHO_BODY, responses={200: ECHO_REPLY}
+)
+async def echo(call: Call) -> Any:
+    return {
+        "body": call.body,
+        "actor": call.context.actor,
+        "user": call.user.username,
+        "via": call.user.via.value,
+        "ip": call.context.ip,
+    }
+
+
+@extra_routes.get("/me", access=Access.user, summary="The caller", responses={200: ANY})
+async def me(call: Call) -> Any:
+    return {"user_id": call.user.user_id, "scope": call.user.scope.value}
+
+
+async def owns_thing(call: Call) -> bool:
+    return bool(call.path["thing_id"] == call.user.username)
+
+
+@extra_routes.get(
+    "/things/{thing_id}",
+    access=Access.user,
+    owner=owns_thing,
+    path_params=THING_PATH,
+    summary="One thing of its owner",
+    responses={200: THING},
+)
+async def get_thing(call: Call) -> Any:
+    return {"thing_id": call.path["thing_id"]}
+
+
+@extra_routes.delete(
+    "/things/{thing_id}",
+    access=Access.admin,
+    path_params=THING_PATH,
+    summary="Delete a thing",
+    responses={204: None},
+)
+async def delete_thing(call: Call) -> Any:
+    return Reply(status=204)
+
+
+@extra_routes.get(
+    "/fail/{code}",
+    access=Access.anonymous,
+    path_params=obj({"code": string()}, required=["code"]),
+    summary="Raise the bus error of a code",
+    responses={200: ANY},
+)
+async def fail(call: Call) -> Any:
+    code = call.path["code"]
+    if code == "crash":
+        raise RuntimeError("secret internals: password=hunter2")
+    field = "name" if code in ("invalid", "conflict") else None
+    raise error_from_wire({"code": code, "message": f"message of {code}", "field": field})
+
+
+@extra_routes.get(
+    "/ask/{service}",
+    access=Access.anonymous,
+    path_params=obj({"service": string(pattern="^[a-z]+$")}, required=["service"]),
+    summary="Ask a query of another service",
+    responses={200: ANY},
+)
+async def ask(call: Call) -> Any:
+    return await call.ask(call.path["service"], "thing", {"n": 1}, timeout=0.5)
+
+
+@extra_routes.get(
+    "/sneaky", access=Access.admin, summary="A GET that tries a command", responses={200: ANY}
+)
+async def sneaky(call: Call) -> Any:
+    return await call.command("things", "change", {})
+
+
+@extra_routes.post(
+    "/small",
+    access=Access.anonymous,
+    summary="A tiny body",
+    body=obj({"x": string()}),
+    max_body=32,
+    responses={201: ANY},
+)
+async def small(call: Call) -> Any:
+    return Reply({"got": call.body}, status=201, headers={"Location": "/api/v1/small/1"})
+
+
+@extra_routes.post("/poke", access=Access.admin, summary="No body at all", responses={204: None})
+async def poke(call: Call) -> Any:
+    return Reply(status=204)
+
+
+@extra_routes.get(
+    "/wrong", access=Access.anonymous, summary="Answers off its schema", responses={200: THING}
+)
+async def wrong(call: Call) -> Any:
+    return {"thing_id": 42}
+
+
+def extended_table() -> RouteTable:
+    """The production table plus the test-only routes."""
+    return default_table().extended(*extra_routes)

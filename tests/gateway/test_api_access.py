@@ -1,0 +1,365 @@
+"""Authorization is decided in one place from the route table; every served route is walked."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
+from nats.aio.client import Client as NATS
+
+from libs.events.context import Context
+from services.gateway.api import (
+    API_STATE,
+    Access,
+    BusAuthenticator,
+    Credentials,
+    Route,
+    Routes,
+    RouteTable,
+    Via,
+    default_table,
+)
+from services.gateway.api.schemas import obj, string
+from tests.events.relaykit import connect
+from tests.gateway.apikit import (
+    ANY,
+    SESSION_ALICE,
+    SESSION_ROOT,
+    TOKEN_ALICE,
+    TOKEN_ALICE_READ,
+    TOKEN_ROOT,
+    TOKEN_ROOT_READ,
+    Client,
+    Identity,
+    api_app_of,
+    extended_table,
+    running_gateway,
+    serve_api,
+    serve_identity,
+)
+
+WRONG = "tok-nobody-" + "z" * 40
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    conn = await connect(nats_url)
+    yield conn
+    await conn.close()
+
+
+def served_routes(api: web.Application) -> list[tuple[AbstractRoute, Route | None]]:
+    """Every route the API app serves, with its table entry (None: it has none)."""
+    entries = api[API_STATE].entries
+    return [(r, entries.get(r)) for r in api.router.routes()]
+
+
+def concrete(route: AbstractRoute) -> str:
+    return re.sub(r"\{[^}]+\}", "abc", route.resource.canonical if route.resource else "")
+
+
+async def walk(client: Client, api: web.Application) -> dict[str, int]:
+    """Call every served route as anonymous, user, read-only user and admin; assert refusals."""
+    served = served_routes(api)
+    missing = [f"{r.method} {concrete(r)}" for r, e in served if e is None]
+    assert not missing, f"routes served without a route-table entry: {missing}"
+    table = api[API_STATE].table
+    entries = {e for _, e in served}
+    assert entries == set(table), "every route of the table is served"
+    counts = {"anonymous": 0, "user": 0, "admin": 0}
+    for route, entry in served:
+        assert entry is not None
+        method, url = route.method, concrete(route)
+        head = method == "HEAD"
+        counts[entry.access.value] += 1
+
+        anon = await client.call(method, url)
+        wrong = await client.call(method, url, token=WRONG)
+        user = await client.call(method, url, session=SESSION_ALICE)
+        admin = await client.call(method, url, token=TOKEN_ROOT)
+        where = f"{method} {url} ({entry.access.value})"
+        if entry.access is Access.anonymous:
+            for a in (anon, wrong, user, admin):
+                assert a.status not in (401, 403), where
+            continue
+        for a in (anon, wrong):
+            assert a.status == 401, where
+            assert a.headers["WWW-Authenticate"].startswith("Bearer"), where
+            if not head:
+                assert a.problem["code"] == "unauthorized", where
+        assert admin.status not in (401, 403), (where, admin.body)
+        if entry.access is Access.admin:
+            assert user.status == 403, where
+            if not head:
+                assert user.problem["code"] == "forbidden", where
+        elif entry.owner is None:
+            assert user.status not in (401, 403), (where, user.body)
+        if not entry.safe:
+            for read in (TOKEN_ALICE_READ, TOKEN_ROOT_READ):
+                ro = await client.call(method, url, token=read)
+                assert ro.status in (401, 403), where
+                if entry.access is Access.user or read == TOKEN_ROOT_READ:
+                    assert ro.status == 403 and "read-only" in ro.problem["detail"], where
+    return counts
+
+
+async def test_walk_every_route_of_the_running_gateway(
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    uniq: str,
+    tmp_path: Path,
+    nc: NATS,
+) -> None:
+    """The production wiring (services.gateway.__main__.build), every route it serves."""
+    async with (
+        serve_identity(nc),
+        running_gateway(
+            monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
+        ) as gw,
+    ):
+        api = api_app_of(gw.svc.http_app)
+        counts = await walk(gw.client, api)
+    # GET and HEAD of /status and /openapi.json; GET and HEAD of /activity
+    assert counts == {"anonymous": 4, "user": 0, "admin": 2}
+
+
+async def test_walk_every_kind_of_route(nc: NATS) -> None:
+    """The same walk over user, owner, admin, POST and DELETE routes (test-only routes)."""
+    holder: list[web.Application] = []
+    async with (
+        serve_identity(nc),
+        serve_api(nc, table=extended_table(), api_hook=holder.append) as client,
+    ):
+        counts = await walk(client, holder[0])
+    assert counts["user"] >= 4 and counts["admin"] >= 5 and counts["anonymous"] >= 8
+
+
+async def test_a_route_added_around_the_table_is_refused_and_found(nc: NATS) -> None:
+    ran: list[str] = []
+
+    async def sneaky(request: web.Request) -> web.Response:
+        ran.append(request.path)
+        return web.json_response({"secret": "admin things"})
+
+    holder: list[web.Application] = []
+
+    def add_behind_the_tables_back(api: web.Application) -> None:
+        api.router.add_get("/backdoor", sneaky)
+        holder.append(api)
+
+    async with serve_identity(nc), serve_api(nc, api_hook=add_behind_the_tables_back) as client:
+        for creds in ({}, {"token": TOKEN_ROOT}):
+            a = await client.call("GET", "/api/v1/backdoor", **creds)
+            assert a.status == 500 and a.problem["code"] == "internal"
+            assert "admin things" not in str(a.body)
+        assert ran == []
+        with pytest.raises(AssertionError, match=r"without a route-table entry.*backdoor"):
+            await walk(client, holder[0])
+
+
+async def test_admin_user_and_owner_decisions(nc: NATS) -> None:
+    ident = Identity()
+    async with serve_identity(nc, ident), serve_api(nc, table=extended_table()) as client:
+        # the owner check: alice may see her thing, not bob's; an admin may see both
+        ok = await client.call("GET", "/api/v1/things/alice", session=SESSION_ALICE)
+        assert ok.status == 200 and ok.body == {"thing_id": "alice"}
+        no = await client.call("GET", "/api/v1/things/bob", token=TOKEN_ALICE)
+        assert no.status == 403 and no.problem["code"] == "forbidden"
+        for thing in ("alice", "bob"):
+            a = await client.call("GET", f"/api/v1/things/{thing}", session=SESSION_ROOT)
+            assert a.status == 200
+        # path parameters are validated after authorization, before the owner check
+        a = await client.call("GET", "/api/v1/things/BOB", token=TOKEN_ALICE)
+        assert a.status == 400 and a.problem["field"] == "thing_id"
+        a = await client.call("GET", "/api/v1/things/BOB")
+        assert a.status == 401
+        # DELETE is admin-only
+        a = await client.call("DELETE", "/api/v1/things/alice", token=TOKEN_ALICE)
+        assert a.status == 403
+        a = await client.call("DELETE", "/api/v1/things/alice", token=TOKEN_ROOT)
+        assert a.status == 204 and a.body == b""
+        # the handler sees who called, as actor, and how
+        a = await client.call("POST", "/api/v1/echo", session=SESSION_ALICE, body={"name": "x"})
+        assert a.status == 200, a.body
+        assert a.body["actor"] == "u-alice" and a.body["user"] == "alice"
+        assert a.body["via"] == "session" and a.body["ip"] == "127.0.0.1"
+        a = await client.call("POST", "/api/v1/echo", token=TOKEN_ALICE, body={"name": "x"})
+        assert a.body["via"] == "token"
+        # X-Real-IP is believed from a proxy on loopback (nginx), and only if it is an address
+        for real, ip in (("198.51.100.7", "198.51.100.7"), ("not-an-ip", "127.0.0.1")):
+            a = await client.call(
+                "POST", "/api/v1/echo", token=TOKEN_ALICE, body={"name": "x"},
+                headers={"X-Real-IP": real},
+            )  # fmt: skip
+            assert a.body["ip"] == ip
+        # the header wins over the cookie
+        a = await client.call("GET", "/api/v1/me", token=TOKEN_ROOT, session=SESSION_ALICE)
+        assert a.body == {"user_id": "u-root", "scope": "full"}
+    # whoami got exactly {session} or {token}, with the request's correlation id and ip
+    assert {"session": SESSION_ALICE} in ident.whoami_payloads
+    assert {"token": TOKEN_ALICE} in ident.whoami_payloads
+    assert all(len(p) == 1 for p in ident.whoami_payloads)
+    assert all(c.ip in ("127.0.0.1", "198.51.100.7") for c in ident.whoami_contexts)
+    assert all(c.correlation_id and c.actor == "anonymous" for c in ident.whoami_contexts)
+
+
+async def test_read_only_tokens_may_only_read(nc: NATS) -> None:
+    async with serve_identity(nc), serve_api(nc, table=extended_table()) as client:
+        a = await client.call("GET", "/api/v1/me", token=TOKEN_ALICE_READ)
+        assert a.status == 200 and a.body == {"user_id": "u-alice", "scope": "read"}
+        a = await client.call("HEAD", "/api/v1/activity", token=TOKEN_ROOT_READ)
+        assert a.status != 403
+        for method, path, body in (
+            ("POST", "/api/v1/echo", {"name": "x"}),
+            ("POST", "/api/v1/poke", None),
+            ("DELETE", "/api/v1/things/alice", None),
+        ):
+            for token in (TOKEN_ALICE_READ, TOKEN_ROOT_READ):
+                a = await client.call(method, path, token=token, body=body)
+                if token == TOKEN_ALICE_READ and path != "/api/v1/echo":
+                    assert a.status == 403  # not an admin, whatever the scope
+                else:
+                    assert a.status == 403 and "read-only" in a.problem["detail"], (path, a.body)
+        a = await client.call("POST", "/api/v1/poke", token=TOKEN_ROOT)
+        assert a.status == 204
+
+
+async def test_bad_credentials_and_identity_trouble(nc: NATS) -> None:
+    async with serve_api(nc, table=extended_table()) as client:
+        # identity is not running: who the caller is cannot be decided
+        a = await client.call("GET", "/api/v1/me", token=TOKEN_ALICE)
+        assert a.status == 503 and a.problem["code"] == "unavailable"
+        # without credentials nothing needs asking
+        a = await client.call("GET", "/api/v1/me")
+        assert a.status == 401
+        ident = Identity()
+        async with serve_identity(nc, ident):
+            for headers in (
+                {"Authorization": "Basic YWxpY2U6cGFzc3dvcmQ="},
+                {"Authorization": "Bearer"},
+                {"Authorization": "Bearer two words"},
+                {"Authorization": f"Bearer {'x' * 600}"},
+                {"Cookie": "__Host-hp_session=caf\u00e9"},
+            ):
+                a = await client.call("GET", "/api/v1/me", headers=headers)
+                assert a.status == 401, headers
+                assert a.problem["code"] == "unauthorized"
+            assert ident.whoami_payloads == []  # malformed credentials never reach identity
+            a = await client.call("GET", "/api/v1/me", token=WRONG)
+            assert a.status == 401
+            assert 'error="invalid_token"' in a.headers["WWW-Authenticate"]
+            # a whoami reply off the contract is an internal error, not a login
+            ident.answer = {"user_id": "u-x", "username": "x", "is_admin": "yes", "scope": "full"}
+            a = await client.call("GET", "/api/v1/me", token=TOKEN_ALICE)
+            assert a.status == 500 and a.problem["code"] == "internal"
+            assert "is_admin" not in a.problem["detail"]
+
+
+async def test_bus_authenticator_contract(nc: NATS) -> None:
+    from libs.events.bus import BusClient
+
+    auth = BusAuthenticator(lambda: BusClient(nc))
+    ctx = Context(actor="anonymous", correlation_id="c-1", ip="192.0.2.1")
+    async with serve_identity(nc) as ident:
+        p = await auth.authenticate(Credentials(Via.session, SESSION_ROOT), ctx)
+        assert p is not None and (p.user_id, p.username, p.is_admin) == ("u-root", "root", True)
+        assert p.scope.value == "full" and p.via is Via.session
+        p = await auth.authenticate(Credentials(Via.token, TOKEN_ALICE_READ), ctx)
+        assert p is not None and p.scope.value == "read" and p.via is Via.token
+        assert await auth.authenticate(Credentials(Via.token, WRONG), ctx) is None
+        assert await auth.authenticate(Credentials(Via.token, malformed=True), ctx) is None
+    assert ident.whoami_contexts[0].correlation_id == "c-1"
+    assert ident.whoami_contexts[0].ip == "192.0.2.1"
+    assert "tok-" not in repr(Credentials(Via.token, TOKEN_ALICE))
+
+
+async def dummy(call: Any) -> Any:
+    return {}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "GET", "path": "/x", "summary": "s"}, "access"),
+        ({"method": "GET", "path": "/x", "access": "admin", "summary": "s"}, "Access"),
+        ({"method": "TRACE", "path": "/x", "access": Access.user, "summary": "s"}, "method"),
+        ({"method": "GET", "path": "x", "access": Access.user, "summary": "s"}, "path"),
+        ({"method": "GET", "path": "/x/{id:\\d+}", "access": Access.user, "summary": "s"}, "path"),
+        ({"method": "GET", "path": "/x", "access": Access.user, "summary": " "}, "summary"),
+        (
+            {"method": "GET", "path": "/x", "access": Access.user, "summary": "s", "body": ANY},
+            "body",
+        ),
+        (
+            {
+                "method": "GET",
+                "path": "/x",
+                "access": Access.admin,
+                "summary": "s",
+                "owner": dummy,
+            },
+            "ownership",
+        ),
+        (
+            {"method": "GET", "path": "/x/{id}", "access": Access.user, "summary": "s"},
+            "path_params",
+        ),
+        (
+            {
+                "method": "GET",
+                "path": "/x",
+                "access": Access.user,
+                "summary": "s",
+                "query": obj({"n": {"type": "integer", "minimun": 1}}),
+            },
+            "minimun",
+        ),
+        (
+            {
+                "method": "GET",
+                "path": "/x",
+                "access": Access.user,
+                "summary": "s",
+                "query": obj({"n": {"type": "array"}}),
+            },
+            "parameter n",
+        ),
+        (
+            {
+                "method": "GET",
+                "path": "/x",
+                "access": Access.user,
+                "summary": "s",
+                "responses": {302: None},
+            },
+            "2xx",
+        ),
+    ],
+)
+def test_declarations_are_checked(kwargs: dict[str, Any], message: str) -> None:
+    declared = {"handler": dummy, "responses": {200: ANY}, **kwargs}
+    with pytest.raises((TypeError, ValueError), match=message):
+        Route(**declared)
+
+
+def test_table_refuses_duplicates_and_shadows() -> None:
+    routes = Routes("t")
+    routes.get("/a/{x}", access=Access.user, summary="a", responses={200: ANY},
+               path_params=obj({"x": string()}, required=["x"]))(dummy)  # fmt: skip
+
+    async def other(call: Any) -> Any:
+        return {}
+
+    routes.get("/a/{y}", access=Access.user, summary="b", responses={200: ANY},
+               path_params=obj({"y": string()}, required=["y"]))(other)  # fmt: skip
+    with pytest.raises(ValueError, match="shadows"):
+        RouteTable(routes)
+    twice = list(default_table())
+    with pytest.raises(ValueError, match="declared twice"):
+        RouteTable([*twice, twice[0]])
