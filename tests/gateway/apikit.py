@@ -72,6 +72,7 @@ class Identity:
     whoami_payloads: list[dict[str, Any]] = field(default_factory=list)
     whoami_contexts: list[Context] = field(default_factory=list)
     answer: dict[str, Any] | None = None  # overrides every whoami reply (malformed replies)
+    sessions: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(SESSIONS))
 
     def register(self, bus: Bus) -> None:
         @bus.query("whoami")
@@ -81,7 +82,7 @@ class Identity:
             if self.answer is not None:
                 return self.answer
             if set(payload) == {"session"}:
-                who = SESSIONS.get(payload["session"])
+                who = self.sessions.get(payload["session"])
             elif set(payload) == {"token"}:
                 who = TOKENS.get(payload["token"])
             else:

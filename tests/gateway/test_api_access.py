@@ -125,8 +125,10 @@ async def test_walk_every_route_of_the_running_gateway(
     ):
         api = api_app_of(gw.svc.http_app)
         counts = await walk(gw.client, api)
-    # GET and HEAD of /status and /openapi.json; GET and HEAD of /activity
-    assert counts == {"anonymous": 4, "user": 0, "admin": 2}
+    # anonymous: GET and HEAD of /status and /openapi.json, POST /setup, POST /session;
+    # user: DELETE /session, GET and HEAD of /profile; admin: GET and HEAD of /activity and
+    # /users, POST /users, POST /users/{user_id}/disable and /enable, DELETE /users/{user_id}
+    assert counts == {"anonymous": 6, "user": 3, "admin": 8}
 
 
 async def test_walk_every_kind_of_route(nc: NATS) -> None:

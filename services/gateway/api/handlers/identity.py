@@ -1,0 +1,263 @@
+"""Accounts: first setup, sign-in and sign-out (the session cookie), profiles and users.
+
+Identity owns the accounts and applies the real rules (password policy, rate limits, who may
+do what); the schemas here refuse malformed input before anything reaches it. The session id
+travels only in the `__Host-hp_session` cookie, never in a response body.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from libs.events.bus import Internal, Invalid, Unauthorized
+from services.gateway.api.auth import SESSION_COOKIE, Via, credentials_of
+from services.gateway.api.routes import Access, Call, Reply, Routes
+from services.gateway.api.schemas import array, boolean, nullable, obj, string
+
+__all__ = ["SESSION_COOKIE_ATTRIBUTES", "routes", "session_cookie"]
+
+routes = Routes("identity")
+
+SESSION_COOKIE_ATTRIBUTES = "Path=/; Secure; HttpOnly; SameSite=Lax"  # SECURITY.md "HTTP"
+LOGIN_REFUSED = "wrong username or password"
+# RFC 6265 cookie-octet: printable ASCII without space, '"', ',', ';' and '\'.
+_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,512}")
+
+USERNAME = string(
+    pattern="^[A-Za-z][A-Za-z0-9._-]{1,31}$",
+    description="2 to 32 characters: a letter, then letters, digits, '.', '_' or '-'",
+)
+PASSWORD = string(
+    minLength=1,
+    maxLength=256,
+    writeOnly=True,
+    description="identity applies the password policy (8 to 256 characters, not a common one)",
+)
+EMAIL = string(minLength=3, maxLength=254, pattern="^[^@\\s]+@[^@\\s]+$", description="an email")
+DISPLAY_NAME = string(maxLength=100)
+USER_ID = string(format="uuid", description="a user id (UUID)")
+
+SETUP_BODY = obj(
+    {"username": USERNAME, "email": EMAIL, "password": PASSWORD, "display_name": DISPLAY_NAME},
+    required=["username", "email", "password"],
+)
+LOGIN_BODY = obj({"username": USERNAME, "password": PASSWORD}, required=["username", "password"])
+NEW_USER_BODY = obj(
+    {
+        "username": USERNAME,
+        "email": EMAIL,
+        "password": PASSWORD,
+        "display_name": DISPLAY_NAME,
+        "is_admin": boolean(default=False),
+    },
+    required=["username", "email", "password"],
+)
+USER_PATH = obj({"user_id": USER_ID}, required=["user_id"])
+
+CREATED = obj({"user_id": string()}, required=["user_id"])
+SESSION = obj(
+    {
+        "user_id": string(),
+        "username": string(),
+        "is_admin": boolean(),
+        "expires_at": string(format="date-time", description="when the session ends at the latest"),
+    },
+    required=["user_id", "username", "is_admin", "expires_at"],
+)
+PROFILE = obj(
+    {
+        "user_id": string(),
+        "username": string(),
+        "email": string(),
+        "display_name": nullable(string()),
+        "is_admin": boolean(),
+        "disabled": boolean(),
+    },
+    required=["user_id", "username", "email", "display_name", "is_admin", "disabled"],
+)
+USERS = obj({"items": array(PROFILE)}, required=["items"])
+
+
+@routes.post(
+    "/setup",
+    access=Access.anonymous,
+    summary="Create the first administrator (once)",
+    description="Answers 409 once setup is done.",
+    body=SETUP_BODY,
+    responses={201: CREATED},
+)
+async def setup(call: Call) -> Any:
+    reply = await call.command("identity", "setup", call.body)
+    return Reply(_created(reply, "setup"), status=201)
+
+
+@routes.post(
+    "/session",
+    access=Access.anonymous,
+    summary="Sign in: start a session and set its cookie",
+    description=(
+        f"Sets the {SESSION_COOKIE} cookie; the session id is never in the body. "
+        "A wrong username or password is 401, an address with too many failures 403."
+    ),
+    body=LOGIN_BODY,
+    responses={200: SESSION},
+)
+async def login(call: Call) -> Any:
+    try:
+        reply = await call.command("identity", "login", call.body)
+    except Unauthorized:
+        # One answer for every refusal, whatever identity said: never which part was wrong.
+        raise Unauthorized(LOGIN_REFUSED) from None
+    session = _get(reply, "login", "session", str)
+    expires_at = _get(reply, "login", "expires_at", str)
+    if not _COOKIE_VALUE.fullmatch(session):
+        raise Internal("identity answered login with a session id unfit for a cookie")
+    body = {
+        "user_id": _get(reply, "login", "user_id", str),
+        "username": _get(reply, "login", "username", str),
+        "is_admin": _get(reply, "login", "is_admin", bool),
+        "expires_at": expires_at,
+    }
+    max_age = _seconds_until(expires_at)
+    return Reply(body, headers={"Set-Cookie": session_cookie(session, max_age)})
+
+
+@routes.delete(
+    "/session",
+    access=Access.user,
+    summary="Sign out: end this session and clear its cookie",
+    responses={204: None},
+)
+async def logout(call: Call) -> Any:
+    creds = credentials_of(call.request)
+    if call.user.via is not Via.session or creds is None or creds.via is not Via.session:
+        raise Invalid(
+            "signing out ends the session of the cookie; this request used an API token "
+            "(revoke the token instead)"
+        )
+    await call.command("identity", "logout", {"session": creds.secret})
+    return Reply(status=204, headers={"Set-Cookie": session_cookie("", 0)})
+
+
+@routes.get(
+    "/profile",
+    access=Access.user,
+    summary="The caller's profile",
+    responses={200: PROFILE},
+)
+async def profile(call: Call) -> Any:
+    reply = await call.ask("identity", "profile", {"user_id": call.user.user_id})
+    return _profile(reply, "profile")
+
+
+@routes.get(
+    "/users",
+    access=Access.admin,
+    summary="Every user",
+    responses={200: USERS},
+)
+async def list_users(call: Call) -> Any:
+    reply = await call.ask("identity", "users", {})
+    items = _get(reply, "users", "items", list)
+    return {"items": [_profile(item, "users") for item in items]}
+
+
+@routes.post(
+    "/users",
+    access=Access.admin,
+    summary="Create a user",
+    description="Answers 409 when the username or email is taken.",
+    body=NEW_USER_BODY,
+    responses={201: CREATED},
+)
+async def create_user(call: Call) -> Any:
+    reply = await call.command("identity", "create_user", call.body)
+    return Reply(_created(reply, "create_user"), status=201)
+
+
+@routes.post(
+    "/users/{user_id}/disable",
+    access=Access.admin,
+    summary="Disable a user: sign-in refused, sessions and tokens end",
+    path_params=USER_PATH,
+    responses={204: None},
+)
+async def disable_user(call: Call) -> Any:
+    await call.command("identity", "disable_user", _user_id(call))
+    return Reply(status=204)
+
+
+@routes.post(
+    "/users/{user_id}/enable",
+    access=Access.admin,
+    summary="Enable a disabled user",
+    path_params=USER_PATH,
+    responses={204: None},
+)
+async def enable_user(call: Call) -> Any:
+    await call.command("identity", "enable_user", _user_id(call))
+    return Reply(status=204)
+
+
+@routes.delete(
+    "/users/{user_id}",
+    access=Access.admin,
+    summary="Delete a user",
+    path_params=USER_PATH,
+    responses={204: None},
+)
+async def delete_user(call: Call) -> Any:
+    await call.command("identity", "delete_user", _user_id(call))
+    return Reply(status=204)
+
+
+def session_cookie(session: str, max_age: int) -> str:
+    """The Set-Cookie value of the session cookie (empty with max_age 0: clear it)."""
+    return f"{SESSION_COOKIE}={session}; {SESSION_COOKIE_ATTRIBUTES}; Max-Age={max_age}"
+
+
+def _user_id(call: Call) -> dict[str, Any]:
+    """The path's user id in canonical (lower-case) form, as identity stores it."""
+    return {"user_id": str(call.path["user_id"]).lower()}
+
+
+def _seconds_until(expires_at: str) -> int:
+    try:
+        when = datetime.fromisoformat(expires_at)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise Internal(f"identity answered login with expires_at {expires_at!r:.60}, not a time")
+    seconds = math.floor((when - datetime.now(UTC)).total_seconds())
+    if seconds <= 0:
+        raise Internal("identity answered login with a session that has already expired")
+    return seconds
+
+
+def _get(reply: Any, what: str, key: str, kind: type) -> Any:
+    value = reply.get(key) if isinstance(reply, dict) else None
+    if not isinstance(value, kind):
+        raise Internal(f"identity answered {what} without a valid {key}")
+    return value
+
+
+def _created(reply: Any, what: str) -> dict[str, Any]:
+    return {"user_id": _get(reply, what, "user_id", str)}
+
+
+def _profile(reply: Any, what: str) -> dict[str, Any]:
+    """Only the declared fields of a profile reach the caller."""
+    display_name = reply.get("display_name") if isinstance(reply, dict) else None
+    if display_name is not None and not isinstance(display_name, str):
+        raise Internal(f"identity answered {what} without a valid display_name")
+    return {
+        "user_id": _get(reply, what, "user_id", str),
+        "username": _get(reply, what, "username", str),
+        "email": _get(reply, what, "email", str),
+        "display_name": display_name,
+        "is_admin": _get(reply, what, "is_admin", bool),
+        "disabled": _get(reply, what, "disabled", bool),
+    }
