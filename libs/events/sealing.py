@@ -496,6 +496,22 @@ class Keyring:
                 f"sealed value (key {key_id_of(value)}) holds bytes, not UTF-8 text: use unseal"
             ) from None
 
+    def blind_index(self, purpose: str, value: str) -> str:
+        """A keyed hash of `value` for equality look-ups of data that is stored only sealed.
+
+        HMAC-SHA256 under a key derived from the keyring's subject key and `purpose`, so indexes
+        of different purposes never match each other, and without the keyring nobody can test
+        a guess. Stable for the life of the keyring (rotation does not change it).
+        """
+        if not purpose or ":" in purpose:
+            raise SealingError("a blind index purpose is a non-empty name without ':'")
+        with self._mutex:
+            self._refresh()
+            key = hmac.new(
+                self._state.subject_key, f"blind-index:{purpose}".encode(), hashlib.sha256
+            ).digest()
+        return hmac.new(key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
     # key management
 
     def rotate(self) -> str:

@@ -19,9 +19,11 @@ from services.gateway.api import (
     default_table,
     mount_api,
 )
+from services.gateway.api.handlers.tasks import TASK_STREAMS, TaskStreams
 from services.gateway.config import GatewayConfig
 from services.gateway.projections import ActivityProjection
 from services.gateway.queries import activity_query
+from services.gateway.tasks import TaskProjection
 
 
 def build() -> Service:
@@ -46,6 +48,22 @@ def build() -> Service:
     kit.add_worker(
         "projection.activity",
         activity_runner,
+        ready=lambda r: r.live.is_set(),
+        prepare=ProjectionRunner.setup,
+    )
+
+    def tasks_runner() -> ProjectionRunner:
+        return ProjectionRunner(
+            TaskProjection(),
+            kit.store,
+            kit.nc,
+            stream=cfg.events_stream,
+            prefix=cfg.events_prefix,
+        )
+
+    kit.add_worker(
+        "projection.tasks",
+        tasks_runner,
         ready=lambda r: r.live.is_set(),
         prepare=ProjectionRunner.setup,
     )
@@ -78,6 +96,9 @@ def build() -> Service:
         authenticator=BusAuthenticator(backend.bus),
         config=api_cfg,
     )
+    task_streams = TaskStreams()
+    api[TASK_STREAMS] = task_streams
+    svc.on_stop(task_streams.stop)  # open task event streams end before the drain
     mount_api(svc.http_app, api)
     return svc
 

@@ -12,6 +12,7 @@ from typing import ClassVar
 import asyncpg
 
 from libs.events.projection import Projection, register_projection
+from services.gateway.tasks import TaskProjection  # noqa: F401 - known to `homeport replay`
 
 __all__ = ["ActivityProjection"]
 

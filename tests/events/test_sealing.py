@@ -589,3 +589,17 @@ def test_no_plaintext_or_key_in_error_messages(kr: Keyring, path: Path) -> None:
     for m in messages:
         assert SECRET not in m and "alice" not in m
         assert not any(k in m for k in keys)
+
+
+def test_blind_index_is_keyed_stable_and_separated_by_purpose(kr: Keyring, tmp_path: Path) -> None:
+    a = kr.blind_index("username", "alice")
+    assert a == kr.blind_index("username", "alice")  # stable: usable as a unique key
+    assert a != kr.blind_index("username", "alicf")
+    assert a != kr.blind_index("email", "alice")  # purposes never collide
+    assert "alice" not in a and len(a) == 64
+    kr.rotate()
+    assert kr.blind_index("username", "alice") == a  # rotation keeps look-ups working
+    with Keyring.open(tmp_path / "other.json") as other:
+        assert other.blind_index("username", "alice") != a  # keyed: another keyring differs
+    with pytest.raises(SealingError):
+        kr.blind_index("user:name", "alice")

@@ -126,9 +126,10 @@ async def test_walk_every_route_of_the_running_gateway(
         api = api_app_of(gw.svc.http_app)
         counts = await walk(gw.client, api)
     # anonymous: GET and HEAD of /status and /openapi.json, POST /setup, POST /session;
-    # user: DELETE /session, GET and HEAD of /profile; admin: GET and HEAD of /activity and
-    # /users, POST /users, POST /users/{user_id}/disable and /enable, DELETE /users/{user_id}
-    assert counts == {"anonymous": 6, "user": 3, "admin": 8}
+    # user: DELETE /session, GET and HEAD of /profile, /tasks/{task_id} and its /events;
+    # admin: GET and HEAD of /activity and /users, POST /users, POST /users/{user_id}/disable
+    # and /enable, DELETE /users/{user_id}
+    assert counts == {"anonymous": 6, "user": 7, "admin": 8}
 
 
 async def test_walk_every_kind_of_route(nc: NATS) -> None:

@@ -143,6 +143,7 @@ async def test_served_document_covers_the_production_table(
     assert set(doc["paths"]) == {
         "/status", "/activity", "/openapi.json", "/setup", "/session", "/profile", "/users",
         "/users/{user_id}/disable", "/users/{user_id}/enable", "/users/{user_id}",
+        "/tasks/{task_id}", "/tasks/{task_id}/events",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]
     activity = doc["paths"]["/activity"]["get"]

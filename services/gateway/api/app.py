@@ -36,7 +36,7 @@ from services.gateway.api.backend import Backend
 from services.gateway.api.config import ApiConfig
 from services.gateway.api.openapi import openapi_document
 from services.gateway.api.problems import CORRELATION_ID, Problem, problems_middleware
-from services.gateway.api.routes import Access, Call, Reply, Route, RouteTable
+from services.gateway.api.routes import JSON, Access, Call, Reply, Route, RouteTable
 from services.gateway.api.schemas import coerce_params, validate
 from services.gateway.api.security import (
     check_origin,
@@ -270,7 +270,11 @@ def _strict_json(data: bytes) -> Any:
         raise Invalid("the body is nested too deeply") from None
 
 
-def _render(state: ApiState, route: Route, result: Any) -> web.Response:
+def _render(state: ApiState, route: Route, result: Any) -> web.StreamResponse:
+    if route.media_type != JSON:
+        if not isinstance(result, web.StreamResponse):
+            raise RuntimeError(f"{route.label} streams: its handler must return its response")
+        return result
     reply = result if isinstance(result, Reply) else Reply(result, route.success)
     if reply.status not in route.responses:
         raise RuntimeError(f"{route.label} answered {reply.status}, which it does not declare")

@@ -103,7 +103,7 @@ def _operation(route: Route) -> dict[str, Any]:
     for status, schema in sorted(route.responses.items()):
         answer: dict[str, Any] = {"description": HTTPStatus(status).phrase}
         if schema is not None:
-            answer["content"] = {"application/json": {"schema": copy.deepcopy(dict(schema))}}
+            answer["content"] = {route.media_type: {"schema": copy.deepcopy(dict(schema))}}
         responses[str(status)] = answer
     for code in problem_codes(route):
         responses.setdefault(

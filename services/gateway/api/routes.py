@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "JSON",
     "SAFE_METHODS",
     "Access",
     "Call",
@@ -46,12 +47,14 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BODY = 1024 * 1024  # bytes of a request body; more is 413
+JSON = "application/json"
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _PATH = re.compile(r"(/([a-z0-9][a-z0-9_.-]*|\{[a-z_][a-z0-9_]*\}))+")
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
+_MEDIA = re.compile(r"[a-z]+/[a-z0-9.+-]+")
 _SCALARS = frozenset({"string", "integer", "number", "boolean"})
 
 
@@ -148,6 +151,9 @@ class Route:
     name: str = ""  # the operationId; the handler's name by default
     tags: tuple[str, ...] = ()
     max_body: int = DEFAULT_MAX_BODY
+    # Of the 2xx answers. Any other than JSON (text/event-stream) is written by the handler,
+    # which returns the web.StreamResponse it prepared; its schema then only documents it.
+    media_type: str = JSON
 
     def __post_init__(self) -> None:
         label = f"{self.method} {self.path}"
@@ -169,6 +175,8 @@ class Route:
             raise ValueError(f"{label}: only POST, PUT and PATCH take a request body")
         if self.max_body < 0:
             raise ValueError(f"{label}: max_body must be >= 0")
+        if not _MEDIA.fullmatch(self.media_type):
+            raise ValueError(f"{label}: media_type must be a media type such as {JSON}")
         if not self.responses or not all(200 <= s <= 299 for s in self.responses):
             raise ValueError(f"{label}: declare the success responses (2xx) and their schemas")
         try:

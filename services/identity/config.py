@@ -1,0 +1,39 @@
+"""Identity configuration, read once from HP_* environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from libs.service.config import ServiceConfig, check
+
+__all__ = ["IdentityConfig"]
+
+
+def _positive(v: int) -> bool:
+    return v > 0
+
+
+def _port(v: int) -> bool:
+    return 0 <= v <= 65535
+
+
+_SECONDS = check(_positive, "a whole number of seconds > 0")
+_COUNT = check(_positive, "a whole number > 0")
+
+
+@dataclass(frozen=True)
+class IdentityConfig(ServiceConfig):
+    """Sessions, sign-in limits and the LDAP endpoint (SECURITY.md "Accounts", "Brute force")."""
+
+    session_idle_seconds: int = field(default=30 * 60, metadata=_SECONDS)
+    session_max_seconds: int = field(default=12 * 3600, metadata=_SECONDS)
+    # Per address: this many failed sign-ins within the window refuse further tries from it.
+    signin_ip_limit: int = field(default=20, metadata=_COUNT)
+    signin_ip_window_seconds: int = field(default=600, metadata=_SECONDS)
+    # Per account: past this many failures within an hour, passwords are checked only for
+    # addresses the account has signed in from before (the real user is not locked out).
+    signin_account_limit: int = field(default=100, metadata=_COUNT)
+    # The read-only LDAP endpoint for apps; port 0 picks a free one, "" turns it off.
+    ldap_host: str = "127.0.0.1"
+    ldap_port: int = field(default=0, metadata=check(_port, "an integer 0-65535"))
+    ldap_base_dn: str = "dc=homeport,dc=local"

@@ -1,0 +1,94 @@
+"""The real identity service (services.identity.__main__.build) running in this process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+
+from libs.events.bus import BusClient
+from libs.events.context import Context
+from libs.service.runner import Service
+from tests.events.relaykit import wait_until
+
+ADMIN = {"username": "root", "email": "root@example.test", "password": "correct horse battery"}
+
+
+@dataclass
+class Identity:
+    svc: Service
+    bus: BusClient
+    keyring_path: Path
+
+    async def cmd(self, verb: str, payload: dict[str, Any], **ctx: Any) -> Any:
+        return await self.bus.command(
+            "identity", verb, payload, ctx=Context(**ctx) if ctx else None
+        )
+
+    async def ask(self, name: str, payload: dict[str, Any], **ctx: Any) -> Any:
+        return await self.bus.query("identity", name, payload, ctx=Context(**ctx) if ctx else None)
+
+    async def set_up(self) -> str:
+        """Setup with ADMIN; returns the admin's user id."""
+        reply = await self.cmd("setup", dict(ADMIN))
+        return str(reply["user_id"])
+
+    async def login(self, username: str, password: str, ip: str = "192.0.2.1") -> dict[str, Any]:
+        reply: dict[str, Any] = await self.cmd(
+            "login", {"username": username, "password": password}, actor="anonymous", ip=ip
+        )
+        return reply
+
+
+@asynccontextmanager
+async def running_identity(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[Identity]:
+    from services.identity.__main__ import build
+
+    settings = {
+        "HP_DATABASE_URL": dsn,
+        "HP_NATS_URL": nats_url,
+        "HP_KEYRING": str(tmp_path / "keyring.json"),
+        "HP_DATA_DIR": str(tmp_path),
+        "HP_DRAIN_SECONDS": "1",
+        "HP_HTTP_PORT": "0",
+        **(env or {}),
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    svc = build()
+    task = asyncio.create_task(svc.serve(), name="identity under test")
+    nc = await nats.connect(nats_url)
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                assert not task.done(), f"identity stopped, exit code {svc.exit_code}"
+                if not svc.port:
+                    return False
+                try:
+                    async with http.get(f"http://127.0.0.1:{svc.port}/readyz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until(ready, 30, "identity to be ready")
+        yield Identity(svc, BusClient(nc, default_timeout=10), tmp_path / "keyring.json")
+    finally:
+        await nc.close()
+        svc.request_stop("test over")
+        await asyncio.wait_for(task, 20)
+    assert svc.exit_code == 0

@@ -1,0 +1,371 @@
+"""The identity service over the real bus, Postgres and keyring: setup, users, sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from libs.events.bus import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from libs.events.projection import replay_by_name
+from libs.events.sealing import KeyDestroyed, Keyring
+from tests.identity.kit import ADMIN, Identity, running_identity
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+ALICE = {"username": "Alice", "email": "alice@example.test", "password": "a long enough phrase"}
+
+
+@pytest.fixture
+async def ident(monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path) -> Any:
+    async with running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path) as i:
+        yield i
+
+
+async def with_alice(ident: Identity) -> tuple[str, str]:
+    admin = await ident.set_up()
+    reply = await ident.cmd("create_user", dict(ALICE), actor=admin)
+    return admin, str(reply["user_id"])
+
+
+async def test_setup_once_then_409(ident: Identity) -> None:
+    assert await ident.ask("setup_state", {}) == {"setup_done": False}
+    admin = await ident.set_up()
+    assert await ident.ask("setup_state", {}) == {"setup_done": True}
+    with pytest.raises(Conflict, match="already done"):
+        await ident.cmd("setup", {**ADMIN, "username": "other", "email": "o@example.test"})
+    profile = await ident.ask("profile", {"user_id": admin})
+    assert profile == {
+        "user_id": admin,
+        "username": "root",
+        "email": "root@example.test",
+        "display_name": None,
+        "is_admin": True,
+        "disabled": False,
+    }
+
+
+async def test_concurrent_setups_make_exactly_one_admin(ident: Identity) -> None:
+    tries = [
+        ident.cmd("setup", {**ADMIN, "username": f"admin{i}", "email": f"a{i}@example.test"})
+        for i in range(4)
+    ]
+    results = await asyncio.gather(*tries, return_exceptions=True)
+    assert sum(isinstance(r, dict) for r in results) == 1, results
+    assert all(isinstance(r, Conflict) for r in results if not isinstance(r, dict))
+    assert len((await ident.ask("users", {}))["items"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"username": "1abc"}, "username"),
+        ({"username": "a b"}, "username"),
+        ({"email": "not-an-email"}, "email"),
+        ({"password": "short"}, "password"),
+        ({"password": "password123"}, "password"),  # on the common list
+        ({"password": "root@example.test"}, "password"),
+        ({"display_name": "bad\x00name"}, "display_name"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+async def test_bad_setup_names_the_field_and_changes_nothing(
+    ident: Identity, change: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(Invalid) as e:
+        await ident.cmd("setup", {**ADMIN, **change})
+    assert e.value.field == field
+    assert await ident.ask("setup_state", {}) == {"setup_done": False}
+
+
+async def test_usernames_are_unique_case_insensitively_and_emails_too(ident: Identity) -> None:
+    admin, _ = await with_alice(ident)
+    with pytest.raises(Conflict) as e:
+        await ident.cmd(
+            "create_user", {**ALICE, "email": "x@example.test", "username": "aLiCe"}, actor=admin
+        )
+    assert e.value.field == "username"
+    with pytest.raises(Conflict) as e:
+        await ident.cmd(
+            "create_user", {**ALICE, "username": "bob", "email": "ALICE@example.test"}, actor=admin
+        )
+    assert e.value.field == "email"
+    assert len((await ident.ask("users", {}))["items"]) == 2
+
+
+async def test_only_enabled_admins_run_admin_commands(ident: Identity) -> None:
+    admin, alice = await with_alice(ident)
+    bob = {**ALICE, "username": "bob", "email": "bob@example.test"}
+    with pytest.raises(Forbidden):
+        await ident.cmd("create_user", bob, actor=alice)
+    with pytest.raises(Forbidden):
+        await ident.cmd("disable_user", {"user_id": admin}, actor=alice)
+    with pytest.raises(Forbidden):
+        await ident.cmd("create_user", bob, actor="anonymous")
+    with pytest.raises(Conflict, match="your own"):
+        await ident.cmd("disable_user", {"user_id": admin}, actor=admin)
+    with pytest.raises(NotFound):
+        await ident.cmd(
+            "disable_user", {"user_id": "00000000-0000-4000-8000-000000000000"}, actor=admin
+        )
+
+
+async def test_login_whoami_logout(ident: Identity) -> None:
+    _, alice = await with_alice(ident)
+    s = await ident.login("alice", ALICE["password"])  # case-insensitive name
+    assert s["user_id"] == alice and s["username"] == "Alice" and s["is_admin"] is False
+    assert len(s["session"]) >= 43  # 256 random bits, base64url
+    assert s["idle_timeout_s"] == 1800
+    who = await ident.ask("whoami", {"session": s["session"]})
+    assert who == {"user_id": alice, "username": "Alice", "is_admin": False, "scope": "full"}
+    again = await ident.login("Alice", ALICE["password"])
+    assert again["session"] != s["session"]  # a new id at every sign-in
+    listed = await ident.ask("sessions", {"user_id": alice, "session": again["session"]})
+    assert [x["current"] for x in listed["items"]] == [True, False]
+    await ident.cmd("logout", {"session": s["session"]}, actor=alice)
+    with pytest.raises(Unauthorized):
+        await ident.ask("whoami", {"session": s["session"]})
+    assert (await ident.ask("whoami", {"session": again["session"]}))["user_id"] == alice
+
+
+async def test_sessions_store_only_a_hash(ident: Identity, dsn: str) -> None:
+    await with_alice(ident)
+    s = await ident.login("alice", ALICE["password"])
+    conn = await asyncpg.connect(dsn)
+    try:
+        dump = " ".join(
+            [
+                json.dumps(
+                    [dict(r) for r in await conn.fetch("SELECT data, meta FROM events.events")],
+                    default=str,
+                )
+            ]
+            + [str(dict(r)) for r in await conn.fetch("SELECT * FROM identity.sessions")]
+        )
+    finally:
+        await conn.close()
+    assert s["session"] not in dump
+    for secret in (ALICE["password"], "alice@example.test", ADMIN["password"]):
+        assert secret not in dump  # passwords, and personal data, only sealed
+
+
+async def test_refusals_are_identical(ident: Identity) -> None:
+    admin, alice = await with_alice(ident)
+    answers = []
+    for username, password in [
+        ("alice", "wrong password!"),
+        ("nobody", "wrong password!"),
+        ("x", "y"),
+    ]:
+        with pytest.raises(Unauthorized) as e:
+            await ident.login(username, password)
+        answers.append((type(e.value), str(e.value), e.value.field))
+    await ident.cmd("disable_user", {"user_id": alice}, actor=admin)
+    with pytest.raises(Unauthorized) as e:
+        await ident.login("alice", ALICE["password"])  # right password, disabled account
+    answers.append((type(e.value), str(e.value), e.value.field))
+    assert len(set(answers)) == 1, answers
+
+
+async def test_disable_ends_every_session_at_once_and_enable_does_not_revive_them(
+    ident: Identity,
+) -> None:
+    admin, alice = await with_alice(ident)
+    sessions = [(await ident.login("alice", ALICE["password"]))["session"] for _ in range(3)]
+    await ident.cmd("disable_user", {"user_id": alice}, actor=admin)
+    for s in sessions:  # the command has answered: no session may work any more
+        with pytest.raises(Unauthorized):
+            await ident.ask("whoami", {"session": s})
+    await ident.cmd("enable_user", {"user_id": alice}, actor=admin)
+    with pytest.raises(Unauthorized):
+        await ident.ask("whoami", {"session": sessions[0]})
+    assert (await ident.login("alice", ALICE["password"]))["user_id"] == alice
+
+
+async def test_last_admin_cannot_be_disabled_or_deleted(ident: Identity) -> None:
+    admin, alice = await with_alice(ident)
+    await ident.cmd("set_admin", {"user_id": alice, "is_admin": True}, actor=admin)
+    await ident.cmd("disable_user", {"user_id": admin}, actor=alice)  # another admin remains
+    await ident.cmd("enable_user", {"user_id": admin}, actor=alice)
+    await ident.cmd("set_admin", {"user_id": alice, "is_admin": False}, actor=admin)
+    with pytest.raises(Conflict):
+        await ident.cmd("set_admin", {"user_id": admin, "is_admin": False}, actor=admin)
+
+
+async def test_delete_shreds_personal_data_but_keeps_the_events(ident: Identity, dsn: str) -> None:
+    admin, alice = await with_alice(ident)
+    await ident.login("alice", ALICE["password"])
+    await ident.cmd("delete_user", {"user_id": alice}, actor=admin)
+    with pytest.raises(NotFound):
+        await ident.ask("profile", {"user_id": alice})
+    assert [u["user_id"] for u in (await ident.ask("users", {}))["items"]] == [admin]
+    with pytest.raises(Unauthorized):
+        await ident.login("alice", ALICE["password"])
+    conn = await asyncpg.connect(dsn)
+    try:
+        created = await conn.fetchrow(
+            "SELECT data FROM events.events WHERE type = 'UserCreated' AND stream = $1",
+            f"user-{alice}",
+        )
+        types = [
+            r["type"]
+            for r in await conn.fetch(
+                "SELECT type FROM events.events WHERE stream = $1 ORDER BY version", f"user-{alice}"
+            )
+        ]
+    finally:
+        await conn.close()
+    assert types == ["UserCreated", "SessionStarted", "UserDeleted"]
+    sealed_email = json.loads(created["data"])["email"]
+    with Keyring.open(ident.keyring_path) as kr, pytest.raises(KeyDestroyed):
+        kr.unseal(sealed_email)
+    # the name is free again
+    again = await ident.cmd("create_user", dict(ALICE), actor=admin)
+    assert again["user_id"] != alice
+
+
+async def test_change_password_needs_the_current_one_and_ends_other_sessions(
+    ident: Identity,
+) -> None:
+    _, alice = await with_alice(ident)
+    keep = (await ident.login("alice", ALICE["password"]))["session"]
+    other = (await ident.login("alice", ALICE["password"]))["session"]
+    new = "another long phrase"
+    with pytest.raises(Invalid) as e:
+        await ident.cmd(
+            "change_password", {"user_id": alice, "current_password": "nope", "new_password": new}
+        )
+    assert e.value.field == "current_password"
+    with pytest.raises(Invalid) as e:
+        await ident.cmd(
+            "change_password",
+            {"user_id": alice, "current_password": ALICE["password"], "new_password": "12345678"},
+        )
+    assert e.value.field == "new_password"
+    await ident.cmd(
+        "change_password",
+        {
+            "user_id": alice,
+            "current_password": ALICE["password"],
+            "new_password": new,
+            "session": keep,
+        },
+    )
+    assert (await ident.ask("whoami", {"session": keep}))["user_id"] == alice
+    with pytest.raises(Unauthorized):
+        await ident.ask("whoami", {"session": other})
+    with pytest.raises(Unauthorized):
+        await ident.login("alice", ALICE["password"])
+    assert (await ident.login("alice", new))["user_id"] == alice
+
+
+async def test_revoke_own_session(ident: Identity) -> None:
+    admin, alice = await with_alice(ident)
+    s = await ident.login("alice", ALICE["password"])
+    with pytest.raises(NotFound):  # someone else's session is not found, not revoked
+        await ident.cmd("revoke_session", {"user_id": admin, "session_id": s["session_id"]})
+    await ident.cmd("revoke_session", {"user_id": alice, "session_id": s["session_id"]})
+    with pytest.raises(Unauthorized):
+        await ident.ask("whoami", {"session": s["session"]})
+
+
+async def test_idle_and_absolute_timeouts(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path
+) -> None:
+    env = {"HP_SESSION_IDLE_SECONDS": "1", "HP_SESSION_MAX_SECONDS": "3"}
+    async with running_identity(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, env=env
+    ) as ident:
+        await with_alice(ident)
+        idle = await ident.login("alice", ALICE["password"])
+        await asyncio.sleep(1.3)
+        with pytest.raises(Unauthorized):
+            await ident.ask("whoami", {"session": idle["session"]})
+        busy = await ident.login("alice", ALICE["password"])
+        assert busy["idle_timeout_s"] == 1
+
+
+async def test_per_address_limit_is_not_global(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path
+) -> None:
+    env = {"HP_SIGNIN_IP_LIMIT": "3"}
+    async with running_identity(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, env=env
+    ) as ident:
+        await with_alice(ident)
+        for _ in range(3):
+            with pytest.raises(Unauthorized):
+                await ident.login("alice", "wrong password!", ip="198.51.100.7")
+        with pytest.raises(Forbidden, match="your address"):  # even with the right password
+            await ident.login("alice", ALICE["password"], ip="198.51.100.7")
+        # another address, and the real user, are not locked out
+        assert (await ident.login("alice", ALICE["password"], ip="198.51.100.8"))[
+            "username"
+        ] == "Alice"
+
+
+async def test_account_limit_spares_known_addresses(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path
+) -> None:
+    env = {"HP_SIGNIN_ACCOUNT_LIMIT": "3"}
+    async with running_identity(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, env=env
+    ) as ident:
+        await with_alice(ident)
+        await ident.login("alice", ALICE["password"], ip="203.0.113.1")  # the user's own address
+        for i in range(3):
+            with pytest.raises(Unauthorized):
+                await ident.login("alice", "wrong password!", ip=f"198.51.100.{i}")
+        with pytest.raises(Unauthorized):  # a new address: not evaluated, same answer
+            await ident.login("alice", ALICE["password"], ip="198.51.100.50")
+        assert (await ident.login("alice", ALICE["password"], ip="203.0.113.1"))[
+            "username"
+        ] == "Alice"
+
+
+async def test_every_failure_is_an_event_with_the_address(ident: Identity, dsn: str) -> None:
+    await with_alice(ident)
+    for name in ("alice", "ghost"):
+        with pytest.raises(Unauthorized):
+            await ident.login(name, "wrong password!", ip="192.0.2.99")
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT data, meta FROM events.events WHERE type = 'LoginFailed' ORDER BY position"
+        )
+    finally:
+        await conn.close()
+    got = [(json.loads(r["data"])["reason"], json.loads(r["meta"])["ip"]) for r in rows]
+    assert got == [("password", "192.0.2.99"), ("unknown_user", "192.0.2.99")]
+    assert "ghost" not in str([dict(r) for r in rows])
+
+
+async def test_unknown_user_and_wrong_password_take_the_same_time(ident: Identity) -> None:
+    await with_alice(ident)
+    loop = asyncio.get_running_loop()
+    times: dict[str, list[float]] = {"alice": [], "nobody": []}
+    for i in range(120):
+        for name in ("alice", "nobody") if i % 2 else ("nobody", "alice"):
+            t0 = loop.time()
+            with pytest.raises(Unauthorized):
+                await ident.login(
+                    name, "wrong password!", ip=f"10.{i // 250}.{i % 250}.{len(name)}"
+                )
+            times[name].append(loop.time() - t0)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    assert abs(med["alice"] - med["nobody"]) / max(med.values()) < 0.10, med
+
+
+async def test_replay_rebuilds_the_read_model(ident: Identity, dsn: str) -> None:
+    admin, alice = await with_alice(ident)
+    s = await ident.login("alice", ALICE["password"])
+    await ident.cmd("set_admin", {"user_id": alice, "is_admin": True}, actor=admin)
+    before = await ident.ask("users", {})
+    applied = await replay_by_name("identity", dsn)
+    assert applied >= 4
+    assert await ident.ask("users", {}) == before
+    assert (await ident.ask("whoami", {"session": s["session"]}))["is_admin"] is True
