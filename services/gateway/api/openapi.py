@@ -45,7 +45,7 @@ def _component(code: str) -> str:
 
 def problem_codes(route: Route) -> list[str]:
     """The problem codes the dispatcher may answer `route` with (beyond its handler's own)."""
-    codes = {"internal", "unavailable", "deadline_exceeded"}
+    codes = {"internal", "unavailable", "deadline_exceeded", *route.problems}
     if route.query is not None or route.path_params is not None or route.body is not None:
         codes.add("invalid")
     if route.access is not Access.anonymous:

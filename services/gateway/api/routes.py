@@ -27,6 +27,7 @@ from aiohttp import web
 
 from libs.events.context import Context
 from services.gateway.api.auth import Principal
+from services.gateway.api.problems import STATUS
 from services.gateway.api.schemas import Schema, SchemaError, check_schema
 
 if TYPE_CHECKING:
@@ -154,6 +155,9 @@ class Route:
     # Of the 2xx answers. Any other than JSON (text/event-stream) is written by the handler,
     # which returns the web.StreamResponse it prepared; its schema then only documents it.
     media_type: str = JSON
+    # Problem codes the handler itself may answer (e.g. "conflict" when a name is taken), on
+    # top of those the dispatcher answers; they are documented in the OpenAPI document.
+    problems: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         label = f"{self.method} {self.path}"
@@ -175,6 +179,9 @@ class Route:
             raise ValueError(f"{label}: only POST, PUT and PATCH take a request body")
         if self.max_body < 0:
             raise ValueError(f"{label}: max_body must be >= 0")
+        unknown = [code for code in self.problems if code not in STATUS]
+        if unknown:
+            raise ValueError(f"{label}: unknown problem codes {unknown}")
         if not _MEDIA.fullmatch(self.media_type):
             raise ValueError(f"{label}: media_type must be a media type such as {JSON}")
         if not self.responses or not all(200 <= s <= 299 for s in self.responses):

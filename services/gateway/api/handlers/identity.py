@@ -88,6 +88,7 @@ USERS = obj({"items": array(PROFILE)}, required=["items"])
     description="Answers 409 once setup is done.",
     body=SETUP_BODY,
     responses={201: CREATED},
+    problems=("conflict",),
 )
 async def setup(call: Call) -> Any:
     reply = await call.command("identity", "setup", call.body)
@@ -104,6 +105,7 @@ async def setup(call: Call) -> Any:
     ),
     body=LOGIN_BODY,
     responses={200: SESSION},
+    problems=("unauthorized", "forbidden"),
 )
 async def login(call: Call) -> Any:
     try:
@@ -147,6 +149,7 @@ async def logout(call: Call) -> Any:
     access=Access.user,
     summary="The caller's profile",
     responses={200: PROFILE},
+    problems=("not_found",),
 )
 async def profile(call: Call) -> Any:
     reply = await call.ask("identity", "profile", {"user_id": call.user.user_id})
@@ -172,6 +175,7 @@ async def list_users(call: Call) -> Any:
     description="Answers 409 when the username or email is taken.",
     body=NEW_USER_BODY,
     responses={201: CREATED},
+    problems=("conflict",),
 )
 async def create_user(call: Call) -> Any:
     reply = await call.command("identity", "create_user", call.body)
@@ -184,6 +188,7 @@ async def create_user(call: Call) -> Any:
     summary="Disable a user: sign-in refused, sessions and tokens end",
     path_params=USER_PATH,
     responses={204: None},
+    problems=("conflict",),
 )
 async def disable_user(call: Call) -> Any:
     await call.command("identity", "disable_user", _user_id(call))
@@ -208,6 +213,7 @@ async def enable_user(call: Call) -> Any:
     summary="Delete a user",
     path_params=USER_PATH,
     responses={204: None},
+    problems=("conflict",),
 )
 async def delete_user(call: Call) -> Any:
     await call.command("identity", "delete_user", _user_id(call))
