@@ -74,6 +74,7 @@ async def test_no_5xx_and_no_answer_off_its_schema(
             f"Cookie: {cookie}",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            cwd=tmp_path,
         )
         out, _ = await proc.communicate()
         text = out.decode(errors="replace")
