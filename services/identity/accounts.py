@@ -10,6 +10,7 @@ about any account.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import uuid
@@ -585,7 +586,9 @@ class Accounts:
             )
             return new
 
-        row = await self._change_user({"user_id": user_id}, decide)
+        # signing in is the user's own act: the activity log names them, not "anonymous"
+        with context.use(dataclasses.replace(context.current(), actor=user_id)):
+            row = await self._change_user({"user_id": user_id}, decide)
         return {
             "session": secret,
             "session_id": session_id,
