@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import NoReturn
 
-from bench.common import BenchConfig, BenchError, Result, say, servers
-from bench.events import BENCHMARKS, Bench, Benchmark
+from bench import events, gateway
+from bench.common import Bench, BenchConfig, BenchError, Benchmark, Result, say, servers
 
 __all__ = ["main"]
+
+BENCHMARKS: dict[str, Benchmark] = {**events.BENCHMARKS, **gateway.BENCHMARKS}
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
@@ -42,7 +44,7 @@ async def _run_all(chosen: Sequence[Benchmark], cfg: BenchConfig, bench: Bench) 
         except Exception as e:
             traceback.print_exc()
             say(f"  FAILED: {type(e).__name__}: {e}")
-            result = Result(bm.name, None, bm.target, misses=(str(e),))
+            result = Result(bm.name, None, bm.target, bm.op, misses=(str(e),))
         say(f"  wall time {time.perf_counter() - t0:.1f} s (load average {_load()})")
         for miss in result.misses:
             say(f"  MISSED: {miss}")

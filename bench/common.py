@@ -19,8 +19,10 @@ import asyncpg
 from deploy.embedded import NatsServer, PostgresServer
 
 __all__ = [
+    "Bench",
     "BenchConfig",
     "BenchError",
+    "Benchmark",
     "Comparison",
     "Cpu",
     "Result",
@@ -33,6 +35,7 @@ __all__ = [
     "rss_mib",
     "say",
     "servers",
+    "tree_cpu",
 ]
 
 
@@ -71,6 +74,9 @@ class BenchConfig:
     replay_events: int = 1_000_000
     relay_events: int = 50_000
     relay_window: int = 256
+    http_seconds: int = 5
+    http_connections: int = 32
+    commands: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BenchConfig:
@@ -83,6 +89,9 @@ class BenchConfig:
             replay_events=_env_int(env, "HP_BENCH_REPLAY_EVENTS", d.replay_events, 1000),
             relay_events=_env_int(env, "HP_BENCH_RELAY_EVENTS", d.relay_events, 1000),
             relay_window=_env_int(env, "HP_BENCH_RELAY_WINDOW", d.relay_window, 1),
+            http_seconds=_env_int(env, "HP_BENCH_HTTP_SECONDS", d.http_seconds, 1),
+            http_connections=_env_int(env, "HP_BENCH_HTTP_CONNECTIONS", d.http_connections, 1),
+            commands=_env_int(env, "HP_BENCH_COMMANDS", d.commands, 100),
         )
 
 
@@ -126,6 +135,29 @@ def servers(*, with_nats: bool) -> Iterator[Servers]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Bench:
+    """What every benchmark gets: the sizes and the running servers."""
+
+    cfg: BenchConfig
+    servers: Servers
+
+    async def database(self, name: str) -> str:
+        pg = self.servers.pg
+        return await create_database(pg.dsn, name, pg.dsn_for)
+
+
+@dataclass(frozen=True, slots=True)
+class Benchmark:
+    """A named benchmark, the ratio it must reach (`ours/baseline <op> target`), what it needs."""
+
+    name: str
+    run: Callable[[Bench], Awaitable[Result]]
+    target: float
+    needs_nats: bool = False
+    op: str = ">="
+
+
 async def create_database(admin_dsn: str, name: str, dsn_for: Callable[[str], str]) -> str:
     """A fresh, empty database `name` (dropped first if a previous run left it)."""
     conn = await asyncpg.connect(admin_dsn)
@@ -152,7 +184,7 @@ class Run:
         return self.ops / self.seconds
 
 
-def _tree_cpu(root: int | None) -> float:
+def tree_cpu(root: int | None) -> float:
     """CPU seconds of process `root` and its descendants (live ones, plus reaped children)."""
     if root is None:
         return 0.0
@@ -194,8 +226,8 @@ class Cpu:
     def now(cls, srv: Servers) -> Cpu:
         return cls(
             time.process_time(),
-            _tree_cpu(srv.pg.pid),
-            _tree_cpu(srv.nats.pid if srv.nats is not None else None),
+            tree_cpu(srv.pg.pid),
+            tree_cpu(srv.nats.pid if srv.nats is not None else None),
         )
 
     def per_op_us(self, before: Cpu, ops: int) -> Cpu:

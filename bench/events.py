@@ -18,13 +18,12 @@ import nats
 from nats.aio.client import Client as NATS
 
 from bench.common import (
-    BenchConfig,
+    Bench,
     BenchError,
+    Benchmark,
     Result,
     RssSampler,
     Run,
-    Servers,
-    create_database,
     elapsed_since,
     interleave,
     rss_mib,
@@ -42,29 +41,7 @@ from libs.events.relay import (
 from libs.events.store import PostgresEventStore
 from services.gateway.projections import ActivityProjection
 
-__all__ = ["BENCHMARKS", "Bench", "Benchmark"]
-
-
-@dataclass(frozen=True, slots=True)
-class Bench:
-    """What every benchmark gets: the sizes and the running servers."""
-
-    cfg: BenchConfig
-    servers: Servers
-
-    async def database(self, name: str) -> str:
-        pg = self.servers.pg
-        return await create_database(pg.dsn, name, pg.dsn_for)
-
-
-@dataclass(frozen=True, slots=True)
-class Benchmark:
-    """A named benchmark, the ratio it must reach (ours/baseline >= target), what it needs."""
-
-    name: str
-    run: Callable[[Bench], Awaitable[Result]]
-    target: float
-    needs_nats: bool = False
+__all__ = ["BENCHMARKS"]
 
 
 # Targets from the issue: ours / baseline, medians of the rounds.

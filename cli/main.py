@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import sys
@@ -95,6 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(func=_cmd_status)
 
+    setup = sub.add_parser(
+        "setup", help="create the first administrator of the running stack (once)"
+    )
+    data_dir_arg(setup)
+    setup.add_argument("--username", help="the administrator's user name (asked if missing)")
+    setup.add_argument("--email", help="the administrator's email (asked if missing)")
+    setup.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input instead of asking for it",
+    )
+    setup.set_defaults(func=_cmd_setup)
+
     replay = sub.add_parser("replay", help="rebuild one projection from the event store")
     replay.add_argument("projection", help="the projection's name")
     data_dir_arg(replay)
@@ -145,28 +159,25 @@ def _print_ready(stack: Stack) -> None:
         names = ", ".join(f"{p.name} (log: {p.log})" for p in bad)
         lines.append(f"Not healthy yet: {names}")
     url = stack.dashboard_url
+    steps: list[str] = []
     if url is not None:
         port = url.rsplit(":", 1)[1].rstrip("/")
-        lines += [
-            f"  Dashboard: {url}",
-            "",
-            "To finish setup:",
-            f"  1. Open {url} in a browser on this machine: it shows what runs",
+        lines.append(f"  Dashboard: {url}")
+        steps += [
+            f"Create the first administrator: homeport setup --data-dir {data}",
+            f"Open {url} in a browser on this machine: it shows what runs\n"
             f"     (from another machine: ssh -L {port}:127.0.0.1:{port} <this server>).",
         ]
     else:
-        lines += [
-            "  No dashboard yet: this checkout has no gateway service (services/gateway).",
-            "",
-            "To finish setup:",
-            "  1. Add the gateway service; `homeport up` starts it and prints its URL.",
-        ]
-    lines += [
-        f"  2. Check every part: homeport status --data-dir {data}",
-        "  3. Press Ctrl-C here (or send SIGTERM to the stack pid) to stop everything.",
-        f"Logs: {data / 'logs'}",
-        "",
+        lines.append("  No dashboard yet: this checkout has no gateway service (services/gateway).")
+        steps.append("Add the gateway service; `homeport up` starts it and prints its URL.")
+    steps += [
+        f"Check every part: homeport status --data-dir {data}",
+        "Press Ctrl-C here (or send SIGTERM to the stack pid) to stop everything.",
     ]
+    lines += ["", "To finish setup:"]
+    lines += [f"  {n}. {step}" for n, step in enumerate(steps, 1)]
+    lines += [f"Logs: {data / 'logs'}", ""]
     print("\n".join(lines), flush=True)
 
 
@@ -236,6 +247,48 @@ def _print_table(state: dict[str, Any], parts: list[dict[str, Any]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     if state.get("dashboard_url"):
         print(f"Dashboard: {state['dashboard_url']}")
+
+
+# -- setup --------------------------------------------------------------------------------
+
+
+def _cmd_setup(args: argparse.Namespace) -> int:
+    data = Path(args.data_dir).absolute()
+    state = read_state(data)
+    url = state.get("dashboard_url") if state is not None and is_running(state) else None
+    if not url:
+        print(f"homeport is not running in {data}: start it with `homeport up`", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    username = args.username or input("Administrator user name: ").strip()
+    email = args.email or input("Administrator email: ").strip()
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password (8 to 256 characters; 15 or more recommended): ")
+        if getpass.getpass("The same password again: ") != password:
+            print("The two passwords differ; nothing was changed.", file=sys.stderr)
+            return EXIT_USAGE
+    body = {"username": username, "email": email, "password": password}
+    status, answer = asyncio.run(_post(str(url).rstrip("/") + "/api/v1/setup", body))
+    if status == 201:
+        print(f"Administrator {username} created. Sign in at {url}")
+        return EXIT_OK
+    detail = answer.get("detail") if isinstance(answer, dict) else None
+    field = answer.get("field") if isinstance(answer, dict) else None
+    where = f" ({field})" if field else ""
+    print(f"Setup refused{where}: {detail or status}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+async def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=30)) as r,
+    ):
+        try:
+            return r.status, await r.json(content_type=None)
+        except ValueError:
+            return r.status, None
 
 
 # -- replay and audit ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ declare -A need=(
   [/usr/bin/pg_dump]=postgresql-client-15
   [nats-server]=nats-server
   [/usr/bin/ldapsearch]=ldap-utils
+  [wrk]=wrk  # the HTTP load generator of `make bench`
 )
 
 missing=()

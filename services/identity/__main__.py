@@ -1,4 +1,9 @@
-"""python -m services.identity: accounts, sessions and the LDAP endpoint for apps."""
+"""python -m services.identity: accounts, sessions and the LDAP endpoint for apps.
+
+The LDAP endpoint listens on HP_LDAP_HOST:HP_LDAP_PORT. In production those are the app
+networks' gateway addresses (set by the apps side, which creates the networks) and a fixed
+port: never a public address. Tests use loopback (127.0.0.1, port 0).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,10 @@ from libs.service.config import load_config
 from libs.service.runner import Service, main
 from services.identity.accounts import Accounts
 from services.identity.config import IdentityConfig
+from services.identity.directory import IdentityDirectory
+from services.identity.groups import register_groups
+from services.identity.ldap_apps import LdapEndpoint
+from services.identity.mfa import register_mfa
 from services.identity.projections import IdentityProjection
 
 log = logging.getLogger("services.identity")
@@ -86,9 +95,24 @@ def build() -> Service:
         if holder:
             holder[0].keyring.close()
 
+    ldap = LdapEndpoint(cfg, IdentityDirectory)
+
+    async def start_ldap() -> None:
+        await ldap.start(accounts())
+
     svc.on_start(open_accounts)
+    svc.on_start(start_ldap)
+    svc.on_stop(ldap.stop)
+    svc.add_readiness_check("ldap", ldap.ready)
     svc.on_cleanup(close_keyring)
-    kit.bus(lambda bus: register(bus, accounts()))
+
+    def register_all(bus: Bus) -> None:
+        register_mfa(bus, accounts())  # first: it extends the whoami that register() serves
+        register(bus, accounts())
+        register_groups(bus, accounts())
+
+    kit.bus(register_all)
+    kit.bus(ldap.register)
     return svc
 
 

@@ -16,6 +16,7 @@ import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -39,7 +40,7 @@ from services.identity.passwords import (
 from services.identity.projections import apply_inline
 from services.identity.tokens import new_session_id, token_hash
 
-__all__ = ["LOGIN_REFUSED", "Accounts", "Principal"]
+__all__ = ["LOGIN_REFUSED", "Accounts", "Principal", "acting_as"]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,12 @@ def _password(payload: Mapping[str, Any], name: str = "password") -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def acting_as(user_id: str) -> AbstractContextManager[context.Context]:
+    """Events of a person's own act before they have a session (setup, sign-in, accepting an
+    invitation) name that person as the actor, not "anonymous"; the client IP stays."""
+    return context.use(dataclasses.replace(context.current(), actor=user_id))
 
 
 class Accounts:
@@ -254,7 +261,8 @@ class Accounts:
                 raise Conflict("setup is already done: sign in as an administrator") from None
             await apply_inline(self.store, conn, ev.user_stream(user_id), [created], 0)
 
-        await self.write(both)
+        with acting_as(user_id):
+            await self.write(both)
         log.info("platform set up; first administrator %s", user_id)
         return {"user_id": user_id}
 
@@ -586,8 +594,7 @@ class Accounts:
             )
             return new
 
-        # signing in is the user's own act: the activity log names them, not "anonymous"
-        with context.use(dataclasses.replace(context.current(), actor=user_id)):
+        with acting_as(user_id):
             row = await self._change_user({"user_id": user_id}, decide)
         return {
             "session": secret,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from libs.service.config import ServiceConfig, check
+from services.identity.ldap.filters import DnError, parse_dn
 
 __all__ = ["IdentityConfig"]
 
@@ -15,6 +16,13 @@ def _positive(v: int) -> bool:
 
 def _port(v: int) -> bool:
     return 0 <= v <= 65535
+
+
+def _dn(v: str) -> bool:
+    try:
+        return bool(parse_dn(v))
+    except DnError:
+        return False
 
 
 _SECONDS = check(_positive, "a whole number of seconds > 0")
@@ -33,7 +41,11 @@ class IdentityConfig(ServiceConfig):
     # Per account: past this many failures within an hour, passwords are checked only for
     # addresses the account has signed in from before (the real user is not locked out).
     signin_account_limit: int = field(default=100, metadata=_COUNT)
-    # The read-only LDAP endpoint for apps; port 0 picks a free one, "" turns it off.
-    ldap_host: str = "127.0.0.1"
+    # The read-only LDAP endpoint for apps: the addresses it listens on, comma separated (in
+    # production the app networks' gateway addresses; "off" turns it off). Port 0 picks a free
+    # one, for tests: production sets a fixed port, since apps keep the one they were given.
+    ldap_host: tuple[str, ...] = ("127.0.0.1",)
     ldap_port: int = field(default=0, metadata=check(_port, "an integer 0-65535"))
-    ldap_base_dn: str = "dc=homeport,dc=local"
+    ldap_base_dn: str = field(
+        default="dc=homeport,dc=local", metadata=check(_dn, "a DN such as dc=homeport,dc=local")
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from importlib import import_module
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,6 +50,13 @@ class IdentityProjection(Projection):
     name: ClassVar[str] = "identity"
     schema: ClassVar[str] = "identity"
     migrations: ClassVar[Path | None] = Path(__file__).parent / "migrations"
+
+    def __init__(self) -> None:
+        # The other areas of identity add their read-model steps when imported; a replay in a
+        # process of its own (`homeport replay identity`) would otherwise skip their events.
+        import_module("services.identity.groups")
+        import_module("services.identity.ldap_apps")
+        import_module("services.identity.mfa")
 
     def wants(self, event: RecordedEvent) -> bool:
         return event.category in CATEGORIES

@@ -334,8 +334,8 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
         "up and healthy", lambda: "Dashboard:" in (stack.logs / "up.out").read_text(), 120
     )
     parts = stack.parts()
-    assert {"postgres", "nats", "relay", "gateway"} <= set(parts)
-    for name in ("relay", "gateway"):
+    assert {"postgres", "nats", "relay", "gateway", "identity"} <= set(parts)
+    for name in ("relay", "gateway", "identity"):
         assert _get(parts[name]["health"])[0] == 200
         assert _get(parts[name]["health"].replace("/healthz", "/readyz"))[0] == 200
     state = stack.state()
@@ -378,7 +378,7 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
     items = asyncio.run(scenario("before"))
     assert items[0]["type"] == "AppInstalled" and items[0]["target"] == "app-before"
 
-    for victim in ("gateway", "relay"):
+    for victim in ("gateway", "relay", "identity"):
         old = stack.parts()[victim]["pid"]
         os.kill(old, signal.SIGKILL)
         stack.wait_for(
@@ -404,6 +404,35 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
     assert r.returncode == 0 and "event chain intact" in r.stdout, r.stdout + r.stderr
     r = _homeport("status", "--data-dir", str(stack.data))
     assert r.returncode == 0, r.stdout + r.stderr
+
+    # What the banner says to do next works: create the administrator, then sign in.
+    assert "homeport setup --data-dir" in (stack.logs / "up.out").read_text()
+    secret = "a long admin passphrase"
+    setup = [
+        sys.executable, "-m", "cli.main", "setup", "--data-dir", str(stack.data),
+        "--username", "admin", "--email", "admin@example.test", "--password-stdin",
+    ]  # fmt: skip
+    r = subprocess.run(
+        setup, cwd=REPO, input=secret + "\n", capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Administrator admin created" in r.stdout and secret not in r.stdout + r.stderr
+    r = subprocess.run(
+        setup, cwd=REPO, input=secret + "\n", capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 1 and "already done" in r.stderr
+    api = stack.state()["dashboard_url"].rstrip("/") + "/api/v1"
+    login = urllib.request.Request(
+        api + "/session",
+        data=json.dumps({"username": "admin", "password": secret}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(login, timeout=10) as answer:
+        cookie = answer.headers["Set-Cookie"].split(";", 1)[0]
+    profile = urllib.request.Request(api + "/profile", headers={"Cookie": cookie})
+    with urllib.request.urlopen(profile, timeout=10) as answer:
+        assert json.loads(answer.read())["username"] == "admin"
 
     stack.proc.send_signal(signal.SIGTERM)
     assert stack.proc.wait(timeout=30) == 0, stack.output()

@@ -144,6 +144,11 @@ async def test_served_document_covers_the_production_table(
         "/status", "/activity", "/openapi.json", "/setup", "/session", "/profile", "/users",
         "/users/{user_id}/disable", "/users/{user_id}/enable", "/users/{user_id}",
         "/tasks/{task_id}", "/tasks/{task_id}/events",
+        "/groups", "/groups/{group_id}", "/groups/{group_id}/members/{user_id}", "/invitations",
+        "/invitations/{invitation_id}", "/invitations/accept", "/password-reset",
+        "/password-reset/complete", "/users/{user_id}/password-reset",
+        "/session/totp", "/profile/totp", "/profile/totp/confirm", "/profile/totp/disable",
+        "/profile/tokens", "/profile/tokens/{token_id}", "/settings/mfa",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]
     activity = doc["paths"]["/activity"]["get"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -369,3 +370,42 @@ async def test_replay_rebuilds_the_read_model(ident: Identity, dsn: str) -> None
     assert applied >= 4
     assert await ident.ask("users", {}) == before
     assert (await ident.ask("whoami", {"session": s["session"]}))["is_admin"] is True
+
+
+async def test_replay_from_a_fresh_process_keeps_every_area(ident: Identity, dsn: str) -> None:
+    """`homeport replay identity` runs in a process of its own: every area's events count."""
+    admin, alice = await with_alice(ident)
+    group = await ident.cmd("create_group", {"name": "family"}, actor=admin)
+    await ident.cmd(
+        "add_group_member", {"group_id": group["group_id"], "user_id": alice}, actor=admin
+    )
+    app = {
+        "app_id": "wiki",
+        "access": {"all_users": False, "user_ids": [], "groups": [group["group_id"]]},
+    }
+    await ident.cmd("ldap_register_app", app, actor=admin)
+    await ident.cmd("create_token", {"user_id": alice, "name": "ci", "scope": "read"})
+    enrolment = await ident.cmd("totp_enrol", {"user_id": alice})
+    assert enrolment["secret"]
+    before = (
+        await ident.ask("groups", {}),
+        await ident.ask("ldap_apps", {}, actor=admin),
+        await ident.ask("users", {}),
+        await ident.ask("tokens", {"user_id": alice}),
+        await ident.ask("totp_state", {"user_id": alice}),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", "replay", "identity", "--dsn", dsn,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    after = (
+        await ident.ask("groups", {}),
+        await ident.ask("ldap_apps", {}, actor=admin),
+        await ident.ask("users", {}),
+        await ident.ask("tokens", {"user_id": alice}),
+        await ident.ask("totp_state", {"user_id": alice}),
+    )
+    assert after == before
+    assert after[0]["items"][0]["members"] == [alice]

@@ -5,6 +5,7 @@ Every request goes through `_dispatcher`, in this order; the first refusal answe
 2. CSRF (POST/PUT/PATCH/DELETE only): a request from another origin 403;
 3. authentication (user and admin routes): no or invalid credentials 401;
 4. authorization: a non-admin on an admin route 403; a read-only token on a non-GET route 403;
+   an admin who must enrol a second factor first, on any route but ENROLMENT_ROUTES 403;
 5. path and query parameters against the route's schemas 400;
 6. the ownership check, if the route has one (admins pass) 403;
 7. the body: over the limit 413, not JSON 415, against the schema 400;
@@ -47,7 +48,7 @@ from services.gateway.api.security import (
 )
 from services.gateway.api.version import VERSION
 
-__all__ = ["API_PREFIX", "API_STATE", "ApiState", "build_api", "mount_api"]
+__all__ = ["API_PREFIX", "API_STATE", "ENROLMENT_ROUTES", "ApiState", "build_api", "mount_api"]
 
 log = logging.getLogger("homeport.gateway.api")
 
@@ -56,6 +57,17 @@ _NO_PARAMS: dict[str, Any] = {"type": "object", "properties": {}, "additionalPro
 _CHUNK = 64 * 1024
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 _INVALID_TOKEN = 'Bearer realm="homeport", error="invalid_token"'  # noqa: S105 - a header
+# What an admin may do while administrators must use TOTP and they have none yet (identity's
+# whoami says `totp_enrolment_required`): read the profile, enrol TOTP, sign out.
+ENROLMENT_ROUTES = frozenset(
+    {
+        "GET /profile",
+        "DELETE /session",
+        "GET /profile/totp",
+        "POST /profile/totp",
+        "POST /profile/totp/confirm",
+    }
+)
 
 
 @dataclass(eq=False)
@@ -165,6 +177,12 @@ async def _dispatch(state: ApiState, request: web.Request, cid: str) -> web.Stre
             raise Problem("forbidden", f"{route.label} is for administrators only")
         if principal.scope is Scope.read and not route.safe:
             raise Problem("forbidden", "this token is read-only: it may only GET")
+        if principal.totp_enrolment_required and route.label not in ENROLMENT_ROUTES:
+            raise Problem(
+                "forbidden",
+                "administrators must use a second factor: enrol TOTP first "
+                "(POST /profile/totp, then POST /profile/totp/confirm)",
+            )
         ctx = Context(actor=principal.user_id, correlation_id=cid, ip=ip)
 
     path = coerce_params(route.path_params or _NO_PARAMS, match.items())

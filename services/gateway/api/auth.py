@@ -4,7 +4,8 @@ Credentials are the session cookie `__Host-hp_session` or `Authorization: Bearer
 (the header wins when both are sent). The production Authenticator asks identity over the bus:
 
     hp.qry.identity.whoami  {"session": "<cookie value>"} or {"token": "<bearer token>"}
-      -> {"user_id": str, "username": str, "is_admin": bool, "scope": "full" | "read"}
+      -> {"user_id": str, "username": str, "is_admin": bool, "scope": "full" | "read",
+          "totp_enrolment_required"?: true}  (an admin who must enrol a second factor first)
       -> error `unauthorized` when the session or token is unknown, expired or revoked
 
 Nothing is cached: a revoked token or ended session is refused on the next request.
@@ -64,6 +65,7 @@ class Principal:
     is_admin: bool
     scope: Scope
     via: Via
+    totp_enrolment_required: bool = False  # only enrolment routes until TOTP is on (app.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,8 @@ def _principal(reply: Any, via: Via) -> Principal:
             and isinstance(is_admin, bool)
             and scope in (Scope.full.value, Scope.read.value)
         ):
-            return Principal(user_id, username, is_admin, Scope(scope), via)
+            enrol = reply.get("totp_enrolment_required") is True
+            return Principal(user_id, username, is_admin, Scope(scope), via, enrol)
     raise Internal(
         "identity answered whoami with an unexpected reply: "
         "want {user_id, username, is_admin, scope}"

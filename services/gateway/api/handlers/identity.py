@@ -17,7 +17,7 @@ from services.gateway.api.auth import SESSION_COOKIE, Via, credentials_of
 from services.gateway.api.routes import Access, Call, Reply, Routes
 from services.gateway.api.schemas import array, boolean, nullable, obj, string
 
-__all__ = ["SESSION_COOKIE_ATTRIBUTES", "routes", "session_cookie"]
+__all__ = ["SESSION", "SESSION_COOKIE_ATTRIBUTES", "routes", "session_cookie", "session_reply"]
 
 routes = Routes("identity")
 
@@ -44,7 +44,29 @@ SETUP_BODY = obj(
     {"username": USERNAME, "email": EMAIL, "password": PASSWORD, "display_name": DISPLAY_NAME},
     required=["username", "email", "password"],
 )
-LOGIN_BODY = obj({"username": USERNAME, "password": PASSWORD}, required=["username", "password"])
+TOTP_CODE = string(
+    minLength=6,
+    maxLength=12,
+    pattern="^[0-9 ]+$",
+    writeOnly=True,
+    description="the 6 digits the authenticator app shows (spaces are ignored)",
+)
+RECOVERY_CODE = string(
+    minLength=16,
+    maxLength=40,
+    pattern="^[A-Za-z0-9 _-]+$",
+    writeOnly=True,
+    description="one of the recovery codes shown at enrolment (xxxx-xxxx-xxxx-xxxx), once each",
+)
+LOGIN_BODY = obj(
+    {
+        "username": USERNAME,
+        "password": PASSWORD,
+        "totp": TOTP_CODE,
+        "recovery_code": RECOVERY_CODE,
+    },
+    required=["username", "password"],
+)
 NEW_USER_BODY = obj(
     {
         "username": USERNAME,
@@ -64,8 +86,30 @@ SESSION = obj(
         "username": string(),
         "is_admin": boolean(),
         "expires_at": string(format="date-time", description="when the session ends at the latest"),
+        "totp_enrolment_required": boolean(
+            const=True,
+            description=(
+                "present when administrators must use a second factor and this one has none: "
+                "until TOTP is enrolled, the session may only enrol it, read the profile and "
+                "sign out"
+            ),
+        ),
     },
     required=["user_id", "username", "is_admin", "expires_at"],
+)
+LOGIN_REPLY = obj(
+    {
+        **SESSION["properties"],
+        "totp_required": boolean(const=True, description="a second factor is needed"),
+        "ticket": string(
+            description="send it with a code to POST /session/totp within 5 minutes (once)"
+        ),
+    },
+    description=(
+        "Either the session (user_id, username, is_admin, expires_at; the cookie is set) or, "
+        "for an account with a second factor signing in without a code, "
+        "{totp_required: true, ticket} and no cookie."
+    ),
 )
 PROFILE = obj(
     {
@@ -101,10 +145,12 @@ async def setup(call: Call) -> Any:
     summary="Sign in: start a session and set its cookie",
     description=(
         f"Sets the {SESSION_COOKIE} cookie; the session id is never in the body. "
-        "A wrong username or password is 401, an address with too many failures 403."
+        "A wrong username or password is 401, an address with too many failures 403. "
+        "An account with a second factor answers {totp_required: true, ticket} without a "
+        "cookie, unless the body carries totp or recovery_code (a wrong one is 401 too)."
     ),
     body=LOGIN_BODY,
-    responses={200: SESSION},
+    responses={200: LOGIN_REPLY},
     problems=("unauthorized", "forbidden"),
 )
 async def login(call: Call) -> Any:
@@ -113,18 +159,9 @@ async def login(call: Call) -> Any:
     except Unauthorized:
         # One answer for every refusal, whatever identity said: never which part was wrong.
         raise Unauthorized(LOGIN_REFUSED) from None
-    session = _get(reply, "login", "session", str)
-    expires_at = _get(reply, "login", "expires_at", str)
-    if not _COOKIE_VALUE.fullmatch(session):
-        raise Internal("identity answered login with a session id unfit for a cookie")
-    body = {
-        "user_id": _get(reply, "login", "user_id", str),
-        "username": _get(reply, "login", "username", str),
-        "is_admin": _get(reply, "login", "is_admin", bool),
-        "expires_at": expires_at,
-    }
-    max_age = _seconds_until(expires_at)
-    return Reply(body, headers={"Set-Cookie": session_cookie(session, max_age)})
+    if isinstance(reply, dict) and reply.get("totp_required") is True:
+        return {"totp_required": True, "ticket": _get(reply, "login", "ticket", str)}
+    return session_reply(reply, "login")
 
 
 @routes.delete(
@@ -220,6 +257,25 @@ async def delete_user(call: Call) -> Any:
     return Reply(status=204)
 
 
+def session_reply(reply: Any, what: str) -> Reply:
+    """The answer to a sign-in that identity turned into a session: the cookie, and the
+    session's public facts in the body."""
+    session = _get(reply, what, "session", str)
+    expires_at = _get(reply, what, "expires_at", str)
+    if not _COOKIE_VALUE.fullmatch(session):
+        raise Internal(f"identity answered {what} with a session id unfit for a cookie")
+    body = {
+        "user_id": _get(reply, what, "user_id", str),
+        "username": _get(reply, what, "username", str),
+        "is_admin": _get(reply, what, "is_admin", bool),
+        "expires_at": expires_at,
+    }
+    if reply.get("totp_enrolment_required") is True:
+        body["totp_enrolment_required"] = True
+    max_age = _seconds_until(expires_at, what)
+    return Reply(body, headers={"Set-Cookie": session_cookie(session, max_age)})
+
+
 def session_cookie(session: str, max_age: int) -> str:
     """The Set-Cookie value of the session cookie (empty with max_age 0: clear it)."""
     return f"{SESSION_COOKIE}={session}; {SESSION_COOKIE_ATTRIBUTES}; Max-Age={max_age}"
@@ -230,16 +286,16 @@ def _user_id(call: Call) -> dict[str, Any]:
     return {"user_id": str(call.path["user_id"]).lower()}
 
 
-def _seconds_until(expires_at: str) -> int:
+def _seconds_until(expires_at: str, what: str) -> int:
     try:
         when = datetime.fromisoformat(expires_at)
     except ValueError:
         when = None
     if when is None or when.tzinfo is None:
-        raise Internal(f"identity answered login with expires_at {expires_at!r:.60}, not a time")
+        raise Internal(f"identity answered {what} with expires_at {expires_at!r:.60}, not a time")
     seconds = math.floor((when - datetime.now(UTC)).total_seconds())
     if seconds <= 0:
-        raise Internal("identity answered login with a session that has already expired")
+        raise Internal(f"identity answered {what} with a session that has already expired")
     return seconds
 
 
