@@ -27,6 +27,7 @@ from libs.events.bus import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from libs.events.errors import ConcurrencyError
 from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
+from services.identity import changes
 from services.identity import events as ev
 from services.identity.config import IdentityConfig
 from services.identity.passwords import (
@@ -161,6 +162,8 @@ class Accounts:
             Callable[[asyncpg.Record, Mapping[str, Any]], Awaitable[Mapping[str, Any] | None]]
             | None
         ) = None
+        # Tells gateways whose cached whoami answers a committed transaction changed.
+        self.announce: Callable[[changes.Changes], Awaitable[None]] | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -196,18 +199,27 @@ class Accounts:
     # -- transactions ----------------------------------------------------------------------------
 
     async def write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run `fn` in one transaction; a taken name or email becomes a Conflict naming it."""
-        async with self.pool.acquire() as conn:
-            try:
-                async with conn.transaction():
-                    return await fn(conn)
-            except asyncpg.UniqueViolationError as e:
-                constraint = e.constraint_name or ""
-                if "username" in constraint:
-                    raise Conflict("that username is taken", field="username") from None
-                if "email" in constraint:
-                    raise Conflict("that email belongs to another account", field="email") from None
-                raise
+        """Run `fn` in one transaction; a taken name or email becomes a Conflict naming it.
+
+        Every change goes through here: once the transaction commits, the users whose whoami
+        answer it changed are announced (changes.py), before the command replies."""
+        with changes.collecting() as changed:
+            async with self.pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        result = await fn(conn)
+                except asyncpg.UniqueViolationError as e:
+                    constraint = e.constraint_name or ""
+                    if "username" in constraint:
+                        raise Conflict("that username is taken", field="username") from None
+                    if "email" in constraint:
+                        raise Conflict(
+                            "that email belongs to another account", field="email"
+                        ) from None
+                    raise
+        if changed and self.announce is not None:
+            await self.announce(changed)
+        return result
 
     async def append(self, stream: str, new: list[Any], expected: int | None = None) -> list[Any]:
         return await self.write(lambda conn: apply_inline(self.store, conn, stream, new, expected))
@@ -235,6 +247,16 @@ class Accounts:
         if row is None or row["disabled"] or not row["is_admin"]:
             raise Forbidden("only an administrator may do this")
         return actor
+
+    async def require_self_or_admin(self, user_id: str) -> None:
+        """The caller acts on their own account, or is an administrator (or the platform)."""
+        if context.current().actor != user_id:
+            await self.require_admin()
+
+    def require_self(self, user_id: str) -> None:
+        """Only the account's own user (or the platform) may do this, not even an admin."""
+        if context.current().actor not in (user_id, "system"):
+            raise Forbidden("only the account's own user may do this")
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -302,6 +324,7 @@ class Accounts:
 
     async def profile(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         fields(payload, {"user_id"})
+        await self.require_self_or_admin(user_id_of(payload))
         return self.profile_of(await self.require_user(user_id_of(payload)))
 
     async def users(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -423,6 +446,7 @@ class Accounts:
 
     async def update_profile(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         fields(payload, {"user_id", "email", "display_name"})
+        await self.require_self_or_admin(user_id_of(payload))
         email = _email(payload, required=False)
         display_name = _display_name(payload)
         clear = "display_name" in payload and not display_name
@@ -446,6 +470,7 @@ class Accounts:
 
     async def change_password(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         fields(payload, {"user_id", "current_password", "new_password", "session"})
+        self.require_self(user_id_of(payload))
         current = _password(payload, "current_password")
         new = _password(payload, "new_password")
         session = text(payload, "session", required=False, max_len=512)
@@ -615,7 +640,8 @@ class Accounts:
         if set(payload) != {"session"} or not isinstance(payload["session"], str):
             raise Invalid("send {session} or {token}", field="payload")
         row = await self.pool.fetchrow(
-            "SELECT s.session_id, s.last_seen, u.user_id, u.username, u.is_admin"
+            "SELECT s.session_id, s.last_seen, u.user_id, u.username, u.email, u.display_name,"
+            " u.is_admin, u.disabled"
             " FROM identity.sessions s JOIN identity.users u USING (user_id)"
             " WHERE s.session_hash = $1 AND NOT u.disabled AND s.expires_at > now()"
             " AND s.last_seen > now() - make_interval(secs => s.idle_seconds)",
@@ -628,11 +654,17 @@ class Accounts:
                 "UPDATE identity.sessions SET last_seen = now() WHERE session_id = $1",
                 row["session_id"],
             )
+        return self.principal_of(row, "full")
+
+    def principal_of(self, row: asyncpg.Record, scope: str) -> Principal:
+        """whoami's answer for a live credential of the user in `row` (a users row)."""
+        profile = self.profile_of(row)
         return {
-            "user_id": str(row["user_id"]),
-            "username": self.plain(row["username"]),
-            "is_admin": row["is_admin"],
-            "scope": "full",
+            "user_id": profile["user_id"],
+            "username": profile["username"],
+            "is_admin": profile["is_admin"],
+            "scope": scope,
+            "profile": profile,  # what GET /profile shows, so it needs no second query
         }
 
     async def logout(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -653,6 +685,7 @@ class Accounts:
     async def sessions(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         fields(payload, {"user_id", "session"})
         user_id = user_id_of(payload)
+        await self.require_self_or_admin(user_id)
         current = payload.get("session")
         mine = token_hash(current) if isinstance(current, str) else None
         rows = await self.pool.fetch(
@@ -679,6 +712,7 @@ class Accounts:
     async def revoke_session(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         fields(payload, {"user_id", "session_id"})
         user_id = user_id_of(payload)
+        await self.require_self_or_admin(user_id)
         session_id = uuid_of(payload, "session_id", "a session id")
         found = await self.pool.fetchval(
             "SELECT EXISTS (SELECT 1 FROM identity.sessions WHERE session_id = $1"

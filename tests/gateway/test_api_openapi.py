@@ -149,6 +149,7 @@ async def test_served_document_covers_the_production_table(
         "/password-reset/complete", "/users/{user_id}/password-reset",
         "/session/totp", "/profile/totp", "/profile/totp/confirm", "/profile/totp/disable",
         "/profile/tokens", "/profile/tokens/{token_id}", "/settings/mfa",
+        "/profile/password", "/profile/sessions", "/profile/sessions/{session_id}",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]
     activity = doc["paths"]["/activity"]["get"]

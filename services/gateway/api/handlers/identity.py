@@ -193,6 +193,96 @@ async def profile(call: Call) -> Any:
     return _profile(reply, "profile")
 
 
+PROFILE_CHANGE = obj(
+    {"email": EMAIL, "display_name": nullable(DISPLAY_NAME)},
+    description="only the fields sent change; display_name null or empty clears it",
+)
+PASSWORD_CHANGE = obj(
+    {"current_password": PASSWORD, "new_password": PASSWORD},
+    required=["current_password", "new_password"],
+)
+SESSION_ID = string(format="uuid", description="a session id (UUID), not the cookie value")
+SESSION_PATH = obj({"session_id": SESSION_ID}, required=["session_id"])
+SESSION_ITEM = obj(
+    {
+        "session_id": string(format="uuid"),
+        "ip": nullable(string()),
+        "user_agent": nullable(string()),
+        "started_at": string(format="date-time"),
+        "last_seen": string(format="date-time"),
+        "expires_at": string(format="date-time"),
+        "current": boolean(description="the session of this request"),
+    },
+    required=["session_id", "ip", "user_agent", "started_at", "last_seen", "expires_at", "current"],
+)
+SESSIONS = obj({"items": array(SESSION_ITEM)}, required=["items"])
+
+
+@routes.patch(
+    "/profile",
+    access=Access.user,
+    summary="Change the caller's email or display name",
+    body=PROFILE_CHANGE,
+    responses={200: PROFILE},
+    problems=("conflict",),
+)
+async def update_profile(call: Call) -> Any:
+    payload = {"user_id": call.user.user_id, **call.body}
+    if payload.get("display_name") is None and "display_name" in call.body:
+        payload["display_name"] = ""
+    reply = await call.command("identity", "update_profile", payload)
+    return _profile(reply, "update_profile")
+
+
+@routes.post(
+    "/profile/password",
+    access=Access.user,
+    summary="Change the caller's password (asks for the current one)",
+    description="Every other session of the account ends; this one stays.",
+    body=PASSWORD_CHANGE,
+    responses={204: None},
+)
+async def change_password(call: Call) -> Any:
+    payload = {"user_id": call.user.user_id, **call.body}
+    creds = credentials_of(call.request)
+    if creds is not None and creds.via is Via.session and creds.secret:
+        payload["session"] = creds.secret
+    await call.command("identity", "change_password", payload)
+    return Reply(status=204)
+
+
+@routes.get(
+    "/profile/sessions",
+    access=Access.user,
+    summary="The caller's open sessions",
+    responses={200: SESSIONS},
+)
+async def list_sessions(call: Call) -> Any:
+    payload: dict[str, Any] = {"user_id": call.user.user_id}
+    creds = credentials_of(call.request)
+    if creds is not None and creds.via is Via.session and creds.secret:
+        payload["session"] = creds.secret
+    reply = await call.ask("identity", "sessions", payload)
+    items = _get(reply, "sessions", "items", list)
+    keys = SESSION_ITEM["required"]
+    return {"items": [{k: item.get(k) for k in keys} for item in items if isinstance(item, dict)]}
+
+
+@routes.delete(
+    "/profile/sessions/{session_id}",
+    access=Access.user,
+    summary="End one of the caller's sessions",
+    path_params=SESSION_PATH,
+    responses={204: None},
+)
+async def revoke_session(call: Call) -> Any:
+    session_id = str(call.path["session_id"]).lower()
+    await call.command(
+        "identity", "revoke_session", {"user_id": call.user.user_id, "session_id": session_id}
+    )
+    return Reply(status=204)
+
+
 @routes.get(
     "/users",
     access=Access.admin,
