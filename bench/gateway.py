@@ -444,8 +444,9 @@ async def gateway_read_vs_bare(b: Bench) -> Result:
             bare_body = await resp.read()
         say(
             f"  GET {path}: wrk, 1 thread, {cfg.http_connections} connections, "
-            f"{cfg.http_seconds} s a round; ours: gateway -> whoami + profile queries over "
-            f"NATS -> identity -> Postgres (answer {len(dumps(body))} bytes of JSON); "
+            f"{cfg.http_seconds} s a round; ours: gateway -> its principal cache (1 s), on a "
+            "miss the whoami query (with the profile) over NATS -> identity -> Postgres "
+            f"(answer {len(dumps(body))} bytes of JSON); "
             f"baseline: bare aiohttp handler in its own process ({len(bare_body)} bytes); "
             "floor (not in the ratio): the same two NATS round trips and two queries with "
             "nothing else (bench/bare.py)"

@@ -68,7 +68,8 @@ async def dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
     admin = await asyncpg.connect(pg_server.dsn)
     try:
         left = await admin.fetch(
-            "SELECT pid, application_name, state, query FROM pg_stat_activity WHERE datname = $1",
+            "SELECT pid, application_name, state, query FROM pg_stat_activity WHERE datname = $1"
+            " AND backend_type = 'client backend'",  # not autovacuum workers
             name,
         )
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 
 from libs.events.errors import MigrationError
+from libs.events.pool import keep_session_state
 
 __all__ = ["Migration", "load_migrations", "migrate"]
 
@@ -52,6 +53,7 @@ async def migrate(conn: asyncpg.Connection, component: str, directory: Path) -> 
     """Apply the pending migrations of `component`; returns the versions applied now."""
     migrations = load_migrations(directory)
     applied_now: list[int] = []
+    keep_session_state(conn)
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
         await conn.execute(

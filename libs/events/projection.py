@@ -33,6 +33,7 @@ from nats.js import JetStreamContext, api
 
 from libs.events.envelope import RecordedEvent
 from libs.events.migrations import migrate
+from libs.events.pool import keep_session_state
 from libs.events.relay import (
     DEFAULT_PREFIX,
     DEFAULT_STREAM,
@@ -148,6 +149,7 @@ class ProjectionRunner:
         """Create the projection's schema, checkpoint table and read-model migrations."""
         s = self.projection.schema
         async with self.store.pool.acquire() as conn:
+            keep_session_state(conn)
             await conn.execute(
                 f"SELECT pg_advisory_lock({self._key});"
                 f"CREATE SCHEMA IF NOT EXISTS {s};"
@@ -283,6 +285,7 @@ class ProjectionRunner:
         s = self.projection.schema
         total = 0
         async with self.store.pool.acquire() as conn:
+            keep_session_state(conn)
             await conn.execute("SELECT pg_advisory_lock($1)", self._key)
             try:
                 async with conn.transaction():

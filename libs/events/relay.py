@@ -36,6 +36,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
 from libs.events.envelope import RecordedEvent, dumps
+from libs.events.pool import keep_session_state
 from libs.events.store import NOTIFY_CHANNEL, PostgresEventStore
 from libs.events.wiring import EventServiceKit
 from libs.service.config import ServiceConfig, load_config
@@ -197,6 +198,7 @@ class Relay:
     async def run(self) -> None:
         """Hold the relay lock, then publish until `stop()`; transient errors are retried."""
         async with self.store.pool.acquire() as lock_conn:
+            keep_session_state(lock_conn)
             while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
                 if await self._sleep(1.0):
                     return

@@ -31,6 +31,7 @@ from libs.events import context
 from libs.events.envelope import NewEvent, RecordedEvent, dumps
 from libs.events.errors import ConcurrencyError, EventStoreError
 from libs.events.migrations import migrate
+from libs.events.pool import open_pool
 from libs.events.registry import REGISTRY, EventRegistry
 from libs.service.metrics import EVENTS_APPENDED
 
@@ -133,7 +134,7 @@ class PostgresEventStore:
         run_migrations: bool = True,
     ) -> PostgresEventStore:
         """Connect a pool to `dsn` and bring the schema up to date."""
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        pool = await open_pool(dsn, min_size=min_size, max_size=max_size)
         try:
             if run_migrations:
                 async with pool.acquire() as conn:

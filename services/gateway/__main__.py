@@ -20,6 +20,7 @@ from services.gateway.api import (
     mount_api,
 )
 from services.gateway.api.handlers.tasks import TASK_STREAMS, TaskStreams
+from services.gateway.api.principals import IdentityChanges, PrincipalCache
 from services.gateway.config import GatewayConfig
 from services.gateway.projections import ActivityProjection
 from services.gateway.queries import activity_query
@@ -90,11 +91,16 @@ def build() -> Service:
 
     svc.http_app.router.add_get("/", home)
     backend = KitBackend(kit)
+    principals = PrincipalCache(api_cfg.principal_cache_seconds, api_cfg.principal_cache_size)
+    changes = IdentityChanges(principals, lambda: kit.nc)
+    svc.on_start(changes.start)  # after the kit connected NATS: it registered first
+    svc.on_stop(changes.stop)
     api = build_api(
         default_table(),
         backend=backend,
         authenticator=BusAuthenticator(backend.bus),
         config=api_cfg,
+        principal_cache=principals,
     )
     task_streams = TaskStreams()
     api[TASK_STREAMS] = task_streams

@@ -8,6 +8,7 @@ port: never a public address. Tests use loopback (127.0.0.1, port 0).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,10 +19,11 @@ from libs.events.sealing import Keyring
 from libs.events.wiring import EventServiceKit
 from libs.service.config import load_config
 from libs.service.runner import Service, main
+from services.identity import changes
 from services.identity.accounts import Accounts
 from services.identity.config import IdentityConfig
 from services.identity.directory import IdentityDirectory
-from services.identity.groups import register_groups
+from services.identity.groups import Groups, register_groups
 from services.identity.ldap_apps import LdapEndpoint
 from services.identity.mfa import register_mfa
 from services.identity.projections import IdentityProjection
@@ -76,6 +78,11 @@ def build() -> Service:
     async def open_accounts() -> None:
         keyring = await asyncio.to_thread(Keyring.open, cfg.keyring)
         acc = Accounts(kit.store, keyring, cfg)
+
+        async def announce(changed: changes.Changes) -> None:
+            await changes.announce(kit.nc, changed)
+
+        acc.announce = announce  # gateways drop what they cached of these users
         await ProjectionRunner(IdentityProjection(), kit.store).setup()
         shredded = await acc.shred_deleted()
         if shredded:
@@ -83,13 +90,22 @@ def build() -> Service:
         holder.append(acc)
         svc.spawn(prune_loop(), "identity.prune")
 
+    stopping = asyncio.Event()
+    areas: list[Groups] = []
+
     async def prune_loop() -> None:
-        while True:
+        while not stopping.is_set():
             try:
                 await accounts().prune()
+                for area in areas:
+                    await area.prune()
             except Exception:  # pruning is housekeeping: log and try again later
-                log.exception("pruning old sign-in failures failed")
-            await asyncio.sleep(PRUNE_EVERY)
+                log.exception("pruning old sign-in failures and invitations failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), PRUNE_EVERY)
+
+    async def stop_pruning() -> None:
+        stopping.set()
 
     async def close_keyring() -> None:
         if holder:
@@ -103,13 +119,14 @@ def build() -> Service:
     svc.on_start(open_accounts)
     svc.on_start(start_ldap)
     svc.on_stop(ldap.stop)
+    svc.on_stop(stop_pruning)
     svc.add_readiness_check("ldap", ldap.ready)
     svc.on_cleanup(close_keyring)
 
     def register_all(bus: Bus) -> None:
         register_mfa(bus, accounts())  # first: it extends the whoami that register() serves
         register(bus, accounts())
-        register_groups(bus, accounts())
+        areas.append(register_groups(bus, accounts()))
 
     kit.bus(register_all)
     kit.bus(ldap.register)

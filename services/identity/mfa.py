@@ -47,7 +47,7 @@ from services.identity.accounts import (
     uuid_of,
 )
 from services.identity.passwords import MAX_LENGTH, hash_password, needs_rehash, verify_password
-from services.identity.projections import LOCK_KEY, apply_inline, register_handler
+from services.identity.projections import LOCK_KEY, Effect, apply_inline, register_handler
 from services.identity.tokens import API_TOKEN_PREFIX, new_api_token, new_link_token, token_hash
 from services.identity.totp import (
     match_recovery_code,
@@ -171,9 +171,9 @@ async def _token_revoked(
 register_handler("TotpEnrolmentStarted", _enrolment_started, category="mfa")
 register_handler("TotpEnabled", _totp_enabled)
 register_handler("TotpDisabled", _totp_disabled)
-register_handler("SecondFactorUsed", _factor_used)
-register_handler("MfaPolicySet", _policy_set, category="identity")
-register_handler("ApiTokenCreated", _token_created, category="token")
+register_handler("SecondFactorUsed", _factor_used, effect=Effect.none)
+register_handler("MfaPolicySet", _policy_set, category="identity", effect=Effect.all)
+register_handler("ApiTokenCreated", _token_created, category="token", effect=Effect.none)
 register_handler("ApiTokenRevoked", _token_revoked)
 
 
@@ -620,20 +620,15 @@ class Mfa:
         if not token.startswith(API_TOKEN_PREFIX) or len(token) > _MAX_TOKEN:
             return None
         row = await self.pool.fetchrow(
-            "SELECT t.scope, u.user_id, u.username, u.is_admin"
-            " FROM identity.api_tokens t JOIN identity.users u USING (user_id)"
+            "SELECT t.scope, u.user_id, u.username, u.email, u.display_name, u.is_admin,"
+            " u.disabled FROM identity.api_tokens t JOIN identity.users u USING (user_id)"
             " WHERE t.token_hash = $1 AND NOT u.disabled"
             " AND (t.expires_at IS NULL OR t.expires_at > now())",
             token_hash(token),
         )
         if row is None:
             return None
-        return {
-            "user_id": str(row["user_id"]),
-            "username": self.accounts.plain(row["username"]),
-            "is_admin": row["is_admin"],
-            "scope": row["scope"],
-        }
+        return self.accounts.principal_of(row, row["scope"])
 
 
 def register_mfa(bus: Bus, accounts: Accounts) -> Mfa:

@@ -15,6 +15,9 @@ Consequences, each relied on:
   model needs no keyring to be rebuilt, and a deleted user's row goes with the user.
 - `sessions.last_seen` (idle timeout) is operational state, touched by whoami and not an event:
   a rebuild sets it to the sign-in time, so a rebuild may end sessions idle since then early.
+- Gateways cache whoami answers for up to a second: `apply_inline` notes the users whose answer
+  an event changes (each event type declares its `Effect`), and `Accounts.write` announces
+  them once the transaction commits (changes.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from importlib import import_module
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,9 +36,10 @@ from libs.events.envelope import RecordedEvent
 from libs.events.projection import Projection, _lock_key, register_projection
 from libs.events.registry import REGISTRY
 from libs.events.store import PostgresEventStore
+from services.identity import changes
 from services.identity import events as ev
 
-__all__ = ["CATEGORIES", "IdentityProjection", "apply_inline"]
+__all__ = ["CATEGORIES", "Effect", "IdentityProjection", "apply_inline", "register_handler"]
 
 # Stream categories identity writes; its read model applies exactly these (other areas of
 # identity add theirs with register_handler).
@@ -91,7 +96,33 @@ async def apply_inline(
     result = await store.append(stream, new, expected_version, conn=conn)
     recorded = await store.read_all(result.positions[0] - 1, len(result.positions), conn=conn)
     await IdentityProjection().apply(conn, recorded)
+    _note_changes(recorded)
     return recorded
+
+
+class Effect(StrEnum):
+    """What an event does to whoami's answers (who a credential is, with role and profile),
+    which gateways cache for up to a second."""
+
+    none = "none"  # nothing any cached answer holds (a new session or token, a failed sign-in)
+    user = "user"  # the answers of `data["user_id"]` change or end
+    all = "all"  # every answer may change (the admin TOTP policy)
+
+
+def _note_changes(recorded: Sequence[RecordedEvent]) -> None:
+    users: set[str] = set()
+    everyone = False
+    for r in recorded:
+        effect = _EFFECTS.get(r.type, Effect.user)
+        if r.type == "PasswordChanged" and r.data.get("rehash"):
+            effect = Effect.none  # the same password hashed anew at sign-in: sessions stay
+        user_id = r.data.get("user_id")
+        if effect is Effect.all:
+            everyone = True
+        elif effect is Effect.user and isinstance(user_id, str):
+            users.add(user_id)
+    if users or everyone:
+        changes.note(users, everyone=everyone)
 
 
 # -- one function per event type --------------------------------------------------------------
@@ -152,9 +183,10 @@ async def _password_changed(
     conn: asyncpg.Connection, e: ev.PasswordChanged, r: RecordedEvent
 ) -> None:
     await conn.execute(
-        "UPDATE identity.users SET password_hash = $2 WHERE user_id = $1",
+        "UPDATE identity.users SET password_hash = $2, version = $3 WHERE user_id = $1",
         e.user_id,
         e.password_hash,
+        r.version,
     )
     if not e.rehash:
         await conn.execute(
@@ -163,25 +195,24 @@ async def _password_changed(
             e.user_id,
             e.kept_session_id,
         )
-    await _bump(conn, e.user_id, r)
 
 
 async def _admin_changed(conn: asyncpg.Connection, e: ev.AdminChanged, r: RecordedEvent) -> None:
     await conn.execute(
-        "UPDATE identity.users SET is_admin = $2 WHERE user_id = $1", e.user_id, e.is_admin
+        "UPDATE identity.users SET is_admin = $2, version = $3 WHERE user_id = $1",
+        e.user_id,
+        e.is_admin,
+        r.version,
     )
-    await _bump(conn, e.user_id, r)
 
 
 async def _user_disabled(conn: asyncpg.Connection, e: ev.UserDisabled, r: RecordedEvent) -> None:
-    await conn.execute("UPDATE identity.users SET disabled = true WHERE user_id = $1", e.user_id)
+    await _bump(conn, e.user_id, r, ", disabled = true")
     await conn.execute("DELETE FROM identity.sessions WHERE user_id = $1", e.user_id)
-    await _bump(conn, e.user_id, r)
 
 
 async def _user_enabled(conn: asyncpg.Connection, e: ev.UserEnabled, r: RecordedEvent) -> None:
-    await conn.execute("UPDATE identity.users SET disabled = false WHERE user_id = $1", e.user_id)
-    await _bump(conn, e.user_id, r)
+    await _bump(conn, e.user_id, r, ", disabled = false")
 
 
 async def _user_deleted(conn: asyncpg.Connection, e: ev.UserDeleted, r: RecordedEvent) -> None:
@@ -248,13 +279,23 @@ _HANDLERS: dict[str, Any] = {
     "SessionEnded": _session_ended,
     "LoginFailed": _login_failed,
 }
+# Types left out change the whoami answers of their user.
+_EFFECTS: dict[str, Effect] = {
+    "PlatformSetUp": Effect.none,
+    "UserCreated": Effect.none,
+    "SessionStarted": Effect.none,
+    "LoginFailed": Effect.none,
+}
 
 
-def register_handler(event_type: str, handler: Any, category: str | None = None) -> None:
-    """Add the read-model step of another identity event type (groups, tokens, ...), and the
-    stream category it is written to."""
+def register_handler(
+    event_type: str, handler: Any, category: str | None = None, *, effect: Effect = Effect.user
+) -> None:
+    """Add the read-model step of another identity event type (groups, tokens, ...), the
+    stream category it is written to, and what it does to whoami's answers."""
     if category is not None:
         CATEGORIES.add(category)
     if event_type in _HANDLERS:
         raise ValueError(f"{event_type} already has a read-model handler")
     _HANDLERS[event_type] = handler
+    _EFFECTS[event_type] = effect

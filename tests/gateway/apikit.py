@@ -1,5 +1,6 @@
-"""Shared pieces of the API tests (no tests here): a stand-in identity service on the real bus,
-the API served on a real port, and the real gateway (`build()`) running in this process."""
+"""Shared pieces of the API tests (no tests here): the real identity service with the people of
+the tests (`cast`), the API served on a real port, and the real gateway (`build()`) running in
+this process."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,7 @@ from aiohttp.web_urldispatcher import PrefixedSubAppResource
 from multidict import CIMultiDictProxy
 from nats.aio.client import Client as NATS
 
-from libs.events import context
-from libs.events.bus import Bus, BusClient, Invalid, Unauthorized, Unavailable, error_from_wire
-from libs.events.context import Context
+from libs.events.bus import BusClient, Unavailable, error_from_wire
 from libs.service.runner import Service
 from services.gateway.api import (
     Access,
@@ -37,24 +36,8 @@ from services.gateway.api import (
 )
 from services.gateway.api.schemas import array, integer, nullable, obj, string
 from tests.events.relaykit import wait_until
+from tests.identity.kit import ADMIN, Identity, running_identity
 
-# Credentials the stand-in identity knows. Alice is a user, root an admin.
-SESSION_ALICE = "sess-alice-" + "a" * 40
-SESSION_ROOT = "sess-root-" + "r" * 40
-TOKEN_ALICE = "tok-alice-" + "A" * 40
-TOKEN_ALICE_READ = "tok-alice-read-" + "B" * 40
-TOKEN_ROOT = "tok-root-" + "R" * 40
-TOKEN_ROOT_READ = "tok-root-read-" + "S" * 40
-
-ALICE = {"user_id": "u-alice", "username": "alice", "is_admin": False}
-ROOT = {"user_id": "u-root", "username": "root", "is_admin": True}
-SESSIONS = {SESSION_ALICE: {**ALICE, "scope": "full"}, SESSION_ROOT: {**ROOT, "scope": "full"}}
-TOKENS = {
-    TOKEN_ALICE: {**ALICE, "scope": "full"},
-    TOKEN_ALICE_READ: {**ALICE, "scope": "read"},
-    TOKEN_ROOT: {**ROOT, "scope": "full"},
-    TOKEN_ROOT_READ: {**ROOT, "scope": "read"},
-}
 SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
     "X-Content-Type-Options": "nosniff",
@@ -63,50 +46,175 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
+# -- the real identity service and the people of the tests -----------------------------------
 
-@dataclass
-class Identity:
-    """Stand-in for the identity service: answers whoami and setup_state on the real bus."""
-
-    setup_done: bool = False
-    whoami_payloads: list[dict[str, Any]] = field(default_factory=list)
-    whoami_contexts: list[Context] = field(default_factory=list)
-    answer: dict[str, Any] | None = None  # overrides every whoami reply (malformed replies)
-    sessions: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(SESSIONS))
-
-    def register(self, bus: Bus) -> None:
-        @bus.query("whoami")
-        async def whoami(payload: dict[str, Any]) -> Any:
-            self.whoami_payloads.append(payload)
-            self.whoami_contexts.append(context.current())
-            if self.answer is not None:
-                return self.answer
-            if set(payload) == {"session"}:
-                who = self.sessions.get(payload["session"])
-            elif set(payload) == {"token"}:
-                who = TOKENS.get(payload["token"])
-            else:
-                raise Invalid("send {session} or {token}", field="payload")
-            if who is None:
-                raise Unauthorized("unknown, expired or revoked credentials")
-            return who
-
-        @bus.query("setup_state")
-        async def setup_state(payload: dict[str, Any]) -> Any:
-            return {"setup_done": self.setup_done}
+ROOT = ADMIN  # the administrator of setup (username root)
+ALICE = {"username": "alice", "email": "alice@example.test", "password": "alice's long phrase"}
+BOB = {"username": "bob", "email": "bob@example.test", "password": "bob's own long phrase"}
+CAST_IP = "192.0.2.10"  # where the cast was made from: their events and sign-ins carry it
+SCOPES = ("full", "read")
 
 
-@asynccontextmanager
-async def serve_identity(nc: NATS, identity: Identity | None = None) -> AsyncIterator[Identity]:
-    """Serve `identity` as service "identity" on `nc` until the block ends."""
-    ident = identity or Identity()
-    bus = Bus(nc, "identity")
-    ident.register(bus)
-    await bus.start()
-    try:
+@dataclass(frozen=True)
+class Cast:
+    """The people of the API tests, made for real by the identity service: root (the
+    administrator of setup), alice (a user) and, when asked for, bob (another user). Root and
+    alice have API tokens of scope full and read; each person has a session unless the cast
+    was made without them. A missing one fails the test that asks for it, naming the knob."""
+
+    identity: Identity
+    ids: Mapping[str, str]  # username -> user id
+    sessions: Mapping[str, str]  # username -> session secret
+    tokens: Mapping[str, str]  # "root", "root_read", "alice", "alice_read" -> token
+
+    @property
+    def root_id(self) -> str:
+        return self.ids["root"]
+
+    @property
+    def alice_id(self) -> str:
+        return self.ids["alice"]
+
+    @property
+    def bob_id(self) -> str:
+        return self._of(self.ids, "bob", "bob=True")
+
+    @property
+    def session_root(self) -> str:
+        return self._of(self.sessions, "root", "sessions=True")
+
+    @property
+    def session_alice(self) -> str:
+        return self._of(self.sessions, "alice", "sessions=True")
+
+    @property
+    def session_bob(self) -> str:
+        return self._of(self.sessions, "bob", "bob=True, sessions=True")
+
+    @property
+    def token_root(self) -> str:
+        return self.tokens["root"]
+
+    @property
+    def token_root_read(self) -> str:
+        return self.tokens["root_read"]
+
+    @property
+    def token_alice(self) -> str:
+        return self.tokens["alice"]
+
+    @property
+    def token_alice_read(self) -> str:
+        return self.tokens["alice_read"]
+
+    @staticmethod
+    def _of(made: Mapping[str, str], who: str, ask: str) -> str:
+        assert who in made, f"this cast was made without it: make_cast(..., {ask})"
+        return made[who]
+
+
+async def make_cast(ident: Identity, *, bob: bool = False, sessions: bool = True) -> Cast:
+    """Set up `ident` with root, create alice (and bob), sign each in once from CAST_IP unless
+    `sessions` is false, and give root and alice a full and a read token.
+
+    Argon2 is the cost (about 0.15 s a hash or a verification): one per account made and one
+    per session, overlapped where the order allows."""
+    root_id = await ident.set_up()
+
+    async def sign_in(who: dict[str, str]) -> tuple[str, str]:
+        reply = await ident.login(who["username"], who["password"], ip=CAST_IP)
+        return who["username"], str(reply["session"])
+
+    async def create(who: dict[str, str]) -> tuple[str, str]:
+        reply = await ident.cmd("create_user", dict(who), actor=root_id, ip=CAST_IP)
+        return who["username"], str(reply["user_id"])
+
+    async def token(username: str, scope: str) -> tuple[str, str]:
+        user_id = ids[username]
+        payload = {"user_id": user_id, "name": f"tests {scope}", "scope": scope}
+        reply = await ident.cmd("create_token", payload, actor=user_id, ip=CAST_IP)
+        return username + ("_read" if scope == "read" else ""), str(reply["token"])
+
+    people = [ALICE, BOB] if bob else [ALICE]
+    ids = {"root": root_id}
+    signed: dict[str, str] = {}
+
+    async def make_people() -> None:
+        ids.update(await asyncio.gather(*map(create, people)))
+
+    async def sign_in_all(who: list[dict[str, str]]) -> None:
+        if sessions:
+            signed.update(await asyncio.gather(*map(sign_in, who)))
+
+    # root signs in while the others are made; they sign in while the tokens are made
+    await asyncio.gather(make_people(), sign_in_all([ROOT]))
+    tokens, _ = await asyncio.gather(
+        asyncio.gather(*(token(who, scope) for who in ("root", "alice") for scope in SCOPES)),
+        sign_in_all(people),
+    )
+    return Cast(ident, ids=ids, sessions=signed, tokens=dict(tokens))
+
+
+async def root_token(ident: Identity) -> str:
+    """Set up `ident` with root alone and give him a full token: one argon2 hash, for tests
+    that only need to get past authentication (an administrator is a user too)."""
+    root_id = await ident.set_up()
+    payload = {"user_id": root_id, "name": "tests full", "scope": "full"}
+    reply = await ident.cmd("create_token", payload, actor=root_id, ip=CAST_IP)
+    return str(reply["token"])
+
+
+@pytest.fixture
+def identity_env() -> dict[str, str]:
+    """Extra environment of the identity service of a test (override it to change limits)."""
+    return {}
+
+
+@pytest.fixture
+async def identity(
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    identity_env: dict[str, str],
+) -> AsyncIterator[Identity]:
+    """The real identity service, before setup."""
+    async with running_identity(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, env=identity_env
+    ) as ident:
         yield ident
+
+
+@pytest.fixture
+async def cast(identity: Identity) -> Cast:
+    """The real identity service, set up, with root and alice (sessions and tokens)."""
+    return await make_cast(identity)
+
+
+@pytest.fixture
+async def token_cast(identity: Identity) -> Cast:
+    """Root and alice with their tokens but no sessions: two argon2 verifications fewer."""
+    return await make_cast(identity, sessions=False)
+
+
+async def events_in(dsn: str) -> list[dict[str, Any]]:
+    """Every event in the store (type, stream, data, meta), oldest first."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT type, stream, data::text, meta::text FROM events.events ORDER BY position"
+        )
     finally:
-        await bus.stop(grace=1)
+        await conn.close()
+    return [
+        {
+            "type": r["type"],
+            "stream": r["stream"],
+            "data": json.loads(r["data"]),
+            "meta": json.loads(r["meta"]),
+        }
+        for r in rows
+    ]
 
 
 class Connections:

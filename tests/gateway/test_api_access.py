@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 from nats.aio.client import Client as NATS
 
+from libs.events.bus import Bus
 from libs.events.context import Context
 from services.gateway.api import (
     API_STATE,
@@ -28,22 +29,16 @@ from services.gateway.api.schemas import obj, string
 from tests.events.relaykit import connect
 from tests.gateway.apikit import (
     ANY,
-    SESSION_ALICE,
-    SESSION_ROOT,
-    TOKEN_ALICE,
-    TOKEN_ALICE_READ,
-    TOKEN_ROOT,
-    TOKEN_ROOT_READ,
+    Cast,
     Client,
-    Identity,
     api_app_of,
     extended_table,
     running_gateway,
     serve_api,
-    serve_identity,
 )
+from tests.identity.kit import running_identity
 
-WRONG = "tok-nobody-" + "z" * 40
+WRONG = "hp_" + "z" * 43  # shaped like a token, known to nobody
 
 
 @pytest.fixture
@@ -63,9 +58,16 @@ def concrete(route: AbstractRoute) -> str:
     return re.sub(r"\{[^}]+\}", "abc", route.resource.canonical if route.resource else "")
 
 
-async def walk(client: Client, api: web.Application) -> dict[str, int]:
-    """Call every served route as anonymous, user, read-only user and admin; assert refusals."""
-    served = served_routes(api)
+def signs_out(entry: Route | None) -> bool:
+    return entry is not None and (entry.method, entry.path) == ("DELETE", "/session")
+
+
+async def walk(client: Client, api: web.Application, cast: Cast) -> dict[str, int]:
+    """Call every served route as anonymous, user, read-only user and admin; assert refusals.
+
+    The user is alice by her session, the admin root by his token. Signing out ends alice's
+    session for real, so that route is walked last."""
+    served = sorted(served_routes(api), key=lambda pair: signs_out(pair[1]))
     missing = [f"{r.method} {concrete(r)}" for r, e in served if e is None]
     assert not missing, f"routes served without a route-table entry: {missing}"
     table = api[API_STATE].table
@@ -80,8 +82,8 @@ async def walk(client: Client, api: web.Application) -> dict[str, int]:
 
         anon = await client.call(method, url)
         wrong = await client.call(method, url, token=WRONG)
-        user = await client.call(method, url, session=SESSION_ALICE)
-        admin = await client.call(method, url, token=TOKEN_ROOT)
+        user = await client.call(method, url, session=cast.session_alice)
+        admin = await client.call(method, url, token=cast.token_root)
         where = f"{method} {url} ({entry.access.value})"
         if entry.access is Access.anonymous:
             for a in (anon, wrong, user, admin):
@@ -100,10 +102,10 @@ async def walk(client: Client, api: web.Application) -> dict[str, int]:
         elif entry.owner is None:
             assert user.status not in (401, 403), (where, user.body)
         if not entry.safe:
-            for read in (TOKEN_ALICE_READ, TOKEN_ROOT_READ):
+            for read in (cast.token_alice_read, cast.token_root_read):
                 ro = await client.call(method, url, token=read)
                 assert ro.status in (401, 403), where
-                if entry.access is Access.user or read == TOKEN_ROOT_READ:
+                if entry.access is Access.user or read == cast.token_root_read:
                     assert ro.status == 403 and "read-only" in ro.problem["detail"], where
     return counts
 
@@ -114,17 +116,14 @@ async def test_walk_every_route_of_the_running_gateway(
     nats_url: str,
     uniq: str,
     tmp_path: Path,
-    nc: NATS,
+    cast: Cast,
 ) -> None:
     """The production wiring (services.gateway.__main__.build), every route it serves."""
-    async with (
-        serve_identity(nc),
-        running_gateway(
-            monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
-        ) as gw,
-    ):
+    async with running_gateway(
+        monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
+    ) as gw:
         api = api_app_of(gw.svc.http_app)
-        counts = await walk(gw.client, api)
+        counts = await walk(gw.client, api, cast)
     # anonymous: GET and HEAD of /status and /openapi.json, POST /setup, POST /session;
     # user: DELETE /session, GET and HEAD of /profile, /tasks/{task_id} and its /events;
     # admin: GET and HEAD of /activity and /users, POST /users, POST /users/{user_id}/disable
@@ -139,18 +138,15 @@ async def test_walk_every_route_of_the_running_gateway(
     assert counts == {"anonymous": 6 + 3 + 1, "user": 7 + 9 + 5, "admin": 8 + 14 + 3}
 
 
-async def test_walk_every_kind_of_route(nc: NATS) -> None:
+async def test_walk_every_kind_of_route(nc: NATS, cast: Cast) -> None:
     """The same walk over user, owner, admin, POST and DELETE routes (test-only routes)."""
     holder: list[web.Application] = []
-    async with (
-        serve_identity(nc),
-        serve_api(nc, table=extended_table(), api_hook=holder.append) as client,
-    ):
-        counts = await walk(client, holder[0])
+    async with serve_api(nc, table=extended_table(), api_hook=holder.append) as client:
+        counts = await walk(client, holder[0], cast)
     assert counts["user"] >= 4 and counts["admin"] >= 5 and counts["anonymous"] >= 8
 
 
-async def test_a_route_added_around_the_table_is_refused_and_found(nc: NATS) -> None:
+async def test_a_route_added_around_the_table_is_refused_and_found(nc: NATS, cast: Cast) -> None:
     ran: list[str] = []
 
     async def sneaky(request: web.Request) -> web.Response:
@@ -163,130 +159,141 @@ async def test_a_route_added_around_the_table_is_refused_and_found(nc: NATS) -> 
         api.router.add_get("/backdoor", sneaky)
         holder.append(api)
 
-    async with serve_identity(nc), serve_api(nc, api_hook=add_behind_the_tables_back) as client:
-        for creds in ({}, {"token": TOKEN_ROOT}):
+    async with serve_api(nc, api_hook=add_behind_the_tables_back) as client:
+        for creds in ({}, {"token": cast.token_root}):
             a = await client.call("GET", "/api/v1/backdoor", **creds)
             assert a.status == 500 and a.problem["code"] == "internal"
             assert "admin things" not in str(a.body)
         assert ran == []
         with pytest.raises(AssertionError, match=r"without a route-table entry.*backdoor"):
-            await walk(client, holder[0])
+            await walk(client, holder[0], cast)
 
 
-async def test_admin_user_and_owner_decisions(nc: NATS) -> None:
-    ident = Identity()
-    async with serve_identity(nc, ident), serve_api(nc, table=extended_table()) as client:
+async def test_admin_user_and_owner_decisions(nc: NATS, cast: Cast) -> None:
+    async with serve_api(nc, table=extended_table()) as client:
         # the owner check: alice may see her thing, not bob's; an admin may see both
-        ok = await client.call("GET", "/api/v1/things/alice", session=SESSION_ALICE)
+        ok = await client.call("GET", "/api/v1/things/alice", session=cast.session_alice)
         assert ok.status == 200 and ok.body == {"thing_id": "alice"}
-        no = await client.call("GET", "/api/v1/things/bob", token=TOKEN_ALICE)
+        no = await client.call("GET", "/api/v1/things/bob", token=cast.token_alice)
         assert no.status == 403 and no.problem["code"] == "forbidden"
         for thing in ("alice", "bob"):
-            a = await client.call("GET", f"/api/v1/things/{thing}", session=SESSION_ROOT)
+            a = await client.call("GET", f"/api/v1/things/{thing}", session=cast.session_root)
             assert a.status == 200
         # path parameters are validated after authorization, before the owner check
-        a = await client.call("GET", "/api/v1/things/BOB", token=TOKEN_ALICE)
+        a = await client.call("GET", "/api/v1/things/BOB", token=cast.token_alice)
         assert a.status == 400 and a.problem["field"] == "thing_id"
         a = await client.call("GET", "/api/v1/things/BOB")
         assert a.status == 401
         # DELETE is admin-only
-        a = await client.call("DELETE", "/api/v1/things/alice", token=TOKEN_ALICE)
+        a = await client.call("DELETE", "/api/v1/things/alice", token=cast.token_alice)
         assert a.status == 403
-        a = await client.call("DELETE", "/api/v1/things/alice", token=TOKEN_ROOT)
+        a = await client.call("DELETE", "/api/v1/things/alice", token=cast.token_root)
         assert a.status == 204 and a.body == b""
         # the handler sees who called, as actor, and how
-        a = await client.call("POST", "/api/v1/echo", session=SESSION_ALICE, body={"name": "x"})
+        echo = {"name": "x"}
+        a = await client.call("POST", "/api/v1/echo", session=cast.session_alice, body=echo)
         assert a.status == 200, a.body
-        assert a.body["actor"] == "u-alice" and a.body["user"] == "alice"
+        assert a.body["actor"] == cast.alice_id and a.body["user"] == "alice"
         assert a.body["via"] == "session" and a.body["ip"] == "127.0.0.1"
-        a = await client.call("POST", "/api/v1/echo", token=TOKEN_ALICE, body={"name": "x"})
+        a = await client.call("POST", "/api/v1/echo", token=cast.token_alice, body=echo)
         assert a.body["via"] == "token"
         # X-Real-IP is believed from a proxy on loopback (nginx), and only if it is an address
         for real, ip in (("198.51.100.7", "198.51.100.7"), ("not-an-ip", "127.0.0.1")):
             a = await client.call(
-                "POST", "/api/v1/echo", token=TOKEN_ALICE, body={"name": "x"},
+                "POST", "/api/v1/echo", token=cast.token_alice, body=echo,
                 headers={"X-Real-IP": real},
             )  # fmt: skip
             assert a.body["ip"] == ip
         # the header wins over the cookie
-        a = await client.call("GET", "/api/v1/me", token=TOKEN_ROOT, session=SESSION_ALICE)
-        assert a.body == {"user_id": "u-root", "scope": "full"}
-    # whoami got exactly {session} or {token}, with the request's correlation id and ip
-    assert {"session": SESSION_ALICE} in ident.whoami_payloads
-    assert {"token": TOKEN_ALICE} in ident.whoami_payloads
-    assert all(len(p) == 1 for p in ident.whoami_payloads)
-    assert all(c.ip in ("127.0.0.1", "198.51.100.7") for c in ident.whoami_contexts)
-    assert all(c.correlation_id and c.actor == "anonymous" for c in ident.whoami_contexts)
+        a = await client.call(
+            "GET", "/api/v1/me", token=cast.token_root, session=cast.session_alice
+        )
+        assert a.body == {"user_id": cast.root_id, "scope": "full"}
 
 
-async def test_read_only_tokens_may_only_read(nc: NATS) -> None:
-    async with serve_identity(nc), serve_api(nc, table=extended_table()) as client:
-        a = await client.call("GET", "/api/v1/me", token=TOKEN_ALICE_READ)
-        assert a.status == 200 and a.body == {"user_id": "u-alice", "scope": "read"}
-        a = await client.call("HEAD", "/api/v1/activity", token=TOKEN_ROOT_READ)
+async def test_read_only_tokens_may_only_read(nc: NATS, cast: Cast) -> None:
+    alice_read, root_read = cast.token_alice_read, cast.token_root_read
+    async with serve_api(nc, table=extended_table()) as client:
+        a = await client.call("GET", "/api/v1/me", token=alice_read)
+        assert a.status == 200 and a.body == {"user_id": cast.alice_id, "scope": "read"}
+        a = await client.call("HEAD", "/api/v1/activity", token=root_read)
         assert a.status != 403
         for method, path, body in (
             ("POST", "/api/v1/echo", {"name": "x"}),
             ("POST", "/api/v1/poke", None),
             ("DELETE", "/api/v1/things/alice", None),
         ):
-            for token in (TOKEN_ALICE_READ, TOKEN_ROOT_READ):
+            for token in (alice_read, root_read):
                 a = await client.call(method, path, token=token, body=body)
-                if token == TOKEN_ALICE_READ and path != "/api/v1/echo":
+                if token == alice_read and path != "/api/v1/echo":
                     assert a.status == 403  # not an admin, whatever the scope
                 else:
                     assert a.status == 403 and "read-only" in a.problem["detail"], (path, a.body)
-        a = await client.call("POST", "/api/v1/poke", token=TOKEN_ROOT)
+        a = await client.call("POST", "/api/v1/poke", token=cast.token_root)
         assert a.status == 204
 
 
-async def test_bad_credentials_and_identity_trouble(nc: NATS) -> None:
+async def test_bad_credentials_and_identity_trouble(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path, nc: NATS
+) -> None:
+    malformed = (
+        {"Authorization": "Basic YWxpY2U6cGFzc3dvcmQ="},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer two words"},
+        {"Authorization": f"Bearer {'x' * 600}"},
+        {"Cookie": "__Host-hp_session=caf\u00e9"},
+    )
     async with serve_api(nc, table=extended_table()) as client:
         # identity is not running: who the caller is cannot be decided
-        a = await client.call("GET", "/api/v1/me", token=TOKEN_ALICE)
+        a = await client.call("GET", "/api/v1/me", token=WRONG)
         assert a.status == 503 and a.problem["code"] == "unavailable"
         # without credentials nothing needs asking
         a = await client.call("GET", "/api/v1/me")
         assert a.status == 401
-        ident = Identity()
-        async with serve_identity(nc, ident):
-            for headers in (
-                {"Authorization": "Basic YWxpY2U6cGFzc3dvcmQ="},
-                {"Authorization": "Bearer"},
-                {"Authorization": "Bearer two words"},
-                {"Authorization": f"Bearer {'x' * 600}"},
-                {"Cookie": "__Host-hp_session=caf\u00e9"},
-            ):
+        # malformed credentials never reach identity: refused while it is away
+        for headers in malformed:
+            a = await client.call("GET", "/api/v1/me", headers=headers)
+            assert a.status == 401, headers
+            assert a.problem["code"] == "unauthorized"
+        async with running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path):
+            for headers in malformed:
                 a = await client.call("GET", "/api/v1/me", headers=headers)
-                assert a.status == 401, headers
-                assert a.problem["code"] == "unauthorized"
-            assert ident.whoami_payloads == []  # malformed credentials never reach identity
+                assert a.status == 401 and a.problem["code"] == "unauthorized", headers
             a = await client.call("GET", "/api/v1/me", token=WRONG)
             assert a.status == 401
             assert 'error="invalid_token"' in a.headers["WWW-Authenticate"]
-            # a whoami reply off the contract is an internal error, not a login
-            ident.answer = {"user_id": "u-x", "username": "x", "is_admin": "yes", "scope": "full"}
-            a = await client.call("GET", "/api/v1/me", token=TOKEN_ALICE)
-            assert a.status == 500 and a.problem["code"] == "internal"
-            assert "is_admin" not in a.problem["detail"]
+
+        # Fault injection: an identity whose whoami answers off the contract (the real service
+        # cannot be made to). A reply that is not a principal is an internal error, not a login.
+        liar = Bus(nc, "identity")
+
+        @liar.query("whoami")
+        async def whoami(payload: dict[str, Any]) -> Any:
+            return {"user_id": "u-x", "username": "x", "is_admin": "yes", "scope": "full"}
+
+        await liar.start()
+        try:
+            a = await client.call("GET", "/api/v1/me", token="hp_" + "q" * 43)
+        finally:
+            await liar.stop(grace=1)
+        assert a.status == 500 and a.problem["code"] == "internal"
+        assert "is_admin" not in a.problem["detail"]
 
 
-async def test_bus_authenticator_contract(nc: NATS) -> None:
+async def test_bus_authenticator_contract(nc: NATS, cast: Cast) -> None:
     from libs.events.bus import BusClient
 
     auth = BusAuthenticator(lambda: BusClient(nc))
     ctx = Context(actor="anonymous", correlation_id="c-1", ip="192.0.2.1")
-    async with serve_identity(nc) as ident:
-        p = await auth.authenticate(Credentials(Via.session, SESSION_ROOT), ctx)
-        assert p is not None and (p.user_id, p.username, p.is_admin) == ("u-root", "root", True)
-        assert p.scope.value == "full" and p.via is Via.session
-        p = await auth.authenticate(Credentials(Via.token, TOKEN_ALICE_READ), ctx)
-        assert p is not None and p.scope.value == "read" and p.via is Via.token
-        assert await auth.authenticate(Credentials(Via.token, WRONG), ctx) is None
-        assert await auth.authenticate(Credentials(Via.token, malformed=True), ctx) is None
-    assert ident.whoami_contexts[0].correlation_id == "c-1"
-    assert ident.whoami_contexts[0].ip == "192.0.2.1"
-    assert "tok-" not in repr(Credentials(Via.token, TOKEN_ALICE))
+    p = await auth.authenticate(Credentials(Via.session, cast.session_root), ctx)
+    assert p is not None and (p.user_id, p.username, p.is_admin) == (cast.root_id, "root", True)
+    assert p.scope.value == "full" and p.via is Via.session
+    p = await auth.authenticate(Credentials(Via.token, cast.token_alice_read), ctx)
+    assert p is not None and p.scope.value == "read" and p.via is Via.token
+    assert (p.user_id, p.username, p.is_admin) == (cast.alice_id, "alice", False)
+    assert await auth.authenticate(Credentials(Via.token, WRONG), ctx) is None
+    assert await auth.authenticate(Credentials(Via.token, malformed=True), ctx) is None
+    assert cast.token_alice not in repr(Credentials(Via.token, cast.token_alice))
 
 
 async def dummy(call: Any) -> Any:

@@ -16,15 +16,14 @@ from services.gateway.api.problems import PROBLEM_TYPE
 from tests.events.relaykit import connect
 from tests.gateway.apikit import (
     SECURITY_HEADERS,
-    SESSION_ALICE,
-    TOKEN_ALICE,
-    TOKEN_ROOT,
     Answer,
+    Cast,
     Client,
     extended_table,
+    root_token,
     serve_api,
-    serve_identity,
 )
+from tests.identity.kit import Identity
 
 MIB = 1024 * 1024
 PUBLIC = "https://my.example.com"
@@ -39,10 +38,9 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
 
 @pytest.fixture
 async def client(nc: NATS) -> AsyncIterator[Client]:
-    async with (
-        serve_identity(nc),
-        serve_api(nc, table=extended_table(), config=ApiConfig(public_origin=PUBLIC)) as c,
-    ):
+    """The API. A test that calls it with credentials also asks for `identity` or a cast, which
+    runs the real identity service; anonymous calls never reach identity."""
+    async with serve_api(nc, table=extended_table(), config=ApiConfig(public_origin=PUBLIC)) as c:
         yield c
 
 
@@ -85,35 +83,38 @@ def assert_secure(a: Answer) -> None:
         ("colour=red", "colour"),
     ],
 )
-async def test_bad_query_parameters_name_the_field(client: Client, query: str, field: str) -> None:
-    a = await client.call("GET", f"/api/v1/activity?{query}", token=TOKEN_ROOT)
+async def test_bad_query_parameters_name_the_field(
+    client: Client, identity: Identity, query: str, field: str
+) -> None:
+    a = await client.call("GET", f"/api/v1/activity?{query}", token=await root_token(identity))
     p = assert_problem(a, 400, "invalid", field)
     assert field in p["detail"]
     assert a.headers["Cache-Control"] == "no-store"
 
 
-async def test_unknown_routes_and_methods(client: Client) -> None:
+async def test_unknown_routes_and_methods(client: Client, cast: Cast) -> None:
     for path in ("/api/v1/nope", "/api/v1", "/api/v1/", "/api/v1/status/", "/api/v1/STATUS"):
         assert_problem(await client.call("GET", path), 404, "not_found")
     a = await client.call("POST", "/api/v1/status")
     assert_problem(a, 405, "method_not_allowed")
     assert a.headers["Allow"] == "GET, HEAD"
-    a = await client.call("PUT", "/api/v1/things/alice", token=TOKEN_ROOT)
+    a = await client.call("PUT", "/api/v1/things/alice", token=cast.token_root)
     assert_problem(a, 405, "method_not_allowed")
     assert a.headers["Allow"] == "DELETE, GET, HEAD"
     # a state change over GET: POST-only routes answer 405 to GET
-    a = await client.call("GET", "/api/v1/echo", session=SESSION_ALICE)
+    a = await client.call("GET", "/api/v1/echo", session=cast.session_alice)
     assert_problem(a, 405, "method_not_allowed")
     assert a.headers["Allow"] == "POST"
 
 
-async def test_bodies_json_only_within_the_limit(client: Client) -> None:
+async def test_bodies_json_only_within_the_limit(client: Client, token_cast: Cast) -> None:
     path = "/api/v1/echo"
-    a = await client.call("POST", path, token=TOKEN_ALICE, body={"name": "ok", "tags": ["a"]})
+    alice = token_cast.token_alice
+    a = await client.call("POST", path, token=alice, body={"name": "ok", "tags": ["a"]})
     assert a.status == 200 and a.body["body"] == {"name": "ok", "tags": ["a"]}
     assert_secure(a)
     ok = {"Content-Type": "application/json; charset=utf-8"}
-    a = await client.call("POST", path, token=TOKEN_ALICE, headers=ok, data=b'{"name": "x"}')
+    a = await client.call("POST", path, token=alice, headers=ok, data=b'{"name": "x"}')
     assert a.status == 200
     for ctype in (
         "text/plain",
@@ -121,14 +122,14 @@ async def test_bodies_json_only_within_the_limit(client: Client) -> None:
         "application/json; charset=latin-1",
     ):
         a = await client.call(
-            "POST", path, token=TOKEN_ALICE, headers={"Content-Type": ctype}, data=b'{"name":"x"}'
+            "POST", path, token=alice, headers={"Content-Type": ctype}, data=b'{"name":"x"}'
         )
         assert_problem(a, 415, "unsupported_media_type")
-    a = await client.call("POST", path, token=TOKEN_ALICE, data=b'{"name":"x"}')
+    a = await client.call("POST", path, token=alice, data=b'{"name":"x"}')
     assert_problem(a, 415, "unsupported_media_type")
     # over 1 MiB: refused by Content-Length, and when streamed without one
     big = b'{"name": "' + b"x" * MIB + b'"}'
-    a = await client.call("POST", path, token=TOKEN_ALICE, headers=ok, data=io.BytesIO(big))
+    a = await client.call("POST", path, token=alice, headers=ok, data=io.BytesIO(big))
     assert_problem(a, 413, "payload_too_large")
 
     async def stream() -> AsyncIterator[bytes]:
@@ -137,7 +138,7 @@ async def test_bodies_json_only_within_the_limit(client: Client) -> None:
             yield b"y" * 65536
         yield b'"}'
 
-    a = await client.call("POST", path, token=TOKEN_ALICE, headers=ok, data=stream())
+    a = await client.call("POST", path, token=alice, headers=ok, data=stream())
     assert_problem(a, 413, "payload_too_large")
     # a route may set its own limit
     a = await client.call("POST", "/api/v1/small", headers=ok, data=b'{"x": "' + b"y" * 40 + b'"}')
@@ -146,7 +147,7 @@ async def test_bodies_json_only_within_the_limit(client: Client) -> None:
     assert a.status == 201 and a.body == {"got": {"x": "y"}}
     assert a.headers["Location"] == "/api/v1/small/1"
     # a route without a body schema takes no body
-    a = await client.call("POST", "/api/v1/poke", token=TOKEN_ROOT, body={"x": 1})
+    a = await client.call("POST", "/api/v1/poke", token=token_cast.token_root, body={"x": 1})
     assert_problem(a, 400, "invalid")
 
 
@@ -177,10 +178,11 @@ async def test_bodies_json_only_within_the_limit(client: Client) -> None:
     ],
 )
 async def test_bad_bodies_name_the_first_bad_field(
-    client: Client, raw: bytes, field: str | None
+    client: Client, identity: Identity, raw: bytes, field: str | None
 ) -> None:
     ok = {"Content-Type": "application/json"}
-    a = await client.call("POST", "/api/v1/echo", token=TOKEN_ALICE, headers=ok, data=raw)
+    token = await root_token(identity)
+    a = await client.call("POST", "/api/v1/echo", token=token, headers=ok, data=raw)
     assert_problem(a, 400, "invalid", field)
 
 
@@ -242,7 +244,9 @@ async def test_errors_from_another_service_over_the_real_bus(nc: NATS, client: C
         await bus.stop(grace=1)
 
 
-async def test_get_routes_cannot_send_commands(nc: NATS, client: Client) -> None:
+async def test_get_routes_cannot_send_commands(
+    nc: NATS, client: Client, identity: Identity
+) -> None:
     seen: list[dict[str, Any]] = []
     bus = Bus(nc, "things")
 
@@ -253,7 +257,7 @@ async def test_get_routes_cannot_send_commands(nc: NATS, client: Client) -> None
 
     await bus.start()
     try:
-        a = await client.call("GET", "/api/v1/sneaky", token=TOKEN_ROOT)
+        a = await client.call("GET", "/api/v1/sneaky", token=await root_token(identity))
         assert_problem(a, 500, "internal")
     finally:
         await bus.stop(grace=1)
@@ -264,13 +268,13 @@ async def test_answers_off_their_schema_are_caught(client: Client) -> None:
     assert_problem(await client.call("GET", "/api/v1/wrong"), 500, "internal")
 
 
-async def test_security_headers_everywhere(client: Client) -> None:
+async def test_security_headers_everywhere(client: Client, token_cast: Cast) -> None:
     answers = [
         await client.call("GET", "/api/v1/status"),
         await client.call("HEAD", "/api/v1/status"),
         await client.call("GET", "/api/v1/openapi.json"),
         await client.call("GET", "/api/v1/activity"),
-        await client.call("GET", "/api/v1/activity", token=TOKEN_ALICE),
+        await client.call("GET", "/api/v1/activity", token=token_cast.token_alice),
         await client.call("GET", "/api/v1/nope"),
         await client.call("DELETE", "/api/v1/status"),
         await client.call("GET", "/api/v1/fail/crash"),
@@ -289,7 +293,7 @@ async def test_security_headers_everywhere(client: Client) -> None:
         assert "default-src 'self'" in a.headers["Content-Security-Policy"]
 
 
-async def test_csrf_cross_origin_state_changes_are_refused(client: Client) -> None:
+async def test_csrf_cross_origin_state_changes_are_refused(client: Client, cast: Cast) -> None:
     body = {"name": "x"}
     post = "/api/v1/echo"
     for headers in (
@@ -302,13 +306,13 @@ async def test_csrf_cross_origin_state_changes_are_refused(client: Client) -> No
         {"Sec-Fetch-Site": "cross-site"},
         {"Sec-Fetch-Site": "same-site"},
     ):
-        a = await client.call("POST", post, session=SESSION_ALICE, headers=headers, body=body)
+        a = await client.call("POST", post, session=cast.session_alice, headers=headers, body=body)
         p = assert_problem(a, 403, "forbidden")
         assert "cross-origin" in p["detail"], headers
         # the anonymous and the admin are refused alike, before anything else happens
         a = await client.call("POST", "/api/v1/small", headers=headers, body={"x": "y"})
         assert a.status == 403
-        a = await client.call("DELETE", "/api/v1/things/a", token=TOKEN_ROOT, headers=headers)
+        a = await client.call("DELETE", "/api/v1/things/a", token=cast.token_root, headers=headers)
         assert a.status == 403
     for headers in (
         {"Origin": PUBLIC},
@@ -318,7 +322,7 @@ async def test_csrf_cross_origin_state_changes_are_refused(client: Client) -> No
         {"Sec-Fetch-Site": "none"},
         {},  # not a browser: the CLI with a token
     ):
-        a = await client.call("POST", post, session=SESSION_ALICE, headers=headers, body=body)
+        a = await client.call("POST", post, session=cast.session_alice, headers=headers, body=body)
         assert a.status == 200, (headers, a.body)
     # reads from other origins are served but never readable by them (no CORS)
     a = await client.call("GET", "/api/v1/status", headers={"Origin": "https://evil.example.net"})
@@ -327,7 +331,7 @@ async def test_csrf_cross_origin_state_changes_are_refused(client: Client) -> No
 
 
 async def test_csrf_without_a_configured_origin_compares_the_host(nc: NATS) -> None:
-    async with serve_identity(nc), serve_api(nc, table=extended_table()) as client:
+    async with serve_api(nc, table=extended_table()) as client:
         host = client.base.removeprefix("http://")
         a = await client.call("POST", "/api/v1/small", headers={"Origin": client.base}, body={})
         assert a.status == 201, a.body
@@ -336,10 +340,10 @@ async def test_csrf_without_a_configured_origin_compares_the_host(nc: NATS) -> N
             assert_problem(a, 403, "forbidden")
 
 
-async def test_cors_only_for_exact_configured_origins(nc: NATS) -> None:
+async def test_cors_only_for_exact_configured_origins(nc: NATS, token_cast: Cast) -> None:
     partner = "https://partner.example.org"
     config = ApiConfig(public_origin=PUBLIC, cors_origins=(partner,))
-    async with serve_identity(nc), serve_api(nc, table=extended_table(), config=config) as client:
+    async with serve_api(nc, table=extended_table(), config=config) as client:
         a = await client.call("GET", "/api/v1/status", headers={"Origin": partner})
         assert a.headers["Access-Control-Allow-Origin"] == partner
         assert a.headers["Vary"] == "Origin"
@@ -359,7 +363,11 @@ async def test_cors_only_for_exact_configured_origins(nc: NATS) -> None:
         # the configured partner may also change state (it is trusted by configuration)
         named = {"name": "p"}
         a = await client.call(
-            "POST", "/api/v1/echo", token=TOKEN_ALICE, headers={"Origin": partner}, body=named
+            "POST",
+            "/api/v1/echo",
+            token=token_cast.token_alice,
+            headers={"Origin": partner},
+            body=named,
         )
         assert a.status == 200
 

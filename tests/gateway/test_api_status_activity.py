@@ -18,16 +18,8 @@ from libs.events.projection import ProjectionRunner
 from libs.events.store import PostgresEventStore
 from services.gateway.projections import ActivityProjection
 from tests.events.relaykit import connect
-from tests.gateway.apikit import (
-    SESSION_ALICE,
-    SESSION_ROOT,
-    TOKEN_ROOT,
-    TOKEN_ROOT_READ,
-    Identity,
-    running_gateway,
-    serve_api,
-    serve_identity,
-)
+from tests.gateway.apikit import make_cast, running_gateway, serve_api
+from tests.identity.kit import running_identity
 
 
 @pytest.fixture
@@ -44,7 +36,9 @@ async def store(dsn: str) -> AsyncIterator[PostgresEventStore]:
     await s.close()
 
 
-async def test_status_reports_version_setup_and_health(nc: NATS) -> None:
+async def test_status_reports_version_setup_and_health(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path, nc: NATS
+) -> None:
     async with serve_api(nc) as client:
         # identity is not running: reported unhealthy, setup state unknown, still 200
         a = await client.call("GET", "/api/v1/status")
@@ -58,15 +52,17 @@ async def test_status_reports_version_setup_and_health(nc: NATS) -> None:
                 {"name": "identity", "ok": False, "detail": "not running or not reachable"},
             ],
         }
-        ident = Identity(setup_done=False)
-        async with serve_identity(nc, ident):
+        async with running_identity(
+            monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path
+        ) as ident:
             a = await client.call("GET", "/api/v1/status")
             assert a.body["setup_done"] is False and a.body["ok"] is True
             assert a.body["services"][1] == {"name": "identity", "ok": True}
-            ident.setup_done = True
+            await ident.set_up()
             a = await client.call("GET", "/api/v1/status")
             assert a.body["setup_done"] is True
-        # an identity that answers nonsense is unhealthy too
+        # Fault injection: an identity that answers nonsense (the real one cannot be made to)
+        # is unhealthy too.
         bus = Bus(nc, "identity")
 
         @bus.query("setup_state")
@@ -83,6 +79,7 @@ async def test_status_reports_version_setup_and_health(nc: NATS) -> None:
 
 
 async def test_status_when_identity_hangs(nc: NATS) -> None:
+    """Fault injection: an identity that never answers (the real one cannot be made to hang)."""
     bus = Bus(nc, "identity")
     gate = asyncio.Event()
 
@@ -111,13 +108,25 @@ async def _seed(store: PostgresEventStore) -> None:
             await store.append("app-blog", [NewEvent("AppRestarted", {"i": i})])
 
 
-async def test_activity_pages_from_the_event_store(nc: NATS, store: PostgresEventStore) -> None:
+async def test_activity_pages_from_the_event_store(
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    nc: NATS,
+    store: PostgresEventStore,
+) -> None:
     await _seed(store)
     runner = ProjectionRunner(ActivityProjection(), store)
     await runner.setup()
     assert await runner.catch_up() == 7
-    async with serve_identity(nc), serve_api(nc, pool=store.pool) as client:
-        a = await client.call("GET", "/api/v1/activity", token=TOKEN_ROOT)
+    # the cast's own events come after the seven and are not caught up: the log shows the seven
+    async with (
+        running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path) as ident,
+        serve_api(nc, pool=store.pool) as client,
+    ):
+        cast = await make_cast(ident)
+        a = await client.call("GET", "/api/v1/activity", token=cast.token_root)
         assert a.status == 200, a.body
         items = a.body["items"]
         assert [i["position"] for i in items] == [7, 6, 5, 4, 3, 2, 1]
@@ -133,7 +142,7 @@ async def test_activity_pages_from_the_event_store(nc: NATS, store: PostgresEven
         seen: list[int] = []
         query = "limit=3"
         while True:
-            a = await client.call("GET", f"/api/v1/activity?{query}", session=SESSION_ROOT)
+            a = await client.call("GET", f"/api/v1/activity?{query}", session=cast.session_root)
             assert a.status == 200
             seen += [i["position"] for i in a.body["items"]]
             if a.body["next_cursor"] is None:
@@ -141,28 +150,30 @@ async def test_activity_pages_from_the_event_store(nc: NATS, store: PostgresEven
             query = f"limit=3&cursor={a.body['next_cursor']}"
         assert seen == [7, 6, 5, 4, 3, 2, 1]
         # filters reach activity_query
-        a = await client.call("GET", "/api/v1/activity?actor=u-root", token=TOKEN_ROOT)
+        a = await client.call("GET", "/api/v1/activity?actor=u-root", token=cast.token_root)
         assert [i["position"] for i in a.body["items"]] == [2, 1]
         a = await client.call(
-            "GET", "/api/v1/activity?type=UserCreated&target=user", token=TOKEN_ROOT_READ
+            "GET", "/api/v1/activity?type=UserCreated&target=user", token=cast.token_root_read
         )
         assert [i["type"] for i in a.body["items"]] == ["UserCreated"]
         a = await client.call(
             "GET", "/api/v1/activity?since=2000-01-01T00:00:00Z&until=2000-01-02T00:00:00Z",
-            token=TOKEN_ROOT,
+            token=cast.token_root,
         )  # fmt: skip
         assert a.body == {"items": [], "next_cursor": None}
         # activity_query's own checks still name the field
-        a = await client.call("GET", "/api/v1/activity?cursor=bm90LWEtY3Vyc29y", token=TOKEN_ROOT)
+        a = await client.call(
+            "GET", "/api/v1/activity?cursor=bm90LWEtY3Vyc29y", token=cast.token_root
+        )
         assert a.status == 400 and a.body["field"] == "cursor"
         a = await client.call(
             "GET",
             "/api/v1/activity?since=2026-11-22T09:00:00Z&until=2026-11-22T08:00:00Z",
-            token=TOKEN_ROOT,
+            token=cast.token_root,
         )
         assert a.status == 400 and a.body["field"] == "since"
         # only admins
-        a = await client.call("GET", "/api/v1/activity", session=SESSION_ALICE)
+        a = await client.call("GET", "/api/v1/activity", session=cast.session_alice)
         assert a.status == 403
         a = await client.call("GET", "/api/v1/activity")
         assert a.status == 401
@@ -180,20 +191,22 @@ async def test_activity_and_status_through_the_running_gateway(
     """The production wiring: the activity projection of the gateway and the API beside it."""
     await _seed(store)
     async with (
-        serve_identity(nc, Identity(setup_done=True)),
+        running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path) as ident,
         running_gateway(
             monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
         ) as gw,
     ):
+        cast = await make_cast(ident, sessions=False)  # its events follow the seven
         client = gw.client
         # the gateway caught up at start; what is appended now is caught up here
         with context.use(context.Context(actor="u-bob", ip="192.0.2.9")):
             await store.append("group-g1", [NewEvent("GroupCreated", {"name": "family"})])
+        last = await store.head()
         runner = ProjectionRunner(ActivityProjection(), store)
         await runner.catch_up()
-        a = await client.call("GET", "/api/v1/activity?limit=2", token=TOKEN_ROOT)
+        a = await client.call("GET", "/api/v1/activity?limit=2", token=cast.token_root)
         assert a.status == 200, a.body
-        assert [i["position"] for i in a.body["items"]] == [8, 7]
+        assert [i["position"] for i in a.body["items"]] == [last, last - 1]
         bob = a.body["items"][0]
         assert (bob["actor"], bob["type"], bob["target"], bob["ip"]) == (
             "u-bob",
@@ -202,7 +215,7 @@ async def test_activity_and_status_through_the_running_gateway(
             "192.0.2.9",
         )
         assert a.body["next_cursor"]
-        a = await client.call("GET", "/api/v1/activity?limit=0", token=TOKEN_ROOT)
+        a = await client.call("GET", "/api/v1/activity?limit=0", token=cast.token_root)
         assert a.status == 400 and a.body["field"] == "limit"
         a = await client.call("GET", "/api/v1/status")
         assert a.body["setup_done"] is True and a.body["ok"] is True
@@ -215,4 +228,4 @@ async def test_activity_and_status_through_the_running_gateway(
         from libs.events.bus import BusClient
 
         page = await BusClient(nc).query("gateway", "activity", {"limit": 1})
-        assert page["items"][0]["position"] == 8
+        assert page["items"][0]["position"] == last

@@ -122,7 +122,10 @@ async def test_login_whoami_logout(ident: Identity) -> None:
     assert len(s["session"]) >= 43  # 256 random bits, base64url
     assert s["idle_timeout_s"] == 1800
     who = await ident.ask("whoami", {"session": s["session"]})
+    profile = who.pop("profile")  # what GET /profile shows, folded in
     assert who == {"user_id": alice, "username": "Alice", "is_admin": False, "scope": "full"}
+    assert profile == await ident.ask("profile", {"user_id": alice}, actor=alice)
+    assert profile["disabled"] is False and profile["email"] == ALICE["email"]
     again = await ident.login("Alice", ALICE["password"])
     assert again["session"] != s["session"]  # a new id at every sign-in
     listed = await ident.ask("sessions", {"user_id": alice, "session": again["session"]})

@@ -223,6 +223,7 @@ async def test_two_step_login_with_a_ticket(ident: Identity, dsn: str) -> None:
     assert s["user_id"] == alice and s["username"] == "Alice" and len(s["session"]) >= 43
     assert "totp_enrolment_required" not in s
     who = await ident.ask("whoami", {"session": s["session"]})
+    assert who.pop("profile")["user_id"] == alice
     assert who == {"user_id": alice, "username": "Alice", "is_admin": False, "scope": "full"}
     sessions = await ident.ask("sessions", {"user_id": alice})
     assert sessions["items"][0]["user_agent"] == "test/1"
@@ -381,6 +382,7 @@ async def test_admins_can_be_required_to_enrol(ident: Identity) -> None:
     assert s["totp_enrolment_required"] is True and "session" in s
     for session in (s["session"], before["session"]):
         who = await ident.ask("whoami", {"session": session})
+        assert who.pop("profile")["is_admin"] is True
         assert who == {
             "user_id": admin,
             "username": "root",
@@ -434,6 +436,7 @@ async def test_tokens_create_list_use_revoke(ident: Identity, dsn: str) -> None:
 
     for reply, scope in ((full, "full"), (read, "read")):
         who = await ident.ask("whoami", {"token": reply["token"]})
+        assert who.pop("profile")["username"] == "Alice"
         assert who == {"user_id": alice, "username": "Alice", "is_admin": False, "scope": scope}
     everything = await dump(dsn)
     assert full["token"] not in everything and read["token"] not in everything

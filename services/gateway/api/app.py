@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,9 +36,10 @@ from services.gateway.api.auth import Authenticator, Principal, Scope, credentia
 from services.gateway.api.backend import Backend
 from services.gateway.api.config import ApiConfig
 from services.gateway.api.openapi import openapi_document
+from services.gateway.api.principals import CachingAuthenticator, PrincipalCache
 from services.gateway.api.problems import CORRELATION_ID, Problem, problems_middleware
 from services.gateway.api.routes import JSON, Access, Call, Reply, Route, RouteTable
-from services.gateway.api.schemas import coerce_params, validate
+from services.gateway.api.schemas import Schema, coerce_params, validate
 from services.gateway.api.security import (
     check_origin,
     client_ip,
@@ -79,6 +80,7 @@ class ApiState:
     authenticator: Authenticator
     config: ApiConfig
     check_responses: bool = False
+    principals: PrincipalCache | None = None  # dropped after every identity command (routes.py)
     entries: dict[AbstractRoute, Route] = field(default_factory=dict)
     _openapi: dict[str, Any] | None = None
 
@@ -99,12 +101,19 @@ def build_api(
     authenticator: Authenticator,
     config: ApiConfig | None = None,
     check_responses: bool = False,
+    principal_cache: PrincipalCache | None = None,
 ) -> web.Application:
     """The API application serving exactly the routes of `table`; mount it with mount_api.
 
     `check_responses` validates every answer against its declared schema (for tests).
+    `principal_cache` keeps the authenticator's answers (principals.py), kept in step with
+    identity by an IdentityChanges the caller starts.
     """
-    state = ApiState(table, backend, authenticator, config or ApiConfig(), check_responses)
+    if principal_cache is not None:
+        authenticator = CachingAuthenticator(authenticator, principal_cache)
+    state = ApiState(
+        table, backend, authenticator, config or ApiConfig(), check_responses, principal_cache
+    )
     app = web.Application(middlewares=[problems_middleware, _dispatcher(state)])
     for route in sorted(table, key=lambda r: (r.path, r.method)):
         methods = ("GET", "HEAD") if route.method == "GET" else (route.method,)
@@ -185,8 +194,8 @@ async def _dispatch(state: ApiState, request: web.Request, cid: str) -> web.Stre
             )
         ctx = Context(actor=principal.user_id, correlation_id=cid, ip=ip)
 
-    path = coerce_params(route.path_params or _NO_PARAMS, match.items())
-    query = coerce_params(route.query or _NO_PARAMS, request.query.items())
+    path = _params(route.path_params, match)
+    query = _params(route.query, request.query)
     call = Call(request, route, principal, ctx, path, query, None, state)
     if route.owner is not None and principal is not None and not principal.is_admin:
         if not await route.owner(call):
@@ -201,6 +210,13 @@ async def _dispatch(state: ApiState, request: web.Request, cid: str) -> web.Stre
     with context.use(ctx):
         result = await route.handler(call)
     return _render(state, route, result)
+
+
+def _params(schema: Schema | None, given: Mapping[str, str]) -> dict[str, Any]:
+    """Path or query parameters against the route's schema (none declared: none taken)."""
+    if schema is None and not given:
+        return {}  # the common case, without a validation of nothing
+    return coerce_params(schema or _NO_PARAMS, given.items())
 
 
 async def _authenticate(state: ApiState, request: web.Request, ctx: Context) -> Principal:

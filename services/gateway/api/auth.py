@@ -5,17 +5,22 @@ Credentials are the session cookie `__Host-hp_session` or `Authorization: Bearer
 
     hp.qry.identity.whoami  {"session": "<cookie value>"} or {"token": "<bearer token>"}
       -> {"user_id": str, "username": str, "is_admin": bool, "scope": "full" | "read",
-          "totp_enrolment_required"?: true}  (an admin who must enrol a second factor first)
+          "totp_enrolment_required"?: true,  (an admin who must enrol a second factor first)
+          "profile"?: {user_id, username, email, display_name, is_admin, disabled}}
+         (`profile` is the `profile` query's answer for the user, so GET /profile needs no
+         second call; without it, as from an older identity, the gateway asks `profile`)
       -> error `unauthorized` when the session or token is unknown, expired or revoked
 
-Nothing is cached: a revoked token or ended session is refused on the next request.
+The running gateway caches whoami's answers for at most a second, and drops them when identity
+announces a change on `hp.identity.changed` (principals.py): a revoked token or ended session
+is refused on the next request, a disabled user's within a second whatever happens.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -66,6 +71,8 @@ class Principal:
     scope: Scope
     via: Via
     totp_enrolment_required: bool = False  # only enrolment routes until TOTP is on (app.py)
+    # identity's profile of the user, when whoami sent it (GET /profile answers it)
+    profile: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +145,10 @@ def _principal(reply: Any, via: Via) -> Principal:
             and scope in (Scope.full.value, Scope.read.value)
         ):
             enrol = reply.get("totp_enrolment_required") is True
-            return Principal(user_id, username, is_admin, Scope(scope), via, enrol)
+            profile = reply.get("profile")
+            if not isinstance(profile, dict) or profile.get("user_id") != user_id:
+                profile = None
+            return Principal(user_id, username, is_admin, Scope(scope), via, enrol, profile)
     raise Internal(
         "identity answered whoami with an unexpected reply: "
         "want {user_id, username, is_admin, scope}"

@@ -126,7 +126,13 @@ class Call:
             # SECURITY.md: state changes only on POST/PUT/PATCH/DELETE.
             raise RuntimeError(f"{self.route.label} is a GET route: it may not send commands")
         bus = self.state.backend.bus()
-        return await bus.command(service, verb, payload, ctx=self.context, timeout=timeout)
+        try:
+            return await bus.command(service, verb, payload, ctx=self.context, timeout=timeout)
+        finally:
+            if service == "identity" and self.state.principals is not None:
+                # Identity announces what changed, but its message may arrive after the reply;
+                # this gateway's next request must not race it (principals.py).
+                self.state.principals.clear()
 
 
 Handler = Callable[[Call], Awaitable[Any]]

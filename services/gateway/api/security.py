@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -148,14 +149,23 @@ def cors_preflight(
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _loopback(peer: str) -> bool | None:
+    """Whether `peer` is a loopback address (None: not an IP address); the same few peers
+    (nginx on loopback) ask on every request."""
+    try:
+        return ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        return None
+
+
 def client_ip(request: web.Request) -> str | None:
     """The caller's address; `X-Real-IP` is believed only from a proxy on loopback (nginx)."""
     peer = request.remote
     if peer is None:
         return None
-    try:
-        loopback = ipaddress.ip_address(peer).is_loopback
-    except ValueError:
+    loopback = _loopback(peer)
+    if loopback is None:
         return peer
     real = request.headers.get("X-Real-IP")
     if loopback and real:

@@ -189,6 +189,9 @@ async def logout(call: Call) -> Any:
     problems=("not_found",),
 )
 async def profile(call: Call) -> Any:
+    own = call.user.profile  # sent with whoami (services/gateway/api/auth.py)
+    if own is not None:
+        return _profile(dict(own), "whoami")
     reply = await call.ask("identity", "profile", {"user_id": call.user.user_id})
     return _profile(reply, "profile")
 

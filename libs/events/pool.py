@@ -1,0 +1,55 @@
+"""The store's connection pool, and the one thing its connections may keep between uses.
+
+asyncpg resets a connection each time it returns to the pool (`SELECT pg_advisory_unlock_all();
+CLOSE ALL; UNLISTEN *; RESET ALL`): one more round trip after every query or transaction. Our
+code keeps no session state on pooled connections (no SET, LISTEN or WITH HOLD cursor; listeners
+use connections of their own), except session advisory locks (migrations, projection setup and
+rebuild, the relay's lock). So the pool resets only a connection marked with
+`keep_session_state`, called *before* such a lock is taken: a lock a crash, an error or a
+cancellation leaves behind is released as the connection comes back, whatever the code around
+it did. asyncpg itself still rolls back a transaction left open and drops Python-side listeners.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+__all__ = ["StoreConnection", "keep_session_state", "open_pool", "reset_connection"]
+
+
+class StoreConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
+    """A pooled connection that knows whether it holds session state."""
+
+    session_state = False
+
+    def mark_session_state(self) -> None:
+        self.session_state = True
+
+
+def keep_session_state(conn: Any) -> None:
+    """Call before taking a session advisory lock on `conn` (pooled or not): a pooled
+    connection is then fully reset when it returns to the pool."""
+    mark = getattr(conn, "mark_session_state", None)  # a pool proxy passes it on
+    if mark is not None:
+        mark()
+
+
+async def reset_connection(conn: asyncpg.Connection) -> None:
+    """The pool's reset: the full one only for a connection marked by keep_session_state."""
+    if getattr(conn, "session_state", False):
+        await conn.execute(conn.get_reset_query())
+        conn.session_state = False
+
+
+async def open_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    """A pool of StoreConnections that resets only what keeps session state."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        connection_class=StoreConnection,
+        reset=reset_connection,
+    )
+    return pool

@@ -1,0 +1,222 @@
+"""Who a credential is, remembered for at most a second and forgotten as soon as identity says
+it changed, so most requests need no `whoami` round trip to identity.
+
+- Keys are SHA-256 digests of the credential (kind and secret); the secret itself is never
+  kept. Values are the Principals identity answered; a refusal is never cached.
+- An entry lives `ttl` seconds (at most 1, counted from when whoami was asked), so a disabled
+  user's sessions end within a second even if an announcement is lost (SECURITY.md "Accounts").
+  At most `max_size` entries are kept; the least recently used go first.
+- Identity announces on core NATS `hp.identity.changed` (services/identity/changes.py), after
+  each commit and before it replies to the command, `{"user_id": ...}` for every user whose
+  whoami answer changed (session ended, token revoked, user disabled or deleted, password,
+  role, profile or second factor changed) or `{"all": true}`. `IdentityChanges` drops those.
+- The gateway also drops everything after every identity command it relays itself (routes.py
+  `Call.command`): the announcement may reach it after the reply, and its own next request
+  must not race it.
+- A whoami answer under way while anything was dropped is not stored (it may predate the
+  change): every drop bumps `generation`.
+- Nothing is served from the cache until the announcements are subscribed, nor while NATS is
+  disconnected; after a reconnect everything is dropped (announcements may have been missed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from libs.events.context import Context
+from services.gateway.api.auth import Authenticator, Credentials, Principal
+
+__all__ = [
+    "IDENTITY_CHANGED",
+    "MAX_TTL",
+    "CachingAuthenticator",
+    "IdentityChanges",
+    "PrincipalCache",
+    "credential_key",
+]
+
+log = logging.getLogger("homeport.gateway.api")
+
+IDENTITY_CHANGED = "hp.identity.changed"
+MAX_TTL = 1.0  # seconds: SECURITY.md, a disabled user's sessions end within 1 s
+_SUBSCRIBE_TIMEOUT = 5  # seconds
+
+
+def credential_key(credentials: Credentials) -> bytes:
+    """The cache key of a credential: a SHA-256 digest, never the secret."""
+    return hashlib.sha256(f"{credentials.via.value}:{credentials.secret}".encode()).digest()
+
+
+@dataclass(slots=True)
+class _Entry:
+    principal: Principal
+    expires: float
+
+
+class PrincipalCache:
+    """Principals by credential digest: bounded, short-lived, dropped per user or all at once."""
+
+    def __init__(
+        self,
+        ttl: float = MAX_TTL,
+        max_size: int = 10_000,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 <= ttl <= MAX_TTL:
+            raise ValueError(f"ttl must be 0 to {MAX_TTL} seconds, got {ttl!r}")
+        if max_size < 1:
+            raise ValueError(f"max_size must be at least 1, got {max_size!r}")
+        self.ttl = ttl
+        self.max_size = max_size
+        self.clock = clock
+        self.generation = 0  # bumped by every drop
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._by_user: dict[str, set[bytes]] = {}
+        self._feed: Callable[[], int | None] = lambda: None
+        self._epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def attach(self, feed: Callable[[], int | None]) -> None:
+        """Serve entries while `feed()` (the announcements' connection epoch) is not None."""
+        self.clear()
+        self._feed = feed
+        self._epoch = feed()
+
+    def _usable(self) -> bool:
+        if self.ttl <= 0:
+            return False
+        epoch = self._feed()
+        if epoch is None:
+            return False
+        if epoch != self._epoch:  # (re)connected: announcements may have been missed
+            self.clear()
+            self._epoch = epoch
+        return True
+
+    def get(self, key: bytes) -> Principal | None:
+        """The live entry of `key`, if any."""
+        if not self._usable():
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= self.clock():
+            self._remove(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry.principal
+
+    def put(self, key: bytes, principal: Principal, generation: int, asked_at: float) -> None:
+        """Keep `principal`, asked of identity at `asked_at` (clock) when the generation was
+        `generation`; ignored if anything was dropped since."""
+        if not self._usable() or generation != self.generation:
+            return
+        self._remove(key)
+        self._entries[key] = _Entry(principal, asked_at + self.ttl)
+        self._by_user.setdefault(principal.user_id, set()).add(key)
+        while len(self._entries) > self.max_size:
+            self._remove(next(iter(self._entries)))
+
+    def drop_user(self, user_id: str) -> None:
+        """Forget every entry of `user_id`."""
+        self.generation += 1
+        for key in self._by_user.pop(user_id, ()):
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self.generation += 1
+        self._entries.clear()
+        self._by_user.clear()
+
+    def _remove(self, key: bytes) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        keys = self._by_user.get(entry.principal.user_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_user[entry.principal.user_id]
+
+
+class CachingAuthenticator:
+    """An Authenticator that asks `inner` only when `cache` has no live answer."""
+
+    def __init__(self, inner: Authenticator, cache: PrincipalCache) -> None:
+        self.inner = inner
+        self.cache = cache
+
+    async def authenticate(self, credentials: Credentials, ctx: Context) -> Principal | None:
+        if credentials.malformed:
+            return None
+        key = credential_key(credentials)
+        principal = self.cache.get(key)
+        if principal is not None:
+            return principal
+        generation, asked_at = self.cache.generation, self.cache.clock()
+        principal = await self.inner.authenticate(credentials, ctx)
+        if principal is not None:
+            self.cache.put(key, principal, generation, asked_at)
+        return principal
+
+
+class IdentityChanges:
+    """Follows identity's announcements (`hp.identity.changed`) and drops what they name."""
+
+    def __init__(self, cache: PrincipalCache, connection: Callable[[], NATS]) -> None:
+        self.cache = cache
+        self._connection = connection
+        self._nc: NATS | None = None
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        """Subscribe (every gateway hears every announcement), then let the cache serve."""
+        nc = self._connection()
+        self._sub = await nc.subscribe(IDENTITY_CHANGED, cb=self._received)
+        await nc.flush(timeout=_SUBSCRIBE_TIMEOUT)
+        self._nc = nc
+        self.cache.attach(self._epoch)
+
+    async def stop(self) -> None:
+        """Stop following; the cache serves nothing from now on."""
+        self._nc = None
+        sub, self._sub = self._sub, None
+        self.cache.clear()
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):  # the connection is gone already
+                await sub.unsubscribe()
+
+    def _epoch(self) -> int | None:
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return None
+        return int(nc.stats["reconnects"])
+
+    async def _received(self, msg: Msg) -> None:
+        try:
+            body = json.loads(msg.data)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("all") is True:
+            self.cache.clear()
+        elif isinstance(body, dict) and isinstance(body.get("user_id"), str):
+            self.cache.drop_user(body["user_id"])
+        else:
+            log.warning("%s: a message this gateway cannot read; dropped them all", msg.subject)
+            self.cache.clear()
