@@ -6,7 +6,7 @@ users whose whoami answer it changed, so gateways drop what they cached of them.
                          {"all": true}              every user (the admin TOTP policy changed)
 
 Every transaction goes through `Accounts.write`, which collects what its `apply_inline` calls
-noted (`collecting`) and, once it has committed, publishes and flushes (`announce`) before the
+noted (`collecting`) and, once it has committed, publishes (`announce`) before the
 command replies. Core NATS, not JetStream: a lost message costs at most the gateways' cache
 lifetime (1 s at most, services/gateway/api/principals.py), which is the bar anyway.
 """
@@ -28,7 +28,6 @@ __all__ = ["CHANGED_SUBJECT", "Changes", "announce", "collecting", "note"]
 log = logging.getLogger(__name__)
 
 CHANGED_SUBJECT = "hp.identity.changed"
-_FLUSH_TIMEOUT = 1  # second
 
 
 @dataclass(slots=True)
@@ -77,8 +76,9 @@ async def announce(nc: NATS, changes: Changes) -> None:
     if not changes:
         return
     try:
+        # No flush: the reply is published after these on the same connection, and NATS
+        # delivers one connection's messages in order, so no gateway sees the reply first.
         for body in changes.messages():
             await nc.publish(CHANGED_SUBJECT, body)
-        await nc.flush(timeout=_FLUSH_TIMEOUT)
     except (nats.errors.Error, TimeoutError) as e:
         log.warning("could not announce changed principals on %s: %r", CHANGED_SUBJECT, e)

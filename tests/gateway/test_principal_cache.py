@@ -98,6 +98,30 @@ def test_drops_per_user_and_all() -> None:
     assert len(cache) == 0
 
 
+def test_after_a_relayed_command_only_what_it_may_change_is_dropped() -> None:
+    clock = Clock()
+    cache = live_cache(clock)
+    keys = {u: credential_key(Credentials(Via.session, u)) for u in ("u-a", "u-b", "u-c")}
+
+    def fill() -> None:
+        for user, key in keys.items():
+            cache.put(key, principal(user), cache.generation, clock())
+
+    def held() -> list[str]:
+        return [u for u, k in keys.items() if cache.get(k) is not None]
+
+    fill()
+    cache.after_command("disable_user", {"user_id": "u-b"}, "u-a")  # the target, not the admin
+    assert held() == ["u-a", "u-c"]
+    fill()
+    cache.after_command("logout", {"session": "s"}, "u-c")  # no user in the payload: the caller
+    assert held() == ["u-a", "u-b"]
+    for verb in ("reset_password", "set_mfa_policy", "some_verb_added_later"):
+        fill()
+        cache.after_command(verb, {}, "u-a")  # not known to be limited: everything goes
+        assert held() == [], verb
+
+
 def test_a_lifetime_over_a_second_is_refused() -> None:
     assert MAX_TTL == 1.0
     with pytest.raises(ValueError, match="ttl"):
@@ -308,7 +332,7 @@ async def test_changes_through_this_gateway_take_effect_on_the_next_request(
 ) -> None:
     async with platform(monkeypatch, dsn, nats_url, uniq, tmp_path) as p:
         _, admin, alice_id = await set_up(p)
-        # Identity's announcements may reach the gateway after its reply: lose them all, the
+        # Identity's announcements may be handled after its reply: lose them all, the
         # gateway's own drop after each identity command must do without.
         monkeypatch.setattr(p.cache, "drop_user", lambda user_id: None)
         session = await p.login(ALICE)

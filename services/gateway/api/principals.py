@@ -10,9 +10,9 @@ it changed, so most requests need no `whoami` round trip to identity.
   each commit and before it replies to the command, `{"user_id": ...}` for every user whose
   whoami answer changed (session ended, token revoked, user disabled or deleted, password,
   role, profile or second factor changed) or `{"all": true}`. `IdentityChanges` drops those.
-- The gateway also drops everything after every identity command it relays itself (routes.py
-  `Call.command`): the announcement may reach it after the reply, and its own next request
-  must not race it.
+- The gateway also drops, after every identity command it relays itself (routes.py
+  `Call.command`), what that command may have changed (`after_command`): the announcement may
+  be handled after the reply, and its own next request must not race it.
 - A whoami answer under way while anything was dropped is not stored (it may predate the
   change): every drop bumps `generation`.
 - Nothing is served from the cache until the announcements are subscribed, nor while NATS is
@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import nats.errors
@@ -52,6 +52,23 @@ log = logging.getLogger("homeport.gateway.api")
 IDENTITY_CHANGED = "hp.identity.changed"
 MAX_TTL = 1.0  # seconds: SECURITY.md, a disabled user's sessions end within 1 s
 _SUBSCRIBE_TIMEOUT = 5  # seconds
+
+
+# Identity commands whose effect on whoami answers is limited to the acting user and the
+# payload's `user_id` (services/identity: accounts.py, mfa.py, groups.py, ldap_apps.py).
+# Not here, so they clear everything: reset_password (its user is known only by the token),
+# set_mfa_policy (every admin), and any verb added later until someone checks it.
+TARGETED = frozenset(
+    {
+        "login", "login_totp", "logout", "setup", "create_user", "disable_user",
+        "enable_user", "delete_user", "set_admin", "update_profile", "change_password",
+        "revoke_session", "create_token", "revoke_token", "totp_enrol", "totp_confirm",
+        "totp_disable", "create_group", "rename_group", "delete_group", "add_group_member",
+        "remove_group_member", "invite", "revoke_invitation", "accept_invitation",
+        "request_password_reset", "create_password_reset", "ldap_register_app",
+        "ldap_set_app_access", "ldap_remove_app",
+    }
+)  # fmt: skip
 
 
 def credential_key(credentials: Credentials) -> bytes:
@@ -133,10 +150,28 @@ class PrincipalCache:
             self._remove(next(iter(self._entries)))
 
     def drop_user(self, user_id: str) -> None:
-        """Forget every entry of `user_id`."""
+        """Forget every entry of `user_id` (identity announced a change)."""
+        self._drop(user_id)
+
+    def _drop(self, user_id: str) -> None:
         self.generation += 1
         for key in self._by_user.pop(user_id, ()):
             self._entries.pop(key, None)
+
+    def after_command(self, verb: str, payload: Mapping[str, object], actor: str | None) -> None:
+        """What to forget once this gateway relayed identity command `verb`, before it answers.
+
+        The verbs of `TARGETED` change at most the whoami answer of the payload's `user_id`
+        or, when the payload names none, the caller's (signing out), so only that user's
+        entries are dropped and most requests after a command stay cache hits; any other
+        verb, known or not, drops everything (fail closed).
+        """
+        if verb not in TARGETED:
+            self.clear()
+            return
+        target = payload.get("user_id", actor)
+        if isinstance(target, str):
+            self._drop(target)
 
     def clear(self) -> None:
         """Forget everything."""

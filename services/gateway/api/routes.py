@@ -130,9 +130,10 @@ class Call:
             return await bus.command(service, verb, payload, ctx=self.context, timeout=timeout)
         finally:
             if service == "identity" and self.state.principals is not None:
-                # Identity announces what changed, but its message may arrive after the reply;
-                # this gateway's next request must not race it (principals.py).
-                self.state.principals.clear()
+                # Identity announces what changed, but its message may be handled after the
+                # reply; this gateway's next request must not race it (principals.py).
+                actor = self.principal.user_id if self.principal is not None else None
+                self.state.principals.after_command(verb, payload, actor)
 
 
 Handler = Callable[[Call], Awaitable[Any]]
