@@ -142,6 +142,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# The keys of start_session's reply; a reply with more (e.g. an enrolment demand) is not a plain
+# session.
+_SESSION_KEYS = frozenset(
+    {"session", "session_id", "user_id", "username", "is_admin", "expires_at", "idle_timeout_s"}
+)
+
+
 def acting_as(user_id: str) -> AbstractContextManager[context.Context]:
     """Events of a person's own act before they have a session (setup, sign-in, accepting an
     invitation) name that person as the actor, not "anonymous"; the client IP stays."""
@@ -568,7 +575,12 @@ class Accounts:
             await self._record_failure(None, "unknown_user")
             raise Unauthorized(LOGIN_REFUSED)
         user_id = str(row["user_id"])
-        if await self._account_limited(row["user_id"], ip):
+        # Past the account limit, from an address the account never signed in from, only a
+        # sign-in that proves the second factor in the same request is evaluated: guessing
+        # stops, and the real user with TOTP is not locked out (SECURITY.md "Brute force").
+        limited = await self._account_limited(row["user_id"], ip)
+        with_code = payload.get("totp") is not None or payload.get("recovery_code") is not None
+        if limited and (not with_code or self.second_factor is None):
             await asyncio.to_thread(verify_dummy, password)
             await self._record_failure(user_id, "limited")
             raise Unauthorized(LOGIN_REFUSED)
@@ -580,6 +592,16 @@ class Accounts:
         if row["disabled"]:
             await self._record_failure(user_id, "disabled")
             raise Unauthorized(LOGIN_REFUSED)
+        if limited and self.second_factor is not None:
+            try:
+                reply = await self.second_factor(row, payload)
+            except Unauthorized:  # a wrong code: answered like a wrong password, no oracle
+                raise Unauthorized(LOGIN_REFUSED) from None
+            if reply is None or set(reply) != _SESSION_KEYS:
+                # no second factor enrolled (or only a session that must enrol): not enough
+                await self._record_failure(user_id, "limited")
+                raise Unauthorized(LOGIN_REFUSED)
+            return dict(reply)
         if self.second_factor is not None:
             challenge = await self.second_factor(row, payload)
             if challenge is not None:

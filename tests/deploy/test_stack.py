@@ -335,9 +335,16 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
     )
     parts = stack.parts()
     assert {"postgres", "nats", "relay", "gateway", "identity"} <= set(parts)
+
+    def ready(name: str) -> bool:
+        try:
+            return _get(parts[name]["health"].replace("/healthz", "/readyz"))[0] == 200
+        except OSError:  # 503 (HTTPError is an OSError) while its projections catch up
+            return False
+
     for name in ("relay", "gateway", "identity"):
-        assert _get(parts[name]["health"])[0] == 200
-        assert _get(parts[name]["health"].replace("/healthz", "/readyz"))[0] == 200
+        assert _get(parts[name]["health"])[0] == 200  # alive at once
+        stack.wait_for(f"{name} ready", lambda n=name: ready(n), deadline_s=60)  # type: ignore[misc]
     state = stack.state()
 
     async def scenario(step: str) -> list[dict[str, Any]]:

@@ -7,10 +7,6 @@ with actor and IP.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -20,20 +16,12 @@ import pytest
 from tests.e2e.kit import running_platform
 from tests.events.relaykit import wait_until
 from tests.gateway.apikit import Answer, Client
+from tests.identity.kit import totp_at
 
 ADMIN_IP = "198.51.100.10"
 USER_IP = "203.0.113.20"
 ADMIN = {"username": "admin", "email": "admin@example.test", "password": "admin's long passphrase"}
 CAROL = {"username": "carol", "email": "carol@example.test", "password": "carol's own passphrase"}
-
-
-def totp(secret: str, at: float) -> str:
-    """RFC 6238 with SHA-1, 30 s steps, 6 digits: written here as the test's own oracle."""
-    key = base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))
-    digest = hmac.new(key, struct.pack(">Q", int(at // 30)), hashlib.sha1).digest()
-    offset = digest[-1] & 0x0F
-    value = struct.unpack(">I", digest[offset : offset + 4])[0] & 0x7FFFFFFF
-    return f"{value % 1_000_000:06d}"
 
 
 def cookie(a: Answer) -> str:
@@ -72,7 +60,7 @@ async def test_the_identity_journey(
         assert a.body["otpauth_uri"].startswith("otpauth://totp/")
         a = await call(
             c, "POST", "/profile/totp/confirm", ADMIN_IP, session=admin,
-            body={"code": totp(secret, time.time())},
+            body={"code": totp_at(secret, time.time())},
         )  # fmt: skip
         assert a.status == 200, a.body
         assert len(a.body["recovery_codes"]) == 10
@@ -93,7 +81,7 @@ async def test_the_identity_journey(
             "POST",
             "/session/totp",
             ADMIN_IP,
-            body={"ticket": ticket, "code": totp(secret, time.time() + 30)},
+            body={"ticket": ticket, "code": totp_at(secret, time.time() + 30)},
         )  # fmt: skip  (the next step: within the ±1 step of drift, and not used before)
         assert a.status == 200, a.body
         admin = cookie(a)

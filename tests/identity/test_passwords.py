@@ -289,14 +289,15 @@ def test_no_rehash_for_current_or_stronger(stored: str) -> None:
 
 
 def test_verify_dummy_costs_the_same_as_a_real_verify(stored: str) -> None:
-    # Interleaved, so load from other tests hits both series alike.
+    # Interleaved, so load from other tests hits both series alike; the fastest of each series
+    # is its cost without that load (the service test times whole sign-ins over 100+ tries).
     real, dummy = [], []
-    for _ in range(7):
+    for _ in range(12):
         start = time.perf_counter()
         verify_password(stored, "a wrong password")
         real.append(time.perf_counter() - start)
         start = time.perf_counter()
         verify_dummy("a wrong password")
         dummy.append(time.perf_counter() - start)
-    r, d = statistics.median(real), statistics.median(dummy)
+    r, d = min(real), min(dummy)
     assert abs(d - r) <= 0.2 * r, (real, dummy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from libs.events.bus import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from libs.events.projection import replay_by_name
 from libs.events.sealing import KeyDestroyed, Keyring
-from tests.identity.kit import ADMIN, Identity, running_identity
+from tests.identity.kit import ADMIN, Identity, running_identity, totp_at
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -412,3 +413,42 @@ async def test_replay_from_a_fresh_process_keeps_every_area(ident: Identity, dsn
     )
     assert after == before
     assert after[0]["items"][0]["members"] == [alice]
+
+
+async def test_past_the_account_limit_the_real_user_with_totp_still_signs_in(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path
+) -> None:
+    env = {"HP_SIGNIN_ACCOUNT_LIMIT": "3"}
+    async with running_identity(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, env=env
+    ) as ident:
+        _, alice = await with_alice(ident)
+        secret = (await ident.cmd("totp_enrol", {"user_id": alice}, actor=alice))["secret"]
+        now = time.time()
+        code = totp_at(secret, now)
+        await ident.cmd("totp_confirm", {"user_id": alice, "code": code}, actor=alice)
+        for i in range(3):
+            with pytest.raises(Unauthorized):
+                await ident.login("alice", "wrong password!", ip=f"198.51.100.{i}")
+        new_ip = "198.51.100.77"  # never signed in from: past the limit
+
+        async def attempt(**extra: str) -> Any:
+            payload = {"username": "alice", "password": ALICE["password"], **extra}
+            return await ident.cmd("login", payload, actor="anonymous", ip=new_ip)
+
+        refusals = []
+        for extra in ({}, {"totp": "000000"}):  # the right password alone, or with a wrong code
+            with pytest.raises(Unauthorized) as e:
+                await attempt(**extra)
+            refusals.append(str(e.value))
+        with pytest.raises(Unauthorized) as e:  # a wrong password with a code: the same answer
+            await ident.cmd(
+                "login",
+                {"username": "alice", "password": "wrong password!", "totp": "000000"},
+                actor="anonymous",
+                ip=new_ip,
+            )
+        refusals.append(str(e.value))
+        assert set(refusals) == {"wrong username or password"}  # no oracle for the password
+        reply = await attempt(totp=totp_at(secret, now + 30))  # password and code together
+        assert reply["user_id"] == alice and reply["session"]

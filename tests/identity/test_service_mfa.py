@@ -7,12 +7,9 @@ own, not with services.identity.totp.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import hmac
 import json
 import re
-import struct
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +21,7 @@ import pytest
 
 from libs.events.bus import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from libs.events.projection import replay_by_name
-from tests.identity.kit import ADMIN, Identity, running_identity
+from tests.identity.kit import ADMIN, Identity, code_for, running_identity
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -36,15 +33,6 @@ IP = "192.0.2.10"
 async def ident(monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path) -> Any:
     async with running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path) as i:
         yield i
-
-
-def code_for(secret: str, step: int) -> str:
-    """RFC 4226 HOTP (SHA-1, 6 digits) of `step`: the TOTP code of that 30 s step."""
-    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
-    mac = hmac.new(key, struct.pack(">Q", step), hashlib.sha1).digest()
-    offset = mac[-1] & 0x0F
-    value = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
-    return str(value % 1_000_000).zfill(6)
 
 
 async def now_step() -> int:
