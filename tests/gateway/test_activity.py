@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,6 @@ from tests.events.relaykit import connect, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SEALED = "hp:sealed:v1:k1:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo"
-
-
-@pytest.fixture
-async def store(dsn: str) -> AsyncIterator[PostgresEventStore]:
-    s = await PostgresEventStore.open(dsn, max_size=6)
-    yield s
-    await s.close()
 
 
 async def _seed(store: PostgresEventStore) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from services.gateway.api import (
     default_table,
 )
 from services.gateway.api.schemas import obj, string
-from tests.events.relaykit import connect
 from tests.gateway.apikit import (
     ANY,
     Cast,
@@ -39,13 +37,6 @@ from tests.gateway.apikit import (
 from tests.identity.kit import running_identity
 
 WRONG = "hp_" + "z" * 43  # shaped like a token, known to nobody
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    conn = await connect(nats_url)
-    yield conn
-    await conn.close()
 
 
 def served_routes(api: web.Application) -> list[tuple[AbstractRoute, Route | None]]:

@@ -22,7 +22,6 @@ from libs.events.bus import Bus, Unauthorized
 from services.gateway.api import SESSION_COOKIE, Access, default_table
 from services.gateway.api.handlers import identity as handlers
 from services.gateway.api.openapi import openapi_document
-from tests.events.relaykit import connect
 from tests.gateway.apikit import ROOT, Answer, Cast, Client, events_in, root_token, serve_api
 from tests.gateway.test_api_openapi import check_structure
 from tests.identity.kit import Identity
@@ -32,13 +31,6 @@ MAX_FAILURES = 3  # failed sign-ins from one address before it is refused (HP_SI
 ADMIN = {"username": "admin", "email": "admin@example.com", "password": "correct horse battery"}
 BOB = {"username": "bob", "email": "bob@example.com", "password": "bob's long password"}
 EVIL = "https://evil.example"
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    conn = await connect(nats_url)
-    yield conn
-    await conn.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ the OpenAPI 3.1 specification the generator uses (fixed fields, required members
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from services.gateway.api import SESSION_COOKIE, Access, RouteTable, default_tab
 from services.gateway.api.openapi import openapi_document
 from services.gateway.api.schemas import check_schema
 from services.gateway.api.version import VERSION
-from tests.events.relaykit import connect
 from tests.gateway.apikit import extended_table, running_gateway, serve_api
 
 _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -27,13 +25,6 @@ _OPERATION = {
     "requestBody", "responses", "callbacks", "deprecated", "security", "servers",
 }  # fmt: skip
 _PARAMETER = {"name", "in", "description", "required", "deprecated", "schema"}
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    conn = await connect(nats_url)
-    yield conn
-    await conn.close()
 
 
 def resolve(doc: dict[str, Any], ref: str) -> Any:

@@ -13,7 +13,6 @@ from nats.aio.client import Client as NATS
 from libs.events.bus import Bus, Conflict
 from services.gateway.api import ApiConfig
 from services.gateway.api.problems import PROBLEM_TYPE
-from tests.events.relaykit import connect
 from tests.gateway.apikit import (
     SECURITY_HEADERS,
     Answer,
@@ -27,13 +26,6 @@ from tests.identity.kit import Identity
 
 MIB = 1024 * 1024
 PUBLIC = "https://my.example.com"
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    conn = await connect(nats_url)
-    yield conn
-    await conn.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -17,23 +16,8 @@ from libs.events.envelope import NewEvent
 from libs.events.projection import ProjectionRunner
 from libs.events.store import PostgresEventStore
 from services.gateway.projections import ActivityProjection
-from tests.events.relaykit import connect
 from tests.gateway.apikit import make_cast, running_gateway, serve_api
 from tests.identity.kit import running_identity
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    conn = await connect(nats_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-async def store(dsn: str) -> AsyncIterator[PostgresEventStore]:
-    s = await PostgresEventStore.open(dsn, max_size=4)
-    yield s
-    await s.close()
 
 
 async def test_status_reports_version_setup_and_health(

@@ -30,7 +30,7 @@ from services.gateway.api import default_table
 from services.gateway.api.handlers.tasks import TASK_STREAMS, TaskStreams
 from services.gateway.api.openapi import openapi_document
 from services.gateway.tasks import TaskProjection
-from tests.events.relaykit import connect, wait_until
+from tests.events.relaykit import wait_until
 from tests.gateway.apikit import (
     Cast,
     Client,
@@ -43,20 +43,6 @@ from tests.gateway.apikit import (
 from tests.identity.kit import running_identity
 
 UNKNOWN = "0190a000-0000-7000-8000-000000000000"
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    conn = await connect(nats_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-async def store(dsn: str) -> AsyncIterator[PostgresEventStore]:
-    s = await PostgresEventStore.open(dsn, max_size=4)
-    yield s
-    await s.close()
 
 
 # -- reading Server-Sent Events ------------------------------------------------------------
