@@ -11,6 +11,8 @@ declare -A need=(
   [nats-server]=nats-server
   [/usr/bin/ldapsearch]=ldap-utils
   [wrk]=wrk  # the HTTP load generator of `make bench`
+  [nft]=nftables  # the firewall's ban set (tests run it inside a network namespace)
+  [ip]=iproute2
 )
 
 missing=()

@@ -1,0 +1,5 @@
+"""The firewall's projections, for `homeport replay`."""
+
+from services.firewall.bans import BanProjection
+
+__all__ = ["BanProjection"]
