@@ -119,7 +119,7 @@ class NftError(Exception):
 
 # SSH: more than 5 new connections within 10 s from one address are dropped (SECURITY.md).
 _SSH = "tcp dport { 22, 202 } ct state new"
-_OVER = "limit rate over 30/minute burst 5 packets"
+_OVER = "limit rate over 5/minute burst 5 packets"  # 5 at once, then one per 12 s
 
 
 def ruleset(table: str) -> str:

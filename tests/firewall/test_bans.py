@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -147,3 +148,43 @@ async def _has(bans: BanSet, ip: str) -> bool:
 
 async def _gone(bans: BanSet, ip: str) -> bool:
     return ip not in await bans.elements()
+
+
+SSH_PROBE = """
+import socket, threading
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", 22))
+server.listen(64)
+
+def serve():
+    while True:
+        conn, _ = server.accept()
+        conn.close()
+
+threading.Thread(target=serve, daemon=True).start()
+answered = 0
+for _ in range(8):
+    client = socket.socket()
+    client.settimeout(1.0)
+    try:
+        client.connect(("127.0.0.1", 22))
+        answered += 1
+    except OSError:
+        pass
+    finally:
+        client.close()
+print(answered)
+"""
+
+
+async def test_more_than_5_new_ssh_connections_in_10_s_are_dropped(netns: str) -> None:
+    subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
+    await BanSet(["ip", "netns", "exec", netns, "nft"], "homeport_ban").install()
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", netns, sys.executable, "-c", SSH_PROBE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert int(out) == 5  # 8 new connections within a few seconds: the first 5 get through
