@@ -41,7 +41,7 @@ from services.identity.passwords import (
 from services.identity.projections import apply_inline
 from services.identity.tokens import new_session_id, token_hash
 
-__all__ = ["LOGIN_REFUSED", "Accounts", "Principal", "acting_as"]
+__all__ = ["LOGIN_REFUSED", "Accounts", "Principal", "acting_as", "now"]
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _password(payload: Mapping[str, Any], name: str = "password") -> str:
     return value
 
 
-def _now() -> datetime:
+def now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -165,6 +165,8 @@ class Accounts:
         self._plain: OrderedDict[str, str] = OrderedDict()  # sealed -> plaintext, bounded
         # Other areas (API tokens, second factors) plug in here.
         self.token_lookup: Callable[[str], Awaitable[Principal | None]] | None = None
+        # Adds keys to whoami's answer for a live credential (mfa: totp_enrolment_required).
+        self.principal_extra: Callable[[Principal], Awaitable[Principal]] | None = None
         self.second_factor: (
             Callable[[asyncpg.Record, Mapping[str, Any]], Awaitable[Mapping[str, Any] | None]]
             | None
@@ -512,7 +514,7 @@ class Accounts:
 
     # -- sign-in ---------------------------------------------------------------------------------
 
-    async def _record_failure(self, user_id: str | None, reason: str) -> None:
+    async def record_failure(self, user_id: str | None, reason: str) -> None:
         ip = context.current().ip
         await self.append(ev.SIGNIN_FAILURES_STREAM, [ev.LoginFailed(user_id, ip, reason)])
 
@@ -525,19 +527,19 @@ class Accounts:
             "SELECT at FROM identity.login_failures WHERE ip = $1 AND at > $2"
             " ORDER BY at DESC LIMIT $3",
             ip,
-            _now() - window,
+            now() - window,
             self.cfg.signin_ip_limit,
         )
         if len(rows) < self.cfg.signin_ip_limit:
             return 0
         oldest: datetime = rows[-1]["at"]
-        return max(1, int((oldest + window - _now()).total_seconds()) + 1)
+        return max(1, int((oldest + window - now()).total_seconds()) + 1)
 
     async def _account_limited(self, user_id: Any, ip: str | None) -> bool:
         failures = await self.pool.fetchval(
             "SELECT count(*) FROM identity.login_failures WHERE user_id = $1 AND at > $2",
             user_id,
-            _now() - timedelta(hours=1),
+            now() - timedelta(hours=1),
         )
         if int(failures) < self.cfg.signin_account_limit:
             return False
@@ -546,7 +548,7 @@ class Accounts:
             " AND ip = $2 AND last_at > $3)",
             user_id,
             ip or "",
-            _now() - timedelta(days=30),
+            now() - timedelta(days=30),
         )
         return not known
 
@@ -560,7 +562,7 @@ class Accounts:
         ip = context.current().ip
         wait = await self._address_limited(ip)
         if wait:
-            await self._record_failure(None, "limited")
+            await self.record_failure(None, "limited")
             raise Forbidden(
                 f"too many failed sign-ins from your address; try again in {wait} seconds"
             )
@@ -572,7 +574,7 @@ class Accounts:
             )
         if row is None:
             await asyncio.to_thread(verify_dummy, password)
-            await self._record_failure(None, "unknown_user")
+            await self.record_failure(None, "unknown_user")
             raise Unauthorized(LOGIN_REFUSED)
         user_id = str(row["user_id"])
         # Past the account limit, from an address the account never signed in from, only a
@@ -582,15 +584,15 @@ class Accounts:
         with_code = payload.get("totp") is not None or payload.get("recovery_code") is not None
         if limited and (not with_code or self.second_factor is None):
             await asyncio.to_thread(verify_dummy, password)
-            await self._record_failure(user_id, "limited")
+            await self.record_failure(user_id, "limited")
             raise Unauthorized(LOGIN_REFUSED)
         stored = self.plain(row["password_hash"])
         assert stored is not None
         if not await asyncio.to_thread(verify_password, stored, password):
-            await self._record_failure(user_id, "password")
+            await self.record_failure(user_id, "password")
             raise Unauthorized(LOGIN_REFUSED)
         if row["disabled"]:
-            await self._record_failure(user_id, "disabled")
+            await self.record_failure(user_id, "disabled")
             raise Unauthorized(LOGIN_REFUSED)
         if limited and self.second_factor is not None:
             try:
@@ -599,7 +601,7 @@ class Accounts:
                 raise Unauthorized(LOGIN_REFUSED) from None
             if reply is None or set(reply) != _SESSION_KEYS:
                 # no second factor enrolled (or only a session that must enrol): not enough
-                await self._record_failure(user_id, "limited")
+                await self.record_failure(user_id, "limited")
                 raise Unauthorized(LOGIN_REFUSED)
             return dict(reply)
         if self.second_factor is not None:
@@ -619,7 +621,7 @@ class Accounts:
         """A new session for an enabled user whose credentials were checked."""
         secret = new_session_id()
         session_id = str(uuid.uuid4())
-        expires = _now() + timedelta(seconds=self.cfg.session_max_seconds)
+        expires = now() + timedelta(seconds=self.cfg.session_max_seconds)
         ip = context.current().ip
 
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record) -> list[Any]:
@@ -654,6 +656,10 @@ class Accounts:
         }
 
     async def whoami(self, payload: Mapping[str, Any]) -> Principal:
+        who = await self._whoami(payload)
+        return await self.principal_extra(who) if self.principal_extra is not None else who
+
+    async def _whoami(self, payload: Mapping[str, Any]) -> Principal:
         if set(payload) == {"token"} and isinstance(payload["token"], str):
             who = await self.token_lookup(payload["token"]) if self.token_lookup else None
             if who is None:
@@ -671,7 +677,7 @@ class Accounts:
         )
         if row is None:
             raise Unauthorized("unknown, expired or revoked credentials")
-        if row["last_seen"] < _now() - _TOUCH_EVERY:
+        if row["last_seen"] < now() - _TOUCH_EVERY:
             await self.pool.execute(
                 "UPDATE identity.sessions SET last_seen = now() WHERE session_id = $1",
                 row["session_id"],

@@ -18,7 +18,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -34,6 +34,7 @@ from services.identity.accounts import (
     acting_as,
     fields,
     flag,
+    now,
     text,
     user_id_of,
     uuid_of,
@@ -68,10 +69,6 @@ _MAX_TOKEN = 128
 _RETRIES = 5
 
 T = TypeVar("T")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _group_name(payload: Mapping[str, Any]) -> str:
@@ -185,7 +182,7 @@ async def _invitation_created(
     conn: asyncpg.Connection, e: gev.InvitationCreated, r: RecordedEvent
 ) -> None:
     expires = datetime.fromisoformat(e.expires_at)
-    if expires <= _now():
+    if expires <= now():
         return  # a rebuild need not bring back what nobody can use
     await conn.execute(
         "INSERT INTO identity.invitations (invitation_id, token_hash, recipient_index, recipient,"
@@ -211,7 +208,7 @@ async def _reset_requested(
     conn: asyncpg.Connection, e: gev.PasswordResetRequested, r: RecordedEvent
 ) -> None:
     expires = datetime.fromisoformat(e.expires_at)
-    if e.user_id is None or e.token_hash is None or expires <= _now():
+    if e.user_id is None or e.token_hash is None or expires <= now():
         return
     await conn.execute(
         "INSERT INTO identity.password_resets (reset_id, token_hash, user_id, created_at,"
@@ -445,7 +442,7 @@ class Groups:
         await self.prune()
         invitation_id = str(uuid.uuid4())
         token, digest = new_link_token()
-        expires = _now() + self.invitation_ttl
+        expires = now() + self.invitation_ttl
         subject = gev.invitation_subject(invitation_id)
         sealed = await asyncio.to_thread(self.accounts.keyring.seal_for, subject, email)
         created = gev.InvitationCreated(
@@ -510,7 +507,7 @@ class Groups:
         )
         if (
             row is None
-            or row["expires_at"] <= _now()
+            or row["expires_at"] <= now()
             or not tokens_equal(row["recipient_index"], self.accounts.email_index(email))
         ):
             raise Invalid(INVITATION_REFUSED, field="token")
@@ -554,7 +551,7 @@ class Groups:
     async def _new_reset(self, user_id: str | None, *, by_admin: bool) -> tuple[str, str]:
         reset_id = str(uuid.uuid4())
         token, digest = new_link_token()
-        expires = (_now() + self.reset_ttl).isoformat()
+        expires = (now() + self.reset_ttl).isoformat()
         requested = gev.PasswordResetRequested(
             reset_id=reset_id,
             user_id=user_id,
@@ -598,7 +595,7 @@ class Groups:
             " WHERE r.token_hash = $1",
             token_hash(token),
         )
-        if row is None or row["expires_at"] <= _now():
+        if row is None or row["expires_at"] <= now():
             raise Invalid(RESET_REFUSED, field="token")
         plain = self.accounts.plain
         try:

@@ -21,27 +21,26 @@ SECURITY.md "Accounts" sets the bar:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 import asyncpg
 
-from libs.events import context
 from libs.events.bus import Bus, Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from libs.events.envelope import RecordedEvent
 from libs.events.errors import ConcurrencyError
-from services.identity import events as ev
 from services.identity import mfa_events as mev
 from services.identity.accounts import (
     LOGIN_REFUSED,
     Accounts,
     Principal,
+    acting_as,
     fields,
     flag,
+    now,
     text,
     user_id_of,
     uuid_of,
@@ -86,10 +85,6 @@ _MAX_CODE = 32  # characters of a TOTP code as typed (spaces allowed)
 _MAX_RECOVERY = 64
 _MAX_TICKET = 128
 _MAX_TOKEN = 512
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 # -- read-model steps (one per event type) ----------------------------------------------------
@@ -213,7 +208,7 @@ def _scope(payload: Mapping[str, Any]) -> str:
 
 def _expiry(payload: Mapping[str, Any]) -> datetime | None:
     if "expires_at" not in payload:
-        return _now() + DEFAULT_TOKEN_LIFETIME
+        return now() + DEFAULT_TOKEN_LIFETIME
     raw = payload["expires_at"]
     if raw is None:
         return None
@@ -222,7 +217,7 @@ def _expiry(payload: Mapping[str, Any]) -> datetime | None:
         raise Invalid(f"expires_at must be {hint}", field="expires_at")
     try:
         when = datetime.fromisoformat(raw.upper())  # 't' and 'z' are valid RFC 3339 too
-        if when.tzinfo is None or when <= _now():
+        if when.tzinfo is None or when <= now():
             raise ValueError("no zone, or not in the future")
         return when.astimezone(UTC)
     except (ValueError, OverflowError):  # OverflowError: near year 1 or 9999 in UTC
@@ -258,26 +253,13 @@ class Mfa:
     ) -> None:
         await apply_inline(self.store, conn, stream, new, expected)
 
-    def _require_self(self, user_id: str) -> None:
-        actor = context.current().actor
-        if actor not in (user_id, "system"):
-            raise Forbidden("only the account's own user may do this")
-
-    async def _require_self_or_admin(self, user_id: str) -> None:
-        if context.current().actor != user_id:
-            await self.accounts.require_admin()
-
-    async def _fail(self, user_id: str | None, reason: str) -> None:
-        ip = context.current().ip
-        await self.accounts.append(ev.SIGNIN_FAILURES_STREAM, [ev.LoginFailed(user_id, ip, reason)])
-
     # -- TOTP enrolment ------------------------------------------------------------------------
 
     async def totp_enrol(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Start (or restart) enrolment: a new secret, pending until a code confirms it."""
         fields(payload, {"user_id"})
         user_id = user_id_of(payload)
-        self._require_self(user_id)
+        self.accounts.require_self(user_id)
         row = await self.accounts.require_user(user_id)
         username = self.accounts.plain(row["username"])
         assert username is not None
@@ -305,7 +287,7 @@ class Mfa:
         user_id = user_id_of(payload)
         code = text(payload, "code", max_len=_MAX_CODE)
         assert code is not None
-        self._require_self(user_id)
+        self.accounts.require_self(user_id)
 
         async def step(conn: asyncpg.Connection) -> list[str]:
             row = await conn.fetchrow(
@@ -339,7 +321,7 @@ class Mfa:
         password = payload.get("current_password")
         if not isinstance(password, str):
             raise Invalid("current_password is required (a string)", field="current_password")
-        self._require_self(user_id)
+        self.accounts.require_self(user_id)
         row = await self.accounts.require_user(user_id)
         stored = self.accounts.plain(row["password_hash"])
         assert stored is not None
@@ -359,7 +341,7 @@ class Mfa:
     async def totp_state(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         fields(payload, {"user_id"})
         user_id = user_id_of(payload)
-        await self._require_self_or_admin(user_id)
+        await self.accounts.require_self_or_admin(user_id)
         await self.accounts.require_user(user_id)
         row = await self.pool.fetchrow(
             "SELECT enabled, cardinality(recovery_codes) AS left FROM identity.totp"
@@ -405,19 +387,12 @@ class Mfa:
             )
         )
 
-    def whoami_of(
-        self, inner: Callable[[Mapping[str, Any]], Awaitable[Principal]]
-    ) -> Callable[[Mapping[str, Any]], Coroutine[Any, Any, Principal]]:
-        """`inner` (Accounts.whoami), adding `totp_enrolment_required: true` where it applies;
-        every other key is unchanged."""
-
-        async def whoami(payload: Mapping[str, Any]) -> Principal:
-            who = await inner(payload)
-            if who.get("is_admin") is True and await self.enrolment_required(str(who["user_id"])):
-                return {**who, ENROLMENT_REQUIRED: True}
-            return who
-
-        return whoami
+    async def extend_principal(self, who: Principal) -> Principal:
+        """Accounts.principal_extra: `totp_enrolment_required: true` for an admin who must
+        enrol first; every other key unchanged."""
+        if who.get("is_admin") is True and await self.enrolment_required(str(who["user_id"])):
+            return {**who, ENROLMENT_REQUIRED: True}
+        return who
 
     # -- sign-in -------------------------------------------------------------------------------
 
@@ -449,7 +424,7 @@ class Mfa:
                 user_id,
                 user_agent,
                 rehash,
-                _now() + TICKET_TTL,
+                now() + TICKET_TTL,
             )
             return {"totp_required": True, "ticket": ticket}
         await self._pass(user_id, code, recovery)
@@ -483,13 +458,13 @@ class Mfa:
             "DELETE FROM identity.login_tickets WHERE ticket_hash = $1 RETURNING *",
             token_hash(ticket),
         )
-        if row is None or row["expires_at"] <= _now():
-            await self._fail(str(row["user_id"]) if row else None, "ticket")
+        if row is None or row["expires_at"] <= now():
+            await self.accounts.record_failure(str(row["user_id"]) if row else None, "ticket")
             raise Unauthorized(TICKET_REFUSED)
         user_id = str(row["user_id"])
         user = await self.accounts.user_row(user_id)
         if user is None or user["disabled"]:
-            await self._fail(user_id if user else None, "disabled")
+            await self.accounts.record_failure(user_id if user else None, "disabled")
             raise Unauthorized(LOGIN_REFUSED)
         await self._pass(user_id, code, recovery)
         return await self.accounts.start_session(
@@ -500,10 +475,10 @@ class Mfa:
         """Use up the code or recovery code, or record a failed sign-in and refuse."""
         # passing the second factor is the user's own act, as signing in is (the activity log
         # names them); a failure stays the anonymous caller's
-        with context.use(dataclasses.replace(context.current(), actor=user_id)):
+        with acting_as(user_id):
             used = await self._tx(lambda conn: self._use(conn, user_id, code, recovery))
         if not used:
-            await self._fail(user_id, "totp")
+            await self.accounts.record_failure(user_id, "totp")
             raise Unauthorized(WRONG_CODE)
 
     async def _use(
@@ -540,7 +515,7 @@ class Mfa:
         name = _token_name(payload)
         scope = _scope(payload)
         expires = _expiry(payload)
-        self._require_self(user_id)
+        self.accounts.require_self(user_id)
         row = await self.accounts.require_user(user_id)
         if row["disabled"]:
             raise Forbidden("a disabled account cannot have API tokens")
@@ -571,14 +546,14 @@ class Mfa:
     async def tokens(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         fields(payload, {"user_id"})
         user_id = user_id_of(payload)
-        await self._require_self_or_admin(user_id)
+        await self.accounts.require_self_or_admin(user_id)
         await self.accounts.require_user(user_id)
         rows = await self.pool.fetch(
             "SELECT * FROM identity.api_tokens WHERE user_id = $1"
             " ORDER BY created_at DESC, token_id",
             user_id,
         )
-        now = _now()
+        at = now()
         return {
             "items": [
                 {
@@ -587,7 +562,7 @@ class Mfa:
                     "scope": r["scope"],
                     "created_at": r["created_at"].isoformat(),
                     "expires_at": r["expires_at"].isoformat() if r["expires_at"] else None,
-                    "expired": r["expires_at"] is not None and r["expires_at"] <= now,
+                    "expired": r["expires_at"] is not None and r["expires_at"] <= at,
                 }
                 for r in rows
             ]
@@ -598,7 +573,7 @@ class Mfa:
         fields(payload, {"user_id", "token_id"})
         user_id = user_id_of(payload)
         token_id = uuid_of(payload, "token_id", "a token id")
-        await self._require_self_or_admin(user_id)
+        await self.accounts.require_self_or_admin(user_id)
         found = await self.pool.fetchval(
             "SELECT true FROM identity.api_tokens WHERE token_id = $1 AND user_id = $2",
             token_id,
@@ -634,13 +609,11 @@ class Mfa:
 def register_mfa(bus: Bus, accounts: Accounts) -> Mfa:
     """Plug the second factor and API tokens into `accounts` and serve their bus verbs
     (see services/gateway/api/handlers/security.py).
-
-    Call it before `register(bus, accounts)`: it wraps `accounts.whoami`, which that serves.
     """
     mfa = Mfa(accounts)
     accounts.second_factor = mfa.second_factor
     accounts.token_lookup = mfa.token_lookup
-    accounts.whoami = mfa.whoami_of(accounts.whoami)  # type: ignore[method-assign,assignment]
+    accounts.principal_extra = mfa.extend_principal
     commands: dict[str, Handler] = {
         "totp_enrol": mfa.totp_enrol,
         "totp_confirm": mfa.totp_confirm,

@@ -24,8 +24,7 @@ from libs.events.store import PostgresEventStore
 from services.firewall.bans import BanSet
 from services.identity.events import SIGNIN_FAILURES_STREAM, LoginFailed
 from tests.conftest import need_server
-from tests.e2e.kit import relaying
-from tests.events.relaykit import wait_until
+from tests.events.relaykit import relaying, wait_until
 
 ATTACKER = "198.51.100.66"
 BASE = 3  # seconds of a first ban in this test (600 by default)

@@ -23,14 +23,13 @@ from nats.aio.client import Client as NATS
 from libs.events.envelope import NewEvent
 from libs.events.errors import ConcurrencyError, EventStoreError
 from libs.events.projection import ProjectionRunner, known_projections, replay_by_name
-from libs.events.relay import Relay
 from libs.events.store import PostgresEventStore
 from libs.events.tasks import Task, TaskEnded, task_stream
 from services.gateway.api import default_table
 from services.gateway.api.handlers.tasks import TASK_STREAMS, TaskStreams
 from services.gateway.api.openapi import openapi_document
 from services.gateway.tasks import TaskProjection
-from tests.events.relaykit import wait_until
+from tests.events.relaykit import relaying, wait_until
 from tests.gateway.apikit import (
     Cast,
     Client,
@@ -126,18 +125,6 @@ def steps(blocks: list[Sse]) -> list[tuple[str | None, int, str]]:
 # -- helpers --------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def relaying(store: PostgresEventStore, nc: NATS, uniq: str) -> AsyncIterator[None]:
-    """The relay publishing committed events to the gateway's JetStream stream."""
-    relay = Relay(store, nc, stream=f"EV_{uniq}", prefix=f"t{uniq}.evt", poll_interval=0.2)
-    task = asyncio.create_task(relay.run(), name="relay under test")
-    try:
-        yield
-    finally:
-        relay.stop()
-        await asyncio.wait_for(task, 10)
-
-
 def auth(who: str) -> dict[str, str]:
     return {"Cookie": f"__Host-hp_session={who}"}
 
@@ -172,7 +159,7 @@ async def gateway_with_relay(
     ) as ident:
         cast = await make_cast(ident, bob=True)
         async with (
-            relaying(store, nc, uniq),
+            relaying(dsn, nats_url, uniq),
             running_gateway(
                 monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
             ) as gw,
