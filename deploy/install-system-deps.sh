@@ -13,6 +13,10 @@ declare -A need=(
   [wrk]=wrk  # the HTTP load generator of `make bench`
   [nft]=nftables  # the firewall's ban set (tests run it inside a network namespace)
   [ip]=iproute2
+  [dockerd]=docker.io  # app containers (tests start their own dockerd)
+  [iptables]=iptables  # dockerd's NAT and isolation rules
+  [debootstrap]=debootstrap  # the Debian base image that catalog apps build from
+  [/bin/busybox]=busybox-static  # the static website app (FROM scratch) and test probes
 )
 
 missing=()
@@ -43,7 +47,7 @@ if ((${#missing[@]})); then
   # shellcheck disable=SC2086
   apt-get install -y -q --no-install-recommends $pkgs >/dev/null
   # the Debian units would start system-wide servers; Homeport runs its own
-  for unit in postgresql nats-server; do
+  for unit in postgresql nats-server docker docker.socket containerd; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
   done
 fi
