@@ -47,7 +47,7 @@ if ((${#missing[@]})); then
   # shellcheck disable=SC2086
   apt-get install -y -q --no-install-recommends $pkgs >/dev/null
   # the Debian units would start system-wide servers; Homeport runs its own
-  for unit in postgresql nats-server docker docker.socket containerd; do
+  for unit in postgresql nats-server; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
   done
 fi
