@@ -29,6 +29,7 @@ from libs.service.logs import redact
 
 if TYPE_CHECKING:
     from libs.events.store import ChainReport
+    from services.apps.catalog import Catalog
 
 __all__ = ["main"]
 
@@ -121,6 +122,44 @@ def _parser() -> argparse.ArgumentParser:
     data_dir_arg(verify)
     dsn_arg(verify)
     verify.set_defaults(func=_cmd_audit_verify)
+
+    catalog = sub.add_parser("catalog", help="make, sign, check and search an app catalog index")
+    catalog_sub = catalog.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
+    keygen = catalog_sub.add_parser(
+        "keygen", help="make an Ed25519 signing key (mode 0600); prints its public key (PEM)"
+    )
+    keygen.add_argument("--key", required=True, type=Path, help="where to write the private key")
+    keygen.set_defaults(func=_cmd_catalog_keygen)
+    publish = catalog_sub.add_parser(
+        "publish", help="write and sign DIR/index.json for a <app-id>/<version>/ source tree"
+    )
+    publish.add_argument("--source", required=True, type=Path, help="the catalog source tree")
+    publish.add_argument("--out", required=True, type=Path, help="where index.json goes")
+    publish.add_argument("--key", required=True, type=Path, help="the private signing key")
+    publish.set_defaults(func=_cmd_catalog_publish)
+
+    def index_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--index", required=True, type=Path, help="the index directory")
+        p.add_argument(
+            "--trust",
+            required=True,
+            action="append",
+            type=Path,
+            metavar="PUBKEY",
+            help="a trusted public key (PEM file); repeatable",
+        )
+
+    cat_verify = catalog_sub.add_parser("verify", help="check the index signature (and entries)")
+    index_args(cat_verify)
+    cat_verify.add_argument(
+        "--all", action="store_true", help="also re-hash every entry's manifest and build context"
+    )
+    cat_verify.set_defaults(func=_cmd_catalog_verify)
+    search = catalog_sub.add_parser("search", help="list the latest apps matching text and tag")
+    index_args(search)
+    search.add_argument("--text", help="words that must all appear (case-insensitive)")
+    search.add_argument("--tag", help="an exact tag")
+    search.set_defaults(func=_cmd_catalog_search)
     return parser
 
 
@@ -367,6 +406,96 @@ async def _verify(dsn: str) -> ChainReport:
         return await store.verify_chain()
     finally:
         await store.close()
+
+
+# -- catalog ------------------------------------------------------------------------------
+
+
+def _cmd_catalog_keygen(args: argparse.Namespace) -> int:
+    from services.apps import catalog
+
+    try:
+        key = catalog.generate_key(args.key)
+    except catalog.CatalogError as e:
+        _err(str(e))
+        return EXIT_FAILED
+    print(
+        f"private key written to {args.key} (mode 0600), {catalog.key_fingerprint(key)}; "
+        "its public key, to give to whoever trusts this catalog:",
+        file=sys.stderr,
+    )
+    print(catalog.public_key_text(key), end="")
+    return EXIT_OK
+
+
+def _cmd_catalog_publish(args: argparse.Namespace) -> int:
+    from services.apps import catalog
+    from services.apps.manifest import ManifestError
+
+    try:
+        key = catalog.load_private_key(args.key)
+        index = catalog.publish(args.source, args.out, key)
+        count = len(catalog.Catalog.load(args.out, [key.public_key()]).entries)
+    except (catalog.CatalogError, ManifestError) as e:
+        _err(str(e))
+        return EXIT_FAILED
+    print(f"published {count} entries to {index}, signed by {catalog.key_fingerprint(key)}")
+    return EXIT_OK
+
+
+def _load_catalog(args: argparse.Namespace) -> Catalog:
+    from services.apps import catalog
+
+    keys = [catalog.load_public_key(p) for p in args.trust]
+    return catalog.Catalog.load(args.index, keys)
+
+
+def _cmd_catalog_verify(args: argparse.Namespace) -> int:
+    from services.apps import catalog
+
+    try:
+        cat = _load_catalog(args)
+    except catalog.CatalogError as e:
+        _err(str(e))
+        return EXIT_FAILED
+    print(
+        f"index {args.index / catalog.INDEX_FILE}: signature OK "
+        f"({catalog.key_fingerprint(cat.signed_by)}), {len(cat.entries)} entries"
+    )
+    if not args.all:
+        return EXIT_OK
+    failed = 0
+    for entry in cat.entries:
+        try:
+            entry.verify()
+        except catalog.CatalogError as e:
+            _err(str(e))
+            failed += 1
+        else:
+            print(f"  ok {entry.app_id} {entry.version}")
+    if failed:
+        _err(f"{failed} of {len(cat.entries)} entries differ from the signed index")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_catalog_search(args: argparse.Namespace) -> int:
+    from services.apps import catalog
+
+    try:
+        found = _load_catalog(args).search(text=args.text, tag=args.tag)
+    except catalog.CatalogError as e:
+        _err(str(e))
+        return EXIT_FAILED
+    if not found:
+        print("no apps match")
+        return EXIT_OK
+    head = ("ID", "VERSION", "TITLE", "TAGS", "TAGLINE")
+    rows = [(m.id, str(m.version), m.title, ",".join(m.tags), m.tagline) for m in found]
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    for r in (head, *rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ __all__ = [
     "ChainReport",
     "PostgresEventStore",
     "Subscription",
+    "read_stream_on",
+    "record_of",
     "validate_stream",
 ]
 
@@ -52,6 +54,38 @@ _SELECT = (
     "SELECT position, id, stream, version, type, schema, data, meta, recorded_at, hash "
     "FROM events.events"
 )
+
+
+def record_of(r: asyncpg.Record, registry: EventRegistry) -> RecordedEvent:
+    """A row of `events.events` (as selected by the store) in its current shape."""
+    ev = RecordedEvent(
+        position=r["position"],
+        id=r["id"],
+        stream=r["stream"],
+        version=r["version"],
+        type=r["type"],
+        schema=r["schema"],
+        data=json.loads(r["data"]),
+        meta=json.loads(r["meta"]),
+        recorded_at=r["recorded_at"],
+        hash=r["hash"],
+    )
+    return registry.upcast_recorded(ev)
+
+
+async def read_stream_on(
+    conn: asyncpg.Connection,
+    stream: str,
+    registry: EventRegistry,
+    until_position: int | None = None,
+) -> list[RecordedEvent]:
+    """One stream's events read on `conn` (a projection's transaction), up to a position."""
+    rows = await conn.fetch(
+        f"{_SELECT} WHERE stream = $1 AND ($2::bigint IS NULL OR position <= $2) ORDER BY version",
+        stream,
+        until_position,
+    )
+    return [record_of(r, registry) for r in rows]
 
 
 def validate_stream(stream: str) -> str:
@@ -297,29 +331,25 @@ class PostgresEventStore:
     # -- reading -------------------------------------------------------------------------
 
     def _record(self, r: asyncpg.Record) -> RecordedEvent:
-        ev = RecordedEvent(
-            position=r["position"],
-            id=r["id"],
-            stream=r["stream"],
-            version=r["version"],
-            type=r["type"],
-            schema=r["schema"],
-            data=json.loads(r["data"]),
-            meta=json.loads(r["meta"]),
-            recorded_at=r["recorded_at"],
-            hash=r["hash"],
-        )
-        return self.registry.upcast_recorded(ev)
+        return record_of(r, self.registry)
 
     async def read_stream(
-        self, stream: str, after_version: int = 0, limit: int | None = None
+        self,
+        stream: str,
+        after_version: int = 0,
+        limit: int | None = None,
+        *,
+        until_position: int | None = None,
+        conn: asyncpg.Connection | None = None,
     ) -> list[RecordedEvent]:
-        """Events of one stream in version order, in their current shape."""
-        rows = await self.pool.fetch(
-            f"{_SELECT} WHERE stream = $1 AND version > $2 ORDER BY version LIMIT $3",
+        """Events of one stream in version order, in their current shape (up to a position)."""
+        rows = await (conn or self.pool).fetch(
+            f"{_SELECT} WHERE stream = $1 AND version > $2"
+            " AND ($4::bigint IS NULL OR position <= $4) ORDER BY version LIMIT $3",
             stream,
             after_version,
             limit,
+            until_position,
         )
         return [self._record(r) for r in rows]
 

@@ -33,7 +33,8 @@ from typing import Any, ClassVar
 import asyncpg
 
 from libs.events.envelope import RecordedEvent
-from libs.events.projection import Projection, _lock_key, register_projection
+from libs.events.inline import append_inline, inline_lock_key
+from libs.events.projection import Projection, register_projection
 from libs.events.registry import REGISTRY
 from libs.events.store import PostgresEventStore
 from services.identity import changes
@@ -81,7 +82,8 @@ class IdentityProjection(Projection):
                 await handler(conn, REGISTRY.decode(event), event)
 
 
-LOCK_KEY = _lock_key(IdentityProjection.name)
+LOCK_KEY = inline_lock_key(IdentityProjection)
+_PROJECTION = IdentityProjection()
 
 
 async def apply_inline(
@@ -92,10 +94,7 @@ async def apply_inline(
     expected_version: int | None,
 ) -> list[RecordedEvent]:
     """Append `new` to `stream` and apply it to the read model, in the caller's transaction."""
-    await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", LOCK_KEY)
-    result = await store.append(stream, new, expected_version, conn=conn)
-    recorded = await store.read_all(result.positions[0] - 1, len(result.positions), conn=conn)
-    await IdentityProjection().apply(conn, recorded)
+    recorded = await append_inline(store, conn, _PROJECTION, stream, new, expected_version)
     _note_changes(recorded)
     return recorded
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from services.gateway.api.handlers import activity, groups, identity, platform, security, tasks
+from services.gateway.api.handlers import (
+    activity,
+    apps,
+    groups,
+    identity,
+    platform,
+    security,
+    tasks,
+)
 from services.gateway.api.routes import RouteTable
 
 __all__ = ["default_table"]
 
 # A new area of the API is one more module here; a new route is one declaration in its module.
-_MODULES = (platform, activity, identity, groups, security, tasks)
+_MODULES = (platform, activity, identity, groups, security, tasks, apps)
 
 
 def default_table() -> RouteTable:

@@ -1,0 +1,42 @@
+"""Read models written in the same transaction as the events they reflect.
+
+A service whose commands must see their own writes at once (a unique location, a session usable
+the moment login answers) appends and applies in one transaction: the read model's unique
+indexes then guard invariants for the log too (a duplicate fails the whole transaction, events
+included). The projection's advisory lock is taken shared here and exclusively by a rebuild
+(`homeport replay <name>`), so inline writers and a rebuild wait for each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from libs.events.envelope import RecordedEvent
+from libs.events.projection import Projection, _lock_key
+from libs.events.store import PostgresEventStore
+
+__all__ = ["append_inline", "inline_lock_key"]
+
+
+def inline_lock_key(projection: type[Projection]) -> int:
+    """The advisory lock key a rebuild of `projection` holds exclusively."""
+    return _lock_key(projection.name)
+
+
+async def append_inline(
+    store: PostgresEventStore,
+    conn: asyncpg.Connection,
+    projection: Projection,
+    stream: str,
+    new: Sequence[Any],
+    expected_version: int | None,
+) -> list[RecordedEvent]:
+    """Append `new` to `stream` and apply it to `projection`, in the caller's transaction."""
+    await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", inline_lock_key(type(projection)))
+    result = await store.append(stream, list(new), expected_version, conn=conn)
+    recorded = await store.read_all(result.positions[0] - 1, len(result.positions), conn=conn)
+    await projection.apply(conn, recorded)
+    return recorded

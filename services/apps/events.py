@@ -1,0 +1,299 @@
+"""The events of the apps service: stream `app-<instance uuid>` holds one installed app's life.
+
+An operation (install, configure, update, restore, uninstall) starts with its `...Requested`
+event, records each step it finished (`AppStepCompleted`, `AddonProvisioned`,
+`AppSnapshotTaken`), and ends with exactly one outcome (`AppInstalled`, `AppConfigured`,
+`AppUpdated`, `AppRestored`, `AppUninstalled` or `AppOperationFailed`). A restarted service
+reads the stream and resumes the steps not yet recorded (every step is idempotent).
+Credentials and environment values are sealed with the app's own key (subject `app-<id>`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from libs.events.registry import REGISTRY
+
+__all__ = [
+    "APP_CATEGORY",
+    "AddonProvisioned",
+    "AppConfigureRequested",
+    "AppConfigured",
+    "AppDied",
+    "AppInstallRequested",
+    "AppInstalled",
+    "AppOperationFailed",
+    "AppOutOfMemory",
+    "AppRecovered",
+    "AppRepairRequested",
+    "AppRestoreRequested",
+    "AppRestored",
+    "AppRunStateChanged",
+    "AppSnapshotTaken",
+    "AppStepCompleted",
+    "AppUnhealthy",
+    "AppUninstallRequested",
+    "AppUninstalled",
+    "AppUpdateApproved",
+    "AppUpdateRequested",
+    "AppUpdated",
+    "app_stream",
+]
+
+APP_CATEGORY = "app"
+
+
+def app_stream(app_id: str) -> str:
+    """`app-<uuid>`."""
+    return f"{APP_CATEGORY}-{app_id}"
+
+
+def _short(app_id: str) -> str:
+    return app_id[:8]
+
+
+@REGISTRY.event("AppInstallRequested")
+@dataclass(frozen=True, slots=True)
+class AppInstallRequested:
+    app_id: str
+    manifest_id: str
+    version: str
+    location: str
+    domain: str
+    access: dict[str, Any]  # {all_users: bool, groups: [...], user_ids: [...]}
+    memory_bytes: int
+    env: dict[str, str]  # user-set variables, each value sealed
+    task_id: str
+    clone_of: str | None = None  # the app whose snapshot seeds this one
+    snapshot_id: str | None = None
+
+    def summary(self) -> str:
+        return f"install of {self.manifest_id} {self.version} at {self.location} requested"
+
+
+@REGISTRY.event("AppStepCompleted")
+@dataclass(frozen=True, slots=True)
+class AppStepCompleted:
+    app_id: str
+    operation: str
+    step: str
+    detail: dict[str, Any]
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: {self.operation} step {self.step} done"
+
+
+@REGISTRY.event("AddonProvisioned")
+@dataclass(frozen=True, slots=True)
+class AddonProvisioned:
+    app_id: str
+    addon: str
+    credentials: str  # sealed JSON object: the HOMEPORT_* variables this addon gives the app
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: {self.addon} addon provisioned"
+
+
+@REGISTRY.event("AppInstalled")
+@dataclass(frozen=True, slots=True)
+class AppInstalled:
+    app_id: str
+    task_id: str
+    version: str
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)} installed ({self.version})"
+
+
+@REGISTRY.event("AppOperationFailed")
+@dataclass(frozen=True, slots=True)
+class AppOperationFailed:
+    app_id: str
+    task_id: str
+    operation: str
+    step: str
+    message: str
+    code: str
+    rolled_back: bool  # the app is back as it was before the operation (state installed)
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: {self.operation} failed at {self.step} ({self.code})"
+
+
+@REGISTRY.event("AppConfigureRequested")
+@dataclass(frozen=True, slots=True)
+class AppConfigureRequested:
+    app_id: str
+    task_id: str
+    location: str | None
+    access: dict[str, Any] | None
+    memory_bytes: int | None
+    env: dict[str, str] | None  # the whole new set, values sealed
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: configuration change requested"
+
+
+@REGISTRY.event("AppConfigured")
+@dataclass(frozen=True, slots=True)
+class AppConfigured:
+    app_id: str
+    task_id: str
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)} configured"
+
+
+@REGISTRY.event("AppRunStateChanged")
+@dataclass(frozen=True, slots=True)
+class AppRunStateChanged:
+    app_id: str
+    running: bool  # what the user wants: the service brings the container there
+    restart: bool  # a restart was asked (running stays true)
+
+    def summary(self) -> str:
+        what = "restart" if self.restart else ("start" if self.running else "stop")
+        return f"app {_short(self.app_id)}: {what}"
+
+
+@REGISTRY.event("AppUpdateRequested")
+@dataclass(frozen=True, slots=True)
+class AppUpdateRequested:
+    app_id: str
+    task_id: str
+    from_version: str
+    to_version: str
+    needs_approval: bool
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: update {self.from_version} -> {self.to_version}"
+
+
+@REGISTRY.event("AppUpdateApproved")
+@dataclass(frozen=True, slots=True)
+class AppUpdateApproved:
+    app_id: str
+    task_id: str
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: update approved"
+
+
+@REGISTRY.event("AppSnapshotTaken")
+@dataclass(frozen=True, slots=True)
+class AppSnapshotTaken:
+    app_id: str
+    snapshot_id: str
+    manifest_id: str
+    version: str
+    reason: str  # "update", "manual", "clone"
+    size_bytes: int
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: snapshot {_short(self.snapshot_id)} ({self.reason})"
+
+
+@REGISTRY.event("AppUpdated")
+@dataclass(frozen=True, slots=True)
+class AppUpdated:
+    app_id: str
+    task_id: str
+    version: str
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)} updated to {self.version}"
+
+
+@REGISTRY.event("AppRestoreRequested")
+@dataclass(frozen=True, slots=True)
+class AppRestoreRequested:
+    app_id: str
+    task_id: str
+    snapshot_id: str
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: restore of {_short(self.snapshot_id)} requested"
+
+
+@REGISTRY.event("AppRestored")
+@dataclass(frozen=True, slots=True)
+class AppRestored:
+    app_id: str
+    task_id: str
+    snapshot_id: str
+    version: str
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)} restored ({self.version})"
+
+
+@REGISTRY.event("AppUninstallRequested")
+@dataclass(frozen=True, slots=True)
+class AppUninstallRequested:
+    app_id: str
+    task_id: str
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: uninstall requested"
+
+
+@REGISTRY.event("AppUninstalled")
+@dataclass(frozen=True, slots=True)
+class AppUninstalled:
+    app_id: str
+    task_id: str
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)} uninstalled"
+
+
+@REGISTRY.event("AppRepairRequested")
+@dataclass(frozen=True, slots=True)
+class AppRepairRequested:
+    app_id: str
+    task_id: str
+    operation: str  # the failed operation tried again
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: repair ({self.operation}) requested"
+
+
+@REGISTRY.event("AppUnhealthy")
+@dataclass(frozen=True, slots=True)
+class AppUnhealthy:
+    app_id: str
+    since: str  # ISO time of the first failed check in this run
+    detail: str
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)} unhealthy"
+
+
+@REGISTRY.event("AppRecovered")
+@dataclass(frozen=True, slots=True)
+class AppRecovered:
+    app_id: str
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)} healthy again"
+
+
+@REGISTRY.event("AppDied")
+@dataclass(frozen=True, slots=True)
+class AppDied:
+    app_id: str
+    exit_code: int | None
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)} died (exit {self.exit_code})"
+
+
+@REGISTRY.event("AppOutOfMemory")
+@dataclass(frozen=True, slots=True)
+class AppOutOfMemory:
+    app_id: str
+    memory_bytes: int
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)} ran out of memory"

@@ -1,0 +1,226 @@
+"""Health of installed apps: checks every `health_interval`, Docker's own events, resource use.
+
+An installed, running app whose health check (GET healthCheckPath; 2xx/3xx is healthy) has
+failed for `unhealthy_after` seconds is recorded `AppUnhealthy` once; its first healthy answer
+after that records `AppRecovered`. A container that exits without being asked records `AppDied`,
+one killed by the kernel for memory `AppOutOfMemory` (from Docker's events). Memory and CPU of
+every app container are Prometheus gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import aiohttp
+from prometheus_client import Gauge
+
+from libs.events import context
+from libs.events.context import Context
+from libs.events.errors import ConcurrencyError
+from libs.service.metrics import REGISTRY
+from services.apps import events as ev
+from services.apps.engine import Engine, OperationFailed
+from services.apps.runtime import RuntimeFailure
+from services.apps.state import Health, State
+
+__all__ = ["HealthMonitor"]
+
+log = logging.getLogger("services.apps.health")
+
+APP_MEMORY = Gauge(
+    "homeport_app_memory_bytes",
+    "Memory an app's container uses now",
+    ["app_id", "location"],
+    registry=REGISTRY,
+)
+APP_MEMORY_LIMIT = Gauge(
+    "homeport_app_memory_limit_bytes",
+    "The memory limit of an app's container",
+    ["app_id", "location"],
+    registry=REGISTRY,
+)
+APP_CPU = Gauge(
+    "homeport_app_cpu_seconds_total",
+    "CPU time an app's container has used since it started",
+    ["app_id", "location"],
+    registry=REGISTRY,
+)
+
+
+@dataclass
+class _Watch:
+    failing_since: float | None = None
+    failing_since_wall: str = ""
+    reported: bool = False
+    last_detail: str = ""
+    seen: set[str] = field(default_factory=set)
+
+
+class HealthMonitor:
+    """Runs the health loop, the Docker events loop and the stats loop until stopped."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.cfg = engine.cfg
+        self._stop = asyncio.Event()
+        self._watch: dict[str, _Watch] = {}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _installed(self) -> list[tuple[str, str, bool, str]]:
+        rows = await self.engine.store.pool.fetch(
+            "SELECT app_id::text, location, running, health FROM apps.apps WHERE state = $1",
+            State.installed.value,
+        )
+        return [(r["app_id"], r["location"], r["running"], r["health"]) for r in rows]
+
+    async def _record(self, app_id: str, event: object) -> None:
+        with context.use(Context("system", f"health-{app_id}", None, None)):
+            for _ in range(3):
+                s = await self.engine.load(app_id)
+                if not s.exists:
+                    return
+                try:
+                    await self.engine.append(app_id, [event], s.version)
+                    return
+                except ConcurrencyError:
+                    continue
+
+    # -- health checks ----------
+
+    async def run_checks(self) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            while not self._stop.is_set():
+                try:
+                    await self.check_all(http)
+                except Exception:  # the loop outlives any one bad round
+                    log.exception("health round failed")
+                await self._sleep(self.cfg.health_interval)
+
+    async def check_all(self, http: aiohttp.ClientSession) -> None:
+        apps = await self._installed()
+        alive = {a[0] for a in apps}
+        for gone in set(self._watch) - alive:
+            del self._watch[gone]
+        for app_id, _, running, health in apps:
+            if running:
+                await self.check(http, app_id, health)
+
+    async def check(self, http: aiohttp.ClientSession, app_id: str, health: str) -> None:
+        ok, detail = await self._probe(http, app_id)
+        w = self._watch.setdefault(app_id, _Watch())
+        now = time.monotonic()
+        if ok:
+            w.failing_since = None
+            w.reported = False
+            if health in (Health.unhealthy.value, Health.dead.value):
+                await self._record(app_id, ev.AppRecovered(app_id))
+            return
+        w.last_detail = detail
+        if w.failing_since is None:
+            w.failing_since = now
+            w.failing_since_wall = datetime.now(UTC).isoformat()
+        if (
+            not w.reported
+            and health != Health.unhealthy.value
+            and now - w.failing_since >= self.cfg.unhealthy_after
+        ):
+            w.reported = True
+            await self._record(app_id, ev.AppUnhealthy(app_id, w.failing_since_wall, detail[:500]))
+
+    async def _probe(self, http: aiohttp.ClientSession, app_id: str) -> tuple[bool, str]:
+        s = await self.engine.load(app_id)
+        try:
+            entry = self.engine.catalog.entry(s.manifest_id, s.app_version)
+            state = await self.engine.runtime.state(self.engine.names(app_id).container)
+        except (RuntimeFailure, OperationFailed, Exception) as e:
+            return False, f"could not inspect the app: {e}"
+        if state is None or not state.running or not state.http_host_port:
+            return False, "the container is not running"
+        url = f"http://127.0.0.1:{state.http_host_port}{entry.manifest.health_check_path}"
+        try:
+            async with http.get(url, allow_redirects=False) as r:
+                if 200 <= r.status < 400:
+                    return True, ""
+                return False, f"{entry.manifest.health_check_path} answered HTTP {r.status}"
+        except (aiohttp.ClientError, TimeoutError) as e:
+            return False, f"{entry.manifest.health_check_path} did not answer ({type(e).__name__})"
+
+    # -- Docker events ----------------------------------------------------------------------------
+
+    async def run_events(self) -> None:
+        labels = {"homeport.prefix": self.cfg.name_prefix}
+        while not self._stop.is_set():
+            try:
+                async for e in self.engine.runtime.events(labels):
+                    if self._stop.is_set():
+                        break
+                    await self.on_event(e.kind, e.labels.get("homeport.app", ""), e.exit_code)
+            except RuntimeFailure as e:
+                log.warning("Docker events stream ended (%s); following again", e)
+            except Exception:
+                log.exception("Docker events loop failed; following again")
+            await self._sleep(1.0)
+
+    async def on_event(self, kind: str, app_id: str, exit_code: int | None) -> None:
+        if not app_id:
+            return
+        s = await self.engine.load(app_id)
+        if not s.exists or s.state is not State.installed:
+            return  # an operation is replacing or removing the container
+        if kind == "oom":
+            await self._record(app_id, ev.AppOutOfMemory(app_id, s.memory_bytes))
+        elif kind == "die" and s.running and not self._restarting(app_id):
+            await self._record(app_id, ev.AppDied(app_id, exit_code))
+
+    def _restarting(self, app_id: str) -> bool:
+        """A die within 30 s of a restart the user asked for is that restart, not a death."""
+        asked = self.engine.restarted_at.get(app_id)
+        return asked is not None and time.monotonic() - asked < 30
+
+    # -- resource use ----------
+
+    async def run_stats(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.collect_stats()
+            except Exception:
+                log.exception("collecting app stats failed")
+            await self._sleep(self.cfg.stats_interval)
+
+    async def collect_stats(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        for app_id, location, running, _ in await self._installed():
+            if not running:
+                continue
+            try:
+                st = await self.engine.runtime.stats(self.engine.names(app_id).container)
+            except RuntimeFailure:
+                continue
+            APP_MEMORY.labels(app_id, location).set(st.memory_bytes)
+            APP_MEMORY_LIMIT.labels(app_id, location).set(st.memory_limit)
+            APP_CPU.labels(app_id, location).set(st.cpu_seconds)
+            seen.add((app_id, location))
+        for gauge in (APP_MEMORY, APP_MEMORY_LIMIT, APP_CPU):
+            for labels in list(_label_sets(gauge)):
+                if labels not in seen:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(*labels)
+
+
+def _label_sets(gauge: Gauge) -> list[tuple[str, str]]:
+    out = []
+    for metric in gauge.collect():
+        for sample in metric.samples:
+            out.append((sample.labels["app_id"], sample.labels["location"]))
+    return out

@@ -1,0 +1,189 @@
+"""One app's state, folded from its stream: what users see and what a resumed operation needs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from libs.events.envelope import RecordedEvent
+
+__all__ = ["AppState", "Health", "Operation", "State", "fold"]
+
+
+class State(StrEnum):
+    pending_install = "pending_install"
+    pending_configure = "pending_configure"
+    pending_update = "pending_update"
+    pending_restore = "pending_restore"
+    pending_uninstall = "pending_uninstall"
+    error = "error"
+    installed = "installed"
+    uninstalled = "uninstalled"
+
+
+class Health(StrEnum):
+    unknown = "unknown"
+    healthy = "healthy"
+    unhealthy = "unhealthy"
+    dead = "dead"
+
+
+_PENDING = {
+    "install": State.pending_install,
+    "configure": State.pending_configure,
+    "update": State.pending_update,
+    "restore": State.pending_restore,
+    "uninstall": State.pending_uninstall,
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """The operation in progress (or the failed one a repair retries)."""
+
+    kind: str  # install, configure, update, restore, uninstall
+    task_id: str
+    steps: frozenset[str] = frozenset()
+    detail: dict[str, Any] = field(default_factory=dict)  # the request's own fields
+    awaiting_approval: bool = False
+
+
+@dataclass(frozen=True)
+class AppState:
+    app_id: str
+    version: int = 0  # stream version
+    manifest_id: str = ""
+    app_version: str = ""
+    location: str = ""
+    domain: str = ""
+    access: dict[str, Any] = field(default_factory=dict)
+    memory_bytes: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # sealed values
+    state: State = State.pending_install
+    running: bool = True
+    health: Health = Health.unknown
+    operation: Operation | None = None
+    failed: Operation | None = None  # the last failed operation (repair retries it)
+    error: str | None = None
+    addons: dict[str, str] = field(default_factory=dict)  # addon -> sealed credentials
+    snapshots: tuple[dict[str, Any], ...] = ()
+    clone_of: str | None = None
+    seed_snapshot: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0 and self.state is not State.uninstalled
+
+    def snapshot(self, snapshot_id: str) -> dict[str, Any] | None:
+        return next((s for s in self.snapshots if s["snapshot_id"] == snapshot_id), None)
+
+
+def _op_done(s: AppState, state: State, **changes: Any) -> AppState:
+    return replace(s, state=state, operation=None, failed=None, error=None, **changes)
+
+
+def fold(app_id: str, events: Sequence[RecordedEvent]) -> AppState:
+    """The state after `events` (the whole stream, in order)."""
+    s = AppState(app_id)
+    for ev in events:
+        s = _apply(s, ev.type, ev.data)
+        s = replace(s, version=ev.version)
+    return s
+
+
+def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
+    op = s.operation
+    if type_ == "AppInstallRequested":
+        return replace(
+            s,
+            manifest_id=d["manifest_id"],
+            app_version=d["version"],
+            location=d["location"],
+            domain=d["domain"],
+            access=d["access"],
+            memory_bytes=d["memory_bytes"],
+            env=d["env"],
+            state=State.pending_install,
+            operation=Operation("install", d["task_id"], detail=dict(d)),
+            clone_of=d.get("clone_of"),
+            seed_snapshot=d.get("snapshot_id"),
+        )
+    if type_ == "AppStepCompleted" and op is not None:
+        detail = {**op.detail, **d.get("detail", {})}
+        return replace(s, operation=replace(op, steps=op.steps | {d["step"]}, detail=detail))
+    if type_ == "AddonProvisioned":
+        return replace(s, addons={**s.addons, d["addon"]: d["credentials"]})
+    if type_ == "AppInstalled":
+        return _op_done(
+            s, State.installed, app_version=d["version"], running=True, health=Health.healthy
+        )
+    if type_ == "AppOperationFailed":
+        failed = op or Operation(d["operation"], d["task_id"])
+        if d["rolled_back"]:
+            return replace(
+                s, state=State.installed, operation=None, failed=None, error=d["message"]
+            )
+        return replace(s, state=State.error, operation=None, failed=failed, error=d["message"])
+    if type_ == "AppRepairRequested":
+        base = s.failed or Operation(d["operation"], d["task_id"])
+        resumed = replace(base, task_id=d["task_id"])
+        return replace(s, state=_PENDING[resumed.kind], operation=resumed, failed=None, error=None)
+    if type_ == "AppConfigureRequested":
+        return replace(
+            s,
+            state=State.pending_configure,
+            operation=Operation("configure", d["task_id"], detail=dict(d)),
+        )
+    if type_ == "AppConfigured" and op is not None:
+        det = op.detail
+        return _op_done(
+            s,
+            State.installed,
+            location=det.get("location") or s.location,
+            access=det.get("access") if det.get("access") is not None else s.access,
+            memory_bytes=det.get("memory_bytes") or s.memory_bytes,
+            env=det.get("env") if det.get("env") is not None else s.env,
+        )
+    if type_ == "AppRunStateChanged":
+        return replace(s, running=d["running"])
+    if type_ == "AppUpdateRequested":
+        return replace(
+            s,
+            state=State.pending_update,
+            operation=Operation(
+                "update", d["task_id"], detail=dict(d), awaiting_approval=d["needs_approval"]
+            ),
+        )
+    if type_ == "AppUpdateApproved" and op is not None:
+        return replace(s, operation=replace(op, awaiting_approval=False))
+    if type_ == "AppSnapshotTaken":
+        snap = {k: d[k] for k in ("snapshot_id", "manifest_id", "version", "reason", "size_bytes")}
+        return replace(s, snapshots=(*s.snapshots, snap))
+    if type_ == "AppUpdated":
+        return _op_done(s, State.installed, app_version=d["version"], health=Health.healthy)
+    if type_ == "AppRestoreRequested":
+        return replace(
+            s,
+            state=State.pending_restore,
+            operation=Operation("restore", d["task_id"], detail=dict(d)),
+        )
+    if type_ == "AppRestored":
+        return _op_done(s, State.installed, app_version=d["version"], health=Health.healthy)
+    if type_ == "AppUninstallRequested":
+        return replace(
+            s,
+            state=State.pending_uninstall,
+            operation=Operation("uninstall", d["task_id"], detail=dict(d)),
+            failed=None,
+        )
+    if type_ == "AppUninstalled":
+        return _op_done(s, State.uninstalled, addons={})
+    if type_ == "AppUnhealthy":
+        return replace(s, health=Health.unhealthy)
+    if type_ == "AppRecovered":
+        return replace(s, health=Health.healthy)
+    if type_ == "AppDied":
+        return replace(s, health=Health.dead)
+    return s

@@ -1,0 +1,422 @@
+"""The catalog and installed apps.
+
+Admins manage apps; a signed-in user lists only the apps their access list lets them open.
+Lifecycle operations answer 202 with the task that reports their progress
+(`/tasks/{task_id}/events`); start, stop and restart answer when done. Logs: the last lines as
+JSON, or followed as Server-Sent Events (`id:` is a cursor; Last-Event-ID resumes after it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from libs.events.bus import Invalid
+from services.gateway.api.handlers.tasks import (
+    EVENT_STREAM,
+    LAST_EVENT_ID,
+    RETRY_MS,
+    TASK_STREAMS,
+    TaskStreams,
+)
+from services.gateway.api.routes import Access, Call, Reply, Routes
+from services.gateway.api.schemas import array, boolean, integer, nullable, obj, string
+
+__all__ = ["routes"]
+
+routes = Routes("apps")
+
+APP_ID = string(format="uuid", description="an installed app's id (UUID)")
+MANIFEST_ID = string(
+    pattern=r"^[a-z0-9]+(\.[a-z0-9-]+)+$", maxLength=100, description="a catalog app id"
+)
+VERSION = string(maxLength=64, description="a version (semver)")
+LOCATION = string(
+    pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+    description="the subdomain the app lives at (a DNS label)",
+)
+DOMAIN = string(maxLength=200, description="the domain (default: the platform's)")
+ACCESS = obj(
+    {
+        "all_users": boolean(default=False),
+        "groups": array(string(format="uuid"), maxItems=1000, description="group ids"),
+        "user_ids": array(string(format="uuid"), maxItems=1000, description="user ids"),
+    },
+    description="who may open the app",
+)
+MEMORY = integer(minimum=33554432, maximum=68719476736, description="memory limit in bytes")
+ENV = obj({}, additional=True, description="environment variables NAME: value (text)")
+WHEN = string(format="date-time")
+STATES = [
+    "pending_install",
+    "pending_configure",
+    "pending_update",
+    "pending_restore",
+    "pending_uninstall",
+    "error",
+    "installed",
+]
+
+APP_PATH = obj({"app_id": APP_ID}, required=["app_id"])
+CATALOG_PATH = obj({"manifest_id": MANIFEST_ID}, required=["manifest_id"])
+CATALOG_QUERY = obj(
+    {"text": string(maxLength=200), "tag": string(maxLength=32)},
+)
+CATALOG_APP_QUERY = obj({"version": VERSION})
+LOGS_QUERY = obj({"tail": integer(minimum=1, maximum=5000, default=100)})
+
+INSTALL_BODY = obj(
+    {
+        "manifest_id": MANIFEST_ID,
+        "version": VERSION,
+        "location": LOCATION,
+        "domain": DOMAIN,
+        "access": ACCESS,
+        "memory_bytes": MEMORY,
+        "env": ENV,
+    },
+    required=["manifest_id", "location"],
+)
+CONFIGURE_BODY = obj(
+    {"location": LOCATION, "access": ACCESS, "memory_bytes": MEMORY, "env": ENV},
+)
+UPDATE_BODY = obj({"version": VERSION})
+RESTORE_BODY = obj({"snapshot_id": string(format="uuid")}, required=["snapshot_id"])
+CLONE_BODY = obj({"location": LOCATION, "domain": DOMAIN}, required=["location"])
+
+MANIFEST = obj(
+    {
+        "id": string(),
+        "version": string(),
+        "title": string(),
+        "tagline": string(),
+        "description": string(),
+        "tags": array(string()),
+        "changelog": string(),
+        "http_port": integer(),
+        "memory_limit": integer(),
+        "addons": array(string()),
+        "single_user": boolean(),
+        "post_install_message": nullable(string()),
+        "update_needs_approval": boolean(),
+        "min_platform_version": nullable(string()),
+        "versions": array(string()),
+    },
+    required=["id", "version", "title", "tagline", "tags", "addons"],
+    additional=True,
+)
+CATALOG = obj({"items": array(MANIFEST), "tags": array(string())}, required=["items", "tags"])
+APP = obj(
+    {
+        "app_id": string(format="uuid"),
+        "manifest_id": string(),
+        "version": string(),
+        "location": string(),
+        "domain": string(),
+        "url": string(),
+        "access": obj({}, additional=True),
+        "memory_bytes": integer(),
+        "state": string(enum=STATES),
+        "run_state": string(enum=["running", "stopped"]),
+        "health": string(enum=["unknown", "healthy", "unhealthy", "dead"]),
+        "error": nullable(string()),
+        "task_id": nullable(string(format="uuid")),
+        "operation": nullable(string()),
+        "awaiting_approval": boolean(),
+        "target_version": nullable(string()),
+        "clone_of": nullable(string(format="uuid")),
+        "created_at": WHEN,
+        "updated_at": WHEN,
+    },
+    required=["app_id", "manifest_id", "version", "location", "domain", "state", "run_state"],
+    additional=True,
+)
+APPS = obj({"items": array(APP)}, required=["items"])
+STARTED = obj(
+    {
+        "app_id": string(format="uuid"),
+        "task_id": string(format="uuid"),
+        "needs_approval": boolean(),
+    },
+    required=["app_id", "task_id"],
+)
+RUN_STATE = obj(
+    {"app_id": string(format="uuid"), "running": boolean()}, required=["app_id", "running"]
+)
+SNAPSHOTS = obj(
+    {
+        "items": array(
+            obj(
+                {
+                    "snapshot_id": string(format="uuid"),
+                    "version": string(),
+                    "reason": string(),
+                    "size_bytes": integer(),
+                    "created_at": WHEN,
+                },
+                required=["snapshot_id", "version", "reason", "size_bytes", "created_at"],
+            )
+        )
+    },
+    required=["items"],
+)
+LOGS = obj({"lines": array(string()), "cursor": nullable(string())}, required=["lines", "cursor"])
+LOG_EVENTS = string(
+    description="Server-Sent Events `event: line`, `data:` one log line, `id:` a cursor to resume"
+)
+_CURSOR = re.compile(r"^[0-9T:.+\-Z]{10,40}$")
+
+# -- catalog ----------------------------------------------------------------------------------
+
+
+@routes.get(
+    "/catalog",
+    access=Access.user,
+    summary="Search the catalog (latest version of each app)",
+    query=CATALOG_QUERY,
+    responses={200: CATALOG},
+)
+async def search_catalog(call: Call) -> Any:
+    return await call.ask("apps", "catalog", dict(call.query))
+
+
+@routes.get(
+    "/catalog/{manifest_id}",
+    access=Access.user,
+    summary="One catalog app (a version, latest by default) and its versions",
+    path_params=CATALOG_PATH,
+    query=CATALOG_APP_QUERY,
+    responses={200: MANIFEST},
+)
+async def get_catalog_app(call: Call) -> Any:
+    return await call.ask("apps", "catalog_app", {**call.path, **call.query})
+
+
+# -- apps -------------------------------------------------------------------------------------
+
+
+@routes.get(
+    "/apps",
+    access=Access.user,
+    summary="Installed apps (admins: all; users: those they may open)",
+    responses={200: APPS},
+)
+async def list_apps(call: Call) -> Any:
+    return await call.ask("apps", "apps", {"is_admin": call.user.is_admin})
+
+
+@routes.post(
+    "/apps",
+    access=Access.admin,
+    summary="Install a catalog app at a location",
+    description="Answers 202 with the task; 409 when the location is taken.",
+    body=INSTALL_BODY,
+    responses={202: STARTED},
+    problems=("conflict", "not_found"),
+)
+async def install_app(call: Call) -> Any:
+    return Reply(await call.command("apps", "install", dict(call.body)), status=202)
+
+
+@routes.get(
+    "/apps/{app_id}",
+    access=Access.admin,
+    summary="One installed app, with its container's status",
+    path_params=APP_PATH,
+    responses={200: APP},
+)
+async def get_app(call: Call) -> Any:
+    return await call.ask("apps", "app", dict(call.path))
+
+
+@routes.patch(
+    "/apps/{app_id}",
+    access=Access.admin,
+    summary="Change an app's location, access, memory or environment",
+    description="Answers 202 with the task; 409 while another operation runs.",
+    path_params=APP_PATH,
+    body=CONFIGURE_BODY,
+    responses={202: STARTED},
+    problems=("conflict",),
+)
+async def configure_app(call: Call) -> Any:
+    payload = {**call.path, **call.body}
+    return Reply(await call.command("apps", "configure", payload), status=202)
+
+
+@routes.delete(
+    "/apps/{app_id}",
+    access=Access.admin,
+    summary="Uninstall an app: container, data, addon databases and credentials go",
+    path_params=APP_PATH,
+    responses={202: STARTED},
+    problems=("conflict",),
+)
+async def uninstall_app(call: Call) -> Any:
+    return Reply(await call.command("apps", "uninstall", dict(call.path)), status=202)
+
+
+def _run_route(verb: str, summary: str) -> None:
+    @routes.post(
+        f"/apps/{{app_id}}/{verb}",
+        access=Access.admin,
+        summary=summary,
+        path_params=APP_PATH,
+        responses={200: RUN_STATE},
+        problems=("conflict",),
+        name=f"{verb}_app",
+    )
+    async def handler(call: Call) -> Any:
+        return await call.command("apps", verb, dict(call.path), timeout=60.0)
+
+
+_run_route("start", "Start an app")
+_run_route("stop", "Stop an app")
+_run_route("restart", "Restart an app")
+
+
+@routes.post(
+    "/apps/{app_id}/update",
+    access=Access.admin,
+    summary="Update an app to a newer catalog version (latest by default)",
+    description=(
+        "A snapshot of the app's data is taken first. When the version needs approval, the "
+        "task waits until POST /apps/{app_id}/update/approve."
+    ),
+    path_params=APP_PATH,
+    body=UPDATE_BODY,
+    responses={202: STARTED},
+    problems=("conflict", "not_found"),
+)
+async def update_app(call: Call) -> Any:
+    payload = {**call.path, **(call.body or {})}
+    return Reply(await call.command("apps", "update", payload), status=202)
+
+
+@routes.post(
+    "/apps/{app_id}/update/approve",
+    access=Access.admin,
+    summary="Approve the update that waits for it",
+    path_params=APP_PATH,
+    responses={202: STARTED},
+    problems=("conflict",),
+)
+async def approve_app_update(call: Call) -> Any:
+    return Reply(await call.command("apps", "approve_update", dict(call.path)), status=202)
+
+
+@routes.get(
+    "/apps/{app_id}/snapshots",
+    access=Access.admin,
+    summary="Snapshots of an app, newest first",
+    path_params=APP_PATH,
+    responses={200: SNAPSHOTS},
+)
+async def list_app_snapshots(call: Call) -> Any:
+    return await call.ask("apps", "snapshots", dict(call.path))
+
+
+@routes.post(
+    "/apps/{app_id}/restore",
+    access=Access.admin,
+    summary="Restore an app to a snapshot (its data and the version it was taken with)",
+    path_params=APP_PATH,
+    body=RESTORE_BODY,
+    responses={202: STARTED},
+    problems=("conflict", "not_found"),
+)
+async def restore_app(call: Call) -> Any:
+    payload = {**call.path, **call.body}
+    return Reply(await call.command("apps", "restore", payload), status=202)
+
+
+@routes.post(
+    "/apps/{app_id}/clone",
+    access=Access.admin,
+    summary="Install a copy of an app (with its data) at another location",
+    path_params=APP_PATH,
+    body=CLONE_BODY,
+    responses={202: STARTED},
+    problems=("conflict",),
+)
+async def clone_app(call: Call) -> Any:
+    payload = {**call.path, **call.body}
+    return Reply(await call.command("apps", "clone", payload), status=202)
+
+
+@routes.post(
+    "/apps/{app_id}/repair",
+    access=Access.admin,
+    summary="Try the failed operation of an app in error again",
+    path_params=APP_PATH,
+    responses={202: STARTED},
+    problems=("conflict",),
+)
+async def repair_app(call: Call) -> Any:
+    return Reply(await call.command("apps", "repair", dict(call.path)), status=202)
+
+
+@routes.get(
+    "/apps/{app_id}/logs",
+    access=Access.admin,
+    summary="The last lines an app wrote",
+    path_params=APP_PATH,
+    query=LOGS_QUERY,
+    responses={200: LOGS},
+)
+async def app_logs(call: Call) -> Any:
+    return await call.ask("apps", "logs", {**call.path, "tail": call.query.get("tail", 100)})
+
+
+@routes.get(
+    "/apps/{app_id}/logs/stream",
+    access=Access.admin,
+    summary="An app's log lines as Server-Sent Events, following new ones",
+    description=(
+        "Sends the last `tail` lines, then new lines as they come. Send Last-Event-ID (the "
+        "`id:` of the last event) to resume after it."
+    ),
+    path_params=APP_PATH,
+    query=LOGS_QUERY,
+    media_type=EVENT_STREAM,
+    responses={200: LOG_EVENTS},
+)
+async def follow_app_logs(call: Call) -> Any:
+    cursor = call.request.headers.get(LAST_EVENT_ID, "").strip() or None
+    if cursor is not None and not _CURSOR.fullmatch(cursor):
+        raise Invalid(f"{LAST_EVENT_ID} must be the id of an earlier event", field=LAST_EVENT_ID)
+    payload: dict[str, Any] = {**call.path, "tail": call.query.get("tail", 100)}
+    first = await call.ask("apps", "logs", {**payload, "since": cursor})  # 404 before the stream
+    streams = call.request.config_dict.get(TASK_STREAMS) or TaskStreams()
+    response = web.StreamResponse(
+        headers={"Content-Type": f"{EVENT_STREAM}; charset=utf-8", "X-Accel-Buffering": "no"}
+    )
+    if call.request.method == "HEAD":
+        return response
+    with streams.opened():
+        await response.prepare(call.request)
+        await response.write(f"retry: {RETRY_MS}\n\n".encode())
+        answer = first
+        quiet = 0.0
+        while True:
+            lines = answer["lines"]
+            for line in lines:
+                data = json.dumps(line, ensure_ascii=False)
+                event = f"id: {answer['cursor']}\nevent: line\ndata: {data}\n\n"
+                await response.write(event.encode())
+            if lines:
+                quiet = 0.0
+            elif quiet >= streams.heartbeat:
+                await response.write(b": keep-alive\n\n")
+                quiet = 0.0
+            transport = call.request.transport
+            if transport is None or transport.is_closing():
+                break
+            if await streams.pause(1.0):
+                break
+            quiet += 1.0
+            answer = await call.ask("apps", "logs", {**payload, "since": answer["cursor"]})
+    return response

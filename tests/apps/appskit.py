@@ -1,0 +1,236 @@
+"""The real apps service against the real dockerd, in this process or as a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import docker
+import nats
+import pytest
+
+from libs.events.bus import BusClient
+from libs.events.context import Context
+from libs.events.store import PostgresEventStore
+from libs.service.runner import Service
+from services.apps.config import BUNDLED_CATALOG
+from tests.events.relaykit import wait_until
+
+STATIC = "org.homeport.static"
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN_CTX = Context("system", "apps-test", None, None)
+
+
+def static_catalog(dest: Path) -> Path:
+    """A catalog of the static app in several versions (copies of the bundled one).
+
+    1.0.0 as bundled; 1.1.0 serves another welcome page; 1.2.0 needs approval to update to;
+    2.0.0 never answers its health check (an update to it must roll back)."""
+    src = BUNDLED_CATALOG / STATIC / "1.0.0"
+    for version, change in (
+        ("1.0.0", {}),
+        ("1.1.0", {"changelog": "* new welcome page"}),
+        ("1.2.0", {"updateNeedsApproval": True, "changelog": "* needs approval"}),
+        ("2.0.0", {"healthCheckPath": "/never-there", "changelog": "* broken on purpose"}),
+    ):
+        d = dest / STATIC / version
+        shutil.copytree(src, d)
+        manifest = json.loads((d / "manifest.json").read_text())
+        manifest.update({"version": version, **change})
+        (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        page = d / "welcome" / "index.html"
+        page.write_text(page.read_text().replace("</body>", f"<p>version {version}</p></body>"))
+    return dest
+
+
+@dataclass
+class Apps:
+    bus: BusClient
+    store: PostgresEventStore
+    prefix: str
+    docker: docker.DockerClient
+
+    async def cmd(self, verb: str, payload: dict[str, Any]) -> Any:
+        return await self.bus.command("apps", verb, payload, ctx=ADMIN_CTX, timeout=60)
+
+    async def ask(self, name: str, payload: dict[str, Any], actor: str = "system") -> Any:
+        ctx = Context(actor, "apps-test", None, None)
+        return await self.bus.query("apps", name, payload, ctx=ctx, timeout=30)
+
+    async def app(self, app_id: str) -> dict[str, Any]:
+        return dict(await self.ask("app", {"app_id": app_id}))
+
+    async def task(self, task_id: str) -> list[str]:
+        """The types of the task's events so far."""
+        return [e.type for e in await self.store.read_stream(f"task-{task_id}")]
+
+    async def wait_task(self, task_id: str, timeout: float = 120) -> dict[str, Any]:  # noqa: ASYNC109
+        """Until the task ends; returns its last event's data and type."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            events = await self.store.read_stream(f"task-{task_id}")
+            if events and events[-1].type in ("TaskSucceeded", "TaskFailed"):
+                return {"type": events[-1].type, **events[-1].data}
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"task {task_id} did not end within {timeout} s: {events[-1:]}")
+
+    async def events(self, app_id: str) -> list[str]:
+        return [e.type for e in await self.store.read_stream(f"app-{app_id}")]
+
+    def container(self, app_id: str) -> Any:
+        return self.docker.containers.get(f"{self.prefix}-app-{app_id}")
+
+    async def page(self, app_id: str, path: str = "/") -> tuple[int, str]:
+        info = await self.app(app_id)
+        port = info["container"]["port"]
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}") as r:
+            return r.status, await r.text()
+
+
+def apps_env(
+    *,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    docker_host: str,
+    prefix: str,
+    catalog: Path,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    return {
+        "HP_DATABASE_URL": dsn,
+        "HP_NATS_URL": nats_url,
+        "HP_KEYRING": str(tmp_path / "keyring.json"),
+        "HP_DATA_DIR": str(tmp_path),
+        "HP_DRAIN_SECONDS": "1",
+        "HP_HTTP_PORT": "0",
+        "HP_DOCKER_HOST": docker_host,
+        "HP_APPS_DIR": str(tmp_path / "apps"),
+        "HP_BASE_CACHE": "/var/cache/homeport-test",
+        "HP_CATALOG_SOURCE": str(catalog),
+        "HP_NAME_PREFIX": prefix,
+        "HP_SERVICES_NETWORK": "hp-test-services",
+        "HP_HEALTH_INTERVAL": "1",
+        "HP_UNHEALTHY_AFTER": "3",
+        "HP_STATS_INTERVAL": "1",
+        "HP_READY_TIMEOUT": "30",
+        **(extra or {}),
+    }
+
+
+def remove_docker_objects(client: docker.DockerClient, prefix: str) -> None:
+    """Everything a test's apps left in Docker (by the prefix label and names)."""
+    for c in client.containers.list(all=True, filters={"label": f"homeport.prefix={prefix}"}):
+        with suppress(docker.errors.APIError):
+            c.remove(force=True)
+    for n in client.networks.list():
+        if n.name.startswith(f"{prefix}-net-"):
+            with suppress(docker.errors.APIError):
+                n.remove()
+    for v in client.volumes.list():
+        if v.name.startswith(f"{prefix}-data-"):
+            with suppress(docker.errors.APIError):
+                v.remove(force=True)
+
+
+@asynccontextmanager
+async def running_apps(
+    monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]
+) -> AsyncIterator[Apps]:
+    """The apps service (services.apps.__main__.build) in this process, ready."""
+    from services.apps.__main__ import build
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    svc: Service = build()
+    task = asyncio.create_task(svc.serve(), name="apps under test")
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                assert not task.done(), f"apps stopped, exit code {svc.exit_code}"
+                if not svc.port:
+                    return False
+                try:
+                    async with http.get(f"http://127.0.0.1:{svc.port}/readyz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until(ready, 60, "apps to be ready")
+        async with connected(env) as apps:
+            yield apps
+    finally:
+        svc.request_stop("test over")
+        await asyncio.wait_for(task, 30)
+    assert svc.exit_code == 0
+
+
+@asynccontextmanager
+async def connected(env: Mapping[str, str]) -> AsyncIterator[Apps]:
+    """A bus client, the store and a Docker client for tests of a running apps service."""
+    nc = await nats.connect(env["HP_NATS_URL"])
+    store = await PostgresEventStore.open(env["HP_DATABASE_URL"], max_size=2)
+    client = docker.DockerClient(base_url=env["HP_DOCKER_HOST"])
+    try:
+        yield Apps(BusClient(nc, default_timeout=30), store, env["HP_NAME_PREFIX"], client)
+    finally:
+        await asyncio.to_thread(remove_docker_objects, client, env["HP_NAME_PREFIX"])
+        client.close()
+        await store.close()
+        await nc.close()
+
+
+class AppsProcess:
+    """`python -m services.apps` as a child process, for tests that kill it."""
+
+    def __init__(self, env: Mapping[str, str], log: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, **extra: str) -> None:
+        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.apps"],
+            env={**self.env, **extra},
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+        out.close()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def tail(self, n: int = 30) -> str:
+        with suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        return ""

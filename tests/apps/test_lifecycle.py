@@ -1,0 +1,321 @@
+"""App lifecycles on the real dockerd, through the apps service's bus, as an admin would.
+
+The static website app (busybox httpd) in four catalog versions (appskit.static_catalog):
+install, stop/start/restart, configure, update (with its snapshot), approval, a broken update
+rolled back, restore, clone, uninstall, and bad input refused with nothing recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from libs.events.bus import Conflict, Invalid, NotFound
+from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
+
+pytestmark = pytest.mark.timeout(240)
+
+EVERYONE = {"all_users": True}
+
+
+@pytest.fixture
+async def apps(
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    docker_host: str,
+    uniq: str,
+) -> AsyncIterator[Apps]:
+    catalog = static_catalog(tmp_path / "catalog")
+    env = apps_env(
+        dsn=dsn,
+        nats_url=nats_url,
+        tmp_path=tmp_path,
+        docker_host=docker_host,
+        prefix=f"t{uniq[:8]}",
+        catalog=catalog,
+        extra={"HP_READY_TIMEOUT": "8"},
+    )
+    async with running_apps(monkeypatch, env) as running:
+        yield running
+
+
+async def install(apps: Apps, location: str, version: str = "1.0.0", **extra: object) -> str:
+    reply = await apps.cmd(
+        "install",
+        {"manifest_id": STATIC, "version": version, "location": location, "access": EVERYONE}
+        | extra,
+    )
+    end = await apps.wait_task(reply["task_id"])
+    assert end["type"] == "TaskSucceeded", end
+    return str(reply["app_id"])
+
+
+def write_page(apps: Apps, app_id: str, text: str) -> None:
+    """Write the site's front page inside the container, as the app's user."""
+    c = apps.container(app_id)
+    r = c.exec_run(["sh", "-c", f"echo '{text}' > /app/data/www/index.html"], user="1000:1000")
+    assert r.exit_code == 0, r.output
+
+
+async def test_install_runs_the_app_isolated_and_reports_progress(apps: Apps) -> None:
+    reply = await apps.cmd(
+        "install",
+        {
+            "manifest_id": STATIC,
+            "version": "1.1.0",
+            "location": "blog",
+            "access": EVERYONE,
+            "env": {"GREETING": "hi"},
+        },
+    )
+    app_id, task_id = reply["app_id"], reply["task_id"]
+    end = await apps.wait_task(task_id)
+    assert end["type"] == "TaskSucceeded", end
+
+    steps = [e for e in await apps.store.read_stream(f"task-{task_id}")]
+    percents = [e.data["percent"] for e in steps if e.type == "TaskProgressed"]
+    assert percents == sorted(percents) and percents[-1] == 100
+    assert any("image" in e.data.get("message", "") for e in steps)
+
+    info = await apps.app(app_id)
+    assert info["state"] == "installed"
+    assert info["run_state"] == "running"
+    assert info["health"] == "healthy"
+    assert info["version"] == "1.1.0"
+    assert info["url"] == "https://blog.localhost"
+    status, body = await apps.page(app_id)
+    assert status == 200 and "version 1.1.0" in body
+
+    events = await apps.events(app_id)
+    assert events[0] == "AppInstallRequested" and events[-1] == "AppInstalled"
+
+    attrs = apps.container(app_id).attrs
+    host = attrs["HostConfig"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    assert (
+        "no-new-privileges" in host["SecurityOpt"]
+        or "no-new-privileges:true" in host["SecurityOpt"]
+    )
+    assert attrs["Config"]["User"] == "1000:1000"
+    assert host["Memory"] == 33554432 and host["PidsLimit"] > 0
+    assert {b["HostIp"] for b in host["PortBindings"]["8080/tcp"]} == {"127.0.0.1"}
+    env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
+    assert env["GREETING"] == "hi"
+    assert env["HOMEPORT_APP_DOMAIN"] == "blog.localhost"
+    # the user's variable is sealed in the event, not in clear
+    requested = (await apps.store.read_stream(f"app-{app_id}"))[0]
+    assert requested.data["env"]["GREETING"] != "hi"
+
+
+async def test_bad_input_is_refused_naming_the_field_and_records_nothing(apps: Apps) -> None:
+    good = {"manifest_id": STATIC, "location": "site", "access": EVERYONE}
+    cases = [
+        ({**good, "location": "Not_A_Label"}, Invalid, "location"),
+        ({**good, "location": "my"}, Invalid, "location"),
+        ({**good, "env": {"1BAD": "x"}}, Invalid, "env.1BAD"),
+        ({**good, "env": {"HOMEPORT_APP_ID": "x"}}, Invalid, "env.HOMEPORT_APP_ID"),
+        ({**good, "memory_bytes": 1024}, Invalid, "memory_bytes"),
+        ({**good, "access": {"all_users": False}}, Invalid, "access"),
+        ({**good, "access": {"groups": ["not-a-uuid"]}}, Invalid, "access.groups"),
+        ({**good, "surprise": 1}, Invalid, "surprise"),
+        ({**good, "manifest_id": "org.example.nothing"}, NotFound, "manifest_id"),
+        ({**good, "version": "9.9.9"}, NotFound, "version"),
+    ]
+    for payload, error, field in cases:
+        with pytest.raises(error) as caught:
+            await apps.cmd("install", payload)
+        assert caught.value.field == field, (payload, caught.value)
+    assert (await apps.ask("apps", {"is_admin": True}))["items"] == []
+    count = await apps.store.pool.fetchval(
+        "SELECT count(*) FROM events.events WHERE stream LIKE 'app-%'"
+    )
+    assert count == 0
+
+    app_id = await install(apps, "site")
+    with pytest.raises(Conflict) as taken:
+        await apps.cmd("install", good)
+    assert taken.value.field == "location"
+    with pytest.raises(NotFound):
+        await apps.cmd("stop", {"app_id": str(uuid.uuid4())})
+    with pytest.raises(Invalid) as bad_id:
+        await apps.cmd("stop", {"app_id": "nope"})
+    assert bad_id.value.field == "app_id"
+    assert len((await apps.ask("apps", {"is_admin": True}))["items"]) == 1
+    assert (await apps.app(app_id))["state"] == "installed"
+
+
+async def test_stop_start_restart_and_configure(apps: Apps) -> None:
+    app_id = await install(apps, "notes")
+    assert (await apps.cmd("stop", {"app_id": app_id}))["running"] is False
+    assert apps.container(app_id).status == "exited"
+    assert (await apps.app(app_id))["run_state"] == "stopped"
+    assert (await apps.cmd("start", {"app_id": app_id}))["running"] is True
+    started = apps.container(app_id).attrs["State"]["StartedAt"]
+    assert (await apps.cmd("restart", {"app_id": app_id}))["running"] is True
+    assert apps.container(app_id).attrs["State"]["StartedAt"] != started
+
+    reply = await apps.cmd(
+        "configure",
+        {"app_id": app_id, "location": "wiki", "memory_bytes": 64 * 2**20, "env": {"MODE": "x"}},
+    )
+    assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
+    info = await apps.app(app_id)
+    assert info["location"] == "wiki" and info["memory_bytes"] == 64 * 2**20
+    attrs = apps.container(app_id).attrs
+    env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
+    assert env["MODE"] == "x" and env["HOMEPORT_APP_DOMAIN"] == "wiki.localhost"
+    assert attrs["HostConfig"]["Memory"] == 64 * 2**20
+    # the old location is free again, the new one taken
+    other = await install(apps, "notes")
+    assert other != app_id
+    with pytest.raises(Conflict):
+        await apps.cmd("configure", {"app_id": other, "location": "wiki"})
+
+
+async def test_update_keeps_data_and_restore_brings_back_the_snapshot(apps: Apps) -> None:
+    app_id = await install(apps, "home")
+    write_page(apps, app_id, "mine before the update")
+
+    reply = await apps.cmd("update", {"app_id": app_id, "version": "1.1.0"})
+    assert reply["needs_approval"] is False
+    assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
+    info = await apps.app(app_id)
+    assert info["version"] == "1.1.0" and info["state"] == "installed"
+    assert apps.container(app_id).attrs["Config"]["Labels"]["homeport.version"] == "1.1.0"
+    assert "mine before the update" in (await apps.page(app_id))[1]
+
+    snaps = (await apps.ask("snapshots", {"app_id": app_id}))["items"]
+    assert [(s["version"], s["reason"]) for s in snaps] == [("1.0.0", "update")]
+
+    write_page(apps, app_id, "changed after the update")
+    reply = await apps.cmd("restore", {"app_id": app_id, "snapshot_id": snaps[0]["snapshot_id"]})
+    assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
+    info = await apps.app(app_id)
+    assert info["version"] == "1.0.0"  # the version the snapshot was made with
+    assert "mine before the update" in (await apps.page(app_id))[1]
+
+    with pytest.raises(Conflict) as older:
+        await apps.cmd("update", {"app_id": app_id, "version": "1.0.0"})
+    assert older.value.field == "version"
+
+
+async def test_update_that_needs_approval_waits_for_it(apps: Apps) -> None:
+    app_id = await install(apps, "shop", version="1.1.0")
+    reply = await apps.cmd("update", {"app_id": app_id, "version": "1.2.0"})
+    assert reply["needs_approval"] is True
+    await asyncio.sleep(2)
+    info = await apps.app(app_id)
+    assert info["state"] == "pending_update" and info["awaiting_approval"] is True
+    assert info["version"] == "1.1.0"
+    assert apps.container(app_id).attrs["Config"]["Labels"]["homeport.version"] == "1.1.0"
+    with pytest.raises(Conflict):
+        await apps.cmd("stop", {"app_id": app_id})
+
+    await apps.cmd("approve_update", {"app_id": app_id})
+    assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
+    assert (await apps.app(app_id))["version"] == "1.2.0"
+    with pytest.raises(Conflict):
+        await apps.cmd("approve_update", {"app_id": app_id})
+
+
+async def test_a_broken_update_is_rolled_back_with_the_data(apps: Apps) -> None:
+    app_id = await install(apps, "docs")
+    write_page(apps, app_id, "precious")
+    reply = await apps.cmd("update", {"app_id": app_id, "version": "2.0.0"})
+    end = await apps.wait_task(reply["task_id"])
+    assert end["type"] == "TaskFailed" and end["code"] == "not_ready"
+    assert "rolled back" in end["message"]
+    info = await apps.app(app_id)
+    assert info["state"] == "installed" and info["version"] == "1.0.0"
+    assert "rolled back" in (info["error"] or "")
+    assert apps.container(app_id).attrs["Config"]["Labels"]["homeport.version"] == "1.0.0"
+    status, body = await apps.page(app_id)
+    assert status == 200 and "precious" in body
+
+
+async def test_clone_copies_the_data_to_a_new_location(apps: Apps) -> None:
+    app_id = await install(apps, "a")
+    write_page(apps, app_id, "cloned content")
+    reply = await apps.cmd("clone", {"app_id": app_id, "location": "b"})
+    assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
+    clone = reply["app_id"]
+    info = await apps.app(clone)
+    assert info["location"] == "b" and info["clone_of"] == app_id
+    assert "cloned content" in (await apps.page(clone))[1]
+    write_page(apps, clone, "only in the clone")
+    assert "cloned content" in (await apps.page(app_id))[1]  # two copies, not one volume
+    assert (await apps.ask("snapshots", {"app_id": app_id}))["items"] == []  # not restorable
+
+
+async def test_uninstall_removes_everything_and_frees_the_location(
+    apps: Apps, tmp_path: Path
+) -> None:
+    app_id = await install(apps, "gone")
+    write_page(apps, app_id, "x")
+    reply = await apps.cmd("update", {"app_id": app_id, "version": "1.1.0"})
+    assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
+    assert (tmp_path / "apps" / "snapshots" / app_id).is_dir()
+
+    reply = await apps.cmd("uninstall", {"app_id": app_id})
+    assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
+    names = [c.name for c in apps.docker.containers.list(all=True)]
+    assert f"{apps.prefix}-app-{app_id}" not in names
+    assert f"{apps.prefix}-data-{app_id}" not in [v.name for v in apps.docker.volumes.list()]
+    assert f"{apps.prefix}-net-{app_id}" not in [n.name for n in apps.docker.networks.list()]
+    assert not (tmp_path / "apps" / "snapshots" / app_id).exists()
+    with pytest.raises(NotFound):
+        await apps.app(app_id)
+    assert (await apps.events(app_id))[-1] == "AppUninstalled"
+    # the app's key is destroyed: its sealed values can no longer be read
+    from libs.events.sealing import Keyring, SealingError
+
+    requested = (await apps.store.read_stream(f"app-{app_id}"))[0]
+    with Keyring.open(tmp_path / "keyring.json") as keyring:
+        for sealed in requested.data["env"].values():
+            with pytest.raises(SealingError):
+                keyring.unseal(sealed)
+    again = await install(apps, "gone")
+    assert again != app_id
+
+
+async def test_health_death_and_out_of_memory_are_recorded(apps: Apps) -> None:
+    app_id = await install(apps, "watch")
+    c = apps.container(app_id)
+    c.reload()
+
+    c.pause()  # answers nothing: unhealthy after HP_UNHEALTHY_AFTER (3 s)
+    await _until(apps, app_id, "AppUnhealthy", 20)
+    assert (await apps.app(app_id))["health"] == "unhealthy"
+    c.unpause()
+    await _until(apps, app_id, "AppRecovered", 20)
+    assert (await apps.app(app_id))["health"] == "healthy"
+
+    # killed from outside, not asked for: a death; Docker's restart policy brings it back
+    os.kill(c.attrs["State"]["Pid"], signal.SIGKILL)
+    await _until(apps, app_id, "AppDied", 20)
+    await _until(apps, app_id, "AppRecovered", 30, after="AppDied")
+
+    r = c.exec_run(["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"], user="1000:1000")
+    assert r.exit_code != 0  # killed by the kernel: the container's limit is 32 MiB
+    await _until(apps, app_id, "AppOutOfMemory", 20)
+
+
+async def _until(apps: Apps, app_id: str, kind: str, seconds: float, after: str = "") -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        events = await apps.events(app_id)
+        tail = events[events.index(after) :] if after and after in events else events
+        if kind in (tail if after else events):
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"no {kind} within {seconds} s: {await apps.events(app_id)}")
