@@ -76,7 +76,7 @@ class Apps:
         """The types of the task's events so far."""
         return [e.type for e in await self.store.read_stream(f"task-{task_id}")]
 
-    async def wait_task(self, task_id: str, timeout: float = 120) -> dict[str, Any]:  # noqa: ASYNC109
+    async def wait_task(self, task_id: str, timeout: float = 120) -> dict[str, Any]:
         """Until the task ends; returns its last event's data and type."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -202,7 +202,7 @@ class AppsProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, **extra: str) -> None:
-        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.apps"],
             env={**self.env, **extra},
