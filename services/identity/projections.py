@@ -83,7 +83,7 @@ class IdentityProjection(Projection):
 
 
 LOCK_KEY = inline_lock_key(IdentityProjection)
-_PROJECTION = IdentityProjection()
+_PROJECTION: list[IdentityProjection] = []  # made on first use: its __init__ imports areas
 
 
 async def apply_inline(
@@ -94,7 +94,9 @@ async def apply_inline(
     expected_version: int | None,
 ) -> list[RecordedEvent]:
     """Append `new` to `stream` and apply it to the read model, in the caller's transaction."""
-    recorded = await append_inline(store, conn, _PROJECTION, stream, new, expected_version)
+    if not _PROJECTION:
+        _PROJECTION.append(IdentityProjection())
+    recorded = await append_inline(store, conn, _PROJECTION[0], stream, new, expected_version)
     _note_changes(recorded)
     return recorded
 
