@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 __all__ = [
+    "DockerDaemon",
     "EmbeddedError",
     "NatsServer",
     "PostgresServer",
@@ -65,18 +66,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Wait until something accepts on 127.0.0.1:port, or raise after `deadline_s`."""
+def wait_port(
+    port: int,
+    deadline_s: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    host: str = "127.0.0.1",
+) -> None:
+    """Wait until something accepts on host:port, or raise after `deadline_s`."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
             raise EmbeddedError(f"process exited with code {proc.returncode} before port {port}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise EmbeddedError(f"nothing listened on 127.0.0.1:{port} within {deadline_s:.0f}s")
+    raise EmbeddedError(f"nothing listened on {host}:{port} within {deadline_s:.0f}s")
 
 
 def _drop_to() -> tuple[int, int] | None:
@@ -99,7 +105,7 @@ def _chown_tree(path: Path, ids: tuple[int, int] | None) -> None:
 
 @dataclass
 class PostgresServer:
-    """A Postgres cluster in `datadir`, listening on 127.0.0.1:`port` (and a socket in datadir)."""
+    """A Postgres cluster in `datadir`, listening on `listen`:`port` (and a socket in datadir)."""
 
     datadir: Path
     port: int = 0
@@ -107,6 +113,11 @@ class PostgresServer:
     log_path: Path | None = None
     # With a password, TCP logins need it (scram-sha-256); without, loopback trust (tests).
     password: str | None = field(default=None, repr=False)
+    # Addresses to listen on; the first is where dsn, readiness checks and pg_isready connect.
+    listen: tuple[str, ...] = ("127.0.0.1",)
+    # A pg_hba.conf outside the data directory, kept by someone else (the addon manager);
+    # it must exist and be readable by the server's user before start().
+    hba_file: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -115,7 +126,13 @@ class PostgresServer:
 
     def dsn_for(self, database: str) -> str:
         cred = "postgres" if self.password is None else f"postgres:{quote(self.password, safe='')}"
-        return f"postgresql://{cred}@127.0.0.1:{self.port}/{database}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgresql://{cred}@{host}:{self.port}/{database}"
+
+    @property
+    def host(self) -> str:
+        """The address clients on this machine use: 127.0.0.1 if listened on, else the first."""
+        return "127.0.0.1" if "127.0.0.1" in self.listen else self.listen[0]
 
     def _user_kwargs(self) -> dict[str, Any]:
         ids = _drop_to()
@@ -174,6 +191,14 @@ class PostgresServer:
             self.port = free_port()
         postgres = find_binary("postgres", _PG_DIRS)
         pgdata = self.datadir / "pgdata"
+        if not self.listen:
+            raise EmbeddedError("PostgresServer.listen is empty: give at least one address")
+        addresses = ",".join(self.listen)
+        extra: list[str] = []
+        if self.hba_file is not None:
+            if not self.hba_file.is_file():
+                raise EmbeddedError(f"{self.hba_file} missing: write the pg_hba.conf first")
+            extra = ["-c", f"hba_file={self.hba_file}"]
         log = open(self.log_path or (self.datadir / "postgres.log"), "ab")
         self._proc = subprocess.Popen(
             [
@@ -183,7 +208,7 @@ class PostgresServer:
                 "-p",
                 str(self.port),
                 "-h",
-                "127.0.0.1",
+                addresses,
                 "-k",
                 str(self.datadir),
                 "-c",
@@ -193,9 +218,10 @@ class PostgresServer:
                 "-c",
                 "shared_buffers=256MB",
                 "-c",
-                "listen_addresses=127.0.0.1",
+                f"listen_addresses={addresses}",
                 "-c",
                 "logging_collector=off",
+                *extra,
             ],
             stdout=log,
             stderr=log,
@@ -203,7 +229,7 @@ class PostgresServer:
             **self._user_kwargs(),
         )
         log.close()
-        wait_port(self.port, deadline_s, self._proc)
+        wait_port(self.port, deadline_s, self._proc, host=self.host)
         self._wait_ready(deadline_s)
 
     def _wait_ready(self, deadline_s: float) -> None:
@@ -211,7 +237,7 @@ class PostgresServer:
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             r = subprocess.run(
-                [pg_isready, "-h", "127.0.0.1", "-p", str(self.port), "-q"], check=False
+                [pg_isready, "-h", self.host, "-p", str(self.port), "-q"], check=False
             )
             if r.returncode == 0:
                 return
@@ -312,3 +338,148 @@ async def astop(proc: asyncio.subprocess.Process, sig: int, deadline_s: float) -
     except TimeoutError:
         proc.kill()
         await proc.wait()
+
+
+def _docker_answers(sock_path: Path, timeout: float = 1.0) -> bool:
+    """True when a Docker API on the unix socket answers GET /_ping with 200 OK."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(sock_path))
+            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = b""
+            while len(reply) < 4096:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:
+        return False
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head.split(b" ", 2)[1:2] == [b"200"] and body.strip() == b"OK"
+
+
+@dataclass
+class DockerDaemon:
+    """A dockerd of our own: its data-root, exec-root, pidfile and unix socket, no docker0.
+
+    `start(detach=False)` runs it as our child (the local stack supervises it);
+    `start(detach=True)` lets it outlive us (test runs share one, and its image cache).
+    """
+
+    data_root: Path
+    exec_root: Path
+    pidfile: Path
+    socket_path: Path
+    address_pool: str = "base=10.220.0.0/14,size=24"
+    bridge: str = "none"
+    log_path: Path | None = None
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def answers(self, timeout: float = 1.0) -> bool:
+        return _docker_answers(self.socket_path, timeout)
+
+    def argv(self) -> list[str]:
+        return [
+            find_binary("dockerd"),
+            "--data-root",
+            str(self.data_root),
+            "--exec-root",
+            str(self.exec_root),
+            "--pidfile",
+            str(self.pidfile),
+            "-H",
+            self.url,
+            "--default-address-pool",
+            self.address_pool,
+            "--bridge",
+            self.bridge,
+        ]
+
+    def start(self, deadline_s: float = 60.0, detach: bool = False) -> None:
+        """Start dockerd; returns when its API answers, raises EmbeddedError after the deadline."""
+        argv = self.argv()
+        for d in (self.data_root, self.exec_root, self.pidfile.parent, self.socket_path.parent):
+            d.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_path or (self.socket_path.parent / "dockerd.log")
+        log = open(log_path, "ab")
+        try:
+            if detach:
+                # setsid -f forks: dockerd is not our child and outlives this process.
+                r = subprocess.run(
+                    [find_binary("setsid"), "-f", *argv],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    check=False,
+                    timeout=deadline_s,
+                )
+                if r.returncode != 0:
+                    raise EmbeddedError(f"setsid -f dockerd exited with code {r.returncode}")
+            else:
+                self._proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                )
+        finally:
+            log.close()
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if self.answers():
+                return
+            if self._proc is not None and self._proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        tail = _tail(log_path)
+        self.stop(5.0)
+        raise EmbeddedError(
+            f"dockerd on {self.socket_path} did not answer within {deadline_s:.0f}s; "
+            f"see {log_path}: {tail}"
+        )
+
+    def pid(self) -> int | None:
+        if self._proc is not None:
+            return self._proc.pid
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def poll(self) -> int | None:
+        """The exit code if our child dockerd has exited (it is reaped), else None."""
+        return None if self._proc is None else self._proc.poll()
+
+    def stop(self, deadline_s: float = 30.0) -> None:
+        """SIGTERM (dockerd stops its containers), then SIGKILL after the deadline."""
+        if self._proc is not None:
+            _stop(self._proc, signal.SIGTERM, deadline_s)
+            self._proc = None
+            return
+        pid = self.pid()
+        if pid is None or not _is_dockerd(pid):
+            return
+        os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end and _is_dockerd(pid):
+            time.sleep(0.1)
+        if _is_dockerd(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _is_dockerd(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return False
+    return comm == "dockerd" and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError as e:
+        return str(e)

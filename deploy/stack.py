@@ -8,6 +8,13 @@ Layout of the data directory:
     <data>/postgres/       the Postgres cluster and its log
     <data>/nats/           the JetStream store and the nats-server log
     <data>/logs/<name>.log stdout and stderr (JSON lines) of each service
+    <data>/postgres-addons/ the addon Postgres apps' databases live in (not the platform's)
+    <data>/docker/         dockerd's data, when the stack runs its own (no system Docker)
+    <data>/apps/           snapshots and the locally signed catalog
+
+Docker: HP_DOCKER_HOST if set, else the system's /var/run/docker.sock if it answers, else a
+dockerd of the stack's own (a supervised part). Without any, the apps service is left out. Apps
+reach their addons (database, LDAP) on the gateway address of the `homeport-services` network.
 """
 
 from __future__ import annotations
@@ -37,7 +44,15 @@ from typing import Any, Protocol
 import aiohttp
 import asyncpg
 
-from deploy.embedded import EmbeddedError, NatsServer, PostgresServer, free_port
+from deploy.embedded import (
+    DockerDaemon,
+    EmbeddedError,
+    NatsServer,
+    PostgresServer,
+    find_binary,
+    free_port,
+)
+from deploy.embedded import _docker_answers as docker_answers
 
 __all__ = [
     "DATABASE",
@@ -70,6 +85,12 @@ KEYRING_FILE = "keyring.json"
 RELAY_MODULE = "libs.events.relay"
 DASHBOARD_PART = "gateway"
 HOST = "127.0.0.1"
+SYSTEM_DOCKER = Path("/var/run/docker.sock")
+SERVICES_NETWORK = "homeport-services"
+SERVICES_SUBNET = "10.213.0.0/24"
+SERVICES_GATEWAY = "10.213.0.1"  # the first host address, as the apps runtime creates it
+APPS_MODULE = "services.apps"
+BASE_CACHE = Path("/var/cache/homeport")  # the debootstrap tarball, shared by data dirs
 
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
@@ -81,9 +102,9 @@ HEALTH_TIMEOUT_S = 2.0
 _POLL_S = 0.25
 
 
-def _database_password(data_dir: Path) -> str:
-    """The platform database's password: made once, kept 0600 in the data directory."""
-    path = data_dir / "database-password"
+def _database_password(data_dir: Path, name: str = "database-password") -> str:
+    """A database's password: made once, kept 0600 in the data directory."""
+    path = data_dir / name
     try:
         return path.read_text().strip()
     except FileNotFoundError:
@@ -105,6 +126,8 @@ class StackError(Exception):
 class PartKind(StrEnum):
     POSTGRES = "postgres"
     NATS = "nats"
+    DOCKER = "docker"
+    ADDON_POSTGRES = "addon_postgres"
     SERVICE = "service"
 
 
@@ -250,7 +273,11 @@ def _port_free(port: int) -> bool:
 async def probe(
     health: str, session: aiohttp.ClientSession | None = None, deadline_s: float = HEALTH_TIMEOUT_S
 ) -> tuple[bool, str]:
-    """Check one health address: `tcp://host:port` connects, `http://…` must answer 200."""
+    """Check one health address: `tcp://host:port` connects, `unix://path` is a dockerd that
+    answers, `http://…` must answer 200."""
+    if health.startswith("unix://"):
+        ok = await asyncio.to_thread(_docker_answers, Path(health.removeprefix("unix://")))
+        return ok, "answering" if ok else "not answering"
     if health.startswith("tcp://"):
         host, _, port = health.removeprefix("tcp://").rpartition(":")
         try:
@@ -356,6 +383,31 @@ class _ServerRunner:
 
     async def stop(self, deadline_s: float) -> bool:
         await asyncio.to_thread(self.server.stop, deadline_s)
+        return False
+
+
+class _DockerRunner:
+    """The stack's own dockerd (deploy.embedded.DockerDaemon) as a supervised child."""
+
+    def __init__(self, daemon: DockerDaemon) -> None:
+        self.daemon = daemon
+
+    @property
+    def pid(self) -> int | None:
+        return self.daemon.pid() if self.daemon.poll() is None else None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.daemon.start)
+
+    async def wait(self) -> int:
+        while True:
+            code = self.daemon.poll()
+            if code is not None or self.daemon.pid() is None:
+                return -1 if code is None else code
+            await asyncio.sleep(_POLL_S)
+
+    async def stop(self, deadline_s: float) -> bool:
+        await asyncio.to_thread(self.daemon.stop, deadline_s)
         return False
 
 
@@ -482,6 +534,9 @@ class Stack:
         self._session: aiohttp.ClientSession | None = None
         self._database_url = ""
         self._nats_url = ""
+        self._docker_url = ""
+        self._addon: PostgresServer | None = None
+        self._ldap_port = 0
 
     # -- public ---------------------------------------------------------------------------
 
@@ -686,6 +741,7 @@ class Stack:
                 monitor_port=nats.monitor_port,
             ),
         ]
+        modules = self._plan_docker(modules, port)
         for m in modules:
             p = port(m.name)
             log_path = self.data_dir / "logs" / f"{m.name}.log"
@@ -705,6 +761,87 @@ class Stack:
         if not modules:
             log.warning("no services found to supervise", extra={"relay": RELAY_MODULE})
 
+    def _plan_docker(self, modules: list[Module], port: Callable[[str], int]) -> list[Module]:
+        """Docker (the system's or our own), the addon Postgres and the LDAP port for apps."""
+        if APPS_MODULE not in {m.module for m in modules}:
+            return modules
+        wanted = os.environ.get("HP_DOCKER_HOST", "")
+        if wanted:
+            self._docker_url = wanted
+        elif _docker_answers(SYSTEM_DOCKER):
+            self._docker_url = f"unix://{SYSTEM_DOCKER}"
+        else:
+            try:
+                find_binary("dockerd")
+            except EmbeddedError:
+                log.warning(
+                    "no Docker here (no dockerd, no /var/run/docker.sock): apps are left out;"
+                    " install docker.io to run apps",
+                )
+                return [m for m in modules if m.module != APPS_MODULE]
+            run = (
+                Path("/run/homeport") / hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
+            )
+            daemon = DockerDaemon(
+                data_root=self.data_dir / "docker",
+                exec_root=run / "exec",
+                pidfile=run / "docker.pid",
+                socket_path=run / "docker.sock",
+                address_pool="base=10.224.0.0/14,size=24",
+                log_path=self.data_dir / "logs" / "dockerd.log",
+            )
+            self._docker_url = daemon.url
+            self.parts.append(
+                Part(
+                    "docker",
+                    PartKind.DOCKER,
+                    0,
+                    daemon.url,
+                    daemon.url,
+                    self.data_dir / "logs" / "dockerd.log",
+                    _DockerRunner(daemon),
+                )
+            )
+        addon_dir = self._postgres_dir().with_name(self._postgres_dir().name + "-addons")
+        addon = PostgresServer(
+            addon_dir,
+            port=_stable_port(self.data_dir, "addon-postgres"),
+            fsync=self.fsync,
+            password=_database_password(self.data_dir, "addon-database-password"),
+            listen=(HOST, SERVICES_GATEWAY),
+            hba_file=addon_dir / "pg_hba.conf",
+        )
+        self._addon = addon
+        self._ldap_port = _stable_port(self.data_dir, "ldap")
+        self.parts.append(
+            Part(
+                "addon-postgres",
+                PartKind.ADDON_POSTGRES,
+                addon.port,
+                f"postgresql://{SERVICES_GATEWAY}:{addon.port}",
+                f"tcp://{HOST}:{addon.port}",
+                addon_dir / "postgres.log",
+                _ServerRunner(addon),
+            )
+        )
+        return modules
+
+    async def _prepare_addons(self) -> None:
+        """The services network (its gateway is where addons listen), then the hba file."""
+        from services.apps.addons.postgresql import AddonPostgres
+        from services.apps.runtime import DockerRuntime
+
+        try:
+            async with DockerRuntime(self._docker_url) as runtime:
+                await runtime.ensure_services_network(SERVICES_NETWORK, SERVICES_SUBNET)
+            if self._addon is not None:
+                await asyncio.to_thread(self._addon.init)
+                hba = self._addon.datadir / "pg_hba.conf"
+                addon = AddonPostgres(self._addon.dsn, SERVICES_GATEWAY, self._addon.port, hba)
+                await asyncio.to_thread(addon.ensure_hba_file, _postgres_ids())
+        except Exception as e:
+            raise EmbeddedError(f"preparing the addons failed: {e}") from e
+
     def _service_env(self, port: int) -> dict[str, str]:
         """The environment of a service: ours, with the HP_* settings of this stack on top."""
         env = dict(os.environ)
@@ -718,6 +855,22 @@ class Stack:
             HP_KEYRING=str(self.keyring),
             HP_DATA_DIR=str(self.data_dir),
         )
+        if self._docker_url:
+            env.update(
+                HP_DOCKER_HOST=self._docker_url,
+                HP_APPS_DIR=str(self.data_dir / "apps"),
+                HP_BASE_CACHE=str(BASE_CACHE),
+                HP_SERVICES_NETWORK=SERVICES_NETWORK,
+                HP_SERVICES_SUBNET=SERVICES_SUBNET,
+                HP_LDAP_HOST=f"{HOST},{SERVICES_GATEWAY}",
+                HP_LDAP_PORT=str(self._ldap_port),
+            )
+        if self._addon is not None:
+            env.update(
+                HP_ADDON_PG_DSN=self._addon.dsn_for("postgres"),
+                HP_ADDON_PG_HBA=str(self._addon.datadir / "pg_hba.conf"),
+                HP_ADDON_PG_PORT=str(self._addon.port),
+            )
         return env
 
     async def _start_servers(self) -> None:
@@ -729,6 +882,8 @@ class Stack:
             self._save()
             log.info("starting", extra={"part": part.name, "port": part.port})
             try:
+                if part.kind is PartKind.ADDON_POSTGRES:
+                    await self._prepare_addons()
                 await part.runner.start()
                 if part.kind is PartKind.POSTGRES:
                     await _ensure_database(self._database_url)
@@ -888,7 +1043,7 @@ class Stack:
         """Services first (together), then NATS, then Postgres."""
         services = [p for p in self.parts if p.kind is PartKind.SERVICE]
         await asyncio.gather(*(self._stop_part(p) for p in services))
-        for kind in (PartKind.NATS, PartKind.POSTGRES):
+        for kind in (PartKind.ADDON_POSTGRES, PartKind.DOCKER, PartKind.NATS, PartKind.POSTGRES):
             for p in self.parts:
                 if p.kind is kind:
                     await self._stop_part(p)
@@ -934,6 +1089,33 @@ class Stack:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _docker_answers(sock: Path) -> bool:
+    """Whether a dockerd answers /_ping on the unix socket `sock`."""
+    return docker_answers(sock, 1.0)
+
+
+def _stable_port(data_dir: Path, name: str) -> int:
+    """A port apps are told once and keep (in their containers' settings): chosen at the first
+    start, kept in `<data>/ports.json`, never changed; taken by something else -> StackError."""
+    path = data_dir / "ports.json"
+    try:
+        ports = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        ports = {}
+    port = ports.get(name)
+    if isinstance(port, int):
+        if not _port_free(port):
+            raise StackError(
+                f"port {port} ({name}, which apps were given) is in use by another program:"
+                " stop it, then start homeport again"
+            )
+        return port
+    port = free_port()
+    ports[name] = port
+    _write_atomic(path, (json.dumps(ports, indent=2) + "\n").encode())
+    return port
 
 
 def _postgres_ids() -> tuple[int, int] | None:

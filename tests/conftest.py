@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import tempfile
 import uuid
@@ -10,9 +11,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import docker
 import pytest
 
-from deploy.embedded import EmbeddedError, NatsServer, PostgresServer
+from deploy.embedded import DockerDaemon, EmbeddedError, NatsServer, PostgresServer
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -123,3 +125,47 @@ async def _no_leftover_tasks() -> AsyncIterator[None]:
     await asyncio.sleep(0)
     left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
     assert not left, f"test left asyncio task(s) running: {left}"
+
+
+# Docker: one shared dockerd for all test runs (its image cache keeps later runs fast).
+
+_DOCKER_RUN = Path("/run/homeport-test")
+
+
+def _test_dockerd() -> DockerDaemon:
+    return DockerDaemon(
+        data_root=Path("/var/lib/homeport-test/docker"),
+        exec_root=_DOCKER_RUN / "exec",
+        pidfile=_DOCKER_RUN / "docker.pid",
+        socket_path=_DOCKER_RUN / "docker.sock",
+        address_pool="base=10.220.0.0/14,size=24",
+        bridge="none",
+        log_path=_DOCKER_RUN / "dockerd.log",
+    )
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> str:
+    """A `unix://` URL of a dockerd: HP_TEST_DOCKER_HOST, the shared test one, or started now."""
+    env = os.environ.get("HP_TEST_DOCKER_HOST")
+    if env:
+        return env
+    daemon = _test_dockerd()
+    if daemon.answers():
+        return daemon.url
+    try:
+        _DOCKER_RUN.mkdir(parents=True, exist_ok=True)
+        with open(_DOCKER_RUN / "start.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # both xdist workers get here: one starts it
+            if not daemon.answers():
+                daemon.start(deadline_s=60.0, detach=True)  # outlives this run on purpose
+    except (EmbeddedError, OSError) as e:
+        need_server("dockerd", e)
+    return daemon.url
+
+
+@pytest.fixture
+def docker_client(docker_host: str) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=docker_host, version="auto")
+    yield client
+    client.close()

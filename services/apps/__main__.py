@@ -107,6 +107,7 @@ def build() -> Service:
             engine.addon_pg = AddonPostgres(
                 cfg.addon_pg_dsn, services.gateway, cfg.addon_pg_port, cfg.addon_pg_hba
             )
+            await engine.addon_pg.sync_hba()
         commands = Commands(engine, catalog)
         queries = Queries(engine, catalog, bus)
         monitor = HealthMonitor(engine)

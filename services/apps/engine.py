@@ -34,7 +34,7 @@ from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
 from libs.events.tasks import Task
 from services.apps import events as ev
-from services.apps.addons.postgresql import AddonPostgres
+from services.apps.addons.postgresql import AddonError, AddonPostgres
 from services.apps.base_image import ensure_base_image, ensure_busybox_image
 from services.apps.catalog import Catalog, CatalogEntry, CatalogError
 from services.apps.config import AppsConfig
@@ -208,7 +208,7 @@ class Engine:
                 await self._run_steps(s, task)
             except OperationFailed as e:
                 await self._fail(app_id, task, e)
-            except (RuntimeFailure, CatalogError, BusError, OSError) as e:
+            except (RuntimeFailure, CatalogError, BusError, AddonError, OSError) as e:
                 await self._fail(app_id, task, OperationFailed(str(e), "runtime"))
 
     async def _request_meta(self, app_id: str, task_id: str) -> Context:
@@ -288,7 +288,7 @@ class Engine:
         if kind in ("update", "configure"):
             try:
                 rolled_back = await self._roll_back(s, task)
-            except (OperationFailed, RuntimeFailure, OSError) as err:
+            except (OperationFailed, RuntimeFailure, AddonError, OSError) as err:
                 message = f"{message}; rolling back failed too: {err}"
             if rolled_back:
                 message = f"{message} (the app was rolled back to how it was before)"

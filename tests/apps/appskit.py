@@ -121,7 +121,7 @@ def apps_env(
         "HP_BASE_CACHE": "/var/cache/homeport-test",
         "HP_CATALOG_SOURCE": str(catalog),
         "HP_NAME_PREFIX": prefix,
-        "HP_SERVICES_NETWORK": "hp-test-services",
+        "HP_SERVICES_NETWORK": "homeport-services",
         "HP_HEALTH_INTERVAL": "1",
         "HP_UNHEALTHY_AFTER": "3",
         "HP_STATS_INTERVAL": "1",

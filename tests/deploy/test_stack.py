@@ -149,7 +149,7 @@ class Running:
 
 
 @pytest.fixture
-def start_stack(tmp_root: Path) -> Iterator[Callable[..., Running]]:
+def start_stack(tmp_root: Path, docker_host: str) -> Iterator[Callable[..., Running]]:
     try:
         check_binaries()
     except EmbeddedError as e:
@@ -164,7 +164,9 @@ def start_stack(tmp_root: Path) -> Iterator[Callable[..., Running]]:
         for s in services:
             argv += ["--service", s]
         with open(logs / "up.out", "wb") as out, open(logs / "up.err", "wb") as err:
-            proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=err)
+            # the test dockerd: a second dockerd of the stack's own would fight over iptables
+            env = {**os.environ, "HP_DOCKER_HOST": docker_host}
+            proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=err, env=env)
         run = Running(data, proc, logs)
         started.append(run)
         return run

@@ -1,0 +1,992 @@
+"""The Docker runtime of the apps service: the only module that talks to dockerd.
+
+Every blocking docker SDK call runs in a worker thread (`asyncio.to_thread`); long streams
+(build output, followed logs, events) each get a thread of their own that ends when the stream
+does or when the iterator is closed (closing shuts the stream's socket). docker/requests errors
+become `RuntimeFailure`, whose message names the image, network, volume or container and says
+what to do. Container rules follow SECURITY.md "Isolation of apps" (see `_host_config`).
+
+Volume data is read and written through its host path (the volume's Mountpoint): the service
+runs as root on the Docker host, as it must to hold the Docker socket anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import IPAMConfig, IPAMPool, LogConfig, Mount
+
+__all__ = [
+    "ContainerSpec",
+    "ContainerState",
+    "DockerRuntime",
+    "NetworkInfo",
+    "RuntimeEvent",
+    "RuntimeFailure",
+    "Stats",
+]
+
+log = logging.getLogger("services.apps.runtime")
+
+_T = TypeVar("_T")
+
+LABEL_CONTEXT = "homeport.context"
+LABEL_SPEC = "homeport.spec"
+LABEL_HTTP_PORT = "homeport.http-port"
+DATA_PATH = "/app/data"
+APP_USER = "1000:1000"
+_TMPFS = "rw,nosuid,nodev,size=64m,mode=1777"
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+_EVENT_KINDS = ("start", "die", "oom")
+# Event attributes that Docker adds next to a container's labels.
+_EVENT_ATTRS = frozenset({"image", "name", "exitCode", "signal", "execID", "execDuration"})
+
+
+class RuntimeFailure(Exception):
+    """Docker refused or failed an operation; the message names the object and what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    name: str
+    subnet: str
+    gateway: str
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What an app container is; its sha256 (with the image id) decides whether to recreate it."""
+
+    name: str
+    image: str
+    network: str
+    env: Mapping[str, str] = field(repr=False)
+    memory_bytes: int
+    pids_limit: int = 256
+    capabilities: tuple[str, ...] = ()
+    run_as_root: bool = False
+    http_port: int | None = None  # published on 127.0.0.1:<random host port>
+    tcp_ports: Mapping[int, int] = field(default_factory=dict)  # container port -> host port
+    udp_ports: Mapping[int, int] = field(default_factory=dict)
+    data_volume: str | None = None  # mounted read-write at /app/data
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def digest(self, image_id: str) -> str:
+        """sha256 of everything the container is made of (env included, image by id)."""
+        doc = {
+            "name": self.name,
+            "image": self.image,
+            "image_id": image_id,
+            "network": self.network,
+            "env": dict(sorted(self.env.items())),
+            "memory_bytes": self.memory_bytes,
+            "pids_limit": self.pids_limit,
+            "capabilities": sorted(self.capabilities),
+            "run_as_root": self.run_as_root,
+            "http_port": self.http_port,
+            "tcp_ports": sorted(self.tcp_ports.items()),
+            "udp_ports": sorted(self.udp_ports.items()),
+            "data_volume": self.data_volume,
+            "labels": dict(sorted(self.labels.items())),
+            "rules": 1,  # bump when _host_config changes, so containers are recreated
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    name: str
+    running: bool
+    status: str
+    exit_code: int | None
+    oom_killed: bool
+    started_at: str | None
+    http_host_port: int | None
+    ip: str | None
+    image_id: str
+
+
+@dataclass(frozen=True)
+class Stats:
+    memory_bytes: int
+    memory_limit: int
+    cpu_seconds: float
+
+
+@dataclass(frozen=True)
+class RuntimeEvent:
+    kind: str  # "start" | "die" | "oom"
+    container: str
+    labels: Mapping[str, str]
+    exit_code: int | None
+
+
+def _explain(e: BaseException) -> str:
+    if isinstance(e, docker.errors.APIError):
+        return str(e.explanation or e)
+    return str(e) or type(e).__name__
+
+
+def context_digest(context: Path) -> str:
+    """sha256 over the build context tree: relative paths, modes, file contents, link targets."""
+    h = hashlib.sha256()
+    root = context.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted([*dirnames, *filenames]):
+            p = Path(dirpath) / name
+            st = p.lstat()
+            rel = p.relative_to(root).as_posix()
+            h.update(f"{rel}\0{stat.S_IMODE(st.st_mode):o}\0{stat.S_IFMT(st.st_mode):o}\0".encode())
+            if stat.S_ISLNK(st.st_mode):
+                h.update(os.readlink(p).encode() + b"\0")
+            elif stat.S_ISREG(st.st_mode):
+                with p.open("rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                h.update(b"\0")
+    return h.hexdigest()
+
+
+class _ThreadStream(Generic[_T]):
+    """An async iterator over a blocking SDK stream read by a thread of its own.
+
+    `opener` runs in that thread and returns the stream (an iterator with `close()`, e.g. the
+    SDK's CancellableStream); `convert` maps each raw item to zero or more items, and is called
+    once more with None at the end (to flush). Closing the iterator closes the stream, which
+    ends the thread's blocking read.
+    """
+
+    def __init__(
+        self,
+        opener: Callable[[], Iterator[Any]],
+        convert: Callable[[Any], Iterable[_T]],
+        what: str,
+        hint: str,
+    ) -> None:
+        self._opener = opener
+        self._convert = convert
+        self._what = what
+        self._hint = hint
+        self._lock = threading.Lock()
+        self._handle: Iterator[Any] | None = None
+        self._closed = False
+        self._done = False
+        self._thread: threading.Thread | None = None
+        self._queue: asyncio.Queue[tuple[str, Any]] | None = None
+        self._pending: deque[_T] = deque()
+
+    def __aiter__(self) -> _ThreadStream[_T]:
+        return self
+
+    async def __aenter__(self) -> _ThreadStream[_T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _start(self) -> asyncio.Queue[tuple[str, Any]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._queue = queue
+
+        def put(kind: str, value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+        def run() -> None:
+            try:
+                handle = self._opener()
+                with self._lock:
+                    self._handle = handle
+                    closed = self._closed
+                if closed:
+                    _close_quietly(handle)
+                    put("end", None)
+                    return
+                for raw in handle:
+                    put("item", raw)
+                put("end", None)
+            except Exception as e:  # reported to the consumer, translated there
+                put("end" if self._closed else "error", e)
+
+        self._thread = threading.Thread(target=run, name=f"docker-stream {self._what}", daemon=True)
+        self._thread.start()
+        return queue
+
+    async def __anext__(self) -> _T:
+        while True:
+            if self._pending:
+                return self._pending.popleft()
+            if self._done or self._closed:
+                raise StopAsyncIteration
+            queue = self._queue or self._start()
+            kind, value = await queue.get()
+            if kind == "item":
+                self._pending.extend(self._convert(value))
+            elif kind == "end":
+                self._done = True
+                self._pending.extend(self._convert(None))
+            else:
+                self._done = True
+                raise RuntimeFailure(f"{self._what}: {_explain(value)}; {self._hint}") from value
+
+    async def aclose(self) -> None:
+        """Stop the stream and wait (briefly) for its thread to end."""
+        with self._lock:
+            self._closed = True
+            handle = self._handle
+        if handle is not None:
+            await asyncio.to_thread(_close_quietly, handle)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10.0)
+            if self._thread.is_alive():
+                log.warning("docker stream thread did not end: %s", self._what)
+
+    def __del__(self) -> None:
+        # A consumer that drops the iterator without closing it still ends the thread.
+        if not self._closed and self._handle is not None:
+            self._closed = True
+            _close_quietly(self._handle)
+
+
+def _close_quietly(handle: object) -> None:
+    close = getattr(handle, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except (OSError, ValueError, docker.errors.DockerException) as e:
+        log.debug("closing a docker stream: %s", e)
+
+
+class _LineSplitter:
+    """Bytes chunks to text lines (a line may be split across chunks)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def __call__(self, chunk: bytes | None) -> list[str]:
+        if chunk is None:
+            rest, self._buf = self._buf, b""
+            return [rest.decode(errors="replace")] if rest else []
+        self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        return [line.decode(errors="replace").rstrip("\r") for line in lines]
+
+
+class DockerRuntime:
+    """Images, networks, volumes and containers on one dockerd (an async context manager)."""
+
+    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+        self._base_url = base_url
+        self._timeout = timeout
+        self._client: docker.DockerClient | None = None
+        self._streams: docker.APIClient | None = None
+
+    async def __aenter__(self) -> DockerRuntime:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Connect (negotiating the API version); raises RuntimeFailure if dockerd is away."""
+        if self._client is not None:
+            return
+
+        def connect() -> tuple[docker.DockerClient, docker.APIClient]:
+            client = docker.DockerClient(
+                base_url=self._base_url, version="auto", timeout=int(self._timeout)
+            )
+            # Followed logs may be quiet for long: their client has no read timeout.
+            streams = docker.APIClient(
+                base_url=self._base_url, version=client.api.api_version, timeout=None
+            )
+            return client, streams
+
+        self._client, self._streams = await self._run(
+            connect, f"Docker at {self._base_url} does not answer", "check that dockerd runs"
+        )
+
+    async def close(self) -> None:
+        client, streams = self._client, self._streams
+        self._client = self._streams = None
+        if client is not None:
+            await asyncio.to_thread(client.close)
+        if streams is not None:
+            await asyncio.to_thread(streams.close)
+
+    @property
+    def _api(self) -> docker.APIClient:
+        if self._client is None:
+            raise RuntimeFailure(
+                f"the Docker runtime for {self._base_url} is not open: use `async with`"
+            )
+        return self._client.api
+
+    @property
+    def _stream_api(self) -> docker.APIClient:
+        if self._streams is None:
+            raise RuntimeFailure(
+                f"the Docker runtime for {self._base_url} is not open: use `async with`"
+            )
+        return self._streams
+
+    async def _run(self, fn: Callable[[], _T], what: str, hint: str) -> _T:
+        """Run a blocking SDK call in a thread; SDK errors become RuntimeFailure(what; hint)."""
+        try:
+            return await asyncio.to_thread(fn)
+        except RuntimeFailure:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise RuntimeFailure(f"{what}: {_explain(e)}; {hint}") from e
+        except OSError as e:
+            raise RuntimeFailure(f"{what}: {e}; {hint}") from e
+
+    async def ping(self) -> None:
+        """Raise RuntimeFailure unless dockerd answers."""
+        api = self._api
+        await self._run(
+            api.ping, f"Docker at {self._base_url} does not answer", "check that dockerd runs"
+        )
+
+    # Images
+
+    async def build_image(
+        self,
+        tag: str,
+        context: Path,
+        progress: Callable[[str], Awaitable[None]] | None = None,
+    ) -> str:
+        """Build `context` as `tag` (skipped if the tag was built from the same tree): image id."""
+        if not (context / "Dockerfile").is_file():
+            raise RuntimeFailure(
+                f"image {tag}: build context {context} has no Dockerfile; check the app's `build`"
+            )
+        digest = await self._run(
+            lambda: context_digest(context),
+            f"image {tag}: could not read build context {context}",
+            "check that the folder exists and is readable",
+        )
+        existing = await self._inspect_image(tag)
+        if (
+            existing is not None
+            and (existing["Config"].get("Labels") or {}).get(LABEL_CONTEXT) == digest
+        ):
+            return str(existing["Id"])
+        stream_api = self._stream_api
+
+        def open_build() -> Iterator[Any]:
+            it: Iterator[Any] = stream_api.build(
+                path=str(context),
+                tag=tag,
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+                labels={LABEL_CONTEXT: digest},
+            )
+            return it
+
+        last: deque[str] = deque(maxlen=20)
+        error: str | None = None
+        image_id: str | None = None
+        stream: _ThreadStream[dict[str, Any]] = _ThreadStream(
+            open_build,
+            lambda chunk: [] if chunk is None else [chunk],
+            f"image {tag} did not build",
+            f"check the build context {context}",
+        )
+        async with stream:
+            async for chunk in stream:
+                text = chunk.get("stream") or chunk.get("status") or ""
+                if "error" in chunk:
+                    error = str(chunk["error"]).strip()
+                    text = error
+                if "aux" in chunk and isinstance(chunk["aux"], dict):
+                    image_id = chunk["aux"].get("ID", image_id)
+                for line in str(text).splitlines():
+                    if line.strip():
+                        last.append(line)
+                        if progress is not None:
+                            await progress(line)
+        if error is not None:
+            tail = "\n".join(last)
+            raise RuntimeFailure(
+                f"image {tag} did not build from {context}: {error}; fix the Dockerfile. "
+                f"Last lines of output:\n{tail}"
+            )
+        built = await self._inspect_image(tag)
+        if built is None:
+            raise RuntimeFailure(f"image {tag}: build ended but no image has that tag; retry")
+        if image_id is not None and image_id != built["Id"]:
+            log.info("image %s: tag moved on while building (%s)", tag, image_id)
+        return str(built["Id"])
+
+    async def _inspect_image(self, tag: str) -> dict[str, Any] | None:
+        api = self._api
+
+        def inspect() -> dict[str, Any] | None:
+            try:
+                found: dict[str, Any] = api.inspect_image(tag)
+                return found
+            except docker.errors.ImageNotFound:
+                return None
+
+        return await self._run(inspect, f"image {tag} could not be inspected", "retry")
+
+    async def image_exists(self, tag: str) -> bool:
+        return await self._inspect_image(tag) is not None
+
+    async def remove_image(self, tag: str) -> None:
+        """Remove an image tag; missing is fine, and one still used by a container is kept."""
+        api = self._api
+
+        def remove() -> None:
+            try:
+                api.remove_image(tag, force=False, noprune=False)
+            except docker.errors.ImageNotFound:
+                return
+            except docker.errors.APIError as e:
+                if e.status_code == 409:  # a container still uses it
+                    log.info("image %s still in use, kept: %s", tag, _explain(e))
+                    return
+                raise
+
+        await self._run(remove, f"image {tag} could not be removed", "retry later")
+
+    # Networks
+
+    async def _inspect_network(self, name: str) -> dict[str, Any] | None:
+        api = self._api
+
+        def inspect() -> dict[str, Any] | None:
+            try:
+                found: dict[str, Any] = api.inspect_network(name)
+            except docker.errors.NotFound:
+                return None
+            return found if found.get("Name") == name else None
+
+        return await self._run(inspect, f"network {name} could not be inspected", "retry")
+
+    @staticmethod
+    def _network_info(name: str, net: dict[str, Any]) -> NetworkInfo:
+        configs = (net.get("IPAM") or {}).get("Config") or []
+        if not configs or not configs[0].get("Subnet"):
+            raise RuntimeFailure(
+                f"network {name} has no IPv4 subnet; remove it (docker network rm {name}) "
+                "so it is created again"
+            )
+        return NetworkInfo(
+            name=name, subnet=str(configs[0]["Subnet"]), gateway=str(configs[0].get("Gateway", ""))
+        )
+
+    async def _create_network(
+        self, name: str, labels: Mapping[str, str], ipam: IPAMConfig | None
+    ) -> dict[str, Any]:
+        api = self._api
+
+        def create() -> dict[str, Any]:
+            try:
+                api.create_network(
+                    name,
+                    driver="bridge",
+                    options={"com.docker.network.bridge.enable_icc": "false"},
+                    ipam=ipam,
+                    check_duplicate=True,
+                    internal=False,
+                    enable_ipv6=False,
+                    labels=dict(labels),
+                )
+            except docker.errors.APIError as e:
+                if e.status_code != 409:  # 409: created meanwhile by someone else
+                    raise
+            found: dict[str, Any] = api.inspect_network(name)
+            return found
+
+        return await self._run(
+            create,
+            f"network {name} could not be created",
+            "check that the address pool (--default-address-pool) has free subnets",
+        )
+
+    async def ensure_network(self, name: str, labels: Mapping[str, str]) -> NetworkInfo:
+        """An app's own bridge network (no traffic between its containers' peers: icc off)."""
+        net = await self._inspect_network(name)
+        if net is None:
+            net = await self._create_network(name, labels, None)
+        return self._network_info(name, net)
+
+    async def ensure_services_network(self, name: str, subnet: str) -> NetworkInfo:
+        """The network whose gateway address (on the host) addons listen on; no containers."""
+        import ipaddress
+
+        try:
+            net_obj = ipaddress.IPv4Network(subnet)
+            gateway = str(next(net_obj.hosts()))
+        except (ValueError, StopIteration) as e:
+            raise RuntimeFailure(
+                f"services network {name}: {subnet!r} is not an IPv4 subnet with host "
+                "addresses; use e.g. 10.213.0.0/24"
+            ) from e
+        net = await self._inspect_network(name)
+        if net is not None:
+            info = self._network_info(name, net)
+            if info.subnet == str(net_obj) and info.gateway == gateway:
+                return info
+            if net.get("Containers"):
+                raise RuntimeFailure(
+                    f"services network {name} has subnet {info.subnet}, not {subnet}, and "
+                    "containers on it; disconnect them so it can be recreated"
+                )
+            await self.remove_network(name)
+        ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=str(net_obj), gateway=gateway)])
+        net = await self._create_network(name, {"homeport.role": "services"}, ipam)
+        return self._network_info(name, net)
+
+    async def remove_network(self, name: str) -> None:
+        api = self._api
+
+        def remove() -> None:
+            try:
+                api.remove_network(name)
+            except docker.errors.NotFound:
+                return
+
+        await self._run(
+            remove,
+            f"network {name} could not be removed",
+            "remove the containers still attached to it first",
+        )
+
+    # Volumes
+
+    async def _inspect_volume(self, name: str) -> dict[str, Any] | None:
+        api = self._api
+
+        def inspect() -> dict[str, Any] | None:
+            try:
+                found: dict[str, Any] = api.inspect_volume(name)
+                return found
+            except docker.errors.NotFound:
+                return None
+
+        return await self._run(inspect, f"volume {name} could not be inspected", "retry")
+
+    async def ensure_volume(
+        self,
+        name: str,
+        labels: Mapping[str, str],
+        owner: tuple[int, int] | None = (1000, 1000),
+    ) -> Path:
+        """A named local volume; its data folder is chowned to `owner` when it is created."""
+        vol = await self._inspect_volume(name)
+        if vol is not None:
+            return Path(vol["Mountpoint"])
+        api = self._api
+
+        def create() -> Path:
+            created: dict[str, Any] = api.create_volume(
+                name=name, driver="local", labels=dict(labels)
+            )
+            path = Path(created["Mountpoint"])
+            if owner is not None:
+                os.chown(path, *owner)
+            return path
+
+        return await self._run(
+            create,
+            f"volume {name} could not be created",
+            "check free space and that the service runs as root on the Docker host",
+        )
+
+    async def remove_volume(self, name: str) -> None:
+        api = self._api
+
+        def remove() -> None:
+            try:
+                api.remove_volume(name, force=True)
+            except docker.errors.NotFound:
+                return
+
+        await self._run(
+            remove, f"volume {name} could not be removed", "remove the containers using it first"
+        )
+
+    async def _volume_path(self, name: str) -> Path:
+        vol = await self._inspect_volume(name)
+        if vol is None:
+            raise RuntimeFailure(f"volume {name} does not exist; create it first")
+        return Path(vol["Mountpoint"])
+
+    async def copy_volume(self, src: str, dst: str) -> None:
+        """Replace `dst`'s contents (creating it if missing) by a copy of `src`'s."""
+        src_path = await self._volume_path(src)
+        vol = await self._inspect_volume(dst)
+        dst_path = (
+            Path(vol["Mountpoint"])
+            if vol is not None
+            else await self.ensure_volume(dst, {}, owner=None)
+        )
+
+        def copy() -> None:
+            _clear(dst_path)
+            st = src_path.stat()
+            os.chown(dst_path, st.st_uid, st.st_gid)
+            os.chmod(dst_path, stat.S_IMODE(st.st_mode))
+            # cp -a keeps ownership, modes, times, links and hard links.
+            r = subprocess.run(
+                ["cp", "-a", "--", f"{src_path}/.", f"{dst_path}/"],
+                check=False,
+                capture_output=True,
+                timeout=3600,
+            )
+            if r.returncode != 0:
+                raise OSError(r.stderr.decode(errors="replace").strip())
+
+        await self._run(
+            copy, f"volume {src} could not be copied to {dst}", "check free space and retry"
+        )
+
+    async def export_volume(self, name: str, dest: Path) -> None:
+        """Write a tar of the volume's contents (owners and modes kept) to `dest`."""
+        path = await self._volume_path(name)
+
+        def export() -> None:
+            tmp = dest.with_name(dest.name + ".part")
+            with tarfile.open(tmp, "w") as tar:
+                tar.add(path, arcname=".", recursive=True)
+            tmp.replace(dest)
+
+        await self._run(
+            export, f"volume {name} could not be exported to {dest}", "check free space and retry"
+        )
+
+    async def import_volume(self, name: str, src: Path) -> None:
+        """Replace the volume's contents by those of the tar `src` (owners and modes kept)."""
+        path = await self._volume_path(name)
+
+        def safe(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
+            # tar_filter rejects absolute names, `..` and links leaving the volume; the member
+            # itself is extracted unchanged so setgid dirs and modes stay as exported.
+            tarfile.tar_filter(member, dest_path)
+            return member
+
+        def restore() -> None:
+            with tarfile.open(src, "r") as tar:
+                _clear(path)
+                tar.extractall(path, numeric_owner=True, filter=safe)  # noqa: S202 (filtered)
+
+        try:
+            await self._run(
+                restore,
+                f"volume {name} could not be restored from {src}",
+                "check that the file is a tar written by export and retry",
+            )
+        except tarfile.TarError as e:
+            raise RuntimeFailure(
+                f"volume {name} could not be restored from {src}: {e}; use a tar written by export"
+            ) from e
+
+    # Containers
+
+    def _host_config(self, spec: ContainerSpec) -> dict[str, Any]:
+        """SECURITY.md "Isolation of apps": the rules every app container runs under."""
+        bindings: dict[str, list[tuple[str, int | None]]] = {}
+        if spec.http_port is not None:
+            bindings.setdefault(f"{spec.http_port}/tcp", []).append(("127.0.0.1", None))
+        for cport, hport in spec.tcp_ports.items():
+            bindings.setdefault(f"{cport}/tcp", []).append(("0.0.0.0", hport))  # noqa: S104
+        for cport, hport in spec.udp_ports.items():
+            bindings.setdefault(f"{cport}/udp", []).append(("0.0.0.0", hport))  # noqa: S104
+        port_bindings = {
+            port: [(ip,) if hp is None else (ip, hp) for ip, hp in binds]
+            for port, binds in bindings.items()
+        }
+        mounts = []
+        if spec.data_volume is not None:
+            mounts.append(
+                Mount(target=DATA_PATH, source=spec.data_volume, type="volume", read_only=False)
+            )
+        config: dict[str, Any] = self._api.create_host_config(
+            read_only=True,
+            tmpfs={"/tmp": _TMPFS, "/run": _TMPFS},  # noqa: S108 (the container's own tmpfs)
+            mounts=mounts,
+            cap_drop=["ALL"],
+            cap_add=list(spec.capabilities) or None,
+            security_opt=["no-new-privileges:true"],
+            mem_limit=spec.memory_bytes,
+            memswap_limit=spec.memory_bytes,
+            pids_limit=spec.pids_limit,
+            network_mode=spec.network,
+            port_bindings=port_bindings,
+            restart_policy={"Name": "unless-stopped"},
+            log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
+            init=True,  # tini, bind-mounted from the host: works in FROM-scratch images too
+        )
+        return config
+
+    async def _inspect_container(self, name: str) -> dict[str, Any] | None:
+        api = self._api
+
+        def inspect() -> dict[str, Any] | None:
+            try:
+                found: dict[str, Any] = api.inspect_container(name)
+                return found
+            except docker.errors.NotFound:
+                return None
+
+        return await self._run(inspect, f"container {name} could not be inspected", "retry")
+
+    async def create_container(self, spec: ContainerSpec) -> str:
+        """Create the container (same spec: the existing one is kept; else recreated): its id."""
+        image = await self._inspect_image(spec.image)
+        if image is None:
+            raise RuntimeFailure(
+                f"container {spec.name}: image {spec.image} not found; build or pull it first"
+            )
+        digest = spec.digest(str(image["Id"]))
+        existing = await self._inspect_container(spec.name)
+        if existing is not None:
+            if (existing["Config"].get("Labels") or {}).get(LABEL_SPEC) == digest:
+                return str(existing["Id"])
+            await self.remove_container(spec.name)
+        labels = {**spec.labels, LABEL_SPEC: digest}
+        if spec.http_port is not None:
+            labels[LABEL_HTTP_PORT] = str(spec.http_port)
+        ports: list[int | tuple[int, str]] = []
+        if spec.http_port is not None:
+            ports.append(spec.http_port)
+        ports += [p for p in spec.tcp_ports if p != spec.http_port]
+        ports += [(p, "udp") for p in spec.udp_ports]
+        api = self._api
+
+        def create() -> str:
+            host_config = self._host_config(spec)
+            created = api.create_container(
+                image=spec.image,
+                name=spec.name,
+                environment=dict(spec.env),
+                user=None if spec.run_as_root else APP_USER,
+                labels=labels,
+                ports=ports or None,
+                host_config=host_config,
+                detach=True,
+            )
+            return str(created["Id"])
+
+        return await self._run(
+            create,
+            f"container {spec.name} could not be created",
+            f"check image {spec.image}, network {spec.network} and the volume exist",
+        )
+
+    async def start(self, name: str) -> None:
+        api = self._api
+        await self._run(
+            lambda: api.start(name),
+            f"container {name} could not start",
+            f"see `docker logs {name}` and the app's manifest",
+        )
+
+    async def stop(self, name: str, timeout: float = 10) -> None:  # noqa: ASYNC109 (docker's grace period)
+        api = self._api
+        await self._run(
+            lambda: api.stop(name, timeout=max(0, round(timeout))),
+            f"container {name} could not be stopped",
+            "retry, or remove it",
+        )
+
+    async def restart(self, name: str) -> None:
+        api = self._api
+        await self._run(
+            lambda: api.restart(name, timeout=10),
+            f"container {name} could not restart",
+            f"see `docker logs {name}`",
+        )
+
+    async def remove_container(self, name: str) -> None:
+        """Remove (forced, even running); a missing container is fine."""
+        api = self._api
+
+        def remove() -> None:
+            try:
+                api.remove_container(name, force=True, v=False)
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as e:
+                if e.status_code == 409 and "already in progress" in str(e.explanation):
+                    return
+                raise
+
+        await self._run(remove, f"container {name} could not be removed", "retry")
+
+    @staticmethod
+    def _state(info: dict[str, Any]) -> ContainerState:
+        st = info.get("State") or {}
+        status = str(st.get("Status", "unknown"))
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        net = info.get("NetworkSettings") or {}
+        http_host_port: int | None = None
+        http_port = labels.get(LABEL_HTTP_PORT)
+        if http_port is not None:
+            binds = (net.get("Ports") or {}).get(f"{http_port}/tcp") or []
+            for b in binds:
+                if b.get("HostIp") == "127.0.0.1" and b.get("HostPort"):
+                    http_host_port = int(b["HostPort"])
+        ip: str | None = None
+        for endpoint in (net.get("Networks") or {}).values():
+            if endpoint.get("IPAddress"):
+                ip = str(endpoint["IPAddress"])
+                break
+        started = st.get("StartedAt")
+        exited = status in ("exited", "dead")
+        return ContainerState(
+            name=str(info.get("Name", "")).lstrip("/"),
+            running=bool(st.get("Running")),
+            status=status,
+            exit_code=int(st.get("ExitCode", 0)) if exited else None,
+            oom_killed=bool(st.get("OOMKilled")),
+            started_at=None if not started or started == _ZERO_TIME else str(started),
+            http_host_port=http_host_port,
+            ip=ip,
+            image_id=str(info.get("Image", "")),
+        )
+
+    async def state(self, name: str) -> ContainerState | None:
+        info = await self._inspect_container(name)
+        return None if info is None else self._state(info)
+
+    async def containers(self, labels: Mapping[str, str]) -> list[ContainerState]:
+        """Every container (running or not) carrying all of `labels`."""
+        api = self._api
+
+        def list_() -> list[dict[str, Any]]:
+            found = api.containers(
+                all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]}
+            )
+            out = []
+            for c in found:
+                try:
+                    out.append(api.inspect_container(c["Id"]))
+                except docker.errors.NotFound:  # removed meanwhile
+                    continue
+            return out
+
+        infos = await self._run(list_, f"containers with labels {dict(labels)} not listed", "retry")
+        return [self._state(i) for i in infos]
+
+    async def logs(self, name: str, tail: int = 100) -> list[str]:
+        """The last `tail` lines of output (stdout and stderr interleaved)."""
+        api = self._api
+
+        def read() -> bytes:
+            out: bytes = api.logs(name, stdout=True, stderr=True, stream=False, tail=tail)
+            return out
+
+        raw = await self._run(read, f"logs of container {name} not read", "check that it exists")
+        return raw.decode(errors="replace").splitlines()
+
+    def follow_logs(self, name: str, tail: int = 0) -> AsyncIterator[str]:
+        """New output lines as they come; ends when the container stops or on `aclose()`."""
+        api = self._stream_api
+
+        def opener() -> Iterator[Any]:
+            it: Iterator[Any] = api.logs(
+                name, stdout=True, stderr=True, stream=True, follow=True, tail=tail
+            )
+            return it
+
+        return _ThreadStream(
+            opener, _LineSplitter(), f"logs of container {name}", "check that it exists"
+        )
+
+    async def stats(self, name: str) -> Stats:
+        """Memory in use (without page cache, as `docker stats` shows) and CPU time so far."""
+        api = self._api
+
+        def read() -> dict[str, Any]:
+            out: dict[str, Any] = api.stats(name, stream=False, one_shot=True)
+            return out
+
+        raw = await self._run(read, f"stats of container {name} not read", "check that it runs")
+        mem = raw.get("memory_stats") or {}
+        detail = mem.get("stats") or {}
+        cache = int(detail.get("total_inactive_file", detail.get("inactive_file", 0)))
+        usage = int(mem.get("usage", 0))
+        cpu = ((raw.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage", 0)
+        return Stats(
+            memory_bytes=max(0, usage - cache) if usage > cache else usage,
+            memory_limit=int(mem.get("limit", 0)),
+            cpu_seconds=int(cpu) / 1e9,
+        )
+
+    def events(self, labels: Mapping[str, str] | None = None) -> AsyncIterator[RuntimeEvent]:
+        """start/die/oom events of containers carrying all of `labels`; close it to stop."""
+        api = self._stream_api
+        filters: dict[str, Any] = {"type": "container", "event": list(_EVENT_KINDS)}
+        if labels:
+            filters["label"] = [f"{k}={v}" for k, v in labels.items()]
+
+        def opener() -> Iterator[Any]:
+            it: Iterator[Any] = api.events(decode=True, filters=filters)
+            return it
+
+        def convert(raw: dict[str, Any] | None) -> list[RuntimeEvent]:
+            if raw is None:
+                return []
+            kind = raw.get("Action") or raw.get("status")
+            if kind not in _EVENT_KINDS:
+                return []
+            attrs: dict[str, str] = (raw.get("Actor") or {}).get("Attributes") or {}
+            code = attrs.get("exitCode")
+            return [
+                RuntimeEvent(
+                    kind=str(kind),
+                    container=str(attrs.get("name", "")),
+                    labels={k: v for k, v in attrs.items() if k not in _EVENT_ATTRS},
+                    exit_code=int(code) if code is not None and kind == "die" else None,
+                )
+            ]
+
+        return _ThreadStream(opener, convert, "Docker events", "check that dockerd runs")
+
+
+def _clear(path: Path) -> None:
+    """Remove everything inside `path` (not `path` itself)."""
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
