@@ -12,12 +12,16 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import NoReturn
 
-from bench import events, gateway
+from bench import apps, events, gateway
 from bench.common import Bench, BenchConfig, BenchError, Benchmark, Result, say, servers
 
 __all__ = ["main"]
 
-BENCHMARKS: dict[str, Benchmark] = {**events.BENCHMARKS, **gateway.BENCHMARKS}
+BENCHMARKS: dict[str, Benchmark] = {
+    **events.BENCHMARKS,
+    **gateway.BENCHMARKS,
+    **apps.BENCHMARKS,
+}
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:

@@ -413,7 +413,9 @@ class Engine:
                             last = f"HTTP {r.status}"
                     except (aiohttp.ClientError, TimeoutError) as e:
                         last = type(e).__name__
-                await asyncio.sleep(0.25)
+                # most apps answer within a second: look often at first, then less
+                waited = time.monotonic() - (deadline - self.cfg.ready_timeout)
+                await asyncio.sleep(0.02 if waited < 3 else 0.25)
         raise OperationFailed(
             f"the app did not answer {manifest.health_check_path} healthily within"
             f" {self.cfg.ready_timeout:.0f} s (last: {last})",

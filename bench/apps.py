@@ -1,0 +1,195 @@
+"""Benchmark of the apps service: installing the static app against a raw `docker run`.
+
+`app_install_vs_docker_run`: seconds from the install command to the app answering healthy
+(its task's success, which the engine records after the health check answered), over seconds
+from `docker run -d` of the same image (already built, on an existing network, port published
+on 127.0.0.1) until its port answers HTTP. Medians of interleaved rounds; target <= 2.0.
+Docker: HP_DOCKER_HOST, else the system's socket, else the tests' shared dockerd (started if
+needed, as the tests do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import docker
+import nats
+
+from bench.common import Bench, BenchError, Benchmark, Result, say
+from bench.gateway import _children, _spawn, _wait_ready
+from deploy.embedded import DockerDaemon, EmbeddedError, free_port
+from deploy.embedded import _docker_answers as docker_answers
+from libs.events.bus import BusClient
+from libs.events.context import Context
+from libs.events.store import PostgresEventStore
+
+__all__ = ["BENCHMARKS"]
+
+_TARGET = 2.0  # ours/baseline seconds, at most
+_STATIC = "org.homeport.static"
+_TEST_DOCKER = Path("/run/homeport-test/docker.sock")
+_CTX = Context("system", "bench", None, None)
+
+
+def _docker_url() -> str:
+    wanted = os.environ.get("HP_DOCKER_HOST")
+    if wanted:
+        return wanted
+    for sock in (Path("/var/run/docker.sock"), _TEST_DOCKER):
+        if docker_answers(sock):
+            return f"unix://{sock}"
+    daemon = DockerDaemon(
+        data_root=Path("/var/lib/homeport-test/docker"),
+        exec_root=Path("/run/homeport-test/exec"),
+        pidfile=Path("/run/homeport-test/docker.pid"),
+        socket_path=_TEST_DOCKER,
+    )
+    try:
+        daemon.start(detach=True)
+    except EmbeddedError as e:
+        raise BenchError(f"no Docker for the apps benchmark: {e}") from e
+    return daemon.url
+
+
+async def _answers(http: aiohttp.ClientSession, port: int) -> bool:
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/") as r:
+            return 200 <= r.status < 400
+    except (aiohttp.ClientError, OSError):
+        return False
+
+
+async def app_install_vs_docker_run(b: Bench) -> Result:
+    url = _docker_url()
+    dsn = await b.database("bench_apps")
+    tag = uuid.uuid4().hex[:6]
+    prefix = f"b{tag}"
+    client = docker.DockerClient(base_url=url)
+    work = Path(tempfile.mkdtemp(prefix="hp-bench-apps-"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "HP_DATABASE_URL": dsn,
+        "HP_NATS_URL": b.servers.nats_url,
+        "HP_HTTP_PORT": str(port),
+        "HP_KEYRING": str(work / "keyring.json"),
+        "HP_DATA_DIR": str(work),
+        "HP_DOCKER_HOST": url,
+        "HP_APPS_DIR": str(work / "apps"),
+        "HP_NAME_PREFIX": prefix,
+        "HP_LOG_LEVEL": "WARNING",
+    }
+    net = client.networks.create(f"{prefix}-baseline", driver="bridge")
+    ours: list[float] = []
+    base: list[float] = []
+    nc = await nats.connect(b.servers.nats_url)
+    store = await PostgresEventStore.open(dsn, max_size=2)
+    try:
+        async with _children() as children, aiohttp.ClientSession() as http:
+            child = await _spawn(
+                "apps", [sys.executable, "-m", "services.apps"], env, work / "apps.log", port
+            )
+            children.append(child)
+            await _wait_ready(child, "/readyz")
+            bus = BusClient(nc, default_timeout=60)
+
+            async def install(location: str) -> tuple[float, str]:
+                t0 = time.perf_counter()
+                reply = await bus.command(
+                    "apps",
+                    "install",
+                    {"manifest_id": _STATIC, "location": location, "access": {"all_users": True}},
+                    ctx=_CTX,
+                )
+                while True:
+                    events = await store.read_stream(f"task-{reply['task_id']}")
+                    if events and events[-1].type == "TaskSucceeded":
+                        return time.perf_counter() - t0, str(reply["app_id"])
+                    if events and events[-1].type == "TaskFailed":
+                        raise BenchError(f"install failed: {events[-1].data}")
+                    await asyncio.sleep(0.005)
+
+            async def uninstall(app_id: str) -> None:
+                reply = await bus.command("apps", "uninstall", {"app_id": app_id}, ctx=_CTX)
+                while True:
+                    events = await store.read_stream(f"task-{reply['task_id']}")
+                    if events and events[-1].type in ("TaskSucceeded", "TaskFailed"):
+                        return
+                    await asyncio.sleep(0.05)
+
+            # warm-up: the image is built once (not measured), as the issue says
+            _, warm = await install("warm-up")
+            image = client.containers.get(f"{prefix}-app-{warm}").image.id
+            await uninstall(warm)
+
+            async def raw_run() -> float:
+                t0 = time.perf_counter()
+                c = await asyncio.to_thread(
+                    client.containers.run,
+                    image,
+                    detach=True,
+                    network=net.name,
+                    ports={"8080/tcp": ("127.0.0.1", None)},
+                    user="1000:1000",
+                    read_only=True,
+                    tmpfs={"/tmp": "", "/run": "", "/app/data": "uid=1000"},
+                )
+                try:
+                    while True:
+                        c.reload()
+                        bound = c.ports.get("8080/tcp")
+                        if bound and await _answers(http, int(bound[0]["HostPort"])):
+                            return time.perf_counter() - t0
+                        await asyncio.sleep(0.005)
+                finally:
+                    await asyncio.to_thread(c.remove, force=True)
+
+            for r in range(b.cfg.rounds):
+                sides: list[tuple[str, Any]] = [("ours", None), ("baseline", None)]
+                if r % 2:
+                    sides.reverse()
+                for side, _ in sides:
+                    if side == "ours":
+                        seconds, app_id = await install(f"round-{r}")
+                        ours.append(seconds)
+                        await uninstall(app_id)
+                    else:
+                        seconds = await raw_run()
+                        base.append(seconds)
+                    say(f"  round {r + 1}  {side:<8} {seconds * 1000:>8.0f} ms to answering")
+    finally:
+        await store.close()
+        await nc.close()
+        with contextlib.suppress(docker.errors.APIError):
+            net.remove()
+        for c in client.containers.list(all=True, filters={"label": f"homeport.prefix={prefix}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                c.remove(force=True)
+        client.close()
+    ratio = statistics.median(ours) / statistics.median(base)
+    say(
+        f"  median   ours {statistics.median(ours) * 1000:.0f} ms, docker run"
+        f" {statistics.median(base) * 1000:.0f} ms; ratio ours/baseline = {ratio:.3f}"
+    )
+    return Result("app_install_vs_docker_run", ratio, _TARGET, "<=")
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "app_install_vs_docker_run": Benchmark(
+        "app_install_vs_docker_run",
+        app_install_vs_docker_run,
+        _TARGET,
+        needs_nats=True,
+        op="<=",
+    )
+}
