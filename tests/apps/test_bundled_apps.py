@@ -1,0 +1,419 @@
+"""The bundled catalog for real: each app built from its directory on the base image, run under
+the container rules of services/apps/DESIGN.md, and used over HTTP as a person would.
+
+Notes and DokuWiki sign in through the identity service's LDAP endpoint and Notes keeps its
+notes in a Postgres of its own; both servers listen on the gateway address of the test's
+Docker network, the way the platform's addons listen on the services network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import io
+import json
+import re
+import tarfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import docker
+import docker.errors
+import pytest
+
+from deploy.embedded import EmbeddedError, PostgresServer
+from services.apps.base_image import BaseImageError, ensure_base_image
+from tests.conftest import need_server
+from tests.identity.kit import ADMIN, running_identity
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+BUNDLED = Path(__file__).resolve().parents[2] / "services" / "apps" / "bundled"
+APPS = {
+    "static": BUNDLED / "org.homeport.static" / "1.0.0",
+    "dokuwiki": BUNDLED / "org.dokuwiki" / "2022.7.31",
+    "notes": BUNDLED / "org.homeport.notes" / "1.0.0",
+}
+# kept between runs, like the test dockerd's image cache, so only the first run debootstraps
+BASE_CACHE = Path("/var/lib/homeport-test/base-image-cache")
+BUILD_TIMEOUT = 1800  # a cold machine: debootstrap plus apt in three builds
+PREFIX = "hpbndl"
+
+
+def manifest(app: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((APPS[app] / "manifest.json").read_text())
+    return data
+
+
+def image_tag(app: str) -> str:
+    m = manifest(app)
+    return f"homeport-app/{m['id']}:{m['version']}"
+
+
+@pytest.fixture(scope="session")
+def images(docker_host: str) -> dict[str, str]:
+    """Every bundled app's image, built as the runtime does: base image, then `docker build`."""
+    BASE_CACHE.mkdir(parents=True, exist_ok=True)
+    client = docker.DockerClient(base_url=docker_host, version="auto", timeout=BUILD_TIMEOUT)
+    # both xdist workers get here; one builds while the other waits, then finds the cache
+    with open(BASE_CACHE / "tests-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            asyncio.run(ensure_base_image(docker_host, BASE_CACHE))
+            tags = {}
+            for app, path in APPS.items():
+                tag = image_tag(app)
+                started = time.monotonic()
+                # the build reaches the Debian mirror through the host's network
+                client.images.build(
+                    path=str(path), tag=tag, network_mode="host", rm=True, forcerm=True
+                )
+                print(f"built {tag} in {time.monotonic() - started:.1f}s")
+                tags[app] = tag
+        except docker.errors.BuildError as e:
+            log = "".join(str(c.get("stream", c.get("error", ""))) for c in e.build_log)
+            pytest.fail(f"docker build failed: {e}\n{log[-3000:]}", pytrace=False)
+        except (BaseImageError, docker.errors.DockerException) as e:
+            need_server("docker images", e)
+        finally:
+            client.close()
+    return tags
+
+
+@dataclass
+class Net:
+    name: str
+    gateway: str
+    subnet: str
+
+
+@pytest.fixture
+def net(docker_client: docker.DockerClient) -> Iterator[Net]:
+    """A bridge network of this test; servers for the app listen on its gateway address."""
+    network = docker_client.networks.create(f"{PREFIX}-{uuid.uuid4().hex[:10]}", driver="bridge")
+    try:
+        network.reload()
+        ipam = network.attrs["IPAM"]["Config"][0]
+        yield Net(network.name, ipam["Gateway"], ipam["Subnet"])
+    finally:
+        network.remove()
+
+
+class App:
+    """One app container under the rules of DESIGN.md, with its data volume."""
+
+    def __init__(self, client: docker.DockerClient, app: str, net: Net, env: dict[str, str]):
+        self.client = client
+        self.app = app
+        self.net = net
+        self.env = env
+        self.name = f"{PREFIX}-{app}-{uuid.uuid4().hex[:10]}"
+        self.volume = client.volumes.create(self.name)
+        self.container: Any = None
+        self.port = 0
+
+    def _start(self) -> None:
+        m = manifest(self.app)
+        self.container = self.client.containers.run(
+            image_tag(self.app),
+            name=self.name,
+            detach=True,
+            network=self.net.name,
+            read_only=True,
+            tmpfs={"/tmp": "", "/run": ""},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            user="1000:1000",
+            mem_limit=m["memoryLimit"],
+            pids_limit=256,
+            volumes={self.volume.name: {"bind": "/app/data", "mode": "rw"}},
+            environment=self.env,
+            ports={f"{m['httpPort']}/tcp": ("127.0.0.1", None)},
+        )
+        self._read_port()
+
+    def _read_port(self) -> None:
+        self.container.reload()
+        binding = self.container.attrs["NetworkSettings"]["Ports"][
+            f"{manifest(self.app)['httpPort']}/tcp"
+        ]
+        self.port = int(binding[0]["HostPort"])
+
+    def _restart(self) -> None:
+        self.container.restart(timeout=10)
+        self._read_port()
+
+    def logs(self) -> str:
+        return self.container.logs(tail=40).decode(errors="replace") if self.container else ""
+
+    def _remove(self) -> None:
+        if self.container is not None:
+            self.container.remove(force=True)
+        self.volume.remove(force=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start)
+        await self.healthy()
+
+    async def restart(self) -> None:
+        await asyncio.to_thread(self._restart)
+        await self.healthy()
+
+    async def healthy(self, deadline_s: float = 90) -> None:
+        """Wait until the manifest's health check answers 200, as the platform would."""
+        path = manifest(self.app)["healthCheckPath"]
+        end = time.monotonic() + deadline_s
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < end:
+                await asyncio.to_thread(self.container.reload)
+                if self.container.status == "exited":
+                    break
+                try:
+                    async with http.get(self.url + path) as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.5)
+        raise AssertionError(f"{self.app} not healthy on {path}; logs:\n{self.logs()}")
+
+    async def remove(self) -> None:
+        await asyncio.to_thread(self._remove)
+
+
+@pytest.fixture
+async def run_app(
+    images: dict[str, str], docker_client: docker.DockerClient, net: Net
+) -> AsyncIterator[Any]:
+    started: list[App] = []
+
+    async def run(app: str, env: dict[str, str] | None = None) -> App:
+        a = App(docker_client, app, net, env or {})
+        started.append(a)
+        await a.start()
+        return a
+
+    yield run
+    for a in started:
+        await a.remove()
+
+
+def browser() -> aiohttp.ClientSession:
+    # cookies of a bare IP address are kept only with unsafe=True
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=30)
+    )
+
+
+# -- the servers Notes and DokuWiki use --------------------------------------------------------
+
+
+@pytest.fixture
+def app_pg(tmp_root: Path, net: Net) -> Iterator[PostgresServer]:
+    """A Postgres for the app's database, on loopback and the network's gateway; the network's
+    subnet may log in with a password, like the addon Postgres."""
+    datadir = tmp_root / f"app-pg-{uuid.uuid4().hex[:8]}"
+    datadir.mkdir(mode=0o755)
+    hba = datadir / "pg_hba.conf"
+    hba.write_text(
+        "local all all trust\n"
+        "host all postgres 127.0.0.1/32 trust\n"
+        f"host all all {net.subnet} scram-sha-256\n"
+    )
+    hba.chmod(0o644)
+    server = PostgresServer(datadir, fsync=False, listen=("127.0.0.1", net.gateway), hba_file=hba)
+    try:
+        server.start()
+    except (EmbeddedError, OSError) as e:
+        need_server("postgres", e)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def platform(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path, net: Net
+) -> AsyncIterator[Any]:
+    """The identity service with its LDAP endpoint on the gateway address, and its admin set up."""
+    env = {"HP_LDAP_HOST": net.gateway, "HP_LDAP_PORT": "0"}
+    async with running_identity(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, env=env
+    ) as ident:
+        await ident.set_up()
+        yield ident
+
+
+async def ldap_env(ident: Any, app_id: str) -> dict[str, str]:
+    reply = await ident.cmd(
+        "ldap_register_app",
+        {"app_id": app_id, "access": {"all_users": True}},
+        actor="system",
+    )
+    return {
+        "HOMEPORT_APP_ID": str(uuid.uuid4()),
+        "HOMEPORT_LDAP_HOST": reply["host"],
+        "HOMEPORT_LDAP_PORT": str(reply["port"]),
+        "HOMEPORT_LDAP_URL": f"ldap://{reply['host']}:{reply['port']}",
+        "HOMEPORT_LDAP_BIND_DN": reply["bind_dn"],
+        "HOMEPORT_LDAP_BIND_PASSWORD": reply["password"],
+        "HOMEPORT_LDAP_USERS_BASE_DN": reply["users_dn"],
+        "HOMEPORT_LDAP_GROUPS_BASE_DN": reply["groups_dn"],
+    }
+
+
+async def pg_env(server: PostgresServer, gateway: str) -> dict[str, str]:
+    name, password = f"app_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    admin = await asyncpg.connect(server.dsn)
+    try:
+        await admin.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+        await admin.execute(f"CREATE DATABASE {name} OWNER {name}")
+    finally:
+        await admin.close()
+    return {
+        "HOMEPORT_POSTGRESQL_HOST": gateway,
+        "HOMEPORT_POSTGRESQL_PORT": str(server.port),
+        "HOMEPORT_POSTGRESQL_DATABASE": name,
+        "HOMEPORT_POSTGRESQL_USERNAME": name,
+        "HOMEPORT_POSTGRESQL_PASSWORD": password,
+        "HOMEPORT_POSTGRESQL_URL": f"postgresql://{name}:{password}@{gateway}:{server.port}/{name}",
+    }
+
+
+def field(html: str, name: str) -> str:
+    m = re.search(rf'name="{re.escape(name)}" value="([^"]*)"', html)
+    assert m, f"no form field {name} in:\n{html[:2000]}"
+    return m.group(1)
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 120)
+async def test_static_site_serves_welcome_then_the_users_page(run_app: Any) -> None:
+    site = await run_app("static")
+    async with browser() as http:
+        async with http.get(site.url + "/") as r:
+            assert r.status == 200
+            assert "Welcome to your website" in await r.text()
+
+        page = b"<!doctype html><title>Mine</title><h1>My own page</h1>\n"
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("index.html")
+            info.size, info.uid, info.gid, info.mode = len(page), 1000, 1000, 0o644
+            tar.addfile(info, io.BytesIO(page))
+        put = site.container.put_archive
+        assert await asyncio.to_thread(put, "/app/data/www", buf.getvalue())
+
+        async with http.get(site.url + "/") as r:
+            assert r.status == 200
+            body = await r.text()
+        assert "My own page" in body
+        assert "Welcome to your website" not in body
+        async with http.get(site.url + "/nothing-here.html") as r:
+            assert r.status == 404
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 120)
+async def test_notes_sign_in_write_restart_keep(
+    run_app: Any, platform: Any, app_pg: PostgresServer, net: Net
+) -> None:
+    env = await ldap_env(platform, f"notes-{uuid.uuid4().hex[:8]}")
+    env |= await pg_env(app_pg, net.gateway)
+    env["HOMEPORT_APP_ORIGIN"] = "http://notes.example.test"
+    notes = await run_app("notes", env)
+    user, password = ADMIN["username"], ADMIN["password"]
+    async with browser() as http:
+        async with http.get(notes.url + "/") as r:
+            assert r.status == 200 and str(r.url).endswith("/login")
+            csrf = field(await r.text(), "csrf")
+
+        form = {"csrf": csrf, "username": user, "password": password + "x"}
+        async with http.post(notes.url + "/login", data=form) as r:
+            assert r.status == 401
+            assert "Wrong username or password" in await r.text()
+
+        form = {"csrf": "forged", "username": user, "password": password}
+        async with http.post(notes.url + "/login", data=form) as r:
+            assert r.status == 403
+
+        form = {"csrf": csrf, "username": user, "password": password}
+        async with http.post(notes.url + "/login", data=form) as r:
+            assert r.status == 200 and str(r.url).endswith("/")
+            text = await r.text()
+            assert "No notes yet" in text and "Sign out" in text
+
+        note = {"csrf": csrf, "title": "Groceries <b>now</b>", "body": "milk & eggs"}
+        async with http.post(notes.url + "/notes", data=note) as r:
+            assert r.status == 200
+            text = await r.text()
+        assert "Groceries &lt;b&gt;now&lt;/b&gt;" in text and "milk &amp; eggs" in text
+
+    await notes.restart()
+    async with browser() as http:
+        # a fresh browser sees nothing
+        async with http.get(notes.url + "/") as r:
+            assert str(r.url).endswith("/login")
+            assert "Groceries" not in await r.text()
+            csrf = field(await r.text(), "csrf")
+        form = {"csrf": csrf, "username": user, "password": password}
+        async with http.post(notes.url + "/login", data=form) as r:
+            assert r.status == 200
+            assert "Groceries &lt;b&gt;now&lt;/b&gt;" in await r.text()
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 120)
+async def test_dokuwiki_ldap_sign_in_edit_restart_keep(run_app: Any, platform: Any) -> None:
+    env = await ldap_env(platform, f"wiki-{uuid.uuid4().hex[:8]}")
+    wiki = await run_app("dokuwiki", env)
+    user, password = ADMIN["username"], ADMIN["password"]
+    page_id = f"homeport_{uuid.uuid4().hex[:8]}"
+    text = f"Hello from the wiki test {page_id}"
+
+    async def sign_in(http: aiohttp.ClientSession, pw: str) -> str:
+        async with http.get(wiki.url + "/doku.php?id=start&do=login") as r:
+            assert r.status == 200
+            sectok = field(await r.text(), "sectok")
+        form = {"sectok": sectok, "id": "start", "do": "login", "u": user, "p": pw}
+        async with http.post(wiki.url + "/doku.php?id=start", data=form) as r:
+            return await r.text()
+
+    async with browser() as http:
+        refused = await sign_in(http, password + "x")
+        assert "username or password was wrong" in refused
+        assert "do=logout" not in refused
+
+        signed_in = await sign_in(http, password)
+        assert "do=logout" in signed_in, signed_in[:3000]
+
+        async with http.get(wiki.url + f"/doku.php?id={page_id}&do=edit") as r:
+            assert r.status == 200
+            editor = await r.text()
+        form_html = editor[editor.index('id="dw__editform"') :]
+        form_html = form_html[: form_html.index("</form>")]
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form_html))
+        assert "sectok" in fields
+        fields |= {"wikitext": text, "summary": "test", "do[save]": "1"}
+        async with http.post(wiki.url + "/doku.php", data=fields) as r:
+            assert r.status == 200
+        async with http.get(wiki.url + f"/doku.php?id={page_id}") as r:
+            assert text in await r.text()
+
+    await wiki.restart()
+    async with browser() as http:
+        async with http.get(wiki.url + f"/doku.php?id={page_id}") as r:
+            assert text not in await r.text()  # a closed wiki: signed-in users only
+        assert "do=logout" in await sign_in(http, password)
+        async with http.get(wiki.url + f"/doku.php?id={page_id}") as r:
+            assert r.status == 200
+            assert text in await r.text()
