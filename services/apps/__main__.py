@@ -30,6 +30,7 @@ from services.apps.health import HealthMonitor
 from services.apps.projections import AppsProjection
 from services.apps.queries import Queries
 from services.apps.runtime import DockerRuntime
+from services.firewall.egress import EgressRules
 
 log = logging.getLogger("services.apps")
 
@@ -96,6 +97,11 @@ def build() -> Service:
     async def open_parts() -> None:
         keyring = await asyncio.to_thread(Keyring.open, cfg.keyring)
         catalog = await asyncio.to_thread(load_catalog, cfg)
+        if cfg.apps_egress_rules:
+            # SECURITY.md "Isolation of apps": no app reaches link-local (metadata) addresses
+            # or the host's loopback; the same rules the firewall owns, made sure of here
+            # because no app may run without them.
+            await EgressRules().ensure()
         runtime = DockerRuntime(cfg.docker_host)
         await runtime.__aenter__()
         await runtime.ping()

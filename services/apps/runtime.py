@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import tarfile
@@ -25,6 +26,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -48,6 +50,7 @@ log = logging.getLogger("services.apps.runtime")
 
 _T = TypeVar("_T")
 
+BUILD_NETWORK = "homeport-build"
 LABEL_CONTEXT = "homeport.context"
 LABEL_SPEC = "homeport.spec"
 LABEL_HTTP_PORT = "homeport.http-port"
@@ -326,6 +329,11 @@ class DockerRuntime:
             return
 
         def connect() -> tuple[docker.DockerClient, docker.APIClient]:
+            if self._base_url.startswith("unix://"):
+                # The SDK leaks its socket when a unix connect fails: try ours first.
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(self._timeout)
+                    s.connect(self._base_url.removeprefix("unix://"))
             client = docker.DockerClient(
                 base_url=self._base_url, version="auto", timeout=int(self._timeout)
             )
@@ -406,6 +414,9 @@ class DockerRuntime:
         ):
             return str(existing["Id"])
         stream_api = self._stream_api
+        # RUN steps (apt-get from Debian's mirror) need a network: a bridge of their own, so a
+        # build never shares a network with an app or the addons.
+        network = (await self.ensure_network(BUILD_NETWORK, {"homeport.role": "build"})).name
 
         def open_build() -> Iterator[Any]:
             it: Iterator[Any] = stream_api.build(
@@ -416,6 +427,7 @@ class DockerRuntime:
                 pull=False,
                 decode=True,
                 labels={LABEL_CONTEXT: digest},
+                network_mode=network,
             )
             return it
 
@@ -917,6 +929,33 @@ class DockerRuntime:
 
         raw = await self._run(read, f"logs of container {name} not read", "check that it exists")
         return raw.decode(errors="replace").splitlines()
+
+    async def logs_since(
+        self, name: str, tail: int, since: datetime | None
+    ) -> list[tuple[str, str]]:
+        """(cursor, line) pairs: the last `tail` lines, or up to `tail` lines written after
+        `since` (a cursor an earlier answer gave: the timestamp of its last line)."""
+        api = self._api
+
+        def read() -> bytes:
+            kw: dict[str, Any] = {"timestamps": True, "tail": tail}
+            if since is not None:
+                kw["since"] = since.timestamp()
+            out: bytes = api.logs(name, stdout=True, stderr=True, stream=False, **kw)
+            return out
+
+        raw = await self._run(read, f"logs of container {name} not read", "check that it exists")
+        lines: list[tuple[str, str]] = []
+        for row in raw.decode(errors="replace").splitlines():
+            stamp, _, text = row.partition(" ")
+            try:
+                when = datetime.fromisoformat(stamp.replace("Z", "+00:00")[:32])
+            except ValueError:
+                continue
+            if since is not None and when <= since:
+                continue  # Docker's `since` is inclusive and whole-second
+            lines.append((stamp, text))
+        return lines[-tail:]
 
     def follow_logs(self, name: str, tail: int = 0) -> AsyncIterator[str]:
         """New output lines as they come; ends when the container stops or on `aclose()`."""

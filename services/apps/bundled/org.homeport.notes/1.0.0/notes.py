@@ -442,9 +442,9 @@ class Handler(BaseHTTPRequestHandler):
             self._redirect("/login", [(SESSION_COOKIE, "", 0)])
         elif path == "/notes":
             title = form.get("title", "").strip()[:MAX_TITLE]
-            body = form.get("body", "")[:MAX_NOTE]
+            note = form.get("body", "")[:MAX_NOTE]
             if title:
-                self.app.store.add(user["u"], title, body)
+                self.app.store.add(user["u"], title, note)
             self._redirect("/")
         elif m := NOTE_PATH.fullmatch(path):
             self.app.store.delete(user["u"], int(m.group(1)))

@@ -7,4 +7,4 @@ if [ ! -e "$www/index.html" ]; then
     cp /usr/share/homeport/welcome/index.html "$www/index.html.tmp"
     mv "$www/index.html.tmp" "$www/index.html"
 fi
-exec httpd -f -v -p 8080 -h "$www"
+exec httpd -f -vv -p 8080 -h "$www"

@@ -1,0 +1,238 @@
+"""SECURITY.md "Isolation of apps", probed from inside running app containers.
+
+Every "unreachable" is shown next to something the same probe does reach (the container's own
+server, a listener on the services network gateway), and the probe exits 0 whatever it finds,
+so a crash or a broken network can not pass for isolation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import docker
+import pytest
+
+from deploy.embedded import NatsServer, PostgresServer
+from services.apps.runtime import DockerRuntime, NetworkInfo
+from services.firewall.egress import EgressRules
+from tests.apps import dockerkit
+from tests.apps.dockerkit import DockerNames, app_spec, docker_exec, probe_many
+from tests.conftest import need_server
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("docker-isolation")]
+
+# Fixtures from dockerkit used here.
+dnames = dockerkit.dnames
+probe_image = dockerkit.probe_image
+runtime = dockerkit.runtime
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def _host_addresses() -> list[str]:
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], check=True, capture_output=True)
+    return sorted(
+        {a["local"] for link in json.loads(out.stdout) for a in link.get("addr_info", [])}
+    )
+
+
+@dataclass
+class Listener:
+    host: str
+    port: int
+    server: asyncio.Server
+
+
+async def _listen(host: str) -> Listener:
+    async def handle(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.close()
+
+    server = await asyncio.start_server(handle, host, 0)
+    return Listener(host, server.sockets[0].getsockname()[1], server)
+
+
+async def _host_reaches(host: str, port: int) -> bool:
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+    except (OSError, TimeoutError):
+        return False
+    w.close()
+    await w.wait_closed()
+    return True
+
+
+@pytest.fixture
+def root() -> None:
+    if os.geteuid() != 0:
+        need_server("root (ip, iptables)", PermissionError("these tests change host networking"))
+
+
+@pytest.fixture
+async def services_net(runtime: DockerRuntime, dnames: DockerNames) -> NetworkInfo:
+    for _ in range(5):
+        subnet = f"10.{216 + uuid.uuid4().int % 4}.{uuid.uuid4().int % 256}.0/24"
+        try:
+            return await runtime.ensure_services_network(dnames("svc"), subnet)
+        except Exception as e:  # a subnet in use by a concurrent test: pick another
+            last = e
+    raise last
+
+
+@pytest.fixture
+async def started(
+    runtime: DockerRuntime, dnames: DockerNames, probe_image: str
+) -> AsyncIterator[NetworkInfo]:
+    """App `a` (serving on 8080) running on its own network."""
+    net = await runtime.ensure_network(dnames("net-a"), dnames.labels)
+    vol = dnames("data-a")
+    await runtime.ensure_volume(vol, dnames.labels)
+    await runtime.create_container(app_spec(dnames, "a", net.name, http_port=8080, data_volume=vol))
+    await runtime.start(dnames("a"))
+    yield net
+
+
+async def test_container_is_confined(
+    started: NetworkInfo, dnames: DockerNames, docker_client: docker.DockerClient
+) -> None:
+    a = dnames("a")
+    code, out = await docker_exec(docker_client, a, ["/bin/sh", "-c", "echo x > /x"])
+    assert code != 0 and "Read-only file system" in out
+    code, _ = await docker_exec(docker_client, a, ["/bin/sh", "-c", "echo x > /bin/probe"])
+    assert code != 0
+    ok = (
+        "echo ok > /tmp/t && cat /tmp/t && echo > /run/t && echo d > /app/data/f && cat /app/data/f"
+    )
+    assert await docker_exec(docker_client, a, ["/bin/sh", "-c", ok]) == (0, "ok\nd\n")
+    assert await docker_exec(docker_client, a, ["/bin/id", "-u"]) == (0, "1000\n")
+    for proc in ("1", "self"):
+        code, status = await docker_exec(docker_client, a, ["/bin/cat", f"/proc/{proc}/status"])
+        caps = dict(line.split(":\t", 1) for line in status.splitlines() if line.startswith("Cap"))
+        assert code == 0 and caps["CapEff"] == "0000000000000000", status
+        assert caps["CapBnd"] == "0000000000000000"
+        assert "NoNewPrivs:\t1" in status
+    code, _ = await docker_exec(
+        docker_client, a, ["/bin/sh", "-c", "echo x > /proc/sys/kernel/ns_last_pid"]
+    )
+    assert code != 0
+
+    hc = docker_client.api.inspect_container(a)["HostConfig"]
+    assert hc["ReadonlyRootfs"] is True and hc["CapDrop"] == ["ALL"] and not hc["CapAdd"]
+    assert hc["SecurityOpt"] == ["no-new-privileges:true"] and hc["Privileged"] is False
+    assert hc["Memory"] == hc["MemorySwap"] == 64 << 20 and hc["PidsLimit"] == 256
+    assert hc["RestartPolicy"]["Name"] == "unless-stopped"
+    assert hc["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
+    assert set(hc["Tmpfs"]) == {"/tmp", "/run"} and hc["NetworkMode"] == started.name
+
+
+async def test_metadata_and_host_services_unreachable(
+    root: None,
+    started: NetworkInfo,
+    services_net: NetworkInfo,
+    dnames: DockerNames,
+    docker_client: docker.DockerClient,
+    pg_server: PostgresServer,
+    nats_server: NatsServer,
+) -> None:
+    rules = EgressRules()
+    await rules.ensure()
+    tag = uuid.uuid4().hex[:8]
+    ns, veth = f"hpns{tag}", f"hpv{tag}"
+    listeners: list[Listener] = []
+    ns_proc: asyncio.subprocess.Process | None = None
+    try:
+        # 169.254.170.2 one hop away, in a namespace behind a veth (the FORWARD path), and
+        # 169.254.169.254 on the host itself (the INPUT path), on the veth's host end.
+        # (No dummy interfaces here: this kernel has no dummy driver.)
+        _ip("netns", "add", ns)
+        _ip("link", "add", f"{veth}a", "type", "veth", "peer", "name", f"{veth}b")
+        _ip("link", "set", f"{veth}b", "netns", ns)
+        _ip("addr", "add", "169.254.170.1/30", "dev", f"{veth}a")
+        _ip("addr", "add", "169.254.169.254/32", "dev", f"{veth}a")
+        _ip("link", "set", f"{veth}a", "up")
+        _ip("-n", ns, "addr", "add", "169.254.170.2/30", "dev", f"{veth}b")
+        _ip("-n", ns, "link", "set", f"{veth}b", "up")
+        _ip("-n", ns, "route", "add", "default", "via", "169.254.170.1")
+        ns_port = 8770
+        ns_proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", ns, "python3", "-c",
+            "import socket\n"
+            f"s = socket.create_server(('169.254.170.2', {ns_port}))\n"
+            "print('ready', flush=True)\n"
+            "while True: s.accept()[0].close()\n",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert ns_proc.stdout is not None
+        assert await asyncio.wait_for(ns_proc.stdout.readline(), 10) == b"ready\n"
+
+        metadata = await _listen("169.254.169.254")
+        services = await _listen(services_net.gateway)
+        listeners += [metadata, services]
+        assert await _host_reaches("169.254.169.254", metadata.port)
+        assert await _host_reaches("169.254.170.2", ns_port)
+        assert await _host_reaches(services_net.gateway, services.port)
+
+        before = (await rules.dropped()).get("169.254.0.0/16", 0)
+        hosts = sorted({*_host_addresses(), started.gateway, services_net.gateway})
+        assert services_net.gateway in _host_addresses()
+        closed = [("169.254.169.254", metadata.port), ("169.254.170.2", ns_port)]
+        closed += [(h, p) for h in hosts for p in (pg_server.port, nats_server.port)]
+        reachable = [("127.0.0.1", 8080), (services_net.gateway, services.port)]
+        found = await probe_many(docker_client, dnames("a"), [*reachable, *closed])
+
+        assert {t: found[t] for t in reachable} == {t: "open" for t in reachable}
+        assert {t: r for t, r in found.items() if t in closed and r == "open"} == {}
+        assert found[("169.254.169.254", metadata.port)] == "timeout"
+        assert found[("169.254.170.2", ns_port)] == "timeout"
+        after = (await rules.dropped()).get("169.254.0.0/16", 0)
+        assert after >= before + 2, "the egress rule is what dropped the metadata probes"
+    finally:
+        for listener in listeners:
+            listener.server.close()
+            await listener.server.wait_closed()
+        if ns_proc is not None:
+            ns_proc.kill()
+            await ns_proc.wait()
+        subprocess.run(["ip", "link", "del", f"{veth}a"], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+async def test_other_apps_unreachable(
+    root: None,
+    started: NetworkInfo,
+    runtime: DockerRuntime,
+    dnames: DockerNames,
+    docker_client: docker.DockerClient,
+) -> None:
+    await EgressRules().ensure()
+    net_b = await runtime.ensure_network(dnames("net-b"), dnames.labels)
+    await runtime.create_container(app_spec(dnames, "b", net_b.name, http_port=8080))
+    await runtime.start(dnames("b"))
+    b = await runtime.state(dnames("b"))
+    assert b is not None and b.ip is not None and b.http_host_port is not None
+    port = b.http_host_port
+
+    # b serves: on its own address from inside, and on 127.0.0.1:<port> from the host.
+    assert await probe_many(docker_client, dnames("b"), [(b.ip, 8080)]) == {(b.ip, 8080): "open"}
+
+    async def host_reaches_b() -> bool:
+        return await _host_reaches("127.0.0.1", port)
+
+    for _ in range(50):
+        if await host_reaches_b():
+            break
+        await asyncio.sleep(0.1)
+    assert await host_reaches_b()
+
+    hosts = sorted({*_host_addresses(), started.gateway, net_b.gateway})
+    closed = [(b.ip, 8080), *[(h, port) for h in hosts]]
+    found = await probe_many(docker_client, dnames("a"), [("127.0.0.1", 8080), *closed])
+    assert found[("127.0.0.1", 8080)] == "open"
+    assert {t: r for t, r in found.items() if t in closed and r == "open"} == {}
