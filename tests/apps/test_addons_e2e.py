@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+
 import aiohttp
 import asyncpg
 import pytest
