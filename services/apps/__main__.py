@@ -70,6 +70,7 @@ def register(bus: Bus, commands: Commands, queries: Queries) -> None:
         "clone": commands.clone,
         "uninstall": commands.uninstall,
         "repair": commands.repair,
+        "snapshot": commands.snapshot,
     }
     query_map: dict[str, Handler] = {
         "catalog": queries.catalog_search,

@@ -413,6 +413,15 @@ class Commands:
         self.engine.kick(s.app_id)
         return {"app_id": s.app_id, "task_id": task.id}
 
+    async def snapshot(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        _fields(payload, {"app_id"})
+        s = await self._existing(_app_id(payload))
+        if s.state is not State.installed:
+            raise Conflict(f"the app is {s.state.value}: only an installed app has a snapshot")
+        task = await self._start_task("snapshot", f"Snapshot of {s.location}", s.app_id)
+        self.engine.snapshot_in_background(s.app_id, task)
+        return {"app_id": s.app_id, "task_id": task.id}
+
     async def uninstall(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         _fields(payload, {"app_id"})
         s = await self._existing(_app_id(payload))

@@ -41,7 +41,7 @@ from services.apps.config import AppsConfig
 from services.apps.manifest import Manifest
 from services.apps.projections import AppsProjection
 from services.apps.runtime import ContainerSpec, DockerRuntime, NetworkInfo, RuntimeFailure
-from services.apps.state import AppState, fold
+from services.apps.state import AppState, State, fold
 
 __all__ = ["Engine", "Names", "OperationFailed"]
 
@@ -182,6 +182,30 @@ class Engine:
                     log.exception("driving app %s failed unexpectedly", app_id)
                 if app_id not in self._again:
                     return
+
+    def snapshot_in_background(self, app_id: str, task: Task) -> None:
+        """Take a snapshot now (reason "manual"), after any operation running on the app."""
+        lock = self._locks.setdefault(app_id, asyncio.Lock())
+        self._spawn(self._snapshot_locked(app_id, task, lock), f"apps.snapshot.{app_id[:8]}")
+
+    async def _snapshot_locked(self, app_id: str, task: Task, lock: asyncio.Lock) -> None:
+        async with lock:
+            s = await self.load(app_id)
+            if s.state is not State.installed:
+                await task.fail(f"the app is {s.state.value}; no snapshot taken", "not_installed")
+                return
+            await task.progress(10, "copying the app's data and dumping its database")
+            snapshot_id = str(uuid7())
+            try:
+                size = await self._take_snapshot(s, "manual", snapshot_id)
+            except (OperationFailed, RuntimeFailure, AddonError, CatalogError, OSError) as e:
+                await task.fail(f"the snapshot failed: {e}"[:500], "snapshot_failed")
+                return
+            taken = ev.AppSnapshotTaken(
+                app_id, snapshot_id, s.manifest_id, s.app_version, "manual", size
+            )
+            await self.append(app_id, [taken], None)
+            await task.succeed("snapshot taken", {"snapshot_id": snapshot_id})
 
     async def resume_all(self) -> int:
         """At start: continue every operation a previous run left half-done."""

@@ -161,8 +161,9 @@ class HealthMonitor:
     async def run_events(self) -> None:
         labels = {"homeport.prefix": self.cfg.name_prefix}
         while not self._stop.is_set():
+            stream = self.engine.runtime.events(labels)
             try:
-                async for e in self.engine.runtime.events(labels):
+                async for e in stream:
                     if self._stop.is_set():
                         break
                     await self.on_event(e.kind, e.labels.get("homeport.app", ""), e.exit_code)
@@ -170,6 +171,10 @@ class HealthMonitor:
                 log.warning("Docker events stream ended (%s); following again", e)
             except Exception:
                 log.exception("Docker events loop failed; following again")
+            finally:
+                close = getattr(stream, "aclose", None)
+                if close is not None:  # ends the thread that reads Docker's stream, even when
+                    await asyncio.shield(close())  # this loop is cancelled at shutdown
             await self._sleep(1.0)
 
     async def on_event(self, kind: str, app_id: str, exit_code: int | None) -> None:

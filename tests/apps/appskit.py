@@ -61,6 +61,7 @@ class Apps:
     store: PostgresEventStore
     prefix: str
     docker: docker.DockerClient
+    port: int = 0  # the service's HTTP port (health, metrics), when it runs in this process
 
     async def cmd(self, verb: str, payload: dict[str, Any]) -> Any:
         return await self.bus.command("apps", verb, payload, ctx=ADMIN_CTX, timeout=60)
@@ -171,6 +172,7 @@ async def running_apps(
 
             await wait_until(ready, 60, "apps to be ready")
         async with connected(env) as apps:
+            apps.port = svc.port
             yield apps
     finally:
         svc.request_stop("test over")

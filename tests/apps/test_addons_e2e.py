@@ -156,17 +156,30 @@ async def test_notes_gets_its_database_and_ldap_account_and_loses_them_at_uninst
     assert status == 401
     status, _ = await _sign_in(base, ALICE, "wrong" + ALICE["password"])
     assert status == 401
-    conn = await asyncpg.connect(
-        addon_server.admin_dsn.rsplit("/", 1)[0] + f"/app_{app_id.replace('-', '')}"
-    )
-    try:
-        tables = await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog',"
-            " 'information_schema')"
-        )
-        assert tables, "Notes created no table in its addon database"
-    finally:
-        await conn.close()
+    app_db = addon_server.admin_dsn.rsplit("/", 1)[0] + f"/app_{app_id.replace('-', '')}"
+
+    async def titles() -> list[str]:
+        conn = await asyncpg.connect(app_db)
+        try:
+            return [r["title"] for r in await conn.fetch("SELECT title FROM notes ORDER BY id")]
+        finally:
+            await conn.close()
+
+    assert await titles() == ["from the test"]
+
+    # a snapshot holds the app's database dump: restoring it takes later notes away
+    reply = await apps.cmd("snapshot", {"app_id": app_id})
+    assert (await apps.wait_task(reply["task_id"], 120))["type"] == "TaskSucceeded"
+    snaps = (await apps.ask("snapshots", {"app_id": app_id}))["items"]
+    assert [s["reason"] for s in snaps] == ["manual"]
+    status, _ = await _sign_in(base, ALICE, ALICE["password"])  # writes a second note
+    assert status == 200 and await titles() == ["from the test", "from the test"]
+    reply = await apps.cmd("restore", {"app_id": app_id, "snapshot_id": snaps[0]["snapshot_id"]})
+    assert (await apps.wait_task(reply["task_id"], 120))["type"] == "TaskSucceeded"
+    assert await titles() == ["from the test"]
+    port = (await apps.app(app_id))["container"]["port"]
+    status, text = await _sign_in(f"http://127.0.0.1:{port}", ALICE, ALICE["password"])
+    assert status == 200 and "from the test" in text  # the app works on the restored database
 
     reply = await apps.cmd("uninstall", {"app_id": app_id})
     assert (await apps.wait_task(reply["task_id"], 120))["type"] == "TaskSucceeded"

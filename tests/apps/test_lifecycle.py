@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from libs.events.bus import Conflict, Invalid, NotFound
 from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
+from tests.events.relaykit import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -319,3 +322,51 @@ async def _until(apps: Apps, app_id: str, kind: str, seconds: float, after: str 
             return
         await asyncio.sleep(0.3)
     raise AssertionError(f"no {kind} within {seconds} s: {await apps.events(app_id)}")
+
+
+async def test_a_failed_install_is_repaired_once_its_cause_is_gone(apps: Apps) -> None:
+    reply = await apps.cmd(
+        "install",
+        {"manifest_id": STATIC, "version": "2.0.0", "location": "fix", "access": EVERYONE},
+    )
+    end = await apps.wait_task(reply["task_id"])
+    assert end["type"] == "TaskFailed" and end["code"] == "not_ready", end
+    app_id = reply["app_id"]
+    info = await apps.app(app_id)
+    assert info["state"] == "error" and "/never-there" in info["error"]
+    with pytest.raises(Conflict):
+        await apps.cmd("stop", {"app_id": app_id})
+
+    # the cause goes away: the page its health check asks for now exists
+    write_page(apps, app_id, "fixed")
+    c = apps.container(app_id)
+    r = c.exec_run(["cp", "/app/data/www/index.html", "/app/data/www/never-there"], user="1000")
+    assert r.exit_code == 0, r.output
+    reply = await apps.cmd("repair", {"app_id": app_id})
+    assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
+    info = await apps.app(app_id)
+    assert info["state"] == "installed" and info["version"] == "2.0.0" and info["error"] is None
+    steps = [
+        e.data["step"]
+        for e in await apps.store.read_stream(f"app-{app_id}")
+        if e.type == "AppStepCompleted"
+    ]
+    assert steps.count("image") == 1 and steps.count("ready") == 1  # only the failed step again
+    with pytest.raises(Conflict):
+        await apps.cmd("repair", {"app_id": app_id})
+
+
+async def test_memory_and_cpu_of_each_app_are_metrics(apps: Apps) -> None:
+    app_id = await install(apps, "metered")
+    url = f"http://127.0.0.1:{apps.port}/metrics"
+    pattern = re.compile(
+        rf'homeport_app_memory_bytes{{app_id="{app_id}",location="metered"}} ([0-9.e+]+)'
+    )
+
+    async def sampled() -> bool:
+        async with aiohttp.ClientSession() as http, http.get(url) as r:
+            text = await r.text()
+        m = pattern.search(text)
+        return m is not None and float(m.group(1)) > 0 and "homeport_app_cpu_seconds_total" in text
+
+    await wait_until(sampled, 20, "the app's memory in /metrics")

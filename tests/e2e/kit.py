@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.apps.appskit import apps_env, running_apps, static_catalog
 from tests.events.relaykit import relaying
 from tests.gateway.apikit import Client, running_gateway
 from tests.identity.kit import Identity, running_identity
@@ -22,13 +24,32 @@ class Platform:
 
 @asynccontextmanager
 async def running_platform(
-    monkeypatch: pytest.MonkeyPatch, *, dsn: str, nats_url: str, uniq: str, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    dsn: str,
+    nats_url: str,
+    uniq: str,
+    tmp_path: Path,
+    docker_host: str | None = None,
 ) -> AsyncIterator[Platform]:
-    async with (
-        running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path) as ident,
-        running_gateway(
-            monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
-        ) as gateway,
-        relaying(dsn, nats_url, uniq),
-    ):
+    """Identity, gateway and relay; with `docker_host`, the apps service too (the static app
+    in several versions as its catalog)."""
+    async with contextlib.AsyncExitStack() as stack:
+        ident = await stack.enter_async_context(
+            running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path)
+        )
+        if docker_host is not None:
+            env = apps_env(
+                dsn=dsn,
+                nats_url=nats_url,
+                tmp_path=tmp_path,
+                docker_host=docker_host,
+                prefix=f"e{uniq[:8]}",
+                catalog=static_catalog(tmp_path / "catalog"),
+            )
+            await stack.enter_async_context(running_apps(monkeypatch, env))
+        gateway = await stack.enter_async_context(
+            running_gateway(monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path)
+        )
+        await stack.enter_async_context(relaying(dsn, nats_url, uniq))
         yield Platform(ident, gateway.client)

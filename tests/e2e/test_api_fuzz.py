@@ -28,12 +28,22 @@ CHECKS = ",".join(
 
 @pytest.mark.timeout(600)
 async def test_no_5xx_and_no_answer_off_its_schema(
-    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    uniq: str,
+    tmp_path: Path,
+    docker_host: str,
 ) -> None:
     if not SCHEMATHESIS.exists() and shutil.which("schemathesis") is None:
         need_server("schemathesis", FileNotFoundError("schemathesis is not installed"))
     async with running_platform(
-        monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
+        monkeypatch,
+        dsn=dsn,
+        nats_url=nats_url,
+        uniq=uniq,
+        tmp_path=tmp_path,
+        docker_host=docker_host,
     ) as p:
         setup = await p.client.call("POST", "/api/v1/setup", body=ADMIN)
         assert setup.status == 201, setup.body

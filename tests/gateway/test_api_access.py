@@ -126,7 +126,15 @@ async def test_walk_every_route_of_the_running_gateway(
     # DELETE /profile/tokens/{token_id}); admin 3 (GET, HEAD and PUT /settings/mfa)
     # identity.py, own account: user 5 (PATCH /profile, POST /profile/password, GET and HEAD
     # of /profile/sessions, DELETE /profile/sessions/{session_id})
-    assert counts == {"anonymous": 6 + 3 + 1, "user": 7 + 9 + 5, "admin": 8 + 14 + 3}
+    # apps.py: user 6 (GET and HEAD of /catalog, /catalog/{manifest_id}, /apps); admin 20 (GET
+    # and HEAD of /apps/{app_id}, its /snapshots, /logs and /logs/stream; POST /apps; PATCH and
+    # DELETE /apps/{app_id}; POST start, stop, restart, update, update/approve, snapshots,
+    # restore, clone, repair)
+    assert counts == {
+        "anonymous": 6 + 3 + 1,
+        "user": 7 + 9 + 5 + 6,
+        "admin": 8 + 14 + 3 + 20,
+    }
 
 
 async def test_walk_every_kind_of_route(nc: NATS, cast: Cast) -> None:

@@ -320,6 +320,18 @@ async def list_app_snapshots(call: Call) -> Any:
 
 
 @routes.post(
+    "/apps/{app_id}/snapshots",
+    access=Access.admin,
+    summary="Take a snapshot of an app now (its data volume and addon databases)",
+    path_params=APP_PATH,
+    responses={202: STARTED},
+    problems=("conflict",),
+)
+async def take_app_snapshot(call: Call) -> Any:
+    return Reply(await call.command("apps", "snapshot", dict(call.path)), status=202)
+
+
+@routes.post(
     "/apps/{app_id}/restore",
     access=Access.admin,
     summary="Restore an app to a snapshot (its data and the version it was taken with)",
