@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from libs.events.bus import Conflict, Invalid, NotFound
+from libs.events.projection import replay_by_name
 from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
 from tests.events.relaykit import wait_until
 
@@ -157,7 +158,7 @@ async def test_bad_input_is_refused_naming_the_field_and_records_nothing(apps: A
     assert (await apps.app(app_id))["state"] == "installed"
 
 
-async def test_stop_start_restart_and_configure(apps: Apps) -> None:
+async def test_stop_start_restart_and_configure(apps: Apps, dsn: str) -> None:
     app_id = await install(apps, "notes")
     assert (await apps.cmd("stop", {"app_id": app_id}))["running"] is False
     assert apps.container(app_id).status == "exited"
@@ -183,6 +184,12 @@ async def test_stop_start_restart_and_configure(apps: Apps) -> None:
     assert other != app_id
     with pytest.raises(Conflict):
         await apps.cmd("configure", {"app_id": other, "location": "wiki"})
+
+    # `homeport replay apps` rebuilds the same read model from the events
+    query = "SELECT * FROM apps.apps ORDER BY app_id"
+    before = [dict(r) for r in await apps.store.pool.fetch(query)]
+    assert await replay_by_name("apps", dsn) > 0
+    assert [dict(r) for r in await apps.store.pool.fetch(query)] == before
 
 
 async def test_update_keeps_data_and_restore_brings_back_the_snapshot(apps: Apps) -> None:
