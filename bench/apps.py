@@ -27,8 +27,7 @@ import nats
 
 from bench.common import Bench, BenchError, Benchmark, Result, say
 from bench.gateway import _children, _spawn, _wait_ready
-from deploy.embedded import DockerDaemon, EmbeddedError, free_port
-from deploy.embedded import _docker_answers as docker_answers
+from deploy.embedded import DockerDaemon, EmbeddedError, docker_answers, free_port
 from libs.events.bus import BusClient
 from libs.events.context import Context
 from libs.events.store import PostgresEventStore

@@ -24,6 +24,7 @@ __all__ = [
     "NatsServer",
     "PostgresServer",
     "check_binaries",
+    "docker_answers",
     "find_binary",
     "free_port",
     "wait_port",
@@ -340,7 +341,7 @@ async def astop(proc: asyncio.subprocess.Process, sig: int, deadline_s: float) -
         await proc.wait()
 
 
-def _docker_answers(sock_path: Path, timeout: float = 1.0) -> bool:
+def docker_answers(sock_path: Path, timeout: float = 1.0) -> bool:
     """True when a Docker API on the unix socket answers GET /_ping with 200 OK."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -381,7 +382,7 @@ class DockerDaemon:
         return f"unix://{self.socket_path}"
 
     def answers(self, timeout: float = 1.0) -> bool:
-        return _docker_answers(self.socket_path, timeout)
+        return docker_answers(self.socket_path, timeout)
 
     def argv(self) -> list[str]:
         return [

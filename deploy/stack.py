@@ -12,9 +12,10 @@ Layout of the data directory:
     <data>/docker/         dockerd's data, when the stack runs its own (no system Docker)
     <data>/apps/           snapshots and the locally signed catalog
 
-Docker: HP_DOCKER_HOST if set, else the system's /var/run/docker.sock if it answers, else a
-dockerd of the stack's own (a supervised part). Without any, the apps service is left out. Apps
-reach their addons (database, LDAP) on the gateway address of the `homeport-services` network.
+Docker: HP_DOCKER_HOST if set, else the system's /var/run/docker.sock if it answers, else the
+one `make test` leaves running, else a dockerd of the stack's own (a supervised part). Without
+any, the apps service is left out. Apps reach their addons (database, LDAP) on the gateway
+address of the `homeport-services` network.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ from deploy.embedded import (
     EmbeddedError,
     NatsServer,
     PostgresServer,
+    docker_answers,
     find_binary,
     free_port,
 )
-from deploy.embedded import _docker_answers as docker_answers
 
 __all__ = [
     "DATABASE",
@@ -86,6 +87,7 @@ RELAY_MODULE = "libs.events.relay"
 DASHBOARD_PART = "gateway"
 HOST = "127.0.0.1"
 SYSTEM_DOCKER = Path("/var/run/docker.sock")
+TEST_DOCKER = Path("/run/homeport-test/docker.sock")  # tests/conftest.py starts it
 SERVICES_NETWORK = "homeport-services"
 SERVICES_SUBNET = "10.213.0.0/24"
 SERVICES_GATEWAY = "10.213.0.1"  # the first host address, as the apps runtime creates it
@@ -276,7 +278,7 @@ async def probe(
     """Check one health address: `tcp://host:port` connects, `unix://path` is a dockerd that
     answers, `http://…` must answer 200."""
     if health.startswith("unix://"):
-        ok = await asyncio.to_thread(_docker_answers, Path(health.removeprefix("unix://")))
+        ok = await asyncio.to_thread(docker_answers, Path(health.removeprefix("unix://")))
         return ok, "answering" if ok else "not answering"
     if health.startswith("tcp://"):
         host, _, port = health.removeprefix("tcp://").rpartition(":")
@@ -768,8 +770,11 @@ class Stack:
         wanted = os.environ.get("HP_DOCKER_HOST", "")
         if wanted:
             self._docker_url = wanted
-        elif _docker_answers(SYSTEM_DOCKER):
+        elif docker_answers(SYSTEM_DOCKER):
             self._docker_url = f"unix://{SYSTEM_DOCKER}"
+        elif docker_answers(TEST_DOCKER):
+            # the dockerd `make test` leaves running: a second one would fight it over iptables
+            self._docker_url = f"unix://{TEST_DOCKER}"
         else:
             try:
                 find_binary("dockerd")
@@ -1089,11 +1094,6 @@ class Stack:
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _docker_answers(sock: Path) -> bool:
-    """Whether a dockerd answers /_ping on the unix socket `sock`."""
-    return docker_answers(sock, 1.0)
 
 
 def _stable_port(data_dir: Path, name: str) -> int:

@@ -14,7 +14,13 @@ import asyncpg
 import docker
 import pytest
 
-from deploy.embedded import DockerDaemon, EmbeddedError, NatsServer, PostgresServer
+from deploy.embedded import (
+    DockerDaemon,
+    EmbeddedError,
+    NatsServer,
+    PostgresServer,
+    docker_answers,
+)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -144,15 +150,22 @@ def _test_dockerd() -> DockerDaemon:
     )
 
 
+SYSTEM_DOCKER = Path("/var/run/docker.sock")
+
+
 @pytest.fixture(scope="session")
 def docker_host() -> str:
-    """A `unix://` URL of a dockerd: HP_TEST_DOCKER_HOST, the shared test one, or started now."""
+    """A `unix://` URL of a dockerd: HP_TEST_DOCKER_HOST, the shared test one if it runs, the
+    system's if it answers, or the shared test one started now."""
     env = os.environ.get("HP_TEST_DOCKER_HOST")
     if env:
         return env
     daemon = _test_dockerd()
     if daemon.answers():
         return daemon.url
+    if docker_answers(SYSTEM_DOCKER):
+        # a second dockerd beside the system's would fight it over iptables: share it
+        return f"unix://{SYSTEM_DOCKER}"
     try:
         _DOCKER_RUN.mkdir(parents=True, exist_ok=True)
         with open(_DOCKER_RUN / "start.lock", "w") as lock:
