@@ -69,6 +69,7 @@ STEPS: dict[str, tuple[tuple[str, int], ...]] = {
         ("snapshots", 100),
     ),
 }
+_BUILD_STEP = re.compile(r"^Step (\d+)/(\d+) : ")
 _FROM = re.compile(r"^\s*FROM\s+(\S+)", re.IGNORECASE | re.MULTILINE)
 DEBIAN_BASE = "homeport/debian-base:bookworm"
 BUSYBOX_BASE = "homeport/busybox:local"
@@ -135,6 +136,7 @@ class Engine:
         self._projection = AppsProjection()
         self._services: NetworkInfo | None = None
         self.restarted_at: dict[str, float] = {}  # app -> when a restart was asked (monotonic)
+        self._step_end: dict[str, int] = {}  # task -> the percent its running step ends at
         self.snapshots_dir = cfg.apps_dir / "snapshots"
         self.base_cache = cfg.base_cache
 
@@ -250,13 +252,16 @@ class Engine:
     async def _run_steps(self, s: AppState, task: Task) -> None:
         assert s.operation is not None
         kind = s.operation.kind
+        before = 0
         for step, percent in STEPS[kind]:
             s = await self.load(s.app_id)
             if s.operation is None or s.operation.kind != kind:
                 return  # someone else ended it
+            start, before = before, percent
             if step in s.operation.steps:
                 continue
-            await task.progress(max(task.percent, percent - 5), _STEP_MESSAGES[kind][step])
+            await task.progress(max(task.percent, start), _STEP_MESSAGES[kind][step])
+            self._step_end[task.id] = percent
             detail = await getattr(self, f"_{kind}_{step}")(s, task) or {}
             s = await self.load(s.app_id)
             await self.append(
@@ -277,7 +282,8 @@ class Engine:
         done: Any
         if kind == "install":
             done = ev.AppInstalled(s.app_id, task.id, s.app_version)
-            message = f"{s.manifest_id} is installed at {s.location}.{s.domain}"
+            title = self._entry(s.manifest_id, s.app_version).manifest.title
+            message = f"{title} is installed at https://{s.location}.{s.domain}"
         elif kind == "configure":
             done = ev.AppConfigured(s.app_id, task.id)
             message = "the new configuration is in effect"
@@ -298,6 +304,7 @@ class Engine:
         await self.append(s.app_id, [done], s.version)
         if kind == "uninstall":
             await asyncio.to_thread(self.keyring.destroy_subject, ev.app_stream(s.app_id))
+        self._step_end.pop(task.id, None)
         await task.succeed(message, {"app_id": s.app_id})
 
     async def _fail(self, app_id: str, task: Task, e: OperationFailed) -> None:
@@ -351,17 +358,23 @@ class Engine:
         dockerfile = (entry.context / "Dockerfile").read_text()
         bases = set(_FROM.findall(dockerfile))
 
+        title = f"{entry.manifest.title} {entry.manifest.version}"
+        low, high = task.percent, max(task.percent, self._step_end.get(task.id, 0) - 1)
+
         async def say(line: str) -> None:
             log.debug("build %s: %s", entry.manifest.id, line)
+            m = _BUILD_STEP.match(line)
+            if m is not None:  # "Step 3/9 : RUN apt-get ...": progress within this step's share
+                done, total = int(m.group(1)), max(1, int(m.group(2)))
+                percent = low + (high - low) * (done - 1) // total
+                await task.progress(max(task.percent, percent), f"building {title}: {line[:120]}")
 
         if DEBIAN_BASE in bases:
             await task.progress(task.percent, "preparing the Debian base image (first time only)")
             await ensure_base_image(self.cfg.docker_host, self.base_cache, say)
         if BUSYBOX_BASE in bases:
             await ensure_busybox_image(self.cfg.docker_host)
-        await task.progress(
-            task.percent, f"building {entry.manifest.title} {entry.manifest.version}"
-        )
+        await task.progress(task.percent, f"building {title}")
         return await self.runtime.build_image(image_tag(entry.manifest), entry.context, say)
 
     async def services(self) -> NetworkInfo:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -36,12 +37,13 @@ ADMIN_CTX = Context("system", "apps-test", None, None)
 def static_catalog(dest: Path) -> Path:
     """A catalog of the static app in several versions (copies of the bundled one).
 
-    1.0.0 as bundled; 1.1.0 serves another welcome page; 1.2.0 needs approval to update to;
+    1.0.0 as bundled; 1.1.0 also has the sendmail addon; 1.2.0 needs approval to update to;
     2.0.0 never answers its health check (an update to it must roll back)."""
     src = BUNDLED_CATALOG / STATIC / "1.0.0"
     for version, change in (
         ("1.0.0", {}),
-        ("1.1.0", {"changelog": "* new welcome page"}),
+        ("1.0.1", {"changelog": "* built anew by every test run"}),
+        ("1.1.0", {"changelog": "* sends mail", "addons": {"localstorage": {}, "sendmail": {}}}),
         ("1.2.0", {"updateNeedsApproval": True, "changelog": "* needs approval"}),
         ("2.0.0", {"healthCheckPath": "/never-there", "changelog": "* broken on purpose"}),
     ):
@@ -50,6 +52,8 @@ def static_catalog(dest: Path) -> Path:
         manifest = json.loads((d / "manifest.json").read_text())
         manifest.update({"version": version, **change})
         (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if version == "1.0.1":  # a context no earlier run built: its image is built again
+            (d / "welcome" / "build-id.txt").write_text(uuid.uuid4().hex)
         page = d / "welcome" / "index.html"
         page.write_text(page.read_text().replace("</body>", f"<p>version {version}</p></body>"))
     return dest

@@ -116,6 +116,13 @@ async def test_install_runs_the_app_isolated_and_reports_progress(apps: Apps) ->
     env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
     assert env["GREETING"] == "hi"
     assert env["HOMEPORT_APP_DOMAIN"] == "blog.localhost"
+    # sendmail: credentials recorded now (the mail service makes them deliver), sealed
+    assert len(env["HOMEPORT_MAIL_SMTP_PASSWORD"]) >= 22 and env["HOMEPORT_MAIL_SMTP_SERVER"]
+    mail = [
+        e for e in await apps.store.read_stream(f"app-{app_id}") if e.type == "AddonProvisioned"
+    ]
+    assert [e.data["addon"] for e in mail] == ["sendmail"]
+    assert env["HOMEPORT_MAIL_SMTP_PASSWORD"] not in str(mail[0].data)
     # the user's variable is sealed in the event, not in clear
     requested = (await apps.store.read_stream(f"app-{app_id}"))[0]
     assert requested.data["env"]["GREETING"] != "hi"
@@ -377,3 +384,20 @@ async def test_memory_and_cpu_of_each_app_are_metrics(apps: Apps) -> None:
         return m is not None and float(m.group(1)) > 0 and "homeport_app_cpu_seconds_total" in text
 
     await wait_until(sampled, 20, "the app's memory in /metrics")
+
+
+async def test_a_build_reports_its_progress_step_by_step(apps: Apps) -> None:
+    reply = await apps.cmd(
+        "install",
+        {"manifest_id": STATIC, "version": "1.0.1", "location": "fresh", "access": EVERYONE},
+    )
+    assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
+    steps = [
+        (e.data["percent"], e.data["message"])
+        for e in await apps.store.read_stream(f"task-{reply['task_id']}")
+        if e.type == "TaskProgressed"
+    ]
+    building = [(p, m) for p, m in steps if ": Step " in m]
+    assert len(building) >= 3, steps  # one per Dockerfile instruction
+    assert all(10 <= p < 45 for p, _ in building), building  # within the image step's share
+    assert [p for p, _ in steps] == sorted(p for p, _ in steps)

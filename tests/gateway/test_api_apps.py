@@ -77,7 +77,7 @@ async def test_admin_installs_with_progress_and_users_see_only_their_apps(
     assert found.status == 200, found.body
     assert [m["id"] for m in found.body["items"]] == [STATIC]
     detail = await api.call("GET", f"/api/v1/catalog/{STATIC}", token=alice)
-    assert detail.body["versions"] == ["1.0.0", "1.1.0", "1.2.0", "2.0.0"]
+    assert detail.body["versions"] == ["1.0.0", "1.0.1", "1.1.0", "1.2.0", "2.0.0"]
 
     group = await api.call("POST", "/api/v1/groups", token=root, body={"name": "family"})
     assert group.status == 201, group.body
