@@ -407,6 +407,7 @@ class Engine:
             capabilities=tuple(manifest.capabilities),
             run_as_root=manifest.run_as_root,
             http_port=manifest.http_port,
+            http_host_port=s.http_host_port,
             tcp_ports={p.container_port: p.container_port for p in manifest.tcp_ports},
             udp_ports={p.container_port: p.container_port for p in manifest.udp_ports},
             data_volume=names.volume if "localstorage" in manifest.addons else None,
@@ -418,11 +419,16 @@ class Engine:
             },
         )
 
-    async def _create_container(self, s: AppState, manifest: Manifest) -> None:
+    async def _create_container(self, s: AppState, manifest: Manifest) -> dict[str, Any]:
+        """Create (or keep) and start the container; its HTTP host port stays the same for
+        the app's whole life, so the edge's upstream does not move."""
         name = self.names(s.app_id).container
         await self.runtime.create_container(self._spec(s, manifest, self._env(s)))
         if s.running:
             await self.runtime.start(name)
+        state = await self.runtime.state(name)
+        port = state.http_host_port if state is not None else None
+        return {"http_host_port": port} if port else {}
 
     async def _wait_ready(self, s: AppState, manifest: Manifest) -> None:
         """Until the health check answers 2xx/3xx; fail early if the container stops."""
@@ -617,8 +623,7 @@ class Engine:
 
     async def _install_container(self, s: AppState, task: Task) -> dict[str, Any]:
         manifest = self._entry(s.manifest_id, s.app_version).manifest
-        await self._create_container(s, manifest)
-        return {}
+        return await self._create_container(s, manifest)
 
     async def _install_ready(self, s: AppState, task: Task) -> dict[str, Any]:
         manifest = self._entry(s.manifest_id, s.app_version).manifest
@@ -652,8 +657,7 @@ class Engine:
 
     async def _configure_container(self, s: AppState, task: Task) -> dict[str, Any]:
         manifest = self._entry(s.manifest_id, s.app_version).manifest
-        await self._create_container(self._configured(s), manifest)
-        return {}
+        return await self._create_container(self._configured(s), manifest)
 
     async def _configure_ready(self, s: AppState, task: Task) -> dict[str, Any]:
         manifest = self._entry(s.manifest_id, s.app_version).manifest
@@ -679,8 +683,7 @@ class Engine:
         return {"image": await self._build(self._target(s), task)}
 
     async def _update_container(self, s: AppState, task: Task) -> dict[str, Any]:
-        await self._create_container(s, self._target(s).manifest)
-        return {}
+        return await self._create_container(s, self._target(s).manifest)
 
     async def _update_ready(self, s: AppState, task: Task) -> dict[str, Any]:
         await self._wait_ready(s, self._target(s).manifest)
@@ -708,8 +711,7 @@ class Engine:
         return {}
 
     async def _restore_container(self, s: AppState, task: Task) -> dict[str, Any]:
-        await self._create_container(s, self._restore_entry(s).manifest)
-        return {}
+        return await self._create_container(s, self._restore_entry(s).manifest)
 
     async def _restore_ready(self, s: AppState, task: Task) -> dict[str, Any]:
         await self._wait_ready(s, self._restore_entry(s).manifest)

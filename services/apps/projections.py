@@ -77,9 +77,9 @@ async def upsert_row(
         """
         INSERT INTO apps.apps (app_id, manifest_id, version, location, domain, access,
             memory_bytes, state, running, health, error, task_id, operation, awaiting_approval,
-            target_version, clone_of, stream_version, created_at, updated_at)
+            target_version, clone_of, stream_version, created_at, updated_at, http_port)
         VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-            $17, $18, $19)
+            $17, $18, $19, $20)
         ON CONFLICT (app_id) DO UPDATE SET manifest_id = EXCLUDED.manifest_id,
             version = EXCLUDED.version, location = EXCLUDED.location, domain = EXCLUDED.domain,
             access = EXCLUDED.access, memory_bytes = EXCLUDED.memory_bytes,
@@ -87,7 +87,8 @@ async def upsert_row(
             error = EXCLUDED.error, task_id = EXCLUDED.task_id, operation = EXCLUDED.operation,
             awaiting_approval = EXCLUDED.awaiting_approval,
             target_version = EXCLUDED.target_version, clone_of = EXCLUDED.clone_of,
-            stream_version = EXCLUDED.stream_version, updated_at = EXCLUDED.updated_at
+            stream_version = EXCLUDED.stream_version, updated_at = EXCLUDED.updated_at,
+            http_port = EXCLUDED.http_port
         """,
         s.app_id,
         s.manifest_id,
@@ -108,4 +109,5 @@ async def upsert_row(
         s.version,
         created_at,
         updated_at,
+        s.http_host_port,
     )

@@ -90,7 +90,8 @@ class ContainerSpec:
     pids_limit: int = 256
     capabilities: tuple[str, ...] = ()
     run_as_root: bool = False
-    http_port: int | None = None  # published on 127.0.0.1:<random host port>
+    http_port: int | None = None  # published on 127.0.0.1:<http_host_port>
+    http_host_port: int | None = None  # None: a free port Docker picks (keep it for the edge)
     tcp_ports: Mapping[int, int] = field(default_factory=dict)  # container port -> host port
     udp_ports: Mapping[int, int] = field(default_factory=dict)
     data_volume: str | None = None  # mounted read-write at /app/data
@@ -109,6 +110,7 @@ class ContainerSpec:
             "capabilities": sorted(self.capabilities),
             "run_as_root": self.run_as_root,
             "http_port": self.http_port,
+            "http_host_port": self.http_host_port,
             "tcp_ports": sorted(self.tcp_ports.items()),
             "udp_ports": sorted(self.udp_ports.items()),
             "data_volume": self.data_volume,
@@ -737,7 +739,9 @@ class DockerRuntime:
         """SECURITY.md "Isolation of apps": the rules every app container runs under."""
         bindings: dict[str, list[tuple[str, int | None]]] = {}
         if spec.http_port is not None:
-            bindings.setdefault(f"{spec.http_port}/tcp", []).append(("127.0.0.1", None))
+            bindings.setdefault(f"{spec.http_port}/tcp", []).append(
+                ("127.0.0.1", spec.http_host_port)
+            )
         for cport, hport in spec.tcp_ports.items():
             bindings.setdefault(f"{cport}/tcp", []).append(("0.0.0.0", hport))  # noqa: S104
         for cport, hport in spec.udp_ports.items():

@@ -71,6 +71,7 @@ class AppState:
     snapshots: tuple[dict[str, Any], ...] = ()
     clone_of: str | None = None
     seed_snapshot: str | None = None
+    http_host_port: int | None = None  # where the edge reaches the app (127.0.0.1:<port>)
 
     @property
     def exists(self) -> bool:
@@ -112,7 +113,12 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
         )
     if type_ == "AppStepCompleted" and op is not None:
         detail = {**op.detail, **d.get("detail", {})}
-        return replace(s, operation=replace(op, steps=op.steps | {d["step"]}, detail=detail))
+        port = d.get("detail", {}).get("http_host_port", s.http_host_port)
+        return replace(
+            s,
+            operation=replace(op, steps=op.steps | {d["step"]}, detail=detail),
+            http_host_port=port,
+        )
     if type_ == "AddonProvisioned":
         return replace(s, addons={**s.addons, d["addon"]: d["credentials"]})
     if type_ == "AppInstalled":

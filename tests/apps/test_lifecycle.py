@@ -175,6 +175,7 @@ async def test_stop_start_restart_and_configure(apps: Apps, dsn: str) -> None:
     assert (await apps.cmd("restart", {"app_id": app_id}))["running"] is True
     assert apps.container(app_id).attrs["State"]["StartedAt"] != started
 
+    port = (await apps.app(app_id))["container"]["port"]
     reply = await apps.cmd(
         "configure",
         {"app_id": app_id, "location": "wiki", "memory_bytes": 64 * 2**20, "env": {"MODE": "x"}},
@@ -186,6 +187,7 @@ async def test_stop_start_restart_and_configure(apps: Apps, dsn: str) -> None:
     env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
     assert env["MODE"] == "x" and env["HOMEPORT_APP_DOMAIN"] == "wiki.localhost"
     assert attrs["HostConfig"]["Memory"] == 64 * 2**20
+    assert (await apps.app(app_id))["container"]["port"] == port  # the edge's upstream stays
     # the old location is free again, the new one taken
     other = await install(apps, "notes")
     assert other != app_id
