@@ -17,12 +17,17 @@ declare -A need=(
   [iptables]=iptables  # dockerd's NAT and isolation rules
   [debootstrap]=debootstrap  # the Debian base image that catalog apps build from
   [/bin/busybox]=busybox-static  # the static website app (FROM scratch) and test probes
+  [pebble]=pebble  # the ACME test server (tests of certificates)
+  [pebble-challtestsrv]=pebble
+  [pdns_server]=pdns-server  # PowerDNS, a DNS provider (tests run a real one)
+  [/usr/lib/x86_64-linux-gnu/pdns/libgsqlite3backend.so]=pdns-backend-sqlite3
+  [nginx]=nginx-light  # the edge
 )
 
 missing=()
 for prog in "${!need[@]}"; do
   if [[ "$prog" == /* ]]; then
-    [[ -x "$prog" ]] && continue
+    [[ -e "$prog" ]] && continue
   else
     command -v "$prog" >/dev/null 2>&1 && continue
     [[ -x "/usr/sbin/$prog" ]] && continue
@@ -47,7 +52,7 @@ if ((${#missing[@]})); then
   # shellcheck disable=SC2086
   apt-get install -y -q --no-install-recommends $pkgs >/dev/null
   # the Debian units would start system-wide servers; Homeport runs its own
-  for unit in postgresql nats-server; do
+  for unit in postgresql nats-server pdns nginx; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
   done
 fi

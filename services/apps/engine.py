@@ -16,6 +16,7 @@ import logging
 import re
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
@@ -423,12 +424,12 @@ class Engine:
         """Create (or keep) and start the container; its HTTP host port stays the same for
         the app's whole life, so the edge's upstream does not move."""
         name = self.names(s.app_id).container
+        if s.http_host_port is None:  # chosen once: Docker would pick a new one at each start
+            s = replace(s, http_host_port=_free_port())
         await self.runtime.create_container(self._spec(s, manifest, self._env(s)))
         if s.running:
             await self.runtime.start(name)
-        state = await self.runtime.state(name)
-        port = state.http_host_port if state is not None else None
-        return {"http_host_port": port} if port else {}
+        return {"http_host_port": s.http_host_port}
 
     async def _wait_ready(self, s: AppState, manifest: Manifest) -> None:
         """Until the health check answers 2xx/3xx; fail early if the container stops."""
@@ -741,6 +742,13 @@ class Engine:
     async def _uninstall_snapshots(self, s: AppState, task: Task) -> dict[str, Any]:
         await asyncio.to_thread(shutil.rmtree, self.snapshots_dir / s.app_id, True)
         return {}
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _ldap_access(access: Mapping[str, Any]) -> dict[str, Any]:

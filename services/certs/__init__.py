@@ -1,0 +1,1 @@
+"""Certificates: ACME accounts and orders, the self-signed fallback and custom uploads."""

@@ -1,0 +1,1 @@
+"""The dns service: DNS providers, record ownership, propagation checks."""
