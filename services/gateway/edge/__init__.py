@@ -1,0 +1,6 @@
+"""The edge: nginx configuration rendered from a model, checked, applied; the nginx process."""
+
+from services.gateway.edge.nginx import EdgeError, Nginx
+from services.gateway.edge.render import EdgeModel, Vhost, render
+
+__all__ = ["EdgeError", "EdgeModel", "Nginx", "Vhost", "render"]

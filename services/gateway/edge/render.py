@@ -1,0 +1,422 @@
+"""nginx configuration as a pure function of a frozen model (SECURITY.md "HTTP").
+
+Every name, path and number is checked against a strict grammar when the model is built, so
+nothing reaches a config file that could end a directive or open a block (config injection).
+Output is deterministic: the same model renders the same bytes.
+
+Invariants of the rendered config that are easy to break by editing it:
+- `add_header` is inherited by a location only when the location has none of its own
+  (https://nginx.org/en/docs/http/ngx_http_headers_module.html#add_header), so the security
+  headers live at server level and no HTTPS location sets a header.
+- `proxy_set_header` follows the same rule: all of them are in the one proxy location.
+- The password-route limit is keyed by a map on `$uri`: requests to other paths have an empty
+  key and are not counted, so no location (and no header repetition) is needed for it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "CIPHERS",
+    "DASHBOARD_CSP",
+    "HSTS",
+    "PASSWORD_PATHS",
+    "EdgeModel",
+    "Vhost",
+    "render",
+]
+
+HSTS = "max-age=31536000; includeSubDomains"
+# Mozilla intermediate (guideline 6.0) as SECURITY.md states it: ECDHE with AEAD only.
+CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
+DASHBOARD_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; form-action 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+PASSWORD_PATHS = (
+    "/api/v1/session",
+    "/api/v1/setup",
+    "/api/v1/profile/password",
+    "/api/v1/invitations/accept",
+    "/api/v1/password-reset",
+    "/api/v1/password-reset/complete",
+    "/api/v1/session/totp",
+)
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_PATH = re.compile(r"/[A-Za-z0-9._/@+=,-]*")  # no space, quote, ;, {, }, $, \ or #
+_URL_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
+_RATE = re.compile(r"[1-9][0-9]{0,6}r/[sm]")
+_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_SOURCE = re.compile(
+    r"'self'|'none'|https?:|https?://(?:\*\.)?" + rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]{{1,5}})?"
+)
+_GENERAL_BURST = 100  # page loads fetch many assets at once
+_PASSWORD_BURST = 5
+_KEEPALIVE = 32
+_READ_TIMEOUT = "300s"  # long polls and quiet WebSockets
+_BODY = {"app": "100m", "dashboard": "10m"}
+
+
+def check_host(host: str) -> str:
+    """`host` if it is a lower-case DNS name; ValueError naming it otherwise."""
+    if not isinstance(host, str) or len(host) > 253 or not _HOST.fullmatch(host):
+        raise ValueError(
+            f"host {host!r} is not a lower-case DNS name (letters, digits, hyphens, dots; "
+            "labels of 1-63 characters): fix the domain or location"
+        )
+    return host
+
+
+def _check_path(what: str, path: Path) -> None:
+    text = str(path)
+    if not path.is_absolute() or not _PATH.fullmatch(text) or "/../" in f"{text}/":
+        raise ValueError(
+            f"{what} {text!r} must be an absolute path of letters, digits and ._/@+=,- "
+            "(no spaces, quotes, ';', braces, '$' or '..'): move the file"
+        )
+
+
+def _check_port(what: str, port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"{what} {port!r} is not a TCP port (1-65535)")
+
+
+def _networks(cidrs: tuple[str, ...]) -> list[str]:
+    out: set[str] = set()
+    for cidr in cidrs:
+        try:
+            out.add(str(ipaddress.ip_network(cidr, strict=False)))
+        except ValueError:
+            raise ValueError(f"real_ip_from {cidr!r} is not an IP address or CIDR") from None
+    return sorted(out)
+
+
+def _check_upstream(upstream: str) -> None:
+    host, sep, port = upstream.rpartition(":")
+    try:
+        ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        ok = bool(sep) and port.isdigit() and 1 <= int(port) <= 65535
+        ok = ok and (ip.version == 4) == (not host.startswith("["))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"upstream {upstream!r} must be <ip>:<port> (e.g. 127.0.0.1:8080, [::1]:8080)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Vhost:
+    """One HTTPS virtual server: an app or the dashboard, proxied to `upstream`."""
+
+    host: str
+    kind: Literal["app", "dashboard"]
+    upstream: str
+    cert: Path
+    key: Path
+    websocket: bool = True
+    frame_ancestors: str | None = None
+
+    def __post_init__(self) -> None:
+        check_host(self.host)
+        if self.kind not in ("app", "dashboard"):
+            raise ValueError(f"vhost {self.host}: kind {self.kind!r} must be 'app' or 'dashboard'")
+        _check_upstream(self.upstream)
+        _check_path(f"vhost {self.host}: certificate", self.cert)
+        _check_path(f"vhost {self.host}: key", self.key)
+        if self.frame_ancestors is not None:
+            if self.kind == "dashboard":
+                raise ValueError(
+                    f"vhost {self.host}: the dashboard is never framed (frame-ancestors 'none')"
+                )
+            sources = self.frame_ancestors.split(" ")
+            if not all(_SOURCE.fullmatch(s) for s in sources):
+                raise ValueError(
+                    f"vhost {self.host}: frame_ancestors {self.frame_ancestors!r} must be "
+                    "CSP sources separated by single spaces ('self', 'none', https://host[:port])"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeModel:
+    """Everything the edge's nginx config is made of."""
+
+    vhosts: tuple[Vhost, ...]
+    http_port: int
+    https_port: int
+    acme_dir: Path
+    default_cert: Path
+    default_key: Path
+    log_dir: Path
+    pid_file: Path
+    temp_dir: Path
+    user: str | None = None
+    bind: tuple[str, ...] = ()
+    password_paths: tuple[str, ...] = PASSWORD_PATHS
+    rate_per_ip: str = "30r/s"
+    password_rate: str = "10r/s"  # noqa: S105 - a rate, not a password
+    real_ip_from: tuple[str, ...] = ()
+    worker_processes: int = 0  # 0: one per CPU
+
+    def __post_init__(self) -> None:
+        hosts = [v.host for v in self.vhosts]
+        dupes = sorted({h for h in hosts if hosts.count(h) > 1})
+        if dupes:
+            raise ValueError(f"hosts {', '.join(dupes)} appear in more than one vhost")
+        _check_port("http_port", self.http_port)
+        _check_port("https_port", self.https_port)
+        if self.http_port == self.https_port:
+            raise ValueError(f"http_port and https_port are both {self.http_port}")
+        for what, path in (
+            ("acme_dir", self.acme_dir),
+            ("default_cert", self.default_cert),
+            ("default_key", self.default_key),
+            ("log_dir", self.log_dir),
+            ("pid_file", self.pid_file),
+            ("temp_dir", self.temp_dir),
+        ):
+            _check_path(what, path)
+        if self.user is not None and not _USER.fullmatch(self.user):
+            raise ValueError(f"user {self.user!r} is not a system user name")
+        for addr in self.bind:
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise ValueError(f"bind address {addr!r} is not an IP address") from None
+        for url_path in self.password_paths:
+            if not _URL_PATH.fullmatch(url_path):
+                raise ValueError(
+                    f"password path {url_path!r} must be an absolute URL path of letters, digits "
+                    "and ._~/-"
+                )
+        for what, rate in (
+            ("rate_per_ip", self.rate_per_ip),
+            ("password_rate", self.password_rate),
+        ):
+            if not _RATE.fullmatch(rate):
+                raise ValueError(f"{what} {rate!r} must look like 30r/s or 600r/m")
+        _networks(self.real_ip_from)
+        if isinstance(self.worker_processes, bool) or not 0 <= self.worker_processes <= 256:
+            raise ValueError(f"worker_processes {self.worker_processes!r} must be 0 (auto)-256")
+
+
+def render(model: EdgeModel) -> dict[str, str]:
+    """File name (relative to the config dir) -> content: nginx.conf, default.conf, sites/*."""
+    # A frozen model is checked when built; check again in case one was built around
+    # __post_init__ (object.__setattr__), since a config file is where it would hurt.
+    EdgeModel.__post_init__(model)
+    for v in model.vhosts:
+        Vhost.__post_init__(v)
+    files = {"nginx.conf": _main(model), "default.conf": _default(model)}
+    for v in sorted(model.vhosts, key=lambda v: v.host):
+        files[f"sites/{v.host}.conf"] = _site(model, v)
+    return dict(sorted(files.items()))
+
+
+# -- pieces ---------------------------------------------------------------------------------
+
+_HEAD = "# Rendered by Homeport (services/gateway/edge): changes here are overwritten.\n"
+
+
+def _listen(model: EdgeModel, port: int, extra: str = "") -> list[str]:
+    addrs = model.bind or ("",)
+    out = []
+    for a in addrs:
+        where = f"[{a}]:{port}" if ":" in a else (f"{a}:{port}" if a else str(port))
+        out.append(f"listen {where}{extra};")
+    return out
+
+
+def _block(head: str, lines: list[str], indent: int = 0) -> list[str]:
+    pad = "    " * indent
+    return [f"{pad}{head} {{", *(f"{pad}    {x}" if x else "" for x in lines), f"{pad}}}"]
+
+
+def _main(model: EdgeModel) -> str:
+    t = model.temp_dir
+    workers = str(model.worker_processes) if model.worker_processes else "auto"
+    top = [f"user {model.user};"] if model.user else []
+    top += [
+        f"worker_processes {workers};",
+        f"pid {model.pid_file};",
+        f"error_log {model.log_dir}/error.log warn;",
+        "worker_shutdown_timeout 60s;  # a reload ends old WebSockets after this",
+        "pcre_jit on;",
+        "",
+    ]
+    password_keys = sorted({p for path in model.password_paths for p in (path, path + "/")})
+    http = [
+        "server_tokens off;",
+        "default_type application/octet-stream;",
+        "sendfile on;",
+        "tcp_nopush on;",
+        "keepalive_timeout 65s;",
+        "keepalive_requests 1000;",
+        f"client_body_temp_path {t}/client_body;",
+        f"proxy_temp_path {t}/proxy;",
+        f"fastcgi_temp_path {t}/fastcgi;",
+        f"uwsgi_temp_path {t}/uwsgi;",
+        f"scgi_temp_path {t}/scgi;",
+        "",
+        "# no query strings in the log: they may carry reset or invitation tokens",
+        'log_format hp_json escape=json \'{"service":"edge","time":"$time_iso8601",'
+        '"correlation_id":"$request_id","remote":"$remote_addr","host":"$host",'
+        '"method":"$request_method","path":"$uri","status":$status,'
+        '"bytes":$body_bytes_sent,"seconds":$request_time,'
+        '"upstream_seconds":"$upstream_response_time"}\';',
+        f"access_log {model.log_dir}/access.log hp_json;",
+        "",
+        *_block("map $http_upgrade $connection_upgrade", ["default upgrade;", '"" "";']),
+        *_block(
+            "map $uri $hp_password_key",
+            ['default "";', *(f'"{p}" $binary_remote_addr;' for p in password_keys)],
+        ),
+        f"limit_req_zone $binary_remote_addr zone=hp_general:10m rate={model.rate_per_ip};",
+        f"limit_req_zone $hp_password_key zone=hp_password:10m rate={model.password_rate};",
+        "limit_req_status 429;",
+        "limit_req_log_level warn;",
+        "",
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+        f"ssl_ciphers {CIPHERS};",
+        "ssl_prefer_server_ciphers off;",
+        "ssl_ecdh_curve X25519:prime256v1:secp384r1;",
+        "ssl_session_tickets off;",
+        "ssl_session_cache shared:hp_tls:10m;",
+        "ssl_session_timeout 1d;",
+        "",
+    ]
+    networks = _networks(model.real_ip_from)
+    if networks:
+        http += [f"set_real_ip_from {n};" for n in networks]
+        http += ["real_ip_header X-Forwarded-For;", "real_ip_recursive on;", ""]
+    http += ["include default.conf;", "include sites/*.conf;"]
+    lines = [*top, *_block("events", ["worker_connections 4096;"]), "", *_block("http", http)]
+    return _HEAD + "\n".join(lines) + "\n"
+
+
+def _default(model: EdgeModel) -> str:
+    tls = " ssl http2"
+    http = [
+        *_listen(model, model.http_port, " default_server"),
+        "server_name _;",
+        "return 444;  # unknown host: close without an answer",
+    ]
+    https = [
+        *_listen(model, model.https_port, f"{tls} default_server"),
+        "server_name _;",
+        "ssl_reject_handshake on;  # no or unknown SNI: refuse the handshake",
+        "# loaded and checked by nginx -t, never presented while handshakes are refused",
+        f"ssl_certificate {model.default_cert};",
+        f"ssl_certificate_key {model.default_key};",
+        "return 444;  # SNI of one vhost, Host of none",
+    ]
+    lines = [*_block("server", http), "", *_block("server", https)]
+    return _HEAD + "\n".join(lines) + "\n"
+
+
+def _upstream_name(host: str) -> str:
+    # injective on DNS names: a dot never touches a hyphen or another dot
+    return "hp_" + host.replace("-", "__").replace(".", "_")
+
+
+def _https_origin(model: EdgeModel, host: str) -> str:
+    return host if model.https_port == 443 else f"{host}:{model.https_port}"
+
+
+def _site(model: EdgeModel, v: Vhost) -> str:
+    up = _upstream_name(v.host)
+    origin = _https_origin(model, v.host)
+    acme = _block(
+        r'location ~ "^/\.well-known/acme-challenge/([A-Za-z0-9_-]+)$"',
+        [
+            f"alias {model.acme_dir}/$1;",
+            "default_type text/plain;",
+            "disable_symlinks on;",
+        ],
+    )
+    http = [
+        *_listen(model, model.http_port),
+        f"server_name {v.host};",
+        *_block("location ^~ /.well-known/acme-challenge/", [*acme, "return 404;"]),
+        *_block("location /", [f"return 301 https://{origin}$request_uri;"]),
+    ]
+    headers = [
+        ("Strict-Transport-Security", f'"{HSTS}"'),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "strict-origin-when-cross-origin"),
+    ]
+    if v.kind == "dashboard":
+        headers += [
+            ("X-Frame-Options", "DENY"),
+            ("Content-Security-Policy", f'"{DASHBOARD_CSP}"'),
+            ("Cross-Origin-Resource-Policy", "same-origin"),
+        ]
+    elif v.frame_ancestors is None:
+        headers += [("X-Frame-Options", "SAMEORIGIN")]
+    else:
+        headers += [("Content-Security-Policy", f'"frame-ancestors {v.frame_ancestors}"')]
+    # ours are authoritative: a second copy from the upstream would make them ambiguous
+    hidden = sorted(
+        {name for name, _ in headers} - {"Content-Security-Policy"} | {"X-Frame-Options"}
+    )
+    limits = [f"limit_req zone=hp_general burst={_GENERAL_BURST} nodelay;"]
+    if v.kind == "dashboard":
+        limits.append(f"limit_req zone=hp_password burst={_PASSWORD_BURST} nodelay;")
+    if v.websocket:
+        conn = ["proxy_set_header Upgrade $http_upgrade;"]
+        conn.append("proxy_set_header Connection $connection_upgrade;")
+    else:
+        conn = ['proxy_set_header Connection "";']
+    proxy = [
+        f"proxy_pass http://{up};",
+        "proxy_http_version 1.1;",
+        "proxy_set_header Host $host;",
+        "proxy_set_header X-Real-IP $remote_addr;",
+        "proxy_set_header X-Forwarded-For $remote_addr;  # not the client's own list",
+        "proxy_set_header X-Forwarded-Proto https;",
+        f"proxy_set_header X-Forwarded-Host {origin};",
+        f"proxy_set_header X-Forwarded-Port {model.https_port};",
+        "proxy_set_header X-Request-Id $request_id;",
+        *conn,
+        *(f"proxy_hide_header {h};" for h in hidden),
+        f"proxy_read_timeout {_READ_TIMEOUT};",
+        f"proxy_send_timeout {_READ_TIMEOUT};",
+    ]
+    https = [
+        *_listen(model, model.https_port, " ssl http2"),
+        f"server_name {v.host};",
+        f"ssl_certificate {v.cert};",
+        f"ssl_certificate_key {v.key};",
+        f"client_max_body_size {_BODY[v.kind]};",
+        *limits,
+        *(f"add_header {name} {value} always;" for name, value in headers),
+        "",
+        *_block("location /", proxy),
+    ]
+    upstream = [f"server {v.upstream};", f"keepalive {_KEEPALIVE};", "keepalive_timeout 60s;"]
+    lines = [
+        f"# {v.kind} {v.host}",
+        *_block(f"upstream {up}", upstream),
+        "",
+        *_block("server", http),
+        "",
+        *_block("server", https),
+    ]
+    return _HEAD + "\n".join(lines) + "\n"
