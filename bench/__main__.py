@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import NoReturn
 
-from bench import apps, events, gateway
+from bench import apps, edge, events, gateway
 from bench.common import Bench, BenchConfig, BenchError, Benchmark, Result, say, servers
 
 __all__ = ["main"]
@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     **events.BENCHMARKS,
     **gateway.BENCHMARKS,
     **apps.BENCHMARKS,
+    **edge.BENCHMARKS,
 }
 
 

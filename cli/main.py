@@ -207,6 +207,8 @@ def _print_ready(stack: Stack) -> None:
             f"Open {url} in a browser on this machine: it shows what runs\n"
             f"     (from another machine: ssh -L {port}:127.0.0.1:{port} <this server>).",
         ]
+        if stack.apps_url is not None:
+            lines.append(f"  Apps:      {stack.apps_url} (self-signed certificates)")
     else:
         lines.append("  No dashboard yet: this checkout has no gateway service (services/gateway).")
         steps.append("Add the gateway service; `homeport up` starts it and prints its URL.")

@@ -92,6 +92,7 @@ SERVICES_NETWORK = "homeport-services"
 SERVICES_SUBNET = "10.213.0.0/24"
 SERVICES_GATEWAY = "10.213.0.1"  # the first host address, as the apps runtime creates it
 APPS_MODULE = "services.apps"
+GATEWAY_MODULE = "services.gateway"
 BASE_CACHE = Path("/var/cache/homeport")  # the debootstrap tarball, shared by data dirs
 
 RESTART_MIN_S = 0.5
@@ -539,6 +540,7 @@ class Stack:
         self._docker_url = ""
         self._addon: PostgresServer | None = None
         self._ldap_port = 0
+        self._edge_ports: tuple[int, int] | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -744,6 +746,7 @@ class Stack:
             ),
         ]
         modules = self._plan_docker(modules, port)
+        self._plan_edge(modules)
         for m in modules:
             p = port(m.name)
             log_path = self.data_dir / "logs" / f"{m.name}.log"
@@ -831,6 +834,27 @@ class Stack:
         )
         return modules
 
+    def _plan_edge(self, modules: list[Module]) -> None:
+        """nginx (run by the gateway as its child) on high loopback ports, if nginx is here."""
+        if GATEWAY_MODULE not in {m.module for m in modules}:
+            return
+        try:
+            find_binary("nginx", ("/usr/sbin",))
+        except EmbeddedError:
+            log.warning("no nginx here: apps are reachable only on their loopback ports")
+            return
+        self._edge_ports = (
+            _stable_port(self.data_dir, "edge-http"),
+            _stable_port(self.data_dir, "edge-https"),
+        )
+
+    @property
+    def apps_url(self) -> str | None:
+        """How an app at <location> is reached on this machine, with a placeholder."""
+        if self._edge_ports is None:
+            return None
+        return f"https://<location>.localhost:{self._edge_ports[1]}/"
+
     async def _prepare_addons(self) -> None:
         """The services network (its gateway is where addons listen), then the hba file."""
         from services.apps.addons.postgresql import AddonPostgres
@@ -869,6 +893,16 @@ class Stack:
                 HP_SERVICES_SUBNET=SERVICES_SUBNET,
                 HP_LDAP_HOST=f"{HOST},{SERVICES_GATEWAY}",
                 HP_LDAP_PORT=str(self._ldap_port),
+            )
+        if self._edge_ports is not None:
+            env.update(
+                HP_EDGE="true",
+                HP_EDGE_DIR=str(self.data_dir / "edge"),
+                HP_EDGE_HTTP_PORT=str(self._edge_ports[0]),
+                HP_EDGE_HTTPS_PORT=str(self._edge_ports[1]),
+                HP_EDGE_BIND=HOST,
+                HP_ACME_DIR=str(self.data_dir / "acme"),
+                HP_CERTS_DIR=str(self.data_dir / "certs"),
             )
         if self._addon is not None:
             env.update(

@@ -65,6 +65,7 @@ def app_view(r: asyncpg.Record, host_port: int | None = None) -> dict[str, Any]:
         "awaiting_approval": r["awaiting_approval"],
         "target_version": r["target_version"],
         "clone_of": str(r["clone_of"]) if r["clone_of"] else None,
+        "http_port": r["http_port"],
         "created_at": r["created_at"].isoformat(),
         "updated_at": r["updated_at"].isoformat(),
     }

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from libs.events.bus import Bus
+from libs.events.bus import Bus, BusClient
 from libs.events.projection import ProjectionRunner
 from libs.events.wiring import EventServiceKit
 from libs.service.config import load_config
@@ -22,6 +22,7 @@ from services.gateway.api import (
 from services.gateway.api.handlers.tasks import TASK_STREAMS, TaskStreams
 from services.gateway.api.principals import IdentityChanges, PrincipalCache
 from services.gateway.config import GatewayConfig
+from services.gateway.edge.sync import EdgeSettings, EdgeSync
 from services.gateway.projections import ActivityProjection
 from services.gateway.queries import activity_query
 from services.gateway.tasks import TaskProjection
@@ -106,7 +107,42 @@ def build() -> Service:
     api[TASK_STREAMS] = task_streams
     svc.on_stop(task_streams.stop)  # open task event streams end before the drain
     mount_api(svc.http_app, api)
+    if cfg.edge:
+        _add_edge(svc, kit, cfg)
     return svc
+
+
+def _add_edge(svc: Service, kit: EventServiceKit, cfg: GatewayConfig) -> None:
+    """nginx as this process's child, kept true to the platform by EdgeSync."""
+    holder: list[EdgeSync] = []
+
+    async def start() -> None:
+        settings = EdgeSettings(
+            prefix=cfg.edge_dir.absolute(),
+            http_port=cfg.edge_http_port,
+            https_port=cfg.edge_https_port,
+            acme_dir=cfg.acme_dir.absolute(),
+            dashboard_upstream=f"127.0.0.1:{svc.port}",
+            bind=cfg.edge_bind,
+            server_ipv4=cfg.server_ipv4,
+            server_ipv6=cfg.server_ipv6,
+            local_domain=cfg.local_domain,
+            interval=cfg.edge_interval,
+        )
+        sync = EdgeSync(settings, BusClient(kit.nc, default_timeout=10))
+        holder.append(sync)
+        svc.spawn(sync.run(), "edge.sync")
+
+    async def stop() -> None:
+        for sync in holder:
+            sync.stop()
+
+    async def ready() -> bool:
+        return bool(holder) and holder[0].ready
+
+    svc.on_start(start)
+    svc.on_stop(stop)
+    svc.add_readiness_check("edge", ready)
 
 
 if __name__ == "__main__":

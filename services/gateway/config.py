@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from libs.events.relay import DEFAULT_PREFIX, DEFAULT_STREAM
 from libs.service.config import ServiceConfig
@@ -16,3 +17,15 @@ class GatewayConfig(ServiceConfig):
 
     events_stream: str = DEFAULT_STREAM
     events_prefix: str = DEFAULT_PREFIX
+    # The edge (nginx): off unless the stack or a unit turns it on. Ports 80/443 in production,
+    # high ports in the local stack; bind () = every address.
+    edge: bool = False
+    edge_dir: Path = Path(".homeport/edge")
+    edge_http_port: int = 80
+    edge_https_port: int = 443
+    edge_bind: tuple[str, ...] = ()
+    edge_interval: float = 2.0
+    acme_dir: Path = Path(".homeport/acme")  # HTTP-01 tokens, written by the certs service
+    server_ipv4: str = ""  # the address app hosts' A records point at ("" = no DNS records)
+    server_ipv6: str = ""
+    local_domain: str = "localhost"

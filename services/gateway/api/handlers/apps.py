@@ -128,6 +128,9 @@ APP = obj(
         "awaiting_approval": boolean(),
         "target_version": nullable(string()),
         "clone_of": nullable(string(format="uuid")),
+        "http_port": nullable(
+            integer(description="the app's port on 127.0.0.1 (the edge's upstream)")
+        ),
         "created_at": WHEN,
         "updated_at": WHEN,
     },
