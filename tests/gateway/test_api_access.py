@@ -129,11 +129,12 @@ async def test_walk_every_route_of_the_running_gateway(
     # apps.py: user 6 (GET and HEAD of /catalog, /catalog/{manifest_id}, /apps); admin 20 (GET
     # and HEAD of /apps/{app_id}, its /snapshots, /logs and /logs/stream; POST /apps; PATCH and
     # DELETE /apps/{app_id}; POST start, stop, restart, update, update/approve, snapshots,
-    # restore, clone, repair)
+    # restore, clone, repair); domains.py: admin 7 (GET and HEAD of /domains and
+    # /domains/{domain}, POST /domains and its /verify, DELETE /domains/{domain})
     assert counts == {
         "anonymous": 6 + 3 + 1,
         "user": 7 + 9 + 5 + 6,
-        "admin": 8 + 14 + 3 + 20,
+        "admin": 8 + 14 + 3 + 20 + 7,
     }
 
 

@@ -1,0 +1,594 @@
+"""Command handlers of the dns service: validate, talk to the provider, record.
+
+Every change of a domain runs under that domain's lock (one at a time in this process; the
+stream's expected version refuses a second process meanwhile). The provider is written first
+and the event recorded after, so an event never claims a record the provider refused.
+Ownership is what the events say (the read model is written in their transaction): Homeport
+replaces or deletes only an RRset its own `DnsRecordSet` created, and refuses to touch any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from libs.events import context
+from libs.events.bus import BusClient, BusError, Conflict, Invalid, NotFound, Unavailable
+from libs.events.context import Context
+from libs.events.errors import ConcurrencyError
+from libs.events.inline import append_inline
+from libs.events.sealing import Keyring, SealingError
+from libs.events.store import PostgresEventStore
+from services.dns import events as ev
+from services.dns.config import DnsConfig
+from services.dns.projections import DnsProjection
+from services.dns.providers.base import (
+    WRITABLE_TYPES,
+    DnsProvider,
+    DnsProviderError,
+    ForeignRecord,
+    Record,
+    canonical_name,
+    format_record,
+    in_zone,
+)
+from services.dns.providers.factory import (
+    PROVIDER_FIELDS,
+    PROVIDER_KINDS,
+    ProviderConfigError,
+    make_provider,
+    secret_fields,
+)
+from services.dns.queries import check_domain, read_view
+
+__all__ = ["ACME_OWNER", "Commands", "check_record_name"]
+
+ACME_OWNER = "acme"
+ACME_TTL = 60
+MAX_DEADLINE = 600.0
+MAX_VALUES = 100
+MAX_VALUE = 4096
+MAX_TTL = 7 * 24 * 3600
+_WAIT_SLICE = 5.0  # a TXT set another publish_txt grows meanwhile is looked at again this often
+_NAME_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_RECORD_NAME = re.compile(rf"^(\*\.)?{_NAME_LABEL}(\.{_NAME_LABEL})+$")
+_OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+
+
+# -- input ----------------------------------------------------------------------------------
+
+
+def _fields(payload: Mapping[str, Any], allowed: set[str], prefix: str = "") -> None:
+    for name in payload:
+        if name not in allowed:
+            where = f"{prefix}{str(name)[:64]}"
+            raise Invalid(f"unknown field {where!r}: use {', '.join(sorted(allowed))}", field=where)
+
+
+def check_record_name(value: object, field: str = "name") -> str:
+    """A DNS name in canonical form (`_acme-challenge.` and a leading `*.` allowed)."""
+    name = canonical_name(value) if isinstance(value, str) else ""
+    if len(name) > 253 or not _RECORD_NAME.match(name):
+        raise Invalid(
+            f"{field} must be a DNS name such as blog.example.com (labels of letters, digits,"
+            " '-' or '_'; '*.' only first)",
+            field=field,
+        )
+    return name
+
+
+def _type(value: object) -> str:
+    type_ = value.strip().upper() if isinstance(value, str) else ""
+    if type_ not in WRITABLE_TYPES:
+        raise Invalid(f"type must be one of {', '.join(sorted(WRITABLE_TYPES))}", field="type")
+    return type_
+
+
+def _text(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_VALUE or "\x00" in value:
+        raise Invalid(f"{field} must be text of 1 to {MAX_VALUE} characters", field=field)
+    return value
+
+
+def _values(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_VALUES:
+        raise Invalid(f"values must be a list of 1 to {MAX_VALUES} values", field="values")
+    return tuple(_text(v, "values") for v in value)
+
+
+def _ttl(value: object) -> int:
+    if value is None:
+        return 300
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_TTL:
+        raise Invalid(f"ttl must be a whole number of seconds, 1 to {MAX_TTL}", field="ttl")
+    return value
+
+
+def _owner(value: object) -> str:
+    if not isinstance(value, str) or not _OWNER.match(value):
+        raise Invalid(
+            "owner must name who the record is for (1 to 100 letters, digits, '_', '.', ':' or"
+            " '-'), e.g. app-4f1c or acme",
+            field="owner",
+        )
+    return value
+
+
+def _address(payload: Mapping[str, Any], name: str, version: int) -> str | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    try:
+        addr = ipaddress.ip_address(value) if isinstance(value, str) else None
+    except ValueError:
+        addr = None
+    if addr is None or addr.version != version:
+        raise Invalid(f"{name} must be an IPv{version} address", field=name)
+    return str(addr)
+
+
+def _deadline(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+        if 0 < seconds <= MAX_DEADLINE:
+            return seconds
+    raise Invalid(
+        f"deadline_s must be seconds, more than 0 and at most {MAX_DEADLINE:g}", field="deadline_s"
+    )
+
+
+def _field_of(kind: str, message: str) -> str:
+    """The provider field a provider's message tells the user to check (`provider` if none)."""
+    _, sep, advice = message.rpartition("check ")
+    if sep:
+        found = [
+            (m.start(), f.name)
+            for f in PROVIDER_FIELDS.get(kind, ())
+            for m in [re.search(rf"\b{re.escape(f.name)}\b", advice)]
+            if m is not None
+        ]
+        if found:
+            return f"provider.{min(found)[1]}"
+    return "provider"
+
+
+# -- the handlers ---------------------------------------------------------------------------
+
+
+class Commands:
+    """The command side: each public method is one bus command of the dns service."""
+
+    def __init__(
+        self,
+        cfg: DnsConfig,
+        store: PostgresEventStore,
+        keyring: Keyring,
+        bus: BusClient,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.keyring = keyring
+        self.bus = bus
+        self._projection = DnsProjection()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- domains ----------
+
+    async def add_domain(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        _fields(payload, {"domain", "provider", "server_ipv4", "server_ipv6"})
+        domain = check_domain(payload.get("domain"))
+        kind, config = self._provider_input(payload.get("provider"), domain)
+        ipv4 = _address(payload, "server_ipv4", 4)
+        ipv6 = _address(payload, "server_ipv6", 6)
+        try:
+            provider = make_provider(kind, config)
+        except ProviderConfigError as e:
+            raise Invalid(e.message, field=f"provider.{e.field}") from None
+        except DnsProviderError as e:
+            raise Invalid(e.message, field="provider") from None
+        config["zone"] = provider.zone
+        if not in_zone(domain, provider.zone):
+            await provider.aclose()
+            raise Invalid(
+                f"domain {domain} is not in zone {provider.zone}: give its own zone or one of"
+                " its parents",
+                field="provider.zone",
+            )
+        async with self._lock(domain):
+            try:
+                if await self._row(domain) is not None:
+                    raise Conflict(f"domain {domain} is already added", field="domain")
+                try:
+                    await provider.verify()
+                except DnsProviderError as e:
+                    raise Invalid(
+                        f"the {kind} provider of {domain} failed its check, so nothing was saved:"
+                        f" {e.message}",
+                        field=_field_of(kind, e.message),
+                    ) from None
+            finally:
+                await provider.aclose()
+            subject = ev.domain_stream(domain)
+            sealed = dict(config)
+            for name in sorted(secret_fields(kind) & sealed.keys()):
+                sealed[name] = await asyncio.to_thread(
+                    self.keyring.seal_for, subject, str(sealed[name])
+                )
+            added = ev.DomainAdded(domain, {"kind": kind, **sealed}, ipv4, ipv6)
+            try:
+                await self._append(domain, [added, ev.DomainVerified(domain)])
+            except asyncpg.UniqueViolationError:
+                raise Conflict(f"domain {domain} is already added", field="domain") from None
+        return await self._view(domain)
+
+    async def verify_domain(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        _fields(payload, {"domain"})
+        domain = check_domain(payload.get("domain"))
+        async with self._lock(domain):
+            row = await self._existing(domain)
+            version = await self.store.stream_version(ev.domain_stream(domain))
+            new: Any
+            async with self._provider(row) as provider:
+                try:
+                    await provider.verify()
+                    new = ev.DomainVerified(domain)
+                except DnsProviderError as e:
+                    new = ev.DomainVerificationFailed(domain, e.message)
+            await self._append(domain, [new], version)
+        return await self._view(domain)
+
+    async def remove_domain(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        _fields(payload, {"domain"})
+        domain = check_domain(payload.get("domain"))
+        await self._existing(domain)
+        users = await self._apps_on(domain)
+        if users:
+            raise Conflict(
+                f"domain {domain} is used by {len(users)} app(s) ({', '.join(users)}): move or"
+                " uninstall them first",
+                field="domain",
+            )
+        async with self._lock(domain):
+            row = await self._existing(domain)
+            version = await self.store.stream_version(ev.domain_stream(domain))
+            owned = await self.store.pool.fetch(
+                "SELECT * FROM dns.records WHERE domain = $1 ORDER BY name, type", domain
+            )
+            new: list[Any] = []
+            failure: str | None = None
+            async with self._provider(row) as provider:
+                for r in owned:
+                    record = Record(r["name"], r["type"], tuple(json.loads(r["values"])), r["ttl"])
+                    try:
+                        await provider.delete(record)
+                    except DnsProviderError as e:
+                        failure = (
+                            f"could not delete {format_record(record)}, so domain {domain} stays:"
+                            f" {e.message}"
+                        )
+                        break
+                    new.append(ev.DnsRecordRemoved(domain, record.name, record.type, r["owner"]))
+            if failure is None:
+                new.append(ev.DomainRemoved(domain))
+            if new:
+                await self._append(domain, new, version)
+            if failure is not None:
+                raise Unavailable(failure)
+        return {"domain": domain, "removed": True}
+
+    # -- records ----------
+
+    async def set_record(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        _fields(payload, {"name", "type", "values", "ttl", "owner"})
+        name = check_record_name(payload.get("name"))
+        type_ = _type(payload.get("type"))
+        record = Record(name, type_, _values(payload.get("values")), _ttl(payload.get("ttl")))
+        owner = _owner(payload.get("owner"))
+        domain = await self._domain_for(name)
+        async with self._lock(domain):
+            await self._set(domain, record, owner)
+        return _answer(domain, record)
+
+    async def remove_record(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        _fields(payload, {"name", "type", "owner"})
+        name = check_record_name(payload.get("name"))
+        type_ = _type(payload.get("type"))
+        owner = _owner(payload.get("owner"))
+        domain = await self._domain_for(name)
+        async with self._lock(domain):
+            current = await self._owned(domain, name, type_)
+            if current is None:
+                raise NotFound(
+                    f"Homeport owns no {name} {type_} record, and it removes only records it"
+                    " created",
+                    field="name",
+                )
+            if current.owner != owner:
+                raise Conflict(
+                    f"{name} {type_} is kept for {current.owner}, not {owner}: it stays",
+                    field="owner",
+                )
+            await self._delete(domain, current.record, owner)
+        return {"domain": domain, "name": name, "type": type_}
+
+    async def wait_record(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        _fields(payload, {"name", "type", "values", "deadline_s"})
+        name = check_record_name(payload.get("name"))
+        record = Record(name, _type(payload.get("type")), _values(payload.get("values")))
+        deadline = _deadline(payload.get("deadline_s"))
+        domain = await self._domain_for(name)
+        async with self._provider(await self._existing(domain)) as provider:
+            try:
+                await provider.wait(record, deadline)
+            except DnsProviderError as e:
+                raise Unavailable(e.message) from None
+        return {"ok": True}
+
+    async def publish_txt(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Add one value to the TXT set at `name` (ACME DNS-01) and wait until it is served."""
+        _fields(payload, {"name", "value"})
+        name = check_record_name(payload.get("name"))
+        value = _text(payload.get("value"), "value")
+        domain = await self._domain_for(name)
+        async with self._lock(domain):
+            current = await self._owned(domain, name, "TXT")
+            values = {value}
+            if current is not None:
+                self._acme_owns(current)
+                values.update(current.record.values)
+            record = Record(name, "TXT", tuple(values), ACME_TTL)
+            await self._set(domain, record, ACME_OWNER)
+        await self._wait_txt(domain, name, value)
+        return _answer(domain, record)
+
+    async def remove_txt(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Remove one value of the TXT set at `name`; the others stay. Absent is not an error."""
+        _fields(payload, {"name", "value"})
+        name = check_record_name(payload.get("name"))
+        value = _text(payload.get("value"), "value")
+        domain = await self._domain_for(name)
+        async with self._lock(domain):
+            current = await self._owned(domain, name, "TXT")
+            if current is None or value not in current.record.values:
+                left = current.record.values if current is not None else ()
+                return _answer(domain, Record(name, "TXT", left))
+            self._acme_owns(current)
+            rest = tuple(v for v in current.record.values if v != value)
+            record = Record(name, "TXT", rest, current.record.ttl)
+            if rest:
+                await self._set(domain, record, ACME_OWNER)
+            else:
+                await self._delete(domain, current.record, ACME_OWNER)
+        return _answer(domain, record)
+
+    # -- helpers ----------
+
+    def _lock(self, domain: str) -> asyncio.Lock:
+        return self._locks.setdefault(domain, asyncio.Lock())
+
+    def _provider_input(self, value: object, domain: str) -> tuple[str, dict[str, Any]]:
+        if not isinstance(value, dict):
+            raise Invalid(
+                "provider must be an object {kind, ...settings of that kind}", field="provider"
+            )
+        kind = value.get("kind")
+        if not isinstance(kind, str) or kind not in PROVIDER_FIELDS:
+            raise Invalid(
+                f"provider.kind must be one of {', '.join(PROVIDER_KINDS)}", field="provider.kind"
+            )
+        allowed = {"kind", *(f.name for f in PROVIDER_FIELDS[kind])}
+        _fields(value, allowed, "provider.")
+        config = {k: v for k, v in value.items() if k != "kind" and v is not None}
+        config.setdefault("zone", domain)
+        return kind, config
+
+    async def _row(self, domain: str) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await self.store.pool.fetchrow(
+            "SELECT * FROM dns.domains WHERE domain = $1", domain
+        )
+        return row
+
+    async def _existing(self, domain: str) -> asyncpg.Record:
+        row = await self._row(domain)
+        if row is None:
+            raise NotFound(f"no domain {domain}: add it first", field="domain")
+        return row
+
+    async def _view(self, domain: str) -> dict[str, Any]:
+        view = await read_view(self.store.pool, domain)
+        if view is None:
+            raise NotFound(f"no domain {domain}", field="domain")
+        return view
+
+    async def _domain_for(self, name: str) -> str:
+        """The domain whose zone holds `name`: the longest domain holding it, else the one with
+        the longest zone holding it."""
+        rows = await self.store.pool.fetch("SELECT domain, zone FROM dns.domains")
+        by_domain = [str(r["domain"]) for r in rows if in_zone(name, r["domain"])]
+        if by_domain:
+            return max(by_domain, key=len)
+        by_zone = [r for r in rows if in_zone(name, r["zone"])]
+        if by_zone:
+            return str(max(by_zone, key=lambda r: len(r["zone"]))["domain"])
+        raise NotFound(
+            f"no domain Homeport manages holds {name}: add its domain first", field="name"
+        )
+
+    async def _owned(self, domain: str, name: str, type_: str) -> _Owned | None:
+        row = await self.store.pool.fetchrow(
+            "SELECT * FROM dns.records WHERE domain = $1 AND name = $2 AND type = $3",
+            domain,
+            name,
+            type_,
+        )
+        if row is None:
+            return None
+        values = tuple(json.loads(row["values"]))
+        return _Owned(Record(name, type_, values, row["ttl"]), row["owner"])
+
+    def _acme_owns(self, current: _Owned) -> None:
+        if current.owner != ACME_OWNER:
+            raise Conflict(
+                f"{format_record(current.record)} is kept for {current.owner}, not for ACME"
+                " challenges: it stays",
+                field="name",
+            )
+
+    async def _set(self, domain: str, record: Record, owner: str) -> None:
+        """Write `record` at the provider (replacing only what Homeport owns), then record it."""
+        row = await self._existing(domain)
+        version = await self.store.stream_version(ev.domain_stream(domain))
+        current = await self._owned(domain, record.name, record.type)
+        if current is None:
+            other = await self.store.pool.fetchval(
+                "SELECT domain FROM dns.records WHERE zone = $1 AND name = $2 AND type = $3",
+                row["zone"],
+                record.name,
+                record.type,
+            )
+            if other is not None:
+                raise Conflict(
+                    f"{record.name} {record.type} is kept by Homeport for domain {other}, which"
+                    " shares the zone: change it there",
+                    field="name",
+                )
+        async with self._provider(row) as provider:
+            try:
+                await provider.upsert(record, owned=current is not None)
+            except ForeignRecord as e:
+                raise Conflict(e.message, field="name") from None
+            except DnsProviderError as e:
+                raise Unavailable(e.message) from None
+        if current is not None and current.record == record and current.owner == owner:
+            return  # already so, provider and events alike
+        event = ev.DnsRecordSet(
+            domain, record.name, record.type, list(record.values), record.ttl, owner
+        )
+        await self._append(domain, [event], version)
+
+    async def _delete(self, domain: str, record: Record, owner: str) -> None:
+        row = await self._existing(domain)
+        version = await self.store.stream_version(ev.domain_stream(domain))
+        async with self._provider(row) as provider:
+            try:
+                await provider.delete(record)
+            except DnsProviderError as e:
+                raise Unavailable(e.message) from None
+        removed = ev.DnsRecordRemoved(domain, record.name, record.type, owner)
+        await self._append(domain, [removed], version)
+
+    async def _wait_txt(self, domain: str, name: str, value: str) -> None:
+        """Until every authoritative server answers the TXT set at `name`, which holds `value`.
+
+        Another publish_txt may grow the set meanwhile: then the wait is for the new set."""
+        deadline = self.cfg.txt_propagation_deadline
+        end = time.monotonic() + deadline
+        last = ""
+        async with self._provider(await self._existing(domain)) as provider:
+            while True:
+                current = await self._owned(domain, name, "TXT")
+                if current is None or value not in current.record.values:
+                    raise Conflict(
+                        f'the TXT value "{value}" at {name} was removed while waiting for it',
+                        field="value",
+                    )
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise Unavailable(
+                        f"{name} TXT is not served by every nameserver after {deadline:g}s: {last}"
+                    )
+                try:
+                    await provider.wait(current.record, min(left, _WAIT_SLICE))
+                    return
+                except DnsProviderError as e:
+                    last = e.message
+
+    @asynccontextmanager
+    async def _provider(self, row: asyncpg.Record) -> AsyncIterator[DnsProvider]:
+        """The domain's provider, built from its recorded config (secrets unsealed), closed
+        after use."""
+        domain = row["domain"]
+        config = json.loads(row["provider"])
+        kind = str(config.pop("kind"))
+        try:
+            for name in secret_fields(kind) & config.keys():
+                config[name] = self.keyring.unseal_str(config[name])
+        except SealingError as e:
+            raise Unavailable(
+                f"cannot unseal the provider credentials of {domain} ({e}): check that HP_KEYRING"
+                " is the keyring they were sealed with"
+            ) from None
+        try:
+            provider = make_provider(kind, config)
+        except DnsProviderError as e:
+            raise Unavailable(
+                f"the recorded {kind} provider of {domain} is unusable ({e.message}): remove the"
+                " domain and add it again"
+            ) from None
+        try:
+            yield provider
+        finally:
+            await provider.aclose()
+
+    async def _append(self, domain: str, new: list[Any], expected: int | None = None) -> None:
+        """Append to the domain's stream and update the read model in one transaction."""
+        stream = ev.domain_stream(domain)
+        if expected is None:
+            expected = await self.store.stream_version(stream)
+        try:
+            async with self.store.pool.acquire() as conn, conn.transaction():
+                await append_inline(self.store, conn, self._projection, stream, new, expected)
+        except ConcurrencyError:
+            raise Conflict(
+                f"domain {domain} was changed at the same time; look again and retry"
+            ) from None
+
+    async def _apps_on(self, domain: str) -> list[str]:
+        """The addresses of the apps installed on `domain`, as the apps service says."""
+        ctx = Context("system", context.current().correlation_id, None, None)
+        try:
+            reply = await self.bus.query(
+                "apps", "apps", {"is_admin": True}, ctx=ctx, timeout=self.cfg.apps_timeout
+            )
+        except BusError as e:
+            raise Unavailable(
+                f"cannot tell whether apps use {domain}, so it stays: the apps service did not"
+                f" answer ({e.message}); try again when it runs"
+            ) from None
+        items = reply.get("items") if isinstance(reply, dict) else None
+        if not isinstance(items, list):
+            raise Unavailable(
+                f"cannot tell whether apps use {domain}, so it stays: the apps service answered"
+                " without a list of apps"
+            )
+        return sorted(
+            f"{item.get('location')}.{domain}"
+            for item in items
+            if isinstance(item, dict) and item.get("domain") == domain
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Owned:
+    """A record Homeport owns and whom it keeps it for."""
+
+    record: Record
+    owner: str
+
+
+def _answer(domain: str, record: Record) -> dict[str, Any]:
+    return {
+        "domain": domain,
+        "name": record.name,
+        "type": record.type,
+        "values": list(record.values),
+    }
