@@ -147,6 +147,7 @@ async def test_served_document_covers_the_production_table(
         "/apps/{app_id}/restore", "/apps/{app_id}/clone", "/apps/{app_id}/repair",
         "/apps/{app_id}/logs", "/apps/{app_id}/logs/stream",
         "/domains", "/domains/{domain}", "/domains/{domain}/verify",
+        "/certificates", "/certificates/{primary}/renew",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]
     activity = doc["paths"]["/activity"]["get"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from services.gateway.api.handlers import (
     activity,
     apps,
+    certificates,
     domains,
     groups,
     identity,
@@ -17,7 +18,17 @@ from services.gateway.api.routes import RouteTable
 __all__ = ["default_table"]
 
 # A new area of the API is one more module here; a new route is one declaration in its module.
-_MODULES = (platform, activity, identity, groups, security, tasks, apps, domains)
+_MODULES = (
+    platform,
+    activity,
+    identity,
+    groups,
+    security,
+    tasks,
+    apps,
+    domains,
+    certificates,
+)
 
 
 def default_table() -> RouteTable:
