@@ -160,10 +160,16 @@ async def test_http_answers_acme_challenges_from_the_acme_dir(edge: Edge) -> Non
             async with http.get(base + "..%2Fsecret.txt", allow_redirects=False) as r:
                 assert r.status in (301, 404)  # normalised out of the challenge location
                 assert b"not for the world" not in await r.read()
-        # an unknown host gets nothing, not even the challenge
-    req = f"GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: evil.example.test\r\n\r\n"
+    # a host without a vhost yet gets the challenge (the CA may check a token before the
+    # host's vhost is applied) and nothing else
+    req = (
+        f"GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: new.example.test\r\n"
+        "Connection: close\r\n\r\n"
+    )
     got = await raw_http(edge.http_port, req.encode())
-    assert got == b""
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(f"{token}.thumbprint".encode())
+    req = "GET / HTTP/1.1\r\nHost: new.example.test\r\nConnection: close\r\n\r\n"
+    assert await raw_http(edge.http_port, req.encode()) == b""
 
 
 # -- unknown hosts --------------------------------------------------------------------------

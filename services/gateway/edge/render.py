@@ -311,12 +311,28 @@ def _main(model: EdgeModel) -> str:
     return _HEAD + "\n".join(lines) + "\n"
 
 
+def _acme_location(model: EdgeModel) -> list[str]:
+    """`/.well-known/acme-challenge/<token>` from the token files, nothing else under it."""
+    acme = _block(
+        r'location ~ "^/\.well-known/acme-challenge/([A-Za-z0-9_-]+)$"',
+        [
+            f"alias {model.acme_dir}/$1;",
+            "default_type text/plain;",
+            "disable_symlinks on;",
+        ],
+    )
+    return _block("location ^~ /.well-known/acme-challenge/", [*acme, "return 404;"])
+
+
 def _default(model: EdgeModel) -> str:
     tls = " ssl http2"
     http = [
         *_listen(model, model.http_port, " default_server"),
         "server_name _;",
-        "return 444;  # unknown host: close without an answer",
+        # a certificate is ordered for a host before its vhost is applied: the CA's check of
+        # the token may arrive first, so tokens answer for any host (they are public anyway)
+        *_acme_location(model),
+        *_block("location /", ["return 444;  # unknown host: close without an answer"]),
     ]
     https = [
         *_listen(model, model.https_port, f"{tls} default_server"),
@@ -343,18 +359,10 @@ def _https_origin(model: EdgeModel, host: str) -> str:
 def _site(model: EdgeModel, v: Vhost) -> str:
     up = _upstream_name(v.host)
     origin = _https_origin(model, v.host)
-    acme = _block(
-        r'location ~ "^/\.well-known/acme-challenge/([A-Za-z0-9_-]+)$"',
-        [
-            f"alias {model.acme_dir}/$1;",
-            "default_type text/plain;",
-            "disable_symlinks on;",
-        ],
-    )
     http = [
         *_listen(model, model.http_port),
         f"server_name {v.host};",
-        *_block("location ^~ /.well-known/acme-challenge/", [*acme, "return 404;"]),
+        *_acme_location(model),
         *_block("location /", [f"return 301 https://{origin}$request_uri;"]),
     ]
     headers = [
