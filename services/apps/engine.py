@@ -52,6 +52,7 @@ log = logging.getLogger("services.apps.engine")
 STEPS: dict[str, tuple[tuple[str, int], ...]] = {
     "install": (
         ("seed", 10),
+        ("dns", 12),
         ("image", 45),
         ("network", 50),
         ("storage", 55),
@@ -59,11 +60,12 @@ STEPS: dict[str, tuple[tuple[str, int], ...]] = {
         ("container", 80),
         ("ready", 100),
     ),
-    "configure": (("addons", 30), ("container", 60), ("ready", 100)),
+    "configure": (("dns", 20), ("addons", 30), ("container", 60), ("ready", 100)),
     "update": (("snapshot", 25), ("image", 60), ("container", 75), ("ready", 100)),
     "restore": (("image", 30), ("stop", 40), ("data", 70), ("container", 80), ("ready", 100)),
     "uninstall": (
         ("container", 30),
+        ("dns", 40),
         ("addons", 60),
         ("storage", 80),
         ("network", 90),
@@ -523,6 +525,69 @@ class Engine:
         await self.append(source.app_id, [taken], None)
         return {"snapshot_id": snapshot_id}
 
+    # DNS: an app on a domain the dns service manages gets an A (and AAAA) record pointing at
+    # the domain's server address, owned by the app. A record Homeport did not create at that
+    # name fails the install, naming the record (the dns service refuses to overwrite it).
+
+    async def _dns_domain(self, domain: str) -> dict[str, Any] | None:
+        """The dns service's view of `domain`, or None when it does not manage it."""
+        if self.bus is None or domain == self.cfg.default_domain:
+            return None
+        try:
+            view: dict[str, Any] = await self.bus.query("dns", "domain", {"domain": domain})
+        except BusError as e:
+            if e.code == "not_found":
+                return None
+            raise OperationFailed(
+                f"the dns service could not be asked about {domain}: {e.message}",
+                "dns_unavailable",
+            ) from e
+        return view
+
+    async def _point(self, s: AppState, location: str) -> dict[str, Any]:
+        view = await self._dns_domain(s.domain)
+        if view is None:
+            return {}
+        name = f"{location}.{s.domain}"
+        for rtype, address in (("A", view.get("server_ipv4")), ("AAAA", view.get("server_ipv6"))):
+            if not address:
+                continue
+            payload = {"name": name, "type": rtype, "values": [address], "owner": f"app-{s.app_id}"}
+            try:
+                await self.bus.command("dns", "set_record", payload, timeout=60)  # type: ignore[union-attr]
+            except BusError as e:
+                code = "dns_conflict" if e.code == "conflict" else "dns_failed"
+                raise OperationFailed(f"{name}: {e.message}", code) from e
+        return {"dns_name": name}
+
+    async def _unpoint(self, s: AppState, location: str) -> None:
+        view = await self._dns_domain(s.domain)
+        if view is None or self.bus is None:
+            return
+        name = f"{location}.{s.domain}"
+        for rtype in ("A", "AAAA"):
+            payload = {"name": name, "type": rtype, "owner": f"app-{s.app_id}"}
+            try:
+                await self.bus.command("dns", "remove_record", payload, timeout=60)
+            except BusError as e:
+                if e.code != "not_found":
+                    raise OperationFailed(f"{name}: {e.message}", "dns_failed") from e
+
+    async def _install_dns(self, s: AppState, task: Task) -> dict[str, Any]:
+        return await self._point(s, s.location)
+
+    async def _configure_dns(self, s: AppState, task: Task) -> dict[str, Any]:
+        new = self._configured(s).location
+        if new == s.location:
+            return {}
+        detail = await self._point(s, new)
+        await self._unpoint(s, s.location)
+        return detail
+
+    async def _uninstall_dns(self, s: AppState, task: Task) -> dict[str, Any]:
+        await self._unpoint(s, s.location)
+        return {}
+
     async def _install_image(self, s: AppState, task: Task) -> dict[str, Any]:
         entry = self._entry(s.manifest_id, s.app_version)
         return {"image": await self._build(entry, task)}
@@ -762,6 +827,7 @@ def _ldap_access(access: Mapping[str, Any]) -> dict[str, Any]:
 _STEP_MESSAGES: dict[str, dict[str, str]] = {
     "install": {
         "seed": "copying the app to clone",
+        "dns": "pointing the app's name at this server",
         "image": "building the app's image",
         "network": "creating the app's network",
         "storage": "creating the app's data volume",
@@ -770,6 +836,7 @@ _STEP_MESSAGES: dict[str, dict[str, str]] = {
         "ready": "starting the app and waiting for it to answer",
     },
     "configure": {
+        "dns": "moving the app's DNS record",
         "addons": "updating who may sign in",
         "container": "recreating the container with the new settings",
         "ready": "waiting for the app to answer",
@@ -789,6 +856,7 @@ _STEP_MESSAGES: dict[str, dict[str, str]] = {
     },
     "uninstall": {
         "container": "removing the container",
+        "dns": "removing the app's DNS record",
         "addons": "dropping the app's database and accounts",
         "storage": "deleting the app's data",
         "network": "removing the app's network",

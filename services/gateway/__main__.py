@@ -124,8 +124,6 @@ def _add_edge(svc: Service, kit: EventServiceKit, cfg: GatewayConfig) -> None:
             acme_dir=cfg.acme_dir.absolute(),
             dashboard_upstream=f"127.0.0.1:{svc.port}",
             bind=cfg.edge_bind,
-            server_ipv4=cfg.server_ipv4,
-            server_ipv6=cfg.server_ipv6,
             local_domain=cfg.local_domain,
             interval=cfg.edge_interval,
         )

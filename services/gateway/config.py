@@ -26,6 +26,4 @@ class GatewayConfig(ServiceConfig):
     edge_bind: tuple[str, ...] = ()
     edge_interval: float = 2.0
     acme_dir: Path = Path(".homeport/acme")  # HTTP-01 tokens, written by the certs service
-    server_ipv4: str = ""  # the address app hosts' A records point at ("" = no DNS records)
-    server_ipv6: str = ""
     local_domain: str = "localhost"

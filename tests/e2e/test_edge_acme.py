@@ -26,7 +26,7 @@ from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_cata
 from tests.certs.certskit import Certs, certs_env, running_certs
 from tests.certs.pebblekit import PebbleServer, start_pebble
 from tests.dns.dnskit import Dns, dns_env, running_dns
-from tests.dns.pdnskit import PdnsServer, create_zone, pdns_fixture  # noqa: F401 - fixture
+from tests.dns.pdnskit import PdnsServer, PdnsZone, create_zone, pdns_fixture  # noqa: F401 - fixture
 from tests.gateway.apikit import running_gateway
 
 pytestmark = pytest.mark.timeout(400)
@@ -98,7 +98,6 @@ async def world(
         "HP_EDGE_HTTPS_PORT": str(https_port),
         "HP_EDGE_BIND": "127.0.0.1",
         "HP_EDGE_INTERVAL": "0.5",
-        "HP_SERVER_IPV4": "127.0.0.1",
     }
     try:
         async with (
@@ -202,6 +201,28 @@ async def test_install_move_and_wildcard_over_real_dns_acme_and_nginx(world: Wor
         },
     )
     assert domain["verified_at"]
+
+    # a name that already has a record Homeport did not create: the install fails naming it,
+    # and the record stays as it was
+    await PdnsZone(DOMAIN, w.pdns).put(f"taken.{DOMAIN}", "A", ["192.0.2.7"])
+    reply = await w.apps.cmd(
+        "install",
+        {
+            "manifest_id": STATIC,
+            "version": "1.0.0",
+            "location": "taken",
+            "domain": DOMAIN,
+            "access": {"all_users": True},
+        },
+    )
+    end = await w.apps.wait_task(reply["task_id"])
+    assert end["type"] == "TaskFailed" and end["code"] == "dns_conflict", end
+    assert f"taken.{DOMAIN}" in end["message"] and "192.0.2.7" in end["message"]
+    assert await _a_record(w, f"taken.{DOMAIN}") == ["192.0.2.7"]
+    assert (await w.apps.app(reply["app_id"]))["state"] == "error"
+    assert not w.apps.docker.containers.list(
+        all=True, filters={"label": f"homeport.app={reply['app_id']}"}
+    )  # it stopped before anything was built or run
 
     reply = await w.apps.cmd(
         "install",

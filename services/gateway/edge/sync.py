@@ -3,8 +3,9 @@ domain, each with its DNS record and certificate.
 
 Every `interval` seconds (and at once after a change) it reads the domains (dns service), the
 installed apps (apps service) and the certificate files (certs service), and:
-- for a host of a registered domain: asks dns for its A/AAAA record (owned by the app) and certs
-  for its certificate (a self-signed fallback is served until the real one is issued);
+- for a host of a registered domain: asks certs for its certificate (a self-signed fallback is
+  served until the real one is issued), and for `my.<domain>` dns for its A/AAAA record (apps
+  point their own names as a step of their install, services/apps/engine.py);
 - for a host of the local domain (`localhost` by default: browsers resolve `*.localhost` to this
   machine): serves a self-signed certificate made here, with no DNS and no ACME;
 - for a host that went away (app moved or uninstalled): removes its record and certificate;
@@ -49,8 +50,6 @@ class EdgeSettings:
     acme_dir: Path
     dashboard_upstream: str  # 127.0.0.1:<gateway port>
     bind: tuple[str, ...] = ()
-    server_ipv4: str = ""  # the A record of every app host ("" = leave DNS alone)
-    server_ipv6: str = ""
     local_domain: str = "localhost"
     interval: float = 2.0
     user: str | None = None
@@ -73,6 +72,7 @@ class EdgeSync:
     nginx: Nginx = field(init=False)
     _hosts: dict[str, _Host] = field(default_factory=dict)
     _applied: EdgeModel | None = None
+    _known_domains: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     _files: dict[Path, float] = field(default_factory=dict)  # certificate files' mtimes
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
@@ -141,6 +141,7 @@ class EdgeSync:
         wanted: dict[str, tuple[str, str, str]] = {}  # host -> (kind, upstream, owner)
         for domain in sorted(domains):
             wanted[f"my.{domain}"] = ("dashboard", s.dashboard_upstream, "dashboard")
+        self._known_domains = domains
         for app in apps:
             if not app.get("http_port"):
                 continue
@@ -161,26 +162,16 @@ class EdgeSync:
     async def _certificate(
         self, host: str, owner: str, domain: str, *, local: bool
     ) -> tuple[Path, Path] | None:
-        s = self.settings
         if local:
             return await asyncio.to_thread(self._local_certificate, host)
         entry = self._hosts.setdefault(host, _Host(owner, domain))
-        if not entry.record and s.server_ipv4:
-            await self.bus.command(
-                "dns",
-                "set_record",
-                {"name": host, "type": "A", "values": [s.server_ipv4], "owner": owner},
-                ctx=SYSTEM,
-                timeout=60,
-            )
-            if s.server_ipv6:
-                await self.bus.command(
-                    "dns",
-                    "set_record",
-                    {"name": host, "type": "AAAA", "values": [s.server_ipv6], "owner": owner},
-                    ctx=SYSTEM,
-                    timeout=60,
-                )
+        if not entry.record and owner == "dashboard":  # apps point their own names (apps)
+            view = self._known_domains.get(domain, {})
+            for rtype in ("A", "AAAA"):
+                address = view.get("server_ipv4" if rtype == "A" else "server_ipv6")
+                if address:
+                    payload = {"name": host, "type": rtype, "values": [address], "owner": owner}
+                    await self.bus.command("dns", "set_record", payload, ctx=SYSTEM, timeout=60)
             entry.record = True
         if not entry.certificate:
             await self.bus.command("certs", "ensure", {"names": [host]}, ctx=SYSTEM, timeout=60)
@@ -210,13 +201,15 @@ class EdgeSync:
             entry = self._hosts[host]
             with contextlib.suppress(BusError):
                 if entry.record:
-                    await self.bus.command(
-                        "dns",
-                        "remove_record",
-                        {"name": host, "type": "A", "owner": entry.owner},
-                        ctx=SYSTEM,
-                        timeout=60,
-                    )
+                    for rtype in ("A", "AAAA"):
+                        with contextlib.suppress(BusError):  # not found: never set
+                            await self.bus.command(
+                                "dns",
+                                "remove_record",
+                                {"name": host, "type": rtype, "owner": entry.owner},
+                                ctx=SYSTEM,
+                                timeout=60,
+                            )
                 if entry.certificate:
                     await self.bus.command(
                         "certs", "forget", {"primary": host}, ctx=SYSTEM, timeout=60
