@@ -558,6 +558,12 @@ class Engine:
             except BusError as e:
                 code = "dns_conflict" if e.code == "conflict" else "dns_failed"
                 raise OperationFailed(f"{name}: {e.message}", code) from e
+            # until the zone's authoritative servers all answer it: a CA checks it next
+            wait = {"name": name, "type": rtype, "values": [address], "deadline_s": 300}
+            try:
+                await self.bus.command("dns", "wait_record", wait, timeout=320)  # type: ignore[union-attr]
+            except BusError as e:
+                raise OperationFailed(f"{name}: {e.message}", "dns_propagation") from e
         return {"dns_name": name}
 
     async def _unpoint(self, s: AppState, location: str) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.apps.appskit import apps_env, running_apps, static_catalog
+from tests.certs.certskit import running_certs
+from tests.dns.dnskit import dns_env, running_dns
 from tests.events.relaykit import relaying
 from tests.gateway.apikit import Client, running_gateway
 from tests.identity.kit import Identity, running_identity
@@ -32,8 +34,9 @@ async def running_platform(
     tmp_path: Path,
     docker_host: str | None = None,
 ) -> AsyncIterator[Platform]:
-    """Identity, gateway and relay; with `docker_host`, the apps service too (the static app
-    in several versions as its catalog)."""
+    """Identity, gateway and relay; with `docker_host`, the whole platform: the apps service
+    too (the static app in several versions as its catalog), dns and certs (no ACME CA is
+    reachable: nothing here orders a certificate)."""
     async with contextlib.AsyncExitStack() as stack:
         ident = await stack.enter_async_context(
             running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path)
@@ -48,6 +51,15 @@ async def running_platform(
                 catalog=static_catalog(tmp_path / "catalog"),
             )
             await stack.enter_async_context(running_apps(monkeypatch, env))
+            dns = dns_env(dsn=dsn, nats_url=nats_url, tmp_path=tmp_path)
+            await stack.enter_async_context(running_dns(monkeypatch, dns))
+            certs = {
+                **dns,
+                "HP_ACME_DIRECTORY": "https://127.0.0.1:9/directory",  # nothing answers there
+                "HP_CERTS_DIR": str(tmp_path / "certs"),
+                "HP_ACME_DIR": str(tmp_path / "acme"),
+            }
+            await stack.enter_async_context(running_certs(monkeypatch, certs))
         gateway = await stack.enter_async_context(
             running_gateway(monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path)
         )
