@@ -271,8 +271,10 @@ def start_pebble(
     nosleep: bool = False,
     nonce_reject: int | None = None,
     env: Mapping[str, str] | None = None,
+    validity_seconds: int | None = None,
 ) -> PebbleServer:
-    """Start Pebble on free ports; `nonce_reject` None keeps Pebble's default (5 %)."""
+    """Start Pebble on free ports; `nonce_reject` None keeps Pebble's default (5 %);
+    `validity_seconds` shortens the certificates it issues (default: about five years)."""
     binary = _binary("pebble")
     workdir.mkdir(parents=True, exist_ok=True)
     bundle = _listener_cert(workdir)
@@ -289,6 +291,8 @@ def start_pebble(
             "externalAccountBindingRequired": False,
         }
     }
+    if validity_seconds is not None:
+        config["pebble"]["certificateValidityPeriod"] = validity_seconds
     (workdir / "pebble-config.json").write_text(json.dumps(config))
     penv = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_")}
     if nosleep:
@@ -340,10 +344,18 @@ def run_pebble(
     nosleep: bool = False,
     nonce_reject: int | None = None,
     env: Mapping[str, str] | None = None,
+    validity_seconds: int | None = None,
 ) -> Iterator[PebbleServer]:
     """Body of a session fixture: Pebble, or a skip (a failure under CI=true)."""
     try:
-        srv = start_pebble(workdir, dns, nosleep=nosleep, nonce_reject=nonce_reject, env=env)
+        srv = start_pebble(
+            workdir,
+            dns,
+            nosleep=nosleep,
+            nonce_reject=nonce_reject,
+            env=env,
+            validity_seconds=validity_seconds,
+        )
     except OSError as e:
         need_server("pebble", e)
     yield srv
