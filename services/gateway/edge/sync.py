@@ -150,14 +150,23 @@ class EdgeSync:
                 wanted[host] = ("app", f"127.0.0.1:{app['http_port']}", f"app-{app['app_id']}")
         await self._forget_gone(set(wanted))
         vhosts: list[Vhost] = []
+        problems: list[str] = []
         for host, (kind, upstream, owner) in sorted(wanted.items()):
             domain = host.split(".", 1)[1]
-            files = await self._certificate(host, owner, domain, local=domain == s.local_domain)
+            try:
+                files = await self._certificate(
+                    host, owner, domain, local=domain == s.local_domain
+                )
+            except BusError as e:  # one host's trouble must not hold back the others
+                problems.append(f"{host}: {e.message}")
+                continue
             if files is None:
                 continue
             cert, key = files
             vhosts.append(Vhost(host, kind, upstream, cert, key))  # type: ignore[arg-type]
         await self._apply(tuple(vhosts))
+        if problems:
+            raise EdgeError("some hosts are not served yet: " + "; ".join(problems))
 
     async def _certificate(
         self, host: str, owner: str, domain: str, *, local: bool
