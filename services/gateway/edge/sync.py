@@ -154,9 +154,7 @@ class EdgeSync:
         for host, (kind, upstream, owner) in sorted(wanted.items()):
             domain = host.split(".", 1)[1]
             try:
-                files = await self._certificate(
-                    host, owner, domain, local=domain == s.local_domain
-                )
+                files = await self._certificate(host, owner, domain, local=domain == s.local_domain)
             except BusError as e:  # one host's trouble must not hold back the others
                 problems.append(f"{host}: {e.message}")
                 continue
