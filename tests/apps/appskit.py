@@ -25,9 +25,8 @@ import pytest
 from libs.events.bus import BusClient
 from libs.events.context import Context
 from libs.events.store import PostgresEventStore
-from libs.service.runner import Service
 from services.apps.config import BUNDLED_CATALOG
-from tests.events.relaykit import wait_until
+from tests.servicekit import serving
 
 STATIC = "org.homeport.static"
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,31 +156,9 @@ async def running_apps(
     """The apps service (services.apps.__main__.build) in this process, ready."""
     from services.apps.__main__ import build
 
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    svc: Service = build()
-    task = asyncio.create_task(svc.serve(), name="apps under test")
-    try:
-        async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                assert not task.done(), f"apps stopped, exit code {svc.exit_code}"
-                if not svc.port:
-                    return False
-                try:
-                    async with http.get(f"http://127.0.0.1:{svc.port}/readyz") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(ready, 60, "apps to be ready")
-        async with connected(env) as apps:
-            apps.port = svc.port
-            yield apps
-    finally:
-        svc.request_stop("test over")
-        await asyncio.wait_for(task, 30)
-    assert svc.exit_code == 0
+    async with serving(monkeypatch, build, env, "apps") as svc, connected(env) as apps:
+        apps.port = svc.port
+        yield apps
 
 
 @asynccontextmanager

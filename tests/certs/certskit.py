@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import nats
 import pytest
 from aiohttp import web
@@ -39,9 +38,9 @@ from nats.aio.client import Client as NATS
 from libs.events.bus import Bus, BusClient
 from libs.events.context import Context
 from libs.events.store import PostgresEventStore
-from libs.service.runner import Service
 from tests.certs.pebblekit import ChallDns, PebbleServer, run_challdns, run_pebble
 from tests.events.relaykit import wait_until
+from tests.servicekit import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_CTX = Context("admin-test", "certs-test", None, None)
@@ -168,30 +167,8 @@ async def running_certs(
     """The certs service (services.certs.__main__.build) in this process, ready."""
     from services.certs.__main__ import build
 
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    svc: Service = build()
-    task = asyncio.create_task(svc.serve(), name="certs under test")
-    try:
-        async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                assert not task.done(), f"certs stopped, exit code {svc.exit_code}"
-                if not svc.port:
-                    return False
-                try:
-                    async with http.get(f"http://127.0.0.1:{svc.port}/readyz") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(ready, 60, "certs to be ready")
-        async with connected(env) as certs:
-            yield certs
-    finally:
-        svc.request_stop("test over")
-        await asyncio.wait_for(task, 30)
-    assert svc.exit_code == 0
+    async with serving(monkeypatch, build, env, "certs"), connected(env) as certs:
+        yield certs
 
 
 class CertsProcess:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import nats
 import pytest
 
@@ -18,7 +16,7 @@ from libs.events.context import Context
 from libs.events.store import PostgresEventStore
 from libs.service.runner import Service
 from tests.dns.pdnskit import PdnsZone
-from tests.events.relaykit import wait_until
+from tests.servicekit import serving
 
 __all__ = ["Dns", "dns_env", "pdns_provider", "running_dns"]
 
@@ -78,24 +76,7 @@ async def running_dns(
     """The dns service in this process, ready; stopped (exit code 0) at the end."""
     from services.dns.__main__ import build
 
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    svc = build()
-    task = asyncio.create_task(svc.serve(), name="dns under test")
-    try:
-        async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                assert not task.done(), f"dns stopped, exit code {svc.exit_code}"
-                if not svc.port:
-                    return False
-                try:
-                    async with http.get(f"http://127.0.0.1:{svc.port}/readyz") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(ready, 30, "dns to be ready")
+    async with serving(monkeypatch, build, env, "dns", ready_within=30) as svc:
         nc = await nats.connect(env["HP_NATS_URL"])
         store = await PostgresEventStore.open(env["HP_DATABASE_URL"], max_size=2)
         try:
@@ -103,7 +84,3 @@ async def running_dns(
         finally:
             await store.close()
             await nc.close()
-    finally:
-        svc.request_stop("test over")
-        await asyncio.wait_for(task, 20)
-    assert svc.exit_code == 0
