@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from libs.egress import EgressRules
 from libs.events.bus import Bus, BusClient
 from libs.events.projection import ProjectionRunner
 from libs.events.sealing import Keyring
@@ -30,7 +31,6 @@ from services.apps.health import HealthMonitor
 from services.apps.projections import AppsProjection
 from services.apps.queries import Queries
 from services.apps.runtime import DockerRuntime
-from services.firewall.egress import EgressRules
 
 log = logging.getLogger("services.apps")
 
@@ -100,8 +100,8 @@ def build() -> Service:
         catalog = await asyncio.to_thread(load_catalog, cfg)
         if cfg.apps_egress_rules:
             # SECURITY.md "Isolation of apps": no app reaches link-local (metadata) addresses
-            # or the host's loopback; the same rules the firewall owns, made sure of here
-            # because no app may run without them.
+            # or the host's loopback; shared code (libs/egress.py) so the firewall can own the
+            # same chain later, made sure of here because no app may run without it.
             await EgressRules().ensure()
         runtime = DockerRuntime(cfg.docker_host)
         await runtime.__aenter__()

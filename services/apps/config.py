@@ -74,7 +74,7 @@ class AppsConfig(ServiceConfig):
     stats_interval: float = field(default=15.0, metadata=check(_positive, "seconds > 0"))
     platform_version: str = "0.1.0"
     # iptables rules that keep app containers from link-local and loopback addresses
-    # (services/firewall/egress.py); off only where something else owns the host's filter.
+    # (libs/egress.py); off only where something else owns the host's filter.
     apps_egress_rules: bool = True
     # Fault injection for the crash tests only: "<operation>:<step>" makes the worker stop
     # (sleep until killed) right after recording that step. Never set in production.

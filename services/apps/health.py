@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import aiohttp
 from prometheus_client import Gauge
@@ -24,7 +25,8 @@ from libs.events.context import Context
 from libs.events.errors import ConcurrencyError
 from libs.service.metrics import REGISTRY
 from services.apps import events as ev
-from services.apps.engine import Engine, OperationFailed
+from services.apps.catalog import CatalogError
+from services.apps.engine import Engine
 from services.apps.runtime import RuntimeFailure
 from services.apps.state import Health, State
 
@@ -52,13 +54,22 @@ APP_CPU = Gauge(
 )
 
 
+class _Installed(NamedTuple):
+    """An installed app's row, as the checks need it."""
+
+    app_id: str
+    location: str
+    running: bool
+    health: str
+    manifest_id: str
+    version: str
+
+
 @dataclass
 class _Watch:
     failing_since: float | None = None
     failing_since_wall: str = ""
     reported: bool = False
-    last_detail: str = ""
-    seen: set[str] = field(default_factory=set)
 
 
 class HealthMonitor:
@@ -77,12 +88,13 @@ class HealthMonitor:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    async def _installed(self) -> list[tuple[str, str, bool, str]]:
+    async def _installed(self) -> list[_Installed]:
         rows = await self.engine.store.pool.fetch(
-            "SELECT app_id::text, location, running, health FROM apps.apps WHERE state = $1",
+            "SELECT app_id::text, location, running, health, manifest_id, version"
+            " FROM apps.apps WHERE state = $1",
             State.installed.value,
         )
-        return [(r["app_id"], r["location"], r["running"], r["health"]) for r in rows]
+        return [_Installed(*r.values()) for r in rows]
 
     async def _record(self, app_id: str, event: object) -> None:
         with context.use(Context("system", f"health-{app_id}", None, None)):
@@ -109,15 +121,16 @@ class HealthMonitor:
 
     async def check_all(self, http: aiohttp.ClientSession) -> None:
         apps = await self._installed()
-        alive = {a[0] for a in apps}
+        alive = {a.app_id for a in apps}
         for gone in set(self._watch) - alive:
             del self._watch[gone]
-        for app_id, _, running, health in apps:
-            if running:
-                await self.check(http, app_id, health)
+        for app in apps:
+            if app.running:
+                await self.check(http, app)
 
-    async def check(self, http: aiohttp.ClientSession, app_id: str, health: str) -> None:
-        ok, detail = await self._probe(http, app_id)
+    async def check(self, http: aiohttp.ClientSession, app: _Installed) -> None:
+        app_id, health = app.app_id, app.health
+        ok, detail = await self._probe(http, app)
         w = self._watch.setdefault(app_id, _Watch())
         now = time.monotonic()
         if ok:
@@ -126,7 +139,6 @@ class HealthMonitor:
             if health in (Health.unhealthy.value, Health.dead.value):
                 await self._record(app_id, ev.AppRecovered(app_id))
             return
-        w.last_detail = detail
         if w.failing_since is None:
             w.failing_since = now
             w.failing_since_wall = datetime.now(UTC).isoformat()
@@ -138,12 +150,14 @@ class HealthMonitor:
             w.reported = True
             await self._record(app_id, ev.AppUnhealthy(app_id, w.failing_since_wall, detail[:500]))
 
-    async def _probe(self, http: aiohttp.ClientSession, app_id: str) -> tuple[bool, str]:
-        s = await self.engine.load(app_id)
+    async def _probe(self, http: aiohttp.ClientSession, app: _Installed) -> tuple[bool, str]:
+        """GET the app's health-check path (the read model names its version: no stream read)."""
         try:
-            entry = self.engine.catalog.entry(s.manifest_id, s.app_version)
-            state = await self.engine.runtime.state(self.engine.names(app_id).container)
-        except (RuntimeFailure, OperationFailed, Exception) as e:
+            entry = self.engine.catalog.entry(
+                app.manifest_id, app.version, include_prereleases=True
+            )
+            state = await self.engine.runtime.state(self.engine.names(app.app_id).container)
+        except (RuntimeFailure, CatalogError) as e:
             return False, f"could not inspect the app: {e}"
         if state is None or not state.running or not state.http_host_port:
             return False, "the container is not running"
@@ -205,8 +219,9 @@ class HealthMonitor:
 
     async def collect_stats(self) -> None:
         seen: set[tuple[str, str]] = set()
-        for app_id, location, running, _ in await self._installed():
-            if not running:
+        for app in await self._installed():
+            app_id, location = app.app_id, app.location
+            if not app.running:
                 continue
             try:
                 st = await self.engine.runtime.stats(self.engine.names(app_id).container)

@@ -19,8 +19,8 @@ import docker
 import pytest
 
 from deploy.embedded import NatsServer, PostgresServer
+from libs.egress import EgressRules
 from services.apps.runtime import DockerRuntime, NetworkInfo
-from services.firewall.egress import EgressRules
 from tests.apps import dockerkit
 from tests.apps.dockerkit import DockerNames, app_spec, docker_exec, probe_many
 from tests.conftest import need_server

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from tests.certs.certskit import Certs, certs_env, running_certs
 from tests.certs.pebblekit import PebbleServer, start_pebble
 from tests.dns.dnskit import Dns, dns_env, running_dns
 from tests.dns.pdnskit import PdnsServer, PdnsZone, create_zone, pdns_fixture  # noqa: F401 - fixture
+from tests.e2e.edgekit import edge_get, refused
+from tests.events.relaykit import wait_until
 from tests.gateway.apikit import running_gateway
 
 pytestmark = pytest.mark.timeout(400)
@@ -122,32 +123,8 @@ async def _get(
     w: World, host: str, path: str = "/", *, tls: bool = True
 ) -> tuple[int, dict[str, str], str]:
     """GET through nginx as a client that resolves `host` here and trusts only Pebble's root."""
-    ctx = None
-    if tls:
-        ctx = ssl.create_default_context(cadata=w.pebble.root_pem)
     port = w.https_port if tls else w.http_port
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=ctx, server_hostname=host if tls else None
-    )
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        raw = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-    head, _, body = raw.decode(errors="replace").partition("\r\n\r\n")
-    lines = head.split("\r\n")
-    status = int(lines[0].split()[1]) if lines and lines[0] else 0
-    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
-    return status, headers, body
-
-
-async def _until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if await check():
-            return
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
+    return await edge_get(port, host, path, tls=tls, cadata=w.pebble.root_pem)
 
 
 async def _a_record(w: World, name: str) -> list[str]:
@@ -164,11 +141,7 @@ async def _served_with_acme(w: World, host: str) -> bool:
 
 
 async def _refused(w: World, host: str) -> bool:
-    try:
-        status, _, _ = await _get(w, host)
-    except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
-        return True
-    return status == 0
+    return await refused(w.https_port, host, cadata=w.pebble.root_pem)
 
 
 async def _tls_1_1_refused(w: World, host: str) -> bool:
@@ -239,7 +212,9 @@ async def test_install_move_and_wildcard_over_real_dns_acme_and_nginx(world: Wor
 
     blog = f"blog.{DOMAIN}"
     try:
-        await _until(lambda: _served_with_acme(w, blog), 120, f"{blog} with Pebble's certificate")
+        await wait_until(
+            lambda: _served_with_acme(w, blog), 120, f"{blog} with Pebble's certificate"
+        )
     except AssertionError as e:
         listed = await w.certs.bus.query("certs", "certificates", {}, timeout=10)
         raise AssertionError(f"{e}; certificates: {listed}") from None
@@ -260,14 +235,14 @@ async def test_install_move_and_wildcard_over_real_dns_acme_and_nginx(world: Wor
     journal = f"journal.{DOMAIN}"
     reply = await w.apps.cmd("configure", {"app_id": app_id, "location": "journal"})
     assert (await w.apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
-    await _until(lambda: _served_with_acme(w, journal), 120, f"{journal} with its certificate")
+    await wait_until(lambda: _served_with_acme(w, journal), 120, f"{journal} with its certificate")
     assert await _a_record(w, journal) == ["127.0.0.1"]
-    await _until(lambda: _refused(w, blog), 30, f"{blog}'s vhost to go")
+    await wait_until(lambda: _refused(w, blog), 30, f"{blog}'s vhost to go")
 
     async def blog_record_gone() -> bool:
         return await _a_record(w, blog) == []
 
-    await _until(blog_record_gone, 30, f"{blog}'s A record to go")
+    await wait_until(blog_record_gone, 30, f"{blog}'s A record to go")
 
     # a wildcard certificate over DNS-01: TXT records through the dns service into PowerDNS
     ensure = await w.certs.bus.command(

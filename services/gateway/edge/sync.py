@@ -30,7 +30,7 @@ from typing import Any
 
 from libs.events.bus import BusClient, BusError
 from libs.events.context import Context
-from services.certs.certificates import self_signed
+from libs.tls import self_signed_pem
 from services.gateway.edge.nginx import EdgeError, Nginx
 from services.gateway.edge.render import EdgeModel, Vhost
 
@@ -197,7 +197,7 @@ class EdgeSync:
         cert, key = folder / "fullchain.pem", folder / "privkey.pem"
         if not cert.exists() or not key.exists():
             folder.mkdir(parents=True, mode=0o700, exist_ok=True)
-            chain_pem, key_pem = self_signed([host], days=825)
+            chain_pem, key_pem = self_signed_pem([host], days=825)
             key.write_text(key_pem)
             key.chmod(0o600)
             cert.write_text(chain_pem)

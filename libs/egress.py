@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 __all__ = ["BLOCKED", "CHAIN", "EgressError", "EgressRules"]
 
-log = logging.getLogger("services.firewall.egress")
+log = logging.getLogger("homeport.egress")
 
 CHAIN = "HOMEPORT-EGRESS"
 BLOCKED = ("169.254.0.0/16", "127.0.0.0/8")
