@@ -8,12 +8,15 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256s
 DATA  ?= .homeport
 TEST_WORKERS ?= 2
 
-.PHONY: run test lint bench deps system clean
+DASH  := services/gateway/dashboard
+DASH_SRC := $(shell find $(DASH)/src $(DASH)/static -type f 2>/dev/null) $(DASH)/index.html $(DASH)/build.mjs
 
-run: deps
+.PHONY: run test lint bench deps system clean dashboard
+
+run: deps dashboard
 	$(VENV)/bin/homeport up --data-dir $(DATA)
 
-test: deps
+test: deps dashboard
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: deps
@@ -34,5 +37,14 @@ $(STAMP):
 	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
+# The dashboard: npm packages exactly as package-lock.json pins them, then one esbuild bundle.
+dashboard: system $(DASH)/dist/index.html
+
+$(DASH)/node_modules/.package-lock.json: $(DASH)/package-lock.json
+	cd $(DASH) && npm ci --no-audit --no-fund --loglevel=error
+
+$(DASH)/dist/index.html: $(DASH)/node_modules/.package-lock.json $(DASH_SRC)
+	cd $(DASH) && node build.mjs
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(DASH)/node_modules $(DASH)/dist

@@ -79,6 +79,8 @@ def register(bus: Bus, commands: Commands, queries: Queries) -> None:
         "app": queries.app,
         "snapshots": queries.snapshots,
         "logs": queries.logs,
+        "catalog_icon": queries.catalog_icon,
+        "stats": queries.stats,
     }
     for verb, fn in command_map.items():
         bus.command(verb)(fn)
@@ -116,8 +118,8 @@ def build() -> Service:
             )
             await engine.addon_pg.sync_hba()
         commands = Commands(engine, catalog)
-        queries = Queries(engine, catalog, bus)
         monitor = HealthMonitor(engine)
+        queries = Queries(engine, catalog, bus, monitor.latest_stats)
         holder.append(_Parts(engine, commands, queries, monitor, runtime, keyring))
         resumed = await engine.resume_all()
         if resumed:

@@ -4,7 +4,8 @@ An installed, running app whose health check (GET healthCheckPath; 2xx/3xx is he
 failed for `unhealthy_after` seconds is recorded `AppUnhealthy` once; its first healthy answer
 after that records `AppRecovered`. A container that exits without being asked records `AppDied`,
 one killed by the kernel for memory `AppOutOfMemory` (from Docker's events). Memory and CPU of
-every app container are Prometheus gauges.
+every app container are Prometheus gauges, and the latest round is kept for the `stats` query
+(the gateway's metrics history asks it; no Docker call per query).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from services.apps.engine import Engine
 from services.apps.runtime import RuntimeFailure
 from services.apps.state import Health, State
 
-__all__ = ["HealthMonitor"]
+__all__ = ["AppStats", "HealthMonitor"]
 
 log = logging.getLogger("services.apps.health")
 
@@ -65,6 +66,18 @@ class _Installed(NamedTuple):
     version: str
 
 
+@dataclass(frozen=True, slots=True)
+class AppStats:
+    """The resource use of one running app's container, as one stats round read it."""
+
+    app_id: str
+    location: str
+    memory_bytes: int
+    memory_limit: int
+    cpu_seconds: float
+    collected_at: datetime
+
+
 @dataclass
 class _Watch:
     failing_since: float | None = None
@@ -80,6 +93,11 @@ class HealthMonitor:
         self.cfg = engine.cfg
         self._stop = asyncio.Event()
         self._watch: dict[str, _Watch] = {}
+        self._latest: tuple[AppStats, ...] = ()
+
+    def latest_stats(self) -> tuple[AppStats, ...]:
+        """The last stats round: each running app whose container could be read."""
+        return self._latest
 
     def stop(self) -> None:
         self._stop.set()
@@ -219,6 +237,7 @@ class HealthMonitor:
 
     async def collect_stats(self) -> None:
         seen: set[tuple[str, str]] = set()
+        found: list[AppStats] = []
         for app in await self._installed():
             app_id, location = app.app_id, app.location
             if not app.running:
@@ -231,6 +250,17 @@ class HealthMonitor:
             APP_MEMORY_LIMIT.labels(app_id, location).set(st.memory_limit)
             APP_CPU.labels(app_id, location).set(st.cpu_seconds)
             seen.add((app_id, location))
+            found.append(
+                AppStats(
+                    app_id,
+                    location,
+                    st.memory_bytes,
+                    st.memory_limit,
+                    st.cpu_seconds,
+                    datetime.now(UTC),
+                )
+            )
+        self._latest = tuple(found)  # replaced whole: a reader never sees half a round
         for gauge in (APP_MEMORY, APP_MEMORY_LIMIT, APP_CPU):
             for labels in list(_label_sets(gauge)):
                 if labels not in seen:

@@ -1,25 +1,38 @@
-"""Query handlers of the apps service: the catalog, installed apps, snapshots, logs."""
+"""Query handlers of the apps service: the catalog and its icons, installed apps, snapshots,
+logs, and the latest resource use of running apps."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import json
+import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from libs.events import context
-from libs.events.bus import BusClient, Invalid, NotFound
+from libs.events.bus import BusClient, Internal, Invalid, NotFound
 from libs.events.context import Context
 from services.apps.catalog import Catalog, CatalogError
 from services.apps.engine import Engine
+from services.apps.health import AppStats
 from services.apps.manifest import Manifest
 
-__all__ = ["Queries", "app_view", "manifest_view"]
+__all__ = ["ICON_MAX_BYTES", "ICON_TYPES", "Queries", "app_view", "manifest_view"]
+
+log = logging.getLogger("services.apps.queries")
 
 MAX_LOG_LINES = 5000
+# An icon travels base64 in one bus reply (NATS allows 1 MiB by default): bigger ones are a
+# catalog defect, refused rather than cut.
+ICON_MAX_BYTES = 256 * 1024
+ICON_TYPES = {".svg": "image/svg+xml", ".png": "image/png"}
 
 
 def manifest_view(m: Manifest, versions: list[str] | None = None) -> dict[str, Any]:
@@ -39,6 +52,7 @@ def manifest_view(m: Manifest, versions: list[str] | None = None) -> dict[str, A
         "post_install_message": m.post_install_message or None,
         "update_needs_approval": m.update_needs_approval,
         "min_platform_version": str(m.min_platform_version) if m.min_platform_version else None,
+        "has_icon": m.icon is not None,
     }
     if versions is not None:
         view["versions"] = versions
@@ -84,11 +98,18 @@ def _app_id(payload: Mapping[str, Any]) -> str:
 class Queries:
     """The query side of the apps service."""
 
-    def __init__(self, engine: Engine, catalog: Catalog, bus: BusClient | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        catalog: Catalog,
+        bus: BusClient | None,
+        latest_stats: Callable[[], Sequence[AppStats]] | None = None,
+    ) -> None:
         self.engine = engine
         self.catalog = catalog
         self.bus = bus
         self.pool = engine.store.pool
+        self.latest_stats = latest_stats  # the health monitor's last round (health.py)
 
     async def catalog_search(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         text = payload.get("text")
@@ -110,6 +131,44 @@ class Queries:
         except CatalogError as e:
             raise NotFound(str(e), field="manifest_id") from None
         return manifest_view(entry.manifest, versions)
+
+    async def catalog_icon(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The icon of a catalog app version (latest by default): base64 bytes, media type and
+        the SHA-256 the signed index pins them to (bytes that differ are refused)."""
+        manifest_id = payload.get("manifest_id")
+        version = payload.get("version")
+        if not isinstance(manifest_id, str):
+            raise Invalid("manifest_id is required", field="manifest_id")
+        if version is not None and not isinstance(version, str):
+            raise Invalid("version must be a version (semver)", field="version")
+        try:
+            entry = self.catalog.entry(manifest_id, version)
+        except CatalogError as e:
+            raise NotFound(str(e), field="manifest_id") from None
+        icon, pinned = entry.icon, entry.icon_sha256
+        if icon is None or pinned is None:
+            raise NotFound(f"{entry.app_id} {entry.version} has no icon", field="manifest_id")
+        media_type = ICON_TYPES.get(icon.suffix.lower())
+        if media_type is None:  # the manifest allows only these suffixes
+            raise Internal(f"the icon of {entry.app_id} {entry.version} is not .svg or .png")
+        try:
+            data = await asyncio.to_thread(_read_at_most, icon, ICON_MAX_BYTES)
+        except OSError as e:
+            log.error("cannot read the icon %s: %s", icon, e)
+            raise Internal(f"the icon of {entry.app_id} {entry.version} cannot be read") from None
+        if data is None:
+            log.error("the icon %s is over %d bytes: the catalog should not list it", icon, ICON_MAX_BYTES)
+            raise Internal(f"the icon of {entry.app_id} {entry.version} is too large to serve")
+        if hashlib.sha256(data).hexdigest() != pinned:
+            log.error("the icon %s differs from the signed catalog index: not served", icon)
+            raise Internal(f"the icon of {entry.app_id} {entry.version} differs from the catalog")
+        return {
+            "manifest_id": entry.app_id,
+            "version": str(entry.version),
+            "media_type": media_type,
+            "sha256": pinned,
+            "data": base64.b64encode(data).decode("ascii"),
+        }
 
     async def _group_ids(self, user_id: str) -> set[str]:
         """The groups a user belongs to (asked of identity, as the platform)."""
@@ -190,6 +249,35 @@ class Queries:
         )
         cursor = lines[-1][0] if lines else since
         return {"lines": [line for _, line in lines], "cursor": cursor}
+
+
+    async def stats(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The latest resource use of each running installed app, as the stats loop last saw it
+        (no Docker call here); empty until its first round."""
+        if payload:
+            name = str(next(iter(payload)))[:64]
+            raise Invalid(f"unknown field {name!r}: stats takes none", field=name)
+        found = self.latest_stats() if self.latest_stats is not None else ()
+        return {
+            "items": [
+                {
+                    "app_id": s.app_id,
+                    "location": s.location,
+                    "memory_bytes": s.memory_bytes,
+                    "memory_limit": s.memory_limit,
+                    "cpu_seconds": s.cpu_seconds,
+                    "collected_at": s.collected_at.isoformat(),
+                }
+                for s in found
+            ]
+        }
+
+
+def _read_at_most(path: Path, limit: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than `limit`."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    return None if len(data) > limit else data
 
 
 def _cursor(since: str | None) -> datetime | None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
-
 from libs.events.bus import Bus, BusClient
 from libs.events.projection import ProjectionRunner
 from libs.events.wiring import EventServiceKit
@@ -22,6 +20,7 @@ from services.gateway.api import (
 from services.gateway.api.handlers.tasks import TASK_STREAMS, TaskStreams
 from services.gateway.api.principals import IdentityChanges, PrincipalCache
 from services.gateway.config import GatewayConfig
+from services.gateway.dashboard import add_dashboard
 from services.gateway.edge.sync import EdgeSettings, EdgeSync
 from services.gateway.projections import ActivityProjection
 from services.gateway.queries import activity_query
@@ -34,7 +33,6 @@ def build() -> Service:
     api_cfg = load_config(ApiConfig)
     svc = Service("gateway", cfg)
     kit = EventServiceKit(svc)
-    runners: list[ProjectionRunner] = []
 
     def activity_runner() -> ProjectionRunner:
         runner = ProjectionRunner(
@@ -44,7 +42,6 @@ def build() -> Service:
             stream=cfg.events_stream,
             prefix=cfg.events_prefix,
         )
-        runners.append(runner)
         return runner
 
     kit.add_worker(
@@ -77,20 +74,7 @@ def build() -> Service:
 
     kit.bus(handlers)
 
-    async def home(request: web.Request) -> web.Response:
-        """A plain status page until the dashboard lands: what runs and how far events are."""
-        if not runners:
-            raise web.HTTPServiceUnavailable(text="Homeport is starting; reload in a moment.\n")
-        head, seen = await kit.store.head(), await runners[0].checkpoint()
-        text = (
-            "Homeport is running.\n\n"
-            f"Events recorded: {head}; activity log up to event {seen}.\n"
-            "The web dashboard and its setup wizard are not part of this build yet;\n"
-            "use `homeport status` to check every part of the platform.\n"
-        )
-        return web.Response(text=text, headers={"Cache-Control": "no-store"})
-
-    svc.http_app.router.add_get("/", home)
+    add_dashboard(svc.http_app, cfg.dashboard_dir)
     backend = KitBackend(kit)
     principals = PrincipalCache(api_cfg.principal_cache_seconds, api_cfg.principal_cache_size)
     changes = IdentityChanges(principals, lambda: kit.nc)

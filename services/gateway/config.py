@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from libs.events.relay import DEFAULT_PREFIX, DEFAULT_STREAM
-from libs.service.config import ServiceConfig
+from libs.service.config import ServiceConfig, check
 
 __all__ = ["GatewayConfig"]
+
+
+def _positive(v: float) -> bool:
+    return v > 0
 
 
 @dataclass(frozen=True)
@@ -27,3 +31,9 @@ class GatewayConfig(ServiceConfig):
     edge_interval: float = 2.0
     acme_dir: Path = Path(".homeport/acme")  # HTTP-01 tokens, written by the certs service
     local_domain: str = "localhost"
+    # The built dashboard (`make dashboard` writes it): index.html and assets/.
+    dashboard_dir: Path = Path(__file__).resolve().parent / "dashboard" / "dist"
+    # The metrics history the dashboard graphs (metrics_history.py): a sample every interval,
+    # kept this many days.
+    metrics_interval: float = field(default=60.0, metadata=check(_positive, "seconds > 0"))
+    metrics_retention_days: int = field(default=7, metadata=check(_positive, "days >= 1"))

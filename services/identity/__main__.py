@@ -45,6 +45,7 @@ def register(bus: Bus, accounts: Accounts) -> None:
         "enable_user": accounts.enable_user,
         "delete_user": accounts.delete_user,
         "set_admin": accounts.set_admin,
+        "update_user": accounts.update_user,
         "update_profile": accounts.update_profile,
         "change_password": accounts.change_password,
         "revoke_session": accounts.revoke_session,

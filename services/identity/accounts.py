@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import re
 import uuid
@@ -51,6 +52,19 @@ EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOUCH_EVERY = timedelta(seconds=60)  # how stale last_seen may get before whoami writes it
 _RETRIES = 5
+# Held while a transaction decides whether it removes the last enabled administrator: two
+# admins demoting (or disabling, deleting) each other at once each see the other still there
+# unless the second decides after the first commits.
+_ADMINS_LOCK = 0x4850_41444D  # "HPADM"
+# The users read model with what an admin's list shows beside it: TOTP and groups.
+_USER_ITEMS = """
+SELECT u.*, coalesce(t.enabled, false) AS totp_enabled,
+       coalesce((SELECT json_agg(json_build_object('group_id', g.group_id::text, 'name', g.name)
+                                 ORDER BY g.name, g.group_id)::text
+                 FROM identity.group_members m JOIN identity.groups g USING (group_id)
+                 WHERE m.user_id = u.user_id), '[]') AS group_list
+FROM identity.users u LEFT JOIN identity.totp t USING (user_id)
+"""
 
 T = TypeVar("T")
 Principal = dict[str, Any]
@@ -336,10 +350,18 @@ class Accounts:
         await self.require_self_or_admin(user_id_of(payload))
         return self.profile_of(await self.require_user(user_id_of(payload)))
 
+    def user_item(self, row: asyncpg.Record) -> dict[str, Any]:
+        """A user as an admin's list shows them: the profile, TOTP and groups (_USER_ITEMS)."""
+        return {
+            **self.profile_of(row),
+            "totp_enabled": row["totp_enabled"],
+            "groups": json.loads(row["group_list"]),
+        }
+
     async def users(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         fields(payload, set())
-        rows = await self.pool.fetch("SELECT * FROM identity.users ORDER BY created_at, user_id")
-        return {"items": [self.profile_of(r) for r in rows]}
+        rows = await self.pool.fetch(_USER_ITEMS + " ORDER BY u.created_at, u.user_id")
+        return {"items": [self.user_item(r) for r in rows]}
 
     async def create_user(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         fields(payload, {"username", "email", "password", "display_name", "is_admin"})
@@ -351,6 +373,9 @@ class Accounts:
         return {"user_id": user_id}
 
     async def _last_admin(self, conn: asyncpg.Connection, user_id: str) -> bool:
+        """Whether no enabled administrator but `user_id` remains; call it in the transaction
+        that would remove them, which it serialises with any other such (_ADMINS_LOCK)."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADMINS_LOCK)
         others = await conn.fetchval(
             "SELECT count(*) FROM identity.users WHERE is_admin AND NOT disabled AND user_id <> $1",
             user_id,
@@ -381,9 +406,27 @@ class Accounts:
                 continue  # the user changed meanwhile: decide again on the new state
         raise Conflict("the user is being changed by someone else; try again")
 
-    def _not_self(self, row: asyncpg.Record, what: str) -> None:
+    def _not_self(self, row: asyncpg.Record, what: str, field: str = "user_id") -> None:
         if str(row["user_id"]) == context.current().actor:
-            raise Conflict(f"you cannot {what} your own account", field="user_id")
+            raise Conflict(f"you cannot {what} your own account", field=field)
+
+    async def _admin_change(
+        self, conn: asyncpg.Connection, row: asyncpg.Record, want: bool
+    ) -> list[Any]:
+        """The events that make the user an administrator or not; never the last enabled one
+        dropped, never by themselves (a 409 naming is_admin)."""
+        if row["is_admin"] == want:
+            return []
+        uid = str(row["user_id"])
+        if not want:
+            if not row["disabled"] and await self._last_admin(conn, uid):
+                raise Conflict(
+                    "the last enabled administrator cannot lose the role: make another user "
+                    "an administrator first",
+                    field="is_admin",
+                )
+            self._not_self(row, "remove the administrator role of", "is_admin")
+        return [ev.AdminChanged(uid, want)]
 
     async def disable_user(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         fields(payload, {"user_id"})
@@ -416,14 +459,50 @@ class Accounts:
         want = flag(payload, "is_admin")
 
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record) -> list[Any]:
-            if row["is_admin"] == want:
-                return []
-            if not want:
-                self._not_self(row, "remove the administrator role of")
-            return [ev.AdminChanged(str(row["user_id"]), want)]
+            return await self._admin_change(conn, row, want)
 
         await self._change_user(payload, decide)
         return {}
+
+    async def update_user(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """An administrator edits a user: any of is_admin, email and display_name, all in one
+        transaction (a taken email changes nothing); answers the user as `users` lists them."""
+        fields(payload, {"user_id", "is_admin", "email", "display_name"})
+        await self.require_admin()
+        want = None if payload.get("is_admin") is None else flag(payload, "is_admin")
+        email = _email(payload, required=False)
+        display_name = _display_name(payload)
+        clear = "display_name" in payload and not display_name
+
+        async def decide(conn: asyncpg.Connection, row: asyncpg.Record) -> list[Any]:
+            uid = str(row["user_id"])
+            new_email = email if email is not None and email != self.plain(row["email"]) else None
+            new_name = (
+                display_name
+                if display_name is not None and display_name != self.plain(row["display_name"])
+                else None
+            )
+            drop_name = clear and row["display_name"] is not None
+            new: list[Any] = []
+            if new_email is not None or new_name is not None or drop_name:
+                new.append(
+                    ev.UserUpdated(
+                        user_id=uid,
+                        email=await self.seal(uid, new_email) if new_email else None,
+                        email_index=self.email_index(new_email) if new_email else None,
+                        display_name=await self.seal(uid, new_name) if new_name else None,
+                        clear_display_name=drop_name,
+                    )
+                )
+            if want is not None:
+                new += await self._admin_change(conn, row, want)
+            return new
+
+        row = await self._change_user(payload, decide)
+        found = await self.pool.fetchrow(_USER_ITEMS + " WHERE u.user_id = $1", row["user_id"])
+        if found is None:  # deleted right after this change committed
+            raise NotFound("no such user", field="user_id")
+        return self.user_item(found)
 
     async def delete_user(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         fields(payload, {"user_id"})

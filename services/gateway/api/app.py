@@ -137,7 +137,7 @@ async def _not_dispatched(request: web.Request) -> web.StreamResponse:
 
 def _api_headers(state: ApiState) -> ResponseHook:
     async def api_headers(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers["Cache-Control"] = "no-store"
+        response.headers.setdefault("Cache-Control", "no-store")  # security.py: unless set
         cid = request.get(CORRELATION_ID)
         if cid is not None:
             response.headers["X-Correlation-Id"] = cid

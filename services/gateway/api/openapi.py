@@ -103,7 +103,10 @@ def _operation(route: Route) -> dict[str, Any]:
     for status, schema in sorted(route.responses.items()):
         answer: dict[str, Any] = {"description": HTTPStatus(status).phrase}
         if schema is not None:
-            answer["content"] = {route.media_type: {"schema": copy.deepcopy(dict(schema))}}
+            answer["content"] = {
+                media: {"schema": copy.deepcopy(dict(schema))}
+                for media in (route.media_type, *route.alt_media_types)
+            }
         responses[str(status)] = answer
     for code in problem_codes(route):
         responses.setdefault(

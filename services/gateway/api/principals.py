@@ -61,7 +61,8 @@ _SUBSCRIBE_TIMEOUT = 5  # seconds
 TARGETED = frozenset(
     {
         "login", "login_totp", "logout", "setup", "create_user", "disable_user",
-        "enable_user", "delete_user", "set_admin", "update_profile", "change_password",
+        "enable_user", "delete_user", "set_admin", "update_user", "update_profile",
+        "change_password",
         "revoke_session", "create_token", "revoke_token", "totp_enrol", "totp_confirm",
         "totp_disable", "create_group", "rename_group", "delete_group", "add_group_member",
         "remove_group_member", "invite", "revoke_invitation", "accept_invitation",

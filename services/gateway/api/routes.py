@@ -159,9 +159,11 @@ class Route:
     name: str = ""  # the operationId; the handler's name by default
     tags: tuple[str, ...] = ()
     max_body: int = DEFAULT_MAX_BODY
-    # Of the 2xx answers. Any other than JSON (text/event-stream) is written by the handler,
-    # which returns the web.StreamResponse it prepared; its schema then only documents it.
+    # Of the 2xx answers. Any other than JSON (text/event-stream, an image) is written by the
+    # handler, which returns the web.StreamResponse (or web.Response) it made; its schema then
+    # only documents it. `alt_media_types`: others the same answer may have (PNG beside SVG).
     media_type: str = JSON
+    alt_media_types: tuple[str, ...] = ()
     # Problem codes the handler itself may answer (e.g. "conflict" when a name is taken), on
     # top of those the dispatcher answers; they are documented in the OpenAPI document.
     problems: tuple[str, ...] = ()
@@ -191,6 +193,10 @@ class Route:
             raise ValueError(f"{label}: unknown problem codes {unknown}")
         if not _MEDIA.fullmatch(self.media_type):
             raise ValueError(f"{label}: media_type must be a media type such as {JSON}")
+        if self.alt_media_types and self.media_type == JSON:
+            raise ValueError(f"{label}: a JSON route has no other media types")
+        if not all(_MEDIA.fullmatch(m) for m in self.alt_media_types):
+            raise ValueError(f"{label}: alt_media_types must be media types such as image/png")
         if not self.responses or not all(200 <= s <= 299 for s in self.responses):
             raise ValueError(f"{label}: declare the success responses (2xx) and their schemas")
         try:

@@ -1,7 +1,9 @@
 """HTTP security of the gateway (SECURITY.md "HTTP"): headers, CSRF by origin, exact CORS.
 
 - Every response of the gateway (API, dashboard, probes, errors) carries the security headers;
-  API responses also `Cache-Control: no-store`.
+  API responses also `Cache-Control: no-store` and the API's CSP, unless the response already
+  names its own: only a handler that writes its answer itself sets them (a catalog icon may be
+  cached, and an SVG gets a CSP that sandboxes it).
 - CSRF: only POST/PUT/PATCH/DELETE routes change state, and they are refused (403) when the
   `Origin` is not the configured public origin (or a configured CORS origin), or, without an
   `Origin`, when `Sec-Fetch-Site` says the request comes from another site — `same-site` too,
@@ -61,8 +63,8 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     for name, value in _HEADERS.items():
         h[name] = value
     if request.path.startswith(API_PREFIX) or request.path == API_PREFIX.rstrip("/"):
-        h["Content-Security-Policy"] = API_CSP
-        h["Cache-Control"] = "no-store"
+        h.setdefault("Content-Security-Policy", API_CSP)
+        h.setdefault("Cache-Control", "no-store")
     else:
         h["Content-Security-Policy"] = DASHBOARD_CSP
         h.setdefault("Cache-Control", "no-store")

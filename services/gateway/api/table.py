@@ -9,6 +9,7 @@ from services.gateway.api.handlers import (
     domains,
     groups,
     identity,
+    metrics,
     platform,
     security,
     tasks,
@@ -28,6 +29,7 @@ _MODULES = (
     apps,
     domains,
     certificates,
+    metrics,
 )
 
 

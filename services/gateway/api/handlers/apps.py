@@ -1,6 +1,9 @@
 """The catalog and installed apps.
 
 Admins manage apps; a signed-in user lists only the apps their access list lets them open.
+Catalog entries with an icon carry `icon_url`; the icon answers with its own media type, may be
+cached privately for an hour (ETag: the SHA-256 the signed catalog pins it to), and an SVG gets a
+CSP that sandboxes it, so one opened directly runs no script.
 Lifecycle operations answer 202 with the task that reports their progress
 (`/tasks/{task_id}/events`); start, stop and restart answer when done. Logs: the last lines as
 JSON, or followed as Server-Sent Events (`id:` is a cursor; Last-Event-ID resumes after it).
@@ -8,13 +11,18 @@ JSON, or followed as Server-Sent Events (`id:` is a cursor; Last-Event-ID resume
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import re
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
-from libs.events.bus import Invalid
+from libs.events.bus import Internal, Invalid
+from services.gateway.api.app import API_PREFIX
 from services.gateway.api.handlers.tasks import (
     EVENT_STREAM,
     LAST_EVENT_ID,
@@ -104,6 +112,9 @@ MANIFEST = obj(
         "update_needs_approval": boolean(),
         "min_platform_version": nullable(string()),
         "versions": array(string()),
+        "icon_url": string(
+            description="where the icon is (relative), present when the app has one"
+        ),
     },
     required=["id", "version", "title", "tagline", "tags", "addons"],
     additional=True,
@@ -171,6 +182,13 @@ LOG_EVENTS = string(
     description="Server-Sent Events `event: line`, `data:` one log line, `id:` a cursor to resume"
 )
 _CURSOR = re.compile(r"^[0-9T:.+\-Z]{10,40}$")
+SVG = "image/svg+xml"
+PNG = "image/png"
+ICON = string(description="the icon's bytes: SVG or PNG")
+ICON_CACHE = "private, max-age=3600"
+# An SVG opened by itself is a document: no script, no plugin, no form, nothing fetched.
+SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # -- catalog ----------------------------------------------------------------------------------
 
@@ -183,7 +201,11 @@ _CURSOR = re.compile(r"^[0-9T:.+\-Z]{10,40}$")
     responses={200: CATALOG},
 )
 async def search_catalog(call: Call) -> Any:
-    return await call.ask("apps", "catalog", dict(call.query))
+    reply = await call.ask("apps", "catalog", dict(call.query))
+    items = reply.get("items") if isinstance(reply, dict) else None
+    if not isinstance(items, list):
+        raise Internal("apps answered catalog without items")
+    return {**reply, "items": [_with_icon_url(item) for item in items]}
 
 
 @routes.get(
@@ -195,7 +217,67 @@ async def search_catalog(call: Call) -> Any:
     responses={200: MANIFEST},
 )
 async def get_catalog_app(call: Call) -> Any:
-    return await call.ask("apps", "catalog_app", {**call.path, **call.query})
+    reply = await call.ask("apps", "catalog_app", {**call.path, **call.query})
+    return _with_icon_url(reply, pinned="version" in call.query)
+
+
+@routes.get(
+    "/catalog/{manifest_id}/icon",
+    access=Access.user,
+    summary="A catalog app's icon (of a version, latest by default)",
+    description=(
+        "SVG or PNG, `Cache-Control: private, max-age=3600`, an ETag (If-None-Match answers "
+        "304); an SVG carries a sandboxing Content-Security-Policy. 404 when the app or its "
+        "icon does not exist."
+    ),
+    path_params=CATALOG_PATH,
+    query=CATALOG_APP_QUERY,
+    media_type=SVG,
+    alt_media_types=(PNG,),
+    responses={200: ICON},
+)
+async def get_catalog_icon(call: Call) -> Any:
+    reply = await call.ask("apps", "catalog_icon", {**call.path, **call.query})
+    media_type = reply.get("media_type") if isinstance(reply, dict) else None
+    digest = reply.get("sha256") if isinstance(reply, dict) else None
+    encoded = reply.get("data") if isinstance(reply, dict) else None
+    if media_type not in (SVG, PNG) or not isinstance(digest, str) or not isinstance(encoded, str):
+        raise Internal("apps answered catalog_icon without a media type, sha256 and data")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise Internal("apps answered catalog_icon with data that is not base64") from None
+    if not _SHA256.fullmatch(digest) or hashlib.sha256(data).hexdigest() != digest:
+        raise Internal("apps answered catalog_icon with bytes that differ from their sha256")
+    etag = f'"{digest}"'
+    headers = {"ETag": etag, "Cache-Control": ICON_CACHE, "X-Content-Type-Options": "nosniff"}
+    if media_type == SVG:
+        headers["Content-Security-Policy"] = SVG_CSP
+    if _etag_matches(call.request.headers.get("If-None-Match", ""), etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=data, content_type=str(media_type), headers=headers)
+
+
+def _with_icon_url(view: Any, *, pinned: bool = False) -> Any:
+    """A catalog view with `icon_url` where apps says the app has an icon (of that version,
+    when the caller asked for one)."""
+    if not isinstance(view, dict):
+        raise Internal("apps answered the catalog with an entry that is not an object")
+    out = {k: v for k, v in view.items() if k != "has_icon"}
+    manifest_id = view.get("id")
+    if view.get("has_icon") is True and isinstance(manifest_id, str):
+        url = f"{API_PREFIX}/catalog/{quote(manifest_id, safe='')}/icon"
+        version = view.get("version")
+        if pinned and isinstance(version, str):
+            url += f"?version={quote(version, safe='')}"
+        out["icon_url"] = url
+    return out
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    """If-None-Match (RFC 9110 13.1.2): `*` or a list of tags, weak ones compared weakly."""
+    tags = [t.strip() for t in header.split(",")]
+    return any(t == "*" or t.removeprefix("W/") == etag for t in tags if t)
 
 
 # -- apps -------------------------------------------------------------------------------------

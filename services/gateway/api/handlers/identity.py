@@ -122,7 +122,26 @@ PROFILE = obj(
     },
     required=["user_id", "username", "email", "display_name", "is_admin", "disabled"],
 )
-USERS = obj({"items": array(PROFILE)}, required=["items"])
+GROUP_REF = obj({"group_id": string(format="uuid"), "name": string()}, required=["group_id", "name"])
+USER = obj(
+    {
+        **PROFILE["properties"],
+        "totp_enabled": boolean(description="a second factor (TOTP) is enrolled"),
+        "groups": array(GROUP_REF, description="the groups the user is a member of, by name"),
+    },
+    required=[*PROFILE["required"], "totp_enabled", "groups"],
+)
+USERS = obj({"items": array(USER)}, required=["items"])
+USER_CHANGE = obj(
+    {
+        "is_admin": boolean(),
+        "email": EMAIL,
+        "display_name": nullable(DISPLAY_NAME),
+    },
+    description=(
+        "only the fields sent change, all or none; display_name null or empty clears it"
+    ),
+)
 
 
 @routes.post(
@@ -295,7 +314,7 @@ async def revoke_session(call: Call) -> Any:
 async def list_users(call: Call) -> Any:
     reply = await call.ask("identity", "users", {})
     items = _get(reply, "users", "items", list)
-    return {"items": [_profile(item, "users") for item in items]}
+    return {"items": [_user(item, "users") for item in items]}
 
 
 @routes.post(
@@ -310,6 +329,28 @@ async def list_users(call: Call) -> Any:
 async def create_user(call: Call) -> Any:
     reply = await call.command("identity", "create_user", call.body)
     return Reply(_created(reply, "create_user"), status=201)
+
+
+@routes.patch(
+    "/users/{user_id}",
+    access=Access.admin,
+    summary="Change a user's administrator role, email or display name",
+    description=(
+        "Answers the user as GET /users lists them. 409 naming email when another account has "
+        "it, naming is_admin when it would remove the last enabled administrator or the "
+        "caller's own role."
+    ),
+    path_params=USER_PATH,
+    body=USER_CHANGE,
+    responses={200: USER},
+    problems=("conflict",),
+)
+async def update_user(call: Call) -> Any:
+    payload = {**_user_id(call), **call.body}
+    if "display_name" in call.body and call.body["display_name"] is None:
+        payload["display_name"] = ""
+    reply = await call.command("identity", "update_user", payload)
+    return _user(reply, "update_user")
 
 
 @routes.post(
@@ -401,6 +442,25 @@ def _get(reply: Any, what: str, key: str, kind: type) -> Any:
 
 def _created(reply: Any, what: str) -> dict[str, Any]:
     return {"user_id": _get(reply, what, "user_id", str)}
+
+
+def _user(reply: Any, what: str) -> dict[str, Any]:
+    """A user of an admin's list: the profile, whether TOTP is on, the groups."""
+    groups = _get(reply, what, "groups", list)
+    refs = []
+    for g in groups:
+        if not (
+            isinstance(g, dict)
+            and isinstance(g.get("group_id"), str)
+            and isinstance(g.get("name"), str)
+        ):
+            raise Internal(f"identity answered {what} with a malformed group")
+        refs.append({"group_id": g["group_id"], "name": g["name"]})
+    return {
+        **_profile(reply, what),
+        "totp_enabled": _get(reply, what, "totp_enabled", bool),
+        "groups": refs,
+    }
 
 
 def _profile(reply: Any, what: str) -> dict[str, Any]:

@@ -1,0 +1,2 @@
+export function InstalledApps() { return <p>Being built.</p>; }
+export function AppDetail() { return <p>Being built.</p>; }

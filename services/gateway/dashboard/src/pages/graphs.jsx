@@ -1,0 +1,1 @@
+export function Graphs() { return <p>Being built.</p>; }

@@ -1,0 +1,1 @@
+export function Groups() { return <p>Being built.</p>; }

@@ -1,0 +1,110 @@
+// The setup wizard: the first administrator, then the domain and its DNS provider.
+import { useState } from "preact/hooks";
+import { post } from "../api.js";
+import { navigate } from "../router.js";
+import { useSession } from "../session.js";
+import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
+import { DomainForm } from "./domain_form.jsx";
+
+function Steps({ step }) {
+  const names = ["Administrator", "Domain", "Done"];
+  return (
+    <ol class="steps" aria-label="Setup steps">
+      {names.map((n, i) => (
+        <li key={n} class={i === step ? "current" : i < step ? "done" : ""} aria-current={i === step ? "step" : undefined}>
+          {n}
+        </li>
+      ))}
+    </ol>
+  );
+}
+
+function AdminStep({ onDone }) {
+  const form = useForm({ username: "", email: "", display_name: "", password: "", confirm: "" });
+  const create = form.submit(async (v) => {
+    if (v.password !== v.confirm) {
+      form.setErrors({ confirm: "The two passwords differ." });
+      return;
+    }
+    const body = { username: v.username.trim(), email: v.email.trim(), password: v.password };
+    if (v.display_name.trim()) body.display_name = v.display_name.trim();
+    await post("/setup", body);
+    const session = await post("/session", { username: body.username, password: v.password });
+    onDone(session);
+  });
+  return (
+    <form onSubmit={create} noValidate>
+      <p>Create the first administrator. You sign in with this account from now on.</p>
+      <FormError error={form.errors._form} />
+      <Field label="Username" {...form.bind("username")} autocomplete="username" hint="2 to 32 characters: a letter, then letters, digits, . _ or -" />
+      <Field label="Email" type="email" {...form.bind("email")} autocomplete="email" />
+      <Field label="Display name (optional)" {...form.bind("display_name")} autocomplete="name" />
+      <Field label="Password" type="password" {...form.bind("password")} autocomplete="new-password" hint="At least 8 characters; 15 or more is better. A passphrase works well." />
+      <Field label="Password again" type="password" {...form.bind("confirm")} autocomplete="new-password" />
+      <Submit busy={form.busy}>Create administrator</Submit>
+    </form>
+  );
+}
+
+export function Setup({ signedIn = false }) {
+  const { refresh } = useSession();
+  const [step, setStep] = useState(signedIn ? 1 : 0);
+  const [domain, setDomain] = useState(null);
+  const finish = async () => {
+    await refresh();
+    navigate("/apps", { replace: true });
+  };
+  return (
+    <div class="centered wizard">
+      <h1>Set up Homeport</h1>
+      <Steps step={step} />
+      {step === 0 && (
+        <section aria-labelledby="step-admin">
+          <h2 id="step-admin">1. The first administrator</h2>
+          <AdminStep
+            onDone={async (session) => {
+              if (session.totp_enrolment_required) await finish();
+              else setStep(1);
+            }}
+          />
+        </section>
+      )}
+      {step === 1 && (
+        <section aria-labelledby="step-domain">
+          <h2 id="step-domain">2. Your domain</h2>
+          <p>
+            Homeport keeps the DNS records of your apps in your domain's DNS provider, and gets their certificates.
+            Give it the domain and the provider's API key; it checks them before it keeps them.
+          </p>
+          <DomainForm
+            onAdded={(d) => {
+              setDomain(d);
+              setStep(2);
+            }}
+          />
+          <p>
+            <button type="button" class="btn btn-link" onClick={() => setStep(2)}>
+              Skip for now
+            </button>{" "}
+            — apps then live under <code>localhost</code> on this machine until you add a domain.
+          </p>
+        </section>
+      )}
+      {step === 2 && (
+        <section aria-labelledby="step-done">
+          <h2 id="step-done">Homeport is ready</h2>
+          {domain ? (
+            <p>
+              <strong>{domain.domain}</strong> is {domain.verified_at ? "verified" : "added"}. Apps you install get a name under it and a certificate.
+            </p>
+          ) : (
+            <p>You can add a domain later under Domains.</p>
+          )}
+          <button type="button" class="btn btn-primary" onClick={finish}>
+            Open the dashboard
+          </button>
+        </section>
+      )}
+    </div>
+  );
+}
