@@ -202,10 +202,14 @@ def _print_ready(stack: Stack) -> None:
     if url is not None:
         port = url.rsplit(":", 1)[1].rstrip("/")
         lines.append(f"  Dashboard: {url}")
+        secure = stack.secure_dashboard_url
+        if secure is not None:
+            lines.append(f"             {secure} (through nginx, self-signed certificate)")
         steps += [
-            f"Create the first administrator: homeport setup --data-dir {data}",
-            f"Open {url} in a browser on this machine: it shows what runs\n"
-            f"     (from another machine: ssh -L {port}:127.0.0.1:{port} <this server>).",
+            f"Open {secure or url} in a browser on this machine and follow the setup wizard:\n"
+            "     the first administrator, then your domain and its DNS provider\n"
+            f"     (from another machine: ssh -L {port}:127.0.0.1:{port} <this server>;\n"
+            f"     without a browser: homeport setup --data-dir {data}).",
         ]
         if stack.apps_url is not None:
             lines.append(f"  Apps:      {stack.apps_url} (self-signed certificates)")

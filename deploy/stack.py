@@ -849,6 +849,13 @@ class Stack:
         )
 
     @property
+    def secure_dashboard_url(self) -> str | None:
+        """The dashboard through the edge at my.localhost, when this stack runs the edge."""
+        if self._edge_ports is None or self.dashboard_url is None:
+            return None
+        return f"https://my.localhost:{self._edge_ports[1]}/"
+
+    @property
     def apps_url(self) -> str | None:
         """How an app at <location> is reached on this machine, with a placeholder."""
         if self._edge_ports is None:

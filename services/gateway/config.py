@@ -8,7 +8,9 @@ from pathlib import Path
 from libs.events.relay import DEFAULT_PREFIX, DEFAULT_STREAM
 from libs.service.config import ServiceConfig, check
 
-__all__ = ["GatewayConfig"]
+__all__ = ["DASHBOARD_DIR", "GatewayConfig"]
+
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard" / "dist"  # `make dashboard` output
 
 
 def _positive(v: float) -> bool:
@@ -32,7 +34,7 @@ class GatewayConfig(ServiceConfig):
     acme_dir: Path = Path(".homeport/acme")  # HTTP-01 tokens, written by the certs service
     local_domain: str = "localhost"
     # The built dashboard (`make dashboard` writes it): index.html and assets/.
-    dashboard_dir: Path = Path(__file__).resolve().parent / "dashboard" / "dist"
+    dashboard_dir: Path = DASHBOARD_DIR
     # The metrics history the dashboard graphs (metrics_history.py): a sample every interval,
     # kept this many days.
     metrics_interval: float = field(default=60.0, metadata=check(_positive, "seconds > 0"))

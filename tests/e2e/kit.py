@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +33,12 @@ async def running_platform(
     uniq: str,
     tmp_path: Path,
     docker_host: str | None = None,
+    gateway_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Platform]:
     """Identity, gateway and relay; with `docker_host`, the whole platform: the apps service
     too (the static app in several versions as its catalog), dns and certs (no ACME CA is
-    reachable: nothing here orders a certificate)."""
+    reachable: nothing here orders a certificate). `gateway_env` adds settings of the gateway
+    (the edge, for one)."""
     async with contextlib.AsyncExitStack() as stack:
         ident = await stack.enter_async_context(
             running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path)
@@ -61,7 +63,14 @@ async def running_platform(
             }
             await stack.enter_async_context(running_certs(monkeypatch, certs))
         gateway = await stack.enter_async_context(
-            running_gateway(monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path)
+            running_gateway(
+                monkeypatch,
+                dsn=dsn,
+                nats_url=nats_url,
+                uniq=uniq,
+                tmp_path=tmp_path,
+                env=gateway_env,
+            )
         )
         await stack.enter_async_context(relaying(dsn, nats_url, uniq))
         yield Platform(ident, gateway.client)

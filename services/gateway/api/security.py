@@ -96,7 +96,12 @@ def _host_of(origin: str) -> str:
 
 
 def _request_host(request: web.Request, scheme: str) -> str | None:
-    host = request.headers.get("Host")
+    # Behind the edge, Host has no port; nginx (on loopback) names the origin's host and port in
+    # X-Forwarded-Host, believed only from loopback like X-Real-IP.
+    forwarded = request.headers.get("X-Forwarded-Host")
+    peer = request.remote
+    loopback = _loopback(peer) if peer is not None else None
+    host = forwarded if forwarded and loopback else request.headers.get("Host")
     if not host:
         return None
     norm = normalize_origin(f"{scheme}://{host}")

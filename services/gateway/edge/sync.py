@@ -139,7 +139,7 @@ class EdgeSync:
         domains = await self._domains()
         apps = await self._apps()
         wanted: dict[str, tuple[str, str, str]] = {}  # host -> (kind, upstream, owner)
-        for domain in sorted(domains):
+        for domain in sorted({*domains, s.local_domain}):
             wanted[f"my.{domain}"] = ("dashboard", s.dashboard_upstream, "dashboard")
         self._known_domains = domains
         for app in apps:

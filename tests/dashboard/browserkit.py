@@ -1,0 +1,105 @@
+"""Debian's chromium, headless, driven by Playwright; screenshots kept as test artifacts.
+
+Every page a test opens is watched: a console error or an uncaught exception (a CSP violation
+shows as one) fails the test when its browser closes, naming the messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+
+from tests.conftest import need_server
+
+__all__ = ["ARTIFACTS", "DESKTOP", "PHONE", "Chromium", "chromium", "shot"]
+
+CHROMIUM = os.environ.get("HP_TEST_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("HP_TEST_ARTIFACTS", "test-artifacts")) / "dashboard"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+# Without the background-networking flags chromium keeps calling Google's hosts, which this
+# machine's closed network refuses (see the tool library's notes on chromium).
+_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+]
+# Not the page's faults: chromium logs every 4xx answer of the API (bad input is tested on
+# purpose; the page shows it), and event streams cut by a navigation. A 5xx still counts.
+_BENIGN = re.compile(
+    r"status of 4\d\d|net::ERR_ABORTED|EventSource.*(aborted|interrupted)", re.I
+)
+
+
+@dataclass
+class Chromium:
+    """One browser; `context()` opens an isolated profile (its own cookies) of a given size."""
+
+    browser: Browser
+    base_url: str
+    problems: list[str] = field(default_factory=list)
+
+    async def context(
+        self, viewport: dict[str, int] | None = None, *, base_url: str | None = None
+    ) -> BrowserContext:
+        ctx = await self.browser.new_context(
+            base_url=base_url or self.base_url,
+            viewport=viewport or DESKTOP,  # type: ignore[arg-type]
+            ignore_https_errors=True,  # the local domain's certificates are self-signed
+            service_workers="block",
+        )
+        ctx.set_default_timeout(15_000)
+        ctx.on("page", self.watch)
+        return ctx
+
+    async def page(self, viewport: dict[str, int] | None = None) -> Page:
+        ctx = await self.context(viewport)
+        return await ctx.new_page()
+
+    def watch(self, page: Page) -> None:
+        def on_console(msg: object) -> None:
+            kind = getattr(msg, "type", "")
+            text = getattr(msg, "text", "")
+            if kind == "error" and not _BENIGN.search(text):
+                self.problems.append(f"console error on {page.url}: {text}")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda e: self.problems.append(f"uncaught on {page.url}: {e}"))
+
+
+@asynccontextmanager
+async def chromium(base_url: str) -> AsyncIterator[Chromium]:
+    """A headless chromium for `base_url`; fails the test if any page logged an error."""
+    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+        need_server("chromium", FileNotFoundError(CHROMIUM))
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=_FLAGS, headless=True)
+        kit = Chromium(browser, base_url)
+        try:
+            yield kit
+        finally:
+            for ctx in browser.contexts:
+                await ctx.close()
+            await browser.close()
+    assert not kit.problems, "the dashboard logged errors:\n" + "\n".join(kit.problems)
+
+
+async def shot(page: Page, name: str) -> Path:
+    """A full-page screenshot kept under test-artifacts/dashboard/<name>.png."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    return path

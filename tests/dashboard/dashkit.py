@@ -1,0 +1,71 @@
+"""The platform with its edge, the dashboard served at https://my.localhost:<port>/ by nginx."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deploy.embedded import free_port
+from services.gateway.config import DASHBOARD_DIR
+from tests.e2e.kit import Platform, running_platform
+
+__all__ = ["DIST", "Edged", "edge_env", "edged_platform"]
+
+DIST = DASHBOARD_DIR
+
+
+@dataclass
+class Edged:
+    platform: Platform
+    https_port: int
+    http_port: int
+
+    @property
+    def url(self) -> str:
+        """The dashboard as a browser on this machine opens it."""
+        return f"https://my.localhost:{self.https_port}"
+
+    def app_url(self, location: str) -> str:
+        return f"https://{location}.localhost:{self.https_port}/"
+
+
+def edge_env(tmp_path: Path, http_port: int, https_port: int) -> dict[str, str]:
+    return {
+        "HP_EDGE": "true",
+        "HP_EDGE_DIR": str(tmp_path / "edge"),
+        "HP_EDGE_HTTP_PORT": str(http_port),
+        "HP_EDGE_HTTPS_PORT": str(https_port),
+        "HP_EDGE_BIND": "127.0.0.1",
+        "HP_EDGE_INTERVAL": "0.5",
+        "HP_ACME_DIR": str(tmp_path / "acme"),
+        "HP_METRICS_INTERVAL": "1",
+    }
+
+
+@asynccontextmanager
+async def edged_platform(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    dsn: str,
+    nats_url: str,
+    uniq: str,
+    tmp_path: Path,
+    docker_host: str | None = None,
+) -> AsyncIterator[Edged]:
+    """Identity, gateway with nginx, relay (and with `docker_host` apps, dns and certs)."""
+    assert (DIST / "index.html").exists(), f"the dashboard is not built in {DIST}: make dashboard"
+    http_port, https_port = free_port(), free_port()
+    async with running_platform(
+        monkeypatch,
+        dsn=dsn,
+        nats_url=nats_url,
+        uniq=uniq,
+        tmp_path=tmp_path,
+        docker_host=docker_host,
+        gateway_env=edge_env(tmp_path, http_port, https_port),
+    ) as platform:
+        yield Edged(platform, https_port, http_port)
