@@ -1,0 +1,172 @@
+"""The dashboard journey a new owner takes, in Debian's chromium, against the whole platform
+(identity, apps on a real dockerd, dns, certs, the gateway with nginx, the relay):
+
+setup wizard → sign in → a group → install the static website for that group (the progress
+bar reaches done) → the app opens at https://blog.localhost → invite a user → they join,
+sign in and see only the app their group opens → the admin sees it all in the activity log.
+Screenshots of every main page, at 1280×800 and at phone size, are kept as test artifacts.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Page, expect
+
+from tests.dashboard.browserkit import PHONE, chromium, shot
+from tests.dashboard.dashkit import edged_platform
+from tests.dashboard.test_forms import error_of
+
+pytestmark = pytest.mark.timeout(420)
+
+ADMIN_PASSWORD = "correct horse battery staple"
+USER_PASSWORD = "purple monkey dishwasher 42"
+INSTALL_TIMEOUT = 180_000  # ms: the first build of the static image on a cold dockerd
+
+
+async def sign_in(page: Page, username: str, password: str) -> None:
+    await expect(page.get_by_role("heading", name="Sign in to Homeport")).to_be_visible()
+    await page.get_by_label("Username").fill(username)
+    await page.get_by_label("Password").fill(password)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+
+
+async def install(page: Page, location: str, *, group: str | None) -> None:
+    """Install version 1.0.0 of the static website at `location` through the store's dialog."""
+    await page.goto("/#/store")
+    await page.get_by_role("button", name="Install Static website").click()
+    dialog = page.get_by_role("dialog")
+    await dialog.get_by_label("Location").fill(location)
+    await expect(dialog.get_by_text(f"{location}.localhost is free")).to_be_visible()
+    await dialog.get_by_label("Version").select_option("1.0.0")
+    if group is None:
+        await dialog.get_by_label("Only administrators").check()
+    else:
+        await dialog.get_by_label("Only members of these groups").check()
+        await dialog.get_by_label(group, exact=True).check()
+    await dialog.get_by_role("button", name="Install", exact=True).click()
+    progress = dialog.locator(".progress-text")
+    await expect(progress).to_contain_text("done", timeout=INSTALL_TIMEOUT)
+    await expect(dialog.locator("progress")).to_have_attribute("value", "100")
+
+
+async def test_setup_install_invite_and_activity(
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    uniq: str,
+    tmp_path: Path,
+    docker_host: str,
+) -> None:
+    async with (
+        edged_platform(
+            monkeypatch,
+            dsn=dsn,
+            nats_url=nats_url,
+            uniq=uniq,
+            tmp_path=tmp_path,
+            docker_host=docker_host,
+        ) as ed,
+        chromium(ed.url) as browser,
+    ):
+        admin = await browser.page()
+
+        # -- the setup wizard: the first administrator, a domain refused, then skipped
+        await admin.goto("/")
+        await admin.get_by_label("Username").fill("owner")
+        await admin.get_by_label("Email").fill("owner@example.test")
+        await admin.get_by_label("Password", exact=True).fill(ADMIN_PASSWORD)
+        await admin.get_by_label("Password again").fill(ADMIN_PASSWORD)
+        await shot(admin, "setup-1-administrator")
+        await admin.get_by_role("button", name="Create administrator").click()
+        await admin.get_by_label("Domain").fill("not a domain")
+        await admin.get_by_label("DNS provider").select_option("manual")
+        await admin.get_by_role("button", name="Add and verify").click()
+        await expect(error_of(admin, "Domain")).to_contain_text("domain")
+        await shot(admin, "setup-2-domain")
+        await admin.get_by_role("button", name="Skip for now").click()
+        await admin.get_by_role("button", name="Open the dashboard").click()
+        await expect(admin.get_by_role("navigation", name="Main")).to_be_visible()
+
+        # -- sign out, sign in again
+        await admin.get_by_role("button", name="Sign out").click()
+        await sign_in(admin, "owner", ADMIN_PASSWORD)
+
+        # -- a group for the family
+        await admin.goto("/#/groups")
+        await admin.get_by_role("button", name="New group").click()
+        await admin.get_by_role("dialog").get_by_label("Name").fill("family")
+        await admin.get_by_role("dialog").get_by_role("button", name="Create group").click()
+        await expect(admin.get_by_role("main").get_by_text("family").first).to_be_visible()
+
+        # -- the store, the install dialog, the progress bar to done; the app opens
+        await install(admin, "blog", group="family")
+        await shot(admin, "install-done")
+        link = admin.get_by_role("dialog").get_by_role("link", name=re.compile("^Open"))
+        assert await link.get_attribute("href") == ed.app_url("blog")
+        await admin.keyboard.press("Escape")
+        await install(admin, "private", group=None)
+        await admin.keyboard.press("Escape")
+        app_page = await admin.context.new_page()
+        await app_page.goto(ed.app_url("blog"))
+        await expect(app_page.get_by_text("version 1.0.0")).to_be_visible()
+        await app_page.close()
+
+        # -- invite a user into the family group
+        await admin.goto("/#/users")
+        await admin.get_by_role("button", name="Invite user").click()
+        dialog = admin.get_by_role("dialog")
+        await dialog.get_by_label("Email").fill("kim@example.test")
+        await dialog.get_by_label("family", exact=True).check()
+        await dialog.get_by_role("button", name="Create invitation").click()
+        link_box = dialog.get_by_label("Invitation link")
+        await expect(link_box).to_have_value(re.compile(r"#/invite/"))
+        invitation = await link_box.input_value()
+        assert invitation.startswith(f"{ed.url}/#/invite/")
+        await admin.keyboard.press("Escape")
+
+        # -- the invited user joins, signs in, and sees only the app the family group opens
+        user_ctx = await browser.context()
+        user = await user_ctx.new_page()
+        await user.goto(invitation)
+        await user.get_by_label("Your email (the one invited)").fill("kim@example.test")
+        await user.get_by_label("Username").fill("kim")
+        await user.get_by_label("Password", exact=True).fill(USER_PASSWORD)
+        await user.get_by_label("Password again").fill(USER_PASSWORD)
+        await user.get_by_role("button", name="Create my account").click()
+        await user.get_by_role("link", name="Sign in").click()
+        await sign_in(user, "kim", USER_PASSWORD)
+        main = user.get_by_role("main")
+        await expect(main.get_by_role("link", name=re.compile("^Open"))).to_have_count(1)
+        await expect(main.get_by_text("blog", exact=False).first).to_be_visible()
+        await expect(main.get_by_text("private")).to_have_count(0)
+        nav = user.get_by_role("navigation", name="Main")
+        for admin_only in ("Users", "Groups", "Domains", "Activity", "Graphs"):
+            await expect(nav.get_by_role("link", name=admin_only)).to_have_count(0)
+        await shot(user, "user-apps")
+        await user.set_viewport_size(PHONE)
+        await shot(user, "user-apps-phone")
+
+        # -- the admin sees the journey in the activity log
+        await admin.goto("/#/activity")
+        log = admin.get_by_role("main")
+        for seen in ("InvitationAccepted", "AppInstalled", "GroupCreated", "kim"):
+            await expect(log.get_by_text(seen).first).to_be_visible()
+
+        # -- screenshots of every main page, desktop and phone
+        pages = ["apps", "store", "store/org.homeport.static", "users", "groups", "domains"]
+        pages += ["activity", "graphs", "profile"]
+        for size, suffix in ((None, ""), (PHONE, "-phone")):
+            if size is not None:
+                await admin.set_viewport_size(size)
+            for name in pages:
+                await admin.goto(f"/#/{name}")
+                await expect(admin.get_by_role("heading", level=1).first).to_be_visible()
+                await admin.wait_for_load_state("networkidle")
+                await shot(admin, name.replace("/", "-") + suffix)
+                width = await admin.evaluate("document.documentElement.scrollWidth")
+                viewport = await admin.evaluate("window.innerWidth")
+                assert width <= viewport, f"{name}{suffix} scrolls sideways ({width} > {viewport})"
