@@ -50,6 +50,7 @@ class Chromium:
 
     browser: Browser
     base_url: str
+    allow: re.Pattern[str] | None = None
     problems: list[str] = field(default_factory=list)
 
     async def context(
@@ -73,7 +74,8 @@ class Chromium:
         def on_console(msg: object) -> None:
             kind = getattr(msg, "type", "")
             text = getattr(msg, "text", "")
-            if kind == "error" and not _BENIGN.search(text):
+            allowed = self.allow is not None and self.allow.search(text)
+            if kind == "error" and not _BENIGN.search(text) and not allowed:
                 self.problems.append(f"console error on {page.url}: {text}")
 
         page.on("console", on_console)
@@ -81,13 +83,14 @@ class Chromium:
 
 
 @asynccontextmanager
-async def chromium(base_url: str) -> AsyncIterator[Chromium]:
-    """A headless chromium for `base_url`; fails the test if any page logged an error."""
+async def chromium(base_url: str, *, allow: str | None = None) -> AsyncIterator[Chromium]:
+    """A headless chromium for `base_url`; fails the test if any page logged an error (but
+    those matching `allow`, which a test expects)."""
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
         need_server("chromium", FileNotFoundError(CHROMIUM))
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=_FLAGS, headless=True)
-        kit = Chromium(browser, base_url)
+        kit = Chromium(browser, base_url, re.compile(allow) if allow else None)
         try:
             yield kit
         finally:

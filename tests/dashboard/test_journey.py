@@ -121,7 +121,7 @@ async def test_setup_install_invite_and_activity(
         dialog = admin.get_by_role("dialog")
         await dialog.get_by_label("Email").fill("kim@example.test")
         await dialog.get_by_label("family", exact=True).check()
-        await dialog.get_by_role("button", name="Create invitation").click()
+        await dialog.get_by_role("button", name="Create invitation link").click()
         link_box = dialog.get_by_label("Invitation link")
         await expect(link_box).to_have_value(re.compile(r"#/invite/"))
         invitation = await link_box.input_value()
