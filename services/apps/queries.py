@@ -157,7 +157,9 @@ class Queries:
             log.error("cannot read the icon %s: %s", icon, e)
             raise Internal(f"the icon of {entry.app_id} {entry.version} cannot be read") from None
         if data is None:
-            log.error("the icon %s is over %d bytes: the catalog should not list it", icon, ICON_MAX_BYTES)
+            log.error(
+                "the icon %s is over %d bytes: the catalog should not list it", icon, ICON_MAX_BYTES
+            )
             raise Internal(f"the icon of {entry.app_id} {entry.version} is too large to serve")
         if hashlib.sha256(data).hexdigest() != pinned:
             log.error("the icon %s differs from the signed catalog index: not served", icon)
@@ -249,7 +251,6 @@ class Queries:
         )
         cursor = lines[-1][0] if lines else since
         return {"lines": [line for _, line in lines], "cursor": cursor}
-
 
     async def stats(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The latest resource use of each running installed app, as the stats loop last saw it

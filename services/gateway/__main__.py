@@ -22,6 +22,7 @@ from services.gateway.api.principals import IdentityChanges, PrincipalCache
 from services.gateway.config import GatewayConfig
 from services.gateway.dashboard import add_dashboard
 from services.gateway.edge.sync import EdgeSettings, EdgeSync
+from services.gateway.metrics_history import add_metrics_history
 from services.gateway.projections import ActivityProjection
 from services.gateway.queries import activity_query
 from services.gateway.tasks import TaskProjection
@@ -73,6 +74,7 @@ def build() -> Service:
             return await activity_query(kit.store.pool, payload)
 
     kit.bus(handlers)
+    add_metrics_history(kit, cfg)  # the samples GET /metrics/history graphs
 
     add_dashboard(svc.http_app, cfg.dashboard_dir)
     backend = KitBackend(kit)

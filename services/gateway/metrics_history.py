@@ -21,7 +21,7 @@ import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ APP_MEMORY = "app_memory_bytes"
 RANGES: Mapping[str, int] = {"1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600, "7d": 7 * 86400}
 MAX_POINTS = 360
 APPS_TIMEOUT = 5.0  # seconds for the apps service to answer `stats`
+STALE_STATS = 300.0  # seconds: app stats older than this (apps' loop stuck) are not sampled
 
 _GAUGES = {
     name: Gauge(f"homeport_{name}", doc, registry=REGISTRY) for name, doc in SYSTEM_METRICS.items()
@@ -173,7 +174,6 @@ class MetricsHistory:
         self.sampler = sampler
         self.interval = interval
         self.retention_days = retention_days
-        self.rounds = 0  # rounds written
         self._stop = asyncio.Event()
 
     async def setup(self) -> None:
@@ -216,11 +216,9 @@ class MetricsHistory:
                     *map(list, zip(*rows, strict=True)),
                 )
             await conn.execute(
-                "DELETE FROM gateway.metric_samples WHERE at < $1 - make_interval(days => $2)",
-                at,
-                self.retention_days,
+                "DELETE FROM gateway.metric_samples WHERE at < $1",
+                at - timedelta(days=self.retention_days),
             )
-        self.rounds += 1
 
     async def _app_memory(self) -> list[tuple[str, str, float]]:
         """(app id, location, memory bytes) of each running app; none when apps is silent."""
@@ -242,9 +240,23 @@ class MetricsHistory:
                 and isinstance(memory, int | float)
                 and not isinstance(memory, bool)
                 and math.isfinite(memory)
+                and _fresh(item.get("collected_at"))
             ):
                 out.append((app_id, location, float(memory)))
         return out
+
+
+def _fresh(collected_at: object) -> bool:
+    """Whether apps read these stats within STALE_STATS seconds."""
+    if not isinstance(collected_at, str):
+        return False
+    try:
+        when = datetime.fromisoformat(collected_at)
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        return False
+    return (datetime.now(UTC) - when).total_seconds() <= STALE_STATS
 
 
 def add_metrics_history(kit: EventServiceKit, cfg: GatewayConfig) -> None:

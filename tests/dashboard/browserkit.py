@@ -39,9 +39,7 @@ _FLAGS = [
 ]
 # Not the page's faults: chromium logs every 4xx answer of the API (bad input is tested on
 # purpose; the page shows it), and event streams cut by a navigation. A 5xx still counts.
-_BENIGN = re.compile(
-    r"status of 4\d\d|net::ERR_ABORTED|EventSource.*(aborted|interrupted)", re.I
-)
+_BENIGN = re.compile(r"status of 4\d\d|net::ERR_ABORTED|EventSource.*(aborted|interrupted)", re.I)
 
 
 @dataclass

@@ -4,7 +4,7 @@
 setup wizard → sign in → a group → install the static website for that group (the progress
 bar reaches done) → the app opens at https://blog.localhost → invite a user → they join,
 sign in and see only the app their group opens → the admin sees it all in the activity log.
-Screenshots of every main page, at 1280×800 and at phone size, are kept as test artifacts.
+Screenshots of every main page, at 1280x800 and at phone size, are kept as test artifacts.
 """
 
 from __future__ import annotations

@@ -117,8 +117,8 @@ async def test_walk_every_route_of_the_running_gateway(
         counts = await walk(gw.client, api, cast)
     # anonymous: GET and HEAD of /status and /openapi.json, POST /setup, POST /session;
     # user: DELETE /session, GET and HEAD of /profile, /tasks/{task_id} and its /events;
-    # admin: GET and HEAD of /activity and /users, POST /users, POST /users/{user_id}/disable
-    # and /enable, DELETE /users/{user_id}
+    # admin: GET and HEAD of /activity and /users, POST /users, PATCH /users/{user_id},
+    # POST /users/{user_id}/disable and /enable, DELETE /users/{user_id}
     # groups.py: anonymous 3 (accept an invitation, ask for and complete a reset); admin 14
     # (GET and HEAD of /groups, /groups/{group_id}, /invitations; 8 changes)
     # security.py: anonymous 1 (POST /session/totp); user 9 (GET and HEAD of /profile/totp and
@@ -126,17 +126,18 @@ async def test_walk_every_route_of_the_running_gateway(
     # DELETE /profile/tokens/{token_id}); admin 3 (GET, HEAD and PUT /settings/mfa)
     # identity.py, own account: user 5 (PATCH /profile, POST /profile/password, GET and HEAD
     # of /profile/sessions, DELETE /profile/sessions/{session_id})
-    # apps.py: user 6 (GET and HEAD of /catalog, /catalog/{manifest_id}, /apps); admin 20 (GET
-    # and HEAD of /apps/{app_id}, its /snapshots, /logs and /logs/stream; POST /apps; PATCH and
-    # DELETE /apps/{app_id}; POST start, stop, restart, update, update/approve, snapshots,
-    # restore, clone, repair); domains.py: admin 7 (GET and HEAD of /domains and
-    # /domains/{domain}, POST /domains and its /verify, DELETE /domains/{domain});
+    # apps.py: user 8 (GET and HEAD of /catalog, /catalog/{manifest_id} and its /icon, /apps);
+    # admin 20 (GET and HEAD of /apps/{app_id}, its /snapshots, /logs and /logs/stream;
+    # POST /apps; PATCH and DELETE /apps/{app_id}; POST start, stop, restart, update,
+    # update/approve, snapshots, restore, clone, repair); domains.py: admin 7 (GET and HEAD
+    # of /domains and /domains/{domain}, POST /domains and its /verify, DELETE
+    # /domains/{domain});
     # certificates.py: admin 4 (GET and HEAD /certificates, POST /certificates and
-    # /certificates/{primary}/renew)
+    # /certificates/{primary}/renew); metrics.py: admin 2 (GET and HEAD /metrics/history)
     assert counts == {
         "anonymous": 6 + 3 + 1,
-        "user": 7 + 9 + 5 + 6,
-        "admin": 8 + 14 + 3 + 20 + 7 + 4,
+        "user": 7 + 9 + 5 + 8,
+        "admin": 9 + 14 + 3 + 20 + 7 + 4 + 2,
     }
 
 

@@ -8,19 +8,60 @@ and as Server-Sent Events.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import shutil
+import struct
+import zlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from services.gateway.api.security import API_CSP
 from tests.apps.appskit import STATIC, apps_env, running_apps, static_catalog
 from tests.events.relaykit import relaying, wait_until
-from tests.gateway.apikit import Cast, Client, running_gateway
+from tests.gateway.apikit import SECURITY_HEADERS, Cast, Client, running_gateway
 
 pytestmark = pytest.mark.timeout(240)
+
+PNG_APP = "org.example.png-icon"  # the static app with a PNG icon
+PLAIN_APP = "org.example.plain"  # the static app without an icon
+SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+
+
+@asynccontextmanager
+async def serving(
+    monkeypatch: pytest.MonkeyPatch,
+    catalog: Path,
+    *,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    docker_host: str,
+    uniq: str,
+) -> AsyncIterator[Client]:
+    """The real apps service (with `catalog`), gateway and relay."""
+    env = apps_env(
+        dsn=dsn,
+        nats_url=nats_url,
+        tmp_path=tmp_path,
+        docker_host=docker_host,
+        prefix=f"g{uniq[:8]}",
+        catalog=catalog,
+        extra={"HP_READY_TIMEOUT": "10"},
+    )
+    async with (
+        running_apps(monkeypatch, env),
+        running_gateway(
+            monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
+        ) as gateway,
+        relaying(dsn, nats_url, uniq),
+    ):
+        yield gateway.client
 
 
 @pytest.fixture
@@ -33,23 +74,71 @@ async def api(
     docker_host: str,
     uniq: str,
 ) -> AsyncIterator[Client]:
-    env = apps_env(
+    catalog = static_catalog(tmp_path / "catalog")
+    async with serving(
+        monkeypatch,
+        catalog,
         dsn=dsn,
         nats_url=nats_url,
         tmp_path=tmp_path,
         docker_host=docker_host,
-        prefix=f"g{uniq[:8]}",
-        catalog=static_catalog(tmp_path / "catalog"),
-        extra={"HP_READY_TIMEOUT": "10"},
+        uniq=uniq,
+    ) as client:
+        yield client
+
+
+def png_1x1() -> bytes:
+    """A valid one-pixel PNG."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\x10\x20\x30\xff")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     )
-    async with (
-        running_apps(monkeypatch, env),
-        running_gateway(
-            monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
-        ) as gateway,
-        relaying(dsn, nats_url, uniq),
-    ):
-        yield gateway.client
+
+
+def icons_catalog(dest: Path) -> Path:
+    """The static app's catalog, plus a copy with a PNG icon and one without an icon."""
+    static_catalog(dest)
+    for app, icon in ((PNG_APP, "icon.png"), (PLAIN_APP, None)):
+        d = dest / app / "1.0.0"
+        shutil.copytree(dest / STATIC / "1.0.0", d)
+        (d / "icon.svg").unlink()
+        manifest = json.loads((d / "manifest.json").read_text())
+        manifest.update({"id": app, "title": f"Copy {app}"})
+        manifest.pop("icon")
+        if icon is not None:
+            (d / icon).write_bytes(png_1x1())
+            manifest["icon"] = icon
+        (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return dest
+
+
+@pytest.fixture
+async def icons_api(
+    monkeypatch: pytest.MonkeyPatch,
+    token_cast: Cast,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    docker_host: str,
+    uniq: str,
+) -> AsyncIterator[Client]:
+    catalog = icons_catalog(tmp_path / "catalog")
+    async with serving(
+        monkeypatch,
+        catalog,
+        dsn=dsn,
+        nats_url=nats_url,
+        tmp_path=tmp_path,
+        docker_host=docker_host,
+        uniq=uniq,
+    ) as client:
+        yield client
 
 
 async def _task_events(client: Client, task_id: str, token: str) -> list[tuple[str, Any]]:
@@ -173,3 +262,77 @@ async def test_logs_as_json_and_followed_as_events(api: Client, cast: Cast) -> N
                     break
     assert any("second-visit" in s for s in seen)
     await asyncio.sleep(0)
+
+
+async def test_catalog_icons_are_served_with_their_headers(
+    icons_api: Client, token_cast: Cast, tmp_path: Path
+) -> None:
+    api, alice = icons_api, token_cast.token_alice
+    index = json.loads((tmp_path / "apps" / "catalog" / "index.json").read_text())
+    pinned = {(e["id"], e["version"]): e["iconSha256"] for e in index["entries"]}
+    found = await api.call("GET", "/api/v1/catalog", token=alice)
+    assert found.status == 200, found.body
+    urls = {m["id"]: m.get("icon_url") for m in found.body["items"]}
+    assert urls == {
+        STATIC: f"/api/v1/catalog/{STATIC}/icon",
+        PNG_APP: f"/api/v1/catalog/{PNG_APP}/icon",
+        PLAIN_APP: None,
+    }
+    assert all("has_icon" not in m for m in found.body["items"])
+    one = await api.call("GET", f"/api/v1/catalog/{STATIC}", token=alice)
+    assert one.body["icon_url"] == urls[STATIC] and one.body["version"] == "2.0.0"
+    old = await api.call("GET", f"/api/v1/catalog/{STATIC}?version=1.0.0", token=alice)
+    assert old.body["icon_url"] == f"{urls[STATIC]}?version=1.0.0"
+
+    # the latest version's icon: the bytes the signed index pins, as an SVG that runs nothing
+    a = await api.call("GET", urls[STATIC], token=alice)
+    assert a.status == 200, a.body
+    svg = (tmp_path / "catalog" / STATIC / "2.0.0" / "icon.svg").read_bytes()
+    digest = pinned[(STATIC, "2.0.0")]
+    assert a.body == svg and hashlib.sha256(a.body).hexdigest() == digest
+    assert a.headers["Content-Type"] == "image/svg+xml"
+    assert a.headers["Content-Security-Policy"] == SVG_CSP
+    assert a.headers["X-Content-Type-Options"] == "nosniff"
+    assert a.headers["Cache-Control"] == "private, max-age=3600"
+    assert a.headers["ETag"] == f'"{digest}"'
+    for name, value in SECURITY_HEADERS.items():
+        assert a.headers[name] == value, name
+    assert "Set-Cookie" not in a.headers
+    # revalidation: the same tag (or a weak one, or one of several) is 304 without a body
+    for tag in (f'"{digest}"', f'"other", W/"{digest}"', "*"):
+        again = await api.call("GET", urls[STATIC], token=alice, headers={"If-None-Match": tag})
+        assert again.status == 304 and again.body == b"", tag
+        assert again.headers["ETag"] == f'"{digest}"'
+    changed = await api.call("GET", urls[STATIC], token=alice, headers={"If-None-Match": '"x"'})
+    assert changed.status == 200 and changed.body == svg
+    head = await api.call("HEAD", urls[STATIC], token=alice)
+    assert head.status == 200 and head.body == b""
+    assert head.headers["Content-Type"] == "image/svg+xml"
+    pinned_old = await api.call("GET", old.body["icon_url"], token=alice)
+    assert pinned_old.status == 200 and pinned_old.body == svg
+
+    # a PNG: its own type, the API's CSP (no SVG to sandbox)
+    a = await api.call("GET", urls[PNG_APP], token=alice)
+    assert a.status == 200 and a.body == png_1x1()
+    assert a.headers["Content-Type"] == "image/png"
+    assert a.headers["Content-Security-Policy"] == API_CSP
+    assert a.headers["ETag"] == f'"{pinned[(PNG_APP, "1.0.0")]}"'
+
+    # refusals are problems, never cached
+    for path, status, field in (
+        ("/catalog/org.example.none/icon", 404, "manifest_id"),
+        (f"/catalog/{PLAIN_APP}/icon", 404, "manifest_id"),
+        (f"/catalog/{STATIC}/icon?version=9.9.9", 404, "manifest_id"),
+        ("/catalog/Not_An_Id/icon", 400, "manifest_id"),
+        (f"/catalog/{STATIC}/icon?size=64", 400, "size"),
+    ):
+        a = await api.call("GET", f"/api/v1{path}", token=alice)
+        assert a.status == status and a.problem["field"] == field, (path, a.body)
+        assert a.headers["Cache-Control"] == "no-store"
+    assert (await api.call("GET", urls[STATIC])).status == 401
+
+    # an icon changed after the catalog was signed is refused, not served
+    (tmp_path / "catalog" / PNG_APP / "1.0.0" / "icon.png").write_bytes(b"\x89PNG altered")
+    a = await api.call("GET", urls[PNG_APP], token=alice)
+    assert a.status == 500 and a.problem["code"] == "internal"
+    assert b"altered" not in json.dumps(a.body).encode()

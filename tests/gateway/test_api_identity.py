@@ -383,6 +383,104 @@ async def test_admin_manages_users(client: Client, cast: Cast, dsn: str) -> None
     assert a.status == 404 and a.problem["code"] == "not_found"
 
 
+async def test_admin_edits_a_user(client: Client, token_cast: Cast, dsn: str) -> None:
+    root, alice = token_cast.token_root, token_cast.alice_id
+    ident = token_cast.identity
+    url = f"/api/v1/users/{alice}"
+
+    async def listed(user_id: str) -> dict[str, Any]:
+        a = await client.call("GET", "/api/v1/users", token=root)
+        assert a.status == 200, a.body
+        return dict(next(u for u in a.body["items"] if u["user_id"] == user_id))
+
+    before = await listed(alice)
+    assert before["totp_enabled"] is False and before["groups"] == []
+    group = await ident.cmd("create_group", {"name": "family"}, actor=token_cast.root_id)
+    await ident.cmd(
+        "add_group_member",
+        {"group_id": group["group_id"], "user_id": alice},
+        actor=token_cast.root_id,
+    )
+    family = [{"group_id": group["group_id"], "name": "family"}]
+    assert (await listed(alice))["groups"] == family
+
+    a = await client.call("PATCH", url, token=root, body={"display_name": "Alice A."})
+    assert a.status == 200, a.body
+    assert a.body == {**before, "display_name": "Alice A.", "groups": family}
+    assert a.body == await listed(alice)  # the same shape as the list's items
+    upper = f"/api/v1/users/{alice.upper()}"
+    a = await client.call("PATCH", upper, token=root, body={"email": "al@new.example"})
+    assert a.status == 200 and a.body["email"] == "al@new.example", a.body
+    assert (await ident.ask("profile", {"user_id": alice}))["email"] == "al@new.example"
+
+    assert (await client.call("GET", "/api/v1/users", token=token_cast.token_alice)).status == 403
+    a = await client.call("PATCH", url, token=root, body={"is_admin": True})
+    assert a.status == 200 and a.body["is_admin"] is True, a.body
+    assert (await client.call("GET", "/api/v1/users", token=token_cast.token_alice)).status == 200
+    # several fields at once, display_name null clears it
+    a = await client.call("PATCH", url, token=root, body={"is_admin": False, "display_name": None})
+    assert a.status == 200, a.body
+    assert a.body["is_admin"] is False and a.body["display_name"] is None
+    assert a.body == {**before, "email": "al@new.example", "groups": family}
+    assert (await client.call("GET", "/api/v1/users", token=token_cast.token_alice)).status == 403
+
+    mine = [e for e in await events_in(dsn) if e["stream"] == f"user-{alice}"]
+    kinds = [e["type"] for e in mine]
+    assert kinds == ["UserCreated", "UserUpdated", "UserUpdated", "AdminChanged", "UserUpdated",
+                     "AdminChanged"]  # fmt: skip
+    assert all(e["meta"]["actor"] == token_cast.root_id for e in mine)
+    assert all("al@new.example" not in str(e["data"]) for e in mine)  # sealed
+    # the same values again change nothing: no event
+    again = {"is_admin": False, "email": "al@new.example", "display_name": ""}
+    a = await client.call("PATCH", url, token=root, body=again)
+    assert a.status == 200 and a.body == await listed(alice)
+    assert [e["type"] for e in await events_in(dsn) if e["stream"] == f"user-{alice}"] == kinds
+
+
+async def test_editing_a_user_refuses_bad_input_and_changes_nothing(
+    client: Client, token_cast: Cast, dsn: str
+) -> None:
+    root, alice = token_cast.token_root, token_cast.alice_id
+    url = f"/api/v1/users/{alice}"
+    before = await state(token_cast.identity, dsn)
+    for body, field in (
+        ({"email": "not-an-email"}, "email"),
+        ({"email": "x@" + "e" * 260}, "email"),
+        ({"is_admin": "yes", "display_name": "Al"}, "is_admin"),
+        ({"display_name": "d" * 101}, "display_name"),
+        ({"display_name": "Al", "nickname": "al"}, "nickname"),
+        ({"username": "al"}, "username"),
+    ):
+        a = await client.call("PATCH", url, token=root, body=body)
+        assert a.status == 400 and a.problem["field"] == field, (body, a.body)
+    # identity's own rules: a control character, an email another account has (whatever the
+    # case), with is_admin in the same body: nothing half-changed
+    a = await client.call("PATCH", url, token=root, body={"display_name": "A\x07"})
+    assert a.status == 400 and a.problem["field"] == "display_name", a.body
+    taken = {"email": ROOT["email"].upper(), "is_admin": True, "display_name": "Al"}
+    a = await client.call("PATCH", url, token=root, body=taken)
+    assert a.status == 409 and a.problem["field"] == "email", a.body
+    unknown = f"/api/v1/users/{uuid.uuid4()}"
+    a = await client.call("PATCH", unknown, token=root, body={"is_admin": True})
+    assert a.status == 404 and a.problem["code"] == "not_found", a.body
+    # the last enabled administrator keeps the role, even with other changes in the body
+    own = f"/api/v1/users/{token_cast.root_id}"
+    a = await client.call("PATCH", own, token=root, body={"is_admin": False, "display_name": "R"})
+    assert a.status == 409 and a.problem["field"] == "is_admin", a.body
+    assert "last" in a.problem["detail"]
+    assert await state(token_cast.identity, dsn) == before
+
+    # with another admin, still never one's own role; the other admin may take it
+    assert (await client.call("PATCH", url, token=root, body={"is_admin": True})).status == 200
+    a = await client.call("PATCH", own, token=root, body={"is_admin": False})
+    assert a.status == 409 and a.problem["field"] == "is_admin", a.body
+    assert "own" in a.problem["detail"]
+    a = await client.call("PATCH", own, token=token_cast.token_alice, body={"is_admin": False})
+    assert a.status == 200 and a.body["is_admin"] is False, a.body
+    a = await client.call("PATCH", url, token=token_cast.token_alice, body={"is_admin": False})
+    assert a.status == 409 and a.problem["field"] == "is_admin", a.body
+
+
 async def test_a_bad_user_id_never_reaches_identity(
     client: Client, token_cast: Cast, dsn: str
 ) -> None:
@@ -394,8 +492,10 @@ async def test_a_bad_user_id_never_reaches_identity(
             ("POST", f"/api/v1/users/{user_id}/disable"),
             ("POST", f"/api/v1/users/{user_id}/enable"),
             ("DELETE", f"/api/v1/users/{user_id}"),
+            ("PATCH", f"/api/v1/users/{user_id}"),
         ):
-            a = await client.call(method, path, token=token_cast.token_root)
+            body = {"is_admin": True} if method == "PATCH" else None
+            a = await client.call(method, path, token=token_cast.token_root, body=body)
             assert a.status == 400 and a.problem["field"] == "user_id", (method, path)
     assert await state(token_cast.identity, dsn) == before
 
@@ -409,6 +509,8 @@ async def test_users_routes_are_for_admins(client: Client, cast: Cast, dsn: str)
         ("POST", f"/api/v1/users/{some}/enable", None),
         ("DELETE", f"/api/v1/users/{some}", None),
         ("DELETE", f"/api/v1/users/{cast.root_id}", None),
+        ("PATCH", f"/api/v1/users/{cast.alice_id}", {"is_admin": True}),
+        ("PATCH", f"/api/v1/users/{cast.root_id}", {"email": "mine@example.test"}),
     ]
     before = await state(cast.identity, dsn)
     for method, path, body in calls:
@@ -438,6 +540,7 @@ ROUTES = {
     ("DELETE", "/profile/sessions/{session_id}"): Access.user,
     ("GET", "/users"): Access.admin,
     ("POST", "/users"): Access.admin,
+    ("PATCH", "/users/{user_id}"): Access.admin,
     ("POST", "/users/{user_id}/disable"): Access.admin,
     ("POST", "/users/{user_id}/enable"): Access.admin,
     ("DELETE", "/users/{user_id}"): Access.admin,

@@ -141,13 +141,14 @@ async def test_served_document_covers_the_production_table(
         "/session/totp", "/profile/totp", "/profile/totp/confirm", "/profile/totp/disable",
         "/profile/tokens", "/profile/tokens/{token_id}", "/settings/mfa",
         "/profile/password", "/profile/sessions", "/profile/sessions/{session_id}",
-        "/catalog", "/catalog/{manifest_id}", "/apps", "/apps/{app_id}",
+        "/catalog", "/catalog/{manifest_id}", "/catalog/{manifest_id}/icon", "/apps",
+        "/apps/{app_id}",
         "/apps/{app_id}/start", "/apps/{app_id}/stop", "/apps/{app_id}/restart",
         "/apps/{app_id}/update", "/apps/{app_id}/update/approve", "/apps/{app_id}/snapshots",
         "/apps/{app_id}/restore", "/apps/{app_id}/clone", "/apps/{app_id}/repair",
         "/apps/{app_id}/logs", "/apps/{app_id}/logs/stream",
         "/domains", "/domains/{domain}", "/domains/{domain}/verify",
-        "/certificates", "/certificates/{primary}/renew",
+        "/certificates", "/certificates/{primary}/renew", "/metrics/history",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]
     activity = doc["paths"]["/activity"]["get"]

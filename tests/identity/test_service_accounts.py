@@ -201,6 +201,26 @@ async def test_last_admin_cannot_be_disabled_or_deleted(ident: Identity) -> None
         await ident.cmd("set_admin", {"user_id": admin, "is_admin": False}, actor=admin)
 
 
+async def test_admins_demoting_each_other_at_once_leave_one(ident: Identity) -> None:
+    """Each sees the other still an admin unless the last-admin decisions are serialised."""
+    admin, alice = await with_alice(ident)
+    for _ in range(5):
+        await ident.cmd("update_user", {"user_id": alice, "is_admin": True}, actor=admin)
+        results = await asyncio.gather(
+            ident.cmd("update_user", {"user_id": alice, "is_admin": False}, actor=admin),
+            ident.cmd("set_admin", {"user_id": admin, "is_admin": False}, actor=alice),
+            return_exceptions=True,
+        )
+        # one goes through; the other finds it would remove the last admin (or, when it
+        # started after the first committed, that its actor is no admin any more)
+        assert sum(isinstance(r, dict) for r in results) == 1, results
+        assert sum(isinstance(r, Conflict | Forbidden) for r in results) == 1, results
+        users = (await ident.ask("users", {}))["items"]
+        assert sum(u["is_admin"] for u in users) == 1, users
+        if not next(u for u in users if u["user_id"] == admin)["is_admin"]:
+            await ident.cmd("set_admin", {"user_id": admin, "is_admin": True}, actor=alice)
+
+
 async def test_delete_shreds_personal_data_but_keeps_the_events(ident: Identity, dsn: str) -> None:
     admin, alice = await with_alice(ident)
     await ident.login("alice", ALICE["password"])

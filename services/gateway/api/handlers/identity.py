@@ -122,7 +122,9 @@ PROFILE = obj(
     },
     required=["user_id", "username", "email", "display_name", "is_admin", "disabled"],
 )
-GROUP_REF = obj({"group_id": string(format="uuid"), "name": string()}, required=["group_id", "name"])
+GROUP_REF = obj(
+    {"group_id": string(format="uuid"), "name": string()}, required=["group_id", "name"]
+)
 USER = obj(
     {
         **PROFILE["properties"],
@@ -138,9 +140,7 @@ USER_CHANGE = obj(
         "email": EMAIL,
         "display_name": nullable(DISPLAY_NAME),
     },
-    description=(
-        "only the fields sent change, all or none; display_name null or empty clears it"
-    ),
+    description="only the fields sent change, all or none; display_name null or empty clears it",
 )
 
 
