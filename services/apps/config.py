@@ -52,6 +52,9 @@ class AppsConfig(ServiceConfig):
     default_domain: str = field(
         default="localhost", metadata=check(_domain, "a lower-case domain name")
     )
+    # The edge's HTTPS port (the variable the gateway reads too): apps' addresses name it
+    # unless it is 443, as in the local stack.
+    edge_https_port: int = 443
     # The network whose gateway address the addons (database, LDAP, mail relay) listen on.
     services_network: str = field(
         default="homeport-services", metadata=check(_name, "a Docker network name (a-z, 0-9, -)")

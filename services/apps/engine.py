@@ -42,7 +42,7 @@ from services.apps.config import AppsConfig
 from services.apps.manifest import Manifest
 from services.apps.projections import AppsProjection
 from services.apps.runtime import ContainerSpec, DockerRuntime, NetworkInfo, RuntimeFailure
-from services.apps.state import AppState, State, fold
+from services.apps.state import AppState, State, app_origin, fold
 
 __all__ = ["Engine", "Names", "OperationFailed"]
 
@@ -286,7 +286,8 @@ class Engine:
         if kind == "install":
             done = ev.AppInstalled(s.app_id, task.id, s.app_version)
             title = self._entry(s.manifest_id, s.app_version).manifest.title
-            message = f"{title} is installed at https://{s.location}.{s.domain}"
+            origin = app_origin(s.location, s.domain, self.cfg.edge_https_port)
+            message = f"{title} is installed at {origin}"
         elif kind == "configure":
             done = ev.AppConfigured(s.app_id, task.id)
             message = "the new configuration is in effect"
@@ -391,7 +392,7 @@ class Engine:
         env = {
             "HOMEPORT_APP_ID": s.app_id,
             "HOMEPORT_APP_DOMAIN": f"{s.location}.{s.domain}",
-            "HOMEPORT_APP_ORIGIN": f"https://{s.location}.{s.domain}",
+            "HOMEPORT_APP_ORIGIN": app_origin(s.location, s.domain, self.cfg.edge_https_port),
         }
         for sealed in s.addons.values():
             env.update(json.loads(self.unseal(sealed)))

@@ -23,6 +23,7 @@ from services.apps.catalog import Catalog, CatalogError
 from services.apps.engine import Engine
 from services.apps.health import AppStats
 from services.apps.manifest import Manifest
+from services.apps.state import app_origin
 
 __all__ = ["ICON_MAX_BYTES", "ICON_TYPES", "Queries", "app_view", "manifest_view"]
 
@@ -59,7 +60,7 @@ def manifest_view(m: Manifest, versions: list[str] | None = None) -> dict[str, A
     return view
 
 
-def app_view(r: asyncpg.Record, host_port: int | None = None) -> dict[str, Any]:
+def app_view(r: asyncpg.Record, https_port: int = 443) -> dict[str, Any]:
     """What users see of an installed app."""
     return {
         "app_id": str(r["app_id"]),
@@ -67,7 +68,7 @@ def app_view(r: asyncpg.Record, host_port: int | None = None) -> dict[str, Any]:
         "version": r["version"],
         "location": r["location"],
         "domain": r["domain"],
-        "url": f"https://{r['location']}.{r['domain']}",
+        "url": app_origin(r["location"], r["domain"], https_port),
         "access": json.loads(r["access"]),
         "memory_bytes": r["memory_bytes"],
         "state": r["state"],
@@ -194,7 +195,8 @@ class Queries:
             user = context.current().actor
             groups = await self._group_ids(user)
             rows = [r for r in rows if _may_open(json.loads(r["access"]), user, groups)]
-        return {"items": [app_view(r) for r in rows]}
+        port = self.engine.cfg.edge_https_port
+        return {"items": [app_view(r, port) for r in rows]}
 
     async def app(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         app_id = _app_id(payload)
@@ -203,7 +205,7 @@ class Queries:
         )
         if row is None:
             raise NotFound(f"no app {app_id}", field="app_id")
-        view = app_view(row)
+        view = app_view(row, self.engine.cfg.edge_https_port)
         state = await self.engine.runtime.state(self.engine.names(app_id).container)
         view["container"] = (
             None

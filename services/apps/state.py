@@ -9,7 +9,7 @@ from typing import Any
 
 from libs.events.envelope import RecordedEvent
 
-__all__ = ["AppState", "Health", "Operation", "State", "fold"]
+__all__ = ["AppState", "Health", "Operation", "State", "app_origin", "fold"]
 
 
 class State(StrEnum):
@@ -193,3 +193,9 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
     if type_ == "AppDied":
         return replace(s, health=Health.dead)
     return s
+
+
+def app_origin(location: str, domain: str, https_port: int = 443) -> str:
+    """The origin an app is reached at: https://<location>.<domain>[:port]."""
+    port = "" if https_port == 443 else f":{https_port}"
+    return f"https://{location}.{domain}{port}"

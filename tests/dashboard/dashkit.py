@@ -59,6 +59,8 @@ async def edged_platform(
     """Identity, gateway with nginx, relay (and with `docker_host` apps, dns and certs)."""
     assert (DIST / "index.html").exists(), f"the dashboard is not built in {DIST}: make dashboard"
     http_port, https_port = free_port(), free_port()
+    # every service reads the edge's port (apps name it in their addresses), as in the stack
+    monkeypatch.setenv("HP_EDGE_HTTPS_PORT", str(https_port))
     async with running_platform(
         monkeypatch,
         dsn=dsn,

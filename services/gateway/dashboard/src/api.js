@@ -18,6 +18,24 @@ export function setUnauthorizedHandler(fn) {
   onUnauthorized = fn;
 }
 
+// Requests a repeat cannot double (GET, PUT, DELETE) are tried again when the network drops
+// them (a phone changing networks, a laptop waking up); a POST is never sent twice.
+const IDEMPOTENT = new Set(["GET", "HEAD", "PUT", "DELETE"]);
+const RETRY_MS = [300, 1000, 2500];
+
+async function send(method, url, init) {
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      return await fetch(url, init);
+    } catch (e) {
+      if (!IDEMPOTENT.has(method) || attempt >= RETRY_MS.length) {
+        throw new ApiError(0, { code: "network", detail: "Homeport did not answer: check your connection and try again." });
+      }
+      await new Promise((resolve) => setTimeout(resolve, RETRY_MS[attempt]));
+    }
+  }
+}
+
 /** Call the API; resolves to the JSON answer (null for 204), rejects with ApiError. */
 export async function api(method, path, body, { quiet401 = false } = {}) {
   const init = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
@@ -25,12 +43,7 @@ export async function api(method, path, body, { quiet401 = false } = {}) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  let response;
-  try {
-    response = await fetch(API + path, init);
-  } catch (e) {
-    throw new ApiError(0, { code: "network", detail: "Homeport did not answer: check your connection and try again." });
-  }
+  const response = await send(method, API + path, init);
   if (response.status === 204) return null;
   const type = response.headers.get("Content-Type") || "";
   const data = type.includes("json") ? await response.json().catch(() => null) : null;

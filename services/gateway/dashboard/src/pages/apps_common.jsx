@@ -1,0 +1,387 @@
+// Pieces the store and the installed-apps pages share: icons, state badges, catalog text,
+// locations and their availability, access lists.
+import { useEffect, useRef, useState } from "preact/hooks";
+import { api, get, withQuery } from "../api.js";
+import { Badge, Loaded, TaskProgress, useAsync, useInterval } from "../ui/common.jsx";
+import { Field } from "../ui/form.jsx";
+
+export const MIB = 1024 * 1024;
+// The names the platform keeps for itself (services/apps/commands.py RESERVED_LOCATIONS).
+const RESERVED = new Set(["my", "www", "mail", "autoconfig", "autodiscover"]);
+const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** A catalog icon, or a neutral tile with the title's first letter. */
+export function AppIcon({ src, title, size }) {
+  const [broken, setBroken] = useState(false);
+  const cls = size === "large" ? "icon icon-large" : "icon";
+  if (!src || broken) {
+    return (
+      <span class={`${cls} icon-placeholder`} aria-hidden="true">
+        {(title || "?").slice(0, 1).toUpperCase()}
+      </span>
+    );
+  }
+  return <img class={cls} src={src} alt="" width="48" height="48" onError={() => setBroken(true)} />;
+}
+
+const STATE_TEXT = {
+  pending_install: "installing",
+  pending_configure: "configuring",
+  pending_update: "updating",
+  pending_restore: "restoring",
+  pending_uninstall: "uninstalling",
+  error: "error",
+  installed: "installed",
+};
+const HEALTH_KIND = { healthy: "ok", unhealthy: "warn", dead: "bad", unknown: "neutral" };
+
+/** State, run state and health of an installed app as badges. */
+export function AppBadges({ app }) {
+  const state = app.awaiting_approval ? "update awaits approval" : STATE_TEXT[app.state] || app.state;
+  const stateKind = app.state === "installed" ? "ok" : app.state === "error" ? "bad" : "info";
+  return (
+    <span class="badges">
+      <Badge kind={app.awaiting_approval ? "warn" : stateKind}>{state}</Badge>{" "}
+      <Badge kind={app.run_state === "running" ? "ok" : "warn"}>{app.run_state}</Badge>
+      {app.health && app.run_state === "running" && (
+        <>
+          {" "}
+          <Badge kind={HEALTH_KIND[app.health] || "neutral"}>{app.health}</Badge>
+        </>
+      )}
+    </span>
+  );
+}
+
+export const isPending = (app) => app.state.startsWith("pending_");
+
+/** A ref for a dialog's form: its first field gets the focus when the form appears (after the
+ * dialog's own showModal(), which focuses its close button). */
+export function useFirstFocus() {
+  const ref = useRef(null);
+  useEffect(() => {
+    const t = setTimeout(() => {
+      const first = ref.current && ref.current.querySelector("input, select, textarea");
+      if (first) first.focus();
+    }, 0);
+    return () => clearTimeout(t);
+  }, []);
+  return ref;
+}
+
+/** Ask `check()` once a second until it answers true (then true) or `tries` ran out (false). An
+ * answer lost on the way (status 0) does not mean nothing happened: starting, stopping or removing
+ * a container can reset the connections of a browser that runs on the Docker host itself. */
+export async function eventually(check, tries = 5) {
+  for (let i = 0; i < tries; i += 1) {
+    if (await check().catch(() => false)) return true;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  return false;
+}
+
+/** POST to an app operation that takes no body (start, stop, repair, snapshots, ...). */
+export const act = (path) => api("POST", path);
+
+const TASK_CHECK_MS = 5000;
+
+/** TaskProgress that also asks for the task's state every few seconds, and follows it afresh once
+ * it has ended: a task id answered a moment before the tasks list knows it (404) closes the event
+ * stream for good, which would leave the bar waiting forever. */
+export function FollowTask({ taskId, title, onDone }) {
+  const [round, setRound] = useState(0);
+  const ended = useRef(false);
+  useInterval(async () => {
+    if (ended.current) return;
+    try {
+      const task = await get(`/tasks/${taskId}`);
+      if (task.state !== "running") setRound((n) => n + 1);
+    } catch (_) {
+      /* the bar shows what it knows; the next check asks again */
+    }
+  }, TASK_CHECK_MS);
+  const done = (state, data) => {
+    if (ended.current) return;
+    ended.current = true;
+    if (onDone) onDone(state, data);
+  };
+  return <TaskProgress key={round} taskId={taskId} title={title} onDone={done} />;
+}
+
+/** `useAsync(fn, deps)` loaded again every `ms`; when a reload fails on the way (network, 5xx) the
+ * last answer stays, with the failure as `stale`, so a blip does not blank the page. */
+export function usePolled(fn, ms, deps) {
+  const state = useAsync(fn, deps);
+  const last = useRef(null);
+  if (state.data !== null) last.current = state.data;
+  useInterval(state.reload, ms);
+  const transient = state.error && (state.error.status === 0 || state.error.status >= 500);
+  if (transient && last.current !== null) return { ...state, data: last.current, error: null, stale: state.error };
+  return state;
+}
+
+/** A quiet line under a page whose last refresh failed. */
+export function Stale({ error }) {
+  if (!error) return null;
+  return (
+    <p class="muted" role="status">
+      Could not refresh: {error.message} Trying again…
+    </p>
+  );
+}
+
+/** The catalog (latest version of each app) by id, for titles and icons of installed apps. */
+export function useCatalogIndex() {
+  const [index, setIndex] = useState({});
+  useEffect(() => {
+    get("/catalog")
+      .then((c) => setIndex(Object.fromEntries(c.items.map((m) => [m.id, m]))))
+      .catch(() => setIndex({})); // titles fall back to the manifest id
+  }, []);
+  return index;
+}
+
+// -- catalog text (Markdown-ish: paragraphs, "* " lists, `code`, [links](https://...)) --------
+
+function inline(text) {
+  const out = [];
+  const re = /`([^`]+)`|\[([^\]]+)\]\((https?:\/\/[^)\s]+)\)/g;
+  let last = 0;
+  let m;
+  while ((m = re.exec(text))) {
+    if (m.index > last) out.push(text.slice(last, m.index));
+    if (m[1] !== undefined) out.push(<code key={m.index}>{m[1]}</code>);
+    else
+      out.push(
+        <a key={m.index} href={m[3]} target="_blank" rel="noopener noreferrer">
+          {m[2]}
+        </a>,
+      );
+    last = re.lastIndex;
+  }
+  if (last < text.length) out.push(text.slice(last));
+  return out;
+}
+
+/** A catalog description or changelog as paragraphs and lists (never as HTML). */
+export function Prose({ text }) {
+  if (!text) return null;
+  const blocks = text.split(/\n\s*\n/);
+  return (
+    <div class="prose">
+      {blocks.map((block, i) => {
+        const lines = block.split("\n").filter((l) => l.trim());
+        if (lines.length && lines.every((l) => /^\s*[*-]\s+/.test(l))) {
+          return (
+            <ul key={i}>
+              {lines.map((l, j) => (
+                <li key={j}>{inline(l.replace(/^\s*[*-]\s+/, ""))}</li>
+              ))}
+            </ul>
+          );
+        }
+        return <p key={i}>{inline(lines.join(" "))}</p>;
+      })}
+    </div>
+  );
+}
+
+// -- locations ---------------------------------------------------------------------------------
+
+/** The domain apps get when no domain is given: an app on a domain the admin did not add is on it;
+ * otherwise the dashboard's own (my.<domain>), else the platform's default, localhost. */
+export function platformDomain(apps, domains) {
+  const added = new Set(domains.map((d) => d.domain));
+  const app = apps.find((a) => !added.has(a.domain));
+  if (app) return app.domain;
+  const host = window.location.hostname;
+  if (host.startsWith("my.") && host.length > 3) return host.slice(3);
+  return "localhost";
+}
+
+/** Why a location cannot be used (null when it can), without asking the server. */
+function locationProblem(location) {
+  if (!location) return "Give the app a name: its address starts with it.";
+  if (!LABEL.test(location))
+    return "Use 1 to 63 lower-case letters, digits or '-', not starting or ending with '-'.";
+  if (RESERVED.has(location)) return `${location} is reserved for the platform.`;
+  return null;
+}
+
+/** "blog.example.com is free" / "… is taken by <app>", checked against the installed apps
+ * `debounce` ms after the last keystroke; `except` is the app being moved or cloned. */
+export function useAvailability(location, domain, titles, except = null, debounce = 300) {
+  const [answer, setAnswer] = useState({ state: "idle", text: "" });
+  useEffect(() => {
+    const address = `${location}.${domain}`;
+    const problem = locationProblem(location);
+    if (problem) {
+      setAnswer({ state: location ? "bad" : "idle", text: location ? problem : "" });
+      return undefined;
+    }
+    let live = true;
+    setAnswer({ state: "checking", text: `Checking ${address}…` });
+    const t = setTimeout(async () => {
+      try {
+        const { items } = await get("/apps");
+        if (!live) return;
+        const taken = items.find((a) => a.location === location && a.domain === domain && a.app_id !== except);
+        if (taken) {
+          const what = titles[taken.manifest_id]?.title || taken.manifest_id;
+          setAnswer({ state: "taken", text: `${address} is taken by ${what} (${taken.location})` });
+        } else setAnswer({ state: "free", text: `${address} is free` });
+      } catch (e) {
+        if (live) setAnswer({ state: "bad", text: `Could not check ${address}: ${e.message}` });
+      }
+    }, debounce);
+    return () => {
+      live = false;
+      clearTimeout(t);
+    };
+  }, [location, domain, except]);
+  return answer;
+}
+
+/** The hint under a location field: where the app will be and whether that is free. */
+export function Availability({ answer }) {
+  const cls = { free: "avail avail-free", taken: "avail avail-taken", bad: "avail avail-taken" }[answer.state] || "avail";
+  return (
+    <p class={cls} role="status" aria-live="polite">
+      {answer.text}
+    </p>
+  );
+}
+
+/** A domain select when the admin added domains besides the platform's own. */
+export function DomainSelect({ bind, domains, platform }) {
+  const others = domains.filter((d) => d.domain !== platform);
+  if (!others.length) return null;
+  return (
+    <Field label="Domain" type="select" {...bind}>
+      <option value="">{platform} (default)</option>
+      {others.map((d) => (
+        <option key={d.domain} value={d.domain}>
+          {d.domain}
+        </option>
+      ))}
+    </Field>
+  );
+}
+
+/** Memory in MiB as the API's bytes; throws a message for anything else. */
+export function memoryBytes(mib) {
+  const n = Number(String(mib).trim());
+  if (!String(mib).trim() || !Number.isFinite(n) || n <= 0) throw new Error("Give the memory in MiB, e.g. 256.");
+  return Math.round(n * MIB);
+}
+
+// -- access ----------------------------------------------------------------------------------
+
+/** The access form's mode for an access list: all, groups or admins. */
+export function accessMode(access) {
+  if (!access || access.all_users) return "all";
+  if (access.groups && access.groups.length) return "groups";
+  return "admins";
+}
+
+/** The API's access object for a mode; "admins" lists today's administrators by id. */
+export function accessBody(mode, groups, users) {
+  if (mode === "all") return { all_users: true };
+  if (mode === "groups") return { all_users: false, groups };
+  return { all_users: false, user_ids: users.filter((u) => u.is_admin && !u.disabled).map((u) => u.user_id) };
+}
+
+/** "All users", "Groups: a, b", "Users: x" for the facts list. */
+export function accessText(access, groups, users) {
+  if (!access || access.all_users) return "All users";
+  const parts = [];
+  const gnames = (access.groups || []).map((id) => groups.find((g) => g.group_id === id)?.name || id);
+  if (gnames.length) parts.push(`Groups: ${gnames.join(", ")}`);
+  const unames = (access.user_ids || []).map((id) => users.find((u) => u.user_id === id)?.username || id);
+  if (unames.length) parts.push(`Users: ${unames.join(", ")}`);
+  return parts.join(" · ") || "Nobody";
+}
+
+let fieldsets = 0;
+
+/** The "Who can open it" radios (and group checkboxes); `error` is the API's access error. */
+export function AccessFieldset({ mode, groups, allGroups, onMode, onGroups, error }) {
+  const name = useRef(`access-${++fieldsets}`).current;
+  const toggle = (id, on) => onGroups(on ? [...groups, id] : groups.filter((g) => g !== id));
+  const radio = (value, label) => (
+    <label class="choice">
+      <input type="radio" name={name} value={value} checked={mode === value} onChange={() => onMode(value)} /> {label}
+    </label>
+  );
+  return (
+    <fieldset class={`access${error ? " has-error" : ""}`} aria-describedby={error ? `${name}-error` : undefined}>
+      <legend>Who can open it</legend>
+      {radio("all", "All users")}
+      {radio("groups", "Only members of these groups")}
+      {mode === "groups" &&
+        (allGroups.length ? (
+          <div class="choice-list">
+            {allGroups.map((g) => (
+              <label class="choice" key={g.group_id}>
+                <input type="checkbox" checked={groups.includes(g.group_id)} onChange={(e) => toggle(g.group_id, e.currentTarget.checked)} /> {g.name}
+              </label>
+            ))}
+          </div>
+        ) : (
+          <p class="hint">
+            There are no groups yet: <a href="#/groups">create one</a> first.
+          </p>
+        ))}
+      {radio("admins", "Only administrators")}
+      {error && (
+        <p class="field-error" id={`${name}-error`} role="alert">
+          {error}
+        </p>
+      )}
+    </fieldset>
+  );
+}
+
+/** "NAME=value" lines as an object; throws a message naming the bad line. */
+export function parseEnv(text) {
+  const env = {};
+  text.split("\n").forEach((raw, i) => {
+    const line = raw.trim();
+    if (!line || line.startsWith("#")) return;
+    const eq = line.indexOf("=");
+    if (eq < 1) throw new Error(`Line ${i + 1}: write NAME=value`);
+    env[line.slice(0, eq).trim()] = line.slice(eq + 1);
+  });
+  return env;
+}
+
+const ADDON_TEXT = {
+  localstorage: "a data folder",
+  ldap: "sign-in with Homeport accounts (LDAP)",
+  postgresql: "a PostgreSQL database",
+  sendmail: "sending mail",
+};
+export const addonText = (name) => ADDON_TEXT[name] || name;
+
+/** The changelogs of `versions` (newest first) of a catalog app, one heading each. */
+export function Changelog({ manifestId, versions, level = 3 }) {
+  const H = `h${level}`;
+  const logs = useAsync(
+    () => Promise.all(versions.map((v) => get(withQuery(`/catalog/${encodeURIComponent(manifestId)}`, { version: v })))),
+    [manifestId, versions.join(",")],
+  );
+  return (
+    <Loaded state={logs} what="Loading the changelog">
+      {(items) => (
+        <div class="changelog">
+          {items.map((m) => (
+            <section key={m.version}>
+              <H>{m.version}</H>
+              {m.changelog ? <Prose text={m.changelog} /> : <p class="muted">No changes listed.</p>}
+            </section>
+          ))}
+        </div>
+      )}
+    </Loaded>
+  );
+}
