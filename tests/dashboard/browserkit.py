@@ -6,6 +6,7 @@ shows as one) fails the test when its browser closes, naming the messages.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -15,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Error as PlaywrightError
 
 from tests.conftest import need_server
 
-__all__ = ["ARTIFACTS", "DESKTOP", "PHONE", "Chromium", "chromium", "shot"]
+__all__ = ["ARTIFACTS", "DESKTOP", "PHONE", "Chromium", "chromium", "goto", "shot"]
 
 CHROMIUM = os.environ.get("HP_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("HP_TEST_ARTIFACTS", "test-artifacts")) / "dashboard"
@@ -108,3 +110,17 @@ async def shot(page: Page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+async def goto(page: Page, url: str, *, tries: int = 10) -> None:
+    """Open `url`, again when chromium drops it for a network change (dockerd at work) or nginx
+    has not picked up a new vhost yet (a second at most)."""
+    for attempt in range(tries):
+        try:
+            await page.goto(url)
+            return
+        except PlaywrightError as e:
+            transient = "ERR_NETWORK_CHANGED" in str(e) or "UNRECOGNIZED_NAME" in str(e)
+            if not transient or attempt == tries - 1:
+                raise
+            await asyncio.sleep(0.5)

@@ -26,8 +26,16 @@ class Edged:
 
     @property
     def url(self) -> str:
-        """The dashboard as a browser on this machine opens it."""
+        """The dashboard through nginx, as a browser on this machine opens it."""
         return f"https://my.localhost:{self.https_port}"
+
+    @property
+    def direct_url(self) -> str:
+        """The gateway's own loopback address. Browser tests drive the dashboard here: chromium
+        aborts requests in flight over names and HTTP/2 (ERR_NETWORK_CHANGED) whenever dockerd
+        adds or removes an interface, which parallel tests do all the time; nginx's answers are
+        tested without a browser (test_headers.py)."""
+        return self.platform.client.base
 
     def app_url(self, location: str) -> str:
         return f"https://{location}.localhost:{self.https_port}/"

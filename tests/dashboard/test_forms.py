@@ -28,7 +28,7 @@ async def test_setup_and_sign_in_forms_show_field_errors(
     async with (
         edged_platform(monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path) as ed,
         # no apps service runs here: the Apps page's GET /apps answers 503 (shown on the page)
-        chromium(ed.url, allow="status of 503") as browser,
+        chromium(ed.direct_url, allow="status of 503") as browser,
     ):
         page = await browser.page()
         await page.goto("/")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.dashboard.browserkit import PHONE, chromium, shot
+from tests.dashboard.browserkit import PHONE, chromium, goto, shot
 from tests.dashboard.dashkit import edged_platform
 from tests.dashboard.test_forms import error_of
 
@@ -70,7 +70,7 @@ async def test_setup_install_invite_and_activity(
             tmp_path=tmp_path,
             docker_host=docker_host,
         ) as ed,
-        chromium(ed.url) as browser,
+        chromium(ed.direct_url) as browser,
     ):
         admin = await browser.page()
 
@@ -111,7 +111,7 @@ async def test_setup_install_invite_and_activity(
         await install(admin, "private", group=None)
         await admin.keyboard.press("Escape")
         app_page = await admin.context.new_page()
-        await app_page.goto(ed.app_url("blog"))
+        await goto(app_page, ed.app_url("blog"))
         await expect(app_page.get_by_text("version 1.0.0")).to_be_visible()
         await app_page.close()
 
@@ -125,7 +125,7 @@ async def test_setup_install_invite_and_activity(
         link_box = dialog.get_by_label("Invitation link")
         await expect(link_box).to_have_value(re.compile(r"#/invite/"))
         invitation = await link_box.input_value()
-        assert invitation.startswith(f"{ed.url}/#/invite/")
+        assert invitation.startswith(f"{ed.direct_url}/#/invite/")
         await admin.keyboard.press("Escape")
 
         # -- the invited user joins, signs in, and sees only the app the family group opens

@@ -3,8 +3,8 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { get } from "../api.js";
 import { useSession } from "../session.js";
-import { Badge, ErrorNote, Loaded, PageHead, formatBytes, formatTime, useAsync } from "../ui/common.jsx";
-import { AppBadges, AppIcon, FollowTask, Stale, accessText, act, eventually, isPending, useCatalogIndex, usePolled } from "./apps_common.jsx";
+import { Badge, ErrorNote, Loaded, PageHead, TaskProgress, formatBytes, formatTime, useAsync } from "../ui/common.jsx";
+import { AppBadges, AppIcon, Stale, accessText, act, eventually, isPending, useCatalogIndex, usePolled } from "./apps_common.jsx";
 import { LogViewer } from "./apps_logs.jsx";
 import { CloneDialog, ConfigureDialog, Snapshots, UninstallDialog, UpdateDialog } from "./apps_manage.jsx";
 
@@ -56,7 +56,7 @@ function AppCard({ app, meta, admin, reload }) {
         </div>
       </div>
       {admin ? <AppBadges app={app} /> : !usable && <Badge kind="warn">not available right now</Badge>}
-      {admin && app.task_id && isPending(app) && <FollowTask key={app.task_id} taskId={app.task_id} onDone={reload} />}
+      {admin && app.task_id && isPending(app) && <TaskProgress key={app.task_id} taskId={app.task_id} onDone={reload} />}
       {app.state === "error" && (
         <div class="app-error">
           <p>{app.error || "The last operation failed."}</p>
@@ -158,7 +158,7 @@ function Tasks({ tasks, ended, dismiss }) {
     <section class="panel tasks" aria-label="Operations">
       {tasks.map((t) => (
         <div class="task-row" key={t.id}>
-          <FollowTask taskId={t.id} title={t.title} onDone={(state) => ended(t.id, state)} />
+          <TaskProgress taskId={t.id} title={t.title} onDone={(state) => ended(t.id, state)} />
           {t.state !== "running" && (
             <button type="button" class="btn btn-ghost" onClick={() => dismiss(t.id)}>
               Dismiss<span class="sr-only"> {t.title}</span>

@@ -2,7 +2,7 @@
 // locations and their availability, access lists.
 import { useEffect, useRef, useState } from "preact/hooks";
 import { api, get, withQuery } from "../api.js";
-import { Badge, Loaded, TaskProgress, useAsync, useInterval } from "../ui/common.jsx";
+import { Badge, Loaded, useAsync, useInterval } from "../ui/common.jsx";
 import { Field } from "../ui/form.jsx";
 
 export const MIB = 1024 * 1024;
@@ -82,31 +82,6 @@ export async function eventually(check, tries = 5) {
 
 /** POST to an app operation that takes no body (start, stop, repair, snapshots, ...). */
 export const act = (path) => api("POST", path);
-
-const TASK_CHECK_MS = 5000;
-
-/** TaskProgress that also asks for the task's state every few seconds, and follows it afresh once
- * it has ended: a task id answered a moment before the tasks list knows it (404) closes the event
- * stream for good, which would leave the bar waiting forever. */
-export function FollowTask({ taskId, title, onDone }) {
-  const [round, setRound] = useState(0);
-  const ended = useRef(false);
-  useInterval(async () => {
-    if (ended.current) return;
-    try {
-      const task = await get(`/tasks/${taskId}`);
-      if (task.state !== "running") setRound((n) => n + 1);
-    } catch (_) {
-      /* the bar shows what it knows; the next check asks again */
-    }
-  }, TASK_CHECK_MS);
-  const done = (state, data) => {
-    if (ended.current) return;
-    ended.current = true;
-    if (onDone) onDone(state, data);
-  };
-  return <TaskProgress key={round} taskId={taskId} title={title} onDone={done} />;
-}
 
 /** `useAsync(fn, deps)` loaded again every `ms`; when a reload fails on the way (network, 5xx) the
  * last answer stays, with the failure as `stale`, so a blip does not blank the page. */
@@ -208,9 +183,11 @@ function locationProblem(location) {
   return null;
 }
 
-/** "blog.example.com is free" / "… is taken by <app>", checked against the installed apps
- * `debounce` ms after the last keystroke; `except` is the app being moved or cloned. */
-export function useAvailability(location, domain, titles, except = null, debounce = 300) {
+const CHECK_DEBOUNCE_MS = 300;
+
+/** "blog.example.com is free" / "… is taken by <app>", checked against the installed apps a moment
+ * after the last keystroke; `except` is the app being moved. */
+export function useAvailability(location, domain, titles, except = null) {
   const [answer, setAnswer] = useState({ state: "idle", text: "" });
   useEffect(() => {
     const address = `${location}.${domain}`;
@@ -226,20 +203,20 @@ export function useAvailability(location, domain, titles, except = null, debounc
         const { items } = await get("/apps");
         if (!live) return;
         const taken = items.find((a) => a.location === location && a.domain === domain && a.app_id !== except);
-        if (taken) {
-          const what = titles[taken.manifest_id]?.title || taken.manifest_id;
-          setAnswer({ state: "taken", text: `${address} is taken by ${what} (${taken.location})` });
-        } else setAnswer({ state: "free", text: `${address} is free` });
+        if (taken) setAnswer({ state: "taken", address, app: taken });
+        else setAnswer({ state: "free", text: `${address} is free` });
       } catch (e) {
         if (live) setAnswer({ state: "bad", text: `Could not check ${address}: ${e.message}` });
       }
-    }, debounce);
+    }, CHECK_DEBOUNCE_MS);
     return () => {
       live = false;
       clearTimeout(t);
     };
   }, [location, domain, except]);
-  return answer;
+  if (answer.state !== "taken") return answer;
+  const what = titles[answer.app.manifest_id]?.title || answer.app.manifest_id; // titles may come later
+  return { ...answer, text: `${answer.address} is taken by ${what} (${answer.app.location})` };
 }
 
 /** The hint under a location field: where the app will be and whether that is free. */

@@ -3,13 +3,12 @@
 import { useState } from "preact/hooks";
 import { get, post } from "../api.js";
 import { navigate } from "../router.js";
-import { Dialog, Loaded, useAsync } from "../ui/common.jsx";
+import { Dialog, Loaded, TaskProgress, useAsync } from "../ui/common.jsx";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 import {
   AccessFieldset,
   Availability,
   DomainSelect,
-  FollowTask,
   MIB,
   accessBody,
   memoryBytes,
@@ -162,8 +161,8 @@ function Installing({ app_id, task_id, title, address, message, onClose }) {
     }
   };
   return (
-    <div class="stack">
-      <FollowTask taskId={task_id} title={`Installing ${title} at ${address}`} onDone={finished} />
+    <div class="app-stack">
+      <TaskProgress taskId={task_id} title={`Installing ${title} at ${address}`} onDone={finished} />
       {done && done.state === "succeeded" && (
         <div class="ok-note" role="status">
           <p>{title} is installed.</p>
@@ -171,7 +170,7 @@ function Installing({ app_id, task_id, title, address, message, onClose }) {
           {done.error && <p class="field-error">{done.error}</p>}
         </div>
       )}
-      <div class="actions">
+      <div class="app-actions">
         {done?.url && (
           <a class="btn btn-primary" href={done.url} target="_blank" rel="noopener">
             Open {done.url}

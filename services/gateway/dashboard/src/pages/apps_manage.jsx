@@ -3,14 +3,13 @@
 import { useState } from "preact/hooks";
 import { del, get, patch, post } from "../api.js";
 import { navigate } from "../router.js";
-import { Dialog, ErrorNote, Loaded, formatBytes, formatTime, useAsync } from "../ui/common.jsx";
+import { Dialog, ErrorNote, Loaded, TaskProgress, formatBytes, formatTime, useAsync } from "../ui/common.jsx";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 import {
   AccessFieldset,
   Availability,
   Changelog,
   DomainSelect,
-  FollowTask,
   MIB,
   Stale,
   accessBody,
@@ -244,10 +243,10 @@ function Cloning({ app_id, task_id, address, onClose }) {
     if (state === "succeeded") get(`/apps/${app_id}`).then((a) => setUrl(a.url), () => {});
   };
   return (
-    <div class="stack">
-      <FollowTask taskId={task_id} title={`Cloning to ${address}`} onDone={finished} />
+    <div class="app-stack">
+      <TaskProgress taskId={task_id} title={`Cloning to ${address}`} onDone={finished} />
       {ended && (
-        <div class="actions" role="status">
+        <div class="app-actions" role="status">
           {url && (
             <a class="btn btn-primary" href={url} target="_blank" rel="noopener">
               Open {url}
@@ -347,7 +346,7 @@ function RestoreDialog({ app, snapshot, onClose, onStarted }) {
           Restore {app.location} to the snapshot of <strong>{formatTime(snapshot.created_at)}</strong> (version {snapshot.version})? The
           app's data changed since then is replaced by the snapshot's.
         </p>
-        <div class="actions">
+        <div class="app-actions">
           <Submit busy={form.busy} kind="danger">
             Restore
           </Submit>

@@ -102,40 +102,55 @@ export function ProgressBar({ percent, label, state = "running" }) {
   );
 }
 
-/** A task's progress bar, followed live over Server-Sent Events until it ends. */
+/** A task's progress bar, followed live over Server-Sent Events until it ends. The task's
+ * read model can lag its 202 by a moment (404 then): a poll every 2 s covers that and any
+ * dropped stream, and opens the stream again while the task runs. */
 export function TaskProgress({ taskId, onDone, title }) {
   const [task, setTask] = useState({ percent: 0, message: "starting", state: "running" });
   const done = useRef(onDone);
   done.current = onDone;
   useEffect(() => {
     if (!taskId) return undefined;
-    let stop = () => {};
     let ended = false;
+    let stop = null;
     const finish = (state, data) => {
       if (ended) return;
       ended = true;
-      stop();
+      if (stop) stop();
+      clearInterval(poll);
       setTask((t) => ({ ...t, ...data, state, percent: state === "succeeded" ? 100 : t.percent }));
       if (done.current) done.current(state, data);
     };
-    get(`/tasks/${taskId}`)
-      .then((t) => {
-        setTask(t);
+    const open = () => {
+      stop = follow(`/tasks/${taskId}/events`, {
+        progress: (d) => setTask((t) => ({ ...t, ...d, state: "running" })),
+        succeeded: (d) => finish("succeeded", d),
+        failed: (d) => finish("failed", d),
+        error: (_ev, source) => {
+          if (source.readyState === EventSource.CLOSED) stop = null; // the poll reopens it
+        },
+      });
+    };
+    const check = async () => {
+      try {
+        const t = await get(`/tasks/${taskId}`);
+        if (ended) return;
         if (t.state !== "running") finish(t.state, t);
-      })
-      .catch(() => {});
-    stop = follow(`/tasks/${taskId}/events`, {
-      progress: (d) => setTask((t) => ({ ...t, ...d, state: "running" })),
-      succeeded: (d) => finish("succeeded", d),
-      failed: (d) => finish("failed", d),
-      error: () => {
-        // the stream ends after the last step or when the gateway restarts: ask for the state
-        get(`/tasks/${taskId}`)
-          .then((t) => t.state !== "running" && finish(t.state, t))
-          .catch(() => {});
-      },
-    });
-    return () => stop();
+        else {
+          setTask((old) => (t.percent >= old.percent ? t : old));
+          if (!stop) open();
+        }
+      } catch (_) {
+        /* not readable yet (404) or the network dropped it: the next poll asks again */
+      }
+    };
+    const poll = setInterval(check, 2000);
+    check();
+    return () => {
+      ended = true;
+      clearInterval(poll);
+      if (stop) stop();
+    };
   }, [taskId]);
   const label = task.state === "succeeded" ? "done" : task.state === "failed" ? `failed: ${task.message || task.error || ""}` : task.message;
   return (
