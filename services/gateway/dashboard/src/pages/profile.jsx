@@ -115,6 +115,7 @@ function TwoStep() {
                 {/* a new TotpEnrolment each time, so an abandoned one starts over */}
                 {enrolling ? (
                   <TotpEnrolment
+                    autoStart
                     onDone={async () => {
                       setEnrolling(false);
                       setSaid("Two-step sign-in is on.");

@@ -1,7 +1,7 @@
 // Enrolling a second factor: the secret as a QR code (and as text), a code to confirm it,
 // then the recovery codes, shown this once.
 import qrcode from "qrcode-generator";
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { post } from "../api.js";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 
@@ -29,13 +29,17 @@ export function RecoveryCodes({ codes }) {
   );
 }
 
-/** Start enrolment, show the QR code, confirm with a code; `onDone()` after the codes are seen. */
-export function TotpEnrolment({ onDone, doneLabel = "I have saved my recovery codes" }) {
+/** Start enrolment (at once with `autoStart`, when the caller's own button asked for it), show
+ * the QR code, confirm with a code; `onDone()` after the codes are seen. */
+export function TotpEnrolment({ onDone, doneLabel = "I have saved my recovery codes", autoStart = false }) {
   const [secret, setSecret] = useState(null);
   const [codes, setCodes] = useState(null);
   const start = useForm({});
   const confirm = useForm({ code: "" });
   const begin = start.submit(async () => setSecret(await post("/profile/totp")));
+  useEffect(() => {
+    if (autoStart) begin();
+  }, []);
   const check = confirm.submit(async (v) => {
     const answer = await post("/profile/totp/confirm", { code: v.code.replace(/\s/g, "") });
     setCodes(answer.recovery_codes);
