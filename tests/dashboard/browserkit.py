@@ -124,3 +124,28 @@ async def goto(page: Page, url: str, *, tries: int = 10) -> None:
             if not transient or attempt == tries - 1:
                 raise
             await asyncio.sleep(0.5)
+
+
+_UNNAMED = """() => {
+  const visible = (e) => e.offsetParent !== null || e.getClientRects().length > 0;
+  const named = (e) =>
+    (e.labels && e.labels.length > 0) ||
+    e.getAttribute("aria-label") ||
+    e.getAttribute("aria-labelledby");
+  const fields = [...document.querySelectorAll("input, select, textarea")]
+    .filter((e) => e.type !== "hidden" && visible(e) && !named(e));
+  const controls = [...document.querySelectorAll("button, a[href]")]
+    .filter((e) => visible(e))
+    .filter((e) => !(
+      e.textContent.trim() ||
+      e.getAttribute("aria-label") ||
+      e.querySelector("img[alt]:not([alt=''])")
+    ));
+  return [...fields, ...controls].map((e) => e.outerHTML.slice(0, 160));
+}"""
+
+
+async def unnamed_controls(page: Page) -> list[str]:
+    """The visible form fields without a label and buttons or links without a name."""
+    found: list[str] = await page.evaluate(_UNNAMED)
+    return found

@@ -260,10 +260,14 @@ async def test_an_address_refused_by_identity_is_403(
     assert a.status == 403 and a.problem["code"] == "forbidden"
     assert set_cookies(a) == []
     # the limit is per address: identity heard the client's address from the proxy
-    a = await login(client, "admin", ADMIN["password"], headers={"X-Real-IP": "198.51.100.9"})
+    browser = {"X-Real-IP": "198.51.100.9", "User-Agent": "Mozilla/5.0 (X11; Linux) Test/1.0"}
+    a = await login(client, "admin", ADMIN["password"], headers=browser)
     assert a.status == 200 and cookie_of(a)
     sessions = await identity.ask("sessions", {"user_id": admin_id})
-    assert [s["ip"] for s in sessions["items"]] == ["198.51.100.9"]
+    # the session list shows where and on what each session signed in
+    assert [(s["ip"], s["user_agent"]) for s in sessions["items"]] == [
+        ("198.51.100.9", "Mozilla/5.0 (X11; Linux) Test/1.0")
+    ]
 
 
 @pytest.mark.parametrize(

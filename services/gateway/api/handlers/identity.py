@@ -23,6 +23,7 @@ routes = Routes("identity")
 
 SESSION_COOKIE_ATTRIBUTES = "Path=/; Secure; HttpOnly; SameSite=Lax"  # SECURITY.md "HTTP"
 LOGIN_REFUSED = "wrong username or password"
+_USER_AGENT_MAX = 400  # identity's limit
 # RFC 6265 cookie-octet: printable ASCII without space, '"', ',', ';' and '\'.
 _COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,512}")
 
@@ -173,8 +174,12 @@ async def setup(call: Call) -> Any:
     problems=("unauthorized", "forbidden"),
 )
 async def login(call: Call) -> Any:
+    payload = dict(call.body)
+    agent = call.request.headers.get("User-Agent", "").strip()
+    if agent:  # what the profile's session list shows as the device
+        payload["user_agent"] = agent[:_USER_AGENT_MAX]
     try:
-        reply = await call.command("identity", "login", call.body)
+        reply = await call.command("identity", "login", payload)
     except Unauthorized:
         # One answer for every refusal, whatever identity said: never which part was wrong.
         raise Unauthorized(LOGIN_REFUSED) from None
