@@ -82,11 +82,20 @@ def check_location(value: object, field: str = "location") -> str:
 
 def check_env(value: object, field: str = "env") -> dict[str, str]:
     """Environment variables: names like SHELL variables, not HOMEPORT_*; text values."""
+    changes = _env_changes(value, field, removals=False)
+    return {name: item for name, item in changes.items() if item is not None}
+
+
+def _env_changes(
+    value: object, field: str = "env", *, removals: bool = True
+) -> dict[str, str | None]:
+    """Changes of environment variables: NAME: text sets one, NAME: null (with `removals`)
+    removes one."""
     if not isinstance(value, dict):
         raise Invalid(f"{field} must be an object of NAME: value", field=field)
     if len(value) > MAX_ENV:
         raise Invalid(f"{field} may hold at most {MAX_ENV} variables", field=field)
-    out: dict[str, str] = {}
+    out: dict[str, str | None] = {}
     for name, item in value.items():
         where = f"{field}.{str(name)[:64]}"
         if not isinstance(name, str) or not ENV_NAME.match(name):
@@ -97,6 +106,9 @@ def check_env(value: object, field: str = "env") -> dict[str, str]:
             )
         if name.upper().startswith("HOMEPORT_"):
             raise Invalid(f"{where}: HOMEPORT_* variables are set by the platform", field=where)
+        if item is None and removals:
+            out[name] = None
+            continue
         if not isinstance(item, str) or len(item) > MAX_ENV_VALUE or "\x00" in item:
             raise Invalid(
                 f"{where} must be text of at most {MAX_ENV_VALUE} characters", field=where
@@ -314,9 +326,8 @@ class Commands:
         memory = (
             check_memory(payload["memory_bytes"], manifest) if "memory_bytes" in payload else None
         )
-        env = None
-        if "env" in payload:
-            env = {k: self.engine.seal(s.app_id, v) for k, v in check_env(payload["env"]).items()}
+        changes = _env_changes(payload["env"]) if "env" in payload else {}
+        env = self._merged_env(s, changes) if changes else None
         if location is None and access is None and memory is None and env is None:
             raise Invalid("nothing to change: give location, access, memory_bytes or env")
         task = await self._start_task("configure", f"Configure {manifest.title}", s.app_id)
@@ -324,6 +335,18 @@ class Commands:
         await self._record(s, [request], task)
         self.engine.kick(s.app_id)
         return {"app_id": s.app_id, "task_id": task.id}
+
+    def _merged_env(self, s: AppState, changes: Mapping[str, str | None]) -> dict[str, str]:
+        """The app's sealed variables with `changes` applied; names not named are kept."""
+        env = dict(s.env)
+        for name, value in changes.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = self.engine.seal(s.app_id, value)
+        if len(env) > MAX_ENV:
+            raise Invalid(f"env: an app may have at most {MAX_ENV} variables", field="env")
+        return env
 
     # -- run state ----------
 

@@ -23,6 +23,7 @@ from services.apps.catalog import Catalog, CatalogError
 from services.apps.engine import Engine
 from services.apps.health import AppStats
 from services.apps.manifest import Manifest
+from services.apps.runtime import RuntimeFailure
 from services.apps.state import app_origin
 
 __all__ = ["ICON_MAX_BYTES", "ICON_TYPES", "Queries", "app_view", "manifest_view"]
@@ -199,6 +200,7 @@ class Queries:
         return {"items": [app_view(r, port) for r in rows]}
 
     async def app(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """One app, with the names of its environment variables and its container's status."""
         app_id = _app_id(payload)
         row = await self.pool.fetchrow(
             "SELECT * FROM apps.apps WHERE app_id = $1 AND state <> 'uninstalled'", app_id
@@ -206,6 +208,8 @@ class Queries:
         if row is None:
             raise NotFound(f"no app {app_id}", field="app_id")
         view = app_view(row, self.engine.cfg.edge_https_port)
+        # the names only: values are sealed and never leave the service
+        view["env_names"] = sorted((await self.engine.load(app_id)).env)
         state = await self.engine.runtime.state(self.engine.names(app_id).container)
         view["container"] = (
             None
@@ -248,9 +252,14 @@ class Queries:
         )
         if not exists:
             raise NotFound(f"no app {app_id}", field="app_id")
-        lines = await self.engine.runtime.logs_since(
-            self.engine.names(app_id).container, tail, _cursor(since)
-        )
+        name = self.engine.names(app_id).container
+        try:
+            lines = await self.engine.runtime.logs_since(name, tail, _cursor(since))
+        except RuntimeFailure:
+            state = await self.engine.runtime.state(name)
+            if state is not None and state.status not in ("removing", "dead"):
+                raise
+            lines = []  # its container is being replaced (configure, update, restore)
         cursor = lines[-1][0] if lines else since
         return {"lines": [line for _, line in lines], "cursor": cursor}
 

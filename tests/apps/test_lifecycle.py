@@ -166,7 +166,8 @@ async def test_bad_input_is_refused_naming_the_field_and_records_nothing(apps: A
 
 
 async def test_stop_start_restart_and_configure(apps: Apps, dsn: str) -> None:
-    app_id = await install(apps, "notes")
+    app_id = await install(apps, "notes", env={"KEEP": "kept", "DROP": "gone"})
+    assert (await apps.app(app_id))["env_names"] == ["DROP", "KEEP"]
     assert (await apps.cmd("stop", {"app_id": app_id}))["running"] is False
     assert apps.container(app_id).status == "exited"
     assert (await apps.app(app_id))["run_state"] == "stopped"
@@ -178,14 +179,22 @@ async def test_stop_start_restart_and_configure(apps: Apps, dsn: str) -> None:
     port = (await apps.app(app_id))["container"]["port"]
     reply = await apps.cmd(
         "configure",
-        {"app_id": app_id, "location": "wiki", "memory_bytes": 64 * 2**20, "env": {"MODE": "x"}},
+        {
+            "app_id": app_id,
+            "location": "wiki",
+            "memory_bytes": 64 * 2**20,
+            "env": {"MODE": "x", "DROP": None},
+        },
     )
     assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
     info = await apps.app(app_id)
     assert info["location"] == "wiki" and info["memory_bytes"] == 64 * 2**20
+    # env changes only the variables it names: KEEP stays, DROP goes (null), MODE comes
+    assert info["env_names"] == ["KEEP", "MODE"]
     attrs = apps.container(app_id).attrs
     env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
     assert env["MODE"] == "x" and env["HOMEPORT_APP_DOMAIN"] == "wiki.localhost"
+    assert env["KEEP"] == "kept" and "DROP" not in env
     assert attrs["HostConfig"]["Memory"] == 64 * 2**20
     assert (await apps.app(app_id))["container"]["port"] == port  # the edge's upstream stays
     # the old location is free again, the new one taken

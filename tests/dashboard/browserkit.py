@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, ViewportSize, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
 from tests.conftest import need_server
@@ -24,8 +24,8 @@ __all__ = ["ARTIFACTS", "DESKTOP", "PHONE", "Chromium", "chromium", "goto", "sho
 
 CHROMIUM = os.environ.get("HP_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("HP_TEST_ARTIFACTS", "test-artifacts")) / "dashboard"
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 # Without the background-networking flags chromium keeps calling Google's hosts, which this
 # machine's closed network refuses (see the tool library's notes on chromium).
 _FLAGS = [
@@ -58,11 +58,11 @@ class Chromium:
     problems: list[str] = field(default_factory=list)
 
     async def context(
-        self, viewport: dict[str, int] | None = None, *, base_url: str | None = None
+        self, viewport: ViewportSize | None = None, *, base_url: str | None = None
     ) -> BrowserContext:
         ctx = await self.browser.new_context(
             base_url=base_url or self.base_url,
-            viewport=viewport or DESKTOP,  # type: ignore[arg-type]
+            viewport=viewport or DESKTOP,
             ignore_https_errors=True,  # the local domain's certificates are self-signed
             service_workers="block",
         )
@@ -70,7 +70,7 @@ class Chromium:
         ctx.on("page", self.watch)
         return ctx
 
-    async def page(self, viewport: dict[str, int] | None = None) -> Page:
+    async def page(self, viewport: ViewportSize | None = None) -> Page:
         ctx = await self.context(viewport)
         return await ctx.new_page()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +63,7 @@ async def edged_platform(
     uniq: str,
     tmp_path: Path,
     docker_host: str | None = None,
+    apps_extra: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Edged]:
     """Identity, gateway with nginx, relay (and with `docker_host` apps, dns and certs)."""
     assert (DIST / "index.html").exists(), f"the dashboard is not built in {DIST}: make dashboard"
@@ -77,5 +78,6 @@ async def edged_platform(
         tmp_path=tmp_path,
         docker_host=docker_host,
         gateway_env=edge_env(tmp_path, http_port, https_port),
+        apps_extra=apps_extra,
     ) as platform:
         yield Edged(platform, https_port, http_port)

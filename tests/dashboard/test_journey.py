@@ -4,7 +4,8 @@
 setup wizard → sign in → a group → install the static website for that group (the progress
 bar reaches done) → the app opens at https://blog.localhost → invite a user → they join,
 sign in and see only the app their group opens → the admin sees it all in the activity log.
-Screenshots of every main page, at 1280x800 and at phone size, are kept as test artifacts.
+Screenshots of every main page, at 1280x800 and at phone size, are kept as test artifacts; on
+each, no sideways scrolling and every field, button and link has a name.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.dashboard.browserkit import PHONE, chromium, goto, shot
+from tests.dashboard.browserkit import PHONE, chromium, goto, shot, unnamed_controls
 from tests.dashboard.dashkit import edged_platform
 from tests.dashboard.test_forms import error_of
 
@@ -34,19 +35,23 @@ async def sign_in(page: Page, username: str, password: str) -> None:
     await expect(page.get_by_role("navigation", name="Main")).to_be_visible()
 
 
-async def install(page: Page, location: str, *, group: str | None) -> None:
-    """Install version 1.0.0 of the static website at `location` through the store's dialog."""
+async def install(
+    page: Page, location: str, *, group: str | None = None, person: str | None = None
+) -> None:
+    """Install version 1.0.0 of the static website at `location` through the store's dialog,
+    for the members of `group` or for `person` only."""
     await page.goto("/#/store")
     await page.get_by_role("button", name="Install Static website").click()
     dialog = page.get_by_role("dialog")
     await dialog.get_by_label("Location").fill(location)
     await expect(dialog.get_by_text(f"{location}.localhost is free")).to_be_visible()
     await dialog.get_by_label("Version").select_option("1.0.0")
-    if group is None:
-        await dialog.get_by_label("Only administrators").check()
-    else:
+    if group is not None:
         await dialog.get_by_label("Only members of these groups").check()
         await dialog.get_by_label(group, exact=True).check()
+    elif person is not None:
+        await dialog.get_by_label("Only these people").check()
+        await dialog.get_by_label(person, exact=True).check()
     await dialog.get_by_role("button", name="Install", exact=True).click()
     progress = dialog.locator(".progress-text")
     await expect(progress).to_contain_text("done", timeout=INSTALL_TIMEOUT)
@@ -108,7 +113,7 @@ async def test_setup_install_invite_and_activity(
         link = admin.get_by_role("dialog").get_by_role("link", name=re.compile("^Open"))
         assert await link.get_attribute("href") == ed.app_url("blog").rstrip("/")
         await admin.keyboard.press("Escape")
-        await install(admin, "private", group=None)
+        await install(admin, "private", person="owner")
         await admin.keyboard.press("Escape")
         app_page = await admin.context.new_page()
         await goto(app_page, ed.app_url("blog"))
@@ -188,3 +193,4 @@ async def test_setup_install_invite_and_activity(
                 width = await admin.evaluate("document.documentElement.scrollWidth")
                 viewport = await admin.evaluate("window.innerWidth")
                 assert width <= viewport, f"{name}{suffix} scrolls sideways ({width} > {viewport})"
+                assert await unnamed_controls(admin) == [], f"{name}{suffix}: unlabelled controls"

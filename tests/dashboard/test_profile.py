@@ -1,6 +1,7 @@
 """The profile in chromium: two-step sign-in enrolled with the QR page's secret, then asked for
-at sign-in (a wrong code refused, the right one let in); a wrong current password named next to
-its field when changing the password."""
+at sign-in (a wrong code refused: back to the password step by itself, the username kept; then
+a recovery code let in); a wrong current password named next to its field when changing the
+password."""
 
 from __future__ import annotations
 
@@ -79,9 +80,14 @@ async def test_totp_enrolment_and_sign_in_with_a_code(
             await expect(code).to_be_visible()
             await code.fill("123456" if totp_now(secret) != "123456" else "654321")
             await other.get_by_role("button", name="Sign in").click()
-            await expect(other.locator(".form-error")).to_be_visible()
-            # a refused code ends that sign-in's ticket: start again with the password
-            await other.get_by_role("button", name="Start again").click()
+            # a refused code ends that sign-in's ticket: the page goes back to the password
+            # step by itself, the username kept, the password focused
+            refused = other.locator(".form-error")
+            await expect(refused).to_have_text("That code was not accepted. Sign in again.")
+            await expect(other.get_by_label("Username")).to_have_value("owner")
+            await expect(other.get_by_label("Password")).to_be_focused()
+            await expect(other.get_by_label("Password")).to_have_value("")
+            await shot(other, "login-code-refused")
             await other.get_by_label("Password").fill(PASSWORD)
             await other.get_by_role("button", name="Sign in").click()
             await other.get_by_role("button", name="Use a recovery code").click()

@@ -34,11 +34,12 @@ async def running_platform(
     tmp_path: Path,
     docker_host: str | None = None,
     gateway_env: Mapping[str, str] | None = None,
+    apps_extra: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Platform]:
     """Identity, gateway and relay; with `docker_host`, the whole platform: the apps service
     too (the static app in several versions as its catalog), dns and certs (no ACME CA is
     reachable: nothing here orders a certificate). `gateway_env` adds settings of the gateway
-    (the edge, for one)."""
+    (the edge, for one), `apps_extra` settings of the apps service."""
     async with contextlib.AsyncExitStack() as stack:
         ident = await stack.enter_async_context(
             running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path)
@@ -51,6 +52,7 @@ async def running_platform(
                 docker_host=docker_host,
                 prefix=f"e{uniq[:8]}",
                 catalog=static_catalog(tmp_path / "catalog"),
+                extra=apps_extra,
             )
             await stack.enter_async_context(running_apps(monkeypatch, env))
             dns = dns_env(dsn=dsn, nats_url=nats_url, tmp_path=tmp_path)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -176,6 +177,7 @@ async def test_admin_installs_with_progress_and_users_see_only_their_apps(
         "version": "1.0.0",
         "location": "photos",
         "access": {"groups": [group_id]},
+        "env": {"THEME": "dark", "API_KEY": "not-for-your-eyes"},
     }
     assert (await api.call("POST", "/api/v1/apps", token=alice, body=body)).status == 403
     started = await api.call("POST", "/api/v1/apps", token=root, body=body)
@@ -196,6 +198,21 @@ async def test_admin_installs_with_progress_and_users_see_only_their_apps(
     app_id = started.body["app_id"]
     assert (await api.call("GET", f"/api/v1/apps/{app_id}", token=alice)).status == 403
     assert (await api.call("POST", f"/api/v1/apps/{app_id}/stop", token=alice)).status == 403
+
+    # the variables' names (sorted), never their values; a change keeps the ones it does not name
+    one = await api.call("GET", f"/api/v1/apps/{app_id}", token=root)
+    assert one.body["env_names"] == ["API_KEY", "THEME"]
+    assert "not-for-your-eyes" not in json.dumps(one.body)
+    changed = await api.call(
+        "PATCH",
+        f"/api/v1/apps/{app_id}",
+        token=root,
+        body={"env": {"THEME": None, "LANG": "en"}},
+    )
+    assert changed.status == 202, changed.body
+    assert (await _task_events(api, changed.body["task_id"], root))[-1][0] == "succeeded"
+    one = await api.call("GET", f"/api/v1/apps/{app_id}", token=root)
+    assert one.body["env_names"] == ["API_KEY", "LANG"]
 
     stopped = await api.call("POST", f"/api/v1/apps/{app_id}/stop", token=root)
     assert stopped.status == 200 and stopped.body["running"] is False
@@ -261,6 +278,24 @@ async def test_logs_as_json_and_followed_as_events(api: Client, cast: Cast) -> N
                 if "second-visit" in seen[-1]:
                     break
     assert any("second-visit" in s for s in seen)
+
+    # from a cursor: only what came after it, and every line of a burst (tail=1 limits only
+    # the first answer, never the lines that follow)
+    last = await api.call("GET", f"/api/v1/apps/{app_id}/logs?tail=1", token=root)
+    since = quote(last.body["cursor"], safe="")
+    url = f"{api.base}/api/v1/apps/{app_id}/logs/stream?tail=1&since={since}"
+    burst = [f"/burst-{i}" for i in range(5)]
+    seen = []
+    async with api.http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(30)) as r:
+        assert r.status == 200
+        await asyncio.gather(*(visit(path) for path in burst))
+        async for raw in r.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+                if all(any(f"url:{path}" in s for s in seen) for path in burst):
+                    break
+    assert not any("visit" in s for s in seen), seen
     await asyncio.sleep(0)
 
 

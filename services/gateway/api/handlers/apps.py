@@ -15,13 +15,14 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import re
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
-from libs.events.bus import Internal, Invalid
+from libs.events.bus import BusError, Internal, Invalid
 from services.gateway.api.app import API_PREFIX
 from services.gateway.api.handlers.tasks import (
     EVENT_STREAM,
@@ -36,6 +37,7 @@ from services.gateway.api.schemas import array, boolean, integer, nullable, obj,
 __all__ = ["routes"]
 
 routes = Routes("apps")
+log = logging.getLogger("homeport.gateway.api")
 
 APP_ID = string(format="uuid", description="an installed app's id (UUID)")
 MANIFEST_ID = string(
@@ -57,6 +59,14 @@ ACCESS = obj(
 )
 MEMORY = integer(minimum=33554432, maximum=68719476736, description="memory limit in bytes")
 ENV = obj({}, additional=True, description="environment variables NAME: value (text)")
+ENV_CHANGES = obj(
+    {},
+    additional=True,
+    description=(
+        "changes of environment variables: NAME: value (text) sets one, NAME: null removes"
+        " one; variables not named are kept"
+    ),
+)
 WHEN = string(format="date-time")
 STATES = [
     "pending_install",
@@ -74,7 +84,19 @@ CATALOG_QUERY = obj(
     {"text": string(maxLength=200), "tag": string(maxLength=32)},
 )
 CATALOG_APP_QUERY = obj({"version": VERSION})
-LOGS_QUERY = obj({"tail": integer(minimum=1, maximum=5000, default=100)})
+MAX_LOG_LINES = 5000
+LOGS_QUERY = obj({"tail": integer(minimum=1, maximum=MAX_LOG_LINES, default=100)})
+FOLLOW_LINES = MAX_LOG_LINES  # a followed log asks for at most this many new lines a second
+LOG_CURSOR = r"^[0-9T:.+\-Z]{10,40}$"
+LOGS_STREAM_QUERY = obj(
+    {
+        "tail": integer(minimum=1, maximum=MAX_LOG_LINES, default=100),
+        "since": string(
+            pattern=LOG_CURSOR,
+            description="start after this cursor (the `cursor` of GET /apps/{app_id}/logs)",
+        ),
+    }
+)
 
 INSTALL_BODY = obj(
     {
@@ -89,7 +111,7 @@ INSTALL_BODY = obj(
     required=["manifest_id", "location"],
 )
 CONFIGURE_BODY = obj(
-    {"location": LOCATION, "access": ACCESS, "memory_bytes": MEMORY, "env": ENV},
+    {"location": LOCATION, "access": ACCESS, "memory_bytes": MEMORY, "env": ENV_CHANGES},
 )
 UPDATE_BODY = obj({"version": VERSION})
 RESTORE_BODY = obj({"snapshot_id": string(format="uuid")}, required=["snapshot_id"])
@@ -120,32 +142,41 @@ MANIFEST = obj(
     additional=True,
 )
 CATALOG = obj({"items": array(MANIFEST), "tags": array(string())}, required=["items", "tags"])
-APP = obj(
+APP_FIELDS = {
+    "app_id": string(format="uuid"),
+    "manifest_id": string(),
+    "version": string(),
+    "location": string(),
+    "domain": string(),
+    "url": string(),
+    "access": obj({}, additional=True),
+    "memory_bytes": integer(),
+    "state": string(enum=STATES),
+    "run_state": string(enum=["running", "stopped"]),
+    "health": string(enum=["unknown", "healthy", "unhealthy", "dead"]),
+    "error": nullable(string()),
+    "task_id": nullable(string(format="uuid")),
+    "operation": nullable(string()),
+    "awaiting_approval": boolean(),
+    "target_version": nullable(string()),
+    "clone_of": nullable(string(format="uuid")),
+    "http_port": nullable(integer(description="the app's port on 127.0.0.1 (the edge's upstream)")),
+    "created_at": WHEN,
+    "updated_at": WHEN,
+}
+APP_REQUIRED = ["app_id", "manifest_id", "version", "location", "domain", "state", "run_state"]
+APP = obj(APP_FIELDS, required=APP_REQUIRED, additional=True)
+APP_DETAIL = obj(
     {
-        "app_id": string(format="uuid"),
-        "manifest_id": string(),
-        "version": string(),
-        "location": string(),
-        "domain": string(),
-        "url": string(),
-        "access": obj({}, additional=True),
-        "memory_bytes": integer(),
-        "state": string(enum=STATES),
-        "run_state": string(enum=["running", "stopped"]),
-        "health": string(enum=["unknown", "healthy", "unhealthy", "dead"]),
-        "error": nullable(string()),
-        "task_id": nullable(string(format="uuid")),
-        "operation": nullable(string()),
-        "awaiting_approval": boolean(),
-        "target_version": nullable(string()),
-        "clone_of": nullable(string(format="uuid")),
-        "http_port": nullable(
-            integer(description="the app's port on 127.0.0.1 (the edge's upstream)")
+        **APP_FIELDS,
+        "env_names": array(
+            string(), description="the names of the app's environment variables (never values)"
         ),
-        "created_at": WHEN,
-        "updated_at": WHEN,
+        "container": nullable(
+            obj({"status": string(), "running": boolean(), "port": nullable(integer())})
+        ),
     },
-    required=["app_id", "manifest_id", "version", "location", "domain", "state", "run_state"],
+    required=[*APP_REQUIRED, "env_names"],
     additional=True,
 )
 APPS = obj({"items": array(APP)}, required=["items"])
@@ -181,7 +212,7 @@ LOGS = obj({"lines": array(string()), "cursor": nullable(string())}, required=["
 LOG_EVENTS = string(
     description="Server-Sent Events `event: line`, `data:` one log line, `id:` a cursor to resume"
 )
-_CURSOR = re.compile(r"^[0-9T:.+\-Z]{10,40}$")
+_CURSOR = re.compile(LOG_CURSOR)
 SVG = "image/svg+xml"
 PNG = "image/png"
 ICON = string(description="the icon's bytes: SVG or PNG")
@@ -309,9 +340,9 @@ async def install_app(call: Call) -> Any:
 @routes.get(
     "/apps/{app_id}",
     access=Access.admin,
-    summary="One installed app, with its container's status",
+    summary="One installed app, with its environment variables' names and container status",
     path_params=APP_PATH,
-    responses={200: APP},
+    responses={200: APP_DETAIL},
 )
 async def get_app(call: Call) -> Any:
     return await call.ask("apps", "app", dict(call.path))
@@ -321,7 +352,10 @@ async def get_app(call: Call) -> Any:
     "/apps/{app_id}",
     access=Access.admin,
     summary="Change an app's location, access, memory or environment",
-    description="Answers 202 with the task; 409 while another operation runs.",
+    description=(
+        "Answers 202 with the task; 409 while another operation runs. `env` changes only the "
+        "variables it names (null removes one); the others are kept."
+    ),
     path_params=APP_PATH,
     body=CONFIGURE_BODY,
     responses={202: STARTED},
@@ -473,11 +507,11 @@ async def app_logs(call: Call) -> Any:
     access=Access.admin,
     summary="An app's log lines as Server-Sent Events, following new ones",
     description=(
-        "Sends the last `tail` lines, then new lines as they come. Send Last-Event-ID (the "
-        "`id:` of the last event) to resume after it."
+        "Sends the last `tail` lines (or every line after `since`), then new lines as they "
+        "come. Send Last-Event-ID (the `id:` of the last event) to resume after it."
     ),
     path_params=APP_PATH,
-    query=LOGS_QUERY,
+    query=LOGS_STREAM_QUERY,
     media_type=EVENT_STREAM,
     responses={200: LOG_EVENTS},
 )
@@ -485,8 +519,11 @@ async def follow_app_logs(call: Call) -> Any:
     cursor = call.request.headers.get(LAST_EVENT_ID, "").strip() or None
     if cursor is not None and not _CURSOR.fullmatch(cursor):
         raise Invalid(f"{LAST_EVENT_ID} must be the id of an earlier event", field=LAST_EVENT_ID)
+    cursor = cursor or call.query.get("since")
     payload: dict[str, Any] = {**call.path, "tail": call.query.get("tail", 100)}
-    first = await call.ask("apps", "logs", {**payload, "since": cursor})  # 404 before the stream
+    if cursor is not None:  # resuming: every line after the cursor
+        payload = {**payload, "tail": FOLLOW_LINES, "since": cursor}
+    first = await call.ask("apps", "logs", payload)  # 404 before the stream
     streams = call.request.config_dict.get(TASK_STREAMS) or TaskStreams()
     response = web.StreamResponse(
         headers={"Content-Type": f"{EVENT_STREAM}; charset=utf-8", "X-Accel-Buffering": "no"}
@@ -494,9 +531,21 @@ async def follow_app_logs(call: Call) -> Any:
     if call.request.method == "HEAD":
         return response
     with streams.opened():
+        await _send_logs(call, response, payload, first, streams)
+    return response
+
+
+async def _send_logs(
+    call: Call,
+    response: web.StreamResponse,
+    payload: dict[str, Any],
+    answer: dict[str, Any],
+    streams: TaskStreams,
+) -> None:
+    """Send `answer`'s lines, then new ones once a second, until the client goes away."""
+    try:
         await response.prepare(call.request)
         await response.write(f"retry: {RETRY_MS}\n\n".encode())
-        answer = first
         quiet = 0.0
         while True:
             lines = answer["lines"]
@@ -511,9 +560,16 @@ async def follow_app_logs(call: Call) -> Any:
                 quiet = 0.0
             transport = call.request.transport
             if transport is None or transport.is_closing():
-                break
+                return
             if await streams.pause(1.0):
-                break
+                return
             quiet += 1.0
-            answer = await call.ask("apps", "logs", {**payload, "since": answer["cursor"]})
-    return response
+            # every line since the last one sent (`tail` limits only the first answer)
+            more = {**payload, "tail": FOLLOW_LINES, "since": answer["cursor"]}
+            answer = await call.ask("apps", "logs", more)
+    except ConnectionError:
+        return  # the client went away
+    except BusError as e:
+        # The answer has begun: no problem response can follow, so the stream ends (the
+        # browser reconnects; an uninstalled app's 404 then ends it for good).
+        log.info("log stream of app %s ended: %s", payload["app_id"], e.message)

@@ -124,6 +124,7 @@ export function Activity() {
   const [firstError, setFirstError] = useState(null);
   const busy = useRef(false);
   const generation = useRef(0); // bumped when the filters change: a late page of the old list is dropped
+  const latest = useRef(0);
   const sentinel = useRef(null);
 
   const fetchPage = (q, cursor) => get(withQuery("/activity", { ...q, limit: PAGE, cursor }));
@@ -134,9 +135,19 @@ export function Activity() {
     setMore({ busy: false, error: null });
     setFirstError(null);
   };
+  // The first page of `q`; an answer that a newer request overtook is dropped.
+  const first = async (q) => {
+    const ticket = ++latest.current;
+    try {
+      const page = await fetchPage(q, null);
+      if (ticket === latest.current) show(q, page);
+    } catch (e) {
+      if (ticket === latest.current) throw e;
+    }
+  };
   const loadFirst = async () => {
     try {
-      show(query, await fetchPage(query, null));
+      await first(query);
     } catch (e) {
       setFirstError(e);
     }
@@ -157,16 +168,18 @@ export function Activity() {
       busy.current = false;
     }
   };
-  const apply = form.submit(async (values) => {
-    const q = queryOf(values, idOf);
-    show(q, await fetchPage(q, null));
-  });
+  const apply = form.submit((values) => first(queryOf(values, idOf)));
   const clear = async () => {
     form.setValues(NO_FILTERS);
     form.setErrors({});
     const q = queryOf(NO_FILTERS, {});
+    // the filtered list goes at once (a late page of it too): "Loading" until the whole one is in
+    generation.current += 1;
+    setQuery(q);
+    setList({ items: [], cursor: null, loaded: false });
+    setFirstError(null);
     try {
-      show(q, await fetchPage(q, null));
+      await first(q);
     } catch (e) {
       setFirstError(e);
     }

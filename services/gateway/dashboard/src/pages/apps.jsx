@@ -284,6 +284,11 @@ function AppPage({ app, meta, people, catalog, reload }) {
           </button>
         </div>
       )}
+      {app.state === "installed" && app.error && (
+        <p class="notice" role="status">
+          The last operation failed: {app.error}
+        </p>
+      )}
       {app.state === "error" && (
         <div class="form-error section-head" role="alert">
           <span>{app.error || "The last operation failed."}</span>

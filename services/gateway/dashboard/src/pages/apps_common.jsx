@@ -254,62 +254,89 @@ export function memoryBytes(mib) {
 
 // -- access ----------------------------------------------------------------------------------
 
-/** The access form's mode for an access list: all, groups or admins. */
+/** How the dashboard names a person: their display name, else their username. */
+export const personName = (u) => u.display_name || u.username;
+
+/** The access form's mode for an access list: all, groups or people (user_ids). */
 export function accessMode(access) {
   if (!access || access.all_users) return "all";
   if (access.groups && access.groups.length) return "groups";
-  return "admins";
+  return "people";
 }
 
-/** The API's access object for a mode; "admins" lists today's administrators by id. */
-export function accessBody(mode, groups, users) {
+/** The API's access object for a mode, its groups and its people (user ids). */
+export function accessBody(mode, groups, people) {
   if (mode === "all") return { all_users: true };
   if (mode === "groups") return { all_users: false, groups };
-  return { all_users: false, user_ids: users.filter((u) => u.is_admin && !u.disabled).map((u) => u.user_id) };
+  return { all_users: false, user_ids: people };
 }
 
-/** "All users", "Groups: a, b", "Users: x" for the facts list. */
+/** "All users", "Groups: a, b", "People: x" for the facts list. */
 export function accessText(access, groups, users) {
   if (!access || access.all_users) return "All users";
   const parts = [];
   const gnames = (access.groups || []).map((id) => groups.find((g) => g.group_id === id)?.name || id);
   if (gnames.length) parts.push(`Groups: ${gnames.join(", ")}`);
-  const unames = (access.user_ids || []).map((id) => users.find((u) => u.user_id === id)?.username || id);
-  if (unames.length) parts.push(`Users: ${unames.join(", ")}`);
+  const unames = (access.user_ids || []).map((id) => {
+    const u = users.find((x) => x.user_id === id);
+    return u ? personName(u) : id;
+  });
+  if (unames.length) parts.push(`People: ${unames.join(", ")}`);
   return parts.join(" · ") || "Nobody";
 }
 
 let fieldsets = 0;
 
-/** The "Who can open it" radios (and group checkboxes); `error` is the API's access error. */
-export function AccessFieldset({ mode, groups, allGroups, onMode, onGroups, error }) {
+/** Apply an AccessFieldset change ({mode, groups, people}) to a form's access, groups, people. */
+export function setAccess(form, change) {
+  if (change.mode !== undefined) form.set("access", change.mode);
+  if (change.groups !== undefined) form.set("groups", change.groups);
+  if (change.people !== undefined) form.set("people", change.people);
+}
+
+/** Checkboxes for a list of choices (`items` as {id, label}); `chosen` is the ids ticked. */
+function Choices({ items, chosen, onChosen }) {
+  const toggle = (id, on) => onChosen(on ? [...chosen, id] : chosen.filter((x) => x !== id));
+  return (
+    <div class="choice-list">
+      {items.map((item) => (
+        <label class="choice" key={item.id}>
+          <input type="checkbox" checked={chosen.includes(item.id)} onChange={(e) => toggle(item.id, e.currentTarget.checked)} /> {item.label}
+        </label>
+      ))}
+    </div>
+  );
+}
+
+/** The "Who can open it" radios, with group or people checkboxes; `error` is the API's access
+ * error. `value` is {mode, groups, people}; `onChange` gets the changed parts. */
+export function AccessFieldset({ value, allGroups, allUsers, onChange, error }) {
   const name = useRef(`access-${++fieldsets}`).current;
-  const toggle = (id, on) => onGroups(on ? [...groups, id] : groups.filter((g) => g !== id));
-  const radio = (value, label) => (
+  const radio = (mode, label) => (
     <label class="choice">
-      <input type="radio" name={name} value={value} checked={mode === value} onChange={() => onMode(value)} /> {label}
+      <input type="radio" name={name} value={mode} checked={value.mode === mode} onChange={() => onChange({ mode })} /> {label}
     </label>
   );
+  const people = allUsers.map((u) => ({ id: u.user_id, label: u.disabled ? `${personName(u)} (disabled)` : personName(u) }));
   return (
     <fieldset class={`access${error ? " has-error" : ""}`} aria-describedby={error ? `${name}-error` : undefined}>
       <legend>Who can open it</legend>
       {radio("all", "All users")}
       {radio("groups", "Only members of these groups")}
-      {mode === "groups" &&
+      {value.mode === "groups" &&
         (allGroups.length ? (
-          <div class="choice-list">
-            {allGroups.map((g) => (
-              <label class="choice" key={g.group_id}>
-                <input type="checkbox" checked={groups.includes(g.group_id)} onChange={(e) => toggle(g.group_id, e.currentTarget.checked)} /> {g.name}
-              </label>
-            ))}
-          </div>
+          <Choices
+            items={allGroups.map((g) => ({ id: g.group_id, label: g.name }))}
+            chosen={value.groups}
+            onChosen={(groups) => onChange({ groups })}
+          />
         ) : (
           <p class="hint">
             There are no groups yet: <a href="#/groups">create one</a> first.
           </p>
         ))}
-      {radio("admins", "Only administrators")}
+      {radio("people", "Only these people")}
+      {value.mode === "people" && <Choices items={people} chosen={value.people} onChosen={(p) => onChange({ people: p })} />}
       {error && (
         <p class="field-error" id={`${name}-error`} role="alert">
           {error}

@@ -12,6 +12,8 @@ import {
   MIB,
   accessBody,
   memoryBytes,
+  personName,
+  setAccess,
   platformDomain,
   useAvailability,
   useCatalogIndex,
@@ -66,6 +68,7 @@ function InstallForm({ manifest, domains, groups, users, platform, onStarted }) 
     version: manifest.version,
     access: "all",
     groups: [],
+    people: [],
     user_id: users[0]?.user_id || "",
     memory_bytes: String(Math.round(manifest.memory_limit / MIB)),
   });
@@ -85,7 +88,7 @@ function InstallForm({ manifest, domains, groups, users, platform, onStarted }) 
       manifest_id: manifest.id,
       location: v.location.trim(),
       version: v.version,
-      access: single ? { all_users: false, user_ids: [v.user_id] } : accessBody(v.access, v.groups, users),
+      access: single ? { all_users: false, user_ids: [v.user_id] } : accessBody(v.access, v.groups, v.people),
       memory_bytes: memory,
     };
     if (v.domain) body.domain = v.domain;
@@ -120,18 +123,17 @@ function InstallForm({ manifest, domains, groups, users, platform, onStarted }) 
         <Field label="Who can open it" type="select" {...form.bind("user_id")} error={form.errors.access} hint={`${manifest.title} is for one user.`}>
           {users.map((u) => (
             <option key={u.user_id} value={u.user_id}>
-              {u.display_name || u.username}
+              {personName(u)}
             </option>
           ))}
         </Field>
       ) : (
         <AccessFieldset
-          mode={values.access}
-          groups={values.groups}
+          value={{ mode: values.access, groups: values.groups, people: values.people }}
           allGroups={groups}
-          onMode={(m) => form.set("access", m)}
-          onGroups={(g) => form.set("groups", g)}
-          error={form.errors.access || form.errors.groups}
+          allUsers={users}
+          onChange={(c) => setAccess(form, c)}
+          error={form.errors.access}
         />
       )}
       <Field

@@ -1,6 +1,6 @@
 // An app's log: the last lines, then new ones followed live (Server-Sent Events, event "line").
 import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
-import { follow, get } from "../api.js";
+import { follow, get, withQuery } from "../api.js";
 import { ErrorNote } from "../ui/common.jsx";
 
 const MAX_LINES = 2000;
@@ -31,17 +31,12 @@ export function LogViewer({ appId }) {
       .then((first) => {
         if (!live) return;
         setLines(first.lines);
-        // tail=1 repeats the newest line we already have (same cursor): skip it once
-        let skip = first.lines.length ? first.cursor : null;
-        stop = follow(`/apps/${appId}/logs/stream?tail=1`, {
+        // the stream goes on from the last line we have (or from the start, when there is none)
+        const from = first.cursor ? { since: first.cursor } : { tail: FIRST_LINES };
+        stop = follow(withQuery(`/apps/${appId}/logs/stream`, from), {
           open: () => setLink("following"),
           line: (line, ev) => {
             setLink("following");
-            if (skip !== null && ev.lastEventId === skip) {
-              skip = null;
-              return;
-            }
-            skip = null;
             const text = typeof line === "string" ? line : ev.data;
             if (pausedRef.current) {
               pending.current = capped([...pending.current, text]);

@@ -18,7 +18,9 @@ import {
   eventually,
   memoryBytes,
   parseEnv,
+  personName,
   platformDomain,
+  setAccess,
   useAvailability,
   useFirstFocus,
   usePolled,
@@ -28,19 +30,84 @@ const sameList = (a, b) => a.length === b.length && a.every((x) => b.includes(x)
 
 // -- configure --------------------------------------------------------------------------------
 
+const valueKey = (name) => `env.${name}`; // the API names a variable's error env.<NAME>
+const removeKey = (name) => `remove.${name}`;
+
+/** The env part of a PATCH body: the variables given a value, those to remove (null), the new
+ * lines; the API keeps every variable not named. */
+function envChanges(v, names) {
+  const env = {};
+  for (const name of names) {
+    if (v[removeKey(name)]) env[name] = null;
+    else if (v[valueKey(name)] !== "") env[name] = v[valueKey(name)];
+  }
+  return { ...env, ...parseEnv(v.env) };
+}
+
 /** The changes of a configure form as a PATCH body (only what differs from the app). */
-function changes(v, initial, app, singleUser, users) {
+function changes(v, initial, app, singleUser) {
   const body = {};
   if (v.location !== app.location) body.location = v.location;
   if (singleUser) {
     if (v.user_id !== initial.user_id) body.access = { all_users: false, user_ids: [v.user_id] };
-  } else if (v.access !== initial.access || (v.access === "groups" && !sameList(v.groups, initial.groups))) {
-    body.access = accessBody(v.access, v.groups, users);
+  } else if (
+    v.access !== initial.access ||
+    (v.access === "groups" && !sameList(v.groups, initial.groups)) ||
+    (v.access === "people" && !sameList(v.people, initial.people))
+  ) {
+    body.access = accessBody(v.access, v.groups, v.people);
   }
   const memory = memoryBytes(v.memory_bytes);
   if (memory !== app.memory_bytes) body.memory_bytes = memory;
-  if (v.env.trim()) body.env = parseEnv(v.env);
+  const env = envChanges(v, app.env_names);
+  if (Object.keys(env).length) body.env = env;
   return body;
+}
+
+/** The app's variables by name (a new value, or removal), then new ones as NAME=value lines. */
+function EnvFields({ names, form }) {
+  const { values } = form;
+  return (
+    <fieldset class="env-vars">
+      <legend>Environment variables</legend>
+      {names.length ? (
+        <>
+          <p class="hint">Values are secret and never shown. Leave a value empty to keep it as it is: only the variables you change or remove change.</p>
+          {names.map((name) => (
+            <div class="env-row" key={name}>
+              <Field
+                label={name}
+                {...form.bind(valueKey(name))}
+                placeholder="unchanged"
+                autocomplete="off"
+                spellcheck={false}
+                disabled={values[removeKey(name)]}
+              />
+              <Field
+                label={
+                  <>
+                    Remove<span class="sr-only"> {name}</span>
+                  </>
+                }
+                type="checkbox"
+                {...form.bind(removeKey(name))}
+              />
+            </div>
+          ))}
+        </>
+      ) : (
+        <p class="hint">The app has no variables of its own.</p>
+      )}
+      <Field
+        label="Add variables"
+        type="textarea"
+        {...form.bind("env")}
+        spellcheck={false}
+        placeholder={"NAME=value\nOTHER=value"}
+        hint="One NAME=value a line. A name the app already has gets the new value."
+      />
+    </fieldset>
+  );
 }
 
 function ConfigureForm({ app, singleUser, groups, users, titles, onStarted }) {
@@ -48,10 +115,15 @@ function ConfigureForm({ app, singleUser, groups, users, titles, onStarted }) {
     location: app.location,
     access: accessMode(app.access),
     groups: app.access?.groups || [],
+    people: app.access?.user_ids || [],
     user_id: app.access?.user_ids?.[0] || users[0]?.user_id || "",
     memory_bytes: String(Math.round(app.memory_bytes / MIB)),
     env: "",
   };
+  for (const name of app.env_names) {
+    initial[valueKey(name)] = "";
+    initial[removeKey(name)] = false;
+  }
   const form = useForm(initial);
   const focus = useFirstFocus();
   const { values } = form;
@@ -60,7 +132,7 @@ function ConfigureForm({ app, singleUser, groups, users, titles, onStarted }) {
   const save = form.submit(async (v) => {
     let body;
     try {
-      body = changes(v, initial, app, singleUser, users);
+      body = changes(v, initial, app, singleUser);
     } catch (e) {
       form.setErrors({ [/memory/i.test(e.message) ? "memory_bytes" : "env"]: e.message });
       return;
@@ -91,29 +163,21 @@ function ConfigureForm({ app, singleUser, groups, users, titles, onStarted }) {
         <Field label="Who can open it" type="select" {...form.bind("user_id")} error={form.errors.access}>
           {users.map((u) => (
             <option key={u.user_id} value={u.user_id}>
-              {u.display_name || u.username}
+              {personName(u)}
             </option>
           ))}
         </Field>
       ) : (
         <AccessFieldset
-          mode={values.access}
-          groups={values.groups}
+          value={{ mode: values.access, groups: values.groups, people: values.people }}
           allGroups={groups}
-          onMode={(m) => form.set("access", m)}
-          onGroups={(g) => form.set("groups", g)}
-          error={form.errors.access || form.errors.groups}
+          allUsers={users}
+          onChange={(c) => setAccess(form, c)}
+          error={form.errors.access}
         />
       )}
       <Field label="Memory (MiB)" type="number" min="32" step="1" inputMode="numeric" {...form.bind("memory_bytes")} />
-      <Field
-        label="Environment"
-        type="textarea"
-        {...form.bind("env")}
-        spellcheck={false}
-        placeholder={"NAME=value\nOTHER=value"}
-        hint="One NAME=value a line. Leave empty to keep the current variables; anything you enter replaces all of them (their values are kept secret and not shown)."
-      />
+      <EnvFields names={app.env_names} form={form} />
       <Submit busy={form.busy}>Save</Submit>
     </form>
   );

@@ -63,10 +63,12 @@ export function DomainForm({ onAdded, submitLabel = "Add and verify" }) {
       ))}
       <details class="more">
         <summary>More settings</summary>
-        <Field label="Zone" {...form.bind("zone")} hint="Default: the domain itself" />
-        <Field label="Name servers to check" {...form.bind("nameservers")} hint="host:port, separated by spaces. Default: the zone's NS records" />
-        <Field label="This server's IPv4 address" {...form.bind("server_ipv4")} hint="Default: found automatically" />
-        <Field label="This server's IPv6 address" {...form.bind("server_ipv6")} />
+        <div class="more-fields">
+          <Field label="Zone" {...form.bind("zone")} hint="Default: the domain itself" />
+          <Field label="Name servers to check" {...form.bind("nameservers")} hint="host:port, separated by spaces. Default: the zone's NS records" />
+          <Field label="This server's IPv4 address" {...form.bind("server_ipv4")} hint="Homeport points my.<domain> and each app's name here (A records). Leave empty to keep those records yourself." />
+          <Field label="This server's IPv6 address" {...form.bind("server_ipv6")} hint="The same with AAAA records, if this server has a public IPv6 address." />
+        </div>
       </details>
       <Submit busy={form.busy}>{submitLabel}</Submit>
     </form>

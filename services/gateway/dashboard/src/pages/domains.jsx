@@ -154,7 +154,7 @@ function DomainItem({ domain, onChanged, say }) {
         <dd>{PROVIDERS[domain.provider.kind] || domain.provider.kind}</dd>
         <ProviderFacts provider={domain.provider} />
         <dt>Server addresses</dt>
-        <dd>{[domain.server_ipv4, domain.server_ipv6].filter(Boolean).join(", ") || "found automatically"}</dd>
+        <dd>{[domain.server_ipv4, domain.server_ipv6].filter(Boolean).join(", ") || "none given: Homeport keeps no address records here"}</dd>
         <dt>Last verified</dt>
         <dd>{domain.verified_at ? `${formatTime(domain.verified_at)} (${ago(domain.verified_at)})` : "never"}</dd>
       </dl>

@@ -38,7 +38,7 @@ function Expiry({ cert }) {
 }
 
 /** The state badge, the last error and, while one runs (or after it ran here), the order's task. */
-function CertState({ cert, taskId, onTaskDone }) {
+function CertState({ cert, taskId, renewing, onTaskDone }) {
   const [kind, label] = STATES[cert.state] || ["neutral", cert.state];
   return (
     <span class="cell-lines">
@@ -49,7 +49,7 @@ function CertState({ cert, taskId, onTaskDone }) {
           {cert.next_attempt_at && <span class="muted"> Next try {relativeTime(cert.next_attempt_at)}.</span>}
         </span>
       )}
-      {taskId && <TaskProgress taskId={taskId} title={`Renewing ${cert.primary}`} onDone={onTaskDone} />}
+      {taskId && <TaskProgress taskId={taskId} title={`${renewing ? "Renewing" : "Ordering"} ${cert.primary}`} onDone={onTaskDone} />}
     </span>
   );
 }
@@ -99,7 +99,7 @@ function CertRow({ cert, onChanged }) {
         <Expiry cert={cert} />
       </td>
       <td data-label="State">
-        <CertState cert={cert} taskId={taskId} onTaskDone={taskDone} />
+        <CertState cert={cert} taskId={taskId} renewing={!!task} onTaskDone={taskDone} />
         <ErrorNote error={error} />
       </td>
       <td data-label="Actions" class="cert-actions">

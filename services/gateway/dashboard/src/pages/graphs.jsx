@@ -6,6 +6,7 @@ import { Field } from "../ui/form.jsx";
 import { BYTE_STEPS, Chart } from "./graphs_chart.jsx";
 
 const RANGES = { "1h": "Last hour", "6h": "Last 6 hours", "24h": "Last 24 hours", "7d": "Last 7 days" };
+const SECONDS = { "1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600, "7d": 7 * 86400 };
 const REFRESH_MS = 30000;
 const percent = (v) => `${Math.round(v)}%`;
 const bytes = (v) => formatBytes(v).replace(/\.0 /, " ");
@@ -54,9 +55,17 @@ function appsOf(series) {
   return { x, lines, summary: `Memory per app: ${shown.join(", ")}${rest}` };
 }
 
+/** [from, to] in unix seconds: the range asked for, ending now (or at the newest step, if later). */
+function spanOf(data) {
+  const newest = Math.max(0, ...data.series.flatMap((s) => s.points.map((p) => p[0] + data.step_seconds)));
+  const end = Math.max(Date.parse(data.at) / 1000, newest);
+  return [end - (SECONDS[data.range] || 3600), end];
+}
+
 function charts(data) {
   const byMetric = (metric) => data.series.find((s) => s.metric === metric && !s.app_id) || { points: [] };
   return {
+    span: spanOf(data),
     memory: usedOf(byMetric, "system_memory_used_bytes", "system_memory_total_bytes", "Memory"),
     cpu: cpuOf(byMetric),
     disk: usedOf(byMetric, "system_disk_used_bytes", "system_disk_total_bytes", "Disk"),
@@ -64,12 +73,12 @@ function charts(data) {
   };
 }
 
-function ChartPanel({ id, title, chart, format, range, steps, when }) {
+function ChartPanel({ id, title, chart, format, range, steps, when, span }) {
   return (
     <section class="chart" aria-labelledby={id}>
       <h2 id={id}>{title}</h2>
       <p class="chart-summary">{chart.summary}</p>
-      {chart.lines.length ? <Chart label={`${chart.summary} (${when})`} x={chart.x} lines={chart.lines} format={format} range={range} steps={steps} /> : null}
+      {chart.lines.length ? <Chart label={`${chart.summary} (${when})`} x={chart.x} lines={chart.lines} format={format} range={range} steps={steps} span={span} /> : null}
     </section>
   );
 }
@@ -80,11 +89,11 @@ function Charts({ data }) {
   if (!data.series.some((s) => s.points.length)) return <p class="notice">No samples yet: the platform records one every minute.</p>;
   return (
     <div class="charts">
-      <ChartPanel id="chart-memory" when={when} title="Memory" chart={c.memory} format={bytes} steps={BYTE_STEPS} />
-      <ChartPanel id="chart-cpu" when={when} title="CPU" chart={c.cpu} format={percent} range={[0, 100]} />
-      <ChartPanel id="chart-disk" when={when} title="Disk" chart={c.disk} format={bytes} steps={BYTE_STEPS} />
+      <ChartPanel id="chart-memory" when={when} span={c.span} title="Memory" chart={c.memory} format={bytes} steps={BYTE_STEPS} />
+      <ChartPanel id="chart-cpu" when={when} span={c.span} title="CPU" chart={c.cpu} format={percent} range={[0, 100]} />
+      <ChartPanel id="chart-disk" when={when} span={c.span} title="Disk" chart={c.disk} format={bytes} steps={BYTE_STEPS} />
       {c.apps.lines.length ? (
-        <ChartPanel id="chart-apps" when={when} title="Memory per app" chart={c.apps} format={bytes} steps={BYTE_STEPS} />
+        <ChartPanel id="chart-apps" when={when} span={c.span} title="Memory per app" chart={c.apps} format={bytes} steps={BYTE_STEPS} />
       ) : (
         <section class="chart" aria-labelledby="chart-apps">
           <h2 id="chart-apps">Memory per app</h2>

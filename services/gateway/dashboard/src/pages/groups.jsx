@@ -7,15 +7,32 @@ import { ConfirmForm, byName, nameOf, useStatus } from "./users_common.jsx";
 
 const NAME_HINT = "2 to 32 characters: a lower-case letter, then lower-case letters, digits, _ or -";
 
+// Groups and members come from identity, apps from the apps service: when only the apps are
+// unavailable, the groups can still be managed (appsError says why their apps are unknown).
 async function load() {
-  const [groups, users, apps] = await Promise.all([get("/groups"), get("/users"), get("/apps")]);
-  return { groups: groups.items.sort(byName("name")), users: users.items.sort(byName("username")), apps: apps.items.sort(byName("location")) };
+  const [groups, users, apps] = await Promise.all([get("/groups"), get("/users"), get("/apps").catch((error) => ({ error }))]);
+  return {
+    groups: groups.items.sort(byName("name")),
+    users: users.items.sort(byName("username")),
+    apps: apps.error ? null : apps.items.sort(byName("location")),
+    appsError: apps.error || null,
+  };
 }
 
-/** The apps members of the group may open: those open to the group, or to every user. */
-const appsOf = (group, apps) => apps.filter((a) => a.access && (a.access.all_users || (a.access.groups || []).includes(group.group_id)));
+/** The apps members of the group may open: those open to the group, or to every user (null
+ * when the apps are unknown). */
+const appsOf = (group, apps) => apps && apps.filter((a) => a.access && (a.access.all_users || (a.access.groups || []).includes(group.group_id)));
+
+function AppsUnknown({ error }) {
+  return (
+    <p class="notice">
+      Which apps the groups open is unknown for now: {error.message}
+    </p>
+  );
+}
 
 function AppLinks({ apps }) {
+  if (apps === null) return <span class="muted">Unknown</span>;
   if (apps.length === 0) return <span class="muted">None</span>;
   return (
     <ul class="link-list">
@@ -143,7 +160,7 @@ function GroupDetail({ group, data, reload, onDelete }) {
       </section>
       <section aria-labelledby="group-apps">
         <h3 id="group-apps">Apps this group opens</h3>
-        <AppLinks apps={appsOf(group, data.apps)} />
+        {data.appsError ? <AppsUnknown error={data.appsError} /> : <AppLinks apps={appsOf(group, data.apps)} />}
         <p class="hint">Choose who opens an app on the app's own page, under its access.</p>
       </section>
       <div class="button-row">
@@ -259,7 +276,10 @@ export function Groups() {
           data.groups.length === 0 ? (
             <p>No groups yet. Make one, add people to it, then give it apps on each app's page.</p>
           ) : (
-            <GroupTable data={data} onOpen={(g) => setDialog({ kind: "manage", group: g })} onDelete={(g) => setDialog({ kind: "delete", group: g })} />
+            <>
+              {data.appsError && <AppsUnknown error={data.appsError} />}
+              <GroupTable data={data} onOpen={(g) => setDialog({ kind: "manage", group: g })} onDelete={(g) => setDialog({ kind: "delete", group: g })} />
+            </>
           )
         }
       </Loaded>

@@ -1,6 +1,6 @@
 // Signing in (with the TOTP step when the account has one), accepting an invitation,
 // and resetting a forgotten password.
-import { useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { post } from "../api.js";
 import { navigate } from "../router.js";
 import { useSession } from "../session.js";
@@ -15,12 +15,25 @@ function Card({ title, children }) {
   );
 }
 
+/** What the password step says when the server refused the code step: any 401 there (a wrong
+ * code too) has used up the ticket, so only a new sign-in can go on. */
+function refusal(e) {
+  if (/ticket/.test(e.message)) return "This sign-in took too long or was already used. Sign in again.";
+  return "That code was not accepted. Sign in again.";
+}
+
 function TotpStep({ ticket, onDone, onRestart }) {
   const [recovery, setRecovery] = useState(false);
   const form = useForm({ code: "", recovery_code: "" });
   const send = form.submit(async (v) => {
     const body = recovery ? { ticket, recovery_code: v.recovery_code.trim() } : { ticket, code: v.code.replace(/\s/g, "") };
-    await post("/session/totp", body, { quiet401: true });
+    try {
+      await post("/session/totp", body, { quiet401: true });
+    } catch (e) {
+      if (e.status !== 401) throw e;
+      onRestart(refusal(e));
+      return;
+    }
     onDone();
   });
   return (
@@ -36,7 +49,7 @@ function TotpStep({ ticket, onDone, onRestart }) {
         <button type="button" class="btn btn-link" onClick={() => setRecovery(!recovery)}>
           {recovery ? "Use a code from the app" : "Use a recovery code"}
         </button>{" "}
-        <button type="button" class="btn btn-link" onClick={onRestart}>
+        <button type="button" class="btn btn-link" onClick={() => onRestart(null)}>
           Start again
         </button>
       </p>
@@ -48,7 +61,19 @@ export function Login({ expired = false }) {
   const { refresh } = useSession();
   const [ticket, setTicket] = useState(null);
   const [forgot, setForgot] = useState(false);
+  const [restarts, setRestarts] = useState(0);
+  const passwordForm = useRef(null);
   const form = useForm({ username: "", password: "" });
+  // back from the code step: the username kept, the password to type again
+  const restart = (message) => {
+    setTicket(null);
+    form.setValues((v) => ({ ...v, password: "" }));
+    form.setErrors(message ? { _form: message } : {});
+    setRestarts((n) => n + 1);
+  };
+  useEffect(() => {
+    if (restarts && passwordForm.current) passwordForm.current.querySelector("input[type=password]").focus();
+  }, [restarts]);
   const done = async () => {
     await refresh();
     const route = window.location.hash;
@@ -64,9 +89,9 @@ export function Login({ expired = false }) {
     <Card title="Sign in to Homeport">
       {expired && <p class="notice">Your session ended. Sign in again.</p>}
       {ticket ? (
-        <TotpStep ticket={ticket} onDone={done} onRestart={() => setTicket(null)} />
+        <TotpStep ticket={ticket} onDone={done} onRestart={restart} />
       ) : (
-        <form onSubmit={signIn} noValidate>
+        <form ref={passwordForm} onSubmit={signIn} noValidate>
           <FormError error={form.errors._form} />
           <Field label="Username" {...form.bind("username")} autocomplete="username" autofocus />
           <Field label="Password" type="password" {...form.bind("password")} autocomplete="current-password" />
