@@ -295,6 +295,9 @@ def start_pebble(
         config["pebble"]["certificateValidityPeriod"] = validity_seconds
     (workdir / "pebble-config.json").write_text(json.dumps(config))
     penv = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_")}
+    # Every order is validated: Pebble would otherwise reuse a valid authorization at random
+    # (50 % by default), and a test of a failing validation would pass or not by chance.
+    penv["PEBBLE_AUTHZREUSE"] = "0"
     if nosleep:
         penv["PEBBLE_VA_NOSLEEP"] = "1"
     if nonce_reject is not None:

@@ -40,7 +40,7 @@ async def install(
 ) -> None:
     """Install version 1.0.0 of the static website at `location` through the store's dialog,
     for the members of `group` or for `person` only."""
-    await page.goto("/#/store")
+    await goto(page, "/#/store")
     await page.get_by_role("button", name="Install Static website").click()
     dialog = page.get_by_role("dialog")
     await dialog.get_by_label("Location").fill(location)
@@ -80,7 +80,7 @@ async def test_setup_install_invite_and_activity(
         admin = await browser.page()
 
         # -- the setup wizard: the first administrator, a domain refused, then skipped
-        await admin.goto("/")
+        await goto(admin, "/")
         await admin.get_by_label("Username").fill("owner")
         await admin.get_by_label("Email").fill("owner@example.test")
         await admin.get_by_label("Password", exact=True).fill(ADMIN_PASSWORD)
@@ -101,7 +101,7 @@ async def test_setup_install_invite_and_activity(
         await sign_in(admin, "owner", ADMIN_PASSWORD)
 
         # -- a group for the family
-        await admin.goto("/#/groups")
+        await goto(admin, "/#/groups")
         await admin.get_by_role("button", name="New group").click()
         await admin.get_by_role("dialog").get_by_label("Name").fill("family")
         await admin.get_by_role("dialog").get_by_role("button", name="Create group").click()
@@ -121,7 +121,7 @@ async def test_setup_install_invite_and_activity(
         await app_page.close()
 
         # -- invite a user into the family group
-        await admin.goto("/#/users")
+        await goto(admin, "/#/users")
         await admin.get_by_role("button", name="Invite user").click()
         dialog = admin.get_by_role("dialog")
         await dialog.get_by_label("Email").fill("kim@example.test")
@@ -136,7 +136,7 @@ async def test_setup_install_invite_and_activity(
         # -- the invited user joins, signs in, and sees only the app the family group opens
         user_ctx = await browser.context()
         user = await user_ctx.new_page()
-        await user.goto(invitation)
+        await goto(user, invitation)
         await user.get_by_label("Your email (the one invited)").fill("kim@example.test")
         await user.get_by_label("Username").fill("kim")
         await user.get_by_label("Password", exact=True).fill(USER_PASSWORD)
@@ -157,7 +157,7 @@ async def test_setup_install_invite_and_activity(
 
         # -- the admin sees the journey in the activity log: filtered by type and by actor,
         # and the whole log by scrolling to its end
-        await admin.goto("/#/activity")
+        await goto(admin, "/#/activity")
         log = admin.get_by_role("main")
         rows = log.locator("tbody tr")
         for kind in ("GroupCreated", "AppInstalled", "InvitationCreated", "InvitationAccepted"):
@@ -185,7 +185,7 @@ async def test_setup_install_invite_and_activity(
             if size is not None:
                 await admin.set_viewport_size(size)
             for name in pages:
-                await admin.goto(f"/#/{name}")
+                await goto(admin, f"/#/{name}")
                 await expect(admin.get_by_role("heading", level=1).first).to_be_visible()
                 await expect(admin.locator(".loading")).to_have_count(0)  # its data is in
                 await expect(admin.locator(".form-error")).to_have_count(0)

@@ -487,6 +487,38 @@ async def test_heartbeats_head_replay_and_a_rogue_step(
         assert again.body == history.body
 
 
+async def test_a_task_just_started_is_waited_for_and_an_unknown_one_is_not(
+    nc: NATS, store: PostgresEventStore, cast: Cast
+) -> None:
+    """A client that asks right after the 202 can be ahead of the tasks read model: the API
+    waits a moment for a task whose id was made just now, never for any other id."""
+    runner = ProjectionRunner(TaskProjection(), store)
+    await runner.setup()
+    alice = cast.session_alice
+    async with serve_api(nc, pool=store.pool) as client:
+        t = await Task.start(store, kind="app.install", title="Install Chat", owner=cast.alice_id)
+
+        async def later() -> None:
+            await asyncio.sleep(0.6)
+            await runner.catch_up()
+
+        catching_up = asyncio.create_task(later())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        view = await client.call("GET", f"/api/v1/tasks/{t.id}", session=alice)
+        assert view.status == 200 and view.body["title"] == "Install Chat"
+        assert loop.time() - started >= 0.5  # it was not there when asked
+        await catching_up
+        url = f"{client.base}/api/v1/tasks/{t.id}/events"
+        async with client.http.head(url, headers=auth(alice)) as r:
+            assert r.status == 200
+
+        for unknown in (UNKNOWN, str(uuid.uuid4())):  # an old UUIDv7, not a UUIDv7
+            started = loop.time()
+            a = await client.call("GET", f"/api/v1/tasks/{unknown}", session=alice)
+            assert a.status == 404 and loop.time() - started < 0.5
+
+
 def test_the_event_stream_is_documented_as_such() -> None:
     doc = openapi_document(default_table(), version="1", prefix="/api/v1")
     events = doc["paths"]["/tasks/{task_id}/events"]["get"]

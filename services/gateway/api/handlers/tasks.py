@@ -15,9 +15,10 @@ import contextlib
 import json
 import logging
 import re
+import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import asyncpg
 from aiohttp import web
@@ -46,6 +47,9 @@ LAST_EVENT_ID = "Last-Event-ID"
 RETRY_MS = 2000  # how long an EventSource waits before it reconnects
 PAGE = 500  # steps per read
 _POSITION = re.compile(r"[0-9]{1,18}")
+CATCH_UP = 3.0  # s a just-started task may take to reach the tasks read model
+CATCH_UP_WINDOW = 30.0  # s: ids made longer ago than this are answered at once
+_T = TypeVar("_T")
 
 
 class TaskStreams:
@@ -148,9 +152,32 @@ EVENTS = string(
 
 async def _own_task(call: Call) -> bool:
     """Owners pass (admins are not asked); to anyone else the task does not exist."""
-    if await task_owner(call.pool, _task_id(call)) != call.user.user_id:
+    if await _caught_up(task_owner, call.pool, _task_id(call)) != call.user.user_id:
         raise _not_found(call)
     return True
+
+
+async def _caught_up(
+    read: Callable[[asyncpg.Pool, uuid.UUID], Awaitable[_T | None]],
+    pool: asyncpg.Pool,
+    task_id: uuid.UUID,
+) -> _T | None:
+    """`read(pool, task_id)`, waiting a moment for a task started just now.
+
+    The tasks read model follows the events, so a client that asks right after the 202 that
+    named the task can be a step ahead of it. A task id is a UUIDv7: when its time says it was
+    made in the last CATCH_UP_WINDOW seconds, a missing task is asked for again for up to
+    CATCH_UP seconds before it counts as unknown; any other id answers at once.
+    """
+    found = await read(pool, task_id)
+    made = (task_id.int >> 80) / 1000 if task_id.version == 7 else 0.0
+    if found is not None or not 0 <= time.time() - made <= CATCH_UP_WINDOW:
+        return found
+    deadline = asyncio.get_running_loop().time() + CATCH_UP
+    while found is None and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+        found = await read(pool, task_id)
+    return found
 
 
 @routes.get(
@@ -163,7 +190,7 @@ async def _own_task(call: Call) -> bool:
     responses={200: TASK},
 )
 async def get_task(call: Call) -> Any:
-    view = await task_view(call.pool, _task_id(call))
+    view = await _caught_up(task_view, call.pool, _task_id(call))
     if view is None:
         raise _not_found(call)
     return view
@@ -188,7 +215,7 @@ async def get_task(call: Call) -> Any:
 async def task_events(call: Call) -> Any:
     task_id = _task_id(call)
     pool = call.pool
-    if await task_state(pool, task_id) is None:
+    if await _caught_up(task_state, pool, task_id) is None:
         raise _not_found(call)  # admins skip the owner check, which looks too
     after = _last_event_id(call.request)
     streams = call.request.config_dict.get(TASK_STREAMS) or TaskStreams()

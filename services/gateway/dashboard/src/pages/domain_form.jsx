@@ -47,6 +47,11 @@ export function DomainForm({ onAdded, submitLabel = "Add and verify" }) {
     onAdded(added);
   });
 
+  // A provider Homeport writes records to needs the address to point names at: shown up front.
+  const manages = kind.fields.length > 0;
+  const ipv4 = (
+    <Field label="This server's IPv4 address" {...form.bind("server_ipv4")} hint="Homeport points my.<domain> and each app's name here (A records). Leave empty to keep those records yourself." />
+  );
   return (
     <form onSubmit={save} noValidate>
       <FormError error={form.errors._form} />
@@ -61,12 +66,13 @@ export function DomainForm({ onAdded, submitLabel = "Add and verify" }) {
       {kind.fields.map(([name, label, type, hint]) => (
         <Field key={name} label={label} type={type} {...form.bind(name)} hint={hint} autocomplete="off" />
       ))}
+      {manages && ipv4}
       <details class="more">
         <summary>More settings</summary>
         <div class="more-fields">
           <Field label="Zone" {...form.bind("zone")} hint="Default: the domain itself" />
           <Field label="Name servers to check" {...form.bind("nameservers")} hint="host:port, separated by spaces. Default: the zone's NS records" />
-          <Field label="This server's IPv4 address" {...form.bind("server_ipv4")} hint="Homeport points my.<domain> and each app's name here (A records). Leave empty to keep those records yourself." />
+          {!manages && ipv4}
           <Field label="This server's IPv6 address" {...form.bind("server_ipv6")} hint="The same with AAAA records, if this server has a public IPv6 address." />
         </div>
       </details>
