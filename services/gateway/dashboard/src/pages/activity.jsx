@@ -1,7 +1,7 @@
 // The activity log: who did what, on what, when; filtered, loaded page by page as you scroll.
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { get, withQuery } from "../api.js";
-import { ErrorNote, PageHead, formatTime, relativeTime, useAsync } from "../ui/common.jsx";
+import { ErrorNote, PageHead, formatTime, relativeTime, useAsync, ListTable } from "../ui/common.jsx";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 
 const PAGE = 50;
@@ -58,39 +58,26 @@ function Filters({ form, onApply, onClear, usernames, types, active }) {
 
 function ActivityTable({ items, nameOf }) {
   return (
-    <table class="list activity">
-      <caption class="sr-only">Activity, newest first</caption>
-      <thead>
-        <tr>
-          <th scope="col">Time</th>
-          <th scope="col">Actor</th>
-          <th scope="col">Type</th>
-          <th scope="col">Target</th>
-          <th scope="col">IP</th>
-          <th scope="col">Summary</th>
+    <ListTable caption="Activity, newest first" columns={["Time", "Actor", "Type", "Target", "IP", "Summary"]} kind="activity">
+      {items.map((e) => (
+        <tr key={e.position}>
+          <td data-label="Time">
+            <time datetime={e.occurred_at} title={relativeTime(e.occurred_at)}>
+              {formatTime(e.occurred_at)}
+            </time>
+          </td>
+          <td data-label="Actor" class="act-break">
+            {nameOf[e.actor] || e.actor}
+          </td>
+          <td data-label="Type">{e.type}</td>
+          <td data-label="Target">
+            <code class="act-break">{e.target}</code>
+          </td>
+          <td data-label="IP">{e.ip || "–"}</td>
+          <td data-label="Summary">{e.summary}</td>
         </tr>
-      </thead>
-      <tbody>
-        {items.map((e) => (
-          <tr key={e.position}>
-            <td data-label="Time">
-              <time datetime={e.occurred_at} title={relativeTime(e.occurred_at)}>
-                {formatTime(e.occurred_at)}
-              </time>
-            </td>
-            <td data-label="Actor" class="act-break">
-              {nameOf[e.actor] || e.actor}
-            </td>
-            <td data-label="Type">{e.type}</td>
-            <td data-label="Target">
-              <code class="act-break">{e.target}</code>
-            </td>
-            <td data-label="IP">{e.ip || "–"}</td>
-            <td data-label="Summary">{e.summary}</td>
-          </tr>
-        ))}
-      </tbody>
-    </table>
+      ))}
+    </ListTable>
   );
 }
 

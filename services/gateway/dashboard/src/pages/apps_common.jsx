@@ -310,6 +310,31 @@ function Choices({ items, chosen, onChosen }) {
 
 /** The "Who can open it" radios, with group or people checkboxes; `error` is the API's access
  * error. `value` is {mode, groups, people}; `onChange` gets the changed parts. */
+/** Who can open the app: one person for a single-user app, else the access fieldset. */
+export function WhoCanOpen({ form, single, users, groups, hint }) {
+  const { values } = form;
+  if (single) {
+    return (
+      <Field label="Who can open it" type="select" {...form.bind("user_id")} error={form.errors.access} hint={hint}>
+        {users.map((u) => (
+          <option key={u.user_id} value={u.user_id}>
+            {personName(u)}
+          </option>
+        ))}
+      </Field>
+    );
+  }
+  return (
+    <AccessFieldset
+      value={{ mode: values.access, groups: values.groups, people: values.people }}
+      allGroups={groups}
+      allUsers={users}
+      onChange={(c) => setAccess(form, c)}
+      error={form.errors.access}
+    />
+  );
+}
+
 export function AccessFieldset({ value, allGroups, allUsers, onChange, error }) {
   const name = useRef(`access-${++fieldsets}`).current;
   const radio = (mode, label) => (

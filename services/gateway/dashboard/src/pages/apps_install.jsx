@@ -6,14 +6,12 @@ import { navigate } from "../router.js";
 import { Dialog, Loaded, TaskProgress, useAsync } from "../ui/common.jsx";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 import {
-  AccessFieldset,
   Availability,
   DomainSelect,
   MIB,
+  WhoCanOpen,
   accessBody,
   memoryBytes,
-  personName,
-  setAccess,
   platformDomain,
   useAvailability,
   useCatalogIndex,
@@ -119,23 +117,7 @@ function InstallForm({ manifest, domains, groups, users, platform, onStarted }) 
           </option>
         ))}
       </Field>
-      {single ? (
-        <Field label="Who can open it" type="select" {...form.bind("user_id")} error={form.errors.access} hint={`${manifest.title} is for one user.`}>
-          {users.map((u) => (
-            <option key={u.user_id} value={u.user_id}>
-              {personName(u)}
-            </option>
-          ))}
-        </Field>
-      ) : (
-        <AccessFieldset
-          value={{ mode: values.access, groups: values.groups, people: values.people }}
-          allGroups={groups}
-          allUsers={users}
-          onChange={(c) => setAccess(form, c)}
-          error={form.errors.access}
-        />
-      )}
+      <WhoCanOpen form={form} single={single} users={users} groups={groups} hint={`${manifest.title} is for one user.`} />
       <Field
         label="Memory (MiB)"
         type="number"

@@ -3,24 +3,22 @@
 import { useState } from "preact/hooks";
 import { del, get, patch, post } from "../api.js";
 import { navigate } from "../router.js";
-import { Dialog, ErrorNote, Loaded, TaskProgress, formatBytes, formatTime, useAsync } from "../ui/common.jsx";
+import { Dialog, ErrorNote, Loaded, TaskProgress, formatBytes, formatTime, useAsync, ListTable } from "../ui/common.jsx";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 import {
-  AccessFieldset,
   Availability,
   Changelog,
   DomainSelect,
   MIB,
   Stale,
+  WhoCanOpen,
   accessBody,
   accessMode,
   act,
   eventually,
   memoryBytes,
   parseEnv,
-  personName,
   platformDomain,
-  setAccess,
   useAvailability,
   useFirstFocus,
   usePolled,
@@ -159,23 +157,7 @@ function ConfigureForm({ app, singleUser, groups, users, titles, onStarted }) {
         />
         {values.location !== app.location && <Availability answer={answer} />}
       </div>
-      {singleUser ? (
-        <Field label="Who can open it" type="select" {...form.bind("user_id")} error={form.errors.access}>
-          {users.map((u) => (
-            <option key={u.user_id} value={u.user_id}>
-              {personName(u)}
-            </option>
-          ))}
-        </Field>
-      ) : (
-        <AccessFieldset
-          value={{ mode: values.access, groups: values.groups, people: values.people }}
-          allGroups={groups}
-          allUsers={users}
-          onChange={(c) => setAccess(form, c)}
-          error={form.errors.access}
-        />
-      )}
+      <WhoCanOpen form={form} single={singleUser} users={users} groups={groups} />
       <Field label="Memory (MiB)" type="number" min="32" step="1" inputMode="numeric" {...form.bind("memory_bytes")} />
       <EnvFields names={app.env_names} form={form} />
       <Submit busy={form.busy}>Save</Submit>
@@ -456,40 +438,27 @@ export function Snapshots({ app, version, onStarted }) {
       <Loaded state={list} what="Loading snapshots">
         {({ items }) =>
           items.length ? (
-            <table class="list">
-              <thead>
-                <tr>
-                  <th scope="col">Taken</th>
-                  <th scope="col">Version</th>
-                  <th scope="col">Why</th>
-                  <th scope="col">Size</th>
-                  <th scope="col">
-                    <span class="sr-only">Actions</span>
-                  </th>
+            <ListTable columns={["Taken", "Version", "Why", "Size"]} actions>
+              {items.map((s) => (
+                <tr key={s.snapshot_id}>
+                  <td data-label="Taken">{formatTime(s.created_at)}</td>
+                  <td data-label="Version">{s.version}</td>
+                  <td data-label="Why">{REASONS[s.reason] || s.reason}</td>
+                  <td data-label="Size">{formatBytes(s.size_bytes)}</td>
+                  <td data-label="" class="actions">
+                    <button
+                      type="button"
+                      class="btn btn-secondary"
+                      aria-label={`Restore the snapshot of ${formatTime(s.created_at)}`}
+                      onClick={() => setRestoring(s)}
+                      disabled={app.state.startsWith("pending_")}
+                    >
+                      Restore
+                    </button>
+                  </td>
                 </tr>
-              </thead>
-              <tbody>
-                {items.map((s) => (
-                  <tr key={s.snapshot_id}>
-                    <td data-label="Taken">{formatTime(s.created_at)}</td>
-                    <td data-label="Version">{s.version}</td>
-                    <td data-label="Why">{REASONS[s.reason] || s.reason}</td>
-                    <td data-label="Size">{formatBytes(s.size_bytes)}</td>
-                    <td data-label="" class="actions">
-                      <button
-                        type="button"
-                        class="btn btn-secondary"
-                        aria-label={`Restore the snapshot of ${formatTime(s.created_at)}`}
-                        onClick={() => setRestoring(s)}
-                        disabled={app.state.startsWith("pending_")}
-                      >
-                        Restore
-                      </button>
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
+              ))}
+            </ListTable>
           ) : (
             <p class="muted">No snapshots yet. One is taken before every update.</p>
           )

@@ -2,7 +2,7 @@
 import { Fragment } from "preact";
 import { useState } from "preact/hooks";
 import { api, del, get } from "../api.js";
-import { Badge, Dialog, ErrorNote, Loaded, PageHead, formatTime, relativeTime, useAsync } from "../ui/common.jsx";
+import { Badge, Dialog, ErrorNote, Loaded, PageHead, formatTime, relativeTime, useAsync, ListTable } from "../ui/common.jsx";
 import { DomainForm } from "./domain_form.jsx";
 import { Certificates } from "./domains_certs.jsx";
 
@@ -49,30 +49,20 @@ function Records({ records }) {
   return (
     <details class="more">
       <summary>DNS records Homeport keeps ({records.length})</summary>
-      <table class="list">
-        <thead>
-          <tr>
-            <th scope="col">Name</th>
-            <th scope="col">Type</th>
-            <th scope="col">Values</th>
-            <th scope="col">Kept for</th>
+      <ListTable columns={["Name", "Type", "Values", "Kept for"]}>
+        {records.map((r) => (
+          <tr key={`${r.name} ${r.type}`}>
+            <td data-label="Name">
+              <code>{r.name}</code>
+            </td>
+            <td data-label="Type">{r.type}</td>
+            <td data-label="Values">
+              <code class="cell-wrap">{r.values.join(", ")}</code>
+            </td>
+            <td data-label="Kept for">{r.owner}</td>
           </tr>
-        </thead>
-        <tbody>
-          {records.map((r) => (
-            <tr key={`${r.name} ${r.type}`}>
-              <td data-label="Name">
-                <code>{r.name}</code>
-              </td>
-              <td data-label="Type">{r.type}</td>
-              <td data-label="Values">
-                <code class="cell-wrap">{r.values.join(", ")}</code>
-              </td>
-              <td data-label="Kept for">{r.owner}</td>
-            </tr>
-          ))}
-        </tbody>
-      </table>
+        ))}
+      </ListTable>
     </details>
   );
 }

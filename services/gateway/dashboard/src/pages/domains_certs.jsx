@@ -1,7 +1,7 @@
 // Certificates: expiry, state, renew now, and uploading a custom one.
 import { useState } from "preact/hooks";
 import { ApiError, api, get, post } from "../api.js";
-import { Badge, Dialog, ErrorNote, Loaded, TaskProgress, formatTime, relativeTime, useAsync, useInterval } from "../ui/common.jsx";
+import { Badge, Dialog, ErrorNote, Loaded, TaskProgress, formatTime, relativeTime, useAsync, useInterval, ListTable } from "../ui/common.jsx";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 
 const KINDS = { acme: "ACME", custom: "Uploaded", fallback: "Self-signed" };
@@ -181,25 +181,11 @@ export function Certificates() {
       <Loaded state={state} what="Loading certificates">
         {(data) =>
           data.items.length ? (
-            <table class="list certs">
-              <caption class="sr-only">TLS certificates</caption>
-              <thead>
-                <tr>
-                  <th scope="col">Names</th>
-                  <th scope="col">Kind</th>
-                  <th scope="col">Expires</th>
-                  <th scope="col">State</th>
-                  <th scope="col">
-                    <span class="sr-only">Actions</span>
-                  </th>
-                </tr>
-              </thead>
-              <tbody>
-                {data.items.map((c) => (
-                  <CertRow key={c.primary} cert={c} onChanged={state.reload} />
-                ))}
-              </tbody>
-            </table>
+            <ListTable caption="TLS certificates" columns={["Names", "Kind", "Expires", "State"]} actions kind="certs">
+              {data.items.map((c) => (
+                <CertRow key={c.primary} cert={c} onChanged={state.reload} />
+              ))}
+            </ListTable>
           ) : (
             <p class="notice">No certificate yet: Homeport gets one for each app when it is installed.</p>
           )

@@ -1,7 +1,7 @@
 // Groups (administrators): who is in each group and which apps the group opens.
 import { useState } from "preact/hooks";
 import { api, del, get, patch, post } from "../api.js";
-import { Badge, Dialog, Loaded, PageHead, useAsync } from "../ui/common.jsx";
+import { Badge, Dialog, Loaded, PageHead, useAsync, ListTable } from "../ui/common.jsx";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 import { ConfirmForm, byName, nameOf, useStatus } from "./users_common.jsx";
 
@@ -174,45 +174,32 @@ function GroupDetail({ group, data, reload, onDelete }) {
 
 function GroupTable({ data, onOpen, onDelete }) {
   return (
-    <table class="list">
-      <caption class="sr-only">Groups</caption>
-      <thead>
-        <tr>
-          <th scope="col">Name</th>
-          <th scope="col">Members</th>
-          <th scope="col">Apps it opens</th>
-          <th scope="col">
-            <span class="sr-only">Actions</span>
-          </th>
-        </tr>
-      </thead>
-      <tbody>
-        {data.groups.map((g) => {
-          const members = data.users.filter((u) => g.members.includes(u.user_id)).map((u) => u.username);
-          return (
-            <tr key={g.group_id}>
-              <td data-label="Name">
-                <strong>{g.name}</strong>
-              </td>
-              <td data-label="Members">{members.length ? members.join(", ") : <span class="muted">Nobody</span>}</td>
-              <td data-label="Apps it opens">
-                <AppLinks apps={appsOf(g, data.apps)} />
-              </td>
-              <td data-label="Actions" class="actions">
-                <div class="row-actions">
-                  <button type="button" class="btn btn-secondary" onClick={() => onOpen(g)} aria-label={`Manage ${g.name}`}>
-                    Manage
-                  </button>
-                  <button type="button" class="btn btn-danger" onClick={() => onDelete(g)} aria-label={`Delete ${g.name}`}>
-                    Delete
-                  </button>
-                </div>
-              </td>
-            </tr>
-          );
-        })}
-      </tbody>
-    </table>
+    <ListTable caption="Groups" columns={["Name", "Members", "Apps it opens"]} actions>
+      {data.groups.map((g) => {
+        const members = data.users.filter((u) => g.members.includes(u.user_id)).map((u) => u.username);
+        return (
+          <tr key={g.group_id}>
+            <td data-label="Name">
+              <strong>{g.name}</strong>
+            </td>
+            <td data-label="Members">{members.length ? members.join(", ") : <span class="muted">Nobody</span>}</td>
+            <td data-label="Apps it opens">
+              <AppLinks apps={appsOf(g, data.apps)} />
+            </td>
+            <td data-label="Actions" class="actions">
+              <div class="row-actions">
+                <button type="button" class="btn btn-secondary" onClick={() => onOpen(g)} aria-label={`Manage ${g.name}`}>
+                  Manage
+                </button>
+                <button type="button" class="btn btn-danger" onClick={() => onDelete(g)} aria-label={`Delete ${g.name}`}>
+                  Delete
+                </button>
+              </div>
+            </td>
+          </tr>
+        );
+      })}
+    </ListTable>
   );
 }
 

@@ -3,7 +3,7 @@
 import { useState } from "preact/hooks";
 import { api, del, get } from "../api.js";
 import { useSession } from "../session.js";
-import { Badge, Dialog, Loaded, PageHead, formatTime, relativeTime, useAsync } from "../ui/common.jsx";
+import { Badge, Dialog, Loaded, PageHead, formatTime, relativeTime, useAsync, ListTable } from "../ui/common.jsx";
 import { ConfirmForm, byName, nameOf, useStatus } from "./users_common.jsx";
 import { AddUserForm, EditUserForm, InviteForm, ResetPasswordForm } from "./users_forms.jsx";
 
@@ -75,68 +75,39 @@ function UserRow({ user, groups, self, busy, onDialog, onEnable }) {
 
 function UserTable({ data, me, busy, onDialog, onEnable }) {
   return (
-    <table class="list">
-      <caption class="sr-only">Users</caption>
-      <thead>
-        <tr>
-          <th scope="col">User</th>
-          <th scope="col">Email</th>
-          <th scope="col">Role</th>
-          <th scope="col">Groups</th>
-          <th scope="col">
-            <span class="sr-only">Actions</span>
-          </th>
-        </tr>
-      </thead>
-      <tbody>
-        {data.users.map((u) => (
-          <UserRow key={u.user_id} user={u} groups={data.groups} self={u.user_id === me.user_id} busy={busy} onDialog={onDialog} onEnable={onEnable} />
-        ))}
-      </tbody>
-    </table>
+    <ListTable caption="Users" columns={["User", "Email", "Role", "Groups"]} actions>
+      {data.users.map((u) => (
+        <UserRow key={u.user_id} user={u} groups={data.groups} self={u.user_id === me.user_id} busy={busy} onDialog={onDialog} onEnable={onEnable} />
+      ))}
+    </ListTable>
   );
 }
 
 function Invitations({ data, onRevoke }) {
   if (data.invitations.length === 0) return <p class="muted">No pending invitations.</p>;
   return (
-    <table class="list">
-      <caption class="sr-only">Pending invitations</caption>
-      <thead>
-        <tr>
-          <th scope="col">Email</th>
-          <th scope="col">Role</th>
-          <th scope="col">Groups</th>
-          <th scope="col">Created</th>
-          <th scope="col">Expires</th>
-          <th scope="col">
-            <span class="sr-only">Actions</span>
-          </th>
+    <ListTable caption="Pending invitations" columns={["Email", "Role", "Groups", "Created", "Expires"]} actions>
+      {data.invitations.map((inv) => (
+        <tr key={inv.invitation_id}>
+          <td data-label="Email" class="cell-wrap">
+            {inv.email}
+          </td>
+          <td data-label="Role">{inv.is_admin ? <Badge kind="info">Administrator</Badge> : <span class="muted">User</span>}</td>
+          <td data-label="Groups">{groupNames(inv.groups, data.groups) || <span class="muted">–</span>}</td>
+          <td data-label="Created">{formatTime(inv.created_at)}</td>
+          <td data-label="Expires">
+            <time datetime={inv.expires_at} title={formatTime(inv.expires_at)}>
+              {relativeTime(inv.expires_at)}
+            </time>
+          </td>
+          <td data-label="Actions" class="actions">
+            <button type="button" class="btn btn-ghost" onClick={() => onRevoke(inv)} aria-label={`Revoke the invitation of ${inv.email}`}>
+              Revoke
+            </button>
+          </td>
         </tr>
-      </thead>
-      <tbody>
-        {data.invitations.map((inv) => (
-          <tr key={inv.invitation_id}>
-            <td data-label="Email" class="cell-wrap">
-              {inv.email}
-            </td>
-            <td data-label="Role">{inv.is_admin ? <Badge kind="info">Administrator</Badge> : <span class="muted">User</span>}</td>
-            <td data-label="Groups">{groupNames(inv.groups, data.groups) || <span class="muted">–</span>}</td>
-            <td data-label="Created">{formatTime(inv.created_at)}</td>
-            <td data-label="Expires">
-              <time datetime={inv.expires_at} title={formatTime(inv.expires_at)}>
-                {relativeTime(inv.expires_at)}
-              </time>
-            </td>
-            <td data-label="Actions" class="actions">
-              <button type="button" class="btn btn-ghost" onClick={() => onRevoke(inv)} aria-label={`Revoke the invitation of ${inv.email}`}>
-                Revoke
-              </button>
-            </td>
-          </tr>
-        ))}
-      </tbody>
-    </table>
+      ))}
+    </ListTable>
   );
 }
 

@@ -1,7 +1,7 @@
 // The profile's API tokens and sessions.
 import { useState } from "preact/hooks";
 import { del, get, post } from "../api.js";
-import { Badge, Dialog, Loaded, formatTime, relativeTime, useAsync } from "../ui/common.jsx";
+import { Badge, Dialog, Loaded, formatTime, relativeTime, useAsync, ListTable } from "../ui/common.jsx";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 import { ConfirmForm, CopyField, useStatus } from "./users_common.jsx";
 
@@ -62,39 +62,25 @@ function Created({ token, onDone }) {
 function TokenTable({ tokens, onRevoke }) {
   if (tokens.length === 0) return <p class="muted">You have no API tokens.</p>;
   return (
-    <table class="list">
-      <caption class="sr-only">Your API tokens</caption>
-      <thead>
-        <tr>
-          <th scope="col">Name</th>
-          <th scope="col">Scope</th>
-          <th scope="col">Created</th>
-          <th scope="col">Expires</th>
-          <th scope="col">
-            <span class="sr-only">Actions</span>
-          </th>
+    <ListTable caption="Your API tokens" columns={["Name", "Scope", "Created", "Expires"]} actions>
+      {tokens.map((t) => (
+        <tr key={t.token_id}>
+          <td data-label="Name" class="cell-wrap">
+            {t.name}
+          </td>
+          <td data-label="Scope">{SCOPES[t.scope] || t.scope}</td>
+          <td data-label="Created">{formatTime(t.created_at)}</td>
+          <td data-label="Expires">
+            {t.expired ? <Badge kind="bad">Expired</Badge> : t.expires_at ? formatTime(t.expires_at) : "Never"}
+          </td>
+          <td data-label="Actions" class="actions">
+            <button type="button" class="btn btn-ghost" onClick={() => onRevoke(t)} aria-label={`Revoke the token ${t.name}`}>
+              Revoke
+            </button>
+          </td>
         </tr>
-      </thead>
-      <tbody>
-        {tokens.map((t) => (
-          <tr key={t.token_id}>
-            <td data-label="Name" class="cell-wrap">
-              {t.name}
-            </td>
-            <td data-label="Scope">{SCOPES[t.scope] || t.scope}</td>
-            <td data-label="Created">{formatTime(t.created_at)}</td>
-            <td data-label="Expires">
-              {t.expired ? <Badge kind="bad">Expired</Badge> : t.expires_at ? formatTime(t.expires_at) : "Never"}
-            </td>
-            <td data-label="Actions" class="actions">
-              <button type="button" class="btn btn-ghost" onClick={() => onRevoke(t)} aria-label={`Revoke the token ${t.name}`}>
-                Revoke
-              </button>
-            </td>
-          </tr>
-        ))}
-      </tbody>
-    </table>
+      ))}
+    </ListTable>
   );
 }
 
@@ -203,26 +189,11 @@ export function Sessions({ version }) {
           const others = data.items.filter((s) => !s.current);
           return (
             <>
-              <table class="list">
-                <caption class="sr-only">Your sessions</caption>
-                <thead>
-                  <tr>
-                    <th scope="col">Device</th>
-                    <th scope="col">IP address</th>
-                    <th scope="col">Started</th>
-                    <th scope="col">Last active</th>
-                    <th scope="col">Ends</th>
-                    <th scope="col">
-                      <span class="sr-only">Actions</span>
-                    </th>
-                  </tr>
-                </thead>
-                <tbody>
-                  {data.items.map((s) => (
-                    <SessionRow key={s.session_id} s={s} busy={status.busy} onEnd={end} />
-                  ))}
-                </tbody>
-              </table>
+              <ListTable caption="Your sessions" columns={["Device", "IP address", "Started", "Last active", "Ends"]} actions>
+                {data.items.map((s) => (
+                  <SessionRow key={s.session_id} s={s} busy={status.busy} onEnd={end} />
+                ))}
+              </ListTable>
               {others.length > 1 && (
                 <p>
                   <button type="button" class="btn btn-secondary" disabled={status.busy} onClick={() => endOthers(others)}>

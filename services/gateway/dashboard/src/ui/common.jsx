@@ -195,6 +195,31 @@ export function relativeTime(iso) {
   return s >= 0 ? `in ${phrase}` : `${phrase} ago`;
 }
 
+/** A table of the `list` style: a caption for screen readers, a header row of `columns`
+ * (and an unnamed-looking "Actions" column when `actions`), the rows as children. */
+export function ListTable({ caption, columns, actions = false, kind = "", children }) {
+  return (
+    <table class={kind ? `list ${kind}` : "list"}>
+      {caption && <caption class="sr-only">{caption}</caption>}
+      <thead>
+        <tr>
+          {columns.map((c) => (
+            <th scope="col" key={c}>
+              {c}
+            </th>
+          ))}
+          {actions && (
+            <th scope="col">
+              <span class="sr-only">Actions</span>
+            </th>
+          )}
+        </tr>
+      </thead>
+      <tbody>{children}</tbody>
+    </table>
+  );
+}
+
 export function PageHead({ title, children }) {
   return (
     <div class="page-head">
