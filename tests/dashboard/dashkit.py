@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from deploy.embedded import free_port
 from services.gateway.config import DASHBOARD_DIR
 from tests.e2e.kit import Platform, running_platform
 
-__all__ = ["DIST", "Edged", "edge_env", "edged_platform"]
+__all__ = ["DIST", "Edged", "PlatformStarter", "edge_env", "edged_platform"]
 
 DIST = DASHBOARD_DIR
 
@@ -39,6 +39,10 @@ class Edged:
 
     def app_url(self, location: str) -> str:
         return f"https://{location}.localhost:{self.https_port}/"
+
+
+# the `platform` fixture (conftest.py): edged_platform with this test's servers filled in
+PlatformStarter = Callable[..., AbstractAsyncContextManager["Edged"]]
 
 
 def edge_env(tmp_path: Path, http_port: int, https_port: int) -> dict[str, str]:

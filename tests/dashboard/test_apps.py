@@ -22,7 +22,6 @@ import re
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -30,7 +29,7 @@ import pytest
 from playwright.async_api import Locator, Page, expect
 
 from tests.dashboard.browserkit import DESKTOP, PHONE, Chromium, chromium, goto, shot
-from tests.dashboard.dashkit import Edged, edged_platform
+from tests.dashboard.dashkit import Edged, PlatformStarter
 from tests.dashboard.test_journey import sign_in
 from tests.dashboard.test_users import OWNER, field_error, session_of
 from tests.e2e.edgekit import edge_get, refused
@@ -47,22 +46,13 @@ KIM_PASSWORD = "kim's own long passphrase"
 
 @asynccontextmanager
 async def admin_on(
-    monkeypatch: pytest.MonkeyPatch,
+    platform: PlatformStarter,
     *,
-    dsn: str,
-    nats_url: str,
-    uniq: str,
-    tmp_path: Path,
     docker_host: str,
 ) -> AsyncIterator[tuple[Edged, Chromium, Page]]:
     """The whole platform, a browser, and its owner signed in on the store."""
     async with (
-        edged_platform(
-            monkeypatch,
-            dsn=dsn,
-            nats_url=nats_url,
-            uniq=uniq,
-            tmp_path=tmp_path,
+        platform(
             docker_host=docker_host,
             # An update to 2.0.0 fails when its health check has not answered within the ready
             # timeout: 10 s (as in tests/gateway) rather than the kit's 30 keeps this file quick.
@@ -162,19 +152,11 @@ def fact(page: Page, name: str) -> Locator:
 
 
 async def test_store_install_and_the_app_page_run_configure_update_restore(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    uniq: str,
-    tmp_path: Path,
+    platform: PlatformStarter,
     docker_host: str,
 ) -> None:
     async with admin_on(
-        monkeypatch,
-        dsn=dsn,
-        nats_url=nats_url,
-        uniq=uniq,
-        tmp_path=tmp_path,
+        platform,
         docker_host=docker_host,
     ) as (ed, _, page):
         # -- the store: search finds the app (and nothing for other words), the tag filter
@@ -321,19 +303,11 @@ async def test_store_install_and_the_app_page_run_configure_update_restore(
 
 
 async def test_taken_location_clone_logs_non_admin_and_uninstall(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    uniq: str,
-    tmp_path: Path,
+    platform: PlatformStarter,
     docker_host: str,
 ) -> None:
     async with admin_on(
-        monkeypatch,
-        dsn=dsn,
-        nats_url=nats_url,
-        uniq=uniq,
-        tmp_path=tmp_path,
+        platform,
         docker_host=docker_host,
     ) as (ed, browser, page):
         await page.get_by_role("button", name="Install Static website").click()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from playwright.async_api import Page, expect
 
 from libs.tls import self_signed_pem
 from tests.dashboard.browserkit import PHONE, chromium, shot
-from tests.dashboard.dashkit import Edged, edged_platform
+from tests.dashboard.dashkit import Edged, PlatformStarter
 from tests.dashboard.test_forms import PASSWORD, error_of
 from tests.dns.pdnskit import PdnsZone, pdns_fixture, pdns_zone_fixture  # noqa: F401 - fixtures
 
@@ -85,23 +84,14 @@ async def domain_step(page: Page, zone: PdnsZone, api_key: str) -> None:
 
 
 async def test_wizard_domain_on_powerdns_and_the_domains_page(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    uniq: str,
-    tmp_path: Path,
+    platform: PlatformStarter,
     docker_host: str,
     pdns_zone: PdnsZone,
 ) -> None:
     zone = pdns_zone
     my = f"my.{zone.name}"
     async with (
-        edged_platform(
-            monkeypatch,
-            dsn=dsn,
-            nats_url=nats_url,
-            uniq=uniq,
-            tmp_path=tmp_path,
+        platform(
             docker_host=docker_host,
         ) as ed,
         chromium(ed.direct_url) as browser,

@@ -3,13 +3,11 @@ and nothing is half-done: the wizard stays where it was until the input is right
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from playwright.async_api import Page, expect
 
 from tests.dashboard.browserkit import chromium, shot
-from tests.dashboard.dashkit import edged_platform
+from tests.dashboard.dashkit import PlatformStarter
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -23,10 +21,10 @@ def error_of(page: Page, label: str):  # type: ignore[no-untyped-def]
 
 
 async def test_setup_and_sign_in_forms_show_field_errors(
-    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path
+    platform: PlatformStarter,
 ) -> None:
     async with (
-        edged_platform(monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path) as ed,
+        platform() as ed,
         # no apps service runs here: the Apps page's GET /apps answers 503 (shown on the page)
         chromium(ed.direct_url, allow="status of 503") as browser,
     ):

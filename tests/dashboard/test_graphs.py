@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from playwright.async_api import Page, Response, expect
 
 from tests.apps.appskit import STATIC
 from tests.dashboard.browserkit import PHONE, chromium, shot
-from tests.dashboard.dashkit import Edged, edged_platform
+from tests.dashboard.dashkit import Edged, PlatformStarter
 from tests.dashboard.test_forms import PASSWORD
 from tests.dashboard.test_journey import INSTALL_TIMEOUT, USER_PASSWORD, sign_in
 
@@ -133,19 +132,10 @@ async def check_latest_values(page: Page, answers: list[Response], when: str) ->
 
 
 async def test_graphs_render_the_history_and_only_admins_see_them(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    uniq: str,
-    tmp_path: Path,
+    platform: PlatformStarter,
     docker_host: str,
 ) -> None:
-    async with edged_platform(
-        monkeypatch,
-        dsn=dsn,
-        nats_url=nats_url,
-        uniq=uniq,
-        tmp_path=tmp_path,
+    async with platform(
         docker_host=docker_host,
     ) as ed:
         session = await set_up(ed)

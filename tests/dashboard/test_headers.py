@@ -11,13 +11,15 @@ import asyncio
 import base64
 import hashlib
 import re
+import socket
 import ssl
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp.abc import ResolveResult
 
-from tests.dashboard.dashkit import DIST, edged_platform
+from tests.dashboard.dashkit import DIST, PlatformStarter
 from tests.e2e.edgekit import edge_get
 from tests.events.relaykit import wait_until
 
@@ -70,11 +72,9 @@ def test_built_page_has_no_inline_code_and_every_asset_has_its_hash() -> None:
 
 
 async def test_dashboard_headers_from_the_gateway_and_the_edge(
-    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path
+    platform: PlatformStarter,
 ) -> None:
-    async with edged_platform(
-        monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
-    ) as edged:
+    async with platform() as edged:
         client = edged.platform.client
         page = await client.call("GET", "/")
         assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
@@ -124,19 +124,21 @@ class _Loopback(aiohttp.abc.AbstractResolver):
     def __init__(self, fallback: aiohttp.abc.AbstractResolver) -> None:
         self.fallback = fallback
 
-    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[dict[str, object]]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         if host == "localhost" or host.endswith(".localhost"):
             return [
-                {
-                    "hostname": host,
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "family": 2,
-                    "proto": 0,
-                    "flags": 0,
-                }
+                ResolveResult(
+                    hostname=host,
+                    host="127.0.0.1",
+                    port=port,
+                    family=socket.AF_INET,
+                    proto=0,
+                    flags=0,
+                )
             ]
-        return await self.fallback.resolve(host, port, family)  # type: ignore[return-value]
+        return await self.fallback.resolve(host, port, family)
 
     async def close(self) -> None:
         await self.fallback.close()

@@ -11,13 +11,12 @@ each, no sideways scrolling and every field, button and link has a name.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from playwright.async_api import Page, expect
 
 from tests.dashboard.browserkit import PHONE, chromium, goto, shot, unnamed_controls
-from tests.dashboard.dashkit import edged_platform
+from tests.dashboard.dashkit import PlatformStarter
 from tests.dashboard.test_forms import error_of
 
 pytestmark = pytest.mark.timeout(420)
@@ -59,20 +58,11 @@ async def install(
 
 
 async def test_setup_install_invite_and_activity(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    uniq: str,
-    tmp_path: Path,
+    platform: PlatformStarter,
     docker_host: str,
 ) -> None:
     async with (
-        edged_platform(
-            monkeypatch,
-            dsn=dsn,
-            nats_url=nats_url,
-            uniq=uniq,
-            tmp_path=tmp_path,
+        platform(
             docker_host=docker_host,
         ) as ed,
         chromium(ed.direct_url) as browser,

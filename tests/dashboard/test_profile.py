@@ -10,13 +10,12 @@ import hashlib
 import hmac
 import struct
 import time
-from pathlib import Path
 
 import pytest
 from playwright.async_api import expect
 
 from tests.dashboard.browserkit import chromium, shot
-from tests.dashboard.dashkit import edged_platform
+from tests.dashboard.dashkit import PlatformStarter
 from tests.dashboard.test_forms import PASSWORD, error_of
 
 pytestmark = pytest.mark.timeout(240)
@@ -32,11 +31,9 @@ def totp_now(secret: str) -> str:
 
 
 async def test_totp_enrolment_and_sign_in_with_a_code(
-    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path
+    platform: PlatformStarter,
 ) -> None:
-    async with edged_platform(
-        monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
-    ) as ed:
+    async with platform() as ed:
         setup = {"username": "owner", "email": "owner@example.test", "password": PASSWORD}
         assert (await ed.platform.client.call("POST", "/api/v1/setup", body=setup)).status == 201
         # no apps service runs here: the Apps page's GET /apps answers 503 (shown on the page)

@@ -14,7 +14,6 @@ both on the page and in the platform's state through the API:
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from playwright.async_api import BrowserContext, Locator, Page, expect
 
 from tests.apps.appskit import STATIC
 from tests.dashboard.browserkit import DESKTOP, PHONE, Chromium, chromium, shot
-from tests.dashboard.dashkit import Edged, edged_platform
+from tests.dashboard.dashkit import Edged, PlatformStarter
 from tests.dashboard.test_journey import sign_in
 from tests.events.relaykit import wait_until
 from tests.gateway.apikit import Answer
@@ -97,10 +96,10 @@ async def focus_by_tab(page: Page, target: Locator, most: int = 30) -> int:
 
 
 async def test_admin_adds_edits_disables_resets_and_deletes_a_user(
-    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path
+    platform: PlatformStarter,
 ) -> None:
     async with (
-        edged_platform(monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path) as ed,
+        platform() as ed,
         # no apps service runs here: the Apps page's GET /apps answers 503 (shown on the page)
         chromium(ed.direct_url, allow="status of 503") as browser,
     ):
@@ -266,10 +265,10 @@ async def test_admin_adds_edits_disables_resets_and_deletes_a_user(
 
 
 async def test_admin_manages_groups_and_their_members(
-    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path
+    platform: PlatformStarter,
 ) -> None:
     async with (
-        edged_platform(monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path) as ed,
+        platform() as ed,
         # no apps service runs here: GET /apps answers 503, and the page says the apps are unknown
         chromium(ed.direct_url, allow="status of 503") as browser,
     ):
@@ -337,20 +336,11 @@ async def test_admin_manages_groups_and_their_members(
 
 
 async def test_a_group_lists_the_apps_it_opens(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    uniq: str,
-    tmp_path: Path,
+    platform: PlatformStarter,
     docker_host: str,
 ) -> None:
     async with (
-        edged_platform(
-            monkeypatch,
-            dsn=dsn,
-            nats_url=nats_url,
-            uniq=uniq,
-            tmp_path=tmp_path,
+        platform(
             docker_host=docker_host,
         ) as ed,
         chromium(ed.direct_url) as browser,
@@ -400,10 +390,10 @@ async def test_a_group_lists_the_apps_it_opens(
 
 
 async def test_profile_details_api_token_and_sessions(
-    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path
+    platform: PlatformStarter,
 ) -> None:
     async with (
-        edged_platform(monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path) as ed,
+        platform() as ed,
         # no apps service runs here: the Apps page's GET /apps answers 503 (shown on the page)
         chromium(ed.direct_url, allow="status of 503") as browser,
     ):
