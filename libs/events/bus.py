@@ -4,8 +4,11 @@ Wire contract (every service and the gateway speak it):
 - a command is a request to `hp.cmd.<service>.<verb>`, a query to `hp.qry.<service>.<name>`;
   instances of one service subscribe in the queue group `hp.<service>`, so each request is
   served by exactly one of them;
-- request body: `{"actor", "correlation_id", "causation_id", "ip", "payload": {...},
-  "deadline": <unix seconds>}`;
+- request body: `{"actor", "admin", "correlation_id", "causation_id", "ip", "payload": {...},
+  "deadline": <unix seconds>}`; who acts (`actor`, and `admin` when the gateway vouches the
+  user is an administrator) travels here, in the context, never in the payload;
+- a payload is checked against the service's contract (`libs/contracts/<service>.py`) by the
+  caller before it is sent and by the server before its handler runs;
 - reply body: `{"ok": true, "result": ...}` or
   `{"ok": false, "error": {"code", "message", "field"}}`.
 
@@ -24,16 +27,30 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from libs.contracts import Contract, Kind
+from libs.contracts.errors import (
+    BusError,
+    Conflict,
+    DeadlineExceeded,
+    Forbidden,
+    Internal,
+    Invalid,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    error_from_wire,
+)
+from libs.contracts.registry import CONTRACTS
 from libs.events import context
 from libs.events.context import Context
 from libs.events.envelope import uuid7
@@ -65,109 +82,6 @@ _MAX_META = 256  # characters of actor, correlation_id, causation_id, ip
 _SUBSCRIBE_TIMEOUT = 5  # seconds
 _CANCEL_GRACE = 2.0
 _DRAIN_MIN = 1.0
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-
-class BusError(Exception):
-    """An error a handler reports to its caller; `code` is what the gateway maps to HTTP."""
-
-    code: ClassVar[str] = "internal"
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "field": self.field}
-
-    def __repr__(self) -> str:
-        name = type(self).__name__
-        return f"{name}(code={self.code!r}, message={self.message!r}, field={self.field!r})"
-
-
-class Invalid(BusError):
-    """The input is wrong; `field` names the input field."""
-
-    code = "invalid"
-
-
-class Unauthorized(BusError):
-    """The caller is not authenticated."""
-
-    code = "unauthorized"
-
-
-class Forbidden(BusError):
-    """The caller may not do this."""
-
-    code = "forbidden"
-
-
-class NotFound(BusError):
-    """The thing asked for does not exist."""
-
-    code = "not_found"
-
-
-class Conflict(BusError):
-    """The request conflicts with the current state (reload and decide again)."""
-
-    code = "conflict"
-
-
-class Unavailable(BusError):
-    """Nobody can serve the request now: no responders, a connection problem, shutting down."""
-
-    code = "unavailable"
-
-
-class DeadlineExceeded(BusError):
-    """The request was not answered before its deadline."""
-
-    code = "deadline_exceeded"
-
-
-class Internal(BusError):
-    """Something unexpected failed; the details are in the server's log, never on the wire."""
-
-    code = "internal"
-
-    def __init__(
-        self, message: str = "internal error", *, field: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message, field=field)
-        if code is not None and code != type(self).code:
-            # An error code this side does not know (a newer peer): kept as it came.
-            self.__dict__["code"] = code
-
-
-_BY_CODE: dict[str, type[BusError]] = {
-    cls.code: cls
-    for cls in (
-        Invalid, Unauthorized, Forbidden, NotFound, Conflict, Unavailable, DeadlineExceeded,
-        Internal,
-    )
-}  # fmt: skip
-
-
-def error_from_wire(d: dict[str, Any]) -> BusError:
-    """The typed error of a reply's `error` object; an unknown code gives Internal keeping it."""
-    if not isinstance(d, dict):
-        return Internal(f"malformed error in reply: {d!r:.200}")
-    code, message, field = d.get("code"), d.get("message"), d.get("field")
-    if not isinstance(code, str) or not code:
-        code = "internal"
-    if not isinstance(message, str):
-        message = f"error {code} without a message"
-    if not isinstance(field, str):
-        field = None
-    cls = _BY_CODE.get(code)
-    if cls is None or cls is Internal:
-        return Internal(message, field=field, code=code)
-    return cls(message, field=field)
 
 
 # -- the wire -------------------------------------------------------------------------------
@@ -234,8 +148,12 @@ def _decode_request(data: bytes) -> _Request:
         or not math.isfinite(deadline)
     ):
         raise Invalid("deadline must be a time in Unix seconds", field="deadline")
+    admin = body.get("admin", False)
+    if not isinstance(admin, bool):
+        raise Invalid("admin must be true or false", field="admin")
     assert actor is not None and cid is not None
-    return _Request(Context(actor, cid, causation, ip), body["payload"], float(deadline))
+    ctx = Context(actor, cid, causation, ip, admin=admin)
+    return _Request(ctx, body["payload"], float(deadline))
 
 
 def _decode_reply(subject: str, data: bytes) -> Any:
@@ -258,6 +176,8 @@ def _decode_reply(subject: str, data: bytes) -> Any:
 class _Route:
     subject: str
     handler: Handler
+    kind: Kind
+    name: str
 
 
 class _Exchange:
@@ -286,6 +206,7 @@ class Bus:
         *,
         work: Callable[[], AbstractAsyncContextManager[None]] | None = None,
         max_in_flight: int = 1000,
+        contract: Contract | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
@@ -294,6 +215,7 @@ class Bus:
         self.queue = f"hp.{service}"
         self._work = work or _no_work
         self._max_in_flight = max_in_flight
+        self._contract = contract
         self._routes: dict[str, _Route] = {}
         self._subs: list[Subscription] = []
         self._tasks: dict[asyncio.Task[None], _Exchange] = {}
@@ -302,20 +224,21 @@ class Bus:
 
     def command(self, verb: str) -> Callable[[Handler], Handler]:
         """Register the handler of `hp.cmd.<service>.<verb>`."""
-        return self._register(_subject("cmd", self.service, verb))
+        return self._register("cmd", verb)
 
     def query(self, name: str) -> Callable[[Handler], Handler]:
         """Register the handler of `hp.qry.<service>.<name>`."""
-        return self._register(_subject("qry", self.service, name))
+        return self._register("qry", name)
 
-    def _register(self, subject: str) -> Callable[[Handler], Handler]:
+    def _register(self, kind: Kind, name: str) -> Callable[[Handler], Handler]:
+        subject = _subject(kind, self.service, name)
         if self._started:
             raise RuntimeError(f"register {subject} before Bus.start()")
         if subject in self._routes:
             raise ValueError(f"{subject} already has a handler")
 
         def decorate(handler: Handler) -> Handler:
-            self._routes[subject] = _Route(subject, handler)
+            self._routes[subject] = _Route(subject, handler, kind, name)
             return handler
 
         return decorate
@@ -477,6 +400,8 @@ class Bus:
             raise DeadlineExceeded(
                 f"{route.subject} arrived {-remaining:.3f} s after its deadline; not run"
             )
+        if self._contract is not None:
+            self._contract.check(route.kind, route.name, req.payload)
         window = asyncio.timeout(remaining)
         try:
             async with window:
@@ -509,9 +434,16 @@ class Bus:
 class BusClient:
     """Sends commands and queries and turns error replies back into typed BusErrors."""
 
-    def __init__(self, nc: NATS, *, default_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        default_timeout: float = 5.0,
+        contracts: Mapping[str, Contract] | None = None,
+    ) -> None:
         _check_timeout(default_timeout)
         self._nc = nc
+        self._contracts: Mapping[str, Contract] = contracts if contracts is not None else CONTRACTS
         self.default_timeout = default_timeout
 
     async def command(
@@ -524,7 +456,7 @@ class BusClient:
         timeout: float | None = None,  # noqa: ASYNC109 - the wire deadline, not a local wait
     ) -> Any:
         """Send command `verb` to `service` and return its result."""
-        return await self._call(_subject("cmd", service, verb), service, payload, ctx, timeout)
+        return await self._call("cmd", service, verb, payload, ctx, timeout)
 
     async def query(
         self,
@@ -536,22 +468,28 @@ class BusClient:
         timeout: float | None = None,  # noqa: ASYNC109 - the wire deadline, not a local wait
     ) -> Any:
         """Ask query `name` of `service` and return its result."""
-        return await self._call(_subject("qry", service, name), service, payload, ctx, timeout)
+        return await self._call("qry", service, name, payload, ctx, timeout)
 
     async def _call(
         self,
-        subject: str,
+        kind: Kind,
         service: str,
+        name: str,
         payload: dict[str, Any],
         ctx: Context | None,
         timeout: float | None,  # noqa: ASYNC109
     ) -> Any:
+        subject = _subject(kind, service, name)
         wait = self.default_timeout if timeout is None else _check_timeout(timeout)
         ctx = ctx or context.current()
         if not isinstance(payload, dict):
             raise Invalid(f"payload of {subject} must be a dict", field="payload")
+        contract = self._contracts.get(service)
+        if contract is not None:
+            contract.check(kind, name, payload)
         request = {
             "actor": ctx.actor,
+            "admin": ctx.admin,
             "correlation_id": ctx.correlation_id or str(uuid7()),
             "causation_id": ctx.causation_id,
             "ip": ctx.ip,

@@ -18,6 +18,12 @@ class Context:
     correlation_id: str | None = None
     causation_id: str | None = None
     ip: str | None = None
+    admin: bool = False  # the gateway vouches that `actor` is an administrator
+
+    @property
+    def is_admin(self) -> bool:
+        """An administrator, or the platform itself."""
+        return self.admin or self.actor == "system"
 
     def meta(self) -> dict[str, Any]:
         m: dict[str, Any] = {

@@ -24,9 +24,11 @@ import collections
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import asyncpg
 import nats
@@ -38,7 +40,7 @@ from nats.js import JetStreamContext, api
 from libs.events.envelope import RecordedEvent, dumps
 from libs.events.pool import keep_session_state
 from libs.events.store import NOTIFY_CHANNEL, PostgresEventStore
-from libs.events.wiring import EventServiceKit
+from libs.events.wiring import Connections, connections, worker
 from libs.service.config import ServiceConfig, load_config
 from libs.service.metrics import RELAY_LAG_EVENTS, RELAY_LAG_SECONDS
 from libs.service.runner import Service, main
@@ -414,23 +416,31 @@ class RelayConfig(ServiceConfig):
     relay_window: int = 256
 
 
-def build() -> Service:
+def build(cfg: RelayConfig | None = None) -> Service:
     """The relay process: one Relay worker on the service lifecycle."""
-    cfg = load_config(RelayConfig)
+    cfg = cfg if cfg is not None else load_config(RelayConfig)
     svc = Service("relay", cfg)
-    kit = EventServiceKit(svc, pool_size=3)
-    kit.add_worker(
-        "relay",
-        lambda: Relay(
-            kit.store,
-            kit.nc,
+    svc.use(partial(_parts, cfg))
+    return svc
+
+
+@asynccontextmanager
+async def _parts(cfg: RelayConfig, svc: Service) -> AsyncIterator[None]:
+    async with connections(svc, pool_size=3) as conn:
+        relay = Relay(
+            conn.store,
+            conn.nc,
             stream=cfg.events_stream,
             prefix=cfg.events_prefix,
             window=cfg.relay_window,
-        ),
-        ready=lambda relay: relay.ready.is_set(),
-    )
-    return svc
+        )
+        ready = partial(_relay_ready, conn)
+        async with worker(svc, "relay", relay, ready=ready):
+            yield
+
+
+def _relay_ready(conn: Connections, relay: Relay) -> bool:
+    return conn.connected and relay.ready.is_set()
 
 
 if __name__ == "__main__":

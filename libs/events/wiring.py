@@ -1,19 +1,49 @@
-"""Wiring shared by event-driven services: the store and NATS connection, and long workers."""
+"""Parts shared by event-driven services, each an async context manager for `Service.use`.
+
+A service's `__main__.py` nests them in one `parts` function, so the parts it declares are
+entered in order and exited in reverse, and each is a typed local, not a holder:
+
+    @asynccontextmanager
+    async def parts(cfg: CertsConfig, svc: Service) -> AsyncIterator[None]:
+        async with connections(svc) as conn, opened_keyring(cfg.keyring) as keys:
+            engine = Engine(cfg, conn.store, keys, ...)
+            async with serve(svc, conn.nc, CONTRACT, Commands(engine), Queries(conn.store)):
+                yield
+
+`serve` (the bus) and `worker`/`loop` take work, so they sit innermost: on a stop they stop
+taking work and drain before the store and NATS they use are closed.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
 
-from libs.events.bus import Bus
+from libs.contracts import Contract
+from libs.events.bus import Bus, BusClient
+from libs.events.handlers import check_routes, routes_of
+from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
 from libs.service.runner import Service
 
-__all__ = ["EventServiceKit", "Worker", "connect_nats"]
+__all__ = [
+    "Connections",
+    "EventServiceKit",
+    "Worker",
+    "connect_nats",
+    "connections",
+    "loop",
+    "opened_keyring",
+    "serve",
+    "worker",
+]
 
 
 async def connect_nats(url: str, name: str) -> NATS:
@@ -21,6 +51,69 @@ async def connect_nats(url: str, name: str) -> NATS:
     return await nats.connect(
         url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2
     )
+
+
+@dataclass(frozen=True)
+class Connections:
+    """The event store and the NATS connection of one service process."""
+
+    store: PostgresEventStore
+    nc: NATS
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    def client(self, *, default_timeout: float = 15.0) -> BusClient:
+        """A bus client on this connection (commands and queries to other services)."""
+        return BusClient(self.nc, default_timeout=default_timeout)
+
+
+@asynccontextmanager
+async def connections(svc: Service, *, pool_size: int = 5) -> AsyncIterator[Connections]:
+    """Open the event store and connect to NATS; close both (NATS first) on exit."""
+    cfg = svc.config
+    store = await PostgresEventStore.open(cfg.database_url, max_size=pool_size)
+    try:
+        nc = await connect_nats(cfg.nats_url, f"homeport-{svc.name}")
+        try:
+            yield Connections(store, nc)
+        finally:
+            await nc.close()
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def opened_keyring(path: Path) -> AsyncIterator[Keyring]:
+    """The sealing keyring at `path` (opened off the event loop), closed on exit."""
+    keys = await asyncio.to_thread(Keyring.open, path)
+    try:
+        yield keys
+    finally:
+        keys.close()
+
+
+@asynccontextmanager
+async def serve(
+    svc: Service, nc: NATS, contract: Contract, *handlers: object, max_in_flight: int = 1000
+) -> AsyncIterator[Bus]:
+    """Serve the `@command`/`@query` methods of `handlers` as `contract` declares them.
+
+    Every payload is validated against the contract before its handler runs. On exit the bus
+    stops taking requests and lets the ones in flight finish within the drain deadline.
+    """
+    routes = routes_of(*handlers)
+    check_routes(contract, routes)
+    bus = Bus(nc, svc.name, work=svc.work, max_in_flight=max_in_flight, contract=contract)
+    for route in routes:
+        register = bus.command if route.kind == "cmd" else bus.query
+        register(route.name)(route.handler)
+    await bus.start()
+    try:
+        yield bus
+    finally:
+        await bus.stop(grace=svc.config.drain_seconds)
 
 
 class Worker(Protocol):
@@ -34,6 +127,43 @@ class Worker(Protocol):
 W = TypeVar("W", bound=Worker)
 
 
+@asynccontextmanager
+async def worker(
+    svc: Service, name: str, w: W, ready: Callable[[W], bool] | None = None
+) -> AsyncIterator[W]:
+    """Run `w` in a tracked task, ready while `ready(w)` (if given) says so; stop it on exit."""
+    async with loop(svc, name, w.run(), w.stop):
+
+        async def is_ready() -> bool:
+            return ready is None or ready(w)
+
+        svc.add_readiness_check(name, is_ready)
+        yield w
+
+
+@asynccontextmanager
+async def loop(
+    svc: Service,
+    name: str,
+    coro: Coroutine[Any, Any, Any],
+    stop: Callable[[], None] | None = None,
+    *,
+    cancel: bool = False,
+) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run `coro` in a task the service tracks; on exit call `stop` and wait for the task up to
+    the drain deadline (or cancel it at once with `cancel`, for loops that wait on others)."""
+    task = svc.spawn(coro, name)
+    try:
+        yield task
+    finally:
+        if stop is not None:
+            stop()
+        if cancel:
+            task.cancel()
+        await asyncio.wait({task}, timeout=svc.config.drain_seconds)
+
+
+# TRANSITION (issue 12): removed once every service declares its parts with `Service.use`.
 class EventServiceKit:
     """Opens the event store and NATS at start, closes them at cleanup, runs workers and a bus."""
 

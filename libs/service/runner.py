@@ -10,6 +10,12 @@ Order of a stop (SIGTERM, SIGINT, `request_stop`, a crashed task, a failed start
 6. the HTTP site stops.
 Hooks of every kind run even after a partial start, so they must tolerate one.
 A second SIGTERM/SIGINT cuts steps 2 and 3 short.
+
+Parts (`use`): a service declares its resources once, as async context managers, in the manner
+of aiohttp's cleanup contexts. They are entered at start in the order declared and exited in
+reverse at step 2, so a part that takes work (a bus, a loop) and is nested inside the parts it
+uses (the store, NATS) stops taking work and drains before they close. A part that fails to
+enter stops the start; the parts already entered are exited.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +41,7 @@ __all__ = ["Service", "ServiceStopping", "main"]
 
 Hook = Callable[[], Awaitable[None]]
 Check = Callable[[], Awaitable[bool]]
+Part = Callable[["Service"], AbstractAsyncContextManager[Any]]
 
 
 class ServiceStopping(RuntimeError):
@@ -87,6 +94,8 @@ class Service:
         self._pending_stop: list[Hook] = []
         self._pending_cleanup: list[Hook] | None = None
         self._stopped_logged = False
+        self._parts = AsyncExitStack()
+        self._parts_declared = False
         self.http_app.router.add_get("/healthz", self._healthz)
         self.http_app.router.add_get("/readyz", self._readyz)
         self.http_app.router.add_get("/metrics", self._metrics)
@@ -104,6 +113,22 @@ class Service:
     def on_cleanup(self, fn: Hook) -> None:
         """Run `fn` after the drain, in reverse order (close connections and pools)."""
         self._cleanup_hooks.append(fn)
+
+    def use(self, part: Part) -> None:
+        """Enter `part(self)` at start, after the parts and hooks declared before it; exit the
+        parts in reverse when a stop begins (before the drain and the cleanup hooks)."""
+        if not self._parts_declared:
+            self._parts_declared = True
+            self.on_stop(self._exit_parts)
+
+        async def enter() -> None:
+            await self._parts.enter_async_context(part(self))
+
+        enter.__qualname__ = f"use({getattr(part, '__qualname__', repr(part))})"
+        self.on_start(enter)
+
+    async def _exit_parts(self) -> None:
+        await self._parts.aclose()
 
     def add_readiness_check(self, name: str, fn: Check) -> None:
         """/readyz answers 200 only while `fn` returns True within `readiness_timeout`."""

@@ -34,7 +34,7 @@ from services.gateway.api import (
     default_table,
     mount_api,
 )
-from services.gateway.api.schemas import array, integer, nullable, obj, string
+from libs.contracts.schema import array, integer, nullable, obj, string
 from tests.events.relaykit import wait_until
 from tests.identity.kit import ADMIN, Identity, running_identity
 

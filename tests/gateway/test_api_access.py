@@ -24,7 +24,7 @@ from services.gateway.api import (
     Via,
     default_table,
 )
-from services.gateway.api.schemas import obj, string
+from libs.contracts.schema import obj, string
 from tests.gateway.apikit import (
     ANY,
     Cast,

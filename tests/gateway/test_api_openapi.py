@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 
 from services.gateway.api import SESSION_COOKIE, Access, RouteTable, default_table
 from services.gateway.api.openapi import openapi_document
-from services.gateway.api.schemas import check_schema
+from libs.contracts.schema import check_schema
 from services.gateway.api.version import VERSION
 from tests.gateway.apikit import extended_table, running_gateway, serve_api
 

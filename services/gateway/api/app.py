@@ -39,7 +39,7 @@ from services.gateway.api.openapi import openapi_document
 from services.gateway.api.principals import CachingAuthenticator, PrincipalCache
 from services.gateway.api.problems import CORRELATION_ID, Problem, problems_middleware
 from services.gateway.api.routes import JSON, Access, Call, Reply, Route, RouteTable
-from services.gateway.api.schemas import Schema, coerce_params, validate
+from libs.contracts.schema import Schema, coerce_params, validate
 from services.gateway.api.security import (
     check_origin,
     client_ip,

@@ -28,7 +28,7 @@ from aiohttp import web
 from libs.events.context import Context
 from services.gateway.api.auth import Principal
 from services.gateway.api.problems import STATUS
-from services.gateway.api.schemas import Schema, SchemaError, check_schema
+from libs.contracts.schema import Schema, SchemaError, check_schema
 
 if TYPE_CHECKING:
     from services.gateway.api.app import ApiState

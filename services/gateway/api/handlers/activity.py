@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.gateway.api.routes import Access, Call, Routes
-from services.gateway.api.schemas import array, integer, nullable, obj, string
+from libs.contracts.schema import array, integer, nullable, obj, string
 from services.gateway.queries import ACTIVITY_MAX_LIMIT, activity_query
 
 __all__ = ["routes"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.gateway.api.routes import Access, Call, Reply, Routes
-from services.gateway.api.schemas import array, integer, nullable, obj, string
+from libs.contracts.schema import array, integer, nullable, obj, string
 
 __all__ = ["routes"]
 

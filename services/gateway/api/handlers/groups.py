@@ -20,7 +20,7 @@ from services.gateway.api.handlers.identity import (
     USERNAME,
 )
 from services.gateway.api.routes import Access, Call, Reply, Routes
-from services.gateway.api.schemas import array, boolean, obj, string
+from libs.contracts.schema import array, boolean, obj, string
 
 __all__ = ["routes"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.gateway.api.routes import Access, Call, Routes
-from services.gateway.api.schemas import array, integer, obj, string
+from libs.contracts.schema import array, integer, obj, string
 from services.gateway.metrics_history import APP_MEMORY, RANGES, SYSTEM_METRICS, history
 
 __all__ = ["routes"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from libs.events.bus import BusError, Internal
 from services.gateway.api.routes import Access, Call, Routes
-from services.gateway.api.schemas import array, boolean, nullable, obj, string
+from libs.contracts.schema import array, boolean, nullable, obj, string
 from services.gateway.api.version import VERSION
 
 __all__ = ["routes"]

@@ -23,7 +23,7 @@ from services.gateway.api.handlers.identity import (
     session_reply,
 )
 from services.gateway.api.routes import Access, Call, Reply, Routes
-from services.gateway.api.schemas import array, boolean, integer, nullable, obj, string
+from libs.contracts.schema import array, boolean, integer, nullable, obj, string
 
 __all__ = ["routes"]
 

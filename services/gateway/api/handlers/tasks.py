@@ -25,7 +25,7 @@ from aiohttp import web
 
 from libs.events.bus import Invalid, NotFound, Unavailable
 from services.gateway.api.routes import Access, Call, Routes
-from services.gateway.api.schemas import integer, nullable, obj, string
+from libs.contracts.schema import integer, nullable, obj, string
 from services.gateway.tasks import (
     State,
     Step,

@@ -21,7 +21,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from libs.events.bus import Invalid
+from libs.contracts.errors import Invalid
 
 __all__ = [
     "Schema",
