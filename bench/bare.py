@@ -51,7 +51,7 @@ _WHOAMI_SQL = (
     " AND s.last_seen > now() - make_interval(secs => s.idle_seconds)"
 )
 _PROFILE_SQL = "SELECT * FROM identity.users WHERE user_id = $1"
-_POOL_SIZE = 5  # as EventServiceKit's
+_POOL_SIZE = 5  # as libs.events.wiring.connections
 
 
 # -- http -------------------------------------------------------------------------------------

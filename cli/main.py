@@ -15,16 +15,12 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import asyncpg
 
-from deploy.stack import (
-    Stack,
-    StackError,
-    is_running,
-    parse_module,
-    probe,
-    process_alive,
-    read_state,
-)
-from libs.service.config import LOG_LEVELS
+from deploy.errors import StackError
+from deploy.planning import parse_module
+from deploy.stack import Stack
+from deploy.state import is_running, process_alive, read_state
+from deploy.supervision import probe
+from libs.service.config import LOG_LEVELS, ConfigError
 from libs.service.logs import redact
 
 if TYPE_CHECKING:
@@ -369,8 +365,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_NOT_RUNNING
     try:
         count = asyncio.run(projection.replay_by_name(args.projection, dsn))
-    except projection.ProjectionError as e:
-        _err(str(e))
+    except (projection.ProjectionError, ConfigError) as e:
+        _err(str(e))  # a ConfigError: the projection's settings (HP_*) are invalid
         return EXIT_USAGE
     except _DB_ERRORS as e:
         _err(f"cannot replay {args.projection!r}: the event store at {redact(dsn)} failed: {e}")

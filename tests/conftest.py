@@ -1,10 +1,12 @@
-"""Fixtures that start real servers (Postgres, NATS with JetStream) and check for leaks."""
+"""Fixtures every folder may use: real servers (Postgres, NATS with JetStream, dockerd, PowerDNS,
+Pebble), one per xdist worker, with a fresh database / zone / name per test, and the checks that
+no test leaves a process or a task behind. The servers' code is in tests/support/."""
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,24 +16,17 @@ import asyncpg
 import docker
 import pytest
 
-from deploy.embedded import (
-    DockerDaemon,
-    EmbeddedError,
-    NatsServer,
-    PostgresServer,
-    docker_answers,
-)
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from deploy.embedded import EmbeddedError, NatsServer, PostgresServer
+from tests.support.docker import find_docker_host
+from tests.support.pdns import PdnsServer, PdnsZone, fresh_zone, run_pdns
+from tests.support.pebble import ChallDns, PebbleServer, run_challdns, run_pebble
+from tests.support.servers import need_server
 
 
-def need_server(what: str, err: Exception) -> None:
-    """Under CI a missing server fails the run; elsewhere the skip says why."""
-    msg = f"{what} unavailable: {err}"
-    if IN_CI:
-        pytest.fail(msg + " (CI=true: servers are required)", pytrace=False)
-    print(f"SKIP: {msg}")
-    pytest.skip(msg)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow` first (a stable sort: the rest keep their order), so that with xdist
+    the long ones do not start last and leave the other workers idle at the end of the run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
@@ -133,48 +128,10 @@ async def _no_leftover_tasks() -> AsyncIterator[None]:
     assert not left, f"test left asyncio task(s) running: {left}"
 
 
-# Docker: one shared dockerd for all test runs (its image cache keeps later runs fast).
-
-_DOCKER_RUN = Path("/run/homeport-test")
-
-
-def _test_dockerd() -> DockerDaemon:
-    return DockerDaemon(
-        data_root=Path("/var/lib/homeport-test/docker"),
-        exec_root=_DOCKER_RUN / "exec",
-        pidfile=_DOCKER_RUN / "docker.pid",
-        socket_path=_DOCKER_RUN / "docker.sock",
-        address_pool="base=10.220.0.0/14,size=24",
-        bridge="none",
-        log_path=_DOCKER_RUN / "dockerd.log",
-    )
-
-
-SYSTEM_DOCKER = Path("/var/run/docker.sock")
-
-
 @pytest.fixture(scope="session")
 def docker_host() -> str:
-    """A `unix://` URL of a dockerd: HP_TEST_DOCKER_HOST, the shared test one if it runs, the
-    system's if it answers, or the shared test one started now."""
-    env = os.environ.get("HP_TEST_DOCKER_HOST")
-    if env:
-        return env
-    daemon = _test_dockerd()
-    if daemon.answers():
-        return daemon.url
-    if docker_answers(SYSTEM_DOCKER):
-        # a second dockerd beside the system's would fight it over iptables: share it
-        return f"unix://{SYSTEM_DOCKER}"
-    try:
-        _DOCKER_RUN.mkdir(parents=True, exist_ok=True)
-        with open(_DOCKER_RUN / "start.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # both xdist workers get here: one starts it
-            if not daemon.answers():
-                daemon.start(deadline_s=60.0, detach=True)  # outlives this run on purpose
-    except (EmbeddedError, OSError) as e:
-        need_server("dockerd", e)
-    return daemon.url
+    """A `unix://` URL of a dockerd (tests/support/docker.py says which)."""
+    return find_docker_host()
 
 
 @pytest.fixture
@@ -182,3 +139,35 @@ def docker_client(docker_host: str) -> Iterator[docker.DockerClient]:
     client = docker.DockerClient(base_url=docker_host, version="auto")
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def pdns() -> Iterator[PdnsServer]:
+    """One PowerDNS per xdist worker."""
+    yield from run_pdns()
+
+
+@pytest.fixture
+def pdns_zone(pdns: PdnsServer) -> Iterator[PdnsZone]:
+    """A fresh zone for this test, removed at the end."""
+    yield from fresh_zone(pdns)
+
+
+@pytest.fixture(scope="session")
+def certs_pebble_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="hp-certs-pebble-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def certs_challdns(certs_pebble_dir: Path) -> Iterator[ChallDns]:
+    yield from run_challdns(certs_pebble_dir)
+
+
+@pytest.fixture(scope="session")
+def certs_pebble(certs_pebble_dir: Path, certs_challdns: ChallDns) -> Iterator[PebbleServer]:
+    """Pebble without validation sleeps, default nonce rejection (5 %), and never reusing an
+    authorization (so every order answers its challenges, and a renewal can fail)."""
+    env = {"PEBBLE_AUTHZREUSE": "0"}
+    yield from run_pebble(certs_pebble_dir / "pebble", certs_challdns, nosleep=True, env=env)

@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from libs.contracts import Contract
+from libs.contracts.apps import CONTRACT as APPS
+from libs.contracts.certs import CONTRACT as CERTS
+from libs.contracts.dns import CONTRACT as DNS
+from libs.contracts.gateway import CONTRACT as GATEWAY
+from libs.contracts.identity import CONTRACT as IDENTITY
 
 __all__ = ["CONTRACTS"]
 
-_ALL: tuple[Contract, ...] = ()
+_ALL: tuple[Contract, ...] = (GATEWAY, CERTS, DNS, IDENTITY, APPS)
 
 CONTRACTS: Mapping[str, Contract] = {c.service: c for c in _ALL}

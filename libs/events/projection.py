@@ -29,6 +29,7 @@ import asyncpg
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from libs.events.envelope import RecordedEvent
@@ -417,10 +418,9 @@ class ProjectionRunner:
         try:
             self.live.set()
             while not self._stop.is_set():
-                try:
-                    msgs = await psub.fetch(self.batch, timeout=self.fetch_timeout)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    continue  # nothing new within fetch_timeout
+                msgs = await self._fetch(psub)
+                if not msgs:
+                    continue  # nothing new within fetch_timeout, or stop() was called
                 events = [decode_event(m.data) for m in msgs]
                 events = [self.store.registry.upcast_recorded(e) for e in events]
                 await self.apply_batch(events)
@@ -431,6 +431,25 @@ class ProjectionRunner:
                 await psub.unsubscribe()
             except (nats.errors.Error, nats.js.errors.Error):
                 pass
+
+    async def _fetch(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """The next messages: none after fetch_timeout without any, or at once on stop()."""
+        fetch = asyncio.ensure_future(psub.fetch(self.batch, timeout=self.fetch_timeout))
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not fetch.done():
+                # stopping: what this pull brings stays unacked, read again from the checkpoint
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+        if fetch.cancelled():
+            return []
+        try:
+            return fetch.result()
+        except (nats.errors.TimeoutError, TimeoutError):
+            return []
 
 
 def _subject_regex(pattern: str) -> re.Pattern[str]:

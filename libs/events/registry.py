@@ -49,6 +49,13 @@ class EventRegistry:
         def register(cls: type[T]) -> type[T]:
             if not dataclasses.is_dataclass(cls):
                 raise EventStoreError(f"event type {name}: {cls.__name__} must be a dataclass")
+            positional = [f.name for f in dataclasses.fields(cls) if not f.kw_only]
+            if positional:
+                # Two fields of one type given by position can be swapped without a sound.
+                raise EventStoreError(
+                    f"event type {name}: {cls.__name__} must be keyword-only "
+                    f"(@dataclass(kw_only=True)); positional: {', '.join(positional)}"
+                )
             known = self._by_name.get(name)
             if known is not None and known.cls is not cls:
                 raise EventStoreError(f"event type {name} is already registered")

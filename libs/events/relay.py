@@ -150,6 +150,11 @@ async def ensure_stream(
         return await js.stream_info(stream)
 
 
+class _Resync(Exception):
+    """JetStream absorbed a duplicate: its sequence did not move, so every publish sent after it
+    expects a sequence the stream will not have. Reconcile at once instead of timing out."""
+
+
 @dataclass(slots=True)
 class _Pending:
     position: int
@@ -219,6 +224,8 @@ class Relay:
                 self.ready.set()
                 delay = 0.2
                 await self._pump()
+            except _Resync:
+                self._abandon_pending()
             except _TRANSIENT as e:
                 self._abandon_pending()
                 log.warning(
@@ -352,7 +359,14 @@ class Relay:
             ack = p.future.result()
             if ack.duplicate:
                 log.info("duplicate absorbed by JetStream", extra={"position": p.position})
-            elif ack.seq != p.seq:
+                self.position = p.position
+                if self._pending:
+                    # The reconcile may resume from the checkpoint: it must not lag behind this.
+                    await self._save_checkpoint(force=True)
+                    raise _Resync
+                self._seq -= 1  # nothing else in flight: the stream's sequence did not move
+                continue
+            if ack.seq != p.seq:
                 raise RelayError(
                     f"stream {self.stream} stored position {p.position} at sequence "
                     f"{ack.seq}, expected {p.seq}: another publisher writes into the stream"

@@ -50,7 +50,7 @@ def _short(task_id: str) -> str:
 
 
 @REGISTRY.event("TaskStarted")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskStarted:
     task_id: str
     kind: str  # what sort of work: app.install, backup.run, ...
@@ -63,7 +63,7 @@ class TaskStarted:
 
 
 @REGISTRY.event("TaskProgressed")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskProgressed:
     task_id: str
     percent: int  # 0-100, never below the previous step's
@@ -74,7 +74,7 @@ class TaskProgressed:
 
 
 @REGISTRY.event("TaskSucceeded")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskSucceeded:
     task_id: str
     message: str
@@ -85,7 +85,7 @@ class TaskSucceeded:
 
 
 @REGISTRY.event("TaskFailed")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskFailed:
     task_id: str
     message: str  # what went wrong and what to do, for a person
@@ -175,7 +175,7 @@ class Task:
             except EventStoreError as e:
                 raise ValueError(f"target: {e}") from None
         task_id = str(uuid7())
-        started = TaskStarted(task_id, kind, title, owner, target)
+        started = TaskStarted(task_id=task_id, kind=kind, title=title, owner=owner, target=target)
         await store.append(task_stream(task_id), [started], expected_version=0)
         return cls(store, task_id, version=1)
 
@@ -208,7 +208,7 @@ class Task:
                 raise ValueError(
                     f"percent must not fall: task {self.id} is at {self._percent}%, got {percent}"
                 )
-            await self._append(TaskProgressed(self.id, percent, message))
+            await self._append(TaskProgressed(task_id=self.id, percent=percent, message=message))
             self._percent = percent
 
     async def succeed(self, message: str, result: dict[str, Any] | None = None) -> None:
@@ -216,7 +216,7 @@ class Task:
         message = _text("message", message, MAX_MESSAGE)
         result = _result(result)
         async with self._lock:
-            await self._append(TaskSucceeded(self.id, message, result))
+            await self._append(TaskSucceeded(task_id=self.id, message=message, result=result))
             self._percent = 100
             self._ended = True
 
@@ -225,7 +225,7 @@ class Task:
         message = _text("message", message, MAX_MESSAGE)
         code = _match("code", code, _CODE, "snake_case, e.g. disk_full")
         async with self._lock:
-            await self._append(TaskFailed(self.id, message, code))
+            await self._append(TaskFailed(task_id=self.id, message=message, code=code))
             self._ended = True
 
     async def _append(self, event: object) -> None:

@@ -40,6 +40,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from services.apps.errors import AppsError
+
 __all__ = [
     "BASE_IMAGE",
     "BUSYBOX_IMAGE",
@@ -78,7 +80,7 @@ _APT_CLEAN = 'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'
 Progress = Callable[[str], Awaitable[None]]
 
 
-class BaseImageError(Exception):
+class BaseImageError(AppsError):
     """A base image could not be made; the message says which step failed and why."""
 
 

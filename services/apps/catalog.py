@@ -39,6 +39,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from services.apps.config import AppsConfig
+from services.apps.errors import AppsError
 from services.apps.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
 from services.apps.manifest import parse_manifest as _parse_manifest
 from services.apps.semver import Version, VersionError
@@ -54,6 +56,7 @@ __all__ = [
     "ensure_local_catalog",
     "generate_key",
     "key_fingerprint",
+    "load_catalog",
     "load_private_key",
     "load_public_key",
     "public_key_text",
@@ -71,7 +74,7 @@ _TREE_MAGIC = b"homeport-tree-v1\x00"
 _CHUNK = 1 << 16
 
 
-class CatalogError(Exception):
+class CatalogError(AppsError):
     """The catalog cannot be used as asked; the message says which file or entry and why."""
 
 
@@ -607,3 +610,13 @@ def ensure_local_catalog(source: Path, data_dir: Path) -> tuple[Path, Ed25519Pub
     if current != wanted:
         _publish_entries(wanted, index_dir, key)
     return index_dir, public
+
+
+def load_catalog(cfg: AppsConfig) -> Catalog:
+    """The published index HP_CATALOG_INDEX signed by one of the keys (PEM files) in
+    HP_CATALOG_TRUST, or else the catalog at HP_CATALOG_SOURCE signed by this machine's key."""
+    if cfg.catalog_index:
+        keys = [load_public_key(Path(p)) for p in cfg.catalog_trust]
+        return Catalog.load(Path(cfg.catalog_index), keys)
+    out, key = ensure_local_catalog(cfg.catalog_source, cfg.apps_dir)
+    return Catalog.load(out, [key])

@@ -18,6 +18,10 @@ def _positive(v: float) -> bool:
     return v > 0
 
 
+def _not_negative(v: float) -> bool:
+    return v >= 0
+
+
 def _subnet(v: str) -> bool:
     try:
         net = ipaddress.ip_network(v)
@@ -52,9 +56,17 @@ class AppsConfig(ServiceConfig):
     default_domain: str = field(
         default="localhost", metadata=check(_domain, "a lower-case domain name")
     )
+    # The domain browsers resolve to this machine (the variable the gateway reads too): its
+    # hosts get no DNS record and no certificate from certs (the edge makes them one).
+    local_domain: str = field(
+        default="localhost", metadata=check(_domain, "a lower-case domain name")
+    )
     # The edge's HTTPS port (the variable the gateway reads too): apps' addresses name it
     # unless it is 443, as in the local stack.
     edge_https_port: int = 443
+    # How long an install or configuration waits for the edge to serve the app's host before
+    # its task ends saying the address will answer later (0: ask once, do not wait).
+    edge_wait_seconds: float = field(default=60.0, metadata=check(_not_negative, "seconds >= 0"))
     # The network whose gateway address the addons (database, LDAP, mail relay) listen on.
     services_network: str = field(
         default="homeport-services", metadata=check(_name, "a Docker network name (a-z, 0-9, -)")

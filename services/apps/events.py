@@ -54,7 +54,7 @@ def _short(app_id: str) -> str:
 
 
 @REGISTRY.event("AppInstallRequested")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppInstallRequested:
     app_id: str
     manifest_id: str
@@ -73,7 +73,7 @@ class AppInstallRequested:
 
 
 @REGISTRY.event("AppStepCompleted")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppStepCompleted:
     app_id: str
     operation: str
@@ -85,7 +85,7 @@ class AppStepCompleted:
 
 
 @REGISTRY.event("AddonProvisioned")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AddonProvisioned:
     app_id: str
     addon: str
@@ -96,7 +96,7 @@ class AddonProvisioned:
 
 
 @REGISTRY.event("AppInstalled")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppInstalled:
     app_id: str
     task_id: str
@@ -107,7 +107,7 @@ class AppInstalled:
 
 
 @REGISTRY.event("AppOperationFailed")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppOperationFailed:
     app_id: str
     task_id: str
@@ -122,7 +122,7 @@ class AppOperationFailed:
 
 
 @REGISTRY.event("AppConfigureRequested")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppConfigureRequested:
     app_id: str
     task_id: str
@@ -136,7 +136,7 @@ class AppConfigureRequested:
 
 
 @REGISTRY.event("AppConfigured")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppConfigured:
     app_id: str
     task_id: str
@@ -146,7 +146,7 @@ class AppConfigured:
 
 
 @REGISTRY.event("AppRunStateChanged")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppRunStateChanged:
     app_id: str
     running: bool  # what the user wants: the service brings the container there
@@ -158,7 +158,7 @@ class AppRunStateChanged:
 
 
 @REGISTRY.event("AppUpdateRequested")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppUpdateRequested:
     app_id: str
     task_id: str
@@ -171,7 +171,7 @@ class AppUpdateRequested:
 
 
 @REGISTRY.event("AppUpdateApproved")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppUpdateApproved:
     app_id: str
     task_id: str
@@ -181,7 +181,7 @@ class AppUpdateApproved:
 
 
 @REGISTRY.event("AppSnapshotTaken")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppSnapshotTaken:
     app_id: str
     snapshot_id: str
@@ -195,7 +195,7 @@ class AppSnapshotTaken:
 
 
 @REGISTRY.event("AppUpdated")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppUpdated:
     app_id: str
     task_id: str
@@ -206,7 +206,7 @@ class AppUpdated:
 
 
 @REGISTRY.event("AppRestoreRequested")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppRestoreRequested:
     app_id: str
     task_id: str
@@ -217,7 +217,7 @@ class AppRestoreRequested:
 
 
 @REGISTRY.event("AppRestored")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppRestored:
     app_id: str
     task_id: str
@@ -229,7 +229,7 @@ class AppRestored:
 
 
 @REGISTRY.event("AppUninstallRequested")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppUninstallRequested:
     app_id: str
     task_id: str
@@ -239,7 +239,7 @@ class AppUninstallRequested:
 
 
 @REGISTRY.event("AppUninstalled")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppUninstalled:
     app_id: str
     task_id: str
@@ -249,7 +249,7 @@ class AppUninstalled:
 
 
 @REGISTRY.event("AppRepairRequested")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppRepairRequested:
     app_id: str
     task_id: str
@@ -260,7 +260,7 @@ class AppRepairRequested:
 
 
 @REGISTRY.event("AppUnhealthy")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppUnhealthy:
     app_id: str
     since: str  # ISO time of the first failed check in this run
@@ -271,7 +271,7 @@ class AppUnhealthy:
 
 
 @REGISTRY.event("AppRecovered")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppRecovered:
     app_id: str
 
@@ -280,7 +280,7 @@ class AppRecovered:
 
 
 @REGISTRY.event("AppDied")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppDied:
     app_id: str
     exit_code: int | None
@@ -290,7 +290,7 @@ class AppDied:
 
 
 @REGISTRY.event("AppOutOfMemory")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppOutOfMemory:
     app_id: str
     memory_bytes: int

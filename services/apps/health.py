@@ -23,15 +23,17 @@ from prometheus_client import Gauge
 
 from libs.events import context
 from libs.events.context import Context
-from libs.events.errors import ConcurrencyError
 from libs.service.metrics import REGISTRY
 from services.apps import events as ev
-from services.apps.catalog import CatalogError
-from services.apps.engine import Engine
-from services.apps.runtime import RuntimeFailure
+from services.apps.catalog import Catalog, CatalogError
+from services.apps.config import AppsConfig
+from services.apps.container import ContainerRuntime, RuntimeFailure
+from services.apps.errors import ChangedMeanwhile
+from services.apps.names import Names
 from services.apps.state import Health, State
+from services.apps.streams import AppStreams
 
-__all__ = ["AppStats", "HealthMonitor"]
+__all__ = ["AppStats", "HealthMonitor", "Restarts"]
 
 log = logging.getLogger("services.apps.health")
 
@@ -78,6 +80,21 @@ class AppStats:
     collected_at: datetime
 
 
+class Restarts:
+    """When a restart of each app was asked for (monotonic): its container's death that
+    follows is that restart, not a death (commands.py records, the monitor asks)."""
+
+    def __init__(self) -> None:
+        self._asked: dict[str, float] = {}
+
+    def asked(self, app_id: str) -> None:
+        self._asked[app_id] = time.monotonic()
+
+    def recent(self, app_id: str, within: float = 30.0) -> bool:
+        when = self._asked.get(app_id)
+        return when is not None and time.monotonic() - when < within
+
+
 @dataclass
 class _Watch:
     failing_since: float | None = None
@@ -88,9 +105,19 @@ class _Watch:
 class HealthMonitor:
     """Runs the health loop, the Docker events loop and the stats loop until stopped."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.cfg = engine.cfg
+    def __init__(
+        self,
+        cfg: AppsConfig,
+        apps: AppStreams,
+        runtime: ContainerRuntime,
+        catalog: Catalog,
+        restarts: Restarts,
+    ) -> None:
+        self.cfg = cfg
+        self._apps = apps
+        self._runtime = runtime
+        self._catalog = catalog
+        self._restarts = restarts
         self._stop = asyncio.Event()
         self._watch: dict[str, _Watch] = {}
         self._latest: tuple[AppStats, ...] = ()
@@ -107,7 +134,7 @@ class HealthMonitor:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _installed(self) -> list[_Installed]:
-        rows = await self.engine.store.pool.fetch(
+        rows = await self._apps.store.pool.fetch(
             "SELECT app_id::text, location, running, health, manifest_id, version"
             " FROM apps.apps WHERE state = $1",
             State.installed.value,
@@ -115,15 +142,15 @@ class HealthMonitor:
         return [_Installed(*r.values()) for r in rows]
 
     async def _record(self, app_id: str, event: object) -> None:
-        with context.use(Context("system", f"health-{app_id}", None, None)):
+        with context.use(Context(actor="system", correlation_id=f"health-{app_id}")):
             for _ in range(3):
-                s = await self.engine.load(app_id)
+                s = await self._apps.load(app_id)
                 if not s.exists:
                     return
                 try:
-                    await self.engine.append(app_id, [event], s.version)
+                    await self._apps.append(app_id, [event], s.version)
                     return
-                except ConcurrencyError:
+                except ChangedMeanwhile:
                     continue
 
     # -- health checks ----------
@@ -155,7 +182,7 @@ class HealthMonitor:
             w.failing_since = None
             w.reported = False
             if health in (Health.unhealthy.value, Health.dead.value):
-                await self._record(app_id, ev.AppRecovered(app_id))
+                await self._record(app_id, ev.AppRecovered(app_id=app_id))
             return
         if w.failing_since is None:
             w.failing_since = now
@@ -166,15 +193,16 @@ class HealthMonitor:
             and now - w.failing_since >= self.cfg.unhealthy_after
         ):
             w.reported = True
-            await self._record(app_id, ev.AppUnhealthy(app_id, w.failing_since_wall, detail[:500]))
+            unhealthy = ev.AppUnhealthy(
+                app_id=app_id, since=w.failing_since_wall, detail=detail[:500]
+            )
+            await self._record(app_id, unhealthy)
 
     async def _probe(self, http: aiohttp.ClientSession, app: _Installed) -> tuple[bool, str]:
         """GET the app's health-check path (the read model names its version: no stream read)."""
         try:
-            entry = self.engine.catalog.entry(
-                app.manifest_id, app.version, include_prereleases=True
-            )
-            state = await self.engine.runtime.state(self.engine.names(app.app_id).container)
+            entry = self._catalog.entry(app.manifest_id, app.version, include_prereleases=True)
+            state = await self._runtime.state(self._names(app.app_id).container)
         except (RuntimeFailure, CatalogError) as e:
             return False, f"could not inspect the app: {e}"
         if state is None or not state.running or not state.http_host_port:
@@ -193,7 +221,7 @@ class HealthMonitor:
     async def run_events(self) -> None:
         labels = {"homeport.prefix": self.cfg.name_prefix}
         while not self._stop.is_set():
-            stream = self.engine.runtime.events(labels)
+            stream = self._runtime.events(labels)
             try:
                 async for e in stream:
                     if self._stop.is_set():
@@ -212,18 +240,19 @@ class HealthMonitor:
     async def on_event(self, kind: str, app_id: str, exit_code: int | None) -> None:
         if not app_id:
             return
-        s = await self.engine.load(app_id)
+        s = await self._apps.load(app_id)
         if not s.exists or s.state is not State.installed:
             return  # an operation is replacing or removing the container
         if kind == "oom":
-            await self._record(app_id, ev.AppOutOfMemory(app_id, s.memory_bytes))
-        elif kind == "die" and s.running and not self._restarting(app_id):
-            await self._record(app_id, ev.AppDied(app_id, exit_code))
+            await self._record(
+                app_id, ev.AppOutOfMemory(app_id=app_id, memory_bytes=s.memory_bytes)
+            )
+        elif kind == "die" and s.running and not self._restarts.recent(app_id):
+            # a die within 30 s of a restart the user asked for is that restart, not a death
+            await self._record(app_id, ev.AppDied(app_id=app_id, exit_code=exit_code))
 
-    def _restarting(self, app_id: str) -> bool:
-        """A die within 30 s of a restart the user asked for is that restart, not a death."""
-        asked = self.engine.restarted_at.get(app_id)
-        return asked is not None and time.monotonic() - asked < 30
+    def _names(self, app_id: str) -> Names:
+        return Names(self.cfg.name_prefix, app_id)
 
     # -- resource use ----------
 
@@ -243,7 +272,7 @@ class HealthMonitor:
             if not app.running:
                 continue
             try:
-                st = await self.engine.runtime.stats(self.engine.names(app_id).container)
+                st = await self._runtime.stats(self._names(app_id).container)
             except RuntimeFailure:
                 continue
             APP_MEMORY.labels(app_id, location).set(st.memory_bytes)
@@ -252,12 +281,12 @@ class HealthMonitor:
             seen.add((app_id, location))
             found.append(
                 AppStats(
-                    app_id,
-                    location,
-                    st.memory_bytes,
-                    st.memory_limit,
-                    st.cpu_seconds,
-                    datetime.now(UTC),
+                    app_id=app_id,
+                    location=location,
+                    memory_bytes=st.memory_bytes,
+                    memory_limit=st.memory_limit,
+                    cpu_seconds=st.cpu_seconds,
+                    collected_at=datetime.now(UTC),
                 )
             )
         self._latest = tuple(found)  # replaced whole: a reader never sees half a round

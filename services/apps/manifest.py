@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn, TypeVar
 
+from services.apps.errors import AppsError
 from services.apps.semver import Version, VersionError
 
 __all__ = [
@@ -67,15 +68,15 @@ _LIMITS = {
 _T = TypeVar("_T")
 
 
-class ManifestError(ValueError):
+class ManifestError(AppsError, ValueError):
     """A manifest that breaks the format; `field` is the dotted JSON path ('' for the document)."""
 
     def __init__(self, field: str, message: str, path: Path | None = None) -> None:
-        self.field = field
-        self.message = message
-        self.path = path
         where = "".join(f"{w}: " for w in (path, field) if w)
         super().__init__(f"{where}{message}")
+        self.field: str = field
+        self.message = message
+        self.path = path
 
     def at(self, path: Path) -> ManifestError:
         """The same error, naming the manifest file it came from."""

@@ -16,21 +16,24 @@ from typing import Any
 
 import asyncpg
 
+from libs.contracts.errors import Internal
 from libs.events import context
-from libs.events.bus import BusClient, Internal, Invalid, NotFound
-from libs.events.context import Context
+from libs.events.handlers import query
 from services.apps.catalog import Catalog, CatalogError
-from services.apps.engine import Engine
+from services.apps.config import AppsConfig
+from services.apps.container import ContainerRuntime, RuntimeFailure
+from services.apps.errors import AppNotFound, InvalidRequest
 from services.apps.health import AppStats
 from services.apps.manifest import Manifest
-from services.apps.runtime import RuntimeFailure
+from services.apps.names import Names
+from services.apps.peers import Peers
 from services.apps.state import app_origin
+from services.apps.streams import AppStreams
 
 __all__ = ["ICON_MAX_BYTES", "ICON_TYPES", "Queries", "app_view", "manifest_view"]
 
 log = logging.getLogger("services.apps.queries")
 
-MAX_LOG_LINES = 5000
 # An icon travels base64 in one bus reply (NATS allows 1 MiB by default): bigger ones are a
 # catalog defect, refused rather than cut.
 ICON_MAX_BYTES = 256 * 1024
@@ -88,68 +91,58 @@ def app_view(r: asyncpg.Record, https_port: int = 443) -> dict[str, Any]:
 
 
 def _app_id(payload: Mapping[str, Any]) -> str:
-    value = payload.get("app_id")
-    try:
-        if isinstance(value, str):
-            return str(uuid.UUID(value))
-    except ValueError:
-        pass
-    raise Invalid("app_id must be an app id (a UUID)", field="app_id")
+    return str(uuid.UUID(payload["app_id"]))  # a UUID: the contract says so
 
 
 class Queries:
-    """The query side of the apps service."""
+    """The query side of the apps service: each `@query` method is one bus query."""
 
     def __init__(
         self,
-        engine: Engine,
+        cfg: AppsConfig,
+        apps: AppStreams,
+        runtime: ContainerRuntime,
         catalog: Catalog,
-        bus: BusClient | None,
+        peers: Peers,
         latest_stats: Callable[[], Sequence[AppStats]] | None = None,
     ) -> None:
-        self.engine = engine
+        self.cfg = cfg
+        self.apps = apps
+        self.pool = apps.store.pool
+        self.runtime = runtime
         self.catalog = catalog
-        self.bus = bus
-        self.pool = engine.store.pool
+        self.peers = peers
         self.latest_stats = latest_stats  # the health monitor's last round (health.py)
 
+    def _container(self, app_id: str) -> str:
+        return Names(self.cfg.name_prefix, app_id).container
+
+    @query("catalog")
     async def catalog_search(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        text = payload.get("text")
-        tag = payload.get("tag")
-        for name, value in (("text", text), ("tag", tag)):
-            if value is not None and (not isinstance(value, str) or len(value) > 200):
-                raise Invalid(f"{name} must be text of at most 200 characters", field=name)
-        found = self.catalog.search(text or None, tag or None)
+        found = self.catalog.search(payload.get("text") or None, payload.get("tag") or None)
         return {"items": [manifest_view(m) for m in found], "tags": self.catalog.tags()}
 
+    @query("catalog_app")
     async def catalog_app(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        manifest_id = payload.get("manifest_id")
-        version = payload.get("version")
-        if not isinstance(manifest_id, str):
-            raise Invalid("manifest_id is required", field="manifest_id")
+        manifest_id = payload["manifest_id"]
         try:
-            entry = self.catalog.entry(manifest_id, version if isinstance(version, str) else None)
+            entry = self.catalog.entry(manifest_id, payload.get("version"))
             versions = [str(v) for v in self.catalog.versions(manifest_id)]
         except CatalogError as e:
-            raise NotFound(str(e), field="manifest_id") from None
+            raise AppNotFound(str(e), field="manifest_id") from None
         return manifest_view(entry.manifest, versions)
 
+    @query("catalog_icon")
     async def catalog_icon(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The icon of a catalog app version (latest by default): base64 bytes, media type and
         the SHA-256 the signed index pins them to (bytes that differ are refused)."""
-        manifest_id = payload.get("manifest_id")
-        version = payload.get("version")
-        if not isinstance(manifest_id, str):
-            raise Invalid("manifest_id is required", field="manifest_id")
-        if version is not None and not isinstance(version, str):
-            raise Invalid("version must be a version (semver)", field="version")
         try:
-            entry = self.catalog.entry(manifest_id, version)
+            entry = self.catalog.entry(payload["manifest_id"], payload.get("version"))
         except CatalogError as e:
-            raise NotFound(str(e), field="manifest_id") from None
+            raise AppNotFound(str(e), field="manifest_id") from None
         icon, pinned = entry.icon, entry.icon_sha256
         if icon is None or pinned is None:
-            raise NotFound(f"{entry.app_id} {entry.version} has no icon", field="manifest_id")
+            raise AppNotFound(f"{entry.app_id} {entry.version} has no icon", field="manifest_id")
         media_type = ICON_TYPES.get(icon.suffix.lower())
         if media_type is None:  # the manifest allows only these suffixes
             raise Internal(f"the icon of {entry.app_id} {entry.version} is not .svg or .png")
@@ -174,31 +167,20 @@ class Queries:
             "data": base64.b64encode(data).decode("ascii"),
         }
 
-    async def _group_ids(self, user_id: str) -> set[str]:
-        """The groups a user belongs to (asked of identity, as the platform)."""
-        if self.bus is None:
-            return set()
-        ctx = context.current()
-        answer = await self.bus.query(
-            "identity", "groups", {}, ctx=Context("system", ctx.correlation_id, None, None)
-        )
-        return {
-            str(g["group_id"]) for g in answer.get("items", []) if user_id in g.get("members", [])
-        }
-
-    async def apps(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Admins see every app; a user sees the apps their access list lets them open."""
-        is_admin = payload.get("is_admin") is True
+    @query("apps")
+    async def apps_list(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Admins (and the platform) see every app; a user sees the apps their access list
+        lets them open. Who asks is the bus context's to say, never the payload's."""
         rows = await self.pool.fetch(
             "SELECT * FROM apps.apps WHERE state <> 'uninstalled' ORDER BY location, domain"
         )
-        if not is_admin:
-            user = context.current().actor
-            groups = await self._group_ids(user)
-            rows = [r for r in rows if _may_open(json.loads(r["access"]), user, groups)]
-        port = self.engine.cfg.edge_https_port
-        return {"items": [app_view(r, port) for r in rows]}
+        caller = context.current()
+        if not caller.is_admin:
+            groups = await self.peers.group_ids(caller.actor)
+            rows = [r for r in rows if _may_open(json.loads(r["access"]), caller.actor, groups)]
+        return {"items": [app_view(r, self.cfg.edge_https_port) for r in rows]}
 
+    @query("app")
     async def app(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """One app, with the names of its environment variables and its container's status."""
         app_id = _app_id(payload)
@@ -206,11 +188,11 @@ class Queries:
             "SELECT * FROM apps.apps WHERE app_id = $1 AND state <> 'uninstalled'", app_id
         )
         if row is None:
-            raise NotFound(f"no app {app_id}", field="app_id")
-        view = app_view(row, self.engine.cfg.edge_https_port)
+            raise AppNotFound(f"no app {app_id}", field="app_id")
+        view = app_view(row, self.cfg.edge_https_port)
         # the names only: values are sealed and never leave the service
-        view["env_names"] = sorted((await self.engine.load(app_id)).env)
-        state = await self.engine.runtime.state(self.engine.names(app_id).container)
+        view["env_names"] = sorted((await self.apps.load(app_id)).env)
+        state = await self.runtime.state(self._container(app_id))
         view["container"] = (
             None
             if state is None
@@ -218,6 +200,7 @@ class Queries:
         )
         return view
 
+    @query("snapshots")
     async def snapshots(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         app_id = _app_id(payload)
         rows = await self.pool.fetch(
@@ -238,37 +221,32 @@ class Queries:
             ]
         }
 
+    @query("logs")
     async def logs(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The last `tail` lines, or the lines after `since` (a cursor a previous answer gave)."""
         app_id = _app_id(payload)
-        tail = payload.get("tail", 100)
-        if not isinstance(tail, int) or isinstance(tail, bool) or not 1 <= tail <= MAX_LOG_LINES:
-            raise Invalid(f"tail must be a whole number 1-{MAX_LOG_LINES}", field="tail")
+        tail = int(payload.get("tail", 100))
         since = payload.get("since")
-        if since is not None and not isinstance(since, str):
-            raise Invalid("since must be a cursor from an earlier answer", field="since")
         exists = await self.pool.fetchval(
             "SELECT true FROM apps.apps WHERE app_id = $1 AND state <> 'uninstalled'", app_id
         )
         if not exists:
-            raise NotFound(f"no app {app_id}", field="app_id")
-        name = self.engine.names(app_id).container
+            raise AppNotFound(f"no app {app_id}", field="app_id")
+        name = self._container(app_id)
         try:
-            lines = await self.engine.runtime.logs_since(name, tail, _cursor(since))
+            lines = await self.runtime.logs_since(name, tail, _cursor(since))
         except RuntimeFailure:
-            state = await self.engine.runtime.state(name)
+            state = await self.runtime.state(name)
             if state is not None and state.status not in ("removing", "dead"):
                 raise
             lines = []  # its container is being replaced (configure, update, restore)
         cursor = lines[-1][0] if lines else since
         return {"lines": [line for _, line in lines], "cursor": cursor}
 
+    @query("stats")
     async def stats(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The latest resource use of each running installed app, as the stats loop last saw it
         (no Docker call here); empty until its first round."""
-        if payload:
-            name = str(next(iter(payload)))[:64]
-            raise Invalid(f"unknown field {name!r}: stats takes none", field=name)
         found = self.latest_stats() if self.latest_stats is not None else ()
         return {
             "items": [
@@ -298,7 +276,9 @@ def _cursor(since: str | None) -> datetime | None:
     try:
         when = datetime.fromisoformat(since)
     except ValueError:
-        raise Invalid("since must be a cursor from an earlier answer", field="since") from None
+        raise InvalidRequest(
+            "since must be a cursor from an earlier answer", field="since"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 

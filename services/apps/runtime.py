@@ -1,10 +1,13 @@
-"""The Docker runtime of the apps service: the only module that talks to dockerd.
+"""The Docker adapter of the container runtime port (services/apps/container.py).
+
+The only module that talks to dockerd.
 
 Every blocking docker SDK call runs in a worker thread (`asyncio.to_thread`); long streams
 (build output, followed logs, events) each get a thread of their own that ends when the stream
 does or when the iterator is closed (closing shuts the stream's socket). docker/requests errors
-become `RuntimeFailure`, whose message names the image, network, volume or container and says
-what to do. Container rules follow SECURITY.md "Isolation of apps" (see `_host_config`).
+become `RuntimeFailure` (`RuntimeNotFound` for a missing object), whose message names the
+image, network, volume or container and says what to do. Container rules follow SECURITY.md
+"Isolation of apps" (see `_host_config`).
 
 Volume data is read and written through its host path (the volume's Mountpoint): the service
 runs as root on the Docker host, as it must to hold the Docker socket anyway.
@@ -24,18 +27,33 @@ import subprocess
 import tarfile
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import docker
 import docker.errors
 import requests.exceptions
 from docker.types import IPAMConfig, IPAMPool, LogConfig, Mount
 
+from services.apps.container import (
+    DATA_PATH,
+    ContainerRuntime,
+    ContainerSpec,
+    ContainerState,
+    EventKind,
+    NetworkInfo,
+    Progress,
+    RuntimeEvent,
+    RuntimeFailure,
+    RuntimeNotFound,
+    RuntimeStream,
+    Stats,
+)
+
+# The value types and errors are re-exported for modules that still import them from here.
 __all__ = [
     "ContainerSpec",
     "ContainerState",
@@ -43,6 +61,7 @@ __all__ = [
     "NetworkInfo",
     "RuntimeEvent",
     "RuntimeFailure",
+    "RuntimeNotFound",
     "Stats",
 ]
 
@@ -54,98 +73,35 @@ BUILD_NETWORK = "homeport-build"
 LABEL_CONTEXT = "homeport.context"
 LABEL_SPEC = "homeport.spec"
 LABEL_HTTP_PORT = "homeport.http-port"
-DATA_PATH = "/app/data"
 APP_USER = "1000:1000"
 _TMPFS = "rw,nosuid,nodev,size=64m,mode=1777"
 _ZERO_TIME = "0001-01-01T00:00:00Z"
-_EVENT_KINDS = ("start", "die", "oom")
+_EVENT_KINDS = tuple(k.value for k in EventKind)
 # Event attributes that Docker adds next to a container's labels.
 _EVENT_ATTRS = frozenset({"image", "name", "exitCode", "signal", "execID", "execDuration"})
 
 
-class RuntimeFailure(Exception):
-    """Docker refused or failed an operation; the message names the object and what to do."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-@dataclass(frozen=True)
-class NetworkInfo:
-    name: str
-    subnet: str
-    gateway: str
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """What an app container is; its sha256 (with the image id) decides whether to recreate it."""
-
-    name: str
-    image: str
-    network: str
-    env: Mapping[str, str] = field(repr=False)
-    memory_bytes: int
-    pids_limit: int = 256
-    capabilities: tuple[str, ...] = ()
-    run_as_root: bool = False
-    http_port: int | None = None  # published on 127.0.0.1:<http_host_port>
-    http_host_port: int | None = None  # None: a free port Docker picks (keep it for the edge)
-    tcp_ports: Mapping[int, int] = field(default_factory=dict)  # container port -> host port
-    udp_ports: Mapping[int, int] = field(default_factory=dict)
-    data_volume: str | None = None  # mounted read-write at /app/data
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-    def digest(self, image_id: str) -> str:
-        """sha256 of everything the container is made of (env included, image by id)."""
-        doc = {
-            "name": self.name,
-            "image": self.image,
-            "image_id": image_id,
-            "network": self.network,
-            "env": dict(sorted(self.env.items())),
-            "memory_bytes": self.memory_bytes,
-            "pids_limit": self.pids_limit,
-            "capabilities": sorted(self.capabilities),
-            "run_as_root": self.run_as_root,
-            "http_port": self.http_port,
-            "http_host_port": self.http_host_port,
-            "tcp_ports": sorted(self.tcp_ports.items()),
-            "udp_ports": sorted(self.udp_ports.items()),
-            "data_volume": self.data_volume,
-            "labels": dict(sorted(self.labels.items())),
-            "rules": 1,  # bump when _host_config changes, so containers are recreated
-        }
-        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class ContainerState:
-    name: str
-    running: bool
-    status: str
-    exit_code: int | None
-    oom_killed: bool
-    started_at: str | None
-    http_host_port: int | None
-    ip: str | None
-    image_id: str
-
-
-@dataclass(frozen=True)
-class Stats:
-    memory_bytes: int
-    memory_limit: int
-    cpu_seconds: float
-
-
-@dataclass(frozen=True)
-class RuntimeEvent:
-    kind: str  # "start" | "die" | "oom"
-    container: str
-    labels: Mapping[str, str]
-    exit_code: int | None
+def _spec_digest(spec: ContainerSpec, image_id: str) -> str:
+    """sha256 of everything the container is made of (env included, image by id)."""
+    doc = {
+        "name": spec.name,
+        "image": spec.image,
+        "image_id": image_id,
+        "network": spec.network,
+        "env": dict(sorted(spec.env.items())),
+        "memory_bytes": spec.memory_bytes,
+        "pids_limit": spec.pids_limit,
+        "capabilities": sorted(spec.capabilities),
+        "run_as_root": spec.run_as_root,
+        "http_port": spec.http_port,
+        "http_host_port": spec.http_host_port,
+        "tcp_ports": sorted(spec.tcp_ports.items()),
+        "udp_ports": sorted(spec.udp_ports.items()),
+        "data_volume": spec.data_volume,
+        "labels": dict(sorted(spec.labels.items())),
+        "rules": 1,  # bump when _host_config changes, so containers are recreated
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def _explain(e: BaseException) -> str:
@@ -258,7 +214,10 @@ class _ThreadStream(Generic[_T]):
                 self._pending.extend(self._convert(None))
             else:
                 self._done = True
-                raise RuntimeFailure(f"{self._what}: {_explain(value)}; {self._hint}") from value
+                error = (
+                    RuntimeNotFound if isinstance(value, docker.errors.NotFound) else RuntimeFailure
+                )
+                raise error(f"{self._what}: {_explain(value)}; {self._hint}") from value
 
     async def aclose(self) -> None:
         """Stop the stream and wait (briefly) for its thread to end."""
@@ -379,6 +338,8 @@ class DockerRuntime:
             return await asyncio.to_thread(fn)
         except RuntimeFailure:
             raise
+        except docker.errors.NotFound as e:
+            raise RuntimeNotFound(f"{what}: {_explain(e)}; {hint}") from e
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise RuntimeFailure(f"{what}: {_explain(e)}; {hint}") from e
         except OSError as e:
@@ -397,7 +358,7 @@ class DockerRuntime:
         self,
         tag: str,
         context: Path,
-        progress: Callable[[str], Awaitable[None]] | None = None,
+        progress: Progress | None = None,
     ) -> str:
         """Build `context` as `tag` (skipped if the tag was built from the same tree): image id."""
         if not (context / "Dockerfile").is_file():
@@ -623,8 +584,13 @@ class DockerRuntime:
         name: str,
         labels: Mapping[str, str],
         owner: tuple[int, int] | None = (1000, 1000),
-    ) -> Path:
+    ) -> None:
         """A named local volume; its data folder is chowned to `owner` when it is created."""
+        await self._ensure_volume(name, labels, owner)
+
+    async def _ensure_volume(
+        self, name: str, labels: Mapping[str, str], owner: tuple[int, int] | None
+    ) -> Path:
         vol = await self._inspect_volume(name)
         if vol is not None:
             return Path(vol["Mountpoint"])
@@ -658,20 +624,21 @@ class DockerRuntime:
             remove, f"volume {name} could not be removed", "remove the containers using it first"
         )
 
-    async def _volume_path(self, name: str) -> Path:
+    async def volume_path(self, name: str) -> Path:
+        """The volume's folder on the Docker host (Docker only: not part of the port)."""
         vol = await self._inspect_volume(name)
         if vol is None:
-            raise RuntimeFailure(f"volume {name} does not exist; create it first")
+            raise RuntimeNotFound(f"volume {name} does not exist; create it first")
         return Path(vol["Mountpoint"])
 
     async def copy_volume(self, src: str, dst: str) -> None:
         """Replace `dst`'s contents (creating it if missing) by a copy of `src`'s."""
-        src_path = await self._volume_path(src)
+        src_path = await self.volume_path(src)
         vol = await self._inspect_volume(dst)
         dst_path = (
             Path(vol["Mountpoint"])
             if vol is not None
-            else await self.ensure_volume(dst, {}, owner=None)
+            else await self._ensure_volume(dst, {}, owner=None)
         )
 
         def copy() -> None:
@@ -695,7 +662,7 @@ class DockerRuntime:
 
     async def export_volume(self, name: str, dest: Path) -> None:
         """Write a tar of the volume's contents (owners and modes kept) to `dest`."""
-        path = await self._volume_path(name)
+        path = await self.volume_path(name)
 
         def export() -> None:
             tmp = dest.with_name(dest.name + ".part")
@@ -709,7 +676,7 @@ class DockerRuntime:
 
     async def import_volume(self, name: str, src: Path) -> None:
         """Replace the volume's contents by those of the tar `src` (owners and modes kept)."""
-        path = await self._volume_path(name)
+        path = await self.volume_path(name)
 
         def safe(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
             # tar_filter rejects absolute names, `..` and links leaving the volume; the member
@@ -789,10 +756,10 @@ class DockerRuntime:
         """Create the container (same spec: the existing one is kept; else recreated): its id."""
         image = await self._inspect_image(spec.image)
         if image is None:
-            raise RuntimeFailure(
+            raise RuntimeNotFound(
                 f"container {spec.name}: image {spec.image} not found; build or pull it first"
             )
-        digest = spec.digest(str(image["Id"]))
+        digest = _spec_digest(spec, str(image["Id"]))
         existing = await self._inspect_container(spec.name)
         if existing is not None:
             if (existing["Config"].get("Labels") or {}).get(LABEL_SPEC) == digest:
@@ -961,7 +928,7 @@ class DockerRuntime:
             lines.append((stamp, text))
         return lines[-tail:]
 
-    def follow_logs(self, name: str, tail: int = 0) -> AsyncIterator[str]:
+    def follow_logs(self, name: str, tail: int = 0) -> RuntimeStream[str]:
         """New output lines as they come; ends when the container stops or on `aclose()`."""
         api = self._stream_api
 
@@ -995,7 +962,7 @@ class DockerRuntime:
             cpu_seconds=int(cpu) / 1e9,
         )
 
-    def events(self, labels: Mapping[str, str] | None = None) -> AsyncIterator[RuntimeEvent]:
+    def events(self, labels: Mapping[str, str] | None = None) -> RuntimeStream[RuntimeEvent]:
         """start/die/oom events of containers carrying all of `labels`; close it to stop."""
         api = self._stream_api
         filters: dict[str, Any] = {"type": "container", "event": list(_EVENT_KINDS)}
@@ -1016,7 +983,7 @@ class DockerRuntime:
             code = attrs.get("exitCode")
             return [
                 RuntimeEvent(
-                    kind=str(kind),
+                    kind=EventKind(kind),
                     container=str(attrs.get("name", "")),
                     labels={k: v for k, v in attrs.items() if k not in _EVENT_ATTRS},
                     exit_code=int(code) if code is not None and kind == "die" else None,
@@ -1033,3 +1000,7 @@ def _clear(path: Path) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
+
+
+if TYPE_CHECKING:  # mypy checks that the adapter implements the port
+    _port: type[ContainerRuntime] = DockerRuntime

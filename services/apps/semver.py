@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from functools import total_ordering
 
+from services.apps.errors import AppsError
+
 __all__ = ["Version", "VersionError"]
 
 # The regular expression suggested by the SemVer 2.0.0 specification itself.
@@ -21,7 +23,7 @@ _MAX_LEN = 128
 _IdKey = tuple[int, int, str]
 
 
-class VersionError(ValueError):
+class VersionError(AppsError, ValueError):
     """A string that is not a SemVer 2.0.0 version."""
 
 

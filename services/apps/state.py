@@ -72,6 +72,9 @@ class AppState:
     clone_of: str | None = None
     seed_snapshot: str | None = None
     http_host_port: int | None = None  # where the edge reaches the app (127.0.0.1:<port>)
+    # The last operation that ended well (its outcome recorded): its task may still have to
+    # say so, if the service stopped in between (services/apps/operations/driver.py).
+    done: Operation | None = None
 
     @property
     def exists(self) -> bool:
@@ -81,8 +84,9 @@ class AppState:
         return next((s for s in self.snapshots if s["snapshot_id"] == snapshot_id), None)
 
 
-def _op_done(s: AppState, state: State, **changes: Any) -> AppState:
-    return replace(s, state=state, operation=None, failed=None, error=None, **changes)
+def _op_done(s: AppState, state: State, d: dict[str, Any], **changes: Any) -> AppState:
+    done = Operation(s.operation.kind, d["task_id"]) if s.operation is not None else None
+    return replace(s, state=state, operation=None, failed=None, error=None, done=done, **changes)
 
 
 def fold(app_id: str, events: Sequence[RecordedEvent]) -> AppState:
@@ -123,7 +127,7 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
         return replace(s, addons={**s.addons, d["addon"]: d["credentials"]})
     if type_ == "AppInstalled":
         return _op_done(
-            s, State.installed, app_version=d["version"], running=True, health=Health.healthy
+            s, State.installed, d, app_version=d["version"], running=True, health=Health.healthy
         )
     if type_ == "AppOperationFailed":
         failed = op or Operation(d["operation"], d["task_id"])
@@ -147,6 +151,7 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
         return _op_done(
             s,
             State.installed,
+            d,
             location=det.get("location") or s.location,
             access=det.get("access") if det.get("access") is not None else s.access,
             memory_bytes=det.get("memory_bytes") or s.memory_bytes,
@@ -168,7 +173,7 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
         snap = {k: d[k] for k in ("snapshot_id", "manifest_id", "version", "reason", "size_bytes")}
         return replace(s, snapshots=(*s.snapshots, snap))
     if type_ == "AppUpdated":
-        return _op_done(s, State.installed, app_version=d["version"], health=Health.healthy)
+        return _op_done(s, State.installed, d, app_version=d["version"], health=Health.healthy)
     if type_ == "AppRestoreRequested":
         return replace(
             s,
@@ -176,7 +181,7 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
             operation=Operation("restore", d["task_id"], detail=dict(d)),
         )
     if type_ == "AppRestored":
-        return _op_done(s, State.installed, app_version=d["version"], health=Health.healthy)
+        return _op_done(s, State.installed, d, app_version=d["version"], health=Health.healthy)
     if type_ == "AppUninstallRequested":
         return replace(
             s,
@@ -185,7 +190,7 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
             failed=None,
         )
     if type_ == "AppUninstalled":
-        return _op_done(s, State.uninstalled, addons={})
+        return _op_done(s, State.uninstalled, d, addons={})
     if type_ == "AppUnhealthy":
         return replace(s, health=Health.unhealthy)
     if type_ == "AppRecovered":

@@ -34,6 +34,7 @@ from services.certs.certificates import (
     inspect,
     new_private_key,
 )
+from services.certs.errors import AcmeError
 
 __all__ = [
     "AcmeAccount",
@@ -125,22 +126,6 @@ class Issued:
     chain_pem: str
     key_pem: str
     info: CertInfo
-
-
-class AcmeError(Exception):
-    """An ACME step failed; `code` is one of:
-
-    rate_limited (see retry_after), bad_nonce, connection (the ACME server is unreachable),
-    unauthorized (a challenge answer was wrong), unreachable / dns / caa (the CA could not check
-    the challenge), invalid_order (names or challenges the CA refuses), account_missing,
-    external_account_required, user_action_required, timeout, server, acme.
-    """
-
-    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
 
 
 class _RateLimited(Exception):

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from libs.tls import self_signed_pem
+from services.certs.errors import CertificateError
 
 __all__ = [
     "CertInfo",
@@ -31,15 +32,6 @@ __all__ = [
 
 _MIN_RSA_BITS = 2048
 _EC_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
-
-
-class CertificateError(Exception):
-    """A certificate, key or chain that cannot be used; `field` names the part at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field  # "certificate", "key", "chain" or "names"
-        self.message = message
 
 
 @dataclass(frozen=True)

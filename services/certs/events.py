@@ -56,7 +56,7 @@ def account_stream(directory: str) -> str:
 
 
 @REGISTRY.event("AcmeAccountRegistered")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AcmeAccountRegistered:
     directory: str
     uri: str
@@ -67,7 +67,7 @@ class AcmeAccountRegistered:
 
 
 @REGISTRY.event("CertificateOrdered")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CertificateOrdered:
     primary: str
     names: list[str]
@@ -80,7 +80,7 @@ class CertificateOrdered:
 
 
 @REGISTRY.event("CertificateIssued")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CertificateIssued:
     primary: str
     names: list[str]
@@ -97,7 +97,7 @@ class CertificateIssued:
 
 
 @REGISTRY.event("CertificateRenewalFailed")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CertificateRenewalFailed:
     primary: str
     code: str
@@ -112,7 +112,7 @@ class CertificateRenewalFailed:
 
 
 @REGISTRY.event("CustomCertificateUploaded")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CustomCertificateUploaded:
     primary: str
     names: list[str]  # the names it was uploaded for
@@ -129,7 +129,7 @@ class CustomCertificateUploaded:
 
 
 @REGISTRY.event("CertificateForgotten")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CertificateForgotten:
     primary: str
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import asyncpg
 
-from libs.events.bus import Invalid, NotFound
-from services.certs.certificates import CertificateError, CertInfo, covers, inspect
-from services.certs.commands import check_host
+from libs.events.handlers import query
+from services.certs.certificates import CertInfo, covers, inspect
+from services.certs.errors import CertificateError, NotCovered
+from services.certs.names import check_host
 from services.certs.store import CertFiles
 
 __all__ = ["Queries", "certificate_view"]
@@ -49,7 +50,8 @@ def certificate_view(r: asyncpg.Record, fallback: CertInfo | None, now: datetime
 
 
 class Queries:
-    """The query side, over the `certs` read model and the files on disk."""
+    """The query side, over the `certs` read model and the files on disk: each `@query` method
+    is one bus query of the certs service."""
 
     def __init__(self, pool: asyncpg.Pool, files: CertFiles) -> None:
         self.pool = pool
@@ -64,11 +66,9 @@ class Queries:
         except CertificateError:
             return None
 
+    @query("certificates")
     async def certificates(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Every certificate with its expiry, state, last error and next attempt."""
-        if payload:
-            name = next(iter(payload))
-            raise Invalid(f"unknown field {name!r}", field=str(name)[:64])
         rows = await self.pool.fetch("SELECT * FROM certs.certificates ORDER BY primary_name")
         now = datetime.now(UTC)
         items = []
@@ -79,13 +79,11 @@ class Queries:
             items.append(certificate_view(r, fallback, now))
         return {"items": items}
 
+    @query("files")
     async def files(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The files of the best certificate for a host: a real unexpired one before the
         fallback, the exact name before a wildcard, custom before ACME, the latest expiry."""
-        for name in payload:
-            if name != "host":
-                raise Invalid(f"unknown field {name!r}", field=str(name)[:64])
-        host = check_host(payload.get("host"))
+        host = check_host(payload["host"])
         parent = host.partition(".")[2]
         wild = f"*.{parent}" if not host.startswith("*.") and "." in parent else host
         rows = await self.pool.fetch(
@@ -113,4 +111,4 @@ class Queries:
             if await asyncio.to_thread(self.disk.exists, primary):
                 paths = self.disk.paths(primary)
                 return {"cert": str(paths.cert), "key": str(paths.key), "kind": kind}
-        raise NotFound(f"no certificate covers {host}", field="host")
+        raise NotCovered(host)

@@ -20,6 +20,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.certs.errors import FilesError
+
 __all__ = ["CertFiles", "FilesError", "Paths", "TokenFiles", "host_dir_name"]
 
 _HOST = re.compile(
@@ -28,10 +30,6 @@ _HOST = re.compile(
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 CHAIN = "fullchain.pem"
 KEY = "privkey.pem"
-
-
-class FilesError(Exception):
-    """A certificate or token file could not be written or removed."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
-"""Command handlers of the dns service: validate, talk to the provider, record.
+"""Command handlers of the dns service: decide, talk to the provider, record.
 
-Every change of a domain runs under that domain's lock (one at a time in this process; the
-stream's expected version refuses a second process meanwhile). The provider is written first
-and the event recorded after, so an event never claims a record the provider refused.
-Ownership is what the events say (the read model is written in their transaction): Homeport
-replaces or deletes only an RRset its own `DnsRecordSet` created, and refuses to touch any other.
+The contract (`libs/contracts/dns.py`) has checked each payload's shape; the handlers put
+names in canonical form and check what only this service knows. Every change of a domain runs
+under that domain's lock (one at a time in this process; the stream's expected version refuses
+a second process meanwhile). The provider is written first and the event recorded after, so an
+event never claims a record the provider refused. Ownership is what the events say (the read
+model is written in their transaction): Homeport replaces or deletes only an RRset its own
+`DnsRecordSet` created, and refuses to touch any other.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,63 +24,58 @@ from typing import Any
 import asyncpg
 
 from libs.events import context
-from libs.events.bus import BusClient, BusError, Conflict, Invalid, NotFound, Unavailable
+from libs.events.bus import BusClient, BusError
 from libs.events.context import Context
-from libs.events.errors import ConcurrencyError
-from libs.events.inline import append_inline
+from libs.events.envelope import RecordedEvent
+from libs.events.handlers import command
+from libs.events.repository import Repository
 from libs.events.sealing import Keyring, SealingError
 from libs.events.store import PostgresEventStore
 from services.dns import events as ev
 from services.dns.config import DnsConfig
+from services.dns.errors import (
+    DnsProviderError,
+    DnsUnavailable,
+    DomainChanged,
+    DomainExists,
+    DomainInUse,
+    DomainNotFound,
+    ForeignRecord,
+    InvalidRequest,
+    NoDomainFor,
+    NotOwned,
+    ProviderConfigError,
+    RecordConflict,
+)
 from services.dns.projections import DnsProjection
-from services.dns.providers.base import (
+from services.dns.providers.factory import PROVIDER_FIELDS, make_provider, secret_fields
+from services.dns.providers.protocol import (
     WRITABLE_TYPES,
     DnsProvider,
-    DnsProviderError,
-    ForeignRecord,
     Record,
     canonical_name,
     format_record,
     in_zone,
 )
-from services.dns.providers.factory import (
-    PROVIDER_FIELDS,
-    PROVIDER_KINDS,
-    ProviderConfigError,
-    make_provider,
-    secret_fields,
-)
-from services.dns.queries import check_domain, read_view
+from services.dns.queries import read_view
 
 __all__ = ["ACME_OWNER", "Commands", "check_record_name"]
 
 ACME_OWNER = "acme"
 ACME_TTL = 60
-MAX_DEADLINE = 600.0
-MAX_VALUES = 100
-MAX_VALUE = 4096
-MAX_TTL = 7 * 24 * 3600
 _WAIT_SLICE = 5.0  # a TXT set another publish_txt grows meanwhile is looked at again this often
 _NAME_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
 _RECORD_NAME = re.compile(rf"^(\*\.)?{_NAME_LABEL}(\.{_NAME_LABEL})+$")
-_OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 
 
 # -- input ----------------------------------------------------------------------------------
 
 
-def _fields(payload: Mapping[str, Any], allowed: set[str], prefix: str = "") -> None:
-    for name in payload:
-        if name not in allowed:
-            where = f"{prefix}{str(name)[:64]}"
-            raise Invalid(f"unknown field {where!r}: use {', '.join(sorted(allowed))}", field=where)
-
-
-def check_record_name(value: object, field: str = "name") -> str:
+def check_record_name(value: str, field: str = "name") -> str:
     """A DNS name in canonical form (`_acme-challenge.` and a leading `*.` allowed)."""
-    name = canonical_name(value) if isinstance(value, str) else ""
+    name = canonical_name(value)
     if len(name) > 253 or not _RECORD_NAME.match(name):
-        raise Invalid(
+        raise InvalidRequest(
             f"{field} must be a DNS name such as blog.example.com (labels of letters, digits,"
             " '-' or '_'; '*.' only first)",
             field=field,
@@ -86,41 +83,13 @@ def check_record_name(value: object, field: str = "name") -> str:
     return name
 
 
-def _type(value: object) -> str:
-    type_ = value.strip().upper() if isinstance(value, str) else ""
+def _type(value: str) -> str:
+    type_ = value.strip().upper()
     if type_ not in WRITABLE_TYPES:
-        raise Invalid(f"type must be one of {', '.join(sorted(WRITABLE_TYPES))}", field="type")
-    return type_
-
-
-def _text(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_VALUE or "\x00" in value:
-        raise Invalid(f"{field} must be text of 1 to {MAX_VALUE} characters", field=field)
-    return value
-
-
-def _values(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not 1 <= len(value) <= MAX_VALUES:
-        raise Invalid(f"values must be a list of 1 to {MAX_VALUES} values", field="values")
-    return tuple(_text(v, "values") for v in value)
-
-
-def _ttl(value: object) -> int:
-    if value is None:
-        return 300
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_TTL:
-        raise Invalid(f"ttl must be a whole number of seconds, 1 to {MAX_TTL}", field="ttl")
-    return value
-
-
-def _owner(value: object) -> str:
-    if not isinstance(value, str) or not _OWNER.match(value):
-        raise Invalid(
-            "owner must name who the record is for (1 to 100 letters, digits, '_', '.', ':' or"
-            " '-'), e.g. app-4f1c or acme",
-            field="owner",
+        raise InvalidRequest(
+            f"type must be one of {', '.join(sorted(WRITABLE_TYPES))}", field="type"
         )
-    return value
+    return type_
 
 
 def _address(payload: Mapping[str, Any], name: str, version: int) -> str | None:
@@ -128,22 +97,21 @@ def _address(payload: Mapping[str, Any], name: str, version: int) -> str | None:
     if value is None:
         return None
     try:
-        addr = ipaddress.ip_address(value) if isinstance(value, str) else None
+        addr = ipaddress.ip_address(value)
     except ValueError:
         addr = None
     if addr is None or addr.version != version:
-        raise Invalid(f"{name} must be an IPv{version} address", field=name)
+        raise InvalidRequest(f"{name} must be an IPv{version} address", field=name)
     return str(addr)
 
 
-def _deadline(value: object) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-        if 0 < seconds <= MAX_DEADLINE:
-            return seconds
-    raise Invalid(
-        f"deadline_s must be seconds, more than 0 and at most {MAX_DEADLINE:g}", field="deadline_s"
-    )
+def _provider_input(value: Mapping[str, Any], domain: str) -> tuple[str, dict[str, Any]]:
+    """The kind and settings of a provider (the contract knows every setting of every kind;
+    `make_provider` names one the kind does not take)."""
+    kind = str(value["kind"])
+    config = {k: v for k, v in value.items() if k != "kind" and v is not None}
+    config.setdefault("zone", domain)
+    return kind, config
 
 
 def _field_of(kind: str, message: str) -> str:
@@ -161,11 +129,15 @@ def _field_of(kind: str, message: str) -> str:
     return "provider"
 
 
+def _version(domain: str, events: Sequence[RecordedEvent]) -> int:
+    return events[-1].version if events else 0
+
+
 # -- the handlers ---------------------------------------------------------------------------
 
 
 class Commands:
-    """The command side: each public method is one bus command of the dns service."""
+    """The command side: each `@command` method is one bus command of the dns service."""
 
     def __init__(
         self,
@@ -178,27 +150,34 @@ class Commands:
         self.store = store
         self.keyring = keyring
         self.bus = bus
-        self._projection = DnsProjection()
+        self._domains = Repository(
+            store,
+            ev.domain_stream,
+            _version,
+            DnsProjection(),
+            conflict=DomainChanged,
+            unique={"domains_pkey": DomainExists},
+        )
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- domains ----------
 
+    @command("add_domain")
     async def add_domain(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        _fields(payload, {"domain", "provider", "server_ipv4", "server_ipv6"})
-        domain = check_domain(payload.get("domain"))
-        kind, config = self._provider_input(payload.get("provider"), domain)
+        domain: str = payload["domain"]
+        kind, config = _provider_input(payload["provider"], domain)
         ipv4 = _address(payload, "server_ipv4", 4)
         ipv6 = _address(payload, "server_ipv6", 6)
         try:
             provider = make_provider(kind, config)
         except ProviderConfigError as e:
-            raise Invalid(e.message, field=f"provider.{e.field}") from None
+            raise InvalidRequest(e.message, field=f"provider.{e.field}") from None
         except DnsProviderError as e:
-            raise Invalid(e.message, field="provider") from None
+            raise InvalidRequest(e.message, field="provider") from None
         config["zone"] = provider.zone
         if not in_zone(domain, provider.zone):
             await provider.aclose()
-            raise Invalid(
+            raise InvalidRequest(
                 f"domain {domain} is not in zone {provider.zone}: give its own zone or one of"
                 " its parents",
                 field="provider.zone",
@@ -206,11 +185,11 @@ class Commands:
         async with self._lock(domain):
             try:
                 if await self._row(domain) is not None:
-                    raise Conflict(f"domain {domain} is already added", field="domain")
+                    raise DomainExists(domain)
                 try:
                     await provider.verify()
                 except DnsProviderError as e:
-                    raise Invalid(
+                    raise InvalidRequest(
                         f"the {kind} provider of {domain} failed its check, so nothing was saved:"
                         f" {e.message}",
                         field=_field_of(kind, e.message),
@@ -223,16 +202,21 @@ class Commands:
                 sealed[name] = await asyncio.to_thread(
                     self.keyring.seal_for, subject, str(sealed[name])
                 )
-            added = ev.DomainAdded(domain, {"kind": kind, **sealed}, ipv4, ipv6)
+            added = ev.DomainAdded(
+                domain=domain,
+                provider={"kind": kind, **sealed},
+                server_ipv4=ipv4,
+                server_ipv6=ipv6,
+            )
             try:
-                await self._append(domain, [added, ev.DomainVerified(domain)])
-            except asyncpg.UniqueViolationError:
-                raise Conflict(f"domain {domain} is already added", field="domain") from None
+                await self._append(domain, [added, ev.DomainVerified(domain=domain)])
+            except DomainExists:
+                raise DomainExists(domain) from None
         return await self._view(domain)
 
+    @command("verify_domain")
     async def verify_domain(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        _fields(payload, {"domain"})
-        domain = check_domain(payload.get("domain"))
+        domain: str = payload["domain"]
         async with self._lock(domain):
             row = await self._existing(domain)
             version = await self.store.stream_version(ev.domain_stream(domain))
@@ -240,23 +224,19 @@ class Commands:
             async with self._provider(row) as provider:
                 try:
                     await provider.verify()
-                    new = ev.DomainVerified(domain)
+                    new = ev.DomainVerified(domain=domain)
                 except DnsProviderError as e:
-                    new = ev.DomainVerificationFailed(domain, e.message)
+                    new = ev.DomainVerificationFailed(domain=domain, reason=e.message)
             await self._append(domain, [new], version)
         return await self._view(domain)
 
+    @command("remove_domain")
     async def remove_domain(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        _fields(payload, {"domain"})
-        domain = check_domain(payload.get("domain"))
+        domain: str = payload["domain"]
         await self._existing(domain)
         users = await self._apps_on(domain)
         if users:
-            raise Conflict(
-                f"domain {domain} is used by {len(users)} app(s) ({', '.join(users)}): move or"
-                " uninstall them first",
-                field="domain",
-            )
+            raise DomainInUse(domain, users)
         async with self._lock(domain):
             row = await self._existing(domain)
             version = await self.store.stream_version(ev.domain_stream(domain))
@@ -276,68 +256,69 @@ class Commands:
                             f" {e.message}"
                         )
                         break
-                    new.append(ev.DnsRecordRemoved(domain, record.name, record.type, r["owner"]))
+                    new.append(
+                        ev.DnsRecordRemoved(
+                            domain=domain, name=record.name, type=record.type, owner=r["owner"]
+                        )
+                    )
             if failure is None:
-                new.append(ev.DomainRemoved(domain))
+                new.append(ev.DomainRemoved(domain=domain))
             if new:
                 await self._append(domain, new, version)
             if failure is not None:
-                raise Unavailable(failure)
+                raise DnsUnavailable(failure)
         return {"domain": domain, "removed": True}
 
     # -- records ----------
 
+    @command("set_record")
     async def set_record(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        _fields(payload, {"name", "type", "values", "ttl", "owner"})
-        name = check_record_name(payload.get("name"))
-        type_ = _type(payload.get("type"))
-        record = Record(name, type_, _values(payload.get("values")), _ttl(payload.get("ttl")))
-        owner = _owner(payload.get("owner"))
+        name = check_record_name(payload["name"])
+        type_ = _type(payload["type"])
+        ttl: int | None = payload.get("ttl")
+        record = Record(name, type_, tuple(payload["values"]), 300 if ttl is None else ttl)
+        owner: str = payload["owner"]
         domain = await self._domain_for(name)
         async with self._lock(domain):
             await self._set(domain, record, owner)
         return _answer(domain, record)
 
+    @command("remove_record")
     async def remove_record(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        _fields(payload, {"name", "type", "owner"})
-        name = check_record_name(payload.get("name"))
-        type_ = _type(payload.get("type"))
-        owner = _owner(payload.get("owner"))
+        name = check_record_name(payload["name"])
+        type_ = _type(payload["type"])
+        owner: str = payload["owner"]
         domain = await self._domain_for(name)
         async with self._lock(domain):
             current = await self._owned(domain, name, type_)
             if current is None:
-                raise NotFound(
-                    f"Homeport owns no {name} {type_} record, and it removes only records it"
-                    " created",
-                    field="name",
-                )
+                raise NotOwned(name, type_)
             if current.owner != owner:
-                raise Conflict(
+                raise RecordConflict(
                     f"{name} {type_} is kept for {current.owner}, not {owner}: it stays",
                     field="owner",
                 )
             await self._delete(domain, current.record, owner)
         return {"domain": domain, "name": name, "type": type_}
 
+    @command("wait_record")
     async def wait_record(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        _fields(payload, {"name", "type", "values", "deadline_s"})
-        name = check_record_name(payload.get("name"))
-        record = Record(name, _type(payload.get("type")), _values(payload.get("values")))
-        deadline = _deadline(payload.get("deadline_s"))
+        name = check_record_name(payload["name"])
+        record = Record(name, _type(payload["type"]), tuple(payload["values"]))
+        deadline = float(payload["deadline_s"])
         domain = await self._domain_for(name)
         async with self._provider(await self._existing(domain)) as provider:
             try:
                 await provider.wait(record, deadline)
             except DnsProviderError as e:
-                raise Unavailable(e.message) from None
+                raise DnsUnavailable(e.message) from None
         return {"ok": True}
 
+    @command("publish_txt")
     async def publish_txt(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Add one value to the TXT set at `name` (ACME DNS-01) and wait until it is served."""
-        _fields(payload, {"name", "value"})
-        name = check_record_name(payload.get("name"))
-        value = _text(payload.get("value"), "value")
+        name = check_record_name(payload["name"])
+        value: str = payload["value"]
         domain = await self._domain_for(name)
         async with self._lock(domain):
             current = await self._owned(domain, name, "TXT")
@@ -350,11 +331,11 @@ class Commands:
         await self._wait_txt(domain, name, value)
         return _answer(domain, record)
 
+    @command("remove_txt")
     async def remove_txt(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Remove one value of the TXT set at `name`; the others stay. Absent is not an error."""
-        _fields(payload, {"name", "value"})
-        name = check_record_name(payload.get("name"))
-        value = _text(payload.get("value"), "value")
+        name = check_record_name(payload["name"])
+        value: str = payload["value"]
         domain = await self._domain_for(name)
         async with self._lock(domain):
             current = await self._owned(domain, name, "TXT")
@@ -375,22 +356,6 @@ class Commands:
     def _lock(self, domain: str) -> asyncio.Lock:
         return self._locks.setdefault(domain, asyncio.Lock())
 
-    def _provider_input(self, value: object, domain: str) -> tuple[str, dict[str, Any]]:
-        if not isinstance(value, dict):
-            raise Invalid(
-                "provider must be an object {kind, ...settings of that kind}", field="provider"
-            )
-        kind = value.get("kind")
-        if not isinstance(kind, str) or kind not in PROVIDER_FIELDS:
-            raise Invalid(
-                f"provider.kind must be one of {', '.join(PROVIDER_KINDS)}", field="provider.kind"
-            )
-        allowed = {"kind", *(f.name for f in PROVIDER_FIELDS[kind])}
-        _fields(value, allowed, "provider.")
-        config = {k: v for k, v in value.items() if k != "kind" and v is not None}
-        config.setdefault("zone", domain)
-        return kind, config
-
     async def _row(self, domain: str) -> asyncpg.Record | None:
         row: asyncpg.Record | None = await self.store.pool.fetchrow(
             "SELECT * FROM dns.domains WHERE domain = $1", domain
@@ -400,13 +365,13 @@ class Commands:
     async def _existing(self, domain: str) -> asyncpg.Record:
         row = await self._row(domain)
         if row is None:
-            raise NotFound(f"no domain {domain}: add it first", field="domain")
+            raise DomainNotFound(domain)
         return row
 
     async def _view(self, domain: str) -> dict[str, Any]:
         view = await read_view(self.store.pool, domain)
         if view is None:
-            raise NotFound(f"no domain {domain}", field="domain")
+            raise DomainNotFound(domain, "")
         return view
 
     async def _domain_for(self, name: str) -> str:
@@ -419,9 +384,7 @@ class Commands:
         by_zone = [r for r in rows if in_zone(name, r["zone"])]
         if by_zone:
             return str(max(by_zone, key=lambda r: len(r["zone"]))["domain"])
-        raise NotFound(
-            f"no domain Homeport manages holds {name}: add its domain first", field="name"
-        )
+        raise NoDomainFor(name)
 
     async def _owned(self, domain: str, name: str, type_: str) -> _Owned | None:
         row = await self.store.pool.fetchrow(
@@ -437,7 +400,7 @@ class Commands:
 
     def _acme_owns(self, current: _Owned) -> None:
         if current.owner != ACME_OWNER:
-            raise Conflict(
+            raise RecordConflict(
                 f"{format_record(current.record)} is kept for {current.owner}, not for ACME"
                 " challenges: it stays",
                 field="name",
@@ -456,7 +419,7 @@ class Commands:
                 record.type,
             )
             if other is not None:
-                raise Conflict(
+                raise RecordConflict(
                     f"{record.name} {record.type} is kept by Homeport for domain {other}, which"
                     " shares the zone: change it there",
                     field="name",
@@ -465,13 +428,18 @@ class Commands:
             try:
                 await provider.upsert(record, owned=current is not None)
             except ForeignRecord as e:
-                raise Conflict(e.message, field="name") from None
+                raise RecordConflict(e.message, field="name") from None
             except DnsProviderError as e:
-                raise Unavailable(e.message) from None
+                raise DnsUnavailable(e.message) from None
         if current is not None and current.record == record and current.owner == owner:
             return  # already so, provider and events alike
         event = ev.DnsRecordSet(
-            domain, record.name, record.type, list(record.values), record.ttl, owner
+            domain=domain,
+            name=record.name,
+            type=record.type,
+            values=list(record.values),
+            ttl=record.ttl,
+            owner=owner,
         )
         await self._append(domain, [event], version)
 
@@ -482,8 +450,10 @@ class Commands:
             try:
                 await provider.delete(record)
             except DnsProviderError as e:
-                raise Unavailable(e.message) from None
-        removed = ev.DnsRecordRemoved(domain, record.name, record.type, owner)
+                raise DnsUnavailable(e.message) from None
+        removed = ev.DnsRecordRemoved(
+            domain=domain, name=record.name, type=record.type, owner=owner
+        )
         await self._append(domain, [removed], version)
 
     async def _wait_txt(self, domain: str, name: str, value: str) -> None:
@@ -497,13 +467,13 @@ class Commands:
             while True:
                 current = await self._owned(domain, name, "TXT")
                 if current is None or value not in current.record.values:
-                    raise Conflict(
+                    raise RecordConflict(
                         f'the TXT value "{value}" at {name} was removed while waiting for it',
                         field="value",
                     )
                 left = end - time.monotonic()
                 if left <= 0:
-                    raise Unavailable(
+                    raise DnsUnavailable(
                         f"{name} TXT is not served by every nameserver after {deadline:g}s: {last}"
                     )
                 try:
@@ -523,14 +493,14 @@ class Commands:
             for name in secret_fields(kind) & config.keys():
                 config[name] = self.keyring.unseal_str(config[name])
         except SealingError as e:
-            raise Unavailable(
+            raise DnsUnavailable(
                 f"cannot unseal the provider credentials of {domain} ({e}): check that HP_KEYRING"
                 " is the keyring they were sealed with"
             ) from None
         try:
             provider = make_provider(kind, config)
         except DnsProviderError as e:
-            raise Unavailable(
+            raise DnsUnavailable(
                 f"the recorded {kind} provider of {domain} is unusable ({e.message}): remove the"
                 " domain and add it again"
             ) from None
@@ -541,32 +511,28 @@ class Commands:
 
     async def _append(self, domain: str, new: list[Any], expected: int | None = None) -> None:
         """Append to the domain's stream and update the read model in one transaction."""
-        stream = ev.domain_stream(domain)
         if expected is None:
-            expected = await self.store.stream_version(stream)
+            expected = await self.store.stream_version(ev.domain_stream(domain))
         try:
-            async with self.store.pool.acquire() as conn, conn.transaction():
-                await append_inline(self.store, conn, self._projection, stream, new, expected)
-        except ConcurrencyError:
-            raise Conflict(
-                f"domain {domain} was changed at the same time; look again and retry"
-            ) from None
+            await self._domains.append(domain, new, expected)
+        except DomainChanged:
+            raise DomainChanged(domain) from None
 
     async def _apps_on(self, domain: str) -> list[str]:
         """The addresses of the apps installed on `domain`, as the apps service says."""
         ctx = Context("system", context.current().correlation_id, None, None)
         try:
             reply = await self.bus.query(
-                "apps", "apps", {"is_admin": True}, ctx=ctx, timeout=self.cfg.apps_timeout
+                "apps", "apps", {}, ctx=ctx, timeout=self.cfg.apps_timeout
             )
         except BusError as e:
-            raise Unavailable(
+            raise DnsUnavailable(
                 f"cannot tell whether apps use {domain}, so it stays: the apps service did not"
                 f" answer ({e.message}); try again when it runs"
             ) from None
         items = reply.get("items") if isinstance(reply, dict) else None
         if not isinstance(items, list):
-            raise Unavailable(
+            raise DnsUnavailable(
                 f"cannot tell whether apps use {domain}, so it stays: the apps service answered"
                 " without a list of apps"
             )

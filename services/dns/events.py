@@ -33,7 +33,7 @@ def domain_stream(domain: str) -> str:
 
 
 @REGISTRY.event("DomainAdded")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DomainAdded:
     domain: str
     provider: dict[str, Any]  # {kind, ...fields}; secret fields sealed
@@ -45,7 +45,7 @@ class DomainAdded:
 
 
 @REGISTRY.event("DomainVerified")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DomainVerified:
     domain: str
 
@@ -54,7 +54,7 @@ class DomainVerified:
 
 
 @REGISTRY.event("DomainVerificationFailed")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DomainVerificationFailed:
     domain: str
     reason: str
@@ -64,7 +64,7 @@ class DomainVerificationFailed:
 
 
 @REGISTRY.event("DnsRecordSet")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DnsRecordSet:
     domain: str
     name: str
@@ -78,7 +78,7 @@ class DnsRecordSet:
 
 
 @REGISTRY.event("DnsRecordRemoved")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DnsRecordRemoved:
     domain: str
     name: str
@@ -90,7 +90,7 @@ class DnsRecordRemoved:
 
 
 @REGISTRY.event("DomainRemoved")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DomainRemoved:
     domain: str
 

@@ -19,13 +19,8 @@ from dataclasses import dataclass
 import aiodns
 import aiodns.error
 
-from services.dns.providers.base import (
-    DnsProviderError,
-    Progress,
-    Record,
-    canonical_name,
-    format_record,
-)
+from services.dns.errors import DnsProviderError
+from services.dns.providers.protocol import Progress, Record, canonical_name, format_record
 
 __all__ = [
     "Answer",

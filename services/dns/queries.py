@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
 
-from libs.events.bus import Invalid, NotFound
+from libs.events.handlers import query
+from services.dns.errors import DomainNotFound
 from services.dns.providers.factory import secret_fields
 
-__all__ = ["REDACTED", "Queries", "check_domain", "domain_view", "read_view"]
+__all__ = ["REDACTED", "Queries", "domain_view", "read_view"]
 
 REDACTED = "••••"
-MAX_DOMAIN = 128  # the id part of the stream name `domain-<domain>` holds at most 128
-_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})+$")
-
-
-def check_domain(value: object, field: str = "domain") -> str:
-    """A lower-case DNS name of two labels or more, e.g. example.com."""
-    if not isinstance(value, str) or len(value) > MAX_DOMAIN or not _DOMAIN.match(value):
-        raise Invalid(
-            f"{field} must be a lower-case domain name such as example.com (labels of letters,"
-            f" digits and inner '-', at most {MAX_DOMAIN} characters)",
-            field=field,
-        )
-    return value
 
 
 def public_provider(provider: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,11 +56,12 @@ async def read_view(db: asyncpg.Pool | asyncpg.Connection, domain: str) -> dict[
 
 
 class Queries:
-    """The query side: each method is one bus query of the dns service."""
+    """The query side: each `@query` method is one bus query of the dns service."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    @query("domains")
     async def domains(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         rows = await self.pool.fetch("SELECT * FROM dns.domains ORDER BY domain")
         records = await self.pool.fetch("SELECT * FROM dns.records ORDER BY name, type")
@@ -83,9 +70,10 @@ class Queries:
             by_domain.setdefault(r["domain"], []).append(r)
         return {"items": [domain_view(row, by_domain.get(row["domain"], [])) for row in rows]}
 
+    @query("domain")
     async def domain(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        domain = check_domain(payload.get("domain"))
+        domain: str = payload["domain"]
         view = await read_view(self.pool, domain)
         if view is None:
-            raise NotFound(f"no domain {domain}: add it first", field="domain")
+            raise DomainNotFound(domain)
         return view

@@ -7,59 +7,64 @@ local stack leaves the host's packet filter alone and only records the bans).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
 
 from libs.events.projection import ProjectionRunner
-from libs.events.wiring import EventServiceKit
+from libs.events.wiring import Connections, connections, loop, worker
 from libs.service.config import load_config
 from libs.service.runner import Service, main
-from services.firewall.bans import BanProjection, BanSet, NftError
+from services.firewall.bans import BanEnforcer
 from services.firewall.config import FirewallConfig
+from services.firewall.nft import BanSet, Nft
+from services.firewall.projections import BanProjection
 
 log = logging.getLogger("services.firewall")
-RECONCILE_EVERY = 1.0  # seconds: a ban reaches the kernel within about this after its event
 
 
-def build() -> Service:
-    cfg = load_config(FirewallConfig)
+def build(cfg: FirewallConfig | None = None) -> Service:
+    """The firewall process: the ban projection, and the kernel's ban set when it applies."""
+    cfg = cfg if cfg is not None else load_config(FirewallConfig)
     svc = Service("firewall", cfg)
-    kit = EventServiceKit(svc)
-    projection = BanProjection(cfg.ban_failures, cfg.ban_window_seconds, cfg.ban_seconds)
-    kit.add_worker(
-        "projection.firewall_bans",
-        lambda: ProjectionRunner(
-            projection, kit.store, kit.nc, stream=cfg.events_stream, prefix=cfg.events_prefix
-        ),
-        ready=lambda r: r.live.is_set(),
-        prepare=ProjectionRunner.setup,
-    )
-    if not cfg.firewall_apply:
-        return svc
-    bans = BanSet(cfg.firewall_nft, cfg.firewall_table)
-    stopping = asyncio.Event()
-
-    async def install() -> None:
-        await bans.install()
-        log.info("nftables table inet %s installed", cfg.firewall_table)
-        svc.spawn(reconcile_loop(), "firewall.reconcile")
-
-    async def reconcile_loop() -> None:
-        while not stopping.is_set():
-            try:
-                await bans.reconcile(kit.store.pool)
-            except (NftError, OSError) as e:
-                log.error("applying bans failed: %s", e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), RECONCILE_EVERY)
-
-    async def stop() -> None:
-        stopping.set()
-
-    svc.on_start(install)
-    svc.on_stop(stop)
+    svc.use(partial(_parts, cfg))
     return svc
+
+
+@asynccontextmanager
+async def _parts(cfg: FirewallConfig, svc: Service) -> AsyncIterator[None]:
+    async with connections(svc) as conn:
+        runner = ProjectionRunner(
+            BanProjection(cfg),
+            conn.store,
+            conn.nc,
+            stream=cfg.events_stream,
+            prefix=cfg.events_prefix,
+        )
+        await runner.setup()
+        ready = partial(_projection_ready, conn)
+        async with worker(svc, "projection.firewall_bans", runner, ready=ready):
+            async with _enforcing(cfg, svc, conn):
+                yield
+
+
+@asynccontextmanager
+async def _enforcing(cfg: FirewallConfig, svc: Service, conn: Connections) -> AsyncIterator[None]:
+    """With HP_FIREWALL_APPLY: install the table, then keep its ban sets true to the bans."""
+    if not cfg.firewall_apply:
+        yield
+        return
+    bans = BanSet(Nft(cfg.firewall_nft), cfg.firewall_table)
+    await bans.install()
+    log.info("nftables table inet %s installed", cfg.firewall_table)
+    enforcer = BanEnforcer(bans, conn.store.pool, every=cfg.firewall_reconcile_seconds)
+    async with loop(svc, "firewall.reconcile", enforcer.run(), enforcer.stop):
+        yield
+
+
+def _projection_ready(conn: Connections, runner: ProjectionRunner) -> bool:
+    return conn.connected and runner.live.is_set()
 
 
 if __name__ == "__main__":

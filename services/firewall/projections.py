@@ -1,5 +1,112 @@
-"""The firewall's projections, for `homeport replay`."""
+"""The firewall's read model: failed sign-ins per address and the bans they earn.
 
-from services.firewall.bans import BanProjection
+`BanProjection` follows `LoginFailed` events (identity writes them with the client address) and
+decides bans in SQL from the events' own times, so replaying the log gives the same bans: an
+address with `failures` failures within `window` (counting only failures after its last ban
+began) is banned for `base * 2^(strikes - 1)`, strikes being 1 for its first ban.
+"""
 
-__all__ = ["BanProjection"]
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ClassVar
+
+import asyncpg
+
+from libs.events.envelope import RecordedEvent
+from libs.events.projection import Projection, register_projection
+from services.firewall.config import BanPolicy
+
+__all__ = ["BanProjection", "Clock", "active_bans", "utcnow"]
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The wall clock, timezone-aware (the default `Clock`)."""
+    return datetime.now(UTC)
+
+
+@register_projection
+class BanProjection(Projection):
+    """Failed sign-ins per address, and the bans they earn (schema `firewall`)."""
+
+    name: ClassVar[str] = "firewall_bans"
+    schema: ClassVar[str] = "firewall"
+    subject: ClassVar[str] = "signin.LoginFailed"
+    migrations: ClassVar[Path | None] = Path(__file__).parent / "migrations"
+
+    def __init__(self, policy: BanPolicy | None = None, *, clock: Clock = utcnow) -> None:
+        # `homeport replay firewall_bans` builds it without arguments: the same HP_BAN_*
+        # settings as the service's then apply, so a rebuild decides the same bans.
+        policy = policy if policy is not None else BanPolicy.from_env()
+        self.failures = policy.ban_failures
+        self.window = policy.ban_window_seconds
+        self.base = policy.ban_seconds
+        self.clock = clock  # only prunes failures too old to count; decisions use event times
+
+    def wants(self, event: RecordedEvent) -> bool:
+        return event.type == "LoginFailed"
+
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        await conn.execute("TRUNCATE firewall.failures, firewall.bans")
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        for event in events:
+            ip = _address(event)
+            if ip is None:
+                continue
+            await conn.execute(
+                "INSERT INTO firewall.failures (ip, at) VALUES ($1, $2)", ip, event.recorded_at
+            )
+            await conn.execute(_BAN, ip, event.recorded_at, self.window, self.failures, self.base)
+        await conn.execute(
+            "DELETE FROM firewall.failures WHERE at < $1::timestamptz - make_interval(secs => $2)",
+            self.clock(),
+            self.window,
+        )
+
+
+# One statement: ban `ip` at `at` unless it is banned then, if it has enough failures in the
+# window since its last ban began; the length doubles with each earlier ban.
+_BAN = """
+WITH last AS (
+    SELECT max(since) AS since, count(*) AS strikes, max(until) AS until
+    FROM firewall.bans WHERE ip = $1::inet
+), recent AS (
+    SELECT count(*) AS n FROM firewall.failures, last
+    WHERE ip = $1::inet AND at > $2::timestamptz - make_interval(secs => $3::int)
+      AND at <= $2::timestamptz AND (last.since IS NULL OR at > last.since)
+)
+INSERT INTO firewall.bans (ip, since, until, strikes)
+SELECT $1::inet, $2::timestamptz,
+       $2::timestamptz + make_interval(secs => $5::int * power(2, last.strikes)),
+       last.strikes + 1
+FROM last, recent
+WHERE recent.n >= $4::int AND (last.until IS NULL OR last.until <= $2::timestamptz)
+ON CONFLICT DO NOTHING
+"""
+
+
+async def active_bans(pool: asyncpg.Pool, at: datetime) -> dict[str, datetime]:
+    """Address -> end of its latest ban, for every address banned at `at`."""
+    rows = await pool.fetch(
+        "SELECT host(ip) AS ip, max(until) AS until FROM firewall.bans"
+        " WHERE until > $1::timestamptz GROUP BY ip",
+        at,
+    )
+    return {r["ip"]: r["until"] for r in rows}
+
+
+def _address(event: RecordedEvent) -> str | None:
+    """The client address of a failure, if it is a valid IP address (it reaches nft)."""
+    raw = event.data.get("ip") or event.meta.get("ip")
+    if not isinstance(raw, str):
+        return None
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        return None

@@ -1,132 +1,78 @@
-"""python -m services.gateway: wiring and lifecycle of the gateway service."""
+"""python -m services.gateway: the REST API and dashboard, the activity and tasks read models,
+the metrics history, the bus queries `activity` and `edge_host`, and the edge (nginx)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
+from functools import partial
 
-from libs.events.bus import Bus, BusClient
-from libs.events.projection import ProjectionRunner
-from libs.events.wiring import EventServiceKit
+from libs.contracts.gateway import CONTRACT
+from libs.events.projection import Projection, ProjectionRunner
+from libs.events.wiring import Connections, connections, serve, worker
 from libs.service.config import load_config
 from libs.service.runner import Service, main
-from services.gateway.api import (
-    ApiConfig,
-    BusAuthenticator,
-    KitBackend,
-    build_api,
-    default_table,
-    mount_api,
-)
+from services.gateway.api import ApiConfig, BusAuthenticator, ConnectionsBackend
+from services.gateway.api.app import build_api, mount_api
 from services.gateway.api.handlers.tasks import TASK_STREAMS, TaskStreams
 from services.gateway.api.principals import IdentityChanges, PrincipalCache
+from services.gateway.api.table import default_table
 from services.gateway.config import GatewayConfig
 from services.gateway.dashboard import add_dashboard
-from services.gateway.edge.sync import EdgeSettings, EdgeSync
-from services.gateway.metrics_history import add_metrics_history
+from services.gateway.edge.sync import EdgeSync, edge_settings
+from services.gateway.metrics_history import metrics_history
 from services.gateway.projections import ActivityProjection
-from services.gateway.queries import activity_query
+from services.gateway.queries import Queries
 from services.gateway.tasks import TaskProjection
 
 
-def build() -> Service:
-    """The gateway: the activity-log projection, its query on the bus, the REST API."""
-    cfg = load_config(GatewayConfig)
-    api_cfg = load_config(ApiConfig)
+def build(cfg: GatewayConfig | None = None, api_cfg: ApiConfig | None = None) -> Service:
+    """The gateway: the API and dashboard (mounted now), its parts entered at start."""
+    cfg = cfg if cfg is not None else load_config(GatewayConfig)
+    api_cfg = api_cfg if api_cfg is not None else load_config(ApiConfig)
     svc = Service("gateway", cfg)
-    kit = EventServiceKit(svc)
-
-    def activity_runner() -> ProjectionRunner:
-        runner = ProjectionRunner(
-            ActivityProjection(),
-            kit.store,
-            kit.nc,
-            stream=cfg.events_stream,
-            prefix=cfg.events_prefix,
-        )
-        return runner
-
-    kit.add_worker(
-        "projection.activity",
-        activity_runner,
-        ready=lambda r: r.live.is_set(),
-        prepare=ProjectionRunner.setup,
-    )
-
-    def tasks_runner() -> ProjectionRunner:
-        return ProjectionRunner(
-            TaskProjection(),
-            kit.store,
-            kit.nc,
-            stream=cfg.events_stream,
-            prefix=cfg.events_prefix,
-        )
-
-    kit.add_worker(
-        "projection.tasks",
-        tasks_runner,
-        ready=lambda r: r.live.is_set(),
-        prepare=ProjectionRunner.setup,
-    )
-
-    def handlers(bus: Bus) -> None:
-        @bus.query("activity")
-        async def activity(payload: dict[str, Any]) -> Any:
-            return await activity_query(kit.store.pool, payload)
-
-    kit.bus(handlers)
-    add_metrics_history(kit, cfg)  # the samples GET /metrics/history graphs
-
+    backend = ConnectionsBackend()
+    cache = PrincipalCache(api_cfg.principal_cache_seconds, api_cfg.principal_cache_size)
+    auth = BusAuthenticator(backend.bus)
+    api = build_api(default_table(), backend=backend, authenticator=auth, config=api_cfg,
+                    principal_cache=cache)  # fmt: skip
+    api[TASK_STREAMS] = streams = TaskStreams()  # open task event streams end before the drain
     add_dashboard(svc.http_app, cfg.dashboard_dir)
-    backend = KitBackend(kit)
-    principals = PrincipalCache(api_cfg.principal_cache_seconds, api_cfg.principal_cache_size)
-    changes = IdentityChanges(principals, lambda: kit.nc)
-    svc.on_start(changes.start)  # after the kit connected NATS: it registered first
-    svc.on_stop(changes.stop)
-    api = build_api(
-        default_table(),
-        backend=backend,
-        authenticator=BusAuthenticator(backend.bus),
-        config=api_cfg,
-        principal_cache=principals,
-    )
-    task_streams = TaskStreams()
-    api[TASK_STREAMS] = task_streams
-    svc.on_stop(task_streams.stop)  # open task event streams end before the drain
     mount_api(svc.http_app, api)
-    if cfg.edge:
-        _add_edge(svc, kit, cfg)
+    svc.use(partial(_parts, cfg, backend, cache, streams))
     return svc
 
 
-def _add_edge(svc: Service, kit: EventServiceKit, cfg: GatewayConfig) -> None:
-    """nginx as this process's child, kept true to the platform by EdgeSync."""
-    holder: list[EdgeSync] = []
+@asynccontextmanager
+async def _parts(
+    cfg: GatewayConfig, backend: ConnectionsBackend, cache: PrincipalCache, streams: TaskStreams,
+    svc: Service,
+) -> AsyncIterator[None]:  # fmt: skip
+    async with connections(svc) as conn, backend.attached(conn):
+        activity, tasks = (_runner(cfg, conn, p) for p in (ActivityProjection(), TaskProjection()))
+        history = metrics_history(cfg, conn)
+        for prepared in (activity, tasks, history):  # read models exist before queries come
+            await prepared.setup()
+        edge = EdgeSync(edge_settings(cfg, svc.port), conn.nc) if cfg.edge else None
+        async with (
+            worker(svc, "projection.activity", activity, ready=partial(_live, conn)),
+            worker(svc, "projection.tasks", tasks, ready=partial(_live, conn)),
+            worker(svc, "metrics.history", history, ready=lambda _: conn.connected),
+            serve(svc, conn.nc, CONTRACT, Queries(conn.store.pool, edge)),
+            IdentityChanges(cache, conn.nc).following(),
+            streams.serving(),
+            worker(svc, "edge", edge, ready=EdgeSync.up) if edge else nullcontext(),
+        ):
+            yield
 
-    async def start() -> None:
-        settings = EdgeSettings(
-            prefix=cfg.edge_dir.absolute(),
-            http_port=cfg.edge_http_port,
-            https_port=cfg.edge_https_port,
-            acme_dir=cfg.acme_dir.absolute(),
-            dashboard_upstream=f"127.0.0.1:{svc.port}",
-            bind=cfg.edge_bind,
-            local_domain=cfg.local_domain,
-            interval=cfg.edge_interval,
-        )
-        sync = EdgeSync(settings, BusClient(kit.nc, default_timeout=10))
-        holder.append(sync)
-        svc.spawn(sync.run(), "edge.sync")
 
-    async def stop() -> None:
-        for sync in holder:
-            sync.stop()
+def _runner(cfg: GatewayConfig, conn: Connections, projection: Projection) -> ProjectionRunner:
+    stream, prefix = cfg.events_stream, cfg.events_prefix
+    return ProjectionRunner(projection, conn.store, conn.nc, stream=stream, prefix=prefix)
 
-    async def ready() -> bool:
-        return bool(holder) and holder[0].ready
 
-    svc.on_start(start)
-    svc.on_stop(stop)
-    svc.add_readiness_check("edge", ready)
+def _live(conn: Connections, runner: ProjectionRunner) -> bool:
+    return conn.connected and runner.live.is_set()
 
 
 if __name__ == "__main__":

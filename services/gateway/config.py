@@ -30,7 +30,9 @@ class GatewayConfig(ServiceConfig):
     edge_http_port: int = 80
     edge_https_port: int = 443
     edge_bind: tuple[str, ...] = ()
-    edge_interval: float = 2.0
+    # Seconds between two reconciliations when no event comes (the edge follows the events;
+    # this poll is only a safety net).
+    edge_interval: float = field(default=30.0, metadata=check(_positive, "seconds > 0"))
     acme_dir: Path = Path(".homeport/acme")  # HTTP-01 tokens, written by the certs service
     local_domain: str = "localhost"
     # The built dashboard (`make dashboard` writes it): index.html and assets/.

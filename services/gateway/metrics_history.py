@@ -31,7 +31,7 @@ from prometheus_client import Gauge
 from libs.events.bus import BusClient, BusError, Invalid
 from libs.events.context import Context
 from libs.events.migrations import migrate
-from libs.events.wiring import EventServiceKit
+from libs.events.wiring import Connections
 from libs.service.metrics import REGISTRY
 from services.gateway.config import GatewayConfig
 
@@ -43,8 +43,8 @@ __all__ = [
     "SYSTEM_METRICS",
     "MetricsHistory",
     "SystemSampler",
-    "add_metrics_history",
     "history",
+    "metrics_history",
 ]
 
 log = logging.getLogger("homeport.gateway.metrics")
@@ -259,19 +259,15 @@ def _fresh(collected_at: object) -> bool:
     return (datetime.now(UTC) - when).total_seconds() <= STALE_STATS
 
 
-def add_metrics_history(kit: EventServiceKit, cfg: GatewayConfig) -> None:
-    """Run the sampling worker in the gateway (tracked, stopped with the drain deadline)."""
-
-    def make() -> MetricsHistory:
-        return MetricsHistory(
-            kit.store.pool,
-            BusClient(kit.nc, default_timeout=APPS_TIMEOUT),
-            SystemSampler(cfg.data_dir),
-            interval=cfg.metrics_interval,
-            retention_days=cfg.metrics_retention_days,
-        )
-
-    kit.add_worker("metrics.history", make, prepare=MetricsHistory.setup)
+def metrics_history(cfg: GatewayConfig, conn: Connections) -> MetricsHistory:
+    """The gateway's sampling worker over its connections (call `setup()` before running it)."""
+    return MetricsHistory(
+        conn.store.pool,
+        BusClient(conn.nc, default_timeout=APPS_TIMEOUT),
+        SystemSampler(cfg.data_dir),
+        interval=cfg.metrics_interval,
+        retention_days=cfg.metrics_retention_days,
+    )
 
 
 # -- the history ------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ users whose whoami answer it changed, so gateways drop what they cached of them.
                          profile changed, user disabled or deleted), or
                          {"all": true}              every user (the admin TOTP policy changed)
 
-Every transaction goes through `Accounts.write`, which collects what its `apply_inline` calls
-noted (`collecting`) and, once it has committed, publishes (`announce`) before the
+Every transaction goes through `IdentityStore.write`, which collects what the projection's
+`apply` noted (`collecting`) and, once it has committed, publishes (`announce`) before the
 command replies. Core NATS, not JetStream: a lost message costs at most the gateways' cache
 lifetime (1 s at most, services/gateway/api/principals.py), which is the bar anyway.
 """

@@ -1,6 +1,6 @@
 """The identity read model as the LDAP endpoint's Directory (services/identity/ldap/server.py).
 
-Nothing here is cached but unsealed text (immutable; `Accounts.plain`): every bind and every
+Nothing here is cached but unsealed text (immutable; `IdentityStore.plain`): every bind and every
 search reads the users, groups and app accounts from Postgres again, so a disabled user, a
 removed app or a narrowed access list takes effect on the next operation, open connections
 included. A user's password is checked with argon2 in a thread, at most `max_hashing` at once;
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -26,11 +27,13 @@ import asyncpg
 from libs.events import context
 from libs.events.sealing import KeyDestroyed, SealingError
 from services.identity import events as ev
-from services.identity.accounts import USERNAME, Accounts
+from services.identity.clock import Clock, utcnow
 from services.identity.ldap import AppAccount, DirectoryUnavailable, LdapGroup, LdapUser
 from services.identity.ldap_apps import APP_ROW, account_of
 from services.identity.passwords import MAX_LENGTH, verify_dummy, verify_password
+from services.identity.store import IdentityStore
 from services.identity.tokens import token_hash, tokens_equal
+from services.identity.validators import USERNAME
 
 __all__ = ["IdentityDirectory"]
 
@@ -41,6 +44,7 @@ T = TypeVar("T")
 # Compared against when the app is unknown, so that path does the same work as a wrong password.
 _NO_APP = token_hash("no such app")
 _ACTOR = "ldap"
+_ACCOUNT_WINDOW = timedelta(hours=1)
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 # Users with the names of their groups.
 _USERS = (
@@ -53,13 +57,22 @@ _USERS = (
 class IdentityDirectory:
     """Users, groups and app accounts of identity, read fresh for every LDAP operation."""
 
-    def __init__(self, accounts: Accounts, *, max_hashing: int = 4) -> None:
-        self.accounts = accounts
+    def __init__(
+        self,
+        store: IdentityStore,
+        *,
+        account_limit: int,
+        clock: Clock = utcnow,
+        max_hashing: int = 4,
+    ) -> None:
+        self.store = store
+        self.account_limit = account_limit  # failures within an hour that refuse binds
+        self.clock = clock
         self._hashing = asyncio.Semaphore(max_hashing)
 
     async def _db(self, what: str, fn: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
         try:
-            return await fn(self.accounts.pool)
+            return await fn(self.store.pool)
         except _DB_ERRORS as e:
             raise DirectoryUnavailable(f"identity read model: {what} failed: {e!r}") from e
 
@@ -89,7 +102,7 @@ class IdentityDirectory:
     # -- users -----------------------------------------------------------------------------
 
     def _plain(self, sealed: str | None) -> str | None:
-        return self.accounts.plain(sealed)
+        return self.store.plain(sealed)
 
     def _user(self, row: asyncpg.Record) -> LdapUser | None:
         """The row as an LdapUser; None if the user's key is gone (deleted meanwhile)."""
@@ -120,7 +133,7 @@ class IdentityDirectory:
         password = password[: MAX_LENGTH + 1]  # a longer one cannot match; bound the work
         row: asyncpg.Record | None = None
         if USERNAME.fullmatch(username):
-            index = self.accounts.name_index(username)
+            index = self.store.name_index(username)
             row = await self._db(
                 "reading a user",
                 lambda p: p.fetchrow(f"{_USERS} WHERE u.username_index = $1", index),
@@ -156,19 +169,19 @@ class IdentityDirectory:
         failures = await self._db(
             "counting failed sign-ins",
             lambda p: p.fetchval(
-                "SELECT count(*) FROM identity.login_failures"
-                " WHERE user_id = $1 AND at > now() - interval '1 hour'",
+                "SELECT count(*) FROM identity.login_failures WHERE user_id = $1 AND at > $2",
                 user_id,
+                self.clock() - _ACCOUNT_WINDOW,
             ),
         )
-        return int(failures) >= self.accounts.cfg.signin_account_limit
+        return int(failures) >= self.account_limit
 
     async def _refused(self, user_id: str | None, reason: str) -> None:
         with context.use(context.Context(actor=_ACTOR)):
-            failed = ev.LoginFailed(user_id, None, reason)
+            failed = ev.LoginFailed(user_id=user_id, ip=None, reason=reason)
             await self._db(
                 "recording a failed bind",
-                lambda _: self.accounts.append(ev.SIGNIN_FAILURES_STREAM, [failed]),
+                lambda _: self.store.append(ev.SIGNIN_FAILURES_STREAM, [failed]),
             )
 
     # -- groups ----------------------------------------------------------------------------

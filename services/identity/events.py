@@ -50,7 +50,7 @@ def _short(user_id: str) -> str:
 
 
 @REGISTRY.event("PlatformSetUp")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PlatformSetUp:
     admin_id: str
 
@@ -59,7 +59,7 @@ class PlatformSetUp:
 
 
 @REGISTRY.event("UserCreated")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UserCreated:
     user_id: str
     username: str  # sealed
@@ -77,7 +77,7 @@ class UserCreated:
 
 
 @REGISTRY.event("UserUpdated")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UserUpdated:
     user_id: str
     email: str | None = None  # sealed; None: unchanged
@@ -90,7 +90,7 @@ class UserUpdated:
 
 
 @REGISTRY.event("PasswordChanged")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PasswordChanged:
     user_id: str
     password_hash: str  # sealed
@@ -104,7 +104,7 @@ class PasswordChanged:
 
 
 @REGISTRY.event("AdminChanged")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AdminChanged:
     user_id: str
     is_admin: bool
@@ -115,7 +115,7 @@ class AdminChanged:
 
 
 @REGISTRY.event("UserDisabled")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UserDisabled:
     user_id: str
 
@@ -124,7 +124,7 @@ class UserDisabled:
 
 
 @REGISTRY.event("UserEnabled")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UserEnabled:
     user_id: str
 
@@ -133,7 +133,7 @@ class UserEnabled:
 
 
 @REGISTRY.event("UserDeleted")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UserDeleted:
     user_id: str
 
@@ -142,7 +142,7 @@ class UserDeleted:
 
 
 @REGISTRY.event("SessionStarted")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SessionStarted:
     user_id: str
     session_id: str  # public name (uuid)
@@ -157,7 +157,7 @@ class SessionStarted:
 
 
 @REGISTRY.event("SessionEnded")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SessionEnded:
     user_id: str
     session_id: str
@@ -169,7 +169,7 @@ class SessionEnded:
 
 
 @REGISTRY.event("LoginFailed")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LoginFailed:
     user_id: str | None  # None: no account has that name (the name itself is not kept)
     ip: str | None

@@ -55,7 +55,7 @@ def _short(some_id: str) -> str:
 
 
 @REGISTRY.event("GroupCreated")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GroupCreated:
     group_id: str
     name: str
@@ -65,7 +65,7 @@ class GroupCreated:
 
 
 @REGISTRY.event("GroupRenamed")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GroupRenamed:
     group_id: str
     name: str
@@ -76,7 +76,7 @@ class GroupRenamed:
 
 
 @REGISTRY.event("GroupDeleted")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GroupDeleted:
     group_id: str
     name: str
@@ -86,7 +86,7 @@ class GroupDeleted:
 
 
 @REGISTRY.event("GroupMemberAdded")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GroupMemberAdded:
     group_id: str
     user_id: str
@@ -96,7 +96,7 @@ class GroupMemberAdded:
 
 
 @REGISTRY.event("GroupMemberRemoved")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GroupMemberRemoved:
     group_id: str
     user_id: str
@@ -106,7 +106,7 @@ class GroupMemberRemoved:
 
 
 @REGISTRY.event("InvitationCreated")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InvitationCreated:
     invitation_id: str
     email: str  # sealed with the invitation's key
@@ -122,7 +122,7 @@ class InvitationCreated:
 
 
 @REGISTRY.event("InvitationAccepted")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InvitationAccepted:
     invitation_id: str
     user_id: str
@@ -132,7 +132,7 @@ class InvitationAccepted:
 
 
 @REGISTRY.event("InvitationRevoked")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InvitationRevoked:
     invitation_id: str
 
@@ -141,7 +141,7 @@ class InvitationRevoked:
 
 
 @REGISTRY.event("PasswordResetRequested")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PasswordResetRequested:
     reset_id: str
     user_id: str | None  # None: no enabled account has that email (nothing is usable)
@@ -157,7 +157,7 @@ class PasswordResetRequested:
 
 
 @REGISTRY.event("PasswordResetUsed")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PasswordResetUsed:
     reset_id: str
     user_id: str

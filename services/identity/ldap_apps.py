@@ -8,55 +8,57 @@ again rotates its password; `ldap_set_app_access` changes who may log in to it;
 `ldap_remove_app` ends its account (idempotent, so an uninstall may retry it).
 
 Each app's account is the stream `ldapapp-<app_id>`, applied inline to `identity.ldap_apps`
-like every identity event (projections.py). A removed app keeps its row, marked removed and
-without credential, so the stream's version is known when the app comes back.
+like every identity event (store.py; the steps are this module's `TABLE`). A removed app keeps
+its row, marked removed and without credential, so the stream's version is known when the app
+comes back. The endpoint itself is a part of the service (`endpoint`): listening before the bus
+serves, stopped after the bus drained.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
 
-from libs.events.bus import Bus, Conflict, Invalid, NotFound, Unavailable
 from libs.events.envelope import RecordedEvent
-from libs.events.errors import ConcurrencyError
+from libs.events.handlers import command, query
 from libs.events.registry import REGISTRY
-from services.identity.accounts import Accounts, fields
+from libs.service.runner import Service
+from services.identity import validators as check
 from services.identity.config import IdentityConfig
+from services.identity.errors import Changed, IdentityConflict, IdentityNotFound, LdapOff
 from services.identity.ldap import AppAccount, Directory, LdapServer
-from services.identity.projections import apply_inline, register_handler
+from services.identity.readmodel import Step, Table
+from services.identity.store import IdentityStore
 from services.identity.tokens import TOKEN_BYTES, token_hash
 
 __all__ = [
-    "APP_ID",
     "APP_ROW",
     "CATEGORY",
+    "TABLE",
     "Access",
     "LdapAppAccessChanged",
     "LdapAppRegistered",
     "LdapAppRemoved",
+    "LdapApps",
     "LdapEndpoint",
-    "access_of",
     "account_of",
     "app_stream",
+    "endpoint",
 ]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-APP_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 CATEGORY = "ldapapp"
-MAX_USERS = 1000
-MAX_GROUPS = 200
 _RETRIES = 5
 
 
@@ -74,7 +76,7 @@ def _who(all_users: bool, user_ids: Sequence[str], group_ids: Sequence[str]) -> 
 
 
 @REGISTRY.event("LdapAppRegistered")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LdapAppRegistered:
     app_id: str
     password_hash: str  # SHA-256 hex of the random password; the password is never stored
@@ -90,7 +92,7 @@ class LdapAppRegistered:
 
 
 @REGISTRY.event("LdapAppAccessChanged")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LdapAppAccessChanged:
     app_id: str
     all_users: bool
@@ -103,7 +105,7 @@ class LdapAppAccessChanged:
 
 
 @REGISTRY.event("LdapAppRemoved")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LdapAppRemoved:
     app_id: str
 
@@ -160,10 +162,6 @@ async def _removed(conn: asyncpg.Connection, e: LdapAppRemoved, r: RecordedEvent
     )
 
 
-register_handler("LdapAppRegistered", _registered, category=CATEGORY)
-register_handler("LdapAppAccessChanged", _access_changed, category=CATEGORY)
-register_handler("LdapAppRemoved", _removed, category=CATEGORY)
-
 # An app's row with the current names of the groups on its access list (a rename applies).
 APP_ROW = (
     "SELECT a.*, ARRAY(SELECT g.name FROM identity.groups g WHERE g.group_id = ANY (a.group_ids)"
@@ -181,7 +179,7 @@ def account_of(row: asyncpg.Record) -> AppAccount:
     )
 
 
-# -- reading payloads -------------------------------------------------------------------------
+# -- access lists -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +208,7 @@ class Access:
             )
             missing = [u for u in self.user_ids if u not in {r["user_id"] for r in found}]
             if missing:
-                raise NotFound(f"no such user: {missing[0]}", field="access.user_ids")
+                raise IdentityNotFound(f"no such user: {missing[0]}", field="access.user_ids")
         group_ids: list[str] = []
         for ref in self.groups:
             by_id = _uuid(ref)
@@ -221,93 +219,41 @@ class Access:
                 by_id or ref,
             )
             if gid is None:
-                raise NotFound(f"no such group: {ref}", field="access.groups")
+                raise IdentityNotFound(f"no such group: {ref}", field="access.groups")
             group_ids.append(gid)
         return Access(self.all_users, self.user_ids, tuple(dict.fromkeys(group_ids)))
 
 
-def _uuid(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
+def _uuid(value: str) -> str | None:
     try:
         return str(uuid.UUID(value))
     except ValueError:
         return None
 
 
-def _app_id(payload: Mapping[str, Any]) -> str:
-    value = payload.get("app_id")
-    if not isinstance(value, str) or not APP_ID.fullmatch(value):
-        raise Invalid(
-            "app_id must be 1 to 63 characters: a lower-case letter or digit, then lower-case"
-            " letters, digits or '-'",
-            field="app_id",
-        )
-    return value
-
-
-def _list(raw: Mapping[str, Any], name: str, most: int) -> list[Any]:
-    value = raw.get(name, [])
-    if not isinstance(value, list):
-        raise Invalid(f"access.{name} must be a list", field=f"access.{name}")
-    if len(value) > most:
-        raise Invalid(f"access.{name} may hold at most {most} entries", field=f"access.{name}")
-    return value
-
-
 def access_of(payload: Mapping[str, Any]) -> Access:
-    """The `access` field of a payload, checked for shape (not yet against the read model)."""
-    raw = payload.get("access")
-    if not isinstance(raw, dict):
-        raise Invalid(
-            "access is required: {all_users: bool, user_ids: [...], groups: [...]}", field="access"
-        )
-    for name in raw:
-        if name not in {"all_users", "user_ids", "groups"}:
-            raise Invalid(f"unknown field access.{name}", field=f"access.{str(name)[:64]}")
-    all_users = raw.get("all_users", False)
-    if not isinstance(all_users, bool):
-        raise Invalid("access.all_users must be true or false", field="access.all_users")
-    user_ids: list[str] = []
-    for item in _list(raw, "user_ids", MAX_USERS):
-        user_id = _uuid(item)
-        if user_id is None:
-            raise Invalid("access.user_ids must be user ids (UUIDs)", field="access.user_ids")
-        user_ids.append(user_id)
-    groups: list[str] = []
-    for item in _list(raw, "groups", MAX_GROUPS):
-        if not isinstance(item, str) or not item or len(item) > 64:
-            raise Invalid("access.groups must be group ids or names", field="access.groups")
-        groups.append(item)
-    return Access(all_users, tuple(dict.fromkeys(user_ids)), tuple(dict.fromkeys(groups)))
+    """The `access` field of a payload (its shape checked by the contract), with user ids in
+    their canonical form; not yet checked against the read model."""
+    raw: Mapping[str, Any] = payload["access"]
+    user_ids = check.user_ids(raw.get("user_ids", []), "access.user_ids")
+    groups: list[str] = raw.get("groups", [])
+    return Access(bool(raw.get("all_users", False)), tuple(user_ids), tuple(dict.fromkeys(groups)))
 
 
 # -- the endpoint -----------------------------------------------------------------------------
 
 
 class LdapEndpoint:
-    """Runs the LDAP server over the identity read model and serves the app-account commands."""
+    """The LDAP server over the identity read model, on every configured address (none: off)."""
 
-    def __init__(
-        self, cfg: IdentityConfig, make_directory: Callable[[Accounts], Directory]
-    ) -> None:
+    def __init__(self, cfg: IdentityConfig, directory: Directory) -> None:
         self.cfg = cfg
         self.hosts = tuple(h for h in cfg.ldap_host if h.lower() != "off")
-        self.make_directory = make_directory
+        self.directory = directory
         self.server: LdapServer | None = None
-        self._accounts: Accounts | None = None
 
-    @property
-    def accounts(self) -> Accounts:
-        if self._accounts is None:
-            raise RuntimeError("the LDAP endpoint gets the accounts when the service starts")
-        return self._accounts
-
-    # lifecycle
-
-    async def start(self, accounts: Accounts) -> None:
+    async def start(self) -> None:
         """Listen on every configured address (none: the endpoint is off)."""
-        self._accounts = accounts
         if not self.hosts:
             log.info("ldap endpoint off (HP_LDAP_HOST=off)")
             return
@@ -317,10 +263,7 @@ class LdapEndpoint:
                 " set a fixed port so apps on every address use the same one"
             )
         server = LdapServer(
-            self.make_directory(accounts),
-            list(self.hosts),
-            self.cfg.ldap_port,
-            self.cfg.ldap_base_dn,
+            self.directory, list(self.hosts), self.cfg.ldap_port, self.cfg.ldap_base_dn
         )
         await server.start()
         self.server = server
@@ -342,32 +285,41 @@ class LdapEndpoint:
             return True
         if self.server is None:
             return False
-        host = self.hosts[0]
         try:
             async with asyncio.timeout(1.0):
-                _, writer = await asyncio.open_connection(host, self.server.port)
+                _, writer = await asyncio.open_connection(self.hosts[0], self.server.port)
                 writer.close()
                 await writer.wait_closed()
         except (OSError, TimeoutError):
             return False
         return True
 
-    def _require_server(self) -> LdapServer:
+    def require_server(self) -> LdapServer:
         if self.server is None:
-            raise Unavailable(
-                "the LDAP endpoint is off: set HP_LDAP_HOST for the identity service",
-            )
+            raise LdapOff()
         return self.server
 
-    def register(self, bus: Bus) -> None:
-        """The bus contract of the LDAP endpoint."""
-        bus.command("ldap_register_app")(self.register_app)
-        bus.command("ldap_set_app_access")(self.set_app_access)
-        bus.command("ldap_remove_app")(self.remove_app)
-        bus.query("ldap_apps")(self.apps)
-        bus.query("ldap_endpoint")(self.endpoint)
 
-    # writing
+@asynccontextmanager
+async def endpoint(
+    svc: Service, cfg: IdentityConfig, directory: Directory
+) -> AsyncIterator[LdapEndpoint]:
+    """The LDAP endpoint as a part of `svc`: listening, with its readiness check, until exit."""
+    ldap = LdapEndpoint(cfg, directory)
+    await ldap.start()
+    try:
+        svc.add_readiness_check("ldap", ldap.ready)
+        yield ldap
+    finally:
+        await ldap.stop()
+
+
+class LdapApps:
+    """The bus commands and queries of apps' LDAP accounts."""
+
+    def __init__(self, store: IdentityStore, ldap: LdapEndpoint) -> None:
+        self.store = store
+        self.ldap = ldap
 
     async def _change(
         self,
@@ -382,17 +334,17 @@ class LdapEndpoint:
 
         for _ in range(_RETRIES):
             try:
-                return await self.accounts.write(step)
-            except ConcurrencyError:
+                return await self.store.write(step)
+            except Changed:
                 continue
-        raise Conflict(f"the LDAP account of app {app_id} is being changed; try again")
+        raise IdentityConflict(f"the LDAP account of app {app_id} is being changed; try again")
 
+    @command("ldap_register_app")
     async def register_app(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        fields(payload, {"app_id", "access"})
-        await self.accounts.require_admin()
-        app_id = _app_id(payload)
+        await self.store.require_admin()
+        app_id: str = payload["app_id"]
         access = access_of(payload)
-        server = self._require_server()
+        server = self.ldap.require_server()
         password = secrets.token_urlsafe(TOKEN_BYTES)
 
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record | None) -> Access:
@@ -406,7 +358,7 @@ class LdapEndpoint:
                 rotated=row is not None and not row["removed"],
             )
             version = row["version"] if row is not None else 0
-            await apply_inline(self.accounts.store, conn, app_stream(app_id), [registered], version)
+            await self.store.append_on(conn, app_stream(app_id), [registered], version)
             return resolved
 
         resolved = await self._change(app_id, decide)
@@ -418,53 +370,50 @@ class LdapEndpoint:
             "users_dn": f"ou=users,{server.app_base_dn(app_id)}",
             "groups_dn": f"ou=groups,{server.app_base_dn(app_id)}",
             "password": password,
-            "host": self.hosts[0],
+            "host": self.ldap.hosts[0],
             "port": server.port,
         }
 
+    @command("ldap_set_app_access")
     async def set_app_access(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        fields(payload, {"app_id", "access"})
-        await self.accounts.require_admin()
-        app_id = _app_id(payload)
+        await self.store.require_admin()
+        app_id: str = payload["app_id"]
         access = access_of(payload)
 
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record | None) -> Access:
             if row is None or row["removed"]:
-                raise NotFound(f"app {app_id} has no LDAP account", field="app_id")
+                raise IdentityNotFound(f"app {app_id} has no LDAP account", field="app_id")
             resolved = await access.resolve(conn)
             changed = LdapAppAccessChanged(
-                app_id, resolved.all_users, list(resolved.user_ids), list(resolved.groups)
+                app_id=app_id,
+                all_users=resolved.all_users,
+                user_ids=list(resolved.user_ids),
+                group_ids=list(resolved.groups),
             )
-            await apply_inline(
-                self.accounts.store, conn, app_stream(app_id), [changed], row["version"]
-            )
+            await self.store.append_on(conn, app_stream(app_id), [changed], row["version"])
             return resolved
 
         resolved = await self._change(app_id, decide)
         return {"app_id": app_id, "access": resolved.to_dict()}
 
+    @command("ldap_remove_app")
     async def remove_app(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        fields(payload, {"app_id"})
-        await self.accounts.require_admin()
-        app_id = _app_id(payload)
+        await self.store.require_admin()
+        app_id: str = payload["app_id"]
 
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record | None) -> bool:
             if row is None or row["removed"]:
                 return False
-            removed = LdapAppRemoved(app_id)
-            await apply_inline(
-                self.accounts.store, conn, app_stream(app_id), [removed], row["version"]
-            )
+            removed = LdapAppRemoved(app_id=app_id)
+            await self.store.append_on(conn, app_stream(app_id), [removed], row["version"])
             return True
 
         return {"app_id": app_id, "removed": await self._change(app_id, decide)}
 
-    # reading
-
+    @query("ldap_apps")
     async def apps(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        fields(payload, set())
-        await self.accounts.require_admin()
-        rows = await self.accounts.pool.fetch(f"{APP_ROW} WHERE NOT a.removed ORDER BY a.app_id")
+        await self.store.require_admin()
+        rows = await self.store.pool.fetch(f"{APP_ROW} WHERE NOT a.removed ORDER BY a.app_id")
         return {
             "items": [
                 {
@@ -482,12 +431,22 @@ class LdapEndpoint:
             ]
         }
 
+    @query("ldap_endpoint")
     async def endpoint(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        fields(payload, set())
-        server = self._require_server()
+        server = self.ldap.require_server()
         return {
-            "host": self.hosts[0],
-            "hosts": list(self.hosts),
+            "host": self.ldap.hosts[0],
+            "hosts": list(self.ldap.hosts),
             "port": server.port,
             "base_dn": server.base_dn,
         }
+
+
+TABLE = Table(
+    categories=frozenset({CATEGORY}),
+    steps={
+        "LdapAppRegistered": Step(_registered),
+        "LdapAppAccessChanged": Step(_access_changed),
+        "LdapAppRemoved": Step(_removed),
+    },
+)

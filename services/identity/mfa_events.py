@@ -42,7 +42,7 @@ def _short(some_id: str) -> str:
 
 
 @REGISTRY.event("TotpEnrolmentStarted")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TotpEnrolmentStarted:
     user_id: str
     secret: str  # sealed with the user's key
@@ -52,7 +52,7 @@ class TotpEnrolmentStarted:
 
 
 @REGISTRY.event("TotpEnabled")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TotpEnabled:
     user_id: str
     step: int  # the time step of the confirming code: it is used up
@@ -63,7 +63,7 @@ class TotpEnabled:
 
 
 @REGISTRY.event("TotpDisabled")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TotpDisabled:
     user_id: str
 
@@ -72,7 +72,7 @@ class TotpDisabled:
 
 
 @REGISTRY.event("SecondFactorUsed")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SecondFactorUsed:
     user_id: str
     step: int | None = None  # a TOTP code of this time step was accepted
@@ -84,7 +84,7 @@ class SecondFactorUsed:
 
 
 @REGISTRY.event("MfaPolicySet")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MfaPolicySet:
     require_admin_totp: bool
 
@@ -95,7 +95,7 @@ class MfaPolicySet:
 
 
 @REGISTRY.event("ApiTokenCreated")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ApiTokenCreated:
     token_id: str
     user_id: str
@@ -111,7 +111,7 @@ class ApiTokenCreated:
 
 
 @REGISTRY.event("ApiTokenRevoked")
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ApiTokenRevoked:
     token_id: str
     user_id: str

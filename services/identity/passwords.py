@@ -22,7 +22,7 @@ from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
-from libs.events.bus import Invalid
+from services.identity.errors import IdentityInvalid
 
 __all__ = [
     "COMMON_PASSWORD_COUNT",
@@ -75,7 +75,7 @@ class Reason(StrEnum):
     REPETITIVE = "repetitive"
 
 
-class PasswordRejected(Invalid):
+class PasswordRejected(IdentityInvalid):
     """A password that breaks a rule; `field` is always "password", `reason` names the rule."""
 
     def __init__(self, message: str, *, reason: Reason | None = None) -> None:

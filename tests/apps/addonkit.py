@@ -1,6 +1,6 @@
 """A running addon Postgres for tests, and app networks to reach it from real containers.
 
-Import the fixtures you use into your test module (`from tests.apps.addonkit import ...`):
+The fixtures (tests/apps/conftest.py) are made from these pieces:
 
 - `addon_docker`: a session-scoped docker client on conftest's `docker_host`
 - `addon_server`: an `AddonServer` (session-scoped): an embedded Postgres separate from the
@@ -24,18 +24,17 @@ import secrets
 import socket
 import struct
 import tarfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 import docker.errors
-import pytest
 from docker.models.networks import Network
 
 from deploy.embedded import EmbeddedError, PostgresServer
 from services.apps.addons.postgresql import AddonPostgres
-from tests.conftest import need_server
+from tests.support.servers import need_server
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
 # Test networks take /24s from here: clear of dockerd's default pool (10.220.0.0/14) and of
@@ -115,8 +114,7 @@ def _remove_network(net: Network) -> None:
         pass
 
 
-@pytest.fixture(scope="session")
-def addon_docker(docker_host: str) -> Iterator[docker.DockerClient]:
+def session_client(docker_host: str) -> Iterator[docker.DockerClient]:
     """A session-wide client (conftest's `docker_client` is per test) on `docker_host`."""
     client = docker.DockerClient(base_url=docker_host, version="auto", timeout=60)
     try:
@@ -128,8 +126,8 @@ def addon_docker(docker_host: str) -> Iterator[docker.DockerClient]:
     client.close()
 
 
-@pytest.fixture(scope="session")
-def addon_server(tmp_root: Path, addon_docker: docker.DockerClient) -> Iterator[AddonServer]:
+def run_addon_server(tmp_root: Path, addon_docker: docker.DockerClient) -> Iterator[AddonServer]:
+    """Body of a session fixture: the addon Postgres on a services network of its own."""
     uniq = secrets.token_hex(4)
     net, services = create_network(addon_docker, f"hpt-addonpg-{uniq}-services")
     datadir = tmp_root / f"addon-pg-{uniq}"
@@ -154,13 +152,7 @@ def addon_server(tmp_root: Path, addon_docker: docker.DockerClient) -> Iterator[
         _remove_network(net)
 
 
-@pytest.fixture
-async def addon_postgres(addon_server: AddonServer) -> AsyncIterator[AddonPostgres]:
-    yield addon_server.manager()
-
-
-@pytest.fixture
-def app_network(addon_docker: docker.DockerClient) -> Iterator[Callable[[], AppNet]]:
+def app_networks(addon_docker: docker.DockerClient) -> Iterator[Callable[[], AppNet]]:
     """Call it to get a new app network; all are removed after the test."""
     made: list[Network] = []
     prefix = f"hpt-addonpg-{secrets.token_hex(4)}"
@@ -175,8 +167,7 @@ def app_network(addon_docker: docker.DockerClient) -> Iterator[Callable[[], AppN
         _remove_network(net)
 
 
-@pytest.fixture(scope="session")
-def psql_image(addon_docker: docker.DockerClient) -> Iterator[str]:
+def build_psql_image(addon_docker: docker.DockerClient) -> Iterator[str]:
     """An image with nothing in it: psql and its libraries come from the host's /usr."""
     if not Path(PSQL).is_file():
         need_server("psql", FileNotFoundError(PSQL))

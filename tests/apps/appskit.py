@@ -26,7 +26,7 @@ from libs.events.bus import BusClient
 from libs.events.context import Context
 from libs.events.store import PostgresEventStore
 from services.apps.config import BUNDLED_CATALOG
-from tests.servicekit import serving
+from tests.support.serving import serving
 
 STATIC = "org.homeport.static"
 ROOT = Path(__file__).resolve().parents[2]

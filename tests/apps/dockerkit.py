@@ -1,7 +1,6 @@
 """Docker helpers for tests: a tiny FROM-scratch probe image, unique names with cleanup, exec.
 
-Import the fixtures into a test module (or a conftest):
-    from tests.apps.dockerkit import dnames, probe_image, runtime  # noqa: F401
+The fixtures `probe_image`, `runtime` and `dnames` are in tests/apps/conftest.py.
 
 The probe image holds busybox-static and `probe` (tests/apps/probe/probe.c, built with
 `gcc -static`): `probe tcp HOST PORT MS` prints open/refused/timeout/unreachable and exits 0,
@@ -20,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,18 +28,17 @@ import docker.errors
 import pytest
 
 from services.apps.runtime import ContainerSpec, DockerRuntime
-from tests.conftest import need_server
+from tests.support.servers import need_server
 
 __all__ = [
     "PROBE_IMAGE",
     "DockerNames",
     "app_spec",
-    "dnames",
+    "build_probe_image",
     "docker_exec",
-    "probe_image",
+    "docker_names",
     "probe_many",
     "probe_tcp",
-    "runtime",
     "wait_for",
 ]
 
@@ -83,8 +81,7 @@ async def _build(docker_host: str, context: Path) -> str:
         return await rt.build_image(PROBE_IMAGE, context)
 
 
-@pytest.fixture(scope="session")
-def probe_image(docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def build_probe_image(docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The tag of the probe image (built once; both xdist workers wait on one lock)."""
     try:
         context = build_probe_context(tmp_path_factory.mktemp("probe-image"))
@@ -94,12 +91,6 @@ def probe_image(docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> s
     except OSError as e:
         need_server("gcc -static (for the probe image)", e)
     return PROBE_IMAGE
-
-
-@pytest.fixture
-async def runtime(docker_host: str) -> AsyncIterator[DockerRuntime]:
-    async with DockerRuntime(docker_host) as rt:
-        yield rt
 
 
 @dataclass(frozen=True)
@@ -139,8 +130,8 @@ def _cleanup(client: docker.DockerClient, prefix: str) -> None:
                     pass
 
 
-@pytest.fixture
-def dnames(docker_client: docker.DockerClient) -> Iterator[DockerNames]:
+def docker_names(docker_client: docker.DockerClient) -> Iterator[DockerNames]:
+    """Body of a fixture: a unique prefix for one test's Docker objects, cleaned up after."""
     names = DockerNames(f"hpt-{uuid.uuid4().hex[:10]}")
     yield names
     _cleanup(docker_client, names.prefix)

@@ -13,19 +13,7 @@ import pytest
 
 from deploy.embedded import PostgresServer
 from services.apps.addons import AddonError, AddonPostgres, PostgresCredentials
-from tests.apps.addonkit import (
-    AddonServer,
-    AppNet,
-    PsqlResult,
-    addon_docker,
-    addon_postgres,
-    addon_server,
-    app_network,
-    psql_image,
-    run_psql,
-)
-
-__all__ = ["addon_docker", "addon_postgres", "addon_server", "app_network", "psql_image"]
+from tests.apps.addonkit import AddonServer, AppNet, PsqlResult, run_psql
 
 pytestmark = pytest.mark.xdist_group("addon_postgresql")
 

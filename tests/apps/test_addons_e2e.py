@@ -18,7 +18,7 @@ import pytest
 from libs.events.sealing import Keyring, SealingError
 from services.apps.addons.postgresql import AddonPostgres
 from services.apps.config import BUNDLED_CATALOG
-from tests.apps.addonkit import AddonServer, addon_docker, addon_server  # noqa: F401 - fixtures
+from tests.apps.addonkit import AddonServer
 from tests.apps.appskit import Apps, apps_env, running_apps
 from tests.identity.kit import ADMIN, Identity, running_identity
 
@@ -34,7 +34,7 @@ async def ident(
     dsn: str,
     nats_url: str,
     tmp_path: Path,
-    addon_server: AddonServer,  # noqa: F811
+    addon_server: AddonServer,
 ) -> AsyncIterator[Identity]:
     env = {"HP_LDAP_HOST": addon_server.host, "HP_LDAP_PORT": "0"}
     async with running_identity(
@@ -52,7 +52,7 @@ async def apps(
     tmp_path: Path,
     docker_host: str,
     uniq: str,
-    addon_server: AddonServer,  # noqa: F811
+    addon_server: AddonServer,
 ) -> AsyncIterator[Apps]:
     services = addon_server.services_net
     env = apps_env(
@@ -115,7 +115,7 @@ async def _sign_in(base: str, who: dict[str, str], password: str) -> tuple[int, 
 async def test_notes_gets_its_database_and_ldap_account_and_loses_them_at_uninstall(
     apps: Apps,
     ident: Identity,
-    addon_server: AddonServer,  # noqa: F811
+    addon_server: AddonServer,
     tmp_path: Path,
 ) -> None:
     admin_id = await ident.set_up()

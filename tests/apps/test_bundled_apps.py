@@ -29,8 +29,8 @@ import pytest
 
 from deploy.embedded import EmbeddedError, PostgresServer
 from services.apps.base_image import BaseImageError, ensure_base_image
-from tests.conftest import need_server
 from tests.identity.kit import ADMIN, running_identity
+from tests.support.servers import need_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 

@@ -27,7 +27,7 @@ async def _ready(apps: Apps, proc: AppsProcess) -> None:
     while time.monotonic() < end:
         assert proc.proc is not None and proc.proc.poll() is None, proc.tail()
         try:
-            await apps.bus.query("apps", "apps", {"is_admin": True}, timeout=1)
+            await apps.bus.query("apps", "apps", {}, timeout=1)
             return
         except BusError:
             await asyncio.sleep(0.2)
@@ -60,6 +60,7 @@ async def _step_events(apps: Apps, app_id: str) -> list[tuple[str, str, str]]:
     ]
 
 
+@pytest.mark.slow
 async def test_kill_9_during_install_and_update_then_restart_finishes_or_rolls_back(
     dsn: str, nats_url: str, tmp_path: Path, docker_host: str, uniq: str
 ) -> None:
@@ -145,5 +146,40 @@ async def test_kill_9_during_install_and_update_then_restart_finishes_or_rolls_b
                 status, body = await apps.page(target)
                 assert status == 200 and "kept" in body
                 proc.stop()
+        finally:
+            proc.stop()
+
+
+async def test_kill_9_once_an_install_is_recorded_its_task_is_told_at_the_next_start(
+    dsn: str, nats_url: str, tmp_path: Path, docker_host: str, uniq: str
+) -> None:
+    env = apps_env(
+        dsn=dsn,
+        nats_url=nats_url,
+        tmp_path=tmp_path,
+        docker_host=docker_host,
+        prefix=f"k{uniq[:8]}",
+        catalog=static_catalog(tmp_path / "catalog"),
+    )
+    proc = AppsProcess(env, tmp_path / "apps.log")
+    async with connected(env) as apps:
+        try:
+            proc.start(HP_APPS_PAUSE_AFTER="install:outcome")
+            await _ready(apps, proc)
+            payload = {"manifest_id": STATIC, "version": "1.0.0", "location": "told"}
+            reply = await apps.cmd("install", {**payload, "access": EVERYONE})
+            end = time.monotonic() + 90
+            while "AppInstalled" not in await apps.events(reply["app_id"]):
+                assert time.monotonic() < end, await apps.events(reply["app_id"])
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)  # the worker is now paused after recording the outcome
+            proc.kill9()
+            assert (await apps.task(reply["task_id"]))[-1] == "TaskProgressed"  # not told yet
+
+            proc.start()
+            await _ready(apps, proc)
+            told = await apps.wait_task(reply["task_id"], 60)
+            assert told["type"] == "TaskSucceeded", (told, proc.tail())
+            assert told["message"].startswith("Static website installed"), told
         finally:
             proc.stop()

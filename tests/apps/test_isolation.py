@@ -21,16 +21,10 @@ import pytest
 from deploy.embedded import NatsServer, PostgresServer
 from libs.egress import EgressRules
 from services.apps.runtime import DockerRuntime, NetworkInfo
-from tests.apps import dockerkit
 from tests.apps.dockerkit import DockerNames, app_spec, docker_exec, probe_many
-from tests.conftest import need_server
+from tests.support.servers import need_server
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("docker-isolation")]
-
-# Fixtures from dockerkit used here.
-dnames = dockerkit.dnames
-probe_image = dockerkit.probe_image
-runtime = dockerkit.runtime
 
 
 def _ip(*args: str) -> None:
@@ -73,6 +67,40 @@ async def _host_reaches(host: str, port: int) -> bool:
 def root() -> None:
     if os.geteuid() != 0:
         need_server("root (ip, iptables)", PermissionError("these tests change host networking"))
+
+
+def _iptables_rules(chain: str) -> list[str]:
+    out = subprocess.run(["iptables", "-w", "10", "-S", chain], check=True, capture_output=True)
+    return out.stdout.decode().splitlines()
+
+
+@pytest.fixture
+async def egress(root: None) -> AsyncIterator[EgressRules]:
+    """The egress rules in a chain of this test's own, checked right after `ensure()`.
+
+    A chain of its own: the host's HOMEPORT-EGRESS may hold rules an earlier run (or a local
+    stack) left, which would drop the probes whatever `ensure()` does; the drop counters read
+    below are this chain's only. Removed after the test.
+    """
+    rules = EgressRules(chain=f"HPT-EGRESS-{uuid.uuid4().hex[:8]}")
+    try:
+        await rules.ensure()
+        chain, jump = rules.chain, f"-i {rules.interfaces} -j {rules.chain}"
+        assert _iptables_rules(chain) == [
+            f"-N {chain}",
+            f"-A {chain} -d 169.254.0.0/16 -j DROP",
+            f"-A {chain} -d 127.0.0.0/8 -j DROP",
+        ]
+        # First in both paths: forwarded (DOCKER-USER) and to the host itself (INPUT).
+        assert _iptables_rules("DOCKER-USER")[1] == f"-A DOCKER-USER {jump}"
+        assert _iptables_rules("INPUT")[1] == f"-A INPUT {jump}"
+        await rules.ensure()  # idempotent: nothing added twice
+        assert _iptables_rules("INPUT").count(f"-A INPUT {jump}") == 1
+        assert len(_iptables_rules(chain)) == 3
+        yield rules
+    finally:
+        await rules.remove()
+    assert not [r for r in _iptables_rules("INPUT") if rules.chain in r], "removed again"
 
 
 @pytest.fixture
@@ -133,7 +161,7 @@ async def test_container_is_confined(
 
 
 async def test_metadata_and_host_services_unreachable(
-    root: None,
+    egress: EgressRules,
     started: NetworkInfo,
     services_net: NetworkInfo,
     dnames: DockerNames,
@@ -141,8 +169,7 @@ async def test_metadata_and_host_services_unreachable(
     pg_server: PostgresServer,
     nats_server: NatsServer,
 ) -> None:
-    rules = EgressRules()
-    await rules.ensure()
+    rules = egress
     tag = uuid.uuid4().hex[:8]
     ns, veth = f"hpns{tag}", f"hpv{tag}"
     listeners: list[Listener] = []
@@ -205,13 +232,12 @@ async def test_metadata_and_host_services_unreachable(
 
 
 async def test_other_apps_unreachable(
-    root: None,
+    egress: EgressRules,
     started: NetworkInfo,
     runtime: DockerRuntime,
     dnames: DockerNames,
     docker_client: docker.DockerClient,
 ) -> None:
-    await EgressRules().ensure()
     net_b = await runtime.ensure_network(dnames("net-b"), dnames.labels)
     await runtime.create_container(app_spec(dnames, "b", net_b.name, http_port=8080))
     await runtime.start(dnames("b"))

@@ -13,15 +13,9 @@ import docker
 import pytest
 
 from services.apps.runtime import DockerRuntime, RuntimeEvent, RuntimeFailure
-from tests.apps import dockerkit
 from tests.apps.dockerkit import DockerNames, app_spec, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-# Fixtures from dockerkit used here.
-dnames = dockerkit.dnames
-probe_image = dockerkit.probe_image
-runtime = dockerkit.runtime
 
 
 def _stream_threads() -> list[threading.Thread]:
@@ -151,7 +145,7 @@ async def test_logs_tail_and_follow(
     assert n > int(tail[-1].removeprefix("line-")), "tail=0 gives new lines only"
     assert await asyncio.wait_for(anext(follow), 10) == f"line-{n + 1}"
     assert _stream_threads()
-    await follow.aclose()  # type: ignore[attr-defined]
+    await follow.aclose()
     assert not _stream_threads(), "closing the iterator ends its thread"
 
     # A followed log ends when the container stops.
@@ -163,7 +157,7 @@ async def test_logs_tail_and_follow(
         return len([x async for x in follow])
 
     await asyncio.wait_for(drain(), 15)
-    await follow.aclose()  # type: ignore[attr-defined]
+    await follow.aclose()
     assert not _stream_threads()
 
 
@@ -204,8 +198,8 @@ async def test_events_die_with_exit_code_and_oom(
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(anext(other), 0.5)
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
-        await other.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
+        await other.aclose()
     assert not _stream_threads()
 
 
@@ -221,8 +215,10 @@ def _tree(root: Path) -> dict[str, tuple[int, int, int, str]]:
 async def test_volumes_export_import_copy_keep_contents(
     runtime: DockerRuntime, dnames: DockerNames, tmp_path: Path
 ) -> None:
-    path = await runtime.ensure_volume(dnames("data"), dnames.labels)
-    assert path == await runtime.ensure_volume(dnames("data"), dnames.labels)
+    await runtime.ensure_volume(dnames("data"), dnames.labels)
+    path = await runtime.volume_path(dnames("data"))
+    await runtime.ensure_volume(dnames("data"), dnames.labels)
+    assert path == await runtime.volume_path(dnames("data")), "ensure keeps the volume"
     assert (path.stat().st_uid, path.stat().st_gid) == (1000, 1000)
     (path / "sub").mkdir(mode=0o2750)
     (path / "sub").chmod(0o2750)
@@ -236,7 +232,7 @@ async def test_volumes_export_import_copy_keep_contents(
     tar = tmp_path / "data.tar"
     await runtime.export_volume(dnames("data"), tar)
     await runtime.copy_volume(dnames("data"), dnames("copy"))
-    copy_path = await runtime.ensure_volume(dnames("copy"), {})
+    copy_path = await runtime.volume_path(dnames("copy"))
     assert _tree(copy_path) == before
     assert copy_path.stat().st_uid == 1000
 

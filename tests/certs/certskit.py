@@ -1,6 +1,6 @@
 """The real certs service against a real Pebble, in this process or as a child process.
 
-Pieces for tests (no tests here): session fixtures of Pebble and pebble-challtestsrv, the
+Pieces for tests (no tests here; the Pebble fixtures are in tests/conftest.py): the
 service's environment, the service run in-process (`running_certs`) or as a child process
 (`CertsProcess`, for kill -9), the edge's part of HTTP-01 (`serving_tokens`: a tiny aiohttp
 static server over acme_dir on Pebble's httpPort, standing in for nginx), a stand-in for the
@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,36 +36,13 @@ from nats.aio.client import Client as NATS
 from libs.events.bus import Bus, BusClient
 from libs.events.context import Context
 from libs.events.store import PostgresEventStore
-from tests.certs.pebblekit import ChallDns, PebbleServer, run_challdns, run_pebble
-from tests.events.relaykit import wait_until
-from tests.servicekit import serving
+from tests.support.pebble import ChallDns, PebbleServer
+from tests.support.serving import serving
+from tests.support.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_CTX = Context("admin-test", "certs-test", None, None)
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
-
-
-# -- Pebble, one per xdist worker per module that asks -----------------------------------------
-
-
-@pytest.fixture(scope="session")
-def certs_pebble_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="hp-certs-pebble-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def certs_challdns(certs_pebble_dir: Path) -> Iterator[ChallDns]:
-    yield from run_challdns(certs_pebble_dir)
-
-
-@pytest.fixture(scope="session")
-def certs_pebble(certs_pebble_dir: Path, certs_challdns: ChallDns) -> Iterator[PebbleServer]:
-    """Pebble without validation sleeps, default nonce rejection (5 %), and never reusing an
-    authorization (so every order answers its challenges, and a renewal can fail)."""
-    env = {"PEBBLE_AUTHZREUSE": "0"}
-    yield from run_pebble(certs_pebble_dir / "pebble", certs_challdns, nosleep=True, env=env)
 
 
 def domain() -> str:

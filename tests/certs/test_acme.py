@@ -23,7 +23,7 @@ from cryptography.x509 import DNSName
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from services.certs.acme_client import AcmeAccount, AcmeError, Issued
-from tests.certs.pebblekit import ChallDns, PebbleServer, query_txt, run_challdns, run_pebble
+from tests.support.pebble import ChallDns, PebbleServer, query_txt, run_challdns, run_pebble
 
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
 

@@ -12,7 +12,7 @@ import pytest
 
 from services.certs.certificates import inspect
 from tests.certs.certskit import certs_env, domain, running_certs, serving_tokens
-from tests.certs.pebblekit import ChallDns, PebbleServer, run_challdns, run_pebble
+from tests.support.pebble import ChallDns, PebbleServer, run_challdns, run_pebble
 
 pytestmark = pytest.mark.timeout(180)
 

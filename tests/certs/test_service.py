@@ -20,15 +20,12 @@ from nats.aio.client import Client as NATS
 from libs.events.bus import Conflict, Invalid, NotFound
 from libs.events.sealing import is_sealed
 from services.certs.certificates import inspect
-from services.certs.commands import retry_delay
+from services.certs.engine import retry_delay
 from tests.certs.certskit import (
     Certs,
     CertsProcess,
     OwnCa,
-    certs_challdns,
     certs_env,
-    certs_pebble,
-    certs_pebble_dir,
     connected,
     dns_stand_in,
     domain,
@@ -40,9 +37,7 @@ from tests.certs.certskit import (
     serving_tokens,
     verify_chain,
 )
-from tests.certs.pebblekit import PebbleServer, query_txt
-
-__all__ = ["certs_challdns", "certs_pebble", "certs_pebble_dir"]  # session fixtures, used here
+from tests.support.pebble import PebbleServer, query_txt
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -15,12 +15,33 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from playwright.async_api import Browser, BrowserContext, Page, ViewportSize, async_playwright
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    ViewportSize,
+    async_playwright,
+    expect,
+)
 from playwright.async_api import Error as PlaywrightError
 
-from tests.conftest import need_server
+from tests.support.servers import need_server
 
-__all__ = ["ARTIFACTS", "DESKTOP", "PHONE", "Chromium", "chromium", "goto", "shot"]
+__all__ = [
+    "ARTIFACTS",
+    "DESKTOP",
+    "PHONE",
+    "Chromium",
+    "chromium",
+    "error_of",
+    "field_error",
+    "goto",
+    "session_of",
+    "shot",
+    "sign_in",
+    "unnamed_controls",
+]
 
 CHROMIUM = os.environ.get("HP_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("HP_TEST_ARTIFACTS", "test-artifacts")) / "dashboard"
@@ -86,14 +107,24 @@ class Chromium:
         page.on("pageerror", lambda e: self.problems.append(f"uncaught on {page.url}: {e}"))
 
 
+def _chromium_binary() -> str | None:
+    """HP_TEST_CHROMIUM if set, else Debian's /usr/bin/chromium or one on PATH; None if absent."""
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if "HP_TEST_CHROMIUM" in os.environ:
+        return None
+    return shutil.which("chromium")
+
+
 @asynccontextmanager
 async def chromium(base_url: str, *, allow: str | None = None) -> AsyncIterator[Chromium]:
     """A headless chromium for `base_url`; fails the test if any page logged an error (but
     those matching `allow`, which a test expects)."""
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+    binary = _chromium_binary()
+    if binary is None:
         need_server("chromium", FileNotFoundError(CHROMIUM))
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=_FLAGS, headless=True)
+        browser = await pw.chromium.launch(executable_path=binary, args=_FLAGS, headless=True)
         kit = Chromium(browser, base_url, re.compile(allow) if allow else None)
         try:
             yield kit
@@ -149,3 +180,35 @@ async def unnamed_controls(page: Page) -> list[str]:
     """The visible form fields without a label and buttons or links without a name."""
     found: list[str] = await page.evaluate(_UNNAMED)
     return found
+
+
+# -- on the dashboard's pages ------------------------------------------------------------------
+
+
+async def sign_in(page: Page, username: str, password: str) -> None:
+    await expect(page.get_by_role("heading", name="Sign in to Homeport")).to_be_visible()
+    await page.get_by_label("Username").fill(username)
+    await page.get_by_label("Password").fill(password)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+
+
+def error_of(page: Page, label: str) -> Locator:
+    """The error shown for the field labelled `label` (aria-describedby links them)."""
+    field = page.get_by_label(label, exact=True)
+    return page.locator(".field", has=field).locator(".field-error")
+
+
+def field_error(scope: Page | Locator, label: str) -> Locator:
+    """The error shown for the field labelled `label` inside `scope`."""
+    # `has` takes a locator relative to the .field: one from the page, not from `scope`
+    field = (scope if isinstance(scope, Page) else scope.page).get_by_label(label, exact=True)
+    return scope.locator(".field", has=field).locator(".field-error")
+
+
+async def session_of(ctx: BrowserContext) -> str:
+    """The session cookie a browser context signed in with, for API calls as that user."""
+    for c in await ctx.cookies():
+        if c.get("name") == "__Host-hp_session":
+            return str(c.get("value"))
+    raise AssertionError("this browser context has no session cookie")

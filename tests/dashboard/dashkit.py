@@ -13,9 +13,23 @@ from deploy.embedded import free_port
 from services.gateway.config import DASHBOARD_DIR
 from tests.e2e.kit import Platform, running_platform
 
-__all__ = ["DIST", "Edged", "PlatformStarter", "edge_env", "edged_platform"]
+__all__ = [
+    "DIST",
+    "INSTALL_TIMEOUT",
+    "OWNER",
+    "PASSWORD",
+    "USER_PASSWORD",
+    "Edged",
+    "PlatformStarter",
+    "edge_env",
+    "edged_platform",
+]
 
 DIST = DASHBOARD_DIR
+PASSWORD = "correct horse battery staple"
+USER_PASSWORD = "purple monkey dishwasher 42"
+OWNER = {"username": "owner", "email": "owner@example.test", "password": "correct horse battery"}
+INSTALL_TIMEOUT = 180_000  # ms: the first build of the static image on a cold dockerd
 
 
 @dataclass

@@ -28,17 +28,24 @@ import docker
 import pytest
 from playwright.async_api import Locator, Page, expect
 
-from tests.dashboard.browserkit import DESKTOP, PHONE, Chromium, chromium, goto, shot
-from tests.dashboard.dashkit import Edged, PlatformStarter
-from tests.dashboard.test_journey import sign_in
-from tests.dashboard.test_users import OWNER, field_error, session_of
-from tests.e2e.edgekit import edge_get, refused
-from tests.events.relaykit import wait_until
+from tests.dashboard.browserkit import (
+    DESKTOP,
+    PHONE,
+    Chromium,
+    chromium,
+    field_error,
+    goto,
+    session_of,
+    shot,
+    sign_in,
+)
+from tests.dashboard.dashkit import INSTALL_TIMEOUT, OWNER, Edged, PlatformStarter
+from tests.support.edge import edge_get, refused
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(420)
 
 MIB = 1024 * 1024
-INSTALL_TIMEOUT = 180_000  # ms: the first build of the static image on a cold dockerd
 TASK_TIMEOUT = 120_000  # ms: an update builds its version's image (cached layers) and waits
 EDGE_TIMEOUT = 30.0  # s: nginx picks up a changed app within a second or two
 KIM_PASSWORD = "kim's own long passphrase"
@@ -151,6 +158,7 @@ def fact(page: Page, name: str) -> Locator:
     return facts.locator(f"dt:text-is('{name}') + dd")
 
 
+@pytest.mark.slow
 async def test_store_install_and_the_app_page_run_configure_update_restore(
     platform: PlatformStarter,
     docker_host: str,
@@ -302,6 +310,7 @@ async def test_store_install_and_the_app_page_run_configure_update_restore(
         await until_edge(ed, "site", "up", "version 1.0.0")
 
 
+@pytest.mark.slow
 async def test_taken_location_clone_logs_non_admin_and_uninstall(
     platform: PlatformStarter,
     docker_host: str,

@@ -20,10 +20,9 @@ import pytest
 from playwright.async_api import Page, expect
 
 from libs.tls import self_signed_pem
-from tests.dashboard.browserkit import PHONE, chromium, shot
-from tests.dashboard.dashkit import Edged, PlatformStarter
-from tests.dashboard.test_forms import PASSWORD, error_of
-from tests.dns.pdnskit import PdnsZone, pdns_fixture, pdns_zone_fixture  # noqa: F401 - fixtures
+from tests.dashboard.browserkit import PHONE, chromium, error_of, shot
+from tests.dashboard.dashkit import PASSWORD, Edged, PlatformStarter
+from tests.support.pdns import PdnsZone
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -83,6 +82,7 @@ async def domain_step(page: Page, zone: PdnsZone, api_key: str) -> None:
     await page.get_by_role("button", name="Add and verify").click()
 
 
+@pytest.mark.slow
 async def test_wizard_domain_on_powerdns_and_the_domains_page(
     platform: PlatformStarter,
     docker_host: str,

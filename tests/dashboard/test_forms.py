@@ -4,20 +4,12 @@ and nothing is half-done: the wizard stays where it was until the input is right
 from __future__ import annotations
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import expect
 
-from tests.dashboard.browserkit import chromium, shot
-from tests.dashboard.dashkit import PlatformStarter
+from tests.dashboard.browserkit import chromium, error_of, shot
+from tests.dashboard.dashkit import PASSWORD, PlatformStarter
 
 pytestmark = pytest.mark.timeout(240)
-
-PASSWORD = "correct horse battery staple"
-
-
-def error_of(page: Page, label: str):  # type: ignore[no-untyped-def]
-    """The error shown for the field labelled `label` (aria-describedby links them)."""
-    field = page.get_by_label(label, exact=True)
-    return page.locator(".field", has=field).locator(".field-error")
 
 
 async def test_setup_and_sign_in_forms_show_field_errors(

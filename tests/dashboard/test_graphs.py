@@ -16,10 +16,8 @@ import pytest
 from playwright.async_api import Page, Response, expect
 
 from tests.apps.appskit import STATIC
-from tests.dashboard.browserkit import PHONE, chromium, shot
-from tests.dashboard.dashkit import Edged, PlatformStarter
-from tests.dashboard.test_forms import PASSWORD
-from tests.dashboard.test_journey import INSTALL_TIMEOUT, USER_PASSWORD, sign_in
+from tests.dashboard.browserkit import PHONE, chromium, shot, sign_in
+from tests.dashboard.dashkit import INSTALL_TIMEOUT, PASSWORD, USER_PASSWORD, Edged, PlatformStarter
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -131,6 +129,7 @@ async def check_latest_values(page: Page, answers: list[Response], when: str) ->
     raise AssertionError(problem)
 
 
+@pytest.mark.slow
 async def test_graphs_render_the_history_and_only_admins_see_them(
     platform: PlatformStarter,
     docker_host: str,

@@ -20,8 +20,8 @@ import pytest
 from aiohttp.abc import ResolveResult
 
 from tests.dashboard.dashkit import DIST, PlatformStarter
-from tests.e2e.edgekit import edge_get
-from tests.events.relaykit import wait_until
+from tests.support.edge import edge_get
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,23 +15,20 @@ import re
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.dashboard.browserkit import PHONE, chromium, goto, shot, unnamed_controls
-from tests.dashboard.dashkit import PlatformStarter
-from tests.dashboard.test_forms import error_of
+from tests.dashboard.browserkit import (
+    PHONE,
+    chromium,
+    error_of,
+    goto,
+    shot,
+    sign_in,
+    unnamed_controls,
+)
+from tests.dashboard.dashkit import INSTALL_TIMEOUT, USER_PASSWORD, PlatformStarter
 
 pytestmark = pytest.mark.timeout(420)
 
 ADMIN_PASSWORD = "correct horse battery staple"
-USER_PASSWORD = "purple monkey dishwasher 42"
-INSTALL_TIMEOUT = 180_000  # ms: the first build of the static image on a cold dockerd
-
-
-async def sign_in(page: Page, username: str, password: str) -> None:
-    await expect(page.get_by_role("heading", name="Sign in to Homeport")).to_be_visible()
-    await page.get_by_label("Username").fill(username)
-    await page.get_by_label("Password").fill(password)
-    await page.get_by_role("button", name="Sign in").click()
-    await expect(page.get_by_role("navigation", name="Main")).to_be_visible()
 
 
 async def install(
@@ -57,6 +54,7 @@ async def install(
     await expect(dialog.locator("progress")).to_have_attribute("value", "100")
 
 
+@pytest.mark.slow
 async def test_setup_install_invite_and_activity(
     platform: PlatformStarter,
     docker_host: str,

@@ -14,9 +14,8 @@ import time
 import pytest
 from playwright.async_api import expect
 
-from tests.dashboard.browserkit import chromium, shot
-from tests.dashboard.dashkit import PlatformStarter
-from tests.dashboard.test_forms import PASSWORD, error_of
+from tests.dashboard.browserkit import chromium, error_of, shot
+from tests.dashboard.dashkit import PASSWORD, PlatformStarter
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -30,6 +29,7 @@ def totp_now(secret: str) -> str:
     return f"{value % 1_000_000:06d}"
 
 
+@pytest.mark.slow
 async def test_totp_enrolment_and_sign_in_with_a_code(
     platform: PlatformStarter,
 ) -> None:

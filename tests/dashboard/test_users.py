@@ -17,38 +17,30 @@ import re
 from typing import Any
 
 import pytest
-from playwright.async_api import BrowserContext, Locator, Page, expect
+from playwright.async_api import Locator, Page, expect
 
 from tests.apps.appskit import STATIC
-from tests.dashboard.browserkit import DESKTOP, PHONE, Chromium, chromium, shot
-from tests.dashboard.dashkit import Edged, PlatformStarter
-from tests.dashboard.test_journey import sign_in
-from tests.events.relaykit import wait_until
+from tests.dashboard.browserkit import (
+    DESKTOP,
+    PHONE,
+    Chromium,
+    chromium,
+    field_error,
+    session_of,
+    shot,
+    sign_in,
+)
+from tests.dashboard.dashkit import OWNER, Edged, PlatformStarter
 from tests.gateway.apikit import Answer
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
-OWNER = {"username": "owner", "email": "owner@example.test", "password": "correct horse battery"}
 DANA_PASSWORD = "dana's own long passphrase"
 DANA_NEW_PASSWORD = "a brand new passphrase for dana"
 REFUSED = "wrong username or password"  # the API's one answer to every refused sign-in
 ENDED = 15_000  # ms: a page notices its session ended at its next API call (Apps polls every 4 s)
 INSTALL_TIMEOUT = 180.0  # s: the first build of the static image on a cold dockerd
-
-
-def field_error(scope: Page | Locator, label: str) -> Locator:
-    """The error shown for the field labelled `label` inside `scope`."""
-    # `has` takes a locator relative to the .field: one from the page, not from `scope`
-    field = (scope if isinstance(scope, Page) else scope.page).get_by_label(label, exact=True)
-    return scope.locator(".field", has=field).locator(".field-error")
-
-
-async def session_of(ctx: BrowserContext) -> str:
-    """The session cookie a browser context signed in with, for API calls as that user."""
-    for c in await ctx.cookies():
-        if c.get("name") == "__Host-hp_session":
-            return str(c.get("value"))
-    raise AssertionError("this browser context has no session cookie")
 
 
 async def api(ed: Edged, method: str, path: str, session: str, body: Any = None) -> Answer:
@@ -95,6 +87,7 @@ async def focus_by_tab(page: Page, target: Locator, most: int = 30) -> int:
     raise AssertionError(f"{most} presses of Tab never reached {target}")
 
 
+@pytest.mark.slow
 async def test_admin_adds_edits_disables_resets_and_deletes_a_user(
     platform: PlatformStarter,
 ) -> None:
@@ -335,6 +328,7 @@ async def test_admin_manages_groups_and_their_members(
         assert (await api(ed, "GET", group_path, admin)).status == 404
 
 
+@pytest.mark.slow
 async def test_a_group_lists_the_apps_it_opens(
     platform: PlatformStarter,
     docker_host: str,
@@ -389,6 +383,7 @@ async def test_a_group_lists_the_apps_it_opens(
         await expect(page.get_by_role("main").get_by_text(re.compile(r"^blog\."))).to_be_visible()
 
 
+@pytest.mark.slow
 async def test_profile_details_api_token_and_sessions(
     platform: PlatformStarter,
 ) -> None:

@@ -18,17 +18,11 @@ import pytest
 
 from cli.main import main as homeport_main
 from deploy.embedded import EmbeddedError, check_binaries
-from deploy.stack import (
-    Backoff,
-    Module,
-    StackError,
-    discover_modules,
-    module_exists,
-    parse_module,
-    process_alive,
-    read_state,
-)
-from tests.conftest import need_server
+from deploy.errors import StackError
+from deploy.planning import Module, discover_modules, module_exists, parse_module
+from deploy.state import process_alive, read_state
+from deploy.supervision import Backoff
+from tests.support.servers import need_server
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = "tests.deploy.sample_service"
@@ -183,6 +177,7 @@ def _get(url: str) -> tuple[int, bytes]:
         return int(r.status), bytes(r.read())
 
 
+@pytest.mark.slow
 def test_up_status_restart_refuse_and_stop(start_stack: Callable[..., Running]) -> None:
     stack = start_stack(f"gateway={SAMPLE}", f"worker={SAMPLE}")
     stack.wait_for(
@@ -319,6 +314,7 @@ def test_up_refuses_a_service_module_that_does_not_exist(
     assert "tests.deploy.no_such_service (for ghost) not found" in stack.output()
 
 
+@pytest.mark.slow
 def test_the_real_platform_comes_up_answers_and_survives_kill_9(
     start_stack: Callable[..., Running],
 ) -> None:
@@ -329,7 +325,8 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
     from libs.events.bus import BusClient
     from libs.events.envelope import NewEvent
     from libs.events.store import PostgresEventStore
-    from tests.events.relaykit import connect, wait_until
+    from tests.support.bus import connect
+    from tests.support.waits import wait_until
 
     stack = start_stack()
     stack.wait_for(

@@ -15,8 +15,8 @@ from libs.events.bus import BusClient
 from libs.events.context import Context
 from libs.events.store import PostgresEventStore
 from libs.service.runner import Service
-from tests.dns.pdnskit import PdnsZone
-from tests.servicekit import serving
+from tests.support.pdns import PdnsZone
+from tests.support.serving import serving
 
 __all__ = ["Dns", "dns_env", "pdns_provider", "running_dns"]
 

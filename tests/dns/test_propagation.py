@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from services.dns.errors import DnsProviderError
 from services.dns.propagation import find_nameservers, lookup, query, wait_for_record
-from services.dns.providers.base import DnsProviderError, Record
-from tests.dns.pdnskit import PdnsServer, PdnsZone, pdns_fixture, pdns_zone_fixture  # noqa: F401
+from services.dns.providers.protocol import Record
+from tests.support.pdns import PdnsServer, PdnsZone
 
 
 def _dead_udp_port() -> tuple[str, int]:

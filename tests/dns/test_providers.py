@@ -10,20 +10,21 @@ from typing import Any
 
 import pytest
 
+from libs.contracts.dns import CONTRACT, PROVIDER
+from services.dns.errors import DnsProviderError, ForeignRecord, ProviderConfigError
 from services.dns.propagation import query
-from services.dns.providers.base import DnsProvider, DnsProviderError, ForeignRecord, Record
 from services.dns.providers.factory import (
     PROVIDER_FIELDS,
-    ProviderConfigError,
     make_provider,
     secret_fields,
 )
 from services.dns.providers.manual import ManualProvider
 from services.dns.providers.powerdns import PowerDnsProvider
+from services.dns.providers.protocol import DnsProvider, Record
 from services.dns.providers.route53 import Route53Provider
 from services.dns.providers.wildcard import WildcardProvider
-from tests.dns.motokit import MotoServer, Route53Zone, moto_fixture, route53_zone_fixture  # noqa: F401
-from tests.dns.pdnskit import PdnsServer, PdnsZone, pdns_fixture, pdns_zone_fixture  # noqa: F401
+from tests.support.moto import MotoServer, Route53Zone
+from tests.support.pdns import PdnsServer, PdnsZone
 
 # -- the adapters under contract ------------------------------------------------------------
 
@@ -214,6 +215,15 @@ def test_secret_fields_are_marked() -> None:
     assert secret_fields("route53") == {"secret_access_key"}
     assert secret_fields("manual") == set()
     assert set(PROVIDER_FIELDS) == {"powerdns", "route53", "manual", "wildcard"}
+
+
+def test_the_contract_knows_every_setting_of_every_kind() -> None:
+    """The wire contract lists each setting once for all kinds and the factory says which kind
+    takes which: both name the same kinds and settings."""
+    settings = {f.name for fields in PROVIDER_FIELDS.values() for f in fields}
+    assert set(PROVIDER["properties"]) == {"kind", *settings}
+    assert PROVIDER["properties"]["kind"]["enum"] == list(PROVIDER_FIELDS)
+    assert CONTRACT.commands["add_domain"]["properties"]["provider"] == PROVIDER
 
 
 def test_make_provider_builds_each_kind() -> None:

@@ -13,9 +13,9 @@ import pytest
 from tests.apps.appskit import apps_env, running_apps, static_catalog
 from tests.certs.certskit import running_certs
 from tests.dns.dnskit import dns_env, running_dns
-from tests.events.relaykit import relaying
 from tests.gateway.apikit import Client, running_gateway
 from tests.identity.kit import Identity, running_identity
+from tests.support.bus import relaying
 
 
 @dataclass

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need_server
 from tests.e2e.kit import running_platform
 from tests.identity.kit import ADMIN
+from tests.support.servers import need_server
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 CHECKS = ",".join(
@@ -26,6 +26,7 @@ CHECKS = ",".join(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_no_5xx_and_no_answer_off_its_schema(
     monkeypatch: pytest.MonkeyPatch,

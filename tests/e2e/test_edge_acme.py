@@ -7,6 +7,8 @@ https://blog.example.test answers the app's page with a chain Pebble's root veri
 the security headers; plain HTTP is a 301; an unknown host and TLS 1.1 are refused. Move the app
 to `journal`: new vhost and certificate, DNS record moved, the old vhost and record gone. A
 wildcard certificate for *.example.test over DNS-01 (TXT records through the dns service).
+The apps service owns an app host's record and certificate; the edge follows the events (its
+safety-net poll is 300 s here) and serves what certs has for the host.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from deploy.embedded import free_port
 from services.dns.propagation import query
 from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
 from tests.certs.certskit import Certs, certs_env, running_certs
-from tests.certs.pebblekit import PebbleServer, start_pebble
 from tests.dns.dnskit import Dns, dns_env, running_dns
-from tests.dns.pdnskit import PdnsServer, PdnsZone, create_zone, pdns_fixture  # noqa: F401 - fixture
-from tests.e2e.edgekit import edge_get, refused
-from tests.events.relaykit import wait_until
 from tests.gateway.apikit import running_gateway
+from tests.support.bus import relaying
+from tests.support.edge import edge_get, refused
+from tests.support.pdns import PdnsServer, PdnsZone, create_zone
+from tests.support.pebble import PebbleServer, start_pebble
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -90,6 +93,7 @@ async def world(
         docker_host=docker_host,
         prefix=f"w{uniq[:8]}",
         catalog=static_catalog(tmp_path / "catalog"),
+        extra={"HP_EDGE_HTTPS_PORT": str(https_port)},  # the port apps' addresses name
     )
     env_edge = {
         **shared,
@@ -98,7 +102,7 @@ async def world(
         "HP_EDGE_HTTP_PORT": str(http_port),
         "HP_EDGE_HTTPS_PORT": str(https_port),
         "HP_EDGE_BIND": "127.0.0.1",
-        "HP_EDGE_INTERVAL": "0.5",
+        "HP_EDGE_INTERVAL": "300",  # the safety net: the edge follows the events here
     }
     try:
         async with (
@@ -113,6 +117,7 @@ async def world(
                 tmp_path=tmp_path,
                 env=env_edge,
             ),
+            relaying(dsn, nats_url, uniq),
         ):
             yield World(apps, dns, certs, pebble_via_pdns, pdns, http_port, https_port)
     finally:
@@ -207,10 +212,13 @@ async def test_install_move_and_wildcard_over_real_dns_acme_and_nginx(world: Wor
             "access": {"all_users": True},
         },
     )
-    assert (await w.apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
+    end = await w.apps.wait_task(reply["task_id"])
+    assert end["type"] == "TaskSucceeded"
     app_id = reply["app_id"]
 
     blog = f"blog.{DOMAIN}"
+    # said once nginx serves the host (with the fallback certificate until Pebble's is issued)
+    assert f"installed at https://{blog}:{w.https_port}" in end["message"], end
     try:
         await wait_until(
             lambda: _served_with_acme(w, blog), 120, f"{blog} with Pebble's certificate"

@@ -1,6 +1,10 @@
 """The edge follows the apps: the real gateway runs nginx and gives every installed app a vhost
 at https://<location>.localhost (the local domain: a self-signed certificate, no DNS, no ACME);
 moving the app moves the vhost; uninstalling removes it.
+
+The edge's safety-net poll is 300 s here, so only the events it follows (relayed to JetStream)
+can explain a change reaching nginx within the test. An install says "installed at https://..."
+only once nginx serves the host: at the moment the task ends, the page answers through nginx.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import pytest
 
 from deploy.embedded import free_port
 from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
-from tests.e2e.edgekit import edge_get, refused
-from tests.events.relaykit import wait_until
 from tests.gateway.apikit import running_gateway
+from tests.support.bus import relaying
+from tests.support.edge import edge_get, refused
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -38,6 +43,7 @@ async def edge(
         docker_host=docker_host,
         prefix=f"x{uniq[:8]}",
         catalog=static_catalog(tmp_path / "catalog"),
+        extra={"HP_EDGE_HTTPS_PORT": str(https_port)},  # the port apps' addresses name
     )
     edge_env = {
         "HP_EDGE": "true",
@@ -45,7 +51,7 @@ async def edge(
         "HP_EDGE_HTTP_PORT": str(http_port),
         "HP_EDGE_HTTPS_PORT": str(https_port),
         "HP_EDGE_BIND": "127.0.0.1",
-        "HP_EDGE_INTERVAL": "0.5",
+        "HP_EDGE_INTERVAL": "300",  # the safety net: never within this test
         "HP_ACME_DIR": str(tmp_path / "acme"),
     }
     async with (
@@ -53,12 +59,23 @@ async def edge(
         running_gateway(
             monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path, env=edge_env
         ),
+        relaying(dsn, nats_url, uniq),
     ):
         yield apps, http_port, https_port
 
 
 async def test_apps_get_vhosts_that_follow_them(edge: tuple[Apps, int, int]) -> None:
     apps, http_port, https_port = edge
+
+    async def edge_host(host: str) -> bool:
+        reply = await apps.bus.query("gateway", "edge_host", {"host": host}, timeout=10)
+        return bool(reply["served"])
+
+    async def gone(host: str) -> bool:
+        return not await edge_host(host)
+
+    assert await edge_host("my.localhost")  # the gateway is ready once nginx serves
+    assert not await edge_host("blog.localhost")
     reply = await apps.cmd(
         "install",
         {
@@ -68,7 +85,7 @@ async def test_apps_get_vhosts_that_follow_them(edge: tuple[Apps, int, int]) -> 
             "access": {"all_users": True},
         },
     )
-    assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
+    end = await apps.wait_task(reply["task_id"])
     app_id = reply["app_id"]
 
     async def served(host: str) -> bool:
@@ -78,7 +95,11 @@ async def test_apps_get_vhosts_that_follow_them(edge: tuple[Apps, int, int]) -> 
             return False
         return status == 200 and "version 1.0.0" in body
 
-    await wait_until(lambda: served("blog.localhost"), 20, "blog.localhost through nginx")
+    # the task says where the app is only once nginx answers there: no waiting from here
+    assert await served("blog.localhost")
+    assert end["type"] == "TaskSucceeded"
+    assert f"installed at https://blog.localhost:{https_port}" in end["message"], end
+    assert await edge_host("blog.localhost")
     status, headers, _ = await edge_get(https_port, "blog.localhost")
     assert headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
     assert headers["x-content-type-options"] == "nosniff"
@@ -92,9 +113,12 @@ async def test_apps_get_vhosts_that_follow_them(edge: tuple[Apps, int, int]) -> 
     assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
     await wait_until(lambda: served("journal.localhost"), 20, "journal.localhost through nginx")
     await wait_until(lambda: refused(https_port, "blog.localhost"), 20, "blog.localhost to go")
+    assert await edge_host("journal.localhost")
+    await wait_until(lambda: gone("blog.localhost"), 5, "edge_host to drop blog.localhost")
 
     reply = await apps.cmd("uninstall", {"app_id": app_id})
     assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
     await wait_until(
         lambda: refused(https_port, "journal.localhost"), 20, "journal.localhost to go"
     )
+    await wait_until(lambda: gone("journal.localhost"), 5, "edge_host to drop journal.localhost")

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.kit import running_platform
-from tests.events.relaykit import wait_until
 from tests.gateway.apikit import Answer, Client
 from tests.identity.kit import totp_at
+from tests.support.waits import wait_until
 
 ADMIN_IP = "198.51.100.10"
 USER_IP = "203.0.113.20"

@@ -14,23 +14,17 @@ import aiohttp
 import pytest
 
 from services.gateway.edge import EdgeError, Nginx
-from tests.edge.nginxkit import (
+from tests.support.nginx import (
     BLOG,
     MY,
     Edge,
     Pki,
     decode,
-    edge,
-    edge_root,
     nginx_binary,
-    pki,
     raw_http,
     session,
     tls_handshake,
-    upstream,
 )
-
-__all__ = ["edge", "edge_root", "pki", "upstream"]  # fixtures
 
 WIKI = "wiki.example.test"
 HSTS = "max-age=31536000; includeSubDomains"
@@ -365,7 +359,7 @@ async def test_start_without_a_config_and_a_mismatched_model_are_refused(
     nginx = Nginx(edge_root / "other", binary=nginx_binary())
     with pytest.raises(EdgeError, match="apply"):
         await nginx.start()
-    from tests.edge.nginxkit import build_model
+    from tests.support.nginx import build_model
 
     model = replace(build_model(nginx, edge_root, pki, ()), log_dir=edge_root / "elsewhere")
     with pytest.raises(EdgeError, match="log_dir"):

@@ -1,21 +1,16 @@
-"""Shared pieces for relay and projection tests: a counting projection and a writer."""
+"""Pieces of the relay and projection tests: a counting projection, a writer, a report."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
-import nats
-from nats.aio.client import Client as NATS
 
 from libs.events.envelope import NewEvent, RecordedEvent
 from libs.events.projection import Projection
-from libs.events.relay import Relay
 from libs.events.store import PostgresEventStore
 
 
@@ -60,16 +55,6 @@ async def write_events(
     )
 
 
-async def wait_until(predicate, deadline: float, what: str, step: float = 0.1) -> None:  # type: ignore[no-untyped-def]
-    """Poll an async predicate until true; fail naming `what` after `deadline` seconds."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if await predicate():
-            return
-        await asyncio.sleep(step)
-    raise AssertionError(f"timed out after {deadline:.0f}s waiting for {what}")
-
-
 async def applied_report(dsn: str) -> tuple[int, int, list[int]]:
     """(rows, distinct positions, sorted positions) of the Applied projection."""
     conn = await asyncpg.connect(dsn)
@@ -79,26 +64,3 @@ async def applied_report(dsn: str) -> tuple[int, int, list[int]]:
         await conn.close()
     positions = [r["position"] for r in rows]
     return len(positions), len(set(positions)), positions
-
-
-async def connect(url: str) -> NATS:
-    return await nats.connect(
-        url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, connect_timeout=2
-    )
-
-
-@asynccontextmanager
-async def relaying(dsn: str, nats_url: str, uniq: str) -> AsyncIterator[None]:
-    """A relay publishing this test's committed events to its JetStream stream `EV_<uniq>`
-    (subjects `t<uniq>.evt.>`), as the services under test are configured to read them."""
-    store = await PostgresEventStore.open(dsn, max_size=2)
-    nc = await connect(nats_url)
-    relay = Relay(store, nc, stream=f"EV_{uniq}", prefix=f"t{uniq}.evt", poll_interval=0.1)
-    task = asyncio.create_task(relay.run(), name="relay under test")
-    try:
-        yield
-    finally:
-        relay.stop()
-        await asyncio.wait_for(task, 10)
-        await nc.close()
-        await store.close()

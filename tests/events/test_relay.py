@@ -10,23 +10,16 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 from deploy.embedded import NatsServer
 from libs.events.envelope import NewEvent
 from libs.events.projection import ProjectionRunner
 from libs.events.relay import Relay
 from libs.events.store import PostgresEventStore
-from tests.events.relaykit import Applied, applied_report, connect, wait_until, write_events
+from tests.events.relaykit import Applied, applied_report, write_events
+from tests.support.bus import connect
+from tests.support.waits import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def store(dsn: str) -> AsyncIterator[PostgresEventStore]:
-    s = await PostgresEventStore.open(dsn, max_size=12)
-    yield s
-    await s.close()
 
 
 @contextlib.asynccontextmanager

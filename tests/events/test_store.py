@@ -20,13 +20,6 @@ def ev(type_: str = "ThingHappened", **data: object) -> NewEvent:
     return NewEvent(type=type_, data=dict(data))
 
 
-@pytest.fixture
-async def store(dsn: str):
-    s = await PostgresEventStore.open(dsn, max_size=12)
-    yield s
-    await s.close()
-
-
 async def test_append_and_read_stream(store: PostgresEventStore) -> None:
     r = await store.append("thing-1", [ev(n=1), ev(n=2)], expected_version=0)
     assert r.version == 2 and r.positions == (1, 2)
@@ -93,7 +86,7 @@ async def test_old_event_is_read_back_in_current_shape(dsn: str) -> None:
     old = EventRegistry()
 
     @old.event("UserRegistered", schema=1)
-    @dataclass(frozen=True)
+    @dataclass(frozen=True, kw_only=True)
     class V1:
         name: str
 
@@ -103,7 +96,7 @@ async def test_old_event_is_read_back_in_current_shape(dsn: str) -> None:
     new = EventRegistry()
 
     @new.event("UserRegistered", schema=3)
-    @dataclass(frozen=True)
+    @dataclass(frozen=True, kw_only=True)
     class V3:
         first: str
         last: str
@@ -133,7 +126,7 @@ async def test_missing_upcaster_is_a_clear_error(dsn: str) -> None:
     reg = EventRegistry()
 
     @reg.event("ThingHappened", schema=2)
-    @dataclass(frozen=True)
+    @dataclass(frozen=True, kw_only=True)
     class T:
         n: int
 
@@ -203,6 +196,7 @@ async def test_naive_sequence_table_does_skip_which_the_reader_would_miss(dsn: s
         await c2.close()
 
 
+@pytest.mark.slow
 async def test_tailing_reader_gets_every_event_once_in_order_under_concurrent_writers(
     store: PostgresEventStore,
 ) -> None:
@@ -287,3 +281,24 @@ async def test_many_concurrent_appenders_split_into_capped_batches(
     assert sorted(r.positions[0] for r in results) == list(range(1, 201))
     report = await store.verify_chain()
     assert report.ok and report.checked == 200
+
+
+def test_an_event_class_with_positional_fields_is_refused() -> None:
+    reg = EventRegistry()
+
+    @dataclass(frozen=True)
+    class Moved:
+        old: str
+        new: str
+
+    with pytest.raises(EventStoreError, match=r"must be keyword-only.*positional: old, new"):
+        reg.event("AppMoved")(Moved)
+
+    @dataclass(frozen=True, kw_only=True)
+    class MovedKw:
+        old: str
+        new: str
+
+    assert reg.event("AppMoved")(MovedKw) is MovedKw
+    with pytest.raises(TypeError):
+        MovedKw("a", "b")  # type: ignore[misc]

@@ -2,59 +2,63 @@
 when their ban ends, and are banned twice as long the next time (SECURITY.md "Brute force").
 
 The service runs for real with HP_FIREWALL_APPLY=true, its nft commands inside a network
-namespace this test creates, so the host's packet filter is never touched.
+namespace this test creates, so the host's packet filter is never touched. The kernel ends a
+ban in real time; the ban windows and the ends the service reads are also driven by a clock
+the test holds (`test_ban_windows_and_ends_follow_the_clock`), without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from libs.events.context import Context, use
-from libs.events.projection import replay_by_name
+from libs.events.envelope import RecordedEvent
+from libs.events.projection import ProjectionRunner, replay_by_name
 from libs.events.store import PostgresEventStore
-from services.firewall.bans import BanSet
+from services.firewall.bans import BanEnforcer
+from services.firewall.config import BanPolicy
+from services.firewall.nft import BanSet
+from services.firewall.projections import BanProjection
 from services.identity.events import SIGNIN_FAILURES_STREAM, LoginFailed
-from tests.conftest import need_server
-from tests.events.relaykit import relaying, wait_until
+from tests.support.bus import relaying
+from tests.support.serving import serving
+from tests.support.waits import wait_until
 
 ATTACKER = "198.51.100.66"
 BASE = 3  # seconds of a first ban in this test (600 by default)
 
 
-@pytest.fixture
-def netns(uniq: str) -> Iterator[str]:
-    if shutil.which("nft") is None and not Path("/usr/sbin/nft").exists():
-        need_server("nftables", FileNotFoundError("nft is not installed"))
-    name = f"hp{uniq}"
-    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=False)
-    if made.returncode != 0:
-        need_server("network namespaces", OSError(made.stderr.strip()))
-    yield name
-    subprocess.run(["ip", "netns", "delete", name], check=False)
-
-
 async def fail(store: PostgresEventStore, ip: str, n: int) -> None:
     for _ in range(n):
         with use(Context(actor="anonymous", ip=ip)):
-            await store.append(SIGNIN_FAILURES_STREAM, [LoginFailed(None, ip, "password")])
+            await store.append(
+                SIGNIN_FAILURES_STREAM, [LoginFailed(user_id=None, ip=ip, reason="password")]
+            )
 
 
 @pytest.fixture
 async def firewall(
-    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path, netns: str
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    uniq: str,
+    tmp_path: Path,
+    netns: str,
+    ban_set: BanSet,
 ) -> AsyncIterator[BanSet]:
+    """The firewall service applying bans in `netns`, fed by a relay of this test's events."""
     from services.firewall.__main__ import build
 
-    settings = {
+    env = {
         "HP_DATABASE_URL": dsn,
         "HP_NATS_URL": nats_url,
         "HP_EVENTS_STREAM": f"EV_{uniq}",
@@ -67,26 +71,8 @@ async def firewall(
         "HP_FIREWALL_NFT": f"ip,netns,exec,{netns},nft",
         "HP_BAN_SECONDS": str(BASE),
     }
-    for name, value in settings.items():
-        monkeypatch.setenv(name, value)
-    svc = build()
-    task = asyncio.create_task(svc.serve(), name="firewall under test")
-    try:
-        async with relaying(dsn, nats_url, uniq), aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                assert not task.done(), f"the firewall stopped, exit code {svc.exit_code}"
-                if not svc.port:
-                    return False
-                async with http.get(f"http://127.0.0.1:{svc.port}/readyz") as r:
-                    return r.status == 200
-
-            await wait_until(ready, 30, "the firewall to be ready")
-            yield BanSet(["ip", "netns", "exec", netns, "nft"], "homeport_ban")
-    finally:
-        svc.request_stop("test over")
-        await asyncio.wait_for(task, 20)
-    assert svc.exit_code == 0
+    async with relaying(dsn, nats_url, uniq), serving(monkeypatch, build, env, "the firewall"):
+        yield ban_set
 
 
 async def test_five_failures_ban_within_5_s_then_unban_then_double(
@@ -94,13 +80,15 @@ async def test_five_failures_ban_within_5_s_then_unban_then_double(
 ) -> None:
     store = await PostgresEventStore.open(dsn, max_size=2)
     try:
-        table = await firewall._run("list", "table", "inet", "homeport_ban")
+        table = await firewall.listing()
         assert "ip saddr @banned4 drop" in table and "ip6 saddr @banned6 drop" in table
         assert "tcp dport { 22, 202 } ct state new" in table  # the SSH rule
 
         await fail(store, ATTACKER, 4)
         await fail(store, "203.0.113.9", 6)  # another address: its own count, its own ban
-        await asyncio.sleep(1.5)
+        # Once the later address is in the set, the attacker's four earlier failures have been
+        # applied and reconciled too (the projection goes in log order, a round adds every ban).
+        await wait_until(lambda: _has(firewall, "203.0.113.9"), 5, "the other address's ban")
         assert ATTACKER not in await firewall.elements()
 
         await fail(store, ATTACKER, 1)  # the fifth within 600 s
@@ -177,9 +165,11 @@ print(answered)
 """
 
 
-async def test_more_than_5_new_ssh_connections_in_10_s_are_dropped(netns: str) -> None:
+async def test_more_than_5_new_ssh_connections_in_10_s_are_dropped(
+    netns: str, ban_set: BanSet
+) -> None:
     subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
-    await BanSet(["ip", "netns", "exec", netns, "nft"], "homeport_ban").install()
+    await ban_set.install()
     proc = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", netns, sys.executable, "-c", SSH_PROBE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -187,3 +177,91 @@ async def test_more_than_5_new_ssh_connections_in_10_s_are_dropped(netns: str) -
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert int(out) == 5  # 8 new connections within a few seconds: the first 5 get through
+
+
+class Clock:
+    """The time the firewall's code reads, moved by the test."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _failure(ip: str, at: datetime, position: int) -> RecordedEvent:
+    return RecordedEvent(
+        position=position,
+        id=uuid.uuid4(),
+        stream=SIGNIN_FAILURES_STREAM,
+        version=position,
+        type="LoginFailed",
+        schema=1,
+        data={"user_id": None, "ip": ip, "reason": "password"},
+        meta={"actor": "anonymous", "ip": ip},
+        recorded_at=at,
+        hash=b"",
+    )
+
+
+async def test_ban_windows_and_ends_follow_the_clock(dsn: str, ban_set: BanSet) -> None:
+    """The same policy as the service's defaults, over 20 minutes of failures, in no time."""
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    clock = Clock(t0)
+    projection = BanProjection(BanPolicy(), clock=clock)  # 5 failures in 600 s: 600 s ban
+    store = await PostgresEventStore.open(dsn, max_size=2)
+    position = 0
+
+    async def failures_at(*seconds: float) -> None:
+        nonlocal position
+        events = []
+        for s in seconds:
+            position += 1
+            events.append(_failure(ATTACKER, t0 + timedelta(seconds=s), position))
+        clock.now = events[-1].recorded_at
+        async with store.pool.acquire() as conn, conn.transaction():
+            await projection.apply(conn, events)
+
+    async def bans() -> list[tuple[int, float, float]]:
+        rows = await store.pool.fetch(
+            "SELECT strikes, extract(epoch FROM since - $1::timestamptz) AS since,"
+            " extract(epoch FROM until - since) AS seconds FROM firewall.bans ORDER BY since",
+            t0,
+        )
+        return [(r["strikes"], float(r["since"]), float(r["seconds"])) for r in rows]
+
+    try:
+        await ProjectionRunner(projection, store).setup()
+        await ban_set.install()
+
+        # five failures, but the fifth 700 s after the first: only three within the window
+        await failures_at(0, 100, 200, 300, 700)
+        assert await bans() == []
+        # two more: five within 600 s (200, 300, 700, 701, 702), a first ban of 600 s
+        await failures_at(701, 702)
+        assert await bans() == [(1, 702, 600)]
+
+        # the set holds a ban for what remains of it, rounded up; once applied, not again
+        clock.now = t0 + timedelta(seconds=702 + 600 - 2.5)
+        enforcer = BanEnforcer(ban_set, store.pool, clock=clock)
+        assert await enforcer.reconcile() == 1
+        assert (await ban_set.elements())[ATTACKER] == 3
+        assert await enforcer.reconcile() == 0
+        # a ban that has ended is not put back (a restart after it ended)
+        clock.now = t0 + timedelta(seconds=702 + 600)
+        assert await BanEnforcer(ban_set, store.pool, clock=clock).reconcile() == 0
+
+        # failures during the ban make no ban; five after it (the others out of the window):
+        # twice as long
+        await failures_at(750, 751, 752, 753, 754)
+        assert await bans() == [(1, 702, 600)]
+        await failures_at(1400, 1401, 1402, 1403, 1404)
+        assert await bans() == [(1, 702, 600), (2, 1404, 1200)]
+        clock.now = t0 + timedelta(seconds=1404 + 1200 - 0.5)
+        assert await BanEnforcer(ban_set, store.pool, clock=clock).reconcile() == 1
+        # failures too old to count again are pruned, by the clock
+        assert await store.pool.fetchval("SELECT min(at) FROM firewall.failures") == (
+            t0 + timedelta(seconds=1400)
+        )
+    finally:
+        await store.close()

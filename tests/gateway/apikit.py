@@ -1,6 +1,6 @@
-"""Shared pieces of the API tests (no tests here): the real identity service with the people of
-the tests (`cast`), the API served on a real port, and the real gateway (`build()`) running in
-this process."""
+"""Shared pieces of the API tests (no tests here; their fixtures are in conftest.py): the real
+identity service with the people of the tests (`cast`), the API served on a real port, and the
+real gateway (`build()`) running in this process."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from aiohttp.web_urldispatcher import PrefixedSubAppResource
 from multidict import CIMultiDictProxy
 from nats.aio.client import Client as NATS
 
+from libs.contracts.schema import array, integer, nullable, obj, string
 from libs.events.bus import BusClient, Unavailable, error_from_wire
 from libs.service.runner import Service
 from services.gateway.api import (
@@ -34,9 +35,8 @@ from services.gateway.api import (
     default_table,
     mount_api,
 )
-from libs.contracts.schema import array, integer, nullable, obj, string
-from tests.events.relaykit import wait_until
-from tests.identity.kit import ADMIN, Identity, running_identity
+from tests.identity.kit import ADMIN, Identity
+from tests.support.waits import wait_until
 
 SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
@@ -162,39 +162,6 @@ async def root_token(ident: Identity) -> str:
     payload = {"user_id": root_id, "name": "tests full", "scope": "full"}
     reply = await ident.cmd("create_token", payload, actor=root_id, ip=CAST_IP)
     return str(reply["token"])
-
-
-@pytest.fixture
-def identity_env() -> dict[str, str]:
-    """Extra environment of the identity service of a test (override it to change limits)."""
-    return {}
-
-
-@pytest.fixture
-async def identity(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    tmp_path: Path,
-    identity_env: dict[str, str],
-) -> AsyncIterator[Identity]:
-    """The real identity service, before setup."""
-    async with running_identity(
-        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, env=identity_env
-    ) as ident:
-        yield ident
-
-
-@pytest.fixture
-async def cast(identity: Identity) -> Cast:
-    """The real identity service, set up, with root and alice (sessions and tokens)."""
-    return await make_cast(identity)
-
-
-@pytest.fixture
-async def token_cast(identity: Identity) -> Cast:
-    """Root and alice with their tokens but no sessions: two argon2 verifications fewer."""
-    return await make_cast(identity, sessions=False)
 
 
 async def events_in(dsn: str) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from libs.contracts.gateway import CONTRACT
 from libs.events import context
 from libs.events.bus import BusClient, Invalid
 from libs.events.envelope import NewEvent
@@ -21,7 +22,8 @@ from libs.events.projection import ProjectionRunner
 from libs.events.store import PostgresEventStore
 from services.gateway.projections import ActivityProjection
 from services.gateway.queries import activity_query
-from tests.events.relaykit import connect, wait_until
+from tests.support.bus import connect
+from tests.support.waits import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SEALED = "hp:sealed:v1:k1:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo"
@@ -136,9 +138,11 @@ async def test_filters_and_keyset_pages(store: PostgresEventStore) -> None:
 async def test_bad_filters_name_the_field(
     store: PostgresEventStore, payload: dict[str, Any], field: str
 ) -> None:
+    """The contract refuses a filter of the wrong shape, the query one that makes no sense."""
     runner = ProjectionRunner(ActivityProjection(), store)
     await runner.setup()
     with pytest.raises(Invalid) as e:
+        CONTRACT.check("qry", "activity", payload)  # what the bus does before the query
         await activity_query(store.pool, payload)
     assert e.value.field == field
 

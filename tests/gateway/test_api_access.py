@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.web_urldispatcher import AbstractRoute
 from nats.aio.client import Client as NATS
 
+from libs.contracts.schema import obj, string
 from libs.events.bus import Bus
 from libs.events.context import Context
 from services.gateway.api import (
-    API_STATE,
     Access,
     BusAuthenticator,
     Credentials,
@@ -24,81 +22,16 @@ from services.gateway.api import (
     Via,
     default_table,
 )
-from libs.contracts.schema import obj, string
+from tests.gateway.apichecks import WRONG, walk
 from tests.gateway.apikit import (
     ANY,
     Cast,
-    Client,
     api_app_of,
     extended_table,
     running_gateway,
     serve_api,
 )
 from tests.identity.kit import running_identity
-
-WRONG = "hp_" + "z" * 43  # shaped like a token, known to nobody
-
-
-def served_routes(api: web.Application) -> list[tuple[AbstractRoute, Route | None]]:
-    """Every route the API app serves, with its table entry (None: it has none)."""
-    entries = api[API_STATE].entries
-    return [(r, entries.get(r)) for r in api.router.routes()]
-
-
-def concrete(route: AbstractRoute) -> str:
-    return re.sub(r"\{[^}]+\}", "abc", route.resource.canonical if route.resource else "")
-
-
-def signs_out(entry: Route | None) -> bool:
-    return entry is not None and (entry.method, entry.path) == ("DELETE", "/session")
-
-
-async def walk(client: Client, api: web.Application, cast: Cast) -> dict[str, int]:
-    """Call every served route as anonymous, user, read-only user and admin; assert refusals.
-
-    The user is alice by her session, the admin root by his token. Signing out ends alice's
-    session for real, so that route is walked last."""
-    served = sorted(served_routes(api), key=lambda pair: signs_out(pair[1]))
-    missing = [f"{r.method} {concrete(r)}" for r, e in served if e is None]
-    assert not missing, f"routes served without a route-table entry: {missing}"
-    table = api[API_STATE].table
-    entries = {e for _, e in served}
-    assert entries == set(table), "every route of the table is served"
-    counts = {"anonymous": 0, "user": 0, "admin": 0}
-    for route, entry in served:
-        assert entry is not None
-        method, url = route.method, concrete(route)
-        head = method == "HEAD"
-        counts[entry.access.value] += 1
-
-        anon = await client.call(method, url)
-        wrong = await client.call(method, url, token=WRONG)
-        user = await client.call(method, url, session=cast.session_alice)
-        admin = await client.call(method, url, token=cast.token_root)
-        where = f"{method} {url} ({entry.access.value})"
-        if entry.access is Access.anonymous:
-            for a in (anon, wrong, user, admin):
-                assert a.status not in (401, 403), where
-            continue
-        for a in (anon, wrong):
-            assert a.status == 401, where
-            assert a.headers["WWW-Authenticate"].startswith("Bearer"), where
-            if not head:
-                assert a.problem["code"] == "unauthorized", where
-        assert admin.status not in (401, 403), (where, admin.body)
-        if entry.access is Access.admin:
-            assert user.status == 403, where
-            if not head:
-                assert user.problem["code"] == "forbidden", where
-        elif entry.owner is None:
-            assert user.status not in (401, 403), (where, user.body)
-        if not entry.safe:
-            for read in (cast.token_alice_read, cast.token_root_read):
-                ro = await client.call(method, url, token=read)
-                assert ro.status in (401, 403), where
-                if entry.access is Access.user or read == cast.token_root_read:
-                    assert ro.status == 403 and "read-only" in ro.problem["detail"], where
-    return counts
 
 
 async def test_walk_every_route_of_the_running_gateway(

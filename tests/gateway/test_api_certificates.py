@@ -15,20 +15,15 @@ from services.gateway.api.handlers import certificates
 from tests.certs.certskit import (
     Certs,
     OwnCa,
-    certs_challdns,
     certs_env,
-    certs_pebble,
-    certs_pebble_dir,
     domain,
     other_key,
     running_certs,
     serving_tokens,
     verify_chain,
 )
-from tests.certs.pebblekit import PebbleServer
 from tests.gateway.apikit import Cast, Client, serve_api
-
-__all__ = ["certs_challdns", "certs_pebble", "certs_pebble_dir"]  # session fixtures, used here
+from tests.support.pebble import PebbleServer
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -20,9 +20,9 @@ from nats.aio.msg import Msg
 from services.gateway.api import RouteTable, default_table
 from services.gateway.api.handlers import domains
 from tests.dns.dnskit import dns_env, pdns_provider, running_dns
-from tests.dns.pdnskit import PdnsServer, PdnsZone, pdns_fixture, pdns_zone_fixture  # noqa: F401
+from tests.gateway.apichecks import walk
 from tests.gateway.apikit import Cast, Client, serve_api
-from tests.gateway.test_api_access import walk
+from tests.support.pdns import PdnsServer, PdnsZone
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,8 +22,8 @@ from libs.events.bus import Bus, Unauthorized
 from services.gateway.api import SESSION_COOKIE, Access, default_table
 from services.gateway.api.handlers import identity as handlers
 from services.gateway.api.openapi import openapi_document
+from tests.gateway.apichecks import check_structure
 from tests.gateway.apikit import ROOT, Answer, Cast, Client, events_in, root_token, serve_api
-from tests.gateway.test_api_openapi import check_structure
 from tests.identity.kit import Identity
 
 SESSION_HOURS = 12  # identity's HP_SESSION_MAX_SECONDS, by default

@@ -29,7 +29,6 @@ from services.gateway.api import default_table
 from services.gateway.api.handlers.tasks import TASK_STREAMS, TaskStreams
 from services.gateway.api.openapi import openapi_document
 from services.gateway.tasks import TaskProjection
-from tests.events.relaykit import relaying, wait_until
 from tests.gateway.apikit import (
     Cast,
     Client,
@@ -40,6 +39,8 @@ from tests.gateway.apikit import (
     serve_api,
 )
 from tests.identity.kit import running_identity
+from tests.support.bus import relaying
+from tests.support.waits import wait_until
 
 UNKNOWN = "0190a000-0000-7000-8000-000000000000"
 

@@ -17,8 +17,9 @@ import pytest
 
 from libs.events.bus import Invalid
 from tests.apps.appskit import STATIC, apps_env, running_apps, static_catalog
-from tests.events.relaykit import relaying, wait_until
 from tests.gateway.apikit import Cast, Client, running_gateway
+from tests.support.bus import relaying
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

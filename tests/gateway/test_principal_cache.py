@@ -31,9 +31,9 @@ from services.gateway.api.principals import (
     PrincipalCache,
     credential_key,
 )
-from tests.events.relaykit import wait_until
 from tests.gateway.apikit import Answer, Client, api_app_of, running_gateway
 from tests.identity.kit import Identity, running_identity
+from tests.support.waits import wait_until
 
 ADMIN = {"username": "root", "email": "root@example.test", "password": "correct horse battery"}
 ALICE = {"username": "alice", "email": "alice@example.test", "password": "alice's long phrase"}

@@ -9,7 +9,8 @@ import hmac
 import struct
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,27 @@ import pytest
 from libs.events.bus import BusClient
 from libs.events.context import Context
 from libs.service.runner import Service
-from tests.events.relaykit import wait_until
+from tests.support.waits import wait_until
 
 ADMIN = {"username": "root", "email": "root@example.test", "password": "correct horse battery"}
+
+
+class Clock:
+    """The time the service under test decides by: the wall clock, moved ahead by `advance`
+    (a test moves time instead of sleeping through a window)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+    def time(self) -> float:
+        """The service's time in Unix seconds (what TOTP codes are computed at)."""
+        return self().timestamp()
 
 
 @dataclass
@@ -30,6 +49,7 @@ class Identity:
     svc: Service
     bus: BusClient
     keyring_path: Path
+    clock: Clock = field(default_factory=Clock)
 
     async def cmd(self, verb: str, payload: dict[str, Any], **ctx: Any) -> Any:
         return await self.bus.command(
@@ -59,8 +79,11 @@ async def running_identity(
     nats_url: str,
     tmp_path: Path,
     env: Mapping[str, str] | None = None,
+    clock: Clock | None = None,
 ) -> AsyncIterator[Identity]:
     from services.identity.__main__ import build
+
+    clock = clock if clock is not None else Clock()
 
     settings = {
         "HP_DATABASE_URL": dsn,
@@ -73,7 +96,7 @@ async def running_identity(
     }
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
-    svc = build()
+    svc = build(clock=clock)
     task = asyncio.create_task(svc.serve(), name="identity under test")
     nc = await nats.connect(nats_url)
     try:
@@ -90,7 +113,7 @@ async def running_identity(
                     return False
 
             await wait_until(ready, 30, "identity to be ready")
-        yield Identity(svc, BusClient(nc, default_timeout=10), tmp_path / "keyring.json")
+        yield Identity(svc, BusClient(nc, default_timeout=10), tmp_path / "keyring.json", clock)
     finally:
         await nc.close()
         svc.request_stop("test over")

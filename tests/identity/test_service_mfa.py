@@ -10,8 +10,7 @@ import asyncio
 import hashlib
 import json
 import re
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -35,11 +34,13 @@ async def ident(monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_pa
         yield i
 
 
-async def now_step() -> int:
-    """The current step, at least 4 s before the next one (so the service sees the same)."""
-    if time.time() % 30 > 26:
-        await asyncio.sleep(30 - time.time() % 30 + 0.1)
-    return int(time.time() // 30)
+def now_step(ident: Identity) -> int:
+    """The service's current step, at least 4 s before the next one (so the service still sees
+    the same when the code arrives): near a step's end, its clock moves to the next step."""
+    at = ident.clock.time()
+    if at % 30 > 26:
+        ident.clock.advance(30 - at % 30 + 0.1)
+    return int(ident.clock.time() // 30)
 
 
 def wrong_code(secret: str, step: int) -> str:
@@ -68,7 +69,7 @@ async def login_totp(ident: Identity, **payload: Any) -> dict[str, Any]:
 async def enrol(ident: Identity, user_id: str) -> tuple[str, list[str]]:
     """Enrol and confirm TOTP for `user_id`; returns (secret, recovery codes)."""
     started = await ident.cmd("totp_enrol", {"user_id": user_id}, actor=user_id)
-    step = await now_step()
+    step = now_step(ident)
     confirmed = await ident.cmd(
         "totp_confirm",
         {"user_id": user_id, "code": code_for(started["secret"], step - 1)},
@@ -126,7 +127,7 @@ async def test_enrol_confirm_state_and_what_is_stored(ident: Identity, dsn: str)
     assert (await ident.ask("totp_state", {"user_id": alice}, actor=alice))["enabled"] is False
     assert "session" in await login(ident, ALICE)
 
-    step = await now_step()
+    step = now_step(ident)
     with pytest.raises(Invalid) as e:
         await ident.cmd(
             "totp_confirm", {"user_id": alice, "code": wrong_code(secret, step)}, actor=alice
@@ -194,7 +195,7 @@ async def test_two_step_login_with_a_ticket(ident: Identity, dsn: str) -> None:
     challenge = await login(ident, ALICE)
     assert set(challenge) == {"totp_required", "ticket"} and challenge["totp_required"] is True
     assert len(challenge["ticket"]) >= 43
-    step = await now_step()
+    step = now_step(ident)
     # the code that confirmed the enrolment is used up: refused, and the ticket with it
     with pytest.raises(Unauthorized, match="wrong code"):
         await login_totp(ident, ticket=challenge["ticket"], code=code_for(secret, step - 1))
@@ -241,11 +242,11 @@ async def test_tickets_expire(ident: Identity, dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         expires = await conn.fetchval("SELECT expires_at FROM identity.login_tickets")
-        assert timedelta(minutes=4) < expires - datetime.now(UTC) <= timedelta(minutes=5)
+        assert timedelta(minutes=4) < expires - ident.clock() <= timedelta(minutes=5)
         await conn.execute("UPDATE identity.login_tickets SET expires_at = now() - interval '1s'")
     finally:
         await conn.close()
-    step = await now_step()
+    step = now_step(ident)
     with pytest.raises(Unauthorized, match="ticket"):
         await login_totp(ident, ticket=ticket, code=code_for(secret, step))
 
@@ -253,7 +254,7 @@ async def test_tickets_expire(ident: Identity, dsn: str) -> None:
 async def test_one_step_login_drift_and_reuse(ident: Identity, dsn: str) -> None:
     _, alice = await with_alice(ident)
     secret, _ = await enrol(ident, alice)
-    step = await now_step()
+    step = now_step(ident)
     for off in (-2, 2):  # outside the ±1 step window
         with pytest.raises(Unauthorized, match="wrong code"):
             await login(ident, ALICE, totp=code_for(secret, step + off))
@@ -277,7 +278,7 @@ async def test_one_step_login_drift_and_reuse(ident: Identity, dsn: str) -> None
 async def test_one_code_gives_one_session_under_concurrency(ident: Identity) -> None:
     _, alice = await with_alice(ident)
     secret, _ = await enrol(ident, alice)
-    step = await now_step()
+    step = now_step(ident)
     code = code_for(secret, step)
     tickets = [(await login(ident, ALICE))["ticket"] for _ in range(4)]
     results = await asyncio.gather(
@@ -321,7 +322,7 @@ async def test_disable_needs_the_password(ident: Identity) -> None:
     )
     assert (await ident.ask("totp_state", {"user_id": alice}, actor=alice))["enabled"] is False
     assert "session" in await login(ident, ALICE)
-    step = await now_step()
+    step = now_step(ident)
     with pytest.raises(Unauthorized):  # outstanding tickets end with the second factor
         await login_totp(ident, ticket=ticket, code=code_for(secret, step))
     # idempotent, and enrolling again works
@@ -337,7 +338,7 @@ async def test_disabled_or_deleted_user_cannot_finish_a_login(ident: Identity) -
     secret, _ = await enrol(ident, alice)
     ticket = (await login(ident, ALICE))["ticket"]
     await ident.cmd("disable_user", {"user_id": alice}, actor=admin)
-    step = await now_step()
+    step = now_step(ident)
     with pytest.raises(Unauthorized):
         await login_totp(ident, ticket=ticket, code=code_for(secret, step))
     await ident.cmd("enable_user", {"user_id": alice}, actor=admin)
@@ -387,7 +388,7 @@ async def test_admins_can_be_required_to_enrol(ident: Identity) -> None:
     who = await ident.ask("whoami", {"session": s["session"]})
     assert "totp_enrolment_required" not in who
     assert (await login(ident, ADMIN))["totp_required"] is True
-    step = await now_step()
+    step = now_step(ident)
     s = await login(ident, ADMIN, totp=code_for(secret, step))
     assert "totp_enrolment_required" not in s
     await ident.cmd("set_mfa_policy", {"require_admin_totp": False}, actor=admin)
@@ -409,7 +410,7 @@ async def test_tokens_create_list_use_revoke(ident: Identity, dsn: str) -> None:
     )
     assert full["token"].startswith("hp_") and len(full["token"]) == 46
     assert full["scope"] == "full" and full["name"] == "laptop"
-    default_end = datetime.fromisoformat(full["expires_at"]) - datetime.now(UTC)
+    default_end = datetime.fromisoformat(full["expires_at"]) - ident.clock()
     assert timedelta(days=89) < default_end <= timedelta(days=90)
     assert read["expires_at"] is None
 
@@ -488,14 +489,14 @@ async def test_bad_token_input_names_the_field(
 
 async def test_tokens_expire(ident: Identity) -> None:
     _, alice = await with_alice(ident)
-    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    soon = (ident.clock() + timedelta(seconds=2)).isoformat()
     t = await ident.cmd(
         "create_token",
         {"user_id": alice, "name": "short", "scope": "full", "expires_at": soon},
         actor=alice,
     )
     assert (await ident.ask("whoami", {"token": t["token"]}))["user_id"] == alice
-    await asyncio.sleep(2.2)
+    ident.clock.advance(2.2)  # past the token's end, by the service's clock
     with pytest.raises(Unauthorized):
         await ident.ask("whoami", {"token": t["token"]})
     listed = (await ident.ask("tokens", {"user_id": alice}, actor=alice))["items"]
@@ -541,7 +542,7 @@ async def test_admin_tokens_carry_the_enrolment_flag(ident: Identity) -> None:
 async def test_replay_keeps_second_factors_tokens_and_used_codes(ident: Identity, dsn: str) -> None:
     admin, alice = await with_alice(ident)
     secret, codes = await enrol(ident, alice)
-    step = await now_step()
+    step = now_step(ident)
     assert "session" in await login(ident, ALICE, totp=code_for(secret, step))
     assert "session" in await login(ident, ALICE, recovery_code=codes[0])
     t = await ident.cmd(

@@ -20,8 +20,8 @@ import pytest
 
 from libs.events.bus import Forbidden, Invalid, NotFound
 from libs.events.projection import replay_by_name
-from tests.conftest import need_server
 from tests.identity.kit import Identity, running_identity
+from tests.support.servers import need_server
 
 with warnings.catch_warnings():
     # ldap3 2.9.1 imports names pyasn1 marks deprecated; the warning is theirs, not ours

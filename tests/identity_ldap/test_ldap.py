@@ -31,7 +31,7 @@ from services.identity.ldap.protocol import (
     decode_message,
     encode_control,
 )
-from tests.conftest import need_server
+from tests.support.servers import need_server
 
 with warnings.catch_warnings():
     # ldap3 2.9.1 imports names pyasn1 marks deprecated; the warning is theirs, not ours

@@ -29,8 +29,9 @@ from urllib.parse import quote, unquote, urlsplit
 import asyncpg
 
 from libs.events.pool import keep_session_state
+from services.apps.errors import AppsError
 
-__all__ = ["AddonError", "AddonPostgres", "PostgresCredentials"]
+__all__ = ["AddonError", "AddonPostgres", "PostgresCredentials", "addon_postgres"]
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _NAME = re.compile(r"app_[0-9a-f]{32}")
@@ -61,7 +62,7 @@ CREATE TABLE IF NOT EXISTS homeport_addon.apps (
 """
 
 
-class AddonError(RuntimeError):
+class AddonError(AppsError):
     """An addon operation failed; the message names the app and says what to do."""
 
 
@@ -100,6 +101,17 @@ class _Admin:
     user: str
     password: str | None = field(repr=False)
     database: str
+
+
+async def addon_postgres(
+    admin_dsn: str, host: str, port: int, hba_file: Path
+) -> AddonPostgres | None:
+    """The addon Postgres with its pg_hba made true to the apps recorded; None without a DSN."""
+    if not admin_dsn:
+        return None
+    pg = AddonPostgres(admin_dsn, host, port, hba_file)
+    await pg.sync_hba()
+    return pg
 
 
 class AddonPostgres:

@@ -1,135 +1,144 @@
-"""The DNS provider port: `Record`, the error tree and the `DnsProvider` Protocol."""
+"""`BaseProvider`: the generic part of every DNS adapter (template method).
+
+It checks that a record is in the zone and of a writable type, applies the ownership rule of
+`upsert` and runs `wait`; each adapter fills in `_records_at`, `_replace`, `_remove`, `_verify`
+and, where it knows better than a look-up, `_authoritative` and `_before_wait`.
+"""
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+import time
+from collections.abc import Sequence
+from types import TracebackType
 
-__all__ = [
-    "WRITABLE_TYPES",
-    "DnsProvider",
-    "DnsProviderError",
-    "ForeignRecord",
-    "Progress",
-    "Record",
-    "canonical_name",
-    "format_record",
-    "in_zone",
-]
+from services.dns.errors import DnsProviderError, ForeignRecord
+from services.dns.propagation import wait_for_record
+from services.dns.providers.protocol import (
+    WRITABLE_TYPES,
+    Progress,
+    Record,
+    canonical_name,
+    in_zone,
+)
 
-WRITABLE_TYPES = frozenset({"A", "AAAA", "CNAME", "TXT", "MX", "CAA"})
-
-Progress = Callable[[str], Awaitable[None]]
+__all__ = ["BaseProvider"]
 
 
-def canonical_name(name: str) -> str:
-    """Lower-case, no trailing dot."""
-    return name.strip().rstrip(".").lower()
+class BaseProvider:
+    """The generic part of every adapter (template method)."""
 
+    kind: str = "base"
 
-def _canonical_value(type: str, value: str) -> str:
-    if type in ("A", "AAAA"):
-        try:
-            return str(ipaddress.ip_address(value.strip()))
-        except ValueError:
-            return value
-    if type in ("CNAME", "NS", "PTR"):
-        return canonical_name(value)
-    if type == "MX":
-        parts = value.split()
-        if len(parts) == 2:
-            return f"{parts[0]} {canonical_name(parts[1])}"
-    if type == "CAA":
-        parts = value.split(" ", 2)
-        if len(parts) == 3:
-            return f"{parts[0]} {parts[1].lower()} {parts[2]}"
-    return value
-
-
-@dataclass(frozen=True)
-class Record:
-    """An RRset: `name` is a lower-case FQDN without trailing dot; `values` are in presentation
-    form without quoting (TXT holds the text itself, CNAME/MX targets have no trailing dot,
-    CAA is `0 issue "ca.example"`), kept sorted and without duplicates so equal sets compare
-    equal."""
-
-    name: str
-    type: str
-    values: tuple[str, ...]
-    ttl: int = 300
-
-    def __post_init__(self) -> None:
-        type_ = self.type.strip().upper()
-        object.__setattr__(self, "name", canonical_name(self.name))
-        object.__setattr__(self, "type", type_)
-        object.__setattr__(
-            self, "values", tuple(sorted({_canonical_value(type_, v) for v in self.values}))
+    def __init__(self, zone: str, nameservers: Sequence[tuple[str, int]] | None = None) -> None:
+        self.zone = canonical_name(zone)
+        if not self.zone or "." not in self.zone:
+            raise DnsProviderError(f"zone {zone!r} is not a domain name: give e.g. example.com")
+        self._nameservers: tuple[tuple[str, int], ...] | None = (
+            tuple(nameservers) if nameservers else None
         )
 
-
-def format_record(record: Record) -> str:
-    """`blog.example.test A 127.0.0.1` (TXT values quoted) for messages."""
-    if record.type == "TXT":
-        vals = ", ".join(
-            '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in record.values
-        )
-    else:
-        vals = ", ".join(record.values)
-    return f"{record.name} {record.type} {vals}".rstrip()
-
-
-def in_zone(name: str, zone: str) -> bool:
-    return name == zone or name.endswith("." + zone)
-
-
-class DnsProviderError(Exception):
-    """A provider refused or failed an operation; the message names the zone or record and
-    says what to do."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class ForeignRecord(DnsProviderError):
-    """A record Homeport did not create is in the way; `record` is what the provider holds."""
-
-    def __init__(self, record: Record, wanted: Record) -> None:
-        super().__init__(
-            f"{format_record(record)} already exists and was not created by Homeport, so it is "
-            f"left alone: remove it at your DNS provider, or choose another name than "
-            f"{wanted.name}, then try again"
-        )
-        self.record = record
-        self.wanted = wanted
-
-
-@runtime_checkable
-class DnsProvider(Protocol):
-    """One DNS zone at one provider."""
-
-    kind: str
-    zone: str
+    # -- public surface ---------------------------------------------------------------------
 
     async def verify(self) -> None:
-        """Raise DnsProviderError unless the credentials work and the zone may be changed."""
-        ...
+        await self._verify()
 
-    async def get(self, name: str, type: str) -> Record | None: ...
+    async def get(self, name: str, type: str) -> Record | None:
+        name = self._check_name(name)
+        type_ = type.strip().upper()
+        for r in await self._records_at(name):
+            if r.type == type_:
+                return r
+        return None
 
     async def upsert(self, record: Record, *, owned: bool) -> None:
-        """owned=False refuses (ForeignRecord) if `name`/`type` exists; owned=True replaces."""
-        ...
+        self._check_writable(record)
+        if not record.values:
+            raise DnsProviderError(
+                f"{record.name} {record.type} has no values: give at least one, or delete it"
+            )
+        existing = await self._records_at(record.name)
+        for r in existing:
+            # A CNAME cannot live beside other data at one name (RFC 1034 3.6.2); whoever owns
+            # the other one, Homeport does not remove it to make room.
+            clash = (r.type == "CNAME") != (record.type == "CNAME")
+            if clash or (r.type == record.type and not owned):
+                raise ForeignRecord(r, record)
+        current = next((r for r in existing if r.type == record.type), None)
+        if current == record:
+            return
+        await self._replace(record)
 
     async def delete(self, record: Record) -> None:
-        """Remove `record.name`/`record.type`; nothing to remove is not an error."""
-        ...
+        self._check_writable(record)
+        existing = await self._records_at(record.name)
+        current = next((r for r in existing if r.type == record.type), None)
+        if current is None:
+            return
+        await self._remove(current)
 
     async def wait(self, record: Record, deadline: float, progress: Progress | None = None) -> None:
-        """Return when every authoritative server answers `record`, else raise after `deadline`
-        seconds naming the servers that do not."""
-        ...
+        self._check_name(record.name)
+        start = time.monotonic()
+        await self._before_wait(record, deadline, progress)
+        left = max(0.0, deadline - (time.monotonic() - start))
+        servers = self._nameservers or await self._authoritative()
+        await wait_for_record(record, servers, left, progress, zone=self.zone)
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> BaseProvider:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- provider parts ---------------------------------------------------------------------
+
+    async def _verify(self) -> None:
+        raise NotImplementedError
+
+    async def _records_at(self, name: str) -> list[Record]:
+        """Every RRset at `name` (any type), as the provider holds it."""
+        raise NotImplementedError
+
+    async def _replace(self, record: Record) -> None:
+        raise NotImplementedError
+
+    async def _remove(self, record: Record) -> None:
+        """Remove the RRset `record` exactly as `_records_at` returned it."""
+        raise NotImplementedError
+
+    async def _before_wait(
+        self, record: Record, deadline: float, progress: Progress | None
+    ) -> None:
+        return None
+
+    async def _authoritative(self) -> Sequence[tuple[str, int]] | None:
+        """The zone's authoritative servers if the provider knows them; None to look them up."""
+        return None
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _check_name(self, name: str) -> str:
+        name = canonical_name(name)
+        if not in_zone(name, self.zone):
+            raise DnsProviderError(
+                f"{name} is not in zone {self.zone}: use a name ending in .{self.zone}"
+            )
+        return name
+
+    def _check_writable(self, record: Record) -> None:
+        self._check_name(record.name)
+        if record.type not in WRITABLE_TYPES:
+            raise DnsProviderError(
+                f"{record.name} {record.type}: Homeport only writes "
+                f"{', '.join(sorted(WRITABLE_TYPES))} records"
+            )
+        if record.ttl < 1:
+            raise DnsProviderError(f"{record.name} {record.type}: ttl must be at least 1 second")

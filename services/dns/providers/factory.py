@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from services.dns.providers.base import DnsProvider, DnsProviderError
+from services.dns.errors import ProviderConfigError
 from services.dns.providers.manual import ManualProvider
 from services.dns.providers.powerdns import PowerDnsProvider
+from services.dns.providers.protocol import DnsProvider
 from services.dns.providers.route53 import Route53Provider
 from services.dns.providers.wildcard import WildcardProvider
 
 __all__ = [
     "PROVIDER_FIELDS",
     "PROVIDER_KINDS",
-    "ProviderConfigError",
     "ProviderField",
     "make_provider",
     "secret_fields",
@@ -36,14 +36,6 @@ class ProviderField:
     required: bool
     secret: bool = False
     help: str = ""
-
-
-class ProviderConfigError(DnsProviderError):
-    """The provider config is wrong; `field` names the offending key (`kind` for the kind)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 _ZONE = ProviderField("zone", True, help="the domain, e.g. example.com")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from services.dns.errors import DnsProviderError
 from services.dns.propagation import find_nameservers, lookup, query
-from services.dns.providers.base import DnsProviderError, Record, format_record
-from services.dns.providers.template import BaseProvider
+from services.dns.providers.base import BaseProvider
+from services.dns.providers.protocol import Record, format_record
 from services.dns.providers.zonefile import to_presentation
 
 __all__ = ["ManualProvider", "zone_file_lines"]

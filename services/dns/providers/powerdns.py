@@ -13,8 +13,9 @@ from urllib.parse import quote
 
 import aiohttp
 
-from services.dns.providers.base import DnsProviderError, Record, canonical_name, format_record
-from services.dns.providers.template import BaseProvider
+from services.dns.errors import DnsProviderError
+from services.dns.providers.base import BaseProvider
+from services.dns.providers.protocol import Record, canonical_name, format_record
 from services.dns.providers.zonefile import from_presentation, to_presentation
 
 __all__ = ["PowerDnsProvider"]

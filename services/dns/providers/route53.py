@@ -18,15 +18,10 @@ import aioboto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from services.dns.errors import DnsProviderError
 from services.dns.propagation import resolve_hosts
-from services.dns.providers.base import (
-    DnsProviderError,
-    Progress,
-    Record,
-    canonical_name,
-    format_record,
-)
-from services.dns.providers.template import BaseProvider
+from services.dns.providers.base import BaseProvider
+from services.dns.providers.protocol import Progress, Record, canonical_name, format_record
 from services.dns.providers.zonefile import from_presentation, to_presentation
 
 __all__ = ["Route53Provider"]

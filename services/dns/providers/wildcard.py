@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import secrets
 
+from services.dns.errors import DnsProviderError
 from services.dns.propagation import query
-from services.dns.providers.base import DnsProviderError, Record
 from services.dns.providers.manual import ManualProvider
+from services.dns.providers.protocol import Record
 
 __all__ = ["WildcardProvider"]
 

@@ -7,7 +7,7 @@ TXT as quoted character-strings of at most 255 bytes (RFC 1035 section 5.1: `\\"
 
 from __future__ import annotations
 
-from services.dns.providers.base import canonical_name
+from services.dns.providers.protocol import canonical_name
 
 __all__ = ["from_presentation", "to_presentation", "txt_quote", "txt_unquote"]
 

@@ -12,7 +12,7 @@ from services.gateway.api.auth import (
     Scope,
     Via,
 )
-from services.gateway.api.backend import Backend, KitBackend
+from services.gateway.api.backend import Backend, ConnectionsBackend
 from services.gateway.api.config import ApiConfig
 from services.gateway.api.routes import Access, Call, Reply, Route, Routes, RouteTable
 from services.gateway.api.table import default_table
@@ -28,8 +28,8 @@ __all__ = [
     "Backend",
     "BusAuthenticator",
     "Call",
+    "ConnectionsBackend",
     "Credentials",
-    "KitBackend",
     "Principal",
     "Reply",
     "Route",

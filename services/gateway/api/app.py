@@ -27,6 +27,7 @@ from aiohttp.typedefs import Handler as AiohttpHandler
 from aiohttp.typedefs import Middleware
 from aiohttp.web_urldispatcher import AbstractRoute
 
+from libs.contracts.schema import Schema, coerce_params, validate
 from libs.events import context
 from libs.events.bus import Internal, Invalid
 from libs.events.context import Context
@@ -39,7 +40,6 @@ from services.gateway.api.openapi import openapi_document
 from services.gateway.api.principals import CachingAuthenticator, PrincipalCache
 from services.gateway.api.problems import CORRELATION_ID, Problem, problems_middleware
 from services.gateway.api.routes import JSON, Access, Call, Reply, Route, RouteTable
-from libs.contracts.schema import Schema, coerce_params, validate
 from services.gateway.api.security import (
     check_origin,
     client_ip,
@@ -192,7 +192,7 @@ async def _dispatch(state: ApiState, request: web.Request, cid: str) -> web.Stre
                 "administrators must use a second factor: enrol TOTP first "
                 "(POST /profile/totp, then POST /profile/totp/confirm)",
             )
-        ctx = Context(actor=principal.user_id, correlation_id=cid, ip=ip)
+        ctx = Context(actor=principal.user_id, correlation_id=cid, ip=ip, admin=principal.is_admin)
 
     path = _params(route.path_params, match)
     query = _params(route.query, request.query)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Protocol
 
 import asyncpg
-from nats.aio.client import Client as NATS
 
 from libs.events.bus import BusClient, Unavailable
-from libs.events.wiring import EventServiceKit
+from libs.events.wiring import Connections
 
-__all__ = ["Backend", "KitBackend"]
+__all__ = ["Backend", "ConnectionsBackend"]
 
 
 class Backend(Protocol):
@@ -21,23 +22,32 @@ class Backend(Protocol):
     def pool(self) -> asyncpg.Pool: ...
 
 
-class KitBackend:
-    """The Backend of the running gateway: the connections its EventServiceKit opens."""
+class ConnectionsBackend:
+    """The Backend of the running gateway: its connections while `attached` to them.
 
-    def __init__(self, kit: EventServiceKit) -> None:
-        self._kit = kit
-        self._client: tuple[NATS, BusClient] | None = None
+    The API is mounted before the service starts (aiohttp freezes its routes then), so it is
+    built with this backend, which answers Unavailable until the connections are open.
+    """
+
+    def __init__(self) -> None:
+        self._conn: Connections | None = None
+        self._client: BusClient | None = None
+
+    @asynccontextmanager
+    async def attached(self, conn: Connections) -> AsyncIterator[None]:
+        """Serve the API over `conn` until exit."""
+        self._conn, self._client = conn, BusClient(conn.nc)
+        try:
+            yield
+        finally:
+            self._conn = self._client = None
 
     def bus(self) -> BusClient:
-        if not self._kit.connected:
+        if self._client is None or self._conn is None or not self._conn.connected:
             raise Unavailable("the gateway is not connected to NATS; retry shortly")
-        nc = self._kit.nc
-        if self._client is None or self._client[0] is not nc:
-            self._client = (nc, BusClient(nc))
-        return self._client[1]
+        return self._client
 
     def pool(self) -> asyncpg.Pool:
-        try:
-            return self._kit.store.pool
-        except RuntimeError:
-            raise Unavailable("the gateway is starting; retry shortly") from None
+        if self._conn is None:
+            raise Unavailable("the gateway is starting; retry shortly")
+        return self._conn.store.pool

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import nats.errors
@@ -215,15 +215,24 @@ class CachingAuthenticator:
 class IdentityChanges:
     """Follows identity's announcements (`hp.identity.changed`) and drops what they name."""
 
-    def __init__(self, cache: PrincipalCache, connection: Callable[[], NATS]) -> None:
+    def __init__(self, cache: PrincipalCache, nc: NATS) -> None:
         self.cache = cache
-        self._connection = connection
+        self._conn = nc
         self._nc: NATS | None = None
         self._sub: Subscription | None = None
 
+    @contextlib.asynccontextmanager
+    async def following(self) -> AsyncIterator[None]:
+        """Follow the announcements (the cache serves) until exit (it serves nothing)."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
     async def start(self) -> None:
         """Subscribe (every gateway hears every announcement), then let the cache serve."""
-        nc = self._connection()
+        nc = self._conn
         self._sub = await nc.subscribe(IDENTITY_CHANGED, cb=self._received)
         await nc.flush(timeout=_SUBSCRIBE_TIMEOUT)
         self._nc = nc

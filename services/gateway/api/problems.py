@@ -33,6 +33,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from libs.events.bus import BusError
+from services.gateway.errors import GatewayError
 
 __all__ = [
     "CORRELATION_ID",
@@ -81,7 +82,7 @@ _BY_STATUS = {status: code for code, status in STATUS.items()}
 _WWW_AUTHENTICATE = 'Bearer realm="homeport"'
 
 
-class Problem(Exception):
+class Problem(GatewayError):
     """A refusal decided in the HTTP layer itself (method, media type, size, origin)."""
 
     def __init__(

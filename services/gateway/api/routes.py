@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from aiohttp import web
 
+from libs.contracts.schema import Schema, SchemaError, check_schema
 from libs.events.context import Context
 from services.gateway.api.auth import Principal
 from services.gateway.api.problems import STATUS
-from libs.contracts.schema import Schema, SchemaError, check_schema
 
 if TYPE_CHECKING:
     from services.gateway.api.app import ApiState

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from services.gateway.edge.render import EdgeModel, render
+from services.gateway.errors import EdgeError
 
 __all__ = ["EdgeError", "Nginx"]
 
@@ -34,10 +35,6 @@ _KEEP_GENERATIONS = 2
 _GENERATION = re.compile(r"g(\d{6})")
 _FAILED = re.compile(r"\[(emerg|alert|crit)\]")
 _PROBE = b"HEAD / HTTP/1.0\r\nHost: homeport-edge-probe.invalid\r\n\r\n"
-
-
-class EdgeError(Exception):
-    """nginx refused a configuration, did not start, or did not take a reload."""
 
 
 def _default_user() -> str | None:

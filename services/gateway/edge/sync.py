@@ -1,18 +1,24 @@
-"""Keeps the edge true to the platform: one vhost per installed app and one `my.<domain>` per
-domain, each with its DNS record and certificate.
+"""Keeps the edge true to the platform: one vhost per routed app and one `my.<domain>` per
+domain (plus the local domain).
 
-Every `interval` seconds (and at once after a change) it reads the domains (dns service), the
-installed apps (apps service) and the certificate files (certs service), and:
-- for a host of a registered domain: asks certs for its certificate (a self-signed fallback is
-  served until the real one is issued), and for `my.<domain>` dns for its A/AAAA record (apps
-  point their own names as a step of their install, services/apps/engine.py);
-- for a host of the local domain (`localhost` by default: browsers resolve `*.localhost` to this
-  machine): serves a self-signed certificate made here, with no DNS and no ACME;
-- for a host that went away (app moved or uninstalled): removes its record and certificate;
+It follows the events that change what it serves, app (installed, moved, removed), domain
+(added, removed) and certificate (ordered, issued, forgotten) ones, as the relay publishes them
+(`<prefix>.<category>.<Type>`), and reconciles at once, a burst of events once (`debounce`).
+An event is only a nudge: each round reads the whole picture again from the read models (the
+domains from dns, the apps from apps, the certificate files from certs, each written in the
+same transaction as its events), so a missed event costs nothing but time: every `interval`
+seconds (a slow safety net) it reconciles anyway. A round:
+- for an app's host: reads its certificate files from certs (apps owns the host's DNS record and
+  certificate, services/apps) and skips the host until certs has some; for a host of the local
+  domain (`localhost` by default: browsers resolve `*.localhost` to this machine) it serves a
+  self-signed certificate made here, with no DNS and no ACME;
+- for `my.<domain>`, the edge's own host: sets its A/AAAA record (dns) and asks certs for its
+  certificate once (a self-signed fallback is served until the real one is issued), and
+  removes both when the domain goes;
 - renders the model and applies it to nginx (checked with `nginx -t`; a bad config is never
   applied and the old one keeps serving), and keeps nginx running.
-The read models it asks are fed by the events (domain added, app installed/moved/removed,
-certificate issued), so the edge follows the events within one interval.
+`serves(host)` says whether the live generation (applied and reloaded) has a vhost for `host`:
+the gateway's `edge_host` query, which apps waits on before saying "installed at https://...".
 """
 
 from __future__ import annotations
@@ -28,18 +34,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
 from libs.events.bus import BusClient, BusError
 from libs.events.context import Context
+from libs.events.relay import DEFAULT_PREFIX
 from libs.tls import self_signed_pem
-from services.gateway.edge.nginx import EdgeError, Nginx
+from services.gateway.config import GatewayConfig
+from services.gateway.edge.nginx import Nginx
 from services.gateway.edge.render import EdgeModel, Vhost
+from services.gateway.errors import EdgeError
 
-__all__ = ["EdgeSettings", "EdgeSync"]
+__all__ = ["FOLLOWED", "ROUTED_STATES", "EdgeSettings", "EdgeSync", "edge_settings"]
 
 log = logging.getLogger("homeport.gateway.edge")
 
 SYSTEM = Context("system", "edge-sync", None, None)
 ROUTED_STATES = {"installed", "pending_configure", "pending_update", "pending_restore"}
+FOLLOWED = ("app", "domain", "cert")  # the event categories that change what the edge serves
+DASHBOARD = "dashboard"  # the owner of my.<domain>'s record
 
 
 @dataclass(frozen=True)
@@ -51,15 +66,31 @@ class EdgeSettings:
     dashboard_upstream: str  # 127.0.0.1:<gateway port>
     bind: tuple[str, ...] = ()
     local_domain: str = "localhost"
-    interval: float = 2.0
+    interval: float = 30.0  # seconds between rounds when no event comes (the safety net)
+    debounce: float = 0.05  # seconds an event waits for the rest of its burst
+    events_prefix: str = DEFAULT_PREFIX  # the relay's subjects: <prefix>.<category>.<Type>
     user: str | None = None
+
+
+def edge_settings(cfg: GatewayConfig, gateway_port: int) -> EdgeSettings:
+    """The edge of a gateway whose HTTP port (the dashboard's upstream) is `gateway_port`."""
+    return EdgeSettings(
+        prefix=cfg.edge_dir.absolute(),
+        http_port=cfg.edge_http_port,
+        https_port=cfg.edge_https_port,
+        acme_dir=cfg.acme_dir.absolute(),
+        dashboard_upstream=f"127.0.0.1:{gateway_port}",
+        bind=cfg.edge_bind,
+        local_domain=cfg.local_domain,
+        interval=cfg.edge_interval,
+        events_prefix=cfg.events_prefix,
+    )
 
 
 @dataclass
 class _Host:
-    """What the edge has asked for one host, so it asks once."""
+    """What the edge has asked for one `my.<domain>`, so it asks once."""
 
-    owner: str
     domain: str
     record: bool = False
     certificate: bool = False
@@ -68,17 +99,21 @@ class _Host:
 @dataclass
 class EdgeSync:
     settings: EdgeSettings
-    bus: BusClient
+    nc: NATS  # the bus to dns, apps and certs; the events the relay publishes
+    bus: BusClient = field(init=False)
     nginx: Nginx = field(init=False)
-    _hosts: dict[str, _Host] = field(default_factory=dict)
+    last_error: str | None = None
+    rounds: int = 0  # reconciliations begun
+    _hosts: dict[str, _Host] = field(default_factory=dict)  # my.<domain> of registered domains
     _applied: EdgeModel | None = None
+    _live: frozenset[str] = frozenset()  # hosts of the generation nginx serves
     _known_domains: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     _files: dict[Path, float] = field(default_factory=dict)  # certificate files' mtimes
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
-    last_error: str | None = None
 
     def __post_init__(self) -> None:
+        self.bus = BusClient(self.nc, default_timeout=10)
         self.nginx = Nginx(self.settings.prefix, user=self.settings.user)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -88,12 +123,17 @@ class EdgeSync:
         self._kick.set()
 
     def kick(self) -> None:
-        """Look again now (after a change the caller knows of)."""
+        """Reconcile now (an event came)."""
         self._kick.set()
 
     async def run(self) -> None:
         await asyncio.to_thread(_stop_stale, self.nginx.pid_file)
+        subs: list[Subscription] = []
         try:
+            # Subscribed before the first round reads anything: no change slips in between.
+            for category in FOLLOWED:
+                subject = f"{self.settings.events_prefix}.{category}.>"
+                subs.append(await self.nc.subscribe(subject, cb=self._event))
             while not self._stop.is_set():
                 try:
                     await self.reconcile()
@@ -103,13 +143,26 @@ class EdgeSync:
                     log.error("the edge could not be brought up to date: %s", e)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), self.settings.interval)
+                with contextlib.suppress(TimeoutError):  # the rest of a burst comes along
+                    await asyncio.wait_for(self._stop.wait(), self.settings.debounce)
                 self._kick.clear()
         finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):  # the connection may be closed already
+                    await sub.unsubscribe()
+            self._live = frozenset()
             await self.nginx.stop()
 
-    @property
-    def ready(self) -> bool:
+    async def _event(self, msg: Msg) -> None:
+        self.kick()
+
+    def up(self) -> bool:
+        """Whether nginx runs (the gateway's readiness)."""
         return self.nginx.running
+
+    def serves(self, host: str) -> bool:
+        """Whether the nginx generation that is live has a vhost for `host`."""
+        return self.nginx.running and host in self._live
 
     # -- one round -------------------------------------------------------------------------
 
@@ -127,7 +180,7 @@ class EdgeSync:
 
     async def _apps(self) -> list[Mapping[str, Any]]:
         try:
-            answer = await self._ask("apps", "apps", {"is_admin": True})
+            answer = await self._ask("apps", "apps", {})
         except BusError as e:
             if e.code == "unavailable":
                 return []
@@ -135,26 +188,34 @@ class EdgeSync:
         return [a for a in answer.get("items", []) if a.get("state") in ROUTED_STATES]
 
     async def reconcile(self) -> None:
+        """One round: read what should be served, render, apply (EdgeError if a host failed)."""
+        self.rounds += 1
         s = self.settings
         domains = await self._domains()
         apps = await self._apps()
-        wanted: dict[str, tuple[str, str, str]] = {}  # host -> (kind, upstream, owner)
+        wanted: dict[str, tuple[str, str]] = {}  # host -> (kind, upstream)
         for domain in sorted({*domains, s.local_domain}):
-            wanted[f"my.{domain}"] = ("dashboard", s.dashboard_upstream, "dashboard")
+            wanted[f"my.{domain}"] = (DASHBOARD, s.dashboard_upstream)
         self._known_domains = domains
         for app in apps:
             if not app.get("http_port"):
                 continue
             if app["domain"] in domains or app["domain"] == s.local_domain:
                 host = f"{app['location']}.{app['domain']}"
-                wanted[host] = ("app", f"127.0.0.1:{app['http_port']}", f"app-{app['app_id']}")
+                wanted[host] = ("app", f"127.0.0.1:{app['http_port']}")
         await self._forget_gone(set(wanted))
         vhosts: list[Vhost] = []
         problems: list[str] = []
-        for host, (kind, upstream, owner) in sorted(wanted.items()):
+        for host, (kind, upstream) in sorted(wanted.items()):
             domain = host.split(".", 1)[1]
+            files: tuple[Path, Path] | None
             try:
-                files = await self._certificate(host, owner, domain, local=domain == s.local_domain)
+                if domain == s.local_domain:
+                    files = await asyncio.to_thread(self._local_certificate, host)
+                elif kind == DASHBOARD:
+                    files = await self._own_certificate(host, domain)
+                else:
+                    files = await self._certificate_files(host)
             except BusError as e:  # one host's trouble must not hold back the others
                 problems.append(f"{host}: {e.message}")
                 continue
@@ -166,23 +227,24 @@ class EdgeSync:
         if problems:
             raise EdgeError("some hosts are not served yet: " + "; ".join(problems))
 
-    async def _certificate(
-        self, host: str, owner: str, domain: str, *, local: bool
-    ) -> tuple[Path, Path] | None:
-        if local:
-            return await asyncio.to_thread(self._local_certificate, host)
-        entry = self._hosts.setdefault(host, _Host(owner, domain))
-        if not entry.record and owner == "dashboard":  # apps point their own names (apps)
+    async def _own_certificate(self, host: str, domain: str) -> tuple[Path, Path] | None:
+        """my.<domain>: its A/AAAA record and its certificate, asked for once; then its files."""
+        entry = self._hosts.setdefault(host, _Host(domain))
+        if not entry.record:
             view = self._known_domains.get(domain, {})
             for rtype in ("A", "AAAA"):
                 address = view.get("server_ipv4" if rtype == "A" else "server_ipv6")
                 if address:
-                    payload = {"name": host, "type": rtype, "values": [address], "owner": owner}
+                    payload = {"name": host, "type": rtype, "values": [address], "owner": DASHBOARD}
                     await self.bus.command("dns", "set_record", payload, ctx=SYSTEM, timeout=60)
             entry.record = True
         if not entry.certificate:
             await self.bus.command("certs", "ensure", {"names": [host]}, ctx=SYSTEM, timeout=60)
             entry.certificate = True
+        return await self._certificate_files(host)
+
+    async def _certificate_files(self, host: str) -> tuple[Path, Path] | None:
+        """The certificate and key certs keeps for `host`; None while it has none."""
         try:
             files = await self._ask("certs", "files", {"host": host})
         except BusError as e:
@@ -204,6 +266,7 @@ class EdgeSync:
         return cert, key
 
     async def _forget_gone(self, wanted: set[str]) -> None:
+        """The record and certificate of a `my.<domain>` whose domain went away."""
         for host in sorted(set(self._hosts) - wanted):
             entry = self._hosts[host]
             with contextlib.suppress(BusError):
@@ -213,7 +276,7 @@ class EdgeSync:
                             await self.bus.command(
                                 "dns",
                                 "remove_record",
-                                {"name": host, "type": rtype, "owner": entry.owner},
+                                {"name": host, "type": rtype, "owner": DASHBOARD},
                                 ctx=SYSTEM,
                                 timeout=60,
                             )
@@ -244,11 +307,12 @@ class EdgeSync:
         )
         files = await asyncio.to_thread(_mtimes, vhosts)
         if model != self._applied or files != self._files:  # a renewed certificate: reload
-            await self.nginx.apply(model)
+            await self.nginx.apply(model)  # reloaded when running: the new generation is live
             self._applied, self._files = model, files
             log.info("edge configuration applied: %d vhost(s)", len(vhosts))
         if not self.nginx.running:
             await self.nginx.start()
+        self._live = frozenset(v.host for v in model.vhosts)
 
 
 def _mtimes(vhosts: tuple[Vhost, ...]) -> dict[Path, float]:

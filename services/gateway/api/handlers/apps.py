@@ -22,8 +22,11 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from libs.contracts.apps import CONTRACT as APPS_CONTRACT
+from libs.contracts.schema import array, boolean, integer, nullable, obj, string
 from libs.events.bus import BusError, Internal, Invalid
 from services.gateway.api.app import API_PREFIX
+from services.gateway.api.bodies import command_body
 from services.gateway.api.handlers.tasks import (
     EVENT_STREAM,
     LAST_EVENT_ID,
@@ -32,7 +35,6 @@ from services.gateway.api.handlers.tasks import (
     TaskStreams,
 )
 from services.gateway.api.routes import Access, Call, Reply, Routes
-from libs.contracts.schema import array, boolean, integer, nullable, obj, string
 
 __all__ = ["routes"]
 
@@ -44,29 +46,6 @@ MANIFEST_ID = string(
     pattern=r"^[a-z0-9]+(\.[a-z0-9-]+)+$", maxLength=100, description="a catalog app id"
 )
 VERSION = string(maxLength=64, description="a version (semver)")
-LOCATION = string(
-    pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
-    description="the subdomain the app lives at (a DNS label)",
-)
-DOMAIN = string(maxLength=200, description="the domain (default: the platform's)")
-ACCESS = obj(
-    {
-        "all_users": boolean(default=False),
-        "groups": array(string(format="uuid"), maxItems=1000, description="group ids"),
-        "user_ids": array(string(format="uuid"), maxItems=1000, description="user ids"),
-    },
-    description="who may open the app",
-)
-MEMORY = integer(minimum=33554432, maximum=68719476736, description="memory limit in bytes")
-ENV = obj({}, additional=True, description="environment variables NAME: value (text)")
-ENV_CHANGES = obj(
-    {},
-    additional=True,
-    description=(
-        "changes of environment variables: NAME: value (text) sets one, NAME: null removes"
-        " one; variables not named are kept"
-    ),
-)
 WHEN = string(format="date-time")
 STATES = [
     "pending_install",
@@ -98,24 +77,13 @@ LOGS_STREAM_QUERY = obj(
     }
 )
 
-INSTALL_BODY = obj(
-    {
-        "manifest_id": MANIFEST_ID,
-        "version": VERSION,
-        "location": LOCATION,
-        "domain": DOMAIN,
-        "access": ACCESS,
-        "memory_bytes": MEMORY,
-        "env": ENV,
-    },
-    required=["manifest_id", "location"],
-)
-CONFIGURE_BODY = obj(
-    {"location": LOCATION, "access": ACCESS, "memory_bytes": MEMORY, "env": ENV_CHANGES},
-)
-UPDATE_BODY = obj({"version": VERSION})
-RESTORE_BODY = obj({"snapshot_id": string(format="uuid")}, required=["snapshot_id"])
-CLONE_BODY = obj({"location": LOCATION, "domain": DOMAIN}, required=["location"])
+# The bodies the lifecycle routes send on as apps' commands (the app id comes from the path).
+_MEMORY = {"memory_bytes": {"description": "memory limit in bytes"}}
+INSTALL_BODY = command_body(APPS_CONTRACT, "install", notes=_MEMORY)
+CONFIGURE_BODY = command_body(APPS_CONTRACT, "configure", without=["app_id"], notes=_MEMORY)
+UPDATE_BODY = command_body(APPS_CONTRACT, "update", without=["app_id"])
+RESTORE_BODY = command_body(APPS_CONTRACT, "restore", without=["app_id"])
+CLONE_BODY = command_body(APPS_CONTRACT, "clone", without=["app_id"])
 
 MANIFEST = obj(
     {
@@ -321,7 +289,7 @@ def _etag_matches(header: str, etag: str) -> bool:
     responses={200: APPS},
 )
 async def list_apps(call: Call) -> Any:
-    return await call.ask("apps", "apps", {"is_admin": call.user.is_admin})
+    return await call.ask("apps", "apps", {})
 
 
 @routes.post(

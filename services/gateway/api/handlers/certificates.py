@@ -10,36 +10,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.gateway.api.routes import Access, Call, Reply, Routes
+from libs.contracts.certs import CONTRACT as CERTS_CONTRACT
+from libs.contracts.certs import HOST
 from libs.contracts.schema import array, integer, nullable, obj, string
+from services.gateway.api.bodies import command_body
+from services.gateway.api.routes import Access, Call, Reply, Routes
 
 __all__ = ["routes"]
 
 routes = Routes("certificates")
 
-HOST = string(
-    pattern=r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
-    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$",
-    maxLength=253,
-    description="a host name (a leading `*.` for a wildcard)",
-)
 WHEN = string(format="date-time")
 KINDS = ["acme", "custom", "fallback"]
 STATES = ["valid", "fallback", "ordering", "failed"]
 
 PRIMARY_PATH = obj({"primary": HOST}, required=["primary"])
-UPLOAD_BODY = obj(
-    {
-        "names": array(HOST, minItems=1, maxItems=100, description="first: the primary name"),
-        "chain_pem": string(
-            minLength=1, maxLength=65536, description="the certificate, then its intermediates"
-        ),
-        "key_pem": string(
-            minLength=1, maxLength=65536, writeOnly=True, description="its private key (PEM)"
-        ),
-    },
-    required=["names", "chain_pem", "key_pem"],
-)
+UPLOAD_BODY = command_body(CERTS_CONTRACT, "upload")  # sent on as certs' upload
 CERTIFICATE = obj(
     {
         "primary": string(),

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.gateway.api.routes import Access, Call, Reply, Routes
+from libs.contracts.dns import CONTRACT as DNS_CONTRACT
+from libs.contracts.dns import DOMAIN
 from libs.contracts.schema import array, nullable, obj, string
+from services.gateway.api.bodies import command_body
+from services.gateway.api.routes import Access, Call, Reply, Routes
 
 __all__ = ["routes"]
 
@@ -20,49 +23,35 @@ routes = Routes("domains")
 # A domain can take a while to check (the provider's API, then its nameservers).
 _TIMEOUT = 30.0
 
-DOMAIN = string(
-    pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$",
-    maxLength=128,
-    description="a lower-case domain name, e.g. example.com",
-)
-SECRET = string(minLength=1, maxLength=1024, writeOnly=True)
-SETTING = string(minLength=1, maxLength=1024)
-PROVIDER = obj(
-    {
-        "kind": string(
-            minLength=1,
-            maxLength=32,
-            description="powerdns, route53, manual (records kept by hand) or wildcard "
-            "(*.<domain> already points here)",
-        ),
-        "zone": {**SETTING, "description": "the DNS zone (default: the domain)"},
-        "nameservers": array(
-            string(maxLength=64),
-            minItems=1,
-            maxItems=16,
-            description='authoritative servers to check, e.g. ["192.0.2.1:53"] (default: the '
-            "zone's NS set)",
-        ),
-        "api_url": {**SETTING, "description": "powerdns: the API, e.g. http://127.0.0.1:8081"},
-        "api_key": {**SECRET, "description": "powerdns: the API key (never shown back)"},
-        "server_id": {**SETTING, "description": "powerdns: usually localhost"},
-        "access_key_id": {**SETTING, "description": "route53: an IAM access key id"},
-        "secret_access_key": {**SECRET, "description": "route53: its secret (never shown back)"},
-        "hosted_zone_id": {**SETTING, "description": "route53: e.g. Z0123456789ABCDEFGHIJ"},
-        "region": {**SETTING, "description": "route53: default us-east-1"},
-        "endpoint_url": {**SETTING, "description": "route53: only for compatible services"},
+_SECRET = {"writeOnly": True}
+# The body is dns' add_domain payload; these notes document it (the rules are the contract's).
+ADD_BODY = command_body(
+    DNS_CONTRACT,
+    "add_domain",
+    notes={
+        "provider.kind": {
+            "description": "powerdns, route53, manual (records kept by hand) or wildcard "
+            "(*.<domain> already points here)"
+        },
+        "provider.zone": {"description": "the DNS zone (default: the domain)"},
+        "provider.nameservers": {
+            "description": 'authoritative servers to check, e.g. ["192.0.2.1:53"] (default: the '
+            "zone's NS set)"
+        },
+        "provider.api_url": {"description": "powerdns: the API, e.g. http://127.0.0.1:8081"},
+        "provider.api_key": {**_SECRET, "description": "powerdns: the API key (never shown back)"},
+        "provider.server_id": {"description": "powerdns: usually localhost"},
+        "provider.access_key_id": {"description": "route53: an IAM access key id"},
+        "provider.secret_access_key": {
+            **_SECRET,
+            "description": "route53: its secret (never shown back)",
+        },
+        "provider.hosted_zone_id": {"description": "route53: e.g. Z0123456789ABCDEFGHIJ"},
+        "provider.region": {"description": "route53: default us-east-1"},
+        "provider.endpoint_url": {"description": "route53: only for compatible services"},
+        "server_ipv4": {"description": "this server's IPv4 address for apps"},
+        "server_ipv6": {"description": "this server's IPv6 address for apps"},
     },
-    required=["kind"],
-    description="the DNS provider that keeps the zone, and its settings",
-)
-ADD_BODY = obj(
-    {
-        "domain": DOMAIN,
-        "provider": PROVIDER,
-        "server_ipv4": string(maxLength=15, description="this server's IPv4 address for apps"),
-        "server_ipv6": string(maxLength=45, description="this server's IPv6 address for apps"),
-    },
-    required=["domain", "provider"],
 )
 DOMAIN_PATH = obj({"domain": DOMAIN}, required=["domain"])
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from libs.contracts.identity import CONTRACT as IDENTITY
+from libs.contracts.schema import array, boolean, obj, string
 from libs.events.bus import Internal
+from services.gateway.api.bodies import command_body
 from services.gateway.api.handlers.identity import (
     DISPLAY_NAME,
     EMAIL,
@@ -20,7 +23,6 @@ from services.gateway.api.handlers.identity import (
     USERNAME,
 )
 from services.gateway.api.routes import Access, Call, Reply, Routes
-from libs.contracts.schema import array, boolean, obj, string
 
 __all__ = ["routes"]
 
@@ -28,11 +30,6 @@ routes = Routes("groups")
 
 GROUP_ID = string(format="uuid", description="a group id (UUID)")
 INVITATION_ID = string(format="uuid", description="an invitation id (UUID)")
-GROUP_NAME = string(
-    pattern="^[a-z][a-z0-9_-]{1,31}$",
-    description="2 to 32 characters: a lower-case letter, then lower-case letters, digits, "
-    "'_' or '-'",
-)
 LINK_TOKEN = string(minLength=1, maxLength=128, writeOnly=True, description="the token of the link")
 SHOWN_ONCE = string(description="the token of the link: shown only in this answer, never again")
 WHEN = string(format="date-time")
@@ -42,14 +39,11 @@ MEMBER_PATH = obj({"group_id": GROUP_ID, "user_id": USER_ID}, required=["group_i
 INVITATION_PATH = obj({"invitation_id": INVITATION_ID}, required=["invitation_id"])
 USER_PATH = obj({"user_id": USER_ID}, required=["user_id"])
 
-GROUP_BODY = obj({"name": GROUP_NAME}, required=["name"])
-INVITE_BODY = obj(
-    {
-        "email": EMAIL,
-        "is_admin": boolean(default=False),
-        "groups": array(GROUP_ID, maxItems=100, description="groups the new user joins"),
-    },
-    required=["email"],
+# Bodies sent on as identity's commands (the group id of a rename comes from the path).
+GROUP_BODY = command_body(IDENTITY, "create_group")
+RENAME_BODY = command_body(IDENTITY, "rename_group", without=["group_id"])
+INVITE_BODY = command_body(
+    IDENTITY, "invite", notes={"groups": {"description": "groups the new user joins"}}
 )
 ACCEPT_BODY = obj(
     {
@@ -61,7 +55,7 @@ ACCEPT_BODY = obj(
     },
     required=["token", "email", "username", "password"],
 )
-RESET_REQUEST_BODY = obj({"email": EMAIL}, required=["email"])
+RESET_REQUEST_BODY = command_body(IDENTITY, "request_password_reset")
 RESET_BODY = obj(
     {"token": LINK_TOKEN, "new_password": PASSWORD}, required=["token", "new_password"]
 )
@@ -134,7 +128,7 @@ async def get_group(call: Call) -> Any:
     summary="Rename a group",
     description="Answers 409 when the name is taken.",
     path_params=GROUP_PATH,
-    body=GROUP_BODY,
+    body=RENAME_BODY,
     responses={200: GROUP},
     problems=("conflict",),
 )

@@ -12,10 +12,10 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from libs.contracts.schema import array, boolean, nullable, obj, string
 from libs.events.bus import Internal, Invalid, Unauthorized
 from services.gateway.api.auth import SESSION_COOKIE, Via, credentials_of
 from services.gateway.api.routes import Access, Call, Reply, Routes
-from libs.contracts.schema import array, boolean, nullable, obj, string
 
 __all__ = ["SESSION", "SESSION_COOKIE_ATTRIBUTES", "routes", "session_cookie", "session_reply"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.gateway.api.routes import Access, Call, Routes
 from libs.contracts.schema import array, integer, obj, string
+from services.gateway.api.routes import Access, Call, Routes
 from services.gateway.metrics_history import APP_MEMORY, RANGES, SYSTEM_METRICS, history
 
 __all__ = ["routes"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from libs.contracts.schema import array, boolean, nullable, obj, string
 from libs.events.bus import BusError, Internal
 from services.gateway.api.routes import Access, Call, Routes
-from libs.contracts.schema import array, boolean, nullable, obj, string
 from services.gateway.api.version import VERSION
 
 __all__ = ["routes"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from libs.contracts.schema import array, boolean, integer, nullable, obj, string
 from libs.events.bus import Internal
 from services.gateway.api.handlers.identity import (
     PASSWORD,
@@ -23,7 +24,6 @@ from services.gateway.api.handlers.identity import (
     session_reply,
 )
 from services.gateway.api.routes import Access, Call, Reply, Routes
-from libs.contracts.schema import array, boolean, integer, nullable, obj, string
 
 __all__ = ["routes"]
 

@@ -17,15 +17,15 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import asyncpg
 from aiohttp import web
 
+from libs.contracts.schema import integer, nullable, obj, string
 from libs.events.bus import Invalid, NotFound, Unavailable
 from services.gateway.api.routes import Access, Call, Routes
-from libs.contracts.schema import integer, nullable, obj, string
 from services.gateway.tasks import (
     State,
     Step,
@@ -103,6 +103,14 @@ class TaskStreams:
         except TimeoutError:
             return False
         return True
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Streams open until exit; then every open stream ends (a part of the gateway)."""
+        try:
+            yield
+        finally:
+            await self.stop()
 
     async def stop(self, within: float = 5.0) -> None:
         """End every open stream, and refuse new ones; wait up to `within` s for them."""

@@ -6,7 +6,7 @@ import { Badge, Loaded, useAsync, useInterval } from "../ui/common.jsx";
 import { Field } from "../ui/form.jsx";
 
 export const MIB = 1024 * 1024;
-// The names the platform keeps for itself (services/apps/commands.py RESERVED_LOCATIONS).
+// The names the platform keeps for itself (libs/contracts/common.py RESERVED_LOCATIONS).
 const RESERVED = new Set(["my", "www", "mail", "autoconfig", "autodiscover"]);
 const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 

@@ -1,7 +1,7 @@
 """moto in server mode standing in for Route 53 (AWS cannot run here), on a free port.
 
-Import the fixtures into a test module (or a conftest):
-    from tests.dns.motokit import moto_fixture, route53_zone_fixture  # noqa: F401
+The fixtures `moto` and `route53_zone` (tests/dns/conftest.py) are made from
+`run_moto`/`fresh_hosted_zone`.
 
 `moto` is one server per xdist worker (session scope) with access-key checking on
 (INITIAL_NO_AUTH_ACTION_COUNT): its first requests create an IAM user allowed `route53:*` and
@@ -11,6 +11,7 @@ secret fails as it would at AWS. `route53_zone` is a fresh hosted zone per test.
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -24,12 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.support.pdns import free_udp_tcp_port
+from tests.support.servers import need_server
 
-from tests.conftest import need_server
-from tests.dns.pdnskit import free_udp_tcp_port
-
-__all__ = ["MotoServer", "Route53Zone", "moto_fixture", "route53_zone_fixture"]
+__all__ = ["MotoServer", "Route53Zone", "fresh_hosted_zone", "run_moto"]
 
 # create_user, put_user_policy, create_access_key: then every request is checked.
 _UNSIGNED_SETUP_CALLS = 3
@@ -78,7 +77,7 @@ class MotoServer:
 
     def start(self, deadline_s: float = 30.0) -> None:
         try:
-            import moto.server  # noqa: F401
+            importlib.import_module("moto.server")
         except ImportError as e:
             raise MotoUnavailable(f"moto[server] is not installed: {e}") from e
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -176,9 +175,8 @@ class Route53Zone:
         )
 
 
-@pytest.fixture(scope="session", name="moto")
-def moto_fixture() -> Iterator[MotoServer]:
-    """One moto server per xdist worker."""
+def run_moto() -> Iterator[MotoServer]:
+    """Body of a session fixture: a moto server, or a skip (a failure under CI=true)."""
     server = MotoServer(Path(tempfile.mkdtemp(prefix="hp-moto-")))
     try:
         server.start()
@@ -188,9 +186,8 @@ def moto_fixture() -> Iterator[MotoServer]:
     server.stop()
 
 
-@pytest.fixture(name="route53_zone")
-def route53_zone_fixture(moto: MotoServer) -> Iterator[Route53Zone]:
-    """A fresh hosted zone for this test, deleted at the end."""
+def fresh_hosted_zone(moto: MotoServer) -> Iterator[Route53Zone]:
+    """Body of a fixture: a fresh hosted zone for one test, deleted at the end."""
     name = f"z{uuid.uuid4().hex[:12]}.test"
     r53 = moto.client("route53")
     zone = r53.create_hosted_zone(Name=name + ".", CallerReference=uuid.uuid4().hex)

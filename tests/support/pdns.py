@@ -1,7 +1,6 @@
 """A real PowerDNS authoritative server (pdns_server + gsqlite3) for tests, on free loopback ports.
 
-Import the fixtures into a test module (or a conftest):
-    from tests.dns.pdnskit import pdns_fixture, pdns_zone_fixture  # noqa: F401
+The fixtures `pdns` and `pdns_zone` (tests/conftest.py) are made from `run_pdns`/`fresh_zone`.
 
 `pdns` is one server per xdist worker (session scope): DNS on 127.0.0.1:<port> over UDP and TCP,
 the HTTP API on 127.0.0.1:<port> with a random api-key, config, socket dir and sqlite database in
@@ -29,17 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.conftest import need_server
+from tests.support.servers import need_server
 
 __all__ = [
     "PdnsServer",
     "PdnsZone",
     "create_zone",
     "free_udp_tcp_port",
-    "pdns_fixture",
-    "pdns_zone_fixture",
+    "fresh_zone",
+    "run_pdns",
 ]
 
 _SCHEMAS = (
@@ -261,9 +259,8 @@ def create_zone(server: PdnsServer, zone: str) -> None:
     )
 
 
-@pytest.fixture(scope="session", name="pdns")
-def pdns_fixture() -> Iterator[PdnsServer]:
-    """One PowerDNS per xdist worker."""
+def run_pdns() -> Iterator[PdnsServer]:
+    """Body of a session fixture: PowerDNS, or a skip (a failure under CI=true)."""
     server = PdnsServer(Path(tempfile.mkdtemp(prefix="hp-pdns-")))
     try:
         server.start()
@@ -274,9 +271,8 @@ def pdns_fixture() -> Iterator[PdnsServer]:
     shutil.rmtree(server.workdir, ignore_errors=True)
 
 
-@pytest.fixture(name="pdns_zone")
-def pdns_zone_fixture(pdns: PdnsServer) -> Iterator[PdnsZone]:
-    """A fresh zone for this test, removed at the end."""
+def fresh_zone(pdns: PdnsServer) -> Iterator[PdnsZone]:
+    """Body of a fixture: a fresh zone for one test, removed at the end."""
     zone = f"z{uuid.uuid4().hex[:12]}.test"
     create_zone(pdns, zone)
     yield PdnsZone(zone, pdns)

@@ -1,6 +1,7 @@
 """Pebble (the Debian package) for ACME tests, with pebble-challtestsrv as its DNS server.
 
-A test module makes session fixtures (one per xdist worker) from `run_challdns`/`run_pebble`.
+Fixtures (conftest.py, or a test module for a Pebble of its own) are made from
+`run_challdns`/`run_pebble`, one server per xdist worker.
 
 Pebble needs a TLS certificate for its own listener: the kit makes a throwaway CA (like the
 minica root Pebble ships in its source tree) and a `localhost`/127.0.0.1 certificate. Pebble
@@ -33,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import need_server
+from tests.support.servers import need_server
 
 __all__ = [
     "ChallDns",

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from libs.service.runner import Service
-from tests.events.relaykit import wait_until
+from tests.support.waits import wait_until
 
 
 @asynccontextmanager

@@ -1,5 +1,6 @@
-"""Fixtures and helpers for the edge tests: a test CA and leaf certificates, an upstream app
-that echoes what it was sent, a model on free high ports, and a running nginx."""
+"""nginx for the edge tests: a test CA and leaf certificates, an upstream app that echoes what
+it was sent, a model on free high ports, and a running nginx (the fixtures `pki`, `edge_root`,
+`upstream` and `edge` in tests/edge/conftest.py are made from these)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography import x509
@@ -28,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from deploy.embedded import EmbeddedError, find_binary, free_port
 from services.gateway.edge import EdgeModel, Nginx, Vhost
-from tests.conftest import need_server
+from tests.support.servers import need_server
 
 BLOG = "blog.example.test"
 MY = "my.example.test"
@@ -301,25 +301,13 @@ def nginx_binary() -> str:
         raise
 
 
-@pytest.fixture(scope="session")
-def pki(tmp_root: Path) -> Pki:
-    return make_pki(tmp_root / f"edge-pki-{uuid.uuid4().hex[:8]}", HOSTS)
-
-
-@pytest.fixture
-def edge_root(tmp_root: Path) -> Iterator[Path]:
+def traversable_dir(tmp_root: Path) -> Iterator[Path]:
     """A directory nginx's workers (www-data) can traverse: tmp_root is 0755, tmp_path is not."""
     root = tmp_root / f"edge-{uuid.uuid4().hex[:10]}"
     root.mkdir(mode=0o755)
     os.chmod(root, 0o755)
     yield root
     shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    async with upstream_app() as up:
-        yield up
 
 
 def build_model(nginx: Nginx, root: Path, pki: Pki, vhosts: tuple[Vhost, ...]) -> EdgeModel:
@@ -341,8 +329,8 @@ def build_model(nginx: Nginx, root: Path, pki: Pki, vhosts: tuple[Vhost, ...]) -
     )
 
 
-@pytest.fixture
-async def edge(edge_root: Path, pki: Pki, upstream: Upstream) -> AsyncIterator[Edge]:
+@contextlib.asynccontextmanager
+async def running_edge(edge_root: Path, pki: Pki, upstream: Upstream) -> AsyncIterator[Edge]:
     """nginx serving the dashboard at my.example.test and an app at blog.example.test."""
     nginx = Nginx(edge_root / "nginx", binary=nginx_binary())
     model = build_model(nginx, edge_root, pki, ())

@@ -1,0 +1,120 @@
+"""The wire contract of the apps service: the payload of every command and query it serves.
+
+The shapes are checked here, on both sides of the bus; the rules that need the service's state
+or catalog stay in the service (a reserved or taken location, an env name the platform sets,
+who may open a single-user app, whether a version exists).
+"""
+
+from __future__ import annotations
+
+from libs.contracts import Contract
+from libs.contracts.common import MAX_ENV_VALUE, MAX_IDS, location, memory, uuid
+from libs.contracts.schema import array, boolean, integer, nullable, obj, string
+
+__all__ = ["CONTRACT", "MAX_LOG_LINES"]
+
+MAX_LOG_LINES = 5000
+
+_APP_ID = uuid(description="an installed app's id (UUID)")
+_MANIFEST_ID = string(minLength=1, maxLength=200, description="a catalog app id")
+_VERSION = string(minLength=1, maxLength=200, description="a version (semver)")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = string(
+    pattern=rf"^{_LABEL}(\.{_LABEL})*$",
+    maxLength=253,
+    description="a lower-case domain name",
+)
+# The id lists are checked for their UUID form by the service: a bad one names the list.
+_ACCESS = nullable(
+    obj(
+        {
+            "all_users": boolean(),
+            "groups": array(string(), maxItems=MAX_IDS, description="group ids"),
+            "user_ids": array(string(), maxItems=MAX_IDS, description="user ids"),
+        },
+        description="who may open the app (default: all users)",
+    )
+)
+_ENV_VALUE = string(
+    maxLength=MAX_ENV_VALUE, pattern=r"^[^\x00]*$", description="text without NUL characters"
+)
+# Names are checked by the service (libs/contracts/common.py ENV_NAME, not HOMEPORT_*).
+_ENV = {
+    "type": "object",
+    "additionalProperties": _ENV_VALUE,
+    "description": "environment variables NAME: value",
+}
+_ENV_CHANGES = {
+    "type": "object",
+    "additionalProperties": nullable(_ENV_VALUE),
+    "description": "NAME: value sets one, NAME: null removes one; variables not named are kept",
+}
+_LOCATION = location(
+    description="a DNS label: 1 to 63 lower-case letters, digits or '-', not starting or"
+    " ending with '-'"
+)
+_APP = obj({"app_id": _APP_ID}, required=["app_id"])
+_CATALOG_ENTRY = obj({"manifest_id": _MANIFEST_ID, "version": _VERSION}, required=["manifest_id"])
+
+CONTRACT = Contract(
+    "apps",
+    commands={
+        "install": obj(
+            {
+                "manifest_id": _MANIFEST_ID,
+                "version": _VERSION,
+                "location": _LOCATION,
+                "domain": _DOMAIN,
+                "access": _ACCESS,
+                "memory_bytes": nullable(memory()),
+                "env": _ENV,
+            },
+            required=["manifest_id", "location"],
+        ),
+        "configure": obj(
+            {
+                "app_id": _APP_ID,
+                "location": _LOCATION,
+                "access": _ACCESS,
+                "memory_bytes": nullable(memory()),
+                "env": _ENV_CHANGES,
+            },
+            required=["app_id"],
+        ),
+        "start": _APP,
+        "stop": _APP,
+        "restart": _APP,
+        "update": obj({"app_id": _APP_ID, "version": _VERSION}, required=["app_id"]),
+        "approve_update": _APP,
+        "restore": obj(
+            {"app_id": _APP_ID, "snapshot_id": uuid(description="a snapshot's id")},
+            required=["app_id", "snapshot_id"],
+        ),
+        "clone": obj(
+            {"app_id": _APP_ID, "location": _LOCATION, "domain": _DOMAIN},
+            required=["app_id", "location"],
+        ),
+        "uninstall": _APP,
+        "repair": _APP,
+        "snapshot": _APP,
+    },
+    queries={
+        "catalog": obj({"text": string(maxLength=200), "tag": string(maxLength=200)}),
+        "catalog_app": _CATALOG_ENTRY,
+        "catalog_icon": _CATALOG_ENTRY,
+        # Who asks decides what is listed: the bus context's actor and admin flag, never a
+        # payload field (an `is_admin` in the payload is refused as an unknown field).
+        "apps": obj({}),
+        "app": _APP,
+        "snapshots": _APP,
+        "logs": obj(
+            {
+                "app_id": _APP_ID,
+                "tail": integer(minimum=1, maximum=MAX_LOG_LINES),
+                "since": string(maxLength=64, description="a cursor from an earlier answer"),
+            },
+            required=["app_id"],
+        ),
+        "stats": obj({}),
+    },
+)

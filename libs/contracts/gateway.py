@@ -1,0 +1,54 @@
+"""The gateway's wire contract: the queries it serves on the bus.
+
+- `activity`: one page of the activity log (filters as GET /api/v1/activity takes them).
+- `edge_host` {host} -> {served: bool}: whether the nginx generation that is live (applied and
+  reloaded) has a vhost for `host`. The edge routes an app once the apps read model shows it
+  installed (or with a configure, update or restore under way) with an HTTP port, at the
+  location and domain recorded there, and once certs has files for the host (hosts of the local
+  domain get a self-signed certificate from the edge). So a caller that waits for `served`
+  asks after it has recorded the final event of its operation (AppInstalled, AppConfigured).
+  A gateway without an edge answers `unavailable`.
+"""
+
+from __future__ import annotations
+
+from libs.contracts import Contract
+from libs.contracts.schema import integer, obj, string
+
+__all__ = ["ACTIVITY", "ACTIVITY_MAX_LIMIT", "CONTRACT", "EDGE_HOST", "HOST_PATTERN"]
+
+ACTIVITY_MAX_LIMIT = 200
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+# A lower-case DNS name (the edge's own grammar, services/gateway/edge/render.py).
+HOST_PATTERN = rf"^{_LABEL}(\.{_LABEL})*$"
+
+ACTIVITY = obj(
+    {
+        "since": string(format="date-time", description="events at or after this time"),
+        "until": string(format="date-time", description="events before this time"),
+        "actor": string(minLength=1, maxLength=200, description="a user id or name"),
+        "type": string(
+            pattern="^[A-Z][A-Za-z0-9]{0,99}$", description="an event type such as AppInstalled"
+        ),
+        "target": string(
+            maxLength=200,
+            pattern="^[a-z][a-z0-9_]{0,31}(-[A-Za-z0-9][A-Za-z0-9_.:-]{0,127})?$",
+            description="a stream (app-4f1c) or a category (app)",
+        ),
+        "limit": integer(minimum=1, maximum=ACTIVITY_MAX_LIMIT, default=50),
+        "cursor": string(maxLength=40, description="the next_cursor of the previous page"),
+    }
+)
+EDGE_HOST = obj(
+    {
+        "host": string(
+            minLength=1,
+            maxLength=253,
+            pattern=HOST_PATTERN,
+            description="a host name, e.g. blog.example.com",
+        )
+    },
+    required=["host"],
+)
+
+CONTRACT = Contract("gateway", queries={"activity": ACTIVITY, "edge_host": EDGE_HOST})

@@ -1,0 +1,253 @@
+"""Pieces several operations share: building an image, (re)creating the container, waiting for
+the app's first healthy answer, the app's host name (its DNS record, its certificate, whether the
+edge serves it) and rolling back a failed update or configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+
+import aiohttp
+
+from libs.events.tasks import Task
+from services.apps.base_image import ensure_base_image, ensure_busybox_image
+from services.apps.catalog import CatalogEntry
+from services.apps.container import ContainerSpec
+from services.apps.errors import OperationFailed
+from services.apps.manifest import Manifest
+from services.apps.names import image_tag
+from services.apps.operations.base import Detail, Tools
+from services.apps.state import AppState, app_origin
+
+__all__ = [
+    "build",
+    "create_container",
+    "ensure_certificate",
+    "forget_certificate",
+    "point",
+    "roll_back",
+    "unpoint",
+    "wait_ready",
+    "wait_served",
+]
+
+log = logging.getLogger("services.apps.operations")
+
+_BUILD_STEP = re.compile(r"^Step (\d+)/(\d+) : ")
+_FROM = re.compile(r"^\s*FROM\s+(\S+)", re.IGNORECASE | re.MULTILINE)
+DEBIAN_BASE = "homeport/debian-base:bookworm"
+BUSYBOX_BASE = "homeport/busybox:local"
+SERVED_POLL = 0.3
+
+
+# -- image and container ----------------------------------------------------------------------
+
+
+async def build(t: Tools, entry: CatalogEntry, task: Task, end: int) -> str:
+    """Build the entry's image (its base image first, if missing); progress up to `end`."""
+    if entry.context is None:
+        raise OperationFailed(
+            f"{entry.manifest.id} {entry.manifest.version} names an image reference; this"
+            " platform builds offline catalogs only",
+            "image_unavailable",
+        )
+    await asyncio.to_thread(entry.verify)  # an altered entry is refused before it is built
+    dockerfile = (entry.context / "Dockerfile").read_text()
+    bases = set(_FROM.findall(dockerfile))
+
+    title = f"{entry.manifest.title} {entry.manifest.version}"
+    low, high = task.percent, max(task.percent, end - 1)
+
+    async def say(line: str) -> None:
+        log.debug("build %s: %s", entry.manifest.id, line)
+        m = _BUILD_STEP.match(line)
+        if m is not None:  # "Step 3/9 : RUN apt-get ...": progress within this step's share
+            done, total = int(m.group(1)), max(1, int(m.group(2)))
+            percent = low + (high - low) * (done - 1) // total
+            await task.progress(max(task.percent, percent), f"building {title}: {line[:120]}")
+
+    if DEBIAN_BASE in bases:
+        await task.progress(task.percent, "preparing the Debian base image (first time only)")
+        await ensure_base_image(t.cfg.docker_host, t.cfg.base_cache, say)
+    if BUSYBOX_BASE in bases:
+        await ensure_busybox_image(t.cfg.docker_host)
+    await task.progress(task.percent, f"building {title}")
+    return await t.runtime.build_image(image_tag(entry.manifest), entry.context, say)
+
+
+def _env(t: Tools, s: AppState) -> dict[str, str]:
+    env = {
+        "HOMEPORT_APP_ID": s.app_id,
+        "HOMEPORT_APP_DOMAIN": f"{s.location}.{s.domain}",
+        "HOMEPORT_APP_ORIGIN": app_origin(s.location, s.domain, t.cfg.edge_https_port),
+    }
+    for sealed in s.addons.values():
+        env.update(t.unseal_json(sealed))
+    for name, value in s.env.items():
+        env[name] = t.unseal(value)
+    return env
+
+
+def _spec(t: Tools, s: AppState, manifest: Manifest, env: Mapping[str, str]) -> ContainerSpec:
+    names = t.names(s.app_id)
+    return ContainerSpec(
+        name=names.container,
+        image=image_tag(manifest),
+        network=names.network,
+        env=dict(env),
+        memory_bytes=s.memory_bytes,
+        capabilities=tuple(manifest.capabilities),
+        run_as_root=manifest.run_as_root,
+        http_port=manifest.http_port,
+        http_host_port=s.http_host_port,
+        tcp_ports={p.container_port: p.container_port for p in manifest.tcp_ports},
+        udp_ports={p.container_port: p.container_port for p in manifest.udp_ports},
+        data_volume=names.volume if "localstorage" in manifest.addons else None,
+        labels={
+            "homeport.app": s.app_id,
+            "homeport.prefix": t.cfg.name_prefix,
+            "homeport.manifest": manifest.id,
+            "homeport.version": str(manifest.version),
+        },
+    )
+
+
+async def create_container(t: Tools, s: AppState, manifest: Manifest) -> Detail:
+    """Create (or keep) and start the container; its HTTP host port stays the same for the
+    app's whole life, so the edge's upstream does not move."""
+    name = t.names(s.app_id).container
+    if s.http_host_port is None:  # chosen once: Docker would pick a new one at each start
+        s = replace(s, http_host_port=_free_port())
+    await t.runtime.create_container(_spec(t, s, manifest, _env(t, s)))
+    if s.running:
+        await t.runtime.start(name)
+    return {"http_host_port": s.http_host_port}
+
+
+async def wait_ready(t: Tools, s: AppState, manifest: Manifest) -> None:
+    """Until the health check answers 2xx/3xx; fail early if the container stops."""
+    name = t.names(s.app_id).container
+    if not s.running:
+        return
+    timeout = t.cfg.ready_timeout
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        while time.monotonic() < deadline:
+            st = await t.runtime.state(name)
+            if st is None or (not st.running and st.status in ("exited", "dead")):
+                tail = "\n".join((await t.runtime.logs(name, 20)) if st else [])
+                raise OperationFailed(
+                    f"the app's container stopped (exit code {st.exit_code if st else '?'})"
+                    f" before it answered its health check; last log lines:\n{tail}"[:2000],
+                    "app_crashed",
+                )
+            if st.http_host_port:
+                url = f"http://127.0.0.1:{st.http_host_port}{manifest.health_check_path}"
+                try:
+                    async with http.get(url, allow_redirects=False) as r:
+                        if 200 <= r.status < 400:
+                            return
+                        last = f"HTTP {r.status}"
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    last = type(e).__name__
+            # most apps answer within a second: look often at first, then less
+            waited = time.monotonic() - (deadline - timeout)
+            await asyncio.sleep(0.02 if waited < 3 else 0.25)
+    raise OperationFailed(
+        f"the app did not answer {manifest.health_check_path} healthily within"
+        f" {timeout:.0f} s (last: {last})",
+        "not_ready",
+    )
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- the app's host name: DNS record, certificate, served by the edge --------------------------
+# An app on a domain the dns service manages gets an A (and AAAA) record pointing at the
+# domain's server address, owned by the app; a record Homeport did not create at that name fails
+# the step, naming it. A host of a registered domain other than the local one gets its
+# certificate from certs (the edge makes its own self-signed one for local hosts).
+
+
+async def point(t: Tools, s: AppState, location: str) -> Detail:
+    """The DNS record of `location`.<domain>, when dns manages the domain."""
+    if s.domain == t.cfg.default_domain:
+        return {}
+    view = await t.peers.dns_domain(s.domain)
+    if view is None:
+        return {}
+    name = f"{location}.{s.domain}"
+    await t.peers.point(name, view, f"app-{s.app_id}")
+    return {"dns_name": name}
+
+
+async def unpoint(t: Tools, s: AppState, location: str) -> None:
+    if s.domain == t.cfg.default_domain:
+        return
+    if await t.peers.dns_domain(s.domain) is None:
+        return
+    await t.peers.unpoint(f"{location}.{s.domain}", f"app-{s.app_id}")
+
+
+async def ensure_certificate(t: Tools, s: AppState, location: str) -> Detail:
+    """The certificate of `location`.<domain>, when the domain is registered and not local."""
+    if s.domain == t.cfg.local_domain or await t.peers.dns_domain(s.domain) is None:
+        return {}
+    host = f"{location}.{s.domain}"
+    await t.peers.ensure_certificate(host)
+    return {"certificate": host}
+
+
+async def forget_certificate(t: Tools, s: AppState, location: str) -> None:
+    if s.domain != t.cfg.local_domain:
+        await t.peers.forget_certificate(f"{location}.{s.domain}")
+
+
+async def wait_served(t: Tools, s: AppState, task: Task) -> bool:
+    """Until the edge serves the app's host (every 0.3 s up to `edge_wait_seconds`); False
+    when that time passes, or when no edge answers."""
+    host = f"{s.location}.{s.domain}"
+    deadline = time.monotonic() + t.cfg.edge_wait_seconds
+    told = False
+    while True:
+        served = await t.peers.edge_serves(host)
+        if served is None:
+            return False
+        if served:
+            return True
+        if time.monotonic() >= deadline:
+            log.warning("the edge does not serve %s after %.0f s", host, t.cfg.edge_wait_seconds)
+            return False
+        if not told:
+            await task.progress(task.percent, f"waiting for the edge to serve {host}")
+            told = True
+        await asyncio.sleep(SERVED_POLL)
+
+
+# -- rolling back -------------------------------------------------------------------------------
+
+
+async def roll_back(t: Tools, s: AppState, task: Task, end: int) -> None:
+    """Bring the app back to its last good version (and data, for an update); the progress
+    stays below `end`, where the failed step's share ended."""
+    assert s.operation is not None
+    await task.progress(task.percent, "rolling back")
+    entry = t.entry(s.manifest_id, s.app_version)
+    await build(t, entry, task, end)
+    snapshot_id = s.operation.detail.get("snapshot_id")
+    if s.operation.kind == "update" and snapshot_id and "container" in s.operation.steps:
+        await t.runtime.stop(t.names(s.app_id).container)
+        await t.snapshots.put_back(s.app_id, str(snapshot_id))
+    await create_container(t, s, entry.manifest)
+    await wait_ready(t, s, entry.manifest)

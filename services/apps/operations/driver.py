@@ -1,0 +1,246 @@
+"""Runs the operation an app has in progress, walking its table (services/apps/operations/).
+
+`Driver.kick(app_id)` runs it in the background, one run at a time per app. A run reads the
+app's stream, skips the steps already recorded, runs the others, each recorded
+(`AppStepCompleted` with its detail) before the next, then records the outcome and ends the
+task. A service killed at any point and started again (`resume_all`) finishes the operation,
+or, for an update or configuration that cannot finish, rolls the app back; a task whose outcome
+was recorded but not yet told is told then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from libs.events import context
+from libs.events.context import Context
+from libs.events.envelope import uuid7
+from libs.events.tasks import Task
+from services.apps import events as ev
+from services.apps.container import RuntimeFailure
+from services.apps.errors import AppsError, ChangedMeanwhile, OperationFailed
+from services.apps.operations.base import Run, Tools
+from services.apps.operations.common import roll_back
+from services.apps.operations.repair import operation_of
+from services.apps.state import AppState, State
+
+__all__ = ["Driver"]
+
+log = logging.getLogger("services.apps.operations")
+
+Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
+# What a step may fail with, told through the operation's task.
+STEP_ERRORS = (AppsError, RuntimeFailure, OSError)
+
+
+class Driver:
+    """Runs operations in the background; `aclose()` cancels the runs in flight (each resumes
+    at the next start)."""
+
+    def __init__(self, tools: Tools, spawn: Spawn) -> None:
+        self.tools = tools
+        self._apps = tools.apps
+        self._spawn = spawn
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._again: set[str] = set()
+        self._running: set[asyncio.Task[Any]] = set()
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def kick(self, app_id: str) -> None:
+        """Run the app's pending operation in the background (once at a time per app)."""
+        lock = self._locks.setdefault(app_id, asyncio.Lock())
+        if lock.locked():
+            self._again.add(app_id)  # the running drive looks again when it ends
+            return
+        self._track(self._drive_locked(app_id, lock), f"apps.drive.{app_id[:8]}")
+
+    def snapshot_in_background(self, app_id: str, task: Task) -> None:
+        """Take a snapshot now (reason "manual"), after any operation running on the app."""
+        lock = self._locks.setdefault(app_id, asyncio.Lock())
+        self._track(self._snapshot_locked(app_id, task, lock), f"apps.snapshot.{app_id[:8]}")
+
+    async def resume_all(self) -> int:
+        """At start: continue every operation a previous run left half-done (their number),
+        and tell the tasks of operations that ended while their task was not told yet."""
+        rows = await self._apps.store.pool.fetch(
+            "SELECT app_id::text, state FROM apps.apps"
+            " WHERE state LIKE 'pending_%' OR state = 'installed'"
+        )
+        for r in rows:
+            self.kick(r["app_id"])
+        resumed = sum(1 for r in rows if r["state"] != State.installed.value)
+        if resumed:
+            log.info("resuming %d operation(s) a previous run left unfinished", resumed)
+        return resumed
+
+    async def aclose(self) -> None:
+        running = list(self._running)
+        for t in running:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    def _track(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = self._spawn(coro, name)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _drive_locked(self, app_id: str, lock: asyncio.Lock) -> None:
+        async with lock:
+            while True:
+                self._again.discard(app_id)
+                try:
+                    await self.drive(app_id)
+                except ChangedMeanwhile:
+                    log.warning("app %s changed while its operation ran; looking again", app_id)
+                    self._again.add(app_id)
+                except Exception:
+                    log.exception("driving app %s failed unexpectedly", app_id)
+                if app_id not in self._again:
+                    return
+
+    # -- one run ---------------------------------------------------------------------------
+
+    async def drive(self, app_id: str) -> None:
+        s = await self._apps.load(app_id)
+        op = s.operation
+        if op is None:
+            if s.done is not None:
+                await self._tell_again(s, s.done.task_id, s.done.kind)
+            return
+        if op.awaiting_approval:
+            return
+        with context.use(await self._request_meta(app_id, op.task_id)):
+            task = await Task.load(self._apps.store, op.task_id)
+            if task.ended:
+                return
+            try:
+                await self._run(s, task)
+            except ChangedMeanwhile:
+                raise
+            except OperationFailed as e:
+                await self._fail(app_id, task, e)
+            except STEP_ERRORS as e:
+                await self._fail(app_id, task, OperationFailed(str(e), "runtime"))
+
+    async def _run(self, s: AppState, task: Task) -> None:
+        operation = operation_of(s)
+        kind = operation.kind
+        for step, start, end in operation.ends():
+            s = await self._apps.load(s.app_id)
+            if s.operation is None or s.operation.kind != kind:
+                return  # someone else ended it
+            if step.name in s.operation.steps:
+                continue  # recorded: its detail is in the state, not done again
+            await task.progress(max(task.percent, start), step.message)
+            detail = await step.function(Run(self.tools, s, task, end))
+            s = await self._apps.load(s.app_id)
+            done = ev.AppStepCompleted(
+                app_id=s.app_id, operation=kind, step=step.name, detail=detail
+            )
+            await self._apps.append(s.app_id, [done], s.version)
+            await self._maybe_pause(kind, step.name)
+            await task.progress(end, step.message)
+        s = await self._apps.load(s.app_id)
+        await self._apps.append(s.app_id, [operation.outcome(s, task.id)], s.version)
+        await self._maybe_pause(kind, "outcome")
+        s = await self._apps.load(s.app_id)
+        await task.succeed(await operation.announce(self.tools, s, task), {"app_id": s.app_id})
+
+    async def _tell_again(self, s: AppState, task_id: str, kind: str) -> None:
+        """An outcome recorded before a stop, its task not told: tell it now."""
+        task = await Task.load(self._apps.store, task_id)
+        if task.ended:
+            return
+        with context.use(await self._request_meta(s.app_id, task_id)):
+            message = await operation_of(s, kind).announce(self.tools, s, task)
+            await task.succeed(message, {"app_id": s.app_id})
+
+    async def _maybe_pause(self, kind: str, step: str) -> None:
+        if self.tools.cfg.apps_pause_after == f"{kind}:{step}":
+            log.warning("HP_APPS_PAUSE_AFTER=%s:%s: pausing until killed (crash tests)", kind, step)
+            await asyncio.Event().wait()
+
+    async def _request_meta(self, app_id: str, task_id: str) -> Context:
+        """The actor and correlation of the request that started this operation."""
+        for e in reversed(await self._apps.store.read_stream(ev.app_stream(app_id))):
+            if e.data.get("task_id") == task_id:
+                return Context(
+                    actor=str(e.meta.get("actor") or "system"),
+                    correlation_id=str(e.meta.get("correlation_id") or task_id),
+                    causation_id=str(e.id),
+                    ip=e.meta.get("ip"),
+                )
+        return Context(actor="system", correlation_id=task_id)
+
+    async def _fail(self, app_id: str, task: Task, e: OperationFailed) -> None:
+        s = await self._apps.load(app_id)
+        if s.operation is None:
+            return
+        operation = operation_of(s)
+        kind = operation.kind
+        failed_at = [
+            (st, end) for st, _, end in operation.ends() if st.name not in s.operation.steps
+        ]
+        step, end = (failed_at[0][0].name, failed_at[0][1]) if failed_at else ("end", task.percent)
+        log.warning("app %s: %s failed at %s: %s", app_id, kind, step, e.message)
+        rolled_back = False
+        message = e.message
+        if operation.rolls_back:
+            try:
+                await roll_back(self.tools, s, task, end)
+                rolled_back = True
+            except STEP_ERRORS as err:
+                message = f"{message}; rolling back failed too: {err}"
+            if rolled_back:
+                message = f"{message} (the app was rolled back to how it was before)"
+        s = await self._apps.load(app_id)
+        failed = ev.AppOperationFailed(
+            app_id=app_id,
+            task_id=task.id,
+            operation=kind,
+            step=step,
+            message=message,
+            code=e.reason,
+            rolled_back=rolled_back,
+        )
+        await self._apps.append(app_id, [failed], s.version)
+        await task.fail(message[:500], e.reason)
+
+    # -- a snapshot taken by hand ----------------------------------------------------------
+
+    async def _snapshot_locked(self, app_id: str, task: Task, lock: asyncio.Lock) -> None:
+        async with lock:
+            t = self.tools
+            s = await self._apps.load(app_id)
+            if s.state is not State.installed:
+                await task.fail(f"the app is {s.state.value}; no snapshot taken", "not_installed")
+                return
+            await task.progress(10, "copying the app's data and dumping its database")
+            snapshot_id = str(uuid7())
+            try:
+                manifest = t.entry(s.manifest_id, s.app_version).manifest
+                size = await t.snapshots.take(
+                    app_id,
+                    snapshot_id,
+                    addons=manifest.addons,
+                    manifest_id=s.manifest_id,
+                    version=s.app_version,
+                    reason="manual",
+                )
+            except STEP_ERRORS as e:
+                await task.fail(f"the snapshot failed: {e}"[:500], "snapshot_failed")
+                return
+            taken = ev.AppSnapshotTaken(
+                app_id=app_id,
+                snapshot_id=snapshot_id,
+                manifest_id=s.manifest_id,
+                version=s.app_version,
+                reason="manual",
+                size_bytes=size,
+            )
+            await self._apps.append(app_id, [taken], None)
+            await task.succeed("snapshot taken", {"snapshot_id": snapshot_id})

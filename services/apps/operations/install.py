@@ -1,0 +1,156 @@
+"""install: a catalog app at a location, from its DNS record to its first healthy answer.
+
+The network's subnet (step `network`) and the addons' credentials (`AddonProvisioned`) are
+recorded once and read back by the steps after them, and by a resumed run.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from libs.events.tasks import Task
+from services.apps import events as ev
+from services.apps.errors import OperationFailed
+from services.apps.operations.base import Detail, Operation, Run, Step, Tools
+from services.apps.operations.common import (
+    build,
+    create_container,
+    ensure_certificate,
+    point,
+    wait_ready,
+    wait_served,
+)
+from services.apps.state import AppState, app_origin
+
+__all__ = ["INSTALL", "addons", "announce", "image", "network", "storage"]
+
+ADDONS = ("postgresql", "ldap", "sendmail")
+
+
+async def dns(run: Run) -> Detail:
+    return await point(run.tools, run.s, run.s.location)
+
+
+async def certificate(run: Run) -> Detail:
+    return await ensure_certificate(run.tools, run.s, run.s.location)
+
+
+async def image(run: Run) -> Detail:
+    entry = run.tools.entry(run.s.manifest_id, run.s.app_version)
+    return {"image": await build(run.tools, entry, run.task, run.end)}
+
+
+async def network(run: Run) -> Detail:
+    t, s = run.tools, run.s
+    net = await t.runtime.ensure_network(t.names(s.app_id).network, {"homeport.app": s.app_id})
+    return {"subnet": net.subnet}
+
+
+async def storage(run: Run) -> Detail:
+    t, s = run.tools, run.s
+    manifest = t.entry(s.manifest_id, s.app_version).manifest
+    if "localstorage" in manifest.addons:
+        owner = None if manifest.run_as_root else (1000, 1000)
+        await t.runtime.ensure_volume(t.names(s.app_id).volume, {"homeport.app": s.app_id}, owner)
+    return {}
+
+
+async def addons(run: Run) -> Detail:
+    """Provision each addon once: credentials already recorded are handed out again."""
+    t, s = run.tools, run.s
+    assert s.operation is not None
+    subnet = str(s.operation.detail["subnet"])  # recorded by the network step
+    manifest = t.entry(s.manifest_id, s.app_version).manifest
+    for addon in ADDONS:
+        if addon not in manifest.addons:
+            continue
+        s = await t.apps.load(s.app_id)
+        existing = s.addons.get(addon)
+        old = t.unseal_json(existing) if existing else None
+        creds = await _provision(t, s, addon, subnet, old)
+        if existing is None:
+            sealed = t.seal(s.app_id, json.dumps(creds))
+            provisioned = ev.AddonProvisioned(app_id=s.app_id, addon=addon, credentials=sealed)
+            await t.apps.append(s.app_id, [provisioned], s.version)
+    return {}
+
+
+async def _provision(
+    t: Tools, s: AppState, addon: str, subnet: str, old: dict[str, str] | None
+) -> dict[str, str]:
+    gateway = t.services.gateway
+    if addon == "postgresql":
+        password = old["HOMEPORT_POSTGRESQL_PASSWORD"] if old else None
+        pg = await t.snapshots.addon_pg().provision(s.app_id, subnet, password)
+        return pg.env()
+    if old is not None:
+        return old
+    if addon == "ldap":
+        endpoint = await t.peers.ldap_endpoint()
+        if gateway not in endpoint.get("hosts", []):
+            raise OperationFailed(
+                f"the identity LDAP endpoint does not listen on {gateway} (the services"
+                " network's address): set HP_LDAP_HOST for the identity service to include it",
+                "addon_unavailable",
+            )
+        reg = await t.peers.ldap_register_app(s.app_id, s.access)
+        port = str(endpoint["port"])
+        return {
+            "HOMEPORT_LDAP_HOST": gateway,
+            "HOMEPORT_LDAP_PORT": port,
+            "HOMEPORT_LDAP_URL": f"ldap://{gateway}:{port}",
+            "HOMEPORT_LDAP_BIND_DN": reg["bind_dn"],
+            "HOMEPORT_LDAP_BIND_PASSWORD": reg["password"],
+            "HOMEPORT_LDAP_USERS_BASE_DN": reg["users_dn"],
+            "HOMEPORT_LDAP_GROUPS_BASE_DN": reg["groups_dn"],
+        }
+    # sendmail: credentials recorded now; the mail service makes them deliver
+    return {
+        "HOMEPORT_MAIL_SMTP_SERVER": gateway,
+        "HOMEPORT_MAIL_SMTP_PORT": "2525",
+        "HOMEPORT_MAIL_SMTP_USERNAME": f"app-{s.app_id}",
+        "HOMEPORT_MAIL_SMTP_PASSWORD": secrets.token_urlsafe(24),
+        "HOMEPORT_MAIL_FROM": f"{s.location}.app@{s.domain}",
+    }
+
+
+async def container(run: Run) -> Detail:
+    manifest = run.tools.entry(run.s.manifest_id, run.s.app_version).manifest
+    return await create_container(run.tools, run.s, manifest)
+
+
+async def ready(run: Run) -> Detail:
+    manifest = run.tools.entry(run.s.manifest_id, run.s.app_version).manifest
+    await wait_ready(run.tools, run.s, manifest)
+    return {}
+
+
+def installed(s: AppState, task_id: str) -> object:
+    return ev.AppInstalled(app_id=s.app_id, task_id=task_id, version=s.app_version)
+
+
+async def announce(t: Tools, s: AppState, task: Task) -> str:
+    """ "<title> installed at <origin>/" once the edge serves it; until then, honestly not."""
+    title = t.entry(s.manifest_id, s.app_version).manifest.title
+    origin = app_origin(s.location, s.domain, t.cfg.edge_https_port)
+    if await wait_served(t, s, task):
+        return f"{title} installed at {origin}/"
+    return f"{title} installed; {origin}/ will answer once the edge serves it"
+
+
+INSTALL = Operation(
+    "install",
+    (
+        Step("dns", 12, "pointing the app's name at this server", dns),
+        Step("certificate", 1, "asking for the app's certificate", certificate),
+        Step("image", 32, "building the app's image", image),
+        Step("network", 5, "creating the app's network", network),
+        Step("storage", 5, "creating the app's data volume", storage),
+        Step("addons", 15, "setting up the app's database, directory and mail accounts", addons),
+        Step("container", 10, "creating the app's container", container),
+        Step("ready", 20, "starting the app and waiting for it to answer", ready),
+    ),
+    outcome=installed,
+    announce=announce,
+)

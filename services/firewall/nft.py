@@ -1,0 +1,79 @@
+"""The nftables adapter: the only module that runs `nft` (argv lists, scripts on stdin).
+
+`Nft` runs one command and turns a failure (nft missing, or nft refusing) into `NftError`.
+`BanSet` is the ban table on top of it: install it atomically, add bans, read what the kernel
+holds. It only ever touches its own table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+
+from services.firewall.errors import NftError
+from services.firewall.ruleset import ban_set, element, ruleset
+
+__all__ = ["BanSet", "Nft"]
+
+_SETS = ("banned4", "banned6")
+
+
+class Nft:
+    """`nft` run as the argv prefix `argv` (e.g. `ip netns exec NS nft`), never through a shell."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.argv = list(argv)
+
+    async def run(self, *args: str, stdin: str | None = None) -> str:
+        """Run `nft <args>` (feeding `stdin`); its output, or NftError with nft's message."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                *args,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+        except OSError as e:
+            raise NftError(
+                f"cannot run {' '.join(self.argv)}: {e} (check HP_FIREWALL_NFT and that"
+                " nftables is installed)"
+            ) from e
+        if proc.returncode != 0:
+            raise NftError(f"nft {' '.join(args)} failed: {err.decode(errors='replace').strip()}")
+        return out.decode()
+
+
+class BanSet:
+    """The kernel side of the bans: the table `inet <table>` and its two ban sets."""
+
+    def __init__(self, nft: Nft, table: str) -> None:
+        self.nft = nft
+        self.table = table
+
+    async def install(self) -> None:
+        """Check the table with `nft -c`, then replace it atomically (`nft -f`)."""
+        script = ruleset(self.table)
+        await self.nft.run("-c", "-f", "-", stdin=script)
+        await self.nft.run("-f", "-", stdin=script)
+
+    async def add(self, ip: str, seconds: int) -> None:
+        """Drop `ip` for `seconds`; the kernel removes it from the set then."""
+        await self.nft.run("add", "element", "inet", self.table, ban_set(ip), element(ip, seconds))
+
+    async def listing(self) -> str:
+        """The table as nft prints it."""
+        return await self.nft.run("list", "table", "inet", self.table)
+
+    async def elements(self) -> dict[str, int]:
+        """Address -> seconds its ban was set for, as the kernel holds them now."""
+        out: dict[str, int] = {}
+        for name in _SETS:
+            doc = json.loads(await self.nft.run("-j", "list", "set", "inet", self.table, name))
+            for item in doc.get("nftables", []):
+                for elem in item.get("set", {}).get("elem", []):
+                    if isinstance(elem, dict) and "elem" in elem:
+                        out[str(elem["elem"]["val"])] = int(elem["elem"].get("timeout", 0))
+        return out

@@ -1,0 +1,228 @@
+"""What every area of identity shares: the event store with the read model applied inline, the
+keyring (sealing, blind indexes), and who may act.
+
+Every change is appended and applied to the read model in one transaction (projections.py),
+through `IdentityStore.write`: a taken username, email or group name fails the whole
+transaction with a Conflict naming the field; a stream appended to since it was read fails
+with `Changed` (decide again); once the transaction commits, the users whose whoami answer it
+changed are announced (changes.py) before the command replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+import asyncpg
+
+from libs.events import context
+from libs.events.envelope import RecordedEvent
+from libs.events.inline import inline_lock_key
+from libs.events.projection import Projection
+from libs.events.repository import Repository
+from libs.events.sealing import Keyring
+from libs.events.store import PostgresEventStore
+from services.identity import changes
+from services.identity import events as ev
+from services.identity.errors import (
+    Changed,
+    EmailTaken,
+    GroupNameTaken,
+    IdentityConflict,
+    NoSuchUser,
+    NotAdmin,
+    NotOwnAccount,
+    UsernameTaken,
+)
+
+__all__ = ["Announce", "Decide", "IdentityStore", "acting_as"]
+
+T = TypeVar("T")
+Announce = Callable[[changes.Changes], Awaitable[None]]
+Decide = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[list[Any]]]
+
+_RETRIES = 5
+
+_PLAIN_CACHE = 20_000  # unsealed values kept
+
+
+def _stream(key: str) -> str:
+    return key  # identity names its streams itself (events.py, mfa_events.py, ...)
+
+
+def _version(key: str, events: Sequence[RecordedEvent]) -> int:
+    return events[-1].version if events else 0
+
+
+class IdentityStore:
+    """Identity's streams, read model and keyring, shared by every area."""
+
+    def __init__(
+        self,
+        store: PostgresEventStore,
+        keyring: Keyring,
+        projection: Projection,
+        *,
+        announce: Announce | None = None,
+    ) -> None:
+        self.events = store
+        self.keyring = keyring
+        self.projection = projection
+        self._announce = announce
+        self._plain: OrderedDict[str, str] = OrderedDict()  # sealed -> plaintext, bounded
+        self._lock = inline_lock_key(type(projection))
+        self.repository: Repository[int] = Repository(
+            store,
+            _stream,
+            _version,
+            projection,
+            conflict=Changed,
+            unique={"username": UsernameTaken, "email": EmailTaken, "groups_name": GroupNameTaken},
+        )
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.events.pool
+
+    # -- sealing ---------------------------------------------------------------------------
+
+    def name_index(self, username: str) -> str:
+        return self.keyring.blind_index("username", username.lower())
+
+    def email_index(self, email: str) -> str:
+        return self.keyring.blind_index("email", email.strip().lower())
+
+    async def seal(self, user_id: str, value: str) -> str:
+        # the first seal for a user creates their key: a file write, so off the event loop
+        return await asyncio.to_thread(self.keyring.seal_for, ev.subject_of(user_id), value)
+
+    async def seal_for(self, subject: str, value: str) -> str:
+        return await asyncio.to_thread(self.keyring.seal_for, subject, value)
+
+    async def shred(self, subject: str) -> None:
+        """Destroy `subject`'s key: what it sealed in the log can never be read again."""
+        await asyncio.to_thread(self.keyring.destroy_subject, subject)
+
+    def plain(self, sealed: str | None) -> str | None:
+        """Unsealed text, cached (values are immutable; a destroyed key is never asked again,
+        since its user's rows are gone)."""
+        if sealed is None:
+            return None
+        hit = self._plain.get(sealed)
+        if hit is not None:
+            self._plain.move_to_end(sealed)
+            return hit
+        value = self.keyring.unseal_str(sealed)
+        self._plain[sealed] = value
+        if len(self._plain) > _PLAIN_CACHE:
+            self._plain.popitem(last=False)
+        return value
+
+    # -- transactions ----------------------------------------------------------------------
+
+    async def write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `fn` in one transaction (errors translated); announce what it changed."""
+        with changes.collecting() as changed:
+            result = await self.repository.transaction(fn)
+        if changed and self._announce is not None:
+            await self._announce(changed)
+        return result
+
+    async def locked_write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`write`, holding the projection lock shared before `fn` takes any row lock (the
+        inline append takes it too: taking it first keeps a rebuild from deadlocking us)."""
+
+        async def locked(conn: asyncpg.Connection) -> T:
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", self._lock)
+            return await fn(conn)
+
+        return await self.write(locked)
+
+    async def append_on(
+        self, conn: asyncpg.Connection, stream: str, new: Sequence[Any], expected: int | None
+    ) -> list[RecordedEvent]:
+        """Append `new` to `stream` at `expected` and apply it, in the caller's transaction."""
+        return await self.repository.append(stream, new, expected, conn=conn)
+
+    async def append(
+        self, stream: str, new: Sequence[Any], expected: int | None = None
+    ) -> list[RecordedEvent]:
+        """Append `new` to `stream` in a transaction of its own."""
+        return await self.write(lambda conn: self.append_on(conn, stream, new, expected))
+
+    # -- users and who acts ----------------------------------------------------------------
+
+    async def user_row(self, user_id: str, conn: Any = None) -> asyncpg.Record | None:
+        return await (conn or self.pool).fetchrow(
+            "SELECT * FROM identity.users WHERE user_id = $1", user_id
+        )
+
+    async def change_user(self, user_id: str, decide: Decide) -> asyncpg.Record:
+        """Read the user, let `decide` return the events, append them at the version read."""
+
+        async def step(conn: asyncpg.Connection) -> asyncpg.Record:
+            row = await self.user_row(user_id, conn)
+            if row is None:
+                raise NoSuchUser()
+            new = await decide(conn, row)
+            if new:
+                await self.append_on(conn, ev.user_stream(user_id), new, row["version"])
+            return row
+
+        for _ in range(_RETRIES):
+            try:
+                return await self.write(step)
+            except Changed:
+                continue  # the user changed meanwhile: decide again on the new state
+        raise IdentityConflict("the user is being changed by someone else; try again")
+
+    async def require_user(self, user_id: str) -> asyncpg.Record:
+        row = await self.user_row(user_id)
+        if row is None:
+            raise NoSuchUser()
+        return row
+
+    async def require_admin(self) -> str:
+        """The acting user's id, if they are an enabled administrator (or the platform itself)."""
+        actor = context.current().actor
+        if actor == "system":
+            return actor
+        try:
+            row = await self.user_row(str(uuid.UUID(actor)))
+        except ValueError:
+            row = None
+        if row is None or row["disabled"] or not row["is_admin"]:
+            raise NotAdmin()
+        return actor
+
+    async def require_self_or_admin(self, user_id: str) -> None:
+        """The caller acts on their own account, or is an administrator (or the platform)."""
+        if context.current().actor != user_id:
+            await self.require_admin()
+
+    def require_self(self, user_id: str) -> None:
+        """Only the account's own user (or the platform) may do this, not even an admin."""
+        if context.current().actor not in (user_id, "system"):
+            raise NotOwnAccount()
+
+    def profile_of(self, row: asyncpg.Record) -> dict[str, Any]:
+        """A user as GET /profile shows them."""
+        return {
+            "user_id": str(row["user_id"]),
+            "username": self.plain(row["username"]),
+            "email": self.plain(row["email"]),
+            "display_name": self.plain(row["display_name"]),
+            "is_admin": row["is_admin"],
+            "disabled": row["disabled"],
+        }
+
+
+def acting_as(user_id: str) -> AbstractContextManager[context.Context]:
+    """Events of a person's own act before they have a session (setup, sign-in, accepting an
+    invitation) name that person as the actor, not "anonymous"; the client IP stays."""
+    return context.use(dataclasses.replace(context.current(), actor=user_id))

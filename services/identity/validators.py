@@ -1,0 +1,111 @@
+"""Identity's checks of input beyond its shape (the shape is libs/contracts/identity.py, checked
+by the bus before a handler runs): names in their canonical form, rules with messages of their
+own, and the grammars sign-in and the LDAP endpoint look names up by.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from libs.contracts.identity import EMAIL_PATTERN, USERNAME_PATTERN
+from services.identity.errors import IdentityInvalid
+from services.identity.passwords import check_password
+
+__all__ = [
+    "EMAIL",
+    "USERNAME",
+    "canonical_id",
+    "email",
+    "expiry",
+    "group_ids",
+    "new_password",
+    "one_factor",
+    "token_name",
+    "user_ids",
+]
+
+USERNAME = re.compile(USERNAME_PATTERN)
+EMAIL = re.compile(EMAIL_PATTERN)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_EXPIRY_HINT = "an ISO 8601 time with a zone in the future (e.g. 2030-01-01T00:00:00Z), or null"
+
+
+def canonical_id(value: str) -> str:
+    """A UUID the contract let through, in its canonical (lower-case) form."""
+    return str(uuid.UUID(value))
+
+
+def email(value: str) -> str:
+    return value.strip()
+
+
+def display_name(payload: Mapping[str, Any]) -> str | None:
+    """The display name sent, if any ("" and null give None)."""
+    value: str | None = payload.get("display_name")
+    return value or None
+
+
+def new_password(password: str, *, username: str | None, email: str | None) -> None:
+    """The password policy, for a field named new_password."""
+    try:
+        check_password(password, username=username, email=email)
+    except IdentityInvalid as e:
+        raise IdentityInvalid(str(e), field="new_password") from None
+
+
+def one_factor(payload: Mapping[str, Any], code_name: str) -> tuple[str | None, str | None]:
+    """(TOTP code, recovery code): at most one of them given."""
+    code: str | None = payload.get(code_name)
+    recovery: str | None = payload.get("recovery_code")
+    if code is not None and recovery is not None:
+        raise IdentityInvalid(
+            f"send either {code_name} or recovery_code, not both", field="recovery_code"
+        )
+    return code, recovery
+
+
+def token_name(value: str) -> str:
+    """An API token's name: stripped, not empty, no control characters."""
+    value = value.strip()
+    if not value:
+        raise IdentityInvalid("name must not be empty", field="name")
+    if _CONTROL.search(value):
+        raise IdentityInvalid("name must not contain control characters", field="name")
+    return value
+
+
+def expiry(payload: Mapping[str, Any], now: datetime, default: timedelta) -> datetime | None:
+    """When a new API token ends: `expires_at` (in the future), null for never, or `default`
+    from `now` when not given."""
+    if "expires_at" not in payload:
+        return now + default
+    raw = payload["expires_at"]
+    if raw is None:
+        return None
+    try:
+        when = datetime.fromisoformat(str(raw).upper())  # 't' and 'z' are valid RFC 3339 too
+        if when.tzinfo is None or when <= now:
+            raise ValueError("no zone, or not in the future")
+        return when.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: near year 1 or 9999 in UTC
+        raise IdentityInvalid(f"expires_at must be {_EXPIRY_HINT}", field="expires_at") from None
+
+
+def group_ids(raw: Iterable[str]) -> list[str]:
+    """Group ids the contract let through, canonical, each once, in order."""
+    return list(dict.fromkeys(canonical_id(g) for g in raw))
+
+
+def user_ids(raw: Iterable[str], field: str) -> list[str]:
+    """User ids, canonical, each once; a string that is no UUID names `field` (the list)."""
+    out: list[str] = []
+    for item in raw:
+        try:
+            out.append(str(uuid.UUID(item)))
+        except ValueError:
+            raise IdentityInvalid(f"{field} must be user ids (UUIDs)", field=field) from None
+    return list(dict.fromkeys(out))

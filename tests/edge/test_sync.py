@@ -1,0 +1,82 @@
+"""EdgeSync with real nginx and NATS and no dns, apps or certs service answering: it serves the
+local domain's `my.localhost` alone; `serves()` follows the live nginx generation; an event of a
+followed category starts a round at once although the safety-net poll is 300 s, and an event of
+another category does not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from deploy.embedded import free_port
+from services.gateway.edge.sync import FOLLOWED, EdgeSettings, EdgeSync
+from tests.support.bus import connect
+from tests.support.edge import edge_get
+from tests.support.nginx import Upstream, nginx_binary
+from tests.support.waits import wait_until
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    conn = await connect(nats_url)
+    yield conn
+    await conn.close()
+
+
+def _settings(root: Path, upstream: Upstream, uniq: str) -> EdgeSettings:
+    nginx_binary()  # a missing nginx fails (CI) or skips here, naming it
+    return EdgeSettings(
+        prefix=root / "edge",
+        http_port=free_port(),
+        https_port=free_port(),
+        acme_dir=root / "acme",
+        dashboard_upstream=upstream.address,
+        bind=("127.0.0.1",),
+        interval=300,  # only an event can explain a round within the test
+        events_prefix=f"t{uniq}.evt",
+    )
+
+
+async def test_serves_what_the_live_generation_has_and_follows_events(
+    nc: NATS, edge_root: Path, upstream: Upstream, uniq: str
+) -> None:
+    settings = _settings(edge_root, upstream, uniq)
+    sync = EdgeSync(settings, nc)
+    assert not sync.serves("my.localhost")  # nothing applied yet
+    task = asyncio.create_task(sync.run(), name="edge sync under test")
+    try:
+
+        async def serving() -> bool:
+            return sync.serves("my.localhost")
+
+        await wait_until(serving, 30, "my.localhost in the live generation")
+        status, _, body = await edge_get(settings.https_port, "my.localhost", "/hello")
+        assert status == 200 and json.loads(body)["path"] == "/hello"  # the dashboard upstream
+        assert not sync.serves("blog.localhost")
+        assert not sync.serves("my.example.test")
+
+        rounds = sync.rounds
+        await nc.publish(f"t{uniq}.evt.group.GroupCreated", b"{}")  # not a followed category
+        await nc.flush()
+        await asyncio.sleep(0.5)
+        assert sync.rounds == rounds
+
+        for category in FOLLOWED:
+            before = sync.rounds
+
+            async def another_round(before: int = before) -> bool:
+                return sync.rounds > before
+
+            await nc.publish(f"t{uniq}.evt.{category}.Anything", b"{}")
+            await wait_until(another_round, 5, f"a round after a {category} event")
+            assert sync.serves("my.localhost")
+    finally:
+        sync.stop()
+        await asyncio.wait_for(task, 30)
+    assert not sync.serves("my.localhost")  # nginx stopped with the sync
+    assert not sync.up()
