@@ -522,9 +522,7 @@ class Commands:
         """The addresses of the apps installed on `domain`, as the apps service says."""
         ctx = Context("system", context.current().correlation_id, None, None)
         try:
-            reply = await self.bus.query(
-                "apps", "apps", {}, ctx=ctx, timeout=self.cfg.apps_timeout
-            )
+            reply = await self.bus.query("apps", "apps", {}, ctx=ctx, timeout=self.cfg.apps_timeout)
         except BusError as e:
             raise DnsUnavailable(
                 f"cannot tell whether apps use {domain}, so it stays: the apps service did not"
