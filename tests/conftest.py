@@ -20,7 +20,7 @@ from deploy.embedded import EmbeddedError, NatsServer, PostgresServer
 from tests.support.docker import find_docker_host
 from tests.support.pdns import PdnsServer, PdnsZone, fresh_zone, run_pdns
 from tests.support.pebble import ChallDns, PebbleServer, run_challdns, run_pebble
-from tests.support.servers import need_server
+from tests.support.servers import started
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -38,24 +38,12 @@ def tmp_root() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_root: Path) -> Iterator[PostgresServer]:
-    server = PostgresServer(tmp_root / "pg", fsync=True)
-    try:
-        server.start()
-    except (EmbeddedError, OSError) as e:
-        need_server("postgres", e)
-    yield server
-    server.stop()
+    yield from started(PostgresServer(tmp_root / "pg", fsync=True), "postgres", EmbeddedError)
 
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_root: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_root / "nats")
-    try:
-        server.start()
-    except (EmbeddedError, OSError) as e:
-        need_server("nats-server", e)
-    yield server
-    server.stop()
+    yield from started(NatsServer(tmp_root / "nats"), "nats-server", EmbeddedError)
 
 
 @pytest.fixture

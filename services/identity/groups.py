@@ -188,11 +188,7 @@ class Groups:
             )
             if user is None:
                 raise IdentityNotFound("no such user", field="user_id")
-            member = await conn.fetchval(
-                "SELECT 1 FROM identity.group_members WHERE group_id = $1 AND user_id = $2",
-                group_id,
-                user_id,
-            )
+            member = await _is_member(conn, group_id, user_id)
             return [] if member else [gev.GroupMemberAdded(group_id=group_id, user_id=user_id)]
 
         await self._change_group(group_id, decide)
@@ -205,12 +201,8 @@ class Groups:
         user_id = check.canonical_id(payload["user_id"])
 
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record) -> list[Any]:
-            member = await conn.fetchval(
-                "SELECT 1 FROM identity.group_members WHERE group_id = $1 AND user_id = $2",
-                group_id,
-                user_id,
-            )
-            if member is None:
+            member = await _is_member(conn, group_id, user_id)
+            if not member:
                 raise IdentityNotFound("that user is not a member of the group", field="user_id")
             return [gev.GroupMemberRemoved(group_id=group_id, user_id=user_id)]
 
@@ -436,6 +428,15 @@ class Groups:
                 "DELETE FROM identity.invitations WHERE invitation_id = ANY($1::uuid[])", ids
             )
         await self.pool.execute("DELETE FROM identity.password_resets WHERE expires_at <= $1", now)
+
+
+async def _is_member(conn: asyncpg.Connection, group_id: str, user_id: str) -> bool:
+    found = await conn.fetchval(
+        "SELECT 1 FROM identity.group_members WHERE group_id = $1 AND user_id = $2",
+        group_id,
+        user_id,
+    )
+    return found is not None
 
 
 # -- read-model steps ---------------------------------------------------------------------------

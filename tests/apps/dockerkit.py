@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import shlex
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import docker
 import docker.errors
 import pytest
@@ -35,11 +37,14 @@ __all__ = [
     "DockerNames",
     "app_spec",
     "build_probe_image",
+    "connects",
     "docker_exec",
     "docker_names",
+    "host_addresses",
     "probe_many",
     "probe_tcp",
     "wait_for",
+    "wait_probe_http",
 ]
 
 PROBE_IMAGE = "hp-test-probe:latest"
@@ -218,3 +223,36 @@ async def wait_for(
             return
         await asyncio.sleep(0.1)
     pytest.fail(f"{what} not within {deadline_s:.0f}s")
+
+
+async def wait_probe_http(port: int, what: str) -> None:
+    """Wait until the probe answers its HTTP request on 127.0.0.1:`port`."""
+    async with aiohttp.ClientSession() as http:
+
+        async def answers() -> bool:
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/") as r:
+                    return r.status == 200 and await r.text() == "probe-ok\n"
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(what, answers)
+
+
+async def connects(host: str, port: int) -> bool:
+    """Whether a TCP connect from this host to host:port succeeds within 2 s."""
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+    except (OSError, TimeoutError):
+        return False
+    w.close()
+    await w.wait_closed()
+    return True
+
+
+def host_addresses() -> list[str]:
+    """The host's IPv4 addresses, loopback included, sorted."""
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], check=True, capture_output=True)
+    return sorted(
+        {a["local"] for link in json.loads(out.stdout) for a in link.get("addr_info", [])}
+    )

@@ -30,7 +30,7 @@ import pytest
 from deploy.embedded import EmbeddedError, PostgresServer
 from services.apps.base_image import BaseImageError, ensure_base_image
 from tests.identity.kit import ADMIN, running_identity
-from tests.support.servers import need_server
+from tests.support.servers import need_server, started
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -232,12 +232,7 @@ def app_pg(tmp_root: Path, net: Net) -> Iterator[PostgresServer]:
     )
     hba.chmod(0o644)
     server = PostgresServer(datadir, fsync=False, listen=("127.0.0.1", net.gateway), hba_file=hba)
-    try:
-        server.start()
-    except (EmbeddedError, OSError) as e:
-        need_server("postgres", e)
-    yield server
-    server.stop()
+    yield from started(server, "postgres", EmbeddedError)
 
 
 @pytest.fixture

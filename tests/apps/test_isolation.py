@@ -8,7 +8,6 @@ so a crash or a broken network can not pass for isolation.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import uuid
@@ -21,7 +20,14 @@ import pytest
 from deploy.embedded import NatsServer, PostgresServer
 from libs.egress import EgressRules
 from services.apps.runtime import DockerRuntime, NetworkInfo
-from tests.apps.dockerkit import DockerNames, app_spec, docker_exec, probe_many
+from tests.apps.dockerkit import (
+    DockerNames,
+    app_spec,
+    connects,
+    docker_exec,
+    host_addresses,
+    probe_many,
+)
 from tests.support.servers import need_server
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("docker-isolation")]
@@ -29,13 +35,6 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("docker-isolation
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-def _host_addresses() -> list[str]:
-    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], check=True, capture_output=True)
-    return sorted(
-        {a["local"] for link in json.loads(out.stdout) for a in link.get("addr_info", [])}
-    )
 
 
 @dataclass
@@ -51,16 +50,6 @@ async def _listen(host: str) -> Listener:
 
     server = await asyncio.start_server(handle, host, 0)
     return Listener(host, server.sockets[0].getsockname()[1], server)
-
-
-async def _host_reaches(host: str, port: int) -> bool:
-    try:
-        _, w = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
-    except (OSError, TimeoutError):
-        return False
-    w.close()
-    await w.wait_closed()
-    return True
 
 
 @pytest.fixture
@@ -202,13 +191,13 @@ async def test_metadata_and_host_services_unreachable(
         metadata = await _listen("169.254.169.254")
         services = await _listen(services_net.gateway)
         listeners += [metadata, services]
-        assert await _host_reaches("169.254.169.254", metadata.port)
-        assert await _host_reaches("169.254.170.2", ns_port)
-        assert await _host_reaches(services_net.gateway, services.port)
+        assert await connects("169.254.169.254", metadata.port)
+        assert await connects("169.254.170.2", ns_port)
+        assert await connects(services_net.gateway, services.port)
 
         before = (await rules.dropped()).get("169.254.0.0/16", 0)
-        hosts = sorted({*_host_addresses(), started.gateway, services_net.gateway})
-        assert services_net.gateway in _host_addresses()
+        hosts = sorted({*host_addresses(), started.gateway, services_net.gateway})
+        assert services_net.gateway in host_addresses()
         closed = [("169.254.169.254", metadata.port), ("169.254.170.2", ns_port)]
         closed += [(h, p) for h in hosts for p in (pg_server.port, nats_server.port)]
         reachable = [("127.0.0.1", 8080), (services_net.gateway, services.port)]
@@ -249,7 +238,7 @@ async def test_other_apps_unreachable(
     assert await probe_many(docker_client, dnames("b"), [(b.ip, 8080)]) == {(b.ip, 8080): "open"}
 
     async def host_reaches_b() -> bool:
-        return await _host_reaches("127.0.0.1", port)
+        return await connects("127.0.0.1", port)
 
     for _ in range(50):
         if await host_reaches_b():
@@ -257,7 +246,7 @@ async def test_other_apps_unreachable(
         await asyncio.sleep(0.1)
     assert await host_reaches_b()
 
-    hosts = sorted({*_host_addresses(), started.gateway, net_b.gateway})
+    hosts = sorted({*host_addresses(), started.gateway, net_b.gateway})
     closed = [(b.ip, 8080), *[(h, port) for h in hosts]]
     found = await probe_many(docker_client, dnames("a"), [("127.0.0.1", 8080), *closed])
     assert found[("127.0.0.1", 8080)] == "open"

@@ -8,12 +8,11 @@ import stat
 import threading
 from pathlib import Path
 
-import aiohttp
 import docker
 import pytest
 
 from services.apps.runtime import DockerRuntime, RuntimeEvent, RuntimeFailure
-from tests.apps.dockerkit import DockerNames, app_spec, wait_for
+from tests.apps.dockerkit import DockerNames, app_spec, wait_for, wait_probe_http
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,16 +83,7 @@ async def test_container_lifecycle_and_http_port_on_loopback_only(
     assert st.http_host_port is not None and st.ip is not None and st.started_at
 
     # Published on 127.0.0.1 only: it answers there, and the binding names no other address.
-    async with aiohttp.ClientSession() as http:
-
-        async def answers() -> bool:
-            try:
-                async with http.get(f"http://127.0.0.1:{st.http_host_port}/") as r:
-                    return r.status == 200 and await r.text() == "probe-ok\n"
-            except aiohttp.ClientError:
-                return False
-
-        await wait_for("the app's http port answering", answers)
+    await wait_probe_http(st.http_host_port, "the app's http port answering")
     info = docker_client.api.inspect_container(spec.name)
     binds = info["HostConfig"]["PortBindings"]
     assert binds == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}

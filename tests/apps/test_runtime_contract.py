@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
-import socket
-import subprocess
 import tarfile
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
+from deploy.embedded import free_port
 from services.apps.container import (
     ContainerRuntime,
     ContainerSpec,
@@ -36,7 +33,13 @@ from services.apps.container import (
     RuntimeStream,
 )
 from services.apps.runtime import DockerRuntime
-from tests.apps.dockerkit import DockerNames, wait_for
+from tests.apps.dockerkit import (
+    DockerNames,
+    connects,
+    host_addresses,
+    wait_for,
+    wait_probe_http,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,29 +57,6 @@ echo env=$HP_SECRET
 echo report-done
 exec /bin/probe serve 8080
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _host_addresses() -> list[str]:
-    """The host's IPv4 addresses other than loopback."""
-    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], check=True, capture_output=True)
-    found = {a["local"] for link in json.loads(out.stdout) for a in link.get("addr_info", [])}
-    return sorted(a for a in found if not a.startswith("127."))
-
-
-async def _connects(host: str, port: int) -> bool:
-    try:
-        _, w = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
-    except (OSError, TimeoutError):
-        return False
-    w.close()
-    await w.wait_closed()
-    return True
 
 
 def _cursor(stamp: str) -> datetime:
@@ -205,7 +185,7 @@ class RuntimeContract:
         self, rt: ContainerRuntime, names: DockerNames, image: str
     ) -> None:
         net = await rt.ensure_network(names("net"), names.labels)
-        http_port, tcp_port = _free_port(), _free_port()
+        http_port, tcp_port = free_port(), free_port()
         run = "/bin/probe serve 8081 & exec /bin/probe serve 8080"
         spec = _spec(
             names, image, "web", net.name, run,
@@ -226,24 +206,15 @@ class RuntimeContract:
         )
 
         # HTTP on 127.0.0.1 only; a TCP port on every address.
-        async with aiohttp.ClientSession() as http:
-
-            async def answers() -> bool:
-                try:
-                    async with http.get(f"http://127.0.0.1:{http_port}/") as r:
-                        return r.status == 200 and await r.text() == "probe-ok\n"
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_for("the app's http port answering on 127.0.0.1", answers)
+        await wait_probe_http(http_port, "the app's http port answering on 127.0.0.1")
 
         async def tcp_open() -> bool:
-            return await _connects(net.gateway, tcp_port)
+            return await connects(net.gateway, tcp_port)
 
         await wait_for("the app's tcp port answering on a host address", tcp_open)
-        hosts = _host_addresses()
+        hosts = [a for a in host_addresses() if not a.startswith("127.")]
         assert net.gateway in hosts
-        assert [h for h in hosts if await _connects(h, http_port)] == []
+        assert [h for h in hosts if await connects(h, http_port)] == []
 
         stats = await rt.stats(spec.name)
         assert stats.memory_limit == 64 * MB and stats.memory_bytes > 0

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,49 +21,40 @@ from cryptography.x509 import DNSName
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from services.certs.acme_client import AcmeAccount, AcmeError, Issued
-from tests.support.pebble import ChallDns, PebbleServer, query_txt, run_challdns, run_pebble
+from tests.support.pebble import ChallDns, PebbleServer, query_txt, run_pebble
 
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
-# Pebble servers: one set per xdist worker, stopped at the end of the session.
+# Pebble servers: one set per xdist worker, stopped at the end of the session; they share
+# the directory and the challenge DNS of tests/conftest.py's `certs_pebble`.
 
 
 @pytest.fixture(scope="session")
-def pebble_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="hp-pebble-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def challdns(pebble_dir: Path) -> Iterator[ChallDns]:
-    yield from run_challdns(pebble_dir)
-
-
-@pytest.fixture(scope="session")
-def pebble(pebble_dir: Path, challdns: ChallDns) -> Iterator[PebbleServer]:
+def pebble(certs_pebble_dir: Path, certs_challdns: ChallDns) -> Iterator[PebbleServer]:
     """Pebble with its defaults: 5 % of nonces rejected, validation sleeps of up to 15 s."""
-    yield from run_pebble(pebble_dir / "defaults", challdns)
+    yield from run_pebble(certs_pebble_dir / "defaults", certs_challdns)
 
 
 @pytest.fixture(scope="session")
-def pebble_fast(pebble_dir: Path, challdns: ChallDns) -> Iterator[PebbleServer]:
+def pebble_fast(certs_pebble_dir: Path, certs_challdns: ChallDns) -> Iterator[PebbleServer]:
     """PEBBLE_VA_NOSLEEP=1, default nonce rejection (5 %)."""
-    yield from run_pebble(pebble_dir / "fast", challdns, nosleep=True)
+    yield from run_pebble(certs_pebble_dir / "fast", certs_challdns, nosleep=True)
 
 
 @pytest.fixture(scope="session")
-def pebble_nonce50(pebble_dir: Path, challdns: ChallDns) -> Iterator[PebbleServer]:
+def pebble_nonce50(certs_pebble_dir: Path, certs_challdns: ChallDns) -> Iterator[PebbleServer]:
     """PEBBLE_WFE_NONCEREJECT=50 (half of all nonces rejected), PEBBLE_VA_NOSLEEP=1."""
-    yield from run_pebble(pebble_dir / "nonce50", challdns, nosleep=True, nonce_reject=50)
+    yield from run_pebble(
+        certs_pebble_dir / "nonce50", certs_challdns, nosleep=True, nonce_reject=50
+    )
 
 
 @pytest.fixture(scope="session")
-def pebble_reuse(pebble_dir: Path, challdns: ChallDns) -> Iterator[PebbleServer]:
+def pebble_reuse(certs_pebble_dir: Path, certs_challdns: ChallDns) -> Iterator[PebbleServer]:
     """PEBBLE_AUTHZREUSE=100: valid authorizations are always reused (as Let's Encrypt does)."""
     env = {"PEBBLE_AUTHZREUSE": "100"}
-    yield from run_pebble(pebble_dir / "reuse", challdns, nosleep=True, env=env)
+    yield from run_pebble(certs_pebble_dir / "reuse", certs_challdns, nosleep=True, env=env)
 
 
 class Responder:

@@ -21,6 +21,7 @@ from aiohttp.abc import ResolveResult
 
 from tests.dashboard.dashkit import DIST, PlatformStarter
 from tests.support.edge import edge_get
+from tests.support.nginx import LoopbackResolver
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -118,8 +119,8 @@ async def test_dashboard_headers_from_the_gateway_and_the_edge(
                     assert r.status == want, (origin, r.status, await r.text())
 
 
-class _Loopback(aiohttp.abc.AbstractResolver):
-    """*.localhost resolves to 127.0.0.1, as browsers do."""
+class _Loopback(LoopbackResolver):
+    """*.localhost resolves to 127.0.0.1, as browsers do; other names through `fallback`."""
 
     def __init__(self, fallback: aiohttp.abc.AbstractResolver) -> None:
         self.fallback = fallback
@@ -128,16 +129,7 @@ class _Loopback(aiohttp.abc.AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         if host == "localhost" or host.endswith(".localhost"):
-            return [
-                ResolveResult(
-                    hostname=host,
-                    host="127.0.0.1",
-                    port=port,
-                    family=socket.AF_INET,
-                    proto=0,
-                    flags=0,
-                )
-            ]
+            return await super().resolve(host, port, family)
         return await self.fallback.resolve(host, port, family)
 
     async def close(self) -> None:

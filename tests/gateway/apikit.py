@@ -36,7 +36,7 @@ from services.gateway.api import (
     mount_api,
 )
 from tests.identity.kit import ADMIN, Identity
-from tests.support.waits import wait_until
+from tests.support.serving import serving
 
 SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
@@ -334,29 +334,11 @@ async def running_gateway(
         "HP_DRAIN_SECONDS": "1",
         **(env or {}),
     }
-    for name, value in settings.items():
-        monkeypatch.setenv(name, value)
-    svc = build()
-    task = asyncio.create_task(svc.serve(), name="gateway under test")
-    try:
-        async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                assert not task.done(), f"the gateway stopped, exit code {svc.exit_code}"
-                if not svc.port:
-                    return False
-                try:
-                    async with http.get(f"http://127.0.0.1:{svc.port}/readyz") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(ready, 30, "the gateway to be ready")
-            yield Gateway(svc, Client(f"http://127.0.0.1:{svc.port}", http))
-    finally:
-        svc.request_stop("test over")
-        await asyncio.wait_for(task, 20)
-    assert svc.exit_code == 0
+    async with (
+        serving(monkeypatch, build, settings, "the gateway", ready_within=30) as svc,
+        aiohttp.ClientSession() as http,
+    ):
+        yield Gateway(svc, Client(f"http://127.0.0.1:{svc.port}", http))
 
 
 # -- routes that exist only in tests ---------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -11,17 +10,17 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import nats
 import pytest
 
 from libs.events.bus import BusClient
 from libs.events.context import Context
 from libs.service.runner import Service
-from tests.support.waits import wait_until
+from tests.support.serving import serving
 
 ADMIN = {"username": "root", "email": "root@example.test", "password": "correct horse battery"}
 
@@ -94,31 +93,14 @@ async def running_identity(
         "HP_HTTP_PORT": "0",
         **(env or {}),
     }
-    for name, value in settings.items():
-        monkeypatch.setenv(name, value)
-    svc = build(clock=clock)
-    task = asyncio.create_task(svc.serve(), name="identity under test")
-    nc = await nats.connect(nats_url)
-    try:
-        async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                assert not task.done(), f"identity stopped, exit code {svc.exit_code}"
-                if not svc.port:
-                    return False
-                try:
-                    async with http.get(f"http://127.0.0.1:{svc.port}/readyz") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(ready, 30, "identity to be ready")
-        yield Identity(svc, BusClient(nc, default_timeout=10), tmp_path / "keyring.json", clock)
-    finally:
-        await nc.close()
-        svc.request_stop("test over")
-        await asyncio.wait_for(task, 20)
-    assert svc.exit_code == 0
+    async with serving(
+        monkeypatch, partial(build, clock=clock), settings, "identity", ready_within=30
+    ) as svc:
+        nc = await nats.connect(nats_url)
+        try:
+            yield Identity(svc, BusClient(nc, default_timeout=10), tmp_path / "keyring.json", clock)
+        finally:
+            await nc.close()
 
 
 def code_for(secret: str, step: int) -> str:

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.pdns import free_udp_tcp_port
-from tests.support.servers import need_server
+from tests.support.servers import free_udp_tcp_port, started, stop_process
 
 __all__ = ["MotoServer", "Route53Zone", "fresh_hosted_zone", "run_moto"]
 
@@ -137,12 +136,7 @@ class MotoServer:
     def stop(self) -> None:
         if self._proc is None:
             return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        stop_process(self._proc)
         self._proc = None
         for c in self._clients.values():
             c.close()
@@ -178,12 +172,7 @@ class Route53Zone:
 def run_moto() -> Iterator[MotoServer]:
     """Body of a session fixture: a moto server, or a skip (a failure under CI=true)."""
     server = MotoServer(Path(tempfile.mkdtemp(prefix="hp-moto-")))
-    try:
-        server.start()
-    except (MotoUnavailable, OSError) as e:
-        need_server("moto server", e)
-    yield server
-    server.stop()
+    yield from started(server, "moto server", MotoUnavailable)
 
 
 def fresh_hosted_zone(moto: MotoServer) -> Iterator[Route53Zone]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -29,13 +28,12 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.servers import need_server
+from tests.support.servers import free_udp_tcp_port, started, stop_process
 
 __all__ = [
     "PdnsServer",
     "PdnsZone",
     "create_zone",
-    "free_udp_tcp_port",
     "fresh_zone",
     "run_pdns",
 ]
@@ -48,21 +46,6 @@ _SCHEMAS = (
 
 class PdnsUnavailable(RuntimeError):
     """pdns_server or its sqlite backend is missing, or it did not start."""
-
-
-def free_udp_tcp_port() -> int:
-    """A port on 127.0.0.1 free for both TCP and UDP right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise PdnsUnavailable("no port free for both TCP and UDP on 127.0.0.1")
 
 
 @dataclass
@@ -168,15 +151,9 @@ class PdnsServer:
         return json.loads(raw) if raw else None
 
     def stop(self) -> None:
-        if self._proc is None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
+        if self._proc is not None:
+            stop_process(self._proc)
+            self._proc = None
 
 
 @dataclass(frozen=True)
@@ -262,12 +239,7 @@ def create_zone(server: PdnsServer, zone: str) -> None:
 def run_pdns() -> Iterator[PdnsServer]:
     """Body of a session fixture: PowerDNS, or a skip (a failure under CI=true)."""
     server = PdnsServer(Path(tempfile.mkdtemp(prefix="hp-pdns-")))
-    try:
-        server.start()
-    except (PdnsUnavailable, OSError) as e:
-        need_server("pdns_server", e)
-    yield server
-    server.stop()
+    yield from started(server, "pdns_server", PdnsUnavailable)
     shutil.rmtree(server.workdir, ignore_errors=True)
 
 

@@ -34,12 +34,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support.servers import need_server
+from tests.support.servers import free_udp_tcp_port, need_server, stop_process
 
 __all__ = [
     "ChallDns",
     "PebbleServer",
-    "free_port",
     "query_txt",
     "run_challdns",
     "run_pebble",
@@ -48,36 +47,11 @@ __all__ = [
 ]
 
 
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise OSError("no free port found")
-
-
 def _binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         raise FileNotFoundError(f"{name} not found: apt-get install pebble")
     return path
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def _wait_http(
@@ -127,12 +101,12 @@ class ChallDns:
             self._post("/set-txt", {"host": host, "value": v})
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 def start_challdns(workdir: Path) -> ChallDns:
     binary = _binary("pebble-challtestsrv")
-    dns_port, mgmt_port = free_port(), free_port()
+    dns_port, mgmt_port = free_udp_tcp_port(), free_udp_tcp_port()
     log = workdir / "challtestsrv.log"
     argv = [
         binary,
@@ -214,7 +188,7 @@ class PebbleServer:
     log: Path
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 def _listener_cert(workdir: Path) -> Path:
@@ -279,7 +253,7 @@ def start_pebble(
     binary = _binary("pebble")
     workdir.mkdir(parents=True, exist_ok=True)
     bundle = _listener_cert(workdir)
-    acme_port, mgmt_port, http_port, tls_port = (free_port() for _ in range(4))
+    acme_port, mgmt_port, http_port, tls_port = (free_udp_tcp_port() for _ in range(4))
     config = {
         "pebble": {
             "listenAddress": f"127.0.0.1:{acme_port}",
@@ -316,7 +290,7 @@ def start_pebble(
         ) as r:
             root_pem = r.read().decode()
     except BaseException:
-        _stop(proc)
+        stop_process(proc)
         raise
     return PebbleServer(
         proc=proc,

@@ -1,13 +1,17 @@
-"""What a test does when a server it needs is missing."""
+"""What a test does when a server it needs is missing, and the pieces every test server shares:
+a port free for TCP and UDP, starting one for a session, stopping a child process."""
 
 from __future__ import annotations
 
 import os
-from typing import NoReturn
+import socket
+import subprocess
+from collections.abc import Iterator
+from typing import NoReturn, Protocol, TypeVar
 
 import pytest
 
-__all__ = ["IN_CI", "need_server"]
+__all__ = ["IN_CI", "free_udp_tcp_port", "need_server", "started", "stop_process"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -19,3 +23,48 @@ def need_server(what: str, err: Exception) -> NoReturn:
         pytest.fail(msg + " (CI=true: servers are required)", pytrace=False)
     print(f"SKIP: {msg}")
     pytest.skip(msg)
+
+
+class _Server(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Server)
+
+
+def started(server: _S, what: str, *errors: type[Exception]) -> Iterator[_S]:
+    """Body of a session fixture: `server` started (a skip, a failure under CI=true, if it
+    raises OSError or one of `errors`), stopped at the end."""
+    try:
+        server.start()
+    except (OSError, *errors) as e:
+        need_server(what, e)
+    yield server
+    server.stop()
+
+
+def free_udp_tcp_port() -> int:
+    """A port on 127.0.0.1 free for both TCP and UDP right now."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = int(t.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise OSError("no port free for both TCP and UDP on 127.0.0.1")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Terminate `proc` and reap it; killed if it has not exited within `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)

@@ -8,10 +8,10 @@ the new app's volume and database (step `data`, reading the recorded snapshot id
 from __future__ import annotations
 
 from libs.events.envelope import uuid7
-from services.apps import events as ev
 from services.apps.errors import OperationFailed
 from services.apps.operations import install
 from services.apps.operations.base import Detail, Operation, Run, Step
+from services.apps.operations.common import take_snapshot
 
 __all__ = ["CLONE"]
 
@@ -24,23 +24,7 @@ async def seed(run: Run) -> Detail:
     if not source.exists:
         raise OperationFailed(f"the app to clone ({s.clone_of}) is gone", "no_source")
     snapshot_id = s.seed_snapshot or str(uuid7())
-    manifest = t.entry(source.manifest_id, source.app_version).manifest
-    size = await t.snapshots.take(
-        source.app_id,
-        snapshot_id,
-        addons=manifest.addons,
-        manifest_id=source.manifest_id,
-        version=source.app_version,
-        reason="clone",
-    )
-    taken = ev.AppSnapshotTaken(
-        app_id=source.app_id,
-        snapshot_id=snapshot_id,
-        manifest_id=source.manifest_id,
-        version=source.app_version,
-        reason="clone",
-        size_bytes=size,
-    )
+    taken = await take_snapshot(t, source, snapshot_id, "clone")
     await t.apps.append(source.app_id, [taken], None)
     return {"snapshot_id": snapshot_id}
 

@@ -1,6 +1,6 @@
-"""Pieces several operations share: building an image, (re)creating the container, waiting for
-the app's first healthy answer, the app's host name (its DNS record, its certificate, whether the
-edge serves it) and rolling back a failed update or configuration."""
+"""Pieces several operations share: a snapshot of the app's data, building an image, (re)creating
+the container, waiting for the app's first healthy answer, the app's host name (its DNS record,
+its certificate, whether the edge serves it) and rolling back a failed update or configuration."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from dataclasses import replace
 import aiohttp
 
 from libs.events.tasks import Task
+from services.apps import events as ev
 from services.apps.base_image import ensure_base_image, ensure_busybox_image
 from services.apps.catalog import CatalogEntry
 from services.apps.container import ContainerSpec
@@ -31,6 +32,7 @@ __all__ = [
     "forget_certificate",
     "point",
     "roll_back",
+    "take_snapshot",
     "unpoint",
     "wait_ready",
     "wait_served",
@@ -43,6 +45,32 @@ _FROM = re.compile(r"^\s*FROM\s+(\S+)", re.IGNORECASE | re.MULTILINE)
 DEBIAN_BASE = "homeport/debian-base:bookworm"
 BUSYBOX_BASE = "homeport/busybox:local"
 SERVED_POLL = 0.3
+
+
+# -- snapshots ---------------------------------------------------------------------------------
+
+
+async def take_snapshot(
+    t: Tools, s: AppState, snapshot_id: str, reason: str
+) -> ev.AppSnapshotTaken:
+    """A snapshot of app `s`'s data and databases, and the event that records it (to append)."""
+    manifest = t.entry(s.manifest_id, s.app_version).manifest
+    size = await t.snapshots.take(
+        s.app_id,
+        snapshot_id,
+        addons=manifest.addons,
+        manifest_id=s.manifest_id,
+        version=s.app_version,
+        reason=reason,
+    )
+    return ev.AppSnapshotTaken(
+        app_id=s.app_id,
+        snapshot_id=snapshot_id,
+        manifest_id=s.manifest_id,
+        version=s.app_version,
+        reason=reason,
+        size_bytes=size,
+    )
 
 
 # -- image and container ----------------------------------------------------------------------

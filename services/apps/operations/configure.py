@@ -6,6 +6,7 @@ is the app as it will be once they are in effect. A failure rolls the app back t
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from libs.events.tasks import Task
@@ -38,24 +39,28 @@ def configured(s: AppState) -> AppState:
     )
 
 
-async def dns(run: Run) -> Detail:
-    """A move: the new name's record first, then the old one's goes."""
+async def _move(
+    run: Run,
+    add: Callable[[Tools, AppState, str], Awaitable[Detail]],
+    drop: Callable[[Tools, AppState, str], Awaitable[None]],
+) -> Detail:
+    """A move to the configured location: the new location's first, then the old one's goes."""
     new = configured(run.s).location
     if new == run.s.location:
         return {}
-    detail = await point(run.tools, run.s, new)
-    await unpoint(run.tools, run.s, run.s.location)
+    detail = await add(run.tools, run.s, new)
+    await drop(run.tools, run.s, run.s.location)
     return detail
+
+
+async def dns(run: Run) -> Detail:
+    """A move: the new name's record first, then the old one's goes."""
+    return await _move(run, point, unpoint)
 
 
 async def certificate(run: Run) -> Detail:
     """A move: the new host's certificate, and the old host's is forgotten."""
-    new = configured(run.s).location
-    if new == run.s.location:
-        return {}
-    detail = await ensure_certificate(run.tools, run.s, new)
-    await forget_certificate(run.tools, run.s, run.s.location)
-    return detail
+    return await _move(run, ensure_certificate, forget_certificate)
 
 
 async def addons(run: Run) -> Detail:

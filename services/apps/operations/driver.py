@@ -23,7 +23,7 @@ from services.apps import events as ev
 from services.apps.container import RuntimeFailure
 from services.apps.errors import AppsError, ChangedMeanwhile, OperationFailed
 from services.apps.operations.base import Run, Tools
-from services.apps.operations.common import roll_back
+from services.apps.operations.common import roll_back, take_snapshot
 from services.apps.operations.repair import operation_of
 from services.apps.state import AppState, State
 
@@ -222,25 +222,9 @@ class Driver:
             await task.progress(10, "copying the app's data and dumping its database")
             snapshot_id = str(uuid7())
             try:
-                manifest = t.entry(s.manifest_id, s.app_version).manifest
-                size = await t.snapshots.take(
-                    app_id,
-                    snapshot_id,
-                    addons=manifest.addons,
-                    manifest_id=s.manifest_id,
-                    version=s.app_version,
-                    reason="manual",
-                )
+                taken = await take_snapshot(t, s, snapshot_id, "manual")
             except STEP_ERRORS as e:
                 await task.fail(f"the snapshot failed: {e}"[:500], "snapshot_failed")
                 return
-            taken = ev.AppSnapshotTaken(
-                app_id=app_id,
-                snapshot_id=snapshot_id,
-                manifest_id=s.manifest_id,
-                version=s.app_version,
-                reason="manual",
-                size_bytes=size,
-            )
             await self._apps.append(app_id, [taken], None)
             await task.succeed("snapshot taken", {"snapshot_id": snapshot_id})

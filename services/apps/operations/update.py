@@ -11,7 +11,7 @@ from libs.events.tasks import Task
 from services.apps import events as ev
 from services.apps.catalog import CatalogEntry
 from services.apps.operations.base import Detail, Operation, Run, Step, Tools
-from services.apps.operations.common import build, create_container, wait_ready
+from services.apps.operations.common import build, create_container, take_snapshot, wait_ready
 from services.apps.state import AppState
 
 __all__ = ["UPDATE"]
@@ -25,23 +25,7 @@ def _target(t: Tools, s: AppState) -> CatalogEntry:
 async def snapshot(run: Run) -> Detail:
     t, s = run.tools, run.s
     snapshot_id = str(uuid7())
-    manifest = t.entry(s.manifest_id, s.app_version).manifest
-    size = await t.snapshots.take(
-        s.app_id,
-        snapshot_id,
-        addons=manifest.addons,
-        manifest_id=s.manifest_id,
-        version=s.app_version,
-        reason="update",
-    )
-    taken = ev.AppSnapshotTaken(
-        app_id=s.app_id,
-        snapshot_id=snapshot_id,
-        manifest_id=s.manifest_id,
-        version=s.app_version,
-        reason="update",
-        size_bytes=size,
-    )
+    taken = await take_snapshot(t, s, snapshot_id, "update")
     await t.apps.append(s.app_id, [taken], s.version)
     return {"snapshot_id": snapshot_id}
 
