@@ -131,6 +131,7 @@ class ProjectionRunner:
         self.applied = 0  # events applied by this runner (not skipped)
         self._key = _lock_key(projection.name)
         self._stop = asyncio.Event()
+        self._pulling: asyncio.Timeout | None = None  # the deadline of the pull under way
         self.live = asyncio.Event()  # set once caught up and following
         self._subject_re = _subject_regex(f"{prefix}.{projection.subject}")
 
@@ -143,6 +144,9 @@ class ProjectionRunner:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._pulling is not None:
+            # Cut the pull short (it raises TimeoutError): a stop need not wait fetch_timeout.
+            self._pulling.reschedule(-1)
 
     # -- storage -------------------------------------------------------------------------
 
@@ -433,23 +437,19 @@ class ProjectionRunner:
                 pass
 
     async def _fetch(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
-        """The next messages: none after fetch_timeout without any, or at once on stop()."""
-        fetch = asyncio.ensure_future(psub.fetch(self.batch, timeout=self.fetch_timeout))
-        stop = asyncio.ensure_future(self._stop.wait())
+        """The next messages: none after fetch_timeout without any, or at once on stop().
+
+        No task per pull (this runs for every batch): stop() moves the pull's deadline to now.
+        What a pull cut short brings stays unacked and is read again from the checkpoint."""
         try:
-            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not fetch.done():
-                # stopping: what this pull brings stays unacked, read again from the checkpoint
-                fetch.cancel()
-                await asyncio.gather(fetch, return_exceptions=True)
-        if fetch.cancelled():
-            return []
-        try:
-            return fetch.result()
+            async with asyncio.timeout(None) as self._pulling:
+                if self._stop.is_set():
+                    return []
+                return await psub.fetch(self.batch, timeout=self.fetch_timeout)
         except (nats.errors.TimeoutError, TimeoutError):
             return []
+        finally:
+            self._pulling = None
 
 
 def _subject_regex(pattern: str) -> re.Pattern[str]:
