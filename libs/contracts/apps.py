@@ -8,7 +8,7 @@ who may open a single-user app, whether a version exists).
 from __future__ import annotations
 
 from libs.contracts import Contract
-from libs.contracts.common import MAX_ENV_VALUE, MAX_IDS, location, memory, uuid
+from libs.contracts.common import LOCATION_PATTERN, MAX_ENV_VALUE, MAX_IDS, location, memory, uuid
 from libs.contracts.schema import array, boolean, integer, nullable, obj, string
 
 __all__ = ["CONTRACT", "MAX_LOG_LINES"]
@@ -18,7 +18,7 @@ MAX_LOG_LINES = 5000
 _APP_ID = uuid(description="an installed app's id (UUID)")
 _MANIFEST_ID = string(minLength=1, maxLength=200, description="a catalog app id")
 _VERSION = string(minLength=1, maxLength=200, description="a version (semver)")
-_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_LABEL = LOCATION_PATTERN.removeprefix("^").removesuffix("$")  # one DNS label
 _DOMAIN = string(
     pattern=rf"^{_LABEL}(\.{_LABEL})*$",
     maxLength=253,

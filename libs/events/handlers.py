@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from libs.contracts import Contract, Kind
+from libs.events.bus import Handler
 
 __all__ = ["Route", "check_routes", "command", "query", "routes_of"]
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _MARK = "__homeport_bus__"

@@ -76,6 +76,12 @@ class Projection(ABC):
     # as stored (not upcast), so it suits projections of the envelope more than of `data`.
     page_sql: ClassVar[str | None] = None
 
+    @classmethod
+    def for_replay(cls) -> Projection:
+        """The projection as `homeport replay` builds it, with no service around it; one
+        that takes settings reads them here (its own, as the service would)."""
+        return cls()
+
     def wants(self, event: RecordedEvent) -> bool:
         """Events this projection applies (mirror of `subject` for reads from Postgres)."""
         return True
@@ -461,7 +467,7 @@ def _subject_regex(pattern: str) -> re.Pattern[str]:
 
 # -- registry of projections, for `homeport replay <name>` --------------------------------
 
-_FACTORIES: dict[str, Callable[[], Projection]] = {}
+_FACTORIES: dict[str, type[Projection]] = {}
 
 
 def register_projection(cls: type[Projection]) -> type[Projection]:
@@ -470,7 +476,7 @@ def register_projection(cls: type[Projection]) -> type[Projection]:
     return cls
 
 
-def known_projections() -> dict[str, Callable[[], Projection]]:
+def known_projections() -> dict[str, type[Projection]]:
     """Every registered projection, after importing each `services.<name>.projections`."""
     try:
         import services
@@ -495,6 +501,6 @@ async def replay_by_name(name: str, dsn: str, progress: Callable[[int], None] | 
         )
     store = await PostgresEventStore.open(dsn, max_size=2)
     try:
-        return await ProjectionRunner(known[name](), store).rebuild(progress)
+        return await ProjectionRunner(known[name].for_replay(), store).rebuild(progress)
     finally:
         await store.close()

@@ -359,20 +359,20 @@ class Relay:
             ack = p.future.result()
             if ack.duplicate:
                 log.info("duplicate absorbed by JetStream", extra={"position": p.position})
-                self.position = p.position
-                if self._pending:
-                    # The reconcile may resume from the checkpoint: it must not lag behind this.
-                    await self._save_checkpoint(force=True)
-                    raise _Resync
-                self._seq -= 1  # nothing else in flight: the stream's sequence did not move
-                continue
-            if ack.seq != p.seq:
+            elif ack.seq != p.seq:
                 raise RelayError(
                     f"stream {self.stream} stored position {p.position} at sequence "
                     f"{ack.seq}, expected {p.seq}: another publisher writes into the stream"
                 )
             self.position = p.position
             self.published += 1
+            if ack.duplicate:  # the stream's sequence did not move
+                if self._pending:
+                    # What is in flight expects the wrong sequence: reconcile, and from no
+                    # older a checkpoint than this.
+                    await self._save_checkpoint(force=True)
+                    raise _Resync
+                self._seq -= 1
 
     def _abandon_pending(self) -> None:
         """Drop unconfirmed publishes; the next reconcile decides what to send again."""

@@ -61,8 +61,9 @@ async def _parts(cfg: AppsConfig, svc: Service) -> AsyncIterator[None]:
             commands = Commands(cfg, apps, keys, catalog, runtime, driver, restarts)
             queries = Queries(cfg, apps, runtime, catalog, peers, monitor.latest_stats)
             async with (
-                loop(svc, "apps.health", monitor.run_checks(), monitor.stop, cancel=True),
-                loop(svc, "apps.docker_events", monitor.run_events(), monitor.stop, cancel=True),
+                loop(svc, "apps.health", monitor.run_checks(), cancel=True),
+                loop(svc, "apps.docker_events", monitor.run_events(), cancel=True),
+                # exited first (reverse order): its `stop` ends all three of the monitor's loops
                 loop(svc, "apps.stats", monitor.run_stats(), monitor.stop, cancel=True),
                 serve(svc, conn.nc, CONTRACT, commands, queries),
             ):

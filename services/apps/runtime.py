@@ -53,17 +53,7 @@ from services.apps.container import (
     Stats,
 )
 
-# The value types and errors are re-exported for modules that still import them from here.
-__all__ = [
-    "ContainerSpec",
-    "ContainerState",
-    "DockerRuntime",
-    "NetworkInfo",
-    "RuntimeEvent",
-    "RuntimeFailure",
-    "RuntimeNotFound",
-    "Stats",
-]
+__all__ = ["DockerRuntime"]
 
 log = logging.getLogger("services.apps.runtime")
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from libs.events.relay import DEFAULT_PREFIX, DEFAULT_STREAM
-from libs.service.config import ServiceConfig, check, load_config
+from libs.service.config import ServiceConfig, check
 
 __all__ = ["BanPolicy", "FirewallConfig"]
 
@@ -27,12 +27,6 @@ class BanPolicy:
     ban_failures: int = field(default=5, metadata=check(_positive, "a whole number > 0"))
     ban_window_seconds: int = field(default=600, metadata=check(_positive, "seconds > 0"))
     ban_seconds: int = field(default=600, metadata=check(_positive, "seconds > 0"))
-
-    @classmethod
-    def from_env(cls) -> BanPolicy:
-        """The policy alone (HP_BAN_*), for `homeport replay firewall_bans`: a rebuild then
-        decides with the same settings as the service, without the service's other variables."""
-        return load_config(cls)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import asyncpg
 
 from libs.events.envelope import RecordedEvent
 from libs.events.projection import Projection, register_projection
+from libs.service.config import load_config
 from services.firewall.config import BanPolicy
 
 __all__ = ["BanProjection", "Clock", "active_bans", "utcnow"]
@@ -39,14 +40,17 @@ class BanProjection(Projection):
     subject: ClassVar[str] = "signin.LoginFailed"
     migrations: ClassVar[Path | None] = Path(__file__).parent / "migrations"
 
-    def __init__(self, policy: BanPolicy | None = None, *, clock: Clock = utcnow) -> None:
-        # `homeport replay firewall_bans` builds it without arguments: the same HP_BAN_*
-        # settings as the service's then apply, so a rebuild decides the same bans.
-        policy = policy if policy is not None else BanPolicy.from_env()
+    def __init__(self, policy: BanPolicy, *, clock: Clock = utcnow) -> None:
         self.failures = policy.ban_failures
         self.window = policy.ban_window_seconds
         self.base = policy.ban_seconds
         self.clock = clock  # only prunes failures too old to count; decisions use event times
+
+    @classmethod
+    def for_replay(cls) -> BanProjection:
+        """`homeport replay firewall_bans`: the same HP_BAN_* settings as the service's, so a
+        rebuild decides the same bans (without the service's other variables)."""
+        return cls(load_config(BanPolicy))
 
     def wants(self, event: RecordedEvent) -> bool:
         return event.type == "LoginFailed"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,14 +33,13 @@ from services.identity.errors import (
     RESET_REFUSED,
     Changed,
     EmailTaken,
-    IdentityConflict,
     IdentityNotFound,
     InvitationRefused,
     ResetRefused,
 )
 from services.identity.passwords import hash_password
 from services.identity.readmodel import Step, Table
-from services.identity.store import IdentityStore, acting_as
+from services.identity.store import Decide, IdentityStore, acting_as
 from services.identity.tokens import new_link_token, token_hash, tokens_equal
 from services.identity.users import Users
 
@@ -58,9 +57,6 @@ log = logging.getLogger(__name__)
 # Read when a Groups is made (tests shorten them); SECURITY.md "Lessons" sets the defaults.
 INVITATION_TTL = timedelta(days=7)
 RESET_TTL = timedelta(hours=1)
-_RETRIES = 5
-
-Decide = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[list[Any]]]
 
 
 # -- the rules ----------------------------------------------------------------------------------
@@ -133,26 +129,21 @@ class Groups:
         return await self._one(group_id)
 
     async def _change_group(self, group_id: str, decide: Decide) -> None:
-        """Read the group, let `decide` return the events, append them at the version read."""
-
-        async def step(conn: asyncpg.Connection) -> None:
-            row = await conn.fetchrow("SELECT * FROM identity.groups WHERE group_id = $1", group_id)
-            if row is None:
-                raise IdentityNotFound("no such group", field="group_id")
-            new = await decide(conn, row)
-            if new:
-                await self.store.append_on(conn, gev.group_stream(group_id), new, row["version"])
-
-        for _ in range(_RETRIES):
-            try:
-                return await self.store.write(step)
-            except Changed:
-                continue  # the group changed meanwhile: decide again on the new state
-        raise IdentityConflict("the group is being changed by someone else; try again")
+        """Read the group, let `decide` return the events, append them at the version read
+        (administrators only: checked first, in the same transaction)."""
+        await self.store.change(
+            lambda conn: conn.fetchrow(
+                "SELECT * FROM identity.groups WHERE group_id = $1", group_id
+            ),
+            gev.group_stream(group_id),
+            decide,
+            missing=lambda: IdentityNotFound("no such group", field="group_id"),
+            busy="the group is being changed by someone else; try again",
+            admin=True,
+        )
 
     @command("rename_group")
     async def rename_group(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        await self.store.require_admin()
         group_id = check.canonical_id(payload["group_id"])
         name: str = payload["name"]
 
@@ -166,7 +157,6 @@ class Groups:
 
     @command("delete_group")
     async def delete_group(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        await self.store.require_admin()
         group_id = check.canonical_id(payload["group_id"])
 
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record) -> list[Any]:
@@ -177,7 +167,6 @@ class Groups:
 
     @command("add_group_member")
     async def add_group_member(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        await self.store.require_admin()
         group_id = check.canonical_id(payload["group_id"])
         user_id = check.canonical_id(payload["user_id"])
 
@@ -196,7 +185,6 @@ class Groups:
 
     @command("remove_group_member")
     async def remove_group_member(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        await self.store.require_admin()
         group_id = check.canonical_id(payload["group_id"])
         user_id = check.canonical_id(payload["user_id"])
 

@@ -162,24 +162,51 @@ class IdentityStore:
             "SELECT * FROM identity.users WHERE user_id = $1", user_id
         )
 
-    async def change_user(self, user_id: str, decide: Decide) -> asyncpg.Record:
-        """Read the user, let `decide` return the events, append them at the version read."""
+    async def change(
+        self,
+        read: Callable[[asyncpg.Connection], Awaitable[asyncpg.Record | None]],
+        stream: str,
+        decide: Decide,
+        *,
+        missing: Callable[[], Exception],
+        busy: str,
+        admin: bool = False,
+    ) -> asyncpg.Record:
+        """Read a row (`missing()` when there is none), let `decide` return the events, append
+        them to `stream` at the row's version; decide again if it changed meanwhile (`busy`
+        after a few tries). With `admin`, only an enabled administrator (or the platform) may:
+        checked first, on the same connection, so a non-admin learns nothing of the row."""
 
         async def step(conn: asyncpg.Connection) -> asyncpg.Record:
-            row = await self.user_row(user_id, conn)
+            if admin:
+                await self.require_admin(conn)
+            row = await read(conn)
             if row is None:
-                raise NoSuchUser()
+                raise missing()
             new = await decide(conn, row)
             if new:
-                await self.append_on(conn, ev.user_stream(user_id), new, row["version"])
+                await self.append_on(conn, stream, new, row["version"])
             return row
 
         for _ in range(_RETRIES):
             try:
                 return await self.write(step)
             except Changed:
-                continue  # the user changed meanwhile: decide again on the new state
-        raise IdentityConflict("the user is being changed by someone else; try again")
+                continue  # the row changed meanwhile: decide again on the new state
+        raise IdentityConflict(busy)
+
+    async def change_user(
+        self, user_id: str, decide: Decide, *, admin: bool = False
+    ) -> asyncpg.Record:
+        """`change` of the user's row and stream (`admin`: by an administrator only)."""
+        return await self.change(
+            lambda conn: self.user_row(user_id, conn),
+            ev.user_stream(user_id),
+            decide,
+            missing=NoSuchUser,
+            busy="the user is being changed by someone else; try again",
+            admin=admin,
+        )
 
     async def require_user(self, user_id: str) -> asyncpg.Record:
         row = await self.user_row(user_id)
@@ -187,16 +214,20 @@ class IdentityStore:
             raise NoSuchUser()
         return row
 
-    async def require_admin(self) -> str:
-        """The acting user's id, if they are an enabled administrator (or the platform itself)."""
+    async def require_admin(self, conn: Any = None) -> str:
+        """The acting user's id, if they are an enabled administrator (or the platform itself);
+        asked on `conn` when given (a command's transaction), else on a pooled connection."""
         actor = context.current().actor
         if actor == "system":
             return actor
         try:
-            row = await self.user_row(str(uuid.UUID(actor)))
+            actor_id = str(uuid.UUID(actor))
         except ValueError:
-            row = None
-        if row is None or row["disabled"] or not row["is_admin"]:
+            raise NotAdmin() from None
+        admin = await (conn or self.pool).fetchval(
+            "SELECT is_admin AND NOT disabled FROM identity.users WHERE user_id = $1", actor_id
+        )
+        if not admin:
             raise NotAdmin()
         return actor
 

@@ -184,8 +184,6 @@ class Users:
 
     @command("disable_user")
     async def disable_user(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        await self.store.require_admin()
-
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record) -> list[Any]:
             self._not_self(row, "disable")
             if row["disabled"]:
@@ -196,28 +194,25 @@ class Users:
                 )
             return [ev.UserDisabled(user_id=str(row["user_id"]))]
 
-        await self.store.change_user(check.canonical_id(payload["user_id"]), decide)
+        await self.store.change_user(check.canonical_id(payload["user_id"]), decide, admin=True)
         return {}
 
     @command("enable_user")
     async def enable_user(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        await self.store.require_admin()
-
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record) -> list[Any]:
             return [ev.UserEnabled(user_id=str(row["user_id"]))] if row["disabled"] else []
 
-        await self.store.change_user(check.canonical_id(payload["user_id"]), decide)
+        await self.store.change_user(check.canonical_id(payload["user_id"]), decide, admin=True)
         return {}
 
     @command("set_admin")
     async def set_admin(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        await self.store.require_admin()
         want = bool(payload.get("is_admin", False))
 
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record) -> list[Any]:
             return await self._admin_change(conn, row, want)
 
-        await self.store.change_user(check.canonical_id(payload["user_id"]), decide)
+        await self.store.change_user(check.canonical_id(payload["user_id"]), decide, admin=True)
         return {}
 
     async def _updated(
@@ -241,7 +236,6 @@ class Users:
     async def update_user(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """An administrator edits a user: any of is_admin, email and display_name, all in one
         transaction (a taken email changes nothing); answers the user as `users` lists them."""
-        await self.store.require_admin()
         want: bool | None = payload.get("is_admin")
         email = check.email(payload["email"]) if payload.get("email") is not None else None
         display_name = check.display_name(payload)
@@ -261,7 +255,9 @@ class Users:
                 new += await self._admin_change(conn, row, want)
             return new
 
-        row = await self.store.change_user(check.canonical_id(payload["user_id"]), decide)
+        row = await self.store.change_user(
+            check.canonical_id(payload["user_id"]), decide, admin=True
+        )
         found = await self.pool.fetchrow(_USER_ITEMS + " WHERE u.user_id = $1", row["user_id"])
         if found is None:  # deleted right after this change committed
             raise NoSuchUser()
@@ -283,8 +279,6 @@ class Users:
 
     @command("delete_user")
     async def delete_user(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        await self.store.require_admin()
-
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record) -> list[Any]:
             self._not_self(row, "delete")
             if row["is_admin"] and await self._last_admin(conn, str(row["user_id"])):
@@ -293,7 +287,9 @@ class Users:
                 )
             return [ev.UserDeleted(user_id=str(row["user_id"]))]
 
-        row = await self.store.change_user(check.canonical_id(payload["user_id"]), decide)
+        row = await self.store.change_user(
+            check.canonical_id(payload["user_id"]), decide, admin=True
+        )
         await self.store.shred(ev.subject_of(str(row["user_id"])))
         return {}
 

@@ -34,6 +34,7 @@ from docker.models.networks import Network
 
 from deploy.embedded import EmbeddedError, PostgresServer
 from services.apps.addons.postgresql import AddonPostgres
+from services.apps.container import NetworkInfo
 from tests.support.servers import need_server
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -41,15 +42,6 @@ PSQL = "/usr/lib/postgresql/15/bin/psql"
 # 10.213.0.0/16, where the real homeport-services network lives by default.
 _POOL = ipaddress.IPv4Network("10.192.0.0/12")
 _AVOID = (ipaddress.IPv4Network("10.213.0.0/16"), ipaddress.IPv4Network("10.220.0.0/14"))
-
-
-@dataclass(frozen=True)
-class AppNet:
-    """A Docker network standing in for an app's own network."""
-
-    name: str
-    subnet: str
-    gateway: str
 
 
 @dataclass(frozen=True)
@@ -61,7 +53,7 @@ class AddonServer:
     host: str  # the services network's gateway: what apps are told to connect to
     port: int
     hba_file: Path
-    services_net: AppNet
+    services_net: NetworkInfo
 
     def manager(self) -> AddonPostgres:
         return AddonPostgres(self.admin_dsn, self.host, self.port, self.hba_file)
@@ -85,7 +77,7 @@ def _used_subnets(client: docker.DockerClient) -> list[ipaddress.IPv4Network]:
     return used
 
 
-def create_network(client: docker.DockerClient, name: str) -> tuple[Network, AppNet]:
+def create_network(client: docker.DockerClient, name: str) -> tuple[Network, NetworkInfo]:
     """A bridge network with a /24 from the test pool that overlaps nothing on this host."""
     last: Exception | None = None
     for _ in range(30):
@@ -103,7 +95,7 @@ def create_network(client: docker.DockerClient, name: str) -> tuple[Network, App
         except docker.errors.APIError as e:  # raced with another worker for the subnet
             last = e
             continue
-        return net, AppNet(name, str(subnet), gateway)
+        return net, NetworkInfo(name, str(subnet), gateway)
     raise RuntimeError(f"no free /24 in {_POOL} for docker network {name}: {last}")
 
 
@@ -152,12 +144,12 @@ def run_addon_server(tmp_root: Path, addon_docker: docker.DockerClient) -> Itera
         _remove_network(net)
 
 
-def app_networks(addon_docker: docker.DockerClient) -> Iterator[Callable[[], AppNet]]:
+def app_networks(addon_docker: docker.DockerClient) -> Iterator[Callable[[], NetworkInfo]]:
     """Call it to get a new app network; all are removed after the test."""
     made: list[Network] = []
     prefix = f"hpt-addonpg-{secrets.token_hex(4)}"
 
-    def make() -> AppNet:
+    def make() -> NetworkInfo:
         net, app = create_network(addon_docker, f"{prefix}-app{len(made)}")
         made.append(net)
         return app
@@ -227,7 +219,7 @@ def _run_psql_sync(
 async def run_psql(
     client: docker.DockerClient,
     image: str,
-    network: AppNet,
+    network: NetworkInfo,
     *,
     host: str,
     port: int,

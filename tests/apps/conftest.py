@@ -10,10 +10,10 @@ import docker
 import pytest
 
 from services.apps.addons.postgresql import AddonPostgres
+from services.apps.container import NetworkInfo
 from services.apps.runtime import DockerRuntime
 from tests.apps.addonkit import (
     AddonServer,
-    AppNet,
     app_networks,
     build_psql_image,
     run_addon_server,
@@ -57,7 +57,7 @@ async def addon_postgres(addon_server: AddonServer) -> AsyncIterator[AddonPostgr
 
 
 @pytest.fixture
-def app_network(addon_docker: docker.DockerClient) -> Iterator[Callable[[], AppNet]]:
+def app_network(addon_docker: docker.DockerClient) -> Iterator[Callable[[], NetworkInfo]]:
     """Call it to get a new app network; all are removed after the test."""
     yield from app_networks(addon_docker)
 

@@ -29,7 +29,8 @@ import docker
 import docker.errors
 import pytest
 
-from services.apps.runtime import ContainerSpec, DockerRuntime
+from services.apps.container import ContainerSpec
+from services.apps.runtime import DockerRuntime
 from tests.support.servers import need_server
 
 __all__ = [

@@ -13,7 +13,8 @@ import pytest
 
 from deploy.embedded import PostgresServer
 from services.apps.addons import AddonError, AddonPostgres, PostgresCredentials
-from tests.apps.addonkit import AddonServer, AppNet, PsqlResult, run_psql
+from services.apps.container import NetworkInfo
+from tests.apps.addonkit import AddonServer, PsqlResult, run_psql
 
 pytestmark = pytest.mark.xdist_group("addon_postgresql")
 
@@ -49,7 +50,7 @@ async def test_provision_lets_each_app_into_its_own_database_from_its_own_networ
     addon_postgres: AddonPostgres,
     addon_docker: docker.DockerClient,
     psql_image: str,
-    app_network: Callable[[], AppNet],
+    app_network: Callable[[], NetworkInfo],
     apps: Callable[[], str],
     pg_server: PostgresServer,
 ) -> None:
@@ -73,7 +74,7 @@ async def test_provision_lets_each_app_into_its_own_database_from_its_own_networ
     )
 
     async def psql(
-        net: AppNet, cred: PostgresCredentials, database: str, sql: str = "SELECT 1"
+        net: NetworkInfo, cred: PostgresCredentials, database: str, sql: str = "SELECT 1"
     ) -> PsqlResult:
         return await run_psql(
             addon_docker,
@@ -141,7 +142,7 @@ async def test_deprovision_removes_database_role_and_hba_line(
     addon_postgres: AddonPostgres,
     addon_docker: docker.DockerClient,
     psql_image: str,
-    app_network: Callable[[], AppNet],
+    app_network: Callable[[], NetworkInfo],
     apps: Callable[[], str],
 ) -> None:
     net = app_network()
@@ -180,7 +181,7 @@ async def test_restore_brings_back_the_dump_and_drops_later_rows(
     addon_postgres: AddonPostgres,
     addon_docker: docker.DockerClient,
     psql_image: str,
-    app_network: Callable[[], AppNet],
+    app_network: Callable[[], NetworkInfo],
     apps: Callable[[], str],
     tmp_path: Path,
 ) -> None:
@@ -239,7 +240,7 @@ async def test_provision_is_idempotent_and_a_new_manager_writes_the_same_hba(
     addon_postgres: AddonPostgres,
     addon_docker: docker.DockerClient,
     psql_image: str,
-    app_network: Callable[[], AppNet],
+    app_network: Callable[[], NetworkInfo],
     apps: Callable[[], str],
 ) -> None:
     net = app_network()

@@ -19,7 +19,8 @@ import pytest
 
 from deploy.embedded import NatsServer, PostgresServer
 from libs.egress import EgressRules
-from services.apps.runtime import DockerRuntime, NetworkInfo
+from services.apps.container import NetworkInfo
+from services.apps.runtime import DockerRuntime
 from tests.apps.dockerkit import (
     DockerNames,
     app_spec,

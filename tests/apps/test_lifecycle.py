@@ -143,6 +143,10 @@ async def test_bad_input_is_refused_naming_the_field_and_records_nothing(apps: A
         ({**good, "env": {"1BAD": "x"}}, Invalid, "env.1BAD"),
         ({**good, "env": {"HOMEPORT_APP_ID": "x"}}, Invalid, "env.HOMEPORT_APP_ID"),
         ({**good, "memory_bytes": 1024}, Invalid, "memory_bytes"),
+        ({**good, "memory_bytes": 1 << 62}, Invalid, "memory_bytes"),
+        ({**good, "env": {"NAME": "a\x00b"}}, Invalid, "env.NAME"),
+        ({**good, "env": {f"V{i}": "x" for i in range(101)}}, Invalid, "env"),
+        ({**good, "domain": "Example.COM"}, Invalid, "domain"),
         ({**good, "access": {"all_users": False}}, Invalid, "access"),
         ({**good, "access": {"groups": ["not-a-uuid"]}}, Invalid, "access.groups"),
         ({**good, "surprise": 1}, Invalid, "surprise"),
@@ -170,6 +174,16 @@ async def test_bad_input_is_refused_naming_the_field_and_records_nothing(apps: A
     assert bad_id.value.field == "app_id"
     assert len((await apps.ask("apps", {}))["items"]) == 1
     assert (await apps.app(app_id))["state"] == "installed"
+
+    # Five installs racing for one location: the location is taken when a command is
+    # accepted, so exactly one gets it and the others are refused naming it.
+    racing = [apps.cmd("install", {**good, "location": "race"}) for _ in range(5)]
+    outcomes = await asyncio.gather(*racing, return_exceptions=True)
+    won = [o for o in outcomes if isinstance(o, dict)]
+    lost = [o for o in outcomes if isinstance(o, Conflict)]
+    assert len(won) == 1 and len(lost) == 4, outcomes
+    assert all(c.field == "location" for c in lost)
+    await apps.wait_task(won[0]["task_id"])
 
 
 async def test_who_sees_which_apps_is_the_bus_context_never_the_payload(

@@ -11,7 +11,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from services.apps.runtime import DockerRuntime, RuntimeEvent, RuntimeFailure
+from services.apps.container import RuntimeEvent, RuntimeFailure
+from services.apps.runtime import DockerRuntime
 from tests.apps.dockerkit import DockerNames, app_spec, wait_for, wait_probe_http
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,7 +1,7 @@
 """EdgeSync with real nginx and NATS and no dns, apps or certs service answering: it serves the
 local domain's `my.localhost` alone; `serves()` follows the live nginx generation; an event of a
 followed category starts a round at once although the safety-net poll is 300 s, and an event of
-another category does not."""
+another category does not; a burst of events makes one round, not one per event."""
 
 from __future__ import annotations
 
@@ -75,6 +75,19 @@ async def test_serves_what_the_live_generation_has_and_follows_events(
             await nc.publish(f"t{uniq}.evt.{category}.Anything", b"{}")
             await wait_until(another_round, 5, f"a round after a {category} event")
             assert sync.serves("my.localhost")
+
+        # a burst of events is one round (debounced), perhaps two, never one per event
+        before = sync.rounds
+        for n in range(50):
+            await nc.publish(f"t{uniq}.evt.{FOLLOWED[n % len(FOLLOWED)]}.Anything", b"{}")
+        await nc.flush()
+
+        async def burst_round() -> bool:
+            return sync.rounds > before
+
+        await wait_until(burst_round, 5, "a round after a burst of events")
+        await asyncio.sleep(0.5)
+        assert sync.rounds - before <= 2
     finally:
         sync.stop()
         await asyncio.wait_for(task, 30)

@@ -392,6 +392,8 @@ async def test_queue_group_shares_load_and_answers_each_request_once(rig: Rig) -
         (wire(omit=("actor",)), "actor"),
         (wire(correlation_id=""), "correlation_id"),
         (wire(ip=5), "ip"),
+        (wire(admin="yes"), "admin"),
+        (wire(admin=1), "admin"),
     ],
     ids=[
         "not-json",
@@ -404,6 +406,8 @@ async def test_queue_group_shares_load_and_answers_each_request_once(rig: Rig) -
         "no-actor",
         "empty-correlation-id",
         "ip-not-text",
+        "admin-not-bool",
+        "admin-a-number",
     ],
 )
 async def test_bad_request_gets_invalid_and_the_bus_keeps_serving(

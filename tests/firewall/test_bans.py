@@ -22,8 +22,9 @@ import pytest
 
 from libs.events.context import Context, use
 from libs.events.envelope import RecordedEvent
-from libs.events.projection import ProjectionRunner, replay_by_name
+from libs.events.projection import ProjectionRunner, known_projections, replay_by_name
 from libs.events.store import PostgresEventStore
+from libs.service.config import ConfigError
 from services.firewall.bans import BanEnforcer
 from services.firewall.config import BanPolicy
 from services.firewall.nft import BanSet
@@ -265,3 +266,16 @@ async def test_ban_windows_and_ends_follow_the_clock(dsn: str, ban_set: BanSet) 
         )
     finally:
         await store.close()
+
+
+def test_replay_builds_the_ban_projection_from_the_services_ban_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HP_BAN_FAILURES", "3")
+    monkeypatch.setenv("HP_BAN_SECONDS", "60")
+    rebuilt = known_projections()["firewall_bans"].for_replay()
+    assert isinstance(rebuilt, BanProjection)
+    assert (rebuilt.failures, rebuilt.window, rebuilt.base) == (3, 600, 60)
+    monkeypatch.setenv("HP_BAN_FAILURES", "-1")
+    with pytest.raises(ConfigError, match="HP_BAN_FAILURES"):
+        known_projections()["firewall_bans"].for_replay()

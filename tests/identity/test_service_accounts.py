@@ -109,10 +109,12 @@ async def test_only_enabled_admins_run_admin_commands(ident: Identity) -> None:
         await ident.cmd("create_user", bob, actor="anonymous")
     with pytest.raises(Conflict, match="your own"):
         await ident.cmd("disable_user", {"user_id": admin}, actor=admin)
+    nobody = "00000000-0000-4000-8000-000000000000"
+    for verb in ("disable_user", "enable_user", "set_admin", "update_user", "delete_user"):
+        with pytest.raises(Forbidden):  # before not_found: a non-admin learns nothing
+            await ident.cmd(verb, {"user_id": nobody}, actor=alice)
     with pytest.raises(NotFound):
-        await ident.cmd(
-            "disable_user", {"user_id": "00000000-0000-4000-8000-000000000000"}, actor=admin
-        )
+        await ident.cmd("disable_user", {"user_id": nobody}, actor=admin)
 
 
 async def test_login_whoami_logout(ident: Identity) -> None:

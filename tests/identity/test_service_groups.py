@@ -24,6 +24,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="function")
 ALICE = {"username": "alice", "email": "alice@example.test", "password": "a long enough phrase"}
 BOB = {"username": "bob", "email": "bob@example.test", "password": "bob's long password"}
 CAROL = {"username": "carol", "email": "Carol@Example.test", "password": "carol's own phrase"}
+_NOBODY = "00000000-0000-4000-8000-000000000000"  # no group has this id
 
 
 @pytest.fixture
@@ -160,6 +161,9 @@ async def test_only_admins_change_groups(ident: Identity) -> None:
         ):
             with pytest.raises(Forbidden):
                 await ident.cmd(verb, payload, actor=actor)
+            if "group_id" in payload:  # forbidden before not_found: a non-admin learns nothing
+                with pytest.raises(Forbidden):
+                    await ident.cmd(verb, {**payload, "group_id": _NOBODY}, actor=actor)
     assert await ident.ask("groups", {}) == {
         "items": [{"group_id": staff, "name": "staff", "members": []}]
     }

@@ -623,3 +623,47 @@ async def test_a_config_error_is_printed_plainly_with_exit_2(tmp_path: Path) -> 
     for var in ("HP_DATABASE_URL", "HP_HTTP_PORT", "HP_LOG_LEVEL"):
         assert var in text
     assert "Traceback" not in text
+
+
+# -- parts (Service.use) --------------------------------------------------------------------
+
+
+def _part(name: str, log: list[str], *, fail: bool = False) -> Callable[[Service], Any]:
+    @asynccontextmanager
+    async def part(svc: Service) -> AsyncIterator[None]:
+        log.append(f"enter {name}")
+        if fail:
+            raise RuntimeError(f"{name} cannot open")
+        try:
+            yield
+        finally:
+            log.append(f"exit {name}")
+
+    return part
+
+
+async def test_parts_enter_in_order_and_exit_in_reverse_before_cleanup() -> None:
+    log: list[str] = []
+    svc = Service("parts", config())
+    svc.use(_part("store", log))
+    svc.use(_part("bus", log))
+
+    async def cleanup() -> None:
+        log.append("cleanup")
+
+    svc.on_cleanup(cleanup)
+    async with running(svc):
+        assert log == ["enter store", "enter bus"]
+    assert log == ["enter store", "enter bus", "exit bus", "exit store", "cleanup"]
+    assert svc.exit_code == 0
+
+
+async def test_a_part_that_fails_to_open_stops_the_start_and_closes_the_ones_before() -> None:
+    log: list[str] = []
+    svc = Service("parts", config())
+    svc.use(_part("store", log))
+    svc.use(_part("bus", log, fail=True))
+    svc.use(_part("never", log))
+    await asyncio.wait_for(svc.serve(), 15)
+    assert svc.exit_code == 1
+    assert log == ["enter store", "enter bus", "exit store"]

@@ -16,8 +16,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -25,7 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.servers import free_udp_tcp_port, started, stop_process
+from tests.support.servers import (
+    free_udp_tcp_port,
+    spawn_logged,
+    started,
+    stop_process,
+    wait_answering,
+)
 
 __all__ = ["MotoServer", "Route53Zone", "fresh_hosted_zone", "run_moto"]
 
@@ -86,31 +90,25 @@ class MotoServer:
             "INITIAL_NO_AUTH_ACTION_COUNT": str(_UNSIGNED_SETUP_CALLS),
             "MOTO_PORT": str(self.port),
         }
-        log = open(self.workdir / "moto.log", "wb")
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", _MOTO_MAIN, "-H", "127.0.0.1", "-p", str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        finally:
-            log.close()
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            if self._proc.poll() is not None:
-                tail = (self.workdir / "moto.log").read_text(errors="replace")[-2000:]
-                raise MotoUnavailable(f"moto exited with {self._proc.returncode}: {tail}")
-            try:
-                # /moto-api/ is not an AWS action: it does not use up the unsigned calls
-                with urllib.request.urlopen(self.url + "/moto-api/", timeout=1):
-                    break
-            except (OSError, urllib.error.URLError):
-                time.sleep(0.1)
-        else:
-            self.stop()
-            raise MotoUnavailable(f"moto did not answer on {self.url} in {deadline_s}s")
+        self._proc = spawn_logged(
+            [sys.executable, "-c", _MOTO_MAIN, "-H", "127.0.0.1", "-p", str(self.port)],
+            self.workdir / "moto.log",
+            env=env,
+        )
+
+        def answers() -> None:
+            # /moto-api/ is not an AWS action: it does not use up the unsigned calls
+            with urllib.request.urlopen(self.url + "/moto-api/", timeout=1):
+                pass
+
+        wait_answering(
+            self._proc,
+            self.workdir / "moto.log",
+            answers,
+            what=f"moto on {self.url}",
+            deadline_s=deadline_s,
+            error=MotoUnavailable,
+        )
         iam = self.client("iam")
         iam.create_user(UserName="homeport")
         iam.put_user_policy(UserName="homeport", PolicyName="dns", PolicyDocument=_POLICY)

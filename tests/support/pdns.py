@@ -17,8 +17,6 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
-import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
@@ -28,7 +26,13 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.servers import free_udp_tcp_port, started, stop_process
+from tests.support.servers import (
+    free_udp_tcp_port,
+    spawn_logged,
+    started,
+    stop_process,
+    wait_answering,
+)
 
 __all__ = [
     "PdnsServer",
@@ -106,36 +110,27 @@ class PdnsServer:
             )
         )
         conf.chmod(0o600)
-        log = open(self.workdir / "pdns.log", "wb")
-        try:
-            self._proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config-dir={self.workdir}",
-                    f"--socket-dir={self.workdir}",
-                    "--daemon=no",
-                    "--guardian=no",
-                    "--disable-syslog",
-                    "--write-pid=no",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        finally:
-            log.close()
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            if self._proc.poll() is not None:
-                tail = (self.workdir / "pdns.log").read_text(errors="replace")[-2000:]
-                raise PdnsUnavailable(f"pdns_server exited with {self._proc.returncode}: {tail}")
-            try:
-                self.api("GET", "/api/v1/servers/localhost")
-                return
-            except (OSError, urllib.error.URLError):
-                time.sleep(0.05)
-        self.stop()
-        raise PdnsUnavailable(f"PowerDNS API did not answer on {self.api_url} in {deadline_s}s")
+        self._proc = spawn_logged(
+            [
+                binary,
+                f"--config-dir={self.workdir}",
+                f"--socket-dir={self.workdir}",
+                "--daemon=no",
+                "--guardian=no",
+                "--disable-syslog",
+                "--write-pid=no",
+            ],
+            self.workdir / "pdns.log",
+        )
+        wait_answering(
+            self._proc,
+            self.workdir / "pdns.log",
+            lambda: self.api("GET", "/api/v1/servers/localhost"),
+            what=f"pdns_server (API on {self.api_url})",
+            deadline_s=deadline_s,
+            error=PdnsUnavailable,
+            step=0.05,
+        )
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         """A blocking API call (fixture set-up only); returns the decoded JSON or None."""

@@ -20,7 +20,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -34,7 +33,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support.servers import free_udp_tcp_port, need_server, stop_process
+from tests.support.servers import (
+    free_udp_tcp_port,
+    need_server,
+    spawn_logged,
+    stop_process,
+    wait_answering,
+)
 
 __all__ = [
     "ChallDns",
@@ -57,18 +62,14 @@ def _binary(name: str) -> str:
 def _wait_http(
     url: str, proc: subprocess.Popen[bytes], log: Path, ctx: ssl.SSLContext | None
 ) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise OSError(f"{proc.args!r} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+    def answers() -> None:
         try:
             with urllib.request.urlopen(url, timeout=2, context=ctx):
-                return
+                pass
         except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            time.sleep(0.1)
-    raise OSError(f"{url} did not answer within 15 s: {log.read_text()[-2000:]}")
+            pass  # it answers
+
+    wait_answering(proc, log, answers, what=f"{proc.args!r} on {url}", deadline_s=15)
 
 
 # pebble-challtestsrv: the DNS server Pebble asks
@@ -118,8 +119,7 @@ def start_challdns(workdir: Path) -> ChallDns:
         "-defaultIPv4", "127.0.0.1",
         "-defaultIPv6", "",
     ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+    proc = spawn_logged(argv, log, cwd=workdir)
     srv = ChallDns(proc, dns_port, f"http://127.0.0.1:{mgmt_port}")
     try:
         _wait_http(srv.management_url + "/", proc, log, None)
@@ -280,8 +280,7 @@ def start_pebble(
     penv.update(env or {})
     log = workdir / "pebble.log"
     argv = [binary, "-config", str(workdir / "pebble-config.json"), "-dnsserver", dns.dns_address]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=penv)
+    proc = spawn_logged(argv, log, cwd=workdir, env=penv)
     ctx = ssl.create_default_context(cafile=str(bundle))
     try:
         _wait_http(f"https://127.0.0.1:{acme_port}/dir", proc, log, ctx)

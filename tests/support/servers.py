@@ -1,17 +1,28 @@
 """What a test does when a server it needs is missing, and the pieces every test server shares:
-a port free for TCP and UDP, starting one for a session, stopping a child process."""
+a port free for TCP and UDP, starting one for a session, a child process writing to a log
+until it answers, stopping a child process."""
 
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
-from typing import NoReturn, Protocol, TypeVar
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import pytest
 
-__all__ = ["IN_CI", "free_udp_tcp_port", "need_server", "started", "stop_process"]
+__all__ = [
+    "IN_CI",
+    "free_udp_tcp_port",
+    "need_server",
+    "spawn_logged",
+    "started",
+    "stop_process",
+    "wait_answering",
+]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -68,3 +79,40 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=timeout)
+
+
+def spawn_logged(argv: Sequence[str], log: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start `argv` with no stdin, its stdout and stderr written to `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **popen
+        )
+
+
+def wait_answering(
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    probe: Callable[[], object],
+    *,
+    what: str,
+    deadline_s: float,
+    error: type[Exception] = OSError,
+    step: float = 0.1,
+) -> None:
+    """Call `probe` until it returns without OSError. `error` with the tail of `log` if `proc`
+    exits first, or (`proc` then stopped) if `deadline_s` seconds pass."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise error(f"{what} exited with {proc.returncode}: {_tail(log)}")
+        try:
+            probe()
+            return
+        except OSError:
+            time.sleep(step)
+    stop_process(proc)
+    raise error(f"{what} did not answer within {deadline_s:g} s: {_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:]

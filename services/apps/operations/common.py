@@ -163,7 +163,8 @@ async def wait_ready(t: Tools, s: AppState, manifest: Manifest) -> None:
     if not s.running:
         return
     timeout = t.cfg.ready_timeout
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     last = "no answer yet"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
         while time.monotonic() < deadline:
@@ -185,8 +186,7 @@ async def wait_ready(t: Tools, s: AppState, manifest: Manifest) -> None:
                 except (aiohttp.ClientError, TimeoutError) as e:
                     last = type(e).__name__
             # most apps answer within a second: look often at first, then less
-            waited = time.monotonic() - (deadline - timeout)
-            await asyncio.sleep(0.02 if waited < 3 else 0.25)
+            await asyncio.sleep(0.02 if time.monotonic() - start < 3 else 0.25)
     raise OperationFailed(
         f"the app did not answer {manifest.health_check_path} healthily within"
         f" {timeout:.0f} s (last: {last})",

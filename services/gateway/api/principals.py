@@ -217,41 +217,29 @@ class IdentityChanges:
 
     def __init__(self, cache: PrincipalCache, nc: NATS) -> None:
         self.cache = cache
-        self._conn = nc
-        self._nc: NATS | None = None
-        self._sub: Subscription | None = None
+        self._nc = nc
+        self._sub: Subscription | None = None  # while following
 
     @contextlib.asynccontextmanager
     async def following(self) -> AsyncIterator[None]:
-        """Follow the announcements (the cache serves) until exit (it serves nothing)."""
-        await self.start()
+        """Subscribe (every gateway hears every announcement), then let the cache serve; on
+        exit stop following, and the cache serves nothing from then on."""
+        sub = await self._nc.subscribe(IDENTITY_CHANGED, cb=self._received)
         try:
+            await self._nc.flush(timeout=_SUBSCRIBE_TIMEOUT)
+            self._sub = sub
+            self.cache.attach(self._epoch)
             yield
         finally:
-            await self.stop()
-
-    async def start(self) -> None:
-        """Subscribe (every gateway hears every announcement), then let the cache serve."""
-        nc = self._conn
-        self._sub = await nc.subscribe(IDENTITY_CHANGED, cb=self._received)
-        await nc.flush(timeout=_SUBSCRIBE_TIMEOUT)
-        self._nc = nc
-        self.cache.attach(self._epoch)
-
-    async def stop(self) -> None:
-        """Stop following; the cache serves nothing from now on."""
-        self._nc = None
-        sub, self._sub = self._sub, None
-        self.cache.clear()
-        if sub is not None:
+            self._sub = None
+            self.cache.clear()
             with contextlib.suppress(nats.errors.Error):  # the connection is gone already
                 await sub.unsubscribe()
 
     def _epoch(self) -> int | None:
-        nc = self._nc
-        if nc is None or not nc.is_connected:
+        if self._sub is None or not self._nc.is_connected:
             return None
-        return int(nc.stats["reconnects"])
+        return int(self._nc.stats["reconnects"])
 
     async def _received(self, msg: Msg) -> None:
         try:

@@ -91,7 +91,6 @@ def edge_settings(cfg: GatewayConfig, gateway_port: int) -> EdgeSettings:
 class _Host:
     """What the edge has asked for one `my.<domain>`, so it asks once."""
 
-    domain: str
     record: bool = False
     certificate: bool = False
 
@@ -107,7 +106,6 @@ class EdgeSync:
     _hosts: dict[str, _Host] = field(default_factory=dict)  # my.<domain> of registered domains
     _applied: EdgeModel | None = None
     _live: frozenset[str] = frozenset()  # hosts of the generation nginx serves
-    _known_domains: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     _files: dict[Path, float] = field(default_factory=dict)  # certificate files' mtimes
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
@@ -196,7 +194,6 @@ class EdgeSync:
         wanted: dict[str, tuple[str, str]] = {}  # host -> (kind, upstream)
         for domain in sorted({*domains, s.local_domain}):
             wanted[f"my.{domain}"] = (DASHBOARD, s.dashboard_upstream)
-        self._known_domains = domains
         for app in apps:
             if not app.get("http_port"):
                 continue
@@ -213,7 +210,7 @@ class EdgeSync:
                 if domain == s.local_domain:
                     files = await asyncio.to_thread(self._local_certificate, host)
                 elif kind == DASHBOARD:
-                    files = await self._own_certificate(host, domain)
+                    files = await self._own_certificate(host, domains.get(domain, {}))
                 else:
                     files = await self._certificate_files(host)
             except BusError as e:  # one host's trouble must not hold back the others
@@ -227,11 +224,13 @@ class EdgeSync:
         if problems:
             raise EdgeError("some hosts are not served yet: " + "; ".join(problems))
 
-    async def _own_certificate(self, host: str, domain: str) -> tuple[Path, Path] | None:
-        """my.<domain>: its A/AAAA record and its certificate, asked for once; then its files."""
-        entry = self._hosts.setdefault(host, _Host(domain))
+    async def _own_certificate(
+        self, host: str, view: Mapping[str, Any]
+    ) -> tuple[Path, Path] | None:
+        """my.<domain> (`view`: the domain as dns lists it): its A/AAAA record and its
+        certificate, asked for once; then its files."""
+        entry = self._hosts.setdefault(host, _Host())
         if not entry.record:
-            view = self._known_domains.get(domain, {})
             for rtype in ("A", "AAAA"):
                 address = view.get("server_ipv4" if rtype == "A" else "server_ipv6")
                 if address:
