@@ -9,6 +9,7 @@ included). The projection's advisory lock is taken shared here and exclusively b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from libs.events.store import PostgresEventStore
 __all__ = ["append_inline", "inline_lock_key"]
 
 
+@functools.cache
 def inline_lock_key(projection: type[Projection]) -> int:
     """The advisory lock key a rebuild of `projection` holds exclusively."""
     return _lock_key(projection.name)
@@ -35,8 +37,7 @@ async def append_inline(
     expected_version: int | None,
 ) -> list[RecordedEvent]:
     """Append `new` to `stream` and apply it to `projection`, in the caller's transaction."""
-    await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", inline_lock_key(type(projection)))
-    result = await store.append(stream, list(new), expected_version, conn=conn)
-    recorded = await store.read_all(result.positions[0] - 1, len(result.positions), conn=conn)
+    lock = inline_lock_key(type(projection))
+    recorded = await store.append_recorded(conn, stream, new, expected_version, lock=lock)
     await projection.apply(conn, recorded)
     return recorded

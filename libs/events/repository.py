@@ -87,8 +87,5 @@ class Repository(Generic[S]):
     ) -> list[RecordedEvent]:
         stream = self.stream_of(key)
         if self.projection is None:
-            result = await self.store.append(stream, list(new), expected, conn=conn)
-            return await self.store.read_all(
-                result.positions[0] - 1, len(result.positions), conn=conn
-            )
+            return await self.store.append_recorded(conn, stream, new, expected)
         return await append_inline(self.store, conn, self.projection, stream, new, expected)

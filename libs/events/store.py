@@ -233,21 +233,79 @@ class PostgresEventStore:
             self._writer = asyncio.create_task(self._write_batches(), name="hp-group-commit")
         return await fut
 
+    async def append_recorded(
+        self,
+        conn: asyncpg.Connection,
+        stream: str,
+        events: Sequence[Any],
+        expected_version: int | None,
+        *,
+        lock: int | None = None,
+    ) -> list[RecordedEvent]:
+        """`append` on the caller's connection, returning the events as committed (in their
+        current shape) without reading them back; `lock`: a transaction advisory lock taken
+        shared first, in the same round trip (a projection's, see inline.py)."""
+        validate_stream(stream)
+        new = self._prepare(events)
+        if not new:
+            raise EventStoreError("append needs at least one event")
+        data, meta = self._encoded(new)
+        rows = await self._call_append(conn, stream, new, data, meta, expected_version, lock)
+        return [
+            self.registry.upcast_recorded(
+                RecordedEvent(
+                    position=r["out_position"],
+                    id=e.id,
+                    stream=stream,
+                    version=r["out_version"],
+                    type=e.type,
+                    schema=e.schema,
+                    data=json.loads(d),
+                    meta=json.loads(m),
+                    recorded_at=r["out_recorded_at"],
+                    hash=r["out_hash"],
+                )
+            )
+            for e, r, d, m in zip(new, rows, data, meta, strict=True)
+        ]
+
     async def _append_in(
         self, conn: asyncpg.Connection, stream: str, new: list[NewEvent], expected: int | None
     ) -> AppendResult:
+        data, meta = self._encoded(new)
+        rows = await self._call_append(conn, stream, new, data, meta, expected, None)
+        return AppendResult(stream, rows[-1]["out_version"], tuple(r["out_position"] for r in rows))
+
+    @staticmethod
+    def _encoded(new: Sequence[NewEvent]) -> tuple[list[str], list[str]]:
+        return [dumps(e.data) for e in new], [dumps(e.meta) for e in new]
+
+    async def _call_append(
+        self,
+        conn: asyncpg.Connection,
+        stream: str,
+        new: list[NewEvent],
+        data: list[str],
+        meta: list[str],
+        expected: int | None,
+        lock: int | None,
+    ) -> list[asyncpg.Record]:
         args = (
             stream,
             expected,
             [e.id for e in new],
             [e.type for e in new],
             [e.schema for e in new],
-            [dumps(e.data) for e in new],
-            [dumps(e.meta) for e in new],
+            data,
+            meta,
+            lock,
         )
-        sql = "SELECT out_position, out_version FROM events.append($1, $2, $3, $4, $5, $6, $7)"
+        sql = (
+            "SELECT out_position, out_version, out_recorded_at, out_hash "
+            "FROM events.append($1, $2, $3, $4, $5, $6, $7, $8)"
+        )
         try:
-            rows = await conn.fetch(sql, *args)
+            rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
         except asyncpg.PostgresError as e:
             if getattr(e, "sqlstate", None) == "HP409":
                 actual = int(getattr(e, "detail", None) or -1)
@@ -257,7 +315,7 @@ class PostgresEventStore:
             raise
         for item in new:
             EVENTS_APPENDED.labels(type=item.type).inc()
-        return AppendResult(stream, rows[-1]["out_version"], tuple(r["out_position"] for r in rows))
+        return rows
 
     async def _write_batches(self) -> None:
         """Drain the queue: each round sends the waiting appends in one call and one commit."""

@@ -132,9 +132,8 @@ class Groups:
         """Read the group, let `decide` return the events, append them at the version read
         (administrators only: checked first, in the same transaction)."""
         await self.store.change(
-            lambda conn: conn.fetchrow(
-                "SELECT * FROM identity.groups WHERE group_id = $1", group_id
-            ),
+            "groups",
+            group_id,
             gev.group_stream(group_id),
             decide,
             missing=lambda: IdentityNotFound("no such group", field="group_id"),

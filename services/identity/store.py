@@ -48,6 +48,17 @@ Decide = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[list[Any]]]
 
 _RETRIES = 5
 
+# The tables `change` reads a row of, and their key column.
+_KEYS = {"users": "user_id", "groups": "group_id"}
+
+# One row whatever happens: whether the actor ($2; NULL: the platform) is an enabled
+# administrator, and the row keyed $1 (all NULL when there is none).
+_ADMIN_AND_ROW = (
+    "SELECT a.hp_actor_admin, t.* FROM (SELECT $2::uuid IS NULL OR coalesce("
+    "(SELECT is_admin AND NOT disabled FROM identity.users WHERE user_id = $2), false)"
+    " AS hp_actor_admin) a LEFT JOIN identity.{table} t ON t.{column} = $1"
+)
+
 _PLAIN_CACHE = 20_000  # unsealed values kept
 
 
@@ -164,7 +175,8 @@ class IdentityStore:
 
     async def change(
         self,
-        read: Callable[[asyncpg.Connection], Awaitable[asyncpg.Record | None]],
+        table: str,
+        key: str,
         stream: str,
         decide: Decide,
         *,
@@ -172,16 +184,25 @@ class IdentityStore:
         busy: str,
         admin: bool = False,
     ) -> asyncpg.Record:
-        """Read a row (`missing()` when there is none), let `decide` return the events, append
-        them to `stream` at the row's version; decide again if it changed meanwhile (`busy`
-        after a few tries). With `admin`, only an enabled administrator (or the platform) may:
-        checked first, on the same connection, so a non-admin learns nothing of the row."""
+        """Read the row of `table` (users or groups) whose id is `key` (`missing()` when there
+        is none), let `decide` return the events, append them to `stream` at the row's version;
+        decide again if it changed meanwhile (`busy` after a few tries). With `admin`, only an
+        enabled administrator (or the platform) may: asked in the same query as the row, in
+        the same transaction, and checked first, so a non-admin learns nothing of the row."""
+        column = _KEYS[table]
+        if admin:
+            actor = self._actor_for_admin()
+            sql = _ADMIN_AND_ROW.format(table=table, column=column)
+            args: tuple[Any, ...] = (key, actor)
+        else:
+            sql = f"SELECT * FROM identity.{table} WHERE {column} = $1"  # noqa: S608 - ours
+            args = (key,)
 
         async def step(conn: asyncpg.Connection) -> asyncpg.Record:
-            if admin:
-                await self.require_admin(conn)
-            row = await read(conn)
-            if row is None:
+            row = await conn.fetchrow(sql, *args)
+            if admin and not row["hp_actor_admin"]:
+                raise NotAdmin()
+            if row is None or row[column] is None:
                 raise missing()
             new = await decide(conn, row)
             if new:
@@ -200,7 +221,8 @@ class IdentityStore:
     ) -> asyncpg.Record:
         """`change` of the user's row and stream (`admin`: by an administrator only)."""
         return await self.change(
-            lambda conn: self.user_row(user_id, conn),
+            "users",
+            user_id,
             ev.user_stream(user_id),
             decide,
             missing=NoSuchUser,
@@ -214,22 +236,30 @@ class IdentityStore:
             raise NoSuchUser()
         return row
 
+    @staticmethod
+    def _actor_for_admin() -> uuid.UUID | None:
+        """The acting user's id for an administrator check (None: the platform itself);
+        NotAdmin for an actor that is no user at all."""
+        actor = context.current().actor
+        if actor == "system":
+            return None
+        try:
+            return uuid.UUID(actor)
+        except ValueError:
+            raise NotAdmin() from None
+
     async def require_admin(self, conn: Any = None) -> str:
         """The acting user's id, if they are an enabled administrator (or the platform itself);
         asked on `conn` when given (a command's transaction), else on a pooled connection."""
-        actor = context.current().actor
-        if actor == "system":
-            return actor
-        try:
-            actor_id = str(uuid.UUID(actor))
-        except ValueError:
-            raise NotAdmin() from None
+        actor_id = self._actor_for_admin()
+        if actor_id is None:
+            return "system"
         admin = await (conn or self.pool).fetchval(
             "SELECT is_admin AND NOT disabled FROM identity.users WHERE user_id = $1", actor_id
         )
         if not admin:
             raise NotAdmin()
-        return actor
+        return str(actor_id)
 
     async def require_self_or_admin(self, user_id: str) -> None:
         """The caller acts on their own account, or is an administrator (or the platform)."""

@@ -12,7 +12,7 @@ import pytest
 
 from libs.events.envelope import NewEvent, RecordedEvent
 from libs.events.errors import ConcurrencyError
-from libs.events.inline import append_inline
+from libs.events.inline import append_inline, inline_lock_key
 from libs.events.projection import Projection
 from libs.events.store import PostgresEventStore
 from tests.support.waits import wait_until
@@ -133,3 +133,51 @@ async def test_concurrent_inline_appends_at_one_version_exactly_one_wins(
     won = wins[0][0].data["n"]  # type: ignore[index]
     assert await _rows(store) == [("race-2", 1, 1), ("race-2", 2, won)]
     assert await store.head() == 2
+
+
+async def test_the_events_an_append_returns_are_the_ones_stored(store: PostgresEventStore) -> None:
+    """The append answers with the events as committed (no read-back): position, version,
+    time, chain hash and the data as Postgres keeps it, equal to what a reader gets."""
+    new = [
+        NewEvent("ThingHappened", {"n": 1, "z": "é\u2028", "a": [1, 2.5, None]}),
+        NewEvent("ThingHappened", {"n": 2, "big": 10**30}),
+    ]
+    async with store.pool.acquire() as conn, conn.transaction():
+        returned = await append_inline(store, conn, Rows(), "same-1", new, 0)
+    assert returned == await store.read_stream("same-1")
+    assert [e.hash for e in returned] == [
+        r["hash"]
+        for r in await store.pool.fetch(
+            "SELECT hash FROM events.events WHERE stream = 'same-1' ORDER BY position"
+        )
+    ]
+    report = await store.verify_chain()
+    assert report.ok, report
+
+
+async def test_an_inline_append_waits_for_a_rebuild_of_its_projection(
+    store: PostgresEventStore,
+) -> None:
+    """A rebuild holds the projection's lock exclusively: an inline append (which takes it
+    shared in its append call) neither writes the log nor the read model until it ends."""
+    async with store.pool.acquire() as rebuild:
+        await rebuild.execute("SELECT pg_advisory_lock($1)", inline_lock_key(Rows))
+        writer = asyncio.create_task(_append(store, "wait-1", 1, 0))
+        try:
+
+            async def writer_waits() -> bool:
+                return bool(
+                    await store.pool.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
+                    )
+                )
+
+            await wait_until(writer_waits, 10, "the inline append to wait for the rebuild")
+            assert not writer.done()
+            assert await store.stream_version("wait-1") == 0
+            assert ("wait-1", 1, 1) not in await _rows(store)
+        finally:
+            await rebuild.execute("SELECT pg_advisory_unlock($1)", inline_lock_key(Rows))
+        recorded = await asyncio.wait_for(writer, 10)
+    assert [e.version for e in recorded] == [1]
+    assert ("wait-1", 1, 1) in await _rows(store)

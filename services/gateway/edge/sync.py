@@ -155,8 +155,9 @@ class EdgeSync:
         self.kick()
 
     def up(self) -> bool:
-        """Whether nginx runs (the gateway's readiness)."""
-        return self.nginx.running
+        """Whether nginx runs and serves a generation (the gateway's readiness): not as soon
+        as its process is spawned, while it is still coming up."""
+        return self.nginx.running and bool(self._live)
 
     def serves(self, host: str) -> bool:
         """Whether the nginx generation that is live has a vhost for `host`."""
