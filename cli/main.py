@@ -201,8 +201,13 @@ def _print_ready(stack: Stack) -> None:
         secure = stack.secure_dashboard_url
         if secure is not None:
             lines.append(f"             {secure} (through nginx, self-signed certificate)")
+        token = read_setup_token(data)
+        link = secure or url
+        if token is not None:  # setup is not done: only the one with this link may do it
+            link = f"{link.rstrip('/')}/#/setup?token={token}"
+            lines.append(f"  Setup:     {link}")
         steps += [
-            f"Open {secure or url} in a browser on this machine and follow the setup wizard:\n"
+            f"Open {link} in a browser on this machine and follow the setup wizard:\n"
             "     the first administrator, then your domain and its DNS provider\n"
             f"     (from another machine: ssh -L {port}:127.0.0.1:{port} <this server>;\n"
             f"     without a browser: homeport setup --data-dir {data}).",
@@ -292,6 +297,17 @@ def _print_table(state: dict[str, Any], parts: list[dict[str, Any]]) -> None:
 
 # -- setup --------------------------------------------------------------------------------
 
+SETUP_TOKEN_FILE = "setup-token"  # noqa: S105 - written by identity (services/identity/setup_token.py)
+
+
+def read_setup_token(data: Path) -> str | None:
+    """The one-time setup token identity left in the data directory, while setup is not done."""
+    try:
+        token = (data / SETUP_TOKEN_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
+
 
 def _cmd_setup(args: argparse.Namespace) -> int:
     data = Path(args.data_dir).absolute()
@@ -309,7 +325,15 @@ def _cmd_setup(args: argparse.Namespace) -> int:
         if getpass.getpass("The same password again: ") != password:
             print("The two passwords differ; nothing was changed.", file=sys.stderr)
             return EXIT_USAGE
-    body = {"username": username, "email": email, "password": password}
+    token = read_setup_token(data)
+    if token is None:
+        print(
+            f"setup is already done (there is no setup token in {data / SETUP_TOKEN_FILE}): "
+            f"sign in at {url}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    body = {"username": username, "email": email, "password": password, "setup_token": token}
     status, answer = asyncio.run(_post(str(url).rstrip("/") + "/api/v1/setup", body))
     if status == 201:
         print(f"Administrator {username} created. Sign in at {url}")

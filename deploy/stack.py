@@ -47,6 +47,7 @@ from deploy.supervision import (
     PartKind,
     PartState,
     Supervisor,
+    probe,
     reap_leftovers,
 )
 
@@ -228,6 +229,7 @@ class Stack:
             await asyncio.gather(*waits, stopping, return_exceptions=True)
         if self._stopping.is_set() or any(t.done() for t in tasks):
             return
+        await self._identity_ready()
         bad = self.unhealthy()
         if bad:
             log.warning("not all parts are healthy", extra={"parts": [p.name for p in bad]})
@@ -235,6 +237,20 @@ class Stack:
             log.info("ready", extra={"dashboard": self.dashboard_url})
         if on_ready is not None:
             on_ready(self)
+
+    async def _identity_ready(self) -> None:
+        """Wait (at most READY_DEADLINE_S) until identity is ready: it has then written the
+        one-time setup token the banner's setup link carries, if setup is not done."""
+        part = next((p for p in self.parts if p.name == "identity"), None)
+        if part is None or not part.health.endswith("/healthz"):
+            return
+        ready = part.health.removesuffix("/healthz") + "/readyz"
+        deadline = time.monotonic() + READY_DEADLINE_S
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline and not self._stopping.is_set():
+                if (await probe(ready, session))[0]:
+                    return
+                await asyncio.sleep(0.2)
 
     async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> None:
         """Run until asked to stop; a supervisor that ends on its own is a bug: stop then."""

@@ -38,7 +38,7 @@ _ACCESS = nullable(
 _ENV_VALUE = string(
     maxLength=MAX_ENV_VALUE, pattern=r"^[^\x00]*$", description="text without NUL characters"
 )
-# Names are checked by the service (libs/contracts/common.py ENV_NAME, not HOMEPORT_*).
+# Names are checked by the service (libs/contracts/common.py env_name_problem).
 _ENV = {
     "type": "object",
     "additionalProperties": _ENV_VALUE,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from libs.contracts import Contract
 from libs.contracts.common import uuid
-from libs.contracts.schema import array, boolean, nullable, obj, string
+from libs.contracts.schema import array, boolean, integer, nullable, obj, string
 
 __all__ = [
     "APP_ID_PATTERN",
@@ -53,6 +53,11 @@ _SESSION = string(maxLength=512)
 _TOTP = nullable(string(maxLength=32, writeOnly=True))
 _RECOVERY = nullable(string(maxLength=64, writeOnly=True))
 _LINK_TOKEN = string(maxLength=128, writeOnly=True)
+_SETUP_TOKEN = string(
+    maxLength=128,
+    writeOnly=True,
+    description="the one-time setup token the server printed when it started",
+)
 _GROUP_NAME = string(
     maxLength=32,
     pattern=GROUP_NAME_PATTERN,
@@ -90,7 +95,10 @@ CONTRACT = Contract(
     "identity",
     commands={
         # users
-        "setup": obj(_NEW_ACCOUNT, required=_ACCOUNT_REQUIRED),
+        "setup": obj(
+            {**_NEW_ACCOUNT, "setup_token": _SETUP_TOKEN},
+            required=[*_ACCOUNT_REQUIRED, "setup_token"],
+        ),
         "create_user": obj(
             {**_NEW_ACCOUNT, "is_admin": boolean(default=False)}, required=_ACCOUNT_REQUIRED
         ),
@@ -164,8 +172,11 @@ CONTRACT = Contract(
                 "name": string(maxLength=64),
                 "scope": string(enum=["read", "full"], description="read (GET only) or full"),
                 "expires_at": nullable(
-                    string(format="date-time", description="in the future; null: never")
+                    string(format="date-time", description="in the future, within a year")
                 ),
+                "expires_in_days": nullable(integer(minimum=1, maximum=366)),
+                # the caller's session: creating a token needs a recent sign-in
+                "session": nullable(_SESSION),
             },
             required=["user_id", "name", "scope"],
         ),

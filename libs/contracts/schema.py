@@ -8,13 +8,19 @@ Supported keywords: `type` (one or a list), `properties`, `required`, `additiona
 anything else is refused when the route is declared, so a typo never validates nothing.
 
 Validation stops at the first problem and names its field as a dotted path (`members.0.email`).
-Integers are JSON integers only (`1.0` is not one); booleans are never numbers.
+Integers are JSON integers only (`1.0` is not one); booleans are never numbers. No string or
+object key may hold a NUL byte or a lone surrogate (neither can be stored nor sent as UTF-8).
+
+`json_int`, `json_float` and `json_constant` are `json.loads` hooks that refuse numbers beyond
+the parser's limits (an integer over Python's digit limit, a float that overflows to infinity)
+and the non-JSON NaN and Infinity as Invalid.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -31,6 +37,9 @@ __all__ = [
     "check_schema",
     "coerce_params",
     "integer",
+    "json_constant",
+    "json_float",
+    "json_int",
     "nullable",
     "obj",
     "string",
@@ -53,6 +62,7 @@ _KEYWORDS = frozenset(
 _FORMATS = frozenset({"date-time", "uuid"})
 _INT_TEXT = re.compile(r"-?[0-9]{1,18}")
 _NUM_TEXT = re.compile(r"-?[0-9]{1,18}(\.[0-9]{1,18})?([eE][-+]?[0-9]{1,3})?")
+_UNFIT = re.compile("[\x00\ud800-\udfff]")
 
 
 class SchemaError(ValueError):
@@ -167,6 +177,7 @@ def _join(field: str, key: str | int) -> str:
 
 
 def _check_string(schema: Schema, v: str, field: str) -> None:
+    _check_text(v, field)
     if "minLength" in schema and len(v) < schema["minLength"]:
         n = schema["minLength"]
         raise _bad(field, "must not be empty" if n == 1 else f"must be at least {n} characters")
@@ -180,6 +191,13 @@ def _check_string(schema: Schema, v: str, field: str) -> None:
         raise _bad(field, "must be an ISO 8601 time with a zone, e.g. 2026-11-22T08:00:00Z")
     if fmt == "uuid" and not _is_uuid(v):
         raise _bad(field, "must be a UUID")
+
+
+def _check_text(v: str, field: str) -> None:
+    found = _UNFIT.search(v)
+    if found is not None:
+        what = "a NUL byte" if found.group() == "\x00" else "a lone surrogate (not UTF-8)"
+        raise _bad(field, f"must not contain {what}")
 
 
 @lru_cache(maxsize=512)
@@ -241,6 +259,8 @@ def _check_object(schema: Schema, v: dict[str, Any], field: str) -> None:
             raise Invalid(f"{_join(field, name)} is required", field=_join(field, name))
     extra = schema.get("additionalProperties", True)
     for key, item in v.items():
+        if _UNFIT.search(key):
+            raise _bad(field, "has a key with a NUL byte or a lone surrogate in it")
         sub = props.get(key)
         if sub is not None:
             validate(sub, item, _join(field, key))
@@ -286,6 +306,31 @@ def _coerce(schema: Schema, raw: str) -> Any:
     if "null" in types and raw == "":
         return None
     return raw  # left a string: validate() names the field and the type it wants
+
+
+# -- parsing JSON numbers ------------------------------------------------------------------
+
+
+def json_int(text: str) -> int:
+    """`json.loads(parse_int=...)`: an integer within Python's digit limit, else Invalid."""
+    limit = sys.get_int_max_str_digits()
+    if limit and len(text.lstrip("-")) > limit:
+        raise Invalid(f"a number has more than {limit} digits: send a smaller one")
+    return int(text)
+
+
+def json_float(text: str) -> float:
+    """`json.loads(parse_float=...)`: a finite float, else Invalid (1e999 is not infinity)."""
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 20 else text[:20] + "..."
+        raise Invalid(f"the number {shown} is too large: send a smaller one")
+    return value
+
+
+def json_constant(name: str) -> Any:
+    """`json.loads(parse_constant=...)`: NaN, Infinity and -Infinity are not JSON (Invalid)."""
+    raise Invalid(f"{name} is not a JSON value: send a finite number")
 
 
 # -- building -------------------------------------------------------------------------------

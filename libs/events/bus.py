@@ -51,6 +51,7 @@ from libs.contracts.errors import (
     error_from_wire,
 )
 from libs.contracts.registry import CONTRACTS
+from libs.contracts.schema import json_constant, json_float, json_int
 from libs.events import context
 from libs.events.context import Context
 from libs.events.envelope import uuid7
@@ -129,7 +130,11 @@ def _meta(body: dict[str, Any], name: str, *, required: bool) -> str | None:
 
 def _decode_request(data: bytes) -> _Request:
     try:
-        body = json.loads(data)
+        body = json.loads(
+            data, parse_int=json_int, parse_float=json_float, parse_constant=json_constant
+        )
+    except Invalid as e:  # a number beyond the parser's limits, NaN or Infinity
+        raise Invalid(f"request is not usable JSON: {e.message}", field="payload") from None
     except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise Invalid(
             "request is not JSON: send {actor, correlation_id, payload: {...}, deadline}",

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -33,11 +33,15 @@ from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
 from libs.service.runner import Service
 
+if TYPE_CHECKING:  # projection.py imports the relay, whose build() uses these parts
+    from libs.events.projection import Projection, ProjectionRunner
+
 __all__ = [
     "Connections",
     "Worker",
     "connect_nats",
     "connections",
+    "following",
     "loop",
     "opened_keyring",
     "serve",
@@ -160,3 +164,21 @@ async def loop(
         if cancel:
             task.cancel()
         await asyncio.wait({task}, timeout=svc.config.drain_seconds)
+
+
+@asynccontextmanager
+async def following(
+    svc: Service, conn: Connections, projection: Projection, *, stream: str, prefix: str
+) -> AsyncIterator[ProjectionRunner]:
+    """Set up `projection`'s read model, then keep it up to date from the log (the worker
+    `projection.<name>`, ready while NATS is connected and the projection has caught up)."""
+    from libs.events.projection import ProjectionRunner  # here: see TYPE_CHECKING above
+
+    runner = ProjectionRunner(projection, conn.store, conn.nc, stream=stream, prefix=prefix)
+    await runner.setup()
+
+    def live(r: ProjectionRunner) -> bool:
+        return conn.connected and r.live.is_set()
+
+    async with worker(svc, f"projection.{projection.name}", runner, ready=live):
+        yield runner

@@ -1,5 +1,4 @@
-"""python -m services.apps: the catalog, app lifecycles on a container runtime, addons, health;
-at start it resumes the operations a previous run left half-done (services/apps/operations/)."""
+"""python -m services.apps: catalog, app lifecycles, addons, health; resumes unfinished work."""
 
 from __future__ import annotations
 

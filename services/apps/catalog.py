@@ -10,13 +10,22 @@ bundled catalog is signed on this machine by a key made on this machine at first
 files between publishing and installing, not against whoever can write the data directory. A
 remote catalog would ship its publisher's public key, configured here as a trusted key.
 
+The bundled catalog (`services/apps/bundled/`) ships signed: its `index.json` (entry paths
+relative to it) and `index.json.sig`, made by `deploy/sign_catalog.py` with a private key that
+never enters the repository, and the public half `catalog-signing.pub` beside them. At start
+the index is verified with that shipped key and every entry's files are re-hashed; an entry
+whose files differ (one changed manifest byte) is refused with a log line naming it. A source
+without a signed index (a developer's HP_CATALOG_SOURCE) is still signed on this machine.
+Any edit of a bundled entry therefore needs `deploy/sign_catalog.py KEY` run again.
+
 Source layout: `<source>/<app-id>/<version>/manifest.json` plus the build context and icon
 the manifest names. Plain files at the first two levels (a README) are ignored.
 
 Index layout (`<out>/index.json`, canonical JSON: sorted keys, no spaces, ASCII):
 `{"formatVersion": 1, "generatedAt": "...Z", "entries": [{"id", "version", "path",
 "manifestSha256", "contextSha256", "iconSha256", "manifest"}, ...]}`. `path` is the absolute,
-resolved directory of the entry's manifest on the publishing machine. `contextSha256` hashes the
+resolved directory of the entry's manifest on the publishing machine, or (the bundled catalog)
+that directory relative to the index's own. `contextSha256` hashes the
 build context tree (the manifest's directory for image-based apps); `iconSha256` is null when
 there is no icon; `manifest` is the parsed manifest (`Manifest.to_json()`).
 """
@@ -27,6 +36,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -39,13 +49,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from services.apps.config import AppsConfig
+from services.apps.config import BUNDLED_CATALOG, AppsConfig
 from services.apps.errors import AppsError
 from services.apps.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
 from services.apps.manifest import parse_manifest as _parse_manifest
 from services.apps.semver import Version, VersionError
 
 __all__ = [
+    "BUNDLED_PUBLIC_KEY",
     "INDEX_FILE",
     "SIGNATURE_FILE",
     "SIGNING_KEY_FILE",
@@ -72,6 +83,10 @@ LOCAL_INDEX_DIR = "catalog"
 FORMAT_VERSION = 1
 _TREE_MAGIC = b"homeport-tree-v1\x00"
 _CHUNK = 1 << 16
+# The public half of the key the bundled catalog is signed with (deploy/sign_catalog.py).
+BUNDLED_PUBLIC_KEY = BUNDLED_CATALOG / SIGNING_PUBLIC_FILE
+
+log = logging.getLogger("services.apps.catalog")
 
 
 class CatalogError(AppsError):
@@ -219,7 +234,7 @@ def _canonical(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _entry_json(version_dir: Path) -> tuple[Manifest, dict[str, Any]]:
+def _entry_json(version_dir: Path, relative_to: Path | None) -> tuple[Manifest, dict[str, Any]]:
     """The index entry for one `<app-id>/<version>` directory of a source tree."""
     manifest_path = version_dir / MANIFEST_FILE
     if not manifest_path.is_file():
@@ -248,7 +263,7 @@ def _entry_json(version_dir: Path) -> tuple[Manifest, dict[str, Any]]:
     return manifest, {
         "id": manifest.id,
         "version": str(manifest.version),
-        "path": str(directory),
+        "path": str(directory if relative_to is None else directory.relative_to(relative_to)),
         "manifestSha256": _file_sha256(manifest_path),
         "contextSha256": tree_sha256(context),
         "iconSha256": icon,
@@ -256,8 +271,10 @@ def _entry_json(version_dir: Path) -> tuple[Manifest, dict[str, Any]]:
     }
 
 
-def _source_entries(source: Path) -> list[dict[str, Any]]:
-    """Every entry of a source tree, sorted by id then version; raises on any invalid one."""
+def _source_entries(source: Path, relative_to: Path | None = None) -> list[dict[str, Any]]:
+    """Every entry of a source tree, sorted by id then version; raises on any invalid one.
+
+    Entry paths are absolute, or relative to `relative_to` (which must hold the source)."""
     if not source.is_dir():
         raise CatalogError(f"catalog source {source} is not a directory")
     found: list[tuple[str, Version, dict[str, Any]]] = []
@@ -265,7 +282,7 @@ def _source_entries(source: Path) -> list[dict[str, Any]]:
         for app_dir in sorted(p for p in source.iterdir() if p.is_dir()):
             seen: dict[Version, Path] = {}
             for version_dir in sorted(p for p in app_dir.iterdir() if p.is_dir()):
-                manifest, entry = _entry_json(version_dir)
+                manifest, entry = _entry_json(version_dir, relative_to)
                 if manifest.version in seen:
                     raise CatalogError(
                         f"{version_dir} and {seen[manifest.version]} are the same version of "
@@ -310,13 +327,18 @@ def _publish_entries(entries: list[dict[str, Any]], out: Path, key: Ed25519Priva
     return out / INDEX_FILE
 
 
-def publish(source: Path, out: Path, key: Ed25519PrivateKey) -> Path:
+def publish(source: Path, out: Path, key: Ed25519PrivateKey, *, relative: bool = False) -> Path:
     """Write `out/index.json` and its signature `out/index.json.sig` for a source tree.
 
+    With `relative`, entry paths are relative to `out` (which must hold the source: the
+    bundled catalog is signed in place, so it verifies wherever the code is installed).
     Returns the index path. Raises ManifestError (naming the file and field) for an invalid
     manifest and CatalogError for a source that is not laid out as `<app-id>/<version>/`.
     """
-    return _publish_entries(_source_entries(source), out, key)
+    base = out.resolve() if relative else None
+    if base is not None and not source.resolve().is_relative_to(base):
+        raise CatalogError(f"catalog source {source} is not inside {out}: paths cannot be relative")
+    return _publish_entries(_source_entries(source, base), out, key)
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -408,7 +430,9 @@ def _entry_from_json(index_path: Path, i: int, raw: object) -> CatalogEntry:
         raise _bad_index(index_path, f"entries[{i}] id/version differ from its manifest")
     directory = Path(raw["path"])
     if not directory.is_absolute():
-        raise _bad_index(index_path, f"entries[{i}].path is not absolute")
+        if ".." in directory.parts:
+            raise _bad_index(index_path, f"entries[{i}].path leads out of the index's folder")
+        directory = index_path.parent.resolve() / directory
     return CatalogEntry(
         manifest=manifest,
         directory=directory,
@@ -506,6 +530,31 @@ class Catalog:
             signed_by=key,
             entries=entries,
             raw_entries=tuple(raw_entries),
+        )
+
+    def checked(self) -> Catalog:
+        """This catalog without the entries whose files differ from the signed index; each one
+        left out is logged as an error naming it."""
+        kept = []
+        for entry, raw in zip(self.entries, self.raw_entries, strict=True):
+            try:
+                entry.verify()
+            except CatalogError as e:
+                log.error(
+                    "catalog entry %s %s is refused: %s (a bundled app changed on purpose is "
+                    "signed again with `python -m deploy.sign_catalog KEY`)",
+                    entry.app_id,
+                    entry.version,
+                    e,
+                )
+                continue
+            kept.append((entry, raw))
+        return Catalog(
+            index_dir=self.index_dir,
+            generated_at=self.generated_at,
+            signed_by=self.signed_by,
+            entries=tuple(e for e, _ in kept),
+            raw_entries=tuple(r for _, r in kept),
         )
 
     def app_ids(self) -> list[str]:
@@ -612,11 +661,31 @@ def ensure_local_catalog(source: Path, data_dir: Path) -> tuple[Path, Ed25519Pub
     return index_dir, public
 
 
+def _ships_signed(source: Path) -> bool:
+    """The bundled catalog, or a source holding a signed index (a copy of the bundled one)."""
+    if (source / INDEX_FILE).exists() or (source / SIGNATURE_FILE).exists():
+        return True
+    try:
+        return source.resolve() == BUNDLED_CATALOG.resolve()
+    except OSError:
+        return False
+
+
 def load_catalog(cfg: AppsConfig) -> Catalog:
     """The published index HP_CATALOG_INDEX signed by one of the keys (PEM files) in
-    HP_CATALOG_TRUST, or else the catalog at HP_CATALOG_SOURCE signed by this machine's key."""
+    HP_CATALOG_TRUST; else the bundled catalog (or a source with a signed index) verified with
+    the key shipped with the code, its altered entries left out; else the catalog at
+    HP_CATALOG_SOURCE signed by this machine's key."""
     if cfg.catalog_index:
         keys = [load_public_key(Path(p)) for p in cfg.catalog_trust]
         return Catalog.load(Path(cfg.catalog_index), keys)
-    out, key = ensure_local_catalog(cfg.catalog_source, cfg.apps_dir)
+    source = cfg.catalog_source
+    if _ships_signed(source):
+        return Catalog.load(source, [load_public_key(BUNDLED_PUBLIC_KEY)]).checked()
+    log.warning(
+        "the catalog source %s has no signed index: signing it with this machine's key "
+        "(for development; the bundled catalog is verified with the key shipped with the code)",
+        source,
+    )
+    out, key = ensure_local_catalog(source, cfg.apps_dir)
     return Catalog.load(out, [key])

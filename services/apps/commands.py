@@ -2,7 +2,9 @@
 
 The payload's shape is checked by the bus against libs/contracts/apps.py before a handler
 runs; the rules here need the catalog or the app's state (a reserved or taken location, an
-env name the platform sets, who may open a single-user app). A lifecycle command records its
+env name the platform sets or the container needs, a domain that is not the platform's, who may
+open a single-user app). A request is checked before it is refused as busy: a wrong one gets
+400 naming its field, also while the app is busy. A lifecycle command records its
 request (and starts the task that reports its progress) and returns at once with
 `{app_id, task_id}`; the driver (services/apps/operations/) does the work in the background.
 Start, stop and restart record the wanted run state and apply it before answering.
@@ -14,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from libs.contracts.common import ENV_NAME, MAX_ENV, RESERVED_LOCATIONS
+from libs.contracts.common import MAX_ENV, RESERVED_LOCATIONS, env_name_problem
 from libs.events import context
 from libs.events.handlers import command
 from libs.events.sealing import Keyring
@@ -29,6 +31,8 @@ from services.apps.errors import (
     ChangedMeanwhile,
     InvalidRequest,
     LocationTaken,
+    OperationFailed,
+    PeerUnavailable,
 )
 from services.apps.health import Restarts
 from services.apps.manifest import Manifest
@@ -51,22 +55,16 @@ def _location(value: str, field: str = "location") -> str:
 
 
 def _env_changes(value: Mapping[str, str | None], field: str = "env") -> dict[str, str | None]:
-    """NAME: text sets a variable, NAME: null removes one; names like SHELL variables, not
-    HOMEPORT_* (the values' shape is the contract's)."""
+    """NAME: text sets a variable, NAME: null removes one; names like SHELL variables, none the
+    platform sets or the container needs (libs/contracts/common.py; the values' shape is the
+    contract's)."""
     if len(value) > MAX_ENV:
         raise InvalidRequest(f"{field} may hold at most {MAX_ENV} variables", field=field)
     for name in value:
-        where = f"{field}.{name[:64]}"
-        if not ENV_NAME.match(name):
-            raise InvalidRequest(
-                f"{where}: a variable name is a letter or '_', then letters, digits or '_'"
-                " (at most 64)",
-                field=where,
-            )
-        if name.upper().startswith("HOMEPORT_"):
-            raise InvalidRequest(
-                f"{where}: HOMEPORT_* variables are set by the platform", field=where
-            )
+        problem = env_name_problem(name)
+        if problem is not None:
+            where = f"{field}.{name[:64]}"
+            raise InvalidRequest(f"{where}: {problem}", field=where)
     return dict(value)
 
 
@@ -96,6 +94,13 @@ def _access(
     if not all_users and not lists["groups"] and not lists["user_ids"]:
         raise InvalidRequest(
             f"{field}: nobody could open the app; set all_users or name groups or users",
+            field=field,
+        )
+    if manifest.sign_in == "none" and not all_users:
+        # nothing would ask who is there: a list would only look like protection
+        raise InvalidRequest(
+            f"{field}: {manifest.title} is public by nature (it signs nobody in), so it cannot "
+            "be limited to some users; set all_users",
             field=field,
         )
     return {"all_users": all_users, **lists}
@@ -170,14 +175,32 @@ class Commands:
             raise
 
     async def _location_free(self, domain: str, location: str, app_id: str | None = None) -> None:
+        """A clear refusal before a task is started; the primary key of apps.locations decides
+        (a command racing this one fails when it records, services/apps/projections.py)."""
         taken = await self.apps.store.pool.fetchval(
-            "SELECT app_id::text FROM apps.apps WHERE domain = $1 AND location = $2"
-            " AND state <> 'uninstalled'",
+            "SELECT app_id::text FROM apps.locations WHERE domain = $1 AND location = $2",
             domain,
             location,
         )
         if taken is not None and taken != app_id:
             raise LocationTaken(f"{location}.{domain} is taken by another app")
+
+    async def _domain(self, domain: str) -> str:
+        """`domain` if it is one of the platform's: the local (or default) domain, or one the
+        dns service manages. Nothing else could be pointed at this server, or served."""
+        if domain in (self.cfg.local_domain, self.cfg.default_domain):
+            return domain
+        try:
+            view = await self.driver.tools.peers.dns_domain(domain)
+        except OperationFailed as e:
+            raise PeerUnavailable(f"{e.message}; try again once it answers") from None
+        if view is None:
+            raise InvalidRequest(
+                f"domain {domain!r} is not one of this platform's domains: add it under Domains"
+                f" first, or leave domain out to use {self.cfg.default_domain}",
+                field="domain",
+            )
+        return domain
 
     def _platform_ok(self, manifest: Manifest) -> None:
         if manifest.min_platform_version is None:
@@ -198,10 +221,10 @@ class Commands:
         field = "version" if version else "manifest_id"
         manifest = self._manifest(payload["manifest_id"], version, field)
         location = _location(payload["location"])
-        domain = payload.get("domain") or self.cfg.default_domain
         access = _access(payload.get("access"), manifest)
         memory = payload.get("memory_bytes") or manifest.memory_limit
         env = _env_changes(payload.get("env", {}))
+        domain = await self._domain(payload.get("domain") or self.cfg.default_domain)
         self._platform_ok(manifest)
         await self._location_free(domain, location)
         app_id = str(uuid.uuid4())
@@ -225,12 +248,14 @@ class Commands:
     @command("clone")
     async def clone(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         source = await self._existing(payload)
+        location = _location(payload["location"])
+        manifest = self._manifest(source.manifest_id, source.app_version, "app_id")
+        domain = source.domain
+        if payload.get("domain"):
+            domain = await self._domain(payload["domain"])
         if source.state is not State.installed:
             raise AppConflict(f"only an installed app can be cloned (it is {source.state.value})")
-        location = _location(payload["location"])
-        domain = payload.get("domain") or source.domain
         await self._location_free(domain, location)
-        manifest = self._manifest(source.manifest_id, source.app_version, "app_id")
         app_id = str(uuid.uuid4())
         task = await self._start_task("install", f"Clone {manifest.title} to {location}", app_id)
         env = {k: self._seal(app_id, self.keys.unseal_str(v)) for k, v in source.env.items()}
@@ -255,14 +280,9 @@ class Commands:
     @command("configure")
     async def configure(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         s = await self._existing(payload)
-        self._idle(s, "change its settings")
-        if s.state is not State.installed:
-            raise AppConflict(f"the app is {s.state.value}: repair or uninstall it first")
+        # the request is checked first: a wrong one is refused as such, even while busy
         manifest = self._manifest(s.manifest_id, s.app_version, "app_id")
-        location = None
-        if "location" in payload:
-            location = _location(payload["location"])
-            await self._location_free(s.domain, location, s.app_id)
+        location = _location(payload["location"]) if "location" in payload else None
         access = _access(payload["access"], manifest) if "access" in payload else None
         memory = None
         if "memory_bytes" in payload:
@@ -271,6 +291,11 @@ class Commands:
         env = self._merged_env(s, changes) if changes else None
         if location is None and access is None and memory is None and env is None:
             raise InvalidRequest("nothing to change: give location, access, memory_bytes or env")
+        self._idle(s, "change its settings")
+        if s.state is not State.installed:
+            raise AppConflict(f"the app is {s.state.value}: repair or uninstall it first")
+        if location is not None:
+            await self._location_free(s.domain, location, s.app_id)
         task = await self._start_task("configure", f"Configure {manifest.title}", s.app_id)
         request = ev.AppConfigureRequested(
             app_id=s.app_id,
@@ -335,10 +360,10 @@ class Commands:
     @command("update")
     async def update(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         s = await self._existing(payload)
+        target = self._manifest(s.manifest_id, payload.get("version"), "version")
         self._idle(s, "update it")
         if s.state is not State.installed:
             raise AppConflict(f"the app is {s.state.value}: repair it first")
-        target = self._manifest(s.manifest_id, payload.get("version"), "version")
         if target.version <= Version.parse(s.app_version):
             raise AppConflict(
                 f"{target.version} is not newer than the installed {s.app_version}",
@@ -377,12 +402,12 @@ class Commands:
     @command("restore")
     async def restore(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         s = await self._existing(payload)
-        self._idle(s, "restore it")
         snapshot_id = str(uuid.UUID(payload["snapshot_id"]))
         snap = s.snapshot(snapshot_id)
         if snap is None or snap["reason"] == "clone":
             raise AppNotFound("no such snapshot of this app", field="snapshot_id")
         self._manifest(s.manifest_id, str(snap["version"]), "snapshot_id")
+        self._idle(s, "restore it")
         task = await self._start_task(
             "restore", f"Restore {s.location} to {snap['version']}", s.app_id
         )

@@ -7,7 +7,7 @@ of an operation) are caught by the service and told through the operation's task
 
 from __future__ import annotations
 
-from libs.contracts.errors import BusError, Conflict, Invalid, NotFound
+from libs.contracts.errors import BusError, Conflict, Invalid, NotFound, Unavailable
 
 __all__ = [
     "AppConflict",
@@ -17,6 +17,7 @@ __all__ = [
     "InvalidRequest",
     "LocationTaken",
     "OperationFailed",
+    "PeerUnavailable",
 ]
 
 
@@ -50,6 +51,10 @@ class ChangedMeanwhile(AppConflict):
         self, message: str = "the app was changed at the same time; look again and retry"
     ) -> None:
         super().__init__(message)
+
+
+class PeerUnavailable(AppsError, Unavailable):
+    """Another service the request needs an answer from (dns) does not give one now."""
 
 
 class OperationFailed(AppsError):

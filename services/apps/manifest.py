@@ -25,6 +25,7 @@ __all__ = [
     "MANIFEST_FILE",
     "MAX_MEMORY_LIMIT",
     "MIN_MEMORY_LIMIT",
+    "SIGN_IN",
     "Manifest",
     "ManifestError",
     "PortSpec",
@@ -35,6 +36,10 @@ __all__ = [
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 ADDONS = ("ldap", "localstorage", "postgresql", "sendmail")
+# How an app signs users in: its own login against the platform's LDAP (the default with the
+# ldap addon), the platform's sign-in at the edge (the default otherwise), or nobody at all
+# (public by nature: an access list other than everyone is refused).
+SIGN_IN = ("ldap", "edge", "none")
 CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "NET_BIND_SERVICE", "KILL")
 MIB = 1024 * 1024
 MIN_MEMORY_LIMIT = 32 * MIB
@@ -127,6 +132,7 @@ class Manifest:
     min_platform_version: Version | None = None
     post_install_message: str = ""
     update_needs_approval: bool = False
+    sign_in: str = "edge"  # one of SIGN_IN
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as JSON (defaults filled in); `parse_manifest` of it gives it back."""
@@ -150,6 +156,7 @@ class Manifest:
             "singleUser": self.single_user,
             "postInstallMessage": self.post_install_message,
             "updateNeedsApproval": self.update_needs_approval,
+            "signIn": self.sign_in,
         }
         optional = {
             "icon": self.icon,
@@ -189,6 +196,7 @@ _FIELDS = (
     "minPlatformVersion",
     "postInstallMessage",
     "updateNeedsApproval",
+    "signIn",
 )
 _REQUIRED = ("manifestVersion", "id", "version", "title", "tagline", "httpPort")
 _PORT_FIELDS = ("containerPort", "title", "defaultHostPort")
@@ -407,6 +415,14 @@ def parse_manifest(obj: object) -> Manifest:
         for name, limit in _LIMITS.items()
     }
     min_platform = m.get("minPlatformVersion")
+    addons = _addons(m.get("addons", {}), "addons")
+    sign_in = m.get("signIn", "ldap" if "ldap" in addons else "edge")
+    if sign_in not in SIGN_IN:
+        _fail("signIn", f"{sign_in!r} must be one of {', '.join(SIGN_IN)}")
+    if sign_in == "none" and m.get("singleUser") is True:
+        _fail("signIn", '"none" signs nobody in, but a single-user app is for one user only')
+    if sign_in == "ldap" and "ldap" not in addons:
+        _fail("signIn", '"ldap" needs the ldap addon: add "ldap": {} to addons, or use "edge"')
     return Manifest(
         manifest_version=MANIFEST_VERSION,
         id=app_id,
@@ -430,7 +446,7 @@ def parse_manifest(obj: object) -> Manifest:
             MAX_MEMORY_LIMIT,
             "give bytes between 33554432 (32 MiB) and 68719476736 (64 GiB)",
         ),
-        addons=_addons(m.get("addons", {}), "addons"),
+        addons=addons,
         capabilities=caps,
         run_as_root=_bool(m.get("runAsRoot", False), "runAsRoot"),
         single_user=_bool(m.get("singleUser", False), "singleUser"),
@@ -439,6 +455,7 @@ def parse_manifest(obj: object) -> Manifest:
         ),
         post_install_message=texts["postInstallMessage"],
         update_needs_approval=_bool(m.get("updateNeedsApproval", False), "updateNeedsApproval"),
+        sign_in=sign_in,
     )
 
 

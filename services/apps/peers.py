@@ -41,7 +41,7 @@ class Peers:
         try:
             view: dict[str, Any] = await self._bus.query("dns", "domain", {"domain": domain})
         except BusError as e:
-            if e.code == "not_found":
+            if e.code in ("not_found", "invalid"):  # invalid: a name dns could never manage
                 return None
             raise OperationFailed(
                 f"the dns service could not be asked about {domain}: {e.message}",

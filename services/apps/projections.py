@@ -1,9 +1,10 @@
 """The apps read model (schema `apps`), written inline with the events it reflects.
 
-Commands append and apply in one transaction (libs/events/inline.py), so the unique index on
-(domain, location) refuses a second app at a taken location in the transaction that would
-have recorded it. A row is the fold of its stream (services/apps/state.py): the same function
-decides what a resumed operation does and what users see, so the two cannot disagree.
+Commands append and apply in one transaction (libs/events/inline.py), so the primary key of
+`apps.locations` (domain, location) refuses a second app at a location another holds (its own,
+or one a configuration of it moves to) in the transaction that would have recorded it. A row is
+the fold of its stream (services/apps/state.py): the same function decides what a resumed
+operation does and what users see, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from libs.events.store import read_stream_on
 from services.apps.events import APP_CATEGORY
 from services.apps.state import AppState, fold
 
-__all__ = ["AppsProjection", "upsert_row"]
+__all__ = ["AppsProjection", "hold_locations", "upsert_row"]
 
 
 @register_projection
@@ -38,7 +39,7 @@ class AppsProjection(Projection):
         return event.category == APP_CATEGORY
 
     async def reset(self, conn: asyncpg.Connection) -> None:
-        await conn.execute("TRUNCATE apps.apps, apps.snapshots")
+        await conn.execute("TRUNCATE apps.apps, apps.snapshots, apps.locations")
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
         last: dict[str, RecordedEvent] = {}
@@ -59,10 +60,31 @@ class AppsProjection(Projection):
                     d["size_bytes"],
                     ev.recorded_at,
                 )
+        states = []
         for stream, ev in last.items():
             history = await read_stream_on(conn, stream, REGISTRY, ev.position)
             state = fold(str(ev.data["app_id"]), history)
             await upsert_row(conn, state, history[0].recorded_at, ev.recorded_at)
+            states.append(state)
+        # Every app's old holds go before any new one is taken: in a batch of a rebuild, an
+        # app may take a location another app of the same batch left.
+        await conn.execute(
+            "DELETE FROM apps.locations WHERE app_id = ANY($1::uuid[])", [s.app_id for s in states]
+        )
+        for state in states:
+            await hold_locations(conn, state)
+
+
+async def hold_locations(conn: asyncpg.Connection, s: AppState) -> None:
+    """Take the locations the app holds (services/apps/state.py); a location another app holds
+    fails the transaction on the primary key `apps_location_held`."""
+    for location in sorted(s.held_locations):
+        await conn.execute(
+            "INSERT INTO apps.locations (domain, location, app_id) VALUES ($1, $2, $3)",
+            s.domain,
+            location,
+            s.app_id,
+        )
 
 
 async def upsert_row(

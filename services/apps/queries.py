@@ -54,6 +54,7 @@ def manifest_view(m: Manifest, versions: list[str] | None = None) -> dict[str, A
         "memory_limit": m.memory_limit,
         "addons": sorted(m.addons),
         "single_user": m.single_user,
+        "sign_in": m.sign_in,
         "post_install_message": m.post_install_message or None,
         "update_needs_approval": m.update_needs_approval,
         "min_platform_version": str(m.min_platform_version) if m.min_platform_version else None,

@@ -16,6 +16,7 @@ runs as root on the Docker host, as it must to hold the Docker socket anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ import shutil
 import socket
 import stat
 import subprocess
-import tarfile
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -38,6 +39,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import IPAMConfig, IPAMPool, LogConfig, Mount
 
+from services.apps.base_image import BUSYBOX_IMAGE, BaseImageError, ensure_busybox_image
 from services.apps.container import (
     DATA_PATH,
     ContainerRuntime,
@@ -52,6 +54,7 @@ from services.apps.container import (
     RuntimeStream,
     Stats,
 )
+from services.apps.volume_tar import clean_tar
 
 __all__ = ["DockerRuntime"]
 
@@ -69,6 +72,14 @@ _ZERO_TIME = "0001-01-01T00:00:00Z"
 _EVENT_KINDS = tuple(k.value for k in EventKind)
 # Event attributes that Docker adds next to a container's labels.
 _EVENT_ATTRS = frozenset({"image", "name", "exitCode", "signal", "execID", "execDuration"})
+# Volume export and restore (export_volume, import_volume): the throwaway container's bounds,
+# tar's messages for an entry that vanished while it was read, and the restore's commands.
+_HELPER_TIMEOUT_S = 3600
+_HELPER_MEMORY = 256 << 20
+_VANISHED = ("No such file or directory", "Not a directory", "error exit delayed")
+_RESTORE_SCRIPT = (
+    "rm -rf -- /data/* /data/.[!.]* /data/..?* && tar -x --numeric-owner -f /in.tar -C /data"
+)
 
 
 def _spec_digest(spec: ContainerSpec, image_id: str) -> str:
@@ -261,6 +272,7 @@ class DockerRuntime:
         self._timeout = timeout
         self._client: docker.DockerClient | None = None
         self._streams: docker.APIClient | None = None
+        self._helper_image_ready = False
 
     async def __aenter__(self) -> DockerRuntime:
         await self.open()
@@ -651,44 +663,124 @@ class DockerRuntime:
         )
 
     async def export_volume(self, name: str, dest: Path) -> None:
-        """Write a tar of the volume's contents (owners and modes kept) to `dest`."""
-        path = await self.volume_path(name)
+        """Write a tar of the volume's contents (owners and modes kept) to `dest`.
 
-        def export() -> None:
-            tmp = dest.with_name(dest.name + ".part")
-            with tarfile.open(tmp, "w") as tar:
-                tar.add(path, arcname=".", recursive=True)
-            tmp.replace(dest)
-
-        await self._run(
-            export, f"volume {name} could not be exported to {dest}", "check free space and retry"
-        )
+        SECURITY.md "Isolation of apps": root never follows a link in an app's volume. `tar`
+        runs in a throwaway container that mounts the volume read-only, so every path, even
+        one the app swaps for a symlink while it is read, resolves in that container's mount
+        namespace, where no host file exists. Files that vanish while it reads are left out.
+        """
+        await self.volume_path(name)  # RuntimeNotFound when there is no such volume
+        what = f"volume {name} could not be exported to {dest}"
+        out = Path(await self._run(lambda: tempfile.mkdtemp(dir=dest.parent), what, "retry"))
+        try:
+            code, output = await self._helper(
+                what,
+                ["tar", "-cf", "/out/data.tar", "-C", "/data", "."],
+                [
+                    Mount("/data", name, type="volume", read_only=True),
+                    Mount("/out", str(out), type="bind"),
+                ],
+                ["DAC_READ_SEARCH"],  # read every file, whoever owns it; the mount is read-only
+            )
+            lines = [line for line in output.splitlines() if line.strip()]
+            problems = [line for line in lines if not any(v in line for v in _VANISHED)]
+            if code != 0 and (code != 1 or problems):
+                raise RuntimeFailure(
+                    f"{what}: tar exited with {code}: {'; '.join(problems[-5:])}; "
+                    "check free space and retry"
+                )
+            if code:
+                log.warning("%s: %d entries vanished while it was read", name, len(lines) - 1)
+            await self._run(lambda: (out / "data.tar").replace(dest), what, "retry")
+        finally:
+            await asyncio.to_thread(shutil.rmtree, out, True)
 
     async def import_volume(self, name: str, src: Path) -> None:
-        """Replace the volume's contents by those of the tar `src` (owners and modes kept)."""
-        path = await self.volume_path(name)
+        """Replace the volume's contents by those of the tar `src` (owners and modes kept).
 
-        def safe(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
-            # tar_filter rejects absolute names, `..` and links leaving the volume; the member
-            # itself is extracted unchanged so setgid dirs and modes stay as exported.
-            tarfile.tar_filter(member, dest_path)
-            return member
-
-        def restore() -> None:
-            with tarfile.open(src, "r") as tar:
-                _clear(path)
-                tar.extractall(path, numeric_owner=True, filter=safe)  # noqa: S202 (filtered)
-
+        The tar is cleaned first (volume_tar.clean_tar): a member named out of the volume
+        refuses it before any change; device files, FIFOs, setuid/setgid bits, hard links and
+        symlinks leading out are left out. A throwaway container then empties the volume and
+        unpacks the clean copy, so the writes too resolve where no host file exists.
+        """
+        await self.volume_path(name)  # RuntimeNotFound when there is no such volume
+        what = f"volume {name} could not be restored from {src}"
+        work = Path(await self._run(lambda: tempfile.mkdtemp(dir=src.parent), what, "retry"))
         try:
-            await self._run(
-                restore,
-                f"volume {name} could not be restored from {src}",
-                "check that the file is a tar written by export and retry",
+            clean = work / "clean.tar"
+            try:
+                dropped = await asyncio.to_thread(clean_tar, src, clean)
+            except RuntimeFailure as e:
+                raise RuntimeFailure(f"{what}: {e.message}") from e
+            if dropped:
+                log.warning(
+                    "%s: %d entries of %s left out: %s",
+                    name,
+                    len(dropped),
+                    src,
+                    "; ".join(dropped[:10]),
+                )
+            code, output = await self._helper(
+                what,
+                ["sh", "-c", _RESTORE_SCRIPT],
+                [
+                    Mount("/data", name, type="volume"),
+                    Mount("/in.tar", str(clean), type="bind", read_only=True),
+                ],
+                ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"],  # owners and modes as in the tar
             )
-        except tarfile.TarError as e:
-            raise RuntimeFailure(
-                f"volume {name} could not be restored from {src}: {e}; use a tar written by export"
-            ) from e
+            if code != 0:
+                tail = "; ".join(output.splitlines()[-5:])
+                raise RuntimeFailure(f"{what}: tar exited with {code}: {tail}; check free space")
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+    async def _helper(
+        self, what: str, argv: list[str], mounts: list[Mount], caps: list[str]
+    ) -> tuple[int, str]:
+        """Run argv as root in a throwaway container of the local busybox image (base_image.py,
+        never pulled): no network, read-only root, no new privileges, no capability but `caps`.
+        Its exit code and output."""
+        if not self._helper_image_ready:
+            try:
+                await ensure_busybox_image(self._base_url)
+            except BaseImageError as e:
+                raise RuntimeFailure(f"{what}: {e}") from e
+            self._helper_image_ready = True
+        api, waiter = self._api, self._stream_api
+
+        def run() -> tuple[int, str]:
+            host_config = api.create_host_config(
+                mounts=mounts,
+                network_mode="none",
+                read_only=True,
+                cap_drop=["ALL"],
+                cap_add=caps,
+                security_opt=["no-new-privileges"],
+                pids_limit=16,
+                mem_limit=_HELPER_MEMORY,
+                memswap_limit=_HELPER_MEMORY,
+            )
+            cid = api.create_container(
+                image=BUSYBOX_IMAGE,
+                command=argv,
+                user="0:0",
+                labels={"homeport.role": "volume-helper"},
+                host_config=host_config,
+                network_disabled=True,
+                detach=True,
+            )["Id"]
+            try:
+                api.start(cid)
+                code = int(waiter.wait(cid, timeout=_HELPER_TIMEOUT_S)["StatusCode"])
+                output: bytes = api.logs(cid, stdout=True, stderr=True, tail=200)
+                return code, output.decode(errors="replace")
+            finally:
+                with contextlib.suppress(docker.errors.APIError):
+                    api.remove_container(cid, force=True)
+
+        return await self._run(run, what, "check that dockerd runs and retry")
 
     # Containers
 

@@ -2,7 +2,9 @@
 
 A snapshot lives in `<apps_dir>/snapshots/<app_id>/<snapshot_id>/` (`data.tar`,
 `postgresql.dump`, `snapshot.json`). It is written under a `.partial` name and renamed when
-complete, so a snapshot folder is never half-written.
+complete, so a snapshot folder is never half-written. The runtime reads and writes the volume
+only from throwaway containers and cleans a tar before putting it back (runtime.py
+`export_volume`/`import_volume`, volume_tar.py), so no host file ever enters or leaves a snapshot.
 """
 
 from __future__ import annotations

@@ -83,6 +83,19 @@ class AppState:
     def snapshot(self, snapshot_id: str) -> dict[str, Any] | None:
         return next((s for s in self.snapshots if s["snapshot_id"] == snapshot_id), None)
 
+    @property
+    def held_locations(self) -> frozenset[str]:
+        """The locations the app holds on its domain: its own, and from the moment a
+        configuration that moves it is accepted until it ends, the one it moves to (also while
+        that configuration failed and waits for a repair). None once uninstalled."""
+        if self.version == 0 or self.state is State.uninstalled:
+            return frozenset()
+        held = {self.location}
+        for op in (self.operation, self.failed):
+            if op is not None and op.kind == "configure" and op.detail.get("location"):
+                held.add(str(op.detail["location"]))
+        return frozenset(held)
+
 
 def _op_done(s: AppState, state: State, d: dict[str, Any], **changes: Any) -> AppState:
     done = Operation(s.operation.kind, d["task_id"]) if s.operation is not None else None

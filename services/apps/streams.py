@@ -2,7 +2,8 @@
 model `apps.apps` applied in the same transaction (libs/events/repository.py).
 
 A concurrent writer makes an append fail with `ChangedMeanwhile`; a second app at a taken
-location breaks the read model's unique index `apps_location` and fails with `LocationTaken`.
+location (held by an app, services/apps/state.py) breaks the primary key `apps_location_held`
+of the read model's `apps.locations` and fails with `LocationTaken`.
 """
 
 from __future__ import annotations

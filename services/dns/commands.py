@@ -169,7 +169,7 @@ class Commands:
         ipv4 = _address(payload, "server_ipv4", 4)
         ipv6 = _address(payload, "server_ipv6", 6)
         try:
-            provider = make_provider(kind, config)
+            provider = make_provider(kind, config, allow_loopback=self.cfg.allow_loopback_providers)
         except ProviderConfigError as e:
             raise InvalidRequest(e.message, field=f"provider.{e.field}") from None
         except DnsProviderError as e:
@@ -498,7 +498,7 @@ class Commands:
                 " is the keyring they were sealed with"
             ) from None
         try:
-            provider = make_provider(kind, config)
+            provider = make_provider(kind, config, allow_loopback=self.cfg.allow_loopback_providers)
         except DnsProviderError as e:
             raise DnsUnavailable(
                 f"the recorded {kind} provider of {domain} is unusable ({e.message}): remove the"

@@ -25,3 +25,6 @@ class DnsConfig(ServiceConfig):
     txt_propagation_deadline: float = field(default=120.0, metadata=check(_positive, "seconds > 0"))
     # remove_domain asks the apps service which apps use the domain; no answer, no removal.
     apps_timeout: float = field(default=10.0, metadata=check(_positive, "seconds > 0"))
+    # Provider URLs and nameservers may lead to this machine's loopback (tests and dev run
+    # PowerDNS there); off in production, where they must not (providers/reach.py).
+    allow_loopback_providers: bool = False

@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
-from libs.events.projection import ProjectionRunner
-from libs.events.wiring import Connections, connections, loop, worker
+from libs.events.wiring import Connections, connections, following, loop
 from libs.service.config import load_config
 from libs.service.runner import Service, main
 from services.firewall.bans import BanEnforcer
@@ -35,16 +34,8 @@ def build(cfg: FirewallConfig | None = None) -> Service:
 @asynccontextmanager
 async def _parts(cfg: FirewallConfig, svc: Service) -> AsyncIterator[None]:
     async with connections(svc) as conn:
-        runner = ProjectionRunner(
-            BanProjection(cfg),
-            conn.store,
-            conn.nc,
-            stream=cfg.events_stream,
-            prefix=cfg.events_prefix,
-        )
-        await runner.setup()
-        ready = partial(_projection_ready, conn)
-        async with worker(svc, "projection.firewall_bans", runner, ready=ready):
+        at = {"stream": cfg.events_stream, "prefix": cfg.events_prefix}
+        async with following(svc, conn, BanProjection(cfg), **at):
             async with _enforcing(cfg, svc, conn):
                 yield
 
@@ -61,10 +52,6 @@ async def _enforcing(cfg: FirewallConfig, svc: Service, conn: Connections) -> As
     enforcer = BanEnforcer(bans, conn.store.pool, every=cfg.firewall_reconcile_seconds)
     async with loop(svc, "firewall.reconcile", enforcer.run(), enforcer.stop):
         yield
-
-
-def _projection_ready(conn: Connections, runner: ProjectionRunner) -> bool:
-    return conn.connected and runner.live.is_set()
 
 
 if __name__ == "__main__":

@@ -8,17 +8,17 @@ from contextlib import asynccontextmanager, nullcontext
 from functools import partial
 
 from libs.contracts.gateway import CONTRACT
-from libs.events.projection import Projection, ProjectionRunner
-from libs.events.wiring import Connections, connections, serve, worker
+from libs.events.wiring import connections, following, serve, worker
 from libs.service.config import load_config
 from libs.service.runner import Service, main
 from services.gateway.api import ApiConfig, BusAuthenticator, ConnectionsBackend
-from services.gateway.api.app import build_api, mount_api
+from services.gateway.api.app import API_STATE, build_api, mount_api
 from services.gateway.api.handlers.tasks import TASK_STREAMS, TaskStreams
 from services.gateway.api.principals import IdentityChanges, PrincipalCache
 from services.gateway.api.table import default_table
 from services.gateway.config import GatewayConfig
 from services.gateway.dashboard import add_dashboard
+from services.gateway.edge.signin import EdgeAccess, EdgeSignIn, add_edge_signin
 from services.gateway.edge.sync import EdgeSync, edge_settings
 from services.gateway.metrics_history import metrics_history
 from services.gateway.projections import ActivityProjection
@@ -33,30 +33,32 @@ def build(cfg: GatewayConfig | None = None, api_cfg: ApiConfig | None = None) ->
     svc = Service("gateway", cfg)
     backend = ConnectionsBackend()
     cache = PrincipalCache(api_cfg.principal_cache_seconds, api_cfg.principal_cache_size)
-    auth = BusAuthenticator(backend.bus)
-    api = build_api(default_table(), backend=backend, authenticator=auth, config=api_cfg,
-                    principal_cache=cache)  # fmt: skip
+    api = build_api(default_table(), backend=backend, authenticator=BusAuthenticator(backend.bus),
+                    config=api_cfg, principal_cache=cache)  # fmt: skip
     api[TASK_STREAMS] = streams = TaskStreams()  # open task event streams end before the drain
     add_dashboard(svc.http_app, cfg.dashboard_dir)
     mount_api(svc.http_app, api)
-    svc.use(partial(_parts, cfg, backend, cache, streams))
+    access = EdgeAccess()  # the edge's rules (EdgeSync) for its sign-in (edge/signin.py)
+    if cfg.edge:  # whoami through the principal cache
+        signin = EdgeSignIn(access, api[API_STATE].authenticator, backend.bus, cfg.edge_https_port)
+        add_edge_signin(svc.http_app, signin)
+    svc.use(partial(_parts, cfg, backend, cache, streams, access))
     return svc
 
 
 @asynccontextmanager
 async def _parts(
     cfg: GatewayConfig, backend: ConnectionsBackend, cache: PrincipalCache, streams: TaskStreams,
-    svc: Service,
+    access: EdgeAccess, svc: Service,
 ) -> AsyncIterator[None]:  # fmt: skip
     async with connections(svc) as conn, backend.attached(conn):
-        activity, tasks = (_runner(cfg, conn, p) for p in (ActivityProjection(), TaskProjection()))
+        at = {"stream": cfg.events_stream, "prefix": cfg.events_prefix}
         history = metrics_history(cfg, conn)
-        for prepared in (activity, tasks, history):  # read models exist before queries come
-            await prepared.setup()
-        edge = EdgeSync(edge_settings(cfg, svc.port), conn.nc) if cfg.edge else None
+        await history.setup()
+        edge = EdgeSync(edge_settings(cfg, svc.port), conn.nc, access) if cfg.edge else None
         async with (
-            worker(svc, "projection.activity", activity, ready=partial(_live, conn)),
-            worker(svc, "projection.tasks", tasks, ready=partial(_live, conn)),
+            following(svc, conn, ActivityProjection(), **at),
+            following(svc, conn, TaskProjection(), **at),
             worker(svc, "metrics.history", history, ready=lambda _: conn.connected),
             serve(svc, conn.nc, CONTRACT, Queries(conn.store.pool, edge)),
             IdentityChanges(cache, conn.nc).following(),
@@ -64,15 +66,6 @@ async def _parts(
             worker(svc, "edge", edge, ready=EdgeSync.up) if edge else nullcontext(),
         ):
             yield
-
-
-def _runner(cfg: GatewayConfig, conn: Connections, projection: Projection) -> ProjectionRunner:
-    stream, prefix = cfg.events_stream, cfg.events_prefix
-    return ProjectionRunner(projection, conn.store, conn.nc, stream=stream, prefix=prefix)
-
-
-def _live(conn: Connections, runner: ProjectionRunner) -> bool:
-    return conn.connected and runner.live.is_set()
 
 
 if __name__ == "__main__":

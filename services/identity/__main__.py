@@ -27,7 +27,8 @@ from services.identity.ldap_apps import LdapApps, endpoint
 from services.identity.mfa import Mfa
 from services.identity.projections import TABLES, IdentityProjection
 from services.identity.sessions import Sessions, Whoami
-from services.identity.signin import SignIn
+from services.identity.setup_token import offer_setup_token
+from services.identity.signin import Limits, SignIn
 from services.identity.store import IdentityStore
 from services.identity.users import Users
 
@@ -51,14 +52,17 @@ async def _parts(cfg: IdentityConfig, clock: Clock, svc: Service) -> AsyncIterat
         store = IdentityStore(
             conn.store, keyring, projection, announce=partial(changes.announce, conn.nc)
         )
-        users = Users(store)
+        limits = Limits(store, cfg, clock=clock)
+        users = Users(store, limits, data_dir=cfg.data_dir)
         if shredded := await users.shred_deleted():
             log.info("checked the keys of %d deleted users are destroyed", shredded)
+        await offer_setup_token(store.pool, cfg.data_dir)  # logged, and in the data dir
         sessions = Sessions(store, cfg, clock=clock)
-        mfa = Mfa(store, sessions, clock=clock)
+        mfa = Mfa(store, sessions, limits, clock=clock)
         whoami = Whoami(sessions, token_lookup=mfa.token_lookup, extend=mfa.extend_principal)
         signin = SignIn(store, cfg, sessions, second_factor=mfa.second_factor, clock=clock)
-        groups = Groups(store, users, clock=clock)
+        resets = (cfg.reset_ip_limit, cfg.reset_email_limit)
+        groups = Groups(store, users, clock=clock, reset_limits=resets)
         limit = cfg.signin_account_limit
         directory = IdentityDirectory(store, account_limit=limit, clock=clock)
         async with endpoint(svc, cfg, directory) as ldap:

@@ -41,6 +41,10 @@ class IdentityConfig(ServiceConfig):
     # Per account: past this many failures within an hour, passwords are checked only for
     # addresses the account has signed in from before (the real user is not locked out).
     signin_account_limit: int = field(default=100, metadata=_COUNT)
+    # Anonymous password-reset requests within an hour: per client address, and per email
+    # asked for (past it, a request changes nothing and answers the same).
+    reset_ip_limit: int = field(default=10, metadata=_COUNT)
+    reset_email_limit: int = field(default=3, metadata=_COUNT)
     # The read-only LDAP endpoint for apps: the addresses it listens on, comma separated (in
     # production the app networks' gateway addresses; "off" turns it off). Port 0 picks a free
     # one, for tests: production sets a fixed port, since apps keep the one they were given.
@@ -49,3 +53,5 @@ class IdentityConfig(ServiceConfig):
     ldap_base_dn: str = field(
         default="dc=homeport,dc=local", metadata=check(_dn, "a DN such as dc=homeport,dc=local")
     )
+    # Connections one client address (one app's container) may hold open at once.
+    ldap_max_connections_per_address: int = field(default=32, metadata=_COUNT)

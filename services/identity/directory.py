@@ -123,6 +123,7 @@ class IdentityDirectory:
             display_name=display_name,
             groups=tuple(row["group_names"]),
             disabled=bool(row["disabled"]),
+            is_admin=bool(row["is_admin"]),
         )
 
     async def users(self) -> Sequence[LdapUser]:

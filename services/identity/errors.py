@@ -43,6 +43,7 @@ __all__ = [
     "NotOwnAccount",
     "ResetRefused",
     "SetupDone",
+    "SetupTokenRefused",
     "TicketRefused",
     "UsernameTaken",
     "WrongCode",
@@ -99,8 +100,8 @@ class NotOwnAccount(IdentityForbidden):
 class AddressLimited(IdentityForbidden):
     """Too many failed sign-ins from one address (says nothing about any account)."""
 
-    def __init__(self, wait: int) -> None:
-        super().__init__(f"too many failed sign-ins from your address; try again in {wait} seconds")
+    def __init__(self, wait: int, *, what: str = "failed sign-ins") -> None:
+        super().__init__(f"too many {what} from your address; try again in {wait} seconds")
         self.wait = wait
 
 
@@ -163,6 +164,17 @@ class GroupNameTaken(IdentityConflict):
 class SetupDone(IdentityConflict):
     def __init__(self) -> None:
         super().__init__("setup is already done: sign in as an administrator")
+
+
+class SetupTokenRefused(IdentityForbidden):
+    """The one-time setup token is missing or wrong (setup_token.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the setup token is missing or wrong: open the setup link the server printed when "
+            "it started (it is also in its log), or run `homeport setup` on the server",
+            field="setup_token",
+        )
 
 
 class Changed(IdentityConflict):

@@ -100,7 +100,10 @@ class PasswordChanged:
     def summary(self) -> str:
         if self.rehash:
             return f"password hash of account {_short(self.user_id)} upgraded"
-        return f"password of account {_short(self.user_id)} changed; other sessions ended"
+        return (
+            f"password of account {_short(self.user_id)} changed; other sessions and its API "
+            "tokens ended"
+        )
 
 
 @REGISTRY.event("AdminChanged")
@@ -173,7 +176,7 @@ class SessionEnded:
 class LoginFailed:
     user_id: str | None  # None: no account has that name (the name itself is not kept)
     ip: str | None
-    reason: str  # password | unknown_user | disabled | limited
+    reason: str  # password | unknown_user | disabled | limited | current_password | ...
 
     def summary(self) -> str:
         who = f"account {_short(self.user_id)}" if self.user_id else "an unknown name"

@@ -7,8 +7,10 @@ their recipient (the invited email, by its blind index; the user the link was ma
 use (the use is an event appended at the version the check read, so of two concurrent uses one
 fails), and expiring (7 days and 1 hour by default, by the service's clock). Every refusal of a
 link answers the same, so a caller learns nothing about why. Asking for a reset link answers the
-same whether or not the email has an account, and does the same work (one lookup, one appended
-event).
+same whether or not the email has an account; only a request for an account's email appends an
+event (one for an unknown email would let anyone fill the log). Requests are limited per client
+address (past it, 403 saying when to try again: it says nothing of any account) and per email
+asked for (past it, the same answer and nothing done).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from libs.events import context
 from libs.events.envelope import RecordedEvent
 from libs.events.handlers import command, query
 from services.identity import events as ev
@@ -31,6 +34,7 @@ from services.identity.clock import Clock, utcnow
 from services.identity.errors import (
     INVITATION_REFUSED,
     RESET_REFUSED,
+    AddressLimited,
     Changed,
     EmailTaken,
     IdentityNotFound,
@@ -57,6 +61,7 @@ log = logging.getLogger(__name__)
 # Read when a Groups is made (tests shorten them); SECURITY.md "Lessons" sets the defaults.
 INVITATION_TTL = timedelta(days=7)
 RESET_TTL = timedelta(hours=1)
+_RESET_WINDOW = timedelta(hours=1)  # what the limits of reset requests count
 
 
 # -- the rules ----------------------------------------------------------------------------------
@@ -73,10 +78,12 @@ class Groups:
         clock: Clock = utcnow,
         invitation_ttl: timedelta | None = None,
         reset_ttl: timedelta | None = None,
+        reset_limits: tuple[int, int] = (10, 3),
     ) -> None:
         self.store = store
         self.users = users
         self.clock = clock
+        self.reset_ip_limit, self.reset_email_limit = reset_limits  # per hour
         self.invitation_ttl = invitation_ttl or INVITATION_TTL
         self.reset_ttl = reset_ttl or RESET_TTL
 
@@ -340,17 +347,52 @@ class Groups:
 
     @command("request_password_reset")
     async def request_password_reset(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Anonymous: the same answer and work whether or not the email has an account."""
+        """Anonymous: the same answer whether or not the email has an account; limited per
+        client address and per email; an event only for an account's email."""
         email = check.email(payload["email"])
+        index = self.store.email_index(email)
+        if not await self._reset_allowed(context.current().ip, index):
+            return {}  # this email was asked for too often: nothing more is done
         row = await self.pool.fetchrow(
-            "SELECT user_id, disabled FROM identity.users WHERE email_index = $1",
-            self.store.email_index(email),
+            "SELECT user_id, disabled FROM identity.users WHERE email_index = $1", index
         )
-        user_id = str(row["user_id"]) if row is not None and not row["disabled"] else None
-        # No mail service yet: the token of a requested link is delivered nowhere (an
-        # administrator creates one with create_password_reset instead).
-        await self._new_reset(user_id, by_admin=False)
+        if row is not None and not row["disabled"]:
+            # No mail service yet: the token of a requested link is delivered nowhere (an
+            # administrator creates one with create_password_reset instead).
+            await self._new_reset(str(row["user_id"]), by_admin=False)
         return {}
+
+    async def _reset_allowed(self, ip: str | None, index: str) -> bool:
+        """Count this request; AddressLimited past the address's limit, False past the
+        email's (within the last hour, by the service's clock)."""
+        now = self.clock()
+        since = now - _RESET_WINDOW
+        async with self.pool.acquire() as conn, conn.transaction():
+            # one request at a time per email and address: counts cannot be raced past
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"reset:{ip}")
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"reset:{index}")
+            by_ip = await conn.fetch(
+                "SELECT at FROM identity.reset_requests WHERE ip IS NOT DISTINCT FROM $1"
+                " AND at > $2 ORDER BY at DESC LIMIT $3",
+                ip,
+                since,
+                self.reset_ip_limit,
+            )
+            if len(by_ip) >= self.reset_ip_limit:
+                wait = by_ip[-1]["at"] + _RESET_WINDOW - now
+                raise AddressLimited(max(1, int(wait.total_seconds()) + 1), what="reset requests")
+            by_email = await conn.fetchval(
+                "SELECT count(*) FROM identity.reset_requests WHERE email_index = $1 AND at > $2",
+                index,
+                since,
+            )
+            await conn.execute(
+                "INSERT INTO identity.reset_requests (at, ip, email_index) VALUES ($1, $2, $3)",
+                now,
+                ip,
+                index,
+            )
+        return int(by_email) < self.reset_email_limit
 
     @command("create_password_reset")
     async def create_password_reset(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -415,6 +457,9 @@ class Groups:
                 "DELETE FROM identity.invitations WHERE invitation_id = ANY($1::uuid[])", ids
             )
         await self.pool.execute("DELETE FROM identity.password_resets WHERE expires_at <= $1", now)
+        await self.pool.execute(
+            "DELETE FROM identity.reset_requests WHERE at <= $1", now - timedelta(days=1)
+        )
 
 
 async def _is_member(conn: asyncpg.Connection, group_id: str, user_id: str) -> bool:

@@ -263,7 +263,11 @@ class LdapEndpoint:
                 " set a fixed port so apps on every address use the same one"
             )
         server = LdapServer(
-            self.directory, list(self.hosts), self.cfg.ldap_port, self.cfg.ldap_base_dn
+            self.directory,
+            list(self.hosts),
+            self.cfg.ldap_port,
+            self.cfg.ldap_base_dn,
+            max_connections_per_address=self.cfg.ldap_max_connections_per_address,
         )
         await server.start()
         self.server = server

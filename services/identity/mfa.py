@@ -14,8 +14,10 @@ Like every area, changes are appended and applied to the read model in one trans
   session, but login and whoami answer `totp_enrolment_required: true`; the gateway then allows
   only the routes needed to enrol (services/gateway/api/app.py).
 - API tokens: 32 random bytes shown once, only their SHA-256 kept, scope `read` or `full`,
-  optional expiry (90 days unless given; null for never), revocable; whoami looks them up on
-  every request, so a revoked, expired or disabled user's token fails on the next one.
+  always expiring (90 days unless given, a year at most), revocable; creating one needs a
+  session started within 10 minutes (a recent sign-in; a token cannot make another); whoami
+  looks them up on every request, so a revoked, expired or disabled user's token fails on the
+  next one, and a new password ends them all (users.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from libs.events import context
 from libs.events.envelope import RecordedEvent
 from libs.events.handlers import command, query
 from services.identity import mfa_events as mev
@@ -45,10 +48,10 @@ from services.identity.errors import (
     TicketRefused,
     WrongCode,
 )
-from services.identity.passwords import MAX_LENGTH, hash_password, needs_rehash, verify_password
+from services.identity.passwords import hash_password, needs_rehash
 from services.identity.readmodel import Effect, Step, Table
 from services.identity.sessions import Principal, Sessions, principal_of
-from services.identity.signin import record_failure
+from services.identity.signin import Limits, record_failure
 from services.identity.store import IdentityStore, acting_as
 from services.identity.tokens import API_TOKEN_PREFIX, new_api_token, new_link_token, token_hash
 from services.identity.totp import (
@@ -63,6 +66,8 @@ __all__ = [
     "DEFAULT_TOKEN_LIFETIME",
     "ENROLMENT_REQUIRED",
     "MAX_TOKENS",
+    "MAX_TOKEN_LIFETIME",
+    "RECENT_SIGN_IN",
     "RECOVERY_CODES",
     "SCOPES",
     "TABLE",
@@ -76,6 +81,8 @@ TICKET_TTL: Final = timedelta(minutes=5)
 RECOVERY_CODES: Final = 10
 MAX_TOKENS: Final = 100  # live tokens per user
 DEFAULT_TOKEN_LIFETIME: Final = timedelta(days=90)
+MAX_TOKEN_LIFETIME: Final = timedelta(days=366)  # a year, leap or not
+RECENT_SIGN_IN: Final = timedelta(minutes=10)  # creating a token needs a session this young
 SCOPES: Final = ("read", "full")
 ENROLMENT_REQUIRED: Final = "totp_enrolment_required"  # the optional key of login and whoami
 _MAX_TOKEN = 512
@@ -88,9 +95,12 @@ class Mfa:
     """TOTP, the MFA policy and API tokens, over identity's store; sign-in with a second factor
     ends in a session from `sessions`."""
 
-    def __init__(self, store: IdentityStore, sessions: Sessions, *, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, store: IdentityStore, sessions: Sessions, limits: Limits, *, clock: Clock = utcnow
+    ) -> None:
         self.store = store
         self.sessions = sessions
+        self.limits = limits  # a check of the current password counts as a sign-in attempt
         self.clock = clock
 
     @property
@@ -167,10 +177,7 @@ class Mfa:
         password: str = payload["current_password"]
         self.store.require_self(user_id)
         row = await self.store.require_user(user_id)
-        stored = self.store.plain(row["password_hash"])
-        assert stored is not None
-        if not await asyncio.to_thread(verify_password, stored, password[: MAX_LENGTH + 1]):
-            raise IdentityInvalid("the current password is wrong", field="current_password")
+        await self.limits.current_password(row, password)
 
         async def step(conn: asyncpg.Connection) -> None:
             found = await conn.fetchval(
@@ -360,11 +367,13 @@ class Mfa:
         user_id = check.canonical_id(payload["user_id"])
         name = check.token_name(payload["name"])
         scope: str = payload["scope"]
-        expires = check.expiry(payload, self.clock(), DEFAULT_TOKEN_LIFETIME)
+        now = self.clock()
+        expires = check.expiry(payload, now, DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME)
         self.store.require_self(user_id)
         row = await self.store.require_user(user_id)
         if row["disabled"]:
             raise IdentityForbidden("a disabled account cannot have API tokens")
+        await self._recently_signed_in(user_id, payload.get("session"), now)
         live = await self.pool.fetchval(
             "SELECT count(*) FROM identity.api_tokens WHERE user_id = $1", user_id
         )
@@ -380,7 +389,7 @@ class Mfa:
             token_hash=digest,
             name=await self.store.seal(user_id, name),
             scope=scope,
-            expires_at=expires.isoformat() if expires else None,
+            expires_at=expires.isoformat(),
         )
         await self.store.append(mev.token_stream(token_id), [created], 0)
         return {
@@ -390,6 +399,31 @@ class Mfa:
             "scope": scope,
             "expires_at": created.expires_at,
         }
+
+    async def _recently_signed_in(self, user_id: str, session: str | None, now: datetime) -> None:
+        """A token outlives the session that made it: only a user who signed in moments ago
+        (a session of theirs, started within RECENT_SIGN_IN) may create one; a token may not.
+        The platform itself (a service, not a person) needs none."""
+        if context.current().actor == "system":
+            return
+        expires = None
+        if session is not None:
+            expires = await self.pool.fetchval(
+                "SELECT expires_at FROM identity.sessions WHERE session_hash = $1"
+                " AND user_id = $2 AND expires_at > $3",
+                token_hash(session),
+                user_id,
+                now,
+            )
+        # a session ends max_seconds after it started, both by this service's clock
+        started = expires - timedelta(seconds=self.sessions.max_seconds) if expires else None
+        if started is None or started < now - RECENT_SIGN_IN:
+            minutes = int(RECENT_SIGN_IN.total_seconds() // 60)
+            raise IdentityForbidden(
+                f"creating an API token needs a recent sign-in: sign in again (in the "
+                f"dashboard) and create it within {minutes} minutes",
+                field="session",
+            )
 
     @query("tokens")
     async def tokens(self, payload: Mapping[str, Any]) -> dict[str, Any]:

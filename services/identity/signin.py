@@ -22,7 +22,12 @@ from libs.events.handlers import command
 from services.identity import events as ev
 from services.identity.clock import Clock, utcnow
 from services.identity.config import IdentityConfig
-from services.identity.errors import AddressLimited, IdentityUnauthorized, LoginRefused
+from services.identity.errors import (
+    AddressLimited,
+    IdentityInvalid,
+    IdentityUnauthorized,
+    LoginRefused,
+)
 from services.identity.passwords import (
     MAX_LENGTH,
     hash_password,
@@ -35,7 +40,7 @@ from services.identity.sessions import SESSION_KEYS, Sessions
 from services.identity.store import IdentityStore
 from services.identity.validators import USERNAME
 
-__all__ = ["FAILURE_MEMORY", "TABLE", "SecondFactor", "SignIn", "record_failure"]
+__all__ = ["FAILURE_MEMORY", "TABLE", "Limits", "SecondFactor", "SignIn", "record_failure"]
 
 # Failures older than this no longer count for any limit; older ones are not kept.
 FAILURE_MEMORY = timedelta(days=1)
@@ -52,22 +57,13 @@ async def record_failure(store: IdentityStore, user_id: str | None, reason: str)
     await store.append(ev.SIGNIN_FAILURES_STREAM, [failed])
 
 
-class SignIn:
-    """The `login` command and the limits it applies."""
+class Limits:
+    """The per-address and per-account limits of failed sign-ins (SECURITY.md "Brute force"),
+    and the check of a signed-in user's current password that counts as one."""
 
-    def __init__(
-        self,
-        store: IdentityStore,
-        cfg: IdentityConfig,
-        sessions: Sessions,
-        *,
-        second_factor: SecondFactor | None = None,
-        clock: Clock = utcnow,
-    ) -> None:
+    def __init__(self, store: IdentityStore, cfg: IdentityConfig, *, clock: Clock = utcnow) -> None:
         self.store = store
         self.cfg = cfg
-        self.sessions = sessions
-        self.second_factor = second_factor
         self.clock = clock
 
     @property
@@ -109,6 +105,47 @@ class SignIn:
             now - _KNOWN_ADDRESS,
         )
         return not known
+
+    async def current_password(self, row: asyncpg.Record, password: str) -> None:
+        """A signed-in user's proof of their current password (changing it, turning TOTP
+        off): a sign-in attempt like any other, so it counts toward both limits and a wrong
+        one is a `LoginFailed` (which the firewall bans from). Refused: 400 naming
+        current_password, or 403 for an address over its limit."""
+        user_id = str(row["user_id"])
+        ip = context.current().ip
+        wait = await self._address_limited(ip)
+        if wait:
+            await record_failure(self.store, None, "limited")
+            raise AddressLimited(wait)
+        if await self._account_limited(row["user_id"], ip):
+            await asyncio.to_thread(verify_dummy, password)
+            await record_failure(self.store, user_id, "limited")
+            raise IdentityInvalid(
+                "too many wrong passwords for this account: try again in an hour",
+                field="current_password",
+            )
+        stored = self.store.plain(row["password_hash"])
+        assert stored is not None
+        if not await asyncio.to_thread(verify_password, stored, password[: MAX_LENGTH + 1]):
+            await record_failure(self.store, user_id, "current_password")
+            raise IdentityInvalid("the current password is wrong", field="current_password")
+
+
+class SignIn(Limits):
+    """The `login` command and the limits it applies."""
+
+    def __init__(
+        self,
+        store: IdentityStore,
+        cfg: IdentityConfig,
+        sessions: Sessions,
+        *,
+        second_factor: SecondFactor | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        super().__init__(store, cfg, clock=clock)
+        self.sessions = sessions
+        self.second_factor = second_factor
 
     async def _refuse(self, user_id: str | None, reason: str) -> LoginRefused:
         await record_failure(self.store, user_id, reason)

@@ -12,7 +12,8 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -24,14 +25,17 @@ from services.identity import validators as check
 from services.identity.errors import (
     Changed,
     IdentityConflict,
-    IdentityInvalid,
     NoSuchUser,
     SetupDone,
 )
-from services.identity.passwords import check_password, hash_password, verify_password
+from services.identity.passwords import check_password, hash_password
 from services.identity.readmodel import Effect, Step, Table
+from services.identity.setup_token import check_setup_token, forget_setup_token
 from services.identity.store import IdentityStore, acting_as
 from services.identity.tokens import token_hash
+
+if TYPE_CHECKING:  # signin.py imports this module (through sessions.py)
+    from services.identity.signin import Limits
 
 __all__ = ["TABLE", "Users"]
 
@@ -55,8 +59,12 @@ FROM identity.users u LEFT JOIN identity.totp t USING (user_id)
 class Users:
     """Setup, the accounts an administrator manages, profiles and passwords."""
 
-    def __init__(self, store: IdentityStore) -> None:
+    def __init__(
+        self, store: IdentityStore, limits: Limits, *, data_dir: Path | None = None
+    ) -> None:
         self.store = store
+        self.limits = limits  # a check of the current password counts as a sign-in attempt
+        self.data_dir = data_dir  # where the setup token's file is (setup_token.py)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -77,8 +85,11 @@ class Users:
 
     @command("setup")
     async def setup(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The first administrator, with the one-time setup token (setup_token.py)."""
         if await self.setup_done():
             raise SetupDone()
+        given: str = payload["setup_token"]
+        await check_setup_token(self.pool, given)  # a wrong token costs no password hash
         user_id = str(uuid.uuid4())
         created = await self.new_user(payload, user_id, is_admin=True, via="setup")
 
@@ -86,12 +97,16 @@ class Users:
             set_up = ev.PlatformSetUp(admin_id=user_id)
             await self.store.append_on(conn, ev.SETUP_STREAM, [set_up], 0)
             await self.store.append_on(conn, ev.user_stream(user_id), [created], 0)
+            # after the appends: of two setups at once, the second is told setup is done
+            await check_setup_token(conn, given, use=True)
 
         try:
             with acting_as(user_id):
                 await self.store.write(both)
         except Changed:
             raise SetupDone() from None
+        if self.data_dir is not None:
+            forget_setup_token(self.data_dir)
         log.info("platform set up; first administrator %s", user_id)
         return {"user_id": user_id}
 
@@ -312,10 +327,7 @@ class Users:
         session: str | None = payload.get("session")
         row = await self.store.require_user(user_id)
         plain = self.store.plain
-        stored = plain(row["password_hash"])
-        assert stored is not None
-        if not await asyncio.to_thread(verify_password, stored, current):
-            raise IdentityInvalid("the current password is wrong", field="current_password")
+        await self.limits.current_password(row, current)
         check.new_password(new, username=plain(row["username"]), email=plain(row["email"]))
         hashed = await asyncio.to_thread(hash_password, new)
         kept = None
@@ -406,6 +418,9 @@ async def _password_changed(
             e.user_id,
             e.kept_session_id,
         )
+        # a new password ends every API token of the user too (made under the old one); a
+        # rebuild replays this after the tokens' creation, in the log's order
+        await conn.execute("DELETE FROM identity.api_tokens WHERE user_id = $1", e.user_id)
 
 
 def _password_effect(e: ev.PasswordChanged) -> Effect:

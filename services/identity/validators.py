@@ -31,7 +31,7 @@ __all__ = [
 USERNAME = re.compile(USERNAME_PATTERN)
 EMAIL = re.compile(EMAIL_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_EXPIRY_HINT = "an ISO 8601 time with a zone in the future (e.g. 2030-01-01T00:00:00Z), or null"
+_EXPIRY_HINT = "an ISO 8601 time with a zone in the future (e.g. 2030-01-01T00:00:00Z)"
 
 
 def canonical_id(value: str) -> str:
@@ -78,21 +78,42 @@ def token_name(value: str) -> str:
     return value
 
 
-def expiry(payload: Mapping[str, Any], now: datetime, default: timedelta) -> datetime | None:
-    """When a new API token ends: `expires_at` (in the future), null for never, or `default`
-    from `now` when not given."""
+def expiry(
+    payload: Mapping[str, Any], now: datetime, default: timedelta, longest: timedelta
+) -> datetime:
+    """When a new API token ends: `expires_in_days` from `now`, or `expires_at` (in the
+    future), at most `longest` from `now`; `default` from `now` when neither is given. Every
+    token ends: null is refused."""
+    days, raw = payload.get("expires_in_days"), payload.get("expires_at")
+    if days is not None and raw is not None:
+        raise IdentityInvalid("give expires_in_days or expires_at, not both", field="expires_at")
+    if days is not None:
+        if not 1 <= days <= longest.days:
+            raise IdentityInvalid(
+                f"expires_in_days must be 1 to {longest.days}", field="expires_in_days"
+            )
+        return now + timedelta(days=days)
     if "expires_at" not in payload:
         return now + default
-    raw = payload["expires_at"]
     if raw is None:
-        return None
+        raise IdentityInvalid(
+            f"every token expires: give expires_at at most {longest.days} days ahead, or leave "
+            "it out for the default",
+            field="expires_at",
+        )
     try:
         when = datetime.fromisoformat(str(raw).upper())  # 't' and 'z' are valid RFC 3339 too
         if when.tzinfo is None or when <= now:
             raise ValueError("no zone, or not in the future")
-        return when.astimezone(UTC)
+        when = when.astimezone(UTC)
     except (ValueError, OverflowError):  # OverflowError: near year 1 or 9999 in UTC
         raise IdentityInvalid(f"expires_at must be {_EXPIRY_HINT}", field="expires_at") from None
+    if when > now + longest:
+        raise IdentityInvalid(
+            f"expires_at may be at most {longest.days} days ahead: a token lasts a year at most",
+            field="expires_at",
+        )
+    return when
 
 
 def group_ids(raw: Iterable[str]) -> list[str]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import os
+import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,20 +18,27 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from libs.events.bus import BusError
+from services.apps import catalog as catalog_module
 from services.apps.catalog import (
+    BUNDLED_PUBLIC_KEY,
     Catalog,
     CatalogError,
     NotInCatalog,
     ensure_local_catalog,
     generate_key,
+    key_fingerprint,
+    load_catalog,
     load_private_key,
     load_public_key,
     public_key_text,
     publish,
     tree_sha256,
 )
+from services.apps.config import BUNDLED_CATALOG, AppsConfig
 from services.apps.manifest import ManifestError
 from services.apps.semver import Version
+from tests.apps.appskit import STATIC, Apps, AppsProcess, apps_env, connected
 
 HOMEPORT = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "homeport"
 
@@ -573,3 +584,127 @@ def test_cli_refuses_untrusted_index_and_bad_source(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "org.example.bad/1.0.0/manifest.json: build: " in r.stderr
     assert "leaves the manifest's directory" in r.stderr
+
+
+# -- the bundled catalog: signed with a key that ships with the code --------------------------
+
+DOKUWIKI = "org.dokuwiki"
+RESIGN = "run `python -m deploy.sign_catalog KEY` after changing a bundled app"
+
+
+def bundled_copy(tmp_path: Path) -> Path:
+    dest = tmp_path / "bundled"
+    shutil.copytree(BUNDLED_CATALOG, dest)
+    return dest
+
+
+def apps_config(source: Path, tmp_path: Path) -> AppsConfig:
+    return AppsConfig(
+        database_url="postgresql://unused",
+        nats_url="nats://unused",
+        catalog_source=source,
+        apps_dir=tmp_path / "apps",
+    )
+
+
+def alter_a_manifest_byte(source: Path) -> None:
+    path = next((source / DOKUWIKI).iterdir()) / "manifest.json"
+    text = path.read_text()
+    path.write_text(text.replace("A simple wiki", "A simple Wiki", 1))
+    assert path.read_text() != text
+
+
+def test_the_bundled_catalog_is_verified_with_the_key_shipped_with_the_code(
+    tmp_path: Path,
+) -> None:
+    cfg = apps_config(BUNDLED_CATALOG, tmp_path)
+    cat = load_catalog(cfg)
+    dirs = {(p.parent.name, p.name) for p in BUNDLED_CATALOG.glob("*/*") if p.is_dir()}
+    assert {(e.app_id, str(e.version)) for e in cat.entries} == dirs, RESIGN
+    assert key_fingerprint(cat.signed_by) == key_fingerprint(load_public_key(BUNDLED_PUBLIC_KEY))
+    assert not (cfg.apps_dir / "catalog-signing.key").exists(), "nothing is signed on this machine"
+    assert all(e.directory.is_relative_to(BUNDLED_CATALOG.resolve()) for e in cat.entries)
+
+
+def test_an_altered_bundled_entry_is_refused_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = bundled_copy(tmp_path)
+    assert DOKUWIKI in load_catalog(apps_config(source, tmp_path)).app_ids()
+    alter_a_manifest_byte(source)
+    with caplog.at_level(logging.ERROR, logger="services.apps.catalog"):
+        cat = load_catalog(apps_config(source, tmp_path))
+    assert DOKUWIKI not in cat.app_ids()
+    assert STATIC in cat.app_ids(), "the other entries stay"
+    refused = [r.getMessage() for r in caplog.records if "is refused" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].startswith(f"catalog entry {DOKUWIKI} 2022.7.31 ")
+    assert "manifest.json differs from the signed index" in refused[0]
+
+
+def test_a_bundled_index_signed_by_another_key_or_missing_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = bundled_copy(tmp_path)
+    publish(source, source, Ed25519PrivateKey.generate(), relative=True)
+    with pytest.raises(CatalogError, match="does not verify with any trusted key"):
+        load_catalog(apps_config(source, tmp_path))
+    # the bundled folder itself is never signed on this machine, even with no index at all
+    monkeypatch.setattr(catalog_module, "BUNDLED_CATALOG", source)
+    (source / "index.json").unlink()
+    (source / "index.json.sig").unlink()
+    with pytest.raises(CatalogError, match="no catalog index"):
+        load_catalog(apps_config(source, tmp_path))
+
+
+def test_a_relative_entry_path_may_not_leave_the_index_folder(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    source = bundled_copy(tmp_path)
+    index = json.loads((source / "index.json").read_bytes())
+    index["entries"][0]["path"] = "../elsewhere"
+    data = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
+    (source / "index.json").write_bytes(data)
+    (source / "index.json.sig").write_bytes(base64.b64encode(key.sign(data)))
+    with pytest.raises(CatalogError, match="leads out of the index's folder"):
+        Catalog.load(source, [key.public_key()])
+
+
+async def _catalog_ids(apps: Apps, proc: AppsProcess) -> set[str]:
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        assert proc.proc is not None and proc.proc.poll() is None, proc.tail()
+        try:
+            found = await apps.bus.query("apps", "catalog", {}, timeout=1)
+        except BusError:
+            await asyncio.sleep(0.2)
+            continue
+        return {m["id"] for m in found["items"]}
+    raise AssertionError(f"the apps service did not answer within 60 s:\n{proc.tail()}")
+
+
+async def test_an_altered_bundled_entry_is_refused_after_a_restart(
+    dsn: str, nats_url: str, tmp_path: Path, docker_host: str, uniq: str
+) -> None:
+    source = bundled_copy(tmp_path)
+    env = apps_env(
+        dsn=dsn,
+        nats_url=nats_url,
+        tmp_path=tmp_path,
+        docker_host=docker_host,
+        prefix=f"c{uniq[:8]}",
+        catalog=source,
+    )
+    proc = AppsProcess(env, tmp_path / "apps.log")
+    async with connected(env) as apps:
+        try:
+            proc.start()
+            assert {DOKUWIKI, STATIC} <= await _catalog_ids(apps, proc)
+            proc.stop()
+            alter_a_manifest_byte(source)
+            proc.start()
+            ids = await _catalog_ids(apps, proc)
+            assert DOKUWIKI not in ids and STATIC in ids
+        finally:
+            proc.stop()
+    log = (tmp_path / "apps.log").read_text()
+    assert f"catalog entry {DOKUWIKI} 2022.7.31 is refused" in log

@@ -46,6 +46,7 @@ FULL: dict[str, Any] = {
     "minPlatformVersion": "0.1.0",
     "postInstallMessage": "Sign in with your Homeport account.",
     "updateNeedsApproval": True,
+    "signIn": "ldap",
 }
 
 MINIMAL: dict[str, Any] = {

@@ -67,7 +67,9 @@ async def admin_on(
         ) as ed,
         chromium(ed.direct_url) as browser,
     ):
-        a = await ed.platform.client.call("POST", "/api/v1/setup", body=OWNER)
+        a = await ed.platform.client.call(
+            "POST", "/api/v1/setup", body=ed.platform.identity.setup_body(OWNER)
+        )
         assert a.status == 201, a.body
         page = await browser.page()
         await page.goto("/#/store")

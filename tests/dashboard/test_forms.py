@@ -21,7 +21,7 @@ async def test_setup_and_sign_in_forms_show_field_errors(
         chromium(ed.direct_url, allow="status of 503") as browser,
     ):
         page = await browser.page()
-        await page.goto("/")
+        await page.goto(f"/#/setup?token={ed.platform.identity.setup_token}")
         await expect(page.get_by_role("heading", name="Set up Homeport")).to_be_visible()
 
         # a username the API refuses: its message under Username, the others untouched

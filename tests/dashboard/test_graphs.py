@@ -55,7 +55,9 @@ async def set_up(ed: Edged) -> str:
     """The administrator (through the API), a user, and the static app installed at LOCATION;
     answers the administrator's session once the app's memory is in the metrics history."""
     client, ident = ed.platform.client, ed.platform.identity
-    setup = {"username": "owner", "email": "owner@example.test", "password": PASSWORD}
+    setup = ident.setup_body(
+        {"username": "owner", "email": "owner@example.test", "password": PASSWORD}
+    )
     created = await client.call("POST", "/api/v1/setup", body=setup)
     assert created.status == 201, created.body
     admin_id = created.body["user_id"]

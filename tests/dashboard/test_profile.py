@@ -34,7 +34,9 @@ async def test_totp_enrolment_and_sign_in_with_a_code(
     platform: PlatformStarter,
 ) -> None:
     async with platform() as ed:
-        setup = {"username": "owner", "email": "owner@example.test", "password": PASSWORD}
+        setup = ed.platform.identity.setup_body(
+            {"username": "owner", "email": "owner@example.test", "password": PASSWORD}
+        )
         assert (await ed.platform.client.call("POST", "/api/v1/setup", body=setup)).status == 201
         # no apps service runs here: the Apps page's GET /apps answers 503 (shown on the page)
         async with chromium(ed.direct_url, allow="status of 503") as browser:

@@ -60,7 +60,9 @@ async def sign_in_refused(ed: Edged, username: str, password: str) -> bool:
 
 async def owner_page(ed: Edged, browser: Chromium, route: str) -> Page:
     """The owner (set up through the API) signed in on `route` in a new browser profile."""
-    a = await ed.platform.client.call("POST", "/api/v1/setup", body=OWNER)
+    a = await ed.platform.client.call(
+        "POST", "/api/v1/setup", body=ed.platform.identity.setup_body(OWNER)
+    )
     assert a.status == 201, a.body
     page = await browser.page()
     await page.goto(route)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -412,7 +413,25 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
     assert r.returncode == 0, r.stdout + r.stderr
 
     # What the banner says to do next works: create the administrator, then sign in.
-    assert "homeport setup --data-dir" in (stack.logs / "up.out").read_text()
+    banner = (stack.logs / "up.out").read_text()
+    assert "homeport setup --data-dir" in banner
+    # ... and the setup link carries the one-time token; without it nobody can claim setup
+    token = (stack.data / "setup-token").read_text().strip()
+    assert f"/#/setup?token={token}" in banner
+    assert f"setup token {token}" in (stack.data / "logs" / "identity.log").read_text()
+    api = stack.state()["dashboard_url"].rstrip("/") + "/api/v1"
+    claim = {"username": "mallory", "email": "m@example.test", "password": "mallory's own phrase"}
+    for extra, status in (({}, 400), ({"setup_token": token[::-1]}, 403)):
+        claimed = urllib.request.Request(
+            api + "/setup",
+            data=json.dumps({**claim, **extra}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(claimed, timeout=10)
+        refused.value.close()  # the error holds the answer's connection
+        assert refused.value.code == status
     secret = "a long admin passphrase"
     setup = [
         sys.executable, "-m", "cli.main", "setup", "--data-dir", str(stack.data),
@@ -427,7 +446,7 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
         setup, cwd=REPO, input=secret + "\n", capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 1 and "already done" in r.stderr
-    api = stack.state()["dashboard_url"].rstrip("/") + "/api/v1"
+    assert not (stack.data / "setup-token").exists()
     login = urllib.request.Request(
         api + "/session",
         data=json.dumps({"username": "admin", "password": secret}).encode(),

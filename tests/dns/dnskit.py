@@ -35,6 +35,7 @@ def dns_env(
         "HP_HTTP_PORT": "0",
         "HP_APPS_TIMEOUT": "2",
         "HP_TXT_PROPAGATION_DEADLINE": "20",
+        "HP_ALLOW_LOOPBACK_PROVIDERS": "true",  # the test PowerDNS and moto listen on loopback
         **(extra or {}),
     }
 

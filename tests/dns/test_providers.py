@@ -57,11 +57,15 @@ async def case(
         z: PdnsZone = request.getfixturevalue("pdns_zone")
         cfg = {"api_url": z.api_url, "api_key": z.api_key, "zone": z.name}
         c = Case(
-            provider=keep(make_provider("powerdns", cfg)),
+            provider=keep(make_provider("powerdns", cfg, allow_loopback=True)),
             zone=z.name,
             put_foreign=z.put,
-            wrong_secret=lambda: keep(make_provider("powerdns", {**cfg, "api_key": "nope"})),
-            wrong_zone=lambda: keep(make_provider("powerdns", {**cfg, "zone": "absent.test"})),
+            wrong_secret=lambda: keep(
+                make_provider("powerdns", {**cfg, "api_key": "nope"}, allow_loopback=True)
+            ),
+            wrong_zone=lambda: keep(
+                make_provider("powerdns", {**cfg, "zone": "absent.test"}, allow_loopback=True)
+            ),
             secret_field="api_key",
         )
     else:
@@ -78,14 +82,18 @@ async def case(
             r.put(name, type, values)
 
         c = Case(
-            provider=keep(make_provider("route53", cfg)),
+            provider=keep(make_provider("route53", cfg, allow_loopback=True)),
             zone=r.name,
             put_foreign=put,
             wrong_secret=lambda: keep(
-                make_provider("route53", {**cfg, "secret_access_key": "wrong-secret"})
+                make_provider(
+                    "route53", {**cfg, "secret_access_key": "wrong-secret"}, allow_loopback=True
+                )
             ),
             wrong_zone=lambda: keep(
-                make_provider("route53", {**cfg, "hosted_zone_id": "ZNOSUCHZONE000"})
+                make_provider(
+                    "route53", {**cfg, "hosted_zone_id": "ZNOSUCHZONE000"}, allow_loopback=True
+                )
             ),
             secret_field="secret_access_key",
         )
@@ -229,12 +237,18 @@ def test_the_contract_knows_every_setting_of_every_kind() -> None:
 def test_make_provider_builds_each_kind() -> None:
     zone = {"zone": "Example.Test."}
     built = [
-        make_provider("powerdns", {**zone, "api_url": "http://127.0.0.1:1", "api_key": "k"}),
+        make_provider(
+            "powerdns",
+            {**zone, "api_url": "http://127.0.0.1:1", "api_key": "k"},
+            allow_loopback=True,
+        ),
         make_provider(
             "route53",
             {**zone, "access_key_id": "A", "secret_access_key": "s", "hosted_zone_id": "Z"},
         ),
-        make_provider("manual", {**zone, "nameservers": ["127.0.0.1:5300", "[::1]:53"]}),
+        make_provider(
+            "manual", {**zone, "nameservers": ["127.0.0.1:5300", "[::1]:53"]}, allow_loopback=True
+        ),
         make_provider("wildcard", zone),
     ]
     assert [type(p) for p in built] == [
@@ -253,7 +267,11 @@ def test_make_provider_builds_each_kind() -> None:
 @pytest.fixture
 async def powerdns(pdns_zone: PdnsZone) -> AsyncIterator[PowerDnsProvider]:
     p = PowerDnsProvider(
-        pdns_zone.api_url, pdns_zone.api_key, pdns_zone.name, nameservers=pdns_zone.nameservers
+        pdns_zone.api_url,
+        pdns_zone.api_key,
+        pdns_zone.name,
+        nameservers=pdns_zone.nameservers,
+        allow_loopback=True,
     )
     yield p
     await p.aclose()

@@ -24,7 +24,9 @@ async def test_profile_password_and_own_sessions(
         monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
     ) as p:
         c = p.client
-        assert (await c.call("POST", "/api/v1/setup", body=ADMIN)).status == 201
+        assert (
+            await c.call("POST", "/api/v1/setup", body=p.identity.setup_body(ADMIN))
+        ).status == 201
 
         async def login(who: dict[str, str], password: str | None = None) -> Answer:
             body = {"username": who["username"], "password": password or who["password"]}

@@ -274,6 +274,9 @@ async def test_password_routes_are_limited_per_ip_and_other_paths_are_not(edge: 
         assert 1 <= limited[200] <= 15, limited
         other = await _burst(http, edge.url(MY, "/api/v1/setup/"), 10)
         assert other[429] >= 1, other  # the trailing-slash spelling is limited too
+        for checks_password in ("/api/v1/profile/password", "/api/v1/profile/totp/disable"):
+            got = await _burst(http, edge.url(MY, checks_password), 20)
+            assert got[429] >= 1, (checks_password, got)  # guesses of the current password
         app = await _burst(http, edge.url(BLOG, "/api/v1/session"), 15)
         assert app == {200: 15}  # the dashboard's password routes only
 

@@ -234,3 +234,68 @@ def test_model_is_frozen() -> None:
     m = _model()
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.http_port = 1  # type: ignore[misc]
+
+
+def test_an_app_signed_in_at_the_edge_asks_the_gateway_about_every_request() -> None:
+    files = render(
+        _model(
+            _vhost("a.example.test", auth="127.0.0.1:9000"),
+            _vhost("b.example.test"),
+            _vhost("my.example.test", "dashboard"),
+        )
+    )
+    signed, public, dash = (files[f"sites/{h}.example.test.conf"] for h in ("a", "b", "my"))
+    root = re.findall(r"^    location / \{\n.*?^    \}", signed, re.M | re.S)[-1]  # https
+    assert "auth_request /.homeport/auth;" in root
+    assert "error_page 401 = @hp_signin;" in root
+    assert "proxy_set_header X-Homeport-User $hp_user;" in root
+    assert "proxy_set_header Cookie $hp_app_cookie;" in root
+    assert (
+        "internal;" in signed
+        and "proxy_pass http://hpauth_a_example_test/.homeport/check;" in signed
+    )
+    assert "server 127.0.0.1:9000;" in signed
+    assert "location ^~ /.homeport/ {" in signed and "location ^~ /.homeport/ {" in public
+    assert "auth_request" not in public and "auth_request" not in dash
+    for text in (public, dash):  # nobody signed in here: a client's copy is cleared
+        assert 'proxy_set_header X-Homeport-User "";' in text
+        assert 'proxy_set_header X-Homeport-Email "";' in text
+    assert "proxy_set_header Cookie $hp_app_cookie;" in public
+    assert "hp_app_cookie" not in dash
+    for path in ("/metrics", "/healthz", "/readyz", "/.homeport/check"):
+        assert f"location = {path} {{\n        return 404;" in dash
+        assert f"location = {path} " not in public
+    for name, text in files.items():  # headers stay at server level (see the module's doc)
+        assert all(
+            line.startswith("    add_header ") for line in text.splitlines() if "add_header" in line
+        ), name
+    with pytest.raises(ValueError, match="dashboard"):
+        _vhost("my.example.test", "dashboard", auth="127.0.0.1:9000")
+    with pytest.raises(ValueError, match="upstream"):
+        _vhost("a.example.test", auth="localhost:9000")
+
+
+def test_local_domain_vhosts_listen_on_loopback_and_the_rest_there_too() -> None:
+    files = render(
+        _model(_vhost("my.localhost", "dashboard", loopback=True), _vhost("blog.example.test"))
+    )
+    local = files["sites/my.localhost.conf"]
+    assert re.findall(r"listen [^;]*;", local) == [
+        "listen 127.0.0.1:8080;",
+        "listen 127.0.0.1:8443 ssl http2;",
+    ]
+    other = files["sites/blog.example.test.conf"]
+    assert "listen 8443 ssl http2;" in other and "listen 127.0.0.1:8443 ssl http2;" in other
+    default = files["default.conf"]
+    assert "listen 127.0.0.1:8443 ssl http2 default_server;" in default
+    assert "listen 8443 ssl http2 default_server;" in default
+    v6 = render(_model(_vhost("my.localhost", loopback=True), bind=("192.0.2.1", "2001:db8::1")))
+    assert re.findall(r"listen [^;]*;", v6["sites/my.localhost.conf"]) == [
+        "listen 127.0.0.1:8080;",
+        "listen [::1]:8080;",
+        "listen 127.0.0.1:8443 ssl http2;",
+        "listen [::1]:8443 ssl http2;",
+    ]
+    # without a local vhost nothing changes
+    plain = render(_model(_vhost("blog.example.test")))["sites/blog.example.test.conf"]
+    assert "listen 127.0.0.1" not in plain

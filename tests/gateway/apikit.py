@@ -114,8 +114,9 @@ class Cast:
 
 
 async def make_cast(ident: Identity, *, bob: bool = False, sessions: bool = True) -> Cast:
-    """Set up `ident` with root, create alice (and bob), sign each in once from CAST_IP unless
-    `sessions` is false, and give root and alice a full and a read token.
+    """Set up `ident` with root, create alice (and bob), sign each in once from CAST_IP, and
+    give root and alice a full and a read token (a token needs a recent sign-in); the cast
+    has the sessions unless `sessions` is false.
 
     Argon2 is the cost (about 0.15 s a hash or a verification): one per account made and one
     per session, overlapped where the order allows."""
@@ -130,36 +131,40 @@ async def make_cast(ident: Identity, *, bob: bool = False, sessions: bool = True
         return who["username"], str(reply["user_id"])
 
     async def token(username: str, scope: str) -> tuple[str, str]:
+        # creating a token needs a recent sign-in: the session of one
         user_id = ids[username]
         payload = {"user_id": user_id, "name": f"tests {scope}", "scope": scope}
+        payload["session"] = made[username]
         reply = await ident.cmd("create_token", payload, actor=user_id, ip=CAST_IP)
         return username + ("_read" if scope == "read" else ""), str(reply["token"])
 
     people = [ALICE, BOB] if bob else [ALICE]
     ids = {"root": root_id}
-    signed: dict[str, str] = {}
+    made: dict[str, str] = {}
 
     async def make_people() -> None:
         ids.update(await asyncio.gather(*map(create, people)))
 
     async def sign_in_all(who: list[dict[str, str]]) -> None:
-        if sessions:
-            signed.update(await asyncio.gather(*map(sign_in, who)))
+        made.update(await asyncio.gather(*map(sign_in, who)))
 
-    # root signs in while the others are made; they sign in while the tokens are made
+    # root signs in while the others are made; then they sign in, then the tokens are made
     await asyncio.gather(make_people(), sign_in_all([ROOT]))
-    tokens, _ = await asyncio.gather(
-        asyncio.gather(*(token(who, scope) for who in ("root", "alice") for scope in SCOPES)),
-        sign_in_all(people),
+    await sign_in_all(people if sessions else [ALICE])
+    tokens = await asyncio.gather(
+        *(token(who, scope) for who in ("root", "alice") for scope in SCOPES)
     )
+    signed = made if sessions else {}
     return Cast(ident, ids=ids, sessions=signed, tokens=dict(tokens))
 
 
 async def root_token(ident: Identity) -> str:
-    """Set up `ident` with root alone and give him a full token: one argon2 hash, for tests
-    that only need to get past authentication (an administrator is a user too)."""
+    """Set up `ident` with root alone and give him a full token (made in a session, as a
+    token needs a recent sign-in), for tests that only need to get past authentication (an
+    administrator is a user too)."""
     root_id = await ident.set_up()
-    payload = {"user_id": root_id, "name": "tests full", "scope": "full"}
+    session = (await ident.login(ROOT["username"], ROOT["password"], ip=CAST_IP))["session"]
+    payload = {"user_id": root_id, "name": "tests full", "scope": "full", "session": session}
     reply = await ident.cmd("create_token", payload, actor=root_id, ip=CAST_IP)
     return str(reply["token"])
 
@@ -240,6 +245,8 @@ class Client:
             h["Authorization"] = f"Bearer {token}"
         if session is not None:
             h["Cookie"] = f"__Host-hp_session={session}"
+            if "Origin" not in h:  # what a browser sends; a cookie alone may not change state
+                h.setdefault("Sec-Fetch-Site", "same-origin")
         if body is not None:
             data = json.dumps(body).encode()
             h.setdefault("Content-Type", "application/json")

@@ -56,5 +56,5 @@ async def cast(identity: Identity) -> Cast:
 
 @pytest.fixture
 async def token_cast(identity: Identity) -> Cast:
-    """Root and alice with their tokens but no sessions: two argon2 verifications fewer."""
+    """Root and alice with their tokens, and no sessions the tests hold."""
     return await make_cast(identity, sessions=False)

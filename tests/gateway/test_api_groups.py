@@ -59,7 +59,9 @@ async def platform(
         ) as gw,
     ):
         client = gw.client
-        assert (await client.call("POST", f"{API}/setup", body=dict(ADMIN))).status == 201
+        assert (
+            await client.call("POST", f"{API}/setup", body=ident.setup_body(ADMIN))
+        ).status == 201
         admin = await sign_in(client, ADMIN["username"], ADMIN["password"])
         a = await client.call("POST", f"{API}/users", session=admin, body=dict(ALICE))
         assert a.status == 201, a.body

@@ -260,7 +260,7 @@ async def platform(
 
 async def set_up(p: Platform) -> tuple[str, str, str]:
     """The admin (signed in) and alice; (admin id, admin cookie, alice id)."""
-    a = await p.call("POST", "/setup", body=ADMIN)
+    a = await p.call("POST", "/setup", body=p.identity.setup_body(ADMIN))
     assert a.status == 201, a.body
     admin_id = a.body["user_id"]
     admin = await p.login(ADMIN)
@@ -382,10 +382,10 @@ async def test_changes_on_another_path_take_effect_at_once(
         )
         await refused_within(AT_ONCE, lambda: p.call("GET", "/profile", session=s["session"]))
 
-        # a revoked token
-        t = await ident.cmd(
-            "create_token", {"user_id": alice_id, "name": "ci", "scope": "read"}, actor=alice_id
-        )
+        # a revoked token (made in a session just started: a token needs a recent sign-in)
+        fresh = (await ident.login("alice", ALICE["password"]))["session"]
+        new = {"user_id": alice_id, "name": "ci", "scope": "read", "session": fresh}
+        t = await ident.cmd("create_token", new, actor=alice_id)
         await cached(token=t["token"])
         await ident.cmd(
             "revoke_token", {"user_id": alice_id, "token_id": t["token_id"]}, actor=alice_id
@@ -473,9 +473,8 @@ async def test_identity_announces_after_commit_whose_principals_changed(
             s = await ident.login("alice", ALICE["password"])
             with pytest.raises(Unauthorized):
                 await ident.login("alice", "not alice's phrase")
-            t = await ident.cmd(
-                "create_token", {"user_id": alice, "name": "ci", "scope": "read"}, actor=alice
-            )
+            new = {"user_id": alice, "name": "ci", "scope": "read", "session": s["session"]}
+            t = await ident.cmd("create_token", new, actor=alice)
             # these do
             await ident.cmd(
                 "revoke_token", {"user_id": alice, "token_id": t["token_id"]}, actor=alice

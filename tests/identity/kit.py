@@ -58,9 +58,23 @@ class Identity:
     async def ask(self, name: str, payload: dict[str, Any], **ctx: Any) -> Any:
         return await self.bus.query("identity", name, payload, ctx=Context(**ctx) if ctx else None)
 
+    _setup_token: str | None = None
+
+    @property
+    def setup_token(self) -> str:
+        """The one-time setup token the service wrote to its data directory at start (kept
+        once read: setup removes the file)."""
+        if self._setup_token is None:
+            self._setup_token = (self.keyring_path.parent / "setup-token").read_text().strip()
+        return self._setup_token
+
+    def setup_body(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """`body` with the setup token, as POST /setup and the setup command take it."""
+        return {**body, "setup_token": self.setup_token}
+
     async def set_up(self) -> str:
         """Setup with ADMIN; returns the admin's user id."""
-        reply = await self.cmd("setup", dict(ADMIN))
+        reply = await self.cmd("setup", self.setup_body(ADMIN))
         return str(reply["user_id"])
 
     async def login(self, username: str, password: str, ip: str = "192.0.2.1") -> dict[str, Any]:

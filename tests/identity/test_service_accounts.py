@@ -38,7 +38,9 @@ async def test_setup_once_then_409(ident: Identity) -> None:
     admin = await ident.set_up()
     assert await ident.ask("setup_state", {}) == {"setup_done": True}
     with pytest.raises(Conflict, match="already done"):
-        await ident.cmd("setup", {**ADMIN, "username": "other", "email": "o@example.test"})
+        await ident.cmd(
+            "setup", ident.setup_body({**ADMIN, "username": "other", "email": "o@example.test"})
+        )
     profile = await ident.ask("profile", {"user_id": admin})
     assert profile == {
         "user_id": admin,
@@ -52,7 +54,10 @@ async def test_setup_once_then_409(ident: Identity) -> None:
 
 async def test_concurrent_setups_make_exactly_one_admin(ident: Identity) -> None:
     tries = [
-        ident.cmd("setup", {**ADMIN, "username": f"admin{i}", "email": f"a{i}@example.test"})
+        ident.cmd(
+            "setup",
+            ident.setup_body({**ADMIN, "username": f"admin{i}", "email": f"a{i}@example.test"}),
+        )
         for i in range(4)
     ]
     results = await asyncio.gather(*tries, return_exceptions=True)
@@ -78,7 +83,7 @@ async def test_bad_setup_names_the_field_and_changes_nothing(
     ident: Identity, change: dict[str, Any], field: str
 ) -> None:
     with pytest.raises(Invalid) as e:
-        await ident.cmd("setup", {**ADMIN, **change})
+        await ident.cmd("setup", ident.setup_body({**ADMIN, **change}))
     assert e.value.field == field
     assert await ident.ask("setup_state", {}) == {"setup_done": False}
 
@@ -203,7 +208,9 @@ async def test_whoami_refuses_a_disabled_user_whose_credentials_survived(
     session = (await ident.login("alice", ALICE["password"]))["session"]
     token = (
         await ident.cmd(
-            "create_token", {"user_id": alice, "name": "ci", "scope": "full"}, actor=alice
+            "create_token",
+            {"user_id": alice, "name": "ci", "scope": "full", "session": session},
+            actor=alice,
         )
     )["token"]
     assert (await ident.ask("whoami", {"session": session}))["user_id"] == alice

@@ -61,6 +61,11 @@ async def login(ident: Identity, who: dict[str, str], **extra: Any) -> dict[str,
     return reply
 
 
+async def signed_in(ident: Identity, who: dict[str, str] = ALICE) -> str:
+    """A fresh session of `who`: creating an API token needs a recent sign-in."""
+    return str((await login(ident, who))["session"])
+
+
 async def login_totp(ident: Identity, **payload: Any) -> dict[str, Any]:
     reply: dict[str, Any] = await ident.cmd("login_totp", payload, actor="anonymous", ip=IP)
     return reply
@@ -400,19 +405,29 @@ async def test_admins_can_be_required_to_enrol(ident: Identity) -> None:
 
 async def test_tokens_create_list_use_revoke(ident: Identity, dsn: str) -> None:
     admin, alice = await with_alice(ident)
+    s = await signed_in(ident)
     full = await ident.cmd(
-        "create_token", {"user_id": alice, "name": "laptop", "scope": "full"}, actor=alice
+        "create_token",
+        {"user_id": alice, "name": "laptop", "scope": "full", "session": s},
+        actor=alice,
     )
     read = await ident.cmd(
         "create_token",
-        {"user_id": alice, "name": "grafana", "scope": "read", "expires_at": None},
+        {
+            "user_id": alice,
+            "name": "grafana",
+            "scope": "read",
+            "expires_in_days": 365,
+            "session": s,
+        },
         actor=alice,
     )
     assert full["token"].startswith("hp_") and len(full["token"]) == 46
     assert full["scope"] == "full" and full["name"] == "laptop"
     default_end = datetime.fromisoformat(full["expires_at"]) - ident.clock()
     assert timedelta(days=89) < default_end <= timedelta(days=90)
-    assert read["expires_at"] is None
+    year_end = datetime.fromisoformat(read["expires_at"]) - ident.clock()
+    assert timedelta(days=364) < year_end <= timedelta(days=365)
 
     listed = (await ident.ask("tokens", {"user_id": alice}, actor=alice))["items"]
     assert [t["token_id"] for t in listed] == [read["token_id"], full["token_id"]]
@@ -472,6 +487,11 @@ async def test_tokens_create_list_use_revoke(ident: Identity, dsn: str) -> None:
         ({"expires_at": "2099-01-01T00:00:00"}, "expires_at"),  # no zone
         ({"expires_at": "tomorrow"}, "expires_at"),
         ({"expires_at": 1893456000}, "expires_at"),
+        ({"expires_at": None}, "expires_at"),  # every token expires
+        ({"expires_at": "2099-01-01T00:00:00Z"}, "expires_at"),  # in more than a year
+        ({"expires_in_days": 0}, "expires_in_days"),
+        ({"expires_in_days": 367}, "expires_in_days"),
+        ({"expires_in_days": 30, "expires_at": "2099-01-01T00:00:00Z"}, "expires_at"),
         ({"user_id": "nobody"}, "user_id"),
         ({"colour": "red"}, "colour"),
     ],
@@ -480,7 +500,8 @@ async def test_bad_token_input_names_the_field(
     ident: Identity, change: dict[str, Any], field: str
 ) -> None:
     _, alice = await with_alice(ident)
-    payload = {"user_id": alice, "name": "ci", "scope": "read", **change}
+    s = await signed_in(ident)
+    payload = {"user_id": alice, "name": "ci", "scope": "read", "session": s, **change}
     with pytest.raises(Invalid) as e:
         await ident.cmd("create_token", payload, actor=alice)
     assert e.value.field == field
@@ -492,7 +513,13 @@ async def test_tokens_expire(ident: Identity) -> None:
     soon = (ident.clock() + timedelta(seconds=2)).isoformat()
     t = await ident.cmd(
         "create_token",
-        {"user_id": alice, "name": "short", "scope": "full", "expires_at": soon},
+        {
+            "user_id": alice,
+            "name": "short",
+            "scope": "full",
+            "expires_at": soon,
+            "session": await signed_in(ident),
+        },
         actor=alice,
     )
     assert (await ident.ask("whoami", {"token": t["token"]}))["user_id"] == alice
@@ -505,9 +532,8 @@ async def test_tokens_expire(ident: Identity) -> None:
 
 async def test_tokens_of_a_disabled_or_deleted_user_are_refused(ident: Identity) -> None:
     admin, alice = await with_alice(ident)
-    t = await ident.cmd(
-        "create_token", {"user_id": alice, "name": "ci", "scope": "full"}, actor=alice
-    )
+    new = {"user_id": alice, "name": "ci", "scope": "full"}
+    t = await ident.cmd("create_token", {**new, "session": await signed_in(ident)}, actor=alice)
     await ident.cmd("disable_user", {"user_id": alice}, actor=admin)
     with pytest.raises(Unauthorized):
         await ident.ask("whoami", {"token": t["token"]})
@@ -515,9 +541,7 @@ async def test_tokens_of_a_disabled_or_deleted_user_are_refused(ident: Identity)
     with pytest.raises(Unauthorized):  # disabling ended them, as it ends sessions
         await ident.ask("whoami", {"token": t["token"]})
     assert (await ident.ask("tokens", {"user_id": alice}, actor=alice))["items"] == []
-    t = await ident.cmd(
-        "create_token", {"user_id": alice, "name": "ci", "scope": "full"}, actor=alice
-    )
+    t = await ident.cmd("create_token", {**new, "session": await signed_in(ident)}, actor=alice)
     assert (await ident.ask("whoami", {"token": t["token"]}))["user_id"] == alice
     await ident.cmd("delete_user", {"user_id": alice}, actor=admin)
     with pytest.raises(Unauthorized):
@@ -528,8 +552,11 @@ async def test_tokens_of_a_disabled_or_deleted_user_are_refused(ident: Identity)
 
 async def test_admin_tokens_carry_the_enrolment_flag(ident: Identity) -> None:
     admin, _ = await with_alice(ident)
+    s = await signed_in(ident, ADMIN)
     t = await ident.cmd(
-        "create_token", {"user_id": admin, "name": "ops", "scope": "read"}, actor=admin
+        "create_token",
+        {"user_id": admin, "name": "ops", "scope": "read", "session": s},
+        actor=admin,
     )
     await ident.cmd("set_mfa_policy", {"require_admin_totp": True}, actor=admin)
     who = await ident.ask("whoami", {"token": t["token"]})
@@ -544,12 +571,14 @@ async def test_replay_keeps_second_factors_tokens_and_used_codes(ident: Identity
     secret, codes = await enrol(ident, alice)
     step = now_step(ident)
     assert "session" in await login(ident, ALICE, totp=code_for(secret, step))
-    assert "session" in await login(ident, ALICE, recovery_code=codes[0])
+    s = (await login(ident, ALICE, recovery_code=codes[0]))["session"]
     t = await ident.cmd(
-        "create_token", {"user_id": alice, "name": "ci", "scope": "read"}, actor=alice
+        "create_token", {"user_id": alice, "name": "ci", "scope": "read", "session": s}, actor=alice
     )
     gone = await ident.cmd(
-        "create_token", {"user_id": alice, "name": "old", "scope": "read"}, actor=alice
+        "create_token",
+        {"user_id": alice, "name": "old", "scope": "read", "session": s},
+        actor=alice,
     )
     await ident.cmd("revoke_token", {"user_id": alice, "token_id": gone["token_id"]}, actor=alice)
     await ident.cmd("set_mfa_policy", {"require_admin_totp": True}, actor=admin)

@@ -248,8 +248,10 @@ async def test_groups_list_only_members_the_app_may_see(server: LdapServer) -> N
             return attrs(c)
 
     found = await in_thread(run)
-    assert sorted(found) == [FAMILY, f"cn=friends,{GROUPS}", f"cn=outsiders,{GROUPS}"]
+    admins = f"cn=admins,{GROUPS}"  # the platform's administrators: none among these users
+    assert sorted(found) == [admins, FAMILY, f"cn=friends,{GROUPS}", f"cn=outsiders,{GROUPS}"]
     members = {dn: sorted(v.decode() for v in a.get("member", [])) for dn, a in found.items()}
+    assert members[admins] == []
     assert members[FAMILY] == [f"uid={n},{USERS}" for n in ("alice", "bob", "dave")]
     assert members[f"cn=friends,{GROUPS}"] == [f"uid={n},{USERS}" for n in ("carol", "erin")]
     assert members[f"cn=outsiders,{GROUPS}"] == []  # mallory is not allowed to cloud
@@ -361,9 +363,33 @@ async def test_filter_forms(server: LdapServer) -> None:
         "(&(uid=*)(!(mail=*)))": ["erin"],
         "(!(uid=alice))": ["bob", "carol", "dave", "erin"],
         "(mail~=ALICE@example.test)": ["alice"],
-        "(uid>=a)": [],  # ordering is not supported: Undefined
-        "(!(uid<=z))": [],  # and Undefined stays Undefined under not
-        "(|(uid>=a)(uid=bob))": ["bob"],
+        "(uid>=C)": ["carol", "dave", "erin"],  # caseIgnoreOrderingMatch
+        "(uid<=bob)": ["alice", "bob"],
+        "(!(uid<=c))": ["carol", "dave", "erin"],
+        "(mail>=d)": ["dave"],  # erin has no mail: her entry is not selected
+        "(member>=x)": [],  # DNs have no ordering: Undefined
+        "(!(member<=x))": [],  # and Undefined stays Undefined under not
+        "(|(member>=x)(uid=bob))": ["bob"],
+        "(uidNumber>=100000)": ["alice", "bob", "carol", "dave", "erin"],  # as numbers
+        "(uidNumber<=99999)": [],
+        "(gidNumber=100)": ["alice", "bob", "carol", "dave", "erin"],
+        "(gidNumber=0100)": ["alice", "bob", "carol", "dave", "erin"],  # integerMatch
+        "(gidNumber>=x)": [],  # not a number: Undefined
+        "(userAccountControl:1.2.840.113556.1.4.803:=512)": [
+            "alice",
+            "bob",
+            "carol",
+            "dave",
+            "erin",
+        ],
+        "(!(userAccountControl:1.2.840.113556.1.4.803:=2))": [
+            "alice",
+            "bob",
+            "carol",
+            "dave",
+            "erin",
+        ],
+        "(userAccountControl:1.2.840.113556.1.4.804:=3)": [],
         "(nosuchattr=x)": [],
         "(sn=D)": ["dave"],
         f"(entryUUID={uid('carol').upper()})": ["carol"],

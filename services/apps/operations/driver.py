@@ -6,6 +6,9 @@ app's stream, skips the steps already recorded, runs the others, each recorded
 task. A service killed at any point and started again (`resume_all`) finishes the operation,
 or, for an update or configuration that cannot finish, rolls the app back; a task whose outcome
 was recorded but not yet told is told then.
+
+No app is left pending: any unexpected exception of a step (or of the driver itself) ends the
+operation in `error` with its message, from which the app can be repaired or uninstalled.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from services.apps import events as ev
 from services.apps.container import RuntimeFailure
 from services.apps.errors import AppsError, ChangedMeanwhile, OperationFailed
 from services.apps.operations.base import Run, Tools
-from services.apps.operations.common import roll_back, take_snapshot
+from services.apps.operations.common import roll_back as roll_back_app
+from services.apps.operations.common import take_snapshot
 from services.apps.operations.repair import operation_of
 from services.apps.state import AppState, State
 
@@ -34,6 +38,17 @@ log = logging.getLogger("services.apps.operations")
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 # What a step may fail with, told through the operation's task.
 STEP_ERRORS = (AppsError, RuntimeFailure, OSError)
+FAIL_ATTEMPTS = 5  # a failure is recorded again after a concurrent write (health events)
+
+
+def _unexpected(e: BaseException) -> OperationFailed:
+    """An error no step expected: the app goes to `error`, to be repaired. Only its type is
+    told (the event and the task are kept and shown; the details are in the service's log)."""
+    return OperationFailed(
+        f"an unexpected error stopped it ({type(e).__name__}, see the apps service's log);"
+        " repair the app to try again, or uninstall it",
+        "internal",
+    )
 
 
 class Driver:
@@ -97,8 +112,9 @@ class Driver:
                 except ChangedMeanwhile:
                     log.warning("app %s changed while its operation ran; looking again", app_id)
                     self._again.add(app_id)
-                except Exception:
+                except Exception as e:
                     log.exception("driving app %s failed unexpectedly", app_id)
+                    await self._give_up(app_id, e)
                 if app_id not in self._again:
                     return
 
@@ -115,7 +131,13 @@ class Driver:
             return
         with context.use(await self._request_meta(app_id, op.task_id)):
             task = await Task.load(self._apps.store, op.task_id)
-            if task.ended:
+            if task.ended:  # its end was told but not recorded: the app must not stay pending
+                failure = OperationFailed(
+                    "the operation's task ended before the operation did; repair the app to"
+                    " try again, or uninstall it",
+                    "internal",
+                )
+                await self._fail(app_id, task, failure, roll_back=False)
                 return
             try:
                 await self._run(s, task)
@@ -125,6 +147,9 @@ class Driver:
                 await self._fail(app_id, task, e)
             except STEP_ERRORS as e:
                 await self._fail(app_id, task, OperationFailed(str(e), "runtime"))
+            except Exception as e:
+                log.exception("app %s: %s failed unexpectedly", app_id, op.kind)
+                await self._fail(app_id, task, _unexpected(e))
 
     async def _run(self, s: AppState, task: Task) -> None:
         operation = operation_of(s)
@@ -176,7 +201,25 @@ class Driver:
                 )
         return Context(actor="system", correlation_id=task_id)
 
-    async def _fail(self, app_id: str, task: Task, e: OperationFailed) -> None:
+    async def _give_up(self, app_id: str, e: Exception) -> None:
+        """After the driver itself failed: record the operation in progress as failed (not
+        rolled back, which may be what failed), so the app is in error, not pending."""
+        try:
+            s = await self._apps.load(app_id)
+            op = s.operation
+            if op is None or op.awaiting_approval:
+                return
+            with context.use(await self._request_meta(app_id, op.task_id)):
+                task = await Task.load(self._apps.store, op.task_id)
+                await self._fail(app_id, task, _unexpected(e), roll_back=False)
+        except Exception:
+            log.exception(
+                "app %s could not be recorded as failed; it is retried at the next start", app_id
+            )
+
+    async def _fail(
+        self, app_id: str, task: Task, e: OperationFailed, *, roll_back: bool = True
+    ) -> None:
         s = await self._apps.load(app_id)
         if s.operation is None:
             return
@@ -189,15 +232,17 @@ class Driver:
         log.warning("app %s: %s failed at %s: %s", app_id, kind, step, e.message)
         rolled_back = False
         message = e.message
-        if operation.rolls_back:
+        if operation.rolls_back and roll_back:
             try:
-                await roll_back(self.tools, s, task, end)
+                await roll_back_app(self.tools, s, task, end)
                 rolled_back = True
             except STEP_ERRORS as err:
                 message = f"{message}; rolling back failed too: {err}"
+            except Exception as err:
+                log.exception("app %s: rolling back failed unexpectedly", app_id)
+                message = f"{message}; rolling back failed too: {type(err).__name__}: {err}"
             if rolled_back:
                 message = f"{message} (the app was rolled back to how it was before)"
-        s = await self._apps.load(app_id)
         failed = ev.AppOperationFailed(
             app_id=app_id,
             task_id=task.id,
@@ -207,8 +252,18 @@ class Driver:
             code=e.reason,
             rolled_back=rolled_back,
         )
-        await self._apps.append(app_id, [failed], s.version)
-        await task.fail(message[:500], e.reason)
+        for attempt in range(FAIL_ATTEMPTS):
+            s = await self._apps.load(app_id)
+            if s.operation is None or s.operation.task_id != task.id:
+                return  # someone else ended it
+            try:
+                await self._apps.append(app_id, [failed], s.version)
+                break
+            except ChangedMeanwhile:
+                if attempt == FAIL_ATTEMPTS - 1:
+                    raise
+        if not task.ended:
+            await task.fail(message[:500], e.reason)
 
     # -- a snapshot taken by hand ----------------------------------------------------------
 

@@ -16,6 +16,7 @@ from services.dns.errors import ProviderConfigError
 from services.dns.providers.manual import ManualProvider
 from services.dns.providers.powerdns import PowerDnsProvider
 from services.dns.providers.protocol import DnsProvider
+from services.dns.providers.reach import refusal
 from services.dns.providers.route53 import Route53Provider
 from services.dns.providers.wildcard import WildcardProvider
 
@@ -103,7 +104,7 @@ def _zone(config: Mapping[str, Any]) -> str:
     return name
 
 
-def _nameservers(config: Mapping[str, Any]) -> list[tuple[str, int]] | None:
+def _nameservers(config: Mapping[str, Any], allow_loopback: bool) -> list[tuple[str, int]] | None:
     raw = config.get("nameservers")
     if raw is None:
         return None
@@ -134,12 +135,23 @@ def _nameservers(config: Mapping[str, Any]) -> list[tuple[str, int]] | None:
             raise ProviderConfigError(
                 "nameservers", f"nameservers: port of {item!r} is out of range"
             )
+        why = None if allow_loopback else refusal(str(host))
+        if why is not None:
+            raise ProviderConfigError(
+                "nameservers",
+                f"nameservers: {host} is {why}, not a nameserver to ask: check nameservers",
+            )
         out.append((str(host), port_n))
     return out
 
 
-def make_provider(kind: str, config: Mapping[str, Any]) -> DnsProvider:
-    """Build the provider of `kind` from `config`; ProviderConfigError names the bad field."""
+def make_provider(
+    kind: str, config: Mapping[str, Any], *, allow_loopback: bool = False
+) -> DnsProvider:
+    """Build the provider of `kind` from `config`; ProviderConfigError names the bad field.
+
+    Its URLs and nameservers may not lead to this machine unless `allow_loopback` (reach.py).
+    """
     if kind not in PROVIDER_FIELDS:
         raise ProviderConfigError(
             "kind", f"kind {kind!r} is not a DNS provider: use one of {', '.join(PROVIDER_KINDS)}"
@@ -155,7 +167,7 @@ def make_provider(kind: str, config: Mapping[str, Any]) -> DnsProvider:
         if f.required and config.get(f.name) in (None, ""):
             raise ProviderConfigError(f.name, f"{f.name} is required for {kind} ({f.help})")
     zone = _zone(config)
-    nameservers = _nameservers(config)
+    nameservers = _nameservers(config, allow_loopback)
     if kind == "powerdns":
         return PowerDnsProvider(
             api_url=_url(config, "api_url") or "",
@@ -163,6 +175,7 @@ def make_provider(kind: str, config: Mapping[str, Any]) -> DnsProvider:
             zone=zone,
             server_id=_text(config, "server_id") or "localhost",
             nameservers=nameservers,
+            allow_loopback=allow_loopback,
         )
     if kind == "route53":
         return Route53Provider(
@@ -173,6 +186,7 @@ def make_provider(kind: str, config: Mapping[str, Any]) -> DnsProvider:
             region=_text(config, "region") or "us-east-1",
             endpoint_url=_url(config, "endpoint_url"),
             nameservers=nameservers,
+            allow_loopback=allow_loopback,
         )
     if kind == "manual":
         return ManualProvider(zone, nameservers)

@@ -13,9 +13,10 @@ from urllib.parse import quote
 
 import aiohttp
 
-from services.dns.errors import DnsProviderError
+from services.dns.errors import DnsProviderError, ProviderConfigError
 from services.dns.providers.base import BaseProvider
 from services.dns.providers.protocol import Record, canonical_name, format_record
+from services.dns.providers.reach import GuardedResolver, RefusedAddress, check_url
 from services.dns.providers.zonefile import from_presentation, to_presentation
 
 __all__ = ["PowerDnsProvider"]
@@ -36,8 +37,13 @@ class PowerDnsProvider(BaseProvider):
         zone: str,
         server_id: str = "localhost",
         nameservers: Sequence[tuple[str, int]] | None = None,
+        *,
+        allow_loopback: bool = False,
     ) -> None:
+        """`allow_loopback` lets api_url lead to this machine (reach.py; tests and dev only)."""
         super().__init__(zone, nameservers)
+        check_url("api_url", api_url, allow_loopback=allow_loopback)
+        self._allow_loopback = allow_loopback
         self._api_url = api_url.rstrip("/")
         self._api_key = api_key
         self._server_id = server_id
@@ -56,22 +62,26 @@ class PowerDnsProvider(BaseProvider):
 
     async def _call(self, method: str, path: str, what: str, body: Any = None) -> tuple[int, Any]:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=_TIMEOUT)
+            connector = None
+            if not self._allow_loopback:
+                connector = aiohttp.TCPConnector(resolver=GuardedResolver("api_url"))
+            self._session = aiohttp.ClientSession(timeout=_TIMEOUT, connector=connector)
         try:
             async with self._session.request(
                 method,
                 self._api_url + path,
                 json=body,
                 headers={"X-API-Key": self._api_key, "Accept": "application/json"},
+                allow_redirects=False,  # a redirect could lead where api_url may not
             ) as resp:
                 text = await resp.text()
                 status = resp.status
+        except aiohttp.ClientConnectorError as e:
+            if isinstance(e.os_error, RefusedAddress):
+                raise ProviderConfigError("api_url", str(e.os_error)) from None
+            raise self._unreachable(what, e) from e
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise DnsProviderError(
-                f"cannot reach the PowerDNS API at {self._api_url} for {what} ({type(e).__name__}"
-                f"{': ' + str(e) if str(e) else ''}): check api_url and that pdns runs with "
-                "api=yes and webserver=yes"
-            ) from e
+            raise self._unreachable(what, e) from e
         try:
             data = json.loads(text) if text else None
         except ValueError:
@@ -82,6 +92,13 @@ class PowerDnsProvider(BaseProvider):
                 "check api_key (pdns.conf `api-key`)"
             )
         return status, data
+
+    def _unreachable(self, what: str, e: Exception) -> DnsProviderError:
+        return DnsProviderError(
+            f"cannot reach the PowerDNS API at {self._api_url} for {what} ({type(e).__name__}"
+            f"{': ' + str(e) if str(e) else ''}): check api_url and that pdns runs with "
+            "api=yes and webserver=yes"
+        )
 
     def _fail(self, status: int, data: Any, what: str) -> DnsProviderError:
         reason = data.get("error") if isinstance(data, dict) else str(data or "").strip()

@@ -15,20 +15,23 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import aioboto3
-from botocore.config import Config
+from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from services.dns.errors import DnsProviderError
+from services.dns.errors import DnsProviderError, ProviderConfigError
 from services.dns.propagation import resolve_hosts
 from services.dns.providers.base import BaseProvider
 from services.dns.providers.protocol import Progress, Record, canonical_name, format_record
+from services.dns.providers.reach import GuardedResolver, check_url, refused_in
 from services.dns.providers.zonefile import from_presentation, to_presentation
 
 __all__ = ["Route53Provider"]
 
-_CONFIG = Config(
-    connect_timeout=5, read_timeout=15, retries={"max_attempts": 3, "mode": "standard"}
-)
+_CONFIG: dict[str, Any] = {
+    "connect_timeout": 5,
+    "read_timeout": 15,
+    "retries": {"max_attempts": 3, "mode": "standard"},
+}
 _OCTAL = re.compile(r"\\(\d{3})")
 _PERMISSIONS = (
     "route53:GetHostedZone, route53:ListResourceRecordSets, "
@@ -56,8 +59,14 @@ class Route53Provider(BaseProvider):
         region: str = "us-east-1",
         endpoint_url: str | None = None,
         nameservers: Sequence[tuple[str, int]] | None = None,
+        *,
+        allow_loopback: bool = False,
     ) -> None:
+        """`allow_loopback` lets endpoint_url lead to this machine (reach.py; tests, dev)."""
         super().__init__(zone, nameservers)
+        if endpoint_url is not None:
+            check_url("endpoint_url", endpoint_url, allow_loopback=allow_loopback)
+        self._allow_loopback = allow_loopback
         self._access_key_id = access_key_id
         self._secret = secret_access_key
         self._zone_id = hosted_zone_id.strip().removeprefix("/hostedzone/")
@@ -78,8 +87,10 @@ class Route53Provider(BaseProvider):
                 region_name=self._region,
             )
             stack = AsyncExitStack()
+            guard = {} if self._allow_loopback else {"resolver": GuardedResolver("endpoint_url")}
+            config = AioConfig(connector_args=guard, **_CONFIG)
             self._client = await stack.enter_async_context(
-                session.client("route53", endpoint_url=self._endpoint_url, config=_CONFIG)
+                session.client("route53", endpoint_url=self._endpoint_url, config=config)
             )
             self._stack = stack
         return self._client
@@ -91,6 +102,9 @@ class Route53Provider(BaseProvider):
         except ClientError as e:
             raise self._translate(e, what) from e
         except (BotoCoreError, OSError) as e:
+            refused = refused_in(e)
+            if refused is not None:
+                raise ProviderConfigError("endpoint_url", str(refused)) from None
             where = self._endpoint_url or "Route 53"
             raise DnsProviderError(
                 f"cannot reach {where} for {what} ({e}): check the network, region and endpoint_url"

@@ -1,8 +1,10 @@
 """The `/api/v1` application: the route table installed, and the one dispatcher that runs it.
 
-Every request goes through `_dispatcher`, in this order; the first refusal answers:
+Every request goes through `_dispatcher`, in this order; the first refusal answers (before it,
+inputs.py refuses a NUL byte or non-UTF-8 text in the path, query or headers, 400):
 1. the route: unknown path 404, undeclared method 405 (with Allow), no table entry 500;
-2. CSRF (POST/PUT/PATCH/DELETE only): a request from another origin 403;
+2. CSRF (POST/PUT/PATCH/DELETE only): a request from another origin 403, one signed in by the
+   session cookie without Origin or Sec-Fetch-Site 403;
 3. authentication (user and admin routes): no or invalid credentials 401;
 4. authorization: a non-admin on an admin route 403; a read-only token on a non-GET route 403;
    an admin who must enrol a second factor first, on any route but ENROLMENT_ROUTES 403;
@@ -27,7 +29,7 @@ from aiohttp.typedefs import Handler as AiohttpHandler
 from aiohttp.typedefs import Middleware
 from aiohttp.web_urldispatcher import AbstractRoute
 
-from libs.contracts.schema import Schema, coerce_params, validate
+from libs.contracts.schema import Schema, coerce_params, json_float, json_int, validate
 from libs.events import context
 from libs.events.bus import Internal, Invalid
 from libs.events.context import Context
@@ -36,11 +38,14 @@ from libs.service.logs import bind_correlation
 from services.gateway.api.auth import Authenticator, Principal, Scope, credentials_of
 from services.gateway.api.backend import Backend
 from services.gateway.api.config import ApiConfig
+from services.gateway.api.inputs import inputs_middleware
+from services.gateway.api.liveness import Caller, calling
 from services.gateway.api.openapi import openapi_document
 from services.gateway.api.principals import CachingAuthenticator, PrincipalCache
 from services.gateway.api.problems import CORRELATION_ID, Problem, problems_middleware
 from services.gateway.api.routes import JSON, Access, Call, Reply, Route, RouteTable
 from services.gateway.api.security import (
+    check_cookie_origin,
     check_origin,
     client_ip,
     cors_preflight,
@@ -114,7 +119,7 @@ def build_api(
     state = ApiState(
         table, backend, authenticator, config or ApiConfig(), check_responses, principal_cache
     )
-    app = web.Application(middlewares=[problems_middleware, _dispatcher(state)])
+    app = web.Application(middlewares=[problems_middleware, inputs_middleware, _dispatcher(state)])
     for route in sorted(table, key=lambda r: (r.path, r.method)):
         methods = ("GET", "HEAD") if route.method == "GET" else (route.method,)
         for method in methods:
@@ -177,39 +182,72 @@ async def _dispatch(state: ApiState, request: web.Request, cid: str) -> web.Stre
 
     if not route.safe:
         check_origin(request, state.config.origin, state.config.cors)
+        check_cookie_origin(request)
     ip = client_ip(request)
     principal: Principal | None = None
     ctx = Context(actor="anonymous", correlation_id=cid, ip=ip)
     if route.access is not Access.anonymous:
         principal = await _authenticate(state, request, ctx)
-        if route.access is Access.admin and not principal.is_admin:
-            raise Problem("forbidden", f"{route.label} is for administrators only")
-        if principal.scope is Scope.read and not route.safe:
-            raise Problem("forbidden", "this token is read-only: it may only GET")
-        if principal.totp_enrolment_required and route.label not in ENROLMENT_ROUTES:
-            raise Problem(
-                "forbidden",
-                "administrators must use a second factor: enrol TOTP first "
-                "(POST /profile/totp, then POST /profile/totp/confirm)",
-            )
+        _authorize(route, principal)
         ctx = Context(actor=principal.user_id, correlation_id=cid, ip=ip, admin=principal.is_admin)
 
     path = _params(route.path_params, match)
     query = _params(route.query, request.query)
     call = Call(request, route, principal, ctx, path, query, None, state)
-    if route.owner is not None and principal is not None and not principal.is_admin:
-        if not await route.owner(call):
-            raise Problem(
-                "forbidden", "this belongs to another user: only its owner or an admin may"
-            )
+    if not await _owns(call):
+        raise Problem("forbidden", "this belongs to another user: only its owner or an admin may")
     if route.body is not None:
         call = dataclasses.replace(call, body=await _read_body(request, route))
     elif await _has_body(request, route):
         raise Problem("invalid", f"{route.label} takes no request body")
 
-    with context.use(ctx):
+    with context.use(ctx), calling(_caller(state, call)):
         result = await route.handler(call)
     return _render(state, route, result)
+
+
+def _authorize(route: Route, principal: Principal) -> None:
+    """Refuse (403) a principal the route is not for (step 4)."""
+    if route.access is Access.admin and not principal.is_admin:
+        raise Problem("forbidden", f"{route.label} is for administrators only")
+    if principal.scope is Scope.read and not route.safe:
+        raise Problem("forbidden", "this token is read-only: it may only GET")
+    if principal.totp_enrolment_required and route.label not in ENROLMENT_ROUTES:
+        raise Problem(
+            "forbidden",
+            "administrators must use a second factor: enrol TOTP first "
+            "(POST /profile/totp, then POST /profile/totp/confirm)",
+        )
+
+
+async def _owns(call: Call) -> bool:
+    """The route's ownership check (step 6): admins and anonymous routes pass."""
+    who = call.principal
+    if call.route.owner is None or who is None or who.is_admin:
+        return True
+    return await call.route.owner(call)
+
+
+def _caller(state: ApiState, call: Call) -> Caller | None:
+    """How a long answer (an event stream) checks its caller again (liveness.py): the same
+    credential authenticated anew, then steps 4 and 6 for the principal it is now."""
+    first = call.principal
+    creds = credentials_of(call.request)
+    if first is None or creds is None:
+        return None
+
+    async def recheck() -> bool:
+        now = await state.authenticator.authenticate(creds, call.context)
+        if now is None or now.user_id != first.user_id:
+            return False
+        try:
+            _authorize(call.route, now)
+        except Problem:
+            return False
+        return await _owns(dataclasses.replace(call, principal=now))
+
+    listen = state.principals.listen if state.principals is not None else None
+    return Caller(first.user_id, recheck, listen)
 
 
 def _params(schema: Schema | None, given: Mapping[str, str]) -> dict[str, Any]:
@@ -295,7 +333,13 @@ def _strict_json(data: bytes) -> Any:
     except UnicodeDecodeError:
         raise Invalid("the body is not UTF-8 text") from None
     try:
-        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+        return json.loads(
+            text,
+            object_pairs_hook=pairs,
+            parse_constant=constant,
+            parse_int=json_int,
+            parse_float=json_float,
+        )
     except json.JSONDecodeError as e:
         raise Invalid(
             f"the body is not JSON: {e.msg} at line {e.lineno} column {e.colno}"

@@ -105,6 +105,7 @@ class PrincipalCache:
         self._by_user: dict[str, set[bytes]] = {}
         self._feed: Callable[[], int | None] = lambda: None
         self._epoch: int | None = None
+        self._listeners: set[Callable[[str | None], None]] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -158,6 +159,18 @@ class PrincipalCache:
         self.generation += 1
         for key in self._by_user.pop(user_id, ()):
             self._entries.pop(key, None)
+        self._tell(user_id)
+
+    def listen(self, fn: Callable[[str | None], None]) -> Callable[[], None]:
+        """Call `fn(user_id)` whenever what is known of that user is dropped (`fn(None)`:
+        everyone's); open streams re-check their caller then (handlers/tasks.py). Returns
+        the function that stops it."""
+        self._listeners.add(fn)
+        return lambda: self._listeners.discard(fn)
+
+    def _tell(self, user_id: str | None) -> None:
+        for fn in tuple(self._listeners):
+            fn(user_id)
 
     def after_command(self, verb: str, payload: Mapping[str, object], actor: str | None) -> None:
         """What to forget once this gateway relayed identity command `verb`, before it answers.
@@ -179,6 +192,7 @@ class PrincipalCache:
         self.generation += 1
         self._entries.clear()
         self._by_user.clear()
+        self._tell(None)
 
     def _remove(self, key: bytes) -> None:
         entry = self._entries.pop(key, None)

@@ -8,8 +8,10 @@
   `Origin` is not the configured public origin (or a configured CORS origin), or, without an
   `Origin`, when `Sec-Fetch-Site` says the request comes from another site — `same-site` too,
   since apps on sibling subdomains are same-site with the dashboard. Requests without either
-  header (the CLI, scripts) are not from a browser and pass. With no public origin configured,
-  the origin must name the host the request was sent to (`Host`).
+  header (the CLI, scripts) are not from a browser and pass, unless the session cookie signs
+  them in: a browser sends one of the two with every such request, so a cookie-signed change
+  without either is refused. With no public origin configured, the origin must name the host
+  the request was sent to (`Host`).
 - CORS: `Access-Control-Allow-Origin` is only ever an exact configured origin, never reflected
   from the request; credentials are never allowed cross-origin.
 """
@@ -23,12 +25,14 @@ from collections.abc import Iterable
 from aiohttp import web
 from yarl import URL
 
+from services.gateway.api.auth import SESSION_COOKIE
 from services.gateway.api.problems import Problem
 
 __all__ = [
     "API_CSP",
     "DASHBOARD_CSP",
     "HSTS",
+    "check_cookie_origin",
     "check_origin",
     "client_ip",
     "cors_preflight",
@@ -133,6 +137,25 @@ def check_origin(
             f"cross-origin request refused (Sec-Fetch-Site: {site}): state changes are "
             "accepted only from the dashboard's own origin",
         )
+
+
+def check_cookie_origin(request: web.Request) -> None:
+    """Raise a 403 Problem if this state-changing request is signed in by the session cookie
+    alone and says nothing of where it comes from: browsers send `Origin` (or
+    `Sec-Fetch-Site`) on every such request, so one without is not the dashboard's. Requests
+    with `Authorization` (API tokens) carry no ambient credential and are not concerned."""
+    if "Authorization" in request.headers or SESSION_COOKIE not in request.cookies:
+        return
+    if (
+        request.headers.get("Origin", "").strip()
+        or request.headers.get("Sec-Fetch-Site", "").strip()
+    ):
+        return
+    raise Problem(
+        "forbidden",
+        "a change signed in by the session cookie must come from the dashboard (a browser "
+        "sends its Origin); programs send an API token as Authorization: Bearer <token>",
+    )
 
 
 def cors_preflight(

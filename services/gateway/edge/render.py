@@ -11,6 +11,18 @@ Invariants of the rendered config that are easy to break by editing it:
 - `proxy_set_header` follows the same rule: all of them are in the one proxy location.
 - The password-route limit is keyed by a map on `$uri`: requests to other paths have an empty
   key and are not counted, so no location (and no header repetition) is needed for it.
+- An app signed in at the edge (`Vhost.auth`) asks the gateway about every request
+  (`auth_request` to an internal location): 204 passes with the user's name in `X-Homeport-User`
+  (and `-Email`), 401 sends the browser to sign in at `my.<domain>`, 403 refuses. The headers of
+  `EDGE_HEADERS` are set by nginx on every vhost (empty, so not sent, where nobody signed in): a
+  client's own copy never reaches an upstream. The edge's cookie (`EDGE_COOKIE`) is cut out of
+  the Cookie header before any app sees it. `/.homeport/` is the edge's on every app host: the
+  app never gets a request under it.
+- The gateway's `/metrics`, `/healthz` and `/readyz` answer on its loopback port only: the
+  dashboard vhosts refuse them (404).
+- A vhost of the local domain (`Vhost.loopback`) listens on loopback addresses only; then the
+  other servers listen on those addresses as well, so that loopback keeps every host and a
+  default server.
 """
 
 from __future__ import annotations
@@ -24,7 +36,11 @@ from typing import Literal
 __all__ = [
     "CIPHERS",
     "DASHBOARD_CSP",
+    "EDGE_COOKIE",
+    "EDGE_HEADERS",
+    "EDGE_PREFIX",
     "HSTS",
+    "INTERNAL_PATHS",
     "PASSWORD_PATHS",
     "EdgeModel",
     "Vhost",
@@ -52,11 +68,18 @@ PASSWORD_PATHS = (
     "/api/v1/session",
     "/api/v1/setup",
     "/api/v1/profile/password",
+    "/api/v1/profile/totp/disable",
     "/api/v1/invitations/accept",
     "/api/v1/password-reset",
     "/api/v1/password-reset/complete",
     "/api/v1/session/totp",
 )
+
+EDGE_COOKIE = "__Host-hp_edge"  # services/gateway/edge/signin.py
+EDGE_PREFIX = "/.homeport/"  # the edge's paths on an app host; never the app's
+EDGE_HEADERS = ("X-Homeport-User", "X-Homeport-Email")
+INTERNAL_PATHS = ("/metrics", "/healthz", "/readyz")  # the gateway's, loopback only
+_AUTH_LOCATION = "/.homeport/auth"  # internal: nginx's subrequest to the gateway
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
@@ -133,12 +156,21 @@ class Vhost:
     key: Path
     websocket: bool = True
     frame_ancestors: str | None = None
+    # the gateway (<ip>:<port>) that signs users in at the edge: every request asks it first
+    auth: str | None = None
+    loopback: bool = False  # a host of the local domain: served on loopback addresses only
 
     def __post_init__(self) -> None:
         check_host(self.host)
         if self.kind not in ("app", "dashboard"):
             raise ValueError(f"vhost {self.host}: kind {self.kind!r} must be 'app' or 'dashboard'")
         _check_upstream(self.upstream)
+        if self.auth is not None:
+            if self.kind == "dashboard":
+                raise ValueError(f"vhost {self.host}: the dashboard signs users in itself")
+            _check_upstream(self.auth)
+        if not isinstance(self.loopback, bool):
+            raise ValueError(f"vhost {self.host}: loopback must be true or false")
         _check_path(f"vhost {self.host}: certificate", self.cert)
         _check_path(f"vhost {self.host}: key", self.key)
         if self.frame_ancestors is not None:
@@ -235,8 +267,21 @@ def render(model: EdgeModel) -> dict[str, str]:
 _HEAD = "# Rendered by Homeport (services/gateway/edge): changes here are overwritten.\n"
 
 
-def _listen(model: EdgeModel, port: int, extra: str = "") -> list[str]:
-    addrs = model.bind or ("",)
+def _loopback(model: EdgeModel) -> tuple[str, ...]:
+    """Loopback addresses of a model: IPv6's only where the model binds IPv6 at all."""
+    return ("127.0.0.1", "::1") if any(":" in a for a in model.bind) else ("127.0.0.1",)
+
+
+def _listen(model: EdgeModel, port: int, extra: str = "", v: Vhost | None = None) -> list[str]:
+    """`listen` lines of `v` (None: the default servers); "" is the wildcard address."""
+    if v is not None and v.loopback:
+        addrs: tuple[str, ...] = _loopback(model)
+    else:
+        addrs = model.bind or ("",)
+        if any(x.loopback for x in model.vhosts):
+            # nginx picks a server among those listening on the connection's own address:
+            # on loopback, every host and the default server must be there too
+            addrs = tuple(dict.fromkeys((*addrs, *_loopback(model))))
     out = []
     for a in addrs:
         where = f"[{a}]:{port}" if ":" in a else (f"{a}:{port}" if a else str(port))
@@ -284,6 +329,15 @@ def _main(model: EdgeModel) -> str:
         f"access_log {model.log_dir}/access.log hp_json;",
         "",
         *_block("map $http_upgrade $connection_upgrade", ["default upgrade;", '"" "";']),
+        "# the edge's cookie is the gateway's alone: cut out of what apps are sent",
+        *_block(
+            "map $http_cookie $hp_app_cookie",
+            [
+                "default $http_cookie;",
+                f'"~^(?<hp_before>(?:.*?;)?)\\s*{EDGE_COOKIE}=[^;]*;?\\s*(?<hp_after>.*)$" '
+                '"$hp_before$hp_after";',
+            ],
+        ),
         *_block(
             "map $uri $hp_password_key",
             ['default "";', *(f'"{p}" $binary_remote_addr;' for p in password_keys)],
@@ -356,11 +410,64 @@ def _https_origin(model: EdgeModel, host: str) -> str:
     return host if model.https_port == 443 else f"{host}:{model.https_port}"
 
 
+def _forwarded(model: EdgeModel, origin: str) -> list[str]:
+    return [
+        "proxy_http_version 1.1;",
+        "proxy_set_header Host $host;",
+        "proxy_set_header X-Real-IP $remote_addr;",
+        "proxy_set_header X-Forwarded-For $remote_addr;  # not the client's own list",
+        "proxy_set_header X-Forwarded-Proto https;",
+        f"proxy_set_header X-Forwarded-Host {origin};",
+        f"proxy_set_header X-Forwarded-Port {model.https_port};",
+        "proxy_set_header X-Request-Id $request_id;",
+    ]
+
+
+def _edge_locations(model: EdgeModel, v: Vhost, origin: str, hidden: list[str]) -> list[str]:
+    """`/.homeport/` of an app host: the edge's sign-in (callback, sign-out) when the app is
+    signed in at the edge, the internal check, and nothing else (404)."""
+    out: list[str] = []
+    if v.auth is not None:
+        auth = "hpauth_" + _upstream_name(v.host).removeprefix("hp_")
+        to_gateway = [
+            *_forwarded(model, origin),
+            'proxy_set_header Connection "";',
+            "proxy_set_header Cookie \"\";  # the app's cookies are not the gateway's business",
+            *(f'proxy_set_header {h} "";' for h in EDGE_HEADERS),
+            "proxy_pass_request_body off;",
+            'proxy_set_header Content-Length "";',
+            # the gateway's own headers (the dashboard's) are not this host's
+            *(f"proxy_hide_header {h};" for h in sorted({*hidden, "Content-Security-Policy"})),
+        ]
+        for path in ("callback", "signout"):
+            out += _block(
+                f"location = {EDGE_PREFIX}{path}",
+                [f"proxy_pass http://{auth};", *to_gateway],
+            )
+            out.append("")
+        check = [
+            "internal;",
+            f"proxy_pass http://{auth}{EDGE_PREFIX}check;",
+            *_forwarded(model, origin),
+            'proxy_set_header Connection "";',
+            "proxy_set_header X-Homeport-Uri $request_uri;",
+            *(f'proxy_set_header {h} "";' for h in EDGE_HEADERS),
+            "proxy_pass_request_body off;",
+            'proxy_set_header Content-Length "";',
+        ]
+        out += _block(f"location = {_AUTH_LOCATION}", check)
+        out.append("")
+        out += _block("location @hp_signin", ["return 302 $hp_signin;"])
+        out.append("")
+    out += _block(f"location ^~ {EDGE_PREFIX}", ["return 404;"])
+    return out
+
+
 def _site(model: EdgeModel, v: Vhost) -> str:
     up = _upstream_name(v.host)
     origin = _https_origin(model, v.host)
     http = [
-        *_listen(model, model.http_port),
+        *_listen(model, model.http_port, v=v),
         f"server_name {v.host};",
         *_acme_location(model),
         *_block("location /", [f"return 301 https://{origin}$request_uri;"]),
@@ -392,23 +499,41 @@ def _site(model: EdgeModel, v: Vhost) -> str:
         conn.append("proxy_set_header Connection $connection_upgrade;")
     else:
         conn = ['proxy_set_header Connection "";']
+    signed_in: list[str] = []
+    if v.auth is not None:
+        signed_in = [
+            f"auth_request {_AUTH_LOCATION};",
+            "auth_request_set $hp_user $upstream_http_x_homeport_user;",
+            "auth_request_set $hp_email $upstream_http_x_homeport_email;",
+            "auth_request_set $hp_signin $upstream_http_x_homeport_location;",
+            "error_page 401 = @hp_signin;",
+        ]
+        who = ["proxy_set_header X-Homeport-User $hp_user;"]
+        who.append("proxy_set_header X-Homeport-Email $hp_email;")
+    else:  # set empty: a client's own copy is not passed on
+        who = [f'proxy_set_header {h} "";' for h in EDGE_HEADERS]
+    if v.kind == "app":
+        who.append("proxy_set_header Cookie $hp_app_cookie;")
     proxy = [
+        *signed_in,
         f"proxy_pass http://{up};",
-        "proxy_http_version 1.1;",
-        "proxy_set_header Host $host;",
-        "proxy_set_header X-Real-IP $remote_addr;",
-        "proxy_set_header X-Forwarded-For $remote_addr;  # not the client's own list",
-        "proxy_set_header X-Forwarded-Proto https;",
-        f"proxy_set_header X-Forwarded-Host {origin};",
-        f"proxy_set_header X-Forwarded-Port {model.https_port};",
-        "proxy_set_header X-Request-Id $request_id;",
+        *_forwarded(model, origin),
+        *who,
         *conn,
         *(f"proxy_hide_header {h};" for h in hidden),
         f"proxy_read_timeout {_READ_TIMEOUT};",
         f"proxy_send_timeout {_READ_TIMEOUT};",
     ]
+    if v.kind == "dashboard":
+        special = [
+            *(x for path in INTERNAL_PATHS for x in _block(f"location = {path}", ["return 404;"])),
+            # the gateway's own check of edge sign-ins is nginx's subrequest, never a client's
+            *_block(f"location = {EDGE_PREFIX}check", ["return 404;"]),
+        ]
+    else:
+        special = _edge_locations(model, v, origin, hidden)
     https = [
-        *_listen(model, model.https_port, " ssl http2"),
+        *_listen(model, model.https_port, " ssl http2", v),
         f"server_name {v.host};",
         f"ssl_certificate {v.cert};",
         f"ssl_certificate_key {v.key};",
@@ -416,15 +541,14 @@ def _site(model: EdgeModel, v: Vhost) -> str:
         *limits,
         *(f"add_header {name} {value} always;" for name, value in headers),
         "",
+        *special,
+        "",
         *_block("location /", proxy),
     ]
     upstream = [f"server {v.upstream};", f"keepalive {_KEEPALIVE};", "keepalive_timeout 60s;"]
-    lines = [
-        f"# {v.kind} {v.host}",
-        *_block(f"upstream {up}", upstream),
-        "",
-        *_block("server", http),
-        "",
-        *_block("server", https),
-    ]
+    lines = [f"# {v.kind} {v.host}", *_block(f"upstream {up}", upstream), ""]
+    if v.auth is not None:
+        auth = "hpauth_" + up.removeprefix("hp_")
+        lines += [*_block(f"upstream {auth}", [f"server {v.auth};", "keepalive 8;"]), ""]
+    lines += [*_block("server", http), "", *_block("server", https)]
     return _HEAD + "\n".join(lines) + "\n"

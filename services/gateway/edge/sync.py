@@ -15,6 +15,9 @@ seconds (a slow safety net) it reconciles anyway. A round:
 - for `my.<domain>`, the edge's own host: sets its A/AAAA record (dns) and asks certs for its
   certificate once (a self-signed fallback is served until the real one is issued), and
   removes both when the domain goes;
+- for an app that signs users in at the edge (its manifest's `signIn`, read from the catalog)
+  and whose access list is not everyone: has nginx ask the gateway about every request
+  (signin.py), and hands the gateway the app's list before nginx asks;
 - renders the model and applies it to nginx (checked with `nginx -t`; a bad config is never
   applied and the old one keeps serving), and keeps nginx running.
 `serves(host)` says whether the live generation (applied and reloaded) has a vhost for `host`:
@@ -45,6 +48,7 @@ from libs.tls import self_signed_pem
 from services.gateway.config import GatewayConfig
 from services.gateway.edge.nginx import Nginx
 from services.gateway.edge.render import EdgeModel, Vhost
+from services.gateway.edge.signin import EdgeAccess, Rule
 from services.gateway.errors import EdgeError
 
 __all__ = ["FOLLOWED", "ROUTED_STATES", "EdgeSettings", "EdgeSync", "edge_settings"]
@@ -99,6 +103,7 @@ class _Host:
 class EdgeSync:
     settings: EdgeSettings
     nc: NATS  # the bus to dns, apps and certs; the events the relay publishes
+    access: EdgeAccess = field(default_factory=EdgeAccess)  # what the gateway's check reads
     bus: BusClient = field(init=False)
     nginx: Nginx = field(init=False)
     last_error: str | None = None
@@ -107,6 +112,7 @@ class EdgeSync:
     _applied: EdgeModel | None = None
     _live: frozenset[str] = frozenset()  # hosts of the generation nginx serves
     _files: dict[Path, float] = field(default_factory=dict)  # certificate files' mtimes
+    _sign_in: dict[tuple[str, str], str] = field(default_factory=dict)  # (id, version) -> how
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -186,6 +192,34 @@ class EdgeSync:
             raise
         return [a for a in answer.get("items", []) if a.get("state") in ROUTED_STATES]
 
+    async def _signs_in_at_edge(self, app: Mapping[str, Any]) -> bool:
+        """Whether the edge signs `app`'s users in: unless its manifest says they sign in to
+        the app itself ("ldap", the default with the ldap addon). "none" apps are refused a
+        list that is not everyone, but one may come with an update: the edge enforces it
+        then, as it does when the catalog cannot tell (fail closed)."""
+        key = (str(app.get("manifest_id")), str(app.get("version")))
+        how = self._sign_in.get(key)
+        if how is None:
+            try:
+                entry = await self._ask(
+                    "apps", "catalog_app", {"manifest_id": key[0], "version": key[1]}
+                )
+            except BusError as e:
+                log.warning("how %s %s signs users in is unknown (%s): at the edge", *key, e)
+                if e.code == "not_found":  # gone from the catalog: not worth asking again
+                    self._sign_in[key] = "edge"
+                return True
+            how = entry.get("sign_in") or ("ldap" if "ldap" in entry.get("addons", []) else "edge")
+            self._sign_in[key] = how
+        return how != "ldap"
+
+    async def _rule(self, app: Mapping[str, Any]) -> Rule | None:
+        """The rule the gateway enforces for `app`, None when the edge has nothing to check."""
+        access = app.get("access") or {"all_users": True}
+        if access.get("all_users") or not await self._signs_in_at_edge(app):
+            return None
+        return Rule(frozenset(access.get("user_ids", [])), frozenset(access.get("groups", [])))
+
     async def reconcile(self) -> None:
         """One round: read what should be served, render, apply (EdgeError if a host failed)."""
         self.rounds += 1
@@ -193,6 +227,7 @@ class EdgeSync:
         domains = await self._domains()
         apps = await self._apps()
         wanted: dict[str, tuple[str, str]] = {}  # host -> (kind, upstream)
+        rules: dict[str, Rule] = {}  # hosts signed in at the edge
         for domain in sorted({*domains, s.local_domain}):
             wanted[f"my.{domain}"] = (DASHBOARD, s.dashboard_upstream)
         for app in apps:
@@ -201,6 +236,9 @@ class EdgeSync:
             if app["domain"] in domains or app["domain"] == s.local_domain:
                 host = f"{app['location']}.{app['domain']}"
                 wanted[host] = ("app", f"127.0.0.1:{app['http_port']}")
+                rule = await self._rule(app)
+                if rule is not None:
+                    rules[host] = rule
         await self._forget_gone(set(wanted))
         vhosts: list[Vhost] = []
         problems: list[str] = []
@@ -220,7 +258,12 @@ class EdgeSync:
             if files is None:
                 continue
             cert, key = files
-            vhosts.append(Vhost(host, kind, upstream, cert, key))  # type: ignore[arg-type]
+            auth = s.dashboard_upstream if host in rules else None
+            local = domain == s.local_domain
+            vhosts.append(
+                Vhost(host, kind, upstream, cert, key, auth=auth, loopback=local)  # type: ignore[arg-type]
+            )
+        self.access.replace(rules)  # before nginx asks about a host newly signed in here
         await self._apply(tuple(vhosts))
         if problems:
             raise EdgeError("some hosts are not served yet: " + "; ".join(problems))

@@ -1,9 +1,11 @@
 """Matching: the attribute types the directory knows, DN syntax, entries, and search filters.
 
 Filters evaluate with LDAP's three-valued logic (RFC 4511 section 4.5.1.7): `None` is
-Undefined, which `not` leaves Undefined, so `(!(x>=1))` matches nothing when `>=` is
-not supported. Values compare case-insensitively with insignificant spaces folded
-(caseIgnoreMatch); DN-valued attributes compare as normalized DNs.
+Undefined, which `not` leaves Undefined, so `(!(x>=1))` matches nothing when `x` has no
+ordering. Values compare case-insensitively with insignificant spaces folded
+(caseIgnoreMatch, caseIgnoreOrderingMatch for `>=` and `<=`); integer attributes compare as
+numbers (integerMatch, integerOrderingMatch, and Active Directory's bitwise AND and OR rules);
+DN-valued attributes compare as normalized DNs and have no ordering.
 """
 
 from __future__ import annotations
@@ -43,13 +45,19 @@ __all__ = [
 MAX_FILTER_DEPTH = 32
 IN_CHAIN = "1.2.840.113556.1.4.1941"  # AD's LDAP_MATCHING_RULE_IN_CHAIN; groups are flat here
 _EQUALITY_RULES = frozenset(
-    {IN_CHAIN, "2.5.13.1", "distinguishednamematch", "2.5.13.2", "caseignorematch"}
-)
+    {
+        IN_CHAIN, "2.5.13.1", "distinguishednamematch", "2.5.13.2", "caseignorematch",
+        "2.5.13.14", "integermatch",
+    }
+)  # fmt: skip
+BIT_AND = "1.2.840.113556.1.4.803"  # AD's LDAP_MATCHING_RULE_BIT_AND
+BIT_OR = "1.2.840.113556.1.4.804"  # AD's LDAP_MATCHING_RULE_BIT_OR
 
 
 class Syntax(StrEnum):
     STRING = "string"
     DN = "dn"
+    INTEGER = "integer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,18 @@ class AttributeType:
 ATTRIBUTE_TYPES: tuple[AttributeType, ...] = (
     AttributeType("objectClass"),
     AttributeType("uid", aliases=("userid", "0.9.2342.19200300.100.1.1")),
+    # what directory-backed apps ask for besides: Active Directory's names for the same user
+    # name, RFC 2307 (posixAccount, posixGroup) numbers and members, a plain `username`
+    AttributeType("username"),
+    AttributeType("sAMAccountName"),
+    AttributeType("objectCategory"),
+    AttributeType("sAMAccountType", Syntax.INTEGER),
+    AttributeType("userAccountControl", Syntax.INTEGER),
+    AttributeType("uidNumber", Syntax.INTEGER, aliases=("1.3.6.1.1.1.1.0",)),
+    AttributeType("gidNumber", Syntax.INTEGER, aliases=("1.3.6.1.1.1.1.1",)),
+    AttributeType("homeDirectory", aliases=("1.3.6.1.1.1.1.3",)),
+    AttributeType("memberUid", aliases=("1.3.6.1.1.1.1.12",)),
+    AttributeType("uniqueMember", Syntax.DN, aliases=("2.5.4.50",)),
     AttributeType("cn", aliases=("commonName", "2.5.4.3")),
     AttributeType("sn", aliases=("surname", "2.5.4.4")),
     AttributeType("givenName", aliases=("gn", "2.5.4.42")),
@@ -269,7 +289,7 @@ class Present:
 
 @dataclass(frozen=True, slots=True)
 class Ordering:
-    """greaterOrEqual / lessOrEqual: not supported, always Undefined."""
+    """greaterOrEqual (`>=`) / lessOrEqual (`<=`)."""
 
     attribute: str
     value: str
@@ -370,11 +390,21 @@ def _decode_extensible(t: Tlv) -> Extensible:
     return Extensible(rule, attr, value, dn_attrs)
 
 
+def _integer(text: str) -> int | None:
+    text = text.strip()
+    if not text or len(text) > 20 or not text.lstrip("-").isdigit():
+        return None
+    return int(text)
+
+
 def _equal(entry: Entry, attribute: str, assertion: str) -> bool | None:
     t = attribute_type(attribute)
     if t is None:
         return None
     values = entry.values(t)
+    if t.syntax is Syntax.INTEGER:
+        number = _integer(assertion)
+        return None if number is None else any(_integer(v) == number for v in values)
     if t.syntax is Syntax.DN:
         try:
             want = normalize_dn(assertion)
@@ -383,6 +413,34 @@ def _equal(entry: Entry, attribute: str, assertion: str) -> bool | None:
         return any(_norm_or_none(v) == want for v in values)
     p = prep(assertion)
     return any(prep(v) == p for v in values)
+
+
+def _ordered(entry: Entry, f: Ordering) -> bool | None:
+    """`>=` or `<=`: integers as numbers, strings as caseIgnoreOrderingMatch; DNs Undefined."""
+    t = attribute_type(f.attribute)
+    if t is None or t.syntax is Syntax.DN:
+        return None
+    values = entry.values(t)
+    if t.syntax is Syntax.INTEGER:
+        want = _integer(f.value)
+        if want is None:
+            return None
+        have = [n for v in values if (n := _integer(v)) is not None]
+        return any(n >= want if f.op == ">=" else n <= want for n in have)
+    p = prep(f.value)
+    return any(prep(v) >= p if f.op == ">=" else prep(v) <= p for v in values)
+
+
+def _bitwise(entry: Entry, f: Extensible) -> bool | None:
+    """AD's bit rules on an integer attribute: all bits set (AND) or any bit set (OR)."""
+    t = attribute_type(f.attribute or "")
+    want = _integer(f.value)
+    if t is None or t.syntax is not Syntax.INTEGER or want is None:
+        return None
+    have = [n for v in entry.values(t) if (n := _integer(v)) is not None]
+    if f.rule == BIT_AND:
+        return any(n & want == want for n in have)
+    return any(n & want != 0 for n in have)
 
 
 def _norm_or_none(value: str) -> NormDn | None:
@@ -449,7 +507,9 @@ def evaluate(f: Filter, entry: Entry) -> bool | None:
     if isinstance(f, Extensible):
         if f.attribute is None or f.dn_attributes:
             return None
+        if f.rule in (BIT_AND, BIT_OR):
+            return _bitwise(entry, f)
         if f.rule is not None and f.rule.lower() not in _EQUALITY_RULES:
             return None
         return _equal(entry, f.attribute, f.value)
-    return None  # Ordering: not supported
+    return _ordered(entry, f)

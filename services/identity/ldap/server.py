@@ -19,12 +19,24 @@ for every search, so a change to it takes effect on open connections too. Groups
 listed, their members limited to the app's users. Anonymous sessions may read the root DSE
 and nothing else. Each search rebuilds the app's tree from `Directory.users()`/`groups()`:
 sized for a household or small team, not for a directory of millions.
+
+Entries carry the names directory-backed apps commonly ask for, besides inetOrgPerson and
+groupOfNames: Active Directory's (`sAMAccountName`, `objectCategory=person`/`group`,
+`sAMAccountType`, `userAccountControl`), RFC 2307's (posixAccount `uidNumber`/`gidNumber`/
+`homeDirectory`, posixGroup `gidNumber`/`memberUid`), groupOfUniqueNames' `uniqueMember` and
+a plain `username`. Numbers are derived from ids, so they stay put. The group `cn=admins`
+lists the platform's administrators among the app's users (and the members of a real group
+of that name), so an app can tell who administers it; membership of it grants no access.
+
+One client address may hold at most `max_connections_per_address` connections, so one app
+cannot take every connection of the endpoint; more are closed at once with a notice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Iterable, Sequence
@@ -71,6 +83,7 @@ from services.identity.ldap.protocol import (
 )
 
 __all__ = [
+    "ADMINS_GROUP",
     "DEFAULT_BASE_DN",
     "AppAccount",
     "Directory",
@@ -78,13 +91,20 @@ __all__ = [
     "LdapGroup",
     "LdapServer",
     "LdapUser",
+    "posix_id",
 ]
 
 log = logging.getLogger("homeport.identity.ldap")
 
 DEFAULT_BASE_DN = "dc=homeport,dc=local"
-_USER_CLASSES = ("top", "person", "organizationalPerson", "inetOrgPerson", "user")
-_GROUP_CLASSES = ("top", "groupOfNames", "group")
+_USER_CLASSES = ("top", "person", "organizationalPerson", "inetOrgPerson", "user", "posixAccount")
+_GROUP_CLASSES = ("top", "groupOfNames", "groupOfUniqueNames", "group", "posixGroup")
+ADMINS_GROUP = "admins"
+USERS_GID = 100  # every user's primary (posix) group: "users", as on most Linux systems
+_FIRST_ID = 100_000  # uidNumber/gidNumber from 100000 up, clear of local accounts
+_ID_SPAN = 2**31 - _FIRST_ID
+_AD_USER, _AD_GROUP = "805306368", "268435456"  # sAMAccountType: normal account, group
+_AD_NORMAL_ACCOUNT = "512"  # userAccountControl of an enabled account (disabled ones are hidden)
 _FEATURES = (
     "1.3.6.1.4.1.4203.1.5.1",  # all operational attributes: "+" (RFC 3673)
     "1.3.6.1.4.1.4203.1.5.3",  # absolute true and false filters: (&) (|) (RFC 4526)
@@ -105,6 +125,7 @@ class LdapUser:
     display_name: str | None = None
     groups: tuple[str, ...] = ()
     disabled: bool = False
+    is_admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +196,12 @@ def _memberships(users: Sequence[LdapUser], groups: Sequence[LdapGroup]) -> dict
     return {u.user_id: set(u.groups) | by_name.get(u.username, set()) for u in users}
 
 
+def posix_id(kind: str, key: str) -> int:
+    """A stable uidNumber ("user", user id) or gidNumber ("group", name) from 100000 up."""
+    digest = hashlib.sha256(f"{kind}:{key}".encode()).digest()
+    return _FIRST_ID + int.from_bytes(digest[:8], "big") % _ID_SPAN
+
+
 def _names(display_name: str | None) -> tuple[str | None, str | None]:
     """(givenName, sn) when a display name has at least two words."""
     words = (display_name or "").split()
@@ -217,6 +244,7 @@ class LdapServer:
         idle_timeout: float = 300.0,
         max_message_size: int = 1 << 20,
         max_connections: int = 512,
+        max_connections_per_address: int = 32,
         max_paged_searches: int = 8,
         directory_timeout: float = 10.0,
         stop_timeout: float = 5.0,
@@ -235,6 +263,10 @@ class LdapServer:
         self.idle_timeout = idle_timeout
         self.max_message_size = max_message_size
         self.max_connections = max_connections
+        if max_connections_per_address < 1:
+            raise ValueError("max_connections_per_address must be at least 1")
+        self.max_connections_per_address = max_connections_per_address
+        self._per_address: dict[str, int] = {}
         self.max_paged_searches = max_paged_searches
         self.directory_timeout = directory_timeout
         self.stop_timeout = stop_timeout
@@ -302,14 +334,36 @@ class LdapServer:
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # a plain callback (not a coroutine), so the task is tracked before it can run
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        held = self._per_address.get(address, 0)
         if self._closing or len(self._tasks) >= self.max_connections:
-            writer.write(encode_notice_of_disconnection(ResultCode.BUSY, "too many connections"))
+            why = "too many connections"
+        elif held >= self.max_connections_per_address:
+            why = (
+                f"too many connections from {address} (at most {self.max_connections_per_address})"
+            )
+            log.warning("ldap: refused a connection", extra={"peer": address, "why": why})
+        else:
+            why = ""
+        if why:
+            writer.write(encode_notice_of_disconnection(ResultCode.BUSY, why))
             writer.close()
             return
+        self._per_address[address] = held + 1
         conn = _Connection(self, reader, writer)
         task = asyncio.get_running_loop().create_task(conn.run())
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            left = self._per_address.get(address, 1) - 1
+            if left > 0:
+                self._per_address[address] = left
+            else:
+                self._per_address.pop(address, None)
+
+        task.add_done_callback(done)
 
     # directory reads
 
@@ -328,11 +382,16 @@ class LdapServer:
         )
         if session_user is not None and all(u.user_id != session_user for u in visible):
             return None
+        for u in visible:  # for display only: access was decided on the real groups above
+            if u.is_admin:
+                member_of[u.user_id] = member_of[u.user_id] | {ADMINS_GROUP}
         context = self._context(app_id)
         users_ou = (("ou", "users"), *context)
         groups_ou = (("ou", "groups"), *context)
         group_names = sorted(
-            {g.name for g in groups} | {n for u in visible for n in member_of[u.user_id]},
+            {g.name for g in groups}
+            | {n for u in visible for n in member_of[u.user_id]}
+            | {ADMINS_GROUP},
             key=str.casefold,
         )
         group_dn = {n: format_dn((("cn", n), *groups_ou)) for n in group_names}
@@ -344,6 +403,7 @@ class LdapServer:
         ]
         seen: set[NormDn] = set()
         members: dict[str, list[str]] = {n: [] for n in group_names}
+        member_uids: dict[str, list[str]] = {n: [] for n in group_names}
         for u in visible:
             dn: Dn = (("uid", u.username), *users_ou)
             given, sn = _names(u.display_name)
@@ -353,6 +413,14 @@ class LdapServer:
                 {
                     "objectClass": _USER_CLASSES,
                     "uid": [u.username],
+                    "username": [u.username],
+                    "sAMAccountName": [u.username],
+                    "objectCategory": ["person"],
+                    "sAMAccountType": [_AD_USER],
+                    "userAccountControl": [_AD_NORMAL_ACCOUNT],
+                    "uidNumber": [str(posix_id("user", u.user_id))],
+                    "gidNumber": [str(USERS_GID)],
+                    "homeDirectory": [f"/home/{u.username}"],
                     "cn": [name],
                     "sn": [sn or name],
                     "givenName": [given] if given else [],
@@ -372,6 +440,7 @@ class LdapServer:
             entries.append(entry)
             for n in member_of[u.user_id]:
                 members[n].append(entry.dn)
+                member_uids[n].append(u.username)
         for n in group_names:
             dn = (("cn", n), *groups_ou)
             entries.append(
@@ -380,7 +449,13 @@ class LdapServer:
                     {
                         "objectClass": _GROUP_CLASSES,
                         "cn": [n],
+                        "sAMAccountName": [n],
+                        "objectCategory": ["group"],
+                        "sAMAccountType": [_AD_GROUP],
+                        "gidNumber": [str(posix_id("group", n))],
                         "member": members[n],
+                        "uniqueMember": members[n],
+                        "memberUid": member_uids[n],
                         "entryDN": [format_dn(dn)],
                     },
                 )

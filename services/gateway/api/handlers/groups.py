@@ -250,10 +250,12 @@ async def accept_invitation(call: Call) -> Any:
     summary="Ask for a password-reset link",
     description=(
         "Answers 202 whether or not the email has an account. There is no mail service yet: "
-        "an administrator creates a link with POST /users/{user_id}/password-reset."
+        "an administrator creates a link with POST /users/{user_id}/password-reset. Limited "
+        "per client address (403 past it, saying when to try again) and per email asked for."
     ),
     body=RESET_REQUEST_BODY,
     responses={202: None},
+    problems=("forbidden",),
 )
 async def request_password_reset(call: Call) -> Any:
     await call.command("identity", "request_password_reset", call.body)

@@ -41,9 +41,24 @@ EMAIL = string(minLength=3, maxLength=254, pattern="^[^@\\s]+@[^@\\s]+$", descri
 DISPLAY_NAME = string(maxLength=100)
 USER_ID = string(format="uuid", description="a user id (UUID)")
 
+SETUP_TOKEN = string(
+    minLength=1,
+    maxLength=128,
+    writeOnly=True,
+    description=(
+        "the one-time setup token the server printed when it started (part of the setup "
+        "link; also in <data dir>/setup-token on the server)"
+    ),
+)
 SETUP_BODY = obj(
-    {"username": USERNAME, "email": EMAIL, "password": PASSWORD, "display_name": DISPLAY_NAME},
-    required=["username", "email", "password"],
+    {
+        "username": USERNAME,
+        "email": EMAIL,
+        "password": PASSWORD,
+        "display_name": DISPLAY_NAME,
+        "setup_token": SETUP_TOKEN,
+    },
+    required=["username", "email", "password", "setup_token"],
 )
 TOTP_CODE = string(
     minLength=6,
@@ -149,10 +164,13 @@ USER_CHANGE = obj(
     "/setup",
     access=Access.anonymous,
     summary="Create the first administrator (once)",
-    description="Answers 409 once setup is done.",
+    description=(
+        "Needs the one-time setup token the server printed when it started: without it, or "
+        "with a wrong one, 403 naming setup_token. Answers 409 once setup is done."
+    ),
     body=SETUP_BODY,
     responses={201: CREATED},
-    problems=("conflict",),
+    problems=("conflict", "forbidden"),
 )
 async def setup(call: Call) -> Any:
     reply = await call.command("identity", "setup", call.body)

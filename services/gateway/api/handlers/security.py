@@ -16,6 +16,7 @@ from typing import Any
 
 from libs.contracts.schema import array, boolean, integer, nullable, obj, string
 from libs.events.bus import Internal
+from services.gateway.api.auth import Via, credentials_of
 from services.gateway.api.handlers.identity import (
     PASSWORD,
     RECOVERY_CODE,
@@ -38,11 +39,12 @@ TICKET = string(
 )
 TOKEN_ID = string(format="uuid", description="a token id (UUID)")
 SCOPE = string(enum=["read", "full"], description="read: GET (and HEAD) only; full: everything")
-EXPIRES_AT = nullable(
-    string(
-        format="date-time",
-        description="when the token stops working: 90 days from now if left out, never if null",
-    )
+EXPIRES_AT = string(
+    format="date-time",
+    description="when the token stops working, at most a year ahead (90 days if left out)",
+)
+EXPIRES_IN_DAYS = integer(
+    minimum=1, maximum=366, description="days the token works (instead of expires_at)"
 )
 
 LOGIN_TOTP_BODY = obj(
@@ -57,6 +59,7 @@ NEW_TOKEN_BODY = obj(
         "name": string(minLength=1, maxLength=64, description="what the token is for"),
         "scope": SCOPE,
         "expires_at": EXPIRES_AT,
+        "expires_in_days": EXPIRES_IN_DAYS,
     },
     required=["name", "scope"],
 )
@@ -223,13 +226,21 @@ async def list_tokens(call: Call) -> Any:
     "/profile/tokens",
     access=Access.user,
     summary="Create an API token; the answer shows it, this once",
-    description="409 past 100 tokens.",
+    description=(
+        "Needs a recent sign-in: a dashboard session started within the last 10 minutes "
+        "(else 403; an API token cannot create another). Every token expires, within a year. "
+        "409 past 100 tokens."
+    ),
     body=NEW_TOKEN_BODY,
     responses={201: NEW_TOKEN},
-    problems=("conflict",),
+    problems=("conflict", "forbidden"),
 )
 async def create_token(call: Call) -> Any:
-    reply = await call.command("identity", "create_token", {**_me(call), **call.body})
+    payload = {**_me(call), **call.body}
+    creds = credentials_of(call.request)
+    if call.user.via is Via.session and creds is not None and creds.via is Via.session:
+        payload["session"] = creds.secret  # identity checks it was started recently
+    reply = await call.command("identity", "create_token", payload)
     expires_at = reply.get("expires_at") if isinstance(reply, dict) else None
     if expires_at is not None and not isinstance(expires_at, str):
         raise Internal("identity answered create_token without a valid expires_at")

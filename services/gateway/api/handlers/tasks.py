@@ -4,8 +4,10 @@ A task is shown to its owner and to admins; to anyone else it does not exist (40
 so task ids do not leak). The event stream follows new steps by polling the tasks projection
 every `poll` seconds (one indexed read; no connection is held between polls, so open streams
 cost no database connections), sends a comment every `heartbeat` seconds while nothing happens,
-and ends after the task's final step, when the client goes away, when the gateway stops, or
-after `max_seconds` (the client then resumes with Last-Event-ID).
+and ends after the task's final step, when the client goes away, when the gateway stops, when
+the caller no longer may see it (session or token ended, user disabled or demoted: checked on
+identity's announcements and every `recheck` seconds, liveness.py), or after `max_seconds`
+(the client then resumes with Last-Event-ID).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import asyncpg
@@ -25,6 +28,7 @@ from aiohttp import web
 
 from libs.contracts.schema import integer, nullable, obj, string
 from libs.events.bus import Invalid, NotFound, Unavailable
+from services.gateway.api.liveness import Watch, current_caller
 from services.gateway.api.routes import Access, Call, Routes
 from services.gateway.tasks import (
     State,
@@ -62,15 +66,18 @@ class TaskStreams:
         heartbeat: float = 15.0,
         max_seconds: float = 3600.0,
         write_timeout: float = 10.0,
+        recheck: float = 2.0,
     ) -> None:
         self.poll = poll  # seconds between reads of the projection while nothing is new
         self.heartbeat = heartbeat  # seconds of silence before a comment keeps proxies open
         self.max_seconds = max_seconds  # a stream's longest life; the client then resumes
         self.write_timeout = write_timeout  # seconds for a client to take one event
+        self.recheck = recheck  # seconds between checks that the caller still may (liveness.py)
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._open = 0
+        self._watches: set[Watch] = set()
 
     @property
     def open(self) -> int:
@@ -83,26 +90,38 @@ class TaskStreams:
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[None]:
-        """Count one stream as open for the duration of the block."""
+        """Count one stream as open for the duration of the block, and follow its caller (the
+        request's, liveness.py): `pause` in the block says when it must end."""
         if self.stopping:
             raise Unavailable("the gateway is stopping; reconnect in a moment")
+        watch = Watch(current_caller(), every=self.recheck)
+        token = _WATCH.set(watch)
         self._open += 1
+        self._watches.add(watch)
         self._idle.clear()
         try:
-            yield
+            with watch:
+                yield
         finally:
+            _WATCH.reset(token)
+            self._watches.discard(watch)
             self._open -= 1
             if not self._open:
                 self._idle.set()
 
     async def pause(self, seconds: float) -> bool:
-        """Wait `seconds`; True at once when a stop begins."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        except TimeoutError:
-            return False
-        return True
+        """Wait `seconds`; True (end the stream) at once when a stop begins, or when the
+        stream's caller no longer may (their session or token ended, or a right it needs)."""
+        watch = _WATCH.get()
+        if watch is None:  # not in `opened`: only a stop ends the wait
+            try:
+                async with asyncio.timeout(seconds):
+                    await self._stopping.wait()
+            except TimeoutError:
+                return False
+            return True
+        await watch.pause(seconds)
+        return self.stopping or await watch.ended()
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[None]:
@@ -115,6 +134,8 @@ class TaskStreams:
     async def stop(self, within: float = 5.0) -> None:
         """End every open stream, and refuse new ones; wait up to `within` s for them."""
         self._stopping.set()
+        for watch in tuple(self._watches):
+            watch.wake()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
                 await self._idle.wait()
@@ -123,6 +144,7 @@ class TaskStreams:
 
 
 TASK_STREAMS = web.AppKey("homeport_task_streams", TaskStreams)
+_WATCH: ContextVar[Watch | None] = ContextVar("hp_stream_watch", default=None)
 
 TASK_PATH = obj(
     {"task_id": string(format="uuid", description="a task id (UUID)")}, required=["task_id"]

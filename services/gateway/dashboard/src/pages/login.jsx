@@ -57,6 +57,14 @@ function TotpStep({ ticket, onDone, onRestart }) {
   );
 }
 
+/** Where to go once signed in when an app sent the browser here (`#/login?next=...`): back to
+ * the edge's sign-in for that app, on this origin only. */
+function appReturn() {
+  const query = window.location.hash.split("?")[1] || "";
+  const next = new URLSearchParams(query).get("next") || "";
+  return next.startsWith("/.homeport/signin?") ? next : null;
+}
+
 export function Login({ expired = false }) {
   const { refresh } = useSession();
   const [ticket, setTicket] = useState(null);
@@ -75,6 +83,11 @@ export function Login({ expired = false }) {
     if (restarts && passwordForm.current) passwordForm.current.querySelector("input[type=password]").focus();
   }, [restarts]);
   const done = async () => {
+    const back = appReturn();
+    if (back) {
+      window.location.assign(back);
+      return;
+    }
     await refresh();
     const route = window.location.hash;
     if (!route || route.startsWith("#/login") || route.startsWith("#/setup") || route === "#/") navigate("/apps", { replace: true });
@@ -88,6 +101,7 @@ export function Login({ expired = false }) {
   return (
     <Card title="Sign in to Homeport">
       {expired && <p class="notice">Your session ended. Sign in again.</p>}
+      {!expired && appReturn() && <p class="notice">Sign in to open the app you asked for.</p>}
       {ticket ? (
         <TotpStep ticket={ticket} onDone={done} onRestart={restart} />
       ) : (

@@ -1,7 +1,7 @@
 // The setup wizard: the first administrator, then the domain and its DNS provider.
 import { useState } from "preact/hooks";
 import { post } from "../api.js";
-import { navigate } from "../router.js";
+import { navigate, useRoute } from "../router.js";
 import { useSession } from "../session.js";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 import { DomainForm } from "./domain_form.jsx";
@@ -19,14 +19,16 @@ function Steps({ step }) {
   );
 }
 
-function AdminStep({ onDone }) {
-  const form = useForm({ username: "", email: "", display_name: "", password: "", confirm: "" });
+// The one-time setup token comes with the link the server printed (#/setup?token=...); without
+// it, the form asks for it.
+function AdminStep({ onDone, token }) {
+  const form = useForm({ setup_token: token || "", username: "", email: "", display_name: "", password: "", confirm: "" });
   const create = form.submit(async (v) => {
     if (v.password !== v.confirm) {
       form.setErrors({ confirm: "The two passwords differ." });
       return;
     }
-    const body = { username: v.username.trim(), email: v.email.trim(), password: v.password };
+    const body = { username: v.username.trim(), email: v.email.trim(), password: v.password, setup_token: v.setup_token.trim() };
     if (v.display_name.trim()) body.display_name = v.display_name.trim();
     await post("/setup", body);
     const session = await post("/session", { username: body.username, password: v.password });
@@ -36,6 +38,14 @@ function AdminStep({ onDone }) {
     <form onSubmit={create} noValidate>
       <p>Create the first administrator. You sign in with this account from now on.</p>
       <FormError error={form.errors._form} />
+      {(!token || form.errors.setup_token) && (
+        <Field
+          label="Setup token"
+          {...form.bind("setup_token")}
+          autocomplete="off"
+          hint="Printed by the server when it started, as part of the setup link (also in the file setup-token of its data directory)."
+        />
+      )}
       <Field label="Username" {...form.bind("username")} autocomplete="username" hint="2 to 32 characters: a letter, then letters, digits, . _ or -" />
       <Field label="Email" type="email" {...form.bind("email")} autocomplete="email" />
       <Field label="Display name (optional)" {...form.bind("display_name")} autocomplete="name" />
@@ -48,6 +58,7 @@ function AdminStep({ onDone }) {
 
 export function Setup({ signedIn = false }) {
   const { refresh } = useSession();
+  const token = useRoute().query.get("token");
   const [step, setStep] = useState(signedIn ? 1 : 0);
   const [domain, setDomain] = useState(null);
   const finish = async () => {
@@ -62,6 +73,7 @@ export function Setup({ signedIn = false }) {
         <section aria-labelledby="step-admin">
           <h2 id="step-admin">1. The first administrator</h2>
           <AdminStep
+            token={token}
             onDone={async (session) => {
               if (session.totp_enrolment_required) await finish();
               else setStep(1);

@@ -6,18 +6,11 @@ import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 import { ConfirmForm, CopyField, useStatus } from "./users_common.jsx";
 
 const SCOPES = { read: "Read only", full: "Full access" };
-const DAY_MS = 86400000;
-
-/** The expires_at the API takes for a choice of the "Expires" select. */
-function expiry(choice) {
-  if (choice === "never") return null;
-  return new Date(Date.now() + Number(choice) * DAY_MS).toISOString();
-}
 
 function NewToken({ onCreated }) {
   const form = useForm({ name: "", scope: "read", expires_at: "90" });
   const create = form.submit(async (v) => {
-    const answer = await post("/profile/tokens", { name: v.name.trim(), scope: v.scope, expires_at: expiry(v.expires_at) });
+    const answer = await post("/profile/tokens", { name: v.name.trim(), scope: v.scope, expires_in_days: Number(v.expires_at) });
     form.setValues({ name: "", scope: "read", expires_at: "90" });
     onCreated(answer);
   });
@@ -36,7 +29,6 @@ function NewToken({ onCreated }) {
           <option value="30">In 30 days</option>
           <option value="90">In 90 days</option>
           <option value="365">In a year</option>
-          <option value="never">Never</option>
         </Field>
       </div>
       <Submit busy={form.busy}>Create token</Submit>

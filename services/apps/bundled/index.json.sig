@@ -1,0 +1,1 @@
+Qon+HP//80DdWbMt3f2CJm8qtGnWfnn/wzeFsv2xagIEf0WnXwNaup5Kd4TzX7jH3KYYdRZApDQcFXI7pCrSCg==
