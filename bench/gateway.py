@@ -141,7 +141,8 @@ async def _children() -> AsyncIterator[list[_Child]]:
 def _service_env(b: Bench, dsn: str, tag: str, port: int) -> dict[str, str]:
     """The environment of a service child: ours, less every HP_* variable, plus its settings.
 
-    HP_PUBLIC_ORIGIN stays unset, so a POST without an Origin header passes the CSRF check.
+    HP_PUBLIC_ORIGIN stays unset; cookie requests say `Sec-Fetch-Site: same-origin`, as the
+    dashboard's browser does, for the CSRF check.
     """
     data = b.servers.root / tag
     data.mkdir(exist_ok=True)
@@ -172,7 +173,7 @@ class _Platform:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Cookie": f"{SESSION_COOKIE}={self.cookie}"}
+        return {"Cookie": f"{SESSION_COOKIE}={self.cookie}", "Sec-Fetch-Site": "same-origin"}
 
     async def call(self, method: str, path: str, body: Any = None, want: int = 200) -> Any:
         headers = self.headers if self.cookie else {}
@@ -220,7 +221,10 @@ async def _platform(b: Bench, tag: str) -> AsyncIterator[_Platform]:
             await _wait_ready(child, "/readyz")
         identity, gateway = children
         p = _Platform(dsn, identity, gateway, "", "", http)
-        p.admin_id = (await p.call("POST", "/setup", _ADMIN, want=201))["user_id"]
+        # identity wrote the one-time setup token into its data dir at start
+        token = (b.servers.root / tag / "setup-token").read_text(encoding="ascii").strip()
+        setup = {**_ADMIN, "setup_token": token}
+        p.admin_id = (await p.call("POST", "/setup", setup, want=201))["user_id"]
         login = {k: _ADMIN[k] for k in ("username", "password")}
         await p.call("POST", "/session", login)
         yield p

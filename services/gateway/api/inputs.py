@@ -37,6 +37,24 @@ async def inputs_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 def check_inputs(request: web.Request) -> None:
     """Raise Problem("invalid") naming the first unfit path segment, parameter or header."""
+    # Most requests have no escape in the URL: then nothing in it can decode to a NUL or to
+    # bytes that are not UTF-8, and the raw text itself is searched once.
+    if "%" in request.raw_path or _UNFIT.search(request.raw_path):
+        _check_url(request)
+    headers = request.headers
+    if _UNFIT.search("".join(headers.values())):
+        for header, text in headers.items():
+            # Cookies are exempt: another host of the domain may set odd ones on a parent
+            # domain, and only ours are read (a bad value of ours is simply no session).
+            if header.lower() != "cookie" and _UNFIT.search(text):
+                raise Problem(
+                    "invalid",
+                    f"header {header[:_MAX_NAME]} must be UTF-8 text without NUL bytes",
+                    field=header[:_MAX_NAME],
+                )
+
+
+def _check_url(request: web.Request) -> None:
     raw_path, _, raw_query = request.raw_path.partition("?")
     for name, segment in request.match_info.items():
         if "\x00" in segment:
@@ -61,15 +79,6 @@ def check_inputs(request: web.Request) -> None:
         if "\x00" in value:
             raise Problem(
                 "invalid", f"query parameter {label} must not contain a NUL byte", field=label
-            )
-    for header, text in request.headers.items():
-        # Cookies are exempt: another host of the domain may set odd ones on a parent domain,
-        # and only ours are read (a bad value of ours is simply no session).
-        if header.lower() != "cookie" and _UNFIT.search(text):
-            raise Problem(
-                "invalid",
-                f"header {header[:_MAX_NAME]} must be UTF-8 text without NUL bytes",
-                field=header[:_MAX_NAME],
             )
 
 
