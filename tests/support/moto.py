@@ -1,12 +1,13 @@
-"""moto in server mode standing in for Route 53 (AWS cannot run here), on a free port.
+"""moto in server mode standing in for Route 53 and S3 (AWS cannot run here), on a free port.
 
 The fixtures `moto` and `route53_zone` (tests/dns/conftest.py) are made from
 `run_moto`/`fresh_hosted_zone`.
 
 `moto` is one server per xdist worker (session scope) with access-key checking on
 (INITIAL_NO_AUTH_ACTION_COUNT): its first requests create an IAM user allowed `route53:*` and
-that user's access key; every later request must be signed with that key, so a wrong key or
-secret fails as it would at AWS. `route53_zone` is a fresh hosted zone per test.
+`s3:*` and that user's access key; every later request must be signed with that key, so a wrong
+key or secret fails as it would at AWS. `route53_zone` is a fresh hosted zone per test; the
+backup tests (tests/backup/test_targets.py) make a fresh bucket per test.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ __all__ = ["MotoServer", "Route53Zone", "fresh_hosted_zone", "run_moto"]
 # create_user, put_user_policy, create_access_key: then every request is checked.
 _UNSIGNED_SETUP_CALLS = 3
 _POLICY = (
-    '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"route53:*","Resource":"*"}]}'
+    '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["route53:*","s3:*"],'
+    '"Resource":"*"}]}'
 )
 
 
