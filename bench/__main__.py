@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import NoReturn
 
-from bench import apps, edge, events, gateway
+from bench import apps, backup, edge, events, gateway
 from bench.common import Bench, BenchConfig, BenchError, Benchmark, Result, say, servers
 
 __all__ = ["main"]
@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     **gateway.BENCHMARKS,
     **apps.BENCHMARKS,
     **edge.BENCHMARKS,
+    **backup.BENCHMARKS,
 }
 
 

@@ -11,6 +11,7 @@ declare -A need=(
   [nats-server]=nats-server
   [/usr/bin/ldapsearch]=ldap-utils
   [wrk]=wrk  # the HTTP load generator of `make bench`
+  [restic]=restic  # the baseline of the backup benchmarks (`make bench`)
   [nft]=nftables  # the firewall's ban set (tests run it inside a network namespace)
   [ip]=iproute2
   [dockerd]=docker.io  # app containers (tests start their own dockerd)
