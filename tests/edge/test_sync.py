@@ -14,7 +14,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from deploy.embedded import free_port
-from services.gateway.edge.sync import FOLLOWED, EdgeSettings, EdgeSync
+from services.gateway.edge.sync import FOLLOWED, EdgeSettings, EdgeSync, _Host
 from tests.support.bus import connect
 from tests.support.edge import edge_get
 from tests.support.nginx import Upstream, nginx_binary
@@ -93,3 +93,17 @@ async def test_serves_what_the_live_generation_has_and_follows_events(
         await asyncio.wait_for(task, 30)
     assert not sync.serves("my.localhost")  # nginx stopped with the sync
     assert not sync.up()
+
+
+async def test_a_gone_domain_is_forgotten_only_once_dns_and_certs_could_be_asked(
+    nc: NATS, edge_root: Path, upstream: Upstream, uniq: str
+) -> None:
+    """A `my.<domain>` whose domain went away keeps its record and certificate on the list of
+    things to forget while dns or certs cannot be asked (here: neither runs), so a later round
+    asks again instead of leaving them behind for good."""
+    sync = EdgeSync(_settings(edge_root, upstream, uniq), nc)
+    sync._hosts["my.gone.test"] = _Host(record=True, certificate=True)
+    sync._hosts["my.also-gone.test"] = _Host(certificate=True)
+    await sync._forget_gone({"my.localhost"})
+    assert set(sync._hosts) == {"my.gone.test", "my.also-gone.test"}
+    assert sync._hosts["my.gone.test"] == _Host(record=True, certificate=True)

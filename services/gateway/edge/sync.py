@@ -32,7 +32,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,24 +309,33 @@ class EdgeSync:
         return cert, key
 
     async def _forget_gone(self, wanted: set[str]) -> None:
-        """The record and certificate of a `my.<domain>` whose domain went away."""
+        """The record and certificate of a `my.<domain>` whose domain went away; what could
+        not be forgotten yet (dns or certs unavailable) is tried again at the next round."""
         for host in sorted(set(self._hosts) - wanted):
             entry = self._hosts[host]
-            with contextlib.suppress(BusError):
+            try:
                 if entry.record:
                     for rtype in ("A", "AAAA"):
-                        with contextlib.suppress(BusError):  # not found: never set
-                            await self.bus.command(
+                        await _unless_gone(
+                            self.bus.command(
                                 "dns",
                                 "remove_record",
                                 {"name": host, "type": rtype, "owner": DASHBOARD},
                                 ctx=SYSTEM,
                                 timeout=60,
                             )
+                        )
+                    entry.record = False
                 if entry.certificate:
-                    await self.bus.command(
-                        "certs", "forget", {"primary": host}, ctx=SYSTEM, timeout=60
+                    await _unless_gone(
+                        self.bus.command(
+                            "certs", "forget", {"primary": host}, ctx=SYSTEM, timeout=60
+                        )
                     )
+                    entry.certificate = False
+            except BusError as e:
+                log.warning("%s is no longer served; forgetting it failed: %s", host, e.message)
+                continue  # asked again at the next round
             del self._hosts[host]
 
     async def _apply(self, vhosts: tuple[Vhost, ...]) -> None:
@@ -356,6 +365,15 @@ class EdgeSync:
         if not self.nginx.running:
             await self.nginx.start()
         self._live = frozenset(v.host for v in model.vhosts)
+
+
+async def _unless_gone(call: Awaitable[Any]) -> None:
+    """Await a removal; one whose target is not there (never set, or gone already) is done."""
+    try:
+        await call
+    except BusError as e:
+        if e.code != "not_found":
+            raise
 
 
 def _mtimes(vhosts: tuple[Vhost, ...]) -> dict[Path, float]:
