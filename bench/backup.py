@@ -70,7 +70,8 @@ from services.backup.targets.local import LocalTarget
 async def main(op, repo_dir, tmp_dir, *args):
     repo = await Repository.open(LocalTarget(Path(repo_dir)), tmp_dir=tmp_dir)
     if op == "backup":
-        info = await repo.backup(Path(args[0]), {"bench": "backup"}, labels={"kind": "bench"})
+        info = await repo.backup(Path(args[0]), {"bench": "backup"}, labels={"kind": "bench"},
+                                 cache_dir=Path(tmp_dir) / "files-cache")
         out = {"id": info.id, "bytes": info.stats.bytes, "new_bytes": info.stats.new_bytes,
                "stored_bytes": info.stats.stored_bytes, "files": info.stats.files}
     else:

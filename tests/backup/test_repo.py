@@ -8,6 +8,7 @@ import os
 import random
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from services.backup.repo import (
     new_identity,
 )
 from services.backup.repo.chunker import iter_chunks
+from services.backup.repo.filescache import RACY_NS
 from services.backup.repo.packs import FinishedPack, decode_index, encode_index
 from services.backup.repo.tree import encode_entry
 from services.backup.targets.local import LocalTarget
@@ -428,3 +430,122 @@ async def test_two_recipients_each_can_restore(tmp_path: Path, target_dir: Path)
     for n, secret in enumerate((s1, s2)):
         await repo.restore(info.id, tmp_path / f"out{n}", secret)
         assert (tmp_path / f"out{n}" / "a").read_text() == "hello"
+
+
+def age_tree(root: Path) -> None:
+    """Let the files' ctimes fall out of the files cache's "changed too recently" window."""
+    time.sleep(RACY_NS / 1e9 + 0.05)
+
+
+async def test_files_cache_reads_only_changed_files(
+    repo: Repository, tmp_path: Path, keys: tuple[str, str]
+) -> None:
+    src = tmp_path / "src"
+    make_tree(src, random.Random(7))
+    cache = tmp_path / "cache"
+    age_tree(src)
+    first = await repo.backup(src, {}, cache_dir=cache)
+    assert first.stats.cached_files == 0 and first.stats.files == 157
+    assert not any(p.is_file() for p in repo.target.root.rglob("files-*"))  # type: ignore[attr-defined]
+    assert [p.parent.name for p in cache.rglob("files-*")] == [repo.id]
+
+    (src / "many" / "f010.txt").write_bytes(b"changed")
+    (src / "added").write_bytes(b"new file")
+    (src / "many" / "f020.txt").unlink()
+    second = await repo.backup(src, {}, cache_dir=cache)
+    # 157 files - 1 removed + 1 added; only the changed and the added one were read.
+    assert second.stats.files == 157 and second.stats.cached_files == 155
+    assert second.stats.bytes == sum(
+        p.lstat().st_size for p in src.rglob("*") if stat.S_ISREG(p.lstat().st_mode)
+    )
+    # What is new: the two files' bytes and the tree (the list of files, a few dozen KB).
+    assert second.stats.new_bytes < 64 * 1024 < first.stats.new_bytes
+
+    out = tmp_path / "out"
+    await repo.restore(second.id, out, keys[0])
+    want = snapshot_of(src)
+    del want["link-out"]
+    want["suid"] = ("file", 0o755, *want["suid"][2:])
+    assert snapshot_of(out) == want
+    assert (await repo.verify(second.id, keys[0])).ok
+
+    # Without the cache everything is read, as before.
+    plain = await repo.backup(src, {})
+    assert plain.stats.cached_files == 0 and plain.stats.files == 157
+
+
+async def test_files_cache_rereads_a_file_whose_ctime_changed(
+    repo: Repository, tmp_path: Path, keys: tuple[str, str]
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "db"
+    f.write_bytes(b"A" * 10_000)
+    os.utime(f, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    age_tree(src)
+    cache = tmp_path / "cache"
+    await repo.backup(src, {}, cache_dir=cache)
+    assert (await repo.backup(src, {}, cache_dir=cache)).stats.cached_files == 1
+    # Same size, same mtime (put back), same inode: only the ctime tells.
+    with f.open("r+b") as fh:
+        fh.write(b"B" * 10_000)
+    os.utime(f, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    again = await repo.backup(src, {}, cache_dir=cache)
+    assert again.stats.cached_files == 0 and again.stats.new_bytes >= 10_000
+    await repo.restore(again.id, tmp_path / "out", keys[0])
+    assert (tmp_path / "out" / "db").read_bytes() == b"B" * 10_000
+
+
+async def test_files_cache_naming_a_lost_chunk_is_not_trusted(
+    repo: Repository, tmp_path: Path, target_dir: Path, keys: tuple[str, str]
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(random.Random(8).randbytes(50_000))
+    (src / "b").write_bytes(random.Random(9).randbytes(50_000))
+    age_tree(src)
+    cache = tmp_path / "cache"
+    await repo.backup(src, {}, cache_dir=cache)
+    # The repository loses what was stored (as after a prune): its index no longer has them.
+    for d in ("index", "data"):
+        for p in sorted((target_dir / d).rglob("*"), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+    fresh = await Repository.open(LocalTarget(target_dir))
+    assert fresh.chunk_count == 0
+    info = await fresh.backup(src, {}, cache_dir=cache)
+    assert info.stats.cached_files == 0 and info.stats.new_bytes >= 100_000
+    assert (await fresh.verify(info.id, keys[0])).ok
+    await fresh.restore(info.id, tmp_path / "out", keys[0])
+    assert (tmp_path / "out" / "a").read_bytes() == (src / "a").read_bytes()
+    # A damaged cache file is ignored, not an error.
+    for p in cache.rglob("files-*"):
+        p.write_bytes(b"garbage")
+    assert (await fresh.backup(src, {}, cache_dir=cache)).stats.cached_files == 0
+    assert (await fresh.backup(src, {}, cache_dir=cache)).stats.cached_files == 2
+
+
+async def test_restore_of_many_files_in_parallel_and_a_missing_pack(
+    repo: Repository, tmp_path: Path, target_dir: Path, keys: tuple[str, str]
+) -> None:
+    rng = random.Random(10)
+    src = tmp_path / "src"
+    src.mkdir()
+    for d in range(3):
+        (src / f"d{d}").mkdir()
+        for i in range(300):  # more files than one restore job takes, some empty
+            size = 0 if i % 50 == 0 else rng.randrange(1, 5000)
+            data = rng.randbytes(size) if i % 2 else MARKER * (size // len(MARKER))
+            (src / f"d{d}" / f"f{i:03}").write_bytes(data)  # random, or compressed in the pack
+    for i in range(3):  # several chunks and packs each
+        (src / f"big{i}").write_bytes(rng.randbytes(2 * 1024 * 1024 + i))
+        (src / f"log{i}").write_bytes(b"".join(b"line %d\n" % n for n in range(300_000)))
+    info = await repo.backup(src, {})
+    out = tmp_path / "out"
+    result = await repo.restore(info.id, out, keys[0])
+    assert result.files == 906 and result.bytes == info.stats.bytes
+    assert snapshot_of(out) == snapshot_of(src)
+
+    biggest = max((target_dir / "data").rglob("*/*"), key=lambda p: p.stat().st_size)
+    biggest.unlink()
+    with pytest.raises(IntegrityError, match=r"big\d: pack data/.* is missing"):
+        await repo.restore(info.id, tmp_path / "out2", keys[0])

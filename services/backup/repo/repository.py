@@ -12,6 +12,7 @@ import os
 import secrets
 import stat
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from services.backup.repo.errors import (
     RestoreRefused,
     SnapshotNotFound,
 )
+from services.backup.repo.filescache import FilesCache
 from services.backup.repo.packs import (
     FinishedPack,
     Location,
@@ -72,6 +74,10 @@ _FLAG_ZSTD = b"\x01"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _STEP_BYTES = 32 * 1024 * 1024  # work done per worker-thread call on a large file
+_RUN_BYTES = 8 * 1024 * 1024  # most bytes of a pack read at once by restore
+_BATCH_BYTES = 8 * 1024 * 1024  # files restored by one job: up to this many bytes ...
+_BATCH_FILES = 256  # ... or this many files
+_RESTORE_JOBS = 6  # jobs restoring files at the same time
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +106,7 @@ class BackupStats:
     new_chunks: int = 0
     stored_bytes: int = 0  # bytes of packs uploaded (sealed, compressed)
     reused_chunks: int = 0
+    cached_files: int = 0  # files not read: the local files cache showed them unchanged
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,16 +275,34 @@ class Repository:
         *,
         labels: dict[str, str] | None = None,
         progress: Callable[[Progress], None] | None = None,
+        cache_dir: Path | None = None,
     ) -> SnapshotInfo:
         """Back up `source_dir` (never following a link below it). `meta` is sealed with the
-        data; `labels` (short public strings: app id, kind) can be read without the key."""
+        data; `labels` (short public strings: app id, kind) can be read without the key.
+        With `cache_dir` (a local directory of the machine backing up, never the target), a
+        file whose size, mtime, inode and ctime are those of the previous backup of the same
+        source into this repository is not read again (FORMAT.md, "Local files cache")."""
         labels = dict(labels or {})
         for k, v in labels.items():
             if not (isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 200):
                 raise BackupError(f"label {str(k)[:64]!r}: keys and values are short strings")
+        cache = None
+        if cache_dir is not None:
+            source = await asyncio.to_thread(os.path.abspath, source_dir)
+            cache = FilesCache(Path(cache_dir), self.id, source)
+            try:
+                await asyncio.to_thread(cache.path.parent.mkdir, 0o700, True, True)
+            except OSError as e:
+                raise BackupError(f"cannot use the files cache {cache_dir}: {e.strerror}") from e
+            await asyncio.to_thread(cache.load)
         async with self.writer(labels=labels, progress=progress) as w:
+            w.cache = cache
             await w.add_tree(Path(source_dir))
-            return await w.commit(meta)
+            info = await w.commit(meta)
+        if cache is not None:
+            with contextlib.suppress(OSError):  # the backup is complete; next one reads all
+                await asyncio.to_thread(cache.save)
+        return info
 
     @contextlib.asynccontextmanager
     async def writer(
@@ -352,38 +377,40 @@ class Repository:
         async for _ in reader.entries():  # first pass: refuse a hostile tree before writing
             pass
         writer = await asyncio.to_thread(SafeWriter, str(dest_dir))
-        files = nbytes = 0
+        totals = [0, 0]
         skipped: list[str] = []
+        jobs = _Jobs(_RESTORE_JOBS)
+
+        async def job(batch: list[Entry]) -> None:
+            files, nbytes = await _restore_files(reader, writer, batch)
+            totals[0] += files
+            totals[1] += nbytes
+
         try:
+            batch: list[Entry] = []
+            size = 0
             async for e in reader.entries():
-                if e.kind == "dir":
+                jobs.check()
+                if e.kind == "file":
+                    batch.append(e)
+                    size += e.size
+                    if size >= _BATCH_BYTES or len(batch) >= _BATCH_FILES:
+                        await jobs.start(job, batch)
+                        batch, size = [], 0
+                elif e.kind == "dir":
                     await asyncio.to_thread(writer.mkdir, e)
-                elif e.kind == "symlink":
-                    if link_escapes(e.path, e.target):
-                        skipped.append(f"{e.path}: link pointing outside the backup")
-                        continue
-                    await asyncio.to_thread(writer.symlink, e)
+                elif link_escapes(e.path, e.target):
+                    skipped.append(f"{e.path}: link pointing outside the backup")
                 else:
-                    fd = await asyncio.to_thread(writer.create, e)
-                    try:
-                        size = 0
-                        async for data in reader.stream(e.chunks, e.path):
-                            await asyncio.to_thread(writer.write, fd, data)
-                            size += len(data)
-                    except BaseException:
-                        os.close(fd)
-                        raise
-                    await asyncio.to_thread(writer.finish_file, fd, e)
-                    if size != e.size:
-                        raise IntegrityError(
-                            f"{e.path}: restored {size} bytes, the snapshot says {e.size}",
-                            (e.path,),
-                        )
-                    files += 1
-                    nbytes += size
+                    await asyncio.to_thread(writer.symlink, e)
+            if batch:
+                await jobs.start(job, batch)
+            await jobs.wait()
             await asyncio.to_thread(writer.finish)
         finally:
+            await jobs.stop()
             await asyncio.to_thread(writer.close)
+        files, nbytes = totals
         return RestoreResult(files, nbytes, tuple(skipped))
 
     async def verify(
@@ -500,12 +527,20 @@ class _Reader:
     def chunk_list(self, field_name: str) -> list[bytes]:
         return [bytes.fromhex(c) for c in self.doc[field_name]]
 
-    def _plain(self, keys: SessionKeys, cid: bytes, blob: bytes, loc: Location) -> bytes:
-        """The chunk's plaintext, checked against its id (InvalidTag/ValueError if damaged)."""
+    def _plain(
+        self,
+        keys: SessionKeys,
+        cid: bytes,
+        blob: bytes,
+        loc: Location,
+        dctx: zstandard.ZstdDecompressor | None = None,
+    ) -> bytes:
+        """The chunk's plaintext, checked against its id (InvalidTag/ValueError if damaged).
+        A thread other than the reader's own passes its own `dctx` (they are not shared)."""
         inner = keys.open(cid, blob)
         flag, body = inner[:1], inner[1:]
         if flag == _FLAG_ZSTD:
-            plain = self._dctx.decompress(body, max_output_size=loc.plain_length)
+            plain = (dctx or self._dctx).decompress(body, max_output_size=loc.plain_length)
         elif flag == _FLAG_RAW:
             plain = body
         else:
@@ -562,6 +597,189 @@ class _Reader:
         return bad
 
 
+class _Jobs:
+    """At most `limit` coroutines at a time; the first error stops the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self._sem = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.error: BaseException | None = None
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def start(self, fn: Callable[..., Any], *args: Any) -> None:
+        await self._sem.acquire()
+        if self.error is not None:
+            self._sem.release()
+            raise self.error
+        task = asyncio.create_task(self._run(fn, *args))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except BaseException as e:
+            if self.error is None:
+                self.error = e
+        finally:
+            self._sem.release()
+
+    async def wait(self) -> None:
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+        self.check()
+
+    async def stop(self) -> None:
+        """Cancel what still runs and wait until it (and its worker threads) ended."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """`asyncio.to_thread`, but if cancelled, still waits for the thread to finish (so that
+    nothing it uses, such as a file descriptor, is closed under it)."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await fut
+        raise
+
+
+_Piece = tuple[int, bytes, Location]  # file's place in its batch, chunk id, where it is
+
+
+class _FilesOut:
+    """The files of one restore batch being written, in order (blocking; one thread at a
+    time)."""
+
+    def __init__(self, reader: _Reader, writer: SafeWriter, files: list[Entry]) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.files = files
+        self.cur = -1
+        self.fd: int | None = None
+        self.written = 0
+        self.done_files = 0
+        self.done_bytes = 0
+        self.dctx = zstandard.ZstdDecompressor()  # one per batch: they are not thread-safe
+
+    def advance(self, i: int) -> None:
+        """Finish the files before the `i`th and create it (and any empty one on the way)."""
+        while self.cur < i:
+            if self.fd is not None:
+                e = self.files[self.cur]
+                fd, self.fd = self.fd, None
+                self.writer.finish_file(fd, e)
+                if self.written != e.size:
+                    raise IntegrityError(
+                        f"{e.path}: restored {self.written} bytes, the snapshot says {e.size}",
+                        (e.path,),
+                    )
+                self.done_files += 1
+                self.done_bytes += self.written
+            self.cur += 1
+            if self.cur < len(self.files):
+                self.fd = self.writer.create(self.files[self.cur])
+                self.written = 0
+
+    def write_run(self, run: list[_Piece], data: bytes, keys: dict[str, SessionKeys]) -> None:
+        base = run[0][2].offset
+        for i, cid, loc in run:
+            self.advance(i)
+            path = self.files[i].path
+            blob = data[loc.offset - base : loc.offset - base + loc.length]
+            try:
+                if len(blob) != loc.length:
+                    raise ValueError("pack too short")
+                plain = self.reader._plain(keys[loc.session], cid, blob, loc, self.dctx)
+            except (InvalidTag, ValueError, zstandard.ZstdError) as e:
+                raise IntegrityError(
+                    f"{path}: chunk {cid.hex()[:16]}… in pack {loc.pack} is damaged or was"
+                    " tampered with",
+                    (path,),
+                ) from e
+            assert self.fd is not None
+            SafeWriter.write(self.fd, plain)
+            self.written += len(plain)
+
+    def abort(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _runs(reader: _Reader, files: list[Entry]) -> list[list[_Piece]]:
+    """The chunks of `files` in order, grouped in runs that are back to back in one pack (one
+    read each, at most `_RUN_BYTES` unless a single blob is larger)."""
+    index = reader.repo._index
+    runs: list[list[_Piece]] = []
+    run: list[_Piece] = []
+    end = size = 0
+    for i, e in enumerate(files):
+        for cid in e.chunks:
+            loc = index.get(cid)
+            if loc is None or loc.pack is None:
+                raise IntegrityError(f"{e.path}: chunk {cid.hex()[:16]}… is in no index", (e.path,))
+            if run and (
+                loc.pack != run[0][2].pack or loc.offset != end or size + loc.length > _RUN_BYTES
+            ):
+                runs.append(run)
+                run, size = [], 0
+            run.append((i, cid, loc))
+            end = loc.offset + loc.length
+            size += loc.length
+    if run:
+        runs.append(run)
+    return runs
+
+
+async def _restore_files(
+    reader: _Reader, writer: SafeWriter, files: list[Entry]
+) -> tuple[int, int]:
+    """Write `files` (in tree order), reading each run of back-to-back blobs once and the
+    next run while the current one is decrypted and written. (files, bytes) written."""
+    runs = _runs(reader, files)
+    keys = {s: await reader.keys(s) for s in {loc.session for run in runs for _, _, loc in run}}
+    target = reader.repo.target
+
+    async def read(run: list[_Piece]) -> bytes:
+        first, last = run[0][2], run[-1][2]
+        assert first.pack is not None
+        try:
+            return await target.get_range(
+                first.pack, first.offset, last.offset + last.length - first.offset
+            )
+        except TargetMissing:
+            path = files[run[0][0]].path
+            raise IntegrityError(f"{path}: pack {first.pack} is missing", (path,)) from None
+
+    out = _FilesOut(reader, writer, files)
+    ahead: asyncio.Task[bytes] | None = None
+    try:
+        if runs:
+            ahead = asyncio.ensure_future(read(runs[0]))
+        for k, run in enumerate(runs):
+            assert ahead is not None
+            data = await ahead
+            ahead = asyncio.ensure_future(read(runs[k + 1])) if k + 1 < len(runs) else None
+            await _in_thread(out.write_run, run, data, keys)
+        await _in_thread(out.advance, len(files))
+    finally:
+        if ahead is not None:
+            ahead.cancel()
+            with contextlib.suppress(BaseException):
+                await ahead
+        out.abort()
+    return out.done_files, out.done_bytes
+
+
 class SnapshotWriter:
     """One backup: a session key, the packs it writes, the tree it records, its statistics
     (made by `Repository.writer()`)."""
@@ -587,6 +805,7 @@ class SnapshotWriter:
         self.tree_path = os.path.join(self.tmp.name, "tree")
         self.tree = open(self.tree_path, "wb")
         self.cctx = zstandard.ZstdCompressor(level=repo.params.zstd_level)
+        self.cache: FilesCache | None = None
 
     def cleanup(self) -> None:
         self.tree.close()
@@ -617,12 +836,17 @@ class SnapshotWriter:
         """Store what `fd` reads to its end as the file `path`; its size."""
         check_path(path)
         ids, size = await self.store(fd)
+        self._add_stored(path, mode, mtime_ns, size, ids)
+        return size
+
+    def _add_stored(
+        self, path: str, mode: int, mtime_ns: int, size: int, ids: tuple[bytes, ...]
+    ) -> None:
         self.add(Entry(path, "file", stat.S_IFREG | mode, mtime_ns, size, ids))
         self.stats.files += 1
         self.stats.bytes += size
         if self.progress is not None:
             self.progress(Progress(self.stats.files, self.stats.bytes, path))
-        return size
 
     async def store(self, fd: int) -> tuple[tuple[bytes, ...], int]:
         """Chunk and store what `fd` reads to its end: (chunk ids, size)."""
@@ -719,11 +943,28 @@ class SnapshotWriter:
                 return
             raise BackupError(f"cannot read {path}: {e.strerror}") from e
         try:
+            seen_ns = time.time_ns()
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 self.stats.skipped += 1
                 return
-            await self.add_file(path, fd, mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns)
+            mode = stat.S_IMODE(st.st_mode)
+            if self.cache is None:
+                await self.add_file(path, fd, mode=mode, mtime_ns=st.st_mtime_ns)
+                return
+            ids = self.cache.lookup(path, st)
+            if ids is not None and all(c in self.repo._index for c in ids):
+                self.refs.update(ids)
+                self.stats.reused_chunks += len(ids)
+                self.stats.cached_files += 1
+                self._add_stored(path, mode, st.st_mtime_ns, st.st_size, ids)
+            else:
+                check_path(path)
+                ids, size = await self.store(fd)
+                self._add_stored(path, mode, st.st_mtime_ns, size, ids)
+                if size != st.st_size:
+                    return  # changed while read: read again next time
+            self.cache.record(path, st, ids, seen_ns)
         except OSError as e:
             raise BackupError(f"cannot read {path}: {e.strerror}") from e
         finally:

@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import stat
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +96,8 @@ def link_escapes(path: str, target: str) -> bool:
 
 
 class SafeWriter:
-    """Creates the entries of a tree below `dest` (blocking; one thread at a time)."""
+    """Creates the entries of a tree below `dest` (blocking; safe from several threads: the
+    directory lookups and creations are serialised, the writes to created files are not)."""
 
     def __init__(self, dest: str) -> None:
         os.makedirs(dest, mode=0o700, exist_ok=True)
@@ -103,20 +105,24 @@ class SafeWriter:
         if os.listdir(self._root):
             os.close(self._root)
             raise RestoreRefused(f"restore destination {dest} is not empty")
-        self._cached: tuple[tuple[str, ...], int] | None = None
+        self._cached: dict[tuple[str, ...], int] = {}
         self._dirs: list[Entry] = []
+        self._lock = threading.RLock()
 
     def close(self) -> None:
-        if self._cached is not None:
-            os.close(self._cached[1])
-            self._cached = None
-        os.close(self._root)
+        with self._lock:
+            for fd in self._cached.values():
+                os.close(fd)
+            self._cached = {}
+            os.close(self._root)
 
     def _parent(self, parts: list[str]) -> int:
-        """An fd of the directory holding `parts[-1]` (owned by the writer's cache)."""
+        """An fd of the directory holding `parts[-1]` (owned by the writer's cache; call with
+        the lock held)."""
         key = tuple(parts[:-1])
-        if self._cached is not None and self._cached[0] == key:
-            return self._cached[1]
+        hit = self._cached.get(key)
+        if hit is not None:
+            return hit
         fd = os.dup(self._root)
         try:
             for i, p in enumerate(key):
@@ -134,34 +140,38 @@ class SafeWriter:
         except BaseException:
             os.close(fd)
             raise
-        if self._cached is not None:
-            os.close(self._cached[1])
-        self._cached = (key, fd)
+        if len(self._cached) >= 16:
+            old = next(iter(self._cached))
+            os.close(self._cached.pop(old))
+        self._cached[key] = fd
         return fd
 
     def mkdir(self, e: Entry) -> None:
         parts = check_path(e.path)
-        try:
-            os.mkdir(parts[-1], 0o700, dir_fd=self._parent(parts))
-        except FileExistsError:
-            raise RestoreRefused(f"snapshot entry {e.path!r} appears twice") from None
-        self._dirs.append(e)
+        with self._lock:
+            try:
+                os.mkdir(parts[-1], 0o700, dir_fd=self._parent(parts))
+            except FileExistsError:
+                raise RestoreRefused(f"snapshot entry {e.path!r} appears twice") from None
+            self._dirs.append(e)
 
     def symlink(self, e: Entry) -> None:
         parts = check_path(e.path)
-        d = self._parent(parts)
-        try:
-            os.symlink(e.target, parts[-1], dir_fd=d)
-        except FileExistsError:
-            raise RestoreRefused(f"snapshot entry {e.path!r} appears twice") from None
-        os.utime(parts[-1], ns=(e.mtime_ns, e.mtime_ns), dir_fd=d, follow_symlinks=False)
+        with self._lock:
+            d = self._parent(parts)
+            try:
+                os.symlink(e.target, parts[-1], dir_fd=d)
+            except FileExistsError:
+                raise RestoreRefused(f"snapshot entry {e.path!r} appears twice") from None
+            os.utime(parts[-1], ns=(e.mtime_ns, e.mtime_ns), dir_fd=d, follow_symlinks=False)
 
     def create(self, e: Entry) -> int:
         parts = check_path(e.path)
-        try:
-            return os.open(parts[-1], _NEW_FILE, 0o600, dir_fd=self._parent(parts))
-        except FileExistsError:
-            raise RestoreRefused(f"snapshot entry {e.path!r} appears twice") from None
+        with self._lock:
+            try:
+                return os.open(parts[-1], _NEW_FILE, 0o600, dir_fd=self._parent(parts))
+            except FileExistsError:
+                raise RestoreRefused(f"snapshot entry {e.path!r} appears twice") from None
 
     @staticmethod
     def write(fd: int, data: bytes) -> None:
@@ -181,7 +191,8 @@ class SafeWriter:
         """Directory modes and times, deepest first (a read-only directory is filled first)."""
         for e in reversed(self._dirs):
             parts = check_path(e.path)
-            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=self._parent(parts))
+            with self._lock:
+                fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=self._parent(parts))
             try:
                 os.fchmod(fd, stat.S_IMODE(e.mode) & MODE_MASK)
                 os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
