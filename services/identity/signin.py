@@ -88,6 +88,13 @@ class Limits:
         oldest: datetime = rows[-1]["at"]
         return max(1, int((oldest + window - now).total_seconds()) + 1)
 
+    async def _check_address(self, ip: str | None) -> None:
+        """Refuse (AddressLimited, a failure recorded) an address over its limit."""
+        wait = await self._address_limited(ip)
+        if wait:
+            await record_failure(self.store, None, "limited")
+            raise AddressLimited(wait)
+
     async def _account_limited(self, user_id: Any, ip: str | None) -> bool:
         now = self.clock()
         failures = await self.pool.fetchval(
@@ -113,10 +120,7 @@ class Limits:
         current_password, or 403 for an address over its limit."""
         user_id = str(row["user_id"])
         ip = context.current().ip
-        wait = await self._address_limited(ip)
-        if wait:
-            await record_failure(self.store, None, "limited")
-            raise AddressLimited(wait)
+        await self._check_address(ip)
         if await self._account_limited(row["user_id"], ip):
             await asyncio.to_thread(verify_dummy, password)
             await record_failure(self.store, user_id, "limited")
@@ -157,10 +161,7 @@ class SignIn(Limits):
         password: str = payload["password"][: MAX_LENGTH + 1]  # a longer one cannot match
         user_agent: str | None = payload.get("user_agent")
         ip = context.current().ip
-        wait = await self._address_limited(ip)
-        if wait:
-            await record_failure(self.store, None, "limited")
-            raise AddressLimited(wait)
+        await self._check_address(ip)
         row = None
         if USERNAME.fullmatch(username):
             row = await self.pool.fetchrow(

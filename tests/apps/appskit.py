@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +132,31 @@ def apps_env(
         "HP_READY_TIMEOUT": "30",
         **(extra or {}),
     }
+
+
+EnvFor = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def apps_env_for(dsn: str, nats_url: str, tmp_path: Path, docker_host: str, uniq: str) -> EnvFor:
+    """`apps_env` on this test's database, bus, Docker and tmp_path, its names prefixed by
+    `letter` and the test's unique part: `apps_env_for(catalog, letter=..., extra=...)`.
+    A fixture (tests/apps/conftest.py has it; a module elsewhere assigns it to use it)."""
+
+    def make(
+        catalog: Path, *, letter: str = "t", extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        return apps_env(
+            dsn=dsn,
+            nats_url=nats_url,
+            tmp_path=tmp_path,
+            docker_host=docker_host,
+            prefix=f"{letter}{uniq[:8]}",
+            catalog=catalog,
+            extra=extra,
+        )
+
+    return make
 
 
 def remove_docker_objects(client: docker.DockerClient, prefix: str) -> None:

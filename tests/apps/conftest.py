@@ -19,7 +19,10 @@ from tests.apps.addonkit import (
     run_addon_server,
     session_client,
 )
+from tests.apps.appskit import apps_env_for
 from tests.apps.dockerkit import DockerNames, build_probe_image, docker_names
+
+__all__ = ["apps_env_for"]  # the fixture, for every test here
 
 
 @pytest.fixture(scope="session")

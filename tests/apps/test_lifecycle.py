@@ -22,7 +22,7 @@ import pytest
 from libs.events.bus import Conflict, Invalid, NotFound
 from libs.events.context import Context
 from libs.events.projection import replay_by_name
-from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
+from tests.apps.appskit import STATIC, Apps, EnvFor, running_apps, static_catalog
 from tests.identity.kit import running_identity
 from tests.support.waits import wait_until
 
@@ -33,23 +33,9 @@ EVERYONE = {"all_users": True}
 
 @pytest.fixture
 async def apps(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    tmp_path: Path,
-    docker_host: str,
-    uniq: str,
+    monkeypatch: pytest.MonkeyPatch, apps_env_for: EnvFor, tmp_path: Path
 ) -> AsyncIterator[Apps]:
-    catalog = static_catalog(tmp_path / "catalog")
-    env = apps_env(
-        dsn=dsn,
-        nats_url=nats_url,
-        tmp_path=tmp_path,
-        docker_host=docker_host,
-        prefix=f"t{uniq[:8]}",
-        catalog=catalog,
-        extra={"HP_READY_TIMEOUT": "8"},
-    )
+    env = apps_env_for(static_catalog(tmp_path / "catalog"), extra={"HP_READY_TIMEOUT": "8"})
     async with running_apps(monkeypatch, env) as running:
         yield running
 

@@ -18,7 +18,7 @@ from libs.events.bus import Conflict, Invalid, NotFound, Unavailable
 from libs.events.tasks import Task
 from services.apps import events as ev
 from services.apps.streams import app_streams
-from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
+from tests.apps.appskit import STATIC, Apps, EnvFor, running_apps, static_catalog
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -26,14 +26,9 @@ EVERYONE = {"all_users": True}
 
 
 @pytest.fixture
-def env(dsn: str, nats_url: str, tmp_path: Path, docker_host: str, uniq: str) -> dict[str, str]:
-    return apps_env(
-        dsn=dsn,
-        nats_url=nats_url,
-        tmp_path=tmp_path,
-        docker_host=docker_host,
-        prefix=f"t{uniq[:8]}",
-        catalog=static_catalog(tmp_path / "catalog"),
+def env(apps_env_for: EnvFor, tmp_path: Path) -> dict[str, str]:
+    return apps_env_for(
+        static_catalog(tmp_path / "catalog"),
         extra={"HP_READY_TIMEOUT": "8", "HP_EDGE_WAIT_SECONDS": "0"},
     )
 

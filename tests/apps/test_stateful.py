@@ -36,7 +36,7 @@ from hypothesis.stateful import (
 )
 
 from libs.events.bus import Conflict, Invalid, NotFound
-from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
+from tests.apps.appskit import STATIC, Apps, EnvFor, running_apps, static_catalog
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -49,20 +49,11 @@ REFUSALS = (Conflict, Invalid, NotFound)  # a clear "not now" / "not so"; anythi
 
 
 async def test_random_interleavings_leave_no_app_stuck(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    tmp_path: Path,
-    docker_host: str,
-    uniq: str,
+    monkeypatch: pytest.MonkeyPatch, apps_env_for: EnvFor, tmp_path: Path
 ) -> None:
-    env = apps_env(
-        dsn=dsn,
-        nats_url=nats_url,
-        tmp_path=tmp_path,
-        docker_host=docker_host,
-        prefix=f"s{uniq[:8]}",
-        catalog=static_catalog(tmp_path / "catalog"),
+    env = apps_env_for(
+        static_catalog(tmp_path / "catalog"),
+        letter="s",
         extra={"HP_READY_TIMEOUT": "2", "HP_EDGE_WAIT_SECONDS": "0"},
     )
     loop = asyncio.get_running_loop()

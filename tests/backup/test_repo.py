@@ -202,9 +202,7 @@ async def test_a_flipped_pack_byte_is_found_and_names_the_file(
     src.mkdir()
     (src / "notes.txt").write_bytes(random.Random(5).randbytes(100_000))
     info = await repo.backup(src, {})
-    (pack,) = (
-        (target_dir / "data").rglob("*")[0:1] if False else list((target_dir / "data").rglob("*/*"))
-    )
+    (pack,) = (target_dir / "data").rglob("*/*")
     data = bytearray(pack.read_bytes())
     data[50] ^= 1
     pack.write_bytes(bytes(data))

@@ -6,7 +6,6 @@ answer through nginx."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -15,7 +14,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from deploy.embedded import free_port
 from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
@@ -23,32 +21,12 @@ from tests.edge.accesskit import People, make_people
 from tests.gateway.apikit import running_gateway
 from tests.identity.kit import running_identity
 from tests.support.bus import relaying
+from tests.support.nginx import LoopbackResolver
 from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 EDGE_COOKIE = "__Host-hp_edge"
-
-
-class _Loopback(AbstractResolver):
-    """Every name is this machine (what browsers do for *.localhost)."""
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        return [
-            ResolveResult(
-                hostname=host,
-                host="127.0.0.1",
-                port=port,
-                family=socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-        ]
-
-    async def close(self) -> None:
-        return None
 
 
 @dataclass
@@ -103,7 +81,7 @@ async def stack(
     (tmp_path / "apps").mkdir()
     (tmp_path / "identity").mkdir()
     (tmp_path / "gateway").mkdir()
-    connector = aiohttp.TCPConnector(ssl=False, resolver=_Loopback())
+    connector = aiohttp.TCPConnector(ssl=False, resolver=LoopbackResolver())
     async with (
         running_identity(
             monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path / "identity"

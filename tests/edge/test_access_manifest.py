@@ -15,7 +15,8 @@ import pytest
 from libs.events.bus import Invalid
 from services.apps.config import BUNDLED_CATALOG
 from services.apps.manifest import ManifestError, parse_manifest
-from tests.apps.appskit import STATIC, Apps, apps_env, running_apps
+from tests.apps import appskit
+from tests.apps.appskit import STATIC, Apps, running_apps
 
 BASE: dict[str, Any] = {
     "manifestVersion": 1,
@@ -65,23 +66,14 @@ def _catalog(dest: Path) -> Path:
     return dest
 
 
+apps_env_for = appskit.apps_env_for  # the fixture
+
+
 @pytest.fixture
 async def apps(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    tmp_path: Path,
-    docker_host: str,
-    uniq: str,
+    monkeypatch: pytest.MonkeyPatch, apps_env_for: appskit.EnvFor, tmp_path: Path
 ) -> AsyncIterator[Apps]:
-    env = apps_env(
-        dsn=dsn,
-        nats_url=nats_url,
-        tmp_path=tmp_path,
-        docker_host=docker_host,
-        prefix=f"t{uniq[:8]}",
-        catalog=_catalog(tmp_path / "catalog"),
-    )
+    env = apps_env_for(_catalog(tmp_path / "catalog"))
     async with running_apps(monkeypatch, env) as running:
         yield running
 

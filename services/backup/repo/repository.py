@@ -282,10 +282,7 @@ class Repository:
         With `cache_dir` (a local directory of the machine backing up, never the target), a
         file whose size, mtime, inode and ctime are those of the previous backup of the same
         source into this repository is not read again (FORMAT.md, "Local files cache")."""
-        labels = dict(labels or {})
-        for k, v in labels.items():
-            if not (isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 200):
-                raise BackupError(f"label {str(k)[:64]!r}: keys and values are short strings")
+        labels = _checked_labels(labels)
         cache = None
         if cache_dir is not None:
             source = await asyncio.to_thread(os.path.abspath, source_dir)
@@ -314,10 +311,7 @@ class Repository:
         """A snapshot being written (one at a time per repository): add trees, files from
         open descriptors (database dumps) or entries, then `commit()`. Leaving without
         committing lists nothing; what was uploaded is reused by the next backup."""
-        labels = dict(labels or {})
-        for k, v in labels.items():
-            if not (isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 200):
-                raise BackupError(f"label {str(k)[:64]!r}: keys and values are short strings")
+        labels = _checked_labels(labels)
         async with self._lock:
             w = SnapshotWriter(self, labels, progress)
             try:
@@ -423,14 +417,16 @@ class Repository:
         doc = await self._snapshot_doc(snapshot_id)
         refs = await self._refs(doc)
         problems: list[str] = []
+        bad: set[bytes] = set()
         by_pack: dict[str, list[tuple[bytes, Location]]] = {}
         for cid in refs:
             loc = self._index.get(cid)
             if loc is None or loc.pack is None:
                 problems.append(f"chunk {cid.hex()[:16]}… is in no index")
+                if loc is None:
+                    bad.add(cid)
                 continue
             by_pack.setdefault(loc.pack, []).append((cid, loc))
-        bad: set[bytes] = {cid for cid in refs if cid not in self._index}
         reader = await self._reader(snapshot_id, identity) if identity is not None else None
         for pack, blobs in sorted(by_pack.items()):
             trouble = await self._check_pack(pack, blobs, reader, read_data)
@@ -464,13 +460,13 @@ class Repository:
         if reader is None and not read_data:
             return None
         data = await self.target.get(pack)
+        digest = await asyncio.to_thread(_sha256, data)
         if reader is None:
-            if await asyncio.to_thread(_sha256, data) != pack.rsplit("/", 1)[1]:
+            if digest != pack.rsplit("/", 1)[1]:
                 return "content hash differs from its name", ids
             return None
         for session in {loc.session for _, loc in blobs}:
             await reader.keys(session)
-        digest = await asyncio.to_thread(_sha256, data)
         damaged = await asyncio.to_thread(reader.check_blobs, data, blobs)
         if digest != pack.rsplit("/", 1)[1] or damaged:
             why = f"{len(damaged)} damaged chunk(s)" if damaged else "content hash differs"
@@ -489,6 +485,15 @@ class Repository:
         if len(data) % 32:
             raise IntegrityError(f"{name} is damaged (length not a multiple of 32)")
         return [data[i : i + 32] for i in range(0, len(data), 32)]
+
+
+def _checked_labels(labels: dict[str, str] | None) -> dict[str, str]:
+    """A copy of `labels`, refused (BackupError) unless keys and values are short strings."""
+    out = dict(labels or {})
+    for k, v in out.items():
+        if not (isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 200):
+            raise BackupError(f"label {str(k)[:64]!r}: keys and values are short strings")
+    return out
 
 
 def _sha256(data: bytes) -> str:
@@ -558,8 +563,22 @@ class _Reader:
             blob = await self.repo.target.get_range(loc.pack, loc.offset, loc.length)
         except TargetMissing:
             raise IntegrityError(f"{what}: pack {loc.pack} is missing", (what,)) from None
+        return await asyncio.to_thread(self.checked_plain, keys, cid, blob, loc, what)
+
+    def checked_plain(
+        self,
+        keys: SessionKeys,
+        cid: bytes,
+        blob: bytes,
+        loc: Location,
+        what: str,
+        dctx: zstandard.ZstdDecompressor | None = None,
+    ) -> bytes:
+        """`_plain`, but a short, damaged or tampered blob is an IntegrityError naming `what`."""
         try:
-            return await asyncio.to_thread(self._plain, keys, cid, blob, loc)
+            if len(blob) != loc.length:
+                raise ValueError("pack too short")
+            return self._plain(keys, cid, blob, loc, dctx)
         except (InvalidTag, ValueError, zstandard.ZstdError) as e:
             raise IntegrityError(
                 f"{what}: chunk {cid.hex()[:16]}… in pack {loc.pack} is damaged or was tampered"
@@ -693,18 +712,10 @@ class _FilesOut:
         base = run[0][2].offset
         for i, cid, loc in run:
             self.advance(i)
-            path = self.files[i].path
             blob = data[loc.offset - base : loc.offset - base + loc.length]
-            try:
-                if len(blob) != loc.length:
-                    raise ValueError("pack too short")
-                plain = self.reader._plain(keys[loc.session], cid, blob, loc, self.dctx)
-            except (InvalidTag, ValueError, zstandard.ZstdError) as e:
-                raise IntegrityError(
-                    f"{path}: chunk {cid.hex()[:16]}… in pack {loc.pack} is damaged or was"
-                    " tampered with",
-                    (path,),
-                ) from e
+            plain = self.reader.checked_plain(
+                keys[loc.session], cid, blob, loc, self.files[i].path, self.dctx
+            )
             assert self.fd is not None
             SafeWriter.write(self.fd, plain)
             self.written += len(plain)
