@@ -57,6 +57,15 @@ async def record_failure(store: IdentityStore, user_id: str | None, reason: str)
     await store.append(ev.SIGNIN_FAILURES_STREAM, [failed])
 
 
+_FAILURES_OF_ADDRESS = (
+    "SELECT at FROM identity.login_failures WHERE ip = $1 AND at > $2 ORDER BY at DESC LIMIT $3"
+)
+_FAILURES_WITHOUT_ADDRESS = (
+    "SELECT at FROM identity.login_failures WHERE (ip IS NULL OR ip = $1) AND at > $2"
+    " ORDER BY at DESC LIMIT $3"
+)
+
+
 class Limits:
     """The per-address and per-account limits of failed sign-ins (SECURITY.md "Brute force"),
     and the check of a signed-in user's current password that counts as one."""
@@ -71,15 +80,13 @@ class Limits:
         return self.store.pool
 
     async def _address_limited(self, ip: str | None) -> int:
-        """Seconds until this address may try again (0: it may now)."""
-        if not ip:
-            return 0
+        """Seconds until this address may try again (0: it may now). Callers without an
+        address (a proxy that passed none, a caller on the bus) share one limit."""
         window = timedelta(seconds=self.cfg.signin_ip_window_seconds)
         now = self.clock()
         rows = await self.pool.fetch(
-            "SELECT at FROM identity.login_failures WHERE ip = $1 AND at > $2"
-            " ORDER BY at DESC LIMIT $3",
-            ip,
+            _FAILURES_OF_ADDRESS if ip else _FAILURES_WITHOUT_ADDRESS,
+            ip or "",
             now - window,
             self.cfg.signin_ip_limit,
         )

@@ -384,6 +384,55 @@ async def test_per_address_limit_is_not_global(
         ] == "Alice"
 
 
+async def test_callers_without_an_address_share_one_limit(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path
+) -> None:
+    """A login that reaches identity with no client address (a proxy that passed none) is not
+    exempt from the per-address limit: all such callers share one."""
+    env = {"HP_SIGNIN_IP_LIMIT": "3"}
+    async with running_identity(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, env=env
+    ) as ident:
+        await with_alice(ident)
+        for _ in range(3):
+            with pytest.raises(Unauthorized):
+                await ident.cmd(
+                    "login", {"username": "alice", "password": "wrong password!"}, ip=None
+                )
+        with pytest.raises(Forbidden, match="your address"):
+            await ident.cmd("login", {"username": "alice", "password": ALICE["password"]}, ip=None)
+        assert (await ident.login("alice", ALICE["password"], ip="198.51.100.8"))[
+            "username"
+        ] == "Alice"
+
+
+async def test_current_password_checks_are_refused_past_the_address_limit(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path
+) -> None:
+    """An address over its limit gets 403 on a change of password too, even with the right
+    current password, and nothing changes."""
+    env = {"HP_SIGNIN_IP_LIMIT": "3"}
+    async with running_identity(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, env=env
+    ) as ident:
+        _, alice = await with_alice(ident)
+        session = (await ident.login("alice", ALICE["password"], ip="198.51.100.9"))["session"]
+        for _ in range(3):
+            with pytest.raises(Unauthorized):
+                await ident.login("ghost", "wrong password!", ip="198.51.100.9")
+        change = {
+            "user_id": alice,
+            "session": session,
+            "current_password": ALICE["password"],
+            "new_password": "another long phrase",
+        }
+        with pytest.raises(Forbidden, match="your address"):
+            await ident.cmd("change_password", change, actor=alice, ip="198.51.100.9")
+        assert (await ident.login("alice", ALICE["password"], ip="198.51.100.8"))[
+            "username"
+        ] == "Alice"  # the password did not change
+
+
 async def test_account_limit_spares_known_addresses(
     monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path
 ) -> None:
