@@ -119,6 +119,58 @@ def _parser() -> argparse.ArgumentParser:
     dsn_arg(verify)
     verify.set_defaults(func=_cmd_audit_verify)
 
+    def target_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--from",
+            dest="source",
+            required=True,
+            metavar="TARGET",
+            help="the backup target: a directory, or s3://bucket/prefix (credentials from "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or --credentials-file)",
+        )
+        p.add_argument("--endpoint-url", help="s3: the endpoint (default: AWS)")
+        p.add_argument("--region", default="us-east-1", help="s3: the region (default us-east-1)")
+        p.add_argument(
+            "--credentials-file",
+            type=Path,
+            help="s3: a file of AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... lines",
+        )
+
+    restore = sub.add_parser(
+        "restore", help="restore the whole platform from a backup into an empty data directory"
+    )
+    target_args(restore)
+    restore.add_argument(
+        "--key", required=True, type=Path, help="the backup key file (AGE-SECRET-KEY-1...)"
+    )
+    data_dir_arg(restore)
+    restore.add_argument(
+        "--snapshot", help="a platform backup's id (default: the newest; homeport backup list)"
+    )
+    restore.set_defaults(func=_cmd_restore)
+
+    backup = sub.add_parser("backup", help="list and check the backups on a target (offline)")
+    backup_sub = backup.add_subparsers(dest="backup_command", required=True, metavar="COMMAND")
+    blist = backup_sub.add_parser("list", help="list the complete backups on a target")
+    target_args(blist)
+    blist.set_defaults(func=_cmd_backup_list)
+    bverify = backup_sub.add_parser(
+        "verify",
+        help="check backups: with --key decrypt every chunk, without it check every chunk is "
+        "there with its size (default: the newest platform backup and its apps' backups)",
+    )
+    target_args(bverify)
+    bverify.add_argument("--key", type=Path, help="the backup key file: check the contents too")
+    which = bverify.add_mutually_exclusive_group()
+    which.add_argument("snapshot", nargs="?", help="one backup's id")
+    which.add_argument("--all", action="store_true", help="every backup on the target")
+    bverify.add_argument(
+        "--read-data",
+        action="store_true",
+        help="without --key: also read every pack and check its hash",
+    )
+    bverify.set_defaults(func=_cmd_backup_verify)
+
     catalog = sub.add_parser("catalog", help="make, sign, check and search an app catalog index")
     catalog_sub = catalog.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
     keygen = catalog_sub.add_parser(
@@ -432,6 +484,190 @@ async def _verify(dsn: str) -> ChainReport:
         return await store.verify_chain()
     finally:
         await store.close()
+
+
+# -- restore and backups ------------------------------------------------------------------
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from deploy.restore import open_target, read_identity, restore_platform
+    from services.backup.repo import BackupError
+    from services.backup.targets.base import TargetError
+
+    data = Path(args.data_dir).absolute()
+
+    async def run() -> int:
+        target = open_target(
+            args.source,
+            endpoint_url=args.endpoint_url,
+            region=args.region,
+            credentials_file=args.credentials_file,
+        )
+        try:
+            s = await restore_platform(
+                data,
+                target,
+                identity,
+                snapshot=args.snapshot,
+                say=lambda line: print(f"  {line}", flush=True),
+            )
+        finally:
+            await target.close()
+        apps = ", ".join(sorted(s.apps)) or "none"
+        print(
+            f"Restored platform backup {s.snapshot} of {s.time} (Homeport {s.platform_version})"
+            f" into {data}:\n  {s.events} events (users, groups, domains, settings), the keyring"
+            f" and certificates; {s.sessions_ended} open sessions ended (everyone signs in"
+            f" again);\n  apps: {apps} (their data is put back when the stack starts).\n"
+            f"Now run `make run` (or `homeport up --data-dir {data}`).",
+            flush=True,
+        )
+        return EXIT_OK
+
+    try:
+        identity = read_identity(args.key)
+        print(f"Restoring from {_shown(args.source)} into {data}", flush=True)
+        return asyncio.run(run())
+    except (StackError, TargetError, BackupError) as e:
+        _err(str(e))
+        return EXIT_FAILED
+
+
+def _shown(source: str) -> str:
+    return redact(source) if "://" in source else source
+
+
+async def _open_repo(args: argparse.Namespace) -> tuple[Any, Any]:
+    from deploy.restore import open_repository, open_target
+
+    target = open_target(
+        args.source,
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        credentials_file=args.credentials_file,
+    )
+    try:
+        return target, await open_repository(target)
+    except BaseException:
+        await target.close()
+        raise
+
+
+def _what(labels: dict[str, str]) -> str:
+    """What a backup holds, from its public labels."""
+    kind = labels.get("kind", "?")
+    if kind == "app":
+        return (
+            f"app {labels.get('app_id', '?')} ({labels.get('manifest_id', '?')} "
+            f"{labels.get('version', '?')}, {labels.get('reason', '?')})"
+        )
+    if kind == "platform":
+        n = len([a for a in labels.get("apps", "").split(",") if a])
+        return f"platform ({n} app backup{'s' if n != 1 else ''})"
+    return kind
+
+
+def _cmd_backup_list(args: argparse.Namespace) -> int:
+    from services.backup.repo import BackupError
+    from services.backup.targets.base import TargetError
+
+    async def run() -> int:
+        target, repo = await _open_repo(args)
+        try:
+            snaps = await repo.snapshots()
+        finally:
+            await target.close()
+        if not snaps:
+            print(f"no complete backups on {_shown(args.source)}")
+            return EXIT_OK
+        head = ("ID", "TIME (UTC)", "WHAT", "FILES", "BYTES", "NEW BYTES")
+        rows = [
+            (
+                s.id,
+                s.time.strftime("%Y-%m-%d %H:%M:%S"),
+                _what(s.labels),
+                str(s.stats.files),
+                str(s.stats.bytes),
+                str(s.stats.new_bytes),
+            )
+            for s in snaps
+        ]
+        widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+        for r in (head, *rows):
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        return EXIT_OK
+
+    try:
+        return asyncio.run(run())
+    except (StackError, TargetError, BackupError) as e:
+        _err(str(e))
+        return EXIT_FAILED
+
+
+def _cmd_backup_verify(args: argparse.Namespace) -> int:
+    from deploy.restore import read_identity
+    from services.backup.repo import BackupError
+    from services.backup.targets.base import TargetError
+
+    async def run(identity: str | None) -> int:
+        target, repo = await _open_repo(args)
+        try:
+            snaps = {s.id: s for s in await repo.snapshots()}
+            chosen = _chosen(args, snaps)
+            damaged: list[str] = []
+            for sid in chosen:
+                s = snaps[sid]
+                what = _what(s.labels)
+                problems: tuple[str, ...]
+                files: tuple[str, ...]
+                try:
+                    report = await repo.verify(sid, identity, read_data=args.read_data)
+                except BackupError as e:
+                    problems, files, checked = (str(e),), (), "?"
+                else:
+                    problems, files = report.problems, report.files
+                    checked = f"{report.checked_chunks} chunks in {report.checked_packs} packs"
+                if not problems:
+                    print(f"ok       {sid}  {what}: {checked}")
+                    continue
+                damaged.append(what)
+                print(f"DAMAGED  {sid}  {what}")
+                for p in problems:
+                    print(f"    {p}")
+                for f in files:
+                    print(f"    file hurt: {f}")
+        finally:
+            await target.close()
+        how = "decrypted and checked" if identity else "present with their sizes"
+        if damaged:
+            print(f"{len(damaged)} of {len(chosen)} backups damaged: {'; '.join(damaged)}")
+            return EXIT_FAILED
+        print(f"all {len(chosen)} backups checked: every chunk {how}")
+        return EXIT_OK
+
+    try:
+        identity = read_identity(args.key) if args.key is not None else None
+        return asyncio.run(run(identity))
+    except (StackError, TargetError) as e:  # RestoreError included
+        _err(str(e))
+        return EXIT_FAILED
+
+
+def _chosen(args: argparse.Namespace, snaps: dict[str, Any]) -> list[str]:
+    from deploy.restore import RestoreError
+
+    if args.all:
+        return list(snaps)
+    if args.snapshot:
+        if args.snapshot not in snaps:
+            raise RestoreError(f"the target holds no backup {args.snapshot[:80]!r}")
+        return [args.snapshot]
+    platforms = [s for s in snaps.values() if s.labels.get("kind") == "platform"]
+    if not platforms:
+        raise RestoreError("the target holds no platform backup: name a backup or use --all")
+    newest = platforms[-1]
+    apps = [a for a in newest.labels.get("apps", "").split(",") if a in snaps]
+    return [newest.id, *apps]
 
 
 # -- catalog ------------------------------------------------------------------------------

@@ -361,6 +361,9 @@ class Planner:
             HP_DRAIN_SECONDS=str(DRAIN_SECONDS),
             HP_KEYRING=str(self.data_dir / KEYRING_FILE),
             HP_DATA_DIR=str(self.data_dir),
+            HP_BACKUP_DIR=str(self.data_dir / "backup"),
+            HP_APPS_DIR=str(self.data_dir / "apps"),
+            HP_CERTS_DIR=str(self.data_dir / "certs"),
         )
         if plan.docker_url:
             env.update(

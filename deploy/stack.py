@@ -53,6 +53,8 @@ from deploy.supervision import (
 
 __all__ = ["Stack", "StackState"]
 
+RESTORE_MARKER = "restore-in-progress.json"  # deploy/restore.py MARKER
+
 log = logging.getLogger("homeport.stack")
 
 
@@ -133,6 +135,11 @@ class Stack:
     async def run(self, on_ready: Callable[[Stack], None] | None = None) -> None:
         """Start everything, call `on_ready` once it is healthy (or 60 s passed), run until stop."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if (self.data_dir / RESTORE_MARKER).exists():
+            raise StackError(
+                f"a `homeport restore` into {self.data_dir} did not finish: run the same "
+                "restore command again (it starts over), then start the stack"
+            )
         lock_fd = lock(self.data_dir)
         loop = asyncio.get_running_loop()
         try:

@@ -54,6 +54,13 @@ _LOCATION = location(
     " ending with '-'"
 )
 _APP = obj({"app_id": _APP_ID}, required=["app_id"])
+_SNAPSHOT_ID = uuid(
+    description="a snapshot's id (for `snapshot`, chosen by the caller: the same id again"
+    " answers the same task instead of taking a second snapshot)"
+)
+_SNAPSHOT = obj(
+    {"app_id": _APP_ID, "snapshot_id": _SNAPSHOT_ID}, required=["app_id", "snapshot_id"]
+)
 _CATALOG_ENTRY = obj({"manifest_id": _MANIFEST_ID, "version": _VERSION}, required=["manifest_id"])
 
 CONTRACT = Contract(
@@ -68,6 +75,10 @@ CONTRACT = Contract(
                 "access": _ACCESS,
                 "memory_bytes": nullable(memory()),
                 "env": _ENV,
+                "from_snapshot": uuid(
+                    description="the id of a snapshot folder the backup service put under"
+                    " <snapshots>/incoming/: the new app starts with its data"
+                ),
             },
             required=["manifest_id", "location"],
         ),
@@ -86,17 +97,27 @@ CONTRACT = Contract(
         "restart": _APP,
         "update": obj({"app_id": _APP_ID, "version": _VERSION}, required=["app_id"]),
         "approve_update": _APP,
-        "restore": obj(
-            {"app_id": _APP_ID, "snapshot_id": uuid(description="a snapshot's id")},
-            required=["app_id", "snapshot_id"],
-        ),
+        "restore": _SNAPSHOT,
         "clone": obj(
             {"app_id": _APP_ID, "location": _LOCATION, "domain": _DOMAIN},
             required=["app_id", "location"],
         ),
         "uninstall": _APP,
         "repair": _APP,
-        "snapshot": _APP,
+        "snapshot": obj(
+            {
+                "app_id": _APP_ID,
+                "reason": string(
+                    enum=["manual", "backup"],
+                    description='"backup": taken for the backup service, not offered for restore'
+                    ' (default "manual")',
+                ),
+                "snapshot_id": _SNAPSHOT_ID,
+            },
+            required=["app_id"],
+        ),
+        "forget_snapshot": _SNAPSHOT,
+        "adopt_snapshot": _SNAPSHOT,
     },
     queries={
         "catalog": obj({"text": string(maxLength=200), "tag": string(maxLength=200)}),

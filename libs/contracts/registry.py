@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from libs.contracts import Contract
 from libs.contracts.apps import CONTRACT as APPS
+from libs.contracts.backup import CONTRACT as BACKUP
 from libs.contracts.certs import CONTRACT as CERTS
 from libs.contracts.dns import CONTRACT as DNS
 from libs.contracts.gateway import CONTRACT as GATEWAY
@@ -13,6 +14,6 @@ from libs.contracts.identity import CONTRACT as IDENTITY
 
 __all__ = ["CONTRACTS"]
 
-_ALL: tuple[Contract, ...] = (GATEWAY, CERTS, DNS, IDENTITY, APPS)
+_ALL: tuple[Contract, ...] = (GATEWAY, CERTS, DNS, IDENTITY, APPS, BACKUP)
 
 CONTRACTS: Mapping[str, Contract] = {c.service: c for c in _ALL}

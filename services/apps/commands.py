@@ -12,12 +12,14 @@ Start, stop and restart record the wanted run state and apply it before answerin
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from libs.contracts.common import MAX_ENV, RESERVED_LOCATIONS, env_name_problem
 from libs.events import context
+from libs.events.envelope import uuid7
 from libs.events.handlers import command
 from libs.events.sealing import Keyring
 from libs.events.tasks import Task
@@ -39,6 +41,7 @@ from services.apps.manifest import Manifest
 from services.apps.names import Names
 from services.apps.operations import Driver
 from services.apps.semver import Version
+from services.apps.snapshots import FolderProblem
 from services.apps.state import AppState, State
 from services.apps.streams import AppStreams
 
@@ -126,6 +129,7 @@ class Commands:
         self.runtime = runtime
         self.driver = driver
         self.restarts = restarts
+        self._snapshot_lock = asyncio.Lock()
 
     # -- helpers ----------
 
@@ -218,6 +222,19 @@ class Commands:
     @command("install")
     async def install(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         version = payload.get("version")
+        seed = None
+        if payload.get("from_snapshot"):
+            seed = str(uuid.UUID(payload["from_snapshot"]))
+            meta = await self._foreign_folder(
+                self.driver.tools.snapshots.incoming(seed), seed, "from_snapshot"
+            )
+            version = version or meta["version"]
+            if (meta["manifest_id"], meta["version"]) != (payload["manifest_id"], version):
+                raise InvalidRequest(
+                    f"from_snapshot {seed} holds {meta['manifest_id']} {meta['version']}, not"
+                    f" {payload['manifest_id']} {version}",
+                    field="from_snapshot",
+                )
         field = "version" if version else "manifest_id"
         manifest = self._manifest(payload["manifest_id"], version, field)
         location = _location(payload["location"])
@@ -240,6 +257,7 @@ class Commands:
             memory_bytes=memory,
             env=sealed,
             task_id=task.id,
+            from_snapshot=seed,
         )
         await self._record(AppState(app_id), [request], task)
         self.driver.kick(app_id)
@@ -418,12 +436,124 @@ class Commands:
 
     @command("snapshot")
     async def snapshot(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """A snapshot now (after any operation running); with a caller's `snapshot_id`, the
+        same id again answers the first call's task instead of taking a second one."""
         s = await self._existing(payload)
-        if s.state is not State.installed:
-            raise AppConflict(f"the app is {s.state.value}: only an installed app has a snapshot")
-        task = await self._start_task("snapshot", f"Snapshot of {s.location}", s.app_id)
-        self.driver.snapshot_in_background(s.app_id, task)
-        return {"app_id": s.app_id, "task_id": task.id}
+        reason = str(payload.get("reason", "manual"))
+        asked = payload.get("snapshot_id")
+        snapshot_id = str(uuid.UUID(asked)) if asked else str(uuid7())
+        async with self._snapshot_lock:
+            s = await self.apps.load(s.app_id)
+            if asked:
+                known = self.driver.snapshot_tasks.get(snapshot_id)
+                if known is None and (snap := s.snapshot(snapshot_id)) is not None:
+                    # one taken by an operation (an update's, a clone's) is not this request's
+                    known = (s.app_id if snap.get("task_id") else "", str(snap.get("task_id")))
+                if known is not None:
+                    if known[0] != s.app_id:
+                        raise AppConflict(
+                            f"snapshot {snapshot_id} is another app's or an operation's: choose"
+                            " a new id",
+                            field="snapshot_id",
+                        )
+                    return {"app_id": s.app_id, "task_id": known[1], "snapshot_id": snapshot_id}
+                await self._snapshot_id_free(snapshot_id)
+            if not s.can_snapshot:
+                raise AppConflict(
+                    f"the app is {s.state.value}: only an installed app has a snapshot"
+                )
+            task = await self._start_task("snapshot", f"Snapshot of {s.location}", s.app_id)
+            self.driver.snapshot_in_background(s.app_id, task, snapshot_id, reason)
+        return {"app_id": s.app_id, "task_id": task.id, "snapshot_id": snapshot_id}
+
+    async def _snapshot_id_free(self, snapshot_id: str) -> None:
+        taken = await self.apps.store.pool.fetchval(
+            "SELECT app_id::text FROM apps.snapshots WHERE snapshot_id = $1", snapshot_id
+        )
+        if taken is not None:
+            raise AppConflict(
+                f"snapshot {snapshot_id} is another app's: choose a new id", field="snapshot_id"
+            )
+
+    @command("forget_snapshot")
+    async def forget_snapshot(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """A snapshot's folder deleted and its record dropped, unless an operation needs it."""
+        s = await self._existing(payload)
+        snapshot_id = str(uuid.UUID(payload["snapshot_id"]))
+        if s.snapshot(snapshot_id) is None:
+            raise AppNotFound(
+                f"snapshot {snapshot_id} is not one of this app's", field="snapshot_id"
+            )
+        await self._not_in_use(s, snapshot_id)
+        await self._record(s, [ev.AppSnapshotForgotten(app_id=s.app_id, snapshot_id=snapshot_id)])
+        await self.driver.tools.snapshots.forget(s.app_id, snapshot_id)
+        return {"app_id": s.app_id, "snapshot_id": snapshot_id}
+
+    async def _not_in_use(self, s: AppState, snapshot_id: str) -> None:
+        """Refused while the app's operation in progress (or failed, to be repaired) uses the
+        snapshot (an update's, to roll back), or a clone of it still has to copy it."""
+        users = [s]
+        rows = await self.apps.store.pool.fetch(
+            "SELECT app_id::text FROM apps.apps WHERE clone_of = $1"
+            " AND state NOT IN ('installed', 'uninstalled')",
+            s.app_id,
+        )
+        users += [await self.apps.load(r["app_id"]) for r in rows]
+        for user in users:
+            for op in (user.operation, user.failed):
+                if op is not None and op.detail.get("snapshot_id") == snapshot_id:
+                    raise AppConflict(
+                        f"snapshot {snapshot_id} is in use by the {op.kind} in progress (task"
+                        f" {op.task_id}); forget it once that has ended",
+                        field="snapshot_id",
+                    )
+
+    @command("adopt_snapshot")
+    async def adopt_snapshot(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """A snapshot folder the backup service put in the app's snapshots recorded (reason
+        "backup"), once checked: then `restore` can bring it back."""
+        s = await self._existing(payload)
+        snapshot_id = str(uuid.UUID(payload["snapshot_id"]))
+        answer = {"app_id": s.app_id, "snapshot_id": snapshot_id}
+        if s.snapshot(snapshot_id) is not None:
+            return answer
+        await self._snapshot_id_free(snapshot_id)
+        folder = self.driver.tools.snapshots.folder(s.app_id, snapshot_id)
+        meta = await self._foreign_folder(folder, snapshot_id, "snapshot_id")
+        if meta["manifest_id"] != s.manifest_id:
+            raise InvalidRequest(
+                f"snapshot {snapshot_id} is of {meta['manifest_id'][:200]}, not of this app"
+                f" ({s.manifest_id})",
+                field="snapshot_id",
+            )
+        taken = ev.AppSnapshotTaken(
+            app_id=s.app_id,
+            snapshot_id=snapshot_id,
+            manifest_id=s.manifest_id,
+            version=meta["version"],
+            reason="backup",
+            size_bytes=int(meta["size_bytes"]),
+        )
+        await self._record(s, [taken])
+        return answer
+
+    async def _foreign_folder(self, folder: Any, snapshot_id: str, field: str) -> dict[str, Any]:
+        """The snapshot.json (with `size_bytes`) of a folder another service wrote, checked:
+        known regular files only, a manifest and version the catalog has."""
+        snapshots = self.driver.tools.snapshots
+        try:
+            meta, size = await asyncio.to_thread(snapshots.check_folder, folder)
+        except (FolderProblem, OSError) as e:
+            raise InvalidRequest(f"{field} {snapshot_id}: {e}", field=field) from None
+        try:
+            self.driver.tools.entry(meta["manifest_id"], meta["version"])
+        except CatalogError:
+            raise InvalidRequest(
+                f"{field} {snapshot_id}: the catalog has no {meta['manifest_id'][:200]}"
+                f" {meta['version'][:50]}",
+                field=field,
+            ) from None
+        return {**meta, "size_bytes": size}
 
     @command("uninstall")
     async def uninstall(self, payload: Mapping[str, Any]) -> dict[str, Any]:

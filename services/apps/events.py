@@ -1,10 +1,11 @@
 """The events of the apps service: stream `app-<instance uuid>` holds one installed app's life.
 
-An operation (install, configure, update, restore, uninstall) starts with its `...Requested`
-event, records each step it finished (`AppStepCompleted`, `AddonProvisioned`,
+An operation (install, configure, update, restore, rebuild, uninstall) starts with its
+`...Requested` event, records each step it finished (`AppStepCompleted`, `AddonProvisioned`,
 `AppSnapshotTaken`), and ends with exactly one outcome (`AppInstalled`, `AppConfigured`,
-`AppUpdated`, `AppRestored`, `AppUninstalled` or `AppOperationFailed`). A restarted service
-reads the stream and resumes the steps not yet recorded (every step is idempotent).
+`AppUpdated`, `AppRestored`, `AppRebuilt`, `AppUninstalled` or `AppOperationFailed`). A
+restarted service reads the stream and resumes the steps not yet recorded (every step is
+idempotent).
 Credentials and environment values are sealed with the app's own key (subject `app-<id>`).
 """
 
@@ -25,11 +26,14 @@ __all__ = [
     "AppInstalled",
     "AppOperationFailed",
     "AppOutOfMemory",
+    "AppRebuildRequested",
+    "AppRebuilt",
     "AppRecovered",
     "AppRepairRequested",
     "AppRestoreRequested",
     "AppRestored",
     "AppRunStateChanged",
+    "AppSnapshotForgotten",
     "AppSnapshotTaken",
     "AppStepCompleted",
     "AppUnhealthy",
@@ -67,6 +71,8 @@ class AppInstallRequested:
     task_id: str
     clone_of: str | None = None  # the app whose snapshot seeds this one
     snapshot_id: str | None = None
+    # a snapshot folder under <snapshots>/incoming/ (a backup) that seeds this one
+    from_snapshot: str | None = None
 
     def summary(self) -> str:
         return f"install of {self.manifest_id} {self.version} at {self.location} requested"
@@ -187,11 +193,49 @@ class AppSnapshotTaken:
     snapshot_id: str
     manifest_id: str
     version: str
-    reason: str  # "update", "manual", "clone"
+    reason: str  # "update", "manual", "clone", "backup"
     size_bytes: int
+    task_id: str | None = None  # the task of a snapshot asked for by itself
 
     def summary(self) -> str:
         return f"app {_short(self.app_id)}: snapshot {_short(self.snapshot_id)} ({self.reason})"
+
+
+@REGISTRY.event("AppSnapshotForgotten")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppSnapshotForgotten:
+    app_id: str
+    snapshot_id: str
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: snapshot {_short(self.snapshot_id)} forgotten"
+
+
+@REGISTRY.event("AppRebuildRequested")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppRebuildRequested:
+    """A platform restored onto a new machine: the app is made again (network, volume,
+    addons, image, container) with the data of a snapshot the restore put in place."""
+
+    app_id: str
+    task_id: str
+    snapshot_id: str
+    version: str  # the snapshot's version: the one rebuilt
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: rebuild from {_short(self.snapshot_id)} requested"
+
+
+@REGISTRY.event("AppRebuilt")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppRebuilt:
+    app_id: str
+    task_id: str
+    snapshot_id: str
+    version: str
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)} rebuilt ({self.version})"
 
 
 @REGISTRY.event("AppUpdated")

@@ -60,6 +60,10 @@ class AppsProjection(Projection):
                     d["size_bytes"],
                     ev.recorded_at,
                 )
+            elif ev.type == "AppSnapshotForgotten":
+                await conn.execute(
+                    "DELETE FROM apps.snapshots WHERE snapshot_id = $1", ev.data["snapshot_id"]
+                )
         states = []
         for stream, ev in last.items():
             history = await read_stream_on(conn, stream, REGISTRY, ev.position)

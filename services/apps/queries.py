@@ -205,7 +205,8 @@ class Queries:
     async def snapshots(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         app_id = _app_id(payload)
         rows = await self.pool.fetch(
-            "SELECT * FROM apps.snapshots WHERE app_id = $1 AND reason <> 'clone'"
+            "SELECT * FROM apps.snapshots WHERE app_id = $1"
+            " AND reason NOT IN ('clone', 'backup')"
             " ORDER BY created_at DESC",
             app_id,
         )

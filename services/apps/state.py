@@ -35,6 +35,7 @@ _PENDING = {
     "configure": State.pending_configure,
     "update": State.pending_update,
     "restore": State.pending_restore,
+    "rebuild": State.pending_restore,  # a restore onto a new machine
     "uninstall": State.pending_uninstall,
 }
 
@@ -71,6 +72,7 @@ class AppState:
     snapshots: tuple[dict[str, Any], ...] = ()
     clone_of: str | None = None
     seed_snapshot: str | None = None
+    from_snapshot: str | None = None  # an install seeded by a backup (<snapshots>/incoming/)
     http_host_port: int | None = None  # where the edge reaches the app (127.0.0.1:<port>)
     # The last operation that ended well (its outcome recorded): its task may still have to
     # say so, if the service stopped in between (services/apps/operations/driver.py).
@@ -79,6 +81,12 @@ class AppState:
     @property
     def exists(self) -> bool:
         return self.version > 0 and self.state is not State.uninstalled
+
+    @property
+    def can_snapshot(self) -> bool:
+        """Installed, or with an update waiting for approval (nothing changed yet)."""
+        waiting = self.operation is not None and self.operation.awaiting_approval
+        return self.state is State.installed or waiting
 
     def snapshot(self, snapshot_id: str) -> dict[str, Any] | None:
         return next((s for s in self.snapshots if s["snapshot_id"] == snapshot_id), None)
@@ -126,7 +134,8 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
             state=State.pending_install,
             operation=Operation("install", d["task_id"], detail=dict(d)),
             clone_of=d.get("clone_of"),
-            seed_snapshot=d.get("snapshot_id"),
+            seed_snapshot=d.get("snapshot_id") or d.get("from_snapshot"),
+            from_snapshot=d.get("from_snapshot"),
         )
     if type_ == "AppStepCompleted" and op is not None:
         detail = {**op.detail, **d.get("detail", {})}
@@ -184,7 +193,11 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
         return replace(s, operation=replace(op, awaiting_approval=False))
     if type_ == "AppSnapshotTaken":
         snap = {k: d[k] for k in ("snapshot_id", "manifest_id", "version", "reason", "size_bytes")}
+        snap["task_id"] = d.get("task_id")
         return replace(s, snapshots=(*s.snapshots, snap))
+    if type_ == "AppSnapshotForgotten":
+        kept = tuple(x for x in s.snapshots if x["snapshot_id"] != d["snapshot_id"])
+        return replace(s, snapshots=kept)
     if type_ == "AppUpdated":
         return _op_done(s, State.installed, d, app_version=d["version"], health=Health.healthy)
     if type_ == "AppRestoreRequested":
@@ -195,6 +208,18 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
         )
     if type_ == "AppRestored":
         return _op_done(s, State.installed, d, app_version=d["version"], health=Health.healthy)
+    if type_ == "AppRebuildRequested":
+        # rebuilt with the snapshot's version: the install steps read it from app_version
+        return replace(
+            s,
+            app_version=d["version"],
+            state=State.pending_restore,
+            operation=Operation("rebuild", d["task_id"], detail=dict(d)),
+            failed=None,
+            error=None,
+        )
+    if type_ == "AppRebuilt":
+        return _op_done(s, State.installed, d, health=Health.healthy)
     if type_ == "AppUninstallRequested":
         return replace(
             s,

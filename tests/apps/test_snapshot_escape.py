@@ -121,7 +121,13 @@ async def test_a_folder_swapped_for_a_host_link_never_brings_host_files_into_a_s
         sid = f"s{n}"
         try:
             await snapshots.take(
-                APP, sid, addons=["localstorage"], manifest_id="t", version="1", reason="manual"
+                APP,
+                sid,
+                addons=["localstorage"],
+                manifest_id="t",
+                version="1",
+                reason="manual",
+                app={},
             )
         except RuntimeFailure:
             continue  # a snapshot may fail on a tree that changes under it; it may not leak

@@ -339,6 +339,40 @@ async def test_local_modes_and_atomic_rename(tmp_path: Path) -> None:
     assert sorted(os.listdir(root / "data" / "ab")) == ["x"]  # no temporary file left
 
 
+async def test_local_put_file_consume_moves_on_one_filesystem_else_copies(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "backups"
+    t = LocalTarget(root)
+    src = tmp_path / "pack"
+    src.write_bytes(b"p" * 5000)
+    src.chmod(0o600)
+    inode = src.stat().st_ino
+    await t.put_file("data/ab/one", str(src), consume=True)
+    assert not src.exists()  # moved, not copied
+    obj = root / "data" / "ab" / "one"
+    assert obj.read_bytes() == b"p" * 5000 and obj.stat().st_ino == inode
+    assert obj.stat().st_mode & 0o777 == 0o600
+    # a link planted where the object goes is replaced, never followed
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"host file")
+    os.symlink(outside, root / "data" / "ab" / "two")
+    src.write_bytes(b"q" * 10)
+    await t.put_file("data/ab/two", str(src), consume=True)
+    assert outside.read_bytes() == b"host file" and await t.get("data/ab/two") == b"q" * 10
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp_path).st_dev:
+        other = shm / f"hp-test-{uuid.uuid4().hex}"
+        other.write_bytes(b"r" * 100)
+        try:
+            await t.put_file("data/ab/three", str(other), consume=True)
+            assert await t.get("data/ab/three") == b"r" * 100
+            assert other.exists()  # another filesystem: copied, left to the caller
+        finally:
+            other.unlink()
+    assert not [n for n in os.listdir(root / "data" / "ab") if n.endswith(".tmp")]
+
+
 async def test_local_check_failures(tmp_path: Path) -> None:
     with pytest.raises(TargetError, match=r"no/such.*writing a probe object failed"):
         await LocalTarget(tmp_path / "no" / "such").check()

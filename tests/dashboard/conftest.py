@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.dashboard.dashkit import PlatformStarter, edged_platform
+from tests.dashboard.dashkit import Edged, PlatformStarter, edged_platform
+from tests.gateway.apikit import backup_env, running_backup
 
 
 @pytest.fixture
 def platform(
     monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path
 ) -> PlatformStarter:
-    """Starts this test's platform: `async with platform(docker_host=...) as ed:`."""
-    return functools.partial(
-        edged_platform, monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
-    )
+    """Starts this test's platform (with the backup service, which the app page asks for its
+    backups): `async with platform(docker_host=...) as ed:`."""
+
+    @asynccontextmanager
+    async def start(**kw: Any) -> AsyncIterator[Edged]:
+        env = backup_env(dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path)
+        async with (
+            edged_platform(
+                monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path, **kw
+            ) as ed,
+            running_backup(monkeypatch, env),
+        ):
+            yield ed
+
+    return start

@@ -348,6 +348,41 @@ async def running_gateway(
         yield Gateway(svc, Client(f"http://127.0.0.1:{svc.port}", http))
 
 
+def backup_env(
+    *, dsn: str, nats_url: str, uniq: str, tmp_path: Path, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The backup service's settings beside a gateway of `running_gateway` (the same keyring,
+    data dir, events stream, and the apps service's folder of `tests/apps/appskit.apps_env`)."""
+    return {
+        "HP_DATABASE_URL": dsn,
+        "HP_NATS_URL": nats_url,
+        "HP_EVENTS_STREAM": f"EV_{uniq}",
+        "HP_EVENTS_PREFIX": f"t{uniq}.evt",
+        "HP_KEYRING": str(tmp_path / "keyring.json"),
+        "HP_DATA_DIR": str(tmp_path),
+        "HP_DRAIN_SECONDS": "1",
+        "HP_HTTP_PORT": "0",
+        "HP_BACKUP_DIR": str(tmp_path / "backup"),
+        "HP_APPS_DIR": str(tmp_path / "apps"),
+        "HP_CERTS_DIR": str(tmp_path / "certs"),
+        "HP_SCHEDULE_LOOP": "false",
+        "HP_TARGET_RETRIES": "0",
+        "HP_ALLOW_LOOPBACK_TARGETS": "true",  # moto listens on loopback
+        **(extra or {}),
+    }
+
+
+@asynccontextmanager
+async def running_backup(
+    monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]
+) -> AsyncIterator[Service]:
+    """The real backup service (services.backup.__main__.build) in this process, ready."""
+    from services.backup.__main__ import build
+
+    async with serving(monkeypatch, build, env, "backup", ready_within=30) as svc:
+        yield svc
+
+
 # -- routes that exist only in tests ---------------------------------------------------------
 
 extra_routes = Routes("test")

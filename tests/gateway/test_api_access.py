@@ -67,10 +67,13 @@ async def test_walk_every_route_of_the_running_gateway(
     # /domains/{domain});
     # certificates.py: admin 4 (GET and HEAD /certificates, POST /certificates and
     # /certificates/{primary}/renew); metrics.py: admin 2 (GET and HEAD /metrics/history)
+    # backups.py: admin 15 (GET and HEAD of /backups/settings, /backups and
+    # /apps/{app_id}/backups; PUT /backups/target, /schedule and /retention; POST
+    # /backups/key, /backups, /backups/prune and a backup's /restore, /clone and /verify)
     assert counts == {
         "anonymous": 6 + 3 + 1,
         "user": 7 + 9 + 5 + 8,
-        "admin": 9 + 14 + 3 + 20 + 7 + 4 + 2,
+        "admin": 9 + 14 + 3 + 20 + 7 + 4 + 2 + 15,
     }
 
 

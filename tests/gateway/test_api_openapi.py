@@ -52,6 +52,10 @@ async def test_served_document_covers_the_production_table(
         "/apps/{app_id}/logs", "/apps/{app_id}/logs/stream",
         "/domains", "/domains/{domain}", "/domains/{domain}/verify",
         "/certificates", "/certificates/{primary}/renew", "/metrics/history",
+        "/backups", "/backups/settings", "/backups/target", "/backups/schedule",
+        "/backups/retention", "/backups/key", "/apps/{app_id}/backups", "/backups/prune",
+        "/backups/{snapshot_id}/restore", "/backups/{snapshot_id}/clone",
+        "/backups/{snapshot_id}/verify",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]
     activity = doc["paths"]["/activity"]["get"]

@@ -3,15 +3,21 @@
 An install (its request names the source in `clone_of`) that first takes a snapshot of the
 source (step `seed`, its id recorded) and, once the addons exist, puts that snapshot's data into
 the new app's volume and database (step `data`, reading the recorded snapshot id back).
+An install `from_snapshot` (a clone from a backup) is the same, its seed a folder the backup
+service put under `<snapshots>/incoming/`: `seed` moves it into the new app's snapshots.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from libs.events.envelope import uuid7
+from services.apps import events as ev
 from services.apps.errors import OperationFailed
 from services.apps.operations import install
 from services.apps.operations.base import Detail, Operation, Run, Step
 from services.apps.operations.common import take_snapshot
+from services.apps.snapshots import FolderProblem
 
 __all__ = ["CLONE"]
 
@@ -19,6 +25,8 @@ __all__ = ["CLONE"]
 async def seed(run: Run) -> Detail:
     """A snapshot of the source app (reason "clone": not offered for restore)."""
     t, s = run.tools, run.s
+    if s.from_snapshot is not None:
+        return await _from_backup(run, s.from_snapshot)
     assert s.clone_of is not None
     source = await t.apps.load(s.clone_of)
     if not source.exists:
@@ -29,10 +37,35 @@ async def seed(run: Run) -> Detail:
     return {"snapshot_id": snapshot_id}
 
 
+async def _from_backup(run: Run, snapshot_id: str) -> Detail:
+    """The backup's folder moved into the new app's snapshots, checked again, recorded."""
+    t, s = run.tools, run.s
+    if s.snapshot(snapshot_id) is None:
+        try:
+            await asyncio.to_thread(t.snapshots.move_incoming, snapshot_id, s.app_id)
+            meta, size = await asyncio.to_thread(
+                t.snapshots.check_folder, t.snapshots.folder(s.app_id, snapshot_id)
+            )
+        except (FolderProblem, OSError) as e:
+            raise OperationFailed(f"the backup to start from: {e}", "no_snapshot") from None
+        if (meta["manifest_id"], meta["version"]) != (s.manifest_id, s.app_version):
+            raise OperationFailed("the backup to start from is of another app", "no_snapshot")
+        taken = ev.AppSnapshotTaken(
+            app_id=s.app_id,
+            snapshot_id=snapshot_id,
+            manifest_id=s.manifest_id,
+            version=s.app_version,
+            reason="clone",
+            size_bytes=size,
+        )
+        await t.apps.append(s.app_id, [taken], None)
+    return {"snapshot_id": snapshot_id}
+
+
 async def data(run: Run) -> Detail:
     """The source's snapshot (recorded by `seed`) put into the new app's volume and database."""
     s = run.s
-    assert s.operation is not None and s.clone_of is not None
+    assert s.operation is not None
     snapshot_id = str(s.operation.detail["snapshot_id"])
     await run.tools.snapshots.put_back(s.app_id, snapshot_id, source=s.clone_of)
     return {}

@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import aiohttp
 
@@ -26,6 +27,7 @@ from services.apps.operations.base import Detail, Tools
 from services.apps.state import AppState, app_origin
 
 __all__ = [
+    "app_settings",
     "build",
     "create_container",
     "ensure_certificate",
@@ -51,7 +53,7 @@ SERVED_POLL = 0.3
 
 
 async def take_snapshot(
-    t: Tools, s: AppState, snapshot_id: str, reason: str
+    t: Tools, s: AppState, snapshot_id: str, reason: str, task_id: str | None = None
 ) -> ev.AppSnapshotTaken:
     """A snapshot of app `s`'s data and databases, and the event that records it (to append)."""
     manifest = t.entry(s.manifest_id, s.app_version).manifest
@@ -62,6 +64,7 @@ async def take_snapshot(
         manifest_id=s.manifest_id,
         version=s.app_version,
         reason=reason,
+        app=app_settings(t, s),
     )
     return ev.AppSnapshotTaken(
         app_id=s.app_id,
@@ -70,7 +73,22 @@ async def take_snapshot(
         version=s.app_version,
         reason=reason,
         size_bytes=size,
+        task_id=task_id,
     )
+
+
+def app_settings(t: Tools, s: AppState) -> dict[str, Any]:
+    """What brings the app back as it was (a snapshot's app.json): env values in clear."""
+    return {
+        "app_id": s.app_id,
+        "manifest_id": s.manifest_id,
+        "version": s.app_version,
+        "location": s.location,
+        "domain": s.domain,
+        "access": s.access,
+        "memory_bytes": s.memory_bytes,
+        "env": {name: t.unseal(value) for name, value in s.env.items()},
+    }
 
 
 # -- image and container ----------------------------------------------------------------------

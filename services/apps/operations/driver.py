@@ -20,7 +20,6 @@ from typing import Any
 
 from libs.events import context
 from libs.events.context import Context
-from libs.events.envelope import uuid7
 from libs.events.tasks import Task
 from services.apps import events as ev
 from services.apps.container import RuntimeFailure
@@ -28,6 +27,7 @@ from services.apps.errors import AppsError, ChangedMeanwhile, OperationFailed
 from services.apps.operations.base import Run, Tools
 from services.apps.operations.common import roll_back as roll_back_app
 from services.apps.operations.common import take_snapshot
+from services.apps.operations.rebuild import request_pending
 from services.apps.operations.repair import operation_of
 from services.apps.state import AppState, State
 
@@ -62,6 +62,8 @@ class Driver:
         self._locks: dict[str, asyncio.Lock] = {}
         self._again: set[str] = set()
         self._running: set[asyncio.Task[Any]] = set()
+        # snapshot id -> (app id, task id) of the snapshots being taken on request
+        self.snapshot_tasks: dict[str, tuple[str, str]] = {}
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -73,14 +75,19 @@ class Driver:
             return
         self._track(self._drive_locked(app_id, lock), f"apps.drive.{app_id[:8]}")
 
-    def snapshot_in_background(self, app_id: str, task: Task) -> None:
-        """Take a snapshot now (reason "manual"), after any operation running on the app."""
+    def snapshot_in_background(
+        self, app_id: str, task: Task, snapshot_id: str, reason: str
+    ) -> None:
+        """Take a snapshot now, after any operation running on the app."""
         lock = self._locks.setdefault(app_id, asyncio.Lock())
-        self._track(self._snapshot_locked(app_id, task, lock), f"apps.snapshot.{app_id[:8]}")
+        self.snapshot_tasks[snapshot_id] = (app_id, task.id)
+        coro = self._snapshot_locked(app_id, task, lock, snapshot_id, reason)
+        self._track(coro, f"apps.snapshot.{app_id[:8]}")
 
     async def resume_all(self) -> int:
         """At start: continue every operation a previous run left half-done (their number),
         and tell the tasks of operations that ended while their task was not told yet."""
+        await request_pending(self.tools)  # a platform restored onto a new machine
         rows = await self._apps.store.pool.fetch(
             "SELECT app_id::text, state FROM apps.apps"
             " WHERE state LIKE 'pending_%' OR state = 'installed'"
@@ -267,19 +274,25 @@ class Driver:
 
     # -- a snapshot taken by hand ----------------------------------------------------------
 
-    async def _snapshot_locked(self, app_id: str, task: Task, lock: asyncio.Lock) -> None:
-        async with lock:
-            t = self.tools
-            s = await self._apps.load(app_id)
-            if s.state is not State.installed:
-                await task.fail(f"the app is {s.state.value}; no snapshot taken", "not_installed")
-                return
-            await task.progress(10, "copying the app's data and dumping its database")
-            snapshot_id = str(uuid7())
-            try:
-                taken = await take_snapshot(t, s, snapshot_id, "manual")
-            except STEP_ERRORS as e:
-                await task.fail(f"the snapshot failed: {e}"[:500], "snapshot_failed")
-                return
-            await self._apps.append(app_id, [taken], None)
-            await task.succeed("snapshot taken", {"snapshot_id": snapshot_id})
+    async def _snapshot_locked(
+        self, app_id: str, task: Task, lock: asyncio.Lock, snapshot_id: str, reason: str
+    ) -> None:
+        try:
+            async with lock:
+                await self._snapshot(app_id, task, snapshot_id, reason)
+        finally:
+            self.snapshot_tasks.pop(snapshot_id, None)
+
+    async def _snapshot(self, app_id: str, task: Task, snapshot_id: str, reason: str) -> None:
+        s = await self._apps.load(app_id)
+        if not s.can_snapshot:
+            await task.fail(f"the app is {s.state.value}; no snapshot taken", "not_installed")
+            return
+        await task.progress(10, "copying the app's data and dumping its database")
+        try:
+            taken = await take_snapshot(self.tools, s, snapshot_id, reason, task.id)
+        except STEP_ERRORS as e:
+            await task.fail(f"the snapshot failed: {e}"[:500], "snapshot_failed")
+            return
+        await self._apps.append(app_id, [taken], None)
+        await task.succeed("snapshot taken", {"snapshot_id": snapshot_id})

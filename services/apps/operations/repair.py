@@ -13,6 +13,7 @@ from services.apps.operations.base import Operation
 from services.apps.operations.clone import CLONE
 from services.apps.operations.configure import CONFIGURE
 from services.apps.operations.install import INSTALL
+from services.apps.operations.rebuild import REBUILD
 from services.apps.operations.restore import RESTORE
 from services.apps.operations.uninstall import UNINSTALL
 from services.apps.operations.update import UPDATE
@@ -21,16 +22,16 @@ from services.apps.state import AppState
 __all__ = ["OPERATIONS", "operation_of"]
 
 OPERATIONS: dict[str, Operation] = {
-    op.kind: op for op in (INSTALL, CONFIGURE, UPDATE, RESTORE, UNINSTALL)
+    op.kind: op for op in (INSTALL, CONFIGURE, UPDATE, RESTORE, REBUILD, UNINSTALL)
 }
 
 
 def operation_of(s: AppState, kind: str | None = None) -> Operation:
     """The table of the app's operation in progress (or of `kind`); a clone is an install
-    whose request names its source."""
+    whose request names its source (an app, or a backup's folder: `from_snapshot`)."""
     if kind is None:
         assert s.operation is not None
         kind = s.operation.kind
-    if kind == "install" and s.clone_of is not None:
+    if kind == "install" and (s.clone_of is not None or s.from_snapshot is not None):
         return CLONE
     return OPERATIONS[kind]

@@ -13,9 +13,11 @@ from services.backup.repo.errors import (
     SnapshotNotFound,
     WrongIdentity,
 )
+from services.backup.repo.locks import LockLost, RepositoryLocked
 from services.backup.repo.repository import (
     BackupStats,
     Progress,
+    PruneStats,
     RepoParams,
     Repository,
     RestoreResult,
@@ -32,10 +34,13 @@ __all__ = [
     "Entry",
     "IntegrityError",
     "KeyInvalid",
+    "LockLost",
     "Progress",
+    "PruneStats",
     "RepoParams",
     "Repository",
     "RepositoryError",
+    "RepositoryLocked",
     "RestoreRefused",
     "RestoreResult",
     "SnapshotInfo",

@@ -8,6 +8,7 @@ cuts of chunking the whole file at once, while holding only `window` bytes.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -43,32 +44,49 @@ class ChunkParams:
         return 4 * self.max_size
 
 
-def iter_chunks(fd: int, params: ChunkParams) -> Iterator[bytes]:
-    """The chunks of what `fd` reads from its current position to its end."""
+def iter_chunks(fd: int, params: ChunkParams, buf: bytearray | None = None) -> Iterator[bytes]:
+    """The chunks of what `fd` reads from its current position to its end. One buffer of
+    at most `window` bytes (`buf` if given, else one of the file's size for a smaller
+    regular file) is read into again and again; each chunk is a copy."""
     window = params.window
-    buf = b""
+    if buf is None or len(buf) < window:
+        left = _size_left(fd)
+        buf = bytearray(window if left < 0 else min(window, left + 1))
+    have = 0
     eof = False
     while True:
-        if not eof and len(buf) < window:
-            parts = [buf]
-            have = len(buf)
-            while have < window:
-                got = os.read(fd, window - have)
-                if not got:
-                    eof = True
-                    break
-                parts.append(got)
-                have += len(got)
-            buf = b"".join(parts)
-        if not buf:
+        while not eof and have < window:
+            if have == len(buf):  # a file that grew while read, or no size known
+                bigger = bytearray(window)
+                bigger[:have] = buf
+                buf = bigger
+            with memoryview(buf) as view:
+                got = os.readv(fd, [view[have:]])
+            if not got:
+                eof = True
+            have += got
+        if not have:
             return
         cut = 0
-        for c in fastcdc(buf, params.min_size, params.avg_size, params.max_size):
-            if not eof and c.offset + params.max_size > len(buf):
-                break
-            end = c.offset + c.length
-            yield buf[c.offset : end]
-            cut = end
-        buf = buf[cut:]
-        if eof and not buf:
+        with memoryview(buf) as view:
+            for c in fastcdc(view[:have], params.min_size, params.avg_size, params.max_size):
+                if not eof and c.offset + params.max_size > have:
+                    break
+                end = c.offset + c.length
+                yield bytes(view[c.offset : end])
+                cut = end
+        buf[: have - cut] = buf[cut:have]
+        have -= cut
+        if eof and not have:
             return
+
+
+def _size_left(fd: int) -> int:
+    """Bytes between the position and the end of a regular file; -1 for anything else."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return -1
+        return max(st.st_size - os.lseek(fd, 0, os.SEEK_CUR), 0)
+    except OSError:
+        return -1

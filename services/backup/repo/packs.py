@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,9 +14,32 @@ import zstandard
 
 from services.backup.repo.errors import RepositoryError
 
-__all__ = ["FinishedPack", "Location", "PackWriter", "decode_index", "encode_index", "pack_name"]
+__all__ = [
+    "SESSION",
+    "FinishedPack",
+    "Location",
+    "PackWriter",
+    "decode_index",
+    "decompress_bounded",
+    "encode_index",
+    "pack_name",
+]
 
 INDEX_VERSION = 1
+_INDEX_LIMIT = 64 * 1024 * 1024
+SESSION = re.compile(r"^[0-9]{14}-[0-9a-f]{16}$")  # a backup session's (and snapshot's) id
+
+
+def decompress_bounded(data: bytes, limit: int) -> bytes:
+    """The zstd frame's content, or ValueError if it is longer than `limit` bytes (read as a
+    stream: a frame header declaring a huge size allocates nothing)."""
+    out = bytearray()
+    with zstandard.ZstdDecompressor().stream_reader(data) as r:
+        while piece := r.read(min(limit + 1 - len(out), 1 << 20) or 1):
+            out += piece
+            if len(out) > limit:
+                raise ValueError(f"it holds more than {limit} bytes")
+    return bytes(out)
 
 
 def pack_name(digest_hex: str) -> str:
@@ -113,11 +137,15 @@ def encode_index(pack: FinishedPack) -> bytes:
 def decode_index(name: str, data: bytes) -> tuple[str, int, list[tuple[bytes, Location]]]:
     """(pack name, pack size, blobs) of an index object, or RepositoryError naming it."""
     try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=256 * 1024 * 1024)
+        raw = decompress_bounded(data, _INDEX_LIMIT)
         doc = json.loads(raw)
         if doc["version"] != INDEX_VERSION:
             raise RepositoryError(f"index {name} has unknown version {doc['version']!r}")
         pack, size, session = str(doc["pack"]), int(doc["pack_size"]), str(doc["session"])
+        if not SESSION.fullmatch(session):
+            raise ValueError(f"session {session[:40]!r} is not a backup session name")
+        if pack.rsplit("/", 1)[-1] != name.rsplit("/", 1)[-1] or pack != pack_name(pack[-64:]):
+            raise ValueError(f"it describes pack {pack[:80]!r}, not the pack it is named after")
         blobs = [
             (bytes.fromhex(b[0]), Location(pack, int(b[1]), int(b[2]), int(b[3]), session))
             for b in doc["blobs"]

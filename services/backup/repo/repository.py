@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import ctypes
 import datetime as dt
 import errno
 import hashlib
+import hmac
 import json
 import os
 import secrets
 import stat
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +42,14 @@ from services.backup.repo.errors import (
     SnapshotNotFound,
 )
 from services.backup.repo.filescache import FilesCache
+from services.backup.repo.locks import HeldLock, hold
 from services.backup.repo.packs import (
+    SESSION,
     FinishedPack,
     Location,
     PackWriter,
     decode_index,
+    decompress_bounded,
     encode_index,
 )
 from services.backup.repo.tree import (
@@ -58,6 +65,7 @@ from services.backup.targets.base import Target, TargetError, TargetMissing
 __all__ = [
     "BackupStats",
     "Progress",
+    "PruneStats",
     "RepoParams",
     "Repository",
     "RestoreResult",
@@ -73,11 +81,15 @@ _FLAG_RAW = b"\x00"
 _FLAG_ZSTD = b"\x01"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_STEP_BYTES = 32 * 1024 * 1024  # work done per worker-thread call on a large file
+_SEAL_THREADS = 2  # threads compressing and sealing new chunks (zstd, the cipher drop the GIL)
+_IN_FLIGHT = 6  # new chunks read but not yet in a pack, at most (each <= max chunk size)
+_BATCH_FILE_BYTES = 1024 * 1024  # files below this size are backed up several per thread call
+_BATCH_FILES_AT_ONCE = 64
 _RUN_BYTES = 8 * 1024 * 1024  # most bytes of a pack read at once by restore
 _BATCH_BYTES = 8 * 1024 * 1024  # files restored by one job: up to this many bytes ...
 _BATCH_FILES = 256  # ... or this many files
 _RESTORE_JOBS = 6  # jobs restoring files at the same time
+_MAX_REFS = 1 << 26  # chunks one snapshot may list (64 Ti of 1 MiB chunks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +150,34 @@ class VerifyReport:
     checked_packs: int
     problems: tuple[str, ...]  # one line per damaged/missing pack or chunk
     files: tuple[str, ...]  # files hurt (only known with the identity: the tree is sealed)
+    labels: dict[str, str] = field(default_factory=dict)  # the snapshot's (which app)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class PruneStats:
+    packs_deleted: int
+    bytes_freed: int  # bytes of the packs and index objects deleted
+    packs_kept: int
+    packs_rewritten: int = 0  # packs are never repacked (version 1)
+
+
+def _malloc_trim() -> Callable[[], object]:
+    """glibc's malloc_trim(0), else a no-op: gives the freed parts of every thread's malloc
+    arena back to the system. Called after each pack, it keeps the backup's peak RSS near
+    what it actually holds (buffers of 1-16 MiB freed by other threads otherwise pile up)."""
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    fn.argtypes = [ctypes.c_size_t]
+    return lambda: fn(0)
+
+
+_trim = _malloc_trim()
 
 
 def _now() -> dt.datetime:
@@ -172,7 +208,10 @@ class Repository:
         self._tmp_dir = tmp_dir
         self._index: dict[bytes, Location] = {}
         self._pack_sizes: dict[str, int] = {}
+        self._indexes: dict[str, tuple[str, int, list[tuple[bytes, Location]]]] = {}
         self._lock = asyncio.Lock()
+        self.lock_stale = 300.0  # seconds after its last refresh a lock object is stale
+        self.lock_wait = 900.0  # seconds a backup or prune waits for a conflicting one
 
     # -- making and opening
 
@@ -251,16 +290,46 @@ class Repository:
         return repo
 
     async def reload_index(self) -> None:
-        """Read every index object: which chunks exist and where."""
+        """Read the index objects: which chunks exist and where (only those not read before
+        are fetched; those gone, deleted by a prune, are dropped)."""
+        known = self._indexes
+        current: dict[str, tuple[str, int, list[tuple[bytes, Location]]]] = {}
+        async for info in self.target.list("index/"):
+            if info.name in known:
+                current[info.name] = known[info.name]
+                continue
+            try:
+                data = await self.target.get(info.name)
+            except TargetMissing:
+                continue  # deleted by a prune since listed
+            current[info.name] = await asyncio.to_thread(decode_index, info.name, data)
         index: dict[bytes, Location] = {}
         sizes: dict[str, int] = {}
-        async for info in self.target.list("index/"):
-            data = await self.target.get(info.name)
-            pack, size, blobs = await asyncio.to_thread(decode_index, info.name, data)
+        for _name, (pack, size, blobs) in sorted(current.items()):
             sizes[pack] = size
             for cid, loc in blobs:
                 index.setdefault(cid, loc)
-        self._index, self._pack_sizes = index, sizes
+        self._indexes, self._index, self._pack_sizes = current, index, sizes
+
+    async def set_recipients(self, recipients: list[str]) -> None:
+        """Encrypt new backups to `recipients` (age1…) from now on: `config` is rewritten in
+        one atomic put. Old backups keep the keys they were wrapped to."""
+        if not recipients:
+            raise RepositoryError("a repository needs at least one recipient (age public key)")
+        for r in recipients:
+            parse_recipient(r)
+        try:
+            config = json.loads(await self.target.get(CONFIG))
+        except (TargetMissing, ValueError) as e:
+            raise RepositoryError(f"{self.target!r}: the repository config is unreadable") from e
+        if config.get("id") != self.id:
+            raise RepositoryError(f"{self.target!r} now holds another repository")
+        config["recipients"] = [r.strip() for r in recipients]
+        await self.target.put(CONFIG, json.dumps(config, indent=1, sort_keys=True).encode() + b"\n")
+        self.recipients = list(config["recipients"])
+
+    def _hold(self, kind: str) -> contextlib.AbstractAsyncContextManager[HeldLock]:
+        return hold(self.target, kind, stale=self.lock_stale, wait=self.lock_wait)
 
     @property
     def chunk_count(self) -> int:
@@ -312,13 +381,87 @@ class Repository:
         open descriptors (database dumps) or entries, then `commit()`. Leaving without
         committing lists nothing; what was uploaded is reused by the next backup."""
         labels = _checked_labels(labels)
-        async with self._lock:
-            w = SnapshotWriter(self, labels, progress)
+        async with self._lock, self._hold("backup") as held:
+            await self.reload_index()  # a prune may have deleted chunks since the last look
+            w = SnapshotWriter(self, labels, progress, held)
             try:
                 await w.start()
                 yield w
             finally:
                 await asyncio.to_thread(w.cleanup)
+
+    # -- forgetting and pruning (an exclusive lock on the target: no backup meanwhile)
+
+    async def forget(self, snapshot_ids: list[str] | tuple[str, ...]) -> None:
+        """Remove these completed backups (`snapshots/<id>`, `refs/<id>`, and `keys/<id>` if
+        no pack sealed with it remains). Their chunks stay until `prune()`. A string that is
+        no snapshot id is refused (SnapshotNotFound) before anything is removed; an id already
+        gone is skipped (a forget retried after a failure completes)."""
+        ids = list(dict.fromkeys(snapshot_ids))
+        for sid in ids:
+            if not isinstance(sid, str) or not SESSION.fullmatch(sid):
+                raise SnapshotNotFound(f"no completed backup {str(sid)[:80]!r}")
+        async with self._hold("prune") as held:
+            await self.reload_index()
+            sealed = {loc.session for _p, _s, blobs in self._indexes.values() for _c, loc in blobs}
+            for sid in ids:
+                held.check()
+                await self.target.delete(f"snapshots/{sid}")  # first: no longer listed
+                await self.target.delete(f"refs/{sid}")
+                if sid not in sealed:
+                    await self.target.delete(f"keys/{sid}")
+
+    async def prune(self) -> PruneStats:
+        """Delete the packs (and their index objects) no completed backup uses, the `refs/`
+        of unfinished backups and the `keys/` no snapshot or pack needs. Runs under an
+        exclusive lock on the target: a backup waits meanwhile, and reloads the index after."""
+        async with self._hold("prune") as held:
+            await self.reload_index()
+            used: set[bytes] = set()
+            snapshots: set[str] = set()
+            async for info in self.target.list("snapshots/"):
+                sid = info.name.removeprefix("snapshots/")
+                try:
+                    doc = await self._snapshot_doc(sid)
+                    refs = await self._refs(doc)
+                except (SnapshotNotFound, TargetMissing):
+                    continue  # forgotten meanwhile (by a process not honouring locks)
+                except BackupError as e:
+                    raise RepositoryError(f"prune stopped, nothing deleted: {e}") from e
+                snapshots.add(str(doc["session"]))
+                used.update(refs)
+            keep_packs = {loc.pack for cid in used if (loc := self._index.get(cid)) is not None}
+            doomed = [
+                (name, pack, size)
+                for name, (pack, size, _b) in sorted(self._indexes.items())
+                if pack not in keep_packs
+            ]
+            indexed = {pack for pack, _s, _b in self._indexes.values()}
+            orphans = [i async for i in self.target.list("data/") if i.name not in indexed]
+            freed = 0
+            for name, pack, size in doomed:
+                held.check()
+                await self.target.delete(name)  # the index first: a pack without is garbage
+                await self.target.delete(pack)
+                freed += size
+                del self._indexes[name]
+            for info in orphans:
+                held.check()
+                await self.target.delete(info.name)
+                freed += info.size
+            sessions = snapshots | {
+                loc.session for _p, _s, blobs in self._indexes.values() for _c, loc in blobs
+            }
+            async for info in self.target.list("refs/"):
+                if info.name.removeprefix("refs/") not in snapshots:
+                    held.check()
+                    await self.target.delete(info.name)
+            async for info in self.target.list("keys/"):
+                if info.name.removeprefix("keys/") not in sessions:
+                    held.check()
+                    await self.target.delete(info.name)
+            await self.reload_index()
+            return PruneStats(len(doomed) + len(orphans), freed, len(self._indexes))
 
     # -- listing
 
@@ -326,7 +469,10 @@ class Repository:
         """Completed backups, oldest first (a backup is complete once its snapshot exists)."""
         out = []
         async for info in self.target.list("snapshots/"):
-            doc = await self._snapshot_doc(info.name.removeprefix("snapshots/"))
+            try:
+                doc = await self._snapshot_doc(info.name.removeprefix("snapshots/"))
+            except SnapshotNotFound:
+                continue  # forgotten since listed
             out.append(_info(doc))
         out.sort(key=lambda s: (s.time, s.id))
         return out
@@ -350,9 +496,10 @@ class Repository:
         parse_identity(identity)
         doc = await self._snapshot_doc(snapshot_id)
         reader = _Reader(self, identity)
-        keys = await reader.keys(doc["session"])
+        keys = await reader.keys(doc.get("session"))  # the name's grammar is checked first
         body = {k: v for k, v in doc.items() if k != "mac"}
-        if keys.mac(_dumps(body)) != doc.get("mac"):
+        mac = doc.get("mac")
+        if not isinstance(mac, str) or not hmac.compare_digest(keys.mac(_dumps(body)), mac):
             raise IntegrityError(f"snapshot {snapshot_id} was altered (its MAC does not match)")
         reader.doc = doc
         return reader
@@ -415,10 +562,26 @@ class Repository:
         it: every pack is read and hashed, every blob decrypted and checked against its id;
         the files a damaged pack hurts are named."""
         doc = await self._snapshot_doc(snapshot_id)
-        refs = await self._refs(doc)
+        try:
+            labels = _checked_labels(doc.get("labels"))
+        except (BackupError, TypeError, ValueError):
+            labels = {}
+        reader = await self._reader(snapshot_id, identity) if identity is not None else None
+        try:
+            refs = await self._refs(doc)
+        except IntegrityError as e:
+            return VerifyReport(snapshot_id, 0, 0, (str(e),), (), labels)
         problems: list[str] = []
         bad: set[bytes] = set()
         by_pack: dict[str, list[tuple[bytes, Location]]] = {}
+        listed = set(refs)
+        try:
+            own = [bytes.fromhex(c) for c in [*doc["tree"], *doc["meta"]]]
+        except (KeyError, TypeError, ValueError):
+            own = []
+            problems.append(f"snapshot {snapshot_id}: its tree or meta list is malformed")
+        if not listed.issuperset(own):
+            problems.append(f"refs/{snapshot_id} lacks chunks of the snapshot's tree or meta")
         for cid in refs:
             loc = self._index.get(cid)
             if loc is None or loc.pack is None:
@@ -427,21 +590,28 @@ class Repository:
                     bad.add(cid)
                 continue
             by_pack.setdefault(loc.pack, []).append((cid, loc))
-        reader = await self._reader(snapshot_id, identity) if identity is not None else None
         for pack, blobs in sorted(by_pack.items()):
             trouble = await self._check_pack(pack, blobs, reader, read_data)
             if trouble is not None:
                 problems.append(f"{pack}: {trouble[0]}")
                 bad.update(trouble[1])
         files: list[str] = []
-        if reader is not None and bad:
+        if reader is not None:
             if bad & set(reader.chunk_list("tree")):
                 files.append("(the list of files itself)")
             else:
-                async for e in reader.entries():
-                    if e.kind == "file" and not bad.isdisjoint(e.chunks):
-                        files.append(e.path)
-        return VerifyReport(snapshot_id, len(refs), len(by_pack), tuple(problems), tuple(files))
+                unlisted = 0
+                async for ent in reader.entries():
+                    if ent.kind == "file" and not bad.isdisjoint(ent.chunks):
+                        files.append(ent.path)
+                    elif ent.kind == "file" and not listed.issuperset(ent.chunks):
+                        files.append(ent.path)
+                        unlisted += 1
+                if unlisted:
+                    problems.append(f"refs/{snapshot_id} lacks chunks of {unlisted} file(s)")
+        return VerifyReport(
+            snapshot_id, len(refs), len(by_pack), tuple(problems), tuple(files), labels
+        )
 
     async def _check_pack(
         self,
@@ -457,6 +627,9 @@ class Repository:
             return "missing", ids
         if info.size != expected:
             return f"size {info.size}, expected {expected}", ids
+        beyond = {cid for cid, loc in blobs if loc.offset + loc.length > info.size}
+        if beyond:
+            return f"{len(beyond)} chunk(s) indexed beyond its end", beyond
         if reader is None and not read_data:
             return None
         data = await self.target.get(pack)
@@ -474,16 +647,24 @@ class Repository:
         return None
 
     async def _refs(self, doc: dict[str, Any]) -> list[bytes]:
-        name = doc["refs"]
+        """The snapshot's chunk ids from `refs/` (IntegrityError unless exactly `refs_count`
+        ids, decompressed no further than that)."""
+        name, count = doc.get("refs"), doc.get("refs_count")
+        if name != f"refs/{doc['id']}":
+            raise IntegrityError(f"snapshot {doc['id']} names {str(name)[:80]!r} as its refs")
+        if not isinstance(count, int) or not 0 <= count <= _MAX_REFS:
+            raise IntegrityError(f"snapshot {doc['id']} has a bad refs_count {str(count)[:20]}")
         try:
             raw = await self.target.get(name)
-            data = zstandard.ZstdDecompressor().decompress(raw, max_output_size=1 << 30)
+            data = await asyncio.to_thread(decompress_bounded, raw, count * 32)
         except TargetMissing:
             raise IntegrityError(f"{name} (list of chunks of {doc['id']}) is missing") from None
-        except zstandard.ZstdError as e:
-            raise IntegrityError(f"{name} is damaged: {e}") from e
-        if len(data) % 32:
-            raise IntegrityError(f"{name} is damaged (length not a multiple of 32)")
+        except (zstandard.ZstdError, ValueError) as e:
+            raise IntegrityError(f"{name} is damaged or does not match refs_count: {e}") from e
+        if len(data) != count * 32:
+            raise IntegrityError(
+                f"{name} lists {len(data) / 32:g} chunks, the snapshot says {count}"
+            )
         return [data[i : i + 32] for i in range(0, len(data), 32)]
 
 
@@ -517,8 +698,12 @@ class _Reader:
         self._keys: dict[str, SessionKeys] = {}
         self._dctx = zstandard.ZstdDecompressor()
 
-    async def keys(self, session: str) -> SessionKeys:
+    async def keys(self, session: Any) -> SessionKeys:
         if session not in self._keys:
+            if not isinstance(session, str) or not SESSION.fullmatch(session):
+                raise IntegrityError(
+                    f"a record names {str(session)[:40]!r}, which is not a backup session name"
+                )
             try:
                 wrapped = await self.repo.target.get(f"keys/{session}")
             except TargetMissing:
@@ -800,10 +985,12 @@ class SnapshotWriter:
         repo: Repository,
         labels: dict[str, str],
         progress: Callable[[Progress], None] | None,
+        held: HeldLock | None = None,
     ) -> None:
         self.repo = repo
         self.labels = labels
         self.progress = progress
+        self.held = held
         self.stats = BackupStats()
         self.started = _now()
         self.session = f"{self.started:%Y%m%d%H%M%S}-{secrets.token_hex(8)}"
@@ -812,13 +999,19 @@ class SnapshotWriter:
         self.tmp = tempfile.TemporaryDirectory(prefix="hp-backup-", dir=repo._tmp_dir)
         self.packs = PackWriter(self.tmp.name, self.session, repo.params.pack_size)
         self.refs: set[bytes] = set()
-        self.new: dict[bytes, Location] = {}  # stored this run, indexed once their pack is up
+        # stored this run (None while being sealed), dropped once their pack is indexed
+        self.new: dict[bytes, Location | None] = {}
         self.tree_path = os.path.join(self.tmp.name, "tree")
         self.tree = open(self.tree_path, "wb")
-        self.cctx = zstandard.ZstdCompressor(level=repo.params.zstd_level)
         self.cache: FilesCache | None = None
+        self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
+        self.callback_error: BaseException | None = None
+        self.sealer = _Sealer(self)
+        self.read_buf: bytearray | None = bytearray(repo.params.chunks.window)
 
     def cleanup(self) -> None:
+        self.sealer.close()
         self.tree.close()
         self.packs.discard()
         self.tmp.cleanup()
@@ -826,6 +1019,30 @@ class SnapshotWriter:
     async def start(self) -> None:
         wrapped = await asyncio.to_thread(wrap_data_key, self.data_key, self.repo.recipients)
         await self.repo.target.put(f"keys/{self.session}", wrapped)
+
+    def _progress(self, path: str) -> None:
+        """Tell `progress` (always called on the event loop; an error it raises stops the
+        backup at the next file)."""
+        if self.progress is None:
+            return
+        p = Progress(self.stats.files, self.stats.bytes, path)
+        if threading.get_ident() == self.loop_thread:
+            self.progress(p)
+        else:
+            self.check_callback()
+            self.loop.call_soon_threadsafe(self._call_progress, p)
+
+    def _call_progress(self, p: Progress) -> None:
+        assert self.progress is not None
+        try:
+            self.progress(p)
+        except BaseException as e:
+            if self.callback_error is None:
+                self.callback_error = e
+
+    def check_callback(self) -> None:
+        if self.callback_error is not None:
+            raise self.callback_error
 
     async def add_tree(self, source: Path, prefix: str = "") -> None:
         """Everything below the directory `source` (itself may be a link; nothing below it is
@@ -856,33 +1073,41 @@ class SnapshotWriter:
         self.add(Entry(path, "file", stat.S_IFREG | mode, mtime_ns, size, ids))
         self.stats.files += 1
         self.stats.bytes += size
-        if self.progress is not None:
-            self.progress(Progress(self.stats.files, self.stats.bytes, path))
+        self._progress(path)
 
     async def store(self, fd: int) -> tuple[tuple[bytes, ...], int]:
         """Chunk and store what `fd` reads to its end: (chunk ids, size)."""
+        ids: tuple[bytes, ...]
+        ids, size = await _in_thread(self._store_fd, fd)
+        return ids, size
+
+    def _store_fd(self, fd: int) -> tuple[tuple[bytes, ...], int]:
+        """Chunk what `fd` reads and hash each chunk here; new chunks are compressed, sealed
+        and packed by the sealer's threads meanwhile (blocking)."""
         ids: list[bytes] = []
-        chunks = iter_chunks(fd, self.repo.params.chunks)
         size = 0
-        while True:
-            got, done = await asyncio.to_thread(self._store_some, chunks, ids)
-            size += got
-            await self._upload_ready()
-            if done:
-                return tuple(ids), size
+        buf, self.read_buf = self.read_buf, None  # one reused buffer, unless called twice
+        try:
+            for data in iter_chunks(fd, self.repo.params.chunks, buf):
+                ids.append(self._store_chunk(data))
+                size += len(data)
+        finally:
+            self.read_buf = buf
+        return tuple(ids), size
 
     async def commit(self, meta: dict[str, Any]) -> SnapshotInfo:
         """Store the tree and `meta`, then the snapshot object: the backup is complete."""
+        self.check_callback()
         meta_raw = _dumps(meta)
         self.tree.close()
         tree_ids = await self._store_stream(self.tree_path)
         meta_path = os.path.join(self.tmp.name, "meta")
         await asyncio.to_thread(Path(meta_path).write_bytes, meta_raw)
         meta_ids = await self._store_stream(meta_path)
-        await asyncio.to_thread(self.packs.finish)
-        await self._upload_ready()
+        await _in_thread(self.sealer.drain)
         refs_name = f"refs/{self.session}"
-        refs = await asyncio.to_thread(lambda: self.cctx.compress(b"".join(sorted(self.refs))))
+        cctx = zstandard.ZstdCompressor(level=self.repo.params.zstd_level)
+        refs = await asyncio.to_thread(lambda: cctx.compress(b"".join(sorted(self.refs))))
         await self.repo.target.put(refs_name, refs)
         doc: dict[str, Any] = {
             "format": FORMAT,
@@ -899,6 +1124,8 @@ class SnapshotWriter:
             "refs_count": len(self.refs),
         }
         doc["mac"] = self.keys.mac(_dumps(doc))
+        if self.held is not None:
+            self.held.check()  # a prune that deemed our lock stale may have run
         # Written last: only now is the backup listed as complete.
         await self.repo.target.put(f"snapshots/{self.session}", _dumps(doc))
         return _info(doc)
@@ -908,12 +1135,25 @@ class SnapshotWriter:
     async def _walk(self, dir_fd: int, prefix: str) -> None:
         try:
             listing = await asyncio.to_thread(_list_dir, dir_fd)
-            for name, st in listing:
+            files: list[str] = []
+            size = 0
+            for i, (name, st) in enumerate(listing):
                 path = prefix + name
-                if stat.S_ISDIR(st.st_mode):
+                if stat.S_ISREG(st.st_mode):
+                    files.append(name)
+                    size += st.st_size
+                    nxt = listing[i + 1][1] if i + 1 < len(listing) else None
+                    if (
+                        nxt is None
+                        or not stat.S_ISREG(nxt.st_mode)
+                        or size + nxt.st_size > _BATCH_FILE_BYTES
+                        or len(files) >= _BATCH_FILES_AT_ONCE
+                    ):
+                        await _in_thread(self._files, dir_fd, prefix, files)
+                        self.check_callback()
+                        files, size = [], 0
+                elif stat.S_ISDIR(st.st_mode):
                     await self._dir(dir_fd, name, path)
-                elif stat.S_ISREG(st.st_mode):
-                    await self._file(dir_fd, name, path)
                 elif stat.S_ISLNK(st.st_mode):
                     await asyncio.to_thread(self._symlink, dir_fd, name, path, st)
                 else:
@@ -945,9 +1185,15 @@ class SnapshotWriter:
         )
         self.stats.symlinks += 1
 
-    async def _file(self, parent: int, name: str, path: str) -> None:
+    def _files(self, parent: int, prefix: str, names: list[str]) -> None:
+        for name in names:
+            self.check_callback()
+            self._file(parent, name, prefix + name)
+
+    def _file(self, parent: int, name: str, path: str) -> None:
+        """Back up one regular file (blocking, in a worker thread)."""
         try:
-            fd = await asyncio.to_thread(os.open, name, _FILE_FLAGS, dir_fd=parent)
+            fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOENT, errno.ENXIO):
                 self.stats.skipped += 1  # swapped for a link, fifo or socket, or removed
@@ -961,17 +1207,20 @@ class SnapshotWriter:
                 return
             mode = stat.S_IMODE(st.st_mode)
             if self.cache is None:
-                await self.add_file(path, fd, mode=mode, mtime_ns=st.st_mtime_ns)
+                check_path(path)
+                ids, size = self._store_fd(fd)
+                self._add_stored(path, mode, st.st_mtime_ns, size, ids)
                 return
-            ids = self.cache.lookup(path, st)
-            if ids is not None and all(c in self.repo._index for c in ids):
+            cached = self.cache.lookup(path, st)
+            if cached is not None and all(c in self.repo._index for c in cached):
+                ids = cached
                 self.refs.update(ids)
                 self.stats.reused_chunks += len(ids)
                 self.stats.cached_files += 1
                 self._add_stored(path, mode, st.st_mtime_ns, st.st_size, ids)
             else:
                 check_path(path)
-                ids, size = await self.store(fd)
+                ids, size = self._store_fd(fd)
                 self._add_stored(path, mode, st.st_mtime_ns, size, ids)
                 if size != st.st_size:
                     return  # changed while read: read again next time
@@ -984,54 +1233,134 @@ class SnapshotWriter:
     async def _store_stream(self, path: str) -> list[bytes]:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            ids: list[bytes] = []
-            chunks = iter_chunks(fd, self.repo.params.chunks)
-            while not (await asyncio.to_thread(self._store_some, chunks, ids))[1]:
-                await self._upload_ready()
-            return ids
+            ids, _size = await _in_thread(self._store_fd, fd)
+            return list(ids)
         finally:
             os.close(fd)
 
-    def _store_some(self, chunks: Iterator[bytes], ids: list[bytes]) -> tuple[int, bool]:
-        """Store chunks until `_STEP_BYTES` are read or a pack is ready (in a worker thread)."""
-        n = 0
-        for data in chunks:
-            ids.append(self._store_chunk(data))
-            n += len(data)
-            if n >= _STEP_BYTES or self.packs.ready:
-                return n, False
-        return n, True
-
     def _store_chunk(self, data: bytes) -> bytes:
+        """The chunk's id; a chunk not stored before goes to the sealer (blocking)."""
         cid = chunk_id(self.repo._id_key, data)
         self.refs.add(cid)
         if cid in self.repo._index or cid in self.new:
             self.stats.reused_chunks += 1
             return cid
-        packed = self.cctx.compress(data)
-        if len(packed) < len(data) - len(data) // 32:
-            inner = _FLAG_ZSTD + packed
-        else:
-            inner = _FLAG_RAW + data
-        blob = self.keys.seal(cid, inner)
-        self.new[cid] = self.packs.add(cid, blob, len(data))
+        self.new[cid] = None
         self.stats.new_chunks += 1
         self.stats.new_bytes += len(data)
+        self.sealer.submit(cid, data)
         return cid
 
-    async def _upload_ready(self) -> None:
-        while self.packs.ready:
-            pack: FinishedPack = self.packs.ready[0]
-            await self.repo.target.put_file(pack.name, pack.path)
-            await self.repo.target.put(f"index/{pack.name.rsplit('/', 1)[1]}", encode_index(pack))
-            self.repo._pack_sizes[pack.name] = pack.size
-            for cid, loc in pack.blobs:
-                self.repo._index.setdefault(cid, loc)
-                del self.new[cid]
-            self.stats.stored_bytes += pack.size
-            self.packs.ready.pop(0)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(pack.path)
+    async def _upload(self, pack: FinishedPack) -> None:
+        """Put a finished pack and then its index (on the event loop)."""
+        await self.repo.target.put_file(pack.name, pack.path, consume=True)
+        index_name = f"index/{pack.name.rsplit('/', 1)[1]}"
+        await self.repo.target.put(index_name, encode_index(pack))
+        self.repo._pack_sizes[pack.name] = pack.size
+        self.repo._indexes[index_name] = (pack.name, pack.size, pack.blobs)
+        for cid, loc in pack.blobs:
+            self.repo._index.setdefault(cid, loc)  # before leaving `new`: never in neither
+            self.new.pop(cid, None)
+        self.stats.stored_bytes += pack.size
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pack.path)
+        _trim()
+
+
+class _Sealer:
+    """Compresses and seals a backup's new chunks on `_SEAL_THREADS` threads while the walk
+    reads, chunks and hashes; appends them to the pack being written; a thread that fills a
+    pack uploads it through the event loop (the others go on). At most `_IN_FLIGHT` chunks
+    wait, which bounds memory."""
+
+    def __init__(self, w: SnapshotWriter) -> None:
+        self.w = w
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            _SEAL_THREADS, thread_name_prefix="hp-backup-seal"
+        )
+        self.slots = threading.Semaphore(_IN_FLIGHT)
+        self.pack_lock = threading.Lock()
+        self.idle = threading.Condition()
+        self.pending = 0
+        self.error: BaseException | None = None
+        self.closed = False
+        self.local = threading.local()
+        self.level = w.repo.params.zstd_level
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.closed:
+            raise BackupError("the backup was stopped")
+
+    def submit(self, cid: bytes, data: bytes) -> None:
+        """Queue a chunk (blocks while `_IN_FLIGHT` are queued; raises a sealer's error)."""
+        self._check()
+        while not self.slots.acquire(timeout=0.5):
+            self._check()
+        with self.idle:
+            self.pending += 1
+        try:
+            self.pool.submit(self._seal, cid, data)
+        except BaseException:
+            self._done()
+            raise
+
+    def _done(self) -> None:
+        self.slots.release()
+        with self.idle:
+            self.pending -= 1
+            self.idle.notify_all()
+
+    def _seal(self, cid: bytes, data: bytes) -> None:
+        try:
+            if self.error is not None or self.closed:
+                return
+            cctx = getattr(self.local, "cctx", None)
+            if cctx is None:  # one per thread: they are not thread-safe
+                cctx = self.local.cctx = zstandard.ZstdCompressor(level=self.level)
+            packed = cctx.compress(data)
+            if len(packed) < len(data) - len(data) // 32:
+                inner = _FLAG_ZSTD + packed
+            else:
+                inner = _FLAG_RAW + data
+            del packed
+            blob = self.w.keys.seal(cid, inner)
+            del inner
+            with self.pack_lock:
+                self.w.new[cid] = self.w.packs.add(cid, blob, len(data))
+                ready, self.w.packs.ready = self.w.packs.ready, []
+            del blob
+            for pack in ready:
+                self._upload(pack)
+        except BaseException as e:
+            if self.error is None:
+                self.error = e
+        finally:
+            self._done()
+
+    def _upload(self, pack: FinishedPack) -> None:
+        if self.closed:
+            raise BackupError("the backup was stopped")
+        asyncio.run_coroutine_threadsafe(self.w._upload(pack), self.w.loop).result()
+
+    def drain(self) -> None:
+        """Wait for every queued chunk, close the last pack and upload it (blocking)."""
+        with self.idle:
+            while self.pending:
+                self.idle.wait(0.5)
+        self._check()
+        with self.pack_lock:
+            self.w.packs.finish()
+            ready, self.w.packs.ready = self.w.packs.ready, []
+        for pack in ready:
+            self._upload(pack)
+
+    def close(self) -> None:
+        """Stop: chunks still queued are dropped, a pack upload under way is finished (the
+        next backup reuses it); waits for the threads (blocking)."""
+        self.closed = True
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _list_dir(fd: int) -> list[tuple[str, os.stat_result]]:

@@ -68,9 +68,10 @@ class Target(Protocol):
         an object of the same name."""
         ...
 
-    async def put_file(self, name: str, path: str) -> None:
+    async def put_file(self, name: str, path: str, *, consume: bool = False) -> None:
         """Store a (large) local file: in parts where the target has them; an interrupted
-        upload leaves no object (and no orphan parts after `cleanup()`)."""
+        upload leaves no object (and no orphan parts after `cleanup()`). With `consume` the
+        target may move the file instead of copying it (the caller no longer needs it)."""
         ...
 
     async def get(self, name: str) -> bytes:

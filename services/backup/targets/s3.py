@@ -129,7 +129,8 @@ class S3Target:
         key = self._key(name)
         await self._call("put_object", f"storing {name}", Bucket=self.bucket, Key=key, Body=data)
 
-    async def put_file(self, name: str, path: str) -> None:
+    async def put_file(self, name: str, path: str, *, consume: bool = False) -> None:
+        """In parts when large (`consume` changes nothing here: the caller removes it)."""
         key = self._key(name)
         try:
             fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)

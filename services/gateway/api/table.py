@@ -5,6 +5,7 @@ from __future__ import annotations
 from services.gateway.api.handlers import (
     activity,
     apps,
+    backups,
     certificates,
     domains,
     groups,
@@ -27,6 +28,7 @@ _MODULES = (
     security,
     tasks,
     apps,
+    backups,
     domains,
     certificates,
     metrics,

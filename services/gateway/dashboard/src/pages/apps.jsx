@@ -6,6 +6,7 @@ import { useSession } from "../session.js";
 import { Badge, ErrorNote, Loaded, PageHead, TaskProgress, formatBytes, formatTime, useAsync } from "../ui/common.jsx";
 import { AppBadges, AppIcon, Stale, accessText, act, eventually, isPending, useCatalogIndex, usePolled } from "./apps_common.jsx";
 import { LogViewer } from "./apps_logs.jsx";
+import { AppBackups } from "./backups.jsx";
 import { CloneDialog, ConfigureDialog, Snapshots, UninstallDialog, UpdateDialog } from "./apps_manage.jsx";
 
 const POLL_MS = 4000;
@@ -322,6 +323,7 @@ function AppPage({ app, meta, people, catalog, reload }) {
         </section>
       </div>
       <Snapshots app={app} version={tick} onStarted={started} />
+      <AppBackups app={app} version={tick} onStarted={started} />
       <LogViewer appId={app.app_id} />
       <ConfigureDialog
         open={dialog === "configure"}

@@ -1,0 +1,47 @@
+"""Backup service configuration, read once from HP_* environment variables.
+
+Nothing secret lives here: the target's credentials are settings (sealed in events) and the
+private backup key is never kept by the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from libs.events.relay import DEFAULT_PREFIX, DEFAULT_STREAM
+from libs.service.config import ServiceConfig, check
+
+__all__ = ["BackupConfig"]
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _retries(v: int) -> bool:
+    return 0 <= v <= 10
+
+
+@dataclass(frozen=True)
+class BackupConfig(ServiceConfig):
+    """Where the backup service works, and how patient it is with others."""
+
+    # The files cache (one per repository and source) and temporary folders (platform dumps).
+    backup_dir: Path = Path(".homeport/backup")
+    # The apps service's folder: its snapshots are read from and restored to `<apps_dir>/snapshots`.
+    apps_dir: Path = Path(".homeport/apps")
+    # The certificates the platform backup holds.
+    certs_dir: Path = Path(".homeport/certs")
+    events_stream: str = DEFAULT_STREAM
+    events_prefix: str = DEFAULT_PREFIX
+    # How long an apps task (snapshot, restore, install) may take before the job gives up.
+    apps_task_seconds: float = field(default=1800.0, metadata=check(_positive, "seconds > 0"))
+    apps_timeout: float = field(default=30.0, metadata=check(_positive, "seconds > 0"))
+    # A target that does not answer: this many more tries, waiting 1, 2, 4... s (capped).
+    target_retries: int = field(default=3, metadata=check(_retries, "an integer 0-10"))
+    target_backoff_seconds: float = field(default=2.0, metadata=check(_positive, "seconds > 0"))
+    # Run the daily schedule (off in tests that drive one tick themselves).
+    schedule_loop: bool = True
+    # Targets on this machine's loopback (tests run moto there); off in production.
+    allow_loopback_targets: bool = False

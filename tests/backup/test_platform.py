@@ -1,0 +1,283 @@
+"""The platform backup folder (services/backup/platform.py) on a real Postgres: what a dump
+holds, a load into another database that `homeport audit verify` accepts, and what a load
+refuses (a non-empty store, an altered or cut dump, links pointing out)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from cli.main import main as homeport
+from deploy.embedded import PostgresServer
+from libs.events.envelope import NewEvent
+from libs.events.sealing import Keyring
+from libs.events.store import PostgresEventStore
+from services.backup.platform import (
+    EVENTS,
+    PlatformError,
+    dump_platform,
+    load_platform,
+)
+
+
+@pytest.fixture
+async def dsn2(pg_server: PostgresServer) -> AsyncIterator[str]:
+    """A second fresh database: the new machine's."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield pg_server.dsn_for(name)
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _fill(store: PostgresEventStore) -> None:
+    for i in range(25):
+        await store.append(f"thing-{i % 4}", [NewEvent("ThingHappened", {"i": i, "name": "ünï"})])
+    # Values whose jsonb text is not what json.dumps would make of them: 1.50 keeps its
+    # scale, a big number keeps its digits. The chain hashes the jsonb text.
+    await store.pool.execute(
+        "SELECT * FROM events.append('odd-1', NULL, ARRAY[$1::uuid], ARRAY['Odd'], ARRAY[1],"
+        ' ARRAY[\'{"n": 1.50, "big": 123456789012345678901234567890.000, "s": "\\u00e9"}\''
+        '::jsonb], ARRAY[\'{"actor": "system"}\'::jsonb])',
+        str(uuid.uuid4()),
+    )
+
+
+def _platform_files(tmp_path: Path) -> tuple[Path, Path]:
+    keyring = tmp_path / "old" / "keyring.json"
+    keyring.parent.mkdir()
+    Keyring.open(keyring).close()
+    certs = tmp_path / "old" / "certs"
+    real = certs / ".example.test.abc"
+    real.mkdir(parents=True)
+    (real / "fullchain.pem").write_text("-----BEGIN CERTIFICATE-----\nx\n")
+    (real / "privkey.pem").write_text("-----BEGIN PRIVATE KEY-----\ny\n")
+    (real / "privkey.pem").chmod(0o600)
+    (certs / "example.test").symlink_to(".example.test.abc")
+    (tmp_path / "secret").write_text("host secret")
+    (certs / "evil").symlink_to(tmp_path / "secret")
+    (certs / "evil2").symlink_to("../../secret")
+    return keyring, certs
+
+
+async def _dump(dsn: str, tmp_path: Path, out: Path) -> tuple[Path, Path]:
+    keyring, certs = _platform_files(tmp_path)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await dump_platform(
+            conn,
+            keyring=keyring,
+            certs_dir=certs,
+            out_dir=out,
+            apps={"app-b": "20261205063312-00000000000000bb", "app-a": "x"},
+            platform_version="0.1.0",
+        )
+    finally:
+        await conn.close()
+    return keyring, certs
+
+
+async def _rows(dsn: str) -> list[tuple[object, ...]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT position, id, stream, version, type, schema, data::text, meta::text,"
+            " recorded_at, hash FROM events.events ORDER BY position"
+        )
+        head = await conn.fetchrow("SELECT position, hash FROM events.head")
+        streams = await conn.fetch("SELECT stream, version FROM events.streams ORDER BY stream")
+    finally:
+        await conn.close()
+    return [tuple(r) for r in rows] + [tuple(head or ())] + [tuple(s) for s in streams]
+
+
+async def test_a_dump_loads_into_an_empty_store_byte_exact(
+    dsn: str, dsn2: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with await PostgresEventStore.open(dsn) as store:
+        await _fill(store)
+    out = tmp_path / "dump"
+    keyring, _ = await _dump(dsn, tmp_path, out)
+
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert stat.S_IMODE((out / "keyring.json").stat().st_mode) == 0o600
+    assert (out / "keyring.json").read_bytes() == keyring.read_bytes()
+    doc = json.loads((out / "platform.json").read_text())
+    assert doc["format"] == "homeport-platform" and doc["platform_version"] == "0.1.0"
+    assert doc["apps"] == {"app-a": "x", "app-b": "20261205063312-00000000000000bb"}
+    assert doc["events"]["count"] == 26
+    lines = (out / EVENTS).read_text().splitlines()
+    assert len(lines) == 26 + 2
+    # the certs folder: files and the link inside it kept; links pointing out left out
+    assert (out / "certs" / "example.test" / "privkey.pem").read_text().endswith("y\n")
+    assert os.readlink(out / "certs" / "example.test") == ".example.test.abc"
+    assert not os.path.lexists(out / "certs" / "evil")
+    assert not os.path.lexists(out / "certs" / "evil2")
+
+    new = tmp_path / "new"
+    conn = await asyncpg.connect(dsn2)
+    try:
+        loaded = await load_platform(
+            out, conn, keyring=new / "keyring.json", certs_dir=new / "certs"
+        )
+    finally:
+        await conn.close()
+    assert loaded["loaded_events"] == 26 and loaded["head_position"] == 26
+    assert loaded["apps"]["app-b"] == "20261205063312-00000000000000bb"
+    assert await _rows(dsn2) == await _rows(dsn)
+    assert (new / "keyring.json").read_bytes() == keyring.read_bytes()
+    assert stat.S_IMODE((new / "keyring.json").stat().st_mode) == 0o600
+    assert (new / "certs" / "example.test" / "fullchain.pem").is_file()
+    assert stat.S_IMODE((new / "certs" / ".example.test.abc" / "privkey.pem").stat().st_mode) == (
+        0o600
+    )
+    # what the administrator runs afterwards
+    capsys.readouterr()
+    assert await asyncio.to_thread(homeport, ["audit", "verify", "--dsn", dsn2]) == 0
+    assert "event chain intact: 26 events checked" in capsys.readouterr().out
+    # and the store goes on: the next append chains onto the loaded head
+    async with await PostgresEventStore.open(dsn2) as store:
+        await store.append("thing-0", [NewEvent("ThingHappened", {"i": 99})])
+        report = await store.verify_chain()
+        assert report.ok and report.checked == 27
+        assert await store.stream_version("thing-0") == 8
+
+
+async def test_a_load_refuses_a_store_that_is_not_empty(dsn: str, tmp_path: Path) -> None:
+    async with await PostgresEventStore.open(dsn) as store:
+        await _fill(store)
+    out = tmp_path / "dump"
+    await _dump(dsn, tmp_path, out)
+    conn = await asyncpg.connect(dsn)
+    try:
+        with pytest.raises(PlatformError, match=r"event store in database .* is not empty"):
+            await load_platform(out, conn, keyring=tmp_path / "k.json", certs_dir=tmp_path / "c")
+    finally:
+        await conn.close()
+    assert not (tmp_path / "k.json").exists() and not (tmp_path / "c").exists()
+
+
+async def _load_refused(out: Path, dsn2: str, tmp_path: Path, match: str) -> None:
+    conn = await asyncpg.connect(dsn2)
+    try:
+        with pytest.raises(PlatformError, match=match):
+            await load_platform(out, conn, keyring=tmp_path / "k.json", certs_dir=tmp_path / "c")
+        assert await conn.fetchval("SELECT count(*) FROM events.events") == 0
+        assert await conn.fetchval("SELECT position FROM events.head") == 0
+        assert await conn.fetchval("SELECT count(*) FROM events.streams") == 0
+    finally:
+        await conn.close()
+    assert not (tmp_path / "k.json").exists() and not (tmp_path / "c").exists()
+
+
+async def test_an_altered_event_loads_nothing(dsn: str, dsn2: str, tmp_path: Path) -> None:
+    async with await PostgresEventStore.open(dsn) as store:
+        await _fill(store)
+    out = tmp_path / "dump"
+    await _dump(dsn, tmp_path, out)
+    path = out / EVENTS
+    lines = path.read_text().splitlines(keepends=True)
+    row = json.loads(lines[7])
+    row["data"] = row["data"].replace('"i": 6', '"i": 666')
+    lines[7] = json.dumps(row) + "\n"
+    path.write_text("".join(lines))
+    await _load_refused(out, dsn2, tmp_path, "position 7 does not match its chain hash")
+
+
+async def test_a_cut_dump_loads_nothing(dsn: str, dsn2: str, tmp_path: Path) -> None:
+    async with await PostgresEventStore.open(dsn) as store:
+        await _fill(store)
+    out = tmp_path / "dump"
+    await _dump(dsn, tmp_path, out)
+    path = out / EVENTS
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-3]))  # the last two events and the trailer gone
+    await _load_refused(out, dsn2, tmp_path, "cut or altered")
+    path.write_text("".join(lines[:-3]) + lines[-3][:20])  # a line cut in the middle
+    await _load_refused(out, dsn2, tmp_path, "a line is cut")
+    path.write_text("".join(lines[:5] + lines[6:]))  # one event left out
+    await _load_refused(out, dsn2, tmp_path, "position 6 follows 4")
+
+
+async def test_a_load_refuses_a_different_keyring_already_there(
+    dsn: str, dsn2: str, tmp_path: Path
+) -> None:
+    async with await PostgresEventStore.open(dsn) as store:
+        await _fill(store)
+    out = tmp_path / "dump"
+    await _dump(dsn, tmp_path, out)
+    other = tmp_path / "k.json"
+    Keyring.open(other).close()
+    before = other.read_bytes()
+    conn = await asyncpg.connect(dsn2)
+    try:
+        with pytest.raises(PlatformError, match="a different keyring is already at"):
+            await load_platform(out, conn, keyring=other, certs_dir=tmp_path / "c")
+        assert await conn.fetchval("SELECT to_regclass('events.events')") is None
+    finally:
+        await conn.close()
+    assert other.read_bytes() == before
+
+
+async def test_an_empty_store_without_certificates_dumps_and_loads(
+    dsn: str, dsn2: str, tmp_path: Path
+) -> None:
+    async with await PostgresEventStore.open(dsn):
+        pass  # migrated, no event
+    keyring = tmp_path / "keyring.json"
+    Keyring.open(keyring).close()
+    out = tmp_path / "dump"
+    conn = await asyncpg.connect(dsn)
+    try:
+        with pytest.raises(PlatformError, match="cannot read the keyring"):
+            await dump_platform(
+                conn,
+                keyring=tmp_path / "nope.json",
+                certs_dir=tmp_path / "nocerts",
+                out_dir=tmp_path / "dump0",
+                apps={},
+                platform_version="0.1.0",
+            )
+        await dump_platform(
+            conn,
+            keyring=keyring,
+            certs_dir=tmp_path / "nocerts",
+            out_dir=out,
+            apps={},
+            platform_version="0.1.0",
+        )
+        with pytest.raises(PlatformError, match="exists already"):
+            await dump_platform(
+                conn,
+                keyring=keyring,
+                certs_dir=tmp_path / "nocerts",
+                out_dir=out,
+                apps={},
+                platform_version="0.1.0",
+            )
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(dsn2)
+    try:
+        loaded = await load_platform(
+            out, conn, keyring=tmp_path / "new" / "k.json", certs_dir=tmp_path / "new" / "c"
+        )
+    finally:
+        await conn.close()
+    assert loaded["loaded_events"] == 0 and loaded["apps"] == {}
+    assert (tmp_path / "new" / "c").is_dir() and not any((tmp_path / "new" / "c").iterdir())
