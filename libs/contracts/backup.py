@@ -36,30 +36,27 @@ _DOMAIN = string(
     description="a lower-case domain name",
 )
 
+_TARGET = {
+    "kind": string(enum=["local", "s3"], description="a directory or S3 storage"),
+    "path": string(minLength=1, maxLength=4096, description="local: an absolute directory path"),
+    "endpoint_url": string(maxLength=2048, description="s3: https://... (optional)"),
+    "region": string(maxLength=64, description="s3: the region (optional)"),
+    "bucket": string(minLength=3, maxLength=63, description="s3: the bucket"),
+    "prefix": string(maxLength=512, description="s3: a key prefix (optional)"),
+    "access_key_id": string(maxLength=256, description="s3: the access key id"),
+    "secret_access_key": string(
+        maxLength=256,
+        writeOnly=True,
+        description="s3: the secret (sealed, never shown)",
+    ),
+}
+
 CONTRACT = Contract(
     "backup",
     commands={
         # Where backups go. Checked before it is kept: a probe object is written, read back and
         # deleted; a repository is created there when none exists (with the key's recipients).
-        "set_target": obj(
-            {
-                "kind": string(enum=["local", "s3"], description="a directory or S3 storage"),
-                "path": string(
-                    minLength=1, maxLength=4096, description="local: an absolute directory path"
-                ),
-                "endpoint_url": string(maxLength=2048, description="s3: https://... (optional)"),
-                "region": string(maxLength=64, description="s3: the region (optional)"),
-                "bucket": string(minLength=3, maxLength=63, description="s3: the bucket"),
-                "prefix": string(maxLength=512, description="s3: a key prefix (optional)"),
-                "access_key_id": string(maxLength=256, description="s3: the access key id"),
-                "secret_access_key": string(
-                    maxLength=256,
-                    writeOnly=True,
-                    description="s3: the secret (sealed, never shown)",
-                ),
-            },
-            required=["kind"],
-        ),
+        "set_target": obj(_TARGET, required=["kind"]),
         # A new key pair: the answer holds the private key once (`identity`); the server keeps
         # the public keys only. `second_recipient`: another age public key backups open with.
         # `passphrase`: also store a copy of the private key on the target, encrypted with it.
@@ -108,11 +105,26 @@ CONTRACT = Contract(
             required=["snapshot_id"],
         ),
         "prune": obj({}),
+        # The setup wizard's "Restore from a backup" (before setup; the gateway has checked the
+        # setup token): the platform backup (newest, or the one named) on this target opens
+        # with `identity`? Without check_only, <data dir>/restore-request.json is written for
+        # the stack, which restarts the platform restored (deploy/stack.py).
+        "platform_restore": obj(
+            {
+                **_TARGET,
+                "identity": _IDENTITY,
+                "snapshot_id": nullable(_SNAPSHOT_ID),
+                "check_only": boolean(default=False),
+            },
+            required=["kind", "identity"],
+        ),
     },
     queries={
         # Target (no secret), recipients, schedule, retention, last success/failure.
         "settings": obj({}),
         # Backups on the target, newest first: platform and app backups (one app's with app_id).
         "backups": obj({"app_id": uuid(description="an app's id (also an uninstalled one)")}),
+        # The last platform restore the wizard asked for: still to run, or why it failed.
+        "platform_restore_state": obj({}),
     },
 )

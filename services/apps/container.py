@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 __all__ = [
+    "APP_OWNER",
     "DATA_PATH",
     "ContainerRuntime",
     "ContainerSpec",
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 DATA_PATH = "/app/data"
+# The user and group an app runs as unless its manifest says runAsRoot; a restore gives it
+# every file of the volume.
+APP_OWNER = (1000, 1000)
 
 _T_co = TypeVar("_T_co", covariant=True)
 
@@ -186,8 +190,11 @@ class ContainerRuntime(Protocol):
         """Write a tar of the volume's contents (owners and modes kept) to the file `dest`."""
         ...
 
-    async def import_volume(self, name: str, src: Path) -> None:
-        """Replace the volume's contents by those of a tar `export_volume` wrote."""
+    async def import_volume(
+        self, name: str, src: Path, owner: tuple[int, int] | None = None
+    ) -> None:
+        """Replace the volume's contents by those of a tar `export_volume` wrote; `owner`
+        (uid, gid) owns every file put back (None: the owners in the tar)."""
         ...
 
     # Containers

@@ -41,6 +41,7 @@ from docker.types import IPAMConfig, IPAMPool, LogConfig, Mount
 
 from services.apps.base_image import BUSYBOX_IMAGE, BaseImageError, ensure_busybox_image
 from services.apps.container import (
+    APP_OWNER,
     DATA_PATH,
     ContainerRuntime,
     ContainerSpec,
@@ -66,7 +67,7 @@ BUILD_NETWORK = "homeport-build"
 LABEL_CONTEXT = "homeport.context"
 LABEL_SPEC = "homeport.spec"
 LABEL_HTTP_PORT = "homeport.http-port"
-APP_USER = "1000:1000"
+APP_USER = f"{APP_OWNER[0]}:{APP_OWNER[1]}"
 _TMPFS = "rw,nosuid,nodev,size=64m,mode=1777"
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 _EVENT_KINDS = tuple(k.value for k in EventKind)
@@ -80,6 +81,15 @@ _VANISHED = ("No such file or directory", "Not a directory", "error exit delayed
 _RESTORE_SCRIPT = (
     "rm -rf -- /data/* /data/.[!.]* /data/..?* && tar -x --numeric-owner -f /in.tar -C /data"
 )
+
+
+def _restore_script(owner: tuple[int, int] | None) -> str:
+    """Unpack the clean tar; with `owner`, give it every entry, links themselves included (tar
+    leaves a symlink root's)."""
+    if owner is None:
+        return _RESTORE_SCRIPT
+    uid, gid = (int(v) for v in owner)
+    return f"{_RESTORE_SCRIPT} && chown -R -h {uid}:{gid} /data"
 
 
 def _spec_digest(spec: ContainerSpec, image_id: str) -> str:
@@ -696,7 +706,9 @@ class DockerRuntime:
         finally:
             await asyncio.to_thread(shutil.rmtree, out, True)
 
-    async def import_volume(self, name: str, src: Path) -> None:
+    async def import_volume(
+        self, name: str, src: Path, owner: tuple[int, int] | None = None
+    ) -> None:
         """Replace the volume's contents by those of the tar `src` (owners and modes kept).
 
         The tar is cleaned first (volume_tar.clean_tar): a member named out of the volume
@@ -710,7 +722,7 @@ class DockerRuntime:
         try:
             clean = work / "clean.tar"
             try:
-                dropped = await asyncio.to_thread(clean_tar, src, clean)
+                dropped = await asyncio.to_thread(clean_tar, src, clean, owner)
             except RuntimeFailure as e:
                 raise RuntimeFailure(f"{what}: {e.message}") from e
             if dropped:
@@ -723,7 +735,7 @@ class DockerRuntime:
                 )
             code, output = await self._helper(
                 what,
-                ["sh", "-c", _RESTORE_SCRIPT],
+                ["sh", "-c", _restore_script(owner)],
                 [
                     Mount("/data", name, type="volume"),
                     Mount("/in.tar", str(clean), type="bind", read_only=True),

@@ -87,14 +87,22 @@ class Snapshots:
         partial.rename(folder)
         return sum(p.stat().st_size for p in folder.iterdir())
 
-    async def put_back(self, app_id: str, snapshot_id: str, source: str | None = None) -> None:
-        """The app's volume and database replaced by a snapshot's (of `source`, for a clone)."""
+    async def put_back(
+        self,
+        app_id: str,
+        snapshot_id: str,
+        source: str | None = None,
+        *,
+        owner: tuple[int, int] | None = None,
+    ) -> None:
+        """The app's volume and database replaced by a snapshot's (of `source`, for a clone);
+        `owner` (uid, gid) gets every file of the volume (None: the owners in the tar)."""
         folder = self.folder(source or app_id, snapshot_id)
         if not folder.is_dir():
             raise OperationFailed(f"snapshot {snapshot_id} has no files at {folder}", "no_snapshot")
         if (folder / "data.tar").exists():
             await self._runtime.import_volume(
-                Names(self._prefix, app_id).volume, folder / "data.tar"
+                Names(self._prefix, app_id).volume, folder / "data.tar", owner
             )
         if (folder / "postgresql.dump").exists():
             await self.addon_pg().restore(app_id, folder / "postgresql.dump")

@@ -11,7 +11,8 @@ new tar and returns what it left out (SECURITY.md "Isolation of apps"):
   leading (never after a name, which may itself be a link) and no more of them than its depth;
 - a member below a symlink, or named twice, is left out;
 - a hard link becomes a copy of the regular file it names earlier in the tar, or is left out.
-Owners are kept as numbers (user and group names are dropped).
+Owners are kept as numbers (user and group names are dropped), or all given to `owner`: an
+app that does not run as root gets every file as its own user's, whatever the tar says.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def _link_stays_inside(parts: tuple[str, ...], target: str) -> bool:
     return ups <= len(parts) - 1  # up from the link's folder, at most to the volume itself
 
 
-def clean_tar(src: Path, dest: Path) -> list[str]:
+def clean_tar(src: Path, dest: Path, owner: tuple[int, int] | None = None) -> list[str]:
     """Write to `dest` the members of the tar `src` that are safe to put back; what was left out.
+    `owner` (uid, gid): every member's owner (None: as in the tar).
 
     Raises UnsafeTar (naming the member) for a name that leads out of the volume, and
     RuntimeFailure for a file that is not a readable tar.
@@ -77,7 +79,8 @@ def clean_tar(src: Path, dest: Path) -> list[str]:
                     dropped.append(f"{name} (below a symlink)")
                     continue
                 out = tarfile.TarInfo(name)
-                out.uid, out.gid, out.uname, out.gname = m.uid, m.gid, "", ""
+                out.uid, out.gid = owner if owner is not None else (m.uid, m.gid)
+                out.uname, out.gname = "", ""
                 out.mtime = m.mtime
                 out.mode = m.mode & 0o7777
                 if m.isdir():
@@ -108,6 +111,8 @@ def clean_tar(src: Path, dest: Path) -> list[str]:
                     out.type, out.size = tarfile.REGTYPE, target.size
                     out.mode = target.mode & 0o7777 & ~_SPECIAL_BITS
                     out.uid, out.gid, out.mtime = target.uid, target.gid, target.mtime
+                    if owner is not None:
+                        out.uid, out.gid = owner
                     tout.addfile(out, tin.extractfile(target))
                     files[parts] = target
                 else:

@@ -201,6 +201,31 @@ async def test_a_hostile_tar_puts_back_only_what_stays_in_the_volume(
     assert (found["plain.txt"].st_uid, found["plain.txt"].st_gid) == (1000, 1000)
 
 
+async def test_a_restore_gives_every_file_to_the_apps_user(
+    runtime: DockerRuntime, dnames: DockerNames, tmp_path: Path
+) -> None:
+    """An app that does not run as root gets its volume back owned by its own user, whatever
+    owners a crafted tar names (root, another host user)."""
+    snapshots = _snapshots(tmp_path, runtime, dnames)
+    volume = Names(dnames.prefix, APP).volume
+    await runtime.ensure_volume(volume, dnames.labels)
+    folder = snapshots.folder(APP, "owners")
+    folder.mkdir(parents=True)
+    _hostile_tar(folder / "data.tar")  # ./suid is root's, the others 1000's
+    with tarfile.open(folder / "data.tar", "a", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("./someone-elses")
+        info.uid, info.gid, info.size = 4242, 4243, 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+
+    await snapshots.put_back(APP, "owners", owner=(1000, 1000))
+
+    path = await runtime.volume_path(volume)
+    owners = {p.name: (p.lstat().st_uid, p.lstat().st_gid) for p in path.iterdir()}
+    assert {"suid", "someone-elses", "inside", "sub"} <= set(owners)
+    assert set(owners.values()) == {(1000, 1000)}, owners
+    assert (path.stat().st_uid, path.stat().st_gid) == (1000, 1000), "the volume's root too"
+
+
 async def test_a_tar_naming_a_path_out_of_the_volume_is_refused_before_any_change(
     runtime: DockerRuntime, dnames: DockerNames, tmp_path: Path
 ) -> None:

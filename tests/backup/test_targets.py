@@ -381,6 +381,12 @@ async def test_local_check_failures(tmp_path: Path) -> None:
         await LocalTarget(tmp_path / "file").check()
     with pytest.raises(TargetError, match="does not exist: is the disk mounted"):
         await LocalTarget(tmp_path / "gone").get("x")
+    top = Path(f"/hp-test-{uuid.uuid4().hex[:12]}")  # a folder right under / is never made
+    with pytest.raises(TargetError, match="does not exist: is the disk mounted"):
+        await LocalTarget(top).check()
+    assert not top.exists()
+    await LocalTarget(tmp_path / "made").check()  # one level under an existing folder is
+    assert (tmp_path / "made").is_dir()
 
 
 # -- S3
@@ -578,6 +584,11 @@ _GOOD_S3 = {
         ({"kind": "local"}, "path"),
         ({"kind": "local", "path": "relative/dir"}, "path"),
         ({"kind": "local", "path": "/srv/../etc"}, "path"),
+        ({"kind": "local", "path": "/etc"}, "path"),
+        ({"kind": "local", "path": "/etc/cron.d"}, "path"),
+        ({"kind": "local", "path": "/usr/lib/homeport"}, "path"),
+        ({"kind": "local", "path": "/proc/self"}, "path"),
+        ({"kind": "local", "path": "/var/lib/docker/volumes"}, "path"),
         ({"kind": "local", "path": "/srv/b", "bucket": "x"}, "bucket"),
         ({**_GOOD_S3, "bucket": "No_Such"}, "bucket"),
         ({k: v for k, v in _GOOD_S3.items() if k != "region"}, "region"),

@@ -13,7 +13,7 @@ import pytest
 from tests.apps.appskit import apps_env, running_apps, static_catalog
 from tests.certs.certskit import running_certs
 from tests.dns.dnskit import dns_env, running_dns
-from tests.gateway.apikit import Client, running_gateway
+from tests.gateway.apikit import Client, backup_env, running_backup, running_gateway
 from tests.identity.kit import Identity, running_identity
 from tests.support.bus import relaying
 
@@ -37,9 +37,9 @@ async def running_platform(
     apps_extra: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Platform]:
     """Identity, gateway and relay; with `docker_host`, the whole platform: the apps service
-    too (the static app in several versions as its catalog), dns and certs (no ACME CA is
-    reachable: nothing here orders a certificate). `gateway_env` adds settings of the gateway
-    (the edge, for one), `apps_extra` settings of the apps service."""
+    too (the static app in several versions as its catalog), dns, certs (no ACME CA is
+    reachable: nothing here orders a certificate) and backup. `gateway_env` adds settings of
+    the gateway (the edge, for one), `apps_extra` settings of the apps service."""
     async with contextlib.AsyncExitStack() as stack:
         ident = await stack.enter_async_context(
             running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path)
@@ -64,6 +64,8 @@ async def running_platform(
                 "HP_ACME_DIR": str(tmp_path / "acme"),
             }
             await stack.enter_async_context(running_certs(monkeypatch, certs))
+            backup = backup_env(dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path)
+            await stack.enter_async_context(running_backup(monkeypatch, backup))
         gateway = await stack.enter_async_context(
             running_gateway(
                 monkeypatch,

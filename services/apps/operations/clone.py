@@ -16,7 +16,7 @@ from services.apps import events as ev
 from services.apps.errors import OperationFailed
 from services.apps.operations import install
 from services.apps.operations.base import Detail, Operation, Run, Step
-from services.apps.operations.common import take_snapshot
+from services.apps.operations.common import put_back, take_snapshot
 from services.apps.snapshots import FolderProblem
 
 __all__ = ["CLONE"]
@@ -67,7 +67,8 @@ async def data(run: Run) -> Detail:
     s = run.s
     assert s.operation is not None
     snapshot_id = str(s.operation.detail["snapshot_id"])
-    await run.tools.snapshots.put_back(s.app_id, snapshot_id, source=s.clone_of)
+    manifest = run.tools.entry(s.manifest_id, s.app_version).manifest
+    await put_back(run.tools, s, manifest, snapshot_id, s.clone_of)
     return {}
 
 

@@ -19,7 +19,7 @@ from libs.events.tasks import Task
 from services.apps import events as ev
 from services.apps.base_image import ensure_base_image, ensure_busybox_image
 from services.apps.catalog import CatalogEntry
-from services.apps.container import ContainerSpec
+from services.apps.container import APP_OWNER, ContainerSpec
 from services.apps.errors import OperationFailed
 from services.apps.manifest import Manifest
 from services.apps.names import image_tag
@@ -33,6 +33,7 @@ __all__ = [
     "ensure_certificate",
     "forget_certificate",
     "point",
+    "put_back",
     "roll_back",
     "take_snapshot",
     "unpoint",
@@ -50,6 +51,15 @@ SERVED_POLL = 0.3
 
 
 # -- snapshots ---------------------------------------------------------------------------------
+
+
+async def put_back(
+    t: Tools, s: AppState, manifest: Manifest, snapshot_id: str, source: str | None = None
+) -> None:
+    """A snapshot's data (of `source`, for a clone) into app `s`: every file of the volume is
+    the app's user's unless the app runs as root (then the owners in the tar stay)."""
+    owner = None if manifest.run_as_root else APP_OWNER
+    await t.snapshots.put_back(s.app_id, snapshot_id, source, owner=owner)
 
 
 async def take_snapshot(
@@ -294,6 +304,6 @@ async def roll_back(t: Tools, s: AppState, task: Task, end: int) -> None:
     snapshot_id = s.operation.detail.get("snapshot_id")
     if s.operation.kind == "update" and snapshot_id and "container" in s.operation.steps:
         await t.runtime.stop(t.names(s.app_id).container)
-        await t.snapshots.put_back(s.app_id, str(snapshot_id))
+        await put_back(t, s, entry.manifest, str(snapshot_id))
     await create_container(t, s, entry.manifest)
     await wait_ready(t, s, entry.manifest)

@@ -24,6 +24,7 @@ from services.apps import events as ev
 from services.apps.errors import ChangedMeanwhile, OperationFailed
 from services.apps.operations import install
 from services.apps.operations.base import Detail, Operation, Run, Step, Tools
+from services.apps.operations.common import put_back
 from services.apps.snapshots import FolderProblem
 from services.apps.state import AppState, State
 
@@ -76,7 +77,9 @@ async def stop(run: Run) -> Detail:
 
 
 async def data(run: Run) -> Detail:
-    await run.tools.snapshots.put_back(run.s.app_id, _snapshot_id(run.s))
+    s = run.s
+    manifest = run.tools.entry(s.manifest_id, s.app_version).manifest
+    await put_back(run.tools, s, manifest, _snapshot_id(s))
     return {}
 
 

@@ -7,7 +7,7 @@ from services.apps import events as ev
 from services.apps.catalog import CatalogEntry
 from services.apps.errors import OperationFailed
 from services.apps.operations.base import Detail, Operation, Run, Step, Tools
-from services.apps.operations.common import build, create_container, wait_ready
+from services.apps.operations.common import build, create_container, put_back, wait_ready
 from services.apps.state import AppState
 
 __all__ = ["RESTORE"]
@@ -35,7 +35,7 @@ async def stop(run: Run) -> Detail:
 
 
 async def data(run: Run) -> Detail:
-    await run.tools.snapshots.put_back(run.s.app_id, _snapshot_id(run.s))
+    await put_back(run.tools, run.s, _entry(run.tools, run.s).manifest, _snapshot_id(run.s))
     return {}
 
 

@@ -107,6 +107,16 @@ def _text(settings: Mapping[str, Any], name: str, ok: Callable[[str], Any], form
     return value
 
 
+# Folders of the system itself: a backup there would mix with (or be read as) its files.
+_SYSTEM_DIRS = tuple(
+    PurePosixPath(p)
+    for p in (
+        "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+        "/run", "/sbin", "/sys", "/usr", "/var/lib/docker", "/var/lib/postgresql", "/var/log",
+    )
+)  # fmt: skip
+
+
 def _path(value: Any) -> Path:
     if not isinstance(value, str) or not value or "\x00" in value or len(value) > 1024:
         raise TargetSettingsError("path", "path must be an absolute directory path")
@@ -114,6 +124,13 @@ def _path(value: Any) -> Path:
     if not path.is_absolute() or ".." in path.parts or path == PurePosixPath("/"):
         raise TargetSettingsError(
             "path", f"path {value[:60]!r} must be absolute, not / and without '..'"
+        )
+    system = next((d for d in _SYSTEM_DIRS if path == d or d in path.parents), None)
+    if system is not None:
+        raise TargetSettingsError(
+            "path",
+            f"path {value[:60]!r} is in the system folder {system}: choose a folder on"
+            " the backup disk (for example /mnt/backup/homeport)",
         )
     return Path(path)
 

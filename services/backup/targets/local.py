@@ -126,7 +126,8 @@ class LocalTarget:
         try:
             return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            if not create:
+            if not create or self.root.parent == self.root.parent.parent:
+                # a missing folder right under / is a typo or an unmounted disk, never made here
                 raise TargetError(
                     f"backup directory {self.root} does not exist: is the disk mounted?"
                 ) from None
