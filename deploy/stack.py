@@ -7,14 +7,18 @@ watches, restarts and stops the processes, `state` keeps the data directory and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -33,8 +37,10 @@ from deploy.planning import (
 )
 from deploy.state import (
     KEYRING_FILE,
+    PORTS_FILE,
     lock,
     now,
+    postgres_dir,
     postgres_ids,
     prepare_dir,
     read_state,
@@ -54,6 +60,11 @@ from deploy.supervision import (
 __all__ = ["Stack", "StackState"]
 
 RESTORE_MARKER = "restore-in-progress.json"  # deploy/restore.py MARKER
+# The setup wizard's restore (services/backup/service/commands.py writes the request; the
+# stack reads and deletes it within a second, restores, and leaves why when it failed).
+RESTORE_REQUEST = "restore-request.json"
+RESTORE_FAILED = "restore-failed.json"
+RESTORE_POLL_S = 1.0
 
 log = logging.getLogger("homeport.stack")
 
@@ -91,6 +102,9 @@ class Stack:
         self.state = StackState.STARTING
         self._stopping = asyncio.Event()
         self._started_at = now()
+        self._signalled = False
+        self._restore_request: dict[str, Any] | None = None
+        self._previous: dict[str, Any] | None = None  # the run before a restore (its ports)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -147,12 +161,27 @@ class Stack:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._on_signal, sig)
             try:
-                await self._run_locked(on_ready)
+                while True:
+                    await self._run_locked(on_ready)
+                    request, self._restore_request = self._restore_request, None
+                    if request is None or self._signalled:
+                        break
+                    os.close(lock_fd)  # the restore takes the lock of the emptied directory
+                    lock_fd = -1
+                    await self._restore(request)
+                    lock_fd = lock(self.data_dir)
+                    prepare_dir(self.data_dir)
+                    if self._signalled:
+                        break
+                    self._stopping = asyncio.Event()
+                    self.state = StackState.STARTING
+                    self._started_at = now()
             finally:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
         finally:
-            os.close(lock_fd)
+            if lock_fd >= 0:
+                os.close(lock_fd)
 
     # -- the run --------------------------------------------------------------------------
 
@@ -161,11 +190,14 @@ class Stack:
             log.info("already stopping", extra={"signal": sig.name})
             return
         log.info("stopping", extra={"signal": sig.name})
+        self._signalled = True
         self._stopping.set()
 
     async def _run_locked(self, on_ready: Callable[[Stack], None] | None) -> None:
         previous = read_state(self.data_dir)
         await reap_leftovers(previous)
+        if self._previous is not None:  # after a restore: the ports the browser knows
+            previous, self._previous = self._previous, None
         self.plan = self.planner.plan(previous)
         self._save()
         tasks: list[asyncio.Task[None]] = []
@@ -184,8 +216,13 @@ class Stack:
                         ]
                         self.state = StackState.RUNNING
                         self._save()
-                        await self._until_ready(tasks, on_ready)
-                        await self._until_stopped(tasks)
+                        watch = asyncio.create_task(self._watch_restore(), name="restore.watch")
+                        try:
+                            await self._until_ready(tasks, on_ready)
+                            await self._until_stopped(tasks)
+                        finally:
+                            watch.cancel()
+                            await asyncio.gather(watch, return_exceptions=True)
                 finally:
                     self._stopping.set()
                     self.state = StackState.STOPPING
@@ -277,6 +314,74 @@ class Stack:
                     )
             raise StackError("a supervisor failed; see the log lines above")
 
+    # -- the setup wizard's restore ---------------------------------------------------------
+
+    async def _watch_restore(self) -> None:
+        """A restore request (RESTORE_REQUEST) read and deleted at once, then: stop to run it."""
+        path = self.data_dir / RESTORE_REQUEST
+        while not self._stopping.is_set():
+            await asyncio.sleep(RESTORE_POLL_S)
+            request = await asyncio.to_thread(_take_request, path)
+            if request is not None:
+                log.warning("a restore from a backup was asked for: stopping to restore")
+                self._restore_request = request
+                self._stopping.set()
+                return
+
+    async def _restore(self, request: dict[str, Any]) -> None:
+        """Everything is stopped: move the data dir's contents aside, restore the platform
+        into it; on failure put them back and leave RESTORE_FAILED. Never raises for that."""
+        from deploy.restore import restore_platform
+        from services.backup.targets.factory import target_from_settings
+
+        self._previous = read_state(self.data_dir)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.data_dir.with_name(f"{self.data_dir.name}.before-restore-{stamp}")
+        for n in range(2, 100):
+            if not aside.exists():
+                break
+            aside = aside.with_name(f"{self.data_dir.name}.before-restore-{stamp}-{n}")
+        pg = postgres_dir(self.data_dir)
+        pg_aside = None if self.data_dir in pg.parents else pg.with_name(f"{pg.name}.{stamp}")
+        log.warning("restoring", extra={"old_contents": str(aside)})
+        try:
+            await asyncio.to_thread(_move_aside, self.data_dir, aside, pg, pg_aside)
+            target = target_from_settings(
+                dict(request["target"]), allow_loopback=bool(request.get("allow_loopback"))
+            )
+            try:
+                summary = await restore_platform(
+                    self.data_dir,
+                    target,
+                    str(request["identity"]),
+                    snapshot=request.get("snapshot_id"),
+                    say=lambda line: log.info("restore: %s", line),
+                )
+            finally:
+                await target.close()
+            with contextlib.suppress(OSError):
+                shutil.copy2(aside / PORTS_FILE, self.data_dir / PORTS_FILE)
+        except Exception as e:  # any failure: the old platform comes back
+            message = str(e) if isinstance(e, StackError) else f"{type(e).__name__}: {e}"
+            log.error("the restore failed, starting the platform as it was: %s", message[:500])
+            try:
+                await asyncio.to_thread(_put_back, self.data_dir, aside, pg, pg_aside)
+            except OSError as again:
+                raise StackError(
+                    f"the restore failed ({message[:300]}) and the old contents could not be put"
+                    f" back ({again}): they are in {aside}; move them back into {self.data_dir}"
+                ) from None
+            await asyncio.to_thread(_write_failed, self.data_dir, message[:2000])
+            return
+        log.warning(
+            "restored platform backup %s of %s (%d apps); the old data directory's contents are"
+            " in %s",
+            summary.snapshot,
+            summary.time,
+            len(summary.apps),
+            aside,
+        )
+
     def _save(self, *, stack_pid: bool = True) -> None:
         pid = os.getpid()
         state = {
@@ -294,6 +399,67 @@ class Stack:
             "parts": [p.to_json() for p in self.parts],
         }
         write_state(self.data_dir, state)
+
+
+def _take_request(path: Path) -> dict[str, Any] | None:
+    """The request in `path` (a regular file, never a link), deleted before it is parsed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError:  # a link or something else: not a request of ours
+        path.unlink(missing_ok=True)
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(1 << 16)
+    finally:
+        path.unlink(missing_ok=True)
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("target"), dict):
+        log.error("ignored a restore request that is not one", extra={"file": str(path)})
+        return None
+    return doc
+
+
+def _move_aside(data_dir: Path, aside: Path, pg: Path, pg_aside: Path | None) -> None:
+    aside.mkdir(mode=0o700)
+    for child in list(data_dir.iterdir()):
+        if child.name in (RESTORE_FAILED,):
+            child.unlink()
+            continue
+        os.rename(child, aside / child.name)
+    if pg_aside is not None and pg.exists():  # a cluster outside the data dir (state.py)
+        os.rename(pg, pg_aside)
+
+
+def _put_back(data_dir: Path, aside: Path, pg: Path, pg_aside: Path | None) -> None:
+    """What a failed restore left goes; the old contents come back."""
+    if not aside.is_dir():  # nothing was moved
+        return
+    for child in list(data_dir.iterdir()):
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    for child in list(aside.iterdir()):
+        os.rename(child, data_dir / child.name)
+    aside.rmdir()
+    if pg_aside is not None and pg_aside.exists():
+        if pg.exists():
+            shutil.rmtree(pg)
+        os.rename(pg_aside, pg)
+
+
+def _write_failed(data_dir: Path, message: str) -> None:
+    path = data_dir / RESTORE_FAILED
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"message": message}) + "\n")
 
 
 async def _join(tasks: Iterable[asyncio.Task[None]]) -> None:

@@ -224,6 +224,9 @@ CONTRACT = Contract(
     },
     queries={
         "setup_state": _NOTHING,
+        # the setup token is right and setup not done (used by the wizard's restore; the token
+        # is not taken: the restored platform replaces it)
+        "check_setup_token": obj({"setup_token": _SETUP_TOKEN}, required=["setup_token"]),
         # a session or an API token; exactly one (identity checks that)
         "whoami": obj({"session": string(writeOnly=True), "token": string(writeOnly=True)}),
         "profile": _USER,

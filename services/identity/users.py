@@ -83,6 +83,14 @@ class Users:
     async def setup_state(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         return {"setup_done": await self.setup_done()}
 
+    @query("check_setup_token")
+    async def setup_token_ok(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Refuse unless setup is not done and the setup token is right (nothing changes)."""
+        if await self.setup_done():
+            raise SetupDone()
+        await check_setup_token(self.pool, str(payload["setup_token"]))
+        return {"setup_done": False}
+
     @command("setup")
     async def setup(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The first administrator, with the one-time setup token (setup_token.py)."""

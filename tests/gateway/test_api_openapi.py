@@ -35,7 +35,8 @@ async def test_served_document_covers_the_production_table(
     check_structure(doc, table)
     assert doc["info"]["version"] == VERSION
     assert set(doc["paths"]) == {
-        "/status", "/activity", "/openapi.json", "/setup", "/session", "/profile", "/users",
+        "/status", "/activity", "/openapi.json", "/setup", "/setup/restore", "/session",
+        "/profile", "/users",
         "/users/{user_id}/disable", "/users/{user_id}/enable", "/users/{user_id}",
         "/tasks/{task_id}", "/tasks/{task_id}/events",
         "/groups", "/groups/{group_id}", "/groups/{group_id}/members/{user_id}", "/invitations",

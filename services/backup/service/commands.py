@@ -8,15 +8,18 @@ sealed before it is kept; the private key of `setup_key` is answered once and ne
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pyrage
 
 from libs.events import context
-from libs.events.handlers import command
+from libs.events.handlers import command, query
 from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
 from services.backup import events as ev
@@ -27,7 +30,16 @@ from services.backup.errors import (
     JobFailed,
     NotAdmin,
 )
-from services.backup.repo import Repository, RepositoryError, new_identity
+from services.backup.repo import (
+    BackupError,
+    KeyInvalid,
+    Repository,
+    RepositoryError,
+    SnapshotInfo,
+    SnapshotNotFound,
+    WrongIdentity,
+    new_identity,
+)
 from services.backup.service.jobs import Engine, new_run_id
 from services.backup.service.settings import (
     SECRET,
@@ -39,7 +51,10 @@ from services.backup.service.settings import (
 from services.backup.targets.base import Target, TargetError, TargetMissing
 from services.backup.targets.factory import TargetSettingsError, target_from_settings
 
-__all__ = ["Commands"]
+__all__ = ["RESTORE_FAILED", "RESTORE_REQUEST", "Commands"]
+
+RESTORE_REQUEST = "restore-request.json"  # deploy/stack.py RESTORE_REQUEST
+RESTORE_FAILED = "restore-failed.json"  # deploy/stack.py RESTORE_FAILED
 
 IDENTITY_COPY = "recovery/identity.age"  # not under keys/: prune owns that
 _LOCAL = ("kind", "path")
@@ -231,16 +246,7 @@ class Commands:
     async def restore(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         admin_only()
         snapshot_id, identity = payload["snapshot_id"], payload["identity"]
-        settings = await self._ready()
-        info = await self._found(settings, snapshot_id)
-        if info.labels.get("kind") == "platform":
-            raise BackupConflict(
-                f"backup {snapshot_id} is of the platform: restore a platform with `homeport"
-                " restore` on a new machine",
-                field="snapshot_id",
-            )
-        repo = await self._repo(settings)
-        await self.engine.check_identity(repo, snapshot_id, identity)  # before any change
+        repo, info, _ = await self._app_backup(snapshot_id, identity)
         app_id = info.labels.get("app_id", "")
         try:
             app = await self.engine.apps.app(app_id, snapshot_id)
@@ -275,16 +281,7 @@ class Commands:
     async def clone(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         admin_only()
         snapshot_id, identity = payload["snapshot_id"], payload["identity"]
-        settings = await self._ready()
-        info = await self._found(settings, snapshot_id)
-        if info.labels.get("kind") == "platform":
-            raise BackupConflict(
-                f"backup {snapshot_id} is of the platform: restore a platform with `homeport"
-                " restore` on a new machine",
-                field="snapshot_id",
-            )
-        repo = await self._repo(settings)
-        meta = await self.engine.check_identity(repo, snapshot_id, identity)
+        repo, info, meta = await self._app_backup(snapshot_id, identity)
         found = meta.get("app")
         about: dict[str, Any] = found if isinstance(found, dict) else {}
         install: dict[str, Any] = {
@@ -333,11 +330,67 @@ class Commands:
 
         return {"task_id": await self.engine.submit("verify", f"Verify backup {snapshot_id}", job)}
 
+    # -- the setup wizard's platform restore ----------
+
+    @command("platform_restore")
+    async def platform_restore(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Check a platform backup opens with the key; without check_only, ask the stack to
+        restore it (RESTORE_REQUEST in the data dir, read and deleted by deploy/stack.py)."""
+        admin_only()  # the gateway sends it as the platform, after checking the setup token
+        kind = payload["kind"]
+        allowed = _LOCAL if kind == "local" else _S3
+        own = {"identity", "snapshot_id", "check_only"}
+        extra = sorted(k for k in payload if k not in allowed and k not in own and payload[k])
+        if extra:
+            raise InvalidRequest(f"{extra[0]} is not a setting of a {kind} target", field=extra[0])
+        given = {k: payload[k] for k in allowed if payload.get(k) is not None}
+        target = self._target(given)
+        try:
+            chosen, apps = await _platform_backup(target, kind, payload)
+        finally:
+            await target.close()
+        answer = {
+            "snapshot_id": chosen.id,
+            "time": chosen.time.isoformat(timespec="seconds"),
+            "apps": apps,
+        }
+        if payload.get("check_only"):
+            return answer
+        request = {
+            "version": 1,
+            "target": factory_settings(given),
+            "allow_loopback": self.cfg.allow_loopback_targets,
+            "identity": payload["identity"],
+            "snapshot_id": chosen.id,
+        }
+        await asyncio.to_thread(_write_request, self.cfg.data_dir, request)
+        return {**answer, "requested": True}
+
+    @query("platform_restore_state")
+    async def platform_restore_state(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return await asyncio.to_thread(_restore_state, self.cfg.data_dir)
+
     async def _repo(self, settings: Settings) -> Repository:
         try:
             return await self.engine.repository(settings)
         except JobFailed as e:
             raise BackupUnavailable(e.message) from None
+
+    async def _app_backup(
+        self, snapshot_id: str, identity: str
+    ) -> tuple[Repository, Any, dict[str, Any]]:
+        """The repository, listing and (opened with `identity`, before any change) metadata of
+        an app's backup; a platform backup is refused."""
+        settings = await self._ready()
+        info = await self._found(settings, snapshot_id)
+        if info.labels.get("kind") == "platform":
+            raise BackupConflict(
+                f"backup {snapshot_id} is of the platform: restore a platform with `homeport"
+                " restore` on a new machine",
+                field="snapshot_id",
+            )
+        repo = await self._repo(settings)
+        return repo, info, await self.engine.check_identity(repo, snapshot_id, identity)
 
     async def _found(self, settings: Settings, snapshot_id: str) -> Any:
         try:
@@ -402,3 +455,72 @@ async def _rekeyed(target: Target, old: list[str], new: list[str]) -> None:
             field="kind",
         )
     await repo.set_recipients(new)
+
+
+async def _platform_backup(
+    target: Target, kind: str, payload: Mapping[str, Any]
+) -> tuple[SnapshotInfo, int]:
+    """The platform backup (newest or `snapshot_id`) on `target`, proved to open with the
+    payload's identity, and how many app backups it names. Invalid naming the field else."""
+    where = "path" if kind == "local" else "bucket"
+    try:
+        if await target.stat("config") is None:
+            raise InvalidRequest("this target holds no backups", field=where)
+        repo = await Repository.open(target)
+        snaps = await repo.snapshots()
+    except (RepositoryError, TargetError, BackupError) as e:
+        message = re.sub(r"\b(access_key|secret_key)\b", lambda m: TO_CONTRACT[m.group(1)], str(e))
+        raise InvalidRequest(
+            f"the backups on this target cannot be read: {message}", field=_field_of(kind, message)
+        ) from None
+    wanted = payload.get("snapshot_id")
+    platforms = [s for s in snaps if s.labels.get("kind") == "platform"]
+    if wanted is not None:
+        platforms = [s for s in platforms if s.id == wanted]
+        if not platforms:
+            raise InvalidRequest(
+                f"this target holds no platform backup {wanted}", field="snapshot_id"
+            )
+    if not platforms:
+        raise InvalidRequest(
+            'this target holds no platform backup (a "back up now" of everything makes one)',
+            field=where,
+        )
+    chosen = platforms[-1]
+    try:
+        await repo.meta(chosen.id, payload["identity"])
+    except (WrongIdentity, KeyInvalid):
+        raise InvalidRequest(
+            f"this key does not open backup {chosen.id}: give the private key made when backups"
+            " were set up",
+            field="identity",
+        ) from None
+    except (SnapshotNotFound, BackupError, TargetError) as e:
+        raise InvalidRequest(f"backup {chosen.id} cannot be read: {e}", field=where) from None
+    named = chosen.labels.get("apps", "")
+    return chosen, len([a for a in named.split(",") if a])
+
+
+def _write_request(data_dir: Path, request: dict[str, Any]) -> None:
+    """The request for the stack, 0600, never over a file or a link already there."""
+    path = data_dir / RESTORE_REQUEST
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise BackupConflict(
+            "a restore is already requested: wait for the platform to restart", field="kind"
+        ) from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(request))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _restore_state(data_dir: Path) -> dict[str, Any]:
+    failed: str | None = None
+    try:
+        doc = json.loads((data_dir / RESTORE_FAILED).read_text(encoding="utf-8"))
+        failed = str(doc.get("message", ""))[:2000] or None
+    except (OSError, ValueError, AttributeError):
+        failed = None
+    return {"pending": (data_dir / RESTORE_REQUEST).exists(), "failed": failed}

@@ -13,6 +13,7 @@ from services.gateway.api.handlers import (
     metrics,
     platform,
     security,
+    setup_restore,
     tasks,
 )
 from services.gateway.api.routes import RouteTable
@@ -24,6 +25,7 @@ _MODULES = (
     platform,
     activity,
     identity,
+    setup_restore,
     groups,
     security,
     tasks,

@@ -1,10 +1,12 @@
-// The setup wizard: the first administrator, then the domain and its DNS provider.
+// The setup wizard: a new platform (the first administrator, then the domain and its DNS
+// provider), or a platform restored from its backups (setup_restore.jsx).
 import { useState } from "preact/hooks";
 import { post } from "../api.js";
 import { navigate, useRoute } from "../router.js";
 import { useSession } from "../session.js";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 import { DomainForm } from "./domain_form.jsx";
+import { RestoreStep } from "./setup_restore.jsx";
 
 function Steps({ step }) {
   const names = ["Administrator", "Domain", "Done"];
@@ -60,6 +62,7 @@ export function Setup({ signedIn = false }) {
   const { refresh } = useSession();
   const token = useRoute().query.get("token");
   const [step, setStep] = useState(signedIn ? 1 : 0);
+  const [mode, setMode] = useState("new"); // or "restore" (chosen on the first screen)
   const [domain, setDomain] = useState(null);
   const finish = async () => {
     await refresh();
@@ -68,8 +71,21 @@ export function Setup({ signedIn = false }) {
   return (
     <div class="centered wizard">
       <h1>Set up Homeport</h1>
-      <Steps step={step} />
-      {step === 0 && (
+      {!signedIn && step === 0 && (
+        <div class="wizard-choice" role="group" aria-label="How to start">
+          {[
+            ["new", "Set up a new platform"],
+            ["restore", "Restore from a backup"],
+          ].map(([m, label]) => (
+            <button key={m} type="button" class={`btn${mode === m ? " btn-primary" : ""}`} aria-pressed={mode === m ? "true" : "false"} onClick={() => setMode(m)}>
+              {label}
+            </button>
+          ))}
+        </div>
+      )}
+      {mode === "restore" && <RestoreStep token={token} onBack={() => setMode("new")} />}
+      {mode === "new" && <Steps step={step} />}
+      {mode === "new" && step === 0 && (
         <section aria-labelledby="step-admin">
           <h2 id="step-admin">1. The first administrator</h2>
           <AdminStep
@@ -81,7 +97,7 @@ export function Setup({ signedIn = false }) {
           />
         </section>
       )}
-      {step === 1 && (
+      {mode === "new" && step === 1 && (
         <section aria-labelledby="step-domain">
           <h2 id="step-domain">2. Your domain</h2>
           <p>
@@ -102,7 +118,7 @@ export function Setup({ signedIn = false }) {
           </p>
         </section>
       )}
-      {step === 2 && (
+      {mode === "new" && step === 2 && (
         <section aria-labelledby="step-done">
           <h2 id="step-done">Homeport is ready</h2>
           {domain ? (
