@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from libs.service.config import LOG_LEVELS, ConfigError
 from libs.service.logs import redact
 
 if TYPE_CHECKING:
+    from deploy.layout import Layout
     from libs.events.store import ChainReport
     from services.apps.catalog import Catalog
 
@@ -92,6 +94,23 @@ def _parser() -> argparse.ArgumentParser:
     data_dir_arg(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(func=_cmd_status)
+
+    # On a server install (/etc/homeport/homeport.env under --prefix) these talk to systemd.
+    def prefix_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--prefix", type=Path, default=Path("/"), help="install root (default /)")
+
+    prefix_arg(status)
+    logs = sub.add_parser("logs", help="show one service's log (the journal on a server)")
+    data_dir_arg(logs)
+    prefix_arg(logs)
+    logs.add_argument("service", help="the service: gateway, identity, postgres, …")
+    logs.add_argument("-n", "--lines", type=int, default=100, help="how many lines (default 100)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.set_defaults(func=_cmd_logs)
+    restart = sub.add_parser("restart", help="restart one service of a server install")
+    prefix_arg(restart)
+    restart.add_argument("service", help="the service: gateway, identity, postgres, …")
+    restart.set_defaults(func=_cmd_restart)
 
     setup = sub.add_parser(
         "setup", help="create the first administrator of the running stack (once)"
@@ -208,7 +227,38 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--text", help="words that must all appear (case-insensitive)")
     search.add_argument("--tag", help="an exact tag")
     search.set_defaults(func=_cmd_catalog_search)
+    _release_parsers(sub)
     return parser
+
+
+def _release_parsers(sub: Any) -> None:
+    release = sub.add_parser("release", help="make a signing key and signed platform releases")
+    release_sub = release.add_subparsers(dest="release_command", required=True, metavar="COMMAND")
+    rkeygen = release_sub.add_parser(
+        "keygen", help="make an Ed25519 release key (mode 0600); prints its public key (PEM)"
+    )
+    rkeygen.add_argument("--out", required=True, type=Path, help="where to write the private key")
+    rkeygen.set_defaults(func=_cmd_release_keygen)
+    rbuild = release_sub.add_parser(
+        "build", help="archive the repository's tracked files as a signed release in DIR"
+    )
+    rbuild.add_argument("--version", required=True, help="the release's semantic version")
+    rbuild.add_argument("--key", required=True, type=Path, help="the private release key")
+    rbuild.add_argument("--out", required=True, type=Path, help="the release directory")
+    rbuild.add_argument("--changelog", type=Path, help="a text file: what changed")
+    rbuild.add_argument("--repo", type=Path, default=Path(), help="the git checkout (default .)")
+    rbuild.set_defaults(func=_cmd_release_build)
+    update = sub.add_parser(
+        "update", help="install the newest signed platform release (rolled back if unhealthy)"
+    )
+    update.add_argument("--check", action="store_true", help="only say what is available")
+    update.add_argument("--prefix", type=Path, default=Path("/"), help="install root (default /)")
+    update.add_argument("--url", help="release URL (default: /etc/homeport/release-url)")
+    update.add_argument("--venv-from", type=Path, help="use this virtualenv instead of pip")
+    update.add_argument(
+        "--health-timeout", type=float, default=120.0, help="seconds to wait for health"
+    )
+    update.set_defaults(func=_cmd_update)
 
 
 def _err(msg: str) -> None:
@@ -283,6 +333,8 @@ def _print_ready(stack: Stack) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if _server(args) is not None:
+        return _systemd_status(args)
     data = Path(args.data_dir).absolute()
     state = read_state(data)
     if state is None or not is_running(state):
@@ -345,6 +397,98 @@ def _print_table(state: dict[str, Any], parts: list[dict[str, Any]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     if state.get("dashboard_url"):
         print(f"Dashboard: {state['dashboard_url']}")
+
+
+# -- a server install: systemd ------------------------------------------------------------
+
+
+def _server(args: argparse.Namespace) -> Layout | None:
+    """The install's Layout when this is a server install (its homeport.env exists)."""
+    from deploy.layout import Layout
+
+    layout = Layout(args.prefix)
+    return layout if layout.env_file.is_file() else None
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        _err(f"cannot run {argv[0]}: {e}")
+        return None
+
+
+def _systemd_status(args: argparse.Namespace) -> int:
+    from deploy.units import installed_units, parse_show, status_argv
+
+    layout = _server(args)
+    assert layout is not None
+    r = _run(status_argv(installed_units(layout)))
+    if r is None or r.returncode != 0:
+        _err(f"systemctl show failed: {r.stderr.strip() if r else 'not run'}")
+        return EXIT_FAILED
+    units = parse_show(r.stdout)
+    healthy = bool(units) and all(u.get("ActiveState") == "active" for u in units)
+    if args.json:
+        print(json.dumps({"running": True, "healthy": healthy, "units": units}, indent=2))
+    else:
+        rows = [("UNIT", "STATE", "PID", "RESTARTS")] + [
+            (
+                u.get("Id", "?"),
+                f"{u.get('ActiveState', '?')} ({u.get('SubState', '?')})",
+                u.get("MainPID", "0"),
+                u.get("NRestarts", "0"),
+            )
+            for u in units
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from deploy.units import logs_argv, unit_for
+
+    if args.lines < 1:
+        _err(f"--lines {args.lines}: give a number of lines >= 1")
+        return EXIT_USAGE
+    try:
+        unit = unit_for(args.service)
+    except ValueError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    if _server(args) is not None:
+        return subprocess.call(logs_argv(unit, args.lines, args.follow))
+    # the local stack: its log files (see `homeport up`)
+    path = Path(args.data_dir).absolute() / "logs" / f"{args.service}.log"
+    if not path.is_file():
+        _err(f"no log of {args.service!r} in {path.parent}: check the name with homeport status")
+        return EXIT_USAGE
+    argv = ["tail", "-n", str(args.lines), *(["-F"] if args.follow else []), "--", str(path)]
+    return subprocess.call(argv)
+
+
+def _cmd_restart(args: argparse.Namespace) -> int:
+    from deploy.units import restart_argv, unit_for
+
+    if _server(args) is None:
+        _err(
+            "restart works on a server install (no homeport.env here); the local stack "
+            "restarts crashed parts itself: stop it and run homeport up again"
+        )
+        return EXIT_USAGE
+    try:
+        unit = unit_for(args.service)
+    except ValueError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    r = _run(restart_argv(unit))
+    if r is None or r.returncode != 0:
+        _err(f"restart of {unit} failed: {r.stderr.strip() if r else 'not run'}")
+        return EXIT_FAILED
+    print(f"restarted {unit}")
+    return EXIT_OK
 
 
 # -- setup --------------------------------------------------------------------------------
@@ -757,6 +901,69 @@ def _cmd_catalog_search(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
     for r in (head, *rows):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+# -- release and update ---------------------------------------------------------------------
+
+
+def _cmd_release_keygen(args: argparse.Namespace) -> int:
+    from deploy import release
+
+    try:
+        key = release.generate_key(args.out)
+    except release.ReleaseError as e:
+        _err(str(e))
+        return EXIT_FAILED
+    print(f"private key written to {args.out} (mode 0600); its public key:", file=sys.stderr)
+    print(release.public_key_text(key), end="")
+    return EXIT_OK
+
+
+def _cmd_release_build(args: argparse.Namespace) -> int:
+    from deploy import release
+
+    try:
+        changelog = args.changelog.read_text() if args.changelog else ""
+        key = release.load_private_key(args.key)
+        manifest = release.build_release(
+            args.repo, args.version, key, args.out, changelog=changelog
+        )
+    except (release.ReleaseError, OSError) as e:
+        _err(str(e))
+        return EXIT_FAILED
+    print(f"release {args.version}: {manifest} (signed), {args.out / release.LATEST}")
+    return EXIT_OK
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    from deploy.layout import Layout
+    from deploy.update import SystemdHost, UpdateError, Updater
+
+    updater = Updater(
+        Layout(args.prefix),
+        SystemdHost(),
+        url=args.url,
+        venv_from=args.venv_from,
+        health_timeout=args.health_timeout,
+    )
+    try:
+        if args.check:
+            found = updater.check()
+            if found is None:
+                print(f"{updater.current_version()} is the newest release")
+            else:
+                print(f"{found.version} is available (running {updater.current_version()})")
+                if found.changelog:
+                    print(found.changelog.rstrip())
+            return EXIT_OK
+        outcome = updater.update()
+    except UpdateError as e:
+        _err(str(e))
+        return EXIT_FAILED
+    if outcome.rolled_back:
+        _err(f"{outcome.version} was rolled back: {', '.join(outcome.unhealthy)}")
+        return EXIT_FAILED
     return EXIT_OK
 
 

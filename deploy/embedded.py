@@ -217,7 +217,7 @@ class PostgresServer:
                 "-c",
                 "max_connections=300",
                 "-c",
-                "shared_buffers=256MB",
+                "shared_buffers=64MB",  # 256MB: +10 MiB at rest, up to +192 MiB as it fills
                 "-c",
                 f"listen_addresses={addresses}",
                 "-c",

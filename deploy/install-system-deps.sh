@@ -23,6 +23,7 @@ declare -A need=(
   [pdns_server]=pdns-server  # PowerDNS, a DNS provider (tests run a real one)
   [/usr/lib/x86_64-linux-gnu/pdns/libgsqlite3backend.so]=pdns-backend-sqlite3
   [nginx]=nginx-light  # the edge
+  [systemd-analyze]=systemd  # checks the server units (tests/deploy/test_units.py)
   [node]=nodejs  # builds the dashboard (esbuild, from the npm registry)
   [npm]=npm
   [/usr/bin/chromium]=chromium  # the dashboard's browser tests (driven by Playwright)

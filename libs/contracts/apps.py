@@ -62,6 +62,10 @@ _SNAPSHOT = obj(
     {"app_id": _APP_ID, "snapshot_id": _SNAPSHOT_ID}, required=["app_id", "snapshot_id"]
 )
 _CATALOG_ENTRY = obj({"manifest_id": _MANIFEST_ID, "version": _VERSION}, required=["manifest_id"])
+_HHMM = string(
+    pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+    description="HH:MM, 24-hour, in the server's time zone",
+)
 
 CONTRACT = Contract(
     "apps",
@@ -118,6 +122,20 @@ CONTRACT = Contract(
         ),
         "forget_snapshot": _SNAPSHOT,
         "adopt_snapshot": _SNAPSHOT,
+        # Automatic updates (services/apps/autoupdate.py), administrators only: on or off and
+        # the nightly window (an end before the start spans midnight); fields left out keep
+        # their value. Answers the settings as `auto_update` does.
+        "set_auto_update": obj(
+            {
+                "enabled": boolean(description="update apps automatically (default: on)"),
+                "window_start": _HHMM,
+                "window_end": _HHMM,
+            }
+        ),
+        # One app updated automatically (default) or not. Answers {app_id, enabled}.
+        "set_app_auto_update": obj(
+            {"app_id": _APP_ID, "enabled": boolean()}, required=["app_id", "enabled"]
+        ),
     },
     queries={
         "catalog": obj({"text": string(maxLength=200), "tag": string(maxLength=200)}),
@@ -137,5 +155,12 @@ CONTRACT = Contract(
             required=["app_id"],
         ),
         "stats": obj({}),
+        # Administrators only. {enabled, window_start, window_end, time_zone, opted_out: [ids]}
+        "auto_update": obj({}),
+        # Administrators only: the apps whose update waits for one (a newer release marked as
+        # needing approval, or an update requested and awaiting `approve_update`):
+        # {items: [{app_id, location, domain, manifest_id, version, available_version,
+        # awaiting_approval, task_id}]}
+        "pending_updates": obj({}),
     },
 )

@@ -29,12 +29,12 @@ from nats.aio.client import Client as NATS
 from libs.contracts import Contract
 from libs.events.bus import Bus, BusClient
 from libs.events.handlers import check_routes, routes_of
-from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
 from libs.service.runner import Service
 
 if TYPE_CHECKING:  # projection.py imports the relay, whose build() uses these parts
     from libs.events.projection import Projection, ProjectionRunner
+    from libs.events.sealing import Keyring
 
 __all__ = [
     "Connections",
@@ -76,7 +76,9 @@ class Connections:
 async def connections(svc: Service, *, pool_size: int = 5) -> AsyncIterator[Connections]:
     """Open the event store and connect to NATS; close both (NATS first) on exit."""
     cfg = svc.config
-    store = await PostgresEventStore.open(cfg.database_url, max_size=pool_size)
+    # min_size 0: a quiet service keeps no Postgres backend (~3 MiB) open; pool.py closes
+    # connections unused for IDLE_CONNECTION_S, the next query opens one again (a few ms)
+    store = await PostgresEventStore.open(cfg.database_url, min_size=0, max_size=pool_size)
     try:
         nc = await connect_nats(cfg.nats_url, f"homeport-{svc.name}")
         try:
@@ -90,6 +92,8 @@ async def connections(svc: Service, *, pool_size: int = 5) -> AsyncIterator[Conn
 @asynccontextmanager
 async def opened_keyring(path: Path) -> AsyncIterator[Keyring]:
     """The sealing keyring at `path` (opened off the event loop), closed on exit."""
+    from libs.events.sealing import Keyring  # cryptography: not for services without keys
+
     keys = await asyncio.to_thread(Keyring.open, path)
     try:
         yield keys

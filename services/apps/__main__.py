@@ -14,11 +14,11 @@ from libs.events.wiring import connections, loop, opened_keyring, serve
 from libs.service.config import load_config
 from libs.service.runner import Service, main
 from services.apps.addons.postgresql import addon_postgres
+from services.apps.autoupdate import Clock, auto_updates
 from services.apps.catalog import load_catalog
 from services.apps.commands import Commands
 from services.apps.config import AppsConfig
-from services.apps.container import ContainerRuntime
-from services.apps.health import HealthMonitor, Restarts
+from services.apps.health import HealthMonitor, Restarts, docker_ready
 from services.apps.operations import Driver, Tools
 from services.apps.peers import Peers
 from services.apps.projections import AppsProjection
@@ -28,15 +28,16 @@ from services.apps.snapshots import Snapshots
 from services.apps.streams import app_streams
 
 
-def build(cfg: AppsConfig | None = None) -> Service:
+def build(cfg: AppsConfig | None = None, clock: Clock | None = None) -> Service:
+    """The apps process; `clock` (tests) is what the nightly update window is read by."""
     cfg = cfg if cfg is not None else load_config(AppsConfig)
     svc = Service("apps", cfg)
-    svc.use(partial(_parts, cfg))
+    svc.use(partial(_parts, cfg, clock))
     return svc
 
 
 @asynccontextmanager
-async def _parts(cfg: AppsConfig, svc: Service) -> AsyncIterator[None]:
+async def _parts(cfg: AppsConfig, clock: Clock | None, svc: Service) -> AsyncIterator[None]:
     catalog = await asyncio.to_thread(load_catalog, cfg)
     if cfg.apps_egress_rules:  # SECURITY.md "Isolation of apps": no app runs without them
         await EgressRules().ensure()
@@ -46,7 +47,7 @@ async def _parts(cfg: AppsConfig, svc: Service) -> AsyncIterator[None]:
         DockerRuntime(cfg.docker_host) as runtime,
     ):
         await runtime.ping()
-        svc.add_readiness_check("docker", partial(_docker_ready, runtime))
+        svc.add_readiness_check("docker", partial(docker_ready, runtime))
         await ProjectionRunner(AppsProjection(), conn.store).setup()
         services = await runtime.ensure_services_network(cfg.services_network, cfg.services_subnet)
         pg = await addon_postgres(
@@ -60,19 +61,15 @@ async def _parts(cfg: AppsConfig, svc: Service) -> AsyncIterator[None]:
             commands = Commands(cfg, apps, keys, catalog, runtime, driver, restarts)
             queries = Queries(cfg, apps, runtime, catalog, peers, monitor.latest_stats)
             async with (
+                auto_updates(svc, cfg, commands, clock) as auto,
                 loop(svc, "apps.health", monitor.run_checks(), cancel=True),
                 loop(svc, "apps.docker_events", monitor.run_events(), cancel=True),
                 # exited first (reverse order): its `stop` ends all three of the monitor's loops
                 loop(svc, "apps.stats", monitor.run_stats(), monitor.stop, cancel=True),
-                serve(svc, conn.nc, CONTRACT, commands, queries),
+                serve(svc, conn.nc, CONTRACT, commands, queries, auto),
             ):
                 await driver.resume_all()
                 yield
-
-
-async def _docker_ready(runtime: ContainerRuntime) -> bool:
-    await runtime.ping()  # raises (not ready) when dockerd does not answer
-    return True
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from libs.contracts.common import MAX_ENV, RESERVED_LOCATIONS, env_name_problem
@@ -379,6 +379,18 @@ class Commands:
     async def update(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         s = await self._existing(payload)
         target = self._manifest(s.manifest_id, payload.get("version"), "version")
+        return await self.start_update(s, target)
+
+    async def start_update(
+        self,
+        s: AppState,
+        target: Manifest,
+        *,
+        title: str = "",
+        also: Callable[[str], Sequence[object]] | None = None,
+    ) -> dict[str, Any]:
+        """Request the update of `s` to `target` as the current context's actor; `also(task_id)`
+        gives events recorded with the request (the nightly window's, autoupdate.py)."""
         self._idle(s, "update it")
         if s.state is not State.installed:
             raise AppConflict(f"the app is {s.state.value}: repair it first")
@@ -389,7 +401,7 @@ class Commands:
             )
         self._platform_ok(target)
         task = await self._start_task(
-            "update", f"Update {target.title} to {target.version}", s.app_id
+            "update", title or f"Update {target.title} to {target.version}", s.app_id
         )
         request = ev.AppUpdateRequested(
             app_id=s.app_id,
@@ -398,7 +410,7 @@ class Commands:
             to_version=str(target.version),
             needs_approval=target.update_needs_approval,
         )
-        await self._record(s, [request], task)
+        await self._record(s, [request, *(also(task.id) if also else ())], task)
         if target.update_needs_approval:
             await task.progress(0, "waiting for an administrator to approve the update")
         else:

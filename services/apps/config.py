@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,16 @@ def _name(v: str) -> bool:
 def _domain(v: str) -> bool:
     label = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
     return len(v) <= 200 and re.fullmatch(rf"{label}(\.{label})*", v) is not None
+
+
+def _time_zone(v: str) -> bool:
+    if not v:
+        return True  # /etc/localtime
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,14 @@ class AppsConfig(ServiceConfig):
     # iptables rules that keep app containers from link-local and loopback addresses
     # (libs/egress.py); off only where something else owns the host's filter.
     apps_egress_rules: bool = True
+    # The zone of the automatic updates' nightly window (IANA name); empty: /etc/localtime.
+    time_zone: str = field(
+        default="", metadata=check(_time_zone, "an IANA time zone name such as Europe/Berlin")
+    )
+    # Automatic updates (autoupdate.py): how often the loop looks at the clock; the loop is off
+    # only in tests that must not see apps updated by the wall clock.
+    auto_update_interval: float = field(default=60.0, metadata=check(_positive, "seconds > 0"))
+    auto_update_loop: bool = True
     # Fault injection for the crash tests only: "<operation>:<step>" makes the worker stop
     # (sleep until killed) right after recording that step. Never set in production.
     apps_pause_after: str = ""

@@ -7,7 +7,7 @@ of an operation) are caught by the service and told through the operation's task
 
 from __future__ import annotations
 
-from libs.contracts.errors import BusError, Conflict, Invalid, NotFound, Unavailable
+from libs.contracts.errors import BusError, Conflict, Forbidden, Invalid, NotFound, Unavailable
 
 __all__ = [
     "AppConflict",
@@ -16,6 +16,7 @@ __all__ = [
     "ChangedMeanwhile",
     "InvalidRequest",
     "LocationTaken",
+    "NotAdmin",
     "OperationFailed",
     "PeerUnavailable",
 ]
@@ -51,6 +52,13 @@ class ChangedMeanwhile(AppConflict):
         self, message: str = "the app was changed at the same time; look again and retry"
     ) -> None:
         super().__init__(message)
+
+
+class NotAdmin(AppsError, Forbidden):
+    """Settings of the platform's apps are an administrator's (the gateway vouches who is one)."""
+
+    def __init__(self, what: str = "change how apps are updated") -> None:
+        super().__init__(f"only an administrator may {what}")
 
 
 class PeerUnavailable(AppsError, Unavailable):

@@ -18,7 +18,10 @@ from libs.events.registry import REGISTRY
 
 __all__ = [
     "APP_CATEGORY",
+    "SETTINGS_STREAM",
     "AddonProvisioned",
+    "AppAutoUpdateSet",
+    "AppAutoUpdateStarted",
     "AppConfigureRequested",
     "AppConfigured",
     "AppDied",
@@ -42,10 +45,13 @@ __all__ = [
     "AppUpdateApproved",
     "AppUpdateRequested",
     "AppUpdated",
+    "AppsAutoUpdateSet",
     "app_stream",
 ]
 
 APP_CATEGORY = "app"
+# The service's settings (automatic updates): last one of each kind wins (autoupdate.py).
+SETTINGS_STREAM = "apps-settings"
 
 
 def app_stream(app_id: str) -> str:
@@ -341,3 +347,49 @@ class AppOutOfMemory:
 
     def summary(self) -> str:
         return f"app {_short(self.app_id)} ran out of memory"
+
+
+@REGISTRY.event("AppsAutoUpdateSet")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppsAutoUpdateSet:
+    """Automatic app updates on or off and their nightly window (stream `apps-settings`)."""
+
+    enabled: bool
+    window_start: str  # HH:MM, the server's time zone
+    window_end: str  # HH:MM; before window_start: the window spans midnight
+
+    def summary(self) -> str:
+        if not self.enabled:
+            return "automatic app updates: off"
+        return f"automatic app updates: nightly {self.window_start}-{self.window_end}"
+
+
+@REGISTRY.event("AppAutoUpdateSet")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppAutoUpdateSet:
+    """One app updated automatically or not (stream `apps-settings`; default: it is)."""
+
+    app_id: str
+    enabled: bool
+
+    def summary(self) -> str:
+        return f"app {_short(self.app_id)}: automatic updates {'on' if self.enabled else 'off'}"
+
+
+@REGISTRY.event("AppAutoUpdateStarted")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppAutoUpdateStarted:
+    """Recorded with the `AppUpdateRequested` the nightly window made (actor "system")."""
+
+    app_id: str
+    task_id: str
+    from_version: str
+    to_version: str
+    night: str  # the date (YYYY-MM-DD) the window started on: one try per app and night
+    reason: str = "automatic"
+
+    def summary(self) -> str:
+        return (
+            f"app {_short(self.app_id)}: automatic update {self.from_version} ->"
+            f" {self.to_version} started"
+        )

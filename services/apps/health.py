@@ -33,7 +33,7 @@ from services.apps.names import Names
 from services.apps.state import Health, State
 from services.apps.streams import AppStreams
 
-__all__ = ["AppStats", "HealthMonitor", "Restarts"]
+__all__ = ["AppStats", "HealthMonitor", "Restarts", "docker_ready"]
 
 log = logging.getLogger("services.apps.health")
 
@@ -303,3 +303,9 @@ def _label_sets(gauge: Gauge) -> list[tuple[str, str]]:
         for sample in metric.samples:
             out.append((sample.labels["app_id"], sample.labels["location"]))
     return out
+
+
+async def docker_ready(runtime: ContainerRuntime) -> bool:
+    """The service's readiness check: raises (not ready) when dockerd does not answer."""
+    await runtime.ping()
+    return True

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from libs.events import context
 from libs.events.bus import BusError
@@ -29,7 +29,6 @@ from libs.events.store import PostgresEventStore
 from libs.events.tasks import Task
 from libs.service.runner import ServiceStopping
 from services.certs import events as ev
-from services.certs.acme_client import AcmeAccount, TxtPublisher
 from services.certs.certificates import (
     CertInfo,
     covers,
@@ -48,6 +47,9 @@ from services.certs.errors import (
 )
 from services.certs.projections import CertsProjection, CertState, Pending, fold
 from services.certs.store import CertFiles, TokenFiles
+
+if TYPE_CHECKING:  # acme, josepy and requests cost ~5 MiB: imported when an account is needed
+    from services.certs.acme_client import AcmeAccount, TxtPublisher
 
 __all__ = ["TRANSIENT", "Engine", "retry_delay"]
 
@@ -437,6 +439,8 @@ class Engine:
             key_pem = None
             if known is not None:
                 key_pem = await asyncio.to_thread(self._keyring.unseal_str, known)
+            from services.certs.acme_client import AcmeAccount
+
             account = await AcmeAccount.register(
                 directory,
                 self._cfg.acme_email or None,

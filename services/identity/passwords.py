@@ -13,14 +13,15 @@ Hashing and verifying cost about 100 ms of CPU and 64 MiB each: call them off th
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 import unicodedata
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Final
 
 from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
 from services.identity.errors import IdentityInvalid
 
@@ -83,11 +84,27 @@ class PasswordRejected(IdentityInvalid):
         self.reason = reason
 
 
+def _frequency_lists() -> Any:
+    """zxcvbn's FREQUENCY_LISTS, from its module file alone and not kept: importing the zxcvbn
+    package also builds ranked dictionaries of every list (~10 MiB for the life of identity)."""
+    spec = importlib.util.find_spec("zxcvbn")  # finds the package without importing it
+    origin = None if spec is None else spec.origin
+    if origin is None:
+        raise RuntimeError("zxcvbn is not installed: its common-password list is needed")
+    path = Path(origin).with_name("frequency_lists.py")
+    module_spec = importlib.util.spec_from_file_location("_zxcvbn_frequency_lists", path)
+    if module_spec is None or module_spec.loader is None:
+        raise RuntimeError(f"cannot load zxcvbn's frequency lists from {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.FREQUENCY_LISTS
+
+
 def _load_common() -> frozenset[str]:
     # zxcvbn ships the 30,000 most frequent passwords of leaked sets (its "passwords"
     # frequency list, most frequent first, all lower case). Entries shorter than MIN_LENGTH
     # are refused by the length rule already, so only the 11,611 of 8+ characters are kept.
-    words: Any = FREQUENCY_LISTS["passwords"]
+    words: Any = _frequency_lists()["passwords"]
     common = frozenset(
         unicodedata.normalize("NFC", w).casefold()
         for w in words

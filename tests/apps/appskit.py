@@ -130,6 +130,8 @@ def apps_env(
         "HP_UNHEALTHY_AFTER": "3",
         "HP_STATS_INTERVAL": "1",
         "HP_READY_TIMEOUT": "30",
+        # no app updated because the wall clock is in the nightly window (test_autoupdate.py)
+        "HP_AUTO_UPDATE_LOOP": "0",
         **(extra or {}),
     }
 

@@ -185,6 +185,20 @@ async def unnamed_controls(page: Page) -> list[str]:
 # -- on the dashboard's pages ------------------------------------------------------------------
 
 
+async def click_until_answered(page: Page, button: Locator, answered: Locator) -> None:
+    """Click `button` until `answered` shows. Chromium drops a request in flight when dockerd
+    adds or removes an interface (ERR_NETWORK_CHANGED) and nginx may close a keep-alive
+    connection while reloading; the page then says "Homeport did not answer" and the user
+    clicks again, as they are told to (at most twice more)."""
+    didnt = page.get_by_text("Homeport did not answer")
+    for _ in range(3):
+        await button.click()
+        await expect(answered.or_(didnt)).to_be_visible()
+        if not await didnt.is_visible():
+            break
+    await expect(answered).to_be_visible()
+
+
 async def sign_in(page: Page, username: str, password: str) -> None:
     await expect(page.get_by_role("heading", name="Sign in to Homeport")).to_be_visible()
     await page.get_by_label("Username").fill(username)

@@ -171,7 +171,18 @@ async def test_set_up_back_up_now_and_restore_an_app_with_the_downloaded_key(
         await _serves(ed, "site", "a later change")
         await page.goto(f"/#/apps/{app_id}")
         section = page.get_by_role("region", name="Backups")
-        await expect(section.locator("tbody tr")).to_have_count(1)
+        # the app page asks for its backups once it has loaded the app (slow under load)
+        try:
+            await expect(section.locator("tbody tr")).to_have_count(1, timeout=20_000)
+        except AssertionError:
+            session = await session_of(page.context)
+            answer = await ed.platform.client.call(
+                "GET", f"/api/v1/apps/{app_id}/backups", session=session
+            )
+            raise AssertionError(
+                f"the app page lists no backup: {await section.inner_text()!r};"
+                f" the API answers {answer.status} {answer.body}"
+            ) from None
         await section.get_by_role("button", name=re.compile(r"^Restore site of")).click()
         dialog = page.get_by_role("dialog")
         await dialog.get_by_label("Load the key file").set_input_files(str(key_file))

@@ -18,6 +18,7 @@ from playwright.async_api import Page, expect
 from tests.dashboard.browserkit import (
     PHONE,
     chromium,
+    click_until_answered,
     error_of,
     goto,
     shot,
@@ -111,16 +112,8 @@ async def test_setup_install_invite_and_activity(
         await expect(app_page.get_by_text("Sign in to open the app you asked for")).to_be_visible()
         await app_page.get_by_label("Username").fill("owner")
         await app_page.get_by_label("Password").fill(ADMIN_PASSWORD)
-        await app_page.get_by_role("button", name="Sign in").click()
-        # nginx may be reloading for the app just installed: a POST on a keep-alive
-        # connection the old worker closes at that moment is lost, and the page says so;
-        # the user clicks again, as they are told to
-        didnt = app_page.get_by_text("Homeport did not answer")
         shown = app_page.get_by_text("version 1.0.0")
-        await expect(shown.or_(didnt)).to_be_visible()
-        if await didnt.is_visible():
-            await app_page.get_by_role("button", name="Sign in").click()
-        await expect(shown).to_be_visible()
+        await click_until_answered(app_page, app_page.get_by_role("button", name="Sign in"), shown)
         assert app_page.url.startswith(ed.app_url("private").rstrip("/")), app_page.url
         await goto(app_page, ed.app_url("blog"))
         await expect(app_page.get_by_text("403")).to_be_visible()

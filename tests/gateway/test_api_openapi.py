@@ -57,6 +57,7 @@ async def test_served_document_covers_the_production_table(
         "/backups/retention", "/backups/key", "/apps/{app_id}/backups", "/backups/prune",
         "/backups/{snapshot_id}/restore", "/backups/{snapshot_id}/clone",
         "/backups/{snapshot_id}/verify",
+        "/app-updates/settings", "/app-updates/pending", "/apps/{app_id}/auto-update",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]
     activity = doc["paths"]["/activity"]["get"]

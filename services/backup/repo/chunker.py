@@ -12,8 +12,6 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fastcdc import fastcdc
-
 from services.backup.repo.errors import RepositoryError
 
 __all__ = ["ChunkParams", "iter_chunks"]
@@ -48,6 +46,8 @@ def iter_chunks(fd: int, params: ChunkParams, buf: bytearray | None = None) -> I
     """The chunks of what `fd` reads from its current position to its end. One buffer of
     at most `window` bytes (`buf` if given, else one of the file's size for a smaller
     regular file) is read into again and again; each chunk is a copy."""
+    from fastcdc import fastcdc  # here: with click, ~1 MiB the idle service does not need
+
     window = params.window
     if buf is None or len(buf) < window:
         left = _size_left(fd)

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 from libs.contracts.errors import Invalid
 from services.backup.targets.base import Target, TargetError
 from services.backup.targets.local import LocalTarget
-from services.backup.targets.s3 import S3Target
 
 __all__ = ["TargetSettingsError", "target_from_settings"]
 
@@ -84,6 +83,9 @@ def target_from_settings(
     endpoint = settings.get("endpoint_url")
     if endpoint is not None:
         endpoint = _endpoint(endpoint)
+    # imported here: aioboto3 costs ~14 MiB in a service that has no S3 target
+    from services.backup.targets.s3 import S3Target
+
     try:
         return S3Target(
             bucket,

@@ -17,7 +17,6 @@ from services.dns.providers.manual import ManualProvider
 from services.dns.providers.powerdns import PowerDnsProvider
 from services.dns.providers.protocol import DnsProvider
 from services.dns.providers.reach import refusal
-from services.dns.providers.route53 import Route53Provider
 from services.dns.providers.wildcard import WildcardProvider
 
 __all__ = [
@@ -178,6 +177,9 @@ def make_provider(
             allow_loopback=allow_loopback,
         )
     if kind == "route53":
+        # imported here: aioboto3 costs ~14 MiB in every process that only imports the factory
+        from services.dns.providers.route53 import Route53Provider
+
         return Route53Provider(
             access_key_id=_text(config, "access_key_id") or "",
             secret_access_key=_text(config, "secret_access_key") or "",

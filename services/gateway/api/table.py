@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.gateway.api.handlers import (
     activity,
+    app_updates,
     apps,
     backups,
     certificates,
@@ -30,6 +31,7 @@ _MODULES = (
     security,
     tasks,
     apps,
+    app_updates,
     backups,
     domains,
     certificates,

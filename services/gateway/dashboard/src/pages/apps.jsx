@@ -7,6 +7,7 @@ import { Badge, ErrorNote, Loaded, PageHead, TaskProgress, formatBytes, formatTi
 import { AppBadges, AppIcon, Stale, accessText, act, eventually, isPending, useCatalogIndex, usePolled } from "./apps_common.jsx";
 import { LogViewer } from "./apps_logs.jsx";
 import { AppBackups } from "./backups.jsx";
+import { AutoUpdatePanel, AutoUpdateToggle } from "./apps_autoupdate.jsx";
 import { CloneDialog, ConfigureDialog, Snapshots, UninstallDialog, UpdateDialog } from "./apps_manage.jsx";
 
 const POLL_MS = 4000;
@@ -117,6 +118,7 @@ export function InstalledApps() {
           )
         }
       </Loaded>
+      {me.is_admin && <AutoUpdatePanel />}
     </>
   );
 }
@@ -320,6 +322,7 @@ function AppPage({ app, meta, people, catalog, reload }) {
             </button>
           </div>
           {!idle && <p class="hint">Most changes wait until the app is installed and idle.</p>}
+          <AutoUpdateToggle app={app} />
         </section>
       </div>
       <Snapshots app={app} version={tick} onStarted={started} />

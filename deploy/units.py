@@ -1,0 +1,478 @@
+"""The systemd units of a server install, rendered for a `Layout` (issue 15 "Install").
+
+`homeport.target` (wanted by multi-user.target) pulls in, all `PartOf=homeport.target`:
+`homeport-postgres.service` (the platform's own cluster in `<data>/postgres`, on loopback port
+`PORTS["postgres"]`, not Debian's default cluster), `homeport-addon-postgres.service` (the apps'
+addon server), `homeport-nats.service` (JetStream, loopback), `homeport-relay.service` and
+`homeport-<service>.service` for every `services/*/__main__.py` (found as `homeport up` finds
+them). nginx, the edge, stays the gateway's child: the gateway unit may bind 80/443.
+
+Who runs what (`UNIT_USERS` tells the installer which users and groups to create):
+- `homeport-postgres` runs both Postgres servers, `homeport-nats` runs NATS.
+- `homeport` runs the relay and every service. One user, because they share the sealing
+  keyring, which must be mode 0600 (libs/events/sealing.py); per-service users come with
+  per-service keyrings. Privileges are still kept apart per unit: capabilities (only the
+  firewall has CAP_NET_ADMIN, only the gateway may bind 80/443), the paths each may write, the
+  address families and addresses each may use. A process cannot trace or signal into one with
+  more capabilities, and every unit sees the others' files read-only.
+- No unit runs as root (`ROOT_UNITS` is empty). Apps holds the docker socket's group, which is
+  root-equivalent: it is the reason apps runs alone in a unit with only what it needs.
+  It does not run debootstrap as root: the installer builds the base image tarball into
+  `HP_BASE_CACHE` once, and apps reuses it (services/apps/base_image.py).
+
+The templates are in deploy/systemd/ (string.Template: `$name`, `$$` for a literal `$`).
+`render_units(layout)` returns {file name: text}; `write_units(layout, unit_dir)` writes them
+(idempotent); `directories(layout)` lists the folders (owner, group, mode) to make first.
+Each service gets its own `HP_DATA_DIR=<data>/<name>` (identity's setup token is therefore
+`<data>/identity/setup-token`) and a fixed loopback `HP_HTTP_PORT` (`service_port`); the shared
+HP_* settings (database and NATS URLs, domains) come from `EnvironmentFile=<etc>/homeport.env`,
+which overrides the unit's own `Environment=`.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+from deploy.layout import Layout
+from deploy.planning import (
+    APPS_MODULE,
+    SERVICES_GATEWAY,
+    SERVICES_NETWORK,
+    SERVICES_SUBNET,
+    Module,
+    discover_modules,
+)
+
+__all__ = [
+    "ADDON_PG_HBA_DIR",
+    "PLATFORM_GROUP",
+    "PORTS",
+    "ROOT_UNITS",
+    "SHOW_PROPERTIES",
+    "TARGET",
+    "UNIT_USERS",
+    "UnitSpec",
+    "directories",
+    "installed_units",
+    "logs_argv",
+    "parse_show",
+    "render_units",
+    "restart_argv",
+    "service_port",
+    "status_argv",
+    "unit_for",
+    "unit_name",
+    "unit_specs",
+    "write_units",
+]
+
+TEMPLATES = Path(__file__).with_name("systemd")
+TARGET = "homeport.target"
+PLATFORM_GROUP = "homeport"
+POSTGRES_BIN = "/usr/lib/postgresql/15/bin/postgres"
+NATS_BIN = "/usr/sbin/nats-server"  # where Debian 12 puts it
+ADDON_PG_HBA_DIR = "addon-pg-hba"  # under the data dir: apps writes it, the addon server reads
+
+# Loopback ports of a server install. Services not listed get a stable one from `service_port`.
+PORTS: dict[str, int] = {
+    "postgres": 7432,
+    "addon-postgres": 7433,
+    "nats": 7422,
+    "nats-monitor": 7822,
+    "ldap": 7389,
+    "relay": 7400,
+    "apps": 7401,
+    "backup": 7402,
+    "certs": 7403,
+    "dns": 7404,
+    "firewall": 7405,
+    "identity": 7406,
+    "gateway": 7410,  # the dashboard's API; nginx on 80/443 proxies to it
+}
+_FREE_PORTS = range(7440, 7500)
+
+# unit (short name) -> (user, supplementary groups); the installer creates these system users.
+UNIT_USERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "postgres": ("homeport-postgres", ()),
+    "addon-postgres": ("homeport-postgres", (PLATFORM_GROUP,)),  # reads apps' pg_hba.conf
+    "nats": ("homeport-nats", ()),
+    "apps": (PLATFORM_GROUP, ("docker",)),
+}
+DEFAULT_USER = PLATFORM_GROUP
+
+# Units that run as root, with the reason. Empty: none does.
+ROOT_UNITS: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """What differs between two units; the template adds the rest (and the hardening)."""
+
+    name: str  # short: "postgres", "relay", "gateway"
+    template: str  # a file in deploy/systemd/
+    description: str
+    user: str
+    groups: tuple[str, ...] = ()
+    module: str = ""  # python -m <module>, for the relay and services
+    port: int = 0
+    after: tuple[str, ...] = ()  # units (full names) this one starts after
+    requires: tuple[str, ...] = ()  # and needs running
+    wants: tuple[str, ...] = ()
+    writes: tuple[Path, ...] = ()  # ReadWritePaths=
+    capabilities: tuple[str, ...] = ()  # bounding set = ambient set
+    families: tuple[str, ...] = ("AF_UNIX", "AF_INET", "AF_INET6")
+    loopback_only: bool = False  # IPAddressDeny=any except localhost
+    umask: str = "0077"
+    memory_deny_write_execute: bool = True
+    syscall_deny: tuple[str, ...] = ("@privileged", "@resources")
+    environment: dict[str, str] = field(default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)  # template-specific substitutions
+
+    @property
+    def unit(self) -> str:
+        return unit_name(self.name)
+
+
+def unit_name(name: str) -> str:
+    """`gateway` -> `homeport-gateway.service`; a bad name raises ValueError naming it."""
+    if not name or not all(c.isalnum() or c in "-_" for c in name) or not name[0].isalpha():
+        raise ValueError(f"service name {name!r}: expected letters, digits, - and _")
+    return f"homeport-{name}.service"
+
+
+def service_port(name: str) -> int:
+    """The loopback HTTP port of one part (health, metrics, API) on a server install."""
+    if name in PORTS:
+        return PORTS[name]
+    taken = set(PORTS.values())
+    start = zlib.crc32(name.encode()) % len(_FREE_PORTS)
+    for i in range(len(_FREE_PORTS)):
+        port = _FREE_PORTS[(start + i) % len(_FREE_PORTS)]
+        if port not in taken:
+            return port
+    raise ValueError(f"no free port left for service {name!r}")  # pragma: no cover
+
+
+# -- what each unit needs ----------------------------------------------------------------------
+
+
+def unit_specs(layout: Layout, modules: Sequence[Module] | None = None) -> list[UnitSpec]:
+    """Every unit of an install in `layout`: servers first, then the relay and the services."""
+    data = layout.data
+    code = layout.current
+    pg, nats = unit_name("postgres"), unit_name("nats")
+    hba_dir = data / ADDON_PG_HBA_DIR
+    specs = [
+        UnitSpec(
+            "postgres",
+            "postgres.service",
+            "Homeport Postgres (the platform's event store)",
+            *UNIT_USERS["postgres"],
+            port=PORTS["postgres"],
+            writes=(data / "postgres",),
+            loopback_only=True,
+            syscall_deny=("@privileged",),
+            values={
+                "datadir": str(data / "postgres"),
+                "listen": "127.0.0.1",
+                "max_connections": "300",
+                "shared_buffers": "128MB",
+                "extra": "",
+            },
+        ),
+        UnitSpec(
+            "addon-postgres",
+            "postgres.service",
+            "Homeport addon Postgres (apps' databases)",
+            *UNIT_USERS["addon-postgres"],
+            port=PORTS["addon-postgres"],
+            # listens on the services network's gateway too: that address exists once dockerd
+            # has made the network (the installer creates it before the first start).
+            after=("docker.service",),
+            wants=("docker.service",),
+            writes=(data / "postgres-addons",),
+            syscall_deny=("@privileged",),
+            values={
+                "datadir": str(data / "postgres-addons"),
+                "listen": f"127.0.0.1,{SERVICES_GATEWAY}",
+                "max_connections": "200",
+                "shared_buffers": "64MB",
+                "extra": f" -c hba_file={hba_dir / 'pg_hba.conf'}",
+            },
+        ),
+        UnitSpec(
+            "nats",
+            "nats.service",
+            "Homeport NATS (JetStream)",
+            *UNIT_USERS["nats"],
+            port=PORTS["nats"],
+            writes=(data / "nats",),
+            loopback_only=True,
+            values={
+                "datadir": str(data / "nats"),
+                "monitor_port": str(PORTS["nats-monitor"]),
+            },
+        ),
+    ]
+    for m in modules if modules is not None else discover_modules():
+        specs.append(_service_spec(layout, m, code, (pg, nats)))
+    return specs
+
+
+def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...]) -> UnitSpec:
+    data = layout.data
+    own = data / m.name
+    keyring = data / "keyring"
+    relay = unit_name("relay")
+    env = {
+        "HP_HTTP_HOST": "127.0.0.1",
+        "HP_HTTP_PORT": str(service_port(m.name)),
+        "HP_DATA_DIR": str(own),
+        "HP_KEYRING": str(keyring / "keyring.json"),
+    }
+    user, groups = UNIT_USERS.get(m.name, (DEFAULT_USER, ()))
+    base = {
+        "name": m.name,
+        "template": "service.service",
+        "description": f"Homeport {m.name}",
+        "user": user,
+        "groups": groups,
+        "module": m.module,
+        "port": service_port(m.name),
+        "after": servers if m.name == "relay" else (*servers, relay),
+        "requires": servers,
+        "wants": () if m.name == "relay" else (relay,),
+        "writes": (own, keyring),
+        "loopback_only": True,
+        "environment": env,
+    }
+    extra: dict[str, object] = {}
+    if m.name == "gateway":
+        env |= {
+            "HP_EDGE": "true",
+            "HP_EDGE_DIR": str(data / "edge"),
+            "HP_EDGE_HTTP_PORT": "80",
+            "HP_EDGE_HTTPS_PORT": "443",
+            "HP_ACME_DIR": str(data / "certs" / "acme"),
+            "HP_CERTS_DIR": str(data / "certs" / "live"),
+        }
+        # nginx is its child: it binds 80/443 and reads the certificates certs writes.
+        extra = {"writes": (own, keyring, data / "edge"), "capabilities": ("CAP_NET_BIND_SERVICE",)}
+        extra["loopback_only"] = False
+        extra["syscall_deny"] = ("@privileged",)  # nginx raises its open-files limit
+    elif m.name == "firewall":
+        env |= {"HP_FIREWALL_APPLY": "true"}
+        extra = {
+            "capabilities": ("CAP_NET_ADMIN",),
+            "families": ("AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"),
+        }
+    elif m.name == "certs":
+        env |= {
+            "HP_ACME_DIR": str(data / "certs" / "acme"),
+            "HP_CERTS_DIR": str(data / "certs" / "live"),
+        }
+        extra = {"writes": (own, keyring, data / "certs"), "loopback_only": False}
+    elif m.name == "dns":
+        extra = {"loopback_only": False}  # DNS providers' APIs and nameservers
+    elif m.name == "identity":
+        # the LDAP endpoint for apps listens on the services network's gateway address
+        env |= {"HP_LDAP_HOST": f"127.0.0.1,{SERVICES_GATEWAY}", "HP_LDAP_PORT": str(PORTS["ldap"])}
+        extra = {"loopback_only": False}
+    elif m.name == "backup":
+        env |= {
+            "HP_BACKUP_DIR": str(own),
+            "HP_APPS_DIR": str(data / "apps"),
+            "HP_CERTS_DIR": str(data / "certs" / "live"),
+        }
+        # reads app snapshots whatever uid owns their files; restores snapshots there.
+        extra = {
+            "writes": (own, keyring, data / "apps" / "snapshots"),
+            "capabilities": ("CAP_DAC_READ_SEARCH",),
+            "loopback_only": False,  # S3 targets
+        }
+    elif m.module == APPS_MODULE:
+        env |= {
+            "HP_DOCKER_HOST": "unix:///run/docker.sock",
+            "HP_APPS_DIR": str(data / "apps"),
+            "HP_BASE_CACHE": str(data / "base-cache"),
+            "HP_SERVICES_NETWORK": SERVICES_NETWORK,
+            "HP_SERVICES_SUBNET": SERVICES_SUBNET,
+            "HP_ADDON_PG_HBA": str(data / ADDON_PG_HBA_DIR / "pg_hba.conf"),
+            "HP_ADDON_PG_PORT": str(PORTS["addon-postgres"]),
+            "HP_LDAP_HOST": f"127.0.0.1,{SERVICES_GATEWAY}",
+            "HP_LDAP_PORT": str(PORTS["ldap"]),
+            "HP_EDGE_HTTPS_PORT": "443",
+        }
+        extra = {
+            "after": (*servers, relay, unit_name("addon-postgres"), "docker.service"),
+            "requires": (*servers, "docker.service"),
+            "wants": (relay, unit_name("addon-postgres")),
+            "writes": (
+                own,
+                keyring,
+                data / "apps",
+                data / "base-cache",
+                data / ADDON_PG_HBA_DIR,
+            ),
+            # volumes keep their files' owners and modes (chown, fowner, dac_override); the
+            # egress rules are iptables rules (net_admin, net_raw).
+            "capabilities": (
+                "CAP_CHOWN",
+                "CAP_FOWNER",
+                "CAP_DAC_OVERRIDE",
+                "CAP_NET_ADMIN",
+                "CAP_NET_RAW",
+            ),
+            "families": ("AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"),
+            "loopback_only": False,
+            "umask": "0027",  # the addon server (group homeport) reads the pg_hba.conf
+            "syscall_deny": ("@resources",),
+        }
+    return UnitSpec(**{**base, **extra})  # type: ignore[arg-type]
+
+
+def directories(layout: Layout) -> dict[Path, tuple[str, str, int]]:
+    """{directory: (owner, group, mode)} the installer creates before the first start: every
+    ReadWritePaths= of every unit (systemd refuses to start a unit whose path is missing)."""
+    out: dict[Path, tuple[str, str, int]] = {layout.data: ("root", "root", 0o755)}
+    for spec in unit_specs(layout):
+        for path in spec.writes:
+            out.setdefault(path, (spec.user, spec.user, 0o700))
+    # apps writes the addon server's pg_hba.conf (umask 0027); the server reads it by group.
+    out[layout.data / ADDON_PG_HBA_DIR] = (DEFAULT_USER, PLATFORM_GROUP, 0o750)
+    return out
+
+
+# -- rendering -----------------------------------------------------------------------------
+
+
+def _template(name: str) -> Template:
+    return Template((TEMPLATES / name).read_text(encoding="utf-8"))
+
+
+def _hardening(spec: UnitSpec) -> str:
+    lines = [(TEMPLATES / "hardening.conf").read_text(encoding="utf-8").rstrip()]
+    if spec.syscall_deny:
+        lines.append("SystemCallFilter=~" + " ".join(spec.syscall_deny))
+    caps = " ".join(spec.capabilities)
+    lines.append(f"CapabilityBoundingSet={caps}")
+    lines.append(f"AmbientCapabilities={caps}")
+    lines.append("RestrictAddressFamilies=" + " ".join(spec.families))
+    if spec.loopback_only:
+        lines += ["IPAddressDeny=any", "IPAddressAllow=localhost"]
+    lines.append(f"MemoryDenyWriteExecute={'yes' if spec.memory_deny_write_execute else 'no'}")
+    lines.append(f"UMask={spec.umask}")
+    lines += [f"ReadWritePaths={p}" for p in spec.writes]
+    return "\n".join(lines)
+
+
+def _render(spec: UnitSpec, layout: Layout) -> str:
+    after = "".join(f" {u}" for u in spec.after)
+    requires = "".join(f"Requires={u}\n" for u in spec.requires)
+    requires += "".join(f"Wants={u}\n" for u in spec.wants)
+    env = " ".join(f"{k}={v}" for k, v in sorted(spec.environment.items()))
+    values = {
+        "description": spec.description,
+        "user": spec.user,
+        "group": spec.user,
+        "groups": f"SupplementaryGroups={' '.join(spec.groups)}\n" if spec.groups else "",
+        "after": after,
+        "requires": requires,
+        "port": str(spec.port),
+        "syslog": f"homeport-{spec.name}",
+        "hardening": _hardening(spec),
+        "limits": "",
+        "postgres": POSTGRES_BIN,
+        "nats": NATS_BIN,
+        "code": str(layout.current),
+        "python": str(layout.current / "venv" / "bin" / "python"),
+        "module": spec.module,
+        "env_file": str(layout.env_file),
+        "environment": f"Environment={env}" if env else "",
+        "stop_seconds": "30",
+        **spec.values,
+    }
+    text = _template(spec.template).substitute(values)
+    return "\n".join(line.rstrip() for line in text.splitlines()).rstrip() + "\n"
+
+
+def render_units(layout: Layout, modules: Sequence[Module] | None = None) -> dict[str, str]:
+    """{unit file name: its text} for every unit and `homeport.target`."""
+    specs = unit_specs(layout, modules)
+    out = {s.unit: _render(s, layout) for s in specs}
+    out[TARGET] = _template(TARGET).substitute(
+        code=str(layout.current), wants=" ".join(s.unit for s in specs)
+    )
+    return out
+
+
+def write_units(
+    layout: Layout, unit_dir: Path, modules: Sequence[Module] | None = None
+) -> list[Path]:
+    """Write the units into `unit_dir` (`/etc/systemd/system` on a server); idempotent: a file
+    whose text is unchanged is not touched. Returns the files written or already right."""
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in render_units(layout, modules).items():
+        path = unit_dir / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            tmp = path.with_name(f".{name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+# -- talking to systemd (`homeport status/logs/restart` on a server install) -----------------
+
+SHOW_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "NRestarts")
+
+
+def installed_units(layout: Layout) -> list[str]:
+    """The unit names of this install's parts, servers first, as `render_units` makes them."""
+    return [s.unit for s in unit_specs(layout)]
+
+
+def status_argv(units: Sequence[str]) -> list[str]:
+    """`systemctl show` of the units' state: one block of KEY=value lines per unit."""
+    return ["systemctl", "show", "--no-pager", "--property=" + ",".join(SHOW_PROPERTIES), *units]
+
+
+def parse_show(text: str) -> list[dict[str, str]]:
+    """The blocks of `systemctl show` output (separated by blank lines) as dicts, in order."""
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                blocks.append(current)
+            current = {}
+            continue
+        key, sep, value = line.partition("=")
+        if sep:
+            current[key] = value
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def unit_for(name: str) -> str:
+    """The unit of a part named on the command line: `gateway` or `homeport-gateway.service`."""
+    return unit_name(name.removesuffix(".service").removeprefix("homeport-"))
+
+
+def logs_argv(unit: str, lines: int, follow: bool) -> list[str]:
+    """`journalctl` of one unit: its last `lines` lines, then on with `follow`."""
+    argv = ["journalctl", "--no-pager", "-u", unit, "-n", str(lines), "-o", "short-iso"]
+    return [*argv, "-f"] if follow else argv
+
+
+def restart_argv(unit: str) -> list[str]:
+    """`systemctl restart` of one unit."""
+    return ["systemctl", "restart", unit]
