@@ -83,7 +83,7 @@ async def edged_platform(
     docker_host: str | None = None,
     apps_extra: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Edged]:
-    """Identity, gateway with nginx, relay (and with `docker_host` apps, dns and certs)."""
+    """Identity, gateway with nginx, relay (and with `docker_host` apps, dns, certs and backup)."""
     assert (DIST / "index.html").exists(), f"the dashboard is not built in {DIST}: make dashboard"
     http_port, https_port = free_port(), free_port()
     # every service reads the edge's port (apps name it in their addresses), as in the stack
