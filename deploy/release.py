@@ -40,9 +40,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from libs import keyfiles
 from services.apps.semver import Version
 
 __all__ = [
@@ -106,55 +106,43 @@ class Release:
 
 def generate_key(path: Path) -> Ed25519PrivateKey:
     """Write a new Ed25519 private key (PEM, mode 0600) to `path`; never overwrites one."""
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise ReleaseError(f"{path} exists: a release key is never overwritten") from None
-    except OSError as e:
-        raise ReleaseError(f"cannot write the release key {path}: {e.strerror}") from e
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    return key
+        return keyfiles.make_private_key(path)
+    except keyfiles.KeyFileError as e:
+        if e.reason == "exists":
+            raise ReleaseError(f"{path} exists: a release key is never overwritten") from None
+        raise ReleaseError(f"cannot write the release key {path}: {e.detail}") from e
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """The Ed25519 private key in the PEM file `path`."""
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as e:
-        raise ReleaseError(f"cannot read the release key {path}: {e.strerror}") from e
-    except (ValueError, TypeError) as e:
-        raise ReleaseError(f"{path} is not an unencrypted PEM private key: {e}") from e
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ReleaseError(f"{path} is not an Ed25519 key: make one with `homeport release keygen`")
-    return key
+        return keyfiles.read_private_key(path)
+    except keyfiles.KeyFileError as e:
+        raise ReleaseError(
+            {
+                "unreadable": f"cannot read the release key {path}: {e.detail}",
+                "not_pem": f"{path} is not an unencrypted PEM private key: {e.detail}",
+            }.get(
+                e.reason, f"{path} is not an Ed25519 key: make one with `homeport release keygen`"
+            )
+        ) from e
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """The pinned Ed25519 public key in the PEM file `path`."""
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except OSError as e:
-        raise ReleaseError(f"cannot read the pinned release key {path}: {e.strerror}") from e
-    except ValueError as e:
-        raise ReleaseError(f"{path} is not a PEM public key: {e}") from e
-    if not isinstance(key, Ed25519PublicKey):
-        raise ReleaseError(f"{path} is not an Ed25519 public key")
-    return key
+        return keyfiles.read_public_key(path)
+    except keyfiles.KeyFileError as e:
+        raise ReleaseError(
+            {
+                "unreadable": f"cannot read the pinned release key {path}: {e.detail}",
+                "not_pem": f"{path} is not a PEM public key: {e.detail}",
+            }.get(e.reason, f"{path} is not an Ed25519 public key")
+        ) from e
 
 
-def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
-    """The public half as PEM text (what goes to /etc/homeport/release.pub)."""
-    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return pub.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+public_key_text = keyfiles.public_key_text
 
 
 # -- build --------------------------------------------------------------------------------

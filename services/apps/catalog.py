@@ -49,6 +49,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from libs import keyfiles
 from services.apps.config import BUNDLED_CATALOG, AppsConfig
 from services.apps.errors import AppsError
 from services.apps.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
@@ -155,70 +156,53 @@ def tree_sha256(root: Path) -> str:
 
 def generate_key(path: Path) -> Ed25519PrivateKey:
     """Make a new Ed25519 signing key in `path` (PEM, mode 0600); refuses to overwrite a file."""
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as e:
-        raise CatalogError(
-            f"{path} already exists: not overwriting a key; remove it first or pick another path"
-        ) from e
+        return keyfiles.make_private_key(path)
+    except keyfiles.KeyFileError as e:
+        if e.reason == "exists":
+            raise CatalogError(
+                f"{path} already exists: not overwriting a key; remove it first or pick another"
+                " path"
+            ) from e
+        raise CatalogError(f"cannot create the key file {path}: {e.detail}") from e
     except OSError as e:
         raise CatalogError(f"cannot create the key file {path}: {e}") from e
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)  # whatever the umask
-        f.write(pem)
-    return key
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read an Ed25519 private key (PEM, unencrypted) from `path`."""
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as e:
-        raise CatalogError(f"cannot read the signing key {path}: {e.strerror or e}") from e
-    except (ValueError, TypeError) as e:
+        return keyfiles.read_private_key(path)
+    except keyfiles.KeyFileError as e:
         raise CatalogError(
-            f"{path} is not an unencrypted PEM private key: make one with "
-            "`homeport catalog keygen --key PATH`"
+            {
+                "unreadable": f"cannot read the signing key {path}: {e.detail}",
+                "not_pem": f"{path} is not an unencrypted PEM private key: make one with "
+                "`homeport catalog keygen --key PATH`",
+            }.get(e.reason, f"{path} holds a {e.detail}, not an Ed25519 key")
         ) from e
-    if not isinstance(key, Ed25519PrivateKey):
-        raise CatalogError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
-    return key
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Read an Ed25519 public key (PEM) from `path`."""
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except OSError as e:
-        raise CatalogError(f"cannot read the public key {path}: {e.strerror or e}") from e
-    except (ValueError, TypeError) as e:
+        return keyfiles.read_public_key(path)
+    except keyfiles.KeyFileError as e:
         raise CatalogError(
-            f"{path} is not a PEM public key: give the file `homeport catalog keygen` printed "
-            "(-----BEGIN PUBLIC KEY-----)"
+            {
+                "unreadable": f"cannot read the public key {path}: {e.detail}",
+                "not_pem": f"{path} is not a PEM public key: give the file `homeport catalog"
+                " keygen` printed (-----BEGIN PUBLIC KEY-----)",
+            }.get(e.reason, f"{path} holds a {e.detail}, not an Ed25519 key")
         ) from e
-    if not isinstance(key, Ed25519PublicKey):
-        raise CatalogError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
-    return key
 
 
 def _public(key: Ed25519PrivateKey | Ed25519PublicKey) -> Ed25519PublicKey:
     return key.public_key() if isinstance(key, Ed25519PrivateKey) else key
 
 
-def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
-    """The public half as PEM text (what a catalog's users configure as trusted)."""
-    return (
-        _public(key)
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode("ascii")
-    )
+public_key_text = keyfiles.public_key_text
 
 
 def key_fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:

@@ -135,6 +135,32 @@ async def test_a_full_run_stores_the_platform_lists_it_and_verifies_it(
     assert len(listed) == 2 and listed[0]["time"] >= listed[1]["time"]  # newest first
 
 
+async def test_back_up_now_pressed_three_times_with_a_prune_runs_each_once_and_loses_nothing(
+    backup: Backup, tmp_path: Path
+) -> None:
+    """Three "back up now" and a prune sent at once (a double click, two admins): they run one
+    after another, each backup is listed once and every one still opens with the key."""
+    identity = await set_up(backup, tmp_path / "disk" / "backups")
+    answers = await asyncio.gather(
+        backup.cmd("back_up", {}),
+        backup.cmd("back_up", {}),
+        backup.cmd("prune", {}),
+        backup.cmd("back_up", {}),
+    )
+    ends = [await backup.task_end(a["task_id"]) for a in answers]
+    assert [e for e, _ in ends] == ["TaskSucceeded"] * 4, ends
+    made = [d["result"]["snapshots"]["platform"] for e, d in ends if "snapshots" in d["result"]]
+    listed = [b["snapshot_id"] for b in (await backup.ask("backups", {}))["items"]]
+    assert len(made) == 3 and sorted(listed) == sorted(made)
+    for snapshot_id in made:
+        ended, data = await backup.task_end(
+            (await backup.cmd("verify", {"snapshot_id": snapshot_id, "identity": identity}))[
+                "task_id"
+            ]
+        )
+        assert ended == "TaskSucceeded" and data["result"]["ok"] is True, data
+
+
 async def test_restore_of_a_platform_backup_is_refused(backup: Backup, tmp_path: Path) -> None:
     identity = await set_up(backup, tmp_path / "disk" / "backups")
     ended, data = await run(backup)

@@ -14,6 +14,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from nats.aio.client import Client as NATS
 
 from libs.contracts.backup import AGE_IDENTITY
 from services.gateway.api import default_table
-from tests.apps.appskit import STATIC, apps_env, running_apps, static_catalog
+from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
 from tests.gateway.apikit import (
     Cast,
     Client,
@@ -244,26 +245,10 @@ async def test_back_up_now_to_a_directory_lists_a_platform_backup(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     root = cast.token_root
-    apps = apps_env(
-        dsn=dsn,
-        nats_url=nats_url,
-        tmp_path=tmp_path,
-        docker_host=docker_host,
-        prefix=f"b{uniq[:8]}",
-        catalog=static_catalog(tmp_path / "catalog"),
-    )
-    backup = backup_env(dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path)
     target = tmp_path / "target"
     target.mkdir()
-    async with (
-        running_apps(monkeypatch, apps),
-        running_backup(monkeypatch, backup),
-        running_gateway(
-            monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
-        ) as gateway,
-        relaying(dsn, nats_url, uniq),
-    ):
-        api = gateway.client
+    where = (dsn, nats_url, uniq, tmp_path, docker_host)
+    async with with_apps_and_backup(monkeypatch, *where, letter="b") as (api, _):
         body = {"kind": "local", "path": str(target)}
         assert (
             await api.call("PUT", "/api/v1/backups/target", token=root, body=body)
@@ -306,6 +291,38 @@ async def test_back_up_now_to_a_directory_lists_a_platform_backup(
         _secret_free(await _everything_logged_and_stored(caplog, dsn), identity)
 
 
+@asynccontextmanager
+async def with_apps_and_backup(
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    uniq: str,
+    tmp_path: Path,
+    docker_host: str,
+    *,
+    letter: str,
+) -> AsyncIterator[tuple[Client, Apps]]:
+    """The real apps (the static app's catalog), backup and gateway services and the relay."""
+    settings = apps_env(
+        dsn=dsn,
+        nats_url=nats_url,
+        tmp_path=tmp_path,
+        docker_host=docker_host,
+        prefix=f"{letter}{uniq[:8]}",
+        catalog=static_catalog(tmp_path / "catalog"),
+    )
+    backup = backup_env(dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path)
+    async with (
+        running_apps(monkeypatch, settings) as apps,
+        running_backup(monkeypatch, backup),
+        running_gateway(
+            monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
+        ) as gateway,
+        relaying(dsn, nats_url, uniq),
+    ):
+        yield gateway.client, apps
+
+
 @pytest.mark.slow
 async def test_an_app_backup_clones_to_a_new_location_with_its_data(
     monkeypatch: pytest.MonkeyPatch,
@@ -317,26 +334,10 @@ async def test_an_app_backup_clones_to_a_new_location_with_its_data(
     docker_host: str,
 ) -> None:
     root = cast.token_root
-    apps_settings = apps_env(
-        dsn=dsn,
-        nats_url=nats_url,
-        tmp_path=tmp_path,
-        docker_host=docker_host,
-        prefix=f"c{uniq[:8]}",
-        catalog=static_catalog(tmp_path / "catalog"),
-    )
-    backup = backup_env(dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path)
     target = tmp_path / "target"
     target.mkdir()
-    async with (
-        running_apps(monkeypatch, apps_settings) as apps,
-        running_backup(monkeypatch, backup),
-        running_gateway(
-            monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
-        ) as gateway,
-        relaying(dsn, nats_url, uniq),
-    ):
-        api = gateway.client
+    where = (dsn, nats_url, uniq, tmp_path, docker_host)
+    async with with_apps_and_backup(monkeypatch, *where, letter="c") as (api, apps):
         body = {"kind": "local", "path": str(target)}
         kept = await api.call("PUT", "/api/v1/backups/target", token=root, body=body)
         assert kept.status == 200, kept.body
