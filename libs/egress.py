@@ -6,7 +6,12 @@ metadata) and 169.254.170.2 (ECS task credentials) must be unreachable. What thi
 - Backend: Docker 20.10 drives the `iptables` binary, which on Debian 12 is iptables-nft; so do
   we (the same binary, so our rules live in the same `ip filter` table as Docker's). No shell:
   every command is an argv list.
-- One chain of ours, `HOMEPORT-EGRESS`, dropping packets to 169.254.0.0/16 and to 127.0.0.0/8.
+- One chain of ours, `HOMEPORT-EGRESS`, dropping packets to 169.254.0.0/16 and to 127.0.0.0/8,
+  and packets leaving for another Docker bridge: one app never reaches another app's network,
+  whether Docker's own DOCKER-ISOLATION rules are in place or not (a full test run once saw
+  them missing for a moment while other networks came and went). Apps reach each other only
+  through the edge (nginx on the host), which is not forwarded traffic. App networks have icc
+  off, so traffic within one bridge is dropped by Docker anyway.
 - It is jumped to for packets *arriving on a Docker bridge* (`-i br-+`, every user-defined
   network; app containers never join docker0) from two places:
   * `DOCKER-USER` (first rule): forwarded traffic, i.e. to addresses off the host. Docker jumps
@@ -104,6 +109,8 @@ class EgressRules:
         await self._ensure_chain(self.chain)
         for dest in self.blocked:
             await self._ensure_rule(self.chain, ["-d", dest, "-j", "DROP"], insert=False)
+        # To another bridge: only on the forwarded path (in INPUT there is no out interface).
+        await self._ensure_rule(self.chain, ["-o", self.interfaces, "-j", "DROP"], insert=False)
         # DOCKER-USER exists once dockerd ran; made here first it is what Docker then uses.
         await self._ensure_chain("DOCKER-USER")
         jump = ["-i", self.interfaces, "-j", self.chain]

@@ -80,13 +80,14 @@ async def egress(root: None) -> AsyncIterator[EgressRules]:
             f"-N {chain}",
             f"-A {chain} -d 169.254.0.0/16 -j DROP",
             f"-A {chain} -d 127.0.0.0/8 -j DROP",
+            f"-A {chain} -o br-+ -j DROP",
         ]
         # First in both paths: forwarded (DOCKER-USER) and to the host itself (INPUT).
         assert _iptables_rules("DOCKER-USER")[1] == f"-A DOCKER-USER {jump}"
         assert _iptables_rules("INPUT")[1] == f"-A INPUT {jump}"
         await rules.ensure()  # idempotent: nothing added twice
         assert _iptables_rules("INPUT").count(f"-A INPUT {jump}") == 1
-        assert len(_iptables_rules(chain)) == 3
+        assert len(_iptables_rules(chain)) == 4
         yield rules
     finally:
         await rules.remove()
@@ -249,6 +250,9 @@ async def test_other_apps_unreachable(
 
     hosts = sorted({*host_addresses(), started.gateway, net_b.gateway})
     closed = [(b.ip, 8080), *[(h, port) for h in hosts]]
+    before = (await egress.dropped()).get("0.0.0.0/0", 0)
     found = await probe_many(docker_client, dnames("a"), [("127.0.0.1", 8080), *closed])
     assert found[("127.0.0.1", 8080)] == "open"
     assert {t: r for t, r in found.items() if t in closed and r == "open"} == {}
+    # Homeport's own rule dropped the probes to b (not only Docker's isolation chains).
+    assert (await egress.dropped()).get("0.0.0.0/0", 0) >= before + 1
