@@ -70,11 +70,11 @@ async def offer_setup_token(pool: asyncpg.Pool, data_dir: Path) -> str | None:
         _KEY,
         json.dumps({"hash": token_hash(token)}),
     )
-    # the console of the one who installs the server is where this goes (deploy/stack.py)
+    # Never the token itself in a log line: on a server the journal is read by more than root.
+    # The console of the one who installs prints the link (deploy/stack.py, the installer).
     log.info(
-        "setup is not done: finish it with setup token %s (also in %s), from the dashboard "
-        "link the stack printed or with `homeport setup`",
-        token,
+        "setup is not done: finish it from the setup link printed at start (the token is in "
+        "%s, readable by root and the platform only) or with `homeport setup`",
         path,
     )
     return token

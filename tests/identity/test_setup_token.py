@@ -5,6 +5,7 @@ stored, never in an event."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -63,6 +64,25 @@ async def test_setup_needs_the_token_and_it_works_once(
         await conn.close()
     assert all(token not in r["data"] and token not in r["meta"] for r in events)
     assert [r["key"] for r in platform] == ["setup"]  # the token's hash is gone too
+
+
+async def test_the_start_says_where_the_token_is_never_the_token(
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a server the journal has more readers than root: the log names the file only."""
+    with caplog.at_level(logging.DEBUG):
+        async with running_identity(
+            monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path
+        ) as ident:
+            token = ident.setup_token
+    told = [r.getMessage() for r in caplog.records if "setup is not done" in r.getMessage()]
+    assert told and all(str(tmp_path / "setup-token") in m for m in told)
+    assert not [r for r in caplog.records if token in r.getMessage()]
+    assert token not in caplog.text
 
 
 async def test_a_restart_before_setup_keeps_the_printed_token(
