@@ -12,7 +12,7 @@ from pathlib import Path
 from libs.events.relay import DEFAULT_PREFIX, DEFAULT_STREAM
 from libs.service.config import ServiceConfig, check
 
-__all__ = ["BackupConfig"]
+__all__ = ["BackupConfig", "platform_dirs"]
 
 
 def _positive(v: float) -> bool:
@@ -45,3 +45,10 @@ class BackupConfig(ServiceConfig):
     schedule_loop: bool = True
     # Targets on this machine's loopback (tests run moto there); off in production.
     allow_loopback_targets: bool = False
+
+
+def platform_dirs(cfg: BackupConfig) -> tuple[Path, ...]:
+    """The platform's folders this service reads or writes: no backup target may lie inside
+    them (a server install's whole data folder, /var/lib/homeport, is refused as a system
+    folder by the target factory)."""
+    return tuple(p.absolute() for p in (cfg.backup_dir, cfg.apps_dir, cfg.certs_dir))

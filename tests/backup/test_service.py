@@ -122,6 +122,20 @@ async def test_a_local_target_is_checked_then_kept_and_a_key_makes_its_repositor
     assert key["identity"] not in stored  # the private key is never kept
 
 
+async def test_a_folder_of_the_platform_is_refused_as_a_target(
+    backup: Backup, tmp_path: Path
+) -> None:
+    for inside in ("apps", "apps/snapshots", "backup/cache", "certs"):
+        with pytest.raises(Invalid) as e:
+            await backup.cmd("set_target", {"kind": "local", "path": str(tmp_path / inside)})
+        assert e.value.field == "path" and "platform's data folder" in e.value.message
+    with pytest.raises(Invalid) as e:
+        await backup.cmd("set_target", {"kind": "local", "path": "/var/lib/homeport/backups"})
+    assert e.value.field == "path" and "system folder /var/lib/homeport" in e.value.message
+    assert await backup.events("backup-settings") == []
+    assert not (tmp_path / "apps" / "snapshots").exists()  # nothing made there either
+
+
 async def test_a_target_that_fails_its_check_is_not_kept(backup: Backup, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

@@ -23,6 +23,7 @@ from libs.events.handlers import command, query
 from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
 from services.backup import events as ev
+from services.backup.config import platform_dirs
 from services.backup.errors import (
     BackupConflict,
     BackupUnavailable,
@@ -124,9 +125,12 @@ class Commands:
         return await self._settings_view()
 
     def _target(self, given: dict[str, Any]) -> Target:
+        """A target from an admin's settings: checked, and never inside the platform's data."""
         try:
             return target_from_settings(
-                factory_settings(given), allow_loopback=self.cfg.allow_loopback_targets
+                factory_settings(given),
+                allow_loopback=self.cfg.allow_loopback_targets,
+                data_dirs=platform_dirs(self.cfg),
             )
         except TargetSettingsError as e:
             name = TO_CONTRACT.get(e.field or "", e.field)

@@ -11,9 +11,10 @@ secret key. `allow_loopback` (tests, development) lets endpoint_url lead to this
 
 from __future__ import annotations
 
+import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,9 +50,11 @@ def target_from_settings(
     *,
     allow_loopback: bool = False,
     clock: Callable[[], float] = time.time,
+    data_dirs: Sequence[Path] = (),
 ) -> Target:
     """The LocalTarget or S3Target `settings` describe (not yet checked: call `check()`);
-    `clock` tells `cleanup()` the time."""
+    `clock` tells `cleanup()` the time. A local path in (or being) one of `data_dirs`, the
+    platform's own folders, is refused: such a backup would be lost with what it protects."""
     kind = settings.get("kind")
     if kind not in _FIELDS:
         raise TargetSettingsError("kind", f"kind must be 'local' or 's3', not {kind!r:.40}")
@@ -63,7 +66,7 @@ def target_from_settings(
     if missing:
         raise TargetSettingsError(missing[0], f"{missing[0]} is required for a {kind} target")
     if kind == "local":
-        return LocalTarget(_path(settings["path"]), clock=clock)
+        return LocalTarget(_path(settings["path"], data_dirs), clock=clock)
     bucket = _text(settings, "bucket", _BUCKET.fullmatch, "3 to 63 of a-z 0-9 . -")
     region = _text(settings, "region", _REGION.fullmatch, "like eu-central-1")
     access_key = _text(settings, "access_key", _KEY.fullmatch, "printable, no spaces")
@@ -115,11 +118,12 @@ _SYSTEM_DIRS = tuple(
     for p in (
         "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
         "/run", "/sbin", "/sys", "/usr", "/var/lib/docker", "/var/lib/postgresql", "/var/log",
+        "/opt/homeport", "/var/lib/homeport",
     )
 )  # fmt: skip
 
 
-def _path(value: Any) -> Path:
+def _path(value: Any, data_dirs: Sequence[Path] = ()) -> Path:
     if not isinstance(value, str) or not value or "\x00" in value or len(value) > 1024:
         raise TargetSettingsError("path", "path must be an absolute directory path")
     path = PurePosixPath(value)
@@ -134,6 +138,15 @@ def _path(value: Any) -> Path:
             f"path {value[:60]!r} is in the system folder {system}: choose a folder on"
             " the backup disk (for example /mnt/backup/homeport)",
         )
+    for d in data_dirs:
+        here = PurePosixPath(os.path.abspath(d))
+        if path == here or here in path.parents:
+            raise TargetSettingsError(
+                "path",
+                f"path {value[:60]!r} is inside the platform's data folder {here}: the backups"
+                " would be lost with it; choose a folder on another disk (for example"
+                " /mnt/backup/homeport)",
+            )
     return Path(path)
 
 
