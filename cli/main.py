@@ -258,6 +258,11 @@ def _release_parsers(sub: Any) -> None:
     update.add_argument(
         "--health-timeout", type=float, default=120.0, help="seconds to wait for health"
     )
+    update.add_argument(
+        "--scheduled",
+        action="store_true",
+        help="the nightly timer's run: does nothing unless the dashboard turned it on",
+    )
     update.set_defaults(func=_cmd_update)
 
 
@@ -939,9 +944,11 @@ def _cmd_release_build(args: argparse.Namespace) -> int:
 def _cmd_update(args: argparse.Namespace) -> int:
     from deploy.layout import Layout
     from deploy.update import SystemdHost, UpdateError, Updater
+    from deploy.update_events import EventLog, EventLogError, recorded_update
 
+    layout = Layout(args.prefix)
     updater = Updater(
-        Layout(args.prefix),
+        layout,
         SystemdHost(),
         url=args.url,
         venv_from=args.venv_from,
@@ -957,10 +964,25 @@ def _cmd_update(args: argparse.Namespace) -> int:
                 if found.changelog:
                     print(found.changelog.rstrip())
             return EXIT_OK
-        outcome = updater.update()
+        events = EventLog.from_env_file(layout.env_file, lambda m: _err(f"warning: {m}"))
+        if args.scheduled:
+            try:
+                enabled = events.auto_update_enabled()
+            except EventLogError as e:
+                _err(f"{e}; nothing was updated")
+                return EXIT_FAILED
+            if not enabled:
+                print(
+                    "nightly platform updates are off (turn them on in the dashboard): nothing done"
+                )
+                return EXIT_OK
+        outcome = recorded_update(updater, events, scheduled=args.scheduled)
     except UpdateError as e:
         _err(str(e))
         return EXIT_FAILED
+    if outcome is None:
+        print(f"{updater.current_version()} is the newest release: nothing to update")
+        return EXIT_OK
     if outcome.rolled_back:
         _err(f"{outcome.version} was rolled back: {', '.join(outcome.unhealthy)}")
         return EXIT_FAILED

@@ -1,33 +1,59 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Homeport needs, only those whose program is missing.
 # Quiet and quick when everything is there.
+#   --server  only what a server runs (deploy/install.sh): no test or build tools
+#   --list    print the packages of the chosen set (installed or not), one a line, and exit
 set -euo pipefail
 
-# program to look for => Debian package that provides it
+server=0
+list=0
+for arg in "$@"; do
+  case "$arg" in
+    --server) server=1 ;;
+    --list) list=1 ;;
+    *) echo "install-system-deps.sh: unknown option $arg (expected --server, --list)" >&2; exit 2 ;;
+  esac
+done
+
+# program to look for => Debian package that provides it: what a server runs
 declare -A need=(
   [/usr/lib/postgresql/15/bin/postgres]=postgresql-15
   [/usr/lib/postgresql/15/bin/initdb]=postgresql-15
   [/usr/bin/pg_dump]=postgresql-client-15
   [nats-server]=nats-server
-  [/usr/bin/ldapsearch]=ldap-utils
-  [wrk]=wrk  # the HTTP load generator of `make bench`
-  [restic]=restic  # the baseline of the backup benchmarks (`make bench`)
   [nft]=nftables  # the firewall's ban set (tests run it inside a network namespace)
   [ip]=iproute2
   [dockerd]=docker.io  # app containers (tests start their own dockerd)
   [iptables]=iptables  # dockerd's NAT and isolation rules
   [debootstrap]=debootstrap  # the Debian base image that catalog apps build from
   [/bin/busybox]=busybox-static  # the static website app (FROM scratch) and test probes
+  [nginx]=nginx-light  # the edge
+  [systemd-analyze]=systemd  # runs a server install; checks its units (tests/deploy/test_units.py)
+  [/etc/ssl/certs/ca-certificates.crt]=ca-certificates  # HTTPS to ACME, DNS APIs, releases
+)
+# ... and what only a development machine needs (tests, benchmarks, the dashboard's build)
+declare -A dev=(
+  [/usr/bin/ldapsearch]=ldap-utils
+  [wrk]=wrk  # the HTTP load generator of `make bench`
+  [restic]=restic  # the baseline of the backup benchmarks (`make bench`)
   [pebble]=pebble  # the ACME test server (tests of certificates)
   [pebble-challtestsrv]=pebble
   [pdns_server]=pdns-server  # PowerDNS, a DNS provider (tests run a real one)
   [/usr/lib/x86_64-linux-gnu/pdns/libgsqlite3backend.so]=pdns-backend-sqlite3
-  [nginx]=nginx-light  # the edge
-  [systemd-analyze]=systemd  # checks the server units (tests/deploy/test_units.py)
   [node]=nodejs  # builds the dashboard (esbuild, from the npm registry)
   [npm]=npm
   [/usr/bin/chromium]=chromium  # the dashboard's browser tests (driven by Playwright)
 )
+if ((server)); then
+  need[/usr/bin/unattended-upgrade]=unattended-upgrades  # Debian's security upgrades
+else
+  for prog in "${!dev[@]}"; do need[$prog]=${dev[$prog]}; done
+fi
+
+if ((list)); then
+  printf '%s\n' "${need[@]}" python3 python3-venv | sort -u
+  exit 0
+fi
 
 missing=()
 for prog in "${!need[@]}"; do

@@ -18,7 +18,9 @@ Who runs what (`UNIT_USERS` tells the installer which users and groups to create
 - No unit runs as root (`ROOT_UNITS` is empty). Apps holds the docker socket's group, which is
   root-equivalent: it is the reason apps runs alone in a unit with only what it needs.
   It does not run debootstrap as root: the installer builds the base image tarball into
-  `HP_BASE_CACHE` once, and apps reuses it (services/apps/base_image.py).
+  `HP_BASE_CACHE` once, and apps reuses it (services/apps/base_image.py). It may write in
+  dockerd's /var/lib/docker/volumes (a new volume's folder gets the app's owner and mode):
+  the only path outside the data dir a unit writes (`writes_outside`).
 
 The templates are in deploy/systemd/ (string.Template: `$name`, `$$` for a literal `$`).
 `render_units(layout)` returns {file name: text}; `write_units(layout, unit_dir)` writes them
@@ -56,6 +58,7 @@ __all__ = [
     "SHOW_PROPERTIES",
     "TARGET",
     "UNIT_USERS",
+    "UPDATE_UNITS",
     "UnitSpec",
     "directories",
     "installed_units",
@@ -73,10 +76,13 @@ __all__ = [
 
 TEMPLATES = Path(__file__).with_name("systemd")
 TARGET = "homeport.target"
+# The nightly platform update: a timer and the oneshot it starts (not part of the target).
+UPDATE_UNITS = ("homeport-update.service", "homeport-update.timer")
 PLATFORM_GROUP = "homeport"
 POSTGRES_BIN = "/usr/lib/postgresql/15/bin/postgres"
 NATS_BIN = "/usr/sbin/nats-server"  # where Debian 12 puts it
 ADDON_PG_HBA_DIR = "addon-pg-hba"  # under the data dir: apps writes it, the addon server reads
+DOCKER_VOLUMES = Path("/var/lib/docker/volumes")  # docker.io's volumes (apps' data)
 
 # Loopback ports of a server install. Services not listed get a stable one from `service_port`.
 PORTS: dict[str, int] = {
@@ -123,7 +129,8 @@ class UnitSpec:
     after: tuple[str, ...] = ()  # units (full names) this one starts after
     requires: tuple[str, ...] = ()  # and needs running
     wants: tuple[str, ...] = ()
-    writes: tuple[Path, ...] = ()  # ReadWritePaths=
+    writes: tuple[Path, ...] = ()  # ReadWritePaths= (the installer makes these folders)
+    writes_outside: tuple[Path, ...] = ()  # ReadWritePaths=-: others' folders, if present
     capabilities: tuple[str, ...] = ()  # bounding set = ambient set
     families: tuple[str, ...] = ("AF_UNIX", "AF_INET", "AF_INET6")
     loopback_only: bool = False  # IPAddressDeny=any except localhost
@@ -330,6 +337,8 @@ def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...
             ),
             "families": ("AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"),
             "loopback_only": False,
+            # the runtime sets up a new volume's folder (owner, mode) where dockerd keeps it
+            "writes_outside": (DOCKER_VOLUMES,),
             "umask": "0027",  # the addon server (group homeport) reads the pg_hba.conf
             "syscall_deny": ("@resources",),
         }
@@ -345,6 +354,10 @@ def directories(layout: Layout) -> dict[Path, tuple[str, str, int]]:
             out.setdefault(path, (spec.user, spec.user, 0o700))
     # apps writes the addon server's pg_hba.conf (umask 0027); the server reads it by group.
     out[layout.data / ADDON_PG_HBA_DIR] = (DEFAULT_USER, PLATFORM_GROUP, 0o750)
+    # certs writes these; the gateway (and its nginx) only reads them, so they must exist
+    # before the gateway's first start (its file system is read-only there).
+    for sub in ("acme", "live"):
+        out[layout.data / "certs" / sub] = (DEFAULT_USER, DEFAULT_USER, 0o700)
     return out
 
 
@@ -368,6 +381,7 @@ def _hardening(spec: UnitSpec) -> str:
     lines.append(f"MemoryDenyWriteExecute={'yes' if spec.memory_deny_write_execute else 'no'}")
     lines.append(f"UMask={spec.umask}")
     lines += [f"ReadWritePaths={p}" for p in spec.writes]
+    lines += [f"ReadWritePaths=-{p}" for p in spec.writes_outside]
     return "\n".join(lines)
 
 
@@ -408,6 +422,13 @@ def render_units(layout: Layout, modules: Sequence[Module] | None = None) -> dic
     out[TARGET] = _template(TARGET).substitute(
         code=str(layout.current), wants=" ".join(s.unit for s in specs)
     )
+    for name in UPDATE_UNITS:  # the nightly `homeport update --scheduled` (as root)
+        out[name] = _template(name).substitute(
+            code=str(layout.current),
+            python=str(layout.current / "venv" / "bin" / "python"),
+            prefix=str(layout.prefix),
+            opt=str(layout.opt),
+        )
     return out
 
 

@@ -136,6 +136,14 @@ CONTRACT = Contract(
         "set_app_auto_update": obj(
             {"app_id": _APP_ID, "enabled": boolean()}, required=["app_id", "enabled"]
         ),
+        # The platform's own updates (services/apps/platform.py), administrators only. Both
+        # answer as `platform_update` does: check the release URL now; turn the nightly
+        # `homeport update --scheduled` on or off (default: off).
+        "check_platform_update": obj({}),
+        "set_platform_auto_update": obj(
+            {"enabled": boolean(description="install newer signed releases every night")},
+            required=["enabled"],
+        ),
     },
     queries={
         "catalog": obj({"text": string(maxLength=200), "tag": string(maxLength=200)}),
@@ -162,5 +170,9 @@ CONTRACT = Contract(
         # {items: [{app_id, location, domain, manifest_id, version, available_version,
         # awaiting_approval, task_id}]}
         "pending_updates": obj({}),
+        # Administrators only: {version, server_install, checked_at, available: {version,
+        # changelog, created} | null, check_error, auto_update, last_update: {outcome, summary,
+        # at, from_version, to_version} | null, reboot_required, reboot_packages: [names]}
+        "platform_update": obj({}),
     },
 )

@@ -21,6 +21,7 @@ from services.apps.config import AppsConfig
 from services.apps.health import HealthMonitor, Restarts, docker_ready
 from services.apps.operations import Driver, Tools
 from services.apps.peers import Peers
+from services.apps.platform import platform_updates
 from services.apps.projections import AppsProjection
 from services.apps.queries import Queries
 from services.apps.runtime import DockerRuntime
@@ -62,11 +63,12 @@ async def _parts(cfg: AppsConfig, clock: Clock | None, svc: Service) -> AsyncIte
             queries = Queries(cfg, apps, runtime, catalog, peers, monitor.latest_stats)
             async with (
                 auto_updates(svc, cfg, commands, clock) as auto,
+                platform_updates(svc, cfg, conn.store) as platform,
                 loop(svc, "apps.health", monitor.run_checks(), cancel=True),
                 loop(svc, "apps.docker_events", monitor.run_events(), cancel=True),
                 # exited first (reverse order): its `stop` ends all three of the monitor's loops
                 loop(svc, "apps.stats", monitor.run_stats(), monitor.stop, cancel=True),
-                serve(svc, conn.nc, CONTRACT, commands, queries, auto),
+                serve(svc, conn.nc, CONTRACT, commands, queries, auto, platform),
             ):
                 await driver.resume_all()
                 yield

@@ -110,6 +110,14 @@ class AppsConfig(ServiceConfig):
     # only in tests that must not see apps updated by the wall clock.
     auto_update_interval: float = field(default=60.0, metadata=check(_positive, "seconds > 0"))
     auto_update_loop: bool = True
+    # Platform updates (platform.py): the install's root (its /etc/homeport holds the release
+    # URL and the pinned key), how often the release URL is checked (0: at start and when
+    # asked), and Debian's reboot flag (its packages in <file>.pkgs).
+    install_root: Path = Path("/")
+    platform_check_interval: float = field(
+        default=86400.0, metadata=check(_not_negative, "seconds >= 0")
+    )
+    reboot_required_file: Path = Path("/run/reboot-required")
     # Fault injection for the crash tests only: "<operation>:<step>" makes the worker stop
     # (sleep until killed) right after recording that step. Never set in production.
     apps_pause_after: str = ""

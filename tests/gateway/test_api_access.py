@@ -73,10 +73,12 @@ async def test_walk_every_route_of_the_running_gateway(
     # setup_restore.py: anonymous 3 (GET, HEAD and POST /setup/restore)
     # app_updates.py: admin 6 (GET, HEAD and PUT /app-updates/settings, GET and HEAD
     # /app-updates/pending, PUT /apps/{app_id}/auto-update)
+    # platform_updates.py: admin 4 (GET and HEAD /platform/updates, POST its /check, PUT its
+    # /settings)
     assert counts == {
         "anonymous": 6 + 3 + 1 + 3,
         "user": 7 + 9 + 5 + 8,
-        "admin": 9 + 14 + 3 + 20 + 7 + 4 + 2 + 15 + 6,
+        "admin": 9 + 14 + 3 + 20 + 7 + 4 + 2 + 15 + 6 + 4,
     }
 
 

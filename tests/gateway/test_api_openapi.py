@@ -58,6 +58,7 @@ async def test_served_document_covers_the_production_table(
         "/backups/{snapshot_id}/restore", "/backups/{snapshot_id}/clone",
         "/backups/{snapshot_id}/verify",
         "/app-updates/settings", "/app-updates/pending", "/apps/{app_id}/auto-update",
+        "/platform/updates", "/platform/updates/check", "/platform/updates/settings",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]
     activity = doc["paths"]["/activity"]["get"]

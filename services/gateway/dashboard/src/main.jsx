@@ -16,6 +16,7 @@ import { Domains } from "./pages/domains.jsx";
 import { Backups } from "./pages/backups.jsx";
 import { Activity } from "./pages/activity.jsx";
 import { Graphs } from "./pages/graphs.jsx";
+import { System } from "./pages/system.jsx";
 import { Profile } from "./pages/profile.jsx";
 import { EnrolTotp } from "./pages/enrol.jsx";
 
@@ -28,6 +29,7 @@ const NAV = [
   { path: "/backups", label: "Backups", admin: true },
   { path: "/activity", label: "Activity", admin: true },
   { path: "/graphs", label: "Graphs", admin: true },
+  { path: "/system", label: "System", admin: true },
 ];
 
 // Pages anyone may open without a session.
@@ -55,6 +57,8 @@ function page(parts, me) {
       return admin ? <Activity /> : null;
     case "graphs":
       return admin ? <Graphs /> : null;
+    case "system":
+      return admin ? <System /> : null;
     default:
       return null;
   }

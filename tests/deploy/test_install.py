@@ -1,0 +1,320 @@
+"""deploy/install.sh on a Debian 12 "server" with systemd as PID 1 (tests/support/systemd_box.py):
+every unit active, the dashboard on 443, setup through the printed link, an app answering
+through the edge, everything back after the box restarts, and a second run changing nothing.
+Also the `systemd-analyze security` score of every unit under the real systemd.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from cli.main import main
+from deploy.release import DASHBOARD_DIST, load_private_key, public_key_text
+from tests.support.docker import find_docker_host
+from tests.support.servers import need_server
+from tests.support.systemd_box import (
+    BOX_WHEELS,
+    SystemdBox,
+    base_tarball,
+    ensure_box_image,
+    ensure_wheelhouse,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500), pytest.mark.xdist_group("systemd-box")]
+
+REPO = Path(__file__).resolve().parents[2]
+SRC = "/srv/homeport"
+RELEASES = "/srv/releases"  # the host's release directory, served from the box's loopback
+RELEASE_PORT = 8765
+PASSWORD = "correct horse battery staple"  # a test account's
+DASHBOARD = "my.localhost"
+UNITS_GLOB = "homeport-*.service"
+# holds the gateway's port before the install
+SQUAT = (
+    "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 7410)); s.listen();"
+    " time.sleep(600)"
+)
+
+
+def _checkout(into: Path) -> Path:
+    """The checkout's files as a user's copy holds them: tracked and new (not ignored) files,
+    and the built dashboard; no .git, no venv."""
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout
+    names = {n for n in out.decode().split("\0") if n}
+    dist = REPO / DASHBOARD_DIST
+    if dist.is_dir():
+        names.update(p.relative_to(REPO).as_posix() for p in dist.rglob("*") if p.is_file())
+    for name in sorted(names):
+        src = REPO / name
+        if not src.is_file() or src.is_symlink():
+            continue
+        (into / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, into / name)
+    return into
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdBox]:
+    host = find_docker_host()
+    try:
+        client = docker.DockerClient(base_url=host, timeout=1800)
+        client.ping()
+    except docker.errors.DockerException as e:
+        need_server("dockerd", e)
+    started = time.monotonic()
+    image = ensure_box_image(client, host)
+    wheels = ensure_wheelhouse()
+    base = base_tarball(host)
+    src = _checkout(tmp_path_factory.mktemp("checkout"))
+    releases = tmp_path_factory.mktemp("releases")
+    print(f"box image, wheelhouse and base tarball ready in {time.monotonic() - started:.0f} s")
+    mounts = {str(src): SRC, str(wheels): BOX_WHEELS, str(releases): RELEASES}
+    with SystemdBox(client, image, mounts=mounts) as b:
+        b.releases = releases  # type: ignore[attr-defined]
+        b.wait_booted()
+        # the apps' base image tarball is on the host already: no second debootstrap
+        b.run("install", "-d", "/var/lib/homeport/base-cache")
+        b.copy_in(base, "/var/lib/homeport/base-cache")
+        try:
+            yield b
+        finally:
+            if not b.ok:
+                print(b.diagnose())
+    client.close()
+
+
+def _install(box: SystemdBox) -> str:
+    started = time.monotonic()
+    out = box.run("bash", f"{SRC}/deploy/install.sh", "--wheels", BOX_WHEELS)
+    print(f"install.sh took {time.monotonic() - started:.0f} s:\n{out}")
+    return out
+
+
+def _units(box: SystemdBox) -> dict[str, dict[str, str]]:
+    """{unit: its properties} of every homeport-*.service the box has."""
+    out = box.run("systemctl", "show", "--property=Id,ActiveState,SubState,MainPID", UNITS_GLOB)
+    blocks = [dict(line.split("=", 1) for line in b.splitlines() if "=" in line)
+              for b in out.strip().split("\n\n")]  # fmt: skip
+    return {b["Id"]: b for b in blocks if b.get("Id", "").startswith("homeport-")}
+
+
+def _curl(box: SystemdBox, host: str, path: str, *args: str) -> tuple[int, str]:
+    """HTTPS to `host` on the box's port 443 (as a browser on the server: *.localhost is the
+    loopback address); (status, body)."""
+    argv = ["curl", "-sk", "--max-time", "20", "--resolve", f"{host}:443:127.0.0.1",
+            "-w", "\n%{http_code}", *args, f"https://{host}{path}"]  # fmt: skip
+    out = box.run(*argv, check=False)
+    body, _, code = out.rpartition("\n")
+    return int(code) if code.isdigit() else 0, body
+
+
+def _api(box: SystemdBox, method: str, path: str, body: object = None) -> tuple[int, object]:
+    args = ["-X", method, "-b", "/root/jar", "-c", "/root/jar",
+            "-H", f"Origin: https://{DASHBOARD}"]  # fmt: skip
+    if body is not None:
+        args += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    status, text = _curl(box, DASHBOARD, path, *args)
+    try:
+        return status, json.loads(text) if text else None
+    except ValueError:
+        return status, text
+
+
+def _until(what: str, check: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():  # type: ignore[operator]
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(1.0)
+
+
+def _fingerprint(box: SystemdBox) -> dict[str, str]:
+    """What a second install must leave as it is: unit PIDs, config and unit file hashes, the
+    users, the Postgres clusters, the keyring."""
+    script = (
+        "sha256sum /etc/homeport/* /etc/systemd/system/homeport* "
+        "/var/lib/homeport/keyring/keyring.json /etc/apt/apt.conf.d/20auto-upgrades; "
+        "grep homeport /etc/passwd /etc/group; "
+        "ls -d /var/lib/homeport/*/pgdata; "
+        "echo debian postgresql: $(systemctl is-enabled postgresql)"
+        " $(systemctl is-active postgresql); "
+        "for d in /var/lib/homeport/*/pgdata; do "
+        "  /usr/lib/postgresql/15/bin/pg_controldata -D $d | grep 'system identifier'; done"
+    )
+    pids = {u: p["MainPID"] for u, p in _units(box).items()}
+    return {"files": box.sh(script), "pids": json.dumps(pids, sort_keys=True)}
+
+
+def test_install_setup_app_restart_and_second_run(box: SystemdBox) -> None:
+    install = ("bash", f"{SRC}/deploy/install.sh", "--wheels", BOX_WHEELS)
+    # clear errors: not root; a port taken, named with what holds it (the run stops there,
+    # the next one carries on)
+    box.run("install", "-m", "755", f"{SRC}/deploy/install.sh", "/tmp/install.sh")
+    code, out = box.status("runuser", "-u", "nobody", "--", "bash", "/tmp/install.sh")
+    assert code != 0 and "run as root" in out, out
+    box.run("systemd-run", "--unit=squatter", "python3", "-c", SQUAT)
+    code, out = box.status(*install)
+    assert code != 0, out
+    assert "port 7410 (for Homeport's gateway) is taken by" in out and "python3" in out, out
+    box.run("systemctl", "stop", "squatter")
+
+    out = _install(box)
+    # every unit active
+    units = _units(box)
+    assert len(units) >= 11, units
+    inactive = {u: p["ActiveState"] for u, p in units.items() if p["ActiveState"] != "active"}
+    assert not inactive, inactive
+    assert box.run("systemctl", "is-enabled", "homeport-update.timer").strip() == "enabled"
+    status = box.run("homeport", "status")  # against systemd
+    assert "homeport-gateway.service" in status and "active" in status, status
+    # the dashboard on 443
+    status, page = _curl(box, DASHBOARD, "/")
+    assert status == 200 and "<html" in page.lower(), (status, page[:300])
+    # the printed setup link: the token in it is what setup takes
+    m = re.search(r"Setup: +https://my\.localhost/#/setup\?token=([A-Za-z0-9_-]+)", out)
+    assert m, out
+    setup = {"username": "owner", "email": "owner@example.test", "password": PASSWORD}
+    status, answer = _api(box, "POST", "/api/v1/setup", {**setup, "setup_token": m.group(1)})
+    assert status == 201, answer
+    status, answer = _api(
+        box, "POST", "/api/v1/session", {"username": "owner", "password": PASSWORD}
+    )
+    assert status == 200, answer
+    # an app installs and answers through the edge
+    body = {"manifest_id": "org.homeport.static", "version": "1.0.0", "location": "site"}
+    status, answer = _api(box, "POST", "/api/v1/apps", body)
+    assert status == 202, answer
+
+    def installed() -> bool:
+        _, apps = _api(box, "GET", "/api/v1/apps")
+        states = [a["state"] for a in apps["items"]] if isinstance(apps, dict) else []
+        assert "error" not in states, apps
+        return states == ["installed"]
+
+    _until("the static website app installed", installed, 180)
+
+    def site_answers() -> bool:
+        status, text = _curl(box, "site.localhost", "/")
+        return status == 200 and "Static website" in text
+
+    _until("https://site.localhost/ answering", site_answers, 60)
+
+    # the box restarted: every unit active again, the app answers, without help
+    box.restart()
+    box.wait_booted(180)
+    _until(
+        "every unit active after the restart",
+        lambda: all(p["ActiveState"] == "active" for p in _units(box).values()),
+        180,
+    )
+    _until("the app answering after the restart", site_answers, 120)
+    assert len(_units(box)) == len(units)
+
+    # a second run changes nothing
+    before = _fingerprint(box)
+    again = _install(box)
+    assert "Setup is done" in again, again
+    after = _fingerprint(box)
+    assert after["pids"] == before["pids"]
+    assert after["files"] == before["files"]
+    # one cluster each (Debian's default one is not there), never initdb'd again
+    assert after["files"].count("/pgdata\n") == 2, after["files"]
+    assert "debian postgresql: disabled inactive" in after["files"], after["files"]
+    assert site_answers()
+    box.ok = True
+
+
+def test_units_security_scores_under_real_systemd(box: SystemdBox) -> None:
+    if not _units(box):
+        _install(box)
+    from tests.deploy.test_units import DEFAULT_MAX, EXPOSURE_MAX
+
+    scores: dict[str, float] = {}
+    for unit in sorted(_units(box)):
+        out = box.run("systemd-analyze", "security", "--no-pager", unit)
+        m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+        assert m, out[-500:]
+        scores[unit] = float(m.group(1))
+    print("systemd-analyze security:", json.dumps(scores, indent=1))
+    worse = {u: s for u, s in scores.items() if s > EXPOSURE_MAX.get(u, DEFAULT_MAX)}
+    assert not worse, worse
+    box.ok = True
+
+
+def _release(repo: Path, version: str, key: Path, out: Path) -> None:
+    """`homeport release build` of `repo` (a git checkout) as `version` into `out`."""
+    code = main(["release", "build", "--repo", str(repo), "--version", version,
+                 "--key", str(key), "--out", str(out)])  # fmt: skip
+    assert code == 0
+
+
+def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> None:
+    """Release N installed -> `homeport update` to a signed N+1: it runs, with its data; an
+    N+2 whose identity service cannot start -> rolled back to N+1 by itself."""
+    if not _units(box):
+        _install(box)
+    out: Path = box.releases  # type: ignore[attr-defined]
+    key = tmp_path / "release.key"
+    assert main(["release", "keygen", "--out", str(key)]) == 0
+    pub = out / "release.pub"
+    pub.write_text(public_key_text(load_private_key(key)))
+    repo = _checkout(tmp_path / "repo")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=30)
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True, timeout=60)
+    _release(repo, "0.2.0", key, out)
+    # the release server on the box's loopback; pip of the new venv from the wheelhouse
+    box.run("systemd-run", "--unit=release-server", "python3", "-m", "http.server",
+            "--bind", "127.0.0.1", "--directory", RELEASES, str(RELEASE_PORT))  # fmt: skip
+    box.put("/etc/pip.conf", f"[global]\nno-index = true\nfind-links = {BOX_WHEELS}\n".encode())
+    url = f"http://127.0.0.1:{RELEASE_PORT}"
+    again = box.run("bash", f"{SRC}/deploy/install.sh", "--wheels", BOX_WHEELS,
+                    "--release-key", f"{RELEASES}/release.pub", "--release-url", url)  # fmt: skip
+    assert "pinned the release key" in again, again
+    started = time.monotonic()
+    update = box.run("homeport", "update", check=False)
+    print(f"homeport update to 0.2.0 took {time.monotonic() - started:.0f} s:\n{update}")
+    assert box.run("readlink", "/opt/homeport/current").strip() == "0.2.0", update
+    assert box.run("readlink", "/opt/homeport/previous").strip() == "0.1.0", update
+    units = _units(box)
+    assert all(p["ActiveState"] == "active" for p in units.values()), units
+    # its data: the administrator made at setup signs in
+    login = {"username": "owner", "password": PASSWORD}
+    status, answer = _api(box, "POST", "/api/v1/session", login)
+    assert status == 200, answer
+
+    # N+2: identity exits at start -> unhealthy -> back to 0.2.0 by itself
+    main_py = repo / "services" / "identity" / "__main__.py"
+    main_py.write_text("raise SystemExit('broken on purpose')\n" + main_py.read_text())
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True, timeout=60)
+    _release(repo, "0.3.0", key, out)
+    started = time.monotonic()
+    failed = box.run("homeport", "update", "--health-timeout", "40", check=False)
+    print(f"homeport update to 0.3.0 took {time.monotonic() - started:.0f} s:\n{failed}")
+    assert "rolled back" in failed, failed
+    assert box.run("readlink", "/opt/homeport/current").strip() == "0.2.0", failed
+    assert box.sh("test -e /opt/homeport/0.3.0 && echo there || echo gone").strip() == "gone"
+    _until(
+        "every unit active after the roll-back",
+        lambda: all(p["ActiveState"] == "active" for p in _units(box).values()),
+        120,
+    )
+    status, answer = _api(box, "POST", "/api/v1/session", login)
+    assert status == 200, answer
+    box.ok = True

@@ -1,0 +1,378 @@
+"""`homeport update` in the activity log: the events it appends to the real event store for an
+update, a roll-back, a refusal; an unreachable store never fails an update; `--scheduled` does
+nothing until the dashboard's setting is on; the nightly timer and the unit it starts."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cli.main import main
+from deploy.layout import Layout
+from deploy.release import build_release, fetch_release, generate_key, public_key_text
+from deploy.units import UPDATE_UNITS, write_units
+from deploy.update import UpdateError, Updater, switch_link
+from deploy.update_events import EventLog, recorded_update
+from libs.events.store import PostgresEventStore
+from services.apps import platform_events as pev
+from tests.support.releases import git_checkout, serve_directory
+
+# One service of a test release: answers on its port, or exits at once when BROKEN is there.
+SERVE = """\
+import http.server, pathlib, sys
+here = pathlib.Path(__file__).parent
+if (here / "BROKEN").exists():
+    sys.exit("this release does not start")
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+MIGRATE = """\
+import pathlib, sys
+if (pathlib.Path.cwd() / "MIGRATION_FAILS").exists():
+    sys.exit("migration 0002 failed: column exists")
+print("applied 0002_more")
+"""
+
+
+class OneProcess:
+    """The platform as one real process run from `current`; healthy = it answers."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def restart_all(self) -> None:
+        self.stop()
+        python = self.layout.current / "venv" / "bin" / "python"
+        argv = [str(python), str(self.layout.current / "serve.py"), str(self.port)]
+        self.proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+
+    def healthy(self, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc and self.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2):
+                    return []
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+        return ["the service"]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    venv = tmp_path_factory.mktemp("venv") / "v"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    return venv
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Ed25519PrivateKey:
+    return generate_key(tmp_path / "release.key")
+
+
+@pytest.fixture
+def www(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    (tmp_path / "www").mkdir()
+    with serve_directory(tmp_path / "www") as url:
+        yield tmp_path / "www", url
+
+
+def _release(tmp_path: Path, www: Path, key: Ed25519PrivateKey, version: str, *extra: str) -> None:
+    files = {
+        "serve.py": SERVE,
+        "deploy/__init__.py": "",
+        "deploy/migrate.py": MIGRATE,
+        **{name: "" for name in extra},
+    }
+    repo = git_checkout(tmp_path / f"src-{version}", files)
+    build_release(repo, version, key, www, changelog=f"what {version} brings\n")
+
+
+@pytest.fixture
+def installed(
+    tmp_path: Path, key: Ed25519PrivateKey, www: tuple[Path, str], bare_venv: Path, dsn: str
+) -> Iterator[tuple[Layout, OneProcess]]:
+    """1.0.0 installed and running; homeport.env names this test's event store."""
+    layout = Layout(tmp_path / "root")
+    layout.etc.mkdir(parents=True)
+    layout.release_key.write_text(public_key_text(key))
+    layout.release_url_file.write_text(www[1] + "\n")
+    layout.env_file.write_text(f"HP_DATABASE_URL='{dsn}'\n")
+    _release(tmp_path, www[0], key, "1.0.0")
+    first = fetch_release(www[1], key.public_key(), "0.0.0", layout.opt)
+    (first.path / "venv").symlink_to(bare_venv)
+    switch_link(layout.current, "1.0.0")
+    asyncio.run(_store_ready(dsn))
+    host = OneProcess(layout)
+    host.restart_all()
+    assert host.healthy(10) == []
+    try:
+        yield layout, host
+    finally:
+        host.stop()
+
+
+async def _store_ready(dsn: str) -> None:
+    store = await PostgresEventStore.open(dsn, max_size=1)  # the schema, as the installer's
+    await store.close()
+
+
+async def _events(dsn: str, stream: str = pev.UPDATES_STREAM) -> list[tuple[str, str]]:
+    store = await PostgresEventStore.open(dsn, max_size=1)
+    try:
+        return [(e.type, e.meta["summary"]) for e in await store.read_stream(stream)]
+    finally:
+        await store.close()
+
+
+def _recorded(dsn: str) -> list[tuple[str, str]]:
+    return asyncio.run(_events(dsn))
+
+
+def _updater(layout: Layout, host: OneProcess, venv: Path) -> Updater:
+    return Updater(layout, host, venv_from=venv, progress=lambda _: None, health_timeout=5)
+
+
+def _log(layout: Layout, warnings: list[str]) -> EventLog:
+    return EventLog.from_env_file(layout.env_file, warnings.append)
+
+
+def test_an_update_is_recorded_as_started_then_updated(
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+    www: tuple[Path, str],
+    installed: tuple[Layout, OneProcess],
+    bare_venv: Path,
+    dsn: str,
+) -> None:
+    layout, host = installed
+    _release(tmp_path, www[0], key, "1.1.0")
+    warnings: list[str] = []
+
+    outcome = recorded_update(_updater(layout, host, bare_venv), _log(layout, warnings))
+
+    assert outcome is not None and not outcome.rolled_back and warnings == []
+    (t1, s1), (t2, s2) = _recorded(dsn)
+    assert (t1, s1) == ("PlatformUpdateStarted", "platform update from 1.0.0 to 1.1.0 started")
+    assert t2 == "PlatformUpdated"
+    assert re.fullmatch(r"platform updated from 1\.0\.0 to 1\.1\.0 in \d+ s", s2), s2
+    # nothing newer now: no event, no refusal
+    assert recorded_update(_updater(layout, host, bare_venv), _log(layout, warnings)) is None
+    assert len(_recorded(dsn)) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "step", "why"),
+    [
+        ("BROKEN", "health", "unhealthy: the service"),
+        ("MIGRATION_FAILS", "migrate", "migration 0002 failed: column exists"),
+    ],
+)
+def test_a_failed_update_is_recorded_as_rolled_back_naming_the_step(
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+    www: tuple[Path, str],
+    installed: tuple[Layout, OneProcess],
+    bare_venv: Path,
+    dsn: str,
+    extra: str,
+    step: str,
+    why: str,
+) -> None:
+    layout, host = installed
+    _release(tmp_path, www[0], key, "1.1.0", extra)
+    log = _log(layout, [])
+    if step == "migrate":
+        with pytest.raises(UpdateError, match="failed at migrate"):
+            recorded_update(_updater(layout, host, bare_venv), log)
+    else:
+        outcome = recorded_update(_updater(layout, host, bare_venv), log)
+        assert outcome is not None and outcome.rolled_back
+
+    assert layout.version_of(layout.current) == "1.0.0" and host.healthy(5) == []
+    types = [t for t, _ in _recorded(dsn)]
+    assert types == ["PlatformUpdateStarted", "PlatformUpdateRolledBack"]
+    summary = _recorded(dsn)[1][1]
+    assert summary.startswith(
+        f"platform update to 1.1.0 failed at {step} and was rolled back: 1.0.0 is running ("
+    ), summary
+    assert why in summary
+
+
+@pytest.mark.parametrize(
+    ("spoil", "why"),
+    [
+        ("unsigned", "the release is unsigned"),
+        ("altered", "archive sha256 differs"),
+        ("resigned", "does not match the pinned key"),
+        ("older", "version 0.9.0 is older than the running 1.0.0: refused"),
+    ],
+)
+def test_a_refused_release_is_recorded_as_refused(
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+    www: tuple[Path, str],
+    installed: tuple[Layout, OneProcess],
+    bare_venv: Path,
+    dsn: str,
+    spoil: str,
+    why: str,
+) -> None:
+    layout, host = installed
+    version = "0.9.0" if spoil == "older" else "1.1.0"
+    signer = Ed25519PrivateKey.generate() if spoil == "resigned" else key
+    _release(tmp_path, www[0], signer, version)
+    if spoil == "unsigned":
+        (www[0] / f"homeport-{version}.json.sig").unlink()
+    if spoil == "altered":
+        archive = www[0] / f"homeport-{version}.tar.gz"
+        data = bytearray(archive.read_bytes())
+        data[-20] ^= 1
+        archive.write_bytes(bytes(data))
+
+    with pytest.raises(UpdateError, match=why):
+        recorded_update(_updater(layout, host, bare_venv), _log(layout, []))
+
+    events = _recorded(dsn)
+    if spoil == "altered":  # the signed manifest is fine: started, then the archive refused
+        assert events[0][0] == "PlatformUpdateStarted"
+        events = events[1:]
+    [(kind, summary)] = events
+    assert kind == "PlatformUpdateRefused" and summary.startswith("platform update refused: ")
+    assert why in summary
+    assert layout.version_of(layout.current) == "1.0.0" and host.healthy(5) == []
+
+
+def test_an_unreachable_event_store_warns_and_the_update_goes_on(
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+    www: tuple[Path, str],
+    installed: tuple[Layout, OneProcess],
+    bare_venv: Path,
+) -> None:
+    layout, host = installed
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    layout.env_file.write_text(f"HP_DATABASE_URL=postgresql://nobody@127.0.0.1:{port}/none\n")
+    _release(tmp_path, www[0], key, "1.1.0")
+    warnings: list[str] = []
+
+    outcome = recorded_update(_updater(layout, host, bare_venv), _log(layout, warnings))
+
+    assert outcome is not None and not outcome.rolled_back
+    assert layout.version_of(layout.current) == "1.1.0"
+    assert len(warnings) == 2, warnings  # started, updated
+    assert all(w.startswith("the activity log could not be written") for w in warnings)
+
+
+async def _set_nightly(dsn: str, enabled: bool) -> None:
+    store = await PostgresEventStore.open(dsn, max_size=1)
+    try:
+        await store.append(pev.SETTINGS_STREAM, [pev.PlatformAutoUpdateSet(enabled=enabled)])
+    finally:
+        await store.close()
+
+
+def test_scheduled_does_nothing_until_the_setting_is_on(
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+    www: tuple[Path, str],
+    installed: tuple[Layout, OneProcess],
+    dsn: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    layout, _ = installed
+    _release(tmp_path, www[0], key, "1.1.0")
+    argv = ["update", "--scheduled", "--prefix", str(layout.prefix)]
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out == "nightly platform updates are off (turn them on in the dashboard): nothing done\n"
+    assert layout.version_of(layout.current) == "1.0.0" and _recorded(dsn) == []
+
+    asyncio.run(_set_nightly(dsn, True))
+    (www[0] / "homeport-1.1.0.json.sig").unlink()  # on: it goes on, and refuses this one
+    assert main(argv) == 1
+    assert "the release is unsigned" in capsys.readouterr().err
+    assert [t for t, _ in _recorded(dsn)] == ["PlatformUpdateRefused"]
+
+    asyncio.run(_set_nightly(dsn, False))
+    assert main(argv) == 0
+    assert "nothing done" in capsys.readouterr().out
+
+    layout.env_file.write_text("HP_LOG_LEVEL=info\n")  # no store: the setting is unknown
+    assert main(argv) == 1
+    assert "nothing was updated" in capsys.readouterr().err
+
+
+ANALYZE = shutil.which("systemd-analyze")
+
+
+def _directives(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
+
+
+def test_the_nightly_timer_starts_the_scheduled_update_as_root(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "root")
+    (layout.current / "venv" / "bin").mkdir(parents=True)
+    (layout.current / "venv" / "bin" / "python").symlink_to(sys.executable)
+    unit_dir = tmp_path / "units"
+    write_units(layout, unit_dir)
+    service, timer = (unit_dir / name for name in UPDATE_UNITS)
+
+    svc: dict[str, Any] = _directives(service.read_text())
+    assert (svc["Type"], svc["User"]) == ("oneshot", "root")
+    assert svc["ExecStart"] == (
+        f"{layout.current}/venv/bin/python -m cli.main update --scheduled --prefix {layout.prefix}"
+    )
+    assert svc["ReadWritePaths"] == str(layout.opt) and svc["ProtectSystem"] == "strict"
+    assert "PartOf" not in svc  # restarting the platform does not stop the update
+    t = _directives(timer.read_text())
+    assert t["OnCalendar"] == "*-*-* 02:00:00" and t["RandomizedDelaySec"] == "3h"
+    assert t["Persistent"] == "true" and t["Unit"] == "homeport-update.service"
+    assert t["WantedBy"] == "timers.target"
+    if ANALYZE is None:
+        pytest.fail("systemd-analyze missing: run deploy/install-system-deps.sh")
+    for f in (service, timer):
+        r = subprocess.run([ANALYZE, "verify", str(f)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and r.stderr.strip() == "", f"{f.name}: {r.stderr}"
+    r = subprocess.run(
+        [ANALYZE, "security", "--offline=yes", "--no-pager", str(service)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", r.stdout)
+    assert m, r.stdout[-300:]
+    print("homeport-update.service exposure:", m.group(1))
+    assert float(m.group(1)) <= 2.5  # 2.3: root, writes /opt/homeport, any address

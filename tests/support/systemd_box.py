@@ -1,0 +1,382 @@
+"""A Debian 12 "server" for installer tests: a container on the tests' dockerd with systemd as
+PID 1, Docker inside it, and every Debian package deploy/install.sh installs already there.
+
+The image: the apps' Debian base (services/apps/base_image.py: debootstrap bookworm minbase,
+cached as a tarball, imported as `homeport/debian-base:bookworm`) plus `apt-get install` of the
+server packages (`deploy/install-system-deps.sh --server --list`) and systemd, systemd-sysv,
+dbus, curl, run in a build container with network mode host (as base_image.py builds apps), then
+`docker export`ed to `/var/cache/homeport-test/systemd-box-<key>.tar` (key: a hash of the
+package list and this recipe) and `docker import`ed. A second debootstrap is not needed: the
+base tarball is shared with the apps' tests. Built once under a lock file (xdist workers).
+
+The box: not privileged (the tests' own container lacks CAP_SYS_RESOURCE, and privileged asks
+for every capability): every other capability, seccomp and AppArmor unconfined, a private
+cgroup namespace, tmpfs on /run, /run/lock and /tmp, stop signal SIGRTMIN+3, container=docker.
+Docker leaves the cgroup v1 hierarchies read-only; a oneshot unit of the image
+(hpbox-cgroup-rw.service, before docker.service) remounts them read-write at every boot so the
+inner dockerd can run containers with limits. The inner dockerd's /var/lib/docker is a docker
+volume (overlay on overlay fails). The box is on a user-defined bridge network of its own (the
+tests' dockerd runs `--bridge none`), never on the host's network: the firewall service writes
+nftables rules.
+
+The wheelhouse for the box's venv: `pip wheel` of the platform's dependencies pinned by
+constraints.txt (plus setuptools to build the platform itself), into
+`/var/cache/homeport-test/wheels/<key>`, built once under a lock; mounted read-only in the box.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import tomllib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+__all__ = [
+    "BOX_WHEELS",
+    "SystemdBox",
+    "base_tarball",
+    "ensure_box_image",
+    "ensure_wheelhouse",
+    "server_packages",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path("/var/cache/homeport-test")
+BOX_WHEELS = "/srv/wheels"  # where the wheelhouse is mounted in the box
+BOX_PACKAGES = ("systemd", "systemd-sysv", "dbus", "curl")
+_RECIPE = "3"  # bump when the build below changes: the cached tarball is rebuilt
+_BASE_IMAGE = "homeport/debian-base:bookworm"
+_BASE_TARBALL = "debian-bookworm-minbase.tar"
+# where the apps' tests keep the debootstrap tarball (tests/apps/appskit.py, test_bundled_apps.py)
+_BASE_CACHES = (CACHE, Path("/var/lib/homeport-test/base-image-cache"))
+# Every capability but CAP_SYS_RESOURCE (which the tests' own container does not have).
+_CAPS = (
+    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP "
+    "LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER "
+    "SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_TIME "
+    "SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG "
+    "WAKE_ALARM BLOCK_SUSPEND AUDIT_READ"
+).split()
+_CGROUP_UNIT = """[Unit]
+Description=Remount the cgroup v1 hierarchies read-write (test box: Docker mounts them ro)
+DefaultDependencies=no
+Before=docker.service sysinit.target
+ConditionPathIsReadWrite=!/sys/fs/cgroup/memory
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'for d in /sys/fs/cgroup/*; do \\
+  [ -L "$d" ] || mount -o remount,bind,rw "$d" || true; done'
+
+[Install]
+WantedBy=sysinit.target
+"""
+_BUILD_SCRIPT = """set -e
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+apt-get install -y -q --no-install-recommends {packages} >/tmp/apt.log 2>&1 \\
+  || {{ tail -20 /tmp/apt.log; exit 1; }}
+apt-get clean
+rm -rf /var/lib/apt/lists/* /tmp/apt.log
+systemctl enable hpbox-cgroup-rw.service >/dev/null
+systemctl mask apt-daily.timer apt-daily-upgrade.timer getty@tty1.service >/dev/null
+echo homeport-box >/etc/hostname
+"""
+
+
+def server_packages() -> list[str]:
+    """The Debian packages deploy/install.sh installs on a server (its one list)."""
+    out = subprocess.run(
+        ["bash", str(REPO / "deploy" / "install-system-deps.sh"), "--server", "--list"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    return sorted({p for p in out.split() if p})
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # both xdist workers get here: one builds
+        yield
+
+
+def _say(message: str) -> None:
+    print(f"[systemd-box] {message}", file=sys.stderr, flush=True)
+
+
+# -- the image -------------------------------------------------------------------------------
+
+
+def ensure_box_image(client: docker.DockerClient, docker_host: str) -> str:
+    """The box image's tag on this dockerd: imported from the cached tarball, built first when
+    the tarball is missing."""
+    packages = sorted({*server_packages(), *BOX_PACKAGES})
+    key = hashlib.sha256(
+        "\n".join([_RECIPE, _BUILD_SCRIPT, _CGROUP_UNIT, *packages]).encode()
+    ).hexdigest()[:12]
+    tag = f"homeport-test/systemd-box:{key}"
+    tarball = CACHE / f"systemd-box-{key}.tar"
+    with _locked(CACHE / "systemd-box.lock"):
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.get(tag)
+            return tag
+        if not tarball.is_file():
+            _build_tarball(client, docker_host, packages, tarball)
+            _forget_other_boxes(client, tarball, tag)
+        started = time.monotonic()
+        repository, _, version = tag.partition(":")
+        client.api.import_image_from_file(
+            str(tarball),
+            repository=repository,
+            tag=version,
+            changes=[
+                "ENV container=docker",
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                'CMD ["/sbin/init"]',
+            ],
+        )
+        _say(f"imported {tarball.name} as {tag} in {time.monotonic() - started:.0f} s")
+    return tag
+
+
+def _forget_other_boxes(client: docker.DockerClient, keep: Path, tag: str) -> None:
+    """Tarballs and images of earlier recipes or package lists (850 MB each) go."""
+    for old in keep.parent.glob("systemd-box-*.tar"):
+        if old != keep:
+            old.unlink(missing_ok=True)
+    repository = tag.partition(":")[0]
+    for image in client.images.list(name=repository):
+        for old_tag in image.tags:
+            if old_tag != tag:
+                with contextlib.suppress(docker.errors.DockerException):
+                    client.images.remove(old_tag)
+
+
+def _build_tarball(
+    client: docker.DockerClient, docker_host: str, packages: list[str], tarball: Path
+) -> None:
+    started = time.monotonic()
+    import asyncio
+
+    from services.apps.base_image import ensure_base_image
+
+    asyncio.run(ensure_base_image(docker_host, CACHE))  # the apps' tests share this tarball
+    _say(f"building the box image: apt-get install {' '.join(packages)}")
+    script = _BUILD_SCRIPT.format(packages=" ".join(packages))
+    box = client.containers.create(
+        _BASE_IMAGE,
+        ["/bin/sh", "-c", script],
+        network_mode="host",  # reaches the Debian mirror as the apps' builds do
+        name=f"hpbox-build-{uuid.uuid4().hex[:8]}",
+    )
+    try:
+        unit = _CGROUP_UNIT.encode()
+        box.put_archive("/etc/systemd/system", _tar({"hpbox-cgroup-rw.service": unit}))
+        box.start()
+        result = box.wait(timeout=1800)
+        logs = box.logs().decode(errors="replace")
+        if result.get("StatusCode") != 0:
+            raise RuntimeError(f"building the systemd box image failed:\n{logs[-3000:]}")
+        partial = tarball.with_name(tarball.name + ".partial")
+        with partial.open("wb") as f:
+            for chunk in box.export(chunk_size=1 << 20):
+                f.write(chunk)
+        os.replace(partial, tarball)  # a half-written tarball is never taken as cached
+    finally:
+        box.remove(force=True)
+    _say(f"built {tarball} in {time.monotonic() - started:.0f} s")
+
+
+def _tar(files: dict[str, bytes], mode: int = 0o644) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def base_tarball(docker_host: str) -> Path:
+    """The apps' debootstrap tarball on this machine, made (once, under base_image.py's lock)
+    when no test made it yet: the box's installer then reuses it instead of debootstrapping."""
+    for cache in _BASE_CACHES:
+        if (cache / _BASE_TARBALL).is_file():
+            return cache / _BASE_TARBALL
+    import asyncio
+
+    from services.apps import base_image
+
+    async def make() -> Path:
+        async with base_image._locked(CACHE, None):
+            return await base_image._make_tarball(CACHE, base_image.DEFAULT_MIRROR, None)
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(make())
+
+
+# -- the wheelhouse --------------------------------------------------------------------------
+
+
+def ensure_wheelhouse(python: str = sys.executable) -> Path:
+    """`pip wheel` of the platform's dependencies (constraints.txt) and setuptools, once."""
+    constraints = (REPO / "constraints.txt").read_bytes()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    deps = sorted(project["project"]["dependencies"])
+    build = [*sorted(project["build-system"]["requires"]), "wheel"]
+    key = hashlib.sha256(constraints + "\n".join(deps + build).encode()).hexdigest()[:12]
+    out = CACHE / "wheels" / key
+    with _locked(CACHE / "wheels.lock"):
+        if (out / ".complete").is_file():
+            return out
+        started = time.monotonic()
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        pip = [python, "-m", "pip", "--disable-pip-version-check", "-q"]
+        for argv in (
+            [*pip, "wheel", "-c", str(REPO / "constraints.txt"), "-w", str(out), *deps],
+            [*pip, "wheel", "-w", str(out), *build],
+        ):
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=1200, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(argv[3:5])} failed: {proc.stderr[-2000:]}")
+        (out / ".complete").write_text("")
+        _say(f"wheelhouse {out} made in {time.monotonic() - started:.0f} s")
+    return out
+
+
+# -- the box ---------------------------------------------------------------------------------
+
+
+class SystemdBox:
+    """One running box; `remove()` (or the context manager) deletes it, its network and volume."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        image: str,
+        *,
+        mounts: dict[str, str] | None = None,  # host path -> box path, read-only
+    ) -> None:
+        self.client = client
+        self.name = f"hpbox-{uuid.uuid4().hex[:10]}"
+        self.network = client.networks.create(self.name, driver="bridge")
+        self.volume = client.volumes.create(f"{self.name}-docker")
+        volumes = {self.volume.name: {"bind": "/var/lib/docker", "mode": "rw"}}
+        for host, box in (mounts or {}).items():
+            volumes[host] = {"bind": box, "mode": "ro"}
+        self.ok = False  # a test sets it when it passed; else the fixture prints diagnose()
+        try:
+            self.container: Container = self._start(image, volumes)
+        except docker.errors.DockerException:
+            self.network.remove()
+            self.volume.remove(force=True)
+            raise
+
+    def _start(self, image: str, volumes: dict[str, dict[str, str]]) -> Container:
+        return self.client.containers.run(
+            image,
+            detach=True,
+            name=self.name,
+            hostname="homeport-box",
+            cap_add=list(_CAPS),
+            security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+            cgroupns="private",
+            tmpfs={"/run": "", "/run/lock": "", "/tmp": ""},
+            stop_signal="SIGRTMIN+3",
+            environment={"container": "docker"},
+            network=self.network.name,
+            volumes=volumes,
+        )
+
+    def __enter__(self) -> SystemdBox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    @property
+    def address(self) -> str:
+        """The box's address on its network (reachable from the tests' host)."""
+        self.container.reload()
+        nets = self.container.attrs["NetworkSettings"]["Networks"]
+        return str(nets[self.network.name]["IPAddress"])
+
+    def run(self, *argv: str, check: bool = True, env: dict[str, str] | None = None) -> str:
+        """Run argv in the box (as root); its output (stdout and stderr). Nonzero exit with
+        `check` raises with the output's end."""
+        code, out = self.container.exec_run(list(argv), environment=env)
+        text = out.decode(errors="replace") if out else ""
+        if check and code != 0:
+            raise AssertionError(f"{' '.join(argv)} exited with {code}:\n{text[-4000:]}")
+        return text
+
+    def status(self, *argv: str) -> tuple[int, str]:
+        """Run argv in the box; its exit code and output."""
+        code, out = self.container.exec_run(list(argv))
+        return int(code), out.decode(errors="replace") if out else ""
+
+    def sh(self, script: str, check: bool = True) -> str:
+        return self.run("/bin/sh", "-c", script, check=check)
+
+    def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write one file in the box (its folder must exist)."""
+        folder, name = path.rsplit("/", 1)
+        self.container.put_archive(folder or "/", _tar({name: data}, mode))
+
+    def copy_in(self, host_file: Path, folder: str) -> None:
+        """Copy one host file (streamed) into an existing folder of the box."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(str(host_file), arcname=host_file.name)
+        self.container.put_archive(folder, buf.getvalue())
+
+    def wait_booted(self, timeout: float = 120.0) -> str:
+        """Wait until systemd finished booting; its state (`running` or `degraded`)."""
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            _, out = self.container.exec_run(["systemctl", "is-system-running"])
+            state = out.decode(errors="replace").strip() if out else ""
+            if state in ("running", "degraded"):
+                return state
+            time.sleep(1.0)
+        raise AssertionError(f"systemd in {self.name} did not finish booting: {state!r}")
+
+    def diagnose(self) -> str:
+        """What went wrong, for a failed test's output: failed units and the journal's end."""
+        return self.sh(
+            "systemctl --failed --no-pager; systemctl list-units 'homeport*' --all --no-pager;"
+            " journalctl -b --no-pager -n 150 -u 'homeport*' | cut -c1-400",
+            check=False,
+        )
+
+    def restart(self, timeout: int = 60) -> None:
+        """`docker restart`: systemd stops every unit (SIGRTMIN+3), the box boots again."""
+        self.container.restart(timeout=timeout)
+
+    def remove(self) -> None:
+        with contextlib.suppress(docker.errors.DockerException):
+            self.container.remove(force=True, v=True)
+        with contextlib.suppress(docker.errors.DockerException):
+            self.network.remove()
+        with contextlib.suppress(docker.errors.DockerException):
+            self.volume.remove(force=True)
