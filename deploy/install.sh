@@ -40,6 +40,20 @@ version=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], 
 [[ $version =~ ^[0-9A-Za-z.+-]+$ ]] || die "bad version in $src/pyproject.toml: $version"
 dest=/opt/homeport/$version
 
+# A checkout has no built dashboard (a release archive has): build it as `make dashboard`
+# does, with Debian's node and npm and the packages package-lock.json pins.
+dash=$src/services/gateway/dashboard
+if [[ -d $src/.git && ( ! -f $dash/dist/index.html || -n $(find "$dash/src" "$dash/build.mjs" \
+      "$dash/package-lock.json" -newer "$dash/dist/index.html" -print -quit 2>/dev/null) ) ]]; then
+  echo "==> building the dashboard (npm ci + esbuild)"
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm >/dev/null
+  fi
+  (cd "$dash" && npm ci --no-audit --no-fund --loglevel=error && node build.mjs) ||
+    die "the dashboard did not build: see the npm output above"
+fi
+
 if [[ -f $dest/.installed && -x $dest/venv/bin/python ]]; then
   echo "==> Homeport $version is in $dest already"
 else
