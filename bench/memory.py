@@ -290,6 +290,7 @@ async def idle_memory(b: Bench) -> Result:
             f"  round {r + 1}  ours {total:.1f} MiB; baseline {bare + servers:.1f} MiB"
             f" ({n} bare Pythons {bare:.1f} + Postgres/NATS/nginx {servers:.1f})"
         )
+        _table(parts)
     parts = _median_parts(per_round)
     say("  per part, median of the rounds (PSS):")
     _table(parts)

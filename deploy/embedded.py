@@ -119,6 +119,9 @@ class PostgresServer:
     # A pg_hba.conf outside the data directory, kept by someone else (the addon manager);
     # it must exist and be readable by the server's user before start().
     hba_file: Path | None = None
+    # Each allowed connection costs shared memory touched at start (~3 MiB per 100 at rest);
+    # the test fixtures' one server holds many databases, the stack's clusters need far fewer.
+    max_connections: int = 300
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -215,7 +218,12 @@ class PostgresServer:
                 "-c",
                 f"fsync={'on' if self.fsync else 'off'}",
                 "-c",
-                "max_connections=300",
+                f"max_connections={self.max_connections}",
+                "-c",
+                # no logical replication here: without workers, no launcher process (~1.3 MiB)
+                "max_logical_replication_workers=0",
+                "-c",
+                "jit=off",  # as the server's units: a JIT-compiled query maps LLVM (~30+ MiB)
                 "-c",
                 "shared_buffers=64MB",  # 256MB: +10 MiB at rest, up to +192 MiB as it fills
                 "-c",

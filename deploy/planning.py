@@ -64,6 +64,9 @@ APPS_MODULE = "services.apps"
 GATEWAY_MODULE = "services.gateway"
 BASE_CACHE = Path("/var/cache/homeport")  # the debootstrap tarball, shared by data dirs
 DRAIN_SECONDS = 10.0  # HP_DRAIN_SECONDS: services finish within the stop deadline
+# Postgres connections allowed: the services' pools (5 each, opened on demand) and projection
+# stores (2 each) stay well under it; 300 would touch ~6 MiB more shared memory per cluster.
+MAX_CONNECTIONS = 100
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,7 @@ class Planner:
             port=port("postgres"),
             fsync=self.fsync,
             password=database_password(self.data_dir),
+            max_connections=MAX_CONNECTIONS,
         )
         nats = NatsServer(self.data_dir / "nats", port=port("nats"))
         nats.monitor_port = port("nats", "monitor_port")
@@ -319,6 +323,7 @@ class Planner:
             password=database_password(self.data_dir, "addon-database-password"),
             listen=(HOST, SERVICES_GATEWAY),
             hba_file=addon_dir / "pg_hba.conf",
+            max_connections=MAX_CONNECTIONS,
         )
         plan.addon = addon
         plan.ldap_port = stable_port(self.data_dir, "ldap")

@@ -16,6 +16,11 @@ of aiohttp's cleanup contexts. They are entered at start in the order declared a
 reverse at step 2, so a part that takes work (a bus, a loop) and is nested inside the parts it
 uses (the store, NATS) stops taking work and drains before they close. A part that fails to
 enter stops the start; the parts already entered are exited.
+
+HTTP: the probes (/healthz, /readyz, /metrics) are served by libs.service.probes unless the
+service asks for `http_app` (routes of its own: the gateway), so most services never import
+aiohttp. While the service runs, free C heap pages are handed back to the system every
+`heap_trim_interval` seconds (glibc malloc_trim): memory at rest is what issue 15 measures.
 """
 
 from __future__ import annotations
@@ -23,19 +28,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from libs.service.config import ConfigError, ServiceConfig
 from libs.service.logs import configure_logging
 from libs.service.metrics import render_metrics
+from libs.service.probes import ProbeResponse, ProbeServer
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = ["Service", "ServiceStopping", "main"]
 
@@ -65,12 +73,13 @@ class Service:
     hook_timeout: float = 10.0  # each on_cleanup hook; on_stop hooks get drain_seconds + this
     cancel_grace: float = 2.0  # for cancelled units and tasks to unwind
     http_shutdown: float = 1.0  # for open HTTP requests when the site stops
+    heap_trim_interval: float = 60.0  # free C heap pages go back to the system this often
 
     def __init__(self, name: str, config: ServiceConfig) -> None:
         self.name = name
         self.config = config
         self.log = logging.getLogger(f"homeport.{name}")
-        self.http_app = web.Application()
+        self._http_app: web.Application | None = None
         self.port = 0
         self.stopping = False
         self.exit_code = 0
@@ -96,9 +105,27 @@ class Service:
         self._stopped_logged = False
         self._parts = AsyncExitStack()
         self._parts_declared = False
-        self.http_app.router.add_get("/healthz", self._healthz)
-        self.http_app.router.add_get("/readyz", self._readyz)
-        self.http_app.router.add_get("/metrics", self._metrics)
+
+    @property
+    def http_app(self) -> web.Application:
+        """The aiohttp application serving the probes, for a service with routes of its own.
+
+        Made (and aiohttp imported) on first use, before serve(); a service that never asks for
+        it answers its probes with the small ProbeServer and does not load aiohttp at all.
+        """
+        if self._http_app is None:
+            if self._served:
+                raise RuntimeError(f"service {self.name} is served already: add routes before")
+            from aiohttp import web
+
+            app = web.Application()
+            for path, probe in self._probes().items():
+                app.router.add_get(path, _aiohttp_handler(probe))
+            self._http_app = app
+        return self._http_app
+
+    def _probes(self) -> dict[str, Callable[[Mapping[str, str]], Awaitable[ProbeResponse]]]:
+        return {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -176,10 +203,14 @@ class Service:
             raise RuntimeError(f"service {self.name} was served already: build a new one")
         self._served = True
         host = self.config.http_host
-        runner = web.AppRunner(self.http_app, access_log=None, shutdown_timeout=self.http_shutdown)
+        site = _AiohttpSite(self._http_app, self) if self._http_app is not None else None
+        probes = ProbeServer(self._probes()) if site is None else None
         try:
-            await runner.setup()
-            await web.TCPSite(runner, host, self.config.http_port).start()
+            if site is not None:
+                await site.start(host, self.config.http_port)
+            else:
+                assert probes is not None
+                await probes.start(host, self.config.http_port)
         except OSError as e:
             self.log.error(
                 "cannot listen on %s:%d: %s (check HP_HTTP_HOST and HP_HTTP_PORT)",
@@ -188,15 +219,19 @@ class Service:
                 e,
             )
             self.exit_code = 1
-            await self._stop_http(runner)
+            await self._stop_http(site, probes)
             return
-        self.port = int(runner.addresses[0][1])
+        self.port = site.port if site is not None else probes.port if probes is not None else 0
         try:
             if await self._start():
                 self._started = True
                 self.log.info("started", extra={"host": host, "port": self.port})
+                trimmer = _HeapTrimmer(asyncio.get_running_loop(), self.heap_trim_interval)
                 # The one wait without a deadline: the life of the service.
-                await self._stop.wait()
+                try:
+                    await self._stop.wait()
+                finally:
+                    trimmer.cancel()
             await self._shutdown()
         except asyncio.CancelledError:
             # Cancelled from outside (not the usual way to stop): shut down without a drain.
@@ -205,7 +240,7 @@ class Service:
             await self._shutdown()
             raise
         finally:
-            await self._stop_http(runner)
+            await self._stop_http(site, probes)
 
     async def _serve_with_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -362,8 +397,14 @@ class Service:
             if not self._units:
                 self._idle.set()
 
-    async def _stop_http(self, runner: web.AppRunner) -> None:
-        task = asyncio.create_task(runner.cleanup(), name=f"{self.name} http cleanup")
+    async def _stop_http(self, site: _AiohttpSite | None, probes: ProbeServer | None) -> None:
+        if probes is not None:
+            stop = probes.stop(self.http_shutdown)
+        elif site is not None:
+            stop = site.stop()
+        else:
+            return
+        task = asyncio.create_task(stop, name=f"{self.name} http cleanup")
         await _wait_events([], self.http_shutdown + self.cancel_grace, task)
         if not task.done():
             self.log.error("the HTTP site did not stop in time")
@@ -373,22 +414,20 @@ class Service:
 
     # -- HTTP probes ------------------------------------------------------------------------
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "service": self.name})
+    async def _healthz(self, headers: Mapping[str, str]) -> ProbeResponse:
+        return _json(200, {"status": "ok", "service": self.name})
 
-    async def _readyz(self, request: web.Request) -> web.Response:
+    async def _readyz(self, headers: Mapping[str, str]) -> ProbeResponse:
         if self.stopping or not self._started:
             status = "stopping" if self.stopping else "starting"
-            body = {"status": status, "service": self.name, "failing": []}
-            return web.json_response(body, status=503)
+            return _json(503, {"status": status, "service": self.name, "failing": []})
         names = list(self._checks)
         results = await asyncio.gather(*(self._check(n, f) for n, f in self._checks.items()))
         failing = [n for n, ok in zip(names, results, strict=True) if not ok]
         if failing or self.stopping:
             status = "stopping" if self.stopping else "not ready"
-            body = {"status": status, "service": self.name, "failing": failing}
-            return web.json_response(body, status=503)
-        return web.json_response({"status": "ready", "service": self.name, "checks": names})
+            return _json(503, {"status": status, "service": self.name, "failing": failing})
+        return _json(200, {"status": "ready", "service": self.name, "checks": names})
 
     async def _check(self, name: str, fn: Check) -> bool:
         try:
@@ -402,9 +441,82 @@ class Service:
             self.log.warning("readiness check %s failed: %r", name, e)
         return False
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body, content_type = render_metrics(request.headers.get("Accept", ""))
-        return web.Response(body=body, headers={"Content-Type": content_type})
+    async def _metrics(self, headers: Mapping[str, str]) -> ProbeResponse:
+        body, content_type = render_metrics(headers.get("Accept", ""))
+        return 200, content_type, body
+
+
+def _json(status: int, body: object) -> ProbeResponse:
+    return status, "application/json; charset=utf-8", json.dumps(body).encode()
+
+
+def _aiohttp_handler(
+    probe: Callable[[Mapping[str, str]], Awaitable[ProbeResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        status, content_type, body = await probe(request.headers)
+        return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+    return handle
+
+
+class _AiohttpSite:
+    """The aiohttp server of a service with routes of its own (see Service.http_app)."""
+
+    def __init__(self, app: web.Application, service: Service) -> None:
+        from aiohttp import web
+
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=service.http_shutdown)
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        from aiohttp import web
+
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+class _HeapTrimmer:
+    """Calls glibc's malloc_trim(0) now and every `interval` s while the service runs.
+
+    Imports and the first requests leave free pages scattered in the C heap that glibc keeps
+    (it returns only the top of the heap by itself): ~1 MiB per process at rest. A no-op where
+    there is no malloc_trim (another libc).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self._loop = loop
+        self._interval = interval
+        self._handle: asyncio.TimerHandle | None = None
+        self._trim = _malloc_trim()
+        self._run()
+
+    def _run(self) -> None:
+        if self._trim is None:
+            return
+        self._trim(0)
+        if self._interval > 0:
+            self._handle = self._loop.call_later(self._interval, self._run)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError):
+        return None
+    return trim
 
 
 def main(build: Callable[[], Service]) -> None:

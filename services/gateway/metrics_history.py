@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from prometheus_client import Gauge
 
 from libs.events.bus import BusClient, BusError, Invalid
 from libs.events.context import Context
 from libs.events.migrations import migrate
 from libs.events.wiring import Connections
-from libs.service.metrics import REGISTRY
+from libs.service.metrics import REGISTRY, Gauge
 from services.gateway.config import GatewayConfig
 
 __all__ = [

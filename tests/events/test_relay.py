@@ -255,13 +255,13 @@ async def test_relay_reports_its_lag_in_events_and_seconds(
     try:
         relay = Relay(store, nc, stream=f"EV_{uniq}", prefix=f"t{uniq}.evt")
         await relay._update_lag()  # nothing published yet
-        assert RELAY_LAG_EVENTS._value.get() == 5
-        assert RELAY_LAG_SECONDS._value.get() >= 0.3
+        assert RELAY_LAG_EVENTS.get() == 5
+        assert RELAY_LAG_SECONDS.get() >= 0.3
         async with running(relay):
             await wait_until(lambda: _at(relay, 5), 20, "relay to publish 5 events")
             await asyncio.sleep(0.2)
-            assert RELAY_LAG_EVENTS._value.get() == 0
-            assert RELAY_LAG_SECONDS._value.get() == 0
+            assert RELAY_LAG_EVENTS.get() == 0
+            assert RELAY_LAG_SECONDS.get() == 0
         await nc.jetstream().delete_stream(f"EV_{uniq}")
     finally:
         await nc.close()

@@ -17,12 +17,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 # module run by the stack -> packages it must not import at start (MiB each cost at import)
 NOT_AT_START = {
-    "libs.events.relay": ["cryptography"],  # no keyring: ~2 MiB private, 5 MiB shared
-    "services.firewall": ["cryptography"],
-    "services.dns": ["aioboto3", "botocore"],  # Route 53 only: ~14 MiB
-    "services.backup": ["aioboto3", "botocore", "fastcdc"],  # S3 targets; backups running
-    "services.certs": ["acme", "josepy", "requests"],  # an ACME account: ~5 MiB
-    "services.identity": ["zxcvbn"],  # only its common-password list is kept: ~10 MiB
+    # aiohttp (~11 MiB): the probes are served without it, nats-py gets it on first use only;
+    # prometheus_client (~2.5 MiB with its HTTP server and push client): libs.service.metrics
+    "libs.events.relay": ["cryptography", "aiohttp", "prometheus_client"],  # no keyring
+    "services.firewall": ["cryptography", "aiohttp", "prometheus_client"],
+    "services.dns": ["aioboto3", "botocore", "aiohttp", "prometheus_client"],  # Route 53: 14 MiB
+    "services.backup": ["aioboto3", "botocore", "fastcdc", "aiohttp", "prometheus_client"],
+    "services.certs": ["acme", "josepy", "requests", "aiohttp", "prometheus_client"],  # ACME
+    "services.identity": ["zxcvbn", "aiohttp", "prometheus_client"],  # its common passwords
+    "services.apps": ["aiohttp", "prometheus_client"],  # aiohttp: when an app starts or runs
+    "services.gateway": ["prometheus_client"],
 }
 
 

@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
-
 from libs.events.tasks import Task
 from services.apps import events as ev
 from services.apps.base_image import ensure_base_image, ensure_busybox_image
@@ -194,6 +192,8 @@ async def wait_ready(t: Tools, s: AppState, manifest: Manifest) -> None:
     start = time.monotonic()
     deadline = start + timeout
     last = "no answer yet"
+    import aiohttp  # here: the apps service loads aiohttp only when an app starts
+
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
         while time.monotonic() < deadline:
             st = await t.runtime.state(name)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Gauge
-
-from libs.service.metrics import REGISTRY
+from libs.service.metrics import REGISTRY, Gauge
 
 __all__ = [
     "LAST_DURATION",

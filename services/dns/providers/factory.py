@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 
 from services.dns.errors import ProviderConfigError
 from services.dns.providers.manual import ManualProvider
-from services.dns.providers.powerdns import PowerDnsProvider
 from services.dns.providers.protocol import DnsProvider
 from services.dns.providers.reach import refusal
 from services.dns.providers.wildcard import WildcardProvider
@@ -168,6 +167,9 @@ def make_provider(
     zone = _zone(config)
     nameservers = _nameservers(config, allow_loopback)
     if kind == "powerdns":
+        # imported here: it loads aiohttp (~11 MiB), which nothing else needs at rest
+        from services.dns.providers.powerdns import PowerDnsProvider
+
         return PowerDnsProvider(
             api_url=_url(config, "api_url") or "",
             api_key=_text(config, "api_key") or "",

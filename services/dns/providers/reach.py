@@ -16,12 +16,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
-
 from services.dns.errors import ProviderConfigError
+
+if TYPE_CHECKING:
+    from services.dns.providers.guarded import GuardedResolver
 
 __all__ = ["GuardedResolver", "RefusedAddress", "check_url", "refusal", "refused_in"]
 
@@ -36,6 +37,16 @@ _REFUSED: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] 
     (ipaddress.ip_network("0.0.0.0/8"), "the unspecified address (this server)"),
     (ipaddress.ip_network("::/128"), "the unspecified address (this server)"),
 )
+
+
+def __getattr__(name: str) -> Any:
+    # GuardedResolver subclasses aiohttp's resolver: imported on first use, so the dns service
+    # does not load aiohttp (~11 MiB) at rest, only when it calls a provider's HTTP API.
+    if name == "GuardedResolver":
+        from services.dns.providers.guarded import GuardedResolver
+
+        return GuardedResolver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _advice(field: str) -> str:
@@ -77,30 +88,6 @@ def check_url(field: str, url: str, *, allow_loopback: bool) -> None:
     if why is not None:
         said = f"{field} must not point at this server itself ({host} is {why})"
         raise ProviderConfigError(field, f"{said}: {_advice(field)}")
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp's resolver, refusing a name that resolves to any refused address."""
-
-    def __init__(self, field: str) -> None:
-        self._field = field
-        self._inner = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        found = await self._inner.resolve(host, port, family)
-        for result in found:
-            why = refusal(result["host"])
-            if why is not None:
-                raise RefusedAddress(
-                    f"{self._field} must not point at this server itself ({host} resolves to"
-                    f" {why}): {_advice(self._field)}"
-                )
-        return found
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 def refused_in(error: BaseException) -> RefusedAddress | None:
