@@ -43,6 +43,7 @@ from string import Template
 from deploy.layout import Layout
 from deploy.planning import (
     APPS_MODULE,
+    MAX_CONNECTIONS,
     SERVICES_GATEWAY,
     SERVICES_NETWORK,
     SERVICES_SUBNET,
@@ -187,9 +188,11 @@ def unit_specs(layout: Layout, modules: Sequence[Module] | None = None) -> list[
             values={
                 "datadir": str(data / "postgres"),
                 "listen": "127.0.0.1",
-                "max_connections": "300",
-                "shared_buffers": "128MB",
-                "extra": "",
+                # as the embedded stack (MAX_CONNECTIONS; deploy/embedded.py shared_buffers):
+                # what `python -m bench idle_memory` measures is what a server runs
+                "max_connections": str(MAX_CONNECTIONS),
+                "shared_buffers": "64MB",
+                "extra": " -c max_logical_replication_workers=0",
             },
         ),
         UnitSpec(
@@ -207,9 +210,10 @@ def unit_specs(layout: Layout, modules: Sequence[Module] | None = None) -> list[
             values={
                 "datadir": str(data / "postgres-addons"),
                 "listen": f"127.0.0.1,{SERVICES_GATEWAY}",
-                "max_connections": "200",
+                "max_connections": str(MAX_CONNECTIONS),
                 "shared_buffers": "64MB",
-                "extra": f" -c hba_file={hba_dir / 'pg_hba.conf'}",
+                "extra": f" -c hba_file={hba_dir / 'pg_hba.conf'}"
+                " -c max_logical_replication_workers=0",
             },
         ),
         UnitSpec(
