@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 import asyncpg
 import nats
@@ -203,31 +205,54 @@ class Relay:
         self._stop.set()
 
     async def run(self) -> None:
-        """Hold the relay lock, then publish until `stop()`; transient errors are retried."""
-        async with self.store.pool.acquire() as lock_conn:
-            keep_session_state(lock_conn)
-            while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
-                if await self._sleep(1.0):
-                    return
-            try:
-                await self._loop()
-            finally:
-                await self._save_checkpoint(force=True, quiet=True)
-                await lock_conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+        """Hold the relay lock, then publish until `stop()`; transient errors are retried.
 
-    async def _loop(self) -> None:
+        The lock's connection also LISTENs for new events (one connection at rest instead of
+        two). When it is lost, so is the lock: the relay takes both again before going on."""
         delay = 0.2
         while not self._stop.is_set():
+            try:
+                async with self.store.pool.acquire() as lock_conn:
+                    keep_session_state(lock_conn)
+                    while not await lock_conn.fetchval(
+                        "SELECT pg_try_advisory_lock($1)", _LOCK_KEY
+                    ):
+                        if await self._sleep(1.0):
+                            return
+                    delay = 0.2
+                    try:
+                        await self._loop(lock_conn)
+                    finally:
+                        await self._save_checkpoint(force=True, quiet=True)
+                        if not lock_conn.is_closed():
+                            await lock_conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+            except _TRANSIENT as e:  # the lock's connection went away: take the lock again
+                self._abandon_pending()
+                log.warning(
+                    "relay lost its database connection; taking the lock again",
+                    extra={"error": f"{type(e).__name__}: {e}", "position": self.position},
+                )
+                if await self._sleep(delay):
+                    return
+                delay = min(delay * 2, 5.0)
+
+    async def _loop(self, lock_conn: Any) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            if lock_conn.is_closed():
+                raise ConnectionError("the relay lock's connection was closed")
             try:
                 await ensure_stream(self.js, self.stream, self.prefix)
                 await self._reconcile()
                 self.ready.set()
                 delay = 0.2
-                await self._pump()
+                await self._pump(lock_conn)
             except _Resync:
                 self._abandon_pending()
             except _TRANSIENT as e:
                 self._abandon_pending()
+                if lock_conn.is_closed():
+                    raise
                 log.warning(
                     "relay interrupted; reconciling and resuming",
                     extra={"error": f"{type(e).__name__}: {e}", "position": self.position},
@@ -277,19 +302,22 @@ class Relay:
             )
         log.info("relay resumes", extra={"position": self.position, "stream_seq": self._seq})
 
-    async def _pump(self) -> None:
+    async def _pump(self, listener: Any) -> None:
         """Publish pages of committed events; between pages wait for NOTIFY (or poll)."""
         wake = asyncio.Event()
-        listener = await asyncpg.connect(self.store.dsn)
+
+        def woken(*_: object) -> None:
+            wake.set()
+
+        await listener.add_listener(NOTIFY_CHANNEL, woken)
         try:
-            await listener.add_listener(NOTIFY_CHANNEL, lambda *_: wake.set())
             sent = self.position  # the last position handed to NATS (confirmed or not)
             ahead: asyncio.Future[list[asyncpg.Record]] | None = None
             try:
                 while not self._stop.is_set():
                     wake.clear()
-                    if ahead is None:
-                        rows = await self.store.pool.fetch(_WIRE_SQL, sent, self.page_size)
+                    if ahead is None:  # on the listening connection: at rest the only one
+                        rows = await listener.fetch(_WIRE_SQL, sent, self.page_size)
                     else:
                         rows, ahead = await ahead, None
                     if len(rows) == self.page_size:  # read the next page while this one goes out
@@ -306,7 +334,7 @@ class Relay:
                         continue
                     while self._pending:
                         await self._confirm(block=True)
-                    await self._update_lag()
+                    await self._update_lag(listener)
                     await self._save_checkpoint(force=False)
                     waiters = {
                         asyncio.ensure_future(wake.wait()),
@@ -326,10 +354,9 @@ class Relay:
                     await asyncio.gather(ahead, return_exceptions=True)
             await self._save_checkpoint(force=True)
         finally:
-            try:
-                await asyncio.shield(listener.close(timeout=5))
-            except (OSError, asyncpg.PostgresError, TimeoutError):
-                listener.terminate()
+            if not listener.is_closed():
+                with contextlib.suppress(*_TRANSIENT, asyncpg.PostgresError):
+                    await asyncio.shield(listener.remove_listener(NOTIFY_CHANNEL, woken))
 
     async def _publish_rows(self, rows: Sequence[asyncpg.Record]) -> int:
         """Pipeline a page into JetStream, at most `window` unconfirmed; returns the last sent."""
@@ -402,9 +429,10 @@ class Relay:
             return
         self._saved, self._saved_at = self.position, now
 
-    async def _update_lag(self) -> None:
-        """Lag in events (head - published) and in seconds (age of the first unpublished)."""
-        row = await self.store.pool.fetchrow(
+    async def _update_lag(self, conn: Any = None) -> None:
+        """Lag in events (head - published) and in seconds (age of the first unpublished);
+        asked on `conn` (the listening connection in the pump) or the pool."""
+        row = await (conn if conn is not None else self.store.pool).fetchrow(
             "SELECT h.position AS head, (SELECT e.recorded_at FROM events.events e "
             "WHERE e.position = $1) AS next_at FROM events.head h",
             self.position + 1,

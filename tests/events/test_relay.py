@@ -10,6 +10,8 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
+
 from deploy.embedded import NatsServer
 from libs.events.envelope import NewEvent
 from libs.events.projection import ProjectionRunner
@@ -263,5 +265,53 @@ async def test_relay_reports_its_lag_in_events_and_seconds(
             assert RELAY_LAG_EVENTS.get() == 0
             assert RELAY_LAG_SECONDS.get() == 0
         await nc.jetstream().delete_stream(f"EV_{uniq}")
+    finally:
+        await nc.close()
+
+
+async def _lock_holders(dsn: str) -> list[int]:
+    """Backends of this test's database holding an advisory lock (the relay's)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
+        )
+    finally:
+        await conn.close()
+    return [r["pid"] for r in rows]
+
+
+async def test_relay_losing_its_lock_connection_takes_the_lock_again_and_loses_nothing(
+    store: PostgresEventStore, nats_url: str, uniq: str, dsn: str
+) -> None:
+    """The lock's connection also LISTENs: when Postgres drops it, the relay takes the lock on
+    a new connection and goes on publishing, nothing lost or sent twice."""
+    stream, prefix = f"EV_{uniq}", f"t{uniq}.evt"
+    await write_events(store, 40)
+    nc = await connect(nats_url)
+    try:
+        relay = Relay(store, nc, stream=stream, prefix=prefix, window=8)
+        async with running(relay):
+            await wait_until(lambda: _at(relay, 40), 20, "relay to publish 40 events")
+            [holder] = await _lock_holders(dsn)
+            conn = await asyncpg.connect(dsn)
+            try:
+                assert await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
+            finally:
+                await conn.close()
+            await write_events(store, 60)
+
+            async def relocked() -> bool:
+                held = await _lock_holders(dsn)
+                return len(held) == 1 and held != [holder]
+
+            await wait_until(relocked, 20, "the relay to hold its lock on a new connection")
+            await wait_until(lambda: _at(relay, 100), 20, "relay to publish all 100 events")
+        js = nc.jetstream()
+        assert (await js.stream_info(stream)).state.messages == 100
+        msgs = [await js.get_msg(stream, seq=s) for s in range(1, 101)]
+        assert [int(m.headers["Hp-Position"]) for m in msgs] == list(range(1, 101))
+        await js.delete_stream(stream)
     finally:
         await nc.close()
