@@ -150,6 +150,9 @@ class PostgresEventStore:
         self.registry = registry
         self._owns_pool = owns_pool
         self.max_batch_events = 1000
+        # Appends through this store so far (committed or not): a cheap "did anything change"
+        # for in-process loops that would otherwise ask Postgres every round (apps' health).
+        self.appends = 0
         # Each append of a batch runs in a subtransaction (its own all-or-nothing); staying
         # under Postgres' 64 cached subtransactions per transaction keeps readers fast.
         self.max_batch_appends = 60
@@ -313,6 +316,7 @@ class PostgresEventStore:
             if isinstance(e, asyncpg.UniqueViolationError):
                 raise EventStoreError(f"an event id in this append already exists: {e}") from e
             raise
+        self.appends += 1
         for item in new:
             EVENTS_APPENDED.labels(type=item.type).inc()
         return rows
@@ -369,6 +373,7 @@ class PostgresEventStore:
                 got = by_append[i]
                 error = got[0]["out_error"] if got else "no result"
                 if error is None:
+                    self.appends += 1
                     for item in r.events:
                         EVENTS_APPENDED.labels(type=item.type).inc()
                     result = AppendResult(

@@ -102,6 +102,10 @@ class _Watch:
     reported: bool = False
 
 
+INSTALLED_REFRESH_S = 300.0  # the installed apps asked again at least this often
+CHANGED_S = 15.0  # ... and on every round for this long after this process appended
+
+
 class HealthMonitor:
     """Runs the health loop, the Docker events loop and the stats loop until stopped."""
 
@@ -121,6 +125,10 @@ class HealthMonitor:
         self._stop = asyncio.Event()
         self._watch: dict[str, _Watch] = {}
         self._latest: tuple[AppStats, ...] = ()
+        self._installed_cache: list[_Installed] | None = None
+        self._installed_at = 0.0
+        self._appends_last = -1  # the store's append count when last looked at
+        self._changed_at = 0.0
 
     def latest_stats(self) -> tuple[AppStats, ...]:
         """The last stats round: each running app whose container could be read."""
@@ -134,12 +142,29 @@ class HealthMonitor:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _installed(self) -> list[_Installed]:
+        """The installed apps. Asked again while this process appended events in the last
+        CHANGED_S seconds (every change to an app is an event this service appends; the margin
+        covers an append whose transaction commits after a round has read), and at least every
+        INSTALLED_REFRESH_S: at rest the service holds no database connection for this."""
+        now = time.monotonic()
+        appends = self._apps.store.appends
+        if appends != self._appends_last:
+            self._appends_last, self._changed_at = appends, now
+        quiet = now - self._changed_at > CHANGED_S
+        if (
+            self._installed_cache is not None
+            and quiet
+            and now - self._installed_at < (INSTALLED_REFRESH_S)
+        ):
+            return self._installed_cache
         rows = await self._apps.store.pool.fetch(
             "SELECT app_id::text, location, running, health, manifest_id, version"
             " FROM apps.apps WHERE state = $1",
             State.installed.value,
         )
-        return [_Installed(*r.values()) for r in rows]
+        self._installed_cache = [_Installed(*r.values()) for r in rows]
+        self._installed_at = time.monotonic()
+        return self._installed_cache
 
     async def _record(self, app_id: str, event: object) -> None:
         with context.use(Context(actor="system", correlation_id=f"health-{app_id}")):
