@@ -10,9 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,105 +19,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cli.main import main
 from deploy.layout import Layout
-from deploy.release import build_release, fetch_release, generate_key, public_key_text
+from deploy.release import fetch_release, public_key_text
 from deploy.units import UPDATE_UNITS, write_units
 from deploy.update import UpdateError, Updater, switch_link
 from deploy.update_events import EventLog, recorded_update
 from libs.events.store import PostgresEventStore
 from services.apps import platform_events as pev
-from tests.support.releases import git_checkout, serve_directory
-
-# One service of a test release: answers on its port, or exits at once when BROKEN is there.
-SERVE = """\
-import http.server, pathlib, sys
-here = pathlib.Path(__file__).parent
-if (here / "BROKEN").exists():
-    sys.exit("this release does not start")
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"""
-MIGRATE = """\
-import pathlib, sys
-if (pathlib.Path.cwd() / "MIGRATION_FAILS").exists():
-    sys.exit("migration 0002 failed: column exists")
-print("applied 0002_more")
-"""
-
-
-class OneProcess:
-    """The platform as one real process run from `current`; healthy = it answers."""
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def restart_all(self) -> None:
-        self.stop()
-        python = self.layout.current / "venv" / "bin" / "python"
-        argv = [str(python), str(self.layout.current / "serve.py"), str(self.port)]
-        self.proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
-
-    def healthy(self, timeout: float) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc and self.proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2):
-                    return []
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.05)
-        return ["the service"]
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture(scope="module")
-def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    venv = tmp_path_factory.mktemp("venv") / "v"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    return venv
-
-
-@pytest.fixture
-def key(tmp_path: Path) -> Ed25519PrivateKey:
-    return generate_key(tmp_path / "release.key")
-
-
-@pytest.fixture
-def www(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    (tmp_path / "www").mkdir()
-    with serve_directory(tmp_path / "www") as url:
-        yield tmp_path / "www", url
+from tests.deploy.updatekit import ProcessHost, publish
 
 
 def _release(tmp_path: Path, www: Path, key: Ed25519PrivateKey, version: str, *extra: str) -> None:
-    files = {
-        "serve.py": SERVE,
-        "deploy/__init__.py": "",
-        "deploy/migrate.py": MIGRATE,
-        **{name: "" for name in extra},
-    }
-    repo = git_checkout(tmp_path / f"src-{version}", files)
-    build_release(repo, version, key, www, changelog=f"what {version} brings\n")
+    publish(tmp_path, www, key, version, *extra)
 
 
 @pytest.fixture
 def installed(
     tmp_path: Path, key: Ed25519PrivateKey, www: tuple[Path, str], bare_venv: Path, dsn: str
-) -> Iterator[tuple[Layout, OneProcess]]:
+) -> Iterator[tuple[Layout, ProcessHost]]:
     """1.0.0 installed and running; homeport.env names this test's event store."""
     layout = Layout(tmp_path / "root")
     layout.etc.mkdir(parents=True)
@@ -132,7 +47,7 @@ def installed(
     (first.path / "venv").symlink_to(bare_venv)
     switch_link(layout.current, "1.0.0")
     asyncio.run(_store_ready(dsn))
-    host = OneProcess(layout)
+    host = ProcessHost(layout, services=1)
     host.restart_all()
     assert host.healthy(10) == []
     try:
@@ -158,7 +73,7 @@ def _recorded(dsn: str) -> list[tuple[str, str]]:
     return asyncio.run(_events(dsn))
 
 
-def _updater(layout: Layout, host: OneProcess, venv: Path) -> Updater:
+def _updater(layout: Layout, host: ProcessHost, venv: Path) -> Updater:
     return Updater(layout, host, venv_from=venv, progress=lambda _: None, health_timeout=5)
 
 
@@ -170,7 +85,7 @@ def test_an_update_is_recorded_as_started_then_updated(
     tmp_path: Path,
     key: Ed25519PrivateKey,
     www: tuple[Path, str],
-    installed: tuple[Layout, OneProcess],
+    installed: tuple[Layout, ProcessHost],
     bare_venv: Path,
     dsn: str,
 ) -> None:
@@ -193,7 +108,7 @@ def test_an_update_is_recorded_as_started_then_updated(
 @pytest.mark.parametrize(
     ("extra", "step", "why"),
     [
-        ("BROKEN", "health", "unhealthy: the service"),
+        ("BROKEN", "health", "unhealthy: service on port"),
         ("MIGRATION_FAILS", "migrate", "migration 0002 failed: column exists"),
     ],
 )
@@ -201,7 +116,7 @@ def test_a_failed_update_is_recorded_as_rolled_back_naming_the_step(
     tmp_path: Path,
     key: Ed25519PrivateKey,
     www: tuple[Path, str],
-    installed: tuple[Layout, OneProcess],
+    installed: tuple[Layout, ProcessHost],
     bare_venv: Path,
     dsn: str,
     extra: str,
@@ -241,7 +156,7 @@ def test_a_refused_release_is_recorded_as_refused(
     tmp_path: Path,
     key: Ed25519PrivateKey,
     www: tuple[Path, str],
-    installed: tuple[Layout, OneProcess],
+    installed: tuple[Layout, ProcessHost],
     bare_venv: Path,
     dsn: str,
     spoil: str,
@@ -276,7 +191,7 @@ def test_an_unreachable_event_store_warns_and_the_update_goes_on(
     tmp_path: Path,
     key: Ed25519PrivateKey,
     www: tuple[Path, str],
-    installed: tuple[Layout, OneProcess],
+    installed: tuple[Layout, ProcessHost],
     bare_venv: Path,
 ) -> None:
     layout, host = installed
@@ -307,7 +222,7 @@ def test_scheduled_does_nothing_until_the_setting_is_on(
     tmp_path: Path,
     key: Ed25519PrivateKey,
     www: tuple[Path, str],
-    installed: tuple[Layout, OneProcess],
+    installed: tuple[Layout, ProcessHost],
     dsn: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
