@@ -4,9 +4,11 @@ The whole platform is started as `make run` does (`homeport up` in a temporary d
 the tests' dockerd for the apps service), setup is completed with the one-time setup token
 (POST /api/v1/setup), and once it has settled with no apps the PSS (Pss of
 /proc/<pid>/smaps_rollup: shared pages split between the processes sharing them) of every part
-is summed: both Postgres clusters with their backends, NATS, nginx (the gateway's children),
-the relay and every service. Docker, apps and the `homeport up` supervisor itself are not
-counted (the supervisor is shown apart: under systemd there is none).
+is summed: the Postgres clusters that run, with their backends, NATS, nginx (the gateway's
+children), the relay and every service. Docker, apps and the `homeport up` supervisor itself are
+not counted (the supervisor is shown apart: under systemd there is none). What runs is what is
+measured: the addon Postgres (apps' databases) starts only once an app needs a database, so with
+no apps it does not run and is not counted (nor in the baseline).
 
 The baseline, in the same round: one bare Python process per service (`import asyncio, time`,
 then sleep), all running at once, plus the same Postgres/NATS/nginx processes measured above.
@@ -41,7 +43,8 @@ _TARGET = 250.0  # MiB of PSS, at most
 _ROUNDS = 3
 _ROOT = Path(__file__).resolve().parents[1]
 _UP_DEADLINE_S = 180.0
-_SETTLE_S = 45.0  # after setup: projections caught up, timers run, idle connections closed (30 s)
+# after setup: projections caught up, timers run, idle connections closed (IDLE_CONNECTION_S)
+_SETTLE_S = 45.0
 _SAMPLES = 3  # PSS samples after settling, 2 s apart; the median is kept
 _BARE = "import asyncio, sys, time; print('ready', flush=True); time.sleep(3600)"
 _ADMIN = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -138,11 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     dsn_arg(verify)
     verify.set_defaults(func=_cmd_audit_verify)
 
-    def target_args(p: argparse.ArgumentParser) -> None:
+    def target_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         p.add_argument(
             "--from",
             dest="source",
-            required=True,
+            required=required,
             metavar="TARGET",
             help="the backup target: a directory, or s3://bucket/prefix (credentials from "
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or --credentials-file)",
@@ -156,13 +157,27 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     restore = sub.add_parser(
-        "restore", help="restore the whole platform from a backup into an empty data directory"
+        "restore",
+        help="restore the whole platform from a backup: on a server install in place of the "
+        "running one (the old data kept aside), else into an empty data directory",
     )
-    target_args(restore)
+    target_args(restore, required=False)
+    restore.add_argument("--key", type=Path, help="the backup key file (AGE-SECRET-KEY-1...)")
     restore.add_argument(
-        "--key", required=True, type=Path, help="the backup key file (AGE-SECRET-KEY-1...)"
+        "--data-dir",
+        help="restore into this empty directory for `homeport up` (default on a server "
+        "install: the install itself; else $HOMEPORT_DATA_DIR or ./.homeport)",
     )
-    data_dir_arg(restore)
+    restore.add_argument(
+        "--from-request",
+        type=Path,
+        metavar="FILE",
+        help="server install: the setup wizard's request (homeport-restore.service)",
+    )
+    restore.add_argument(
+        "--health-timeout", type=float, default=300.0, help="server install: seconds (300)"
+    )
+    restore.add_argument("--prefix", type=Path, default=Path("/"), help="install root (default /)")
     restore.add_argument(
         "--snapshot", help="a platform backup's id (default: the newest; homeport backup list)"
     )
@@ -424,7 +439,7 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
 
 
 def _systemd_status(args: argparse.Namespace) -> int:
-    from deploy.units import installed_units, parse_show, status_argv
+    from deploy.units import installed_units, parse_show, status_argv, unit_ok
 
     layout = _server(args)
     assert layout is not None
@@ -433,14 +448,15 @@ def _systemd_status(args: argparse.Namespace) -> int:
         _err(f"systemctl show failed: {r.stderr.strip() if r else 'not run'}")
         return EXIT_FAILED
     units = parse_show(r.stdout)
-    healthy = bool(units) and all(u.get("ActiveState") == "active" for u in units)
+    healthy = bool(units) and all(unit_ok(u) for u in units)
     if args.json:
         print(json.dumps({"running": True, "healthy": healthy, "units": units}, indent=2))
     else:
         rows = [("UNIT", "STATE", "PID", "RESTARTS")] + [
             (
                 u.get("Id", "?"),
-                f"{u.get('ActiveState', '?')} ({u.get('SubState', '?')})",
+                f"{u.get('ActiveState', '?')} ({u.get('SubState', '?')})"
+                + (f", starts with {u['TriggeredBy']}" if u.get("TriggeredBy") else ""),
                 u.get("MainPID", "0"),
                 u.get("NRestarts", "0"),
             )
@@ -643,7 +659,16 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from services.backup.repo import BackupError
     from services.backup.targets.base import TargetError
 
-    data = Path(args.data_dir).absolute()
+    server = _server(args) if args.data_dir is None else None
+    if server is not None:
+        return _cmd_restore_server(args, server)
+    if args.from_request is not None:
+        _err("--from-request works on a server install (no homeport.env here)")
+        return EXIT_USAGE
+    if not args.source or args.key is None:
+        _err("restore needs --from TARGET and --key FILE")
+        return EXIT_USAGE
+    data = Path(args.data_dir or _default_data_dir()).absolute()
 
     async def run() -> int:
         target = open_target(
@@ -679,6 +704,79 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         return asyncio.run(run())
     except (StackError, TargetError, BackupError) as e:
         _err(str(e))
+        return EXIT_FAILED
+
+
+def _cmd_restore_server(args: argparse.Namespace, layout: Layout) -> int:
+    """`homeport restore` on a server install: in place of the running platform (root)."""
+    from deploy.restore import open_target, read_identity
+    from deploy.server_restore import restore_server, take_request, write_failed
+    from services.backup.repo import BackupError
+    from services.backup.targets.base import TargetError
+    from services.backup.targets.factory import TargetSettingsError, target_from_settings
+
+    request: dict[str, Any] | None = None
+
+    async def run() -> int:
+        if request is not None:
+            try:
+                target = target_from_settings(
+                    dict(request["target"]), allow_loopback=bool(request.get("allow_loopback"))
+                )
+            except TargetSettingsError as e:
+                raise StackError(f"the restore request's target: {e}") from None
+            identity, snapshot = str(request.get("identity", "")), request.get("snapshot_id")
+            shown = f"the target the setup wizard named ({target!r})"
+        else:
+            target = open_target(
+                args.source,
+                endpoint_url=args.endpoint_url,
+                region=args.region,
+                credentials_file=args.credentials_file,
+            )
+            identity, snapshot, shown = key, args.snapshot, _shown(args.source)
+        print(f"Restoring from {shown} in place of the platform in {layout.data}", flush=True)
+        try:
+            s, aside = await restore_server(
+                layout,
+                target,
+                identity,
+                snapshot=snapshot if isinstance(snapshot, str) else None,
+                say=lambda line: print(f"  {line}", flush=True),
+                health_timeout=args.health_timeout,
+            )
+        finally:
+            await target.close()
+        apps = ", ".join(sorted(s.apps)) or "none"
+        print(
+            f"Restored platform backup {s.snapshot} of {s.time} (Homeport {s.platform_version}):"
+            f"\n  {s.events} events (users, groups, domains, settings), the keyring and"
+            f" certificates; {s.sessions_ended} open sessions ended (everyone signs in again);"
+            f"\n  apps: {apps} (being rebuilt with their data now; see the dashboard).\n"
+            f"Every unit is running. The data from before the restore is in {aside}: remove it"
+            " when you no longer need it.",
+            flush=True,
+        )
+        return EXIT_OK
+
+    try:
+        if args.from_request is not None:
+            if args.source or args.key is not None:
+                _err("--from-request takes the target and key from the request: no --from/--key")
+                return EXIT_USAGE
+            request = take_request(layout, args.from_request)
+            key = ""
+        else:
+            if not args.source or args.key is None:
+                _err("restore needs --from TARGET and --key FILE (or --from-request FILE)")
+                return EXIT_USAGE
+            key = read_identity(args.key)
+        return asyncio.run(run())
+    except (StackError, TargetError, BackupError) as e:
+        _err(str(e))
+        if request is not None:
+            with contextlib.suppress(OSError, KeyError):
+                write_failed(layout, str(e))
         return EXIT_FAILED
 
 

@@ -37,6 +37,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import grp
+import ipaddress
+import json
 import os
 import pwd
 import secrets
@@ -47,14 +49,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from deploy.layout import Layout
 from deploy.planning import SERVICES_GATEWAY, SERVICES_NETWORK, SERVICES_SUBNET
 from deploy.units import (
     ADDON_PG_HBA_DIR,
+    ADDON_UNITS,
     PLATFORM_GROUP,
     PORTS,
+    RESTORE_UNITS,
     TARGET,
     UNIT_USERS,
     UPDATE_UNITS,
@@ -371,7 +376,12 @@ class Installer:
         _systemctl("reset-failed", "homeport-*", check=False)
         _systemctl("start", TARGET)
         # the nightly update check (does nothing until the admin turns it on in the dashboard)
-        for timer in (u for u in UPDATE_UNITS if u.endswith(".timer")):
+        # and the setup wizard's restore requests (homeport-restore.path, as root)
+        for timer in (
+            u
+            for u in (*UPDATE_UNITS, *RESTORE_UNITS, *ADDON_UNITS)
+            if u.endswith((".timer", ".path"))
+        ):
             if _systemctl("is-enabled", timer, check=False).strip() != "enabled":
                 _systemctl("enable", "--now", timer)
                 self.say(f"      enabled {timer}")
@@ -419,33 +429,39 @@ class Installer:
 
     # -- the end ----------------------------------------------------------------------------
 
-    def setup_link(self) -> str | None:
-        """The one-time setup link while setup is not done (identity's token), else None."""
+    def setup_link(self, site: str = "my.localhost") -> str | None:
+        """The one-time setup link at `site` (a host or an address) while setup is not done
+        (identity's token), else None."""
         try:
             token = (self.layout.data / "identity" / SETUP_TOKEN).read_text().strip()
         except OSError:
             return None
-        return f"https://my.localhost/#/setup?token={token}" if token else None
+        return f"https://{site}/#/setup?token={token}" if token else None
 
     def _banner(self) -> None:
-        address = _public_address()
-        link = self.setup_link()
+        # The edge serves the dashboard at the server's own addresses until a domain of its
+        # own has its certificate (services/gateway/edge/sync.py): the link names the address.
+        address = primary_address()
+        site = address or "my.localhost"
+        link = self.setup_link(site)
         lines = [
             "",
             f"Homeport {self.options.version} is installed and running.",
-            "  Dashboard: https://my.localhost/ on this server (self-signed certificate until a",
-            "             domain is set up in the wizard)",
+            f"  Dashboard: https://{site}/",
         ]
         if link is not None:
-            lines += [
-                f"  Setup:     {link}",
-                "",
-                f"From your computer: sudo ssh -L 443:127.0.0.1:443 root@{address}, then open",
-                "the setup link in your browser (browsers send my.localhost to your computer,",
-                "the tunnel takes it here; the dashboard needs port 443 on both ends).",
-            ]
+            lines.append(f"  Setup:     {link}")
         else:
             lines.append("  Setup is done: sign in at the dashboard.")
+        lines += [
+            "  Its certificate is self-signed until the dashboard has a domain of its own: the",
+            "  browser warns about it; accept it for this address. Then: https://my.<domain>/",
+        ]
+        if address is not None:
+            local = self.setup_link() or "https://my.localhost/"
+            lines.append(f"  On this server itself: {local}")
+        else:
+            lines.append("  (no address found: reach it through ssh -L 443:127.0.0.1:443)")
         lines += [
             "Check every part: homeport status; logs: homeport logs <service>",
             "",
@@ -581,14 +597,39 @@ def _write_file(path: Path, text: str, owner: str, group: str, mode: int) -> boo
     return changed
 
 
-def _public_address() -> str:
-    """The address other machines reach this one at (the route to the internet's source)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent (UDP connect)
-            return str(s.getsockname()[0])
-        except OSError:
-            return socket.gethostname()
+def primary_address() -> str | None:
+    """The server's primary address as a URL host (IPv6 in brackets): the source address of
+    the default route (the kernel is asked which route a packet to a documentation address
+    would take; nothing is sent), else the first global address; None if it has neither."""
+    for family, probe in (("-4", "192.0.2.1"), ("-6", "2001:db8::1")):
+        for route in _ip_json(family, "route", "get", probe):
+            if route.get("prefsrc"):
+                return _url_host(str(route["prefsrc"]))
+    for link in _ip_json("addr", "show", "scope", "global"):
+        for info in link.get("addr_info", []):
+            if info.get("local") and link.get("ifname") != "lo":
+                return _url_host(str(info["local"]))
+    return None
+
+
+def _ip_json(*args: str) -> list[dict[str, Any]]:
+    """`ip -j <args>` parsed; [] when ip fails (no such route) or is missing."""
+    try:
+        proc = subprocess.run(
+            ["ip", "-j", *args], capture_output=True, text=True, timeout=10, check=False
+        )
+        out = json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else []
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    return [x for x in out if isinstance(x, dict)] if isinstance(out, list) else []
+
+
+def _url_host(address: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

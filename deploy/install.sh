@@ -80,7 +80,7 @@ else
   pip=("$dest/venv/bin/python" -m pip install -q --disable-pip-version-check -c "$dest/constraints.txt")
   [[ -n $wheels ]] && pip+=(--no-index --find-links "$wheels")
   (cd "$dest" && "${pip[@]}" -e "$dest")
-  "$dest/venv/bin/python" -m compileall -q -x '/(venv|tests)/' "$dest" >/dev/null || true
+  "$dest/venv/bin/python" -m compileall -q -x '/(venv|tests|bundled)/' "$dest" >/dev/null || true
   touch "$dest/.installed"
 fi
 

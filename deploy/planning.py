@@ -4,7 +4,8 @@ service of this checkout), on which ports, with which environment.
 Docker: HP_DOCKER_HOST if set, else the system's /var/run/docker.sock if it answers, else the
 one `make test` leaves running, else a dockerd of the stack's own (a supervised part). Without
 any, the apps service is left out. Apps reach their addons (database, LDAP) on the gateway
-address of the `homeport-services` network.
+address of the `homeport-services` network. The addon Postgres is planned with the apps service
+but runs on demand (`Plan.addon_wanted`, deploy/stack.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from deploy.state import HOST, KEYRING_FILE, database_password, port_free, postg
 from deploy.supervision import DockerRunner, Part, PartKind, ServerRunner, ServiceRunner
 
 __all__ = [
+    "ADDON_WANTED",
     "APPS_MODULE",
     "BASE_CACHE",
     "DASHBOARD_PART",
@@ -64,6 +66,9 @@ APPS_MODULE = "services.apps"
 GATEWAY_MODULE = "services.gateway"
 BASE_CACHE = Path("/var/cache/homeport")  # the debootstrap tarball, shared by data dirs
 DRAIN_SECONDS = 10.0  # HP_DRAIN_SECONDS: services finish within the stop deadline
+# The apps service writes this flag next to the addon server's pg_hba.conf before it needs the
+# server (services/apps/addons/postgresql.py WANTED); the stack starts the server once it exists.
+ADDON_WANTED = "wanted"
 # Postgres connections allowed: the services' pools (5 each, opened on demand) and projection
 # stores (2 each) stay well under it; 300 would touch ~6 MiB more shared memory per cluster.
 MAX_CONNECTIONS = 100
@@ -149,6 +154,11 @@ class Plan:
     addon: PostgresServer | None = None  # the addon Postgres, when apps run
     ldap_port: int = 0
     edge_ports: tuple[int, int] | None = None  # nginx's HTTP and HTTPS ports, when it runs
+
+    @property
+    def addon_wanted(self) -> Path | None:
+        """The flag whose existence asks for the addon Postgres (None: no addon server)."""
+        return None if self.addon is None else self.addon.datadir / ADDON_WANTED
 
 
 class Planner:

@@ -18,6 +18,10 @@ What it does, in order (each step prints a progress line):
 A restore that stopped half-way (crash, kill, a target that went away) leaves the marker: run
 the same command again; it removes what the first attempt wrote (the directory was empty
 before it) and starts over. Secrets (the key, S3 credentials) are never printed.
+
+The pieces (`fetch_platform`, `restore_apps`, `load` with a `Places`) are shared with the
+restore of a server install (deploy/server_restore.py), which differs only in where the
+keyring and certificates go, how Postgres is reached, and who owns the files.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +53,18 @@ from deploy.state import KEYRING_FILE, database_password, lock, postgres_dir, pr
 __all__ = [
     "MARKER",
     "PENDING",
+    "Places",
     "RestoreError",
     "RestoreSummary",
+    "embedded_places",
+    "fetch_platform",
+    "load",
+    "open_repository",
     "open_target",
     "read_identity",
+    "restore_apps",
     "restore_platform",
+    "summarize",
 ]
 
 MARKER = RESTORE_MARKER
@@ -325,16 +336,39 @@ async def _restore_locked(
     snapshot: str | None,
     say: Callable[[str], None],
 ) -> RestoreSummary:
+    repo = await open_repository(target)
+    say(f"opened the backups at {target!r}")
+    work = data_dir / _WORK
+    work.mkdir(mode=0o700)
+    chosen, doc, apps = await fetch_platform(repo, work, identity, snapshot, say)
+    restored = await restore_apps(repo, data_dir / "apps", apps, identity, say)
+    summary = await load(embedded_places(data_dir, pg_dir), work / "platform", say)
+    return summarize(summary, chosen, doc, restored)
+
+
+def summarize(
+    summary: RestoreSummary, chosen: Any, doc: Mapping[str, Any], apps: dict[str, str]
+) -> RestoreSummary:
+    """The summary of a restore, with the backup's id, time and version filled in."""
+    summary.snapshot = chosen.id
+    summary.time = chosen.time.isoformat(timespec="seconds")
+    summary.platform_version = str(doc.get("platform_version", "?"))
+    summary.apps = apps
+    return summary
+
+
+async def fetch_platform(
+    repo: Any, work: Path, identity: str, snapshot: str | None, say: Callable[[str], None]
+) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """The platform backup (newest, or `snapshot`) restored into `work/platform` and checked
+    (the key opens it, every app backup it names is on the target); (its listing, its
+    platform.json, {app_id: app backup id}). Nothing outside `work` is touched."""
     from services.backup.platform import PlatformError, read_platform_json
     from services.backup.repo import BackupError
     from services.backup.targets.base import TargetError
 
-    repo = await open_repository(target)
-    say(f"opened the backups at {target!r}")
     chosen = await _choose(repo, snapshot)
     say(f"restoring platform backup {chosen.id} of {chosen.time.isoformat(timespec='seconds')}")
-    work = data_dir / _WORK
-    work.mkdir(mode=0o700)
     try:
         await repo.restore(chosen.id, work / "platform", identity)
         doc = await asyncio.to_thread(read_platform_json, work / "platform")
@@ -359,13 +393,7 @@ async def _restore_locked(
         labels = known[sid].labels
         if labels.get("kind") != "app" or labels.get("app_id") != app_id:
             raise RestoreError(f"backup {sid} is not a backup of app {app_id} (its labels)")
-    restored = await _restore_apps(repo, data_dir, apps, identity, say)
-    summary = await _load(data_dir, pg_dir, work / "platform", say)
-    summary.snapshot = chosen.id
-    summary.time = chosen.time.isoformat(timespec="seconds")
-    summary.platform_version = str(doc.get("platform_version", "?"))
-    summary.apps = restored
-    return summary
+    return chosen, doc, apps
 
 
 async def _choose(repo: Any, snapshot: str | None) -> Any:
@@ -389,15 +417,17 @@ async def _choose(repo: Any, snapshot: str | None) -> Any:
     return platforms[-1]
 
 
-async def _restore_apps(
-    repo: Any, data_dir: Path, apps: Mapping[str, str], identity: str, say: Callable[[str], None]
+async def restore_apps(
+    repo: Any, apps_dir: Path, apps: Mapping[str, str], identity: str, say: Callable[[str], None]
 ) -> dict[str, str]:
+    """Each app backup restored into `<apps_dir>/snapshots/<app_id>/<uuid>/`, listed in
+    `<apps_dir>/restore-pending.json` for the apps service; {app_id: snapshot folder}."""
     from services.backup.repo import BackupError
     from services.backup.targets.base import TargetError
 
-    snapshots = data_dir / "apps" / "snapshots"
+    snapshots = apps_dir / "snapshots"
     snapshots.mkdir(mode=0o700, parents=True)
-    (data_dir / "apps").chmod(0o700)
+    await asyncio.to_thread(apps_dir.chmod, 0o700)
     out: dict[str, str] = {}
     for app_id, sid in sorted(apps.items()):
         folder = str(uuid.uuid4())
@@ -413,30 +443,54 @@ async def _restore_apps(
         for why in result.skipped:
             say(f"  left out: {why}")
         out[app_id] = folder
-    _write_json(data_dir / "apps" / PENDING, out)
+    _write_json(apps_dir / PENDING, out)
     return out
 
 
-async def _load(
-    data_dir: Path, pg_dir: Path, platform_dir: Path, say: Callable[[str], None]
-) -> RestoreSummary:
+@dataclass(frozen=True)
+class Places:
+    """What differs between restoring into `homeport up`'s data dir and into a server install:
+    where the keyring and the certificates go, and how the platform's Postgres is reached
+    (`database(say)`: entered, the platform database exists and its URL is given)."""
+
+    keyring: Path
+    certs_dir: Path
+    database: Callable[[Callable[[str], None]], contextlib.AbstractAsyncContextManager[str]]
+
+
+def embedded_places(data_dir: Path, pg_dir: Path) -> Places:
+    """The data dir of `homeport up`: its own Postgres in `pg_dir`, started for the load."""
+
+    @contextlib.asynccontextmanager
+    async def database(say: Callable[[str], None]) -> AsyncIterator[str]:
+        pg = PostgresServer(pg_dir, port=free_port(), password=database_password(data_dir))
+        say("starting Postgres of the data directory")
+        try:
+            await asyncio.to_thread(pg.start)
+        except EmbeddedError as e:
+            raise RestoreError(f"Postgres did not start: {e}") from None
+        try:
+            dsn = pg.dsn_for(DATABASE)
+            await _ensure_database(dsn)
+            yield dsn
+        finally:
+            say("stopping Postgres")
+            await asyncio.to_thread(pg.stop)
+
+    return Places(data_dir / KEYRING_FILE, data_dir / "certs", database)
+
+
+async def load(places: Places, platform_dir: Path, say: Callable[[str], None]) -> RestoreSummary:
+    """The event store (hash chain checked), keyring and certificates of `platform_dir` put
+    where `places` says; sessions open at the backup ended; read models built."""
     from services.backup.platform import PlatformError, load_platform
 
-    pg = PostgresServer(pg_dir, port=free_port(), password=database_password(data_dir))
-    say("starting Postgres of the data directory")
-    try:
-        await asyncio.to_thread(pg.start)
-    except EmbeddedError as e:
-        raise RestoreError(f"Postgres did not start: {e}") from None
-    try:
-        dsn = pg.dsn_for(DATABASE)
-
-        await _ensure_database(dsn)
+    async with places.database(say) as dsn:
         conn = await asyncpg.connect(dsn)
         try:
             say("loading the event store (checking its hash chain), keyring and certificates")
             loaded = await load_platform(
-                platform_dir, conn, keyring=data_dir / KEYRING_FILE, certs_dir=data_dir / "certs"
+                platform_dir, conn, keyring=places.keyring, certs_dir=places.certs_dir
             )
         except PlatformError as e:
             raise RestoreError(f"the platform backup cannot be loaded: {e}") from None
@@ -446,9 +500,6 @@ async def _load(
         ended = await _end_sessions(dsn)
         say(f"ended {ended} sessions that were open (everyone signs in again)")
         await _rebuild_read_models(dsn, say)
-    finally:
-        say("stopping Postgres")
-        await asyncio.to_thread(pg.stop)
     return RestoreSummary("", "", "", int(loaded["loaded_events"]), ended)
 
 

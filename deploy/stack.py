@@ -2,6 +2,10 @@
 
 The entry point only: `planning` decides what runs (ports, environment), `supervision` starts,
 watches, restarts and stops the processes, `state` keeps the data directory and `stack.json`.
+
+The addon Postgres (apps' databases) runs on demand: it starts with the stack when its flag
+(`Plan.addon_wanted`, written by the apps service) exists, or once it appears; until then it is
+idle and left out of `stack.json`.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from deploy.state import (
 )
 from deploy.supervision import (
     READY_DEADLINE_S,
+    Backoff,
     Part,
     PartKind,
     PartState,
@@ -139,8 +144,9 @@ class Stack:
         return f"https://<location>.localhost:{self.plan.edge_ports[1]}/"
 
     def unhealthy(self) -> list[Part]:
-        """Parts that have not answered their health check since the stack started."""
-        return [p for p in self.parts if not p.healthy.is_set()]
+        """Parts that have not answered their health check since the stack started (an idle
+        one, not asked for yet, is not one of them)."""
+        return [p for p in self.parts if not p.healthy.is_set() and p.state is not PartState.IDLE]
 
     def stop(self) -> None:
         """Ask the stack to stop (what SIGINT and SIGTERM do)."""
@@ -202,6 +208,7 @@ class Stack:
         self.plan = self.planner.plan(previous)
         self._save()
         tasks: list[asyncio.Task[None]] = []
+        on_demand: asyncio.Task[None] | None = None
         try:
             async with aiohttp.ClientSession() as session:
                 supervisor = Supervisor(self._stopping, session, self._save)
@@ -214,7 +221,13 @@ class Stack:
                                 name=f"supervise.{p.name}",
                             )
                             for p in self.parts
+                            if p.state is not PartState.IDLE
                         ]
+                        idle = [p for p in self.parts if p.state is PartState.IDLE]
+                        if idle:
+                            on_demand = asyncio.create_task(
+                                self._watch_addon(supervisor, idle[0], tasks), name="addon.watch"
+                            )
                         self.state = StackState.RUNNING
                         self._save()
                         watch = asyncio.create_task(self._watch_restore(), name="restore.watch")
@@ -228,6 +241,8 @@ class Stack:
                     self._stopping.set()
                     self.state = StackState.STOPPING
                     self._save()
+                    if on_demand is not None:  # not cancelled: a start under way finishes
+                        await asyncio.gather(on_demand, return_exceptions=True)
                     await _join(tasks)
                     await supervisor.shutdown(self.parts)
         finally:
@@ -240,25 +255,69 @@ class Stack:
         for part in self.parts:
             if part.kind is PartKind.SERVICE or self._stopping.is_set():
                 continue
-            part.state = PartState.STARTING
-            self._save()
-            log.info("starting", extra={"part": part.name, "port": part.port})
+            if part.kind is PartKind.ADDON_POSTGRES and not self._addon_wanted():
+                part.state = PartState.IDLE
+                log.info("not started until an app needs it", extra={"part": part.name})
+                continue
+            await self._start_server(supervisor, part)
+
+    def _addon_wanted(self) -> bool:
+        flag = self.plan.addon_wanted
+        return flag is not None and flag.exists()
+
+    async def _start_server(self, supervisor: Supervisor, part: Part) -> None:
+        part.state = PartState.STARTING
+        self._save()
+        log.info("starting", extra={"part": part.name, "port": part.port})
+        try:
+            if part.kind is PartKind.ADDON_POSTGRES:
+                await _prepare_addons(self.plan)
+            await part.runner.start()
+            if part.kind is PartKind.POSTGRES:
+                await _ensure_database(self.plan.database_url)
+        except (EmbeddedError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise StackError(f"{part.name} did not start: {e} (log: {part.log})") from e
+        supervisor.mark_started(part)
+        supervisor.mark_healthy(part)
+
+    async def _watch_addon(
+        self, supervisor: Supervisor, part: Part, tasks: list[asyncio.Task[None]]
+    ) -> None:
+        """The idle addon Postgres started once its flag appears (polled as the restore
+        request is), then supervised as the other servers are; a failed start is retried."""
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), RESTORE_POLL_S)
+            if self._stopping.is_set() or not await asyncio.to_thread(self._addon_wanted):
+                continue
+            log.info("an app needs the addon server: starting it", extra={"part": part.name})
             try:
-                if part.kind is PartKind.ADDON_POSTGRES:
-                    await _prepare_addons(self.plan)
-                await part.runner.start()
-                if part.kind is PartKind.POSTGRES:
-                    await _ensure_database(self.plan.database_url)
-            except (EmbeddedError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                raise StackError(f"{part.name} did not start: {e} (log: {part.log})") from e
-            supervisor.mark_started(part)
-            supervisor.mark_healthy(part)
+                await self._start_server(supervisor, part)
+            except StackError as e:
+                delay = backoff.delay(0.0)
+                log.error("%s; trying again in %.1f s", e, delay)
+                part.state = PartState.IDLE
+                self._save()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                continue
+            tasks.append(
+                asyncio.create_task(
+                    supervisor.supervise(part, started=True), name=f"supervise.{part.name}"
+                )
+            )
+            return
 
     async def _until_ready(
         self, tasks: list[asyncio.Task[None]], on_ready: Callable[[Stack], None] | None
     ) -> None:
         """Wait for every part to be healthy once (at most 60 s), then call `on_ready`."""
-        waits = [asyncio.ensure_future(p.healthy.wait()) for p in self.parts]
+        waits = [
+            asyncio.ensure_future(p.healthy.wait())
+            for p in self.parts
+            if p.state is not PartState.IDLE
+        ]
         stopping = asyncio.ensure_future(self._stopping.wait())
         deadline = time.monotonic() + READY_DEADLINE_S
         try:
@@ -397,7 +456,7 @@ class Stack:
             "database_url": self.plan.database_url,
             "nats_url": self.plan.nats_url,
             "keyring": str(self.keyring),
-            "parts": [p.to_json() for p in self.parts],
+            "parts": [p.to_json() for p in self.parts if p.state is not PartState.IDLE],
         }
         write_state(self.data_dir, state)
 
@@ -409,15 +468,19 @@ def compile_code() -> None:
     """Byte-compile the platform's code once (as the server installer does), so that no
     process compiles its sources at every start: that costs each one time and ~0.7 MiB of heap
     it keeps (PYTHONDONTWRITEBYTECODE, set on some machines, would otherwise make it every
-    start). A checkout we cannot write to is fine: the processes then compile in memory."""
+    start). A checkout we cannot write to is fine: the processes then compile in memory.
+    The bundled apps are left alone: a __pycache__ in an app's build context would not match
+    the catalog's signed index, and the catalog would refuse the app."""
     import compileall
     import importlib.util
+    import re
 
+    skip = re.compile(r"[/\\]bundled[/\\]")
     for top in CODE_PACKAGES:
         spec = importlib.util.find_spec(top)
         for folder in (spec.submodule_search_locations or []) if spec else []:
             with contextlib.suppress(OSError):
-                compileall.compile_dir(folder, quiet=2, workers=1)
+                compileall.compile_dir(folder, quiet=2, workers=1, rx=skip)
 
 
 def _take_request(path: Path) -> dict[str, Any] | None:

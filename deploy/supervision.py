@@ -62,6 +62,7 @@ class PartKind(StrEnum):
 
 class PartState(StrEnum):
     PENDING = "pending"
+    IDLE = "idle"  # started on demand (the addon Postgres): not asked for yet
     STARTING = "starting"  # process started, health not yet confirmed
     RUNNING = "running"  # answered its health check since it was (re)started
     BACKOFF = "backoff"  # exited unexpectedly, waiting to be restarted

@@ -2,8 +2,10 @@
 
 `homeport.target` (wanted by multi-user.target) pulls in, all `PartOf=homeport.target`:
 `homeport-postgres.service` (the platform's own cluster in `<data>/postgres`, on loopback port
-`PORTS["postgres"]`, not Debian's default cluster), `homeport-addon-postgres.service` (the apps'
-addon server), `homeport-nats.service` (JetStream, loopback), `homeport-relay.service` and
+`PORTS["postgres"]`, not Debian's default cluster), `homeport-addon-postgres.path` (it starts
+`homeport-addon-postgres.service`, the apps' addon server, once the apps service has written
+`<data>/addon-pg-hba/wanted`: the server runs only when an app needs a database),
+`homeport-nats.service` (JetStream, loopback), `homeport-relay.service` and
 `homeport-<service>.service` for every `services/*/__main__.py` (found as `homeport up` finds
 them). nginx, the edge, stays the gateway's child: the gateway unit may bind 80/443.
 
@@ -20,7 +22,8 @@ Who runs what (`UNIT_USERS` tells the installer which users and groups to create
   It does not run debootstrap as root: the installer builds the base image tarball into
   `HP_BASE_CACHE` once, and apps reuses it (services/apps/base_image.py). It may write in
   dockerd's /var/lib/docker/volumes (a new volume's folder gets the app's owner and mode):
-  the only path outside the data dir a unit writes (`writes_outside`).
+  one of two paths outside the data dir a unit writes (`writes_outside`); the other is the
+  backup unit's: local backup targets (mounted disks) under /mnt, /media or /srv.
 
 The templates are in deploy/systemd/ (string.Template: `$name`, `$$` for a literal `$`).
 `render_units(layout)` returns {file name: text}; `write_units(layout, unit_dir)` writes them
@@ -42,6 +45,7 @@ from string import Template
 
 from deploy.layout import Layout
 from deploy.planning import (
+    ADDON_WANTED,
     APPS_MODULE,
     MAX_CONNECTIONS,
     SERVICES_GATEWAY,
@@ -53,8 +57,10 @@ from deploy.planning import (
 
 __all__ = [
     "ADDON_PG_HBA_DIR",
+    "ADDON_UNITS",
     "PLATFORM_GROUP",
     "PORTS",
+    "RESTORE_UNITS",
     "ROOT_UNITS",
     "SHOW_PROPERTIES",
     "TARGET",
@@ -71,6 +77,7 @@ __all__ = [
     "status_argv",
     "unit_for",
     "unit_name",
+    "unit_ok",
     "unit_specs",
     "write_units",
 ]
@@ -79,11 +86,19 @@ TEMPLATES = Path(__file__).with_name("systemd")
 TARGET = "homeport.target"
 # The nightly platform update: a timer and the oneshot it starts (not part of the target).
 UPDATE_UNITS = ("homeport-update.service", "homeport-update.timer")
+# The setup wizard's restore: the path unit watches the backup service's request (as root).
+RESTORE_UNITS = ("homeport-restore.service", "homeport-restore.path")
+# The addon Postgres on demand: started by this path unit once the apps service asks for it.
+ADDON_UNITS = ("homeport-addon-postgres.path",)
 PLATFORM_GROUP = "homeport"
 POSTGRES_BIN = "/usr/lib/postgresql/15/bin/postgres"
 NATS_BIN = "/usr/sbin/nats-server"  # where Debian 12 puts it
 ADDON_PG_HBA_DIR = "addon-pg-hba"  # under the data dir: apps writes it, the addon server reads
 DOCKER_VOLUMES = Path("/var/lib/docker/volumes")  # docker.io's volumes (apps' data)
+
+# Where a backup unit may write a local target (a mounted disk) on a server install; the
+# backup service refuses system folders itself (services/backup/targets/factory.py).
+LOCAL_TARGET_ROOTS = (Path("/mnt"), Path("/media"), Path("/srv"))
 
 # Loopback ports of a server install. Services not listed get a stable one from `service_port`.
 PORTS: dict[str, int] = {
@@ -303,6 +318,8 @@ def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...
         # reads app snapshots whatever uid owns their files; restores snapshots there.
         extra = {
             "writes": (own, keyring, data / "apps" / "snapshots"),
+            # a local target is a mounted disk: where Debian mounts them (if present)
+            "writes_outside": LOCAL_TARGET_ROOTS,
             "capabilities": ("CAP_DAC_READ_SEARCH",),
             "loopback_only": False,  # S3 targets
         }
@@ -320,9 +337,10 @@ def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...
             "HP_EDGE_HTTPS_PORT": "443",
         }
         extra = {
+            # after the addon server (stopped before it), not wanting it: it runs on demand
             "after": (*servers, relay, unit_name("addon-postgres"), "docker.service"),
             "requires": (*servers, "docker.service"),
-            "wants": (relay, unit_name("addon-postgres")),
+            "wants": (relay,),
             "writes": (
                 own,
                 keyring,
@@ -423,15 +441,27 @@ def render_units(layout: Layout, modules: Sequence[Module] | None = None) -> dic
     """{unit file name: its text} for every unit and `homeport.target`."""
     specs = unit_specs(layout, modules)
     out = {s.unit: _render(s, layout) for s in specs}
-    out[TARGET] = _template(TARGET).substitute(
-        code=str(layout.current), wants=" ".join(s.unit for s in specs)
-    )
+    addon = unit_name("addon-postgres")  # on demand: its path unit is wanted instead
+    wants = [s.unit for s in specs if s.unit != addon] + list(ADDON_UNITS)
+    out[TARGET] = _template(TARGET).substitute(code=str(layout.current), wants=" ".join(wants))
+    for name in ADDON_UNITS:
+        out[name] = _template(name).substitute(
+            code=str(layout.current), flag=str(layout.data / ADDON_PG_HBA_DIR / ADDON_WANTED)
+        )
     for name in UPDATE_UNITS:  # the nightly `homeport update --scheduled` (as root)
         out[name] = _template(name).substitute(
             code=str(layout.current),
             python=str(layout.current / "venv" / "bin" / "python"),
             prefix=str(layout.prefix),
             opt=str(layout.opt),
+        )
+    for name in RESTORE_UNITS:  # deploy/server_restore.py
+        out[name] = _template(name).substitute(
+            code=str(layout.current),
+            python=str(layout.current / "venv" / "bin" / "python"),
+            prefix=str(layout.prefix),
+            var_lib=str(layout.data.parent),
+            request=str(layout.data / "backup" / "restore-request.json"),
         )
     return out
 
@@ -456,7 +486,16 @@ def write_units(
 
 # -- talking to systemd (`homeport status/logs/restart` on a server install) -----------------
 
-SHOW_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "NRestarts")
+SHOW_PROPERTIES = (
+    "Id", "LoadState", "ActiveState", "SubState", "MainPID", "NRestarts", "TriggeredBy",
+)  # fmt: skip
+
+
+def unit_ok(unit: dict[str, str]) -> bool:
+    """Running, or idle until a path unit starts it (the addon Postgres before any app needs a
+    database): what `homeport status` and the updater's health check count as fine."""
+    state = unit.get("ActiveState")
+    return state == "active" or (state == "inactive" and bool(unit.get("TriggeredBy", "").strip()))
 
 
 def installed_units(layout: Layout) -> list[str]:

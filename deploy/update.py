@@ -19,6 +19,7 @@ A failure before the switch removes `<V>` and leaves the running version untouch
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -270,6 +271,13 @@ class Updater:
             cwd=run.path,
             timeout=_VENV_TIMEOUT,
         )
+        # Byte-compiled once here, as install.sh does (the units set PYTHONDONTWRITEBYTECODE
+        # and the code is read-only to them); never the bundled apps' build contexts, whose
+        # files the signed catalog index lists.
+        python = str(venv / "bin" / "python")
+        compile_argv = [python, "-m", "compileall", "-q", "-x", "/(venv|tests|bundled)/"]
+        with contextlib.suppress(UpdateError):
+            _run([*compile_argv, str(run.path)], cwd=run.path, timeout=_VENV_TIMEOUT)
 
     def _migrate(self, run: _Run) -> None:
         assert run.path is not None
@@ -364,8 +372,12 @@ class SystemdHost:
         return None
 
     def _ready(self, unit: str) -> bool:
-        if self._ctl("show", "-p", "ActiveState", "--value", unit).strip() != "active":
-            return False
+        state = self._ctl("show", "-p", "ActiveState", "--value", unit).strip()
+        if state != "active":
+            # started on demand by a path unit (the addon Postgres) and not asked for yet
+            return state == "inactive" and bool(
+                self._ctl("show", "-p", "TriggeredBy", "--value", unit).strip()
+            )
         port = self._port(unit)
         if port is None:
             return True

@@ -14,6 +14,7 @@ from libs.events.wiring import connections, loop, opened_keyring, serve
 from libs.service.config import load_config
 from libs.service.runner import Service, main
 from services.apps.addons.postgresql import addon_postgres
+from services.apps.addons.starting import ask_if_used, keep_hba
 from services.apps.autoupdate import Clock, auto_updates
 from services.apps.catalog import load_catalog
 from services.apps.commands import Commands
@@ -51,9 +52,10 @@ async def _parts(cfg: AppsConfig, clock: Clock | None, svc: Service) -> AsyncIte
         svc.add_readiness_check("docker", partial(docker_ready, runtime))
         await ProjectionRunner(AppsProjection(), conn.store).setup()
         services = await runtime.ensure_services_network(cfg.services_network, cfg.services_subnet)
-        pg = await addon_postgres(
-            cfg.addon_pg_dsn, services.gateway, cfg.addon_pg_port, cfg.addon_pg_hba
-        )
+        # on demand: nothing here waits for it (see services/apps/addons/postgresql.py)
+        pg = addon_postgres(cfg.addon_pg_dsn, services.gateway, cfg.addon_pg_port, cfg.addon_pg_hba)
+        if pg is not None:
+            await ask_if_used(pg, conn.store.pool, catalog)
         apps, peers, restarts = app_streams(conn.store), Peers(conn.client()), Restarts()
         snapshots = Snapshots(cfg.apps_dir / "snapshots", runtime, pg, cfg.name_prefix)
         tools = Tools(cfg, apps, keys, runtime, catalog, peers, snapshots, pg, services)
@@ -68,6 +70,7 @@ async def _parts(cfg: AppsConfig, clock: Clock | None, svc: Service) -> AsyncIte
                 loop(svc, "apps.docker_events", monitor.run_events(), cancel=True),
                 # exited first (reverse order): its `stop` ends all three of the monitor's loops
                 loop(svc, "apps.stats", monitor.run_stats(), monitor.stop, cancel=True),
+                loop(svc, "apps.addon_pg", keep_hba(pg), cancel=True),
                 serve(svc, conn.nc, CONTRACT, commands, queries, auto, platform),
             ):
                 await driver.resume_all()

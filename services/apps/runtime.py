@@ -684,6 +684,7 @@ class DockerRuntime:
         what = f"volume {name} could not be exported to {dest}"
         out = Path(await self._run(lambda: tempfile.mkdtemp(dir=dest.parent), what, "retry"))
         try:
+            await self._run(lambda: _writable_by_helper(out), what, "retry")
             code, output = await self._helper(
                 what,
                 ["tar", "-cf", "/out/data.tar", "-C", "/data", "."],
@@ -1098,3 +1099,14 @@ def _clear(path: Path) -> None:
 
 if TYPE_CHECKING:  # mypy checks that the adapter implements the port
     _port: type[ContainerRuntime] = DockerRuntime
+
+
+def _writable_by_helper(out: Path) -> None:
+    """The helper's root has no CAP_DAC_OVERRIDE: unless we are root, it gets `out` (we keep
+    CAP_CHOWN under systemd) or, without that, write access to it; the parents stay ours."""
+    if os.geteuid() == 0:
+        return
+    try:
+        os.chown(out, 0, 0)
+    except PermissionError:
+        os.chmod(out, 0o733)  # noqa: S103 - inside our 0700 folder: no one else reaches it

@@ -20,6 +20,7 @@ from cli.main import main
 from deploy.layout import Layout
 from deploy.planning import discover_modules
 from deploy.units import (
+    RESTORE_UNITS,
     ROOT_UNITS,
     TARGET,
     UPDATE_UNITS,
@@ -31,6 +32,7 @@ from deploy.units import (
     status_argv,
     unit_for,
     unit_name,
+    unit_ok,
     write_units,
 )
 
@@ -72,8 +74,10 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Layout, Path]:
 
 
 def _service_files(unit_dir: Path) -> list[Path]:
-    """The platform's units (the nightly update's are tested in test_update_events.py)."""
-    return sorted(p for p in unit_dir.glob("*.service") if p.name not in UPDATE_UNITS)
+    """The platform's units (the nightly update's are tested in test_update_events.py, the
+    restore's in test_server_restore.py)."""
+    others = (*UPDATE_UNITS, *RESTORE_UNITS)
+    return sorted(p for p in unit_dir.glob("*.service") if p.name not in others)
 
 
 def _directives(text: str) -> dict[str, list[str]]:
@@ -99,7 +103,8 @@ def test_every_service_has_a_unit(rendered: tuple[Layout, Path]) -> None:
     for f in _service_files(unit_dir):
         text = f.read_text()
         assert "PartOf=homeport.target" in text, f.name
-        assert f.name in target, f"{TARGET} does not pull in {f.name}"
+        on_demand = f.with_suffix(".path").name  # the addon server: through its path unit
+        assert re.search(rf"\b({re.escape(f.name)}|{re.escape(on_demand)})\b", target), f.name
     assert len(discover_modules()) + 3 == len(_service_files(unit_dir))
 
 
@@ -130,6 +135,8 @@ def test_hardening_and_users(rendered: tuple[Layout, Path]) -> None:
         for p in d["ReadWritePaths"]:
             if f.name == "homeport-apps.service" and p == "-/var/lib/docker/volumes":
                 continue  # new volumes' folders (owner, mode), where dockerd keeps them
+            if f.name == "homeport-backup.service" and p in ("-/mnt", "-/media", "-/srv"):
+                continue  # local backup targets: mounted disks
             assert Path(p).is_relative_to(layout.data), f"{f.name} writes {p}"
             assert Path(p) in directories(layout), f"{f.name}: {p} is not in directories()"
         user = d["User"][0]
@@ -155,6 +162,30 @@ def test_hardening_and_users(rendered: tuple[Layout, Path]) -> None:
     assert "Requires=homeport-postgres.service" in svc and "Requires=homeport-nats.service" in svc
     assert re.search(r"^After=.*homeport-relay\.service", svc, re.M)
     assert f"EnvironmentFile={layout.env_file}" in svc
+
+
+def test_the_addon_server_starts_only_once_an_app_asks_for_it(
+    rendered: tuple[Layout, Path],
+) -> None:
+    """Issue 15 (idle memory): the target wants the path unit, never the addon server itself;
+    the path unit starts it once the apps service's flag exists; nothing else pulls it in."""
+    layout, unit_dir = rendered
+    server, path = "homeport-addon-postgres.service", "homeport-addon-postgres.path"
+    target = _directives((unit_dir / TARGET).read_text())
+    wanted = " ".join(target["Wants"]).split()
+    assert path in wanted and server not in wanted
+    d = _directives((unit_dir / path).read_text())
+    flag = layout.data / "addon-pg-hba" / "wanted"
+    assert d["PathExists"] == [str(flag)] and d["Unit"] == [server]
+    assert d["PartOf"] == ["homeport.target"] and d["WantedBy"] == ["homeport.target"]
+    # the apps unit may write the flag, orders itself after the server, and does not want it
+    apps = _directives((unit_dir / "homeport-apps.service").read_text())
+    assert str(flag.parent) in apps["ReadWritePaths"]
+    assert server in " ".join(apps["After"]) and server not in " ".join(apps.get("Wants", []))
+    for f in unit_dir.iterdir():
+        if f.name not in (path, server):
+            assert not re.search(rf"^(Wants|Requires)=.*{re.escape(server)}", f.read_text(), re.M)
+    assert "PartOf=homeport.target" in (unit_dir / server).read_text()
 
 
 def test_write_units_is_idempotent(rendered: tuple[Layout, Path]) -> None:
@@ -233,7 +264,12 @@ def test_status_parses_systemctl_show() -> None:
     assert units[1]["ActiveState"] == "failed" and units[2]["LoadState"] == "not-found"
     argv = status_argv(["homeport-postgres.service"])
     assert argv[:2] == ["systemctl", "show"] and argv[-1] == "homeport-postgres.service"
-    assert "--property=Id,LoadState,ActiveState,SubState,MainPID,NRestarts" in argv
+    assert "--property=Id,LoadState,ActiveState,SubState,MainPID,NRestarts,TriggeredBy" in argv
+    # running is fine, failed or missing is not; idle is fine only when a path unit starts it
+    assert [unit_ok(u) for u in units] == [True, False, False]
+    idle = {"Id": "homeport-addon-postgres.service", "ActiveState": "inactive"}
+    assert not unit_ok(idle)
+    assert unit_ok({**idle, "TriggeredBy": "homeport-addon-postgres.path"})
 
 
 def test_logs_and_restart_argv() -> None:

@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -49,9 +50,14 @@ __all__ = [
     "BOX_WHEELS",
     "SystemdBox",
     "base_tarball",
+    "box_api",
+    "box_curl",
+    "box_units",
+    "checkout",
     "ensure_box_image",
     "ensure_wheelhouse",
     "server_packages",
+    "until",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -380,3 +386,75 @@ class SystemdBox:
             self.network.remove()
         with contextlib.suppress(docker.errors.DockerException):
             self.volume.remove(force=True)
+
+
+# -- shared by the box tests (tests/deploy/test_install.py keeps its own copies) -------------
+
+
+def checkout(into: Path) -> Path:
+    """The checkout's files as a user's copy holds them: tracked and new (not ignored) files,
+    and the built dashboard; no .git, no venv."""
+    from deploy.release import DASHBOARD_DIST
+
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout
+    names = {n for n in out.decode().split("\0") if n}
+    dist = REPO / DASHBOARD_DIST
+    if dist.is_dir():
+        names.update(p.relative_to(REPO).as_posix() for p in dist.rglob("*") if p.is_file())
+    for name in sorted(names):
+        src = REPO / name
+        if not src.is_file() or src.is_symlink():
+            continue
+        (into / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, into / name)
+    return into
+
+
+def box_units(box: SystemdBox) -> dict[str, dict[str, str]]:
+    """{unit: its properties} of every homeport-*.service the box has."""
+    out = box.run(
+        "systemctl", "show", "--property=Id,ActiveState,SubState,MainPID", "homeport-*.service"
+    )
+    blocks = [dict(line.split("=", 1) for line in b.splitlines() if "=" in line)
+              for b in out.strip().split("\n\n")]  # fmt: skip
+    return {b["Id"]: b for b in blocks if b.get("Id", "").startswith("homeport-")}
+
+
+def box_curl(box: SystemdBox, host: str, path: str, *args: str) -> tuple[int, str]:
+    """HTTPS to `host` on the box's port 443 (as a browser on the server: *.localhost is the
+    loopback address); (status, body)."""
+    argv = ["curl", "-sk", "--max-time", "20", "--resolve", f"{host}:443:127.0.0.1",
+            "-w", "\n%{http_code}", *args, f"https://{host}{path}"]  # fmt: skip
+    out = box.run(*argv, check=False)
+    body, _, code = out.rpartition("\n")
+    return int(code) if code.isdigit() else 0, body
+
+
+def box_api(
+    box: SystemdBox, method: str, path: str, body: object = None, host: str = "my.localhost"
+) -> tuple[int, object]:
+    """The dashboard's API in the box, with the cookie jar /root/jar; (status, JSON body)."""
+    args = ["-X", method, "-b", "/root/jar", "-c", "/root/jar", "-H", f"Origin: https://{host}"]
+    if body is not None:
+        args += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    status, text = box_curl(box, host, path, *args)
+    try:
+        return status, json.loads(text) if text else None
+    except ValueError:
+        return status, text
+
+
+def until(what: str, check: object, timeout: float) -> None:
+    """Wait until `check()` is true; an AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():  # type: ignore[operator]
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(1.0)

@@ -5,6 +5,12 @@ module: a fixed header (the admin over the unix socket and loopback) plus one li
 lets the app's role into the app's database from the app's own network only. The app lines are
 rendered from the table `homeport_addon.apps` in the admin database, so any manager instance
 (after a restart, or a second one) writes the same file.
+
+The server runs on demand (issue 15, idle memory): it is started by whoever supervises it
+(`homeport up`, or `homeport-addon-postgres.path` on a server) once the flag file `wanted`
+next to pg_hba.conf exists. `AddonPostgres.start` writes the flag before the first database is
+made and waits for the server; the flag is never removed, so the server starts again at every
+boot while its data dir may hold databases. Nothing needs the server while no app uses it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +37,19 @@ import asyncpg
 from libs.events.pool import keep_session_state
 from services.apps.errors import AppsError
 
-__all__ = ["AddonError", "AddonPostgres", "PostgresCredentials", "addon_postgres"]
+__all__ = [
+    "START_DEADLINE_S",
+    "WANTED",
+    "AddonError",
+    "AddonPostgres",
+    "PostgresCredentials",
+    "addon_postgres",
+    "wanted_flag",
+]
+
+WANTED = "wanted"  # the flag file next to pg_hba.conf: the addon server should run
+START_DEADLINE_S = 60.0  # how long an operation waits for the addon server to answer
+STARTING = "Starting the apps' database server"
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _NAME = re.compile(r"app_[0-9a-f]{32}")
@@ -103,15 +121,16 @@ class _Admin:
     database: str
 
 
-async def addon_postgres(
-    admin_dsn: str, host: str, port: int, hba_file: Path
-) -> AddonPostgres | None:
-    """The addon Postgres with its pg_hba made true to the apps recorded; None without a DSN."""
+def wanted_flag(hba_file: Path) -> Path:
+    """The flag file whose existence asks for the addon server to run (next to pg_hba.conf)."""
+    return hba_file.with_name(WANTED)
+
+
+def addon_postgres(admin_dsn: str, host: str, port: int, hba_file: Path) -> AddonPostgres | None:
+    """The addon Postgres, started on demand (nothing is asked of it yet); None without a DSN."""
     if not admin_dsn:
         return None
-    pg = AddonPostgres(admin_dsn, host, port, hba_file)
-    await pg.sync_hba()
-    return pg
+    return AddonPostgres(admin_dsn, host, port, hba_file, on_demand=True)
 
 
 class AddonPostgres:
@@ -127,6 +146,8 @@ class AddonPostgres:
         connection_limit: int = 20,
         bin_dir: Path | None = None,
         command_timeout_s: float = 600.0,
+        on_demand: bool = False,
+        start_deadline_s: float = START_DEADLINE_S,
     ) -> None:
         self._dsn = admin_dsn
         self._admin = _parse_admin(admin_dsn)
@@ -137,10 +158,68 @@ class AddonPostgres:
         self._bin_dir = bin_dir
         self._timeout = command_timeout_s
         self._schema_ready = False
+        # on demand: the flag asks for the server; else it is always there (run by the caller)
+        self.wanted = wanted_flag(hba_file) if on_demand else None
+        self._start_deadline = start_deadline_s
+        self._started = False
+        self._starting = asyncio.Lock()
 
     def __repr__(self) -> str:
         a = self._admin
         return f"AddonPostgres(admin={a.user}@{a.host}:{a.port}, apps at {self.host}:{self.port})"
+
+    # ---- starting on demand ----------------------------------------------------------------
+
+    def is_wanted(self) -> bool:
+        """Whether the server was ever asked for (always, for one that is not on demand)."""
+        return self.wanted is None or self.wanted.exists()
+
+    async def ask(self) -> None:
+        """Write the flag that asks for the server, if missing (no wait)."""
+        if self.wanted is not None and not self.wanted.exists():
+            await asyncio.to_thread(_write_flag, self.wanted)
+
+    async def start(self, say: Callable[[str], Awaitable[None]] | None = None) -> None:
+        """Ask for the server (the flag, if missing), wait until it answers (START_DEADLINE_S at
+        most; `say` is told once when it has to wait), and make its pg_hba true to the table."""
+        if self._started:
+            return
+        async with self._starting:
+            if self._started:
+                return
+            await self.ask()
+            await self._wait_up(say)
+            await self.sync_hba()
+            self._started = True
+
+    async def _wait_up(self, say: Callable[[str], Awaitable[None]] | None) -> None:
+        a = self._admin
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self._start_deadline
+        told = False
+        while True:
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=5)
+            except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as e:
+                if loop.time() >= end:
+                    raise AddonError(
+                        f"the apps' database server (the addon Postgres, unit "
+                        f"homeport-addon-postgres, at {a.host}:{a.port}) did not answer within "
+                        f"{self._start_deadline:.0f} s ({type(e).__name__}): check its log "
+                        "(homeport logs addon-postgres), then retry"
+                    ) from e
+                if not told and say is not None:
+                    told = True
+                    await say(STARTING)
+                await asyncio.sleep(0.25)
+                continue
+            except asyncpg.PostgresError as e:
+                raise AddonError(
+                    f"the addon Postgres at {a.host}:{a.port} refused the admin {a.user} "
+                    f"({e.sqlstate}: {e}): check the admin password in HP_ADDON_PG_DSN"
+                ) from e
+            await conn.close()
+            return
 
     # ---- hba file -------------------------------------------------------------------------
 
@@ -276,6 +355,7 @@ class AddonPostgres:
                 f"the Postgres password given for app {app_id} is not 22-256 printable ASCII "
                 "characters without spaces: omit it to get a random one"
             )
+        await self.start()
         name = _name(app_id)
         role, db = _ident(name), _ident(name)
         verifier = _literal(_scram_verifier(password))
@@ -311,6 +391,7 @@ class AddonPostgres:
     async def deprovision(self, app_id: str) -> None:
         """Remove the app's hba line, end its sessions, drop its database and role."""
         _check_app_id(app_id)
+        await self.start()
         name = _name(app_id)
         what = f"app {app_id}"
         async with self._connect(what) as conn:
@@ -327,8 +408,11 @@ class AddonPostgres:
                 await conn.execute(f"DROP ROLE IF EXISTS {_ident(name)}")
 
     async def exists(self, app_id: str) -> bool:
-        """Whether the app's database exists."""
+        """Whether the app's database exists (never, while the server was never asked for)."""
         _check_app_id(app_id)
+        if not self.is_wanted():
+            return False
+        await self.start()
         async with self._connect(f"app {app_id}") as conn:
             found = await conn.fetchval(
                 "SELECT 1 FROM pg_database WHERE datname = $1", _name(app_id)
@@ -364,6 +448,7 @@ class AddonPostgres:
         _check_app_id(app_id)
         if not await asyncio.to_thread(src.is_file):
             raise AddonError(f"cannot restore app {app_id} from {src}: no such file")
+        await self.start()
         await self._run(app_id, "pg_restore", ["--list", str(src)])
         name = _name(app_id)
         tmp, old = f"{name}_restore", f"{name}_old"
@@ -549,6 +634,18 @@ def _parse_admin(dsn: str) -> _Admin:
     password = None if u.password is None else unquote(u.password)
     database = unquote(u.path.lstrip("/")) or user
     return _Admin(u.hostname, u.port or 5432, user, password, database)
+
+
+def _write_flag(path: Path) -> None:
+    """The `wanted` flag, written atomically (a supervisor never sees a half-made file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, "the apps' database server runs: an app has, or had, a database\n")
+    except OSError as e:
+        raise AddonError(
+            f"cannot write {path} to start the apps' database server ({e.strerror}): check the "
+            "folder exists and is writable by the apps service"
+        ) from e
 
 
 def _write_if_changed(path: Path, text: str) -> None:

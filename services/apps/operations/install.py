@@ -62,6 +62,8 @@ async def addons(run: Run) -> Detail:
     assert s.operation is not None
     subnet = str(s.operation.detail["subnet"])  # recorded by the network step
     manifest = t.entry(s.manifest_id, s.app_version).manifest
+    if "postgresql" in manifest.addons:  # the server runs on demand: asked for, waited for
+        await t.snapshots.addon_pg().start(lambda line: run.task.progress(run.task.percent, line))
     for addon in ADDONS:
         if addon not in manifest.addons:
             continue

@@ -23,6 +23,13 @@ Invariants of the rendered config that are easy to break by editing it:
 - A vhost of the local domain (`Vhost.loopback`) listens on loopback addresses only; then the
   other servers listen on those addresses as well, so that loopback keeps every host and a
   default server.
+- The server's own addresses (`EdgeModel.address`, while the platform has no domain of its
+  own): a request whose Host is an IP literal (`ADDRESS_NAMES`) gets the dashboard exactly as
+  `my.<domain>` serves it, with the fallback certificate; the HTTPS default server then answers
+  handshakes without SNI (browsers send none for an address) instead of refusing them, and
+  still closes every request for a name no vhost has (444): a DNS name pointed at the server
+  (DNS rebinding too) never reaches the dashboard through it. Without `address` the default
+  servers refuse every unknown host, addresses included.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from pathlib import Path
 from typing import Literal
 
 __all__ = [
+    "ADDRESS_NAMES",
     "CIPHERS",
     "DASHBOARD_CSP",
     "EDGE_COOKIE",
@@ -80,6 +88,10 @@ EDGE_PREFIX = "/.homeport/"  # the edge's paths on an app host; never the app's
 EDGE_HEADERS = ("X-Homeport-User", "X-Homeport-Email")
 INTERNAL_PATHS = ("/metrics", "/healthz", "/readyz")  # the gateway's, loopback only
 _AUTH_LOCATION = "/.homeport/auth"  # internal: nginx's subrequest to the gateway
+# Hosts that are IP literals, as nginx's $host has them (lower case, no port, IPv6 in brackets)
+ADDRESS_NAMES = r"~^(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-f:.]+\])$"
+_ADDRESS_UPSTREAM = "hp-address"  # never a vhost's: _upstream_name has no hyphen
+_ADDRESS_VHOST = "address.invalid"  # the name of the dashboard at the addresses, never served
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
@@ -206,6 +218,9 @@ class EdgeModel:
     password_rate: str = "10r/s"  # noqa: S105 - a rate, not a password
     real_ip_from: tuple[str, ...] = ()
     worker_processes: int = 0  # 0: one per CPU
+    # the dashboard's upstream (<ip>:<port>) served at the server's own addresses (no domain
+    # of its own yet); None: a request for an address is refused like any unknown host
+    address: str | None = None
 
     def __post_init__(self) -> None:
         hosts = [v.host for v in self.vhosts]
@@ -245,6 +260,8 @@ class EdgeModel:
             if not _RATE.fullmatch(rate):
                 raise ValueError(f"{what} {rate!r} must look like 30r/s or 600r/m")
         _networks(self.real_ip_from)
+        if self.address is not None:
+            _check_upstream(self.address)
         if isinstance(self.worker_processes, bool) or not 0 <= self.worker_processes <= 256:
             raise ValueError(f"worker_processes {self.worker_processes!r} must be 0 (auto)-256")
 
@@ -388,17 +405,47 @@ def _default(model: EdgeModel) -> str:
         *_acme_location(model),
         *_block("location /", ["return 444;  # unknown host: close without an answer"]),
     ]
-    https = [
-        *_listen(model, model.https_port, f"{tls} default_server"),
-        "server_name _;",
-        "ssl_reject_handshake on;  # no or unknown SNI: refuse the handshake",
-        "# loaded and checked by nginx -t, never presented while handshakes are refused",
+    https = [*_listen(model, model.https_port, f"{tls} default_server"), "server_name _;"]
+    if model.address is None:
+        https += [
+            "ssl_reject_handshake on;  # no or unknown SNI: refuse the handshake",
+            "# loaded and checked by nginx -t, never presented while handshakes are refused",
+        ]
+    else:
+        https.append("# no SNI (an address) or an unknown one: the fallback certificate")
+    https += [
         f"ssl_certificate {model.default_cert};",
         f"ssl_certificate_key {model.default_key};",
         "return 444;  # SNI of one vhost, Host of none",
     ]
     lines = [*_block("server", http), "", *_block("server", https)]
+    if model.address is not None:
+        lines += ["", *_address(model, model.address)]
     return _HEAD + "\n".join(lines) + "\n"
+
+
+def _address(model: EdgeModel, upstream: str) -> list[str]:
+    """The dashboard at the server's own addresses: an IP literal as Host (`ADDRESS_NAMES`),
+    served as `my.<domain>` is, with the fallback certificate; HTTP redirects to the same
+    address. `$host` is one of those literals here: nothing else matches the server name."""
+    v = Vhost(_ADDRESS_VHOST, "dashboard", upstream, model.default_cert, model.default_key)
+    port = "" if model.https_port == 443 else f":{model.https_port}"
+    names = f'server_name "{ADDRESS_NAMES}";'
+    http = [
+        *_listen(model, model.http_port),
+        names,
+        *_acme_location(model),
+        *_block("location /", [f"return 301 https://$host{port}$request_uri;"]),
+    ]
+    https = _https_server(model, v, _ADDRESS_UPSTREAM, f"$host{port}", names, None)
+    return [
+        "# the dashboard at the server's addresses: the platform has no domain of its own yet",
+        *_upstream_block(_ADDRESS_UPSTREAM, upstream),
+        "",
+        *_block("server", http),
+        "",
+        *https,
+    ]
 
 
 def _upstream_name(host: str) -> str:
@@ -463,6 +510,11 @@ def _edge_locations(model: EdgeModel, v: Vhost, origin: str, hidden: list[str]) 
     return out
 
 
+def _upstream_block(name: str, server: str) -> list[str]:
+    lines = [f"server {server};", f"keepalive {_KEEPALIVE};", "keepalive_timeout 60s;"]
+    return _block(f"upstream {name}", lines)
+
+
 def _site(model: EdgeModel, v: Vhost) -> str:
     up = _upstream_name(v.host)
     origin = _https_origin(model, v.host)
@@ -472,6 +524,21 @@ def _site(model: EdgeModel, v: Vhost) -> str:
         *_acme_location(model),
         *_block("location /", [f"return 301 https://{origin}$request_uri;"]),
     ]
+    lines = [f"# {v.kind} {v.host}", *_upstream_block(up, v.upstream), ""]
+    if v.auth is not None:
+        auth = "hpauth_" + up.removeprefix("hp_")
+        lines += [*_block(f"upstream {auth}", [f"server {v.auth};", "keepalive 8;"]), ""]
+    https = _https_server(model, v, up, origin, f"server_name {v.host};", v)
+    lines += [*_block("server", http), "", *https]
+    return _HEAD + "\n".join(lines) + "\n"
+
+
+def _https_server(
+    model: EdgeModel, v: Vhost, up: str, origin: str, names: str, listen_as: Vhost | None
+) -> list[str]:
+    """The HTTPS server of `v` proxied to upstream `up`, named by `names`, listening where
+    `listen_as` does (None: the default servers' addresses); `origin` is what the upstream is
+    told the request's host and port are (X-Forwarded-Host)."""
     headers = [
         ("Strict-Transport-Security", f'"{HSTS}"'),
         ("X-Content-Type-Options", "nosniff"),
@@ -533,8 +600,8 @@ def _site(model: EdgeModel, v: Vhost) -> str:
     else:
         special = _edge_locations(model, v, origin, hidden)
     https = [
-        *_listen(model, model.https_port, " ssl http2", v),
-        f"server_name {v.host};",
+        *_listen(model, model.https_port, " ssl http2", listen_as),
+        names,
         f"ssl_certificate {v.cert};",
         f"ssl_certificate_key {v.key};",
         f"client_max_body_size {_BODY[v.kind]};",
@@ -545,10 +612,4 @@ def _site(model: EdgeModel, v: Vhost) -> str:
         "",
         *_block("location /", proxy),
     ]
-    upstream = [f"server {v.upstream};", f"keepalive {_KEEPALIVE};", "keepalive_timeout 60s;"]
-    lines = [f"# {v.kind} {v.host}", *_block(f"upstream {up}", upstream), ""]
-    if v.auth is not None:
-        auth = "hpauth_" + up.removeprefix("hp_")
-        lines += [*_block(f"upstream {auth}", [f"server {v.auth};", "keepalive 8;"]), ""]
-    lines += [*_block("server", http), "", *_block("server", https)]
-    return _HEAD + "\n".join(lines) + "\n"
+    return _block("server", https)

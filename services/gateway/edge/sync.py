@@ -18,6 +18,12 @@ seconds (a slow safety net) it reconciles anyway. A round:
 - for an app that signs users in at the edge (its manifest's `signIn`, read from the catalog)
   and whose access list is not everyone: has nginx ask the gateway about every request
   (signin.py), and hands the gateway the app's list before nginx asks;
+- serves the dashboard at the server's own addresses (https://<address>/, render.py's
+  `EdgeModel.address`) until the platform has a domain of its own whose `my.<domain>` is served
+  with a certificate a CA issued (or one uploaded): the installer's setup link names the
+  address, and a domain just added (its DNS not pointed here yet, its certificate not issued)
+  must not take the only way to the dashboard away; then the address is refused as any
+  unknown host is;
 - renders the model and applies it to nginx (checked with `nginx -t`; a bad config is never
   applied and the old one keeps serving), and keeps nginx running.
 `serves(host)` says whether the live generation (applied and reloaded) has a vhost for `host`:
@@ -59,6 +65,7 @@ SYSTEM = Context("system", "edge-sync", None, None)
 ROUTED_STATES = {"installed", "pending_configure", "pending_update", "pending_restore"}
 FOLLOWED = ("app", "domain", "cert")  # the event categories that change what the edge serves
 DASHBOARD = "dashboard"  # the owner of my.<domain>'s record
+ISSUED = ("acme", "custom")  # kinds of certificate (certs' `files`) a browser trusts
 
 
 @dataclass(frozen=True)
@@ -242,12 +249,13 @@ class EdgeSync:
         await self._forget_gone(set(wanted))
         vhosts: list[Vhost] = []
         problems: list[str] = []
+        issued = False  # a my.<domain> of a domain of its own served with a real certificate
         for host, (kind, upstream) in sorted(wanted.items()):
             domain = host.split(".", 1)[1]
-            files: tuple[Path, Path] | None
+            files: tuple[Path, Path, str] | None
             try:
                 if domain == s.local_domain:
-                    files = await asyncio.to_thread(self._local_certificate, host)
+                    files = (*await asyncio.to_thread(self._local_certificate, host), "local")
                 elif kind == DASHBOARD:
                     files = await self._own_certificate(host, domains.get(domain, {}))
                 else:
@@ -257,20 +265,22 @@ class EdgeSync:
                 continue
             if files is None:
                 continue
-            cert, key = files
+            cert, key, how = files
+            if kind == DASHBOARD and how in ISSUED:
+                issued = True
             auth = s.dashboard_upstream if host in rules else None
             local = domain == s.local_domain
             vhosts.append(
                 Vhost(host, kind, upstream, cert, key, auth=auth, loopback=local)  # type: ignore[arg-type]
             )
         self.access.replace(rules)  # before nginx asks about a host newly signed in here
-        await self._apply(tuple(vhosts))
+        await self._apply(tuple(vhosts), None if issued else s.dashboard_upstream)
         if problems:
             raise EdgeError("some hosts are not served yet: " + "; ".join(problems))
 
     async def _own_certificate(
         self, host: str, view: Mapping[str, Any]
-    ) -> tuple[Path, Path] | None:
+    ) -> tuple[Path, Path, str] | None:
         """my.<domain> (`view`: the domain as dns lists it): its A/AAAA record and its
         certificate, asked for once; then its files."""
         entry = self._hosts.setdefault(host, _Host())
@@ -286,15 +296,16 @@ class EdgeSync:
             entry.certificate = True
         return await self._certificate_files(host)
 
-    async def _certificate_files(self, host: str) -> tuple[Path, Path] | None:
-        """The certificate and key certs keeps for `host`; None while it has none."""
+    async def _certificate_files(self, host: str) -> tuple[Path, Path, str] | None:
+        """The certificate and key certs keeps for `host` and their kind (acme, custom,
+        fallback); None while it has none."""
         try:
             files = await self._ask("certs", "files", {"host": host})
         except BusError as e:
             if e.code == "not_found":
                 return None
             raise
-        return Path(files["cert"]), Path(files["key"])
+        return Path(files["cert"]), Path(files["key"]), str(files.get("kind") or "fallback")
 
     def _local_certificate(self, host: str) -> tuple[Path, Path]:
         """A self-signed certificate for a host of the local domain, made once."""
@@ -338,7 +349,9 @@ class EdgeSync:
                 continue  # asked again at the next round
             del self._hosts[host]
 
-    async def _apply(self, vhosts: tuple[Vhost, ...]) -> None:
+    async def _apply(self, vhosts: tuple[Vhost, ...], address: str | None) -> None:
+        """Serve `vhosts`, and the dashboard at `address` (its upstream) on the server's own
+        addresses unless None."""
         s = self.settings
         default_cert, default_key = await asyncio.to_thread(
             self._local_certificate, "default.invalid"
@@ -356,6 +369,7 @@ class EdgeSync:
             temp_dir=self.nginx.temp_dir,
             user=self.nginx.user,
             bind=s.bind,
+            address=address,
         )
         files = await asyncio.to_thread(_mtimes, vhosts)
         if model != self._applied or files != self._files:  # a renewed certificate: reload

@@ -1,0 +1,279 @@
+"""`homeport restore` on a server install (systemd): the platform backup put back in place of
+the running platform, the old data kept aside and started again if anything fails.
+
+In order (each step prints a progress line):
+1. before anything stops: the platform backup and every app backup it names are restored into
+   `/var/lib/homeport.restore-<stamp>/` (beside the data dir, the same file system): a wrong
+   key, a missing or altered backup is refused here and the platform keeps running;
+2. `homeport.target` stops (every unit, both Postgres servers and NATS included);
+3. the data dir's contents move to `/var/lib/homeport.before-restore-<stamp>/` (as the stack's
+   wizard restore does); the empty layout is made again by the installer's own steps (folders
+   with their owners, both clusters initdb'd with the passwords in /etc/homeport, the addon
+   pg_hba.conf); the apps' base image tarball is linked back from the old data;
+4. the apps' snapshots and restore-pending.json go to `<data>/apps` (the apps unit rebuilds
+   them at its start); the platform's Postgres unit starts, the platform database is made and
+   the event store, keyring (`<data>/keyring/keyring.json`) and certificates
+   (`<data>/certs/live`) are loaded by deploy/restore.py's `load`;
+5. every file the restore wrote is given to the user its unit runs as (units.directories);
+6. `homeport.target` starts and every unit must be healthy (update.SystemdHost).
+Any failure after step 2: the target stops, the new contents go, the old ones come back, the
+target starts again, and the error says so. The setup wizard's request (the backup service's
+`<data>/backup/restore-request.json`, started by homeport-restore.path) is taken and deleted
+first; when it fails, `<data>/backup/restore-failed.json` says why (the wizard shows it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from deploy.layout import Layout
+from deploy.restore import (
+    Places,
+    RestoreError,
+    RestoreSummary,
+    fetch_platform,
+    load,
+    open_repository,
+    restore_apps,
+    summarize,
+)
+from deploy.stack import RESTORE_FAILED, RESTORE_REQUEST, _move_aside, _put_back, _take_request
+from deploy.units import DEFAULT_USER, PLATFORM_GROUP, TARGET, directories, unit_name
+from deploy.update import SystemdHost, UpdateError
+
+__all__ = [
+    "HEALTH_TIMEOUT",
+    "read_env",
+    "request_path",
+    "restore_server",
+    "take_request",
+    "write_failed",
+]
+
+HEALTH_TIMEOUT = 300.0
+Say = Callable[[str], None]
+
+
+def request_path(layout: Layout) -> Path:
+    """Where the backup service writes the wizard's restore request (its data dir, 0700)."""
+    return layout.data / "backup" / RESTORE_REQUEST
+
+
+def read_env(layout: Layout) -> dict[str, str]:
+    """The KEY=value lines of the install's homeport.env."""
+    out: dict[str, str] = {}
+    for line in layout.env_file.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.lstrip().startswith("#"):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def take_request(layout: Layout, path: Path) -> dict[str, Any]:
+    """The wizard's request in `path` (only the backup service's own file), deleted before it
+    is read (never through a link); a missing or malformed one is a RestoreError."""
+    if Path(os.path.abspath(path)) != request_path(layout):
+        raise RestoreError(f"--from-request {path}: only {request_path(layout)} is read")
+    request = _take_request(path)
+    if request is None:
+        raise RestoreError(f"--from-request {path}: no restore request there (or not one)")
+    return request
+
+
+def _ctl(*args: str) -> None:
+    try:
+        proc = subprocess.run(
+            ["systemctl", *args], capture_output=True, text=True, timeout=300, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RestoreError(f"systemctl {' '.join(args)}: {e}") from None
+    if proc.returncode != 0:
+        raise RestoreError(f"systemctl {' '.join(args)}: {proc.stderr.strip()[:500]}")
+
+
+def _beside(data: Path, kind: str, stamp: str) -> Path:
+    path = data.with_name(f"{data.name}.{kind}-{stamp}")
+    for n in range(2, 100):
+        if not path.exists():
+            break
+        path = data.with_name(f"{data.name}.{kind}-{stamp}-{n}")
+    return path
+
+
+def _installer(layout: Layout, say: Say) -> Any:
+    from deploy.install import Installer, Options
+
+    env = read_env(layout)
+    version = layout.version_of(layout.current) or "current"
+    options = Options(version, docker_host=env.get("HP_DOCKER_HOST", ""), prefix=layout.prefix)
+    return Installer(options, say=lambda line: say(line.strip()))
+
+
+def _skeleton(layout: Layout, aside: Path, say: Say) -> None:
+    """The empty layout the units need, made by the installer's own steps."""
+    installer = _installer(layout, say)
+    installer._dirs()
+    installer._postgres()
+    installer._docker()  # the services network (there) and the addon pg_hba.conf
+    cache = aside / "base-cache"
+    if cache.is_dir():  # the apps' base image tarball: linked, not copied
+        shutil.copytree(cache, layout.data / "base-cache", copy_function=os.link,
+                        dirs_exist_ok=True)  # fmt: skip
+
+
+def _put_apps(layout: Layout, work: Path) -> None:
+    """The restored snapshots and restore-pending.json into `<data>/apps`."""
+    src, dest = work / "apps", layout.data / "apps"
+    for app in (src / "snapshots").iterdir():
+        os.rename(app, dest / "snapshots" / app.name)
+    for child in src.iterdir():
+        if child.name != "snapshots":
+            os.rename(child, dest / child.name)
+
+
+def _give_to_users(layout: Layout) -> None:
+    """Every file root wrote under a unit's folder goes to that unit's user (no link is
+    followed; files already owned by a unit's user keep their owner)."""
+    folders = sorted(directories(layout).items(), key=lambda kv: len(kv[0].parts), reverse=True)
+    done: set[Path] = set()
+    for folder, (owner, group, _) in folders:
+        if folder == layout.data or not folder.is_dir():
+            continue
+        user = pwd.getpwnam(owner)
+        gid = user.pw_gid if group == owner else _gid(group)
+        for root, dirs, files in os.walk(folder):
+            here = Path(root)
+            for name in [*dirs, *files, "."]:
+                path = (here / name) if name != "." else here
+                if path in done:
+                    continue
+                done.add(path)
+                st = os.lstat(path)
+                if st.st_uid == 0:
+                    os.lchown(path, user.pw_uid, gid)
+
+
+def _gid(group: str) -> int:
+    import grp
+
+    return grp.getgrnam(group).gr_gid
+
+
+def _server_places(layout: Layout) -> Places:
+    """The install's own Postgres unit, its database made; the URL from homeport.env."""
+    data = layout.data
+
+    @contextlib.asynccontextmanager
+    async def database(say: Say) -> AsyncIterator[str]:
+        say(f"starting {unit_name('postgres')}")
+        await asyncio.to_thread(_ctl, "start", unit_name("postgres"))
+        installer = _installer(layout, say)
+        await asyncio.to_thread(installer._create_database)
+        dsn = read_env(layout).get("HP_DATABASE_URL", "")
+        if not dsn:
+            raise RestoreError(f"{layout.env_file} sets no HP_DATABASE_URL: run the installer")
+        yield dsn
+
+    return Places(data / "keyring" / "keyring.json", data / "certs" / "live", database)
+
+
+def write_failed(layout: Layout, message: str) -> None:
+    """`<data>/backup/restore-failed.json` (owned by the backup service's user) for the wizard."""
+    folder = layout.data / "backup"
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    path = folder / RESTORE_FAILED
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"message": message[:2000]}) + "\n")
+        user = pwd.getpwnam(DEFAULT_USER)
+        os.fchown(f.fileno(), user.pw_uid, _gid(PLATFORM_GROUP))
+
+
+async def restore_server(
+    layout: Layout,
+    target: Any,
+    identity: str,
+    *,
+    snapshot: str | None = None,
+    say: Say = print,
+    health_timeout: float = HEALTH_TIMEOUT,
+) -> tuple[RestoreSummary, Path]:
+    """Replace the running platform of `layout` with the platform backup (newest, or
+    `snapshot`) on `target`; (the summary, where the old data now is)."""
+    if os.geteuid() != 0:
+        raise RestoreError("restoring a server install needs root: sudo homeport restore ...")
+    data = layout.data
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = _beside(data, "restore", stamp)
+    await asyncio.to_thread(work.mkdir, 0o700)
+    try:
+        repo = await open_repository(target)
+        say(f"opened the backups at {target!r}")
+        chosen, doc, apps = await fetch_platform(repo, work, identity, snapshot, say)
+        restored = await restore_apps(repo, work / "apps", apps, identity, say)
+        aside = _beside(data, "before-restore", stamp)
+        say(f"stopping {TARGET}")
+        await asyncio.to_thread(_ctl, "stop", TARGET)
+        try:
+            summary = await _replace(layout, work, aside, say, health_timeout)
+        except BaseException as e:
+            why = str(e) if isinstance(e, RestoreError) else f"{type(e).__name__}: {e}"
+            say(f"the restore failed ({why[:300]}): putting the old data back")
+            await asyncio.to_thread(_roll_back, layout, aside)
+            raise RestoreError(
+                f"{why}; the platform as it was before the restore is running again"
+            ) from None
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work, True)
+    return summarize(summary, chosen, doc, restored), aside
+
+
+async def _replace(
+    layout: Layout, work: Path, aside: Path, say: Say, health_timeout: float
+) -> RestoreSummary:
+    data = layout.data
+    say(f"moving the old data to {aside}")
+    await asyncio.to_thread(_move_aside, data, aside, data / "postgres", None)
+    say("making the empty layout again (folders, both Postgres clusters)")
+    await asyncio.to_thread(_skeleton, layout, aside, say)
+    await asyncio.to_thread(_put_apps, layout, work)
+    summary = await load(_server_places(layout), work / "platform", say)
+    await asyncio.to_thread(_give_to_users, layout)
+    say(f"starting {TARGET} and waiting until every unit is healthy")
+    with contextlib.suppress(RestoreError):  # units that gave up may start again
+        await asyncio.to_thread(_ctl, "reset-failed", "homeport-*")
+    await asyncio.to_thread(_ctl, "start", TARGET)
+    try:
+        bad = await asyncio.to_thread(SystemdHost().healthy, health_timeout)
+    except UpdateError as e:
+        raise RestoreError(str(e)) from None
+    if bad:
+        raise RestoreError(f"not healthy after {health_timeout:.0f} s: {', '.join(bad)}")
+    return summary
+
+
+def _roll_back(layout: Layout, aside: Path) -> None:
+    with contextlib.suppress(RestoreError):
+        _ctl("stop", TARGET)
+    try:
+        _put_back(layout.data, aside, layout.data / "postgres", None)
+    except OSError as e:
+        raise RestoreError(
+            f"the old data could not be put back ({e}): it is in {aside}; stop {TARGET}, move "
+            f"it back into {layout.data} and start {TARGET}"
+        ) from None
+    with contextlib.suppress(RestoreError):
+        _ctl("reset-failed", "homeport-*")
+    _ctl("start", TARGET)

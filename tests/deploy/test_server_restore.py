@@ -1,0 +1,247 @@
+"""A platform backup restored on a server install (systemd, tests/support/systemd_box.py): the
+setup wizard's request (the file the backup service writes) starts homeport-restore.service
+through homeport-restore.path; the platform comes back as it was backed up (the admin signs in,
+a user made since is gone, the app's file is back), every unit active, every file owned by its
+unit's user. A wrong key, by the command or by the wizard's request, is refused and the running
+platform is left alone (the wizard's refusal in restore-failed.json, readable by the backup
+service).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+
+import docker
+import docker.errors
+import pytest
+
+from services.backup.repo import new_identity
+from tests.support.docker import find_docker_host
+from tests.support.servers import need_server
+from tests.support.systemd_box import (
+    BOX_WHEELS,
+    SystemdBox,
+    base_tarball,
+    box_api,
+    box_curl,
+    box_units,
+    checkout,
+    ensure_box_image,
+    ensure_wheelhouse,
+    until,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.xdist_group("systemd-box")]
+
+SRC = "/srv/homeport"
+TARGET = "/srv/backup"
+DATA = "/var/lib/homeport"
+REQUEST = f"{DATA}/backup/restore-request.json"
+FAILED = f"{DATA}/backup/restore-failed.json"
+PASSWORD = "correct horse battery staple"  # a test account's
+PAGE = "restored-ok: the page from before the backup"
+NOT_ALWAYS_ON = (
+    "homeport-restore.service",
+    "homeport-update.service",
+    "homeport-addon-postgres.service",
+)
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdBox]:
+    host = find_docker_host()
+    try:
+        client = docker.DockerClient(base_url=host, timeout=1800)
+        client.ping()
+    except docker.errors.DockerException as e:
+        need_server("dockerd", e)
+    image = ensure_box_image(client, host)
+    wheels = ensure_wheelhouse()
+    base = base_tarball(host)
+    src = checkout(tmp_path_factory.mktemp("checkout"))
+    with SystemdBox(client, image, mounts={str(src): SRC, str(wheels): BOX_WHEELS}) as b:
+        b.wait_booted()
+        b.run("install", "-d", f"{DATA}/base-cache")
+        b.copy_in(base, f"{DATA}/base-cache")
+        try:
+            yield b
+        finally:
+            if not b.ok:
+                print(b.diagnose())
+                print(b.sh("journalctl --no-pager -o cat -u homeport-restore | tail -80", False))
+    client.close()
+
+
+def _app_container(box: SystemdBox) -> str:
+    names = box.run("docker", "ps", "--format", "{{.Names}}").split()
+    assert len(names) == 1, names
+    return names[0]
+
+
+def _platform(box: SystemdBox) -> dict[str, dict[str, str]]:
+    """The units of homeport.target (not the restore's or the update's oneshot, not the
+    addon Postgres, which runs only once an app needs a database)."""
+    return {u: p for u, p in box_units(box).items() if u not in NOT_ALWAYS_ON}
+
+
+def _pids(box: SystemdBox) -> dict[str, str]:
+    return {u: p["MainPID"] for u, p in _platform(box).items()}
+
+
+def _request(box: SystemdBox, doc: dict[str, object]) -> str:
+    """The request written as the backup service writes it (its user, 0600, O_EXCL); then
+    homeport-restore.service's run waited for; its journal."""
+    box.run("journalctl", "--rotate", check=False)
+    since = box.run("date", "+%Y-%m-%d %H:%M:%S").strip()
+    write = (
+        "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600);"
+        " os.write(fd, sys.argv[2].encode())"
+    )
+    box.run("runuser", "-u", "homeport", "--", "python3", "-c", write, REQUEST, json.dumps(doc))
+    until("the request taken", lambda: box.status("test", "-e", REQUEST)[0] != 0, 60)
+
+    def done() -> bool:
+        state = box.run("systemctl", "show", "-p", "ActiveState", "--value",
+                        "homeport-restore.service").strip()  # fmt: skip
+        return state in ("inactive", "failed")
+
+    until("homeport-restore.service done", done, 900)
+    return box.run("journalctl", "--no-pager", "-o", "cat", "-u", "homeport-restore.service",
+                   "--since", since)  # fmt: skip
+
+
+def test_the_wizards_restore_under_systemd_brings_the_platform_back(box: SystemdBox) -> None:
+    started = time.monotonic()
+    out = box.run("bash", f"{SRC}/deploy/install.sh", "--wheels", BOX_WHEELS)
+    print(f"install.sh took {time.monotonic() - started:.0f} s")
+    assert box.run("systemctl", "is-active", "homeport-restore.path").strip() == "active", out
+    m = re.search(r"https://\S+/#/setup\?token=([A-Za-z0-9_-]+)", out)
+    assert m, out
+    setup = {"username": "owner", "email": "owner@example.test", "password": PASSWORD}
+    status, answer = box_api(box, "POST", "/api/v1/setup", {**setup, "setup_token": m.group(1)})
+    assert status == 201, answer
+    login = {"username": "owner", "password": PASSWORD}
+    status, answer = box_api(box, "POST", "/api/v1/session", login)
+    assert status == 200, answer
+    # the static website app with a page of ours in its data
+    body = {"manifest_id": "org.homeport.static", "version": "1.0.0", "location": "site"}
+    status, answer = box_api(box, "POST", "/api/v1/apps", body)
+    assert status == 202, answer
+
+    def installed() -> bool:
+        _, apps = box_api(box, "GET", "/api/v1/apps")
+        states = [a["state"] for a in apps["items"]] if isinstance(apps, dict) else []
+        assert "error" not in states, apps
+        return states == ["installed"]
+
+    until("the static website app installed", installed, 240)
+    app = _app_container(box)
+    box.run("docker", "exec", app, "sh", "-c",
+            f"mkdir -p /app/data/www && echo '{PAGE}' > /app/data/www/hello.html")  # fmt: skip
+
+    def page_back() -> bool:
+        status, text = box_curl(box, "site.localhost", "/hello.html")
+        return status == 200 and PAGE in text
+
+    until("the page answering", page_back, 60)
+
+    # a local backup target in the box, the key, a backup of everything
+    box.run("install", "-d", "-o", "homeport", "-g", "homeport", "-m", "700", TARGET)
+
+    def target_set() -> bool:
+        status, _ = box_api(box, "PUT", "/api/v1/backups/target", {"kind": "local", "path": TARGET})
+        return status == 200
+
+    until("the backup target set", target_set, 120)
+    status, made = box_api(box, "POST", "/api/v1/backups/key", {})
+    assert status == 200 and isinstance(made, dict), made
+    identity = made["identity"]
+    box.put("/root/backup.key", (identity + "\n").encode(), 0o600)
+    status, answer = box_api(box, "POST", "/api/v1/backups", {})
+    assert status == 202 and isinstance(answer, dict), answer
+    task: dict[str, object] = {}
+    task_id = answer["task_id"]
+
+    def task_done() -> bool:
+        _, view = box_api(box, "GET", f"/api/v1/tasks/{task_id}")
+        task.update(view if isinstance(view, dict) else {})
+        return task.get("state") in ("succeeded", "failed", "cancelled")
+
+    until("the backup task done", task_done, 300)
+    if task["state"] != "succeeded":
+        print("BACKUP TASK", json.dumps(task))
+    assert task["state"] == "succeeded", task.get("message")
+    platform: list[str] = []
+
+    def backed_up() -> bool:
+        _, listed = box_api(box, "GET", "/api/v1/backups")
+        items = listed.get("items", []) if isinstance(listed, dict) else []
+        platform[:] = [b["snapshot_id"] for b in items if b.get("kind") == "platform"]
+        return bool(platform)
+
+    until("a platform backup", backed_up, 300)
+
+    # changes after the backup: a second user, the page removed
+    bob = {"username": "bob", "email": "bob@example.test", "password": "bob's long password"}
+    status, answer = box_api(box, "POST", "/api/v1/users", bob)
+    assert status == 201, answer
+    box.run("docker", "exec", app, "rm", "/app/data/www/hello.html")
+    assert not page_back()
+    before = _pids(box)
+
+    # a wrong key: refused by the command before anything stops
+    box.put("/root/wrong.key", (new_identity()[0] + "\n").encode(), 0o600)
+    code, refused = box.status("homeport", "restore", "--from", TARGET, "--key", "/root/wrong.key")
+    assert code == 1, refused
+    assert platform[0] in refused and "the platform as it was" not in refused, refused
+    # ... and by the wizard's request: the reason where the wizard reads it, nothing restarted
+    wrong = {"version": 1, "target": {"kind": "local", "path": TARGET},
+             "allow_loopback": False, "identity": new_identity()[0],
+             "snapshot_id": platform[0]}  # fmt: skip
+    journal = _request(box, wrong)
+    assert platform[0] in box.run("cat", FAILED), journal
+    assert box.run("stat", "-c", "%U %a", FAILED).strip() == "homeport 600"
+    assert _pids(box) == before
+    assert box.sh(f"ls -d {DATA}.before-restore-* 2>/dev/null || true").strip() == ""
+
+    # the wizard's request with the right key: the platform as it was backed up
+    right = {**wrong, "identity": identity}
+    started = time.monotonic()
+    journal = _request(box, right)
+    print(f"the restore took {time.monotonic() - started:.0f} s:\n{journal}")
+    result = box.run("systemctl", "show", "-p", "Result", "--value", "homeport-restore.service")
+    assert result.strip() == "success", journal
+    assert f"Restored platform backup {platform[0]}" in journal, journal
+    assert identity not in journal
+    assert box.status("test", "-e", FAILED)[0] != 0  # the old refusal went with the old data
+    assert box.sh(f"ls -d {DATA}.before-restore-*").strip(), journal
+    units = _platform(box)
+    assert len(units) >= 10 and all(p["ActiveState"] == "active" for p in units.values()), units
+    # the admin signs in with the password of the backup; bob is gone
+    box.run("rm", "-f", "/root/jar")
+    status, answer = box_api(box, "POST", "/api/v1/session", login)
+    assert status == 200, answer
+    status, users = box_api(box, "GET", "/api/v1/users")
+    assert status == 200 and "owner" in json.dumps(users), users
+    assert "bob" not in json.dumps(users), users
+    # the app is rebuilt with its data: the page is back
+    until("the app rebuilt", installed, 300)
+    until("the page back", page_back, 120)
+    # every file is its unit's user's: nothing root wrote is left root's
+    assert box.sh(f"find {DATA} -mindepth 1 -user root | head -20").strip() == ""
+    owners = box.sh(
+        f"stat -c '%U %n' {DATA}/keyring/keyring.json {DATA}/postgres/pgdata {DATA}/nats"
+        f" {DATA}/apps {DATA}/certs/live {DATA}/backup"
+    )
+    assert owners.split("\n")[:6] == [
+        f"homeport {DATA}/keyring/keyring.json",
+        f"homeport-postgres {DATA}/postgres/pgdata",
+        f"homeport-nats {DATA}/nats",
+        f"homeport {DATA}/apps",
+        f"homeport {DATA}/certs/live",
+        f"homeport {DATA}/backup",
+    ], owners
+    box.ok = True
