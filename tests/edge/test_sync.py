@@ -38,6 +38,7 @@ def _settings(root: Path, upstream: Upstream, uniq: str) -> EdgeSettings:
         dashboard_upstream=upstream.address,
         bind=("127.0.0.1",),
         interval=300,  # only an event can explain a round within the test
+        retry=300,  # (no dns or apps service answers here)
         events_prefix=f"t{uniq}.evt",
     )
 
@@ -107,3 +108,42 @@ async def test_a_gone_domain_is_forgotten_only_once_dns_and_certs_could_be_asked
     await sync._forget_gone({"my.localhost"})
     assert set(sync._hosts) == {"my.gone.test", "my.also-gone.test"}
     assert sync._hosts["my.gone.test"] == _Host(record=True, certificate=True)
+
+
+async def test_apps_are_served_soon_after_the_apps_service_comes_up(
+    nc: NATS, edge_root: Path, upstream: Upstream, uniq: str, nats_url: str
+) -> None:
+    """After a reboot the gateway may start before apps: the edge asks again after `retry`
+    seconds (not the 30 s safety net), so apps are back as soon as the apps service answers."""
+    from dataclasses import replace
+
+    from tests.gateway.test_api_domains import apps_stand_in
+
+    settings = replace(_settings(edge_root, upstream, uniq), retry=0.5)
+    sync = EdgeSync(settings, nc)
+    task = asyncio.create_task(sync.run(), name="edge sync under test")
+    app = {
+        "app_id": "a1",
+        "location": "blog",
+        "domain": "localhost",
+        "http_port": int(upstream.address.rsplit(":", 1)[1]),
+        "state": "installed",
+        "manifest_id": "org.example.blog",
+        "version": "1.0.0",
+    }
+    try:
+
+        async def dashboard() -> bool:
+            return sync.serves("my.localhost")
+
+        await wait_until(dashboard, 30, "my.localhost served without apps")
+        assert not sync.serves("blog.localhost")
+        async with apps_stand_in(nats_url, [app]):
+
+            async def blog() -> bool:
+                return sync.serves("blog.localhost")
+
+            await wait_until(blog, 10, "blog.localhost once apps answers (interval is 300 s)")
+    finally:
+        sync.stop()
+        await asyncio.wait_for(task, 30)

@@ -78,6 +78,7 @@ class EdgeSettings:
     bind: tuple[str, ...] = ()
     local_domain: str = "localhost"
     interval: float = 30.0  # seconds between rounds when no event comes (the safety net)
+    retry: float = 2.0  # ... and when dns or apps did not answer (not up yet, after a reboot)
     debounce: float = 0.05  # seconds an event waits for the rest of its burst
     events_prefix: str = DEFAULT_PREFIX  # the relay's subjects: <prefix>.<category>.<Type>
     user: str | None = None
@@ -122,6 +123,10 @@ class EdgeSync:
     _sign_in: dict[tuple[str, str], str] = field(default_factory=dict)  # (id, version) -> how
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
+    # Services that did not answer in the last round (not started yet, e.g. after a reboot):
+    # the next round comes after `retry`, not after the 30 s safety net, so apps are served
+    # again as soon as the apps service is up.
+    _unavailable: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.bus = BusClient(self.nc, default_timeout=10)
@@ -152,8 +157,11 @@ class EdgeSync:
                 except (EdgeError, BusError, OSError, ValueError) as e:
                     self.last_error = str(e)
                     log.error("the edge could not be brought up to date: %s", e)
+                wait = self.settings.interval
+                if self._unavailable:
+                    wait = min(self.settings.retry, wait)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), self.settings.interval)
+                    await asyncio.wait_for(self._kick.wait(), wait)
                 with contextlib.suppress(TimeoutError):  # the rest of a burst comes along
                     await asyncio.wait_for(self._stop.wait(), self.settings.debounce)
                 self._kick.clear()
@@ -186,8 +194,10 @@ class EdgeSync:
             answer = await self._ask("dns", "domains", {})
         except BusError as e:
             if e.code == "unavailable":
+                self._unavailable.add("dns")
                 return {}  # no dns service: only the local domain is served
             raise
+        self._unavailable.discard("dns")
         return {d["domain"]: d for d in answer.get("items", [])}
 
     async def _apps(self) -> list[Mapping[str, Any]]:
@@ -195,8 +205,10 @@ class EdgeSync:
             answer = await self._ask("apps", "apps", {})
         except BusError as e:
             if e.code == "unavailable":
+                self._unavailable.add("apps")
                 return []
             raise
+        self._unavailable.discard("apps")
         return [a for a in answer.get("items", []) if a.get("state") in ROUTED_STATES]
 
     async def _signs_in_at_edge(self, app: Mapping[str, Any]) -> bool:
