@@ -55,7 +55,12 @@ async def _parts(cfg: BackupConfig, svc: Service) -> AsyncIterator[None]:
                 following(svc, conn, updates, **at),
                 # a stop cancels the job running (its task ends failed, "interrupted")
                 loop(svc, "backup.jobs", engine.run(), engine.stop, cancel=True),
-                loop(svc, "backup.updates", engine.store_updates(), cancel=True),
+                loop(
+                    svc,
+                    "backup.updates",
+                    engine.store_updates(conn.nc, f"{cfg.events_prefix}.app.AppSnapshotTaken"),
+                    cancel=True,
+                ),
                 serve(svc, conn.nc, CONTRACT, Commands(engine, conn.store, keys), Queries(engine)),
             ):
                 if cfg.schedule_loop:

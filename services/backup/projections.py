@@ -18,9 +18,7 @@ import asyncpg
 from libs.events.envelope import RecordedEvent
 from libs.events.projection import Projection, register_projection
 
-__all__ = ["CHANNEL", "UpdateSnapshots"]
-
-CHANNEL = "backup_updates"
+__all__ = ["UpdateSnapshots"]
 
 
 @register_projection
@@ -50,5 +48,3 @@ class UpdateSnapshots(Projection):
                 str(d.get("version", "")),
                 e.recorded_at,
             )
-            # heard by the worker once this transaction commits (a wake-up, not the data)
-            await conn.execute("SELECT pg_notify($1, '')", CHANNEL)

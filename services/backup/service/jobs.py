@@ -30,7 +30,6 @@ from services.backup import events as ev
 from services.backup.config import BackupConfig
 from services.backup.errors import BackupNotFound, BackupUnavailable, InvalidRequest, JobFailed
 from services.backup.platform import PlatformError, dump_platform
-from services.backup.projections import CHANNEL
 from services.backup.repo import (
     BackupError,
     IntegrityError,
@@ -53,6 +52,7 @@ log = logging.getLogger("services.backup.jobs")
 Job = Callable[[Task], Awaitable[tuple[str, dict[str, Any] | None]]]
 _SNAPSHOTS_TTL = 60.0
 _UPDATES_LOOK = 30.0  # the read model is looked at this often even without news
+_AFTER_EVENT = 1.0  # ... and this long after an AppSnapshotTaken event (its projection's turn)
 _STOPPED = "the backup service stopped during this job; run it again (what was uploaded is reused)"
 _LABEL_MAX = 200  # the repository's limit on a label's value
 
@@ -466,27 +466,33 @@ class Engine:
 
     # -- pre-update snapshots ----------
 
-    async def store_updates(self) -> None:
-        """Queue a job for each pre-update snapshot the read model has pending, as they come
-        (woken by the read model's NOTIFY on commit; looked at every half minute anyway)."""
+    async def store_updates(self, nc: Any = None, subject: str = "") -> None:
+        """Queue a job for each pre-update snapshot the read model has pending, as they come:
+        woken by the `AppSnapshotTaken` events on `subject` (the read model applies the same
+        event from the same stream, so the look comes a moment later), and every half minute
+        anyway. NATS rather than a LISTEN: no Postgres connection is held at rest."""
         changed = asyncio.Event()
 
-        def heard(*_: object) -> None:
+        async def heard(_msg: Any) -> None:
             changed.set()
 
         await self.store.pool.execute(
             "UPDATE backup.updates SET state = 'pending' WHERE state = 'queued'"
         )
-        async with self.store.pool.acquire() as conn:
-            await conn.add_listener(CHANNEL, heard)
-            try:
-                while True:
-                    changed.clear()
-                    await self.queue_updates()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.wait(), _UPDATES_LOOK)
-            finally:
-                await conn.remove_listener(CHANNEL, heard)
+        sub = await nc.subscribe(subject, cb=heard) if nc is not None and subject else None
+        try:
+            while True:
+                changed.clear()
+                await self.queue_updates()
+                try:
+                    await asyncio.wait_for(changed.wait(), _UPDATES_LOOK)
+                except TimeoutError:
+                    continue
+                await asyncio.sleep(_AFTER_EVENT)
+        finally:
+            if sub is not None:
+                with contextlib.suppress(Exception):  # the connection may be closed already
+                    await sub.unsubscribe()
 
     async def queue_updates(self) -> int:
         """Queue the pending pre-update snapshots (kept on the disk only when no target and
