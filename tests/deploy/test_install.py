@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shutil
 import ssl
 import subprocess
 import time
@@ -24,7 +23,7 @@ import docker.errors
 import pytest
 
 from cli.main import main
-from deploy.release import DASHBOARD_DIST, load_private_key, public_key_text
+from deploy.release import load_private_key, public_key_text
 from tests.support.docker import find_docker_host
 from tests.support.servers import need_server
 from tests.support.systemd_box import (
@@ -34,6 +33,11 @@ from tests.support.systemd_box import (
     ensure_box_image,
     ensure_wheelhouse,
 )
+from tests.support.systemd_box import box_api as _api
+from tests.support.systemd_box import box_curl as _curl
+from tests.support.systemd_box import box_units as _units
+from tests.support.systemd_box import checkout as _checkout
+from tests.support.systemd_box import until as _until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500), pytest.mark.xdist_group("systemd-box")]
 
@@ -43,34 +47,11 @@ RELEASES = "/srv/releases"  # the host's release directory, served from the box'
 RELEASE_PORT = 8765
 PASSWORD = "correct horse battery staple"  # a test account's
 DASHBOARD = "my.localhost"
-UNITS_GLOB = "homeport-*.service"
 # holds the gateway's port before the install
 SQUAT = (
     "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 7410)); s.listen();"
     " time.sleep(600)"
 )
-
-
-def _checkout(into: Path) -> Path:
-    """The checkout's files as a user's copy holds them: tracked and new (not ignored) files,
-    and the built dashboard; no .git, no venv."""
-    out = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    ).stdout
-    names = {n for n in out.decode().split("\0") if n}
-    dist = REPO / DASHBOARD_DIST
-    if dist.is_dir():
-        names.update(p.relative_to(REPO).as_posix() for p in dist.rglob("*") if p.is_file())
-    for name in sorted(names):
-        src = REPO / name
-        if not src.is_file() or src.is_symlink():
-            continue
-        (into / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, into / name)
-    return into
 
 
 @pytest.fixture(scope="module")
@@ -110,36 +91,6 @@ def _install(box: SystemdBox) -> str:
     return out
 
 
-def _units(box: SystemdBox) -> dict[str, dict[str, str]]:
-    """{unit: its properties} of every homeport-*.service the box has."""
-    out = box.run("systemctl", "show", "--property=Id,ActiveState,SubState,MainPID", UNITS_GLOB)
-    blocks = [dict(line.split("=", 1) for line in b.splitlines() if "=" in line)
-              for b in out.strip().split("\n\n")]  # fmt: skip
-    return {b["Id"]: b for b in blocks if b.get("Id", "").startswith("homeport-")}
-
-
-def _curl(box: SystemdBox, host: str, path: str, *args: str) -> tuple[int, str]:
-    """HTTPS to `host` on the box's port 443 (as a browser on the server: *.localhost is the
-    loopback address); (status, body)."""
-    argv = ["curl", "-sk", "--max-time", "20", "--resolve", f"{host}:443:127.0.0.1",
-            "-w", "\n%{http_code}", *args, f"https://{host}{path}"]  # fmt: skip
-    out = box.run(*argv, check=False)
-    body, _, code = out.rpartition("\n")
-    return int(code) if code.isdigit() else 0, body
-
-
-def _api(box: SystemdBox, method: str, path: str, body: object = None) -> tuple[int, object]:
-    args = ["-X", method, "-b", "/root/jar", "-c", "/root/jar",
-            "-H", f"Origin: https://{DASHBOARD}"]  # fmt: skip
-    if body is not None:
-        args += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
-    status, text = _curl(box, DASHBOARD, path, *args)
-    try:
-        return status, json.loads(text) if text else None
-    except ValueError:
-        return status, text
-
-
 def _from_host(
     url: str, method: str = "GET", body: object = None, cookie: str = ""
 ) -> tuple[int, dict[str, str], str]:
@@ -162,16 +113,6 @@ def _from_host(
             return resp.status, dict(resp.headers), resp.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read().decode(errors="replace")
-
-
-def _until(what: str, check: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():  # type: ignore[operator]
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(1.0)
 
 
 def _fingerprint(box: SystemdBox) -> dict[str, str]:
