@@ -74,16 +74,24 @@ def main(argv: Sequence[str]) -> int:
     chosen = [BENCHMARKS[n] for n in names]
     t0 = time.perf_counter()
     signal.signal(signal.SIGTERM, _interrupt)
+    shared = [bm for bm in chosen if not bm.alone]
+    alone = [bm for bm in chosen if bm.alone]
+    results: list[Result] = []
     try:
-        with servers(with_nats=any(bm.needs_nats for bm in chosen)) as srv:
-            say(
-                f"bench: Postgres (fsync on) on port {srv.pg.port}"
-                + (f", nats-server on port {srv.nats.port}" if srv.nats else "")
-                + f", in {srv.root}; {cfg.rounds} rounds each ({cfg.replay_rounds} for replay),"
-                " ours and baseline interleaved, medians compared"
-            )
-            results = asyncio.run(_run_all(chosen, cfg, Bench(cfg, srv)))
-            signal.signal(signal.SIGTERM, _interrupt)  # closing the loop reset it
+        if shared:
+            with servers(with_nats=any(bm.needs_nats for bm in shared)) as srv:
+                say(
+                    f"bench: Postgres (fsync on) on port {srv.pg.port}"
+                    + (f", nats-server on port {srv.nats.port}" if srv.nats else "")
+                    + f", in {srv.root}; {cfg.rounds} rounds each ({cfg.replay_rounds} for"
+                    " replay), ours and baseline interleaved, medians compared"
+                )
+                results += asyncio.run(_run_all(shared, cfg, Bench(cfg, srv)))
+                signal.signal(signal.SIGTERM, _interrupt)  # closing the loop reset it
+        if alone:
+            say("bench: now with no server of the harness running (they would share pages)")
+            results += asyncio.run(_run_all(alone, cfg, Bench(cfg, None)))
+            signal.signal(signal.SIGTERM, _interrupt)
     except (KeyboardInterrupt, asyncio.CancelledError):
         say("bench: interrupted; servers stopped and temporary files removed")
         return 130

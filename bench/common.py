@@ -140,7 +140,13 @@ class Bench:
     """What every benchmark gets: the sizes and the running servers."""
 
     cfg: BenchConfig
-    servers: Servers
+    own: Servers | None  # None for the benchmarks that run alone (`Benchmark.alone`)
+
+    @property
+    def servers(self) -> Servers:
+        if self.own is None:
+            raise BenchError("this benchmark runs alone: the harness started no server for it")
+        return self.own
 
     async def database(self, name: str) -> str:
         pg = self.servers.pg
@@ -156,6 +162,9 @@ class Benchmark:
     target: float
     needs_nats: bool = False
     op: str = ">="
+    # Runs after the harness's own Postgres and NATS are stopped: a memory benchmark measures
+    # PSS, and another process of the same binary would take half of the shared pages.
+    alone: bool = False
 
 
 async def create_database(admin_dsn: str, name: str, dsn_for: Callable[[str], str]) -> str:
