@@ -87,8 +87,17 @@ async def test_version_available_update_refusal_nightly_switch_and_reboot(
                 page.get_by_text(f"Last update: platform update refused: {REFUSED}")
             ).to_be_visible()
             await expect(page.get_by_label("Install platform updates every night")).to_be_checked()
-            await _nav(page, "Activity")
-            await expect(page.get_by_text(f"platform update refused: {REFUSED}")).to_be_visible()
+            # the CLI appended to the event store; the activity log gets it through the relay
+            # and its projection: under load that may take longer than one page load
+            refused = page.get_by_text(f"platform update refused: {REFUSED}")
+            for _ in range(6):
+                await _nav(page, "Activity")
+                try:
+                    await expect(refused).to_be_visible(timeout=2500)
+                    break
+                except AssertionError:
+                    await _nav(page, "System")  # and back: the page loads the log again
+            await expect(refused).to_be_visible()
             await expect(page.get_by_text("nightly platform updates: on")).to_be_visible()
 
             # -- Debian asks for a reboot, then no longer does
