@@ -47,7 +47,7 @@ from deploy.restore import (
     restore_apps,
     summarize,
 )
-from deploy.stack import RESTORE_FAILED, RESTORE_REQUEST, _move_aside, _put_back, _take_request
+from deploy.stack import RESTORE_FAILED, RESTORE_REQUEST, move_aside, put_back, take_request_file
 from deploy.units import DEFAULT_USER, PLATFORM_GROUP, TARGET, directories, unit_name
 from deploy.update import SystemdHost, UpdateError
 
@@ -84,7 +84,7 @@ def take_request(layout: Layout, path: Path) -> dict[str, Any]:
     is read (never through a link); a missing or malformed one is a RestoreError."""
     if Path(os.path.abspath(path)) != request_path(layout):
         raise RestoreError(f"--from-request {path}: only {request_path(layout)} is read")
-    request = _take_request(path)
+    request = take_request_file(path)
     if request is None:
         raise RestoreError(f"--from-request {path}: no restore request there (or not one)")
     return request
@@ -245,7 +245,7 @@ async def _replace(
 ) -> RestoreSummary:
     data = layout.data
     say(f"moving the old data to {aside}")
-    await asyncio.to_thread(_move_aside, data, aside, data / "postgres", None)
+    await asyncio.to_thread(move_aside, data, aside, data / "postgres", None)
     say("making the empty layout again (folders, both Postgres clusters)")
     await asyncio.to_thread(_skeleton, layout, aside, say)
     await asyncio.to_thread(_put_apps, layout, work)
@@ -268,7 +268,7 @@ def _roll_back(layout: Layout, aside: Path) -> None:
     with contextlib.suppress(RestoreError):
         _ctl("stop", TARGET)
     try:
-        _put_back(layout.data, aside, layout.data / "postgres", None)
+        put_back(layout.data, aside, layout.data / "postgres", None)
     except OSError as e:
         raise RestoreError(
             f"the old data could not be put back ({e}): it is in {aside}; stop {TARGET}, move "

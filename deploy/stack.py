@@ -62,7 +62,7 @@ from deploy.supervision import (
     reap_leftovers,
 )
 
-__all__ = ["Stack", "StackState"]
+__all__ = ["Stack", "StackState", "move_aside", "put_back", "take_request_file"]
 
 RESTORE_MARKER = "restore-in-progress.json"  # deploy/restore.py MARKER
 # The setup wizard's restore (services/backup/service/commands.py writes the request; the
@@ -381,7 +381,7 @@ class Stack:
         path = self.data_dir / RESTORE_REQUEST
         while not self._stopping.is_set():
             await asyncio.sleep(RESTORE_POLL_S)
-            request = await asyncio.to_thread(_take_request, path)
+            request = await asyncio.to_thread(take_request_file, path)
             if request is not None:
                 log.warning("a restore from a backup was asked for: stopping to restore")
                 self._restore_request = request
@@ -405,7 +405,7 @@ class Stack:
         pg_aside = None if self.data_dir in pg.parents else pg.with_name(f"{pg.name}.{stamp}")
         log.warning("restoring", extra={"old_contents": str(aside)})
         try:
-            await asyncio.to_thread(_move_aside, self.data_dir, aside, pg, pg_aside)
+            await asyncio.to_thread(move_aside, self.data_dir, aside, pg, pg_aside)
             target = target_from_settings(
                 dict(request["target"]), allow_loopback=bool(request.get("allow_loopback"))
             )
@@ -425,7 +425,7 @@ class Stack:
             message = str(e) if isinstance(e, StackError) else f"{type(e).__name__}: {e}"
             log.error("the restore failed, starting the platform as it was: %s", message[:500])
             try:
-                await asyncio.to_thread(_put_back, self.data_dir, aside, pg, pg_aside)
+                await asyncio.to_thread(put_back, self.data_dir, aside, pg, pg_aside)
             except OSError as again:
                 raise StackError(
                     f"the restore failed ({message[:300]}) and the old contents could not be put"
@@ -483,7 +483,7 @@ def compile_code() -> None:
                 compileall.compile_dir(folder, quiet=2, workers=1, rx=skip)
 
 
-def _take_request(path: Path) -> dict[str, Any] | None:
+def take_request_file(path: Path) -> dict[str, Any] | None:
     """The request in `path` (a regular file, never a link), deleted before it is parsed."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -507,7 +507,7 @@ def _take_request(path: Path) -> dict[str, Any] | None:
     return doc
 
 
-def _move_aside(data_dir: Path, aside: Path, pg: Path, pg_aside: Path | None) -> None:
+def move_aside(data_dir: Path, aside: Path, pg: Path, pg_aside: Path | None) -> None:
     aside.mkdir(mode=0o700)
     for child in list(data_dir.iterdir()):
         if child.name in (RESTORE_FAILED,):
@@ -518,7 +518,7 @@ def _move_aside(data_dir: Path, aside: Path, pg: Path, pg_aside: Path | None) ->
         os.rename(pg, pg_aside)
 
 
-def _put_back(data_dir: Path, aside: Path, pg: Path, pg_aside: Path | None) -> None:
+def put_back(data_dir: Path, aside: Path, pg: Path, pg_aside: Path | None) -> None:
     """What a failed restore left goes; the old contents come back."""
     if not aside.is_dir():  # nothing was moved
         return

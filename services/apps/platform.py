@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from libs.events.handlers import command, query
 from libs.events.store import PostgresEventStore
 from libs.events.wiring import loop
 from libs.service.runner import Service
+from libs.service.version import package_version
 from services.apps import platform_events as pev
 from services.apps.config import AppsConfig
 from services.apps.errors import NotAdmin
@@ -51,17 +51,10 @@ log = logging.getLogger("services.apps.platform")
 MAX_PACKAGES = 200  # names read from reboot-required.pkgs
 
 
-def _package_version() -> str:
-    try:
-        return metadata.version("homeport")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 def running_version(layout: Layout) -> str:
     """The version running: where `current` points on a server install (what
     `homeport update` compares with), else the code's package version."""
-    return layout.version_of(layout.current) or _package_version()
+    return layout.version_of(layout.current) or package_version()
 
 
 def reboot_required(flag: Path) -> tuple[bool, list[str]]:

@@ -17,6 +17,7 @@ from deploy.layout import Layout
 from deploy.release import fetch_release, public_key_text
 from deploy.update import Outcome, UpdateError, Updater, switch_link
 from tests.deploy.updatekit import ProcessHost, publish
+from tests.deploy.updatekit import spoil as spoil_release
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -127,13 +128,7 @@ def test_a_bad_release_is_refused_and_the_running_version_keeps_running(
     layout, host = installed
     version = "0.9.0" if spoil == "older" else "1.1.0"
     _release(tmp_path, www[0], key, version)
-    if spoil == "unsigned":
-        (www[0] / f"homeport-{version}.json.sig").unlink()
-    if spoil == "altered":
-        archive = www[0] / f"homeport-{version}.tar.gz"
-        data = bytearray(archive.read_bytes())
-        data[-20] ^= 1
-        archive.write_bytes(bytes(data))
+    spoil_release(www[0], version, spoil)
 
     with pytest.raises(UpdateError, match=why):
         _updater(layout, host, bare_venv, []).update()

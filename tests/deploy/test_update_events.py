@@ -26,6 +26,7 @@ from deploy.update_events import EventLog, recorded_update
 from libs.events.store import PostgresEventStore
 from services.apps import platform_events as pev
 from tests.deploy.updatekit import ProcessHost, publish
+from tests.deploy.updatekit import spoil as spoil_release
 
 
 def _release(tmp_path: Path, www: Path, key: Ed25519PrivateKey, version: str, *extra: str) -> None:
@@ -166,13 +167,7 @@ def test_a_refused_release_is_recorded_as_refused(
     version = "0.9.0" if spoil == "older" else "1.1.0"
     signer = Ed25519PrivateKey.generate() if spoil == "resigned" else key
     _release(tmp_path, www[0], signer, version)
-    if spoil == "unsigned":
-        (www[0] / f"homeport-{version}.json.sig").unlink()
-    if spoil == "altered":
-        archive = www[0] / f"homeport-{version}.tar.gz"
-        data = bytearray(archive.read_bytes())
-        data[-20] ^= 1
-        archive.write_bytes(bytes(data))
+    spoil_release(www[0], version, spoil)
 
     with pytest.raises(UpdateError, match=why):
         recorded_update(_updater(layout, host, bare_venv), _log(layout, []))

@@ -17,7 +17,7 @@ from deploy.layout import Layout
 from deploy.release import build_release
 from tests.support.releases import git_checkout
 
-__all__ = ["MIGRATE", "SERVE", "ProcessHost", "publish"]
+__all__ = ["MIGRATE", "SERVE", "ProcessHost", "publish", "spoil"]
 
 # A service of a test release: answers /readyz and /version on its port, or exits when broken.
 SERVE = """\
@@ -63,6 +63,18 @@ def publish(src: Path, www: Path, key: Ed25519PrivateKey, version: str, *extra: 
     }
     repo = git_checkout(src / f"src-{version}", files)
     build_release(repo, version, key, www, changelog=f"what {version} brings\n")
+
+
+def spoil(www: Path, version: str, how: str) -> None:
+    """Spoil published `version` as an attacker would: "unsigned" (the manifest's signature
+    gone) or "altered" (a bit of the archive flipped after signing); other values: as is."""
+    if how == "unsigned":
+        (www / f"homeport-{version}.json.sig").unlink()
+    if how == "altered":
+        archive = www / f"homeport-{version}.tar.gz"
+        data = bytearray(archive.read_bytes())
+        data[-20] ^= 1
+        archive.write_bytes(bytes(data))
 
 
 def _free_port() -> int:

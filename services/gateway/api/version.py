@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from importlib import metadata
+from libs.service.version import package_version
 
 __all__ = ["VERSION"]
 
-
-def _version() -> str:
-    try:
-        return metadata.version("homeport")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"  # running from a tree that was never installed
-
-
-VERSION = _version()
+VERSION = package_version()
