@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from deploy.bytecode import warm_release
 from deploy.layout import Layout
 from deploy.planning import SERVICES_GATEWAY, SERVICES_NETWORK, SERVICES_SUBNET
 from deploy.units import (
@@ -204,6 +205,12 @@ class Installer:
             self.say(f"      {layout.current} -> {version}")
         elif running != version:
             self.say(f"      {layout.current} stays at {running} (updated since; not {version})")
+        if running in (None, version):  # the services' -OO byte code, as the units load it
+            try:
+                warm_release(layout.current)
+            except (OSError, subprocess.SubprocessError) as e:
+                reason = (getattr(e, "stderr", None) or b"").decode(errors="replace").strip()
+                self.say(f"      the services' byte code was not prepared: {reason or e}")
         link = self.options.prefix / "usr" / "local" / "bin" / "homeport"
         target = layout.current / "venv" / "bin" / "homeport"
         if not link.is_symlink() or link.readlink() != target:

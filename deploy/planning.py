@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy import bytecode
+from deploy.bytecode import service_argv
 from deploy.embedded import (
     DockerDaemon,
     EmbeddedError,
@@ -232,7 +234,7 @@ class Planner:
             p = port(m.name)
             log_path = self.data_dir / "logs" / f"{m.name}.log"
             env = self.service_env(plan, p)
-            runner = ServiceRunner([self.python, "-m", m.module], env, log_path)
+            runner = ServiceRunner(service_argv(self.python, m.module), env, log_path)
             plan.parts.append(
                 Part(
                     m.name,
@@ -365,8 +367,9 @@ class Planner:
         )
 
     def service_env(self, plan: Plan, port: int) -> dict[str, str]:
-        """The environment of a service: ours, with the HP_* settings of this stack on top."""
-        env = dict(os.environ)
+        """The environment of a service: ours, with the HP_* settings of this stack on top, and
+        the services' byte-code cache (deploy/bytecode.py)."""
+        env = bytecode.service_env(dict(os.environ), bytecode.embedded_prefix(), writable=True)
         env.update(
             HP_DATABASE_URL=plan.database_url,
             HP_NATS_URL=plan.nats_url,

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from deploy import bytecode
 from deploy.embedded import EmbeddedError
 from deploy.errors import StackError
 from deploy.planning import (
@@ -38,6 +40,7 @@ from deploy.planning import (
     Module,
     Plan,
     Planner,
+    discover_modules,
 )
 from deploy.state import (
     KEYRING_FILE,
@@ -470,7 +473,9 @@ def compile_code() -> None:
     it keeps (PYTHONDONTWRITEBYTECODE, set on some machines, would otherwise make it every
     start). A checkout we cannot write to is fine: the processes then compile in memory.
     The bundled apps are left alone: a __pycache__ in an app's build context would not match
-    the catalog's signed index, and the catalog would refuse the app."""
+    the catalog's signed index, and the catalog would refuse the app.
+    Then the services' own cache (-OO byte code, deploy/bytecode.py) is warmed; when that fails
+    they run all the same, compiling in memory what is missing."""
     import compileall
     import importlib.util
     import re
@@ -481,6 +486,15 @@ def compile_code() -> None:
         for folder in (spec.submodule_search_locations or []) if spec else []:
             with contextlib.suppress(OSError):
                 compileall.compile_dir(folder, quiet=2, workers=1, rx=skip)
+    modules = bytecode.startup_modules([m.module for m in discover_modules()])
+    try:
+        bytecode.warm(sys.executable, bytecode.embedded_prefix(), modules, cwd=Path.cwd())
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", None) or b""
+        log.warning(
+            "the services' byte code could not be prepared; they compile it at start",
+            extra={"error": f"{type(e).__name__}: {e}", "detail": detail.decode()[-500:]},
+        )
 
 
 def take_request_file(path: Path) -> dict[str, Any] | None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from deploy.bytecode import OPTIMIZE_FLAG
 from deploy.layout import Layout
 from deploy.planning import (
     ADDON_WANTED,
@@ -428,6 +429,8 @@ def _render(spec: UnitSpec, layout: Layout) -> str:
         "code": str(layout.current),
         "python": str(layout.current / "venv" / "bin" / "python"),
         "module": spec.module,
+        "optimize": OPTIMIZE_FLAG,  # deploy/bytecode.py: -OO, byte code from `bytecode`
+        "bytecode": str(layout.current / "bytecode"),
         "env_file": str(layout.env_file),
         "environment": f"Environment={env}" if env else "",
         "stop_seconds": "30",

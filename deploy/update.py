@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from deploy.bytecode import warm_release
 from deploy.layout import Layout
 from deploy.release import (
     Manifest,
@@ -293,6 +294,14 @@ class Updater:
         switch_link(self.layout.previous, run.current)
         switch_link(self.layout.current, run.path.name)
         run.switched = True
+        try:  # the services' -OO byte code, through `current` as the units load it
+            warm_release(self.layout.current)
+        except (OSError, subprocess.SubprocessError) as e:
+            reason = (getattr(e, "stderr", None) or b"").decode(errors="replace").strip()
+            self.progress(
+                f"       the services' byte code was not prepared ({reason or e}); "
+                "they compile it in memory at start"
+            )
 
     def _restart(self, run: _Run) -> None:
         self.host.restart_all()

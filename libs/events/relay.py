@@ -152,6 +152,10 @@ async def ensure_stream(
         return await js.stream_info(stream)
 
 
+class _Fresh(Exception):
+    """Caught up and quiet after publishing: take a fresh connection (see `fresh_after`)."""
+
+
 class _Resync(Exception):
     """JetStream absorbed a duplicate: its sequence did not move, so every publish sent after it
     expects a sequence the stream will not have. Reconcile at once instead of timing out."""
@@ -180,6 +184,7 @@ class Relay:
         ack_timeout: float = 5.0,
         checkpoint_every: float = 0.5,
         poll_interval: float = 1.0,
+        fresh_after: float = 15.0,
     ) -> None:
         self.store = store
         self.nc = nc
@@ -192,6 +197,14 @@ class Relay:
         self.ack_timeout = ack_timeout
         self.checkpoint_every = checkpoint_every
         self.poll_interval = poll_interval
+        # A backend that served a burst (the catch-up at start, a busy minute) keeps what it
+        # touched: the shared buffers of every page it read stay mapped and its heap stays
+        # grown, about 7 MiB of Postgres at rest for nothing. So once the relay has published on
+        # a connection and then been caught up and quiet for `fresh_after` seconds, it hands
+        # that connection back closed and takes a fresh one (lock and LISTEN included); at rest
+        # that happens once per burst. 0 turns it off.
+        self.fresh_after = fresh_after
+        self.connections = 0  # database connections taken for the lock (a fresh one counts)
         self.position = 0  # last position confirmed stored in the stream
         self.published = 0  # messages acked in this run
         self._seq = 0  # the stream's last sequence as far as we know
@@ -214,18 +227,24 @@ class Relay:
             try:
                 async with self.store.pool.acquire() as lock_conn:
                     keep_session_state(lock_conn)
+                    self.connections += 1
                     while not await lock_conn.fetchval(
                         "SELECT pg_try_advisory_lock($1)", _LOCK_KEY
                     ):
                         if await self._sleep(1.0):
                             return
                     delay = 0.2
+                    fresh = False
                     try:
                         await self._loop(lock_conn)
+                    except _Fresh:
+                        fresh = True
                     finally:
                         await self._save_checkpoint(force=True, quiet=True)
                         if not lock_conn.is_closed():
                             await lock_conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+                            if fresh:  # closed: the pool opens a new backend on the next acquire
+                                await lock_conn.close(timeout=5)
             except _TRANSIENT as e:  # the lock's connection went away: take the lock again
                 self._abandon_pending()
                 log.warning(
@@ -313,6 +332,8 @@ class Relay:
         try:
             sent = self.position  # the last position handed to NATS (confirmed or not)
             ahead: asyncio.Future[list[asyncpg.Record]] | None = None
+            published_here = False  # on this connection (see `fresh_after`)
+            quiet_since = time.monotonic()
             try:
                 while not self._stop.is_set():
                     wake.clear()
@@ -320,6 +341,14 @@ class Relay:
                         rows = await listener.fetch(_WIRE_SQL, sent, self.page_size)
                     else:
                         rows, ahead = await ahead, None
+                    if rows:
+                        published_here, quiet_since = True, time.monotonic()
+                    elif (
+                        published_here
+                        and self.fresh_after > 0
+                        and time.monotonic() - quiet_since >= self.fresh_after
+                    ):
+                        raise _Fresh
                     if len(rows) == self.page_size:  # read the next page while this one goes out
                         ahead = asyncio.ensure_future(
                             self.store.pool.fetch(_WIRE_SQL, rows[-1]["position"], self.page_size)

@@ -13,12 +13,13 @@ Hashing and verifying cost about 100 ms of CPU and 64 MiB each: call them off th
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import secrets
 import unicodedata
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -84,42 +85,51 @@ class PasswordRejected(IdentityInvalid):
         self.reason = reason
 
 
-def _frequency_lists() -> Any:
-    """zxcvbn's FREQUENCY_LISTS, from its module file alone and not kept: importing the zxcvbn
-    package also builds ranked dictionaries of every list (~10 MiB for the life of identity)."""
+def _leaked_passwords() -> str:
+    """zxcvbn's "passwords" frequency list as one comma-separated string, read from its module
+    file alone: importing the zxcvbn package builds ranked dictionaries of every list (~10 MiB
+    for the life of identity), and even running its frequency_lists.py builds all the lists at
+    once (the heap stays grown after). The list is one line of that file: only it is parsed."""
     spec = importlib.util.find_spec("zxcvbn")  # finds the package without importing it
     origin = None if spec is None else spec.origin
     if origin is None:
         raise RuntimeError("zxcvbn is not installed: its common-password list is needed")
     path = Path(origin).with_name("frequency_lists.py")
-    module_spec = importlib.util.spec_from_file_location("_zxcvbn_frequency_lists", path)
-    if module_spec is None or module_spec.loader is None:
-        raise RuntimeError(f"cannot load zxcvbn's frequency lists from {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.FREQUENCY_LISTS
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            key, sep, rest = line.strip().partition(":")
+            if key == '"passwords"' and sep and rest.endswith('.split(","),'):
+                literal = ast.literal_eval(rest.removesuffix('.split(","),').strip())
+                if isinstance(literal, str):
+                    return literal
+    raise RuntimeError(f'no "passwords" list in {path}: check the installed zxcvbn version')
 
 
-def _load_common() -> frozenset[str]:
+def _load_common() -> tuple[str, int]:
     # zxcvbn ships the 30,000 most frequent passwords of leaked sets (its "passwords"
     # frequency list, most frequent first, all lower case). Entries shorter than MIN_LENGTH
-    # are refused by the length rule already, so only the 11,611 of 8+ characters are kept.
-    words: Any = _frequency_lists()["passwords"]
-    common = frozenset(
+    # are refused by the length rule already, so only the 11,611 of 8+ characters are kept:
+    # as one string, each entry between line breaks (about 0.1 MiB instead of 1.2 MiB as a
+    # set of strings), looked up as a substring (tens of microseconds, once per password set).
+    common = {
         unicodedata.normalize("NFC", w).casefold()
-        for w in words
-        if isinstance(w, str) and MIN_LENGTH <= len(w) <= MAX_LENGTH
-    )
+        for w in _leaked_passwords().split(",")
+        if MIN_LENGTH <= len(w) <= MAX_LENGTH and "\n" not in w
+    }
     if len(common) < 3000:
         raise RuntimeError(
             f"the common-password list from zxcvbn has only {len(common)} entries of "
             f"{MIN_LENGTH}+ characters, the bar is 3000: check the installed zxcvbn version"
         )
-    return common
+    return "\n" + "\n".join(sorted(common)) + "\n", len(common)
 
 
-_COMMON: Final = _load_common()
-COMMON_PASSWORD_COUNT: Final = len(_COMMON)
+_COMMON, COMMON_PASSWORD_COUNT = _load_common()
+
+
+def _is_common(folded: str) -> bool:
+    # A line break is in no entry (and refused in passwords): "a\nb" must not match two.
+    return "\n" not in folded and f"\n{folded}\n" in _COMMON
 
 
 def _nfc(password: str) -> str:
@@ -156,7 +166,7 @@ def _fold(s: str) -> str:
 
 def is_common_password(password: str) -> bool:
     """Whether `password` is on the list of common passwords (case-insensitive)."""
-    return _fold(password) in _COMMON
+    return _is_common(_fold(password))
 
 
 def check_password(password: str, *, username: str | None = None, email: str | None = None) -> None:
@@ -185,7 +195,7 @@ def check_password(password: str, *, username: str | None = None, email: str | N
             "this password repeats a single character; choose another",
             reason=Reason.REPETITIVE,
         )
-    if folded in _COMMON:
+    if _is_common(folded):
         raise PasswordRejected(
             "this password is on the list of common passwords; choose another",
             reason=Reason.COMMON,

@@ -24,6 +24,7 @@ import pytest
 
 from cli.main import main
 from deploy.release import load_private_key, public_key_text
+from deploy.units import DEFAULT_USER, UNIT_USERS
 from tests.support.docker import find_docker_host
 from tests.support.servers import need_server
 from tests.support.systemd_box import (
@@ -136,6 +137,22 @@ def _fingerprint(box: SystemdBox) -> dict[str, str]:
     return {"files": box.sh(script), "pids": json.dumps(pids, sort_keys=True)}
 
 
+def _compiled_at_start(box: SystemdBox, service: str) -> list[str]:
+    """The modules `homeport-<service>` would compile from source at start (none: the release's
+    -OO byte code, warmed by the installer or the update, has them), as its user and with its
+    unit's environment."""
+    current = "/opt/homeport/current"
+    user = UNIT_USERS.get(service, (DEFAULT_USER, ()))[0]
+    env = f"PYTHONDONTWRITEBYTECODE=1 PYTHONPYCACHEPREFIX={current}/bytecode"
+    script = (
+        f"cd {current} && runuser -u {user} -- env {env} {current}/venv/bin/python -OO -v "
+        f"-c 'import services.{service}.__main__' 2>&1"
+    )
+    log = box.sh(script)
+    assert "opt-2.pyc" in log, log[-2000:]
+    return re.findall(r"^# code object from (\S+\.py)$", log, re.M)
+
+
 def test_install_setup_app_restart_and_second_run(box: SystemdBox) -> None:
     install = ("bash", f"{SRC}/deploy/install.sh", "--wheels", BOX_WHEELS)
     # clear errors: not root; a port taken, named with what holds it (the run stops there,
@@ -160,6 +177,9 @@ def test_install_setup_app_restart_and_second_run(box: SystemdBox) -> None:
     assert box.run("systemctl", "is-enabled", "homeport-update.timer").strip() == "enabled"
     listing = box.run("homeport", "status")  # against systemd
     assert "homeport-gateway.service" in listing and "active" in listing, listing
+    show = box.run("systemctl", "show", "-p", "ExecStart", "homeport-gateway.service")
+    assert "python -OO -m services.gateway" in show, show
+    assert _compiled_at_start(box, "gateway") == []
     # the dashboard on 443
     status, page = _curl(box, DASHBOARD, "/")
     assert status == 200 and "<html" in page.lower(), (status, page[:300])
@@ -295,6 +315,7 @@ def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> 
     print(f"homeport update to 0.2.0 took {time.monotonic() - started:.0f} s:\n{update}")
     assert box.run("readlink", "/opt/homeport/current").strip() == "0.2.0", update
     assert box.run("readlink", "/opt/homeport/previous").strip() == "0.1.0", update
+    assert _compiled_at_start(box, "identity") == []  # 0.2.0's byte code, warmed by the update
     units = _units(box)
     assert all(p["ActiveState"] == "active" for p in units.values()), units
     # its data: the administrator made at setup signs in

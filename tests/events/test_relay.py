@@ -315,3 +315,54 @@ async def test_relay_losing_its_lock_connection_takes_the_lock_again_and_loses_n
         await js.delete_stream(stream)
     finally:
         await nc.close()
+
+
+async def test_relay_takes_a_fresh_connection_once_quiet_after_a_burst(
+    store: PostgresEventStore, nats_url: str, uniq: str, dsn: str
+) -> None:
+    """A backend that served a burst keeps the buffers it read mapped: once caught up and quiet
+    (`fresh_after`), the relay holds its lock and LISTEN on a new backend, once per burst (not
+    again and again at rest), and what comes next is still published in order."""
+    stream, prefix = f"EV_{uniq}", f"t{uniq}.evt"
+    await write_events(store, 50)
+    nc = await connect(nats_url)
+    try:
+        relay = Relay(
+            store, nc, stream=stream, prefix=prefix, window=8, poll_interval=0.05, fresh_after=0.3
+        )
+        async with running(relay):
+            await wait_until(lambda: _at(relay, 50), 20, "relay to publish 50 events")
+            [busy] = await _lock_holders(dsn)
+
+            async def fresh_holder() -> bool:
+                held = await _lock_holders(dsn)
+                return len(held) == 1 and held != [busy]
+
+            await wait_until(fresh_holder, 20, "the relay to hold its lock on a fresh backend")
+            [rested] = await _lock_holders(dsn)
+            conn = await asyncpg.connect(dsn)
+            try:  # the busy backend is gone, not parked in the pool
+                assert not await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", busy
+                )
+            finally:
+                await conn.close()
+            taken = relay.connections
+            await asyncio.sleep(1.2)  # four times fresh_after at rest: no new connection
+            assert relay.connections == taken
+            assert await _lock_holders(dsn) == [rested]
+
+            await write_events(store, 10)  # a NOTIFY on the fresh connection wakes the relay
+            await wait_until(lambda: _at(relay, 60), 20, "relay to publish 60 events")
+
+            async def fresh_again() -> bool:
+                return relay.connections == taken + 1
+
+            await wait_until(fresh_again, 20, "a fresh connection after the burst")
+        js = nc.jetstream()
+        msgs = [await js.get_msg(stream, seq=s) for s in range(1, 61)]
+        assert [int(m.headers["Hp-Position"]) for m in msgs] == list(range(1, 61))
+        assert (await js.stream_info(stream)).state.messages == 60
+        await js.delete_stream(stream)
+    finally:
+        await nc.close()

@@ -163,6 +163,16 @@ def test_uncommon_password_not_on_list() -> None:
     assert not is_common_password("password1 but longer")
 
 
+def test_only_whole_entries_of_the_list_match() -> None:
+    """The list is kept as one string of entries between line breaks: a piece of an entry, two
+    entries with a line break between them, or an entry with a line break around it is not an
+    entry (the control-character rule refuses the last two anyway)."""
+    assert is_common_password("password") and is_common_password("baseball")
+    for piece in ("asswor", "passwor", "assword", "sebal", "password\nbaseball", "password\n"):
+        assert not is_common_password(piece), piece
+    assert _rejected("password\nbaseball") is Reason.CONTROL_CHARACTER
+
+
 def test_username_refused() -> None:
     assert _rejected("Alice.Smith", username="alice.smith") is Reason.USERNAME
     assert _rejected("ALICESMITH", username="alicesmith") is Reason.USERNAME

@@ -590,7 +590,8 @@ def _check_subnet(app_id: str, subnet: str) -> ipaddress.IPv4Network | ipaddress
 def _name(app_id: str) -> str:
     """Database and role name of an app: app_<32 hex digits>."""
     name = "app_" + app_id.replace("-", "")
-    assert _NAME.fullmatch(name)
+    if not _NAME.fullmatch(name):  # not an assert: it guards SQL, and -O drops asserts
+        raise ValueError(f"not an app id: {app_id!r}")
     return name
 
 

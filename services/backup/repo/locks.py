@@ -122,7 +122,8 @@ async def hold(
     clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[HeldLock]:
     """Hold a `backup` (shared) or `prune` (exclusive) lock on `target` for the block."""
-    assert kind in ("backup", "prune")
+    if kind not in ("backup", "prune"):
+        raise ValueError(f"a repository lock is 'backup' or 'prune', not {kind!r}")
     deadline = time.monotonic() + wait
     delay = 0.05
     lock = HeldLock(target, kind, stale, clock)

@@ -50,7 +50,7 @@ from nats.aio.subscription import Subscription
 from libs.events.bus import BusClient, BusError
 from libs.events.context import Context
 from libs.events.relay import DEFAULT_PREFIX
-from libs.tls import self_signed_pem
+from libs.tls import self_signed_pem_apart
 from services.gateway.config import GatewayConfig
 from services.gateway.edge.nginx import Nginx
 from services.gateway.edge.render import EdgeModel, Vhost
@@ -267,7 +267,7 @@ class EdgeSync:
             files: tuple[Path, Path, str] | None
             try:
                 if domain == s.local_domain:
-                    files = (*await asyncio.to_thread(self._local_certificate, host), "local")
+                    files = (*await self._local_certificate(host), "local")
                 elif kind == DASHBOARD:
                     files = await self._own_certificate(host, domains.get(domain, {}))
                 else:
@@ -319,13 +319,14 @@ class EdgeSync:
             raise
         return Path(files["cert"]), Path(files["key"]), str(files.get("kind") or "fallback")
 
-    def _local_certificate(self, host: str) -> tuple[Path, Path]:
-        """A self-signed certificate for a host of the local domain, made once."""
+    async def _local_certificate(self, host: str) -> tuple[Path, Path]:
+        """A self-signed certificate for a host of the local domain, made once (in a child
+        process: the gateway does not keep cryptography's x509 loaded for it)."""
         folder = self.settings.prefix / "local-certs" / host
         cert, key = folder / "fullchain.pem", folder / "privkey.pem"
         if not cert.exists() or not key.exists():
             folder.mkdir(parents=True, mode=0o700, exist_ok=True)
-            chain_pem, key_pem = self_signed_pem([host], days=825)
+            chain_pem, key_pem = await self_signed_pem_apart([host], days=825)
             key.write_text(key_pem)
             key.chmod(0o600)
             cert.write_text(chain_pem)
@@ -365,9 +366,7 @@ class EdgeSync:
         """Serve `vhosts`, and the dashboard at `address` (its upstream) on the server's own
         addresses unless None."""
         s = self.settings
-        default_cert, default_key = await asyncio.to_thread(
-            self._local_certificate, "default.invalid"
-        )
+        default_cert, default_key = await self._local_certificate("default.invalid")
         s.acme_dir.mkdir(parents=True, exist_ok=True)
         model = EdgeModel(
             vhosts=vhosts,
