@@ -175,6 +175,12 @@ def _parser() -> argparse.ArgumentParser:
         help="server install: the setup wizard's request (homeport-restore.service)",
     )
     restore.add_argument(
+        "--recover",
+        action="store_true",
+        help="server install: after a restore that was cut off, put the data from before it "
+        "back (homeport-restore-recover.service runs it before the platform starts)",
+    )
+    restore.add_argument(
         "--health-timeout", type=float, default=300.0, help="server install: seconds (300)"
     )
     restore.add_argument("--prefix", type=Path, default=Path("/"), help="install root (default /)")
@@ -660,6 +666,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from services.backup.targets.base import TargetError
 
     server = _server(args) if args.data_dir is None else None
+    if args.recover:
+        return _cmd_restore_recover(args, server)
     if server is not None:
         return _cmd_restore_server(args, server)
     if args.from_request is not None:
@@ -705,6 +713,28 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     except (StackError, TargetError, BackupError) as e:
         _err(str(e))
         return EXIT_FAILED
+
+
+def _cmd_restore_recover(args: argparse.Namespace, layout: Layout | None) -> int:
+    """`homeport restore --recover`: the data from before a cut-off restore back (root)."""
+    from deploy.server_restore import recover_interrupted
+
+    if layout is None:
+        _err("--recover works on a server install (no homeport.env here)")
+        return EXIT_USAGE
+    if args.source or args.key is not None or args.from_request is not None:
+        _err("--recover takes nothing else: no --from, --key or --from-request")
+        return EXIT_USAGE
+    if os.geteuid() != 0:
+        _err("recovering a server install needs root: sudo homeport restore --recover")
+        return EXIT_FAILED
+    try:
+        done = recover_interrupted(layout, say=lambda line: print(f"  {line}", flush=True))
+    except StackError as e:
+        _err(str(e))
+        return EXIT_FAILED
+    print("No restore was interrupted: nothing to do." if done is None else "Recovered.")
+    return EXIT_OK
 
 
 def _cmd_restore_server(args: argparse.Namespace, layout: Layout) -> int:

@@ -33,6 +33,13 @@ done
 ID="" VERSION_ID="" PRETTY_NAME="" && . /etc/os-release 2>/dev/null || true
 [[ $ID == debian && $VERSION_ID == 12 ]] || die "Homeport installs on Debian 12 (bookworm); this is ${PRETTY_NAME:-an unknown system}"
 
+# One installer at a time (a second one would race the first over apt, /opt/homeport/<version>,
+# users and clusters): the lock is held until this script and deploy.install (exec'd below, the
+# descriptor stays open) end.
+lock_file=${HOMEPORT_INSTALL_LOCK:-/run/lock/homeport-install.lock}
+exec 9>>"$lock_file" || die "cannot open the install lock $lock_file"
+flock -n 9 || die "another install.sh is running (it holds $lock_file): wait for it to finish"
+
 echo "==> Debian packages"
 bash "$src/deploy/install-system-deps.sh" --server
 

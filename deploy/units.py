@@ -61,6 +61,7 @@ __all__ = [
     "ADDON_UNITS",
     "PLATFORM_GROUP",
     "PORTS",
+    "RESTORE_RECOVER",
     "RESTORE_UNITS",
     "ROOT_UNITS",
     "SHOW_PROPERTIES",
@@ -87,8 +88,10 @@ TEMPLATES = Path(__file__).with_name("systemd")
 TARGET = "homeport.target"
 # The nightly platform update: a timer and the oneshot it starts (not part of the target).
 UPDATE_UNITS = ("homeport-update.service", "homeport-update.timer")
-# The setup wizard's restore: the path unit watches the backup service's request (as root).
-RESTORE_UNITS = ("homeport-restore.service", "homeport-restore.path")
+# The setup wizard's restore: the path unit watches the backup service's request (as root);
+# the recovery after a cut-off restore runs before the platform's units when the target starts.
+RESTORE_RECOVER = "homeport-restore-recover.service"
+RESTORE_UNITS = ("homeport-restore.service", "homeport-restore.path", RESTORE_RECOVER)
 # The addon Postgres on demand: started by this path unit once the apps service asks for it.
 ADDON_UNITS = ("homeport-addon-postgres.path",)
 PLATFORM_GROUP = "homeport"
@@ -440,6 +443,12 @@ def _render(spec: UnitSpec, layout: Layout) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()).rstrip() + "\n"
 
 
+def restore_marker(layout: Layout) -> Path:
+    """`/var/lib/homeport.restore-running`: a restore is replacing the data dir (while it is
+    there, homeport-restore-recover.service puts the old data back before the units start)."""
+    return layout.data.with_name(f"{layout.data.name}.restore-running")
+
+
 def render_units(layout: Layout, modules: Sequence[Module] | None = None) -> dict[str, str]:
     """{unit file name: its text} for every unit and `homeport.target`."""
     specs = unit_specs(layout, modules)
@@ -465,6 +474,7 @@ def render_units(layout: Layout, modules: Sequence[Module] | None = None) -> dic
             prefix=str(layout.prefix),
             var_lib=str(layout.data.parent),
             request=str(layout.data / "backup" / "restore-request.json"),
+            marker=str(restore_marker(layout)),
         )
     return out
 

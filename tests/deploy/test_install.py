@@ -23,8 +23,9 @@ import docker.errors
 import pytest
 
 from cli.main import main
+from deploy.planning import ADDON_WANTED
 from deploy.release import load_private_key, public_key_text
-from deploy.units import DEFAULT_USER, UNIT_USERS
+from deploy.units import ADDON_PG_HBA_DIR, DEFAULT_USER, PORTS, UNIT_USERS
 from tests.support.docker import find_docker_host
 from tests.support.servers import need_server
 from tests.support.systemd_box import (
@@ -239,6 +240,25 @@ def test_install_setup_app_restart_and_second_run(box: SystemdBox) -> None:
 
     _until("https://site.localhost/ answering", site_answers, 60)
 
+    # the apps' addon Postgres sleeps until the apps service asks for it (its flag file, as the
+    # apps service's user writes it before an app's first database), then its path unit starts it
+    def addon_state() -> str:
+        return box.run(
+            "systemctl", "is-active", "homeport-addon-postgres.service", check=False
+        ).strip()
+
+    assert addon_state() == "inactive"
+    flag = f"/var/lib/homeport/{ADDON_PG_HBA_DIR}/{ADDON_WANTED}"
+    box.run("runuser", "-u", DEFAULT_USER, "--", "touch", flag)
+    _until("the addon Postgres started by its path unit", lambda: addon_state() == "active", 90)
+    port = str(PORTS["addon-postgres"])
+
+    def addon_answers() -> bool:
+        out = box.run("pg_isready", "-h", "127.0.0.1", "-p", port, check=False)
+        return "accepting connections" in out
+
+    _until("the addon Postgres accepting connections", addon_answers, 60)
+
     # the box restarted: every unit active again, the app answers, without help
     box.restart()
     box.wait_booted(180)
@@ -248,7 +268,8 @@ def test_install_setup_app_restart_and_second_run(box: SystemdBox) -> None:
         180,
     )
     _until("the app answering after the restart", site_answers, 120)
-    assert len(_units(box)) == len(units)
+    # the same units, and the addon Postgres again (its flag is still there)
+    assert set(_units(box)) == {*units, "homeport-addon-postgres.service"}
 
     # a second run changes nothing
     before = _fingerprint(box)

@@ -29,7 +29,7 @@ def _directives(text: str) -> dict[str, list[str]]:
 def test_the_path_unit_watches_the_backup_services_request(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
     units = render_units(layout)
-    service, path = (units[name] for name in RESTORE_UNITS)
+    service, path = (units[name] for name in RESTORE_UNITS[:2])
     backup = next(s for s in unit_specs(layout) if s.name == "backup")
     request = Path(backup.environment["HP_DATA_DIR"]) / "restore-request.json"
     assert _directives(path)["PathExists"] == [str(request)]

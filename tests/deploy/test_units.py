@@ -20,6 +20,7 @@ from cli.main import main
 from deploy.layout import Layout
 from deploy.planning import discover_modules
 from deploy.units import (
+    RESTORE_RECOVER,
     RESTORE_UNITS,
     ROOT_UNITS,
     TARGET,
@@ -56,6 +57,11 @@ EXPOSURE_MAX = {
     "homeport-backup.service": 1.8,  # 1.7: CAP_DAC_READ_SEARCH, any address (S3)
     "homeport-gateway.service": 1.8,  # 1.7: CAP_NET_BIND_SERVICE, any address (80/443)
     "homeport-apps.service": 2.4,  # 2.3: docker group, chown/fowner/dac_override, iptables
+    # the root oneshots: the nightly update (writes /opt/homeport), the wizard's restore
+    # (writes /var/lib, becomes homeport-postgres for initdb) and the recovery after a cut-off one
+    "homeport-update.service": 2.6,  # 2.3
+    "homeport-restore.service": 3.2,  # 2.9
+    "homeport-restore-recover.service": 1.8,  # 1.5: renames files only, no network
 }
 DEFAULT_MAX = 2.0  # a service added later starts from the plain service unit (1.3-1.4)
 
@@ -103,6 +109,9 @@ def test_every_service_has_a_unit(rendered: tuple[Layout, Path]) -> None:
     for f in _service_files(unit_dir):
         text = f.read_text()
         assert "PartOf=homeport.target" in text, f.name
+        # nothing starts before the recovery of a cut-off restore has run (or been skipped)
+        after = _directives(text)["After"][0].split()
+        assert RESTORE_RECOVER in after and f"Requires={RESTORE_RECOVER}" in text, f.name
         on_demand = f.with_suffix(".path").name  # the addon server: through its path unit
         assert re.search(rf"\b({re.escape(f.name)}|{re.escape(on_demand)})\b", target), f.name
     assert len(discover_modules()) + 3 == len(_service_files(unit_dir))
@@ -210,7 +219,9 @@ def test_systemd_analyze_verify(rendered: tuple[Layout, Path]) -> None:
 def test_systemd_analyze_security_scores(rendered: tuple[Layout, Path]) -> None:
     _, unit_dir = rendered
     scores = {}
-    for f in _service_files(unit_dir):
+    oneshots = [unit_dir / u for u in (*UPDATE_UNITS, *RESTORE_UNITS) if u.endswith(".service")]
+    assert len(oneshots) == 3, oneshots
+    for f in [*_service_files(unit_dir), *oneshots]:
         r = subprocess.run(
             [str(ANALYZE), "security", "--offline=yes", "--no-pager", str(f)],
             capture_output=True,

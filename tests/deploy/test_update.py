@@ -4,6 +4,7 @@ health with real processes, and switch back by itself when the new version is un
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sys
 from collections.abc import Iterator
@@ -154,6 +155,33 @@ def test_a_failing_migration_stops_the_update_before_the_switch(
     assert layout.version_of(layout.current) == "1.0.0"
     assert host.restarts == 1 and host.version() == {"1.0.0"}
     assert _installed(layout) == ["1.0.0", "current"]
+
+
+def test_a_second_update_while_one_runs_is_refused_and_changes_nothing(
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+    www: tuple[Path, str],
+    installed: tuple[Layout, ProcessHost],
+    bare_venv: Path,
+) -> None:
+    """Two `homeport update` at once (the nightly timer and an admin): the second one sees the
+    first's lock and stops before it downloads or touches anything; once the first is done, an
+    update runs again."""
+    layout, host = installed
+    _release(tmp_path, www[0], key, "1.1.0")
+    lines: list[str] = []
+    with (layout.opt / ".update.lock").open("a") as first:  # held as a running update holds it
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UpdateError, match="another update is running: wait for it"):
+            _updater(layout, host, bare_venv, lines).update()
+    assert lines == []  # not one step started
+    assert layout.version_of(layout.current) == "1.0.0"
+    assert host.restarts == 1 and host.version() == {"1.0.0"}
+    assert _installed(layout) == ["1.0.0", "current"]
+
+    outcome = _updater(layout, host, bare_venv, []).update()  # the lock is free again
+    assert outcome.version == "1.1.0" and not outcome.rolled_back
+    assert host.version() == {"1.1.0"}
 
 
 def test_update_check_prints_the_available_version_and_its_changelog(

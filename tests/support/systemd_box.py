@@ -46,6 +46,8 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from deploy.units import RESTORE_RECOVER
+
 __all__ = [
     "BOX_WHEELS",
     "SystemdBox",
@@ -416,13 +418,18 @@ def checkout(into: Path) -> Path:
 
 
 def box_units(box: SystemdBox) -> dict[str, dict[str, str]]:
-    """{unit: its properties} of every homeport-*.service the box has."""
+    """{unit: its properties} of every homeport-*.service the box has loaded (not the recovery
+    after a cut-off restore: a oneshot the others require, skipped unless one was cut off)."""
     out = box.run(
         "systemctl", "show", "--property=Id,ActiveState,SubState,MainPID", "homeport-*.service"
     )
     blocks = [dict(line.split("=", 1) for line in b.splitlines() if "=" in line)
               for b in out.strip().split("\n\n")]  # fmt: skip
-    return {b["Id"]: b for b in blocks if b.get("Id", "").startswith("homeport-")}
+    return {
+        b["Id"]: b
+        for b in blocks
+        if b.get("Id", "").startswith("homeport-") and b["Id"] != RESTORE_RECOVER
+    }
 
 
 def box_curl(box: SystemdBox, host: str, path: str, *args: str) -> tuple[int, str]:
