@@ -86,25 +86,21 @@ def warm(python: str, prefix: Path, modules: Sequence[str], *, cwd: Path) -> Non
     the byte code of everything they load at start. Raises OSError or CalledProcessError."""
     prefix.mkdir(parents=True, exist_ok=True)
     env = service_env(dict(os.environ), prefix, writable=True)
-    subprocess.run(
-        [python, OPTIMIZE_FLAG, "-c", _IMPORT_ALL, *modules],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        check=True,
-        timeout=_WARM_TIMEOUT_S,
-    )
+    _run([python, OPTIMIZE_FLAG, "-c", _IMPORT_ALL, *modules], cwd, env, _WARM_TIMEOUT_S)
 
 
 def warm_release(current: Path, *, timeout: float = _WARM_TIMEOUT_S) -> None:
     """Warm `<current>/bytecode` for the release `current` points at, as its units run it.
     Raises OSError or CalledProcessError (stderr: the reason)."""
     python = str(current / "venv" / "bin" / "python")
+    _run([python, "-m", "deploy.bytecode", str(current / "bytecode")], current, None, timeout)
+
+
+def _run(argv: list[str], cwd: Path, env: dict[str, str] | None, timeout: float) -> None:
     subprocess.run(
-        [python, "-m", "deploy.bytecode", str(current / "bytecode")],
-        cwd=current,
+        argv,
+        cwd=cwd,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
