@@ -310,8 +310,9 @@ def _release(repo: Path, version: str, key: Path, out: Path) -> None:
 
 
 def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> None:
-    """Release N installed -> `homeport update` to a signed N+1: it runs, with its data; an
-    N+2 whose identity service cannot start -> rolled back to N+1 by itself."""
+    """Release N installed -> `homeport update` to a signed N+1 with a migration: it runs, with
+    its data and the migration applied; an N+2 whose identity service cannot start -> rolled
+    back to N+1 by itself."""
     if not _units(box):
         _install(box)
     out: Path = box.releases  # type: ignore[attr-defined]
@@ -320,6 +321,11 @@ def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> 
     pub = out / "release.pub"
     pub.write_text(public_key_text(load_private_key(key)))
     repo = _checkout(tmp_path / "repo")
+    # N+1 brings a migration of the event store's schema (run by the update before it switches)
+    (repo / "libs" / "events" / "migrations" / "0099_update_probe.sql").write_text(
+        "CREATE TABLE events.update_probe (release text NOT NULL);\n"
+        "INSERT INTO events.update_probe VALUES ('0.2.0');\n"
+    )
     subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=30)
     subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True, timeout=60)
     _release(repo, "0.2.0", key, out)
@@ -337,6 +343,10 @@ def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> 
     assert box.run("readlink", "/opt/homeport/current").strip() == "0.2.0", update
     assert box.run("readlink", "/opt/homeport/previous").strip() == "0.1.0", update
     assert _compiled_at_start(box, "identity") == []  # 0.2.0's byte code, warmed by the update
+    assert "event store: 1 migration(s) applied [99]" in update, update
+    probe = "SELECT release FROM events.update_probe"
+    env = "set -a; . /etc/homeport/homeport.env; set +a"
+    assert box.sh(f'{env}; psql "$HP_DATABASE_URL" -Atc "{probe}"').strip() == "0.2.0"
     units = _units(box)
     assert all(p["ActiveState"] == "active" for p in units.values()), units
     # its data: the administrator made at setup signs in
