@@ -132,12 +132,36 @@ def _parser() -> argparse.ArgumentParser:
     dsn_arg(replay)
     replay.set_defaults(func=_cmd_replay)
 
+    def checkpoint_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--checkpoints",
+            type=Path,
+            help="the signed checkpoint file (default <data dir>/backup/audit/checkpoints.jsonl)",
+        )
+        p.add_argument(
+            "--key",
+            type=Path,
+            help="the checkpoint signing key; verify reads its .pub beside it "
+            "(default <data dir>/backup/audit/checkpoint.key)",
+        )
+
     audit = sub.add_parser("audit", help="check the integrity of the event store")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    verify = audit_sub.add_parser("verify", help="recompute the event hash chain")
+    verify = audit_sub.add_parser(
+        "verify",
+        help="recompute the event hash chain and check it against the signed checkpoints",
+    )
     data_dir_arg(verify)
     dsn_arg(verify)
+    checkpoint_args(verify)
     verify.set_defaults(func=_cmd_audit_verify)
+    cp = audit_sub.add_parser(
+        "checkpoint", help="sign the chain head into the checkpoint file (outside the database)"
+    )
+    data_dir_arg(cp)
+    dsn_arg(cp)
+    checkpoint_args(cp)
+    cp.set_defaults(func=_cmd_audit_checkpoint)
 
     def target_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         p.add_argument(
@@ -622,39 +646,116 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _checkpoint_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The log and key the backup service keeps (<data>/backup/audit), unless named."""
+    from libs.events.checkpoints import KEY_FILE, LOG_FILE
+
+    audit = Path(args.data_dir).absolute() / "backup" / "audit"
+    return (args.checkpoints or audit / LOG_FILE, args.key or audit / KEY_FILE)
+
+
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
     dsn = _dsn(args)
     if dsn is None:
         return EXIT_NOT_RUNNING
+    log_path, key_path = _checkpoint_paths(args)
+    public: str | None = None
+    pub_path = key_path.with_name(key_path.name + ".pub")
+    if log_path.exists():
+        try:
+            public = pub_path.read_text().strip()
+        except OSError as e:
+            _err(f"{log_path} holds checkpoints but their public key {pub_path} is unreadable: {e}")
+            return EXIT_FAILED
     try:
-        report = asyncio.run(_verify(dsn))
+        report, checked = asyncio.run(_verify(dsn, log_path, public))
     except _DB_ERRORS as e:
         _err(f"cannot verify: the event store at {redact(dsn)} failed: {e}")
         return EXIT_FAILED
+    except ValueError as e:  # the public key
+        _err(f"cannot verify the checkpoints: {pub_path}: {e}")
+        return EXIT_FAILED
+    ok = report.ok
     if report.ok:
         print(
             f"event chain intact: {report.checked} events checked, "
             f"up to position {report.last_position}"
         )
-        return EXIT_OK
-    n = len(report.problems)
-    print(
-        f"event chain BROKEN: {n} problem{'s' if n != 1 else ''} in {report.checked} events "
-        f"checked (up to position {report.last_position})"
-    )
-    for p in report.problems:
-        print(f"  position {p.position}: {p.kind}: {p.detail}")
-    return EXIT_FAILED
+    else:
+        n = len(report.problems)
+        print(
+            f"event chain BROKEN: {n} problem{'s' if n != 1 else ''} in {report.checked} events "
+            f"checked (up to position {report.last_position})"
+        )
+        for p in report.problems:
+            print(f"  position {p.position}: {p.kind}: {p.detail}")
+    if checked is None:
+        print(f"no signed checkpoints in {log_path}: only the chain's own hashes were checked")
+    else:
+        matched, problems = checked
+        if problems:
+            ok = False
+            first = problems[0]
+            where = "" if first.position is None else f" (position {first.position})"
+            print(
+                f"checkpoints: {matched} match; the first that does not: line {first.line} of "
+                f"{log_path}{where}: {first.detail}"
+            )
+            for p in problems[1:]:
+                print(f"  line {p.line}: {p.detail}")
+        else:
+            print(f"checkpoints: all {matched} signed checkpoints match")
+    return EXIT_OK if ok else EXIT_FAILED
 
 
-async def _verify(dsn: str) -> ChainReport:
+async def _verify(
+    dsn: str, log_path: Path, public: str | None
+) -> tuple[ChainReport, tuple[int, list[Any]] | None]:
+    from libs.events.checkpoints import CheckpointLog, verify_checkpoints
     from libs.events.store import PostgresEventStore
 
     store = await PostgresEventStore.open(dsn, max_size=2)
     try:
-        return await store.verify_chain()
+        report = await store.verify_chain()
+        if public is None:
+            return report, None
+        return report, await verify_checkpoints(store, CheckpointLog(log_path), public)
     finally:
         await store.close()
+
+
+def _cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from libs.events.checkpoints import CheckpointLog, load_or_create_key, take_checkpoint
+    from libs.events.store import PostgresEventStore
+
+    dsn = _dsn(args)
+    if dsn is None:
+        return EXIT_NOT_RUNNING
+    log_path, key_path = _checkpoint_paths(args)
+
+    async def run() -> Any:
+        key = load_or_create_key(key_path)
+        store = await PostgresEventStore.open(dsn, max_size=1)
+        try:
+            return await take_checkpoint(store, CheckpointLog(log_path), key, now=datetime.now(UTC))
+        finally:
+            await store.close()
+
+    try:
+        cp = asyncio.run(run())
+    except _DB_ERRORS as e:
+        _err(f"cannot take a checkpoint: the event store at {redact(dsn)} failed: {e}")
+        return EXIT_FAILED
+    except (OSError, ValueError) as e:
+        _err(f"cannot take a checkpoint: {e}")
+        return EXIT_FAILED
+    if cp is None:
+        print(f"the chain head has not moved since the last checkpoint in {log_path}")
+    else:
+        print(f"checkpoint of position {cp.position} signed into {log_path}")
+    return EXIT_OK
 
 
 # -- restore and backups ------------------------------------------------------------------

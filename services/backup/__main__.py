@@ -7,16 +7,18 @@ secret is sealed with the keyring and the private backup key is never kept.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
 from libs.contracts.backup import CONTRACT
+from libs.events.checkpoints import Checkpointer
 from libs.events.wiring import connections, following, loop, opened_keyring, serve
 from libs.service.config import load_config
 from libs.service.runner import Service, main
-from services.backup.config import BackupConfig
+from services.backup.config import BackupConfig, audit_dir
 from services.backup.projections import UpdateSnapshots
 from services.backup.service.apps import AppsPeer
 from services.backup.service.commands import Commands
@@ -63,10 +65,18 @@ async def _parts(cfg: BackupConfig, svc: Service) -> AsyncIterator[None]:
                 ),
                 serve(svc, conn.nc, CONTRACT, Commands(engine, conn.store, keys), Queries(engine)),
             ):
-                if cfg.schedule_loop:
-                    async with loop(svc, "backup.schedule", scheduler.run(), scheduler.stop):
-                        yield
-                else:
+                async with contextlib.AsyncExitStack() as more:
+                    if cfg.schedule_loop:
+                        await more.enter_async_context(
+                            loop(svc, "backup.schedule", scheduler.run(), scheduler.stop)
+                        )
+                    if cfg.checkpoint_seconds > 0:
+                        checkpoints = Checkpointer(
+                            conn.store, audit_dir(cfg), cfg.checkpoint_seconds
+                        )
+                        await more.enter_async_context(
+                            loop(svc, "backup.checkpoints", checkpoints.run(), checkpoints.stop)
+                        )
                     yield
         finally:
             await engine.close()

@@ -19,6 +19,10 @@ def _positive(v: float) -> bool:
     return v > 0
 
 
+def _not_negative(v: float) -> bool:
+    return v >= 0
+
+
 def _retries(v: int) -> bool:
     return 0 <= v <= 10
 
@@ -43,8 +47,18 @@ class BackupConfig(ServiceConfig):
     target_backoff_seconds: float = field(default=2.0, metadata=check(_positive, "seconds > 0"))
     # Run the daily schedule (off in tests that drive one tick themselves).
     schedule_loop: bool = True
+    # Signed checkpoints of the event chain into <backup_dir>/audit (libs/events/checkpoints.py):
+    # at start and every this many seconds; 0 turns them off.
+    checkpoint_seconds: float = field(
+        default=3600.0, metadata=check(_not_negative, "seconds >= 0 (0: off)")
+    )
     # Targets on this machine's loopback (tests run moto there); off in production.
     allow_loopback_targets: bool = False
+
+
+def audit_dir(cfg: BackupConfig) -> Path:
+    """Where the signed checkpoints of the event chain and their key are kept."""
+    return cfg.backup_dir.absolute() / "audit"
 
 
 def platform_dirs(cfg: BackupConfig) -> tuple[Path, ...]:

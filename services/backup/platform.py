@@ -5,6 +5,8 @@
     events.jsonl   a header line, every row of events.events in position order, a trailer line
     keyring.json   the sealing keyring, byte for byte (mode 0600)
     certs/         the certificates folder (PEM files, the per-host links inside it)
+    audit/         the signed checkpoints of the event chain and their public key, when taken
+                   (libs/events/checkpoints.py; a copy off the server, not loaded back)
     platform.json  {format, version, platform_version, time, apps: {app_id: snapshot id}}
 
 An event line holds the row as stored: `data` and `meta` are the jsonb values' text (Postgres
@@ -53,6 +55,7 @@ VERSION = 1
 EVENTS = "events.jsonl"
 KEYRING = "keyring.json"
 CERTS = "certs"
+AUDIT = "audit"  # the signed checkpoints of the event chain and their public key
 PLATFORM = "platform.json"
 _EVENTS_FORMAT = "homeport-events"
 _BATCH = 1000
@@ -86,8 +89,10 @@ async def dump_platform(
     out_dir: Path,
     apps: Mapping[str, str],
     platform_version: str,
+    audit_dir: Path | None = None,
 ) -> None:
     """Write the platform backup folder `out_dir` (made 0700; must hold none of its files).
+    With `audit_dir`: a copy of its signed checkpoints and their public key (never the key).
 
     `conn` must not be inside a transaction: the events are read in one repeatable-read
     snapshot of their own. `apps` maps app ids to the ids of the app backups of the same run.
@@ -97,6 +102,8 @@ async def dump_platform(
     count, head = await _dump_events(conn, out_dir / EVENTS)
     await asyncio.to_thread(_copy_keyring, Path(keyring), out_dir / KEYRING)
     await asyncio.to_thread(_copy_tree, Path(certs_dir), out_dir / CERTS)
+    if audit_dir is not None:
+        await asyncio.to_thread(_copy_checkpoints, Path(audit_dir), out_dir / AUDIT)
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -213,6 +220,21 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _copy_checkpoints(src: Path, dst: Path) -> None:
+    """The checkpoint log and public key, when there (regular files, never through a link)."""
+    from libs.events.checkpoints import KEY_FILE, LOG_FILE
+
+    for name in (LOG_FILE, f"{KEY_FILE}.pub"):
+        try:
+            data, _ = _read_regular(src / name, f"the checkpoint file {name}")
+        except PlatformError:
+            if not (src / name).exists() and not (src / name).is_symlink():
+                continue  # none taken yet
+            raise
+        dst.mkdir(mode=0o700, exist_ok=True)
+        _write_new(dst / name, data, 0o600)
 
 
 def _copy_keyring(src: Path, dst: Path) -> None:

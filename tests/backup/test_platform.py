@@ -5,6 +5,7 @@ refuses (a non-empty store, an altered or cut dump, links pointing out)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import stat
@@ -281,3 +282,40 @@ async def test_an_empty_store_without_certificates_dumps_and_loads(
         await conn.close()
     assert loaded["loaded_events"] == 0 and loaded["apps"] == {}
     assert (tmp_path / "new" / "c").is_dir() and not any((tmp_path / "new" / "c").iterdir())
+
+
+async def test_a_dump_carries_the_signed_checkpoints_and_their_public_key_never_the_key(
+    dsn: str, tmp_path: Path
+) -> None:
+    """The checkpoints go to the backup target with every platform backup (a copy off the
+    server); the signing key stays in the backup service's folder."""
+    from libs.events.checkpoints import CheckpointLog, public_key_of, take_checkpoint
+    from libs.events.checkpoints import load_or_create_key as checkpoint_key
+
+    store = await PostgresEventStore.open(dsn, max_size=2)
+    try:
+        await store.append("thing-1", [NewEvent("ThingHappened", {"i": 1})])
+        audit = tmp_path / "backup" / "audit"
+        key = checkpoint_key(audit / "checkpoint.key")
+        assert await take_checkpoint(
+            store, CheckpointLog(audit / "checkpoints.jsonl"), key, now=dt.datetime.now(dt.UTC)
+        )
+        keyring, certs = _platform_files(tmp_path)
+        out = tmp_path / "dump"
+        async with store.pool.acquire() as conn:
+            await dump_platform(conn, keyring=keyring, certs_dir=certs, out_dir=out, apps={},
+                                platform_version="0.1.0", audit_dir=audit)  # fmt: skip
+            empty = tmp_path / "dump-none"
+            await dump_platform(conn, keyring=keyring, certs_dir=certs, out_dir=empty, apps={},
+                                platform_version="0.1.0", audit_dir=tmp_path / "none")  # fmt: skip
+    finally:
+        await store.close()
+    assert sorted(p.name for p in (out / "audit").iterdir()) == [
+        "checkpoint.key.pub",
+        "checkpoints.jsonl",
+    ]
+    assert (out / "audit" / "checkpoints.jsonl").read_bytes() == (
+        audit / "checkpoints.jsonl"
+    ).read_bytes()
+    assert (out / "audit" / "checkpoint.key.pub").read_text().strip() == public_key_of(key)
+    assert not (empty / "audit").exists()  # none taken yet: nothing, and no error

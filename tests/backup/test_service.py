@@ -18,6 +18,7 @@ from services.backup.repo import Repository, new_identity
 from services.backup.targets.local import LocalTarget
 from tests.backup.servicekit import Backup, backup_env, running_backup
 from tests.support.moto import MotoServer, run_moto
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -215,3 +216,44 @@ async def test_a_caller_who_is_not_an_admin_is_refused(backup: Backup, tmp_path:
         with pytest.raises(Forbidden):
             await call("backup", name, payload, ctx=someone, timeout=10)
     assert await backup.events("backup-settings") == []
+
+
+async def test_the_service_signs_checkpoints_at_start_and_at_its_interval(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path, uniq: str
+) -> None:
+    """The backup service keeps the signed checkpoints of the event chain (its own key, in its
+    own folder): one at start, another once the chain moved and the interval passed; both
+    verify against the event store."""
+    from libs.events.checkpoints import CheckpointLog, verify_checkpoints
+    from libs.events.envelope import NewEvent
+
+    env = backup_env(
+        dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, uniq=uniq,
+        extra={"HP_CHECKPOINT_SECONDS": "0.2"},
+    )  # fmt: skip
+    audit = tmp_path / "backup" / "audit"
+    log = CheckpointLog(audit / "checkpoints.jsonl")
+    async with running_backup(monkeypatch, env) as b:
+        await b.store.append(f"thing-{uniq}", [NewEvent("ThingHappened", {"i": 1})])
+        head = await b.store.head()
+
+        async def at_head() -> bool:
+            lines = log.path.read_text().splitlines() if log.path.exists() else []
+            return bool(lines) and json.loads(lines[-1])["position"] == head
+
+        await wait_until(at_head, 20, "a checkpoint of the new head")
+        public = (audit / "checkpoint.key.pub").read_text().strip()
+        matched, problems = await verify_checkpoints(b.store, log, public)
+        assert problems == [] and matched == len(log.path.read_text().splitlines()) >= 1
+    assert (audit / "checkpoint.key").stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_negative_checkpoint_interval_is_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from libs.service.config import ConfigError, load_config
+    from services.backup.config import BackupConfig
+
+    monkeypatch.setenv("HP_CHECKPOINT_SECONDS", "-5")
+    with pytest.raises(ConfigError, match="HP_CHECKPOINT_SECONDS"):
+        load_config(BackupConfig)

@@ -27,7 +27,7 @@ from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
 from libs.events.tasks import Task
 from services.backup import events as ev
-from services.backup.config import BackupConfig
+from services.backup.config import BackupConfig, audit_dir
 from services.backup.errors import BackupNotFound, BackupUnavailable, InvalidRequest, JobFailed
 from services.backup.platform import PlatformError, dump_platform
 from services.backup.repo import (
@@ -443,6 +443,7 @@ class Engine:
                     out_dir=tmp,
                     apps=apps,
                     platform_version=_platform_version(),
+                    audit_dir=audit_dir(self.cfg),
                 )
         except PlatformError as e:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
