@@ -134,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
 
     def checkpoint_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
+            "--prefix",
+            type=Path,
+            default=Path("/"),
+            help="a server install's root (default /): without --dsn, its database and "
+            "/var/lib/homeport are used when it has a homeport.env",
+        )
+        p.add_argument(
             "--checkpoints",
             type=Path,
             help="the signed checkpoint file (default <data dir>/backup/audit/checkpoints.jsonl)",
@@ -646,19 +653,33 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _checkpoint_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+def _audit_where(args: argparse.Namespace) -> tuple[str | None, Path]:
+    """(the event store's URL, the data dir): --dsn and --data-dir; on a server install (and no
+    --dsn), the database in its homeport.env and its data dir. None (after a message) if none."""
+    layout = None if args.dsn else _server(args)
+    if layout is None:
+        return _dsn(args), Path(args.data_dir).absolute()
+    from deploy.update import read_env_file
+
+    dsn = read_env_file(layout.env_file).get("HP_DATABASE_URL")
+    if not dsn:
+        _err(f"{layout.env_file} sets no HP_DATABASE_URL: run the installer again")
+    return dsn or None, layout.data
+
+
+def _checkpoint_paths(args: argparse.Namespace, data: Path) -> tuple[Path, Path]:
     """The log and key the backup service keeps (<data>/backup/audit), unless named."""
     from libs.events.checkpoints import KEY_FILE, LOG_FILE
 
-    audit = Path(args.data_dir).absolute() / "backup" / "audit"
+    audit = data / "backup" / "audit"
     return (args.checkpoints or audit / LOG_FILE, args.key or audit / KEY_FILE)
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    dsn = _dsn(args)
+    dsn, data = _audit_where(args)
     if dsn is None:
         return EXIT_NOT_RUNNING
-    log_path, key_path = _checkpoint_paths(args)
+    log_path, key_path = _checkpoint_paths(args, data)
     public: str | None = None
     pub_path = key_path.with_name(key_path.name + ".pub")
     if log_path.exists():
@@ -730,10 +751,10 @@ def _cmd_audit_checkpoint(args: argparse.Namespace) -> int:
     from libs.events.checkpoints import CheckpointLog, load_or_create_key, take_checkpoint
     from libs.events.store import PostgresEventStore
 
-    dsn = _dsn(args)
+    dsn, data = _audit_where(args)
     if dsn is None:
         return EXIT_NOT_RUNNING
-    log_path, key_path = _checkpoint_paths(args)
+    log_path, key_path = _checkpoint_paths(args, data)
 
     async def run() -> Any:
         key = load_or_create_key(key_path)

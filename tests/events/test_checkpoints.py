@@ -147,3 +147,25 @@ async def test_homeport_audit_checkpoint_then_verify_names_the_first_broken_chec
     assert "event chain intact: 12 events checked" in out  # the rewrite fooled the chain
     log = tmp_path / "backup" / "audit" / "checkpoints.jsonl"
     assert f"the first that does not: line 1 of {log} (position 6)" in out, out
+
+
+async def test_on_a_server_install_the_commands_use_its_database_and_data_dir(
+    store: PostgresEventStore, dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--prefix` (default /): a homeport.env there names the database; the checkpoints are the
+    backup service's, under the install's data dir."""
+    from cli.main import main
+    from deploy.layout import Layout
+
+    layout = Layout(tmp_path / "root")
+    layout.etc.mkdir(parents=True)
+    layout.env_file.write_text(f"HP_DATABASE_URL={dsn}\n")
+    await _write(store, 3, 0)
+    prefix = ["--prefix", str(layout.prefix)]
+    assert await asyncio.to_thread(main, ["audit", "checkpoint", *prefix]) == 0
+    assert (layout.data / "backup" / "audit" / "checkpoints.jsonl").is_file()
+    assert await asyncio.to_thread(main, ["audit", "verify", *prefix]) == 0
+    assert "all 1 signed checkpoints match" in capsys.readouterr().out
+    layout.env_file.write_text("# nothing\n")
+    assert await asyncio.to_thread(main, ["audit", "verify", *prefix]) != 0
+    assert "sets no HP_DATABASE_URL" in capsys.readouterr().err
