@@ -817,14 +817,11 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             )
         finally:
             await target.close()
-        apps = ", ".join(sorted(s.apps)) or "none"
-        print(
-            f"Restored platform backup {s.snapshot} of {s.time} (Homeport {s.platform_version})"
-            f" into {data}:\n  {s.events} events (users, groups, domains, settings), the keyring"
-            f" and certificates; {s.sessions_ended} open sessions ended (everyone signs in"
-            f" again);\n  apps: {apps} (their data is put back when the stack starts).\n"
+        _print_restored(
+            s,
+            f" into {data}",
+            "their data is put back when the stack starts",
             f"Now run `make run` (or `homeport up --data-dir {data}`).",
-            flush=True,
         )
         return EXIT_OK
 
@@ -899,15 +896,12 @@ def _cmd_restore_server(args: argparse.Namespace, layout: Layout) -> int:
             )
         finally:
             await target.close()
-        apps = ", ".join(sorted(s.apps)) or "none"
-        print(
-            f"Restored platform backup {s.snapshot} of {s.time} (Homeport {s.platform_version}):"
-            f"\n  {s.events} events (users, groups, domains, settings), the keyring and"
-            f" certificates; {s.sessions_ended} open sessions ended (everyone signs in again);"
-            f"\n  apps: {apps} (being rebuilt with their data now; see the dashboard).\n"
+        _print_restored(
+            s,
+            "",
+            "being rebuilt with their data now; see the dashboard",
             f"Every unit is running. The data from before the restore is in {aside}: remove it"
             " when you no longer need it.",
-            flush=True,
         )
         return EXIT_OK
 
@@ -930,6 +924,18 @@ def _cmd_restore_server(args: argparse.Namespace, layout: Layout) -> int:
             with contextlib.suppress(OSError, KeyError):
                 write_failed(layout, str(e))
         return EXIT_FAILED
+
+
+def _print_restored(s: Any, where: str, apps_then: str, next_step: str) -> None:
+    """What a restore brought back (a RestoreSummary), the same words embedded and on a server."""
+    apps = ", ".join(sorted(s.apps)) or "none"
+    print(
+        f"Restored platform backup {s.snapshot} of {s.time} (Homeport {s.platform_version})"
+        f"{where}:\n  {s.events} events (users, groups, domains, settings), the keyring and"
+        f" certificates; {s.sessions_ended} open sessions ended (everyone signs in again);"
+        f"\n  apps: {apps} ({apps_then}).\n{next_step}",
+        flush=True,
+    )
 
 
 def _shown(source: str) -> str:

@@ -67,11 +67,10 @@ from deploy.units import (
     restore_marker,
     unit_name,
 )
-from deploy.update import SystemdHost, UpdateError
+from deploy.update import SystemdHost, UpdateError, read_env_file
 
 __all__ = [
     "HEALTH_TIMEOUT",
-    "read_env",
     "recover_interrupted",
     "request_path",
     "restore_server",
@@ -87,16 +86,6 @@ Say = Callable[[str], None]
 def request_path(layout: Layout) -> Path:
     """Where the backup service writes the wizard's restore request (its data dir, 0700)."""
     return layout.data / "backup" / RESTORE_REQUEST
-
-
-def read_env(layout: Layout) -> dict[str, str]:
-    """The KEY=value lines of the install's homeport.env."""
-    out: dict[str, str] = {}
-    for line in layout.env_file.read_text(encoding="utf-8").splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.lstrip().startswith("#"):
-            out[key.strip()] = value.strip()
-    return out
 
 
 def take_request(layout: Layout, path: Path) -> dict[str, Any]:
@@ -280,7 +269,7 @@ def _return_old(data: Path, aside: Path, old: set[str]) -> None:
 def _installer(layout: Layout, say: Say) -> Any:
     from deploy.install import Installer, Options
 
-    env = read_env(layout)
+    env = read_env_file(layout.env_file)
     version = layout.version_of(layout.current) or "current"
     options = Options(version, docker_host=env.get("HP_DOCKER_HOST", ""), prefix=layout.prefix)
     return Installer(options, say=lambda line: say(line.strip()))
@@ -346,7 +335,7 @@ def _server_places(layout: Layout) -> Places:
         await asyncio.to_thread(_ctl, "start", unit_name("postgres"))
         installer = _installer(layout, say)
         await asyncio.to_thread(installer._create_database)
-        dsn = read_env(layout).get("HP_DATABASE_URL", "")
+        dsn = read_env_file(layout.env_file).get("HP_DATABASE_URL", "")
         if not dsn:
             raise RestoreError(f"{layout.env_file} sets no HP_DATABASE_URL: run the installer")
         yield dsn

@@ -88,7 +88,11 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(base64.b64encode(raw).decode() + "\n")
-            _public_path(path).write_text(public_key_of(key) + "\n")
+            pub = _public_path(path)  # written anew, never through a link
+            pub.unlink(missing_ok=True)
+            pub_fd = os.open(pub, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(pub_fd, "w") as f:
+                f.write(public_key_of(key) + "\n")
             return key
         return load_or_create_key(path)
     with os.fdopen(fd) as f:
@@ -128,10 +132,7 @@ class CheckpointLog:
     def read(self, public_key: str) -> tuple[list[tuple[int, Checkpoint]], list[CheckpointProblem]]:
         """The checkpoints whose signature verifies with `public_key` (with their line numbers),
         and a problem for every line that does not."""
-        try:
-            pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key))
-        except ValueError as e:
-            raise ValueError(f"not an Ed25519 public key: {e}") from None
+        pub = _public_key(public_key)
         good: list[tuple[int, Checkpoint]] = []
         problems: list[CheckpointProblem] = []
         try:
@@ -139,20 +140,53 @@ class CheckpointLog:
         except FileNotFoundError:
             return good, problems
         for n, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                doc = json.loads(raw)
-                cp = Checkpoint(int(doc["position"]), str(doc["hash"]), str(doc["at"]))
-                pub.verify(base64.b64decode(doc["sig"]), cp.message())
-            except InvalidSignature:
-                problems.append(CheckpointProblem(n, cp.position, "signature does not verify"))
-                continue
-            except (ValueError, KeyError, TypeError) as e:
-                problems.append(CheckpointProblem(n, None, f"not a checkpoint line ({e})"))
-                continue
-            good.append((n, cp))
+            if raw.strip():
+                parsed = _parse(n, raw, pub)
+                if isinstance(parsed, Checkpoint):
+                    good.append((n, parsed))
+                else:
+                    problems.append(parsed)
         return good, problems
+
+    def last(self, public_key: str) -> Checkpoint | None:
+        """The newest checkpoint that verifies: the file's last line (read from its end, not
+        the whole log at every round), else the newest good one of all."""
+        try:
+            with self.path.open("rb") as f:
+                start = max(f.seek(0, os.SEEK_END) - _TAIL_BYTES, 0)
+                f.seek(start)
+                tail = f.read().decode("utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return None
+        lines = [line for line in tail[1 if start else 0 :] if line.strip()]  # first may be cut
+        parsed = _parse(0, lines[-1], _public_key(public_key)) if lines else None
+        if isinstance(parsed, Checkpoint):
+            return parsed
+        good, _ = self.read(public_key)
+        return good[-1][1] if good else None
+
+
+_TAIL_BYTES = 4096  # a checkpoint line is about 250 bytes
+
+
+def _public_key(public_key: str) -> Ed25519PublicKey:
+    try:
+        return Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key))
+    except ValueError as e:
+        raise ValueError(f"not an Ed25519 public key: {e}") from None
+
+
+def _parse(n: int, raw: str, pub: Ed25519PublicKey) -> Checkpoint | CheckpointProblem:
+    """Line `n` of the log: its checkpoint if its signature verifies, else what is wrong."""
+    try:
+        doc = json.loads(raw)
+        cp = Checkpoint(int(doc["position"]), str(doc["hash"]), str(doc["at"]))
+        pub.verify(base64.b64decode(doc["sig"]), cp.message())
+    except InvalidSignature:
+        return CheckpointProblem(n, cp.position, "signature does not verify")
+    except (ValueError, KeyError, TypeError) as e:
+        return CheckpointProblem(n, None, f"not a checkpoint line ({e})")
+    return cp
 
 
 async def take_checkpoint(
@@ -163,8 +197,8 @@ async def take_checkpoint(
     if row is None or int(row["position"]) == 0:
         return None
     cp = Checkpoint(int(row["position"]), bytes(row["hash"]).hex(), now.astimezone(UTC).isoformat())
-    good, _ = log.read(public_key_of(key))
-    if good and good[-1][1].position == cp.position and good[-1][1].hash == cp.hash:
+    last = log.last(public_key_of(key))
+    if last is not None and (last.position, last.hash) == (cp.position, cp.hash):
         return None
     log.append(cp, key)
     return cp

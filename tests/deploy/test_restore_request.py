@@ -15,15 +15,7 @@ import pytest
 from cli.main import main
 from deploy.layout import Layout
 from deploy.units import RESTORE_UNITS, TARGET, render_units, unit_specs
-
-
-def _directives(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if line and not line.startswith(("#", "[")):
-            key, _, value = line.partition("=")
-            out.setdefault(key, []).append(value)
-    return out
+from tests.support.unitfiles import directives
 
 
 def test_the_path_unit_watches_the_backup_services_request(tmp_path: Path) -> None:
@@ -32,9 +24,9 @@ def test_the_path_unit_watches_the_backup_services_request(tmp_path: Path) -> No
     service, path = (units[name] for name in RESTORE_UNITS[:2])
     backup = next(s for s in unit_specs(layout) if s.name == "backup")
     request = Path(backup.environment["HP_DATA_DIR"]) / "restore-request.json"
-    assert _directives(path)["PathExists"] == [str(request)]
-    assert _directives(path)["Unit"] == ["homeport-restore.service"]
-    d = _directives(service)
+    assert directives(path)["PathExists"] == [str(request)]
+    assert directives(path)["Unit"] == ["homeport-restore.service"]
+    d = directives(service)
     assert d["User"] == ["root"] and d["Type"] == ["oneshot"]
     assert d["ExecStart"][0].endswith(
         f"-m cli.main restore --from-request {request} --prefix {tmp_path}"

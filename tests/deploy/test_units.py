@@ -36,6 +36,7 @@ from deploy.units import (
     unit_ok,
     write_units,
 )
+from tests.support.unitfiles import directives
 
 REPO = Path(__file__).resolve().parents[2]
 ANALYZE = shutil.which("systemd-analyze")
@@ -86,15 +87,6 @@ def _service_files(unit_dir: Path) -> list[Path]:
     return sorted(p for p in unit_dir.glob("*.service") if p.name not in others)
 
 
-def _directives(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if line and not line.startswith(("#", "[")):
-            key, _, value = line.partition("=")
-            out.setdefault(key, []).append(value)
-    return out
-
-
 def test_every_service_has_a_unit(rendered: tuple[Layout, Path]) -> None:
     _, unit_dir = rendered
     mains = sorted(p.parent.name for p in (REPO / "services").glob("*/__main__.py"))
@@ -110,7 +102,7 @@ def test_every_service_has_a_unit(rendered: tuple[Layout, Path]) -> None:
         text = f.read_text()
         assert "PartOf=homeport.target" in text, f.name
         # nothing starts before the recovery of a cut-off restore has run (or been skipped)
-        after = _directives(text)["After"][0].split()
+        after = directives(text)["After"][0].split()
         assert RESTORE_RECOVER in after and f"Requires={RESTORE_RECOVER}" in text, f.name
         on_demand = f.with_suffix(".path").name  # the addon server: through its path unit
         assert re.search(rf"\b({re.escape(f.name)}|{re.escape(on_demand)})\b", target), f.name
@@ -120,7 +112,7 @@ def test_every_service_has_a_unit(rendered: tuple[Layout, Path]) -> None:
 def test_hardening_and_users(rendered: tuple[Layout, Path]) -> None:
     layout, unit_dir = rendered
     for f in _service_files(unit_dir):
-        d = _directives(f.read_text())
+        d = directives(f.read_text())
         for key, value in {
             "ProtectSystem": "strict",
             "ProtectHome": "yes",
@@ -161,9 +153,9 @@ def test_hardening_and_users(rendered: tuple[Layout, Path]) -> None:
         else:
             assert caps == expected.get(f.name, []), f"{f.name}: {caps}"
     assert ROOT_UNITS == {}
-    gw = _directives((unit_dir / "homeport-gateway.service").read_text())
+    gw = directives((unit_dir / "homeport-gateway.service").read_text())
     assert "HP_EDGE_HTTPS_PORT=443" in gw["Environment"][1]
-    fw = _directives((unit_dir / "homeport-firewall.service").read_text())
+    fw = directives((unit_dir / "homeport-firewall.service").read_text())
     assert "HP_FIREWALL_APPLY=true" in fw["Environment"][1]
     pg = (unit_dir / "homeport-postgres.service").read_text()
     assert f"-D {layout.data}/postgres/pgdata -p 7432 -h 127.0.0.1 " in pg  # not Debian's 5432
@@ -180,15 +172,15 @@ def test_the_addon_server_starts_only_once_an_app_asks_for_it(
     the path unit starts it once the apps service's flag exists; nothing else pulls it in."""
     layout, unit_dir = rendered
     server, path = "homeport-addon-postgres.service", "homeport-addon-postgres.path"
-    target = _directives((unit_dir / TARGET).read_text())
+    target = directives((unit_dir / TARGET).read_text())
     wanted = " ".join(target["Wants"]).split()
     assert path in wanted and server not in wanted
-    d = _directives((unit_dir / path).read_text())
+    d = directives((unit_dir / path).read_text())
     flag = layout.data / "addon-pg-hba" / "wanted"
     assert d["PathExists"] == [str(flag)] and d["Unit"] == [server]
     assert d["PartOf"] == ["homeport.target"] and d["WantedBy"] == ["homeport.target"]
     # the apps unit may write the flag, orders itself after the server, and does not want it
-    apps = _directives((unit_dir / "homeport-apps.service").read_text())
+    apps = directives((unit_dir / "homeport-apps.service").read_text())
     assert str(flag.parent) in apps["ReadWritePaths"]
     assert server in " ".join(apps["After"]) and server not in " ".join(apps.get("Wants", []))
     for f in unit_dir.iterdir():
