@@ -302,6 +302,22 @@ def test_units_security_scores_under_real_systemd(box: SystemdBox) -> None:
     box.ok = True
 
 
+def _why_refused(box: SystemdBox) -> str:
+    """For a refused sign-in's assertion: the reasons identity recorded (its LoginFailed events)
+    and its journal's end."""
+    env = "set -a; . /etc/homeport/homeport.env; set +a"
+    sql = (
+        "SELECT position, recorded_at, data->>'reason' FROM events.events"
+        " WHERE type = 'LoginFailed' ORDER BY position DESC LIMIT 5"
+    )
+    failed = box.sh(f'{env}; psql "$HP_DATABASE_URL" -Atc "{sql}"', check=False)
+    journal = box.sh(
+        "journalctl -b --no-pager -n 60 -u homeport-identity -u homeport-gateway | cut -c1-300",
+        check=False,
+    )
+    return f"LoginFailed: {failed}\n{journal}"
+
+
 def _release(repo: Path, version: str, key: Path, out: Path) -> None:
     """`homeport release build` of `repo` (a git checkout) as `version` into `out`."""
     code = main(["release", "build", "--repo", str(repo), "--version", version,
@@ -352,7 +368,7 @@ def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> 
     # its data: the administrator made at setup signs in
     login = {"username": "owner", "password": PASSWORD}
     status, answer = _api(box, "POST", "/api/v1/session", login)
-    assert status == 200, answer
+    assert status == 200, (answer, _why_refused(box))
 
     # N+2: identity exits at start -> unhealthy -> back to 0.2.0 by itself
     main_py = repo / "services" / "identity" / "__main__.py"
@@ -371,5 +387,5 @@ def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> 
         120,
     )
     status, answer = _api(box, "POST", "/api/v1/session", login)
-    assert status == 200, answer
+    assert status == 200, (answer, _why_refused(box))
     box.ok = True
