@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -34,6 +34,9 @@ from libs.events.migrations import migrate
 from libs.events.pool import open_pool
 from libs.events.registry import REGISTRY, EventRegistry
 from libs.service.metrics import EVENTS_APPENDED
+
+if TYPE_CHECKING:  # periods.py needs cryptography: not for processes that seal nothing
+    from libs.events.periods import AddressSealer
 
 __all__ = [
     "AppendResult",
@@ -144,11 +147,13 @@ class PostgresEventStore:
         registry: EventRegistry = REGISTRY,
         *,
         owns_pool: bool = False,
+        addresses: AddressSealer | None = None,
     ) -> None:
         self.pool = pool
         self.dsn = dsn
         self.registry = registry
         self._owns_pool = owns_pool
+        self._addresses = addresses
         self.max_batch_events = 1000
         # Appends through this store so far (committed or not): a cheap "did anything change"
         # for in-process loops that would otherwise ask Postgres every round (apps' health).
@@ -169,8 +174,10 @@ class PostgresEventStore:
         max_size: int = 10,
         registry: EventRegistry = REGISTRY,
         run_migrations: bool = True,
+        addresses: AddressSealer | None = None,
     ) -> PostgresEventStore:
-        """Connect a pool to `dsn` and bring the schema up to date."""
+        """Connect a pool to `dsn` and bring the schema up to date; with `addresses`, the
+        client address of every appended event (`meta.ip`) is sealed to its week's key."""
         pool = await open_pool(dsn, min_size=min_size, max_size=max_size)
         try:
             if run_migrations:
@@ -179,7 +186,7 @@ class PostgresEventStore:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, dsn, registry, owns_pool=True)
+        return cls(pool, dsn, registry, owns_pool=True, addresses=addresses)
 
     async def close(self) -> None:
         self._closing = True
@@ -198,12 +205,25 @@ class PostgresEventStore:
 
     # -- writing -------------------------------------------------------------------------
 
+    def seal_addresses_with(self, addresses: AddressSealer) -> None:
+        """From now on, seal `meta.ip` of appended events with `addresses` (periods.py): for
+        a process whose store was opened before its key source (libs/events/wiring.py)."""
+        self._addresses = addresses
+
     def _prepare(self, events: Sequence[Any]) -> list[NewEvent]:
         base = context.current().meta()
+        sealed: dict[str, str] = {}  # one seal per address and call, not one per event
         out: list[NewEvent] = []
         for ev in events:
             new = ev if isinstance(ev, NewEvent) else self.registry.to_new_event(ev)
-            out.append(NewEvent(new.type, new.data, new.schema, new.id, {**base, **new.meta}))
+            meta = {**base, **new.meta}
+            ip = meta.get("ip")
+            if self._addresses is not None and isinstance(ip, str) and ip:
+                if not ip.startswith("hp:sealed:"):  # already sealed (a continuation's meta)
+                    if ip not in sealed:
+                        sealed[ip] = self._addresses.seal(ip)
+                    meta["ip"] = sealed[ip]
+            out.append(NewEvent(new.type, new.data, new.schema, new.id, meta))
         return out
 
     async def append(
