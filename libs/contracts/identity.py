@@ -19,6 +19,7 @@ __all__ = [
     "GROUP_NAME_PATTERN",
     "MAX_ACCESS_GROUPS",
     "MAX_ACCESS_USERS",
+    "MAX_ADDRESS_VALUES",
     "MAX_INVITATION_GROUPS",
     "USERNAME_PATTERN",
 ]
@@ -30,6 +31,7 @@ APP_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MAX_INVITATION_GROUPS = 100
 MAX_ACCESS_USERS = 1000
 MAX_ACCESS_GROUPS = 200
+MAX_ADDRESS_VALUES = 500
 
 _USERNAME = string(
     maxLength=32,
@@ -240,5 +242,11 @@ CONTRACT = Contract(
         "invitations": _NOTHING,
         "ldap_apps": _NOTHING,
         "ldap_endpoint": _NOTHING,
+        # client addresses sealed to their week (the activity log): the text, or null once the
+        # week's key is destroyed; one page of the log at a time
+        "addresses": obj(
+            {"values": array(string(maxLength=1024), maxItems=MAX_ADDRESS_VALUES)},
+            required=["values"],
+        ),
     },
 )

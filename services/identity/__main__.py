@@ -7,17 +7,21 @@ port: never a public address. Tests use loopback (127.0.0.1, port 0).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from functools import partial
 
 from libs.contracts.identity import CONTRACT
+from libs.events.periods import PeriodKeys
 from libs.events.projection import ProjectionRunner
 from libs.events.wiring import connections, loop, opened_keyring, serve
 from libs.service.config import load_config
 from libs.service.runner import Service, main
 from services.identity import changes
+from services.identity.addresses import Addresses
 from services.identity.clock import Clock, utcnow
 from services.identity.config import IdentityConfig
 from services.identity.directory import IdentityDirectory
@@ -46,11 +50,23 @@ def build(cfg: IdentityConfig | None = None, *, clock: Clock = utcnow) -> Servic
 @asynccontextmanager
 async def _parts(cfg: IdentityConfig, clock: Clock, svc: Service) -> AsyncIterator[None]:
     async with connections(svc) as conn, opened_keyring(cfg.keyring) as keyring:
-        projection = IdentityProjection(TABLES)
+        # client addresses in events: sealed to their week's key, destroyed after retention
+        ip_keys = await asyncio.to_thread(PeriodKeys, cfg.ip_keys_path, clock=clock)
+        retention = timedelta(days=cfg.ip_retention_days)
+        await asyncio.to_thread(ip_keys.housekeep, retention)  # this week's key before any seal
+        conn.store.seal_addresses_with(ip_keys)
+        projection = IdentityProjection(TABLES, addresses=ip_keys)
         await ProjectionRunner(projection, conn.store).setup()
         # gateways drop what they cached of the users a transaction changed
         store = IdentityStore(
-            conn.store, keyring, projection, announce=partial(changes.announce, conn.nc)
+            conn.store,
+            keyring,
+            projection,
+            announce=partial(changes.announce, conn.nc),
+            addresses=ip_keys,
+        )
+        addresses = Addresses(
+            ip_keys, store.pool, retention=retention, require_admin=store.require_admin, clock=clock
         )
         limits = Limits(store, cfg, clock=clock)
         users = Users(store, limits, data_dir=cfg.data_dir)
@@ -67,8 +83,8 @@ async def _parts(cfg: IdentityConfig, clock: Clock, svc: Service) -> AsyncIterat
         directory = IdentityDirectory(store, account_limit=limit, clock=clock)
         async with endpoint(svc, cfg, directory) as ldap:
             handlers = (users, sessions, whoami, signin, mfa, groups, LdapApps(store, ldap))
-            async with serve(svc, conn.nc, CONTRACT, *handlers):
-                chores = Housekeeping((sessions.prune, signin.prune, groups.prune))
+            async with serve(svc, conn.nc, CONTRACT, *handlers, addresses):
+                chores = Housekeeping((sessions.prune, signin.prune, groups.prune, addresses.prune))
                 async with loop(svc, "identity.prune", chores.run(), chores.stop):
                     yield
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from libs.service.config import ServiceConfig, check
 from services.identity.ldap.filters import DnError, parse_dn
@@ -23,6 +24,10 @@ def _dn(v: str) -> bool:
         return bool(parse_dn(v))
     except DnError:
         return False
+
+
+def _retention(v: int) -> bool:
+    return 1 <= v <= 3650
 
 
 _SECONDS = check(_positive, "a whole number of seconds > 0")
@@ -55,3 +60,15 @@ class IdentityConfig(ServiceConfig):
     )
     # Connections one client address (one app's container) may hold open at once.
     ldap_max_connections_per_address: int = field(default=32, metadata=_COUNT)
+    # Client addresses and browser strings in events are sealed to their week's key, destroyed
+    # this many days after the week began (libs/events/periods.py). The key file is identity's
+    # (default <data dir>/ip-keys.json); its public keys are written beside it (.pub.json).
+    ip_retention_days: int = field(
+        default=30, metadata=check(_retention, "a whole number of days 1-3650")
+    )
+    ip_keys: Path | None = None
+
+    @property
+    def ip_keys_path(self) -> Path:
+        """The file of the weeks' address keys."""
+        return self.ip_keys if self.ip_keys is not None else self.data_dir / "ip-keys.json"

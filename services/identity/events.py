@@ -152,7 +152,7 @@ class SessionStarted:
     session_hash: str  # SHA-256 hex of the secret cookie value; the value itself is never stored
     expires_at: str  # ISO 8601, absolute end
     idle_seconds: int
-    ip: str | None
+    ip: str | None  # sealed to its week's key (addresses.py), like user_agent
     user_agent: str | None
 
     def summary(self) -> str:
@@ -175,9 +175,9 @@ class SessionEnded:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoginFailed:
     user_id: str | None  # None: no account has that name (the name itself is not kept)
-    ip: str | None
+    ip: str | None  # sealed to its week's key (addresses.py); the activity log shows meta.ip
     reason: str  # password | unknown_user | disabled | limited | current_password | ...
 
     def summary(self) -> str:
         who = f"account {_short(self.user_id)}" if self.user_id else "an unknown name"
-        return f"failed sign-in for {who} from {self.ip or 'an unknown address'} ({self.reason})"
+        return f"failed sign-in for {who} ({self.reason})"

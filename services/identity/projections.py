@@ -12,7 +12,9 @@ up through the relay. Consequences, each relied on:
   the projection's advisory lock held exclusively; inline writers take it shared, so they wait
   for a rebuild and a rebuild waits for them.
 - Each row keeps only sealed personal data (and keyed blind indexes for look-ups), so the read
-  model needs no keyring to be rebuilt, and a deleted user's row goes with the user.
+  model needs no keyring to be rebuilt, and a deleted user's row goes with the user. Client
+  addresses and browser strings are the exception: sealed to their week in the events, kept
+  plain here (read back as events are applied) for at most the retention period (addresses.py).
 - `sessions.last_seen` (idle timeout) is operational state, touched by whoami and not an event:
   a rebuild sets it to the sign-in time, so a rebuild may end sessions idle since then early.
 - Gateways cache whoami answers for up to a second: `apply` notes the users whose answer an
@@ -31,9 +33,11 @@ from typing import ClassVar
 import asyncpg
 
 from libs.events.envelope import RecordedEvent
+from libs.events.periods import AddressReader
 from libs.events.projection import Projection, register_projection
 from libs.events.registry import REGISTRY
 from services.identity import changes, groups, ldap_apps, mfa, sessions, signin, users
+from services.identity.addresses import keys_for_replay, unsealed
 from services.identity.readmodel import Effect, Step, Table
 
 __all__ = ["TABLES", "IdentityProjection"]
@@ -57,7 +61,12 @@ class IdentityProjection(Projection):
     schema: ClassVar[str] = "identity"
     migrations: ClassVar[Path | None] = Path(__file__).parent / "migrations"
 
-    def __init__(self, tables: Sequence[Table] = TABLES) -> None:
+    def __init__(
+        self, tables: Sequence[Table] = TABLES, *, addresses: AddressReader | None = None
+    ) -> None:
+        """`addresses`: the weeks' keys, to keep a plain copy of recent client addresses (the
+        sign-in limits and the sessions list need them); without, sealed ones are not kept."""
+        self.addresses = addresses
         self.categories: frozenset[str] = frozenset().union(*(t.categories for t in tables))
         self.steps: dict[str, Step] = {}
         for table in tables:
@@ -65,6 +74,11 @@ class IdentityProjection(Projection):
                 if event_type in self.steps:
                     raise ValueError(f"{event_type} has two read-model steps")
                 self.steps[event_type] = step
+
+    @classmethod
+    def for_replay(cls) -> IdentityProjection:
+        """`homeport replay identity`: reads addresses back with identity's key file."""
+        return cls(TABLES, addresses=keys_for_replay())
 
     def wants(self, event: RecordedEvent) -> bool:
         return event.category in self.categories
@@ -82,7 +96,7 @@ class IdentityProjection(Projection):
             step = self.steps.get(event.type)
             if step is None or event.category not in self.categories:
                 continue
-            decoded = REGISTRY.decode(event)
+            decoded = unsealed(self.addresses, REGISTRY.decode(event))
             await step.apply(conn, decoded, event)
             effect = step.effect_for(decoded)
             user_id = event.data.get("user_id")

@@ -79,7 +79,8 @@ class Sessions:
         secret = new_session_id()
         session_id = str(uuid.uuid4())
         expires = self.clock() + timedelta(seconds=self.max_seconds)
-        ip = context.current().ip
+        ip = self.store.seal_address(context.current().ip)
+        user_agent = self.store.seal_address(user_agent)
 
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record) -> list[Any]:
             if row["disabled"]:

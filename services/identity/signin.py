@@ -53,7 +53,8 @@ SecondFactor = Callable[[asyncpg.Record, Mapping[str, Any]], Awaitable[Mapping[s
 
 async def record_failure(store: IdentityStore, user_id: str | None, reason: str) -> None:
     """A failed sign-in of `user_id` (None: no such account) from the caller's address."""
-    failed = ev.LoginFailed(user_id=user_id, ip=context.current().ip, reason=reason)
+    ip = store.seal_address(context.current().ip)
+    failed = ev.LoginFailed(user_id=user_id, ip=ip, reason=reason)
     await store.append(ev.SIGNIN_FAILURES_STREAM, [failed])
 
 

@@ -23,12 +23,14 @@ import asyncpg
 from libs.events import context
 from libs.events.envelope import RecordedEvent
 from libs.events.inline import inline_lock_key
+from libs.events.periods import PeriodKeys
 from libs.events.projection import Projection
 from libs.events.repository import Repository
 from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
 from services.identity import changes
 from services.identity import events as ev
+from services.identity.addresses import sealed
 from services.identity.errors import (
     Changed,
     EmailTaken,
@@ -80,9 +82,11 @@ class IdentityStore:
         projection: Projection,
         *,
         announce: Announce | None = None,
+        addresses: PeriodKeys | None = None,
     ) -> None:
         self.events = store
         self.keyring = keyring
+        self.addresses = addresses  # the weeks' keys of client addresses (addresses.py)
         self.projection = projection
         self._announce = announce
         self._plain: OrderedDict[str, str] = OrderedDict()  # sealed -> plaintext, bounded
@@ -114,6 +118,10 @@ class IdentityStore:
 
     async def seal_for(self, subject: str, value: str) -> str:
         return await asyncio.to_thread(self.keyring.seal_for, subject, value)
+
+    def seal_address(self, value: str | None) -> str | None:
+        """A client address or browser string for an event: sealed to this week's key."""
+        return sealed(self.addresses, value)
 
     async def shred(self, subject: str) -> None:
         """Destroy `subject`'s key: what it sealed in the log can never be read again."""

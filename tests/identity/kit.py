@@ -19,6 +19,7 @@ import pytest
 
 from libs.events.bus import BusClient
 from libs.events.context import Context
+from libs.events.periods import PeriodKeys, readable
 from libs.service.runner import Service
 from tests.support.serving import serving
 
@@ -57,6 +58,12 @@ class Identity:
 
     async def ask(self, name: str, payload: dict[str, Any], **ctx: Any) -> Any:
         return await self.bus.query("identity", name, payload, ctx=Context(**ctx) if ctx else None)
+
+    def address(self, value: object) -> str | None:
+        """A client address or browser string of an event as identity reads it back with its
+        key file (None once its week's key is destroyed)."""
+        path = self.keyring_path.parent / "ip-keys.json"
+        return readable(PeriodKeys(path, clock=self.clock, writer=False), value)
 
     _setup_token: str | None = None
 
