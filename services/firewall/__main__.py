@@ -7,6 +7,7 @@ local stack leaves the host's packet filter alone and only records the bans).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from libs.service.runner import Service, main
 from services.firewall.bans import BanEnforcer
 from services.firewall.config import FirewallConfig
 from services.firewall.nft import BanSet, Nft
-from services.firewall.projections import BanProjection
+from services.firewall.projections import BanProjection, address_keys
 
 log = logging.getLogger("services.firewall")
 
@@ -35,7 +36,8 @@ def build(cfg: FirewallConfig | None = None) -> Service:
 async def _parts(cfg: FirewallConfig, svc: Service) -> AsyncIterator[None]:
     async with connections(svc) as conn:
         at = {"stream": cfg.events_stream, "prefix": cfg.events_prefix}
-        async with following(svc, conn, BanProjection(cfg), **at):
+        keys = await asyncio.to_thread(address_keys, cfg)  # identity's, read only
+        async with following(svc, conn, BanProjection(cfg, addresses=keys), **at):
             async with _enforcing(cfg, svc, conn):
                 yield
 

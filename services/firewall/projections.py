@@ -17,11 +17,12 @@ from typing import ClassVar
 import asyncpg
 
 from libs.events.envelope import RecordedEvent
+from libs.events.periods import AddressReader, PeriodKeys, readable
 from libs.events.projection import Projection, register_projection
 from libs.service.config import load_config
-from services.firewall.config import BanPolicy
+from services.firewall.config import AddressKeyFile, BanPolicy
 
-__all__ = ["BanProjection", "Clock", "active_bans", "utcnow"]
+__all__ = ["BanProjection", "Clock", "active_bans", "address_keys", "utcnow"]
 
 Clock = Callable[[], datetime]
 
@@ -40,17 +41,27 @@ class BanProjection(Projection):
     subject: ClassVar[str] = "signin.LoginFailed"
     migrations: ClassVar[Path | None] = Path(__file__).parent / "migrations"
 
-    def __init__(self, policy: BanPolicy, *, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        policy: BanPolicy,
+        *,
+        clock: Clock = utcnow,
+        addresses: AddressReader | None = None,
+    ) -> None:
+        """`addresses`: identity's weeks' keys, read only; a failure whose address cannot be
+        read (its week's key destroyed, or no keys given) earns no ban."""
         self.failures = policy.ban_failures
         self.window = policy.ban_window_seconds
         self.base = policy.ban_seconds
         self.clock = clock  # only prunes failures too old to count; decisions use event times
+        self.addresses = addresses
 
     @classmethod
     def for_replay(cls) -> BanProjection:
-        """`homeport replay firewall_bans`: the same HP_BAN_* settings as the service's, so a
-        rebuild decides the same bans (without the service's other variables)."""
-        return cls(load_config(BanPolicy))
+        """`homeport replay firewall_bans`: the same HP_BAN_* settings and key file as the
+        service's, so a rebuild decides the same bans while the weeks' keys exist."""
+        policy = load_config(BanPolicy)
+        return cls(policy, addresses=address_keys(load_config(AddressKeyFile)))
 
     def wants(self, event: RecordedEvent) -> bool:
         return event.type == "LoginFailed"
@@ -60,7 +71,7 @@ class BanProjection(Projection):
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
         for event in events:
-            ip = _address(event)
+            ip = _address(event, self.addresses)
             if ip is None:
                 continue
             await conn.execute(
@@ -105,10 +116,16 @@ async def active_bans(pool: asyncpg.Pool, at: datetime) -> dict[str, datetime]:
     return {r["ip"]: r["until"] for r in rows}
 
 
-def _address(event: RecordedEvent) -> str | None:
-    """The client address of a failure, if it is a valid IP address (it reaches nft)."""
-    raw = event.data.get("ip") or event.meta.get("ip")
-    if not isinstance(raw, str):
+def address_keys(cfg: AddressKeyFile) -> PeriodKeys:
+    """Identity's key file opened to read (no keys while it does not exist)."""
+    return PeriodKeys(cfg.ip_keys_path, writer=False)
+
+
+def _address(event: RecordedEvent, addresses: AddressReader | None) -> str | None:
+    """The client address of a failure, if it is a valid IP address (it reaches nft); sealed
+    ones read back while their week's key exists (bans look at the last minutes only)."""
+    raw = readable(addresses, event.data.get("ip") or event.meta.get("ip"))
+    if raw is None:
         return None
     try:
         return str(ipaddress.ip_address(raw))

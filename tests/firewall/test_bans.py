@@ -22,13 +22,14 @@ import pytest
 
 from libs.events.context import Context, use
 from libs.events.envelope import RecordedEvent
+from libs.events.periods import PeriodKeys
 from libs.events.projection import ProjectionRunner, known_projections, replay_by_name
 from libs.events.store import PostgresEventStore
 from libs.service.config import ConfigError
 from services.firewall.bans import BanEnforcer
 from services.firewall.config import BanPolicy
 from services.firewall.nft import BanSet
-from services.firewall.projections import BanProjection
+from services.firewall.projections import BanProjection, active_bans
 from services.identity.events import SIGNIN_FAILURES_STREAM, LoginFailed
 from tests.support.bus import relaying
 from tests.support.serving import serving
@@ -279,3 +280,56 @@ def test_replay_builds_the_ban_projection_from_the_services_ban_settings(
     monkeypatch.setenv("HP_BAN_FAILURES", "-1")
     with pytest.raises(ConfigError, match="HP_BAN_FAILURES"):
         known_projections()["firewall_bans"].for_replay()
+
+
+async def test_sealed_failures_ban_while_their_week_key_exists(
+    firewall: BanSet, dsn: str, tmp_path: Path
+) -> None:
+    """Identity seals a failure's address to its week (libs/events/periods.py); the service
+    reads it back with identity's key file (here the shared data dir's) and bans as before."""
+    keys = PeriodKeys(tmp_path / "ip-keys.json")  # identity's, which made this week's key
+    store = await PostgresEventStore.open(dsn, max_size=2, addresses=keys)
+    try:
+        for _ in range(5):
+            with use(Context(actor="anonymous", ip=ATTACKER)):
+                failed = LoginFailed(user_id=None, ip=keys.seal(ATTACKER), reason="password")
+                await store.append(SIGNIN_FAILURES_STREAM, [failed])
+        rows = await store.pool.fetch("SELECT data::text || meta::text AS row FROM events.events")
+        assert rows and not any(ATTACKER in r["row"] for r in rows)
+        await wait_until(lambda: _has(firewall, ATTACKER), 5, "the sealed address's ban")
+    finally:
+        await store.close()
+
+
+async def test_failures_whose_week_expired_earn_no_ban_and_break_nothing(
+    dsn: str, tmp_path: Path
+) -> None:
+    """Past the retention period an old failure's address is unreadable: applying it (a late
+    delivery, a rebuild) is skipped; recent failures still ban."""
+    t0 = datetime(2030, 1, 2, tzinfo=UTC)
+    clock = Clock(t0)
+    path = tmp_path / "ip-keys.json"
+    keys = PeriodKeys(path, clock=clock)  # identity's
+    old = [keys.seal(ATTACKER) for _ in range(5)]
+    clock.now = t0 + timedelta(days=40)
+    assert keys.housekeep(timedelta(days=30))  # identity's housekeeping destroys that week
+    projection = BanProjection(BanPolicy(), clock=clock, addresses=PeriodKeys(path, writer=False))
+    store = await PostgresEventStore.open(dsn, max_size=2)
+    try:
+        await ProjectionRunner(projection, store).setup()
+        events = [_failure(ip, clock.now + timedelta(seconds=i), i + 1) for i, ip in enumerate(old)]
+        async with store.pool.acquire() as conn, conn.transaction():
+            await projection.apply(conn, events)
+        assert await store.pool.fetchval("SELECT count(*) FROM firewall.failures") == 0
+        assert await store.pool.fetchval("SELECT count(*) FROM firewall.bans") == 0
+        recent = [
+            _failure(keys.seal(ATTACKER), clock.now + timedelta(seconds=10 + i), 6 + i)
+            for i in range(5)
+        ]
+        async with store.pool.acquire() as conn, conn.transaction():
+            await projection.apply(conn, recent)
+        assert await active_bans(store.pool, clock.now + timedelta(seconds=15)) == {
+            ATTACKER: clock.now + timedelta(seconds=14 + 600)
+        }
+    finally:
+        await store.close()
