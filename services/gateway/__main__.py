@@ -22,7 +22,7 @@ from services.gateway.edge.signin import EdgeAccess, EdgeSignIn, add_edge_signin
 from services.gateway.edge.sync import EdgeSync, edge_settings
 from services.gateway.metrics_history import metrics_history
 from services.gateway.projections import ActivityProjection
-from services.gateway.queries import Queries
+from services.gateway.queries import Queries, identity_addresses
 from services.gateway.tasks import TaskProjection
 
 
@@ -56,11 +56,13 @@ async def _parts(
         history = metrics_history(cfg, conn)
         await history.setup()
         edge = EdgeSync(edge_settings(cfg, svc.port), conn.nc, access) if cfg.edge else None
+        # the activity log's sealed client addresses are read back by identity (no key here)
+        queries = Queries(conn.store.pool, edge, identity_addresses(conn.client()))
         async with (
             following(svc, conn, ActivityProjection(), **at),
             following(svc, conn, TaskProjection(), **at),
             worker(svc, "metrics.history", history, ready=lambda _: conn.connected),
-            serve(svc, conn.nc, CONTRACT, Queries(conn.store.pool, edge)),
+            serve(svc, conn.nc, CONTRACT, queries),
             IdentityChanges(cache, conn.nc).following(),
             streams.serving(),
             worker(svc, "edge", edge, ready=EdgeSync.up) if edge else nullcontext(),

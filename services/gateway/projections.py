@@ -24,15 +24,19 @@ class ActivityProjection(Projection):
     name: ClassVar[str] = "activity"
     schema: ClassVar[str] = "gateway"
     migrations: ClassVar[Path | None] = Path(__file__).parent / "migrations"
-    # Who: meta.actor (else "system") and meta.ip; what: the type; on what: the stream; the
+    # Who: meta.actor (else "system") and meta.ip (sealed to its week: kept sealed in ip_sealed,
+    # read back through identity when shown); what: the type; on what: the stream; the
     # summary: meta.summary (from the event's summary() at append time) on one line, else
-    # "<Type> on <stream>". Sealed values are hidden everywhere; lengths are capped.
+    # "<Type> on <stream>". Other sealed values are hidden everywhere; lengths are capped.
     # OFFSET 0 keeps each step a separate scan, so no expression is computed twice.
     page_sql: ClassVar[str | None] = """
         INSERT INTO gateway.activity
-            (position, occurred_at, actor, ip, type, stream, category, summary)
+            (position, occurred_at, actor, ip, ip_sealed, type, stream, category, summary)
         SELECT position, recorded_at, coalesce(left(gateway.unsealed_text(actor), 200), 'system'),
-               left(gateway.unsealed_text(ip), 64), type, stream, split_part(stream, '-', 1),
+               CASE WHEN starts_with(ip, 'hp:sealed:t1:') THEN NULL
+                    ELSE left(gateway.unsealed_text(ip), 64) END,
+               CASE WHEN starts_with(ip, 'hp:sealed:t1:') AND char_length(ip) <= 1024 THEN ip END,
+               type, stream, split_part(stream, '-', 1),
                CASE WHEN char_length(summary) <= 300 THEN summary
                     ELSE left(summary, 299) || '…' END
         FROM (

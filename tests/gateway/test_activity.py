@@ -13,20 +13,32 @@ from typing import Any
 
 import aiohttp
 import pytest
+from nats.aio.client import Client as NATS
 
 from libs.contracts.gateway import CONTRACT
 from libs.events import context
 from libs.events.bus import BusClient, Invalid
 from libs.events.envelope import NewEvent
+from libs.events.periods import PeriodKeys
 from libs.events.projection import ProjectionRunner
 from libs.events.store import PostgresEventStore
 from services.gateway.projections import ActivityProjection
-from services.gateway.queries import activity_query
+from services.gateway.queries import ADDRESS_EXPIRED, ADDRESS_UNAVAILABLE, activity_query
+from tests.gateway.apikit import make_cast, serve_api
+from tests.identity.kit import running_identity
 from tests.support.bus import connect
 from tests.support.waits import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SEALED = "hp:sealed:v1:k1:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo"
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 async def _seed(store: PostgresEventStore) -> None:
@@ -258,3 +270,47 @@ async def test_odd_events_give_clean_rows_the_same_live_and_rebuilt(
             assert got == ev.recorded_at, meta
         else:
             assert got == want, meta
+
+
+async def test_sealed_addresses_are_read_back_by_identity_until_they_expire(
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    nc: NATS,
+    store: PostgresEventStore,
+) -> None:
+    """Client addresses are sealed to their week's key (issue 16); the gateway holds no key
+    and asks identity for a page's addresses: past the retention period, "address expired"."""
+    old_ip, new_ip = "198.51.100.71", "198.51.100.72"
+    async with (
+        running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path) as ident,
+        serve_api(nc, pool=store.pool) as client,
+    ):
+        cast = await make_cast(ident)
+        # identity's key file, on a clock of this test's (identity's own stays at now)
+        clock = Clock(datetime.now(UTC))
+        keys = PeriodKeys(tmp_path / "ip-keys.json", clock=clock)
+        store.seal_addresses_with(keys)
+        with context.use(context.Context(actor="admin", ip=old_ip)):
+            await store.append("thing-old", [NewEvent("ThingHappened", {})])
+        clock.now += timedelta(days=40)
+        assert keys.housekeep(timedelta(days=30))  # what identity's housekeeping does
+        with context.use(context.Context(actor="admin", ip=new_ip)):
+            await store.append("thing-new", [NewEvent("ThingHappened", {})])
+        rows = await store.pool.fetch("SELECT meta::text AS meta FROM events.events")
+        assert not any(ip in r["meta"] for r in rows for ip in (old_ip, new_ip))
+
+        runner = ProjectionRunner(ActivityProjection(), store)
+        await runner.setup()
+        await runner.catch_up()
+        a = await client.call("GET", "/api/v1/activity?target=thing", token=cast.token_root)
+        assert a.status == 200, a.body
+        shown = [(i["target"], i["ip"]) for i in a.body["items"]]
+        assert shown == [("thing-new", new_ip), ("thing-old", ADDRESS_EXPIRED)]
+        assert "hp:sealed" not in json.dumps(a.body)
+        dump = await store.pool.fetchval("SELECT json_agg(a)::text FROM gateway.activity a")
+        assert old_ip not in dump and new_ip not in dump
+        # a caller who cannot reach identity's key is shown nothing of the address
+        page = await activity_query(store.pool, {"target": "thing"})
+        assert [i["ip"] for i in page["items"]] == [ADDRESS_UNAVAILABLE] * 2
