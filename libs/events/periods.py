@@ -356,21 +356,37 @@ class _Loaded:
                 seen: tuple[int, int, int] | None = (st.st_dev, st.st_ino, st.st_mtime_ns)
             except FileNotFoundError:
                 seen = None
-            if seen != self.seen or seen is None:
-                self.reload()
+            if seen is None or seen != self.seen:
+                self._load()
             return self.state
 
     def reload(self) -> None:
+        with self.mutex:
+            self._load()
+
+    def fresh(self) -> tuple[_State, int | None]:
+        """The file parsed anew (a state of the caller's own to change) and its mode."""
+        got = _read(self.path, secret=self.secret)
+        if got is None:
+            return _State(), None
+        st, raw = got
+        return self._parse(raw), stat.S_IMODE(st.st_mode)
+
+    def _load(self) -> None:
+        # the state is replaced whole, never changed in place: a reader keeps a consistent one
         got = _read(self.path, secret=self.secret)
         if got is None:
             self.seen, self.state = None, _State()
             return
         st, raw = got
+        self.state = self._parse(raw)
+        self.seen = (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+    def _parse(self, raw: bytes) -> _State:
         try:
-            self.state = _State.from_json(raw, public_only=not self.secret)
+            return _State.from_json(raw, public_only=not self.secret)
         except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError included
             raise SealingError(f"key file {self.path} is not valid: {e}") from None
-        self.seen = (st.st_dev, st.st_ino, st.st_mtime_ns)
 
 
 def _sealing_week(state: _State, now: datetime) -> str | None:
@@ -455,8 +471,7 @@ class PeriodKeys:
             raise SealingError(f"{self.path} is opened to read: only identity changes it")
         now = self.clock()
         with self._locked():
-            self._file.reload()
-            st = self._file.state
+            st, mode = self._file.fresh()  # read anew under the lock: another may have changed it
             changed = False
             for period in (period_of(now), period_of(now + _WEEK)):
                 if period not in st.private and period not in st.destroyed:
@@ -474,10 +489,8 @@ class PeriodKeys:
                         gone.append(period)
             missing_public = not public_path(self.path).exists()
             if changed or gone or missing_public:
-                mode = 0o600
-                if self._file.seen is not None:
-                    mode = stat.S_IMODE(os.lstat(self.path).st_mode) & 0o640 or 0o600
-                _replace(self.path, st.to_json(), mode)
+                # the group's read access (the firewall's) is kept; nothing more
+                _replace(self.path, st.to_json(), (mode or 0o600) & 0o640 or 0o600)
                 _replace(public_path(self.path), st.public_json(), 0o644)
                 self._file.reload()
         if gone:

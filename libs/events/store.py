@@ -18,6 +18,7 @@ import asyncio
 import collections
 import hashlib
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ __all__ = [
     "record_of",
     "validate_stream",
 ]
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 NOTIFY_CHANNEL = "hp_events"
@@ -221,10 +224,23 @@ class PostgresEventStore:
             if self._addresses is not None and isinstance(ip, str) and ip:
                 if not ip.startswith("hp:sealed:"):  # already sealed (a continuation's meta)
                     if ip not in sealed:
-                        sealed[ip] = self._addresses.seal(ip)
-                    meta["ip"] = sealed[ip]
+                        sealed[ip] = self._seal_address(self._addresses, ip)
+                    if sealed[ip]:
+                        meta["ip"] = sealed[ip]
+                    else:
+                        del meta["ip"]
             out.append(NewEvent(new.type, new.data, new.schema, new.id, meta))
         return out
+
+    @staticmethod
+    def _seal_address(addresses: AddressSealer, ip: str) -> str:
+        """`ip` sealed to this week's key; "" if that cannot be done (no key for this week, an
+        unreadable key file): the event is appended without it, never with it in clear."""
+        try:
+            return addresses.seal(ip)
+        except EventStoreError as e:  # SealingError
+            log.warning("a client address was left out of an event: %s", e)
+            return ""
 
     async def append(
         self,

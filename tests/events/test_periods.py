@@ -209,3 +209,15 @@ async def test_expiry_leaves_the_rows_and_the_chain_alone(dsn: str, path: Path) 
         old, new = await store.read_stream("thing-1")
         assert readable(keys, old.meta["ip"]) is None
         assert readable(keys, new.meta["ip"]) == "198.51.100.21"
+
+
+async def test_an_address_that_cannot_be_sealed_is_left_out(dsn: str, path: Path) -> None:
+    """No key for this week (identity never ran): the event is appended without the address,
+    never with it in clear."""
+    async with await PostgresEventStore.open(
+        dsn, addresses=PublicPeriods(public_path(path))
+    ) as store:
+        with context.use(context.Context(actor="user-7", ip="192.0.2.12")):
+            await store.append("thing-1", [NewEvent("ThingHappened", {})])
+        (e,) = await store.read_stream("thing-1")
+        assert "ip" not in e.meta and e.meta["actor"] == "user-7"
