@@ -35,20 +35,17 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from libs.events.errors import EventStoreError
 
-from libs.events.sealing import SealingError, is_sealed
+if TYPE_CHECKING:  # imported where used: a process only pays for cryptography once it seals
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 __all__ = [
     "AddressReader",
     "AddressSealer",
+    "PeriodError",
     "PeriodExpired",
     "PeriodKeys",
     "PublicPeriods",
@@ -76,7 +73,11 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class PeriodExpired(SealingError):
+class PeriodError(EventStoreError):
+    """A value could not be sealed to its week or read back, or the key file is unusable."""
+
+
+class PeriodExpired(PeriodError):
     """The key of the value's week was destroyed: the retention period is over."""
 
     def __init__(self, period: str, destroyed_at: str) -> None:
@@ -88,7 +89,7 @@ class PeriodExpired(SealingError):
         self.destroyed_at = destroyed_at
 
 
-class UnknownPeriod(SealingError):
+class UnknownPeriod(PeriodError):
     """No key of the value's week was ever in this key file."""
 
     def __init__(self, period: str, path: Path) -> None:
@@ -136,11 +137,29 @@ def _b64u(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _raw_public(key: X25519PublicKey) -> bytes:
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+def _public_of(private: X25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _private_key(raw: bytes) -> X25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def _new_pair() -> tuple[bytes, bytes]:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    key = X25519PrivateKey.generate()
+    return key.private_bytes_raw(), _public_of(key)
 
 
 def _derive(shared: bytes, ephemeral: bytes, public: bytes, period: str) -> tuple[bytes, bytes]:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     okm = HKDF(
         algorithm=hashes.SHA256(),
         length=_KEY_LEN + 12,
@@ -153,8 +172,14 @@ def _derive(shared: bytes, ephemeral: bytes, public: bytes, period: str) -> tupl
 def _seal(period: str, public: bytes, plaintext: str) -> str:
     if not isinstance(plaintext, str):
         raise TypeError(f"only text can be sealed to a week, not {type(plaintext).__name__}")
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     ephemeral = X25519PrivateKey.generate()
-    eph_pub = _raw_public(ephemeral.public_key())
+    eph_pub = _public_of(ephemeral)
     shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(public))
     key, nonce = _derive(shared, eph_pub, public, period)
     sealed = AESGCM(key).encrypt(nonce, plaintext.encode("utf-8"), period.encode("ascii"))
@@ -164,27 +189,34 @@ def _seal(period: str, public: bytes, plaintext: str) -> str:
 def _parse(value: str) -> tuple[str, bytes]:
     m = _VALUE.fullmatch(value) if isinstance(value, str) else None
     if m is None:
-        raise SealingError("not a value sealed to a week: expected hp:sealed:t1:<week>:<payload>")
+        raise PeriodError("not a value sealed to a week: expected hp:sealed:t1:<week>:<payload>")
     period, blob = m["period"], m["blob"]
     try:
         raw = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
     except binascii.Error:
         raw = b""
     if len(raw) < _KEY_LEN + _TAG_LEN or _b64u(raw) != blob:
-        raise SealingError(f"malformed sealed value (week {period}): the payload is not valid")
+        raise PeriodError(f"malformed sealed value (week {period}): the payload is not valid")
     return period, raw
 
 
 def _open(period: str, private: bytes, raw: bytes) -> str:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     key = X25519PrivateKey.from_private_bytes(private)
     eph_pub, sealed = raw[:_KEY_LEN], raw[_KEY_LEN:]
     try:
         shared = key.exchange(X25519PublicKey.from_public_bytes(eph_pub))
-        aead_key, nonce = _derive(shared, eph_pub, _raw_public(key.public_key()), period)
+        aead_key, nonce = _derive(shared, eph_pub, _public_of(key), period)
         plain = AESGCM(aead_key).decrypt(nonce, sealed, period.encode("ascii"))
         return plain.decode("utf-8")
     except (InvalidTag, ValueError):  # ValueError: an all-zero shared secret, or not UTF-8
-        raise SealingError(
+        raise PeriodError(
             f"sealed value failed authentication (week {period}): it was altered, "
             "or sealed for another key file"
         ) from None
@@ -196,13 +228,13 @@ def readable(reader: AddressReader | None, value: object) -> str | None:
     read here, or is not text."""
     if not isinstance(value, str) or not value:
         return None
-    if not is_sealed(value):
+    if not value.startswith("hp:sealed:"):
         return value
     if reader is None or not is_period_sealed(value):
         return None
     try:
         return reader.unseal(value)
-    except SealingError:
+    except PeriodError:
         return None
 
 
@@ -246,8 +278,7 @@ class _State:
                 raise ValueError(f"periods.{p} is not an object")
             st.private[p] = _key(entry.get("private"), f"periods.{p}.private")
             st.public[p] = _key(entry.get("public"), f"periods.{p}.public")
-            derived = _raw_public(X25519PrivateKey.from_private_bytes(st.private[p]).public_key())
-            if derived != st.public[p]:
+            if _public_of(_private_key(st.private[p])) != st.public[p]:
                 raise ValueError(f"periods.{p}: the public key is not the private key's")
         for p, when in _entries(doc.get("destroyed"), "destroyed"):
             if not isinstance(when, str):
@@ -279,6 +310,30 @@ def _key(value: object, where: str) -> bytes:
     return raw
 
 
+def _check_file(path: Path, st: os.stat_result, *, secret: bool) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise PeriodError(
+            f"key file {path} is a symbolic link: point the configuration at the real file"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise PeriodError(f"key file {path} is not a regular file")
+    if secret and stat.S_IMODE(st.st_mode) & 0o037:
+        raise PeriodError(
+            f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}: it holds private "
+            f"keys and must be readable by its owner (and at most its group); chmod 600 {path}"
+        )
+
+
+def _check_path(path: Path, *, secret: bool) -> None:
+    """Refuse a link, not a file, or a loose mode at once, without reading any key."""
+    try:
+        _check_file(path, os.lstat(path), secret=secret)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise PeriodError(f"cannot stat key file {path}: {e.strerror}") from e
+
+
 def _read(path: Path, *, secret: bool) -> tuple[os.stat_result, bytes] | None:
     """The file's identity and bytes (None if missing); a link or loose mode is refused."""
     try:
@@ -287,19 +342,13 @@ def _read(path: Path, *, secret: bool) -> tuple[os.stat_result, bytes] | None:
         return None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise SealingError(
+            raise PeriodError(
                 f"key file {path} is a symbolic link: point the configuration at the real file"
             ) from None
-        raise SealingError(f"cannot open key file {path}: {e.strerror}") from e
+        raise PeriodError(f"cannot open key file {path}: {e.strerror}") from e
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SealingError(f"key file {path} is not a regular file")
-        if secret and stat.S_IMODE(st.st_mode) & 0o037:
-            raise SealingError(
-                f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}: it holds private "
-                f"keys and must be readable by its owner (and at most its group); chmod 600 {path}"
-            )
+        _check_file(path, st, secret=secret)
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
@@ -331,7 +380,7 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
     except OSError as e:
         with suppress(OSError):
             os.unlink(tmp)
-        raise SealingError(f"cannot write key file {path}: {e.strerror}") from e
+        raise PeriodError(f"cannot write key file {path}: {e.strerror}") from e
 
 
 def public_path(path: Path) -> Path:
@@ -386,7 +435,7 @@ class _Loaded:
         try:
             return _State.from_json(raw, public_only=not self.secret)
         except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError included
-            raise SealingError(f"key file {self.path} is not valid: {e}") from None
+            raise PeriodError(f"key file {self.path} is not valid: {e}") from None
 
 
 def _sealing_week(state: _State, now: datetime) -> str | None:
@@ -422,12 +471,12 @@ class PeriodKeys:
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._lock_timeout = lock_timeout
         self._file = _Loaded(self.path, secret=True)
-        self._file.current()  # a link or a loose mode is refused at once
+        _check_path(self.path, secret=True)  # the keys are read on first use
         if writer:
             try:
                 self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as e:
-                raise SealingError(f"cannot create the directory of {self.path}: {e}") from e
+                raise PeriodError(f"cannot create the directory of {self.path}: {e}") from e
 
     def __repr__(self) -> str:
         return f"<PeriodKeys {self.path}>"
@@ -439,17 +488,17 @@ class PeriodKeys:
         period = _sealing_week(state, now)
         if period is None:
             if not self.writer:
-                raise SealingError(f"{self.path} holds no key for this week: identity makes it")
+                raise PeriodError(f"{self.path} holds no key for this week: identity makes it")
             self.housekeep(None)
             state = self._file.current()
             period = _sealing_week(state, now)
             if period is None:  # this week's and next week's keys destroyed: a clock gone back
-                raise SealingError(f"{self.path}: the keys of this week are destroyed already")
+                raise PeriodError(f"{self.path}: the keys of this week are destroyed already")
         return _seal(period, state.public[period], plaintext)
 
     def unseal(self, value: str) -> str:
         """The text of a value sealed to a week. Raises PeriodExpired once the week's key is
-        destroyed, UnknownPeriod for a week this file never had, or SealingError."""
+        destroyed, UnknownPeriod for a week this file never had, or PeriodError."""
         period, raw = _parse(value)
         state = self._file.current()
         private = state.private.get(period)
@@ -468,16 +517,14 @@ class PeriodKeys:
         the private keys of weeks that began at least `retention` ago and are over, keeping
         a tombstone. Returns the weeks destroyed."""
         if not self.writer:
-            raise SealingError(f"{self.path} is opened to read: only identity changes it")
+            raise PeriodError(f"{self.path} is opened to read: only identity changes it")
         now = self.clock()
         with self._locked():
             st, mode = self._file.fresh()  # read anew under the lock: another may have changed it
             changed = False
             for period in (period_of(now), period_of(now + _WEEK)):
                 if period not in st.private and period not in st.destroyed:
-                    key = X25519PrivateKey.generate()
-                    st.private[period] = key.private_bytes_raw()
-                    st.public[period] = _raw_public(key.public_key())
+                    st.private[period], st.public[period] = _new_pair()
                     changed = True
             gone: list[str] = []
             if retention is not None:
@@ -505,7 +552,7 @@ class PeriodKeys:
                 self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
             )
         except OSError as e:
-            raise SealingError(f"cannot open lock file {self._lock_path}: {e.strerror}") from e
+            raise PeriodError(f"cannot open lock file {self._lock_path}: {e.strerror}") from e
         try:
             deadline = time.monotonic() + self._lock_timeout
             while True:
@@ -514,7 +561,7 @@ class PeriodKeys:
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        raise SealingError(
+                        raise PeriodError(
                             f"timed out waiting for the lock on {self._lock_path}"
                         ) from None
                     time.sleep(0.01)
@@ -534,7 +581,7 @@ class PublicPeriods:
         self.path = Path(path).absolute()
         self.clock = clock
         self._file = _Loaded(self.path, secret=False)
-        self._file.current()
+        _check_path(self.path, secret=False)
 
     def __repr__(self) -> str:
         return f"<PublicPeriods {self.path}>"
@@ -544,7 +591,7 @@ class PublicPeriods:
         state = self._file.current()
         period = _sealing_week(state, self.clock())
         if period is None:
-            raise SealingError(
+            raise PeriodError(
                 f"{self.path} holds no public key for this week: identity makes it at start "
                 "and every few minutes; is identity running?"
             )
