@@ -10,6 +10,14 @@ Key ids:
 - ``s.<random_id>.<n>``: one key per subject (a user id, …) for crypto-shredding. The random id
   says nothing about the subject; the keyring maps HMAC-SHA256(subject_key, subject) to it, so the
   keyring file does not hold subjects in clear either, not even for destroyed ones (tombstones).
+
+Each service that seals holds a keyring file of its own, `<keyring dir>/<service>.json`
+(`KEYRING_OWNERS`); the other services (the gateway among them) hold none. Installs from before
+that shared one file, `keyring.json` (`SHARED_KEYRING`): a service's keyring that does not exist
+yet starts as a copy of it (`shared_keyring`), and the shared file is removed once every owner
+has its copy. Keys already in the shared file stay in every copy (each service can still read
+what any service sealed before the split, and destroying such a subject in its owner's copy
+leaves it in the others); keys made after the split are each in one file only.
 """
 
 from __future__ import annotations
@@ -43,7 +51,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from libs.events.errors import EventStoreError
 
 __all__ = [
+    "KEYRING_OWNERS",
     "SEALED_PLACEHOLDER",
+    "SHARED_KEYRING",
     "KeyDestroyed",
     "Keyring",
     "SealingError",
@@ -51,14 +61,21 @@ __all__ = [
     "UnknownKey",
     "is_sealed",
     "key_id_of",
+    "keyring_file",
     "redact",
     "seal_fields",
+    "shared_keyring",
     "unseal_fields",
 ]
 
 log = logging.getLogger(__name__)
 
 SEALED_PLACEHOLDER: Final = "[sealed]"
+
+# The services that seal, each with its keyring file `<keyring dir>/<service>.json`.
+KEYRING_OWNERS: Final = ("identity", "apps", "dns", "certs", "backup")
+# The one keyring file every service shared before each had its own.
+SHARED_KEYRING: Final = "keyring.json"
 
 _PREFIX: Final = "hp:sealed:"
 _PREFIX_V1: Final = "hp:sealed:v1:"
@@ -405,19 +422,25 @@ class Keyring:
             raise SealingError(
                 f"cannot create the directory of keyring {self._path}: {e.strerror}"
             ) from e
+        shared = shared_keyring(self._path)
         with self._file_lock():
             loaded = self._read(missing_ok=True)
+            if loaded is None and shared is not None and _adopt(shared, self._path):
+                loaded = self._read(missing_ok=False)
             if loaded is None:
                 state = _State.new()
                 loaded = (self._write(state), state)
                 log.info("created keyring %s with platform key %s", self._path, _platform_id(state))
         self._install(*loaded)
+        if shared is not None:
+            _retire(shared, self._path.parent)
 
     @classmethod
     def open(
         cls, path: str | os.PathLike[str], *, lock_timeout: float = _DEFAULT_LOCK_TIMEOUT
     ) -> Keyring:
-        """Open the keyring at `path`, creating it (mode 0600, one platform key) if missing."""
+        """Open the keyring at `path`, creating it (mode 0600, one platform key) if missing:
+        as a copy of the shared keyring of an older install if there is one (`shared_keyring`)."""
         return cls(path, lock_timeout=lock_timeout)
 
     @property
@@ -696,6 +719,84 @@ class Keyring:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def keyring_file(directory: str | os.PathLike[str], owner: str) -> Path:
+    """The keyring file of service `owner` in the keyring folder `directory`."""
+    if owner not in KEYRING_OWNERS:
+        raise SealingError(
+            f"{owner!r} holds no sealing keys: only {', '.join(KEYRING_OWNERS)} have a keyring"
+        )
+    return Path(directory) / f"{owner}.json"
+
+
+def shared_keyring(path: str | os.PathLike[str]) -> Path | None:
+    """The keyring file all services shared before, that service keyring `path` starts from.
+
+    Only for `path` = `<...>/keyring/<owner>.json`: `<...>/keyring/keyring.json` (a server,
+    /var/lib/homeport/keyring/) or else `<...>/keyring.json` (an embedded data dir), whichever
+    is there; None if neither is, or for any other path."""
+    path = Path(path).absolute()
+    if path.parent.name != "keyring" or path.suffix != ".json" or path.stem not in KEYRING_OWNERS:
+        return None
+    for candidate in (path.parent / SHARED_KEYRING, path.parent.parent / SHARED_KEYRING):
+        if os.path.lexists(candidate):
+            return candidate
+    return None
+
+
+def _adopt(shared: Path, path: Path) -> bool:
+    """Copy the shared keyring `shared` to the missing `path` (the caller holds path's lock).
+
+    Byte for byte, checked first like any keyring (a regular file, 0600, valid), never through
+    a link, and never over a file already at `path` (O_EXCL on a temporary, then link(2)).
+    False if the shared file went away meanwhile."""
+    try:
+        fd = os.open(shared, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise SealingError(f"cannot open the shared keyring {shared}: {e.strerror}") from e
+    try:
+        _check_file(shared, os.fstat(fd))
+        raw = _read_all(fd)
+    finally:
+        os.close(fd)
+    try:
+        _State.from_json(raw)
+    except ValueError as e:
+        raise SealingError(f"the shared keyring {shared} is not valid: {e}") from None
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            _write_all(fd, raw)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path, follow_symlinks=False)
+        _fsync_dir(path.parent)
+        log.info("keyring %s starts as a copy of the shared keyring %s", path, shared)
+    except FileExistsError:
+        pass  # put there without the lock (a restore): that one is kept
+    except OSError as e:
+        raise SealingError(f"cannot copy the shared keyring to {path}: {e.strerror}") from e
+    finally:
+        with suppress(OSError):
+            os.unlink(tmp)
+    return True
+
+
+def _retire(shared: Path, directory: Path) -> None:
+    """Remove the shared keyring once every owner in `directory` has its own file."""
+    if not all(os.path.lexists(keyring_file(directory, o)) for o in KEYRING_OWNERS):
+        return
+    for gone in (shared, shared.with_name(shared.name + ".lock")):
+        with suppress(FileNotFoundError):
+            os.unlink(gone)
+    log.info("removed the shared keyring %s: every service has a keyring of its own", shared)
 
 
 def _platform_id(st: _State) -> str:
