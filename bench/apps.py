@@ -30,6 +30,7 @@ from bench.gateway import _children, _spawn, _wait_ready
 from deploy.embedded import DockerDaemon, EmbeddedError, docker_answers, free_port
 from libs.events.bus import BusClient
 from libs.events.context import Context
+from libs.events.nats_access import HARNESS
 from libs.events.store import PostgresEventStore
 
 __all__ = ["BENCHMARKS"]
@@ -100,7 +101,7 @@ async def app_install_vs_docker_run(b: Bench) -> Result:
             )
             children.append(child)
             await _wait_ready(child, "/readyz")
-            bus = BusClient(nc, default_timeout=60)
+            bus = BusClient(nc, sender=HARNESS, default_timeout=60)
 
             async def install(location: str) -> tuple[float, str]:
                 t0 = time.perf_counter()

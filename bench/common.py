@@ -110,7 +110,7 @@ class Servers:
     def nats_url(self) -> str:
         if self.nats is None:
             raise BenchError("this run started no nats-server: declare needs_nats on the bench")
-        return self.nats.url
+        return self.nats.harness_url
 
 
 @contextlib.contextmanager
@@ -119,7 +119,7 @@ def servers(*, with_nats: bool) -> Iterator[Servers]:
     root = Path(tempfile.mkdtemp(prefix="hp-bench-"))
     root.chmod(0o755)  # as root, the postgres user must reach its data dir through this
     pg = PostgresServer(root / "pg", fsync=True)
-    nats: NatsServer | None = NatsServer(root / "nats") if with_nats else None
+    nats: NatsServer | None = NatsServer(root / "nats", harness=True) if with_nats else None
     started: list[PostgresServer | NatsServer] = []
     try:
         pg.start()

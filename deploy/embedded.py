@@ -18,6 +18,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from libs.events.nats_access import (
+    DEFAULT_PREFIX,
+    DEFAULT_STREAM,
+    HARNESS,
+    SERVICE_USERS,
+    ensure_credentials,
+    read_credentials,
+    render_authorization,
+)
+
 __all__ = [
     "DockerDaemon",
     "EmbeddedError",
@@ -269,17 +279,54 @@ class PostgresServer:
 
 @dataclass
 class NatsServer:
-    """nats-server with JetStream, its store in `datadir`, on 127.0.0.1:`port`."""
+    """nats-server with JetStream, its store in `datadir`, on 127.0.0.1:`port`, with a user per
+    service (libs/events/nats_access.py): their passwords in `<datadir>/credentials/<user>`
+    (0600, made once), the server's `authorization` in `<datadir>/auth.conf` (0600, written at
+    each start). `harness` adds a user allowed every subject, for tests and benchmarks only
+    (`harness_url`); a stack never has one."""
 
     datadir: Path
     port: int = 0
     monitor_port: int = 0
     log_path: Path | None = None
+    harness: bool = False
+    stream: str = DEFAULT_STREAM
+    prefix: str = DEFAULT_PREFIX
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
+        """The address, without credentials (each service brings its own file)."""
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.datadir / "credentials"
+
+    def credentials(self, user: str) -> Path:
+        """The `user:password` file of `user` (made by start())."""
+        return self.credentials_dir / user
+
+    @property
+    def harness_url(self) -> str:
+        """The address with the harness user's credentials in it (tests, benchmarks)."""
+        if not self.harness:
+            raise EmbeddedError("this nats-server has no harness user")
+        user, password = read_credentials(self.credentials(HARNESS))
+        return f"nats://{user}:{quote(password, safe='')}@127.0.0.1:{self.port}"
+
+    def _write_config(self) -> Path:
+        users = [*SERVICE_USERS, *([HARNESS] if self.harness else [])]
+        passwords = ensure_credentials(self.credentials_dir, users)
+        conf = self.datadir / "auth.conf"
+        text = render_authorization(passwords, stream=self.stream, prefix=self.prefix)
+        tmp = conf.with_name(".auth.conf.new")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, conf)
+        return conf
 
     def start(self, deadline_s: float = 20.0) -> None:
         """Start nats-server (same ports and store as before on a restart)."""
@@ -289,10 +336,13 @@ class NatsServer:
         if self.monitor_port == 0:
             self.monitor_port = free_port()
         binary = find_binary("nats-server")
+        conf = self._write_config()
         log = open(self.log_path or (self.datadir / "nats.log"), "ab")
         self._proc = subprocess.Popen(
             [
                 binary,
+                "-c",
+                str(conf),
                 "-a",
                 "127.0.0.1",
                 "-p",

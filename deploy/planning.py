@@ -33,6 +33,7 @@ from deploy.embedded import (
 from deploy.errors import StackError
 from deploy.state import HOST, KEYRING_FILE, database_password, port_free, postgres_dir, stable_port
 from deploy.supervision import DockerRunner, Part, PartKind, ServerRunner, ServiceRunner
+from libs.events.nats_access import SERVICE_USERS
 
 __all__ = [
     "ADDON_WANTED",
@@ -156,6 +157,7 @@ class Plan:
     addon: PostgresServer | None = None  # the addon Postgres, when apps run
     ldap_port: int = 0
     edge_ports: tuple[int, int] | None = None  # nginx's HTTP and HTTPS ports, when it runs
+    nats_credentials: Path | None = None  # the services' NATS credentials (one file each)
 
     @property
     def addon_wanted(self) -> Path | None:
@@ -206,7 +208,7 @@ class Planner:
         )
         nats = NatsServer(self.data_dir / "nats", port=port("nats"))
         nats.monitor_port = port("nats", "monitor_port")
-        plan = Plan(pg.dsn_for(DATABASE), nats.url)
+        plan = Plan(pg.dsn_for(DATABASE), nats.url, nats_credentials=nats.credentials_dir)
         plan.parts = [
             Part(
                 "postgres",
@@ -233,7 +235,7 @@ class Planner:
         for m in modules:
             p = port(m.name)
             log_path = self.data_dir / "logs" / f"{m.name}.log"
-            env = self.service_env(plan, p)
+            env = self.service_env(plan, p, m.name)
             runner = ServiceRunner(service_argv(self.python, m.module), env, log_path)
             plan.parts.append(
                 Part(
@@ -366,9 +368,10 @@ class Planner:
             stable_port(self.data_dir, "edge-https"),
         )
 
-    def service_env(self, plan: Plan, port: int) -> dict[str, str]:
+    def service_env(self, plan: Plan, port: int, name: str = "") -> dict[str, str]:
         """The environment of a service: ours, with the HP_* settings of this stack on top, and
-        the services' byte-code cache (deploy/bytecode.py)."""
+        the services' byte-code cache (deploy/bytecode.py); a service with a NATS user of its
+        name gets that user's credentials file (libs/events/nats_access.py)."""
         env = bytecode.service_env(dict(os.environ), bytecode.embedded_prefix(), writable=True)
         env.update(
             HP_DATABASE_URL=plan.database_url,
@@ -383,6 +386,8 @@ class Planner:
             HP_APPS_DIR=str(self.data_dir / "apps"),
             HP_CERTS_DIR=str(self.data_dir / "certs"),
         )
+        if name in SERVICE_USERS and plan.nats_credentials is not None:
+            env["HP_NATS_CREDENTIALS"] = str(plan.nats_credentials / name)
         if plan.docker_url:
             env.update(
                 HP_DOCKER_HOST=plan.docker_url,

@@ -55,6 +55,7 @@ from deploy.planning import (
     Module,
     discover_modules,
 )
+from libs.events.nats_access import SERVICE_USERS
 
 __all__ = [
     "ADDON_PG_HBA_DIR",
@@ -246,6 +247,7 @@ def unit_specs(layout: Layout, modules: Sequence[Module] | None = None) -> list[
             values={
                 "datadir": str(data / "nats"),
                 "monitor_port": str(PORTS["nats-monitor"]),
+                "credentials": str(nats_credentials(layout)),
             },
         ),
     ]
@@ -264,7 +266,11 @@ def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...
         "HP_HTTP_PORT": str(service_port(m.name)),
         "HP_DATA_DIR": str(own),
         "HP_KEYRING": str(keyring / "keyring.json"),
+        # identity's address keys; the others seal with their public file beside it
+        "HP_IP_KEYS": str(data / "identity" / "ip-keys.json"),
     }
+    if m.name in SERVICE_USERS:  # its NATS password (deploy/nats_config.py: its user's, 0600)
+        env["HP_NATS_CREDENTIALS"] = str(nats_credentials(layout) / m.name)
     user, groups = UNIT_USERS.get(m.name, (DEFAULT_USER, ()))
     base = {
         "name": m.name,
@@ -441,6 +447,17 @@ def _render(spec: UnitSpec, layout: Layout) -> str:
     }
     text = _template(spec.template).substitute(values)
     return "\n".join(line.rstrip() for line in text.splitlines()).rstrip() + "\n"
+
+
+def nats_credentials(layout: Layout) -> Path:
+    """`/etc/homeport/nats`: a NATS password per service, each file 0600 and owned by the user
+    its unit runs as (deploy/nats_config.py)."""
+    return layout.etc / "nats"
+
+
+def unit_user(name: str) -> str:
+    """The system user unit `name` runs as."""
+    return UNIT_USERS.get(name, (DEFAULT_USER, ()))[0]
 
 
 def restore_marker(layout: Layout) -> Path:

@@ -43,7 +43,7 @@ def pg_server(tmp_root: Path) -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_root: Path) -> Iterator[NatsServer]:
-    yield from started(NatsServer(tmp_root / "nats"), "nats-server", EmbeddedError)
+    yield from started(NatsServer(tmp_root / "nats", harness=True), "nats-server", EmbeddedError)
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ async def dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
 
 @pytest.fixture
 def nats_url(nats_server: NatsServer) -> str:
-    return nats_server.url
+    return nats_server.harness_url
 
 
 @pytest.fixture

@@ -115,6 +115,9 @@ CONTRACT = Contract(
                 "identity": _IDENTITY,
                 "snapshot_id": nullable(_SNAPSHOT_ID),
                 "check_only": boolean(default=False),
+                # the proof of a caller who is no administrator (the setup wizard's); the
+                # backup service checks it with identity itself
+                "setup_token": nullable(string(maxLength=128, writeOnly=True)),
             },
             required=["kind", "identity"],
         ),

@@ -1,9 +1,15 @@
 """Commands and queries over NATS request/reply: `Bus` serves them, `BusClient` sends them.
 
 Wire contract (every service and the gateway speak it):
-- a command is a request to `hp.cmd.<service>.<verb>`, a query to `hp.qry.<service>.<name>`;
-  instances of one service subscribe in the queue group `hp.<service>`, so each request is
-  served by exactly one of them;
+- a command is a request to `hp.cmd.<service>.<verb>.<sender>`, a query to
+  `hp.qry.<service>.<name>.<sender>`, where `<sender>` is the calling service's NATS user:
+  nats-server lets each user publish only with its own name there (libs/events/nats_access.py),
+  so the token proves who sent the request. Instances of one service subscribe in the queue
+  group `hp.<service>`, so each request is served by exactly one of them;
+- only the gateway acts for a user: a request from any other sender must carry the actor
+  "system" (a service acts as itself; `BusClient` of a service sends nothing else), and the
+  gateway may never send "system" (nor may anyone else vouch `admin`). Anything else is answered
+  `forbidden` before the contract or the handler sees it;
 - request body: `{"actor", "admin", "correlation_id", "causation_id", "ip", "payload": {...},
   "deadline": <unix seconds>}`; who acts (`actor`, and `admin` when the gateway vouches the
   user is an administrator) travels here, in the context, never in the payload;
@@ -29,7 +35,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import nats.errors
@@ -55,6 +61,7 @@ from libs.contracts.schema import json_constant, json_float, json_int
 from libs.events import context
 from libs.events.context import Context
 from libs.events.envelope import uuid7
+from libs.events.nats_access import GATEWAY
 from libs.service.logs import bind_correlation
 from libs.service.metrics import HANDLER_ERRORS, HANDLER_LATENCY
 
@@ -79,6 +86,7 @@ log = logging.getLogger("homeport.bus")
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_]*")
+SYSTEM = "system"  # the actor of a service acting as itself
 _MAX_META = 256  # characters of actor, correlation_id, causation_id, ip
 _SUBSCRIBE_TIMEOUT = 5  # seconds
 _CANCEL_GRACE = 2.0
@@ -101,6 +109,24 @@ def _subject(kind: str, service: str, name: str) -> str:
     _token("service", service)
     _token("verb" if kind == "cmd" else "query", name)
     return f"hp.{kind}.{service}.{name}"
+
+
+def _authorized(sender: str, ctx: Context) -> Context:
+    """`ctx` with its proven sender, if that sender may act as `ctx.actor`; else Forbidden."""
+    if sender == GATEWAY:
+        if ctx.actor == SYSTEM:
+            raise Forbidden(
+                'the gateway acts for users and for itself, never as the platform ("system")',
+                field="actor",
+            )
+        return replace(ctx, sender=sender)
+    if ctx.actor != SYSTEM:
+        raise Forbidden(
+            f"only the gateway acts for a user: the {sender} service sent actor "
+            f'{ctx.actor[:64]!r}; a service acts as "system"',
+            field="actor",
+        )
+    return replace(ctx, sender=sender, admin=False)
 
 
 def _dumps(value: Any) -> bytes:
@@ -260,7 +286,7 @@ class Bus:
         try:
             for route in self._routes.values():
                 sub = await self._nc.subscribe(
-                    route.subject, queue=self.queue, cb=self._receiver(route)
+                    f"{route.subject}.*", queue=self.queue, cb=self._receiver(route)
                 )
                 self._subs.append(sub)
             # The server has the interest once it answers a PING sent after the SUBs: without
@@ -364,9 +390,15 @@ class Bus:
         """Decode, check the deadline, run the handler, reply; the error code sent, if any."""
         try:
             req = _decode_request(x.msg.data)
-        except Invalid as e:
+            sender = x.msg.subject[len(x.route.subject) + 1 :]
+            req = replace(req, context=_authorized(_token("sender", sender), req.context))
+        except (Invalid, Forbidden) as e:
             await self._reply(x, _error_body(e))
             return e.code
+        except ValueError as e:  # a sender token no service has
+            refused = Forbidden(str(e), field="sender")
+            await self._reply(x, _error_body(refused))
+            return refused.code
         cid = req.context.correlation_id
         assert cid is not None
         x.correlation_id = cid
@@ -437,16 +469,22 @@ class Bus:
 
 
 class BusClient:
-    """Sends commands and queries and turns error replies back into typed BusErrors."""
+    """Sends commands and queries and turns error replies back into typed BusErrors.
+
+    `sender` is the NATS user of the connection (the service's name): it ends every subject
+    sent. A service other than the gateway acts as itself: its requests carry the actor
+    "system" whoever the work it does was for (the user stays in the events it records)."""
 
     def __init__(
         self,
         nc: NATS,
         *,
+        sender: str,
         default_timeout: float = 5.0,
         contracts: Mapping[str, Contract] | None = None,
     ) -> None:
         _check_timeout(default_timeout)
+        self.sender = _token("sender", sender)
         self._nc = nc
         self._contracts: Mapping[str, Contract] = contracts if contracts is not None else CONTRACTS
         self.default_timeout = default_timeout
@@ -487,6 +525,8 @@ class BusClient:
         subject = _subject(kind, service, name)
         wait = self.default_timeout if timeout is None else _check_timeout(timeout)
         ctx = ctx or context.current()
+        if self.sender != GATEWAY:
+            ctx = replace(ctx, actor=SYSTEM, admin=False)
         if not isinstance(payload, dict):
             raise Invalid(f"payload of {subject} must be a dict", field="payload")
         contract = self._contracts.get(service)
@@ -512,7 +552,7 @@ class BusClient:
                 field="payload",
             )
         try:
-            msg = await self._nc.request(subject, data, timeout=wait)
+            msg = await self._nc.request(f"{subject}.{self.sender}", data, timeout=wait)
         except nats.errors.NoRespondersError as e:
             raise Unavailable(
                 f"no one answers {subject}: check that the {service} service is running"

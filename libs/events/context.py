@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from libs.events.nats_access import GATEWAY
+
 __all__ = ["Context", "current", "use"]
 
 
@@ -19,11 +21,20 @@ class Context:
     causation_id: str | None = None
     ip: str | None = None
     admin: bool = False  # the gateway vouches that `actor` is an administrator
+    # The service that sent the request being served (its NATS user; proven by the subject's
+    # last token, which nats-server lets only that user publish). None: not from the bus.
+    sender: str | None = None
 
     @property
     def is_admin(self) -> bool:
         """An administrator, or the platform itself."""
         return self.admin or self.actor == "system"
+
+    @property
+    def is_gateway_itself(self) -> bool:
+        """The gateway acting for itself (its edge, its metrics), as the bus proved: it may
+        read what the edge serves, nothing more (it is never "system")."""
+        return self.actor == GATEWAY and self.sender == GATEWAY
 
     def meta(self) -> dict[str, Any]:
         m: dict[str, Any] = {

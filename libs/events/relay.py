@@ -40,6 +40,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
 from libs.events.envelope import RecordedEvent, dumps
+from libs.events.nats_access import DEFAULT_PREFIX, DEFAULT_STREAM
 from libs.events.pool import keep_session_state
 from libs.events.store import NOTIFY_CHANNEL, PostgresEventStore
 from libs.events.wiring import Connections, connections, worker
@@ -61,8 +62,6 @@ __all__ = [
 
 log = logging.getLogger("homeport.relay")
 
-DEFAULT_STREAM = "HOMEPORT_EVENTS"
-DEFAULT_PREFIX = "hp.evt"
 POSITION_HEADER = "Hp-Position"
 _LOCK_KEY = 0x48505245  # "HPRE"
 _TRANSIENT = (

@@ -17,6 +17,7 @@ taking work and drain before the store and NATS they use are closed.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ if TYPE_CHECKING:  # projection.py imports the relay, whose build() uses these p
     from libs.events.projection import Projection, ProjectionRunner
     from libs.events.sealing import Keyring
 
+log = logging.getLogger("homeport.nats")
+
 __all__ = [
     "Connections",
     "Worker",
@@ -49,10 +52,33 @@ __all__ = [
 ]
 
 
-async def connect_nats(url: str, name: str) -> NATS:
-    """A NATS connection that keeps reconnecting for ever: services outlive NATS restarts."""
+async def connect_nats(url: str, name: str, credentials: Path | None = None) -> NATS:
+    """A NATS connection that keeps reconnecting for ever: services outlive NATS restarts.
+
+    With `credentials` (a `user:password` file) it signs in as that user, with the reply
+    inbox only that user may read; a subject the server refuses it is logged (the request
+    itself then times out)."""
+    options: dict[str, Any] = {}
+    if credentials is not None:
+        from libs.events.nats_access import inbox_prefix, read_credentials
+
+        user, password = await asyncio.to_thread(read_credentials, credentials)
+        options.update(user=user, password=password, inbox_prefix=inbox_prefix(user))
+
+    async def refused(e: Exception) -> None:
+        if "violation" in str(e).lower():
+            log.error("NATS refused %s: %s", name, e)
+        else:
+            log.warning("NATS connection of %s: %r", name, e)
+
     return await nats.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=2,
+        error_cb=refused,
+        **options,
     )
 
 
@@ -62,6 +88,7 @@ class Connections:
 
     store: PostgresEventStore
     nc: NATS
+    sender: str  # this service's name: its NATS user and the sender of its requests
 
     @property
     def connected(self) -> bool:
@@ -69,7 +96,7 @@ class Connections:
 
     def client(self, *, default_timeout: float = 15.0) -> BusClient:
         """A bus client on this connection (commands and queries to other services)."""
-        return BusClient(self.nc, default_timeout=default_timeout)
+        return BusClient(self.nc, sender=self.sender, default_timeout=default_timeout)
 
 
 @asynccontextmanager
@@ -78,11 +105,18 @@ async def connections(svc: Service, *, pool_size: int = 5) -> AsyncIterator[Conn
     cfg = svc.config
     # min_size 0: a quiet service keeps no Postgres backend (~3 MiB) open; pool.py closes
     # connections unused for IDLE_CONNECTION_S, the next query opens one again (a few ms)
-    store = await PostgresEventStore.open(cfg.database_url, min_size=0, max_size=pool_size)
+    from libs.events.periods import PublicPeriods, public_path
+
+    # every service seals the client address of what it records to its week's public key
+    # (identity's file, libs/events/periods.py): it can seal, never read back
+    addresses = PublicPeriods(public_path(cfg.ip_keys_path))
+    store = await PostgresEventStore.open(
+        cfg.database_url, min_size=0, max_size=pool_size, addresses=addresses
+    )
     try:
-        nc = await connect_nats(cfg.nats_url, f"homeport-{svc.name}")
+        nc = await connect_nats(cfg.nats_url, f"homeport-{svc.name}", cfg.nats_credentials)
         try:
-            yield Connections(store, nc)
+            yield Connections(store, nc, svc.name)
         finally:
             await nc.close()
     finally:

@@ -177,6 +177,23 @@ def _non_negative(s: float) -> bool:
     return s >= 0
 
 
+def ip_keys_file(data_dir: Path, ip_keys: Path | None) -> Path:
+    """HP_IP_KEYS, else `<data dir>/ip-keys.json` (a local stack's data dir is every service's)."""
+    return ip_keys if ip_keys is not None else data_dir / "ip-keys.json"
+
+
+@dataclass(frozen=True)
+class AddressKeyFile:
+    """Only where identity's address keys are: what a replay (no whole service config) needs."""
+
+    data_dir: Path = Path(".homeport")
+    ip_keys: Path | None = None
+
+    @property
+    def ip_keys_path(self) -> Path:
+        return ip_keys_file(self.data_dir, self.ip_keys)
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """What every service reads; subclass it (frozen too) to add a service's own fields."""
@@ -194,3 +211,13 @@ class ServiceConfig:
     )
     keyring: Path = Path(".homeport/keyring.json")
     data_dir: Path = Path(".homeport")
+    # `user:password` of this service's NATS user (libs/events/nats_access.py); unset: the
+    # credentials in nats_url, if any (tests), else none
+    nats_credentials: Path | None = None
+    # identity's file of the weeks' client-address keys (libs/events/periods.py); every service
+    # seals with its public companion, identity and the firewall read with it
+    ip_keys: Path | None = None
+
+    @property
+    def ip_keys_path(self) -> Path:
+        return ip_keys_file(self.data_dir, self.ip_keys)

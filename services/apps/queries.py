@@ -170,13 +170,14 @@ class Queries:
 
     @query("apps")
     async def apps_list(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Admins (and the platform) see every app; a user sees the apps their access list
-        lets them open. Who asks is the bus context's to say, never the payload's."""
+        """Admins (and the platform, and the gateway's edge) see every app; a user sees the
+        apps their access list lets them open. Who asks is the bus context's to say, never the
+        payload's."""
         rows = await self.pool.fetch(
             "SELECT * FROM apps.apps WHERE state <> 'uninstalled' ORDER BY location, domain"
         )
         caller = context.current()
-        if not caller.is_admin:
+        if not caller.is_admin and not caller.is_gateway_itself:
             groups = await self.peers.group_ids(caller.actor)
             rows = [r for r in rows if _may_open(json.loads(r["access"]), caller.actor, groups)]
         return {"items": [app_view(r, self.cfg.edge_https_port) for r in rows]}

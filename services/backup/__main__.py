@@ -63,7 +63,13 @@ async def _parts(cfg: BackupConfig, svc: Service) -> AsyncIterator[None]:
                     engine.store_updates(conn.nc, f"{cfg.events_prefix}.app.AppSnapshotTaken"),
                     cancel=True,
                 ),
-                serve(svc, conn.nc, CONTRACT, Commands(engine, conn.store, keys), Queries(engine)),
+                serve(
+                    svc,
+                    conn.nc,
+                    CONTRACT,
+                    Commands(engine, conn.store, keys, conn.client()),
+                    Queries(engine),
+                ),
             ):
                 async with contextlib.AsyncExitStack() as more:
                     if cfg.schedule_loop:

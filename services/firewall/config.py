@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from libs.events.relay import DEFAULT_PREFIX, DEFAULT_STREAM
 from libs.service.config import ServiceConfig, check
 
-__all__ = ["AddressKeyFile", "BanPolicy", "FirewallConfig"]
+__all__ = ["BanPolicy", "FirewallConfig"]
 
 
 def _positive(v: float) -> bool:
@@ -31,21 +30,7 @@ class BanPolicy:
 
 
 @dataclass(frozen=True)
-class AddressKeyFile:
-    """Identity's file of the weeks' address keys, read only: failed sign-ins carry their
-    address sealed to its week (libs/events/periods.py). Default <data dir>/ip-keys.json (the
-    local stack's data dir is identity's too); a server install names identity's file."""
-
-    data_dir: Path = Path(".homeport")
-    ip_keys: Path | None = None
-
-    @property
-    def ip_keys_path(self) -> Path:
-        return self.ip_keys if self.ip_keys is not None else self.data_dir / "ip-keys.json"
-
-
-@dataclass(frozen=True)
-class FirewallConfig(BanPolicy, AddressKeyFile, ServiceConfig):
+class FirewallConfig(BanPolicy, ServiceConfig):
     """The firewall service: its ban policy, and whether (and how) it applies the bans."""
 
     events_stream: str = DEFAULT_STREAM

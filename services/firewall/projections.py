@@ -19,8 +19,8 @@ import asyncpg
 from libs.events.envelope import RecordedEvent
 from libs.events.periods import AddressReader, PeriodKeys, readable
 from libs.events.projection import Projection, register_projection
-from libs.service.config import load_config
-from services.firewall.config import AddressKeyFile, BanPolicy
+from libs.service.config import AddressKeyFile, ServiceConfig, load_config
+from services.firewall.config import BanPolicy
 
 __all__ = ["BanProjection", "Clock", "active_bans", "address_keys", "utcnow"]
 
@@ -116,7 +116,7 @@ async def active_bans(pool: asyncpg.Pool, at: datetime) -> dict[str, datetime]:
     return {r["ip"]: r["until"] for r in rows}
 
 
-def address_keys(cfg: AddressKeyFile) -> PeriodKeys:
+def address_keys(cfg: AddressKeyFile | ServiceConfig) -> PeriodKeys:
     """Identity's key file opened to read (no keys while it does not exist)."""
     return PeriodKeys(cfg.ip_keys_path, writer=False)
 

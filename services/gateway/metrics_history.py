@@ -30,6 +30,7 @@ import asyncpg
 from libs.events.bus import BusClient, BusError, Invalid
 from libs.events.context import Context
 from libs.events.migrations import migrate
+from libs.events.nats_access import GATEWAY
 from libs.events.wiring import Connections
 from libs.service.metrics import REGISTRY, Gauge
 from services.gateway.config import GatewayConfig
@@ -221,7 +222,7 @@ class MetricsHistory:
 
     async def _app_memory(self) -> list[tuple[str, str, float]]:
         """(app id, location, memory bytes) of each running app; none when apps is silent."""
-        ctx = Context("system", f"metrics-{uuid.uuid4()}")
+        ctx = Context(GATEWAY, f"metrics-{uuid.uuid4()}")
         try:
             reply = await self.bus.query("apps", "stats", {}, ctx=ctx, timeout=APPS_TIMEOUT)
         except BusError as e:
@@ -262,7 +263,7 @@ def metrics_history(cfg: GatewayConfig, conn: Connections) -> MetricsHistory:
     """The gateway's sampling worker over its connections (call `setup()` before running it)."""
     return MetricsHistory(
         conn.store.pool,
-        BusClient(conn.nc, default_timeout=APPS_TIMEOUT),
+        BusClient(conn.nc, sender=GATEWAY, default_timeout=APPS_TIMEOUT),
         SystemSampler(cfg.data_dir),
         interval=cfg.metrics_interval,
         retention_days=cfg.metrics_retention_days,

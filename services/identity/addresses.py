@@ -15,14 +15,13 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from libs.events.handlers import query
 from libs.events.periods import AddressReader, PeriodKeys, readable
-from libs.service.config import load_config
+from libs.service.config import AddressKeyFile, load_config
 from services.identity.clock import Clock, utcnow
 
 __all__ = ["ADDRESS_FIELDS", "Addresses", "keys_for_replay", "sealed", "unsealed"]
@@ -52,19 +51,10 @@ def unsealed(keys: AddressReader | None, event: Any) -> Any:
     return dataclasses.replace(event, **changed) if changed else event
 
 
-@dataclasses.dataclass(frozen=True)
-class _KeyFile:
-    """The settings `homeport replay identity` needs to read addresses back."""
-
-    data_dir: Path = Path(".homeport")
-    ip_keys: Path | None = None
-
-
 def keys_for_replay() -> PeriodKeys | None:
     """Identity's key file opened to read (HP_IP_KEYS or <HP_DATA_DIR>/ip-keys.json), or None
     where there is none: a rebuild then keeps no address of a sealed event."""
-    cfg = load_config(_KeyFile)
-    path = cfg.ip_keys if cfg.ip_keys is not None else cfg.data_dir / "ip-keys.json"
+    path = load_config(AddressKeyFile).ip_keys_path
     return PeriodKeys(path, writer=False) if path.exists() else None
 
 

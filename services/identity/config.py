@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from libs.service.config import ServiceConfig, check
 from services.identity.ldap.filters import DnError, parse_dn
@@ -66,9 +65,3 @@ class IdentityConfig(ServiceConfig):
     ip_retention_days: int = field(
         default=30, metadata=check(_retention, "a whole number of days 1-3650")
     )
-    ip_keys: Path | None = None
-
-    @property
-    def ip_keys_path(self) -> Path:
-        """The file of the weeks' address keys."""
-        return self.ip_keys if self.ip_keys is not None else self.data_dir / "ip-keys.json"

@@ -26,6 +26,7 @@ from libs.events.bus import BusClient
 from libs.events.context import Context
 from libs.events.store import PostgresEventStore
 from services.apps.config import BUNDLED_CATALOG
+from tests.support.bus import ActorBus
 from tests.support.serving import serving
 
 STATIC = "org.homeport.static"
@@ -195,7 +196,7 @@ async def connected(env: Mapping[str, str]) -> AsyncIterator[Apps]:
     store = await PostgresEventStore.open(env["HP_DATABASE_URL"], max_size=2)
     client = docker.DockerClient(base_url=env["HP_DOCKER_HOST"])
     try:
-        yield Apps(BusClient(nc, default_timeout=30), store, env["HP_NAME_PREFIX"], client)
+        yield Apps(ActorBus(nc, default_timeout=30), store, env["HP_NAME_PREFIX"], client)
     finally:
         await asyncio.to_thread(remove_docker_objects, client, env["HP_NAME_PREFIX"])
         client.close()

@@ -15,7 +15,7 @@ from libs.events.bus import BusClient
 from libs.events.context import Context
 from libs.events.store import PostgresEventStore
 from libs.service.runner import Service
-from tests.support.bus import relaying
+from tests.support.bus import ActorBus, relaying
 from tests.support.serving import serving
 from tests.support.waits import wait_until
 
@@ -96,7 +96,7 @@ async def running_backup(
         nc = await nats.connect(env["HP_NATS_URL"])
         store = await PostgresEventStore.open(env["HP_DATABASE_URL"], max_size=2)
         try:
-            yield Backup(svc, BusClient(nc, default_timeout=30), store)
+            yield Backup(svc, ActorBus(nc, default_timeout=30), store)
         finally:
             await store.close()
             await nc.close()

@@ -58,8 +58,8 @@ async def apps_stand_in(nats_url: str, items: Sequence[dict[str, Any]]) -> Async
         await msg.respond(json.dumps(body).encode())
 
     try:
-        await nc.subscribe("hp.qry.apps.apps", queue="hp.apps", cb=answer)
-        await nc.subscribe("hp.qry.apps.app", queue="hp.apps", cb=app)
+        await nc.subscribe("hp.qry.apps.apps.*", queue="hp.apps", cb=answer)
+        await nc.subscribe("hp.qry.apps.app.*", queue="hp.apps", cb=app)
         await nc.flush()
         yield
     finally:
@@ -346,7 +346,9 @@ async def test_the_schedule_runs_everything_then_retention_at_its_time_only(
     nc = await nats.connect(nats_url)
     try:
         with Keyring.open(cfg.keyring) as keys:
-            apps = AppsPeer(BusClient(nc), backup.store, timeout=3, task_seconds=10)
+            apps = AppsPeer(
+                BusClient(nc, sender="backup"), backup.store, timeout=3, task_seconds=10
+            )
             engine = Engine(cfg, backup.store, keys, apps)
             runner = asyncio.create_task(engine.run())
             try:
@@ -399,7 +401,7 @@ async def test_a_prune_from_another_process_racing_a_backup_loses_nothing(
                 cfg,
                 backup.store,
                 keys,
-                AppsPeer(BusClient(nc), backup.store, timeout=3, task_seconds=10),
+                AppsPeer(BusClient(nc, sender="backup"), backup.store, timeout=3, task_seconds=10),
             )
             runner = asyncio.create_task(other.run())
             try:

@@ -18,11 +18,10 @@ import nats
 import pytest
 
 from libs.contracts.errors import BusError
-from libs.events.bus import BusClient
 from libs.events.store import PostgresEventStore
 from services.apps.events import AppSnapshotTaken, app_stream
 from tests.backup.servicekit import ADMIN, backup_env
-from tests.support.bus import relaying
+from tests.support.bus import ActorBus, relaying
 from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -62,7 +61,7 @@ async def test_a_service_stopped_mid_backup_fails_that_task_and_the_job_complete
 
     nc = await nats.connect(nats_url)
     store = await PostgresEventStore.open(dsn, max_size=2)
-    bus = BusClient(nc, default_timeout=30)
+    bus = ActorBus(nc, default_timeout=30)
 
     async def answers() -> bool:
         try:

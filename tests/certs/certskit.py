@@ -36,6 +36,7 @@ from nats.aio.client import Client as NATS
 from libs.events.bus import Bus, BusClient
 from libs.events.context import Context
 from libs.events.store import PostgresEventStore
+from tests.support.bus import ActorBus
 from tests.support.pebble import ChallDns, PebbleServer
 from tests.support.serving import serving
 from tests.support.waits import wait_until
@@ -129,7 +130,7 @@ async def connected(env: Mapping[str, str]) -> AsyncIterator[Certs]:
     nc = await nats.connect(env["HP_NATS_URL"])
     store = await PostgresEventStore.open(env["HP_DATABASE_URL"], max_size=2)
     try:
-        yield Certs(BusClient(nc, default_timeout=30), store, env)
+        yield Certs(ActorBus(nc, default_timeout=30), store, env)
     finally:
         await store.close()
         await nc.close()

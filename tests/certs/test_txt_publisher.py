@@ -16,12 +16,12 @@ from pathlib import Path
 import nats
 import pytest
 
-from libs.events.bus import BusClient
 from services.certs.acme_client import TxtPublisher
 from services.certs.dns01 import BusTxtPublisher
 from services.certs.errors import AcmeError
 from services.dns.propagation import query
 from tests.dns.dnskit import dns_env, pdns_provider, running_dns
+from tests.support.bus import ActorBus
 from tests.support.pdns import PdnsServer, PdnsZone
 
 pytestmark = pytest.mark.timeout(120)
@@ -73,7 +73,7 @@ async def case(
         await dns.cmd("add_domain", {"domain": slow, "provider": provider})
         nc = await nats.connect(nats_url)
         try:
-            bus = BusClient(nc)
+            bus = ActorBus(nc)
             yield Case(
                 publisher=BusTxtPublisher(bus),
                 zone=pdns_zone,

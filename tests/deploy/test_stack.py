@@ -326,7 +326,8 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
     from libs.events.bus import BusClient
     from libs.events.envelope import NewEvent
     from libs.events.store import PostgresEventStore
-    from tests.support.bus import connect
+    from libs.events.wiring import connect_nats
+    from tests.support.bus import refused_connect
     from tests.support.waits import wait_until
 
     stack = start_stack()
@@ -349,18 +350,26 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
 
     async def scenario(step: str) -> list[dict[str, Any]]:
         store = await PostgresEventStore.open(state["database_url"], max_size=2)
-        nc = await connect(state["nats_url"])
+        # NATS wants a user: without one it refuses; as the gateway (its credentials, 0600 in
+        # the data dir) the activity log answers
+        assert "Authorization Violation" in await refused_connect(state["nats_url"])
+        creds = stack.data / "nats" / "credentials" / "gateway"
+        assert creds.stat().st_mode & 0o777 == 0o600
+        nc = await connect_nats(state["nats_url"], "test", creds)
         try:
-            client = BusClient(nc)
+            client = BusClient(nc, sender="gateway")
             with context.use(context.Context(actor=f"tester-{step}", ip="192.0.2.1")):
                 await store.append(f"app-{step}", [NewEvent("AppInstalled", {"step": step})])
+            as_gateway = context.Context(actor="gateway")
 
             async def visible() -> bool:
-                page = await client.query("gateway", "activity", {"actor": f"tester-{step}"})
+                page = await client.query(
+                    "gateway", "activity", {"actor": f"tester-{step}"}, ctx=as_gateway
+                )
                 return bool(page["items"])
 
             await wait_until(visible, 30, f"the {step} event in the activity log")
-            page = await client.query("gateway", "activity", {"limit": 10})
+            page = await client.query("gateway", "activity", {"limit": 10}, ctx=as_gateway)
             return list(page["items"])
         finally:
             await nc.close()

@@ -15,6 +15,7 @@ from libs.events.bus import BusClient
 from libs.events.context import Context
 from libs.events.store import PostgresEventStore
 from libs.service.runner import Service
+from tests.support.bus import ActorBus
 from tests.support.pdns import PdnsZone
 from tests.support.serving import serving
 
@@ -81,7 +82,7 @@ async def running_dns(
         nc = await nats.connect(env["HP_NATS_URL"])
         store = await PostgresEventStore.open(env["HP_DATABASE_URL"], max_size=2)
         try:
-            yield Dns(svc, BusClient(nc, default_timeout=30), store)
+            yield Dns(svc, ActorBus(nc, default_timeout=30), store)
         finally:
             await store.close()
             await nc.close()

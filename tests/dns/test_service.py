@@ -58,7 +58,7 @@ async def apps_stand_in(
         await msg.respond(json.dumps({"ok": True, "result": {"items": list(items)}}).encode())
 
     try:
-        await nc.subscribe("hp.qry.apps.apps", queue="hp.apps", cb=answer)
+        await nc.subscribe("hp.qry.apps.apps.*", queue="hp.apps", cb=answer)
         await nc.flush()
         yield
     finally:

@@ -23,7 +23,6 @@ from aiohttp import web
 from yarl import URL
 
 from deploy.embedded import free_port
-from libs.events.bus import BusClient
 from services.gateway.api.auth import BusAuthenticator
 from services.gateway.api.principals import CachingAuthenticator, IdentityChanges, PrincipalCache
 from services.gateway.edge import Nginx
@@ -37,7 +36,7 @@ from services.gateway.edge.signin import (
 )
 from tests.edge.accesskit import People, make_people
 from tests.identity.kit import Identity, running_identity
-from tests.support.bus import connect
+from tests.support.bus import ActorBus, connect
 from tests.support.nginx import (
     BLOG,
     MY,
@@ -126,7 +125,7 @@ async def scene(
 ) -> AsyncIterator[Scene]:
     cast = await make_people(identity)
     nc = await connect(nats_url)
-    bus = BusClient(nc)
+    bus = ActorBus(nc)
     cache = PrincipalCache(1.0)
     auth = CachingAuthenticator(BusAuthenticator(lambda: bus), cache)
     nginx = Nginx(edge_root / "nginx", binary=nginx_binary())

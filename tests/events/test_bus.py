@@ -35,6 +35,7 @@ from libs.events.context import Context
 from libs.events.envelope import NewEvent
 from libs.events.store import PostgresEventStore
 from libs.service.metrics import REGISTRY
+from tests.support.bus import ActorBus
 
 
 class Rig:
@@ -58,7 +59,7 @@ class Rig:
         return bus
 
     async def client(self, default_timeout: float = 5.0) -> BusClient:
-        return BusClient(await self.connect(), default_timeout=default_timeout)
+        return ActorBus(await self.connect(), default_timeout=default_timeout)
 
     async def close(self) -> None:
         for bus in self.buses:
@@ -94,8 +95,11 @@ def wire(
     return json.dumps(body).encode()
 
 
-async def raw(nc: NATS, subject: str, body: bytes, timeout: float = 3.0) -> dict[str, Any]:
-    msg = await nc.request(subject, body, timeout=timeout)
+async def raw(
+    nc: NATS, subject: str, body: bytes, timeout: float = 3.0, sender: str = "gateway"
+) -> dict[str, Any]:
+    """`body` sent to `subject` as `sender` (the gateway: `wire()`'s actor is a user)."""
+    msg = await nc.request(f"{subject}.{sender}", body, timeout=timeout)
     reply = json.loads(msg.data)
     assert isinstance(reply, dict)
     return reply
@@ -148,7 +152,7 @@ async def test_command_and_query_round_trip(rig: Rig) -> None:
     # (nats-py's Msg.respond() would copy them).
     nc = rig.conns[-1]
     msg = await nc.request(
-        f"hp.cmd.{rig.service}.create_user",
+        f"hp.cmd.{rig.service}.create_user.gateway",
         wire({"username": "carol"}, actor="dave"),
         timeout=3,
         headers={"X-Probe": "1"},
@@ -568,7 +572,7 @@ async def test_names_are_validated(rig: Rig) -> None:
 
     with pytest.raises(ValueError):
         bus.command("do")
-    client = BusClient(nc)
+    client = BusClient(nc, sender="harness")
     for service, verb in (("svc.x", "do"), ("svc", ">"), ("svc", "a.b"), ("*", "do")):
         with pytest.raises(ValueError):
             await client.command(service, verb, {})

@@ -121,12 +121,12 @@ async def _cp(proj: ProjectionRunner, head: int) -> bool:
 async def test_nats_down_for_a_while_loses_nothing_and_applies_nothing_twice(
     store: PostgresEventStore, uniq: str, tmp_path: Path, dsn: str
 ) -> None:
-    server = NatsServer(tmp_path / "nats")
+    server = NatsServer(tmp_path / "nats", harness=True)
     server.start()
     nc_relay = nc_proj = None
     try:
         stream, prefix = f"EV_{uniq}", f"t{uniq}.evt"
-        nc_relay, nc_proj = await connect(server.url), await connect(server.url)
+        nc_relay, nc_proj = await connect(server.harness_url), await connect(server.harness_url)
         relay = Relay(store, nc_relay, stream=stream, prefix=prefix, window=64, ack_timeout=1.0)
         proj = ProjectionRunner(
             Applied(tmp_path / "m"),

@@ -36,6 +36,7 @@ from services.gateway.api import (
     mount_api,
 )
 from tests.identity.kit import ADMIN, Identity
+from tests.support.bus import ActorBus
 from tests.support.serving import serving
 
 SECURITY_HEADERS = {
@@ -193,7 +194,7 @@ class Connections:
     """The Backend of an API served in a test: a real NATS connection, a real pool if any."""
 
     def __init__(self, nc: NATS, pool: asyncpg.Pool | None = None) -> None:
-        self._client = BusClient(nc)
+        self._client = ActorBus(nc)
         self._pool = pool
 
     def bus(self) -> BusClient:

@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 
 from libs.contracts.gateway import CONTRACT
 from libs.events import context
-from libs.events.bus import BusClient, Invalid
+from libs.events.bus import Invalid
 from libs.events.envelope import NewEvent
 from libs.events.periods import PeriodKeys
 from libs.events.projection import ProjectionRunner
@@ -26,7 +26,7 @@ from services.gateway.projections import ActivityProjection
 from services.gateway.queries import ADDRESS_EXPIRED, ADDRESS_UNAVAILABLE, activity_query
 from tests.gateway.apikit import make_cast, serve_api
 from tests.identity.kit import running_identity
-from tests.support.bus import connect
+from tests.support.bus import ActorBus, connect
 from tests.support.waits import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -203,7 +203,7 @@ async def test_activity_query_on_the_bus_from_running_relay_and_gateway(
                     return False
 
             await wait_until(ready, 30, "the gateway to be ready")
-        client = BusClient(nc)
+        client = ActorBus(nc)
         page = await client.query("gateway", "activity", {"limit": 3})
         assert [i["position"] for i in page["items"]] == [26, 25, 24]
         with context.use(context.Context(actor="bob", ip="192.0.2.9")):

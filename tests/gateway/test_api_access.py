@@ -227,7 +227,7 @@ async def test_bad_credentials_and_identity_trouble(
 async def test_bus_authenticator_contract(nc: NATS, cast: Cast) -> None:
     from libs.events.bus import BusClient
 
-    auth = BusAuthenticator(lambda: BusClient(nc))
+    auth = BusAuthenticator(lambda: BusClient(nc, sender="gateway"))
     ctx = Context(actor="anonymous", correlation_id="c-1", ip="192.0.2.1")
     p = await auth.authenticate(Credentials(Via.session, cast.session_root), ctx)
     assert p is not None and (p.user_id, p.username, p.is_admin) == (cast.root_id, "root", True)

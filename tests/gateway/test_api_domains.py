@@ -59,7 +59,7 @@ async def apps_stand_in(nats_url: str, items: Sequence[dict[str, Any]]) -> Async
         await msg.respond(json.dumps({"ok": True, "result": {"items": list(items)}}).encode())
 
     try:
-        await conn.subscribe("hp.qry.apps.apps", queue="hp.apps", cb=answer)
+        await conn.subscribe("hp.qry.apps.apps.*", queue="hp.apps", cb=answer)
         await conn.flush()
         yield
     finally:

@@ -208,7 +208,7 @@ async def test_numbers_beyond_the_parser_over_the_bus_are_invalid(nc: NATS, uniq
         for value, says in [("1", None), ("1e999", "too large"), ("NaN", "NaN is not"),
                             (HUGE, "4300 digits")]:  # fmt: skip
             reply = await nc.request(
-                f"hp.qry.{bus.service}.echo", (head + value + "}}").encode(), timeout=10
+                f"hp.qry.{bus.service}.echo.gateway", (head + value + "}}").encode(), timeout=10
             )
             answer = json.loads(reply.data)
             if says is None:

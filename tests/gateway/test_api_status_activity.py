@@ -18,6 +18,7 @@ from libs.events.store import PostgresEventStore
 from services.gateway.projections import ActivityProjection
 from tests.gateway.apikit import make_cast, running_gateway, serve_api
 from tests.identity.kit import running_identity
+from tests.support.bus import ActorBus
 
 
 async def test_status_reports_version_setup_and_health(
@@ -209,7 +210,5 @@ async def test_activity_and_status_through_the_running_gateway(
         assert a.headers["X-Frame-Options"] == "DENY"
         a = await client.call("GET", "/healthz")
         assert a.status == 200 and a.headers["X-Content-Type-Options"] == "nosniff"
-        from libs.events.bus import BusClient
-
-        page = await BusClient(nc).query("gateway", "activity", {"limit": 1})
+        page = await ActorBus(nc).query("gateway", "activity", {"limit": 1})
         assert page["items"][0]["position"] == last

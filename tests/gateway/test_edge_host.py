@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from libs.events.bus import BusClient, Invalid, Unavailable
+from libs.events.bus import Invalid, Unavailable
 from tests.gateway.apikit import running_gateway
+from tests.support.bus import ActorBus
 
 
 async def test_without_an_edge_the_query_is_unavailable(
     monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path, nc: NATS
 ) -> None:
-    bus = BusClient(nc)
+    bus = ActorBus(nc)
     async with running_gateway(
         monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path
     ):

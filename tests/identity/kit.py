@@ -21,6 +21,7 @@ from libs.events.bus import BusClient
 from libs.events.context import Context
 from libs.events.periods import PeriodKeys, readable
 from libs.service.runner import Service
+from tests.support.bus import ActorBus
 from tests.support.serving import serving
 
 ADMIN = {"username": "root", "email": "root@example.test", "password": "correct horse battery"}
@@ -119,7 +120,7 @@ async def running_identity(
     ) as svc:
         nc = await nats.connect(nats_url)
         try:
-            yield Identity(svc, BusClient(nc, default_timeout=10), tmp_path / "keyring.json", clock)
+            yield Identity(svc, ActorBus(nc, default_timeout=10), tmp_path / "keyring.json", clock)
         finally:
             await nc.close()
 

@@ -5,14 +5,58 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 
+from libs.contracts import Kind
+from libs.events import context
+from libs.events.bus import SYSTEM, BusClient
+from libs.events.context import Context
+from libs.events.nats_access import GATEWAY, HARNESS
 from libs.events.relay import Relay
 from libs.events.store import PostgresEventStore
 
-__all__ = ["connect", "relaying"]
+__all__ = ["ActorBus", "connect", "refused_connect", "relaying"]
+
+
+async def refused_connect(url: str, **options: Any) -> str:
+    """The error of a connection nats-server refuses (its socket closed after: nats-py leaves
+    it open when `nats.connect` raises)."""
+    nc = NATS()
+    try:
+        await nc.connect(url, allow_reconnect=False, connect_timeout=2, **options)
+    except nats.errors.Error as e:
+        return str(e)
+    finally:
+        await nc.close()
+    raise AssertionError(f"nats-server let {options.get('user', 'an anonymous client')} in")
+
+
+class ActorBus(BusClient):
+    """A test's bus client that sends each request the way the bus accepts it for its actor:
+    as the gateway for a user (or "anonymous"), as a service (the harness) for "system".
+    Tests of the rule itself use BusClient with an explicit sender."""
+
+    def __init__(self, nc: NATS, **options: Any) -> None:
+        super().__init__(nc, sender=GATEWAY, **options)
+        self._platform = BusClient(nc, sender=HARNESS, **options)
+
+    async def _call(
+        self,
+        kind: Kind,
+        service: str,
+        name: str,
+        payload: dict[str, Any],
+        ctx: Context | None,
+        timeout: float | None,
+    ) -> Any:
+        if (ctx or context.current()).actor == SYSTEM:
+            self._platform.default_timeout = self.default_timeout
+            return await self._platform._call(kind, service, name, payload, ctx, timeout)
+        return await super()._call(kind, service, name, payload, ctx, timeout)
 
 
 async def connect(url: str) -> NATS:

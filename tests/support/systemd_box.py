@@ -373,7 +373,12 @@ class SystemdBox:
         """What went wrong, for a failed test's output: failed units and the journal's end."""
         return self.sh(
             "systemctl --failed --no-pager; systemctl list-units 'homeport*' --all --no-pager;"
-            " journalctl -b --no-pager -n 150 -u 'homeport*' | cut -c1-400",
+            " journalctl -b --no-pager -n 150 -u 'homeport*' | cut -c1-400;"
+            # a failed unit's own last lines whole (a service's error is at the end of a long
+            # JSON line)
+            " for u in $(systemctl --failed --plain --no-legend 'homeport*' | cut -d' ' -f1"
+            " | head -3); do echo \"== $u\"; journalctl -b --no-pager -n 4 -o cat -u $u"
+            " | cut -c1-3000; done",
             check=False,
         )
 

@@ -19,6 +19,7 @@ from typing import Any
 import pyrage
 
 from libs.events import context
+from libs.events.bus import BusClient
 from libs.events.handlers import command, query
 from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
@@ -71,8 +72,15 @@ def admin_only() -> None:
 class Commands:
     """The command side: each `@command` method is one bus command of the backup service."""
 
-    def __init__(self, engine: Engine, store: PostgresEventStore, keys: Keyring) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        store: PostgresEventStore,
+        keys: Keyring,
+        bus: BusClient | None = None,
+    ) -> None:
         self.engine = engine
+        self.bus = bus  # to ask identity whether a setup token is the one
         self.store = store
         self.keys = keys
         self.cfg = engine.cfg
@@ -340,10 +348,16 @@ class Commands:
     async def platform_restore(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Check a platform backup opens with the key; without check_only, ask the stack to
         restore it (RESTORE_REQUEST in the data dir, read and deleted by deploy/stack.py)."""
-        admin_only()  # the gateway sends it as the platform, after checking the setup token
+        token = payload.get("setup_token")
+        if token is None:
+            admin_only()
+        elif self.bus is None:
+            raise BackupUnavailable("the setup token cannot be checked without the bus")
+        else:  # the setup wizard's caller, before any account exists: its token is its proof
+            await self.bus.query("identity", "check_setup_token", {"setup_token": token})
         kind = payload["kind"]
         allowed = _LOCAL if kind == "local" else _S3
-        own = {"identity", "snapshot_id", "check_only"}
+        own = {"identity", "snapshot_id", "check_only", "setup_token"}
         extra = sorted(k for k in payload if k not in allowed and k not in own and payload[k])
         if extra:
             raise InvalidRequest(f"{extra[0]} is not a setting of a {kind} target", field=extra[0])

@@ -9,6 +9,7 @@ from typing import Protocol
 import asyncpg
 
 from libs.events.bus import BusClient, Unavailable
+from libs.events.nats_access import GATEWAY
 from libs.events.wiring import Connections
 
 __all__ = ["Backend", "ConnectionsBackend"]
@@ -36,7 +37,7 @@ class ConnectionsBackend:
     @asynccontextmanager
     async def attached(self, conn: Connections) -> AsyncIterator[None]:
         """Serve the API over `conn` until exit."""
-        self._conn, self._client = conn, BusClient(conn.nc)
+        self._conn, self._client = conn, BusClient(conn.nc, sender=GATEWAY)
         try:
             yield
         finally:

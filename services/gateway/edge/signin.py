@@ -47,6 +47,7 @@ from yarl import URL
 from libs.events.bus import BusClient
 from libs.events.context import Context
 from libs.events.envelope import uuid7
+from libs.events.nats_access import GATEWAY
 from services.gateway.api.auth import (
     SESSION_COOKIE,
     Authenticator,
@@ -222,7 +223,7 @@ class EdgeSignIn:
     async def _group_ids(self, user_id: str) -> set[str]:
         now = self._clock()
         if self._groups is None or now - self._groups[0] > GROUPS_SECONDS:
-            ctx = Context("system", str(uuid7()), None, None)
+            ctx = Context(GATEWAY, str(uuid7()), None, None)
             answer = await self._bus().query("identity", "groups", {}, ctx=ctx)
             members: dict[str, set[str]] = {}
             for g in answer.get("items", []):

@@ -49,6 +49,7 @@ from nats.aio.subscription import Subscription
 
 from libs.events.bus import BusClient, BusError
 from libs.events.context import Context
+from libs.events.nats_access import GATEWAY
 from libs.events.relay import DEFAULT_PREFIX
 from libs.tls import self_signed_pem_apart
 from services.gateway.config import GatewayConfig
@@ -61,7 +62,8 @@ __all__ = ["FOLLOWED", "ROUTED_STATES", "EdgeSettings", "EdgeSync", "edge_settin
 
 log = logging.getLogger("homeport.gateway.edge")
 
-SYSTEM = Context("system", "edge-sync", None, None)
+# the gateway acting for itself (never "system": libs/events/bus.py refuses that from it)
+AS_GATEWAY = Context(GATEWAY, "edge-sync", None, None)
 ROUTED_STATES = {"installed", "pending_configure", "pending_update", "pending_restore"}
 FOLLOWED = ("app", "domain", "cert")  # the event categories that change what the edge serves
 DASHBOARD = "dashboard"  # the owner of my.<domain>'s record
@@ -129,7 +131,7 @@ class EdgeSync:
     _unavailable: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.bus = BusClient(self.nc, default_timeout=10)
+        self.bus = BusClient(self.nc, sender=GATEWAY, default_timeout=10)
         self.nginx = Nginx(self.settings.prefix, user=self.settings.user)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class EdgeSync:
     # -- one round -------------------------------------------------------------------------
 
     async def _ask(self, service: str, name: str, payload: dict[str, Any]) -> Any:
-        return await self.bus.query(service, name, payload, ctx=SYSTEM, timeout=10)
+        return await self.bus.query(service, name, payload, ctx=AS_GATEWAY, timeout=10)
 
     async def _domains(self) -> dict[str, Mapping[str, Any]]:
         try:
@@ -301,10 +303,10 @@ class EdgeSync:
                 address = view.get("server_ipv4" if rtype == "A" else "server_ipv6")
                 if address:
                     payload = {"name": host, "type": rtype, "values": [address], "owner": DASHBOARD}
-                    await self.bus.command("dns", "set_record", payload, ctx=SYSTEM, timeout=60)
+                    await self.bus.command("dns", "set_record", payload, ctx=AS_GATEWAY, timeout=60)
             entry.record = True
         if not entry.certificate:
-            await self.bus.command("certs", "ensure", {"names": [host]}, ctx=SYSTEM, timeout=60)
+            await self.bus.command("certs", "ensure", {"names": [host]}, ctx=AS_GATEWAY, timeout=60)
             entry.certificate = True
         return await self._certificate_files(host)
 
@@ -345,7 +347,7 @@ class EdgeSync:
                                 "dns",
                                 "remove_record",
                                 {"name": host, "type": rtype, "owner": DASHBOARD},
-                                ctx=SYSTEM,
+                                ctx=AS_GATEWAY,
                                 timeout=60,
                             )
                         )
@@ -353,7 +355,7 @@ class EdgeSync:
                 if entry.certificate:
                     await _unless_gone(
                         self.bus.command(
-                            "certs", "forget", {"primary": host}, ctx=SYSTEM, timeout=60
+                            "certs", "forget", {"primary": host}, ctx=AS_GATEWAY, timeout=60
                         )
                     )
                     entry.certificate = False
