@@ -21,7 +21,9 @@ postgres   both clusters initdb'd as homeport-postgres (scram for TCP, local soc
            socket is in the 0700 data folder)
 docker     dockerd (docker.io, enabled and started) unless --docker-host names another; the
            services network (the addon server listens on its gateway) and the addon pg_hba.conf
-keyring    the sealing keyring (libs.events.sealing), owned by homeport
+keyring    a sealing keyring per service that seals, `keyring/<service>.json`
+           (libs.events.sealing; each a copy of an older install's shared keyring.json, which
+           then goes), owned by homeport
 base-image the apps' Debian base tarball in HP_BASE_CACHE (debootstrap once, an existing
            tarball reused) and the images imported into dockerd
 units      units.write_units into /etc/systemd/system, daemon-reload when one changed (and
@@ -335,13 +337,16 @@ class Installer:
                 await asyncio.sleep(1)
 
     def _keyring(self) -> None:
-        from libs.events.sealing import Keyring
+        """A keyring per service that seals; on an install from before, each starts as a copy
+        of the shared keyring.json, which then goes (libs/events/sealing.py)."""
+        from libs.events.sealing import KEYRING_OWNERS, Keyring, keyring_file
 
         folder = self.layout.data / "keyring"
-        path = folder / "keyring.json"
-        if not path.is_file():
-            Keyring.open(path)
-            self.say(f"      created the sealing keyring {path}")
+        for owner in KEYRING_OWNERS:
+            path = keyring_file(folder, owner)
+            if not path.is_file():
+                Keyring.open(path).close()
+                self.say(f"      created the sealing keyring of {owner}: {path}")
         for p in (folder, *folder.iterdir()):
             _chown(p, PLATFORM_GROUP, PLATFORM_GROUP)
 
@@ -484,7 +489,7 @@ STEPS: Sequence[tuple[str, str, Callable[[Installer], None]]] = (
     ("config", "/etc/homeport", Installer._config),
     ("postgres", "the platform's and the apps' Postgres clusters", Installer._postgres),
     ("docker", "Docker and the services network", Installer._docker),
-    ("keyring", "the sealing keyring", Installer._keyring),
+    ("keyring", "the sealing keyrings", Installer._keyring),
     ("base-image", "the apps' Debian base image (once: a few minutes)", Installer._base_image),
     ("units", "systemd units, starting homeport.target", Installer._units),
     ("health", "waiting for every service", Installer._health),

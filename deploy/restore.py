@@ -9,7 +9,7 @@ What it does, in order (each step prints a progress line):
    renamed when whole) and lists them in `<data>/apps/restore-pending.json`: the apps service
    rebuilds those apps (network, volume, addons, container) at its next start;
 5. starts the data directory's Postgres as the stack does, creates the platform database,
-   migrates the event store and loads the events (hash chain checked), the keyring and the
+   migrates the event store and loads the events (hash chain checked), the keyrings and the
    certificates (services/backup/platform.py);
 6. ends every session that was open when the backup was taken (SessionEnded, actor "system"),
    so a cookie from before the restore no longer signs anyone in;
@@ -21,7 +21,7 @@ before it) and starts over. Secrets (the key, S3 credentials) are never printed.
 
 The pieces (`fetch_platform`, `restore_apps`, `load` with a `Places`) are shared with the
 restore of a server install (deploy/server_restore.py), which differs only in where the
-keyring and certificates go, how Postgres is reached, and who owns the files.
+keyrings and certificates go, how Postgres is reached, and who owns the files.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from deploy.embedded import EmbeddedError, PostgresServer, free_port
 from deploy.errors import StackError
 from deploy.planning import DATABASE
 from deploy.stack import RESTORE_MARKER, _ensure_database
-from deploy.state import KEYRING_FILE, database_password, lock, postgres_dir, prepare_dir
+from deploy.state import KEYRING_DIR, database_password, lock, postgres_dir, prepare_dir
 
 __all__ = [
     "MARKER",
@@ -450,10 +450,10 @@ async def restore_apps(
 @dataclass(frozen=True)
 class Places:
     """What differs between restoring into `homeport up`'s data dir and into a server install:
-    where the keyring and the certificates go, and how the platform's Postgres is reached
+    where the services' keyrings and certificates go, and how the platform's Postgres is reached
     (`database(say)`: entered, the platform database exists and its URL is given)."""
 
-    keyring: Path
+    keyrings: Path  # the folder of <service>.json
     certs_dir: Path
     database: Callable[[Callable[[str], None]], contextlib.AbstractAsyncContextManager[str]]
 
@@ -477,20 +477,20 @@ def embedded_places(data_dir: Path, pg_dir: Path) -> Places:
             say("stopping Postgres")
             await asyncio.to_thread(pg.stop)
 
-    return Places(data_dir / KEYRING_FILE, data_dir / "certs", database)
+    return Places(data_dir / KEYRING_DIR, data_dir / "certs", database)
 
 
 async def load(places: Places, platform_dir: Path, say: Callable[[str], None]) -> RestoreSummary:
-    """The event store (hash chain checked), keyring and certificates of `platform_dir` put
+    """The event store (hash chain checked), keyrings and certificates of `platform_dir` put
     where `places` says; sessions open at the backup ended; read models built."""
     from services.backup.platform import PlatformError, load_platform
 
     async with places.database(say) as dsn:
         conn = await asyncpg.connect(dsn)
         try:
-            say("loading the event store (checking its hash chain), keyring and certificates")
+            say("loading the event store (checking its hash chain), keyrings and certificates")
             loaded = await load_platform(
-                platform_dir, conn, keyring=places.keyring, certs_dir=places.certs_dir
+                platform_dir, conn, keyrings=places.keyrings, certs_dir=places.certs_dir
             )
         except PlatformError as e:
             raise RestoreError(f"the platform backup cannot be loaded: {e}") from None

@@ -12,7 +12,7 @@ In order (each step prints a progress line):
    pg_hba.conf); the apps' base image tarball is linked back from the old data;
 4. the apps' snapshots and restore-pending.json go to `<data>/apps` (the apps unit rebuilds
    them at its start); the platform's Postgres unit starts, the platform database is made and
-   the event store, keyring (`<data>/keyring/keyring.json`) and certificates
+   the event store, each service's keyring (`<data>/keyring/<service>.json`) and certificates
    (`<data>/certs/live`) are loaded by deploy/restore.py's `load`;
 5. every file the restore wrote is given to the user its unit runs as (units.directories);
 6. `homeport.target` starts and every unit must be healthy (update.SystemdHost).
@@ -340,7 +340,7 @@ def _server_places(layout: Layout) -> Places:
             raise RestoreError(f"{layout.env_file} sets no HP_DATABASE_URL: run the installer")
         yield dsn
 
-    return Places(data / "keyring" / "keyring.json", data / "certs" / "live", database)
+    return Places(data / "keyring", data / "certs" / "live", database)
 
 
 def write_failed(layout: Layout, message: str) -> None:

@@ -3,7 +3,8 @@
 `dump_platform` writes into a folder (then stored in the repository, labels kind=platform):
 
     events.jsonl   a header line, every row of events.events in position order, a trailer line
-    keyring.json   the sealing keyring, byte for byte (mode 0600)
+    keyring/       each service's sealing keyring, `<service>.json` byte for byte (mode 0600);
+                   backups from before each service had its own hold one `keyring.json` instead
     certs/         the certificates folder (PEM files, the per-host links inside it)
     audit/         the signed checkpoints of the event chain and their public key, when taken
                    (libs/events/checkpoints.py; a copy off the server, not loaded back)
@@ -16,7 +17,12 @@ trailer holds the count and the head (position, hash), so a cut file is refused.
 
 `load_platform` puts that back into an EMPTY event store in one transaction, checking the hash
 chain of every row as it goes (a damaged or altered dump loads nothing), then writes the
-keyring and the certificates. Nothing of a refused load is left behind.
+keyrings and the certificates. Nothing of a refused load is left behind.
+
+Which keyrings: those of every service that seals (libs/events/sealing.py `KEYRING_OWNERS`) in
+the folder of the backup service's own; where one has no file yet, the shared keyring of an older
+install it would start from stands for it. A restored old backup's `keyring.json` becomes each
+service's keyring (as it would have on their first start).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any
 import asyncpg
 
 from libs.events.migrations import migrate
+from libs.events.sealing import KEYRING_OWNERS, keyring_file, shared_keyring
 from libs.events.store import GENESIS_HASH, MIGRATIONS
 
 __all__ = [
@@ -43,6 +50,7 @@ __all__ = [
     "EVENTS",
     "FORMAT",
     "KEYRING",
+    "KEYRINGS",
     "PLATFORM",
     "PlatformError",
     "dump_platform",
@@ -53,7 +61,8 @@ __all__ = [
 FORMAT = "homeport-platform"
 VERSION = 1
 EVENTS = "events.jsonl"
-KEYRING = "keyring.json"
+KEYRING = "keyring.json"  # the one keyring of backups from before per-service keyrings
+KEYRINGS = "keyring"  # each service's keyring, <service>.json
 CERTS = "certs"
 AUDIT = "audit"  # the signed checkpoints of the event chain and their public key
 PLATFORM = "platform.json"
@@ -94,13 +103,15 @@ async def dump_platform(
     """Write the platform backup folder `out_dir` (made 0700; must hold none of its files).
     With `audit_dir`: a copy of its signed checkpoints and their public key (never the key).
 
+    `keyring` is the backup service's own keyring: the keyrings of every service are taken
+    from its folder (a `keyring` not named for a service is the shared one, for all).
     `conn` must not be inside a transaction: the events are read in one repeatable-read
     snapshot of their own. `apps` maps app ids to the ids of the app backups of the same run.
-    A missing keyring or certificates folder is an error / an empty folder respectively."""
+    No keyring at all is an error, a missing certificates folder an empty folder."""
     out_dir = Path(out_dir)
     await asyncio.to_thread(_prepare_out, out_dir)
     count, head = await _dump_events(conn, out_dir / EVENTS)
-    await asyncio.to_thread(_copy_keyring, Path(keyring), out_dir / KEYRING)
+    await asyncio.to_thread(_copy_keyrings, Path(keyring), out_dir / KEYRINGS)
     await asyncio.to_thread(_copy_tree, Path(certs_dir), out_dir / CERTS)
     if audit_dir is not None:
         await asyncio.to_thread(_copy_checkpoints, Path(audit_dir), out_dir / AUDIT)
@@ -118,7 +129,7 @@ async def dump_platform(
 def _prepare_out(out_dir: Path) -> None:
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     out_dir.chmod(0o700)
-    for name in (EVENTS, KEYRING, CERTS, PLATFORM):
+    for name in (EVENTS, KEYRING, KEYRINGS, CERTS, PLATFORM):
         if os.path.lexists(out_dir / name):
             raise PlatformError(f"{out_dir / name} exists already: dump into an empty folder")
 
@@ -237,13 +248,31 @@ def _copy_checkpoints(src: Path, dst: Path) -> None:
         _write_new(dst / name, data, 0o600)
 
 
-def _copy_keyring(src: Path, dst: Path) -> None:
-    data, _ = _read_regular(src, "keyring")
-    try:
-        json.loads(data)
-    except ValueError as e:
-        raise PlatformError(f"the keyring {src} is not JSON: {e}") from e
-    _write_new(dst, data, 0o600)
+def _keyrings_of(keyring: Path) -> dict[str, Path]:
+    """The keyring file of each service that has one, beside the service keyring `keyring`."""
+    keyring = Path(keyring).absolute()
+    shared = keyring if keyring.stem not in KEYRING_OWNERS else shared_keyring(keyring)
+    out: dict[str, Path] = {}
+    for owner in KEYRING_OWNERS:
+        own = keyring_file(keyring.parent, owner)
+        if os.path.lexists(own):
+            out[owner] = own
+        elif shared is not None and os.path.lexists(shared):
+            out[owner] = shared  # its copy is made at its first start
+    if not out:
+        raise PlatformError(f"cannot read the keyring {keyring}: there is none in its folder")
+    return out
+
+
+def _copy_keyrings(keyring: Path, dst: Path) -> None:
+    dst.mkdir(mode=0o700)
+    for owner, src in _keyrings_of(keyring).items():
+        data, _ = _read_regular(src, "keyring")
+        try:
+            json.loads(data)
+        except ValueError as e:
+            raise PlatformError(f"the keyring {src} is not JSON: {e}") from e
+        _write_new(keyring_file(dst, owner), data, 0o600)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -329,28 +358,57 @@ def read_platform_json(src_dir: Path) -> dict[str, Any]:
 
 
 async def load_platform(
-    src_dir: Path, conn: asyncpg.Connection, *, keyring: Path, certs_dir: Path
+    src_dir: Path, conn: asyncpg.Connection, *, keyrings: Path, certs_dir: Path
 ) -> dict[str, Any]:
     """Load a platform backup folder into the EMPTY event store of `conn` (migrated here if
-    needed), then write `keyring` (absent, or already holding the same bytes) and `certs_dir`
-    (absent or empty). Returns platform.json plus `loaded_events` and `head_position`.
+    needed), then write each service's keyring into the folder `keyrings` (each absent, or
+    already holding the same bytes) and `certs_dir` (absent or empty). Returns platform.json
+    plus `loaded_events` and `head_position`.
     Refuses (PlatformError, nothing changed) a non-empty store, a broken chain, a cut file."""
     src_dir = Path(src_dir)
     doc = await asyncio.to_thread(read_platform_json, src_dir)
-    ring, _ = await asyncio.to_thread(_read_regular, src_dir / KEYRING, "backed-up keyring")
-    try:
-        json.loads(ring)
-    except ValueError as e:
-        raise PlatformError(f"the backed-up {KEYRING} is not JSON: {e}") from e
-    await asyncio.to_thread(_check_keyring_dest, Path(keyring), ring)
+    rings = await asyncio.to_thread(_backed_up_keyrings, src_dir)
+    places = {keyring_file(keyrings, owner): ring for owner, ring in rings.items()}
+    for path, ring in places.items():
+        await asyncio.to_thread(_check_keyring_dest, path, ring)
     await asyncio.to_thread(_check_certs_dest, Path(certs_dir))
     await migrate(conn, "events", MIGRATIONS)
     async with conn.transaction():
         await _refuse_non_empty(conn)
         count, head = await _load_events(conn, src_dir / EVENTS)
-    await asyncio.to_thread(_install_keyring, Path(keyring), ring)
+    for path, ring in places.items():
+        await asyncio.to_thread(_install_keyring, path, ring)
     await asyncio.to_thread(_install_certs, src_dir / CERTS, Path(certs_dir))
     return {**doc, "loaded_events": count, "head_position": head}
+
+
+def _backed_up_keyrings(src_dir: Path) -> dict[str, bytes]:
+    """Each service's keyring in a platform backup: from keyring/<service>.json, or the one
+    keyring.json of an older backup for every service. Anything else there is refused."""
+    folder, old = src_dir / KEYRINGS, src_dir / KEYRING
+    rings: dict[str, bytes] = {}
+    if os.path.lexists(old):
+        if os.path.lexists(folder):
+            raise PlatformError(f"the backup holds both {KEYRING} and {KEYRINGS}/: which is it?")
+        ring, _ = _read_regular(old, "backed-up keyring")
+        rings = dict.fromkeys(KEYRING_OWNERS, ring)
+    else:
+        if folder.is_symlink() or not folder.is_dir():
+            raise PlatformError(f"the backup holds no keyring ({KEYRINGS}/ or {KEYRING})")
+        for entry in sorted(os.listdir(folder)):
+            owner = entry.removesuffix(".json")
+            if not entry.endswith(".json") or owner not in KEYRING_OWNERS:
+                name = f"{KEYRINGS}/{entry[:100]}"
+                raise PlatformError(f"the backup's {name} is not the keyring of a service")
+            rings[owner], _ = _read_regular(folder / entry, "backed-up keyring")
+        if not rings:
+            raise PlatformError(f"the backup's {KEYRINGS}/ folder holds no keyring")
+    for owner, ring in rings.items():
+        try:
+            json.loads(ring)
+        except ValueError as e:
+            raise PlatformError(f"the backed-up keyring of {owner} is not JSON: {e}") from e
+    return rings
 
 
 def _check_keyring_dest(path: Path, ring: bytes) -> None:
@@ -527,7 +585,7 @@ async def _load_lines(conn: asyncpg.Connection, lines: _Lines) -> tuple[int, int
 def _install_keyring(path: Path, ring: bytes) -> None:
     if os.path.lexists(path):
         return  # the same bytes (checked before loading)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     _write_new(tmp, ring, 0o600)
     os.replace(tmp, path)

@@ -19,7 +19,7 @@ import pytest
 from cli.main import main as homeport
 from deploy.embedded import PostgresServer
 from libs.events.envelope import NewEvent
-from libs.events.sealing import Keyring
+from libs.events.sealing import KEYRING_OWNERS, Keyring, UnknownKey, keyring_file
 from libs.events.store import PostgresEventStore
 from services.backup.platform import (
     EVENTS,
@@ -60,9 +60,12 @@ async def _fill(store: PostgresEventStore) -> None:
 
 
 def _platform_files(tmp_path: Path) -> tuple[Path, Path]:
-    keyring = tmp_path / "old" / "keyring.json"
-    keyring.parent.mkdir()
-    Keyring.open(keyring).close()
+    """Each service's keyring in old/keyring/ (the backup service's returned), the certificates."""
+    folder = tmp_path / "old" / "keyring"
+    for owner in KEYRING_OWNERS:
+        with Keyring.open(keyring_file(folder, owner)) as k:
+            k.seal_for(f"{owner}-subject", "x")
+    keyring = keyring_file(folder, "backup")
     certs = tmp_path / "old" / "certs"
     real = certs / ".example.test.abc"
     real.mkdir(parents=True)
@@ -116,8 +119,14 @@ async def test_a_dump_loads_into_an_empty_store_byte_exact(
     keyring, _ = await _dump(dsn, tmp_path, out)
 
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
-    assert stat.S_IMODE((out / "keyring.json").stat().st_mode) == 0o600
-    assert (out / "keyring.json").read_bytes() == keyring.read_bytes()
+    assert sorted(p.name for p in (out / "keyring").iterdir()) == sorted(
+        f"{o}.json" for o in KEYRING_OWNERS
+    )
+    for owner in KEYRING_OWNERS:  # every service's keys, each its own file
+        saved = keyring_file(out / "keyring", owner)
+        assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+        assert saved.read_bytes() == keyring_file(keyring.parent, owner).read_bytes()
+    assert not (out / "keyring.json").exists()
     doc = json.loads((out / "platform.json").read_text())
     assert doc["format"] == "homeport-platform" and doc["platform_version"] == "0.1.0"
     assert doc["apps"] == {"app-a": "x", "app-b": "20261205063312-00000000000000bb"}
@@ -133,16 +142,19 @@ async def test_a_dump_loads_into_an_empty_store_byte_exact(
     new = tmp_path / "new"
     conn = await asyncpg.connect(dsn2)
     try:
-        loaded = await load_platform(
-            out, conn, keyring=new / "keyring.json", certs_dir=new / "certs"
-        )
+        loaded = await load_platform(out, conn, keyrings=new / "keyring", certs_dir=new / "certs")
     finally:
         await conn.close()
     assert loaded["loaded_events"] == 26 and loaded["head_position"] == 26
     assert loaded["apps"]["app-b"] == "20261205063312-00000000000000bb"
     assert await _rows(dsn2) == await _rows(dsn)
-    assert (new / "keyring.json").read_bytes() == keyring.read_bytes()
-    assert stat.S_IMODE((new / "keyring.json").stat().st_mode) == 0o600
+    for owner in KEYRING_OWNERS:
+        put = keyring_file(new / "keyring", owner)
+        assert put.read_bytes() == keyring_file(keyring.parent, owner).read_bytes()
+        assert stat.S_IMODE(put.stat().st_mode) == 0o600
+    assert sorted(p.name for p in (new / "keyring").iterdir()) == sorted(
+        f"{o}.json" for o in KEYRING_OWNERS
+    )
     assert (new / "certs" / "example.test" / "fullchain.pem").is_file()
     assert stat.S_IMODE((new / "certs" / ".example.test.abc" / "privkey.pem").stat().st_mode) == (
         0o600
@@ -167,23 +179,23 @@ async def test_a_load_refuses_a_store_that_is_not_empty(dsn: str, tmp_path: Path
     conn = await asyncpg.connect(dsn)
     try:
         with pytest.raises(PlatformError, match=r"event store in database .* is not empty"):
-            await load_platform(out, conn, keyring=tmp_path / "k.json", certs_dir=tmp_path / "c")
+            await load_platform(out, conn, keyrings=tmp_path / "k", certs_dir=tmp_path / "c")
     finally:
         await conn.close()
-    assert not (tmp_path / "k.json").exists() and not (tmp_path / "c").exists()
+    assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
 
 
 async def _load_refused(out: Path, dsn2: str, tmp_path: Path, match: str) -> None:
     conn = await asyncpg.connect(dsn2)
     try:
         with pytest.raises(PlatformError, match=match):
-            await load_platform(out, conn, keyring=tmp_path / "k.json", certs_dir=tmp_path / "c")
+            await load_platform(out, conn, keyrings=tmp_path / "k", certs_dir=tmp_path / "c")
         assert await conn.fetchval("SELECT count(*) FROM events.events") == 0
         assert await conn.fetchval("SELECT position FROM events.head") == 0
         assert await conn.fetchval("SELECT count(*) FROM events.streams") == 0
     finally:
         await conn.close()
-    assert not (tmp_path / "k.json").exists() and not (tmp_path / "c").exists()
+    assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
 
 
 async def test_an_altered_event_loads_nothing(dsn: str, dsn2: str, tmp_path: Path) -> None:
@@ -222,17 +234,18 @@ async def test_a_load_refuses_a_different_keyring_already_there(
         await _fill(store)
     out = tmp_path / "dump"
     await _dump(dsn, tmp_path, out)
-    other = tmp_path / "k.json"
+    other = tmp_path / "k" / "identity.json"
     Keyring.open(other).close()
     before = other.read_bytes()
     conn = await asyncpg.connect(dsn2)
     try:
-        with pytest.raises(PlatformError, match="a different keyring is already at"):
-            await load_platform(out, conn, keyring=other, certs_dir=tmp_path / "c")
+        with pytest.raises(PlatformError, match=r"a different keyring is already at .*identity"):
+            await load_platform(out, conn, keyrings=other.parent, certs_dir=tmp_path / "c")
         assert await conn.fetchval("SELECT to_regclass('events.events')") is None
     finally:
         await conn.close()
     assert other.read_bytes() == before
+    assert sorted(p.name for p in other.parent.iterdir()) == ["identity.json", "identity.json.lock"]
 
 
 async def test_an_empty_store_without_certificates_dumps_and_loads(
@@ -276,7 +289,7 @@ async def test_an_empty_store_without_certificates_dumps_and_loads(
     conn = await asyncpg.connect(dsn2)
     try:
         loaded = await load_platform(
-            out, conn, keyring=tmp_path / "new" / "k.json", certs_dir=tmp_path / "new" / "c"
+            out, conn, keyrings=tmp_path / "new" / "k", certs_dir=tmp_path / "new" / "c"
         )
     finally:
         await conn.close()
@@ -319,3 +332,98 @@ async def test_a_dump_carries_the_signed_checkpoints_and_their_public_key_never_
     ).read_bytes()
     assert (out / "audit" / "checkpoint.key.pub").read_text().strip() == public_key_of(key)
     assert not (empty / "audit").exists()  # none taken yet: nothing, and no error
+
+
+async def test_an_old_backup_with_one_keyring_gives_it_to_every_service(
+    dsn: str, dsn2: str, tmp_path: Path
+) -> None:
+    """A backup from before each service had its own keyring: its keyring.json becomes each
+    service's (as their first start would have made it), old values read by each."""
+    async with await PostgresEventStore.open(dsn) as store:
+        await _fill(store)
+    out = tmp_path / "dump"
+    await _dump(dsn, tmp_path, out)
+    for p in (out / "keyring").iterdir():
+        p.unlink()
+    (out / "keyring").rmdir()
+    with Keyring.open(out / "keyring.json") as shared:
+        value = shared.seal_for("user-1", "alice@example.com")
+    conn = await asyncpg.connect(dsn2)
+    try:
+        loaded = await load_platform(out, conn, keyrings=tmp_path / "k", certs_dir=tmp_path / "c")
+    finally:
+        await conn.close()
+    assert loaded["loaded_events"] == 26
+    for owner in KEYRING_OWNERS:
+        put = keyring_file(tmp_path / "k", owner)
+        assert put.read_bytes() == (out / "keyring.json").read_bytes()
+        assert stat.S_IMODE(put.stat().st_mode) == 0o600
+        with Keyring.open(put) as k:
+            assert k.unseal_str(value) == "alice@example.com"
+    assert not (tmp_path / "k" / "keyring.json").exists()
+
+
+async def test_a_dump_of_an_install_part_way_through_the_split(
+    dsn: str, dsn2: str, tmp_path: Path
+) -> None:
+    """Services that have not started since the update have no keyring of their own yet: the
+    shared one they would copy is backed up as theirs; the others' own files as they are."""
+    async with await PostgresEventStore.open(dsn):
+        pass
+    data = tmp_path / "data"
+    with Keyring.open(data / "keyring.json") as shared:  # an embedded data dir from before
+        old = shared.seal_for("user-1", "alice@example.com")
+    with Keyring.open(keyring_file(data / "keyring", "identity")) as identity:
+        new = identity.seal_for("user-2", "bob@example.com")
+    with Keyring.open(keyring_file(data / "keyring", "backup")) as backup:
+        pass
+    out = tmp_path / "dump"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await dump_platform(conn, keyring=backup.path, certs_dir=tmp_path / "nocerts",
+                            out_dir=out, apps={}, platform_version="0.1.0")  # fmt: skip
+    finally:
+        await conn.close()
+    for owner in KEYRING_OWNERS:
+        src = keyring_file(data / "keyring", owner)
+        expected = src if owner in ("identity", "backup") else data / "keyring.json"
+        assert keyring_file(out / "keyring", owner).read_bytes() == expected.read_bytes()
+    conn = await asyncpg.connect(dsn2)
+    try:
+        await load_platform(out, conn, keyrings=tmp_path / "k", certs_dir=tmp_path / "c")
+    finally:
+        await conn.close()
+    with Keyring.open(keyring_file(tmp_path / "k", "apps")) as apps:
+        assert apps.unseal_str(old) == "alice@example.com"
+        with pytest.raises(UnknownKey):  # identity's own since the split
+            apps.unseal(new)
+    with Keyring.open(keyring_file(tmp_path / "k", "identity")) as identity:
+        assert identity.unseal_str(new) == "bob@example.com"
+
+
+@pytest.mark.parametrize("bad", ["stray", "both", "link"])
+async def test_a_load_refuses_keyrings_that_are_not_the_services(
+    dsn: str, dsn2: str, tmp_path: Path, bad: str
+) -> None:
+    async with await PostgresEventStore.open(dsn) as store:
+        await _fill(store)
+    out = tmp_path / "dump"
+    await _dump(dsn, tmp_path, out)
+    if bad == "stray":
+        (out / "keyring" / "gateway.json").write_text("{}")
+        match = "keyring/gateway.json is not the keyring of a service"
+    elif bad == "both":
+        (out / "keyring.json").write_bytes((out / "keyring" / "apps.json").read_bytes())
+        match = "both keyring.json and keyring/"
+    else:
+        (out / "keyring" / "apps.json").unlink()
+        (out / "keyring" / "apps.json").symlink_to(tmp_path / "secret")
+        match = "cannot read the backed-up keyring"
+    conn = await asyncpg.connect(dsn2)
+    try:
+        with pytest.raises(PlatformError, match=match):  # before anything is written
+            await load_platform(out, conn, keyrings=tmp_path / "k", certs_dir=tmp_path / "c")
+        assert await conn.fetchval("SELECT to_regclass('events.events')") is None
+    finally:
+        await conn.close()
+    assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()

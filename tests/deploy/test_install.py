@@ -125,7 +125,7 @@ def _fingerprint(box: SystemdBox) -> dict[str, str]:
         "find /etc/homeport /etc/systemd/system -path '*homeport*' \\( -type f -o -type l \\)"
         " -printf '%p -> %l\\n' | sort; "
         "find /etc/homeport /etc/systemd/system -path '*homeport*' -type f | sort"
-        " | xargs sha256sum /var/lib/homeport/keyring/keyring.json"
+        " | xargs sha256sum /var/lib/homeport/keyring/*.json"
         " /etc/apt/apt.conf.d/20auto-upgrades; "
         "grep homeport /etc/passwd /etc/group; "
         "ls -d /var/lib/homeport/*/pgdata; "

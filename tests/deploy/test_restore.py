@@ -23,7 +23,7 @@ from cli.main import main as homeport
 from deploy.embedded import PostgresServer
 from deploy.planning import DATABASE
 from libs.events.envelope import NewEvent
-from libs.events.sealing import Keyring
+from libs.events.sealing import KEYRING_OWNERS, Keyring, keyring_file
 from libs.events.store import PostgresEventStore
 from services.backup.platform import dump_platform
 from services.backup.repo import Repository, new_identity
@@ -42,7 +42,7 @@ APP = str(uuid.uuid4())
 class Made:
     target: Path
     key_file: Path
-    keyring: bytes
+    keyrings: dict[str, bytes]  # each service's
     app_backup: str
     platform_backup: str
     events: int
@@ -83,9 +83,9 @@ async def _make_backups(dsn: str, root: Path, target_dir: Path) -> Made:
         await store.append(
             ev.user_stream(U2), [ev.SessionEnded(user_id=U2, session_id=S2, reason="logout")]
         )
-    keyring = root / "old" / "keyring.json"
-    keyring.parent.mkdir(parents=True)
-    Keyring.open(keyring).close()
+    keyring = root / "old" / "keyring" / "backup.json"  # the backup service's, beside the others'
+    for owner in KEYRING_OWNERS:
+        Keyring.open(keyring_file(keyring.parent, owner)).close()
     certs = root / "old" / "certs" / "example.test"
     certs.mkdir(parents=True)
     (certs / "fullchain.pem").write_text("chain\n")
@@ -127,7 +127,8 @@ async def _make_backups(dsn: str, root: Path, target_dir: Path) -> Made:
     plat = await repo.backup(out, {}, labels={"kind": "platform", "run": "r1", "apps": app_info.id})
     key_file = root / "backup-key.txt"
     key_file.write_text(f"# Homeport backup key\n{identity}\n")
-    return Made(target_dir, key_file, keyring.read_bytes(), app_info.id, plat.id, 6, tar)
+    rings = {o: keyring_file(keyring.parent, o).read_bytes() for o in KEYRING_OWNERS}
+    return Made(target_dir, key_file, rings, app_info.id, plat.id, 6, tar)
 
 
 @pytest.fixture
@@ -163,7 +164,8 @@ async def test_restore_brings_the_platform_back_into_an_empty_data_dir(
     data.mkdir()
     (data / "restore-in-progress.json").write_text("{}")
     (data / "apps" / "snapshots" / APP / "x.partial").mkdir(parents=True)
-    (data / "keyring.json").write_text("half")
+    (data / "keyring").mkdir()
+    (data / "keyring" / "identity.json").write_text("half")
 
     code, out, err = await run_cli(
         capsys, "restore", "--from", made.target, "--key", made.key_file, "--data-dir", data
@@ -179,8 +181,11 @@ async def test_restore_brings_the_platform_back_into_an_empty_data_dir(
 
     assert not (data / "restore-in-progress.json").exists()
     assert not (data / ".restore-work").exists()
-    assert (data / "keyring.json").read_bytes() == made.keyring
-    assert stat.S_IMODE((data / "keyring.json").stat().st_mode) == 0o600
+    for owner, ring in made.keyrings.items():  # each service's keyring back in its place
+        assert keyring_file(data / "keyring", owner).read_bytes() == ring
+        assert stat.S_IMODE(keyring_file(data / "keyring", owner).stat().st_mode) == 0o600
+    assert len(set(made.keyrings.values())) == len(KEYRING_OWNERS)
+    assert not (data / "keyring.json").exists()
     assert (data / "certs" / "example.test" / "fullchain.pem").read_text() == "chain\n"
     pending = json.loads((data / "apps" / "restore-pending.json").read_text())
     assert list(pending) == [APP]
@@ -376,8 +381,8 @@ async def test_a_platform_backup_naming_a_path_instead_of_an_app_is_refused(
     src = tmp_path / "restored-platform"
     await repo.restore(made.platform_backup, src, identity)
     out.mkdir()
-    for name in ("events.jsonl", "keyring.json"):
-        shutil.copy(src / name, out / name)
+    shutil.copy(src / "events.jsonl", out / "events.jsonl")
+    shutil.copytree(src / "keyring", out / "keyring")
     shutil.copytree(src / "certs", out / "certs")
     doc = json.loads((src / "platform.json").read_text())
     doc["apps"] = {"../../../escape": bad_app.id}
@@ -391,6 +396,38 @@ async def test_a_platform_backup_naming_a_path_instead_of_an_app_is_refused(
     assert code == 1 and "names an app '../../../escape'" in err
     assert list(data.iterdir()) == []
     assert not (tmp_path / "escape").exists() and not (data.parent / "escape").exists()
+
+
+async def test_an_old_platform_backup_with_one_keyring_restores_for_every_service(
+    dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backup from before each service had its own keyring: its keyring.json becomes each
+    service's keyring in <data>/keyring/, and no shared keyring.json is written."""
+    made = await _make_backups(dsn, tmp_path, tmp_path / "target")
+    identity = made.key_file.read_text().split("\n")[1]
+    repo = await Repository.open(LocalTarget(made.target))
+    src = tmp_path / "restored-platform"
+    await repo.restore(made.platform_backup, src, identity)
+    out = tmp_path / "old-platform"
+    out.mkdir()
+    for name in ("events.jsonl", "platform.json"):
+        shutil.copy(src / name, out / name)
+    shutil.copytree(src / "certs", out / "certs")
+    shutil.copy(src / "keyring" / "identity.json", out / "keyring.json")
+    doc = json.loads((src / "platform.json").read_text())
+    plat = await repo.backup(out, {}, labels={"kind": "platform", "apps": ",".join(doc["apps"])})
+    data = tmp_path / "d"
+    code, out_text, err = await run_cli(
+        capsys, "restore", "--from", made.target, "--key", made.key_file,
+        "--data-dir", data, "--snapshot", plat.id,
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"loaded {made.events} events" in out_text
+    for owner in KEYRING_OWNERS:
+        put = keyring_file(data / "keyring", owner)
+        assert put.read_bytes() == made.keyrings["identity"]
+        assert stat.S_IMODE(put.stat().st_mode) == 0o600
+    assert not (data / "keyring.json").exists()
 
 
 def test_up_refuses_a_data_dir_whose_restore_did_not_finish(tmp_path: Path) -> None:
@@ -439,4 +476,5 @@ async def test_a_restore_killed_half_way_is_run_again_from_the_start(
     assert "did not finish: clearing what it wrote" in out and "loaded 6 events" in out
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
     assert not (data_dir / "restore-in-progress.json").exists()
-    assert (data_dir / "keyring.json").read_bytes() == made.keyring
+    for owner, ring in made.keyrings.items():
+        assert keyring_file(data_dir / "keyring", owner).read_bytes() == ring

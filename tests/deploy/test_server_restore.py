@@ -236,11 +236,11 @@ def test_the_wizards_restore_under_systemd_brings_the_platform_back(box: Systemd
     # every file is its unit's user's: nothing root wrote is left root's
     assert box.sh(f"find {DATA} -mindepth 1 -user root | head -20").strip() == ""
     owners = box.sh(
-        f"stat -c '%U %n' {DATA}/keyring/keyring.json {DATA}/postgres/pgdata {DATA}/nats"
+        f"stat -c '%U %n' {DATA}/keyring/identity.json {DATA}/postgres/pgdata {DATA}/nats"
         f" {DATA}/apps {DATA}/certs/live {DATA}/backup"
     )
     assert owners.split("\n")[:6] == [
-        f"homeport {DATA}/keyring/keyring.json",
+        f"homeport {DATA}/keyring/identity.json",
         f"homeport-postgres {DATA}/postgres/pgdata",
         f"homeport-nats {DATA}/nats",
         f"homeport {DATA}/apps",
