@@ -21,6 +21,7 @@ from typing import Any
 
 from deploy import bytecode
 from deploy.bytecode import service_argv
+from deploy.dbroles import service_dsn
 from deploy.embedded import (
     DockerDaemon,
     EmbeddedError,
@@ -388,6 +389,9 @@ class Planner:
         )
         if name in SERVICE_USERS and plan.nats_credentials is not None:
             env["HP_NATS_CREDENTIALS"] = str(plan.nats_credentials / name)
+        own = service_dsn(plan.database_url, self.data_dir, name)
+        if own is not None:  # its own Postgres role (deploy/dbroles.py), not the superuser
+            env["HP_DATABASE_URL"] = own
         if plan.docker_url:
             env.update(
                 HP_DOCKER_HOST=plan.docker_url,

@@ -29,6 +29,7 @@ import aiohttp
 import asyncpg
 
 from deploy import bytecode
+from deploy.dbroles import prepare_database
 from deploy.embedded import EmbeddedError
 from deploy.errors import StackError
 from deploy.planning import (
@@ -279,6 +280,8 @@ class Stack:
             await part.runner.start()
             if part.kind is PartKind.POSTGRES:
                 await _ensure_database(self.plan.database_url)
+                # each service's own role (libs/events/roles.py), before any service connects
+                await prepare_database(self.plan.database_url, self.data_dir)
         except (EmbeddedError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise StackError(f"{part.name} did not start: {e} (log: {part.log})") from e
         supervisor.mark_started(part)

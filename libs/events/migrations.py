@@ -56,15 +56,18 @@ async def migrate(conn: asyncpg.Connection, component: str, directory: Path) -> 
     keep_session_state(conn)
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS public.hp_migrations (
+        # Checked first: a service's own role may read and add its rows but not create tables
+        # in public (libs/events/roles.py), and CREATE ... IF NOT EXISTS needs that right.
+        if not await conn.fetchval("SELECT to_regclass('public.hp_migrations') IS NOT NULL"):
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS public.hp_migrations (
                    component text NOT NULL,
                    version integer NOT NULL,
                    name text NOT NULL,
                    checksum text NOT NULL,
                    applied_at timestamptz NOT NULL DEFAULT now(),
                    PRIMARY KEY (component, version))"""
-        )
+            )
         rows = await conn.fetch(
             "SELECT version, checksum FROM public.hp_migrations WHERE component = $1", component
         )
