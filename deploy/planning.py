@@ -32,9 +32,10 @@ from deploy.embedded import (
     free_port,
 )
 from deploy.errors import StackError
-from deploy.state import HOST, KEYRING_FILE, database_password, port_free, postgres_dir, stable_port
+from deploy.state import HOST, KEYRING_DIR, database_password, port_free, postgres_dir, stable_port
 from deploy.supervision import DockerRunner, Part, PartKind, ServerRunner, ServiceRunner
 from libs.events.nats_access import SERVICE_USERS
+from libs.events.sealing import KEYRING_OWNERS, keyring_file
 
 __all__ = [
     "ADDON_WANTED",
@@ -381,12 +382,16 @@ class Planner:
             HP_HTTP_PORT=str(port),
             HP_LOG_LEVEL=self.log_level,
             HP_DRAIN_SECONDS=str(DRAIN_SECONDS),
-            HP_KEYRING=str(self.data_dir / KEYRING_FILE),
             HP_DATA_DIR=str(self.data_dir),
             HP_BACKUP_DIR=str(self.data_dir / "backup"),
             HP_APPS_DIR=str(self.data_dir / "apps"),
             HP_CERTS_DIR=str(self.data_dir / "certs"),
         )
+        # a keyring of its own for each service that seals; the others (the gateway) none,
+        # whatever this process's environment says
+        env.pop("HP_KEYRING", None)
+        if name in KEYRING_OWNERS:
+            env["HP_KEYRING"] = str(keyring_file(self.data_dir / KEYRING_DIR, name))
         if name in SERVICE_USERS and plan.nats_credentials is not None:
             env["HP_NATS_CREDENTIALS"] = str(plan.nats_credentials / name)
         own = service_dsn(plan.database_url, self.data_dir, name)

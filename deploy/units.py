@@ -11,12 +11,14 @@ them). nginx, the edge, stays the gateway's child: the gateway unit may bind 80/
 
 Who runs what (`UNIT_USERS` tells the installer which users and groups to create):
 - `homeport-postgres` runs both Postgres servers, `homeport-nats` runs NATS.
-- `homeport` runs the relay and every service. One user, because they share the sealing
-  keyring, which must be mode 0600 (libs/events/sealing.py); per-service users come with
-  per-service keyrings. Privileges are still kept apart per unit: capabilities (only the
-  firewall has CAP_NET_ADMIN, only the gateway may bind 80/443), the paths each may write, the
-  address families and addresses each may use. A process cannot trace or signal into one with
-  more capabilities, and every unit sees the others' files read-only.
+- `homeport` runs the relay and every service. Each service that seals has its own keyring,
+  `keyring/<service>.json` (libs/events/sealing.py); the others (gateway, firewall, relay) get
+  none and cannot even read that folder (InaccessiblePaths=). One user still: a keyring that
+  only its service's user can read needs per-service users. Privileges are still kept apart
+  per unit: capabilities (only the firewall has CAP_NET_ADMIN, only the gateway may bind
+  80/443), the paths each may write, the address families and addresses each may use. A
+  process cannot trace or signal into one with more capabilities, and every unit sees the
+  others' files read-only.
 - No unit runs as root (`ROOT_UNITS` is empty). Apps holds the docker socket's group, which is
   root-equivalent: it is the reason apps runs alone in a unit with only what it needs.
   It does not run debootstrap as root: the installer builds the base image tarball into
@@ -56,6 +58,7 @@ from deploy.planning import (
     discover_modules,
 )
 from libs.events.nats_access import SERVICE_USERS
+from libs.events.sealing import KEYRING_OWNERS, keyring_file
 
 __all__ = [
     "ADDON_PG_HBA_DIR",
@@ -152,6 +155,7 @@ class UnitSpec:
     wants: tuple[str, ...] = ()
     writes: tuple[Path, ...] = ()  # ReadWritePaths= (the installer makes these folders)
     writes_outside: tuple[Path, ...] = ()  # ReadWritePaths=-: others' folders, if present
+    hidden: tuple[Path, ...] = ()  # InaccessiblePaths=-: not even readable (others' keys)
     capabilities: tuple[str, ...] = ()  # bounding set = ambient set
     families: tuple[str, ...] = ("AF_UNIX", "AF_INET", "AF_INET6")
     loopback_only: bool = False  # IPAddressDeny=any except localhost
@@ -260,15 +264,19 @@ def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...
     data = layout.data
     own = data / m.name
     keyring = data / "keyring"
+    # the keyring folder is writable to the services that seal (each replaces its own file
+    # whole, libs/events/sealing.py) and hidden from the others
+    keys = (keyring,) if m.name in KEYRING_OWNERS else ()
     relay = unit_name("relay")
     env = {
         "HP_HTTP_HOST": "127.0.0.1",
         "HP_HTTP_PORT": str(service_port(m.name)),
         "HP_DATA_DIR": str(own),
-        "HP_KEYRING": str(keyring / "keyring.json"),
         # identity's address keys; the others seal with their public file beside it
         "HP_IP_KEYS": str(data / "identity" / "ip-keys.json"),
     }
+    if keys:
+        env["HP_KEYRING"] = str(keyring_file(keyring, m.name))
     if m.name in SERVICE_USERS:  # its NATS password (deploy/nats_config.py: its user's, 0600)
         env["HP_NATS_CREDENTIALS"] = str(nats_credentials(layout) / m.name)
     user, groups = UNIT_USERS.get(m.name, (DEFAULT_USER, ()))
@@ -283,7 +291,8 @@ def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...
         "after": servers if m.name == "relay" else (*servers, relay),
         "requires": servers,
         "wants": () if m.name == "relay" else (relay,),
-        "writes": (own, keyring),
+        "writes": (own, *keys),
+        "hidden": () if keys else (keyring,),
         "loopback_only": True,
         "environment": env,
     }
@@ -298,7 +307,7 @@ def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...
             "HP_CERTS_DIR": str(data / "certs" / "live"),
         }
         # nginx is its child: it binds 80/443 and reads the certificates certs writes.
-        extra = {"writes": (own, keyring, data / "edge"), "capabilities": ("CAP_NET_BIND_SERVICE",)}
+        extra = {"writes": (own, data / "edge"), "capabilities": ("CAP_NET_BIND_SERVICE",)}
         extra["loopback_only"] = False
         extra["syscall_deny"] = ("@privileged",)  # nginx raises its open-files limit
     elif m.name == "firewall":
@@ -312,7 +321,7 @@ def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...
             "HP_ACME_DIR": str(data / "certs" / "acme"),
             "HP_CERTS_DIR": str(data / "certs" / "live"),
         }
-        extra = {"writes": (own, keyring, data / "certs"), "loopback_only": False}
+        extra = {"writes": (own, *keys, data / "certs"), "loopback_only": False}
     elif m.name == "dns":
         extra = {"loopback_only": False}  # DNS providers' APIs and nameservers
     elif m.name == "identity":
@@ -327,7 +336,7 @@ def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...
         }
         # reads app snapshots whatever uid owns their files; restores snapshots there.
         extra = {
-            "writes": (own, keyring, data / "apps" / "snapshots"),
+            "writes": (own, *keys, data / "apps" / "snapshots"),
             # a local target is a mounted disk: where Debian mounts them (if present)
             "writes_outside": LOCAL_TARGET_ROOTS,
             "capabilities": ("CAP_DAC_READ_SEARCH",),
@@ -353,7 +362,7 @@ def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...
             "wants": (relay,),
             "writes": (
                 own,
-                keyring,
+                *keys,
                 data / "apps",
                 data / "base-cache",
                 data / ADDON_PG_HBA_DIR,
@@ -414,6 +423,7 @@ def _hardening(spec: UnitSpec) -> str:
     lines.append(f"UMask={spec.umask}")
     lines += [f"ReadWritePaths={p}" for p in spec.writes]
     lines += [f"ReadWritePaths=-{p}" for p in spec.writes_outside]
+    lines += [f"InaccessiblePaths=-{p}" for p in spec.hidden]
     return "\n".join(lines)
 
 

@@ -206,7 +206,7 @@ def test_up_status_restart_refuse_and_stop(start_stack: Callable[..., Running]) 
     assert env["HP_NATS_URL"] == state["nats_url"]
     assert env["HP_HTTP_HOST"] == "127.0.0.1"
     assert env["HP_HTTP_PORT"] == str(parts["worker"]["port"])
-    assert env["HP_KEYRING"] == str(stack.data / "keyring.json")
+    assert env["HP_KEYRING"] is None  # a service that seals nothing gets no keyring
     assert env["HP_DATA_DIR"] == str(stack.data)
     assert _get(gateway_url) == (200, b"sample dashboard\n")
 

@@ -377,7 +377,7 @@ class SystemdBox:
             # a failed unit's own last lines whole (a service's error is at the end of a long
             # JSON line)
             " for u in $(systemctl --failed --plain --no-legend 'homeport*' | cut -d' ' -f1"
-            " | head -3); do echo \"== $u\"; journalctl -b --no-pager -n 4 -o cat -u $u"
+            ' | head -3); do echo "== $u"; journalctl -b --no-pager -n 4 -o cat -u $u'
             " | cut -c1-3000; done",
             check=False,
         )
