@@ -659,11 +659,12 @@ def _audit_where(args: argparse.Namespace) -> tuple[str | None, Path]:
     layout = None if args.dsn else _server(args)
     if layout is None:
         return _dsn(args), Path(args.data_dir).absolute()
-    from deploy.update import read_env_file
+    from deploy.update import admin_env_file, read_env_file
 
-    dsn = read_env_file(layout.env_file).get("HP_DATABASE_URL")
+    where = admin_env_file(layout)
+    dsn = read_env_file(where).get("HP_DATABASE_URL")
     if not dsn:
-        _err(f"{layout.env_file} sets no HP_DATABASE_URL: run the installer again")
+        _err(f"{where} sets no HP_DATABASE_URL: run the installer again")
     return dsn or None, layout.data
 
 
@@ -1199,7 +1200,7 @@ def _cmd_release_build(args: argparse.Namespace) -> int:
 
 def _cmd_update(args: argparse.Namespace) -> int:
     from deploy.layout import Layout
-    from deploy.update import SystemdHost, UpdateError, Updater
+    from deploy.update import SystemdHost, UpdateError, Updater, admin_env_file
     from deploy.update_events import EventLog, EventLogError, recorded_update
 
     layout = Layout(args.prefix)
@@ -1220,7 +1221,7 @@ def _cmd_update(args: argparse.Namespace) -> int:
                 if found.changelog:
                     print(found.changelog.rstrip())
             return EXIT_OK
-        events = EventLog.from_env_file(layout.env_file, lambda m: _err(f"warning: {m}"))
+        events = EventLog.from_env_file(admin_env_file(layout), lambda m: _err(f"warning: {m}"))
         if args.scheduled:
             try:
                 enabled = events.auto_update_enabled()

@@ -232,17 +232,47 @@ class Installer:
         _write_file(path, secret + "\n", "root", "root", 0o600)
         return secret
 
-    def env_text(self) -> str:
-        """The text of homeport.env (the same bytes on every run)."""
+    def admin_dsn(self) -> str:
+        """The platform database as its superuser (root's tools and this installer only)."""
         pw = quote(self._password("database-password"), safe="")
+        return f"postgresql://postgres:{pw}@127.0.0.1:{PORTS['postgres']}/{DATABASE}"
+
+    def role_passwords(self) -> dict[str, str]:
+        """Each service's Postgres role password (libs/events/roles.py), made once, 0600 root."""
+        from libs.events.nats_access import ensure_credentials
+        from libs.events.roles import SERVICE_ROLES
+
+        return ensure_credentials(self.layout.etc / "database-roles", SERVICE_ROLES)
+
+    def database_env_texts(self) -> dict[str, str]:
+        """service -> the text of its database env file: its own role's URL (the apps
+        service's also names the addon server's admin, which only it manages)."""
+        from libs.events.roles import dsn_as, role_of
+
+        admin = self.admin_dsn()
         addon_pw = quote(self._password("addon-database-password"), safe="")
+        out = {}
+        for service, password in sorted(self.role_passwords().items()):
+            lines = [
+                "# Written by the Homeport installer: this service's own database role.",
+                f"HP_DATABASE_URL={dsn_as(admin, role_of(service), password)}",
+            ]
+            if service == "apps":
+                lines.append(
+                    f"HP_ADDON_PG_DSN=postgresql://postgres:{addon_pw}@127.0.0.1:"
+                    f"{PORTS['addon-postgres']}/postgres"
+                )
+            out[service] = "\n".join(lines) + "\n"
+        return out
+
+    def env_text(self) -> str:
+        """The text of homeport.env (the same bytes on every run): no password in it, every
+        service's user reads it (each unit adds its own database env file)."""
         lines = [
             "# Written by the Homeport installer (deploy/install.py); the units read it.",
-            "# The shared settings of every service; each unit adds its own (port, data dir).",
-            f"HP_DATABASE_URL=postgresql://postgres:{pw}@127.0.0.1:{PORTS['postgres']}/{DATABASE}",
+            "# The shared settings of every service; each unit adds its own (port, data dir,",
+            "# its database role in /etc/homeport/database/<service>.env).",
             f"HP_NATS_URL=nats://127.0.0.1:{PORTS['nats']}",
-            f"HP_ADDON_PG_DSN=postgresql://postgres:{addon_pw}@127.0.0.1:"
-            f"{PORTS['addon-postgres']}/postgres",
             "HP_LOG_LEVEL=INFO",
             "HP_DRAIN_SECONDS=10",
             "# No domain until the setup wizard: the dashboard is at my.localhost meanwhile.",
@@ -255,6 +285,17 @@ class Installer:
         if _write_file(self.layout.env_file, self.env_text(), "root", PLATFORM_GROUP, 0o640):
             self.changed.append(str(self.layout.env_file))
             self.say(f"      wrote {self.layout.env_file}")
+        admin = (
+            f"# root's tools only (updates, restores, audit)\nHP_DATABASE_URL={self.admin_dsn()}\n"
+        )
+        if _write_file(self.layout.admin_env_file, admin, "root", "root", 0o600):
+            self.say(f"      wrote {self.layout.admin_env_file}")
+        for service, text in self.database_env_texts().items():
+            path = self.layout.database_env_file(service)
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            if _write_file(path, text, "root", "root", 0o600):
+                self.changed.append(str(path))
+                self.say(f"      wrote {path}")
         if self.options.release_key is not None:
             from deploy.release import ReleaseError, load_public_key
 
@@ -420,6 +461,19 @@ class Installer:
         if proc.stdout.strip() != "1":
             _run([*psql, f'CREATE DATABASE "{DATABASE}"'])
             self.say(f"      created the database {DATABASE}")
+        # each service's role and rights, the event store migrated as its owner (idempotent)
+        asyncio.run(self._roles())
+
+    async def _roles(self) -> None:
+        import asyncpg
+
+        from libs.events.roles import prepare_roles
+
+        conn = await asyncpg.connect(self.admin_dsn())
+        try:
+            await prepare_roles(conn, self.role_passwords())
+        finally:
+            await conn.close()
 
     def _health(self) -> None:
         host = SystemdHost()

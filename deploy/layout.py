@@ -56,6 +56,17 @@ class Layout:
         return self.etc / "homeport.env"
 
     @property
+    def admin_env_file(self) -> Path:
+        """The superuser's database URL, for root's tools only (updates, restores, audit):
+        `/etc/homeport/admin.env` (0600 root). No unit reads it."""
+        return self.etc / "admin.env"
+
+    def database_env_file(self, service: str) -> Path:
+        """One service's own database URL (its Postgres role, libs/events/roles.py), read by its
+        unit only: `/etc/homeport/database/<service>.env` (0600 root)."""
+        return self.etc / "database" / f"{service}.env"
+
+    @property
     def release_key(self) -> Path:
         """The pinned Ed25519 public key releases must be signed with (PEM)."""
         return self.etc / "release.pub"

@@ -15,6 +15,7 @@ import asyncpg
 from libs.events.errors import MigrationError
 from libs.events.migrations import migrate
 from libs.events.pool import open_pool
+from libs.events.roles import MIGRATOR
 from libs.events.store import MIGRATIONS
 
 __all__ = ["main", "migrate_store"]
@@ -25,7 +26,15 @@ async def migrate_store(dsn: str) -> list[int]:
     pool = await open_pool(dsn, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
-            return await migrate(conn, "events", MIGRATIONS)
+            # as the event store's owner where the services have roles (libs/events/roles.py)
+            owner = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", MIGRATOR)
+            if owner:
+                await conn.execute(f"SET ROLE {MIGRATOR}")
+            try:
+                return await migrate(conn, "events", MIGRATIONS)
+            finally:
+                if owner:
+                    await conn.execute("RESET ROLE")
     finally:
         await pool.close()
 

@@ -500,7 +500,21 @@ async def load(places: Places, platform_dir: Path, say: Callable[[str], None]) -
         ended = await _end_sessions(dsn)
         say(f"ended {ended} sessions that were open (everyone signs in again)")
         await _rebuild_read_models(dsn, say)
+        await _hand_over(dsn, say)
     return RestoreSummary("", "", "", int(loaded["loaded_events"]), ended)
+
+
+async def _hand_over(dsn: str, say: Callable[[str], None]) -> None:
+    """The read models just built (as the superuser) given to their services' roles."""
+    from libs.events.roles import hand_over_schemas
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        done = await hand_over_schemas(conn)
+    finally:
+        await conn.close()
+    if done:
+        say(f"schemas given to their services' roles: {', '.join(done)}")
 
 
 async def _end_sessions(dsn: str) -> int:

@@ -67,7 +67,7 @@ from deploy.units import (
     restore_marker,
     unit_name,
 )
-from deploy.update import SystemdHost, UpdateError, read_env_file
+from deploy.update import SystemdHost, UpdateError, admin_env_file, read_env_file
 
 __all__ = [
     "HEALTH_TIMEOUT",
@@ -335,9 +335,10 @@ def _server_places(layout: Layout) -> Places:
         await asyncio.to_thread(_ctl, "start", unit_name("postgres"))
         installer = _installer(layout, say)
         await asyncio.to_thread(installer._create_database)
-        dsn = read_env_file(layout.env_file).get("HP_DATABASE_URL", "")
+        where = admin_env_file(layout)
+        dsn = read_env_file(where).get("HP_DATABASE_URL", "")
         if not dsn:
-            raise RestoreError(f"{layout.env_file} sets no HP_DATABASE_URL: run the installer")
+            raise RestoreError(f"{where} sets no HP_DATABASE_URL: run the installer")
         yield dsn
 
     return Places(data / "keyring", data / "certs" / "live", database)

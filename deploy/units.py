@@ -58,6 +58,7 @@ from deploy.planning import (
     discover_modules,
 )
 from libs.events.nats_access import SERVICE_USERS
+from libs.events.roles import SERVICE_ROLES
 from libs.events.sealing import KEYRING_OWNERS, keyring_file
 
 __all__ = [
@@ -452,6 +453,12 @@ def _render(spec: UnitSpec, layout: Layout) -> str:
         "bytecode": str(layout.current / "bytecode"),
         "env_file": str(layout.env_file),
         "environment": f"Environment={env}" if env else "",
+        # its own database role (after homeport.env: a later file's value wins)
+        "database_env": (
+            f"EnvironmentFile={layout.database_env_file(spec.name)}\n"
+            if spec.module and spec.name in SERVICE_ROLES
+            else ""
+        ),
         "stop_seconds": "30",
         **spec.values,
     }

@@ -51,6 +51,7 @@ __all__ = [
     "SystemdHost",
     "UpdateError",
     "Updater",
+    "admin_env_file",
     "read_env_file",
     "switch_link",
 ]
@@ -104,6 +105,12 @@ class _Run:
     path: Path | None = None
     switched: bool = False
     unhealthy: list[str] = field(default_factory=list)
+
+
+def admin_env_file(layout: Layout) -> Path:
+    """Where root's tools find the superuser's HP_DATABASE_URL: admin.env, or homeport.env on
+    an install from before the services had roles of their own."""
+    return layout.admin_env_file if layout.admin_env_file.exists() else layout.env_file
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -284,6 +291,7 @@ class Updater:
         assert run.path is not None
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
         env.update(read_env_file(self.layout.env_file))
+        env.update(read_env_file(admin_env_file(self.layout)))
         python = run.path / "venv" / "bin" / "python"
         out = _run([str(python), "-m", "deploy.migrate"], cwd=run.path, env=env)
         for line in out.splitlines():

@@ -501,6 +501,13 @@ async def replay_by_name(name: str, dsn: str, progress: Callable[[int], None] | 
         )
     store = await PostgresEventStore.open(dsn, max_size=2)
     try:
-        return await ProjectionRunner(known[name].for_replay(), store).rebuild(progress)
+        count = await ProjectionRunner(known[name].for_replay(), store).rebuild(progress)
+        # run as the superuser: what the rebuild made goes back to the service's own role
+        from libs.events.roles import hand_over_schemas
+
+        async with store.pool.acquire() as conn:
+            if await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+                await hand_over_schemas(conn)
+        return count
     finally:
         await store.close()

@@ -31,6 +31,7 @@ __all__ = [
     "MIGRATOR",
     "SERVICE_ROLES",
     "dsn_as",
+    "hand_over_schemas",
     "prepare_roles",
     "role_of",
 ]
@@ -112,6 +113,24 @@ async def _hand_over(conn: asyncpg.Connection, schema: str, role: str) -> None:
             await conn.execute(await conn.fetchval(alter, schema, role))
         for (sql,) in await conn.fetch(_OWNED, schema, role):
             await conn.execute(sql)
+
+
+async def hand_over_schemas(conn: asyncpg.Connection) -> list[str]:
+    """Give each service whose role exists its schema back (and the event store to its owner)
+    after the superuser made or rebuilt them (a restore's read models, `homeport replay`);
+    the schemas handed over."""
+    done = []
+    if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", MIGRATOR):
+        await _hand_over(conn, "events", MIGRATOR)
+        done.append("events")
+    for service in SERVICE_ROLES:
+        if service == RELAY:
+            continue
+        role = role_of(service)
+        if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+            await _hand_over(conn, service, role)
+            done.append(service)
+    return done
 
 
 async def prepare_roles(conn: asyncpg.Connection, passwords: Mapping[str, str]) -> None:

@@ -56,6 +56,22 @@ SQUAT = (
 )
 
 
+NATS_PROBE = """
+import asyncio
+from nats.aio.client import Client
+async def probe():
+    nc = Client()
+    try:
+        await nc.connect("nats://127.0.0.1:7422", allow_reconnect=False, connect_timeout=2)
+        print("connected without credentials")
+    except Exception as e:
+        print(e)
+    finally:
+        await nc.close()
+asyncio.run(probe())
+"""
+
+
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdBox]:
     host = find_docker_host()
@@ -176,6 +192,19 @@ def test_install_setup_app_restart_and_second_run(box: SystemdBox) -> None:
     inactive = {u: p["ActiveState"] for u, p in units.items() if p["ActiveState"] != "active"}
     assert not inactive, inactive
     assert box.run("systemctl", "is-enabled", "homeport-update.timer").strip() == "enabled"
+    # trust domains: no unit reads a password the others can; each service's database role and
+    # NATS user are its own (the gateway's role reads no identity table; NATS wants a user)
+    assert "postgres:" not in box.run("cat", "/etc/homeport/homeport.env")
+    modes = box.sh("stat -c '%a %U' /etc/homeport/admin.env /etc/homeport/database/gateway.env")
+    assert modes.split() == ["600", "root", "600", "root"], modes
+    as_gateway = box.sh(
+        "set -a; . /etc/homeport/database/gateway.env; set +a;"
+        ' psql "$HP_DATABASE_URL" -Atc "SELECT count(*) FROM identity.users" 2>&1',
+        check=False,
+    )
+    assert "permission denied for schema identity" in as_gateway, as_gateway
+    anonymous = box.sh(f"cd /tmp && /opt/homeport/current/venv/bin/python -c '{NATS_PROBE}'")
+    assert "Authorization Violation" in anonymous, anonymous
     listing = box.run("homeport", "status")  # against systemd
     assert "homeport-gateway.service" in listing and "active" in listing, listing
     show = box.run("systemctl", "show", "-p", "ExecStart", "homeport-gateway.service")
@@ -305,7 +334,7 @@ def test_units_security_scores_under_real_systemd(box: SystemdBox) -> None:
 def _why_refused(box: SystemdBox) -> str:
     """For a refused sign-in's assertion: the reasons identity recorded (its LoginFailed events)
     and its journal's end."""
-    env = "set -a; . /etc/homeport/homeport.env; set +a"
+    env = "set -a; . /etc/homeport/admin.env; set +a"
     sql = (
         "SELECT position, recorded_at, data->>'reason' FROM events.events"
         " WHERE type = 'LoginFailed' ORDER BY position DESC LIMIT 5"
@@ -361,7 +390,7 @@ def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> 
     assert _compiled_at_start(box, "identity") == []  # 0.2.0's byte code, warmed by the update
     assert "event store: 1 migration(s) applied [99]" in update, update
     probe = "SELECT release FROM events.update_probe"
-    env = "set -a; . /etc/homeport/homeport.env; set +a"
+    env = "set -a; . /etc/homeport/admin.env; set +a"
     assert box.sh(f'{env}; psql "$HP_DATABASE_URL" -Atc "{probe}"').strip() == "0.2.0"
     units = _units(box)
     assert all(p["ActiveState"] == "active" for p in units.values()), units
