@@ -68,7 +68,8 @@ async def platform(
     prefix: str,
 ) -> AsyncIterator[Running]:
     """Identity, apps, backup, gateway and the relay on `dsn`, their files in `data` (the
-    layout of a stack's data directory: keyring.json, apps/, certs/, backup/)."""
+    layout of a stack's data directory: keyring/<service>.json, apps/, certs/, backup/)."""
+    keyring = data / "keyring"
     apps_env = make_apps_env(
         dsn=dsn,
         nats_url=nats_url,
@@ -76,14 +77,23 @@ async def platform(
         docker_host=docker_host,
         prefix=prefix,
         catalog=catalog,
-        extra={"HP_READY_TIMEOUT": "30"},
+        extra={"HP_READY_TIMEOUT": "30", "HP_KEYRING": str(keyring / "apps.json")},
     )
     async with contextlib.AsyncExitStack() as stack:
         ident = await stack.enter_async_context(
-            running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=data)
+            running_identity(
+                monkeypatch,
+                dsn=dsn,
+                nats_url=nats_url,
+                tmp_path=data,
+                env={"HP_KEYRING": str(keyring / "identity.json")},
+            )
         )
         apps = await stack.enter_async_context(running_apps(monkeypatch, apps_env))
-        env = backup_env(dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=data)
+        env = backup_env(
+            dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=data,
+            extra={"HP_KEYRING": str(keyring / "backup.json")},
+        )  # fmt: skip
         await stack.enter_async_context(running_backup(monkeypatch, env))
         gateway = await stack.enter_async_context(
             running_gateway(monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=data)
