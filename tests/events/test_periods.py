@@ -3,6 +3,7 @@ only, destroying weeks after the retention period, the key file, and the store's
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -61,8 +62,19 @@ def test_seal_and_unseal_with_the_week_key(path: Path, clock: Clock) -> None:
     sealed = keys.seal("203.0.113.7")
     assert sealed.startswith("hp:sealed:t1:2026-W49:") and is_period_sealed(sealed)
     assert "203.0.113.7" not in sealed
-    assert keys.seal("203.0.113.7") != sealed  # a fresh ephemeral key each time
-    assert keys.unseal(sealed) == "203.0.113.7"
+    again = keys.seal("203.0.113.7")
+    assert again != sealed  # a random nonce each time
+    assert keys.unseal(sealed) == keys.unseal(again) == "203.0.113.7"
+
+    # one sealer keeps its ephemeral key (the payload's first 32 bytes) for a while: a seal is
+    # one AES-GCM, not an X25519 exchange; another sealer has its own
+    def eph(value: str) -> bytes:
+        blob = value.rsplit(":", 1)[1]
+        return base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))[:32]
+
+    assert eph(again) == eph(sealed)
+    other = PeriodKeys(path, clock=clock).seal("203.0.113.7")
+    assert eph(other) != eph(sealed) and keys.unseal(other) == "203.0.113.7"
     # like every sealed value, the activity log and `redact` hide it
     assert redact({"ip": sealed}) == {"ip": SEALED_PLACEHOLDER}
     # the file is the owner's only; the public keys are beside it for processes that only seal
