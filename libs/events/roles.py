@@ -164,6 +164,15 @@ async def prepare_roles(conn: asyncpg.Connection, passwords: Mapping[str, str]) 
             await conn.execute(f"GRANT SELECT, INSERT, UPDATE ON events.relay_checkpoint TO {role}")
         else:
             await _hand_over(conn, service, role)
+    # one history table for every component: a role reads the event store's rows and its own
+    # (`<its schema>.<name>`), and may add only its own (the owner, migrator, is not limited)
+    await conn.execute(
+        "ALTER TABLE public.hp_migrations ENABLE ROW LEVEL SECURITY;"
+        "DROP POLICY IF EXISTS own_rows ON public.hp_migrations;"
+        "CREATE POLICY own_rows ON public.hp_migrations"
+        " USING (component = 'events' OR split_part(component, '.', 1) = substr(current_user, 4))"
+        " WITH CHECK (split_part(component, '.', 1) = substr(current_user, 4))"
+    )
     # nobody else: the tables' rights are the owner's and the grants above
     await conn.execute(
         "REVOKE ALL ON events.events, events.streams, events.head, events.relay_checkpoint "

@@ -94,6 +94,23 @@ async def test_a_service_owns_its_schema_and_cannot_touch_another(
                     await conn.execute(sql)
         finally:
             await conn.close()
+    # the migration history: identity reads the event store's rows and its own, adds only its own
+    identity = await _as(dsn, "identity", passwords)
+    apps = await _as(dsn, "apps", passwords)
+    try:
+        add = (
+            "INSERT INTO public.hp_migrations (component, version, name, checksum)"
+            " VALUES ($1, 1, 'x', 'y')"
+        )
+        await identity.execute(add, "identity.probe")
+        for foreign in ("apps.apps", "events"):
+            with pytest.raises(Denied):  # marking another's migration applied
+                await identity.execute(add, foreign)
+        seen = {r[0] for r in await apps.fetch("SELECT component FROM public.hp_migrations")}
+        assert "events" in seen and "identity.probe" not in seen, seen
+    finally:
+        await identity.close()
+        await apps.close()
     # the relay keeps its own checkpoint and nothing else
     relay = await _as(dsn, "relay", passwords)
     try:
