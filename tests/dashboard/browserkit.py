@@ -191,12 +191,14 @@ async def click_until_answered(page: Page, button: Locator, answered: Locator) -
     connection while reloading; the page then says "Homeport did not answer" and the user
     clicks again, as they are told to (at most twice more)."""
     didnt = page.get_by_text("Homeport did not answer")
+    # a sign-in (an argon2 check, then the app's page) may take more than expect()'s 5 s on a
+    # loaded CI machine; a person waits that long too
     for _ in range(3):
         await button.click()
-        await expect(answered.or_(didnt)).to_be_visible()
+        await expect(answered.or_(didnt)).to_be_visible(timeout=20_000)
         if not await didnt.is_visible():
             break
-    await expect(answered).to_be_visible()
+    await expect(answered).to_be_visible(timeout=20_000)
 
 
 async def sign_in(page: Page, username: str, password: str) -> None:
