@@ -4,7 +4,7 @@ SECURITY.md "Isolation of apps": from inside an app container, 169.254.169.254 (
 metadata) and 169.254.170.2 (ECS task credentials) must be unreachable. What this module does:
 
 - Backend: Docker 20.10 drives the `iptables` binary, which on Debian 12 is iptables-nft; so do
-  we (the same binary, so our rules live in the same `ip filter` table as Docker's). No shell:
+  we (the same binary, so our rules sit in the same nftables `ip` family as Docker's). No shell:
   every command is an argv list.
 - One chain of ours, `HOMEPORT-EGRESS`, dropping packets to 169.254.0.0/16 and to 127.0.0.0/8,
   and packets leaving for another Docker bridge: one app never reaches another app's network,
@@ -12,13 +12,17 @@ metadata) and 169.254.170.2 (ECS task credentials) must be unreachable. What thi
   them missing for a moment while other networks came and went). Apps reach each other only
   through the edge (nginx on the host), which is not forwarded traffic. App networks have icc
   off, so traffic within one bridge is dropped by Docker anyway.
-- It is jumped to for packets *arriving on a Docker bridge* (`-i br-+`, every user-defined
-  network; app containers never join docker0) from two places:
-  * `DOCKER-USER` (first rule): forwarded traffic, i.e. to addresses off the host. Docker jumps
-    to DOCKER-USER first in FORWARD and never flushes it, also when dockerd restarts.
-  * `INPUT` (first rule): traffic to an address *on the host itself* (a 169.254 address on some
-    host interface, or any host address) never passes FORWARD, so DOCKER-USER alone would not
-    stop it.
+- The chain lives in the `mangle` table and is jumped to, as the first rule, from mangle's
+  `FORWARD` (traffic to addresses off the host, and to another bridge) and `INPUT` (traffic to
+  an address *on the host itself*, a 169.254 address on some host interface or any host
+  address, which never passes FORWARD), for packets *arriving on a Docker bridge* (`-i br-+`,
+  every user-defined network; app containers never join docker0). Why mangle and not Docker's
+  `DOCKER-USER`: Docker never touches mangle, but it re-places its `FORWARD -j DOCKER-USER` jump
+  on every network it creates by deleting it and inserting it again, and a packet sent in
+  between passed FORWARD without DOCKER-USER (a full test run saw a container reach
+  169.254.170.2 once while another test created a network). mangle's FORWARD and INPUT run
+  before filter's, so every packet meets this chain first, whatever Docker is doing.
+  Earlier versions jumped from filter `DOCKER-USER`/`INPUT`; `ensure()` takes those out.
 - Host services that listen on loopback only (platform Postgres, NATS, service APIs) are not
   reachable from a container anyway: the container's 127.0.0.1 is its own, and packets to
   127/8 arriving on a bridge are martians (route_localnet is 0) — the 127/8 drop keeps it so
@@ -58,9 +62,12 @@ class EgressRules:
     chain: str = CHAIN
     interfaces: str = "br-+"  # packets arriving on any Docker bridge
     blocked: tuple[str, ...] = BLOCKED
+    table: str = "mangle"
 
-    async def _run(self, args: Sequence[str], check: bool = True) -> tuple[int, str]:
-        argv = [*self.iptables, "-w", "10", *args]
+    async def _run(
+        self, args: Sequence[str], check: bool = True, table: str | None = None
+    ) -> tuple[int, str]:
+        argv = [*self.iptables, "-w", "10", "-t", table or self.table, *args]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -111,21 +118,28 @@ class EgressRules:
             await self._ensure_rule(self.chain, ["-d", dest, "-j", "DROP"], insert=False)
         # To another bridge: only on the forwarded path (in INPUT there is no out interface).
         await self._ensure_rule(self.chain, ["-o", self.interfaces, "-j", "DROP"], insert=False)
-        # DOCKER-USER exists once dockerd ran; made here first it is what Docker then uses.
-        await self._ensure_chain("DOCKER-USER")
-        jump = ["-i", self.interfaces, "-j", self.chain]
-        await self._ensure_rule("DOCKER-USER", jump, insert=True)
-        await self._ensure_rule("INPUT", jump, insert=True)
+        for hook in ("FORWARD", "INPUT"):
+            await self._ensure_rule(hook, self._jump, insert=True)
+        await self._remove_from("filter", ("INPUT", "DOCKER-USER"))  # where older versions put it
+
+    @property
+    def _jump(self) -> list[str]:
+        return ["-i", self.interfaces, "-j", self.chain]
+
+    async def _remove_from(self, table: str, hooks: Sequence[str]) -> None:
+        if (await self._run(["-S", self.chain], check=False, table=table))[0] != 0:
+            return
+        for hook in hooks:
+            while (await self._run(["-C", hook, *self._jump], check=False, table=table))[0] == 0:
+                await self._run(["-D", hook, *self._jump], table=table)
+        await self._run(["-F", self.chain], table=table)
+        await self._run(["-X", self.chain], table=table)
+        log.info("egress chain %s removed from the %s table", self.chain, table)
 
     async def remove(self) -> None:
         """Take the rules out again (uninstall); missing rules are fine."""
-        jump = ["-i", self.interfaces, "-j", self.chain]
-        for chain in ("INPUT", "DOCKER-USER"):
-            while (await self._run(["-C", chain, *jump], check=False))[0] == 0:
-                await self._run(["-D", chain, *jump])
-        if (await self._run(["-S", self.chain], check=False))[0] == 0:
-            await self._run(["-F", self.chain])
-            await self._run(["-X", self.chain])
+        await self._remove_from(self.table, ("FORWARD", "INPUT"))
+        await self._remove_from("filter", ("INPUT", "DOCKER-USER"))
 
     async def dropped(self) -> dict[str, int]:
         """Packets dropped so far per blocked destination (both paths); {} without the chain."""

@@ -29,6 +29,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """`--dist loadgroup` must really keep an `xdist_group` on one worker: the isolation tests
+    and the two systemd boxes rely on it. xdist does it by appending `@<group>` to the node id,
+    which pytest 9.2 silently ignores (its node ids moved), so the groups ran in parallel and
+    raced; this stops the run instead if that ever happens again."""
+    if not session.config.getvalue("loadgroup"):  # only set inside an xdist worker
+        return
+    lost = [
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+    ]
+    if lost:
+        raise pytest.UsageError(
+            f"pytest-xdist could not group {len(lost)} tests (e.g. {lost[0]}): this pytest "
+            "and pytest-xdist do not work together; pin a pytest that does in constraints.txt"
+        )
+
+
 @pytest.fixture(scope="session")
 def tmp_root() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="hp-test-"))

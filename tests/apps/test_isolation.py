@@ -59,9 +59,13 @@ def root() -> None:
         need_server("root (ip, iptables)", PermissionError("these tests change host networking"))
 
 
-def _iptables_rules(chain: str) -> list[str]:
-    out = subprocess.run(["iptables", "-w", "10", "-S", chain], check=True, capture_output=True)
-    return out.stdout.decode().splitlines()
+def _iptables(*args: str, table: str = "filter", check: bool = True) -> str:
+    argv = ["iptables", "-w", "10", "-t", table, *args]
+    return subprocess.run(argv, check=check, capture_output=True).stdout.decode()
+
+
+def _iptables_rules(chain: str, table: str = "mangle") -> list[str]:
+    return _iptables("-S", chain, table=table).splitlines()
 
 
 @pytest.fixture
@@ -74,7 +78,17 @@ async def egress(root: None) -> AsyncIterator[EgressRules]:
     """
     rules = EgressRules(chain=f"HPT-EGRESS-{uuid.uuid4().hex[:8]}")
     try:
+        # Where an earlier version put it (filter: DOCKER-USER and INPUT): ensure() moves it.
+        jump_args = ["-i", rules.interfaces, "-j", rules.chain]
+        _iptables("-N", "DOCKER-USER", check=False)
+        _iptables("-N", rules.chain)
+        _iptables("-A", rules.chain, "-d", "169.254.0.0/16", "-j", "DROP")
+        _iptables("-I", "DOCKER-USER", "1", *jump_args)
+        _iptables("-I", "INPUT", "1", *jump_args)
         await rules.ensure()
+        for hook in ("DOCKER-USER", "INPUT", "FORWARD"):
+            assert rules.chain not in _iptables("-S", hook), f"filter {hook} left as it was"
+        assert _iptables("-S", rules.chain, check=False) == "", "the filter chain is gone"
         chain, jump = rules.chain, f"-i {rules.interfaces} -j {rules.chain}"
         assert _iptables_rules(chain) == [
             f"-N {chain}",
@@ -82,8 +96,9 @@ async def egress(root: None) -> AsyncIterator[EgressRules]:
             f"-A {chain} -d 127.0.0.0/8 -j DROP",
             f"-A {chain} -o br-+ -j DROP",
         ]
-        # First in both paths: forwarded (DOCKER-USER) and to the host itself (INPUT).
-        assert _iptables_rules("DOCKER-USER")[1] == f"-A DOCKER-USER {jump}"
+        # First in both paths of the mangle table (before any filter rule, so before Docker's):
+        # forwarded (FORWARD) and to the host itself (INPUT).
+        assert _iptables_rules("FORWARD")[1] == f"-A FORWARD {jump}"
         assert _iptables_rules("INPUT")[1] == f"-A INPUT {jump}"
         await rules.ensure()  # idempotent: nothing added twice
         assert _iptables_rules("INPUT").count(f"-A INPUT {jump}") == 1
@@ -92,6 +107,7 @@ async def egress(root: None) -> AsyncIterator[EgressRules]:
     finally:
         await rules.remove()
     assert not [r for r in _iptables_rules("INPUT") if rules.chain in r], "removed again"
+    assert not [r for r in _iptables_rules("FORWARD") if rules.chain in r], "removed again"
 
 
 @pytest.fixture
@@ -203,7 +219,16 @@ async def test_metadata_and_host_services_unreachable(
         closed = [("169.254.169.254", metadata.port), ("169.254.170.2", ns_port)]
         closed += [(h, p) for h in hosts for p in (pg_server.port, nats_server.port)]
         reachable = [("127.0.0.1", 8080), (services_net.gateway, services.port)]
-        found = await probe_many(docker_client, dnames("a"), [*reachable, *closed])
+        # Probed while Docker's FORWARD -> DOCKER-USER jump is out, as it is for a moment every
+        # time Docker creates a network (it deletes the jump and inserts it again on top).
+        docker_jumps = _iptables("-S", "FORWARD").count("-A FORWARD -j DOCKER-USER\n")
+        try:
+            for _ in range(docker_jumps):
+                _iptables("-D", "FORWARD", "-j", "DOCKER-USER")
+            found = await probe_many(docker_client, dnames("a"), [*reachable, *closed])
+        finally:
+            for _ in range(docker_jumps):
+                _iptables("-I", "FORWARD", "-j", "DOCKER-USER")
 
         assert {t: found[t] for t in reachable} == {t: "open" for t in reachable}
         assert {t: r for t, r in found.items() if t in closed and r == "open"} == {}
