@@ -8,9 +8,11 @@ initdb or keyring). The steps, in order (`STEPS`):
 checks     root, Debian 12; Debian's own postgresql/nats-server/nginx units stopped and
            disabled (Homeport runs its own); every fixed port (deploy.units.PORTS, 80, 443)
            free or held by the Homeport unit it belongs to, else an error naming port and holder
-users      system groups `homeport` (and `docker`), users from units.UNIT_USERS with their
-           supplementary groups
-dirs       units.directories(layout) with their owner and mode
+users      system groups `homeport` (and `docker`), a user per unit (units.unit_user: one
+           per service and the relay, `homeport-<name>`) with its supplementary groups
+dirs       units.directories(layout) with their owner and mode; on an install from before,
+           what the one shared user `homeport` owned given to each service's user and
+           identity's address keys moved to `<data>/ip-keys` (deploy/ownership.py)
 current    `/opt/homeport/current` -> this version (kept when it points at another, updated one);
            `/usr/local/bin/homeport` -> its venv's `homeport`
 config     `/etc/homeport/homeport.env` (0640 root:homeport): the database and NATS URLs on the
@@ -21,9 +23,9 @@ postgres   both clusters initdb'd as homeport-postgres (scram for TCP, local soc
            socket is in the 0700 data folder)
 docker     dockerd (docker.io, enabled and started) unless --docker-host names another; the
            services network (the addon server listens on its gateway) and the addon pg_hba.conf
-keyring    a sealing keyring per service that seals, `keyring/<service>.json`
-           (libs.events.sealing; each a copy of an older install's shared keyring.json, which
-           then goes), owned by homeport
+keyring    a sealing keyring per service that seals, `keyring/<service>/keyring.json`
+           (libs.events.sealing; moved from `keyring/<service>.json` or a copy of an older
+           install's shared keyring.json, which then goes), owned by its service's user
 base-image the apps' Debian base tarball in HP_BASE_CACHE (debootstrap once, an existing
            tarball reused) and the images imported into dockerd
 units      units.write_units into /etc/systemd/system, daemon-reload when one changed (and
@@ -56,6 +58,7 @@ from urllib.parse import quote
 
 from deploy.bytecode import warm_release
 from deploy.layout import Layout
+from deploy.ownership import give_to_users, move_ip_keys
 from deploy.planning import SERVICES_GATEWAY, SERVICES_NETWORK, SERVICES_SUBNET
 from deploy.units import (
     ADDON_PG_HBA_DIR,
@@ -63,12 +66,14 @@ from deploy.units import (
     PLATFORM_GROUP,
     PORTS,
     RESTORE_UNITS,
+    SHARED_USER,
     TARGET,
-    UNIT_USERS,
     UPDATE_UNITS,
     directories,
     render_units,
     unit_name,
+    unit_specs,
+    unit_user,
     write_units,
 )
 from deploy.update import SystemdHost, UpdateError, switch_link
@@ -169,26 +174,24 @@ class Installer:
     # -- users and folders ----------------------------------------------------------------
 
     def _users(self) -> None:
-        groups = {PLATFORM_GROUP}
-        if not self.options.docker_host:
-            groups.add("docker")
-        for _, more in UNIT_USERS.values():
-            groups.update(g for g in more if g != "docker" or not self.options.docker_host)
+        wanted: dict[str, set[str]] = {}  # user -> supplementary groups
+        for spec in unit_specs(self.layout):
+            wanted.setdefault(spec.user, set()).update(spec.groups)
+        groups = {PLATFORM_GROUP} | {g for more in wanted.values() for g in more}
+        if self.options.docker_host:
+            groups.discard("docker")
         for g in sorted(groups):
             if not _group_exists(g):
                 _run(["groupadd", "--system", g])
                 self.say(f"      group {g} created")
-        users: dict[str, set[str]] = {PLATFORM_GROUP: set()}
-        for user, wanted in UNIT_USERS.values():
-            users.setdefault(user, set()).update(g for g in wanted if g in groups)
-        for user, member_of in sorted(users.items()):
+        for user, member_of in sorted(wanted.items()):
             if not _user_exists(user):
                 _run(["useradd", "--system", "--user-group" if not _group_exists(user) else
                       f"--gid={user}", "--home-dir", str(self.layout.data), "--no-create-home",
                       "--shell", "/usr/sbin/nologin", user])  # fmt: skip
                 self.say(f"      user {user} created")
             have = {g.gr_name for g in grp.getgrall() if user in g.gr_mem}
-            for g in sorted(member_of - have):
+            for g in sorted((member_of & groups) - have):
                 _run(["usermod", "--append", "--groups", g, user])
                 self.say(f"      user {user} added to group {g}")
 
@@ -198,6 +201,13 @@ class Installer:
         _ensure_dir(self.layout.etc, "root", PLATFORM_GROUP, 0o750)
         _ensure_dir(self.layout.data / "postgres" / "pgdata", "homeport-postgres", "", 0o700)
         _ensure_dir(self.layout.data / "postgres-addons" / "pgdata", "homeport-postgres", "", 0o700)
+        # an install from before each service had a user of its own: what the one shared
+        # user owned goes to each service's (deploy/ownership.py), the address keys move
+        if _user_exists(SHARED_USER):
+            given = give_to_users(self.layout, {pwd.getpwnam(SHARED_USER).pw_uid})
+            if given:
+                self.say(f"      {given} files of user {SHARED_USER} given to the services' users")
+        move_ip_keys(self.layout, self.say)
 
     def _current(self) -> None:
         layout, version = self.layout, self.options.version
@@ -355,8 +365,8 @@ class Installer:
                 PORTS["addon-postgres"],
                 hba,
             )
-            homeport = pwd.getpwnam(PLATFORM_GROUP)
-            addon.ensure_hba_file((homeport.pw_uid, grp.getgrnam(PLATFORM_GROUP).gr_gid))
+            apps = pwd.getpwnam(unit_user("apps"))
+            addon.ensure_hba_file((apps.pw_uid, grp.getgrnam(PLATFORM_GROUP).gr_gid))
             os.chmod(hba, 0o640)
             self.say(f"      wrote {hba}")
 
@@ -378,8 +388,9 @@ class Installer:
                 await asyncio.sleep(1)
 
     def _keyring(self) -> None:
-        """A keyring per service that seals; on an install from before, each starts as a copy
-        of the shared keyring.json, which then goes (libs/events/sealing.py)."""
+        """A keyring per service that seals, each in its folder and owned by its service's
+        user; on an install from before, each starts as that service's file or a copy of the
+        shared keyring.json, which then go (libs/events/sealing.py)."""
         from libs.events.sealing import KEYRING_OWNERS, Keyring, keyring_file
 
         folder = self.layout.data / "keyring"
@@ -388,8 +399,8 @@ class Installer:
             if not path.is_file():
                 Keyring.open(path).close()
                 self.say(f"      created the sealing keyring of {owner}: {path}")
-        for p in (folder, *folder.iterdir()):
-            _chown(p, PLATFORM_GROUP, PLATFORM_GROUP)
+            for p in (path.parent, *path.parent.iterdir()):
+                _chown(p, unit_user(owner), "")
 
     def _base_image(self) -> None:
         from services.apps.base_image import ensure_base_image
@@ -401,7 +412,7 @@ class Installer:
 
         asyncio.run(ensure_base_image(self.docker_url, cache, progress))
         for p in (cache, *cache.rglob("*")):
-            _chown(p, PLATFORM_GROUP, PLATFORM_GROUP)
+            _chown(p, unit_user("apps"), "")
 
     # -- systemd ----------------------------------------------------------------------------
 

@@ -453,7 +453,7 @@ class Places:
     where the services' keyrings and certificates go, and how the platform's Postgres is reached
     (`database(say)`: entered, the platform database exists and its URL is given)."""
 
-    keyrings: Path  # the folder of <service>.json
+    keyrings: Path  # the folder of <service>/keyring.json
     certs_dir: Path
     database: Callable[[Callable[[str], None]], contextlib.AbstractAsyncContextManager[str]]
 

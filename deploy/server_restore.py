@@ -12,8 +12,8 @@ In order (each step prints a progress line):
    pg_hba.conf); the apps' base image tarball is linked back from the old data;
 4. the apps' snapshots and restore-pending.json go to `<data>/apps` (the apps unit rebuilds
    them at its start); the platform's Postgres unit starts, the platform database is made and
-   the event store, each service's keyring (`<data>/keyring/<service>.json`) and certificates
-   (`<data>/certs/live`) are loaded by deploy/restore.py's `load`;
+   the event store, each service's keyring (`<data>/keyring/<service>/keyring.json`) and
+   certificates (`<data>/certs/live`) are loaded by deploy/restore.py's `load`;
 5. every file the restore wrote is given to the user its unit runs as (units.directories);
 6. `homeport.target` starts and every unit must be healthy (update.SystemdHost).
 Any failure after step 2: the target stops, the new contents go, the old ones come back, the
@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.layout import Layout
+from deploy.ownership import give_to_users
 from deploy.restore import (
     Places,
     RestoreError,
@@ -59,14 +60,7 @@ from deploy.restore import (
     summarize,
 )
 from deploy.stack import RESTORE_FAILED, RESTORE_REQUEST, move_aside, put_back, take_request_file
-from deploy.units import (
-    DEFAULT_USER,
-    PLATFORM_GROUP,
-    TARGET,
-    directories,
-    restore_marker,
-    unit_name,
-)
+from deploy.units import TARGET, restore_marker, unit_name, unit_user
 from deploy.update import SystemdHost, UpdateError, admin_env_file, read_env_file
 
 __all__ = [
@@ -297,34 +291,6 @@ def _put_apps(layout: Layout, work: Path) -> None:
             os.rename(child, dest / child.name)
 
 
-def _give_to_users(layout: Layout) -> None:
-    """Every file root wrote under a unit's folder goes to that unit's user (no link is
-    followed; files already owned by a unit's user keep their owner)."""
-    folders = sorted(directories(layout).items(), key=lambda kv: len(kv[0].parts), reverse=True)
-    done: set[Path] = set()
-    for folder, (owner, group, _) in folders:
-        if folder == layout.data or not folder.is_dir():
-            continue
-        user = pwd.getpwnam(owner)
-        gid = user.pw_gid if group == owner else _gid(group)
-        for root, dirs, files in os.walk(folder):
-            here = Path(root)
-            for name in [*dirs, *files, "."]:
-                path = (here / name) if name != "." else here
-                if path in done:
-                    continue
-                done.add(path)
-                st = os.lstat(path)
-                if st.st_uid == 0:
-                    os.lchown(path, user.pw_uid, gid)
-
-
-def _gid(group: str) -> int:
-    import grp
-
-    return grp.getgrnam(group).gr_gid
-
-
 def _server_places(layout: Layout) -> Places:
     """The install's own Postgres unit, its database made; the URL from homeport.env."""
     data = layout.data
@@ -354,8 +320,8 @@ def write_failed(layout: Layout, message: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(json.dumps({"message": message[:2000]}) + "\n")
-        user = pwd.getpwnam(DEFAULT_USER)
-        os.fchown(f.fileno(), user.pw_uid, _gid(PLATFORM_GROUP))
+        user = pwd.getpwnam(unit_user("backup"))
+        os.fchown(f.fileno(), user.pw_uid, user.pw_gid)
 
 
 async def restore_server(
@@ -410,7 +376,7 @@ async def _replace(
     await asyncio.to_thread(_skeleton, layout, aside, say)
     await asyncio.to_thread(_put_apps, layout, work)
     summary = await load(_server_places(layout), work / "platform", say)
-    await asyncio.to_thread(_give_to_users, layout)
+    await asyncio.to_thread(give_to_users, layout, {0})  # what root wrote
     say(f"starting {TARGET} and waiting until every unit is healthy")
     # from here the restored data is what starts: the recovery at boot must not undo it (a
     # failure below rolls back here, with `aside` in hand)

@@ -123,7 +123,7 @@ class Stack:
 
     @property
     def keyring(self) -> Path:
-        """The folder of the services' keyrings, `<service>.json` (libs/events/sealing.py)."""
+        """The folder of the services' keyrings, `<service>/keyring.json` (sealing.py)."""
         return self.data_dir / KEYRING_DIR
 
     @property

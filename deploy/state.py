@@ -6,7 +6,7 @@ Layout of the data directory:
     <data>/stack.lock      flock held by the running stack (a second `up` is refused)
     <data>/stack.json      pids, ports, URLs, restarts and states (rewritten atomically)
     <data>/ports.json      ports apps were told once and keep (addon Postgres, LDAP, edge)
-    <data>/keyring/<service>.json  the sealing keyring of each service that seals (created by
+    <data>/keyring/<service>/keyring.json  the sealing keyring of each service that seals (by
                            the service through its HP_KEYRING; libs/events/sealing.py)
     <data>/keyring.json    the one keyring all services shared before, if the data dir is that
                            old: each service's keyring starts as a copy, then it goes
@@ -65,7 +65,7 @@ HOST = "127.0.0.1"
 STATE_FILE = "stack.json"
 LOCK_FILE = "stack.lock"
 PORTS_FILE = "ports.json"
-KEYRING_DIR = "keyring"  # <data>/keyring/<service>.json
+KEYRING_DIR = "keyring"  # <data>/keyring/<service>/keyring.json
 KEYRING_FILE = "keyring.json"  # the shared keyring of data dirs from before
 FALLBACK_ROOT = Path("/var/lib/homeport")
 

@@ -9,16 +9,28 @@
 `homeport-<service>.service` for every `services/*/__main__.py` (found as `homeport up` finds
 them). nginx, the edge, stays the gateway's child: the gateway unit may bind 80/443.
 
-Who runs what (`UNIT_USERS` tells the installer which users and groups to create):
+Who runs what (`unit_user`, `unit_groups`; the installer creates these users and groups):
 - `homeport-postgres` runs both Postgres servers, `homeport-nats` runs NATS.
-- `homeport` runs the relay and every service. Each service that seals has its own keyring,
-  `keyring/<service>.json` (libs/events/sealing.py); the others (gateway, firewall, relay) get
-  none and cannot even read that folder (InaccessiblePaths=). One user still: a keyring that
-  only its service's user can read needs per-service users. Privileges are still kept apart
-  per unit: capabilities (only the firewall has CAP_NET_ADMIN, only the gateway may bind
-  80/443), the paths each may write, the address families and addresses each may use. A
-  process cannot trace or signal into one with more capabilities, and every unit sees the
-  others' files read-only.
+- Every service and the relay runs as a system user of its own, `homeport-<name>`, also in the
+  group `homeport` (it may pass into /etc/homeport, to its NATS password). Each owns its folder
+  `<data>/<name>` (0700) and, if it seals, its keyring folder `<data>/keyring/<name>/`
+  (libs/events/sealing.py): a key file is readable only by its service's user. Files one
+  service writes and another reads go through a folder whose group is the reader's, setgid, so
+  what the writer makes there carries that group:
+  * `<data>/certs/{live,acme}`: certs writes, the gateway (nginx, its child) reads (the group
+    `homeport-gateway`; services/certs/store.py gives keys 0640 in such a folder);
+  * `<data>/ip-keys/`: identity's address keys (libs/events/periods.py), the private file read
+    by the firewall (group `homeport-firewall`, 0640), the public one by every service (0644);
+  * `<data>/apps/snapshots`: apps writes, backup writes what it restores (group
+    `homeport-backup`);
+  * `<data>/addon-pg-hba`: apps writes, the addon server reads (group `homeport`).
+- Each unit also cannot see what it has no business with (InaccessiblePaths=): the other
+  services' folders and keyring folders, the servers' data (Postgres, NATS), the database
+  passwords in /etc/homeport (`database/`, `admin.env`: systemd reads a unit's own file before
+  the unit starts) and the other services' NATS passwords. That holds even for a unit whose
+  capabilities pass file modes: apps (CAP_DAC_OVERRIDE, for the apps' volumes) and backup
+  (CAP_DAC_READ_SEARCH: it reads every keyring and app snapshot to back them up, so backup is
+  the one unit that sees the other services' folders).
 - No unit runs as root (`ROOT_UNITS` is empty). Apps holds the docker socket's group, which is
   root-equivalent: it is the reason apps runs alone in a unit with only what it needs.
   It does not run debootstrap as root: the installer builds the base image tarball into
@@ -69,6 +81,7 @@ __all__ = [
     "RESTORE_RECOVER",
     "RESTORE_UNITS",
     "ROOT_UNITS",
+    "SHARED_USER",
     "SHOW_PROPERTIES",
     "TARGET",
     "UNIT_USERS",
@@ -76,6 +89,7 @@ __all__ = [
     "UnitSpec",
     "directories",
     "installed_units",
+    "ip_keys_file",
     "logs_argv",
     "parse_show",
     "render_units",
@@ -83,9 +97,11 @@ __all__ = [
     "service_port",
     "status_argv",
     "unit_for",
+    "unit_groups",
     "unit_name",
     "unit_ok",
     "unit_specs",
+    "unit_user",
     "write_units",
 ]
 
@@ -127,14 +143,17 @@ PORTS: dict[str, int] = {
 }
 _FREE_PORTS = range(7440, 7500)
 
-# unit (short name) -> (user, supplementary groups); the installer creates these system users.
+# unit (short name) -> (user, supplementary groups) where it is not `homeport-<name>` in the
+# group `homeport` (`unit_user`, `unit_groups`); the installer creates these system users.
 UNIT_USERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "postgres": ("homeport-postgres", ()),
     "addon-postgres": ("homeport-postgres", (PLATFORM_GROUP,)),  # reads apps' pg_hba.conf
     "nats": ("homeport-nats", ()),
-    "apps": (PLATFORM_GROUP, ("docker",)),
+    "apps": ("homeport-apps", (PLATFORM_GROUP, "docker")),
 }
-DEFAULT_USER = PLATFORM_GROUP
+# The one user every service and the relay ran as before each had its own: the installer gives
+# what it owned to the new owners (deploy/ownership.py).
+SHARED_USER = PLATFORM_GROUP
 
 # Units that run as root, with the reason. Empty: none does.
 ROOT_UNITS: dict[str, str] = {}
@@ -256,44 +275,70 @@ def unit_specs(layout: Layout, modules: Sequence[Module] | None = None) -> list[
             },
         ),
     ]
-    for m in modules if modules is not None else discover_modules():
-        specs.append(_service_spec(layout, m, code, (pg, nats)))
+    found = list(modules if modules is not None else discover_modules())
+    names = tuple(m.name for m in found)
+    for m in found:
+        specs.append(_service_spec(layout, m, code, (pg, nats), names))
     return specs
 
 
-def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...]) -> UnitSpec:
+def ip_keys_file(layout: Layout) -> Path:
+    """Identity's address keys (libs/events/periods.py), in a folder of their own: identity
+    writes it, the firewall reads the private file, every service the public one."""
+    return layout.data / "ip-keys" / "ip-keys.json"
+
+
+def _hidden(layout: Layout, name: str, names: Sequence[str]) -> tuple[Path, ...]:
+    """What unit `name` may not even see (InaccessiblePaths=): see the module's docstring."""
+    data, keyring = layout.data, layout.data / "keyring"
+    out = [data / "postgres", data / "postgres-addons", data / "nats"]
+    out += [layout.etc / "database", layout.admin_env_file]
+    out += [nats_credentials(layout) / u for u in SERVICE_USERS if u != name]
+    if name == "backup":  # it backs up every service's folder and keyring
+        return tuple(out)
+    if name in KEYRING_OWNERS:
+        out += [keyring / owner for owner in KEYRING_OWNERS if owner != name]
+    else:
+        out.append(keyring)
+    reads = {"certs"} if name == "gateway" else set()  # nginx serves certs' certificates
+    out += [data / other for other in names if other not in (name, *reads)]
+    return tuple(out)
+
+
+def _service_spec(
+    layout: Layout, m: Module, code: Path, servers: tuple[str, ...], names: Sequence[str]
+) -> UnitSpec:
     data = layout.data
     own = data / m.name
     keyring = data / "keyring"
-    # the keyring folder is writable to the services that seal (each replaces its own file
-    # whole, libs/events/sealing.py) and hidden from the others
-    keys = (keyring,) if m.name in KEYRING_OWNERS else ()
+    # its keyring folder, writable (the file is replaced whole, libs/events/sealing.py); the
+    # others' folders hidden (the whole keyring folder from a service that does not seal)
+    keys = (keyring / m.name,) if m.name in KEYRING_OWNERS else ()
     relay = unit_name("relay")
     env = {
         "HP_HTTP_HOST": "127.0.0.1",
         "HP_HTTP_PORT": str(service_port(m.name)),
         "HP_DATA_DIR": str(own),
         # identity's address keys; the others seal with their public file beside it
-        "HP_IP_KEYS": str(data / "identity" / "ip-keys.json"),
+        "HP_IP_KEYS": str(ip_keys_file(layout)),
     }
     if keys:
         env["HP_KEYRING"] = str(keyring_file(keyring, m.name))
     if m.name in SERVICE_USERS:  # its NATS password (deploy/nats_config.py: its user's, 0600)
         env["HP_NATS_CREDENTIALS"] = str(nats_credentials(layout) / m.name)
-    user, groups = UNIT_USERS.get(m.name, (DEFAULT_USER, ()))
     base = {
         "name": m.name,
         "template": "service.service",
         "description": f"Homeport {m.name}",
-        "user": user,
-        "groups": groups,
+        "user": unit_user(m.name),
+        "groups": unit_groups(m.name),
         "module": m.module,
         "port": service_port(m.name),
         "after": servers if m.name == "relay" else (*servers, relay),
         "requires": servers,
         "wants": () if m.name == "relay" else (relay,),
         "writes": (own, *keys),
-        "hidden": () if keys else (keyring,),
+        "hidden": _hidden(layout, m.name, names),
         "loopback_only": True,
         "environment": env,
     }
@@ -328,7 +373,8 @@ def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...
     elif m.name == "identity":
         # the LDAP endpoint for apps listens on the services network's gateway address
         env |= {"HP_LDAP_HOST": f"127.0.0.1,{SERVICES_GATEWAY}", "HP_LDAP_PORT": str(PORTS["ldap"])}
-        extra = {"loopback_only": False}
+        # it writes the address keys (the firewall and every sealer read them)
+        extra = {"loopback_only": False, "writes": (own, *keys, ip_keys_file(layout).parent)}
     elif m.name == "backup":
         env |= {
             "HP_BACKUP_DIR": str(own),
@@ -390,16 +436,24 @@ def _service_spec(layout: Layout, m: Module, code: Path, servers: tuple[str, ...
 def directories(layout: Layout) -> dict[Path, tuple[str, str, int]]:
     """{directory: (owner, group, mode)} the installer creates before the first start: every
     ReadWritePaths= of every unit (systemd refuses to start a unit whose path is missing)."""
-    out: dict[Path, tuple[str, str, int]] = {layout.data: ("root", "root", 0o755)}
+    data = layout.data
+    out: dict[Path, tuple[str, str, int]] = {data: ("root", "root", 0o755)}
     for spec in unit_specs(layout):
         for path in spec.writes:
             out.setdefault(path, (spec.user, spec.user, 0o700))
-    # apps writes the addon server's pg_hba.conf (umask 0027); the server reads it by group.
-    out[layout.data / ADDON_PG_HBA_DIR] = (DEFAULT_USER, PLATFORM_GROUP, 0o750)
+    # each sealing service's folder in it is its own: passable, not listable
+    out[data / "keyring"] = ("root", "root", 0o711)
+    # folders one service writes and another reads: the reader's group, setgid (see above)
+    apps, certs, gateway = unit_user("apps"), unit_user("certs"), unit_user("gateway")
+    out[data / ADDON_PG_HBA_DIR] = (apps, PLATFORM_GROUP, 0o750)
+    out[data / "apps" / "snapshots"] = (apps, unit_user("backup"), 0o2770)
+    out[ip_keys_file(layout).parent] = (unit_user("identity"), unit_user("firewall"), 0o2751)
     # certs writes these; the gateway (and its nginx) only reads them, so they must exist
-    # before the gateway's first start (its file system is read-only there).
-    for sub in ("acme", "live"):
-        out[layout.data / "certs" / sub] = (DEFAULT_USER, DEFAULT_USER, 0o700)
+    # before the gateway's first start (its file system is read-only there). The ACME
+    # challenge tokens are public (services/certs/store.py keeps that folder 0755).
+    out[data / "certs"] = (certs, gateway, 0o710)
+    out[data / "certs" / "live"] = (certs, gateway, 0o2750)
+    out[data / "certs" / "acme"] = (certs, gateway, 0o755)
     return out
 
 
@@ -473,8 +527,16 @@ def nats_credentials(layout: Layout) -> Path:
 
 
 def unit_user(name: str) -> str:
-    """The system user unit `name` runs as."""
-    return UNIT_USERS.get(name, (DEFAULT_USER, ()))[0]
+    """The system user unit `name` runs as: `homeport-<name>` unless `UNIT_USERS` says."""
+    if name in UNIT_USERS:
+        return UNIT_USERS[name][0]
+    unit_name(name)  # a bad name raises ValueError naming it
+    return f"homeport-{name}"
+
+
+def unit_groups(name: str) -> tuple[str, ...]:
+    """The supplementary groups of unit `name`'s user."""
+    return UNIT_USERS[name][1] if name in UNIT_USERS else (PLATFORM_GROUP,)
 
 
 def restore_marker(layout: Layout) -> Path:

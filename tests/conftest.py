@@ -35,7 +35,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     and the two systemd boxes rely on it. xdist does it by appending `@<group>` to the node id,
     which pytest 9.2 silently ignores (its node ids moved), so the groups ran in parallel and
     raced; this stops the run instead if that ever happens again."""
-    if not session.config.getvalue("loadgroup"):  # only set inside an xdist worker
+    if not getattr(session.config.option, "loadgroup", False):  # set in an xdist worker only
         return
     lost = [
         item.nodeid

@@ -412,6 +412,13 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
         raise PeriodError(f"cannot write key file {path}: {e.strerror}") from e
 
 
+def _setgid_folder(folder: Path) -> bool:
+    try:
+        return bool(os.stat(folder).st_mode & stat.S_ISGID)
+    except OSError:
+        return False
+
+
 def public_path(path: Path) -> Path:
     """Where the public keys of key file `path` are kept: `<stem>.pub.json` beside it."""
     return path.with_name(f"{path.stem}.pub.json")
@@ -568,8 +575,12 @@ class PeriodKeys:
                         gone.append(period)
             missing_public = not public_path(self.path).exists()
             if changed or gone or missing_public:
-                # the group's read access (the firewall's) is kept; nothing more
-                _replace(self.path, st.to_json(), (mode or 0o600) & 0o640 or 0o600)
+                # the group's read access (the firewall's) is kept; nothing more. A new file
+                # in a setgid folder (a server's <data>/ip-keys, group homeport-firewall)
+                # starts readable by that group: the folder says who reads it.
+                if mode is None:
+                    mode = 0o640 if _setgid_folder(self.path.parent) else 0o600
+                _replace(self.path, st.to_json(), mode & 0o640 or 0o600)
                 _replace(public_path(self.path), st.public_json(), 0o644)
                 self._file.reload()
         if gone:

@@ -11,13 +11,17 @@ Key ids:
   says nothing about the subject; the keyring maps HMAC-SHA256(subject_key, subject) to it, so the
   keyring file does not hold subjects in clear either, not even for destroyed ones (tombstones).
 
-Each service that seals holds a keyring file of its own, `<keyring dir>/<service>.json`
-(`KEYRING_OWNERS`); the other services (the gateway among them) hold none. Installs from before
-that shared one file, `keyring.json` (`SHARED_KEYRING`): a service's keyring that does not exist
-yet starts as a copy of it (`shared_keyring`), and the shared file is removed once every owner
-has its copy. Keys already in the shared file stay in every copy (each service can still read
-what any service sealed before the split, and destroying such a subject in its owner's copy
-leaves it in the others); keys made after the split are each in one file only.
+Each service that seals holds a keyring file of its own, `<keyring dir>/<service>/keyring.json`
+(`KEYRING_OWNERS`, `keyring_file`): a folder per service, so that a server install can hide the
+others' folders from each unit (a folder stays where it is; a file is replaced at every change,
+which would undo a mount that hides it). The other services (the gateway among them) hold none.
+Installs from before that shared one file, `keyring.json` (`SHARED_KEYRING`): a service's keyring
+that does not exist yet starts as a copy of it (`shared_keyring`), and the shared file is removed
+once every owner has its copy. Installs that had `<keyring dir>/<service>.json` (one file per
+service, no folders) move each into its folder (`previous_keyring`). Keys already in the
+shared file stay in every copy (each service can still read what any service sealed before
+the split, and destroying such a subject in its owner's copy leaves it in the others); keys
+made after the split are each in one file only.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from libs.events.errors import EventStoreError
 
 __all__ = [
+    "KEYRING_NAME",
     "KEYRING_OWNERS",
     "SEALED_PLACEHOLDER",
     "SHARED_KEYRING",
@@ -62,6 +67,8 @@ __all__ = [
     "is_sealed",
     "key_id_of",
     "keyring_file",
+    "keyring_folder",
+    "previous_keyring",
     "redact",
     "seal_fields",
     "shared_keyring",
@@ -76,6 +83,8 @@ SEALED_PLACEHOLDER: Final = "[sealed]"
 KEYRING_OWNERS: Final = ("identity", "apps", "dns", "certs", "backup")
 # The one keyring file every service shared before each had its own.
 SHARED_KEYRING: Final = "keyring.json"
+# A service's keyring in its own folder: <keyring dir>/<service>/keyring.json.
+KEYRING_NAME: Final = "keyring.json"
 
 _PREFIX: Final = "hp:sealed:"
 _PREFIX_V1: Final = "hp:sealed:v1:"
@@ -422,18 +431,24 @@ class Keyring:
             raise SealingError(
                 f"cannot create the directory of keyring {self._path}: {e.strerror}"
             ) from e
-        shared = shared_keyring(self._path)
+        previous, shared = previous_keyring(self._path), shared_keyring(self._path)
         with self._file_lock():
             loaded = self._read(missing_ok=True)
-            if loaded is None and shared is not None and _adopt(shared, self._path):
-                loaded = self._read(missing_ok=False)
+            for earlier in (previous, shared):
+                if loaded is None and earlier is not None and _adopt(earlier, self._path):
+                    loaded = self._read(missing_ok=False)
             if loaded is None:
                 state = _State.new()
                 loaded = (self._write(state), state)
                 log.info("created keyring %s with platform key %s", self._path, _platform_id(state))
         self._install(*loaded)
+        if previous is not None:  # this service's alone: its copy is in the folder now
+            for gone in (previous, previous.with_name(previous.name + ".lock")):
+                with suppress(FileNotFoundError):
+                    os.unlink(gone)
+            log.info("moved keyring %s to %s", previous, self._path)
         if shared is not None:
-            _retire(shared, self._path.parent)
+            _retire(shared, self._path.parent.parent)
 
     @classmethod
     def open(
@@ -727,22 +742,44 @@ def keyring_file(directory: str | os.PathLike[str], owner: str) -> Path:
         raise SealingError(
             f"{owner!r} holds no sealing keys: only {', '.join(KEYRING_OWNERS)} have a keyring"
         )
-    return Path(directory) / f"{owner}.json"
+    return Path(directory) / owner / KEYRING_NAME
+
+
+def keyring_folder(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
+    """(the keyring folder, the owner) of a service keyring `path` =
+    `<...>/keyring/<owner>/keyring.json`; None for any other path."""
+    path = Path(path).absolute()
+    owner, folder = path.parent.name, path.parent.parent
+    if path.name != KEYRING_NAME or owner not in KEYRING_OWNERS or folder.name != "keyring":
+        return None
+    return folder, owner
 
 
 def shared_keyring(path: str | os.PathLike[str]) -> Path | None:
     """The keyring file all services shared before, that service keyring `path` starts from.
 
-    Only for `path` = `<...>/keyring/<owner>.json`: `<...>/keyring/keyring.json` (a server,
-    /var/lib/homeport/keyring/) or else `<...>/keyring.json` (an embedded data dir), whichever
-    is there; None if neither is, or for any other path."""
-    path = Path(path).absolute()
-    if path.parent.name != "keyring" or path.suffix != ".json" or path.stem not in KEYRING_OWNERS:
+    Only for `path` = `<...>/keyring/<owner>/keyring.json`: `<...>/keyring/keyring.json` (a
+    server, /var/lib/homeport/keyring/) or else `<...>/keyring.json` (an embedded data dir),
+    whichever is there; None if neither is, or for any other path."""
+    found = keyring_folder(path)
+    if found is None:
         return None
-    for candidate in (path.parent / SHARED_KEYRING, path.parent.parent / SHARED_KEYRING):
+    folder = found[0]
+    for candidate in (folder / SHARED_KEYRING, folder.parent / SHARED_KEYRING):
         if os.path.lexists(candidate):
             return candidate
     return None
+
+
+def previous_keyring(path: str | os.PathLike[str]) -> Path | None:
+    """`<...>/keyring/<owner>.json`, where the service keyring `path` was before each had a
+    folder, if it is there; None otherwise."""
+    found = keyring_folder(path)
+    if found is None:
+        return None
+    folder, owner = found
+    candidate = folder / f"{owner}.json"
+    return candidate if os.path.lexists(candidate) else None
 
 
 def _adopt(shared: Path, path: Path) -> bool:

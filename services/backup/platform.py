@@ -42,7 +42,13 @@ from typing import Any
 import asyncpg
 
 from libs.events.migrations import migrate
-from libs.events.sealing import KEYRING_OWNERS, keyring_file, shared_keyring
+from libs.events.sealing import (
+    KEYRING_OWNERS,
+    keyring_file,
+    keyring_folder,
+    previous_keyring,
+    shared_keyring,
+)
 from libs.events.store import GENESIS_HASH, MIGRATIONS
 
 __all__ = [
@@ -249,14 +255,19 @@ def _copy_checkpoints(src: Path, dst: Path) -> None:
 
 
 def _keyrings_of(keyring: Path) -> dict[str, Path]:
-    """The keyring file of each service that has one, beside the service keyring `keyring`."""
+    """The keyring file of each service that has one, in the keyring folder of the service
+    keyring `keyring` (any other file is the shared keyring of an older install, for all)."""
     keyring = Path(keyring).absolute()
-    shared = keyring if keyring.stem not in KEYRING_OWNERS else shared_keyring(keyring)
+    found = keyring_folder(keyring)
+    shared = keyring if found is None else shared_keyring(keyring)
+    folder = found[0] if found is not None else keyring.parent
     out: dict[str, Path] = {}
     for owner in KEYRING_OWNERS:
-        own = keyring_file(keyring.parent, owner)
+        own = keyring_file(folder, owner)
         if os.path.lexists(own):
             out[owner] = own
+        elif found is not None and (previous := previous_keyring(own)) is not None:
+            out[owner] = previous  # moved into its folder at its first start
         elif shared is not None and os.path.lexists(shared):
             out[owner] = shared  # its copy is made at its first start
     if not out:
@@ -272,7 +283,7 @@ def _copy_keyrings(keyring: Path, dst: Path) -> None:
             json.loads(data)
         except ValueError as e:
             raise PlatformError(f"the keyring {src} is not JSON: {e}") from e
-        _write_new(keyring_file(dst, owner), data, 0o600)
+        _write_new(dst / f"{owner}.json", data, 0o600)  # in a backup: keyring/<owner>.json
 
 
 def _copy_tree(src: Path, dst: Path) -> None:

@@ -4,6 +4,9 @@ Certificates: `<certs_dir>/<host>/fullchain.pem` and `privkey.pem`. `<host>` is 
 a directory made whole beforehand (mode 0700, key 0600, both fsynced), swapped in with one
 rename, so a reader (nginx reloading at any moment) sees the old pair or the new pair, never
 a new chain with an old key. A wildcard `*.example.test` lives in `_wildcard.example.test`.
+When `<certs_dir>` is setgid (a server install: group homeport-gateway, whose nginx reads the
+pairs while certs runs as another user), the directory is 2750 and the key 0640 instead: the
+folder's group reads them, nobody else.
 
 Tokens: `<acme_dir>/<token>` holding the key authorization, mode 0644 in a 0755 directory
 (nginx workers read them), written atomically too.
@@ -17,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,10 +94,11 @@ class CertFiles:
         name = host_dir_name(host)
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            shared = bool(self.root.stat().st_mode & stat.S_ISGID)  # the group reads them
             fresh = self.root / f".{name}.{secrets.token_hex(6)}"
             fresh.mkdir(mode=0o700)
-            os.chmod(fresh, 0o700)
-            _write_file(fresh / KEY, key_pem.encode(), 0o600)
+            os.chmod(fresh, 0o2750 if shared else 0o700)
+            _write_file(fresh / KEY, key_pem.encode(), 0o640 if shared else 0o600)
             _write_file(fresh / CHAIN, chain_pem.encode(), 0o644)
             _fsync_dir(fresh)
             link = self.root / name

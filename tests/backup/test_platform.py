@@ -123,9 +123,9 @@ async def test_a_dump_loads_into_an_empty_store_byte_exact(
         f"{o}.json" for o in KEYRING_OWNERS
     )
     for owner in KEYRING_OWNERS:  # every service's keys, each its own file
-        saved = keyring_file(out / "keyring", owner)
+        saved = out / "keyring" / f"{owner}.json"  # a backup's own layout
         assert stat.S_IMODE(saved.stat().st_mode) == 0o600
-        assert saved.read_bytes() == keyring_file(keyring.parent, owner).read_bytes()
+        assert saved.read_bytes() == keyring_file(keyring.parent.parent, owner).read_bytes()
     assert not (out / "keyring.json").exists()
     doc = json.loads((out / "platform.json").read_text())
     assert doc["format"] == "homeport-platform" and doc["platform_version"] == "0.1.0"
@@ -150,11 +150,9 @@ async def test_a_dump_loads_into_an_empty_store_byte_exact(
     assert await _rows(dsn2) == await _rows(dsn)
     for owner in KEYRING_OWNERS:
         put = keyring_file(new / "keyring", owner)
-        assert put.read_bytes() == keyring_file(keyring.parent, owner).read_bytes()
+        assert put.read_bytes() == keyring_file(keyring.parent.parent, owner).read_bytes()
         assert stat.S_IMODE(put.stat().st_mode) == 0o600
-    assert sorted(p.name for p in (new / "keyring").iterdir()) == sorted(
-        f"{o}.json" for o in KEYRING_OWNERS
-    )
+    assert sorted(p.name for p in (new / "keyring").iterdir()) == sorted(KEYRING_OWNERS)
     assert (new / "certs" / "example.test" / "fullchain.pem").is_file()
     assert stat.S_IMODE((new / "certs" / ".example.test.abc" / "privkey.pem").stat().st_mode) == (
         0o600
@@ -234,18 +232,19 @@ async def test_a_load_refuses_a_different_keyring_already_there(
         await _fill(store)
     out = tmp_path / "dump"
     await _dump(dsn, tmp_path, out)
-    other = tmp_path / "k" / "identity.json"
+    other = keyring_file(tmp_path / "k", "identity")
     Keyring.open(other).close()
     before = other.read_bytes()
     conn = await asyncpg.connect(dsn2)
     try:
         with pytest.raises(PlatformError, match=r"a different keyring is already at .*identity"):
-            await load_platform(out, conn, keyrings=other.parent, certs_dir=tmp_path / "c")
+            await load_platform(out, conn, keyrings=tmp_path / "k", certs_dir=tmp_path / "c")
         assert await conn.fetchval("SELECT to_regclass('events.events')") is None
     finally:
         await conn.close()
     assert other.read_bytes() == before
-    assert sorted(p.name for p in other.parent.iterdir()) == ["identity.json", "identity.json.lock"]
+    assert sorted(p.name for p in other.parent.iterdir()) == ["keyring.json", "keyring.json.lock"]
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["identity"]  # nothing else
 
 
 async def test_an_empty_store_without_certificates_dumps_and_loads(
@@ -387,7 +386,7 @@ async def test_a_dump_of_an_install_part_way_through_the_split(
     for owner in KEYRING_OWNERS:
         src = keyring_file(data / "keyring", owner)
         expected = src if owner in ("identity", "backup") else data / "keyring.json"
-        assert keyring_file(out / "keyring", owner).read_bytes() == expected.read_bytes()
+        assert (out / "keyring" / f"{owner}.json").read_bytes() == expected.read_bytes()
     conn = await asyncpg.connect(dsn2)
     try:
         await load_platform(out, conn, keyrings=tmp_path / "k", certs_dir=tmp_path / "c")

@@ -1,4 +1,4 @@
-"""The real backup service, with a keyring of its own (`<data>/keyring/backup.json`), backs up
+"""The real backup service, with a keyring of its own (`<data>/keyring/backup/keyring.json`), backs up
 the keyring of every service that seals: each file as it is, in the platform backup's
 `keyring/` folder."""
 
@@ -69,5 +69,5 @@ async def test_a_platform_backup_holds_every_services_keyring(
     await repo.restore(data["result"]["snapshots"]["platform"], out, str(key["identity"]))
     assert sorted(p.name for p in (out / "keyring").iterdir()) == sorted(f"{o}.json" for o in made)
     for owner, ring in made.items():
-        assert keyring_file(out / "keyring", owner).read_bytes() == ring
+        assert (out / "keyring" / f"{owner}.json").read_bytes() == ring  # a backup's layout
     assert not (out / "keyring.json").exists()

@@ -25,7 +25,8 @@ import pytest
 from cli.main import main
 from deploy.planning import ADDON_WANTED
 from deploy.release import load_private_key, public_key_text
-from deploy.units import ADDON_PG_HBA_DIR, DEFAULT_USER, PORTS, UNIT_USERS
+from deploy.units import ADDON_PG_HBA_DIR, PORTS, unit_name, unit_user
+from libs.events.sealing import KEYRING_OWNERS
 from tests.support.docker import find_docker_host
 from tests.support.servers import need_server
 from tests.support.systemd_box import (
@@ -141,7 +142,7 @@ def _fingerprint(box: SystemdBox) -> dict[str, str]:
         "find /etc/homeport /etc/systemd/system -path '*homeport*' \\( -type f -o -type l \\)"
         " -printf '%p -> %l\\n' | sort; "
         "find /etc/homeport /etc/systemd/system -path '*homeport*' -type f | sort"
-        " | xargs sha256sum /var/lib/homeport/keyring/*.json"
+        " | xargs sha256sum /var/lib/homeport/keyring/*/keyring.json"
         " /etc/apt/apt.conf.d/20auto-upgrades; "
         "grep homeport /etc/passwd /etc/group; "
         "ls -d /var/lib/homeport/*/pgdata; "
@@ -154,12 +155,46 @@ def _fingerprint(box: SystemdBox) -> dict[str, str]:
     return {"files": box.sh(script), "pids": json.dumps(pids, sort_keys=True)}
 
 
+def _keys_kept_apart(box: SystemdBox) -> None:
+    """Issue 16, Keys, on the running install: each service runs as its own user, and its
+    key file is readable only by it; a unit cannot even see the other keyring folders (apps,
+    whose CAP_DAC_OVERRIDE passes file modes, included) nor the others' NATS passwords."""
+    keyring = "/var/lib/homeport/keyring"
+    for owner in KEYRING_OWNERS:
+        user = box.run("systemctl", "show", "-p", "User", "--value", unit_name(owner)).strip()
+        assert user == f"homeport-{owner}", user
+        files = box.sh(f"stat -c '%U %a %n' {keyring}/{owner} {keyring}/{owner}/keyring.json")
+        assert files.split("\n") == [
+            f"homeport-{owner} 700 {keyring}/{owner}",
+            f"homeport-{owner} 600 {keyring}/{owner}/keyring.json",
+        ], files
+    code, out = box.status(
+        "runuser", "-u", unit_user("gateway"), "--", "cat", f"{keyring}/identity/keyring.json"
+    )
+    assert code != 0 and "Permission denied" in out, out
+    # inside the apps unit's own mount namespace (as root there: more than apps may): the
+    # hidden folders and files are empty stand-ins; its own keyring is there
+    pid = box.run("systemctl", "show", "-p", "MainPID", "--value", unit_name("apps")).strip()
+    assert pid.isdigit() and pid != "0", pid
+
+    def in_apps(command: str) -> str:
+        return box.sh(f"nsenter --target {pid} --mount -- {command}").strip()
+
+    assert in_apps(f"ls -A {keyring}/identity") == ""
+    assert "keyring.json" in in_apps(f"ls -A {keyring}/apps").split()
+    assert in_apps("ls -A /etc/homeport/database") == ""
+    assert box.sh("ls -A /etc/homeport/database").strip() != ""
+    for user, size in (("identity", "0"), ("apps", box.sh("wc -c < /etc/homeport/nats/apps"))):
+        assert in_apps(f"sh -c 'wc -c < /etc/homeport/nats/{user}'") == size.strip(), user
+    assert box.sh("wc -c < /etc/homeport/nats/identity").strip() != "0"
+
+
 def _compiled_at_start(box: SystemdBox, service: str) -> list[str]:
     """The modules `homeport-<service>` would compile from source at start (none: the release's
     -OO byte code, warmed by the installer or the update, has them), as its user and with its
     unit's environment."""
     current = "/opt/homeport/current"
-    user = UNIT_USERS.get(service, (DEFAULT_USER, ()))[0]
+    user = unit_user(service)
     env = f"PYTHONDONTWRITEBYTECODE=1 PYTHONPYCACHEPREFIX={current}/bytecode"
     script = (
         f"cd {current} && runuser -u {user} -- env {env} {current}/venv/bin/python -OO -v "
@@ -268,6 +303,7 @@ def test_install_setup_app_restart_and_second_run(box: SystemdBox) -> None:
         return status == 200 and "Static website" in text
 
     _until("https://site.localhost/ answering", site_answers, 60)
+    _keys_kept_apart(box)
 
     # the apps' addon Postgres sleeps until the apps service asks for it (its flag file, as the
     # apps service's user writes it before an app's first database), then its path unit starts it
@@ -278,7 +314,7 @@ def test_install_setup_app_restart_and_second_run(box: SystemdBox) -> None:
 
     assert addon_state() == "inactive"
     flag = f"/var/lib/homeport/{ADDON_PG_HBA_DIR}/{ADDON_WANTED}"
-    box.run("runuser", "-u", DEFAULT_USER, "--", "touch", flag)
+    box.run("runuser", "-u", unit_user("apps"), "--", "touch", flag)
     _until("the addon Postgres started by its path unit", lambda: addon_state() == "active", 90)
     port = str(PORTS["addon-postgres"])
 

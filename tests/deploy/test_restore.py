@@ -83,9 +83,9 @@ async def _make_backups(dsn: str, root: Path, target_dir: Path) -> Made:
         await store.append(
             ev.user_stream(U2), [ev.SessionEnded(user_id=U2, session_id=S2, reason="logout")]
         )
-    keyring = root / "old" / "keyring" / "backup.json"  # the backup service's, beside the others'
+    keyring = keyring_file(root / "old" / "keyring", "backup")  # beside the others' folders
     for owner in KEYRING_OWNERS:
-        Keyring.open(keyring_file(keyring.parent, owner)).close()
+        Keyring.open(keyring_file(root / "old" / "keyring", owner)).close()
     certs = root / "old" / "certs" / "example.test"
     certs.mkdir(parents=True)
     (certs / "fullchain.pem").write_text("chain\n")
@@ -127,7 +127,7 @@ async def _make_backups(dsn: str, root: Path, target_dir: Path) -> Made:
     plat = await repo.backup(out, {}, labels={"kind": "platform", "run": "r1", "apps": app_info.id})
     key_file = root / "backup-key.txt"
     key_file.write_text(f"# Homeport backup key\n{identity}\n")
-    rings = {o: keyring_file(keyring.parent, o).read_bytes() for o in KEYRING_OWNERS}
+    rings = {o: keyring_file(keyring.parent.parent, o).read_bytes() for o in KEYRING_OWNERS}
     return Made(target_dir, key_file, rings, app_info.id, plat.id, 6, tar)
 
 
@@ -164,8 +164,8 @@ async def test_restore_brings_the_platform_back_into_an_empty_data_dir(
     data.mkdir()
     (data / "restore-in-progress.json").write_text("{}")
     (data / "apps" / "snapshots" / APP / "x.partial").mkdir(parents=True)
-    (data / "keyring").mkdir()
-    (data / "keyring" / "identity.json").write_text("half")
+    keyring_file(data / "keyring", "identity").parent.mkdir(parents=True)
+    keyring_file(data / "keyring", "identity").write_text("half")
 
     code, out, err = await run_cli(
         capsys, "restore", "--from", made.target, "--key", made.key_file, "--data-dir", data

@@ -32,10 +32,14 @@ from deploy.units import (
     restart_argv,
     status_argv,
     unit_for,
+    unit_groups,
     unit_name,
     unit_ok,
+    unit_user,
     write_units,
 )
+from libs.events.nats_access import SERVICE_USERS
+from libs.events.sealing import KEYRING_OWNERS, keyring_file
 from tests.support.unitfiles import directives
 
 REPO = Path(__file__).resolve().parents[2]
@@ -371,3 +375,49 @@ def test_services_run_without_writable_executable_memory() -> None:
     if r.returncode == 77:
         pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_each_service_its_own_user_and_only_its_own_keys(rendered: tuple[Layout, Path]) -> None:
+    """Issue 16, Keys: every service and the relay runs as a user of its own; a unit may write
+    only its own keyring folder and cannot even see the others' (InaccessiblePaths, which holds
+    for apps too, whose CAP_DAC_OVERRIDE passes file modes), nor the other services' folders,
+    NATS passwords, the database passwords or the servers' data. Backup alone sees every
+    service's folder and keyring (it backs them up)."""
+    layout, unit_dir = rendered
+    data, keyring, etc = layout.data, layout.data / "keyring", layout.etc
+    names = [m.name for m in discover_modules()]
+    users = {}
+    for name in names:
+        d = directives((unit_dir / unit_name(name)).read_text())
+        users[name] = d["User"][0]
+        assert d["Group"] == [d["User"][0]] and "homeport" in d["SupplementaryGroups"][0].split()
+        hidden = {p.removeprefix("-") for p in d.get("InaccessiblePaths", [])}
+        writes = set(d["ReadWritePaths"])
+        secrets = {str(etc / "database"), str(etc / "admin.env"), str(data / "postgres")}
+        assert secrets <= hidden, f"{name}: {hidden}"
+        others = {str(etc / "nats" / o) for o in names if o != name and o in SERVICE_USERS}
+        assert others <= hidden and str(etc / "nats" / name) not in hidden, name
+        for owner in KEYRING_OWNERS:
+            own = str(keyring / owner)
+            if owner == name:
+                assert own in writes and own not in hidden, name
+                env = " ".join(d["Environment"])
+                assert f"HP_KEYRING={keyring_file(keyring, name)}" in env, env
+            else:
+                assert own not in writes, f"{name} may write {owner}'s keys"
+                seen = name == "backup" or (str(keyring) not in hidden and own not in hidden)
+                assert seen == (name == "backup"), f"{name} sees {owner}'s keyring folder"
+        for other in names:
+            hides = str(data / other) in hidden
+            expected = other != name and name != "backup" and (name, other) != ("gateway", "certs")
+            assert hides == expected, f"{name} hides {other}'s folder: {hides}"
+    assert users == {n: f"homeport-{n}" for n in names}
+    assert unit_user("apps") == "homeport-apps" and "docker" in unit_groups("apps")
+    # the folders shared with a reader: the reader's group, setgid
+    dirs = directories(layout)
+    assert dirs[data / "certs" / "live"] == ("homeport-certs", "homeport-gateway", 0o2750)
+    assert dirs[data / "ip-keys"] == ("homeport-identity", "homeport-firewall", 0o2751)
+    assert dirs[data / "apps" / "snapshots"] == ("homeport-apps", "homeport-backup", 0o2770)
+    assert dirs[keyring] == ("root", "root", 0o711)
+    for owner in KEYRING_OWNERS:
+        assert dirs[keyring / owner] == (f"homeport-{owner}", f"homeport-{owner}", 0o700)

@@ -1,5 +1,6 @@
-"""A keyring file per service (`<dir>/keyring/<service>.json`), and the move from the one shared
-`keyring.json` of older installs: each service's copy made once, old values still readable."""
+"""A keyring file per service, in a folder of its own (`<dir>/keyring/<service>/keyring.json`),
+and the moves from older installs: from the one shared `keyring.json` (each service's copy made
+once, old values still readable) and from `<dir>/keyring/<service>.json` (moved, once)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from libs.events.sealing import (
     SealingError,
     UnknownKey,
     keyring_file,
+    previous_keyring,
     shared_keyring,
 )
 
@@ -42,9 +44,13 @@ def test_each_service_has_its_own_file_and_cannot_read_anothers(tmp_path: Path) 
                 apps.unseal(value)
         assert identity.unseal_str(sealed) == "alice@example.com"
         assert apps.blind_index("username", "a") != identity.blind_index("username", "a")
-    assert sorted(p.name for p in folder.glob("*.json")) == ["apps.json", "identity.json"]
-    for p in folder.glob("*.json"):
+    assert sorted(str(p.relative_to(folder)) for p in folder.glob("*/*.json")) == [
+        "apps/keyring.json",
+        "identity/keyring.json",
+    ]
+    for p in folder.glob("*/*.json"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o600
+        assert stat.S_IMODE(p.parent.stat().st_mode) == 0o700
 
 
 def test_only_the_services_that_seal_have_a_keyring_file() -> None:
@@ -89,7 +95,11 @@ def test_a_new_install_has_no_shared_keyring(tmp_path: Path) -> None:
     folder = tmp_path / "keyring"
     with Keyring.open(keyring_file(folder, "identity")) as identity:
         identity.seal("x")
-    assert sorted(p.name for p in folder.iterdir()) == ["identity.json", "identity.json.lock"]
+    assert sorted(p.name for p in folder.iterdir()) == ["identity"]
+    assert sorted(p.name for p in (folder / "identity").iterdir()) == [
+        "keyring.json",
+        "keyring.json.lock",
+    ]
     assert not (tmp_path / "keyring.json").exists()
 
 
@@ -97,7 +107,8 @@ def test_other_paths_never_take_a_shared_keyring(tmp_path: Path) -> None:
     make_shared(tmp_path / "keyring.json")
     assert shared_keyring(tmp_path / "keyring.json") is None
     assert shared_keyring(tmp_path / "identity.json") is None  # not in a keyring folder
-    assert shared_keyring(tmp_path / "keyring" / "gateway.json") is None  # not an owner
+    assert shared_keyring(tmp_path / "keyring" / "gateway" / "keyring.json") is None  # no owner
+    assert shared_keyring(tmp_path / "keyring" / "identity.json") is None  # the older layout
     with Keyring.open(tmp_path / "elsewhere" / "identity.json") as k:
         with pytest.raises(UnknownKey):
             k.unseal(make_shared(tmp_path / "keyring2.json")[0])
@@ -124,6 +135,33 @@ def test_a_keyring_put_in_place_meanwhile_is_kept(tmp_path: Path) -> None:
     make_shared(folder / "keyring.json")
     with Keyring.open(tmp_path / "restored.json") as restored:
         value = restored.seal("restored")
+    keyring_file(folder, "apps").parent.mkdir()
     os.link(tmp_path / "restored.json", keyring_file(folder, "apps"))
     with Keyring.open(keyring_file(folder, "apps")) as apps:
         assert apps.unseal_str(value) == "restored"
+
+
+def test_a_keyring_of_the_older_per_service_layout_moves_into_its_folder(tmp_path: Path) -> None:
+    """`<dir>/keyring/identity.json` (before each service had a folder) becomes
+    `<dir>/keyring/identity/keyring.json`, byte for byte, and is gone from where it was; it
+    wins over a shared keyring still there (it is the newer of the two)."""
+    folder = tmp_path / "keyring"
+    folder.mkdir()
+    old = folder / "identity.json"
+    user_value, _, index = make_shared(old)
+    make_shared(folder / "keyring.json")  # a shared one not yet retired: not taken
+    before = old.read_bytes()
+    assert previous_keyring(keyring_file(folder, "identity")) == old
+    with Keyring.open(keyring_file(folder, "identity")) as identity:
+        assert keyring_file(folder, "identity").read_bytes() == before
+        assert identity.unseal_str(user_value) == "alice@example.com"
+        assert identity.blind_index("username", "alice") == index
+    assert not os.path.lexists(old) and not os.path.lexists(f"{old}.lock")
+    assert previous_keyring(keyring_file(folder, "identity")) is None
+    # a link in its place is refused, nothing moved
+    real = tmp_path / "real.json"
+    make_shared(real)
+    (folder / "apps.json").symlink_to(real)
+    with pytest.raises(SealingError, match="cannot open the shared keyring"):
+        Keyring.open(keyring_file(folder, "apps"))
+    assert not keyring_file(folder, "apps").exists()
