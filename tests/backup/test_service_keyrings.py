@@ -1,6 +1,6 @@
-"""The real backup service, with a keyring of its own (`<data>/keyring/backup/keyring.json`), backs up
-the keyring of every service that seals: each file as it is, in the platform backup's
-`keyring/` folder."""
+"""The real backup service, with a keyring of its own (`<data>/keyring/backup/keyring.json`),
+backs up the keyring of every service that seals: each file as it is, in the platform backup's
+`keyring/` folder (as `<service>.json`)."""
 
 from __future__ import annotations
 
