@@ -4,8 +4,8 @@
 every file or folder owned by one of `from_uids` to that folder's owner (and group: the
 folder's reader group where it has one, else the owner's). No link is followed (lchown), and a
 file already owned by anybody else keeps its owner. In a folder shared with a reader group
-(setgid, e.g. the certificates nginx reads), what it gives gets the group's read access too
-(folders 2750 at least, files g+r), and each unit's folder gets its mode back. Used:
+(units.READER_GROUPS, e.g. the certificates nginx reads), what it gives gets the group's read
+access too (folders g+rx, files g+r), and each unit's folder gets its mode back. Used:
 - by the restore (deploy/server_restore.py): what root wrote goes to the units' users;
 - by the installer on an install from before each service had a user of its own: what the
   one shared user `homeport` owned goes to each service's user.
@@ -38,7 +38,7 @@ def give_to_users(layout: Layout, from_uids: Collection[int]) -> int:
             continue
         user = pwd.getpwnam(owner)
         gid = user.pw_gid if group == owner else grp.getgrnam(group).gr_gid
-        shared = bool(mode & stat.S_ISGID)
+        shared = group != owner
         for root, dirs, files in os.walk(folder):  # os.walk does not descend into links
             here = Path(root)
             for name in [*dirs, *files, "."]:
@@ -52,7 +52,7 @@ def give_to_users(layout: Layout, from_uids: Collection[int]) -> int:
                 os.lchown(path, user.pw_uid, gid)
                 changed += 1
                 if shared and stat.S_ISDIR(st.st_mode):
-                    os.chmod(path, stat.S_IMODE(st.st_mode) | 0o2750)  # noqa: S103 - group r-x
+                    os.chmod(path, stat.S_IMODE(st.st_mode) | 0o750)  # noqa: S103 - group r-x
                 elif shared and stat.S_ISREG(st.st_mode):
                     os.chmod(path, stat.S_IMODE(st.st_mode) | 0o640)
         if stat.S_IMODE(os.lstat(folder).st_mode) != mode:

@@ -15,14 +15,16 @@ Who runs what (`unit_user`, `unit_groups`; the installer creates these users and
   group `homeport` (it may pass into /etc/homeport, to its NATS password). Each owns its folder
   `<data>/<name>` (0700) and, if it seals, its keyring folder `<data>/keyring/<name>/`
   (libs/events/sealing.py): a key file is readable only by its service's user. Files one
-  service writes and another reads go through a folder whose group is the reader's, setgid, so
-  what the writer makes there carries that group:
-  * `<data>/certs/{live,acme}`: certs writes, the gateway (nginx, its child) reads (the group
-    `homeport-gateway`; services/certs/store.py gives keys 0640 in such a folder);
-  * `<data>/ip-keys/`: identity's address keys (libs/events/periods.py), the private file read
-    by the firewall (group `homeport-firewall`, 0640), the public one by every service (0644);
-  * `<data>/apps/snapshots`: apps writes, backup writes what it restores (group
-    `homeport-backup`);
+  service writes and another reads go through a folder whose group is a reader group both are
+  in (`READER_GROUPS`), group-readable: the writer gives what it makes there that group
+  (services/certs/store.py, libs/events/periods.py; no setgid bit: the units may not set one,
+  RestrictSUIDSGID=):
+  * `<data>/certs/{live,acme}`: certs writes, the gateway (nginx, its child) reads
+    (`homeport-tls`; a key 0640);
+  * `<data>/ip-keys/`: identity's address keys, the private file read by the firewall
+    (`homeport-ipkeys`, 0640), the public one by every service (0644);
+  * `<data>/apps/snapshots`: apps writes, backup writes what it restores (0770, the group
+    `homeport-backup`; apps reads what backup wrote with CAP_DAC_OVERRIDE);
   * `<data>/addon-pg-hba`: apps writes, the addon server reads (group `homeport`).
 - Each unit also cannot see what it has no business with (InaccessiblePaths=): the other
   services' folders and keyring folders, the servers' data (Postgres, NATS), the database
@@ -78,6 +80,7 @@ __all__ = [
     "ADDON_UNITS",
     "PLATFORM_GROUP",
     "PORTS",
+    "READER_GROUPS",
     "RESTORE_RECOVER",
     "RESTORE_UNITS",
     "ROOT_UNITS",
@@ -150,6 +153,11 @@ UNIT_USERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "addon-postgres": ("homeport-postgres", (PLATFORM_GROUP,)),  # reads apps' pg_hba.conf
     "nats": ("homeport-nats", ()),
     "apps": ("homeport-apps", (PLATFORM_GROUP, "docker")),
+}
+# Groups through which one service reads what another writes: group -> its members (units).
+READER_GROUPS: dict[str, tuple[str, ...]] = {
+    "homeport-tls": ("certs", "gateway"),  # certificates and keys nginx serves
+    "homeport-ipkeys": ("identity", "firewall"),  # the address keys the firewall reads
 }
 # The one user every service and the relay ran as before each had its own: the installer gives
 # what it owned to the new owners (deploy/ownership.py).
@@ -443,17 +451,17 @@ def directories(layout: Layout) -> dict[Path, tuple[str, str, int]]:
             out.setdefault(path, (spec.user, spec.user, 0o700))
     # each sealing service's folder in it is its own: passable, not listable
     out[data / "keyring"] = ("root", "root", 0o711)
-    # folders one service writes and another reads: the reader's group, setgid (see above)
-    apps, certs, gateway = unit_user("apps"), unit_user("certs"), unit_user("gateway")
+    # folders one service writes and another reads: a group both are in (see above)
+    apps, certs = unit_user("apps"), unit_user("certs")
     out[data / ADDON_PG_HBA_DIR] = (apps, PLATFORM_GROUP, 0o750)
-    out[data / "apps" / "snapshots"] = (apps, unit_user("backup"), 0o2770)
-    out[ip_keys_file(layout).parent] = (unit_user("identity"), unit_user("firewall"), 0o2751)
+    out[data / "apps" / "snapshots"] = (apps, unit_user("backup"), 0o770)
+    out[ip_keys_file(layout).parent] = (unit_user("identity"), "homeport-ipkeys", 0o751)
     # certs writes these; the gateway (and its nginx) only reads them, so they must exist
     # before the gateway's first start (its file system is read-only there). The ACME
     # challenge tokens are public (services/certs/store.py keeps that folder 0755).
-    out[data / "certs"] = (certs, gateway, 0o710)
-    out[data / "certs" / "live"] = (certs, gateway, 0o2750)
-    out[data / "certs" / "acme"] = (certs, gateway, 0o755)
+    out[data / "certs"] = (certs, "homeport-tls", 0o710)
+    out[data / "certs" / "live"] = (certs, "homeport-tls", 0o750)
+    out[data / "certs" / "acme"] = (certs, "homeport-tls", 0o755)
     return out
 
 
@@ -536,7 +544,9 @@ def unit_user(name: str) -> str:
 
 def unit_groups(name: str) -> tuple[str, ...]:
     """The supplementary groups of unit `name`'s user."""
-    return UNIT_USERS[name][1] if name in UNIT_USERS else (PLATFORM_GROUP,)
+    if name in UNIT_USERS:
+        return UNIT_USERS[name][1]
+    return (PLATFORM_GROUP, *(g for g, members in READER_GROUPS.items() if name in members))
 
 
 def restore_marker(layout: Layout) -> Path:

@@ -393,6 +393,8 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
     try:
         fd = os.open(tmp, flags, 0o600)
         try:
+            if mode & stat.S_IRGRP:  # for the folder's group (the reader's): give it that group
+                os.fchown(fd, -1, os.stat(path.parent).st_gid)
             os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
@@ -412,11 +414,13 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
         raise PeriodError(f"cannot write key file {path}: {e.strerror}") from e
 
 
-def _setgid_folder(folder: Path) -> bool:
+def _group_readable(folder: Path) -> bool:
+    """Whether `folder` is shared with a reader group: readable by a group not our own."""
     try:
-        return bool(os.stat(folder).st_mode & stat.S_ISGID)
+        st = os.stat(folder)
     except OSError:
         return False
+    return bool(st.st_mode & stat.S_IRGRP) and st.st_gid != os.getegid()
 
 
 def public_path(path: Path) -> Path:
@@ -576,10 +580,10 @@ class PeriodKeys:
             missing_public = not public_path(self.path).exists()
             if changed or gone or missing_public:
                 # the group's read access (the firewall's) is kept; nothing more. A new file
-                # in a setgid folder (a server's <data>/ip-keys, group homeport-firewall)
-                # starts readable by that group: the folder says who reads it.
+                # in a folder readable by another group (a server's <data>/ip-keys, group
+                # homeport-ipkeys) starts readable by it: the folder says who reads it.
                 if mode is None:
-                    mode = 0o640 if _setgid_folder(self.path.parent) else 0o600
+                    mode = 0o640 if _group_readable(self.path.parent) else 0o600
                 _replace(self.path, st.to_json(), mode & 0o640 or 0o600)
                 _replace(public_path(self.path), st.public_json(), 0o644)
                 self._file.reload()

@@ -18,6 +18,7 @@ import docker
 import docker.errors
 import pytest
 
+from deploy.units import unit_user
 from services.backup.repo import new_identity
 from tests.support.docker import find_docker_host
 from tests.support.servers import need_server
@@ -103,7 +104,9 @@ def _request(box: SystemdBox, doc: dict[str, object]) -> str:
         "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600);"
         " os.write(fd, sys.argv[2].encode())"
     )
-    box.run("runuser", "-u", "homeport", "--", "python3", "-c", write, REQUEST, json.dumps(doc))
+    box.run(
+        "runuser", "-u", unit_user("backup"), "--", "python3", "-c", write, REQUEST, json.dumps(doc)
+    )
     until("the request taken", lambda: box.status("test", "-e", REQUEST)[0] != 0, 60)
 
     def done() -> bool:
@@ -152,7 +155,8 @@ def test_the_wizards_restore_under_systemd_brings_the_platform_back(box: Systemd
     until("the page answering", page_back, 60)
 
     # a local backup target in the box, the key, a backup of everything
-    box.run("install", "-d", "-o", "homeport", "-g", "homeport", "-m", "700", TARGET)
+    backup = unit_user("backup")
+    box.run("install", "-d", "-o", backup, "-g", backup, "-m", "700", TARGET)
 
     def target_set() -> bool:
         status, _ = box_api(box, "PUT", "/api/v1/backups/target", {"kind": "local", "path": TARGET})
@@ -246,7 +250,7 @@ def test_the_wizards_restore_under_systemd_brings_the_platform_back(box: Systemd
         f"homeport-postgres homeport-postgres 700 {DATA}/postgres/pgdata",
         f"homeport-nats homeport-nats 700 {DATA}/nats",
         f"homeport-apps homeport-apps 700 {DATA}/apps",
-        f"homeport-certs homeport-gateway 2750 {DATA}/certs/live",
+        f"homeport-certs homeport-tls 750 {DATA}/certs/live",
         f"homeport-backup homeport-backup 700 {DATA}/backup",
     ], owners
 

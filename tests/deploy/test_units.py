@@ -20,6 +20,7 @@ from cli.main import main
 from deploy.layout import Layout
 from deploy.planning import discover_modules
 from deploy.units import (
+    READER_GROUPS,
     RESTORE_RECOVER,
     RESTORE_UNITS,
     ROOT_UNITS,
@@ -413,11 +414,15 @@ def test_each_service_its_own_user_and_only_its_own_keys(rendered: tuple[Layout,
             assert hides == expected, f"{name} hides {other}'s folder: {hides}"
     assert users == {n: f"homeport-{n}" for n in names}
     assert unit_user("apps") == "homeport-apps" and "docker" in unit_groups("apps")
-    # the folders shared with a reader: the reader's group, setgid
+    # the folders shared with a reader: a group writer and reader are in, group-readable
     dirs = directories(layout)
-    assert dirs[data / "certs" / "live"] == ("homeport-certs", "homeport-gateway", 0o2750)
-    assert dirs[data / "ip-keys"] == ("homeport-identity", "homeport-firewall", 0o2751)
-    assert dirs[data / "apps" / "snapshots"] == ("homeport-apps", "homeport-backup", 0o2770)
+    assert dirs[data / "certs" / "live"] == ("homeport-certs", "homeport-tls", 0o750)
+    assert dirs[data / "ip-keys"] == ("homeport-identity", "homeport-ipkeys", 0o751)
+    assert dirs[data / "apps" / "snapshots"] == ("homeport-apps", "homeport-backup", 0o770)
+    for group, members in READER_GROUPS.items():
+        for member in members:
+            assert group in unit_groups(member), (group, member)
+    assert not [g for g in unit_groups("apps") if g in READER_GROUPS]
     assert dirs[keyring] == ("root", "root", 0o711)
     for owner in KEYRING_OWNERS:
         assert dirs[keyring / owner] == (f"homeport-{owner}", f"homeport-{owner}", 0o700)

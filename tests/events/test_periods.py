@@ -4,6 +4,7 @@ only, destroying weeks after the retention period, the key file, and the store's
 from __future__ import annotations
 
 import base64
+import grp
 import json
 import os
 import stat
@@ -234,3 +235,26 @@ async def test_an_address_that_cannot_be_sealed_is_left_out(dsn: str, path: Path
             await store.append("thing-1", [NewEvent("ThingHappened", {})])
         (e,) = await store.read_stream("thing-1")
         assert "ip" not in e.meta and e.meta["actor"] == "user-7"
+
+
+def test_in_a_folder_shared_with_the_firewalls_group_the_private_file_is_its_to_read(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """A server's <data>/ip-keys is identity's and readable by the group homeport-ipkeys (the
+    firewall is in it): the private file is made 0640 with that group, and keeps both when
+    identity replaces it; elsewhere it is 0600 (the test above)."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a file another group than one's own needs root here")
+    reader = grp.getgrnam("nogroup").gr_gid  # stands for homeport-ipkeys
+    folder = tmp_path / "ip-keys"
+    folder.mkdir(mode=0o751)
+    os.chown(folder, -1, reader)
+    path = folder / "ip-keys.json"
+    keys = PeriodKeys(path, clock=clock)
+    for _ in range(2):  # made, then replaced a week later
+        keys.housekeep(None)
+        st = path.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, reader)
+        assert stat.S_IMODE(public_path(path).stat().st_mode) == 0o644
+        clock.at += timedelta(days=7)
+    assert PeriodKeys(path, writer=False).weeks() == ("2026-W49", "2026-W50", "2026-W51")
