@@ -15,10 +15,10 @@ Who runs what (`unit_user`, `unit_groups`; the installer creates these users and
   group `homeport` (it may pass into /etc/homeport, to its NATS password). Each owns its folder
   `<data>/<name>` (0700) and, if it seals, its keyring folder `<data>/keyring/<name>/`
   (libs/events/sealing.py): a key file is readable only by its service's user. Files one
-  service writes and another reads go through a folder whose group is a reader group both are
-  in (`READER_GROUPS`), group-readable: the writer gives what it makes there that group
-  (services/certs/store.py, libs/events/periods.py; no setgid bit: the units may not set one,
-  RestrictSUIDSGID=):
+  service writes and another reads go through a folder whose group is a reader group
+  (`READER_GROUPS`), group-readable and setgid, so that what the writer makes there has that
+  group (services/certs/store.py, libs/events/periods.py make such files group-readable; the
+  units neither chown nor set a setgid bit themselves: the root installer and restore do):
   * `<data>/certs/{live,acme}`: certs writes, the gateway (nginx, its child) reads
     (`homeport-tls`; a key 0640);
   * `<data>/ip-keys/`: identity's address keys, the private file read by the firewall
@@ -455,12 +455,12 @@ def directories(layout: Layout) -> dict[Path, tuple[str, str, int]]:
     apps, certs = unit_user("apps"), unit_user("certs")
     out[data / ADDON_PG_HBA_DIR] = (apps, PLATFORM_GROUP, 0o750)
     out[data / "apps" / "snapshots"] = (apps, unit_user("backup"), 0o770)
-    out[ip_keys_file(layout).parent] = (unit_user("identity"), "homeport-ipkeys", 0o751)
+    out[ip_keys_file(layout).parent] = (unit_user("identity"), "homeport-ipkeys", 0o2751)
     # certs writes these; the gateway (and its nginx) only reads them, so they must exist
     # before the gateway's first start (its file system is read-only there). The ACME
     # challenge tokens are public (services/certs/store.py keeps that folder 0755).
     out[data / "certs"] = (certs, "homeport-tls", 0o710)
-    out[data / "certs" / "live"] = (certs, "homeport-tls", 0o750)
+    out[data / "certs" / "live"] = (certs, "homeport-tls", 0o2750)
     out[data / "certs" / "acme"] = (certs, "homeport-tls", 0o755)
     return out
 

@@ -393,8 +393,6 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
     try:
         fd = os.open(tmp, flags, 0o600)
         try:
-            if mode & stat.S_IRGRP:  # for the folder's group (the reader's): give it that group
-                os.fchown(fd, -1, os.stat(path.parent).st_gid)
             os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
@@ -581,7 +579,7 @@ class PeriodKeys:
             if changed or gone or missing_public:
                 # the group's read access (the firewall's) is kept; nothing more. A new file
                 # in a folder readable by another group (a server's <data>/ip-keys, group
-                # homeport-ipkeys) starts readable by it: the folder says who reads it.
+                # homeport-ipkeys, setgid: the file gets that group) starts readable by it.
                 if mode is None:
                     mode = 0o640 if _group_readable(self.path.parent) else 0o600
                 _replace(self.path, st.to_json(), mode & 0o640 or 0o600)

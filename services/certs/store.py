@@ -5,9 +5,9 @@ a directory made whole beforehand (mode 0700, key 0600, both fsynced), swapped i
 rename, so a reader (nginx reloading at any moment) sees the old pair or the new pair, never
 a new chain with an old key. A wildcard `*.example.test` lives in `_wildcard.example.test`.
 When `<certs_dir>` is readable by a group not the process's own (a server install:
-`homeport-tls`, which the gateway, whose nginx reads the pairs, and certs are in), the
-directory is 0750 and the key 0640 instead, both given that group: the folder's group reads
-them, nobody else.
+`homeport-tls`, which the gateway, whose nginx reads the pairs, is in; the folder is setgid, so
+what certs makes there has that group), the directory is 0750 and the key 0640 instead: the
+folder's group reads them, nobody else. (No chown: the units may not call it.)
 
 Tokens: `<acme_dir>/<token>` holding the key authorization, mode 0644 in a 0755 directory
 (nginx workers read them), written atomically too.
@@ -50,11 +50,9 @@ def host_dir_name(host: str) -> str:
     return "_wildcard." + host[2:] if host.startswith("*.") else host
 
 
-def _write_file(path: Path, data: bytes, mode: int, group: int | None = None) -> None:
+def _write_file(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        if group is not None:
-            os.fchown(fd, -1, group)
         os.fchmod(fd, mode)  # the umask must not widen or narrow it
         view = memoryview(data)
         while view:
@@ -99,14 +97,11 @@ class CertFiles:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             root = self.root.stat()
             shared = root.st_mode & stat.S_IRGRP and root.st_gid != os.getegid()
-            group = root.st_gid if shared else None  # the folder's group reads them
             fresh = self.root / f".{name}.{secrets.token_hex(6)}"
-            fresh.mkdir(mode=0o700)
-            if group is not None:
-                os.chown(fresh, -1, group)
-            os.chmod(fresh, 0o700 if group is None else 0o750)
-            _write_file(fresh / KEY, key_pem.encode(), 0o600 if group is None else 0o640, group)
+            fresh.mkdir(mode=0o700)  # in a setgid folder it has the folder's group
+            _write_file(fresh / KEY, key_pem.encode(), 0o640 if shared else 0o600)
             _write_file(fresh / CHAIN, chain_pem.encode(), 0o644)
+            os.chmod(fresh, 0o750 if shared else 0o700)  # after the files took its group
             _fsync_dir(fresh)
             link = self.root / name
             old = os.readlink(link) if link.is_symlink() else None

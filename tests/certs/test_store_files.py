@@ -1,6 +1,7 @@
 """The certificate files on disk (services/certs/store.py): who may read a pair. Alone, a pair
 is its owner's only; in a folder shared with a reader group (a server install's
-`<data>/certs/live`, group homeport-tls, which nginx's user is in) the group reads it too."""
+`<data>/certs/live`, group homeport-tls, setgid; nginx's user is in the group) the group reads
+it too."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ def test_a_pair_in_a_folder_shared_with_a_reader_group_is_readable_by_it(tmp_pat
     reader = grp.getgrnam("nogroup").gr_gid  # stands for homeport-tls
     assert reader != os.getegid()
     root = tmp_path / "live"
-    root.mkdir(mode=0o750)
+    root.mkdir()
     os.chown(root, -1, reader)
+    os.chmod(root, 0o2750)  # as the installer makes it: setgid, what certs makes has its group
     files = CertFiles(root)
     for chain in ("first\n", "renewed\n"):  # a renewal replaces the pair, same rights
         paths = files.write("example.test", chain, "key\n")

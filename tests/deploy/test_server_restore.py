@@ -250,7 +250,7 @@ def test_the_wizards_restore_under_systemd_brings_the_platform_back(box: Systemd
         f"homeport-postgres homeport-postgres 700 {DATA}/postgres/pgdata",
         f"homeport-nats homeport-nats 700 {DATA}/nats",
         f"homeport-apps homeport-apps 700 {DATA}/apps",
-        f"homeport-certs homeport-tls 750 {DATA}/certs/live",
+        f"homeport-certs homeport-tls 2750 {DATA}/certs/live",
         f"homeport-backup homeport-backup 700 {DATA}/backup",
     ], owners
 

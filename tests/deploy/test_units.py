@@ -414,10 +414,10 @@ def test_each_service_its_own_user_and_only_its_own_keys(rendered: tuple[Layout,
             assert hides == expected, f"{name} hides {other}'s folder: {hides}"
     assert users == {n: f"homeport-{n}" for n in names}
     assert unit_user("apps") == "homeport-apps" and "docker" in unit_groups("apps")
-    # the folders shared with a reader: a group writer and reader are in, group-readable
+    # the folders shared with a reader: its group, setgid (what the writer makes gets it)
     dirs = directories(layout)
-    assert dirs[data / "certs" / "live"] == ("homeport-certs", "homeport-tls", 0o750)
-    assert dirs[data / "ip-keys"] == ("homeport-identity", "homeport-ipkeys", 0o751)
+    assert dirs[data / "certs" / "live"] == ("homeport-certs", "homeport-tls", 0o2750)
+    assert dirs[data / "ip-keys"] == ("homeport-identity", "homeport-ipkeys", 0o2751)
     assert dirs[data / "apps" / "snapshots"] == ("homeport-apps", "homeport-backup", 0o770)
     for group, members in READER_GROUPS.items():
         for member in members:

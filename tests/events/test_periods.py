@@ -247,8 +247,9 @@ def test_in_a_folder_shared_with_the_firewalls_group_the_private_file_is_its_to_
         pytest.skip("giving a file another group than one's own needs root here")
     reader = grp.getgrnam("nogroup").gr_gid  # stands for homeport-ipkeys
     folder = tmp_path / "ip-keys"
-    folder.mkdir(mode=0o751)
+    folder.mkdir()
     os.chown(folder, -1, reader)
+    os.chmod(folder, 0o2751)  # as the installer makes it: setgid
     path = folder / "ip-keys.json"
     keys = PeriodKeys(path, clock=clock)
     for _ in range(2):  # made, then replaced a week later
