@@ -476,7 +476,7 @@ def test_an_install_from_before_per_service_users_is_moved_over(box: SystemdBox)
     ip_keys = box.run("sha256sum", f"{data}/ip-keys/ip-keys.json").split()[0]
     box.run("systemctl", "stop", "homeport.target")
     # what the release before this one left
-    box.sh("id homeport >/dev/null 2>&1 || useradd --system --user-group homeport")
+    box.sh("id homeport >/dev/null 2>&1 || useradd --system --gid homeport homeport")
     folders = " ".join(
         f"{data}/{n}" for n in ("identity", "apps", "backup", "certs", "dns", "edge")
     )
