@@ -1,6 +1,6 @@
 """The apps service cannot read identity's keys: in the embedded layout each opens its own
-keyring file, `<data>/keyring/<service>.json`, and a value identity sealed does not open with
-the apps service's keyring."""
+keyring file, `<data>/keyring/<service>/keyring.json`, and a value identity sealed does not
+open with the apps service's keyring."""
 
 from __future__ import annotations
 
@@ -49,7 +49,10 @@ async def test_apps_cannot_read_identitys_keys(
         keyrings = {p for p in _open_files(os.getpid()) if p.startswith(str(folder))}
     # each opened its own file and no other: no shared keyring, none for anyone else
     assert keyrings == {str(keyring_file(folder, "identity")), str(keyring_file(folder, "apps"))}
-    assert sorted(p.name for p in folder.glob("*.json")) == ["apps.json", "identity.json"]
+    assert sorted(str(p.relative_to(folder)) for p in folder.glob("*/*.json")) == [
+        "apps/keyring.json",
+        "identity/keyring.json",
+    ]
     assert not (tmp_path / "keyring.json").exists()
 
     conn = await asyncpg.connect(dsn)

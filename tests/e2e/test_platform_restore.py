@@ -27,6 +27,7 @@ import pytest
 from cli.main import main as homeport
 from deploy.embedded import PostgresServer
 from deploy.planning import DATABASE
+from libs.events.sealing import keyring_file
 from tests.apps.appskit import STATIC, Apps, running_apps, static_catalog
 from tests.apps.appskit import apps_env as make_apps_env
 from tests.gateway.apikit import Answer, Client, backup_env, running_backup, running_gateway
@@ -68,7 +69,7 @@ async def platform(
     prefix: str,
 ) -> AsyncIterator[Running]:
     """Identity, apps, backup, gateway and the relay on `dsn`, their files in `data` (the
-    layout of a stack's data directory: keyring/<service>.json, apps/, certs/, backup/)."""
+    layout of a stack's data directory: keyring/<service>/keyring.json, apps/, certs/, backup/)."""
     keyring = data / "keyring"
     apps_env = make_apps_env(
         dsn=dsn,
@@ -77,7 +78,7 @@ async def platform(
         docker_host=docker_host,
         prefix=prefix,
         catalog=catalog,
-        extra={"HP_READY_TIMEOUT": "30", "HP_KEYRING": str(keyring / "apps.json")},
+        extra={"HP_READY_TIMEOUT": "30", "HP_KEYRING": str(keyring_file(keyring, "apps"))},
     )
     async with contextlib.AsyncExitStack() as stack:
         ident = await stack.enter_async_context(
@@ -86,13 +87,13 @@ async def platform(
                 dsn=dsn,
                 nats_url=nats_url,
                 tmp_path=data,
-                env={"HP_KEYRING": str(keyring / "identity.json")},
+                env={"HP_KEYRING": str(keyring_file(keyring, "identity"))},
             )
         )
         apps = await stack.enter_async_context(running_apps(monkeypatch, apps_env))
         env = backup_env(
             dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=data,
-            extra={"HP_KEYRING": str(keyring / "backup.json")},
+            extra={"HP_KEYRING": str(keyring_file(keyring, "backup"))},
         )  # fmt: skip
         await stack.enter_async_context(running_backup(monkeypatch, env))
         gateway = await stack.enter_async_context(
