@@ -140,6 +140,15 @@ class Installer:
             step(self)
         self._banner()
 
+    def repair(self) -> None:
+        """What `homeport update` runs from the release it switches to (and from the one it
+        rolls back to), before it restarts the platform: that release's users, folders,
+        configuration, keyrings, unit files and database roles (`REPAIR_STEPS`); nothing is
+        started or restarted here."""
+        for n, (name, message, step) in enumerate(REPAIR_STEPS, 1):
+            self.say(f"[{n}/{len(REPAIR_STEPS)}] {name}: {message}")
+            step(self)
+
     # -- checks ---------------------------------------------------------------------------
 
     def _checks(self) -> None:
@@ -417,20 +426,11 @@ class Installer:
     # -- systemd ----------------------------------------------------------------------------
 
     def _units(self) -> None:
-        before = {
-            name: (UNIT_DIR / name).read_bytes() if (UNIT_DIR / name).is_file() else None
-            for name in render_units(self.layout)
-        }
-        write_units(self.layout, UNIT_DIR)
-        written = [n for n, old in before.items() if (UNIT_DIR / n).read_bytes() != old]
-        if written:
-            _systemctl("daemon-reload")
-            self.say(f"      wrote {len(written)} unit files")
-            # a repair: a running unit whose file changed runs the new one (no other restarts)
-            services = [n for n in written if n.endswith(".service") and before[n] is not None]
-            if services:
-                _systemctl("try-restart", *services)
-                self.say(f"      restarted {', '.join(services)} (their unit files changed)")
+        # a repair: a running unit whose file changed runs the new one (no other restarts)
+        services = [n for n in self._unit_files() if n.endswith(".service")]
+        if services:
+            _systemctl("try-restart", *services)
+            self.say(f"      restarted {', '.join(services)} (their unit files changed)")
         pg = unit_name("postgres")
         _systemctl("start", pg)
         self._create_database()
@@ -449,6 +449,26 @@ class Installer:
             if _systemctl("is-enabled", timer, check=False).strip() != "enabled":
                 _systemctl("enable", "--now", timer)
                 self.say(f"      enabled {timer}")
+
+    def _unit_files(self) -> list[str]:
+        """The unit files of this release, and a daemon-reload when one changed; those that
+        changed and were there before."""
+        before = {
+            name: (UNIT_DIR / name).read_bytes() if (UNIT_DIR / name).is_file() else None
+            for name in render_units(self.layout)
+        }
+        write_units(self.layout, UNIT_DIR)
+        written = [n for n, old in before.items() if (UNIT_DIR / n).read_bytes() != old]
+        if written:
+            _systemctl("daemon-reload")
+            self.say(f"      wrote {len(written)} unit files")
+        return [n for n in written if before[n] is not None]
+
+    def _write_unit_files(self) -> None:
+        self._unit_files()
+
+    def _database_roles(self) -> None:
+        asyncio.run(self._roles())
 
     def _create_database(self) -> None:
         socket_dir = str(self.layout.data / "postgres")
@@ -545,6 +565,15 @@ class Installer:
         ]
         self.say("\n".join(lines))
 
+
+REPAIR_STEPS: Sequence[tuple[str, str, Callable[[Installer], None]]] = (
+    ("users", "system users and groups", Installer._users),
+    ("dirs", "folders", Installer._dirs),
+    ("config", "/etc/homeport", Installer._config),
+    ("keyring", "the sealing keyrings", Installer._keyring),
+    ("units", "systemd unit files", Installer._write_unit_files),
+    ("roles", "the services' database roles", Installer._database_roles),
+)
 
 STEPS: Sequence[tuple[str, str, Callable[[Installer], None]]] = (
     ("checks", "system, Debian's own servers, ports", Installer._checks),
@@ -723,7 +752,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--health-timeout", type=float, default=HEALTH_TIMEOUT, help="seconds (default 300)"
     )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="only this release's users, folders, configuration, keyrings, unit files and "
+        "database roles, nothing started (what `homeport update` runs)",
+    )
     args = parser.parse_args(argv)
+    if args.repair and not args.docker_host:  # kept as the install was made
+        from deploy.update import read_env_file
+
+        args.docker_host = read_env_file(Layout(Path("/")).env_file).get("HP_DOCKER_HOST", "")
     if args.docker_host and not args.docker_host.startswith("unix:///"):
         parser.error(f"--docker-host {args.docker_host!r}: expected unix:///path/to/docker.sock")
     options = Options(
@@ -734,7 +773,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         health_timeout=args.health_timeout,
     )
     try:
-        Installer(options, say=lambda line: print(line, flush=True)).run()
+        installer = Installer(options, say=lambda line: print(line, flush=True))
+        installer.repair() if args.repair else installer.run()
     except InstallError as e:
         print(f"install failed: {e}", file=sys.stderr)
         return 1

@@ -11,9 +11,11 @@ migrate `<V>/venv/bin/python -m deploy.migrate` in `<V>` with `homeport.env`: th
         Migrations only add: the previous version must still run on the new schema.
 switch  `previous` -> the running version, then `current` -> `<V>` (each a symlink replaced by
         rename, so a reader sees the old or the new link, never none)
-restart `Host.restart_all()`
+restart `Host.apply(<V>)`: the release's own users, folders, configuration, keyrings, unit
+        files and database roles (on a server `python -m deploy.install --repair` of `<V>`),
+        then `Host.restart_all()`
 health  `Host.healthy(timeout)`; anything unhealthy -> roll back: both links back as they were,
-        restart, check again, remove `<V>`.
+        the running version's `apply` again, restart, check again, remove `<V>`.
 A failure before the switch removes `<V>` and leaves the running version untouched.
 """
 
@@ -67,6 +69,10 @@ class UpdateError(Exception):
 
 class Host(Protocol):
     """What runs the platform's processes (systemd on a server, something smaller in tests)."""
+
+    def apply(self, release: Path) -> None:
+        """Make the host's configuration of the platform (units, users, folders) that of
+        `release`, starting nothing; raises when it cannot."""
 
     def restart_all(self) -> None:
         """Restart every part of the platform from `current`; raises on a failed restart."""
@@ -242,6 +248,10 @@ class Updater:
         switch_link(self.layout.current, run.current)
         switch_link(self.layout.previous, run.old_previous)
         try:
+            self.host.apply(self.layout.releases(run.current))
+        except (OSError, subprocess.SubprocessError, UpdateError) as e:
+            self.progress(f"       {run.current}'s configuration could not be put back: {e}")
+        try:
             self.host.restart_all()
             still = self.host.healthy(self.health_timeout)
         except (OSError, subprocess.SubprocessError, UpdateError) as e:
@@ -312,6 +322,8 @@ class Updater:
             )
 
     def _restart(self, run: _Run) -> None:
+        assert run.path is not None
+        self.host.apply(run.path)
         self.host.restart_all()
 
     def _health(self, run: _Run) -> None:
@@ -323,7 +335,7 @@ STEPS: Sequence[Step] = (
     Step("venv", 50, "making the release's virtualenv", Updater._venv),
     Step("migrate", 10, "running the migrations", Updater._migrate),
     Step("switch", 5, "switching current to the new version", Updater._switch),
-    Step("restart", 10, "restarting every service", Updater._restart),
+    Step("restart", 10, "its configuration, then restarting every service", Updater._restart),
     Step("health", 15, "checking every service's health", Updater._health),
 )
 
@@ -376,6 +388,11 @@ class SystemdHost:
         out = self._ctl("list-dependencies", "--plain", "--no-pager", self.target)
         names = (line.strip() for line in out.splitlines()[1:])
         return sorted(n for n in names if n.startswith("homeport-") and n.endswith(".service"))
+
+    def apply(self, release: Path) -> None:
+        """`python -m deploy.install --repair` of `release`, from its own venv, as root."""
+        argv = [str(release / "venv" / "bin" / "python"), "-m", "deploy.install", "--repair"]
+        _run([*argv, "--version", release.name], cwd=release, timeout=600.0)
 
     def restart_all(self) -> None:
         self._ctl("restart", self.target)

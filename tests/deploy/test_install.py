@@ -414,6 +414,10 @@ def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> 
         "CREATE TABLE events.update_probe (release text NOT NULL);\n"
         "INSERT INTO events.update_probe VALUES ('0.2.0');\n"
     )
+    # ... and a change to its unit files, which the update applies before restarting
+    template = repo / "deploy" / "systemd" / "service.service"
+    stamp = "# Rendered by deploy/units.py: ${description}\n"
+    template.write_text(template.read_text().replace(stamp, stamp + "# release 0.2.0\n", 1))
     subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=30)
     subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True, timeout=60)
     _release(repo, "0.2.0", key, out)
@@ -437,6 +441,8 @@ def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> 
     assert box.sh(f'{env}; psql "$HP_DATABASE_URL" -Atc "{probe}"').strip() == "0.2.0"
     units = _units(box)
     assert all(p["ActiveState"] == "active" for p in units.values()), units
+    unit_file = "/etc/systemd/system/homeport-identity.service"
+    assert "# release 0.2.0" in box.run("cat", unit_file), update
     # its data: the administrator made at setup signs in
     login = {"username": "owner", "password": PASSWORD}
     _signs_in(box, login)
@@ -444,6 +450,7 @@ def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> 
     # N+2: identity exits at start -> unhealthy -> back to 0.2.0 by itself
     main_py = repo / "services" / "identity" / "__main__.py"
     main_py.write_text("raise SystemExit('broken on purpose')\n" + main_py.read_text())
+    template.write_text(template.read_text().replace("# release 0.2.0", "# release 0.3.0"))
     subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True, timeout=60)
     _release(repo, "0.3.0", key, out)
     started = time.monotonic()
@@ -457,6 +464,9 @@ def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> 
         lambda: all(p["ActiveState"] == "active" for p in _units(box).values()),
         120,
     )
+    # 0.3.0's unit files were applied, then 0.2.0's again
+    units_text = box.run("cat", unit_file)
+    assert "# release 0.2.0" in units_text and "# release 0.3.0" not in units_text, failed
     status, answer = _api(box, "POST", "/api/v1/session", login)
     assert status == 200, (answer, _why_refused(box))
     box.ok = True

@@ -76,6 +76,7 @@ def test_an_update_installs_beside_migrates_switches_and_runs_the_new_version(
 
     assert outcome == Outcome("1.1.0", "1.0.0")
     assert host.version() == {"1.1.0"}
+    assert host.applied == ["1.1.0"]  # the new release's units etc., before its restart
     assert layout.version_of(layout.current) == "1.1.0"
     assert layout.version_of(layout.previous) == "1.0.0"
     assert (layout.opt / "1.0.0" / "serve.py").exists()  # beside, not over
@@ -103,10 +104,31 @@ def test_an_unhealthy_release_is_rolled_back_by_itself(
     assert len(outcome.unhealthy) == 2
     assert host.version() == {"1.0.0"}
     assert host.restarts == 3  # install, the new version, the old one again
+    assert host.applied == ["1.1.0", "1.0.0"]  # the old configuration back before its restart
     assert layout.version_of(layout.current) == "1.0.0"
     assert layout.version_of(layout.previous) is None
     assert _installed(layout) == ["1.0.0", "current"]
     assert any(line.startswith("rolling back to 1.0.0") for line in lines)
+
+
+def test_a_release_whose_configuration_cannot_be_applied_is_rolled_back(
+    tmp_path: Path,
+    key: Ed25519PrivateKey,
+    www: tuple[Path, str],
+    installed: tuple[Layout, ProcessHost],
+    bare_venv: Path,
+) -> None:
+    layout, host = installed
+    _release(tmp_path, www[0], key, "1.1.0")
+    host.refuse = {"1.1.0"}
+    lines: list[str] = []
+
+    outcome = _updater(layout, host, bare_venv, lines).update()
+
+    assert outcome.rolled_back and "exited with 1" in outcome.unhealthy[0]
+    assert host.applied == ["1.1.0", "1.0.0"] and host.version() == {"1.0.0"}
+    assert layout.version_of(layout.current) == "1.0.0"
+    assert _installed(layout) == ["1.0.0", "current"]
 
 
 @pytest.mark.parametrize(

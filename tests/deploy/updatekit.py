@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deploy.layout import Layout
 from deploy.release import build_release
+from deploy.update import UpdateError
 from tests.support.releases import git_checkout
 
 __all__ = ["MIGRATE", "SERVE", "ProcessHost", "publish", "spoil"]
@@ -103,6 +104,15 @@ class ProcessHost:
         self.ports = [_free_port() for _ in range(services)]
         self.procs: list[subprocess.Popen[bytes]] = []
         self.restarts = 0
+        self.applied: list[str] = []  # the releases whose configuration was applied, in order
+        self.refuse: set[str] = set()  # releases whose configuration cannot be applied
+
+    def apply(self, release: Path) -> None:
+        """Processes have no units or users: what is applied is recorded (and refused for a
+        release in `refuse`, as a failing `deploy.install --repair` would be)."""
+        self.applied.append(release.name)
+        if release.name in self.refuse:
+            raise UpdateError(f"deploy.install --repair of {release.name} exited with 1")
 
     def restart_all(self) -> None:
         self.stop()
