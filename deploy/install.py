@@ -143,10 +143,10 @@ class Installer:
     def repair(self) -> None:
         """What `homeport update` runs from the release it switches to (and from the one it
         rolls back to), before it restarts the platform: that release's users, folders,
-        configuration, keyrings, unit files and database roles (`STEPS`); nothing is
+        configuration, keyrings, unit files and database roles (`REPAIR_STEPS`); nothing is
         started or restarted here."""
-        for n, (name, message, step) in enumerate(STEPS, 1):
-            self.say(f"[{n}/{len(STEPS)}] {name}: {message}")
+        for n, (name, message, step) in enumerate(REPAIR_STEPS, 1):
+            self.say(f"[{n}/{len(REPAIR_STEPS)}] {name}: {message}")
             step(self)
 
     # -- checks ---------------------------------------------------------------------------
@@ -566,7 +566,7 @@ class Installer:
         self.say("\n".join(lines))
 
 
-STEPS: Sequence[tuple[str, str, Callable[[Installer], None]]] = (
+REPAIR_STEPS: Sequence[tuple[str, str, Callable[[Installer], None]]] = (
     ("users", "system users and groups", Installer._users),
     ("dirs", "folders", Installer._dirs),
     ("config", "/etc/homeport", Installer._config),
@@ -588,13 +588,6 @@ STEPS: Sequence[tuple[str, str, Callable[[Installer], None]]] = (
     ("units", "systemd units, starting homeport.target", Installer._units),
     ("health", "waiting for every service", Installer._health),
     ("upgrades", "unattended security upgrades", Installer._upgrades),
-)
-# What `homeport update` applies of a release (`Installer.repair`): some of the steps, then
-# the unit files without starting anything, and the database roles.
-REPAIR_STEPS: Sequence[tuple[str, str, Callable[[Installer], None]]] = (
-    *(s for s in STEPS if s[0] in ("users", "dirs", "config", "keyring")),
-    ("units", "systemd unit files", Installer._write_unit_files),
-    ("roles", "the services' database roles", Installer._database_roles),
 )
 
 
