@@ -205,17 +205,23 @@ class Installer:
                 self.say(f"      user {user} added to group {g}")
 
     def _dirs(self) -> None:
-        for path, (owner, group, mode) in directories(self.layout).items():
+        folders = directories(self.layout)
+        # an install from before each service had a user of its own (its folders still the
+        # one shared user's): what that user owned goes to each service's user
+        # (deploy/ownership.py), once; later runs find nothing of it and walk nothing
+        shared = pwd.getpwnam(SHARED_USER).pw_uid if _user_exists(SHARED_USER) else None
+        moving = shared is not None and any(
+            p.is_dir() and p.stat().st_uid == shared for p in folders if p != self.layout.data
+        )
+        for path, (owner, group, mode) in folders.items():
             _ensure_dir(path, owner, group, mode)
         _ensure_dir(self.layout.etc, "root", PLATFORM_GROUP, 0o750)
         _ensure_dir(self.layout.data / "postgres" / "pgdata", "homeport-postgres", "", 0o700)
         _ensure_dir(self.layout.data / "postgres-addons" / "pgdata", "homeport-postgres", "", 0o700)
-        # an install from before each service had a user of its own: what the one shared
-        # user owned goes to each service's (deploy/ownership.py), the address keys move
-        if _user_exists(SHARED_USER):
-            given = give_to_users(self.layout, {pwd.getpwnam(SHARED_USER).pw_uid})
-            if given:
-                self.say(f"      {given} files of user {SHARED_USER} given to the services' users")
+        if moving:
+            assert shared is not None
+            given = give_to_users(self.layout, {shared}, folders)
+            self.say(f"      {given} files of user {SHARED_USER} given to the services' users")
         move_ip_keys(self.layout, self.say)
 
     def _current(self) -> None:
@@ -464,9 +470,6 @@ class Installer:
             self.say(f"      wrote {len(written)} unit files")
         return [n for n in written if before[n] is not None]
 
-    def _write_unit_files(self) -> None:
-        self._unit_files()
-
     def _database_roles(self) -> None:
         asyncio.run(self._roles())
 
@@ -566,15 +569,6 @@ class Installer:
         self.say("\n".join(lines))
 
 
-REPAIR_STEPS: Sequence[tuple[str, str, Callable[[Installer], None]]] = (
-    ("users", "system users and groups", Installer._users),
-    ("dirs", "folders", Installer._dirs),
-    ("config", "/etc/homeport", Installer._config),
-    ("keyring", "the sealing keyrings", Installer._keyring),
-    ("units", "systemd unit files", Installer._write_unit_files),
-    ("roles", "the services' database roles", Installer._database_roles),
-)
-
 STEPS: Sequence[tuple[str, str, Callable[[Installer], None]]] = (
     ("checks", "system, Debian's own servers, ports", Installer._checks),
     ("users", "system users and groups", Installer._users),
@@ -588,6 +582,13 @@ STEPS: Sequence[tuple[str, str, Callable[[Installer], None]]] = (
     ("units", "systemd units, starting homeport.target", Installer._units),
     ("health", "waiting for every service", Installer._health),
     ("upgrades", "unattended security upgrades", Installer._upgrades),
+)
+# What `homeport update` applies of a release (`Installer.repair`): these steps of the install,
+# then the unit files without starting anything, and the database roles.
+REPAIR_STEPS: Sequence[tuple[str, str, Callable[[Installer], object]]] = (
+    *(step for step in STEPS if step[0] in ("users", "dirs", "config", "keyring")),
+    ("units", "systemd unit files", Installer._unit_files),
+    ("roles", "the services' database roles", Installer._database_roles),
 )
 
 

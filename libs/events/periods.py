@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from libs.events.errors import EventStoreError
+from libs.files import shares_with_group
 
 if TYPE_CHECKING:  # imported where used: a process only pays for cryptography once it seals
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -412,15 +413,6 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
         raise PeriodError(f"cannot write key file {path}: {e.strerror}") from e
 
 
-def _group_readable(folder: Path) -> bool:
-    """Whether `folder` is shared with a reader group: readable by a group not our own."""
-    try:
-        st = os.stat(folder)
-    except OSError:
-        return False
-    return bool(st.st_mode & stat.S_IRGRP) and st.st_gid != os.getegid()
-
-
 def public_path(path: Path) -> Path:
     """Where the public keys of key file `path` are kept: `<stem>.pub.json` beside it."""
     return path.with_name(f"{path.stem}.pub.json")
@@ -581,7 +573,7 @@ class PeriodKeys:
                 # in a folder readable by another group (a server's <data>/ip-keys, group
                 # homeport-ipkeys, setgid: the file gets that group) starts readable by it.
                 if mode is None:
-                    mode = 0o640 if _group_readable(self.path.parent) else 0o600
+                    mode = 0o640 if shares_with_group(self.path.parent) else 0o600
                 _replace(self.path, st.to_json(), mode & 0o640 or 0o600)
                 _replace(public_path(self.path), st.public_json(), 0o644)
                 self._file.reload()

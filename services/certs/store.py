@@ -21,10 +21,10 @@ import os
 import re
 import secrets
 import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from libs.files import shares_with_group
 from services.certs.errors import FilesError
 
 __all__ = ["CertFiles", "FilesError", "Paths", "TokenFiles", "host_dir_name"]
@@ -95,8 +95,7 @@ class CertFiles:
         name = host_dir_name(host)
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            root = self.root.stat()
-            shared = root.st_mode & stat.S_IRGRP and root.st_gid != os.getegid()
+            shared = shares_with_group(self.root)  # the folder's group reads the pairs
             fresh = self.root / f".{name}.{secrets.token_hex(6)}"
             fresh.mkdir(mode=0o700)  # in a setgid folder it has the folder's group
             _write_file(fresh / KEY, key_pem.encode(), 0o640 if shared else 0o600)
