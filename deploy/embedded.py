@@ -6,6 +6,7 @@ Used by the local stack (`homeport up`) and by the test fixtures, so both start 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import shutil
@@ -37,6 +38,7 @@ __all__ = [
     "docker_answers",
     "find_binary",
     "free_port",
+    "free_ports",
     "wait_port",
 ]
 
@@ -72,9 +74,19 @@ def check_binaries() -> None:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` different TCP ports on 127.0.0.1, free right now (each held while the next is
+    picked: two calls of `free_port` may give the same port twice)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(n):
+            s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def wait_port(

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from deploy.embedded import free_port
+from deploy.embedded import free_ports
 from services.apps.container import (
     ContainerRuntime,
     ContainerSpec,
@@ -185,7 +185,7 @@ class RuntimeContract:
         self, rt: ContainerRuntime, names: DockerNames, image: str
     ) -> None:
         net = await rt.ensure_network(names("net"), names.labels)
-        http_port, tcp_port = free_port(), free_port()
+        http_port, tcp_port = free_ports(2)
         run = "/bin/probe serve 8081 & exec /bin/probe serve 8080"
         spec = _spec(
             names, image, "web", net.name, run,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.embedded import free_port
+from deploy.embedded import free_ports
 from services.gateway.config import DASHBOARD_DIR
 from tests.e2e.kit import Platform, running_platform
 
@@ -85,7 +85,7 @@ async def edged_platform(
 ) -> AsyncIterator[Edged]:
     """Identity, gateway with nginx, relay (and with `docker_host` apps, dns, certs and backup)."""
     assert (DIST / "index.html").exists(), f"the dashboard is not built in {DIST}: make dashboard"
-    http_port, https_port = free_port(), free_port()
+    http_port, https_port = free_ports(2)
     # every service reads the edge's port (apps name it in their addresses), as in the stack
     monkeypatch.setenv("HP_EDGE_HTTPS_PORT", str(https_port))
     async with running_platform(

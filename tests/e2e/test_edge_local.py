@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.embedded import free_port
+from deploy.embedded import free_ports
 from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
 from tests.gateway.apikit import running_gateway
 from tests.support.bus import relaying
@@ -35,7 +35,7 @@ async def edge(
     docker_host: str,
     uniq: str,
 ) -> AsyncIterator[tuple[Apps, int, int]]:
-    http_port, https_port = free_port(), free_port()
+    http_port, https_port = free_ports(2)
     env = apps_env(
         dsn=dsn,
         nats_url=nats_url,

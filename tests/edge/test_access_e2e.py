@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from deploy.embedded import free_port
+from deploy.embedded import free_ports
 from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
 from tests.edge.accesskit import People, make_people
 from tests.gateway.apikit import running_gateway
@@ -59,7 +59,7 @@ async def stack(
     docker_host: str,
     uniq: str,
 ) -> AsyncIterator[Stack]:
-    http_port, https_port = free_port(), free_port()
+    http_port, https_port = free_ports(2)
     env = apps_env(
         dsn=dsn,
         nats_url=nats_url,
