@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,10 @@ RELAY_MODULE = "libs.events.relay"
 DASHBOARD_PART = "gateway"
 SYSTEM_DOCKER = Path("/var/run/docker.sock")
 TEST_DOCKER = Path("/run/homeport-test/docker.sock")  # tests/support/docker.py starts it
+# The mail servers' ports in the local stack (HP_MAIL_<WHAT>_PORT) and the programs they need.
+MAIL_PORTS = ("smtp", "submission", "submissions", "imaps", "managesieve", "milter")
+MAIL_PROGRAMS = ("postfix", "dovecot", "rspamd")
+MAIL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 SERVICES_NETWORK = "homeport-services"
 SERVICES_SUBNET = "10.213.0.0/24"
 SERVICES_GATEWAY = "10.213.0.1"  # the first host address, as the apps runtime creates it
@@ -370,6 +375,22 @@ class Planner:
             stable_port(self.data_dir, "edge-https"),
         )
 
+    def _mail_env(self) -> dict[str, str]:
+        """The mail servers on high loopback ports kept from one start to the next (mail
+        clients are set up with them); run only as root with Postfix, Dovecot and rspamd here."""
+        env = {
+            f"HP_MAIL_{what.upper()}_PORT": str(stable_port(self.data_dir, f"mail-{what}"))
+            for what in MAIL_PORTS
+        }
+        missing = [p for p in MAIL_PROGRAMS if shutil.which(p, path=MAIL_PATH) is None]
+        run = os.geteuid() == 0 and not missing
+        if not run:
+            why = "it needs root" if not missing else "missing: " + ", ".join(missing)
+            log.warning("the mail servers are not run (%s): mail settings are only recorded", why)
+        env["HP_MAIL_SERVERS"] = "true" if run else "false"
+        env["HP_MAIL_DIR"] = str(self.data_dir / "mail")
+        return env
+
     def service_env(self, plan: Plan, port: int, name: str = "") -> dict[str, str]:
         """The environment of a service: ours, with the HP_* settings of this stack on top, and
         the services' byte-code cache (deploy/bytecode.py); a service with a NATS user of its
@@ -417,6 +438,8 @@ class Planner:
                 HP_ACME_DIR=str(self.data_dir / "acme"),
                 HP_CERTS_DIR=str(self.data_dir / "certs"),
             )
+        if name == "mail":
+            env.update(self._mail_env())
         if plan.addon is not None:
             env.update(
                 HP_ADDON_PG_DSN=plan.addon.dsn_for("postgres"),

@@ -17,6 +17,7 @@ __all__ = [
     "CONTRACT",
     "EMAIL_PATTERN",
     "GROUP_NAME_PATTERN",
+    "MAIL_PROTOCOLS",
     "MAX_ACCESS_GROUPS",
     "MAX_ACCESS_USERS",
     "MAX_ADDRESS_VALUES",
@@ -32,6 +33,7 @@ MAX_INVITATION_GROUPS = 100
 MAX_ACCESS_USERS = 1000
 MAX_ACCESS_GROUPS = 200
 MAX_ADDRESS_VALUES = 500
+MAIL_PROTOCOLS = ("imap", "smtp", "managesieve")
 
 _USERNAME = string(
     maxLength=32,
@@ -142,6 +144,21 @@ CONTRACT = Contract(
                 "recovery_code": _RECOVERY,
             },
             required=["username", "password"],
+        ),
+        # the mail service's check of a mail client's sign-in (actor "system" only; a user
+        # with TOTP is refused: their mail client signs in with an app password)
+        "mail_login": obj(
+            {
+                "username": string(maxLength=256),
+                "password": string(maxLength=1024, writeOnly=True),
+                "ip": nullable(
+                    string(maxLength=64, description="the mail client's IPv4 or IPv6 address")
+                ),
+                "protocol": string(
+                    enum=list(MAIL_PROTOCOLS), description="how the client signs in"
+                ),
+            },
+            required=["username", "password", "ip", "protocol"],
         ),
         "logout": obj({"session": _SESSION}, required=["session"]),
         "revoke_session": obj(

@@ -11,9 +11,10 @@ from libs.contracts.certs import CONTRACT as CERTS
 from libs.contracts.dns import CONTRACT as DNS
 from libs.contracts.gateway import CONTRACT as GATEWAY
 from libs.contracts.identity import CONTRACT as IDENTITY
+from libs.contracts.mail import CONTRACT as MAIL
 
 __all__ = ["CONTRACTS"]
 
-_ALL: tuple[Contract, ...] = (GATEWAY, CERTS, DNS, IDENTITY, APPS, BACKUP)
+_ALL: tuple[Contract, ...] = (GATEWAY, CERTS, DNS, IDENTITY, APPS, BACKUP, MAIL)
 
 CONTRACTS: Mapping[str, Contract] = {c.service: c for c in _ALL}

@@ -86,6 +86,16 @@ CALLS: Mapping[str, tuple[str, ...]] = {
     ),
     "identity": (),
     "firewall": (),
+    "mail": (
+        "qry.identity.users",
+        "qry.identity.groups",
+        "cmd.identity.mail_login",
+        "qry.dns.domain",
+        "cmd.dns.set_record",
+        "cmd.dns.remove_record",
+        "cmd.certs.ensure",
+        "qry.certs.files",
+    ),
     RELAY: (),
 }
 # What each service serves (its own command and query subjects); the relay serves none.

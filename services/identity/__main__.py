@@ -1,4 +1,5 @@
-"""python -m services.identity: accounts, sessions and the LDAP endpoint for apps.
+"""python -m services.identity: accounts, sessions, the LDAP endpoint for apps and the check of
+mail clients' passwords for the mail service.
 
 The LDAP endpoint listens on HP_LDAP_HOST:HP_LDAP_PORT. In production those are the app
 networks' gateway addresses (set by the apps side, which creates the networks) and a fixed
@@ -28,7 +29,9 @@ from services.identity.directory import IdentityDirectory
 from services.identity.groups import Groups
 from services.identity.housekeeping import Housekeeping
 from services.identity.ldap_apps import LdapApps, endpoint
+from services.identity.mail_signin import MailSignIn
 from services.identity.mfa import Mfa
+from services.identity.password_check import PasswordCheck
 from services.identity.projections import TABLES, IdentityProjection
 from services.identity.sessions import Sessions, Whoami
 from services.identity.setup_token import offer_setup_token
@@ -79,10 +82,13 @@ async def _parts(cfg: IdentityConfig, clock: Clock, svc: Service) -> AsyncIterat
         signin = SignIn(store, cfg, sessions, second_factor=mfa.second_factor, clock=clock)
         resets = (cfg.reset_ip_limit, cfg.reset_email_limit)
         groups = Groups(store, users, clock=clock, reset_limits=resets)
+        # other services' sign-ins (LDAP binds, mail clients) share one bound on argon2 at once
+        passwords = PasswordCheck(store)
+        mail = MailSignIn(store, cfg, passwords, clock=clock)
         limit = cfg.signin_account_limit
-        directory = IdentityDirectory(store, account_limit=limit, clock=clock)
+        directory = IdentityDirectory(store, passwords, account_limit=limit, clock=clock)
         async with endpoint(svc, cfg, directory) as ldap:
-            handlers = (users, sessions, whoami, signin, mfa, groups, LdapApps(store, ldap))
+            handlers = (users, sessions, whoami, signin, mail, mfa, groups, LdapApps(store, ldap))
             async with serve(svc, conn.nc, CONTRACT, *handlers, addresses):
                 chores = Housekeeping((sessions.prune, signin.prune, groups.prune, addresses.prune))
                 async with loop(svc, "identity.prune", chores.run(), chores.stop):

@@ -3,9 +3,9 @@
 Nothing here is cached but unsealed text (immutable; `IdentityStore.plain`): every bind and every
 search reads the users, groups and app accounts from Postgres again, so a disabled user, a
 removed app or a narrowed access list takes effect on the next operation, open connections
-included. A user's password is checked with argon2 in a thread, at most `max_hashing` at once;
-an unknown name costs the same (`verify_dummy`), and the row is read again after the hash, so a
-user disabled while their password was being checked is refused.
+included. A user's password is checked as for every other service's sign-in (password_check.py:
+argon2 in a thread under the service's bound, the same work for an unknown name, the row read
+again after the hash, so a user disabled while their password was being checked is refused).
 
 A refused user bind is recorded as a `LoginFailed` (reason `ldap_*`, no address: the endpoint
 sees the app, not the person) and counts toward the per-account limit of SECURITY.md: past
@@ -16,7 +16,6 @@ dashboard still checks passwords from addresses the user signed in from before.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -30,7 +29,7 @@ from services.identity import events as ev
 from services.identity.clock import Clock, utcnow
 from services.identity.ldap import AppAccount, DirectoryUnavailable, LdapGroup, LdapUser
 from services.identity.ldap_apps import APP_ROW, account_of
-from services.identity.passwords import MAX_LENGTH, verify_dummy, verify_password
+from services.identity.password_check import PasswordCheck, Verdict
 from services.identity.store import IdentityStore
 from services.identity.tokens import token_hash, tokens_equal
 from services.identity.validators import USERNAME
@@ -60,25 +59,21 @@ class IdentityDirectory:
     def __init__(
         self,
         store: IdentityStore,
+        passwords: PasswordCheck,
         *,
         account_limit: int,
         clock: Clock = utcnow,
-        max_hashing: int = 4,
     ) -> None:
         self.store = store
+        self.passwords = passwords
         self.account_limit = account_limit  # failures within an hour that refuse binds
         self.clock = clock
-        self._hashing = asyncio.Semaphore(max_hashing)
 
     async def _db(self, what: str, fn: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
         try:
             return await fn(self.store.pool)
         except _DB_ERRORS as e:
             raise DirectoryUnavailable(f"identity read model: {what} failed: {e!r}") from e
-
-    async def _hash(self, fn: Callable[..., T], *args: str) -> T:
-        async with self._hashing:
-            return await asyncio.to_thread(fn, *args)
 
     # -- app accounts ----------------------------------------------------------------------
 
@@ -131,7 +126,6 @@ class IdentityDirectory:
         return [u for r in rows if (u := self._user(r)) is not None]
 
     async def check_user_password(self, username: str, password: str) -> LdapUser | None:
-        password = password[: MAX_LENGTH + 1]  # a longer one cannot match; bound the work
         row: asyncpg.Record | None = None
         if USERNAME.fullmatch(username):
             index = self.store.name_index(username)
@@ -141,28 +135,18 @@ class IdentityDirectory:
             )
         user = self._user(row) if row is not None else None
         if row is None or user is None:
-            await self._hash(verify_dummy, password)
-            await self._refused(None, "ldap_unknown_user")
+            await self.passwords.dummy(password)
+            await self._refused(None, f"ldap_{Verdict.UNKNOWN}")
             return None
         if await self._account_limited(row["user_id"]):
-            await self._hash(verify_dummy, password)
+            await self.passwords.dummy(password)
             await self._refused(user.user_id, "ldap_limited")
             return None
-        stored = self._plain(row["password_hash"])
-        assert stored is not None
-        right = await self._hash(verify_password, stored, password)
-        # read again: a disable that answered while the hash ran must refuse this bind
-        disabled = await self._db(
-            "reading a user",
-            lambda p: p.fetchval(
-                "SELECT disabled FROM identity.users WHERE user_id = $1", row["user_id"]
-            ),
+        verdict = await self._db(
+            "checking a password", lambda _: self.passwords.check(row, password)
         )
-        if not right:
-            await self._refused(user.user_id, "ldap_password")
-            return None
-        if disabled is not False:  # None: deleted meanwhile
-            await self._refused(user.user_id, "ldap_disabled")
+        if verdict is not Verdict.RIGHT:
+            await self._refused(user.user_id, f"ldap_{verdict}")
             return None
         return user
 

@@ -41,6 +41,7 @@ __all__ = [
     "NoSuchUser",
     "NotAdmin",
     "NotOwnAccount",
+    "NotPlatform",
     "ResetRefused",
     "SetupDone",
     "SetupTokenRefused",
@@ -95,6 +96,11 @@ class NotAdmin(IdentityForbidden):
 class NotOwnAccount(IdentityForbidden):
     def __init__(self) -> None:
         super().__init__("only the account's own user may do this")
+
+
+class NotPlatform(IdentityForbidden):
+    def __init__(self) -> None:
+        super().__init__("only the platform's own services may do this")
 
 
 class AddressLimited(IdentityForbidden):

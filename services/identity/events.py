@@ -176,7 +176,7 @@ class SessionEnded:
 class LoginFailed:
     user_id: str | None  # None: no account has that name (the name itself is not kept)
     ip: str | None  # sealed to its week's key (addresses.py); the activity log shows meta.ip
-    reason: str  # password | unknown_user | disabled | limited | current_password | ...
+    reason: str  # password | unknown_user | disabled | limited | current_password | ldap_* | mail_*
 
     def summary(self) -> str:
         who = f"account {_short(self.user_id)}" if self.user_id else "an unknown name"

@@ -38,7 +38,6 @@ from services.identity.passwords import (
 from services.identity.readmodel import Effect, Step, Table
 from services.identity.sessions import SESSION_KEYS, Sessions
 from services.identity.store import IdentityStore
-from services.identity.validators import USERNAME
 
 __all__ = ["FAILURE_MEMORY", "TABLE", "Limits", "SecondFactor", "SignIn", "record_failure"]
 
@@ -96,11 +95,11 @@ class Limits:
         oldest: datetime = rows[-1]["at"]
         return max(1, int((oldest + window - now).total_seconds()) + 1)
 
-    async def _check_address(self, ip: str | None) -> None:
-        """Refuse (AddressLimited, a failure recorded) an address over its limit."""
+    async def _check_address(self, ip: str | None, *, reason: str = "limited") -> None:
+        """Refuse (AddressLimited, a failure recorded with `reason`) an address over its limit."""
         wait = await self._address_limited(ip)
         if wait:
-            await record_failure(self.store, None, "limited")
+            await record_failure(self.store, None, reason)
             raise AddressLimited(wait)
 
     async def _account_limited(self, user_id: Any, ip: str | None) -> bool:
@@ -170,12 +169,7 @@ class SignIn(Limits):
         user_agent: str | None = payload.get("user_agent")
         ip = context.current().ip
         await self._check_address(ip)
-        row = None
-        if USERNAME.fullmatch(username):
-            row = await self.pool.fetchrow(
-                "SELECT * FROM identity.users WHERE username_index = $1",
-                self.store.name_index(username),
-            )
+        row = await self.store.user_by_name(username)
         if row is None:
             await asyncio.to_thread(verify_dummy, password)
             raise await self._refuse(None, "unknown_user")

@@ -39,10 +39,12 @@ from services.identity.errors import (
     NoSuchUser,
     NotAdmin,
     NotOwnAccount,
+    NotPlatform,
     UsernameTaken,
 )
+from services.identity.validators import USERNAME
 
-__all__ = ["Announce", "Decide", "IdentityStore", "acting_as"]
+__all__ = ["Announce", "Decide", "IdentityStore", "acting_as", "from_address"]
 
 T = TypeVar("T")
 Announce = Callable[[changes.Changes], Awaitable[None]]
@@ -181,6 +183,15 @@ class IdentityStore:
             "SELECT * FROM identity.users WHERE user_id = $1", user_id
         )
 
+    async def user_by_name(self, username: str) -> asyncpg.Record | None:
+        """The user a sign-in names (any case); None for a name no account can have."""
+        if not USERNAME.fullmatch(username):
+            return None
+        row: asyncpg.Record | None = await self.pool.fetchrow(
+            "SELECT * FROM identity.users WHERE username_index = $1", self.name_index(username)
+        )
+        return row
+
     async def change(
         self,
         table: str,
@@ -274,6 +285,13 @@ class IdentityStore:
         if context.current().actor != user_id:
             await self.require_admin()
 
+    @staticmethod
+    def require_platform() -> None:
+        """Only the platform's own services (actor "system") may do this, no user, not even an
+        administrator: the bus lets only a service send "system" (libs/events/bus.py)."""
+        if context.current().actor != "system":
+            raise NotPlatform()
+
     def require_self(self, user_id: str) -> None:
         """Only the account's own user (or the platform) may do this, not even an admin."""
         if context.current().actor not in (user_id, "system"):
@@ -295,3 +313,10 @@ def acting_as(user_id: str) -> AbstractContextManager[context.Context]:
     """Events of a person's own act before they have a session (setup, sign-in, accepting an
     invitation) name that person as the actor, not "anonymous"; the client IP stays."""
     return context.use(dataclasses.replace(context.current(), actor=user_id))
+
+
+def from_address(ip: str | None) -> AbstractContextManager[context.Context]:
+    """A sign-in a service relays for a client (the mail service, for an IMAP login) is
+    recorded as coming from the client's address, like the dashboard's: the limits count it,
+    its events hold it sealed (meta.ip, `LoginFailed.ip`) and the firewall bans from it."""
+    return context.use(dataclasses.replace(context.current(), ip=ip))

@@ -5,6 +5,7 @@ own, and the grammars sign-in and the LDAP endpoint look names up by.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -18,6 +19,7 @@ from services.identity.passwords import check_password
 __all__ = [
     "EMAIL",
     "USERNAME",
+    "address",
     "canonical_id",
     "email",
     "expiry",
@@ -37,6 +39,21 @@ _EXPIRY_HINT = "an ISO 8601 time with a zone in the future (e.g. 2030-01-01T00:0
 def canonical_id(value: str) -> str:
     """A UUID the contract let through, in its canonical (lower-case) form."""
     return str(uuid.UUID(value))
+
+
+def address(value: str, field: str = "ip") -> str:
+    """A client's IPv4 or IPv6 address in its one canonical form (an IPv4-mapped IPv6 address
+    as IPv4), so one client cannot pass for many under the per-address limit; no zone id."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        ip = None
+    if ip is None or "%" in value:
+        raise IdentityInvalid(
+            f"{field} must be an IPv4 or IPv6 address (e.g. 192.0.2.1 or 2001:db8::1)", field=field
+        )
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)
 
 
 def email(value: str) -> str:

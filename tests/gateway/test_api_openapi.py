@@ -58,6 +58,10 @@ async def test_served_document_covers_the_production_table(
         "/backups/{snapshot_id}/restore", "/backups/{snapshot_id}/clone",
         "/backups/{snapshot_id}/verify",
         "/app-updates/settings", "/app-updates/pending", "/apps/{app_id}/auto-update",
+        "/mail/domains", "/mail/domains/{domain}", "/mail/domains/{domain}/catch-all",
+        "/mail/domains/{domain}/addresses/{local_part}", "/mail/mailboxes/{user_id}",
+        "/mail/mailboxes/{user_id}/quota", "/mail/dnsbl", "/mail/status", "/profile/mail",
+        "/profile/mail/app-passwords", "/profile/mail/app-passwords/{password_id}",
         "/platform/updates", "/platform/updates/check", "/platform/updates/settings",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]

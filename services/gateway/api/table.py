@@ -11,6 +11,7 @@ from services.gateway.api.handlers import (
     domains,
     groups,
     identity,
+    mail,
     metrics,
     platform,
     platform_updates,
@@ -37,6 +38,7 @@ _MODULES = (
     backups,
     domains,
     certificates,
+    mail,
     metrics,
 )
 

@@ -1,0 +1,102 @@
+"""The wire contract of the mail service: mail domains, extra addresses, quotas, app passwords,
+block lists; the views of a domain, of a person's mailbox and of the servers.
+
+Callers: the gateway (everything: administrators manage domains and addresses, a person their
+own app passwords; the gateway's route table decides who may call what). The service checks
+what only it knows: that dns manages the domain, that the accounts and groups exist, that an
+address is free.
+"""
+
+from __future__ import annotations
+
+from libs.contracts import Contract
+from libs.contracts.common import uuid
+from libs.contracts.dns import DOMAIN
+from libs.contracts.schema import array, boolean, integer, nullable, obj, string
+
+__all__ = [
+    "CONTRACT",
+    "LOCAL_PART",
+    "LOCAL_PART_PATTERN",
+    "MAX_ALIAS_USERS",
+    "MAX_DNSBL",
+    "MAX_QUOTA",
+]
+
+# Letters, digits and . _ - (no leading or trailing dot, no '+': it separates a tag).
+LOCAL_PART_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$"
+MAX_ALIAS_USERS = 100
+MAX_DNSBL = 20
+MAX_QUOTA = 1 << 50  # 1 PiB: beyond any disk; a bigger number is a typo
+
+LOCAL_PART = string(
+    maxLength=64,
+    pattern=LOCAL_PART_PATTERN,
+    description="the part before @: lower-case letters, digits, '.', '_' or '-' (no '+')",
+)
+_USER_ID = uuid(description="an account id (UUID)")
+_BY_DOMAIN = obj({"domain": DOMAIN}, required=["domain"])
+_BY_USER = obj({"user_id": _USER_ID}, required=["user_id"])
+_ZONE = string(
+    maxLength=253,
+    pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$",
+    description="a DNS block list zone, e.g. zen.spamhaus.org",
+)
+
+CONTRACT = Contract(
+    "mail",
+    commands={
+        "enable_domain": _BY_DOMAIN,
+        "disable_domain": _BY_DOMAIN,
+        "set_catch_all": obj(
+            {"domain": DOMAIN, "user_id": nullable(_USER_ID)}, required=["domain", "user_id"]
+        ),
+        "set_address": obj(
+            {
+                "domain": DOMAIN,
+                "local_part": LOCAL_PART,
+                "kind": string(enum=["alias", "list"]),
+                "user_ids": array(_USER_ID, maxItems=MAX_ALIAS_USERS),
+                "group_id": nullable(uuid(description="a group id (UUID)")),
+            },
+            required=["domain", "local_part", "kind"],
+        ),
+        "remove_address": obj(
+            {"domain": DOMAIN, "local_part": LOCAL_PART}, required=["domain", "local_part"]
+        ),
+        "set_quota": obj(
+            {
+                "user_id": _USER_ID,
+                "quota_bytes": nullable(
+                    integer(minimum=1 << 20, maximum=MAX_QUOTA, description="bytes, 1 MiB or more")
+                ),
+            },
+            required=["user_id", "quota_bytes"],
+        ),
+        "create_app_password": obj(
+            {
+                "user_id": _USER_ID,
+                "label": string(
+                    minLength=1,
+                    maxLength=100,
+                    pattern=r"^[^\x00-\x1f\x7f]*$",
+                    description="what it is for, e.g. phone (1 to 100 characters)",
+                ),
+            },
+            required=["user_id", "label"],
+        ),
+        "revoke_app_password": obj(
+            {"user_id": _USER_ID, "password_id": uuid(description="an app password id")},
+            required=["user_id", "password_id"],
+        ),
+        "set_dnsbl": obj({"zones": array(_ZONE, maxItems=MAX_DNSBL)}, required=["zones"]),
+    },
+    queries={
+        "domains": obj({}),
+        "domain": _BY_DOMAIN,
+        "mailbox": _BY_USER,
+        # wait: answer after a round of the sync that began after this query (all changes
+        # made before it are then in the servers' configuration, or in last_error)
+        "status": obj({"wait": boolean()}),
+    },
+)

@@ -1,0 +1,281 @@
+"""Mail: domains mail is on for, their extra addresses, quotas, block lists; a person's own
+addresses and app passwords.
+
+The mail service owns the rules (dns must manage the domain, accounts and groups must exist,
+an address is taken once); the schemas here refuse malformed input first. An app password
+appears in one answer only, the one that creates it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from libs.contracts.dns import DOMAIN
+from libs.contracts.mail import CONTRACT as MAIL
+from libs.contracts.mail import LOCAL_PART
+from libs.contracts.schema import array, boolean, integer, nullable, obj, string
+from services.gateway.api.bodies import command_body
+from services.gateway.api.routes import Access, Call, Reply, Routes
+
+__all__ = ["routes"]
+
+routes = Routes("mail")
+
+# Turning mail on makes a 2048-bit DKIM key; the servers are reconfigured in the background.
+_TIMEOUT = 30.0
+
+USER_ID = string(format="uuid", description="an account id (UUID)")
+DOMAIN_PATH = obj({"domain": DOMAIN}, required=["domain"])
+ADDRESS_PATH = obj({"domain": DOMAIN, "local_part": LOCAL_PART}, required=["domain", "local_part"])
+USER_PATH = obj({"user_id": USER_ID}, required=["user_id"])
+PASSWORD_PATH = obj(
+    {"password_id": string(format="uuid", description="an app password id")},
+    required=["password_id"],
+)
+
+ENABLE_BODY = command_body(MAIL, "enable_domain")
+CATCH_ALL_BODY = command_body(
+    MAIL,
+    "set_catch_all",
+    without=["domain"],
+    notes={"user_id": {"description": "whose mailbox gets mail to unknown addresses; null: off"}},
+)
+ADDRESS_BODY = command_body(
+    MAIL,
+    "set_address",
+    without=["domain", "local_part"],
+    notes={
+        "kind": {"description": "alias (to accounts) or list (to a group's members)"},
+        "user_ids": {"description": "alias: the accounts that receive it and may send as it"},
+        "group_id": {"description": "list: the group whose members receive it"},
+    },
+)
+QUOTA_BODY = command_body(MAIL, "set_quota", without=["user_id"])
+DNSBL_BODY = command_body(MAIL, "set_dnsbl")
+APP_PASSWORD_BODY = command_body(MAIL, "create_app_password", without=["user_id"])
+
+RECORD = obj(
+    {"name": string(), "type": string(), "values": array(string())},
+    required=["name", "type", "values"],
+)
+ADDRESS = obj(
+    {
+        "address": string(),
+        "local_part": string(),
+        "kind": string(),
+        "user_ids": array(string(format="uuid")),
+        "group_id": nullable(string(format="uuid")),
+    },
+    required=["address", "kind"],
+    additional=True,
+)
+VIEW = obj(
+    {
+        "domain": string(),
+        "enabled": boolean(),
+        "primary": boolean(description="mailboxes live at this domain"),
+        "selector": string(description="the DKIM selector"),
+        "catch_all": nullable(string(format="uuid")),
+        "addresses": array(ADDRESS),
+        "records": array(RECORD, description="the DNS records mail for the domain needs"),
+    },
+    required=["domain", "enabled", "records"],
+    additional=True,
+)
+VIEWS = obj({"items": array(VIEW)}, required=["items"])
+APP_PASSWORD = obj(
+    {
+        "password_id": string(format="uuid"),
+        "label": string(),
+        "created_at": string(format="date-time"),
+        "last_used_at": nullable(string(format="date-time")),
+    },
+    required=["password_id", "label"],
+    additional=True,
+)
+MAILBOX = obj(
+    {
+        "user_id": string(format="uuid"),
+        "address": nullable(string(description="the mailbox's address (also the mail login)")),
+        "addresses": array(string(), description="every address that delivers here"),
+        "quota_bytes": nullable(integer()),
+        "app_passwords": array(APP_PASSWORD),
+    },
+    required=["user_id", "addresses", "app_passwords"],
+    additional=True,
+)
+CREATED_PASSWORD = obj(
+    {
+        "password_id": string(format="uuid"),
+        "label": string(),
+        "password": string(description="shown only in this answer, never again"),
+    },
+    required=["password_id", "password"],
+)
+STATUS = obj({"running": boolean(), "last_error": nullable(string())}, additional=True)
+
+
+@routes.get("/mail/domains", access=Access.admin, summary="Mail domains", responses={200: VIEWS})
+async def mail_list_domains(call: Call) -> Any:
+    return await call.ask("mail", "domains", {})
+
+
+@routes.post(
+    "/mail/domains",
+    access=Access.admin,
+    summary="Turn mail on for a domain",
+    description=(
+        "The domain must be one Homeport manages (404 otherwise); makes its DKIM key and has the "
+        "DNS records and the mail host's certificate set up. Answers 409 when mail is on."
+    ),
+    body=ENABLE_BODY,
+    responses={201: obj({"domain": string(), "enabled": boolean()}, additional=True)},
+    problems=("conflict", "not_found"),
+)
+async def mail_enable_domain(call: Call) -> Any:
+    reply = await call.command("mail", "enable_domain", dict(call.body), timeout=_TIMEOUT)
+    return Reply(reply, status=201)
+
+
+@routes.get(
+    "/mail/domains/{domain}",
+    access=Access.admin,
+    summary="A mail domain: addresses and the DNS records it needs",
+    path_params=DOMAIN_PATH,
+    responses={200: VIEW},
+)
+async def mail_get_domain(call: Call) -> Any:
+    return await call.ask("mail", "domain", dict(call.path))
+
+
+@routes.delete(
+    "/mail/domains/{domain}",
+    access=Access.admin,
+    summary="Turn mail off for a domain (mailboxes and addresses are kept)",
+    path_params=DOMAIN_PATH,
+    responses={204: None},
+)
+async def mail_disable_domain(call: Call) -> Any:
+    await call.command("mail", "disable_domain", dict(call.path), timeout=_TIMEOUT)
+    return Reply(status=204)
+
+
+@routes.put(
+    "/mail/domains/{domain}/catch-all",
+    access=Access.admin,
+    summary="Deliver mail to unknown addresses of the domain to one mailbox (or stop)",
+    path_params=DOMAIN_PATH,
+    body=CATCH_ALL_BODY,
+    responses={200: obj({"domain": string(), "catch_all": nullable(string())})},
+)
+async def mail_set_catch_all(call: Call) -> Any:
+    return await call.command("mail", "set_catch_all", {**call.body, **call.path})
+
+
+@routes.put(
+    "/mail/domains/{domain}/addresses/{local_part}",
+    access=Access.admin,
+    summary="Set an alias or a group list",
+    description="Answers 409 when the address is an account's own.",
+    path_params=ADDRESS_PATH,
+    body=ADDRESS_BODY,
+    responses={200: ADDRESS},
+    problems=("conflict", "not_found"),
+)
+async def mail_set_address(call: Call) -> Any:
+    return await call.command("mail", "set_address", {**call.body, **call.path})
+
+
+@routes.delete(
+    "/mail/domains/{domain}/addresses/{local_part}",
+    access=Access.admin,
+    summary="Remove an alias or a list",
+    path_params=ADDRESS_PATH,
+    responses={204: None},
+)
+async def mail_remove_address(call: Call) -> Any:
+    await call.command("mail", "remove_address", dict(call.path))
+    return Reply(status=204)
+
+
+@routes.get(
+    "/mail/mailboxes/{user_id}",
+    access=Access.admin,
+    summary="An account's mailbox: addresses, quota, app passwords",
+    path_params=USER_PATH,
+    responses={200: MAILBOX},
+)
+async def mail_get_mailbox(call: Call) -> Any:
+    return await call.ask("mail", "mailbox", dict(call.path))
+
+
+@routes.put(
+    "/mail/mailboxes/{user_id}/quota",
+    access=Access.admin,
+    summary="Set the size limit of an account's mailbox (null: none)",
+    path_params=USER_PATH,
+    body=QUOTA_BODY,
+    responses={200: obj({"user_id": string(), "quota_bytes": nullable(integer())})},
+)
+async def mail_set_quota(call: Call) -> Any:
+    return await call.command("mail", "set_quota", {**call.body, **call.path})
+
+
+@routes.put(
+    "/mail/dnsbl",
+    access=Access.admin,
+    summary="The DNS block lists: mail from a client they list is refused",
+    body=DNSBL_BODY,
+    responses={200: obj({"zones": array(string())})},
+)
+async def mail_set_dnsbl(call: Call) -> Any:
+    return await call.command("mail", "set_dnsbl", dict(call.body))
+
+
+@routes.get(
+    "/mail/status",
+    access=Access.admin,
+    summary="Whether the mail servers run, and the last error",
+    responses={200: STATUS},
+)
+async def mail_status(call: Call) -> Any:
+    return await call.ask("mail", "status", {})
+
+
+# -- the caller's own mail ---------------------------------------------------------------------
+
+
+@routes.get(
+    "/profile/mail",
+    access=Access.user,
+    summary="The caller's addresses and app passwords",
+    responses={200: MAILBOX},
+)
+async def own_mail(call: Call) -> Any:
+    return await call.ask("mail", "mailbox", {"user_id": call.user.user_id})
+
+
+@routes.post(
+    "/profile/mail/app-passwords",
+    access=Access.user,
+    summary="Create an app password for a mail client (shown once)",
+    description="For mail clients of accounts that use TOTP (and anyone who wants one).",
+    body=APP_PASSWORD_BODY,
+    responses={201: CREATED_PASSWORD},
+)
+async def create_mail_app_password(call: Call) -> Any:
+    payload = {**call.body, "user_id": call.user.user_id}
+    return Reply(await call.command("mail", "create_app_password", payload), status=201)
+
+
+@routes.delete(
+    "/profile/mail/app-passwords/{password_id}",
+    access=Access.user,
+    summary="Revoke one of the caller's app passwords",
+    path_params=PASSWORD_PATH,
+    responses={204: None},
+)
+async def revoke_mail_app_password(call: Call) -> Any:
+    payload = {**call.path, "user_id": call.user.user_id}
+    await call.command("mail", "revoke_app_password", payload)
+    return Reply(status=204)

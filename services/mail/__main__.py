@@ -1,0 +1,108 @@
+"""python -m services.mail: mail domains, addresses and app passwords, and the mail servers.
+
+At start it opens the keyring (DKIM keys are sealed in the events), sets up its read model
+(schema `mail`, written inline with the events), starts the endpoint Dovecot asks about
+passwords (loopback, with a token made for this run), then the sync that keeps Postfix, Dovecot
+and rspamd true to the read model (run only while a domain has mail on), and serves its
+commands and queries. Stopping: the bus first, then the sync (which stops the servers), then
+the endpoint.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+
+from libs.contracts.mail import CONTRACT
+from libs.events.projection import ProjectionRunner
+from libs.events.wiring import connections, loop, opened_keyring, serve
+from libs.service.config import load_config
+from libs.service.runner import Service, main
+from services.mail.auth import AuthEndpoint, Directory
+from services.mail.commands import Commands
+from services.mail.config import MailConfig
+from services.mail.model import ServersSettings
+from services.mail.people import People
+from services.mail.projections import MailProjection
+from services.mail.queries import Queries
+from services.mail.sync import MailSync
+
+__all__ = ["build", "servers_settings"]
+
+_LOOPBACK = "127.0.0.1"
+_EMPTY = Directory(People(), frozenset(), None)
+
+
+def build(cfg: MailConfig | None = None) -> Service:
+    """The mail process: read model, auth endpoint, servers sync, bus."""
+    cfg = cfg if cfg is not None else load_config(MailConfig)
+    svc = Service("mail", cfg)
+    svc.use(partial(_parts, cfg))
+    return svc
+
+
+def servers_settings(cfg: MailConfig, *, auth_port: int, auth_token: str) -> ServersSettings:
+    """Where and how the servers run, from the configuration and this run's auth endpoint."""
+    return ServersSettings(
+        root=cfg.mail_root,
+        listen=cfg.mail_listen,
+        smtp_port=cfg.mail_smtp_port,
+        submission_port=cfg.mail_submission_port,
+        submissions_port=cfg.mail_submissions_port,
+        imaps_port=cfg.mail_imaps_port,
+        managesieve_port=cfg.mail_managesieve_port,
+        auth_url=f"http://{_LOOPBACK}:{auth_port}/auth",
+        auth_token=auth_token,
+        milter_port=cfg.mail_milter_port,
+        nameservers=cfg.mail_nameservers,
+        vmail_user=cfg.mail_vmail_user,
+    )
+
+
+@asynccontextmanager
+async def _parts(cfg: MailConfig, svc: Service) -> AsyncIterator[None]:
+    async with AsyncExitStack() as stack:
+        conn = await stack.enter_async_context(connections(svc))
+        keys = await stack.enter_async_context(opened_keyring(cfg.keyring))
+        await ProjectionRunner(MailProjection(), conn.store).setup()
+        bus = conn.client(default_timeout=cfg.identity_timeout)
+        token = secrets.token_urlsafe(32)
+        sync: MailSync | None = None
+        auth = AuthEndpoint(
+            pool=conn.store.pool,
+            bus=bus,
+            directory=lambda: sync.directory() if sync else _EMPTY,
+            token=token,
+            timeout=cfg.identity_timeout,
+        )
+        port = await auth.start(_LOOPBACK, cfg.mail_auth_port)
+        stack.push_async_callback(auth.stop)
+        servers = None
+        if cfg.mail_servers:
+            from services.mail.servers import MailServers  # the servers' adapter
+
+            settings = servers_settings(cfg, auth_port=port, auth_token=token)
+            servers = await stack.enter_async_context(MailServers(settings))
+        sync = MailSync(
+            pool=conn.store.pool,
+            keyring=keys,
+            bus=bus,
+            nc=conn.nc,
+            servers=servers,
+            hostname=cfg.mail_hostname,
+            events_prefix=cfg.events_prefix,
+            interval=cfg.mail_interval,
+            debounce=cfg.mail_debounce,
+            timeout=cfg.identity_timeout,
+        )
+        await stack.enter_async_context(loop(svc, "mail.sync", sync.run(), sync.stop))
+        commands = Commands(conn.store, keys, bus, changed=sync.kick, timeout=cfg.identity_timeout)
+        queries = Queries(conn.store.pool, keys, lambda: sync.applied, sync.status)
+        await stack.enter_async_context(serve(svc, conn.nc, CONTRACT, commands, queries))
+        yield
+
+
+if __name__ == "__main__":
+    main(build)

@@ -1,0 +1,332 @@
+"""Command handlers of the mail service: check, decide, record; the sync applies the result.
+
+The contract (`libs/contracts/mail.py`) has checked each payload's shape; the handlers check
+what only this service knows (dns manages the domain, the accounts and group exist, an address
+is free) and append to the stream at the version they read, applying the read model in the same
+transaction. Changes of one domain run one at a time in this process; the expected version
+refuses a second process meanwhile. After each change the sync is nudged (`changed`): the
+servers are brought up to date from the read model, never from the command's own idea.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import secrets
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from libs.events import context
+from libs.events.bus import BusClient, BusError
+from libs.events.errors import ConcurrencyError
+from libs.events.handlers import command
+from libs.events.inline import append_inline
+from libs.events.sealing import Keyring
+from libs.events.store import PostgresEventStore
+from services.mail import events as ev
+from services.mail.errors import (
+    InvalidRequest,
+    MailConflict,
+    MailForbidden,
+    MailNotFound,
+    MailServersError,
+)
+from services.mail.people import SYSTEM, People, read_people
+from services.mail.projections import MailProjection
+
+__all__ = ["APP_PASSWORD_BYTES", "Commands", "app_password_hash", "dkim_keypair"]
+
+APP_PASSWORD_BYTES = 32  # 256 random bits, shown once
+DKIM_BITS = 2048
+
+
+def app_password_hash(password: str) -> str:
+    """What is kept of an app password (random, so a fast hash is as good as a slow one)."""
+    return hashlib.sha256(password.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def dkim_keypair() -> tuple[str, str]:
+    """A new RSA 2048 DKIM key: (PKCS#8 PEM, base64 of the public SubjectPublicKeyInfo)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=DKIM_BITS)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem, base64.b64encode(public).decode()
+
+
+def _selector(now: datetime) -> str:
+    return f"hp{now:%Y%m}"
+
+
+class Commands:
+    """The command side: each `@command` method is one bus command of the mail service."""
+
+    def __init__(
+        self,
+        store: PostgresEventStore,
+        keyring: Keyring,
+        bus: BusClient,
+        *,
+        changed: Callable[[], None],
+        timeout: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.bus = bus
+        self.changed = changed
+        self.timeout = timeout
+        self._projection = MailProjection()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def _append(self, stream: str, new: Sequence[Any], expected: int | None) -> None:
+        try:
+            async with self.store.pool.acquire() as conn, conn.transaction():
+                await append_inline(self.store, conn, self._projection, stream, new, expected)
+        except ConcurrencyError:
+            raise MailConflict(
+                "someone else changed this at the same moment: look again and retry"
+            ) from None
+        except asyncpg.UniqueViolationError:
+            raise MailConflict("that is taken already: look again and retry") from None
+        self.changed()
+
+    async def _people(self) -> People:
+        try:
+            return await read_people(self.bus, wait=self.timeout)
+        except BusError as e:
+            raise MailServersError(f"identity did not answer, so nothing changed: {e}") from None
+
+    async def _domain(self, domain: str, *, enabled: bool = True) -> asyncpg.Record:
+        row = await self.store.pool.fetchrow("SELECT * FROM mail.domains WHERE domain = $1", domain)
+        if row is None or (enabled and not row["enabled"]):
+            raise MailNotFound(f"mail is not on for {domain}: turn it on first", field="domain")
+        return row
+
+    @staticmethod
+    def _admin() -> None:
+        if not context.current().is_admin:
+            raise MailForbidden("only an administrator may change mail settings")
+
+    @staticmethod
+    def _self_or_admin(user_id: str) -> None:
+        ctx = context.current()
+        if not ctx.is_admin and ctx.actor != user_id:
+            raise MailNotFound("no such account", field="user_id")
+
+    # -- domains -----------------------------------------------------------------------------
+
+    @command("enable_domain")
+    async def enable_domain(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self._admin()
+        domain: str = payload["domain"]
+        try:
+            await self.bus.query("dns", "domain", {"domain": domain}, ctx=SYSTEM)
+        except BusError as e:
+            if e.code == "not_found":
+                raise MailNotFound(
+                    f"Homeport does not manage {domain}: add it under Domains first",
+                    field="domain",
+                ) from None
+            raise MailServersError(f"the dns service did not answer: {e}") from None
+        stream = ev.domain_stream(domain)
+        async with self._lock(domain):
+            row = await self.store.pool.fetchrow(
+                "SELECT * FROM mail.domains WHERE domain = $1", domain
+            )
+            if row is not None and row["enabled"]:
+                raise MailConflict(f"mail is already on for {domain}", field="domain")
+            version = await self.store.stream_version(stream)
+            if row is not None:  # back on: the key it had
+                new = ev.MailDomainEnabled(
+                    domain=domain,
+                    selector=row["selector"],
+                    dkim_key=row["dkim_key"],
+                    dkim_public=row["dkim_public"],
+                )
+            else:
+                pem, public = await asyncio.to_thread(dkim_keypair)
+                sealed = await asyncio.to_thread(self.keyring.seal_for, stream, pem)
+                new = ev.MailDomainEnabled(
+                    domain=domain,
+                    selector=_selector(datetime.now(UTC)),
+                    dkim_key=sealed,
+                    dkim_public=public,
+                )
+            await self._append(stream, [new], version)
+        return {"domain": domain, "enabled": True, "selector": new.selector}
+
+    @command("disable_domain")
+    async def disable_domain(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self._admin()
+        domain: str = payload["domain"]
+        async with self._lock(domain):
+            await self._domain(domain)
+            stream = ev.domain_stream(domain)
+            version = await self.store.stream_version(stream)
+            await self._append(stream, [ev.MailDomainDisabled(domain=domain)], version)
+        return {"domain": domain, "enabled": False}
+
+    @command("set_catch_all")
+    async def set_catch_all(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self._admin()
+        domain: str = payload["domain"]
+        user_id: str | None = payload.get("user_id")
+        if user_id is not None:
+            user_id = str(uuid.UUID(user_id))
+            if user_id not in (await self._people()).by_id():
+                raise MailNotFound("no such account", field="user_id")
+        async with self._lock(domain):
+            await self._domain(domain)
+            stream = ev.domain_stream(domain)
+            version = await self.store.stream_version(stream)
+            await self._append(
+                stream, [ev.MailCatchAllSet(domain=domain, user_id=user_id)], version
+            )
+        return {"domain": domain, "catch_all": user_id}
+
+    # -- extra addresses ---------------------------------------------------------------------
+
+    @command("set_address")
+    async def set_address(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self._admin()
+        domain: str = payload["domain"]
+        local: str = payload["local_part"]
+        kind: str = payload["kind"]
+        people = await self._people()
+        user_ids: list[str] = []
+        group_id: str | None = None
+        if kind == "alias":
+            user_ids = sorted({str(uuid.UUID(u)) for u in payload.get("user_ids") or ()})
+            if not user_ids:
+                raise InvalidRequest("an alias needs one account or more", field="user_ids")
+            known = people.by_id()
+            missing = [u for u in user_ids if u not in known]
+            if missing:
+                raise MailNotFound(f"no account {missing[0]}", field="user_ids")
+        else:
+            if payload.get("group_id") is None:
+                raise InvalidRequest("a list needs a group", field="group_id")
+            group_id = str(uuid.UUID(payload["group_id"]))
+            if group_id not in people.groups:
+                raise MailNotFound("no such group", field="group_id")
+        if people.by_login(local) is not None:
+            raise MailConflict(f"{local}@{domain} is an account's own address", field="local_part")
+        async with self._lock(domain):
+            await self._domain(domain)
+            stream = ev.domain_stream(domain)
+            version = await self.store.stream_version(stream)
+            new = ev.MailAddressSet(
+                domain=domain, local_part=local, kind=kind, user_ids=user_ids, group_id=group_id
+            )
+            await self._append(stream, [new], version)
+        return {
+            "address": f"{local}@{domain}",
+            "kind": kind,
+            "user_ids": user_ids,
+            "group_id": group_id,
+        }
+
+    @command("remove_address")
+    async def remove_address(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self._admin()
+        domain: str = payload["domain"]
+        local: str = payload["local_part"]
+        async with self._lock(domain):
+            await self._domain(domain, enabled=False)
+            found = await self.store.pool.fetchval(
+                "SELECT 1 FROM mail.addresses WHERE domain = $1 AND local_part = $2", domain, local
+            )
+            if found is None:
+                raise MailNotFound(f"no address {local}@{domain}", field="local_part")
+            stream = ev.domain_stream(domain)
+            version = await self.store.stream_version(stream)
+            new = ev.MailAddressRemoved(domain=domain, local_part=local)
+            await self._append(stream, [new], version)
+        return {"address": f"{local}@{domain}", "removed": True}
+
+    # -- mailboxes ---------------------------------------------------------------------------
+
+    @command("set_quota")
+    async def set_quota(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self._admin()
+        user_id = str(uuid.UUID(payload["user_id"]))
+        quota: int | None = payload.get("quota_bytes")
+        if user_id not in (await self._people()).by_id():
+            raise MailNotFound("no such account", field="user_id")
+        async with self._lock(user_id):
+            stream = ev.mailbox_stream(user_id)
+            version = await self.store.stream_version(stream)
+            await self._append(
+                stream, [ev.MailQuotaSet(user_id=user_id, quota_bytes=quota)], version
+            )
+        return {"user_id": user_id, "quota_bytes": quota}
+
+    @command("create_app_password")
+    async def create_app_password(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        user_id = str(uuid.UUID(payload["user_id"]))
+        self._self_or_admin(user_id)
+        if user_id not in (await self._people()).by_id():
+            raise MailNotFound("no such account", field="user_id")
+        password = secrets.token_urlsafe(APP_PASSWORD_BYTES)
+        password_id = str(uuid.uuid4())
+        stream = ev.mailbox_stream(user_id)
+        label = await asyncio.to_thread(self.keyring.seal_for, stream, payload["label"])
+        async with self._lock(user_id):
+            version = await self.store.stream_version(stream)
+            new = ev.MailAppPasswordCreated(
+                user_id=user_id,
+                password_id=password_id,
+                label=label,
+                hash=app_password_hash(password),
+            )
+            await self._append(stream, [new], version)
+        return {"password_id": password_id, "label": payload["label"], "password": password}
+
+    @command("revoke_app_password")
+    async def revoke_app_password(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        user_id = str(uuid.UUID(payload["user_id"]))
+        password_id = str(uuid.UUID(payload["password_id"]))
+        self._self_or_admin(user_id)
+        async with self._lock(user_id):
+            live = await self.store.pool.fetchval(
+                "SELECT revoked_at IS NULL FROM mail.app_passwords"
+                " WHERE password_id = $1 AND user_id = $2",
+                password_id,
+                user_id,
+            )
+            if live is None:
+                raise MailNotFound("no such app password", field="password_id")
+            if live:
+                stream = ev.mailbox_stream(user_id)
+                version = await self.store.stream_version(stream)
+                new = ev.MailAppPasswordRevoked(user_id=user_id, password_id=password_id)
+                await self._append(stream, [new], version)
+        return {"password_id": password_id, "revoked": True}
+
+    # -- settings ----------------------------------------------------------------------------
+
+    @command("set_dnsbl")
+    async def set_dnsbl(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self._admin()
+        zones = list(dict.fromkeys(payload["zones"]))
+        async with self._lock(ev.SETTINGS_STREAM):
+            version = await self.store.stream_version(ev.SETTINGS_STREAM)
+            await self._append(ev.SETTINGS_STREAM, [ev.MailDnsblSet(zones=zones)], version)
+        return {"zones": zones}

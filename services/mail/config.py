@@ -1,0 +1,63 @@
+"""Mail service configuration, read once from HP_* environment variables.
+
+The ports default to the standard ones of a server; the local stack gives high loopback ports
+(deploy/planning.py). Nothing secret lives here: DKIM keys and relay passwords are sealed in the
+events, app passwords are kept as hashes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from libs.events.relay import DEFAULT_PREFIX
+from libs.service.config import ServiceConfig, check
+
+__all__ = ["MailConfig"]
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _port(v: int) -> bool:
+    return 0 <= v <= 65535
+
+
+def _user(v: str) -> bool:
+    return re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", v) is not None
+
+
+@dataclass(frozen=True)
+class MailConfig(ServiceConfig):
+    """Where the mail servers listen and keep their state, and how the service follows changes."""
+
+    events_prefix: str = DEFAULT_PREFIX
+    # State of the servers: generations of configuration, queue, mail store (default
+    # <data_dir>/mail).
+    mail_dir: Path | None = None
+    # Run Postfix, Dovecot and rspamd (they need root); off: only decide and record.
+    mail_servers: bool = True
+    mail_listen: tuple[str, ...] = ("127.0.0.1",)
+    mail_smtp_port: int = field(default=25, metadata=check(_port, "a port 0-65535"))
+    mail_submission_port: int = field(default=587, metadata=check(_port, "a port 0-65535"))
+    mail_submissions_port: int = field(default=465, metadata=check(_port, "a port 0-65535"))
+    mail_imaps_port: int = field(default=993, metadata=check(_port, "a port 0-65535"))
+    mail_managesieve_port: int = field(default=4190, metadata=check(_port, "a port 0-65535"))
+    mail_milter_port: int = field(default=11332, metadata=check(_port, "a port 0-65535"))
+    # Dovecot asks the service about every password here (loopback; 0: any free port).
+    mail_auth_port: int = field(default=0, metadata=check(_port, "a port 0-65535"))
+    # rspamd's resolvers ("127.0.0.1:53"); none: the system's.
+    mail_nameservers: tuple[str, ...] = ()
+    mail_vmail_user: str = field(default="mail", metadata=check(_user, "a system user name"))
+    # The servers' name when no domain has mail yet (then mail.<first domain>).
+    mail_hostname: str = "mail.localhost"
+    # A change is applied at once; this is the safety net for a missed nudge.
+    mail_interval: float = field(default=60.0, metadata=check(_positive, "seconds > 0"))
+    mail_debounce: float = field(default=0.2, metadata=check(_positive, "seconds > 0"))
+    identity_timeout: float = field(default=10.0, metadata=check(_positive, "seconds > 0"))
+
+    @property
+    def mail_root(self) -> Path:
+        return self.mail_dir if self.mail_dir is not None else self.data_dir / "mail"

@@ -1,0 +1,148 @@
+"""The events of the mail service.
+
+Streams: `maildomain-<domain>` holds one mail domain's life (on, off, its DKIM key, catch-all,
+aliases and group lists); `mailbox-<user_id>` what the mail service keeps of one person (quota,
+app passwords); `mail-settings` the platform's DNS block lists. Never a message, a subject or an
+address-book entry. DKIM private keys are sealed with the key of subject `maildomain-<domain>`;
+an app password is kept only as the SHA-256 of its 256 random bits, its label sealed like a key.
+Summaries are stored in clear: they name domains, local parts and ids, never a person's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from libs.events.registry import REGISTRY
+
+__all__ = [
+    "DOMAIN_CATEGORY",
+    "MAILBOX_CATEGORY",
+    "SETTINGS_STREAM",
+    "MailAddressRemoved",
+    "MailAddressSet",
+    "MailAppPasswordCreated",
+    "MailAppPasswordRevoked",
+    "MailCatchAllSet",
+    "MailDnsblSet",
+    "MailDomainDisabled",
+    "MailDomainEnabled",
+    "MailQuotaSet",
+    "domain_stream",
+    "mailbox_stream",
+]
+
+DOMAIN_CATEGORY = "maildomain"
+MAILBOX_CATEGORY = "mailbox"
+SETTINGS_STREAM = "mail-settings"
+
+
+def domain_stream(domain: str) -> str:
+    """`maildomain-example.org`; also the subject its DKIM key is sealed for."""
+    return f"{DOMAIN_CATEGORY}-{domain}"
+
+
+def mailbox_stream(user_id: str) -> str:
+    return f"{MAILBOX_CATEGORY}-{user_id}"
+
+
+@REGISTRY.event("MailDomainEnabled")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailDomainEnabled:
+    domain: str
+    selector: str  # DKIM selector: <selector>._domainkey.<domain>
+    dkim_key: str  # the RSA private key (PKCS#8 PEM), sealed
+    dkim_public: str  # base64 of the public key (SubjectPublicKeyInfo DER): the record's p=
+
+    def summary(self) -> str:
+        return f"mail turned on for {self.domain} (DKIM selector {self.selector})"
+
+
+@REGISTRY.event("MailDomainDisabled")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailDomainDisabled:
+    domain: str
+
+    def summary(self) -> str:
+        return f"mail turned off for {self.domain}"
+
+
+@REGISTRY.event("MailCatchAllSet")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailCatchAllSet:
+    domain: str
+    user_id: str | None  # whose mailbox receives mail to unknown addresses; None: refused
+
+    def summary(self) -> str:
+        if self.user_id is None:
+            return f"catch-all of {self.domain} turned off"
+        return f"catch-all of {self.domain} delivers to account {self.user_id[:8]}"
+
+
+@REGISTRY.event("MailAddressSet")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailAddressSet:
+    """An extra address: an alias to accounts, or a list that delivers to a group's members."""
+
+    domain: str
+    local_part: str
+    kind: str  # "alias" or "list"
+    user_ids: list[str]  # alias: who receives (and may send as it)
+    group_id: str | None  # list: the group whose members receive (and may send as it)
+
+    def summary(self) -> str:
+        if self.kind == "list":
+            return f"{self.local_part}@{self.domain} delivers to the members of a group"
+        n = len(self.user_ids)
+        return f"{self.local_part}@{self.domain} delivers to {n} account{'s' if n != 1 else ''}"
+
+
+@REGISTRY.event("MailAddressRemoved")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailAddressRemoved:
+    domain: str
+    local_part: str
+
+    def summary(self) -> str:
+        return f"{self.local_part}@{self.domain} removed"
+
+
+@REGISTRY.event("MailQuotaSet")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailQuotaSet:
+    user_id: str
+    quota_bytes: int | None  # None: no limit
+
+    def summary(self) -> str:
+        limit = "no limit" if self.quota_bytes is None else f"{self.quota_bytes} bytes"
+        return f"mailbox quota of account {self.user_id[:8]}: {limit}"
+
+
+@REGISTRY.event("MailAppPasswordCreated")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailAppPasswordCreated:
+    user_id: str
+    password_id: str
+    label: str  # sealed
+    hash: str  # sha256 hex of the password (256 random bits: a slow hash would add nothing)
+
+    def summary(self) -> str:
+        return f"app password {self.password_id[:8]} created for account {self.user_id[:8]}"
+
+
+@REGISTRY.event("MailAppPasswordRevoked")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailAppPasswordRevoked:
+    user_id: str
+    password_id: str
+
+    def summary(self) -> str:
+        return f"app password {self.password_id[:8]} of account {self.user_id[:8]} revoked"
+
+
+@REGISTRY.event("MailDnsblSet")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailDnsblSet:
+    zones: list[str]  # DNS block list zones: a client they list is refused
+
+    def summary(self) -> str:
+        return "DNS block lists: " + (", ".join(self.zones) if self.zones else "none")

@@ -1,0 +1,95 @@
+"""What the mail servers are told: one frozen value, decided from the read models, rendered whole.
+
+`MailModel` is everything Postfix, Dovecot and rspamd must know about domains and people; the
+commands and projections decide it, `render.py` turns it into configuration files, `servers.py`
+checks, swaps and reloads them. Where the servers listen, which users they run as and where they
+keep their state is `ServersSettings`, fixed for the life of the process (from MailConfig).
+
+Addresses are lower-case `local@domain`. Logins are what a person types to sign in (the platform
+username); Dovecot's auth (through the mail service) turns a login into the mailbox's address,
+which is the user name every server uses from then on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["DkimKey", "MailDomain", "MailModel", "Mailbox", "Relay", "ServersSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """A domain's DKIM signing key: `selector._domainkey.<domain>` publishes its public half."""
+
+    selector: str
+    private_pem: str  # PKCS#8 PEM, RSA 2048; written 0600 for rspamd only, never logged
+
+
+@dataclass(frozen=True, slots=True)
+class MailDomain:
+    """A domain mail is on for."""
+
+    name: str
+    dkim: DkimKey | None = None
+    catch_all: str | None = None  # address that receives mail to unknown local parts
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """One person's mailbox: where their mail is kept, and who may sign in to it."""
+
+    address: str  # username@primary-domain: the name every server uses for it
+    login: str  # the platform username (SASL/IMAP login, as typed, lower-cased)
+    folder: str  # the folder name under the mail store (the user id: renames move nothing)
+    quota_bytes: int | None = None  # None: no limit
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """An outbound smart host; all mail to other domains leaves through it."""
+
+    host: str
+    port: int
+    tls: str  # "starttls" or "tls" (implicit)
+    username: str | None = None
+    password: str | None = None  # never logged; written 0600 for Postfix only
+
+
+@dataclass(frozen=True, slots=True)
+class MailModel:
+    """Everything the servers are configured from; equal models render equal files."""
+
+    hostname: str  # mail.<first domain>: Postfix's myhostname, the TLS certificate's name
+    domains: tuple[MailDomain, ...] = ()
+    mailboxes: tuple[Mailbox, ...] = ()
+    # address -> the addresses it delivers to (extra addresses, aliases, lists, other domains'
+    # username@ addresses); targets are mailbox addresses or outside addresses
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # address -> the logins that may use it as sender (their own, their aliases, lists they
+    # are in); an address of a local domain missing here may be used by nobody
+    senders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    dnsbl: tuple[str, ...] = ()  # DNS block list zones: a listed client is refused
+    relay: Relay | None = None
+    tls_cert: Path | None = None  # PEM chain for `hostname`; None: a self-signed fallback
+    tls_key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServersSettings:
+    """Where the servers run: fixed for the process (from MailConfig)."""
+
+    root: Path  # state: generations/, conf -> generations/gN, queue, mail store, run dirs
+    listen: tuple[str, ...] = ("127.0.0.1",)  # addresses every mail port binds
+    smtp_port: int = 25  # MX: mail from the world, for local domains only
+    submission_port: int = 587  # STARTTLS, AUTH required
+    submissions_port: int = 465  # implicit TLS, AUTH required
+    imaps_port: int = 993
+    managesieve_port: int = 4190
+    auth_url: str = "http://127.0.0.1:7480/auth"  # the mail service's endpoint for Dovecot
+    auth_token: str = ""  # sent by Dovecot's auth with every check; 32+ random characters
+    milter_port: int = 11332  # rspamd's proxy (milter) on 127.0.0.1
+    nameservers: tuple[str, ...] = ()  # rspamd's DNS ("127.0.0.1:5300"); () = the system's
+    vmail_user: str = "mail"  # owns the mail store; Dovecot delivers and reads as it
+    rspamd_user: str = "_rspamd"

@@ -1,0 +1,155 @@
+"""The mail read model (schema `mail`), written inline with the events it reflects.
+
+Commands append and apply in one transaction (libs/events/inline.py): the primary key of
+`mail.addresses` refuses an address taken twice, the unique hash of `mail.app_passwords` a
+password recorded twice, in the transaction that would have recorded the event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import asyncpg
+
+from libs.events.envelope import RecordedEvent
+from libs.events.projection import Projection, register_projection
+from services.mail.events import DOMAIN_CATEGORY, MAILBOX_CATEGORY, SETTINGS_STREAM
+
+__all__ = ["MailProjection"]
+
+Data = Mapping[str, Any]
+_CATEGORIES = frozenset({DOMAIN_CATEGORY, MAILBOX_CATEGORY})
+
+
+@register_projection
+class MailProjection(Projection):
+    """Mail domains, extra addresses, quotas, app passwords and block lists."""
+
+    name: ClassVar[str] = "mail"
+    schema: ClassVar[str] = "mail"
+    subject: ClassVar[str] = ">"
+    migrations: ClassVar[Path | None] = Path(__file__).parent / "migrations"
+
+    def wants(self, event: RecordedEvent) -> bool:
+        return event.category in _CATEGORIES or event.stream == SETTINGS_STREAM
+
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            "TRUNCATE mail.domains, mail.addresses, mail.mailboxes, mail.app_passwords,"
+            " mail.settings"
+        )
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        for ev in events:
+            if self.wants(ev):
+                await _APPLY[ev.type](conn, ev.data, ev)
+
+
+async def _enabled(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "INSERT INTO mail.domains (domain, enabled, selector, dkim_key, dkim_public, enabled_at,"
+        " updated_at) VALUES ($1, true, $2, $3, $4, $5, $5)"
+        " ON CONFLICT (domain) DO UPDATE SET enabled = true, selector = $2, dkim_key = $3,"
+        " dkim_public = $4, enabled_at = $5, updated_at = $5",
+        d["domain"],
+        d["selector"],
+        d["dkim_key"],
+        d["dkim_public"],
+        r.recorded_at,
+    )
+
+
+async def _disabled(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "UPDATE mail.domains SET enabled = false, updated_at = $2 WHERE domain = $1",
+        d["domain"],
+        r.recorded_at,
+    )
+
+
+async def _catch_all(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "UPDATE mail.domains SET catch_all = $2, updated_at = $3 WHERE domain = $1",
+        d["domain"],
+        d["user_id"],
+        r.recorded_at,
+    )
+
+
+async def _address_set(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "INSERT INTO mail.addresses (domain, local_part, kind, user_ids, group_id, updated_at)"
+        " VALUES ($1, $2, $3, $4::uuid[], $5, $6)"
+        " ON CONFLICT (domain, local_part) DO UPDATE SET kind = $3, user_ids = $4::uuid[],"
+        " group_id = $5, updated_at = $6",
+        d["domain"],
+        d["local_part"],
+        d["kind"],
+        d["user_ids"],
+        d["group_id"],
+        r.recorded_at,
+    )
+
+
+async def _address_removed(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "DELETE FROM mail.addresses WHERE domain = $1 AND local_part = $2",
+        d["domain"],
+        d["local_part"],
+    )
+
+
+async def _quota(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "INSERT INTO mail.mailboxes (user_id, quota_bytes, updated_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (user_id) DO UPDATE SET quota_bytes = $2, updated_at = $3",
+        d["user_id"],
+        d["quota_bytes"],
+        r.recorded_at,
+    )
+
+
+async def _password_created(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "INSERT INTO mail.app_passwords (password_id, user_id, label, hash, created_at)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        d["password_id"],
+        d["user_id"],
+        d["label"],
+        d["hash"],
+        r.recorded_at,
+    )
+
+
+async def _password_revoked(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "UPDATE mail.app_passwords SET revoked_at = $2 WHERE password_id = $1"
+        " AND revoked_at IS NULL",
+        d["password_id"],
+        r.recorded_at,
+    )
+
+
+async def _dnsbl(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "INSERT INTO mail.settings (id, dnsbl, updated_at) VALUES (true, $1::jsonb, $2)"
+        " ON CONFLICT (id) DO UPDATE SET dnsbl = $1::jsonb, updated_at = $2",
+        json.dumps(d["zones"]),
+        r.recorded_at,
+    )
+
+
+_APPLY: Mapping[str, Callable[[asyncpg.Connection, Data, RecordedEvent], Awaitable[None]]] = {
+    "MailDomainEnabled": _enabled,
+    "MailDomainDisabled": _disabled,
+    "MailCatchAllSet": _catch_all,
+    "MailAddressSet": _address_set,
+    "MailAddressRemoved": _address_removed,
+    "MailQuotaSet": _quota,
+    "MailAppPasswordCreated": _password_created,
+    "MailAppPasswordRevoked": _password_revoked,
+    "MailDnsblSet": _dnsbl,
+}

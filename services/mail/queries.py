@@ -1,0 +1,149 @@
+"""Query handlers of the mail service: domains with the DNS records they need, a person's
+mailbox, the servers' state."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import asyncpg
+
+from libs.events import context
+from libs.events.handlers import query
+from libs.events.sealing import Keyring, SealingError
+from services.mail.errors import MailNotFound
+from services.mail.model import MailModel
+
+__all__ = ["Queries", "expected_records"]
+
+
+def expected_records(domain: str, primary: str, selector: str, public: str) -> list[dict[str, Any]]:
+    """The records mail for `domain` needs (MX to the primary domain's mail host, SPF, DKIM,
+    DMARC), as dns takes them (TXT text unquoted: dns splits it into 255-byte strings); the
+    sync writes them through the dns service as owner `mail`."""
+    return [
+        {"name": domain, "type": "MX", "values": [f"10 mail.{primary}"]},
+        {"name": domain, "type": "TXT", "values": ["v=spf1 mx -all"]},
+        {
+            "name": f"{selector}._domainkey.{domain}",
+            "type": "TXT",
+            "values": [f"v=DKIM1; k=rsa; p={public}"],
+        },
+        {
+            "name": f"_dmarc.{domain}",
+            "type": "TXT",
+            "values": ["v=DMARC1; p=quarantine; adkim=s; aspf=s"],
+        },
+    ]
+
+
+class Queries:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        keyring: Keyring,
+        model: Callable[[], MailModel | None],
+        status: Callable[[bool], Awaitable[dict[str, Any]]],
+    ) -> None:
+        self.pool = pool
+        self.keyring = keyring
+        self.model = model
+        self._status = status
+
+    async def _primary(self) -> str | None:
+        value = await self.pool.fetchval(
+            "SELECT domain FROM mail.domains WHERE enabled ORDER BY enabled_at, domain LIMIT 1"
+        )
+        return None if value is None else str(value)
+
+    async def _view(self, row: asyncpg.Record, primary: str | None) -> dict[str, Any]:
+        addresses = await self.pool.fetch(
+            "SELECT * FROM mail.addresses WHERE domain = $1 ORDER BY local_part", row["domain"]
+        )
+        return {
+            "domain": row["domain"],
+            "enabled": row["enabled"],
+            "primary": row["domain"] == primary,
+            "selector": row["selector"],
+            "catch_all": None if row["catch_all"] is None else str(row["catch_all"]),
+            "addresses": [
+                {
+                    "address": f"{a['local_part']}@{a['domain']}",
+                    "local_part": a["local_part"],
+                    "kind": a["kind"],
+                    "user_ids": [str(u) for u in a["user_ids"]],
+                    "group_id": None if a["group_id"] is None else str(a["group_id"]),
+                }
+                for a in addresses
+            ],
+            "records": (
+                expected_records(row["domain"], primary, row["selector"], row["dkim_public"])
+                if row["enabled"] and primary
+                else []
+            ),
+        }
+
+    @query("domains")
+    async def domains(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        primary = await self._primary()
+        rows = await self.pool.fetch("SELECT * FROM mail.domains ORDER BY enabled_at, domain")
+        return {"items": [await self._view(r, primary) for r in rows]}
+
+    @query("domain")
+    async def domain(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM mail.domains WHERE domain = $1", payload["domain"]
+        )
+        if row is None:
+            raise MailNotFound(f"mail was never on for {payload['domain']}", field="domain")
+        return await self._view(row, await self._primary())
+
+    @query("mailbox")
+    async def mailbox(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        user_id = str(uuid.UUID(payload["user_id"]))
+        ctx = context.current()
+        if not ctx.is_admin and ctx.actor != user_id:
+            raise MailNotFound("no such account", field="user_id")
+        model = self.model()
+        box = next((m for m in model.mailboxes if m.folder == user_id), None) if model else None
+        addresses: list[str] = []
+        if model is not None and box is not None:
+            mine = sorted(a for a, targets in model.aliases.items() if box.address in targets)
+            addresses = [box.address, *mine]
+        quota = await self.pool.fetchval(
+            "SELECT quota_bytes FROM mail.mailboxes WHERE user_id = $1", user_id
+        )
+        rows = await self.pool.fetch(
+            "SELECT * FROM mail.app_passwords WHERE user_id = $1 AND revoked_at IS NULL"
+            " ORDER BY created_at",
+            user_id,
+        )
+        passwords = []
+        for r in rows:
+            try:
+                label = await asyncio.to_thread(self.keyring.unseal_str, r["label"])
+            except SealingError:
+                label = "(unreadable)"
+            passwords.append(
+                {
+                    "password_id": str(r["password_id"]),
+                    "label": label,
+                    "created_at": r["created_at"].isoformat(),
+                    "last_used_at": None
+                    if r["last_used_at"] is None
+                    else r["last_used_at"].isoformat(),
+                }
+            )
+        return {
+            "user_id": user_id,
+            "address": box.address if box else None,
+            "addresses": addresses,
+            "quota_bytes": quota,
+            "app_passwords": passwords,
+        }
+
+    @query("status")
+    async def status(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._status(bool(payload.get("wait")))

@@ -1,0 +1,263 @@
+"""Keeps the mail servers true to the platform, as the edge keeps nginx (services/gateway/edge).
+
+It follows the events that change who gets mail (accounts and groups, identity's; mail domains,
+addresses and quotas, this service's own, which also nudge it directly) and reconciles at once,
+a burst once (`debounce`); every `interval` seconds it reconciles anyway. An event is only a
+nudge: each round reads the whole picture again (the read model, identity's accounts and
+groups, certs' files), decides the model (decide.py) and, when it changed, has the servers
+adapter render, check, swap and reload (servers.py: a configuration a server refuses is never
+applied, the running one keeps serving). With no mail domain on, the servers are not run.
+For each domain it also asks, once per change, for what mail needs from the other services:
+the DNS records (MX, SPF, DKIM, DMARC, and the mail host's address) through dns as owner
+`mail`, and a certificate for `mail.<primary domain>` from certs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from libs.events.bus import BusClient, BusError
+from libs.events.sealing import Keyring, SealingError
+from services.mail.auth import Directory
+from services.mail.decide import AddressRow, DomainRow, decide
+from services.mail.errors import MailError
+from services.mail.model import MailModel
+from services.mail.people import SYSTEM, People, read_people
+from services.mail.queries import expected_records
+
+__all__ = ["FOLLOWED", "MAIL_OWNER", "MailSync", "Servers"]
+
+log = logging.getLogger(__name__)
+
+FOLLOWED = ("user", "group")  # identity's categories: who has a mailbox, who is on a list
+MAIL_OWNER = "mail"  # the owner of the DNS records mail needs
+
+
+class Servers(Protocol):
+    """The servers adapter as the sync uses it (services/mail/servers.py)."""
+
+    async def apply(self, model: MailModel) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class MailSync:
+    pool: asyncpg.Pool
+    keyring: Keyring
+    bus: BusClient
+    nc: NATS
+    servers: Servers | None  # None: decide and record only (no servers run here)
+    hostname: str  # the servers' name while no domain has mail
+    events_prefix: str = "hp.evt"
+    interval: float = 60.0
+    debounce: float = 0.2
+    retry: float = 5.0
+    timeout: float = 10.0
+    last_error: str | None = None
+    rounds: int = 0  # rounds ended
+    _begun: int = 0
+    applied: MailModel | None = None
+    applied_at: float | None = None
+    _directory: Directory = field(default_factory=lambda: Directory(People(), frozenset(), None))
+    _records: dict[str, tuple[str, ...]] = field(default_factory=dict)  # domain -> written
+    _certificates: set[str] = field(default_factory=set)  # hosts asked for
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _kick: asyncio.Event = field(default_factory=asyncio.Event)
+    _round_done: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def directory(self) -> Directory:
+        return self._directory
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._kick.set()
+
+    async def status(self, wait: bool = False) -> dict[str, Any]:
+        """What the servers were last configured with (after a fresh round, with `wait`)."""
+        if wait:
+            await self.settled(60)
+        model = self.applied
+        return {
+            "running": bool(model and model.domains) and self.servers is not None,
+            "hostname": model.hostname if model else self.hostname,
+            "domains": [d.name for d in model.domains] if model else [],
+            "mailboxes": len(model.mailboxes) if model else 0,
+            "last_error": self.last_error,
+            "rounds": self.rounds,
+        }
+
+    async def settled(self, within: float) -> None:
+        """Wait until a round that began after this call has ended (tests, the CLI)."""
+        target = self._begun + 1
+        self.kick()
+        async with asyncio.timeout(within), self._round_done:
+            await self._round_done.wait_for(lambda: self.rounds >= target)
+
+    async def run(self) -> None:
+        subs: list[Subscription] = []
+        try:
+            for category in FOLLOWED:
+                subs.append(
+                    await self.nc.subscribe(f"{self.events_prefix}.{category}.>", cb=self._event)
+                )
+            while not self._stop.is_set():
+                self._begun += 1
+                wait = self.interval
+                try:
+                    await self.reconcile()
+                    self.last_error = None
+                except (MailError, BusError, OSError, SealingError, asyncpg.PostgresError) as e:
+                    self.last_error = str(e)
+                    wait = min(self.retry, wait)
+                    log.error("the mail servers could not be brought up to date: %s", e)
+                async with self._round_done:
+                    self.rounds += 1
+                    self._round_done.notify_all()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.debounce)
+                self._kick.clear()
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            if self.servers is not None:
+                await self.servers.stop()
+
+    async def _event(self, msg: Msg) -> None:
+        self.kick()
+
+    # -- one round -----------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        rows = await self.pool.fetch(
+            "SELECT * FROM mail.domains WHERE enabled ORDER BY enabled_at, domain"
+        )
+        people = await read_people(self.bus, wait=self.timeout)
+        domains = [
+            DomainRow(
+                domain=r["domain"],
+                selector=r["selector"],
+                dkim_pem=await asyncio.to_thread(self.keyring.unseal_str, r["dkim_key"]),
+                catch_all=None if r["catch_all"] is None else str(r["catch_all"]),
+            )
+            for r in rows
+        ]
+        primary = domains[0].domain if domains else None
+        self._directory = Directory(people, frozenset(d.domain for d in domains), primary)
+        addresses = [
+            AddressRow(
+                domain=a["domain"],
+                local_part=a["local_part"],
+                kind=a["kind"],
+                user_ids=tuple(str(u) for u in a["user_ids"]),
+                group_id=None if a["group_id"] is None else str(a["group_id"]),
+            )
+            for a in await self.pool.fetch(
+                "SELECT a.* FROM mail.addresses a JOIN mail.domains d USING (domain)"
+                " WHERE d.enabled ORDER BY a.domain, a.local_part"
+            )
+        ]
+        quotas: Mapping[str, int | None] = {
+            str(r["user_id"]): r["quota_bytes"]
+            for r in await self.pool.fetch("SELECT user_id, quota_bytes FROM mail.mailboxes")
+        }
+        dnsbl = await self.pool.fetchval("SELECT dnsbl FROM mail.settings")
+        hostname = f"mail.{primary}" if primary else self.hostname
+        tls = await self._certificate(hostname) if primary else None
+        model = decide(
+            hostname=hostname,
+            domains=domains,
+            addresses=addresses,
+            people=people,
+            quotas=quotas,
+            dnsbl=tuple(_json_list(dnsbl)),
+            tls=tls,
+        )
+        if primary:
+            await self._publish_records(rows, primary, hostname)
+        if model == self.applied:
+            return
+        if self.servers is not None:
+            if model.domains:
+                await self.servers.apply(model)
+            else:
+                await self.servers.stop()
+        self.applied = model
+        self.applied_at = time.time()
+        log.info(
+            "mail servers configured: %d domains, %d mailboxes",
+            len(model.domains),
+            len(model.mailboxes),
+        )
+
+    async def _certificate(self, host: str) -> tuple[Path, Path] | None:
+        """certs' files for the mail host (asked for once); None until it has some."""
+        try:
+            if host not in self._certificates:
+                await self.bus.command(
+                    "certs", "ensure", {"names": [host]}, ctx=SYSTEM, timeout=self.timeout
+                )
+                self._certificates.add(host)
+            files = await self.bus.query(
+                "certs", "files", {"host": host}, ctx=SYSTEM, timeout=self.timeout
+            )
+        except BusError as e:
+            if e.code not in ("not_found", "unavailable", "invalid"):
+                log.warning("no certificate for %s yet: %s", host, e)
+            return None
+        return Path(files["cert"]), Path(files["key"])
+
+    async def _publish_records(self, rows: list[asyncpg.Record], primary: str, host: str) -> None:
+        """The records of each domain through dns (owner `mail`), once per change of them."""
+        try:
+            view = await self.bus.query("dns", "domain", {"domain": primary}, ctx=SYSTEM)
+        except BusError as e:
+            log.warning("dns cannot say %s's addresses: %s", primary, e)
+            view = {}
+        for r in rows:
+            wanted = expected_records(r["domain"], primary, r["selector"], r["dkim_public"])
+            if r["domain"] == primary:
+                for rtype, field_name in (("A", "server_ipv4"), ("AAAA", "server_ipv6")):
+                    if view.get(field_name):
+                        wanted.append({"name": host, "type": rtype, "values": [view[field_name]]})
+            key = tuple(sorted(f"{w['name']} {w['type']} {w['values']}" for w in wanted))
+            if self._records.get(r["domain"]) == key:
+                continue
+            failed = False
+            for w in wanted:
+                try:
+                    await self.bus.command(
+                        "dns", "set_record", {**w, "owner": MAIL_OWNER}, ctx=SYSTEM, timeout=60
+                    )
+                except BusError as e:
+                    failed = True
+                    log.warning("%s %s for mail not written: %s", w["name"], w["type"], e.message)
+            if not failed:
+                self._records[r["domain"]] = key
+
+
+def _json_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = json.loads(value)
+    return [str(v) for v in value]

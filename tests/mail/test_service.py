@@ -1,0 +1,273 @@
+"""The mail service's commands and queries against the real identity and dns services (and the
+test PowerDNS), its servers off: what an administrator and a person see, bad input, who may."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dns.resolver
+import pytest
+
+from libs.events.bus import BusError
+from tests.dns.dnskit import dns_env, pdns_provider, running_dns
+from tests.identity.kit import Identity, running_identity
+from tests.support.mail import Mail, running_mail
+from tests.support.pdns import PdnsZone
+
+KIM = {"username": "kim", "email": "kim@example.test", "password": "kim's long password 1"}
+LEE = {"username": "Lee", "email": "lee@example.test", "password": "lee's long password 2"}
+
+
+@dataclass
+class World:
+    ident: Identity
+    mail: Mail
+    admin: str
+    kim: str
+    lee: str
+    domain: str
+    zone: PdnsZone
+
+
+@pytest.fixture
+async def world(
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    pdns_zone: PdnsZone,
+) -> AsyncIterator[World]:
+    async with running_identity(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path / "identity"
+    ) as ident:
+        admin = await ident.set_up()
+        kim = (await ident.cmd("create_user", dict(KIM), actor=admin))["user_id"]
+        lee = (await ident.cmd("create_user", dict(LEE), actor=admin))["user_id"]
+        env = dns_env(dsn=dsn, nats_url=nats_url, tmp_path=tmp_path / "dns")
+        async with running_dns(monkeypatch, env) as dns_svc:
+            await dns_svc.cmd(
+                "add_domain",
+                {
+                    "domain": pdns_zone.name,
+                    "provider": pdns_provider(pdns_zone),
+                    "server_ipv4": "192.0.2.10",
+                },
+            )
+            async with running_mail(
+                monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path / "mail"
+            ) as mail:
+                yield World(ident, mail, admin, kim, lee, pdns_zone.name, pdns_zone)
+
+
+async def _addresses(w: World, user_id: str) -> list[str]:
+    """The addresses that deliver into the person's mailbox, as they see them."""
+    box = await w.mail.ask("mailbox", {"user_id": user_id}, actor=user_id)
+    return [str(a) for a in box["addresses"]]
+
+
+def _resolve(zone: PdnsZone, name: str, rtype: str) -> list[str]:
+    r = dns.resolver.Resolver(configure=False)
+    host, port = zone.nameservers[0]
+    r.nameservers = [host]
+    r.port = port
+    try:
+        return sorted(a.to_text() for a in r.resolve(name, rtype))
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+
+
+async def _settled(w: World) -> dict[str, Any]:
+    """The servers' state after a round of the sync that began after every change so far."""
+    status: dict[str, Any] = await w.mail.ask("status", {"wait": True})
+    assert status["last_error"] is None, status["last_error"]
+    return status
+
+
+async def test_turning_mail_on_publishes_its_records_and_gives_everyone_a_mailbox(
+    world: World,
+) -> None:
+    w = world
+    reply = await w.mail.cmd("enable_domain", {"domain": w.domain}, actor=w.admin, admin=True)
+    assert reply["enabled"] is True and reply["selector"].startswith("hp")
+    await _settled(w)
+    view = await w.mail.ask("domain", {"domain": w.domain})
+    assert view["enabled"] and view["primary"]
+    records = {(r["name"], r["type"]) for r in view["records"]}
+    sel = reply["selector"]
+    assert records == {
+        (w.domain, "MX"),
+        (w.domain, "TXT"),
+        (f"{sel}._domainkey.{w.domain}", "TXT"),
+        (f"_dmarc.{w.domain}", "TXT"),
+    }
+    # written through dns into the zone, as a resolver finds them
+    assert _resolve(w.zone, w.domain, "MX") == [f"10 mail.{w.domain}."]
+    assert _resolve(w.zone, f"mail.{w.domain}", "A") == ["192.0.2.10"]
+    assert _resolve(w.zone, w.domain, "TXT") == ['"v=spf1 mx -all"']
+    dmarc = _resolve(w.zone, f"_dmarc.{w.domain}", "TXT")
+    assert dmarc and "p=quarantine" in dmarc[0]
+    dkim = "".join(
+        part.strip('"')
+        for part in _resolve(w.zone, f"{sel}._domainkey.{w.domain}", "TXT")[0].split('" "')
+    )
+    public = dkim.split("p=", 1)[1]
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    key = load_der_public_key(base64.b64decode(public))
+    assert key.key_size == 2048  # type: ignore[union-attr]
+    # the private key is sealed in the event, never in clear
+    (kind, data), *_ = await w.mail.events(f"maildomain-{w.domain}")
+    assert kind == "MailDomainEnabled"
+    assert "PRIVATE KEY" not in str(data) and data["dkim_public"] == public
+    # every account has a mailbox at the domain; the sync's model says so
+    box = await w.mail.ask("mailbox", {"user_id": w.lee}, actor=w.lee)
+    assert box["address"] == f"lee@{w.domain}"
+    assert box["addresses"] == [f"lee@{w.domain}"]
+    status = await w.mail.ask("status", {})
+    assert status["domains"] == [w.domain] and status["mailboxes"] == 3
+    # on again: refused; off and on: the same key comes back
+    with pytest.raises(BusError) as e:
+        await w.mail.cmd("enable_domain", {"domain": w.domain})
+    assert e.value.code == "conflict" and e.value.field == "domain"
+    await w.mail.cmd("disable_domain", {"domain": w.domain})
+    again = await w.mail.cmd("enable_domain", {"domain": w.domain})
+    assert again["selector"] == sel
+
+
+async def test_a_domain_homeport_does_not_manage_is_refused_and_nothing_recorded(
+    world: World,
+) -> None:
+    w = world
+    with pytest.raises(BusError) as e:
+        await w.mail.cmd("enable_domain", {"domain": "not-managed.example"})
+    assert (e.value.code, e.value.field) == ("not_found", "domain")
+    assert await w.mail.events("maildomain-not-managed.example") == []
+    assert (await w.mail.ask("domains", {}))["items"] == []
+
+
+async def test_aliases_lists_and_their_rules(world: World) -> None:
+    w = world
+    await w.mail.cmd("enable_domain", {"domain": w.domain})
+    group = await w.ident.cmd("create_group", {"name": "family"}, actor=w.admin)
+    gid = group["group_id"]
+    await w.ident.cmd("add_group_member", {"group_id": gid, "user_id": w.kim}, actor=w.admin)
+    await w.mail.cmd(
+        "set_address",
+        {"domain": w.domain, "local_part": "info", "kind": "alias", "user_ids": [w.kim, w.lee]},
+    )
+    await w.mail.cmd(
+        "set_address", {"domain": w.domain, "local_part": "family", "kind": "list", "group_id": gid}
+    )
+    await _settled(w)
+    d = w.domain
+    assert await _addresses(w, w.kim) == [f"kim@{d}", f"family@{d}", f"info@{d}"]
+    assert await _addresses(w, w.lee) == [f"lee@{d}", f"info@{d}"]
+    # a new member of the group is on the list at the next round (identity's events nudge it)
+    await w.ident.cmd("add_group_member", {"group_id": gid, "user_id": w.lee}, actor=w.admin)
+    await _settled(w)
+    assert await _addresses(w, w.lee) == [f"lee@{d}", f"family@{d}", f"info@{d}"]
+    # an account's own address cannot be taken
+    with pytest.raises(BusError) as e:
+        await w.mail.cmd(
+            "set_address",
+            {"domain": w.domain, "local_part": "kim", "kind": "alias", "user_ids": [w.lee]},
+        )
+    assert (e.value.code, e.value.field) == ("conflict", "local_part")
+    # unknown accounts and groups are named
+    with pytest.raises(BusError) as e:
+        await w.mail.cmd(
+            "set_address",
+            {
+                "domain": w.domain,
+                "local_part": "x",
+                "kind": "alias",
+                "user_ids": ["00000000-0000-4000-8000-000000000000"],
+            },
+        )
+    assert (e.value.code, e.value.field) == ("not_found", "user_ids")
+    with pytest.raises(BusError) as e:
+        await w.mail.cmd("set_address", {"domain": w.domain, "local_part": "x", "kind": "list"})
+    assert (e.value.code, e.value.field) == ("invalid", "group_id")
+    await w.mail.cmd("remove_address", {"domain": w.domain, "local_part": "info"})
+    with pytest.raises(BusError) as e:
+        await w.mail.cmd("remove_address", {"domain": w.domain, "local_part": "info"})
+    assert e.value.code == "not_found"
+    await _settled(w)
+    assert await _addresses(w, w.lee) == [f"lee@{d}", f"family@{d}"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"local_part": "a+b", "kind": "alias", "user_ids": []}, "local_part"),
+        ({"local_part": "x\x00", "kind": "alias", "user_ids": []}, "local_part"),
+        ({"local_part": "A", "kind": "alias", "user_ids": []}, "local_part"),
+        ({"local_part": "x" * 65, "kind": "alias", "user_ids": []}, "local_part"),
+        ({"local_part": "x", "kind": "forward", "user_ids": []}, "kind"),
+        ({"local_part": "x", "kind": "alias", "user_ids": ["nope"]}, "user_ids.0"),
+    ],
+)
+async def test_bad_input_is_named_and_changes_nothing(
+    world: World, payload: dict[str, Any], field: str
+) -> None:
+    w = world
+    await w.mail.cmd("enable_domain", {"domain": w.domain})
+    before = await w.mail.events(f"maildomain-{w.domain}")
+    with pytest.raises(BusError) as e:
+        await w.mail.cmd("set_address", {"domain": w.domain, **payload})
+    assert e.value.code == "invalid"
+    assert e.value.field == field
+    assert await w.mail.events(f"maildomain-{w.domain}") == before
+
+
+async def test_quota_bounds(world: World) -> None:
+    w = world
+    for bad in (0, 1 << 19, 1 << 60):
+        with pytest.raises(BusError) as e:
+            await w.mail.cmd("set_quota", {"user_id": w.kim, "quota_bytes": bad})
+        assert (e.value.code, e.value.field) == ("invalid", "quota_bytes")
+    reply = await w.mail.cmd("set_quota", {"user_id": w.kim, "quota_bytes": 10 << 20})
+    assert reply["quota_bytes"] == 10 << 20
+
+
+async def test_app_passwords_are_shown_once_kept_hashed_and_only_their_owners(
+    world: World,
+) -> None:
+    w = world
+    await w.mail.cmd("enable_domain", {"domain": w.domain})
+    made = await w.mail.cmd(
+        "create_app_password", {"user_id": w.kim, "label": "phone"}, actor=w.kim
+    )
+    password = made["password"]
+    assert len(password) >= 43  # 256 bits, base64url
+    events = await w.mail.events(f"mailbox-{w.kim}")
+    assert [k for k, _ in events] == ["MailAppPasswordCreated"]
+    assert password not in str(events) and "phone" not in str(events)
+    box = await w.mail.ask("mailbox", {"user_id": w.kim}, actor=w.kim)
+    (shown,) = box["app_passwords"]
+    assert shown["label"] == "phone" and "password" not in shown
+    # another person can neither see nor revoke it; an administrator can
+    for call in (
+        w.mail.ask("mailbox", {"user_id": w.kim}, actor=w.lee),
+        w.mail.cmd(
+            "revoke_app_password",
+            {"user_id": w.kim, "password_id": made["password_id"]},
+            actor=w.lee,
+        ),
+        w.mail.cmd("create_app_password", {"user_id": w.kim, "label": "x"}, actor=w.lee),
+    ):
+        with pytest.raises(BusError) as e:
+            await call
+        assert e.value.code == "not_found"
+    # and a person cannot change domains
+    with pytest.raises(BusError) as e:
+        await w.mail.cmd("disable_domain", {"domain": w.domain}, actor=w.lee)
+    assert e.value.code == "forbidden"
+    await w.mail.cmd(
+        "revoke_app_password", {"user_id": w.kim, "password_id": made["password_id"]}, actor=w.kim
+    )
+    assert (await w.mail.ask("mailbox", {"user_id": w.kim}, actor=w.kim))["app_passwords"] == []

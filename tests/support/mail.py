@@ -1,0 +1,122 @@
+"""The real mail service (services.mail.__main__.build) running in this process, for tests.
+
+`running_mail` serves it with its servers off (commands, queries, the sync deciding the model)
+or on (`servers=True`: Postfix, Dovecot and rspamd on free loopback ports, in a folder the
+servers' own users can reach; their DNS is the test PowerDNS when given).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from libs.events.bus import BusClient
+from libs.events.context import Context
+from libs.events.store import PostgresEventStore
+from libs.service.runner import Service
+from tests.support.bus import ActorBus
+from tests.support.serving import serving
+
+__all__ = ["SYSTEM", "Mail", "MailPorts", "running_mail"]
+
+SYSTEM = Context("system", "mail-test", None, None)
+
+
+@dataclass(frozen=True)
+class MailPorts:
+    smtp: int
+    submission: int
+    submissions: int
+    imaps: int
+    managesieve: int
+    milter: int
+
+
+@dataclass
+class Mail:
+    svc: Service
+    bus: BusClient
+    store: PostgresEventStore
+    root: Path
+    ports: MailPorts | None
+
+    async def cmd(self, verb: str, payload: dict[str, Any], **ctx: Any) -> Any:
+        c = Context(**ctx) if ctx else SYSTEM
+        return await self.bus.command("mail", verb, payload, ctx=c, timeout=60)
+
+    async def ask(self, name: str, payload: dict[str, Any], **ctx: Any) -> Any:
+        c = Context(**ctx) if ctx else SYSTEM
+        return await self.bus.query("mail", name, payload, ctx=c, timeout=30)
+
+    async def events(self, stream: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(e.type, e.data) for e in await self.store.read_stream(stream)]
+
+
+def _free_ports(n: int) -> list[int]:
+    from deploy.embedded import free_ports
+
+    return list(free_ports(n))
+
+
+@asynccontextmanager
+async def running_mail(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    servers: bool = False,
+    nameservers: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[Mail]:
+    """The mail service in this process, ready; stopped (exit code 0) at the end."""
+    from services.mail.__main__ import build
+
+    # the servers' users (postfix, dovecot, mail) must reach the folder: not under pytest's 0700
+    root = Path(tempfile.mkdtemp(prefix="hp-mail-"))
+    root.chmod(0o755)
+    ports = MailPorts(*_free_ports(6)) if servers else None
+    settings = {
+        "HP_DATABASE_URL": dsn,
+        "HP_NATS_URL": nats_url,
+        "HP_KEYRING": str(tmp_path / "mail-keyring.json"),
+        "HP_DATA_DIR": str(tmp_path),
+        "HP_DRAIN_SECONDS": "1",
+        "HP_HTTP_PORT": "0",
+        "HP_MAIL_DIR": str(root / "mail"),
+        "HP_MAIL_SERVERS": "true" if servers else "false",
+        "HP_MAIL_INTERVAL": "30",
+        "HP_MAIL_DEBOUNCE": "0.05",
+        "HP_IDENTITY_TIMEOUT": "10",
+        **(env or {}),
+    }
+    if ports is not None:
+        settings.update(
+            HP_MAIL_SMTP_PORT=str(ports.smtp),
+            HP_MAIL_SUBMISSION_PORT=str(ports.submission),
+            HP_MAIL_SUBMISSIONS_PORT=str(ports.submissions),
+            HP_MAIL_IMAPS_PORT=str(ports.imaps),
+            HP_MAIL_MANAGESIEVE_PORT=str(ports.managesieve),
+            HP_MAIL_MILTER_PORT=str(ports.milter),
+        )
+    if nameservers:
+        settings["HP_MAIL_NAMESERVERS"] = ",".join(nameservers)
+    try:
+        async with serving(monkeypatch, build, settings, "mail", ready_within=90) as svc:
+            nc = await nats.connect(nats_url)
+            store = await PostgresEventStore.open(dsn, max_size=2)
+            try:
+                yield Mail(svc, ActorBus(nc, default_timeout=30), store, root / "mail", ports)
+            finally:
+                await store.close()
+                await nc.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
