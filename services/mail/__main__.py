@@ -99,7 +99,7 @@ async def _parts(cfg: MailConfig, svc: Service) -> AsyncIterator[None]:
         )
         await stack.enter_async_context(loop(svc, "mail.sync", sync.run(), sync.stop))
         commands = Commands(conn.store, keys, bus, changed=sync.kick, timeout=cfg.identity_timeout)
-        queries = Queries(conn.store.pool, keys, lambda: sync.applied, sync.status)
+        queries = Queries(conn.store.pool, keys, lambda: sync.applied, sync.wanted.get, sync.status)
         await stack.enter_async_context(serve(svc, conn.nc, CONTRACT, commands, queries))
         yield
 

@@ -45,11 +45,13 @@ class Queries:
         pool: asyncpg.Pool,
         keyring: Keyring,
         model: Callable[[], MailModel | None],
+        wanted: Callable[[str], list[dict[str, Any]] | None],
         status: Callable[[bool], Awaitable[dict[str, Any]]],
     ) -> None:
         self.pool = pool
         self.keyring = keyring
         self.model = model
+        self.wanted = wanted
         self._status = status
 
     async def _primary(self) -> str | None:
@@ -78,12 +80,18 @@ class Queries:
                 }
                 for a in addresses
             ],
-            "records": (
-                expected_records(row["domain"], primary, row["selector"], row["dkim_public"])
-                if row["enabled"] and primary
-                else []
-            ),
+            "records": self._records(row, primary),
         }
+
+    def _records(self, row: asyncpg.Record, primary: str | None) -> list[dict[str, Any]]:
+        """What the sync last wanted for the domain (the mail host's address included), else
+        what the read model alone says."""
+        if not row["enabled"] or not primary:
+            return []
+        wanted = self.wanted(row["domain"])
+        if wanted is not None:
+            return wanted
+        return expected_records(row["domain"], primary, row["selector"], row["dkim_public"])
 
     @query("domains")
     async def domains(self, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -74,6 +74,8 @@ class MailSync:
     applied_at: float | None = None
     _directory: Directory = field(default_factory=lambda: Directory(People(), frozenset(), None))
     _records: dict[str, tuple[str, ...]] = field(default_factory=dict)  # domain -> written
+    wanted: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # domain -> records
+    record_errors: dict[str, str] = field(default_factory=dict)  # "<name> <type>" -> why
     _certificates: set[str] = field(default_factory=set)  # hosts asked for
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
@@ -100,6 +102,7 @@ class MailSync:
             "domains": [d.name for d in model.domains] if model else [],
             "mailboxes": len(model.mailboxes) if model else 0,
             "last_error": self.last_error,
+            "record_errors": [f"{k}: {v}" for k, v in sorted(self.record_errors.items())],
             "rounds": self.rounds,
         }
 
@@ -239,18 +242,22 @@ class MailSync:
                 for rtype, field_name in (("A", "server_ipv4"), ("AAAA", "server_ipv6")):
                     if view.get(field_name):
                         wanted.append({"name": host, "type": rtype, "values": [view[field_name]]})
+            self.wanted[r["domain"]] = wanted
             key = tuple(sorted(f"{w['name']} {w['type']} {w['values']}" for w in wanted))
             if self._records.get(r["domain"]) == key:
                 continue
             failed = False
             for w in wanted:
+                what = f"{w['name']} {w['type']}"
                 try:
                     await self.bus.command(
                         "dns", "set_record", {**w, "owner": MAIL_OWNER}, ctx=SYSTEM, timeout=60
                     )
+                    self.record_errors.pop(what, None)
                 except BusError as e:
                     failed = True
-                    log.warning("%s %s for mail not written: %s", w["name"], w["type"], e.message)
+                    self.record_errors[what] = e.message
+                    log.warning("%s for mail not written: %s", what, e.message)
             if not failed:
                 self._records[r["domain"]] = key
 

@@ -179,7 +179,7 @@ async def test_setup_install_invite_and_activity(
         await expect(log.get_by_text("GroupCreated").first).to_be_attached()
 
         # -- screenshots of every main page, desktop and phone
-        pages = ["apps", "store", "store/org.homeport.static", "users", "groups", "domains"]
+        pages = ["apps", "store", "store/org.homeport.static", "users", "groups", "domains", "mail"]
         pages += ["activity", "graphs", "profile"]
         for size, suffix in ((None, ""), (PHONE, "-phone")):
             if size is not None:

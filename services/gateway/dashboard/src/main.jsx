@@ -13,6 +13,7 @@ import { Store, StoreApp } from "./pages/store.jsx";
 import { Users } from "./pages/users.jsx";
 import { Groups } from "./pages/groups.jsx";
 import { Domains } from "./pages/domains.jsx";
+import { Email } from "./pages/mail.jsx";
 import { Backups } from "./pages/backups.jsx";
 import { Activity } from "./pages/activity.jsx";
 import { Graphs } from "./pages/graphs.jsx";
@@ -26,6 +27,7 @@ const NAV = [
   { path: "/users", label: "Users", admin: true },
   { path: "/groups", label: "Groups", admin: true },
   { path: "/domains", label: "Domains", admin: true },
+  { path: "/mail", label: "Email", admin: true },
   { path: "/backups", label: "Backups", admin: true },
   { path: "/activity", label: "Activity", admin: true },
   { path: "/graphs", label: "Graphs", admin: true },
@@ -51,6 +53,8 @@ function page(parts, me) {
       return admin ? <Groups /> : null;
     case "domains":
       return admin ? <Domains /> : null;
+    case "mail":
+      return admin ? <Email /> : null;
     case "backups":
       return admin ? <Backups /> : null;
     case "activity":

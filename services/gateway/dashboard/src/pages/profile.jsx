@@ -1,9 +1,11 @@
-// The signed-in user's own profile: details, password, two-step sign-in, API tokens, sessions.
+// The signed-in user's own profile: details, password, two-step sign-in, mail, API tokens,
+// sessions.
 import { useState } from "preact/hooks";
 import { get, patch, post } from "../api.js";
 import { useSession } from "../session.js";
 import { Badge, Loaded, PageHead, useAsync } from "../ui/common.jsx";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
+import { Mail } from "./profile_mail.jsx";
 import { TotpEnrolment } from "./totp.jsx";
 import { Sessions, Tokens } from "./users_profile.jsx";
 
@@ -179,6 +181,9 @@ export function Profile() {
       </div>
       <Section id="profile-totp" title="Two-step sign-in">
         <TwoStep />
+      </Section>
+      <Section id="profile-mail" title="Mail">
+        <Mail />
       </Section>
       <Section id="profile-tokens" title="API tokens">
         <Tokens />
