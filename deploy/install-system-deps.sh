@@ -30,6 +30,15 @@ declare -A need=(
   [nginx]=nginx-light  # the edge
   [systemd-analyze]=systemd  # runs a server install; checks its units (tests/deploy/test_units.py)
   [/etc/ssl/certs/ca-certificates.crt]=ca-certificates  # HTTPS to ACME, DNS APIs, releases
+  # mail (services/mail/servers.py runs its own instances from its own configuration)
+  [/usr/lib/postfix/sbin/master]=postfix
+  [/usr/sbin/dovecot]=dovecot-core
+  [/usr/lib/dovecot/imap]=dovecot-imapd
+  [/usr/lib/dovecot/lmtp]=dovecot-lmtpd
+  [/usr/lib/dovecot/managesieve]=dovecot-managesieved
+  [/usr/lib/dovecot/modules/lib90_sieve_plugin.so]=dovecot-sieve
+  [/usr/lib/dovecot/modules/auth/libauthdb_lua.so]=dovecot-auth-lua  # asks the mail service
+  [/usr/bin/rspamd]=rspamd
 )
 # ... and what only a development machine needs (tests, benchmarks, the dashboard's build)
 declare -A dev=(
@@ -43,6 +52,7 @@ declare -A dev=(
   [node]=nodejs  # builds the dashboard (esbuild, from the npm registry)
   [npm]=npm
   [/usr/bin/chromium]=chromium  # the dashboard's browser tests (driven by Playwright)
+  [swaks]=swaks  # an SMTP client for trying the mail servers by hand
 )
 if ((server)); then
   need[/usr/bin/unattended-upgrade]=unattended-upgrades  # Debian's security upgrades
@@ -83,7 +93,7 @@ if ((${#missing[@]})); then
   # shellcheck disable=SC2086
   apt-get install -y -q --no-install-recommends $pkgs >/dev/null
   # the Debian units would start system-wide servers; Homeport runs its own
-  for unit in postgresql nats-server pdns nginx; do
+  for unit in postgresql nats-server pdns nginx postfix dovecot rspamd; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
   done
 fi

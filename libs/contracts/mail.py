@@ -1,7 +1,8 @@
 """The wire contract of the mail service: mail domains, extra addresses, quotas, app passwords,
 block lists; the views of a domain, of a person's mailbox and of the servers.
 
-Callers: the gateway (everything: administrators manage domains and addresses, a person their
+Callers: the apps service (`register_app`, `remove_app` for an app's `sendmail` addon), the
+gateway (everything else: administrators manage domains and addresses, a person their
 own app passwords; the gateway's route table decides who may call what). The service checks
 what only it knows: that dns manages the domain, that the accounts and groups exist, that an
 address is free.
@@ -21,10 +22,15 @@ __all__ = [
     "MAX_ALIAS_USERS",
     "MAX_DNSBL",
     "MAX_QUOTA",
+    "SENDER_PATTERN",
 ]
 
 # Letters, digits and . _ - (no leading or trailing dot, no '+': it separates a tag).
 LOCAL_PART_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$"
+SENDER_PATTERN = (
+    r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?"
+    r"@[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
 MAX_ALIAS_USERS = 100
 MAX_DNSBL = 20
 MAX_QUOTA = 1 << 50  # 1 PiB: beyond any disk; a bigger number is a typo
@@ -35,6 +41,7 @@ LOCAL_PART = string(
     description="the part before @: lower-case letters, digits, '.', '_' or '-' (no '+')",
 )
 _USER_ID = uuid(description="an account id (UUID)")
+_APP_ID = uuid(description="an app id (UUID)")
 _BY_DOMAIN = obj({"domain": DOMAIN}, required=["domain"])
 _BY_USER = obj({"user_id": _USER_ID}, required=["user_id"])
 _ZONE = string(
@@ -90,6 +97,20 @@ CONTRACT = Contract(
             required=["user_id", "password_id"],
         ),
         "set_dnsbl": obj({"zones": array(_ZONE, maxItems=MAX_DNSBL)}, required=["zones"]),
+        # The apps service, for an app with the `sendmail` addon (actor "system" only).
+        "register_app": obj(
+            {
+                "app_id": _APP_ID,
+                "sender": string(
+                    maxLength=254,
+                    pattern=SENDER_PATTERN,
+                    description="the address the app sends as, e.g. blog.app@example.org",
+                ),
+                "network": string(maxLength=43, description="the app's network (CIDR)"),
+            },
+            required=["app_id", "sender", "network"],
+        ),
+        "remove_app": obj({"app_id": _APP_ID}, required=["app_id"]),
     },
     queries={
         "domains": obj({}),

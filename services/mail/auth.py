@@ -5,8 +5,10 @@ Dovecot (and Postfix's SASL, through Dovecot) runs the Lua script render.py writ
 (`x-homeport-auth`). The answer is 200 `user=<mailbox address>` (Dovecot signs the client in as
 that address), 403 (wrong) or 503 (identity cannot say; Dovecot answers a temporary failure).
 
-A login is the platform username, or an own address of the account on any mail domain. An app
-password (kept here as its SHA-256) is checked first; anything else goes to identity's
+An app's sending account (`app-<app id>`, its `sendmail` addon) signs in with the password mail
+gave it, from the app's own network only. A person's login is the platform username, or an own
+address of the account on any mail domain. An app password (kept here as its SHA-256) is
+checked first; anything else goes to identity's
 `mail_login`, which checks the platform password (refused for accounts with TOTP: they use app
 passwords), applies the per-address and per-account limits and records each refusal as a
 `LoginFailed` with the client's address, so the firewall bans guessers as it does on the
@@ -30,11 +32,12 @@ from libs.events.bus import BusClient, BusError
 from services.mail.commands import app_password_hash
 from services.mail.people import SYSTEM, People, Person
 
-__all__ = ["AUTH_HEADER", "AuthEndpoint", "Directory"]
+__all__ = ["APP_PREFIX", "AUTH_HEADER", "AuthEndpoint", "Directory"]
 
 log = logging.getLogger(__name__)
 
 AUTH_HEADER = "x-homeport-auth"
+APP_PREFIX = "app-"  # the login of an app's sending account: app-<app id>
 _MAX_BODY = 8192
 _PROTOCOLS = {"imap": "imap", "smtp": "smtp", "sieve": "managesieve", "managesieve": "managesieve"}
 
@@ -107,6 +110,8 @@ class AuthEndpoint:
 
     async def check(self, login: str, password: str, ip: str | None, protocol: str) -> str | None:
         """The mailbox address `login` signs in to with `password`; None when refused."""
+        if login.startswith(APP_PREFIX):
+            return await self._app(login, password, ip)
         d = self.directory()
         person = _person(d, login)
         if person is not None and d.primary is not None and not person.disabled:
@@ -132,6 +137,23 @@ class AuthEndpoint:
         if found is None or d.primary is None:
             return None  # an account the mail service does not know yet (next round)
         return f"{found.username}@{d.primary}"
+
+    async def _app(self, login: str, password: str, ip: str | None) -> str | None:
+        """An app's sending account: its password, from its own network only."""
+        row = await self.pool.fetchrow(
+            "SELECT hash, network FROM mail.apps WHERE app_id = $1 AND NOT removed",
+            login[len(APP_PREFIX) :],
+        )
+        given = app_password_hash(password)
+        if row is None or row["hash"] is None:
+            hmac.compare_digest(given, given)  # the same work as a wrong password
+            return None
+        if not hmac.compare_digest(given, row["hash"]):
+            return None
+        if ip is None or ipaddress.ip_address(ip) not in ipaddress.ip_network(row["network"]):
+            log.warning("an app's mail password was used from outside its network")
+            return None
+        return login
 
     async def _app_password(self, person: Person, password: str) -> bool:
         password_id = await self.pool.fetchval(

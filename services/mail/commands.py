@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +42,13 @@ from services.mail.errors import (
 from services.mail.people import SYSTEM, People, read_people
 from services.mail.projections import MailProjection
 
-__all__ = ["APP_PASSWORD_BYTES", "Commands", "app_password_hash", "dkim_keypair"]
+__all__ = [
+    "APP_PASSWORD_BYTES",
+    "Commands",
+    "app_login",
+    "app_password_hash",
+    "dkim_keypair",
+]
 
 APP_PASSWORD_BYTES = 32  # 256 random bits, shown once
 DKIM_BITS = 2048
@@ -50,6 +57,11 @@ DKIM_BITS = 2048
 def app_password_hash(password: str) -> str:
     """What is kept of an app password (random, so a fast hash is as good as a slow one)."""
     return hashlib.sha256(password.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def app_login(app_id: str) -> str:
+    """The SMTP login of an app's sending account."""
+    return f"app-{app_id}"
 
 
 def dkim_keypair() -> tuple[str, str]:
@@ -81,7 +93,11 @@ class Commands:
         *,
         changed: Callable[[], None],
         timeout: float = 10.0,
+        apps_host: str | None = None,
+        apps_port: int = 0,
     ) -> None:
+        self.apps_host = apps_host  # where apps send (None: nowhere on this machine)
+        self.apps_port = apps_port
         self.store = store
         self.keyring = keyring
         self.bus = bus
@@ -123,6 +139,11 @@ class Commands:
     def _admin() -> None:
         if not context.current().is_admin:
             raise MailForbidden("only an administrator may change mail settings")
+
+    @staticmethod
+    def _platform() -> None:
+        if context.current().actor != "system":
+            raise MailForbidden("only the platform's own services may do this")
 
     @staticmethod
     def _self_or_admin(user_id: str) -> None:
@@ -319,6 +340,55 @@ class Commands:
                 new = ev.MailAppPasswordRevoked(user_id=user_id, password_id=password_id)
                 await self._append(stream, [new], version)
         return {"password_id": password_id, "revoked": True}
+
+    # -- apps that send mail ------------------------------------------------------------------
+
+    @command("register_app")
+    async def register_app(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """An app's sending account: a fresh password, usable only from the app's network and
+        only with its sender; registering again rotates the password."""
+        self._platform()
+        app_id = str(uuid.UUID(payload["app_id"]))
+        try:
+            network = ipaddress.ip_network(payload["network"], strict=False)
+        except ValueError:
+            raise InvalidRequest(
+                "network must be a CIDR such as 172.20.0.0/16", field="network"
+            ) from None
+        if network.prefixlen < (8 if network.version == 4 else 48):
+            raise InvalidRequest("network is wider than an app's network can be", field="network")
+        password = secrets.token_urlsafe(APP_PASSWORD_BYTES)
+        stream = ev.app_stream(app_id)
+        async with self._lock(stream):
+            version = await self.store.stream_version(stream)
+            new = ev.MailAppRegistered(
+                app_id=app_id,
+                sender=payload["sender"],
+                network=str(network),
+                hash=app_password_hash(password),
+            )
+            await self._append(stream, [new], version)
+        return {
+            "username": app_login(app_id),
+            "password": password,
+            "sender": payload["sender"],
+            "host": self.apps_host,
+            "port": self.apps_port,
+        }
+
+    @command("remove_app")
+    async def remove_app(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self._platform()
+        app_id = str(uuid.UUID(payload["app_id"]))
+        stream = ev.app_stream(app_id)
+        async with self._lock(stream):
+            live = await self.store.pool.fetchval(
+                "SELECT NOT removed FROM mail.apps WHERE app_id = $1", app_id
+            )
+            if live:
+                version = await self.store.stream_version(stream)
+                await self._append(stream, [ev.MailAppRemoved(app_id=app_id)], version)
+        return {"app_id": app_id, "removed": True}
 
     # -- settings ----------------------------------------------------------------------------
 

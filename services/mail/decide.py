@@ -9,7 +9,8 @@ rules can be tried on any input (tests/mail/test_decide.py):
   created after the alias takes the address: the alias is left out and logged);
 - `postmaster@` and `abuse@` (RFC 2142) deliver to the administrators unless set otherwise;
 - a catch-all delivers mail to unknown addresses of its domain to one mailbox;
-- who may send as an address: its owner, an alias's accounts, a list's members.
+- who may send as an address: its owner, an alias's accounts, a list's members, and an app
+  (its `sendmail` addon) its own sender, unless that address is someone's.
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ def decide(
     quotas: Mapping[str, int | None],
     dnsbl: Sequence[str] = (),
     tls: tuple[Path, Path] | None = None,
+    apps: Sequence[tuple[str, str]] = (),
 ) -> MailModel:
     """The model for `domains` (enabled, first = primary) and everything else given."""
+    app_senders = {sender: (login,) for sender, login in apps}
     if not domains:
-        return MailModel(hostname=hostname, dnsbl=tuple(dnsbl))
+        return MailModel(hostname=hostname, dnsbl=tuple(dnsbl), senders=app_senders)
     primary = domains[0].domain
     boxes: dict[str, Mailbox] = {}  # user id -> mailbox
     for p in sorted(people.persons, key=lambda p: p.username):
@@ -94,6 +97,11 @@ def decide(
             continue  # nobody to deliver to: the address is refused like an unknown one
         aliases[address] = tuple(boxes[m.user_id].address for m in members)
         senders[address] = tuple(sorted({m.username for m in members}))
+    for sender, login in app_senders.items():
+        if sender in senders:
+            log.warning("%s is taken by an account or address: the app may not send as it", sender)
+        else:
+            senders[sender] = login
     admins = [p for p in people.persons if p.is_admin and not p.disabled]
     out: list[MailDomain] = []
     for d in domains:

@@ -1,6 +1,7 @@
 """The events of the mail service.
 
-Streams: `maildomain-<domain>` holds one mail domain's life (on, off, its DKIM key, catch-all,
+Streams: `mailapp-<app_id>` holds an app's sending account (its `sendmail` addon);
+`maildomain-<domain>` holds one mail domain's life (on, off, its DKIM key, catch-all,
 aliases and group lists); `mailbox-<user_id>` what the mail service keeps of one person (quota,
 app passwords); `mail-settings` the platform's DNS block lists. Never a message, a subject or an
 address-book entry. DKIM private keys are sealed with the key of subject `maildomain-<domain>`;
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from libs.events.registry import REGISTRY
 
 __all__ = [
+    "APP_CATEGORY",
     "DOMAIN_CATEGORY",
     "MAILBOX_CATEGORY",
     "SETTINGS_STREAM",
@@ -22,15 +24,19 @@ __all__ = [
     "MailAddressSet",
     "MailAppPasswordCreated",
     "MailAppPasswordRevoked",
+    "MailAppRegistered",
+    "MailAppRemoved",
     "MailCatchAllSet",
     "MailDnsblSet",
     "MailDomainDisabled",
     "MailDomainEnabled",
     "MailQuotaSet",
+    "app_stream",
     "domain_stream",
     "mailbox_stream",
 ]
 
+APP_CATEGORY = "mailapp"
 DOMAIN_CATEGORY = "maildomain"
 MAILBOX_CATEGORY = "mailbox"
 SETTINGS_STREAM = "mail-settings"
@@ -39,6 +45,10 @@ SETTINGS_STREAM = "mail-settings"
 def domain_stream(domain: str) -> str:
     """`maildomain-example.org`; also the subject its DKIM key is sealed for."""
     return f"{DOMAIN_CATEGORY}-{domain}"
+
+
+def app_stream(app_id: str) -> str:
+    return f"{APP_CATEGORY}-{app_id}"
 
 
 def mailbox_stream(user_id: str) -> str:
@@ -146,3 +156,26 @@ class MailDnsblSet:
 
     def summary(self) -> str:
         return "DNS block lists: " + (", ".join(self.zones) if self.zones else "none")
+
+
+@REGISTRY.event("MailAppRegistered")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailAppRegistered:
+    """An app may send as `sender`, signing in from `network` only; again: a new password."""
+
+    app_id: str
+    sender: str  # the envelope sender the app must use
+    network: str  # the app's Docker network (CIDR): the only place its password is taken from
+    hash: str  # sha256 hex of the password (256 random bits)
+
+    def summary(self) -> str:
+        return f"app {self.app_id[:8]} may send mail as {self.sender}"
+
+
+@REGISTRY.event("MailAppRemoved")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailAppRemoved:
+    app_id: str
+
+    def summary(self) -> str:
+        return f"app {self.app_id[:8]} may no longer send mail"

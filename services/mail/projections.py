@@ -16,12 +16,12 @@ import asyncpg
 
 from libs.events.envelope import RecordedEvent
 from libs.events.projection import Projection, register_projection
-from services.mail.events import DOMAIN_CATEGORY, MAILBOX_CATEGORY, SETTINGS_STREAM
+from services.mail.events import APP_CATEGORY, DOMAIN_CATEGORY, MAILBOX_CATEGORY, SETTINGS_STREAM
 
 __all__ = ["MailProjection"]
 
 Data = Mapping[str, Any]
-_CATEGORIES = frozenset({DOMAIN_CATEGORY, MAILBOX_CATEGORY})
+_CATEGORIES = frozenset({APP_CATEGORY, DOMAIN_CATEGORY, MAILBOX_CATEGORY})
 
 
 @register_projection
@@ -39,7 +39,7 @@ class MailProjection(Projection):
     async def reset(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
             "TRUNCATE mail.domains, mail.addresses, mail.mailboxes, mail.app_passwords,"
-            " mail.settings"
+            " mail.settings, mail.apps"
         )
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
@@ -142,6 +142,28 @@ async def _dnsbl(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
     )
 
 
+async def _app_registered(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "INSERT INTO mail.apps (app_id, sender, network, hash, updated_at)"
+        " VALUES ($1, $2, $3::cidr, $4, $5)"
+        " ON CONFLICT (app_id) DO UPDATE SET sender = $2, network = $3::cidr, hash = $4,"
+        " removed = false, updated_at = $5",
+        d["app_id"],
+        d["sender"],
+        d["network"],
+        d["hash"],
+        r.recorded_at,
+    )
+
+
+async def _app_removed(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "UPDATE mail.apps SET removed = true, hash = NULL, updated_at = $2 WHERE app_id = $1",
+        d["app_id"],
+        r.recorded_at,
+    )
+
+
 _APPLY: Mapping[str, Callable[[asyncpg.Connection, Data, RecordedEvent], Awaitable[None]]] = {
     "MailDomainEnabled": _enabled,
     "MailDomainDisabled": _disabled,
@@ -152,4 +174,6 @@ _APPLY: Mapping[str, Callable[[asyncpg.Connection, Data, RecordedEvent], Awaitab
     "MailAppPasswordCreated": _password_created,
     "MailAppPasswordRevoked": _password_revoked,
     "MailDnsblSet": _dnsbl,
+    "MailAppRegistered": _app_registered,
+    "MailAppRemoved": _app_removed,
 }

@@ -32,6 +32,7 @@ from nats.aio.subscription import Subscription
 from libs.events.bus import BusClient, BusError
 from libs.events.sealing import Keyring, SealingError
 from services.mail.auth import Directory
+from services.mail.commands import app_login
 from services.mail.decide import AddressRow, DomainRow, decide
 from services.mail.errors import MailError
 from services.mail.model import MailModel
@@ -184,6 +185,12 @@ class MailSync:
             for r in await self.pool.fetch("SELECT user_id, quota_bytes FROM mail.mailboxes")
         }
         dnsbl = await self.pool.fetchval("SELECT dnsbl FROM mail.settings")
+        apps = [
+            (str(r["sender"]), app_login(str(r["app_id"])))
+            for r in await self.pool.fetch(
+                "SELECT app_id, sender FROM mail.apps WHERE NOT removed ORDER BY app_id"
+            )
+        ]
         hostname = f"mail.{primary}" if primary else self.hostname
         tls = await self._certificate(hostname) if primary else None
         model = decide(
@@ -194,6 +201,7 @@ class MailSync:
             quotas=quotas,
             dnsbl=tuple(_json_list(dnsbl)),
             tls=tls,
+            apps=apps,
         )
         if primary:
             await self._publish_records(rows, primary, hostname)

@@ -103,6 +103,7 @@ async def test_turning_mail_on_publishes_its_records_and_gives_everyone_a_mailbo
         (w.domain, "TXT"),
         (f"{sel}._domainkey.{w.domain}", "TXT"),
         (f"_dmarc.{w.domain}", "TXT"),
+        (f"mail.{w.domain}", "A"),  # dns knows the server's address: the mail host's record
     }
     # written through dns into the zone, as a resolver finds them
     assert _resolve(w.zone, w.domain, "MX") == [f"10 mail.{w.domain}."]
