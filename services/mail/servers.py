@@ -736,6 +736,7 @@ class MailServers:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._model: MailModel | None = None
         self._tls_digest: str | None = None
+        self._serving: dict[str, Path] = {}  # server -> the generation it last loaded
         self._closing = False
         self._entered = False
 
@@ -765,6 +766,7 @@ class MailServers:
         self._closing = True
         await self._end_watchers()
         async with self._lock:
+            self._serving.clear()
             await self._end_watchers()  # any an apply started meanwhile
             await self._postfix.stop()
             await asyncio.gather(self._dovecot.stop(), self._rspamd.stop())
@@ -876,7 +878,10 @@ class MailServers:
             else:
                 staging = live
             try:
+                fresh = {m.name for m in self._masters if m.proc is None}
                 await self._start_or_reload(changed)
+                for name in changed | fresh:
+                    self._serving[name] = staging
             except MailServersError:
                 if live is not None and staging != live:
                     self._point_to(live)  # on disk again what is serving
@@ -887,7 +892,9 @@ class MailServers:
             self._model = model
             self._tls_digest = tls_digest
             if staging != live:
-                keep = {staging} if live is None else {staging, live}
+                # a server not reloaded still reads the generation it was loaded with (Dovecot
+                # opens its users file by that path at each look-up): kept until it moves on
+                keep = {staging, *self._serving.values()} | (set() if live is None else {live})
                 await asyncio.to_thread(self._prune, keep)
 
     def _rendered(self, model: MailModel, gen: Path) -> dict[str, RenderedFile]:

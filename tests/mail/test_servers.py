@@ -382,6 +382,19 @@ def test_a_change_is_swapped_in_every_server_reloads_and_the_one_before_is_kept(
         del stack.auth.accounts["dave"]
 
 
+def test_a_server_not_reloaded_keeps_reading_its_own_generation(stack: MailStack) -> None:
+    """Changes of Postfix's maps alone reload Postfix only; Dovecot still reads the users file
+    of the generation it was loaded with, so that one is kept however many come after."""
+    pids = stack.servers.pids()
+    for n in range(3):
+        aliases = {**stack.model.aliases, f"extra{n}@{DOMAIN}": (BOB.address,)}
+        stack.apply(replace(stack.model, aliases=aliases))
+    assert stack.servers.pids() == pids
+    msg = message("friend@outside.test", f"extra2@{DOMAIN}")
+    assert stack.inbound(msg) == {}
+    stack.fetch(BOB, _subject(msg))  # signs in: Dovecot finds bob in its users file
+
+
 def test_a_relay_is_rendered_checked_and_its_password_kept_private(stack: MailStack) -> None:
     relayed = replace(
         stack.model,

@@ -5,32 +5,14 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dns.resolver
 import pytest
 
 from libs.events.bus import BusError
-from tests.dns.dnskit import dns_env, pdns_provider, running_dns
-from tests.identity.kit import Identity, running_identity
-from tests.support.mail import Mail, running_mail
+from tests.support.mail import World, mail_world, resolve
 from tests.support.pdns import PdnsZone
-
-KIM = {"username": "kim", "email": "kim@example.test", "password": "kim's long password 1"}
-LEE = {"username": "Lee", "email": "lee@example.test", "password": "lee's long password 2"}
-
-
-@dataclass
-class World:
-    ident: Identity
-    mail: Mail
-    admin: str
-    kim: str
-    lee: str
-    domain: str
-    zone: PdnsZone
 
 
 @pytest.fixture
@@ -41,43 +23,16 @@ async def world(
     tmp_path: Path,
     pdns_zone: PdnsZone,
 ) -> AsyncIterator[World]:
-    async with running_identity(
-        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path / "identity"
-    ) as ident:
-        admin = await ident.set_up()
-        kim = (await ident.cmd("create_user", dict(KIM), actor=admin))["user_id"]
-        lee = (await ident.cmd("create_user", dict(LEE), actor=admin))["user_id"]
-        env = dns_env(dsn=dsn, nats_url=nats_url, tmp_path=tmp_path / "dns")
-        async with running_dns(monkeypatch, env) as dns_svc:
-            await dns_svc.cmd(
-                "add_domain",
-                {
-                    "domain": pdns_zone.name,
-                    "provider": pdns_provider(pdns_zone),
-                    "server_ipv4": "192.0.2.10",
-                },
-            )
-            async with running_mail(
-                monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path / "mail"
-            ) as mail:
-                yield World(ident, mail, admin, kim, lee, pdns_zone.name, pdns_zone)
+    async with mail_world(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, zone=pdns_zone
+    ) as w:
+        yield w
 
 
 async def _addresses(w: World, user_id: str) -> list[str]:
     """The addresses that deliver into the person's mailbox, as they see them."""
     box = await w.mail.ask("mailbox", {"user_id": user_id}, actor=user_id)
     return [str(a) for a in box["addresses"]]
-
-
-def _resolve(zone: PdnsZone, name: str, rtype: str) -> list[str]:
-    r = dns.resolver.Resolver(configure=False)
-    host, port = zone.nameservers[0]
-    r.nameservers = [host]
-    r.port = port
-    try:
-        return sorted(a.to_text() for a in r.resolve(name, rtype))
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-        return []
 
 
 async def _settled(w: World) -> dict[str, Any]:
@@ -106,14 +61,14 @@ async def test_turning_mail_on_publishes_its_records_and_gives_everyone_a_mailbo
         (f"mail.{w.domain}", "A"),  # dns knows the server's address: the mail host's record
     }
     # written through dns into the zone, as a resolver finds them
-    assert _resolve(w.zone, w.domain, "MX") == [f"10 mail.{w.domain}."]
-    assert _resolve(w.zone, f"mail.{w.domain}", "A") == ["192.0.2.10"]
-    assert _resolve(w.zone, w.domain, "TXT") == ['"v=spf1 mx -all"']
-    dmarc = _resolve(w.zone, f"_dmarc.{w.domain}", "TXT")
+    assert resolve(w.zone, w.domain, "MX") == [f"10 mail.{w.domain}."]
+    assert resolve(w.zone, f"mail.{w.domain}", "A") == ["192.0.2.10"]
+    assert resolve(w.zone, w.domain, "TXT") == ['"v=spf1 mx -all"']
+    dmarc = resolve(w.zone, f"_dmarc.{w.domain}", "TXT")
     assert dmarc and "p=quarantine" in dmarc[0]
     dkim = "".join(
         part.strip('"')
-        for part in _resolve(w.zone, f"{sel}._domainkey.{w.domain}", "TXT")[0].split('" "')
+        for part in resolve(w.zone, f"{sel}._domainkey.{w.domain}", "TXT")[0].split('" "')
     )
     public = dkim.split("p=", 1)[1]
     from cryptography.hazmat.primitives.serialization import load_der_public_key

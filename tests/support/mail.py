@@ -23,9 +23,23 @@ from libs.events.context import Context
 from libs.events.store import PostgresEventStore
 from libs.service.runner import Service
 from tests.support.bus import ActorBus
+from tests.support.pdns import PdnsZone
 from tests.support.serving import serving
 
-__all__ = ["SYSTEM", "Mail", "MailPorts", "running_mail"]
+__all__ = [
+    "KIM",
+    "LEE",
+    "SYSTEM",
+    "Mail",
+    "MailPorts",
+    "World",
+    "mail_world",
+    "resolve",
+    "running_mail",
+]
+
+KIM = {"username": "kim", "email": "kim@example.test", "password": "kim's long password 1"}
+LEE = {"username": "Lee", "email": "lee@example.test", "password": "lee's long password 2"}
 
 SYSTEM = Context("system", "mail-test", None, None)
 
@@ -120,3 +134,72 @@ async def running_mail(
                 await nc.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class World:
+    """identity (an administrator, kim and Lee), dns (the test zone, server 192.0.2.10) and
+    mail, all real and running in this process."""
+
+    ident: Any  # tests.identity.kit.Identity
+    mail: Mail
+    admin: str
+    kim: str
+    lee: str
+    domain: str
+    zone: PdnsZone
+
+
+@asynccontextmanager
+async def mail_world(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    zone: PdnsZone,
+    servers: bool = False,
+    nameservers: tuple[str, ...] = (),
+) -> AsyncIterator[World]:
+    from tests.dns.dnskit import dns_env, pdns_provider, running_dns
+    from tests.identity.kit import running_identity
+
+    async with running_identity(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path / "identity"
+    ) as ident:
+        admin = await ident.set_up()
+        kim = (await ident.cmd("create_user", dict(KIM), actor=admin))["user_id"]
+        lee = (await ident.cmd("create_user", dict(LEE), actor=admin))["user_id"]
+        env = dns_env(dsn=dsn, nats_url=nats_url, tmp_path=tmp_path / "dns")
+        async with running_dns(monkeypatch, env) as dns_svc:
+            await dns_svc.cmd(
+                "add_domain",
+                {
+                    "domain": zone.name,
+                    "provider": pdns_provider(zone),
+                    "server_ipv4": "192.0.2.10",
+                },
+            )
+            async with running_mail(
+                monkeypatch,
+                dsn=dsn,
+                nats_url=nats_url,
+                tmp_path=tmp_path / "mail",
+                servers=servers,
+                nameservers=nameservers,
+            ) as mail:
+                yield World(ident, mail, admin, kim, lee, zone.name, zone)
+
+
+def resolve(zone: PdnsZone, name: str, rtype: str) -> list[str]:
+    """The records `name` has in the test PowerDNS, as a resolver reads them."""
+    import dns.resolver
+
+    r = dns.resolver.Resolver(configure=False)
+    host, port = zone.nameservers[0]
+    r.nameservers = [host]
+    r.port = port
+    try:
+        return sorted(a.to_text() for a in r.resolve(name, rtype))
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
