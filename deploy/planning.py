@@ -440,6 +440,9 @@ class Planner:
             )
         if name == "mail":
             env.update(self._mail_env())
+            if plan.docker_url:  # apps send from their networks to the services network's address
+                env["HP_MAIL_APPS_LISTEN"] = SERVICES_GATEWAY
+                env["HP_MAIL_APPS_PORT"] = str(stable_port(self.data_dir, "mail-apps"))
         if plan.addon is not None:
             env.update(
                 HP_ADDON_PG_DSN=plan.addon.dsn_for("postgres"),

@@ -71,6 +71,8 @@ CALLS: Mapping[str, tuple[str, ...]] = {
         "cmd.identity.ldap_register_app",
         "cmd.identity.ldap_set_app_access",
         "cmd.identity.ldap_remove_app",
+        "cmd.mail.register_app",
+        "cmd.mail.remove_app",
     ),
     "dns": ("qry.apps.apps",),
     "certs": ("cmd.dns.publish_txt", "cmd.dns.remove_txt"),

@@ -135,6 +135,34 @@ class Peers:
         if self._bus is not None:
             await self._identity("command", "ldap_remove_app", {"app_id": app_id})
 
+    # -- mail: the sendmail addon -----------------------------------------------------------
+
+    async def mail_register_app(self, app_id: str, sender: str, network: str) -> dict[str, Any]:
+        """The app's sending account (a new password each time): host, port, username,
+        password, sender."""
+        payload = {"app_id": app_id, "sender": sender, "network": network}
+        return dict(await self._mail("register_app", payload))
+
+    async def mail_remove_app(self, app_id: str) -> None:
+        if self._bus is not None:
+            await self._mail("remove_app", {"app_id": app_id})
+
+    async def _mail(self, name: str, payload: dict[str, Any]) -> Any:
+        if self._bus is None:
+            raise OperationFailed("the sendmail addon needs the mail service", "addon_unavailable")
+        ctx = context.current()
+        try:
+            return await self._bus.command(
+                "mail", name, payload, ctx=Context("system", ctx.correlation_id, None, None)
+            )
+        except BusError as e:
+            if e.code == "unavailable":
+                raise OperationFailed(
+                    f"the mail service did not answer, so the app cannot send mail: {e.message}",
+                    "addon_unavailable",
+                ) from e
+            raise OperationFailed(e.message, "runtime") from e
+
     async def group_ids(self, user_id: str) -> set[str]:
         """The groups `user_id` belongs to (asked as the platform); empty without identity."""
         if self._bus is None:

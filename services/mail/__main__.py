@@ -10,6 +10,8 @@ the endpoint.
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -30,6 +32,8 @@ from services.mail.queries import Queries
 from services.mail.sync import MailSync
 
 __all__ = ["build", "servers_settings"]
+
+log = logging.getLogger("services.mail")
 
 _LOOPBACK = "127.0.0.1"
 _EMPTY = Directory(People(), frozenset(), None)
@@ -56,6 +60,7 @@ def servers_settings(cfg: MailConfig, *, auth_port: int, auth_token: str) -> Ser
         auth_url=f"http://{_LOOPBACK}:{auth_port}/auth",
         auth_token=auth_token,
         milter_port=cfg.mail_milter_port,
+        apps_port=cfg.mail_apps_port,
         nameservers=cfg.mail_nameservers,
         vmail_user=cfg.mail_vmail_user,
     )
@@ -80,7 +85,13 @@ async def _parts(cfg: MailConfig, svc: Service) -> AsyncIterator[None]:
         port = await auth.start(_LOOPBACK, cfg.mail_auth_port)
         stack.push_async_callback(auth.stop)
         servers = None
-        if cfg.mail_servers:
+        not_run = None
+        if cfg.mail_servers and os.geteuid() != 0:
+            # a server install's unit runs as its own user: the servers get units of their own
+            # (not built yet); until then mail settings are recorded and the status says why
+            not_run = "the mail servers are not run: they need root (the service runs as a user)"
+            log.warning(not_run)
+        elif cfg.mail_servers:
             from services.mail.servers import MailServers  # the servers' adapter
 
             settings = servers_settings(cfg, auth_port=port, auth_token=token)
@@ -96,9 +107,19 @@ async def _parts(cfg: MailConfig, svc: Service) -> AsyncIterator[None]:
             interval=cfg.mail_interval,
             debounce=cfg.mail_debounce,
             timeout=cfg.identity_timeout,
+            apps_listen=cfg.mail_apps_listen,
+            not_run=not_run,
         )
         await stack.enter_async_context(loop(svc, "mail.sync", sync.run(), sync.stop))
-        commands = Commands(conn.store, keys, bus, changed=sync.kick, timeout=cfg.identity_timeout)
+        commands = Commands(
+            conn.store,
+            keys,
+            bus,
+            changed=sync.kick,
+            timeout=cfg.identity_timeout,
+            apps_host=cfg.mail_apps_listen[0] if cfg.mail_apps_listen else None,
+            apps_port=cfg.mail_apps_port,
+        )
         queries = Queries(conn.store.pool, keys, lambda: sync.applied, sync.wanted.get, sync.status)
         await stack.enter_async_context(serve(svc, conn.nc, CONTRACT, commands, queries))
         yield

@@ -48,6 +48,10 @@ class MailConfig(ServiceConfig):
     mail_milter_port: int = field(default=11332, metadata=check(_port, "a port 0-65535"))
     # Dovecot asks the service about every password here (loopback; 0: any free port).
     mail_auth_port: int = field(default=0, metadata=check(_port, "a port 0-65535"))
+    # Where apps send (their `sendmail` addon): the services network's address(es), served
+    # while present on this host; and the port.
+    mail_apps_listen: tuple[str, ...] = ()
+    mail_apps_port: int = field(default=2525, metadata=check(_port, "a port 0-65535"))
     # rspamd's resolvers ("127.0.0.1:53"); none: the system's.
     mail_nameservers: tuple[str, ...] = ()
     mail_vmail_user: str = field(default="mail", metadata=check(_user, "a system user name"))

@@ -59,11 +59,14 @@ def decide(
     dnsbl: Sequence[str] = (),
     tls: tuple[Path, Path] | None = None,
     apps: Sequence[tuple[str, str]] = (),
+    apps_listen: tuple[str, ...] = (),
 ) -> MailModel:
     """The model for `domains` (enabled, first = primary) and everything else given."""
     app_senders = {sender: (login,) for sender, login in apps}
     if not domains:
-        return MailModel(hostname=hostname, dnsbl=tuple(dnsbl), senders=app_senders)
+        return MailModel(
+            hostname=hostname, dnsbl=tuple(dnsbl), senders=app_senders, apps_listen=apps_listen
+        )
     primary = domains[0].domain
     boxes: dict[str, Mailbox] = {}  # user id -> mailbox
     for p in sorted(people.persons, key=lambda p: p.username):
@@ -126,4 +129,5 @@ def decide(
         dnsbl=tuple(dnsbl),
         tls_cert=tls[0] if tls else None,
         tls_key=tls[1] if tls else None,
+        apps_listen=apps_listen,
     )

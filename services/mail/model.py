@@ -74,6 +74,9 @@ class MailModel:
     relay: Relay | None = None
     tls_cert: Path | None = None  # PEM chain for `hostname`; None: a self-signed fallback
     tls_key: Path | None = None
+    # where apps send (their `sendmail` addon): the services network's address, while it is on
+    # this host; AUTH there needs no TLS (the host's own bridge), only an app's account
+    apps_listen: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,7 @@ class ServersSettings:
     auth_url: str = "http://127.0.0.1:7480/auth"  # the mail service's endpoint for Dovecot
     auth_token: str = ""  # sent by Dovecot's auth with every check; 32+ random characters
     milter_port: int = 11332  # rspamd's proxy (milter) on 127.0.0.1
+    apps_port: int = 2525  # on each of the model's `apps_listen` addresses
     nameservers: tuple[str, ...] = ()  # rspamd's DNS ("127.0.0.1:5300"); () = the system's
     vmail_user: str = "mail"  # owns the mail store; Dovecot delivers and reads as it
     rspamd_user: str = "_rspamd"

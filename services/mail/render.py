@@ -43,7 +43,7 @@ TLS_CIPHERS = ":".join(
 QUOTA_REFUSAL = "552 5.2.2 Mailbox is full"
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN = re.compile(rf"(?=.{{1,253}}$)(?:{_LABEL}\.)+[a-z](?:[a-z0-9-]{{0,61}}[a-z0-9])?")
+_DOMAIN = re.compile(rf"(?=.{{1,253}}$)(?:{_LABEL}\.)*[a-z](?:[a-z0-9-]{{0,61}}[a-z0-9])?")
 _LOCAL = re.compile(r"[a-z0-9_](?:[a-z0-9._=+-]{0,62}[a-z0-9_=+-])?")
 _LOGIN = re.compile(r"[a-z][a-z0-9._-]{0,63}")
 _FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -370,7 +370,13 @@ def _postfix(
     else:
         main.append("smtp_tls_security_level = may")
     files["postfix/main.cf"] = RenderedFile(_lines(main))
-    files["postfix/master.cf"] = RenderedFile(_master_cf(s, listen))
+    apps: list[str] = []
+    if model.apps_listen:
+        apps = _listen("postfix", model.apps_listen)
+        _port("postfix", s.apps_port, "apps_port")
+        if not s.apps_port:
+            raise RenderError("postfix", "apps_port 0 with an address for apps to send to")
+    files["postfix/master.cf"] = RenderedFile(_master_cf(s, listen, apps))
     return files
 
 
@@ -447,8 +453,28 @@ _SIGNED_IN = [
 ]
 
 
-def _master_cf(s: ServersSettings, listen: list[str]) -> bytes:
+# Apps' sending accounts (their `sendmail` addon), on the services network's address: an app's
+# account only (the auth endpoint takes it from the app's own network only), its own sender only;
+# TLS offered, not required (the host's own bridge; apps' mail libraries often cannot check a
+# certificate for an address).
+_APPS = [
+    "syslog_name=postfix/apps",
+    "smtpd_tls_security_level=may",
+    "smtpd_sasl_auth_enable=yes",
+    "smtpd_tls_auth_only=no",
+    "smtpd_client_restrictions=permit_sasl_authenticated,reject",
+    "smtpd_sender_restrictions=reject_sender_login_mismatch",
+    "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
+    "milter_macro_daemon_name=ORIGINATING",
+]
+
+
+def _master_cf(s: ServersSettings, listen: list[str], apps: list[str]) -> bytes:
     out = [_MASTER_TOP]
+    for a in apps:
+        host = f"[{a}]" if ":" in a else a
+        out.append(f"{host}:{s.apps_port} inet n - n - - smtpd\n")
+        out += [f"  -o {o}\n" for o in _APPS]
     for a in listen:
         host = f"[{a}]" if ":" in a else a
         if s.smtp_port:
@@ -528,6 +554,10 @@ def _dovecot(
         # user:password:uid:gid:gecos:home:shell:extra
         users.append(f"{b.address}:::::{lay.store / b.folder}::{extra}")
     addresses = ", ".join("*" if a == "0.0.0.0" else a for a in listen)  # noqa: S104
+    # Apps' accounts sign in over Postfix's apps listener without TLS (the host's own bridge):
+    # Dovecot's auth must take plaintext there. People still cannot: IMAP and ManageSieve
+    # require TLS (ssl = required), submission refuses AUTH before TLS (smtpd_tls_auth_only).
+    plaintext = "no" if model.apps_listen else "yes"
     text = f"""\
 # Rendered by Homeport (services/mail/render.py): changes here are overwritten.
 base_dir = {_path("dovecot", lay.dovecot_base, "base_dir")}
@@ -546,7 +576,7 @@ ssl_key = <{key}
 ssl_min_protocol = TLSv1.2
 ssl_cipher_list = {TLS_CIPHERS}
 ssl_prefer_server_ciphers = no
-disable_plaintext_auth = yes
+disable_plaintext_auth = {plaintext}
 auth_mechanisms = plain login
 
 mail_uid = {s.vmail_user}

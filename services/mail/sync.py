@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ class MailSync:
     debounce: float = 0.2
     retry: float = 5.0
     timeout: float = 10.0
+    apps_listen: tuple[str, ...] = ()  # where apps send, when present on this host
+    not_run: str | None = None  # why no servers run here (servers is None), if not by choice
     last_error: str | None = None
     rounds: int = 0  # rounds ended
     _begun: int = 0
@@ -102,7 +105,7 @@ class MailSync:
             "hostname": model.hostname if model else self.hostname,
             "domains": [d.name for d in model.domains] if model else [],
             "mailboxes": len(model.mailboxes) if model else 0,
-            "last_error": self.last_error,
+            "last_error": self.last_error or (self.not_run if model and model.domains else None),
             "record_errors": [f"{k}: {v}" for k, v in sorted(self.record_errors.items())],
             "rounds": self.rounds,
         }
@@ -202,6 +205,7 @@ class MailSync:
             dnsbl=tuple(_json_list(dnsbl)),
             tls=tls,
             apps=apps,
+            apps_listen=tuple(a for a in self.apps_listen if _on_this_host(a)),
         )
         if primary:
             await self._publish_records(rows, primary, hostname)
@@ -268,6 +272,18 @@ class MailSync:
                     log.warning("%s for mail not written: %s", what, e.message)
             if not failed:
                 self._records[r["domain"]] = key
+
+
+def _on_this_host(address: str) -> bool:
+    """Whether `address` is one of this host's (the services network exists once the apps
+    service made it): Postfix would not start with an address it cannot bind."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError:
+            return False
+    return True
 
 
 def _json_list(value: Any) -> list[str]:

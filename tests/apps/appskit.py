@@ -27,6 +27,7 @@ from libs.events.context import Context
 from libs.events.store import PostgresEventStore
 from services.apps.config import BUNDLED_CATALOG
 from tests.support.bus import ActorBus
+from tests.support.mail import mail_beside
 from tests.support.serving import serving
 
 STATIC = "org.homeport.static"
@@ -179,24 +180,30 @@ def remove_docker_objects(client: docker.DockerClient, prefix: str) -> None:
 
 @asynccontextmanager
 async def running_apps(
-    monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]
+    monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str], *, mail: bool = True
 ) -> AsyncIterator[Apps]:
-    """The apps service (services.apps.__main__.build) in this process, ready."""
+    """The apps service (services.apps.__main__.build) in this process, ready (with a mail
+    service beside it unless the test runs its own: `mail=False`)."""
     from services.apps.__main__ import build
 
-    async with serving(monkeypatch, build, env, "apps") as svc, connected(env) as apps:
+    async with serving(monkeypatch, build, env, "apps") as svc, connected(env, mail) as apps:
         apps.port = svc.port
         yield apps
 
 
 @asynccontextmanager
-async def connected(env: Mapping[str, str]) -> AsyncIterator[Apps]:
+async def connected(env: Mapping[str, str], mail: bool = True) -> AsyncIterator[Apps]:
     """A bus client, the store and a Docker client for tests of a running apps service."""
     nc = await nats.connect(env["HP_NATS_URL"])
     store = await PostgresEventStore.open(env["HP_DATABASE_URL"], max_size=2)
     client = docker.DockerClient(base_url=env["HP_DOCKER_HOST"])
     try:
-        yield Apps(ActorBus(nc, default_timeout=30), store, env["HP_NAME_PREFIX"], client)
+        apps = Apps(ActorBus(nc, default_timeout=30), store, env["HP_NAME_PREFIX"], client)
+        if not mail:
+            yield apps
+        else:  # the sendmail addon's accounts come from the mail service (servers off here)
+            async with mail_beside(env, Path(env["HP_DATA_DIR"]) / "mail-service"):
+                yield apps
     finally:
         await asyncio.to_thread(remove_docker_objects, client, env["HP_NAME_PREFIX"])
         client.close()

@@ -1,6 +1,7 @@
 """The mail servers (services/mail/servers.py) for tests: `MailStack` runs Postfix, Dovecot and
 rspamd on free loopback ports with a stand-in for the mail service's auth endpoint, and talks to
-them as mail clients do (smtplib, imaplib). tests/mail/conftest.py makes the fixtures.
+them as mail clients do (smtplib, imaplib, `ManageSieve`). tests/mail/conftest.py makes the
+fixtures.
 
 The servers and the auth stand-in run on an event loop of their own in a thread (they outlive
 each test's loop, and the clients here block).
@@ -9,11 +10,14 @@ each test's loop, and the clients here block).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import imaplib
+import re
 import secrets
 import shutil
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -45,6 +49,8 @@ __all__ = [
     "SELECTOR",
     "Account",
     "MailStack",
+    "ManageSieve",
+    "SieveResponse",
     "client_tls",
     "message",
     "servers_missing",
@@ -272,6 +278,10 @@ class MailStack:
         box.login(account.login, account.password)
         return box
 
+    def managesieve(self, source: str | None = None) -> ManageSieve:
+        """A ManageSieve connection, greeted, before STARTTLS."""
+        return ManageSieve(self.host, self.settings.managesieve_port, source)
+
     def fetch(self, account: Account, subject: str, deadline: float = 30) -> list[bytes]:
         """The messages with `subject` in the account's INBOX, waiting until there is one."""
         end = time.monotonic() + deadline
@@ -306,6 +316,142 @@ class MailStack:
         except AssertionError:
             return True
         return False
+
+
+class _Atom(str):
+    """A bare word of a ManageSieve line (OK, NO, BYE, ACTIVE), not a string."""
+
+
+@dataclass(frozen=True)
+class SieveResponse:
+    """A ManageSieve answer: its data lines, then OK, NO or BYE with a code and a text."""
+
+    status: str
+    code: str
+    text: str
+    lines: list[list[str]]
+
+
+class ManageSieve:
+    """A ManageSieve client (RFC 5804), one command at a time; every answer parsed."""
+
+    _TOKEN = re.compile(rb'"((?:[^"\\\r\n]|\\.)*)"|\{(\d+)\+?\}\r\n$|([()])|([^\s"(){}]+)')
+
+    def __init__(self, host: str, port: int, source: str | None = None) -> None:
+        self._sock = socket.create_connection(
+            (host, port), 30, source_address=(source, 0) if source else None
+        )
+        self._file = self._sock.makefile("rb")
+        self.capabilities = self._capabilities(self.read())
+
+    def __enter__(self) -> ManageSieve:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+    # -- the protocol --
+
+    def command(self, name: str, *args: str | bytes) -> SieveResponse:
+        """Send `name` with `args` (str quoted, bytes as a literal) and read the answer."""
+        out = name.encode()
+        for a in args:
+            if isinstance(a, bytes):
+                out += b" {%d+}\r\n" % len(a) + a
+            else:
+                out += b' "' + a.replace("\\", "\\\\").replace('"', '\\"').encode() + b'"'
+        self._sock.sendall(out + b"\r\n")
+        return self.read()
+
+    def read(self) -> SieveResponse:
+        """Lines up to the one that starts with OK, NO or BYE."""
+        lines: list[list[str]] = []
+        while True:
+            tokens = self._tokens()
+            if tokens and isinstance(tokens[0], _Atom) and tokens[0] in ("OK", "NO", "BYE"):
+                code, rest = "", tokens[1:]
+                if rest[:1] == ["("] and ")" in rest:
+                    end = rest.index(")")
+                    code, rest = " ".join(rest[1:end]), rest[end + 1 :]
+                return SieveResponse(tokens[0], code, " ".join(rest), lines)
+            lines.append(tokens)
+
+    def _tokens(self) -> list[str]:
+        tokens: list[str] = []
+        line = self._line()
+        pos = 0
+        while pos < len(line):
+            if line[pos : pos + 1] in (b" ", b"\r", b"\n"):
+                pos += 1
+                continue
+            m = self._TOKEN.match(line, pos)
+            if m is None:
+                raise AssertionError(f"not ManageSieve: {line!r}")
+            quoted, literal, paren, atom = m.groups()
+            if quoted is not None:
+                tokens.append(re.sub(rb"\\(.)", rb"\1", quoted).decode())
+            elif literal is not None:
+                data = self._file.read(int(literal))
+                assert len(data) == int(literal), "connection closed in a literal"
+                tokens.append(data.decode())
+                line, pos = self._line(), 0  # the rest of the line after the literal
+                continue
+            else:
+                tokens.append(paren.decode() if paren else _Atom(atom.decode()))
+            pos = m.end()
+        return tokens
+
+    def _line(self) -> bytes:
+        line = self._file.readline()
+        if not line.endswith(b"\r\n"):
+            raise AssertionError(f"connection closed or line cut short: {line!r}")
+        return line
+
+    @staticmethod
+    def _capabilities(answer: SieveResponse) -> dict[str, str]:
+        assert answer.status == "OK", answer
+        return {t[0].upper(): " ".join(t[1:]) for t in answer.lines}
+
+    # -- commands --
+
+    def starttls(self, ctx: ssl.SSLContext) -> None:
+        """STARTTLS, then the capabilities the server sends again over TLS."""
+        answer = self.command("STARTTLS")
+        assert answer.status == "OK", answer
+        self._file.close()
+        self._sock = ctx.wrap_socket(self._sock)
+        self._file = self._sock.makefile("rb")
+        self.capabilities = self._capabilities(self.read())
+
+    def authenticate(self, login: str, password: str) -> SieveResponse:
+        """SASL PLAIN with the initial response as a string."""
+        plain = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+        return self.command("AUTHENTICATE", "PLAIN", plain)
+
+    def putscript(self, name: str, script: str) -> SieveResponse:
+        return self.command("PUTSCRIPT", name, script.encode())
+
+    def scripts(self) -> dict[str, bool]:
+        """LISTSCRIPTS: each script's name, and whether it is the active one."""
+        answer = self.command("LISTSCRIPTS")
+        assert answer.status == "OK", answer
+        return {t[0]: t[1:] == ["ACTIVE"] for t in answer.lines}
+
+    def getscript(self, name: str) -> str:
+        answer = self.command("GETSCRIPT", name)
+        assert answer.status == "OK", answer
+        [[script]] = answer.lines
+        return script
+
+    def logout(self) -> SieveResponse:
+        try:
+            return self.command("LOGOUT")
+        finally:
+            self.close()
 
 
 def servers_missing() -> str | None:

@@ -33,6 +33,7 @@ __all__ = [
     "Mail",
     "MailPorts",
     "World",
+    "mail_beside",
     "mail_world",
     "resolve",
     "running_mail",
@@ -160,6 +161,7 @@ async def mail_world(
     zone: PdnsZone,
     servers: bool = False,
     nameservers: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[World]:
     from tests.dns.dnskit import dns_env, pdns_provider, running_dns
     from tests.identity.kit import running_identity
@@ -170,8 +172,8 @@ async def mail_world(
         admin = await ident.set_up()
         kim = (await ident.cmd("create_user", dict(KIM), actor=admin))["user_id"]
         lee = (await ident.cmd("create_user", dict(LEE), actor=admin))["user_id"]
-        env = dns_env(dsn=dsn, nats_url=nats_url, tmp_path=tmp_path / "dns")
-        async with running_dns(monkeypatch, env) as dns_svc:
+        dns_settings = dns_env(dsn=dsn, nats_url=nats_url, tmp_path=tmp_path / "dns")
+        async with running_dns(monkeypatch, dns_settings) as dns_svc:
             await dns_svc.cmd(
                 "add_domain",
                 {
@@ -187,6 +189,7 @@ async def mail_world(
                 tmp_path=tmp_path / "mail",
                 servers=servers,
                 nameservers=nameservers,
+                env=env,
             ) as mail:
                 yield World(ident, mail, admin, kim, lee, zone.name, zone)
 
@@ -203,3 +206,54 @@ def resolve(zone: PdnsZone, name: str, rtype: str) -> list[str]:
         return sorted(a.to_text() for a in r.resolve(name, rtype))
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
+
+
+@asynccontextmanager
+async def mail_beside(env: Mapping[str, str], folder: Path) -> AsyncIterator[Service]:
+    """The mail service with its servers off, for tests of a service that calls it (apps:
+    the `sendmail` addon's accounts), on `env`'s database and bus; os.environ is not touched."""
+    import asyncio
+
+    import aiohttp
+
+    from libs.service.config import load_config
+    from services.mail.__main__ import build
+    from services.mail.config import MailConfig
+    from tests.support.waits import wait_until
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(
+        MailConfig,
+        {
+            "HP_DATABASE_URL": env["HP_DATABASE_URL"],
+            "HP_NATS_URL": env["HP_NATS_URL"],
+            "HP_KEYRING": str(folder / "mail-keyring.json"),
+            "HP_DATA_DIR": str(folder),
+            "HP_HTTP_PORT": "0",
+            "HP_DRAIN_SECONDS": "1",
+            "HP_MAIL_SERVERS": "false",
+            "HP_MAIL_APPS_LISTEN": "127.0.0.1",
+            "HP_MAIL_INTERVAL": "30",
+            "HP_IDENTITY_TIMEOUT": "2",
+        },
+    )
+    svc = build(cfg)
+    task = asyncio.create_task(svc.serve(), name="mail beside the service under test")
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                assert not task.done(), f"mail stopped, exit code {svc.exit_code}"
+                if not svc.port:
+                    return False
+                try:
+                    async with http.get(f"http://127.0.0.1:{svc.port}/readyz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until(ready, 30, "mail to be ready")
+        yield svc
+    finally:
+        svc.request_stop("test over")
+        await asyncio.wait_for(task, 30)

@@ -7,7 +7,6 @@ recorded once and read back by the steps after them, and by a resumed run.
 from __future__ import annotations
 
 import json
-import secrets
 
 from libs.events.tasks import Task
 from services.apps import events as ev
@@ -107,13 +106,20 @@ async def _provision(
             "HOMEPORT_LDAP_USERS_BASE_DN": reg["users_dn"],
             "HOMEPORT_LDAP_GROUPS_BASE_DN": reg["groups_dn"],
         }
-    # sendmail: credentials recorded now; the mail service makes them deliver
+    # sendmail: an account of the mail service, usable from the app's network only, for its
+    # own sender only
+    account = await t.peers.mail_register_app(s.app_id, f"{s.location}.app@{s.domain}", subnet)
+    if not account.get("host"):
+        raise OperationFailed(
+            "the mail service has no address for apps to send to (HP_MAIL_APPS_LISTEN)",
+            "addon_unavailable",
+        )
     return {
-        "HOMEPORT_MAIL_SMTP_SERVER": gateway,
-        "HOMEPORT_MAIL_SMTP_PORT": "2525",
-        "HOMEPORT_MAIL_SMTP_USERNAME": f"app-{s.app_id}",
-        "HOMEPORT_MAIL_SMTP_PASSWORD": secrets.token_urlsafe(24),
-        "HOMEPORT_MAIL_FROM": f"{s.location}.app@{s.domain}",
+        "HOMEPORT_MAIL_SMTP_SERVER": str(account["host"]),
+        "HOMEPORT_MAIL_SMTP_PORT": str(account["port"]),
+        "HOMEPORT_MAIL_SMTP_USERNAME": str(account["username"]),
+        "HOMEPORT_MAIL_SMTP_PASSWORD": str(account["password"]),
+        "HOMEPORT_MAIL_FROM": str(account["sender"]),
     }
 
 

@@ -1,0 +1,160 @@
+"""The sendmail addon for real: an app installed with it gets an account of the mail service
+and sends, from inside its container over the services network, to a person's mailbox; the
+account works only from the app's network and only with the app's own sender."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import imaplib
+import smtplib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deploy.embedded import free_port
+from tests.apps.addonkit import AddonServer
+from tests.apps.appskit import STATIC, Apps, apps_env, running_apps, static_catalog
+from tests.mail.serverskit import client_tls
+from tests.support.mail import World, mail_world
+from tests.support.pdns import PdnsServer, PdnsZone
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.xdist_group("addon_postgresql"),
+]
+
+KIM_PASSWORD = "kim's long password 1"
+EVERYONE = {"all_users": True, "user_ids": [], "groups": []}
+
+
+@dataclass
+class Both:
+    w: World
+    apps: Apps
+    port: int
+    host: str
+
+
+@pytest.fixture
+async def both(
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    docker_host: str,
+    uniq: str,
+    pdns: PdnsServer,
+    pdns_zone: PdnsZone,
+    addon_server: AddonServer,
+) -> AsyncIterator[Both]:
+    port = free_port()
+    host = addon_server.host  # the services network's gateway, where apps send
+    async with mail_world(
+        monkeypatch,
+        dsn=dsn,
+        nats_url=nats_url,
+        tmp_path=tmp_path / "world",
+        zone=pdns_zone,
+        servers=True,
+        nameservers=(f"127.0.0.1:{pdns.dns_port}",),
+        env={"HP_MAIL_APPS_LISTEN": host, "HP_MAIL_APPS_PORT": str(port)},
+    ) as w:
+        await w.mail.cmd("enable_domain", {"domain": w.domain})
+        status = await w.mail.ask("status", {"wait": True})
+        assert status["running"] and status["last_error"] is None, status
+        services = addon_server.services_net
+        env = apps_env(
+            dsn=dsn,
+            nats_url=nats_url,
+            tmp_path=tmp_path / "apps",
+            docker_host=docker_host,
+            prefix=f"m{uniq[:8]}",
+            catalog=static_catalog(tmp_path / "catalog"),
+            extra={"HP_SERVICES_NETWORK": services.name, "HP_SERVICES_SUBNET": services.subnet},
+        )
+        async with running_apps(monkeypatch, env, mail=False) as apps:
+            yield Both(w, apps, port, host)
+
+
+def _dialogue(env: dict[str, str], sender: str, to: str, subject: str) -> str:
+    """An SMTP conversation for busybox `nc`, one command a moment (no pipelining)."""
+    plain = base64.b64encode(
+        f"\0{env['HOMEPORT_MAIL_SMTP_USERNAME']}\0{env['HOMEPORT_MAIL_SMTP_PASSWORD']}".encode()
+    ).decode()
+    lines = [
+        "EHLO app.test",
+        f"AUTH PLAIN {plain}",
+        f"MAIL FROM:<{sender}>",
+        f"RCPT TO:<{to}>",
+        "DATA",
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nsent by an app\r\n.",
+        "QUIT",
+    ]
+    steps = "; ".join(f"sleep 0.5; printf '%s\\r\\n' '{line}'" for line in lines)
+    server = f"{env['HOMEPORT_MAIL_SMTP_SERVER']} {env['HOMEPORT_MAIL_SMTP_PORT']}"
+    return f"({steps}; sleep 1) | nc {server}"
+
+
+def _inbox_subjects(w: World) -> list[str]:
+    assert w.mail.ports is not None
+    with imaplib.IMAP4_SSL(
+        "127.0.0.1", w.mail.ports.imaps, ssl_context=client_tls(), timeout=30
+    ) as m:
+        m.login("kim", KIM_PASSWORD)
+        m.select("INBOX", readonly=True)
+        _, found = m.search(None, "ALL")
+        out = []
+        for num in found[0].split():
+            _, data = m.fetch(num, "(BODY[HEADER.FIELDS (SUBJECT)])")
+            part = data[0]
+            assert isinstance(part, tuple)
+            out.append(bytes(part[1]).decode().split(":", 1)[1].strip())
+        return out
+
+
+async def test_an_app_sends_to_a_persons_mailbox_as_itself_only(both: Both) -> None:
+    w, apps = both.w, both.apps
+    reply = await apps.cmd(
+        "install",
+        {"manifest_id": STATIC, "version": "1.1.0", "location": "blog", "access": EVERYONE},
+    )
+    app_id = reply["app_id"]
+    end = await apps.wait_task(reply["task_id"])
+    assert end["type"] == "TaskSucceeded", end
+    container = apps.container(app_id)
+    env = dict(item.split("=", 1) for item in container.attrs["Config"]["Env"])
+    assert env["HOMEPORT_MAIL_SMTP_SERVER"] == both.host
+    assert env["HOMEPORT_MAIL_SMTP_PORT"] == str(both.port)
+    sender = env["HOMEPORT_MAIL_FROM"]
+    to = f"kim@{w.domain}"
+
+    def send(from_: str, subject: str) -> str:
+        out = container.exec_run(["/bin/sh", "-c", _dialogue(env, from_, to, subject)])
+        return bytes(out.output).decode(errors="replace")
+
+    status = await w.mail.ask("status", {"wait": True})
+    assert status["last_error"] is None, status
+    said = await asyncio.to_thread(send, sender, "from the blog")
+    assert "235" in said and "250 2.0.0 Ok: queued" in said, said
+    deadline = time.monotonic() + 30
+    while "from the blog" not in await asyncio.to_thread(_inbox_subjects, w):
+        assert time.monotonic() < deadline, "the app's message never reached kim"
+        await asyncio.sleep(0.3)
+    # another sender is refused, whoever it claims to be
+    said = await asyncio.to_thread(send, f"kim@{w.domain}", "as kim")
+    assert "553" in said and "not owned by user" in said, said
+    # the account is no use outside the app's network (here: the host itself)
+    with smtplib.SMTP(both.host, both.port, timeout=30) as s:
+        s.ehlo()
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.login(env["HOMEPORT_MAIL_SMTP_USERNAME"], env["HOMEPORT_MAIL_SMTP_PASSWORD"])
+    # uninstalled: the account ends
+    done = await apps.cmd("uninstall", {"app_id": app_id})
+    assert (await apps.wait_task(done["task_id"]))["type"] == "TaskSucceeded"
+    rows = await w.mail.store.pool.fetch("SELECT removed FROM mail.apps WHERE app_id = $1", app_id)
+    assert [r["removed"] for r in rows] == [True]
