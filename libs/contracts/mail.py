@@ -97,6 +97,24 @@ CONTRACT = Contract(
             required=["user_id", "password_id"],
         ),
         "set_dnsbl": obj({"zones": array(_ZONE, maxItems=MAX_DNSBL)}, required=["zones"]),
+        # Outgoing mail through a smart host: checked (connection, TLS, sign-in) before kept.
+        "set_relay": obj(
+            {
+                "host": string(
+                    maxLength=253,
+                    pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$",
+                    description="the relay's host name or address, e.g. smtp.example.net",
+                ),
+                "port": integer(minimum=1, maximum=65535, description="usually 587 or 465"),
+                "tls": string(enum=["starttls", "tls"], description="STARTTLS, or TLS at once"),
+                "username": nullable(string(maxLength=256, pattern=r"^[^\x00-\x20\x7f:]+$")),
+                "password": nullable(
+                    string(maxLength=256, writeOnly=True, pattern=r"^[^\x00-\x1f\x7f]+$")
+                ),
+            },
+            required=["host", "port", "tls"],
+        ),
+        "clear_relay": obj({}),
         # The apps service, for an app with the `sendmail` addon (actor "system" only).
         "register_app": obj(
             {
@@ -119,5 +137,6 @@ CONTRACT = Contract(
         # wait: answer after a round of the sync that began after this query (all changes
         # made before it are then in the servers' configuration, or in last_error)
         "status": obj({"wait": boolean()}),
+        "relay": obj({}),
     },
 )

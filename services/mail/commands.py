@@ -15,6 +15,8 @@ import base64
 import hashlib
 import ipaddress
 import secrets
+import smtplib
+import ssl
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -47,6 +49,7 @@ __all__ = [
     "Commands",
     "app_login",
     "app_password_hash",
+    "check_relay",
     "dkim_keypair",
 ]
 
@@ -76,6 +79,60 @@ def dkim_keypair() -> tuple[str, str]:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return pem, base64.b64encode(public).decode()
+
+
+_RELAY_DEADLINE = 20.0
+
+
+def check_relay(host: str, port: int, tls: str, username: str | None, password: str | None) -> None:
+    """Connect to the relay as Postfix will (TLS at once or STARTTLS, then AUTH when given);
+    InvalidRequest naming the setting that failed. The certificate is not verified (Postfix
+    sends with `encrypt`, not `secure`: a relay known by address has no name to check)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        if tls == "tls":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                host, port, timeout=_RELAY_DEADLINE, context=context
+            )
+        else:
+            client = smtplib.SMTP(host, port, timeout=_RELAY_DEADLINE)
+    except ssl.SSLError as e:
+        raise InvalidRequest(
+            f"no TLS at once at {host}:{port} ({e.reason}): choose starttls, or another port",
+            field="tls",
+        ) from None
+    except (OSError, smtplib.SMTPException) as e:
+        raise InvalidRequest(
+            f"could not reach a mail server at {host}:{port} ({e}): check the host and port",
+            field="host",
+        ) from None
+    with client:
+        try:
+            client.ehlo()
+            if tls == "starttls":
+                if not client.has_extn("starttls"):
+                    raise InvalidRequest(
+                        f"{host}:{port} offers no STARTTLS: choose tls, or another port",
+                        field="tls",
+                    )
+                client.starttls(context=context)
+                client.ehlo()
+        except (OSError, smtplib.SMTPException) as e:
+            raise InvalidRequest(f"TLS with {host}:{port} failed: {e}", field="tls") from None
+        if username is not None and password is not None:
+            try:
+                client.login(username, password)
+            except smtplib.SMTPAuthenticationError:
+                raise InvalidRequest(
+                    f"{host} refused the sign-in: check the username and password",
+                    field="password",
+                ) from None
+            except (OSError, smtplib.SMTPException) as e:
+                raise InvalidRequest(
+                    f"{host} did not take a sign-in: {e}", field="username"
+                ) from None
 
 
 def _selector(now: datetime) -> str:
@@ -389,6 +446,41 @@ class Commands:
                 version = await self.store.stream_version(stream)
                 await self._append(stream, [ev.MailAppRemoved(app_id=app_id)], version)
         return {"app_id": app_id, "removed": True}
+
+    # -- the outbound relay --------------------------------------------------------------------
+
+    @command("set_relay")
+    async def set_relay(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Mail to other domains through a smart host, kept only once it took the connection,
+        the TLS and the sign-in; the password is sealed."""
+        self._admin()
+        host: str = payload["host"]
+        port: int = payload["port"]
+        tls: str = payload["tls"]
+        username: str | None = payload.get("username")
+        password: str | None = payload.get("password")
+        if (username is None) != (password is None):
+            missing = "password" if password is None else "username"
+            raise InvalidRequest("a relay sign-in needs both username and password", field=missing)
+        await asyncio.to_thread(check_relay, host, port, tls, username, password)
+        sealed = (
+            None
+            if password is None
+            else await asyncio.to_thread(self.keyring.seal_for, ev.SETTINGS_STREAM, password)
+        )
+        new = ev.MailRelaySet(host=host, port=port, tls=tls, username=username, password=sealed)
+        async with self._lock(ev.SETTINGS_STREAM):
+            version = await self.store.stream_version(ev.SETTINGS_STREAM)
+            await self._append(ev.SETTINGS_STREAM, [new], version)
+        return {"host": host, "port": port, "tls": tls, "username": username}
+
+    @command("clear_relay")
+    async def clear_relay(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self._admin()
+        async with self._lock(ev.SETTINGS_STREAM):
+            version = await self.store.stream_version(ev.SETTINGS_STREAM)
+            await self._append(ev.SETTINGS_STREAM, [ev.MailRelayCleared()], version)
+        return {"relay": None}
 
     # -- settings ----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.mail.model import DkimKey, Mailbox, MailDomain, MailModel
+from services.mail.model import DkimKey, Mailbox, MailDomain, MailModel, Relay
 from services.mail.people import People, Person
 
 __all__ = ["ROLE_ADDRESSES", "AddressRow", "DomainRow", "decide"]
@@ -60,12 +60,17 @@ def decide(
     tls: tuple[Path, Path] | None = None,
     apps: Sequence[tuple[str, str]] = (),
     apps_listen: tuple[str, ...] = (),
+    relay: Relay | None = None,
 ) -> MailModel:
     """The model for `domains` (enabled, first = primary) and everything else given."""
     app_senders = {sender: (login,) for sender, login in apps}
     if not domains:
         return MailModel(
-            hostname=hostname, dnsbl=tuple(dnsbl), senders=app_senders, apps_listen=apps_listen
+            hostname=hostname,
+            dnsbl=tuple(dnsbl),
+            senders=app_senders,
+            apps_listen=apps_listen,
+            relay=relay,
         )
     primary = domains[0].domain
     boxes: dict[str, Mailbox] = {}  # user id -> mailbox
@@ -130,4 +135,5 @@ def decide(
         tls_cert=tls[0] if tls else None,
         tls_key=tls[1] if tls else None,
         apps_listen=apps_listen,
+        relay=relay,
     )

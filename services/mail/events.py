@@ -31,6 +31,8 @@ __all__ = [
     "MailDomainDisabled",
     "MailDomainEnabled",
     "MailQuotaSet",
+    "MailRelayCleared",
+    "MailRelaySet",
     "app_stream",
     "domain_stream",
     "mailbox_stream",
@@ -179,3 +181,25 @@ class MailAppRemoved:
 
     def summary(self) -> str:
         return f"app {self.app_id[:8]} may no longer send mail"
+
+
+@REGISTRY.event("MailRelaySet")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailRelaySet:
+    """Mail to other domains leaves through this smart host (checked before it was kept)."""
+
+    host: str
+    port: int
+    tls: str  # "starttls" or "tls"
+    username: str | None
+    password: str | None  # sealed
+
+    def summary(self) -> str:
+        return f"outgoing mail relayed through {self.host}:{self.port}"
+
+
+@REGISTRY.event("MailRelayCleared")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailRelayCleared:
+    def summary(self) -> str:
+        return "outgoing mail delivered directly (no relay)"

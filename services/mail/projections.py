@@ -164,6 +164,16 @@ async def _app_removed(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> N
     )
 
 
+async def _relay(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    relay = json.dumps(dict(d)) if r.type == "MailRelaySet" else None
+    await conn.execute(
+        "INSERT INTO mail.settings (id, relay, updated_at) VALUES (true, $1::jsonb, $2)"
+        " ON CONFLICT (id) DO UPDATE SET relay = $1::jsonb, updated_at = $2",
+        relay,
+        r.recorded_at,
+    )
+
+
 _APPLY: Mapping[str, Callable[[asyncpg.Connection, Data, RecordedEvent], Awaitable[None]]] = {
     "MailDomainEnabled": _enabled,
     "MailDomainDisabled": _disabled,
@@ -176,4 +186,6 @@ _APPLY: Mapping[str, Callable[[asyncpg.Connection, Data, RecordedEvent], Awaitab
     "MailDnsblSet": _dnsbl,
     "MailAppRegistered": _app_registered,
     "MailAppRemoved": _app_removed,
+    "MailRelaySet": _relay,
+    "MailRelayCleared": _relay,
 }

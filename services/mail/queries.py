@@ -4,6 +4,7 @@ mailbox, the servers' state."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -151,6 +152,15 @@ class Queries:
             "quota_bytes": quota,
             "app_passwords": passwords,
         }
+
+    @query("relay")
+    async def relay(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        value = await self.pool.fetchval("SELECT relay FROM mail.settings")
+        if value is None:
+            return {"relay": None}
+        r = json.loads(value) if isinstance(value, str) else dict(value)
+        shown = {k: r.get(k) for k in ("host", "port", "tls", "username")}
+        return {"relay": shown}
 
     @query("status")
     async def status(self, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -794,6 +794,8 @@ class MailServers:
         _ensure_dir(lay.dovecot_state, 0o750)
         _ensure_dir(lay.rspamd_db, 0o750, *rspamd)
         _ensure_dir(lay.rspamd_run, 0o750, *rspamd)
+        # rspamd makes its milter socket here (0666): only Postfix's group (and rspamd) get to it
+        _ensure_dir(lay.milter_socket.parent, 0o750, rspamd[0], _group_id("postfix"))
         _ensure_dir(lay.root / "run" / "rspamd-check", 0o700)
         _ensure_dir(lay.store, 0o700, *vmail)
         _ensure_dir(lay.tls, 0o700)

@@ -36,7 +36,7 @@ from services.mail.auth import Directory
 from services.mail.commands import app_login
 from services.mail.decide import AddressRow, DomainRow, decide
 from services.mail.errors import MailError
-from services.mail.model import MailModel
+from services.mail.model import MailModel, Relay
 from services.mail.people import SYSTEM, People, read_people
 from services.mail.queries import expected_records
 
@@ -187,7 +187,9 @@ class MailSync:
             str(r["user_id"]): r["quota_bytes"]
             for r in await self.pool.fetch("SELECT user_id, quota_bytes FROM mail.mailboxes")
         }
-        dnsbl = await self.pool.fetchval("SELECT dnsbl FROM mail.settings")
+        settings = await self.pool.fetchrow("SELECT dnsbl, relay FROM mail.settings")
+        dnsbl = settings["dnsbl"] if settings else None
+        relay = await self._relay(settings["relay"] if settings else None)
         apps = [
             (str(r["sender"]), app_login(str(r["app_id"])))
             for r in await self.pool.fetch(
@@ -206,6 +208,7 @@ class MailSync:
             tls=tls,
             apps=apps,
             apps_listen=tuple(a for a in self.apps_listen if _on_this_host(a)),
+            relay=relay,
         )
         if primary:
             await self._publish_records(rows, primary, hostname)
@@ -222,6 +225,21 @@ class MailSync:
             "mail servers configured: %d domains, %d mailboxes",
             len(model.domains),
             len(model.mailboxes),
+        )
+
+    async def _relay(self, value: Any) -> Relay | None:
+        if value is None:
+            return None
+        r = json.loads(value) if isinstance(value, str) else dict(value)
+        password = r.get("password")
+        if password is not None:
+            password = await asyncio.to_thread(self.keyring.unseal_str, password)
+        return Relay(
+            host=r["host"],
+            port=int(r["port"]),
+            tls=r["tls"],
+            username=r.get("username"),
+            password=password,
         )
 
     async def _certificate(self, host: str) -> tuple[Path, Path] | None:

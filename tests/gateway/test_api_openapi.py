@@ -60,8 +60,8 @@ async def test_served_document_covers_the_production_table(
         "/app-updates/settings", "/app-updates/pending", "/apps/{app_id}/auto-update",
         "/mail/domains", "/mail/domains/{domain}", "/mail/domains/{domain}/catch-all",
         "/mail/domains/{domain}/addresses/{local_part}", "/mail/mailboxes/{user_id}",
-        "/mail/mailboxes/{user_id}/quota", "/mail/dnsbl", "/mail/status", "/profile/mail",
-        "/profile/mail/app-passwords", "/profile/mail/app-passwords/{password_id}",
+        "/mail/mailboxes/{user_id}/quota", "/mail/dnsbl", "/mail/relay", "/mail/status",
+        "/profile/mail", "/profile/mail/app-passwords", "/profile/mail/app-passwords/{password_id}",
         "/platform/updates", "/platform/updates/check", "/platform/updates/settings",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]

@@ -23,6 +23,7 @@ from typing import Any
 import dkim
 import pytest
 
+from libs.events.bus import BusError
 from tests.identity.kit import code_for
 from tests.mail.serverskit import client_tls, message
 from tests.support.mail import World, mail_world, resolve
@@ -225,3 +226,34 @@ async def test_mail_turned_off_stops_the_servers_and_on_again_serves_the_mail_ke
     status = await w.mail.ask("status", {"wait": True})
     assert status["running"] is True and status["last_error"] is None
     assert await _arrives(w, "lee", lee_pw, subject)
+
+
+async def test_a_relay_is_kept_only_once_it_took_the_sign_in(world: World) -> None:
+    """The relay here is the service's own submission port (a smart host that answers); mail
+    is not sent through it (it would come back to itself)."""
+    w = world
+    assert w.mail.ports is not None
+    from deploy.embedded import free_port
+
+    closed = free_port()
+    good = {"host": "127.0.0.1", "port": w.mail.ports.submission, "tls": "starttls"}
+    for payload, field in (
+        ({**good, "port": closed, "username": "kim", "password": "x"}, "host"),
+        ({**good, "username": "kim", "password": "not kim's password"}, "password"),
+        ({**good, "username": "kim", "password": None}, "password"),
+        ({**good, "tls": "tls", "username": "kim", "password": "x"}, "tls"),
+    ):
+        with pytest.raises(BusError) as e:
+            await w.mail.cmd("set_relay", payload)
+        assert (e.value.code, e.value.field) == ("invalid", field), e.value
+    assert (await w.mail.ask("relay", {}))["relay"] is None
+    kim_pw = "kim's long password 1"
+    await w.mail.cmd("set_relay", {**good, "username": "kim", "password": kim_pw})
+    shown = (await w.mail.ask("relay", {}))["relay"]
+    assert shown == {**good, "username": "kim"}
+    (_, data), *_ = reversed(await w.mail.events("mail-settings"))
+    assert kim_pw not in json.dumps(data) and data["password"]
+    status = await w.mail.ask("status", {"wait": True})
+    assert status["running"] and status["last_error"] is None, status
+    await w.mail.cmd("clear_relay", {})
+    assert (await w.mail.ask("relay", {}))["relay"] is None

@@ -52,6 +52,30 @@ ADDRESS_BODY = command_body(
 )
 QUOTA_BODY = command_body(MAIL, "set_quota", without=["user_id"])
 DNSBL_BODY = command_body(MAIL, "set_dnsbl")
+RELAY_BODY = command_body(
+    MAIL,
+    "set_relay",
+    notes={
+        "username": {"description": "the relay's sign-in (null: none)"},
+        "password": {"description": "its password (never shown back)"},
+    },
+)
+RELAY = obj(
+    {
+        "relay": nullable(
+            obj(
+                {
+                    "host": string(),
+                    "port": integer(),
+                    "tls": string(),
+                    "username": nullable(string()),
+                },
+                additional=True,
+            )
+        )
+    },
+    required=["relay"],
+)
 APP_PASSWORD_BODY = command_body(MAIL, "create_app_password", without=["user_id"])
 
 RECORD = obj(
@@ -230,6 +254,42 @@ async def mail_set_quota(call: Call) -> Any:
 )
 async def mail_set_dnsbl(call: Call) -> Any:
     return await call.command("mail", "set_dnsbl", dict(call.body))
+
+
+@routes.get(
+    "/mail/relay",
+    access=Access.admin,
+    summary="The outbound relay (smart host), if any",
+    responses={200: RELAY},
+)
+async def mail_relay(call: Call) -> Any:
+    return await call.ask("mail", "relay", {})
+
+
+@routes.put(
+    "/mail/relay",
+    access=Access.admin,
+    summary="Send mail to other domains through a smart host",
+    description=(
+        "The relay is tried first (connection, TLS, sign-in); a failure is a 400 naming the "
+        "setting to check, and nothing is kept."
+    ),
+    body=RELAY_BODY,
+    responses={200: obj({"host": string(), "port": integer()}, additional=True)},
+)
+async def set_mail_relay(call: Call) -> Any:
+    return await call.command("mail", "set_relay", dict(call.body), timeout=_TIMEOUT)
+
+
+@routes.delete(
+    "/mail/relay",
+    access=Access.admin,
+    summary="Deliver mail to other domains directly again",
+    responses={204: None},
+)
+async def clear_mail_relay(call: Call) -> Any:
+    await call.command("mail", "clear_relay", {})
+    return Reply(status=204)
 
 
 @routes.get(
