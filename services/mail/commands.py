@@ -98,6 +98,8 @@ def check_relay(host: str, port: int, tls: str, username: str | None, password: 
             )
         else:
             client = smtplib.SMTP(host, port, timeout=_RELAY_DEADLINE)
+    except UnicodeError:  # a host name the IDNA codec cannot encode (an empty label...)
+        raise InvalidRequest(f"{host} is not a host name that resolves", field="host") from None
     except ssl.SSLError as e:
         raise InvalidRequest(
             f"no TLS at once at {host}:{port} ({e.reason}): choose starttls, or another port",

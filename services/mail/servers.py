@@ -1072,6 +1072,9 @@ class MailServers:
                         return
                     try:
                         await m.start()
+                        live = self.live
+                        if live is not None:  # it reads the live generation now: keep that one
+                            self._serving[m.name] = live
                         break
                     except MailServersError as e:
                         log.error(
