@@ -119,6 +119,7 @@ async def _parts(cfg: MailConfig, svc: Service) -> AsyncIterator[None]:
             timeout=cfg.identity_timeout,
             apps_host=cfg.mail_apps_listen[0] if cfg.mail_apps_listen else None,
             apps_port=cfg.mail_apps_port,
+            relay_networks=cfg.mail_relay_networks,
         )
         queries = Queries(conn.store.pool, keys, lambda: sync.applied, sync.wanted.get, sync.status)
         await stack.enter_async_context(serve(svc, conn.nc, CONTRACT, commands, queries))

@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import secrets
 import smtplib
+import socket
 import ssl
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -81,25 +82,65 @@ def dkim_keypair() -> tuple[str, str]:
     return pem, base64.b64encode(public).decode()
 
 
-_RELAY_DEADLINE = 20.0
+_RELAY_DEADLINE = 8.0
+# Where a relay may never be: this server itself, link-local and cloud metadata, nowhere.
+_NOT_A_RELAY = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8",
+        "::1/128",
+        "0.0.0.0/8",
+        "::/128",
+        "169.254.0.0/16",
+        "fe80::/10",
+        "fd00:ec2::254/128",
+        "224.0.0.0/4",
+        "ff00::/8",
+    )
+)
 
 
-def check_relay(host: str, port: int, tls: str, username: str | None, password: str | None) -> None:
+def relay_address(host: str, port: int, networks: Sequence[str] = ()) -> str:
+    """The address to try `host` at, once every address it resolves to may be a relay: inside
+    `networks` when given (an operator's, or tests': loopback only), else none of this server's
+    own, link-local, metadata or multicast ones. InvalidRequest naming `host` otherwise."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError:  # a name the IDNA codec refuses (an empty label...)
+        raise InvalidRequest(f"{host} is not a host name", field="host") from None
+    except OSError:
+        raise InvalidRequest(f"{host} does not resolve: check the host", field="host") from None
+    allowed = [ipaddress.ip_network(n, strict=False) for n in networks]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]
+    for a in addresses:
+        ok = any(a in n for n in allowed) if allowed else not any(a in n for n in _NOT_A_RELAY)
+        if not ok:
+            raise InvalidRequest(f"{host} ({a}) cannot be a mail relay", field="host")
+    return str(addresses[0])
+
+
+def check_relay(
+    host: str,
+    port: int,
+    tls: str,
+    username: str | None,
+    password: str | None,
+    networks: Sequence[str] = (),
+) -> None:
     """Connect to the relay as Postfix will (TLS at once or STARTTLS, then AUTH when given);
     InvalidRequest naming the setting that failed. The certificate is not verified (Postfix
     sends with `encrypt`, not `secure`: a relay known by address has no name to check)."""
+    address = relay_address(host, port, networks)
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
         if tls == "tls":
             client: smtplib.SMTP = smtplib.SMTP_SSL(
-                host, port, timeout=_RELAY_DEADLINE, context=context
+                address, port, timeout=_RELAY_DEADLINE, context=context
             )
         else:
-            client = smtplib.SMTP(host, port, timeout=_RELAY_DEADLINE)
-    except UnicodeError:  # a host name the IDNA codec cannot encode (an empty label...)
-        raise InvalidRequest(f"{host} is not a host name that resolves", field="host") from None
+            client = smtplib.SMTP(address, port, timeout=_RELAY_DEADLINE)
     except ssl.SSLError as e:
         raise InvalidRequest(
             f"no TLS at once at {host}:{port} ({e.reason}): choose starttls, or another port",
@@ -154,7 +195,9 @@ class Commands:
         timeout: float = 10.0,
         apps_host: str | None = None,
         apps_port: int = 0,
+        relay_networks: Sequence[str] = (),
     ) -> None:
+        self.relay_networks = tuple(relay_networks)
         self.apps_host = apps_host  # where apps send (None: nowhere on this machine)
         self.apps_port = apps_port
         self.store = store
@@ -464,7 +507,9 @@ class Commands:
         if (username is None) != (password is None):
             missing = "password" if password is None else "username"
             raise InvalidRequest("a relay sign-in needs both username and password", field=missing)
-        await asyncio.to_thread(check_relay, host, port, tls, username, password)
+        await asyncio.to_thread(
+            check_relay, host, port, tls, username, password, self.relay_networks
+        )
         sealed = (
             None
             if password is None

@@ -52,6 +52,9 @@ class MailConfig(ServiceConfig):
     # while present on this host; and the port.
     mail_apps_listen: tuple[str, ...] = ()
     mail_apps_port: int = field(default=2525, metadata=check(_port, "a port 0-65535"))
+    # Where an outbound relay may be (CIDRs); none: anywhere but this server's own, link-local
+    # and metadata addresses. Tests give loopback only (nothing leaves the machine).
+    mail_relay_networks: tuple[str, ...] = ()
     # rspamd's resolvers ("127.0.0.1:53"); none: the system's.
     mail_nameservers: tuple[str, ...] = ()
     mail_vmail_user: str = field(default="mail", metadata=check(_user, "a system user name"))

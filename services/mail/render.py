@@ -556,7 +556,6 @@ def _dovecot(
         raise RenderError("dovecot", f"auth_url {s.auth_url!r} is not a plain http(s) URL")
     if not _TOKEN.fullmatch(s.auth_token):
         raise RenderError("dovecot", "auth_token must be 16-512 printable characters, no spaces")
-    conf = gen / "dovecot"
     users: list[str] = []
     folders: set[str] = set()
     for b in sorted(model.mailboxes, key=lambda b: b.address):
@@ -576,6 +575,9 @@ def _dovecot(
     # Dovecot's auth must take plaintext there. People still cannot: IMAP and ManageSieve
     # require TLS (ssl = required), submission refuses AUTH before TLS (smtpd_tls_auth_only).
     plaintext = "no" if model.apps_listen else "yes"
+    # The users file and the Lua script are named through `conf`, not this generation: Dovecot
+    # reads the users file again at each look-up, and a Dovecot not reloaded (Postfix-only
+    # changes) must still find it once its own generation is gone (a CI run saw "unknown user").
     text = f"""\
 # Rendered by Homeport (services/mail/render.py): changes here are overwritten.
 base_dir = {_path("dovecot", lay.dovecot_base, "base_dir")}
@@ -668,11 +670,11 @@ service quota-status {{
 
 passdb {{
   driver = lua
-  args = file={conf}/auth.lua blocking=yes
+  args = file={lay.conf}/dovecot/auth.lua blocking=yes
 }}
 userdb {{
   driver = passwd-file
-  args = username_format=%u {conf}/users
+  args = username_format=%u {lay.conf}/dovecot/users
   default_fields = uid={s.vmail_user} gid={s.vmail_user}
 }}
 

@@ -197,6 +197,9 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+_SIGN_IN_SIDE = re.compile(r"dovecot/(auth|[a-z]+-login)\b")
+
+
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -609,12 +612,20 @@ class _Dovecot(_Master):
 
     async def _reload(self) -> None:
         assert self.proc is not None
+        # Its auth and login processes are replaced, the old ones ended a few seconds later
+        # (with any sign-in they were still serving): wait until they are gone, so that once
+        # apply returns only processes of the new configuration take sign-ins (a test saw a
+        # ManageSieve sign-in cut right after a reload). Signed-in sessions are not waited for.
+        old = [pid for pid, title in _children(self.proc.pid) if _SIGN_IN_SIDE.search(title)]
         offset = self.seen
         self.proc.send_signal(signal.SIGHUP)
         if not await self.wait_line(offset, "reloading configuration", _RELOAD_DEADLINE):
             raise MailServersError(
                 f"dovecot did not reload within {_RELOAD_DEADLINE:.0f} s: {self._since(offset)}"
             )
+        end = time.monotonic() + _RELOAD_DEADLINE
+        for pid in old:
+            await _gone(pid, max(0.0, end - time.monotonic()))
 
     async def stop_stale(self) -> None:
         pid = _read_pid(self.lay.dovecot_base / "master.pid")

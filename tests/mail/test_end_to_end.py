@@ -242,6 +242,9 @@ async def test_a_relay_is_kept_only_once_it_took_the_sign_in(world: World) -> No
         ({**good, "username": "kim", "password": "not kim's password"}, "password"),
         ({**good, "username": "kim", "password": None}, "password"),
         ({**good, "tls": "tls", "username": "kim", "password": "x"}, "tls"),
+        # outside the networks a relay may be in (here: loopback only), never tried
+        ({**good, "host": "192.0.2.1", "username": "kim", "password": "x"}, "host"),
+        ({**good, "host": "a..b", "username": "kim", "password": "x"}, "host"),
     ):
         with pytest.raises(BusError) as e:
             await w.mail.cmd("set_relay", payload)

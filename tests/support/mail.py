@@ -111,6 +111,7 @@ async def running_mail(
         "HP_MAIL_INTERVAL": "30",
         "HP_MAIL_DEBOUNCE": "0.05",
         "HP_IDENTITY_TIMEOUT": "10",
+        "HP_MAIL_RELAY_NETWORKS": "127.0.0.0/8",  # a relay tried here stays on this machine
         **(env or {}),
     }
     if ports is not None:
@@ -235,6 +236,7 @@ async def mail_beside(env: Mapping[str, str], folder: Path) -> AsyncIterator[Ser
             "HP_MAIL_APPS_LISTEN": "127.0.0.1",
             "HP_MAIL_INTERVAL": "30",
             "HP_IDENTITY_TIMEOUT": "2",
+            "HP_MAIL_RELAY_NETWORKS": "127.0.0.0/8",  # the API fuzzer's relays stay here
         },
     )
     svc = build(cfg)
