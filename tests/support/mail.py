@@ -24,7 +24,7 @@ from libs.events.store import PostgresEventStore
 from libs.service.runner import Service
 from tests.support.bus import ActorBus
 from tests.support.pdns import PdnsZone
-from tests.support.serving import serving
+from tests.support.serving import served, serving
 
 __all__ = [
     "KIM",
@@ -213,14 +213,9 @@ def resolve(zone: PdnsZone, name: str, rtype: str) -> list[str]:
 async def mail_beside(env: Mapping[str, str], folder: Path) -> AsyncIterator[Service]:
     """The mail service with its servers off, for tests of a service that calls it (apps:
     the `sendmail` addon's accounts), on `env`'s database and bus; os.environ is not touched."""
-    import asyncio
-
-    import aiohttp
-
     from libs.service.config import load_config
     from services.mail.__main__ import build
     from services.mail.config import MailConfig
-    from tests.support.waits import wait_until
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = load_config(
@@ -239,23 +234,5 @@ async def mail_beside(env: Mapping[str, str], folder: Path) -> AsyncIterator[Ser
             "HP_MAIL_RELAY_NETWORKS": "127.0.0.0/8",  # the API fuzzer's relays stay here
         },
     )
-    svc = build(cfg)
-    task = asyncio.create_task(svc.serve(), name="mail beside the service under test")
-    try:
-        async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                assert not task.done(), f"mail stopped, exit code {svc.exit_code}"
-                if not svc.port:
-                    return False
-                try:
-                    async with http.get(f"http://127.0.0.1:{svc.port}/readyz") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(ready, 30, "mail to be ready")
+    async with served(build(cfg), "mail beside the service under test", 30) as svc:
         yield svc
-    finally:
-        svc.request_stop("test over")
-        await asyncio.wait_for(task, 30)

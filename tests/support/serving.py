@@ -15,17 +15,8 @@ from tests.support.waits import wait_until
 
 
 @asynccontextmanager
-async def serving(
-    monkeypatch: pytest.MonkeyPatch,
-    build: Callable[[], Service],
-    env: Mapping[str, str],
-    name: str,
-    ready_within: float = 60,
-) -> AsyncIterator[Service]:
-    """`build()` with `env` set, served in a task; yields the service once it is ready."""
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    svc = build()
+async def served(svc: Service, name: str, ready_within: float = 60) -> AsyncIterator[Service]:
+    """`svc` served in a task; yields it once /readyz answers, stops it (exit code 0) after."""
     task = asyncio.create_task(svc.serve(), name=f"{name} under test")
     try:
         async with aiohttp.ClientSession() as http:
@@ -46,3 +37,18 @@ async def serving(
         svc.request_stop("test over")
         await asyncio.wait_for(task, 30)
     assert svc.exit_code == 0
+
+
+@asynccontextmanager
+async def serving(
+    monkeypatch: pytest.MonkeyPatch,
+    build: Callable[[], Service],
+    env: Mapping[str, str],
+    name: str,
+    ready_within: float = 60,
+) -> AsyncIterator[Service]:
+    """`build()` with `env` set, served in a task; yields the service once it is ready."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    async with served(build(), name, ready_within) as svc:
+        yield svc
