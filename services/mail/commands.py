@@ -213,7 +213,10 @@ class Commands:
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    async def _append(self, stream: str, new: Sequence[Any], expected: int | None) -> None:
+    async def _append(self, stream: str, new: Sequence[Any]) -> None:
+        """Append at the version the stream has now (callers hold its lock: another process
+        meanwhile makes the append fail with MailConflict), then nudge the sync."""
+        expected = await self.store.stream_version(stream)
         try:
             async with self.store.pool.acquire() as conn, conn.transaction():
                 await append_inline(self.store, conn, self._projection, stream, new, expected)
@@ -275,7 +278,6 @@ class Commands:
             )
             if row is not None and row["enabled"]:
                 raise MailConflict(f"mail is already on for {domain}", field="domain")
-            version = await self.store.stream_version(stream)
             if row is not None:  # back on: the key it had
                 new = ev.MailDomainEnabled(
                     domain=domain,
@@ -292,7 +294,7 @@ class Commands:
                     dkim_key=sealed,
                     dkim_public=public,
                 )
-            await self._append(stream, [new], version)
+            await self._append(stream, [new])
         return {"domain": domain, "enabled": True, "selector": new.selector}
 
     @command("disable_domain")
@@ -302,8 +304,7 @@ class Commands:
         async with self._lock(domain):
             await self._domain(domain)
             stream = ev.domain_stream(domain)
-            version = await self.store.stream_version(stream)
-            await self._append(stream, [ev.MailDomainDisabled(domain=domain)], version)
+            await self._append(stream, [ev.MailDomainDisabled(domain=domain)])
         return {"domain": domain, "enabled": False}
 
     @command("set_catch_all")
@@ -318,10 +319,7 @@ class Commands:
         async with self._lock(domain):
             await self._domain(domain)
             stream = ev.domain_stream(domain)
-            version = await self.store.stream_version(stream)
-            await self._append(
-                stream, [ev.MailCatchAllSet(domain=domain, user_id=user_id)], version
-            )
+            await self._append(stream, [ev.MailCatchAllSet(domain=domain, user_id=user_id)])
         return {"domain": domain, "catch_all": user_id}
 
     # -- extra addresses ---------------------------------------------------------------------
@@ -354,11 +352,10 @@ class Commands:
         async with self._lock(domain):
             await self._domain(domain)
             stream = ev.domain_stream(domain)
-            version = await self.store.stream_version(stream)
             new = ev.MailAddressSet(
                 domain=domain, local_part=local, kind=kind, user_ids=user_ids, group_id=group_id
             )
-            await self._append(stream, [new], version)
+            await self._append(stream, [new])
         return {
             "address": f"{local}@{domain}",
             "kind": kind,
@@ -379,9 +376,8 @@ class Commands:
             if found is None:
                 raise MailNotFound(f"no address {local}@{domain}", field="local_part")
             stream = ev.domain_stream(domain)
-            version = await self.store.stream_version(stream)
             new = ev.MailAddressRemoved(domain=domain, local_part=local)
-            await self._append(stream, [new], version)
+            await self._append(stream, [new])
         return {"address": f"{local}@{domain}", "removed": True}
 
     # -- mailboxes ---------------------------------------------------------------------------
@@ -395,10 +391,7 @@ class Commands:
             raise MailNotFound("no such account", field="user_id")
         async with self._lock(user_id):
             stream = ev.mailbox_stream(user_id)
-            version = await self.store.stream_version(stream)
-            await self._append(
-                stream, [ev.MailQuotaSet(user_id=user_id, quota_bytes=quota)], version
-            )
+            await self._append(stream, [ev.MailQuotaSet(user_id=user_id, quota_bytes=quota)])
         return {"user_id": user_id, "quota_bytes": quota}
 
     @command("create_app_password")
@@ -412,14 +405,13 @@ class Commands:
         stream = ev.mailbox_stream(user_id)
         label = await asyncio.to_thread(self.keyring.seal_for, stream, payload["label"])
         async with self._lock(user_id):
-            version = await self.store.stream_version(stream)
             new = ev.MailAppPasswordCreated(
                 user_id=user_id,
                 password_id=password_id,
                 label=label,
                 hash=app_password_hash(password),
             )
-            await self._append(stream, [new], version)
+            await self._append(stream, [new])
         return {"password_id": password_id, "label": payload["label"], "password": password}
 
     @command("revoke_app_password")
@@ -438,9 +430,8 @@ class Commands:
                 raise MailNotFound("no such app password", field="password_id")
             if live:
                 stream = ev.mailbox_stream(user_id)
-                version = await self.store.stream_version(stream)
                 new = ev.MailAppPasswordRevoked(user_id=user_id, password_id=password_id)
-                await self._append(stream, [new], version)
+                await self._append(stream, [new])
         return {"password_id": password_id, "revoked": True}
 
     # -- apps that send mail ------------------------------------------------------------------
@@ -462,14 +453,13 @@ class Commands:
         password = secrets.token_urlsafe(APP_PASSWORD_BYTES)
         stream = ev.app_stream(app_id)
         async with self._lock(stream):
-            version = await self.store.stream_version(stream)
             new = ev.MailAppRegistered(
                 app_id=app_id,
                 sender=payload["sender"],
                 network=str(network),
                 hash=app_password_hash(password),
             )
-            await self._append(stream, [new], version)
+            await self._append(stream, [new])
         return {
             "username": app_login(app_id),
             "password": password,
@@ -488,8 +478,7 @@ class Commands:
                 "SELECT NOT removed FROM mail.apps WHERE app_id = $1", app_id
             )
             if live:
-                version = await self.store.stream_version(stream)
-                await self._append(stream, [ev.MailAppRemoved(app_id=app_id)], version)
+                await self._append(stream, [ev.MailAppRemoved(app_id=app_id)])
         return {"app_id": app_id, "removed": True}
 
     # -- the outbound relay --------------------------------------------------------------------
@@ -517,16 +506,14 @@ class Commands:
         )
         new = ev.MailRelaySet(host=host, port=port, tls=tls, username=username, password=sealed)
         async with self._lock(ev.SETTINGS_STREAM):
-            version = await self.store.stream_version(ev.SETTINGS_STREAM)
-            await self._append(ev.SETTINGS_STREAM, [new], version)
+            await self._append(ev.SETTINGS_STREAM, [new])
         return {"host": host, "port": port, "tls": tls, "username": username}
 
     @command("clear_relay")
     async def clear_relay(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         self._admin()
         async with self._lock(ev.SETTINGS_STREAM):
-            version = await self.store.stream_version(ev.SETTINGS_STREAM)
-            await self._append(ev.SETTINGS_STREAM, [ev.MailRelayCleared()], version)
+            await self._append(ev.SETTINGS_STREAM, [ev.MailRelayCleared()])
         return {"relay": None}
 
     # -- settings ----------------------------------------------------------------------------
@@ -536,6 +523,5 @@ class Commands:
         self._admin()
         zones = list(dict.fromkeys(payload["zones"]))
         async with self._lock(ev.SETTINGS_STREAM):
-            version = await self.store.stream_version(ev.SETTINGS_STREAM)
-            await self._append(ev.SETTINGS_STREAM, [ev.MailDnsblSet(zones=zones)], version)
+            await self._append(ev.SETTINGS_STREAM, [ev.MailDnsblSet(zones=zones)])
         return {"zones": zones}
