@@ -6,7 +6,8 @@ Callers: the gateway (domains: add, list, verify, remove), the apps service (`do
 `set_record` for the dashboard's host) and the certs service (`publish_txt` / `remove_txt` for
 DNS-01). The service checks what only it knows: the provider's own settings of each kind (and
 the provider itself), IP versions, record names in canonical form, which domain holds a name,
-who owns a record.
+who owns a record. The mail service asks `served` (what the authoritative nameservers answer
+for its records) when its domain view is asked for.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "DOMAIN",
     "MAX_DEADLINE",
     "MAX_DOMAIN",
+    "MAX_SERVED",
     "MAX_TTL",
     "MAX_VALUE",
     "MAX_VALUES",
@@ -32,6 +34,7 @@ MAX_VALUES = 100
 MAX_VALUE = 4096
 MAX_TTL = 7 * 24 * 3600
 MAX_DEADLINE = 600
+MAX_SERVED = 20  # records one `served` query asks about (all at once, each for ~2 s at most)
 PROVIDER_KINDS = ("powerdns", "route53", "manual", "wildcard")
 
 DOMAIN = string(
@@ -127,5 +130,17 @@ CONTRACT = Contract(
     queries={
         "domains": obj({}),
         "domain": _BY_DOMAIN,
+        # What the zone's authoritative nameservers answer for each record, asked directly.
+        "served": obj(
+            {
+                "records": array(
+                    obj({"name": _NAME, "type": _TYPE}, required=["name", "type"]),
+                    minItems=1,
+                    maxItems=MAX_SERVED,
+                    description=f"1 to {MAX_SERVED} records to look up",
+                )
+            },
+            required=["records"],
+        ),
     },
 )

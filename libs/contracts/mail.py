@@ -1,7 +1,8 @@
 """The wire contract of the mail service: mail domains, extra addresses, quotas, app passwords,
 block lists; the views of a domain, of a person's mailbox and of the servers.
 
-Callers: the apps service (`register_app`, `remove_app` for an app's `sendmail` addon), the
+Callers: the apps service (`register_app`, `register_client`, `remove_app` for an app's
+`sendmail` and `mailclient` addons), the
 gateway (everything else: administrators manage domains and addresses, a person their
 own app passwords; the gateway's route table decides who may call what). The service checks
 what only it knows: that dns manages the domain, that the accounts and groups exist, that an
@@ -128,6 +129,14 @@ CONTRACT = Contract(
             },
             required=["app_id", "sender", "network"],
         ),
+        # The apps service, for an app with the `mailclient` addon (webmail; "system" only).
+        "register_client": obj(
+            {
+                "app_id": _APP_ID,
+                "network": string(maxLength=43, description="the app's network (CIDR)"),
+            },
+            required=["app_id", "network"],
+        ),
         "remove_app": obj({"app_id": _APP_ID}, required=["app_id"]),
     },
     queries={
@@ -138,5 +147,8 @@ CONTRACT = Contract(
         # made before it are then in the servers' configuration, or in last_error)
         "status": obj({"wait": boolean()}),
         "relay": obj({}),
+        # every mailbox: address, quota, and what it holds as Dovecot counts it (admin)
+        "mailboxes": obj({}),
+        "dnsbl": obj({}),
     },
 )

@@ -35,7 +35,7 @@ __all__ = [
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
-ADDONS = ("ldap", "localstorage", "postgresql", "sendmail")
+ADDONS = ("ldap", "localstorage", "mailclient", "postgresql", "sendmail")
 # How an app signs users in: its own login against the platform's LDAP (the default with the
 # ldap addon), the platform's sign-in at the edge (the default otherwise), or nobody at all
 # (public by nature: an access list other than everyone is refused).

@@ -143,13 +143,23 @@ class Peers:
         payload = {"app_id": app_id, "sender": sender, "network": network}
         return dict(await self._mail("register_app", payload))
 
+    async def mail_register_client(self, app_id: str, network: str) -> dict[str, Any]:
+        """Where an app that is a mail client (webmail) reaches IMAP, submission and
+        ManageSieve: host, imap_port, submission_port, sieve_port, domain."""
+        payload = {"app_id": app_id, "network": network}
+        return dict(await self._mail("register_client", payload))
+
     async def mail_remove_app(self, app_id: str) -> None:
         if self._bus is not None:
             await self._mail("remove_app", {"app_id": app_id})
 
     async def _mail(self, name: str, payload: dict[str, Any]) -> Any:
         if self._bus is None:
-            raise OperationFailed("the sendmail addon needs the mail service", "addon_unavailable")
+            raise OperationFailed(
+                f"the {'mailclient' if name == 'register_client' else 'sendmail'} addon needs"
+                " the mail service",
+                "addon_unavailable",
+            )
         ctx = context.current()
         try:
             return await self._bus.command(

@@ -6,7 +6,8 @@ under that domain's lock (one at a time in this process; the stream's expected v
 a second process meanwhile). The provider is written first and the event recorded after, so an
 event never claims a record the provider refused. Ownership is what the events say (the read
 model is written in their transaction): Homeport replaces or deletes only an RRset its own
-`DnsRecordSet` created, and refuses to touch any other.
+`DnsRecordSet` created, and refuses to touch any other. The query `served` (what the
+nameservers answer) is here too: finding a zone's servers may take its provider.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from libs.events import context
 from libs.events.bus import BusClient, BusError
 from libs.events.context import Context
 from libs.events.envelope import RecordedEvent
-from libs.events.handlers import command
+from libs.events.handlers import command, query
 from libs.events.repository import Repository
 from libs.events.sealing import Keyring, SealingError
 from libs.events.store import PostgresEventStore
 from services.dns import events as ev
 from services.dns.config import DnsConfig
 from services.dns.errors import (
+    DnsError,
     DnsProviderError,
     DnsUnavailable,
     DomainChanged,
@@ -58,11 +60,13 @@ from services.dns.providers.protocol import (
     in_zone,
 )
 from services.dns.queries import read_view
+from services.dns.served import ask_served
 
 __all__ = ["ACME_OWNER", "Commands", "check_record_name"]
 
 ACME_OWNER = "acme"
 ACME_TTL = 60
+_FIND_WITHIN = 1.5  # seconds to find a zone's nameservers for `served` (then ASK_WITHIN to ask)
 _WAIT_SLICE = 5.0  # a TXT set another publish_txt grows meanwhile is looked at again this often
 _NAME_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
 _RECORD_NAME = re.compile(rf"^(\*\.)?{_NAME_LABEL}(\.{_NAME_LABEL})+$")
@@ -83,11 +87,11 @@ def check_record_name(value: str, field: str = "name") -> str:
     return name
 
 
-def _type(value: str) -> str:
+def _type(value: str, field: str = "type") -> str:
     type_ = value.strip().upper()
     if type_ not in WRITABLE_TYPES:
         raise InvalidRequest(
-            f"type must be one of {', '.join(sorted(WRITABLE_TYPES))}", field="type"
+            f"{field} must be one of {', '.join(sorted(WRITABLE_TYPES))}", field=field
         )
     return type_
 
@@ -351,6 +355,53 @@ class Commands:
                 await self._delete(domain, current.record, ACME_OWNER)
         return _answer(domain, record)
 
+    # -- what DNS serves ----------
+
+    @query("served")
+    async def served(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """What the authoritative servers of each record's zone answer for it, all asked at once.
+
+        A query, served here: knowing the servers may take the provider's credentials (Route 53
+        names them), as commands do. A record no domain holds, or whose servers cannot be found
+        in time, gets its `error` and values None; the others are answered all the same."""
+        asked = [
+            (
+                check_record_name(r["name"], f"records.{i}.name"),
+                _type(r["type"], f"records.{i}.type"),
+            )
+            for i, r in enumerate(payload["records"])
+        ]
+        rows = await self.store.pool.fetch("SELECT * FROM dns.domains")
+        domains = {str(r["domain"]): r for r in rows}
+        holders = [_holder(rows, name) for name, _ in asked]
+        held = sorted({h for h in holders if h})
+        found = await asyncio.gather(*(self._nameservers(domains[d]) for d in held))
+        servers = dict(zip(held, found, strict=True))
+
+        async def one(name: str, type_: str, holder: str | None) -> dict[str, Any]:
+            where = servers[holder] if holder else f"no domain Homeport manages holds {name}"
+            if isinstance(where, str):
+                return {"name": name, "type": type_, "values": None, "error": where}
+            return await ask_served(name, type_, where)
+
+        answers = await asyncio.gather(
+            *(one(n, t, h) for (n, t), h in zip(asked, holders, strict=True))
+        )
+        return {"records": list(answers)}
+
+    async def _nameservers(self, row: asyncpg.Record) -> Sequence[tuple[str, int]] | str:
+        """The authoritative servers of the domain's zone, or why they are not known."""
+        try:
+            async with asyncio.timeout(_FIND_WITHIN), self._provider(row) as provider:
+                return await provider.nameservers()
+        except TimeoutError:
+            return (
+                f"the nameservers of {row['zone']} were not found within {_FIND_WITHIN:g} s:"
+                " check this server's DNS resolver"
+            )
+        except DnsError as e:
+            return e.message
+
     # -- helpers ----------
 
     def _lock(self, domain: str) -> asyncio.Lock:
@@ -378,13 +429,10 @@ class Commands:
         """The domain whose zone holds `name`: the longest domain holding it, else the one with
         the longest zone holding it."""
         rows = await self.store.pool.fetch("SELECT domain, zone FROM dns.domains")
-        by_domain = [str(r["domain"]) for r in rows if in_zone(name, r["domain"])]
-        if by_domain:
-            return max(by_domain, key=len)
-        by_zone = [r for r in rows if in_zone(name, r["zone"])]
-        if by_zone:
-            return str(max(by_zone, key=lambda r: len(r["zone"]))["domain"])
-        raise NoDomainFor(name)
+        domain = _holder(rows, name)
+        if domain is None:
+            raise NoDomainFor(name)
+        return domain
 
     async def _owned(self, domain: str, name: str, type_: str) -> _Owned | None:
         row = await self.store.pool.fetchrow(
@@ -547,6 +595,17 @@ class _Owned:
 
     record: Record
     owner: str
+
+
+def _holder(rows: Sequence[asyncpg.Record], name: str) -> str | None:
+    """Of the domains in `rows`, the one whose zone holds `name` (see `Commands._domain_for`)."""
+    by_domain = [str(r["domain"]) for r in rows if in_zone(name, r["domain"])]
+    if by_domain:
+        return max(by_domain, key=len)
+    by_zone = [r for r in rows if in_zone(name, r["zone"])]
+    if by_zone:
+        return str(max(by_zone, key=lambda r: len(r["zone"]))["domain"])
+    return None
 
 
 def _answer(domain: str, record: Record) -> dict[str, Any]:

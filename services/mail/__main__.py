@@ -29,6 +29,7 @@ from services.mail.model import ServersSettings
 from services.mail.people import People
 from services.mail.projections import MailProjection
 from services.mail.queries import Queries
+from services.mail.records import FoundRecords
 from services.mail.sync import MailSync
 
 __all__ = ["build", "servers_settings"]
@@ -61,6 +62,8 @@ def servers_settings(cfg: MailConfig, *, auth_port: int, auth_token: str) -> Ser
         auth_token=auth_token,
         milter_port=cfg.mail_milter_port,
         apps_port=cfg.mail_apps_port,
+        apps_imap_port=cfg.mail_apps_imap_port,
+        apps_sieve_port=cfg.mail_apps_sieve_port,
         nameservers=cfg.mail_nameservers,
         vmail_user=cfg.mail_vmail_user,
     )
@@ -119,9 +122,20 @@ async def _parts(cfg: MailConfig, svc: Service) -> AsyncIterator[None]:
             timeout=cfg.identity_timeout,
             apps_host=cfg.mail_apps_listen[0] if cfg.mail_apps_listen else None,
             apps_port=cfg.mail_apps_port,
+            apps_imap_port=cfg.mail_apps_imap_port,
+            apps_sieve_port=cfg.mail_apps_sieve_port,
             relay_networks=cfg.mail_relay_networks,
         )
-        queries = Queries(conn.store.pool, keys, lambda: sync.applied, sync.wanted.get, sync.status)
+        found = FoundRecords(bus, ttl=cfg.mail_found_cache)
+        queries = Queries(
+            conn.store.pool,
+            keys,
+            lambda: sync.applied,
+            sync.wanted.get,
+            sync.status,
+            sync.usage,
+            found=found.check,
+        )
         await stack.enter_async_context(serve(svc, conn.nc, CONTRACT, commands, queries))
         yield
 

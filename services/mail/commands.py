@@ -195,11 +195,15 @@ class Commands:
         timeout: float = 10.0,
         apps_host: str | None = None,
         apps_port: int = 0,
+        apps_imap_port: int = 0,
+        apps_sieve_port: int = 0,
         relay_networks: Sequence[str] = (),
     ) -> None:
         self.relay_networks = tuple(relay_networks)
         self.apps_host = apps_host  # where apps send (None: nowhere on this machine)
         self.apps_port = apps_port
+        self.apps_imap_port = apps_imap_port  # mail clients (webmail) on apps_host
+        self.apps_sieve_port = apps_sieve_port
         self.store = store
         self.keyring = keyring
         self.bus = bus
@@ -442,14 +446,7 @@ class Commands:
         only with its sender; registering again rotates the password."""
         self._platform()
         app_id = str(uuid.UUID(payload["app_id"]))
-        try:
-            network = ipaddress.ip_network(payload["network"], strict=False)
-        except ValueError:
-            raise InvalidRequest(
-                "network must be a CIDR such as 172.20.0.0/16", field="network"
-            ) from None
-        if network.prefixlen < (8 if network.version == 4 else 48):
-            raise InvalidRequest("network is wider than an app's network can be", field="network")
+        network = _app_network(payload["network"])
         password = secrets.token_urlsafe(APP_PASSWORD_BYTES)
         stream = ev.app_stream(app_id)
         async with self._lock(stream):
@@ -468,6 +465,32 @@ class Commands:
             "port": self.apps_port,
         }
 
+    @command("register_client")
+    async def register_client(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """An app that is a mail client for people (webmail, its `mailclient` addon): where it
+        reaches IMAP, submission and ManageSieve. It holds no account of its own: each person
+        signs in with theirs, and Dovecot trusts the app's network to name the person's address
+        (so failed sign-ins count against that address, not the app's)."""
+        self._platform()
+        app_id = str(uuid.UUID(payload["app_id"]))
+        network = _app_network(payload["network"])
+        if self.apps_host is None or not self.apps_imap_port or not self.apps_sieve_port:
+            return {"host": None}  # nowhere for apps to reach mail here: nothing recorded
+        stream = ev.app_stream(app_id)
+        async with self._lock(stream):
+            new = ev.MailClientRegistered(app_id=app_id, network=str(network))
+            await self._append(stream, [new])
+        domain = await self.store.pool.fetchval(
+            "SELECT domain FROM mail.domains WHERE enabled ORDER BY enabled_at, domain LIMIT 1"
+        )
+        return {
+            "host": self.apps_host,
+            "imap_port": self.apps_imap_port,
+            "submission_port": self.apps_port,
+            "sieve_port": self.apps_sieve_port,
+            "domain": domain,
+        }
+
     @command("remove_app")
     async def remove_app(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         self._platform()
@@ -475,7 +498,9 @@ class Commands:
         stream = ev.app_stream(app_id)
         async with self._lock(stream):
             live = await self.store.pool.fetchval(
-                "SELECT NOT removed FROM mail.apps WHERE app_id = $1", app_id
+                "SELECT EXISTS (SELECT 1 FROM mail.apps WHERE app_id = $1 AND NOT removed"
+                " UNION ALL SELECT 1 FROM mail.clients WHERE app_id = $1 AND NOT removed)",
+                app_id,
             )
             if live:
                 await self._append(stream, [ev.MailAppRemoved(app_id=app_id)])
@@ -525,3 +550,16 @@ class Commands:
         async with self._lock(ev.SETTINGS_STREAM):
             await self._append(ev.SETTINGS_STREAM, [ev.MailDnsblSet(zones=zones)])
         return {"zones": zones}
+
+
+def _app_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An app's Docker network as a CIDR; a wider one than an app's network can be is refused."""
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise InvalidRequest(
+            "network must be a CIDR such as 172.20.0.0/16", field="network"
+        ) from None
+    if network.prefixlen < (8 if network.version == 4 else 48):
+        raise InvalidRequest("network is wider than an app's network can be", field="network")
+    return network

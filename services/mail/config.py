@@ -21,6 +21,10 @@ def _positive(v: float) -> bool:
     return v > 0
 
 
+def _not_negative(v: float) -> bool:
+    return v >= 0
+
+
 def _port(v: int) -> bool:
     return 0 <= v <= 65535
 
@@ -52,6 +56,10 @@ class MailConfig(ServiceConfig):
     # while present on this host; and the port.
     mail_apps_listen: tuple[str, ...] = ()
     mail_apps_port: int = field(default=2525, metadata=check(_port, "a port 0-65535"))
+    # Where mail clients among the apps (webmail, the `mailclient` addon) reach IMAP and
+    # ManageSieve on those addresses (plain: the host's own bridge; people sign in there).
+    mail_apps_imap_port: int = field(default=1143, metadata=check(_port, "a port 0-65535"))
+    mail_apps_sieve_port: int = field(default=4191, metadata=check(_port, "a port 0-65535"))
     # Where an outbound relay may be (CIDRs); none: anywhere but this server's own, link-local
     # and metadata addresses. Tests give loopback only (nothing leaves the machine).
     mail_relay_networks: tuple[str, ...] = ()
@@ -63,6 +71,8 @@ class MailConfig(ServiceConfig):
     # A change is applied at once; this is the safety net for a missed nudge.
     mail_interval: float = field(default=60.0, metadata=check(_positive, "seconds > 0"))
     mail_debounce: float = field(default=0.2, metadata=check(_positive, "seconds > 0"))
+    # How long what DNS serves of a domain's records is kept for its view (0: asked each time).
+    mail_found_cache: float = field(default=30.0, metadata=check(_not_negative, "seconds >= 0"))
     identity_timeout: float = field(default=10.0, metadata=check(_positive, "seconds > 0"))
 
     @property

@@ -60,16 +60,20 @@ def decide(
     tls: tuple[Path, Path] | None = None,
     apps: Sequence[tuple[str, str]] = (),
     apps_listen: tuple[str, ...] = (),
+    client_networks: Sequence[str] = (),
     relay: Relay | None = None,
 ) -> MailModel:
     """The model for `domains` (enabled, first = primary) and everything else given."""
     app_senders = {sender: (login,) for sender, login in apps}
+    # mail clients reach the servers only where apps do
+    clients = tuple(sorted(set(client_networks))) if apps_listen else ()
     if not domains:
         return MailModel(
             hostname=hostname,
             dnsbl=tuple(dnsbl),
             senders=app_senders,
             apps_listen=apps_listen,
+            client_networks=clients,
             relay=relay,
         )
     primary = domains[0].domain
@@ -135,5 +139,6 @@ def decide(
         tls_cert=tls[0] if tls else None,
         tls_key=tls[1] if tls else None,
         apps_listen=apps_listen,
+        client_networks=clients,
         relay=relay,
     )

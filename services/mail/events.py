@@ -174,13 +174,26 @@ class MailAppRegistered:
         return f"app {self.app_id[:8]} may send mail as {self.sender}"
 
 
+@REGISTRY.event("MailClientRegistered")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailClientRegistered:
+    """An app is a mail client for people (webmail): it reaches IMAP, submission and
+    ManageSieve from `network`, each person signing in with their own account."""
+
+    app_id: str
+    network: str  # the app's Docker network (CIDR), trusted to forward the person's address
+
+    def summary(self) -> str:
+        return f"app {self.app_id[:8]} may sign people in to their mailboxes"
+
+
 @REGISTRY.event("MailAppRemoved")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MailAppRemoved:
     app_id: str
 
     def summary(self) -> str:
-        return f"app {self.app_id[:8]} may no longer send mail"
+        return f"app {self.app_id[:8]} may no longer send mail or sign people in"
 
 
 @REGISTRY.event("MailRelaySet")

@@ -77,6 +77,9 @@ class MailModel:
     # where apps send (their `sendmail` addon): the services network's address, while it is on
     # this host; AUTH there needs no TLS (the host's own bridge), only an app's account
     apps_listen: tuple[str, ...] = ()
+    # the networks of apps that are mail clients for people (webmail): on `apps_listen` they
+    # reach IMAP and ManageSieve too, and Dovecot trusts them to name the person's address
+    client_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,8 @@ class ServersSettings:
     auth_token: str = ""  # sent by Dovecot's auth with every check; 32+ random characters
     milter_port: int = 11332  # rspamd's proxy (milter) on 127.0.0.1
     apps_port: int = 2525  # on each of the model's `apps_listen` addresses
+    apps_imap_port: int = 1143  # there too, for mail clients among the apps (webmail)
+    apps_sieve_port: int = 4191
     nameservers: tuple[str, ...] = ()  # rspamd's DNS ("127.0.0.1:5300"); () = the system's
     vmail_user: str = "mail"  # owns the mail store; Dovecot delivers and reads as it
     rspamd_user: str = "_rspamd"

@@ -39,7 +39,7 @@ class MailProjection(Projection):
     async def reset(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
             "TRUNCATE mail.domains, mail.addresses, mail.mailboxes, mail.app_passwords,"
-            " mail.settings, mail.apps"
+            " mail.settings, mail.apps, mail.clients"
         )
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
@@ -156,9 +156,25 @@ async def _app_registered(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -
     )
 
 
+async def _client_registered(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "INSERT INTO mail.clients (app_id, network, updated_at) VALUES ($1, $2::cidr, $3)"
+        " ON CONFLICT (app_id) DO UPDATE SET network = $2::cidr, removed = false,"
+        " updated_at = $3",
+        d["app_id"],
+        d["network"],
+        r.recorded_at,
+    )
+
+
 async def _app_removed(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
     await conn.execute(
         "UPDATE mail.apps SET removed = true, hash = NULL, updated_at = $2 WHERE app_id = $1",
+        d["app_id"],
+        r.recorded_at,
+    )
+    await conn.execute(
+        "UPDATE mail.clients SET removed = true, updated_at = $2 WHERE app_id = $1",
         d["app_id"],
         r.recorded_at,
     )
@@ -185,6 +201,7 @@ _APPLY: Mapping[str, Callable[[asyncpg.Connection, Data, RecordedEvent], Awaitab
     "MailAppPasswordRevoked": _password_revoked,
     "MailDnsblSet": _dnsbl,
     "MailAppRegistered": _app_registered,
+    "MailClientRegistered": _client_registered,
     "MailAppRemoved": _app_removed,
     "MailRelaySet": _relay,
     "MailRelayCleared": _relay,

@@ -1,5 +1,5 @@
 """Query handlers of the mail service: domains with the DNS records they need, a person's
-mailbox, the servers' state."""
+mailbox, every mailbox with what it holds, the block lists, the servers' state."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import asyncpg
 from libs.events import context
 from libs.events.handlers import query
 from libs.events.sealing import Keyring, SealingError
-from services.mail.errors import MailNotFound
+from services.mail.errors import MailForbidden, MailNotFound
 from services.mail.model import MailModel
 
 __all__ = ["Queries", "expected_records"]
+
+_Found = Callable[[str, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 
 
 def expected_records(domain: str, primary: str, selector: str, public: str) -> list[dict[str, Any]]:
@@ -48,12 +50,18 @@ class Queries:
         model: Callable[[], MailModel | None],
         wanted: Callable[[str], list[dict[str, Any]] | None],
         status: Callable[[bool], Awaitable[dict[str, Any]]],
+        usage: Callable[[], Awaitable[Mapping[str, tuple[int, int]] | None]],
+        *,
+        found: _Found | None = None,
     ) -> None:
+        """`found` adds what DNS serves to a domain's records (services/mail/records.py)."""
         self.pool = pool
         self.keyring = keyring
         self.model = model
         self.wanted = wanted
         self._status = status
+        self._usage = usage
+        self._found = found
 
     async def _primary(self) -> str | None:
         value = await self.pool.fetchval(
@@ -107,7 +115,10 @@ class Queries:
         )
         if row is None:
             raise MailNotFound(f"mail was never on for {payload['domain']}", field="domain")
-        return await self._view(row, await self._primary())
+        view = await self._view(row, await self._primary())
+        if self._found is not None:  # what DNS serves of them, beside: asked for this view only
+            view["records"] = await self._found(row["domain"], view["records"])
+        return view
 
     @query("mailbox")
     async def mailbox(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,6 +163,40 @@ class Queries:
             "quota_bytes": quota,
             "app_passwords": passwords,
         }
+
+    @query("mailboxes")
+    async def mailboxes(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Every mailbox the servers were configured with: its quota, and what it holds as
+        Dovecot counts it (null when no servers run here or Dovecot cannot say in time)."""
+        if not context.current().is_admin:
+            raise MailForbidden("only an administrator may see every mailbox")
+        model = self.model()
+        boxes = sorted(model.mailboxes, key=lambda b: b.address) if model else []
+        quotas = {
+            str(r["user_id"]): r["quota_bytes"]
+            for r in await self.pool.fetch("SELECT user_id, quota_bytes FROM mail.mailboxes")
+        }
+        usage = await self._usage() if boxes else None
+        items = []
+        for b in boxes:
+            used = usage.get(b.address) if usage is not None else None
+            items.append(
+                {
+                    "user_id": b.folder,
+                    "username": b.login,
+                    "address": b.address,
+                    "quota_bytes": quotas.get(b.folder),
+                    "used_bytes": None if used is None else used[0],
+                    "messages": None if used is None else used[1],
+                }
+            )
+        return {"items": items}
+
+    @query("dnsbl")
+    async def dnsbl(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        value = await self.pool.fetchval("SELECT dnsbl FROM mail.settings")
+        zones = json.loads(value) if isinstance(value, str) else list(value or [])
+        return {"zones": [str(z) for z in zones]}
 
     @query("relay")
     async def relay(self, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -544,6 +544,35 @@ end
 """
 
 
+def _clients(model: MailModel, s: ServersSettings) -> tuple[str, str, str]:
+    """Dovecot's listeners for the mail clients among the apps (webmail) and the networks it
+    trusts: IMAP and ManageSieve on the apps' addresses without TLS (the host's own bridge,
+    as apps' sending is), taken from those networks only (`login_trusted_networks` counts as
+    secured there, and lets the client name the person's address with IMAP ID)."""
+    if not (model.apps_listen and model.client_networks):
+        return "    port = 0", "", ""
+    addresses = ", ".join(_listen("dovecot", model.apps_listen))
+    for what, port in (
+        ("apps_imap_port", s.apps_imap_port),
+        ("apps_sieve_port", s.apps_sieve_port),
+    ):
+        _port("dovecot", port, what)
+        if not port:
+            raise RenderError("dovecot", f"{what} 0 with mail clients among the apps")
+    nets = []
+    for n in model.client_networks:
+        try:
+            nets.append(str(ipaddress.ip_network(n, strict=False)))
+        except ValueError:
+            raise RenderError("dovecot", f"client network {n!r} is not a CIDR") from None
+    imap = f"    address = {addresses}\n    port = {s.apps_imap_port}"
+    sieve = (
+        f"  inet_listener sieve_apps {{\n    address = {addresses}\n"
+        f"    port = {s.apps_sieve_port}\n  }}"
+    )
+    return imap, sieve, " ".join(nets)
+
+
 def _dovecot(
     model: MailModel, s: ServersSettings, lay: Layout, gen: Path, cert: str, key: str
 ) -> dict[str, RenderedFile]:
@@ -575,6 +604,7 @@ def _dovecot(
     # Dovecot's auth must take plaintext there. People still cannot: IMAP and ManageSieve
     # require TLS (ssl = required), submission refuses AUTH before TLS (smtpd_tls_auth_only).
     plaintext = "no" if model.apps_listen else "yes"
+    imap_plain, sieve_apps, trusted = _clients(model, s)
     # The users file and the Lua script are named through `conf`, not this generation: Dovecot
     # reads the users file again at each look-up, and a Dovecot not reloaded (Postfix-only
     # changes) must still find it once its own generation is gone (a CI run saw "unknown user").
@@ -598,6 +628,7 @@ ssl_cipher_list = {TLS_CIPHERS}
 ssl_prefer_server_ciphers = no
 disable_plaintext_auth = {plaintext}
 auth_mechanisms = plain login
+login_trusted_networks = {trusted}
 
 mail_uid = {s.vmail_user}
 mail_gid = {s.vmail_user}
@@ -635,7 +666,7 @@ namespace inbox {{
 
 service imap-login {{
   inet_listener imap {{
-    port = 0
+{imap_plain}
   }}
   inet_listener imaps {{
     port = {s.imaps_port}
@@ -646,6 +677,7 @@ service managesieve-login {{
   inet_listener sieve {{
     port = {s.managesieve_port}
   }}
+{sieve_apps}
 }}
 service lmtp {{
   unix_listener lmtp {{

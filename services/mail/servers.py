@@ -54,6 +54,7 @@ _START_DEADLINE = 120.0  # rspamd's first start compiles its hyperscan cache
 _RELOAD_DEADLINE = 30.0
 _STOP_DEADLINE = 15.0
 _PROBE_DEADLINE = 3.0
+_USAGE_DEADLINE = 3.0  # doveadm quota get: well under the gateway's wait for the query
 _POLL = 0.1
 _BACKOFF_FIRST = 1.0
 _BACKOFF_MAX = 60.0
@@ -77,6 +78,7 @@ class Binaries:
         rspamd: str = "rspamd",
         rspamadm: str = "rspamadm",
         rspamd_conf: Path = Path("/etc/rspamd/rspamd.conf"),
+        doveadm: str = "doveadm",
     ) -> None:
         self.postfix = postfix
         self.dovecot = dovecot
@@ -84,6 +86,7 @@ class Binaries:
         self.rspamd = rspamd
         self.rspamadm = rspamadm
         self.rspamd_conf = rspamd_conf
+        self.doveadm = doveadm
 
     def find(self, name: str) -> str:
         program: str = getattr(self, name)
@@ -197,7 +200,8 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-_SIGN_IN_SIDE = re.compile(r"dovecot/(auth|[a-z]+-login)\b")
+# Dovecot's process titles carry its instance name: "dovecot-<instance>/imap-login"
+_SIGN_IN_SIDE = re.compile(r"\bdovecot(-[^/\s]+)?/(auth|[a-z]+-login)\b")
 
 
 def _comm(pid: int) -> str:
@@ -1092,3 +1096,45 @@ class MailServers:
                             "mail server did not restart",
                             extra={"server": m.name, "error": str(e), "wait_s": delay},
                         )
+
+    # -- usage --
+
+    async def usage(self) -> dict[str, tuple[int, int]] | None:
+        """Each mailbox's (bytes used, messages) by address, as Dovecot's quota counts them
+        (`doveadm quota get -A` with the live configuration; bytes to the KiB it reports);
+        None while Dovecot is not running, or when doveadm fails or takes over
+        _USAGE_DEADLINE (a hung auth process: the caller answers without usage)."""
+        if not self._dovecot.running:
+            return None
+        conf = str(self._dovecot.conf_file)
+        try:
+            argv = [self.binaries.find("doveadm"), "-c", conf, "-f", "tab", "quota", "get", "-A"]
+            code, out, err = await _run(argv, _USAGE_DEADLINE, "doveadm quota get")
+        except MailServersError as e:
+            log.warning("mailbox usage unknown: %s", e)
+            return None
+        found = _quota_table(out)
+        if code != 0:  # a user it could not read: the others' rows are still right
+            log.warning("mailbox usage partly unknown: doveadm says %s", _trim(err, 3))
+        return found if found or code == 0 else None
+
+
+def _quota_table(text: str) -> dict[str, tuple[int, int]]:
+    """`doveadm -f tab quota get -A`'s table (Username, Quota name, Type, Value, Limit, %;
+    STORAGE in KiB, MESSAGE a count) as address -> (bytes, messages), the first quota root."""
+    lines = text.splitlines()
+    if not lines:
+        return {}
+    head = [h.strip().lower() for h in lines[0].split("\t")]
+    try:
+        user, kind, value = head.index("username"), head.index("type"), head.index("value")
+    except ValueError:
+        log.warning("mailbox usage unknown: doveadm printed no table: %s", _trim(text, 3))
+        return {}
+    found: dict[str, dict[str, int]] = {}
+    for line in lines[1:]:
+        cells = line.split("\t")
+        if len(cells) <= max(user, kind, value) or not cells[value].isdigit():
+            continue
+        found.setdefault(cells[user].lower(), {}).setdefault(cells[kind], int(cells[value]))
+    return {a: (v.get("STORAGE", 0) * 1024, v.get("MESSAGE", 0)) for a, v in found.items()}

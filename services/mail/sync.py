@@ -55,6 +55,8 @@ class Servers(Protocol):
 
     async def stop(self) -> None: ...
 
+    async def usage(self) -> dict[str, tuple[int, int]] | None: ...
+
 
 @dataclass
 class MailSync:
@@ -109,6 +111,13 @@ class MailSync:
             "record_errors": [f"{k}: {v}" for k, v in sorted(self.record_errors.items())],
             "rounds": self.rounds,
         }
+
+    async def usage(self) -> dict[str, tuple[int, int]] | None:
+        """Each mailbox's (bytes used, messages) by address, as Dovecot counts them; None when
+        no servers run here (or none with mail on) or Dovecot cannot say in time."""
+        if self.servers is None or not (self.applied and self.applied.domains):
+            return None
+        return await self.servers.usage()
 
     async def settled(self, within: float) -> None:
         """Wait until a round that began after this call has ended (tests, the CLI)."""
@@ -196,6 +205,12 @@ class MailSync:
                 "SELECT app_id, sender FROM mail.apps WHERE NOT removed ORDER BY app_id"
             )
         ]
+        clients = [
+            str(r["network"])
+            for r in await self.pool.fetch(
+                "SELECT network FROM mail.clients WHERE NOT removed ORDER BY app_id"
+            )
+        ]
         hostname = f"mail.{primary}" if primary else self.hostname
         tls = await self._certificate(hostname) if primary else None
         model = decide(
@@ -208,6 +223,7 @@ class MailSync:
             tls=tls,
             apps=apps,
             apps_listen=tuple(a for a in self.apps_listen if _on_this_host(a)),
+            client_networks=clients,
             relay=relay,
         )
         if primary:

@@ -3,7 +3,9 @@ the container rules of services/apps/DESIGN.md, and used over HTTP as a person w
 
 Notes and DokuWiki sign in through the identity service's LDAP endpoint and Notes keeps its
 notes in a Postgres of its own; both servers listen on the gateway address of the test's
-Docker network, the way the platform's addons listen on the services network.
+Docker network, the way the platform's addons listen on the services network. Roundcube signs
+people in to real Postfix, Dovecot and rspamd (tests/mail/serverskit.py) listening there the
+way the mail service's listener for apps does, and is used in a browser.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import fcntl
 import io
 import json
 import re
+import shutil
 import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,10 +30,15 @@ import asyncpg
 import docker
 import docker.errors
 import pytest
+from playwright.async_api import Page, expect
 
 from deploy.embedded import EmbeddedError, PostgresServer
 from services.apps.base_image import BaseImageError, ensure_base_image
+from tests.dashboard.browserkit import chromium, shot
 from tests.identity.kit import ADMIN, running_identity
+from tests.mail.serverskit import ALICE, BOB, MailStack, servers_missing
+from tests.mail.serverskit import DOMAIN as MAIL_DOMAIN
+from tests.support.pdns import PdnsServer
 from tests.support.servers import need_server, started
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -39,6 +48,7 @@ APPS = {
     "static": BUNDLED / "org.homeport.static" / "1.0.0",
     "dokuwiki": BUNDLED / "org.dokuwiki" / "2022.7.31",
     "notes": BUNDLED / "org.homeport.notes" / "1.0.0",
+    "roundcube": BUNDLED / "net.roundcube" / "1.6.5",
 }
 # kept between runs, like the test dockerd's image cache, so only the first run debootstraps
 BASE_CACHE = Path("/var/lib/homeport-test/base-image-cache")
@@ -412,3 +422,125 @@ async def test_dokuwiki_ldap_sign_in_edit_restart_keep(run_app: Any, platform: A
         async with http.get(wiki.url + f"/doku.php?id={page_id}") as r:
             assert r.status == 200
             assert text in await r.text()
+
+
+# -- Roundcube: webmail on the mail servers ----------------------------------------------------
+
+
+@pytest.fixture
+def webmail_servers(tmp_root: Path, pdns: PdnsServer, net: Net) -> Iterator[MailStack]:
+    """Postfix, Dovecot and rspamd with the listeners the mail service gives apps, on the test
+    network's gateway, and that network trusted as a mail client's (the `mailclient` addon)."""
+    missing = servers_missing()
+    if missing:
+        need_server("mail servers", RuntimeError(missing))
+    root = Path(tempfile.mkdtemp(prefix="mail-", dir=tmp_root))
+    stack = MailStack(
+        root,
+        f"127.0.0.1:{pdns.dns_port}",
+        f"bl{uuid.uuid4().hex[:10]}.test",
+        apps_listen=(net.gateway,),
+        client_networks=(net.subnet,),
+    )
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def webmail_env(stack: MailStack, gateway: str) -> dict[str, str]:
+    """What the `mailclient` addon gives an app (services/apps/operations/install.py)."""
+    s = stack.settings
+    return {
+        "HOMEPORT_MAIL_IMAP_HOST": gateway,
+        "HOMEPORT_MAIL_IMAP_PORT": str(s.apps_imap_port),
+        "HOMEPORT_MAIL_SUBMISSION_HOST": gateway,
+        "HOMEPORT_MAIL_SUBMISSION_PORT": str(s.apps_port),
+        "HOMEPORT_MAIL_SIEVE_HOST": gateway,
+        "HOMEPORT_MAIL_SIEVE_PORT": str(s.apps_sieve_port),
+        "HOMEPORT_MAIL_DOMAIN": MAIL_DOMAIN,
+    }
+
+
+async def _compose(page: Page, to: str, subject: str, body: str) -> None:
+    await page.goto("/?_task=mail&_action=compose")
+    recipient = page.locator("#compose_to input[type=text]").first
+    await recipient.fill(to)
+    await page.locator("#compose-subject").fill(subject)
+    await page.locator("#composebody").fill(body)
+    await page.get_by_role("button", name="Send").first.click()
+    await expect(page.get_by_text("Message sent successfully")).to_be_visible(timeout=30_000)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT + 300)
+async def test_roundcube_signs_in_sends_and_keeps_a_sieve_filter(
+    run_app: Any, app_pg: PostgresServer, net: Net, webmail_servers: MailStack
+) -> None:
+    stack = webmail_servers
+    env = await pg_env(app_pg, net.gateway) | webmail_env(stack, net.gateway)
+    rc = await run_app("roundcube", env)
+    tag = uuid.uuid4().hex[:8]
+    filtered = f"webmail filtered {tag}"
+    async with chromium(rc.url) as kit:
+        ctx = await kit.context()
+        # the edge sets X-Real-IP to the browser's address: Roundcube names it to Dovecot
+        await ctx.set_extra_http_headers({"X-Real-IP": "203.0.113.9"})
+        page = await ctx.new_page()
+        await page.goto("/")
+        await page.locator("#rcmloginuser").fill(ALICE.login)
+        await page.locator("#rcmloginpwd").fill(ALICE.password + "x")
+        await page.locator("#rcmloginsubmit").click()
+        await expect(page.get_by_text("Login failed")).to_be_visible(timeout=20_000)
+        # the failure counts against the person's address, not the webmail's
+        refused = [c for c in stack.auth.calls if c["user"] == ALICE.login]
+        assert refused and refused[-1]["ip"] == "203.0.113.9", stack.auth.calls
+
+        await page.locator("#rcmloginuser").fill(ALICE.login)
+        await page.locator("#rcmloginpwd").fill(ALICE.password)
+        await page.locator("#rcmloginsubmit").click()
+        await expect(page.locator("#messagelist")).to_be_attached(timeout=30_000)
+
+        # a filter made in Settings → Filters (ManageSieve): this subject goes to Trash
+        await page.goto("/?_task=settings&_action=plugin.managesieve")
+        await page.get_by_role("button", name="Create").first.click()
+        form = page.frame_locator("#filter-box")
+        await form.locator("input[name=_name]").fill(f"webmail test {tag}")
+        await form.locator("input[name='_rule_target[0][]']").fill(filtered)
+        await form.locator("select[name='_action_type[0]']").select_option("fileinto")
+        await form.locator("select[name='_action_mailbox[0]']").select_option("Trash")
+        await form.get_by_role("button", name="Save").click()
+        await expect(page.get_by_text("Filter saved successfully")).to_be_visible(timeout=20_000)
+
+        await _compose(page, BOB.address, f"webmail to bob {tag}", "from the browser")
+        await _compose(page, ALICE.address, filtered, "to be filed")
+        await shot(page, "roundcube-sent")
+
+    bobs = await asyncio.to_thread(stack.fetch, BOB, f"webmail to bob {tag}")
+    assert b"from the browser" in bobs[0]
+    assert f"From: {ALICE.address}".encode() in bobs[0] or ALICE.address.encode() in bobs[0]
+    filed = await asyncio.to_thread(_subjects, stack, "Trash")
+    assert filtered in filed, filed
+
+
+def _subjects(stack: MailStack, folder: str, deadline: float = 30) -> list[str]:
+    """Alice's subjects in `folder`, once there is one."""
+    end = time.monotonic() + deadline
+    box = stack.imap(ALICE)
+    try:
+        while True:
+            box.select(folder, readonly=True)
+            _, found = box.search(None, "ALL")
+            out = []
+            for num in found[0].split():
+                _, data = box.fetch(num, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+                part = data[0]
+                assert isinstance(part, tuple)
+                out.append(bytes(part[1]).decode().split(":", 1)[1].strip())
+            if out or time.monotonic() > end:
+                return out
+            time.sleep(0.3)
+    finally:
+        box.logout()

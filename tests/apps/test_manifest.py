@@ -263,7 +263,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "unknown addon",
         MINIMAL | {"addons": {"postgresql": {}, "mysql": {}}},
         "addons.mysql",
-        "unknown addon; the addons are ldap, localstorage, postgresql, sendmail",
+        "unknown addon; the addons are ldap, localstorage, mailclient, postgresql, sendmail",
     ),
     (
         "addon option",

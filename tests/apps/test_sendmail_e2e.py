@@ -1,12 +1,17 @@
-"""The sendmail addon for real: an app installed with it gets an account of the mail service
-and sends, from inside its container over the services network, to a person's mailbox; the
-account works only from the app's network and only with the app's own sender."""
+"""The sendmail and mailclient addons for real: an app installed with sendmail gets an account
+of the mail service and sends, from inside its container over the services network, to a
+person's mailbox; the account works only from the app's network and only with the app's own
+sender. An app installed with mailclient (webmail) signs people in to their own mailboxes over
+IMAP there, naming the person's address, which Dovecot takes from that app's network only."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import imaplib
+import json
+import shlex
+import shutil
 import smtplib
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +34,7 @@ pytestmark = [
 ]
 
 KIM_PASSWORD = "kim's long password 1"
+MAIL_CLIENT = "1.1.1"  # the static app with the sendmail and mailclient addons
 EVERYONE = {"all_users": True, "user_ids": [], "groups": []}
 
 
@@ -38,6 +44,19 @@ class Both:
     apps: Apps
     port: int
     host: str
+    imap_port: int
+
+
+def _with_mail_client(catalog: Path) -> Path:
+    """The catalog with MAIL_CLIENT: the static app's 1.1.0 (sendmail) with mailclient too."""
+    src = catalog / STATIC / "1.1.0"
+    dest = catalog / STATIC / MAIL_CLIENT
+    shutil.copytree(src, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["version"] = MAIL_CLIENT
+    manifest["addons"] = {**manifest["addons"], "mailclient": {}}
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return catalog
 
 
 @pytest.fixture
@@ -52,7 +71,7 @@ async def both(
     pdns_zone: PdnsZone,
     addon_server: AddonServer,
 ) -> AsyncIterator[Both]:
-    port = free_port()
+    port, imap_port, sieve_port = free_port(), free_port(), free_port()
     host = addon_server.host  # the services network's gateway, where apps send
     async with mail_world(
         monkeypatch,
@@ -62,7 +81,12 @@ async def both(
         zone=pdns_zone,
         servers=True,
         nameservers=(f"127.0.0.1:{pdns.dns_port}",),
-        env={"HP_MAIL_APPS_LISTEN": host, "HP_MAIL_APPS_PORT": str(port)},
+        env={
+            "HP_MAIL_APPS_LISTEN": host,
+            "HP_MAIL_APPS_PORT": str(port),
+            "HP_MAIL_APPS_IMAP_PORT": str(imap_port),
+            "HP_MAIL_APPS_SIEVE_PORT": str(sieve_port),
+        },
     ) as w:
         await w.mail.cmd("enable_domain", {"domain": w.domain})
         status = await w.mail.ask("status", {"wait": True})
@@ -74,11 +98,11 @@ async def both(
             tmp_path=tmp_path / "apps",
             docker_host=docker_host,
             prefix=f"m{uniq[:8]}",
-            catalog=static_catalog(tmp_path / "catalog"),
+            catalog=_with_mail_client(static_catalog(tmp_path / "catalog")),
             extra={"HP_SERVICES_NETWORK": services.name, "HP_SERVICES_SUBNET": services.subnet},
         )
         async with running_apps(monkeypatch, env, mail=False) as apps:
-            yield Both(w, apps, port, host)
+            yield Both(w, apps, port, host, imap_port)
 
 
 def _dialogue(env: dict[str, str], sender: str, to: str, subject: str) -> str:
@@ -158,3 +182,63 @@ async def test_an_app_sends_to_a_persons_mailbox_as_itself_only(both: Both) -> N
     assert (await apps.wait_task(done["task_id"]))["type"] == "TaskSucceeded"
     rows = await w.mail.store.pool.fetch("SELECT removed FROM mail.apps WHERE app_id = $1", app_id)
     assert [r["removed"] for r in rows] == [True]
+
+
+def _imap_dialogue(host: str, port: str, lines: list[str]) -> str:
+    steps = "; ".join(f"sleep 0.5; printf '%s\\r\\n' {shlex.quote(line)}" for line in lines)
+    return f"({steps}; sleep 1) | nc {host} {port}"
+
+
+async def test_a_mail_client_app_signs_people_in_naming_their_address(both: Both) -> None:
+    w, apps = both.w, both.apps
+    reply = await apps.cmd(
+        "install",
+        {"manifest_id": STATIC, "version": MAIL_CLIENT, "location": "webmail", "access": EVERYONE},
+    )
+    app_id = reply["app_id"]
+    end = await apps.wait_task(reply["task_id"])
+    assert end["type"] == "TaskSucceeded", end
+    container = apps.container(app_id)
+    env = dict(item.split("=", 1) for item in container.attrs["Config"]["Env"])
+    assert env["HOMEPORT_MAIL_IMAP_HOST"] == both.host
+    assert env["HOMEPORT_MAIL_IMAP_PORT"] == str(both.imap_port)
+    assert env["HOMEPORT_MAIL_SUBMISSION_PORT"] == str(both.port)
+    assert env["HOMEPORT_MAIL_DOMAIN"] == w.domain
+    status = await w.mail.ask("status", {"wait": True})
+    assert status["last_error"] is None, status
+
+    def imap(lines: list[str]) -> str:
+        cmd = _imap_dialogue(both.host, env["HOMEPORT_MAIL_IMAP_PORT"], lines)
+        out = container.exec_run(["/bin/sh", "-c", cmd])
+        return bytes(out.output).decode(errors="replace")
+
+    # from the app's network: the person's own account, their address named first
+    said = await asyncio.to_thread(
+        imap,
+        [
+            'a ID ("x-originating-ip" "203.0.113.5")',
+            'b LOGIN "kim" "not kim\'s password"',
+            f'c LOGIN "kim" "{KIM_PASSWORD}"',
+            "d LOGOUT",
+        ],
+    )
+    assert "b NO" in said and "c OK" in said, said
+    rows = await w.mail.store.pool.fetch(
+        "SELECT data FROM events.events WHERE type = 'LoginFailed' ORDER BY position"
+    )
+    failures = [json.loads(r["data"]) for r in rows]
+    assert [w.ident.address(f["ip"]) for f in failures] == ["203.0.113.5"], failures
+    # from anywhere else (the host on the services network): no sign-in without TLS
+    with imaplib.IMAP4(both.host, both.imap_port, timeout=30) as m:
+        with pytest.raises(imaplib.IMAP4.error):
+            m.login("kim", KIM_PASSWORD)
+    # uninstalled: the network is no longer trusted, nor served
+    done = await apps.cmd("uninstall", {"app_id": app_id})
+    assert (await apps.wait_task(done["task_id"]))["type"] == "TaskSucceeded"
+    rows = await w.mail.store.pool.fetch(
+        "SELECT removed FROM mail.clients WHERE app_id = $1", app_id
+    )
+    assert [r["removed"] for r in rows] == [True]
+    status = await w.mail.ask("status", {"wait": True})
+    with pytest.raises(OSError):
+        imaplib.IMAP4(both.host, both.imap_port, timeout=5)

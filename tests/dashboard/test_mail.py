@@ -139,6 +139,17 @@ async def test_admin_turns_mail_on_sees_its_records_and_adds_an_alias_and_a_list
         await expect(fact(servers, "Mailboxes")).to_have_text("3")
         await expect(fact(servers, "Host name")).to_have_text(f"mail.{zone}")
         await expect(servers.get_by_text("Not running", exact=True)).to_be_visible()
+        # -- what DNS serves of each record, beside what Homeport wants: ✓ with words
+
+        async def all_served() -> bool:
+            view = await ok(ed, "GET", f"/mail/domains/{zone}", admin)
+            return all(r["ok"] for r in view["records"])
+
+        await wait_for(all_served, "the records served as written")
+        await expect(records.get_by_role("columnheader", name="Found")).to_be_visible()
+        await item.get_by_role("button", name=f"Check DNS again for {zone}").click()
+        await expect(mx.get_by_role("cell").last).to_have_text("✓ Served")
+        await expect(records.get_by_text("✓ Served", exact=True)).to_have_count(4)
 
         # -- an address the API refuses: its message next to "Address", nothing recorded
         await item.get_by_label("Address", exact=True).fill("in+fo")

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -174,8 +174,16 @@ def message(
 class MailStack:
     """The three servers and the auth stand-in on their own loop, and a mail client's view."""
 
-    def __init__(self, root: Path, nameserver: str, dnsbl: str) -> None:
-        ports = free_ports(7)
+    def __init__(
+        self,
+        root: Path,
+        nameserver: str,
+        dnsbl: str,
+        *,
+        apps_listen: tuple[str, ...] = (),
+        client_networks: tuple[str, ...] = (),
+    ) -> None:
+        ports = free_ports(10)
         self.host = "127.0.0.1"
         self.auth = AuthStandIn(
             token=secrets.token_urlsafe(32),
@@ -194,9 +202,16 @@ class MailStack:
             auth_url=f"http://127.0.0.1:{self.auth_port}/auth",
             auth_token=self.auth.token,
             nameservers=(nameserver,),
+            apps_port=ports[7],
+            apps_imap_port=ports[8],
+            apps_sieve_port=ports[9],
         )
         self.dkim_pem = dkim_key()
-        self.model = base_model(self.dkim_pem, dnsbl)
+        self.model = replace(
+            base_model(self.dkim_pem, dnsbl),
+            apps_listen=apps_listen,
+            client_networks=client_networks,
+        )
         self.renderer = Renderer()
         self.servers = MailServers(self.settings, renderer=self.renderer)
         self._loop = asyncio.new_event_loop()

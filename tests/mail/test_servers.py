@@ -37,7 +37,7 @@ from deploy.embedded import free_ports
 from services.mail.errors import MailConfigRefused
 from services.mail.model import Mailbox, MailDomain, Relay, ServersSettings
 from services.mail.render import TLS_CIPHERS, RenderedFile
-from services.mail.servers import MailServers
+from services.mail.servers import _SIGN_IN_SIDE, MailServers, _children
 from tests.mail.serverskit import (
     ALICE,
     BOB,
@@ -360,9 +360,16 @@ def test_a_change_is_swapped_in_every_server_reloads_and_the_one_before_is_kept(
         senders={**stack.model.senders, dave.address: ("dave",)},
         dnsbl=(),
     )
+    # Dovecot's sign-in side before the change (IMAP sign-ins in the base model started them)
+    stack.imap(ALICE).logout()
+    dovecot = stack.servers.pids()["dovecot"]
+    old_sign_in = [pid for pid, title in _children(dovecot) if _SIGN_IN_SIDE.search(title)]
+    assert old_sign_in, _children(dovecot)
     try:
         second = stack.apply(changed)
         assert second != first
+        # once apply returns, no process of the old configuration takes a sign-in
+        assert not [pid for pid in old_sign_in if Path(f"/proc/{pid}").exists()]
         assert os.readlink(stack.servers.lay.conf) == f"generations/{second.name}"
         assert {p.name for p in stack.servers.lay.generations.iterdir()} == {
             first.name,

@@ -227,3 +227,22 @@ async def test_app_passwords_are_shown_once_kept_hashed_and_only_their_owners(
         "revoke_app_password", {"user_id": w.kim, "password_id": made["password_id"]}, actor=w.kim
     )
     assert (await w.mail.ask("mailbox", {"user_id": w.kim}, actor=w.kim))["app_passwords"] == []
+
+
+async def test_a_mail_client_app_is_registered_by_the_platform_only_and_checked(
+    world: World,
+) -> None:
+    w = world
+    app_id = "6f1c1a52-2f64-4c31-9a55-5d0f3d1f1b3e"
+    payload = {"app_id": app_id, "network": "10.220.9.0/24"}
+    # an administrator is not the platform: only the apps service registers apps
+    with pytest.raises(BusError) as e:
+        await w.mail.cmd("register_client", payload, actor=w.admin, admin=True)
+    assert e.value.code == "forbidden"
+    for bad in ("10.0.0.0/4", "not a network", "10.0.0.0/24\x00", "::/16"):
+        with pytest.raises(BusError) as e:
+            await w.mail.cmd("register_client", {**payload, "network": bad})
+        assert (e.value.code, e.value.field) == ("invalid", "network"), bad
+    # this mail service has no address for apps (no HP_MAIL_APPS_LISTEN): nothing recorded
+    assert await w.mail.cmd("register_client", payload) == {"host": None}
+    assert await w.mail.events(f"mailapp-{app_id}") == []

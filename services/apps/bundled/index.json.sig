@@ -1,1 +1,1 @@
-Qon+HP//80DdWbMt3f2CJm8qtGnWfnn/wzeFsv2xagIEf0WnXwNaup5Kd4TzX7jH3KYYdRZApDQcFXI7pCrSCg==
+MDfapipS1K8eiNwMDmvnorD/MTzd7RlzXA5EcJqb+NoFom4ciuVQYcrGIOqsvzBohOKX0RhjkZvUc917DBg6DA==

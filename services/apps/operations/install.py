@@ -24,7 +24,7 @@ from services.apps.state import AppState, app_origin
 
 __all__ = ["INSTALL", "addons", "announce", "image", "network", "storage"]
 
-ADDONS = ("postgresql", "ldap", "sendmail")
+ADDONS = ("postgresql", "ldap", "sendmail", "mailclient")
 
 
 async def dns(run: Run) -> Detail:
@@ -106,6 +106,8 @@ async def _provision(
             "HOMEPORT_LDAP_USERS_BASE_DN": reg["users_dn"],
             "HOMEPORT_LDAP_GROUPS_BASE_DN": reg["groups_dn"],
         }
+    if addon == "mailclient":
+        return await _mail_client(t, s, subnet)
     # sendmail: an account of the mail service, usable from the app's network only, for its
     # own sender only
     account = await t.peers.mail_register_app(s.app_id, f"{s.location}.app@{s.domain}", subnet)
@@ -120,6 +122,28 @@ async def _provision(
         "HOMEPORT_MAIL_SMTP_USERNAME": str(account["username"]),
         "HOMEPORT_MAIL_SMTP_PASSWORD": str(account["password"]),
         "HOMEPORT_MAIL_FROM": str(account["sender"]),
+    }
+
+
+async def _mail_client(t: Tools, s: AppState, subnet: str) -> dict[str, str]:
+    """mailclient (webmail): where the app reaches people's mailboxes. No account of its own:
+    each person signs in with theirs; the mail service trusts the app's network to name the
+    person's address (IMAP ID), so it must be the app's own network."""
+    where = await t.peers.mail_register_client(s.app_id, subnet)
+    if not where.get("host"):
+        raise OperationFailed(
+            "the mail service has no address for apps to reach it (HP_MAIL_APPS_LISTEN)",
+            "addon_unavailable",
+        )
+    host = str(where["host"])
+    return {
+        "HOMEPORT_MAIL_IMAP_HOST": host,
+        "HOMEPORT_MAIL_IMAP_PORT": str(where["imap_port"]),
+        "HOMEPORT_MAIL_SUBMISSION_HOST": host,
+        "HOMEPORT_MAIL_SUBMISSION_PORT": str(where["submission_port"]),
+        "HOMEPORT_MAIL_SIEVE_HOST": host,
+        "HOMEPORT_MAIL_SIEVE_PORT": str(where["sieve_port"]),
+        "HOMEPORT_MAIL_DOMAIN": str(where.get("domain") or ""),
     }
 
 

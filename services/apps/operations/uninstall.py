@@ -36,7 +36,7 @@ async def addons(run: Run) -> Detail:
         await t.addon_pg.deprovision(s.app_id)
     if "ldap" in s.addons:
         await t.peers.ldap_remove_app(s.app_id)
-    if "sendmail" in s.addons:
+    if "sendmail" in s.addons or "mailclient" in s.addons:
         await t.peers.mail_remove_app(s.app_id)
     return {}
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from services.dns.errors import DnsProviderError, ForeignRecord
-from services.dns.propagation import wait_for_record
+from services.dns.propagation import find_nameservers, wait_for_record
 from services.dns.providers.protocol import (
     WRITABLE_TYPES,
     Progress,
@@ -83,6 +83,11 @@ class BaseProvider:
         left = max(0.0, deadline - (time.monotonic() - start))
         servers = self._nameservers or await self._authoritative()
         await wait_for_record(record, servers, left, progress, zone=self.zone)
+
+    async def nameservers(self) -> Sequence[tuple[str, int]]:
+        """The zone's authoritative servers: those configured, else those the provider knows,
+        else its NS set looked up."""
+        return self._nameservers or await self._authoritative() or await find_nameservers(self.zone)
 
     async def aclose(self) -> None:
         return None

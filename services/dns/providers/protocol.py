@@ -8,7 +8,7 @@ Adapters raise the provider errors of `services/dns/errors.py` (`DnsProviderErro
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -51,6 +51,10 @@ class DnsProvider(Protocol):
     async def wait(self, record: Record, deadline: float, progress: Progress | None = None) -> None:
         """Return when every authoritative server answers `record`, else raise after `deadline`
         seconds naming the servers that do not."""
+        ...
+
+    async def nameservers(self) -> Sequence[tuple[str, int]]:
+        """The zone's authoritative servers (address, port), to ask it what it serves."""
         ...
 
     async def aclose(self) -> None: ...

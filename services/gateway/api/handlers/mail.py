@@ -79,7 +79,17 @@ RELAY = obj(
 APP_PASSWORD_BODY = command_body(MAIL, "create_app_password", without=["user_id"])
 
 RECORD = obj(
-    {"name": string(), "type": string(), "values": array(string())},
+    {
+        "name": string(),
+        "type": string(),
+        "values": array(string(), description="what Homeport wants"),
+        # only in the view of one domain: what the domain's nameservers serve
+        "found": nullable(
+            array(string(), description="what the domain's nameservers serve; null: unknown")
+        ),
+        "ok": boolean(description="found is what Homeport wants (in any order)"),
+        "error": nullable(string(description="why found is unknown, or what differs")),
+    },
     required=["name", "type", "values"],
 )
 ADDRESS = obj(
@@ -137,6 +147,21 @@ CREATED_PASSWORD = obj(
     required=["password_id", "password"],
 )
 STATUS = obj({"running": boolean(), "last_error": nullable(string())}, additional=True)
+USAGE = obj(
+    {
+        "user_id": string(format="uuid"),
+        "username": string(),
+        "address": string(description="the mailbox's address (also the mail login)"),
+        "quota_bytes": nullable(integer(description="the size limit; null: none")),
+        "used_bytes": nullable(
+            integer(description="what it holds, to the KiB; null: unknown (servers not run here)")
+        ),
+        "messages": nullable(integer(description="how many messages; null: unknown")),
+    },
+    required=["user_id", "address", "quota_bytes", "used_bytes"],
+    additional=True,
+)
+DNSBL = obj({"zones": array(string())}, required=["zones"])
 
 
 @routes.get("/mail/domains", access=Access.admin, summary="Mail domains", responses={200: VIEWS})
@@ -165,6 +190,10 @@ async def mail_enable_domain(call: Call) -> Any:
     "/mail/domains/{domain}",
     access=Access.admin,
     summary="A mail domain: addresses and the DNS records it needs",
+    description=(
+        "Each record says what the domain's nameservers serve of it (`found`, `ok`, `error`), "
+        "asked when this view is (kept 30 s; a moment when not all is well)."
+    ),
     path_params=DOMAIN_PATH,
     responses={200: VIEW},
 )
@@ -223,6 +252,17 @@ async def mail_remove_address(call: Call) -> Any:
 
 
 @routes.get(
+    "/mail/mailboxes",
+    access=Access.admin,
+    summary="Every mailbox: its address, quota, and how much it holds",
+    description="Usage is what Dovecot counts; null when the mail servers do not run here.",
+    responses={200: obj({"items": array(USAGE)}, required=["items"])},
+)
+async def mail_list_mailboxes(call: Call) -> Any:
+    return await call.ask("mail", "mailboxes", {}, timeout=_TIMEOUT)
+
+
+@routes.get(
     "/mail/mailboxes/{user_id}",
     access=Access.admin,
     summary="An account's mailbox: addresses, quota, app passwords",
@@ -243,6 +283,16 @@ async def mail_get_mailbox(call: Call) -> Any:
 )
 async def mail_set_quota(call: Call) -> Any:
     return await call.command("mail", "set_quota", {**call.body, **call.path})
+
+
+@routes.get(
+    "/mail/dnsbl",
+    access=Access.admin,
+    summary="The DNS block lists in use",
+    responses={200: DNSBL},
+)
+async def mail_dnsbl(call: Call) -> Any:
+    return await call.ask("mail", "dnsbl", {})
 
 
 @routes.put(

@@ -389,6 +389,7 @@ const ADDON_TEXT = {
   ldap: "sign-in with Homeport accounts (LDAP)",
   postgresql: "a PostgreSQL database",
   sendmail: "sending mail",
+  mailclient: "people's own mailboxes (webmail)",
 };
 export const addonText = (name) => ADDON_TEXT[name] || name;
 

@@ -5,6 +5,7 @@ import { del, get, post, put } from "../api.js";
 import { Badge, Dialog, ErrorNote, Loaded, ListTable, PageHead, useAsync, useInterval } from "../ui/common.jsx";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 import { ConfirmForm, byName, nameOf, useStatus } from "./users_common.jsx";
+import { MailSettings } from "./mail_settings.jsx";
 
 const LOCAL_PART_HINT = "Lower-case letters, digits, '.', '_' or '-' (no '+'). An address listed already is replaced.";
 const KINDS = { alias: "Alias", list: "List" };
@@ -76,22 +77,59 @@ function ServerStatus({ version }) {
   );
 }
 
+// What the domain's nameservers serve of each record: the domain's own view says (the mail
+// service asks DNS for it and keeps the answer a moment). A mark with words, not colour alone.
+function Found({ record, checked }) {
+  if (checked.error) return <span class="muted">Not checked: {checked.error.message}</span>;
+  const r = checked.data && checked.data.records.find((x) => x.name === record.name && x.type === record.type);
+  if (!r || r.found === undefined) return <span class="muted">{checked.loading ? "Checking…" : "Not checked yet"}</span>;
+  const values = (r.found || []).join(", ");
+  const same = values === [...record.values].sort().join(", ");
+  let mark = <Badge kind="ok">✓&nbsp;Served</Badge>;
+  if (r.found === null) mark = <Badge kind="neutral">?&nbsp;Unknown</Badge>;
+  else if (!r.found.length) mark = <Badge kind="bad">✗&nbsp;Not&nbsp;found</Badge>;
+  else if (!r.ok && same) mark = <Badge kind="bad">✗&nbsp;Not&nbsp;everywhere</Badge>;
+  else if (!r.ok) mark = <Badge kind="bad">✗&nbsp;Differs</Badge>;
+  const extra = r.ok ? null : r.error;
+  return (
+    <>
+      {mark}
+      {!r.ok && values && !same && (
+        <>
+          {" "}
+          <code class="cell-wrap">{values}</code>
+        </>
+      )}
+      {extra && <span class="hint cell-wrap"> {extra}</span>}
+    </>
+  );
+}
+
 function Records({ domain, records }) {
+  const checked = useAsync(() => (records.length ? get(path(domain)) : Promise.resolve(null)), [domain, records]);
   if (!records.length) return <p class="muted">The records appear once a domain has mail on.</p>;
   return (
-    <ListTable caption={`DNS records for mail at ${domain}`} columns={["Name", "Type", "Value"]} kind="mail-records">
-      {records.map((r) => (
-        <tr key={`${r.name} ${r.type}`}>
-          <td data-label="Name">
-            <code>{r.name}</code>
-          </td>
-          <td data-label="Type">{r.type}</td>
-          <td data-label="Value">
-            <code class="cell-wrap">{r.values.join(", ")}</code>
-          </td>
-        </tr>
-      ))}
-    </ListTable>
+    <>
+      <ListTable caption={`DNS records for mail at ${domain}`} columns={["Name", "Type", "Value", "Found"]} kind="mail-records">
+        {records.map((r) => (
+          <tr key={`${r.name} ${r.type}`}>
+            <td data-label="Name">
+              <code>{r.name}</code>
+            </td>
+            <td data-label="Type">{r.type}</td>
+            <td data-label="Value">
+              <code class="cell-wrap">{r.values.join(", ")}</code>
+            </td>
+            <td data-label="Found">
+              <Found record={r} checked={checked} />
+            </td>
+          </tr>
+        ))}
+      </ListTable>
+      <button type="button" class="btn btn-ghost" disabled={checked.loading} onClick={checked.reload}>
+        Check DNS again<span class="sr-only"> for {domain}</span>
+      </button>
+    </>
   );
 }
 
@@ -374,6 +412,7 @@ export function Email() {
           }
         </Loaded>
       </section>
+      <MailSettings version={version} />
     </>
   );
 }
