@@ -18,10 +18,12 @@ from libs.contracts.schema import array, boolean, integer, nullable, obj, string
 
 __all__ = [
     "CONTRACT",
+    "FORWARD_PATTERN",
     "LOCAL_PART",
     "LOCAL_PART_PATTERN",
     "MAX_ALIAS_USERS",
     "MAX_DNSBL",
+    "MAX_FORWARD",
     "MAX_QUOTA",
     "SENDER_PATTERN",
 ]
@@ -32,7 +34,16 @@ SENDER_PATTERN = (
     r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?"
     r"@[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
+# Where a mailbox forwards to: an address as SENDER_PATTERN has it, in any case (the service
+# lower-cases it), its domain with a dot and a last label that begins with a letter (as
+# Postfix's configuration takes it, services/mail/render.py).
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+FORWARD_PATTERN = (
+    r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?"
+    rf"@({_LABEL}\.)+[A-Za-z]([A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?$"
+)
 MAX_ALIAS_USERS = 100
+MAX_FORWARD = 5
 MAX_DNSBL = 20
 MAX_QUOTA = 1 << 50  # 1 PiB: beyond any disk; a bigger number is a typo
 
@@ -56,6 +67,8 @@ CONTRACT = Contract(
     commands={
         "enable_domain": _BY_DOMAIN,
         "disable_domain": _BY_DOMAIN,
+        # a new DKIM key beside the signing one; it signs once DNS serves it (409 while one waits)
+        "rotate_dkim": _BY_DOMAIN,
         "set_catch_all": obj(
             {"domain": DOMAIN, "user_id": nullable(_USER_ID)}, required=["domain", "user_id"]
         ),
@@ -93,6 +106,26 @@ CONTRACT = Contract(
             },
             required=["user_id", "label"],
         ),
+        # Mail to the mailbox goes on to `to` (own or administrator; the service refuses the
+        # mailbox's own addresses, local addresses nobody receives, the same address twice).
+        "set_forwarding": obj(
+            {
+                "user_id": _USER_ID,
+                "to": array(
+                    string(
+                        maxLength=254,
+                        pattern=FORWARD_PATTERN,
+                        description="an address, here or elsewhere, e.g. kim@example.net",
+                    ),
+                    minItems=1,
+                    maxItems=MAX_FORWARD,
+                    description=f"where mail goes on to (1 to {MAX_FORWARD} addresses)",
+                ),
+                "keep_copy": boolean(description="the mailbox keeps a copy of each message"),
+            },
+            required=["user_id", "to", "keep_copy"],
+        ),
+        "clear_forwarding": _BY_USER,
         "revoke_app_password": obj(
             {"user_id": _USER_ID, "password_id": uuid(description="an app password id")},
             required=["user_id", "password_id"],
@@ -126,6 +159,12 @@ CONTRACT = Contract(
                     description="the address the app sends as, e.g. blog.app@example.org",
                 ),
                 "network": string(maxLength=43, description="the app's network (CIDR)"),
+                "password": string(
+                    minLength=32,
+                    maxLength=128,
+                    pattern=r"^[A-Za-z0-9_-]+$",
+                    description="the password the app already has (an app installed earlier)",
+                ),
             },
             required=["app_id", "sender", "network"],
         ),

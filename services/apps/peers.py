@@ -137,10 +137,14 @@ class Peers:
 
     # -- mail: the sendmail addon -----------------------------------------------------------
 
-    async def mail_register_app(self, app_id: str, sender: str, network: str) -> dict[str, Any]:
-        """The app's sending account (a new password each time): host, port, username,
-        password, sender."""
+    async def mail_register_app(
+        self, app_id: str, sender: str, network: str, password: str | None = None
+    ) -> dict[str, Any]:
+        """The app's sending account (a new password, or `password` kept): host, port,
+        username, password, sender."""
         payload = {"app_id": app_id, "sender": sender, "network": network}
+        if password is not None:
+            payload["password"] = password
         return dict(await self._mail("register_app", payload))
 
     async def mail_register_client(self, app_id: str, network: str) -> dict[str, Any]:

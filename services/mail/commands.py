@@ -14,12 +14,14 @@ import asyncio
 import base64
 import hashlib
 import ipaddress
+import re
 import secrets
 import smtplib
 import socket
 import ssl
+import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +29,7 @@ import asyncpg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from libs.contracts.mail import FORWARD_PATTERN
 from libs.events import context
 from libs.events.bus import BusClient, BusError
 from libs.events.errors import ConcurrencyError
@@ -35,6 +38,7 @@ from libs.events.inline import append_inline
 from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
 from services.mail import events as ev
+from services.mail.decide import ROLE_ADDRESSES
 from services.mail.errors import (
     InvalidRequest,
     MailConflict,
@@ -42,7 +46,7 @@ from services.mail.errors import (
     MailNotFound,
     MailServersError,
 )
-from services.mail.people import SYSTEM, People, read_people
+from services.mail.people import SYSTEM, People, Person, read_people
 from services.mail.projections import MailProjection
 
 __all__ = [
@@ -52,6 +56,7 @@ __all__ = [
     "app_password_hash",
     "check_relay",
     "dkim_keypair",
+    "next_selector",
 ]
 
 APP_PASSWORD_BYTES = 32  # 256 random bits, shown once
@@ -182,6 +187,20 @@ def _selector(now: datetime) -> str:
     return f"hp{now:%Y%m}"
 
 
+def next_selector(now: datetime, taken: Iterable[str]) -> str:
+    """A rotation's selector: `hp<YYYYMMDD>` of the day it is made (a reader of DNS sees the
+    key's age; no counter to keep), `-2`, `-3`... when that is one of `taken` (the domain's
+    keys still published: a resolver may hold their records, so a name is never reused then)."""
+    base = f"hp{now:%Y%m%d}"
+    taken = set(taken)
+    n = 1
+    selector = base
+    while selector in taken:
+        n += 1
+        selector = f"{base}-{n}"
+    return selector
+
+
 class Commands:
     """The command side: each `@command` method is one bus command of the mail service."""
 
@@ -198,7 +217,9 @@ class Commands:
         apps_imap_port: int = 0,
         apps_sieve_port: int = 0,
         relay_networks: Sequence[str] = (),
+        now: Callable[[], float] = time.time,
     ) -> None:
+        self.now = now  # the clock of new selectors (tests turn it)
         self.relay_networks = tuple(relay_networks)
         self.apps_host = apps_host  # where apps send (None: nowhere on this machine)
         self.apps_port = apps_port
@@ -294,7 +315,7 @@ class Commands:
                 sealed = await asyncio.to_thread(self.keyring.seal_for, stream, pem)
                 new = ev.MailDomainEnabled(
                     domain=domain,
-                    selector=_selector(datetime.now(UTC)),
+                    selector=_selector(datetime.fromtimestamp(self.now(), UTC)),
                     dkim_key=sealed,
                     dkim_public=public,
                 )
@@ -310,6 +331,74 @@ class Commands:
             stream = ev.domain_stream(domain)
             await self._append(stream, [ev.MailDomainDisabled(domain=domain)])
         return {"domain": domain, "enabled": False}
+
+    # -- DKIM key rotation ---------------------------------------------------------------------
+    # Two phases: `rotate_dkim` adds the next key (its record published beside the signing
+    # key's); the sync has it sign once DNS serves that record (`activate_dkim`), and removes
+    # the replaced key's record a week later (`retire_dkim`). Both steps run here, under the
+    # domain's lock, so they never cross a command.
+
+    @command("rotate_dkim")
+    async def rotate_dkim(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self._admin()
+        domain: str = payload["domain"]
+        stream = ev.domain_stream(domain)
+        async with self._lock(domain):
+            row = await self._domain(domain)
+            keys = await self.store.pool.fetch(
+                "SELECT selector, state, since FROM mail.dkim_keys WHERE domain = $1", domain
+            )
+            waiting = next((k for k in keys if k["state"] == "next"), None)
+            if waiting is not None:
+                raise MailConflict(
+                    f"a new DKIM key for {domain} (selector {waiting['selector']}) is waiting"
+                    f" for DNS to serve it since {waiting['since']:%Y-%m-%d %H:%M} UTC: it signs"
+                    " once DNS does; rotate again after that",
+                    field="domain",
+                )
+            selector = next_selector(
+                datetime.fromtimestamp(self.now(), UTC),
+                [row["selector"], *(k["selector"] for k in keys)],
+            )
+            pem, public = await asyncio.to_thread(dkim_keypair)
+            sealed = await asyncio.to_thread(self.keyring.seal_for, stream, pem)
+            new = ev.MailDkimKeyAdded(
+                domain=domain, selector=selector, dkim_key=sealed, dkim_public=public
+            )
+            await self._append(stream, [new])
+        return {"domain": domain, "selector": row["selector"], "next_selector": selector}
+
+    async def activate_dkim(self, domain: str, selector: str, *, served: bool) -> bool:
+        """The domain's next key `selector` signs from now on (the sync: DNS serves its record,
+        or the wait ran out); False when it is not the waiting key (any more)."""
+        async with self._lock(domain):
+            waiting = await self.store.pool.fetchval(
+                "SELECT 1 FROM mail.dkim_keys WHERE domain = $1 AND selector = $2"
+                " AND state = 'next'",
+                domain,
+                selector,
+            )
+            if waiting is None:
+                return False
+            new = ev.MailDkimKeyActivated(domain=domain, selector=selector, served=served)
+            await self._append(ev.domain_stream(domain), [new])
+        return True
+
+    async def retire_dkim(self, domain: str, selector: str) -> bool:
+        """The replaced key `selector` is gone from DNS (the sync removed its record); False
+        when it was not retiring (any more)."""
+        async with self._lock(domain):
+            retiring = await self.store.pool.fetchval(
+                "SELECT 1 FROM mail.dkim_keys WHERE domain = $1 AND selector = $2"
+                " AND state = 'retiring'",
+                domain,
+                selector,
+            )
+            if retiring is None:
+                return False
+            new = ev.MailDkimKeyRetired(domain=domain, selector=selector)
+            await self._append(ev.domain_stream(domain), [new])
+        return True
 
     @command("set_catch_all")
     async def set_catch_all(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -438,25 +527,125 @@ class Commands:
                 await self._append(stream, [new])
         return {"password_id": password_id, "revoked": True}
 
+    @command("set_forwarding")
+    async def set_forwarding(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Mail to the mailbox goes on to `to` (lower-cased; sealed in the event, as an
+        outside address is personal data), and stays in it too with `keep_copy`. Refused,
+        naming `to.N`: the same address twice, the mailbox's own addresses, and an address of
+        a mail domain here that nobody receives. Forwarded mail keeps its original envelope
+        sender (no SRS): a receiver that checks the sender's SPF strictly may refuse it."""
+        user_id = str(uuid.UUID(payload["user_id"]))
+        self._self_or_admin(user_id)
+        people = await self._people()
+        person = people.by_id().get(user_id)
+        if person is None:
+            raise MailNotFound("no such account", field="user_id")
+        to = [str(a).lower() for a in payload["to"]]
+        keep_copy = bool(payload["keep_copy"])
+        await self._check_forwarding(to, person, people)
+        stream = ev.mailbox_stream(user_id)
+        sealed = await asyncio.to_thread(_seal_all, self.keyring, stream, to)
+        async with self._lock(user_id):
+            new = ev.MailForwardingSet(user_id=user_id, to=sealed, keep_copy=keep_copy)
+            await self._append(stream, [new])
+        return {"user_id": user_id, "to": to, "keep_copy": keep_copy}
+
+    @command("clear_forwarding")
+    async def clear_forwarding(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        user_id = str(uuid.UUID(payload["user_id"]))
+        self._self_or_admin(user_id)
+        async with self._lock(user_id):
+            found = await self.store.pool.fetchval(
+                "SELECT 1 FROM mail.forwarding WHERE user_id = $1", user_id
+            )
+            if found is not None:  # none: nothing to record
+                stream = ev.mailbox_stream(user_id)
+                await self._append(stream, [ev.MailForwardingCleared(user_id=user_id)])
+        return {"user_id": user_id, "forwarding": None}
+
+    async def _check_forwarding(self, to: Sequence[str], person: Person, people: People) -> None:
+        """InvalidRequest naming `to.N` for the first address mail cannot be forwarded to."""
+        domains = {
+            str(r["domain"]): None if r["catch_all"] is None else str(r["catch_all"])
+            for r in await self.store.pool.fetch(
+                "SELECT domain, catch_all FROM mail.domains WHERE enabled"
+            )
+        }
+        wanted = sorted({a.rpartition("@")[2] for a in to} & set(domains))
+        extra = {
+            f"{r['local_part']}@{r['domain']}": r
+            for r in await self.store.pool.fetch(
+                "SELECT * FROM mail.addresses WHERE domain = ANY($1::text[])", wanted
+            )
+        }
+        known = people.by_id()
+        admins = any(p.is_admin and not p.disabled for p in people.persons)
+        seen: set[str] = set()
+        for i, address in enumerate(to):
+            field = f"to.{i}"
+            if len(address) > 254 or not re.fullmatch(FORWARD_PATTERN, address):
+                raise InvalidRequest(f"{address!r} is not a mail address", field=field)
+            if address in seen:
+                raise InvalidRequest(f"{address} is given twice", field=field)
+            seen.add(address)
+            local, _, domain = address.rpartition("@")
+            if domain not in domains:
+                continue  # elsewhere
+            if local == person.username:
+                raise InvalidRequest(
+                    f"{address} is this mailbox's own address: mail would come back to it",
+                    field=field,
+                )
+            row = extra.get(address)
+            if people.by_login(local) is not None:
+                continue
+            if row is not None:
+                ids = (
+                    row["user_ids"]
+                    if row["kind"] == "alias"
+                    else people.groups.get(str(row["group_id"]), ())
+                )
+                if any(str(u) in known for u in ids):
+                    continue
+            elif local in ROLE_ADDRESSES and admins:
+                continue
+            if domains[domain] in known:  # the domain's catch-all receives it
+                continue
+            raise InvalidRequest(
+                f"nobody receives {address}: {domain} is a mail domain here, check the address",
+                field=field,
+            )
+
     # -- apps that send mail ------------------------------------------------------------------
 
     @command("register_app")
     async def register_app(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """An app's sending account: a fresh password, usable only from the app's network and
-        only with its sender; registering again rotates the password."""
+        """An app's sending account, usable only from the app's network and only with its
+        sender: a fresh password, or the one the app already has (`password`: the apps
+        service making sure an app installed earlier has its account; the same account again
+        records nothing)."""
         self._platform()
         app_id = str(uuid.UUID(payload["app_id"]))
         network = _app_network(payload["network"])
-        password = secrets.token_urlsafe(APP_PASSWORD_BYTES)
+        password = payload.get("password") or secrets.token_urlsafe(APP_PASSWORD_BYTES)
+        new = ev.MailAppRegistered(
+            app_id=app_id,
+            sender=payload["sender"],
+            network=str(network),
+            hash=app_password_hash(password),
+        )
         stream = ev.app_stream(app_id)
         async with self._lock(stream):
-            new = ev.MailAppRegistered(
-                app_id=app_id,
-                sender=payload["sender"],
-                network=str(network),
-                hash=app_password_hash(password),
+            row = await self.store.pool.fetchrow(
+                "SELECT sender, network, hash FROM mail.apps WHERE app_id = $1 AND NOT removed",
+                app_id,
             )
-            await self._append(stream, [new])
+            if row is None or (row["sender"], str(row["network"]), row["hash"]) != (
+                new.sender,
+                new.network,
+                new.hash,
+            ):
+                await self._append(stream, [new])
         return {
             "username": app_login(app_id),
             "password": password,
@@ -478,8 +667,12 @@ class Commands:
             return {"host": None}  # nowhere for apps to reach mail here: nothing recorded
         stream = ev.app_stream(app_id)
         async with self._lock(stream):
-            new = ev.MailClientRegistered(app_id=app_id, network=str(network))
-            await self._append(stream, [new])
+            known = await self.store.pool.fetchval(
+                "SELECT network FROM mail.clients WHERE app_id = $1 AND NOT removed", app_id
+            )
+            if known is None or str(known) != str(network):  # the same again: nothing new
+                new = ev.MailClientRegistered(app_id=app_id, network=str(network))
+                await self._append(stream, [new])
         domain = await self.store.pool.fetchval(
             "SELECT domain FROM mail.domains WHERE enabled ORDER BY enabled_at, domain LIMIT 1"
         )
@@ -550,6 +743,10 @@ class Commands:
         async with self._lock(ev.SETTINGS_STREAM):
             await self._append(ev.SETTINGS_STREAM, [ev.MailDnsblSet(zones=zones)])
         return {"zones": zones}
+
+
+def _seal_all(keyring: Keyring, subject: str, values: Sequence[str]) -> list[str]:
+    return [keyring.seal_for(subject, v) for v in values]
 
 
 def _app_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -242,3 +242,50 @@ async def test_a_mail_client_app_signs_people_in_naming_their_address(both: Both
     status = await w.mail.ask("status", {"wait": True})
     with pytest.raises(OSError):
         imaplib.IMAP4(both.host, both.imap_port, timeout=5)
+
+
+async def test_an_app_whose_mail_account_is_gone_gets_it_back_with_its_password(
+    both: Both,
+) -> None:
+    """An app installed before the mail service kept accounts (or whose account was lost)
+    sends again once its settings are saved: the credentials it has are registered again."""
+    w, apps = both.w, both.apps
+    reply = await apps.cmd(
+        "install",
+        {"manifest_id": STATIC, "version": "1.1.0", "location": "shop", "access": EVERYONE},
+    )
+    app_id = reply["app_id"]
+    assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
+    await w.mail.cmd("remove_app", {"app_id": app_id})  # as if never registered
+    container = apps.container(app_id)
+    env = dict(item.split("=", 1) for item in container.attrs["Config"]["Env"])
+    to = f"kim@{w.domain}"
+
+    def send(subject: str) -> str:
+        out = container.exec_run(
+            ["/bin/sh", "-c", _dialogue(env, env["HOMEPORT_MAIL_FROM"], to, subject)]
+        )
+        return bytes(out.output).decode(errors="replace")
+
+    await w.mail.ask("status", {"wait": True})
+    said = await asyncio.to_thread(send, "before the repair")
+    assert "535" in said, said  # no account: the app cannot sign in
+    before = len(await w.mail.events(f"mailapp-{app_id}"))
+    done = await apps.cmd("configure", {"app_id": app_id, "memory_bytes": 64 << 20})
+    assert (await apps.wait_task(done["task_id"]))["type"] == "TaskSucceeded"
+    container = apps.container(app_id)
+    again = dict(item.split("=", 1) for item in container.attrs["Config"]["Env"])
+    assert again["HOMEPORT_MAIL_SMTP_PASSWORD"] == env["HOMEPORT_MAIL_SMTP_PASSWORD"]
+    await w.mail.ask("status", {"wait": True})
+    said = await asyncio.to_thread(send, "after the repair")
+    assert "235" in said and "250 2.0.0 Ok: queued" in said, said
+    deadline = time.monotonic() + 30
+    while "after the repair" not in await asyncio.to_thread(_inbox_subjects, w):
+        assert time.monotonic() < deadline, "the repaired app's message never reached kim"
+        await asyncio.sleep(0.3)
+    # saving again changes nothing in mail: the same account records no new event
+    events = await w.mail.events(f"mailapp-{app_id}")
+    assert len(events) == before + 1
+    done = await apps.cmd("configure", {"app_id": app_id, "memory_bytes": 72 << 20})
+    assert (await apps.wait_task(done["task_id"]))["type"] == "TaskSucceeded"
+    assert await w.mail.events(f"mailapp-{app_id}") == events

@@ -21,6 +21,7 @@ from services.apps.operations.common import (
     wait_ready,
     wait_served,
 )
+from services.apps.operations.install import ensure_mail_accounts
 from services.apps.state import AppState, app_origin
 
 __all__ = ["CONFIGURE", "configured"]
@@ -64,12 +65,14 @@ async def certificate(run: Run) -> Detail:
 
 
 async def addons(run: Run) -> Detail:
-    """A new access list: the app's LDAP account sees only who may open it."""
+    """A new access list: the app's LDAP account sees only who may open it; the app's mail
+    accounts are made sure of (an app installed before the mail service had them)."""
     s = run.s
     assert s.operation is not None
     access = s.operation.detail.get("access")
     if access is not None and "ldap" in s.addons:
         await run.tools.peers.ldap_set_app_access(s.app_id, access)
+    await ensure_mail_accounts(run.tools, s)
     return {}
 
 

@@ -22,7 +22,7 @@ from services.apps.operations.common import (
 )
 from services.apps.state import AppState, app_origin
 
-__all__ = ["INSTALL", "addons", "announce", "image", "network", "storage"]
+__all__ = ["INSTALL", "addons", "announce", "ensure_mail_accounts", "image", "network", "storage"]
 
 ADDONS = ("postgresql", "ldap", "sendmail", "mailclient")
 
@@ -56,7 +56,8 @@ async def storage(run: Run) -> Detail:
 
 
 async def addons(run: Run) -> Detail:
-    """Provision each addon once: credentials already recorded are handed out again."""
+    """Provision each addon once: credentials already recorded are handed out again (the mail
+    accounts registered again with them, so an app installed earlier gets its account)."""
     t, s = run.tools, run.s
     assert s.operation is not None
     subnet = str(s.operation.detail["subnet"])  # recorded by the network step
@@ -70,11 +71,28 @@ async def addons(run: Run) -> Detail:
         existing = s.addons.get(addon)
         old = t.unseal_json(existing) if existing else None
         creds = await _provision(t, s, addon, subnet, old)
-        if existing is None:
+        if creds != old:  # new, or the mail service's address for apps moved
             sealed = t.seal(s.app_id, json.dumps(creds))
             provisioned = ev.AddonProvisioned(app_id=s.app_id, addon=addon, credentials=sealed)
             await t.apps.append(s.app_id, [provisioned], s.version)
     return {}
+
+
+async def ensure_mail_accounts(t: Tools, s: AppState) -> None:
+    """The mail service's accounts of an installed app, registered again with what the app
+    has (configure: an app installed before the mail service had its account sends again)."""
+    for addon in ("sendmail", "mailclient"):
+        existing = s.addons.get(addon)
+        if existing is None:
+            continue
+        net = await t.runtime.ensure_network(t.names(s.app_id).network, {"homeport.app": s.app_id})
+        old = t.unseal_json(existing)
+        creds = await _provision(t, s, addon, net.subnet, old)
+        if creds != old:
+            s = await t.apps.load(s.app_id)
+            sealed = t.seal(s.app_id, json.dumps(creds))
+            provisioned = ev.AddonProvisioned(app_id=s.app_id, addon=addon, credentials=sealed)
+            await t.apps.append(s.app_id, [provisioned], s.version)
 
 
 async def _provision(
@@ -85,6 +103,10 @@ async def _provision(
         password = old["HOMEPORT_POSTGRESQL_PASSWORD"] if old else None
         pg = await t.snapshots.addon_pg().provision(s.app_id, subnet, password)
         return pg.env()
+    if addon == "mailclient":
+        return await _mail_client(t, s, subnet, old)
+    if addon == "sendmail":
+        return await _sendmail(t, s, subnet, old)
     if old is not None:
         return old
     if addon == "ldap":
@@ -106,11 +128,22 @@ async def _provision(
             "HOMEPORT_LDAP_USERS_BASE_DN": reg["users_dn"],
             "HOMEPORT_LDAP_GROUPS_BASE_DN": reg["groups_dn"],
         }
-    if addon == "mailclient":
-        return await _mail_client(t, s, subnet)
-    # sendmail: an account of the mail service, usable from the app's network only, for its
-    # own sender only
-    account = await t.peers.mail_register_app(s.app_id, f"{s.location}.app@{s.domain}", subnet)
+    raise OperationFailed(f"no way to provision the {addon} addon", "runtime")
+
+
+async def _sendmail(
+    t: Tools, s: AppState, subnet: str, old: dict[str, str] | None
+) -> dict[str, str]:
+    """sendmail: an account of the mail service, usable from the app's network only, for its
+    own sender only. Credentials recorded before are registered again as they are (an app
+    installed before the mail service had it, or whose account was lost, sends again)."""
+    if old is not None:
+        account = await t.peers.mail_register_app(
+            s.app_id, old["HOMEPORT_MAIL_FROM"], subnet, old["HOMEPORT_MAIL_SMTP_PASSWORD"]
+        )
+    else:
+        sender = f"{s.location}.app@{s.domain}"
+        account = await t.peers.mail_register_app(s.app_id, sender, subnet)
     if not account.get("host"):
         raise OperationFailed(
             "the mail service has no address for apps to send to (HP_MAIL_APPS_LISTEN)",
@@ -125,10 +158,13 @@ async def _provision(
     }
 
 
-async def _mail_client(t: Tools, s: AppState, subnet: str) -> dict[str, str]:
+async def _mail_client(
+    t: Tools, s: AppState, subnet: str, old: dict[str, str] | None
+) -> dict[str, str]:
     """mailclient (webmail): where the app reaches people's mailboxes. No account of its own:
     each person signs in with theirs; the mail service trusts the app's network to name the
-    person's address (IMAP ID), so it must be the app's own network."""
+    person's address (IMAP ID), so it must be the app's own network. Registered again each
+    time (nothing new when unchanged); recorded settings are handed out again."""
     where = await t.peers.mail_register_client(s.app_id, subnet)
     if not where.get("host"):
         raise OperationFailed(
@@ -143,7 +179,10 @@ async def _mail_client(t: Tools, s: AppState, subnet: str) -> dict[str, str]:
         "HOMEPORT_MAIL_SUBMISSION_PORT": str(where["submission_port"]),
         "HOMEPORT_MAIL_SIEVE_HOST": host,
         "HOMEPORT_MAIL_SIEVE_PORT": str(where["sieve_port"]),
-        "HOMEPORT_MAIL_DOMAIN": str(where.get("domain") or ""),
+        # the domain at first install stays (people's identities in the app were made with it)
+        "HOMEPORT_MAIL_DOMAIN": old["HOMEPORT_MAIL_DOMAIN"]
+        if old is not None
+        else str(where.get("domain") or ""),
     }
 
 
