@@ -202,7 +202,28 @@ def _check_text(v: str, field: str) -> None:
 
 @lru_cache(maxsize=512)
 def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+    return re.compile(_end_is_end(pattern))
+
+
+def _end_is_end(pattern: str) -> str:
+    """`pattern` with each `$` anchor (outside a character class, not escaped) as `\\Z`: in
+    JSON Schema (ECMA-262) `$` is the end of the text, in Python it also matches before a
+    final newline, which would let "name\\n" through `^[a-z]+$`."""
+    out, escaped, in_class = [], False, False
+    for c in pattern:
+        if escaped:
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == "[":
+            in_class = True
+        elif c == "]":
+            in_class = False
+        elif c == "$" and not in_class:
+            out.append("\\Z")
+            continue
+        out.append(c)
+    return "".join(out)
 
 
 def _is_datetime(v: str) -> bool:

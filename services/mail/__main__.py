@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
@@ -40,11 +41,12 @@ _LOOPBACK = "127.0.0.1"
 _EMPTY = Directory(People(), frozenset(), None)
 
 
-def build(cfg: MailConfig | None = None) -> Service:
-    """The mail process: read model, auth endpoint, servers sync, bus."""
+def build(cfg: MailConfig | None = None, *, now: Callable[[], float] = time.time) -> Service:
+    """The mail process: read model, auth endpoint, servers sync, bus; `now` is the clock of
+    DKIM key rotation (tests turn it)."""
     cfg = cfg if cfg is not None else load_config(MailConfig)
     svc = Service("mail", cfg)
-    svc.use(partial(_parts, cfg))
+    svc.use(partial(_parts, cfg, now))
     return svc
 
 
@@ -70,7 +72,7 @@ def servers_settings(cfg: MailConfig, *, auth_port: int, auth_token: str) -> Ser
 
 
 @asynccontextmanager
-async def _parts(cfg: MailConfig, svc: Service) -> AsyncIterator[None]:
+async def _parts(cfg: MailConfig, now: Callable[[], float], svc: Service) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
         conn = await stack.enter_async_context(connections(svc))
         keys = await stack.enter_async_context(opened_keyring(cfg.keyring))
@@ -90,8 +92,8 @@ async def _parts(cfg: MailConfig, svc: Service) -> AsyncIterator[None]:
         servers = None
         not_run = None
         if cfg.mail_servers and os.geteuid() != 0:
-            # a server install's unit runs as its own user: the servers get units of their own
-            # (not built yet); until then mail settings are recorded and the status says why
+            # a local stack started by a user (a server install's unit is root's, bounded:
+            # deploy/units.py): mail settings are recorded and the status says why
             not_run = "the mail servers are not run: they need root (the service runs as a user)"
             log.warning(not_run)
         elif cfg.mail_servers:
@@ -99,6 +101,19 @@ async def _parts(cfg: MailConfig, svc: Service) -> AsyncIterator[None]:
 
             settings = servers_settings(cfg, auth_port=port, auth_token=token)
             servers = await stack.enter_async_context(MailServers(settings))
+        commands = Commands(
+            conn.store,
+            keys,
+            bus,
+            changed=lambda: sync.kick() if sync is not None else None,
+            timeout=cfg.identity_timeout,
+            apps_host=cfg.mail_apps_listen[0] if cfg.mail_apps_listen else None,
+            apps_port=cfg.mail_apps_port,
+            apps_imap_port=cfg.mail_apps_imap_port,
+            apps_sieve_port=cfg.mail_apps_sieve_port,
+            relay_networks=cfg.mail_relay_networks,
+            now=now,
+        )
         sync = MailSync(
             pool=conn.store.pool,
             keyring=keys,
@@ -112,20 +127,10 @@ async def _parts(cfg: MailConfig, svc: Service) -> AsyncIterator[None]:
             timeout=cfg.identity_timeout,
             apps_listen=cfg.mail_apps_listen,
             not_run=not_run,
+            dkim=commands,  # a DKIM rotation's steps: recorded by the command side
+            now=now,
         )
         await stack.enter_async_context(loop(svc, "mail.sync", sync.run(), sync.stop))
-        commands = Commands(
-            conn.store,
-            keys,
-            bus,
-            changed=sync.kick,
-            timeout=cfg.identity_timeout,
-            apps_host=cfg.mail_apps_listen[0] if cfg.mail_apps_listen else None,
-            apps_port=cfg.mail_apps_port,
-            apps_imap_port=cfg.mail_apps_imap_port,
-            apps_sieve_port=cfg.mail_apps_sieve_port,
-            relay_networks=cfg.mail_relay_networks,
-        )
         found = FoundRecords(bus, ttl=cfg.mail_found_cache)
         queries = Queries(
             conn.store.pool,

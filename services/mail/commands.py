@@ -596,10 +596,10 @@ class Commands:
                     f"{address} is this mailbox's own address: mail would come back to it",
                     field=field,
                 )
-            row = extra.get(address)
             if people.by_login(local) is not None:
-                continue
-            if row is not None:
+                continue  # an account's own address
+            row = extra.get(address)
+            if row is not None:  # an alias or a list: someone receives it while it has people
                 ids = (
                     row["user_ids"]
                     if row["kind"] == "alias"
@@ -612,8 +612,7 @@ class Commands:
             if domains[domain] in known:  # the domain's catch-all receives it
                 continue
             raise InvalidRequest(
-                f"nobody receives {address}: {domain} is a mail domain here, check the address",
-                field=field,
+                f"nobody here receives mail for {address}: check the address", field=field
             )
 
     # -- apps that send mail ------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """The events of the mail service.
 
 Streams: `mailapp-<app_id>` holds an app's sending account (its `sendmail` addon);
-`maildomain-<domain>` holds one mail domain's life (on, off, its DKIM key, catch-all,
+`maildomain-<domain>` holds one mail domain's life (on, off, its DKIM keys, catch-all,
 aliases and group lists); `mailbox-<user_id>` what the mail service keeps of one person (quota,
-app passwords); `mail-settings` the platform's DNS block lists. Never a message, a subject or an
-address-book entry. DKIM private keys are sealed with the key of subject `maildomain-<domain>`;
-an app password is kept only as the SHA-256 of its 256 random bits, its label sealed like a key.
+app passwords, forwarding); `mail-settings` the platform's DNS block lists. Never a message, a
+subject or an address-book entry. DKIM private keys are sealed with the key of subject
+`maildomain-<domain>`; an app password is kept only as the SHA-256 of its 256 random bits, its
+label sealed like a key; forwarding addresses are sealed the same way (one outside is personal
+data).
 Summaries are stored in clear: they name domains, local parts and ids, never a person's name.
 """
 
@@ -27,9 +29,14 @@ __all__ = [
     "MailAppRegistered",
     "MailAppRemoved",
     "MailCatchAllSet",
+    "MailDkimKeyActivated",
+    "MailDkimKeyAdded",
+    "MailDkimKeyRetired",
     "MailDnsblSet",
     "MailDomainDisabled",
     "MailDomainEnabled",
+    "MailForwardingCleared",
+    "MailForwardingSet",
     "MailQuotaSet",
     "MailRelayCleared",
     "MailRelaySet",
@@ -76,6 +83,48 @@ class MailDomainDisabled:
 
     def summary(self) -> str:
         return f"mail turned off for {self.domain}"
+
+
+@REGISTRY.event("MailDkimKeyAdded")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailDkimKeyAdded:
+    """A rotation's next DKIM key: its record is published beside the signing key's; it signs
+    once the domain's nameservers serve that record (MailDkimKeyActivated)."""
+
+    domain: str
+    selector: str  # a new one: <selector>._domainkey.<domain>
+    dkim_key: str  # the RSA private key (PKCS#8 PEM), sealed
+    dkim_public: str  # base64 of the public key (SubjectPublicKeyInfo DER): the record's p=
+
+    def summary(self) -> str:
+        return f"new DKIM key {self.selector} of {self.domain} published, not signing yet"
+
+
+@REGISTRY.event("MailDkimKeyActivated")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailDkimKeyActivated:
+    """The next key signs from now on; the key it replaces is retiring: its record stays
+    published a while (mail in flight still verifies), then MailDkimKeyRetired."""
+
+    domain: str
+    selector: str  # the next key's
+    served: bool  # the nameservers served its record (False: the wait for them ran out)
+
+    def summary(self) -> str:
+        why = "DNS serves it" if self.served else "DNS did not say it serves it within the wait"
+        return f"DKIM key {self.selector} of {self.domain} signs from now on ({why})"
+
+
+@REGISTRY.event("MailDkimKeyRetired")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailDkimKeyRetired:
+    """A replaced key's record was removed from DNS."""
+
+    domain: str
+    selector: str
+
+    def summary(self) -> str:
+        return f"old DKIM key {self.selector} of {self.domain} removed from DNS"
 
 
 @REGISTRY.event("MailCatchAllSet")
@@ -139,6 +188,32 @@ class MailAppPasswordCreated:
 
     def summary(self) -> str:
         return f"app password {self.password_id[:8]} created for account {self.user_id[:8]}"
+
+
+@REGISTRY.event("MailForwardingSet")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailForwardingSet:
+    """Mail to the mailbox goes on to `to` (its own addresses on every domain, its aliases,
+    lists and catch-alls included); with `keep_copy` the mailbox keeps each message too."""
+
+    user_id: str
+    to: list[str]  # the addresses, each sealed with the key of subject `mailbox-<user_id>`
+    keep_copy: bool
+
+    def summary(self) -> str:
+        n = len(self.to)
+        kept = ", a copy kept" if self.keep_copy else ""
+        where = f"{n} address{'es' if n != 1 else ''}"
+        return f"mail of account {self.user_id[:8]} forwarded to {where}{kept}"
+
+
+@REGISTRY.event("MailForwardingCleared")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailForwardingCleared:
+    user_id: str
+
+    def summary(self) -> str:
+        return f"mail of account {self.user_id[:8]} no longer forwarded"
 
 
 @REGISTRY.event("MailAppPasswordRevoked")

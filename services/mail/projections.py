@@ -2,7 +2,8 @@
 
 Commands append and apply in one transaction (libs/events/inline.py): the primary key of
 `mail.addresses` refuses an address taken twice, the unique hash of `mail.app_passwords` a
-password recorded twice, in the transaction that would have recorded the event.
+password recorded twice, and the one-`next`-key index of `mail.dkim_keys` a second DKIM
+rotation waiting, in the transaction that would have recorded the event.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class MailProjection(Projection):
     async def reset(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
             "TRUNCATE mail.domains, mail.addresses, mail.mailboxes, mail.app_passwords,"
-            " mail.settings, mail.apps, mail.clients"
+            " mail.settings, mail.apps, mail.clients, mail.dkim_keys, mail.forwarding"
         )
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
@@ -67,6 +68,59 @@ async def _disabled(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None
         "UPDATE mail.domains SET enabled = false, updated_at = $2 WHERE domain = $1",
         d["domain"],
         r.recorded_at,
+    )
+
+
+async def _dkim_added(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "INSERT INTO mail.dkim_keys (domain, selector, state, dkim_key, dkim_public, since)"
+        " VALUES ($1, $2, 'next', $3, $4, $5)",
+        d["domain"],
+        d["selector"],
+        d["dkim_key"],
+        d["dkim_public"],
+        r.recorded_at,
+    )
+
+
+async def _dkim_activated(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    """The signing key becomes a retiring one (its public half only), the next one signs."""
+    waiting = await conn.fetchval(
+        "SELECT 1 FROM mail.dkim_keys WHERE domain = $1 AND selector = $2 AND state = 'next'",
+        d["domain"],
+        d["selector"],
+    )
+    if waiting is None:  # not the waiting key (the command checked): the signing key stays
+        return
+    await conn.execute(
+        "INSERT INTO mail.dkim_keys (domain, selector, state, dkim_key, dkim_public, since)"
+        " SELECT domain, selector, 'retiring', NULL, dkim_public, $2 FROM mail.domains"
+        " WHERE domain = $1"
+        " ON CONFLICT (domain, selector) DO UPDATE SET state = 'retiring', dkim_key = NULL,"
+        " dkim_public = EXCLUDED.dkim_public, since = EXCLUDED.since",
+        d["domain"],
+        r.recorded_at,
+    )
+    await conn.execute(
+        "UPDATE mail.domains d SET selector = k.selector, dkim_key = k.dkim_key,"
+        " dkim_public = k.dkim_public, updated_at = $3 FROM mail.dkim_keys k"
+        " WHERE d.domain = $1 AND k.domain = $1 AND k.selector = $2 AND k.state = 'next'",
+        d["domain"],
+        d["selector"],
+        r.recorded_at,
+    )
+    await conn.execute(
+        "DELETE FROM mail.dkim_keys WHERE domain = $1 AND selector = $2 AND state = 'next'",
+        d["domain"],
+        d["selector"],
+    )
+
+
+async def _dkim_retired(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute(
+        "DELETE FROM mail.dkim_keys WHERE domain = $1 AND selector = $2 AND state = 'retiring'",
+        d["domain"],
+        d["selector"],
     )
 
 
@@ -133,6 +187,23 @@ async def _password_revoked(conn: asyncpg.Connection, d: Data, r: RecordedEvent)
     )
 
 
+async def _forwarding_set(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    """The addresses stay sealed here too; the sync and the mailbox view unseal them."""
+    await conn.execute(
+        "INSERT INTO mail.forwarding (user_id, addresses, keep_copy, updated_at)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO UPDATE SET addresses = $2,"
+        " keep_copy = $3, updated_at = $4",
+        d["user_id"],
+        list(d["to"]),
+        d["keep_copy"],
+        r.recorded_at,
+    )
+
+
+async def _forwarding_cleared(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
+    await conn.execute("DELETE FROM mail.forwarding WHERE user_id = $1", d["user_id"])
+
+
 async def _dnsbl(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
     await conn.execute(
         "INSERT INTO mail.settings (id, dnsbl, updated_at) VALUES (true, $1::jsonb, $2)"
@@ -193,12 +264,17 @@ async def _relay(conn: asyncpg.Connection, d: Data, r: RecordedEvent) -> None:
 _APPLY: Mapping[str, Callable[[asyncpg.Connection, Data, RecordedEvent], Awaitable[None]]] = {
     "MailDomainEnabled": _enabled,
     "MailDomainDisabled": _disabled,
+    "MailDkimKeyAdded": _dkim_added,
+    "MailDkimKeyActivated": _dkim_activated,
+    "MailDkimKeyRetired": _dkim_retired,
     "MailCatchAllSet": _catch_all,
     "MailAddressSet": _address_set,
     "MailAddressRemoved": _address_removed,
     "MailQuotaSet": _quota,
     "MailAppPasswordCreated": _password_created,
     "MailAppPasswordRevoked": _password_revoked,
+    "MailForwardingSet": _forwarding_set,
+    "MailForwardingCleared": _forwarding_cleared,
     "MailDnsblSet": _dnsbl,
     "MailAppRegistered": _app_registered,
     "MailClientRegistered": _client_registered,

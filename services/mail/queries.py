@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -17,23 +18,52 @@ from libs.events.sealing import Keyring, SealingError
 from services.mail.errors import MailForbidden, MailNotFound
 from services.mail.model import MailModel
 
-__all__ = ["Queries", "expected_records"]
+__all__ = [
+    "DKIM_DEADLINE",
+    "DKIM_KEEP",
+    "DKIM_SETTLE",
+    "Queries",
+    "dkim_record",
+    "expected_records",
+]
 
 _Found = Callable[[str, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 
+# DKIM key rotation (the sync takes the steps, the views say when): a next key signs once the
+# domain's nameservers serve its record, asked from DKIM_SETTLE after it was added (every
+# nameserver of an anycast provider has it by then, and the record's TTL has passed), or at
+# DKIM_DEADLINE whatever they say; a replaced key's record stays published DKIM_KEEP (mail
+# signed with it and still on its way verifies), then is removed.
+DKIM_SETTLE = 300.0
+DKIM_DEADLINE = 48 * 3600.0
+DKIM_KEEP = 7 * 24 * 3600.0
 
-def expected_records(domain: str, primary: str, selector: str, public: str) -> list[dict[str, Any]]:
-    """The records mail for `domain` needs (MX to the primary domain's mail host, SPF, DKIM,
-    DMARC), as dns takes them (TXT text unquoted: dns splits it into 255-byte strings); the
-    sync writes them through the dns service as owner `mail`."""
+
+def dkim_record(domain: str, selector: str, public: str) -> dict[str, Any]:
+    """The TXT record that publishes a DKIM key's public half."""
+    return {
+        "name": f"{selector}._domainkey.{domain}",
+        "type": "TXT",
+        "values": [f"v=DKIM1; k=rsa; p={public}"],
+    }
+
+
+def expected_records(
+    domain: str,
+    primary: str,
+    selector: str,
+    public: str,
+    other_keys: Sequence[tuple[str, str]] = (),
+) -> list[dict[str, Any]]:
+    """The records mail for `domain` needs (MX to the primary domain's mail host, SPF, DKIM of
+    the signing key and of `other_keys` (selector, public: a rotation's next and replaced
+    keys), DMARC), as dns takes them (TXT text unquoted: dns splits it into 255-byte strings);
+    the sync writes them through the dns service as owner `mail`."""
     return [
         {"name": domain, "type": "MX", "values": [f"10 mail.{primary}"]},
         {"name": domain, "type": "TXT", "values": ["v=spf1 mx -all"]},
-        {
-            "name": f"{selector}._domainkey.{domain}",
-            "type": "TXT",
-            "values": [f"v=DKIM1; k=rsa; p={public}"],
-        },
+        dkim_record(domain, selector, public),
+        *(dkim_record(domain, s, p) for s, p in other_keys),
         {
             "name": f"_dmarc.{domain}",
             "type": "TXT",
@@ -73,11 +103,35 @@ class Queries:
         addresses = await self.pool.fetch(
             "SELECT * FROM mail.addresses WHERE domain = $1 ORDER BY local_part", row["domain"]
         )
+        keys = await self.pool.fetch(
+            "SELECT selector, state, dkim_public, since FROM mail.dkim_keys WHERE domain = $1"
+            " ORDER BY since, selector",
+            row["domain"],
+        )
+        waiting = next((k for k in keys if k["state"] == "next"), None)
         return {
             "domain": row["domain"],
             "enabled": row["enabled"],
             "primary": row["domain"] == primary,
             "selector": row["selector"],
+            # a rotation under way: the next key, waiting for DNS to serve its record
+            "dkim_next": None
+            if waiting is None
+            else {
+                "selector": waiting["selector"],
+                "waiting_since": waiting["since"].isoformat(),
+                "signs_by": (waiting["since"] + timedelta(seconds=DKIM_DEADLINE)).isoformat(),
+            },
+            # keys replaced: their records stay published until removed_on
+            "dkim_retiring": [
+                {
+                    "selector": k["selector"],
+                    "replaced_at": k["since"].isoformat(),
+                    "removed_on": (k["since"] + timedelta(seconds=DKIM_KEEP)).isoformat(),
+                }
+                for k in keys
+                if k["state"] == "retiring"
+            ],
             "catch_all": None if row["catch_all"] is None else str(row["catch_all"]),
             "addresses": [
                 {
@@ -89,10 +143,12 @@ class Queries:
                 }
                 for a in addresses
             ],
-            "records": self._records(row, primary),
+            "records": self._records(row, primary, keys),
         }
 
-    def _records(self, row: asyncpg.Record, primary: str | None) -> list[dict[str, Any]]:
+    def _records(
+        self, row: asyncpg.Record, primary: str | None, keys: Sequence[asyncpg.Record]
+    ) -> list[dict[str, Any]]:
         """What the sync last wanted for the domain (the mail host's address included), else
         what the read model alone says."""
         if not row["enabled"] or not primary:
@@ -100,7 +156,8 @@ class Queries:
         wanted = self.wanted(row["domain"])
         if wanted is not None:
             return wanted
-        return expected_records(row["domain"], primary, row["selector"], row["dkim_public"])
+        others = [(k["selector"], k["dkim_public"]) for k in keys]
+        return expected_records(row["domain"], primary, row["selector"], row["dkim_public"], others)
 
     @query("domains")
     async def domains(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,7 +187,13 @@ class Queries:
         box = next((m for m in model.mailboxes if m.folder == user_id), None) if model else None
         addresses: list[str] = []
         if model is not None and box is not None:
-            mine = sorted(a for a, targets in model.aliases.items() if box.address in targets)
+            # a mailbox's own address that forwards here is that mailbox's, not this one's
+            boxes = {m.address for m in model.mailboxes}
+            mine = sorted(
+                a
+                for a, targets in model.aliases.items()
+                if box.address in targets and a not in boxes
+            )
             addresses = [box.address, *mine]
         quota = await self.pool.fetchval(
             "SELECT quota_bytes FROM mail.mailboxes WHERE user_id = $1", user_id
@@ -162,6 +225,26 @@ class Queries:
             "addresses": addresses,
             "quota_bytes": quota,
             "app_passwords": passwords,
+            "forwarding": await self._forwarding(user_id),
+        }
+
+    async def _forwarding(self, user_id: str) -> dict[str, Any] | None:
+        """Where the mailbox's mail goes on to (None: nowhere); addresses that cannot be
+        unsealed any more are left out, as the sync leaves them out."""
+        row = await self.pool.fetchrow(
+            "SELECT addresses, keep_copy, updated_at FROM mail.forwarding WHERE user_id = $1",
+            user_id,
+        )
+        if row is None:
+            return None
+        try:
+            to = [await asyncio.to_thread(self.keyring.unseal_str, a) for a in row["addresses"]]
+        except SealingError:
+            to = []
+        return {
+            "to": to,
+            "keep_copy": row["keep_copy"],
+            "updated_at": row["updated_at"].isoformat(),
         }
 
     @query("mailboxes")

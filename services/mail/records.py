@@ -3,9 +3,10 @@ domain view gets `found` (the values served, None when unknown), `ok` (found is 
 wants, in any order) and `error` (why unknown, or what differs).
 
 The dns service is asked (`served`: the zone's authoritative nameservers, directly) when the
-view is asked for, never by the sync. An answer is kept `ttl` seconds (one that is not all ok
-at most `_RECHECK`, so a fix shows soon) and the views of one domain asked at once share one
-ask, so a dashboard refreshed in many tabs does not flood the nameservers. A dns service that
+view is asked for (the sync asks it only about a DKIM rotation's next key, while one waits).
+An answer is kept `ttl` seconds (one that is not all ok at most `_RECHECK`, so a fix shows
+soon) and the views of one domain asked at once share one ask, so a dashboard refreshed in many
+tabs does not flood the nameservers. A dns service that
 does not answer makes every `found` unknown with the reason; the view is answered all the same.
 """
 

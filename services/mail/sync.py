@@ -9,7 +9,10 @@ adapter render, check, swap and reload (servers.py: a configuration a server ref
 applied, the running one keeps serving). With no mail domain on, the servers are not run.
 For each domain it also asks, once per change, for what mail needs from the other services:
 the DNS records (MX, SPF, DKIM, DMARC, and the mail host's address) through dns as owner
-`mail`, and a certificate for `mail.<primary domain>` from certs.
+`mail`, and a certificate for `mail.<primary domain>` from certs. While a domain has a DKIM key
+besides the signing one (a rotation), each round first takes the rotation's steps that are due
+(`_rotate_dkim`): the next key signs once dns says the nameservers serve its record, a replaced
+key's record is removed a week later; the command side records each step.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,18 +37,26 @@ from libs.events.bus import BusClient, BusError
 from libs.events.sealing import Keyring, SealingError
 from services.mail.auth import Directory
 from services.mail.commands import app_login
-from services.mail.decide import AddressRow, DomainRow, decide
+from services.mail.decide import AddressRow, DomainRow, ForwardingRow, decide
 from services.mail.errors import MailError
 from services.mail.model import MailModel, Relay
 from services.mail.people import SYSTEM, People, read_people
-from services.mail.queries import expected_records
+from services.mail.queries import (
+    DKIM_DEADLINE,
+    DKIM_KEEP,
+    DKIM_SETTLE,
+    dkim_record,
+    expected_records,
+)
+from services.mail.records import FoundRecords
 
-__all__ = ["FOLLOWED", "MAIL_OWNER", "MailSync", "Servers"]
+__all__ = ["FOLLOWED", "MAIL_OWNER", "DkimSteps", "MailSync", "Servers"]
 
 log = logging.getLogger(__name__)
 
 FOLLOWED = ("user", "group")  # identity's categories: who has a mailbox, who is on a list
 MAIL_OWNER = "mail"  # the owner of the DNS records mail needs
+_SERVED_EVERY = 60.0  # seconds: dns is asked about a waiting DKIM key's record at most this often
 
 
 class Servers(Protocol):
@@ -56,6 +67,15 @@ class Servers(Protocol):
     async def stop(self) -> None: ...
 
     async def usage(self) -> dict[str, tuple[int, int]] | None: ...
+
+
+class DkimSteps(Protocol):
+    """The command side's steps of a DKIM key rotation (services/mail/commands.py), taken
+    under the domain's lock; each says whether it recorded anything."""
+
+    async def activate_dkim(self, domain: str, selector: str, *, served: bool) -> bool: ...
+
+    async def retire_dkim(self, domain: str, selector: str) -> bool: ...
 
 
 @dataclass
@@ -73,6 +93,8 @@ class MailSync:
     timeout: float = 10.0
     apps_listen: tuple[str, ...] = ()  # where apps send, when present on this host
     not_run: str | None = None  # why no servers run here (servers is None), if not by choice
+    dkim: DkimSteps | None = None  # takes a DKIM rotation's steps (None: none taken here)
+    now: Callable[[], float] = time.time  # the clock of those steps (tests turn it)
     last_error: str | None = None
     rounds: int = 0  # rounds ended
     _begun: int = 0
@@ -83,6 +105,7 @@ class MailSync:
     wanted: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # domain -> records
     record_errors: dict[str, str] = field(default_factory=dict)  # "<name> <type>" -> why
     _certificates: set[str] = field(default_factory=set)  # hosts asked for
+    _dkim_asked: dict[str, float] = field(default_factory=dict)  # domain -> now() dns was asked
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
     _round_done: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -164,6 +187,7 @@ class MailSync:
     # -- one round -----------------------------------------------------------------------------
 
     async def reconcile(self) -> None:
+        await self._rotate_dkim()
         rows = await self.pool.fetch(
             "SELECT * FROM mail.domains WHERE enabled ORDER BY enabled_at, domain"
         )
@@ -225,9 +249,15 @@ class MailSync:
             apps_listen=tuple(a for a in self.apps_listen if _on_this_host(a)),
             client_networks=clients,
             relay=relay,
+            forwarding=await self._forwarding(),
         )
         if primary:
-            await self._publish_records(rows, primary, hostname)
+            other_keys: dict[str, list[tuple[str, str]]] = {}
+            for k in await self.pool.fetch(
+                "SELECT domain, selector, dkim_public FROM mail.dkim_keys ORDER BY since, selector"
+            ):
+                other_keys.setdefault(k["domain"], []).append((k["selector"], k["dkim_public"]))
+            await self._publish_records(rows, primary, hostname, other_keys)
         if model == self.applied:
             return
         if self.servers is not None:
@@ -243,6 +273,22 @@ class MailSync:
             len(model.mailboxes),
         )
 
+    async def _forwarding(self) -> list[ForwardingRow]:
+        """Each mailbox's forwarding, its addresses unsealed; one that cannot be unsealed (its
+        key destroyed) is left out and logged rather than holding every other change back."""
+        out: list[ForwardingRow] = []
+        for r in await self.pool.fetch(
+            "SELECT user_id, addresses, keep_copy FROM mail.forwarding ORDER BY user_id"
+        ):
+            user_id = str(r["user_id"])
+            try:
+                to = await asyncio.to_thread(_unseal_all, self.keyring, r["addresses"])
+            except SealingError as e:
+                log.warning("forwarding of account %s left out: %s", user_id[:8], e)
+                continue
+            out.append(ForwardingRow(user_id=user_id, to=to, keep_copy=r["keep_copy"]))
+        return out
+
     async def _relay(self, value: Any) -> Relay | None:
         if value is None:
             return None
@@ -257,6 +303,68 @@ class MailSync:
             username=r.get("username"),
             password=password,
         )
+
+    async def _rotate_dkim(self) -> None:
+        """A DKIM rotation's steps that are due. Only while a domain has a key besides the
+        signing one (a query of a small table, otherwise): a next key signs once the domain's
+        nameservers serve its record as published (dns `served`, asked from DKIM_SETTLE after
+        it was added, at most every _SERVED_EVERY), or at DKIM_DEADLINE regardless; a replaced
+        key's record is removed through dns DKIM_KEEP after it stopped signing, then recorded
+        gone (removed first: a record recorded gone but left in DNS would stay for good)."""
+        if self.dkim is None:
+            return
+        keys = await self.pool.fetch(
+            "SELECT k.*, d.enabled FROM mail.dkim_keys k JOIN mail.domains d USING (domain)"
+            " ORDER BY k.domain, k.since"
+        )
+        now = self.now()
+        for k in keys:
+            domain, selector = str(k["domain"]), str(k["selector"])
+            age = now - k["since"].timestamp()
+            if k["state"] == "next" and k["enabled"] and age >= DKIM_SETTLE:
+                served = age < DKIM_DEADLINE
+                if served and not await self._dkim_served(domain, selector, k["dkim_public"]):
+                    continue
+                if await self.dkim.activate_dkim(domain, selector, served=served):
+                    self._dkim_asked.pop(domain, None)
+                    log.info("DKIM key %s of %s signs from now on", selector, domain)
+            elif k["state"] == "retiring" and age >= DKIM_KEEP:
+                if await self._remove_record(f"{selector}._domainkey.{domain}", "TXT"):
+                    await self.dkim.retire_dkim(domain, selector)
+                    log.info("DKIM key %s of %s retired, its record removed", selector, domain)
+
+    async def _dkim_served(self, domain: str, selector: str, public: str) -> bool:
+        """Whether the domain's nameservers serve the key's record as published (asked at
+        most every _SERVED_EVERY: False meanwhile)."""
+        now = self.now()
+        asked = self._dkim_asked.get(domain)
+        if asked is not None and now - asked < _SERVED_EVERY:
+            return False
+        self._dkim_asked[domain] = now
+        wanted = dkim_record(domain, selector, public)
+        (found,) = await FoundRecords(self.bus, ttl=0).check(domain, [wanted])
+        if not found["ok"]:
+            log.info("DKIM key %s of %s waits for DNS: %s", selector, domain, found["error"])
+        return bool(found["ok"])
+
+    async def _remove_record(self, name: str, rtype: str) -> bool:
+        """Remove a record mail published, through dns; True once it is gone (or was)."""
+        what = f"{name} {rtype}"
+        try:
+            await self.bus.command(
+                "dns",
+                "remove_record",
+                {"name": name, "type": rtype, "owner": MAIL_OWNER},
+                ctx=SYSTEM,
+                timeout=60,
+            )
+        except BusError as e:
+            if e.code != "not_found":  # not found: not there (any more), nothing to remove
+                self.record_errors[what] = e.message
+                log.warning("%s of an old DKIM key not removed: %s", what, e.message)
+                return False
+        self.record_errors.pop(what, None)
+        return True
 
     async def _certificate(self, host: str) -> tuple[Path, Path] | None:
         """certs' files for the mail host (asked for once); None until it has some."""
@@ -275,7 +383,13 @@ class MailSync:
             return None
         return Path(files["cert"]), Path(files["key"])
 
-    async def _publish_records(self, rows: list[asyncpg.Record], primary: str, host: str) -> None:
+    async def _publish_records(
+        self,
+        rows: list[asyncpg.Record],
+        primary: str,
+        host: str,
+        other_keys: Mapping[str, list[tuple[str, str]]],
+    ) -> None:
         """The records of each domain through dns (owner `mail`), once per change of them."""
         try:
             view = await self.bus.query("dns", "domain", {"domain": primary}, ctx=SYSTEM)
@@ -283,7 +397,8 @@ class MailSync:
             log.warning("dns cannot say %s's addresses: %s", primary, e)
             view = {}
         for r in rows:
-            wanted = expected_records(r["domain"], primary, r["selector"], r["dkim_public"])
+            others = other_keys.get(r["domain"], [])
+            wanted = expected_records(r["domain"], primary, r["selector"], r["dkim_public"], others)
             if r["domain"] == primary:
                 for rtype, field_name in (("A", "server_ipv4"), ("AAAA", "server_ipv6")):
                     if view.get(field_name):
@@ -306,6 +421,10 @@ class MailSync:
                     log.warning("%s for mail not written: %s", what, e.message)
             if not failed:
                 self._records[r["domain"]] = key
+
+
+def _unseal_all(keyring: Keyring, values: list[str]) -> tuple[str, ...]:
+    return tuple(keyring.unseal_str(v) for v in values)
 
 
 def _on_this_host(address: str) -> bool:

@@ -69,3 +69,21 @@ def test_the_contract_names_the_field_at_fault() -> None:
     with pytest.raises(Invalid) as unknown:
         CONTRACT.check("cmd", "make", {"name": "a", "is_admin": True})
     assert unknown.value.field == "is_admin"
+
+
+def test_an_anchored_pattern_refuses_a_trailing_newline() -> None:
+    """`$` ends the text as in JSON Schema: Python's would also match before a final "\\n"."""
+    contract = Contract(
+        "things",
+        commands={
+            "name": obj({"name": string(pattern=r"^[a-z]+$")}, required=["name"]),
+            "price": obj({"price": string(pattern=r"^[0-9]+[$]?$")}, required=["price"]),
+        },
+        queries={},
+    )
+    contract.check("cmd", "name", {"name": "kim"})
+    contract.check("cmd", "price", {"price": "12$"})
+    for cmd, field, bad in (("name", "name", "kim\n"), ("price", "price", "12$\n")):
+        with pytest.raises(Invalid) as e:
+            contract.check("cmd", cmd, {field: bad})
+        assert e.value.field == field

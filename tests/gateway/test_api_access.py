@@ -75,15 +75,16 @@ async def test_walk_every_route_of_the_running_gateway(
     # /app-updates/pending, PUT /apps/{app_id}/auto-update)
     # platform_updates.py: admin 4 (GET and HEAD /platform/updates, POST its /check, PUT its
     # /settings)
-    # mail.py: user 4 (GET and HEAD /profile/mail, POST /profile/mail/app-passwords, DELETE
-    # one); admin 23 (GET and HEAD of /mail/domains, /mail/domains/{domain}, /mail/mailboxes,
-    # /mail/mailboxes/{user_id} and /mail/status; POST /mail/domains, DELETE a domain, PUT its
-    # /catch-all, PUT and DELETE an address, PUT a mailbox's /quota; GET, HEAD and PUT
-    # /mail/dnsbl; GET, HEAD, PUT and DELETE /mail/relay)
+    # mail.py: user 6 (GET and HEAD /profile/mail, POST /profile/mail/app-passwords, DELETE
+    # one, PUT and DELETE /profile/mail/forwarding); admin 26 (GET and HEAD of /mail/domains,
+    # /mail/domains/{domain}, /mail/mailboxes, /mail/mailboxes/{user_id} and /mail/status;
+    # POST /mail/domains, DELETE a domain, PUT its /catch-all, POST its /dkim/rotate, PUT and
+    # DELETE an address, PUT a mailbox's /quota, PUT and DELETE its /forwarding; GET, HEAD and
+    # PUT /mail/dnsbl; GET, HEAD, PUT and DELETE /mail/relay)
     assert counts == {
         "anonymous": 6 + 3 + 1 + 3,
-        "user": 7 + 9 + 5 + 8 + 4,
-        "admin": 9 + 14 + 3 + 20 + 7 + 4 + 2 + 15 + 6 + 4 + 23,
+        "user": 7 + 9 + 5 + 8 + 6,
+        "admin": 9 + 14 + 3 + 20 + 7 + 4 + 2 + 15 + 6 + 4 + 26,
     }
 
 

@@ -59,10 +59,13 @@ async def test_served_document_covers_the_production_table(
         "/backups/{snapshot_id}/verify",
         "/app-updates/settings", "/app-updates/pending", "/apps/{app_id}/auto-update",
         "/mail/domains", "/mail/domains/{domain}", "/mail/domains/{domain}/catch-all",
+        "/mail/domains/{domain}/dkim/rotate",
         "/mail/domains/{domain}/addresses/{local_part}", "/mail/mailboxes",
         "/mail/mailboxes/{user_id}",
         "/mail/mailboxes/{user_id}/quota", "/mail/dnsbl", "/mail/relay", "/mail/status",
+        "/mail/mailboxes/{user_id}/forwarding",
         "/profile/mail", "/profile/mail/app-passwords", "/profile/mail/app-passwords/{password_id}",
+        "/profile/mail/forwarding",
         "/platform/updates", "/platform/updates/check", "/platform/updates/settings",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]

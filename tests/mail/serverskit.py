@@ -277,14 +277,15 @@ class MailStack:
             return s.send_message(msg)
 
     def inbound(
-        self, msg: EmailMessage, *, source: str = "127.0.0.1"
+        self, msg: EmailMessage, *, source: str = "127.0.0.1", sender: str | None = None
     ) -> dict[str, tuple[int, bytes]]:
-        """Send as another mail server does: port 25, no AUTH (STARTTLS when offered)."""
+        """Send as another mail server does: port 25, no AUTH (STARTTLS when offered); the
+        envelope sender is `sender`, or the From: address."""
         with self.smtp(self.settings.smtp_port, source) as s:
             s.ehlo()
             if s.has_extn("starttls"):
                 s.starttls(context=client_tls())
-            return s.send_message(msg)
+            return s.send_message(msg, from_addr=sender)
 
     def imap(self, account: Account) -> imaplib.IMAP4_SSL:
         box = imaplib.IMAP4_SSL(

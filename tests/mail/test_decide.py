@@ -5,12 +5,17 @@ domains and extra addresses, plus the cases a reader would ask about."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.mail.decide import ROLE_ADDRESSES, AddressRow, DomainRow, decide
+from services.mail.decide import ROLE_ADDRESSES, AddressRow, DomainRow, ForwardingRow, decide
+from services.mail.model import MailModel, ServersSettings
 from services.mail.people import People, Person
+from services.mail.render import render
 
 _NAMES = st.sampled_from(["ann", "bob", "cat", "dan", "eve", "info", "postmaster", "sales"])
 _DOMAINS = st.lists(
@@ -138,3 +143,197 @@ def test_catch_all_quota_and_dnsbl_reach_the_model() -> None:
         hostname="h", domains=gone, addresses=[], people=People(persons=(kim,)), quotas={}
     )
     assert model.domains[0].catch_all is None
+
+
+# -- forwarding --------------------------------------------------------------------------------
+
+_PEM = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+_OUTSIDE = ("me@elsewhere.example", "you@far.example")
+
+
+@st.composite
+def _forwarding_worlds(
+    draw: st.DrawFn,
+) -> tuple[People, list[DomainRow], list[AddressRow], list[ForwardingRow]]:
+    """A world whose people forward to anything: each other, their own addresses, aliases,
+    lists, unknown addresses here (a catch-all's or nobody's) and addresses elsewhere."""
+    people, domains, rows = draw(_worlds())
+    domains = [replace(d, dkim_pem=_PEM) for d in domains]
+    here = [f"{p.username}@{d.domain}" for p in people.persons for d in domains]
+    here += [f"{r.local_part}@{r.domain}" for r in rows]
+    here += [f"nobody@{d.domain}" for d in domains]
+    targets = st.sampled_from(sorted({*here, *_OUTSIDE}))
+    forwarding = [
+        ForwardingRow(
+            user_id=p.user_id,
+            to=tuple(draw(st.lists(targets, min_size=1, max_size=5, unique=True))),
+            keep_copy=draw(st.booleans()),
+        )
+        for p in people.persons
+        if draw(st.booleans())
+    ]
+    return people, domains, rows, forwarding
+
+
+def _postfix(model: MailModel) -> Callable[[str], set[str]]:
+    """Where Postfix sends mail to an address: its virtual alias expansion over the rendered
+    table (cleanup_map1n.c: in place, recursive, an address that maps to itself is expanded
+    once; 1000 levels and Postfix defers the message, "4.6.0 Alias expansion error")."""
+    files = render(
+        model,
+        ServersSettings(root=Path("/srv/hp-mail"), auth_token="t" * 32),
+        Path("/srv/hp-mail/generations/g000001"),
+    )
+    table: dict[str, list[str]] = {}
+    for line in files["postfix/aliases"].data.decode().splitlines():
+        key, _, targets = line.partition(" ")
+        table[key] = targets.split(", ")
+
+    def lookup(address: str) -> list[str] | None:
+        return table.get(address) or table.get("@" + address.rpartition("@")[2])
+
+    def expand(address: str) -> set[str]:
+        argv = [address]
+        fixed: set[str] = set()
+        arg = 0
+        while arg < len(argv):
+            assert len(argv) <= 1000, f"{address}: expansion too large"
+            count = 0
+            while argv[arg] not in fixed:
+                assert count < 1000, f"{address}: alias loop, Postfix defers the message"
+                found = lookup(argv[arg])
+                if found is None:
+                    break
+                lhs = argv[arg]
+                for i, t in enumerate(found):
+                    if i == 0:
+                        argv[arg] = t
+                    else:
+                        argv.append(t)
+                    if t == lhs:
+                        fixed.add(lhs)
+                count += 1
+            arg += 1
+        return set(argv)
+
+    return expand
+
+
+def _comes_back(
+    box: str,
+    rules: dict[str, ForwardingRow],
+    base: MailModel,
+    catches: dict[str, str],
+) -> bool:
+    """Whether forwarding from `box` reaches `box` again through mailboxes that keep no copy
+    (a search over the rules, apart from decide's own)."""
+    seen: set[str] = set()
+    todo = list(rules[box].to)
+    while todo:
+        a = todo.pop()
+        if a in seen:
+            continue
+        seen.add(a)
+        if a in rules:
+            if a == box:
+                return True
+            if not rules[a].keep_copy:
+                todo += rules[a].to
+        elif a in base.aliases:
+            todo += base.aliases[a]
+        elif a.rpartition("@")[2] in catches and a not in {m.address for m in base.mailboxes}:
+            todo.append(catches[a.rpartition("@")[2]])
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(_forwarding_worlds())
+def test_forwarding_keeps_the_copy_reaches_every_target_and_never_loops(
+    world: tuple[People, list[DomainRow], list[AddressRow], list[ForwardingRow]],
+) -> None:
+    people, domains, rows, forwarding = world
+    model = decide(
+        hostname="mail.x",
+        domains=domains,
+        addresses=rows,
+        people=people,
+        quotas={},
+        forwarding=forwarding,
+    )
+    base = decide(hostname="mail.x", domains=domains, addresses=rows, people=people, quotas={})
+    if not domains:
+        assert not model.aliases
+        return
+    postfix, before = _postfix(model), _postfix(base)
+    boxes = {m.folder: m.address for m in model.mailboxes}
+    rules = {boxes[f.user_id]: f for f in forwarding}
+    catches = {d.name: d.catch_all for d in model.domains if d.catch_all}
+    # every address mail may come to expands without a loop (Postfix would defer it)
+    everything = {*model.aliases, *boxes.values(), *(f"nobody@{d.domain}" for d in domains)}
+    everything |= {t for f in forwarding for t in f.to}
+    reached = {a: postfix(a) for a in sorted(everything)}
+    for box, rule in rules.items():
+        mine = model.aliases[box]
+        again = _comes_back(box, rules, base, catches)
+        if rule.keep_copy or again:
+            # kim@d -> kim@d, other@x: a mailbox that keeps a copy maps to itself first
+            assert mine == tuple(dict.fromkeys((box, *rule.to))), (box, mine)
+            assert box in reached[box]
+        else:
+            # without keep_copy the mailbox's address maps only to the targets
+            assert mine == rule.to, (box, mine)
+            assert box not in reached[box]
+        # every address that reached the mailbox before reaches every target now, and the
+        # mailbox too when it keeps a copy
+        for address in sorted(everything):
+            if box not in before(address):
+                continue
+            for t in rule.to:
+                assert reached[t] <= postfix(address), (address, t)
+            if rule.keep_copy:
+                assert box in postfix(address), address
+    # without forwarding nothing changes
+    unforwarded = {a: t for a, t in model.aliases.items() if a not in rules}
+    assert unforwarded == dict(base.aliases)
+
+
+def test_forwarding_that_comes_back_keeps_a_copy_instead_of_looping() -> None:
+    kim = Person(user_id=_id(1), username="kim")
+    lee = Person(user_id=_id(2), username="lee")
+    people = People(persons=(kim, lee))
+    domains = [DomainRow("example.org", "hp1", _PEM), DomainRow("example.net", "hp1", _PEM)]
+    rows = [AddressRow("example.org", "team", "alias", user_ids=(kim.user_id, lee.user_id))]
+
+    def aliases(*forwarding: ForwardingRow) -> Mapping[str, tuple[str, ...]]:
+        return decide(
+            hostname="h",
+            domains=domains,
+            addresses=rows,
+            people=people,
+            quotas={},
+            forwarding=forwarding,
+        ).aliases
+
+    out = ("me@elsewhere.example",)
+    assert aliases(ForwardingRow(kim.user_id, out))["kim@example.org"] == out
+    kept = aliases(ForwardingRow(kim.user_id, out, keep_copy=True))
+    assert kept["kim@example.org"] == ("kim@example.org", *out)
+    # kim -> lee@example.net -> lee -> kim: each keeps a copy, so each message reaches both
+    both = aliases(
+        ForwardingRow(kim.user_id, ("lee@example.net",)),
+        ForwardingRow(lee.user_id, ("kim@example.org",)),
+    )
+    assert both["kim@example.org"] == ("kim@example.org", "lee@example.net")
+    assert both["lee@example.org"] == ("lee@example.org", "kim@example.org")
+    # to a list kim is on: she keeps hers, lee gets it too
+    team = aliases(ForwardingRow(kim.user_id, ("team@example.org",)))
+    assert team["kim@example.org"] == ("kim@example.org", "team@example.org")
+    # lee keeps a copy: no loop through lee, and kim's mail is lee's only
+    kept_by_lee = aliases(
+        ForwardingRow(kim.user_id, ("lee@example.org",)),
+        ForwardingRow(lee.user_id, ("kim@example.org",), keep_copy=True),
+    )
+    assert kept_by_lee["kim@example.org"] == ("lee@example.org",)
+    # an account gone since keeps no forwarding; one with no mail domain has none either
+    gone = ForwardingRow(_id(50), out)
+    assert "kim@example.org" not in aliases(gone)

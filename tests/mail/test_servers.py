@@ -237,6 +237,21 @@ def test_mail_from_outside_claiming_a_local_sender_is_refused(stack: MailStack) 
         assert 500 <= code < 600
 
 
+def test_mail_from_outside_showing_a_local_from_address_is_refused(stack: MailStack) -> None:
+    """The envelope sender is the outsider's own, but the From: people see is alice's and
+    nothing (DMARC: SPF or DKIM of example.test) vouches for it."""
+    forged = message("friend@outside.test", BOB.address)
+    forged.replace_header("From", f"Alice <{ALICE.address}>")
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        stack.inbound(forged, sender="friend@outside.test")
+    assert e.value.smtp_code == 554 and b"DMARC" in e.value.smtp_error, e.value
+    assert stack.absent(BOB, _subject(forged))
+    # the same From: signed in, as alice herself, goes through
+    own = message(ALICE.address, BOB.address)
+    assert stack.submit(ALICE, own) == {}
+    stack.fetch(BOB, _subject(own))
+
+
 def test_plus_tag_alias_and_catch_all_deliver(stack: MailStack) -> None:
     tagged = message("friend@outside.test", f"bob+lists@{DOMAIN}")
     to_alias = message("friend@outside.test", f"sales@{DOMAIN}")

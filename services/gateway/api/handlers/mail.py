@@ -77,6 +77,33 @@ RELAY = obj(
     required=["relay"],
 )
 APP_PASSWORD_BODY = command_body(MAIL, "create_app_password", without=["user_id"])
+FORWARDING_BODY = command_body(
+    MAIL,
+    "set_forwarding",
+    without=["user_id"],
+    notes={
+        "to": {
+            "description": (
+                "where mail goes on to: addresses elsewhere, or here (not the mailbox's own; "
+                "one that nobody here receives is refused)"
+            )
+        }
+    },
+)
+FORWARDING = obj(
+    {
+        "to": array(string(), description="the addresses mail goes on to"),
+        "keep_copy": boolean(description="the mailbox keeps a copy of each message"),
+        "updated_at": string(format="date-time"),
+    },
+    required=["to", "keep_copy"],
+    additional=True,
+    description="where the mailbox's mail goes on to; null: nowhere",
+)
+FORWARDING_SET = obj(
+    {"user_id": string(format="uuid"), "to": array(string()), "keep_copy": boolean()},
+    required=["user_id", "to", "keep_copy"],
+)
 
 RECORD = obj(
     {
@@ -103,12 +130,42 @@ ADDRESS = obj(
     required=["address", "kind"],
     additional=True,
 )
+DKIM_NEXT = obj(
+    {
+        "selector": string(),
+        "waiting_since": string(format="date-time", description="when it was made"),
+        "signs_by": string(
+            format="date-time",
+            description="when it signs even if DNS never says it serves its record",
+        ),
+    },
+    required=["selector", "waiting_since", "signs_by"],
+    description="a rotation's new key: published, it signs once the nameservers serve it",
+)
+DKIM_RETIRING = obj(
+    {
+        "selector": string(),
+        "replaced_at": string(format="date-time", description="when it stopped signing"),
+        "removed_on": string(format="date-time", description="when its record is removed"),
+    },
+    required=["selector", "replaced_at", "removed_on"],
+)
+ROTATION = obj(
+    {
+        "domain": string(),
+        "selector": string(description="the key that signs until the new one does"),
+        "next_selector": string(description="the new key's selector"),
+    },
+    required=["domain", "selector", "next_selector"],
+)
 VIEW = obj(
     {
         "domain": string(),
         "enabled": boolean(),
         "primary": boolean(description="mailboxes live at this domain"),
-        "selector": string(description="the DKIM selector"),
+        "selector": string(description="the DKIM selector of the key that signs"),
+        "dkim_next": nullable(DKIM_NEXT),
+        "dkim_retiring": array(DKIM_RETIRING, description="keys replaced, still published"),
         "catch_all": nullable(string(format="uuid")),
         "addresses": array(ADDRESS),
         "records": array(RECORD, description="the DNS records mail for the domain needs"),
@@ -134,6 +191,7 @@ MAILBOX = obj(
         "addresses": array(string(), description="every address that delivers here"),
         "quota_bytes": nullable(integer()),
         "app_passwords": array(APP_PASSWORD),
+        "forwarding": nullable(FORWARDING),
     },
     required=["user_id", "addresses", "app_passwords"],
     additional=True,
@@ -213,6 +271,26 @@ async def mail_disable_domain(call: Call) -> Any:
     return Reply(status=204)
 
 
+@routes.post(
+    "/mail/domains/{domain}/dkim/rotate",
+    access=Access.admin,
+    summary="Rotate the domain's DKIM key",
+    description=(
+        "Makes a new 2048-bit key under a new selector and publishes its record beside the "
+        "current one; mail stays signed with the current key until the domain's nameservers "
+        "serve the new record (checked from 5 minutes on; after 48 hours it signs regardless). "
+        "The old record is removed 7 days after the switch. Answers 409 while a new key is "
+        "waiting already, 404 when mail is not on for the domain."
+    ),
+    path_params=DOMAIN_PATH,
+    responses={202: ROTATION},
+    problems=("conflict", "not_found"),
+)
+async def mail_rotate_dkim(call: Call) -> Any:
+    reply = await call.command("mail", "rotate_dkim", dict(call.path), timeout=_TIMEOUT)
+    return Reply(reply, status=202)
+
+
 @routes.put(
     "/mail/domains/{domain}/catch-all",
     access=Access.admin,
@@ -283,6 +361,40 @@ async def mail_get_mailbox(call: Call) -> Any:
 )
 async def mail_set_quota(call: Call) -> Any:
     return await call.command("mail", "set_quota", {**call.body, **call.path})
+
+
+_FORWARDING_NOTE = (
+    "Mail to the mailbox (its addresses on every domain, its aliases, lists and catch-alls) "
+    "goes on to 1 to 5 addresses, and stays in it too with keep_copy. A 400 names the address "
+    "refused (`to.N`): the mailbox's own, one given twice, one here that nobody receives. "
+    "Forwarded mail keeps its original sender: a receiver that checks SPF strictly may refuse it."
+)
+
+
+@routes.put(
+    "/mail/mailboxes/{user_id}/forwarding",
+    access=Access.admin,
+    summary="Forward an account's mail",
+    description=_FORWARDING_NOTE,
+    path_params=USER_PATH,
+    body=FORWARDING_BODY,
+    responses={200: FORWARDING_SET},
+    problems=("not_found",),
+)
+async def mail_set_forwarding(call: Call) -> Any:
+    return await call.command("mail", "set_forwarding", {**call.body, **call.path})
+
+
+@routes.delete(
+    "/mail/mailboxes/{user_id}/forwarding",
+    access=Access.admin,
+    summary="Stop forwarding an account's mail",
+    path_params=USER_PATH,
+    responses={204: None},
+)
+async def mail_clear_forwarding(call: Call) -> Any:
+    await call.command("mail", "clear_forwarding", dict(call.path))
+    return Reply(status=204)
 
 
 @routes.get(
@@ -388,4 +500,28 @@ async def create_mail_app_password(call: Call) -> Any:
 async def revoke_mail_app_password(call: Call) -> Any:
     payload = {**call.path, "user_id": call.user.user_id}
     await call.command("mail", "revoke_app_password", payload)
+    return Reply(status=204)
+
+
+@routes.put(
+    "/profile/mail/forwarding",
+    access=Access.user,
+    summary="Forward the caller's mail",
+    description=_FORWARDING_NOTE,
+    body=FORWARDING_BODY,
+    responses={200: FORWARDING_SET},
+)
+async def set_own_mail_forwarding(call: Call) -> Any:
+    payload = {**call.body, "user_id": call.user.user_id}
+    return await call.command("mail", "set_forwarding", payload)
+
+
+@routes.delete(
+    "/profile/mail/forwarding",
+    access=Access.user,
+    summary="Stop forwarding the caller's mail",
+    responses={204: None},
+)
+async def clear_own_mail_forwarding(call: Call) -> Any:
+    await call.command("mail", "clear_forwarding", {"user_id": call.user.user_id})
     return Reply(status=204)

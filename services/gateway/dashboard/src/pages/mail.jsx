@@ -2,7 +2,7 @@
 // needs, its extra addresses and catch-all, and whether the mail servers run.
 import { useState } from "preact/hooks";
 import { del, get, post, put } from "../api.js";
-import { Badge, Dialog, ErrorNote, Loaded, ListTable, PageHead, useAsync, useInterval } from "../ui/common.jsx";
+import { Badge, Dialog, ErrorNote, Loaded, ListTable, PageHead, formatTime, useAsync, useInterval } from "../ui/common.jsx";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 import { ConfirmForm, byName, nameOf, useStatus } from "./users_common.jsx";
 import { MailSettings } from "./mail_settings.jsx";
@@ -270,6 +270,63 @@ function CatchAll({ domain, mail, data, onSaved }) {
   );
 }
 
+// The DKIM key, in words: which key signs, a new one waiting for DNS, old ones still published.
+// A rotation publishes the new key's record first; it signs once the domain's nameservers serve
+// that record, and the old record stays a week for mail still on its way.
+function DkimKey({ domain, mail, onChanged }) {
+  const [asking, setAsking] = useState(false);
+  const status = useStatus();
+  const next = mail.dkim_next;
+  const retiring = mail.dkim_retiring || [];
+  return (
+    <>
+      {status.note}
+      <p>
+        Mail from {domain} is signed with the key of selector <code>{mail.selector}</code>.
+      </p>
+      {next && (
+        <p>
+          <Badge kind="info">Waiting for DNS</Badge> A new key, selector <code>{next.selector}</code>, is published and waits for the domain's nameservers
+          to serve its record (since {formatTime(next.waiting_since)}). Mail stays signed with the current key until they do, at the latest until{" "}
+          {formatTime(next.signs_by)}.
+        </p>
+      )}
+      {retiring.map((r) => (
+        <p key={r.selector}>
+          The previous key, selector <code>{r.selector}</code>, stopped signing on {formatTime(r.replaced_at)}. Its record stays published for mail still on
+          its way and is removed on {formatTime(r.removed_on)}.
+        </p>
+      ))}
+      <div class="button-row">
+        <button type="button" class="btn btn-secondary" disabled={!!next} onClick={() => setAsking(true)}>
+          Rotate DKIM key<span class="sr-only"> for {domain}</span>
+        </button>
+      </div>
+      {next && <p class="hint">A rotation is under way: the key can be rotated again once the new one signs.</p>}
+      {asking && (
+        <Dialog title={`Rotate the DKIM key of ${domain}?`} open onClose={() => setAsking(false)}>
+          <ConfirmForm
+            confirmLabel="Rotate DKIM key"
+            kind="primary"
+            onCancel={() => setAsking(false)}
+            onConfirm={async () => {
+              const r = await post(`${path(domain)}/dkim/rotate`);
+              setAsking(false);
+              status.say(`A new DKIM key (selector ${r.next_selector}) is published for ${domain}. It signs once DNS serves it.`);
+              await onChanged();
+            }}
+          >
+            <p>
+              A new 2048-bit key is made and its DNS record published beside the current one. Mail stays signed with the current key until the domain's
+              nameservers serve the new record; the current key's record is removed 7 days after the switch.
+            </p>
+          </ConfirmForm>
+        </Dialog>
+      )}
+    </>
+  );
+}
+
 function TurnOff({ domain, onOff, onClose }) {
   return (
     <Dialog title={`Turn mail off for ${domain}?`} open onClose={onClose}>
@@ -328,6 +385,10 @@ function MailDomain({ item, data, onChanged }) {
             <h4 id={`${headId}-records`}>DNS records</h4>
             <p class="hint">Homeport writes these through the domain's DNS provider; for a domain kept by hand, create them at your DNS host.</p>
             <Records domain={name} records={mail.records} />
+          </section>
+          <section aria-labelledby={`${headId}-dkim`} class="stack">
+            <h4 id={`${headId}-dkim`}>DKIM key</h4>
+            <DkimKey domain={name} mail={mail} onChanged={onChanged} />
           </section>
           <section aria-labelledby={`${headId}-addresses`} class="stack">
             <h4 id={`${headId}-addresses`}>Extra addresses</h4>
