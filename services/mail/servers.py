@@ -32,6 +32,7 @@ import re
 import shutil
 import signal
 import ssl
+import stat
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -125,8 +126,12 @@ def _group_id(group: str) -> int:
 
 
 def _ensure_dir(path: Path, mode: int, uid: int = 0, gid: int = 0) -> None:
+    """`path` a folder of `uid`:`gid` with `mode`; a link put in its place is refused, never
+    followed (root would otherwise chmod what it points to)."""
     path.mkdir(mode=mode, parents=True, exist_ok=True)
     st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise MailServersError(f"{path} is not a folder (a link?): move it away and start again")
     if (st.st_uid, st.st_gid) != (uid, gid):
         os.chown(path, uid, gid, follow_symlinks=False)
     if st.st_mode & 0o7777 != mode:

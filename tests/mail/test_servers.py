@@ -34,10 +34,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.embedded import free_ports
-from services.mail.errors import MailConfigRefused
+from services.mail.errors import MailConfigRefused, MailServersError
 from services.mail.model import Mailbox, MailDomain, Relay, ServersSettings
 from services.mail.render import TLS_CIPHERS, RenderedFile
-from services.mail.servers import _SIGN_IN_SIDE, MailServers, _children
+from services.mail.servers import _SIGN_IN_SIDE, MailServers, _children, _ensure_dir
 from tests.mail.serverskit import (
     ALICE,
     BOB,
@@ -545,3 +545,15 @@ async def test_a_killed_server_is_restarted_and_all_stop_at_exit(
         assert not left, f"processes left running: {left}"
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_link_in_place_of_a_servers_folder_is_refused_not_followed(tmp_path: Path) -> None:
+    """Root makes the servers' folders and gives them to the servers' users: a link swapped in
+    for one (by a server's user gone bad) must not make root change what it points to."""
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    link = tmp_path / "store"
+    link.symlink_to(target)
+    with pytest.raises(MailServersError, match="not a folder"):
+        _ensure_dir(link, 0o755, 0, 0)
+    assert target.stat().st_mode & 0o7777 == 0o700

@@ -3,6 +3,7 @@ test PowerDNS), its servers off: what an administrator and a person see, bad inp
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -246,3 +247,36 @@ async def test_a_mail_client_app_is_registered_by_the_platform_only_and_checked(
     # this mail service has no address for apps (no HP_MAIL_APPS_LISTEN): nothing recorded
     assert await w.mail.cmd("register_client", payload) == {"host": None}
     assert await w.mail.events(f"mailapp-{app_id}") == []
+
+
+async def test_mail_turned_on_four_times_at_once_is_on_once_with_one_key(world: World) -> None:
+    w = world
+    tries = [
+        w.mail.cmd("enable_domain", {"domain": w.domain}, actor=w.admin, admin=True)
+        for _ in range(4)
+    ]
+    results = await asyncio.gather(*tries, return_exceptions=True)
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 1, results
+    assert all(isinstance(e, BusError) and e.code == "conflict" for e in lost), lost
+    events = await w.mail.events(f"maildomain-{w.domain}")
+    assert [t for t, _ in events] == ["MailDomainEnabled"]
+    view = await w.mail.ask("domain", {"domain": w.domain}, actor=w.admin, admin=True)
+    assert view["selector"] == events[0][1]["selector"]
+
+
+async def test_a_relay_password_or_name_with_a_line_break_is_refused_before_any_try(
+    world: World,
+) -> None:
+    w = world
+    good = {"host": "127.0.0.1", "port": 1, "tls": "starttls"}
+    for bad, field in (
+        ({"username": "kim", "password": "pw\nmail from:<x@y>"}, "password"),
+        ({"username": "kim\r\nrcpt", "password": "pw"}, "username"),
+        ({"username": "kim", "password": "pw\x00"}, "password"),
+    ):
+        with pytest.raises(BusError) as e:
+            await w.mail.cmd("set_relay", {**good, **bad}, actor=w.admin, admin=True)
+        assert (e.value.code, e.value.field) == ("invalid", field), bad
+    assert await w.mail.events("mail-settings") == []
