@@ -5,11 +5,15 @@ Each step prints a progress line and is idempotent: a second run repairs what is
 changes nothing else (no unit restarted, no file rewritten with other bytes, no second user,
 initdb or keyring). The steps, in order (`STEPS`):
 
-checks     root, Debian 12; Debian's own postgresql/nats-server/nginx units stopped and
-           disabled (Homeport runs its own); every fixed port (deploy.units.PORTS, 80, 443)
-           free or held by the Homeport unit it belongs to, else an error naming port and holder
+checks     root, Debian 12; Debian's own postgresql/nats-server/nginx units and its mail
+           servers' (postfix, dovecot, rspamd: the mail service runs its own, so the mail ports
+           are free until mail is on) stopped and disabled (Homeport runs its own); every fixed
+           port (deploy.units.PORTS, 80, 443) free or held by the Homeport unit it belongs to,
+           else an error naming port and holder
 users      system groups `homeport` (and `docker`), a user per unit (units.unit_user: one
-           per service and the relay, `homeport-<name>`) with its supplementary groups
+           per service and the relay, `homeport-<name>`; the mail unit is root's) with its
+           supplementary groups; the mail servers' own users (postfix, dovecot, dovenull,
+           _rspamd, the store's `mail`) come with their Debian packages
 dirs       units.directories(layout) with their owner and mode; on an install from before,
            what the one shared user `homeport` owned given to each service's user and
            identity's address keys moved to `<data>/ip-keys` (deploy/ownership.py)
@@ -81,7 +85,16 @@ from deploy.update import SystemdHost, UpdateError, switch_link
 __all__ = ["InstallError", "Installer", "main"]
 
 UNIT_DIR = Path("/etc/systemd/system")
-DEBIAN_UNITS = ("postgresql.service", "nats-server.service", "nginx.service")
+DEBIAN_UNITS = (
+    "postgresql.service",
+    "nats-server.service",
+    "nginx.service",
+    # the mail service runs these as its children (deploy/units.py: the mail unit)
+    "postfix.service",
+    "dovecot.socket",
+    "dovecot.service",
+    "rspamd.service",
+)
 DATABASE = "homeport"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 AUTO_UPGRADES = Path("/etc/apt/apt.conf.d/20auto-upgrades")

@@ -33,13 +33,60 @@ Who runs what (`unit_user`, `unit_groups`; the installer creates these users and
   capabilities pass file modes: apps (CAP_DAC_OVERRIDE, for the apps' volumes) and backup
   (CAP_DAC_READ_SEARCH: it reads every keyring and app snapshot to back them up, so backup is
   the one unit that sees the other services' folders).
-- No unit runs as root (`ROOT_UNITS` is empty). Apps holds the docker socket's group, which is
-  root-equivalent: it is the reason apps runs alone in a unit with only what it needs.
+- One unit runs as root (`ROOT_UNITS`): mail, see below. Apps holds the docker socket's group,
+  which is root-equivalent: it is the reason apps runs alone in a unit with only what it needs.
   It does not run debootstrap as root: the installer builds the base image tarball into
   `HP_BASE_CACHE` once, and apps reuses it (services/apps/base_image.py). It may write in
   dockerd's /var/lib/docker/volumes (a new volume's folder gets the app's owner and mode):
   one of two paths outside the data dir a unit writes (`writes_outside`); the other is the
   backup unit's: local backup targets (mounted disks) under /mnt, /media or /srv.
+
+The mail unit runs as root, with a bounded set of capabilities (`MAIL_CAPABILITIES`), because
+the mail service runs Postfix, Dovecot and rspamd as its own children (services/mail/servers.py
+MailServers: the same code path as the local stack's, run as root there) and each master must
+start as root: Postfix's and Dovecot's bind the mail ports (25, 465, 587, 993, 4190), all three
+start their workers under their own users (postfix; dovecot, dovenull and the store's owner
+`mail`; _rspamd: Debian's packages make them) and Dovecot chroots its login processes. Separate
+root units per server, reloaded through .path units (as the addon Postgres is started), would
+be three root units instead of one and a second way to run the servers beside the local stack's.
+What the root unit may do, each item measured in the systemd box (tests/deploy/test_install.py;
+CAP_NET_BIND_SERVICE excepted: the box, a Docker container, lets anyone bind a low port):
+  * capabilities: CAP_NET_BIND_SERVICE (the ports), CAP_SETUID/CAP_SETGID (the workers' users),
+    CAP_CHOWN/CAP_FOWNER (the servers' folders and files given to those users), CAP_DAC_OVERRIDE
+    (rspamd's and Postfix's masters read their users' 0700/0750 folders, and the certificate
+    certs wrote for the mail host), CAP_KILL (the service reloads and stops masters and workers
+    that run as other users), CAP_SYS_CHROOT with the `chroot` system call (Dovecot's login
+    processes); taking out any one of them breaks a start, a reload or a stop. No CAP_SYS_ADMIN,
+    CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_FSETID. No ambient capabilities (root has its bounding
+    set; ambient ones would go with a worker past its change of user).
+  * NoNewPrivileges= and RestrictSUIDSGID= stay on: no server execs a setuid or setgid program
+    and Postfix's queue needs no setgid folder. (Sieve's redirect and vacation would run
+    /usr/sbin/sendmail, whose setgid postdrop writes Debian's own stopped Postfix's queue, not
+    ours: Dovecot should be given a `submission_host`, in services/mail/render.py.)
+    ProtectProc=invisible stays too, but hides nothing from a process of group root (the /proc
+    mount's gid=0): the service finds its masters' workers at a reload.
+  * the system calls of @system-service, `chroot`, without @resources; not without @privileged
+    (setuid, setgroups, chown are in it).
+  * MemoryDenyWriteExecute=no: rspamd's Lua is LuaJIT ("runtime code generation failed" with
+    it on). AF_NETLINK: Postfix lists the host's addresses (getifaddrs). Any IP address: mail
+    comes from anywhere and goes anywhere. UMask=0022: the servers' users read the generations
+    the service writes (services/mail/servers.py makes its folders 0755 and secrets 0600/0640).
+  * KillMode=mixed: stopping, systemd signals only the service, which stops the servers itself
+    (Postfix first); signalled all at once, its supervisor would restart them meanwhile.
+  * files: the system read-only but `<data>/mail` and its keyring folder; it reads certs'
+    folder (the mail host's certificate). uid 0 still owns root's files and root-only sockets
+    whatever the capabilities, so besides what every unit cannot see it cannot see what would
+    take it out of its sandbox or hand it others' secrets (`_root_hidden`: the docker and
+    containerd sockets, systemd's and D-Bus's, /etc/shadow, /etc/ssh, the installer's database
+    passwords, the edge's and the addon server's folders, identity's private address keys).
+  Its folder `<data>/mail` is root's, 0711: the servers' users pass through it to the mail root
+  `<data>/mail/mail` (MailServers makes it and what is in it). The mail ports listen on every
+  address (HP_MAIL_LISTEN=0.0.0.0; the firewall opens them only while mail is on), and apps send
+  on the services network's gateway (HP_MAIL_APPS_LISTEN), as in the local stack with Docker.
+  Debian's own units of these servers are stopped and disabled by the installer (deploy/install.py
+  DEBIAN_UNITS): until mail is on for a domain, no mail port is taken.
+  `systemd-analyze security` rates the unit 2.7 under Debian 12's systemd (the other services'
+  1.3-2.3): tests/deploy/test_units.py lets it have 3.0, a service's unit otherwise 2.0.
 
 The templates are in deploy/systemd/ (string.Template: `$name`, `$$` for a literal `$`).
 `render_units(layout)` returns {file name: text}; `write_units(layout, unit_dir)` writes them
@@ -153,6 +200,7 @@ UNIT_USERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "addon-postgres": ("homeport-postgres", (PLATFORM_GROUP,)),  # reads apps' pg_hba.conf
     "nats": ("homeport-nats", ()),
     "apps": ("homeport-apps", (PLATFORM_GROUP, "docker")),
+    "mail": ("root", ()),  # ROOT_UNITS
 }
 # Groups through which one service reads what another writes: group -> its members (units).
 READER_GROUPS: dict[str, tuple[str, ...]] = {
@@ -163,8 +211,36 @@ READER_GROUPS: dict[str, tuple[str, ...]] = {
 # what it owned to the new owners (deploy/ownership.py).
 SHARED_USER = PLATFORM_GROUP
 
-# Units that run as root, with the reason. Empty: none does.
-ROOT_UNITS: dict[str, str] = {}
+# Units that run as root, with the reason (see the module's docstring).
+ROOT_UNITS: dict[str, str] = {
+    "mail": "Postfix's and Dovecot's masters start as root (the mail ports, their workers' users)",
+}
+# What the mail unit's root may do: bind the mail ports, start the servers' workers under their
+# users, give the servers' folders to those users, read past file modes (Postfix's queue),
+# signal workers of other users, chroot (Dovecot's login processes).
+MAIL_CAPABILITIES = (
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SETUID",
+    "CAP_SETGID",
+    "CAP_CHOWN",
+    "CAP_FOWNER",
+    "CAP_DAC_OVERRIDE",
+    "CAP_KILL",
+    "CAP_SYS_CHROOT",
+)
+# Sockets and files a root unit could use to leave its sandbox (they answer to uid 0 whatever
+# its capabilities) or that hold others' secrets: hidden from it (InaccessiblePaths=-).
+_ROOT_HIDDEN = (
+    Path("/run/docker.sock"),
+    Path("/run/docker"),
+    Path("/run/containerd"),
+    Path("/run/dbus/system_bus_socket"),
+    Path("/run/systemd/private"),
+    Path("/etc/shadow"),
+    Path("/etc/gshadow"),
+    Path("/etc/ssh"),
+    Path("/var/lib/docker"),
+)
 
 
 @dataclass(frozen=True)
@@ -184,12 +260,13 @@ class UnitSpec:
     writes: tuple[Path, ...] = ()  # ReadWritePaths= (the installer makes these folders)
     writes_outside: tuple[Path, ...] = ()  # ReadWritePaths=-: others' folders, if present
     hidden: tuple[Path, ...] = ()  # InaccessiblePaths=-: not even readable (others' keys)
-    capabilities: tuple[str, ...] = ()  # bounding set = ambient set
+    capabilities: tuple[str, ...] = ()  # bounding set = ambient set (none for root)
     families: tuple[str, ...] = ("AF_UNIX", "AF_INET", "AF_INET6")
     loopback_only: bool = False  # IPAddressDeny=any except localhost
     umask: str = "0077"
     memory_deny_write_execute: bool = True
     syscall_deny: tuple[str, ...] = ("@privileged", "@resources")
+    syscall_allow: tuple[str, ...] = ()  # beyond @system-service
     environment: dict[str, str] = field(default_factory=dict)
     values: dict[str, str] = field(default_factory=dict)  # template-specific substitutions
 
@@ -308,9 +385,20 @@ def _hidden(layout: Layout, name: str, names: Sequence[str]) -> tuple[Path, ...]
         out += [keyring / owner for owner in KEYRING_OWNERS if owner != name]
     else:
         out.append(keyring)
-    reads = {"certs"} if name == "gateway" else set()  # nginx serves certs' certificates
+    # nginx serves certs' certificates, Postfix and Dovecot the mail host's
+    reads = {"certs"} if name in ("gateway", "mail") else set()
     out += [data / other for other in names if other not in (name, *reads)]
     return tuple(out)
+
+
+def _root_hidden(layout: Layout) -> tuple[Path, ...]:
+    """What a root unit may not see besides what every unit may not (`_ROOT_HIDDEN`, the
+    installer's database passwords, the edge's and the addon server's folders, identity's
+    private address keys)."""
+    etc, data = layout.etc, layout.data
+    secrets = [etc / "database-password", etc / "addon-database-password", etc / "database-roles"]
+    folders = [data / "edge", data / ADDON_PG_HBA_DIR, ip_keys_file(layout)]
+    return (*_ROOT_HIDDEN, *secrets, *folders)
 
 
 def _service_spec(
@@ -378,6 +466,23 @@ def _service_spec(
         extra = {"writes": (own, *keys, data / "certs"), "loopback_only": False}
     elif m.name == "dns":
         extra = {"loopback_only": False}  # DNS providers' APIs and nameservers
+    elif m.name == "mail":
+        # the servers as its children, as root (see the module's docstring): the mail ports on
+        # every address; apps send (and their mail clients read) on the services network's
+        env |= {"HP_MAIL_LISTEN": "0.0.0.0", "HP_MAIL_APPS_LISTEN": SERVICES_GATEWAY}  # noqa: S104
+        extra = {
+            "capabilities": MAIL_CAPABILITIES,
+            "families": ("AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"),
+            "loopback_only": False,
+            "umask": "0022",
+            "memory_deny_write_execute": False,
+            "syscall_deny": ("@resources",),  # setuid, setgroups, chown: @privileged
+            "syscall_allow": ("chroot",),
+            "hidden": (*_hidden(layout, m.name, names), *_root_hidden(layout)),
+            # stopping, the service stops the servers itself (Postfix first; systemd would
+            # signal them all at once, and the service's supervisor restart them meanwhile)
+            "values": {"kill_mode": "KillMode=mixed\n"},
+        }
     elif m.name == "identity":
         # the LDAP endpoint for apps listens on the services network's gateway address
         env |= {"HP_LDAP_HOST": f"127.0.0.1,{SERVICES_GATEWAY}", "HP_LDAP_PORT": str(PORTS["ldap"])}
@@ -451,6 +556,8 @@ def directories(layout: Layout) -> dict[Path, tuple[str, str, int]]:
             out.setdefault(path, (spec.user, spec.user, 0o700))
     # each sealing service's folder in it is its own: passable, not listable
     out[data / "keyring"] = ("root", "root", 0o711)
+    # the servers' users pass through the mail unit's folder to the mail root in it
+    out[data / "mail"] = ("root", "root", 0o711)
     # folders one service writes and another reads: a group both are in (see above)
     apps, certs = unit_user("apps"), unit_user("certs")
     out[data / ADDON_PG_HBA_DIR] = (apps, PLATFORM_GROUP, 0o750)
@@ -474,11 +581,14 @@ def _template(name: str) -> Template:
 
 def _hardening(spec: UnitSpec) -> str:
     lines = [(TEMPLATES / "hardening.conf").read_text(encoding="utf-8").rstrip()]
+    if spec.syscall_allow:
+        lines.append("SystemCallFilter=" + " ".join(spec.syscall_allow))
     if spec.syscall_deny:
         lines.append("SystemCallFilter=~" + " ".join(spec.syscall_deny))
     caps = " ".join(spec.capabilities)
     lines.append(f"CapabilityBoundingSet={caps}")
-    lines.append(f"AmbientCapabilities={caps}")
+    # root gets its bounding set at start anyway; ambient ones would outlive a change of user
+    lines.append(f"AmbientCapabilities={caps if spec.user != 'root' else ''}")
     lines.append("RestrictAddressFamilies=" + " ".join(spec.families))
     if spec.loopback_only:
         lines += ["IPAddressDeny=any", "IPAddressAllow=localhost"]
@@ -522,6 +632,7 @@ def _render(spec: UnitSpec, layout: Layout) -> str:
             else ""
         ),
         "stop_seconds": "30",
+        "kill_mode": "",  # a KillMode= line: systemd signals every process of the unit
         **spec.values,
     }
     text = _template(spec.template).substitute(values)

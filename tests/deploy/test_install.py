@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -28,6 +29,7 @@ from deploy.release import load_private_key, public_key_text
 from deploy.units import ADDON_PG_HBA_DIR, PORTS, unit_name, unit_user
 from libs.events.sealing import KEYRING_OWNERS
 from tests.support.docker import find_docker_host
+from tests.support.pdns import PdnsServer, PdnsZone
 from tests.support.servers import need_server
 from tests.support.systemd_box import (
     BOX_WHEELS,
@@ -35,6 +37,7 @@ from tests.support.systemd_box import (
     base_tarball,
     ensure_box_image,
     ensure_wheelhouse,
+    host_relay,
 )
 from tests.support.systemd_box import box_api as _api
 from tests.support.systemd_box import box_curl as _curl
@@ -162,11 +165,11 @@ def _keys_kept_apart(box: SystemdBox) -> None:
     keyring = "/var/lib/homeport/keyring"
     for owner in KEYRING_OWNERS:
         user = box.run("systemctl", "show", "-p", "User", "--value", unit_name(owner)).strip()
-        assert user == f"homeport-{owner}", user
+        assert user == unit_user(owner), user  # homeport-<owner>; root for mail (ROOT_UNITS)
         files = box.sh(f"stat -c '%U %a %n' {keyring}/{owner} {keyring}/{owner}/keyring.json")
         assert files.strip().split("\n") == [
-            f"homeport-{owner} 700 {keyring}/{owner}",
-            f"homeport-{owner} 600 {keyring}/{owner}/keyring.json",
+            f"{user} 700 {keyring}/{owner}",
+            f"{user} 600 {keyring}/{owner}/keyring.json",
         ], files
     code, out = box.status(
         "runuser", "-u", unit_user("gateway"), "--", "cat", f"{keyring}/identity/keyring.json"
@@ -350,6 +353,174 @@ def test_install_setup_app_restart_and_second_run(box: SystemdBox) -> None:
     box.ok = True
 
 
+# IMAPS on the box's loopback: the TLS version, the served certificate's SHA-256, the greeting
+# and the answer to LOGIN (the platform account, through Dovecot's auth and the mail service)
+IMAPS_PROBE = r"""
+import hashlib, socket, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE  # whose certificate is compared below, with certs' file
+with socket.create_connection(("127.0.0.1", 993), timeout=10) as raw:
+    with ctx.wrap_socket(raw) as tls:
+        f = tls.makefile("rwb")
+        greeting = f.readline().decode().strip()
+        f.write(b'a LOGIN owner "' + sys.argv[1].encode() + b'"\r\n')
+        f.flush()
+        line = f.readline()
+        while line and not line.startswith(b"a "):
+            line = f.readline()
+        print(tls.version())
+        print(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
+        print(greeting)
+        print(line.decode().strip())
+"""
+# The SHA-256 of the first certificate of a PEM chain (certs' file for the mail host).
+PEM_DIGEST = (
+    "import hashlib, ssl, sys; end = '-----END CERTIFICATE-----';"
+    " pem = open(sys.argv[1]).read().split(end)[0] + end + chr(10);"
+    " print(hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest())"
+)
+# (user, command) of every process in the mail unit's cgroup
+MAIL_PROCESSES = """
+import os, pwd
+seen = set()
+for p in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if "homeport-mail.service" in open(f"/proc/{p}/cgroup").read():
+            comm = open(f"/proc/{p}/comm").read().strip()
+            seen.add(f"{pwd.getpwuid(os.stat(f'/proc/{p}').st_uid).pw_name} {comm}")
+    except OSError:
+        pass
+print(chr(10).join(sorted(seen)))
+"""
+MAIL_PORTS = (25, 465, 587, 993, 4190)
+
+
+def _listening(box: SystemdBox, ports: tuple[int, ...] = MAIL_PORTS) -> set[int]:
+    """Which of `ports` something listens on in the box (TCP, any address)."""
+    found = set()
+    for line in box.run("ss", "-Hltn").splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[3].rpartition(":")[2].isdigit():
+            found.add(int(fields[3].rpartition(":")[2]))
+    return found & set(ports)
+
+
+def _mail_status(box: SystemdBox) -> dict[str, Any]:
+    """GET /api/v1/mail/status (whether the servers run, the last error)."""
+    status, answer = _api(box, "GET", "/api/v1/mail/status")
+    assert status == 200 and isinstance(answer, dict), (status, answer)
+    return answer
+
+
+def _admin_session(box: SystemdBox) -> None:
+    """The cookie jar signed in as the administrator: made at setup (the first test), or made
+    here with identity's one-time token when this test runs alone."""
+    token = box.sh("cat /var/lib/homeport/identity/setup-token 2>/dev/null", check=False).strip()
+    if token:
+        body = {"username": "owner", "email": "owner@example.test", "password": PASSWORD}
+        status, answer = _api(box, "POST", "/api/v1/setup", {**body, "setup_token": token})
+        assert status == 201, answer
+    _signs_in(box, {"username": "owner", "password": PASSWORD})
+
+
+def test_mail_servers_run_in_the_root_mail_unit(
+    box: SystemdBox, pdns: PdnsServer, pdns_zone: PdnsZone
+) -> None:
+    """Issue 17 on a server install: Debian's own mail servers stay stopped and disabled (also
+    after the box restarted), no mail port is taken; a domain added with its DNS host (a
+    PowerDNS on the tests' host, reached over the box's network) and mail turned on for it
+    through the API: the mail unit, root's, runs Postfix, Dovecot and rspamd as its children
+    under their own users; IMAPS on 993 answers with TLS and the certificate certs made for the
+    mail host, and the administrator signs in over it; SMTP answers on 25; the status has no
+    error, and the MX record is at the DNS host. Mail off again: the ports are free."""
+    if not _units(box):
+        _install(box)
+    for unit in ("postfix.service", "dovecot.service", "dovecot.socket", "rspamd.service"):
+        assert box.run("systemctl", "is-enabled", unit, check=False).strip() == "disabled", unit
+        assert box.run("systemctl", "is-active", unit, check=False).strip() == "inactive", unit
+    assert _listening(box) == set()
+    mail = unit_name("mail")
+    assert box.run("systemctl", "show", "-p", "User", "--value", mail).strip() == "root"
+    _admin_session(box)
+    state = _mail_status(box)
+    assert not state["running"] and state["last_error"] is None, state
+
+    zone, host = pdns_zone.name, box.host_address
+    with host_relay(host, (pdns.dns_port, pdns.api_port)):
+        provider = {
+            "kind": "powerdns",
+            "api_url": f"http://{host}:{pdns.api_port}",
+            "api_key": pdns.api_key,
+            "zone": zone,
+            "nameservers": [f"{host}:{pdns.dns_port}"],
+        }
+        body = {"domain": zone, "provider": provider, "server_ipv4": box.address}
+        status, answer = _api(box, "POST", "/api/v1/domains", body)
+        assert status == 201, answer
+        started = time.monotonic()
+        status, answer = _api(box, "POST", "/api/v1/mail/domains", {"domain": zone})
+        assert status == 201, answer
+
+        def running() -> bool:
+            state = _mail_status(box)
+            assert state["last_error"] is None, state
+            return bool(state["running"])
+
+        _until("the mail servers running", running, 180)  # rspamd compiles its cache first
+        print(f"mail on to the servers running: {time.monotonic() - started:.0f} s")
+        assert box.run("systemctl", "is-active", mail).strip() == "active"
+        state = _mail_status(box)
+        assert state["domains"] == [zone] and state["hostname"] == f"mail.{zone}", state
+        assert "not run" not in json.dumps(state), state
+        assert _listening(box) == set(MAIL_PORTS)
+        # the servers are the unit's children, their workers under their own users
+        processes = set(box.run("python3", "-c", MAIL_PROCESSES).splitlines())
+        for expected in ("root python", "root master", "postfix qmgr", "root dovecot",
+                         "root rspamd", "_rspamd rspamd"):  # fmt: skip
+            assert expected in processes, processes
+        # IMAPS answers with TLS, serving the certificate certs wrote for the mail host (read
+        # through the unit's file system), and the administrator signs in
+        live = f"/var/lib/homeport/certs/live/mail.{zone}/fullchain.pem"
+
+        def imaps_with_certs_certificate() -> bool:
+            code, _ = box.status("test", "-f", live)
+            if code != 0:
+                return False
+            lines = box.run("python3", "-c", IMAPS_PROBE, PASSWORD).splitlines()
+            return lines[1] == box.run("python3", "-c", PEM_DIGEST, live).strip()
+
+        _until(
+            "IMAPS serving certs' certificate for the mail host", imaps_with_certs_certificate, 90
+        )
+        version, _, greeting, login = box.run("python3", "-c", IMAPS_PROBE, PASSWORD).splitlines()
+        assert version in ("TLSv1.2", "TLSv1.3"), version
+        assert greeting.startswith("* OK"), greeting
+        assert login.startswith("a OK") and "Logged in" in login, login
+        banner = box.run(
+            "python3", "-c", "import socket; s = socket.create_connection(('127.0.0.1', 25), 10);"
+            " print(s.recv(200).decode().strip()); s.sendall(b'QUIT\\r\\n')",
+        )  # fmt: skip
+        assert banner.startswith(f"220 mail.{zone} "), banner
+
+        # what mail needs from DNS, published at the domain's DNS host through dns
+        def mx_published() -> bool:
+            found = pdns.api("GET", f"/api/v1/servers/localhost/zones/{zone}.")
+            return any(r["type"] == "MX" and r["name"] == f"{zone}." for r in found["rrsets"])
+
+        _until("the MX record at the DNS host", mx_published, 60)
+
+        # mail off: the servers stop, their ports are free; the domain goes again (the tests
+        # after this one find the box as before)
+        status, answer = _api(box, "DELETE", f"/api/v1/mail/domains/{zone}")
+        assert status == 204, answer
+        _until("the mail ports free again", lambda: _listening(box) == set(), 60)
+        assert box.run("systemctl", "is-active", mail).strip() == "active"
+        status, answer = _api(box, "DELETE", f"/api/v1/domains/{zone}")
+        assert status in (200, 204), answer
+    box.ok = True
+
+
 def test_units_security_scores_under_real_systemd(box: SystemdBox) -> None:
     if not _units(box):
         _install(box)
@@ -503,7 +674,7 @@ def test_an_install_from_before_per_service_users_is_moved_over(box: SystemdBox)
     assert box.sh(f"find {data} -user homeport | head -5").strip() == ""
     for owner in KEYRING_OWNERS:
         line = box.sh(f"stat -c '%U %a' {keyring}/{owner}/keyring.json").strip()
-        assert line == f"homeport-{owner} 600", line
+        assert line == f"{unit_user(owner)} 600", line
         assert box.run("sha256sum", f"{keyring}/{owner}/keyring.json").split()[0] == rings[owner]
         assert box.status("test", "-e", f"{keyring}/{owner}.json")[0] != 0
     line = box.sh(f"stat -c '%U %G %a' {data}/ip-keys/ip-keys.json").strip()

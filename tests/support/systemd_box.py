@@ -33,14 +33,17 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -58,6 +61,7 @@ __all__ = [
     "checkout",
     "ensure_box_image",
     "ensure_wheelhouse",
+    "host_relay",
     "server_packages",
     "until",
 ]
@@ -328,6 +332,13 @@ class SystemdBox:
         nets = self.container.attrs["NetworkSettings"]["Networks"]
         return str(nets[self.network.name]["IPAddress"])
 
+    @property
+    def host_address(self) -> str:
+        """The tests' host on the box's network (the bridge's gateway): what the box reaches
+        of it, as another machine on a server's network."""
+        self.network.reload()
+        return str(self.network.attrs["IPAM"]["Config"][0]["Gateway"])
+
     def run(self, *argv: str, check: bool = True, env: dict[str, str] | None = None) -> str:
         """Run argv in the box (as root); its output (stdout and stderr). Nonzero exit with
         `check` raises with the output's end."""
@@ -470,3 +481,77 @@ def until(what: str, check: object, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:.0f} s")
         time.sleep(1.0)
+
+
+# -- a server of the tests' host, for the box ------------------------------------------------
+
+
+@contextlib.contextmanager
+def host_relay(address: str, ports: Iterable[int]) -> Iterator[None]:
+    """Each of `ports` on `address` (the box's `host_address`) forwarded, TCP and UDP, to the
+    same port on this host's loopback, where the tests run their servers (PowerDNS): to the box
+    they are a DNS host on its network. Threads, ended when the block ends."""
+    listeners: list[socket.socket] = []  # and the connections they took
+    threads: list[threading.Thread] = []
+    stopping = threading.Event()
+
+    def start(target: Callable[..., None], *args: Any) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)
+        t.start()
+        threads.append(t)
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve_tcp(listener: socket.socket, port: int) -> None:
+        while not stopping.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            listeners.extend((client, upstream))
+            start(pump, client, upstream)
+            start(pump, upstream, client)
+
+    def answer_udp(listener: socket.socket, port: int, query: bytes, peer: tuple[str, int]) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as upstream:
+            upstream.settimeout(5)
+            with contextlib.suppress(OSError):
+                upstream.sendto(query, ("127.0.0.1", port))
+                listener.sendto(upstream.recv(65536), peer)
+
+    def serve_udp(listener: socket.socket, port: int) -> None:
+        while not stopping.is_set():
+            try:
+                query, peer = listener.recvfrom(65536)
+            except OSError:
+                return
+            start(answer_udp, listener, port, query, peer)
+
+    try:
+        for port in ports:
+            tcp = socket.create_server((address, port))
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            listeners += [tcp, udp]
+            udp.bind((address, port))
+            start(serve_tcp, tcp, port)
+            start(serve_udp, udp, port)
+        yield
+    finally:
+        stopping.set()
+        for s in listeners:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        for t in threads:
+            t.join(timeout=5)
