@@ -722,6 +722,11 @@ plugin {{
   quota_status_nouser = DUNNO
   quota_status_overquota = "{QUOTA_REFUSAL}"
   sieve = file:~/sieve;active=~/.dovecot.sieve
+  # Nothing here sends mail for Dovecot yet (its sendmail would write into the system's
+  # Postfix, not this one): scripts that would send (vacation, redirect) are refused when
+  # they are kept, instead of failing unseen at delivery. Forwarding is the mail service's.
+  sieve_extensions = -vacation -vacation-seconds
+  sieve_max_redirects = 0
 }}
 """
     lua = _AUTH_LUA.format(url=_lua_string(s.auth_url), token=_lua_string(s.auth_token))

@@ -187,3 +187,23 @@ def test_a_script_with_a_syntax_error_is_refused_and_the_active_one_stays(
     news = message("list@outside.test", f"alice+news@{DOMAIN}")
     assert stack.inbound(news) == {}
     _wait_in(stack, "News", str(news["Subject"]))
+
+
+def test_scripts_that_would_send_mail_are_refused_or_keep_the_message(
+    alice_sieve: MailStack,
+) -> None:
+    """Nothing sends for Sieve yet: an away message is refused at PUTSCRIPT with the reason;
+    a redirect (part of Sieve itself, so it cannot be refused there) is not done and the
+    message is kept in the inbox, never lost."""
+    stack = alice_sieve
+    away = 'require ["vacation"];\nvacation :days 1 "I am away";\n'
+    redirect = 'redirect "someone@outside.test";\n'
+    with _signed_in(stack) as c:
+        answer = c.putscript("away", away)
+        assert answer.status == "NO" and "vacation" in answer.text, answer
+        assert c.scripts() == {}
+        assert c.logout().status == "OK"
+    _activate(stack, redirect)
+    msg = message("list@outside.test", ALICE.address)
+    assert stack.inbound(msg) == {}
+    stack.fetch(ALICE, str(msg["Subject"]))

@@ -10,6 +10,7 @@ $config['managesieve_host'] = $managesieve('HOMEPORT_MAIL_SIEVE_HOST') . ':'
 $config['managesieve_auth_type'] = 'PLAIN';
 $config['managesieve_conn_options'] = ['ssl' => ['verify_peer' => false, 'verify_peer_name' => false]];
 $config['managesieve_script_name'] = 'roundcube';
-$config['managesieve_vacation'] = 1;
+// the mail server does not send for Sieve (vacation, redirect): no Out of Office page
+$config['managesieve_vacation'] = 0;
 $config['managesieve_forward'] = 0;
 $config['managesieve_default'] = '';
