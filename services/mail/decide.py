@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.mail.model import DkimKey, Mailbox, MailDomain, MailModel, Relay
+from services.mail.model import MESSAGE_LIMIT, DkimKey, Mailbox, MailDomain, MailModel, Relay
 from services.mail.people import People, Person
 
 __all__ = ["ROLE_ADDRESSES", "AddressRow", "DomainRow", "ForwardingRow", "decide"]
@@ -78,8 +78,10 @@ def decide(
     client_networks: Sequence[str] = (),
     relay: Relay | None = None,
     forwarding: Sequence[ForwardingRow] = (),
+    usage: Mapping[str, int] | None = None,
 ) -> MailModel:
-    """The model for `domains` (enabled, first = primary) and everything else given."""
+    """The model for `domains` (enabled, first = primary) and everything else given; `usage`
+    is the bytes each mailbox (by address) holds, None when Dovecot cannot say."""
     app_senders = {sender: (login,) for sender, login in apps}
     # mail clients reach the servers only where apps do
     clients = tuple(sorted(set(client_networks))) if apps_listen else ()
@@ -161,7 +163,23 @@ def decide(
         apps_listen=apps_listen,
         client_networks=clients,
         relay=relay,
+        quota_checked=near_quota(boxes.values(), usage),
     )
+
+
+def near_quota(boxes: Iterable[Mailbox], usage: Mapping[str, int] | None) -> tuple[str, ...]:
+    """The mailboxes with a quota that one message could fill: less than MESSAGE_LIMIT free,
+    or their usage unknown. Asking Dovecot at RCPT for the others would cost every message a
+    look-up (bench/mail.py) to refuse what cannot happen; a mailbox filled between two rounds
+    by several messages still refuses at delivery (LMTP), with a bounce."""
+    near = []
+    for b in boxes:
+        if b.quota_bytes is None:
+            continue
+        used = None if usage is None else usage.get(b.address)
+        if used is None or b.quota_bytes - used < MESSAGE_LIMIT:
+            near.append(b.address)
+    return tuple(sorted(near))
 
 
 def _forwarded(

@@ -16,7 +16,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DkimKey", "MailDomain", "MailModel", "Mailbox", "Relay", "ServersSettings"]
+__all__ = [
+    "MESSAGE_LIMIT",
+    "DkimKey",
+    "MailDomain",
+    "MailModel",
+    "Mailbox",
+    "Relay",
+    "ServersSettings",
+]
+
+# The largest message Postfix takes (bytes): also how close to its quota a mailbox must be for
+# its quota to be asked at RCPT (no smaller message can take a mailbox further from that over).
+MESSAGE_LIMIT = 25 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +92,9 @@ class MailModel:
     # the networks of apps that are mail clients for people (webmail): on `apps_listen` they
     # reach IMAP and ManageSieve too, and Dovecot trusts them to name the person's address
     client_networks: tuple[str, ...] = ()
+    # the mailboxes (addresses) whose quota Postfix asks Dovecot about at RCPT: those whose free
+    # space is below the largest message; None: every mailbox with a quota (usage unknown)
+    quota_checked: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

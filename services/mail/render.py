@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.mail.model import Mailbox, MailDomain, MailModel, ServersSettings
+from services.mail.model import MESSAGE_LIMIT, Mailbox, MailDomain, MailModel, ServersSettings
 
 __all__ = [
     "TLS_CIPHERS",
@@ -291,6 +291,7 @@ def _postfix(
         "smtputf8_enable = no",
         "disable_vrfy_command = yes",
         "smtpd_helo_required = yes",
+        f"message_size_limit = {MESSAGE_LIMIT}",
         "smtpd_banner = $myhostname ESMTP",
         "recipient_delimiter = +",
         # mailboxes: virtual domains delivered over LMTP to Dovecot
@@ -339,7 +340,7 @@ def _postfix(
     files = {
         "postfix/mailboxes": RenderedFile(_lines(f"{a} OK" for a in sorted(boxes))),
         "postfix/quota_limited": RenderedFile(
-            _lines(f"{a} quota_check" for a, b in sorted(boxes.items()) if b.quota_bytes)
+            _lines(f"{a} quota_check" for a in sorted(_quota_checked(model, boxes)))
         ),
         "postfix/aliases": RenderedFile(
             _lines(f"{k} {', '.join(v)}" for k, v in sorted(aliases.items()))
@@ -485,6 +486,14 @@ _APPS = [
     "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
     "milter_macro_daemon_name=ORIGINATING",
 ]
+
+
+def _quota_checked(model: MailModel, boxes: dict[str, Mailbox]) -> list[str]:
+    """The mailboxes Postfix asks Dovecot's quota-status about at RCPT (model.quota_checked;
+    unknown: every mailbox with a quota)."""
+    if model.quota_checked is None:
+        return [a for a, b in boxes.items() if b.quota_bytes]
+    return [a for a in model.quota_checked if a in boxes and boxes[a].quota_bytes]
 
 
 def _master_cf(s: ServersSettings, listen: list[str], apps: list[str]) -> bytes:

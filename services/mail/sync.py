@@ -142,6 +142,11 @@ class MailSync:
             return None
         return await self.servers.usage()
 
+    async def _used(self) -> dict[str, int] | None:
+        """Bytes each mailbox holds (which quotas Postfix asks about at RCPT); None: unknown."""
+        counted = await self.usage()
+        return None if counted is None else {a: used for a, (used, _) in counted.items()}
+
     async def settled(self, within: float) -> None:
         """Wait until a round that began after this call has ended (tests, the CLI)."""
         target = self._begun + 1
@@ -250,6 +255,7 @@ class MailSync:
             client_networks=clients,
             relay=relay,
             forwarding=await self._forwarding(),
+            usage=await self._used(),
         )
         if primary:
             other_keys: dict[str, list[tuple[str, str]]] = {}

@@ -12,8 +12,15 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.mail.decide import ROLE_ADDRESSES, AddressRow, DomainRow, ForwardingRow, decide
-from services.mail.model import MailModel, ServersSettings
+from services.mail.decide import (
+    ROLE_ADDRESSES,
+    AddressRow,
+    DomainRow,
+    ForwardingRow,
+    decide,
+    near_quota,
+)
+from services.mail.model import MESSAGE_LIMIT, Mailbox, MailModel, ServersSettings
 from services.mail.people import People, Person
 from services.mail.render import render
 
@@ -337,3 +344,18 @@ def test_forwarding_that_comes_back_keeps_a_copy_instead_of_looping() -> None:
     # an account gone since keeps no forwarding; one with no mail domain has none either
     gone = ForwardingRow(_id(50), out)
     assert "kim@example.org" not in aliases(gone)
+
+
+@given(
+    quota=st.one_of(st.none(), st.integers(1 << 20, 1 << 42)),
+    used=st.one_of(st.none(), st.integers(0, 1 << 43)),
+    known=st.booleans(),
+)
+def test_a_quota_is_asked_at_rcpt_whenever_one_message_could_fill_the_mailbox(
+    quota: int | None, used: int | None, known: bool
+) -> None:
+    box = Mailbox("kim@example.test", "kim", "u-kim", quota_bytes=quota)
+    usage = ({box.address: used} if used is not None else {}) if known else None
+    checked = near_quota([box], usage)
+    could_fill = quota is not None and (used is None or not known or quota - used < MESSAGE_LIMIT)
+    assert checked == ((box.address,) if could_fill else ())

@@ -162,3 +162,26 @@ async def test_the_list_answers_in_time_with_usage_unknown_when_dovecot_hangs(
     assert boxes["kim"]["address"] == f"kim@{w.domain}"
     # Dovecot going on, the usage is known again
     boxes = await _until(w, lambda b: b["kim"]["used_bytes"] == 0, "usage never came back")
+
+
+async def test_quota_is_asked_at_rcpt_only_for_mailboxes_one_message_could_fill(
+    world: World,
+) -> None:
+    """A 1 GiB mailbox holding little is not asked about at each RCPT (a look-up per message
+    for nothing); a 2 MiB one is, and its 3rd big message is refused at RCPT, not bounced."""
+    w = world
+    lee = f"lee@{w.domain}"
+    await w.mail.cmd("set_quota", {"user_id": w.kim, "quota_bytes": 1 << 30})
+    await w.mail.cmd("set_quota", {"user_id": w.lee, "quota_bytes": 2 << 20})
+    await w.mail.ask("status", {"wait": True})  # usage read once the servers run
+    await w.mail.ask("status", {"wait": True})
+    checked = Layout(w.mail.root).conf / "postfix" / "quota_limited"
+    assert checked.read_text().lower().split() == [lee, "quota_check"]  # not kim's
+    for i in range(2):
+        await asyncio.to_thread(_deliver, w, lee, f"big {i}")
+    await _until(w, lambda b: (b["lee"]["used_bytes"] or 0) > 90_000, "lee's two messages")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        for i in range(2, 60):  # about 48 KB each: over 2 MiB well before 60
+            await asyncio.to_thread(_deliver, w, lee, f"big {i}")
+    code, text = refused.value.recipients[lee]
+    assert code == 552 and b"Mailbox is full" in text, refused.value.recipients
