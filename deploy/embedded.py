@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -77,12 +78,35 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+# Ports handed out lie below the kernel's ephemeral range (Linux: 32768-60999), where no
+# outgoing connection takes one between our pick and the server's bind (a CI run saw Postfix
+# refused "Address already in use" for a port bind(0) had given moments before). Like the
+# kernel, each process walks the range from a random start, so two processes (test workers)
+# rarely try the same port, and one that is taken is skipped.
+_PICK_LOW, _PICK_HIGH = 20000, 32767
+_cursor = [secrets.randbelow(_PICK_HIGH - _PICK_LOW + 1)]
+
+
 def free_ports(n: int) -> list[int]:
     """`n` different TCP ports on 127.0.0.1, free right now (each held while the next is
-    picked: two calls of `free_port` may give the same port twice)."""
+    picked)."""
+    span = _PICK_HIGH - _PICK_LOW + 1
     with contextlib.ExitStack() as held:
-        ports = []
-        for _ in range(n):
+        ports: list[int] = []
+        for _ in range(span):
+            if len(ports) == n:
+                break
+            port = _PICK_LOW + _cursor[0] % span
+            _cursor[0] += 1
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            held.enter_context(s)
+            ports.append(port)
+        while len(ports) < n:  # that range is full: let the kernel pick
             s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             s.bind(("127.0.0.1", 0))
             ports.append(int(s.getsockname()[1]))

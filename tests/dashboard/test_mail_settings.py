@@ -14,10 +14,6 @@ and shows what is saved after a reload.
 from __future__ import annotations
 
 import asyncio
-import base64
-import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +21,6 @@ import pytest
 from playwright.async_api import Page, Route, expect
 
 from deploy.embedded import free_port
-from libs.tls import self_signed_pem_apart
 from tests.dashboard.browserkit import (
     DESKTOP,
     PHONE,
@@ -39,6 +34,7 @@ from tests.dashboard.dashkit import OWNER, Edged, PlatformStarter
 from tests.dns.dnskit import pdns_provider
 from tests.gateway.apikit import Answer
 from tests.support.pdns import PdnsZone
+from tests.support.smart_host import smart_host
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -191,48 +187,6 @@ async def test_admin_sets_and_removes_a_size_limit_in_the_mailboxes_table(
         await expect(row).to_contain_text("No limit")
 
 
-@asynccontextmanager
-async def smart_host(folder: Path) -> AsyncIterator[int]:
-    """An SMTP server with TLS at once on a loopback port, taking AUTH PLAIN for RELAY_LOGIN
-    only: a stand-in for a provider's relay (the check connects, signs in and quits)."""
-    cert, key = await self_signed_pem_apart(["relay.test"], 1)
-    (folder / "relay.crt").write_text(cert)
-    (folder / "relay.key").write_text(key)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(folder / "relay.crt", folder / "relay.key")
-    want = base64.b64encode(f"\0{RELAY_LOGIN}\0{RELAY_PASSWORD}".encode()).decode()
-
-    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(b"220 relay.test ESMTP\r\n")
-            while line := await asyncio.wait_for(reader.readline(), 30):
-                words = line.decode().split()
-                verb = words[0].upper() if words else ""
-                if verb in ("EHLO", "HELO"):
-                    writer.write(b"250-relay.test\r\n250 AUTH PLAIN\r\n")
-                elif verb == "AUTH":
-                    right = words[1:] == ["PLAIN", want]
-                    writer.write(b"235 2.7.0 accepted\r\n" if right else b"535 5.7.8 refused\r\n")
-                elif verb == "QUIT":
-                    writer.write(b"221 2.0.0 bye\r\n")
-                    break
-                else:
-                    writer.write(b"502 5.5.1 not here\r\n")
-                await writer.drain()
-            await writer.drain()
-        except (OSError, ssl.SSLError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(session, "127.0.0.1", 0, ssl=tls)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
 @pytest.mark.slow
 async def test_relay_form_shows_the_check_and_its_error_and_block_lists_save(
     platform: PlatformStarter, pdns_zone: PdnsZone, tmp_path: Path
@@ -240,7 +194,7 @@ async def test_relay_form_shows_the_check_and_its_error_and_block_lists_save(
     async with (
         platform(dns=True) as ed,
         chromium(ed.direct_url) as browser,
-        smart_host(tmp_path) as relay_port,
+        smart_host(tmp_path, (RELAY_LOGIN, RELAY_PASSWORD)) as smart,
     ):
         w = await mail_on(ed, pdns_zone)
         admin = w["admin"]
@@ -280,7 +234,7 @@ async def test_relay_form_shows_the_check_and_its_error_and_block_lists_save(
         assert (await ok(ed, "GET", "/mail/relay", admin))["relay"] is None
 
         # -- a relay that answers but refuses the sign-in: the error at Password
-        await relay.get_by_label("Port").fill(str(relay_port))
+        await relay.get_by_label("Port").fill(str(smart.port))
         await relay.get_by_label("Encryption").select_option("tls")
         await relay.get_by_label("Password", exact=True).fill("not the password")
         await relay.get_by_role("button", name="Save relay").click()
@@ -295,12 +249,12 @@ async def test_relay_form_shows_the_check_and_its_error_and_block_lists_save(
             "Saved: mail to other domains now leaves through 127.0.0.1."
         )
         await expect(
-            relay.get_by_text(f"127.0.0.1:{relay_port} (TLS, signed in as {RELAY_LOGIN})")
+            relay.get_by_text(f"127.0.0.1:{smart.port} (TLS, signed in as {RELAY_LOGIN})")
         ).to_be_visible()
         held = (await ok(ed, "GET", "/mail/relay", admin))["relay"]
         assert held == {
             "host": "127.0.0.1",
-            "port": relay_port,
+            "port": smart.port,
             "tls": "tls",
             "username": RELAY_LOGIN,
         }

@@ -225,6 +225,9 @@ class MailStack:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def start(self) -> None:
+        from tests.support.mail import seed_hyperscan
+
+        seed_hyperscan(self.settings.root)
         self._thread.start()
         self.run(self._start())
 
@@ -239,8 +242,11 @@ class MailStack:
         await self.servers.apply(self.model)
 
     def stop(self) -> None:
+        from tests.support.mail import keep_hyperscan
+
         try:
             self.run(self._exit.aclose(), timeout=120)
+            keep_hyperscan(self.settings.root)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(30)

@@ -32,7 +32,7 @@ from services.mail.commands import next_selector
 from services.mail.projections import MailProjection
 from services.mail.queries import DKIM_DEADLINE, DKIM_KEEP, DKIM_SETTLE
 from tests.mail.serverskit import client_tls, message
-from tests.support.mail import World, mail_world, resolve
+from tests.support.mail import World, mail_on, mail_world, resolve
 from tests.support.pdns import PdnsServer, PdnsZone
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -76,16 +76,9 @@ async def world(
     pdns_zone: PdnsZone,
 ) -> AsyncIterator[World]:
     """Mail on for the test zone, the servers running (their DNS: the test PowerDNS)."""
-    async with mail_world(
-        monkeypatch,
-        dsn=dsn,
-        nats_url=nats_url,
-        tmp_path=tmp_path,
-        zone=pdns_zone,
-        servers=True,
-        nameservers=(f"127.0.0.1:{pdns.dns_port}",),
+    async with mail_on(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, pdns=pdns, zone=pdns_zone
     ) as w:
-        await w.mail.cmd("enable_domain", {"domain": w.domain})
         await _settled(w)
         yield w
 

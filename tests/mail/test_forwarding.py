@@ -16,12 +16,10 @@ import contextlib
 import imaplib
 import json
 import smtplib
-import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -29,15 +27,15 @@ from typing import Any
 import pytest
 from playwright.async_api import expect
 
-from libs.tls import self_signed_pem_apart
 from tests.dashboard.browserkit import chromium, field_error, shot, sign_in
 from tests.dashboard.dashkit import OWNER, edged_platform
 from tests.dns.dnskit import dns_env, pdns_provider, running_dns
 from tests.gateway.apikit import Answer, Client, running_gateway
 from tests.identity.kit import ADMIN
 from tests.mail.serverskit import client_tls, message
-from tests.support.mail import KIM, LEE, World, mail_world, running_mail
+from tests.support.mail import KIM, LEE, World, mail_on, running_mail
 from tests.support.pdns import PdnsServer, PdnsZone
+from tests.support.smart_host import smart_host
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -67,19 +65,12 @@ async def fw(
     pdns: PdnsServer,
     pdns_zone: PdnsZone,
 ) -> AsyncIterator[Forwarding]:
-    async with mail_world(
-        monkeypatch,
-        dsn=dsn,
-        nats_url=nats_url,
-        tmp_path=tmp_path,
-        zone=pdns_zone,
-        servers=True,
-        nameservers=(f"127.0.0.1:{pdns.dns_port}",),
+    async with mail_on(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, pdns=pdns, zone=pdns_zone
     ) as w:
         async with running_gateway(
             monkeypatch, dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path / "gateway"
         ) as gw:
-            await w.mail.cmd("enable_domain", {"domain": w.domain})
             await _settled(w)
             sessions = [
                 str((await w.ident.login(who["username"], who["password"]))["session"])
@@ -159,79 +150,6 @@ async def test_kim_forwards_to_lee_without_and_with_a_copy(fw: Forwarding) -> No
     await asyncio.to_thread(_send, w, f"kim@{d}", "not forwarded")
     await _arrives(w, "kim", KIM_PW, "not forwarded")
     assert "not forwarded" not in await asyncio.to_thread(_inbox, w, "lee", LEE_PW)
-
-
-@dataclass
-class Relayed:
-    sender: str
-    recipients: list[str]
-    data: bytes
-
-
-@dataclass
-class StandIn:
-    port: int
-    got: list[Relayed] = field(default_factory=list)
-
-
-@asynccontextmanager
-async def smart_host(folder: Path) -> AsyncIterator[StandIn]:
-    """An SMTP server with TLS at once on a loopback port that takes any message: a stand-in
-    for a provider's relay, keeping what it was given."""
-    cert, key = await self_signed_pem_apart(["relay.test"], 1)
-    (folder / "relay.crt").write_text(cert)
-    (folder / "relay.key").write_text(key)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(folder / "relay.crt", folder / "relay.key")
-    standin = StandIn(0)
-
-    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sender, recipients = "", list[str]()
-        try:
-            writer.write(b"220 relay.test ESMTP\r\n")
-            while line := await asyncio.wait_for(reader.readline(), 30):
-                words = line.decode().split()
-                verb = words[0].upper() if words else ""
-                arg = line.decode().partition(":")[2].strip().partition(" ")[0].strip("<>")
-                if verb in ("EHLO", "HELO"):
-                    writer.write(b"250 relay.test\r\n")
-                elif verb == "MAIL":
-                    sender, recipients = arg, []
-                    writer.write(b"250 2.1.0 ok\r\n")
-                elif verb == "RCPT":
-                    recipients.append(arg)
-                    writer.write(b"250 2.1.5 ok\r\n")
-                elif verb == "DATA":
-                    writer.write(b"354 go on\r\n")
-                    await writer.drain()
-                    data = b""
-                    while (chunk := await asyncio.wait_for(reader.readline(), 30)) != b".\r\n":
-                        if not chunk:
-                            return  # the connection ended in DATA: nothing kept
-                        data += chunk
-                    standin.got.append(Relayed(sender, recipients, data))
-                    writer.write(b"250 2.0.0 queued\r\n")
-                elif verb in ("RSET", "NOOP"):
-                    writer.write(b"250 2.0.0 ok\r\n")
-                elif verb == "QUIT":
-                    writer.write(b"221 2.0.0 bye\r\n")
-                    break
-                else:
-                    writer.write(b"502 5.5.1 not here\r\n")
-                await writer.drain()
-            await writer.drain()
-        except (OSError, ssl.SSLError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(session, HOST, 0, ssl=tls)
-    standin.port = server.sockets[0].getsockname()[1]
-    try:
-        yield standin
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_outside_forwarding_leaves_through_the_relay_sealed_and_only_by_right(

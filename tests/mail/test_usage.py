@@ -24,7 +24,7 @@ import pytest
 from libs.events.bus import BusError
 from services.mail.render import Layout
 from tests.mail.serverskit import client_tls, message
-from tests.support.mail import World, mail_world
+from tests.support.mail import World, mail_on
 from tests.support.pdns import PdnsServer, PdnsZone
 
 pytestmark = pytest.mark.slow
@@ -42,18 +42,9 @@ async def world(
     pdns: PdnsServer,
     pdns_zone: PdnsZone,
 ) -> AsyncIterator[World]:
-    async with mail_world(
-        monkeypatch,
-        dsn=dsn,
-        nats_url=nats_url,
-        tmp_path=tmp_path,
-        zone=pdns_zone,
-        servers=True,
-        nameservers=(f"127.0.0.1:{pdns.dns_port}",),
+    async with mail_on(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, pdns=pdns, zone=pdns_zone
     ) as w:
-        await w.mail.cmd("enable_domain", {"domain": w.domain})
-        status = await w.mail.ask("status", {"wait": True})
-        assert status["running"] and status["last_error"] is None, status
         yield w
 
 

@@ -7,6 +7,7 @@ servers' own users can reach; their DNS is the test PowerDNS when given).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Mapping
@@ -23,7 +24,7 @@ from libs.events.context import Context
 from libs.events.store import PostgresEventStore
 from libs.service.runner import Service
 from tests.support.bus import ActorBus
-from tests.support.pdns import PdnsZone
+from tests.support.pdns import PdnsServer, PdnsZone
 from tests.support.serving import served, serving
 
 __all__ = [
@@ -33,10 +34,13 @@ __all__ = [
     "Mail",
     "MailPorts",
     "World",
+    "keep_hyperscan",
     "mail_beside",
+    "mail_on",
     "mail_world",
     "resolve",
     "running_mail",
+    "seed_hyperscan",
 ]
 
 KIM = {"username": "kim", "email": "kim@example.test", "password": "kim's long password 1"}
@@ -73,6 +77,52 @@ class Mail:
 
     async def events(self, stream: str) -> list[tuple[str, dict[str, Any]]]:
         return [(e.type, e.data) for e in await self.store.read_stream(stream)]
+
+
+# rspamd compiles its hyperscan databases at first start (8 of a server start's 12 s): kept
+# here between tests and runs (like the test dockerd's images), copied into each new mail root.
+# Their names are hashes of what they were compiled from, so a changed rspamd compiles anew.
+HYPERSCAN_CACHE = Path("/var/lib/homeport-test/rspamd-hyperscan")
+
+
+def seed_hyperscan(mail_root: Path) -> None:
+    """Put the kept hyperscan databases into `mail_root`'s rspamd folder before it starts."""
+    import pwd
+
+    from services.mail.render import Layout
+
+    if not HYPERSCAN_CACHE.is_dir():
+        return
+    db = Layout(mail_root).rspamd_db
+    db.mkdir(parents=True, exist_ok=True)
+    try:
+        owner = pwd.getpwnam("_rspamd")
+    except KeyError:
+        return
+    for f in HYPERSCAN_CACHE.iterdir():
+        if f.is_file() and not f.is_symlink() and ".hs" in f.name:
+            target = db / f.name
+            shutil.copyfile(f, target)
+            os.chown(target, owner.pw_uid, owner.pw_gid)
+
+
+def keep_hyperscan(mail_root: Path) -> None:
+    """Keep what rspamd compiled in `mail_root` for the next start (written whole, renamed)."""
+    from services.mail.render import Layout
+
+    db = Layout(mail_root).rspamd_db
+    if not db.is_dir():
+        return
+    try:  # only a saving of time: a cache that cannot be written is no failure
+        HYPERSCAN_CACHE.mkdir(parents=True, exist_ok=True)
+        for f in db.iterdir():
+            if not (f.is_file() and ".hs" in f.name) or (HYPERSCAN_CACHE / f.name).exists():
+                continue
+            tmp = HYPERSCAN_CACHE / f".{f.name}.{os.getpid()}"
+            shutil.copyfile(f, tmp)
+            tmp.rename(HYPERSCAN_CACHE / f.name)
+    except OSError as e:
+        print(f"rspamd's hyperscan databases not kept for the next start: {e}")
 
 
 def _free_ports(n: int) -> list[int]:
@@ -125,6 +175,8 @@ async def running_mail(
         )
     if nameservers:
         settings["HP_MAIL_NAMESERVERS"] = ",".join(nameservers)
+    if servers:
+        seed_hyperscan(root / "mail")
     try:
         async with serving(monkeypatch, build, settings, "mail", ready_within=90) as svc:
             nc = await nats.connect(nats_url)
@@ -135,6 +187,8 @@ async def running_mail(
                 await store.close()
                 await nc.close()
     finally:
+        if servers:
+            keep_hyperscan(root / "mail")
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -193,6 +247,35 @@ async def mail_world(
                 env=env,
             ) as mail:
                 yield World(ident, mail, admin, kim, lee, zone.name, zone)
+
+
+@asynccontextmanager
+async def mail_on(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    pdns: PdnsServer,
+    zone: PdnsZone,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[World]:
+    """`mail_world` with the servers running (their DNS: the test PowerDNS) and mail on for the
+    zone, once a round of the sync has configured them without error."""
+    async with mail_world(
+        monkeypatch,
+        dsn=dsn,
+        nats_url=nats_url,
+        tmp_path=tmp_path,
+        zone=zone,
+        servers=True,
+        nameservers=(f"127.0.0.1:{pdns.dns_port}",),
+        env=env,
+    ) as w:
+        await w.mail.cmd("enable_domain", {"domain": w.domain})
+        status = await w.mail.ask("status", {"wait": True})
+        assert status["running"] and status["last_error"] is None, status
+        yield w
 
 
 def resolve(zone: PdnsZone, name: str, rtype: str) -> list[str]:
