@@ -63,6 +63,7 @@ def servers_settings(cfg: MailConfig, *, auth_port: int, auth_token: str) -> Ser
         auth_url=f"http://{_LOOPBACK}:{auth_port}/auth",
         auth_token=auth_token,
         milter_port=cfg.mail_milter_port,
+        auth_failure_delay=cfg.mail_auth_failure_delay,
         apps_port=cfg.mail_apps_port,
         apps_imap_port=cfg.mail_apps_imap_port,
         apps_sieve_port=cfg.mail_apps_sieve_port,

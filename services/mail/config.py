@@ -17,6 +17,10 @@ from libs.service.config import ServiceConfig, check
 __all__ = ["MailConfig"]
 
 
+def _delay(v: float) -> bool:
+    return 0 <= v <= 60
+
+
 def _positive(v: float) -> bool:
     return v > 0
 
@@ -52,6 +56,8 @@ class MailConfig(ServiceConfig):
     mail_milter_port: int = field(default=11332, metadata=check(_port, "a port 0-65535"))
     # Dovecot asks the service about every password here (loopback; 0: any free port).
     mail_auth_port: int = field(default=0, metadata=check(_port, "a port 0-65535"))
+    # Seconds Dovecot waits before it answers a wrong password (slows guessing; tests: 0).
+    mail_auth_failure_delay: float = field(default=2.0, metadata=check(_delay, "seconds 0-60"))
     # Where apps send (their `sendmail` addon): the services network's address(es), served
     # while present on this host; and the port.
     mail_apps_listen: tuple[str, ...] = ()

@@ -110,6 +110,7 @@ class ServersSettings:
     managesieve_port: int = 4190
     auth_url: str = "http://127.0.0.1:7480/auth"  # the mail service's endpoint for Dovecot
     auth_token: str = ""  # sent by Dovecot's auth with every check; 32+ random characters
+    auth_failure_delay: float = 2.0  # seconds Dovecot waits before saying a password is wrong
     milter_port: int = 11332  # rspamd's proxy (milter) on 127.0.0.1
     apps_port: int = 2525  # on each of the model's `apps_listen` addresses
     apps_imap_port: int = 1143  # there too, for mail clients among the apps (webmail)

@@ -193,6 +193,12 @@ def _listen(server: str, listen: Iterable[str]) -> list[str]:
     return out
 
 
+def _seconds(server: str, value: float, what: str) -> str:
+    if not 0 <= value <= 60:
+        raise RenderError(server, f"{what} {value!r} must be 0-60 seconds")
+    return f"{int(value * 1000)} msecs"
+
+
 def _lua_string(s: str) -> str:
     """A Lua string literal of `s`: its UTF-8 bytes, all but printable ASCII (and quotes and
     backslashes) as decimal escapes."""
@@ -637,6 +643,7 @@ ssl_cipher_list = {TLS_CIPHERS}
 ssl_prefer_server_ciphers = no
 disable_plaintext_auth = {plaintext}
 auth_mechanisms = plain login
+auth_failure_delay = {_seconds("dovecot", s.auth_failure_delay, "auth_failure_delay")}
 login_trusted_networks = {trusted}
 
 mail_uid = {s.vmail_user}

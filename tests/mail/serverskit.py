@@ -202,6 +202,7 @@ class MailStack:
             auth_url=f"http://127.0.0.1:{self.auth_port}/auth",
             auth_token=self.auth.token,
             nameservers=(nameserver,),
+            auth_failure_delay=0,  # a wrong password answered at once, not in 2 s
             apps_port=ports[7],
             apps_imap_port=ports[8],
             apps_sieve_port=ports[9],

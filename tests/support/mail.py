@@ -162,6 +162,7 @@ async def running_mail(
         "HP_MAIL_DEBOUNCE": "0.05",
         "HP_IDENTITY_TIMEOUT": "10",
         "HP_MAIL_RELAY_NETWORKS": "127.0.0.0/8",  # a relay tried here stays on this machine
+        "HP_MAIL_AUTH_FAILURE_DELAY": "0",  # a wrong password answered at once, not in 2 s
         **(env or {}),
     }
     if ports is not None:
