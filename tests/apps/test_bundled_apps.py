@@ -482,6 +482,19 @@ async def test_roundcube_signs_in_sends_and_keeps_a_sieve_filter(
     stack = webmail_servers
     env = await pg_env(app_pg, net.gateway) | webmail_env(stack, net.gateway)
     rc = await run_app("roundcube", env)
+    # only index.php runs: plugins' PHP, their settings and dot files are not served
+    async with browser() as http:
+        for path in (
+            "/plugins/homeport/homeport.php",
+            "/plugins/managesieve/config.inc.php",
+            "/plugins/managesieve/managesieve.php",
+            "/.htaccess",
+            "/program/js/../../config/config.inc.php",
+        ):
+            async with http.get(rc.url + path) as r:
+                body = await r.text()
+                assert r.status in (403, 404), (path, r.status)
+                assert "<?php" not in body and "des_key" not in body, path
     tag = uuid.uuid4().hex[:8]
     filtered = f"webmail filtered {tag}"
     async with chromium(rc.url) as kit:
