@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -23,8 +24,10 @@ __all__ = [
     "DKIM_KEEP",
     "DKIM_SETTLE",
     "Queries",
+    "Settings",
     "dkim_record",
     "expected_records",
+    "read_settings",
 ]
 
 _Found = Callable[[str, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
@@ -46,6 +49,28 @@ def dkim_record(domain: str, selector: str, public: str) -> dict[str, Any]:
         "type": "TXT",
         "values": [f"v=DKIM1; k=rsa; p={public}"],
     }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """`mail.settings` decoded: the DNS block list zones and the relay as recorded (its
+    password still sealed), None when there is none."""
+
+    dnsbl: tuple[str, ...] = ()
+    relay: Mapping[str, Any] | None = None
+
+
+async def read_settings(db: asyncpg.Pool | asyncpg.Connection) -> Settings:
+    """The one reader of `mail.settings` (the queries and the sync)."""
+    row = await db.fetchrow("SELECT dnsbl, relay FROM mail.settings")
+    if row is None:
+        return Settings()
+    dnsbl, relay = (
+        json.loads(v) if isinstance(v, str) else v for v in (row["dnsbl"], row["relay"])
+    )
+    return Settings(
+        dnsbl=tuple(str(z) for z in dnsbl or ()), relay=None if relay is None else dict(relay)
+    )
 
 
 def expected_records(
@@ -277,18 +302,14 @@ class Queries:
 
     @query("dnsbl")
     async def dnsbl(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        value = await self.pool.fetchval("SELECT dnsbl FROM mail.settings")
-        zones = json.loads(value) if isinstance(value, str) else list(value or [])
-        return {"zones": [str(z) for z in zones]}
+        return {"zones": list((await read_settings(self.pool)).dnsbl)}
 
     @query("relay")
     async def relay(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        value = await self.pool.fetchval("SELECT relay FROM mail.settings")
-        if value is None:
+        r = (await read_settings(self.pool)).relay
+        if r is None:
             return {"relay": None}
-        r = json.loads(value) if isinstance(value, str) else dict(value)
-        shown = {k: r.get(k) for k in ("host", "port", "tls", "username")}
-        return {"relay": shown}
+        return {"relay": {k: r.get(k) for k in ("host", "port", "tls", "username")}}
 
     @query("status")
     async def status(self, payload: Mapping[str, Any]) -> dict[str, Any]:

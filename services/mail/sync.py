@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import time
@@ -47,6 +46,7 @@ from services.mail.queries import (
     DKIM_SETTLE,
     dkim_record,
     expected_records,
+    read_settings,
 )
 from services.mail.records import FoundRecords
 
@@ -225,9 +225,8 @@ class MailSync:
             str(r["user_id"]): r["quota_bytes"]
             for r in await self.pool.fetch("SELECT user_id, quota_bytes FROM mail.mailboxes")
         }
-        settings = await self.pool.fetchrow("SELECT dnsbl, relay FROM mail.settings")
-        dnsbl = settings["dnsbl"] if settings else None
-        relay = await self._relay(settings["relay"] if settings else None)
+        settings = await read_settings(self.pool)
+        relay = await self._relay(settings.relay)
         apps = [
             (str(r["sender"]), app_login(str(r["app_id"])))
             for r in await self.pool.fetch(
@@ -248,14 +247,15 @@ class MailSync:
             addresses=addresses,
             people=people,
             quotas=quotas,
-            dnsbl=tuple(_json_list(dnsbl)),
+            dnsbl=settings.dnsbl,
             tls=tls,
             apps=apps,
             apps_listen=tuple(a for a in self.apps_listen if _on_this_host(a)),
             client_networks=clients,
             relay=relay,
             forwarding=await self._forwarding(),
-            usage=await self._used(),
+            # Dovecot is asked only when some mailbox has a quota to check against
+            usage=await self._used() if any(quotas.values()) else None,
         )
         if primary:
             other_keys: dict[str, list[tuple[str, str]]] = {}
@@ -295,10 +295,9 @@ class MailSync:
             out.append(ForwardingRow(user_id=user_id, to=to, keep_copy=r["keep_copy"]))
         return out
 
-    async def _relay(self, value: Any) -> Relay | None:
-        if value is None:
+    async def _relay(self, r: Mapping[str, Any] | None) -> Relay | None:
+        if r is None:
             return None
-        r = json.loads(value) if isinstance(value, str) else dict(value)
         password = r.get("password")
         if password is not None:
             password = await asyncio.to_thread(self.keyring.unseal_str, password)
@@ -443,11 +442,3 @@ def _on_this_host(address: str) -> bool:
         except OSError:
             return False
     return True
-
-
-def _json_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = json.loads(value)
-    return [str(v) for v in value]
