@@ -134,7 +134,15 @@ CONTRACT = Contract(
         "served": obj(
             {
                 "records": array(
-                    obj({"name": _NAME, "type": _TYPE}, required=["name", "type"]),
+                    obj(
+                        {
+                            "name": _NAME,
+                            "type": _TYPE,
+                            # the values the caller expects: the answer says if they are `same`
+                            "expected": _VALUES,
+                        },
+                        required=["name", "type"],
+                    ),
                     minItems=1,
                     maxItems=MAX_SERVED,
                     description=f"1 to {MAX_SERVED} records to look up",

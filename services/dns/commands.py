@@ -87,6 +87,17 @@ def check_record_name(value: str, field: str = "name") -> str:
     return name
 
 
+def _same(answer: Mapping[str, Any], expected: Sequence[str]) -> bool:
+    """Whether a `served` answer's values are `expected`, in dns's form of each (any order)."""
+    if answer["values"] is None:
+        return False
+    try:
+        want = Record(answer["name"], answer["type"], tuple(expected)).values
+    except (ValueError, DnsError):
+        return False
+    return set(want) == set(answer["values"])
+
+
 def _type(value: str, field: str = "type") -> str:
     type_ = value.strip().upper()
     if type_ not in WRITABLE_TYPES:
@@ -363,7 +374,9 @@ class Commands:
 
         A query, served here: knowing the servers may take the provider's credentials (Route 53
         names them), as commands do. A record no domain holds, or whose servers cannot be found
-        in time, gets its `error` and values None; the others are answered all the same."""
+        in time, gets its `error` and values None; the others are answered all the same. With the
+        values the caller `expected`, `same` says whether they are what is served, compared in
+        the form dns writes records (so callers need not know it)."""
         asked = [
             (
                 check_record_name(r["name"], f"records.{i}.name"),
@@ -387,6 +400,9 @@ class Commands:
         answers = await asyncio.gather(
             *(one(n, t, h) for (n, t), h in zip(asked, holders, strict=True))
         )
+        for r, answer in zip(payload["records"], answers, strict=True):
+            if "expected" in r:
+                answer["same"] = _same(answer, r["expected"])
         return {"records": list(answers)}
 
     async def _nameservers(self, row: asyncpg.Record) -> Sequence[tuple[str, int]] | str:

@@ -13,7 +13,6 @@ does not answer makes every `found` unknown with the reason; the view is answere
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,7 +74,11 @@ class FoundRecords:
 
     async def _served(self, records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         """dns's answer for each of `records` (in order); an error for each when dns fails."""
-        payload = {"records": [{"name": r["name"], "type": r["type"]} for r in records]}
+        payload = {
+            "records": [
+                {"name": r["name"], "type": r["type"], "expected": r["values"]} for r in records
+            ]
+        }
         try:
             reply = await self.bus.query("dns", "served", payload, ctx=SYSTEM, timeout=_ASK_TIMEOUT)
             answers = reply["records"]
@@ -97,11 +100,8 @@ def _compare(wanted: Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str, 
     if not isinstance(values, list):
         error = str(told) if told else "DNS did not say what it serves"
         return {**wanted, "found": None, "ok": False, "error": error}
-    type_ = str(wanted["type"])
     found = [str(v) for v in values]
-    same = {_canonical(type_, v) for v in found} == {
-        _canonical(type_, str(v)) for v in wanted["values"]
-    }
+    same = answer.get("same") is True  # dns compares, in the form it writes records
     problems = []
     if not found:
         problems.append("not served by the domain's nameservers")
@@ -115,19 +115,3 @@ def _compare(wanted: Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str, 
         "ok": same and not told,
         "error": "; ".join(problems) or None,
     }
-
-
-def _canonical(type_: str, value: str) -> str:
-    """`value` as dns writes it (the dns service's `Record` form), to compare."""
-    if type_ in ("A", "AAAA"):
-        try:
-            return str(ipaddress.ip_address(value.strip()))
-        except ValueError:
-            return value
-    if type_ == "CNAME":
-        return value.strip().rstrip(".").lower()
-    if type_ == "MX":
-        parts = value.split()
-        if len(parts) == 2:
-            return f"{parts[0]} {parts[1].rstrip('.').lower()}"
-    return value
