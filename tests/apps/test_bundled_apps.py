@@ -472,6 +472,9 @@ async def _compose(page: Page, to: str, subject: str, body: str) -> None:
     await page.locator("#composebody").fill(body)
     await page.get_by_role("button", name="Send").first.click()
     await expect(page.get_by_text("Message sent successfully")).to_be_visible(timeout=30_000)
+    # Roundcube goes back to the message list by itself 0.5 s after sending; a page
+    # opened before that would be cut off by its own navigation (net::ERR_ABORTED)
+    await page.wait_for_url(lambda url: "_action=compose" not in url, timeout=30_000)
 
 
 @pytest.mark.slow
