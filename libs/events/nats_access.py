@@ -52,6 +52,7 @@ HARNESS = "harness"  # tests and benchmarks only: every subject (never in a serv
 DEFAULT_STREAM = "HOMEPORT_EVENTS"
 DEFAULT_PREFIX = "hp.evt"
 IDENTITY_CHANGED = "hp.identity.changed"
+MAX_PAYLOAD = 4 * 1024 * 1024  # bytes of one NATS message (the server's default is 1 MiB)
 
 # What each service calls on the others: "<cmd|qry>.<service>.<name>". The gateway calls every
 # service ("*"). A call not listed here is refused by nats-server (a permissions violation:
@@ -88,7 +89,7 @@ CALLS: Mapping[str, tuple[str, ...]] = {
         "qry.identity.check_setup_token",
     ),
     "identity": (),
-    "firewall": (),
+    "firewall": ("cmd.identity.record_failure",),
     "mail": (
         "qry.identity.users",
         "qry.identity.groups",
@@ -173,8 +174,12 @@ def render_authorization(
         if user != HARNESS:
             entry["permissions"] = permissions(user, stream=stream, prefix=prefix)
         users.append(entry)
-    # nats-server's configuration format reads JSON values
-    return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
+    # nats-server's configuration format reads JSON values. max_payload: an imported block
+    # list (100,000 entries, libs/contracts/firewall.py) is one command of up to 3 MB.
+    return (
+        f"max_payload: {MAX_PAYLOAD}\n"
+        "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
+    )
 
 
 def ensure_credentials(directory: Path, users: Iterable[str]) -> dict[str, str]:

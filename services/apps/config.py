@@ -99,9 +99,6 @@ class AppsConfig(ServiceConfig):
     ready_timeout: float = field(default=300.0, metadata=check(_positive, "seconds > 0"))
     stats_interval: float = field(default=15.0, metadata=check(_positive, "seconds > 0"))
     platform_version: str = "0.1.0"
-    # iptables rules that keep app containers from link-local and loopback addresses
-    # (libs/egress.py); off only where something else owns the host's filter.
-    apps_egress_rules: bool = True
     # The zone of the automatic updates' nightly window (IANA name); empty: /etc/localtime.
     time_zone: str = field(
         default="", metadata=check(_time_zone, "an IANA time zone name such as Europe/Berlin")

@@ -1,8 +1,8 @@
 """The nftables adapter: the only module that runs `nft` (argv lists, scripts on stdin).
 
 `Nft` runs one command and turns a failure (nft missing, or nft refusing) into `NftError`.
-`BanSet` is the ban table on top of it: install it atomically, add bans, read what the kernel
-holds. It only ever touches its own table.
+`Table` is Homeport's table on top of it: apply a rendered ruleset atomically (checked first),
+add bans, read what the kernel holds. It only ever touches its own table.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import json
 from collections.abc import Sequence
 
 from services.firewall.errors import NftError
-from services.firewall.ruleset import ban_set, element, ruleset
+from services.firewall.ruleset import Opening, Rules, ban_set, element, render
 
-__all__ = ["BanSet", "Nft"]
+__all__ = ["BanSet", "Nft", "Table"]
 
 _SETS = ("banned4", "banned6")
 
@@ -46,18 +46,25 @@ class Nft:
         return out.decode()
 
 
-class BanSet:
-    """The kernel side of the bans: the table `inet <table>` and its two ban sets."""
+class Table:
+    """Homeport's table `inet <table>` in the kernel: replaced whole, bans added one by one."""
 
     def __init__(self, nft: Nft, table: str) -> None:
         self.nft = nft
         self.table = table
 
-    async def install(self) -> None:
-        """Check the table with `nft -c`, then replace it atomically (`nft -f`)."""
-        script = ruleset(self.table)
+    async def apply(self, script: str) -> None:
+        """Check `script` with `nft -c`, then apply it in one transaction (`nft -f`): a script
+        nft refuses changes nothing, and the table in force stays."""
         await self.nft.run("-c", "-f", "-", stdin=script)
         await self.nft.run("-f", "-", stdin=script)
+
+    async def install(self, rules: Rules | None = None) -> None:
+        """The whole table for `rules` (default: nothing open but SSH and the edge)."""
+        if rules is None:
+            host = (("ssh", 22), ("edge", 80), ("edge", 443))
+            rules = Rules(openings=tuple(Opening("tcp", port, what) for what, port in host))
+        await self.apply(render(self.table, rules))
 
     async def add(self, ip: str, seconds: int) -> None:
         """Drop `ip` for `seconds`; the kernel removes it from the set then."""
@@ -77,3 +84,6 @@ class BanSet:
                     if isinstance(elem, dict) and "elem" in elem:
                         out[str(elem["elem"]["val"])] = int(elem["elem"].get("timeout", 0))
         return out
+
+
+BanSet = Table  # the name the bans' code and tests knew it by

@@ -28,5 +28,5 @@ def netns(uniq: str) -> Iterator[str]:
 
 @pytest.fixture
 def ban_set(netns: str) -> BanSet:
-    """The ban table inside the test's namespace, as the service under test sees it."""
-    return BanSet(Nft(["ip", "netns", "exec", netns, "nft"]), "homeport_ban")
+    """Homeport's table inside the test's namespace, as the service under test sees it."""
+    return BanSet(Nft(["ip", "netns", "exec", netns, "nft"]), "homeport")
