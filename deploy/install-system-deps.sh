@@ -53,6 +53,7 @@ declare -A dev=(
   [npm]=npm
   [/usr/bin/chromium]=chromium  # the dashboard's browser tests (driven by Playwright)
   [swaks]=swaks  # an SMTP client for trying the mail servers by hand
+  [/usr/sbin/sshd]=openssh-server  # the firewall's tests run their own sshd (SSH bans)
 )
 if ((server)); then
   need[/usr/bin/unattended-upgrade]=unattended-upgrades  # Debian's security upgrades
@@ -96,4 +97,10 @@ if ((${#missing[@]})); then
   for unit in postgresql nats-server pdns nginx postfix dovecot rspamd; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
   done
+  # sshd only if this run installed it (its postinst starts it on port 22, with or without
+  # systemd): a machine's own sshd, maybe the way in, stays
+  if [[ " $pkgs " == *" openssh-server "* ]]; then
+    service ssh stop >/dev/null 2>&1 || true
+    systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+  fi
 fi

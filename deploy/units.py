@@ -207,6 +207,9 @@ READER_GROUPS: dict[str, tuple[str, ...]] = {
     "homeport-tls": ("certs", "gateway"),  # certificates and keys nginx serves
     "homeport-ipkeys": ("identity", "firewall"),  # the address keys the firewall reads
 }
+# Debian's own groups a unit's user also joins: the firewall reads sshd's entries in the journal
+# (failed SSH sign-ins, services/firewall/sshd.py).
+SYSTEM_GROUPS: dict[str, tuple[str, ...]] = {"firewall": ("systemd-journal",)}
 # The one user every service and the relay ran as before each had its own: the installer gives
 # what it owned to the new owners (deploy/ownership.py).
 SHARED_USER = PLATFORM_GROUP
@@ -453,7 +456,7 @@ def _service_spec(
         extra["loopback_only"] = False
         extra["syscall_deny"] = ("@privileged",)  # nginx raises its open-files limit
     elif m.name == "firewall":
-        env |= {"HP_FIREWALL_APPLY": "true"}
+        env |= {"HP_FIREWALL_APPLY": "true", "HP_FIREWALL_SSH_LOG": "journal"}
         extra = {
             "capabilities": ("CAP_NET_ADMIN",),
             "families": ("AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"),
@@ -657,7 +660,8 @@ def unit_groups(name: str) -> tuple[str, ...]:
     """The supplementary groups of unit `name`'s user."""
     if name in UNIT_USERS:
         return UNIT_USERS[name][1]
-    return (PLATFORM_GROUP, *(g for g, members in READER_GROUPS.items() if name in members))
+    readers = (g for g, members in READER_GROUPS.items() if name in members)
+    return (PLATFORM_GROUP, *readers, *SYSTEM_GROUPS.get(name, ()))
 
 
 def restore_marker(layout: Layout) -> Path:

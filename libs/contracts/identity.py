@@ -22,6 +22,7 @@ __all__ = [
     "MAX_ACCESS_USERS",
     "MAX_ADDRESS_VALUES",
     "MAX_INVITATION_GROUPS",
+    "SSH_FAILURE_REASONS",
     "USERNAME_PATTERN",
 ]
 
@@ -34,6 +35,9 @@ MAX_ACCESS_USERS = 1000
 MAX_ACCESS_GROUPS = 200
 MAX_ADDRESS_VALUES = 500
 MAIL_PROTOCOLS = ("imap", "smtp", "managesieve")
+# Failed SSH sign-ins the firewall reads in sshd's log (services/firewall/sshd.py says which
+# lines count as which).
+SSH_FAILURE_REASONS = ("ssh_password", "ssh_invalid_user", "ssh_preauth", "ssh_max_tries")
 
 _USERNAME = string(
     maxLength=32,
@@ -159,6 +163,17 @@ CONTRACT = Contract(
                 ),
             },
             required=["username", "password", "ip", "protocol"],
+        ),
+        # a failed sign-in another surface saw (sshd, read by the firewall; actor "system"
+        # only): recorded like the dashboard's, from that address, for the firewall's bans
+        "record_failure": obj(
+            {
+                "ip": string(maxLength=64, description="the client's IPv4 or IPv6 address"),
+                "reason": string(
+                    enum=list(SSH_FAILURE_REASONS), description="what the client failed at"
+                ),
+            },
+            required=["ip", "reason"],
         ),
         "logout": obj({"session": _SESSION}, required=["session"]),
         "revoke_session": obj(

@@ -407,7 +407,7 @@ class Queries:
         self,
         pool: asyncpg.Pool,
         *,
-        rules: Callable[[], Any],
+        rules: Callable[..., Any],
         applied: Callable[[], dict[str, Any]],
         clock: Clock = _utcnow,
     ) -> None:

@@ -65,7 +65,7 @@ class Enforcer:
         self,
         table: Table,
         pool: asyncpg.Pool,
-        rules: Callable[[], Any],
+        rules: Callable[..., Any],
         *,
         every: float = 1.0,
         clock: Clock = utcnow,

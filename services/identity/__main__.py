@@ -1,5 +1,5 @@
-"""python -m services.identity: accounts, sessions, the LDAP endpoint for apps and the check of
-mail clients' passwords for the mail service.
+"""python -m services.identity: accounts, sessions, the LDAP endpoint for apps, the check of
+mail clients' passwords for the mail service and the failed SSH sign-ins the firewall records.
 
 The LDAP endpoint listens on HP_LDAP_HOST:HP_LDAP_PORT. In production those are the app
 networks' gateway addresses (set by the apps side, which creates the networks) and a fixed
@@ -26,6 +26,7 @@ from services.identity.addresses import Addresses
 from services.identity.clock import Clock, utcnow
 from services.identity.config import IdentityConfig
 from services.identity.directory import IdentityDirectory
+from services.identity.failures import Failures
 from services.identity.groups import Groups
 from services.identity.housekeeping import Housekeeping
 from services.identity.ldap_apps import LdapApps, endpoint
@@ -88,7 +89,8 @@ async def _parts(cfg: IdentityConfig, clock: Clock, svc: Service) -> AsyncIterat
         limit = cfg.signin_account_limit
         directory = IdentityDirectory(store, passwords, account_limit=limit, clock=clock)
         async with endpoint(svc, cfg, directory) as ldap:
-            handlers = (users, sessions, whoami, signin, mail, mfa, groups, LdapApps(store, ldap))
+            apps = LdapApps(store, ldap)
+            handlers = (users, sessions, whoami, signin, mail, Failures(store), mfa, groups, apps)
             async with serve(svc, conn.nc, CONTRACT, *handlers, addresses):
                 chores = Housekeeping((sessions.prune, signin.prune, groups.prune, addresses.prune))
                 async with loop(svc, "identity.prune", chores.run(), chores.stop):

@@ -174,10 +174,13 @@ class SessionEnded:
 @REGISTRY.event("LoginFailed")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoginFailed:
-    user_id: str | None  # None: no account has that name (the name itself is not kept)
+    user_id: str | None  # None: no account has that name, or ssh_* (the name itself is not kept)
     ip: str | None  # sealed to its week's key (addresses.py); the activity log shows meta.ip
-    reason: str  # password | unknown_user | disabled | limited | current_password | ldap_* | mail_*
+    # password | unknown_user | disabled | limited | current_password | ldap_* | mail_* | ssh_*
+    reason: str
 
     def summary(self) -> str:
+        if self.reason.startswith("ssh_"):  # the name an SSH client tried is not kept
+            return f"failed SSH sign-in ({self.reason})"
         who = f"account {_short(self.user_id)}" if self.user_id else "an unknown name"
         return f"failed sign-in for {who} ({self.reason})"
