@@ -456,7 +456,21 @@ def _service_spec(
         extra["loopback_only"] = False
         extra["syscall_deny"] = ("@privileged",)  # nginx raises its open-files limit
     elif m.name == "firewall":
-        env |= {"HP_FIREWALL_APPLY": "true", "HP_FIREWALL_SSH_LOG": "journal"}
+        mail_apps = ("sendmail=2525", "mailclient=2525", "mailclient=1143", "mailclient=4191")
+        env |= {
+            "HP_FIREWALL_APPLY": "true",
+            "HP_FIREWALL_SSH_LOG": "journal",
+            "HP_FIREWALL_EDGE_PORTS": "80,443",
+            # what apps may reach on the services network's address, per addon (rules.py)
+            "HP_FIREWALL_SERVICES_GATEWAY": SERVICES_GATEWAY,
+            "HP_FIREWALL_ADDON_PORTS": ",".join(
+                (
+                    f"postgresql={PORTS['addon-postgres']}",
+                    f"ldap={PORTS['ldap']}",
+                    *mail_apps,  # the mail service's defaults for apps (HP_MAIL_APPS_*)
+                )
+            ),
+        }
         extra = {
             "capabilities": ("CAP_NET_ADMIN",),
             "families": ("AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"),
@@ -520,9 +534,16 @@ def _service_spec(
         }
         extra = {
             # after the addon server (stopped before it), not wanting it: it runs on demand
-            "after": (*servers, relay, unit_name("addon-postgres"), "docker.service"),
+            # after the firewall: it keeps the container egress floor (libs/egress.py)
+            "after": (
+                *servers,
+                relay,
+                unit_name("addon-postgres"),
+                unit_name("firewall"),
+                "docker.service",
+            ),
             "requires": (*servers, "docker.service"),
-            "wants": (relay,),
+            "wants": (relay, unit_name("firewall")),
             "writes": (
                 own,
                 *keys,
@@ -531,14 +552,8 @@ def _service_spec(
                 data / ADDON_PG_HBA_DIR,
             ),
             # volumes keep their files' owners and modes (chown, fowner, dac_override); the
-            # egress rules are iptables rules (net_admin, net_raw).
-            "capabilities": (
-                "CAP_CHOWN",
-                "CAP_FOWNER",
-                "CAP_DAC_OVERRIDE",
-                "CAP_NET_ADMIN",
-                "CAP_NET_RAW",
-            ),
+            # egress rules are the firewall's now, so no packet-filter capability here
+            "capabilities": ("CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE"),
             "families": ("AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"),
             "loopback_only": False,
             # the runtime sets up a new volume's folder (owner, mode) where dockerd keeps it

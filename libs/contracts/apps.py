@@ -49,6 +49,22 @@ _ENV_CHANGES = {
     "additionalProperties": nullable(_ENV_VALUE),
     "description": "NAME: value sets one, NAME: null removes one; variables not named are kept",
 }
+# Names (a manifest's tcpPorts/udpPorts keys) are checked by the service against the app's
+# manifest; a name left out at install takes the manifest's defaultHostPort.
+_HOST_PORT = integer(minimum=1, maximum=65535, description="a port on the server, 1 to 65535")
+
+
+def _host_ports(protocol: str, left_out: str) -> dict[str, object]:
+    return nullable(
+        {
+            "type": "object",
+            "additionalProperties": _HOST_PORT,
+            "description": f"the server's {protocol.upper()} port for each of the manifest's"
+            f" {protocol}Ports, NAME: port ({left_out})",
+        }
+    )
+
+
 _LOCATION = location(
     description="a DNS label: 1 to 63 lower-case letters, digits or '-', not starting or"
     " ending with '-'"
@@ -79,6 +95,8 @@ CONTRACT = Contract(
                 "access": _ACCESS,
                 "memory_bytes": nullable(memory()),
                 "env": _ENV,
+                "tcp_ports": _host_ports("tcp", "a name left out takes its defaultHostPort"),
+                "udp_ports": _host_ports("udp", "a name left out takes its defaultHostPort"),
                 "from_snapshot": uuid(
                     description="the id of a snapshot folder the backup service put under"
                     " <snapshots>/incoming/: the new app starts with its data"
@@ -93,6 +111,8 @@ CONTRACT = Contract(
                 "access": _ACCESS,
                 "memory_bytes": nullable(memory()),
                 "env": _ENV_CHANGES,
+                "tcp_ports": _host_ports("tcp", "names left out keep their port; null: unchanged"),
+                "udp_ports": _host_ports("udp", "names left out keep their port; null: unchanged"),
             },
             required=["app_id"],
         ),
@@ -103,7 +123,14 @@ CONTRACT = Contract(
         "approve_update": _APP,
         "restore": _SNAPSHOT,
         "clone": obj(
-            {"app_id": _APP_ID, "location": _LOCATION, "domain": _DOMAIN},
+            {
+                "app_id": _APP_ID,
+                "location": _LOCATION,
+                "domain": _DOMAIN,
+                # as at install: the source keeps its ports, so a copy needs others
+                "tcp_ports": _host_ports("tcp", "a name left out takes its defaultHostPort"),
+                "udp_ports": _host_ports("udp", "a name left out takes its defaultHostPort"),
+            },
             required=["app_id", "location"],
         ),
         "uninstall": _APP,

@@ -3,7 +3,8 @@
 The payload's shape is checked by the bus against libs/contracts/apps.py before a handler
 runs; the rules here need the catalog or the app's state (a reserved or taken location, an
 env name the platform sets or the container needs, a domain that is not the platform's, who may
-open a single-user app). A request is checked before it is refused as busy: a wrong one gets
+open a single-user app, a host port the manifest does not declare, the platform's or another
+app's). A request is checked before it is refused as busy: a wrong one gets
 400 naming its field, also while the app is busy. A lifecycle command records its
 request (and starts the task that reports its progress) and returns at once with
 `{app_id, task_id}`; the driver (services/apps/operations/) does the work in the background.
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from libs.contracts.common import MAX_ENV, RESERVED_LOCATIONS, env_name_problem
+from libs.contracts.firewall import PLATFORM_PORTS
 from libs.events import context
 from libs.events.envelope import uuid7
 from libs.events.handlers import command
@@ -35,6 +37,7 @@ from services.apps.errors import (
     LocationTaken,
     OperationFailed,
     PeerUnavailable,
+    PortTaken,
 )
 from services.apps.health import Restarts
 from services.apps.manifest import Manifest
@@ -109,6 +112,94 @@ def _access(
     return {"all_users": all_users, **lists}
 
 
+# What the platform's own TCP ports are for (libs/contracts/firewall.py PLATFORM_PORTS).
+_PLATFORM_USES = {
+    22: "SSH",
+    202: "SSH",
+    80: "the edge's HTTP",
+    443: "the edge's HTTPS",
+    25: "mail (SMTP)",
+    465: "mail (submissions)",
+    587: "mail (submission)",
+    993: "mail (IMAPS)",
+    4190: "mail (ManageSieve)",
+}
+PROTOCOLS = ("tcp", "udp")
+# protocol -> {manifest port name: host port}; None: unchanged (configure)
+HostPorts = dict[str, dict[str, int] | None]
+
+
+def _host_ports(
+    payload: Mapping[str, Any],
+    manifest: Manifest,
+    current: Mapping[str, Mapping[str, int]] | None = None,
+) -> HostPorts:
+    """The host ports of `tcp_ports` / `udp_ports` (NAME: port; the contract checked each is
+    1-65535). Install and clone (`current` None): every port the manifest declares, a name left
+    out at its defaultHostPort. Configure: the app's `current` ports with the ones named
+    changed; None when the field is left out or changes nothing. Each port once per protocol,
+    no TCP port of the platform's own; whose ports are taken is `_ports_free`'s to say."""
+    out: HostPorts = {}
+    for protocol in PROTOCOLS:
+        field = f"{protocol}_ports"
+        given: dict[str, int] = dict(payload.get(field) or {})
+        declared = manifest.ports_of(protocol)
+        for name in given:
+            if name not in declared:
+                where = f"{field}.{name[:64]}"
+                known = ", ".join(declared) or "none"
+                raise InvalidRequest(
+                    f"{where}: {manifest.title} has no {protocol.upper()} port called"
+                    f" {name[:64]!r} (its {field}: {known})",
+                    field=where,
+                )
+        if current is not None:
+            if payload.get(field) is None:
+                out[protocol] = None
+                continue
+            kept = {n: p for n, p in current[protocol].items() if n in declared and n not in given}
+            ports = {**kept, **given}
+            out[protocol] = None if ports == dict(current[protocol]) else ports
+        else:
+            kept = {}
+            for name, spec in declared.items():
+                if name not in given and spec.default_host_port is None:
+                    raise InvalidRequest(
+                        f"{field}.{name}: choose the server's port for {spec.title or name}"
+                        f" (container port {spec.container_port}/{protocol}); {manifest.title}"
+                        " suggests none",
+                        field=f"{field}.{name}",
+                    )
+                if name not in given and spec.default_host_port is not None:
+                    kept[name] = spec.default_host_port
+            ports = {**kept, **given}
+            out[protocol] = ports
+        _each_once(ports, kept, field)
+        if protocol == "tcp":
+            for name, port in sorted(ports.items()):
+                if port in PLATFORM_PORTS:
+                    use = _PLATFORM_USES.get(port, "its own services")
+                    raise InvalidRequest(
+                        f"{field}.{name}: port {port}/tcp is the platform's own, for {use};"
+                        " choose another",
+                        field=f"{field}.{name}",
+                    )
+    return out
+
+
+def _each_once(ports: Mapping[str, int], kept: Mapping[str, int], field: str) -> None:
+    """One name per port: the one asked for second (after those kept) is named."""
+    seen: dict[int, str] = {}
+    for name in [*sorted(kept), *sorted(n for n in ports if n not in kept)]:
+        port = ports[name]
+        if port in seen:
+            raise InvalidRequest(
+                f"{field}.{name}: port {port} is also {field}.{seen[port]}'s; give each port once",
+                field=f"{field}.{name}",
+            )
+        seen[port] = name
+
+
 class Commands:
     """The command side: each `@command` method is one bus command of the apps service."""
 
@@ -166,7 +257,13 @@ class Commands:
             target=ev.app_stream(app_id),
         )
 
-    async def _record(self, s: AppState, new: list[Any], task: Task | None = None) -> None:
+    async def _record(
+        self,
+        s: AppState,
+        new: list[Any],
+        task: Task | None = None,
+        ports: HostPorts | None = None,
+    ) -> None:
         try:
             await self.apps.append(s.app_id, new, s.version)
         except ChangedMeanwhile:
@@ -176,6 +273,12 @@ class Commands:
         except LocationTaken:
             if task is not None:
                 await task.fail("that location is taken", "location_taken")
+            raise
+        except PortTaken:  # another app took one of them at the same time (apps.ports)
+            if task is not None:
+                await task.fail("a port asked for is taken", "port_taken")
+            if ports is not None:
+                await self._ports_free(s.app_id, ports)  # names the port and who has it
             raise
 
     async def _location_free(self, domain: str, location: str, app_id: str | None = None) -> None:
@@ -188,6 +291,44 @@ class Commands:
         )
         if taken is not None and taken != app_id:
             raise LocationTaken(f"{location}.{domain} is taken by another app")
+
+    async def _ports_free(self, app_id: str, ports: HostPorts) -> None:
+        """A clear refusal naming the port and the app that has it (or is taking it: a pending
+        install or configuration), or whose edge port it is; the primary key of apps.ports
+        decides a race (services/apps/projections.py)."""
+        asked = {p: ports[p] or {} for p in PROTOCOLS}
+        if not any(asked.values()):
+            return
+        rows = await self.apps.store.pool.fetch(
+            "SELECT p.protocol, p.host_port, a.location, a.domain FROM apps.ports p"
+            " JOIN apps.apps a ON a.app_id = p.app_id WHERE p.app_id <> $1::uuid"
+            " AND ((p.protocol = 'tcp' AND p.host_port = ANY($2::int[]))"
+            " OR (p.protocol = 'udp' AND p.host_port = ANY($3::int[])))",
+            app_id,
+            list(asked["tcp"].values()),
+            list(asked["udp"].values()),
+        )
+        holders = {
+            (r["protocol"], r["host_port"]): f"the app at {r['location']}.{r['domain']}"
+            for r in rows
+        }
+        edges = await self.apps.store.pool.fetch(
+            "SELECT http_port, location, domain, app_id::text FROM apps.apps"
+            " WHERE state <> 'uninstalled' AND http_port = ANY($1::int[])",
+            list(asked["tcp"].values()),
+        )
+        for r in edges:  # the edge reaches that app on 127.0.0.1:<http_port>
+            whose = "this app" if r["app_id"] == app_id else f"{r['location']}.{r['domain']}"
+            holders.setdefault(("tcp", r["http_port"]), f"the edge's way to {whose}")
+        for protocol in PROTOCOLS:
+            for name, port in sorted(asked[protocol].items()):
+                holder = holders.get((protocol, port))
+                if holder is not None:
+                    field = f"{protocol}_ports.{name}"
+                    raise PortTaken(
+                        f"{field}: port {port}/{protocol} is taken by {holder}; choose another",
+                        field=field,
+                    )
 
     async def _domain(self, domain: str) -> str:
         """`domain` if it is one of the platform's: the local (or default) domain, or one the
@@ -241,10 +382,12 @@ class Commands:
         access = _access(payload.get("access"), manifest)
         memory = payload.get("memory_bytes") or manifest.memory_limit
         env = _env_changes(payload.get("env", {}))
+        ports = _host_ports(payload, manifest)
         domain = await self._domain(payload.get("domain") or self.cfg.default_domain)
         self._platform_ok(manifest)
         await self._location_free(domain, location)
         app_id = str(uuid.uuid4())
+        await self._ports_free(app_id, ports)
         task = await self._start_task("install", f"Install {manifest.title}", app_id)
         sealed = {k: self._seal(app_id, v) for k, v in env.items() if v is not None}
         request = ev.AppInstallRequested(
@@ -258,8 +401,10 @@ class Commands:
             env=sealed,
             task_id=task.id,
             from_snapshot=seed,
+            tcp_ports=ports["tcp"] or {},
+            udp_ports=ports["udp"] or {},
         )
-        await self._record(AppState(app_id), [request], task)
+        await self._record(AppState(app_id), [request], task, ports)
         self.driver.kick(app_id)
         return {"app_id": app_id, "task_id": task.id}
 
@@ -271,10 +416,12 @@ class Commands:
         domain = source.domain
         if payload.get("domain"):
             domain = await self._domain(payload["domain"])
+        ports = _host_ports(payload, manifest)
         if source.state is not State.installed:
             raise AppConflict(f"only an installed app can be cloned (it is {source.state.value})")
         await self._location_free(domain, location)
         app_id = str(uuid.uuid4())
+        await self._ports_free(app_id, ports)
         task = await self._start_task("install", f"Clone {manifest.title} to {location}", app_id)
         env = {k: self._seal(app_id, self.keys.unseal_str(v)) for k, v in source.env.items()}
         request = ev.AppInstallRequested(
@@ -288,8 +435,10 @@ class Commands:
             env=env,
             task_id=task.id,
             clone_of=source.app_id,
+            tcp_ports=ports["tcp"] or {},
+            udp_ports=ports["udp"] or {},
         )
-        await self._record(AppState(app_id), [request], task)
+        await self._record(AppState(app_id), [request], task, ports)
         self.driver.kick(app_id)
         return {"app_id": app_id, "task_id": task.id}
 
@@ -307,13 +456,19 @@ class Commands:
             memory = payload["memory_bytes"] or manifest.memory_limit
         changes = _env_changes(payload["env"]) if "env" in payload else {}
         env = self._merged_env(s, changes) if changes else None
-        if location is None and access is None and memory is None and env is None:
-            raise InvalidRequest("nothing to change: give location, access, memory_bytes or env")
+        ports = _host_ports(payload, manifest, {"tcp": s.tcp_ports, "udp": s.udp_ports})
+        unchanged = ports["tcp"] is None and ports["udp"] is None
+        if location is None and access is None and memory is None and env is None and unchanged:
+            raise InvalidRequest(
+                "nothing to change: give location, access, memory_bytes, env, tcp_ports or"
+                " udp_ports"
+            )
         self._idle(s, "change its settings")
         if s.state is not State.installed:
             raise AppConflict(f"the app is {s.state.value}: repair or uninstall it first")
         if location is not None:
             await self._location_free(s.domain, location, s.app_id)
+        await self._ports_free(s.app_id, ports)
         task = await self._start_task("configure", f"Configure {manifest.title}", s.app_id)
         request = ev.AppConfigureRequested(
             app_id=s.app_id,
@@ -322,8 +477,10 @@ class Commands:
             access=access,
             memory_bytes=memory,
             env=env,
+            tcp_ports=ports["tcp"],
+            udp_ports=ports["udp"],
         )
-        await self._record(s, [request], task)
+        await self._record(s, [request], task, ports)
         self.driver.kick(s.app_id)
         return {"app_id": s.app_id, "task_id": task.id}
 

@@ -19,6 +19,7 @@ __all__ = [
     "NotAdmin",
     "OperationFailed",
     "PeerUnavailable",
+    "PortTaken",
 ]
 
 
@@ -43,6 +44,16 @@ class LocationTaken(AppConflict):
 
     def __init__(self, message: str = "that location is taken on this domain") -> None:
         super().__init__(message, field="location")
+
+
+class PortTaken(AppConflict):
+    """Another app has (or is taking) the host port; `field` names the request's port
+    (`tcp_ports.<NAME>`) once the command knows which one it was."""
+
+    def __init__(
+        self, message: str = "a host port asked for is another app's", field: str | None = None
+    ) -> None:
+        super().__init__(message, field=field)
 
 
 class ChangedMeanwhile(AppConflict):

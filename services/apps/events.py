@@ -11,7 +11,7 @@ Credentials and environment values are sealed with the app's own key (subject `a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from libs.events.registry import REGISTRY
@@ -79,6 +79,10 @@ class AppInstallRequested:
     snapshot_id: str | None = None
     # a snapshot folder under <snapshots>/incoming/ (a backup) that seeds this one
     from_snapshot: str | None = None
+    # the server's ports the app publishes: manifest port name -> host port (every one of the
+    # manifest's tcpPorts / udpPorts), each on all IPv4 addresses
+    tcp_ports: dict[str, int] = field(default_factory=dict)
+    udp_ports: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         return f"install of {self.manifest_id} {self.version} at {self.location} requested"
@@ -142,6 +146,9 @@ class AppConfigureRequested:
     access: dict[str, Any] | None
     memory_bytes: int | None
     env: dict[str, str] | None  # the whole new set, values sealed
+    # the whole new set of host ports (name -> port), or None: unchanged
+    tcp_ports: dict[str, int] | None = None
+    udp_ports: dict[str, int] | None = None
 
     def summary(self) -> str:
         return f"app {_short(self.app_id)}: configuration change requested"

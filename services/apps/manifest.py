@@ -134,6 +134,10 @@ class Manifest:
     update_needs_approval: bool = False
     sign_in: str = "edge"  # one of SIGN_IN
 
+    def ports_of(self, protocol: str) -> dict[str, PortSpec]:
+        """tcpPorts (protocol "tcp") or udpPorts ("udp") by name."""
+        return {p.name: p for p in (self.tcp_ports if protocol == "tcp" else self.udp_ports)}
+
     def to_json(self) -> dict[str, Any]:
         """The manifest as JSON (defaults filled in); `parse_manifest` of it gives it back."""
         out: dict[str, Any] = {

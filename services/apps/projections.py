@@ -2,9 +2,10 @@
 
 Commands append and apply in one transaction (libs/events/inline.py), so the primary key of
 `apps.locations` (domain, location) refuses a second app at a location another holds (its own,
-or one a configuration of it moves to) in the transaction that would have recorded it. A row is
-the fold of its stream (services/apps/state.py): the same function decides what a resumed
-operation does and what users see, so the two cannot disagree.
+or one a configuration of it moves to) in the transaction that would have recorded it, and the
+primary key of `apps.ports` (protocol, host port) a second app on a host port another holds.
+A row is the fold of its stream (services/apps/state.py): the same function decides what a
+resumed operation does and what users see, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from libs.events.store import read_stream_on
 from services.apps.events import APP_CATEGORY
 from services.apps.state import AppState, fold
 
-__all__ = ["AppsProjection", "hold_locations", "upsert_row"]
+__all__ = ["AppsProjection", "hold_locations", "hold_ports", "upsert_row"]
 
 
 @register_projection
@@ -39,7 +40,7 @@ class AppsProjection(Projection):
         return event.category == APP_CATEGORY
 
     async def reset(self, conn: asyncpg.Connection) -> None:
-        await conn.execute("TRUNCATE apps.apps, apps.snapshots, apps.locations")
+        await conn.execute("TRUNCATE apps.apps, apps.snapshots, apps.locations, apps.ports")
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
         last: dict[str, RecordedEvent] = {}
@@ -72,11 +73,12 @@ class AppsProjection(Projection):
             states.append(state)
         # Every app's old holds go before any new one is taken: in a batch of a rebuild, an
         # app may take a location another app of the same batch left.
-        await conn.execute(
-            "DELETE FROM apps.locations WHERE app_id = ANY($1::uuid[])", [s.app_id for s in states]
-        )
+        ids = [s.app_id for s in states]
+        await conn.execute("DELETE FROM apps.locations WHERE app_id = ANY($1::uuid[])", ids)
+        await conn.execute("DELETE FROM apps.ports WHERE app_id = ANY($1::uuid[])", ids)
         for state in states:
             await hold_locations(conn, state)
+            await hold_ports(conn, state)
 
 
 async def hold_locations(conn: asyncpg.Connection, s: AppState) -> None:
@@ -87,6 +89,18 @@ async def hold_locations(conn: asyncpg.Connection, s: AppState) -> None:
             "INSERT INTO apps.locations (domain, location, app_id) VALUES ($1, $2, $3)",
             s.domain,
             location,
+            s.app_id,
+        )
+
+
+async def hold_ports(conn: asyncpg.Connection, s: AppState) -> None:
+    """Take the host ports the app holds (services/apps/state.py); a port another app holds
+    fails the transaction on the primary key `apps_port_held`."""
+    for protocol, port in sorted(s.held_ports):
+        await conn.execute(
+            "INSERT INTO apps.ports (protocol, host_port, app_id) VALUES ($1, $2, $3)",
+            protocol,
+            port,
             s.app_id,
         )
 
@@ -103,9 +117,10 @@ async def upsert_row(
         """
         INSERT INTO apps.apps (app_id, manifest_id, version, location, domain, access,
             memory_bytes, state, running, health, error, task_id, operation, awaiting_approval,
-            target_version, clone_of, stream_version, created_at, updated_at, http_port)
+            target_version, clone_of, stream_version, created_at, updated_at, http_port,
+            tcp_ports, udp_ports)
         VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-            $17, $18, $19, $20)
+            $17, $18, $19, $20, $21::jsonb, $22::jsonb)
         ON CONFLICT (app_id) DO UPDATE SET manifest_id = EXCLUDED.manifest_id,
             version = EXCLUDED.version, location = EXCLUDED.location, domain = EXCLUDED.domain,
             access = EXCLUDED.access, memory_bytes = EXCLUDED.memory_bytes,
@@ -114,7 +129,8 @@ async def upsert_row(
             awaiting_approval = EXCLUDED.awaiting_approval,
             target_version = EXCLUDED.target_version, clone_of = EXCLUDED.clone_of,
             stream_version = EXCLUDED.stream_version, updated_at = EXCLUDED.updated_at,
-            http_port = EXCLUDED.http_port
+            http_port = EXCLUDED.http_port, tcp_ports = EXCLUDED.tcp_ports,
+            udp_ports = EXCLUDED.udp_ports
         """,
         s.app_id,
         s.manifest_id,
@@ -136,4 +152,6 @@ async def upsert_row(
         created_at,
         updated_at,
         s.http_host_port,
+        json.dumps(s.tcp_ports),
+        json.dumps(s.udp_ports),
     )

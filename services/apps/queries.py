@@ -59,14 +59,47 @@ def manifest_view(m: Manifest, versions: list[str] | None = None) -> dict[str, A
         "update_needs_approval": m.update_needs_approval,
         "min_platform_version": str(m.min_platform_version) if m.min_platform_version else None,
         "has_icon": m.icon is not None,
+        "ports": [
+            {
+                "name": p.name,
+                "protocol": protocol,
+                "container_port": p.container_port,
+                "title": p.title,
+                "default_host_port": p.default_host_port,
+            }
+            for protocol, specs in (("tcp", m.tcp_ports), ("udp", m.udp_ports))
+            for p in specs
+        ],
     }
     if versions is not None:
         view["versions"] = versions
     return view
 
 
-def app_view(r: asyncpg.Record, https_port: int = 443) -> dict[str, Any]:
-    """What users see of an installed app."""
+def ports_view(r: asyncpg.Record, manifest: Manifest | None) -> list[dict[str, Any]]:
+    """The server's ports the app publishes, with what the manifest says of each (its
+    container port and title; None when the catalog no longer has the app's version)."""
+    out = []
+    for protocol in ("tcp", "udp"):
+        declared = {} if manifest is None else manifest.ports_of(protocol)
+        for name, port in sorted(json.loads(r[f"{protocol}_ports"]).items()):
+            spec = declared.get(name)
+            out.append(
+                {
+                    "name": name,
+                    "protocol": protocol,
+                    "container_port": spec.container_port if spec else None,
+                    "host_port": port,
+                    "title": spec.title if spec else "",
+                }
+            )
+    return out
+
+
+def app_view(
+    r: asyncpg.Record, https_port: int = 443, manifest: Manifest | None = None
+) -> dict[str, Any]:
+    """What users see of an installed app (`manifest`: its version's, for its ports)."""
     return {
         "app_id": str(r["app_id"]),
         "manifest_id": r["manifest_id"],
@@ -86,6 +119,7 @@ def app_view(r: asyncpg.Record, https_port: int = 443) -> dict[str, Any]:
         "target_version": r["target_version"],
         "clone_of": str(r["clone_of"]) if r["clone_of"] else None,
         "http_port": r["http_port"],
+        "ports": ports_view(r, manifest),
         "created_at": r["created_at"].isoformat(),
         "updated_at": r["updated_at"].isoformat(),
     }
@@ -117,6 +151,14 @@ class Queries:
 
     def _container(self, app_id: str) -> str:
         return Names(self.cfg.name_prefix, app_id).container
+
+    def _manifest(self, r: asyncpg.Record) -> Manifest | None:
+        """The manifest of the app's version, if the catalog still has it."""
+        try:
+            entry = self.catalog.entry(r["manifest_id"], r["version"], include_prereleases=True)
+        except CatalogError:
+            return None
+        return entry.manifest
 
     @query("catalog")
     async def catalog_search(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -180,7 +222,8 @@ class Queries:
         if not caller.is_admin and not caller.is_gateway_itself:
             groups = await self.peers.group_ids(caller.actor)
             rows = [r for r in rows if _may_open(json.loads(r["access"]), caller.actor, groups)]
-        return {"items": [app_view(r, self.cfg.edge_https_port) for r in rows]}
+        port = self.cfg.edge_https_port
+        return {"items": [app_view(r, port, self._manifest(r)) for r in rows]}
 
     @query("app")
     async def app(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,7 +234,7 @@ class Queries:
         )
         if row is None:
             raise AppNotFound(f"no app {app_id}", field="app_id")
-        view = app_view(row, self.cfg.edge_https_port)
+        view = app_view(row, self.cfg.edge_https_port, self._manifest(row))
         # the names only: values are sealed and never leave the service
         view["env_names"] = sorted((await self.apps.load(app_id)).env)
         state = await self.runtime.state(self._container(app_id))

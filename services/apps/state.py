@@ -74,6 +74,9 @@ class AppState:
     seed_snapshot: str | None = None
     from_snapshot: str | None = None  # an install seeded by a backup (<snapshots>/incoming/)
     http_host_port: int | None = None  # where the edge reaches the app (127.0.0.1:<port>)
+    # the server's ports the app publishes (all IPv4 addresses): manifest port name -> port
+    tcp_ports: dict[str, int] = field(default_factory=dict)
+    udp_ports: dict[str, int] = field(default_factory=dict)
     # The last operation that ended well (its outcome recorded): its task may still have to
     # say so, if the service stopped in between (services/apps/operations/driver.py).
     done: Operation | None = None
@@ -102,6 +105,22 @@ class AppState:
         for op in (self.operation, self.failed):
             if op is not None and op.kind == "configure" and op.detail.get("location"):
                 held.add(str(op.detail["location"]))
+        return frozenset(held)
+
+    @property
+    def held_ports(self) -> frozenset[tuple[str, int]]:
+        """The (protocol, host port) pairs the app holds: its own, and from the moment a
+        configuration that changes them is accepted until it ends, the new ones too (also
+        while that configuration failed and waits for a repair). None once uninstalled."""
+        if self.version == 0 or self.state is State.uninstalled:
+            return frozenset()
+        held = {("tcp", p) for p in self.tcp_ports.values()}
+        held |= {("udp", p) for p in self.udp_ports.values()}
+        for op in (self.operation, self.failed):
+            if op is not None and op.kind == "configure":
+                for protocol in ("tcp", "udp"):
+                    ports = op.detail.get(f"{protocol}_ports") or {}
+                    held |= {(protocol, int(p)) for p in ports.values()}
         return frozenset(held)
 
 
@@ -136,6 +155,8 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
             clone_of=d.get("clone_of"),
             seed_snapshot=d.get("snapshot_id") or d.get("from_snapshot"),
             from_snapshot=d.get("from_snapshot"),
+            tcp_ports=dict(d.get("tcp_ports") or {}),
+            udp_ports=dict(d.get("udp_ports") or {}),
         )
     if type_ == "AppStepCompleted" and op is not None:
         detail = {**op.detail, **d.get("detail", {})}
@@ -178,6 +199,8 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
             access=det.get("access") if det.get("access") is not None else s.access,
             memory_bytes=det.get("memory_bytes") or s.memory_bytes,
             env=det.get("env") if det.get("env") is not None else s.env,
+            tcp_ports=det["tcp_ports"] if det.get("tcp_ports") is not None else s.tcp_ports,
+            udp_ports=det["udp_ports"] if det.get("udp_ports") is not None else s.udp_ports,
         )
     if type_ == "AppRunStateChanged":
         return replace(s, running=d["running"])

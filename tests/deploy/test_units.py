@@ -63,7 +63,7 @@ EXPOSURE_MAX = {
     "homeport-firewall.service": 1.7,  # 1.6: CAP_NET_ADMIN, netlink
     "homeport-backup.service": 1.8,  # 1.7: CAP_DAC_READ_SEARCH, any address (S3)
     "homeport-gateway.service": 1.8,  # 1.7: CAP_NET_BIND_SERVICE, any address (80/443)
-    "homeport-apps.service": 2.4,  # 2.3: docker group, chown/fowner/dac_override, iptables
+    "homeport-apps.service": 2.4,  # 2.3 with iptables; docker group, chown/fowner/dac_override
     # root, as Postfix's and Dovecot's masters need (deploy/units.py says why, item by item):
     # setuid/setgid, chown/fowner/dac_override, kill, chroot; any address; W+X (rspamd's LuaJIT)
     "homeport-mail.service": 3.0,  # 2.9 (2.7 under systemd 252 in the box)

@@ -19,7 +19,7 @@ from services.apps.base_image import ensure_base_image, ensure_busybox_image
 from services.apps.catalog import CatalogEntry
 from services.apps.container import APP_OWNER, ContainerSpec
 from services.apps.errors import OperationFailed
-from services.apps.manifest import Manifest
+from services.apps.manifest import Manifest, PortSpec
 from services.apps.names import image_tag
 from services.apps.operations.base import Detail, Tools
 from services.apps.state import AppState, app_origin
@@ -147,6 +147,12 @@ def _env(t: Tools, s: AppState) -> dict[str, str]:
     return env
 
 
+def _published(ports: tuple[PortSpec, ...], chosen: Mapping[str, int]) -> dict[int, int]:
+    """Container port -> the host port the app has for it; a manifest port the app has none
+    for (one a newer version added, until the app is configured) is not published."""
+    return {p.container_port: int(chosen[p.name]) for p in ports if p.name in chosen}
+
+
 def _spec(t: Tools, s: AppState, manifest: Manifest, env: Mapping[str, str]) -> ContainerSpec:
     names = t.names(s.app_id)
     return ContainerSpec(
@@ -159,8 +165,8 @@ def _spec(t: Tools, s: AppState, manifest: Manifest, env: Mapping[str, str]) -> 
         run_as_root=manifest.run_as_root,
         http_port=manifest.http_port,
         http_host_port=s.http_host_port,
-        tcp_ports={p.container_port: p.container_port for p in manifest.tcp_ports},
-        udp_ports={p.container_port: p.container_port for p in manifest.udp_ports},
+        tcp_ports=_published(manifest.tcp_ports, s.tcp_ports),
+        udp_ports=_published(manifest.udp_ports, s.udp_ports),
         data_volume=names.volume if "localstorage" in manifest.addons else None,
         labels={
             "homeport.app": s.app_id,
@@ -176,7 +182,7 @@ async def create_container(t: Tools, s: AppState, manifest: Manifest) -> Detail:
     app's whole life, so the edge's upstream does not move."""
     name = t.names(s.app_id).container
     if s.http_host_port is None:  # chosen once: Docker would pick a new one at each start
-        s = replace(s, http_host_port=_free_port())
+        s = replace(s, http_host_port=await _free_http_port(t))
     await t.runtime.create_container(_spec(t, s, manifest, _env(t, s)))
     if s.running:
         await t.runtime.start(name)
@@ -227,6 +233,19 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def _free_http_port(t: Tools) -> int:
+    """A TCP port free on 127.0.0.1 now that no app holds as a host port (a stopped app's is
+    free on the host, yet it is that app's)."""
+    rows = await t.apps.store.pool.fetch("SELECT host_port FROM apps.ports WHERE protocol = 'tcp'")
+    held = {int(r["host_port"]) for r in rows}
+    port = _free_port()
+    for _ in range(50):
+        if port not in held:
+            break
+        port = _free_port()
+    return port
 
 
 # -- the app's host name: DNS record, certificate, served by the edge --------------------------

@@ -1,4 +1,5 @@
-"""configure: a new location, access list, memory limit or environment for an installed app.
+"""configure: a new location, access list, memory limit, environment or host ports for an
+installed app.
 
 The request's own fields are the operation's detail (`AppConfigureRequested`); `configured(s)`
 is the app as it will be once they are in effect. A failure rolls the app back to how it was.
@@ -37,6 +38,8 @@ def configured(s: AppState) -> AppState:
         access=d["access"] if d.get("access") is not None else s.access,
         memory_bytes=d.get("memory_bytes") or s.memory_bytes,
         env=d["env"] if d.get("env") is not None else s.env,
+        tcp_ports=d["tcp_ports"] if d.get("tcp_ports") is not None else s.tcp_ports,
+        udp_ports=d["udp_ports"] if d.get("udp_ports") is not None else s.udp_ports,
     )
 
 

@@ -105,6 +105,19 @@ MANIFEST = obj(
         "icon_url": string(
             description="where the icon is (relative), present when the app has one"
         ),
+        "ports": array(
+            obj(
+                {
+                    "name": string(description="the key of tcp_ports / udp_ports at install"),
+                    "protocol": string(enum=["tcp", "udp"]),
+                    "container_port": integer(),
+                    "title": string(),
+                    "default_host_port": nullable(integer()),
+                },
+                required=["name", "protocol", "container_port", "title", "default_host_port"],
+            ),
+            description="the TCP and UDP ports the app publishes on the server",
+        ),
     },
     required=["id", "version", "title", "tagline", "tags", "addons"],
     additional=True,
@@ -129,6 +142,19 @@ APP_FIELDS = {
     "target_version": nullable(string()),
     "clone_of": nullable(string(format="uuid")),
     "http_port": nullable(integer(description="the app's port on 127.0.0.1 (the edge's upstream)")),
+    "ports": array(
+        obj(
+            {
+                "name": string(),
+                "protocol": string(enum=["tcp", "udp"]),
+                "container_port": nullable(integer()),
+                "host_port": integer(),
+                "title": string(),
+            },
+            required=["name", "protocol", "container_port", "host_port", "title"],
+        ),
+        description="the server's ports the app publishes (all IPv4 addresses)",
+    ),
     "created_at": WHEN,
     "updated_at": WHEN,
 }
@@ -296,7 +322,10 @@ async def list_apps(call: Call) -> Any:
     "/apps",
     access=Access.admin,
     summary="Install a catalog app at a location",
-    description="Answers 202 with the task; 409 when the location is taken.",
+    description=(
+        "Answers 202 with the task; 409 when the location or a host port (`tcp_ports`, "
+        "`udp_ports`: the manifest's port name to the server's port) is taken."
+    ),
     body=INSTALL_BODY,
     responses={202: STARTED},
     problems=("conflict", "not_found"),
@@ -319,10 +348,11 @@ async def get_app(call: Call) -> Any:
 @routes.patch(
     "/apps/{app_id}",
     access=Access.admin,
-    summary="Change an app's location, access, memory or environment",
+    summary="Change an app's location, access, memory, environment or host ports",
     description=(
-        "Answers 202 with the task; 409 while another operation runs. `env` changes only the "
-        "variables it names (null removes one); the others are kept."
+        "Answers 202 with the task; 409 while another operation runs or when a host port is "
+        "taken. `env` changes only the variables it names (null removes one); the others are "
+        "kept. `tcp_ports` / `udp_ports` change only the ports they name."
     ),
     path_params=APP_PATH,
     body=CONFIGURE_BODY,

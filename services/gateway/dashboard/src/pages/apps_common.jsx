@@ -384,6 +384,61 @@ export function parseEnv(text) {
   return env;
 }
 
+// -- ports on the server ---------------------------------------------------------------------
+
+/** The form field of an app's port: the API names its errors the same (tcp_ports.SSH_PORT). */
+export const portKey = (p) => `${p.protocol}_ports.${p.name}`;
+
+/** The form's first values of `ports` (each as `value(p)`, empty when null). */
+export function portValues(ports, value) {
+  return Object.fromEntries((ports || []).map((p) => [portKey(p), value(p) == null ? "" : String(value(p))]));
+}
+
+/** The body's tcp_ports / udp_ports from the form: an empty field is left out, and so is a port
+ * `keep(p, port)` refuses; throws an Error whose `field` is the port's form field for a value
+ * that is no port. */
+export function portsBody(v, ports, keep = () => true) {
+  const body = {};
+  for (const p of ports || []) {
+    const text = String(v[portKey(p)] ?? "").trim();
+    if (!text) continue;
+    const port = Number(text);
+    if (!/^[0-9]{1,5}$/.test(text) || port < 1 || port > 65535) {
+      const e = new Error("A port is a whole number from 1 to 65535.");
+      e.field = portKey(p);
+      throw e;
+    }
+    if (!keep(p, port)) continue;
+    const key = `${p.protocol}_ports`;
+    body[key] = { ...body[key], [p.name]: port };
+  }
+  return body;
+}
+
+/** One number field per port the app publishes on the server; `hint(p)` adds to its hint. */
+export function PortFields({ ports, form, intro, hint }) {
+  if (!ports?.length) return null;
+  return (
+    <fieldset class="env-vars">
+      <legend>Ports on the server</legend>
+      <p class="hint">{intro || "Other computers reach the app on these ports of the server while it runs."}</p>
+      {ports.map((p) => (
+        <Field
+          key={portKey(p)}
+          label={`${p.title || p.name} (${p.protocol.toUpperCase()})`}
+          type="number"
+          min="1"
+          max="65535"
+          step="1"
+          inputMode="numeric"
+          {...form.bind(portKey(p))}
+          hint={[`${p.name}: the app's port ${p.container_port ?? "?"}/${p.protocol} in its container.`, hint && hint(p)].filter(Boolean).join(" ")}
+        />
+      ))}
+    </fieldset>
+  );
+}
+
 const ADDON_TEXT = {
   localstorage: "a data folder",
   ldap: "sign-in with Homeport accounts (LDAP)",

@@ -1,5 +1,6 @@
 // The install dialog (store card and store page): location with a live availability check,
-// domain, version, who can open it, memory; then the install task's progress and the app's links.
+// domain, version, who can open it, memory, the server's ports the app publishes (each at its
+// default); then the install task's progress and the app's links.
 import { useState } from "preact/hooks";
 import { get, post } from "../api.js";
 import { navigate } from "../router.js";
@@ -9,10 +10,13 @@ import {
   Availability,
   DomainSelect,
   MIB,
+  PortFields,
   WhoCanOpen,
   accessBody,
   memoryBytes,
   platformDomain,
+  portValues,
+  portsBody,
   useAvailability,
   useCatalogIndex,
   useFirstFocus,
@@ -69,17 +73,19 @@ function InstallForm({ manifest, domains, groups, users, platform, onStarted }) 
     people: [],
     user_id: users[0]?.user_id || "",
     memory_bytes: String(Math.round(manifest.memory_limit / MIB)),
+    ...portValues(manifest.ports, (p) => p.default_host_port),
   });
   const { values } = form;
   const domain = values.domain || platform;
   const answer = useAvailability(values.location, domain, titles);
 
   const install = form.submit(async (v) => {
-    let memory;
+    let memory, ports;
     try {
       memory = memoryBytes(v.memory_bytes);
+      ports = portsBody(v, manifest.ports); // an empty one: the API says it needs a port
     } catch (e) {
-      form.setErrors({ memory_bytes: e.message });
+      form.setErrors({ [e.field || "memory_bytes"]: e.message });
       return;
     }
     const body = {
@@ -88,6 +94,7 @@ function InstallForm({ manifest, domains, groups, users, platform, onStarted }) 
       version: v.version,
       access: single ? { all_users: false, user_ids: [v.user_id] } : accessBody(v.access, v.groups, v.people),
       memory_bytes: memory,
+      ...ports,
     };
     if (v.domain) body.domain = v.domain;
     const started = await post("/apps", body);
@@ -127,6 +134,7 @@ function InstallForm({ manifest, domains, groups, users, platform, onStarted }) 
         {...form.bind("memory_bytes")}
         hint={`${manifest.title} asks for ${Math.round(manifest.memory_limit / MIB)} MiB. From 32 MiB to 64 GiB (65536 MiB).`}
       />
+      <PortFields ports={manifest.ports} form={form} hint={(p) => (p.default_host_port ? `Suggested: ${p.default_host_port}.` : "Choose one.")} />
       <Submit busy={form.busy}>Install</Submit>
     </form>
   );

@@ -10,6 +10,7 @@ import {
   Changelog,
   DomainSelect,
   MIB,
+  PortFields,
   Stale,
   WhoCanOpen,
   accessBody,
@@ -19,6 +20,8 @@ import {
   memoryBytes,
   parseEnv,
   platformDomain,
+  portValues,
+  portsBody,
   useAvailability,
   useFirstFocus,
   usePolled,
@@ -59,6 +62,8 @@ function changes(v, initial, app, singleUser) {
   if (memory !== app.memory_bytes) body.memory_bytes = memory;
   const env = envChanges(v, app.env_names);
   if (Object.keys(env).length) body.env = env;
+  // the ports changed (the API keeps the others); an emptied field keeps its port
+  Object.assign(body, portsBody(v, app.ports, (p, port) => port !== p.host_port));
   return body;
 }
 
@@ -117,6 +122,7 @@ function ConfigureForm({ app, singleUser, groups, users, titles, onStarted }) {
     user_id: app.access?.user_ids?.[0] || users[0]?.user_id || "",
     memory_bytes: String(Math.round(app.memory_bytes / MIB)),
     env: "",
+    ...portValues(app.ports, (p) => p.host_port),
   };
   for (const name of app.env_names) {
     initial[valueKey(name)] = "";
@@ -132,7 +138,7 @@ function ConfigureForm({ app, singleUser, groups, users, titles, onStarted }) {
     try {
       body = changes(v, initial, app, singleUser);
     } catch (e) {
-      form.setErrors({ [/memory/i.test(e.message) ? "memory_bytes" : "env"]: e.message });
+      form.setErrors({ [e.field || (/memory/i.test(e.message) ? "memory_bytes" : "env")]: e.message });
       return;
     }
     if (!Object.keys(body).length) {
@@ -160,6 +166,7 @@ function ConfigureForm({ app, singleUser, groups, users, titles, onStarted }) {
       <WhoCanOpen form={form} single={singleUser} users={users} groups={groups} />
       <Field label="Memory (MiB)" type="number" min="32" step="1" inputMode="numeric" {...form.bind("memory_bytes")} />
       <EnvFields names={app.env_names} form={form} />
+      <PortFields ports={app.ports} form={form} hint={(p) => `Now ${p.host_port}.`} />
       <Submit busy={form.busy}>Save</Submit>
     </form>
   );
@@ -250,12 +257,19 @@ export function UpdateDialog({ app, open, onClose, onStarted }) {
 // -- clone ------------------------------------------------------------------------------------
 
 function CloneForm({ app, domains, platform, titles, onCloned }) {
-  const form = useForm({ location: "", domain: "" });
+  const form = useForm({ location: "", domain: "", ...portValues(app.ports, () => "") });
   const focus = useFirstFocus();
   const domain = form.values.domain || platform;
   const answer = useAvailability(form.values.location, domain, titles);
   const clone = form.submit(async (v) => {
-    const body = { location: v.location };
+    let ports;
+    try {
+      ports = portsBody(v, app.ports); // an empty one: the app's default port, if it has one
+    } catch (e) {
+      form.setErrors({ [e.field]: e.message });
+      return;
+    }
+    const body = { location: v.location, ...ports };
     if (v.domain) body.domain = v.domain;
     const started = await post(`/apps/${app.app_id}/clone`, body);
     onCloned({ ...started, address: `${v.location}.${domain}` });
@@ -276,6 +290,12 @@ function CloneForm({ app, domains, platform, titles, onCloned }) {
         <Availability answer={answer} />
       </div>
       <DomainSelect bind={form.bind("domain")} domains={domains} platform={platform} />
+      <PortFields
+        ports={app.ports}
+        form={form}
+        intro="The copy needs ports of its own. Leave one empty for the app's suggested port."
+        hint={(p) => `${app.location} has ${p.host_port}.`}
+      />
       <Submit busy={form.busy}>Clone</Submit>
     </form>
   );
