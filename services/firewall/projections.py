@@ -21,8 +21,11 @@ from libs.events.periods import AddressReader, PeriodKeys, readable
 from libs.events.projection import Projection, register_projection
 from libs.service.config import AddressKeyFile, ServiceConfig, load_config
 from services.firewall.config import BanPolicy
+from services.firewall.rules import RulesProjection
 
-__all__ = ["BanProjection", "Clock", "active_bans", "address_keys", "utcnow"]
+# RulesProjection is registered here too: `homeport replay firewall` finds projections by
+# importing each service's `projections` module.
+__all__ = ["BanProjection", "Clock", "RulesProjection", "active_bans", "address_keys", "utcnow"]
 
 Clock = Callable[[], datetime]
 

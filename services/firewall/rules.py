@@ -13,6 +13,9 @@ it ends (or the new ones, when it is rolled back).
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +29,8 @@ from libs.events.projection import Projection, register_projection
 from services.firewall.ruleset import AppNet, Opening, Rules
 
 __all__ = ["RulesProjection", "load_rules", "revision"]
+
+log = logging.getLogger("services.firewall")
 
 _MINE = {"AllowListChanged", "BlockListPart", "BlockListEdited", "AppInternetSet"}
 _MAIL = {"MailDomainEnabled", "MailDomainDisabled"}
@@ -76,8 +81,15 @@ class RulesProjection(Projection):
             if event.type in _MINE and not await _first_time(conn, event):
                 continue  # applied already, by the command that appended it
             step = _STEPS.get(event.type)
-            if step is not None and await step(conn, event.data) is not False:
-                changed = True
+            if step is None:
+                continue
+            try:
+                if await step(conn, event.data) is not False:
+                    changed = True
+            except (KeyError, TypeError, ValueError) as e:  # not as its service writes it
+                log.warning(
+                    "event %s at position %d skipped: %s", event.type, event.position, repr(e)
+                )
         if changed:
             await _bump(conn)
 
@@ -95,6 +107,11 @@ async def _first_time(conn: asyncpg.Connection, event: RecordedEvent) -> bool:
         event.version,
     )
     return True
+
+
+def _aid(d: dict[str, Any]) -> str:
+    """The event's app id, checked (ValueError: the event is skipped, SQL never refuses it)."""
+    return str(uuid.UUID(str(d["app_id"])))
 
 
 async def _bump(conn: asyncpg.Connection) -> None:
@@ -158,7 +175,7 @@ async def _internet(conn: asyncpg.Connection, d: dict[str, Any]) -> None:
     await conn.execute(
         "INSERT INTO firewall.apps (app_id, internet) VALUES ($1, $2)"
         " ON CONFLICT (app_id) DO UPDATE SET internet = $2",
-        d["app_id"],
+        _aid(d),
         d["internet"],
     )
 
@@ -185,7 +202,7 @@ async def _install(conn: asyncpg.Connection, d: dict[str, Any]) -> None:
         "INSERT INTO firewall.apps (app_id, tcp_ports, udp_ports, running, present)"
         " VALUES ($1, $2, $3, true, true) ON CONFLICT (app_id) DO UPDATE SET tcp_ports = $2,"
         " udp_ports = $3, next_tcp = NULL, next_udp = NULL, running = true, present = true",
-        d["app_id"],
+        _aid(d),
         _ports(d, "tcp_ports") or [],
         _ports(d, "udp_ports") or [],
     )
@@ -198,7 +215,7 @@ async def _configure(conn: asyncpg.Connection, d: dict[str, Any]) -> bool:
     await conn.execute(
         "UPDATE firewall.apps SET next_tcp = coalesce($2, tcp_ports),"
         " next_udp = coalesce($3, udp_ports) WHERE app_id = $1",
-        d["app_id"],
+        _aid(d),
         tcp,
         udp,
     )
@@ -210,7 +227,7 @@ async def _configured(conn: asyncpg.Connection, d: dict[str, Any]) -> None:
         "UPDATE firewall.apps SET tcp_ports = coalesce(next_tcp, tcp_ports),"
         " udp_ports = coalesce(next_udp, udp_ports), next_tcp = NULL, next_udp = NULL"
         " WHERE app_id = $1",
-        d["app_id"],
+        _aid(d),
     )
 
 
@@ -218,31 +235,31 @@ async def _failed(conn: asyncpg.Connection, d: dict[str, Any]) -> bool:
     if d.get("operation") == "configure" and d.get("rolled_back"):
         await conn.execute(
             "UPDATE firewall.apps SET next_tcp = NULL, next_udp = NULL WHERE app_id = $1",
-            d["app_id"],
+            _aid(d),
         )
         return True
     if d.get("operation") == "uninstall":  # still there: its ports as before
-        await conn.execute("UPDATE firewall.apps SET present = true WHERE app_id = $1", d["app_id"])
+        await conn.execute("UPDATE firewall.apps SET present = true WHERE app_id = $1", _aid(d))
         return True
     return False
 
 
 async def _run_state(conn: asyncpg.Connection, d: dict[str, Any]) -> None:
     await conn.execute(
-        "UPDATE firewall.apps SET running = $2 WHERE app_id = $1", d["app_id"], d["running"]
+        "UPDATE firewall.apps SET running = $2 WHERE app_id = $1", _aid(d), d["running"]
     )
 
 
 async def _installed(conn: asyncpg.Connection, d: dict[str, Any]) -> None:
-    await conn.execute("UPDATE firewall.apps SET present = true WHERE app_id = $1", d["app_id"])
+    await conn.execute("UPDATE firewall.apps SET present = true WHERE app_id = $1", _aid(d))
 
 
 async def _uninstalling(conn: asyncpg.Connection, d: dict[str, Any]) -> None:
-    await conn.execute("UPDATE firewall.apps SET present = false WHERE app_id = $1", d["app_id"])
+    await conn.execute("UPDATE firewall.apps SET present = false WHERE app_id = $1", _aid(d))
 
 
 async def _uninstalled(conn: asyncpg.Connection, d: dict[str, Any]) -> None:
-    await conn.execute("DELETE FROM firewall.apps WHERE app_id = $1", d["app_id"])
+    await conn.execute("DELETE FROM firewall.apps WHERE app_id = $1", _aid(d))
     await conn.execute("DELETE FROM firewall.allowlists WHERE scope = $1", f"app:{d['app_id']}")
 
 
@@ -250,7 +267,7 @@ async def _addon(conn: asyncpg.Connection, d: dict[str, Any]) -> None:
     await conn.execute(
         "UPDATE firewall.apps SET addons = array(SELECT DISTINCT unnest(addons || $2::text))"
         " WHERE app_id = $1",
-        d["app_id"],
+        _aid(d),
         d["addon"],
     )
 
@@ -259,8 +276,9 @@ async def _step(conn: asyncpg.Connection, d: dict[str, Any]) -> bool:
     subnet = (d.get("detail") or {}).get("subnet")
     if d.get("step") != "network" or not subnet:
         return False
+    subnet = str(ipaddress.ip_network(str(subnet)))  # ValueError: skipped, never cast by SQL
     await conn.execute(
-        "UPDATE firewall.apps SET subnet = $2::cidr WHERE app_id = $1", d["app_id"], str(subnet)
+        "UPDATE firewall.apps SET subnet = $2::cidr WHERE app_id = $1", _aid(d), str(subnet)
     )
     return True
 

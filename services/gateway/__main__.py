@@ -55,7 +55,8 @@ async def _parts(
         at = {"stream": cfg.events_stream, "prefix": cfg.events_prefix}
         history = metrics_history(cfg, conn)
         await history.setup()
-        edge = EdgeSync(edge_settings(cfg, svc.port), conn.nc, access) if cfg.edge else None
+        settings = edge_settings(cfg, svc.port)
+        edge = EdgeSync(settings, conn.nc, access, conn.store) if cfg.edge else None
         # the activity log's sealed client addresses are read back by identity (no key here)
         queries = Queries(conn.store.pool, edge, identity_addresses(conn.client()))
         async with (

@@ -21,6 +21,7 @@ import pytest
 from libs.contracts.errors import BusError
 from libs.events.bus import BusClient
 from libs.events.context import Context
+from libs.events.envelope import NewEvent
 from libs.events.projection import replay_by_name
 from libs.events.store import PostgresEventStore
 from services.apps import events as apps_ev
@@ -374,6 +375,14 @@ async def _rules(world: World) -> Any:
 
 async def test_replay_decides_the_same_ruleset(world: World, dsn: str) -> None:
     app = str(uuid.uuid4())
+    # events not as their service writes them are skipped, never stop the firewall
+    odd = [
+        NewEvent("AppInstalled", {"step": 1}),
+        NewEvent("AppInstallRequested", {"app_id": "x'; DROP", "tcp_ports": {"A": 1}}),
+        NewEvent("AppStepCompleted", {"app_id": app, "step": "network", "detail": {"subnet": "x"}}),
+        NewEvent("AppRunStateChanged", {"app_id": app}),
+    ]
+    await world.store.append(f"app-{uuid.uuid4()}", odd)
     await _app_events(world.store, app, _install(app, {"GIT_SSH": 2222}))
     await world.applied()
     await world.cmd("set_allowlist", {"scope": f"app:{app}", "cidrs": ["198.51.100.0/24"]})

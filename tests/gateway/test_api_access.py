@@ -81,10 +81,13 @@ async def test_walk_every_route_of_the_running_gateway(
     # POST /mail/domains, DELETE a domain, PUT its /catch-all, POST its /dkim/rotate, PUT and
     # DELETE an address, PUT a mailbox's /quota, PUT and DELETE its /forwarding; GET, HEAD and
     # PUT /mail/dnsbl; GET, HEAD, PUT and DELETE /mail/relay)
+    # firewall.py: admin 14 (GET and HEAD of /firewall, /firewall/allowlists/{scope},
+    # /firewall/blocklist and /apps/{app_id}/firewall; PUT an allow list, POST its /confirm,
+    # PUT /firewall/blocklist, POST its /add and /remove, PUT /apps/{app_id}/internet)
     assert counts == {
         "anonymous": 6 + 3 + 1 + 3,
         "user": 7 + 9 + 5 + 8 + 6,
-        "admin": 9 + 14 + 3 + 20 + 7 + 4 + 2 + 15 + 6 + 4 + 26,
+        "admin": 9 + 14 + 3 + 20 + 7 + 4 + 2 + 15 + 6 + 4 + 26 + 14,
     }
 
 

@@ -67,6 +67,9 @@ async def test_served_document_covers_the_production_table(
         "/profile/mail", "/profile/mail/app-passwords", "/profile/mail/app-passwords/{password_id}",
         "/profile/mail/forwarding",
         "/platform/updates", "/platform/updates/check", "/platform/updates/settings",
+        "/firewall", "/firewall/allowlists/{scope}", "/firewall/allowlists/{scope}/confirm",
+        "/firewall/blocklist", "/firewall/blocklist/add", "/firewall/blocklist/remove",
+        "/apps/{app_id}/firewall", "/apps/{app_id}/internet",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]
     activity = doc["paths"]["/activity"]["get"]

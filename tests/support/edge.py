@@ -7,11 +7,18 @@ import ssl
 
 
 async def edge_get(
-    port: int, host: str, path: str = "/", *, tls: bool = True, cadata: str | None = None
+    port: int,
+    host: str,
+    path: str = "/",
+    *,
+    tls: bool = True,
+    cadata: str | None = None,
+    source: str | None = None,
 ) -> tuple[int, dict[str, str], str]:
     """A raw HTTP/1.1 GET to 127.0.0.1:port for `host` (SNI and Host): (status, headers, body).
     With `cadata` the server's chain must verify against it; without, any certificate is
-    accepted (self-signed ones of the local domain)."""
+    accepted (self-signed ones of the local domain). `source`: the address it is sent from
+    (another loopback address, e.g. 127.0.0.2)."""
     ctx = None
     if tls:
         ctx = ssl.create_default_context(cadata=cadata)
@@ -19,7 +26,11 @@ async def edge_get(
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
     reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=ctx, server_hostname=host if tls else None
+        "127.0.0.1",
+        port,
+        ssl=ctx,
+        server_hostname=host if tls else None,
+        local_addr=(source, 0) if source else None,
     )
     try:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())

@@ -10,7 +10,8 @@ inputs.py refuses a NUL byte or non-UTF-8 text in the path, query or headers, 40
    an admin who must enrol a second factor first, on any route but ENROLMENT_ROUTES 403;
 5. path and query parameters against the route's schemas 400;
 6. the ownership check, if the route has one (admins pass) 403;
-7. the body: over the limit 413, not JSON 415, against the schema 400;
+7. the body: over the limit 413, not JSON (nor a text type the route also takes) 415, against
+   the schema 400 (a text body is handed to the handler as it is);
 8. the handler, whose errors the problems middleware turns into problem+json.
 Anonymous routes skip 3, 4 and 6: their handlers get no principal.
 """
@@ -299,12 +300,18 @@ async def _read_body(request: web.Request, route: Route) -> Any:
     if request.content_length is not None and request.content_length > route.max_body:
         raise Problem("payload_too_large", f"the request body is over {route.max_body} bytes")
     ctype = request.content_type
-    charset = (request.charset or "utf-8").lower()
-    if ctype != "application/json" or charset not in ("utf-8", "utf8"):
+    utf8 = (request.charset or "utf-8").lower() in ("utf-8", "utf8")
+    if ctype in route.alt_body_types and utf8:
+        try:  # the handler validates the text (routes.py, alt_body_types)
+            return (await _read_limited(request, route.max_body)).decode("utf-8")
+        except UnicodeDecodeError:
+            raise Invalid("the body is not UTF-8 text") from None
+    if ctype != "application/json" or not utf8:
         got = request.headers.get("Content-Type", "none")
+        types = " or ".join(("application/json", *route.alt_body_types))
         raise Problem(
             "unsupported_media_type",
-            f"send the body as Content-Type: application/json (UTF-8), not {got[:100]}",
+            f"send the body as Content-Type: {types} (UTF-8), not {got[:100]}",
         )
     data = await _read_limited(request, route.max_body)
     if not data.strip():

@@ -97,7 +97,10 @@ def _operation(route: Route) -> dict[str, Any]:
     if route.body is not None:
         op["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": copy.deepcopy(dict(route.body))}},
+            "content": {
+                "application/json": {"schema": copy.deepcopy(dict(route.body))},
+                **{t: {"schema": {"type": "string"}} for t in route.alt_body_types},
+            },
         }
     responses: dict[str, Any] = {}
     for status, schema in sorted(route.responses.items()):

@@ -164,6 +164,10 @@ class Route:
     # only documents it. `alt_media_types`: others the same answer may have (PNG beside SVG).
     media_type: str = JSON
     alt_media_types: tuple[str, ...] = ()
+    # Text media types the request body may come in besides JSON (text/plain, for a list sent
+    # with curl -T): the handler gets such a body as its text (str, UTF-8), checked by nothing
+    # else, and validates it itself (its command's contract does when it is sent on).
+    alt_body_types: tuple[str, ...] = ()
     # Problem codes the handler itself may answer (e.g. "conflict" when a name is taken), on
     # top of those the dispatcher answers; they are documented in the OpenAPI document.
     problems: tuple[str, ...] = ()
@@ -197,6 +201,10 @@ class Route:
             raise ValueError(f"{label}: a JSON route has no other media types")
         if not all(_MEDIA.fullmatch(m) for m in self.alt_media_types):
             raise ValueError(f"{label}: alt_media_types must be media types such as image/png")
+        if self.alt_body_types and self.body is None:
+            raise ValueError(f"{label}: alt_body_types need a body (its JSON form)")
+        if not all(_MEDIA.fullmatch(m) and m.startswith("text/") for m in self.alt_body_types):
+            raise ValueError(f"{label}: alt_body_types must be text media types (text/plain)")
         if not self.responses or not all(200 <= s <= 299 for s in self.responses):
             raise ValueError(f"{label}: declare the success responses (2xx) and their schemas")
         try:

@@ -9,6 +9,7 @@ from services.gateway.api.handlers import (
     backups,
     certificates,
     domains,
+    firewall,
     groups,
     identity,
     mail,
@@ -39,6 +40,7 @@ _MODULES = (
     domains,
     certificates,
     mail,
+    firewall,
     metrics,
 )
 

@@ -30,6 +30,11 @@ Invariants of the rendered config that are easy to break by editing it:
   still closes every request for a name no vhost has (444): a DNS name pointed at the server
   (DNS rebinding too) never reaches the dashboard through it. Without `address` the default
   servers refuse every unknown host, addresses included.
+- The dashboard's allow list (`EdgeModel.dashboard_allow`, the firewall's list for scope
+  `dashboard`) is `allow`/`deny all` in the HTTPS server of every dashboard (each `my.<domain>`,
+  the local domain's, the one at the server's addresses); 127.0.0.1 and ::1 are always let in,
+  so the console of the machine itself is never locked out. HTTP (ACME HTTP-01, the redirect)
+  stays open to everyone: the CA's check comes from anywhere.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ __all__ = [
     "EDGE_PREFIX",
     "HSTS",
     "INTERNAL_PATHS",
+    "LOOPBACK_ALLOWED",
     "PASSWORD_PATHS",
     "EdgeModel",
     "Vhost",
@@ -87,6 +93,8 @@ EDGE_COOKIE = "__Host-hp_edge"  # services/gateway/edge/signin.py
 EDGE_PREFIX = "/.homeport/"  # the edge's paths on an app host; never the app's
 EDGE_HEADERS = ("X-Homeport-User", "X-Homeport-Email")
 INTERNAL_PATHS = ("/metrics", "/healthz", "/readyz")  # the gateway's, loopback only
+# let in to the dashboard whatever its allow list says: the console of the machine itself
+LOOPBACK_ALLOWED = ("127.0.0.1/32", "::1/128")
 _AUTH_LOCATION = "/.homeport/auth"  # internal: nginx's subrequest to the gateway
 # Hosts that are IP literals, as nginx's $host has them (lower case, no port, IPv6 in brackets)
 ADDRESS_NAMES = r"~^(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-f:.]+\])$"
@@ -133,14 +141,28 @@ def _check_port(what: str, port: int) -> None:
         raise ValueError(f"{what} {port!r} is not a TCP port (1-65535)")
 
 
-def _networks(cidrs: tuple[str, ...]) -> list[str]:
+def _networks(cidrs: tuple[str, ...], what: str = "real_ip_from") -> list[str]:
     out: set[str] = set()
     for cidr in cidrs:
         try:
+            if not isinstance(cidr, str):
+                raise ValueError(cidr)
             out.add(str(ipaddress.ip_network(cidr, strict=False)))
         except ValueError:
-            raise ValueError(f"real_ip_from {cidr!r} is not an IP address or CIDR") from None
+            raise ValueError(f"{what} {cidr!r} is not an IP address or CIDR") from None
     return sorted(out)
+
+
+def _allowed(cidrs: tuple[str, ...]) -> list[str]:
+    """The dashboard's `allow` lines (none for an empty list: everyone)."""
+    if not cidrs:
+        return []
+    networks = [n for n in _networks(cidrs, "dashboard_allow") if n not in LOOPBACK_ALLOWED]
+    return [
+        "# who may reach the dashboard: the firewall's allow list, and this machine always",
+        *(f"allow {n};" for n in (*LOOPBACK_ALLOWED, *networks)),
+        "deny all;",
+    ]
 
 
 def _check_upstream(upstream: str) -> None:
@@ -221,6 +243,9 @@ class EdgeModel:
     # the dashboard's upstream (<ip>:<port>) served at the server's own addresses (no domain
     # of its own yet); None: a request for an address is refused like any unknown host
     address: str | None = None
+    # who may reach the dashboard over HTTPS (addresses or CIDR ranges), beside loopback
+    # (LOOPBACK_ALLOWED, always); empty: everyone
+    dashboard_allow: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         hosts = [v.host for v in self.vhosts]
@@ -260,6 +285,7 @@ class EdgeModel:
             if not _RATE.fullmatch(rate):
                 raise ValueError(f"{what} {rate!r} must look like 30r/s or 600r/m")
         _networks(self.real_ip_from)
+        _allowed(self.dashboard_allow)
         if self.address is not None:
             _check_upstream(self.address)
         if isinstance(self.worker_processes, bool) or not 0 <= self.worker_processes <= 256:
@@ -605,6 +631,7 @@ def _https_server(
         f"ssl_certificate {v.cert};",
         f"ssl_certificate_key {v.key};",
         f"client_max_body_size {_BODY[v.kind]};",
+        *(_allowed(model.dashboard_allow) if v.kind == "dashboard" else []),
         *limits,
         *(f"add_header {name} {value} always;" for name, value in headers),
         "",

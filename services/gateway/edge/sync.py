@@ -24,6 +24,9 @@ seconds (a slow safety net) it reconciles anyway. A round:
   address, and a domain just added (its DNS not pointed here yet, its certificate not issued)
   must not take the only way to the dashboard away; then the address is refused as any
   unknown host is;
+- for every dashboard: who may reach it, the firewall's allow list for scope `dashboard` (the
+  last `AllowListChanged` of its stream, read from the event store each round, which holds the
+  list in force: a trial's and its undoing too); an `AllowListChanged` event starts a round;
 - renders the model and applies it to nginx (checked with `nginx -t`; a bad config is never
   applied and the old one keeps serving), and keeps nginx running.
 `serves(host)` says whether the live generation (applied and reloaded) has a vhost for `host`:
@@ -43,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -51,6 +55,7 @@ from libs.events.bus import BusClient, BusError
 from libs.events.context import Context
 from libs.events.nats_access import GATEWAY
 from libs.events.relay import DEFAULT_PREFIX
+from libs.events.store import PostgresEventStore
 from libs.tls import self_signed_pem_apart
 from services.gateway.config import GatewayConfig
 from services.gateway.edge.nginx import Nginx
@@ -58,7 +63,15 @@ from services.gateway.edge.render import EdgeModel, Vhost
 from services.gateway.edge.signin import EdgeAccess, Rule
 from services.gateway.errors import EdgeError
 
-__all__ = ["FOLLOWED", "ROUTED_STATES", "EdgeSettings", "EdgeSync", "edge_settings"]
+__all__ = [
+    "DASHBOARD_ALLOW_STREAM",
+    "FOLLOWED",
+    "FOLLOWED_TYPES",
+    "ROUTED_STATES",
+    "EdgeSettings",
+    "EdgeSync",
+    "edge_settings",
+]
 
 log = logging.getLogger("homeport.gateway.edge")
 
@@ -66,6 +79,11 @@ log = logging.getLogger("homeport.gateway.edge")
 AS_GATEWAY = Context(GATEWAY, "edge-sync", None, None)
 ROUTED_STATES = {"installed", "pending_configure", "pending_update", "pending_restore"}
 FOLLOWED = ("app", "domain", "cert")  # the event categories that change what the edge serves
+# ... and the events of other categories that do: who may reach the dashboard
+FOLLOWED_TYPES = ("firewall.AllowListChanged",)
+# The firewall's stream of the dashboard's allow list (services/firewall/events.py: each
+# AllowListChanged holds the whole list in force after it).
+DASHBOARD_ALLOW_STREAM = "firewall-allow-dashboard"
 DASHBOARD = "dashboard"  # the owner of my.<domain>'s record
 ISSUED = ("acme", "custom")  # kinds of certificate (certs' `files`) a browser trusts
 
@@ -114,6 +132,8 @@ class EdgeSync:
     settings: EdgeSettings
     nc: NATS  # the bus to dns, apps and certs; the events the relay publishes
     access: EdgeAccess = field(default_factory=EdgeAccess)  # what the gateway's check reads
+    # the event store, for the dashboard's allow list; None: the dashboard is open to all
+    store: PostgresEventStore | None = None
     bus: BusClient = field(init=False)
     nginx: Nginx = field(init=False)
     last_error: str | None = None
@@ -149,9 +169,10 @@ class EdgeSync:
         subs: list[Subscription] = []
         try:
             # Subscribed before the first round reads anything: no change slips in between.
-            for category in FOLLOWED:
-                subject = f"{self.settings.events_prefix}.{category}.>"
-                subs.append(await self.nc.subscribe(subject, cb=self._event))
+            subjects = [*(f"{c}.>" for c in FOLLOWED), *FOLLOWED_TYPES]
+            for subject in subjects:
+                full = f"{self.settings.events_prefix}.{subject}"
+                subs.append(await self.nc.subscribe(full, cb=self._event))
             while not self._stop.is_set():
                 try:
                     await self.reconcile()
@@ -241,10 +262,32 @@ class EdgeSync:
             return None
         return Rule(frozenset(access.get("user_ids", [])), frozenset(access.get("groups", [])))
 
+    async def _dashboard_allow(self) -> tuple[str, ...]:
+        """Who may reach the dashboard: the list of the last AllowListChanged of scope
+        dashboard (empty: everyone, also when there is none or no store)."""
+        if self.store is None:
+            return ()
+        stream = DASHBOARD_ALLOW_STREAM
+        try:
+            version = await self.store.stream_version(stream)
+            last = await self.store.read_stream(stream, version - 1, 1) if version else []
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise EdgeError(f"the dashboard's allow list could not be read: {e}") from e
+        if not last:
+            return ()
+        cidrs = last[0].data.get("cidrs")
+        if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
+            raise EdgeError(
+                f"the last event of {stream} (version {version}) has no list of CIDRs: "
+                "the dashboard keeps the list it had"
+            )
+        return tuple(cidrs)
+
     async def reconcile(self) -> None:
         """One round: read what should be served, render, apply (EdgeError if a host failed)."""
         self.rounds += 1
         s = self.settings
+        allow = await self._dashboard_allow()  # first: a failure keeps the config as it is
         domains = await self._domains()
         apps = await self._apps()
         wanted: dict[str, tuple[str, str]] = {}  # host -> (kind, upstream)
@@ -288,7 +331,7 @@ class EdgeSync:
                 Vhost(host, kind, upstream, cert, key, auth=auth, loopback=local)  # type: ignore[arg-type]
             )
         self.access.replace(rules)  # before nginx asks about a host newly signed in here
-        await self._apply(tuple(vhosts), None if issued else s.dashboard_upstream)
+        await self._apply(tuple(vhosts), None if issued else s.dashboard_upstream, allow)
         if problems:
             raise EdgeError("some hosts are not served yet: " + "; ".join(problems))
 
@@ -364,9 +407,11 @@ class EdgeSync:
                 continue  # asked again at the next round
             del self._hosts[host]
 
-    async def _apply(self, vhosts: tuple[Vhost, ...], address: str | None) -> None:
+    async def _apply(
+        self, vhosts: tuple[Vhost, ...], address: str | None, allow: tuple[str, ...] = ()
+    ) -> None:
         """Serve `vhosts`, and the dashboard at `address` (its upstream) on the server's own
-        addresses unless None."""
+        addresses unless None; the dashboard to `allow` (and loopback) only, unless empty."""
         s = self.settings
         default_cert, default_key = await self._local_certificate("default.invalid")
         s.acme_dir.mkdir(parents=True, exist_ok=True)
@@ -383,6 +428,7 @@ class EdgeSync:
             user=self.nginx.user,
             bind=s.bind,
             address=address,
+            dashboard_allow=allow,
         )
         files = await asyncio.to_thread(_mtimes, vhosts)
         if model != self._applied or files != self._files:  # a renewed certificate: reload

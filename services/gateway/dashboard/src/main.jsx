@@ -14,6 +14,7 @@ import { Users } from "./pages/users.jsx";
 import { Groups } from "./pages/groups.jsx";
 import { Domains } from "./pages/domains.jsx";
 import { Email } from "./pages/mail.jsx";
+import { Firewall } from "./pages/firewall.jsx";
 import { Backups } from "./pages/backups.jsx";
 import { Activity } from "./pages/activity.jsx";
 import { Graphs } from "./pages/graphs.jsx";
@@ -28,6 +29,7 @@ const NAV = [
   { path: "/groups", label: "Groups", admin: true },
   { path: "/domains", label: "Domains", admin: true },
   { path: "/mail", label: "Email", admin: true },
+  { path: "/firewall", label: "Firewall", admin: true },
   { path: "/backups", label: "Backups", admin: true },
   { path: "/activity", label: "Activity", admin: true },
   { path: "/graphs", label: "Graphs", admin: true },
@@ -55,6 +57,8 @@ function page(parts, me) {
       return admin ? <Domains /> : null;
     case "mail":
       return admin ? <Email /> : null;
+    case "firewall":
+      return admin ? <Firewall /> : null;
     case "backups":
       return admin ? <Backups /> : null;
     case "activity":

@@ -7,6 +7,7 @@ import { Badge, ErrorNote, Loaded, PageHead, TaskProgress, formatBytes, formatTi
 import { AppBadges, AppIcon, Stale, accessText, act, eventually, isPending, useCatalogIndex, usePolled } from "./apps_common.jsx";
 import { LogViewer } from "./apps_logs.jsx";
 import { AppBackups } from "./backups.jsx";
+import { AppFirewall } from "./app_firewall.jsx";
 import { AutoUpdatePanel, AutoUpdateToggle } from "./apps_autoupdate.jsx";
 import { CloneDialog, ConfigureDialog, Snapshots, UninstallDialog, UpdateDialog } from "./apps_manage.jsx";
 
@@ -193,6 +194,19 @@ function Facts({ app, groups, users }) {
       </dd>
       <dt>Memory</dt>
       <dd>{formatBytes(app.memory_bytes)}</dd>
+      {app.ports?.length > 0 && (
+        <>
+          <dt>Ports on the server</dt>
+          <dd>
+            {app.ports.map((p, i) => (
+              <span key={`${p.protocol}:${p.name}`}>
+                {i > 0 && ", "}
+                {p.host_port}/{p.protocol} ({p.title || p.name})
+              </span>
+            ))}
+          </dd>
+        </>
+      )}
       <dt>Who can open it</dt>
       <dd>{accessText(app.access, groups, users)}</dd>
       <dt>Installed</dt>
@@ -327,6 +341,7 @@ function AppPage({ app, meta, people, catalog, reload }) {
       </div>
       <Snapshots app={app} version={tick} onStarted={started} />
       <AppBackups app={app} version={tick} onStarted={started} />
+      <AppFirewall app={app} />
       <LogViewer appId={app.app_id} />
       <ConfigureDialog
         open={dialog === "configure"}
