@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import ssl
 import subprocess
 import time
@@ -111,6 +112,21 @@ def _install(box: SystemdBox) -> str:
     out = box.run("bash", f"{SRC}/deploy/install.sh", "--wheels", BOX_WHEELS)
     print(f"install.sh took {time.monotonic() - started:.0f} s:\n{out}")
     return out
+
+
+def _tcp_from_host(address: str, port: int) -> str:
+    """What a TCP client on the tests' host sees at the box's address: open, refused, dropped."""
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect((address, port))
+        return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "dropped"
+    finally:
+        s.close()
 
 
 def _from_host(
@@ -260,6 +276,13 @@ def test_install_setup_app_restart_and_second_run(box: SystemdBox) -> None:
     status, headers, page = _from_host(f"{site}/")
     assert status == 200 and "<html" in page.lower(), (status, page[:300])
     assert "frame-ancestors 'none'" in headers.get("Content-Security-Policy", ""), headers
+    # the firewall's table is in force: inbound drops by default; the Postgres of the addons
+    # listens on the services network's address, which the host reaches only as an app would
+    table = box.run("nft", "list", "table", "inet", "homeport")
+    assert "hook input priority filter; policy drop;" in table, table
+    assert "tcp dport { 80, 443 } accept" in table, table
+    assert _tcp_from_host(box.address, 443) == "open"
+    assert _tcp_from_host(box.address, PORTS["nats"]) == "dropped"  # loopback-only anyway
     status, _, _ = _from_host(f"{site}/metrics")
     assert status == 404
     setup = {"username": "owner", "email": "owner@example.test", "password": PASSWORD}

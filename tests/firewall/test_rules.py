@@ -197,6 +197,13 @@ async def test_an_apps_published_port_opens_and_closes_with_its_life(world: Worl
             world.store, app, apps_ev.AppRunStateChanged(app_id=app, running=True, restart=False)
         )
         await world.eventually("open", HOST4, PUBLISHED)
+        # the app's own allow list guards its published ports
+        scope = f"app:{app}"
+        await world.cmd("set_allowlist", {"scope": scope, "cidrs": ["192.0.2.3"]})
+        await world.eventually("dropped", HOST4, PUBLISHED, "192.0.2.2")
+        assert await world.see(HOST4, PUBLISHED, "192.0.2.3") == "open"
+        await world.cmd("set_allowlist", {"scope": scope, "cidrs": []})
+        await world.eventually("open", HOST4, PUBLISHED, "192.0.2.2")
         # a configure moving a port: the new one opens with it, the old one closes at its end
         task = str(uuid.uuid4())
         move = apps_ev.AppConfigureRequested(
