@@ -116,6 +116,22 @@ _PORT_UNITS = {  # ports of PORTS served by a unit other than homeport-<name>
 Say = Callable[[str], None]
 
 
+def sshd_ports(config: Path | None = None, sshd: str = "/usr/sbin/sshd") -> tuple[int, ...]:
+    """The ports sshd listens on as `sshd -T` reports them (its whole configuration, drop-ins
+    included); (22,) when there is no sshd or it says nothing usable."""
+    argv = [sshd, "-T", *(["-f", str(config)] if config is not None else [])]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return (22,)
+    ports = set()
+    for line in out.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key == "port" and value.isdigit() and 0 < int(value) < 65536:
+            ports.add(int(value))
+    return tuple(sorted(ports)) or (22,)
+
+
 class InstallError(Exception):
     """The install cannot go on; the message says what is wrong and what to do."""
 
@@ -314,6 +330,9 @@ class Installer:
             "HP_LOG_LEVEL=INFO",
             "HP_DRAIN_SECONDS=10",
             "# No domain until the setup wizard: the dashboard is at my.localhost meanwhile.",
+            "# The ports this machine's sshd listens on (sshd -T at install): the firewall keeps",
+            "# them open (rate limited), so installing never closes the way in.",
+            f"HP_FIREWALL_SSH_PORTS={','.join(map(str, sshd_ports()))}",
         ]
         if self.options.docker_host:
             lines.append(f"HP_DOCKER_HOST={self.options.docker_host}")

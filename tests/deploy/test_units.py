@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
+from deploy.install import sshd_ports
 from deploy.layout import Layout
 from deploy.planning import discover_modules
 from deploy.units import (
@@ -42,6 +43,7 @@ from deploy.units import (
 )
 from libs.events.nats_access import SERVICE_USERS
 from libs.events.sealing import KEYRING_OWNERS, keyring_file
+from tests.support.servers import need_server
 from tests.support.unitfiles import directives
 
 REPO = Path(__file__).resolve().parents[2]
@@ -515,3 +517,18 @@ def test_the_mail_unit_runs_the_servers_as_root_with_only_what_they_need(
             other = directives(f.read_text())
             assert "KillMode" not in other or f.name.endswith("postgres.service"), f.name
             assert "chroot" not in other["SystemCallFilter"], f.name
+
+
+def test_the_installer_keeps_open_the_ports_sshd_listens_on(tmp_path: Path) -> None:
+    """An admin's sshd on another port than 22 stays reachable once the firewall applies its
+    default drop: the installer writes sshd's own ports into homeport.env."""
+    if not Path("/usr/sbin/sshd").exists():
+        need_server("sshd", FileNotFoundError("/usr/sbin/sshd (openssh-server) is not installed"))
+    key = tmp_path / "host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    config = tmp_path / "sshd_config"
+    config.write_text(f"Port 2202\nPort 22\nHostKey {key}\n")
+    assert sshd_ports(config) == (22, 2202)
+    config.write_text(f"Port 2202\nHostKey {key}\n")
+    assert sshd_ports(config) == (2202,)
+    assert sshd_ports(config, sshd=str(tmp_path / "no-sshd")) == (22,)  # none installed
