@@ -30,6 +30,7 @@ from services.firewall.enforce import Enforcer, rules_loader
 from services.firewall.nft import Nft, Table
 from services.firewall.projections import BanProjection, address_keys
 from services.firewall.rules import RulesProjection
+from services.firewall.ruleset import Opening, Rules
 from services.firewall.sshd import SshdWatcher, identity_recorder
 
 log = logging.getLogger("services.firewall")
@@ -107,7 +108,19 @@ async def _enforcing(
         return
     table = Table(Nft(cfg.firewall_nft), cfg.firewall_table)
     pool = conn.store.pool
-    enforcer = Enforcer(table, pool, rules_loader(cfg, pool), every=cfg.firewall_reconcile_seconds)
+    host = [("ssh", p) for p in cfg.ports(cfg.firewall_ssh_ports)]
+    host += [("edge", p) for p in cfg.ports(cfg.firewall_edge_ports)]
+    fallback = Rules(
+        openings=tuple(Opening("tcp", port, what) for what, port in host),
+        ssh_ports=cfg.ports(cfg.firewall_ssh_ports),
+    )
+    enforcer = Enforcer(
+        table,
+        pool,
+        rules_loader(cfg, pool),
+        every=cfg.firewall_reconcile_seconds,
+        fallback=fallback,
+    )
     await enforcer.round()  # the table in force before the service answers
     log.info("nftables table inet %s in force", cfg.firewall_table)
     async with loop(svc, "firewall.reconcile", enforcer.run(), enforcer.stop):

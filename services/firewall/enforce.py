@@ -69,8 +69,12 @@ class Enforcer:
         *,
         every: float = 1.0,
         clock: Clock = utcnow,
+        fallback: Rules | None = None,
     ) -> None:
         self.table = table
+        # applied when the first table of this process is refused and none of ours is in
+        # force: the host is never left open (SSH and the edge only, everything else dropped)
+        self.fallback = fallback if fallback is not None else Rules()
         self.pool = pool
         self.rules = rules
         self.every = every
@@ -98,6 +102,15 @@ class Enforcer:
         except NftError as e:
             self.failed = rev
             self.last = {"revision": rev, "at": at, "ok": False, "error": e.message}
+            if self.revision is None and not await self._in_force():
+                await self.table.apply(render(self.table.table, self.fallback))
+                self.last["fallback"] = True
+                log.error(
+                    "the firewall rules were refused and none were in force: only SSH and the"
+                    " edge are open until this is fixed: %s",
+                    e.message,
+                )
+                return False
             log.error("the new firewall rules were refused, the old ones stay: %s", e.message)
             return False
         self.revision, self.failed = rev, None
@@ -119,6 +132,13 @@ class Enforcer:
             len(rules.openings),
             len(rules.blocked),
         )
+        return True
+
+    async def _in_force(self) -> bool:
+        try:
+            await self.table.listing()
+        except NftError:
+            return False
         return True
 
     async def _applied_bans(self, now: datetime) -> dict[str, datetime]:

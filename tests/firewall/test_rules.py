@@ -22,7 +22,7 @@ from libs.contracts.errors import BusError
 from libs.events.bus import BusClient
 from libs.events.context import Context
 from libs.events.envelope import NewEvent
-from libs.events.projection import replay_by_name
+from libs.events.projection import ProjectionRunner, replay_by_name
 from libs.events.store import PostgresEventStore
 from services.apps import events as apps_ev
 from services.firewall.errors import NftError
@@ -400,3 +400,29 @@ async def test_replay_decides_the_same_ruleset(world: World, dsn: str) -> None:
     assert "tcp dport 2222 ip saddr 198.51.100.0/24 accept" in before
     await replay_by_name("firewall", dsn)
     assert render("homeport", await _rules(world)) == before
+
+
+async def test_a_first_table_nft_refuses_leaves_only_ssh_and_the_edge_open(dsn: str) -> None:
+    """No table of ours in force yet (a new server) and the rules fail to apply: the host is
+    not left open; a minimal table (SSH, the edge, default drop) is applied instead."""
+    from services.firewall.enforce import Enforcer
+    from services.firewall.rules import RulesProjection
+    from services.firewall.ruleset import Opening, Rules
+
+    async def broken(blocked: bool = True) -> Rules:
+        return Rules(openings=(Opening("tcp", 70000, "a port nft does not take"),))
+
+    store = await PostgresEventStore.open(dsn, max_size=2)
+    try:
+        await ProjectionRunner(RulesProjection(), store).setup()
+        with network() as net, listen(net.srv, (22, 8080)):
+            table = Table(Nft(["ip", "netns", "exec", net.srv, "nft"]), "homeport")
+            fallback = Rules(openings=(Opening("tcp", 22, "ssh"), Opening("tcp", 443, "edge")))
+            enforcer = Enforcer(table, store.pool, broken, fallback=fallback)
+            assert await enforcer.apply() is False
+            assert enforcer.last["ok"] is False and enforcer.last["fallback"] is True
+            assert "70000" in enforcer.last["error"]
+            assert await asyncio.to_thread(probe, net.cli, HOST4, 22) == "open"
+            assert await asyncio.to_thread(probe, net.cli, HOST4, 8080) == "dropped"
+    finally:
+        await store.close()
