@@ -13,7 +13,6 @@ import pytest
 from tests.dashboard.dashkit import Edged, PlatformStarter, edged_platform
 from tests.dns.dnskit import dns_env, running_dns
 from tests.gateway.apikit import backup_env, running_backup
-from tests.support.firewall import firewall_env, running_firewall
 from tests.support.mail import running_mail
 
 
@@ -22,10 +21,10 @@ def platform(
     monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path
 ) -> PlatformStarter:
     """Starts this test's platform (with the backup service, which the app page asks for its
-    backups, the firewall, which it asks for the app's ports, and the mail service, which the
-    profile asks for the person's mail):
+    backups, and the mail service, which the profile asks for the person's mail):
     `async with platform(docker_host=...) as ed:`. With docker_host the whole platform of
-    tests/e2e/kit.py runs, backup service included; without, one is added here (a second one
+    tests/e2e/kit.py runs, backup service and firewall included (the app page asks it for
+    the app's ports; without Docker there is no app page to open); without, one is added here (a second one
     would answer half of the backup service's requests from its own caches), and dns too with
     `dns=True` (mail is turned on only for a domain dns manages). Mail runs with its servers off
     (HP_MAIL_SERVERS=false): it decides, records and publishes its DNS records."""
@@ -46,9 +45,6 @@ def platform(
                 # beside identity, as in tests/e2e/kit.py: it reads the keys identity writes there
                 dns_settings = dns_env(dsn=dsn, nats_url=nats_url, tmp_path=tmp_path)
                 await stack.enter_async_context(running_dns(monkeypatch, dns_settings))
-            # the app page asks it for the app's published ports and internet switch
-            fw = firewall_env(dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path)
-            await stack.enter_async_context(running_firewall(monkeypatch, fw))
             await stack.enter_async_context(
                 running_mail(
                     monkeypatch,

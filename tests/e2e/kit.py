@@ -16,6 +16,7 @@ from tests.dns.dnskit import dns_env, running_dns
 from tests.gateway.apikit import Client, backup_env, running_backup, running_gateway
 from tests.identity.kit import Identity, running_identity
 from tests.support.bus import relaying
+from tests.support.firewall import firewall_env, running_firewall
 
 
 @dataclass
@@ -38,7 +39,8 @@ async def running_platform(
 ) -> AsyncIterator[Platform]:
     """Identity, gateway and relay; with `docker_host`, the whole platform: the apps service
     too (the static app in several versions as its catalog), dns, certs (no ACME CA is
-    reachable: nothing here orders a certificate) and backup. `gateway_env` adds settings of
+    reachable: nothing here orders a certificate), backup and the firewall (recording, never
+    applying). `gateway_env` adds settings of
     the gateway (the edge, for one), `apps_extra` settings of the apps service."""
     async with contextlib.AsyncExitStack() as stack:
         ident = await stack.enter_async_context(
@@ -66,6 +68,8 @@ async def running_platform(
             await stack.enter_async_context(running_certs(monkeypatch, certs))
             backup = backup_env(dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path)
             await stack.enter_async_context(running_backup(monkeypatch, backup))
+            fw = firewall_env(dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path)
+            await stack.enter_async_context(running_firewall(monkeypatch, fw))
         gateway = await stack.enter_async_context(
             running_gateway(
                 monkeypatch,

@@ -31,6 +31,7 @@ from services.firewall.projections import BanProjection, active_bans
 from services.identity.events import SIGNIN_FAILURES_STREAM, LoginFailed
 from tests.firewall.netkit import listen, network, probe
 from tests.support.bus import relaying
+from tests.support.firewall import firewall_env
 from tests.support.serving import serving
 from tests.support.waits import wait_until
 
@@ -59,20 +60,13 @@ async def firewall(
     """The firewall service applying bans in `netns`, fed by a relay of this test's events."""
     from services.firewall.__main__ import build
 
-    env = {
-        "HP_DATABASE_URL": dsn,
-        "HP_NATS_URL": nats_url,
-        "HP_EVENTS_STREAM": f"EV_{uniq}",
-        "HP_EVENTS_PREFIX": f"t{uniq}.evt",
+    extra = {
         "HP_KEYRING": str(tmp_path / "keyring.json"),
-        "HP_DATA_DIR": str(tmp_path),
-        "HP_DRAIN_SECONDS": "1",
-        "HP_HTTP_PORT": "0",
         "HP_FIREWALL_APPLY": "true",
-        "HP_FIREWALL_EGRESS": "false",  # the host's iptables are not this test's
         "HP_FIREWALL_NFT": f"ip,netns,exec,{netns},nft",
         "HP_BAN_SECONDS": str(BASE),
     }
+    env = firewall_env(dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path, extra=extra)
     async with relaying(dsn, nats_url, uniq), serving(monkeypatch, build, env, "the firewall"):
         yield ban_set
 

@@ -32,6 +32,7 @@ from services.firewall.ruleset import render
 from services.mail.events import MailDomainDisabled, MailDomainEnabled
 from tests.firewall.netkit import PUBLISHED, Net, listen, network, probe
 from tests.support.bus import ActorBus, connect, relaying
+from tests.support.firewall import firewall_env
 from tests.support.serving import serving
 from tests.support.waits import wait_until
 
@@ -106,22 +107,20 @@ async def world(
     from services.firewall.__main__ import build
 
     with network() as net:
-        env = {
-            "HP_DATABASE_URL": dsn,
-            "HP_NATS_URL": nats_url,
-            "HP_EVENTS_STREAM": f"EV_{uniq}",
-            "HP_EVENTS_PREFIX": f"t{uniq}.evt",
-            "HP_KEYRING": str(tmp_path / "keyring.json"),
-            "HP_DATA_DIR": str(tmp_path),
-            "HP_DRAIN_SECONDS": "1",
-            "HP_HTTP_PORT": "0",
-            "HP_FIREWALL_APPLY": "true",
-            "HP_FIREWALL_EGRESS": "false",  # the host's iptables are not this test's
-            "HP_FIREWALL_NFT": net.nft,
-            "HP_FIREWALL_TRIAL_SECONDS": str(TRIAL),
-            "HP_FIREWALL_SERVICES_GATEWAY": "10.99.0.1",
-            "HP_FIREWALL_ADDON_PORTS": "postgresql=5432,ldap=3890",
-        }
+        env = firewall_env(
+            dsn=dsn,
+            nats_url=nats_url,
+            uniq=uniq,
+            tmp_path=tmp_path,
+            extra={
+                "HP_FIREWALL_APPLY": "true",
+                "HP_FIREWALL_NFT": net.nft,
+                "HP_FIREWALL_RECONCILE_SECONDS": "0.2",  # other services' events, sooner
+                "HP_FIREWALL_TRIAL_SECONDS": str(TRIAL),
+                "HP_FIREWALL_SERVICES_GATEWAY": "10.99.0.1",
+                "HP_FIREWALL_ADDON_PORTS": "postgresql=5432,ldap=3890",
+            },
+        )
         async with relaying(dsn, nats_url, uniq), serving(monkeypatch, build, env, "the firewall"):
             nc = await connect(nats_url)
             store = await PostgresEventStore.open(dsn, max_size=2)

@@ -30,6 +30,7 @@ from services.identity.events import LoginFailed
 from tests.firewall.netkit import Net, listen, network, probe
 from tests.identity.kit import ADMIN, Identity, running_identity
 from tests.support.bus import relaying
+from tests.support.firewall import firewall_env
 from tests.support.serving import serving
 from tests.support.sshd import EXISTING_USER, running_sshd
 from tests.support.waits import wait_until
@@ -62,22 +63,16 @@ async def world(
     ssh_dir = tmp_path / "sshd"
     ssh_dir.mkdir()
     with network() as net:
-        env = {
-            "HP_DATABASE_URL": dsn,
-            "HP_NATS_URL": nats_url,
-            "HP_EVENTS_STREAM": f"EV_{uniq}",
-            "HP_EVENTS_PREFIX": f"t{uniq}.evt",
+        extra = {
             "HP_KEYRING": str(tmp_path / "firewall-keyring.json"),
-            "HP_DATA_DIR": str(tmp_path),  # identity's too: the firewall reads its address keys
-            "HP_DRAIN_SECONDS": "1",
-            "HP_HTTP_PORT": "0",
             "HP_FIREWALL_APPLY": "true",
-            "HP_FIREWALL_EGRESS": "false",  # the host's iptables are not this test's
             "HP_FIREWALL_NFT": net.nft,
             "HP_FIREWALL_TABLE": TABLE,
             # sshd starts later (the file appears then: read from its start)
             "HP_FIREWALL_SSH_LOG": str(ssh_dir / "sshd.log"),
         }
+        # HP_DATA_DIR is identity's too: the firewall reads its address keys
+        env = firewall_env(dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path, extra=extra)
         async with (
             running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path) as ident,
             relaying(dsn, nats_url, uniq),
