@@ -24,8 +24,9 @@ def platform(
     backups, and the mail service, which the profile asks for the person's mail):
     `async with platform(docker_host=...) as ed:`. With docker_host the whole platform of
     tests/e2e/kit.py runs, backup service and firewall included (the app page asks it for
-    the app's ports; without Docker there is no app page to open); without, one is added here (a second one
-    would answer half of the backup service's requests from its own caches), and dns too with
+    the app's ports; without Docker there is no app page to open); without, a backup service
+    is added here (a second one would answer half of the backup service's requests from its
+    own caches), and dns too with
     `dns=True` (mail is turned on only for a domain dns manages). Mail runs with its servers off
     (HP_MAIL_SERVERS=false): it decides, records and publishes its DNS records."""
 
