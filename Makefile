@@ -17,7 +17,7 @@ run: deps dashboard
 	$(VENV)/bin/homeport up --data-dir $(DATA)
 
 test: deps dashboard
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=60 $(PYTEST_ARGS)
 
 lint: deps
 	$(VENV)/bin/ruff check .
