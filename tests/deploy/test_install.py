@@ -648,7 +648,7 @@ def test_update_under_systemd_and_roll_back(box: SystemdBox, tmp_path: Path) -> 
     subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True, timeout=60)
     _release(repo, "0.3.0", key, out)
     started = time.monotonic()
-    failed = box.run("homeport", "update", "--health-timeout", "40", check=False)
+    failed = box.run("homeport", "update", "--health-timeout", "25", check=False)
     print(f"homeport update to 0.3.0 took {time.monotonic() - started:.0f} s:\n{failed}")
     assert "rolled back" in failed, failed
     assert box.run("readlink", "/opt/homeport/current").strip() == "0.2.0", failed
