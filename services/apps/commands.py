@@ -14,6 +14,8 @@ Start, stop and restart record the wanted run state and apply it before answerin
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -187,6 +189,30 @@ def _host_ports(
     return out
 
 
+def _bound(protocol: str, port: int) -> bool:
+    """Whether something on this server already listens on `port` (any address, IPv4 or
+    IPv6): Docker could not publish the app there, so the request is refused up front. Only
+    "in use" counts; a port this process may not bind (below 1024) is Docker's to take."""
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):  # noqa: S104
+        try:
+            sock = socket.socket(family, kind)
+        except OSError:
+            continue  # no IPv6 on this host
+        try:
+            if kind == socket.SOCK_STREAM:  # connections in TIME_WAIT do not count
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return True
+        finally:
+            sock.close()
+    return False
+
+
 def _each_once(ports: Mapping[str, int], kept: Mapping[str, int], field: str) -> None:
     """One name per port: the one asked for second (after those kept) is named."""
     seen: dict[int, str] = {}
@@ -320,9 +346,17 @@ class Commands:
         for r in edges:  # the edge reaches that app on 127.0.0.1:<http_port>
             whose = "this app" if r["app_id"] == app_id else f"{r['location']}.{r['domain']}"
             holders.setdefault(("tcp", r["http_port"]), f"the edge's way to {whose}")
+        own = {
+            (r["protocol"], r["host_port"])
+            for r in await self.apps.store.pool.fetch(
+                "SELECT protocol, host_port FROM apps.ports WHERE app_id = $1::uuid", app_id
+            )
+        }
         for protocol in PROTOCOLS:
             for name, port in sorted(asked[protocol].items()):
                 holder = holders.get((protocol, port))
+                if holder is None and (protocol, port) not in own and _bound(protocol, port):
+                    holder = "another program on this server"
                 if holder is not None:
                     field = f"{protocol}_ports.{name}"
                     raise PortTaken(

@@ -313,12 +313,23 @@ async def test_a_port_taken_twice_or_the_platforms_is_refused_naming_it(env: Env
          (str(fresh), "ADMIN_PORT")),
     ]  # fmt: skip
     udp = {"udp_ports": {"DISCOVERY": free_port(socket.SOCK_DGRAM)}}
-    for change, error, field, said in cases:
-        payload = {**udp, **change}
-        with pytest.raises(error) as caught:
-            await start_install(apps, "second", **payload)
-        assert caught.value.field == field, (change, caught.value)
-        assert all(s in str(caught.value) for s in said), (change, caught.value)
+    # a port another program on this server listens on (Docker could not publish it)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("0.0.0.0", 0))
+    squatter.listen(1)
+    held = squatter.getsockname()[1]
+    cases.append(
+        ({"tcp_ports": {"SSH_PORT": held, "ADMIN_PORT": fresh}}, Conflict, "tcp_ports.SSH_PORT",
+         (str(held), "another program on this server"))
+    )  # fmt: skip
+    with squatter:
+        for change, error, field, said in cases:
+            payload = {**udp, **change}
+            with pytest.raises(error) as caught:
+                await start_install(apps, "second", **payload)
+            assert caught.value.field == field, (change, caught.value)
+            assert all(s in str(caught.value) for s in said), (change, caught.value)
     # the same number for TCP and for UDP is two ports
     shared = free_port()
     both = await start_install(
