@@ -30,7 +30,9 @@ __all__ = [
 MAIL_PORTS = (25, 465, 587, 993, 4190)
 # TCP ports the platform itself opens (SSH and its alternative, the edge, mail): no app gets one.
 PLATFORM_PORTS = frozenset({22, 202, 80, 443, *MAIL_PORTS})
-ALLOW_SCOPES = ("ssh", "dashboard")  # plus "app:<app id>" for each app's published ports
+# ssh; the dashboard (nginx, my.<domain>); the edge's 80 and 443 (every site: a private
+# server); the mail ports; plus "app:<app id>" for each app's published ports
+ALLOW_SCOPES = ("ssh", "dashboard", "edge", "mail")
 MAX_ALLOW = 1000  # CIDRs in one allow list
 MAX_BLOCK = 100_000  # entries in the block list
 MAX_BLOCK_TEXT = 3_000_000  # characters of an imported list (100,000 lines with comments)
@@ -40,8 +42,14 @@ TRIAL_SECONDS = 60
 
 _SCOPE = string(
     maxLength=40,
-    pattern=r"^(ssh|dashboard|app:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$",
-    description="what the list guards: ssh, dashboard, or app:<app id> (its published ports)",
+    pattern=(
+        r"^(ssh|dashboard|edge|mail"
+        r"|app:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
+    ),
+    description=(
+        "what the list guards: ssh, dashboard, edge (80 and 443: every site), mail (its"
+        " ports), or app:<app id> (its published ports)"
+    ),
 )
 _CIDR = string(
     minLength=2,
@@ -54,8 +62,8 @@ _ENTRIES = array(_CIDR, maxItems=5000, description="addresses or CIDR ranges (5,
 CONTRACT = Contract(
     "firewall",
     commands={
-        # An empty list lets everyone in. For ssh and dashboard, a change asked from a remote
-        # address is on trial: undone after TRIAL_SECONDS unless confirmed.
+        # An empty list lets everyone in. For ssh, dashboard and edge, a change asked from a
+        # remote address is on trial: undone after TRIAL_SECONDS unless confirmed.
         "set_allowlist": obj(
             {"scope": _SCOPE, "cidrs": array(_CIDR, maxItems=MAX_ALLOW)},
             required=["scope", "cidrs"],

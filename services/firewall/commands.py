@@ -5,7 +5,7 @@ list (imported from text, or edited an entry at a time) and each app's internet 
 change is an event applied to the read model in the same transaction (`append_inline`), so
 the answer already holds it; the enforcer puts it into the kernel on its next round.
 
-A change to the SSH or dashboard list asked from a remote address is on trial (`Trials`): it
+A change to the SSH, dashboard or edge list asked from a remote address is on trial (`Trials`): it
 is in force at once and undone by itself `TRIAL_SECONDS` later unless the administrator
 confirms it from an address the new list lets in — proof they did not lock themselves out.
 Asked from this machine (loopback), it is set for good: the console cannot be locked out.
@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from libs.contracts.firewall import MAX_BLOCK, TRIAL_SECONDS
+from libs.contracts.firewall import ALLOW_SCOPES, MAX_BLOCK, TRIAL_SECONDS
 from libs.events import context
 from libs.events.errors import ConcurrencyError
 from libs.events.handlers import command, query
@@ -46,7 +46,7 @@ log = logging.getLogger("services.firewall")
 
 Clock = Callable[[], datetime]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_GUARDED = ("ssh", "dashboard")  # lists whose change from afar is on trial
+_GUARDED = ("ssh", "dashboard", "edge")  # lists whose change from afar is on trial
 
 
 def _utcnow() -> datetime:
@@ -452,7 +452,7 @@ class Queries:
                 }
                 for o in sorted(rules.openings, key=lambda o: (o.port, o.proto))
             ],
-            "allowlists": {s: await self._list(s) for s in _GUARDED},
+            "allowlists": {s: await self._list(s) for s in ALLOW_SCOPES},
             "blocklist": {"count": int(count)},
             "bans": [{"ip": ip, "until": until.isoformat()} for ip, until in sorted(bans.items())],
             "apps": [

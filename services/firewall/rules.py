@@ -317,9 +317,9 @@ async def load_rules(
     `blocked` False leaves the block list out (a view that only counts it)."""
     lists = {r["scope"]: tuple(r["cidrs"]) for r in await conn.fetch(_LISTS)}
     openings = [Opening("tcp", p, "ssh", lists.get("ssh", ())) for p in ssh_ports]
-    openings += [Opening("tcp", p, "edge") for p in edge_ports]
+    openings += [Opening("tcp", p, "edge", lists.get("edge", ())) for p in edge_ports]
     if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM firewall.mail_domains)"):
-        openings += [Opening("tcp", p, "mail") for p in MAIL_PORTS]
+        openings += [Opening("tcp", p, "mail", lists.get("mail", ())) for p in MAIL_PORTS]
     apps: list[AppNet] = []
     for r in await conn.fetch("SELECT * FROM firewall.apps ORDER BY app_id"):
         app_id = str(r["app_id"])

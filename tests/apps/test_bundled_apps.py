@@ -467,14 +467,17 @@ def webmail_env(stack: MailStack, gateway: str) -> dict[str, str]:
 async def _compose(page: Page, to: str, subject: str, body: str) -> None:
     await page.goto("/?_task=mail&_action=compose")
     recipient = page.locator("#compose_to input[type=text]").first
-    await recipient.fill(to)
+    await recipient.fill(to, timeout=30_000)
     await page.locator("#compose-subject").fill(subject)
     await page.locator("#composebody").fill(body)
     await page.get_by_role("button", name="Send").first.click()
     await expect(page.get_by_text("Message sent successfully")).to_be_visible(timeout=30_000)
     # Roundcube goes back to the message list by itself 0.5 s after sending; a page
-    # opened before that would be cut off by its own navigation (net::ERR_ABORTED)
+    # opened before that would be cut off by its own navigation (net::ERR_ABORTED), and one
+    # opened while the list still loads waits for it (the session is locked meanwhile)
     await page.wait_for_url(lambda url: "_action=compose" not in url, timeout=30_000)
+    await expect(page.locator("#messagelist")).to_be_attached(timeout=30_000)
+    await page.wait_for_load_state("networkidle", timeout=30_000)
 
 
 @pytest.mark.slow

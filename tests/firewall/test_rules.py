@@ -168,6 +168,16 @@ async def test_default_deny_openings_mail_and_ipv6_parity(world: World) -> None:
         await world.store.append("maildomain-example.org", [on])
         await world.eventually("open", HOST4, 587)
         assert await world.see(HOST6, 587) == "open"
+        # the mail ports and the edge can be kept for some addresses too (security groups)
+        await world.cmd("set_allowlist", {"scope": "mail", "cidrs": ["192.0.2.3"]})
+        await world.eventually("dropped", HOST4, 587, "192.0.2.2")
+        assert await world.see(HOST4, 587, "192.0.2.3") == "open"
+        edge = await world.cmd("set_allowlist", {"scope": "edge", "cidrs": ["192.0.2.3/32"]})
+        assert edge["trial"] is not None  # from afar: on trial, as SSH's and the dashboard's
+        await world.eventually("dropped", HOST4, 443, "192.0.2.2")
+        assert await world.see(HOST4, 443, "192.0.2.3") == "open"
+        await world.cmd("set_allowlist", {"scope": "edge", "cidrs": []}, ip="127.0.0.1")
+        await world.eventually("open", HOST4, 443, "192.0.2.2")
         await world.store.append(
             "maildomain-example.org", [MailDomainDisabled(domain="example.org")]
         )

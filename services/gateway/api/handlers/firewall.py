@@ -124,7 +124,10 @@ BAN = obj({"ip": string(), "until": string(format="date-time")}, required=["ip"]
 STATUS = obj(
     {
         "open": array(OPENING, description="what is open, and to whom"),
-        "allowlists": obj({"ssh": ALLOWLIST, "dashboard": ALLOWLIST}, additional=True),
+        "allowlists": obj(
+            {"ssh": ALLOWLIST, "dashboard": ALLOWLIST, "edge": ALLOWLIST, "mail": ALLOWLIST},
+            additional=True,
+        ),
         "blocklist": obj({"count": integer()}, additional=True),
         "bans": array(BAN, description="addresses banned for failed sign-ins, until when"),
         "apps": array(_ANY),

@@ -386,6 +386,24 @@ export function Firewall() {
                 list={s.allowlists.dashboard}
                 onChanged={state.reload}
               />
+              <AllowList
+                scope="edge"
+                title="the websites"
+                heading="Websites (80 and 443)"
+                label="Addresses that may reach the websites"
+                hint={`${CIDR_HINT} Every site and app of this server answers on these ports: a list makes the whole server private to those addresses.`}
+                list={s.allowlists.edge}
+                onChanged={state.reload}
+              />
+              <AllowList
+                scope="mail"
+                title="mail"
+                heading="Mail"
+                label="Addresses that may reach the mail ports"
+                hint={`${CIDR_HINT} While mail is on, ports 25, 465, 587, 993 and 4190 are open to these addresses; other servers deliver mail on 25 from anywhere, so a list here is for a server that only sends.`}
+                list={s.allowlists.mail}
+                onChanged={state.reload}
+              />
             </section>
             <BlockList count={s.blocklist.count} onChanged={state.reload} />
             <Bans bans={s.bans} />
