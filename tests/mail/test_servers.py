@@ -502,6 +502,31 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _started(pid: int) -> str | None:
+    """When `pid` started (field 22 of /proc/<pid>/stat): tells a process from a later one
+    that got its number again (the other test worker starts many)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _snapshot(pids: Iterable[int]) -> dict[int, str | None]:
+    """`pids` with their start times now."""
+    return {p: _started(p) for p in pids}
+
+
+def _still_running(known: dict[int, str | None], within: float = 5.0) -> list[int]:
+    """Those of `known` (a snapshot) still alive, the same processes, after `within` seconds
+    at most: a worker may take a moment to end after its master."""
+    end = time.monotonic() + within
+    while True:
+        left = [p for p, t in known.items() if t is not None and _started(p) == t and _alive(p)]
+        if not left or time.monotonic() > end:
+            return left
+        time.sleep(0.1)
+
+
 def _copy_hyperscan_cache(src: Path, dst: Path) -> None:
     """rspamd's compiled hyperscan cache from the worker's servers: no 10 s compile again."""
     dst.mkdir()
@@ -532,16 +557,16 @@ async def test_a_killed_server_is_restarted_and_all_stop_at_exit(
                     assert time.monotonic() < end, f"{server} was not restarted"
                     await asyncio.sleep(0.2)
             # stopped (mail turned off), then started again by the next apply
-            running = _descendants(servers.pids().values())
+            running = _snapshot(_descendants(servers.pids().values()))
             await servers.stop()
             assert not await servers.ready()
-            assert not [p for p in running if _alive(p)]
+            assert not _still_running(running)
             await servers.apply(model)
             assert await servers.ready()
-            running = _descendants(servers.pids().values())
+            running = _snapshot(_descendants(servers.pids().values()))
             assert len(running) > 10  # the masters and their workers
         assert servers.pids() == {}
-        left = [p for p in running if _alive(p)]
+        left = _still_running(running)
         assert not left, f"processes left running: {left}"
     finally:
         shutil.rmtree(root, ignore_errors=True)
