@@ -127,6 +127,15 @@ def parse_entries(text: str, caller: str | None) -> list[str]:
     return list(out)
 
 
+def _admin(what: str) -> None:
+    if not context.current().is_admin:
+        raise FirewallForbidden(f"only an administrator may {what} the firewall")
+
+
+async def _allowlist_row(pool: asyncpg.Pool, scope: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM firewall.allowlists WHERE scope = $1", scope)
+
+
 def _blockable(net: Network, me: Network | None, where: str, field: str) -> None:
     if net.prefixlen == 0:
         raise InvalidRequest(f"{where}{net} would block every address", field=field)
@@ -161,8 +170,7 @@ class Commands:
 
     @staticmethod
     def _admin() -> None:
-        if not context.current().is_admin:
-            raise FirewallForbidden("only an administrator may change the firewall")
+        _admin("change")
 
     async def _append(self, stream: str, new: Sequence[Any]) -> None:
         expected = await self.store.stream_version(stream)
@@ -184,9 +192,7 @@ class Commands:
         return row
 
     async def allowlist_row(self, scope: str) -> asyncpg.Record | None:
-        return await self.store.pool.fetchrow(
-            "SELECT * FROM firewall.allowlists WHERE scope = $1", scope
-        )
+        return await _allowlist_row(self.store.pool, scope)
 
     # -- allow lists -------------------------------------------------------------------------
 
@@ -418,11 +424,10 @@ class Queries:
 
     @staticmethod
     def _admin() -> None:
-        if not context.current().is_admin:
-            raise FirewallForbidden("only an administrator may see the firewall")
+        _admin("see")
 
     async def _list(self, scope: str) -> dict[str, Any]:
-        row = await self.pool.fetchrow("SELECT * FROM firewall.allowlists WHERE scope = $1", scope)
+        row = await _allowlist_row(self.pool, scope)
         if row is None:
             return {"scope": scope, "cidrs": [], "trial": None}
         trial = None

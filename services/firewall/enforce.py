@@ -15,7 +15,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -90,9 +89,10 @@ class Enforcer:
         """Start the next round now (a command changed the rules)."""
         self._nudge.set()
 
-    async def apply(self) -> bool:
-        """Render and apply the whole table; False when nft refused it (the old one stays)."""
-        rev = await revision(self.pool)
+    async def apply(self, rev: int | None = None) -> bool:
+        """Render and apply the whole table (of the rules' revision `rev`, read when not
+        given); False when nft refused it (the old one stays)."""
+        rev = rev if rev is not None else await revision(self.pool)
         rules: Rules = await self.rules()
         script = await asyncio.to_thread(render, self.table.table, rules)
         started = time.monotonic()
@@ -115,7 +115,7 @@ class Enforcer:
             return False
         self.revision, self.failed = rev, None
         # the bans in force are in the table: the ban enforcer need not add them again
-        self.bans.applied = await self._applied_bans(self.clock())
+        self.bans.applied = dict(await active_bans(self.pool, self.clock()))
         self.last = {
             "revision": rev,
             "at": at,
@@ -141,13 +141,10 @@ class Enforcer:
             return False
         return True
 
-    async def _applied_bans(self, now: datetime) -> dict[str, datetime]:
-        return dict(await active_bans(self.pool, now))
-
     async def round(self) -> None:
         rev = await revision(self.pool)
         if rev != self.revision and rev != self.failed:
-            await self.apply()
+            await self.apply(rev)
         else:
             await self.bans.reconcile()
 
