@@ -438,6 +438,14 @@ class Planner:
                 HP_ACME_DIR=str(self.data_dir / "acme"),
                 HP_CERTS_DIR=str(self.data_dir / "certs"),
             )
+        if name == "notify":  # links in mail lead to the dashboard as this stack serves it
+            if plan.edge_ports is not None:
+                env["HP_NOTIFY_DASHBOARD_URL"] = f"https://my.localhost:{plan.edge_ports[1]}"
+                env["HP_NOTIFY_EDGE_HTTPS_PORT"] = str(plan.edge_ports[1])
+            else:
+                gateway = next((p for p in plan.parts if p.name == "gateway"), None)
+                if gateway is not None and gateway.url:
+                    env["HP_NOTIFY_DASHBOARD_URL"] = gateway.url.rstrip("/")
         if name == "mail":
             env.update(self._mail_env())
             if plan.docker_url:  # apps send from their networks to the services network's address

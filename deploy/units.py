@@ -189,6 +189,7 @@ PORTS: dict[str, int] = {
     "dns": 7404,
     "firewall": 7405,
     "identity": 7406,
+    "notify": 7407,
     "gateway": 7410,  # the dashboard's API; nginx on 80/443 proxies to it
 }
 _FREE_PORTS = range(7440, 7500)
@@ -483,6 +484,11 @@ def _service_spec(
         extra = {"writes": (own, *keys, data / "certs"), "loopback_only": False}
     elif m.name == "dns":
         extra = {"loopback_only": False}  # DNS providers' APIs and nameservers
+    elif m.name == "notify":
+        # alerts on the file systems of the data and of the system; pushes reach services on
+        # the internet (ntfy, Gotify, webhooks: apprise)
+        env |= {"HP_NOTIFY_DISK_PATHS": f"{data},/"}
+        extra = {"loopback_only": False}
     elif m.name == "mail":
         # the servers as its children, as root (see the module's docstring): the mail ports on
         # every address; apps send (and their mail clients read) on the services network's

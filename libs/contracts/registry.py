@@ -13,9 +13,10 @@ from libs.contracts.firewall import CONTRACT as FIREWALL
 from libs.contracts.gateway import CONTRACT as GATEWAY
 from libs.contracts.identity import CONTRACT as IDENTITY
 from libs.contracts.mail import CONTRACT as MAIL
+from libs.contracts.notify import CONTRACT as NOTIFY
 
 __all__ = ["CONTRACTS"]
 
-_ALL: tuple[Contract, ...] = (GATEWAY, CERTS, DNS, IDENTITY, APPS, BACKUP, MAIL, FIREWALL)
+_ALL: tuple[Contract, ...] = (GATEWAY, CERTS, DNS, IDENTITY, APPS, BACKUP, MAIL, FIREWALL, NOTIFY)
 
 CONTRACTS: Mapping[str, Contract] = {c.service: c for c in _ALL}

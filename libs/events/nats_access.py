@@ -90,6 +90,16 @@ CALLS: Mapping[str, tuple[str, ...]] = {
     ),
     "identity": (),
     "firewall": ("cmd.identity.record_failure",),
+    "notify": (
+        "qry.identity.users",
+        "qry.identity.addresses",
+        "qry.dns.domains",
+        "qry.apps.platform_update",
+        "qry.apps.catalog",
+        "qry.apps.apps",
+        "qry.firewall.status",
+        "cmd.mail.send",
+    ),
     "mail": (
         "qry.identity.users",
         "qry.identity.groups",

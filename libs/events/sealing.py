@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 SEALED_PLACEHOLDER: Final = "[sealed]"
 
 # The services that seal, each with its keyring file `<keyring dir>/<service>.json`.
-KEYRING_OWNERS: Final = ("identity", "apps", "dns", "certs", "backup", "mail")
+KEYRING_OWNERS: Final = ("identity", "apps", "dns", "certs", "backup", "mail", "notify")
 # The one keyring file every service shared before each had its own.
 SHARED_KEYRING: Final = "keyring.json"
 # A service's keyring in its own folder: <keyring dir>/<service>/keyring.json.

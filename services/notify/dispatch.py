@@ -1,0 +1,301 @@
+"""The dispatcher: each new notification, by mail and push, to the administrators who want it.
+
+Rules (the issue's): at most one mail per condition per `notify_mail_interval_seconds` — an
+alert that opens again within the hour shows in the bell but sends no second mail; a resolved
+notice is mailed once, and only when its opening was. What was done is recorded
+(`NotificationDelivered`), so a restart or a rebuild never mails twice; a notification found
+undelivered after `notify_stale_seconds` (a long outage) is recorded without mailing.
+
+Mail leaves through the mail service (`send`: its own Postfix when mail is on, else the relay);
+push through apprise (push.py) to each administrator's URLs, unsealed only to send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from libs.contracts.notify import CATEGORIES
+from libs.events import context
+from libs.events.bus import BusClient, BusError, Unavailable
+from libs.events.context import Context
+from libs.events.errors import ConcurrencyError
+from libs.events.inline import append_inline
+from libs.events.sealing import Keyring, SealingError
+from libs.events.store import PostgresEventStore
+from services.notify import events as ev
+from services.notify.config import NotifyConfig
+from services.notify.evaluate import Clock, utcnow
+from services.notify.projections import NotifyProjection
+from services.notify.templates import alert_mail
+
+__all__ = ["Dispatcher", "Recipient", "browser_of"]
+
+log = logging.getLogger("services.notify")
+
+Pusher = Callable[[Sequence[str], str, str], Awaitable[list[Any]]]
+
+
+class Recipient:
+    __slots__ = ("email", "email_categories", "push_categories", "push_urls", "user_id")
+
+    def __init__(self, user_id: str, email: str | None) -> None:
+        self.user_id = user_id
+        self.email = email
+        self.email_categories: frozenset[str] = frozenset(CATEGORIES)
+        self.push_categories: frozenset[str] = frozenset(CATEGORIES)
+        self.push_urls: list[str] = []  # sealed
+
+
+def browser_of(agent: str | None) -> str:
+    """A short name of the browser a User-Agent string names."""
+    a = agent or ""
+    for needle, name in (
+        ("Edg/", "Edge"),
+        ("OPR/", "Opera"),
+        ("Firefox/", "Firefox"),
+        ("Chrome/", "Chrome"),
+        ("Safari/", "Safari"),
+        ("curl/", "curl"),
+    ):
+        if needle in a:
+            return name
+    return "an unknown browser" if a else "no browser named"
+
+
+async def _default_push(urls: Sequence[str], title: str, body: str) -> list[Any]:
+    from services.notify.push import push  # apprise is loaded only when someone pushes
+
+    return await push(urls, title, body)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        cfg: NotifyConfig,
+        store: PostgresEventStore,
+        bus: BusClient,
+        keyring: Keyring | None,
+        *,
+        clock: Clock = utcnow,
+        pusher: Pusher = _default_push,
+        origin: Callable[[], Awaitable[str | None]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.pool = store.pool
+        self.bus = bus
+        self.keyring = keyring
+        self.clock = clock
+        self.pusher = pusher
+        self.origin = origin
+        self.projection = NotifyProjection()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while await self.round():
+                    pass
+            except Exception:
+                log.exception("notification round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.cfg.notify_round_seconds)
+            self._wake.clear()
+
+    async def round(self) -> int:
+        """Deliver what is pending (a page at a time); the number delivered."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM notify.notifications WHERE NOT delivered ORDER BY position LIMIT 20"
+        )
+        if not rows:
+            return 0
+        try:
+            recipients = await self.recipients()
+        except BusError as e:
+            log.warning("notifications wait: identity did not list the administrators (%s)", e)
+            return 0
+        centre = await self._centre()
+        for row in rows:
+            await self._deliver(row, recipients, centre)
+        return len(rows)
+
+    async def recipients(self) -> dict[str, Recipient]:
+        """Enabled administrators, with their preferences."""
+        users = await self.bus.query("identity", "users", {})
+        out = {
+            str(u["user_id"]): Recipient(str(u["user_id"]), u.get("email"))
+            for u in users.get("items", [])
+            if u.get("is_admin") and not u.get("disabled")
+        }
+        for p in await self.pool.fetch("SELECT * FROM notify.preferences"):
+            r = out.get(str(p["user_id"]))
+            if r is not None:
+                r.email_categories = frozenset(p["email"])
+                r.push_categories = frozenset(p["push"])
+                r.push_urls = list(p["push_urls"])
+        return out
+
+    async def _centre(self) -> str | None:
+        base = await self.origin() if self.origin is not None else None
+        return f"{base.rstrip('/')}/#/notifications" if base else None
+
+    async def _deliver(
+        self, row: asyncpg.Record, recipients: dict[str, Recipient], centre: str | None
+    ) -> None:
+        now = self.clock()
+        title, detail = row["title"], row["detail"]
+        if row["sealed"] and any(row["sealed"]):
+            detail = await self._signin_detail(row)
+        who = list(recipients.values())
+        if row["user_id"] is not None:
+            who = [r for r in who if r.user_id == str(row["user_id"])]
+        mailed = pushed = 0
+        notes: list[str] = []
+        if now - row["created_at"] > timedelta(seconds=self.cfg.notify_stale_seconds):
+            notes.append("too old to send when it was first seen")
+        else:
+            may_mail, why = await self._may_mail(row)
+            if not may_mail:
+                notes.append(why)
+            else:
+                mail = alert_mail(
+                    self.cfg.notify_platform_name,
+                    row["kind"],
+                    title,
+                    detail,
+                    row["created_at"],
+                    centre,
+                )
+                for r in who:
+                    if row["category"] not in r.email_categories or not r.email:
+                        continue
+                    try:
+                        await self._send(r.email, mail.subject, mail.text, mail.html)
+                        mailed += 1
+                    except Unavailable as e:
+                        notes.append(e.message)
+                        break
+                    except BusError as e:
+                        notes.append(f"mail to an administrator failed: {e.message}")
+            pushed = await self._push(row, who, title, detail)
+        await self._record(row, mailed, pushed, "; ".join(dict.fromkeys(notes)), detail)
+
+    async def _may_mail(self, row: asyncpg.Record) -> tuple[bool, str]:
+        interval = timedelta(seconds=self.cfg.notify_mail_interval_seconds)
+        if row["kind"] == "resolved":
+            opened = await self.pool.fetchrow(
+                "SELECT mailed FROM notify.notifications WHERE key = $1 AND kind = 'opened'"
+                " AND position < $2 ORDER BY position DESC LIMIT 1",
+                row["key"],
+                row["position"],
+            )
+            if opened is None or not opened["mailed"]:
+                return False, "its alert was not mailed"
+        recent = await self.pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM notify.notifications WHERE key = $1 AND kind = $2"
+            " AND mailed > 0 AND position < $3 AND created_at > $4)",
+            row["key"],
+            row["kind"],
+            row["position"],
+            row["created_at"] - interval,
+        )
+        if recent:
+            return False, "a mail about this went out within the hour"
+        return True, ""
+
+    async def _send(self, to: str, subject: str, text: str, html: str) -> None:
+        payload = {
+            "to": [to],
+            "subject": subject,
+            "text": text,
+            "html": html,
+            "from_name": self.cfg.notify_platform_name,
+        }
+        with context.use(Context(actor="system", correlation_id=f"notify-{uuid.uuid4()}")):
+            await self.bus.command("mail", "send", payload, timeout=60)
+
+    async def _push(
+        self, row: asyncpg.Record, who: list[Recipient], title: str, detail: str
+    ) -> int:
+        urls: list[str] = []
+        for r in who:
+            if row["category"] not in r.push_categories:
+                continue
+            for sealed in r.push_urls:
+                try:
+                    urls.append(self._unseal(sealed))
+                except SealingError:
+                    log.warning("a push URL of an administrator cannot be read; skipped")
+        if not urls:
+            return 0
+        prefix = (
+            "Resolved: " if row["kind"] == "resolved" and not title.startswith("Resolved") else ""
+        )
+        results = await self.pusher(urls, f"{prefix}{title}", detail or title)
+        return sum(1 for r in results if getattr(r, "ok", False))
+
+    def _unseal(self, sealed: str) -> str:
+        if self.keyring is None:
+            raise SealingError("no keyring")
+        return self.keyring.unseal_str(sealed)
+
+    async def _signin_detail(self, row: asyncpg.Record) -> str:
+        """The address and browser of a sign-in notice, read back by identity."""
+        sealed_ip, sealed_agent = [*row["sealed"], "", ""][:2]
+        values = [v for v in (sealed_ip, sealed_agent) if v]
+        plain: dict[str, str | None] = {}
+        try:
+            got = await self.bus.query("identity", "addresses", {"values": values})
+            plain = dict(zip(values, got["values"], strict=True))
+        except BusError as e:
+            log.warning("the address of a sign-in could not be read back (%s)", e)
+        ip = plain.get(sealed_ip) if sealed_ip else None
+        agent = plain.get(sealed_agent) if sealed_agent else None
+        when = f"{row['created_at']:%Y-%m-%d %H:%M} UTC"
+        return (
+            f"Your account signed in at {when} from {ip or 'an address we cannot show'}"
+            f" with {browser_of(agent)}, a place not seen before. If this was not you, change"
+            " your password on your profile page: every session ends."
+        )
+
+    async def _record(
+        self, row: asyncpg.Record, mailed: int, pushed: int, note: str, detail: str
+    ) -> None:
+        delivered = ev.NotificationDelivered(
+            notification_id=str(row["id"]), mailed=mailed, pushed=pushed, note=note[:500]
+        )
+        stream = row["stream"]
+        with context.use(Context(actor="system", correlation_id=f"notify-{uuid.uuid4()}")):
+            for _ in range(5):
+                version = await self.store.stream_version(stream)
+                try:
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        await append_inline(
+                            self.store, conn, self.projection, stream, [delivered], version
+                        )
+                        if detail != row["detail"]:  # a sign-in's words: the read model only
+                            await conn.execute(
+                                "UPDATE notify.notifications SET detail = $2 WHERE id = $1",
+                                row["id"],
+                                detail,
+                            )
+                    return
+                except ConcurrencyError:
+                    continue
+        log.warning("notification %s: its delivery could not be recorded", row["id"])

@@ -1,0 +1,259 @@
+"""The evaluator: every round, the conditions that hold (conditions.py) against the open alerts;
+what is new opens (`AlertOpened`), what no longer holds resolves (`AlertResolved`), and each new
+ban of an address is a notice. It nudges the dispatcher when it recorded something.
+
+What other services know is asked on the bus: active bans (firewall) every round, updates
+(apps) every `notify_updates_seconds`. A service that does not answer changes nothing: its
+alerts neither open nor clear on a missing answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from libs.events import context
+from libs.events.bus import BusClient, BusError
+from libs.events.context import Context
+from libs.events.errors import ConcurrencyError
+from libs.events.inline import append_inline
+from libs.events.store import PostgresEventStore
+from services.notify import events as ev
+from services.notify import measure
+from services.notify.conditions import (
+    AppFacts,
+    BackupFacts,
+    CertFacts,
+    Facts,
+    decide,
+)
+from services.notify.config import NotifyConfig
+from services.notify.projections import NotifyProjection
+
+__all__ = ["Clock", "Evaluator", "utcnow"]
+
+log = logging.getLogger("services.notify")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _newer(current: str, candidate: str) -> bool:
+    from deploy.release import is_newer  # the platform's own version order
+
+    try:
+        return bool(is_newer(candidate, current))
+    except Exception:
+        return False
+
+
+class Evaluator:
+    def __init__(
+        self,
+        cfg: NotifyConfig,
+        store: PostgresEventStore,
+        bus: BusClient | None,
+        *,
+        clock: Clock = utcnow,
+        changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.pool = store.pool
+        self.bus = bus
+        self.clock = clock
+        self.changed = changed
+        self.projection = NotifyProjection()
+        self.rounds = 0
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._updates_at: datetime | None = None
+        self._platform_update: str | None = None
+        self._app_updates: dict[str, tuple[str, str]] = {}
+        self._titles: dict[str, str] = {}
+        self._updates_known = False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.round()
+            except Exception:  # the loop outlives any one bad round
+                log.exception("alert round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.cfg.notify_round_seconds)
+            self._wake.clear()
+
+    # -- one round ------------------------------------------------------------------------------
+
+    async def round(self) -> int:
+        """Look once; the number of events recorded."""
+        now = self.clock()
+        await self._poll_updates(now)
+        facts = await self.facts()
+        wanted = decide(facts, now, self.cfg)
+        rows = await self.pool.fetch("SELECT key, stream, version, open, title FROM notify.alerts")
+        known = {r["key"]: r for r in rows}
+        recorded = 0
+        for key, alert in wanted.items():
+            row = known.get(key)
+            if row is None or not row["open"]:
+                recorded += await self._record(
+                    ev.alert_stream(key),
+                    ev.AlertOpened(
+                        key=key,
+                        category=alert.category,
+                        severity=alert.severity,
+                        title=alert.title,
+                        detail=alert.detail,
+                    ),
+                )
+        for key, row in known.items():
+            if row["open"] and key not in wanted and self._may_resolve(key):
+                recorded += await self._record(
+                    row["stream"], ev.AlertResolved(key=key, title=f"Resolved: {row['title']}")
+                )
+        recorded += await self._bans()
+        self.rounds += 1
+        if recorded:
+            self.changed()
+        return recorded
+
+    def _may_resolve(self, key: str) -> bool:
+        """An update alert clears only on an answer from the apps service."""
+        return not key.startswith("update:") or self._updates_known
+
+    async def _record(self, stream: str, event: Any) -> int:
+        version = await self.store.stream_version(stream)
+        with context.use(Context(actor="system", correlation_id=f"notify-{uuid.uuid4()}")):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await append_inline(self.store, conn, self.projection, stream, [event], version)
+            except ConcurrencyError:
+                return 0  # another round recorded it meanwhile: the next round looks again
+        return 1
+
+    # -- facts ----------------------------------------------------------------------------------
+
+    async def facts(self) -> Facts:
+        apps = await self.pool.fetch("SELECT * FROM notify.apps")
+        certs = await self.pool.fetch("SELECT * FROM notify.certs")
+        backup = await self.pool.fetchrow("SELECT * FROM notify.backups")
+        disks = await asyncio.to_thread(measure.disks, self.cfg.disk_paths())
+        memory = await asyncio.to_thread(measure.memory, self.cfg.notify_proc)
+        return Facts(
+            apps=[self._app(r) for r in apps],
+            certs=[
+                CertFacts(r["primary_name"], r["not_after"], r["failed_at"], r["failed_message"])
+                for r in certs
+            ],
+            backup=None
+            if backup is None
+            else BackupFacts(
+                backup["scheduled"],
+                backup["scheduled_since"],
+                backup["last_success"],
+                backup["last_failure"],
+                backup["failure_reason"],
+            ),
+            disks=disks,
+            memory=memory,
+            platform_update=self._platform_update,
+            app_updates=dict(self._app_updates),
+        )
+
+    def _app(self, r: asyncpg.Record) -> AppFacts:
+        host = f"{r['location']}.{r['domain']}" if r["domain"] else r["location"]
+        title = self._titles.get(r["manifest_id"], r["manifest_id"])
+        return AppFacts(
+            app_id=str(r["app_id"]),
+            name=f"{title} at {host}",
+            installed=r["installed"],
+            running=r["running"],
+            down_since=r["down_since"],
+            unhealthy_since=r["unhealthy_since"],
+            unhealthy_detail=r["unhealthy_detail"],
+            deaths=tuple(r["deaths"]),
+            oom_at=r["oom_at"],
+        )
+
+    # -- what other services answer ------------------------------------------------------------
+
+    async def _poll_updates(self, now: datetime) -> None:
+        if self.bus is None:
+            return
+        due = self._updates_at is None or (
+            (now - self._updates_at).total_seconds() >= self.cfg.notify_updates_seconds
+        )
+        if not due:
+            return
+        self._updates_at = now
+        try:
+            platform = await self.bus.query("apps", "platform_update", {})
+            catalog = await self.bus.query("apps", "catalog", {})
+            apps = await self.bus.query("apps", "apps", {})
+        except BusError as e:
+            log.warning("updates not known this round: the apps service answered %s", e)
+            return
+        available = platform.get("available") or None
+        self._platform_update = str(available["version"]) if available else None
+        newest = {str(i["id"]): str(i["version"]) for i in catalog.get("items", [])}
+        self._titles = {str(i["id"]): str(i["title"]) for i in catalog.get("items", [])}
+        updates: dict[str, tuple[str, str]] = {}
+        for a in apps.get("items", []):
+            new = newest.get(str(a.get("manifest_id")))
+            current = str(a.get("version") or "")
+            if new and current and _newer(current, new):
+                updates[str(a["app_id"])] = (current, new)
+        self._app_updates = updates
+        self._updates_known = True
+
+    async def _bans(self) -> int:
+        """A notice for each ban the firewall has in force that was not told yet."""
+        if self.bus is None:
+            return 0
+        try:
+            status = await self.bus.query("firewall", "status", {})
+        except BusError as e:
+            log.debug("bans not known this round: %s", e)
+            return 0
+        recorded = 0
+        for ban in status.get("bans", []):
+            ip, until = str(ban["ip"]), str(ban["until"])
+            key = f"ban:{ip}:{until}"
+            told = await self.pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM notify.notifications WHERE key = $1)", key
+            )
+            if told:
+                continue
+            notice_id = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+            ends = datetime.fromisoformat(until)
+            recorded += await self._record(
+                ev.notice_stream(notice_id),
+                ev.NoticePosted(
+                    notice_id=notice_id,
+                    key=key,
+                    category="security",
+                    title=f"Address {ip} banned until {ends:%H:%M} UTC",
+                    detail=f"{ip} failed to sign in too often (SSH, the dashboard or mail) and"
+                    f" cannot reach this server until {ends:%Y-%m-%d %H:%M} UTC. Nothing to do"
+                    " unless it is one of yours: then unblock it on the Firewall page.",
+                ),
+            )
+        return recorded
