@@ -17,6 +17,7 @@ from tests.gateway.apikit import Client, backup_env, running_backup, running_gat
 from tests.identity.kit import Identity, running_identity
 from tests.support.bus import relaying
 from tests.support.firewall import firewall_env, running_firewall
+from tests.support.notify import notify_env, running_notify
 
 
 @dataclass
@@ -36,16 +37,23 @@ async def running_platform(
     docker_host: str | None = None,
     gateway_env: Mapping[str, str] | None = None,
     apps_extra: Mapping[str, str] | None = None,
+    notify_extra: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Platform]:
     """Identity, gateway and relay; with `docker_host`, the whole platform: the apps service
     too (the static app in several versions as its catalog), dns, certs (no ACME CA is
     reachable: nothing here orders a certificate), backup and the firewall (recording, never
     applying). `gateway_env` adds settings of
-    the gateway (the edge, for one), `apps_extra` settings of the apps service."""
+    the gateway (the edge, for one), `apps_extra` settings of the apps service. Notify always
+    runs (the bell), with `notify_extra` on top of tests/support/notify.py's settings."""
     async with contextlib.AsyncExitStack() as stack:
         ident = await stack.enter_async_context(
             running_identity(monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path)
         )
+        (tmp_path / "notify").mkdir(exist_ok=True)
+        notes = notify_env(
+            dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path / "notify", extra=notify_extra
+        )
+        await stack.enter_async_context(running_notify(monkeypatch, notes))
         if docker_host is not None:
             env = apps_env(
                 dsn=dsn,
