@@ -243,3 +243,53 @@ async def test_a_rebuild_tells_nobody_twice(world: World) -> None:
         "SELECT count(*) FROM events.events WHERE type = 'NotificationDelivered'"
     )
     assert count == len(before)
+
+
+async def test_an_alert_is_pushed_to_the_administrators_webhook(world: World) -> None:
+    import json
+
+    from aiohttp import web
+
+    got: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(json.loads(await request.read()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook/{token}", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        url = f"json://127.0.0.1:{port}/hook/t0ken"
+        # apps by push only, backups by neither: only the app's alert reaches the hook
+        await world.cmd("set_preferences", {"email": [], "push": ["apps"], "push_urls": [url]})
+        run = str(uuid.uuid4())
+        await world.store.append(
+            f"backuprun-{run}", [backup_ev.BackupFailed(run_id=run, app_id=None, reason="x")]
+        )
+        app_id = str(uuid.uuid4())
+        await _app(world.store, app_id, *_installed(app_id))
+        await _app(world.store, app_id, apps_ev.AppOutOfMemory(app_id=app_id, memory_bytes=1))
+        title = "org.example.static at blog.example.org ran out of memory"
+        await wait_until(lambda: _pushed(got, title), 15, "the push of the app's alert")
+        n = await world.wait_for(title, "opened")
+
+        async def recorded() -> bool:
+            item = next(i for i in await world.items() if i["id"] == n["id"])
+            return bool(item["pushed"] == 1)
+
+        await wait_until(recorded, 15, "the push to be recorded")
+        backup = await world.wait_for("A backup failed", "opened")
+        assert backup["pushed"] == 0
+        assert [g["title"] for g in got] == [title]
+        assert "Give it a higher memory limit" in got[0]["message"]
+    finally:
+        await runner.cleanup()
+
+
+async def _pushed(got: list[dict[str, Any]], title: str) -> bool:
+    return any(g.get("title") == title for g in got)
