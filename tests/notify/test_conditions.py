@@ -169,3 +169,26 @@ def test_restart_rule_property(offsets: list[int], later: int) -> None:
     fresh = bool(deaths) and now - deaths[-1] < timedelta(seconds=900)
     got = f"app-restarting:{APP}" in _keys(Facts(apps=[_app(deaths=deaths)]), now)
     assert got == (crowded and fresh)
+
+
+def test_memory_is_read_from_the_kernel(tmp_path: Path) -> None:
+    from services.notify.measure import disks, memory
+
+    real = memory(Path("/proc"))
+    assert real.available_percent is not None and 0 < real.available_percent <= 100
+    # a kernel reporting pressure (the files as Linux writes them)
+    (tmp_path / "pressure").mkdir()
+    (tmp_path / "meminfo").write_text(
+        "MemTotal:       24576000 kB\nMemFree:          100000 kB\nMemAvailable:     983040 kB\n"
+    )
+    (tmp_path / "pressure" / "memory").write_text(
+        "some avg10=61.00 avg60=55.20 avg300=20.00 total=123\n"
+        "full avg10=1.00 avg60=0.50 avg300=0.10 total=45\n"
+    )
+    m = memory(tmp_path)
+    assert m.available_percent == 4.0 and m.psi_some_avg60 == 55.2
+    alert = decide(Facts(memory=m), T0, CFG)["memory"]
+    assert "4.0 % of memory available" in alert.detail
+    # a path that does not exist yet says nothing; two paths on one file system count once
+    assert disks([tmp_path / "nowhere"]) == []
+    assert len(disks([tmp_path, tmp_path / "pressure"])) == 1
