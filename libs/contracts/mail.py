@@ -2,7 +2,7 @@
 block lists; the views of a domain, of a person's mailbox and of the servers.
 
 Callers: the apps service (`register_app`, `register_client`, `remove_app` for an app's
-`sendmail` and `mailclient` addons), the
+`sendmail` and `mailclient` addons), the notify service (`send`: the platform's own mail), the
 gateway (everything else: administrators manage domains and addresses, a person their
 own app passwords; the gateway's route table decides who may call what). The service checks
 what only it knows: that dns manages the domain, that the accounts and groups exist, that an
@@ -25,6 +25,8 @@ __all__ = [
     "MAX_DNSBL",
     "MAX_FORWARD",
     "MAX_QUOTA",
+    "MAX_SEND_TO",
+    "RECIPIENT_PATTERN",
     "SENDER_PATTERN",
 ]
 
@@ -42,7 +44,18 @@ FORWARD_PATTERN = (
     r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?"
     rf"@({_LABEL}\.)+[A-Za-z]([A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?$"
 )
+# Where the platform's own mail may go: a dot-atom local part (RFC 5322 atext, at most 64)
+# and a domain as FORWARD_PATTERN has it; ASCII only (the servers do not speak SMTPUTF8), and
+# nothing that could end a header.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+RECIPIENT_PATTERN = (
+    rf"^(?=[^@]{{1,64}}@){_ATEXT}+(\.{_ATEXT}+)*"
+    rf"@({_LABEL}\.)+[A-Za-z]([A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?$"
+)
+# One line of a header: no control character (CR, LF, NUL...) nor a Unicode line break.
+_HEADER_TEXT = r"^[^\x00-\x1f\x7f\x85\u2028\u2029]*$"
 MAX_ALIAS_USERS = 100
+MAX_SEND_TO = 50
 MAX_FORWARD = 5
 MAX_DNSBL = 20
 MAX_QUOTA = 1 << 50  # 1 PiB: beyond any disk; a bigger number is a typo
@@ -145,6 +158,14 @@ CONTRACT = Contract(
                 "password": nullable(
                     string(maxLength=256, writeOnly=True, pattern=r"^[^\x00-\x1f\x7f]+$")
                 ),
+                # a test message goes there through the relay first; refused: nothing kept
+                "test_to": nullable(
+                    string(
+                        maxLength=254,
+                        pattern=RECIPIENT_PATTERN,
+                        description="where a test message goes first, e.g. me@example.net",
+                    )
+                ),
             },
             required=["host", "port", "tls"],
         ),
@@ -177,6 +198,36 @@ CONTRACT = Contract(
             required=["app_id", "network"],
         ),
         "remove_app": obj({"app_id": _APP_ID}, required=["app_id"]),
+        # The notify service (actor "system" only): the platform's own mail, through the local
+        # servers when mail is on, else the relay; `unavailable` when there is neither.
+        # Answers {via: "local" | "relay", message_id, refused: [addresses refused]}.
+        "send": obj(
+            {
+                "to": array(
+                    string(maxLength=254, pattern=RECIPIENT_PATTERN, description="an address"),
+                    minItems=1,
+                    maxItems=MAX_SEND_TO,
+                    description=f"the recipients (1 to {MAX_SEND_TO})",
+                ),
+                "subject": string(
+                    minLength=1,
+                    maxLength=300,
+                    pattern=_HEADER_TEXT,
+                    description="one line of 1 to 300 characters, no control characters",
+                ),
+                "text": string(maxLength=200_000, description="the plain-text body"),
+                "html": nullable(string(maxLength=500_000, description="the HTML body")),
+                "from_name": nullable(
+                    string(
+                        maxLength=100,
+                        pattern=_HEADER_TEXT,
+                        description="the sender's name, e.g. Homeport (one line, no control"
+                        " characters)",
+                    )
+                ),
+            },
+            required=["to", "subject", "text"],
+        ),
     },
     queries={
         "domains": obj({}),

@@ -4,8 +4,9 @@ At start it opens the keyring (DKIM keys are sealed in the events), sets up its 
 (schema `mail`, written inline with the events), starts the endpoint Dovecot asks about
 passwords (loopback, with a token made for this run), then the sync that keeps Postfix, Dovecot
 and rspamd true to the read model (run only while a domain has mail on), and serves its
-commands and queries. Stopping: the bus first, then the sync (which stops the servers), then
-the endpoint.
+commands and queries, `send` among them (the platform's own mail: outbound.py, signing in to
+the servers with a password made for this run). Stopping: the bus first, then the sync
+(which stops the servers), then the endpoint.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from services.mail.auth import AuthEndpoint, Directory
 from services.mail.commands import Commands
 from services.mail.config import MailConfig
 from services.mail.model import ServersSettings
+from services.mail.outbound import Outbound, PlatformLogin
 from services.mail.people import People
 from services.mail.projections import MailProjection
 from services.mail.queries import Queries
 from services.mail.records import FoundRecords
+from services.mail.render import Layout
 from services.mail.sync import MailSync
 
 __all__ = ["build", "servers_settings"]
@@ -80,6 +83,7 @@ async def _parts(cfg: MailConfig, now: Callable[[], float], svc: Service) -> Asy
         await ProjectionRunner(MailProjection(), conn.store).setup()
         bus = conn.client(default_timeout=cfg.identity_timeout)
         token = secrets.token_urlsafe(32)
+        platform = PlatformLogin()
         sync: MailSync | None = None
         auth = AuthEndpoint(
             pool=conn.store.pool,
@@ -87,6 +91,7 @@ async def _parts(cfg: MailConfig, now: Callable[[], float], svc: Service) -> Asy
             directory=lambda: sync.directory() if sync else _EMPTY,
             token=token,
             timeout=cfg.identity_timeout,
+            platform=platform,
         )
         port = await auth.start(_LOOPBACK, cfg.mail_auth_port)
         stack.push_async_callback(auth.stop)
@@ -102,11 +107,22 @@ async def _parts(cfg: MailConfig, now: Callable[[], float], svc: Service) -> Asy
 
             settings = servers_settings(cfg, auth_port=port, auth_token=token)
             servers = await stack.enter_async_context(MailServers(settings))
+        outbound = Outbound(
+            pool=conn.store.pool,
+            keyring=keys,
+            login=platform,
+            applied=lambda: sync.applied if sync is not None else None,
+            listener=Layout(cfg.mail_root).platform_socket if servers is not None else None,
+            local_part=cfg.mail_platform_sender,
+            relay_from=cfg.mail_platform_from,
+            relay_networks=cfg.mail_relay_networks,
+        )
         commands = Commands(
             conn.store,
             keys,
             bus,
             changed=lambda: sync.kick() if sync is not None else None,
+            outbound=outbound,
             timeout=cfg.identity_timeout,
             apps_host=cfg.mail_apps_listen[0] if cfg.mail_apps_listen else None,
             apps_port=cfg.mail_apps_port,

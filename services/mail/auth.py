@@ -6,9 +6,10 @@ Dovecot (and Postfix's SASL, through Dovecot) runs the Lua script render.py writ
 that address), 403 (wrong) or 503 (identity cannot say; Dovecot answers a temporary failure).
 
 An app's sending account (`app-<app id>`, its `sendmail` addon) signs in with the password mail
-gave it, from the app's own network only. A person's login is the platform username, or an own
-address of the account on any mail domain. An app password (kept here as its SHA-256) is
-checked first; anything else goes to identity's
+gave it, from the app's own network only. The platform itself (`PLATFORM_LOGIN`, its own mail:
+outbound.py) signs in with the password made for this run, over SMTP from loopback only.
+A person's login is the platform username, or an own address of the account on any mail domain.
+An app password (kept here as its SHA-256) is checked first; anything else goes to identity's
 `mail_login`, which checks the platform password (refused for accounts with TOTP: they use app
 passwords), applies the per-address and per-account limits and records each refusal as a
 `LoginFailed` with the client's address, so the firewall bans guessers as it does on the
@@ -30,6 +31,7 @@ from aiohttp import web
 
 from libs.events.bus import BusClient, BusError
 from services.mail.commands import app_password_hash
+from services.mail.outbound import PLATFORM_LOGIN, PlatformLogin
 from services.mail.people import SYSTEM, People, Person
 
 __all__ = ["APP_PREFIX", "AUTH_HEADER", "AuthEndpoint", "Directory"]
@@ -62,7 +64,9 @@ class AuthEndpoint:
         directory: Callable[[], Directory],
         token: str,
         timeout: float = 10.0,
+        platform: PlatformLogin | None = None,
     ) -> None:
+        self.platform = platform  # None: the platform never signs in here
         self.pool = pool
         self.bus = bus
         self.directory = directory
@@ -110,6 +114,9 @@ class AuthEndpoint:
 
     async def check(self, login: str, password: str, ip: str | None, protocol: str) -> str | None:
         """The mailbox address `login` signs in to with `password`; None when refused."""
+        if login == PLATFORM_LOGIN:
+            ok = self.platform is not None and self.platform.check(password, ip, protocol)
+            return login if ok else None
         if login.startswith(APP_PREFIX):
             return await self._app(login, password, ip)
         d = self.directory()

@@ -16,9 +16,6 @@ import hashlib
 import ipaddress
 import re
 import secrets
-import smtplib
-import socket
-import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +43,7 @@ from services.mail.errors import (
     MailNotFound,
     MailServersError,
 )
+from services.mail.outbound import Outbound, RelayTarget, check_relay
 from services.mail.people import SYSTEM, People, Person, read_people
 from services.mail.projections import MailProjection
 
@@ -87,102 +85,6 @@ def dkim_keypair() -> tuple[str, str]:
     return pem, base64.b64encode(public).decode()
 
 
-_RELAY_DEADLINE = 8.0
-# Where a relay may never be: this server itself, link-local and cloud metadata, nowhere.
-_NOT_A_RELAY = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "127.0.0.0/8",
-        "::1/128",
-        "0.0.0.0/8",
-        "::/128",
-        "169.254.0.0/16",
-        "fe80::/10",
-        "fd00:ec2::254/128",
-        "224.0.0.0/4",
-        "ff00::/8",
-    )
-)
-
-
-def relay_address(host: str, port: int, networks: Sequence[str] = ()) -> str:
-    """The address to try `host` at, once every address it resolves to may be a relay: inside
-    `networks` when given (an operator's, or tests': loopback only), else none of this server's
-    own, link-local, metadata or multicast ones. InvalidRequest naming `host` otherwise."""
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except UnicodeError:  # a name the IDNA codec refuses (an empty label...)
-        raise InvalidRequest(f"{host} is not a host name", field="host") from None
-    except OSError:
-        raise InvalidRequest(f"{host} does not resolve: check the host", field="host") from None
-    allowed = [ipaddress.ip_network(n, strict=False) for n in networks]
-    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]
-    for a in addresses:
-        ok = any(a in n for n in allowed) if allowed else not any(a in n for n in _NOT_A_RELAY)
-        if not ok:
-            raise InvalidRequest(f"{host} ({a}) cannot be a mail relay", field="host")
-    return str(addresses[0])
-
-
-def check_relay(
-    host: str,
-    port: int,
-    tls: str,
-    username: str | None,
-    password: str | None,
-    networks: Sequence[str] = (),
-) -> None:
-    """Connect to the relay as Postfix will (TLS at once or STARTTLS, then AUTH when given);
-    InvalidRequest naming the setting that failed. The certificate is not verified (Postfix
-    sends with `encrypt`, not `secure`: a relay known by address has no name to check)."""
-    address = relay_address(host, port, networks)
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        if tls == "tls":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
-                address, port, timeout=_RELAY_DEADLINE, context=context
-            )
-        else:
-            client = smtplib.SMTP(address, port, timeout=_RELAY_DEADLINE)
-    except ssl.SSLError as e:
-        raise InvalidRequest(
-            f"no TLS at once at {host}:{port} ({e.reason}): choose starttls, or another port",
-            field="tls",
-        ) from None
-    except (OSError, smtplib.SMTPException) as e:
-        raise InvalidRequest(
-            f"could not reach a mail server at {host}:{port} ({e}): check the host and port",
-            field="host",
-        ) from None
-    with client:
-        try:
-            client.ehlo()
-            if tls == "starttls":
-                if not client.has_extn("starttls"):
-                    raise InvalidRequest(
-                        f"{host}:{port} offers no STARTTLS: choose tls, or another port",
-                        field="tls",
-                    )
-                client.starttls(context=context)
-                client.ehlo()
-        except (OSError, smtplib.SMTPException) as e:
-            raise InvalidRequest(f"TLS with {host}:{port} failed: {e}", field="tls") from None
-        if username is not None and password is not None:
-            try:
-                client.login(username, password)
-            except smtplib.SMTPAuthenticationError:
-                raise InvalidRequest(
-                    f"{host} refused the sign-in: check the username and password",
-                    field="password",
-                ) from None
-            except (OSError, smtplib.SMTPException) as e:
-                raise InvalidRequest(
-                    f"{host} did not take a sign-in: {e}", field="username"
-                ) from None
-
-
 def _selector(now: datetime) -> str:
     return f"hp{now:%Y%m}"
 
@@ -211,6 +113,7 @@ class Commands:
         bus: BusClient,
         *,
         changed: Callable[[], None],
+        outbound: Outbound,
         timeout: float = 10.0,
         apps_host: str | None = None,
         apps_port: int = 0,
@@ -229,6 +132,7 @@ class Commands:
         self.keyring = keyring
         self.bus = bus
         self.changed = changed
+        self.outbound = outbound  # the platform's own mail, and a relay's test message
         self.timeout = timeout
         self._projection = MailProjection()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -703,19 +607,25 @@ class Commands:
     @command("set_relay")
     async def set_relay(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Mail to other domains through a smart host, kept only once it took the connection,
-        the TLS and the sign-in; the password is sealed."""
+        the TLS and the sign-in, and with `test_to` a test message for that address; the
+        password is sealed."""
         self._admin()
         host: str = payload["host"]
         port: int = payload["port"]
         tls: str = payload["tls"]
         username: str | None = payload.get("username")
         password: str | None = payload.get("password")
+        test_to: str | None = payload.get("test_to")
         if (username is None) != (password is None):
             missing = "password" if password is None else "username"
             raise InvalidRequest("a relay sign-in needs both username and password", field=missing)
-        await asyncio.to_thread(
-            check_relay, host, port, tls, username, password, self.relay_networks
-        )
+        if test_to is None:
+            await asyncio.to_thread(
+                check_relay, host, port, tls, username, password, self.relay_networks
+            )
+        else:
+            relay = RelayTarget(host, port, tls, username, password)
+            await self.outbound.test_relay(relay, test_to)
         sealed = (
             None
             if password is None
@@ -732,6 +642,21 @@ class Commands:
         async with self._lock(ev.SETTINGS_STREAM):
             await self._append(ev.SETTINGS_STREAM, [ev.MailRelayCleared()])
         return {"relay": None}
+
+    # -- the platform's own mail ---------------------------------------------------------------
+
+    @command("send")
+    async def send(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The platform's own mail (the notify service: invitations, resets, alerts), through
+        the local servers when mail is on, else the relay (services/mail/outbound.py)."""
+        self._platform()
+        return await self.outbound.send(
+            to=list(payload["to"]),
+            subject=payload["subject"],
+            text=payload["text"],
+            html=payload.get("html"),
+            from_name=payload.get("from_name"),
+        )
 
     # -- settings ----------------------------------------------------------------------------
 

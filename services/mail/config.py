@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from libs.contracts.mail import LOCAL_PART_PATTERN, RECIPIENT_PATTERN
 from libs.events.relay import DEFAULT_PREFIX
 from libs.service.config import ServiceConfig, check
 
@@ -35,6 +36,14 @@ def _port(v: int) -> bool:
 
 def _user(v: str) -> bool:
     return re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", v) is not None
+
+
+def _local_part(v: str) -> bool:
+    return re.fullmatch(LOCAL_PART_PATTERN, v) is not None
+
+
+def _address(v: str) -> bool:
+    return len(v) <= 254 and re.fullmatch(RECIPIENT_PATTERN, v) is not None
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,16 @@ class MailConfig(ServiceConfig):
     # Where an outbound relay may be (CIDRs); none: anywhere but this server's own, link-local
     # and metadata addresses. Tests give loopback only (nothing leaves the machine).
     mail_relay_networks: tuple[str, ...] = ()
+    # The platform's own mail (invitations, alerts: services/mail/outbound.py) is sent as
+    # <mail_platform_sender>@<first mail domain> while mail is on; through the relay otherwise,
+    # as mail_platform_from when set, else the relay's username when it is an address, else
+    # <mail_platform_sender>@<this host's name>.
+    mail_platform_sender: str = field(
+        default="noreply", metadata=check(_local_part, "a local part, e.g. noreply")
+    )
+    mail_platform_from: str | None = field(
+        default=None, metadata=check(_address, "an address, e.g. homeport@example.org")
+    )
     # rspamd's resolvers ("127.0.0.1:53"); none: the system's.
     mail_nameservers: tuple[str, ...] = ()
     mail_vmail_user: str = field(default="mail", metadata=check(_user, "a system user name"))

@@ -22,6 +22,7 @@ from pathlib import Path
 from services.mail.model import MESSAGE_LIMIT, Mailbox, MailDomain, MailModel, ServersSettings
 
 __all__ = [
+    "PLATFORM_SERVICE",
     "TLS_CIPHERS",
     "Layout",
     "RenderError",
@@ -41,6 +42,8 @@ TLS_CIPHERS = ":".join(
     ]
 )
 QUOTA_REFUSAL = "552 5.2.2 Mailbox is full"
+# Postfix's listener for the platform's own mail (`Layout.platform_socket`)
+PLATFORM_SERVICE = "homeport-platform"
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"(?=.{{1,253}}$)(?:{_LABEL}\.)*[a-z](?:[a-z0-9-]{{0,61}}[a-z0-9])?")
@@ -117,6 +120,12 @@ class Layout:
         """rspamd's milter socket: Postfix talks to it over a unix socket, not TCP (a TCP
         loopback connection stalled every message ~40 ms on delayed ACKs, bench/mail.py)."""
         return self.root / "run" / "milter" / "rspamd.sock"
+
+    @property
+    def platform_socket(self) -> Path:
+        """Where the mail service submits the platform's own mail (services/mail/outbound.py):
+        Postfix's private folder, which only root and Postfix can enter."""
+        return self.queue / "private" / PLATFORM_SERVICE
 
     @property
     def rspamd_run(self) -> Path:
@@ -494,6 +503,22 @@ _APPS = [
 ]
 
 
+# The platform's own mail (services/mail/outbound.py): a UNIX socket in Postfix's private
+# folder (root and Postfix only), TLS, then the platform's sign-in (a password the mail
+# service makes at each start; its auth endpoint takes it from loopback only), so rspamd signs
+# it as it signs people's mail. No sender login map: only the service can reach it.
+_PLATFORM = [
+    "syslog_name=postfix/platform",
+    "smtpd_tls_security_level=encrypt",
+    "smtpd_sasl_auth_enable=yes",
+    "smtpd_tls_auth_only=yes",
+    "smtpd_client_restrictions=permit_sasl_authenticated,reject",
+    "smtpd_sender_restrictions=reject_non_fqdn_sender",
+    "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
+    "milter_macro_daemon_name=ORIGINATING",
+]
+
+
 def _quota_checked(model: MailModel, boxes: dict[str, Mailbox]) -> list[str]:
     """The mailboxes Postfix asks Dovecot's quota-status about at RCPT (model.quota_checked;
     unknown: every mailbox with a quota)."""
@@ -503,7 +528,8 @@ def _quota_checked(model: MailModel, boxes: dict[str, Mailbox]) -> list[str]:
 
 
 def _master_cf(s: ServersSettings, listen: list[str], apps: list[str]) -> bytes:
-    out = [_MASTER_TOP]
+    out = [_MASTER_TOP, f"{PLATFORM_SERVICE} unix - - n - - smtpd\n"]
+    out += [f"  -o {o}\n" for o in _PLATFORM]
     for a in apps:
         host = f"[{a}]" if ":" in a else a
         out.append(f"{host}:{s.apps_port} inet n - n - - smtpd\n")
