@@ -54,6 +54,7 @@ declare -A dev=(
   [/usr/bin/chromium]=chromium  # the dashboard's browser tests (driven by Playwright)
   [swaks]=swaks  # an SMTP client for trying the mail servers by hand
   [/usr/sbin/sshd]=openssh-server  # the firewall's tests run their own sshd (SSH bans)
+  [promtool]=prometheus  # checks and unit-tests the alert rules in deploy/prometheus/
 )
 if ((server)); then
   need[/usr/bin/unattended-upgrade]=unattended-upgrades  # Debian's security upgrades
@@ -102,5 +103,10 @@ if ((${#missing[@]})); then
   if [[ " $pkgs " == *" openssh-server "* ]]; then
     service ssh stop >/dev/null 2>&1 || true
     systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+  fi
+  # prometheus only for its promtool: the server its postinst starts (port 9090) is not ours
+  if [[ " $pkgs " == *" prometheus "* ]]; then
+    service prometheus stop >/dev/null 2>&1 || true
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
   fi
 fi

@@ -14,12 +14,14 @@ between the installed one and it, is marked so: jumping over a marked version wo
 the mark is for. Updates start as actor "system" with an `AppAutoUpdateStarted` (reason
 "automatic", the night) recorded with the request, one at a time: the pass waits for each task
 to end before the next, and starts none after the window closes. The apps whose update needs
-approval are what query `pending_updates` lists for the admin.
+approval are what query `pending_updates` lists for the admin. Every pass, in the window or
+not, sets the gauge `homeport_app_update_available` of each installed app (deploy/prometheus/).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -39,6 +41,7 @@ from libs.events.handlers import command, query
 from libs.events.store import PostgresEventStore
 from libs.events.tasks import Task
 from libs.events.wiring import loop
+from libs.service.metrics import REGISTRY, Gauge
 from libs.service.runner import Service
 from services.apps import events as ev
 from services.apps.catalog import Catalog, CatalogEntry, CatalogError
@@ -70,6 +73,12 @@ DEFAULT_WINDOW = ("03:00", "05:00")
 UPDATE_DEADLINE = 3 * 3600.0  # seconds one automatic update may take before the night gives up
 POLL_SECONDS = 1.0  # how often the task of the update running is looked at
 LOCALTIME = Path("/etc/localtime")
+UPDATE_AVAILABLE = Gauge(
+    "homeport_app_update_available",
+    "1 when the catalog has a newer release of an installed app, else 0 (each pass)",
+    ["app_id", "location"],
+    registry=REGISTRY,
+)
 
 
 def utcnow() -> datetime:
@@ -181,6 +190,7 @@ class AutoUpdater:
 
     async def tick(self) -> int:
         """Update, one after the other, the apps due tonight; how many updates were started."""
+        await self._count_available()
         settings = await load_settings(self.store)
         if self._night(settings) is None:
             return 0
@@ -218,6 +228,24 @@ class AutoUpdater:
                 )
                 break
         return started
+
+    async def _count_available(self) -> None:
+        """The gauge of each installed app: is a newer release in the catalog?"""
+        rows = await self.store.pool.fetch(
+            "SELECT app_id::text, location, manifest_id, version FROM apps.apps"
+            " WHERE state = 'installed'"
+        )
+        seen = set()
+        for r in rows:
+            new = available(self.catalog, r["manifest_id"], r["version"])
+            UPDATE_AVAILABLE.labels(r["app_id"], r["location"]).set(0 if new is None else 1)
+            seen.add((r["app_id"], r["location"]))
+        for metric in UPDATE_AVAILABLE.collect():
+            for sample in metric.samples:
+                labels = (sample.labels["app_id"], sample.labels["location"])
+                if labels not in seen:
+                    with contextlib.suppress(KeyError):
+                        UPDATE_AVAILABLE.remove(*labels)
 
     async def _tried(self, app_id: str, night: date) -> bool:
         """Whether this night already started an update of the app (one try per night)."""

@@ -5,7 +5,9 @@ failed for `unhealthy_after` seconds is recorded `AppUnhealthy` once; its first 
 after that records `AppRecovered`. A container that exits without being asked records `AppDied`,
 one killed by the kernel for memory `AppOutOfMemory` (from Docker's events). Memory and CPU of
 every app container are Prometheus gauges, and the latest round is kept for the `stats` query
-(the gateway's metrics history asks it; no Docker call per query).
+(the gateway's metrics history asks it; no Docker call per query). So are the states the alert
+rules of deploy/prometheus/ read: whether each app meant to run is up and judged unhealthy, and
+counters of its deaths and out-of-memory kills.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from libs.events import context
 from libs.events.context import Context
-from libs.service.metrics import REGISTRY, Gauge
+from libs.service.metrics import REGISTRY, Counter, Gauge
 from services.apps import events as ev
 from services.apps.catalog import Catalog, CatalogError
 from services.apps.config import AppsConfig
@@ -52,6 +54,31 @@ APP_MEMORY_LIMIT = Gauge(
 APP_CPU = Gauge(
     "homeport_app_cpu_seconds_total",
     "CPU time an app's container has used since it started",
+    ["app_id", "location"],
+    registry=REGISTRY,
+)
+# The states and counts the alert rules of deploy/prometheus/ read.
+APP_UP = Gauge(
+    "homeport_app_up",
+    "1 when the container of an app meant to run is running, 0 when it is not (each health round)",
+    ["app_id", "location"],
+    registry=REGISTRY,
+)
+APP_UNHEALTHY = Gauge(
+    "homeport_app_unhealthy",
+    "1 when an app's health check has failed for unhealthy_after seconds (AppUnhealthy), else 0",
+    ["app_id", "location"],
+    registry=REGISTRY,
+)
+APP_DEATHS = Counter(
+    "homeport_app_deaths",
+    "Exits of an app's container nobody asked for (AppDied)",
+    ["app_id", "location"],
+    registry=REGISTRY,
+)
+APP_OOM_KILLS = Counter(
+    "homeport_app_oom_kills",
+    "Kills of an app's container by the kernel for memory (AppOutOfMemory)",
     ["app_id", "location"],
     registry=REGISTRY,
 )
@@ -198,8 +225,22 @@ class HealthMonitor:
         for gone in set(self._watch) - alive:
             del self._watch[gone]
         for app in apps:
+            APP_DEATHS.labels(app.app_id, app.location)  # from 0: a first death is an increase
+            APP_OOM_KILLS.labels(app.app_id, app.location)
             if app.running:
                 await self.check(http, app)
+        running = {(a.app_id, a.location) for a in apps if a.running}
+        installed = {(a.app_id, a.location) for a in apps}
+        for family, keep in (
+            (APP_UP, running),
+            (APP_UNHEALTHY, running),
+            (APP_DEATHS, installed),
+            (APP_OOM_KILLS, installed),
+        ):
+            for labels in _label_sets(family):
+                if labels not in keep:  # removed, stopped by its user, or moved elsewhere
+                    with contextlib.suppress(KeyError):
+                        family.remove(*labels)
 
     async def check(self, http: _Http, app: _Installed) -> None:
         app_id, health = app.app_id, app.health
@@ -209,12 +250,16 @@ class HealthMonitor:
         if ok:
             w.failing_since = None
             w.reported = False
+            APP_UNHEALTHY.labels(app_id, app.location).set(0)
             if health in (Health.unhealthy.value, Health.dead.value):
                 await self._record(app_id, ev.AppRecovered(app_id=app_id))
             return
         if w.failing_since is None:
             w.failing_since = now
             w.failing_since_wall = datetime.now(UTC).isoformat()
+        judged = health == Health.unhealthy.value  # recorded before (this process restarted)
+        long = now - w.failing_since >= self.cfg.unhealthy_after
+        APP_UNHEALTHY.labels(app_id, app.location).set(1 if judged or long else 0)
         if (
             not w.reported
             and health != Health.unhealthy.value
@@ -233,6 +278,7 @@ class HealthMonitor:
             state = await self._runtime.state(self._names(app.app_id).container)
         except (RuntimeFailure, CatalogError) as e:
             return False, f"could not inspect the app: {e}"
+        APP_UP.labels(app.app_id, app.location).set(1 if state is not None and state.running else 0)
         if state is None or not state.running or not state.http_host_port:
             return False, "the container is not running"
         url = f"http://127.0.0.1:{state.http_host_port}{entry.manifest.health_check_path}"
@@ -274,11 +320,13 @@ class HealthMonitor:
         if not s.exists or s.state is not State.installed:
             return  # an operation is replacing or removing the container
         if kind == "oom":
+            APP_OOM_KILLS.labels(app_id, s.location).inc()
             await self._record(
                 app_id, ev.AppOutOfMemory(app_id=app_id, memory_bytes=s.memory_bytes)
             )
         elif kind == "die" and s.running and not self._restarts.recent(app_id):
             # a die within 30 s of a restart the user asked for is that restart, not a death
+            APP_DEATHS.labels(app_id, s.location).inc()
             await self._record(app_id, ev.AppDied(app_id=app_id, exit_code=exit_code))
 
     def _names(self, app_id: str) -> Names:
@@ -327,11 +375,11 @@ class HealthMonitor:
                         gauge.remove(*labels)
 
 
-def _label_sets(gauge: Gauge) -> list[tuple[str, str]]:
-    out = []
+def _label_sets(gauge: Gauge | Counter) -> set[tuple[str, str]]:
+    out = set()
     for metric in gauge.collect():
         for sample in metric.samples:
-            out.append((sample.labels["app_id"], sample.labels["location"]))
+            out.add((sample.labels["app_id"], sample.labels["location"]))
     return out
 
 

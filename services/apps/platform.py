@@ -32,6 +32,7 @@ from libs.events import context
 from libs.events.handlers import command, query
 from libs.events.store import PostgresEventStore
 from libs.events.wiring import loop
+from libs.service.metrics import REGISTRY, Gauge
 from libs.service.runner import Service
 from libs.service.version import package_version
 from services.apps import platform_events as pev
@@ -49,6 +50,11 @@ __all__ = [
 log = logging.getLogger("services.apps.platform")
 
 MAX_PACKAGES = 200  # names read from reboot-required.pkgs
+UPDATE_AVAILABLE = Gauge(
+    "homeport_platform_update_available",
+    "1 when the last check of the release URL found a newer signed release, else 0",
+    registry=REGISTRY,
+)
 
 
 def running_version(layout: Layout) -> str:
@@ -126,6 +132,8 @@ class PlatformUpdates:
             self.last = result
         if result.error:
             log.warning("platform update check: %s", result.error)
+        else:  # a failed check says nothing new: the gauge keeps what the last one found
+            UPDATE_AVAILABLE.set(1 if result.available is not None else 0)
         return result
 
     async def run(self, interval: float) -> None:

@@ -1,8 +1,9 @@
 """python -m services.backup: backups of apps and the platform to a target, and restores.
 
-At start it fails the tasks of jobs a killed run left unended, then serves its bus, runs its
-jobs one at a time and the daily schedule. Settings are events (`backup-settings`); the S3
-secret is sealed with the keyring and the private backup key is never kept.
+At start it fails the tasks of jobs a killed run left unended and reads the last outcomes back
+into its gauges, then serves its bus, runs its jobs one at a time and the daily schedule.
+Settings are events (`backup-settings`); the S3 secret is sealed with the keyring and the
+private backup key is never kept.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ async def _parts(cfg: BackupConfig, svc: Service) -> AsyncIterator[None]:
         )
         engine = Engine(cfg, conn.store, keys, apps)
         await engine.fail_orphans()
+        await engine.load_metrics()
         scheduler = Scheduler(engine, _now, seed=engine.seed)
         updates = UpdateSnapshots()
         at = {"stream": cfg.events_stream, "prefix": cfg.events_prefix}

@@ -29,6 +29,7 @@ from libs.events.store import PostgresEventStore
 from libs.events.tasks import Task
 from libs.service.runner import ServiceStopping
 from services.certs import events as ev
+from services.certs import metrics
 from services.certs.certificates import (
     CertInfo,
     covers,
@@ -489,9 +490,10 @@ class Engine:
         """Start what is due; the seconds until the next retry falls due, if any."""
         rows = await self._store.pool.fetch(
             "SELECT primary_name, names, challenge, kind, issuer, not_before, not_after,"
-            " fingerprint, task_id, next_attempt_at FROM certs.certificates"
+            " fingerprint, task_id, next_attempt_at, failures FROM certs.certificates"
             " ORDER BY primary_name"
         )
+        metrics.observe_all((r["primary_name"], r["not_after"], r["failures"]) for r in rows)
         now = datetime.now(UTC)
         soonest: float | None = None
         for r in rows:

@@ -18,6 +18,7 @@ from libs.events.envelope import RecordedEvent
 from libs.events.projection import Projection, register_projection
 from libs.events.registry import REGISTRY
 from libs.events.store import read_stream_on
+from services.certs import metrics
 from services.certs.events import ACCOUNT_CATEGORY, CERT_CATEGORY
 
 __all__ = ["CertState", "CertsProjection", "Current", "Pending", "fold", "parse_time"]
@@ -170,8 +171,10 @@ async def write_row(conn: asyncpg.Connection, stream: str, s: CertState, when: d
     """Write (or, once forgotten, delete) the row of one certificate."""
     if not s.exists:
         await conn.execute("DELETE FROM certs.certificates WHERE primary_name = $1", s.primary)
+        metrics.forget(s.primary)
         return
     c = s.current
+    metrics.observe(s.primary, c.not_after if c is not None else None, s.failures)
     await conn.execute(
         """
         INSERT INTO certs.certificates (primary_name, stream, names, challenge, kind,

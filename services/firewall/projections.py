@@ -20,6 +20,7 @@ from libs.events.envelope import RecordedEvent
 from libs.events.periods import AddressReader, PeriodKeys, readable
 from libs.events.projection import Projection, register_projection
 from libs.service.config import AddressKeyFile, ServiceConfig, load_config
+from libs.service.metrics import REGISTRY, Gauge
 from services.firewall.config import BanPolicy
 from services.firewall.rules import RulesProjection
 
@@ -28,6 +29,12 @@ from services.firewall.rules import RulesProjection
 __all__ = ["BanProjection", "Clock", "RulesProjection", "active_bans", "address_keys", "utcnow"]
 
 Clock = Callable[[], datetime]
+# No address in a label: addresses are personal data, kept sealed and forgotten by time.
+BANS_ACTIVE = Gauge(
+    "homeport_firewall_bans_active",
+    "Addresses banned now (each enforcement round)",
+    registry=REGISTRY,
+)
 
 
 def utcnow() -> datetime:
@@ -116,6 +123,7 @@ async def active_bans(pool: asyncpg.Pool, at: datetime) -> dict[str, datetime]:
         " WHERE until > $1::timestamptz GROUP BY ip",
         at,
     )
+    BANS_ACTIVE.set(len(rows))
     return {r["ip"]: r["until"] for r in rows}
 
 

@@ -54,6 +54,16 @@ _SNAPSHOTS_TTL = 60.0
 _UPDATES_LOOK = 30.0  # the read model is looked at this often even without news
 _AFTER_EVENT = 1.0  # ... and this long after an AppSnapshotTaken event (its projection's turn)
 _STOPPED = "the backup service stopped during this job; run it again (what was uploaded is reused)"
+# When a backup run's task last succeeded (LAST_SUCCESS is set as it does) and a backup failed.
+_LAST_RUNS = """
+SELECT
+    (SELECT extract(epoch FROM max(s.recorded_at))::float8 FROM events.events s
+     WHERE s.type = 'TaskSucceeded' AND EXISTS (
+         SELECT 1 FROM events.events t WHERE t.stream = s.stream AND t.type = 'TaskStarted'
+         AND t.data->>'kind' = 'backup.run')) AS success,
+    (SELECT extract(epoch FROM max(recorded_at))::float8 FROM events.events
+     WHERE type = 'BackupFailed') AS failure
+"""
 _LABEL_MAX = 200  # the repository's limit on a label's value
 
 
@@ -201,6 +211,15 @@ class Engine:
                 else:
                     out[name]["snapshot_id"] = data.get("snapshot_id")
         return out
+
+    async def load_metrics(self) -> None:
+        """The gauges of the last run's success and failure from the events, at start: the
+        alert rules read them, and a restart must not look like "never backed up"."""
+        row = await self.store.pool.fetchrow(_LAST_RUNS)
+        if row is not None and row["success"] is not None:
+            metrics.LAST_SUCCESS.set(row["success"])
+        if row is not None and row["failure"] is not None:
+            metrics.LAST_FAILURE.set(row["failure"])
 
     async def discard(self, folder: Path) -> None:
         """Remove a folder this service restored that nobody took."""

@@ -10,6 +10,7 @@ __all__ = [
     "LAST_NEW_BYTES",
     "LAST_SIZE",
     "LAST_SUCCESS",
+    "SCHEDULED_SINCE",
 ]
 
 LAST_SUCCESS = Gauge(
@@ -35,5 +36,10 @@ LAST_SIZE = Gauge(
 LAST_NEW_BYTES = Gauge(
     "homeport_backup_last_new_bytes",
     "Bytes of new data the last completed backup run stored.",
+    registry=REGISTRY,
+)
+SCHEDULED_SINCE = Gauge(
+    "homeport_backup_scheduled_since_timestamp_seconds",
+    "Since when daily backups are set up (a target, a key, the schedule on; Unix time), else 0.",
     registry=REGISTRY,
 )

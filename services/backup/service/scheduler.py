@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
+from services.backup.service import metrics
 from services.backup.service.jobs import Engine, new_run_id
 from services.backup.service.schedule import next_run
 
@@ -32,6 +33,7 @@ class Scheduler:
         """Start the run when due (and set up); the time to look again."""
         now = self.clock()
         settings = await self.engine.settings()
+        metrics.SCHEDULED_SINCE.set(settings.scheduled_since)
         if self.due is None:
             self.due = next_run(settings.schedule, now, self.seed)
         if self.due is not None and now >= self.due:

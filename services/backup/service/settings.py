@@ -32,6 +32,8 @@ class Settings:
     passphrase_copy: bool = False
     schedule: Schedule = DEFAULT_SCHEDULE
     retention: Retention = DEFAULT_RETENTION
+    # when the daily backup was last set up (ready and the schedule on; Unix time), 0: it is not
+    scheduled_since: float = 0.0
 
     @property
     def ready(self) -> bool:
@@ -45,6 +47,7 @@ async def load_settings(store: PostgresEventStore) -> Settings:
     recipients: tuple[str, ...] = ()
     copy = False
     schedule, retention = DEFAULT_SCHEDULE, DEFAULT_RETENTION
+    since = 0.0
     for e in events:
         d = e.data
         if e.type == "BackupTargetSet":
@@ -57,8 +60,13 @@ async def load_settings(store: PostgresEventStore) -> Settings:
             retention = Retention(
                 int(d["last"]), int(d["daily"]), int(d["weekly"]), int(d["monthly"])
             )
+        scheduled = target is not None and bool(recipients) and schedule.enabled
+        if not scheduled:
+            since = 0.0
+        elif not since:
+            since = e.recorded_at.timestamp()
     version = events[-1].version if events else 0
-    return Settings(version, target, recipients, copy, schedule, retention)
+    return Settings(version, target, recipients, copy, schedule, retention, since)
 
 
 def factory_settings(contract_target: dict[str, Any]) -> dict[str, Any]:
