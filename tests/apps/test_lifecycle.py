@@ -363,13 +363,24 @@ async def test_health_death_and_out_of_memory_are_recorded(apps: Apps) -> None:
     assert (await apps.app(app_id))["health"] == "healthy"
 
     # killed from outside, not asked for: a death; Docker's restart policy brings it back
+    labels = {"app_id": app_id, "location": "watch"}
+    assert _metric("homeport_app_deaths_total", labels) == 0  # counted from 0 (Prometheus rules)
     os.kill(c.attrs["State"]["Pid"], signal.SIGKILL)
     await _until(apps, app_id, "AppDied", 20)
+    assert _metric("homeport_app_deaths_total", labels) == 1
     await _until(apps, app_id, "AppRecovered", 30, after="AppDied")
 
     r = c.exec_run(["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"], user="1000:1000")
     assert r.exit_code != 0  # killed by the kernel: the container's limit is 32 MiB
     await _until(apps, app_id, "AppOutOfMemory", 20)
+    assert _metric("homeport_app_oom_kills_total", labels) == 1
+
+
+def _metric(name: str, labels: dict[str, str]) -> float | None:
+    """A sample of the apps service's metrics (it runs in this process: the same registry)."""
+    from libs.service.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels)
 
 
 async def _until(apps: Apps, app_id: str, kind: str, seconds: float, after: str = "") -> None:
