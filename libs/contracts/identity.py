@@ -22,6 +22,7 @@ __all__ = [
     "MAX_ACCESS_USERS",
     "MAX_ADDRESS_VALUES",
     "MAX_INVITATION_GROUPS",
+    "MAX_NAME_IDS",
     "SSH_FAILURE_REASONS",
     "USERNAME_PATTERN",
 ]
@@ -34,6 +35,7 @@ MAX_INVITATION_GROUPS = 100
 MAX_ACCESS_USERS = 1000
 MAX_ACCESS_GROUPS = 200
 MAX_ADDRESS_VALUES = 500
+MAX_NAME_IDS = 500  # ids of one kind in one `names` query
 MAIL_PROTOCOLS = ("imap", "smtp", "managesieve")
 # Failed SSH sign-ins the firewall reads in sshd's log (services/firewall/sshd.py says which
 # lines count as which).
@@ -230,6 +232,9 @@ CONTRACT = Contract(
         "remove_group_member": obj(
             {"group_id": _GROUP_ID, "user_id": _USER_ID}, required=["group_id", "user_id"]
         ),
+        # recorded, then its link emailed through notify: the answer has the token (shown this
+        # once) and whether the mail went out ({invitation_id, token, expires_at, emailed,
+        # email_error})
         "invite": obj(
             {
                 "email": _EMAIL,
@@ -246,6 +251,7 @@ CONTRACT = Contract(
             {"token": _LINK_TOKEN, **_NEW_ACCOUNT},
             required=["token", *_ACCOUNT_REQUIRED],
         ),
+        # anonymous: the same answer for any email; an enabled account's gets a link by mail
         "request_password_reset": obj({"email": _EMAIL}, required=["email"]),
         "create_password_reset": _USER,
         "reset_password": obj(
@@ -279,6 +285,16 @@ CONTRACT = Contract(
         "addresses": obj(
             {"values": array(string(maxLength=1024), maxItems=MAX_ADDRESS_VALUES)},
             required=["values"],
+        ),
+        # what the activity log shows for a page's ids and browser strings (names.py): the
+        # username or group name, null when deleted; a browser's short family, null once the
+        # week's key of its string is destroyed
+        "names": obj(
+            {
+                "user_ids": array(_USER_ID, maxItems=MAX_NAME_IDS),
+                "group_ids": array(_GROUP_ID, maxItems=MAX_NAME_IDS),
+                "user_agents": array(string(maxLength=1024), maxItems=MAX_ADDRESS_VALUES),
+            }
         ),
     },
 )

@@ -88,7 +88,7 @@ CALLS: Mapping[str, tuple[str, ...]] = {
         "cmd.apps.install",
         "qry.identity.check_setup_token",
     ),
-    "identity": (),
+    "identity": ("cmd.notify.email",),
     "firewall": ("cmd.identity.record_failure",),
     "notify": (
         "qry.identity.users",

@@ -1,7 +1,8 @@
 """The activity log: a projection of every event into who did what, on what, when.
 
-The row of an event is defined once, in SQL (migrations/0002_activity_sql.sql), and applied
-set-wise to pages of `events.events`: live batches, catch-up and rebuilds use the same statement.
+The row of an event is defined once, in SQL (migrations/0002_activity_sql.sql and the fields
+each sentence names, activity_text.py), and applied set-wise to pages of `events.events`: live
+batches, catch-up and rebuilds use the same statement.
 """
 
 from __future__ import annotations
@@ -12,9 +13,57 @@ from typing import ClassVar
 import asyncpg
 
 from libs.events.projection import Projection, register_projection
+from services.gateway.activity_text import refs_sql
 from services.gateway.tasks import TaskProjection  # noqa: F401 - known to `homeport replay`
 
 __all__ = ["ActivityProjection"]
+
+
+# The row of one event, for a page of them.
+# Who: meta.actor (else "system") and meta.ip (sealed to its week: kept sealed in ip_sealed,
+# read back through identity when shown); what: the type; on what: the stream; the
+# summary: meta.summary (from the event's summary() at append time) on one line, else
+# "<Type> on <stream>"; refs: the fields of `data` the type's sentence names
+# (activity_text.py, ids not names, no sealed value); user_agent: a sign-in's browser
+# string, as stored (sealed to its week: identity names its browser family when shown).
+# Other sealed values are hidden everywhere; lengths are capped.
+# OFFSET 0 keeps each step a separate scan, so no expression is computed twice.
+_PAGE_SQL = f"""
+    INSERT INTO gateway.activity
+        (position, occurred_at, actor, ip, ip_sealed, type, stream, category, summary, refs,
+         user_agent)
+    SELECT position, recorded_at, coalesce(left(gateway.unsealed_text(actor), 200), 'system'),
+           CASE WHEN starts_with(ip, 'hp:sealed:t1:') THEN NULL
+                ELSE left(gateway.unsealed_text(ip), 64) END,
+           CASE WHEN starts_with(ip, 'hp:sealed:t1:') AND char_length(ip) <= 1024 THEN ip END,
+           type, stream, split_part(stream, '-', 1),
+           CASE WHEN char_length(summary) <= 300 THEN summary
+                ELSE left(summary, 299) || '…' END,
+           refs,
+           CASE WHEN starts_with(agent, 'hp:sealed:t1:')
+                THEN CASE WHEN char_length(agent) <= 1024 THEN agent END
+                WHEN strpos(agent, 'hp:sealed:') = 0 THEN left(agent, 400) END
+    FROM (
+        SELECT position, recorded_at, type, stream, actor, ip, {refs_sql("data")} AS refs,
+               CASE WHEN type = 'SessionStarted'
+                         AND jsonb_typeof(data -> 'user_agent') = 'string'
+                    THEN nullif(data ->> 'user_agent', '') END AS agent,
+               gateway.unsealed_text(coalesce(nullif(gateway.one_line(raw_summary), ''),
+                                              type || ' on ' || stream)) AS summary
+        FROM (
+            SELECT position, recorded_at, type, stream, data,
+                   CASE WHEN jsonb_typeof(meta -> 'actor') = 'string'
+                        THEN nullif(meta ->> 'actor', '') END AS actor,
+                   CASE WHEN jsonb_typeof(meta -> 'ip') = 'string'
+                        THEN nullif(meta ->> 'ip', '') END AS ip,
+                   CASE WHEN jsonb_typeof(meta -> 'summary') = 'string'
+                        THEN translate(meta ->> 'summary', E'\\t\\n\\r\\f' || chr(11), '     ')
+                   END AS raw_summary
+            FROM page OFFSET 0
+        ) AS fields OFFSET 0
+    ) AS shaped
+    RETURNING 1
+"""  # noqa: S608 - refs_sql() is code (checked type and field names), not input
 
 
 @register_projection
@@ -24,39 +73,7 @@ class ActivityProjection(Projection):
     name: ClassVar[str] = "activity"
     schema: ClassVar[str] = "gateway"
     migrations: ClassVar[Path | None] = Path(__file__).parent / "migrations"
-    # Who: meta.actor (else "system") and meta.ip (sealed to its week: kept sealed in ip_sealed,
-    # read back through identity when shown); what: the type; on what: the stream; the
-    # summary: meta.summary (from the event's summary() at append time) on one line, else
-    # "<Type> on <stream>". Other sealed values are hidden everywhere; lengths are capped.
-    # OFFSET 0 keeps each step a separate scan, so no expression is computed twice.
-    page_sql: ClassVar[str | None] = """
-        INSERT INTO gateway.activity
-            (position, occurred_at, actor, ip, ip_sealed, type, stream, category, summary)
-        SELECT position, recorded_at, coalesce(left(gateway.unsealed_text(actor), 200), 'system'),
-               CASE WHEN starts_with(ip, 'hp:sealed:t1:') THEN NULL
-                    ELSE left(gateway.unsealed_text(ip), 64) END,
-               CASE WHEN starts_with(ip, 'hp:sealed:t1:') AND char_length(ip) <= 1024 THEN ip END,
-               type, stream, split_part(stream, '-', 1),
-               CASE WHEN char_length(summary) <= 300 THEN summary
-                    ELSE left(summary, 299) || '…' END
-        FROM (
-            SELECT position, recorded_at, type, stream, actor, ip,
-                   gateway.unsealed_text(coalesce(nullif(gateway.one_line(raw_summary), ''),
-                                                  type || ' on ' || stream)) AS summary
-            FROM (
-                SELECT position, recorded_at, type, stream,
-                       CASE WHEN jsonb_typeof(meta -> 'actor') = 'string'
-                            THEN nullif(meta ->> 'actor', '') END AS actor,
-                       CASE WHEN jsonb_typeof(meta -> 'ip') = 'string'
-                            THEN nullif(meta ->> 'ip', '') END AS ip,
-                       CASE WHEN jsonb_typeof(meta -> 'summary') = 'string'
-                            THEN translate(meta ->> 'summary', E'\\t\\n\\r\\f' || chr(11), '     ')
-                       END AS raw_summary
-                FROM page OFFSET 0
-            ) AS fields OFFSET 0
-        ) AS shaped
-        RETURNING 1
-    """
+    page_sql: ClassVar[str | None] = _PAGE_SQL
 
     async def reset(self, conn: asyncpg.Connection) -> None:
         await conn.execute("TRUNCATE gateway.activity")
@@ -80,4 +97,7 @@ _INDEXES = {
     "activity_stream": "(stream, position)",
     "activity_category": "(category, position)",
     "activity_time": "USING brin (occurred_at)",
+    "activity_app_places": (
+        "(stream, position) WHERE type IN ('AppInstallRequested', 'AppConfigureRequested')"
+    ),
 }

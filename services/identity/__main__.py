@@ -30,8 +30,10 @@ from services.identity.failures import Failures
 from services.identity.groups import Groups
 from services.identity.housekeeping import Housekeeping
 from services.identity.ldap_apps import LdapApps, endpoint
+from services.identity.link_mail import LinkMail
 from services.identity.mail_signin import MailSignIn
 from services.identity.mfa import Mfa
+from services.identity.names import Names
 from services.identity.password_check import PasswordCheck
 from services.identity.projections import TABLES, IdentityProjection
 from services.identity.sessions import Sessions, Whoami
@@ -82,7 +84,8 @@ async def _parts(cfg: IdentityConfig, clock: Clock, svc: Service) -> AsyncIterat
         whoami = Whoami(sessions, token_lookup=mfa.token_lookup, extend=mfa.extend_principal)
         signin = SignIn(store, cfg, sessions, second_factor=mfa.second_factor, clock=clock)
         resets = (cfg.reset_ip_limit, cfg.reset_email_limit)
-        groups = Groups(store, users, clock=clock, reset_limits=resets)
+        links = LinkMail(conn.client(), spawn=svc.spawn)  # invitations, resets: notify mails
+        groups = Groups(store, users, clock=clock, reset_limits=resets, mail=links)
         # other services' sign-ins (LDAP binds, mail clients) share one bound on argon2 at once
         passwords = PasswordCheck(store)
         mail = MailSignIn(store, cfg, passwords, clock=clock)
@@ -91,7 +94,8 @@ async def _parts(cfg: IdentityConfig, clock: Clock, svc: Service) -> AsyncIterat
         async with endpoint(svc, cfg, directory) as ldap:
             apps = LdapApps(store, ldap)
             handlers = (users, sessions, whoami, signin, mail, Failures(store), mfa, groups, apps)
-            async with serve(svc, conn.nc, CONTRACT, *handlers, addresses):
+            names = Names(store, ip_keys)  # the activity log's names and browsers
+            async with serve(svc, conn.nc, CONTRACT, *handlers, addresses, names):
                 chores = Housekeeping((sessions.prune, signin.prune, groups.prune, addresses.prune))
                 async with loop(svc, "identity.prune", chores.run(), chores.stop):
                     yield

@@ -2,10 +2,11 @@
 
 Events hold them only sealed to their week's key (libs/events/periods.py): `meta.ip` of every
 event identity appends (the store seals it), and `ip`/`user_agent` of `SessionStarted` and
-`LoginFailed` (sealed here). The read model keeps a plain copy where a rule needs one (sessions,
-known addresses, failed sign-ins), unsealed as events are applied, and for no longer than the
-retention period. Housekeeping makes the coming weeks' keys and destroys the old ones; the
-`addresses` query reads sealed values back for the activity log (the gateway holds no key).
+`LoginFailed` (sealed here), and `place` of `SessionStarted`. The read model keeps a plain copy
+where a rule needs one (sessions, known addresses and places, failed sign-ins), unsealed as
+events are applied, and for no longer than the retention period. Housekeeping makes the
+coming weeks' keys and destroys the old ones; the `addresses` query reads sealed values back for
+the activity log and notify's sign-in notices (the gateway holds no key; nor does notify).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ __all__ = ["ADDRESS_FIELDS", "Addresses", "keys_for_replay", "sealed", "unsealed
 
 log = logging.getLogger(__name__)
 
-# The fields of identity's events that hold a client's address or browser string.
-ADDRESS_FIELDS = ("ip", "user_agent")
+# The fields of identity's events that hold a client's address or browser string (or, for
+# `place`, a keyed hash of both: sealed all the same, so it expires with them).
+ADDRESS_FIELDS = ("ip", "user_agent", "place")
 
 
 def sealed(keys: PeriodKeys | None, value: str | None) -> str | None:
@@ -85,10 +87,14 @@ class Addresses:
         await self.pool.execute(
             "DELETE FROM identity.known_addresses WHERE last_at < $1", self.clock() - self.retention
         )
+        await self.pool.execute(
+            "DELETE FROM identity.known_places WHERE last_at < $1", self.clock() - self.retention
+        )
 
     @query("addresses")
     async def addresses(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Sealed addresses read back for an administrator (the activity log): the text, or
-        None for one whose week's key is destroyed (or that is not an address identity sealed)."""
+        """Sealed addresses read back for an administrator (the activity log) or the platform
+        (notify's sign-in notices): the text, or None for one whose week's key is destroyed (or
+        that is not an address identity sealed)."""
         await self._require_admin()
         return {"values": [readable(self.keys, v) for v in payload["values"]]}

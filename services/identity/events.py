@@ -154,6 +154,12 @@ class SessionStarted:
     idle_seconds: int
     ip: str | None  # sealed to its week's key (addresses.py), like user_agent
     user_agent: str | None
+    # where from, as a keyed hash of the address and browser family (sessions.py), sealed to
+    # its week like the address: the read model's known places are rebuilt from it
+    place: str | None = None
+    # an administrator's sign-in, not their first, from a place not seen within the retention
+    # period: notify tells that administrator (services/notify/projections.py)
+    new_place: bool = False
 
     def summary(self) -> str:
         return f"account {_short(self.user_id)} signed in"

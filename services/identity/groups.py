@@ -11,6 +11,10 @@ same whether or not the email has an account; only a request for an account's em
 event (one for an unknown email would let anyone fill the log). Requests are limited per client
 address (past it, 403 saying when to try again: it says nothing of any account) and per email
 asked for (past it, the same answer and nothing done).
+
+Links go out by email through notify (link_mail.py): an invitation's before the administrator's
+answer (which says whether it did), a requested reset's in the background (only to an enabled
+account, and never in the answer: nothing in it or in its timing tells whether one went out).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from services.identity.errors import (
     InvitationRefused,
     ResetRefused,
 )
+from services.identity.link_mail import LinkMail
 from services.identity.passwords import hash_password
 from services.identity.readmodel import Step, Table
 from services.identity.store import Decide, IdentityStore, acting_as
@@ -79,10 +84,12 @@ class Groups:
         invitation_ttl: timedelta | None = None,
         reset_ttl: timedelta | None = None,
         reset_limits: tuple[int, int] = (10, 3),
+        mail: LinkMail | None = None,
     ) -> None:
         self.store = store
         self.users = users
         self.clock = clock
+        self.mail = mail if mail is not None else LinkMail(None)  # links by email (notify)
         self.reset_ip_limit, self.reset_email_limit = reset_limits  # per hour
         self.invitation_ttl = invitation_ttl or INVITATION_TTL
         self.reset_ttl = reset_ttl or RESET_TTL
@@ -244,7 +251,17 @@ class Groups:
             group_ids=group_ids,
         )
         await self.store.append(gev.invitation_stream(invitation_id), [created], 0)
-        return {"invitation_id": invitation_id, "token": token, "expires_at": expires.isoformat()}
+        # recorded first: a mail that fails leaves the invitation, whose link is in the answer
+        why_not = await self.mail.send("invitation", email, token, expires.isoformat())
+        if why_not is not None:
+            log.info("invitation %s was not emailed: %s", invitation_id, why_not)
+        return {
+            "invitation_id": invitation_id,
+            "token": token,
+            "expires_at": expires.isoformat(),
+            "emailed": why_not is None,
+            "email_error": why_not,
+        }
 
     @query("invitations")
     async def invitations(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -354,12 +371,17 @@ class Groups:
         if not await self._reset_allowed(context.current().ip, index):
             return {}  # this email was asked for too often: nothing more is done
         row = await self.pool.fetchrow(
-            "SELECT user_id, disabled FROM identity.users WHERE email_index = $1", index
+            "SELECT user_id, disabled, email, username, display_name FROM identity.users"
+            " WHERE email_index = $1",
+            index,
         )
         if row is not None and not row["disabled"]:
-            # No mail service yet: the token of a requested link is delivered nowhere (an
-            # administrator creates one with create_password_reset instead).
-            await self._new_reset(str(row["user_id"]), by_admin=False)
+            token, expires = await self._new_reset(str(row["user_id"]), by_admin=False)
+            plain = self.store.plain
+            to, name = plain(row["email"]), plain(row["display_name"]) or plain(row["username"])
+            assert to is not None
+            # not awaited: the answer must not wait on (or tell of) a mail
+            self.mail.send_later("password_reset", to, token, expires, name=name)
         return {}
 
     async def _reset_allowed(self, ip: str | None, index: str) -> bool:

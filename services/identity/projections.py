@@ -86,7 +86,7 @@ class IdentityProjection(Projection):
     async def reset(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
             "TRUNCATE identity.sessions, identity.login_failures, identity.known_addresses,"
-            " identity.users, identity.platform"
+            " identity.known_places, identity.users, identity.platform"
         )
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:

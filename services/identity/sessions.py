@@ -4,10 +4,17 @@ A session id is 256 random bits shown once (the cookie); only its SHA-256 is kep
 ends at `expires_at` (absolute) or after `idle_seconds` without a request, whichever is first,
 by the service's clock. `last_seen` is operational state, touched by whoami at most once a
 minute and not an event: a rebuild sets it to the sign-in time.
+
+Each sign-in also records its place: the client address (an IPv6 one by its /64 network, which
+privacy addresses keep) and the browser family, as one keyed hash (the keyring's blind index,
+like the email's), so places are compared without keeping either in clear. An administrator's
+sign-in, not their first, from a place not seen within the retention period of addresses is a
+`new_place` (notify tells them).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
@@ -28,12 +35,21 @@ from services.identity.errors import (
     IdentityNotFound,
     LoginRefused,
 )
+from services.identity.names import browser_family
 from services.identity.readmodel import Effect, Step, Table
 from services.identity.store import IdentityStore, acting_as
 from services.identity.tokens import new_session_id, token_hash
 from services.identity.users import bump
 
-__all__ = ["SESSION_KEYS", "TABLE", "Principal", "Sessions", "Whoami", "principal_of"]
+__all__ = [
+    "SESSION_KEYS",
+    "TABLE",
+    "Principal",
+    "Sessions",
+    "Whoami",
+    "place_of",
+    "principal_of",
+]
 
 Principal = dict[str, Any]
 TokenLookup = Callable[[str], Awaitable[Principal | None]]
@@ -45,6 +61,25 @@ _TOUCH_EVERY = timedelta(seconds=60)  # how stale last_seen may get before whoam
 SESSION_KEYS = frozenset(
     {"session", "session_id", "user_id", "username", "is_admin", "expires_at", "idle_timeout_s"}
 )
+
+
+def place_of(store: IdentityStore, ip: str | None, user_agent: str | None) -> str | None:
+    """Where a sign-in comes from, as a keyed hash of its client address (an IPv6 address by
+    its /64 network) and browser family; None without an address."""
+    if not ip:
+        return None
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        where = ip
+    else:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if isinstance(address, ipaddress.IPv6Address):
+            where = str(ipaddress.IPv6Network((address, 64), strict=False))
+        else:
+            where = str(address)
+    return store.keyring.blind_index("signin-place", f"{where}\n{browser_family(user_agent) or ''}")
 
 
 def principal_of(store: IdentityStore, row: asyncpg.Record, scope: str) -> Principal:
@@ -66,6 +101,7 @@ class Sessions:
         self.store = store
         self.idle_seconds = cfg.session_idle_seconds
         self.max_seconds = cfg.session_max_seconds
+        self.retention = timedelta(days=cfg.ip_retention_days)  # how long a place is known
         self.clock = clock
 
     @property
@@ -79,12 +115,15 @@ class Sessions:
         secret = new_session_id()
         session_id = str(uuid.uuid4())
         expires = self.clock() + timedelta(seconds=self.max_seconds)
+        place = place_of(self.store, context.current().ip, user_agent)
         ip = self.store.seal_address(context.current().ip)
+        sealed_place = self.store.seal_address(place)
         user_agent = self.store.seal_address(user_agent)
 
         async def decide(conn: asyncpg.Connection, row: asyncpg.Record) -> list[Any]:
             if row["disabled"]:
                 raise LoginRefused()
+            new_place = await self._new_place(conn, row, place)
             new: list[Any] = []
             if rehash is not None:
                 new.append(ev.PasswordChanged(user_id=user_id, password_hash=rehash, rehash=True))
@@ -97,6 +136,8 @@ class Sessions:
                     idle_seconds=self.idle_seconds,
                     ip=ip,
                     user_agent=user_agent,
+                    place=sealed_place,
+                    new_place=new_place,
                 )
             )
             return new
@@ -112,6 +153,22 @@ class Sessions:
             "expires_at": expires.isoformat(),
             "idle_timeout_s": self.idle_seconds,
         }
+
+    async def _new_place(
+        self, conn: asyncpg.Connection, row: asyncpg.Record, place: str | None
+    ) -> bool:
+        """Whether this is an administrator's sign-in, not their first, from a place not seen
+        within the retention period (asked in the sign-in's transaction: of two at once from
+        one new place, the second decides again after the first, and sees it)."""
+        if place is None or not row["is_admin"] or row["signed_in_at"] is None:
+            return False
+        seen = await conn.fetchval(
+            "SELECT last_at > $3 FROM identity.known_places WHERE user_id = $1 AND place = $2",
+            row["user_id"],
+            place,
+            self.clock() - self.retention,
+        )
+        return not seen
 
     async def principal(self, secret: str) -> Principal | None:
         """The user of a live session of an enabled account, or None."""
@@ -254,7 +311,20 @@ async def _session_started(
             e.ip,
             r.recorded_at,
         )
-    await bump(conn, e.user_id, r)
+    if e.place:  # None once its week's key is destroyed: a rebuild keeps only recent places
+        await conn.execute(
+            "INSERT INTO identity.known_places (user_id, place, last_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (user_id, place) DO UPDATE SET last_at = EXCLUDED.last_at",
+            e.user_id,
+            e.place,
+            r.recorded_at,
+        )
+    await conn.execute(
+        "UPDATE identity.users SET version = $2, signed_in_at = $3 WHERE user_id = $1",
+        e.user_id,
+        r.version,
+        r.recorded_at,
+    )
 
 
 async def _session_ended(conn: asyncpg.Connection, e: ev.SessionEnded, r: RecordedEvent) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from libs.browsers import browser_family
 from libs.contracts.notify import CATEGORIES
 from libs.events import context
 from libs.events.bus import BusClient, BusError, Unavailable
@@ -36,7 +37,7 @@ from services.notify.evaluate import Clock, utcnow
 from services.notify.projections import NotifyProjection
 from services.notify.templates import alert_mail
 
-__all__ = ["Dispatcher", "Recipient", "browser_of"]
+__all__ = ["Dispatcher", "Recipient"]
 
 log = logging.getLogger("services.notify")
 
@@ -52,22 +53,6 @@ class Recipient:
         self.email_categories: frozenset[str] = frozenset(CATEGORIES)
         self.push_categories: frozenset[str] = frozenset(CATEGORIES)
         self.push_urls: list[str] = []  # sealed
-
-
-def browser_of(agent: str | None) -> str:
-    """A short name of the browser a User-Agent string names."""
-    a = agent or ""
-    for needle, name in (
-        ("Edg/", "Edge"),
-        ("OPR/", "Opera"),
-        ("Firefox/", "Firefox"),
-        ("Chrome/", "Chrome"),
-        ("Safari/", "Safari"),
-        ("curl/", "curl"),
-    ):
-        if needle in a:
-            return name
-    return "an unknown browser" if a else "no browser named"
 
 
 async def _default_push(urls: Sequence[str], title: str, body: str) -> list[Any]:
@@ -270,8 +255,9 @@ class Dispatcher:
         when = f"{row['created_at']:%Y-%m-%d %H:%M} UTC"
         return (
             f"Your account signed in at {when} from {ip or 'an address we cannot show'}"
-            f" with {browser_of(agent)}, a place not seen before. If this was not you, change"
-            " your password on your profile page: every session ends."
+            f" with {browser_family(agent) or 'no browser named'}, a place not seen before."
+            " If this was not you, change your password on your profile page: every session"
+            " ends."
         )
 
     async def _record(

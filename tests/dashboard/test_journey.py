@@ -156,7 +156,7 @@ async def test_setup_install_invite_and_activity(
         await shot(user, "user-apps-phone")
 
         # -- the admin sees the journey in the activity log: filtered by type and by actor,
-        # and the whole log by scrolling to its end
+        # and the whole log (everything) by scrolling to its end
         await goto(admin, "/#/activity")
         log = admin.get_by_role("main")
         rows = log.locator("tbody tr")
@@ -170,6 +170,12 @@ async def test_setup_install_invite_and_activity(
         await admin.get_by_role("button", name="Apply filters").click()
         await expect(rows.first).to_contain_text("kim")
         await admin.get_by_role("button", name="Clear filters").click()
+        await expect(rows.first).to_be_visible()
+        # the changes (the default view) are under a page here; everything, steps too, is not
+        everything = admin.get_by_role("button", name="Everything")
+        await everything.click()
+        await expect(everything).to_have_attribute("aria-pressed", "true")
+        await expect(admin.locator(".loading")).to_have_count(0)
         await expect(rows.first).to_be_visible()
         first_page = await rows.count()
         while not await log.get_by_text("No more activity").is_visible():

@@ -143,7 +143,7 @@ async def test_the_identity_journey(
         seen: list[dict[str, Any]] = []
 
         async def logged() -> bool:
-            a = await call(c, "GET", "/activity?limit=200", ADMIN_IP, session=admin)
+            a = await call(c, "GET", "/activity?limit=200&view=everything", ADMIN_IP, session=admin)
             assert a.status == 200, a.body
             seen[:] = list(reversed(a.body["items"]))
             return all(

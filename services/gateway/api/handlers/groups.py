@@ -4,7 +4,8 @@ Identity owns the rules (who may, name grammar, link binding, expiry, single use
 here refuse malformed input first. Link tokens appear in exactly two answers, once each: the
 invitation an administrator creates and the reset link an administrator creates. The anonymous
 routes (accept an invitation, ask for and complete a reset) answer one way for every refused
-link, as identity does.
+link, as identity does. Identity emails the links of invitations and of requested resets
+(through notify and the mail service); an invitation's answer says whether its mail went out.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from libs.contracts.identity import CONTRACT as IDENTITY
-from libs.contracts.schema import array, boolean, obj, string
+from libs.contracts.schema import array, boolean, nullable, obj, string
 from libs.events.bus import Internal
 from services.gateway.api.bodies import command_body
 from services.gateway.api.handlers.identity import (
@@ -70,9 +71,19 @@ GROUP = obj(
 )
 GROUPS = obj({"items": array(GROUP)}, required=["items"])
 INVITATION_CREATED = obj(
-    {"invitation_id": string(format="uuid"), "token": SHOWN_ONCE, "expires_at": WHEN},
-    required=["invitation_id", "token", "expires_at"],
+    {
+        "invitation_id": string(format="uuid"),
+        "token": SHOWN_ONCE,
+        "expires_at": WHEN,
+        "emailed": boolean(description="whether the link was emailed to the invited address"),
+        "email_error": nullable(
+            string(description="why it was not (no way to send mail, ...); null when it was")
+        ),
+    },
+    required=["invitation_id", "token", "expires_at", "emailed", "email_error"],
 )
+# Identity waits this long for the invitation's mail (services/identity/link_mail.py: 20 s).
+_INVITE_TIMEOUT = 30.0
 INVITATION = obj(
     {
         "invitation_id": string(format="uuid"),
@@ -192,22 +203,27 @@ async def list_invitations(call: Call) -> Any:
 @routes.post(
     "/invitations",
     access=Access.admin,
-    summary="Invite someone by email: a link token for them, valid once, for 7 days",
+    summary="Invite someone by email: a link for them, emailed, valid once, for 7 days",
     description=(
-        "The token is in this answer only; the invitation can be accepted only with the "
-        "email it was sent to. Answers 409 when the email already has an account, 404 when a "
-        "group does not exist."
+        "The link is emailed to the invited address; `emailed` says whether that worked and "
+        "`email_error` why not (no mail domain on and no outgoing relay set, ...). The token "
+        "is in this answer only, so the link can also be handed over another way; the "
+        "invitation can be accepted only with the email it was sent to. Answers 409 when the "
+        "email already has an account, 404 when a group does not exist."
     ),
     body=INVITE_BODY,
     responses={201: INVITATION_CREATED},
     problems=("conflict", "not_found"),
 )
 async def invite(call: Call) -> Any:
-    reply = await call.command("identity", "invite", call.body)
+    reply = await call.command("identity", "invite", call.body, timeout=_INVITE_TIMEOUT)
+    why_not = reply.get("email_error") if isinstance(reply, dict) else None
     body = {
         "invitation_id": _get(reply, "invite", "invitation_id", str),
         "token": _get(reply, "invite", "token", str),
         "expires_at": _get(reply, "invite", "expires_at", str),
+        "emailed": _get(reply, "invite", "emailed", bool),
+        "email_error": why_not if isinstance(why_not, str) else None,
     }
     return Reply(body, status=201)
 
@@ -247,11 +263,12 @@ async def accept_invitation(call: Call) -> Any:
 @routes.post(
     "/password-reset",
     access=Access.anonymous,
-    summary="Ask for a password-reset link",
+    summary="Ask for a password-reset link: it is emailed",
     description=(
-        "Answers 202 whether or not the email has an account. There is no mail service yet: "
-        "an administrator creates a link with POST /users/{user_id}/password-reset. Limited "
-        "per client address (403 past it, saying when to try again) and per email asked for."
+        "Answers 202 whether or not the email has an account, at once: when it is the email "
+        "of an enabled account, identity emails a link to it (valid once, for 1 hour). Limited "
+        "per client address (403 past it, saying when to try again) and per email asked for. "
+        "An administrator can also create a link with POST /users/{user_id}/password-reset."
     ),
     body=RESET_REQUEST_BODY,
     responses={202: None},

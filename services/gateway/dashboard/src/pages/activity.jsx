@@ -1,11 +1,17 @@
-// The activity log: who did what, on what, when; filtered, loaded page by page as you scroll.
+// The activity log: what happened, as sentences with names ("owner installed Static website at
+// blog.example.org"); the changes (default) or everything, filtered, loaded page by page as you
+// scroll, and exported as CSV or JSON.
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
-import { get, withQuery } from "../api.js";
+import { API, get, withQuery } from "../api.js";
 import { ErrorNote, PageHead, formatTime, relativeTime, useAsync, ListTable } from "../ui/common.jsx";
 import { Field, FormError, Submit, useForm } from "../ui/form.jsx";
 
 const PAGE = 50;
 const NO_FILTERS = { since: "", until: "", actor: "", type: "", target: "" };
+const VIEWS = [
+  ["changes", "Changes", "Configuration changes and sign-ins"],
+  ["everything", "Everything", "Task steps and progress too"],
+];
 
 /** The API's query for the filter form's values: local times as ISO, a username as its id. */
 function queryOf(values, idOf) {
@@ -56,9 +62,9 @@ function Filters({ form, onApply, onClear, usernames, types, active }) {
   );
 }
 
-function ActivityTable({ items, nameOf }) {
+function ActivityTable({ items }) {
   return (
-    <ListTable caption="Activity, newest first" columns={["Time", "Actor", "Type", "Target", "IP", "Summary"]} kind="activity">
+    <ListTable caption="Activity, newest first" columns={["Time", "Event", "By", "From"]} kind="activity">
       {items.map((e) => (
         <tr key={e.position}>
           <td data-label="Time">
@@ -66,18 +72,69 @@ function ActivityTable({ items, nameOf }) {
               {formatTime(e.occurred_at)}
             </time>
           </td>
-          <td data-label="Actor" class="act-break">
-            {nameOf[e.actor] || e.actor}
+          <td data-label="Event" class="act-break">
+            <span class="cell-lines">
+              <span class="act-sentence">{e.sentence}</span>
+              <span class="muted" title={e.summary}>
+                <code>{e.type}</code> on <code class="act-break">{e.target}</code>
+              </span>
+            </span>
           </td>
-          <td data-label="Type">{e.type}</td>
-          <td data-label="Target">
-            <code class="act-break">{e.target}</code>
+          <td data-label="By" class="act-break">
+            {e.actor_name}
           </td>
-          <td data-label="IP">{e.ip || "–"}</td>
-          <td data-label="Summary">{e.summary}</td>
+          <td data-label="From">{e.ip ? (e.browser ? `${e.ip} (${e.browser})` : e.ip) : "–"}</td>
         </tr>
       ))}
     </ListTable>
+  );
+}
+
+/** The changes/everything switch: two pressed-or-not buttons. */
+function ViewSwitch({ view, onView }) {
+  return (
+    <div class="button-row" role="group" aria-label="Which events">
+      {VIEWS.map(([v, label, hint]) => (
+        <button key={v} type="button" class={`btn${view === v ? " btn-primary" : " btn-secondary"}`} aria-pressed={view === v ? "true" : "false"} title={hint} onClick={() => onView(v)}>
+          {label}
+        </button>
+      ))}
+    </div>
+  );
+}
+
+/** Links that download the events of the filters shown (the server names the file). A click
+ * asks first (HEAD): a range too big for one file is refused before anything downloads. */
+function ExportLinks({ query, onError }) {
+  const href = (format) => API + withQuery("/activity/export", { ...query, format });
+  const start = async (event, format) => {
+    event.preventDefault();
+    onError(null);
+    const url = href(format);
+    let answer;
+    try {
+      answer = await fetch(url, { method: "HEAD", credentials: "same-origin" });
+    } catch (e) {
+      onError(new Error("Homeport did not answer: check your connection and try again."));
+      return;
+    }
+    if (answer.ok) {
+      window.location.assign(url);
+    } else if (answer.status === 400) {
+      onError(new Error("Too many events match these filters for one file: narrow the range with From and To, then export again."));
+    } else {
+      onError(new Error(`The export failed (HTTP ${answer.status}): try again.`));
+    }
+  };
+  return (
+    <div class="button-row" role="group" aria-label="Export">
+      <a class="btn btn-ghost" href={href("csv")} download onClick={(e) => start(e, "csv")}>
+        Export CSV
+      </a>
+      <a class="btn btn-ghost" href={href("json")} download onClick={(e) => start(e, "json")}>
+        Export JSON
+      </a>
+    </div>
   );
 }
 
@@ -95,20 +152,20 @@ function useLoadOnView(sentinel, active, load) {
 
 export function Activity() {
   const users = useAsync(() => get("/users"), []);
-  const { nameOf, idOf, usernames } = useMemo(() => {
+  const { idOf, usernames } = useMemo(() => {
     const list = (users.data && users.data.items) || [];
     return {
-      nameOf: Object.fromEntries(list.map((u) => [u.user_id, u.username])),
       idOf: Object.fromEntries(list.map((u) => [u.username.toLowerCase(), u.user_id])),
       usernames: list.map((u) => u.username),
     };
   }, [users.data]);
 
   const form = useForm(NO_FILTERS);
-  const [query, setQuery] = useState(queryOf(NO_FILTERS, {}));
+  const [query, setQuery] = useState({ ...queryOf(NO_FILTERS, {}), view: "changes" });
   const [list, setList] = useState({ items: [], cursor: null, loaded: false });
   const [more, setMore] = useState({ busy: false, error: null });
   const [firstError, setFirstError] = useState(null);
+  const [exportError, setExportError] = useState(null);
   const busy = useRef(false);
   const generation = useRef(0); // bumped when the filters change: a late page of the old list is dropped
   const latest = useRef(0);
@@ -155,11 +212,25 @@ export function Activity() {
       busy.current = false;
     }
   };
-  const apply = form.submit((values) => first(queryOf(values, idOf)));
+  const apply = form.submit((values) => first({ ...queryOf(values, idOf), view: query.view }));
+  // Another view: the list goes at once ("Loading" until the new one is in), the filters stay.
+  const changeView = async (view) => {
+    if (view === query.view) return;
+    const q = { ...query, view };
+    generation.current += 1;
+    setQuery(q);
+    setList({ items: [], cursor: null, loaded: false });
+    setFirstError(null);
+    try {
+      await first(q);
+    } catch (e) {
+      setFirstError(e);
+    }
+  };
   const clear = async () => {
     form.setValues(NO_FILTERS);
     form.setErrors({});
-    const q = queryOf(NO_FILTERS, {});
+    const q = { ...queryOf(NO_FILTERS, {}), view: query.view };
     // the filtered list goes at once (a late page of it too): "Loading" until the whole one is in
     generation.current += 1;
     setQuery(q);
@@ -179,10 +250,14 @@ export function Activity() {
   useLoadOnView(sentinel, list.cursor && !more.busy && !more.error ? list.cursor : null, loadMore);
 
   const types = useMemo(() => [...new Set(list.items.map((e) => e.type))].sort(), [list.items]);
-  const filtered = Object.values(query).some(Boolean);
+  const filtered = Object.keys(NO_FILTERS).some((k) => query[k]);
   return (
     <>
-      <PageHead title="Activity" />
+      <PageHead title="Activity">
+        <ViewSwitch view={query.view} onView={changeView} />
+        <ExportLinks query={query} onError={setExportError} />
+      </PageHead>
+      <ErrorNote error={exportError} />
       <Filters form={form} onApply={apply} onClear={clear} usernames={usernames} types={types} active={filtered} />
       <ErrorNote error={users.error} retry={users.reload} />
       <ErrorNote error={firstError} retry={loadFirst} />
@@ -190,7 +265,7 @@ export function Activity() {
         {list.loaded && `${list.items.length} event${list.items.length === 1 ? "" : "s"} shown${filtered ? " (filtered)" : ""}`}
       </p>
       {!list.loaded && !firstError && <p class="loading">Loading activity…</p>}
-      {list.loaded && list.items.length > 0 && <ActivityTable items={list.items} nameOf={nameOf} />}
+      {list.loaded && list.items.length > 0 && <ActivityTable items={list.items} />}
       {list.loaded && list.items.length === 0 && <p class="notice">{filtered ? "No activity matches these filters." : "No activity yet."}</p>}
       <div ref={sentinel} class="sentinel" />
       <ErrorNote error={more.error} retry={loadMore} />

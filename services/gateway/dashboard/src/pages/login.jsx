@@ -131,7 +131,10 @@ function ForgotPassword({ onBack }) {
   return (
     <Card title="Reset your password">
       {sent ? (
-        <p role="status">If an account has this email, a link to reset its password is on its way. It works for one hour.</p>
+        <p role="status">
+          If an account has this email, a link to reset its password is on its way to it by email (look in the spam folder too). It works once, for one
+          hour.
+        </p>
       ) : (
         <form onSubmit={send} noValidate>
           <FormError error={form.errors._form} />

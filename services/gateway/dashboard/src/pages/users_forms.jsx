@@ -37,16 +37,37 @@ export function InviteForm({ groups, onInvited, onClose }) {
   });
   if (invited) {
     const link = `${window.location.origin}/#/invite/${encodeURIComponent(invited.token)}`;
-    return (
-      <div class="stack">
-        <p class="ok-note">
-          Invitation created for <strong>{invited.email}</strong>. Homeport sends no email: give them this link yourself.
+    const terms = (
+      <p>
+        The link works once, until <strong>{formatTime(invited.expires_at)}</strong>. The invited person must sign up with the same email,{" "}
+        <strong>{invited.email}</strong>. It is not shown again.
+      </p>
+    );
+    // Emailed: the link stays at hand (a mail can land in spam). Not emailed: why, and the link.
+    const handOver = invited.emailed ? (
+      <>
+        <p class="ok-note" role="status">
+          An invitation was emailed to <strong>{invited.email}</strong>.
+        </p>
+        {terms}
+        <details class="more">
+          <summary>Give them the link another way</summary>
+          <CopyField label="Invitation link" value={link} />
+        </details>
+      </>
+    ) : (
+      <>
+        <p class="notice" role="status">
+          Invitation created for <strong>{invited.email}</strong>, but it could not be emailed: {invited.email_error || "no reason was given"}. Give them this
+          link yourself.
         </p>
         <CopyField label="Invitation link" value={link} />
-        <p>
-          The link works once, until <strong>{formatTime(invited.expires_at)}</strong>. The invited person must sign up with the same email,{" "}
-          <strong>{invited.email}</strong>. It is not shown again.
-        </p>
+        {terms}
+      </>
+    );
+    return (
+      <div class="stack">
+        {handOver}
         <div class="button-row">
           <button type="button" class="btn btn-primary" onClick={onClose}>
             Done
@@ -67,7 +88,7 @@ export function InviteForm({ groups, onInvited, onClose }) {
   }
   return (
     <form onSubmit={invite} noValidate>
-      <p>You get a link for them; with it they choose their username and password.</p>
+      <p>Homeport emails them a link (you get it too); with it they choose their username and password.</p>
       <FormError error={form.errors._form} />
       <Field label="Email" type="email" {...form.bind("email")} autocomplete="off" />
       <Field label="Administrator" type="checkbox" {...form.bind("is_admin")} hint="Administrators manage apps, users, domains and the platform." />
