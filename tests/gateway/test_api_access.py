@@ -50,7 +50,8 @@ async def test_walk_every_route_of_the_running_gateway(
         counts = await walk(gw.client, api, cast)
     # anonymous: GET and HEAD of /status and /openapi.json, POST /setup, POST /session;
     # user: DELETE /session, GET and HEAD of /profile, /tasks/{task_id} and its /events;
-    # admin: GET and HEAD of /activity and /users, POST /users, PATCH /users/{user_id},
+    # admin: GET and HEAD of /activity, /activity/export and /users, POST /users,
+    # PATCH /users/{user_id},
     # POST /users/{user_id}/disable and /enable, DELETE /users/{user_id}
     # groups.py: anonymous 3 (accept an invitation, ask for and complete a reset); admin 14
     # (GET and HEAD of /groups, /groups/{group_id}, /invitations; 8 changes)
@@ -84,10 +85,12 @@ async def test_walk_every_route_of_the_running_gateway(
     # firewall.py: admin 14 (GET and HEAD of /firewall, /firewall/allowlists/{scope},
     # /firewall/blocklist and /apps/{app_id}/firewall; PUT an allow list, POST its /confirm,
     # PUT /firewall/blocklist, POST its /add and /remove, PUT /apps/{app_id}/internet)
+    # notifications.py: admin 11 (GET and HEAD of /notifications, its /unread and /preferences
+    # and /alerts; POST /notifications/read and /test, PUT /notifications/preferences)
     assert counts == {
         "anonymous": 6 + 3 + 1 + 3,
         "user": 7 + 9 + 5 + 8 + 6,
-        "admin": 9 + 14 + 3 + 20 + 7 + 4 + 2 + 15 + 6 + 4 + 26 + 14,
+        "admin": 11 + 14 + 3 + 20 + 7 + 4 + 2 + 15 + 6 + 4 + 26 + 14 + 11,
     }
 
 

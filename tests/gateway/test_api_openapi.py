@@ -35,7 +35,8 @@ async def test_served_document_covers_the_production_table(
     check_structure(doc, table)
     assert doc["info"]["version"] == VERSION
     assert set(doc["paths"]) == {
-        "/status", "/activity", "/openapi.json", "/setup", "/setup/restore", "/session",
+        "/status", "/activity", "/activity/export", "/openapi.json", "/setup", "/setup/restore",
+        "/session",
         "/profile", "/users",
         "/users/{user_id}/disable", "/users/{user_id}/enable", "/users/{user_id}",
         "/tasks/{task_id}", "/tasks/{task_id}/events",
@@ -70,6 +71,8 @@ async def test_served_document_covers_the_production_table(
         "/firewall", "/firewall/allowlists/{scope}", "/firewall/allowlists/{scope}/confirm",
         "/firewall/blocklist", "/firewall/blocklist/add", "/firewall/blocklist/remove",
         "/apps/{app_id}/firewall", "/apps/{app_id}/internet",
+        "/notifications", "/notifications/unread", "/notifications/read", "/alerts",
+        "/notifications/preferences", "/notifications/test",
     }  # fmt: skip
     assert doc["servers"] == [{"url": "/api/v1"}]
     activity = doc["paths"]["/activity"]["get"]

@@ -14,6 +14,7 @@ from services.gateway.api.handlers import (
     identity,
     mail,
     metrics,
+    notifications,
     platform,
     platform_updates,
     security,
@@ -41,6 +42,7 @@ _MODULES = (
     certificates,
     mail,
     firewall,
+    notifications,
     metrics,
 )
 

@@ -58,6 +58,7 @@ RELAY_BODY = command_body(
     notes={
         "username": {"description": "the relay's sign-in (null: none)"},
         "password": {"description": "its password (never shown back)"},
+        "test_to": {"description": "where a test message goes through it before it is kept"},
     },
 )
 RELAY = obj(
@@ -433,8 +434,8 @@ async def mail_relay(call: Call) -> Any:
     access=Access.admin,
     summary="Send mail to other domains through a smart host",
     description=(
-        "The relay is tried first (connection, TLS, sign-in); a failure is a 400 naming the "
-        "setting to check, and nothing is kept."
+        "The relay is tried first (connection, TLS, sign-in, and with test_to a test message "
+        "to that address); a failure is a 400 naming the setting to check, and nothing is kept."
     ),
     body=RELAY_BODY,
     responses={200: obj({"host": string(), "port": integer()}, additional=True)},

@@ -17,6 +17,7 @@ import { Email } from "./pages/mail.jsx";
 import { Firewall } from "./pages/firewall.jsx";
 import { Backups } from "./pages/backups.jsx";
 import { Activity } from "./pages/activity.jsx";
+import { Bell, Notifications } from "./pages/notifications.jsx";
 import { Graphs } from "./pages/graphs.jsx";
 import { System } from "./pages/system.jsx";
 import { Profile } from "./pages/profile.jsx";
@@ -63,6 +64,8 @@ function page(parts, me) {
       return admin ? <Backups /> : null;
     case "activity":
       return admin ? <Activity /> : null;
+    case "notifications":
+      return admin ? <Notifications /> : null;
     case "graphs":
       return admin ? <Graphs /> : null;
     case "system":
@@ -89,6 +92,7 @@ function Shell({ me, route, signOut }) {
         <a class="brand" href="#/apps">
           <img src="/assets/favicon.svg" alt="" width="24" height="24" /> Homeport
         </a>
+        {me.is_admin && <Bell path={route.path} />}
         <button type="button" class="btn btn-icon menu-toggle" aria-expanded={menu ? "true" : "false"} aria-controls="nav" onClick={() => setMenu(!menu)}>
           <span aria-hidden="true">☰</span>
           <span class="sr-only">Menu</span>

@@ -8,7 +8,14 @@ import { useStatus } from "./users_common.jsx";
 
 // Sizes as people say them: 1 GB here is 1024 MB (the API's minimum is 1 MB of 1024 × 1024 bytes).
 const UNITS = { MB: 1024 * 1024, GB: 1024 * 1024 * 1024 };
-const RELAY_LABELS = { host: "The host", port: "The port", tls: "The encryption", username: "The username", password: "The password" };
+const RELAY_LABELS = {
+  host: "The host",
+  port: "The port",
+  tls: "The encryption",
+  username: "The username",
+  password: "The password",
+  test_to: "The test address",
+};
 const TLS_MODES = {
   starttls: "STARTTLS (usually port 587)",
   tls: "TLS from the start (usually port 465)",
@@ -187,6 +194,7 @@ function RelayForm({ relay, onChanged }) {
     tls: relay ? relay.tls : "starttls",
     username: relay && relay.username ? relay.username : "",
     password: "",
+    test_to: "",
   });
   const status = useStatus();
   const hasPassword = !!(relay && relay.username);
@@ -202,11 +210,13 @@ function RelayForm({ relay, onChanged }) {
         : "Give the password for this username.";
     }
     if (!username && v.password) errors.username = "Give the username this password goes with.";
+    const testTo = v.test_to.trim();
+    if (testTo && !/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(testTo)) errors.test_to = "Give an email address, e.g. me@example.net, or leave it empty.";
     if (Object.keys(errors).length) {
       form.setErrors(errors);
       return;
     }
-    const body = { host, port: Number(v.port.trim()), tls: v.tls, username: username || null, password: username ? v.password : null };
+    const body = { host, port: Number(v.port.trim()), tls: v.tls, username: username || null, password: username ? v.password : null, test_to: testTo || null };
     try {
       await put("/mail/relay", body);
     } catch (e) {
@@ -216,7 +226,8 @@ function RelayForm({ relay, onChanged }) {
       return;
     }
     form.set("password", "");
-    await onChanged(`Saved: mail to other domains now leaves through ${host}.`);
+    const tested = testTo ? ` A test message went to ${testTo} through it.` : "";
+    await onChanged(`Saved: mail to other domains now leaves through ${host}.${tested}`);
   });
   const remove = () =>
     status.run(async () => {
@@ -244,9 +255,19 @@ function RelayForm({ relay, onChanged }) {
         autocomplete="new-password"
         hint={hasPassword ? "A password is saved; it is never shown. Type it again to save changes." : "Kept sealed; never shown again."}
       />
+      <Field
+        label="Send a test message to"
+        type="email"
+        {...form.bind("test_to")}
+        autocomplete="email"
+        spellcheck={false}
+        placeholder="me@example.net"
+        hint="Optional: an address of yours. The relay is kept only once it took this message; check that it arrived."
+      />
       {form.busy && (
         <p class="notice" role="status">
-          Checking the relay… Homeport connects to it, starts TLS and signs in before keeping it.
+          Checking the relay… Homeport connects to it, starts TLS and signs in{form.values.test_to.trim() ? ", then sends the test message," : ""} before keeping
+          it.
         </p>
       )}
       <div class="button-row">
