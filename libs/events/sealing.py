@@ -59,6 +59,7 @@ __all__ = [
     "KEYRING_OWNERS",
     "SEALED_PLACEHOLDER",
     "SHARED_KEYRING",
+    "SHARED_OWNERS",
     "KeyDestroyed",
     "Keyring",
     "SealingError",
@@ -81,6 +82,9 @@ SEALED_PLACEHOLDER: Final = "[sealed]"
 
 # The services that seal, each with its keyring file `<keyring dir>/<service>.json`.
 KEYRING_OWNERS: Final = ("identity", "apps", "dns", "certs", "backup", "mail", "notify")
+# The services that sealed with the one keyring all shared before each had its own: only they
+# start from a copy of it (a later service starts with keys of its own, none of the others').
+SHARED_OWNERS: Final = ("identity", "apps", "dns", "certs", "backup", "mail")
 # The one keyring file every service shared before each had its own.
 SHARED_KEYRING: Final = "keyring.json"
 # A service's keyring in its own folder: <keyring dir>/<service>/keyring.json.
@@ -762,7 +766,7 @@ def shared_keyring(path: str | os.PathLike[str]) -> Path | None:
     server, /var/lib/homeport/keyring/) or else `<...>/keyring.json` (an embedded data dir),
     whichever is there; None if neither is, or for any other path."""
     found = keyring_folder(path)
-    if found is None:
+    if found is None or found[1] not in SHARED_OWNERS:
         return None
     folder = found[0]
     for candidate in (folder / SHARED_KEYRING, folder.parent / SHARED_KEYRING):
@@ -828,7 +832,7 @@ def _adopt(shared: Path, path: Path) -> bool:
 
 def _retire(shared: Path, directory: Path) -> None:
     """Remove the shared keyring once every owner in `directory` has its own file."""
-    if not all(os.path.lexists(keyring_file(directory, o)) for o in KEYRING_OWNERS):
+    if not all(os.path.lexists(keyring_file(directory, o)) for o in SHARED_OWNERS):
         return
     for gone in (shared, shared.with_name(shared.name + ".lock")):
         with suppress(FileNotFoundError):

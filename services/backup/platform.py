@@ -44,6 +44,7 @@ import asyncpg
 from libs.events.migrations import migrate
 from libs.events.sealing import (
     KEYRING_OWNERS,
+    SHARED_OWNERS,
     keyring_file,
     keyring_folder,
     previous_keyring,
@@ -268,7 +269,7 @@ def _keyrings_of(keyring: Path) -> dict[str, Path]:
             out[owner] = own
         elif found is not None and (previous := previous_keyring(own)) is not None:
             out[owner] = previous  # moved into its folder at its first start
-        elif shared is not None and os.path.lexists(shared):
+        elif owner in SHARED_OWNERS and shared is not None and os.path.lexists(shared):
             out[owner] = shared  # its copy is made at its first start
     if not out:
         raise PlatformError(f"cannot read the keyring {keyring}: there is none in its folder")
@@ -402,7 +403,7 @@ def _backed_up_keyrings(src_dir: Path) -> dict[str, bytes]:
         if os.path.lexists(folder):
             raise PlatformError(f"the backup holds both {KEYRING} and {KEYRINGS}/: which is it?")
         ring, _ = _read_regular(old, "backed-up keyring")
-        rings = dict.fromkeys(KEYRING_OWNERS, ring)
+        rings = dict.fromkeys(SHARED_OWNERS, ring)  # the services of that time
     else:
         if folder.is_symlink() or not folder.is_dir():
             raise PlatformError(f"the backup holds no keyring ({KEYRINGS}/ or {KEYRING})")

@@ -61,6 +61,8 @@ class NotifyConfig(ServiceConfig):
     notify_memory_available: float = field(default=5.0, metadata=check(_percent, "a percentage"))
     notify_memory_psi: float = field(default=40.0, metadata=check(_percent, "a percentage"))
     notify_proc: Path = Path("/proc")  # where meminfo and pressure/memory are read
+    # Active bans are asked of the firewall this often (each new one is a notice).
+    notify_bans_seconds: float = field(default=15.0, metadata=check(_positive, "seconds > 0"))
     # Updates are asked of the apps service this often.
     notify_updates_seconds: float = field(default=3600.0, metadata=check(_positive, "seconds > 0"))
     # Never more than one mail per condition within this long.

@@ -155,8 +155,8 @@ class Dispatcher:
         if now - row["created_at"] > timedelta(seconds=self.cfg.notify_stale_seconds):
             notes.append("too old to send when it was first seen")
         else:
-            may_mail, why = await self._may_mail(row)
-            if not may_mail:
+            may_tell, why = await self._may_tell(row)
+            if not may_tell:
                 notes.append(why)
             else:
                 mail = alert_mail(
@@ -178,30 +178,32 @@ class Dispatcher:
                         break
                     except BusError as e:
                         notes.append(f"mail to an administrator failed: {e.message}")
-            pushed = await self._push(row, who, title, detail)
+                pushed = await self._push(row, who, title, detail)
         await self._record(row, mailed, pushed, "; ".join(dict.fromkeys(notes)), detail)
 
-    async def _may_mail(self, row: asyncpg.Record) -> tuple[bool, str]:
+    async def _may_tell(self, row: asyncpg.Record) -> tuple[bool, str]:
+        """Whether this notification may go out by mail and push (the once-an-hour rule, for
+        every channel alike), and why not."""
         interval = timedelta(seconds=self.cfg.notify_mail_interval_seconds)
         if row["kind"] == "resolved":
             opened = await self.pool.fetchrow(
-                "SELECT mailed FROM notify.notifications WHERE key = $1 AND kind = 'opened'"
-                " AND position < $2 ORDER BY position DESC LIMIT 1",
+                "SELECT mailed + pushed AS told FROM notify.notifications WHERE key = $1"
+                " AND kind = 'opened' AND position < $2 ORDER BY position DESC LIMIT 1",
                 row["key"],
                 row["position"],
             )
-            if opened is None or not opened["mailed"]:
-                return False, "its alert was not mailed"
+            if opened is None or not opened["told"]:
+                return False, "its alert was not sent"
         recent = await self.pool.fetchval(
             "SELECT EXISTS (SELECT 1 FROM notify.notifications WHERE key = $1 AND kind = $2"
-            " AND mailed > 0 AND position < $3 AND created_at > $4)",
+            " AND mailed + pushed > 0 AND position < $3 AND created_at > $4)",
             row["key"],
             row["kind"],
             row["position"],
             row["created_at"] - interval,
         )
         if recent:
-            return False, "a mail about this went out within the hour"
+            return False, "a notice about this went out within the hour"
         return True, ""
 
     async def _send(self, to: str, subject: str, text: str, html: str) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -82,6 +84,7 @@ class Evaluator:
         self._app_updates: dict[str, tuple[str, str]] = {}
         self._titles: dict[str, str] = {}
         self._updates_known = False
+        self._bans_at = -math.inf  # monotonic time of the last question to the firewall
 
     def stop(self) -> None:
         self._stop.set()
@@ -228,6 +231,10 @@ class Evaluator:
         """A notice for each ban the firewall has in force that was not told yet."""
         if self.bus is None:
             return 0
+        now = time.monotonic()
+        if now - self._bans_at < self.cfg.notify_bans_seconds:
+            return 0
+        self._bans_at = now
         try:
             status = await self.bus.query("firewall", "status", {})
         except BusError as e:

@@ -19,7 +19,13 @@ import pytest
 from cli.main import main as homeport
 from deploy.embedded import PostgresServer
 from libs.events.envelope import NewEvent
-from libs.events.sealing import KEYRING_OWNERS, Keyring, UnknownKey, keyring_file
+from libs.events.sealing import (
+    KEYRING_OWNERS,
+    SHARED_OWNERS,
+    Keyring,
+    UnknownKey,
+    keyring_file,
+)
 from libs.events.store import PostgresEventStore
 from services.backup.platform import (
     EVENTS,
@@ -353,7 +359,9 @@ async def test_an_old_backup_with_one_keyring_gives_it_to_every_service(
     finally:
         await conn.close()
     assert loaded["loaded_events"] == 26
-    for owner in KEYRING_OWNERS:
+    # the services of that time get it; a newer one (notify) starts with keys of its own
+    assert not keyring_file(tmp_path / "k", "notify").exists()
+    for owner in SHARED_OWNERS:
         put = keyring_file(tmp_path / "k", owner)
         assert put.read_bytes() == (out / "keyring.json").read_bytes()
         assert stat.S_IMODE(put.stat().st_mode) == 0o600
@@ -383,7 +391,8 @@ async def test_a_dump_of_an_install_part_way_through_the_split(
                             out_dir=out, apps={}, platform_version="0.1.0")  # fmt: skip
     finally:
         await conn.close()
-    for owner in KEYRING_OWNERS:
+    assert not (out / "keyring" / "notify.json").exists()  # newer than the shared keyring
+    for owner in SHARED_OWNERS:
         src = keyring_file(data / "keyring", owner)
         expected = src if owner in ("identity", "backup") else data / "keyring.json"
         assert (out / "keyring" / f"{owner}.json").read_bytes() == expected.read_bytes()

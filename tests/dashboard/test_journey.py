@@ -108,8 +108,15 @@ async def test_setup_install_invite_and_activity(
         # session is the gateway's own address's), comes back to the app meant for them, and
         # is refused the one meant for the family, which they are not in
         app_page = await admin.context.new_page()
-        await goto(app_page, ed.app_url("private"))
-        await expect(app_page.get_by_text("Sign in to open the app you asked for")).to_be_visible()
+        asked = app_page.get_by_text("Sign in to open the app you asked for")
+        for attempt in range(4):  # the edge may not serve the new app's host for a moment yet
+            await goto(app_page, ed.app_url("private"))
+            try:
+                await expect(asked).to_be_visible()
+                break
+            except AssertionError:
+                if attempt == 3:
+                    raise AssertionError(await app_page.content()) from None
         await app_page.get_by_label("Username").fill("owner")
         await app_page.get_by_label("Password").fill(ADMIN_PASSWORD)
         shown = app_page.get_by_text("version 1.0.0")

@@ -54,7 +54,7 @@ def test_each_service_has_its_own_file_and_cannot_read_anothers(tmp_path: Path) 
 
 
 def test_only_the_services_that_seal_have_a_keyring_file() -> None:
-    assert set(KEYRING_OWNERS) == {"identity", "apps", "dns", "certs", "backup", "mail"}
+    assert set(KEYRING_OWNERS) == {"identity", "apps", "dns", "certs", "backup", "mail", "notify"}
     for other in ("gateway", "firewall", "relay", "keyring", "../identity"):
         with pytest.raises(SealingError, match="holds no sealing keys"):
             keyring_file(Path("/k"), other)
@@ -84,6 +84,11 @@ def test_each_service_starts_from_the_shared_keyring_once(tmp_path: Path, layout
     with Keyring.open(keyring_file(folder, "identity")) as identity:
         assert identity.unseal_str(new_user) == "bob@example.com"
 
+    # a service newer than the shared keyring starts with keys of its own, none of the others'
+    with Keyring.open(keyring_file(folder, "notify")) as notify:
+        with pytest.raises(UnknownKey):
+            notify.unseal(user_value)
+    assert shared.exists()
     for owner in ("dns", "certs", "backup", "mail"):
         Keyring.open(keyring_file(folder, owner)).close()
     assert not shared.exists() and not os.path.lexists(f"{shared}.lock")
