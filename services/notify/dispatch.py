@@ -12,8 +12,6 @@ push through apprise (push.py) to each administrator's URLs, unsealed only to se
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +33,7 @@ from services.notify import events as ev
 from services.notify.config import NotifyConfig
 from services.notify.evaluate import Clock, utcnow
 from services.notify.projections import NotifyProjection
+from services.notify.rounds import Rounds
 from services.notify.templates import alert_mail
 
 __all__ = ["Dispatcher", "Recipient"]
@@ -61,7 +60,10 @@ async def _default_push(urls: Sequence[str], title: str, body: str) -> list[Any]
     return await push(urls, title, body)
 
 
-class Dispatcher:
+class Dispatcher(Rounds):
+    what = "notification round"
+    again = True
+
     def __init__(
         self,
         cfg: NotifyConfig,
@@ -73,7 +75,9 @@ class Dispatcher:
         pusher: Pusher = _default_push,
         origin: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
+        super().__init__()
         self.cfg = cfg
+        self.every = cfg.notify_round_seconds
         self.store = store
         self.pool = store.pool
         self.bus = bus
@@ -82,26 +86,6 @@ class Dispatcher:
         self.pusher = pusher
         self.origin = origin
         self.projection = NotifyProjection()
-        self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
-    def nudge(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                while await self.round():
-                    pass
-            except Exception:
-                log.exception("notification round failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.cfg.notify_round_seconds)
-            self._wake.clear()
 
     async def round(self) -> int:
         """Deliver what is pending (a page at a time); the number delivered."""

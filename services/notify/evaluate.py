@@ -10,7 +10,6 @@ alerts neither open nor clear on a missing answer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -38,6 +37,7 @@ from services.notify.conditions import (
 )
 from services.notify.config import NotifyConfig
 from services.notify.projections import NotifyProjection
+from services.notify.rounds import Rounds
 
 __all__ = ["Clock", "Evaluator", "utcnow"]
 
@@ -59,7 +59,10 @@ def _newer(current: str, candidate: str) -> bool:
         return False
 
 
-class Evaluator:
+class Evaluator(Rounds):
+    what = "alert round"
+    again = False
+
     def __init__(
         self,
         cfg: NotifyConfig,
@@ -69,7 +72,9 @@ class Evaluator:
         clock: Clock = utcnow,
         changed: Callable[[], None] = lambda: None,
     ) -> None:
+        super().__init__()
         self.cfg = cfg
+        self.every = cfg.notify_round_seconds
         self.store = store
         self.pool = store.pool
         self.bus = bus
@@ -77,31 +82,12 @@ class Evaluator:
         self.changed = changed
         self.projection = NotifyProjection()
         self.rounds = 0
-        self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
         self._updates_at: datetime | None = None
         self._platform_update: str | None = None
         self._app_updates: dict[str, tuple[str, str]] = {}
         self._titles: dict[str, str] = {}
         self._updates_known = False
         self._bans_at = -math.inf  # monotonic time of the last question to the firewall
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
-    def nudge(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.round()
-            except Exception:  # the loop outlives any one bad round
-                log.exception("alert round failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.cfg.notify_round_seconds)
-            self._wake.clear()
 
     # -- one round ------------------------------------------------------------------------------
 
