@@ -22,7 +22,7 @@ from services.gateway.edge.signin import EdgeAccess, EdgeSignIn, add_edge_signin
 from services.gateway.edge.sync import EdgeSync, edge_settings
 from services.gateway.metrics_history import metrics_history
 from services.gateway.projections import ActivityProjection
-from services.gateway.queries import Queries, identity_addresses
+from services.gateway.queries import Queries
 from services.gateway.tasks import TaskProjection
 
 
@@ -58,7 +58,8 @@ async def _parts(
         settings = edge_settings(cfg, svc.port)
         edge = EdgeSync(settings, conn.nc, access, conn.store) if cfg.edge else None
         # the activity log's sealed client addresses are read back by identity (no key here)
-        queries = Queries(conn.store.pool, edge, identity_addresses(conn.client()))
+        # identity (names, addresses) and apps (titles) are asked as the caller being answered
+        queries = Queries(conn.store.pool, edge, conn.client().query)
         async with (
             following(svc, conn, ActivityProjection(), **at),
             following(svc, conn, TaskProjection(), **at),

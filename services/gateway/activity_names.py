@@ -19,6 +19,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import zip_longest
 from typing import Any, ClassVar, Protocol
 
 import asyncpg
@@ -194,15 +195,12 @@ async def _identity_names(
     people: dict[str, str | None] = {}
     teams: dict[str, str | None] = {}
     browsers: dict[str, str | None] = {}
-    rounds = max(
-        len(_chunks(users, MAX_NAME_IDS)),
-        len(_chunks(groups, MAX_NAME_IDS)),
-        len(_chunks(agents, MAX_ADDRESS_VALUES)),
-    )
-    for i in range(rounds):
-        part_users = users[i * MAX_NAME_IDS : (i + 1) * MAX_NAME_IDS]
-        part_groups = groups[i * MAX_NAME_IDS : (i + 1) * MAX_NAME_IDS]
-        part_agents = agents[i * MAX_ADDRESS_VALUES : (i + 1) * MAX_ADDRESS_VALUES]
+    for part_users, part_groups, part_agents in zip_longest(
+        _chunks(users, MAX_NAME_IDS),
+        _chunks(groups, MAX_NAME_IDS),
+        _chunks(agents, MAX_ADDRESS_VALUES),
+        fillvalue=list[str](),
+    ):
         payload = {"user_ids": part_users, "group_ids": part_groups, "user_agents": part_agents}
         try:
             got = await ask("identity", "names", payload, timeout=LOOKUP_TIMEOUT)

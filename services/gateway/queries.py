@@ -4,8 +4,6 @@ read model, and whether the edge serves a host. The activity log's export (GET
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,8 +11,9 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from libs.contracts.cursors import cursor_in, cursor_out
 from libs.contracts.gateway import ACTIVITY_MAX_LIMIT
-from libs.events.bus import BusClient, Invalid
+from libs.events.bus import Invalid
 from libs.events.handlers import query
 from services.gateway.activity_names import Ask, Looked, Row, look_up
 from services.gateway.activity_text import (
@@ -38,8 +37,6 @@ __all__ = [
     "activity_query",
     "export_items",
     "export_plan",
-    "identity_addresses",
-    "lookups",
 ]
 
 ACTIVITY_DEFAULT_LIMIT = 50
@@ -47,26 +44,6 @@ ACTIVITY_DEFAULT_LIMIT = 50
 # before anything is sent, so a file is never cut short silently.
 EXPORT_MAX_ROWS = 100_000
 EXPORT_PAGE = 500  # events per read (and per round of names) while an export is written
-
-
-def lookups(bus: BusClient) -> Ask:
-    """How the activity query asks identity (names, addresses, browsers) and apps (catalog
-    titles): on the bus, as the caller of the request being answered (the gateway holds no
-    key)."""
-
-    async def ask(
-        service: str,
-        name: str,
-        payload: dict[str, Any],
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109 - the wire deadline, not a local wait
-    ) -> Any:
-        return await bus.query(service, name, payload, timeout=timeout)
-
-    return ask
-
-
-identity_addresses = lookups  # the name services/gateway/__main__.py wires
 
 
 class ServedHosts(Protocol):
@@ -95,21 +72,6 @@ class Queries:
         if self._edge is None:
             raise EdgeOff()
         return {"served": self._edge.serves(payload["host"])}
-
-
-def _cursor_out(position: int) -> str:
-    return base64.urlsafe_b64encode(f"a:{position}".encode()).decode().rstrip("=")
-
-
-def _cursor_in(raw: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
-        kind, _, pos = text.partition(":")
-        if kind != "a" or not pos.isdigit():
-            raise ValueError(text)
-        return int(pos)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise Invalid("cursor must be the next_cursor of a previous page", field="cursor") from None
 
 
 def _time(payload: dict[str, Any], name: str) -> datetime | None:
@@ -204,14 +166,14 @@ async def activity_query(
     w = _filtered(payload)
     limit: int = payload.get("limit", ACTIVITY_DEFAULT_LIMIT)
     if payload.get("cursor") is not None:
-        w.add("position < {}", _cursor_in(payload["cursor"]))
+        w.add("position < {}", cursor_in("a", payload["cursor"]))
     rows = await _read(pool, w, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     looked = await look_up(pool, rows, ask)
     return {
         "items": [_item(r, looked) for r in rows],
-        "next_cursor": _cursor_out(rows[-1].position) if more and rows else None,
+        "next_cursor": cursor_out("a", rows[-1].position) if more and rows else None,
     }
 
 
@@ -249,7 +211,9 @@ async def export_plan(pool: asyncpg.Pool, payload: dict[str, Any]) -> Export:
 async def export_items(
     pool: asyncpg.Pool, export: Export, ask: Ask | None
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """The events of `export`, newest first, a page at a time (names asked once per page)."""
+    """The events of `export`, newest first, a page at a time (names asked once per page, the
+    catalog's titles once per export)."""
+    ask = _catalog_once(ask) if ask is not None else None
     before: int | None = None
     while True:
         w = _Where()
@@ -264,3 +228,23 @@ async def export_items(
         if len(rows) < EXPORT_PAGE:
             return
         before = rows[-1].position
+
+
+def _catalog_once(ask: Ask) -> Ask:
+    """`ask`, with the apps catalog asked once and its answer kept (for one export)."""
+    kept: dict[str, Any] = {}
+
+    async def asking(
+        service: str,
+        name: str,
+        payload: dict[str, Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the wire deadline, not a local wait
+    ) -> Any:
+        if (service, name) != ("apps", "catalog"):
+            return await ask(service, name, payload, timeout=timeout)
+        if "catalog" not in kept:
+            kept["catalog"] = await ask(service, name, payload, timeout=timeout)
+        return kept["catalog"]
+
+    return asking

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from libs.browsers import BROWSERS, browser_family
+from libs.browsers import browser_family
 from libs.events.handlers import query
 from libs.events.periods import AddressReader, readable
 from services.identity.store import IdentityStore
 
-__all__ = ["BROWSERS", "Names", "browser_family"]
+__all__ = ["Names"]
 
 
 class Names:

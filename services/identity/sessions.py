@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from libs.browsers import browser_family
 from libs.events import context
 from libs.events.envelope import RecordedEvent
 from libs.events.handlers import command, query
@@ -35,7 +36,6 @@ from services.identity.errors import (
     IdentityNotFound,
     LoginRefused,
 )
-from services.identity.names import browser_family
 from services.identity.readmodel import Effect, Step, Table
 from services.identity.store import IdentityStore, acting_as
 from services.identity.tokens import new_session_id, token_hash

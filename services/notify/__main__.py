@@ -52,7 +52,7 @@ async def _parts(cfg: NotifyConfig, svc: Service) -> AsyncIterator[None]:
         bus = conn.client(default_timeout=10)
         origin = DashboardOrigin(cfg, bus)
         dispatcher = Dispatcher(cfg, conn.store, bus, keys, origin=origin)
-        evaluator = Evaluator(cfg, conn.store, bus, changed=dispatcher.nudge)
+        evaluator = Evaluator(cfg, conn.store, bus, changed=dispatcher.nudge, keys=keys)
         async with (
             loop(svc, "notify.alerts", evaluator.run(), evaluator.stop),
             loop(svc, "notify.dispatch", dispatcher.run(), dispatcher.stop),

@@ -13,7 +13,6 @@ push through apprise (push.py) to each administrator's URLs, unsealed only to se
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -22,23 +21,21 @@ import asyncpg
 
 from libs.browsers import browser_family
 from libs.contracts.notify import CATEGORIES
-from libs.events import context
 from libs.events.bus import BusClient, BusError, Unavailable
-from libs.events.context import Context
-from libs.events.errors import ConcurrencyError
-from libs.events.inline import append_inline
 from libs.events.sealing import Keyring, SealingError
 from libs.events.store import PostgresEventStore
 from services.notify import events as ev
 from services.notify.config import NotifyConfig
 from services.notify.evaluate import Clock, utcnow
-from services.notify.projections import NotifyProjection
+from services.notify.own import append_own, send_mail
 from services.notify.rounds import Rounds
 from services.notify.templates import alert_mail
 
 __all__ = ["Dispatcher", "Recipient"]
 
 log = logging.getLogger("services.notify")
+
+UNSHOWN = "an address we cannot show"  # its week's key is gone, or identity did not answer
 
 Pusher = Callable[[Sequence[str], str, str], Awaitable[list[Any]]]
 
@@ -85,7 +82,6 @@ class Dispatcher(Rounds):
         self.clock = clock
         self.pusher = pusher
         self.origin = origin
-        self.projection = NotifyProjection()
 
     async def round(self) -> int:
         """Deliver what is pending (a page at a time); the number delivered."""
@@ -128,9 +124,7 @@ class Dispatcher(Rounds):
         self, row: asyncpg.Record, recipients: dict[str, Recipient], centre: str | None
     ) -> None:
         now = self.clock()
-        title, detail = row["title"], row["detail"]
-        if row["sealed"] and any(row["sealed"]):
-            detail = await self._signin_detail(row)
+        title, detail = await self._words(row)
         who = list(recipients.values())
         if row["user_id"] is not None:
             who = [r for r in who if r.user_id == str(row["user_id"])]
@@ -155,7 +149,7 @@ class Dispatcher(Rounds):
                     if row["category"] not in r.email_categories or not r.email:
                         continue
                     try:
-                        await self._send(r.email, mail.subject, mail.text, mail.html)
+                        await send_mail(self.bus, r.email, mail, self.cfg.notify_platform_name)
                         mailed += 1
                     except Unavailable as e:
                         notes.append(e.message)
@@ -163,7 +157,7 @@ class Dispatcher(Rounds):
                     except BusError as e:
                         notes.append(f"mail to an administrator failed: {e.message}")
                 pushed = await self._push(row, who, title, detail)
-        await self._record(row, mailed, pushed, "; ".join(dict.fromkeys(notes)), detail)
+        await self._record(row, mailed, pushed, "; ".join(dict.fromkeys(notes)), (title, detail))
 
     async def _may_tell(self, row: asyncpg.Record) -> tuple[bool, str]:
         """Whether this notification may go out by mail and push (the once-an-hour rule, for
@@ -190,17 +184,6 @@ class Dispatcher(Rounds):
             return False, "a notice about this went out within the hour"
         return True, ""
 
-    async def _send(self, to: str, subject: str, text: str, html: str) -> None:
-        payload = {
-            "to": [to],
-            "subject": subject,
-            "text": text,
-            "html": html,
-            "from_name": self.cfg.notify_platform_name,
-        }
-        with context.use(Context(actor="system", correlation_id=f"notify-{uuid.uuid4()}")):
-            await self.bus.command("mail", "send", payload, timeout=60)
-
     async def _push(
         self, row: asyncpg.Record, who: list[Recipient], title: str, detail: str
     ) -> int:
@@ -226,48 +209,53 @@ class Dispatcher(Rounds):
             raise SealingError("no keyring")
         return self.keyring.unseal_str(sealed)
 
-    async def _signin_detail(self, row: asyncpg.Record) -> str:
-        """The address and browser of a sign-in notice, read back by identity."""
-        sealed_ip, sealed_agent = [*row["sealed"], "", ""][:2]
-        values = [v for v in (sealed_ip, sealed_agent) if v]
-        plain: dict[str, str | None] = {}
+    async def _read_back(self, values: list[str]) -> dict[str, str | None]:
+        """Sealed client addresses and browser strings as identity reads them back (the week's
+        key); none while identity does not answer."""
+        values = [v for v in values if v]
+        if not values:
+            return {}
         try:
             got = await self.bus.query("identity", "addresses", {"values": values})
-            plain = dict(zip(values, got["values"], strict=True))
         except BusError as e:
-            log.warning("the address of a sign-in could not be read back (%s)", e)
-        ip = plain.get(sealed_ip) if sealed_ip else None
-        agent = plain.get(sealed_agent) if sealed_agent else None
-        when = f"{row['created_at']:%Y-%m-%d %H:%M} UTC"
-        return (
-            f"Your account signed in at {when} from {ip or 'an address we cannot show'}"
-            f" with {browser_family(agent) or 'no browser named'}, a place not seen before."
-            " If this was not you, change your password on your profile page: every session"
-            " ends."
-        )
+            log.warning("a notice's address could not be read back (%s)", e)
+            return {}
+        return dict(zip(values, got["values"], strict=True))
+
+    async def _words(self, row: asyncpg.Record) -> tuple[str, str]:
+        """The title and detail as delivered: a sign-in's place, a notice's {address}."""
+        title, detail = row["title"], row["detail"]
+        sealed = [*row["sealed"], "", ""]
+        if row["key"].startswith("signin:"):
+            plain = await self._read_back(sealed[:2])
+            ip, agent = plain.get(sealed[0]), plain.get(sealed[1])
+            when = f"{row['created_at']:%Y-%m-%d %H:%M} UTC"
+            detail = (
+                f"Your account signed in at {when} from {ip or UNSHOWN}"
+                f" with {browser_family(agent) or 'no browser named'}, a place not seen before."
+                " If this was not you, change your password on your profile page: every"
+                " session ends."
+            )
+        elif ev.ADDRESS in title or ev.ADDRESS in detail:
+            address = (await self._read_back(sealed[:1])).get(sealed[0]) or UNSHOWN
+            title, detail = title.replace(ev.ADDRESS, address), detail.replace(ev.ADDRESS, address)
+        return title, detail
 
     async def _record(
-        self, row: asyncpg.Record, mailed: int, pushed: int, note: str, detail: str
+        self, row: asyncpg.Record, mailed: int, pushed: int, note: str, words: tuple[str, str]
     ) -> None:
         delivered = ev.NotificationDelivered(
             notification_id=str(row["id"]), mailed=mailed, pushed=pushed, note=note[:500]
         )
-        stream = row["stream"]
-        with context.use(Context(actor="system", correlation_id=f"notify-{uuid.uuid4()}")):
-            for _ in range(5):
-                version = await self.store.stream_version(stream)
-                try:
-                    async with self.pool.acquire() as conn, conn.transaction():
-                        await append_inline(
-                            self.store, conn, self.projection, stream, [delivered], version
-                        )
-                        if detail != row["detail"]:  # a sign-in's words: the read model only
-                            await conn.execute(
-                                "UPDATE notify.notifications SET detail = $2 WHERE id = $1",
-                                row["id"],
-                                detail,
-                            )
-                    return
-                except ConcurrencyError:
-                    continue
-        log.warning("notification %s: its delivery could not be recorded", row["id"])
+
+        async def words_too(conn: asyncpg.Connection) -> None:
+            # a sign-in's place, a notice's address: in the read model only, never an event
+            if words != (row["title"], row["detail"]):
+                await conn.execute(
+                    "UPDATE notify.notifications SET title = $2, detail = $3 WHERE id = $1",
+                    row["id"],
+                    *words,
+                )
+
+        if not await append_own(self.store, row["stream"], [delivered], also=words_too):
+            log.warning("notification %s: its delivery could not be recorded", row["id"])

@@ -20,11 +20,8 @@ from typing import Any
 
 import asyncpg
 
-from libs.events import context
 from libs.events.bus import BusClient, BusError
-from libs.events.context import Context
-from libs.events.errors import ConcurrencyError
-from libs.events.inline import append_inline
+from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
 from services.notify import events as ev
 from services.notify import measure
@@ -36,7 +33,8 @@ from services.notify.conditions import (
     decide,
 )
 from services.notify.config import NotifyConfig
-from services.notify.projections import NotifyProjection
+from services.notify.events import ADDRESS
+from services.notify.own import append_own
 from services.notify.rounds import Rounds
 
 __all__ = ["Clock", "Evaluator", "utcnow"]
@@ -71,6 +69,7 @@ class Evaluator(Rounds):
         *,
         clock: Clock = utcnow,
         changed: Callable[[], None] = lambda: None,
+        keys: Keyring | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -80,7 +79,7 @@ class Evaluator(Rounds):
         self.bus = bus
         self.clock = clock
         self.changed = changed
-        self.projection = NotifyProjection()
+        self.keys = keys  # notify's keyring: the keyed index of banned addresses
         self.rounds = 0
         self._updates_at: datetime | None = None
         self._platform_update: str | None = None
@@ -128,15 +127,9 @@ class Evaluator(Rounds):
         """An update alert clears only on an answer from the apps service."""
         return not key.startswith("update:") or self._updates_known
 
-    async def _record(self, stream: str, event: Any) -> int:
-        version = await self.store.stream_version(stream)
-        with context.use(Context(actor="system", correlation_id=f"notify-{uuid.uuid4()}")):
-            try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await append_inline(self.store, conn, self.projection, stream, [event], version)
-            except ConcurrencyError:
-                return 0  # another round recorded it meanwhile: the next round looks again
-        return 1
+    async def _record(self, stream: str, event: Any, ip: str | None = None) -> int:
+        # once: a lost race means another round recorded it; the next round looks again
+        return int(await append_own(self.store, stream, [event], tries=1, ip=ip))
 
     # -- facts ----------------------------------------------------------------------------------
 
@@ -226,16 +219,25 @@ class Evaluator(Rounds):
         except BusError as e:
             log.debug("bans not known this round: %s", e)
             return 0
-        recorded = 0
-        for ban in status.get("bans", []):
-            ip, until = str(ban["ip"]), str(ban["until"])
-            key = f"ban:{ip}:{until}"
-            told = await self.pool.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM notify.notifications WHERE key = $1)", key
+        if self.keys is None:
+            return 0  # no key for the notices' index: bans are not told
+        bans = [(str(b["ip"]), str(b["until"])) for b in status.get("bans", [])]
+        # an address is named only sealed (meta.ip) and by a keyed index: never in clear
+        keys = {
+            f"ban:{self.keys.blind_index('ban-address', ip)}:{until}": (ip, until)
+            for ip, until in bans
+        }
+        told = {
+            r["key"]
+            for r in await self.pool.fetch(
+                "SELECT key FROM notify.notifications WHERE key = ANY($1::text[])", list(keys)
             )
-            if told:
+        }
+        recorded = 0
+        for key, (ip, until) in keys.items():
+            if key in told:
                 continue
-            notice_id = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+            notice_id = str(uuid.uuid4())
             ends = datetime.fromisoformat(until)
             recorded += await self._record(
                 ev.notice_stream(notice_id),
@@ -243,10 +245,11 @@ class Evaluator(Rounds):
                     notice_id=notice_id,
                     key=key,
                     category="security",
-                    title=f"Address {ip} banned until {ends:%H:%M} UTC",
-                    detail=f"{ip} failed to sign in too often (SSH, the dashboard or mail) and"
-                    f" cannot reach this server until {ends:%Y-%m-%d %H:%M} UTC. Nothing to do"
-                    " unless it is one of yours: then unblock it on the Firewall page.",
+                    title=f"Address {ADDRESS} banned until {ends:%H:%M} UTC",
+                    detail=f"{ADDRESS} failed to sign in too often (SSH, the dashboard or mail)"
+                    f" and cannot reach this server until {ends:%Y-%m-%d %H:%M} UTC. Nothing to"
+                    " do unless it is one of yours: then unblock it on the Firewall page.",
                 ),
+                ip=ip,
             )
         return recorded

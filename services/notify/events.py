@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from libs.events.registry import REGISTRY
 
 __all__ = [
+    "ADDRESS",
     "AlertOpened",
     "AlertResolved",
     "NoticePosted",
@@ -69,11 +70,16 @@ class AlertResolved:
         return f"resolved: {self.title}"
 
 
+# Where a notice's words name the client address its event holds sealed (meta.ip): filled in
+# when it is delivered (identity reads the address back), never written into an event.
+ADDRESS = "{address}"
+
+
 @REGISTRY.event("NoticePosted")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NoticePosted:
     notice_id: str
-    key: str  # what it is about, for the once-an-hour rule (e.g. "ban:203.0.113.7")
+    key: str  # what it is about: "ban:<keyed index of the address>:<until>"
     category: str
     title: str
     detail: str

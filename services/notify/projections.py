@@ -286,7 +286,10 @@ async def _resolved(conn: asyncpg.Connection, e: RecordedEvent, d: dict[str, Any
 
 
 async def _notice(conn: asyncpg.Connection, e: RecordedEvent, d: dict[str, Any]) -> None:
-    await _notification(conn, e, d["key"], "notice", d["category"], "warning", d)
+    # the address its words name ({address}, events.ADDRESS) stays sealed, as meta.ip holds it
+    ip = e.meta.get("ip")
+    sealed = [ip] if isinstance(ip, str) and ip else []
+    await _notification(conn, e, d["key"], "notice", d["category"], "warning", d, sealed)
 
 
 async def _notification(
@@ -297,11 +300,12 @@ async def _notification(
     category: str,
     severity: str,
     d: dict[str, Any],
+    sealed: list[str] | None = None,
 ) -> None:
     await conn.execute(
         "INSERT INTO notify.notifications (id, position, stream, key, kind, category, severity,"
-        " title, detail, user_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-        " $11) ON CONFLICT (id) DO NOTHING",
+        " title, detail, user_id, created_at, sealed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
+        " $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
         e.id,
         e.position,
         e.stream,
@@ -313,6 +317,7 @@ async def _notification(
         str(d.get("detail") or ""),
         d.get("user_id"),
         e.recorded_at,
+        sealed or [],
     )
 
 

@@ -51,7 +51,12 @@ async def running_platform(
         )
         (tmp_path / "notify").mkdir(exist_ok=True)
         notes = notify_env(
-            dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path / "notify", extra=notify_extra
+            dsn=dsn,
+            nats_url=nats_url,
+            uniq=uniq,
+            tmp_path=tmp_path / "notify",
+            # identity's address keys (its data dir is tmp_path): addresses are sealed to them
+            extra={"HP_IP_KEYS": str(tmp_path / "ip-keys.json"), **(notify_extra or {})},
         )
         await stack.enter_async_context(running_notify(monkeypatch, notes))
         if docker_host is not None:

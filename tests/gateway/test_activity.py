@@ -139,6 +139,9 @@ async def test_filters_and_keyset_pages(store: PostgresEventStore) -> None:
         ({"limit": 201}, "limit"),
         ({"limit": "ten"}, "limit"),
         ({"cursor": "not-a-cursor!"}, "cursor"),
+        # past what Postgres compares (bigint), and a digit that is not ASCII: still a 400
+        ({"cursor": "YTo5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5"}, "cursor"),
+        ({"cursor": "YTrZow"}, "cursor"),
         ({"since": "yesterday"}, "since"),
         ({"until": "2026-11-22T08:00:00"}, "until"),
         ({"since": "2026-11-22T09:00:00Z", "until": "2026-11-22T08:00:00Z"}, "since"),

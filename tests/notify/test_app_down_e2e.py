@@ -133,3 +133,10 @@ async def test_an_app_kept_down_is_mailed_once_and_its_return_once(
         assert again["mailed"] == 0 and "within the hour" in again["note"]
         assert again["open"] is True and again["read"] is False
         assert len(relay.got) == 2
+
+        # an administrator's test notification by mail goes out through the same way
+        got = await ident.bus.command(
+            "notify", "test", {"email": True, "push": False}, ctx=admin, timeout=60
+        )
+        assert got["mailed"] is True and got["errors"] == [], got
+        assert _messages(relay)[2]["Subject"] == "[Homeport] Test notification from Homeport"

@@ -29,7 +29,11 @@ async def test_a_ban_is_one_notice(
         nats_url=nats_url,
         uniq=uniq,
         tmp_path=tmp_path / "notify",
-        extra={"HP_NOTIFY_BANS_SECONDS": "0.5", "HP_NOTIFY_MEMORY_AVAILABLE": "0.001"},
+        extra={
+            "HP_NOTIFY_BANS_SECONDS": "0.5",
+            "HP_NOTIFY_MEMORY_AVAILABLE": "0.001",
+            "HP_IP_KEYS": str(tmp_path / "ip-keys.json"),  # identity's: the week's key seals
+        },
     )
     # HP_DATA_DIR is identity's too: the firewall reads its address keys
     fw = firewall_env(dsn=dsn, nats_url=nats_url, uniq=uniq, tmp_path=tmp_path)
@@ -48,8 +52,8 @@ async def test_a_ban_is_one_notice(
             got = await ident.bus.query("notify", "notifications", {}, ctx=admin)
             return [n for n in got["items"] if n["kind"] == "notice"]
 
-        async def told() -> bool:
-            return bool(await notices())
+        async def told() -> bool:  # delivered: the address read back into its words
+            return any(ATTACKER in str(n["title"]) for n in await notices())
 
         await wait_until(told, 20, "the ban's notice")
         [notice] = await notices()
@@ -59,3 +63,18 @@ async def test_a_ban_is_one_notice(
         )
         await asyncio.sleep(1.5)  # three more looks at the firewall's bans: still one notice
         assert len(await notices()) == 1
+        # the address is in no notify event in clear, nor in its stream's name
+        rows = await ident.bus.query("notify", "alerts", {}, ctx=admin)  # still answering
+        assert rows is not None
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            logged = await conn.fetch(
+                "SELECT stream, data::text AS d, meta->>'ip' AS ip FROM events.events"
+                " WHERE type IN ('NoticePosted', 'NotificationDelivered')"
+            )
+        finally:
+            await conn.close()
+        assert logged and all(ATTACKER not in r["d"] + r["stream"] for r in logged)
+        assert all(r["ip"] is None or r["ip"].startswith("hp:sealed:") for r in logged)

@@ -3,11 +3,12 @@ with names; and its export as CSV or JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,8 @@ __all__ = ["CSV_COLUMNS", "routes", "spreadsheet_safe"]
 
 routes = Routes("activity")
 log = logging.getLogger(__name__)
+
+_WRITE_TIMEOUT = 10.0  # seconds a part of an export may wait for the client to read
 
 CSV = "text/csv"
 JSON = "application/json"
@@ -137,9 +140,9 @@ async def export_activity(call: Call) -> Any:
     await response.prepare(call.request)
     try:
         await _write(call, response, kind, plan)
-    except (ConnectionError, TimeoutError):
+    except ConnectionResetError:
         pass  # the client went away
-    except Exception:
+    except Exception:  # a server-side error or timeout, or a client that stopped reading
         # The file has begun: no problem response can follow. The connection is cut, so the
         # client sees a broken transfer rather than a file that looks whole.
         log.exception("the activity export failed while it was written")
@@ -149,20 +152,21 @@ async def export_activity(call: Call) -> Any:
 
 
 async def _write(call: Call, response: web.StreamResponse, kind: str, plan: Export) -> None:
+    async def write(data: bytes) -> None:
+        async with asyncio.timeout(_WRITE_TIMEOUT):  # a client that stops reading is let go
+            await response.write(data)
+
     first = True
-    if kind == "json":
-        await response.write(b'{"items": [')
-    else:
-        await response.write(_csv_line(CSV_COLUMNS))
+    await write(b'{"items": [' if kind == "json" else _csv_lines([CSV_COLUMNS]))
     async for items in export_items(call.pool, plan, call.ask):
         if kind == "json":
             text = ",\n".join(json.dumps(i, ensure_ascii=False, allow_nan=False) for i in items)
-            await response.write(("\n" if first else ",\n").encode() + text.encode())
+            await write(("\n" if first else ",\n").encode() + text.encode())
         else:
-            await response.write(b"".join(_csv_line(_csv_row(i)) for i in items))
+            await write(_csv_lines(_csv_row(i) for i in items))
         first = False
     if kind == "json":
-        await response.write(b"\n]}\n")
+        await write(b"\n]}\n")
     await response.write_eof()
 
 
@@ -177,7 +181,7 @@ def _csv_row(item: Mapping[str, Any]) -> list[str]:
     return [spreadsheet_safe(item.get(c)) for c in CSV_COLUMNS]
 
 
-def _csv_line(cells: Any) -> bytes:
+def _csv_lines(rows: Iterable[Sequence[str]]) -> bytes:
     out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow(cells)
+    csv.writer(out, lineterminator="\r\n").writerows(rows)
     return out.getvalue().encode()
