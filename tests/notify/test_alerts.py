@@ -293,3 +293,21 @@ async def test_an_alert_is_pushed_to_the_administrators_webhook(world: World) ->
 
 async def _pushed(got: list[dict[str, Any]], title: str) -> bool:
     return any(g.get("title") == title for g in got)
+
+
+async def test_a_malformed_foreign_event_is_skipped_and_the_rest_applies(world: World) -> None:
+    from libs.events.envelope import NewEvent
+
+    app_id = str(uuid.uuid4())
+    await _app(world.store, app_id, *_installed(app_id))
+    # another service's event not shaped as it writes them (no app_id, a date that is not one)
+    await world.store.append(f"app-{uuid.uuid4()}", [NewEvent("AppDied", {"exit_code": 1})])
+    await world.store.append(
+        "cert-bad.example.org",
+        [NewEvent("CertificateIssued", {"primary": "bad.example.org", "not_after": "soon"})],
+    )
+    await _app(world.store, app_id, apps_ev.AppOutOfMemory(app_id=app_id, memory_bytes=1))
+    await world.wait_for("org.example.static at blog.example.org ran out of memory", "opened")
+    assert not await world.store.pool.fetchval(
+        "SELECT count(*) FROM notify.certs WHERE primary_name = 'bad.example.org'"
+    )
