@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from libs.ctxvars import bound
 from libs.events.nats_access import GATEWAY
 
 __all__ = ["Context", "current", "use"]
@@ -60,10 +59,6 @@ def current() -> Context:
     return _current.get()
 
 
-@contextmanager
-def use(ctx: Context) -> Iterator[Context]:
-    token = _current.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _current.reset(token)
+def use(ctx: Context) -> bound[Context]:
+    """`with use(ctx):` the current context inside the block."""
+    return bound(_current, ctx)

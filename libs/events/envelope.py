@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["NewEvent", "RecordedEvent", "category_of", "dumps", "uuid7"]
+__all__ = ["NewEvent", "RecordedEvent", "category_of", "dumps", "uuid7", "uuid7_str"]
 
 _last_ms = 0
 _seq = 0
+_fast = random.Random(os.urandom(32))
 
 
-def uuid7() -> uuid.UUID:
-    """A UUIDv7 (RFC 9562): 48-bit Unix ms time, then random bits; monotonic within a process."""
+def _uuid7_int(randbits: Callable[[int], int] = secrets.randbits) -> int:
+    """A UUIDv7 (RFC 9562) as an int: 48-bit Unix ms time, then random bits; monotonic within a
+    process."""
     global _last_ms, _seq
     ms = time.time_ns() // 1_000_000
     if ms <= _last_ms:
@@ -26,11 +31,23 @@ def uuid7() -> uuid.UUID:
         if _seq == 0:
             ms += 1
     else:
-        _seq = int.from_bytes(os.urandom(2), "big") & 0x7FF
+        _seq = randbits(11)
     _last_ms = ms
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms << 80) | (0x7 << 76) | (_seq << 64) | (0b10 << 62) | rand
-    return uuid.UUID(int=value)
+    rand = randbits(62)
+    return (ms << 80) | (0x7 << 76) | (_seq << 64) | (0b10 << 62) | rand
+
+
+def uuid7() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): 48-bit Unix ms time, then random bits; monotonic within a process."""
+    return uuid.UUID(int=_uuid7_int())
+
+
+def uuid7_str() -> str:
+    """A UUIDv7 as text, for a correlation id per request: not a secret, so its random bits come
+    from a generator seeded once from the OS rather than a system call each, and no UUID
+    object is made."""
+    h = f"{_uuid7_int(_fast.getrandbits):032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def dumps(value: Any) -> str:

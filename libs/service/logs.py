@@ -6,11 +6,11 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from libs.ctxvars import bound
 
 __all__ = [
     "REDACTED",
@@ -36,14 +36,9 @@ _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__
 _BASE = ("ts", "level", "service", "event", "correlation_id", "logger")
 
 
-@contextmanager
-def bind_correlation(cid: str | None) -> Iterator[None]:
+def bind_correlation(cid: str | None) -> bound[str | None]:
     """Set the correlation id for log lines written inside the block (this task only)."""
-    token = correlation_id.set(cid)
-    try:
-        yield
-    finally:
-        correlation_id.reset(token)
+    return bound(correlation_id, cid)
 
 
 def redact(value: Any) -> Any:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler as AiohttpHandler
 from aiohttp.typedefs import Middleware
@@ -34,16 +35,16 @@ from libs.contracts.schema import Schema, coerce_params, json_float, json_int, v
 from libs.events import context
 from libs.events.bus import Internal, Invalid
 from libs.events.context import Context
-from libs.events.envelope import uuid7
+from libs.events.envelope import uuid7_str
 from libs.service.logs import bind_correlation
 from services.gateway.api.auth import Authenticator, Principal, Scope, credentials_of
 from services.gateway.api.backend import Backend
 from services.gateway.api.config import ApiConfig
-from services.gateway.api.inputs import inputs_middleware
+from services.gateway.api.inputs import check_inputs
 from services.gateway.api.liveness import Caller, calling
 from services.gateway.api.openapi import openapi_document
 from services.gateway.api.principals import CachingAuthenticator, PrincipalCache
-from services.gateway.api.problems import CORRELATION_ID, Problem, problems_middleware
+from services.gateway.api.problems import CORRELATION_ID, Problem, problem_of
 from services.gateway.api.routes import JSON, Access, Call, Reply, Route, RouteTable
 from services.gateway.api.security import (
     check_cookie_origin,
@@ -120,7 +121,7 @@ def build_api(
     state = ApiState(
         table, backend, authenticator, config or ApiConfig(), check_responses, principal_cache
     )
-    app = web.Application(middlewares=[problems_middleware, inputs_middleware, _dispatcher(state)])
+    app = web.Application(middlewares=[_dispatcher(state)])
     for route in sorted(table, key=lambda r: (r.path, r.method)):
         methods = ("GET", "HEAD") if route.method == "GET" else (route.method,)
         for method in methods:
@@ -157,12 +158,19 @@ def _api_headers(state: ApiState) -> ResponseHook:
 
 
 def _dispatcher(state: ApiState) -> Middleware:
+    """The API's one middleware: the input check, the steps above, and whatever they raise
+    turned into problem+json (problems.py). One frame per request, not one per concern."""
+
     @web.middleware
     async def dispatch(request: web.Request, handler: AiohttpHandler) -> web.StreamResponse:
-        cid = str(uuid7())
+        cid = uuid7_str()
         request[CORRELATION_ID] = cid
         with bind_correlation(cid):
-            return await _dispatch(state, request, cid)
+            try:
+                check_inputs(request)  # a NUL byte or non-UTF-8 text in path, query, headers
+                return await _dispatch(state, request, cid)
+            except Exception as e:
+                return problem_of(request, e)
 
     return dispatch
 
@@ -202,7 +210,7 @@ async def _dispatch(state: ApiState, request: web.Request, cid: str) -> web.Stre
     elif await _has_body(request, route):
         raise Problem("invalid", f"{route.label} takes no request body")
 
-    with context.use(ctx), calling(_caller(state, call)):
+    with context.use(ctx), calling(lambda: _caller(state, call)):
         result = await route.handler(call)
     return _render(state, route, result)
 
@@ -355,6 +363,16 @@ def _strict_json(data: bytes) -> Any:
         raise Invalid("the body is nested too deeply") from None
 
 
+def _json(value: Any) -> bytes:
+    """The answer as UTF-8 JSON, by orjson (a fifth of `json`'s time): non-string keys become
+    strings as `json` has it; a NaN or an infinity becomes null (JSON has neither)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # an int over 64 bits: json writes it
+        pass
+    return json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+
+
 def _render(state: ApiState, route: Route, result: Any) -> web.StreamResponse:
     if route.media_type != JSON:
         if not isinstance(result, web.StreamResponse):
@@ -373,7 +391,7 @@ def _render(state: ApiState, route: Route, result: Any) -> web.StreamResponse:
             raise RuntimeError(
                 f"{route.label} answered {reply.status} with a body off its schema: {e.message}"
             ) from None
-    body = json.dumps(reply.body, ensure_ascii=False, allow_nan=False).encode()
+    body = _json(reply.body)
     return web.Response(
         body=body, status=reply.status, headers=reply.headers, content_type="application/json"
     )

@@ -44,6 +44,11 @@ SESSION_COOKIE = "__Host-hp_session"
 WHOAMI_TIMEOUT = 3.0  # seconds; an authentication that takes longer fails as deadline_exceeded
 # Printable ASCII without spaces (RFC 6750 b64token is narrower; identity decides validity).
 _SECRET = re.compile(r"[\x21-\x7e]{1,512}")
+# name=value pairs joined by "; ", both of RFC 6265 cookie-octets (no space, quote, comma,
+# semicolon or backslash), the value possibly empty
+_OCTETS = r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]"
+_NAME = r"[\x21\x23-\x2b\x2d-\x3a\x3c\x3e-\x5b\x5d-\x7e]+"  # the octets but "="
+_PLAIN_COOKIES = re.compile(rf"(?:{_NAME}={_OCTETS}*(?:; |$))+")
 _BEARER = re.compile(r"(?i)bearer +(\S+) *")
 
 
@@ -97,6 +102,23 @@ class Authenticator(Protocol):
     async def authenticate(self, credentials: Credentials, ctx: Context) -> Principal | None: ...
 
 
+def _session_cookie(request: web.Request) -> str | None:
+    """Our session cookie's value, as `request.cookies` has it (the last one of the name wins),
+    without making a Morsel of every cookie: a header of plain RFC 6265 pairs is split here,
+    anything else (quotes, spaces, a name alone) goes the long way."""
+    header = request.headers.get("Cookie")
+    if header is None:
+        return None
+    if not _PLAIN_COOKIES.fullmatch(header):
+        return request.cookies.get(SESSION_COOKIE)
+    value = None
+    for pair in header.split("; "):
+        name, _, rest = pair.partition("=")
+        if name == SESSION_COOKIE:
+            value = rest
+    return value
+
+
 def credentials_of(request: web.Request) -> Credentials | None:
     """The credentials a request carries, if any."""
     header = request.headers.get("Authorization")
@@ -105,7 +127,7 @@ def credentials_of(request: web.Request) -> Credentials | None:
         if m is None or not _SECRET.fullmatch(m.group(1)):
             return Credentials(Via.token, malformed=True)
         return Credentials(Via.token, m.group(1))
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = _session_cookie(request)
     if cookie is not None:
         if not _SECRET.fullmatch(cookie):
             return Credentials(Via.session, malformed=True)

@@ -12,27 +12,14 @@ import re
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from libs.events.envelope import uuid7
-from services.gateway.api.problems import CORRELATION_ID, Problem
+from services.gateway.api.problems import Problem
 
-__all__ = ["check_inputs", "inputs_middleware"]
+__all__ = ["check_inputs"]
 
 # A header value aiohttp could not decode as UTF-8 holds surrogate escapes (U+DC80-U+DCFF).
 _UNFIT = re.compile("[\x00\ud800-\udfff]")
 _MAX_NAME = 40
-
-
-@web.middleware
-async def inputs_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse a request whose path, query or headers hold a NUL byte or are not UTF-8 (400)."""
-    try:
-        check_inputs(request)
-    except Problem:
-        request[CORRELATION_ID] = str(uuid7())  # the refusal is answered before the dispatcher
-        raise
-    return await handler(request)
 
 
 def check_inputs(request: web.Request) -> None:

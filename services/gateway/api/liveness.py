@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from libs.ctxvars import bound
 from libs.events.bus import BusError
 
 __all__ = ["Caller", "Watch", "calling", "current_caller"]
@@ -39,21 +40,18 @@ class Caller:
     listen: Listen | None = None  # hear drops of cached principals (None: no cache)
 
 
-_CALLER: ContextVar[Caller | None] = ContextVar("hp_api_caller", default=None)
+# How to make the caller of the request being handled: made only when a handler asks (streams).
+_CALLER: ContextVar[Callable[[], Caller | None] | None] = ContextVar("hp_api_caller", default=None)
 
 
-@contextlib.contextmanager
-def calling(caller: Caller | None) -> Iterator[None]:
-    """Name the caller of the request for the block (the handler)."""
-    token = _CALLER.set(caller)
-    try:
-        yield
-    finally:
-        _CALLER.reset(token)
+def calling(caller: Callable[[], Caller | None]) -> bound[Callable[[], Caller | None] | None]:
+    """Name the caller of the request for the block (the handler), made when asked for."""
+    return bound(_CALLER, caller)
 
 
 def current_caller() -> Caller | None:
-    return _CALLER.get()
+    make = _CALLER.get()
+    return make() if make is not None else None
 
 
 class Watch:

@@ -30,7 +30,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from libs.events.bus import BusError
 from services.gateway.errors import GatewayError
@@ -42,8 +41,8 @@ __all__ = [
     "STATUS",
     "TITLES",
     "Problem",
+    "problem_of",
     "problem_response",
-    "problems_middleware",
 ]
 
 log = logging.getLogger("homeport.gateway.api")
@@ -172,28 +171,26 @@ def _generic(cid: str | None) -> str:
     )
 
 
-@web.middleware
-async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn whatever the API raises into a problem+json response."""
-    try:
-        return await handler(request)
-    except Problem as p:
+def problem_of(request: web.Request, error: Exception) -> web.StreamResponse:
+    """The problem+json response of whatever the API raised (the dispatcher's except clause);
+    an HTTPException under 400 (a redirect) is an answer, not a problem: raised again."""
+    if isinstance(error, Problem):
         cid = request.get(CORRELATION_ID)
         return problem_response(
-            p.code, p.detail, field=p.field, headers=p.headers, correlation_id=cid
+            error.code, error.detail, field=error.field, headers=error.headers, correlation_id=cid
         )
-    except BusError as e:
-        return _from_bus(e, request.get(CORRELATION_ID))
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise  # redirects and the like are answers, not problems
-        return _from_http(e, request.get(CORRELATION_ID))
-    except Exception:
-        cid = request.get(CORRELATION_ID)
-        log.exception(
-            "unexpected error answering %s %s",
-            request.method,
-            request.path,
-            extra={"correlation_id": cid},
-        )
-        return problem_response("internal", _generic(cid), correlation_id=cid)
+    if isinstance(error, BusError):
+        return _from_bus(error, request.get(CORRELATION_ID))
+    if isinstance(error, web.HTTPException):
+        if error.status < 400:
+            raise error
+        return _from_http(error, request.get(CORRELATION_ID))
+    cid = request.get(CORRELATION_ID)
+    log.error(
+        "unexpected error answering %s %s",
+        request.method,
+        request.path,
+        exc_info=error,
+        extra={"correlation_id": cid},
+    )
+    return problem_response("internal", _generic(cid), correlation_id=cid)

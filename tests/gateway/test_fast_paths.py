@@ -1,0 +1,70 @@
+"""The gateway's per-request shortcuts (issue 20) answer exactly as the long ways they replace."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+
+from aiohttp.test_utils import make_mocked_request
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from libs.events.envelope import uuid7_str
+from services.gateway.api.app import _json
+from services.gateway.api.auth import SESSION_COOKIE, Credentials, Via, credentials_of
+
+# Pieces a Cookie header is made of, the odd ones included: quotes, backslashes, spaces, tabs,
+# a name alone, "$" names, commas, our name with and without a value, twice.
+_PIECES = st.sampled_from(
+    [SESSION_COOKIE, f"{SESSION_COOKIE}=", "=", ";", "; ", " ", "\t", '"', "\\", ",", "$",
+     "a", "a=b", "tok-1_.~", "x=y=z", "; a=b; ", "%22", "ümlaut"]
+)  # fmt: skip
+
+
+def _long_way(header: str) -> Credentials | None:
+    """What credentials_of gave before the shortcut: aiohttp's parse of every cookie."""
+    value = make_mocked_request("GET", "/", headers={"Cookie": header}).cookies.get(SESSION_COOKIE)
+    if value is None:
+        return None
+    if not value or len(value) > 512 or any(not 0x21 <= ord(c) <= 0x7E for c in value):
+        return Credentials(Via.session, malformed=True)
+    return Credentials(Via.session, value)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(_PIECES, max_size=10).map("".join))
+def test_the_session_cookie_is_read_as_aiohttps_parser_reads_it(header: str) -> None:
+    request = make_mocked_request("GET", "/", headers={"Cookie": header})
+    assert credentials_of(request) == _long_way(header)
+
+
+def test_the_last_session_cookie_wins_and_others_are_ignored() -> None:
+    header = f"a=1; {SESSION_COOKIE}=first; b=2; {SESSION_COOKIE}=second; c="
+    got = credentials_of(make_mocked_request("GET", "/", headers={"Cookie": header}))
+    assert got == Credentials(Via.session, "second")
+    quoted = f'{SESSION_COOKIE}="abc"'
+    got = credentials_of(make_mocked_request("GET", "/", headers={"Cookie": quoted}))
+    assert got == Credentials(Via.session, "abc")  # unquoted, as aiohttp does
+
+
+def test_a_correlation_id_is_a_uuid7_rising_with_time() -> None:
+    ids = [uuid7_str() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)  # monotonic within the process
+    for text in ids[:50]:
+        u = uuid.UUID(text)
+        assert str(u) == text and u.version == 7 and u.variant == uuid.RFC_4122
+
+
+def test_answers_are_the_json_the_json_module_writes() -> None:
+    values = [
+        {"name": "ümlaut ✓", "n": 1, "f": 0.5, "list": [None, True, False], "nested": {"a": []}},
+        {1: "int keys become strings", 2: None},
+        {"big": 2**70, "neg": -(2**65)},  # over 64 bits: written all the same
+        ["</script>", "\u2028", "\x00"],
+    ]
+    for value in values:
+        assert json.loads(_json(value)) == json.loads(json.dumps(value))
+    # JSON has no NaN or infinity: null, not an invalid document
+    assert json.loads(_json({"x": math.nan, "y": math.inf})) == {"x": None, "y": None}
