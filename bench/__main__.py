@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import NoReturn
 
-from bench import apps, backup, edge, events, firewall, gateway, mail, memory
+from bench import apps, backup, edge, events, firewall, gateway, mail, memory, stack
 from bench.common import Bench, BenchConfig, BenchError, Benchmark, Result, say, servers
 
 __all__ = ["main"]
@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     **mail.BENCHMARKS,
     **firewall.BENCHMARKS,
     **memory.BENCHMARKS,
+    **stack.BENCHMARKS,
 }
 
 

@@ -9,9 +9,12 @@ modules under -OO, which writes the byte code of all they load at start: the sta
 the packages and ours). With the prefix set, Python reads and writes byte code only there, so
 nothing is written into the system's or the venv's folders.
 
-- `homeport up`: the cache is `<venv>/homeport-bytecode` (the venv's own folder), warmed at every
-  start (about a second once warm); the services may write it too, so what they import later
-  (on first use) is kept for the next start.
+- `homeport up`: the cache is `<venv>/homeport-bytecode` (the venv's own folder), warmed at a
+  start unless its stamp (`warmed`, written after a warming that succeeded) names the same
+  interpreter, modules and sources: warming a warm cache still imports every service's modules
+  (a second or more of a start, for nothing). A stale stamp costs only time: Python checks each
+  byte-code file against its source anyway. The services may write the cache too, so what they
+  import later (on first use) is kept for the next start.
 - A server: `<release>/bytecode`, warmed by the installer and by `homeport update` as root
   (`warm_release`) once `/opt/homeport/current` points at the release; the units point at it
   through `current` too, read-only to the services. Byte code is found by the path a module is
@@ -23,17 +26,22 @@ nothing is written into the system's or the venv's folders.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 __all__ = [
     "OPTIMIZE_FLAG",
     "PREFIX_VARIABLE",
+    "STAMP_FILE",
     "embedded_prefix",
+    "fingerprint",
+    "is_warm",
+    "mark_warm",
     "service_argv",
     "service_env",
     "startup_modules",
@@ -43,6 +51,8 @@ __all__ = [
 
 OPTIMIZE_FLAG = "-OO"
 PREFIX_VARIABLE = "PYTHONPYCACHEPREFIX"
+STAMP_FILE = "warmed"  # in the prefix: the fingerprints of what was warmed last, newest first
+_MARKS_KEPT = 8
 _WARM_TIMEOUT_S = 300.0
 _IMPORT_ALL = (
     "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
@@ -87,6 +97,56 @@ def warm(python: str, prefix: Path, modules: Sequence[str], *, cwd: Path) -> Non
     prefix.mkdir(parents=True, exist_ok=True)
     env = service_env(dict(os.environ), prefix, writable=True)
     _run([python, OPTIMIZE_FLAG, "-c", _IMPORT_ALL, *modules], cwd, env, _WARM_TIMEOUT_S)
+
+
+def fingerprint(python: str, modules: Sequence[str], roots: Iterable[Path], *, cwd: Path) -> str:
+    """What a warming depends on: the interpreter, the modules, the working directory, the
+    size and time of every source file under `roots` (our packages), and the time of each
+    folder on the import path (a package installed, upgraded or removed changes it)."""
+    h = hashlib.sha256()
+    h.update(repr((python, sys.version, list(modules), str(cwd))).encode())
+    for entry in sys.path:
+        if not entry:  # the working directory: its sources are among `roots`
+            continue
+        try:
+            h.update(f"\0{entry}\0{os.stat(entry).st_mtime_ns}".encode())
+        except OSError:
+            continue
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                h.update(f"\0{path}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _marks(prefix: Path) -> list[str]:
+    try:
+        return (prefix / STAMP_FILE).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def is_warm(prefix: Path, mark: str) -> bool:
+    """Whether the cache in `prefix` was warmed for the fingerprint `mark`."""
+    return mark in _marks(prefix)
+
+
+def mark_warm(prefix: Path, mark: str) -> None:
+    """Record that the cache in `prefix` is warm for `mark` (after a warming that succeeded).
+    The last few marks are kept: checkouts in other folders may share this venv's cache."""
+    stamp = prefix / STAMP_FILE
+    marks = [mark, *(m for m in _marks(prefix) if m != mark)][:_MARKS_KEPT]
+    tmp = stamp.with_name(f".{STAMP_FILE}.{os.getpid()}.tmp")
+    tmp.write_text("\n".join(marks) + "\n", encoding="utf-8")
+    os.replace(tmp, stamp)
 
 
 def warm_release(current: Path, *, timeout: float = _WARM_TIMEOUT_S) -> None:

@@ -84,6 +84,9 @@ def free_port() -> int:
 # kernel, each process walks the range from a random start, so two processes (test workers)
 # rarely try the same port, and one that is taken is skipped.
 _PICK_LOW, _PICK_HIGH = 20000, 32767
+# A server starting is polled this often (a refused loopback connect or a small file read:
+# cheap); a start is counted from when it is ready, so a coarse poll is time lost at each one.
+_POLL_S = 0.01
 _cursor = [secrets.randbelow(_PICK_HIGH - _PICK_LOW + 1)]
 
 
@@ -128,7 +131,7 @@ def wait_port(
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
-            time.sleep(0.05)
+            time.sleep(_POLL_S)
     raise EmbeddedError(f"nothing listened on {host}:{port} within {deadline_s:.0f}s")
 
 
@@ -284,20 +287,46 @@ class PostgresServer:
             **self._user_kwargs(),
         )
         log.close()
-        wait_port(self.port, deadline_s, self._proc, host=self.host)
-        self._wait_ready(deadline_s)
+        self._wait_ready(time.monotonic() + deadline_s)
 
-    def _wait_ready(self, deadline_s: float) -> None:
+    def _wait_ready(self, end: float) -> None:
+        """Until the server says it is ready, as `pg_ctl start -w` waits: the status line of
+        `postmaster.pid` (written by this very process) reads "ready"; then its port accepts.
+        pg_isready asks instead when that file cannot be read."""
+        assert self._proc is not None
+        pidfile = self.datadir / "pgdata" / "postmaster.pid"
+        while time.monotonic() < end:
+            if self._proc.poll() is not None:
+                raise EmbeddedError(
+                    f"postgres exited with code {self._proc.returncode} before it was ready"
+                    f" (log: {self.log_path or self.datadir / 'postgres.log'})"
+                )
+            try:
+                lines = pidfile.read_text(errors="replace").splitlines()
+            except FileNotFoundError:
+                lines = []
+            except OSError:
+                self._wait_isready(end)
+                return
+            # line 1: the postmaster's pid; line 8: its status (PM_STATUS_* in pidfile.h)
+            if len(lines) >= 8 and lines[0].strip() == str(self._proc.pid):
+                if lines[7].strip() == "ready":
+                    wait_port(self.port, max(end - time.monotonic(), 1.0), self._proc, self.host)
+                    return
+            time.sleep(_POLL_S)
+        raise EmbeddedError(f"postgres on port {self.port} not ready in time")
+
+    def _wait_isready(self, end: float) -> None:
+        wait_port(self.port, max(end - time.monotonic(), 0.0), self._proc, host=self.host)
         pg_isready = find_binary("pg_isready", _PG_DIRS)
-        end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             r = subprocess.run(
                 [pg_isready, "-h", self.host, "-p", str(self.port), "-q"], check=False
             )
             if r.returncode == 0:
                 return
-            time.sleep(0.1)
-        raise EmbeddedError(f"postgres on port {self.port} not ready within {deadline_s:.0f}s")
+            time.sleep(0.05)
+        raise EmbeddedError(f"postgres on port {self.port} not ready in time")
 
     @property
     def pid(self) -> int | None:

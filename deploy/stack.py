@@ -74,6 +74,7 @@ RESTORE_MARKER = "restore-in-progress.json"  # deploy/restore.py MARKER
 RESTORE_REQUEST = "restore-request.json"
 RESTORE_FAILED = "restore-failed.json"
 RESTORE_POLL_S = 1.0
+_READY_POLL_S = 0.05  # identity's /readyz, once every part is healthy: usually ready at once
 
 log = logging.getLogger("homeport.stack")
 
@@ -256,11 +257,23 @@ class Stack:
             log.info("stopped", extra={"data_dir": str(self.data_dir)})
 
     async def _start_servers(self, supervisor: Supervisor) -> None:
-        """Postgres (and the `homeport` database), then NATS; services need both."""
+        """Postgres (and the `homeport` database), NATS and the stack's own dockerd together,
+        then the addon Postgres if an app needs it (it listens on Docker's services network);
+        services need them all. Every start is awaited before a failure is raised, so that the
+        stop finds each server that did start."""
+        if self._stopping.is_set():
+            return
+        first = [p for p in self.parts if p.kind not in (PartKind.SERVICE, PartKind.ADDON_POSTGRES)]
+        results = await asyncio.gather(
+            *(self._start_server(supervisor, p) for p in first), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
         for part in self.parts:
-            if part.kind is PartKind.SERVICE or self._stopping.is_set():
+            if part.kind is not PartKind.ADDON_POSTGRES or self._stopping.is_set():
                 continue
-            if part.kind is PartKind.ADDON_POSTGRES and not self._addon_wanted():
+            if not self._addon_wanted():
                 part.state = PartState.IDLE
                 log.info("not started until an app needs it", extra={"part": part.name})
                 continue
@@ -361,7 +374,7 @@ class Stack:
             while time.monotonic() < deadline and not self._stopping.is_set():
                 if (await probe(ready, session))[0]:
                     return
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(_READY_POLL_S)
 
     async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> None:
         """Run until asked to stop; a supervisor that ends on its own is a bug: stop then."""
@@ -479,20 +492,28 @@ def compile_code() -> None:
     The bundled apps are left alone: a __pycache__ in an app's build context would not match
     the catalog's signed index, and the catalog would refuse the app.
     Then the services' own cache (-OO byte code, deploy/bytecode.py) is warmed; when that fails
-    they run all the same, compiling in memory what is missing."""
+    they run all the same, compiling in memory what is missing. Both are skipped when the
+    cache's stamp says they were done for these very sources (most starts)."""
     import compileall
     import importlib.util
     import re
 
-    skip = re.compile(r"[/\\]bundled[/\\]")
+    folders: list[Path] = []
     for top in CODE_PACKAGES:
         spec = importlib.util.find_spec(top)
-        for folder in (spec.submodule_search_locations or []) if spec else []:
-            with contextlib.suppress(OSError):
-                compileall.compile_dir(folder, quiet=2, workers=1, rx=skip)
+        folders += [Path(f) for f in ((spec.submodule_search_locations or []) if spec else [])]
     modules = bytecode.startup_modules([m.module for m in discover_modules()])
+    prefix, cwd = bytecode.embedded_prefix(), Path.cwd()
+    mark = bytecode.fingerprint(sys.executable, modules, folders, cwd=cwd)
+    if bytecode.is_warm(prefix, mark):
+        return
+    skip = re.compile(r"[/\\]bundled[/\\]")
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            compileall.compile_dir(folder, quiet=2, workers=1, rx=skip)
     try:
-        bytecode.warm(sys.executable, bytecode.embedded_prefix(), modules, cwd=Path.cwd())
+        bytecode.warm(sys.executable, prefix, modules, cwd=cwd)
+        bytecode.mark_warm(prefix, mark)
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", None) or b""
         log.warning(
