@@ -77,11 +77,15 @@ _TRANSIENT = (
 
 # The wire body is built by Postgres (the same fields as `encode_event`), so the relay neither
 # decodes nor re-encodes event data.
+# A page as it goes on the wire, made by Postgres: the subject (`$3` is the prefix), the
+# message id and position as text, the body as UTF-8 bytes (asyncpg hands bytea over as is).
 _WIRE_SQL = (
-    "SELECT position, id, stream, type, json_build_object("
+    "SELECT position, position::text AS at, id::text AS id, "
+    "$3 || '.' || split_part(stream, '-', 1) || '.' || type AS subject, "
+    "convert_to(json_build_object("
     "'id', id, 'stream', stream, 'version', version, 'position', position, 'type', type, "
-    "'schema', schema, 'data', data, 'meta', meta, 'recorded_at', recorded_at)::text AS body "
-    "FROM events.events WHERE position > $1 ORDER BY position LIMIT $2"
+    "'schema', schema, 'data', data, 'meta', meta, 'recorded_at', recorded_at)::text, 'UTF8') "
+    "AS body FROM events.events WHERE position > $1 ORDER BY position LIMIT $2"
 )
 
 
@@ -337,7 +341,7 @@ class Relay:
                 while not self._stop.is_set():
                     wake.clear()
                     if ahead is None:  # on the listening connection: at rest the only one
-                        rows = await listener.fetch(_WIRE_SQL, sent, self.page_size)
+                        rows = await listener.fetch(_WIRE_SQL, sent, self.page_size, self.prefix)
                     else:
                         rows, ahead = await ahead, None
                     if rows:
@@ -350,7 +354,9 @@ class Relay:
                         raise _Fresh
                     if len(rows) == self.page_size:  # read the next page while this one goes out
                         ahead = asyncio.ensure_future(
-                            self.store.pool.fetch(_WIRE_SQL, rows[-1]["position"], self.page_size)
+                            self.store.pool.fetch(
+                                _WIRE_SQL, rows[-1]["position"], self.page_size, self.prefix
+                            )
                         )
                     if rows:
                         sent = await self._publish_rows(rows)
@@ -389,20 +395,19 @@ class Relay:
     async def _publish_rows(self, rows: Sequence[asyncpg.Record]) -> int:
         """Pipeline a page into JetStream, at most `window` unconfirmed; returns the last sent."""
         position = self.position
-        for row in rows:
-            position = row["position"]
-            if len(self._pending) >= self.window:
+        publish, pending = self.js.publish_async, self._pending
+        for position, at, msg_id, subject, body in rows:
+            if len(pending) >= self.window:
                 await self._confirm(block=True)
             self._seq += 1
             headers = {
-                "Nats-Msg-Id": str(row["id"]),
+                "Nats-Msg-Id": msg_id,
                 "Nats-Expected-Last-Sequence": str(self._seq - 1),
-                POSITION_HEADER: str(position),
+                POSITION_HEADER: at,
             }
-            stream = row["stream"]
-            subject = f"{self.prefix}.{stream[: stream.index('-')]}.{row['type']}"
-            fut = await self.js.publish_async(subject, row["body"].encode(), headers=headers)
-            self._pending.append(_Pending(position, self._seq, fut))
+            pending.append(
+                _Pending(position, self._seq, await publish(subject, body, headers=headers))
+            )
         return int(position)
 
     async def _confirm(self, *, block: bool) -> None:
