@@ -993,16 +993,25 @@ def sentence_fields() -> dict[str, tuple[str, ...]]:
 
 def refs_sql(column: str = "data") -> str:
     """The SQL expression of a row's refs: per type, the fields its sentence reads, each as
-    `_ref_sql` keeps it, nulls dropped."""
-    branches = []
+    `_ref_sql` keeps it, nulls dropped.
+
+    CASE tries its branches in order, and a type with no sentence would be compared with all
+    of them: the types are bucketed by length first (an integer test), so a row meets at most
+    the ~16 lengths and the few types of its own length (replays: a third of the time went to
+    a flat CASE over 97 types)."""
+    by_length: dict[int, list[str]] = {}
     # the steps of work come first: they are most of the log, and CASE tries branches in order
     ordered = sorted(_SENTENCES.items(), key=lambda item: item[0] not in PROGRESS_TYPES)
     for event_type, (fields, _) in ordered:
         if not fields:
             continue
         pairs = ", ".join(f"'{f}', {_ref_sql(column, f)}" for f in fields)
-        branches.append(f"WHEN '{event_type}' THEN jsonb_build_object({pairs})")
-    return "jsonb_strip_nulls(CASE type " + " ".join(branches) + " END)"
+        branch = f"WHEN '{event_type}' THEN jsonb_build_object({pairs})"
+        by_length.setdefault(len(event_type.encode()), []).append(branch)
+    buckets = " ".join(
+        f"WHEN {n} THEN CASE type {' '.join(branches)} END" for n, branches in by_length.items()
+    )
+    return f"jsonb_strip_nulls(CASE octet_length(type) {buckets} END)"
 
 
 def _ref_sql(column: str, field: str) -> str:

@@ -27,7 +27,9 @@ __all__ = ["ActivityProjection"]
 # (activity_text.py, ids not names, no sealed value); user_agent: a sign-in's browser
 # string, as stored (sealed to its week: identity names its browser family when shown).
 # Other sealed values are hidden everywhere; lengths are capped.
-# OFFSET 0 keeps each step a separate scan, so no expression is computed twice.
+# OFFSET 0 keeps each step a separate scan, so no expression is computed twice, and each
+# helper function gets a plain column: only then does Postgres inline it (a call of a SQL
+# function per row costs more than the rest of the row).
 _PAGE_SQL = f"""
     INSERT INTO gateway.activity
         (position, occurred_at, actor, ip, ip_sealed, type, stream, category, summary, refs,
@@ -44,12 +46,15 @@ _PAGE_SQL = f"""
                 THEN CASE WHEN char_length(agent) <= 1024 THEN agent END
                 WHEN strpos(agent, 'hp:sealed:') = 0 THEN left(agent, 400) END
     FROM (
+        SELECT position, recorded_at, type, stream, actor, ip, refs, agent,
+               gateway.unsealed_text(summary) AS summary
+        FROM (
         SELECT position, recorded_at, type, stream, actor, ip, {refs_sql("data")} AS refs,
                CASE WHEN type = 'SessionStarted'
                          AND jsonb_typeof(data -> 'user_agent') = 'string'
                     THEN nullif(data ->> 'user_agent', '') END AS agent,
-               gateway.unsealed_text(coalesce(nullif(gateway.one_line(raw_summary), ''),
-                                              type || ' on ' || stream)) AS summary
+               coalesce(nullif(gateway.one_line(raw_summary), ''), type || ' on ' || stream)
+                   AS summary
         FROM (
             SELECT position, recorded_at, type, stream, data,
                    CASE WHEN jsonb_typeof(meta -> 'actor') = 'string'
@@ -61,6 +66,7 @@ _PAGE_SQL = f"""
                    END AS raw_summary
             FROM page OFFSET 0
         ) AS fields OFFSET 0
+        ) AS joined OFFSET 0
     ) AS shaped
     RETURNING 1
 """  # noqa: S608 - refs_sql() is code (checked type and field names), not input
