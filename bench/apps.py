@@ -3,7 +3,7 @@
 `app_install_vs_docker_run`: seconds from the install command to the app answering healthy
 (its task's success, which the engine records after the health check answered), over seconds
 from `docker run -d` of the same image (already built, on an existing network, port published
-on 127.0.0.1) until its port answers HTTP. Medians of interleaved rounds; target <= 2.0.
+on 127.0.0.1) until its port answers HTTP. Medians of interleaved rounds; target <= 1.3.
 Docker: HP_DOCKER_HOST, else the system's socket, else the tests' shared dockerd (started if
 needed, as the tests do).
 """
@@ -35,7 +35,7 @@ from libs.events.store import PostgresEventStore
 
 __all__ = ["BENCHMARKS"]
 
-_TARGET = 2.0  # ours/baseline seconds, at most
+_TARGET = 1.3  # ours/baseline seconds, at most (issue 20, raised from 2.0)
 _STATIC = "org.homeport.static"
 _TEST_DOCKER = Path("/run/homeport-test/docker.sock")
 _CTX = Context("system", "bench", None, None)

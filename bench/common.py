@@ -68,7 +68,7 @@ class BenchConfig:
     """Sizes of the runs, read once from HP_BENCH_* variables."""
 
     rounds: int = 5
-    replay_rounds: int = 3
+    replay_rounds: int = 5  # issue 20: medians of at least 5 rounds, replays too
     writers: int = 8
     appends_per_writer: int = 1000
     replay_events: int = 1_000_000

@@ -4,7 +4,7 @@ server.
 `edge_proxy_vs_direct`: req/s of a 1 KB page through the edge nginx (HTTPS, keep-alive,
 HTTP/1.1, the rendered config of an app vhost with its headers and limits) over req/s straight
 to the upstream's published port (plain HTTP), same run, same `wrk` settings, rounds
-interleaved; target >= 0.7 (issue 5).
+interleaved; target >= 0.9 (issue 20; 0.7 in issue 5).
 
 The upstream is a FROM-scratch busybox httpd container (`homeport/busybox:local`, never pulled)
 with its port published on 127.0.0.1 when a dockerd answers (HP_DOCKER_HOST, else the tests'
@@ -45,7 +45,7 @@ from services.gateway.edge import EdgeError, EdgeModel, Nginx, Vhost
 
 __all__ = ["BENCHMARKS"]
 
-_TARGET = 0.7
+_TARGET = 0.9  # issue 20, raised from 0.7
 _HOST = "blog.example.test"
 _PAGE = 1024
 _IMAGE = "homeport/busybox:local"

@@ -46,9 +46,9 @@ from services.gateway.api.auth import SESSION_COOKIE
 
 __all__ = ["BENCHMARKS"]
 
-# Targets from the issue.
-_READ_VS_BARE = 0.3  # ours/baseline req/s, at least
-_COMMAND_VS_PARTS = 3.0  # p99 of the command / sum of the p99s of its parts, at most
+# Targets (issue 20, raised from 0.3 and 3.0).
+_READ_VS_BARE = 0.6  # ours/baseline req/s, at least
+_COMMAND_VS_PARTS = 2.0  # p99 of the command / sum of the p99s of its parts, at most
 
 _ROOT = Path(__file__).resolve().parent.parent
 _API = "/api/v1"
