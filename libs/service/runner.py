@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -225,6 +226,11 @@ class Service:
         try:
             if await self._start():
                 self._started = True
+                # What start made (modules, tables, pools) lives as long as the service: out
+                # of the collector's way, so a full collection per request burst scans only
+                # what requests made (shorter pauses: the p99 of issue 20's command bench).
+                gc.collect()
+                gc.freeze()
                 self.log.info("started", extra={"host": host, "port": self.port})
                 trimmer = _HeapTrimmer(asyncio.get_running_loop(), self.heap_trim_interval)
                 # The one wait without a deadline: the life of the service.

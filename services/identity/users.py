@@ -446,8 +446,13 @@ async def _admin_changed(conn: asyncpg.Connection, e: ev.AdminChanged, r: Record
 
 
 async def _user_disabled(conn: asyncpg.Connection, e: ev.UserDisabled, r: RecordedEvent) -> None:
-    await bump(conn, e.user_id, r, ", disabled = true")
-    await conn.execute("DELETE FROM identity.sessions WHERE user_id = $1", e.user_id)
+    # one statement, one round trip: the row and the end of the user's sessions
+    await conn.execute(
+        "WITH ended AS (DELETE FROM identity.sessions WHERE user_id = $1) "
+        "UPDATE identity.users SET version = $2, disabled = true WHERE user_id = $1",
+        e.user_id,
+        r.version,
+    )
 
 
 async def _user_enabled(conn: asyncpg.Connection, e: ev.UserEnabled, r: RecordedEvent) -> None:
