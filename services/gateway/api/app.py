@@ -148,7 +148,8 @@ def _api_headers(state: ApiState) -> ResponseHook:
         cid = request.get(CORRELATION_ID)
         if cid is not None:
             response.headers["X-Correlation-Id"] = cid
-        origin = normalize_origin(request.headers.get("Origin", ""))
+        given = request.headers.get("Origin")
+        origin = normalize_origin(given) if given else None
         if origin is not None and origin in state.config.cors:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = "X-Correlation-Id, Location"

@@ -64,8 +64,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare of the gateway's root app: the headers on every response."""
     h = response.headers
-    for name, value in _HEADERS.items():
-        h[name] = value
+    h.update(_HEADERS)
     if request.path.startswith(API_PREFIX) or request.path == API_PREFIX.rstrip("/"):
         h.setdefault("Content-Security-Policy", API_CSP)
         h.setdefault("Cache-Control", "no-store")
