@@ -48,6 +48,7 @@ APPS = {
     "static": BUNDLED / "org.homeport.static" / "1.0.0",
     "dokuwiki": BUNDLED / "org.dokuwiki" / "2022.7.31",
     "notes": BUNDLED / "org.homeport.notes" / "1.0.0",
+    "notes-1.0.1": BUNDLED / "org.homeport.notes" / "1.0.1",
     "roundcube": BUNDLED / "net.roundcube" / "1.6.5",
 }
 # kept between runs, like the test dockerd's image cache, so only the first run debootstraps
@@ -375,6 +376,67 @@ async def test_notes_sign_in_write_restart_keep(
         async with http.post(notes.url + "/login", data=form) as r:
             assert r.status == 200
             assert "Groceries &lt;b&gt;now&lt;/b&gt;" in await r.text()
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer read off a raw connection: status, headers (lower-case), body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status_line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+    headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 120)
+async def test_notes_1_0_1_answers_several_requests_on_one_connection(
+    run_app: Any, app_pg: PostgresServer, net: Net
+) -> None:
+    env = await pg_env(app_pg, net.gateway)
+    # only signing in talks to LDAP: the sign-in page needs none
+    env |= {
+        "HOMEPORT_LDAP_HOST": net.gateway,
+        "HOMEPORT_LDAP_PORT": "389",
+        "HOMEPORT_LDAP_BIND_DN": "cn=unused",
+        "HOMEPORT_LDAP_BIND_PASSWORD": "unused",
+        "HOMEPORT_LDAP_USERS_BASE_DN": "ou=users,dc=unused",
+    }
+    notes = await run_app("notes-1.0.1", env)
+    reader, writer = await asyncio.open_connection("127.0.0.1", notes.port)
+    try:
+        get = b"GET /login HTTP/1.1\r\nHost: notes.example.test\r\n\r\n"
+        for _ in range(2):
+            writer.write(get)
+            status, headers, body = await _answer(reader)
+            assert status == 200 and b"Sign in" in body
+            assert headers.get("connection") != "close"
+        # an answer comes at once, not after the client's delayed ACK of its headers (40 ms)
+        took = []
+        for _ in range(20):
+            t0 = time.monotonic()
+            writer.write(get)
+            await _answer(reader)
+            took.append(time.monotonic() - t0)
+        assert sorted(took)[10] < 0.03, [round(t * 1000, 1) for t in took]
+        # two requests sent at once are answered in order on the same connection
+        writer.write(get + b"GET /nothing HTTP/1.1\r\nHost: notes.example.test\r\n\r\n")
+        assert (await _answer(reader))[0] == 200
+        assert (await _answer(reader))[0] == 404
+        # a body it does not read (too large) ends the connection, and says so
+        writer.write(
+            b"POST /login HTTP/1.1\r\nHost: notes.example.test\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n"
+            + get  # would be taken for a request if the connection stayed open
+        )
+        status, headers, _ = await _answer(reader)
+        assert status == 413 and headers["connection"] == "close"
+        try:  # closed: an end of stream, or a reset for the bytes it left unread
+            rest = await asyncio.wait_for(reader.read(), 10)
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b""
+    finally:
+        writer.close()
+        await writer.wait_closed()
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT + 120)
