@@ -7,7 +7,9 @@ memory at each start (time, and heap it keeps). So the services get `PYTHONPYCAC
 cache folder of their own, filled ahead by `warm` (one process importing every service's
 modules under -OO, which writes the byte code of all they load at start: the standard library,
 the packages and ours). With the prefix set, Python reads and writes byte code only there, so
-nothing is written into the system's or the venv's folders.
+nothing is written into the system's or the venv's folders. Identity keeps its common-password
+list there too, in the form it looks passwords up in (services/identity/common_passwords.py:
+made by the warming, checked against the installed list at each start).
 
 - `homeport up`: the cache is `<venv>/homeport-bytecode` (the venv's own folder), warmed at a
   start unless its stamp (`warmed`, written after a warming that succeeded) names the same

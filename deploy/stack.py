@@ -25,7 +25,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 
 from deploy import bytecode
@@ -86,6 +85,59 @@ class StackState(StrEnum):
     STOPPED = "stopped"
 
 
+class _StateWriter:
+    """Keeps `stack.json` current without blocking the event loop: each change of state asks for
+    a write; the writer writes the state as it is when it wakes (the changes of one moment make
+    one write), its fsync in a thread. A start makes some 40 changes, and writing each in place
+    (~5-10 ms for the fsync) held up the loop that starts and probes the parts."""
+
+    def __init__(self, data_dir: Path, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.data_dir = data_dir
+        self.snapshot = snapshot
+        self._asked = self._written = 0
+        self._wake = asyncio.Event()
+        self._done = asyncio.Condition()
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name="stack.json")
+
+    @property
+    def running(self) -> bool:
+        return not self._task.done()
+
+    def ask(self) -> None:
+        self._asked += 1
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until what was asked so far is written."""
+        target = self._asked
+        async with self._done:
+            await self._done.wait_for(lambda: self._written >= target or self._task.done())
+
+    async def close(self) -> None:
+        """Write what is left, then end; the caller writes in place from then on."""
+        self._closing = True
+        self._wake.set()
+        (failed,) = await asyncio.gather(self._task, return_exceptions=True)
+        if isinstance(failed, Exception):
+            log.error("the writer of stack.json failed", exc_info=failed)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            asked, state = self._asked, self.snapshot()
+            try:
+                await asyncio.to_thread(write_state, self.data_dir, state)
+            except OSError as e:
+                log.warning("could not write stack.json", extra={"error": str(e)})
+            async with self._done:
+                self._written = asked
+                self._done.notify_all()
+            if self._closing and not self._wake.is_set():
+                return
+
+
 class Stack:
     """Runs Postgres, NATS and the services of this checkout until SIGINT/SIGTERM."""
 
@@ -115,6 +167,7 @@ class Stack:
         self._signalled = False
         self._restore_request: dict[str, Any] | None = None
         self._previous: dict[str, Any] | None = None  # the run before a restore (its ports)
+        self._writer: _StateWriter | None = None  # while it runs; else stack.json in place
 
     # -- public ---------------------------------------------------------------------------
 
@@ -215,43 +268,45 @@ class Stack:
         self._save()
         tasks: list[asyncio.Task[None]] = []
         on_demand: asyncio.Task[None] | None = None
+        self._writer = _StateWriter(self.data_dir, self._state)
         try:
-            async with aiohttp.ClientSession() as session:
-                supervisor = Supervisor(self._stopping, session, self._save)
-                try:
-                    await self._start_servers(supervisor)
-                    if not self._stopping.is_set():
-                        tasks = [
-                            asyncio.create_task(
-                                supervisor.supervise(p, started=p.kind is not PartKind.SERVICE),
-                                name=f"supervise.{p.name}",
-                            )
-                            for p in self.parts
-                            if p.state is not PartState.IDLE
-                        ]
-                        idle = [p for p in self.parts if p.state is PartState.IDLE]
-                        if idle:
-                            on_demand = asyncio.create_task(
-                                self._watch_addon(supervisor, idle[0], tasks), name="addon.watch"
-                            )
-                        self.state = StackState.RUNNING
-                        self._save()
-                        watch = asyncio.create_task(self._watch_restore(), name="restore.watch")
-                        try:
-                            await self._until_ready(tasks, on_ready)
-                            await self._until_stopped(tasks)
-                        finally:
-                            watch.cancel()
-                            await asyncio.gather(watch, return_exceptions=True)
-                finally:
-                    self._stopping.set()
-                    self.state = StackState.STOPPING
+            supervisor = Supervisor(self._stopping, self._save)
+            try:
+                await self._start_servers(supervisor)
+                if not self._stopping.is_set():
+                    tasks = [
+                        asyncio.create_task(
+                            supervisor.supervise(p, started=p.kind is not PartKind.SERVICE),
+                            name=f"supervise.{p.name}",
+                        )
+                        for p in self.parts
+                        if p.state is not PartState.IDLE
+                    ]
+                    idle = [p for p in self.parts if p.state is PartState.IDLE]
+                    if idle:
+                        on_demand = asyncio.create_task(
+                            self._watch_addon(supervisor, idle[0], tasks), name="addon.watch"
+                        )
+                    self.state = StackState.RUNNING
                     self._save()
-                    if on_demand is not None:  # not cancelled: a start under way finishes
-                        await asyncio.gather(on_demand, return_exceptions=True)
-                    await _join(tasks)
-                    await supervisor.shutdown(self.parts)
+                    watch = asyncio.create_task(self._watch_restore(), name="restore.watch")
+                    try:
+                        await self._until_ready(tasks, on_ready)
+                        await self._until_stopped(tasks)
+                    finally:
+                        watch.cancel()
+                        await asyncio.gather(watch, return_exceptions=True)
+            finally:
+                self._stopping.set()
+                self.state = StackState.STOPPING
+                self._save()
+                if on_demand is not None:  # not cancelled: a start under way finishes
+                    await asyncio.gather(on_demand, return_exceptions=True)
+                await _join(tasks)
+                await supervisor.shutdown(self.parts)
         finally:
+            writer, self._writer = self._writer, None
+            await writer.close()
             self.state = StackState.STOPPED
             self._save(stack_pid=False)
             log.info("stopped", extra={"data_dir": str(self.data_dir)})
@@ -292,9 +347,14 @@ class Stack:
                 await _prepare_addons(self.plan)
             await part.runner.start()
             if part.kind is PartKind.POSTGRES:
-                await _ensure_database(self.plan.database_url)
-                # each service's own role (libs/events/roles.py), before any service connects
-                await prepare_database(self.plan.database_url, self.data_dir)
+                # each service's own role (libs/events/roles.py), before any service connects;
+                # the database made first when missing (its first start: one connection less
+                # at every other)
+                try:
+                    await prepare_database(self.plan.database_url, self.data_dir)
+                except asyncpg.InvalidCatalogNameError:
+                    await _ensure_database(self.plan.database_url)
+                    await prepare_database(self.plan.database_url, self.data_dir)
         except (EmbeddedError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise StackError(f"{part.name} did not start: {e} (log: {part.log})") from e
         supervisor.mark_started(part)
@@ -359,6 +419,8 @@ class Stack:
             log.warning("not all parts are healthy", extra={"parts": [p.name for p in bad]})
         else:
             log.info("ready", extra={"dashboard": self.dashboard_url})
+        if self._writer is not None:  # `homeport status` after the banner sees every part
+            await self._writer.flush()
         if on_ready is not None:
             on_ready(self)
 
@@ -370,11 +432,10 @@ class Stack:
             return
         ready = part.health.removesuffix("/healthz") + "/readyz"
         deadline = time.monotonic() + READY_DEADLINE_S
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline and not self._stopping.is_set():
-                if (await probe(ready, session))[0]:
-                    return
-                await asyncio.sleep(_READY_POLL_S)
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if (await probe(ready))[0]:
+                return
+            await asyncio.sleep(_READY_POLL_S)
 
     async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> None:
         """Run until asked to stop; a supervisor that ends on its own is a bug: stop then."""
@@ -463,8 +524,15 @@ class Stack:
         )
 
     def _save(self, *, stack_pid: bool = True) -> None:
+        """Record a change of state in `stack.json` (by the writer while the stack runs)."""
+        if self._writer is not None and self._writer.running and stack_pid:
+            self._writer.ask()
+        else:
+            write_state(self.data_dir, self._state(stack_pid=stack_pid))
+
+    def _state(self, *, stack_pid: bool = True) -> dict[str, Any]:
         pid = os.getpid()
-        state = {
+        return {
             "version": 1,
             "data_dir": str(self.data_dir),
             "pid": pid if stack_pid else None,
@@ -478,13 +546,16 @@ class Stack:
             "keyring": str(self.keyring),
             "parts": [p.to_json() for p in self.parts if p.state is not PartState.IDLE],
         }
-        write_state(self.data_dir, state)
 
 
 CODE_PACKAGES = ("libs", "services", "deploy", "cli")
 
 
-def compile_code() -> None:
+def compile_code(
+    packages: Sequence[str] = CODE_PACKAGES,
+    modules: Sequence[str] | None = None,
+    prefix: Path | None = None,
+) -> bool:
     """Byte-compile the platform's code once (as the server installer does), so that no
     process compiles its sources at every start: that costs each one time and ~0.7 MiB of heap
     it keeps (PYTHONDONTWRITEBYTECODE, set on some machines, would otherwise make it every
@@ -493,26 +564,29 @@ def compile_code() -> None:
     the catalog's signed index, and the catalog would refuse the app.
     Then the services' own cache (-OO byte code, deploy/bytecode.py) is warmed; when that fails
     they run all the same, compiling in memory what is missing. Both are skipped when the
-    cache's stamp says they were done for these very sources (most starts)."""
+    cache's stamp says they were done for these very sources (most starts).
+    `packages`, `modules` (default: every service's) and `prefix` (default: the venv's cache)
+    say what; returns whether it compiled and warmed."""
     import compileall
     import importlib.util
     import re
 
     folders: list[Path] = []
-    for top in CODE_PACKAGES:
+    for top in packages:
         spec = importlib.util.find_spec(top)
         folders += [Path(f) for f in ((spec.submodule_search_locations or []) if spec else [])]
-    modules = bytecode.startup_modules([m.module for m in discover_modules()])
-    prefix, cwd = bytecode.embedded_prefix(), Path.cwd()
-    mark = bytecode.fingerprint(sys.executable, modules, folders, cwd=cwd)
+    names = [m.module for m in discover_modules()] if modules is None else modules
+    starts = bytecode.startup_modules(names)
+    prefix, cwd = prefix or bytecode.embedded_prefix(), Path.cwd()
+    mark = bytecode.fingerprint(sys.executable, starts, folders, cwd=cwd)
     if bytecode.is_warm(prefix, mark):
-        return
+        return False
     skip = re.compile(r"[/\\]bundled[/\\]")
     for folder in folders:
         with contextlib.suppress(OSError):
             compileall.compile_dir(folder, quiet=2, workers=1, rx=skip)
     try:
-        bytecode.warm(sys.executable, prefix, modules, cwd=cwd)
+        bytecode.warm(sys.executable, prefix, starts, cwd=cwd)
         bytecode.mark_warm(prefix, mark)
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", None) or b""
@@ -520,6 +594,7 @@ def compile_code() -> None:
             "the services' byte code could not be prepared; they compile it at start",
             extra={"error": f"{type(e).__name__}: {e}", "detail": detail.decode()[-500:]},
         )
+    return True
 
 
 def take_request_file(path: Path) -> dict[str, Any] | None:

@@ -13,9 +13,9 @@ Hashing and verifying cost about 100 ms of CPU and 64 MiB each: call them off th
 
 from __future__ import annotations
 
-import ast
-import importlib.util
+import base64
 import secrets
+import sys
 import unicodedata
 from enum import StrEnum
 from pathlib import Path
@@ -23,7 +23,9 @@ from typing import Final
 
 from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from argon2.low_level import ARGON2_VERSION
 
+from services.identity import common_passwords
 from services.identity.errors import IdentityInvalid
 
 __all__ = [
@@ -85,43 +87,19 @@ class PasswordRejected(IdentityInvalid):
         self.reason = reason
 
 
-def _leaked_passwords() -> str:
-    """zxcvbn's "passwords" frequency list as one comma-separated string, read from its module
-    file alone: importing the zxcvbn package builds ranked dictionaries of every list (~10 MiB
-    for the life of identity), and even running its frequency_lists.py builds all the lists at
-    once (the heap stays grown after). The list is one line of that file: only it is parsed."""
-    spec = importlib.util.find_spec("zxcvbn")  # finds the package without importing it
-    origin = None if spec is None else spec.origin
-    if origin is None:
-        raise RuntimeError("zxcvbn is not installed: its common-password list is needed")
-    path = Path(origin).with_name("frequency_lists.py")
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            key, sep, rest = line.strip().partition(":")
-            if key == '"passwords"' and sep and rest.endswith('.split(","),'):
-                literal = ast.literal_eval(rest.removesuffix('.split(","),').strip())
-                if isinstance(literal, str):
-                    return literal
-    raise RuntimeError(f'no "passwords" list in {path}: check the installed zxcvbn version')
-
-
 def _load_common() -> tuple[str, int]:
-    # zxcvbn ships the 30,000 most frequent passwords of leaked sets (its "passwords"
-    # frequency list, most frequent first, all lower case). Entries shorter than MIN_LENGTH
-    # are refused by the length rule already, so only the 11,611 of 8+ characters are kept:
-    # as one string, each entry between line breaks (about 0.1 MiB instead of 1.2 MiB as a
-    # set of strings), looked up as a substring (tens of microseconds, once per password set).
-    common = {
-        unicodedata.normalize("NFC", w).casefold()
-        for w in _leaked_passwords().split(",")
-        if MIN_LENGTH <= len(w) <= MAX_LENGTH and "\n" not in w
-    }
-    if len(common) < 3000:
+    # Built from zxcvbn's list once, then read from the services' byte-code cache where there is
+    # one (common_passwords.py: checked against the installed list at each start).
+    prefix = sys.pycache_prefix
+    common, count = common_passwords.load(
+        None if prefix is None else Path(prefix), MIN_LENGTH, MAX_LENGTH
+    )
+    if count < 3000:
         raise RuntimeError(
-            f"the common-password list from zxcvbn has only {len(common)} entries of "
+            f"the common-password list from zxcvbn has only {count} entries of "
             f"{MIN_LENGTH}+ characters, the bar is 3000: check the installed zxcvbn version"
         )
-    return "\n" + "\n".join(sorted(common)) + "\n", len(common)
+    return common, count
 
 
 _COMMON, COMMON_PASSWORD_COUNT = _load_common()
@@ -272,10 +250,20 @@ def needs_rehash(encoded: str) -> bool:
     )
 
 
-# A hash of a random password nobody knows, with the current parameters: verify_dummy makes a
-# login for an unknown user cost the same as one with a wrong password (SECURITY.md: identical
-# answers, median times within 10 %).
-_DUMMY_HASH: Final = _HASHER.hash(secrets.token_bytes(32))
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii").rstrip("=")
+
+
+# An argon2id encoding with the current parameters, a random salt and a random hash: verifying
+# a password against it costs what verifying against a user's hash costs (the hash is computed
+# in full, then compared), and no known password matches it. verify_dummy makes a login for an
+# unknown user cost the same as one with a wrong password (SECURITY.md: identical answers,
+# median times within 10 %). Made without hashing anything: a hash here cost every start of
+# identity 0.1-0.2 s of CPU and 64 MiB.
+_DUMMY_HASH: Final = (
+    f"$argon2id$v={ARGON2_VERSION}$m={MEMORY_COST_KIB},t={TIME_COST},p={PARALLELISM}"
+    f"${_b64(secrets.token_bytes(SALT_LEN))}${_b64(secrets.token_bytes(HASH_LEN))}"
+)
 
 
 def verify_dummy(password: str) -> None:

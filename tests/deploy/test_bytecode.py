@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from deploy import bytecode
 from deploy.layout import Layout
 from deploy.planning import Planner, discover_modules
+from deploy.stack import compile_code
 from deploy.state import prepare_dir
 from deploy.units import render_units, unit_name
 
@@ -109,3 +112,53 @@ def test_every_service_unit_runs_oo_from_the_release_cache(tmp_path: Path) -> No
         assert env is not None, m.name
         assert f"PYTHONPYCACHEPREFIX={layout.current}/bytecode" in env.group(1).split()
         assert "PYTHONDONTWRITEBYTECODE=1" in env.group(1).split()  # read-only to the services
+
+
+def _probe_package(src: Path, value: int) -> Path:
+    """A package `hpwarmprobe` in `src` whose start (`python -m hpwarmprobe`) imports `mod`."""
+    pkg = src / "hpwarmprobe"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text("from hpwarmprobe import mod\n\nprint(mod.VALUE)\n")
+    (pkg / "mod.py").write_text(f"VALUE = {value}\n")
+    return pkg
+
+
+def test_a_second_start_skips_the_warming_and_an_edited_source_warms_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, prefix = tmp_path / "src", tmp_path / "bytecode"
+    pkg = _probe_package(src, 1)
+    monkeypatch.syspath_prepend(str(src))
+    monkeypatch.chdir(src)
+
+    def start() -> bool:  # what `homeport up` does before it starts anything
+        return compile_code(("hpwarmprobe",), ["hpwarmprobe"], prefix)
+
+    def service_start() -> tuple[list[str], str]:
+        """What a service's start compiles from source, and what it prints."""
+        env = bytecode.service_env(dict(os.environ), prefix, writable=False)
+        r = subprocess.run(
+            [sys.executable, bytecode.OPTIMIZE_FLAG, "-v", "-m", "hpwarmprobe"],
+            cwd=src,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        return [p for p in _FROM_SOURCE.findall(r.stderr) if "hpwarmprobe" in p], r.stdout.strip()
+
+    assert start() is True  # the first start warms
+    stamp = prefix / bytecode.STAMP_FILE
+    warmed = stamp.stat()
+    assert service_start() == ([], "1")
+
+    assert start() is False  # sources unchanged: nothing compiled, the stamp left as it was
+    assert (stamp.stat().st_ino, stamp.stat().st_mtime_ns) == (warmed.st_ino, warmed.st_mtime_ns)
+
+    (pkg / "mod.py").write_text("VALUE = 22\n")  # an edited source
+    assert start() is True
+    assert stamp.stat().st_ino != warmed.st_ino
+    assert service_start() == ([], "22")  # its new byte code is in the cache already
+    assert start() is False
