@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import asyncpg
 
 from deploy.errors import StackError
@@ -419,18 +418,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 async def _check_parts(state: dict[str, Any]) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as session:
+    async def one(part: dict[str, Any]) -> dict[str, Any]:
+        alive = process_alive(part.get("pid"), part.get("proc_start"))
+        if alive:
+            ok, detail = await probe(str(part.get("health")))
+        else:
+            ok, detail = False, f"not running ({part.get('state')})"
+        return {**part, "alive": alive, "healthy": ok, "detail": detail}
 
-        async def one(part: dict[str, Any]) -> dict[str, Any]:
-            alive = process_alive(part.get("pid"), part.get("proc_start"))
-            if alive:
-                ok, detail = await probe(str(part.get("health")), session)
-            else:
-                ok, detail = False, f"not running ({part.get('state')})"
-            return {**part, "alive": alive, "healthy": ok, "detail": detail}
-
-        parts = [p for p in state.get("parts", []) if isinstance(p, dict)]
-        return list(await asyncio.gather(*(one(p) for p in parts)))
+    parts = [p for p in state.get("parts", []) if isinstance(p, dict)]
+    return list(await asyncio.gather(*(one(p) for p in parts)))
 
 
 def _print_table(state: dict[str, Any], parts: list[dict[str, Any]]) -> None:
@@ -600,6 +597,8 @@ def _cmd_setup(args: argparse.Namespace) -> int:
 
 
 async def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+    import aiohttp  # here: every other command (`homeport up` first) starts without it
+
     async with (
         aiohttp.ClientSession() as session,
         session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=30)) as r,

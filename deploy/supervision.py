@@ -17,14 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from deploy.embedded import DockerDaemon, EmbeddedError, NatsServer, PostgresServer, docker_answers
 from deploy.state import now, process_alive, start_time
-
-if TYPE_CHECKING:
-    import aiohttp
 
 __all__ = [
     "HEALTH_TIMEOUT_S",
@@ -96,12 +93,10 @@ class Backoff:
         return d
 
 
-async def probe(
-    health: str, session: aiohttp.ClientSession | None = None, deadline_s: float = HEALTH_TIMEOUT_S
-) -> tuple[bool, str]:
+async def probe(health: str, deadline_s: float = HEALTH_TIMEOUT_S) -> tuple[bool, str]:
     """Check one health address: `tcp://host:port` connects, `unix://path` is a dockerd that
-    answers, `http://…` must answer 200 (through `session` when one is given, else by one
-    plain request: the stack itself does without aiohttp's client)."""
+    answers, `http://…` must answer 200 (one plain request: the stack and `homeport status` do
+    without aiohttp's client)."""
     if health.startswith("unix://"):
         ok = await asyncio.to_thread(docker_answers, Path(health.removeprefix("unix://")))
         return ok, "answering" if ok else "not answering"
@@ -115,15 +110,7 @@ async def probe(
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         return True, "accepting connections"
-    if session is None:
-        return await _http_probe(health, deadline_s)
-    import aiohttp  # loaded already: the caller made the session
-
-    try:
-        async with session.get(health, timeout=aiohttp.ClientTimeout(total=deadline_s)) as r:
-            return r.status == 200, f"HTTP {r.status}"
-    except (aiohttp.ClientError, TimeoutError) as e:
-        return False, f"no answer: {e or type(e).__name__}"
+    return await _http_probe(health, deadline_s)
 
 
 async def _http_probe(url: str, deadline_s: float) -> tuple[bool, str]:

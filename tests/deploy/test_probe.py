@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -101,9 +100,6 @@ async def test_a_200_is_healthy_and_anything_else_is_not(service: str) -> None:
     assert await probe(f"{base}/healthz") == (True, "HTTP 200")
     assert await probe(f"{base}/readyz") == (False, "HTTP 503")
     assert await probe(f"{base}/nothing") == (False, "HTTP 404")
-    async with aiohttp.ClientSession() as session:  # the CLI's way: the same verdicts
-        assert await probe(f"{base}/healthz", session) == (True, "HTTP 200")
-        assert await probe(f"{base}/readyz", session) == (False, "HTTP 503")
 
 
 async def test_no_answer_or_no_http_is_not_healthy_within_the_deadline() -> None:
