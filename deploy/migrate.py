@@ -26,8 +26,14 @@ async def migrate_store(dsn: str) -> list[int]:
     pool = await open_pool(dsn, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
-            # as the event store's owner where the services have roles (libs/events/roles.py)
-            owner = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", MIGRATOR)
+            # as the event store's owner where the services have roles (libs/events/roles.py):
+            # roles are the cluster's, rights the database's, so the owner's role existing is
+            # not enough; it must hold the right its migrations need here (CREATE in public)
+            owner = await conn.fetchval(
+                "SELECT has_schema_privilege(rolname, 'public', 'CREATE') FROM pg_roles"
+                " WHERE rolname = $1",
+                MIGRATOR,
+            )
             if owner:
                 await conn.execute(f"SET ROLE {MIGRATOR}")
             try:
