@@ -113,7 +113,7 @@ async def settle(apps: Apps, app_ids: list[str]) -> dict[str, str]:
             return states
         if time.monotonic() > end:
             raise AssertionError(f"apps still pending after {SETTLE_SECONDS} s: {states}")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.05)
 
 
 async def clear(apps: Apps) -> None:

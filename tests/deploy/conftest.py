@@ -1,5 +1,6 @@
 """Fixtures of the update tests (tests/deploy/updatekit.py has the rest): a release key, a
-served release directory, a bare virtualenv the test releases run in."""
+served release directory, a bare virtualenv the test releases run in; and the systemd boxes of
+the server install tests (tests/support/systemd_box.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deploy.release import generate_key
 from tests.support.releases import serve_directory
+from tests.support.systemd_box import Boxes
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +37,14 @@ def www(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     (tmp_path / "www").mkdir()
     with serve_directory(tmp_path / "www") as url:
         yield tmp_path / "www", url
+
+
+@pytest.fixture(scope="session")
+def boxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boxes]:
+    """The systemd boxes of this session: the installer's tests leave their installed platform
+    to the server restore test (one box booted and installed, not two)."""
+    found = Boxes(tmp_path_factory)
+    try:
+        yield found
+    finally:
+        found.close()

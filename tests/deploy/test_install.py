@@ -7,6 +7,7 @@ Also the `systemd-analyze security` score of every unit under the real systemd.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -33,11 +34,11 @@ from tests.support.docker import find_docker_host
 from tests.support.pdns import PdnsServer, PdnsZone
 from tests.support.servers import need_server
 from tests.support.systemd_box import (
+    BOX_RELEASES,
+    BOX_SRC,
     BOX_WHEELS,
+    Boxes,
     SystemdBox,
-    base_tarball,
-    ensure_box_image,
-    ensure_wheelhouse,
     host_relay,
 )
 from tests.support.systemd_box import box_api as _api
@@ -49,8 +50,8 @@ from tests.support.systemd_box import until as _until
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500), pytest.mark.xdist_group("systemd-box")]
 
 REPO = Path(__file__).resolve().parents[2]
-SRC = "/srv/homeport"
-RELEASES = "/srv/releases"  # the host's release directory, served from the box's loopback
+SRC = BOX_SRC
+RELEASES = BOX_RELEASES  # the host's release directory, served from the box's loopback
 RELEASE_PORT = 8765
 PASSWORD = "correct horse battery staple"  # a test account's
 DASHBOARD = "my.localhost"
@@ -78,33 +79,28 @@ asyncio.run(probe())
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdBox]:
-    host = find_docker_host()
+def box(boxes: Boxes) -> Iterator[SystemdBox]:
+    """A fresh box for this file's tests (in order: the first installs); left installed to the
+    server restore test (test_server_restore.py) when they passed and every unit is active."""
     try:
-        client = docker.DockerClient(base_url=host, timeout=1800)
-        client.ping()
+        b = boxes.fresh(find_docker_host())
     except docker.errors.DockerException as e:
         need_server("dockerd", e)
-    started = time.monotonic()
-    image = ensure_box_image(client, host)
-    wheels = ensure_wheelhouse()
-    base = base_tarball(host)
-    src = _checkout(tmp_path_factory.mktemp("checkout"))
-    releases = tmp_path_factory.mktemp("releases")
-    print(f"box image, wheelhouse and base tarball ready in {time.monotonic() - started:.0f} s")
-    mounts = {str(src): SRC, str(wheels): BOX_WHEELS, str(releases): RELEASES}
-    with SystemdBox(client, image, mounts=mounts) as b:
-        b.releases = releases  # type: ignore[attr-defined]
-        b.wait_booted()
-        # the apps' base image tarball is on the host already: no second debootstrap
-        b.run("install", "-d", "/var/lib/homeport/base-cache")
-        b.copy_in(base, "/var/lib/homeport/base-cache")
-        try:
-            yield b
-        finally:
-            if not b.ok:
-                print(b.diagnose())
-    client.close()
+    b.releases = boxes.releases  # type: ignore[attr-defined]
+    try:
+        yield b
+    finally:
+        if not b.ok:
+            print(b.diagnose())
+    running = False
+    if b.ok:
+        with contextlib.suppress(AssertionError, docker.errors.DockerException):
+            units = _units(b)
+            running = bool(units) and all(p["ActiveState"] == "active" for p in units.values())
+    if running:
+        boxes.keep(b)
+    else:
+        boxes.done(b)
 
 
 def _install(box: SystemdBox) -> str:

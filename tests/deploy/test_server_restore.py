@@ -5,12 +5,15 @@ a user made since is gone, the app's file is back), every unit active, every fil
 unit's user. A wrong key, by the command or by the wizard's request, is refused and the running
 platform is left alone (the wizard's refusal in restore-failed.json, readable by the backup
 service).
+
+The platform is the one tests/deploy/test_install.py installed and left (they run before this
+file, on one box: xdist group `systemd-box`), with its administrator and its static website
+app; run without them, this test installs one itself on a fresh box.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterator
 
@@ -23,28 +26,26 @@ from services.backup.repo import new_identity
 from tests.support.docker import find_docker_host
 from tests.support.servers import need_server
 from tests.support.systemd_box import (
+    BOX_SRC,
     BOX_WHEELS,
+    Boxes,
     SystemdBox,
-    base_tarball,
     box_api,
     box_curl,
     box_units,
-    checkout,
-    ensure_box_image,
-    ensure_wheelhouse,
     until,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.xdist_group("systemd-box")]
 
-SRC = "/srv/homeport"
+SRC = BOX_SRC
 TARGET = "/srv/backup"
 DATA = "/var/lib/homeport"
 REQUEST = f"{DATA}/backup/restore-request.json"
 FAILED = f"{DATA}/backup/restore-failed.json"
 MARKER = f"{DATA}.restore-running"
 RECOVER = "homeport-restore-recover.service"
-PASSWORD = "correct horse battery staple"  # a test account's
+PASSWORD = "correct horse battery staple"  # a test account's (test_install.py's admin too)
 PAGE = "restored-ok: the page from before the backup"
 NOT_ALWAYS_ON = (
     "homeport-restore.service",
@@ -55,28 +56,20 @@ NOT_ALWAYS_ON = (
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdBox]:
-    host = find_docker_host()
+def box(boxes: Boxes) -> Iterator[SystemdBox]:
+    """The platform test_install.py left installed, else a fresh box (removed at the end)."""
     try:
-        client = docker.DockerClient(base_url=host, timeout=1800)
-        client.ping()
+        b = boxes.installed(find_docker_host())
     except docker.errors.DockerException as e:
         need_server("dockerd", e)
-    image = ensure_box_image(client, host)
-    wheels = ensure_wheelhouse()
-    base = base_tarball(host)
-    src = checkout(tmp_path_factory.mktemp("checkout"))
-    with SystemdBox(client, image, mounts={str(src): SRC, str(wheels): BOX_WHEELS}) as b:
-        b.wait_booted()
-        b.run("install", "-d", f"{DATA}/base-cache")
-        b.copy_in(base, f"{DATA}/base-cache")
-        try:
-            yield b
-        finally:
-            if not b.ok:
-                print(b.diagnose())
-                print(b.sh("journalctl --no-pager -o cat -u homeport-restore | tail -80", False))
-    client.close()
+    b.ok = False
+    try:
+        yield b
+    finally:
+        if not b.ok:
+            print(b.diagnose())
+            print(b.sh("journalctl --no-pager -o cat -u homeport-restore | tail -80", False))
+        boxes.done(b)
 
 
 def _app_container(box: SystemdBox) -> str:
@@ -131,23 +124,33 @@ def _request(box: SystemdBox, doc: dict[str, object]) -> str:
                    "--since", since)  # fmt: skip
 
 
+def _install_and_set_up(box: SystemdBox) -> None:
+    """The platform installed (unless test_install.py left it so) and its administrator made
+    with identity's one-time setup token (unless made already)."""
+    if not box_units(box):
+        started = time.monotonic()
+        out = box.run("bash", f"{SRC}/deploy/install.sh", "--wheels", BOX_WHEELS)
+        print(f"install.sh took {time.monotonic() - started:.0f} s:\n{out}")
+    token = box.sh(f"cat {DATA}/identity/setup-token 2>/dev/null", check=False).strip()
+    if token:
+        setup = {"username": "owner", "email": "owner@example.test", "password": PASSWORD}
+        status, answer = box_api(box, "POST", "/api/v1/setup", {**setup, "setup_token": token})
+        assert status == 201, answer
+
+
 def test_the_wizards_restore_under_systemd_brings_the_platform_back(box: SystemdBox) -> None:
-    started = time.monotonic()
-    out = box.run("bash", f"{SRC}/deploy/install.sh", "--wheels", BOX_WHEELS)
-    print(f"install.sh took {time.monotonic() - started:.0f} s")
-    assert box.run("systemctl", "is-active", "homeport-restore.path").strip() == "active", out
-    m = re.search(r"https://\S+/#/setup\?token=([A-Za-z0-9_-]+)", out)
-    assert m, out
-    setup = {"username": "owner", "email": "owner@example.test", "password": PASSWORD}
-    status, answer = box_api(box, "POST", "/api/v1/setup", {**setup, "setup_token": m.group(1)})
-    assert status == 201, answer
+    _install_and_set_up(box)
+    assert box.run("systemctl", "is-active", "homeport-restore.path").strip() == "active"
+    box.run("rm", "-f", "/root/jar")
     login = {"username": "owner", "password": PASSWORD}
     status, answer = box_api(box, "POST", "/api/v1/session", login)
     assert status == 200, answer
-    # the static website app with a page of ours in its data
-    body = {"manifest_id": "org.homeport.static", "version": "1.0.0", "location": "site"}
-    status, answer = box_api(box, "POST", "/api/v1/apps", body)
-    assert status == 202, answer
+    # the static website app (installed unless there) with a page of ours in its data
+    _, listed = box_api(box, "GET", "/api/v1/apps")
+    if not (isinstance(listed, dict) and listed["items"]):
+        body = {"manifest_id": "org.homeport.static", "version": "1.0.0", "location": "site"}
+        status, answer = box_api(box, "POST", "/api/v1/apps", body)
+        assert status == 202, answer
 
     def installed() -> bool:
         _, apps = box_api(box, "GET", "/api/v1/apps")

@@ -157,8 +157,10 @@ def listen(ns: str, ports: Iterable[int]) -> Iterator[None]:
             proc.wait()
 
 
-def probe(ns: str, host: str, port: int, source: str = "-", wait: float = 0.7) -> str:
-    """What a TCP client in `ns` sees connecting to host:port (from `source`)."""
+def probe(ns: str, host: str, port: int, source: str = "-", wait: float = 0.3) -> str:
+    """What a TCP client in `ns` sees connecting to host:port (from `source`): a SYN not
+    answered within `wait` s is dropped (veth pairs answer within a millisecond; the kernel
+    does, however loaded the machine; a late wake-up of the client still finds the answer)."""
     out = subprocess.run(
         [
             "ip",

@@ -52,7 +52,10 @@ from docker.models.containers import Container
 from deploy.units import RESTORE_RECOVER
 
 __all__ = [
+    "BOX_RELEASES",
+    "BOX_SRC",
     "BOX_WHEELS",
+    "Boxes",
     "SystemdBox",
     "base_tarball",
     "box_api",
@@ -69,6 +72,8 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/homeport-test")
 BOX_WHEELS = "/srv/wheels"  # where the wheelhouse is mounted in the box
+BOX_SRC = "/srv/homeport"  # the checkout (read-only), whose deploy/install.sh the tests run
+BOX_RELEASES = "/srv/releases"  # a host folder for release archives (`Boxes.releases`)
 BOX_PACKAGES = ("systemd", "systemd-sysv", "dbus", "curl")
 _RECIPE = "3"  # bump when the build below changes: the cached tarball is rebuilt
 _BASE_IMAGE = "homeport/debian-base:bookworm"
@@ -377,7 +382,7 @@ class SystemdBox:
             state = out.decode(errors="replace").strip() if out else ""
             if state in ("running", "degraded"):
                 return state
-            time.sleep(1.0)
+            time.sleep(0.25)
         raise AssertionError(f"systemd in {self.name} did not finish booting: {state!r}")
 
     def diagnose(self) -> str:
@@ -404,6 +409,89 @@ class SystemdBox:
             self.network.remove()
         with contextlib.suppress(docker.errors.DockerException):
             self.volume.remove(force=True)
+
+
+class Boxes:
+    """The boxes of one test session (tests/deploy/conftest.py `boxes`), each with the checkout,
+    the wheelhouse and a release folder mounted and the apps' base tarball in its data dir.
+
+    Booting a box and installing the platform on it take a minute: the installer's tests
+    (test_install.py) take a `fresh()` box and, once done, `keep()` it installed; the server
+    restore test (test_server_restore.py, after them in the xdist group `systemd-box`) takes
+    that platform with `installed()` instead of installing one more on a box of its own. Run
+    in another order or alone, each still gets a box of its own, never one a test changed in
+    a way it does not expect. Every box is removed at the end of the session."""
+
+    def __init__(self, tmp_path_factory: Any) -> None:
+        self._tmp = tmp_path_factory
+        self._client: docker.DockerClient | None = None
+        self._image = ""
+        self._mounts: dict[str, str] = {}
+        self._base: Path | None = None
+        self._boxes: list[SystemdBox] = []
+        self._kept: SystemdBox | None = None
+        self.releases: Path | None = None  # the host side of BOX_RELEASES
+
+    def _ready(self, docker_host: str) -> docker.DockerClient:
+        if self._client is None:
+            client = docker.DockerClient(base_url=docker_host, timeout=1800)
+            try:
+                client.ping()
+                started = time.monotonic()
+                self._image = ensure_box_image(client, docker_host)
+                wheels = ensure_wheelhouse()
+                self._base = base_tarball(docker_host)
+            except BaseException:
+                client.close()
+                raise
+            src = checkout(self._tmp.mktemp("checkout"))
+            self.releases = self._tmp.mktemp("releases")
+            self._mounts = {str(src): BOX_SRC, str(wheels): BOX_WHEELS,
+                            str(self.releases): BOX_RELEASES}  # fmt: skip
+            _say(f"image, wheelhouse and base tarball ready in {time.monotonic() - started:.0f} s")
+            self._client = client
+        return self._client
+
+    def fresh(self, docker_host: str) -> SystemdBox:
+        """A new box, booted, nothing installed on it yet."""
+        client = self._ready(docker_host)
+        box = SystemdBox(client, self._image, mounts=self._mounts)
+        try:
+            box.wait_booted()
+            # the apps' base image tarball is on the host already: no second debootstrap
+            box.run("install", "-d", "/var/lib/homeport/base-cache")
+            assert self._base is not None
+            box.copy_in(self._base, "/var/lib/homeport/base-cache")
+        except BaseException:
+            box.remove()
+            raise
+        self._boxes.append(box)
+        return box
+
+    def keep(self, box: SystemdBox) -> None:
+        """`box` has the platform installed and running (the installer's tests passed on it):
+        left for `installed()`."""
+        self._kept = box
+
+    def done(self, box: SystemdBox) -> None:
+        """`box` is of no more use: removed now (a box runs a whole platform)."""
+        if box is self._kept:
+            self._kept = None
+        if box in self._boxes:
+            self._boxes.remove(box)
+        box.remove()
+
+    def installed(self, docker_host: str) -> SystemdBox:
+        """The box the installer's tests kept (once: it is the taker's now), else a fresh one
+        for the taker to install on."""
+        box, self._kept = self._kept, None
+        return box if box is not None else self.fresh(docker_host)
+
+    def close(self) -> None:
+        for box in self._boxes:
+            box.remove()
+        if self._client is not None:
+            self._client.close()
 
 
 # -- shared by the box tests (tests/deploy/test_install.py keeps its own copies) -------------
@@ -480,7 +568,7 @@ def until(what: str, check: object, timeout: float) -> None:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(1.0)
+        time.sleep(0.5)  # a look is a `docker exec` or two (a probe runs python): not 1 s each
 
 
 # -- a server of the tests' host, for the box ------------------------------------------------
