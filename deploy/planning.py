@@ -407,6 +407,8 @@ class Planner:
             HP_BACKUP_DIR=str(self.data_dir / "backup"),
             HP_APPS_DIR=str(self.data_dir / "apps"),
             HP_CERTS_DIR=str(self.data_dir / "certs"),
+            # the mail root (mail_env): the backup service reads the mail store's snapshots
+            HP_MAIL_DIR=str(self.data_dir / "mail"),
         )
         # a keyring of its own for each service that seals; the others (the gateway) none,
         # whatever this process's environment says

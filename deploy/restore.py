@@ -7,7 +7,9 @@ What it does, in order (each step prints a progress line):
 3. restores it into a work folder and checks that every app backup it names is there;
 4. restores each app backup into `<data>/apps/snapshots/<app_id>/<uuid>/` (under `.partial`,
    renamed when whole) and lists them in `<data>/apps/restore-pending.json`: the apps service
-   rebuilds those apps (network, volume, addons, container) at its next start;
+   rebuilds those apps (network, volume, addons, container) at its next start; the mail
+   backup of the same run (if any) into `<data>/mail/restore-pending/`, which the mail service
+   takes into its store at its next start (services/mail/snapshots.py);
 5. starts the data directory's Postgres as the stack does, creates the platform database,
    migrates the event store and loads the events (hash chain checked), the keyrings and the
    certificates (services/backup/platform.py);
@@ -63,6 +65,7 @@ __all__ = [
     "open_target",
     "read_identity",
     "restore_apps",
+    "restore_mail",
     "restore_platform",
     "summarize",
 ]
@@ -88,6 +91,7 @@ class RestoreSummary:
     events: int
     sessions_ended: int
     apps: dict[str, str] = field(default_factory=dict)  # app_id -> snapshot folder name
+    mail: str | None = None  # the mail backup restored (its id), if the platform backup had one
 
 
 # -- the target and the key -----------------------------------------------------------------
@@ -342,6 +346,7 @@ async def _restore_locked(
     work.mkdir(mode=0o700)
     chosen, doc, apps = await fetch_platform(repo, work, identity, snapshot, say)
     restored = await restore_apps(repo, data_dir / "apps", apps, identity, say)
+    await restore_mail(repo, data_dir / "mail", doc.get("mail"), identity, say)
     summary = await load(embedded_places(data_dir, pg_dir), work / "platform", say)
     return summarize(summary, chosen, doc, restored)
 
@@ -354,6 +359,7 @@ def summarize(
     summary.time = chosen.time.isoformat(timespec="seconds")
     summary.platform_version = str(doc.get("platform_version", "?"))
     summary.apps = apps
+    summary.mail = doc.get("mail")
     return summary
 
 
@@ -393,6 +399,17 @@ async def fetch_platform(
         labels = known[sid].labels
         if labels.get("kind") != "app" or labels.get("app_id") != app_id:
             raise RestoreError(f"backup {sid} is not a backup of app {app_id} (its labels)")
+    mail = doc.get("mail")
+    if mail is not None:
+        if not _SNAPSHOT_ID.fullmatch(mail):
+            raise RestoreError(f"platform backup {chosen.id} names a mail backup that is no id")
+        if mail not in known:
+            raise RestoreError(
+                f"platform backup {chosen.id} names the mail backup {mail}, which the target no "
+                "longer holds; pick an older platform backup with --snapshot (homeport backup list)"
+            )
+        if known[mail].labels.get("kind") != "mail":
+            raise RestoreError(f"backup {mail} is not a backup of the mail (its labels)")
     return chosen, doc, apps
 
 
@@ -445,6 +462,33 @@ async def restore_apps(
         out[app_id] = folder
     _write_json(apps_dir / PENDING, out)
     return out
+
+
+async def restore_mail(
+    repo: Any, mail_root: Path, sid: str | None, identity: str, say: Callable[[str], None]
+) -> bool:
+    """The mail backup `sid` (None: nothing) restored into `<mail_root>/restore-pending/`
+    (under `.partial`, renamed when whole), for the mail service to take into its store at its
+    next start (services/mail/snapshots.py); whether there was one."""
+    from services.backup.repo import BackupError
+    from services.backup.targets.base import TargetError
+    from services.mail.snapshots import PENDING
+
+    if sid is None:
+        return False
+    # the mail root (every server's user passes through it: the mail service makes it so)
+    await asyncio.to_thread(mail_root.mkdir, mode=0o755, parents=True, exist_ok=True)
+    dest = mail_root / PENDING
+    partial = dest.with_name(PENDING + ".partial")
+    say(f"restoring the mail from backup {sid}")
+    try:
+        result = await repo.restore(sid, partial, identity)
+    except (BackupError, TargetError) as e:
+        raise RestoreError(f"the mail, backup {sid}: {e}") from None
+    os.replace(partial, dest)
+    for why in result.skipped:
+        say(f"  left out: {why}")
+    return True
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,11 @@ from deploy.restore import (
     load,
     open_repository,
     restore_apps,
+    restore_mail,
     summarize,
 )
 from deploy.stack import RESTORE_FAILED, RESTORE_REQUEST, move_aside, put_back, take_request_file
-from deploy.units import TARGET, restore_marker, unit_name, unit_user
+from deploy.units import TARGET, mail_root, restore_marker, unit_name, unit_user
 from deploy.update import SystemdHost, UpdateError, admin_env_file, read_env_file
 
 __all__ = [
@@ -291,6 +292,18 @@ def _put_apps(layout: Layout, work: Path) -> None:
             os.rename(child, dest / child.name)
 
 
+def _put_mail(layout: Layout, work: Path) -> None:
+    """The restored mail store (if any) into the mail root, `<data>/mail/mail`: the mail unit
+    (root) takes it into its store at its start (services/mail/snapshots.py)."""
+    from services.mail.snapshots import PENDING
+
+    src = work / "mail" / PENDING
+    if src.is_dir():
+        root = mail_root(layout)
+        root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.rename(src, root / PENDING)
+
+
 def _server_places(layout: Layout) -> Places:
     """The install's own Postgres unit, its database made; the URL from homeport.env."""
     data = layout.data
@@ -346,6 +359,7 @@ async def restore_server(
         say(f"opened the backups at {target!r}")
         chosen, doc, apps = await fetch_platform(repo, work, identity, snapshot, say)
         restored = await restore_apps(repo, work / "apps", apps, identity, say)
+        await restore_mail(repo, work / "mail", doc.get("mail"), identity, say)
         aside = _beside(data, "before-restore", stamp)
         await asyncio.to_thread(_mark, layout, "stopping", aside, work)
         say(f"stopping {TARGET}")
@@ -375,6 +389,7 @@ async def _replace(
     say("making the empty layout again (folders, both Postgres clusters)")
     await asyncio.to_thread(_skeleton, layout, aside, say)
     await asyncio.to_thread(_put_apps, layout, work)
+    await asyncio.to_thread(_put_mail, layout, work)
     summary = await load(_server_places(layout), work / "platform", say)
     await asyncio.to_thread(give_to_users, layout, {0})  # what root wrote
     say(f"starting {TARGET} and waiting until every unit is healthy")

@@ -141,6 +141,7 @@ __all__ = [
     "installed_units",
     "ip_keys_file",
     "logs_argv",
+    "mail_root",
     "parse_show",
     "render_units",
     "restart_argv",
@@ -377,6 +378,12 @@ def ip_keys_file(layout: Layout) -> Path:
     return layout.data / "ip-keys" / "ip-keys.json"
 
 
+def mail_root(layout: Layout) -> Path:
+    """The mail servers' folder (the mail unit's HP_DATA_DIR is `<data>/mail`, its mail root
+    `mail` in it: services/mail/config.py): its store, its snapshots for the backups."""
+    return layout.data / "mail" / "mail"
+
+
 def _hidden(layout: Layout, name: str, names: Sequence[str]) -> tuple[Path, ...]:
     """What unit `name` may not even see (InaccessiblePaths=): see the module's docstring."""
     data, keyring = layout.data, layout.data / "keyring"
@@ -516,6 +523,8 @@ def _service_spec(
             "HP_BACKUP_DIR": str(own),
             "HP_APPS_DIR": str(data / "apps"),
             "HP_CERTS_DIR": str(data / "certs" / "live"),
+            # the mail service's snapshots of its store, in every full backup
+            "HP_MAIL_DIR": str(mail_root(layout)),
         }
         # reads app snapshots whatever uid owns their files; restores snapshots there.
         extra = {

@@ -3,6 +3,7 @@ block lists; the views of a domain, of a person's mailbox and of the servers.
 
 Callers: the apps service (`register_app`, `register_client`, `remove_app` for an app's
 `sendmail` and `mailclient` addons), the notify service (`send`: the platform's own mail), the
+backup service (`snapshot`, `forget_snapshot`: the mail store in every full backup), the
 gateway (everything else: administrators manage domains and addresses, a person their
 own app passwords; the gateway's route table decides who may call what). The service checks
 what only it knows: that dns manages the domain, that the accounts and groups exist, that an
@@ -227,6 +228,17 @@ CONTRACT = Contract(
                 ),
             },
             required=["to", "subject", "text"],
+        ),
+        # The backup service (actor "system" only): a snapshot of the mail store in
+        # <mail root>/snapshots/<snapshot_id>/ for it to read (services/mail/snapshots.py);
+        # answers {mailboxes, files, bytes}. Then forgotten once stored.
+        "snapshot": obj(
+            {"snapshot_id": uuid(description="the backup's id for it (UUID)")},
+            required=["snapshot_id"],
+        ),
+        "forget_snapshot": obj(
+            {"snapshot_id": uuid(description="a snapshot's id (UUID)")},
+            required=["snapshot_id"],
         ),
     },
     queries={

@@ -24,6 +24,7 @@ from services.backup.projections import UpdateSnapshots
 from services.backup.service.apps import AppsPeer
 from services.backup.service.commands import Commands
 from services.backup.service.jobs import Engine
+from services.backup.service.mail import MailPeer
 from services.backup.service.queries import Queries
 from services.backup.service.scheduler import Scheduler
 
@@ -48,7 +49,10 @@ async def _parts(cfg: BackupConfig, svc: Service) -> AsyncIterator[None]:
         apps = AppsPeer(
             conn.client(), conn.store, timeout=cfg.apps_timeout, task_seconds=cfg.apps_task_seconds
         )
-        engine = Engine(cfg, conn.store, keys, apps)
+        mail = None
+        if cfg.mail_dir is not None:
+            mail = MailPeer(conn.client(), cfg.mail_dir.absolute(), timeout=cfg.mail_timeout)
+        engine = Engine(cfg, conn.store, keys, apps, mail=mail)
         await engine.fail_orphans()
         await engine.load_metrics()
         scheduler = Scheduler(engine, _now, seed=engine.seed)

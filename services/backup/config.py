@@ -37,6 +37,13 @@ class BackupConfig(ServiceConfig):
     apps_dir: Path = Path(".homeport/apps")
     # The certificates the platform backup holds.
     certs_dir: Path = Path(".homeport/certs")
+    # The mail service's mail root: a full backup holds a snapshot of its mail store, which the
+    # mail service writes into `<mail_dir>/snapshots` (None: no mail service to ask; the mail
+    # is not backed up).
+    mail_dir: Path | None = None
+    # How long the mail service may take to answer for a snapshot (hard links: seconds even
+    # for a large store).
+    mail_timeout: float = field(default=600.0, metadata=check(_positive, "seconds > 0"))
     events_stream: str = DEFAULT_STREAM
     events_prefix: str = DEFAULT_PREFIX
     # How long an apps task (snapshot, restore, install) may take before the job gives up.

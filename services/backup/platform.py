@@ -8,7 +8,8 @@
     certs/         the certificates folder (PEM files, the per-host links inside it)
     audit/         the signed checkpoints of the event chain and their public key, when taken
                    (libs/events/checkpoints.py; a copy off the server, not loaded back)
-    platform.json  {format, version, platform_version, time, apps: {app_id: snapshot id}}
+    platform.json  {format, version, platform_version, time, apps: {app_id: snapshot id},
+                   mail: the snapshot id of the run's mail backup, or null (absent: older)}
 
 An event line holds the row as stored: `data` and `meta` are the jsonb values' text (Postgres
 renders jsonb the same way every time, and parsing that text gives back the same jsonb, so the
@@ -106,6 +107,7 @@ async def dump_platform(
     apps: Mapping[str, str],
     platform_version: str,
     audit_dir: Path | None = None,
+    mail: str | None = None,
 ) -> None:
     """Write the platform backup folder `out_dir` (made 0700; must hold none of its files).
     With `audit_dir`: a copy of its signed checkpoints and their public key (never the key).
@@ -113,7 +115,8 @@ async def dump_platform(
     `keyring` is the backup service's own keyring: the keyrings of every service are taken
     from its folder (a `keyring` not named for a service is the shared one, for all).
     `conn` must not be inside a transaction: the events are read in one repeatable-read
-    snapshot of their own. `apps` maps app ids to the ids of the app backups of the same run.
+    snapshot of their own. `apps` maps app ids to the ids of the app backups of the same run,
+    `mail` is the id of its mail backup (none: the run stored none).
     No keyring at all is an error, a missing certificates folder an empty folder."""
     out_dir = Path(out_dir)
     await asyncio.to_thread(_prepare_out, out_dir)
@@ -128,6 +131,7 @@ async def dump_platform(
         "platform_version": platform_version,
         "time": dt.datetime.now(dt.UTC).isoformat(),
         "apps": dict(sorted(apps.items())),
+        "mail": mail,
         "events": {"count": count, "head_position": head[0], "head_hash": head[1].hex()},
     }
     await asyncio.to_thread(_write_new, out_dir / PLATFORM, _json_bytes(doc, indent=1), 0o600)
@@ -366,6 +370,8 @@ def read_platform_json(src_dir: Path) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in apps.items()
     ):
         raise PlatformError(f"{PLATFORM}: apps must map app ids to backup ids")
+    if not isinstance(doc.get("mail"), str | None):
+        raise PlatformError(f"{PLATFORM}: mail must be a backup id or null")
     return doc
 
 

@@ -129,6 +129,7 @@ async def _parts(cfg: MailConfig, now: Callable[[], float], svc: Service) -> Asy
             apps_imap_port=cfg.mail_apps_imap_port,
             apps_sieve_port=cfg.mail_apps_sieve_port,
             relay_networks=cfg.mail_relay_networks,
+            mail_root=cfg.mail_root,
             now=now,
         )
         sync = MailSync(

@@ -14,12 +14,15 @@ import asyncio
 import base64
 import hashlib
 import ipaddress
+import logging
 import re
 import secrets
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -35,6 +38,7 @@ from libs.events.inline import append_inline
 from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
 from services.mail import events as ev
+from services.mail import snapshots
 from services.mail.decide import ROLE_ADDRESSES
 from services.mail.errors import (
     InvalidRequest,
@@ -46,6 +50,7 @@ from services.mail.errors import (
 from services.mail.outbound import Outbound, RelayTarget, check_relay
 from services.mail.people import SYSTEM, People, Person, read_people
 from services.mail.projections import MailProjection
+from services.mail.render import Layout
 
 __all__ = [
     "APP_PASSWORD_BYTES",
@@ -56,6 +61,8 @@ __all__ = [
     "dkim_keypair",
     "next_selector",
 ]
+
+log = logging.getLogger("homeport.mail.commands")
 
 APP_PASSWORD_BYTES = 32  # 256 random bits, shown once
 DKIM_BITS = 2048
@@ -120,8 +127,10 @@ class Commands:
         apps_imap_port: int = 0,
         apps_sieve_port: int = 0,
         relay_networks: Sequence[str] = (),
+        mail_root: Path | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
+        self.mail_root = mail_root  # the servers' folder: its store and snapshots
         self.now = now  # the clock of new selectors (tests turn it)
         self.relay_networks = tuple(relay_networks)
         self.apps_host = apps_host  # where apps send (None: nowhere on this machine)
@@ -657,6 +666,39 @@ class Commands:
             html=payload.get("html"),
             from_name=payload.get("from_name"),
         )
+
+    # -- the mail store in backups --------------------------------------------------------------
+
+    @command("snapshot")
+    async def snapshot(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """A snapshot of the mail store for the backup service (services/mail/snapshots.py)."""
+        self._platform()
+        snapshot_id = str(uuid.UUID(payload["snapshot_id"]))
+        if self.mail_root is None:
+            raise MailServersError("this mail service keeps no mail store")
+        dest = snapshots.snapshot_dir(self.mail_root, snapshot_id)
+        store = Layout(self.mail_root).store
+        try:
+            taken = await asyncio.to_thread(snapshots.take, store, dest)
+        except FileExistsError:
+            raise MailConflict(f"snapshot {snapshot_id} exists already") from None
+        except OSError as e:
+            await asyncio.to_thread(shutil.rmtree, dest, True)
+            raise MailServersError(f"the mail store could not be copied: {e}") from None
+        log.info(
+            "mail snapshot %s: %d mailbox(es), %d files, %d bytes",
+            snapshot_id, taken.mailboxes, taken.files, taken.bytes,
+        )  # fmt: skip
+        return {"mailboxes": taken.mailboxes, "files": taken.files, "bytes": taken.bytes}
+
+    @command("forget_snapshot")
+    async def forget_snapshot(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self._platform()
+        snapshot_id = str(uuid.UUID(payload["snapshot_id"]))
+        if self.mail_root is None:
+            return {"forgotten": False}
+        gone = await asyncio.to_thread(snapshots.forget, self.mail_root, snapshot_id)
+        return {"forgotten": gone}
 
     # -- settings ----------------------------------------------------------------------------
 

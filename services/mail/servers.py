@@ -9,6 +9,7 @@ Layout under the root (render.Layout):
     run/dovecot, state/dovecot    Dovecot's base_dir (sockets) and state
     run/rspamd, rspamd-db         rspamd's run dir and database (hyperscan cache)
     store/<folder>/Maildir        the mailboxes (the vmail user)
+    snapshots/, restore-pending/  the store in backups (services/mail/snapshots.py)
     tls/self-signed.*             the certificate used while the model has none
 
 Every server reads its configuration through `conf` (Postfix `-c conf/postfix`, Dovecot
@@ -40,6 +41,7 @@ from pathlib import Path
 from types import TracebackType
 
 from libs.tls import self_signed_pem_apart
+from services.mail import snapshots
 from services.mail.errors import MailConfigRefused, MailServersError
 from services.mail.model import MailModel, ServersSettings
 from services.mail.render import Layout, RenderedFile, RenderError, render
@@ -819,6 +821,14 @@ class MailServers:
         _ensure_dir(lay.root / "run" / "rspamd-check", 0o700)
         _ensure_dir(lay.store, 0o700, *vmail)
         _ensure_dir(lay.tls, 0o700)
+        # a restored mail backup's store, before Dovecot delivers to any of its mailboxes;
+        # snapshots a backup cut short left
+        moved = snapshots.adopt(lay.root, lay.store, *vmail)
+        if moved:
+            log.info("the restored mail store taken in: %d mailbox(es)", len(moved))
+        stale = snapshots.forget_stale(lay.root)
+        if stale:
+            log.info("removed %d mail snapshot(s) a backup left a day ago or more", len(stale))
 
     # -- what runs --
 

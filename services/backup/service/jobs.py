@@ -41,6 +41,7 @@ from services.backup.repo import (
 )
 from services.backup.service import metrics
 from services.backup.service.apps import AppsPeer
+from services.backup.service.mail import MailPeer
 from services.backup.service.retention import select_kept
 from services.backup.service.settings import Settings, load_settings, make_target
 from services.backup.targets.base import Target, TargetError
@@ -110,12 +111,14 @@ class Engine:
         keys: Keyring,
         apps: AppsPeer,
         *,
+        mail: MailPeer | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.keys = keys
         self.apps = apps
+        self.mail = mail  # None: no mail service, the mail is not backed up
         self._sleep = sleep
         self.seed = str(cfg.data_dir.resolve())  # the daily jitter differs between machines
         self._queue: asyncio.Queue[_Queued | None] = asyncio.Queue()
@@ -295,8 +298,8 @@ class Engine:
     # -- back up ----------
 
     def back_up_job(self, run_id: str, app_ids: list[str] | None) -> Job:
-        """The job of one run: each app (all installed when `app_ids` is None), then the
-        platform when it is a full run."""
+        """The job of one run: each app (all installed when `app_ids` is None), then, when it
+        is a full run, the mail store and the platform."""
 
         async def job(task: Task) -> tuple[str, dict[str, Any] | None]:
             return await self._run_backup(task, run_id, app_ids)
@@ -320,7 +323,8 @@ class Engine:
             raise
         await self._started(stream, run_id, task, wanted, app_ids)
         done: dict[str, str] = {}
-        total = len(app_ids) + (1 if wanted is None else 0)
+        full = wanted is None
+        total = len(app_ids) + (1 if full else 0) + (1 if full and self.mail else 0)
         size = new = 0
         failures: list[str] = []
         unreachable = False
@@ -338,13 +342,29 @@ class Engine:
             done[app_id] = info.id
             size += info.stats.bytes
             new += info.stats.new_bytes
-        if wanted is None and not unreachable:
-            await task.progress(int(90 * len(app_ids) / max(total, 1)), "Backing up the platform")
+        mail: str | None = None
+        if full and self.mail is not None and not unreachable:
+            await task.progress(int(90 * len(app_ids) / max(total, 1)), "Backing up the mail")
             try:
-                info = await self._back_up_platform(repo, stream, run_id, done)
+                info_or_none = await self._back_up_mail(repo, stream, run_id)
+            except JobFailed as e:
+                await self._failed(stream, run_id, None, e.message)
+                failures.append(e.message)
+                unreachable = e.code == "target_unreachable"
+            else:
+                if info_or_none is not None:
+                    mail = info_or_none.id
+                    size += info_or_none.stats.bytes
+                    new += info_or_none.stats.new_bytes
+        if full and not unreachable:
+            await task.progress(int(90 * (total - 1) / max(total, 1)), "Backing up the platform")
+            try:
+                info = await self._back_up_platform(repo, stream, run_id, done, mail)
                 size += info.stats.bytes
                 new += info.stats.new_bytes
                 done["platform"] = info.id
+                if mail is not None:
+                    done["mail"] = mail
             except JobFailed as e:
                 await self._failed(stream, run_id, None, e.message)
                 failures.append(e.message)
@@ -447,8 +467,42 @@ class Engine:
         await self._completed(stream, run_id, info, app_id, time.monotonic() - started)
         return info
 
+    async def _back_up_mail(
+        self, repo: Repository, stream: str, run_id: str
+    ) -> SnapshotInfo | None:
+        """The mail store (a snapshot the mail service makes) stored; None when it holds no
+        mailbox yet (mail never turned on)."""
+        assert self.mail is not None
+        snapshot_id = str(uuid.uuid4())
+        try:
+            mailboxes = await self.mail.snapshot(snapshot_id, run_id)
+            if not mailboxes:
+                return None
+            folder = self.mail.folder(snapshot_id)
+            labels = {"kind": "mail", "run": run_id, "mailboxes": str(mailboxes)}
+            meta = {"kind": "mail", "run": run_id, "mailboxes": mailboxes}
+            started = time.monotonic()
+            info: SnapshotInfo = await self.retrying(
+                "storing the backup of the mail",
+                lambda: repo.backup(
+                    folder, meta, labels=labels, cache_dir=self.cfg.backup_dir / "cache"
+                ),
+            )
+        finally:
+            try:
+                await self.mail.forget(snapshot_id, run_id)
+            except JobFailed as e:  # removed by the mail service a day later
+                log.warning("mail snapshot %s not forgotten: %s", snapshot_id, e)
+        await self._completed(stream, run_id, info, None, time.monotonic() - started)
+        return info
+
     async def _back_up_platform(
-        self, repo: Repository, stream: str, run_id: str, apps: dict[str, str]
+        self,
+        repo: Repository,
+        stream: str,
+        run_id: str,
+        apps: dict[str, str],
+        mail: str | None = None,
     ) -> SnapshotInfo:
         tmp = self.cfg.backup_dir / "tmp" / f"platform-{run_id}"
         started = time.monotonic()
@@ -461,6 +515,7 @@ class Engine:
                     certs_dir=self.cfg.certs_dir,
                     out_dir=tmp,
                     apps=apps,
+                    mail=mail,
                     platform_version=_platform_version(),
                     audit_dir=audit_dir(self.cfg),
                 )
@@ -472,7 +527,7 @@ class Engine:
             listed = ",".join(sorted(apps.values()))
             if len(listed) <= _LABEL_MAX:  # else only in the sealed meta and platform.json
                 labels["apps"] = listed
-            meta = {"kind": "platform", "run": run_id, "apps": apps}
+            meta = {"kind": "platform", "run": run_id, "apps": apps, "mail": mail}
             info: SnapshotInfo = await self.retrying(
                 "storing the platform backup",
                 lambda: repo.backup(
@@ -703,6 +758,8 @@ class Engine:
 def _what(info: SnapshotInfo) -> str:
     if info.labels.get("kind") == "platform":
         return "the platform"
+    if info.labels.get("kind") == "mail":
+        return "the mail"
     return f"app {info.labels.get('location') or info.labels.get('app_id')}"
 
 

@@ -17,7 +17,8 @@ export function keyOf(text) {
   return m ? m[0] : String(text || "").trim();
 }
 
-const kindText = (b) => (b.kind === "platform" ? "Platform" : b.location || b.manifest_id || "App");
+const BACKUP_KINDS = { platform: "Platform", mail: "Mail" };
+const kindText = (b) => BACKUP_KINDS[b.kind] || b.location || b.manifest_id || "App";
 const reasonText = { backup: "backup", update: "before an update" };
 
 // -- target -----------------------------------------------------------------------------------
