@@ -935,6 +935,13 @@ class MailServers:
         except RenderError as e:
             raise MailConfigRefused(e.server, str(e)) from None
 
+    async def tls_changed(self, model: MailModel) -> bool:
+        """Whether the TLS files of `model` differ from those the servers loaded (a renewal in
+        place, or a stand-in made anew): `apply` then reloads Postfix and Dovecot."""
+        if self._tls_digest is None:
+            return False
+        return await self._tls(model) != self._tls_digest
+
     async def _tls(self, model: MailModel) -> str:
         """Make the fallback certificate if the model has none; a digest of the TLS files (when
         it changes, Postfix and Dovecot reload to serve the new ones)."""

@@ -68,6 +68,8 @@ class Servers(Protocol):
 
     async def usage(self) -> dict[str, tuple[int, int]] | None: ...
 
+    async def tls_changed(self, model: MailModel) -> bool: ...
+
 
 class DkimSteps(Protocol):
     """The command side's steps of a DKIM key rotation (services/mail/commands.py), taken
@@ -264,7 +266,7 @@ class MailSync:
             ):
                 other_keys.setdefault(k["domain"], []).append((k["selector"], k["dkim_public"]))
             await self._publish_records(rows, primary, hostname, other_keys)
-        if model == self.applied:
+        if model == self.applied and not await self._tls_renewed(model):
             return
         if self.servers is not None:
             if model.domains:
@@ -278,6 +280,17 @@ class MailSync:
             len(model.domains),
             len(model.mailboxes),
         )
+
+    async def _tls_renewed(self, model: MailModel) -> bool:
+        """Whether the certificate files the servers serve changed under the same paths (certs
+        renews in place; the self-signed stand-in is made anew when old): the model is then the
+        same, but Postfix and Dovecot must reload to serve the new certificate."""
+        if self.servers is None or not model.domains:
+            return False
+        renewed = await self.servers.tls_changed(model)
+        if renewed:
+            log.info("the mail host's certificate changed: Postfix and Dovecot reload")
+        return renewed
 
     async def _forwarding(self) -> list[ForwardingRow]:
         """Each mailbox's forwarding, its addresses unsealed; one that cannot be unsealed (its
