@@ -9,7 +9,9 @@ Live events come from JetStream: at start the projection catches up from Postgre
 the events stream from the first message after its checkpoint (found by binary search over the
 `Hp-Position` header, which the relay keeps increasing with the stream sequence), in order.
 On any error it starts again from its checkpoint. `rebuild()` resets the read model and replays
-from Postgres directly, page by page.
+from Postgres directly, page by page; a projection that allows it (`parallel_rebuild`) is rebuilt
+over ranges of positions on several connections at once, its checkpoint at -1 meanwhile: a
+rebuild cut short that way is started over (read model emptied) by the next apply.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "Projection",
     "ProjectionError",
     "ProjectionRunner",
+    "StartOver",
     "known_projections",
     "register_projection",
     "replay_by_name",
@@ -61,6 +64,10 @@ _IDENT = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
 class ProjectionError(Exception):
     """A projection is misdeclared or unknown."""
+
+
+class StartOver(Exception):
+    """The read model is not whole (a parallel rebuild was cut short): catch up from its start."""
 
 
 class Projection(ABC):
@@ -75,6 +82,10 @@ class Projection(ABC):
     # for live batches, catch-up and rebuilds alike, and `apply()` is not called. It sees events
     # as stored (not upcast), so it suits projections of the envelope more than of `data`.
     page_sql: ClassVar[str | None] = None
+    # A page_sql whose rows depend only on the events of their page (no upsert of a row that
+    # events of another page write too) may be rebuilt over ranges of positions on several
+    # connections at once: `ProjectionRunner.rebuild` then uses `rebuild_workers` of them.
+    parallel_rebuild: ClassVar[bool] = False
 
     @classmethod
     def for_replay(cls) -> Projection:
@@ -121,6 +132,7 @@ class ProjectionRunner:
         batch: int = 500,
         fetch_timeout: float = 1.0,
         page_size: int = 5000,
+        rebuild_workers: int = 2,
     ) -> None:
         for what, value in (("name", projection.name), ("schema", projection.schema)):
             if not _IDENT.match(value):
@@ -134,6 +146,7 @@ class ProjectionRunner:
         self.fetch_timeout = fetch_timeout
         self.page_size = page_size
         self.sql_page_size = max(page_size, 20_000)  # set-based pages cost no Python memory
+        self.rebuild_workers = rebuild_workers  # connections at once (parallel_rebuild)
         self.applied = 0  # events applied by this runner (not skipped)
         self._key = _lock_key(projection.name)
         self._stop = asyncio.Event()
@@ -187,19 +200,41 @@ class ProjectionRunner:
             or 0
         )
 
+    async def _locked_checkpoint(self, conn: asyncpg.Connection, *, heal: bool) -> int:
+        """In the caller's transaction: the projection's lock, and its checkpoint. One at -1
+        is a parallel rebuild that did not finish: with `heal` the read model is emptied and
+        the checkpoint set to 0 (the caller applies from the start), else `StartOver` (a batch
+        of live events must not be applied on an incomplete model: `run()` catches up)."""
+        s = self.projection.schema
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", self._key)
+        cp = int(
+            await conn.fetchval(
+                f"SELECT position FROM {s}.checkpoints WHERE name = $1 FOR UPDATE",  # noqa: S608 - schema checked by _IDENT
+                self.name,
+            )
+        )
+        if cp < 0 and not heal:
+            raise StartOver(f"projection {self.name}: a rebuild was cut short")
+        if cp < 0:
+            log.warning(
+                "a rebuild of the projection was cut short: it starts over",
+                extra={"projection": self.name},
+            )
+            await self.projection.reset(conn)
+            await conn.execute(
+                f"UPDATE {s}.checkpoints SET position = 0, updated_at = now() WHERE name = $1",  # noqa: S608 - schema checked by _IDENT
+                self.name,
+            )
+            cp = 0
+        return cp
+
     async def _apply_in(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> int:
         """One transaction: lock, skip what the checkpoint covers, apply, move the checkpoint."""
         if not events:
             return 0
         s = self.projection.schema
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._key)
-            cp = int(
-                await conn.fetchval(
-                    f"SELECT position FROM {s}.checkpoints WHERE name = $1 FOR UPDATE",  # noqa: S608 - schema checked by _IDENT
-                    self.name,
-                )
-            )
+            cp = await self._locked_checkpoint(conn, heal=False)
             fresh = [e for e in events if e.position > cp]
             if not fresh:
                 return 0
@@ -243,11 +278,7 @@ class ProjectionRunner:
         """
         s = self.projection.schema
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._key)
-            cp = await conn.fetchval(
-                f"SELECT position FROM {s}.checkpoints WHERE name = $1 FOR UPDATE",  # noqa: S608 - schema checked by _IDENT
-                self.name,
-            )
+            cp = await self._locked_checkpoint(conn, heal=True)
             row = await conn.fetchrow(
                 "WITH page AS (SELECT * FROM events.events WHERE position > $1 "  # noqa: S608 - page_sql is code, not input
                 "ORDER BY position LIMIT $2), "
@@ -308,7 +339,10 @@ class ProjectionRunner:
                         self.name,
                     )
                 position = 0
-                while self._set_based:
+                parallel = self._set_based and self._workers() > 1
+                if parallel:
+                    total = await self._rebuild_parallel(conn, progress)
+                while self._set_based and not parallel:
                     done = await self._apply_page_sql(conn)
                     if done is None:
                         break
@@ -331,6 +365,69 @@ class ProjectionRunner:
                     await conn.execute("SELECT pg_advisory_unlock($1)", self._key)
         return total
 
+    def _workers(self) -> int:
+        """Connections a rebuild of this projection uses at once (besides the one holding
+        the lock): its own wish, within what the pool can give."""
+        if not self.projection.parallel_rebuild:
+            return 1
+        return max(1, min(self.rebuild_workers, int(self.store.pool.get_max_size()) - 1))
+
+    async def _rebuild_parallel(
+        self, conn: asyncpg.Connection, progress: Callable[[int], None] | None
+    ) -> int:
+        """The events up to the last one now, in ranges of `sql_page_size` positions, through
+        `page_sql` on `_workers()` connections at once (each range one transaction); then the
+        checkpoint, from -1 (a rebuild under way) to the last position. `conn` holds the
+        projection's lock throughout, so no live apply runs meanwhile. Events appended during
+        the rebuild are applied after it, from the checkpoint."""
+        s = self.projection.schema
+        bounds = await conn.fetchrow("SELECT min(position), max(position) FROM events.events")
+        if bounds is None or bounds[1] is None:
+            return 0
+        first, last = int(bounds[0]), int(bounds[1])
+        await conn.execute(
+            f"UPDATE {s}.checkpoints SET position = -1, updated_at = now() WHERE name = $1",  # noqa: S608 - schema checked by _IDENT
+            self.name,
+        )
+        size = self.sql_page_size
+        ranges = [(lo, min(lo + size, last)) for lo in range(first - 1, last, size)]
+        todo = iter(enumerate(ranges))
+        finished: set[int] = set()  # indexes into `ranges`
+        reported = 0  # ranges done without a gap before them
+        total = 0
+        statement = (
+            "WITH page AS (SELECT * FROM events.events "  # noqa: S608 - page_sql is code, not input
+            "WHERE position > $1 AND position <= $2), "
+            f"applied AS ({self.projection.page_sql}) SELECT count(*) FROM applied"
+        )
+
+        async def worker() -> None:
+            nonlocal total, reported
+            async with self.store.pool.acquire() as c:
+                for i, (lo, hi) in todo:
+                    async with c.transaction():
+                        n = int(await c.fetchval(statement, lo, hi))
+                    total += n  # not `total += await ...`: that reads total before the wait
+                    finished.add(i)
+                    while reported in finished:
+                        reported += 1
+                        if progress is not None:
+                            progress(ranges[reported - 1][1])
+
+        try:
+            async with asyncio.TaskGroup() as group:  # one fails: the others are cancelled
+                for _ in range(self._workers()):
+                    group.create_task(worker())
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # what a rebuild on one connection raises
+        await conn.execute(
+            f"UPDATE {s}.checkpoints SET position = $2, updated_at = now() WHERE name = $1",  # noqa: S608 - schema checked by _IDENT
+            self.name,
+            last,
+        )
+        self.applied += total
+        return total
+
     # -- live ----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -346,6 +443,7 @@ class ProjectionRunner:
                     await self._follow_jetstream(self.nc.jetstream())
                 delay = 0.2
             except (
+                StartOver,
                 nats.errors.Error,
                 nats.js.errors.Error,
                 OSError,

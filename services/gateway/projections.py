@@ -80,6 +80,7 @@ class ActivityProjection(Projection):
     schema: ClassVar[str] = "gateway"
     migrations: ClassVar[Path | None] = Path(__file__).parent / "migrations"
     page_sql: ClassVar[str | None] = _PAGE_SQL
+    parallel_rebuild: ClassVar[bool] = True  # a row per event, from that event alone
 
     async def reset(self, conn: asyncpg.Connection) -> None:
         await conn.execute("TRUNCATE gateway.activity")
