@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +35,7 @@ from services.mail.projections import MailProjection
 from services.mail.queries import Queries
 from services.mail.records import FoundRecords
 from services.mail.render import Layout
+from services.mail.sieve_send import SieveSender
 from services.mail.sync import MailSync
 
 __all__ = ["build", "servers_settings"]
@@ -72,7 +74,12 @@ def servers_settings(cfg: MailConfig, *, auth_port: int, auth_token: str) -> Ser
         apps_sieve_port=cfg.mail_apps_sieve_port,
         nameservers=cfg.mail_nameservers,
         vmail_user=cfg.mail_vmail_user,
+        sieve_send=True,
     )
+
+
+def _vmail_gid(user: str) -> int:
+    return pwd.getpwnam(user).pw_gid
 
 
 @asynccontextmanager
@@ -117,6 +124,10 @@ async def _parts(cfg: MailConfig, now: Callable[[], float], svc: Service) -> Asy
             relay_from=cfg.mail_platform_from,
             relay_networks=cfg.mail_relay_networks,
         )
+        if servers is not None:  # what Sieve sends (away messages, redirects)
+            sieve = SieveSender(outbound.submit_raw)
+            await sieve.start(servers.lay.sieve_socket, _vmail_gid(cfg.mail_vmail_user))
+            stack.push_async_callback(sieve.stop)
         commands = Commands(
             conn.store,
             keys,

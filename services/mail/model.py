@@ -117,4 +117,7 @@ class ServersSettings:
     apps_sieve_port: int = 4191
     nameservers: tuple[str, ...] = ()  # rspamd's DNS ("127.0.0.1:5300"); () = the system's
     vmail_user: str = "mail"  # owns the mail store; Dovecot delivers and reads as it
+    # Sieve may send (away messages, redirects) through the mail service's endpoint
+    # (services/mail/sieve_send.py at Layout.sieve_socket); off: such scripts are refused
+    sieve_send: bool = False
     rspamd_user: str = "_rspamd"

@@ -429,16 +429,33 @@ class Outbound:
         )
         return {"via": via, "message_id": message_id, "refused": refused}
 
+    @contextmanager
+    def _platform_session(self) -> Iterator[smtplib.SMTP]:
+        """Signed in on the local servers' platform listener (STARTTLS, then `_homeport`)."""
+        if self.listener is None:
+            raise MailServersError("no mail servers run here")
+        with _SocketSMTP(self.listener, _SEND_DEADLINE) as client:
+            client.connect("localhost")
+            client.ehlo()
+            client.starttls(context=_unverified())
+            client.ehlo()
+            client.login(PLATFORM_LOGIN, self.login.password)
+            yield client
+
     def _local(self, msg: EmailMessage, sender: str, to: Sequence[str]) -> list[str]:
-        assert self.listener is not None
-        with _translated("the local mail server", sender, to):
-            with _SocketSMTP(self.listener, _SEND_DEADLINE) as client:
-                client.connect("localhost")
-                client.ehlo()
-                client.starttls(context=_unverified())
-                client.ehlo()
-                client.login(PLATFORM_LOGIN, self.login.password)
-                return _send(client, msg, sender, to)
+        with _translated("the local mail server", sender, to), self._platform_session() as client:
+            return _send(client, msg, sender, to)
+
+    def submit_raw(self, sender: str, to: Sequence[str], raw: bytes) -> list[str]:
+        """A message as it is (a Sieve reply or redirect, services/mail/sieve_send.py) through
+        the local servers' platform listener, from `sender` ("" for the null sender); the
+        recipients refused. Errors as `send`'s (MailServersError: try again later)."""
+        with (
+            _translated("the local mail server", sender or "<>", to),
+            self._platform_session() as client,
+        ):
+            refused = client.sendmail(sender, list(to), raw)
+            return [a for a in to if a in refused]
 
     def _relay(
         self, relay: RelayTarget, msg: EmailMessage, sender: str, to: Sequence[str]

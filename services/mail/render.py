@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.mail.model import MESSAGE_LIMIT, Mailbox, MailDomain, MailModel, ServersSettings
+from services.mail.sieve_send import sendmail_program
 
 __all__ = [
     "PLATFORM_SERVICE",
@@ -126,6 +127,12 @@ class Layout:
         """Where the mail service submits the platform's own mail (services/mail/outbound.py):
         Postfix's private folder, which only root and Postfix can enter."""
         return self.queue / "private" / PLATFORM_SERVICE
+
+    @property
+    def sieve_socket(self) -> Path:
+        """Where Dovecot's sendmail for Sieve hands messages to the mail service
+        (services/mail/sieve_send.py): a folder of root and the mail store's group."""
+        return self.root / "run" / "sieve" / "send.sock"
 
     @property
     def rspamd_run(self) -> Path:
@@ -646,6 +653,17 @@ def _dovecot(
     # require TLS (ssl = required), submission refuses AUTH before TLS (smtpd_tls_auth_only).
     plaintext = "no" if model.apps_listen else "yes"
     imap_plain, sieve_apps, trusted = _clients(model, s)
+    if s.sieve_send:
+        # Away messages and redirects leave through the mail service (sieve_send.py), signed
+        # in on Postfix's platform listener and DKIM-signed; a redirect goes out from the
+        # mailbox's own address, so SPF holds at the next server and bounces come back here.
+        sieve_sending = "  sieve_max_redirects = 4\n  sieve_redirect_envelope_from = recipient"
+    else:
+        # Nothing sends for Sieve: scripts that would send (vacation, redirect) are refused
+        # when they are kept, instead of failing unseen at delivery.
+        sieve_sending = (
+            "  sieve_extensions = -vacation -vacation-seconds\n  sieve_max_redirects = 0"
+        )
     # The users file and the Lua script are named through `conf`, not this generation: Dovecot
     # reads the users file again at each look-up, and a Dovecot not reloaded (Postfix-only
     # changes) must still find it once its own generation is gone (a CI run saw "unknown user").
@@ -660,6 +678,7 @@ hostname = {model.hostname}
 log_path = /dev/stderr
 log_timestamp = "%Y-%m-%d %H:%M:%S "
 shutdown_clients = yes
+{"sendmail_path = " + str(lay.conf) + "/dovecot/sendmail" if s.sieve_send else ""}
 
 ssl = required
 ssl_cert = <{cert}
@@ -764,15 +783,18 @@ plugin {{
   quota_status_nouser = DUNNO
   quota_status_overquota = "{QUOTA_REFUSAL}"
   sieve = file:~/sieve;active=~/.dovecot.sieve
-  # Nothing here sends mail for Dovecot yet (its sendmail would write into the system's
-  # Postfix, not this one): scripts that would send (vacation, redirect) are refused when
-  # they are kept, instead of failing unseen at delivery. Forwarding is the mail service's.
-  sieve_extensions = -vacation -vacation-seconds
-  sieve_max_redirects = 0
+{sieve_sending}
 }}
 """
     lua = _AUTH_LUA.format(url=_lua_string(s.auth_url), token=_lua_string(s.auth_token))
+    sending = {}
+    if s.sieve_send:
+        sending["dovecot/sendmail"] = RenderedFile(
+            sendmail_program(_path("dovecot", lay.sieve_socket, "sieve socket")).encode(),
+            mode=0o755,
+        )
     return {
+        **sending,
         "dovecot/dovecot.conf": RenderedFile(text.encode()),
         "dovecot/users": RenderedFile(_lines(users), mode=0o640, group="dovecot"),
         # holds the token the mail service checks: root and Dovecot's auth only

@@ -820,6 +820,8 @@ class MailServers:
         _ensure_dir(lay.milter_socket.parent, 0o750, rspamd[0], _group_id("postfix"))
         _ensure_dir(lay.root / "run" / "rspamd-check", 0o700)
         _ensure_dir(lay.store, 0o700, *vmail)
+        # Dovecot's sendmail for Sieve (as the store's user) reaches the mail service here
+        _ensure_dir(lay.sieve_socket.parent, 0o750, 0, vmail[1])
         _ensure_dir(lay.tls, 0o700)
         # a restored mail backup's store, before Dovecot delivers to any of its mailboxes;
         # snapshots a backup cut short left

@@ -192,9 +192,11 @@ def test_a_script_with_a_syntax_error_is_refused_and_the_active_one_stays(
 def test_scripts_that_would_send_mail_are_refused_or_keep_the_message(
     alice_sieve: MailStack,
 ) -> None:
-    """Nothing sends for Sieve yet: an away message is refused at PUTSCRIPT with the reason;
-    a redirect (part of Sieve itself, so it cannot be refused there) is not done and the
-    message is kept in the inbox, never lost."""
+    """Servers rendered without the mail service's endpoint for what Sieve sends (the
+    worker's servers run without the service; with it: tests/mail/test_sieve_send.py): an
+    away message is refused at PUTSCRIPT with the reason; a redirect (part of Sieve itself,
+    so it cannot be refused there) is not done and the message is kept in the inbox, never
+    lost."""
     stack = alice_sieve
     away = 'require ["vacation"];\nvacation :days 1 "I am away";\n'
     redirect = 'redirect "someone@outside.test";\n'
