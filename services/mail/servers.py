@@ -59,6 +59,7 @@ _STOP_DEADLINE = 15.0
 _PROBE_DEADLINE = 3.0
 _USAGE_DEADLINE = 3.0  # doveadm quota get: well under the gateway's wait for the query
 _POLL = 0.1
+_STORE_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")  # render.py's mailbox folders
 _BACKOFF_FIRST = 1.0
 _BACKOFF_MAX = 60.0
 _STEADY = 60.0  # a server that ran this long before dying restarts without waiting
@@ -1120,6 +1121,24 @@ class MailServers:
                             "mail server did not restart",
                             extra={"server": m.name, "error": str(e), "wait_s": delay},
                         )
+
+    # -- the mail store --
+
+    def store_folders(self) -> list[str]:
+        """The mailbox folders in the mail store (folders only; a link is not one)."""
+        try:
+            with os.scandir(self.lay.store) as it:
+                return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
+
+    async def remove_store(self, folder: str) -> None:
+        """Delete a mailbox's folder and all its mail (an account that was deleted)."""
+        if not _STORE_FOLDER.fullmatch(folder):
+            raise MailServersError(f"{folder!r} is not a mailbox folder")
+        path = self.lay.store / folder
+        # rmtree works through directory descriptors: a link planted inside is not followed
+        await asyncio.to_thread(shutil.rmtree, path)
 
     # -- usage --
 

@@ -70,6 +70,10 @@ class Servers(Protocol):
 
     async def tls_changed(self, model: MailModel) -> bool: ...
 
+    def store_folders(self) -> list[str]: ...
+
+    async def remove_store(self, folder: str) -> None: ...
+
 
 class DkimSteps(Protocol):
     """The command side's steps of a DKIM key rotation (services/mail/commands.py), taken
@@ -99,6 +103,7 @@ class MailSync:
     now: Callable[[], float] = time.time  # the clock of those steps (tests turn it)
     last_error: str | None = None
     rounds: int = 0  # rounds ended
+    removed_stores: int = 0  # mailboxes of deleted accounts removed
     _begun: int = 0
     applied: MailModel | None = None
     applied_at: float | None = None
@@ -266,6 +271,7 @@ class MailSync:
             ):
                 other_keys.setdefault(k["domain"], []).append((k["selector"], k["dkim_public"]))
             await self._publish_records(rows, primary, hostname, other_keys)
+        await self._remove_deleted_mailboxes()
         if model == self.applied and not await self._tls_renewed(model):
             return
         if self.servers is not None:
@@ -280,6 +286,25 @@ class MailSync:
             len(model.domains),
             len(model.mailboxes),
         )
+
+    async def _remove_deleted_mailboxes(self) -> None:
+        """The mail of a deleted account is deleted too: each folder of the mail store whose
+        account identity recorded as deleted (`UserDeleted` on its stream; an account merely
+        missing from identity's answer, or disabled, keeps its mail) goes, with its mail."""
+        if self.servers is None:
+            return
+        folders = await asyncio.to_thread(self.servers.store_folders)
+        if not folders:
+            return
+        deleted = await self.pool.fetch(
+            "SELECT DISTINCT substr(stream, 6) AS folder FROM events.events"
+            " WHERE stream = ANY($1::text[]) AND type = 'UserDeleted'",
+            [f"user-{f}" for f in folders],
+        )
+        for r in deleted:
+            await self.servers.remove_store(r["folder"])
+            self.removed_stores += 1
+            log.info("the mailbox of deleted account %s removed with its mail", r["folder"][:8])
 
     async def _tls_renewed(self, model: MailModel) -> bool:
         """Whether the certificate files the servers serve changed under the same paths (certs

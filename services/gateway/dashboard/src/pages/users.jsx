@@ -185,8 +185,8 @@ export function Users() {
       >
         <p>
           This deletes the account of <strong>{nameOf(user)}</strong> ({user.email}): they can no longer sign in to Homeport or to the apps it
-          opens for them; their sessions, API tokens, two-step sign-in and group memberships go, and their name and email are erased for
-          good.
+          opens for them; their sessions, API tokens, two-step sign-in and group memberships go, their mailbox is deleted with all its
+          mail, and their name and email are erased for good.
         </p>
         <p>
           <strong>This cannot be undone.</strong> To only stop them signing in, disable the account instead.
