@@ -27,8 +27,10 @@ __all__ = [
     "MAX_FORWARD",
     "MAX_QUOTA",
     "MAX_SEND_TO",
+    "MAX_SPF_TERMS",
     "RECIPIENT_PATTERN",
     "SENDER_PATTERN",
+    "SPF_TERMS_PATTERN",
 ]
 
 # Letters, digits and . _ - (no leading or trailing dot, no '+': it separates a tag).
@@ -53,6 +55,14 @@ RECIPIENT_PATTERN = (
     rf"^(?=[^@]{{1,64}}@){_ATEXT}+(\.{_ATEXT}+)*"
     rf"@({_LABEL}\.)+[A-Za-z]([A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?$"
 )
+# What a relay's provider asks its customers to add to their SPF record: 1 to MAX_SPF_TERMS
+# mechanisms, one space apart, each `include:`, `a:` or `mx:` with a domain, or `ip4:`/`ip6:`
+# with an address or network (the service checks the addresses and the domain names).
+_SPF_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"  # _spf.provider.net is usual
+_SPF_DOMAIN = rf"({_SPF_LABEL}\.)+[A-Za-z]([A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?"
+_SPF_TERM = rf"((include|a|mx):{_SPF_DOMAIN}|ip4:[0-9./]{{7,18}}|ip6:[0-9A-Fa-f:./]{{2,49}})"
+MAX_SPF_TERMS = 5
+SPF_TERMS_PATTERN = rf"^{_SPF_TERM}( {_SPF_TERM}){{0,{MAX_SPF_TERMS - 1}}}$"
 # One line of a header: no control character (CR, LF, NUL...) nor a Unicode line break.
 _HEADER_TEXT = r"^[^\x00-\x1f\x7f\x85\u2028\u2029]*$"
 MAX_ALIAS_USERS = 100
@@ -158,6 +168,15 @@ CONTRACT = Contract(
                 "username": nullable(string(maxLength=256, pattern=r"^[^\x00-\x20\x7f:]+$")),
                 "password": nullable(
                     string(maxLength=256, writeOnly=True, pattern=r"^[^\x00-\x1f\x7f]+$")
+                ),
+                # published in every mail domain's SPF record while the relay is set
+                "spf": nullable(
+                    string(
+                        maxLength=300,
+                        pattern=SPF_TERMS_PATTERN,
+                        description="what the relay's provider asks you to add to your SPF "
+                        "record, e.g. include:spf.provider.net (up to 5 terms, one space apart)",
+                    )
                 ),
                 # a test message goes there through the relay first; refused: nothing kept
                 "test_to": nullable(

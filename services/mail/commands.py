@@ -625,6 +625,7 @@ class Commands:
         username: str | None = payload.get("username")
         password: str | None = payload.get("password")
         test_to: str | None = payload.get("test_to")
+        spf = _spf_terms(payload.get("spf"))
         if (username is None) != (password is None):
             missing = "password" if password is None else "username"
             raise InvalidRequest("a relay sign-in needs both username and password", field=missing)
@@ -640,10 +641,12 @@ class Commands:
             if password is None
             else await asyncio.to_thread(self.keyring.seal_for, ev.SETTINGS_STREAM, password)
         )
-        new = ev.MailRelaySet(host=host, port=port, tls=tls, username=username, password=sealed)
+        new = ev.MailRelaySet(
+            host=host, port=port, tls=tls, username=username, password=sealed, spf=spf
+        )
         async with self._lock(ev.SETTINGS_STREAM):
             await self._append(ev.SETTINGS_STREAM, [new])
-        return {"host": host, "port": port, "tls": tls, "username": username}
+        return {"host": host, "port": port, "tls": tls, "username": username, "spf": spf}
 
     @command("clear_relay")
     async def clear_relay(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -713,6 +716,33 @@ class Commands:
 
 def _seal_all(keyring: Keyring, subject: str, values: Sequence[str]) -> list[str]:
     return [keyring.seal_for(subject, v) for v in values]
+
+
+def _spf_terms(value: str | None) -> str | None:
+    """The relay's SPF addition checked term by term (the contract has their shape): a domain
+    with a dot and letters last, an IPv4 or IPv6 address or network of that version; lower
+    case. InvalidRequest naming `spf`."""
+    if value is None:
+        return None
+    terms = []
+    for term in value.split(" "):
+        kind, _, rest = term.partition(":")
+        if kind in ("ip4", "ip6"):
+            try:
+                net = ipaddress.ip_network(rest, strict=False)
+            except ValueError:
+                net = None
+            if net is None or net.version != int(kind[-1]):
+                raise InvalidRequest(
+                    f"spf has {term[:60]!r}, which is not an IPv{kind[-1]} address or network",
+                    field="spf",
+                )
+            terms.append(f"{kind}:{rest.lower()}")
+        else:
+            if len(rest) > 253 or any(len(label) > 63 for label in rest.split(".")):
+                raise InvalidRequest(f"spf has {term[:60]!r}, which names no domain", field="spf")
+            terms.append(f"{kind}:{rest.lower()}")
+    return " ".join(terms)
 
 
 def _app_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -281,6 +281,7 @@ class MailRelaySet:
     tls: str  # "starttls" or "tls"
     username: str | None
     password: str | None  # sealed
+    spf: str | None = None  # added to every mail domain's SPF record (the provider's include)
 
     def summary(self) -> str:
         return f"outgoing mail relayed through {self.host}:{self.port}"

@@ -79,14 +79,17 @@ def expected_records(
     selector: str,
     public: str,
     other_keys: Sequence[tuple[str, str]] = (),
+    relay_spf: str | None = None,
 ) -> list[dict[str, Any]]:
     """The records mail for `domain` needs (MX to the primary domain's mail host, SPF, DKIM of
     the signing key and of `other_keys` (selector, public: a rotation's next and replaced
     keys), DMARC), as dns takes them (TXT text unquoted: dns splits it into 255-byte strings);
-    the sync writes them through the dns service as owner `mail`."""
+    the sync writes them through the dns service as owner `mail`. `relay_spf`: what the
+    relay's provider asks to add to SPF (its senders), while mail leaves through it."""
+    spf = f"v=spf1 mx {relay_spf} -all" if relay_spf else "v=spf1 mx -all"
     return [
         {"name": domain, "type": "MX", "values": [f"10 mail.{primary}"]},
-        {"name": domain, "type": "TXT", "values": ["v=spf1 mx -all"]},
+        {"name": domain, "type": "TXT", "values": [spf]},
         dkim_record(domain, selector, public),
         *(dkim_record(domain, s, p) for s, p in other_keys),
         {
@@ -309,7 +312,7 @@ class Queries:
         r = (await read_settings(self.pool)).relay
         if r is None:
             return {"relay": None}
-        return {"relay": {k: r.get(k) for k in ("host", "port", "tls", "username")}}
+        return {"relay": {k: r.get(k) for k in ("host", "port", "tls", "username", "spf")}}
 
     @query("status")
     async def status(self, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -270,7 +270,8 @@ class MailSync:
                 "SELECT domain, selector, dkim_public FROM mail.dkim_keys ORDER BY since, selector"
             ):
                 other_keys.setdefault(k["domain"], []).append((k["selector"], k["dkim_public"]))
-            await self._publish_records(rows, primary, hostname, other_keys)
+            relay_spf = settings.relay.get("spf") if settings.relay else None
+            await self._publish_records(rows, primary, hostname, other_keys, relay_spf)
         await self._remove_deleted_mailboxes()
         if model == self.applied and not await self._tls_renewed(model):
             return
@@ -432,6 +433,7 @@ class MailSync:
         primary: str,
         host: str,
         other_keys: Mapping[str, list[tuple[str, str]]],
+        relay_spf: str | None = None,
     ) -> None:
         """The records of each domain through dns (owner `mail`), once per change of them."""
         try:
@@ -441,7 +443,9 @@ class MailSync:
             view = {}
         for r in rows:
             others = other_keys.get(r["domain"], [])
-            wanted = expected_records(r["domain"], primary, r["selector"], r["dkim_public"], others)
+            wanted = expected_records(
+                r["domain"], primary, r["selector"], r["dkim_public"], others, relay_spf
+            )
             if r["domain"] == primary:
                 for rtype, field_name in (("A", "server_ipv4"), ("AAAA", "server_ipv6")):
                     if view.get(field_name):

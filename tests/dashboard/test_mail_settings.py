@@ -242,8 +242,16 @@ async def test_relay_form_shows_the_check_and_its_error_and_block_lists_save(
         await expect(host_error).to_have_count(0)
         assert (await ok(ed, "GET", "/mail/relay", admin))["relay"] is None
 
-        # -- the right password: kept, said, never shown back
+        # -- the right password, and an SPF addition the API refuses: the error at its field
         await relay.get_by_label("Password", exact=True).fill(RELAY_PASSWORD)
+        await relay.get_by_label("Add to the SPF record").fill("include:spf..relay.test")
+        await relay.get_by_role("button", name="Save relay").click()
+        spf_error = field_error(relay, "Add to the SPF record")
+        await expect(spf_error).to_contain_text("The SPF addition has the wrong form")
+        assert (await ok(ed, "GET", "/mail/relay", admin))["relay"] is None
+
+        # -- then right: kept, said, the password never shown back
+        await relay.get_by_label("Add to the SPF record").fill("  include:_spf.relay.test ")
         await relay.get_by_role("button", name="Save relay").click()
         await expect(relay.get_by_role("status").first).to_contain_text(
             "Saved: mail to other domains now leaves through 127.0.0.1."
@@ -257,12 +265,16 @@ async def test_relay_form_shows_the_check_and_its_error_and_block_lists_save(
             "port": smart.port,
             "tls": "tls",
             "username": RELAY_LOGIN,
+            "spf": "include:_spf.relay.test",
         }
         await expect(relay.get_by_label("Password", exact=True)).to_have_value("")
         await expect(relay.get_by_text("A password is saved; it is never shown.")).to_be_visible()
         await page.reload()
         await expect(relay.get_by_label("Host")).to_have_value("127.0.0.1")
         await expect(relay.get_by_label("Username")).to_have_value(RELAY_LOGIN)
+        await expect(relay.get_by_label("Add to the SPF record")).to_have_value(
+            "include:_spf.relay.test"
+        )
         await expect(relay.get_by_label("Password", exact=True)).to_have_value("")
         assert RELAY_PASSWORD not in await page.content()
         # saving again without the password asks for it (the relay is checked with it)

@@ -242,12 +242,21 @@ async def test_a_relay_is_kept_only_once_it_took_the_sign_in(world: World) -> No
         assert (e.value.code, e.value.field) == ("invalid", field), e.value
     assert (await w.mail.ask("relay", {}))["relay"] is None
     kim_pw = "kim's long password 1"
-    await w.mail.cmd("set_relay", {**good, "username": "kim", "password": kim_pw})
+    assert resolve(w.zone, w.domain, "TXT") == ['"v=spf1 mx -all"']
+    spf = "include:_spf.Provider.example ip4:203.0.113.0/24 ip6:2001:DB8::/48"
+    await w.mail.cmd("set_relay", {**good, "username": "kim", "password": kim_pw, "spf": spf})
     shown = (await w.mail.ask("relay", {}))["relay"]
-    assert shown == {**good, "username": "kim"}
+    spf = spf.lower()
+    assert shown == {**good, "username": "kim", "spf": spf}
     (_, data), *_ = reversed(await w.mail.events("mail-settings"))
     assert kim_pw not in json.dumps(data) and data["password"]
     status = await w.mail.ask("status", {"wait": True})
     assert status["running"] and status["last_error"] is None, status
+    # the provider's senders are in the domain's SPF record while mail leaves through it
+    assert resolve(w.zone, w.domain, "TXT") == [f'"v=spf1 mx {spf} -all"']
+    view = await w.mail.ask("domain", {"domain": w.domain})
+    assert f"v=spf1 mx {spf} -all" in [v for r in view["records"] for v in r["values"]]
     await w.mail.cmd("clear_relay", {})
     assert (await w.mail.ask("relay", {}))["relay"] is None
+    await w.mail.ask("status", {"wait": True})
+    assert resolve(w.zone, w.domain, "TXT") == ['"v=spf1 mx -all"']

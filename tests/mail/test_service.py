@@ -275,6 +275,21 @@ async def test_a_relay_password_or_name_with_a_line_break_is_refused_before_any_
         ({"username": "kim", "password": "pw\nmail from:<x@y>"}, "password"),
         ({"username": "kim\r\nrcpt", "password": "pw"}, "username"),
         ({"username": "kim", "password": "pw\x00"}, "password"),
+        # the SPF addition: mechanisms that authorise senders, nothing that ends or bends it
+        ({"spf": "all"}, "spf"),
+        ({"spf": "+all"}, "spf"),
+        ({"spf": "include:spf.example.net -all"}, "spf"),
+        ({"spf": "redirect=evil.example"}, "spf"),
+        ({"spf": "include:a..b"}, "spf"),
+        ({"spf": "include:localhost"}, "spf"),
+        ({"spf": "ip4:999.1.1.1"}, "spf"),
+        ({"spf": "ip4:10.0.0.0/33"}, "spf"),
+        ({"spf": "ip4:2001:db8::1"}, "spf"),
+        ({"spf": "ip6:10.0.0.1"}, "spf"),
+        ({"spf": "include:a.example  include:b.example"}, "spf"),
+        ({"spf": " ".join(f"include:s{i}.example" for i in range(6))}, "spf"),
+        ({"spf": "include:x.example\n"}, "spf"),
+        ({"spf": "include:" + "a" * 64 + ".example"}, "spf"),
     ):
         with pytest.raises(BusError) as e:
             await w.mail.cmd("set_relay", {**good, **bad}, actor=w.admin, admin=True)

@@ -14,6 +14,7 @@ const RELAY_LABELS = {
   tls: "The encryption",
   username: "The username",
   password: "The password",
+  spf: "The SPF addition",
   test_to: "The test address",
 };
 const TLS_MODES = {
@@ -194,6 +195,7 @@ function RelayForm({ relay, onChanged }) {
     tls: relay ? relay.tls : "starttls",
     username: relay && relay.username ? relay.username : "",
     password: "",
+    spf: relay && relay.spf ? relay.spf : "",
     test_to: "",
   });
   const status = useStatus();
@@ -216,7 +218,16 @@ function RelayForm({ relay, onChanged }) {
       form.setErrors(errors);
       return;
     }
-    const body = { host, port: Number(v.port.trim()), tls: v.tls, username: username || null, password: username ? v.password : null, test_to: testTo || null };
+    const spf = v.spf.trim().split(/\s+/).filter(Boolean).join(" ");
+    const body = {
+      host,
+      port: Number(v.port.trim()),
+      tls: v.tls,
+      username: username || null,
+      password: username ? v.password : null,
+      spf: spf || null,
+      test_to: testTo || null,
+    };
     try {
       await put("/mail/relay", body);
     } catch (e) {
@@ -254,6 +265,14 @@ function RelayForm({ relay, onChanged }) {
         {...form.bind("password")}
         autocomplete="new-password"
         hint={hasPassword ? "A password is saved; it is never shown. Type it again to save changes." : "Kept sealed; never shown again."}
+      />
+      <Field
+        label="Add to the SPF record"
+        {...form.bind("spf")}
+        autocomplete="off"
+        spellcheck={false}
+        placeholder="include:spf.provider.net"
+        hint="Optional: what the relay's provider asks you to add to your SPF record (its servers), e.g. include:spf.provider.net. Homeport adds it to every mail domain's record while the relay is set."
       />
       <Field
         label="Send a test message to"
