@@ -968,7 +968,11 @@ def _what(labels: dict[str, str]) -> str:
         )
     if kind == "platform":
         n = len([a for a in labels.get("apps", "").split(",") if a])
-        return f"platform ({n} app backup{'s' if n != 1 else ''})"
+        mail = ", the mail" if labels.get("mail") else ""
+        return f"platform ({n} app backup{'s' if n != 1 else ''}{mail})"
+    if kind == "mail":
+        n = labels.get("mailboxes", "?")
+        return f"mail ({n} mailbox{'' if n == '1' else 'es'})"
     return kind
 
 
@@ -1072,7 +1076,8 @@ def _chosen(args: argparse.Namespace, snaps: dict[str, Any]) -> list[str]:
         raise RestoreError("the target holds no platform backup: name a backup or use --all")
     newest = platforms[-1]
     apps = [a for a in newest.labels.get("apps", "").split(",") if a in snaps]
-    return [newest.id, *apps]
+    mail = [m for m in (newest.labels.get("mail"),) if m in snaps]
+    return [newest.id, *apps, *mail]
 
 
 # -- catalog ------------------------------------------------------------------------------

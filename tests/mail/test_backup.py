@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main as homeport
 from deploy.restore import fetch_platform, open_repository, open_target, restore_mail
 from services.mail.render import Layout
 from services.mail.snapshots import PENDING, SNAPSHOTS, adopt
@@ -117,7 +118,7 @@ async def backup(
 
 
 async def test_the_mail_is_backed_up_and_comes_back_after_a_restore(
-    world: World, backup: Backup, tmp_path: Path
+    world: World, backup: Backup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     w = world
     identity = str((await backup.cmd("setup_key", {}))["identity"])
@@ -139,6 +140,17 @@ async def test_the_mail_is_backed_up_and_comes_back_after_a_restore(
     assert list((w.mail.root / SNAPSHOTS).iterdir()) == []
     completed = [d for _, d in await backup.events(f"backup-{result['run_id']}")]
     assert any(d.get("kind") == "mail" for d in completed), completed
+    # `homeport backup list` names it; `verify` checks it with the platform backup
+    disk = tmp_path / "disk" / "b"
+    key = tmp_path / "key.txt"
+    key.write_text(identity + "\n")
+    capsys.readouterr()
+    assert await asyncio.to_thread(homeport, ["backup", "list", "--from", str(disk)]) == 0
+    listed = capsys.readouterr().out
+    assert "platform (0 app backups, the mail)" in listed and "mail (1 mailbox)" in listed
+    verify = ["backup", "verify", "--from", str(disk), "--key", str(key)]
+    assert await asyncio.to_thread(homeport, verify) == 0
+    assert "all 2 backups checked: every chunk decrypted and checked" in capsys.readouterr().out
 
     # Lee's mailbox is lost (a disk gave up): the letter is gone
     store = Layout(w.mail.root).store

@@ -524,6 +524,8 @@ class Engine:
             raise JobFailed(f"the platform could not be dumped: {e}", "platform_dump") from e
         try:
             labels = {"kind": "platform", "run": run_id}
+            if mail is not None:
+                labels["mail"] = mail  # the run's mail backup (homeport backup verify)
             listed = ",".join(sorted(apps.values()))
             if len(listed) <= _LABEL_MAX:  # else only in the sealed meta and platform.json
                 labels["apps"] = listed
