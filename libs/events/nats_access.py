@@ -87,6 +87,8 @@ CALLS: Mapping[str, tuple[str, ...]] = {
         "cmd.apps.restore",
         "cmd.apps.install",
         "qry.identity.check_setup_token",
+        "cmd.mail.snapshot",
+        "cmd.mail.forget_snapshot",
     ),
     "identity": ("cmd.notify.email",),
     "firewall": ("cmd.identity.record_failure",),

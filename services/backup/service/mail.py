@@ -5,6 +5,7 @@ service's files: deploy/units.py). A refusal or no answer becomes `JobFailed`.""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +29,29 @@ class MailPeer:
         """Where the mail service writes the snapshot `snapshot_id`."""
         return self.mail_dir / "snapshots" / snapshot_id
 
-    async def _cmd(self, verb: str, snapshot_id: str, why: str) -> dict[str, Any]:
-        ctx = Context(actor="system", correlation_id=why, admin=True)
+    def _ctx(self, why: str) -> Context:
+        return Context(actor="system", correlation_id=why, admin=True)
+
+    async def _answer(self, what: str, call: Awaitable[Any]) -> dict[str, Any]:
         try:
-            answer: dict[str, Any] = await self._bus.command(
-                "mail", verb, {"snapshot_id": snapshot_id}, ctx=ctx, timeout=self._timeout
-            )
+            answer: dict[str, Any] = await call
         except BusError as e:
             raise JobFailed(
-                f"the mail service could not {verb.replace('_', ' ')} the mail store: {e.message}",
-                "mail_" + e.code,
+                f"the mail service could not {what} the mail store: {e.message}", "mail_" + e.code
             ) from e
         return answer
 
     async def snapshot(self, snapshot_id: str, why: str) -> int:
         """Ask for a snapshot of the mail store; how many mailboxes it holds."""
-        return int((await self._cmd("snapshot", snapshot_id, why)).get("mailboxes", 0))
+        call = self._bus.command(
+            "mail", "snapshot", {"snapshot_id": snapshot_id}, ctx=self._ctx(why),
+            timeout=self._timeout,
+        )  # fmt: skip
+        return int((await self._answer("snapshot", call)).get("mailboxes", 0))
 
     async def forget(self, snapshot_id: str, why: str) -> None:
-        await self._cmd("forget_snapshot", snapshot_id, why)
+        call = self._bus.command(
+            "mail", "forget_snapshot", {"snapshot_id": snapshot_id}, ctx=self._ctx(why),
+            timeout=self._timeout,
+        )  # fmt: skip
+        await self._answer("forget the snapshot of", call)
