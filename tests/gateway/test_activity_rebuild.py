@@ -79,6 +79,11 @@ async def test_a_rebuild_on_two_connections_gives_the_rows_of_one(
     assert await two.rebuild(seen.append) == EVENTS
     assert await _rows(store) == live
     assert await _checkpoint(store) == last
+    # its indexes, dropped for it, built again (on both connections)
+    names = await store.pool.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'activity'")
+    assert {f"activity_{n}" for n in ("actor", "type", "stream", "category", "time")} <= {
+        r["indexname"] for r in names
+    }
     # progress: every range once, in order, without a gap, ending at the last event
     assert seen == sorted(seen) and len(seen) == len(set(seen)) and seen[-1] == last
     assert len(seen) == -(-(last - events[0].position + 1) // PAGE)
