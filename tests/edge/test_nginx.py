@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import ssl
+import time
+import uuid
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -73,6 +76,27 @@ async def test_https_reaches_the_upstream_with_security_headers(edge: Edge) -> N
     assert h["x-forwarded-for"] == "127.0.0.1"
     assert h["x-forwarded-proto"] == "https"
     assert h["x-forwarded-host"] == f"{BLOG}:{edge.https_port}"
+
+
+async def test_requests_are_logged_within_a_second_without_their_query(edge: Edge) -> None:
+    """The access log is written in blocks (at the latest each second): a request shows there
+    soon, with its path but never its query string (it may carry a reset token)."""
+    log = edge.model.log_dir / "access.log"
+    marker = f"/logged/{uuid.uuid4().hex}"
+    async with (
+        session(edge.pki) as http,
+        http.get(edge.url(BLOG, f"{marker}?token=very-secret-token")) as r,
+    ):
+        assert r.status == 200
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [json.loads(x) for x in log.read_text().splitlines() if marker in x]
+        if lines:
+            break
+        assert time.monotonic() < deadline, "the request was not logged within 5 s"
+        await asyncio.sleep(0.1)
+    assert [(x["path"], x["status"], x["host"]) for x in lines] == [(marker, 200, BLOG)]
+    assert "very-secret-token" not in log.read_text()
 
 
 async def test_curl_with_the_test_ca(edge: Edge) -> None:

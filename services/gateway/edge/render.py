@@ -369,7 +369,8 @@ def _main(model: EdgeModel) -> str:
         '"method":"$request_method","path":"$uri","status":$status,'
         '"bytes":$body_bytes_sent,"seconds":$request_time,'
         '"upstream_seconds":"$upstream_response_time"}\';',
-        f"access_log {model.log_dir}/access.log hp_json;",
+        "# written in blocks (a write(2) per 64 KiB, at the latest each second), not per request",
+        f"access_log {model.log_dir}/access.log hp_json buffer=64k flush=1s;",
         "",
         *_block("map $http_upgrade $connection_upgrade", ["default upgrade;", '"" "";']),
         "# the edge's cookie is the gateway's alone: cut out of what apps are sent",
