@@ -52,7 +52,8 @@ declare -A dev=(
   [node]=nodejs  # builds the dashboard (esbuild, from the npm registry)
   [npm]=npm
   [/usr/bin/chromium]=chromium  # the dashboard's browser tests (driven by Playwright)
-  [swaks]=swaks  # an SMTP client for trying the mail servers by hand
+  [swaks]=swaks  # an SMTP client: tests/mail/test_swaks.py, and trying the mail servers by hand
+  [/usr/lib/x86_64-linux-gnu/perl5/5.36/Net/SSLeay.pm]=libnet-ssleay-perl  # swaks' STARTTLS
   [/usr/sbin/sshd]=openssh-server  # the firewall's tests run their own sshd (SSH bans)
   [promtool]=prometheus  # checks and unit-tests the alert rules in deploy/prometheus/
 )
