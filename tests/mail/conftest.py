@@ -7,13 +7,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.mail.serverskit import LISTED_IP, MailStack, servers_missing
-from tests.support.pdns import PdnsServer, create_zone
+from tests.support.mail import World, mail_on
+from tests.support.pdns import PdnsServer, PdnsZone, create_zone
 from tests.support.servers import need_server
 
 
@@ -61,3 +62,21 @@ def stack(mail_stack: MailStack) -> Iterator[MailStack]:
     mail_stack.renderer.edit = None
     if mail_stack.servers.model != mail_stack.model:
         mail_stack.apply(mail_stack.model)
+
+
+@pytest.fixture
+async def world(
+    monkeypatch: pytest.MonkeyPatch,
+    dsn: str,
+    nats_url: str,
+    tmp_path: Path,
+    pdns: PdnsServer,
+    pdns_zone: PdnsZone,
+) -> AsyncIterator[World]:
+    """The real identity, dns and mail services, the mail service running Postfix, Dovecot
+    and rspamd (their DNS: the test PowerDNS), mail on for the test zone (a file with another
+    world defines its own)."""
+    async with mail_on(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, pdns=pdns, zone=pdns_zone
+    ) as w:
+        yield w

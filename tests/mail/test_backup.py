@@ -31,28 +31,12 @@ from tests.apps import appskit
 from tests.apps.appskit import EnvFor, running_apps, static_catalog
 from tests.backup.servicekit import Backup, backup_env, running_backup
 from tests.mail.serverskit import client_tls, message
-from tests.support.mail import KIM, LEE, World, mail_on
-from tests.support.pdns import PdnsServer, PdnsZone
+from tests.support.mail import KIM, LEE, World
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 apps_env_for = appskit.apps_env_for  # the fixture
 HOST = "127.0.0.1"
-
-
-@pytest.fixture
-async def world(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    tmp_path: Path,
-    pdns: PdnsServer,
-    pdns_zone: PdnsZone,
-) -> AsyncIterator[World]:
-    async with mail_on(
-        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, pdns=pdns, zone=pdns_zone
-    ) as w:
-        yield w
 
 
 def _submit(w: World, subject: str) -> None:

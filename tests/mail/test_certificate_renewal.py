@@ -15,34 +15,16 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from libs.tls import self_signed_pem_apart
 from services.mail.render import Layout
-from tests.support.mail import World, mail_on
-from tests.support.pdns import PdnsServer, PdnsZone
+from tests.support.mail import World
 
 pytestmark = pytest.mark.slow
 
 HOST = "127.0.0.1"
-
-
-@pytest.fixture
-async def world(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    tmp_path: Path,
-    pdns: PdnsServer,
-    pdns_zone: PdnsZone,
-) -> AsyncIterator[World]:
-    async with mail_on(
-        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, pdns=pdns, zone=pdns_zone
-    ) as w:
-        yield w
 
 
 def _any_cert() -> ssl.SSLContext:

@@ -13,34 +13,17 @@ import asyncio
 import smtplib
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from services.mail.render import Layout
 from tests.mail.serverskit import client_tls, message
-from tests.support.mail import World, mail_on
-from tests.support.pdns import PdnsServer, PdnsZone
+from tests.support.mail import World
 
 pytestmark = pytest.mark.slow
 
 HOST = "127.0.0.1"
-
-
-@pytest.fixture
-async def world(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    tmp_path: Path,
-    pdns: PdnsServer,
-    pdns_zone: PdnsZone,
-) -> AsyncIterator[World]:
-    async with mail_on(
-        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, pdns=pdns, zone=pdns_zone
-    ) as w:
-        yield w
 
 
 def _deliver(w: World, to: str, subject: str) -> None:

@@ -15,9 +15,7 @@ import imaplib
 import json
 import smtplib
 import time
-from collections.abc import AsyncIterator
 from email import message_from_bytes
-from pathlib import Path
 from typing import Any
 
 import dkim
@@ -26,27 +24,11 @@ import pytest
 from libs.events.bus import BusError
 from tests.identity.kit import code_for
 from tests.mail.serverskit import client_tls, message
-from tests.support.mail import World, mail_on, resolve
-from tests.support.pdns import PdnsServer, PdnsZone
+from tests.support.mail import World, resolve
 
 pytestmark = pytest.mark.slow
 
 HOST = "127.0.0.1"
-
-
-@pytest.fixture
-async def world(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    tmp_path: Path,
-    pdns: PdnsServer,
-    pdns_zone: PdnsZone,
-) -> AsyncIterator[World]:
-    async with mail_on(
-        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, pdns=pdns, zone=pdns_zone
-    ) as w:
-        yield w
 
 
 def _submit(w: World, login: str, password: str, sender: str, to: str, subject: str) -> None:

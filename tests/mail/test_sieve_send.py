@@ -21,7 +21,6 @@ import smtplib
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator
 from email import message_from_bytes
 from email.message import Message
 from email.utils import parseaddr
@@ -33,8 +32,7 @@ import pytest
 from services.mail.render import Layout
 from services.mail.sieve_send import MAX_RECIPIENTS
 from tests.mail.serverskit import ManageSieve, client_tls, message
-from tests.support.mail import KIM, LEE, World, mail_on, resolve
-from tests.support.pdns import PdnsServer, PdnsZone
+from tests.support.mail import KIM, LEE, World, resolve
 
 pytestmark = pytest.mark.slow
 
@@ -43,21 +41,6 @@ AWAY = """\
 require ["vacation"];
 vacation :days 1 :subject "Away until Monday" "I am away; I will answer next week.";
 """
-
-
-@pytest.fixture
-async def world(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    tmp_path: Path,
-    pdns: PdnsServer,
-    pdns_zone: PdnsZone,
-) -> AsyncIterator[World]:
-    async with mail_on(
-        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, pdns=pdns, zone=pdns_zone
-    ) as w:
-        yield w
 
 
 def _keep_script(w: World, who: dict[str, str], script: str) -> None:

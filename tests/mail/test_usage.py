@@ -15,7 +15,7 @@ import os
 import signal
 import smtplib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +24,12 @@ import pytest
 from libs.events.bus import BusError
 from services.mail.render import Layout
 from tests.mail.serverskit import client_tls, message
-from tests.support.mail import World, mail_on
-from tests.support.pdns import PdnsServer, PdnsZone
+from tests.support.mail import World
 
 pytestmark = pytest.mark.slow
 
 HOST = "127.0.0.1"
 BODY = "a line of a long letter\n" * 2000  # about 48 KB
-
-
-@pytest.fixture
-async def world(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    tmp_path: Path,
-    pdns: PdnsServer,
-    pdns_zone: PdnsZone,
-) -> AsyncIterator[World]:
-    async with mail_on(
-        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, pdns=pdns, zone=pdns_zone
-    ) as w:
-        yield w
 
 
 async def _boxes(w: World) -> dict[str, dict[str, Any]]:
