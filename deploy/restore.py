@@ -91,7 +91,6 @@ class RestoreSummary:
     events: int
     sessions_ended: int
     apps: dict[str, str] = field(default_factory=dict)  # app_id -> snapshot folder name
-    mail: str | None = None  # the mail backup restored (its id), if the platform backup had one
 
 
 # -- the target and the key -----------------------------------------------------------------
@@ -359,7 +358,6 @@ def summarize(
     summary.time = chosen.time.isoformat(timespec="seconds")
     summary.platform_version = str(doc.get("platform_version", "?"))
     summary.apps = apps
-    summary.mail = doc.get("mail")
     return summary
 
 
@@ -439,9 +437,6 @@ async def restore_apps(
 ) -> dict[str, str]:
     """Each app backup restored into `<apps_dir>/snapshots/<app_id>/<uuid>/`, listed in
     `<apps_dir>/restore-pending.json` for the apps service; {app_id: snapshot folder}."""
-    from services.backup.repo import BackupError
-    from services.backup.targets.base import TargetError
-
     snapshots = apps_dir / "snapshots"
     snapshots.mkdir(mode=0o700, parents=True)
     await asyncio.to_thread(apps_dir.chmod, 0o700)
@@ -450,15 +445,8 @@ async def restore_apps(
         folder = str(uuid.uuid4())
         dest = snapshots / app_id / folder
         dest.parent.mkdir(mode=0o700, exist_ok=True)
-        partial = dest.with_name(folder + ".partial")
         say(f"restoring app {app_id} from backup {sid}")
-        try:
-            result = await repo.restore(sid, partial, identity)
-        except (BackupError, TargetError) as e:
-            raise RestoreError(f"app {app_id}, backup {sid}: {e}") from None
-        os.replace(partial, dest)
-        for why in result.skipped:
-            say(f"  left out: {why}")
+        await _restore_whole(repo, sid, dest, identity, say, f"app {app_id}")
         out[app_id] = folder
     _write_json(apps_dir / PENDING, out)
     return out
@@ -470,25 +458,33 @@ async def restore_mail(
     """The mail backup `sid` (None: nothing) restored into `<mail_root>/restore-pending/`
     (under `.partial`, renamed when whole), for the mail service to take into its store at its
     next start (services/mail/snapshots.py); whether there was one."""
-    from services.backup.repo import BackupError
-    from services.backup.targets.base import TargetError
     from services.mail.snapshots import PENDING
 
     if sid is None:
         return False
     # the mail root (every server's user passes through it: the mail service makes it so)
     await asyncio.to_thread(mail_root.mkdir, mode=0o755, parents=True, exist_ok=True)
-    dest = mail_root / PENDING
-    partial = dest.with_name(PENDING + ".partial")
     say(f"restoring the mail from backup {sid}")
+    await _restore_whole(repo, sid, mail_root / PENDING, identity, say, "the mail")
+    return True
+
+
+async def _restore_whole(
+    repo: Any, sid: str, dest: Path, identity: str, say: Callable[[str], None], what: str
+) -> None:
+    """Backup `sid` restored into `dest` under `<dest>.partial`, renamed when whole (a restore
+    cut short leaves no folder that looks done); what was left out is said."""
+    from services.backup.repo import BackupError
+    from services.backup.targets.base import TargetError
+
+    partial = dest.with_name(dest.name + ".partial")
     try:
         result = await repo.restore(sid, partial, identity)
     except (BackupError, TargetError) as e:
-        raise RestoreError(f"the mail, backup {sid}: {e}") from None
+        raise RestoreError(f"{what}, backup {sid}: {e}") from None
     os.replace(partial, dest)
     for why in result.skipped:
         say(f"  left out: {why}")
-    return True
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ __all__ = [
     "MAX_SPF_TERMS",
     "RECIPIENT_PATTERN",
     "SENDER_PATTERN",
+    "SNAPSHOTS_FOLDER",
     "SPF_TERMS_PATTERN",
 ]
 
@@ -65,6 +66,9 @@ MAX_SPF_TERMS = 5
 SPF_TERMS_PATTERN = rf"^{_SPF_TERM}( {_SPF_TERM}){{0,{MAX_SPF_TERMS - 1}}}$"
 # One line of a header: no control character (CR, LF, NUL...) nor a Unicode line break.
 _HEADER_TEXT = r"^[^\x00-\x1f\x7f\x85\u2028\u2029]*$"
+# Where the `snapshot` command writes: <the mail root>/SNAPSHOTS_FOLDER/<snapshot_id>/, which
+# the backup service reads (its HP_MAIL_DIR is that mail root).
+SNAPSHOTS_FOLDER = "snapshots"
 MAX_ALIAS_USERS = 100
 MAX_SEND_TO = 50
 MAX_FORWARD = 5

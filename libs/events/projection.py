@@ -23,9 +23,9 @@ import logging
 import pkgutil
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import asyncpg
 import nats.errors
@@ -209,6 +209,21 @@ class ProjectionRunner:
             or 0
         )
 
+    async def _set_checkpoint(self, conn: asyncpg.Connection, position: int) -> None:
+        await conn.execute(
+            f"UPDATE {self.projection.schema}.checkpoints SET position = $2, updated_at = now()"  # noqa: S608 - schema checked by _IDENT
+            " WHERE name = $1",
+            self.name,
+            position,
+        )
+
+    def _page_statement(self, where: str) -> str:
+        """`page_sql` over the events `where` says (its parameters from $1), counting rows."""
+        return (
+            f"WITH page AS (SELECT * FROM events.events WHERE {where}), "  # noqa: S608 - page_sql and `where` are code, not input
+            f"applied AS ({self.projection.page_sql}) SELECT count(*) FROM applied"
+        )
+
     async def _locked_checkpoint(self, conn: asyncpg.Connection, *, heal: bool) -> int:
         """In the caller's transaction: the projection's lock, and its checkpoint. One at -1
         is a parallel rebuild that did not finish: with `heal` the read model is emptied and
@@ -230,10 +245,7 @@ class ProjectionRunner:
                 extra={"projection": self.name},
             )
             await self.projection.reset(conn)
-            await conn.execute(
-                f"UPDATE {s}.checkpoints SET position = 0, updated_at = now() WHERE name = $1",  # noqa: S608 - schema checked by _IDENT
-                self.name,
-            )
+            await self._set_checkpoint(conn, 0)
             cp = 0
         return cp
 
@@ -241,7 +253,6 @@ class ProjectionRunner:
         """One transaction: lock, skip what the checkpoint covers, apply, move the checkpoint."""
         if not events:
             return 0
-        s = self.projection.schema
         async with conn.transaction():
             cp = await self._locked_checkpoint(conn, heal=False)
             fresh = [e for e in events if e.position > cp]
@@ -254,16 +265,10 @@ class ProjectionRunner:
                         await self.projection.apply(conn, wanted)
                     else:
                         await conn.execute(
-                            "WITH page AS (SELECT * FROM events.events "  # noqa: S608 - page_sql is code, not input
-                            "WHERE position = ANY($1::bigint[])), "
-                            f"applied AS ({self.projection.page_sql}) SELECT count(*) FROM applied",
+                            self._page_statement("position = ANY($1::bigint[])"),
                             [e.position for e in wanted],
                         )
-            await conn.execute(
-                f"UPDATE {s}.checkpoints SET position = $2, updated_at = now() WHERE name = $1",  # noqa: S608 - schema checked by _IDENT
-                self.name,
-                fresh[-1].position,
-            )
+            await self._set_checkpoint(conn, fresh[-1].position)
         self.applied += len(wanted)
         return len(wanted)
 
@@ -285,7 +290,6 @@ class ProjectionRunner:
 
         Returns (last position, rows written), or None when there is nothing after it.
         """
-        s = self.projection.schema
         async with conn.transaction():
             cp = await self._locked_checkpoint(conn, heal=True)
             row = await conn.fetchrow(
@@ -299,11 +303,7 @@ class ProjectionRunner:
             )
             if row is None or row["last"] is None:
                 return None
-            await conn.execute(
-                f"UPDATE {s}.checkpoints SET position = $2, updated_at = now() WHERE name = $1",  # noqa: S608 - schema checked by _IDENT
-                self.name,
-                row["last"],
-            )
+            await self._set_checkpoint(conn, row["last"])
         self.applied += int(row["n"])
         return int(row["last"]), int(row["n"])
 
@@ -333,22 +333,17 @@ class ProjectionRunner:
         Holds the projection's lock for the whole run, so a live runner waits meanwhile.
         """
         await self.setup()
-        s = self.projection.schema
         total = 0
         async with self.store.pool.acquire() as conn:
             keep_session_state(conn)
             await conn.execute("SELECT pg_advisory_lock($1)", self._key)
+            parallel = self._set_based and self._workers() > 1
             try:
                 async with conn.transaction():
                     await self.projection.reset(conn)
                     await self.projection.drop_indexes(conn)
-                    await conn.execute(
-                        f"UPDATE {s}.checkpoints SET position = 0, updated_at = now() "  # noqa: S608 - schema checked by _IDENT
-                        "WHERE name = $1",
-                        self.name,
-                    )
+                    await self._set_checkpoint(conn, 0)
                 position = 0
-                parallel = self._set_based and self._workers() > 1
                 if parallel:
                     total = await self._rebuild_parallel(conn, progress)
                 while self._set_based and not parallel:
@@ -393,6 +388,11 @@ class ProjectionRunner:
                 for statement in todo:
                     await c.execute(statement)
 
+        await self._on_workers(worker)
+
+    async def _on_workers(self, worker: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """`worker` on `_workers()` tasks at once; one that fails cancels the others, and its
+        error is raised as a rebuild on one connection raises it (not as a group)."""
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(self._workers()):
@@ -408,26 +408,18 @@ class ProjectionRunner:
         checkpoint, from -1 (a rebuild under way) to the last position. `conn` holds the
         projection's lock throughout, so no live apply runs meanwhile. Events appended during
         the rebuild are applied after it, from the checkpoint."""
-        s = self.projection.schema
         bounds = await conn.fetchrow("SELECT min(position), max(position) FROM events.events")
         if bounds is None or bounds[1] is None:
             return 0
         first, last = int(bounds[0]), int(bounds[1])
-        await conn.execute(
-            f"UPDATE {s}.checkpoints SET position = -1, updated_at = now() WHERE name = $1",  # noqa: S608 - schema checked by _IDENT
-            self.name,
-        )
+        await self._set_checkpoint(conn, -1)
         size = self.sql_page_size
         ranges = [(lo, min(lo + size, last)) for lo in range(first - 1, last, size)]
         todo = iter(enumerate(ranges))
         finished: set[int] = set()  # indexes into `ranges`
         reported = 0  # ranges done without a gap before them
         total = 0
-        statement = (
-            "WITH page AS (SELECT * FROM events.events "  # noqa: S608 - page_sql is code, not input
-            "WHERE position > $1 AND position <= $2), "
-            f"applied AS ({self.projection.page_sql}) SELECT count(*) FROM applied"
-        )
+        statement = self._page_statement("position > $1 AND position <= $2")
 
         async def worker() -> None:
             nonlocal total, reported
@@ -442,17 +434,8 @@ class ProjectionRunner:
                         if progress is not None:
                             progress(ranges[reported - 1][1])
 
-        try:
-            async with asyncio.TaskGroup() as group:  # one fails: the others are cancelled
-                for _ in range(self._workers()):
-                    group.create_task(worker())
-        except BaseExceptionGroup as failed:
-            raise failed.exceptions[0] from None  # what a rebuild on one connection raises
-        await conn.execute(
-            f"UPDATE {s}.checkpoints SET position = $2, updated_at = now() WHERE name = $1",  # noqa: S608 - schema checked by _IDENT
-            self.name,
-            last,
-        )
+        await self._on_workers(worker)
+        await self._set_checkpoint(conn, last)
         self.applied += total
         return total
 

@@ -737,11 +737,9 @@ def _spf_terms(value: str | None) -> str | None:
                     f"spf has {term[:60]!r}, which is not an IPv{kind[-1]} address or network",
                     field="spf",
                 )
-            terms.append(f"{kind}:{rest.lower()}")
-        else:
-            if len(rest) > 253 or any(len(label) > 63 for label in rest.split(".")):
-                raise InvalidRequest(f"spf has {term[:60]!r}, which names no domain", field="spf")
-            terms.append(f"{kind}:{rest.lower()}")
+        elif len(rest) > 253 or any(len(label) > 63 for label in rest.split(".")):
+            raise InvalidRequest(f"spf has {term[:60]!r}, which names no domain", field="spf")
+        terms.append(f"{kind}:{rest.lower()}")
     return " ".join(terms)
 
 

@@ -653,14 +653,21 @@ def _dovecot(
     # require TLS (ssl = required), submission refuses AUTH before TLS (smtpd_tls_auth_only).
     plaintext = "no" if model.apps_listen else "yes"
     imap_plain, sieve_apps, trusted = _clients(model, s)
+    sending: dict[str, RenderedFile] = {}
     if s.sieve_send:
         # Away messages and redirects leave through the mail service (sieve_send.py), signed
         # in on Postfix's platform listener and DKIM-signed; a redirect goes out from the
         # mailbox's own address, so SPF holds at the next server and bounces come back here.
+        sendmail = f"sendmail_path = {lay.conf}/dovecot/sendmail"
         sieve_sending = "  sieve_max_redirects = 4\n  sieve_redirect_envelope_from = recipient"
+        sending["dovecot/sendmail"] = RenderedFile(
+            sendmail_program(_path("dovecot", lay.sieve_socket, "sieve socket")).encode(),
+            mode=0o755,
+        )
     else:
         # Nothing sends for Sieve: scripts that would send (vacation, redirect) are refused
         # when they are kept, instead of failing unseen at delivery.
+        sendmail = ""
         sieve_sending = (
             "  sieve_extensions = -vacation -vacation-seconds\n  sieve_max_redirects = 0"
         )
@@ -678,7 +685,7 @@ hostname = {model.hostname}
 log_path = /dev/stderr
 log_timestamp = "%Y-%m-%d %H:%M:%S "
 shutdown_clients = yes
-{"sendmail_path = " + str(lay.conf) + "/dovecot/sendmail" if s.sieve_send else ""}
+{sendmail}
 
 ssl = required
 ssl_cert = <{cert}
@@ -787,12 +794,6 @@ plugin {{
 }}
 """
     lua = _AUTH_LUA.format(url=_lua_string(s.auth_url), token=_lua_string(s.auth_token))
-    sending = {}
-    if s.sieve_send:
-        sending["dovecot/sendmail"] = RenderedFile(
-            sendmail_program(_path("dovecot", lay.sieve_socket, "sieve socket")).encode(),
-            mode=0o755,
-        )
     return {
         **sending,
         "dovecot/dovecot.conf": RenderedFile(text.encode()),

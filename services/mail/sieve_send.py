@@ -47,7 +47,6 @@ class SieveSender:
     def __init__(self, submit: Submit) -> None:
         self._submit = submit
         self._server: asyncio.AbstractServer | None = None
-        self.sent = 0
 
     async def start(self, path: Path, gid: int) -> None:
         """Listen on `path` (its folder made by the servers' adapter: root and `gid` only)."""
@@ -115,7 +114,6 @@ class SieveSender:
         except MailServersError as e:
             log.warning("a message Sieve sends is kept by Dovecot for later: %s", e.message)
             return f"tempfail: {e.message}"
-        self.sent += 1
         log.info("Sieve sent a message (%d recipients, %d refused)", len(to), len(refused))
         return "ok"
 

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from libs.contracts.mail import SNAPSHOTS_FOLDER
+
 __all__ = [
     "BEFORE_RESTORE",
     "PENDING",
@@ -36,7 +38,7 @@ __all__ = [
     "take",
 ]
 
-SNAPSHOTS = "snapshots"  # in the mail root: <id>/ each
+SNAPSHOTS = SNAPSHOTS_FOLDER  # in the mail root: <id>/ each (the backup service reads them)
 PENDING = "restore-pending"  # in the mail root: the store of a restored mail backup
 BEFORE_RESTORE = "before-restore"  # mailboxes a restore found in the store, kept aside
 STALE_SECONDS = 24 * 3600

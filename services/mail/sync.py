@@ -103,7 +103,6 @@ class MailSync:
     now: Callable[[], float] = time.time  # the clock of those steps (tests turn it)
     last_error: str | None = None
     rounds: int = 0  # rounds ended
-    removed_stores: int = 0  # mailboxes of deleted accounts removed
     _begun: int = 0
     applied: MailModel | None = None
     applied_at: float | None = None
@@ -304,7 +303,6 @@ class MailSync:
         )
         for r in deleted:
             await self.servers.remove_store(r["folder"])
-            self.removed_stores += 1
             log.info("the mailbox of deleted account %s removed with its mail", r["folder"][:8])
 
     async def _tls_renewed(self, model: MailModel) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from libs.contracts.errors import BusError
+from libs.contracts.mail import SNAPSHOTS_FOLDER
 from libs.events.bus import BusClient
 from libs.events.context import Context
 from services.backup.errors import JobFailed
@@ -27,7 +28,7 @@ class MailPeer:
 
     def folder(self, snapshot_id: str) -> Path:
         """Where the mail service writes the snapshot `snapshot_id`."""
-        return self.mail_dir / "snapshots" / snapshot_id
+        return self.mail_dir / SNAPSHOTS_FOLDER / snapshot_id
 
     def _ctx(self, why: str) -> Context:
         return Context(actor="system", correlation_id=why, admin=True)
