@@ -52,7 +52,9 @@ class SieveSender:
         """Listen on `path` (its folder made by the servers' adapter: root and `gid` only)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        self._server = await asyncio.start_unix_server(self._serve, path=str(path))
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(path), limit=_HEADER_LIMIT
+        )
         os.chown(path, 0, gid)
         os.chmod(path, 0o660)
 
@@ -69,6 +71,10 @@ class SieveSender:
             answer = "tempfail: the message did not arrive in time"
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
             answer = f"tempfail: {type(e).__name__}"
+        # what was not read (a refusal before the message's end) is read and dropped, so the
+        # sender is not cut off mid-write and reads the answer (a bounded amount, in time)
+        with contextlib.suppress(TimeoutError, OSError):
+            await asyncio.wait_for(_drain(reader), _READ_DEADLINE)
         try:
             writer.write(answer.encode() + b"\n")
             await writer.drain()
@@ -80,8 +86,11 @@ class SieveSender:
                 await writer.wait_closed()
 
     async def _one(self, reader: asyncio.StreamReader) -> str:
-        header = await reader.readline()
-        if len(header) > _HEADER_LIMIT or not header.endswith(b"\n"):
+        try:
+            header = await reader.readline()  # at most the stream's limit, _HEADER_LIMIT
+        except ValueError:  # no line break within it
+            header = b""
+        if not header.endswith(b"\n"):
             return "refused: the envelope line is missing or too long"
         try:
             envelope = json.loads(header)
@@ -116,6 +125,12 @@ class SieveSender:
             return f"tempfail: {e.message}"
         log.info("Sieve sent a message (%d recipients, %d refused)", len(to), len(refused))
         return "ok"
+
+
+async def _drain(reader: asyncio.StreamReader) -> None:
+    left = 2 * MESSAGE_LIMIT
+    while left > 0 and (chunk := await reader.read(1 << 18)):
+        left -= len(chunk)
 
 
 # Dovecot's sendmail_path: run as the mail store's user with `-i -f <from> -- <to>...` (the

@@ -68,20 +68,31 @@ def snapshot_dir(root: Path, snapshot_id: str) -> Path:
 
 def take(store: Path, dest: Path) -> Taken:
     """Make `dest` (must not exist; its parent is made 0700) a snapshot of the mail store
-    `store`. A store that does not exist yet gives an empty snapshot."""
+    `store`. A store that does not exist yet gives an empty snapshot. The store is walked
+    through directory descriptors, each entry looked at as it is when it is taken: a folder
+    swapped for a link meanwhile is copied as the link, never followed (root reads here what
+    the store's user may change), and a file swapped for a fifo does not block."""
     try:
         dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except FileExistsError:
         raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(dest.parent)) from None
     dest.mkdir(mode=0o700)
     count = _Count()
-    if not store.is_dir() or store.is_symlink():
+    try:
+        fd = os.open(store, _DIR_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
         return Taken(0, 0, 0)
-    mailboxes = 0
-    for entry in _entries(store):
-        if entry.is_dir(follow_symlinks=False):
-            mailboxes += 1
-        _take_entry(entry, dest / entry.name, count)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a link in the store's place: nothing of ours
+            return Taken(0, 0, 0)
+        raise
+    try:
+        mailboxes = 0
+        for name in _names(fd):
+            if _take_entry(fd, name, dest / name, count) == "dir":
+                mailboxes += 1
+    finally:
+        os.close(fd)
     return Taken(mailboxes, count.files, count.bytes)
 
 
@@ -93,69 +104,112 @@ def _entries(folder: Path) -> list[os.DirEntry[str]]:
         return []
 
 
-def _take_entry(entry: os.DirEntry[str], dest: Path, count: _Count) -> None:
+def _names(dir_fd: int) -> list[str]:
+    return sorted(os.listdir(dir_fd))
+
+
+def _kind(dir_fd: int, name: str) -> str | None:
+    """What `name` in the folder is now: "dir", "file", "link", another kind, None if gone."""
     try:
-        if entry.is_symlink():
-            os.symlink(os.readlink(entry.path), dest)
-        elif entry.is_dir(follow_symlinks=False):
-            _take_dir(Path(entry.path), dest, count)
-        elif entry.is_file(follow_symlinks=False):
-            _copy(Path(entry.path), dest, count)
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "link" if stat.S_ISLNK(mode) else "other"
+
+
+def _opened(dir_fd: int, name: str, flags: int) -> int | None:
+    """`name` in the folder opened without following a link; None when it is gone or was
+    swapped for a link (or a folder for something else) since it was looked at."""
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            return None
+        raise
+
+
+def _take_entry(dir_fd: int, name: str, dest: Path, count: _Count) -> str | None:
+    """`name` of the folder into `dest`, as what it is now; that kind."""
+    kind = _kind(dir_fd, name)
+    try:
+        if kind == "link":
+            os.symlink(os.readlink(name, dir_fd=dir_fd), dest)
+        elif kind == "dir":
+            fd = _opened(dir_fd, name, _DIR_FLAGS)
+            if fd is None:
+                return None
+            try:
+                _take_dir(fd, dest, count)
+            finally:
+                os.close(fd)
+        elif kind == "file":
+            _copy(dir_fd, name, dest, count)
     except FileNotFoundError:  # gone meanwhile: a file Dovecot replaced or removed
-        pass
+        return None
+    return kind
 
 
-def _take_dir(src: Path, dest: Path, count: _Count) -> None:
+def _take_dir(dir_fd: int, dest: Path, count: _Count) -> None:
     dest.mkdir(mode=0o700)
-    names = {e.name: e for e in _entries(src)}
-    maildir = "cur" in names and "new" in names
-    for name, entry in names.items():
-        if maildir and name in ("tmp", *_MESSAGES) and entry.is_dir(follow_symlinks=False):
+    names = _names(dir_fd)
+    maildir = all(_kind(dir_fd, m) == "dir" for m in _MESSAGES)
+    for name in names:
+        if maildir and name in ("tmp", *_MESSAGES) and _kind(dir_fd, name) == "dir":
             continue
-        _take_entry(entry, dest / name, count)
+        _take_entry(dir_fd, name, dest / name, count)
     if maildir:
         (dest / "tmp").mkdir(mode=0o700)
         for name in _MESSAGES:
-            _take_messages(src / name, dest / name, count)
+            fd = _opened(dir_fd, name, _DIR_FLAGS)
+            (dest / name).mkdir(mode=0o700)
+            if fd is not None:
+                try:
+                    _take_messages(fd, dest / name, count)
+                finally:
+                    os.close(fd)
 
 
-def _take_messages(src: Path, dest: Path, count: _Count) -> None:
+def _take_messages(dir_fd: int, dest: Path, count: _Count) -> None:
     """A maildir's `new` or `cur`, every message hard-linked. `new` comes first: a message
     Dovecot moves from `new` to `cur` meanwhile is found in one or the other. A message renamed
     in `cur` (its flags changed) between the listing and the link is found under its new name."""
-    dest.mkdir(mode=0o700)
-    for entry in _entries(src):
-        if not entry.is_file(follow_symlinks=False):
+    for name in _names(dir_fd):
+        if _kind(dir_fd, name) != "file":
             continue
-        name = entry.name
         try:
-            _link(Path(entry.path), dest / name, count)
+            _link(dir_fd, name, dest / name, count)
         except FileNotFoundError:
             base = name.split(":", 1)[0]
-            for again in _entries(src):
-                if again.name.split(":", 1)[0] == base and not (dest / again.name).exists():
+            for again in _names(dir_fd):
+                if again.split(":", 1)[0] == base and not (dest / again).exists():
                     try:
-                        _link(Path(again.path), dest / again.name, count)
+                        _link(dir_fd, again, dest / again, count)
                     except FileNotFoundError:
                         continue
                     break
 
 
-def _link(src: Path, dest: Path, count: _Count) -> None:
+def _link(dir_fd: int, name: str, dest: Path, count: _Count) -> None:
     try:
-        os.link(src, dest, follow_symlinks=False)
+        os.link(name, dest, src_dir_fd=dir_fd, follow_symlinks=False)
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
-        _copy(src, dest, count)
+        _copy(dir_fd, name, dest, count)
         return
     count.files += 1
     count.bytes += os.lstat(dest).st_size
 
 
-def _copy(src: Path, dest: Path, count: _Count) -> None:
+def _copy(dir_fd: int, name: str, dest: Path, count: _Count) -> None:
     """A regular file's bytes into a new file (0600), never through a link."""
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = _opened(dir_fd, name, _FILE_FLAGS)
+    if fd is None:
+        return
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return
@@ -235,23 +289,17 @@ def _give_fd(dir_fd: int, uid: int, gid: int) -> None:
     for name in os.listdir(dir_fd):
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-            except OSError as e:
-                if e.errno == errno.ELOOP:  # swapped for a link meanwhile: left alone
-                    continue
-                raise
+            child = _opened(dir_fd, name, _DIR_FLAGS)
+            if child is None:  # swapped for a link meanwhile: left alone
+                continue
             try:
                 _give_fd(child, uid, gid)
             finally:
                 os.close(child)
         elif stat.S_ISREG(st.st_mode):
-            try:
-                fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    continue
-                raise
+            fd = _opened(dir_fd, name, _FILE_FLAGS)
+            if fd is None:
+                continue
             try:
                 os.fchown(fd, uid, gid)
                 os.fchmod(fd, 0o600)

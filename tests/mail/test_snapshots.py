@@ -112,6 +112,36 @@ def test_a_message_renamed_while_the_snapshot_is_taken_is_found_under_its_new_na
     assert names == ["1700000001.M1P1.host:2,S"]
 
 
+def test_a_folder_swapped_for_a_link_while_the_snapshot_is_taken_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's user swaps a mailbox's Maildir for a link to a folder only root may read,
+    after the snapshot listed the mailbox and before it reads the Maildir: the snapshot holds
+    the link, not what it points to (the backup would carry root's files into a mailbox)."""
+    store = tmp_path / "store"
+    home = _mailbox(store, "aaa", {"cur/1700000001.M1P1.host:2,S": b"a message"})
+    secret = tmp_path / "root-only" / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (secret / sub).mkdir(parents=True)
+    (secret / "cur" / "1700000009.M9P9.host:2,S").write_bytes(b"root's secret")
+    secret.parent.chmod(0o700)
+    real_readlink = os.readlink
+
+    def readlink(path: object, **kw: object) -> str:
+        # `.dovecot.sieve` comes before `Maildir`: swap the folder now
+        if (home / "Maildir").is_dir() and not (home / "Maildir").is_symlink():
+            os.rename(home / "Maildir", home / "Maildir.moved")
+            (home / "Maildir").symlink_to(secret)
+        return real_readlink(path, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshots.os, "readlink", readlink)
+    take(store, tmp_path / "snap")
+    copied = tmp_path / "snap" / "aaa" / "Maildir"
+    assert copied.is_symlink() and os.readlink(copied) == str(secret)
+    leaked = [p for p in (tmp_path / "snap").rglob("*") if p.is_file() and not p.is_symlink()]
+    assert all(b"root's secret" not in p.read_bytes() for p in leaked), leaked
+
+
 def test_no_store_yet_gives_an_empty_snapshot_and_an_existing_one_is_not_overwritten(
     tmp_path: Path,
 ) -> None:
