@@ -3,7 +3,8 @@
 The dashboard is built by `make dashboard` (services/gateway/dashboard/build.mjs) into
 `dashboard_dir`; it is a client of `/api/v1` only. index.html names its script and stylesheet
 with SRI hashes and is never cached; assets have their hash in the name and are cached for a
-year. The root app's `security_headers` adds the dashboard CSP (no inline script or style).
+year. The root app's `response_headers` (api/security.py) adds the dashboard CSP (no inline
+script or style).
 Nothing outside `dashboard_dir/assets` is ever served: names are matched, not joined.
 """
 

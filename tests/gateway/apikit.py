@@ -16,7 +16,6 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.web_urldispatcher import PrefixedSubAppResource
 from multidict import CIMultiDictProxy
 from nats.aio.client import Client as NATS
 
@@ -24,6 +23,7 @@ from libs.contracts.schema import array, integer, nullable, obj, string
 from libs.events.bus import BusClient, Unavailable, error_from_wire
 from libs.service.runner import Service
 from services.gateway.api import (
+    API_APP,
     Access,
     ApiConfig,
     BusAuthenticator,
@@ -302,13 +302,8 @@ async def serve_api(
 
 
 def api_app_of(root: web.Application) -> web.Application:
-    """The API sub-application mounted in `root`."""
-    for resource in root.router.resources():
-        if isinstance(resource, PrefixedSubAppResource):
-            app = resource.get_info()["app"]
-            assert isinstance(app, web.Application)
-            return app
-    raise AssertionError("no API sub-application is mounted")
+    """The API application mounted in `root`."""
+    return root[API_APP]
 
 
 @dataclass

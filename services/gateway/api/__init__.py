@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.gateway.api.app import API_PREFIX, API_STATE, ApiState, build_api, mount_api
+from services.gateway.api.app import API_APP, API_PREFIX, API_STATE, ApiState, build_api, mount_api
 from services.gateway.api.auth import (
     SESSION_COOKIE,
     Authenticator,
@@ -18,6 +18,7 @@ from services.gateway.api.routes import Access, Call, Reply, Route, Routes, Rout
 from services.gateway.api.table import default_table
 
 __all__ = [
+    "API_APP",
     "API_PREFIX",
     "API_STATE",
     "SESSION_COOKIE",

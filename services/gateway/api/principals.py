@@ -212,6 +212,12 @@ class CachingAuthenticator:
         self.inner = inner
         self.cache = cache
 
+    def known(self, credentials: Credentials) -> Principal | None:
+        """The cache's live answer for `credentials`, if any (no call, no coroutine)."""
+        if credentials.malformed:
+            return None
+        return self.cache.get(credential_key(credentials))
+
     async def authenticate(self, credentials: Credentials, ctx: Context) -> Principal | None:
         if credentials.malformed:
             return None

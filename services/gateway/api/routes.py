@@ -16,6 +16,7 @@ dispatcher decides authorization from the declaration alone; see api/app.py.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -238,16 +239,16 @@ class Route:
             if not types or not set(types) <= _SCALARS | {"null"}:
                 raise SchemaError(f"{where} parameter {name} must be a string, number or boolean")
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
         return f"{self.method} {self.path}"
 
-    @property
+    @functools.cached_property
     def safe(self) -> bool:
         """GET routes never change state."""
         return self.method in SAFE_METHODS
 
-    @property
+    @functools.cached_property
     def success(self) -> int:
         """The status of a plain (non-Reply) answer: the lowest declared 2xx."""
         return min(self.responses)

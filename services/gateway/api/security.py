@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 from yarl import URL
 
 from services.gateway.api.auth import SESSION_COOKIE
-from services.gateway.api.problems import Problem
+from services.gateway.api.problems import CORRELATION_ID, Problem
 
 __all__ = [
     "API_CSP",
@@ -37,10 +37,11 @@ __all__ = [
     "client_ip",
     "cors_preflight",
     "normalize_origin",
-    "security_headers",
+    "response_headers",
 ]
 
 API_PREFIX = "/api/"
+_API_ROOT = "/api"
 HSTS = "max-age=31536000; includeSubDomains"
 _LOCKDOWN = "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 DASHBOARD_CSP = (
@@ -61,16 +62,38 @@ _PREFLIGHT_MAX_AGE = "600"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare of the gateway's root app: the headers on every response."""
-    h = response.headers
-    h.update(_HEADERS)
-    if request.path.startswith(API_PREFIX) or request.path == API_PREFIX.rstrip("/"):
+ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+
+
+def response_headers(cors: frozenset[str]) -> ResponseHook:
+    """on_response_prepare of the gateway's root app: the security headers on every response.
+
+    A response the API dispatched (it has a correlation id) also carries `X-Correlation-Id`,
+    and, for a configured CORS origin only, `Access-Control-Allow-Origin` naming it exactly.
+    """
+
+    async def headers(request: web.Request, response: web.StreamResponse) -> None:
+        h = response.headers
+        h.update(_HEADERS)
+        path = request.path
+        if not (path.startswith(API_PREFIX) or path == _API_ROOT):
+            h["Content-Security-Policy"] = DASHBOARD_CSP
+            h.setdefault("Cache-Control", "no-store")
+            return
         h.setdefault("Content-Security-Policy", API_CSP)
         h.setdefault("Cache-Control", "no-store")
-    else:
-        h["Content-Security-Policy"] = DASHBOARD_CSP
-        h.setdefault("Cache-Control", "no-store")
+        cid = request.get(CORRELATION_ID)
+        if cid is None:
+            return
+        h["X-Correlation-Id"] = cid
+        given = request.headers.get("Origin") if cors else None
+        origin = normalize_origin(given) if given else None
+        if origin is not None and origin in cors:
+            h["Access-Control-Allow-Origin"] = origin
+            h["Access-Control-Expose-Headers"] = "X-Correlation-Id, Location"
+            h["Vary"] = "Origin"
+
+    return headers
 
 
 def normalize_origin(value: str) -> str | None:

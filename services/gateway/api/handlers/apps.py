@@ -31,8 +31,8 @@ from services.gateway.api.handlers.tasks import (
     EVENT_STREAM,
     LAST_EVENT_ID,
     RETRY_MS,
-    TASK_STREAMS,
     TaskStreams,
+    task_streams,
 )
 from services.gateway.api.routes import Access, Call, Reply, Routes
 
@@ -522,7 +522,7 @@ async def follow_app_logs(call: Call) -> Any:
     if cursor is not None:  # resuming: every line after the cursor
         payload = {**payload, "tail": FOLLOW_LINES, "since": cursor}
     first = await call.ask("apps", "logs", payload)  # 404 before the stream
-    streams = call.request.config_dict.get(TASK_STREAMS) or TaskStreams()
+    streams = task_streams(call)
     response = web.StreamResponse(
         headers={"Content-Type": f"{EVENT_STREAM}; charset=utf-8", "X-Accel-Buffering": "no"}
     )

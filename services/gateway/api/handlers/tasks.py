@@ -28,6 +28,7 @@ from aiohttp import web
 
 from libs.contracts.schema import integer, nullable, obj, string
 from libs.events.bus import Invalid, NotFound, Unavailable
+from services.gateway.api.app import API_APP
 from services.gateway.api.liveness import Watch, current_caller
 from services.gateway.api.routes import Access, Call, Routes
 from services.gateway.tasks import (
@@ -40,7 +41,7 @@ from services.gateway.tasks import (
     task_view,
 )
 
-__all__ = ["EVENT_STREAM", "LAST_EVENT_ID", "TASK_STREAMS", "TaskStreams", "routes"]
+__all__ = ["EVENT_STREAM", "LAST_EVENT_ID", "TASK_STREAMS", "TaskStreams", "routes", "task_streams"]
 
 log = logging.getLogger("homeport.gateway.api")
 
@@ -143,7 +144,14 @@ class TaskStreams:
             log.warning("%d task event stream(s) still open after the stop", self._open)
 
 
-TASK_STREAMS = web.AppKey("homeport_task_streams", TaskStreams)
+TASK_STREAMS = web.AppKey("homeport_task_streams", TaskStreams)  # set on the API's app
+
+
+def task_streams(call: Call) -> TaskStreams:
+    """The open task event streams kept on the API's app (a test's may have none)."""
+    return call.request.config_dict[API_APP].get(TASK_STREAMS) or TaskStreams()
+
+
 _WATCH: ContextVar[Watch | None] = ContextVar("hp_stream_watch", default=None)
 
 TASK_PATH = obj(
@@ -248,7 +256,7 @@ async def task_events(call: Call) -> Any:
     if await _caught_up(task_state, pool, task_id) is None:
         raise _not_found(call)  # admins skip the owner check, which looks too
     after = _last_event_id(call.request)
-    streams = call.request.config_dict.get(TASK_STREAMS) or TaskStreams()
+    streams = task_streams(call)
     response = web.StreamResponse(
         headers={"Content-Type": f"{EVENT_STREAM}; charset=utf-8", "X-Accel-Buffering": "no"}
     )
