@@ -111,6 +111,12 @@ async def test_an_app_kept_down_is_mailed_once_and_its_return_once(
         assert relay.got[0].recipients == [ADMIN["email"]]
         unread = await ident.bus.query("notify", "unread_count", {}, ctx=admin)
         assert unread["unread"] >= 1  # the bell
+
+        async def recorded_as_mailed() -> bool:  # after the relay took it, as the send returns
+            found = await notifications()
+            return len(found) == 1 and found[0]["mailed"] == 1
+
+        await wait_until(recorded_as_mailed, 30, "the alert recorded as mailed")
         [opened] = await notifications()
         assert opened["open"] is True and opened["mailed"] == 1
 
