@@ -366,7 +366,8 @@ class ProjectionRunner:
                 try:
                     if parallel and self.projection.index_statements():
                         await self._create_indexes_parallel()
-                    await self.projection.create_indexes(conn)
+                    else:
+                        await self.projection.create_indexes(conn)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", self._key)
         return total

@@ -30,7 +30,6 @@ from libs.contracts.mail import SNAPSHOTS_FOLDER
 __all__ = [
     "BEFORE_RESTORE",
     "PENDING",
-    "SNAPSHOTS",
     "Taken",
     "adopt",
     "forget",
@@ -38,7 +37,6 @@ __all__ = [
     "take",
 ]
 
-SNAPSHOTS = SNAPSHOTS_FOLDER  # in the mail root: <id>/ each (the backup service reads them)
 PENDING = "restore-pending"  # in the mail root: the store of a restored mail backup
 BEFORE_RESTORE = "before-restore"  # mailboxes a restore found in the store, kept aside
 STALE_SECONDS = 24 * 3600
@@ -63,7 +61,7 @@ class _Count:
 
 
 def snapshot_dir(root: Path, snapshot_id: str) -> Path:
-    return root / SNAPSHOTS / snapshot_id
+    return root / SNAPSHOTS_FOLDER / snapshot_id
 
 
 def take(store: Path, dest: Path) -> Taken:
@@ -238,7 +236,7 @@ def forget(root: Path, snapshot_id: str) -> bool:
 
 def forget_stale(root: Path, now: float | None = None) -> list[str]:
     """Remove snapshots older than a day (a backup that stopped half-way left them)."""
-    folder = root / SNAPSHOTS
+    folder = root / SNAPSHOTS_FOLDER
     now = time.time() if now is None else now
     gone = []
     for entry in _entries(folder):

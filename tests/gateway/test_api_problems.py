@@ -84,6 +84,14 @@ async def test_bad_query_parameters_name_the_field(
     assert a.headers["Cache-Control"] == "no-store"
 
 
+async def test_a_query_on_a_route_that_takes_none_is_refused(client: Client) -> None:
+    """The query is parsed only when the URL has one (app.py): then, on a route without query
+    parameters, any parameter is refused naming it; a `?` written encoded is part of the path."""
+    assert (await client.call("GET", "/api/v1/status")).status == 200
+    assert_problem(await client.call("GET", "/api/v1/status?colour=red"), 400, "invalid", "colour")
+    assert_problem(await client.call("GET", "/api/v1/status%3Fcolour=red"), 404, "not_found")
+
+
 async def test_unknown_routes_and_methods(client: Client, cast: Cast) -> None:
     for path in ("/api/v1/nope", "/api/v1", "/api/v1/", "/api/v1/status/", "/api/v1/STATUS"):
         assert_problem(await client.call("GET", path), 404, "not_found")

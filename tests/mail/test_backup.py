@@ -25,8 +25,9 @@ import pytest
 
 from cli.main import main as homeport
 from deploy.restore import fetch_platform, open_repository, open_target, restore_mail
+from libs.contracts.mail import SNAPSHOTS_FOLDER
 from services.mail.render import Layout
-from services.mail.snapshots import PENDING, SNAPSHOTS, adopt
+from services.mail.snapshots import PENDING, adopt
 from tests.apps import appskit
 from tests.apps.appskit import EnvFor, running_apps, static_catalog
 from tests.backup.servicekit import Backup, backup_env, running_backup
@@ -121,7 +122,7 @@ async def test_the_mail_is_backed_up_and_comes_back_after_a_restore(
         ("mail", run["mail"]),
     }
     # the mail service's snapshot was read and is gone from the disk
-    assert list((w.mail.root / SNAPSHOTS).iterdir()) == []
+    assert list((w.mail.root / SNAPSHOTS_FOLDER).iterdir()) == []
     completed = [d for _, d in await backup.events(f"backup-{result['run_id']}")]
     assert any(d.get("kind") == "mail" for d in completed), completed
     # `homeport backup list` names it; `verify` checks it with the platform backup
@@ -170,7 +171,7 @@ async def test_a_run_whose_mail_cannot_be_copied_fails_saying_so(
     await asyncio.to_thread(_submit, world, "another letter")
     await _until_in_inbox(world, "another letter")
     # the mail store cannot be copied: its snapshots folder is a file
-    (world.mail.root / SNAPSHOTS).write_text("in the way")
+    (world.mail.root / SNAPSHOTS_FOLDER).write_text("in the way")
     ended, data = await _done(backup, await backup.cmd("back_up", {}))
     assert ended == "TaskFailed", data
     assert "mail store could not be copied" in str(data["message"]), data

@@ -32,8 +32,8 @@ from services.mail.commands import next_selector
 from services.mail.projections import MailProjection
 from services.mail.queries import DKIM_DEADLINE, DKIM_KEEP, DKIM_SETTLE
 from tests.mail.serverskit import client_tls, message
-from tests.support.mail import World, mail_on, mail_world, resolve
-from tests.support.pdns import PdnsServer, PdnsZone
+from tests.support.mail import World, mail_world, resolve
+from tests.support.pdns import PdnsZone
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -66,21 +66,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 @pytest.fixture
-async def world(
-    clock: Clock,
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    tmp_path: Path,
-    pdns: PdnsServer,
-    pdns_zone: PdnsZone,
-) -> AsyncIterator[World]:
-    """Mail on for the test zone, the servers running (their DNS: the test PowerDNS)."""
-    async with mail_on(
-        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, pdns=pdns, zone=pdns_zone
-    ) as w:
-        await _settled(w)
-        yield w
+async def world(clock: Clock, world: World) -> World:
+    """conftest's mail-on world, the mail service built with `clock` (set up first), settled."""
+    await _settled(world)
+    return world
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ from services.mail.errors import InvalidRequest
 from services.mail.outbound import PlatformLogin, build_message, relay_sender
 from services.mail.render import Layout
 from tests.mail.serverskit import ALICE, MailStack, client_tls, message
-from tests.support.mail import LEE, World, mail_on, mail_world, resolve
-from tests.support.pdns import PdnsServer, PdnsZone
+from tests.support.mail import LEE, World, mail_world, resolve
+from tests.support.pdns import PdnsZone
 from tests.support.smart_host import SmartHost, smart_host
 
 HOST = "127.0.0.1"
@@ -126,30 +126,14 @@ async def off(
         yield w
 
 
-@pytest.fixture
-async def on(
-    monkeypatch: pytest.MonkeyPatch,
-    dsn: str,
-    nats_url: str,
-    tmp_path: Path,
-    pdns: PdnsServer,
-    pdns_zone: PdnsZone,
-) -> AsyncIterator[World]:
-    """identity, dns and mail, the mail servers running with mail on for the test zone."""
-    async with mail_on(
-        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, pdns=pdns, zone=pdns_zone
-    ) as w:
-        yield w
-
-
 # -- mail on: the local servers --------------------------------------------------------------
 
 
 @pytest.mark.slow
 async def test_with_mail_on_it_is_delivered_by_the_servers_and_dkim_signed(
-    on: World, tmp_path: Path
+    world: World, tmp_path: Path
 ) -> None:
-    w = on
+    w = world
     subject = f"Disk at 90 % ({uuid.uuid4().hex[:8]})"
     nobody = f"nobody-{uuid.uuid4().hex[:6]}@{w.domain}"
     reply = await w.mail.cmd(

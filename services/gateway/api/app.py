@@ -92,6 +92,10 @@ ENROLMENT_ROUTES = frozenset(
 )
 
 
+def _nobody_known(_: Credentials) -> Principal | None:
+    return None  # no principal cache: every credential is asked of the authenticator
+
+
 @dataclass(eq=False)
 class ApiState:
     """What the dispatcher and handlers share; one per API application."""
@@ -104,7 +108,7 @@ class ApiState:
     principals: PrincipalCache | None = None  # dropped after every identity command (routes.py)
     entries: dict[AbstractRoute, Route] = field(default_factory=dict)
     # A live answer of the principal cache, looked up without a coroutine (most requests)
-    known: Callable[[Credentials], Principal | None] = field(default=lambda _: None)
+    known: Callable[[Credentials], Principal | None] = _nobody_known
     _openapi: dict[str, Any] | None = None
 
     def openapi(self) -> dict[str, Any]:
@@ -132,14 +136,19 @@ def build_api(
     `principal_cache` keeps the authenticator's answers (principals.py), kept in step with
     identity by an IdentityChanges the caller starts.
     """
-    caching = None
+    known: Callable[[Credentials], Principal | None] = _nobody_known
     if principal_cache is not None:
-        authenticator = caching = CachingAuthenticator(authenticator, principal_cache)
+        caching = CachingAuthenticator(authenticator, principal_cache)
+        authenticator, known = caching, caching.known
     state = ApiState(
-        table, backend, authenticator, config or ApiConfig(), check_responses, principal_cache
+        table,
+        backend,
+        authenticator,
+        config or ApiConfig(),
+        check_responses,
+        principal_cache,
+        known=known,
     )
-    if caching is not None:
-        state.known = caching.known
     app = web.Application()  # never served itself: mount_api serves its routes
     for route in sorted(table, key=lambda r: (r.path, r.method)):
         methods = ("GET", "HEAD") if route.method == "GET" else (route.method,)
