@@ -81,8 +81,10 @@ def free_port() -> int:
 # Ports handed out lie below the kernel's ephemeral range (Linux: 32768-60999), where no
 # outgoing connection takes one between our pick and the server's bind (a CI run saw Postfix
 # refused "Address already in use" for a port bind(0) had given moments before). Like the
-# kernel, each process walks the range from a random start, so two processes (test workers)
-# rarely try the same port, and one that is taken is skipped.
+# kernel, each process walks the range from a random start, so two processes rarely try the
+# same port, and one that is taken is skipped. HP_FREE_PORTS=<low>-<high> narrows the range:
+# the test workers each get their own (tests/conftest.py), since a port one picked stays free
+# until its server binds it, seconds later, and another walking by could pick it meanwhile.
 _PICK_LOW, _PICK_HIGH = 20000, 32767
 # A server starting is polled this often (a refused loopback connect or a small file read:
 # cheap); a start is counted from when it is ready, so a coarse poll is time lost at each one.
@@ -90,16 +92,26 @@ _POLL_S = 0.01
 _cursor = [secrets.randbelow(_PICK_HIGH - _PICK_LOW + 1)]
 
 
+def _pick_range() -> tuple[int, int]:
+    """The range ports are picked from: HP_FREE_PORTS if it names one inside ours."""
+    low, sep, high = os.environ.get("HP_FREE_PORTS", "").partition("-")
+    if sep and low.isdigit() and high.isdigit():
+        if _PICK_LOW <= int(low) < int(high) <= _PICK_HIGH:
+            return int(low), int(high)
+    return _PICK_LOW, _PICK_HIGH
+
+
 def free_ports(n: int) -> list[int]:
     """`n` different TCP ports on 127.0.0.1, free right now (each held while the next is
     picked)."""
-    span = _PICK_HIGH - _PICK_LOW + 1
+    low, high = _pick_range()
+    span = high - low + 1
     with contextlib.ExitStack() as held:
         ports: list[int] = []
         for _ in range(span):
             if len(ports) == n:
                 break
-            port = _PICK_LOW + _cursor[0] % span
+            port = low + _cursor[0] % span
             _cursor[0] += 1
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:

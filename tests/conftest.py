@@ -23,6 +23,24 @@ from tests.support.pebble import ChallDns, PebbleServer, run_challdns, run_pebbl
 from tests.support.servers import started
 
 
+def _own_ports() -> None:
+    """Each xdist worker picks free ports from its own slice of deploy/embedded.py's range (its
+    servers and their children too): a port one worker picked is free until its server binds
+    it, and another worker walking the same range could take it meanwhile (Postfix once failed
+    "Address already in use" so)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit()):
+        return
+    low, high = 20000, 32767
+    size = (high - low + 1) // max(1, int(count))
+    start = low + int(worker[2:]) * size
+    os.environ["HP_FREE_PORTS"] = f"{start}-{start + size - 1}"
+
+
+_own_ports()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `slow` first (a stable sort: the rest keep their order), so that with xdist
     the long ones do not start last and leave the other workers idle at the end of the run."""

@@ -332,8 +332,12 @@ async def test_uninstall_removes_everything_and_frees_the_location(
 
     reply = await apps.cmd("uninstall", {"app_id": app_id})
     assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
-    names = [c.name for c in apps.docker.containers.list(all=True)]
-    assert f"{apps.prefix}-app-{app_id}" not in names
+    gone = f"{apps.prefix}-app-{app_id}"
+    # the API's listing, not containers.list(), which inspects each container it lists and
+    # fails when another worker's is removed meanwhile
+    listed = apps.docker.api.containers(all=True, filters={"name": gone})
+    names = [n.lstrip("/") for c in listed for n in c["Names"]]
+    assert gone not in names
     assert f"{apps.prefix}-data-{app_id}" not in [v.name for v in apps.docker.volumes.list()]
     assert f"{apps.prefix}-net-{app_id}" not in [n.name for n in apps.docker.networks.list()]
     assert not (tmp_path / "apps" / "snapshots" / app_id).exists()

@@ -671,9 +671,9 @@ def test_an_install_from_before_per_service_users_is_moved_over(box: SystemdBox)
         _install(box)
     data, keyring = "/var/lib/homeport", "/var/lib/homeport/keyring"
     rings = {
-        o: box.run("sha256sum", f"{keyring}/{o}/keyring.json").split()[0] for o in KEYRING_OWNERS
+        o: box.read("sha256sum", f"{keyring}/{o}/keyring.json").split()[0] for o in KEYRING_OWNERS
     }
-    ip_keys = box.run("sha256sum", f"{data}/ip-keys/ip-keys.json").split()[0]
+    ip_keys = box.read("sha256sum", f"{data}/ip-keys/ip-keys.json").split()[0]
     box.run("systemctl", "stop", "homeport.target")
     # what the release before this one left
     box.sh("id homeport >/dev/null 2>&1 || useradd --system --gid homeport homeport")
@@ -694,11 +694,11 @@ def test_an_install_from_before_per_service_users_is_moved_over(box: SystemdBox)
     for owner in KEYRING_OWNERS:
         line = box.sh(f"stat -c '%U %a' {keyring}/{owner}/keyring.json").strip()
         assert line == f"{unit_user(owner)} 600", line
-        assert box.run("sha256sum", f"{keyring}/{owner}/keyring.json").split()[0] == rings[owner]
+        assert box.read("sha256sum", f"{keyring}/{owner}/keyring.json").split()[0] == rings[owner]
         assert box.status("test", "-e", f"{keyring}/{owner}.json")[0] != 0
     line = box.sh(f"stat -c '%U %G %a' {data}/ip-keys/ip-keys.json").strip()
     assert line == "homeport-identity homeport-ipkeys 640", line
-    assert box.run("sha256sum", f"{data}/ip-keys/ip-keys.json").split()[0] == ip_keys
+    assert box.read("sha256sum", f"{data}/ip-keys/ip-keys.json").split()[0] == ip_keys
     _until(
         "every unit active after the move",
         lambda: all(p["ActiveState"] == "active" for p in _units(box).values()),

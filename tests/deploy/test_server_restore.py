@@ -104,7 +104,7 @@ def _request(box: SystemdBox, doc: dict[str, object]) -> str:
     """The request written as the backup service writes it (its user, 0600, O_EXCL); then
     homeport-restore.service's run waited for; its journal."""
     box.run("journalctl", "--rotate", check=False)
-    since = box.run("date", "+%Y-%m-%d %H:%M:%S").strip()
+    since = box.read("date", "+%Y-%m-%d %H:%M:%S").strip()
     write = (
         "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600);"
         " os.write(fd, sys.argv[2].encode())"

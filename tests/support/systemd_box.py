@@ -353,6 +353,16 @@ class SystemdBox:
             raise AssertionError(f"{' '.join(argv)} exited with {code}:\n{text[-4000:]}")
         return text
 
+    def read(self, *argv: str) -> str:
+        """`run` of a command that always prints something (date, sha256sum): asked again
+        when its output comes back empty, as Docker's exec now and then loses a short-lived
+        command's output on a loaded machine."""
+        for _ in range(5):
+            text = self.run(*argv)
+            if text.strip():
+                return text
+        raise AssertionError(f"{' '.join(argv)} printed nothing, five times")
+
     def status(self, *argv: str) -> tuple[int, str]:
         """Run argv in the box; its exit code and output."""
         code, out = self.container.exec_run(list(argv))
