@@ -66,6 +66,7 @@ class MailConfig(ServiceConfig):
     # Dovecot asks the service about every password here (loopback; 0: any free port).
     mail_auth_port: int = field(default=0, metadata=check(_port, "a port 0-65535"))
     # Seconds Dovecot waits before it answers a wrong password (slows guessing; tests: 0).
+    # 0 also turns off its growing wait for an address that keeps failing (up to 15 s).
     mail_auth_failure_delay: float = field(default=2.0, metadata=check(_delay, "seconds 0-60"))
     # Where apps send (their `sendmail` addon): the services network's address(es), served
     # while present on this host; and the port.

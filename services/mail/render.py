@@ -621,6 +621,15 @@ def _clients(model: MailModel, s: ServersSettings) -> tuple[str, str, str]:
     return imap, sieve, " ".join(nets)
 
 
+_NO_AUTH_PENALTY = """\
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
+"""
+
+
 def _dovecot(
     model: MailModel, s: ServersSettings, lay: Layout, gen: Path, cert: str, key: str
 ) -> dict[str, RenderedFile]:
@@ -671,6 +680,9 @@ def _dovecot(
         sieve_sending = (
             "  sieve_extensions = -vacation -vacation-seconds\n  sieve_max_redirects = 0"
         )
+    # No wait at all asked for: Dovecot's own growing wait for an address that keeps failing
+    # (2, 4, 8, up to 15 s, its `anvil` penalty) goes too; identity's limits still apply.
+    penalty = "" if s.auth_failure_delay else _NO_AUTH_PENALTY
     # The users file and the Lua script are named through `conf`, not this generation: Dovecot
     # reads the users file again at each look-up, and a Dovecot not reloaded (Postfix-only
     # changes) must still find it once its own generation is gone (a CI run saw "unknown user").
@@ -747,7 +759,7 @@ service managesieve-login {{
   }}
 {sieve_apps}
 }}
-service lmtp {{
+{penalty}service lmtp {{
   unix_listener lmtp {{
     mode = 0600
     user = postfix

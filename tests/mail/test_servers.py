@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.embedded import free_ports
 from services.mail.errors import MailConfigRefused, MailServersError
-from services.mail.model import Mailbox, MailDomain, Relay, ServersSettings
-from services.mail.render import TLS_CIPHERS, RenderedFile
+from services.mail.model import Mailbox, MailDomain, MailModel, Relay, ServersSettings
+from services.mail.render import TLS_CIPHERS, RenderedFile, render
 from services.mail.servers import _SIGN_IN_SIDE, MailServers, _children, _ensure_dir
 from tests.mail.serverskit import (
     ALICE,
@@ -173,6 +173,39 @@ def test_wrong_password_is_refused_and_the_endpoint_saw_the_client(stack: MailSt
     assert {"user": "alice", "ip": "127.0.0.3", "service": "smtp"} in calls
     # the same person with the right password from elsewhere is not locked out
     assert stack.submit(ALICE, message(ALICE.address, BOB.address)) == {}
+
+
+def test_wrong_passwords_in_a_row_are_answered_at_once_when_no_wait_is_asked(
+    stack: MailStack,
+) -> None:
+    # The worker's servers run with auth_failure_delay 0 (HP_MAIL_AUTH_FAILURE_DELAY=0): no
+    # wait at all, so Dovecot's own growing wait for an address that keeps failing is off too.
+    # With it, the 2nd to 5th failures here would wait 2, 4, 8 and 15 s (29 s).
+    started = time.monotonic()
+    for i in range(5):
+        with stack.smtp(stack.settings.submission_port, source="127.0.0.5") as s:
+            s.starttls(context=client_tls())
+            s.ehlo()
+            s.user, s.password = ALICE.login, f"not the password {i}"
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                s.auth("PLAIN", s.auth_plain)
+    assert time.monotonic() - started < 12
+
+
+def test_the_growing_wait_for_wrong_passwords_stays_unless_no_wait_is_asked() -> None:
+    def conf(delay: float) -> str:
+        settings = ServersSettings(
+            root=Path("/srv/hp-mail"), auth_token="t" * 32, auth_failure_delay=delay
+        )
+        files = render(MailModel(hostname="mail.example.org"), settings, Path("/srv/g"))
+        return files["dovecot/dovecot.conf"].data.decode()
+
+    assert "auth_failure_delay = 2000 msecs" in conf(2.0)
+    assert "anvil-auth-penalty" not in conf(2.0)  # Dovecot's default: the penalty on
+    assert "anvil-auth-penalty" not in conf(0.5)
+    off = conf(0)
+    assert "auth_failure_delay = 0 msecs" in off
+    assert "unix_listener anvil-auth-penalty {\n    mode = 0\n  }" in off
 
 
 def test_sending_as_someone_else_is_refused_as_an_alias_accepted(stack: MailStack) -> None:
@@ -315,6 +348,11 @@ def _break_postfix(files: dict[str, RenderedFile]) -> None:
     files["postfix/main.cf"] = replace(main, data=main.data + b"this line has no equals sign\n")
 
 
+def _break_postfix_master(files: dict[str, RenderedFile]) -> None:
+    master = files["postfix/master.cf"]
+    files["postfix/master.cf"] = replace(master, data=master.data + b"x inet q - y - - smtpd\n")
+
+
 def _break_dovecot(files: dict[str, RenderedFile]) -> None:
     conf = files["dovecot/dovecot.conf"]
     files["dovecot/dovecot.conf"] = replace(conf, data=conf.data + b"no_such_setting = 1\n")
@@ -326,7 +364,12 @@ def _break_rspamd(files: dict[str, RenderedFile]) -> None:
 
 @pytest.mark.parametrize(
     ("server", "edit"),
-    [("postfix", _break_postfix), ("dovecot", _break_dovecot), ("rspamd", _break_rspamd)],
+    [
+        ("postfix", _break_postfix),
+        ("postfix", _break_postfix_master),
+        ("dovecot", _break_dovecot),
+        ("rspamd", _break_rspamd),
+    ],
 )
 def test_a_refused_configuration_leaves_the_running_one(
     stack: MailStack, server: str, edit: Callable[[dict[str, RenderedFile]], None]
@@ -381,8 +424,13 @@ def test_a_change_is_swapped_in_every_server_reloads_and_the_one_before_is_kept(
     old_sign_in = [pid for pid, title in _children(dovecot) if _SIGN_IN_SIDE.search(title)]
     assert old_sign_in, _children(dovecot)
     try:
+        before = time.time()
         second = stack.apply(changed)
         assert second != first
+        # written now, dated back: Postfix would read a main.cf newer than a second again and
+        # again, 0.3 s apart, until it aged (1-2.5 s of every check, start and reload)
+        main = (second / "postfix" / "main.cf").stat()
+        assert main.st_ctime >= before - 1 and main.st_mtime <= before - 2
         # once apply returns, no process of the old configuration takes a sign-in
         assert not [pid for pid in old_sign_in if Path(f"/proc/{pid}").exists()]
         assert os.readlink(stack.servers.lay.conf) == f"generations/{second.name}"
