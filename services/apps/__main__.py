@@ -26,7 +26,8 @@ from services.apps.projections import AppsProjection
 from services.apps.queries import Queries
 from services.apps.runtime import DockerRuntime
 from services.apps.snapshots import Snapshots
-from services.apps.streams import app_streams
+from services.apps.spare import SpareNetwork
+from services.apps.streams import AppStreams, app_streams
 
 
 def build(cfg: AppsConfig | None = None, clock: Clock | None = None) -> Service:
@@ -57,8 +58,13 @@ async def _parts(cfg: AppsConfig, clock: Clock | None, svc: Service) -> AsyncIte
         snapshots = Snapshots(cfg.apps_dir / "snapshots", runtime, pg, cfg.name_prefix)
         tools = Tools(cfg, apps, keys, runtime, catalog, peers, snapshots, pg, services)
         monitor = HealthMonitor(cfg, apps, runtime, catalog, restarts)
-        async with aclosing(Driver(tools, svc.spawn)) as driver:
-            commands = Commands(cfg, apps, keys, catalog, runtime, driver, restarts)
+        spare = SpareNetwork(runtime, tools.names, partial(_known, apps))
+        await spare.adopt(f"{cfg.name_prefix}-net-")
+        async with (
+            aclosing(spare),
+            aclosing(Driver(tools, svc.spawn, idle=spare.refill)) as driver,
+        ):
+            commands = Commands(cfg, apps, keys, catalog, runtime, driver, restarts, spare)
             queries = Queries(cfg, apps, runtime, catalog, peers, monitor.latest_stats)
             async with (
                 auto_updates(svc, cfg, commands, clock) as auto,
@@ -71,7 +77,13 @@ async def _parts(cfg: AppsConfig, clock: Clock | None, svc: Service) -> AsyncIte
                 serve(svc, conn.nc, CONTRACT, commands, queries, auto, platform),
             ):
                 await driver.resume_all()
+                spare.refill()  # after what resumed: not beside it (refilled when it ends)
                 yield
+
+
+async def _known(apps: AppStreams, app_id: str) -> bool:
+    """Whether an app with this id was ever asked for (its stream has events)."""
+    return (await apps.load(app_id)).version > 0
 
 
 if __name__ == "__main__":

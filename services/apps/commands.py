@@ -47,6 +47,7 @@ from services.apps.names import Names
 from services.apps.operations import Driver
 from services.apps.semver import Version
 from services.apps.snapshots import FolderProblem
+from services.apps.spare import SpareNetwork
 from services.apps.state import AppState, State
 from services.apps.streams import AppStreams
 
@@ -238,7 +239,9 @@ class Commands:
         runtime: ContainerRuntime,
         driver: Driver,
         restarts: Restarts,
+        spare: SpareNetwork | None = None,
     ) -> None:
+        """`spare`: the id (its network made ahead) the next install or clone takes."""
         self.cfg = cfg
         self.apps = apps
         self.keys = keys
@@ -246,6 +249,7 @@ class Commands:
         self.runtime = runtime
         self.driver = driver
         self.restarts = restarts
+        self.spare = spare
         self._snapshot_lock = asyncio.Lock()
 
     # -- helpers ----------
@@ -420,10 +424,15 @@ class Commands:
         domain = await self._domain(payload.get("domain") or self.cfg.default_domain)
         self._platform_ok(manifest)
         await self._location_free(domain, location)
-        app_id = str(uuid.uuid4())
-        await self._ports_free(app_id, ports)
-        task = await self._start_task("install", f"Install {manifest.title}", app_id)
-        sealed = {k: self._seal(app_id, v) for k, v in env.items() if v is not None}
+        app_id = self.spare.take() if self.spare else str(uuid.uuid4())
+        try:
+            await self._ports_free(app_id, ports)
+            task = await self._start_task("install", f"Install {manifest.title}", app_id)
+            sealed = {k: self._seal(app_id, v) for k, v in env.items() if v is not None}
+        except BaseException:
+            if self.spare:  # nothing of the app recorded yet: the next one takes the id
+                self.spare.give_back(app_id)
+            raise
         request = ev.AppInstallRequested(
             app_id=app_id,
             manifest_id=manifest.id,
@@ -454,10 +463,17 @@ class Commands:
         if source.state is not State.installed:
             raise AppConflict(f"only an installed app can be cloned (it is {source.state.value})")
         await self._location_free(domain, location)
-        app_id = str(uuid.uuid4())
-        await self._ports_free(app_id, ports)
-        task = await self._start_task("install", f"Clone {manifest.title} to {location}", app_id)
-        env = {k: self._seal(app_id, self.keys.unseal_str(v)) for k, v in source.env.items()}
+        app_id = self.spare.take() if self.spare else str(uuid.uuid4())
+        try:
+            await self._ports_free(app_id, ports)
+            task = await self._start_task(
+                "install", f"Clone {manifest.title} to {location}", app_id
+            )
+            env = {k: self._seal(app_id, self.keys.unseal_str(v)) for k, v in source.env.items()}
+        except BaseException:
+            if self.spare:  # nothing of the app recorded yet: the next one takes the id
+                self.spare.give_back(app_id)
+            raise
         request = ev.AppInstallRequested(
             app_id=app_id,
             manifest_id=source.manifest_id,

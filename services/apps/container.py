@@ -174,6 +174,10 @@ class ContainerRuntime(Protocol):
         """Remove a network; a missing one is fine."""
         ...
 
+    async def app_networks(self, name_prefix: str) -> list[tuple[str, str]]:
+        """(name, app id) of each network labelled with an app whose name starts so."""
+        ...
+
     # Volumes
 
     async def ensure_volume(

@@ -577,6 +577,19 @@ class DockerRuntime:
             "remove the containers still attached to it first",
         )
 
+    async def app_networks(self, name_prefix: str) -> list[tuple[str, str]]:
+        api = self._api
+
+        def listed() -> list[tuple[str, str]]:
+            found = api.networks(filters={"label": "homeport.app"})
+            return [
+                (str(n["Name"]), str((n.get("Labels") or {})["homeport.app"]))
+                for n in found
+                if str(n["Name"]).startswith(name_prefix)
+            ]
+
+        return await self._run(listed, "networks could not be listed", "retry")
+
     # Volumes
 
     async def _inspect_volume(self, name: str) -> dict[str, Any] | None:

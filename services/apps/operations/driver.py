@@ -55,10 +55,13 @@ class Driver:
     """Runs operations in the background; `aclose()` cancels the runs in flight (each resumes
     at the next start)."""
 
-    def __init__(self, tools: Tools, spawn: Spawn) -> None:
+    def __init__(self, tools: Tools, spawn: Spawn, idle: Callable[[], None] | None = None) -> None:
+        """`idle`: called whenever the last operation running ends (not while closing)."""
         self.tools = tools
         self._apps = tools.apps
         self._spawn = spawn
+        self._idle = idle
+        self._closing = False
         self._locks: dict[str, asyncio.Lock] = {}
         self._again: set[str] = set()
         self._running: set[asyncio.Task[Any]] = set()
@@ -100,6 +103,7 @@ class Driver:
         return resumed
 
     async def aclose(self) -> None:
+        self._closing = True
         running = list(self._running)
         for t in running:
             t.cancel()
@@ -108,7 +112,12 @@ class Driver:
     def _track(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = self._spawn(coro, name)
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._running.discard(task)
+        if not self._running and not self._closing and self._idle is not None:
+            self._idle()
 
     async def _drive_locked(self, app_id: str, lock: asyncio.Lock) -> None:
         async with lock:
@@ -161,7 +170,8 @@ class Driver:
     async def _run(self, s: AppState, task: Task) -> None:
         operation = operation_of(s)
         kind = operation.kind
-        for step, start, end in operation.ends():
+        steps = operation.ends()
+        for i, (step, start, end) in enumerate(steps):
             s = await self._apps.load(s.app_id)
             if s.operation is None or s.operation.kind != kind:
                 return  # someone else ended it
@@ -175,7 +185,8 @@ class Driver:
             )
             await self._apps.append(s.app_id, [done], s.version)
             await self._maybe_pause(kind, step.name)
-            await task.progress(end, step.message)
+            if i == len(steps) - 1:  # else the next step's start says it, an append less
+                await task.progress(end, step.message)
         s = await self._apps.load(s.app_id)
         await self._apps.append(s.app_id, [operation.outcome(s, task.id)], s.version)
         await self._maybe_pause(kind, "outcome")
