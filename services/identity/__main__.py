@@ -35,6 +35,7 @@ from services.identity.mail_signin import MailSignIn
 from services.identity.mfa import Mfa
 from services.identity.names import Names
 from services.identity.password_check import PasswordCheck
+from services.identity.passwords import Hasher
 from services.identity.projections import TABLES, IdentityProjection
 from services.identity.sessions import Sessions, Whoami
 from services.identity.setup_token import offer_setup_token
@@ -70,6 +71,7 @@ async def _parts(cfg: IdentityConfig, clock: Clock, svc: Service) -> AsyncIterat
             projection,
             announce=partial(changes.announce, conn.nc),
             addresses=ip_keys,
+            hasher=Hasher(cfg.password_memory_kib),
         )
         addresses = Addresses(
             ip_keys, store.pool, retention=retention, require_admin=store.require_admin, clock=clock

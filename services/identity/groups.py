@@ -46,7 +46,6 @@ from services.identity.errors import (
     ResetRefused,
 )
 from services.identity.link_mail import LinkMail
-from services.identity.passwords import hash_password
 from services.identity.readmodel import Step, Table
 from services.identity.store import Decide, IdentityStore, acting_as
 from services.identity.tokens import new_link_token, token_hash, tokens_equal
@@ -439,7 +438,9 @@ class Groups:
         check.new_password(new, username=plain(row["username"]), email=plain(row["email"]))
         user_id = str(row["user_id"])
         reset_id = str(row["reset_id"])
-        sealed = await self.store.seal(user_id, await asyncio.to_thread(hash_password, new))
+        sealed = await self.store.seal(
+            user_id, await asyncio.to_thread(self.store.hasher.hash, new)
+        )
         append_on = self.store.append_on
 
         async def use(conn: asyncpg.Connection) -> None:

@@ -48,7 +48,6 @@ from services.identity.errors import (
     TicketRefused,
     WrongCode,
 )
-from services.identity.passwords import hash_password, needs_rehash
 from services.identity.readmodel import Effect, Step, Table
 from services.identity.sessions import Principal, Sessions, principal_of
 from services.identity.signin import Limits, record_failure
@@ -289,9 +288,13 @@ class Mfa:
         (what sign-in does when it starts the session itself)."""
         stored = self.store.plain(row["password_hash"])
         password = payload.get("password")
-        if stored is None or not isinstance(password, str) or not needs_rehash(stored):
+        if (
+            stored is None
+            or not isinstance(password, str)
+            or not self.store.hasher.needs_rehash(stored)
+        ):
             return None
-        hashed = await asyncio.to_thread(hash_password, password)
+        hashed = await asyncio.to_thread(self.store.hasher.hash, password)
         return await self.store.seal(str(row["user_id"]), hashed)
 
     @command("login_totp")

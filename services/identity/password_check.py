@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from services.identity.passwords import MAX_LENGTH, verify_dummy, verify_password
+from services.identity.passwords import MAX_LENGTH
 from services.identity.store import IdentityStore
 
 __all__ = ["PasswordCheck", "Verdict"]
@@ -49,17 +49,17 @@ class PasswordCheck:
     async def dummy(self, password: str) -> None:
         """The work of a check, spent where none is made (a name with no account, an account
         past its limit), so the answer takes as long."""
-        await self._hash(verify_dummy, password[: MAX_LENGTH + 1])
+        await self._hash(self.store.hasher.verify_dummy, password[: MAX_LENGTH + 1])
 
     async def check(self, row: asyncpg.Record | None, password: str) -> Verdict:
         """`password` against the user `row` (None: no such user)."""
         password = password[: MAX_LENGTH + 1]  # a longer one cannot match; bound the work
         if row is None:
-            await self._hash(verify_dummy, password)
+            await self._hash(self.store.hasher.verify_dummy, password)
             return Verdict.UNKNOWN
         stored = self.store.plain(row["password_hash"])
         assert stored is not None
-        right = await self._hash(verify_password, stored, password)
+        right = await self._hash(self.store.hasher.verify, stored, password)
         # read again: a disable that answered while the hash ran must refuse this sign-in
         disabled = await self.store.pool.fetchval(
             "SELECT disabled FROM identity.users WHERE user_id = $1", row["user_id"]

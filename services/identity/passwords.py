@@ -30,13 +30,16 @@ from services.identity.errors import IdentityInvalid
 
 __all__ = [
     "COMMON_PASSWORD_COUNT",
+    "DEFAULT",
     "HASH_LEN",
     "MAX_LENGTH",
     "MEMORY_COST_KIB",
     "MIN_LENGTH",
+    "MIN_MEMORY_COST_KIB",
     "PARALLELISM",
     "SALT_LEN",
     "TIME_COST",
+    "Hasher",
     "PasswordRejected",
     "Reason",
     "check_password",
@@ -53,6 +56,7 @@ MAX_LENGTH: Final = 256
 # argon2id: 64 MiB, 2 passes, 1 lane. Above the bar (m >= 19 MiB, t >= 2, p = 1; OWASP's
 # minimum) with room to spare, and still about 100 ms per verify on the 2-core test machine.
 MEMORY_COST_KIB: Final = 65536
+MIN_MEMORY_COST_KIB: Final = 19456  # 19 MiB: SECURITY.md's bar (HP_PASSWORD_MEMORY_KIB >= it)
 TIME_COST: Final = 2
 PARALLELISM: Final = 1
 HASH_LEN: Final = 32
@@ -180,31 +184,10 @@ def check_password(password: str, *, username: str | None = None, email: str | N
         )
 
 
-_HASHER: Final = PasswordHasher(
-    time_cost=TIME_COST,
-    memory_cost=MEMORY_COST_KIB,
-    parallelism=PARALLELISM,
-    hash_len=HASH_LEN,
-    salt_len=SALT_LEN,
-    encoding="utf-8",
-    type=Type.ID,
-)
-
-
 def _secret(password: str) -> bytes:
     # surrogatepass: a password with a lone surrogate can never have been set (check_password
     # refuses it), but verifying one must still cost a full hash and answer False, not raise.
     return _nfc(password).encode("utf-8", "surrogatepass")
-
-
-def hash_password(password: str) -> str:
-    """The argon2id encoding of `password` (`$argon2id$v=19$m=...,t=...,p=1$salt$hash`).
-
-    Checks length and characters (PasswordRejected) but not the context rules: call
-    check_password first when a user chooses a password.
-    """
-    _check_form(password)
-    return _HASHER.hash(_secret(password))
 
 
 def _ascii_hash(encoded: str) -> bytes:
@@ -216,56 +199,87 @@ def _ascii_hash(encoded: str) -> bytes:
         ) from None
 
 
-def verify_password(encoded: str, password: str) -> bool:
-    """Whether `password` matches the stored argon2 hash `encoded`.
-
-    Raises ValueError if `encoded` is not an argon2 hash at all (a corrupt store).
-    """
-    try:
-        return _HASHER.verify(_ascii_hash(encoded), _secret(password))
-    except VerifyMismatchError:
-        return False
-    except (InvalidHashError, VerificationError) as e:
-        raise ValueError(
-            "stored password hash is not a valid argon2 hash: reset the user's password"
-        ) from e
-
-
-def needs_rehash(encoded: str) -> bool:
-    """Whether `encoded` is weaker than the current parameters (rehash at the next login)."""
-    try:
-        p = extract_parameters(encoded)
-    except InvalidHashError as e:
-        raise ValueError(
-            "stored password hash is not a valid argon2 hash: reset the user's password"
-        ) from e
-    return (
-        p.type is not Type.ID
-        or p.version < 0x13
-        or p.memory_cost < MEMORY_COST_KIB
-        or p.time_cost < TIME_COST
-        or p.parallelism != PARALLELISM
-        or p.hash_len < HASH_LEN
-        or p.salt_len < SALT_LEN
-    )
-
-
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii").rstrip("=")
 
 
-# An argon2id encoding with the current parameters, a random salt and a random hash: verifying
-# a password against it costs what verifying against a user's hash costs (the hash is computed
-# in full, then compared), and no known password matches it. verify_dummy makes a login for an
-# unknown user cost the same as one with a wrong password (SECURITY.md: identical answers,
-# median times within 10 %). Made without hashing anything: a hash here cost every start of
-# identity 0.1-0.2 s of CPU and 64 MiB.
-_DUMMY_HASH: Final = (
-    f"$argon2id$v={ARGON2_VERSION}$m={MEMORY_COST_KIB},t={TIME_COST},p={PARALLELISM}"
-    f"${_b64(secrets.token_bytes(SALT_LEN))}${_b64(secrets.token_bytes(HASH_LEN))}"
-)
+class Hasher:
+    """argon2id at `memory_kib` (the identity service's HP_PASSWORD_MEMORY_KIB; never below
+    MIN_MEMORY_COST_KIB, the bar of SECURITY.md), the other parameters fixed."""
+
+    def __init__(self, memory_kib: int = MEMORY_COST_KIB) -> None:
+        if isinstance(memory_kib, bool) or not MIN_MEMORY_COST_KIB <= memory_kib <= 4 * 2**20:
+            raise ValueError(
+                f"argon2 memory {memory_kib!r} KiB is outside {MIN_MEMORY_COST_KIB}-{4 * 2**20}"
+            )
+        self.memory_kib = memory_kib
+        self._argon2 = PasswordHasher(
+            time_cost=TIME_COST,
+            memory_cost=memory_kib,
+            parallelism=PARALLELISM,
+            hash_len=HASH_LEN,
+            salt_len=SALT_LEN,
+            encoding="utf-8",
+            type=Type.ID,
+        )
+        # An encoding with these parameters, a random salt and a random hash: verifying a
+        # password against it costs what verifying against a user's hash costs (the hash is
+        # computed in full, then compared), and no known password matches it. verify_dummy
+        # makes a login for an unknown user cost the same as one with a wrong password
+        # (SECURITY.md: identical answers, median times within 10 %). Made without hashing
+        # anything: a hash here cost every start of identity 0.1-0.2 s of CPU and 64 MiB.
+        self._dummy = (
+            f"$argon2id$v={ARGON2_VERSION}$m={memory_kib},t={TIME_COST},p={PARALLELISM}"
+            f"${_b64(secrets.token_bytes(SALT_LEN))}${_b64(secrets.token_bytes(HASH_LEN))}"
+        )
+
+    def hash(self, password: str) -> str:
+        """The argon2id encoding of `password` (`$argon2id$v=19$m=...,t=...,p=1$salt$hash`).
+
+        Checks length and characters (PasswordRejected) but not the context rules: call
+        check_password first when a user chooses a password.
+        """
+        _check_form(password)
+        return self._argon2.hash(_secret(password))
+
+    def verify(self, encoded: str, password: str) -> bool:
+        """Whether `password` matches the stored argon2 hash `encoded` (with the parameters
+        written in it). Raises ValueError if `encoded` is not an argon2 hash at all."""
+        try:
+            return self._argon2.verify(_ascii_hash(encoded), _secret(password))
+        except VerifyMismatchError:
+            return False
+        except (InvalidHashError, VerificationError) as e:
+            raise ValueError(
+                "stored password hash is not a valid argon2 hash: reset the user's password"
+            ) from e
+
+    def needs_rehash(self, encoded: str) -> bool:
+        """Whether `encoded` is weaker than these parameters (rehash at the next login)."""
+        try:
+            p = extract_parameters(encoded)
+        except InvalidHashError as e:
+            raise ValueError(
+                "stored password hash is not a valid argon2 hash: reset the user's password"
+            ) from e
+        return (
+            p.type is not Type.ID
+            or p.version < 0x13
+            or p.memory_cost < self.memory_kib
+            or p.time_cost < TIME_COST
+            or p.parallelism != PARALLELISM
+            or p.hash_len < HASH_LEN
+            or p.salt_len < SALT_LEN
+        )
+
+    def verify_dummy(self, password: str) -> None:
+        """Spend exactly what verify spends, for a user that does not exist."""
+        self.verify(self._dummy, password)
 
 
-def verify_dummy(password: str) -> None:
-    """Spend exactly what verify_password spends, for a user that does not exist."""
-    verify_password(_DUMMY_HASH, password)
+# The production parameters, for callers without a service's configuration (tools, tests).
+DEFAULT: Final = Hasher()
+hash_password = DEFAULT.hash
+verify_password = DEFAULT.verify
+needs_rehash = DEFAULT.needs_rehash
+verify_dummy = DEFAULT.verify_dummy

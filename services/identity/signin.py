@@ -28,13 +28,7 @@ from services.identity.errors import (
     IdentityUnauthorized,
     LoginRefused,
 )
-from services.identity.passwords import (
-    MAX_LENGTH,
-    hash_password,
-    needs_rehash,
-    verify_dummy,
-    verify_password,
-)
+from services.identity.passwords import MAX_LENGTH
 from services.identity.readmodel import Effect, Step, Table
 from services.identity.sessions import SESSION_KEYS, Sessions
 from services.identity.store import IdentityStore
@@ -129,7 +123,7 @@ class Limits:
         ip = context.current().ip
         await self._check_address(ip)
         if await self._account_limited(row["user_id"], ip):
-            await asyncio.to_thread(verify_dummy, password)
+            await asyncio.to_thread(self.store.hasher.verify_dummy, password)
             await record_failure(self.store, user_id, "limited")
             raise IdentityInvalid(
                 "too many wrong passwords for this account: try again in an hour",
@@ -137,7 +131,9 @@ class Limits:
             )
         stored = self.store.plain(row["password_hash"])
         assert stored is not None
-        if not await asyncio.to_thread(verify_password, stored, password[: MAX_LENGTH + 1]):
+        if not await asyncio.to_thread(
+            self.store.hasher.verify, stored, password[: MAX_LENGTH + 1]
+        ):
             await record_failure(self.store, user_id, "current_password")
             raise IdentityInvalid("the current password is wrong", field="current_password")
 
@@ -171,7 +167,7 @@ class SignIn(Limits):
         await self._check_address(ip)
         row = await self.store.user_by_name(username)
         if row is None:
-            await asyncio.to_thread(verify_dummy, password)
+            await asyncio.to_thread(self.store.hasher.verify_dummy, password)
             raise await self._refuse(None, "unknown_user")
         user_id = str(row["user_id"])
         # Past the account limit, from an address the account never signed in from, only a
@@ -180,11 +176,11 @@ class SignIn(Limits):
         limited = await self._account_limited(row["user_id"], ip)
         with_code = payload.get("totp") is not None or payload.get("recovery_code") is not None
         if limited and (not with_code or self.second_factor is None):
-            await asyncio.to_thread(verify_dummy, password)
+            await asyncio.to_thread(self.store.hasher.verify_dummy, password)
             raise await self._refuse(user_id, "limited")
         stored = self.store.plain(row["password_hash"])
         assert stored is not None
-        if not await asyncio.to_thread(verify_password, stored, password):
+        if not await asyncio.to_thread(self.store.hasher.verify, stored, password):
             raise await self._refuse(user_id, "password")
         if row["disabled"]:
             raise await self._refuse(user_id, "disabled")
@@ -202,8 +198,10 @@ class SignIn(Limits):
             if challenge is not None:
                 return dict(challenge)
         rehash = (
-            await self.store.seal(user_id, await asyncio.to_thread(hash_password, password))
-            if needs_rehash(stored)
+            await self.store.seal(
+                user_id, await asyncio.to_thread(self.store.hasher.hash, password)
+            )
+            if self.store.hasher.needs_rehash(stored)
             else None
         )
         return await self.sessions.start_session(user_id, user_agent, rehash=rehash)

@@ -42,6 +42,8 @@ from services.identity.errors import (
     NotPlatform,
     UsernameTaken,
 )
+from services.identity.passwords import DEFAULT as DEFAULT_HASHER
+from services.identity.passwords import Hasher
 from services.identity.validators import USERNAME
 
 __all__ = ["Announce", "Decide", "IdentityStore", "acting_as", "from_address"]
@@ -85,8 +87,10 @@ class IdentityStore:
         *,
         announce: Announce | None = None,
         addresses: PeriodKeys | None = None,
+        hasher: Hasher = DEFAULT_HASHER,
     ) -> None:
         self.events = store
+        self.hasher = hasher  # passwords' argon2id (HP_PASSWORD_MEMORY_KIB)
         self.keyring = keyring
         self.addresses = addresses  # the weeks' keys of client addresses (addresses.py)
         self.projection = projection

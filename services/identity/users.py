@@ -28,7 +28,7 @@ from services.identity.errors import (
     NoSuchUser,
     SetupDone,
 )
-from services.identity.passwords import check_password, hash_password
+from services.identity.passwords import check_password
 from services.identity.readmodel import Effect, Step, Table
 from services.identity.setup_token import check_setup_token, forget_setup_token
 from services.identity.store import IdentityStore, acting_as
@@ -127,7 +127,7 @@ class Users:
         display_name = check.display_name(payload)
         password: str = payload["password"]
         check_password(password, username=username, email=email)
-        hashed = await asyncio.to_thread(hash_password, password)
+        hashed = await asyncio.to_thread(self.store.hasher.hash, password)
         seal = self.store.seal
         return ev.UserCreated(
             user_id=user_id,
@@ -337,7 +337,7 @@ class Users:
         plain = self.store.plain
         await self.limits.current_password(row, current)
         check.new_password(new, username=plain(row["username"]), email=plain(row["email"]))
-        hashed = await asyncio.to_thread(hash_password, new)
+        hashed = await asyncio.to_thread(self.store.hasher.hash, new)
         kept = None
         if session:
             kept = await self.pool.fetchval(

@@ -187,10 +187,12 @@ def test_a_cache_folder_it_cannot_write_still_gives_the_list(
 
 
 def test_the_dummy_hash_costs_what_a_users_hash_costs_and_matches_nothing() -> None:
-    dummy = passwords._DUMMY_HASH
+    dummy = passwords.DEFAULT._dummy
     user = hash_password("correct horse battery staple")
     assert extract_parameters(dummy) == extract_parameters(user)
     assert not passwords.needs_rehash(dummy)
+    low = passwords.Hasher(passwords.MIN_MEMORY_COST_KIB)  # each hasher's dummy has its cost
+    assert extract_parameters(low._dummy) == extract_parameters(low.hash("correct horse b"))
     assert dummy.split("$")[4:] != user.split("$")[4:]
     for guess in ("", "correct horse battery staple", dummy, "password1"):
         assert verify_password(dummy, guess) is False
@@ -207,7 +209,7 @@ def test_identity_starts_without_hashing_or_parsing(tmp_path: Path) -> None:
         "r0 = peak(); c0 = time.process_time(); "
         "from services.identity import passwords as p; "
         "c1 = time.process_time(); r1 = peak(); "
-        "print(r1 - r0, c1 - c0, p._DUMMY_HASH)"
+        "print(r1 - r0, c1 - c0, p.DEFAULT._dummy)"
     )
     env = {**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path)}
     runs = []

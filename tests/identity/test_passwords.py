@@ -13,7 +13,9 @@ import pytest
 from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
 from libs.events.bus import Invalid
+from libs.service.config import ConfigError, load_config
 from services.identity import passwords
+from services.identity.config import IdentityConfig
 from services.identity.passwords import (
     COMMON_PASSWORD_COUNT,
     MAX_LENGTH,
@@ -313,3 +315,34 @@ def test_verify_dummy_costs_the_same_as_a_real_verify(stored: str) -> None:
         dummy.append(time.process_time() - start)
     r, d = min(real), min(dummy)
     assert abs(d - r) <= 0.2 * r, (real, dummy)
+
+
+def test_the_memory_per_hash_is_configurable_never_below_the_bar() -> None:
+    base = {"HP_DATABASE_URL": "postgresql://x/y", "HP_NATS_URL": "nats://x"}
+    assert load_config(IdentityConfig, base).password_memory_kib == 65536  # production
+    for bad in ("19455", "0", "-1", "lots", "19456.5", str(4 * 2**20 + 1)):
+        with pytest.raises(ConfigError) as e:
+            load_config(IdentityConfig, {**base, "HP_PASSWORD_MEMORY_KIB": bad})
+        assert e.value.problems[0].startswith("HP_PASSWORD_MEMORY_KIB: expected"), bad
+    with pytest.raises(ValueError, match="19456"):
+        passwords.Hasher(19455)
+    # at the bar: its own hashes carry it, verify, and a production hash still verifies; a
+    # hash below it is rehashed, one at or above it is not
+    low = passwords.Hasher(19456)
+    mine = low.hash(PASSPHRASE)
+    assert "$m=19456,t=2,p=1$" in mine
+    assert low.verify(mine, PASSPHRASE) and not low.verify(mine, "something else")
+    assert low.verify(hash_password(PASSPHRASE), PASSPHRASE)
+    assert not low.needs_rehash(mine) and not low.needs_rehash(hash_password(PASSPHRASE))
+    assert passwords.DEFAULT.needs_rehash(mine)  # a production service strengthens it
+    assert low.needs_rehash(_hasher(memory_cost=8192).hash(PASSPHRASE))
+    # its dummy costs what its verify costs (CPU time: see the test of the default above)
+    real, dummy = [], []
+    for _ in range(8):
+        start = time.process_time()
+        low.verify(mine, "a wrong password")
+        real.append(time.process_time() - start)
+        start = time.process_time()
+        low.verify_dummy("a wrong password")
+        dummy.append(time.process_time() - start)
+    assert abs(min(dummy) - min(real)) <= 0.2 * min(real), (real, dummy)
