@@ -283,6 +283,10 @@ def ensure_wheelhouse(python: str = sys.executable) -> Path:
 # -- the box ---------------------------------------------------------------------------------
 
 
+_EXEC_DIR = "/var/lib/hp-test-exec"  # where `SystemdBox.run` has output written (not a tmpfs:
+# the archive API does not see into the tmpfs mounts, such as /run and /tmp)
+
+
 class SystemdBox:
     """One running box; `remove()` (or the context manager) deletes it, its network and volume."""
 
@@ -347,26 +351,44 @@ class SystemdBox:
     def run(self, *argv: str, check: bool = True, env: dict[str, str] | None = None) -> str:
         """Run argv in the box (as root); its output (stdout and stderr). Nonzero exit with
         `check` raises with the output's end."""
-        code, out = self.container.exec_run(list(argv), environment=env)
-        text = out.decode(errors="replace") if out else ""
+        code, text = self._exec(argv, env)
         if check and code != 0:
             raise AssertionError(f"{' '.join(argv)} exited with {code}:\n{text[-4000:]}")
         return text
 
+    def _exec(self, argv: Iterable[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+        """argv's exit code and output, written to files in the box and read back through the
+        archive API: Docker's exec now and then loses a short-lived command's output on a
+        loaded machine (`date`, `sha256sum`, `systemctl show` came back empty in CI runs)."""
+        folder = f"{_EXEC_DIR}/{uuid.uuid4().hex}"
+        script = 'mkdir -p "$0" && { "$@" > "$0/out" 2>&1; echo "$?" > "$0/rc"; }'
+        self.container.exec_run(["/bin/sh", "-c", script, folder, *argv], environment=env)
+        try:
+            chunks, _ = self.container.get_archive(folder)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+                files = {
+                    Path(m.name).name: f.read()
+                    for m in tar.getmembers()
+                    if m.isfile() and (f := tar.extractfile(m)) is not None
+                }
+        except docker.errors.NotFound:
+            raise AssertionError(f"{' '.join(argv)}: the box did not run it") from None
+        finally:
+            self.container.exec_run(["rm", "-rf", folder])
+        if "rc" not in files:
+            raise AssertionError(f"{' '.join(argv)}: no exit code (the box stopped it?)")
+        return int(files["rc"]), files.get("out", b"").decode(errors="replace")
+
     def read(self, *argv: str) -> str:
-        """`run` of a command that always prints something (date, sha256sum): asked again
-        when its output comes back empty, as Docker's exec now and then loses a short-lived
-        command's output on a loaded machine."""
-        for _ in range(5):
-            text = self.run(*argv)
-            if text.strip():
-                return text
-        raise AssertionError(f"{' '.join(argv)} printed nothing, five times")
+        """`run` of a command that always prints something (date, sha256sum)."""
+        text = self.run(*argv)
+        if not text.strip():
+            raise AssertionError(f"{' '.join(argv)} printed nothing")
+        return text
 
     def status(self, *argv: str) -> tuple[int, str]:
         """Run argv in the box; its exit code and output."""
-        code, out = self.container.exec_run(list(argv))
-        return int(code), out.decode(errors="replace") if out else ""
+        return self._exec(argv)
 
     def sh(self, script: str, check: bool = True) -> str:
         return self.run("/bin/sh", "-c", script, check=check)
