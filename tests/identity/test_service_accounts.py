@@ -14,6 +14,7 @@ import pytest
 from libs.events.bus import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from libs.events.projection import replay_by_name
 from libs.events.sealing import KeyDestroyed, Keyring
+from services.identity.passwords import MEMORY_COST_KIB
 from tests.identity.kit import ADMIN, Identity, running_identity, totp_at
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -472,7 +473,20 @@ async def test_every_failure_is_an_event_with_the_address(ident: Identity, dsn: 
 
 
 @pytest.mark.slow  # 120 argon2 verifications
-async def test_unknown_user_and_wrong_password_take_the_same_time(ident: Identity) -> None:
+async def test_unknown_user_and_wrong_password_take_the_same_time(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, tmp_path: Path
+) -> None:
+    # At production's argon2 cost (the suite runs at the 19 MiB bar): SECURITY.md's 10 % is
+    # about what a guesser measures on a real server, and a sign-in three times shorter than
+    # that drowns in the load of the other workers (CI saw 55 vs 66 ms medians; 27 vs 28 here)
+    production = {"HP_PASSWORD_MEMORY_KIB": str(MEMORY_COST_KIB)}
+    async with running_identity(
+        monkeypatch, dsn=dsn, nats_url=nats_url, tmp_path=tmp_path, env=production
+    ) as ident:
+        await _same_time(ident)
+
+
+async def _same_time(ident: Identity) -> None:
     await with_alice(ident)
     loop = asyncio.get_running_loop()
     times: dict[str, list[float]] = {"alice": [], "nobody": []}
