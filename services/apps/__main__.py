@@ -59,7 +59,7 @@ async def _parts(cfg: AppsConfig, clock: Clock | None, svc: Service) -> AsyncIte
         tools = Tools(cfg, apps, keys, runtime, catalog, peers, snapshots, pg, services)
         monitor = HealthMonitor(cfg, apps, runtime, catalog, restarts)
         spare = SpareNetwork(runtime, tools.names, partial(_known, apps))
-        await spare.adopt(f"{cfg.name_prefix}-net-")
+        await spare.adopt()
         async with (
             aclosing(spare),
             aclosing(Driver(tools, svc.spawn, idle=spare.refill)) as driver,

@@ -14,10 +14,11 @@ Start, stop and restart record the wanted run state and apply it before answerin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from libs.contracts.common import MAX_ENV, RESERVED_LOCATIONS, env_name_problem
@@ -254,6 +255,18 @@ class Commands:
 
     # -- helpers ----------
 
+    @contextlib.contextmanager
+    def _new_app_id(self) -> Iterator[str]:
+        """A new app's id: the spare's (its network made ahead), given back if the block fails,
+        which it must do before anything of the app is recorded."""
+        app_id = self.spare.take() if self.spare else str(uuid.uuid4())
+        try:
+            yield app_id
+        except BaseException:
+            if self.spare:
+                self.spare.give_back(app_id)
+            raise
+
     def _manifest(self, manifest_id: str, version: str | None, field: str) -> Manifest:
         try:
             entry = self.catalog.entry(manifest_id, version)
@@ -424,15 +437,10 @@ class Commands:
         domain = await self._domain(payload.get("domain") or self.cfg.default_domain)
         self._platform_ok(manifest)
         await self._location_free(domain, location)
-        app_id = self.spare.take() if self.spare else str(uuid.uuid4())
-        try:
+        with self._new_app_id() as app_id:
             await self._ports_free(app_id, ports)
             task = await self._start_task("install", f"Install {manifest.title}", app_id)
             sealed = {k: self._seal(app_id, v) for k, v in env.items() if v is not None}
-        except BaseException:
-            if self.spare:  # nothing of the app recorded yet: the next one takes the id
-                self.spare.give_back(app_id)
-            raise
         request = ev.AppInstallRequested(
             app_id=app_id,
             manifest_id=manifest.id,
@@ -463,17 +471,12 @@ class Commands:
         if source.state is not State.installed:
             raise AppConflict(f"only an installed app can be cloned (it is {source.state.value})")
         await self._location_free(domain, location)
-        app_id = self.spare.take() if self.spare else str(uuid.uuid4())
-        try:
+        with self._new_app_id() as app_id:
             await self._ports_free(app_id, ports)
             task = await self._start_task(
                 "install", f"Clone {manifest.title} to {location}", app_id
             )
             env = {k: self._seal(app_id, self.keys.unseal_str(v)) for k, v in source.env.items()}
-        except BaseException:
-            if self.spare:  # nothing of the app recorded yet: the next one takes the id
-                self.spare.give_back(app_id)
-            raise
         request = ev.AppInstallRequested(
             app_id=app_id,
             manifest_id=source.manifest_id,

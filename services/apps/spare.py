@@ -45,33 +45,28 @@ class SpareNetwork:
         self._runtime = runtime
         self._names = names
         self._known = known
-        self.__ready: str | None = None
-        self._ready = None  # the gauge too (a service started again in one process)
+        self._ready: str | None = None  # the id in reserve (its network made), if any
+        self._keep(None)  # the gauge too (a service started again in one process)
         self._taken: str | None = None
         self._making: asyncio.Task[None] | None = None
         self._closed = False
 
-    @property
-    def _ready(self) -> str | None:
-        """The id in reserve (its network made), if any."""
-        return self.__ready
-
-    @_ready.setter
-    def _ready(self, app_id: str | None) -> None:
-        self.__ready = app_id
+    def _keep(self, app_id: str | None) -> None:
+        self._ready = app_id
         NETWORKS_AHEAD.set(0 if app_id is None else 1)
 
     def take(self) -> str:
         """An id for a new app: the one in reserve, else a new one (its network made later by
         the install's network step)."""
-        app_id, self._ready = self._ready, None
+        app_id = self._ready
+        self._keep(None)
         self._taken = app_id
         return app_id if app_id is not None else str(uuid.uuid4())
 
     def give_back(self, app_id: str) -> None:
         """The command that took `app_id` was refused before it recorded anything."""
         if app_id == self._taken and self._ready is None:
-            self._ready = app_id
+            self._keep(app_id)
         self._taken = None
 
     def refill(self) -> None:
@@ -91,14 +86,13 @@ class SpareNetwork:
         except RuntimeFailure as e:  # only a head start lost: the next install makes its own
             log.warning("no network made ahead for the next install: %s", e)
             return
-        if self._closed:
-            return
-        self._ready = app_id
+        if not self._closed:
+            self._keep(app_id)
 
-    async def adopt(self, name_prefix: str) -> None:
+    async def adopt(self) -> None:
         """At start: networks of ids no app ever had become the reserve (one) or go."""
         try:
-            found = await self._runtime.app_networks(name_prefix)
+            found = await self._runtime.app_networks(self._names("").network)
         except RuntimeFailure as e:
             log.warning("networks made ahead by the last run not looked for: %s", e)
             return
@@ -108,7 +102,7 @@ class SpareNetwork:
             if await self._known(app_id):
                 continue
             if self._ready is None:
-                self._ready = app_id
+                self._keep(app_id)
                 continue
             try:
                 await self._runtime.remove_network(name)

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT",
     "HASH_LEN",
     "MAX_LENGTH",
+    "MAX_MEMORY_COST_KIB",
     "MEMORY_COST_KIB",
     "MIN_LENGTH",
     "MIN_MEMORY_COST_KIB",
@@ -45,6 +46,7 @@ __all__ = [
     "check_password",
     "hash_password",
     "is_common_password",
+    "memory_cost_ok",
     "needs_rehash",
     "verify_dummy",
     "verify_password",
@@ -57,6 +59,7 @@ MAX_LENGTH: Final = 256
 # minimum) with room to spare, and still about 100 ms per verify on the 2-core test machine.
 MEMORY_COST_KIB: Final = 65536
 MIN_MEMORY_COST_KIB: Final = 19456  # 19 MiB: SECURITY.md's bar (HP_PASSWORD_MEMORY_KIB >= it)
+MAX_MEMORY_COST_KIB: Final = 4 * 2**20  # 4 GiB: argon2's own limit is far above any server's
 TIME_COST: Final = 2
 PARALLELISM: Final = 1
 HASH_LEN: Final = 32
@@ -203,14 +206,20 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii").rstrip("=")
 
 
+def memory_cost_ok(kib: int) -> bool:
+    """Whether argon2id may run at `kib` of memory here (SECURITY.md's bar and up)."""
+    return MIN_MEMORY_COST_KIB <= kib <= MAX_MEMORY_COST_KIB
+
+
 class Hasher:
     """argon2id at `memory_kib` (the identity service's HP_PASSWORD_MEMORY_KIB; never below
     MIN_MEMORY_COST_KIB, the bar of SECURITY.md), the other parameters fixed."""
 
     def __init__(self, memory_kib: int = MEMORY_COST_KIB) -> None:
-        if isinstance(memory_kib, bool) or not MIN_MEMORY_COST_KIB <= memory_kib <= 4 * 2**20:
+        if isinstance(memory_kib, bool) or not memory_cost_ok(memory_kib):
             raise ValueError(
-                f"argon2 memory {memory_kib!r} KiB is outside {MIN_MEMORY_COST_KIB}-{4 * 2**20}"
+                f"argon2 memory {memory_kib!r} KiB is outside"
+                f" {MIN_MEMORY_COST_KIB}-{MAX_MEMORY_COST_KIB}"
             )
         self.memory_kib = memory_kib
         self._argon2 = PasswordHasher(
