@@ -251,9 +251,19 @@ async def connects(host: str, port: int) -> bool:
     return True
 
 
-def host_addresses() -> list[str]:
-    """The host's IPv4 addresses, loopback included, sorted."""
-    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], check=True, capture_output=True)
-    return sorted(
-        {a["local"] for link in json.loads(out.stdout) for a in link.get("addr_info", [])}
-    )
+def host_addresses(*own: str) -> list[str]:
+    """The host's IPv4 addresses that stay put while a test probes them, sorted: loopback and the
+    machine's own links, plus `own` (the gateways of this test's networks).
+
+    Bridges are left out: every other test's Docker network is one, and it may be removed between
+    this listing and the probe. A probe to its old address would then leave the machine (a CI run
+    saw such an address "open": something off the host answered), which the tests must never do.
+    """
+    out = subprocess.run(["ip", "-d", "-j", "-4", "addr", "show"], check=True, capture_output=True)
+    found = {
+        a["local"]
+        for link in json.loads(out.stdout)
+        if link.get("linkinfo", {}).get("info_kind") != "bridge"
+        for a in link.get("addr_info", [])
+    }
+    return sorted(found | set(own))
