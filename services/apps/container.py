@@ -174,8 +174,9 @@ class ContainerRuntime(Protocol):
         """Remove a network; a missing one is fine."""
         ...
 
-    async def app_networks(self, name_prefix: str) -> list[tuple[str, str]]:
-        """(name, app id) of each network labelled with an app whose name starts so."""
+    async def app_networks(self, name_prefix: str) -> list[tuple[str, str, bool]]:
+        """(name, app id, made as `ensure_network` makes it) of each network labelled with an
+        app whose name starts so."""
         ...
 
     # Volumes

@@ -274,6 +274,25 @@ class _LineSplitter:
         return [line.decode(errors="replace").rstrip("\r") for line in lines]
 
 
+_ICC = "com.docker.network.bridge.enable_icc"
+
+
+def app_network_shape(net: Mapping[str, Any], labels: Mapping[str, str]) -> str | None:
+    """None if `net` (Docker's description) is an app network as `ensure_network` makes it:
+    a bridge, its containers unable to reach each other (icc off), IPv4 only, not internal,
+    with `labels`; else what differs."""
+    if net.get("Driver") != "bridge":
+        return f"driver {net.get('Driver')!r}, not bridge"
+    if (net.get("Options") or {}).get(_ICC) != "false":
+        return "traffic between its containers allowed (icc on)"
+    if net.get("EnableIPv6") or net.get("Internal"):
+        return "IPv6 or internal-only, unlike an app network"
+    have = net.get("Labels") or {}
+    if any(have.get(k) != v for k, v in labels.items()):
+        return "labels that are not this app's"
+    return None
+
+
 class DockerRuntime:
     """Images, networks, volumes and containers on one dockerd (an async context manager)."""
 
@@ -509,7 +528,7 @@ class DockerRuntime:
                 api.create_network(
                     name,
                     driver="bridge",
-                    options={"com.docker.network.bridge.enable_icc": "false"},
+                    options={_ICC: "false"},
                     ipam=ipam,
                     check_duplicate=True,
                     internal=False,
@@ -529,10 +548,26 @@ class DockerRuntime:
         )
 
     async def ensure_network(self, name: str, labels: Mapping[str, str]) -> NetworkInfo:
-        """An app's own bridge network (no traffic between its containers' peers: icc off)."""
+        """An app's own bridge network (no traffic between its containers' peers: icc off).
+
+        One found under that name is used only if it is what this makes (`app_network_shape`):
+        a network someone else made under our name, or changed by hand, is made again when no
+        container is on it, and refused otherwise (an app never joins a network whose rules
+        are not ours)."""
         net = await self._inspect_network(name)
+        if net is not None and (wrong := app_network_shape(net, labels)) is not None:
+            if net.get("Containers"):
+                raise RuntimeFailure(
+                    f"network {name} is not one Homeport made ({wrong}) and has containers on "
+                    f"it; disconnect them (docker network disconnect) so it can be made again"
+                )
+            log.warning("network %s is not one Homeport made (%s): made again", name, wrong)
+            await self.remove_network(name)
+            net = None
         if net is None:
             net = await self._create_network(name, labels, None)
+            if (wrong := app_network_shape(net, labels)) is not None:  # made meanwhile by another
+                raise RuntimeFailure(f"network {name} is not one Homeport made ({wrong})")
         return self._network_info(name, net)
 
     async def ensure_services_network(self, name: str, subnet: str) -> NetworkInfo:
@@ -577,13 +612,19 @@ class DockerRuntime:
             "remove the containers still attached to it first",
         )
 
-    async def app_networks(self, name_prefix: str) -> list[tuple[str, str]]:
+    async def app_networks(self, name_prefix: str) -> list[tuple[str, str, bool]]:
+        """(name, its homeport.app label, made as `ensure_network` makes it) of each labelled
+        network whose name starts with `name_prefix`."""
         api = self._api
 
-        def listed() -> list[tuple[str, str]]:
+        def listed() -> list[tuple[str, str, bool]]:
             found = api.networks(filters={"label": "homeport.app"})
             return [
-                (str(n["Name"]), str((n.get("Labels") or {})["homeport.app"]))
+                (
+                    str(n["Name"]),
+                    label := str((n.get("Labels") or {})["homeport.app"]),
+                    app_network_shape(n, {"homeport.app": label}) is None,
+                )
                 for n in found
                 if str(n["Name"]).startswith(name_prefix)
             ]

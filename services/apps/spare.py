@@ -9,7 +9,10 @@ Names stay derived from the app id (services/apps/names.py): nothing records a n
 The reserve is only a head start: an install whose id has no network (none in reserve, or the
 network removed meanwhile) makes it in its network step as before. At start, networks of ids no
 app ever had (a reserve left by the last run, an install refused after it took the id) are
-taken back: one becomes the reserve, the others are removed.
+taken back: one becomes the reserve, the others are removed. Only a network made as the runtime
+makes an app's (icc off, this id's label) can be the reserve; and the install's network step
+makes again one that is not, so a network someone made first under our name never carries an
+app.
 """
 
 from __future__ import annotations
@@ -96,12 +99,12 @@ class SpareNetwork:
         except RuntimeFailure as e:
             log.warning("networks made ahead by the last run not looked for: %s", e)
             return
-        for name, app_id in sorted(found):
+        for name, app_id, as_made in sorted(found):
             if not _an_id(app_id) or name != self._names(app_id).network:
                 continue  # not a name this service gives
             if await self._known(app_id):
                 continue
-            if self._ready is None:
+            if self._ready is None and as_made:  # one changed by hand (icc on...) is no reserve
                 self._keep(app_id)
                 continue
             try:

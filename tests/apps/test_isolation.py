@@ -19,7 +19,7 @@ import pytest
 
 from deploy.embedded import NatsServer, PostgresServer
 from libs.egress import EgressRules
-from services.apps.container import NetworkInfo
+from services.apps.container import NetworkInfo, RuntimeFailure
 from services.apps.runtime import DockerRuntime
 from tests.apps.dockerkit import (
     DockerNames,
@@ -280,3 +280,42 @@ async def test_other_apps_unreachable(
     assert {t: r for t, r in found.items() if t in closed and r == "open"} == {}
     # Homeport's own rule dropped the probes to b (not only Docker's isolation chains).
     assert (await egress.dropped()).get("0.0.0.0/0", 0) >= before + 1
+
+
+async def test_a_network_under_an_apps_name_but_not_made_so_is_never_used(
+    runtime: DockerRuntime, dnames: DockerNames, docker_client: docker.DockerClient
+) -> None:
+    """Someone who makes `<prefix>-net-<id>` first (or an admin who changes it) gets no app
+    onto a network whose containers reach each other: an empty one is made again, one with a
+    container on it is refused and left as it is."""
+    api = docker_client.api
+    name, labels = dnames("net-x"), dnames.labels
+    icc = "com.docker.network.bridge.enable_icc"
+
+    def made(**kw: object) -> str:
+        options = kw.pop("options", {})
+        return str(api.create_network(name, driver="bridge", options=options, **kw)["Id"])
+
+    for wrong in (
+        {"labels": labels},  # Docker's default: icc on
+        {"labels": {"homeport.test": "another"}, "options": {icc: "false"}},  # not this app's
+        {"labels": labels, "options": {icc: "false"}, "internal": True},
+    ):
+        foreign = made(**wrong)
+        info = await runtime.ensure_network(name, labels)
+        now = api.inspect_network(name)
+        assert now["Id"] != foreign, wrong
+        assert now["Options"][icc] == "false" and now["Labels"] == labels
+        assert not now["Internal"] and info.subnet == now["IPAM"]["Config"][0]["Subnet"]
+        again = await runtime.ensure_network(name, labels)  # as made: used as it is
+        assert again == info and api.inspect_network(name)["Id"] == now["Id"]
+        api.remove_network(name)
+
+    foreign = made(labels=labels)
+    await runtime.create_container(app_spec(dnames, "x", name))
+    await runtime.start(dnames("x"))
+    with pytest.raises(RuntimeFailure) as refused:
+        await runtime.ensure_network(name, labels)
+    assert name in str(refused.value) and "icc on" in str(refused.value)
+    assert "disconnect" in str(refused.value)
+    assert api.inspect_network(name)["Id"] == foreign

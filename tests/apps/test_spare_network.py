@@ -115,23 +115,29 @@ async def test_a_restart_takes_a_left_over_network_back_and_removes_the_others(
         apps.port = svc.port
         kept = await install(apps, "kept")
         made = await spare(apps, {kept})
-    # one more left over, as if an install had been refused after taking its id; and a network
-    # of ours whose label is no app id of ours: neither name nor label this service gives
-    stray = str(uuid.uuid4())
-    apps.docker.networks.create(
-        f"{apps.prefix}-net-{stray}", driver="bridge", labels={"homeport.app": stray}
-    )
+    # one more left over, as if an install had been refused after taking its id; one named
+    # and labelled as ours but not made so (its containers could reach each other); and a
+    # network of ours whose label is no app id of ours: neither name nor label this service gives
+    stray, unlike = str(uuid.uuid4()), str(uuid.uuid4())
+    for app_id, icc in ((stray, "false"), (unlike, "true")):
+        apps.docker.networks.create(
+            f"{apps.prefix}-net-{app_id}",
+            driver="bridge",
+            options={"com.docker.network.bridge.enable_icc": icc},
+            labels={"homeport.app": app_id},
+        )
     odd = apps.docker.networks.create(
         f"{apps.prefix}-net-odd", driver="bridge", labels={"homeport.app": "odd"}
     )
     async with serving(monkeypatch, build, env, "apps") as svc:
         apps.port = svc.port
-        # the app's network stays its own; of the two left over, one is the reserve
+        # the app's network stays its own; of the two left over, one is the reserve; the one
+        # not made as ours is never the reserve, and goes
         reserve = min(made, stray)
         gone = max(made, stray)
 
         async def removed() -> bool:
-            return gone not in networks(apps)
+            return not {gone, unlike} & set(networks(apps))
 
         await wait_until(removed, 30, "the extra one removed")
         assert set(networks(apps)) == {kept, reserve, "odd"}
