@@ -629,7 +629,9 @@ async def _relay_ours(
 
 
 async def _relay_raw(nc: NATS, stream: str, msgs: Sequence[_Message], window: int) -> Run:
-    """Msg/s of js.publish_async over the same messages with the same in-flight window."""
+    """Msg/s of js.publish_async over the same messages with the same in-flight window, made
+    beforehand (no Postgres read). The relay publishes with its own ack matching (`_Acks` in
+    libs/events/relay.py) on the same nats-py connection calls."""
     js = nc.jetstream(publish_async_max_pending=window)
     await ensure_stream(js, stream, _PREFIX)
     futures = []

@@ -37,6 +37,8 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 
 from libs.events.envelope import RecordedEvent, dumps
@@ -63,6 +65,7 @@ __all__ = [
 log = logging.getLogger("homeport.relay")
 
 POSITION_HEADER = "Hp-Position"
+_NO_RESPONDERS = "503"  # the Status header of a publish no stream took
 _LOCK_KEY = 0x48505245  # "HPRE"
 _TRANSIENT = (
     nats.errors.Error,
@@ -164,11 +167,80 @@ class _Resync(Exception):
     expects a sequence the stream will not have. Reconcile at once instead of timing out."""
 
 
+_Ack = tuple[int, bool]  # the stream sequence JetStream stored a message at; a duplicate?
+
+
 @dataclass(slots=True)
 class _Pending:
     position: int
     seq: int
-    future: asyncio.Future[api.PubAck]
+    future: asyncio.Future[_Ack]
+
+
+class _Acks:
+    """JetStream publishes whose acks come back to an inbox of our own, each matched to the
+    future `publish` returned by a counter in the reply subject.
+
+    What `js.publish_async` does, minus what the relay does not need per message: it bounds
+    its window itself (no semaphore acquired under `wait_for`), a counter names the reply (no
+    NUID and random token), the ack is a tuple (no PubAck), nothing runs when a future ends.
+    The counter never goes back, so a late ack of an abandoned publish finds nothing to set.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._sub: Subscription | None = None
+        self._waiting: dict[str, asyncio.Future[_Ack]] = {}
+        self._sent = 0
+
+    async def publish(
+        self, subject: str, body: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[_Ack]:
+        if self._sub is None:
+            self._prefix = self._nc.new_inbox() + "."
+            self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._received)
+        self._sent += 1
+        token = str(self._sent)
+        future: asyncio.Future[_Ack] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        await self._nc.publish(subject, body, reply=self._prefix + token, headers=headers)
+        return future
+
+    async def _received(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get(api.Header.STATUS) == _NO_RESPONDERS:
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            reply = json.loads(msg.data)
+            error = reply.get("error")
+            if error is not None:
+                # from_error raises the error it makes (js.publish_async's own handler lets it
+                # escape, and that future then waits for its timeout)
+                nats.js.errors.APIError.from_error(error)
+                raise nats.js.errors.APIError(**error)
+            future.set_result((int(reply["seq"]), bool(reply.get("duplicate", False))))
+        except nats.js.errors.APIError as e:
+            future.set_exception(e)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            # transient for the relay: it reconciles with the stream and goes on
+            future.set_exception(nats.errors.Error(f"an ack it cannot read: {e}"))
+
+    def abandon(self) -> None:
+        """Forget every publish not acknowledged yet (their acks, if any come, are ignored)."""
+        for future in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()
+
+    async def close(self) -> None:
+        self.abandon()
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):  # the connection is gone already
+                await sub.unsubscribe()
 
 
 class Relay:
@@ -191,7 +263,8 @@ class Relay:
     ) -> None:
         self.store = store
         self.nc = nc
-        self.js = nc.jetstream(publish_async_max_pending=max(window, 1))
+        self.js = nc.jetstream()  # stream info and reconcile; publishes go through `_acks`
+        self._acks = _Acks(nc)
         self.name = name
         self.stream = stream
         self.prefix = prefix
@@ -225,6 +298,12 @@ class Relay:
 
         The lock's connection also LISTENs for new events (one connection at rest instead of
         two). When it is lost, so is the lock: the relay takes both again before going on."""
+        try:
+            await self._run()
+        finally:
+            await self._acks.close()
+
+    async def _run(self) -> None:
         delay = 0.2
         while not self._stop.is_set():
             try:
@@ -395,7 +474,7 @@ class Relay:
     async def _publish_rows(self, rows: Sequence[asyncpg.Record]) -> int:
         """Pipeline a page into JetStream, at most `window` unconfirmed; returns the last sent."""
         position = self.position
-        publish, pending = self.js.publish_async, self._pending
+        publish, pending = self._acks.publish, self._pending
         for position, at, msg_id, subject, body in rows:
             if len(pending) >= self.window:
                 await self._confirm(block=True)
@@ -405,9 +484,7 @@ class Relay:
                 "Nats-Expected-Last-Sequence": str(self._seq - 1),
                 POSITION_HEADER: at,
             }
-            pending.append(
-                _Pending(position, self._seq, await publish(subject, body, headers=headers))
-            )
+            pending.append(_Pending(position, self._seq, await publish(subject, body, headers)))
         return int(position)
 
     async def _confirm(self, *, block: bool) -> None:
@@ -416,17 +493,17 @@ class Relay:
             await asyncio.wait_for(asyncio.shield(self._pending[0].future), self.ack_timeout)
         while self._pending and self._pending[0].future.done():
             p = self._pending.popleft()
-            ack = p.future.result()
-            if ack.duplicate:
+            seq, duplicate = p.future.result()
+            if duplicate:
                 log.info("duplicate absorbed by JetStream", extra={"position": p.position})
-            elif ack.seq != p.seq:
+            elif seq != p.seq:
                 raise RelayError(
                     f"stream {self.stream} stored position {p.position} at sequence "
-                    f"{ack.seq}, expected {p.seq}: another publisher writes into the stream"
+                    f"{seq}, expected {p.seq}: another publisher writes into the stream"
                 )
             self.position = p.position
             self.published += 1
-            if ack.duplicate:  # the stream's sequence did not move
+            if duplicate:  # the stream's sequence did not move
                 if self._pending:
                     # What is in flight expects the wrong sequence: reconcile, and from no
                     # older a checkpoint than this.
@@ -436,6 +513,7 @@ class Relay:
 
     def _abandon_pending(self) -> None:
         """Drop unconfirmed publishes; the next reconcile decides what to send again."""
+        self._acks.abandon()
         while self._pending:
             p = self._pending.popleft()
             if not p.future.done():

@@ -10,6 +10,7 @@ about any account. Failures count within windows of the service's clock.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +39,8 @@ __all__ = ["FAILURE_MEMORY", "TABLE", "Limits", "SecondFactor", "SignIn", "recor
 # Failures older than this no longer count for any limit; older ones are not kept.
 FAILURE_MEMORY = timedelta(days=1)
 _ACCOUNT_WINDOW = timedelta(hours=1)
+# asked for an unknown name, so that it costs what a known one does (no user has the nil id)
+_NO_ACCOUNT = uuid.UUID(int=0)
 _KNOWN_ADDRESS = timedelta(days=30)
 
 # After the password: a ticket or a session (a reply), or None to go on without one.
@@ -167,6 +170,8 @@ class SignIn(Limits):
         await self._check_address(ip)
         row = await self.store.user_by_name(username)
         if row is None:
+            # the same work as for an account: its limit asked (of an id no user has), a hash
+            await self._account_limited(_NO_ACCOUNT, ip)
             await asyncio.to_thread(self.store.hasher.verify_dummy, password)
             raise await self._refuse(None, "unknown_user")
         user_id = str(row["user_id"])

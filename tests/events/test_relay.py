@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import nats.js.errors
+import pytest
 
 from deploy.embedded import NatsServer
 from libs.events.envelope import NewEvent
 from libs.events.projection import ProjectionRunner
-from libs.events.relay import Relay
+from libs.events.relay import Relay, _Acks, ensure_stream
 from libs.events.store import PostgresEventStore
 from tests.events.relaykit import Applied, applied_report, write_events
 from tests.support.bus import connect
@@ -365,4 +367,48 @@ async def test_relay_takes_a_fresh_connection_once_quiet_after_a_burst(
         assert (await js.stream_info(stream)).state.messages == 60
         await js.delete_stream(stream)
     finally:
+        await nc.close()
+
+
+async def test_the_relays_acks_say_where_each_publish_went_or_why_not(
+    nats_url: str, uniq: str
+) -> None:
+    """The relay's own JetStream publishing (`_Acks`), each case as the server answers it: stored
+    at a sequence, a duplicate absorbed, a wrong expected sequence refused, no stream for the
+    subject; an abandoned publish's ack sets nothing, and its counter is never used again."""
+    stream, prefix = f"EV_{uniq}", f"t{uniq}.evt"
+    nc = await connect(nats_url)
+    acks = _Acks(nc)
+    try:
+        await ensure_stream(nc.jetstream(), stream, prefix)
+
+        def headers(msg_id: str, last: int) -> dict[str, str]:
+            return {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Sequence": str(last)}
+
+        subject = f"{prefix}.app.AppInstalled"
+        first = await acks.publish(subject, b"{}", headers("a", 0))
+        second = await acks.publish(subject, b"{}", headers("b", 1))
+        assert await asyncio.wait_for(first, 5) == (1, False)
+        assert await asyncio.wait_for(second, 5) == (2, False)
+        again = await acks.publish(subject, b"{}", headers("a", 2))  # msg id "a" again
+        assert await asyncio.wait_for(again, 5) == (1, True)
+        wrong = await acks.publish(subject, b"{}", headers("c", 7))
+        with pytest.raises(nats.js.errors.APIError) as refused:
+            await asyncio.wait_for(wrong, 5)
+        assert "wrong last sequence" in str(refused.value)
+        nowhere = await acks.publish(f"nostream{uniq}.x", b"{}", headers("d", 0))
+        with pytest.raises(nats.js.errors.NoStreamResponseError):
+            await asyncio.wait_for(nowhere, 5)
+
+        abandoned = await acks.publish(subject, b"{}", headers("e", 2))
+        acks.abandon()  # before its ack is read: the ack, when it comes, sets nothing
+        assert abandoned.done()  # cancelled (or, had its ack been read first, acked)
+        after = await acks.publish(subject, b"{}", headers("f", 3))
+        assert await asyncio.wait_for(after, 5) == (4, False)  # "e" was stored at 3
+        assert acks._waiting == {}
+        info = await nc.jetstream().stream_info(stream)
+        assert info.state.messages == 4
+        await nc.jetstream().delete_stream(stream)
+    finally:
+        await acks.close()
         await nc.close()
