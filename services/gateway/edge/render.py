@@ -382,9 +382,11 @@ def _main(model: EdgeModel) -> str:
                 '"$hp_before$hp_after";',
             ],
         ),
+        # only a POST carries a password (all of these routes take one that way): a sign-out
+        # (DELETE /api/v1/session) spends none of the limit
         *_block(
-            "map $uri $hp_password_key",
-            ['default "";', *(f'"{p}" $binary_remote_addr;' for p in password_keys)],
+            'map "$request_method $uri" $hp_password_key',
+            ['default "";', *(f'"POST {p}" $binary_remote_addr;' for p in password_keys)],
         ),
         f"limit_req_zone $binary_remote_addr zone=hp_general:10m rate={model.rate_per_ip};",
         f"limit_req_zone $hp_password_key zone=hp_password:10m rate={model.password_rate};",
