@@ -619,11 +619,12 @@ class DockerRuntime:
 
         def listed() -> list[tuple[str, str, bool]]:
             found = api.networks(filters={"label": "homeport.app"})
+            # the label is the network's own, so only the rest of its shape is checked
             return [
                 (
                     str(n["Name"]),
-                    label := str((n.get("Labels") or {})["homeport.app"]),
-                    app_network_shape(n, {"homeport.app": label}) is None,
+                    str((n.get("Labels") or {})["homeport.app"]),
+                    app_network_shape(n, {}) is None,
                 )
                 for n in found
                 if str(n["Name"]).startswith(name_prefix)
