@@ -5,6 +5,10 @@ the moment login answers) appends and applies in one transaction: the read model
 indexes then guard invariants for the log too (a duplicate fails the whole transaction, events
 included). The projection's advisory lock is taken shared here and exclusively by a rebuild
 (`homeport replay <name>`), so inline writers and a rebuild wait for each other.
+
+A projection that gives an event's change as statements (`Projection.statements_for`,
+statements.py) has it run within the append's own statement: one round trip, and no
+transaction needed around a lone append (`append_alone`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from libs.events.envelope import RecordedEvent
 from libs.events.projection import Projection, _lock_key
 from libs.events.store import PostgresEventStore
 
-__all__ = ["append_inline", "inline_lock_key"]
+__all__ = ["append_alone", "append_inline", "inline_lock_key"]
 
 
 @functools.cache
@@ -36,8 +40,35 @@ async def append_inline(
     new: Sequence[Any],
     expected_version: int | None,
 ) -> list[RecordedEvent]:
-    """Append `new` to `stream` and apply it to `projection`, in the caller's transaction."""
+    """Append `new` to `stream` and apply it to `projection`, in the caller's transaction:
+    in the append's own statement when the projection gives its change as statements."""
+    prepared = store.prepare(new)
+    statements = projection.statements_for(stream, prepared)
     lock = inline_lock_key(type(projection))
-    recorded = await store.append_recorded(conn, stream, new, expected_version, lock=lock)
-    await projection.apply(conn, recorded)
+    recorded = await store.append_recorded(
+        conn, stream, prepared, expected_version, lock=lock, statements=statements or ()
+    )
+    if statements is None:
+        await projection.apply(conn, recorded)
     return recorded
+
+
+async def append_alone(
+    store: PostgresEventStore,
+    conn: asyncpg.Connection,
+    projection: Projection,
+    stream: str,
+    new: Sequence[Any],
+    expected_version: int | None,
+) -> list[RecordedEvent] | None:
+    """`append_inline` as one statement on a connection in no transaction (a statement is
+    atomic on its own); None, having written nothing, when the projection cannot give the
+    change as statements: the caller appends in a transaction instead."""
+    prepared = store.prepare(new)
+    statements = projection.statements_for(stream, prepared)
+    if statements is None:
+        return None
+    lock = inline_lock_key(type(projection))
+    return await store.append_recorded(
+        conn, stream, prepared, expected_version, lock=lock, statements=statements
+    )

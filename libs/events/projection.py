@@ -34,7 +34,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from libs.events.envelope import RecordedEvent
+from libs.events.envelope import NewEvent, RecordedEvent
 from libs.events.migrations import migrate
 from libs.events.pool import keep_session_state
 from libs.events.relay import (
@@ -45,6 +45,7 @@ from libs.events.relay import (
     ensure_stream,
     subject_for,
 )
+from libs.events.statements import Statement
 from libs.events.store import PostgresEventStore
 from libs.service.metrics import HANDLER_ERRORS, HANDLER_LATENCY
 
@@ -96,6 +97,12 @@ class Projection(ABC):
     def wants(self, event: RecordedEvent) -> bool:
         """Events this projection applies (mirror of `subject` for reads from Postgres)."""
         return True
+
+    def statements_for(self, stream: str, events: Sequence[NewEvent]) -> Sequence[Statement] | None:
+        """For an inline projection (inline.py): the change `events`, about to be appended to
+        `stream`, make to the read model, as statements run within the append's own statement
+        (statements.py), or None: `apply()` them after the append, as by default."""
+        return None
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
         """Apply events (in position order) inside the caller's transaction."""

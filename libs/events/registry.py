@@ -117,10 +117,14 @@ class EventRegistry:
 
     def decode(self, ev: RecordedEvent) -> Any:
         """A recorded event -> an instance of its registered class, in the current shape."""
-        et = self._by_name.get(ev.type)
+        return self.decode_data(ev.type, ev.schema, ev.data)
+
+    def decode_data(self, name: str, schema: int, data: dict[str, Any]) -> Any:
+        """An event's type, schema and data -> an instance of its registered class."""
+        et = self._by_name.get(name)
         if et is None:
-            raise UnknownEventType(f"no class registered for event type {ev.type}")
-        _, data = self.upcast(ev.type, ev.schema, ev.data)
+            raise UnknownEventType(f"no class registered for event type {name}")
+        _, data = self.upcast(name, schema, data)
         names = {f.name for f in dataclasses.fields(et.cls)}
         return et.cls(**{k: v for k, v in data.items() if k in names})
 

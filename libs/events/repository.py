@@ -6,23 +6,30 @@ and appends at the version it decided on. A concurrent writer makes the append f
 service's conflict error (reload and decide again); a unique index of the read model that the
 new events would break (a location or a username already taken) fails the whole transaction,
 events included, with the error the service maps that constraint to.
+
+A command whose decision is made on a row read before, without a query of its own, appends as
+one statement on its own (`on_demand`, `append_decided`): the expected version guards that row,
+and the read model's change runs within the append's statement (inline.py). A decision that
+queries (a lock, a count) begins the transaction with its first query, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import asyncpg
+from asyncpg.transaction import Transaction
 
 from libs.events.envelope import RecordedEvent
 from libs.events.errors import ConcurrencyError
-from libs.events.inline import append_inline
+from libs.events.inline import append_alone, append_inline
 from libs.events.projection import Projection
 from libs.events.store import PostgresEventStore
 
-__all__ = ["Repository"]
+__all__ = ["OnDemand", "Repository"]
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -73,6 +80,41 @@ class Repository(Generic[S]):
         except asyncpg.UniqueViolationError as e:
             raise self.translate(e) from None
 
+    async def on_demand(self, fn: Callable[[OnDemand], Awaitable[T]]) -> T:
+        """Run `fn` with a connection whose transaction begins only when it is needed (see
+        `OnDemand`), committed if `fn` returns and rolled back if it raises; errors translated."""
+        try:
+            async with self.store.pool.acquire() as conn:
+                od = OnDemand(conn)
+                try:
+                    result = await fn(od)
+                except BaseException:
+                    # a rollback that fails (the connection lost) must not hide why: the
+                    # pool resets the connection on release anyway
+                    with contextlib.suppress(Exception):
+                        await od.rollback()
+                    raise
+                await od.commit()
+                return result
+        except ConcurrencyError:
+            raise self.conflict() from None
+        except asyncpg.UniqueViolationError as e:
+            raise self.translate(e) from None
+
+    async def append_decided(
+        self, od: OnDemand, key: str, new: Sequence[Any], expected: int | None
+    ) -> list[RecordedEvent]:
+        """Append what a decision made on `od` returned: as one statement on its own when
+        nothing began the transaction and the projection gives the change as statements;
+        else in the transaction (begun here if need be)."""
+        if not od.begun and self.projection is not None:
+            done = await append_alone(
+                self.store, od.conn, self.projection, self.stream_of(key), new, expected
+            )
+            if done is not None:
+                return done
+        return await self._append_on(await od.begin(), key, new, expected)
+
     def translate(self, e: asyncpg.UniqueViolationError) -> Exception:
         """The service's error for a unique violation (`e` itself when none is mapped)."""
         constraint = e.constraint_name or ""
@@ -89,3 +131,57 @@ class Repository(Generic[S]):
         if self.projection is None:
             return await self.store.append_recorded(conn, stream, new, expected)
         return await append_inline(self.store, conn, self.projection, stream, new, expected)
+
+
+class OnDemand:
+    """A pooled connection for a decision: the first query a decision runs on it begins the
+    transaction the change then commits in (what it read stays as it was until then: a lock
+    it took, a count it made).
+
+    A decision that runs no query (it decided on a row read before, whose version the append
+    checks) leaves the append to run alone, as one statement: no BEGIN and no COMMIT round trip.
+    Only the query methods begin it; `conn` is the connection itself, outside any transaction
+    until `begin`."""
+
+    __slots__ = ("_tx", "conn")
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self._tx: Transaction | None = None
+
+    @property
+    def begun(self) -> bool:
+        return self._tx is not None
+
+    async def begin(self) -> asyncpg.Connection:
+        """The connection, in the transaction (begun now if it was not)."""
+        if self._tx is None:
+            tx = self.conn.transaction()
+            await tx.start()
+            self._tx = tx
+        return self.conn
+
+    async def commit(self) -> None:
+        if self._tx is not None:
+            tx, self._tx = self._tx, None
+            await tx.commit()
+
+    async def rollback(self) -> None:
+        if self._tx is not None:
+            tx, self._tx = self._tx, None
+            await tx.rollback()
+
+    async def execute(self, query: str, *args: Any) -> str:
+        result: str = await (await self.begin()).execute(query, *args)
+        return result
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await (await self.begin()).fetch(query, *args)
+        return rows
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await (await self.begin()).fetchrow(query, *args)
+        return row
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await (await self.begin()).fetchval(query, *args)

@@ -34,6 +34,7 @@ from libs.events.errors import ConcurrencyError, EventStoreError
 from libs.events.migrations import migrate
 from libs.events.pool import open_pool
 from libs.events.registry import REGISTRY, EventRegistry
+from libs.events.statements import Statement, compose
 from libs.service.metrics import EVENTS_APPENDED
 
 if TYPE_CHECKING:  # periods.py needs cryptography: not for processes that seal nothing
@@ -55,6 +56,11 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 NOTIFY_CHANNEL = "hp_events"
 GENESIS_HASH = bytes(32)
+_APPEND = (
+    "SELECT out_position, out_version, out_recorded_at, out_hash "
+    "FROM events.append($1, $2, $3, $4, $5, $6, $7, $8)"
+)
+_APPENDED = "SELECT out_position, out_version, out_recorded_at, out_hash FROM appended"
 _STREAM = re.compile(r"^[a-z][a-z0-9_]{0,31}-[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _SELECT = (
     "SELECT position, id, stream, version, type, schema, data, meta, recorded_at, hash "
@@ -101,6 +107,12 @@ def validate_stream(stream: str) -> str:
             f"stream name {stream!r} is invalid: expected <category>-<id>, e.g. app-4f1c"
         )
     return stream
+
+
+class _Prepared(NewEvent):
+    """A NewEvent `prepare` made: the context's meta in it, its address sealed."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +225,14 @@ class PostgresEventStore:
         a process whose store was opened before its key source (libs/events/wiring.py)."""
         self._addresses = addresses
 
+    def prepare(self, events: Sequence[Any]) -> list[NewEvent]:
+        """`events` as they will be appended: NewEvents with the context's meta (and the client
+        address sealed); `append_recorded` takes these as they are."""
+        new = self._prepare(events)
+        if not new:
+            raise EventStoreError("append needs at least one event")
+        return new
+
     def _prepare(self, events: Sequence[Any]) -> list[NewEvent]:
         base = context.current().meta()
         sealed: dict[str, str] = {}  # one seal per address and call, not one per event
@@ -229,7 +249,7 @@ class PostgresEventStore:
                         meta["ip"] = sealed[ip]
                     else:
                         del meta["ip"]
-            out.append(NewEvent(new.type, new.data, new.schema, new.id, meta))
+            out.append(_Prepared(new.type, new.data, new.schema, new.id, meta))
         return out
 
     @staticmethod
@@ -280,16 +300,21 @@ class PostgresEventStore:
         expected_version: int | None,
         *,
         lock: int | None = None,
+        statements: Sequence[Statement] = (),
     ) -> list[RecordedEvent]:
         """`append` on the caller's connection, returning the events as committed (in their
         current shape) without reading them back; `lock`: a transaction advisory lock taken
-        shared first, in the same round trip (a projection's, see inline.py)."""
+        shared first, in the same round trip (a projection's, see inline.py); `statements`:
+        a read model's change, run in the same statement (statements.py). Events made by
+        `prepare` are taken as they are."""
         validate_stream(stream)
-        new = self._prepare(events)
-        if not new:
-            raise EventStoreError("append needs at least one event")
+        new: list[NewEvent] = [e for e in events if isinstance(e, _Prepared)]
+        if len(new) != len(events):
+            new = self.prepare(events)
         data, meta = self._encoded(new)
-        rows = await self._call_append(conn, stream, new, data, meta, expected_version, lock)
+        rows = await self._call_append(
+            conn, stream, new, data, meta, expected_version, lock, statements
+        )
         return [
             self.registry.upcast_recorded(
                 RecordedEvent(
@@ -328,6 +353,7 @@ class PostgresEventStore:
         meta: list[str],
         expected: int | None,
         lock: int | None,
+        statements: Sequence[Statement] = (),
     ) -> list[asyncpg.Record]:
         args = (
             stream,
@@ -339,19 +365,19 @@ class PostgresEventStore:
             meta,
             lock,
         )
-        sql = (
-            "SELECT out_position, out_version, out_recorded_at, out_hash "
-            "FROM events.append($1, $2, $3, $4, $5, $6, $7, $8)"
-        )
+        sql = _APPEND
+        if statements:
+            sql, composed = compose(_APPEND, args, statements, _APPENDED)
+            args = tuple(composed)
         try:
             rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
         except asyncpg.PostgresError as e:
             if getattr(e, "sqlstate", None) == "HP409":
                 actual = int(getattr(e, "detail", None) or -1)
                 raise ConcurrencyError(stream, expected, actual) from None
-            if isinstance(e, asyncpg.UniqueViolationError):
+            if isinstance(e, asyncpg.UniqueViolationError) and e.schema_name == "events":
                 raise EventStoreError(f"an event id in this append already exists: {e}") from e
-            raise
+            raise  # a read model's statement refused (statements): the caller maps it
         self.appends += 1
         for item in new:
             EVENTS_APPENDED.labels(type=item.type).inc()

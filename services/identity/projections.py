@@ -32,10 +32,11 @@ from typing import ClassVar
 
 import asyncpg
 
-from libs.events.envelope import RecordedEvent
+from libs.events.envelope import NewEvent, RecordedEvent, category_of
 from libs.events.periods import AddressReader
 from libs.events.projection import Projection, register_projection
 from libs.events.registry import REGISTRY
+from libs.events.statements import RECORDED_HEAD, Statement, compose, recorded_args
 from services.identity import changes, groups, ldap_apps, mfa, sessions, signin, users
 from services.identity.addresses import keys_for_replay, unsealed
 from services.identity.readmodel import Effect, Step, Table
@@ -97,7 +98,13 @@ class IdentityProjection(Projection):
             if step is None or event.category not in self.categories:
                 continue
             decoded = unsealed(self.addresses, REGISTRY.decode(event))
-            await step.apply(conn, decoded, event)
+            if step.sql is not None:
+                head = recorded_args(event.position, event.version, event.recorded_at)
+                sql, args = compose(RECORDED_HEAD, head, step.sql(decoded), "SELECT 1")
+                await conn.execute(sql, *args)
+            else:
+                assert step.apply is not None
+                await step.apply(conn, decoded, event)
             effect = step.effect_for(decoded)
             user_id = event.data.get("user_id")
             if effect is Effect.all:
@@ -106,3 +113,25 @@ class IdentityProjection(Projection):
                 users_changed.add(user_id)
         if users_changed or everyone:
             changes.note(users_changed, everyone=everyone)  # a no-op outside a write
+
+    def statements_for(self, stream: str, events: Sequence[NewEvent]) -> Sequence[Statement] | None:
+        """One event whose step is given as statements: those, to run within the append."""
+        if len(events) != 1:
+            return None
+        event = events[0]
+        step = self.steps.get(event.type)
+        if category_of(stream) not in self.categories or step is None:
+            return () if step is None else None
+        if step.sql is None:
+            return None
+        decoded = unsealed(
+            self.addresses, REGISTRY.decode_data(event.type, event.schema, event.data)
+        )
+        statements = step.sql(decoded)
+        effect = step.effect_for(decoded)
+        user_id = event.data.get("user_id")
+        if effect is Effect.all:
+            changes.note((), everyone=True)
+        elif effect is Effect.user and isinstance(user_id, str):
+            changes.note((user_id,))
+        return statements

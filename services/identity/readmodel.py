@@ -7,7 +7,7 @@ projections.py assembles them into the projection. This module imports none of t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -15,10 +15,12 @@ from typing import Any
 import asyncpg
 
 from libs.events.envelope import RecordedEvent
+from libs.events.statements import Statement
 
-__all__ = ["Apply", "Effect", "Step", "Table"]
+__all__ = ["Apply", "Effect", "Sql", "Step", "Table"]
 
 Apply = Callable[[asyncpg.Connection, Any, RecordedEvent], Awaitable[None]]
+Sql = Callable[[Any], Sequence[Statement]]
 
 
 class Effect(StrEnum):
@@ -32,11 +34,20 @@ class Effect(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """The read-model change of one event type, and its effect on whoami's answers."""
+    """The read-model change of one event type, and its effect on whoami's answers.
 
-    apply: Apply
+    Either `apply` runs it on the connection, or `sql` gives it as statements that join the
+    relation `appended` (libs/events/statements.py): those run within the append's own
+    statement on the live path, and after the event's figures on a rebuild."""
+
+    apply: Apply | None = None
     effect: Effect = Effect.user
     effect_of: Callable[[Any], Effect] | None = None  # when it depends on the event
+    sql: Sql | None = None
+
+    def __post_init__(self) -> None:
+        if (self.apply is None) == (self.sql is None):
+            raise ValueError("a read-model step has either apply or sql")
 
     def effect_for(self, event: Any) -> Effect:
         return self.effect_of(event) if self.effect_of is not None else self.effect

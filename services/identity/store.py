@@ -16,7 +16,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 
@@ -25,7 +25,7 @@ from libs.events.envelope import RecordedEvent
 from libs.events.inline import inline_lock_key
 from libs.events.periods import PeriodKeys
 from libs.events.projection import Projection
-from libs.events.repository import Repository
+from libs.events.repository import OnDemand, Repository
 from libs.events.sealing import Keyring
 from libs.events.store import PostgresEventStore
 from services.identity import changes
@@ -158,6 +158,14 @@ class IdentityStore:
             await self._announce(changed)
         return result
 
+    async def _write_on_demand(self, fn: Callable[[OnDemand], Awaitable[T]]) -> T:
+        """`write`, the transaction begun only if `fn` needs one (Repository.on_demand)."""
+        with changes.collecting() as changed:
+            result = await self.repository.on_demand(fn)
+        if changed and self._announce is not None:
+            await self._announce(changed)
+        return result
+
     async def locked_write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """`write`, holding the projection lock shared before `fn` takes any row lock (the
         inline append takes it too: taking it first keeps a rebuild from deadlocking us)."""
@@ -210,8 +218,12 @@ class IdentityStore:
         """Read the row of `table` (users or groups) whose id is `key` (`missing()` when there
         is none), let `decide` return the events, append them to `stream` at the row's version;
         decide again if it changed meanwhile (`busy` after a few tries). With `admin`, only an
-        enabled administrator (or the platform) may: asked in the same query as the row, in
-        the same transaction, and checked first, so a non-admin learns nothing of the row."""
+        enabled administrator (or the platform) may: asked in the same query as the row, and
+        checked first, so a non-admin learns nothing of the row.
+
+        The row is read on its own (the append checks its version). A decision that queries
+        begins the transaction the append then joins; one that does not lets the append and
+        its read-model change run as one statement (libs/events/repository.py, OnDemand)."""
         column = _KEYS[table]
         if admin:
             actor = self._actor_for_admin()
@@ -221,20 +233,21 @@ class IdentityStore:
             sql = f"SELECT * FROM identity.{table} WHERE {column} = $1"  # noqa: S608 - ours
             args = (key,)
 
-        async def step(conn: asyncpg.Connection) -> asyncpg.Record:
-            row = await conn.fetchrow(sql, *args)
+        async def step(od: OnDemand) -> asyncpg.Record:
+            row = await od.conn.fetchrow(sql, *args)
             if admin and not row["hp_actor_admin"]:
                 raise NotAdmin()
             if row is None or row[column] is None:
                 raise missing()
-            new = await decide(conn, row)
+            # the decisions take a connection: OnDemand answers its query methods
+            new = await decide(cast(asyncpg.Connection, od), row)
             if new:
-                await self.append_on(conn, stream, new, row["version"])
+                await self.repository.append_decided(od, stream, new, row["version"])
             return row
 
         for _ in range(_RETRIES):
             try:
-                return await self.write(step)
+                return await self._write_on_demand(step)
             except Changed:
                 continue  # the row changed meanwhile: decide again on the new state
         raise IdentityConflict(busy)

@@ -20,6 +20,7 @@ import asyncpg
 from libs.events import context
 from libs.events.envelope import RecordedEvent
 from libs.events.handlers import command, query
+from libs.events.statements import Statement
 from services.identity import events as ev
 from services.identity import validators as check
 from services.identity.errors import (
@@ -393,42 +394,48 @@ async def bump(conn: asyncpg.Connection, user_id: str, r: RecordedEvent, sets: s
     )
 
 
-async def _user_updated(conn: asyncpg.Connection, e: ev.UserUpdated, r: RecordedEvent) -> None:
+# The steps of a user's own stream are statements (libs/events/statements.py): a command that
+# decided on the user's row alone appends and applies them in one statement, no transaction.
+_AT_VERSION = "UPDATE identity.users u SET version = a.out_version{sets} FROM appended a"
+_OF_USER = " WHERE u.user_id = $1"
+
+
+def _at_version(user_id: str, sets: str = "", *args: Any) -> Statement:
+    """The user's row at the appended event's version, with `sets` ($2 on) set too."""
+    return Statement(_AT_VERSION.format(sets=sets) + _OF_USER, (user_id, *args))
+
+
+def _user_updated(e: ev.UserUpdated) -> list[Statement]:
+    sets: list[str] = []
+    args: list[Any] = []
     if e.email is not None:
-        await conn.execute(
-            "UPDATE identity.users SET email = $2, email_index = $3 WHERE user_id = $1",
-            e.user_id,
-            e.email,
-            e.email_index,
-        )
+        sets += [f"email = ${len(args) + 2}", f"email_index = ${len(args) + 3}"]
+        args += [e.email, e.email_index]
     if e.display_name is not None or e.clear_display_name:
-        await conn.execute(
-            "UPDATE identity.users SET display_name = $2 WHERE user_id = $1",
-            e.user_id,
-            None if e.clear_display_name else e.display_name,
-        )
-    await bump(conn, e.user_id, r)
+        sets.append(f"display_name = ${len(args) + 2}")
+        args.append(None if e.clear_display_name else e.display_name)
+    return [_at_version(e.user_id, "".join(", " + x for x in sets), *args)]
 
 
-async def _password_changed(
-    conn: asyncpg.Connection, e: ev.PasswordChanged, r: RecordedEvent
-) -> None:
-    await conn.execute(
-        "UPDATE identity.users SET password_hash = $2, version = $3 WHERE user_id = $1",
-        e.user_id,
-        e.password_hash,
-        r.version,
-    )
+def _password_changed(e: ev.PasswordChanged) -> list[Statement]:
+    out = [_at_version(e.user_id, ", password_hash = $2", e.password_hash)]
     if not e.rehash:
-        await conn.execute(
-            "DELETE FROM identity.sessions WHERE user_id = $1"
-            " AND session_id IS DISTINCT FROM $2::uuid",
-            e.user_id,
-            e.kept_session_id,
+        out.append(
+            Statement(
+                "DELETE FROM identity.sessions s USING appended WHERE s.user_id = $1"
+                " AND s.session_id IS DISTINCT FROM $2::uuid",
+                (e.user_id, e.kept_session_id),
+            )
         )
         # a new password ends every API token of the user too (made under the old one); a
         # rebuild replays this after the tokens' creation, in the log's order
-        await conn.execute("DELETE FROM identity.api_tokens WHERE user_id = $1", e.user_id)
+        out.append(
+            Statement(
+                "DELETE FROM identity.api_tokens t USING appended WHERE t.user_id = $1",
+                (e.user_id,),
+            )
+        )
+    return out
 
 
 def _password_effect(e: ev.PasswordChanged) -> Effect:
@@ -436,33 +443,33 @@ def _password_effect(e: ev.PasswordChanged) -> Effect:
     return Effect.none if e.rehash else Effect.user
 
 
-async def _admin_changed(conn: asyncpg.Connection, e: ev.AdminChanged, r: RecordedEvent) -> None:
-    await conn.execute(
-        "UPDATE identity.users SET is_admin = $2, version = $3 WHERE user_id = $1",
-        e.user_id,
-        e.is_admin,
-        r.version,
-    )
+def _admin_changed(e: ev.AdminChanged) -> list[Statement]:
+    return [_at_version(e.user_id, ", is_admin = $2", e.is_admin)]
 
 
-async def _user_disabled(conn: asyncpg.Connection, e: ev.UserDisabled, r: RecordedEvent) -> None:
-    # one statement, one round trip: the row and the end of the user's sessions
-    await conn.execute(
-        "WITH ended AS (DELETE FROM identity.sessions WHERE user_id = $1) "
-        "UPDATE identity.users SET version = $2, disabled = true WHERE user_id = $1",
-        e.user_id,
-        r.version,
-    )
+def _user_disabled(e: ev.UserDisabled) -> list[Statement]:
+    # the row, and the end of the user's sessions
+    return [
+        _at_version(e.user_id, ", disabled = true"),
+        Statement(
+            "DELETE FROM identity.sessions s USING appended WHERE s.user_id = $1", (e.user_id,)
+        ),
+    ]
 
 
-async def _user_enabled(conn: asyncpg.Connection, e: ev.UserEnabled, r: RecordedEvent) -> None:
-    await bump(conn, e.user_id, r, ", disabled = false")
+def _user_enabled(e: ev.UserEnabled) -> list[Statement]:
+    return [_at_version(e.user_id, ", disabled = false")]
 
 
-async def _user_deleted(conn: asyncpg.Connection, e: ev.UserDeleted, r: RecordedEvent) -> None:
+def _user_deleted(e: ev.UserDeleted) -> list[Statement]:
     # sessions and known addresses go with the row (ON DELETE CASCADE)
-    await conn.execute("DELETE FROM identity.users WHERE user_id = $1", e.user_id)
-    await conn.execute("DELETE FROM identity.login_failures WHERE user_id = $1", e.user_id)
+    return [
+        Statement("DELETE FROM identity.users u USING appended WHERE u.user_id = $1", (e.user_id,)),
+        Statement(
+            "DELETE FROM identity.login_failures f USING appended WHERE f.user_id = $1",
+            (e.user_id,),
+        ),
+    ]
 
 
 TABLE = Table(
@@ -470,11 +477,11 @@ TABLE = Table(
     steps={
         "PlatformSetUp": Step(_platform_set_up, Effect.none),
         "UserCreated": Step(_user_created, Effect.none),
-        "UserUpdated": Step(_user_updated),
-        "PasswordChanged": Step(_password_changed, effect_of=_password_effect),
-        "AdminChanged": Step(_admin_changed),
-        "UserDisabled": Step(_user_disabled),
-        "UserEnabled": Step(_user_enabled),
-        "UserDeleted": Step(_user_deleted),
+        "UserUpdated": Step(sql=_user_updated),
+        "PasswordChanged": Step(sql=_password_changed, effect_of=_password_effect),
+        "AdminChanged": Step(sql=_admin_changed),
+        "UserDisabled": Step(sql=_user_disabled),
+        "UserEnabled": Step(sql=_user_enabled),
+        "UserDeleted": Step(sql=_user_deleted),
     },
 )

@@ -589,3 +589,94 @@ async def test_past_the_account_limit_the_real_user_with_totp_still_signs_in(
         assert set(refusals) == {"wrong username or password"}  # no oracle for the password
         reply = await attempt(totp=totp_at(secret, now + 30))  # password and code together
         assert reply["user_id"] == alice and reply["session"]
+
+
+async def _identity_rows(dsn: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the tables a user's own events write, in a fixed order."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        out = {}
+        for table, key in (
+            ("users", "user_id"),
+            ("sessions", "session_id"),
+            ("api_tokens", "token_id"),
+            ("login_failures", "user_id"),
+        ):
+            rows = await conn.fetch(f"SELECT * FROM identity.{table} ORDER BY {key}::text")
+            # last_seen is touched by whoami, not an event: a rebuild sets it again
+            out[table] = [{k: v for k, v in r.items() if k != "last_seen"} for r in rows]
+        return out
+    finally:
+        await conn.close()
+
+
+async def test_user_changes_applied_in_their_append_equal_a_replay_of_them(
+    ident: Identity, dsn: str
+) -> None:
+    """The steps of a user's stream run within the append's own statement (no transaction
+    when the decision asked nothing); a rebuild runs the same statements from the log. Every
+    kind of them, then a replay: the same rows, and the rows each change should leave."""
+    admin, alice = await with_alice(ident)
+    bob = str(
+        (
+            await ident.cmd(
+                "create_user",
+                {"username": "bob", "email": "bob@example.test", "password": ALICE["password"]},
+                actor=admin,
+            )
+        )["user_id"]
+    )
+    ip = "192.0.2.7"
+    session = str((await ident.login("alice", ALICE["password"], ip=ip))["session"])
+    await ident.cmd(
+        "create_token", {"user_id": alice, "name": "ci", "scope": "read", "session": session},
+        actor=alice, ip=ip,
+    )  # fmt: skip
+    update = {"user_id": alice, "email": "alice2@example.test", "display_name": "Alice A."}
+    await ident.cmd("update_user", update, actor=admin)
+    await ident.cmd("set_admin", {"user_id": bob, "is_admin": True}, actor=admin)
+    rows = await _identity_rows(dsn)
+    assert len(rows["sessions"]) == 1 and len(rows["api_tokens"]) == 1
+
+    await ident.cmd("disable_user", {"user_id": alice}, actor=bob)  # by the new admin
+    with pytest.raises(Unauthorized):
+        await ident.ask("whoami", {"session": session})
+    rows = await _identity_rows(dsn)
+    assert rows["sessions"] == [] and rows["api_tokens"] == [], "a disable ends them"
+    await ident.cmd("enable_user", {"user_id": alice}, actor=admin)
+    await ident.cmd("update_profile", {"user_id": alice, "display_name": ""}, actor=alice)
+    session = str((await ident.login("alice", ALICE["password"], ip=ip))["session"])
+    kept = {"user_id": alice, "current_password": ALICE["password"], "session": session}
+    await ident.cmd(
+        "change_password", {**kept, "new_password": "yet another long phrase"}, actor=alice, ip=ip
+    )
+    await ident.cmd("set_admin", {"user_id": bob, "is_admin": False}, actor=admin)
+    await ident.cmd("delete_user", {"user_id": bob}, actor=admin)
+
+    before = await _identity_rows(dsn)
+    users = {str(u["user_id"]): u for u in before["users"]}
+    assert set(users) == {admin, alice}, "bob's row went with him"
+    a = users[alice]
+    assert (a["disabled"], a["is_admin"], a["display_name"]) == (False, False, None)
+    profile = await ident.ask("profile", {"user_id": alice})
+    assert (profile["email"], profile["display_name"]) == ("alice2@example.test", None)
+    versions = await ident.ask("users", {})
+    assert a["version"] == await _stream_version(dsn, f"user-{alice}")
+    assert [s["user_id"] for s in before["sessions"]] == [a["user_id"]], "the kept session"
+    assert await ident.ask("whoami", {"session": session})
+    assert (await ident.login("alice", "yet another long phrase", ip=ip))["user_id"] == alice
+
+    before = await _identity_rows(dsn)
+    await replay_by_name("identity", dsn)
+    assert await _identity_rows(dsn) == before
+    assert await ident.ask("users", {}) == versions
+
+
+async def _stream_version(dsn: str, stream: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval("SELECT version FROM events.streams WHERE stream = $1", stream)
+        )
+    finally:
+        await conn.close()
