@@ -22,7 +22,7 @@ test: deps dashboard
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy libs services
+	$(VENV)/bin/mypy libs services cli deploy bench
 
 bench: deps
 	$(PY) -m bench

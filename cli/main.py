@@ -971,8 +971,8 @@ def _what(labels: dict[str, str]) -> str:
         mail = ", the mail" if labels.get("mail") else ""
         return f"platform ({n} app backup{'s' if n != 1 else ''}{mail})"
     if kind == "mail":
-        n = labels.get("mailboxes", "?")
-        return f"mail ({n} mailbox{'' if n == '1' else 'es'})"
+        boxes = labels.get("mailboxes", "?")
+        return f"mail ({boxes} mailbox{'' if boxes == '1' else 'es'})"
     return kind
 
 
