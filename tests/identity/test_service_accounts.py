@@ -490,7 +490,7 @@ async def _same_time(ident: Identity) -> None:
     await with_alice(ident)
     loop = asyncio.get_running_loop()
     times: dict[str, list[float]] = {"alice": [], "nobody": []}
-    for i in range(60):  # medians of 60 interleaved tries each
+    for i in range(60):  # 60 pairs, one try of each name, the order alternating
         for name in ("alice", "nobody") if i % 2 else ("nobody", "alice"):
             t0 = loop.time()
             with pytest.raises(Unauthorized):
@@ -498,8 +498,16 @@ async def _same_time(ident: Identity) -> None:
                     name, "wrong password!", ip=f"10.{i // 250}.{i % 250}.{len(name)}"
                 )
             times[name].append(loop.time() - t0)
+    # Each pair's two tries ran within a second of each other, under the same load of the
+    # other workers; its relative difference cancels that load, which moves for seconds at a
+    # time (a CI run saw the separate medians 13 % apart, the next one the other way round).
+    # A path that skipped the hash, or did more work, moves the median of the pairs.
+    pairs = sorted(
+        (a - n) / max(a, n) for a, n in zip(times["alice"], times["nobody"], strict=True)
+    )
+    median = pairs[len(pairs) // 2]
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    assert abs(med["alice"] - med["nobody"]) / max(med.values()) < 0.10, med
+    assert abs(median) < 0.10, (median, med)
 
 
 async def test_replay_rebuilds_the_read_model(ident: Identity, dsn: str) -> None:
