@@ -342,12 +342,46 @@ async def test_a_model_nginx_cannot_load_is_rolled_back(edge: Edge) -> None:
         moved = replace(edge.model, http_port=busy.getsockname()[1])
         with pytest.raises(EdgeError, match="bind"):
             await edge.nginx.apply(moved)
+    # it answered once nginx gave the reload up, not at its first of five tries: the other
+    # tries would land in the next reload's part of the log and fail that one
+    assert "still could not bind()" in edge.nginx.error_log.read_text()
     assert os.readlink(edge.nginx.conf_dir) == live
     assert edge.nginx.running
     assert await _status(edge, BLOG) == 200
     req = f"GET / HTTP/1.1\r\nHost: {BLOG}\r\nConnection: close\r\n\r\n"
     assert (await raw_http(edge.http_port, req.encode())).startswith(b"HTTP/1.1 301")
     await edge.nginx.apply(edge.model)  # and a good one applies after it
+
+
+async def test_a_port_freed_while_nginx_retries_it_is_a_reload_that_worked(edge: Edge) -> None:
+    """nginx tries a busy port again for about 2 s: freed meanwhile, the reload succeeds, and
+    the edge says so (it is serving the new configuration), not that it failed."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    moved = replace(edge.model, http_port=port)
+    applying = asyncio.create_task(edge.nginx.apply(moved))
+    try:
+        log = edge.nginx.error_log
+
+        def first_try_failed() -> bool:
+            return f"bind() to 127.0.0.1:{port} failed" in log.read_text()
+
+        deadline = time.monotonic() + 10
+        while not first_try_failed() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert first_try_failed(), "nginx never tried the busy port"
+        busy.close()  # free before nginx's next try
+        await asyncio.wait_for(applying, 15)
+    finally:
+        busy.close()
+        if not applying.done():
+            applying.cancel()
+        await asyncio.gather(applying, return_exceptions=True)
+    assert "still could not bind()" not in edge.nginx.error_log.read_text()
+    req = f"GET / HTTP/1.1\r\nHost: {BLOG}\r\nConnection: close\r\n\r\n"
+    assert (await raw_http(port, req.encode())).startswith(b"HTTP/1.1 301")
 
 
 async def test_adding_a_vhost_keeps_the_others_and_requests_in_flight(edge: Edge) -> None:

@@ -34,6 +34,11 @@ _POLL = 0.02
 _KEEP_GENERATIONS = 2
 _GENERATION = re.compile(r"g(\d{6})")
 _FAILED = re.compile(r"\[(emerg|alert|crit)\]")
+# A listen address taken by another process: nginx tries it 5 times, 500 ms apart, logging each
+# failure, then gives the reload up with `_GAVE_UP`. Answering at the first line left the other
+# tries to land in the next reload's part of the log, which then read as that reload failing.
+_BIND_FAILED = "bind() to "
+_GAVE_UP = "still could not bind()"
 _PROBE = b"HEAD / HTTP/1.0\r\nHost: homeport-edge-probe.invalid\r\n\r\n"
 
 
@@ -299,7 +304,7 @@ class Nginx:
                 for line in _tail(self.error_log, offset, 50).splitlines()
                 if _FAILED.search(line)
             ]
-            if failed:
+            if failed and not _still_binding(failed):
                 raise EdgeError(
                     f"nginx did not take the new configuration and keeps the old one: "
                     f"{'; '.join(failed[-3:])} — fix that and apply again"
@@ -419,3 +424,11 @@ async def _answers(host: str, port: int) -> bool:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+def _still_binding(failed: list[str]) -> bool:
+    """Whether nginx is still retrying a busy address of this reload (it may yet succeed, or
+    give up): every failure is a bind's, and none says it gave up."""
+    return all(_BIND_FAILED in line for line in failed) and not any(
+        _GAVE_UP in line for line in failed
+    )
