@@ -309,8 +309,8 @@ class PostgresEventStore:
         `prepare` are taken as they are."""
         validate_stream(stream)
         new: list[NewEvent] = [e for e in events if isinstance(e, _Prepared)]
-        if len(new) != len(events):
-            new = self.prepare(events)
+        if not new or len(new) != len(events):
+            new = self.prepare(events)  # refuses an append of nothing
         data, meta = self._encoded(new)
         rows = await self._call_append(
             conn, stream, new, data, meta, expected_version, lock, statements

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from libs.events.envelope import NewEvent, RecordedEvent
+from libs.events.errors import EventStoreError
 from libs.events.inline import append_alone, inline_lock_key
 from libs.events.projection import Projection
 from libs.events.repository import OnDemand, Repository
@@ -261,6 +262,18 @@ async def test_two_events_or_no_statements_take_the_transaction(store: PostgresE
     assert [e.version for e in recorded] == [1, 2]
     assert sent.queries == ["BEGIN;", "SELECT", "INSERT", "INSERT", "COMMIT;"]
     assert await _things(store) == [("thing-g", 2, 2)]
+
+
+async def test_an_append_of_nothing_is_refused_on_every_path(store: PostgresEventStore) -> None:
+    head = await store.head()
+    async with store.pool.acquire() as conn:
+        for append in (
+            store.append_recorded(conn, "thing-z", [], 0),
+            append_alone(store, conn, Things(), "thing-z", [], 0),
+        ):
+            with pytest.raises(EventStoreError, match="at least one event"):
+                await append
+    assert await store.head() == head
 
 
 def test_compose_renumbers_each_statement_after_the_head() -> None:
