@@ -19,8 +19,9 @@ from typing import Any
 
 import asyncpg
 
-from libs.events.envelope import RecordedEvent
+from libs.events.envelope import NewEvent, RecordedEvent
 from libs.events.projection import Projection, _lock_key
+from libs.events.statements import Statement
 from libs.events.store import PostgresEventStore
 
 __all__ = ["append_alone", "append_inline", "inline_lock_key"]
@@ -42,11 +43,14 @@ async def append_inline(
 ) -> list[RecordedEvent]:
     """Append `new` to `stream` and apply it to `projection`, in the caller's transaction:
     in the append's own statement when the projection gives its change as statements."""
-    prepared = store.prepare(new)
-    statements = projection.statements_for(stream, prepared)
-    lock = inline_lock_key(type(projection))
+    prepared, statements = _change(store, projection, stream, new)
     recorded = await store.append_recorded(
-        conn, stream, prepared, expected_version, lock=lock, statements=statements or ()
+        conn,
+        stream,
+        prepared,
+        expected_version,
+        lock=inline_lock_key(type(projection)),
+        statements=statements or (),
     )
     if statements is None:
         await projection.apply(conn, recorded)
@@ -64,11 +68,22 @@ async def append_alone(
     """`append_inline` as one statement on a connection in no transaction (a statement is
     atomic on its own); None, having written nothing, when the projection cannot give the
     change as statements: the caller appends in a transaction instead."""
-    prepared = store.prepare(new)
-    statements = projection.statements_for(stream, prepared)
+    prepared, statements = _change(store, projection, stream, new)
     if statements is None:
         return None
-    lock = inline_lock_key(type(projection))
     return await store.append_recorded(
-        conn, stream, prepared, expected_version, lock=lock, statements=statements
+        conn,
+        stream,
+        prepared,
+        expected_version,
+        lock=inline_lock_key(type(projection)),
+        statements=statements,
     )
+
+
+def _change(
+    store: PostgresEventStore, projection: Projection, stream: str, new: Sequence[Any]
+) -> tuple[list[NewEvent], Sequence[Statement] | None]:
+    """`new` as it will be appended, and the projection's statements for it (None: apply)."""
+    prepared = store.prepare(new)
+    return prepared, projection.statements_for(stream, prepared)

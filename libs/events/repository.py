@@ -16,7 +16,7 @@ queries (a lock, a count) begins the transaction with its first query, as before
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -72,18 +72,14 @@ class Repository(Generic[S]):
 
     async def transaction(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run `fn` in one transaction, with the driver's errors translated."""
-        try:
+        with self._translated():
             async with self.store.pool.acquire() as conn, conn.transaction():
                 return await fn(conn)
-        except ConcurrencyError:
-            raise self.conflict() from None
-        except asyncpg.UniqueViolationError as e:
-            raise self.translate(e) from None
 
     async def on_demand(self, fn: Callable[[OnDemand], Awaitable[T]]) -> T:
         """Run `fn` with a connection whose transaction begins only when it is needed (see
         `OnDemand`), committed if `fn` returns and rolled back if it raises; errors translated."""
-        try:
+        with self._translated():
             async with self.store.pool.acquire() as conn:
                 od = OnDemand(conn)
                 try:
@@ -96,6 +92,12 @@ class Repository(Generic[S]):
                     raise
                 await od.commit()
                 return result
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """The driver's errors as the service's: a raced version, a unique value taken."""
+        try:
+            yield
         except ConcurrencyError:
             raise self.conflict() from None
         except asyncpg.UniqueViolationError as e:

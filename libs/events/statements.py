@@ -22,8 +22,8 @@ The rules a `Statement` keeps:
 - The statements of one change all see the database as it was before the statement began:
   they must not depend on each other's writes, nor change one row twice.
 
-The same statements rebuild the read model (`head_of`: the event's figures as parameters), so
-there is one description of each change for the live path and for a replay.
+The same statements rebuild the read model (`RECORDED_HEAD`: the event's position, version and
+time as parameters), so there is one description of each change for the live path and a replay.
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-__all__ = ["RECORDED_HEAD", "Statement", "compose", "recorded_args"]
+__all__ = ["RECORDED_HEAD", "Statement", "compose"]
 
 _PARAM = re.compile(r"\$(\d+)")
 _APPENDED = re.compile(r"\bappended\b")
@@ -75,8 +74,3 @@ def _shifted(offset: int) -> Callable[[re.Match[str]], str]:
         return f"${int(m[1]) + offset}"
 
     return shift
-
-
-def recorded_args(position: int, version: int, recorded_at: datetime) -> tuple[Any, ...]:
-    """The parameters of `RECORDED_HEAD` for an event of the log."""
-    return (position, version, recorded_at)

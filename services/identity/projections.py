@@ -26,9 +26,9 @@ The steps come from the areas that own them, each a `readmodel.Table`; `TABLES` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import asyncpg
 
@@ -36,7 +36,7 @@ from libs.events.envelope import NewEvent, RecordedEvent, category_of
 from libs.events.periods import AddressReader
 from libs.events.projection import Projection, register_projection
 from libs.events.registry import REGISTRY
-from libs.events.statements import RECORDED_HEAD, Statement, compose, recorded_args
+from libs.events.statements import RECORDED_HEAD, Statement, compose
 from services.identity import changes, groups, ldap_apps, mfa, sessions, signin, users
 from services.identity.addresses import keys_for_replay, unsealed
 from services.identity.readmodel import Effect, Step, Table
@@ -91,28 +91,19 @@ class IdentityProjection(Projection):
         )
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
-        users_changed: set[str] = set()
-        everyone = False
         for event in events:
             step = self.steps.get(event.type)
             if step is None or event.category not in self.categories:
                 continue
             decoded = unsealed(self.addresses, REGISTRY.decode(event))
             if step.sql is not None:
-                head = recorded_args(event.position, event.version, event.recorded_at)
+                head = (event.position, event.version, event.recorded_at)
                 sql, args = compose(RECORDED_HEAD, head, step.sql(decoded), "SELECT 1")
                 await conn.execute(sql, *args)
             else:
                 assert step.apply is not None
                 await step.apply(conn, decoded, event)
-            effect = step.effect_for(decoded)
-            user_id = event.data.get("user_id")
-            if effect is Effect.all:
-                everyone = True
-            elif effect is Effect.user and isinstance(user_id, str):
-                users_changed.add(user_id)
-        if users_changed or everyone:
-            changes.note(users_changed, everyone=everyone)  # a no-op outside a write
+            _note(step, decoded, event.data)
 
     def statements_for(self, stream: str, events: Sequence[NewEvent]) -> Sequence[Statement] | None:
         """One event whose step is given as statements: those, to run within the append."""
@@ -120,18 +111,23 @@ class IdentityProjection(Projection):
             return None
         event = events[0]
         step = self.steps.get(event.type)
-        if category_of(stream) not in self.categories or step is None:
-            return () if step is None else None
+        if step is None or category_of(stream) not in self.categories:
+            return ()  # nothing to apply: what `apply` skips
         if step.sql is None:
             return None
         decoded = unsealed(
             self.addresses, REGISTRY.decode_data(event.type, event.schema, event.data)
         )
-        statements = step.sql(decoded)
-        effect = step.effect_for(decoded)
-        user_id = event.data.get("user_id")
-        if effect is Effect.all:
-            changes.note((), everyone=True)
-        elif effect is Effect.user and isinstance(user_id, str):
-            changes.note((user_id,))
-        return statements
+        _note(step, decoded, event.data)  # dropped with the write if the append fails
+        return step.sql(decoded)
+
+
+def _note(step: Step, decoded: object, data: Mapping[str, Any]) -> None:
+    """The whoami answers an applied event changes, for the write to announce once it
+    commits (changes.py; a no-op outside a write)."""
+    effect = step.effect_for(decoded)
+    user_id = data.get("user_id")
+    if effect is Effect.all:
+        changes.note((), everyone=True)
+    elif effect is Effect.user and isinstance(user_id, str):
+        changes.note((user_id,))

@@ -152,16 +152,16 @@ class IdentityStore:
 
     async def write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run `fn` in one transaction (errors translated); announce what it changed."""
-        with changes.collecting() as changed:
-            result = await self.repository.transaction(fn)
-        if changed and self._announce is not None:
-            await self._announce(changed)
-        return result
+        return await self._announced(self.repository.transaction(fn))
 
     async def _write_on_demand(self, fn: Callable[[OnDemand], Awaitable[T]]) -> T:
         """`write`, the transaction begun only if `fn` needs one (Repository.on_demand)."""
+        return await self._announced(self.repository.on_demand(fn))
+
+    async def _announced(self, writing: Awaitable[T]) -> T:
+        """Await `writing`, collecting what it changed; once it committed, announce that."""
         with changes.collecting() as changed:
-            result = await self.repository.on_demand(fn)
+            result = await writing
         if changed and self._announce is not None:
             await self._announce(changed)
         return result
