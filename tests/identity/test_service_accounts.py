@@ -490,7 +490,15 @@ async def _same_time(ident: Identity) -> None:
     await with_alice(ident)
     loop = asyncio.get_running_loop()
     times: dict[str, list[float]] = {"alice": [], "nobody": []}
-    for i in range(60):  # 60 pairs, one try of each name, the order alternating
+    pairs: list[float] = []
+    # Each pair's two tries run within a second of each other, under the same load of the
+    # other workers; its relative difference cancels that load, which moves for seconds at a
+    # time (a CI run saw the separate medians 13 % apart, the next one the other way round).
+    # A path that skipped the hash, or did more work, moves the median of the pairs. A CI run
+    # still saw 60 pairs' median at 10.6 % (idle here: under 0.4 %; under four busy loops:
+    # under 4 %, quartiles +-10 %): a median past the bar measures 60 pairs more, up to 180,
+    # and the bar holds for the median of them all. A path that skips the hash stays at 0.97.
+    for i in range(180):  # one try of each name a pair, the order alternating
         for name in ("alice", "nobody") if i % 2 else ("nobody", "alice"):
             t0 = loop.time()
             with pytest.raises(Unauthorized):
@@ -498,16 +506,16 @@ async def _same_time(ident: Identity) -> None:
                     name, "wrong password!", ip=f"10.{i // 250}.{i % 250}.{len(name)}"
                 )
             times[name].append(loop.time() - t0)
-    # Each pair's two tries ran within a second of each other, under the same load of the
-    # other workers; its relative difference cancels that load, which moves for seconds at a
-    # time (a CI run saw the separate medians 13 % apart, the next one the other way round).
-    # A path that skipped the hash, or did more work, moves the median of the pairs.
-    pairs = sorted(
-        (a - n) / max(a, n) for a, n in zip(times["alice"], times["nobody"], strict=True)
-    )
-    median = pairs[len(pairs) // 2]
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    assert abs(median) < 0.10, (median, med)
+        a, n = times["alice"][-1], times["nobody"][-1]
+        pairs.append((a - n) / max(a, n))
+        if len(pairs) % 60 == 0 and abs(_median(pairs)) < 0.10:
+            break
+    med = {k: _median(v) for k, v in times.items()}
+    assert abs(_median(pairs)) < 0.10, (_median(pairs), len(pairs), med)
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 async def test_replay_rebuilds_the_read_model(ident: Identity, dsn: str) -> None:
