@@ -2,11 +2,13 @@
 servers.
 
 `edge_proxy_vs_direct`: req/s of an app page through the edge nginx (HTTPS, keep-alive,
-HTTP/1.1, the rendered config of an app vhost with its headers and limits) over req/s straight
-to the upstream's published port (plain HTTP), same run, same `wrk` settings, rounds
-interleaved, medians; target >= 0.9 (issue 20; 0.7 in issue 5), "with an app that keeps
-connections open, e.g. the Notes app, alongside busybox". Two upstreams, each against its own
-direct baseline, measured in the same run:
+HTTP/1.1, the rendered config of an app vhost with its headers and limits) to the container's
+own address, as the edge reaches an app whose network is of the apps service's subnet pool
+(services/apps/subnets.py), over req/s straight to the port the container publishes on
+127.0.0.1 (plain HTTP, through docker-proxy: how one reaches a `docker run -p`), same run,
+same `wrk` settings, rounds interleaved, medians; target >= 0.9 (issue 20; 0.7 in issue 5),
+"with an app that keeps connections open, e.g. the Notes app, alongside busybox". Two
+upstreams, each against its own direct baseline, measured in the same run:
 
 - Notes 1.0.1 (the bundled app, built from its folder on `homeport/debian-base:bookworm`, once,
   not measured): a Python ThreadingHTTPServer that keeps connections open (HTTP/1.1), serving
@@ -19,10 +21,12 @@ direct baseline, measured in the same run:
   container would; its ratio is printed beside and is a miss when under the target too.
   HP_BENCH_EDGE_UPSTREAM=nginx puts a static nginx (keep-alive) in its place.
 
-Both containers publish their port on 127.0.0.1 only, on a dockerd of HP_DOCKER_HOST, else the
-system's, else the tests' shared one (started if needed, as bench/apps.py does). Each round
-prints req/s, p50 and p99 of every side, and CPU per request of the edge nginx, docker-proxy
-(in both paths), the app and wrk; the edge rounds of Notes also count the edge's connections
+Both containers sit in a network made as the apps service makes one (a /28, icc off, the
+container at the second address; the bench takes a free /28 of 10.215.240.0/20) and publish
+their port on 127.0.0.1 only, on a dockerd of HP_DOCKER_HOST, else the system's, else the
+tests' shared one (started if needed, as bench/apps.py does). Each round prints req/s, p50 and
+p99 of every side, and CPU per request of the edge nginx, docker-proxy (the direct side's path),
+the app and wrk; the edge rounds of Notes also count the edge's connections
 to it (sockets in /proc/net/tcp, sampled every 0.2 s): all seen, and those not seen in an
 earlier round (the edge reuses them; nginx replaces one after 1000 requests, its default
 upstream keepalive_requests).
@@ -40,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import ipaddress
 import json
 import os
 import resource
@@ -66,11 +71,15 @@ from bench.common import Bench, BenchConfig, BenchError, Benchmark, Result, say,
 from bench.gateway import _Load, _parse_wrk
 from deploy.embedded import EmbeddedError, PostgresServer, astop, find_binary, free_port
 from services.apps.base_image import BaseImageError, ensure_base_image
+from services.apps.runtime import app_ipam
+from services.apps.subnets import PREFIX, app_address
 from services.gateway.edge import EdgeError, EdgeModel, Nginx, Vhost
 
 __all__ = ["BENCHMARKS"]
 
 _TARGET = 0.9  # issue 20, raised from 0.7
+# the bench's app networks: apart from the apps service's default pool (10.214.0.0/16)
+_BENCH_SUBNETS = "10.215.240.0/20"
 _BUSYBOX_HOST = "static.example.test"
 _NOTES_HOST = "notes.example.test"
 _PAGE = 1024
@@ -139,7 +148,9 @@ async def _to_thread_to_end(fn: Callable[..., _T], *args: Any, **kwargs: Any) ->
 
 @dataclass(frozen=True, slots=True)
 class _Upstream:
-    """An app server on 127.0.0.1:`port` serving `path`, as vhost `host` at the edge."""
+    """An app server published on 127.0.0.1:`port` (the direct side), reached by the edge at
+    `address` (its container's own, as the apps service's upstream), serving `path` as vhost
+    `host`."""
 
     label: str
     connections: str  # how it treats connections: "connection per request" or "keep-alive"
@@ -148,7 +159,8 @@ class _Upstream:
     path: str
     source: str
     app_pid: int | None  # the host pid of its server process (CPU per request)
-    proxy_pid: int | None  # docker-proxy of the published port, in both paths
+    proxy_pid: int | None  # docker-proxy of the published port (the direct side's path)
+    address: str  # <ip>:<port> the edge proxies to
 
 
 def _docker_proxy(port: int) -> int | None:
@@ -167,11 +179,30 @@ def _docker_proxy(port: int) -> int | None:
     return None
 
 
+def _free_subnet(client: docker.DockerClient) -> str:
+    """A /28 of `_BENCH_SUBNETS` no network of this dockerd overlaps."""
+    used = [
+        ipaddress.IPv4Network(c["Subnet"])
+        for n in client.api.networks()
+        for c in (n.get("IPAM") or {}).get("Config") or []
+        if c.get("Subnet") and ":" not in c["Subnet"]
+    ]
+    for subnet in ipaddress.IPv4Network(_BENCH_SUBNETS).subnets(new_prefix=PREFIX):
+        if not any(subnet.overlaps(u) for u in used):
+            return str(subnet)
+    raise BenchError(f"no /{PREFIX} of {_BENCH_SUBNETS} is free on this dockerd")
+
+
 @contextlib.asynccontextmanager
 async def _network(client: docker.DockerClient, name: str) -> AsyncIterator[tuple[str, str]]:
-    """A bridge network `name`; yields its gateway address and subnet."""
+    """A bridge network `name` as the apps service makes one from its pool (services/apps/
+    subnets.py: a /28, the container at its second address); yields its gateway and subnet."""
     try:
-        net = await _to_thread_to_end(client.networks.create, name, driver="bridge")
+        subnet = await asyncio.to_thread(_free_subnet, client)
+        net = await _to_thread_to_end(
+            client.networks.create, name, driver="bridge", ipam=app_ipam(subnet),
+            options={"com.docker.network.bridge.enable_icc": "false"},
+        )  # fmt: skip
         await asyncio.to_thread(net.reload)
         ipam = net.attrs["IPAM"]["Config"][0]
         yield ipam["Gateway"], ipam["Subnet"]
@@ -183,11 +214,13 @@ async def _network(client: docker.DockerClient, name: str) -> AsyncIterator[tupl
 
 @contextlib.asynccontextmanager
 async def _container(
-    client: docker.DockerClient, name: str, image: str, **kwargs: Any
+    client: docker.DockerClient, name: str, image: str, network: str, subnet: str, **kwargs: Any
 ) -> AsyncIterator[tuple[Any, int]]:
-    """A container `name` under the apps' rules with port 8080 published on 127.0.0.1; yields
-    it and the published port. Removed at the end, found by name (also when its start was
-    interrupted)."""
+    """A container `name` under the apps' rules with port 8080 published on 127.0.0.1, at the
+    second address of `subnet` on `network` (as services/apps/operations/common.py makes an
+    app's); yields it and the published port. Removed at the end, found by name (also when its
+    start was interrupted)."""
+    endpoint = client.api.create_endpoint_config(ipv4_address=app_address(subnet))
     try:
         container = await _to_thread_to_end(
             client.containers.run,
@@ -201,6 +234,8 @@ async def _container(
             security_opt=["no-new-privileges"],
             pids_limit=256,
             labels={"homeport.bench": "edge"},
+            network=network,
+            networking_config={network: endpoint},
             **kwargs,
         )
         port = 0
@@ -229,22 +264,22 @@ async def _busybox(client: docker.DockerClient) -> AsyncIterator[_Upstream]:
         f"mkdir -p /tmp/www && head -c {_PAGE} /dev/zero | tr '\\0' x > /tmp/www/index.html"
         " && exec httpd -f -p 8080 -h /tmp/www"
     )
-    async with (
-        _network(client, tag),
-        _container(
-            client,
-            tag,
-            _IMAGE,
-            command=["sh", "-c", script],
-            network=tag,
-            tmpfs={"/tmp": "uid=1000"},
-        ) as (container, port),
-    ):
-        source = f"busybox httpd in a container ({_IMAGE}), published on 127.0.0.1:{port}"
+    async with contextlib.AsyncExitStack() as stack:
+        _, subnet = await stack.enter_async_context(_network(client, tag))
+        container, port = await stack.enter_async_context(
+            _container(
+                client, tag, _IMAGE, tag, subnet, command=["sh", "-c", script],
+                tmpfs={"/tmp": "uid=1000"},
+            )
+        )  # fmt: skip
+        address = f"{app_address(subnet)}:8080"
+        source = (
+            f"busybox httpd in a container ({_IMAGE}), at {address}, published on 127.0.0.1:{port}"
+        )
         pid = int(container.attrs["State"]["Pid"]) or None
         yield _Upstream(
             "busybox", "connection per request", _BUSYBOX_HOST, port, "/", source, pid,
-            _docker_proxy(port),
+            _docker_proxy(port), address,
         )  # fmt: skip
 
 
@@ -282,7 +317,10 @@ async def _static_nginx(folder: Path) -> AsyncIterator[_Upstream]:
         else:
             raise BenchError(f"the static nginx did not listen on 127.0.0.1:{port}")
         source = f"HP_BENCH_EDGE_UPSTREAM=nginx: a static nginx on 127.0.0.1:{port} (keep-alive)"
-        yield _Upstream("nginx", "keep-alive", _BUSYBOX_HOST, port, "/", source, proc.pid, None)
+        yield _Upstream(
+            "nginx", "keep-alive", _BUSYBOX_HOST, port, "/", source, proc.pid, None,
+            f"127.0.0.1:{port}",
+        )  # fmt: skip
     finally:
         await astop(proc, signal.SIGQUIT, 10)
 
@@ -381,7 +419,7 @@ async def _notes(client: docker.DockerClient, url: str, folder: Path) -> AsyncIt
         }
         container, port = await stack.enter_async_context(
             _container(
-                client, tag, image, network=tag, environment=env,
+                client, tag, image, tag, subnet, environment=env,
                 tmpfs={"/tmp": "", "/app/data": "uid=1000,gid=1000"},
                 mem_limit=int(manifest["memoryLimit"]),
             )
@@ -389,13 +427,14 @@ async def _notes(client: docker.DockerClient, url: str, folder: Path) -> AsyncIt
         await _healthy(container, port)
         await asyncio.to_thread(container.reload)
         pid = int(container.attrs["State"]["Pid"]) or None
+        address = f"{app_address(subnet)}:8080"
         source = (
-            f"Notes {manifest['version']} in a container ({image}, HTTP/1.1 keep-alive),"
-            f" published on 127.0.0.1:{port}; GET {_NOTES_PATH}"
+            f"Notes {manifest['version']} in a container ({image}, HTTP/1.1 keep-alive), at"
+            f" {address}, published on 127.0.0.1:{port}; GET {_NOTES_PATH}"
         )
         yield _Upstream(
             "notes", "keep-alive", _NOTES_HOST, port, _NOTES_PATH, source, pid,
-            _docker_proxy(port),
+            _docker_proxy(port), address,
         )  # fmt: skip
 
 
@@ -436,9 +475,10 @@ async def _fetch(url: str, resolve: str | None) -> bytes:
     return out
 
 
-def _connections_to(port: int) -> set[int]:
-    """Local ports of the established connections to 127.0.0.1:`port` (/proc/net/tcp)."""
-    remote = f"0100007F:{port:04X}"
+def _connections_to(address: str) -> set[int]:
+    """Local ports of the established connections to `address` (<ip>:<port>, /proc/net/tcp)."""
+    ip, _, port = address.rpartition(":")
+    remote = f"{bytes(reversed(ipaddress.IPv4Address(ip).packed)).hex().upper()}:{int(port):04X}"
     out: set[int] = set()
     with open("/proc/net/tcp") as f:
         next(f)
@@ -452,14 +492,14 @@ def _connections_to(port: int) -> set[int]:
 class _ConnectionWatch:
     """The edge's connections to an upstream seen while in `async with` (sampled)."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, address: str) -> None:
+        self.address = address
         self.seen: set[int] = set()
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
-            self.seen |= _connections_to(self.port)
+            self.seen |= _connections_to(self.address)
             await asyncio.sleep(_SAMPLE_S)
 
     async def __aenter__(self) -> _ConnectionWatch:
@@ -499,7 +539,7 @@ class _Side:
         async with contextlib.AsyncExitStack() as stack:
             watch = None
             if self.watch:
-                watch = await stack.enter_async_context(_ConnectionWatch(self.upstream.port))
+                watch = await stack.enter_async_context(_ConnectionWatch(self.upstream.address))
             load = await _wrk(self.url, cfg, self.script)
         self.loads.append(load)
         after = self._cpu()
@@ -550,9 +590,7 @@ async def edge_proxy_vs_direct(b: Bench) -> Result:
         acme = folder / "acme"
         acme.mkdir(mode=0o755)
         model = EdgeModel(
-            vhosts=tuple(
-                Vhost(u.host, "app", f"127.0.0.1:{u.port}", cert, key) for u in (closing, notes)
-            ),
+            vhosts=tuple(Vhost(u.host, "app", u.address, cert, key) for u in (closing, notes)),
             http_port=free_port(),
             https_port=free_port(),
             acme_dir=acme,
@@ -591,7 +629,7 @@ async def edge_proxy_vs_direct(b: Bench) -> Result:
             ]
         say(
             f"  edge: wrk -> nginx (1 worker, HTTPS, keep-alive, upstream keepalive as rendered)"
-            f" -> upstream; direct: wrk -> the upstream's published port (plain HTTP);"
+            f" -> the container's address; direct: wrk -> its published port (plain HTTP);"
             f" wrk -t1 -c{b.cfg.http_connections} -d{b.cfg.http_seconds}s"
         )
         for r in range(b.cfg.rounds):

@@ -28,6 +28,7 @@ from services.apps.runtime import DockerRuntime
 from services.apps.snapshots import Snapshots
 from services.apps.spare import SpareNetwork
 from services.apps.streams import AppStreams, app_streams
+from services.apps.subnets import SubnetPool
 
 
 def build(cfg: AppsConfig | None = None, clock: Clock | None = None) -> Service:
@@ -56,9 +57,10 @@ async def _parts(cfg: AppsConfig, clock: Clock | None, svc: Service) -> AsyncIte
             await ask_if_used(pg, conn.store.pool, catalog)
         apps, peers, restarts = app_streams(conn.store), Peers(conn.client()), Restarts()
         snapshots = Snapshots(cfg.apps_dir / "snapshots", runtime, pg, cfg.name_prefix)
-        tools = Tools(cfg, apps, keys, runtime, catalog, peers, snapshots, pg, services)
+        subnets = SubnetPool(conn.store, cfg.app_subnets, runtime) if cfg.app_subnets else None
+        tools = Tools(cfg, apps, keys, runtime, catalog, peers, snapshots, pg, services, subnets)
         monitor = HealthMonitor(cfg, apps, runtime, catalog, restarts)
-        spare = SpareNetwork(runtime, tools.names, partial(_known, apps))
+        spare = SpareNetwork(runtime, tools.names, partial(_known, apps), subnets)
         await spare.adopt()
         async with (
             aclosing(spare),

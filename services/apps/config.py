@@ -31,6 +31,16 @@ def _subnet(v: str) -> bool:
     return net.version == 4 and net.prefixlen <= 29
 
 
+def _pool(v: str) -> bool:
+    if not v:
+        return True  # no pool: Docker picks app subnets, the edge uses published ports
+    try:
+        net = ipaddress.ip_network(v)
+    except ValueError:
+        return False
+    return net.version == 4 and net.prefixlen <= 24
+
+
 def _name(v: str) -> bool:
     return re.fullmatch(r"[a-z][a-z0-9-]{0,30}", v) is not None
 
@@ -84,6 +94,13 @@ class AppsConfig(ServiceConfig):
     )
     services_subnet: str = field(
         default="10.213.0.0/24", metadata=check(_subnet, "an IPv4 subnet of /29 or larger")
+    )
+    # The app networks' subnets (/28 each, given in turn: services/apps/subnets.py); the edge
+    # reaches an app at its container's address there. Empty: Docker's pools and the published
+    # port, as before the pool.
+    app_subnets: str = field(
+        default="10.214.0.0/16",
+        metadata=check(_pool, "an IPv4 range of /24 or larger (e.g. 10.214.0.0/16), or empty"),
     )
     # Names of containers, networks and volumes start with this (tests give each run its own).
     name_prefix: str = field(

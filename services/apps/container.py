@@ -18,7 +18,7 @@ stopped, and its log kept in bounds.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -39,6 +39,7 @@ __all__ = [
     "RuntimeNotFound",
     "RuntimeStream",
     "Stats",
+    "SubnetSource",
 ]
 
 DATA_PATH = "/app/data"
@@ -61,6 +62,10 @@ class RuntimeFailure(Exception):
 
 class RuntimeNotFound(RuntimeFailure):
     """The container (or image, network, volume) named does not exist."""
+
+
+# Gives a new network its subnet, passing over the subnets given (Docker refused them as taken).
+SubnetSource = Callable[[Sequence[str]], Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class ContainerSpec:
     run_as_root: bool = False
     http_port: int | None = None  # published on 127.0.0.1:<http_host_port>
     http_host_port: int | None = None  # None: a free port the runtime picks
+    address: str | None = None  # its fixed IPv4 address on `network`; None: the runtime picks
     tcp_ports: Mapping[int, int] = field(default_factory=dict)  # container port -> host port
     udp_ports: Mapping[int, int] = field(default_factory=dict)
     data_volume: str | None = None  # mounted read-write at DATA_PATH
@@ -162,8 +168,15 @@ class ContainerRuntime(Protocol):
 
     # Networks
 
-    async def ensure_network(self, name: str, labels: Mapping[str, str]) -> NetworkInfo:
-        """An app's own network (created if missing; its containers cannot reach each other)."""
+    async def ensure_network(
+        self, name: str, labels: Mapping[str, str], subnet: SubnetSource | None = None
+    ) -> NetworkInfo:
+        """An app's own network (created if missing, in a subnet from `subnet` when given; its
+        containers cannot reach each other)."""
+        ...
+
+    async def subnets_in_use(self) -> list[str]:
+        """The IPv4 subnets of every network of the runtime."""
         ...
 
     async def ensure_services_network(self, name: str, subnet: str) -> NetworkInfo:

@@ -19,6 +19,7 @@ from libs.events.registry import REGISTRY
 __all__ = [
     "APP_CATEGORY",
     "SETTINGS_STREAM",
+    "SUBNETS_STREAM",
     "AddonProvisioned",
     "AppAutoUpdateSet",
     "AppAutoUpdateStarted",
@@ -46,12 +47,16 @@ __all__ = [
     "AppUpdateRequested",
     "AppUpdated",
     "AppsAutoUpdateSet",
+    "SubnetTaken",
     "app_stream",
 ]
 
 APP_CATEGORY = "app"
 # The service's settings (automatic updates): last one of each kind wins (autoupdate.py).
 SETTINGS_STREAM = "apps-settings"
+# The subnets given to app networks, in the order given (subnets.py): never one again before
+# every other subnet of the pool has been given since.
+SUBNETS_STREAM = "apps-subnets"
 
 
 def app_stream(app_id: str) -> str:
@@ -400,3 +405,16 @@ class AppAutoUpdateStarted:
             f"app {_short(self.app_id)}: automatic update {self.from_version} ->"
             f" {self.to_version} started"
         )
+
+
+@REGISTRY.event("SubnetTaken")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubnetTaken:
+    """A subnet of the app pool given to an app network (stream `apps-subnets`), before the
+    network is made: the edge may send that app's traffic to its container's address there."""
+
+    network: str
+    subnet: str
+
+    def summary(self) -> str:
+        return f"subnet {self.subnet} given to network {self.network}"

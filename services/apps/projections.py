@@ -118,9 +118,9 @@ async def upsert_row(
         INSERT INTO apps.apps (app_id, manifest_id, version, location, domain, access,
             memory_bytes, state, running, health, error, task_id, operation, awaiting_approval,
             target_version, clone_of, stream_version, created_at, updated_at, http_port,
-            tcp_ports, udp_ports)
+            tcp_ports, udp_ports, upstream)
         VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-            $17, $18, $19, $20, $21::jsonb, $22::jsonb)
+            $17, $18, $19, $20, $21::jsonb, $22::jsonb, $23)
         ON CONFLICT (app_id) DO UPDATE SET manifest_id = EXCLUDED.manifest_id,
             version = EXCLUDED.version, location = EXCLUDED.location, domain = EXCLUDED.domain,
             access = EXCLUDED.access, memory_bytes = EXCLUDED.memory_bytes,
@@ -130,7 +130,7 @@ async def upsert_row(
             target_version = EXCLUDED.target_version, clone_of = EXCLUDED.clone_of,
             stream_version = EXCLUDED.stream_version, updated_at = EXCLUDED.updated_at,
             http_port = EXCLUDED.http_port, tcp_ports = EXCLUDED.tcp_ports,
-            udp_ports = EXCLUDED.udp_ports
+            udp_ports = EXCLUDED.udp_ports, upstream = EXCLUDED.upstream
         """,
         s.app_id,
         s.manifest_id,
@@ -154,4 +154,5 @@ async def upsert_row(
         s.http_host_port,
         json.dumps(s.tcp_ports),
         json.dumps(s.udp_ports),
+        s.upstream,
     )

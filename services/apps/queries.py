@@ -119,6 +119,7 @@ def app_view(
         "target_version": r["target_version"],
         "clone_of": str(r["clone_of"]) if r["clone_of"] else None,
         "http_port": r["http_port"],
+        "upstream": r["upstream"],
         "ports": ports_view(r, manifest),
         "created_at": r["created_at"].isoformat(),
         "updated_at": r["updated_at"].isoformat(),

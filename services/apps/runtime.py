@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -54,10 +55,11 @@ from services.apps.container import (
     RuntimeNotFound,
     RuntimeStream,
     Stats,
+    SubnetSource,
 )
 from services.apps.volume_tar import clean_tar
 
-__all__ = ["DockerRuntime"]
+__all__ = ["DockerRuntime", "app_ipam"]
 
 log = logging.getLogger("services.apps.runtime")
 
@@ -112,6 +114,8 @@ def _spec_digest(spec: ContainerSpec, image_id: str) -> str:
         "labels": dict(sorted(spec.labels.items())),
         "rules": 1,  # bump when _host_config changes, so containers are recreated
     }
+    if spec.address is not None:  # only then: containers made before the field are kept
+        doc["address"] = spec.address
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -291,6 +295,20 @@ def app_network_shape(net: Mapping[str, Any], labels: Mapping[str, str]) -> str 
     if any(have.get(k) != v for k, v in labels.items()):
         return "labels that are not this app's"
     return None
+
+
+class SubnetRefused(RuntimeFailure):
+    """Docker refused a network's subnet: it overlaps one made meanwhile."""
+
+
+def app_ipam(subnet: str) -> IPAMConfig:
+    """An app network's addresses in `subnet`: the gateway (the host) first, the app's
+    container second (`app_address`), Docker's own picks in the upper half only, so no other
+    endpoint ever takes the app's address while its container is away."""
+    net = ipaddress.IPv4Network(subnet)
+    upper = list(net.subnets(prefixlen_diff=1))[-1] if net.prefixlen < 31 else net
+    gateway = str(net[1])
+    return IPAMConfig(pool_configs=[IPAMPool(subnet=str(net), gateway=gateway, iprange=str(upper))])
 
 
 class DockerRuntime:
@@ -521,6 +539,8 @@ class DockerRuntime:
     async def _create_network(
         self, name: str, labels: Mapping[str, str], ipam: IPAMConfig | None
     ) -> dict[str, Any]:
+        """Docker's description of the network made; `SubnetRefused` when its subnet overlaps
+        a network made meanwhile (by another client of this dockerd)."""
         api = self._api
 
         def create() -> dict[str, Any]:
@@ -536,6 +556,11 @@ class DockerRuntime:
                     labels=dict(labels),
                 )
             except docker.errors.APIError as e:
+                why = _explain(e).lower()
+                # "Pool overlaps with other one...", or for the very same subnet "failed to
+                # allocate gateway (...): Address already in use"
+                if ipam is not None and ("overlap" in why or "already in use" in why):
+                    raise SubnetRefused(_explain(e)) from e
                 if e.status_code != 409:  # 409: created meanwhile by someone else
                     raise
             found: dict[str, Any] = api.inspect_network(name)
@@ -547,13 +572,16 @@ class DockerRuntime:
             "check that the address pool (--default-address-pool) has free subnets",
         )
 
-    async def ensure_network(self, name: str, labels: Mapping[str, str]) -> NetworkInfo:
+    async def ensure_network(
+        self, name: str, labels: Mapping[str, str], subnet: SubnetSource | None = None
+    ) -> NetworkInfo:
         """An app's own bridge network (no traffic between its containers' peers: icc off).
 
         One found under that name is used only if it is what this makes (`app_network_shape`):
         a network someone else made under our name, or changed by hand, is made again when no
         container is on it, and refused otherwise (an app never joins a network whose rules
-        are not ours)."""
+        are not ours). A network made here takes its subnet from `subnet` (None: Docker's
+        pools); one Docker refuses as taken meanwhile is passed over for the next."""
         net = await self._inspect_network(name)
         if net is not None and (wrong := app_network_shape(net, labels)) is not None:
             if net.get("Containers"):
@@ -564,11 +592,33 @@ class DockerRuntime:
             log.warning("network %s is not one Homeport made (%s): made again", name, wrong)
             await self.remove_network(name)
             net = None
-        if net is None:
-            net = await self._create_network(name, labels, None)
+        refused: list[str] = []
+        while net is None:
+            chosen = None if subnet is None else await subnet(refused)
+            try:
+                net = await self._create_network(name, labels, chosen and app_ipam(chosen))
+            except SubnetRefused as e:
+                if chosen is None or len(refused) >= 8:
+                    raise RuntimeFailure(f"network {name} could not be created: {e}") from e
+                refused.append(chosen)
+                continue
             if (wrong := app_network_shape(net, labels)) is not None:  # made meanwhile by another
                 raise RuntimeFailure(f"network {name} is not one Homeport made ({wrong})")
         return self._network_info(name, net)
+
+    async def subnets_in_use(self) -> list[str]:
+        """The IPv4 subnets of every network of this dockerd."""
+        api = self._api
+
+        def listed() -> list[str]:
+            return [
+                str(c["Subnet"])
+                for n in api.networks()
+                for c in (n.get("IPAM") or {}).get("Config") or []
+                if c.get("Subnet") and ":" not in str(c["Subnet"])
+            ]
+
+        return await self._run(listed, "networks could not be listed", "retry")
 
     async def ensure_services_network(self, name: str, subnet: str) -> NetworkInfo:
         """The network whose gateway address (on the host) addons listen on; no containers."""
@@ -927,6 +977,7 @@ class DockerRuntime:
 
         def create() -> str:
             host_config = self._host_config(spec)
+            endpoint = api.create_endpoint_config(ipv4_address=spec.address)
             created = api.create_container(
                 image=spec.image,
                 name=spec.name,
@@ -935,6 +986,7 @@ class DockerRuntime:
                 labels=labels,
                 ports=ports or None,
                 host_config=host_config,
+                networking_config=api.create_networking_config({spec.network: endpoint}),
                 detach=True,
             )
             return str(created["Id"])

@@ -73,7 +73,9 @@ class AppState:
     clone_of: str | None = None
     seed_snapshot: str | None = None
     from_snapshot: str | None = None  # an install seeded by a backup (<snapshots>/incoming/)
-    http_host_port: int | None = None  # where the edge reaches the app (127.0.0.1:<port>)
+    http_host_port: int | None = None  # the app's HTTP port on 127.0.0.1
+    # where the edge reaches the app: <its address in its network>:<port>; None: the host port
+    upstream: str | None = None
     # the server's ports the app publishes (all IPv4 addresses): manifest port name -> port
     tcp_ports: dict[str, int] = field(default_factory=dict)
     udp_ports: dict[str, int] = field(default_factory=dict)
@@ -160,11 +162,12 @@ def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:
         )
     if type_ == "AppStepCompleted" and op is not None:
         detail = {**op.detail, **d.get("detail", {})}
-        port = d.get("detail", {}).get("http_host_port", s.http_host_port)
+        step = d.get("detail", {})
         return replace(
             s,
             operation=replace(op, steps=op.steps | {d["step"]}, detail=detail),
-            http_host_port=port,
+            http_host_port=step.get("http_host_port", s.http_host_port),
+            upstream=step.get("upstream", s.upstream),
         )
     if type_ == "AddonProvisioned":
         return replace(s, addons={**s.addons, d["addon"]: d["credentials"]})

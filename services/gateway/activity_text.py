@@ -626,6 +626,11 @@ def _apps_auto_update(s: _Say) -> str:
     return f"{s.who} set automatic app updates to run nightly, {window}"
 
 
+@_says("SubnetTaken", fields=("network", "subnet"))
+def _subnet_taken(s: _Say) -> str:
+    return f"the app network {s.text('network')} was given the subnet {s.text('subnet')}"
+
+
 @_says("AppAutoUpdateSet", fields=("app_id", "enabled"))
 def _app_auto_update(s: _Say) -> str:
     return f"{s.who} turned automatic updates of {s.app()} {'on' if s.flag('enabled') else 'off'}"

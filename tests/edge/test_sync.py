@@ -147,3 +147,53 @@ async def test_apps_are_served_soon_after_the_apps_service_comes_up(
     finally:
         sync.stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_an_app_is_reached_at_its_upstream_and_one_without_at_its_host_port(
+    nc: NATS, edge_root: Path, upstream: Upstream, uniq: str, nats_url: str
+) -> None:
+    """An app whose container has an address of the app subnet pool is proxied there (its
+    `upstream`), not to the port published on 127.0.0.1 (here closed: the page could not come
+    from it); an app from before the pool (no upstream) at 127.0.0.1:<http_port>."""
+    from dataclasses import replace
+
+    from tests.gateway.test_api_domains import apps_stand_in
+
+    settings = replace(_settings(edge_root, upstream, uniq), retry=0.5)
+    port = int(upstream.address.rsplit(":", 1)[1])
+    common = {"domain": "localhost", "state": "installed", "version": "1.0.0"}
+    pooled = {
+        **common,
+        "app_id": "a1",
+        "location": "pooled",
+        "manifest_id": "org.example.pooled",
+        "http_port": free_port(),  # nothing listens there
+        "upstream": upstream.address,
+    }
+    older = {
+        **common,
+        "app_id": "a2",
+        "location": "older",
+        "manifest_id": "org.example.older",
+        "http_port": port,
+        "upstream": None,
+    }
+    sync = EdgeSync(settings, nc)
+    task = asyncio.create_task(sync.run(), name="edge sync under test")
+    try:
+        async with apps_stand_in(nats_url, [pooled, older]):
+
+            async def both() -> bool:
+                return sync.serves("pooled.localhost") and sync.serves("older.localhost")
+
+            await wait_until(both, 30, "both apps served")
+            for host in ("pooled.localhost", "older.localhost"):
+                status, _, body = await edge_get(settings.https_port, host, "/page")
+                assert status == 200, (host, body)
+                assert json.loads(body)["path"] == "/page"
+        conf = "\n".join(p.read_text() for p in (settings.prefix).rglob("*.conf"))
+        assert f"server {upstream.address}" in conf
+        assert f"server 127.0.0.1:{pooled['http_port']}" not in conf
+    finally:
+        sync.stop()
+        await asyncio.wait_for(task, 30)

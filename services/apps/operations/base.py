@@ -25,6 +25,7 @@ from services.apps.peers import Peers
 from services.apps.snapshots import Snapshots
 from services.apps.state import AppState
 from services.apps.streams import AppStreams
+from services.apps.subnets import SubnetPool
 
 __all__ = ["Detail", "Operation", "Run", "Step", "Tools"]
 
@@ -44,6 +45,7 @@ class Tools:
     snapshots: Snapshots
     addon_pg: AddonPostgres | None
     services: NetworkInfo  # the network whose gateway address the addons listen on
+    subnets: SubnetPool | None = None  # the app networks' subnets; None: Docker's pools
 
     def names(self, app_id: str) -> Names:
         return Names(self.cfg.name_prefix, app_id)

@@ -11,20 +11,23 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from libs.events.tasks import Task
 from services.apps import events as ev
 from services.apps.base_image import ensure_base_image, ensure_busybox_image
 from services.apps.catalog import CatalogEntry
-from services.apps.container import APP_OWNER, ContainerSpec
+from services.apps.container import APP_OWNER, ContainerSpec, NetworkInfo
 from services.apps.errors import OperationFailed
 from services.apps.manifest import Manifest, PortSpec
 from services.apps.names import image_tag
 from services.apps.operations.base import Detail, Tools
 from services.apps.state import AppState, app_origin
+from services.apps.subnets import app_address
 
 __all__ = [
+    "app_network",
     "app_settings",
     "build",
     "create_container",
@@ -153,7 +156,23 @@ def _published(ports: tuple[PortSpec, ...], chosen: Mapping[str, int]) -> dict[i
     return {p.container_port: int(chosen[p.name]) for p in ports if p.name in chosen}
 
 
-def _spec(t: Tools, s: AppState, manifest: Manifest, env: Mapping[str, str]) -> ContainerSpec:
+async def app_network(t: Tools, app_id: str) -> NetworkInfo:
+    """The app's own network, made if missing (in the next subnet of the pool, if there is one)."""
+    name = t.names(app_id).network
+    source = None if t.subnets is None else partial(t.subnets.take, name)
+    return await t.runtime.ensure_network(name, {"homeport.app": app_id}, source)
+
+
+def _address(t: Tools, net: NetworkInfo) -> str | None:
+    """The app container's fixed address, in a network of the pool's only (see subnets.py)."""
+    if t.subnets is None or not t.subnets.holds(net.subnet):
+        return None
+    return app_address(net.subnet)
+
+
+def _spec(
+    t: Tools, s: AppState, manifest: Manifest, env: Mapping[str, str], address: str | None = None
+) -> ContainerSpec:
     names = t.names(s.app_id)
     return ContainerSpec(
         name=names.container,
@@ -165,6 +184,7 @@ def _spec(t: Tools, s: AppState, manifest: Manifest, env: Mapping[str, str]) -> 
         run_as_root=manifest.run_as_root,
         http_port=manifest.http_port,
         http_host_port=s.http_host_port,
+        address=address,
         tcp_ports=_published(manifest.tcp_ports, s.tcp_ports),
         udp_ports=_published(manifest.udp_ports, s.udp_ports),
         data_volume=names.volume if "localstorage" in manifest.addons else None,
@@ -179,14 +199,19 @@ def _spec(t: Tools, s: AppState, manifest: Manifest, env: Mapping[str, str]) -> 
 
 async def create_container(t: Tools, s: AppState, manifest: Manifest) -> Detail:
     """Create (or keep) and start the container; its HTTP host port stays the same for the
-    app's whole life, so the edge's upstream does not move."""
+    app's whole life, and so does its address in a network of the pool. The edge's upstream
+    (`upstream`) is that address, else the host port (a network made before the pool)."""
     name = t.names(s.app_id).container
     if s.http_host_port is None:  # chosen once: Docker would pick a new one at each start
         s = replace(s, http_host_port=await _free_http_port(t))
-    await t.runtime.create_container(_spec(t, s, manifest, _env(t, s)))
+    address = _address(t, await app_network(t, s.app_id))
+    await t.runtime.create_container(_spec(t, s, manifest, _env(t, s), address))
     if s.running:
         await t.runtime.start(name)
-    return {"http_host_port": s.http_host_port}
+    upstream = None
+    if address is not None and manifest.http_port is not None:
+        upstream = f"{address}:{manifest.http_port}"
+    return {"http_host_port": s.http_host_port, "upstream": upstream}
 
 
 async def wait_ready(t: Tools, s: AppState, manifest: Manifest) -> None:

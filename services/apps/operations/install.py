@@ -13,6 +13,7 @@ from services.apps import events as ev
 from services.apps.errors import OperationFailed
 from services.apps.operations.base import Detail, Operation, Run, Step, Tools
 from services.apps.operations.common import (
+    app_network,
     build,
     create_container,
     ensure_certificate,
@@ -41,9 +42,7 @@ async def image(run: Run) -> Detail:
 
 
 async def network(run: Run) -> Detail:
-    t, s = run.tools, run.s
-    net = await t.runtime.ensure_network(t.names(s.app_id).network, {"homeport.app": s.app_id})
-    return {"subnet": net.subnet}
+    return {"subnet": (await app_network(run.tools, run.s.app_id)).subnet}
 
 
 async def storage(run: Run) -> Detail:
@@ -85,7 +84,7 @@ async def ensure_mail_accounts(t: Tools, s: AppState) -> None:
         existing = s.addons.get(addon)
         if existing is None:
             continue
-        net = await t.runtime.ensure_network(t.names(s.app_id).network, {"homeport.app": s.app_id})
+        net = await app_network(t, s.app_id)
         old = t.unseal_json(existing)
         creds = await _provision(t, s, addon, net.subnet, old)
         if creds != old:

@@ -299,7 +299,9 @@ class EdgeSync:
                 continue
             if app["domain"] in domains or app["domain"] == s.local_domain:
                 host = f"{app['location']}.{app['domain']}"
-                wanted[host] = ("app", f"127.0.0.1:{app['http_port']}")
+                # its container's own address (a subnet of the pool: subnets.py), else the
+                # port published on 127.0.0.1, through docker-proxy
+                wanted[host] = ("app", app.get("upstream") or f"127.0.0.1:{app['http_port']}")
                 rule = await self._rule(app)
                 if rule is not None:
                     rules[host] = rule

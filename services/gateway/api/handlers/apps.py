@@ -141,7 +141,10 @@ APP_FIELDS = {
     "awaiting_approval": boolean(),
     "target_version": nullable(string()),
     "clone_of": nullable(string(format="uuid")),
-    "http_port": nullable(integer(description="the app's port on 127.0.0.1 (the edge's upstream)")),
+    "http_port": nullable(integer(description="the app's HTTP port on 127.0.0.1")),
+    "upstream": nullable(
+        string(description="where the edge reaches the app: its container's <address>:<port>")
+    ),
     "ports": array(
         obj(
             {
