@@ -12,6 +12,7 @@ import random
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import docker
@@ -200,18 +201,23 @@ async def test_an_installed_app_is_at_its_subnets_second_address_which_answers(
         remove_docker_objects(docker_client, env["HP_NAME_PREFIX"])
 
 
-async def _install_and_reach(apps: Apps, docker_client: docker.DockerClient, pool: str) -> None:
+async def _install(apps: Apps, location: str) -> dict[str, Any]:
     reply = await apps.cmd(
         "install",
         {
             "manifest_id": STATIC,
             "version": "1.0.0",
-            "location": "site",
+            "location": location,
             "access": {"all_users": True},
         },
     )
     assert (await apps.wait_task(reply["task_id"]))["type"] == "TaskSucceeded"
-    app = await apps.ask("app", {"app_id": reply["app_id"]})
+    return dict(await apps.ask("app", {"app_id": reply["app_id"]}))
+
+
+async def _install_and_reach(apps: Apps, docker_client: docker.DockerClient, pool: str) -> None:
+    app = await _install(apps, "site")
+    reply = {"app_id": app["app_id"]}
     network = docker_client.api.inspect_network(f"{apps.prefix}-net-{reply['app_id']}")
     subnet = ipaddress.IPv4Network(network["IPAM"]["Config"][0]["Subnet"])
     assert subnet.prefixlen == PREFIX and subnet.subnet_of(ipaddress.IPv4Network(pool))
@@ -224,7 +230,17 @@ async def _install_and_reach(apps: Apps, docker_client: docker.DockerClient, poo
         http.get(f"http://{app['upstream']}/", timeout=aiohttp.ClientTimeout(total=10)) as r,
     ):
         assert r.status == 200
-    # the container made again (a restart of the service, an update) keeps the address
+    # removed, then another app installed: the freed subnet, and so the address the edge may
+    # still have for the removed app's host, is not the new app's
+    gone = await apps.cmd("uninstall", {"app_id": app["app_id"]})
+    assert (await apps.wait_task(gone["task_id"]))["type"] == "TaskSucceeded"
+    assert not docker_client.api.networks(names=[network["Name"]])
+    other = await _install(apps, "other")
+    assert ipaddress.IPv4Address(other["upstream"].split(":")[0]) not in subnet
+    assert other["upstream"] != app["upstream"]
+    # its container restarted (dockerd, the host): the same address
+    container = docker_client.api.inspect_container(f"{apps.prefix}-app-{other['app_id']}")
+    ip = other["upstream"].split(":")[0]
     docker_client.api.restart(container["Id"], timeout=1)
     again = docker_client.api.inspect_container(container["Id"])
-    assert again["NetworkSettings"]["Networks"][network["Name"]]["IPAddress"] == ip
+    assert [n["IPAddress"] for n in again["NetworkSettings"]["Networks"].values()] == [ip]
