@@ -244,3 +244,34 @@ async def _install_and_reach(apps: Apps, docker_client: docker.DockerClient, poo
     docker_client.api.restart(container["Id"], timeout=1)
     again = docker_client.api.inspect_container(container["Id"])
     assert [n["IPAddress"] for n in again["NetworkSettings"]["Networks"].values()] == [ip]
+
+
+async def test_two_installs_at_once_get_two_networks_and_two_addresses(
+    monkeypatch: pytest.MonkeyPatch,
+    apps_env_for: EnvFor,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    pool: str,
+) -> None:
+    """Both race for the network made ahead (one takes it, the other makes its own) and for the
+    pool's next subnet: each app answers at its own address, in a subnet of its own."""
+    env = apps_env_for(static_catalog(tmp_path / "catalog"), extra={"HP_APP_SUBNETS": pool})
+    try:
+        async with running_apps(monkeypatch, env, mail=False) as apps:
+            one, two = await asyncio.gather(_install(apps, "one"), _install(apps, "two"))
+            assert one["app_id"] != two["app_id"]
+            subnets = set()
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+                for app in (one, two):
+                    name = f"{apps.prefix}-net-{app['app_id']}"
+                    net = docker_client.api.inspect_network(name)
+                    subnet = ipaddress.IPv4Network(net["IPAM"]["Config"][0]["Subnet"])
+                    subnets.add(subnet)
+                    assert app["upstream"] == f"{subnet[2]}:8080", app
+                    async with http.get(f"http://{app['upstream']}/") as r:
+                        assert r.status == 200
+            assert len(subnets) == 2
+            given = [e.data["network"] for e in await apps.store.read_stream(ev.SUBNETS_STREAM)]
+            assert len(given) == len(set(given))  # no network was given two subnets
+    finally:
+        remove_docker_objects(docker_client, env["HP_NAME_PREFIX"])
