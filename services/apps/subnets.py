@@ -38,7 +38,7 @@ __all__ = ["PREFIX", "SubnetPool", "app_address", "host_routes"]
 log = logging.getLogger("homeport.apps.subnets")
 
 PREFIX = 28  # 16 addresses: the network, its gateway (.1), the app (.2), Docker's own (.8-.15)
-_ROUTES = Path("/proc/net/route")
+_ROUTES = Path("/proc/self/net/route")  # ProcSubset=pid hides /proc/net, not this
 
 
 def app_address(subnet: str) -> str:
@@ -48,7 +48,7 @@ def app_address(subnet: str) -> str:
 
 def host_routes(path: Path = _ROUTES) -> list[ipaddress.IPv4Network]:
     """The IPv4 destinations the host routes somewhere other than its default route (read from
-    /proc/net/route; none when it cannot be read, e.g. under a unit that hides it)."""
+    the process's /proc/self/net/route; none when it cannot be read)."""
     try:
         lines = path.read_text().splitlines()[1:]
     except OSError:

@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import random
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,8 @@ async def test_a_subnet_docker_uses_or_the_host_routes_is_passed_over(
         ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=nth(pool, 1))]),
         labels=dnames.labels,
     )
+    # its bridge is routed on this host: the service's own view of the routes has it
+    assert ipaddress.IPv4Network(nth(pool, 1)) in host_routes()
     third = ipaddress.IPv4Network(nth(pool, 2))
     routes = tmp_path / "route"
     routes.write_text(
@@ -193,10 +196,24 @@ async def test_an_installed_app_is_at_its_subnets_second_address_which_answers(
     docker_client: docker.DockerClient,
     pool: str,
 ) -> None:
+    async with _pooled(monkeypatch, apps_env_for, tmp_path, docker_client, pool) as apps:
+        await _install_and_reach(apps, docker_client, pool)
+
+
+@asynccontextmanager
+async def _pooled(
+    monkeypatch: pytest.MonkeyPatch,
+    apps_env_for: EnvFor,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    pool: str,
+) -> AsyncIterator[Apps]:
+    """The apps service on its own subnet pool, serving the static app; its Docker objects
+    removed at the end."""
     env = apps_env_for(static_catalog(tmp_path / "catalog"), extra={"HP_APP_SUBNETS": pool})
     try:
         async with running_apps(monkeypatch, env, mail=False) as apps:
-            await _install_and_reach(apps, docker_client, pool)
+            yield apps
     finally:
         remove_docker_objects(docker_client, env["HP_NAME_PREFIX"])
 
@@ -255,23 +272,19 @@ async def test_two_installs_at_once_get_two_networks_and_two_addresses(
 ) -> None:
     """Both race for the network made ahead (one takes it, the other makes its own) and for the
     pool's next subnet: each app answers at its own address, in a subnet of its own."""
-    env = apps_env_for(static_catalog(tmp_path / "catalog"), extra={"HP_APP_SUBNETS": pool})
-    try:
-        async with running_apps(monkeypatch, env, mail=False) as apps:
-            one, two = await asyncio.gather(_install(apps, "one"), _install(apps, "two"))
-            assert one["app_id"] != two["app_id"]
-            subnets = set()
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-                for app in (one, two):
-                    name = f"{apps.prefix}-net-{app['app_id']}"
-                    net = docker_client.api.inspect_network(name)
-                    subnet = ipaddress.IPv4Network(net["IPAM"]["Config"][0]["Subnet"])
-                    subnets.add(subnet)
-                    assert app["upstream"] == f"{subnet[2]}:8080", app
-                    async with http.get(f"http://{app['upstream']}/") as r:
-                        assert r.status == 200
-            assert len(subnets) == 2
-            given = [e.data["network"] for e in await apps.store.read_stream(ev.SUBNETS_STREAM)]
-            assert len(given) == len(set(given))  # no network was given two subnets
-    finally:
-        remove_docker_objects(docker_client, env["HP_NAME_PREFIX"])
+    async with _pooled(monkeypatch, apps_env_for, tmp_path, docker_client, pool) as apps:
+        one, two = await asyncio.gather(_install(apps, "one"), _install(apps, "two"))
+        assert one["app_id"] != two["app_id"]
+        subnets = set()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            for app in (one, two):
+                name = f"{apps.prefix}-net-{app['app_id']}"
+                net = docker_client.api.inspect_network(name)
+                subnet = ipaddress.IPv4Network(net["IPAM"]["Config"][0]["Subnet"])
+                subnets.add(subnet)
+                assert app["upstream"] == f"{subnet[2]}:8080", app
+                async with http.get(f"http://{app['upstream']}/") as r:
+                    assert r.status == 200
+        assert len(subnets) == 2
+        given = [e.data["network"] for e in await apps.store.read_stream(ev.SUBNETS_STREAM)]
+        assert len(given) == len(set(given))  # no network was given two subnets
