@@ -17,7 +17,7 @@ from services.apps.addons.starting import ask_if_used, keep_hba
 from services.apps.autoupdate import Clock, auto_updates
 from services.apps.catalog import load_catalog
 from services.apps.commands import Commands
-from services.apps.config import AppsConfig
+from services.apps.config import NO_POOL, AppsConfig
 from services.apps.health import HealthMonitor, Restarts, docker_ready
 from services.apps.operations import Driver, Tools
 from services.apps.peers import Peers
@@ -57,7 +57,9 @@ async def _parts(cfg: AppsConfig, clock: Clock | None, svc: Service) -> AsyncIte
             await ask_if_used(pg, conn.store.pool, catalog)
         apps, peers, restarts = app_streams(conn.store), Peers(conn.client()), Restarts()
         snapshots = Snapshots(cfg.apps_dir / "snapshots", runtime, pg, cfg.name_prefix)
-        subnets = SubnetPool(conn.store, cfg.app_subnets, runtime) if cfg.app_subnets else None
+        subnets = None
+        if cfg.app_subnets != NO_POOL:
+            subnets = SubnetPool(conn.store, cfg.app_subnets, runtime)
         tools = Tools(cfg, apps, keys, runtime, catalog, peers, snapshots, pg, services, subnets)
         monitor = HealthMonitor(cfg, apps, runtime, catalog, restarts)
         spare = SpareNetwork(runtime, tools.names, partial(_known, apps), subnets)

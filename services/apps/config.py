@@ -10,7 +10,7 @@ from pathlib import Path
 
 from libs.service.config import ServiceConfig, check
 
-__all__ = ["BUNDLED_CATALOG", "AppsConfig"]
+__all__ = ["BUNDLED_CATALOG", "NO_POOL", "AppsConfig"]
 
 BUNDLED_CATALOG = Path(__file__).parent / "bundled"
 
@@ -31,9 +31,12 @@ def _subnet(v: str) -> bool:
     return net.version == 4 and net.prefixlen <= 29
 
 
+NO_POOL = "none"  # HP_APP_SUBNETS=none: Docker picks app subnets, the edge uses published ports
+
+
 def _pool(v: str) -> bool:
-    if not v:
-        return True  # no pool: Docker picks app subnets, the edge uses published ports
+    if v == NO_POOL:
+        return True
     try:
         net = ipaddress.ip_network(v)
     except ValueError:
@@ -96,11 +99,11 @@ class AppsConfig(ServiceConfig):
         default="10.213.0.0/24", metadata=check(_subnet, "an IPv4 subnet of /29 or larger")
     )
     # The app networks' subnets (/28 each, given in turn: services/apps/subnets.py); the edge
-    # reaches an app at its container's address there. Empty: Docker's pools and the published
-    # port, as before the pool.
+    # reaches an app at its container's address there. "none": Docker's pools and the
+    # published port, as before the pool.
     app_subnets: str = field(
         default="10.214.0.0/16",
-        metadata=check(_pool, "an IPv4 range of /24 or larger (e.g. 10.214.0.0/16), or empty"),
+        metadata=check(_pool, "an IPv4 range of /24 or larger (e.g. 10.214.0.0/16), or none"),
     )
     # Names of containers, networks and volumes start with this (tests give each run its own).
     name_prefix: str = field(

@@ -16,7 +16,7 @@ new app. Subnets from this pool go in turn instead:
 - A subnet that overlaps a Docker network or a route of the host (a VPN, the LAN) is passed
   over, and so is one Docker then refuses (another dockerd client took it meanwhile).
 
-`HP_APP_SUBNETS` empty turns the pool off: Docker picks, and the edge uses the published port.
+`HP_APP_SUBNETS=none` turns the pool off: Docker picks, and the edge uses the published port.
 An app whose network was made before the pool (or outside it) keeps the published port too.
 """
 

@@ -20,7 +20,9 @@ import docker
 import pytest
 
 from libs.events.store import PostgresEventStore
+from libs.service.config import ConfigError, load_config
 from services.apps import events as ev
+from services.apps.config import AppsConfig
 from services.apps.container import RuntimeFailure
 from services.apps.runtime import DockerRuntime
 from services.apps.subnets import PREFIX, SubnetPool, host_routes
@@ -184,9 +186,31 @@ async def test_two_takes_racing_get_two_subnets_and_a_full_pool_is_an_error(
     assert len(await store.read_stream(ev.SUBNETS_STREAM)) == 4
 
 
-def test_a_pool_too_small_is_refused(tmp_path: Path) -> None:
+def test_a_pool_too_small_is_refused(apps_env_for: EnvFor, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="/24 or larger"):
         SubnetPool(None, "10.215.0.0/25", None, routes=tmp_path)  # type: ignore[arg-type]
+    env = apps_env_for(static_catalog(tmp_path / "catalog"))
+    assert load_config(AppsConfig, env).app_subnets == "10.214.0.0/16"  # the default
+    assert load_config(AppsConfig, {**env, "HP_APP_SUBNETS": "none"}).app_subnets == "none"
+    for bad in ("10.215.0.0/25", "fd00::/48", "10.215.0.0/33", "a pool"):
+        with pytest.raises(ConfigError) as e:
+            load_config(AppsConfig, {**env, "HP_APP_SUBNETS": bad})
+        assert [p.split(":", 1)[0] for p in e.value.problems] == ["HP_APP_SUBNETS"], bad
+
+
+async def test_with_the_pool_off_docker_picks_and_the_edge_keeps_the_host_port(
+    monkeypatch: pytest.MonkeyPatch,
+    apps_env_for: EnvFor,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    async with _pooled(monkeypatch, apps_env_for, tmp_path, docker_client, "none") as apps:
+        app = await _install(apps, "plain")
+        assert app["upstream"] is None and app["http_port"]
+        assert await apps.store.read_stream(ev.SUBNETS_STREAM) == []
+        net = docker_client.api.inspect_network(f"{apps.prefix}-net-{app['app_id']}")
+        subnet = ipaddress.IPv4Network(net["IPAM"]["Config"][0]["Subnet"])
+        assert not subnet.subnet_of(ipaddress.IPv4Network("10.214.0.0/16"))
 
 
 async def test_an_installed_app_is_at_its_subnets_second_address_which_answers(
