@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -35,8 +38,11 @@ from tests.apps.appskit import (
     static_catalog,
 )
 from tests.apps.dockerkit import DockerNames
+from tests.support.servers import need_server
 
 pytestmark = pytest.mark.timeout(240)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -127,6 +133,37 @@ async def test_a_subnet_docker_uses_or_the_host_routes_is_passed_over(
     assert [await subnets.take(f"net-{n}") for n in range(2)] == [nth(pool, 0), nth(pool, 3)]
     assert not subnets.holds(str(ipaddress.IPv4Network(pool).supernet()))
     assert subnets.holds(nth(pool, 5)) and not subnets.holds("10.216.0.0/28")
+
+
+def test_the_routes_are_read_under_the_units_proc_subset(
+    docker_client: docker.DockerClient, dnames: DockerNames, pool: str
+) -> None:
+    """The units run with ProcSubset=pid (deploy/systemd/hardening.conf), which hides /proc/net:
+    in a mount namespace with /proc mounted so, the service's view of the routes still has a
+    Docker bridge's subnet."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        need_server("unshare (util-linux)", FileNotFoundError("unshare is not installed"))
+    docker_client.networks.create(
+        dnames("routed"),
+        driver="bridge",
+        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=nth(pool, 4))]),
+        labels=dnames.labels,
+    )
+    script = (
+        "from services.apps.subnets import host_routes; "
+        "print(' '.join(str(n) for n in host_routes()))"
+    )
+    mounted = (
+        "mount -t proc -o subset=pid proc /proc && test ! -e /proc/net"
+        f' && exec {sys.executable} -c "{script}"'
+    )
+    out = subprocess.run(
+        [unshare, "-m", "--propagation", "private", "sh", "-c", mounted],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert nth(pool, 4) in out.stdout.split(), out.stdout
 
 
 async def test_a_subnet_taken_meanwhile_is_refused_by_docker_and_the_next_one_made(
