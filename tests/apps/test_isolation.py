@@ -8,10 +8,12 @@ so a crash or a broken network can not pass for isolation.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
+import random
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import docker
@@ -21,6 +23,7 @@ from deploy.embedded import NatsServer, PostgresServer
 from libs.egress import EgressRules
 from services.apps.container import NetworkInfo, RuntimeFailure
 from services.apps.runtime import DockerRuntime
+from services.apps.subnets import PREFIX, app_address
 from tests.apps.dockerkit import (
     DockerNames,
     app_spec,
@@ -255,11 +258,25 @@ async def test_other_apps_unreachable(
     dnames: DockerNames,
     docker_client: docker.DockerClient,
 ) -> None:
-    net_b = await runtime.ensure_network(dnames("net-b"), dnames.labels)
-    await runtime.create_container(app_spec(dnames, "b", net_b.name, http_port=8080))
+    # b's network as the apps service makes one from its subnet pool (a /28, b at its second
+    # address: the edge's upstream); a's as Docker's pools made them before the pool
+    async def free_subnet(refused: Sequence[str]) -> str:
+        used = [ipaddress.IPv4Network(u) for u in [*await runtime.subnets_in_use(), *refused]]
+        for _ in range(100):
+            candidate = ipaddress.IPv4Network((f"10.215.{random.randrange(128, 256)}.0", 24))
+            subnet = next(candidate.subnets(new_prefix=PREFIX))
+            if not any(subnet.overlaps(u) for u in used):
+                return str(subnet)
+        raise AssertionError("no free /28 for b")
+
+    net_b = await runtime.ensure_network(dnames("net-b"), dnames.labels, free_subnet)
+    address = app_address(net_b.subnet)
+    await runtime.create_container(
+        app_spec(dnames, "b", net_b.name, http_port=8080, address=address)
+    )
     await runtime.start(dnames("b"))
     b = await runtime.state(dnames("b"))
-    assert b is not None and b.ip is not None and b.http_host_port is not None
+    assert b is not None and b.ip == address and b.http_host_port is not None
     port = b.http_host_port
 
     # b serves: on its own address from inside, and on 127.0.0.1:<port> from the host.
