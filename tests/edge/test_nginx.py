@@ -402,21 +402,49 @@ async def test_adding_a_vhost_keeps_the_others_and_requests_in_flight(edge: Edge
     assert edge.nginx.pid == workers_before  # a reload, not a restart
 
 
+def _group(pid: int) -> list[int]:
+    """The live processes of process group `pid` (nginx's master and workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
 async def test_stop_leaves_no_nginx_process(edge: Edge) -> None:
     pid = edge.nginx.pid
     assert pid is not None
     await edge.nginx.stop()
     assert not edge.nginx.running
-    left = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                pgrp = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
-            except (OSError, IndexError):
-                continue
-            if pgrp == pid:
-                left.append(int(entry.name))
-    assert not left, f"nginx processes left after stop: {left}"
+    assert not _group(pid), "nginx processes left after stop"
+
+
+async def test_a_stop_cancelled_while_requests_finish_leaves_no_nginx(edge: Edge) -> None:
+    """A service whose drain runs out cancels the edge while nginx still finishes a request in
+    flight (graceful quit): nginx must not outlive it (CI saw it left running)."""
+    pid = edge.nginx.pid
+    assert pid is not None
+    started = time.monotonic()
+    slow = asyncio.create_task(_status(edge, BLOG, "/slow?s=2"))
+    await asyncio.sleep(0.4)  # inside nginx, waiting on the upstream
+    stopping = asyncio.create_task(edge.nginx.stop())
+    await asyncio.sleep(0.4)  # SIGQUIT sent; nginx waits for the request
+    assert _group(pid), "nginx quit before its request was done"
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    deadline = time.monotonic() + 5
+    while _group(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not _group(pid), "nginx processes left after a cancelled stop"
+    assert time.monotonic() - started < 2, "killed only once the request was done"
+    await asyncio.gather(slow, return_exceptions=True)
+    await asyncio.sleep(max(0.0, started + 2.2 - time.monotonic()))  # the upstream's answer
 
 
 async def test_start_without_a_config_and_a_mismatched_model_are_refused(

@@ -154,7 +154,8 @@ async def test_an_app_is_reached_at_its_upstream_and_one_without_at_its_host_por
 ) -> None:
     """An app whose container has an address of the app subnet pool is proxied there (its
     `upstream`), not to the port published on 127.0.0.1 (here closed: the page could not come
-    from it); an app from before the pool (no upstream) at 127.0.0.1:<http_port>."""
+    from it); an app from before the pool (no upstream), and a stopped one, at
+    127.0.0.1:<http_port>."""
     from dataclasses import replace
 
     from tests.gateway.test_api_domains import apps_stand_in
@@ -170,6 +171,15 @@ async def test_an_app_is_reached_at_its_upstream_and_one_without_at_its_host_por
         "http_port": free_port(),  # nothing listens there
         "upstream": upstream.address,
     }
+    stopped = {
+        **common,
+        "app_id": "a3",
+        "location": "stopped",
+        "manifest_id": "org.example.stopped",
+        "http_port": free_port(),
+        "upstream": "10.214.0.2:8080",
+        "run_state": "stopped",
+    }
     older = {
         **common,
         "app_id": "a2",
@@ -181,12 +191,13 @@ async def test_an_app_is_reached_at_its_upstream_and_one_without_at_its_host_por
     sync = EdgeSync(settings, nc)
     task = asyncio.create_task(sync.run(), name="edge sync under test")
     try:
-        async with apps_stand_in(nats_url, [pooled, older]):
+        async with apps_stand_in(nats_url, [pooled, older, stopped]):
 
-            async def both() -> bool:
-                return sync.serves("pooled.localhost") and sync.serves("older.localhost")
+            async def all_three() -> bool:
+                hosts = ("pooled.localhost", "older.localhost", "stopped.localhost")
+                return all(sync.serves(h) for h in hosts)
 
-            await wait_until(both, 30, "both apps served")
+            await wait_until(all_three, 30, "the three apps served")
             for host in ("pooled.localhost", "older.localhost"):
                 status, _, body = await edge_get(settings.https_port, host, "/page")
                 assert status == 200, (host, body)
@@ -194,6 +205,9 @@ async def test_an_app_is_reached_at_its_upstream_and_one_without_at_its_host_por
         conf = "\n".join(p.read_text() for p in (settings.prefix).rglob("*.conf"))
         assert f"server {upstream.address}" in conf
         assert f"server 127.0.0.1:{pooled['http_port']}" not in conf
+        # a stopped app: its closed host port (a 502 at once), not its address
+        assert f"server 127.0.0.1:{stopped['http_port']}" in conf
+        assert "server 10.214.0.2:8080" not in conf
     finally:
         sync.stop()
         await asyncio.wait_for(task, 30)

@@ -394,17 +394,28 @@ class Nginx:
             return
         self._proc = None
         died = proc.returncode is not None  # on its own: its workers may be left
-        for sig in (signal.SIGQUIT, signal.SIGTERM):
-            if proc.returncode is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), _STOP_DEADLINE)
+        try:
+            for sig in (signal.SIGQUIT, signal.SIGTERM):
+                if proc.returncode is not None:
+                    break
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), _STOP_DEADLINE)
+        except BaseException:
+            # cancelled while nginx finishes requests in flight (a service's drain ran out):
+            # nothing may be left running, so the group goes at once
+            _kill_group(proc.pid)
+            raise
         if died or proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the master and its workers
+            _kill_group(proc.pid)
         await proc.wait()
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL to nginx's master and its workers (its process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 async def _answers(host: str, port: int) -> bool:

@@ -300,8 +300,11 @@ class EdgeSync:
             if app["domain"] in domains or app["domain"] == s.local_domain:
                 host = f"{app['location']}.{app['domain']}"
                 # its container's own address (a subnet of the pool: subnets.py), else the
-                # port published on 127.0.0.1, through docker-proxy
-                wanted[host] = ("app", app.get("upstream") or f"127.0.0.1:{app['http_port']}")
+                # port published on 127.0.0.1, through docker-proxy. A stopped app's too: its
+                # address would keep a visitor ~3 s (the neighbour lookup) before the 502
+                # that a closed port gives at once.
+                upstream = app.get("upstream") if app.get("run_state") != "stopped" else None
+                wanted[host] = ("app", upstream or f"127.0.0.1:{app['http_port']}")
                 rule = await self._rule(app)
                 if rule is not None:
                     rules[host] = rule
