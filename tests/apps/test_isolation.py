@@ -263,7 +263,7 @@ async def test_other_apps_unreachable(
     async def free_subnet(refused: Sequence[str]) -> str:
         used = [ipaddress.IPv4Network(u) for u in [*await runtime.subnets_in_use(), *refused]]
         for _ in range(100):
-            candidate = ipaddress.IPv4Network((f"10.215.{random.randrange(128, 256)}.0", 24))
+            candidate = ipaddress.IPv4Network((f"10.216.{random.randrange(256)}.0", 24))
             subnet = next(candidate.subnets(new_prefix=PREFIX))
             if not any(subnet.overlaps(u) for u in used):
                 return str(subnet)

@@ -53,9 +53,20 @@ async def store(dsn: str) -> AsyncIterator[PostgresEventStore]:
 
 
 @pytest.fixture
-def pool() -> str:
-    """A /24 of its own (16 subnets), apart from the default pool the other tests' apps use."""
-    return f"10.215.{random.randrange(256)}.0/24"
+def pool(docker_client: docker.DockerClient) -> str:
+    """A /24 of its own (16 subnets) that no Docker network overlaps now: apart from the
+    default pool the other tests' apps use (10.214.0.0/16) and from the isolation test's."""
+    used = [
+        ipaddress.IPv4Network(c["Subnet"])
+        for n in docker_client.api.networks()
+        for c in (n.get("IPAM") or {}).get("Config") or []
+        if c.get("Subnet") and ":" not in c["Subnet"]
+    ]
+    for _ in range(100):
+        candidate = ipaddress.IPv4Network(f"10.215.{random.randrange(256)}.0/24")
+        if not any(candidate.overlaps(u) for u in used):
+            return str(candidate)
+    raise AssertionError("no free /24 in 10.215.0.0/16 on the tests' dockerd")
 
 
 def hexed(address: ipaddress.IPv4Address) -> str:
@@ -251,14 +262,21 @@ async def test_with_the_pool_off_docker_picks_and_the_edge_keeps_the_host_port(
 
 
 async def test_an_installed_app_is_at_its_subnets_second_address_which_answers(
+    pooled: Apps, docker_client: docker.DockerClient, pool: str
+) -> None:
+    await _install_and_reach(pooled, docker_client, pool)
+
+
+@pytest.fixture
+async def pooled(
     monkeypatch: pytest.MonkeyPatch,
     apps_env_for: EnvFor,
     tmp_path: Path,
     docker_client: docker.DockerClient,
     pool: str,
-) -> None:
+) -> AsyncIterator[Apps]:
     async with _pooled(monkeypatch, apps_env_for, tmp_path, docker_client, pool) as apps:
-        await _install_and_reach(apps, docker_client, pool)
+        yield apps
 
 
 @asynccontextmanager
@@ -325,27 +343,23 @@ async def _install_and_reach(apps: Apps, docker_client: docker.DockerClient, poo
 
 
 async def test_two_installs_at_once_get_two_networks_and_two_addresses(
-    monkeypatch: pytest.MonkeyPatch,
-    apps_env_for: EnvFor,
-    tmp_path: Path,
-    docker_client: docker.DockerClient,
-    pool: str,
+    pooled: Apps, docker_client: docker.DockerClient
 ) -> None:
     """Both race for the network made ahead (one takes it, the other makes its own) and for the
     pool's next subnet: each app answers at its own address, in a subnet of its own."""
-    async with _pooled(monkeypatch, apps_env_for, tmp_path, docker_client, pool) as apps:
-        one, two = await asyncio.gather(_install(apps, "one"), _install(apps, "two"))
-        assert one["app_id"] != two["app_id"]
-        subnets = set()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-            for app in (one, two):
-                name = f"{apps.prefix}-net-{app['app_id']}"
-                net = docker_client.api.inspect_network(name)
-                subnet = ipaddress.IPv4Network(net["IPAM"]["Config"][0]["Subnet"])
-                subnets.add(subnet)
-                assert app["upstream"] == f"{subnet[2]}:8080", app
-                async with http.get(f"http://{app['upstream']}/") as r:
-                    assert r.status == 200
-        assert len(subnets) == 2
-        given = [e.data["network"] for e in await apps.store.read_stream(ev.SUBNETS_STREAM)]
-        assert len(given) == len(set(given))  # no network was given two subnets
+    apps = pooled
+    one, two = await asyncio.gather(_install(apps, "one"), _install(apps, "two"))
+    assert one["app_id"] != two["app_id"]
+    subnets = set()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        for app in (one, two):
+            name = f"{apps.prefix}-net-{app['app_id']}"
+            net = docker_client.api.inspect_network(name)
+            subnet = ipaddress.IPv4Network(net["IPAM"]["Config"][0]["Subnet"])
+            subnets.add(subnet)
+            assert app["upstream"] == f"{subnet[2]}:8080", app
+            async with http.get(f"http://{app['upstream']}/") as r:
+                assert r.status == 200
+    assert len(subnets) == 2
+    given = [e.data["network"] for e in await apps.store.read_stream(ev.SUBNETS_STREAM)]
+    assert len(given) == len(set(given))  # no network was given two subnets
