@@ -71,7 +71,7 @@ from bench.common import Bench, BenchConfig, BenchError, Benchmark, Result, say,
 from bench.gateway import _Load, _parse_wrk
 from deploy.embedded import EmbeddedError, PostgresServer, astop, find_binary, free_port
 from services.apps.base_image import BaseImageError, ensure_base_image
-from services.apps.runtime import app_ipam
+from services.apps.runtime import app_ipam, network_subnets
 from services.apps.subnets import PREFIX, app_address
 from services.gateway.edge import EdgeError, EdgeModel, Nginx, Vhost
 
@@ -181,12 +181,7 @@ def _docker_proxy(port: int) -> int | None:
 
 def _free_subnet(client: docker.DockerClient) -> str:
     """A /28 of `_BENCH_SUBNETS` no network of this dockerd overlaps."""
-    used = [
-        ipaddress.IPv4Network(c["Subnet"])
-        for n in client.api.networks()
-        for c in (n.get("IPAM") or {}).get("Config") or []
-        if c.get("Subnet") and ":" not in c["Subnet"]
-    ]
+    used = [ipaddress.IPv4Network(s) for s in network_subnets(client.api)]
     for subnet in ipaddress.IPv4Network(_BENCH_SUBNETS).subnets(new_prefix=PREFIX):
         if not any(subnet.overlaps(u) for u in used):
             return str(subnet)

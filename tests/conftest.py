@@ -17,6 +17,7 @@ import docker
 import pytest
 
 from deploy.embedded import EmbeddedError, NatsServer, PostgresServer
+from libs.events.store import PostgresEventStore
 from tests.support.docker import find_docker_host
 from tests.support.pdns import PdnsServer, PdnsZone, fresh_zone, run_pdns
 from tests.support.pebble import ChallDns, PebbleServer, run_challdns, run_pebble
@@ -110,6 +111,15 @@ async def dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
     finally:
         await admin.close()
     assert not left, f"test left {len(left)} Postgres connection(s) open: {[dict(r) for r in left]}"
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[PostgresEventStore]:
+    """An event store on this test's database (a directory or module needing another pool
+    size, or tables of its own, defines its own `store`)."""
+    s = await PostgresEventStore.open(dsn, max_size=4)
+    yield s
+    await s.close()
 
 
 @pytest.fixture

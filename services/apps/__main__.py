@@ -20,6 +20,7 @@ from services.apps.commands import Commands
 from services.apps.config import NO_POOL, AppsConfig
 from services.apps.health import HealthMonitor, Restarts, docker_ready
 from services.apps.operations import Driver, Tools
+from services.apps.operations.common import app_network
 from services.apps.peers import Peers
 from services.apps.platform import platform_updates
 from services.apps.projections import AppsProjection
@@ -62,7 +63,9 @@ async def _parts(cfg: AppsConfig, clock: Clock | None, svc: Service) -> AsyncIte
             subnets = SubnetPool(conn.store, cfg.app_subnets, runtime)
         tools = Tools(cfg, apps, keys, runtime, catalog, peers, snapshots, pg, services, subnets)
         monitor = HealthMonitor(cfg, apps, runtime, catalog, restarts)
-        spare = SpareNetwork(runtime, tools.names, partial(_known, apps), subnets)
+        spare = SpareNetwork(
+            runtime, tools.names, partial(_known, apps), partial(app_network, tools)
+        )
         await spare.adopt()
         async with (
             aclosing(spare),

@@ -35,13 +35,7 @@ NO_POOL = "none"  # HP_APP_SUBNETS=none: Docker picks app subnets, the edge uses
 
 
 def _pool(v: str) -> bool:
-    if v == NO_POOL:
-        return True
-    try:
-        net = ipaddress.ip_network(v)
-    except ValueError:
-        return False
-    return net.version == 4 and net.prefixlen <= 24
+    return v == NO_POOL or (_subnet(v) and ipaddress.ip_network(v).prefixlen <= 24)
 
 
 def _name(v: str) -> bool:

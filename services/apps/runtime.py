@@ -59,7 +59,7 @@ from services.apps.container import (
 )
 from services.apps.volume_tar import clean_tar
 
-__all__ = ["DockerRuntime", "app_ipam"]
+__all__ = ["DockerRuntime", "app_ipam", "network_subnets"]
 
 log = logging.getLogger("services.apps.runtime")
 
@@ -299,6 +299,16 @@ def app_network_shape(net: Mapping[str, Any], labels: Mapping[str, str]) -> str 
 
 class SubnetRefused(RuntimeFailure):
     """Docker refused a network's subnet: it overlaps one made meanwhile."""
+
+
+def network_subnets(api: docker.APIClient) -> list[str]:
+    """The IPv4 subnets of every network of the dockerd `api` talks to (a blocking call)."""
+    return [
+        str(c["Subnet"])
+        for n in api.networks()
+        for c in (n.get("IPAM") or {}).get("Config") or []
+        if c.get("Subnet") and ":" not in str(c["Subnet"])
+    ]
 
 
 def app_ipam(subnet: str) -> IPAMConfig:
@@ -596,7 +606,8 @@ class DockerRuntime:
         while net is None:
             chosen = None if subnet is None else await subnet(refused)
             try:
-                net = await self._create_network(name, labels, chosen and app_ipam(chosen))
+                ipam = None if chosen is None else app_ipam(chosen)
+                net = await self._create_network(name, labels, ipam)
             except SubnetRefused as e:
                 if chosen is None or len(refused) >= 8:
                     raise RuntimeFailure(f"network {name} could not be created: {e}") from e
@@ -609,21 +620,12 @@ class DockerRuntime:
     async def subnets_in_use(self) -> list[str]:
         """The IPv4 subnets of every network of this dockerd."""
         api = self._api
-
-        def listed() -> list[str]:
-            return [
-                str(c["Subnet"])
-                for n in api.networks()
-                for c in (n.get("IPAM") or {}).get("Config") or []
-                if c.get("Subnet") and ":" not in str(c["Subnet"])
-            ]
-
-        return await self._run(listed, "networks could not be listed", "retry")
+        return await self._run(
+            lambda: network_subnets(api), "networks could not be listed", "retry"
+        )
 
     async def ensure_services_network(self, name: str, subnet: str) -> NetworkInfo:
         """The network whose gateway address (on the host) addons listen on; no containers."""
-        import ipaddress
-
         try:
             net_obj = ipaddress.IPv4Network(subnet)
             gateway = str(next(net_obj.hosts()))

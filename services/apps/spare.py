@@ -21,12 +21,10 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 from libs.service.metrics import REGISTRY, Gauge
-from services.apps.container import ContainerRuntime, RuntimeFailure
+from services.apps.container import ContainerRuntime, NetworkInfo, RuntimeFailure
 from services.apps.names import Names
-from services.apps.subnets import SubnetPool
 
 __all__ = ["SpareNetwork"]
 
@@ -45,12 +43,12 @@ class SpareNetwork:
         runtime: ContainerRuntime,
         names: Callable[[str], Names],
         known: Callable[[str], Awaitable[bool]],
-        subnets: SubnetPool | None = None,
+        make: Callable[[str], Awaitable[NetworkInfo]],
     ) -> None:
         """`names`: an app id's names; `known`: whether an app with that id was ever asked for;
-        `subnets`: where its network's subnet comes from (None: Docker's pools)."""
+        `make`: makes an app id's network as an install's network step does."""
         self._runtime = runtime
-        self._subnets = subnets
+        self._make_network = make
         self._names = names
         self._known = known
         self._ready: str | None = None  # the id in reserve (its network made), if any
@@ -88,10 +86,8 @@ class SpareNetwork:
 
     async def _make(self) -> None:
         app_id = str(uuid.uuid4())
-        name = self._names(app_id).network
         try:
-            source = None if self._subnets is None else partial(self._subnets.take, name)
-            await self._runtime.ensure_network(name, {"homeport.app": app_id}, source)
+            await self._make_network(app_id)
         except RuntimeFailure as e:  # only a head start lost: the next install makes its own
             log.warning("no network made ahead for the next install: %s", e)
             return

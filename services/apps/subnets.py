@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,8 +33,6 @@ from services.apps import events as ev
 from services.apps.container import ContainerRuntime, RuntimeFailure
 
 __all__ = ["PREFIX", "SubnetPool", "app_address", "host_routes"]
-
-log = logging.getLogger("homeport.apps.subnets")
 
 PREFIX = 28  # 16 addresses: the network, its gateway (.1), the app (.2), Docker's own (.8-.15)
 _ROUTES = Path("/proc/self/net/route")  # ProcSubset=pid hides /proc/net, not this

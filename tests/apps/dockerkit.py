@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import ipaddress
 import json
+import random
 import shlex
 import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ __all__ = [
     "connects",
     "docker_exec",
     "docker_names",
+    "free_range",
     "host_addresses",
     "probe_many",
     "probe_tcp",
@@ -267,3 +270,15 @@ def host_addresses(*own: str) -> list[str]:
         for a in link.get("addr_info", [])
     }
     return sorted(found | set(own))
+
+
+def free_range(used: Iterable[str], within: str, prefix: int) -> str:
+    """A random /`prefix` of `within` that none of the `used` subnets overlaps (tests running
+    at once on the shared dockerd each take their own)."""
+    taken = [ipaddress.IPv4Network(u) for u in used]
+    ranges = list(ipaddress.IPv4Network(within).subnets(new_prefix=prefix))
+    for _ in range(100):
+        candidate = random.choice(ranges)
+        if not any(candidate.overlaps(u) for u in taken):
+            return str(candidate)
+    raise AssertionError(f"no free /{prefix} in {within} on the tests' dockerd")

@@ -8,9 +8,7 @@ so a crash or a broken network can not pass for isolation.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
-import random
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -29,6 +27,7 @@ from tests.apps.dockerkit import (
     app_spec,
     connects,
     docker_exec,
+    free_range,
     host_addresses,
     probe_many,
 )
@@ -261,13 +260,7 @@ async def test_other_apps_unreachable(
     # b's network as the apps service makes one from its subnet pool (a /28, b at its second
     # address: the edge's upstream); a's as Docker's pools made them before the pool
     async def free_subnet(refused: Sequence[str]) -> str:
-        used = [ipaddress.IPv4Network(u) for u in [*await runtime.subnets_in_use(), *refused]]
-        for _ in range(100):
-            candidate = ipaddress.IPv4Network((f"10.216.{random.randrange(256)}.0", 24))
-            subnet = next(candidate.subnets(new_prefix=PREFIX))
-            if not any(subnet.overlaps(u) for u in used):
-                return str(subnet)
-        raise AssertionError("no free /28 for b")
+        return free_range([*await runtime.subnets_in_use(), *refused], "10.216.0.0/16", PREFIX)
 
     net_b = await runtime.ensure_network(dnames("net-b"), dnames.labels, free_subnet)
     address = app_address(net_b.subnet)

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import random
 import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from libs.service.config import ConfigError, load_config
 from services.apps import events as ev
 from services.apps.config import AppsConfig
 from services.apps.container import RuntimeFailure
-from services.apps.runtime import DockerRuntime
+from services.apps.runtime import DockerRuntime, network_subnets
 from services.apps.subnets import PREFIX, SubnetPool, host_routes
 from tests.apps.appskit import (
     STATIC,
@@ -37,7 +35,7 @@ from tests.apps.appskit import (
     running_apps,
     static_catalog,
 )
-from tests.apps.dockerkit import DockerNames
+from tests.apps.dockerkit import DockerNames, free_range
 from tests.support.servers import need_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -46,27 +44,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def store(dsn: str) -> AsyncIterator[PostgresEventStore]:
-    s = await PostgresEventStore.open(dsn, max_size=4)
-    yield s
-    await s.close()
-
-
-@pytest.fixture
 def pool(docker_client: docker.DockerClient) -> str:
     """A /24 of its own (16 subnets) that no Docker network overlaps now: apart from the
     default pool the other tests' apps use (10.214.0.0/16) and from the isolation test's."""
-    used = [
-        ipaddress.IPv4Network(c["Subnet"])
-        for n in docker_client.api.networks()
-        for c in (n.get("IPAM") or {}).get("Config") or []
-        if c.get("Subnet") and ":" not in c["Subnet"]
-    ]
-    for _ in range(100):
-        candidate = ipaddress.IPv4Network(f"10.215.{random.randrange(256)}.0/24")
-        if not any(candidate.overlaps(u) for u in used):
-            return str(candidate)
-    raise AssertionError("no free /24 in 10.215.0.0/16 on the tests' dockerd")
+    return free_range(network_subnets(docker_client.api), "10.215.0.0/16", 24)
 
 
 def hexed(address: ipaddress.IPv4Address) -> str:
@@ -246,19 +227,17 @@ def test_a_pool_too_small_is_refused(apps_env_for: EnvFor, tmp_path: Path) -> No
         assert [p.split(":", 1)[0] for p in e.value.problems] == ["HP_APP_SUBNETS"], bad
 
 
+@pytest.mark.parametrize("pool", ["none"])
 async def test_with_the_pool_off_docker_picks_and_the_edge_keeps_the_host_port(
-    monkeypatch: pytest.MonkeyPatch,
-    apps_env_for: EnvFor,
-    tmp_path: Path,
-    docker_client: docker.DockerClient,
+    pooled: Apps, docker_client: docker.DockerClient
 ) -> None:
-    async with _pooled(monkeypatch, apps_env_for, tmp_path, docker_client, "none") as apps:
-        app = await _install(apps, "plain")
-        assert app["upstream"] is None and app["http_port"]
-        assert await apps.store.read_stream(ev.SUBNETS_STREAM) == []
-        net = docker_client.api.inspect_network(f"{apps.prefix}-net-{app['app_id']}")
-        subnet = ipaddress.IPv4Network(net["IPAM"]["Config"][0]["Subnet"])
-        assert not subnet.subnet_of(ipaddress.IPv4Network("10.214.0.0/16"))
+    apps = pooled
+    app = await _install(apps, "plain")
+    assert app["upstream"] is None and app["http_port"]
+    assert await apps.store.read_stream(ev.SUBNETS_STREAM) == []
+    net = docker_client.api.inspect_network(f"{apps.prefix}-net-{app['app_id']}")
+    subnet = ipaddress.IPv4Network(net["IPAM"]["Config"][0]["Subnet"])
+    assert not subnet.subnet_of(ipaddress.IPv4Network("10.214.0.0/16"))
 
 
 async def test_an_installed_app_is_at_its_subnets_second_address_which_answers(
@@ -275,20 +254,8 @@ async def pooled(
     docker_client: docker.DockerClient,
     pool: str,
 ) -> AsyncIterator[Apps]:
-    async with _pooled(monkeypatch, apps_env_for, tmp_path, docker_client, pool) as apps:
-        yield apps
-
-
-@asynccontextmanager
-async def _pooled(
-    monkeypatch: pytest.MonkeyPatch,
-    apps_env_for: EnvFor,
-    tmp_path: Path,
-    docker_client: docker.DockerClient,
-    pool: str,
-) -> AsyncIterator[Apps]:
-    """The apps service on its own subnet pool, serving the static app; its Docker objects
-    removed at the end."""
+    """The apps service on its own subnet pool (`pool`, which a test may parametrize), serving
+    the static app; its Docker objects removed at the end."""
     env = apps_env_for(static_catalog(tmp_path / "catalog"), extra={"HP_APP_SUBNETS": pool})
     try:
         async with running_apps(monkeypatch, env, mail=False) as apps:

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import nats.js.errors
-import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -22,13 +21,6 @@ from libs.events.relay import Relay
 from libs.events.store import PostgresEventStore
 from tests.support.bus import connect
 from tests.support.waits import wait_until
-
-
-@pytest.fixture
-async def store(dsn: str) -> AsyncIterator[PostgresEventStore]:
-    s = await PostgresEventStore.open(dsn, max_size=4)
-    yield s
-    await s.close()
 
 
 @asynccontextmanager

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from libs.events.store import PostgresEventStore
 from tests.gateway.apikit import Cast, make_cast
 from tests.identity.kit import Identity, running_identity
 from tests.support.bus import connect
@@ -18,13 +17,6 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
     conn = await connect(nats_url)
     yield conn
     await conn.close()
-
-
-@pytest.fixture
-async def store(dsn: str) -> AsyncIterator[PostgresEventStore]:
-    s = await PostgresEventStore.open(dsn, max_size=4)
-    yield s
-    await s.close()
 
 
 @pytest.fixture
