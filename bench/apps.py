@@ -18,10 +18,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import docker
 import nats
 
@@ -30,8 +32,9 @@ from bench.gateway import _children, _spawn, _wait_ready
 from deploy.embedded import DockerDaemon, EmbeddedError, docker_answers, free_port
 from libs.events.bus import BusClient
 from libs.events.context import Context
+from libs.events.envelope import RecordedEvent
 from libs.events.nats_access import HARNESS
-from libs.events.store import PostgresEventStore
+from libs.events.store import NOTIFY_CHANNEL, PostgresEventStore
 
 __all__ = ["BENCHMARKS"]
 
@@ -69,6 +72,35 @@ async def _answers(http: aiohttp.ClientSession, port: int) -> bool:
         return False
 
 
+def _timeline(
+    app: Sequence[RecordedEvent], task: Sequence[RecordedEvent]
+) -> list[tuple[str, float]]:
+    """Where an install's time went: each step's milliseconds, from the event before its
+    completion (the request's first event, or the step before) to its completion."""
+    events = sorted([*app, *task], key=lambda e: e.position)
+    out: list[tuple[str, float]] = []
+    last = events[0].recorded_at
+    for e in events[1:]:
+        if e.type in ("AppStepCompleted", "AppInstalled", "TaskSucceeded"):
+            name = str(e.data.get("step") or e.type)
+            out.append((name, (e.recorded_at - last).total_seconds() * 1000))
+            last = e.recorded_at
+    out.append(("appends", float(len(events))))
+    return out
+
+
+def _say_timelines(timelines: Sequence[Sequence[tuple[str, float]]]) -> None:
+    """The median milliseconds of each step over the measured installs."""
+    if not timelines:
+        return
+    names = [name for name, _ in timelines[0]]
+    parts = []
+    for i, name in enumerate(names):
+        value = statistics.median(t[i][1] for t in timelines if len(t) > i)
+        parts.append(f"{name} {value:.0f}" if name == "appends" else f"{name} {value:.1f}")
+    say("  where ours went (median ms, from its events): " + ", ".join(parts))
+
+
 async def app_install_vs_docker_run(b: Bench) -> Result:
     url = _docker_url()
     dsn = await b.database("bench_apps")
@@ -92,8 +124,12 @@ async def app_install_vs_docker_run(b: Bench) -> Result:
     net = client.networks.create(f"{prefix}-baseline", driver="bridge")
     ours: list[float] = []
     base: list[float] = []
+    timelines: list[list[tuple[str, float]]] = []
     nc = await nats.connect(b.servers.nats_url)
     store = await PostgresEventStore.open(dsn, max_size=2)
+    listener = await asyncpg.connect(dsn)
+    appended = asyncio.Event()
+    await listener.add_listener(NOTIFY_CHANNEL, lambda *_: appended.set())
     try:
         async with _children() as children, aiohttp.ClientSession() as http:
             child = await _spawn(
@@ -103,6 +139,18 @@ async def app_install_vs_docker_run(b: Bench) -> Result:
             await _wait_ready(child, "/readyz")
             bus = BusClient(nc, sender=HARNESS, default_timeout=60)
 
+            async def ended(task_id: str) -> tuple[float, list[RecordedEvent]]:
+                """When the task's end was committed, and its events: read again at each
+                append Postgres notifies, not polled (a poll every few ms would load the
+                machine the install runs on)."""
+                while True:
+                    appended.clear()
+                    events = await store.read_stream(f"task-{task_id}")
+                    if events and events[-1].type in ("TaskSucceeded", "TaskFailed"):
+                        return time.perf_counter(), events
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(appended.wait(), 1.0)
+
             async def install(location: str) -> tuple[float, str]:
                 t0 = time.perf_counter()
                 reply = await bus.command(
@@ -111,21 +159,17 @@ async def app_install_vs_docker_run(b: Bench) -> Result:
                     {"manifest_id": _STATIC, "location": location, "access": {"all_users": True}},
                     ctx=_CTX,
                 )
-                while True:
-                    events = await store.read_stream(f"task-{reply['task_id']}")
-                    if events and events[-1].type == "TaskSucceeded":
-                        return time.perf_counter() - t0, str(reply["app_id"])
-                    if events and events[-1].type == "TaskFailed":
-                        raise BenchError(f"install failed: {events[-1].data}")
-                    await asyncio.sleep(0.005)
+                t1, events = await ended(reply["task_id"])
+                if events[-1].type == "TaskFailed":
+                    raise BenchError(f"install failed: {events[-1].data}")
+                app_id = str(reply["app_id"])
+                app = await store.read_stream(f"app-{app_id}")
+                timelines.append(_timeline(app, events))
+                return t1 - t0, app_id
 
             async def uninstall(app_id: str) -> None:
                 reply = await bus.command("apps", "uninstall", {"app_id": app_id}, ctx=_CTX)
-                while True:
-                    events = await store.read_stream(f"task-{reply['task_id']}")
-                    if events and events[-1].type in ("TaskSucceeded", "TaskFailed"):
-                        return
-                    await asyncio.sleep(0.05)
+                await ended(reply["task_id"])
 
             # warm-up: the image is built once (not measured), as the issue says
             _, warm = await install("warm-up")
@@ -168,6 +212,7 @@ async def app_install_vs_docker_run(b: Bench) -> Result:
                         base.append(seconds)
                     say(f"  round {r + 1}  {side:<8} {seconds * 1000:>8.0f} ms to answering")
     finally:
+        await listener.close()
         await store.close()
         await nc.close()
         with contextlib.suppress(docker.errors.APIError):
@@ -176,6 +221,7 @@ async def app_install_vs_docker_run(b: Bench) -> Result:
             with contextlib.suppress(docker.errors.APIError):
                 c.remove(force=True)
         client.close()
+    _say_timelines(timelines[1:])  # not the warm-up's, which builds the image
     ratio = statistics.median(ours) / statistics.median(base)
     say(
         f"  median   ours {statistics.median(ours) * 1000:.0f} ms, docker run"
