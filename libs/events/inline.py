@@ -40,10 +40,14 @@ async def append_inline(
     stream: str,
     new: Sequence[Any],
     expected_version: int | None,
+    *,
+    before: Any = None,
 ) -> list[RecordedEvent]:
     """Append `new` to `stream` and apply it to `projection`, in the caller's transaction:
-    in the append's own statement when the projection gives its change as statements."""
-    prepared, statements = _change(store, projection, stream, new)
+    in the append's own statement when the projection gives its change as statements.
+    `before`: the stream's state at `expected_version`, if the caller holds it
+    (`Projection.statements_after`)."""
+    prepared, statements = _change(store, projection, stream, new, expected_version, before)
     recorded = await store.append_recorded(
         conn,
         stream,
@@ -64,11 +68,13 @@ async def append_alone(
     stream: str,
     new: Sequence[Any],
     expected_version: int | None,
+    *,
+    before: Any = None,
 ) -> list[RecordedEvent] | None:
     """`append_inline` as one statement on a connection in no transaction (a statement is
     atomic on its own); None, having written nothing, when the projection cannot give the
     change as statements: the caller appends in a transaction instead."""
-    prepared, statements = _change(store, projection, stream, new)
+    prepared, statements = _change(store, projection, stream, new, expected_version, before)
     if statements is None:
         return None
     return await store.append_recorded(
@@ -82,8 +88,15 @@ async def append_alone(
 
 
 def _change(
-    store: PostgresEventStore, projection: Projection, stream: str, new: Sequence[Any]
+    store: PostgresEventStore,
+    projection: Projection,
+    stream: str,
+    new: Sequence[Any],
+    expected: int | None,
+    before: Any,
 ) -> tuple[list[NewEvent], Sequence[Statement] | None]:
     """`new` as it will be appended, and the projection's statements for it (None: apply)."""
     prepared = store.prepare(new)
-    return prepared, projection.statements_for(stream, prepared)
+    if before is None:
+        return prepared, projection.statements_for(stream, prepared)
+    return prepared, projection.statements_after(before, expected, stream, prepared)

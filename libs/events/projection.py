@@ -104,6 +104,15 @@ class Projection(ABC):
         (statements.py), or None: `apply()` them after the append, as by default."""
         return None
 
+    def statements_after(
+        self, before: Any, expected: int | None, stream: str, events: Sequence[NewEvent]
+    ) -> Sequence[Statement] | None:
+        """`statements_for`, for a writer that holds the stream's state as it was folded at
+        `expected` (`before`, e.g. the state a command decided on; repository.py): a read
+        model that is a fold of the whole stream can then give its change without reading the
+        stream again. By default the state is not needed."""
+        return self.statements_for(stream, events)
+
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
         """Apply events (in position order) inside the caller's transaction."""
         raise NotImplementedError(f"projection {self.name} defines neither apply() nor page_sql")

@@ -64,11 +64,31 @@ class Repository(Generic[S]):
         expected: int | None,
         *,
         conn: asyncpg.Connection | None = None,
+        state: S | None = None,
     ) -> list[RecordedEvent]:
-        """Append `new` to `key`'s stream at `expected` (None: any version) and apply it."""
+        """Append `new` to `key`'s stream at `expected` (None: any version) and apply it.
+
+        `state`: the stream folded at `expected`, which the caller decided on. With it, a
+        projection whose rows are a fold of the stream may give the change as statements
+        (`Projection.statements_after`): outside a caller's transaction the append is then
+        one statement on its own, no BEGIN, no read of the stream, no COMMIT."""
         if conn is not None:
-            return await self._append_on(conn, key, new, expected)
-        return await self.transaction(lambda c: self._append_on(c, key, new, expected))
+            return await self._append_on(conn, key, new, expected, state)
+        if state is not None and self.projection is not None:
+            with self._translated():
+                async with self.store.pool.acquire() as c:
+                    done = await append_alone(
+                        self.store,
+                        c,
+                        self.projection,
+                        self.stream_of(key),
+                        new,
+                        expected,
+                        before=state,
+                    )
+            if done is not None:
+                return done
+        return await self.transaction(lambda c: self._append_on(c, key, new, expected, state))
 
     async def transaction(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run `fn` in one transaction, with the driver's errors translated."""
@@ -127,12 +147,19 @@ class Repository(Generic[S]):
         return unmapped
 
     async def _append_on(
-        self, conn: asyncpg.Connection, key: str, new: Sequence[Any], expected: int | None
+        self,
+        conn: asyncpg.Connection,
+        key: str,
+        new: Sequence[Any],
+        expected: int | None,
+        state: S | None = None,
     ) -> list[RecordedEvent]:
         stream = self.stream_of(key)
         if self.projection is None:
             return await self.store.append_recorded(conn, stream, new, expected)
-        return await append_inline(self.store, conn, self.projection, stream, new, expected)
+        return await append_inline(
+            self.store, conn, self.projection, stream, new, expected, before=state
+        )
 
 
 class OnDemand:

@@ -211,6 +211,24 @@ class Task:
             await self._append(TaskProgressed(task_id=self.id, percent=percent, message=message))
             self._percent = percent
 
+    @property
+    def reported(self) -> int:
+        """How many events the task has had (it grows with every report)."""
+        return self._version
+
+    async def progress_if_quiet(self, since: int, percent: int, message: str) -> bool:
+        """Report `message` at `percent` (or the task's percent, if past it already) only if
+        nothing was reported since `reported` was `since`: a step's own, more precise,
+        reports are not followed by its general message. Whether it was reported."""
+        message = _text("message", message, MAX_MESSAGE)
+        async with self._lock:
+            if self._version != since or self._ended:
+                return False
+            percent = max(percent, self._percent)
+            await self._append(TaskProgressed(task_id=self.id, percent=percent, message=message))
+            self._percent = percent
+            return True
+
     async def succeed(self, message: str, result: dict[str, Any] | None = None) -> None:
         """End the task as done; `result` is a small JSON object for the client, or None."""
         message = _text("message", message, MAX_MESSAGE)

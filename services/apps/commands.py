@@ -308,7 +308,7 @@ class Commands:
         ports: HostPorts | None = None,
     ) -> None:
         try:
-            await self.apps.append(s.app_id, new, s.version)
+            await self.apps.append(s.app_id, new, s.version, state=s)
         except ChangedMeanwhile:
             if task is not None:
                 await task.fail("the app changed at the same time; nothing was done", "conflict")

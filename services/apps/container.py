@@ -166,6 +166,10 @@ class ContainerRuntime(Protocol):
         A context unchanged since the tag was built is not built again (no progress lines)."""
         ...
 
+    async def image_exists(self, tag: str) -> bool:
+        """Whether an image is tagged `tag`."""
+        ...
+
     # Networks
 
     async def ensure_network(

@@ -200,7 +200,7 @@ class HealthMonitor:
                 if not s.exists:
                     return
                 try:
-                    await self._apps.append(app_id, [event], s.version)
+                    await self._apps.append(app_id, [event], s.version, state=s)
                     return
                 except ChangedMeanwhile:
                     continue

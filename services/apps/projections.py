@@ -6,25 +6,33 @@ or one a configuration of it moves to) in the transaction that would have record
 primary key of `apps.ports` (protocol, host port) a second app on a host port another holds.
 A row is the fold of its stream (services/apps/state.py): the same function decides what a
 resumed operation does and what users see, so the two cannot disagree.
+
+A writer that holds the app's state at the version it appends at (every command and the
+operations' driver) has the change run inside the append's own statement (`statements_after`,
+libs/events/statements.py): the row of the state after the event, and only the holds that event
+releases or takes. `apply` (a replay, an append of several events) folds the stream and writes
+the same statements.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import asyncpg
 
-from libs.events.envelope import RecordedEvent
+from libs.events.envelope import NewEvent, RecordedEvent, category_of, dumps
 from libs.events.projection import Projection, register_projection
 from libs.events.registry import REGISTRY
+from libs.events.statements import RECORDED_HEAD, Statement, compose
 from libs.events.store import read_stream_on
 from services.apps.events import APP_CATEGORY
-from services.apps.state import AppState, fold
+from services.apps.state import AppState, evolve, fold, fold_more
 
-__all__ = ["AppsProjection", "hold_locations", "hold_ports", "upsert_row"]
+__all__ = ["AppsProjection"]
 
 
 @register_projection
@@ -43,10 +51,12 @@ class AppsProjection(Projection):
         await conn.execute("TRUNCATE apps.apps, apps.snapshots, apps.locations, apps.ports")
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        first: dict[str, RecordedEvent] = {}
         last: dict[str, RecordedEvent] = {}
         for ev in events:
             if ev.category != APP_CATEGORY:
                 continue
+            first.setdefault(ev.stream, ev)
             last[ev.stream] = ev
             if ev.type == "AppSnapshotTaken":
                 d = ev.data
@@ -65,62 +75,127 @@ class AppsProjection(Projection):
                 await conn.execute(
                     "DELETE FROM apps.snapshots WHERE snapshot_id = $1", ev.data["snapshot_id"]
                 )
-        states = []
+        changes = []
         for stream, ev in last.items():
             history = await read_stream_on(conn, stream, REGISTRY, ev.position)
-            state = fold(str(ev.data["app_id"]), history)
-            await upsert_row(conn, state, history[0].recorded_at, ev.recorded_at)
-            states.append(state)
-        # Every app's old holds go before any new one is taken: in a batch of a rebuild, an
-        # app may take a location another app of the same batch left.
-        ids = [s.app_id for s in states]
-        await conn.execute("DELETE FROM apps.locations WHERE app_id = ANY($1::uuid[])", ids)
-        await conn.execute("DELETE FROM apps.ports WHERE app_id = ANY($1::uuid[])", ids)
-        for state in states:
-            await hold_locations(conn, state)
-            await hold_ports(conn, state)
+            n = sum(1 for e in history if e.position < first[stream].position)
+            before = fold(str(ev.data["app_id"]), history[:n])
+            changes.append((ev, before, fold_more(before, history[n:]), history[0].recorded_at))
+        # Every app's released holds go before any new one is taken: in a batch of a rebuild,
+        # an app may take a location another app of the same batch left.
+        for ev, before, after, _ in changes:
+            await _run(conn, ev, _released(before, after))
+        for ev, before, after, created_at in changes:
+            await _run(conn, ev, [_row(after, created_at), *_taken(before, after)])
+
+    def statements_after(
+        self, before: Any, expected: int | None, stream: str, events: Sequence[NewEvent]
+    ) -> Sequence[Statement] | None:
+        """One event appended at the version the app's state `before` was folded at: the row
+        of the state after it, and the holds it releases and takes, as statements (apply
+        does the same from the stream itself, for a replay and for any other append)."""
+        if (
+            not isinstance(before, AppState)
+            or expected is None
+            or before.version != expected
+            or len(events) != 1
+            or category_of(stream) != APP_CATEGORY
+        ):
+            return None
+        e = events[0]
+        if e.type in ("AppSnapshotTaken", "AppSnapshotForgotten"):
+            return None  # a table of their own: apply writes it
+        data = json.loads(dumps(e.data))  # as the fold of the stream will read it
+        after = evolve(before, e.type, data, expected + 1)
+        return [*_released(before, after), _row(after, None), *_taken(before, after)]
 
 
-async def hold_locations(conn: asyncpg.Connection, s: AppState) -> None:
-    """Take the locations the app holds (services/apps/state.py); a location another app holds
-    fails the transaction on the primary key `apps_location_held`."""
-    for location in sorted(s.held_locations):
-        await conn.execute(
-            "INSERT INTO apps.locations (domain, location, app_id) VALUES ($1, $2, $3)",
-            s.domain,
-            location,
-            s.app_id,
+async def _run(conn: asyncpg.Connection, ev: RecordedEvent, statements: list[Statement]) -> None:
+    """`statements` for an event already in the log (a replay, or applied after its append)."""
+    if statements:
+        sql, args = compose(
+            RECORDED_HEAD, (ev.position, ev.version, ev.recorded_at), statements, "SELECT 1"
         )
+        await conn.execute(sql, *args)
 
 
-async def hold_ports(conn: asyncpg.Connection, s: AppState) -> None:
-    """Take the host ports the app holds (services/apps/state.py); a port another app holds
-    fails the transaction on the primary key `apps_port_held`."""
-    for protocol, port in sorted(s.held_ports):
-        await conn.execute(
-            "INSERT INTO apps.ports (protocol, host_port, app_id) VALUES ($1, $2, $3)",
-            protocol,
-            port,
-            s.app_id,
+def _locations(s: AppState) -> set[tuple[str, str]]:
+    return {(s.domain, location) for location in s.held_locations}
+
+
+def _released(before: AppState, after: AppState) -> list[Statement]:
+    """The holds (services/apps/state.py) `before` had and `after` has no more, dropped."""
+    out = []
+    locations = sorted(_locations(before) - _locations(after))
+    if locations:
+        out.append(
+            Statement(
+                "DELETE FROM apps.locations l USING appended a,"
+                " unnest($1::text[], $2::text[]) AS r(domain, location)"
+                " WHERE l.app_id = $3::uuid AND l.domain = r.domain AND l.location = r.location",
+                ([d for d, _ in locations], [loc for _, loc in locations], after.app_id),
+            )
         )
+    ports = sorted(before.held_ports - after.held_ports)
+    if ports:
+        out.append(
+            Statement(
+                "DELETE FROM apps.ports p USING appended a,"
+                " unnest($1::text[], $2::integer[]) AS r(protocol, host_port)"
+                " WHERE p.app_id = $3::uuid AND p.protocol = r.protocol"
+                " AND p.host_port = r.host_port",
+                ([pr for pr, _ in ports], [port for _, port in ports], after.app_id),
+            )
+        )
+    return out
 
 
-async def upsert_row(
-    conn: asyncpg.Connection, s: AppState, created_at: object, updated_at: object
-) -> None:
-    """Write the row of one app's state."""
+def _taken(before: AppState, after: AppState) -> list[Statement]:
+    """The holds `after` has and `before` had not, taken: a location (a port) another app holds
+    breaks the primary key `apps_location_held` (`apps_port_held`) and fails the append."""
+    out = []
+    locations = sorted(_locations(after) - _locations(before))
+    if locations:
+        out.append(
+            Statement(
+                "INSERT INTO apps.locations (domain, location, app_id)"
+                " SELECT r.domain, r.location, $3::uuid FROM appended a,"
+                " unnest($1::text[], $2::text[]) AS r(domain, location)",
+                ([d for d, _ in locations], [loc for _, loc in locations], after.app_id),
+            )
+        )
+    ports = sorted(after.held_ports - before.held_ports)
+    if ports:
+        out.append(
+            Statement(
+                "INSERT INTO apps.ports (protocol, host_port, app_id)"
+                " SELECT r.protocol, r.host_port, $3::uuid FROM appended a,"
+                " unnest($1::text[], $2::integer[]) AS r(protocol, host_port)",
+                ([pr for pr, _ in ports], [port for _, port in ports], after.app_id),
+            )
+        )
+    return out
+
+
+def _row(s: AppState, created_at: datetime | None) -> Statement:
+    """The row of one app's state, as of the appended event (its version and time);
+    `created_at`: when its stream began (None: the appended event began it, or the row is
+    there already)."""
     op = s.operation or s.failed
     target = None
     if op is not None and op.kind == "update":
         target = op.detail.get("to_version")
-    await conn.execute(
+    return Statement(
         """
         INSERT INTO apps.apps (app_id, manifest_id, version, location, domain, access,
             memory_bytes, state, running, health, error, task_id, operation, awaiting_approval,
             target_version, clone_of, stream_version, created_at, updated_at, http_port,
             tcp_ports, udp_ports, upstream)
-        VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-            $17, $18, $19, $20, $21::jsonb, $22::jsonb, $23)
+        SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text, $6::jsonb, $7::bigint,
+            $8::text, $9::boolean, $10::text, $11::text, $12::uuid, $13::text, $14::boolean,
+            $15::text, $16::uuid, a.out_version, coalesce($17::timestamptz, a.out_recorded_at),
+            a.out_recorded_at, $18::integer, $19::jsonb, $20::jsonb, $21::text
+        FROM appended a
         ON CONFLICT (app_id) DO UPDATE SET manifest_id = EXCLUDED.manifest_id,
             version = EXCLUDED.version, location = EXCLUDED.location, domain = EXCLUDED.domain,
             access = EXCLUDED.access, memory_bytes = EXCLUDED.memory_bytes,
@@ -132,27 +207,27 @@ async def upsert_row(
             http_port = EXCLUDED.http_port, tcp_ports = EXCLUDED.tcp_ports,
             udp_ports = EXCLUDED.udp_ports, upstream = EXCLUDED.upstream
         """,
-        s.app_id,
-        s.manifest_id,
-        s.app_version,
-        s.location,
-        s.domain,
-        json.dumps(s.access),
-        s.memory_bytes,
-        s.state.value,
-        s.running,
-        s.health.value,
-        s.error,
-        op.task_id if op is not None else None,
-        op.kind if op is not None else None,
-        op.awaiting_approval if op is not None else False,
-        target,
-        s.clone_of,
-        s.version,
-        created_at,
-        updated_at,
-        s.http_host_port,
-        json.dumps(s.tcp_ports),
-        json.dumps(s.udp_ports),
-        s.upstream,
+        (
+            s.app_id,
+            s.manifest_id,
+            s.app_version,
+            s.location,
+            s.domain,
+            json.dumps(s.access),
+            s.memory_bytes,
+            s.state.value,
+            s.running,
+            s.health.value,
+            s.error,
+            op.task_id if op is not None else None,
+            op.kind if op is not None else None,
+            op.awaiting_approval if op is not None else False,
+            target,
+            s.clone_of,
+            created_at,
+            s.http_host_port,
+            json.dumps(s.tcp_ports),
+            json.dumps(s.udp_ports),
+            s.upstream,
+        ),
     )

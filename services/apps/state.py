@@ -9,7 +9,16 @@ from typing import Any
 
 from libs.events.envelope import RecordedEvent
 
-__all__ = ["AppState", "Health", "Operation", "State", "app_origin", "fold"]
+__all__ = [
+    "AppState",
+    "Health",
+    "Operation",
+    "State",
+    "app_origin",
+    "evolve",
+    "fold",
+    "fold_more",
+]
 
 
 class State(StrEnum):
@@ -133,11 +142,19 @@ def _op_done(s: AppState, state: State, d: dict[str, Any], **changes: Any) -> Ap
 
 def fold(app_id: str, events: Sequence[RecordedEvent]) -> AppState:
     """The state after `events` (the whole stream, in order)."""
-    s = AppState(app_id)
+    return fold_more(AppState(app_id), events)
+
+
+def fold_more(s: AppState, events: Sequence[RecordedEvent]) -> AppState:
+    """The state after `events`, the ones that follow `s` in its stream, in order."""
     for ev in events:
-        s = _apply(s, ev.type, ev.data)
-        s = replace(s, version=ev.version)
+        s = evolve(s, ev.type, ev.data, ev.version)
     return s
+
+
+def evolve(s: AppState, type_: str, data: dict[str, Any], version: int) -> AppState:
+    """The state after one event, the stream's `version`th."""
+    return replace(_apply(s, type_, data), version=version)
 
 
 def _apply(s: AppState, type_: str, d: dict[str, Any]) -> AppState:

@@ -24,8 +24,10 @@ import pytest
 
 from libs.events.bus import BusClient
 from libs.events.context import Context
+from libs.events.inline import inline_lock_key
 from libs.events.store import PostgresEventStore
 from services.apps.config import BUNDLED_CATALOG
+from services.apps.projections import AppsProjection
 from tests.support.bus import ActorBus
 from tests.support.mail import mail_beside
 from tests.support.serving import serving
@@ -33,6 +35,39 @@ from tests.support.serving import serving
 STATIC = "org.homeport.static"
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_CTX = Context("system", "apps-test", None, None)
+
+
+_READ_MODEL = {
+    "apps": "SELECT * FROM apps.apps ORDER BY app_id",
+    "locations": "SELECT * FROM apps.locations ORDER BY domain, location",
+    "ports": "SELECT * FROM apps.ports ORDER BY protocol, host_port",
+    "snapshots": "SELECT * FROM apps.snapshots ORDER BY snapshot_id",
+}
+
+
+async def assert_read_model_replays(store: PostgresEventStore, batch: int = 7) -> None:
+    """The apps read model as the live appends wrote it (most as one statement, from the
+    state the writer held) equals the one a replay of the log writes (`apply`, in batches of
+    several streams). Under the projection's lock (live writers wait), in a transaction rolled
+    back: nothing is changed."""
+    projection = AppsProjection()
+    async with store.pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", inline_lock_key(AppsProjection))
+            live = {k: [dict(r) for r in await conn.fetch(q)] for k, q in _READ_MODEL.items()}
+            await projection.reset(conn)
+            events = await store.read_all(0, 100_000, conn=conn)
+            events = [e for e in events if projection.wants(e)]
+            for i in range(0, len(events), batch):
+                await projection.apply(conn, events[i : i + batch])
+            again = {k: [dict(r) for r in await conn.fetch(q)] for k, q in _READ_MODEL.items()}
+        finally:
+            await tx.rollback()
+    assert live["apps"], "no app was recorded: the comparison would see nothing"
+    for table, rows in live.items():
+        assert rows == again[table], (table, rows, again[table])
 
 
 def static_catalog(dest: Path) -> Path:

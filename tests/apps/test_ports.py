@@ -34,7 +34,14 @@ from libs.events.registry import REGISTRY
 from services.apps.config import BUNDLED_CATALOG
 from services.apps.events import AppConfigureRequested, AppInstallRequested
 from services.apps.state import State, fold
-from tests.apps.appskit import ADMIN_CTX, STATIC, Apps, EnvFor, running_apps
+from tests.apps.appskit import (
+    ADMIN_CTX,
+    STATIC,
+    Apps,
+    EnvFor,
+    assert_read_model_replays,
+    running_apps,
+)
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -283,6 +290,8 @@ async def test_the_chosen_port_answers_while_the_app_runs_there_only(env: Env) -
     again = await install(apps, "again", {"SSH_PORT": moved, "ADMIN_PORT": admin})
     assert ports_of(await apps.app(again))["tcp:SSH_PORT"] == moved
     await answers_with(moved, "port 2200", "a new app on the freed port")
+    # what each append wrote from the state it held is what a replay of the log writes
+    await assert_read_model_replays(apps.store)
 
 
 async def test_a_port_taken_twice_or_the_platforms_is_refused_naming_it(env: Env) -> None:

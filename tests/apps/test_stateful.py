@@ -36,7 +36,14 @@ from hypothesis.stateful import (
 )
 
 from libs.events.bus import Conflict, Invalid, NotFound
-from tests.apps.appskit import STATIC, Apps, EnvFor, running_apps, static_catalog
+from tests.apps.appskit import (
+    STATIC,
+    Apps,
+    EnvFor,
+    assert_read_model_replays,
+    running_apps,
+    static_catalog,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -218,9 +225,12 @@ def machine_for(apps: Apps, call: Any) -> type[RuleBasedStateMachine]:
                 end = call(apps.store.read_stream(f"task-{task_id}"))[-1]
                 if end.type == "TaskFailed":
                     assert "location is taken" not in end.data["message"], end.data
+            # the read model the live appends wrote is the one a replay writes
+            call(assert_read_model_replays(apps.store))
             # every app in error can be uninstalled; the others go too, for the next run
             for app_id, state in states.items():
                 if state != "gone":
                     call(uninstall(apps, app_id))
+            call(assert_read_model_replays(apps.store))
 
     return Interleavings

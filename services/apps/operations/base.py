@@ -71,6 +71,7 @@ class Run:
     s: AppState
     task: Task
     end: int  # the percent the task reaches when this step is done
+    start: int = 0  # the percent where this step's share begins
 
 
 StepFunction = Callable[[Run], Awaitable[Detail]]

@@ -24,12 +24,12 @@ from libs.events.tasks import Task
 from services.apps import events as ev
 from services.apps.container import RuntimeFailure
 from services.apps.errors import AppsError, ChangedMeanwhile, OperationFailed
-from services.apps.operations.base import Run, Tools
+from services.apps.operations.base import Detail, Run, Step, Tools
 from services.apps.operations.common import roll_back as roll_back_app
 from services.apps.operations.common import take_snapshot
 from services.apps.operations.rebuild import request_pending
 from services.apps.operations.repair import operation_of
-from services.apps.state import AppState, State
+from services.apps.state import AppState, State, fold_more
 
 __all__ = ["Driver"]
 
@@ -39,6 +39,7 @@ Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 # What a step may fail with, told through the operation's task.
 STEP_ERRORS = (AppsError, RuntimeFailure, OSError)
 FAIL_ATTEMPTS = 5  # a failure is recorded again after a concurrent write (health events)
+PROGRESS_AFTER = 0.2  # seconds a step runs before its message is told
 
 
 def _unexpected(e: BaseException) -> OperationFailed:
@@ -172,26 +173,54 @@ class Driver:
         kind = operation.kind
         steps = operation.ends()
         for i, (step, start, end) in enumerate(steps):
-            s = await self._apps.load(s.app_id)
+            s = await self._since(s)
             if s.operation is None or s.operation.kind != kind:
                 return  # someone else ended it
             if step.name in s.operation.steps:
                 continue  # recorded: its detail is in the state, not done again
-            await task.progress(max(task.percent, start), step.message)
-            detail = await step.function(Run(self.tools, s, task, end))
-            s = await self._apps.load(s.app_id)
+            detail = await self._step(step, Run(self.tools, s, task, end, start))
+            s = await self._since(s)  # what the step recorded itself (an addon's credentials)
             done = ev.AppStepCompleted(
                 app_id=s.app_id, operation=kind, step=step.name, detail=detail
             )
-            await self._apps.append(s.app_id, [done], s.version)
+            s = fold_more(s, await self._apps.append(s.app_id, [done], s.version, state=s))
             await self._maybe_pause(kind, step.name)
             if i == len(steps) - 1:  # else the next step's start says it, an append less
-                await task.progress(end, step.message)
-        s = await self._apps.load(s.app_id)
-        await self._apps.append(s.app_id, [operation.outcome(s, task.id)], s.version)
+                await task.progress(max(task.percent, end), step.message)
+        s = await self._since(s)
+        outcome = operation.outcome(s, task.id)
+        s = fold_more(s, await self._apps.append(s.app_id, [outcome], s.version, state=s))
         await self._maybe_pause(kind, "outcome")
-        s = await self._apps.load(s.app_id)
+        s = await self._since(s)
         await task.succeed(await operation.announce(self.tools, s, task), {"app_id": s.app_id})
+
+    async def _since(self, s: AppState) -> AppState:
+        """`s` with what its stream recorded after it (read from its version on)."""
+        more = await self._apps.store.read_stream(ev.app_stream(s.app_id), s.version)
+        return fold_more(s, more)
+
+    async def _step(self, step: Step, run: Run) -> Detail:
+        """Run one step; its message is told (at its start percent) once it has run for
+        PROGRESS_AFTER seconds without a report of its own: a step that ends sooner is not
+        worth an append (most end in a few milliseconds; pulling an image takes minutes)."""
+        task = run.task
+        since = task.reported
+        telling = False
+
+        async def tell() -> None:
+            nonlocal telling
+            await asyncio.sleep(PROGRESS_AFTER)
+            telling = True  # from here on it runs to its end: an append is not cut in two
+            await task.progress_if_quiet(since, run.start, step.message)
+
+        teller = asyncio.create_task(tell(), name=f"apps.progress.{run.s.app_id[:8]}")
+        try:
+            return await step.function(run)
+        finally:
+            if telling:
+                await teller
+            else:
+                teller.cancel()
 
     async def _tell_again(self, s: AppState, task_id: str, kind: str) -> None:
         """An outcome recorded before a stop, its task not told: tell it now."""

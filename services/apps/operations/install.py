@@ -38,7 +38,7 @@ async def certificate(run: Run) -> Detail:
 
 async def image(run: Run) -> Detail:
     entry = run.tools.entry(run.s.manifest_id, run.s.app_version)
-    return {"image": await build(run.tools, entry, run.task, run.end)}
+    return {"image": await build(run.tools, entry, run.task, run.end, run.start)}
 
 
 async def network(run: Run) -> Detail:
@@ -73,7 +73,7 @@ async def addons(run: Run) -> Detail:
         if creds != old:  # new, or the mail service's address for apps moved
             sealed = t.seal(s.app_id, json.dumps(creds))
             provisioned = ev.AddonProvisioned(app_id=s.app_id, addon=addon, credentials=sealed)
-            await t.apps.append(s.app_id, [provisioned], s.version)
+            await t.apps.append(s.app_id, [provisioned], s.version, state=s)
     return {}
 
 
@@ -91,7 +91,7 @@ async def ensure_mail_accounts(t: Tools, s: AppState) -> None:
             s = await t.apps.load(s.app_id)
             sealed = t.seal(s.app_id, json.dumps(creds))
             provisioned = ev.AddonProvisioned(app_id=s.app_id, addon=addon, credentials=sealed)
-            await t.apps.append(s.app_id, [provisioned], s.version)
+            await t.apps.append(s.app_id, [provisioned], s.version, state=s)
 
 
 async def _provision(

@@ -26,7 +26,7 @@ def _entry(t: Tools, s: AppState) -> CatalogEntry:
 
 
 async def image(run: Run) -> Detail:
-    return {"image": await build(run.tools, _entry(run.tools, run.s), run.task, run.end)}
+    return {"image": await build(run.tools, _entry(run.tools, run.s), run.task, run.end, run.start)}
 
 
 async def stop(run: Run) -> Detail:

@@ -31,7 +31,9 @@ async def snapshot(run: Run) -> Detail:
 
 
 async def image(run: Run) -> Detail:
-    return {"image": await build(run.tools, _target(run.tools, run.s), run.task, run.end)}
+    return {
+        "image": await build(run.tools, _target(run.tools, run.s), run.task, run.end, run.start)
+    }
 
 
 async def container(run: Run) -> Detail:
