@@ -55,6 +55,21 @@ async def install(
     await expect(dialog.locator("progress")).to_have_attribute("value", "100")
 
 
+# Run in the admin's page (its session, same origin): groups made until the whole activity log
+# ("everything") is over one page of the dashboard's.
+_MORE_THAN_A_PAGE = """async () => {
+  const log = await (await fetch("/api/v1/activity?view=everything&limit=51")).json();
+  for (let i = log.items.length; i <= 50; i++) {
+    const made = await fetch("/api/v1/groups", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ name: `club${i}` }),
+    });
+    if (!made.ok) throw new Error(`POST /api/v1/groups answered ${made.status}`);
+  }
+}"""
+
+
 @pytest.mark.slow
 async def test_setup_install_invite_and_activity(
     platform: PlatformStarter,
@@ -178,7 +193,10 @@ async def test_setup_install_invite_and_activity(
         await expect(rows.first).to_contain_text("kim")
         await admin.get_by_role("button", name="Clear filters").click()
         await expect(rows.first).to_be_visible()
-        # the changes (the default view) are under a page here; everything, steps too, is not
+        # the changes (the default view) are under a page here; everything, steps too, is made
+        # longer than a page (the dashboard's 50 rows) whatever the journey recorded so far,
+        # so that reaching its end takes a scroll: a few more groups, through the API
+        await admin.evaluate(_MORE_THAN_A_PAGE)
         everything = admin.get_by_role("button", name="Everything")
         await everything.click()
         await expect(everything).to_have_attribute("aria-pressed", "true")
