@@ -21,7 +21,7 @@ from libs.events.store import PostgresEventStore
 from tests.support.docker import find_docker_host
 from tests.support.pdns import PdnsServer, PdnsZone, fresh_zone, run_pdns
 from tests.support.pebble import ChallDns, PebbleServer, run_challdns, run_pebble
-from tests.support.servers import started
+from tests.support.servers import remove_tree, started
 
 
 def _own_ports() -> None:
@@ -78,6 +78,7 @@ def tmp_root() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="hp-test-"))
     d.chmod(0o755)  # the postgres user must be able to reach its data dir when we are root
     yield d
+    remove_tree(d)  # after the servers in it stopped (their fixtures depend on it)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ the same statements.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -119,61 +119,50 @@ async def _run(conn: asyncpg.Connection, ev: RecordedEvent, statements: list[Sta
         await conn.execute(sql, *args)
 
 
-def _locations(s: AppState) -> set[tuple[str, str]]:
-    return {(s.domain, location) for location in s.held_locations}
+def _locations(s: AppState) -> frozenset[tuple[str, str]]:
+    return frozenset((s.domain, location) for location in s.held_locations)
+
+
+def _ports(s: AppState) -> frozenset[tuple[str, int]]:
+    return s.held_ports
+
+
+# The tables of holds (services/apps/state.py): the two columns of each key, their types, and
+# the keys a state holds. A location (a port) another app holds breaks the primary key
+# `apps_location_held` (`apps_port_held`) and fails the append that takes it.
+_HOLDS: tuple[tuple[str, str, Callable[[AppState], frozenset[tuple[Any, Any]]]], ...] = (
+    ("apps.locations", "domain text, location text", _locations),
+    ("apps.ports", "protocol text, host_port integer", _ports),
+)
+_RELEASE = (
+    "DELETE FROM {table} h USING appended a, unnest($1::{t0}[], $2::{t1}[]) AS r({c0}, {c1})"
+    " WHERE h.app_id = $3::uuid AND h.{c0} = r.{c0} AND h.{c1} = r.{c1}"
+)
+_TAKE = (
+    "INSERT INTO {table} ({c0}, {c1}, app_id) SELECT r.{c0}, r.{c1}, $3::uuid"
+    " FROM appended a, unnest($1::{t0}[], $2::{t1}[]) AS r({c0}, {c1})"
+)
 
 
 def _released(before: AppState, after: AppState) -> list[Statement]:
-    """The holds (services/apps/state.py) `before` had and `after` has no more, dropped."""
-    out = []
-    locations = sorted(_locations(before) - _locations(after))
-    if locations:
-        out.append(
-            Statement(
-                "DELETE FROM apps.locations l USING appended a,"
-                " unnest($1::text[], $2::text[]) AS r(domain, location)"
-                " WHERE l.app_id = $3::uuid AND l.domain = r.domain AND l.location = r.location",
-                ([d for d, _ in locations], [loc for _, loc in locations], after.app_id),
-            )
-        )
-    ports = sorted(before.held_ports - after.held_ports)
-    if ports:
-        out.append(
-            Statement(
-                "DELETE FROM apps.ports p USING appended a,"
-                " unnest($1::text[], $2::integer[]) AS r(protocol, host_port)"
-                " WHERE p.app_id = $3::uuid AND p.protocol = r.protocol"
-                " AND p.host_port = r.host_port",
-                ([pr for pr, _ in ports], [port for _, port in ports], after.app_id),
-            )
-        )
-    return out
+    """The holds `before` had and `after` has no more, dropped."""
+    return _holds(_RELEASE, before, after)
 
 
 def _taken(before: AppState, after: AppState) -> list[Statement]:
-    """The holds `after` has and `before` had not, taken: a location (a port) another app holds
-    breaks the primary key `apps_location_held` (`apps_port_held`) and fails the append."""
+    """The holds `after` has and `before` had not, taken."""
+    return _holds(_TAKE, after, before)
+
+
+def _holds(sql: str, more: AppState, less: AppState) -> list[Statement]:
+    """`sql` for each table of holds, with the keys `more` holds and `less` does not."""
     out = []
-    locations = sorted(_locations(after) - _locations(before))
-    if locations:
-        out.append(
-            Statement(
-                "INSERT INTO apps.locations (domain, location, app_id)"
-                " SELECT r.domain, r.location, $3::uuid FROM appended a,"
-                " unnest($1::text[], $2::text[]) AS r(domain, location)",
-                ([d for d, _ in locations], [loc for _, loc in locations], after.app_id),
-            )
-        )
-    ports = sorted(after.held_ports - before.held_ports)
-    if ports:
-        out.append(
-            Statement(
-                "INSERT INTO apps.ports (protocol, host_port, app_id)"
-                " SELECT r.protocol, r.host_port, $3::uuid FROM appended a,"
-                " unnest($1::text[], $2::integer[]) AS r(protocol, host_port)",
-                ([pr for pr, _ in ports], [port for _, port in ports], after.app_id),
-            )
-        )
+    for table, typed, held in _HOLDS:
+        keys = sorted(held(more) - held(less))
+        if keys:
+            (c0, t0), (c1, t1) = (column.split() for column in typed.split(", "))
+            text = sql.format(table=table, c0=c0, t0=t0, c1=c1, t1=t1)
+            out.append(Statement(text, ([k for k, _ in keys], [v for _, v in keys], more.app_id)))
     return out
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from tests.support.servers import (
     free_udp_tcp_port,
+    remove_tree,
     spawn_logged,
     started,
     stop_process,
@@ -172,7 +173,10 @@ class Route53Zone:
 def run_moto() -> Iterator[MotoServer]:
     """Body of a session fixture: a moto server, or a skip (a failure under CI=true)."""
     server = MotoServer(Path(tempfile.mkdtemp(prefix="hp-moto-")))
-    yield from started(server, "moto server", MotoUnavailable)
+    try:
+        yield from started(server, "moto server", MotoUnavailable)
+    finally:
+        remove_tree(server.workdir)
 
 
 def fresh_hosted_zone(moto: MotoServer) -> Iterator[Route53Zone]:

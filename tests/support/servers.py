@@ -1,10 +1,11 @@
 """What a test does when a server it needs is missing, and the pieces every test server shares:
 a port free for TCP and UDP, starting one for a session, a child process writing to a log
-until it answers, stopping a child process."""
+until it answers, stopping a child process, removing a session's folder at its end."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -18,6 +19,7 @@ __all__ = [
     "IN_CI",
     "free_udp_tcp_port",
     "need_server",
+    "remove_tree",
     "spawn_logged",
     "started",
     "stop_process",
@@ -53,6 +55,24 @@ def started(server: _S, what: str, *errors: type[Exception]) -> Iterator[_S]:
         need_server(what, e)
     yield server
     server.stop()
+
+
+def remove_tree(root: Path) -> None:
+    """Remove a folder a session made (its servers' data: a Postgres cluster is hundreds of
+    MB; left behind by every run, they fill the disk, and the disk alerts of the notify tests
+    then fire). Never into a file system mounted below it: with a mount there, the folder is
+    left, and said so."""
+    root = root.resolve()
+    try:
+        with open("/proc/self/mountinfo") as f:
+            points = [Path(line.split()[4].replace("\\040", " ")) for line in f]
+    except OSError:
+        points = []
+    mounted = [p for p in points if p == root or root in p.parents]
+    if mounted:
+        print(f"NOTE: {root} left in place: {mounted[0]} is mounted below it")
+        return
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def free_udp_tcp_port() -> int:
