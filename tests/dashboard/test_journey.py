@@ -56,16 +56,22 @@ async def install(
 
 
 # Run in the admin's page (its session, same origin): groups made until the whole activity log
-# ("everything") is over one page of the dashboard's.
+# ("everything") is over one page of the dashboard's, and until the log shows them.
 _MORE_THAN_A_PAGE = """async () => {
-  const log = await (await fetch("/api/v1/activity?view=everything&limit=51")).json();
-  for (let i = log.items.length; i <= 50; i++) {
+  const count = async () =>
+    (await (await fetch("/api/v1/activity?view=everything&limit=51")).json()).items.length;
+  for (let i = await count(); i <= 50; i++) {
     const made = await fetch("/api/v1/groups", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ name: `club${i}` }),
     });
     if (!made.ok) throw new Error(`POST /api/v1/groups answered ${made.status}`);
+  }
+  // the log is a projection: it shows the new groups a moment after they are made
+  for (let waited = 0; (await count()) <= 50; waited += 100) {
+    if (waited > 15000) throw new Error("the activity log did not reach 51 entries");
+    await new Promise((done) => setTimeout(done, 100));
   }
 }"""
 
