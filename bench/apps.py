@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -221,6 +222,7 @@ async def app_install_vs_docker_run(b: Bench) -> Result:
             with contextlib.suppress(docker.errors.APIError):
                 c.remove(force=True)
         client.close()
+    shutil.rmtree(work, ignore_errors=True)  # kept when the bench failed: the service's log
     _say_timelines(timelines[1:])  # not the warm-up's, which builds the image
     ratio = statistics.median(ours) / statistics.median(base)
     say(
