@@ -74,21 +74,11 @@ class Repository(Generic[S]):
         one statement on its own, no BEGIN, no read of the stream, no COMMIT."""
         if conn is not None:
             return await self._append_on(conn, key, new, expected, state)
-        if state is not None and self.projection is not None:
-            with self._translated():
-                async with self.store.pool.acquire() as c:
-                    done = await append_alone(
-                        self.store,
-                        c,
-                        self.projection,
-                        self.stream_of(key),
-                        new,
-                        expected,
-                        before=state,
-                    )
-            if done is not None:
-                return done
-        return await self.transaction(lambda c: self._append_on(c, key, new, expected, state))
+        if state is not None:
+            return await self.on_demand(
+                lambda od: self.append_decided(od, key, new, expected, state)
+            )
+        return await self.transaction(lambda c: self._append_on(c, key, new, expected))
 
     async def transaction(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run `fn` in one transaction, with the driver's errors translated."""
@@ -124,18 +114,24 @@ class Repository(Generic[S]):
             raise self.translate(e) from None
 
     async def append_decided(
-        self, od: OnDemand, key: str, new: Sequence[Any], expected: int | None
+        self,
+        od: OnDemand,
+        key: str,
+        new: Sequence[Any],
+        expected: int | None,
+        state: S | None = None,
     ) -> list[RecordedEvent]:
         """Append what a decision made on `od` returned: as one statement on its own when
         nothing began the transaction and the projection gives the change as statements;
-        else in the transaction (begun here if need be)."""
+        else in the transaction (begun here if need be). `state`: as for `append`."""
+        stream = self.stream_of(key)
         if not od.begun and self.projection is not None:
             done = await append_alone(
-                self.store, od.conn, self.projection, self.stream_of(key), new, expected
+                self.store, od.conn, self.projection, stream, new, expected, before=state
             )
             if done is not None:
                 return done
-        return await self._append_on(await od.begin(), key, new, expected)
+        return await self._append_on(await od.begin(), key, new, expected, state)
 
     def translate(self, e: asyncpg.UniqueViolationError) -> Exception:
         """The service's error for a unique violation (`e` itself when none is mapped)."""

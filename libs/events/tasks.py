@@ -208,8 +208,7 @@ class Task:
                 raise ValueError(
                     f"percent must not fall: task {self.id} is at {self._percent}%, got {percent}"
                 )
-            await self._append(TaskProgressed(task_id=self.id, percent=percent, message=message))
-            self._percent = percent
+            await self._progressed(percent, message)
 
     @property
     def reported(self) -> int:
@@ -224,9 +223,7 @@ class Task:
         async with self._lock:
             if self._version != since or self._ended:
                 return False
-            percent = max(percent, self._percent)
-            await self._append(TaskProgressed(task_id=self.id, percent=percent, message=message))
-            self._percent = percent
+            await self._progressed(max(percent, self._percent), message)
             return True
 
     async def succeed(self, message: str, result: dict[str, Any] | None = None) -> None:
@@ -245,6 +242,11 @@ class Task:
         async with self._lock:
             await self._append(TaskFailed(task_id=self.id, message=message, code=code))
             self._ended = True
+
+    async def _progressed(self, percent: int, message: str) -> None:
+        """Record a report (under the lock, checked)."""
+        await self._append(TaskProgressed(task_id=self.id, percent=percent, message=message))
+        self._percent = percent
 
     async def _append(self, event: object) -> None:
         if self._ended:

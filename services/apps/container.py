@@ -170,6 +170,10 @@ class ContainerRuntime(Protocol):
         """Whether an image is tagged `tag`."""
         ...
 
+    async def ensure_busybox(self) -> None:
+        """The local busybox image the bundled apps build on, made if missing."""
+        ...
+
     # Networks
 
     async def ensure_network(

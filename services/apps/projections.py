@@ -1,8 +1,8 @@
 """The apps read model (schema `apps`), written inline with the events it reflects.
 
-Commands append and apply in one transaction (libs/events/inline.py), so the primary key of
-`apps.locations` (domain, location) refuses a second app at a location another holds (its own,
-or one a configuration of it moves to) in the transaction that would have recorded it, and the
+Each append applies its change with it, atomically (libs/events/inline.py), so the primary key
+of `apps.locations` (domain, location) refuses a second app at a location another holds (its
+own, or one a configuration of it moves to) in the append that would have recorded it, and the
 primary key of `apps.ports` (protocol, host port) a second app on a host port another holds.
 A row is the fold of its stream (services/apps/state.py): the same function decides what a
 resumed operation does and what users see, so the two cannot disagree.

@@ -5,6 +5,7 @@ until it answers, stopping a child process, removing a session's folder at its e
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -57,6 +58,11 @@ def started(server: _S, what: str, *errors: type[Exception]) -> Iterator[_S]:
     server.stop()
 
 
+def _unescaped(field: str) -> str:
+    """A path of /proc/self/mountinfo: space, tab, newline and backslash are octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def remove_tree(root: Path) -> None:
     """Remove a folder a session made (its servers' data: a Postgres cluster is hundreds of
     MB; left behind by every run, they fill the disk, and the disk alerts of the notify tests
@@ -65,7 +71,7 @@ def remove_tree(root: Path) -> None:
     root = root.resolve()
     try:
         with open("/proc/self/mountinfo") as f:
-            points = [Path(line.split()[4].replace("\\040", " ")) for line in f]
+            points = [Path(_unescaped(line.split()[4])) for line in f]
     except OSError:
         points = []
     mounted = [p for p in points if p == root or root in p.parents]
