@@ -116,16 +116,38 @@ _PORT_UNITS = {  # ports of PORTS served by a unit other than homeport-<name>
 Say = Callable[[str], None]
 
 
-def sshd_ports(config: Path | None = None, sshd: str = "/usr/sbin/sshd") -> tuple[int, ...]:
+def sshd_ports(
+    config: Path | None = None, sshd: str = "/usr/sbin/sshd", privsep: Path = Path("/run/sshd")
+) -> tuple[int, ...]:
     """The ports sshd listens on as `sshd -T` reports them (its whole configuration, drop-ins
-    included); (22,) when there is no sshd or it says nothing usable."""
-    argv = [sshd, "-T", *(["-f", str(config)] if config is not None else [])]
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
+    included); (22,) when no sshd is installed.
+
+    `sshd -T` refuses to run without its privilege separation folder (`privsep`), which only
+    its own unit makes when it starts: on a machine whose sshd is not started yet (or started
+    by socket), it is made first, as that unit would (root's, 0755). Any other refusal is an
+    InstallError naming sshd's words: guessing 22 would let the firewall's default drop close
+    an admin's way in on another port.
+    """
+    if not Path(sshd).exists():
         return (22,)
+    argv = [sshd, "-T", *(["-f", str(config)] if config is not None else [])]
+    for _ in range(2):
+        try:
+            run = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise InstallError(f"could not ask sshd for its ports ({' '.join(argv)}): {e}") from e
+        if run.returncode == 0 or "privilege separation" not in run.stderr or privsep.exists():
+            break
+        privsep.mkdir(mode=0o755)
+        os.chmod(privsep, 0o755)  # noqa: S103 - what sshd needs (its unit makes it so)
+    if run.returncode != 0:
+        raise InstallError(
+            f"`{' '.join(argv)}` failed ({run.stderr.strip() or f'exit {run.returncode}'}): the "
+            "firewall must keep sshd's ports open, so the install needs them; check sshd's "
+            "configuration with `sshd -t`, then run the installer again"
+        )
     ports = set()
-    for line in out.splitlines():
+    for line in run.stdout.splitlines():
         key, _, value = line.strip().partition(" ")
         if key == "port" and value.isdigit() and 0 < int(value) < 65536:
             ports.add(int(value))

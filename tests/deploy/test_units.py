@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from deploy.install import sshd_ports
+from deploy.install import InstallError, sshd_ports
 from deploy.layout import Layout
 from deploy.planning import discover_modules
 from deploy.units import (
@@ -532,3 +532,43 @@ def test_the_installer_keeps_open_the_ports_sshd_listens_on(tmp_path: Path) -> N
     config.write_text(f"Port 2202\nHostKey {key}\n")
     assert sshd_ports(config) == (2202,)
     assert sshd_ports(config, sshd=str(tmp_path / "no-sshd")) == (22,)  # none installed
+
+
+def _sshd_config(tmp_path: Path, text: str) -> Path:
+    if not Path("/usr/sbin/sshd").exists():
+        need_server("sshd", FileNotFoundError("/usr/sbin/sshd (openssh-server) is not installed"))
+    key = tmp_path / "host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    config = tmp_path / "sshd_config"
+    config.write_text(f"{text}\nHostKey {key}\n")
+    return config
+
+
+def test_sshd_ports_are_read_on_a_machine_whose_sshd_has_not_started(tmp_path: Path) -> None:
+    """`sshd -T` refuses to run until sshd's unit made /run/sshd (a fresh machine, or sshd
+    started by socket): the installer makes it, as the unit would, instead of guessing 22.
+    Run in a mount namespace of the test's own with an empty /run."""
+    config = _sshd_config(tmp_path, "Port 2202")
+    script = (
+        "import os, sys; from pathlib import Path; from deploy.install import sshd_ports; "
+        "assert not Path('/run/sshd').exists(); "
+        f"print(sshd_ports(Path({str(config)!r})), oct(os.stat('/run/sshd').st_mode & 0o777))"
+    )
+    mounted = f'mount -t tmpfs hp-test-run /run && exec {sys.executable} -c "{script}"'
+    run = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", mounted],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["(2202,)", "0o755"]
+
+
+def test_sshd_ports_refuse_to_guess_when_sshd_refuses_its_configuration(tmp_path: Path) -> None:
+    config = _sshd_config(tmp_path, "Port twenty-two")
+    with pytest.raises(InstallError, match="Badly formatted port") as e:
+        sshd_ports(config)
+    assert "sshd -t" in str(e.value)  # what to do
