@@ -20,7 +20,7 @@ import pytest
 from nats.aio.msg import Msg
 from prometheus_client.parser import text_string_to_metric_families
 
-from libs.events.bus import Unauthorized
+from libs.events.bus import Unauthorized, Unavailable
 from libs.events.context import Context
 from libs.service.config import ConfigError, load_config
 from services.gateway.api import API_STATE, ApiConfig, Credentials, Principal, Scope, Via
@@ -139,11 +139,14 @@ class Inner:
     answer: Principal | None
     calls: int = 0
     gate: asyncio.Event | None = None
+    error: Exception | None = None
 
     async def authenticate(self, credentials: Credentials, ctx: Context) -> Principal | None:
         self.calls += 1
         if self.gate is not None:
             await self.gate.wait()
+        if self.error is not None:
+            raise self.error
         return self.answer
 
 
@@ -199,6 +202,115 @@ async def test_nothing_is_served_without_the_announcements_and_a_reconnect_drops
     assert inner.calls == 4
     epoch[0] = 1  # reconnected: what was kept before may have missed an announcement
     assert cache.get(credential_key(creds)) is None and len(cache) == 0
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Let the loop turn (the fake identity answers at once) until `condition` holds."""
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_requests_that_miss_together_ask_once_and_one_leaving_ends_nothing() -> None:
+    inner = Inner(principal(), gate=asyncio.Event())
+    cache = live_cache(Clock())
+    auth = CachingAuthenticator(inner, cache)
+    creds = Credentials(Via.session, "s")
+    waiting = [asyncio.create_task(auth.authenticate(creds, Context())) for _ in range(10)]
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # its client went away
+    await asyncio.sleep(0)
+    inner.gate.set()  # type: ignore[union-attr]
+    answers = await asyncio.gather(*waiting, return_exceptions=True)
+    assert isinstance(answers[0], asyncio.CancelledError)
+    assert answers[1:] == [principal()] * 9
+    assert inner.calls == 1 and cache.get(credential_key(creds)) == principal()
+    # a refusal is shared the same way, and not kept
+    other = Credentials(Via.session, "t")
+    inner.answer, inner.gate = None, asyncio.Event()
+    waiting = [asyncio.create_task(auth.authenticate(other, Context())) for _ in range(3)]
+    await asyncio.sleep(0)
+    inner.gate.set()
+    assert await asyncio.gather(*waiting) == [None] * 3
+    assert inner.calls == 2 and cache.get(credential_key(other)) is None
+
+
+async def test_a_miss_after_a_drop_asks_anew_rather_than_wait_for_an_older_question() -> None:
+    inner = Inner(principal(), gate=asyncio.Event())
+    cache = live_cache(Clock())
+    auth = CachingAuthenticator(inner, cache)
+    creds = Credentials(Via.session, "s")
+    before = asyncio.create_task(auth.authenticate(creds, Context()))
+    await asyncio.sleep(0)
+    cache.drop_user("u-1")  # the user changed: the question under way may predate it
+    after = asyncio.create_task(auth.authenticate(creds, Context()))
+    await until(lambda: inner.calls == 2, "a second question")
+    inner.gate.set()  # type: ignore[union-attr]
+    assert await before == await after == principal()
+    assert cache.get(credential_key(creds)) == principal()  # the later answer is kept
+
+
+async def test_an_entry_in_use_is_asked_again_before_its_end_once() -> None:
+    clock = Clock()
+    inner = Inner(principal())
+    cache = live_cache(clock)
+    auth = CachingAuthenticator(inner, cache)
+    creds = Credentials(Via.session, "s")
+    assert await auth.authenticate(creds, Context()) == principal()
+    clock.now += 0.79
+    assert auth.known(creds) == principal()
+    await until(lambda: not auth._flights, "nothing asked")
+    assert inner.calls == 1  # not yet due
+    inner.gate = asyncio.Event()
+    clock.now += 0.01  # REFRESH_AHEAD of the lifetime left: due
+    for _ in range(5):  # served meanwhile, asked once
+        assert auth.known(creds) == principal()
+        await asyncio.sleep(0)
+    assert inner.calls == 2
+    inner.gate.set()
+    await until(lambda: not auth._flights, "the refresh answered")
+    clock.now += 0.5  # past the first answer's end (1.0 s): the refreshed one serves
+    assert auth.known(creds) == principal() and inner.calls == 2
+    clock.now += 0.5  # 1.0 s after the refresh was asked: gone, whatever happened
+    assert auth.known(creds) is None
+
+
+async def test_a_refresh_refused_drops_the_entry_and_one_failed_leaves_it_to_its_end() -> None:
+    clock = Clock()
+    inner = Inner(principal())
+    cache = live_cache(clock)
+    auth = CachingAuthenticator(inner, cache)
+    creds = Credentials(Via.session, "s")
+    await auth.authenticate(creds, Context())
+    clock.now += 0.9
+    inner.answer = None  # the session ended without an announcement (idle, expired)
+    assert auth.known(creds) == principal()
+    await until(lambda: not auth._flights, "the refresh answered")
+    assert auth.known(creds) is None and len(cache) == 0
+    inner.answer = principal()
+    await auth.authenticate(creds, Context())
+    clock.now += 0.9
+    inner.error = Unavailable("identity is away")
+    assert auth.known(creds) == principal()
+    await until(lambda: not auth._flights, "the refresh answered")
+    assert auth.known(creds) == principal()  # kept to its end...
+    clock.now += 0.1
+    assert auth.known(creds) is None  # ...and no longer
+    with pytest.raises(Unavailable):  # a request then gets the failure itself
+        await auth.authenticate(creds, Context())
+
+
+async def test_questions_under_way_end_with_the_authenticator() -> None:
+    inner = Inner(principal(), gate=asyncio.Event())
+    auth = CachingAuthenticator(inner, live_cache(Clock()))
+    waiting = asyncio.create_task(auth.authenticate(Credentials(Via.session, "s"), Context()))
+    await asyncio.sleep(0)
+    await auth.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not auth._flights
 
 
 def test_keys_are_digests_of_the_credential() -> None:
@@ -325,6 +437,43 @@ async def test_a_cache_hit_asks_identity_nothing_and_keeps_no_credential(
             assert secret not in held
             assert secret.encode() not in b"".join(p.cache._entries)
         assert all(len(key) == 32 for key in p.cache._entries)
+
+
+async def test_a_busy_session_asks_identity_once_a_lifetime_and_never_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path
+) -> None:
+    """Many requests of one session finding its entry gone ask whoami once between them; an
+    entry in use is asked again before its end, so the next requests are still hits."""
+    async with platform(monkeypatch, dsn, nats_url, uniq, tmp_path) as p:
+        await set_up(p)
+        session = await p.login(ALICE)
+        later = [0.0]  # seconds added to the cache's clock: its lifetime passes without a wait
+        monkeypatch.setattr(p.cache, "clock", lambda: time.monotonic() + later[0])
+
+        async def profiles(n: int) -> None:
+            answers = await asyncio.gather(
+                *(p.call("GET", "/profile", session=session) for _ in range(n))
+            )
+            assert [a.status for a in answers] == [200] * n
+
+        await profiles(1)
+        whoami = await p.handled("whoami")
+        later[0] += 1.0  # the entry ended
+        await profiles(20)
+        assert await p.handled("whoami") == whoami + 1  # one question for the twenty
+
+        later[0] += 0.85  # in use with REFRESH_AHEAD of its lifetime left
+        await profiles(5)
+        await wait_until(
+            lambda: _equal(p.handled("whoami"), whoami + 2), 5, "the refresh in the background"
+        )
+        later[0] += 0.5  # past the end of the answer before the refresh
+        await profiles(5)
+        assert await p.handled("whoami") == whoami + 2  # still hits: the refreshed entry
+
+
+async def _equal(value: Awaitable[int], want: int) -> bool:
+    return await value == want
 
 
 async def test_changes_through_this_gateway_take_effect_on_the_next_request(

@@ -186,6 +186,13 @@ def mount_api(root: web.Application, api: web.Application) -> None:
     root.router.add_route("*", API_PREFIX + "/{tail:.*}", unrouted)
     root[API_APP] = api
     root.on_response_prepare.append(response_headers(state.config.cors))
+    caching = state.authenticator
+    if isinstance(caching, CachingAuthenticator):  # its questions under way end with the app
+
+        async def close(_: web.Application) -> None:
+            await caching.close()
+
+        root.on_cleanup.append(close)
 
 
 async def _not_dispatched(request: web.Request) -> web.StreamResponse:
