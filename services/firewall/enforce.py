@@ -1,8 +1,8 @@
 """Keeps the kernel's table true to the read models, each round of `every` seconds.
 
 When the rules' revision moved (an allow list, the block list, an app's ports or network, mail
-on or off) the whole table is rendered again, bans included, and replaced in one `nft -f`,
-checked first with `nft -c`: a table nft refuses is never applied, the one in force stays, and
+on or off) the whole table is rendered again, bans included, and replaced in one `nft -f` (one
+transaction): a table nft refuses is never applied, the one in force stays, and
 the refusal is kept for the status view and retried on the next change. Between changes only
 new bans are added to their set (bans.py), which costs one small nft command each.
 """

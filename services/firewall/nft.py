@@ -1,7 +1,7 @@
 """The nftables adapter: the only module that runs `nft` (argv lists, scripts on stdin).
 
 `Nft` runs one command and turns a failure (nft missing, or nft refusing) into `NftError`.
-`Table` is Homeport's table on top of it: apply a rendered ruleset atomically (checked first),
+`Table` is Homeport's table on top of it: apply a rendered ruleset atomically (one `nft -f`),
 add bans, read what the kernel holds. It only ever touches its own table.
 """
 
@@ -54,9 +54,10 @@ class Table:
         self.table = table
 
     async def apply(self, script: str) -> None:
-        """Check `script` with `nft -c`, then apply it in one transaction (`nft -f`): a script
-        nft refuses changes nothing, and the table in force stays."""
-        await self.nft.run("-c", "-f", "-", stdin=script)
+        """Apply `script` in one transaction (`nft -f`): a script nft refuses, whether it finds
+        the fault itself or the kernel does halfway through the batch, changes nothing, and the
+        table in force stays. (No `nft -c` first: it would only parse the script twice, 0.6 s
+        each for a 100,000-entry block list.)"""
         await self.nft.run("-f", "-", stdin=script)
 
     async def install(self, rules: Rules | None = None) -> None:

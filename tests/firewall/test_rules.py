@@ -369,9 +369,18 @@ async def test_an_app_reaches_only_its_addons_and_the_internet_it_is_allowed(wor
 async def test_a_ruleset_nft_refuses_changes_nothing(world: World) -> None:
     table = Table(Nft(["ip", "netns", "exec", world.net.srv, "nft"]), "homeport")
     before = await table.listing()
-    broken = render("homeport", await _rules(world)).replace("policy drop;", "policy dorp;")
-    with pytest.raises(NftError, match="dorp"):
+    good = render("homeport", await _rules(world))
+    broken = good.replace("policy drop;", "policy dorp;")
+    with pytest.raises(NftError, match="dorp"):  # nft finds this one itself
         await table.apply(broken)
+    assert await table.listing() == before
+    # the kernel refuses this one, after the table was deleted earlier in the same batch
+    assert good.startswith("table inet homeport\ndelete table inet homeport\n")
+    hook = "type filter hook input priority filter; policy drop;"
+    assert hook in good
+    kernel = good.replace(hook, hook + "\n        jump nowhere", 1)
+    with pytest.raises(NftError, match="No such file or directory"):
+        await table.apply(kernel)
     assert await table.listing() == before
     with listen(world.net.srv, (22, 8080)):
         assert await world.see(HOST4, 22) == "open"
