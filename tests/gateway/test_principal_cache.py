@@ -400,6 +400,9 @@ async def test_a_cache_hit_asks_identity_nothing_and_keeps_no_credential(
     monkeypatch: pytest.MonkeyPatch, dsn: str, nats_url: str, uniq: str, tmp_path: Path
 ) -> None:
     async with platform(monkeypatch, dsn, nats_url, uniq, tmp_path) as p:
+        # the cache's clock stands still: on a slow machine no entry ends or is refreshed
+        # between these requests, so every whoami counted is a miss
+        monkeypatch.setattr(p.cache, "clock", lambda: 1000.0)
         _, _, alice_id = await set_up(p)
         session = await p.login(ALICE)
         whoami, profiles = await p.handled("whoami"), await p.handled("profile")
