@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple
@@ -122,6 +123,29 @@ class Restarts:
         return when is not None and time.monotonic() - when < within
 
 
+OOM_INCIDENT_S = 2.0  # Docker's oom events of one app this close together: one incident
+
+
+class OomIncidents:
+    """Docker's oom events of each app as incidents. containerd (1.6, cgroup v2) may tell one
+    kill twice, 1-3 ms apart (3 of 8 kills of a 32 MiB container here): an event within
+    OOM_INCIDENT_S of the app's last recorded one is that incident again, not another. A
+    container killed again and again still has an incident recorded every OOM_INCIDENT_S."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._at: dict[str, float] = {}
+
+    def new(self, app_id: str) -> bool:
+        """Whether an oom event of `app_id` now is a new incident (then it is the last one)."""
+        now = self._clock()
+        last = self._at.get(app_id)
+        if last is not None and now - last < OOM_INCIDENT_S:
+            return False
+        self._at[app_id] = now
+        return True
+
+
 @dataclass
 class _Watch:
     failing_since: float | None = None
@@ -143,8 +167,10 @@ class HealthMonitor:
         runtime: ContainerRuntime,
         catalog: Catalog,
         restarts: Restarts,
+        oom: OomIncidents | None = None,
     ) -> None:
         self.cfg = cfg
+        self._oom = oom if oom is not None else OomIncidents()
         self._apps = apps
         self._runtime = runtime
         self._catalog = catalog
@@ -320,6 +346,8 @@ class HealthMonitor:
         if not s.exists or s.state is not State.installed:
             return  # an operation is replacing or removing the container
         if kind == "oom":
+            if not self._oom.new(app_id):
+                return  # the same kill told twice
             APP_OOM_KILLS.labels(app_id, s.location).inc()
             await self._record(
                 app_id, ev.AppOutOfMemory(app_id=app_id, memory_bytes=s.memory_bytes)
