@@ -522,14 +522,9 @@ def test_the_mail_unit_runs_the_servers_as_root_with_only_what_they_need(
 def test_the_installer_keeps_open_the_ports_sshd_listens_on(tmp_path: Path) -> None:
     """An admin's sshd on another port than 22 stays reachable once the firewall applies its
     default drop: the installer writes sshd's own ports into homeport.env."""
-    if not Path("/usr/sbin/sshd").exists():
-        need_server("sshd", FileNotFoundError("/usr/sbin/sshd (openssh-server) is not installed"))
-    key = tmp_path / "host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    config = tmp_path / "sshd_config"
-    config.write_text(f"Port 2202\nPort 22\nHostKey {key}\n")
+    config = _sshd_config(tmp_path, "Port 2202\nPort 22")
     assert sshd_ports(config) == (22, 2202)
-    config.write_text(f"Port 2202\nHostKey {key}\n")
+    config = _sshd_config(tmp_path, "Port 2202")
     assert sshd_ports(config) == (2202,)
     assert sshd_ports(config, sshd=str(tmp_path / "no-sshd")) == (22,)  # none installed
 
@@ -538,7 +533,8 @@ def _sshd_config(tmp_path: Path, text: str) -> Path:
     if not Path("/usr/sbin/sshd").exists():
         need_server("sshd", FileNotFoundError("/usr/sbin/sshd (openssh-server) is not installed"))
     key = tmp_path / "host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     config = tmp_path / "sshd_config"
     config.write_text(f"{text}\nHostKey {key}\n")
     return config

@@ -150,6 +150,15 @@ class Inner:
         return self.answer
 
 
+def gated(
+    clock: Clock | None = None, *, gate: bool = True
+) -> tuple[Inner, PrincipalCache, CachingAuthenticator, Credentials]:
+    """A caching authenticator whose identity answers (once its gate is set), and a credential."""
+    inner = Inner(principal(), gate=asyncio.Event() if gate else None)
+    cache = live_cache(clock or Clock())
+    return inner, cache, CachingAuthenticator(inner, cache), Credentials(Via.session, "s")
+
+
 async def test_refusals_are_not_cached_and_answers_are() -> None:
     ctx = Context()
     creds = Credentials(Via.token, "hp_secret")
@@ -169,10 +178,7 @@ async def test_refusals_are_not_cached_and_answers_are() -> None:
 
 
 async def test_an_answer_under_way_while_something_is_dropped_is_not_kept() -> None:
-    inner = Inner(principal(), gate=asyncio.Event())
-    cache = live_cache(Clock())
-    auth = CachingAuthenticator(inner, cache)
-    creds = Credentials(Via.session, "s")
+    inner, cache, auth, creds = gated()
     pending = asyncio.create_task(auth.authenticate(creds, Context()))
     await asyncio.sleep(0)
     cache.drop_user("u-other")  # an announcement arrives while whoami is under way
@@ -214,10 +220,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 
 
 async def test_requests_that_miss_together_ask_once_and_one_leaving_ends_nothing() -> None:
-    inner = Inner(principal(), gate=asyncio.Event())
-    cache = live_cache(Clock())
-    auth = CachingAuthenticator(inner, cache)
-    creds = Credentials(Via.session, "s")
+    inner, cache, auth, creds = gated()
     waiting = [asyncio.create_task(auth.authenticate(creds, Context())) for _ in range(10)]
     await asyncio.sleep(0)
     waiting[0].cancel()  # its client went away
@@ -238,10 +241,7 @@ async def test_requests_that_miss_together_ask_once_and_one_leaving_ends_nothing
 
 
 async def test_a_miss_after_a_drop_asks_anew_rather_than_wait_for_an_older_question() -> None:
-    inner = Inner(principal(), gate=asyncio.Event())
-    cache = live_cache(Clock())
-    auth = CachingAuthenticator(inner, cache)
-    creds = Credentials(Via.session, "s")
+    inner, cache, auth, creds = gated()
     before = asyncio.create_task(auth.authenticate(creds, Context()))
     await asyncio.sleep(0)
     cache.drop_user("u-1")  # the user changed: the question under way may predate it
@@ -254,10 +254,7 @@ async def test_a_miss_after_a_drop_asks_anew_rather_than_wait_for_an_older_quest
 
 async def test_an_entry_in_use_is_asked_again_before_its_end_once() -> None:
     clock = Clock()
-    inner = Inner(principal())
-    cache = live_cache(clock)
-    auth = CachingAuthenticator(inner, cache)
-    creds = Credentials(Via.session, "s")
+    inner, _, auth, creds = gated(clock, gate=False)
     assert await auth.authenticate(creds, Context()) == principal()
     clock.now += 0.79
     assert auth.known(creds) == principal()
@@ -279,10 +276,7 @@ async def test_an_entry_in_use_is_asked_again_before_its_end_once() -> None:
 
 async def test_a_refresh_refused_drops_the_entry_and_one_failed_leaves_it_to_its_end() -> None:
     clock = Clock()
-    inner = Inner(principal())
-    cache = live_cache(clock)
-    auth = CachingAuthenticator(inner, cache)
-    creds = Credentials(Via.session, "s")
+    inner, cache, auth, creds = gated(clock, gate=False)
     await auth.authenticate(creds, Context())
     clock.now += 0.9
     inner.answer = None  # the session ended without an announcement (idle, expired)
@@ -303,9 +297,8 @@ async def test_a_refresh_refused_drops_the_entry_and_one_failed_leaves_it_to_its
 
 
 async def test_questions_under_way_end_with_the_authenticator() -> None:
-    inner = Inner(principal(), gate=asyncio.Event())
-    auth = CachingAuthenticator(inner, live_cache(Clock()))
-    waiting = asyncio.create_task(auth.authenticate(Credentials(Via.session, "s"), Context()))
+    _, _, auth, creds = gated()
+    waiting = asyncio.create_task(auth.authenticate(creds, Context()))
     await asyncio.sleep(0)
     await auth.close()
     with pytest.raises(asyncio.CancelledError):
