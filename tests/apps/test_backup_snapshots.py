@@ -78,10 +78,11 @@ async def test_backup_snapshot_app_json_adopt_restore_forget_and_install_from_it
     app_id = await install(apps, "bk", env={"GREETING": "hello there"})
     write_page(apps, app_id, "backed up content")
 
-    # the same caller's id twice: one snapshot, the same task
+    # the same caller's id twice at once (a retry racing the first try): one snapshot, the
+    # same task
     sid = str(uuid.uuid4())
     ask = {"app_id": app_id, "reason": "backup", "snapshot_id": sid}
-    first, second = await apps.cmd("snapshot", ask), await apps.cmd("snapshot", ask)
+    first, second = await asyncio.gather(apps.cmd("snapshot", ask), apps.cmd("snapshot", ask))
     assert first == second and first["snapshot_id"] == sid
     assert (await apps.wait_task(first["task_id"]))["type"] == "TaskSucceeded"
     assert await apps.cmd("snapshot", ask) == first
