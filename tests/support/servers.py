@@ -16,6 +16,8 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import pytest
 
+from deploy.embedded import free_port
+
 __all__ = [
     "IN_CI",
     "free_udp_tcp_port",
@@ -82,17 +84,18 @@ def remove_tree(root: Path) -> None:
 
 
 def free_udp_tcp_port() -> int:
-    """A port on 127.0.0.1 free for both TCP and UDP right now."""
+    """A port on 127.0.0.1 free for both TCP and UDP right now, from the ports `free_port`
+    hands out: below the kernel's ephemeral range, so no outgoing connection takes it before
+    its server binds it (a CI run saw Pebble's HTTP-01 port, given by bind(0) at the session's
+    start, taken by the time a test served the challenge there: "address already in use")."""
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     raise OSError("no port free for both TCP and UDP on 127.0.0.1")
 
 
