@@ -131,15 +131,11 @@ def sshd_ports(
     if not Path(sshd).exists():
         return (22,)
     argv = [sshd, "-T", *(["-f", str(config)] if config is not None else [])]
-    for _ in range(2):
-        try:
-            run = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise InstallError(f"could not ask sshd for its ports ({' '.join(argv)}): {e}") from e
-        if run.returncode == 0 or "privilege separation" not in run.stderr or privsep.exists():
-            break
+    run = _run_sshd(argv)
+    if run.returncode != 0 and "privilege separation" in run.stderr and not privsep.exists():
         privsep.mkdir(mode=0o755)
         os.chmod(privsep, 0o755)  # noqa: S103 - what sshd needs (its unit makes it so)
+        run = _run_sshd(argv)
     if run.returncode != 0:
         raise InstallError(
             f"`{' '.join(argv)}` failed ({run.stderr.strip() or f'exit {run.returncode}'}): the "
@@ -152,6 +148,13 @@ def sshd_ports(
         if key == "port" and value.isdigit() and 0 < int(value) < 65536:
             ports.add(int(value))
     return tuple(sorted(ports)) or (22,)
+
+
+def _run_sshd(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise InstallError(f"could not ask sshd for its ports ({' '.join(argv)}): {e}") from e
 
 
 class InstallError(Exception):

@@ -167,10 +167,9 @@ class HealthMonitor:
         runtime: ContainerRuntime,
         catalog: Catalog,
         restarts: Restarts,
-        oom: OomIncidents | None = None,
     ) -> None:
         self.cfg = cfg
-        self._oom = oom if oom is not None else OomIncidents()
+        self._oom = OomIncidents()
         self._apps = apps
         self._runtime = runtime
         self._catalog = catalog

@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import asyncpg
 
@@ -127,42 +127,55 @@ def _ports(s: AppState) -> frozenset[tuple[str, int]]:
     return s.held_ports
 
 
-# The tables of holds (services/apps/state.py): the two columns of each key, their types, and
-# the keys a state holds. A location (a port) another app holds breaks the primary key
-# `apps_location_held` (`apps_port_held`) and fails the append that takes it.
-_HOLDS: tuple[tuple[str, str, Callable[[AppState], frozenset[tuple[Any, Any]]]], ...] = (
-    ("apps.locations", "domain text, location text", _locations),
-    ("apps.ports", "protocol text, host_port integer", _ports),
-)
-_RELEASE = (
-    "DELETE FROM {table} h USING appended a, unnest($1::{t0}[], $2::{t1}[]) AS r({c0}, {c1})"
-    " WHERE h.app_id = $3::uuid AND h.{c0} = r.{c0} AND h.{c1} = r.{c1}"
-)
-_TAKE = (
-    "INSERT INTO {table} ({c0}, {c1}, app_id) SELECT r.{c0}, r.{c1}, $3::uuid"
-    " FROM appended a, unnest($1::{t0}[], $2::{t1}[]) AS r({c0}, {c1})"
+class _Holds(NamedTuple):
+    """A table of holds (services/apps/state.py) keyed by two columns: the SQL that drops and
+    the SQL that takes the keys given as two arrays ($1, $2) for the app $3, and the keys a
+    state holds. A location (a port) another app holds breaks the primary key
+    `apps_location_held` (`apps_port_held`) and fails the append that takes it."""
+
+    release: str
+    take: str
+    held: Callable[[AppState], frozenset[tuple[Any, Any]]]
+
+
+def _hold_table(
+    table: str, c0: str, t0: str, c1: str, t1: str, held: Callable[[AppState], Any]
+) -> _Holds:
+    rows = f"unnest($1::{t0}[], $2::{t1}[]) AS r({c0}, {c1})"
+    return _Holds(
+        f"DELETE FROM {table} h USING appended a, {rows}"  # noqa: S608 - names of this module
+        f" WHERE h.app_id = $3::uuid AND h.{c0} = r.{c0} AND h.{c1} = r.{c1}",
+        f"INSERT INTO {table} ({c0}, {c1}, app_id) SELECT r.{c0}, r.{c1}, $3::uuid"  # noqa: S608
+        f" FROM appended a, {rows}",
+        held,
+    )
+
+
+# made once, not at every append
+_HOLDS = (
+    _hold_table("apps.locations", "domain", "text", "location", "text", _locations),
+    _hold_table("apps.ports", "protocol", "text", "host_port", "integer", _ports),
 )
 
 
 def _released(before: AppState, after: AppState) -> list[Statement]:
     """The holds `before` had and `after` has no more, dropped."""
-    return _holds(_RELEASE, before, after)
+    return [Statement(t.release, args) for t, args in _changed(before, after)]
 
 
 def _taken(before: AppState, after: AppState) -> list[Statement]:
     """The holds `after` has and `before` had not, taken."""
-    return _holds(_TAKE, after, before)
+    return [Statement(t.take, args) for t, args in _changed(after, before)]
 
 
-def _holds(sql: str, more: AppState, less: AppState) -> list[Statement]:
-    """`sql` for each table of holds, with the keys `more` holds and `less` does not."""
+def _changed(more: AppState, less: AppState) -> list[tuple[_Holds, tuple[Any, ...]]]:
+    """Each table of holds with keys `more` holds and `less` does not, and those keys as its
+    statement's arguments."""
     out = []
-    for table, typed, held in _HOLDS:
-        keys = sorted(held(more) - held(less))
+    for table in _HOLDS:
+        keys = sorted(table.held(more) - table.held(less))
         if keys:
-            (c0, t0), (c1, t1) = (column.split() for column in typed.split(", "))
-            text = sql.format(table=table, c0=c0, t0=t0, c1=c1, t1=t1)
-            out.append(Statement(text, ([k for k, _ in keys], [v for _, v in keys], more.app_id)))
+            out.append((table, ([k for k, _ in keys], [v for _, v in keys], more.app_id)))
     return out
 
 

@@ -126,7 +126,10 @@ class PrincipalCache:
         self._feed = feed
         self._epoch = feed()
 
-    def _usable(self) -> bool:
+    @property
+    def usable(self) -> bool:
+        """Whether entries are kept and served now (see `attach`); a reconnect since the last
+        look drops everything first."""
         if self.ttl <= 0:
             return False
         epoch = self._feed()
@@ -144,7 +147,7 @@ class PrincipalCache:
 
     def entry(self, key: bytes) -> _Entry | None:
         """The live entry of `key`, if any."""
-        if not self._usable():
+        if not self.usable:
             return None
         entry = self._entries.get(key)
         if entry is None:
@@ -155,15 +158,10 @@ class PrincipalCache:
         self._entries.move_to_end(key)
         return entry
 
-    @property
-    def usable(self) -> bool:
-        """Whether entries are kept and served now (see `attach`)."""
-        return self._usable()
-
     def put(self, key: bytes, principal: Principal, generation: int, asked_at: float) -> None:
         """Keep `principal`, asked of identity at `asked_at` (clock) when the generation was
         `generation`; ignored if anything was dropped since."""
-        if not self._usable() or generation != self.generation:
+        if not self.usable or generation != self.generation:
             return
         self._remove(key)
         refresh_at = asked_at + self.ttl * (1 - REFRESH_AHEAD)
