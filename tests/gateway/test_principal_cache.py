@@ -274,6 +274,22 @@ async def test_an_entry_in_use_is_asked_again_before_its_end_once() -> None:
     assert auth.known(creds) is None
 
 
+async def test_a_refresh_under_way_when_the_user_changes_is_not_kept() -> None:
+    """The user is disabled while the refresh asks: its answer may predate that, so it is not
+    kept, and the next request asks anew."""
+    clock = Clock()
+    inner, cache, auth, creds = gated(clock, gate=False)
+    await auth.authenticate(creds, Context())
+    clock.now += 0.9
+    inner.gate = asyncio.Event()
+    assert auth.known(creds) == principal()  # due: the refresh asks
+    await until(lambda: inner.calls == 2, "the refresh asked")
+    cache.drop_user("u-1")  # identity announces the change meanwhile
+    inner.gate.set()
+    await until(lambda: not auth._flights, "the refresh answered")
+    assert auth.known(creds) is None and len(cache) == 0
+
+
 async def test_a_refresh_refused_drops_the_entry_and_one_failed_leaves_it_to_its_end() -> None:
     clock = Clock()
     inner, cache, auth, creds = gated(clock, gate=False)
