@@ -33,6 +33,7 @@ from services.gateway.activity_text import (
     app_ids_of,
     group_ids_of,
     is_uuid,
+    refs_sql,
     user_ids_of,
 )
 
@@ -57,6 +58,13 @@ class Ask(Protocol):
     ) -> Any: ...
 
 
+def refs_of(alias: str) -> str:
+    """The SQL of the refs of the activity row `alias` (the fields of its event's data that
+    its sentence names, activity_text.refs_sql): read from the event when a page is shown,
+    so a rebuild of the log does not compute them for every event."""
+    return f"(SELECT {refs_sql('e.data')} FROM events.events e WHERE e.position = {alias}.position)"  # noqa: S608 - refs_sql() is code (checked type and field names), not input
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """A row of gateway.activity as read."""
@@ -72,11 +80,20 @@ class Row:
     refs: Mapping[str, Any]
     user_agent: str | None
 
-    # The columns to select for `of`.
+    # The columns of gateway.activity `of` reads (and refs, from `select`).
     COLUMNS: ClassVar[str] = (
-        "position, occurred_at, actor, ip, ip_sealed, type, stream, summary, refs::text AS refs,"
-        " user_agent"
+        "position, occurred_at, actor, ip, ip_sealed, type, stream, summary, user_agent"
     )
+
+    @classmethod
+    def select(cls, where: str, limit: str) -> str:
+        """The statement of the rows `where` keeps (a WHERE clause or ""), newest first, at
+        most `limit` (a bound parameter), each with its refs read from its event."""
+        return (
+            f"SELECT a.*, {refs_of('a')}::text AS refs FROM (SELECT {cls.COLUMNS} "  # noqa: S608 - ours, values bound
+            f"FROM gateway.activity {where}ORDER BY position DESC LIMIT {limit}) AS a "
+            "ORDER BY a.position DESC"
+        )
 
     @classmethod
     def of(cls, r: asyncpg.Record) -> Row:
@@ -141,10 +158,11 @@ async def _places(pool: asyncpg.Pool, app_ids: list[str]) -> dict[str, _Place]:
         return {}
     # the type list is the predicate of the partial index activity_app_places (0004)
     rows = await pool.fetch(
-        "SELECT DISTINCT ON (stream, type) stream, type, refs::text AS refs FROM gateway.activity"
-        " WHERE stream = ANY($1::text[])"
-        " AND type IN ('AppInstallRequested', 'AppConfigureRequested')"
-        " AND (type = 'AppInstallRequested' OR refs ? 'location')"
+        "SELECT DISTINCT ON (stream, type) stream, type, refs::text AS refs FROM ("  # noqa: S608 - ours, values bound
+        f"SELECT a.stream, a.type, a.position, {refs_of('a')} AS refs FROM gateway.activity a"
+        " WHERE a.stream = ANY($1::text[])"
+        " AND a.type IN ('AppInstallRequested', 'AppConfigureRequested')) AS placed"
+        " WHERE type = 'AppInstallRequested' OR refs ? 'location'"
         " ORDER BY stream, type, position DESC",
         [f"app-{a}" for a in app_ids],
     )

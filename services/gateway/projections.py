@@ -1,8 +1,9 @@
 """The activity log: a projection of every event into who did what, on what, when.
 
-The row of an event is defined once, in SQL (migrations/0002_activity_sql.sql and the fields
-each sentence names, activity_text.py), and applied set-wise to pages of `events.events`: live
-batches, catch-up and rebuilds use the same statement.
+The row of an event is defined once, in SQL (migrations/0002_activity_sql.sql), and applied
+set-wise to pages of `events.events`: live batches, catch-up and rebuilds use the same
+statement. The fields each sentence names (activity_text.py) are read from the events of a page
+when it is shown, not kept in the rows (a rebuild would compute them for every event).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import ClassVar
 import asyncpg
 
 from libs.events.projection import Projection, register_projection
-from services.gateway.activity_text import refs_sql
 from services.gateway.tasks import TaskProjection  # noqa: F401 - known to `homeport replay`
 
 __all__ = ["ActivityProjection"]
@@ -23,18 +23,17 @@ __all__ = ["ActivityProjection"]
 # Who: meta.actor (else "system") and meta.ip (sealed to its week: kept sealed in ip_sealed,
 # read back through identity when shown); what: the type; on what: the stream; the
 # summary: meta.summary (from the event's summary() at append time) on one line, else
-# "<Type> on <stream>"; refs: the fields of `data` the type's sentence names
-# (activity_text.py, ids not names, no sealed value); user_agent: a sign-in's browser
-# string, as stored (sealed to its week: identity names its browser family when shown).
+# "<Type> on <stream>"; user_agent: a sign-in's browser string, as stored (sealed to its
+# week: identity names its browser family when shown). The fields of `data` a sentence names
+# (refs) are not kept: a page reads them from its events (activity_names.refs_of).
 # Other sealed values are hidden everywhere; lengths are capped.
 # OFFSET 0 keeps each step a separate scan, so no expression is computed twice, and each
 # helper function gets a plain column: only then does Postgres inline it (a call of a SQL
 # function per row costs more than the rest of the row). translate() is the costliest call of
 # a row (2 us, multibyte-aware): it runs only on a summary that has a control character.
-_PAGE_SQL = f"""
+_PAGE_SQL = """
     INSERT INTO gateway.activity
-        (position, occurred_at, actor, ip, ip_sealed, type, stream, category, summary, refs,
-         user_agent)
+        (position, occurred_at, actor, ip, ip_sealed, type, stream, category, summary, user_agent)
     SELECT position, recorded_at, coalesce(left(gateway.unsealed_text(actor), 200), 'system'),
            CASE WHEN starts_with(ip, 'hp:sealed:t1:') THEN NULL
                 ELSE left(gateway.unsealed_text(ip), 64) END,
@@ -42,15 +41,14 @@ _PAGE_SQL = f"""
            type, stream, split_part(stream, '-', 1),
            CASE WHEN char_length(summary) <= 300 THEN summary
                 ELSE left(summary, 299) || '…' END,
-           refs,
            CASE WHEN starts_with(agent, 'hp:sealed:t1:')
                 THEN CASE WHEN char_length(agent) <= 1024 THEN agent END
                 WHEN strpos(agent, 'hp:sealed:') = 0 THEN left(agent, 400) END
     FROM (
-        SELECT position, recorded_at, type, stream, actor, ip, refs, agent,
+        SELECT position, recorded_at, type, stream, actor, ip, agent,
                gateway.unsealed_text(summary) AS summary
         FROM (
-        SELECT position, recorded_at, type, stream, actor, ip, {refs_sql("data")} AS refs,
+        SELECT position, recorded_at, type, stream, actor, ip,
                CASE WHEN type = 'SessionStarted'
                          AND jsonb_typeof(data -> 'user_agent') = 'string'
                     THEN nullif(data ->> 'user_agent', '') END AS agent,
@@ -77,7 +75,7 @@ _PAGE_SQL = f"""
         ) AS joined OFFSET 0
     ) AS shaped
     RETURNING 1
-"""  # noqa: S608 - refs_sql() is code (checked type and field names), not input
+"""
 
 
 @register_projection

@@ -146,11 +146,7 @@ def _item(row: Row, looked: Looked) -> dict[str, Any]:
 
 async def _read(pool: asyncpg.Pool, w: _Where, limit: int) -> list[Row]:
     last = w.bind(limit)
-    rows = await pool.fetch(
-        f"SELECT {Row.COLUMNS} FROM gateway.activity "  # noqa: S608 - fixed clauses, values bound
-        f"{w.sql}ORDER BY position DESC LIMIT {last}",
-        *w.args,
-    )
+    rows = await pool.fetch(Row.select(w.sql, last), *w.args)
     return [Row.of(r) for r in rows]
 
 

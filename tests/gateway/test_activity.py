@@ -317,3 +317,64 @@ async def test_sealed_addresses_are_read_back_by_identity_until_they_expire(
         # a caller who cannot reach identity's key is shown nothing of the address
         page = await activity_query(store.pool, {"target": "thing"})
         assert [i["ip"] for i in page["items"]] == [ADDRESS_UNAVAILABLE] * 2
+
+
+_REFS_COLUMN = (
+    "SELECT count(*) FROM information_schema.columns"
+    " WHERE table_schema = 'gateway' AND table_name = 'activity' AND column_name = 'refs'"
+)
+
+
+async def test_an_upgraded_log_keeps_its_rows_and_names_a_moved_app_at_its_latest_place(
+    store: PostgresEventStore, tmp_path: Path
+) -> None:
+    """The fields a sentence names are read from the events when a page is shown (0006 drops
+    them from the rows): a log projected before keeps its rows and checkpoint through the
+    upgrade, and an app reads at the place of its latest move, not of a later change that
+    left its place alone."""
+    app = "7c0e5a5e-0000-4000-8000-0000000000ab"
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for f in sorted(ActivityProjection.migrations.glob("*.sql")):  # type: ignore[union-attr]
+        if int(f.name[:4]) <= 5:
+            (before / f.name).write_text(f.read_text())
+
+    class Before(ActivityProjection):
+        migrations = before
+
+    install = {"app_id": app, "manifest_id": "notes", "version": "1.0.0", "location": "blog"}
+    await store.append(
+        f"app-{app}", [NewEvent("AppInstallRequested", install | {"domain": "ex.org"})]
+    )
+    await store.append(
+        f"app-{app}", [NewEvent("AppConfigureRequested", {"app_id": app, "location": "news"})]
+    )
+    old = ProjectionRunner(Before(), store)
+    await old.setup()
+    assert await old.catch_up() == 2
+    assert (
+        await store.pool.fetchval(
+            "SELECT count(*) FROM information_schema.columns"
+            " WHERE table_schema = 'gateway' AND table_name = 'activity' AND column_name = 'refs'"
+        )
+        == 1
+    )  # the old shape
+
+    await store.append(
+        f"app-{app}", [NewEvent("AppConfigureRequested", {"app_id": app, "location": None})]
+    )
+    await store.append(
+        f"app-{app}", [NewEvent("AppRunStateChanged", {"app_id": app, "running": False})]
+    )
+    new = ProjectionRunner(ActivityProjection(), store)
+    await new.setup()
+    assert await new.checkpoint() == 2  # nothing projected again
+    assert await store.pool.fetchval(_REFS_COLUMN) == 0
+    assert await new.catch_up() == 2
+    items = (await activity_query(store.pool, {"limit": 10, "view": "everything"}))["items"]
+    assert [i["sentence"] for i in items] == [
+        "Homeport stopped notes at news.ex.org",
+        "Homeport started changing the settings of notes at news.ex.org",
+        "Homeport started changing the settings of notes at news.ex.org",
+        "Homeport started installing notes at news.ex.org (version 1.0.0)",
+    ]
