@@ -5,7 +5,8 @@ the tests' dockerd for the apps service), setup is completed with the one-time s
 (POST /api/v1/setup), and once it has settled with no apps the PSS (Pss of
 /proc/<pid>/smaps_rollup: shared pages split between the processes sharing them) of every part
 is summed: the Postgres clusters that run, with their backends, NATS, nginx (the gateway's
-children), the relay and every service. Docker, apps and the `homeport up` supervisor itself are
+children), the relay and every service, and the fork server the services are forked from
+(deploy/forkserver.py). Docker, apps and the `homeport up` supervisor itself are
 not counted (the supervisor is shown apart: under systemd there is none). What runs is what is
 measured: the addon Postgres (apps' databases) starts only once an app needs a database, so with
 no apps it does not run and is not counted (nor in the baseline).
@@ -103,7 +104,9 @@ PartMemory = dict[str, tuple[float, int]]  # part name -> (MiB of PSS, number of
 def measure_parts(state: Mapping[str, Any]) -> PartMemory:
     """PSS per part of a running stack (`stack.json`): each part's process and descendants.
 
-    nginx, run by the gateway, is its own entry; so is the supervisor (`homeport up`).
+    nginx, run by the gateway, is its own entry; so is the supervisor (`homeport up`), and
+    the fork server the services are forked from (deploy/forkserver.py: it is not a part, and
+    its share of the code the services share is counted).
     """
     children = _children_of()
     out: dict[str, tuple[float, int]] = {}
@@ -118,6 +121,9 @@ def measure_parts(state: Mapping[str, Any]) -> PartMemory:
             continue
         for p in _tree(pid, children):
             add("nginx" if _comm(p) == "nginx" else str(part["name"]), p)
+    forkserver = state.get("forkserver")
+    if isinstance(forkserver, dict) and isinstance(forkserver.get("pid"), int):
+        add("forkserver", int(forkserver["pid"]))  # the services' shared code: counted
     if isinstance(state.get("pid"), int):
         add("(supervisor)", int(state["pid"]))
     return out

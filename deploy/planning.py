@@ -33,6 +33,7 @@ from deploy.embedded import (
     free_port,
 )
 from deploy.errors import StackError
+from deploy.forkserver import Forkserver
 from deploy.state import HOST, KEYRING_DIR, database_password, port_free, postgres_dir, stable_port
 from deploy.supervision import DockerRunner, Part, PartKind, ServerRunner, ServiceRunner
 from libs.events.nats_access import SERVICE_USERS
@@ -165,6 +166,7 @@ class Plan:
     ldap_port: int = 0
     edge_ports: tuple[int, int] | None = None  # nginx's HTTP and HTTPS ports, when it runs
     nats_credentials: Path | None = None  # the services' NATS credentials (one file each)
+    forkserver: Forkserver | None = None  # what the services are forked from (forkserver.py)
 
     @property
     def addon_wanted(self) -> Path | None:
@@ -184,8 +186,10 @@ class Planner:
         modules: Sequence[Module] | None,
         log_level: str,
         fsync: bool,
+        fork: bool = True,
     ) -> None:
         self.data_dir = data_dir
+        self.fork = fork  # the services forked from one fork server (deploy/forkserver.py)
         self.python = python
         self.base_port = base_port
         self.modules = list(modules) if modules is not None else None
@@ -239,11 +243,14 @@ class Planner:
         ]
         modules = self._plan_docker(plan, modules, pg_dir)
         self._plan_edge(plan, modules)
+        if self.fork and modules:
+            plan.forkserver = self._forkserver(modules)
         for m in modules:
             p = port(m.name)
             log_path = self.data_dir / "logs" / f"{m.name}.log"
             env = self.service_env(plan, p, m.name)
-            runner = ServiceRunner(service_argv(self.python, m.module), env, log_path)
+            argv = service_argv(self.python, m.module)
+            runner = ServiceRunner(argv, env, log_path, module=m.module, forkserver=plan.forkserver)
             plan.parts.append(
                 Part(
                     m.name,
@@ -259,6 +266,19 @@ class Planner:
         if not modules:
             log.warning("no services found to supervise", extra={"relay": RELAY_MODULE})
         return plan
+
+    def _forkserver(self, modules: Sequence[Module]) -> Forkserver:
+        """The fork server of the services: their interpreter and flags, the environment they
+        share (no HP_* setting of this process: each service gets its own), and every one's
+        start-up modules to import."""
+        env = bytecode.service_env(dict(os.environ), bytecode.embedded_prefix(), writable=True)
+        shared = {k: v for k, v in env.items() if not k.startswith("HP_")}
+        return Forkserver(
+            [self.python, bytecode.OPTIMIZE_FLAG],
+            shared,
+            bytecode.startup_modules([m.module for m in modules]),
+            self.data_dir / "logs" / "forkserver.log",
+        )
 
     def _ports(self, previous: dict[str, Any] | None) -> Callable[..., int]:
         """`port(name, key="port")`: from --base-port up, else the remembered one, else free."""

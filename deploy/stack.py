@@ -31,6 +31,7 @@ from deploy import bytecode
 from deploy.dbroles import prepare_database
 from deploy.embedded import EmbeddedError
 from deploy.errors import StackError
+from deploy.forkserver import ForkserverError
 from deploy.planning import (
     DASHBOARD_PART,
     DATABASE,
@@ -304,12 +305,27 @@ class Stack:
                     await asyncio.gather(on_demand, return_exceptions=True)
                 await _join(tasks)
                 await supervisor.shutdown(self.parts)
+                if self.plan.forkserver is not None:
+                    await self.plan.forkserver.close()
         finally:
             writer, self._writer = self._writer, None
             await writer.close()
             self.state = StackState.STOPPED
             self._save(stack_pid=False)
             log.info("stopped", extra={"data_dir": str(self.data_dir)})
+
+    async def _start_forkserver(self) -> None:
+        """The services' fork server, importing their code while the servers start; if it
+        cannot, each service starts on its own (ServiceRunner), as the warning says."""
+        forkserver = self.plan.forkserver
+        if forkserver is None:
+            return
+        try:
+            await forkserver.start()
+        except (ForkserverError, OSError) as e:
+            log.warning("services start on their own", extra={"error": str(e)})
+        else:
+            self._save()
 
     async def _start_servers(self, supervisor: Supervisor) -> None:
         """Postgres (and the `homeport` database), NATS and the stack's own dockerd together,
@@ -320,7 +336,9 @@ class Stack:
             return
         first = [p for p in self.parts if p.kind not in (PartKind.SERVICE, PartKind.ADDON_POSTGRES)]
         results = await asyncio.gather(
-            *(self._start_server(supervisor, p) for p in first), return_exceptions=True
+            *(self._start_server(supervisor, p) for p in first),
+            self._start_forkserver(),
+            return_exceptions=True,
         )
         for r in results:
             if isinstance(r, BaseException):
@@ -545,7 +563,13 @@ class Stack:
             "nats_url": self.plan.nats_url,
             "keyring": str(self.keyring),
             "parts": [p.to_json() for p in self.parts if p.state is not PartState.IDLE],
+            "forkserver": self._forkserver_state(),
         }
+
+    def _forkserver_state(self) -> dict[str, Any] | None:
+        """The fork server's process (deploy/forkserver.py), while it runs."""
+        pid = self.plan.forkserver.pid if self.plan.forkserver is not None else None
+        return None if pid is None else {"pid": pid, "proc_start": start_time(pid)}
 
 
 CODE_PACKAGES = ("libs", "services", "deploy", "cli")

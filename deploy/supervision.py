@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from deploy.embedded import DockerDaemon, EmbeddedError, NatsServer, PostgresServer, docker_answers
+from deploy.forkserver import Forked, Forkserver, ForkserverError
 from deploy.state import now, process_alive, start_time
 
 __all__ = [
@@ -222,23 +223,51 @@ class DockerRunner:
 
 
 class ServiceRunner:
-    """`python -m <module>` in its own session (so a terminal's Ctrl-C reaches only the stack)."""
+    """`python -m <module>` in its own session (so a terminal's Ctrl-C reaches only the stack):
+    forked from `forkserver` when there is one (deploy/forkserver.py), else its own process
+    (also when the fork server cannot start it: the service still runs, warned about)."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        module: str | None = None,
+        forkserver: Forkserver | None = None,
+    ) -> None:
         self.argv = argv
         self.env = env
         self.log_path = log_path
+        self.module = module
+        self.forkserver = forkserver if module is not None else None
         self._proc: asyncio.subprocess.Process | None = None
+        self._forked: Forked | None = None
 
     @property
     def pid(self) -> int | None:
+        if self._forked is not None:
+            return None if self._forked.exited.done() else self._forked.pid
         if self._proc is None or self._proc.returncode is not None:
             return None
         return self._proc.pid
 
     async def start(self) -> None:
+        self._drop_forked()
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
+            if self.forkserver is not None and self.module is not None:
+                try:
+                    self._forked = await self.forkserver.spawn(
+                        self.module, self.env, fd, os.getcwd()
+                    )
+                except ForkserverError as e:
+                    log.warning(
+                        "the fork server could not start it: started on its own",
+                        extra={"service_module": self.module, "error": str(e)},
+                    )
+                else:
+                    return
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv,
                 env=self.env,
@@ -250,26 +279,35 @@ class ServiceRunner:
         finally:
             os.close(fd)
 
+    def _drop_forked(self) -> None:
+        if self._forked is not None:
+            self._forked.close()
+            self._forked = None
+
     async def wait(self) -> int:
+        if self._forked is not None:
+            return await asyncio.shield(self._forked.exited)
         assert self._proc is not None
         return await self._proc.wait()
 
+    def _signal(self, sig: int) -> None:
+        if self._forked is not None:
+            self._forked.signal(sig)
+        elif self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(sig)
+
     async def stop(self, deadline_s: float) -> bool:
         """SIGTERM, then SIGKILL after `deadline_s`; True when it had to be killed."""
-        proc = self._proc
-        if proc is None:
+        if self._forked is None and self._proc is None:
             return False
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), deadline_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-                return True
-        await proc.wait()
+        self._signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.wait(), deadline_s)
+        except TimeoutError:
+            self._signal(signal.SIGKILL)
+            await self.wait()
+            return True
         return False
 
 

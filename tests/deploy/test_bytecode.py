@@ -92,8 +92,16 @@ def test_the_embedded_stack_starts_every_service_with_oo_and_the_cache(tmp_path:
         log_level="INFO",
         fsync=False,
     )
-    services = [p for p in planner.plan(None).parts if p.module]
+    plan = planner.plan(None)
+    services = [p for p in plan.parts if p.module]
     assert len(services) == len(modules)
+    # the fork server they are forked from (deploy/forkserver.py): the same flags and cache,
+    # importing what each would import at its start
+    forkserver = plan.forkserver
+    assert forkserver is not None and forkserver.argv == [sys.executable, "-OO"]
+    assert forkserver.env["PYTHONPYCACHEPREFIX"] == str(bytecode.embedded_prefix())
+    assert forkserver.modules == bytecode.startup_modules([m.module for m in modules])
+    assert not [k for k in forkserver.env if k.startswith("HP_")]
     for part in services:
         runner = part.runner
         assert runner.argv == [sys.executable, "-OO", "-m", part.module]  # type: ignore[attr-defined]

@@ -317,6 +317,10 @@ def test_up_refuses_a_service_module_that_does_not_exist(
 
 
 @pytest.mark.slow
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def test_the_real_platform_comes_up_answers_and_survives_kill_9(
     start_stack: Callable[..., Running],
 ) -> None:
@@ -348,6 +352,13 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
         assert _get(parts[name]["health"])[0] == 200  # alive at once
         stack.wait_for(f"{name} ready", lambda n=name: ready(n), deadline_s=60)  # type: ignore[misc]
     state = stack.state()
+    # every service is forked from the fork server (deploy/forkserver.py), which holds none of
+    # their settings: no database password, no keyring
+    forkserver = state["forkserver"]["pid"]
+    services = [p for p in state["parts"] if p["kind"] == "service"]
+    assert services and all(_parent(p["pid"]) == forkserver for p in services), services
+    held = Path(f"/proc/{forkserver}/environ").read_bytes()
+    assert b"HP_DATABASE_URL" not in held and b"HP_KEYRING" not in held
 
     async def scenario(step: str) -> list[dict[str, Any]]:
         store = await PostgresEventStore.open(state["database_url"], max_size=2)

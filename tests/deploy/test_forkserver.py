@@ -1,0 +1,282 @@
+"""The fork server of `homeport up` (deploy/forkserver.py): a service forked from it is what
+`python -OO -m <module>` would have been, its exit and signals reach the supervisor, and the
+imported code stays shared between the services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from deploy.forkserver import Forkserver, ForkserverError
+from deploy.supervision import ServiceRunner
+from tests.support.waits import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Writes what it sees as a service to $OUT, then exits with $CODE.
+_PROBE = """
+import json, os, sys
+seen = {
+    "name": __name__,
+    "env": dict(os.environ),
+    "cwd": os.getcwd(),
+    "stdin": sys.stdin.read(),
+    "fds": sorted(int(f) for f in os.listdir("/proc/self/fd")),
+    "session": os.getsid(0) == os.getpid(),
+    "optimize": sys.flags.optimize,
+    "argv": sys.argv,
+    "comm": open("/proc/self/comm").read().strip(),
+    "sigint": repr(__import__("signal").getsignal(__import__("signal").SIGINT)),
+}
+with open(os.environ["OUT"] + ".tmp", "w") as f:
+    json.dump(seen, f)
+os.rename(os.environ["OUT"] + ".tmp", os.environ["OUT"])
+print("to the log", flush=True)
+print("and its errors", file=sys.stderr, flush=True)
+if os.environ.get("FAIL"):
+    raise RuntimeError("failing on purpose")
+sys.exit(int(os.environ.get("CODE", "0")))
+"""
+
+# Waits for a signal: SIGTERM ends it unless $STUBBORN (then only SIGKILL does).
+_WAITER = """
+import os, signal, sys, time
+if os.environ.get("STUBBORN"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+open(os.environ["OUT"], "w").close()
+while True:
+    time.sleep(60)
+"""
+
+_BROKEN = "raise ImportError('broken on purpose')\n"
+
+
+@pytest.fixture
+def code(tmp_path: Path) -> Path:
+    """A folder of modules the fork server can import: fsprobe, fswaiter, fsbroken."""
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "fsprobe.py").write_text(_PROBE)
+    (folder / "fswaiter.py").write_text(_WAITER)
+    (folder / "fsbroken.py").write_text(_BROKEN)
+    return folder
+
+
+@pytest.fixture
+async def server(tmp_path: Path, code: Path) -> AsyncIterator[Forkserver]:
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{REPO}:{code}", "SHARED": "yes"}
+    fs = Forkserver(
+        [sys.executable, "-OO"], env, ["json", "fsprobe_missing", "fsbroken"], tmp_path / "fs.log"
+    )
+    try:
+        yield fs
+    finally:
+        await fs.close()
+
+
+def _runner(tmp_path: Path, fs: Forkserver, module: str, **env: str) -> ServiceRunner:
+    argv = [sys.executable, "-OO", "-m", module]
+    return ServiceRunner(argv, env, tmp_path / f"{module}.log", module=module, forkserver=fs)
+
+
+async def _until(cond: Callable[[], object], what: str, deadline: float = 20) -> None:
+    async def check() -> object:
+        return cond()
+
+    await wait_until(check, deadline, what)
+
+
+async def _seen(out: Path) -> dict[str, object]:
+    await _until(out.exists, f"{out} written by the service")
+    return dict(json.loads(out.read_text()))
+
+
+async def test_a_forked_service_is_what_python_m_would_have_been(
+    tmp_path: Path, server: Forkserver
+) -> None:
+    out = tmp_path / "seen.json"
+    cwd = os.getcwd()
+    runner = _runner(tmp_path, server, "fsprobe", OUT=str(out), CODE="3", HP_OWN="secret-x")
+    await runner.start()
+    pid = runner.pid
+    assert pid is not None and server.pid is not None and pid != server.pid
+    assert await asyncio.wait_for(runner.wait(), 20) == 3  # its exit code reaches us
+    assert runner.pid is None
+    seen = await _seen(out)
+    assert seen["name"] == "__main__"
+    assert seen["env"] == {"OUT": str(out), "CODE": "3", "HP_OWN": "secret-x"}  # its own only
+    assert seen["cwd"] == cwd and seen["stdin"] == ""
+    assert seen["fds"] == [0, 1, 2, 3]  # 3: the listing's own, nothing of the fork server's
+    assert seen["session"] is True and seen["optimize"] == 2
+    assert seen["sigint"] == repr(signal.default_int_handler)
+    assert seen["comm"] == "hp-fsprobe"  # what ps shows
+    log = (tmp_path / "fsprobe.log").read_text()
+    assert "to the log" in log and "and its errors" in log
+    # the fork server never held the service's environment
+    environ = Path(f"/proc/{server.pid}/environ").read_bytes()
+    assert b"secret-x" not in environ and b"SHARED=yes" in environ
+
+
+async def test_a_failing_or_unimportable_service_exits_with_its_traceback_in_its_log(
+    tmp_path: Path, server: Forkserver
+) -> None:
+    failing = _runner(tmp_path, server, "fsprobe", OUT=str(tmp_path / "f.json"), FAIL="1")
+    await failing.start()
+    assert await asyncio.wait_for(failing.wait(), 20) == 1
+    assert "RuntimeError: failing on purpose" in (tmp_path / "fsprobe.log").read_text()
+    broken = _runner(tmp_path, server, "fsbroken")
+    await broken.start()
+    assert await asyncio.wait_for(broken.wait(), 20) == 1
+    assert "ImportError: broken on purpose" in (tmp_path / "fsbroken.log").read_text()
+    # the fork server itself still serves
+    again = _runner(tmp_path, server, "fsprobe", OUT=str(tmp_path / "g.json"))
+    await again.start()
+    assert await asyncio.wait_for(again.wait(), 20) == 0
+
+
+async def test_stop_terms_then_kills_and_signals_never_reach_a_reaped_pid(
+    tmp_path: Path, server: Forkserver
+) -> None:
+    polite = _runner(tmp_path, server, "fswaiter", OUT=str(tmp_path / "p"))
+    stubborn = _runner(tmp_path, server, "fswaiter", OUT=str(tmp_path / "s"), STUBBORN="1")
+    await polite.start()
+    await stubborn.start()
+    await _until(lambda: (tmp_path / "p").exists() and (tmp_path / "s").exists(), "both up")
+    assert await polite.stop(5) is False
+    assert await polite.wait() == -signal.SIGTERM
+    assert await stubborn.stop(0.5) is True
+    assert await stubborn.wait() == -signal.SIGKILL
+    assert await polite.stop(5) is False  # stopped already: nothing is signalled
+
+
+async def test_a_start_whose_caller_left_leaves_no_service_running(
+    tmp_path: Path, server: Forkserver
+) -> None:
+    await server.start()
+    out = tmp_path / "w"
+    runner = _runner(tmp_path, server, "fswaiter", OUT=str(out))
+    start = asyncio.ensure_future(runner.start())
+    await asyncio.sleep(0)  # the request is sent; the caller leaves before the answer
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+
+    def orphans() -> list[int]:
+        assert server.pid is not None
+        kids = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        return [int(k) for k in kids]
+
+    await _until(lambda: not orphans(), "the orphaned service killed and reaped")
+
+
+async def test_the_fork_server_gone_its_services_exits_are_still_seen_and_it_comes_back(
+    tmp_path: Path, server: Forkserver
+) -> None:
+    out = tmp_path / "w"
+    runner = _runner(tmp_path, server, "fswaiter", OUT=str(out))
+    await runner.start()
+    await _until(out.exists, "the service up")
+    first = server.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    await _until(lambda: server.pid is None, "the fork server's death seen")
+    assert runner.pid is not None  # the service runs on
+    waiting = asyncio.ensure_future(runner.wait())
+    os.kill(runner.pid, signal.SIGTERM)
+    assert await asyncio.wait_for(waiting, 20) == -1  # its exit, without a code
+    again = _runner(tmp_path, server, "fsprobe", OUT=str(tmp_path / "a.json"))
+    await again.start()
+    assert server.pid not in (None, first)
+    assert await asyncio.wait_for(again.wait(), 20) == 0
+
+
+async def test_a_fork_server_that_cannot_start_leaves_services_starting_on_their_own(
+    tmp_path: Path, code: Path
+) -> None:
+    env = {"PATH": os.environ["PATH"]}
+    # an interpreter that exits at once instead of serving
+    fs = Forkserver([sys.executable, "-c", "raise SystemExit(5)"], env, [], tmp_path / "fs.log")
+    try:
+        with pytest.raises(ForkserverError, match="did not get ready"):
+            await fs.start()
+        out = tmp_path / "seen.json"
+        argv = [sys.executable, "-OO", "-m", "fsprobe"]
+        runner = ServiceRunner(
+            argv,
+            {"OUT": str(out), "PYTHONPATH": str(code), "CODE": "4"},
+            tmp_path / "own.log",
+            module="fsprobe",
+            forkserver=fs,
+        )
+        await runner.start()  # on its own, warned about
+        assert await asyncio.wait_for(runner.wait(), 20) == 4
+        assert (await _seen(out))["env"]["PYTHONPATH"] == str(code)  # type: ignore[index]
+        with pytest.raises(ForkserverError):  # not tried again for every service
+            await fs.start()
+    finally:
+        await fs.close()
+
+
+def _pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Pss for {pid}")
+
+
+async def test_services_share_the_code_the_fork_server_imported(tmp_path: Path) -> None:
+    """Four services importing aiohttp and asyncpg: forked, their memory (PSS, shared pages
+    split) is well under that of the same four started on their own."""
+    folder = tmp_path / "heavy"
+    folder.mkdir()
+    (folder / "heavy.py").write_text(
+        textwrap.dedent("""
+        import os, time, aiohttp.web, asyncpg
+        open(os.environ["OUT"], "w").close()
+        time.sleep(60)
+        """)
+    )
+    base = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{REPO}:{folder}"}
+    fs = Forkserver(
+        [sys.executable, "-OO"],
+        base,
+        ["heavy_missing", "aiohttp.web", "asyncpg"],
+        tmp_path / "fs.log",
+    )
+    totals = {}
+    try:
+        for how, server in (("forked", fs), ("alone", None)):
+            runners = [
+                ServiceRunner(
+                    [sys.executable, "-OO", "-m", "heavy"],
+                    {**base, "OUT": str(tmp_path / f"{how}{i}")},
+                    tmp_path / f"{how}{i}.log",
+                    module="heavy",
+                    forkserver=server,
+                )
+                for i in range(4)
+            ]
+            for r in runners:
+                await r.start()
+            await _until(
+                lambda h=how: all((tmp_path / f"{h}{i}").exists() for i in range(4)), how, 60
+            )
+            pids = [r.pid for r in runners]
+            assert all(p is not None for p in pids)
+            totals[how] = sum(_pss_kib(p) for p in pids if p is not None)
+            if how == "forked":
+                assert fs.pid is not None
+                totals[how] += _pss_kib(fs.pid)  # the fork server's share counts too
+            for r in runners:
+                await r.stop(5)
+    finally:
+        await fs.close()
+    assert totals["forked"] < 0.6 * totals["alone"], totals
