@@ -18,6 +18,9 @@ __all__ = ["NewEvent", "RecordedEvent", "category_of", "dumps", "uuid7", "uuid7_
 _last_ms = 0
 _seq = 0
 _fast = random.Random(os.urandom(32))
+# A process forked from one that imported this (deploy/forkserver.py) seeds its own: otherwise
+# every service forked from it would draw the same correlation ids.
+os.register_at_fork(after_in_child=lambda: _fast.seed(os.urandom(32)))
 
 
 def _uuid7_int(randbits: Callable[[int], int] = secrets.randbits) -> int:

@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 # Writes what it sees as a service to $OUT, then exits with $CODE.
 _PROBE = """
 import json, os, sys
+from libs.events.envelope import uuid7_str
 seen = {
+    "ids": [uuid7_str()[-12:] for _ in range(3)],  # random bits, not the time
     "name": __name__,
     "env": dict(os.environ),
     "cwd": os.getcwd(),
@@ -74,7 +76,10 @@ def code(tmp_path: Path) -> Path:
 async def server(tmp_path: Path, code: Path) -> AsyncIterator[Forkserver]:
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{REPO}:{code}", "SHARED": "yes"}
     fs = Forkserver(
-        [sys.executable, "-OO"], env, ["json", "fsprobe_missing", "fsbroken"], tmp_path / "fs.log"
+        [sys.executable, "-OO"],
+        env,
+        ["libs.events.envelope", "fsprobe_missing", "fsbroken"],
+        tmp_path / "fs.log",
     )
     try:
         yield fs
@@ -123,6 +128,21 @@ async def test_a_forked_service_is_what_python_m_would_have_been(
     # the fork server never held the service's environment
     environ = Path(f"/proc/{server.pid}/environ").read_bytes()
     assert b"secret-x" not in environ and b"SHARED=yes" in environ
+
+
+async def test_two_forked_services_draw_their_own_random_ids(
+    tmp_path: Path, server: Forkserver
+) -> None:
+    """The correlation ids' generator is seeded once per process at import: a child forked
+    from the fork server that imported it seeds its own."""
+    seen = []
+    for name in ("one", "two"):
+        out = tmp_path / f"{name}.json"
+        runner = _runner(tmp_path, server, "fsprobe", OUT=str(out))
+        await runner.start()
+        assert await asyncio.wait_for(runner.wait(), 20) == 0
+        seen.append((await _seen(out))["ids"])
+    assert seen[0] != seen[1], seen
 
 
 async def test_a_failing_or_unimportable_service_exits_with_its_traceback_in_its_log(
