@@ -14,9 +14,11 @@ from /dev/null, stdout and stderr to its log, every other descriptor of the fork
 the service's own environment (its credentials exist only in the child; the fork server is
 started with the environment all services share and never holds one), and the module run as
 `__main__`, named `hp-<name>` for `ps` (its command line stays the fork server's). Its exit
-is the interpreter's ordinary exit (atexit, threads joined). Module code that reads the
-environment when it is imported would see the fork server's (none of ours does; asyncio's debug
-switch is read at import, the same for every service).
+is the interpreter's ordinary exit (atexit, threads joined). What is read once per process
+is the fork server's: the interpreter's PYTHON* settings (its path, the byte-code cache) and any
+module's reading of the environment at import (none of ours; asyncio's debug switch), the same
+for every service here. Randomness a module draws at import must be drawn again in a child
+(`os.register_at_fork`, as `random` does and libs/events/envelope.py's correlation ids do).
 
 The supervisor and the fork server talk over a socket pair (SOCK_SEQPACKET, one JSON message a
 datagram). The supervisor asks `{"id", "module", "env", "cwd"}` with the log's descriptor; the
