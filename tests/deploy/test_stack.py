@@ -152,9 +152,9 @@ def start_stack(tmp_root: Path, docker_host: str) -> Iterator[Callable[..., Runn
         need_server("postgres and nats-server", e)
     started: list[Running] = []
 
-    def start(*services: str) -> Running:
-        data = tmp_root / f"stack-{uuid.uuid4().hex[:8]}"
-        logs = tmp_root / f"{data.name}-logs"
+    def start(*services: str, data: Path | None = None) -> Running:
+        data = data or tmp_root / f"stack-{uuid.uuid4().hex[:8]}"
+        logs = tmp_root / f"{data.name}-logs-{uuid.uuid4().hex[:4]}"
         logs.mkdir()
         argv = [sys.executable, "-m", "cli.main", "up", "--data-dir", str(data)]
         for s in services:
@@ -277,6 +277,39 @@ def test_up_status_restart_refuse_and_stop(start_stack: Callable[..., Running]) 
     r = _homeport("status", "--data-dir", str(stack.data))
     assert r.returncode == 3, r.stdout + r.stderr
     assert "not running" in r.stdout
+    assert final["forkserver"] is None and not process_alive(state["forkserver"]["pid"])
+
+
+def test_a_killed_supervisor_ends_its_fork_server_and_the_next_up_stops_its_services(
+    start_stack: Callable[..., Running],
+) -> None:
+    """`homeport up` killed (-9): its fork server ends with it (nothing holds it), the services
+    it forked run on as orphans, and the next `up` on the data directory stops them first."""
+    stack = start_stack(f"gateway={SAMPLE}", f"worker={SAMPLE}")
+    up = lambda s=stack: "Dashboard:" in (s.logs / "up.out").read_text()  # noqa: E731
+    stack.wait_for("up and healthy", up, deadline_s=90)
+    state = stack.state()
+    forkserver = state["forkserver"]["pid"]
+    services = [p["pid"] for p in state["parts"] if p["kind"] == "service"]
+    assert len(services) == 2 and all(_parent(pid) == forkserver for pid in services)
+    stack.proc.kill()
+    stack.proc.wait()
+    end = time.monotonic() + 10
+    while process_alive(forkserver) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not process_alive(forkserver)
+    assert all(process_alive(pid) for pid in services)  # orphans, until the next start
+
+    again = start_stack(f"gateway={SAMPLE}", f"worker={SAMPLE}", data=stack.data)
+    again.wait_for("up again", lambda: up(again), deadline_s=90)
+    assert not [pid for pid in services if process_alive(pid)]
+    now = again.state()
+    assert all(p["state"] == "running" and p["pid"] not in services for p in now["parts"])
+    assert all(
+        _parent(p["pid"]) == now["forkserver"]["pid"]
+        for p in now["parts"]
+        if p["kind"] == "service"
+    )
 
 
 def test_crashing_service_is_restarted_with_growing_backoff(
