@@ -186,10 +186,8 @@ class Planner:
         modules: Sequence[Module] | None,
         log_level: str,
         fsync: bool,
-        fork: bool = True,
     ) -> None:
         self.data_dir = data_dir
-        self.fork = fork  # the services forked from one fork server (deploy/forkserver.py)
         self.python = python
         self.base_port = base_port
         self.modules = list(modules) if modules is not None else None
@@ -243,7 +241,7 @@ class Planner:
         ]
         modules = self._plan_docker(plan, modules, pg_dir)
         self._plan_edge(plan, modules)
-        if self.fork and modules:
+        if modules:
             plan.forkserver = self._forkserver(modules)
         for m in modules:
             p = port(m.name)

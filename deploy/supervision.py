@@ -240,7 +240,9 @@ class ServiceRunner:
         self.env = env
         self.log_path = log_path
         self.module = module
-        self.forkserver = forkserver if module is not None else None
+        self.forkserver = forkserver
+        if forkserver is not None and module is None:
+            raise ValueError("a service forked from the fork server needs its module")
         self._proc: asyncio.subprocess.Process | None = None
         self._forked: Forked | None = None
 
@@ -256,11 +258,10 @@ class ServiceRunner:
         self._drop_forked()
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            if self.forkserver is not None and self.module is not None:
+            if self.forkserver is not None:
                 try:
-                    self._forked = await self.forkserver.spawn(
-                        self.module, self.env, fd, os.getcwd()
-                    )
+                    module = str(self.module)
+                    self._forked = await self.forkserver.spawn(module, self.env, fd, os.getcwd())
                 except ForkserverError as e:
                     log.warning(
                         "the fork server could not start it: started on its own",
