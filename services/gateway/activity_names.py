@@ -58,11 +58,10 @@ class Ask(Protocol):
     ) -> Any: ...
 
 
-def refs_of(alias: str) -> str:
-    """The SQL of the refs of the activity row `alias` (the fields of its event's data that
-    its sentence names, activity_text.refs_sql): read from the event when a page is shown,
-    so a rebuild of the log does not compute them for every event."""
-    return f"(SELECT {refs_sql('e.data')} FROM events.events e WHERE e.position = {alias}.position)"  # noqa: S608 - refs_sql() is code (checked type and field names), not input
+# The refs of the activity row `a` (the fields of its event's data that its sentence names,
+# activity_text.refs_sql): read from the event when a page is shown, so a rebuild of the log
+# does not compute them for every event. Made once: the expression is long.
+_REFS = f"(SELECT {refs_sql('e.data')} FROM events.events e WHERE e.position = a.position)"  # noqa: S608 - refs_sql() is code (checked type and field names), not input
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +89,7 @@ class Row:
         """The statement of the rows `where` keeps (a WHERE clause or ""), newest first, at
         most `limit` (a bound parameter), each with its refs read from its event."""
         return (
-            f"SELECT a.*, {refs_of('a')}::text AS refs FROM (SELECT {cls.COLUMNS} "  # noqa: S608 - ours, values bound
+            f"SELECT a.*, {_REFS}::text AS refs FROM (SELECT {cls.COLUMNS} "  # noqa: S608 - ours, values bound
             f"FROM gateway.activity {where}ORDER BY position DESC LIMIT {limit}) AS a "
             "ORDER BY a.position DESC"
         )
@@ -159,7 +158,7 @@ async def _places(pool: asyncpg.Pool, app_ids: list[str]) -> dict[str, _Place]:
     # the type list is the predicate of the partial index activity_app_places (0004)
     rows = await pool.fetch(
         "SELECT DISTINCT ON (stream, type) stream, type, refs::text AS refs FROM ("  # noqa: S608 - ours, values bound
-        f"SELECT a.stream, a.type, a.position, {refs_of('a')} AS refs FROM gateway.activity a"
+        f"SELECT a.stream, a.type, a.position, {_REFS} AS refs FROM gateway.activity a"
         " WHERE a.stream = ANY($1::text[])"
         " AND a.type IN ('AppInstallRequested', 'AppConfigureRequested')) AS placed"
         " WHERE type = 'AppInstallRequested' OR refs ? 'location'"
