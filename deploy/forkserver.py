@@ -108,9 +108,9 @@ def _serve(ctl: socket.socket, modules: Sequence[str]) -> _Start | None:
     failed = _preload(modules)
     gc.collect()
     gc.freeze()  # what the imports made is never collected: no child copies it for that
-    _send(ctl, {"ready": True, "modules": len(modules), "failed": failed})
     sel = selectors.DefaultSelector()
     sel.register(ctl, selectors.EVENT_READ, None)
+    _send(ctl, {"ready": True, "modules": len(modules), "failed": failed})
     while True:
         for key, _ in sel.select():
             pid = key.data
@@ -120,7 +120,10 @@ def _serve(ctl: socket.socket, modules: Sequence[str]) -> _Start | None:
                 _, status = os.waitpid(pid, 0)
                 _send(ctl, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
                 continue
-            raw, fds, _, _ = socket.recv_fds(ctl, _MAX_MESSAGE, 1)
+            try:
+                raw, fds, _, _ = socket.recv_fds(ctl, _MAX_MESSAGE, 1)
+            except ConnectionResetError:  # the supervisor closed its end with a message unread
+                return None
             if not raw:
                 for fd in fds:
                     os.close(fd)
@@ -156,8 +159,15 @@ def _fork(
         sel.close()
         ctl.close()
         return start
-    os.close(start.log_fd)
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as e:  # no pidfds here: the child is not kept, the supervisor runs it alone
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        _send(ctl, {"id": ask["id"], "error": f"pidfd_open: {e}"})
+        return None
+    finally:
+        os.close(start.log_fd)
     sel.register(pidfd, selectors.EVENT_READ, pid)
     _send(ctl, {"id": ask["id"], "pid": pid}, [pidfd])
     return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import sys
 import textwrap
@@ -216,6 +217,31 @@ async def test_the_fork_server_gone_its_services_exits_are_still_seen_and_it_com
     await again.start()
     assert server.pid not in (None, first)
     assert await asyncio.wait_for(again.wait(), 20) == 0
+
+
+async def test_a_fork_server_without_a_pidfd_for_its_child_kills_it_and_the_service_runs_alone(
+    tmp_path: Path, server: Forkserver, code: Path
+) -> None:
+    """pidfd_open refused after the fork (here: no descriptor left, EMFILE): the child is not
+    left running beside the service the supervisor then starts on its own."""
+    await server.start()
+    pid = server.pid
+    assert pid is not None
+    # room for the log's descriptor it receives (the lowest free number), none for a pidfd
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    free = [n for n in range(len(used) + 2) if n not in used]
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (free[1], free[1]))
+    out = tmp_path / "alone.json"
+    runner = _runner(tmp_path, server, "fsprobe", OUT=str(out), PYTHONPATH=str(code))
+    await runner.start()
+    assert runner.pid is not None and _parent(runner.pid) == os.getpid()  # on its own
+    assert await asyncio.wait_for(runner.wait(), 20) == 0
+    assert server.pid == pid  # it serves on
+    assert Path(f"/proc/{pid}/task/{pid}/children").read_text().split() == []
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 async def test_a_fork_server_that_cannot_start_leaves_services_starting_on_their_own(
