@@ -5,22 +5,36 @@ imported code stays shared between the services."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
 import signal
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+from uuid import uuid4
 
 import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from deploy.forkserver import Forkserver, ForkserverError
 from deploy.supervision import ServiceRunner
 from tests.support.waits import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 # Writes what it sees as a service to $OUT, then exits with $CODE.
 _PROBE = """
@@ -326,3 +340,125 @@ async def test_services_share_the_code_the_fork_server_imported(tmp_path: Path) 
     finally:
         await fs.close()
     assert totals["forked"] < 0.6 * totals["alone"], totals
+
+
+async def test_random_starts_stops_and_kills_leave_every_service_accounted_for(
+    tmp_path: Path, code: Path
+) -> None:
+    """Stateful: services started, stopped, killed from outside, started again, and the fork
+    server itself killed, in any order. Each one is running exactly while its runner has a pid
+    (a live process, a child of the fork server that forked it while that one runs); each exit
+    gives the code of what ended it (or -1 once its fork server is gone); nothing outlives the
+    run."""
+    loop = asyncio.get_running_loop()
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{REPO}:{code}"}
+    server = Forkserver([sys.executable, "-OO"], env, ["fswaiter_missing"], tmp_path / "fs.log")
+    seen_pids: set[int] = set()
+
+    def call(coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=60)
+
+    class Services(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.runners: list[_Tracked] = []
+
+        @rule(stubborn=st.booleans())
+        def start(self, stubborn: bool) -> None:
+            n = len(self.runners)
+            out = tmp_path / f"ready{n}-{uuid4().hex[:6]}"
+            extra = {"STUBBORN": "1"} if stubborn else {}
+            runner = _runner(tmp_path, server, "fswaiter", OUT=str(out), **extra)
+            self.runners.append(_Tracked(runner, out, stubborn))
+            self._start(self.runners[-1])
+
+        def _start(self, t: _Tracked) -> None:
+            with contextlib.suppress(FileNotFoundError):
+                t.out.unlink()
+            call(t.runner.start())
+            assert t.runner.pid is not None
+            seen_pids.add(t.runner.pid)
+            t.forked_by = server.pid
+            call(_until(t.out.exists, "the service ready"))
+
+        def _running(self) -> list[_Tracked]:
+            return [t for t in self.runners if t.runner.pid is not None]
+
+        def _expect(self, t: _Tracked, signalled: int) -> None:
+            code = call(asyncio.wait_for(t.runner.wait(), 20))
+            alive = t.forked_by is not None and t.forked_by == server.pid
+            assert code == (-signalled if alive else -1), (code, signalled, alive)
+
+        @precondition(lambda self: bool(self._running()))
+        @rule(i=st.integers(min_value=0))
+        def stop(self, i: int) -> None:
+            t = self._running()[i % len(self._running())]
+            killed = call(t.runner.stop(0.3 if t.stubborn else 10))
+            assert killed is t.stubborn
+            self._expect(t, signal.SIGKILL if t.stubborn else signal.SIGTERM)
+
+        @precondition(lambda self: bool(self._running()))
+        @rule(i=st.integers(min_value=0))
+        def kill_from_outside(self, i: int) -> None:
+            t = self._running()[i % len(self._running())]
+            assert t.runner.pid is not None
+            os.kill(t.runner.pid, signal.SIGKILL)
+            self._expect(t, signal.SIGKILL)
+
+        @precondition(lambda self: any(t.runner.pid is None for t in self.runners))
+        @rule(i=st.integers(min_value=0))
+        def start_again(self, i: int) -> None:
+            stopped = [t for t in self.runners if t.runner.pid is None]
+            self._start(stopped[i % len(stopped)])
+
+        @precondition(lambda self: server.pid is not None)
+        @rule()
+        def kill_the_fork_server(self) -> None:
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGKILL)
+            call(_until(lambda: server.pid is None, "the fork server's death seen"))
+
+        @invariant()
+        def running_exactly_while_it_has_a_pid(self) -> None:
+            for t in self.runners:
+                pid = t.runner.pid
+                if pid is None:
+                    continue
+                assert Path(f"/proc/{pid}").exists(), pid
+                if t.forked_by is not None and t.forked_by == server.pid:
+                    assert _parent(pid) == server.pid
+
+        def teardown(self) -> None:
+            for t in self._running():
+                call(t.runner.stop(0.3))
+
+    config = settings(
+        max_examples=6,
+        stateful_step_count=8,
+        deadline=None,
+        database=None,
+        derandomize=os.environ.get("CI") == "true",
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    )
+    try:
+        await asyncio.to_thread(run_state_machine_as_test, Services, settings=config)
+    finally:
+        await server.close()
+    await _until(lambda: not [p for p in seen_pids if _alive(p)], "every service gone")
+
+
+@dataclass(eq=False)
+class _Tracked:
+    runner: ServiceRunner
+    out: Path
+    stubborn: bool
+    forked_by: int | None = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
