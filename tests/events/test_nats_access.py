@@ -111,6 +111,19 @@ async def test_no_credentials_no_entry_and_every_password_file_is_private(users:
         _ = users.server.harness_url
 
 
+async def _first_request(nc: NATS, subject: str, data: bytes) -> Any:
+    """A request to a subscription just made and flushed on another connection. nats-server
+    2.9 now and then answers the first one "no responders" all the same (measured: 3 of 160
+    fresh servers under load; the next request, a millisecond later, is served), so that one
+    answer is asked again. No message reached a subscriber then: asking again is safe."""
+    for _ in range(50):
+        try:
+            return await nc.request(subject, data, timeout=3)
+        except nats.errors.NoRespondersError:
+            await asyncio.sleep(0.01)
+    return await nc.request(subject, data, timeout=3)
+
+
 async def test_apps_cannot_reach_identity_admin_commands_or_read_them(users: Users) -> None:
     identity, apps = await users.connect("identity"), await users.connect("apps")
     served: list[str] = []
@@ -123,7 +136,7 @@ async def test_apps_cannot_reach_identity_admin_commands_or_read_them(users: Use
     await identity.subscribe("hp.qry.identity.>", cb=answer)
     await identity.flush()
     # what apps calls (its LDAP account for an app) goes through
-    reply = await apps.request("hp.cmd.identity.ldap_remove_app.apps", wire("system"), timeout=3)
+    reply = await _first_request(apps, "hp.cmd.identity.ldap_remove_app.apps", wire("system"))
     assert json.loads(reply.data)["ok"] is True
     # an administrator made by apps: the server drops it, identity never sees it
     for subject in ("hp.cmd.identity.create_user.apps", "hp.cmd.identity.setup.apps"):
@@ -160,7 +173,7 @@ async def test_a_user_actor_only_from_the_gateway_and_system_never_from_it(users
         apps, gateway = await users.connect("apps"), await users.connect("gateway")
         # raw: apps claims to act for a user -> forbidden, handler never runs
         reply = json.loads(
-            (await apps.request("hp.qry.identity.groups.apps", wire("u-1"), timeout=3)).data
+            (await _first_request(apps, "hp.qry.identity.groups.apps", wire("u-1"))).data
         )
         assert reply["ok"] is False and reply["error"]["code"] == "forbidden", reply
         assert "only the gateway acts for a user" in reply["error"]["message"]
