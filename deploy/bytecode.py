@@ -4,12 +4,14 @@
 per service, about 9 MiB for the platform at rest. Byte code for that level (`*.opt-2.pyc`) is
 not what pip or Debian ship, and a service that finds none compiles every module it imports in
 memory at each start (time, and heap it keeps). So the services get `PYTHONPYCACHEPREFIX`: a
-cache folder of their own, filled ahead by `warm` (one process importing every service's
-modules under -OO, which writes the byte code of all they load at start: the standard library,
-the packages and ours). With the prefix set, Python reads and writes byte code only there, so
-nothing is written into the system's or the venv's folders. Identity keeps its common-password
-list there too, in the form it looks passwords up in (services/identity/common_passwords.py:
-made by the warming, checked against the installed list at each start).
+cache folder of their own, filled ahead by `warm` (a process per service importing its
+start-up modules under -OO, which writes the byte code of all they load at start: the standard
+library, the packages and ours; it also notes which modules two services or more load, for
+`homeport up`'s fork server: `preload`). With the prefix set, Python reads and writes byte
+code only there, so nothing is written into the system's or the venv's folders. Identity keeps
+its common-password list there too, in the form it looks passwords up in
+(services/identity/common_passwords.py: made by the warming, checked against the installed list
+at each start).
 
 - `homeport up`: the cache is `<venv>/homeport-bytecode` (the venv's own folder), warmed at a
   start unless its stamp (`warmed`, written after a warming that succeeded) names the same
@@ -30,20 +32,25 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 __all__ = [
     "OPTIMIZE_FLAG",
     "PREFIX_VARIABLE",
+    "PRELOAD_FILE",
     "STAMP_FILE",
     "embedded_prefix",
     "fingerprint",
     "is_warm",
     "mark_warm",
+    "preload",
     "service_argv",
     "service_env",
     "startup_modules",
@@ -53,11 +60,13 @@ __all__ = [
 
 OPTIMIZE_FLAG = "-OO"
 PREFIX_VARIABLE = "PYTHONPYCACHEPREFIX"
+PRELOAD_FILE = "preload.json"  # in the prefix: what the fork server imports (`preload`)
 STAMP_FILE = "warmed"  # in the prefix: the fingerprints of what was warmed last, newest first
 _MARKS_KEPT = 8
 _WARM_TIMEOUT_S = 300.0
-_IMPORT_ALL = (
-    "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+_IMPORT_ONE = (
+    "import importlib, json, sys\nimportlib.import_module(sys.argv[1])\n"
+    "print(json.dumps(sorted(sys.modules)))\n"
 )
 
 
@@ -94,11 +103,38 @@ def startup_modules(modules: Sequence[str]) -> list[str]:
 
 
 def warm(python: str, prefix: Path, modules: Sequence[str], *, cwd: Path) -> None:
-    """Import `modules` once under -OO with `prefix` as the byte-code cache, so that it holds
-    the byte code of everything they load at start. Raises OSError or CalledProcessError."""
+    """Import each of `modules` under -OO with `prefix` as the byte-code cache, so that it
+    holds the byte code of everything they load at start, and note in it the modules two of
+    them or more import (`preload`). One process a module, as many at once as there are
+    cores. Raises OSError or CalledProcessError."""
     prefix.mkdir(parents=True, exist_ok=True)
     env = service_env(dict(os.environ), prefix, writable=True)
-    _run([python, OPTIMIZE_FLAG, "-c", _IMPORT_ALL, *modules], cwd, env, _WARM_TIMEOUT_S)
+
+    def imports(module: str) -> set[str]:
+        out = _run([python, OPTIMIZE_FLAG, "-c", _IMPORT_ONE, module], cwd, env, _WARM_TIMEOUT_S)
+        return set(json.loads(out.splitlines()[-1]))  # the last line: a module may print
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        seen = list(pool.map(imports, modules))
+    counts = Counter(name for names in seen for name in names)
+    shared = sorted(n for n, c in counts.items() if c >= 2 and n != "__main__")
+    tmp = prefix / f".{PRELOAD_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(shared), encoding="utf-8")
+    os.replace(tmp, prefix / PRELOAD_FILE)
+
+
+def preload(prefix: Path) -> list[str] | None:
+    """The modules the last warming of `prefix` saw two services or more import at start:
+    what the fork server of `homeport up` imports (deploy/forkserver.py). A module only one
+    service imports is left to it: imported in the fork server, the pages it writes would be
+    kept twice (~15 MiB for the platform at rest). None without a list."""
+    try:
+        names = json.loads((prefix / PRELOAD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return names
 
 
 def fingerprint(python: str, modules: Sequence[str], roots: Iterable[Path], *, cwd: Path) -> str:
@@ -158,17 +194,17 @@ def warm_release(current: Path, *, timeout: float = _WARM_TIMEOUT_S) -> None:
     _run([python, "-m", "deploy.bytecode", str(current / "bytecode")], current, None, timeout)
 
 
-def _run(argv: list[str], cwd: Path, env: dict[str, str] | None, timeout: float) -> None:
-    subprocess.run(
+def _run(argv: list[str], cwd: Path, env: dict[str, str] | None, timeout: float) -> bytes:
+    """Run `argv`; its standard output (CalledProcessError with its stderr if it fails)."""
+    return subprocess.run(
         argv,
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         check=True,
         timeout=timeout,
-    )
+    ).stdout
 
 
 def _main(argv: Sequence[str]) -> int:

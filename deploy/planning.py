@@ -267,14 +267,17 @@ class Planner:
 
     def _forkserver(self, modules: Sequence[Module]) -> Forkserver:
         """The fork server of the services: their interpreter and flags, the environment they
-        share (no HP_* setting of this process: each service gets its own), and every one's
-        start-up modules to import."""
-        env = bytecode.service_env(dict(os.environ), bytecode.embedded_prefix(), writable=True)
+        share (no HP_* setting of this process: each service gets its own), and the modules
+        two services or more import at start (bytecode.preload; every one's start-up modules
+        when the cache has no list)."""
+        prefix = bytecode.embedded_prefix()
+        env = bytecode.service_env(dict(os.environ), prefix, writable=True)
         shared = {k: v for k, v in env.items() if not k.startswith("HP_")}
+        starts = bytecode.startup_modules([m.module for m in modules])
         return Forkserver(
             [self.python, bytecode.OPTIMIZE_FLAG],
             shared,
-            bytecode.startup_modules([m.module for m in modules]),
+            bytecode.preload(prefix) or starts,
             self.data_dir / "logs" / "forkserver.log",
         )
 

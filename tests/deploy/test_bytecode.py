@@ -54,6 +54,12 @@ def test_a_warmed_cache_leaves_nothing_to_compile_at_any_service_start(tmp_path:
     assert len(_FROM_SOURCE.findall(cold)) > 50
 
     bytecode.warm(sys.executable, prefix, bytecode.startup_modules(modules), cwd=REPO)
+    # what the fork server imports: what two services or more load, not one's own code
+    preload = bytecode.preload(prefix)
+    assert preload is not None
+    assert {"asyncio", "aiohttp.web", "asyncpg", "nats", "libs.service.runner"} <= set(preload)
+    assert not [m for m in preload if m.startswith("services.gateway.")]
+    assert "docker" not in preload  # apps only
     for module in modules:
         log, out = _start_imports(prefix, module)
         compiled = _FROM_SOURCE.findall(log)
@@ -100,7 +106,8 @@ def test_the_embedded_stack_starts_every_service_with_oo_and_the_cache(tmp_path:
     forkserver = plan.forkserver
     assert forkserver is not None and forkserver.argv == [sys.executable, "-OO"]
     assert forkserver.env["PYTHONPYCACHEPREFIX"] == str(bytecode.embedded_prefix())
-    assert forkserver.modules == bytecode.startup_modules([m.module for m in modules])
+    starts = bytecode.startup_modules([m.module for m in modules])
+    assert forkserver.modules == (bytecode.preload(bytecode.embedded_prefix()) or starts)
     assert not [k for k in forkserver.env if k.startswith("HP_")]
     for part in services:
         runner = part.runner
