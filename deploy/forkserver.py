@@ -1,9 +1,8 @@
 """The services of `homeport up`, forked from one process that imported their code once.
 
 Ten services each importing aiohttp, asyncpg, nats and our libraries keep ten copies of the
-same modules: most of their memory at rest, and most of a stack's start (ten processes
-importing at once on a few cores). Here one process, the fork server, imports once the modules
-two services or more import at start (the list the byte-code warming notes,
+same modules: most of their memory at rest. Here one process, the fork server, imports once
+the modules two services or more import at start (the list the byte-code warming notes,
 deploy/bytecode.py `preload`; a service's own code it imports itself, after the fork), freezes
 what it holds out of the garbage collector's way (`gc.freeze`: a collection in a child would
 otherwise write to, and so copy, every page of it), and forks a child for each service start
@@ -11,7 +10,8 @@ the supervisor asks for. The pages of the imported code stay shared between the 
 one writes them: PSS counts each shared page once between them. Measured with `python -m bench
 idle_memory` (the platform at rest, same machine and hour): 298.5 MiB with every service started
 on its own, 238.6 MiB forked (the Python processes: 248.8 -> 187.9 MiB, the fork server's 15.2
-included); `stack_start`: 2.0 s -> 1.23 s.
+included). The start of the stack is no quicker (`stack_start`, same hour: 1.22 s started on
+their own, 1.23 s forked): the imports move, they do not go.
 
 Each child then becomes what `python -OO -m <module>` would have been: its own session, stdin
 from /dev/null, stdout and stderr to its log, every other descriptor of the fork server closed,
