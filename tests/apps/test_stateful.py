@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Coroutine
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -44,6 +42,7 @@ from tests.apps.appskit import (
     running_apps,
     static_catalog,
 )
+from tests.support.stateful import real_run_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -75,16 +74,7 @@ async def test_random_interleavings_leave_no_app_stuck(
 
         machine = machine_for(apps, call)
         # A few short runs fit in about a minute; under CI the same ones every time.
-        config = settings(
-            max_examples=10,
-            stateful_step_count=10,
-            deadline=None,
-            database=None,
-            derandomize=os.environ.get("CI") == "true",
-            suppress_health_check=list(HealthCheck),
-            # a real service is not replayed exactly: a failure shows its whole run, unshrunk
-            phases=[Phase.explicit, Phase.reuse, Phase.generate],
-        )
+        config = real_run_settings(examples=10, steps=10)
         await asyncio.to_thread(run_state_machine_as_test, machine, settings=config)
 
 

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from uuid import uuid4
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -31,6 +30,7 @@ from hypothesis.stateful import (
 
 from deploy.forkserver import Forkserver, ForkserverError
 from deploy.supervision import ServiceRunner
+from tests.support.stateful import real_run_settings
 from tests.support.waits import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -432,15 +432,7 @@ async def test_random_starts_stops_and_kills_leave_every_service_accounted_for(
             for t in self._running():
                 call(t.runner.stop(0.3))
 
-    config = settings(
-        max_examples=6,
-        stateful_step_count=8,
-        deadline=None,
-        database=None,
-        derandomize=os.environ.get("CI") == "true",
-        suppress_health_check=list(HealthCheck),
-        phases=[Phase.explicit, Phase.reuse, Phase.generate],
-    )
+    config = real_run_settings(examples=6, steps=8)
     try:
         await asyncio.to_thread(run_state_machine_as_test, Services, settings=config)
     finally:
