@@ -256,6 +256,7 @@ class Forkserver:
         self._children: dict[int, Forked] = {}
         self._next_id = 0
         self._failed: str | None = None
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
@@ -269,6 +270,8 @@ class Forkserver:
                 return
             if self._failed is not None:  # once: every service then starts on its own
                 raise ForkserverError(self._failed)
+            if self._closed:
+                raise ForkserverError("the fork server was closed with the stack")
             loop = asyncio.get_running_loop()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ours.setblocking(False)
@@ -348,6 +351,7 @@ class Forkserver:
             child = self._children.pop(int(message["exited"]), None)
             if child is not None and not child.exited.done():
                 child.exited.set_result(int(message["code"]))
+                child.close()  # nothing is signalled after its exit
         else:
             self._answered(message, fds)
 
@@ -388,6 +392,7 @@ class Forkserver:
                 loop.remove_reader(c.pidfd)
                 if not c.exited.done():
                     c.exited.set_result(-1)
+                c.close()
 
             loop.add_reader(child.pidfd, ended)
 
@@ -406,6 +411,7 @@ class Forkserver:
     async def close(self) -> None:
         """End the fork server (the services it forked are stopped by then)."""
         async with self._lock:
+            self._closed = True
             await self._end()
 
 

@@ -145,6 +145,23 @@ async def test_a_forked_service_is_what_python_m_would_have_been(
     assert b"secret-x" not in environ and b"SHARED=yes" in environ
 
 
+async def test_a_child_s_pidfd_is_closed_at_its_exit_and_a_closed_fork_server_starts_nothing(
+    tmp_path: Path, server: Forkserver
+) -> None:
+    fd = os.open(tmp_path / "direct.log", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        child = await server.spawn("fsprobe", {"OUT": str(tmp_path / "d.json")}, fd, os.getcwd())
+        assert await asyncio.wait_for(child.exited, 20) == 0
+        assert child.pidfd == -1  # not kept open for the life of the stack
+        await server.close()
+        assert server.pid is None
+        with pytest.raises(ForkserverError, match="closed"):
+            await server.spawn("fsprobe", {"OUT": str(tmp_path / "e.json")}, fd, os.getcwd())
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "e.json").exists()
+
+
 async def test_two_forked_services_draw_their_own_random_ids(
     tmp_path: Path, server: Forkserver
 ) -> None:
