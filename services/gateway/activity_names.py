@@ -14,7 +14,6 @@ the page still loads.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from itertools import zip_longest
 from typing import Any, ClassVar, Protocol
 
 import asyncpg
+import orjson
 
 from libs.contracts.identity import MAX_ADDRESS_VALUES, MAX_NAME_IDS
 from libs.events.bus import DeadlineExceeded, Forbidden, Unavailable
@@ -33,7 +33,7 @@ from services.gateway.activity_text import (
     app_ids_of,
     group_ids_of,
     is_uuid,
-    refs_sql,
+    refs_of,
     user_ids_of,
 )
 
@@ -58,12 +58,6 @@ class Ask(Protocol):
     ) -> Any: ...
 
 
-# The refs of the activity row `a` (the fields of its event's data that its sentence names,
-# activity_text.refs_sql): read from the event when a page is shown, so a rebuild of the log
-# does not compute them for every event. Made once: the expression is long.
-_REFS = f"(SELECT {refs_sql('e.data')} FROM events.events e WHERE e.position = a.position)"  # noqa: S608 - refs_sql() is code (checked type and field names), not input
-
-
 @dataclass(frozen=True, slots=True)
 class Row:
     """A row of gateway.activity as read."""
@@ -79,7 +73,7 @@ class Row:
     refs: Mapping[str, Any]
     user_agent: str | None
 
-    # The columns of gateway.activity `of` reads (and refs, from `select`).
+    # The columns of gateway.activity `of` reads (and the event's data, from `select`).
     COLUMNS: ClassVar[str] = (
         "position, occurred_at, actor, ip, ip_sealed, type, stream, summary, user_agent"
     )
@@ -87,19 +81,20 @@ class Row:
     @classmethod
     def select(cls, where: str, limit: str) -> str:
         """The statement of the rows `where` keeps (a WHERE clause or ""), newest first, at
-        most `limit` (a bound parameter), each with its refs read from its event."""
+        most `limit` (a bound parameter), each with its event's data (for its refs)."""
         return (
-            f"SELECT a.*, {_REFS}::text AS refs FROM (SELECT {cls.COLUMNS} "  # noqa: S608 - ours, values bound
+            f"SELECT a.*, e.data::text AS data FROM (SELECT {cls.COLUMNS} "  # noqa: S608 - ours, values bound
             f"FROM gateway.activity {where}ORDER BY position DESC LIMIT {limit}) AS a "
-            "ORDER BY a.position DESC"
+            "LEFT JOIN events.events e ON e.position = a.position ORDER BY a.position DESC"
         )
 
     @classmethod
     def of(cls, r: asyncpg.Record) -> Row:
-        refs = json.loads(r["refs"]) if r["refs"] is not None else {}
+        """The row, with the refs of its event's data (the data itself is not kept)."""
+        data = orjson.loads(r["data"]) if r["data"] is not None else None
         return cls(
             r["position"], r["occurred_at"], r["actor"], r["ip"], r["ip_sealed"], r["type"],
-            r["stream"], r["summary"], refs if isinstance(refs, dict) else {}, r["user_agent"],
+            r["stream"], r["summary"], refs_of(r["type"], data), r["user_agent"],
         )  # fmt: skip
 
 
@@ -155,17 +150,19 @@ async def _places(pool: asyncpg.Pool, app_ids: list[str]) -> dict[str, _Place]:
     """Each app's catalog entry and domain (its install) and location (its latest move)."""
     if not app_ids:
         return {}
-    # the type list is the predicate of the partial index activity_app_places (0004)
+    # the type list is the predicate of the partial index activity_app_places (0004); a move
+    # is a configuration with a location its refs keep (refs_of: text in clear)
     rows = await pool.fetch(
-        "SELECT DISTINCT ON (stream, type) stream, type, refs::text AS refs FROM ("  # noqa: S608 - ours, values bound
-        f"SELECT a.stream, a.type, a.position, {_REFS} AS refs FROM gateway.activity a"
+        "SELECT DISTINCT ON (a.stream, a.type) a.stream, a.type, e.data::text AS data"
+        " FROM gateway.activity a JOIN events.events e ON e.position = a.position"
         " WHERE a.stream = ANY($1::text[])"
-        " AND a.type IN ('AppInstallRequested', 'AppConfigureRequested')) AS placed"
-        " WHERE type = 'AppInstallRequested' OR refs ? 'location'"
-        " ORDER BY stream, type, position DESC",
+        " AND a.type IN ('AppInstallRequested', 'AppConfigureRequested')"
+        " AND (a.type = 'AppInstallRequested' OR (jsonb_typeof(e.data -> 'location') = 'string'"
+        " AND strpos(e.data ->> 'location', 'hp:sealed:') = 0))"
+        " ORDER BY a.stream, a.type, a.position DESC",
         [f"app-{a}" for a in app_ids],
     )
-    found = [(r["stream"], r["type"], json.loads(r["refs"] or "{}")) for r in rows]
+    found = [(r["stream"], r["type"], refs_of(r["type"], orjson.loads(r["data"]))) for r in rows]
     installs = {stream: refs for stream, kind, refs in found if kind == "AppInstallRequested"}
     moves = {stream: refs for stream, kind, refs in found if kind == "AppConfigureRequested"}
     out: dict[str, _Place] = {}

@@ -2,8 +2,8 @@
 blog.example.org", "kim signed in from 203.0.113.7 (Firefox)", "owner added kim to family".
 
 Each event type that matters has a sentence here, declared with the fields of its event's data
-it names (`@_says(...)`). The projection keeps just those fields of each event (`refs`, built
-in SQL by `refs_sql()`), ids rather than names; a page is read by asking for its names once per
+it names (`@_says(...)`). A page reads just those fields of each of its events (`refs_of`),
+ids rather than names, and asks for their names once per
 kind (`Names`, filled by activity_names.py) and `sentence()` writes each line. Other types read
 as their event's own summary. Names are never stored: a deleted user's key is gone, so their id
 reads "a deleted user" for good.
@@ -34,7 +34,7 @@ __all__ = [
     "app_label",
     "group_ids_of",
     "is_uuid",
-    "refs_sql",
+    "refs_of",
     "sentence",
     "sentence_fields",
     "user_ids_of",
@@ -996,43 +996,24 @@ def sentence_fields() -> dict[str, tuple[str, ...]]:
     return {t: fields for t, (fields, _) in _SENTENCES.items()}
 
 
-def refs_sql(column: str = "data") -> str:
-    """The SQL expression of a row's refs: per type, the fields its sentence reads, each as
-    `_ref_sql` keeps it, nulls dropped.
-
-    CASE tries its branches in order, and a type with no sentence would be compared with all
-    of them: the types are bucketed by length first (an integer test), so a row meets at most
-    the ~16 lengths and the few types of its own length (replays: a third of the time went to
-    a flat CASE over 97 types)."""
-    by_length: dict[int, list[str]] = {}
-    # the steps of work come first: they are most of the log, and CASE tries branches in order
-    ordered = sorted(_SENTENCES.items(), key=lambda item: item[0] not in PROGRESS_TYPES)
-    for event_type, (fields, _) in ordered:
-        if not fields:
-            continue
-        pairs = ", ".join(f"'{f}', {_ref_sql(column, f)}" for f in fields)
-        branch = f"WHEN '{event_type}' THEN jsonb_build_object({pairs})"
-        by_length.setdefault(len(event_type.encode()), []).append(branch)
-    buckets = " ".join(
-        f"WHEN {n} THEN CASE type {' '.join(branches)} END" for n, branches in by_length.items()
-    )
-    return f"jsonb_strip_nulls(CASE octet_length(type) {buckets} END)"
-
-
-def _ref_sql(column: str, field: str) -> str:
-    """One field of the data as a sentence may name it: text in clear (at most 200 characters;
-    a sealed one is left out), a number, a boolean, or a list's length. Written out rather than
-    a SQL function: a function whose argument is used more than once is not inlined, and a call
-    per field would cost more than the rest of the row."""
-    if "." in field:  # a nested field: a path
-        path = "'{" + field.replace(".", ",") + "}'"
-        value, text = f"({column} #> {path})", f"({column} #>> {path})"
-    else:  # a key: -> finds it without a path to walk (a replay: ~4 % less time)
-        value, text = f"({column} -> '{field}')", f"({column} ->> '{field}')"
-    return (
-        f"CASE jsonb_typeof{value}"
-        f" WHEN 'string' THEN CASE WHEN strpos({text}, 'hp:sealed:') = 0"
-        f" THEN to_jsonb(left({text}, 200)) END"
-        f" WHEN 'number' THEN {value} WHEN 'boolean' THEN {value}"
-        f" WHEN 'array' THEN to_jsonb(jsonb_array_length{value}) END"
-    )
+def refs_of(event_type: str, data: Any) -> dict[str, Any]:
+    """The refs of an event: the fields of its data its type's sentence names, each as a
+    sentence may show it: text in clear (at most 200 characters; a sealed one is left out), a
+    number, a boolean, or a list's length; anything else (an object, null, missing) left out.
+    A nested field ("parent.child") is a path."""
+    known = _SENTENCES.get(event_type)
+    if known is None or not isinstance(data, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for f in known[0]:
+        value: Any = data
+        for part in f.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, str):
+            if "hp:sealed:" not in value:
+                out[f] = value[:200]
+        elif isinstance(value, bool | int | float):
+            out[f] = value
+        elif isinstance(value, list):
+            out[f] = len(value)
+    return out

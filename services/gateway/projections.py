@@ -25,7 +25,7 @@ __all__ = ["ActivityProjection"]
 # summary: meta.summary (from the event's summary() at append time) on one line, else
 # "<Type> on <stream>"; user_agent: a sign-in's browser string, as stored (sealed to its
 # week: identity names its browser family when shown). The fields of `data` a sentence names
-# (refs) are not kept: a page reads them from its events (activity_names._REFS).
+# (refs) are not kept: a page reads them from its events (activity_text.refs_of).
 # Other sealed values are hidden everywhere; lengths are capped.
 # OFFSET 0 keeps each step a separate scan, so no expression is computed twice, and each
 # helper function gets a plain column: only then does Postgres inline it (a call of a SQL
