@@ -22,6 +22,7 @@ from libs.events.envelope import NewEvent
 from libs.events.periods import PeriodKeys
 from libs.events.projection import ProjectionRunner
 from libs.events.store import PostgresEventStore
+from services.gateway.activity_text import refs_of
 from services.gateway.projections import ActivityProjection
 from services.gateway.queries import ADDRESS_EXPIRED, ADDRESS_UNAVAILABLE, activity_query
 from tests.gateway.apikit import make_cast, serve_api
@@ -378,3 +379,34 @@ async def test_an_upgraded_log_keeps_its_rows_and_names_a_moved_app_at_its_lates
         "Homeport started changing the settings of notes at news.ex.org",
         "Homeport started installing notes at news.ex.org (version 1.0.0)",
     ]
+
+
+def test_refs_are_the_named_fields_as_a_sentence_may_show_them() -> None:
+    """What a page takes of an event's data (activity_text.refs_of): only the fields its type's
+    sentence names; text in clear cut at 200 characters, a sealed one left out; numbers and
+    booleans as they are (a boolean stays one); a list as its length; objects, nulls and
+    anything missing left out; a nested field by its path."""
+    data = {
+        "domain": "example.org",
+        "local_part": "x" * 250,
+        "kind": SEALED,
+        "user_ids": ["u1", "u2", "u3"],
+        "group_id": None,
+        "unnamed": "not a field of the sentence",
+    }
+    assert refs_of("MailAddressSet", data) == {
+        "domain": "example.org",
+        "local_part": "x" * 200,
+        "user_ids": 3,
+    }
+    assert refs_of("MailAddressSet", {"domain": {"nested": 1}, "kind": True, "local_part": 7}) == {
+        "kind": True,
+        "local_part": 7,
+    }
+    assert refs_of("BackupTargetSet", {"target": {"kind": "s3", "secret": SEALED}}) == {
+        "target.kind": "s3"
+    }
+    assert refs_of("BackupTargetSet", {"target": "flat"}) == {}
+    assert (
+        refs_of("NoSuchType", data) == {} and refs_of("MailAddressSet", ["not", "a", "dict"]) == {}
+    )
