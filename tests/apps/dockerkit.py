@@ -182,6 +182,24 @@ async def docker_exec(
     return await asyncio.to_thread(run)
 
 
+_END = "--hp-end-of-output--"
+
+
+async def docker_read(client: docker.DockerClient, container: str, path: str) -> str:
+    """A file's text as read in the container (as its user). The exec's output is asked again
+    if it came back without its end marker: Docker now and then hands back an exec's output
+    short (CI at bbe4832: /proc/1/status without its Cap lines), which is not what the
+    container holds."""
+    for _ in range(3):
+        code, out = await docker_exec(
+            client, container, ["/bin/sh", "-c", f'cat "$0" && echo {_END}', path]
+        )
+        assert code == 0, out
+        if out.endswith(f"{_END}\n"):
+            return out.removesuffix(f"{_END}\n")
+    raise AssertionError(f"reading {path} in {container} kept coming back short: {out!r}")
+
+
 async def probe_tcp(
     client: docker.DockerClient, container: str, host: str, port: int, timeout_ms: int = 1500
 ) -> str:
