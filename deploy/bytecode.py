@@ -41,6 +41,8 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from deploy.state import write_atomic
+
 __all__ = [
     "OPTIMIZE_FLAG",
     "PREFIX_VARIABLE",
@@ -118,9 +120,7 @@ def warm(python: str, prefix: Path, modules: Sequence[str], *, cwd: Path) -> Non
         seen = list(pool.map(imports, modules))
     counts = Counter(name for names in seen for name in names)
     shared = sorted(n for n, c in counts.items() if c >= 2 and n != "__main__")
-    tmp = prefix / f".{PRELOAD_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(shared), encoding="utf-8")
-    os.replace(tmp, prefix / PRELOAD_FILE)
+    write_atomic(prefix / PRELOAD_FILE, json.dumps(shared).encode())
 
 
 def preload(prefix: Path) -> list[str] | None:

@@ -325,7 +325,7 @@ class Forkserver:
         self._asked[ask_id] = answer
         message = {"id": ask_id, "module": module, "env": dict(env), "cwd": cwd}
         try:
-            socket.send_fds(sock, [json.dumps(message).encode()], [log_fd])
+            _send(sock, message, [log_fd])
             return await answer
         finally:
             self._asked.pop(ask_id, None)

@@ -56,6 +56,7 @@ __all__ = [
     "read_state",
     "stable_port",
     "start_time",
+    "write_atomic",
     "write_state",
 ]
 
@@ -129,10 +130,11 @@ def is_running(state: dict[str, Any] | None) -> bool:
 
 def write_state(data_dir: Path, state: dict[str, Any]) -> None:
     """Replace `stack.json` atomically (0600)."""
-    _write_atomic(data_dir / STATE_FILE, (json.dumps(state, indent=2) + "\n").encode())
+    write_atomic(data_dir / STATE_FILE, (json.dumps(state, indent=2) + "\n").encode())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically (a 0600 file written, synced, then renamed)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -164,7 +166,7 @@ def stable_port(data_dir: Path, name: str) -> int:
         return port
     port = free_port()
     ports[name] = port
-    _write_atomic(path, (json.dumps(ports, indent=2) + "\n").encode())
+    write_atomic(path, (json.dumps(ports, indent=2) + "\n").encode())
     return port
 
 

@@ -30,6 +30,7 @@ from hypothesis.stateful import (
 
 from deploy.forkserver import Forkserver, ForkserverError
 from deploy.supervision import ServiceRunner
+from tests.support.procs import parent_pid
 from tests.support.stateful import real_run_settings
 from tests.support.waits import wait_until
 
@@ -265,14 +266,10 @@ async def test_a_fork_server_without_a_pidfd_for_its_child_kills_it_and_the_serv
     out = tmp_path / "alone.json"
     runner = _runner(tmp_path, server, "fsprobe", OUT=str(out), PYTHONPATH=str(code))
     await runner.start()
-    assert runner.pid is not None and _parent(runner.pid) == os.getpid()  # on its own
+    assert runner.pid is not None and parent_pid(runner.pid) == os.getpid()  # on its own
     assert await asyncio.wait_for(runner.wait(), 20) == 0
     assert server.pid == pid  # it serves on
     assert Path(f"/proc/{pid}/task/{pid}/children").read_text().split() == []
-
-
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 async def test_a_fork_server_that_cannot_start_leaves_services_starting_on_their_own(
@@ -443,7 +440,7 @@ async def test_random_starts_stops_and_kills_leave_every_service_accounted_for(
                     continue
                 assert Path(f"/proc/{pid}").exists(), pid
                 if t.forked_by is not None and t.forked_by == server.pid:
-                    assert _parent(pid) == server.pid
+                    assert parent_pid(pid) == server.pid
 
         def teardown(self) -> None:
             for t in self._running():

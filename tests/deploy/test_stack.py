@@ -24,6 +24,7 @@ from deploy.errors import StackError
 from deploy.planning import Module, discover_modules, module_exists, parse_module
 from deploy.state import process_alive, read_state
 from deploy.supervision import Backoff
+from tests.support.procs import parent_pid
 from tests.support.servers import need_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -291,7 +292,7 @@ def test_a_killed_supervisor_ends_its_fork_server_and_the_next_up_stops_its_serv
     state = stack.state()
     forkserver = state["forkserver"]["pid"]
     services = [p["pid"] for p in state["parts"] if p["kind"] == "service"]
-    assert len(services) == 2 and all(_parent(pid) == forkserver for pid in services)
+    assert len(services) == 2 and all(parent_pid(pid) == forkserver for pid in services)
     stack.proc.kill()
     stack.proc.wait()
     end = time.monotonic() + 10
@@ -306,7 +307,7 @@ def test_a_killed_supervisor_ends_its_fork_server_and_the_next_up_stops_its_serv
     now = again.state()
     assert all(p["state"] == "running" and p["pid"] not in services for p in now["parts"])
     assert all(
-        _parent(p["pid"]) == now["forkserver"]["pid"]
+        parent_pid(p["pid"]) == now["forkserver"]["pid"]
         for p in now["parts"]
         if p["kind"] == "service"
     )
@@ -350,10 +351,6 @@ def test_up_refuses_a_service_module_that_does_not_exist(
 
 
 @pytest.mark.slow
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def test_the_real_platform_comes_up_answers_and_survives_kill_9(
     start_stack: Callable[..., Running],
 ) -> None:
@@ -389,7 +386,7 @@ def test_the_real_platform_comes_up_answers_and_survives_kill_9(
     # their settings: no database password, no keyring
     forkserver = state["forkserver"]["pid"]
     services = [p for p in state["parts"] if p["kind"] == "service"]
-    assert services and all(_parent(p["pid"]) == forkserver for p in services), services
+    assert services and all(parent_pid(p["pid"]) == forkserver for p in services), services
     held = Path(f"/proc/{forkserver}/environ").read_bytes()
     assert b"HP_DATABASE_URL" not in held and b"HP_KEYRING" not in held
 
