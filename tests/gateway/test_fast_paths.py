@@ -6,6 +6,8 @@ import json
 import math
 import uuid
 
+import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +15,9 @@ from hypothesis import strategies as st
 from libs.events.envelope import uuid7_str
 from services.gateway.api.app import _json
 from services.gateway.api.auth import SESSION_COOKIE, Credentials, Via, credentials_of
+from services.gateway.api.inputs import _UNFIT, _fit
+from services.gateway.api.problems import CORRELATION_ID
+from services.gateway.api.security import ApiResponse, api_response, response_headers
 
 # Pieces a Cookie header is made of, the odd ones included: quotes, backslashes, spaces, tabs,
 # a name alone, "$" names, commas, our name with and without a value, twice.
@@ -68,3 +73,48 @@ def test_answers_are_the_json_the_json_module_writes() -> None:
         assert json.loads(_json(value)) == json.loads(json.dumps(value))
     # JSON has no NaN or infinity: null, not an invalid document
     assert json.loads(_json({"x": math.nan, "y": math.inf})) == {"x": None, "y": None}
+
+
+@pytest.mark.parametrize("size", [1, 43, 512, 513, 2000])
+def test_a_session_cookie_alone_is_read_as_the_long_way_at_every_length(size: int) -> None:
+    for value in ("a" * size, "b" * (size - 1) + "=", "é" * size):
+        header = f"{SESSION_COOKIE}={value}"
+        request = make_mocked_request("GET", "/", headers={"Cookie": header})
+        assert credentials_of(request) == _long_way(header), (size, value[:5])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from(["a", "%", "\x00", "\ud800", "\udcff", "é", "\x7f", " ", "\t"])))
+def test_the_ascii_shortcut_finds_what_the_expression_finds(text: str) -> None:
+    assert _fit(text) == (_UNFIT.search(text) is None)
+
+
+async def _prepared_headers(response: web.StreamResponse, cors: frozenset[str]) -> dict[str, str]:
+    """The headers `response` is sent with, after the root app's hook (security.py)."""
+    request = make_mocked_request(
+        "GET", "/api/v1/status", headers={"Origin": "https://partner.example"}
+    )
+    request[CORRELATION_ID] = "0192-cid"
+    await response_headers(cors)(request, response)
+    return dict(response.headers)
+
+
+@pytest.mark.parametrize("cors", [frozenset(), frozenset({"https://partner.example"})])
+@pytest.mark.parametrize(
+    "own", [None, {"Location": "/api/v1/x"}, {"Cache-Control": "max-age=60", "X-Extra": "1"}]
+)
+@pytest.mark.parametrize("body", [b'{"a":1}', None])
+async def test_an_api_answer_carries_the_headers_the_hook_gives_any_other(
+    body: bytes | None, own: dict[str, str] | None, cors: frozenset[str]
+) -> None:
+    """`api_response` sets the hook's headers itself (and the hook then adds only CORS):
+    the same headers as a plain response the hook completes, the handler's own winning."""
+    ctype = {"content_type": "application/json"} if body is not None else {}
+    plain = web.Response(body=body, status=200, headers=own, **ctype)
+    made = api_response(body, 200, "0192-cid", own)
+    assert type(made) is ApiResponse
+    assert await _prepared_headers(made, cors) == await _prepared_headers(plain, cors)
+    if own and "Cache-Control" in own:
+        assert made.headers["Cache-Control"] == "max-age=60"
+    if cors:
+        assert made.headers["Access-Control-Allow-Origin"] == "https://partner.example"

@@ -47,12 +47,13 @@ from services.gateway.api.auth import (
 from services.gateway.api.backend import Backend
 from services.gateway.api.config import ApiConfig
 from services.gateway.api.inputs import check_inputs
-from services.gateway.api.liveness import Caller, calling
+from services.gateway.api.liveness import Caller
 from services.gateway.api.openapi import openapi_document
 from services.gateway.api.principals import CachingAuthenticator, PrincipalCache
 from services.gateway.api.problems import CORRELATION_ID, Problem, problem_of
 from services.gateway.api.routes import JSON, Access, Call, Reply, Route, RouteTable
 from services.gateway.api.security import (
+    api_response,
     check_cookie_origin,
     check_origin,
     client_ip,
@@ -68,6 +69,7 @@ __all__ = [
     "ENROLMENT_ROUTES",
     "ApiState",
     "build_api",
+    "caller_of",
     "mount_api",
 ]
 
@@ -269,9 +271,9 @@ async def _dispatch(
     elif request.body_exists and await _has_body(request, route):
         raise Problem("invalid", f"{route.label} takes no request body")
 
-    with context.use(ctx), calling(lambda: _caller(state, call)):
+    with context.use(ctx):
         result = await route.handler(call)
-    return _render(state, route, result)
+    return _render(state, route, result, cid)
 
 
 def _authorize(route: Route, principal: Principal) -> None:
@@ -296,9 +298,11 @@ async def _owns(call: Call) -> bool:
     return await call.route.owner(call)
 
 
-def _caller(state: ApiState, call: Call) -> Caller | None:
+def caller_of(call: Call) -> Caller | None:
     """How a long answer (an event stream) checks its caller again (liveness.py): the same
-    credential authenticated anew, then steps 4 and 6 for the principal it is now."""
+    credential authenticated anew, then steps 4 and 6 for the principal it is now. None for
+    an anonymous call."""
+    state = call.state
     first = call.principal
     creds = credentials_of(call.request)
     if first is None or creds is None:
@@ -432,7 +436,7 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
 
 
-def _render(state: ApiState, route: Route, result: Any) -> web.StreamResponse:
+def _render(state: ApiState, route: Route, result: Any, cid: str) -> web.StreamResponse:
     if route.media_type != JSON:
         if not isinstance(result, web.StreamResponse):
             raise RuntimeError(f"{route.label} streams: its handler must return its response")
@@ -445,7 +449,7 @@ def _render(state: ApiState, route: Route, result: Any) -> web.StreamResponse:
         raise RuntimeError(f"{route.label} answered {status}, which it does not declare")
     schema = route.responses[status]
     if schema is None:
-        return web.Response(status=status, headers=headers)
+        return api_response(None, status, cid, headers)
     if state.check_responses:
         try:
             validate(schema, value)
@@ -453,6 +457,4 @@ def _render(state: ApiState, route: Route, result: Any) -> web.StreamResponse:
             raise RuntimeError(
                 f"{route.label} answered {status} with a body off its schema: {e.message}"
             ) from None
-    return web.Response(
-        body=_json(value), status=status, headers=headers, content_type="application/json"
-    )
+    return api_response(_json(value), status, cid, headers)

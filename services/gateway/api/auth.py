@@ -50,6 +50,8 @@ _OCTETS = r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]"
 _NAME = r"[\x21\x23-\x2b\x2d-\x3a\x3c\x3e-\x5b\x5d-\x7e]+"  # the octets but "="
 _PLAIN_COOKIES = re.compile(rf"(?:{_NAME}={_OCTETS}*(?:; |$))+")
 _BEARER = re.compile(r"(?i)bearer +(\S+) *")
+# A header of our session cookie alone, a value `_SECRET` takes (most requests of a browser)
+_SESSION_ALONE = re.compile(rf"{re.escape(SESSION_COOKIE)}=({_OCTETS}{{1,512}})")
 
 
 class Scope(StrEnum):
@@ -80,9 +82,10 @@ class Principal:
     profile: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Credentials:
-    """A secret the caller presented, and what kind it is; never logged."""
+    """A secret the caller presented, and what kind it is; never logged. Not frozen: a frozen
+    dataclass's fields are set through object.__setattr__, and one is made per request."""
 
     via: Via
     secret: str = ""
@@ -102,13 +105,10 @@ class Authenticator(Protocol):
     async def authenticate(self, credentials: Credentials, ctx: Context) -> Principal | None: ...
 
 
-def _session_cookie(request: web.Request) -> str | None:
-    """Our session cookie's value, as `request.cookies` has it (the last one of the name wins),
-    without making a Morsel of every cookie: a header of plain RFC 6265 pairs is split here,
-    anything else (quotes, spaces, a name alone) goes the long way."""
-    header = request.headers.get("Cookie")
-    if header is None:
-        return None
+def _session_cookie(request: web.Request, header: str) -> str | None:
+    """Our session cookie's value in a `Cookie` header, as `request.cookies` has it (the last
+    one of the name wins), without making a Morsel of every cookie: a header of plain RFC 6265
+    pairs is split here, anything else (quotes, spaces, a name alone) goes the long way."""
     if not _PLAIN_COOKIES.fullmatch(header):
         return request.cookies.get(SESSION_COOKIE)
     value = None
@@ -121,13 +121,20 @@ def _session_cookie(request: web.Request) -> str | None:
 
 def credentials_of(request: web.Request) -> Credentials | None:
     """The credentials a request carries, if any."""
-    header = request.headers.get("Authorization")
+    headers = request.headers
+    header = headers.get("Authorization")
     if header is not None:
         m = _BEARER.fullmatch(header)
         if m is None or not _SECRET.fullmatch(m.group(1)):
             return Credentials(Via.token, malformed=True)
         return Credentials(Via.token, m.group(1))
-    cookie = _session_cookie(request)
+    header = headers.get("Cookie")
+    if header is None:
+        return None
+    alone = _SESSION_ALONE.fullmatch(header)  # most requests: a value _SECRET takes
+    if alone is not None:
+        return Credentials(Via.session, alone.group(1))
+    cookie = _session_cookie(request, header)
     if cookie is not None:
         if not _SECRET.fullmatch(cookie):
             return Credentials(Via.session, malformed=True)

@@ -26,10 +26,11 @@ def check_inputs(request: web.Request) -> None:
     """Raise Problem("invalid") naming the first unfit path segment, parameter or header."""
     # Most requests have no escape in the URL: then nothing in it can decode to a NUL or to
     # bytes that are not UTF-8, and the raw text itself is searched once.
-    if "%" in request.raw_path or _UNFIT.search(request.raw_path):
+    raw_path = request.raw_path
+    if "%" in raw_path or not _fit(raw_path):
         _check_url(request)
     headers = request.headers
-    if _UNFIT.search("".join(headers.values())):
+    if not _fit("".join(headers.values())):
         for header, text in headers.items():
             # Cookies are exempt: another host of the domain may set odd ones on a parent
             # domain, and only ours are read (a bad value of ours is simply no session).
@@ -39,6 +40,14 @@ def check_inputs(request: web.Request) -> None:
                     f"header {header[:_MAX_NAME]} must be UTF-8 text without NUL bytes",
                     field=header[:_MAX_NAME],
                 )
+
+
+def _fit(text: str) -> bool:
+    """No NUL and no surrogate escape in `text`; ASCII text (most) is told without the
+    regular expression, which takes ten times as long."""
+    if text.isascii():
+        return "\x00" not in text
+    return _UNFIT.search(text) is None
 
 
 def _check_url(request: web.Request) -> None:

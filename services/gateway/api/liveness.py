@@ -2,11 +2,11 @@
 their session or token ends, the user is disabled, loses a role the route needs, or the
 session expires (SECURITY.md "Accounts").
 
-The dispatcher (app.py) names the caller of every authenticated request in a context
-variable for the handler's duration (`calling`): how to check it again (`recheck`, the same
-authentication and authorization the request passed) and how to hear that identity changed
-something of that user (`listen`, the principal cache's drops after `hp.identity.changed`).
-An open stream (handlers/tasks.py `TaskStreams.opened`) follows its caller with a `Watch`: it
+A streaming handler asks the dispatcher (app.py `caller_of`) for its request's caller: how to
+check it again (`recheck`, the same authentication and authorization the request passed) and
+how to hear that identity changed something of that user (`listen`, the principal cache's
+drops after `hp.identity.changed`). The stream (handlers/tasks.py `TaskStreams.opened`)
+follows its caller with a `Watch`: it
 re-checks when a change of that user is announced, and at least every `every` seconds
 otherwise (an expiry announces nothing). A check that cannot be made ends the stream too
 (fail closed; the client reconnects and is answered as any new request).
@@ -18,13 +18,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 
-from libs.ctxvars import bound
 from libs.events.bus import BusError
 
-__all__ = ["Caller", "Watch", "calling", "current_caller"]
+__all__ = ["Caller", "Watch"]
 
 log = logging.getLogger("homeport.gateway.api")
 
@@ -38,20 +36,6 @@ class Caller:
     user_id: str
     recheck: Callable[[], Awaitable[bool]]  # True while the credential and its rights hold
     listen: Listen | None = None  # hear drops of cached principals (None: no cache)
-
-
-# How to make the caller of the request being handled: made only when a handler asks (streams).
-_CALLER: ContextVar[Callable[[], Caller | None] | None] = ContextVar("hp_api_caller", default=None)
-
-
-def calling(caller: Callable[[], Caller | None]) -> bound[Callable[[], Caller | None] | None]:
-    """Name the caller of the request for the block (the handler), made when asked for."""
-    return bound(_CALLER, caller)
-
-
-def current_caller() -> Caller | None:
-    make = _CALLER.get()
-    return make() if make is not None else None
 
 
 class Watch:

@@ -44,7 +44,7 @@ from nats.aio.subscription import Subscription
 
 from libs.events.context import Context
 from libs.events.envelope import uuid7_str
-from services.gateway.api.auth import Authenticator, Credentials, Principal
+from services.gateway.api.auth import Authenticator, Credentials, Principal, Via
 
 __all__ = [
     "IDENTITY_CHANGED",
@@ -81,9 +81,13 @@ TARGETED = frozenset(
 )  # fmt: skip
 
 
+_KEY_PREFIX = {via: f"{via.value}:".encode() for via in Via}
+
+
 def credential_key(credentials: Credentials) -> bytes:
-    """The cache key of a credential: a SHA-256 digest, never the secret."""
-    return hashlib.sha256(f"{credentials.via.value}:{credentials.secret}".encode()).digest()
+    """The cache key of a credential: a SHA-256 digest of its kind and secret, never the
+    secret."""
+    return hashlib.sha256(_KEY_PREFIX[credentials.via] + credentials.secret.encode()).digest()
 
 
 @dataclass(slots=True)

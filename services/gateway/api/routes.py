@@ -77,9 +77,11 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(slots=True, eq=False)
 class Call:
-    """One API request as a handler sees it: who, validated inputs, and the backends."""
+    """One API request as a handler sees it: who, validated inputs, and the backends. Not
+    frozen (one is made per request; a frozen dataclass sets each field through
+    object.__setattr__); nothing sets a field after the dispatcher made it."""
 
     request: web.Request
     route: Route

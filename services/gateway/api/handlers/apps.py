@@ -25,7 +25,7 @@ from aiohttp import web
 from libs.contracts.apps import CONTRACT as APPS_CONTRACT
 from libs.contracts.schema import array, boolean, integer, nullable, obj, string
 from libs.events.bus import BusError, Internal, Invalid
-from services.gateway.api.app import API_PREFIX
+from services.gateway.api.app import API_PREFIX, caller_of
 from services.gateway.api.bodies import command_body
 from services.gateway.api.handlers.tasks import (
     EVENT_STREAM,
@@ -531,7 +531,7 @@ async def follow_app_logs(call: Call) -> Any:
     )
     if call.request.method == "HEAD":
         return response
-    with streams.opened():
+    with streams.opened(caller_of(call)):
         await _send_logs(call, response, payload, first, streams)
     return response
 

@@ -28,8 +28,8 @@ from aiohttp import web
 
 from libs.contracts.schema import integer, nullable, obj, string
 from libs.events.bus import Invalid, NotFound, Unavailable
-from services.gateway.api.app import API_APP
-from services.gateway.api.liveness import Watch, current_caller
+from services.gateway.api.app import API_APP, caller_of
+from services.gateway.api.liveness import Caller, Watch
 from services.gateway.api.routes import Access, Call, Routes
 from services.gateway.tasks import (
     State,
@@ -90,12 +90,12 @@ class TaskStreams:
         return self._stopping.is_set()
 
     @contextlib.contextmanager
-    def opened(self) -> Iterator[None]:
+    def opened(self, caller: Caller | None) -> Iterator[None]:
         """Count one stream as open for the duration of the block, and follow its caller (the
-        request's, liveness.py): `pause` in the block says when it must end."""
+        request's, app.py `caller_of`): `pause` in the block says when it must end."""
         if self.stopping:
             raise Unavailable("the gateway is stopping; reconnect in a moment")
-        watch = Watch(current_caller(), every=self.recheck)
+        watch = Watch(caller, every=self.recheck)
         token = _WATCH.set(watch)
         self._open += 1
         self._watches.add(watch)
@@ -262,7 +262,7 @@ async def task_events(call: Call) -> Any:
     )
     if call.request.method == "HEAD":
         return response
-    with streams.opened():
+    with streams.opened(caller_of(call)):
         await _follow(call.request, response, pool, task_id, after, streams)
     return response
 
