@@ -16,6 +16,7 @@ from libs.events.envelope import uuid7_str
 from services.gateway.api.app import _json
 from services.gateway.api.auth import SESSION_COOKIE, Credentials, Via, credentials_of
 from services.gateway.api.inputs import _UNFIT, _fit
+from services.gateway.api.principals import credential_key
 from services.gateway.api.problems import CORRELATION_ID
 from services.gateway.api.security import ApiResponse, api_response, response_headers
 
@@ -118,3 +119,12 @@ async def test_an_api_answer_carries_the_headers_the_hook_gives_any_other(
         assert made.headers["Cache-Control"] == "max-age=60"
     if cors:
         assert made.headers["Access-Control-Allow-Origin"] == "https://partner.example"
+
+
+def test_a_credentials_key_tells_its_kind_and_holds_no_secret() -> None:
+    secret = "OHh7bT5J89THQkF1AkcJybCCTvimTVRhsL5XiQe6x20"
+    session = credential_key(Credentials(Via.session, secret))
+    token = credential_key(Credentials(Via.token, secret))
+    assert session != token and len(session) == len(token) == 32
+    assert session == credential_key(Credentials(Via.session, secret))  # stable
+    assert secret.encode() not in session and secret.encode()[:8] not in session + token

@@ -81,13 +81,16 @@ TARGETED = frozenset(
 )  # fmt: skip
 
 
-_KEY_PREFIX = {via: f"{via.value}:".encode() for via in Via}
+_SESSION_KEY = f"{Via.session.value}:".encode()
+_TOKEN_KEY = f"{Via.token.value}:".encode()
 
 
 def credential_key(credentials: Credentials) -> bytes:
-    """The cache key of a credential: a SHA-256 digest of its kind and secret, never the
-    secret."""
-    return hashlib.sha256(_KEY_PREFIX[credentials.via] + credentials.secret.encode()).digest()
+    """The cache key of a credential: a 256-bit BLAKE2b digest of its kind and secret, never
+    the secret (BLAKE2b: Python's own, twice as quick on a short secret as OpenSSL's SHA-256
+    through hashlib; the kind by identity, as an enum's hash is a Python call)."""
+    kind = _SESSION_KEY if credentials.via is Via.session else _TOKEN_KEY
+    return hashlib.blake2b(kind + credentials.secret.encode(), digest_size=32).digest()
 
 
 @dataclass(slots=True)
