@@ -81,6 +81,10 @@ def _time(payload: dict[str, Any], name: str) -> datetime | None:
     return datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
 
 
+# A text filter as its index has it (migrations/0007): the hash, then the text itself.
+_KEYED = "hashtext({0}) = hashtext({{0}}) AND {0} = {{0}}"
+
+
 class _Where:
     """The WHERE clause of a filtered read, its values bound."""
 
@@ -113,14 +117,14 @@ def _filtered(payload: dict[str, Any]) -> _Where:
     if until is not None:
         w.add("occurred_at < {}", until)
     if payload.get("actor") is not None:
-        w.add("actor = {}", payload["actor"])
+        w.add(_KEYED.format("actor"), payload["actor"])
     if payload.get("type") is not None:
-        w.add("type = {}", payload["type"])  # a type asked for shows whatever the view
+        w.add(_KEYED.format("type"), payload["type"])  # a type asked for shows whatever the view
     elif payload.get("view", "changes") == "changes":
         w.add("NOT (type = ANY({}::text[]))", sorted(PROGRESS_TYPES))
     target = payload.get("target")
     if target is not None:
-        w.add("stream = {}" if "-" in target else "category = {}", target)
+        w.add(_KEYED.format("stream" if "-" in target else "category"), target)
     return w
 
 

@@ -22,9 +22,15 @@ from libs.events.envelope import NewEvent
 from libs.events.periods import PeriodKeys
 from libs.events.projection import ProjectionRunner
 from libs.events.store import PostgresEventStore
+from services.gateway.activity_names import Row
 from services.gateway.activity_text import refs_of
 from services.gateway.projections import ActivityProjection
-from services.gateway.queries import ADDRESS_EXPIRED, ADDRESS_UNAVAILABLE, activity_query
+from services.gateway.queries import (
+    ADDRESS_EXPIRED,
+    ADDRESS_UNAVAILABLE,
+    _filtered,
+    activity_query,
+)
 from tests.gateway.apikit import make_cast, serve_api
 from tests.identity.kit import running_identity
 from tests.support.bus import ActorBus, connect
@@ -131,6 +137,30 @@ async def test_filters_and_keyset_pages(store: PostgresEventStore) -> None:
     await runner.catch_up()
     nxt = await activity_query(q, {"limit": 5, "cursor": first["next_cursor"]})
     assert [i["position"] for i in nxt["items"]] == [21, 20, 19, 18, 17]
+
+
+async def test_each_filter_is_read_through_its_index(store: PostgresEventStore) -> None:
+    """Every text filter of a page finds its rows through its index (migrations/0007: the
+    hash of the text, then the position), newest first, with nothing of another value."""
+    await _seed(store)
+    runner = ProjectionRunner(ActivityProjection(), store)
+    await runner.setup()
+    await runner.catch_up()
+    filters = {
+        "actor": ({"actor": "admin"}, [2, 1]),
+        "type": ({"type": "AppStopped"}, [26]),
+        "stream": ({"target": "app-wiki"}, [26]),
+        "category": ({"target": "user"}, [2]),
+    }
+    async with store.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")  # a 26-row table: else a scan
+        for column, (payload, want) in filters.items():
+            w = _filtered(payload)
+            lines = await conn.fetch(f"EXPLAIN {Row.select(w.sql, w.bind(50))}", *w.args)
+            plan = "\n".join(r[0] for r in lines)
+            assert f"using activity_{column} " in plan.lower(), plan
+            got = [i["position"] for i in (await activity_query(store.pool, payload))["items"]]
+            assert got == want, column
 
 
 @pytest.mark.parametrize(
@@ -250,6 +280,14 @@ async def test_odd_events_give_clean_rows_the_same_live_and_rebuilt(
         ({"actor": f"svc {SEALED}"}, "actor", "svc [sealed]"),
         ({"ip": SEALED}, "ip", "[sealed]"),
         ({"summary": "tab\tnewline\nvertical\x0bend v"}, "summary", "tab newline vertical end v"),
+        # the caps count characters, not bytes: 300 two-byte ones are kept whole, 301 cut
+        ({"summary": "é" * 300}, "summary", "é" * 300),
+        ({"summary": "é" * 301}, "summary", "é" * 299 + "…"),
+        ({"actor": "ü" * 200}, "actor", "ü" * 200),
+        ({"actor": "a" * 150 + "ü" * 60}, "actor", "a" * 150 + "ü" * 50),
+        ({"actor": "x" * 250}, "actor", "x" * 200),
+        ({"actor": f"{'y' * 195} {SEALED}"}, "actor", f"{'y' * 195} [sea"),
+        ({"ip": "2001:db8::" + "f" * 60}, "ip", ("2001:db8::" + "f" * 60)[:64]),
         # "when" is the time the store recorded the event, whatever a client claims
         ({"occurred_at": "2026-11-22T08:00:00Z"}, "occurred_at", "recorded"),
         ({"occurred_at": "yesterday"}, "occurred_at", "recorded"),
