@@ -1,7 +1,7 @@
 """Who a credential is, remembered for at most a second and forgotten as soon as identity says
 it changed, so most requests need no `whoami` round trip to identity.
 
-- Keys are SHA-256 digests of the credential (kind and secret); the secret itself is never
+- Keys are 256-bit BLAKE2b digests of the credential (kind and secret); the secret itself is never
   kept. Values are the Principals identity answered; a refusal is never cached.
 - An entry lives `ttl` seconds (at most 1, counted from when whoami was asked), so a disabled
   user's sessions end within a second even if an announcement is lost (SECURITY.md "Accounts").
