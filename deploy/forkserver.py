@@ -257,6 +257,7 @@ class Forkserver:
         self._next_id = 0
         self._failed: str | None = None
         self._closed = False
+        self._down: asyncio.Event | None = None  # set once it is gone (`_end` waits for it)
 
     @property
     def pid(self) -> int | None:
@@ -378,6 +379,8 @@ class Forkserver:
             loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
+        if self._down is not None:
+            self._down.set()
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(ForkserverError("it exited"))
         for answer in self._asked.values():
@@ -397,12 +400,26 @@ class Forkserver:
             loop.add_reader(child.pidfd, ended)
 
     async def _end(self) -> None:
-        if self._sock is not None:
-            self._gone()
+        """Stop the fork server. Our end is half-closed first: it answers every start it was
+        sent before it sees the end and then exits, and those answers are read (the child of
+        a start whose caller has gone is killed on its answer, `_answered`); then the process
+        is waited for. Closing at once would leave such a child running, answered to nobody."""
+        end = asyncio.get_running_loop().time() + _STOP_DEADLINE_S
+        sock = self._sock
+        if sock is not None:
+            down = self._down = asyncio.Event()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(end):
+                    await down.wait()
+            if self._sock is not None:  # it did not close its end in time
+                self._gone()
         proc = self._proc
         if proc is not None:
             try:
-                await asyncio.wait_for(proc.wait(), _STOP_DEADLINE_S)
+                async with asyncio.timeout_at(end):
+                    await proc.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()

@@ -69,7 +69,8 @@ _WAITER = """
 import os, signal, sys, time
 if os.environ.get("STUBBORN"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-open(os.environ["OUT"], "w").close()
+with open(os.environ["OUT"], "w") as out:
+    out.write(str(os.getpid()))
 while True:
     time.sleep(60)
 """
@@ -228,6 +229,39 @@ async def test_a_start_whose_caller_left_leaves_no_service_running(
         return [int(k) for k in kids]
 
     await _until(lambda: not orphans(), "the orphaned service killed and reaped")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_a_start_cut_short_by_the_stack_closing_leaves_no_service_running(
+    tmp_path: Path, server: Forkserver
+) -> None:
+    """The stack closes while a start it gave up on is still with the fork server (sent, not
+    answered): the child forked for it is killed, not left running without a supervisor."""
+    for i in range(2):
+        await server.start()
+        out = tmp_path / f"cut{i}"
+        runner = _runner(tmp_path, server, "fswaiter", OUT=str(out))
+        start = asyncio.ensure_future(runner.start())
+        while not server._asked:  # until the request is sent, not answered
+            await asyncio.sleep(0)
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        await server.close()  # at once: the answer is not in yet
+        # a child that ran wrote its pid (it may have been killed before it could)
+        with contextlib.suppress(AssertionError):
+            await _until(lambda o=out: o.exists() and o.read_text(), "the child's pid", 1)
+        if out.exists():
+            pid = int(out.read_text())
+            await _until(lambda p=pid: not _alive(p), f"the cut start's child {pid} ended", 10)
+        server._closed = False  # the same fork server object, started again
 
 
 async def test_the_fork_server_gone_its_services_exits_are_still_seen_and_it_comes_back(
