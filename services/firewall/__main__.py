@@ -56,10 +56,14 @@ async def _parts(cfg: FirewallConfig, svc: Service) -> AsyncIterator[None]:
             following(svc, conn, RulesProjection(), **at),
             _enforcing(cfg, svc, conn) as enforcer,
         ):
+
+            def changed() -> None:  # a command changed the rules, maybe started a trial
+                if enforcer is not None:
+                    enforcer.nudge()
+                trials.nudge()
+
             commands = Commands(
-                conn.store,
-                changed=enforcer.nudge if enforcer else _nothing,
-                trial_seconds=cfg.firewall_trial_seconds,
+                conn.store, changed=changed, trial_seconds=cfg.firewall_trial_seconds
             )
             trials = Trials(commands)
             queries = Queries(
@@ -73,10 +77,6 @@ async def _parts(cfg: FirewallConfig, svc: Service) -> AsyncIterator[None]:
                 _watching_sshd(cfg, svc, conn),
             ):
                 yield
-
-
-def _nothing() -> None:
-    return None
 
 
 @asynccontextmanager
