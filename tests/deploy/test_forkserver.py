@@ -231,14 +231,6 @@ async def test_a_start_whose_caller_left_leaves_no_service_running(
     await _until(lambda: not orphans(), "the orphaned service killed and reaped")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 async def test_a_start_cut_short_by_the_stack_closing_leaves_no_service_running(
     tmp_path: Path, server: Forkserver
 ) -> None:

@@ -18,7 +18,7 @@ from services.gateway.api.auth import SESSION_COOKIE, Credentials, Via, credenti
 from services.gateway.api.inputs import _UNFIT, _fit
 from services.gateway.api.principals import credential_key
 from services.gateway.api.problems import CORRELATION_ID
-from services.gateway.api.security import ApiResponse, api_response, response_headers
+from services.gateway.api.security import HSTS, ApiResponse, api_response, response_headers
 
 # Pieces a Cookie header is made of, the odd ones included: quotes, backslashes, spaces, tabs,
 # a name alone, "$" names, commas, our name with and without a value, twice.
@@ -102,7 +102,13 @@ async def _prepared_headers(response: web.StreamResponse, cors: frozenset[str]) 
 
 @pytest.mark.parametrize("cors", [frozenset(), frozenset({"https://partner.example"})])
 @pytest.mark.parametrize(
-    "own", [None, {"Location": "/api/v1/x"}, {"Cache-Control": "max-age=60", "X-Extra": "1"}]
+    "own",
+    [
+        None,
+        {"Location": "/api/v1/x"},
+        {"Cache-Control": "max-age=60", "X-Extra": "1"},
+        {"x-frame-options": "ALLOWALL", "Strict-Transport-Security": "max-age=0"},
+    ],
 )
 @pytest.mark.parametrize("body", [b'{"a":1}', None])
 async def test_an_api_answer_carries_the_headers_the_hook_gives_any_other(
@@ -117,6 +123,8 @@ async def test_an_api_answer_carries_the_headers_the_hook_gives_any_other(
     assert await _prepared_headers(made, cors) == await _prepared_headers(plain, cors)
     if own and "Cache-Control" in own:
         assert made.headers["Cache-Control"] == "max-age=60"
+    assert made.headers.getall("X-Frame-Options") == ["DENY"]  # never the handler's
+    assert made.headers["Strict-Transport-Security"] == HSTS
     if cors:
         assert made.headers["Access-Control-Allow-Origin"] == "https://partner.example"
 

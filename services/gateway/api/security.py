@@ -71,6 +71,7 @@ _API_HEADERS = CIMultiDict(
     {**_HEADERS, "Content-Security-Policy": API_CSP, "Cache-Control": "no-store"}
 )
 _API_JSON_HEADERS = CIMultiDict({**_API_HEADERS, "Content-Type": "application/json"})
+_HEADERS_CI = CIMultiDict(_HEADERS)  # `in` without regard to case
 
 
 class ApiResponse(web.Response):
@@ -83,12 +84,12 @@ def api_response(
     body: bytes | None, status: int, cid: str, headers: Mapping[str, str] | None = None
 ) -> ApiResponse:
     """The dispatcher's answer: JSON `body` (None: no body, no Content-Type), the security
-    headers, `X-Correlation-Id: cid`; `headers` (the handler's) win over the defaults, as
-    they do in the hook."""
+    headers, `X-Correlation-Id: cid`. As in the hook, the handler's `headers` name their own
+    CSP or Cache-Control, never another value of the headers every response carries."""
     h = (_API_JSON_HEADERS if body is not None else _API_HEADERS).copy()
     h["X-Correlation-Id"] = cid
     if headers:
-        h.update(headers)
+        h.update({k: v for k, v in headers.items() if k not in _HEADERS_CI})
     return ApiResponse(body=body, status=status, headers=h)
 
 
