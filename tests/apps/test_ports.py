@@ -60,9 +60,20 @@ exec httpd"""
 
 def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
     """A port nothing listens on now, on all addresses."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("0.0.0.0", 0))  # the test app publishes on all addresses
-        return int(sock.getsockname()[1])
+    return free_ports(1, kind)[0]
+
+
+def free_ports(n: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> list[int]:
+    """`n` different ports nothing listens on now, on all addresses: each is held while the
+    next is picked (two picks one after the other may get the same port: CI saw one)."""
+    socks = [socket.socket(socket.AF_INET, kind) for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("0.0.0.0", 0))  # the test app publishes on all addresses
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 @dataclass(frozen=True)
@@ -204,7 +215,7 @@ def ports_of(view: dict[str, Any]) -> dict[str, int]:
 
 async def test_the_chosen_port_answers_while_the_app_runs_there_only(env: Env) -> None:
     apps, defaults = env.apps, env.defaults
-    ssh, admin, moved = free_port(), free_port(), free_port()
+    ssh, admin, moved = free_ports(3)
     app_id = await install(apps, "git", {"SSH_PORT": ssh, "ADMIN_PORT": admin})
 
     # each container port answers at the port chosen for it; DISCOVERY took its default
@@ -296,7 +307,7 @@ async def test_the_chosen_port_answers_while_the_app_runs_there_only(env: Env) -
 
 async def test_a_port_taken_twice_or_the_platforms_is_refused_naming_it(env: Env) -> None:
     apps, defaults = env.apps, env.defaults
-    ssh, admin = free_port(), free_port()
+    ssh, admin = free_ports(2)
     first = await install(apps, "first", {"SSH_PORT": ssh, "ADMIN_PORT": admin})
     before = await apps.app(first)
     counted = await recorded(apps)
@@ -404,7 +415,7 @@ async def test_a_clone_needs_ports_of_its_own(env: Env) -> None:
         assert caught.value.field == field, (change, caught.value)
     assert await recorded(apps) == counted
 
-    ssh, admin = free_port(), free_port()
+    ssh, admin = free_ports(2)
     reply = await apps.cmd(
         "clone",
         {
