@@ -46,7 +46,7 @@ from libs.service.probes import ProbeResponse, ProbeServer
 if TYPE_CHECKING:
     from aiohttp import web
 
-__all__ = ["Service", "ServiceStopping", "main"]
+__all__ = ["Service", "ServiceStopping", "main", "wait_events"]
 
 Hook = Callable[[], Awaitable[None]]
 Check = Callable[[], Awaitable[bool]]
@@ -308,7 +308,7 @@ class Service:
         """Wait for the units of work until `deadline`, then cancel them and the tasks."""
         loop = asyncio.get_running_loop()
         while self._units and not self._hurry.is_set() and loop.time() < deadline:
-            await _wait_events([self._idle, self._hurry], deadline - loop.time())
+            await wait_events([self._idle, self._hurry], deadline - loop.time())
         # No await from here until the cancels are sent: nothing can slip in between.
         self._taking_work = False
         self._tasks_closed = True
@@ -348,7 +348,7 @@ class Service:
         name = _hook_name(fn)
         task = asyncio.create_task(_call(fn), name=f"{self.name} {kind} hook {name}")
         try:
-            await _wait_events([until] if until is not None else [], within, task)
+            await wait_events([until] if until is not None else [], within, task)
         finally:
             cut = not task.done()
             if cut:
@@ -411,7 +411,7 @@ class Service:
         else:
             return
         task = asyncio.create_task(stop, name=f"{self.name} http cleanup")
-        await _wait_events([], self.http_shutdown + self.cancel_grace, task)
+        await wait_events([], self.http_shutdown + self.cancel_grace, task)
         if not task.done():
             self.log.error("the HTTP site did not stop in time")
             await _cancel_all({task}, self.cancel_grace)
@@ -543,7 +543,7 @@ def _hook_name(fn: Hook) -> str:
     return str(getattr(fn, "__qualname__", None) or repr(fn))
 
 
-async def _wait_events(
+async def wait_events(
     events: Collection[asyncio.Event], within: float, task: asyncio.Task[Any] | None = None
 ) -> None:
     """Return when `task` ends, one of `events` is set, or after `within` s."""

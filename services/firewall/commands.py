@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from libs.events.errors import ConcurrencyError
 from libs.events.handlers import command, query
 from libs.events.inline import append_inline
 from libs.events.store import PostgresEventStore
+from libs.service.runner import wait_events
 from services.firewall import events as ev
 from services.firewall.errors import (
     FirewallConflict,
@@ -425,13 +427,7 @@ class Trials:
 
     async def _pause(self, seconds: float | None) -> None:
         """Until `seconds` pass (None: no limit), a nudge, or stop()."""
-        stop = asyncio.ensure_future(self._stop.wait())
-        nudge = asyncio.ensure_future(self._nudge.wait())
-        try:
-            await asyncio.wait({stop, nudge}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            nudge.cancel()
+        await wait_events((self._stop, self._nudge), math.inf if seconds is None else seconds)
 
     def stop(self) -> None:
         self._stop.set()

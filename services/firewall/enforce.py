@@ -10,7 +10,6 @@ new bans are added to their set (bans.py), which costs one small nft command eac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from libs.service.runner import wait_events
 from services.firewall.bans import BanEnforcer
 from services.firewall.config import FirewallConfig
 from services.firewall.errors import NftError
@@ -156,17 +156,7 @@ class Enforcer:
                 await self.round()
             except (NftError, OSError, asyncpg.PostgresError) as e:
                 log.error("applying the firewall failed: %s", e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake(), self.every)
-
-    async def _wake(self) -> None:
-        stop = asyncio.ensure_future(self._stop.wait())
-        nudge = asyncio.ensure_future(self._nudge.wait())
-        try:
-            await asyncio.wait({stop, nudge}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            nudge.cancel()
+            await wait_events((self._stop, self._nudge), self.every)
 
     def stop(self) -> None:
         self._stop.set()
