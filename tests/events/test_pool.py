@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from libs.events.pool import keep_session_state, open_pool
 from libs.events.store import PostgresEventStore
@@ -116,3 +120,134 @@ def test_every_session_advisory_lock_is_marked_first() -> None:
     assert not unmarked, "session advisory locks not marked with keep_session_state:\n" + (
         "\n".join(unmarked)
     )
+
+
+# -- how long a connection outlives its use (pool.py `_Uses`) ----------------------------------
+
+
+class Backends:
+    """The Postgres backends of this test's database, seen from a connection of its own."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def count(self) -> int:
+        return int(
+            await self.conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        )
+
+    async def settle_at(self, want: int, within: float = 5.0) -> int:
+        """The count once it is `want`, or what it is after `within` s (a closed socket
+        takes its backend a few ms to leave)."""
+        end = asyncio.get_running_loop().time() + within
+        while (n := await self.count()) != want and asyncio.get_running_loop().time() < end:
+            await asyncio.sleep(0.02)
+        return n
+
+
+@pytest.fixture
+async def backends(dsn: str) -> AsyncIterator[Backends]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield Backends(conn)
+    finally:
+        await conn.close()
+
+
+async def test_a_lone_use_after_a_quiet_closes_its_connection_soon_after(
+    dsn: str, backends: Backends
+) -> None:
+    """A service's round at rest (a few queries every 15-60 s) keeps no backend for the
+    pool's idle time: here 30 s, and the connection goes within a second."""
+    pool = await open_pool(dsn, min_size=0, max_size=2, quick_close_s=0.2, idle_s=30)
+    try:
+        assert await pool.fetchval("SELECT 1") == 1
+        assert await pool.fetchval("SELECT 2") == 2  # the same burst, the same connection
+        assert await backends.count() == 1
+        assert await backends.settle_at(0, within=3) == 0
+        assert await pool.fetchval("SELECT 3") == 3  # the next use opens one again
+    finally:
+        await pool.close()
+
+
+async def test_a_pool_asked_again_soon_keeps_its_connection_for_the_idle_time(
+    dsn: str, backends: Backends
+) -> None:
+    """A user at work (a use within idle_s of the last) finds a connection open: it is kept
+    idle_s after each use, then closed."""
+    pool = await open_pool(dsn, min_size=0, max_size=2, quick_close_s=0.1, idle_s=1.5)
+    try:
+        await pool.fetchval("SELECT 1")  # after a quiet: closed 0.1 s after
+        assert await backends.settle_at(0, within=3) == 0
+        await pool.fetchval("SELECT 2")  # asked again within idle_s: a busy spell
+        await asyncio.sleep(0.6)  # six times the quick close
+        assert await backends.count() == 1
+        await pool.fetchval("SELECT 3")  # still busy: the same connection, no new one
+        assert await backends.count() == 1
+        assert await backends.settle_at(0, within=4) == 0  # idle_s unused: closed
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_taken_again_before_its_close_is_never_cut_in_use(
+    dsn: str, backends: Backends
+) -> None:
+    pool = await open_pool(dsn, min_size=0, max_size=1, quick_close_s=0.2, idle_s=30)
+    try:
+        await pool.fetchval("SELECT 1")  # a lone use: its close is due in 0.2 s
+        async with pool.acquire() as conn:  # taken again at once: the same burst
+            await asyncio.sleep(0.5)  # past the close that was due
+            assert await conn.fetchval("SELECT 2") == 2
+            assert await backends.count() == 1
+        assert await backends.settle_at(0, within=3) == 0  # its own release's close
+    finally:
+        await pool.close()
+
+
+async def test_the_pools_floor_is_never_closed(dsn: str, backends: Backends) -> None:
+    pool = await open_pool(dsn, min_size=1, max_size=2, quick_close_s=0.1, idle_s=30)
+    try:
+        await pool.fetchval("SELECT 1")
+        await asyncio.sleep(0.5)
+        assert await backends.count() == 1
+        assert await pool.fetchval("SELECT 2") == 2
+    finally:
+        await pool.close()
+
+
+_STEP = st.tuples(
+    st.sampled_from([0.0, 0.03, 0.12, 0.3]),  # pause before the step (quick 0.05, idle 0.2)
+    st.integers(min_value=1, max_value=3),  # uses at once
+    st.sampled_from([0.0, 0.08]),  # how long each holds its connection
+)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    # each example opens its own pool and ends with no backend: the database is fit to reuse
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(steps=st.lists(_STEP, min_size=1, max_size=6))
+async def test_whatever_the_pattern_of_uses_no_query_fails_and_the_backends_go(
+    dsn: str, backends: Backends, steps: list[tuple[float, int, float]]
+) -> None:
+    """Property: bursts, pauses and uses at once in any order: every query answers (no
+    connection is closed under a user), and once the pool rests, no backend is left."""
+    pool = await open_pool(dsn, min_size=0, max_size=3, quick_close_s=0.05, idle_s=0.2)
+    try:
+
+        async def use(hold: float) -> int:
+            async with pool.acquire() as conn:
+                await asyncio.sleep(hold)
+                return int(await conn.fetchval("SELECT 7"))
+
+        for pause, at_once, hold in steps:
+            await asyncio.sleep(pause)
+            assert await asyncio.gather(*(use(hold) for _ in range(at_once))) == [7] * at_once
+        assert await backends.settle_at(0, within=3) == 0
+    finally:
+        await pool.close()
