@@ -13,7 +13,16 @@ from types import FrameType
 from typing import NoReturn
 
 from bench import apps, backup, edge, events, firewall, gateway, mail, memory, stack
-from bench.common import Bench, BenchConfig, BenchError, Benchmark, Result, say, servers
+from bench.common import (
+    Bench,
+    BenchConfig,
+    BenchError,
+    Benchmark,
+    Result,
+    run_on_our_loop,
+    say,
+    servers,
+)
 
 __all__ = ["main"]
 
@@ -89,11 +98,11 @@ def main(argv: Sequence[str]) -> int:
                     + f", in {srv.root}; {cfg.rounds} rounds each ({cfg.replay_rounds} for"
                     " replay), ours and baseline interleaved, medians compared"
                 )
-                results += asyncio.run(_run_all(shared, cfg, Bench(cfg, srv)))
+                results += run_on_our_loop(_run_all(shared, cfg, Bench(cfg, srv)))
                 signal.signal(signal.SIGTERM, _interrupt)  # closing the loop reset it
         if alone:
             say("bench: now with no server of the harness running (they would share pages)")
-            results += asyncio.run(_run_all(alone, cfg, Bench(cfg, None)))
+            results += run_on_our_loop(_run_all(alone, cfg, Bench(cfg, None)))
             signal.signal(signal.SIGTERM, _interrupt)
     except (KeyboardInterrupt, asyncio.CancelledError):
         say("bench: interrupted; servers stopped and temporary files removed")

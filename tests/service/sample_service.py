@@ -3,6 +3,7 @@
 Run as `python -m tests.service.sample_service MODE MARKER`.
 MODE "serve": GET /slow?seconds=N is one unit of work; it writes "begun" and "finished" to MARKER.
 MODE "crash": a spawned consumer raises shortly after start.
+MODE "loop": writes the module of its event loop's class to MARKER at start, then stops.
 Both write "cleanup" to MARKER from an on_cleanup hook.
 """
 
@@ -42,6 +43,9 @@ def build() -> Service:
     async def start() -> None:
         if mode == "crash":
             svc.spawn(consume(), "consumer")
+        if mode == "loop":
+            _note(marker, type(asyncio.get_running_loop()).__module__)
+            svc.request_stop("the loop is noted")
 
     async def cleanup() -> None:
         _note(marker, "cleanup")

@@ -602,6 +602,16 @@ async def test_a_second_sigterm_cuts_the_drain_and_the_unit_is_dropped(tmp_path:
     assert [e["dropped_units"] for e in dropped] == [["slow-request"]]
 
 
+async def test_a_service_process_runs_on_uvloop(tmp_path: Path) -> None:
+    """Every service's loop is uvloop's (runner.py): the command path's socket work is
+    measured quicker on it."""
+    marker = tmp_path / "marker"
+    async with sample("loop", marker) as child:
+        code = await child.finish(10)  # it stops from its start hook: no "started" line
+    assert code == 0, "".join(child.lines)
+    assert notes(marker) == ["uvloop", "cleanup"]
+
+
 async def test_a_crashed_task_makes_the_process_exit_1(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     async with sample("crash", marker) as child:
