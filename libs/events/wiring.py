@@ -103,8 +103,9 @@ class Connections:
 async def connections(svc: Service, *, pool_size: int = 5) -> AsyncIterator[Connections]:
     """Open the event store and connect to NATS; close both (NATS first) on exit."""
     cfg = svc.config
-    # min_size 0: a quiet service keeps no Postgres backend (~3 MiB) open; pool.py closes
-    # connections unused for IDLE_CONNECTION_S, the next query opens one again (a few ms)
+    # min_size 0: a quiet service keeps no Postgres backend (~3.5 MiB) open; pool.py closes a
+    # connection QUICK_CLOSE_S after a lone use, IDLE_CONNECTION_S after one in a busy spell;
+    # the next query opens one again (~7.5 ms)
     from libs.events.periods import PublicPeriods, public_path
 
     # every service seals the client address of what it records to its week's public key
