@@ -19,10 +19,10 @@ from bench.common import (
     BenchError,
     Benchmark,
     Result,
-    run_on_our_loop,
     say,
     servers,
 )
+from libs.service.runner import run_on_service_loop
 
 __all__ = ["main"]
 
@@ -98,11 +98,11 @@ def main(argv: Sequence[str]) -> int:
                     + f", in {srv.root}; {cfg.rounds} rounds each ({cfg.replay_rounds} for"
                     " replay), ours and baseline interleaved, medians compared"
                 )
-                results += run_on_our_loop(_run_all(shared, cfg, Bench(cfg, srv)))
+                results += run_on_service_loop(_run_all(shared, cfg, Bench(cfg, srv)))
                 signal.signal(signal.SIGTERM, _interrupt)  # closing the loop reset it
         if alone:
             say("bench: now with no server of the harness running (they would share pages)")
-            results += run_on_our_loop(_run_all(alone, cfg, Bench(cfg, None)))
+            results += run_on_service_loop(_run_all(alone, cfg, Bench(cfg, None)))
             signal.signal(signal.SIGTERM, _interrupt)
     except (KeyboardInterrupt, asyncio.CancelledError):
         say("bench: interrupted; servers stopped and temporary files removed")

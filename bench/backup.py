@@ -63,7 +63,7 @@ _PROJECT = Path(__file__).resolve().parents[1]
 # Our side, in its own process: `python -c _CHILD backup|restore REPO ...`, identity in the env.
 _CHILD = """
 import json, os, sys
-from bench.common import run_on_our_loop
+from libs.service.runner import run_on_service_loop
 from pathlib import Path
 from services.backup.repo import Repository
 from services.backup.targets.local import LocalTarget
@@ -82,7 +82,7 @@ async def main(op, repo_dir, tmp_dir, *args):
         out["hwm_kib"] = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
     print(json.dumps(out))
 
-run_on_our_loop(main(*sys.argv[1:]))  # the loop of the backup service
+run_on_service_loop(main(*sys.argv[1:]))  # the loop of the backup service
 """
 
 

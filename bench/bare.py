@@ -25,12 +25,11 @@ from typing import Any
 
 import asyncpg
 import nats
-import uvloop
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from bench.common import run_on_our_loop
+from libs.service.runner import run_on_service_loop, service_loop
 from services.gateway.api.auth import SESSION_COOKIE
 from services.identity.tokens import token_hash
 
@@ -57,15 +56,15 @@ _POOL_SIZE = 5  # as libs.events.wiring.connections
 
 
 def _run_app(app: web.Application, port: int) -> None:
-    """Serve `app` on the services' event loop (uvloop): the gateway's ratio to it is then what
-    our code adds, not what the loop takes off."""
+    """Serve `app` on the services' event loop (`service_loop`): the gateway's ratio to it is
+    then what our code adds, not what the loop takes off."""
     web.run_app(
         app,
         host="127.0.0.1",
         port=port,
         access_log=None,
         print=None,
-        loop=uvloop.new_event_loop(),
+        loop=service_loop(),
     )
 
 
@@ -180,7 +179,7 @@ def main(argv: Sequence[str]) -> int:
         case ["floor", port, nats_url] if port.isdigit():
             _serve_floor(int(port), nats_url)
         case ["responder", nats_url, dsn]:
-            run_on_our_loop(_respond(nats_url, dsn))
+            run_on_service_loop(_respond(nats_url, dsn))
         case _:
             print(_USAGE, file=sys.stderr)
             return 2

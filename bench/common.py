@@ -9,14 +9,12 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
 
 import asyncpg
-import uvloop
 
 from deploy.embedded import NatsServer, PostgresServer
 
@@ -35,25 +33,14 @@ __all__ = [
     "elapsed_since",
     "interleave",
     "rss_mib",
-    "run_on_our_loop",
     "say",
     "servers",
     "tree_cpu",
 ]
 
-T = TypeVar("T")
-
 
 class BenchError(Exception):
     """A benchmark could not run (bad configuration, a server that did not do its part)."""
-
-
-def run_on_our_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` on the event loop the services run on (uvloop, libs/service/runner.py): a
-    baseline measured from this process (raw asyncpg, a NATS responder) and ours then share a
-    loop, and a ratio shows what our code costs, not which loop ran it."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
 
 
 def say(text: str = "") -> None:

@@ -42,7 +42,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvloop
 
@@ -54,8 +54,16 @@ from libs.service.probes import ProbeResponse, ProbeServer
 if TYPE_CHECKING:
     from aiohttp import web
 
-__all__ = ["Service", "ServiceStopping", "main", "wait_events"]
+__all__ = [
+    "Service",
+    "ServiceStopping",
+    "main",
+    "run_on_service_loop",
+    "service_loop",
+    "wait_events",
+]
 
+T = TypeVar("T")
 Hook = Callable[[], Awaitable[None]]
 Check = Callable[[], Awaitable[bool]]
 Part = Callable[["Service"], AbstractAsyncContextManager[Any]]
@@ -200,8 +208,7 @@ class Service:
         """Log JSON lines, serve until SIGTERM/SIGINT; the exit code (0 clean, 1 failed)."""
         configure_logging(self.name, self.config.log_level)
         try:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(self._serve_with_signals())
+            run_on_service_loop(self._serve_with_signals())
         except Exception:
             self.log.exception("service %s failed", self.name)
             return 1
@@ -550,6 +557,17 @@ async def _call(fn: Hook) -> None:
 
 def _hook_name(fn: Hook) -> str:
     return str(getattr(fn, "__qualname__", None) or repr(fn))
+
+
+def service_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop of the kind every service runs on (uvloop's, see the module)."""
+    return uvloop.new_event_loop()
+
+
+def run_on_service_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(coro)` on the services' kind of loop (`service_loop`)."""
+    with asyncio.Runner(loop_factory=service_loop) as runner:
+        return runner.run(coro)
 
 
 async def wait_events(

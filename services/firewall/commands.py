@@ -423,11 +423,7 @@ class Trials:
                     wait = left if left > 0 else self.every  # due, yet not undone: retried
             except (OSError, asyncpg.PostgresError) as e:
                 log.error("undoing allow-list trials failed: %s", e)
-            await self._pause(wait)
-
-    async def _pause(self, seconds: float | None) -> None:
-        """Until `seconds` pass (None: no limit), a nudge, or stop()."""
-        await wait_events((self._stop, self._nudge), math.inf if seconds is None else seconds)
+            await wait_events((self._stop, self._nudge), math.inf if wait is None else wait)
 
     def stop(self) -> None:
         self._stop.set()
