@@ -96,14 +96,19 @@ def _send(sock: socket.socket, message: Mapping[str, Any], fds: Sequence[int] = 
 
 def _preload(modules: Sequence[str]) -> list[str]:
     """Import `modules`; the names of those that failed (their service then fails as it would
-    have alone, with its traceback in its own log)."""
-    failed = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # any import error is the service's to report
-            failed.append(name)
-    return failed
+    have alone, with its traceback in its own log). A name that a package puts in sys.modules
+    itself (Cython's `_cython_3_*`, cffi's `_openssl`, `_cares`) cannot be imported on its own
+    and sorts before that package: it is asked again once the others are imported."""
+    failed = [name for name in modules if not _imported(name)]
+    return [name for name in failed if not _imported(name)]
+
+
+def _imported(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except Exception:  # any import error is the service's to report
+        return False
+    return True
 
 
 def _serve(ctl: socket.socket, modules: Sequence[str]) -> _Start | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import resource
 import signal
@@ -321,6 +322,26 @@ async def test_a_fork_server_that_cannot_start_leaves_services_starting_on_their
         assert (await _seen(out))["env"]["PYTHONPATH"] == str(code)  # type: ignore[index]
         with pytest.raises(ForkserverError):  # not tried again for every service
             await fs.start()
+    finally:
+        await fs.close()
+
+
+async def test_only_a_module_that_cannot_be_imported_is_warned_about(
+    tmp_path: Path, code: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a package that registers a module under a name of its own, as Cython and cffi do: that
+    # name sorts first and is not importable by itself, yet it is there once the package is
+    (code / "fsregisters.py").write_text(
+        "import sys, types\nsys.modules['_fsregistered'] = types.ModuleType('_fsregistered')\n"
+    )
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{REPO}:{code}"}
+    modules = ["_fsregistered", "fsbroken", "fsregisters", "libs.events.envelope"]
+    fs = Forkserver([sys.executable, "-OO"], env, modules, tmp_path / "fs.log")
+    try:
+        with caplog.at_level(logging.WARNING, logger="homeport.stack"):
+            await fs.start()
+        warned = [r for r in caplog.records if r.getMessage() == "the fork server could not import"]
+        assert [getattr(r, "failed", None) for r in warned] == [["fsbroken"]]
     finally:
         await fs.close()
 
