@@ -13,15 +13,7 @@ from types import FrameType
 from typing import NoReturn
 
 from bench import apps, backup, edge, events, firewall, gateway, mail, memory, stack
-from bench.common import (
-    Bench,
-    BenchConfig,
-    BenchError,
-    Benchmark,
-    Result,
-    say,
-    servers,
-)
+from bench.common import Bench, BenchConfig, BenchError, Benchmark, Result, say, servers
 from libs.service.runner import run_on_service_loop
 
 __all__ = ["main"]

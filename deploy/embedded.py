@@ -101,9 +101,11 @@ def _pick_range() -> tuple[int, int]:
     return _PICK_LOW, _PICK_HIGH
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` different TCP ports on 127.0.0.1, free right now (each held while the next is
-    picked)."""
+def free_ports(
+    n: int, *, host: str = "127.0.0.1", kind: socket.SocketKind = socket.SOCK_STREAM
+) -> list[int]:
+    """`n` different ports on `host` (TCP, or `kind`), free right now (each held while the
+    next is picked)."""
     low, high = _pick_range()
     span = high - low + 1
     with contextlib.ExitStack() as held:
@@ -113,17 +115,17 @@ def free_ports(n: int) -> list[int]:
                 break
             port = low + _cursor[0] % span
             _cursor[0] += 1
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s = socket.socket(socket.AF_INET, kind)
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind((host, port))
             except OSError:
                 s.close()
                 continue
             held.enter_context(s)
             ports.append(port)
         while len(ports) < n:  # that range is full: let the kernel pick
-            s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind(("127.0.0.1", 0))
+            s = held.enter_context(socket.socket(socket.AF_INET, kind))
+            s.bind((host, 0))
             ports.append(int(s.getsockname()[1]))
         return ports
 

@@ -27,6 +27,7 @@ import asyncpg
 import nats
 import pytest
 
+from deploy import embedded
 from libs.events.bus import BusClient, BusError, Conflict, Invalid
 from libs.events.envelope import RecordedEvent
 from libs.events.nats_access import HARNESS
@@ -58,22 +59,14 @@ done
 exec httpd"""
 
 
-def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    """A port nothing listens on now, on all addresses."""
-    return free_ports(1, kind)[0]
-
-
 def free_ports(n: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> list[int]:
-    """`n` different ports nothing listens on now, on all addresses: each is held while the
-    next is picked (two picks one after the other may get the same port: CI saw one)."""
-    socks = [socket.socket(socket.AF_INET, kind) for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind(("0.0.0.0", 0))  # the test app publishes on all addresses
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+    """`n` different ports nothing listens on now, on all addresses (the test app publishes
+    there), picked together: two picks one after the other may get the same port (CI saw one)."""
+    return embedded.free_ports(n, host="0.0.0.0", kind=kind)
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    return free_ports(1, kind)[0]
 
 
 @dataclass(frozen=True)
