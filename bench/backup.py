@@ -63,8 +63,8 @@ _PROJECT = Path(__file__).resolve().parents[1]
 # Our side, in its own process: `python -c _CHILD backup|restore REPO ...`, identity in the env.
 _CHILD = """
 import json, os, sys
-from libs.service.runner import run_on_service_loop
 from pathlib import Path
+from libs.service.runner import run_on_service_loop
 from services.backup.repo import Repository
 from services.backup.targets.local import LocalTarget
 

@@ -66,6 +66,7 @@ def free_ports(n: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> list[int
 
 
 def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port nothing listens on now, on all addresses."""
     return free_ports(1, kind)[0]
 
 

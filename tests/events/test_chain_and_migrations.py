@@ -115,6 +115,15 @@ _CANONICAL_ARGS = (
 )
 
 
+async def _volatility(db: asyncpg.Connection | asyncpg.Pool) -> str:
+    """events.canonical's volatility as pg_proc spells it: i, s or v."""
+    return str(
+        await db.fetchval(
+            "SELECT provolatile::text FROM pg_proc WHERE oid = 'events.canonical'::regproc"
+        )
+    )
+
+
 async def test_the_chains_canonical_text_is_inlined_where_it_is_called(dsn: str) -> None:
     """events.canonical is STABLE like its body (migration 0005), so Postgres inlines it
     instead of planning its body in every append's transaction (65 us of an append's ~440)."""
@@ -142,16 +151,11 @@ async def test_events_appended_before_the_canonical_became_stable_still_verify(
     conn = await asyncpg.connect(dsn)
     try:
         await migrate(conn, "events", before)
-        assert (
-            await conn.fetchval(
-                "SELECT provolatile::text FROM pg_proc WHERE oid = 'events.canonical'::regproc"
-            )
-            == "i"
-        )
+        assert await _volatility(conn) == "i"  # IMMUTABLE
     finally:
         await conn.close()
     async with await PostgresEventStore.open(dsn, run_migrations=False) as store:
-        for i in range(6):  # grouped and lone appends hashed by the IMMUTABLE function
+        for i in range(6):  # appends hashed by the IMMUTABLE function
             data = {"i": i, "text": 'é"\\\n\t', "nested": {"b": [1, 2.5, None, True], "a": -1}}
             await store.append(f"thing-{i % 2}", [NewEvent("ThingHappened", data)])
         old_hashes = [
@@ -159,12 +163,7 @@ async def test_events_appended_before_the_canonical_became_stable_still_verify(
             for r in await store.pool.fetch("SELECT hash FROM events.events ORDER BY position")
         ]
     async with await PostgresEventStore.open(dsn) as store:  # migrates: 0005 applied
-        assert (
-            await store.pool.fetchval(
-                "SELECT provolatile::text FROM pg_proc WHERE oid = 'events.canonical'::regproc"
-            )
-            == "s"
-        )
+        assert await _volatility(store.pool) == "s"  # STABLE
         # both appends: grouped (events.append_many) and in a caller's transaction (append)
         await asyncio.gather(
             *(store.append(f"thing-{i % 2}", [NewEvent("ThingHappened", {"i": i})]) for i in (6, 7))
