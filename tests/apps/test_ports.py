@@ -513,13 +513,25 @@ async def test_two_installs_racing_for_one_port_one_gets_it(env: Env, dsn: str) 
         async def both_past_their_checks() -> bool:
             # one waits on apps.ports (recording its request), the other on the event store
             # behind it (starting its task, or recording)
+            ended = [f.exception() or f.result() for f in racing if f.done()]
+            assert not ended, f"an install ended while apps.ports was held: {ended}"
+            # inside a transaction pg_stat_activity's rows are those of its first read (only
+            # the wait columns are live): a backend the service's pool opened since is missing
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
             waiting = await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                 " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
             )
             return bool(waiting >= 2)
 
-        await wait_until(both_past_their_checks, 30, "both installs to wait on the database")
+        try:
+            await wait_until(both_past_their_checks, 30, "both installs to wait on the database")
+        except AssertionError as e:
+            locks = await conn.fetch(
+                "SELECT pid, relation::regclass::text AS relation, locktype, mode, granted"
+                " FROM pg_locks WHERE pid <> pg_backend_pid() ORDER BY granted, pid"
+            )
+            raise AssertionError(f"{e}; the locks: {[dict(r) for r in locks]}") from None
         await tx.commit()
         outcomes = await asyncio.gather(*racing, return_exceptions=True)
     finally:
