@@ -61,7 +61,7 @@ exec httpd"""
 
 def free_ports(n: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> list[int]:
     """`n` different ports nothing listens on now, on all addresses (the test app publishes
-    there), picked together: two picks one after the other may get the same port (CI saw one)."""
+    there), from this worker's range (deploy.embedded.free_ports)."""
     return embedded.free_ports(n, host="0.0.0.0", kind=kind)
 
 
